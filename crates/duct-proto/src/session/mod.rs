@@ -1,0 +1,632 @@
+//! The session: one connection's protocol state machine (handshake, framing, fragmentation,
+//! ping/pong, close), driven by a driver that owns the transport and the clock.
+
+mod reassembly;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::wire::control::{
+    self, caps, close_code, reject_code, Close, Hello, Reject, Welcome, VERSION_MAJOR,
+    VERSION_MINOR,
+};
+use crate::wire::{flags, Deframer, FrameKind, Header, HANDSHAKE_MAX_PAYLOAD, HEADER_LEN};
+use crate::Error;
+use reassembly::ReassemblyBuffer;
+
+/// Smallest max frame payload a peer may announce.
+pub const MIN_FRAME_PAYLOAD: u32 = 1024;
+/// Largest max frame payload a peer may announce (and this side will use).
+pub const MAX_FRAME_PAYLOAD: u32 = 16 * 1024 * 1024;
+
+/// Which end of the connection this session is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Opens the connection and sends HELLO.
+    Dialer,
+    /// Accepts the connection and answers with WELCOME or REJECT.
+    Listener,
+}
+
+/// Session parameters. Every limit has a default; see each field.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Largest frame payload this side accepts; the peer fragments above it. Default 64 KiB.
+    /// Clamped to [`MIN_FRAME_PAYLOAD`]..=[`MAX_FRAME_PAYLOAD`].
+    pub max_frame_payload: u32,
+    /// Largest message (after reassembly) this side accepts. Default 64 MiB.
+    pub max_message_size: u32,
+    /// Most bytes held in partially reassembled messages at once. Default 64 MiB + 64 KiB.
+    pub reassembly_limit: usize,
+    /// How long a fragmented message may take to complete. Default 30 s.
+    pub reassembly_timeout: Duration,
+    /// How long the handshake may take. Default 5 s.
+    pub handshake_timeout: Duration,
+    /// Heartbeat interval to propose (`None`: no heartbeat). Default `None`.
+    pub heartbeat_interval: Option<Duration>,
+    /// Capability bits to offer (intersected with what this implementation supports).
+    pub capabilities: u64,
+    /// The dialing pipe's identity, stable across its reconnects (dialer only).
+    pub instance_id: u64,
+    /// The id the listener gives the new session (listener only; 0 is replaced by 1).
+    pub session_id: u64,
+    /// Protocol version announced. Only tests change it.
+    pub version: (u8, u8),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_frame_payload: 64 * 1024,
+            max_message_size: 64 * 1024 * 1024,
+            reassembly_limit: 64 * 1024 * 1024 + 64 * 1024,
+            reassembly_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(5),
+            heartbeat_interval: None,
+            capabilities: caps::SUPPORTED,
+            instance_id: 0,
+            session_id: 0,
+            version: (VERSION_MAJOR, VERSION_MINOR),
+        }
+    }
+}
+
+/// Where the session is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// HELLO sent (dialer) or awaited (listener).
+    Handshaking,
+    /// Messages flow both ways.
+    Established,
+    /// We queued CLOSE: no more sends; received messages are still delivered.
+    Closing,
+    /// Closed by either side or failed. Nothing more is sent or delivered.
+    Closed,
+}
+
+/// Parameters in force once the handshake completed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The peer's protocol version.
+    pub peer_version: (u8, u8),
+    /// Capabilities both sides have.
+    pub capabilities: u64,
+    /// Largest frame payload we send (the peer's limit).
+    pub send_frame_max: u32,
+    /// Largest message we may send (the peer's limit).
+    pub send_message_max: u32,
+    /// Heartbeat interval agreed (`None`: none).
+    pub heartbeat_interval: Option<Duration>,
+    /// The dialer's instance id.
+    pub instance_id: u64,
+}
+
+/// Something the driver should know about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake completed.
+    Connected {
+        /// The new session's id.
+        session_id: u64,
+    },
+    /// The peer closed the session with a CLOSE frame. Messages it sent before are delivered
+    /// first (they are in the message queue ahead of this event).
+    PeerClosed(Close),
+    /// A PONG arrived for the PING with this token.
+    Pong {
+        /// The token the PING carried.
+        token: u64,
+    },
+}
+
+/// A frame to write: the 24 header bytes, then the payload. The payload is a view of the
+/// message's own `Bytes` (never a copy).
+#[derive(Clone, Debug)]
+pub struct Transmit {
+    /// Encoded header.
+    pub header: [u8; HEADER_LEN],
+    /// Payload bytes.
+    pub payload: Bytes,
+}
+
+impl Transmit {
+    /// Total bytes on the wire.
+    pub fn wire_len(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+}
+
+/// A message delivered to the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// The channel it arrived on.
+    pub channel: u16,
+    /// The whole message.
+    pub payload: Bytes,
+}
+
+/// One connection's protocol state machine.
+///
+/// `Session` does no I/O and reads no clock: the driver hands it bytes and the time, and takes
+/// frames to write, messages and events out of it. The calls, in the order a driver makes them:
+///
+/// 1. [`Session::new`] (a dialer's HELLO is queued at once).
+/// 2. Whenever bytes arrive: [`Session::handle_input`] (stream transports) or
+///    [`Session::handle_frame`] (transports that carry whole frames).
+/// 3. Whenever the application sends: [`Session::send`]; to close: [`Session::close`].
+/// 4. After any of the above: drain [`Session::poll_transmit`] to the transport in order,
+///    [`Session::poll_message`] to the application and [`Session::poll_event`].
+/// 5. Sleep no longer than [`Session::poll_timeout`]; at that instant call
+///    [`Session::handle_timeout`] (a spurious call is harmless).
+/// 6. When the transport breaks: [`Session::transport_lost`].
+///
+/// An `Err` from a `handle_*` call is fatal: the session is [`State::Closed`], and a CLOSE or
+/// REJECT telling the peer why may be queued: flush [`Session::poll_transmit`] (best effort)
+/// before dropping the transport.
+pub struct Session {
+    config: Config,
+    role: Role,
+    state: State,
+    deframer: Deframer,
+    session_id: u64,
+    negotiated: Option<Negotiated>,
+    handshake_deadline: Option<Instant>,
+    transmits: VecDeque<Transmit>,
+    transmit_bytes: usize,
+    messages: VecDeque<Delivered>,
+    events: VecDeque<Event>,
+    reassembly: ReassemblyBuffer,
+}
+
+impl Session {
+    /// A new session for `role`, started at `now`.
+    pub fn new(mut config: Config, role: Role, now: Instant) -> Session {
+        config.max_frame_payload =
+            config.max_frame_payload.clamp(MIN_FRAME_PAYLOAD, MAX_FRAME_PAYLOAD);
+        let reassembly = ReassemblyBuffer::new(
+            config.reassembly_limit,
+            config.max_message_size as usize,
+            config.reassembly_timeout,
+        );
+        let mut s = Session {
+            deframer: Deframer::new(HANDSHAKE_MAX_PAYLOAD),
+            role,
+            state: State::Handshaking,
+            session_id: 0,
+            negotiated: None,
+            handshake_deadline: Some(now + config.handshake_timeout),
+            transmits: VecDeque::new(),
+            transmit_bytes: 0,
+            messages: VecDeque::new(),
+            events: VecDeque::new(),
+            reassembly,
+            config,
+        };
+        if role == Role::Dialer {
+            let hello = Hello {
+                version: s.config.version,
+                capabilities: s.config.capabilities & caps::SUPPORTED,
+                max_frame_payload: s.config.max_frame_payload,
+                heartbeat_ms: duration_ms(s.config.heartbeat_interval),
+                max_message_size: s.config.max_message_size,
+                last_received_seq: 0,
+                instance_id: s.config.instance_id,
+                resume_session_id: 0,
+                extensions: Vec::new(),
+            };
+            s.queue_control(FrameKind::Hello, hello.encode());
+        }
+        s
+    }
+
+    /// The session's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The session's state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The session id (0 until the handshake completed).
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// Parameters agreed in the handshake (`None` before it completed).
+    pub fn negotiated(&self) -> Option<&Negotiated> {
+        self.negotiated.as_ref()
+    }
+
+    /// Bytes held in partially reassembled messages.
+    pub fn reassembly_bytes(&self) -> usize {
+        self.reassembly.held()
+    }
+
+    /// Queues `payload` as one message on `channel`, fragmented above the peer's frame limit.
+    /// Fragments are `Bytes` views of `payload`: nothing is copied.
+    pub fn send(&mut self, channel: u16, payload: Bytes, _now: Instant) -> Result<(), Error> {
+        let neg = match self.state {
+            State::Established => self.negotiated.as_ref().ok_or(Error::NotConnected)?,
+            State::Handshaking => return Err(Error::NotConnected),
+            State::Closing | State::Closed => return Err(Error::Closed),
+        };
+        let len = payload.len();
+        if len > neg.send_message_max as usize {
+            return Err(Error::MessageTooLarge {
+                size: len as u64,
+                max: u64::from(neg.send_message_max),
+            });
+        }
+        let frame_max = neg.send_frame_max as usize;
+        if len <= frame_max {
+            self.push(Header::data(channel, len as u32), payload);
+            return Ok(());
+        }
+        let mut off = 0;
+        while off < len {
+            let n = frame_max.min(len - off);
+            let mut h = Header::data(channel, n as u32);
+            if off == 0 {
+                h.aux = len as u32;
+            } else {
+                h.flags |= flags::CONTINUATION;
+            }
+            if off + n < len {
+                h.flags |= flags::MORE_FRAGMENTS;
+            }
+            self.push(h, payload.slice(off..off + n));
+            off += n;
+        }
+        Ok(())
+    }
+
+    /// Queues a PING carrying `token`; the peer's PONG surfaces as [`Event::Pong`].
+    pub fn ping(&mut self, token: u64) -> Result<(), Error> {
+        match self.state {
+            State::Established | State::Closing => {
+                self.queue_control(FrameKind::Ping, control::encode_ping(token));
+                Ok(())
+            }
+            State::Handshaking => Err(Error::NotConnected),
+            State::Closed => Err(Error::Closed),
+        }
+    }
+
+    /// Closes the session: a CLOSE with `code` and `reason` is queued behind everything already
+    /// queued, so the peer receives those messages first. Further sends fail with
+    /// [`Error::Closed`]; received messages are still delivered. Closing twice does nothing.
+    pub fn close(&mut self, code: u16, reason: &str, _now: Instant) {
+        match self.state {
+            State::Established => {
+                let close = Close { code, reason: control::clamp_reason(reason).to_owned() };
+                self.queue_control(FrameKind::Close, close.encode());
+                self.state = State::Closing;
+            }
+            State::Handshaking => self.state = State::Closed,
+            State::Closing | State::Closed => {}
+        }
+    }
+
+    /// The transport broke (EOF, reset). The session is closed; partial messages are dropped.
+    pub fn transport_lost(&mut self, _now: Instant) {
+        self.state = State::Closed;
+        self.reassembly.clear();
+        self.handshake_deadline = None;
+    }
+
+    /// Feeds bytes from a stream transport: takes every whole frame off the front of `buf` and
+    /// handles it; a partial frame stays in `buf` for the next call.
+    pub fn handle_input(&mut self, buf: &mut BytesMut, now: Instant) -> Result<(), Error> {
+        while self.state != State::Closed {
+            match self.deframer.decode(buf) {
+                Ok(Some((header, payload))) => self.handle_frame(header, payload, now)?,
+                Ok(None) => break,
+                Err(e) => return Err(self.fail(e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// How many bytes `buf` must hold before [`Session::handle_input`] can make progress.
+    pub fn input_needed(&self, buf: &[u8]) -> usize {
+        self.deframer.needed(buf)
+    }
+
+    /// The largest frame payload accepted right now (small until the handshake completed).
+    pub fn max_input_payload(&self) -> u32 {
+        self.deframer.max_payload()
+    }
+
+    /// Handles one whole frame. Frames after the session closed are ignored.
+    pub fn handle_frame(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        if payload.len() as u64 != u64::from(h.payload_len)
+            || h.payload_len > self.deframer.max_payload()
+        {
+            let e = crate::wire::WireError::FrameTooLarge {
+                len: h.payload_len,
+                max: self.deframer.max_payload(),
+            };
+            return Err(self.fail(e.into()));
+        }
+        let r = match self.state {
+            State::Handshaking => self.handle_handshake(h, payload, now),
+            _ => self.handle_established(h, payload, now),
+        };
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// The next frame to write, in order.
+    #[inline]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = self.transmits.pop_front()?;
+        self.transmit_bytes -= t.wire_len();
+        Some(t)
+    }
+
+    /// Frames queued for writing.
+    pub fn transmit_len(&self) -> usize {
+        self.transmits.len()
+    }
+
+    /// Bytes (headers included) queued for writing.
+    pub fn transmit_bytes(&self) -> usize {
+        self.transmit_bytes
+    }
+
+    /// The next message for the application.
+    #[inline]
+    pub fn poll_message(&mut self) -> Option<Delivered> {
+        self.messages.pop_front()
+    }
+
+    /// Messages waiting for the application.
+    pub fn message_len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next instant at which [`Session::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Closed {
+            return None;
+        }
+        match (self.handshake_deadline, self.reassembly.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Handles the deadlines that have passed at `now`. A spurious call is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        if let Some(d) = self.handshake_deadline {
+            if now >= d {
+                let e = Error::HandshakeTimeout { after: self.config.handshake_timeout };
+                return Err(self.fail(e));
+            }
+        }
+        self.reassembly.check_timeouts(now).map_err(|e| self.fail(e))
+    }
+
+    fn handle_handshake(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
+        match (self.role, h.kind) {
+            (Role::Listener, FrameKind::Hello) => self.on_hello(&payload, now),
+            (Role::Dialer, FrameKind::Welcome) => self.on_welcome(&payload),
+            (Role::Dialer, FrameKind::Reject) => {
+                let reject = Reject::decode(&payload)?;
+                if reject.code == reject_code::INCOMPATIBLE_VERSION {
+                    return Err(Error::Incompatible {
+                        local: self.config.version,
+                        peer: reject.version,
+                    });
+                }
+                Err(Error::Rejected { code: reject.code, reason: reject.reason })
+            }
+            (_, kind) => Err(Error::UnexpectedFrame { kind, state: "handshaking" }),
+        }
+    }
+
+    fn on_hello(&mut self, payload: &[u8], _now: Instant) -> Result<(), Error> {
+        let peer_version = control::decode_preamble(payload)?;
+        if peer_version.0 != self.config.version.0 {
+            self.reject(
+                reject_code::INCOMPATIBLE_VERSION,
+                &format!(
+                    "protocol version {}.{} is not supported; this listener speaks {}.{}",
+                    peer_version.0, peer_version.1, self.config.version.0, self.config.version.1
+                ),
+            );
+            return Err(Error::Incompatible { local: self.config.version, peer: peer_version });
+        }
+        let hello = match Hello::decode(payload).map_err(Error::from).and_then(|h| {
+            check_limits(h.max_frame_payload, h.max_message_size)?;
+            Ok(h)
+        }) {
+            Ok(h) => h,
+            Err(e) => {
+                self.reject(reject_code::PROTOCOL_ERROR, &e.to_string());
+                return Err(e);
+            }
+        };
+        let heartbeat_ms = match (hello.heartbeat_ms, duration_ms(self.config.heartbeat_interval)) {
+            (0, ours) => ours,
+            (theirs, 0) => theirs,
+            (theirs, ours) => theirs.min(ours),
+        };
+        let capabilities = hello.capabilities & self.config.capabilities & caps::SUPPORTED;
+        self.session_id = self.config.session_id.max(1);
+        let welcome = Welcome {
+            version: self.config.version,
+            capabilities,
+            max_frame_payload: self.config.max_frame_payload,
+            heartbeat_ms,
+            max_message_size: self.config.max_message_size,
+            last_received_seq: 0,
+            session_id: self.session_id,
+            resumed: false,
+            extensions: Vec::new(),
+        };
+        self.queue_control(FrameKind::Welcome, welcome.encode());
+        self.establish(Negotiated {
+            peer_version,
+            capabilities,
+            send_frame_max: hello.max_frame_payload.min(MAX_FRAME_PAYLOAD),
+            send_message_max: hello.max_message_size,
+            heartbeat_interval: ms_duration(heartbeat_ms),
+            instance_id: hello.instance_id,
+        });
+        Ok(())
+    }
+
+    fn on_welcome(&mut self, payload: &[u8]) -> Result<(), Error> {
+        let peer_version = control::decode_preamble(payload)?;
+        if peer_version.0 != self.config.version.0 {
+            return Err(Error::Incompatible { local: self.config.version, peer: peer_version });
+        }
+        let w = Welcome::decode(payload)?;
+        check_limits(w.max_frame_payload, w.max_message_size)?;
+        if w.session_id == 0 {
+            return Err(Error::BadParameter("WELCOME session_id is 0"));
+        }
+        self.session_id = w.session_id;
+        self.establish(Negotiated {
+            peer_version,
+            capabilities: w.capabilities & self.config.capabilities & caps::SUPPORTED,
+            send_frame_max: w.max_frame_payload.min(MAX_FRAME_PAYLOAD),
+            send_message_max: w.max_message_size,
+            heartbeat_interval: ms_duration(w.heartbeat_ms),
+            instance_id: self.config.instance_id,
+        });
+        Ok(())
+    }
+
+    fn establish(&mut self, negotiated: Negotiated) {
+        self.negotiated = Some(negotiated);
+        self.state = State::Established;
+        self.handshake_deadline = None;
+        self.deframer.set_max_payload(self.config.max_frame_payload);
+        self.events.push_back(Event::Connected { session_id: self.session_id });
+    }
+
+    fn handle_established(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
+        match h.kind {
+            FrameKind::Data => self.on_data(h, payload, now),
+            FrameKind::Ack => {
+                // Reliability arrives in a later version: validate and ignore.
+                control::decode_sack(&payload)?;
+                Ok(())
+            }
+            FrameKind::Ping => {
+                let token = control::decode_ping(&payload)?;
+                self.queue_control(FrameKind::Pong, control::encode_ping(token));
+                Ok(())
+            }
+            FrameKind::Pong => {
+                let token = control::decode_ping(&payload)?;
+                self.events.push_back(Event::Pong { token });
+                Ok(())
+            }
+            FrameKind::Close => {
+                let close = Close::decode(&payload)?;
+                self.state = State::Closed;
+                self.reassembly.clear();
+                self.events.push_back(Event::PeerClosed(close));
+                Ok(())
+            }
+            kind => Err(Error::UnexpectedFrame { kind, state: "established" }),
+        }
+    }
+
+    #[inline]
+    fn on_data(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
+        let channel = h.channel;
+        let more = h.has(flags::MORE_FRAGMENTS);
+        let cont = h.has(flags::CONTINUATION);
+        if !more && !cont {
+            if self.reassembly.in_progress(channel) {
+                return Err(Error::Fragment {
+                    channel,
+                    what: "a new message began before the previous fragmented message finished",
+                });
+            }
+            self.messages.push_back(Delivered { channel, payload });
+            return Ok(());
+        }
+        if !cont {
+            self.reassembly.start(channel, h.aux as usize, &payload, now)?;
+            return Ok(());
+        }
+        if let Some(whole) = self.reassembly.append(channel, &payload, !more)? {
+            self.messages.push_back(Delivered { channel, payload: whole });
+        }
+        Ok(())
+    }
+
+    /// Records a fatal error: the session closes and, where it helps the peer, a frame saying
+    /// why is queued (ahead of nothing: pending data is dropped).
+    fn fail(&mut self, e: Error) -> Error {
+        let was = self.state;
+        self.state = State::Closed;
+        self.handshake_deadline = None;
+        self.reassembly.clear();
+        if matches!(was, State::Established) {
+            self.transmits.clear();
+            self.transmit_bytes = 0;
+            let close = Close { code: e.close_code(), reason: e.to_string() };
+            self.queue_control(FrameKind::Close, close.encode());
+        }
+        e
+    }
+
+    fn reject(&mut self, code: u16, reason: &str) {
+        let r = Reject { version: self.config.version, code, reason: reason.to_owned() };
+        self.queue_control(FrameKind::Reject, r.encode());
+    }
+
+    fn queue_control(&mut self, kind: FrameKind, payload: Bytes) {
+        let mut h = Header::new(kind);
+        h.payload_len = payload.len() as u32;
+        self.push(h, payload);
+    }
+
+    #[inline]
+    fn push(&mut self, h: Header, payload: Bytes) {
+        let t = Transmit { header: h.encode(), payload };
+        self.transmit_bytes += t.wire_len();
+        self.transmits.push_back(t);
+    }
+}
+
+fn check_limits(max_frame_payload: u32, max_message_size: u32) -> Result<(), Error> {
+    if max_frame_payload < MIN_FRAME_PAYLOAD {
+        return Err(Error::BadParameter("max frame payload below 1024 bytes"));
+    }
+    if max_message_size == 0 {
+        return Err(Error::BadParameter("max message size is 0"));
+    }
+    Ok(())
+}
+
+fn duration_ms(d: Option<Duration>) -> u32 {
+    d.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32).unwrap_or(0)
+}
+
+fn ms_duration(ms: u32) -> Option<Duration> {
+    (ms != 0).then(|| Duration::from_millis(u64::from(ms)))
+}
+
+/// Close code used for an ordinary local close without a reason.
+pub const DEFAULT_CLOSE_CODE: u16 = close_code::NORMAL;

@@ -1,0 +1,151 @@
+//! Reassembly of fragmented messages, per channel, bounded in bytes and time.
+//!
+//! Fragments of one message arrive in order on one channel (the sender never interleaves two
+//! messages of the same channel); fragments of different channels may interleave. So there is
+//! at most one message in reassembly per channel.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::Error;
+
+struct Partial {
+    buf: Vec<u8>,
+    total: usize,
+    started: Instant,
+}
+
+/// Messages in reassembly, at most one per channel.
+pub(crate) struct ReassemblyBuffer {
+    partials: HashMap<u16, Partial>,
+    held: usize,
+    limit: usize,
+    max_message: usize,
+    timeout: Duration,
+}
+
+impl ReassemblyBuffer {
+    pub(crate) fn new(limit: usize, max_message: usize, timeout: Duration) -> Self {
+        ReassemblyBuffer { partials: HashMap::new(), held: 0, limit, max_message, timeout }
+    }
+
+    /// Bytes currently held in partial messages.
+    pub(crate) fn held(&self) -> usize {
+        self.held
+    }
+
+    pub(crate) fn in_progress(&self, channel: u16) -> bool {
+        !self.partials.is_empty() && self.partials.contains_key(&channel)
+    }
+
+    fn charge(&mut self, n: usize) -> Result<(), Error> {
+        let needed = self.held + n;
+        if needed > self.limit {
+            return Err(Error::ReassemblyLimit { needed: needed as u64, limit: self.limit as u64 });
+        }
+        self.held = needed;
+        Ok(())
+    }
+
+    /// The first fragment of a message of `total` bytes.
+    pub(crate) fn start(
+        &mut self,
+        channel: u16,
+        total: usize,
+        first: &[u8],
+        now: Instant,
+    ) -> Result<(), Error> {
+        if self.in_progress(channel) {
+            return Err(Error::Fragment {
+                channel,
+                what: "a new message began before the previous fragmented message finished",
+            });
+        }
+        if total > self.max_message {
+            return Err(Error::MessageTooLarge { size: total as u64, max: self.max_message as u64 });
+        }
+        if first.is_empty() {
+            return Err(Error::Fragment { channel, what: "empty non-final fragment" });
+        }
+        if first.len() >= total {
+            return Err(Error::Fragment {
+                channel,
+                what: "first fragment is not shorter than the announced message length",
+            });
+        }
+        self.charge(first.len())?;
+        // Grow with the data actually received, not with the announced length: a peer that
+        // announces a large message and sends one byte makes us allocate little.
+        let mut buf = Vec::new();
+        buf.reserve_exact(total.min(first.len().max(64 * 1024)));
+        buf.extend_from_slice(first);
+        self.partials.insert(channel, Partial { buf, total, started: now });
+        Ok(())
+    }
+
+    /// A continuation fragment; returns the whole message when `last` completes it.
+    pub(crate) fn append(
+        &mut self,
+        channel: u16,
+        data: &[u8],
+        last: bool,
+    ) -> Result<Option<Bytes>, Error> {
+        let Some(p) = self.partials.get(&channel) else {
+            return Err(Error::Fragment {
+                channel,
+                what: "continuation fragment without a first fragment",
+            });
+        };
+        let new_len = p.buf.len() + data.len();
+        if new_len > p.total {
+            return Err(Error::Fragment {
+                channel,
+                what: "fragments exceed the announced message length",
+            });
+        }
+        if !last && data.is_empty() {
+            return Err(Error::Fragment { channel, what: "empty non-final fragment" });
+        }
+        if last && new_len != p.total {
+            return Err(Error::Fragment {
+                channel,
+                what: "final fragment ends before the announced message length",
+            });
+        }
+        self.charge(data.len())?;
+        let p = self.partials.get_mut(&channel).expect("checked above");
+        if p.buf.capacity() < new_len {
+            let target = (p.buf.capacity() * 2).max(new_len).min(p.total);
+            p.buf.reserve_exact(target - p.buf.len());
+        }
+        p.buf.extend_from_slice(data);
+        if !last {
+            return Ok(None);
+        }
+        let p = self.partials.remove(&channel).expect("checked above");
+        self.held -= p.buf.len();
+        Ok(Some(Bytes::from(p.buf)))
+    }
+
+    /// The earliest moment a partial message expires.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.partials.values().map(|p| p.started + self.timeout).min()
+    }
+
+    /// Fails if a partial message has been waiting for longer than the timeout.
+    pub(crate) fn check_timeouts(&self, now: Instant) -> Result<(), Error> {
+        for (&channel, p) in &self.partials {
+            if now >= p.started + self.timeout {
+                return Err(Error::ReassemblyTimeout { channel, after: self.timeout });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.partials.clear();
+        self.held = 0;
+    }
+}

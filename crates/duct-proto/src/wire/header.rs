@@ -1,0 +1,168 @@
+//! The fixed 24-byte frame header that starts every frame on every transport.
+//!
+//! Layout (network byte order), normative in docs/PROTOCOL.md:
+//!
+//! | offset | size | field        |
+//! |--------|------|--------------|
+//! | 0      | 1    | kind         |
+//! | 1      | 1    | flags        |
+//! | 2      | 2    | channel_id   |
+//! | 4      | 4    | payload_len  |
+//! | 8      | 4    | seq          |
+//! | 12     | 4    | ack          |
+//! | 16     | 4    | ttl_ms       |
+//! | 20     | 4    | aux          |
+
+use super::WireError;
+
+/// Size of every frame header in bytes.
+pub const HEADER_LEN: usize = 24;
+
+/// What a frame carries. The numeric values are the wire values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// A message, or one fragment of a message, on a channel.
+    Data = 0x01,
+    /// A stand-alone acknowledgement (cumulative `ack` plus optional selective ranges).
+    Ack = 0x02,
+    /// A liveness probe; the peer answers with [`FrameKind::Pong`] echoing the payload.
+    Ping = 0x03,
+    /// The answer to a [`FrameKind::Ping`].
+    Pong = 0x04,
+    /// An orderly close with a code and a reason text.
+    Close = 0x05,
+    /// The dialer's opening handshake frame.
+    Hello = 0x10,
+    /// The listener's acceptance of a [`FrameKind::Hello`].
+    Welcome = 0x11,
+    /// The listener's refusal of a [`FrameKind::Hello`].
+    Reject = 0x12,
+}
+
+impl FrameKind {
+    /// Parses a wire value; `None` for a kind this version does not know.
+    pub fn from_u8(v: u8) -> Option<FrameKind> {
+        Some(match v {
+            0x01 => FrameKind::Data,
+            0x02 => FrameKind::Ack,
+            0x03 => FrameKind::Ping,
+            0x04 => FrameKind::Pong,
+            0x05 => FrameKind::Close,
+            0x10 => FrameKind::Hello,
+            0x11 => FrameKind::Welcome,
+            0x12 => FrameKind::Reject,
+            _ => return None,
+        })
+    }
+
+    /// Whether this kind belongs to the handshake (valid only before the session is established).
+    pub fn is_handshake(self) -> bool {
+        matches!(self, FrameKind::Hello | FrameKind::Welcome | FrameKind::Reject)
+    }
+}
+
+/// Header flag bits. Bits not named here are reserved: sent as zero, ignored on receipt.
+pub mod flags {
+    /// The frame belongs to a reliable channel; `seq` is valid.
+    pub const RELIABLE: u8 = 0x01;
+    /// `ack` carries a valid cumulative acknowledgement.
+    pub const ACK_PRESENT: u8 = 0x02;
+    /// More fragments of this message follow on the same channel.
+    pub const MORE_FRAGMENTS: u8 = 0x04;
+    /// This frame continues a message begun by an earlier fragment on the same channel.
+    pub const CONTINUATION: u8 = 0x08;
+    /// `ttl_ms` carries the remaining time to live of the message.
+    pub const TTL_PRESENT: u8 = 0x10;
+    /// Every flag bit this version defines.
+    pub const KNOWN: u8 = RELIABLE | ACK_PRESENT | MORE_FRAGMENTS | CONTINUATION | TTL_PRESENT;
+}
+
+/// A decoded frame header. Plain data: any combination of values can be encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Frame kind.
+    pub kind: FrameKind,
+    /// Flag bits (see [`flags`]).
+    pub flags: u8,
+    /// Channel the frame belongs to (0 for control frames).
+    pub channel: u16,
+    /// Number of payload bytes that follow the header.
+    pub payload_len: u32,
+    /// Sequence number of a reliable frame (valid with [`flags::RELIABLE`]).
+    pub seq: u32,
+    /// Piggybacked cumulative acknowledgement (valid with [`flags::ACK_PRESENT`]).
+    pub ack: u32,
+    /// Remaining time to live in milliseconds (valid with [`flags::TTL_PRESENT`]).
+    pub ttl_ms: u32,
+    /// Kind-specific extra word: on the first fragment of a fragmented message, the total
+    /// message length; otherwise zero.
+    pub aux: u32,
+}
+
+impl Header {
+    /// A header of `kind` with every other field zero.
+    pub const fn new(kind: FrameKind) -> Header {
+        Header { kind, flags: 0, channel: 0, payload_len: 0, seq: 0, ack: 0, ttl_ms: 0, aux: 0 }
+    }
+
+    /// A DATA header for an unfragmented message on `channel`.
+    pub const fn data(channel: u16, payload_len: u32) -> Header {
+        Header {
+            kind: FrameKind::Data,
+            flags: 0,
+            channel,
+            payload_len,
+            seq: 0,
+            ack: 0,
+            ttl_ms: 0,
+            aux: 0,
+        }
+    }
+
+    /// Whether `flag` is set.
+    #[inline]
+    pub const fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Encodes into the 24 wire bytes.
+    #[inline]
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0] = self.kind as u8;
+        b[1] = self.flags;
+        b[2..4].copy_from_slice(&self.channel.to_be_bytes());
+        b[4..8].copy_from_slice(&self.payload_len.to_be_bytes());
+        b[8..12].copy_from_slice(&self.seq.to_be_bytes());
+        b[12..16].copy_from_slice(&self.ack.to_be_bytes());
+        b[16..20].copy_from_slice(&self.ttl_ms.to_be_bytes());
+        b[20..24].copy_from_slice(&self.aux.to_be_bytes());
+        b
+    }
+
+    /// Decodes the first [`HEADER_LEN`] bytes of `buf`.
+    ///
+    /// Fails with [`WireError::Truncated`] if `buf` is shorter than a header and with
+    /// [`WireError::UnknownKind`] for a kind this version does not define. Reserved flag bits
+    /// are kept as received (the session ignores them). Length limits are the deframer's job.
+    #[inline]
+    pub fn decode(buf: &[u8]) -> Result<Header, WireError> {
+        let b: &[u8; HEADER_LEN] = match buf.get(..HEADER_LEN) {
+            Some(s) => s.try_into().map_err(|_| WireError::Truncated)?,
+            None => return Err(WireError::Truncated),
+        };
+        let kind = FrameKind::from_u8(b[0]).ok_or(WireError::UnknownKind(b[0]))?;
+        let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Ok(Header {
+            kind,
+            flags: b[1],
+            channel: u16::from_be_bytes([b[2], b[3]]),
+            payload_len: u32_at(4),
+            seq: u32_at(8),
+            ack: u32_at(12),
+            ttl_ms: u32_at(16),
+            aux: u32_at(20),
+        })
+    }
+}

@@ -1,0 +1,308 @@
+//! [`Message`], the unit that duct moves, and [`MessageBuf`], a writable buffer that becomes
+//! one.
+//!
+//! This module owns only the value types. How a message is framed, fragmented, queued and
+//! delivered belongs to the protocol core (duct-proto) and the driver.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+
+use bytes::{Bytes, BytesMut};
+
+/// One message: a payload of bytes and the channel it travels on.
+///
+/// duct preserves message boundaries: what one `send` sends, one `recv` returns, whole, however
+/// the transport split it. The payload is a [`bytes::Bytes`], so cloning a `Message` (or
+/// taking its payload with [`into_bytes`](Message::into_bytes)) never copies the payload; it
+/// bumps a reference count. On shared memory a received payload may be a view into the shared
+/// pool, returned to the pool when the last clone is dropped.
+///
+/// A new message is on channel 0 unless [`with_channel`](Message::with_channel) says otherwise;
+/// a received message reports the channel it arrived on.
+///
+/// ```
+/// use duct::Message;
+///
+/// let msg = Message::from("player 7 moved").with_channel(2);
+/// assert_eq!(msg.payload(), b"player 7 moved");
+/// assert_eq!(msg.channel(), 2);
+/// assert_eq!(msg.len(), 14);
+/// ```
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    payload: Bytes,
+    channel: u16,
+}
+
+impl Message {
+    /// A message on channel 0 with this payload. Accepts anything that converts into
+    /// [`Bytes`] (`Vec<u8>`, `String`, `&'static [u8]`, `&'static str`, `Bytes`) without
+    /// copying it.
+    pub fn new(payload: impl Into<Bytes>) -> Message {
+        Message {
+            payload: payload.into(),
+            channel: 0,
+        }
+    }
+
+    /// The same message on `channel` (0..=65535). Which channels exist and how each behaves
+    /// is set with [`ChannelOptions`](crate::ChannelOptions); a send's
+    /// [`SendOptions::channel`](crate::SendOptions::channel) overrides this.
+    #[must_use]
+    pub fn with_channel(mut self, channel: u16) -> Message {
+        self.channel = channel;
+        self
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The payload as a [`Bytes`] handle (clone it to keep it without copying).
+    pub fn bytes(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Takes the payload out of the message, without copying.
+    pub fn into_bytes(self) -> Bytes {
+        self.payload
+    }
+
+    /// The channel this message is sent on, or arrived on.
+    pub fn channel(&self) -> u16 {
+        self.channel
+    }
+
+    /// The payload length in bytes.
+    pub fn len(&self) -> usize {
+        self.payload.len()
+    }
+
+    /// Whether the payload is empty. Empty messages are valid and are delivered.
+    pub fn is_empty(&self) -> bool {
+        self.payload.is_empty()
+    }
+}
+
+impl fmt::Debug for Message {
+    // The payload can be megabytes; show its size and a short prefix, not all of it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const PREFIX: usize = 16;
+        let shown = &self.payload[..self.payload.len().min(PREFIX)];
+        f.debug_struct("Message")
+            .field("channel", &self.channel)
+            .field("len", &self.payload.len())
+            .field("payload", &Bytes::copy_from_slice(shown))
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsRef<[u8]> for Message {
+    fn as_ref(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+impl From<Bytes> for Message {
+    fn from(payload: Bytes) -> Message {
+        Message::new(payload)
+    }
+}
+
+impl From<Vec<u8>> for Message {
+    fn from(payload: Vec<u8>) -> Message {
+        Message::new(payload)
+    }
+}
+
+impl From<&'static [u8]> for Message {
+    fn from(payload: &'static [u8]) -> Message {
+        Message::new(payload)
+    }
+}
+
+impl<const N: usize> From<&'static [u8; N]> for Message {
+    fn from(payload: &'static [u8; N]) -> Message {
+        Message::new(&payload[..])
+    }
+}
+
+impl From<&'static str> for Message {
+    fn from(payload: &'static str) -> Message {
+        Message::new(payload)
+    }
+}
+
+impl From<String> for Message {
+    fn from(payload: String) -> Message {
+        Message::new(payload)
+    }
+}
+
+impl From<MessageBuf> for Message {
+    fn from(buf: MessageBuf) -> Message {
+        buf.freeze()
+    }
+}
+
+/// A writable buffer of a fixed length that becomes a [`Message`] with
+/// [`freeze`](MessageBuf::freeze), without copying.
+///
+/// Get one from `Pipe::alloc(len)`, fill it through `DerefMut<Target = [u8]>`, freeze it and
+/// send it. On shared memory the buffer will live in the shared pool, so the message is never
+/// copied on its way to the peer; on the other transports (and in this version, everywhere)
+/// it is an ordinary heap buffer. The buffer starts zeroed; its length is fixed.
+///
+/// ```
+/// # use duct::MessageBuf;
+/// # fn fill(buf: MessageBuf) -> duct::Message {
+/// let mut buf = buf;
+/// buf[..5].copy_from_slice(b"hello");
+/// let msg = buf.freeze();
+/// # msg }
+/// ```
+pub struct MessageBuf {
+    buf: BytesMut,
+}
+
+impl MessageBuf {
+    /// A zeroed heap buffer of `len` bytes. The caller checks `len` against the pipe's
+    /// `max_message_size` first, so that a huge length fails as `MessageTooLarge` instead of
+    /// allocating.
+    pub(crate) fn heap(len: usize) -> MessageBuf {
+        MessageBuf {
+            buf: BytesMut::zeroed(len),
+        }
+    }
+
+    /// The buffer's length in bytes (fixed at allocation).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether the buffer has length 0.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Turns the buffer into a message on channel 0, without copying.
+    pub fn freeze(self) -> Message {
+        Message::new(self.buf.freeze())
+    }
+}
+
+impl Deref for MessageBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl DerefMut for MessageBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+}
+
+impl fmt::Debug for MessageBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageBuf")
+            .field("len", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_shares_the_payload() {
+        let msg = Message::from(vec![1u8; 4096]);
+        let copy = msg.clone();
+        assert_eq!(msg.payload().as_ptr(), copy.payload().as_ptr());
+        assert_eq!(msg, copy);
+        let bytes = copy.into_bytes();
+        assert_eq!(bytes.as_ptr(), msg.payload().as_ptr());
+        assert_eq!(msg.bytes().as_ptr(), msg.payload().as_ptr());
+    }
+
+    #[test]
+    fn conversions_keep_the_payload() {
+        let expected: &[u8] = b"abc";
+        let all = [
+            Message::from(b"abc".to_vec()),
+            Message::from(Bytes::from_static(b"abc")),
+            Message::from(&b"abc"[..]),
+            Message::from(b"abc"),
+            Message::from("abc"),
+            Message::from(String::from("abc")),
+            Message::new("abc"),
+        ];
+        for msg in all {
+            assert_eq!(msg.payload(), expected);
+            assert_eq!(msg.channel(), 0);
+            assert_eq!(msg.len(), 3);
+            assert!(!msg.is_empty());
+        }
+    }
+
+    #[test]
+    fn vec_conversion_does_not_copy() {
+        let v = vec![9u8; 100];
+        let ptr = v.as_ptr();
+        assert_eq!(Message::from(v).payload().as_ptr(), ptr);
+    }
+
+    #[test]
+    fn with_channel_sets_the_channel() {
+        let msg = Message::from("x").with_channel(65535);
+        assert_eq!(msg.channel(), 65535);
+        assert_ne!(msg, Message::from("x"));
+    }
+
+    #[test]
+    fn empty_message() {
+        let msg = Message::new(Bytes::new());
+        assert!(msg.is_empty());
+        assert_eq!(msg.len(), 0);
+        assert_eq!(Message::default(), msg);
+    }
+
+    #[test]
+    fn debug_is_bounded() {
+        let text = format!("{:?}", Message::from(vec![b'a'; 10_000]));
+        assert!(text.len() < 200, "{text}");
+        assert!(text.contains("10000"));
+    }
+
+    #[test]
+    fn message_buf_is_zeroed_writable_and_freezes_without_copy() {
+        let mut buf = MessageBuf::heap(8);
+        assert_eq!(buf.len(), 8);
+        assert!(!buf.is_empty());
+        assert!(buf.iter().all(|&b| b == 0));
+        buf[..3].copy_from_slice(b"hey");
+        let ptr = buf.as_ptr();
+        let msg = buf.freeze();
+        assert_eq!(msg.payload(), b"hey\0\0\0\0\0");
+        assert_eq!(msg.payload().as_ptr(), ptr);
+        assert_eq!(msg.channel(), 0);
+    }
+
+    #[test]
+    fn empty_message_buf() {
+        let buf = MessageBuf::heap(0);
+        assert!(buf.is_empty());
+        assert!(Message::from(buf).is_empty());
+    }
+
+    #[test]
+    fn message_is_send_sync() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Message>();
+        assert_send_sync::<MessageBuf>();
+    }
+}

@@ -1,0 +1,1952 @@
+//! The configuration types of duct ([`DialOptions`], [`ListenOptions`], [`ChannelOptions`],
+//! [`SendOptions`], [`RecvOptions`], [`CloseOptions`] and the small types they take) and the
+//! value types a pipe reports back ([`PipeState`], [`StateChange`], [`PipeStats`],
+//! [`PeerInfo`]).
+//!
+//! Every builder is `Default + Clone + Debug`, and its methods take and return `self`, so a
+//! configuration reads as one chained expression. Each setter's documentation states the
+//! default and the unit.
+//!
+//! This module only stores what the user asked for. The driver reads it (through the
+//! `pub(crate)` fields and the `*_settings` getters, which resolve unset values to their
+//! defaults) and the protocol core enforces it. Options that this version of duct does not
+//! implement yet can still be set, but then `listen`, `dial` and `send_with` fail with
+//! [`ErrorKind::Unsupported`] naming the option, instead of ignoring it silently; each such
+//! setter says so in its documentation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::addr::Addr;
+use crate::error::{Error, ErrorKind, Result};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+/// Default [`DialOptions::timeout`]: connect plus handshake.
+pub(crate) const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `max_message_size`.
+pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * MIB;
+/// Default `max_frame_payload`.
+pub(crate) const DEFAULT_MAX_FRAME_PAYLOAD: u32 = 64 * 1024;
+/// Default `reassembly_limit`: one message of the default maximum size plus one frame.
+pub(crate) const DEFAULT_REASSEMBLY_LIMIT: usize = 64 * MIB + 64 * KIB;
+/// Default `reassembly_timeout`.
+pub(crate) const DEFAULT_REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `send_timeout`.
+pub(crate) const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `linger`.
+pub(crate) const DEFAULT_LINGER: Duration = Duration::from_secs(1);
+/// Default [`ListenOptions::handshake_timeout`].
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`ListenOptions::max_pending_handshakes`].
+pub(crate) const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 128;
+/// Default [`ListenOptions::resume_window`].
+pub(crate) const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(30);
+/// Default high-water mark of a channel queue, in messages.
+pub(crate) const DEFAULT_HWM_MSGS: usize = 1024;
+/// Default high-water mark of a channel queue, in bytes: room for one maximum-size message.
+pub(crate) const DEFAULT_HWM_BYTES: usize = 64 * MIB;
+/// Default [`ChannelOptions::priority`].
+pub(crate) const DEFAULT_PRIORITY: u8 = 128;
+/// Default [`ChannelOptions::weight`].
+pub(crate) const DEFAULT_WEIGHT: u32 = 1;
+
+/// Called on every [`PipeState`] transition.
+pub(crate) type StateCallback = Arc<dyn Fn(StateChange) + Send + Sync + 'static>;
+/// Called with errors that no call can return.
+pub(crate) type ErrorCallback = Arc<dyn Fn(&Error) + Send + Sync + 'static>;
+/// Decides whether a peer may connect; `Err` carries the reason sent to the dialer.
+pub(crate) type AuthenticateCallback =
+    Arc<dyn Fn(&PeerInfo) -> std::result::Result<(), String> + Send + Sync + 'static>;
+
+/// `Debug` stand-in for a stored closure.
+struct CallbackMarker;
+
+impl fmt::Debug for CallbackMarker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<callback>")
+    }
+}
+
+fn callback_debug<T: ?Sized>(callback: &Option<Arc<T>>) -> Option<CallbackMarker> {
+    callback.as_ref().map(|_| CallbackMarker)
+}
+
+/// `Debug` stand-in for secret bytes (tokens): shows the length only.
+struct RedactedBytes(usize);
+
+impl fmt::Debug for RedactedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes>", self.0)
+    }
+}
+
+/// The error for an option that may be set but is not implemented yet.
+fn unsupported_option(what: &str, area: &str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!("{what} is not implemented yet in this version of duct ({area})"),
+    )
+}
+
+const AREA_LIFECYCLE: &str = "connection lifecycle";
+const AREA_QOS: &str = "per-channel QoS";
+const AREA_RELIABLE: &str = "reliable delivery";
+const AREA_TLS: &str = "TLS";
+const AREA_AUTH: &str = "authentication";
+
+// ---------------------------------------------------------------------------------------------
+// Limits shared by dialers and listeners
+// ---------------------------------------------------------------------------------------------
+
+/// The resource limits and default timeouts of one pipe; the same set on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Largest message sent or accepted, in bytes.
+    pub(crate) max_message_size: usize,
+    /// Largest frame payload this side accepts, in bytes.
+    pub(crate) max_frame_payload: u32,
+    /// Bytes held in partially reassembled messages, per pipe.
+    pub(crate) reassembly_limit: usize,
+    /// How long a partially reassembled message may wait for its next fragment.
+    pub(crate) reassembly_timeout: Duration,
+    /// How long `send` waits for queue space when [`SendOptions`] has no timeout.
+    pub(crate) send_timeout: Duration,
+    /// How long `close` waits to flush queued messages when [`CloseOptions`] has no linger.
+    pub(crate) linger: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_frame_payload: DEFAULT_MAX_FRAME_PAYLOAD,
+            reassembly_limit: DEFAULT_REASSEMBLY_LIMIT,
+            reassembly_timeout: DEFAULT_REASSEMBLY_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
+            linger: DEFAULT_LINGER,
+        }
+    }
+}
+
+/// The limit setters, identical on [`DialOptions`] and [`ListenOptions`] (each pipe a listener
+/// accepts gets the listener's limits).
+macro_rules! limit_setters {
+    () => {
+        /// The largest message, in bytes, that a pipe sends or accepts. Default: 64 MiB
+        /// (67 108 864 bytes).
+        ///
+        /// A larger `send` fails with [`ErrorKind::MessageTooLarge`] and sends nothing; a
+        /// larger incoming message is refused and reported as an error. Messages above
+        /// [`max_frame_payload`](Self::max_frame_payload) travel as several frames.
+        #[must_use]
+        pub fn max_message_size(mut self, bytes: usize) -> Self {
+            self.limits.max_message_size = bytes;
+            self
+        }
+
+        /// The largest frame payload, in bytes, that this side accepts; the handshake tells
+        /// the peer, which then sends no larger frames. Default: 65 536 (64 KiB).
+        ///
+        /// Smaller frames let the frames of different channels interleave more finely (a
+        /// realtime message waits behind at most one frame of a bulk message); larger frames
+        /// cost fewer headers and wakeups.
+        #[must_use]
+        pub fn max_frame_payload(mut self, bytes: u32) -> Self {
+            self.limits.max_frame_payload = bytes;
+            self
+        }
+
+        /// The most bytes, per pipe, held in messages whose fragments have not all arrived
+        /// yet. Default: 64 MiB + 64 KiB (67 174 400 bytes: one maximum-size message plus
+        /// one frame of another channel).
+        ///
+        /// It bounds the memory a peer can make this side hold by starting messages and not
+        /// finishing them; a peer that exceeds it breaks the protocol and is disconnected.
+        #[must_use]
+        pub fn reassembly_limit(mut self, bytes: usize) -> Self {
+            self.limits.reassembly_limit = bytes;
+            self
+        }
+
+        /// How long a partially received message may wait for its next fragment before it
+        /// is discarded and the peer is considered broken. Default: 30 s.
+        #[must_use]
+        pub fn reassembly_timeout(mut self, timeout: Duration) -> Self {
+            self.limits.reassembly_timeout = timeout;
+            self
+        }
+
+        /// How long a `send` may wait for room in the channel's queue when its
+        /// [`SendOptions`] set no timeout. Default: 30 s. On expiry the send fails with
+        /// [`ErrorKind::TimedOut`] and the message is not sent.
+        #[must_use]
+        pub fn send_timeout(mut self, timeout: Duration) -> Self {
+            self.limits.send_timeout = timeout;
+            self
+        }
+
+        /// How long `close` waits for queued messages to reach the peer when its
+        /// [`CloseOptions`] set no linger. Default: 1 s. `Duration::ZERO` closes at once and
+        /// drops whatever is still queued.
+        #[must_use]
+        pub fn linger(mut self, linger: Duration) -> Self {
+            self.limits.linger = linger;
+            self
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// DialOptions
+// ---------------------------------------------------------------------------------------------
+
+/// How [`dial`](crate::dial) connects, and how the resulting pipe behaves.
+///
+/// ```
+/// use std::time::Duration;
+/// use duct::DialOptions;
+///
+/// let opts = DialOptions::default()
+///     .timeout(Duration::from_secs(2))
+///     .max_message_size(1 << 20)
+///     .on_error(|err| eprintln!("pipe error: {err}"));
+/// ```
+///
+/// In this version of duct, [`reconnect`](Self::reconnect), [`heartbeat`](Self::heartbeat),
+/// [`tls`](Self::tls), [`token`](Self::token) and non-default [`ChannelOptions`] are not
+/// implemented yet: they may be set, but then `dial` fails with [`ErrorKind::Unsupported`].
+#[derive(Clone, Default)]
+pub struct DialOptions {
+    /// Connect plus handshake deadline; `None` means [`DEFAULT_DIAL_TIMEOUT`].
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) reconnect: Option<Reconnect>,
+    pub(crate) heartbeat: Option<Heartbeat>,
+    pub(crate) channels: BTreeMap<u16, ChannelOptions>,
+    pub(crate) on_state_change: Option<StateCallback>,
+    pub(crate) on_error: Option<ErrorCallback>,
+    pub(crate) tls: Option<TlsOptions>,
+    pub(crate) token: Option<Vec<u8>>,
+    pub(crate) limits: Limits,
+}
+
+impl DialOptions {
+    /// How long [`dial`](crate::dial) may take in total: resolving the name, connecting (all
+    /// addresses the name resolves to, in turn) and the handshake. Default: 5 s. On expiry,
+    /// `dial` fails with [`ErrorKind::TimedOut`]; `Duration::ZERO` fails at once.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Reconnect automatically after the connection breaks, with this backoff. Default: off
+    /// (a broken connection ends the pipe with [`ErrorKind::Disconnected`]).
+    ///
+    /// Not implemented yet in this version: setting it makes `dial` fail with
+    /// [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
+        self.reconnect = Some(reconnect);
+        self
+    }
+
+    /// Exchange heartbeats so that a silent peer is noticed; see [`Heartbeat`]. Default: no
+    /// heartbeats (a dead peer is noticed when the transport reports it).
+    ///
+    /// Not implemented yet in this version: setting it makes `dial` fail with
+    /// [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = Some(heartbeat);
+        self
+    }
+
+    /// Configure channel `channel` (0..=65535). Channels not configured behave as
+    /// `ChannelOptions::default()`. Calling it again for the same channel replaces the
+    /// earlier options.
+    ///
+    /// In this version only default channel settings are implemented: options that differ
+    /// from the defaults make `dial` fail with [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn channel(mut self, channel: u16, options: ChannelOptions) -> Self {
+        self.channels.insert(channel, options);
+        self
+    }
+
+    /// Called on every change of the pipe's [`PipeState`], with the cause when an error
+    /// caused it. Default: none.
+    ///
+    /// It runs on a duct thread (the caller's or the background reactor's): keep it short
+    /// and do not call blocking operations of the same pipe from it.
+    #[must_use]
+    pub fn on_state_change(
+        mut self,
+        callback: impl Fn(StateChange) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_state_change = Some(Arc::new(callback));
+        self
+    }
+
+    /// Called with errors that the pipe meets outside any call that could return them, for
+    /// example while the background reactor reads, writes or keeps time. An error returned
+    /// from a call is not reported here as well. Default: none (such errors are logged with
+    /// `tracing`).
+    ///
+    /// It runs on a duct thread: keep it short and do not block in it.
+    #[must_use]
+    pub fn on_error(mut self, callback: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Arc::new(callback));
+        self
+    }
+
+    /// Use TLS on a `tcp://` address (a `tls://` address implies TLS and takes its settings
+    /// from here). Default: no TLS on `tcp://`.
+    ///
+    /// Not implemented yet in this version: setting it makes `dial` fail with
+    /// [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// An opaque credential presented to the listener in the handshake, for its
+    /// [`ListenOptions::authenticate`] hook. Default: none. `Debug` output shows only its
+    /// length.
+    ///
+    /// Not implemented yet in this version: setting it makes `dial` fail with
+    /// [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn token(mut self, token: impl Into<Vec<u8>>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    limit_setters!();
+
+    /// The connect-plus-handshake deadline, default applied.
+    pub(crate) fn timeout_or_default(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_DIAL_TIMEOUT)
+    }
+
+    /// The settings of `channel`, defaults applied.
+    pub(crate) fn channel_settings(&self, channel: u16) -> ChannelSettings {
+        self.channels
+            .get(&channel)
+            .map(ChannelOptions::settings)
+            .unwrap_or_default()
+    }
+
+    /// `Ok` when every option that was set is implemented in this version; otherwise an
+    /// [`ErrorKind::Unsupported`] error naming the first one that is not.
+    pub(crate) fn check_supported(&self) -> Result<()> {
+        if self.reconnect.is_some() {
+            return Err(unsupported_option("DialOptions::reconnect", AREA_LIFECYCLE));
+        }
+        if self.heartbeat.is_some() {
+            return Err(unsupported_option("DialOptions::heartbeat", AREA_LIFECYCLE));
+        }
+        for (&channel, options) in &self.channels {
+            options.check_supported("DialOptions", channel)?;
+        }
+        if self.tls.is_some() {
+            return Err(unsupported_option("DialOptions::tls", AREA_TLS));
+        }
+        if self.token.is_some() {
+            return Err(unsupported_option("DialOptions::token", AREA_AUTH));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for DialOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DialOptions")
+            .field("timeout", &self.timeout_or_default())
+            .field("reconnect", &self.reconnect)
+            .field("heartbeat", &self.heartbeat)
+            .field("channels", &self.channels)
+            .field("on_state_change", &callback_debug(&self.on_state_change))
+            .field("on_error", &callback_debug(&self.on_error))
+            .field("tls", &self.tls)
+            .field(
+                "token",
+                &self.token.as_ref().map(|t| RedactedBytes(t.len())),
+            )
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ListenOptions
+// ---------------------------------------------------------------------------------------------
+
+/// How [`listen`](crate::listen) accepts peers, and how the pipes it accepts behave.
+///
+/// ```
+/// use std::time::Duration;
+/// use duct::ListenOptions;
+///
+/// let opts = ListenOptions::default()
+///     .handshake_timeout(Duration::from_secs(2))
+///     .max_pending_handshakes(64)
+///     .on_error(|err| eprintln!("rejected a peer: {err}"));
+/// ```
+///
+/// In this version of duct, [`heartbeat`](Self::heartbeat), [`tls`](Self::tls),
+/// [`authenticate`](Self::authenticate), [`allow_uids`](Self::allow_uids),
+/// [`allow_gids`](Self::allow_gids), [`resume_window`](Self::resume_window) and non-default
+/// [`ChannelOptions`] are not implemented yet: they may be set, but then `listen` fails with
+/// [`ErrorKind::Unsupported`].
+#[derive(Clone, Default)]
+pub struct ListenOptions {
+    pub(crate) heartbeat: Option<Heartbeat>,
+    pub(crate) channels: BTreeMap<u16, ChannelOptions>,
+    pub(crate) tls: Option<TlsOptions>,
+    pub(crate) authenticate: Option<AuthenticateCallback>,
+    pub(crate) allow_uids: Option<Vec<u32>>,
+    pub(crate) allow_gids: Option<Vec<u32>>,
+    pub(crate) on_error: Option<ErrorCallback>,
+    pub(crate) limits: Limits,
+    /// `None` means [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub(crate) handshake_timeout: Option<Duration>,
+    /// `None` means [`DEFAULT_MAX_PENDING_HANDSHAKES`].
+    pub(crate) max_pending_handshakes: Option<usize>,
+    /// `None` means [`DEFAULT_RESUME_WINDOW`].
+    pub(crate) resume_window: Option<Duration>,
+}
+
+impl ListenOptions {
+    /// Configure channel `channel` (0..=65535) on every accepted pipe. Channels not
+    /// configured behave as `ChannelOptions::default()`. Calling it again for the same channel
+    /// replaces the earlier options.
+    ///
+    /// In this version only default channel settings are implemented: options that differ
+    /// from the defaults make `listen` fail with [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn channel(mut self, channel: u16, options: ChannelOptions) -> Self {
+        self.channels.insert(channel, options);
+        self
+    }
+
+    /// Exchange heartbeats with every accepted peer; see [`Heartbeat`]. Default: no
+    /// heartbeats.
+    ///
+    /// Not implemented yet in this version: setting it makes `listen` fail with
+    /// [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = Some(heartbeat);
+        self
+    }
+
+    /// Serve TLS on a `tcp://` address (a `tls://` address implies TLS and takes its settings
+    /// from here); built with [`TlsOptions::server`]. Default: no TLS on `tcp://`.
+    ///
+    /// Not implemented yet in this version: setting it makes `listen` fail with
+    /// [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Decide, per peer, whether its handshake is accepted. The hook sees the peer's address,
+    /// its token ([`DialOptions::token`]) and, on uds and shm, its credentials; `Err(reason)`
+    /// rejects the peer, whose `dial` fails with [`ErrorKind::PermissionDenied`] and `reason`
+    /// in its message. Default: every peer is accepted.
+    ///
+    /// It runs on a duct thread during the handshake: keep it short.
+    ///
+    /// Not implemented yet in this version: setting it makes `listen` fail with
+    /// [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn authenticate(
+        mut self,
+        hook: impl Fn(&PeerInfo) -> std::result::Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.authenticate = Some(Arc::new(hook));
+        self
+    }
+
+    /// Accept only peers whose user id is in this list (uds and shm, where the kernel reports
+    /// the peer's credentials). Calling it again adds to the list. When `allow_uids` or
+    /// [`allow_gids`](Self::allow_gids) is set, a peer is accepted if its uid or its gid is
+    /// listed, and peers without credentials (tcp) are rejected. Default: no filter.
+    ///
+    /// Not implemented yet in this version: setting it makes `listen` fail with
+    /// [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn allow_uids(mut self, uids: impl IntoIterator<Item = u32>) -> Self {
+        self.allow_uids.get_or_insert_with(Vec::new).extend(uids);
+        self
+    }
+
+    /// Accept only peers whose group id is in this list; see
+    /// [`allow_uids`](Self::allow_uids), which it combines with. Calling it again adds to the
+    /// list. Default: no filter.
+    ///
+    /// Not implemented yet in this version: setting it makes `listen` fail with
+    /// [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn allow_gids(mut self, gids: impl IntoIterator<Item = u32>) -> Self {
+        self.allow_gids.get_or_insert_with(Vec::new).extend(gids);
+        self
+    }
+
+    /// Called with the errors of connections that never became a pipe: a handshake that
+    /// timed out, broke the protocol or was rejected, a failed `accept` of the OS. `accept`
+    /// does not return these (it waits for the next peer instead). Default: none (they are
+    /// logged with `tracing`).
+    ///
+    /// It runs on a duct thread: keep it short and do not block in it.
+    #[must_use]
+    pub fn on_error(mut self, callback: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Arc::new(callback));
+        self
+    }
+
+    /// How long a new connection may take to complete its handshake before it is dropped
+    /// (and reported to [`on_error`](Self::on_error)). Default: 5 s.
+    #[must_use]
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// How many connections may be in their handshake at once; connections beyond it wait in
+    /// the OS's listen queue. Default: 128. It bounds what a flood of connections that never
+    /// finish their handshake can cost. `0` is treated as 1.
+    #[must_use]
+    pub fn max_pending_handshakes(mut self, count: usize) -> Self {
+        self.max_pending_handshakes = Some(count);
+        self
+    }
+
+    /// How long the listener keeps the state of a disconnected peer (its reliable queues and
+    /// sequence numbers) so that a reconnecting dialer resumes the same pipe without loss.
+    /// After it, a reconnect is a new session and the loss is reported. Default: 30 s.
+    ///
+    /// Not implemented yet in this version: setting it makes `listen` fail with
+    /// [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn resume_window(mut self, window: Duration) -> Self {
+        self.resume_window = Some(window);
+        self
+    }
+
+    limit_setters!();
+
+    /// The handshake deadline, default applied.
+    pub(crate) fn handshake_timeout_or_default(&self) -> Duration {
+        self.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT)
+    }
+
+    /// The cap on concurrent handshakes, default applied, at least 1.
+    pub(crate) fn max_pending_handshakes_or_default(&self) -> usize {
+        self.max_pending_handshakes
+            .unwrap_or(DEFAULT_MAX_PENDING_HANDSHAKES)
+            .max(1)
+    }
+
+    /// The resume window, default applied.
+    pub(crate) fn resume_window_or_default(&self) -> Duration {
+        self.resume_window.unwrap_or(DEFAULT_RESUME_WINDOW)
+    }
+
+    /// The settings of `channel`, defaults applied.
+    pub(crate) fn channel_settings(&self, channel: u16) -> ChannelSettings {
+        self.channels
+            .get(&channel)
+            .map(ChannelOptions::settings)
+            .unwrap_or_default()
+    }
+
+    /// `Ok` when every option that was set is implemented in this version; otherwise an
+    /// [`ErrorKind::Unsupported`] error naming the first one that is not.
+    pub(crate) fn check_supported(&self) -> Result<()> {
+        if self.heartbeat.is_some() {
+            return Err(unsupported_option(
+                "ListenOptions::heartbeat",
+                AREA_LIFECYCLE,
+            ));
+        }
+        for (&channel, options) in &self.channels {
+            options.check_supported("ListenOptions", channel)?;
+        }
+        if self.tls.is_some() {
+            return Err(unsupported_option("ListenOptions::tls", AREA_TLS));
+        }
+        if self.authenticate.is_some() {
+            return Err(unsupported_option("ListenOptions::authenticate", AREA_AUTH));
+        }
+        if self.allow_uids.is_some() {
+            return Err(unsupported_option("ListenOptions::allow_uids", AREA_AUTH));
+        }
+        if self.allow_gids.is_some() {
+            return Err(unsupported_option("ListenOptions::allow_gids", AREA_AUTH));
+        }
+        if self.resume_window.is_some() {
+            return Err(unsupported_option(
+                "ListenOptions::resume_window",
+                AREA_LIFECYCLE,
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ListenOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenOptions")
+            .field("heartbeat", &self.heartbeat)
+            .field("channels", &self.channels)
+            .field("tls", &self.tls)
+            .field("authenticate", &callback_debug(&self.authenticate))
+            .field("allow_uids", &self.allow_uids)
+            .field("allow_gids", &self.allow_gids)
+            .field("on_error", &callback_debug(&self.on_error))
+            .field("limits", &self.limits)
+            .field("handshake_timeout", &self.handshake_timeout_or_default())
+            .field(
+                "max_pending_handshakes",
+                &self.max_pending_handshakes_or_default(),
+            )
+            .field("resume_window", &self.resume_window)
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reconnect and Heartbeat
+// ---------------------------------------------------------------------------------------------
+
+/// When a dialer tries to connect again after its connection broke: exponential backoff with
+/// jitter.
+///
+/// The first retry waits `initial`, each next one twice as long, capped at `max`; jitter
+/// shortens each wait by a random fraction so that many clients cut off at once do not all
+/// come back at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use duct::Reconnect;
+///
+/// let policy = Reconnect::exponential(Duration::from_millis(50), Duration::from_secs(2))
+///     .jitter(0.3)
+///     .max_attempts(Some(20));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reconnect {
+    pub(crate) initial: Duration,
+    pub(crate) max: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) max_attempts: Option<u32>,
+}
+
+impl Reconnect {
+    /// Backoff starting at `initial` and doubling up to `max` (a `max` below `initial` is
+    /// raised to `initial`). Jitter 0.2, unlimited attempts.
+    pub fn exponential(initial: Duration, max: Duration) -> Reconnect {
+        Reconnect {
+            initial,
+            max: max.max(initial),
+            jitter: 0.2,
+            max_attempts: None,
+        }
+    }
+
+    /// The random part of each wait, as a fraction: each wait is drawn from
+    /// `[delay × (1 − jitter), delay]`. Default 0.2. Clamped to `0.0..=1.0`; NaN means 0.
+    #[must_use]
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = if jitter.is_nan() {
+            0.0
+        } else {
+            jitter.clamp(0.0, 1.0)
+        };
+        self
+    }
+
+    /// Give up after this many attempts in a row without success (the pipe then ends with
+    /// the last error); `None` tries forever. Default: `None`.
+    #[must_use]
+    pub fn max_attempts(mut self, attempts: Option<u32>) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// The wait before retry number `attempt` (0 for the first retry). `random` is a uniform
+    /// draw from `0.0..1.0` (the caller owns the RNG so that tests can seed it).
+    pub(crate) fn delay(&self, attempt: u32, random: f64) -> Duration {
+        let factor = 2u32.saturating_pow(attempt);
+        let delay = self.initial.saturating_mul(factor).min(self.max);
+        let random = if random.is_nan() {
+            0.0
+        } else {
+            random.clamp(0.0, 1.0)
+        };
+        // Not `mul_f64`: it panics when rounding takes a huge delay past `Duration::MAX`.
+        Duration::try_from_secs_f64(delay.as_secs_f64() * (1.0 - self.jitter * random))
+            .map_or(delay, |jittered| jittered.min(delay))
+    }
+}
+
+impl Default for Reconnect {
+    /// `exponential(100 ms, 5 s)`, jitter 0.2, unlimited attempts.
+    fn default() -> Reconnect {
+        Reconnect::exponential(Duration::from_millis(100), Duration::from_secs(5))
+    }
+}
+
+/// Liveness checking: each side sends a heartbeat every `interval` when it has nothing else
+/// to send, and a side that hears nothing from its peer for `misses` intervals declares the
+/// connection [`PipeState::Disconnected`].
+///
+/// Default: every 1 s, 5 misses (a silent peer is noticed after about 5 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub(crate) interval: Duration,
+    pub(crate) misses: u32,
+}
+
+impl Heartbeat {
+    /// Heartbeats every `interval`, disconnect after `misses` silent intervals (`0` is
+    /// treated as 1).
+    pub fn new(interval: Duration, misses: u32) -> Heartbeat {
+        Heartbeat { interval, misses }
+    }
+
+    /// How long the peer may stay silent before the connection is declared lost.
+    pub(crate) fn silence_timeout(&self) -> Duration {
+        self.interval.saturating_mul(self.misses.max(1))
+    }
+}
+
+impl Default for Heartbeat {
+    /// Every 1 s, 5 misses.
+    fn default() -> Heartbeat {
+        Heartbeat::new(Duration::from_secs(1), 5)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channels
+// ---------------------------------------------------------------------------------------------
+
+/// What a sender does when a channel's send queue is at its high-water mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Backpressure {
+    /// Wait for room, up to the send's timeout (then [`ErrorKind::TimedOut`]). The default.
+    #[default]
+    Block,
+    /// Drop the new message; `send` returns `Ok` and the drop is counted in
+    /// [`PipeStats::dropped`].
+    DropNew,
+    /// Drop the oldest queued message to make room (newest wins: realtime state); counted in
+    /// [`PipeStats::dropped`].
+    DropOld,
+    /// Fail the send at once with [`ErrorKind::WouldBlock`].
+    FailFast,
+}
+
+/// Which quantity a [`RateLimit`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum RateUnit {
+    Messages,
+    Bytes,
+}
+
+/// A token-bucket rate limit on a channel's sending: a steady rate, in messages or bytes per
+/// second, and a burst (the bucket size) that may go out at once after a quiet spell.
+///
+/// A channel can have one limit of each unit: give [`ChannelOptions::rate_limit`] a
+/// message limit and a byte limit, and both apply.
+///
+/// ```
+/// use duct::{ChannelOptions, RateLimit};
+///
+/// let chat = ChannelOptions::default()
+///     .rate_limit(RateLimit::msgs_per_sec(50.0).burst(10))
+///     .rate_limit(RateLimit::bytes_per_sec(64_000.0));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub(crate) unit: RateUnit,
+    pub(crate) per_sec: f64,
+    pub(crate) burst: Option<u64>,
+}
+
+impl RateLimit {
+    /// At most `rate` messages per second. A rate that is not a positive finite number
+    /// (0, negative, NaN, infinity) means no limit.
+    pub fn msgs_per_sec(rate: f64) -> RateLimit {
+        RateLimit {
+            unit: RateUnit::Messages,
+            per_sec: rate,
+            burst: None,
+        }
+    }
+
+    /// At most `rate` payload bytes per second. A rate that is not a positive finite number
+    /// (0, negative, NaN, infinity) means no limit.
+    pub fn bytes_per_sec(rate: f64) -> RateLimit {
+        RateLimit {
+            unit: RateUnit::Bytes,
+            per_sec: rate,
+            burst: None,
+        }
+    }
+
+    /// The bucket size, in the limit's unit (messages or bytes): how much may go out at once
+    /// after a quiet spell. Default: one second's worth (the rate rounded up, at least 1).
+    /// `0` is treated as 1.
+    #[must_use]
+    pub fn burst(mut self, burst: u64) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// The rate per second, or `None` when it means no limit.
+    pub(crate) fn rate(&self) -> Option<f64> {
+        (self.per_sec.is_finite() && self.per_sec > 0.0).then_some(self.per_sec)
+    }
+
+    /// The bucket size, default applied, at least 1.
+    pub(crate) fn burst_or_default(&self) -> u64 {
+        match self.burst {
+            Some(burst) => burst.max(1),
+            // `as` saturates for floats; the rate is finite and positive here or we use 1.
+            None => self.rate().map_or(1, |rate| (rate.ceil() as u64).max(1)),
+        }
+    }
+}
+
+/// The behaviour of one channel: delivery guarantee, queue bounds, what happens when a queue
+/// is full, time to live, scheduling against other channels, and rate limits.
+///
+/// Every channel, configured or not, starts from these defaults: realtime (not reliable),
+/// send and receive queues of at most 1024 messages and 64 MiB each,
+/// [`Backpressure::Block`], no TTL, priority 128, weight 1, no rate limit.
+///
+/// In this version of duct only the defaults are implemented: a channel configured with any
+/// other value makes `dial`/`listen` fail with [`ErrorKind::Unsupported`] naming the option.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChannelOptions {
+    pub(crate) reliable: Option<bool>,
+    pub(crate) snd_hwm_msgs: Option<usize>,
+    pub(crate) snd_hwm_bytes: Option<usize>,
+    pub(crate) rcv_hwm_msgs: Option<usize>,
+    pub(crate) rcv_hwm_bytes: Option<usize>,
+    pub(crate) backpressure: Option<Backpressure>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) priority: Option<u8>,
+    pub(crate) weight: Option<u32>,
+    pub(crate) msgs_rate: Option<RateLimit>,
+    pub(crate) bytes_rate: Option<RateLimit>,
+}
+
+impl ChannelOptions {
+    /// Reliable (at-least-once, in order, retransmitted and resumed across reconnects) or
+    /// realtime (may drop under the backpressure policy, TTL or a disconnect; never
+    /// duplicated; in order). Default: `false` (realtime).
+    #[must_use]
+    pub fn reliable(mut self, reliable: bool) -> Self {
+        self.reliable = Some(reliable);
+        self
+    }
+
+    /// The send queue's high-water mark, in messages: at this many queued messages the
+    /// [`Backpressure`] policy applies. Default: 1024. `0` is treated as 1.
+    #[must_use]
+    pub fn snd_hwm_msgs(mut self, msgs: usize) -> Self {
+        self.snd_hwm_msgs = Some(msgs);
+        self
+    }
+
+    /// The send queue's high-water mark, in payload bytes. Default: 64 MiB. An empty queue
+    /// always takes one message, however large (up to `max_message_size`). `0` is treated
+    /// as 1.
+    #[must_use]
+    pub fn snd_hwm_bytes(mut self, bytes: usize) -> Self {
+        self.snd_hwm_bytes = Some(bytes);
+        self
+    }
+
+    /// The receive queue's high-water mark, in messages: beyond it the pipe stops reading
+    /// from the transport (reliable channels) or drops the oldest message (realtime
+    /// channels). Default: 1024. `0` is treated as 1.
+    #[must_use]
+    pub fn rcv_hwm_msgs(mut self, msgs: usize) -> Self {
+        self.rcv_hwm_msgs = Some(msgs);
+        self
+    }
+
+    /// The receive queue's high-water mark, in payload bytes. Default: 64 MiB. `0` is
+    /// treated as 1.
+    #[must_use]
+    pub fn rcv_hwm_bytes(mut self, bytes: usize) -> Self {
+        self.rcv_hwm_bytes = Some(bytes);
+        self
+    }
+
+    /// What `send` does when the send queue is full. Default: [`Backpressure::Block`].
+    #[must_use]
+    pub fn backpressure(mut self, policy: Backpressure) -> Self {
+        self.backpressure = Some(policy);
+        self
+    }
+
+    /// Time to live of each message on this channel, from `send`: a message still queued
+    /// (on either side) when it runs out is dropped and counted in [`PipeStats::expired`].
+    /// Default: none (messages never expire).
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Scheduling priority: when several channels have frames to send, the higher priority
+    /// goes first. Default: 128.
+    #[must_use]
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Share of the link among channels of equal priority (weighted round robin, in
+    /// frames). Default: 1. `0` is treated as 1.
+    #[must_use]
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = Some(weight);
+        self
+    }
+
+    /// Limit the channel's sending rate. A message limit and a byte limit can both be set
+    /// (call this twice); a second limit of the same unit replaces the first. Default: no
+    /// limit.
+    #[must_use]
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        match limit.unit {
+            RateUnit::Messages => self.msgs_rate = Some(limit),
+            RateUnit::Bytes => self.bytes_rate = Some(limit),
+        }
+        self
+    }
+
+    /// The settings with defaults applied and out-of-range values corrected.
+    pub(crate) fn settings(&self) -> ChannelSettings {
+        let default = ChannelSettings::default();
+        ChannelSettings {
+            reliable: self.reliable.unwrap_or(default.reliable),
+            snd_hwm_msgs: self.snd_hwm_msgs.map_or(default.snd_hwm_msgs, |v| v.max(1)),
+            snd_hwm_bytes: self
+                .snd_hwm_bytes
+                .map_or(default.snd_hwm_bytes, |v| v.max(1)),
+            rcv_hwm_msgs: self.rcv_hwm_msgs.map_or(default.rcv_hwm_msgs, |v| v.max(1)),
+            rcv_hwm_bytes: self
+                .rcv_hwm_bytes
+                .map_or(default.rcv_hwm_bytes, |v| v.max(1)),
+            backpressure: self.backpressure.unwrap_or(default.backpressure),
+            ttl: self.ttl,
+            priority: self.priority.unwrap_or(default.priority),
+            weight: self.weight.map_or(default.weight, |v| v.max(1)),
+            msgs_rate: self.msgs_rate.filter(|r| r.rate().is_some()),
+            bytes_rate: self.bytes_rate.filter(|r| r.rate().is_some()),
+        }
+    }
+
+    /// Rejects any setting that differs from the default, naming it as
+    /// `{owner}::channel({channel}, ..).{option}`.
+    pub(crate) fn check_supported(&self, owner: &str, channel: u16) -> Result<()> {
+        let got = self.settings();
+        let default = ChannelSettings::default();
+        let differs = [
+            ("reliable", got.reliable != default.reliable, AREA_RELIABLE),
+            (
+                "snd_hwm_msgs",
+                got.snd_hwm_msgs != default.snd_hwm_msgs,
+                AREA_QOS,
+            ),
+            (
+                "snd_hwm_bytes",
+                got.snd_hwm_bytes != default.snd_hwm_bytes,
+                AREA_QOS,
+            ),
+            (
+                "rcv_hwm_msgs",
+                got.rcv_hwm_msgs != default.rcv_hwm_msgs,
+                AREA_QOS,
+            ),
+            (
+                "rcv_hwm_bytes",
+                got.rcv_hwm_bytes != default.rcv_hwm_bytes,
+                AREA_QOS,
+            ),
+            (
+                "backpressure",
+                got.backpressure != default.backpressure,
+                AREA_QOS,
+            ),
+            ("ttl", got.ttl.is_some(), AREA_QOS),
+            ("priority", got.priority != default.priority, AREA_QOS),
+            ("weight", got.weight != default.weight, AREA_QOS),
+            (
+                "rate_limit",
+                got.msgs_rate.is_some() || got.bytes_rate.is_some(),
+                AREA_QOS,
+            ),
+        ];
+        match differs.iter().find(|(_, differs, _)| *differs) {
+            Some((option, _, area)) => Err(unsupported_option(
+                &format!("{owner}::channel({channel}, ..).{option}"),
+                area,
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The resolved settings of one channel, as the driver and the protocol core use them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ChannelSettings {
+    pub(crate) reliable: bool,
+    pub(crate) snd_hwm_msgs: usize,
+    pub(crate) snd_hwm_bytes: usize,
+    pub(crate) rcv_hwm_msgs: usize,
+    pub(crate) rcv_hwm_bytes: usize,
+    pub(crate) backpressure: Backpressure,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) priority: u8,
+    pub(crate) weight: u32,
+    /// Only limits with a usable rate ([`RateLimit::rate`] is `Some`).
+    pub(crate) msgs_rate: Option<RateLimit>,
+    /// Only limits with a usable rate ([`RateLimit::rate`] is `Some`).
+    pub(crate) bytes_rate: Option<RateLimit>,
+}
+
+impl Default for ChannelSettings {
+    fn default() -> ChannelSettings {
+        ChannelSettings {
+            reliable: false,
+            snd_hwm_msgs: DEFAULT_HWM_MSGS,
+            snd_hwm_bytes: DEFAULT_HWM_BYTES,
+            rcv_hwm_msgs: DEFAULT_HWM_MSGS,
+            rcv_hwm_bytes: DEFAULT_HWM_BYTES,
+            backpressure: Backpressure::Block,
+            ttl: None,
+            priority: DEFAULT_PRIORITY,
+            weight: DEFAULT_WEIGHT,
+            msgs_rate: None,
+            bytes_rate: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-call options
+// ---------------------------------------------------------------------------------------------
+
+/// Options of one `send_with` / `send_batch` call.
+///
+/// In this version of duct, [`ttl`](Self::ttl) and `reliable(true)` are not implemented
+/// yet: a send that sets them fails with [`ErrorKind::Unsupported`] and sends nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendOptions {
+    pub(crate) channel: Option<u16>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) reliable: Option<bool>,
+}
+
+impl SendOptions {
+    /// Send on this channel instead of the message's own
+    /// ([`Message::channel`](crate::Message::channel)). Default: the message's channel.
+    #[must_use]
+    pub fn channel(mut self, channel: u16) -> Self {
+        self.channel = Some(channel);
+        self
+    }
+
+    /// How long the send may wait for room in the channel's queue (under
+    /// [`Backpressure::Block`]); on expiry it fails with [`ErrorKind::TimedOut`] and sends
+    /// nothing. `Duration::ZERO` never waits: a full queue fails at once with
+    /// [`ErrorKind::WouldBlock`]. Default: the pipe's `send_timeout` (30 s unless
+    /// configured).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Time to live of this message, overriding the channel's [`ChannelOptions::ttl`].
+    /// Default: the channel's.
+    ///
+    /// Not implemented yet in this version: setting it makes the send fail with
+    /// [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Send this message reliably (or not), overriding the channel's
+    /// [`ChannelOptions::reliable`]. Default: the channel's.
+    ///
+    /// `reliable(true)` is not implemented yet in this version: it makes the send fail with
+    /// [`ErrorKind::Unsupported`]. `reliable(false)` is accepted.
+    #[must_use]
+    pub fn reliable(mut self, reliable: bool) -> Self {
+        self.reliable = Some(reliable);
+        self
+    }
+
+    /// The channel to send `message_channel`'s message on.
+    pub(crate) fn channel_for(&self, message_channel: u16) -> u16 {
+        self.channel.unwrap_or(message_channel)
+    }
+
+    /// The queue-space deadline, falling back to the pipe's `send_timeout`.
+    pub(crate) fn timeout_or(&self, send_timeout: Duration) -> Duration {
+        self.timeout.unwrap_or(send_timeout)
+    }
+
+    /// `Ok` when every option that was set is implemented in this version; otherwise an
+    /// [`ErrorKind::Unsupported`] error naming the first one that is not.
+    pub(crate) fn check_supported(&self) -> Result<()> {
+        if self.ttl.is_some() {
+            return Err(unsupported_option("SendOptions::ttl", AREA_QOS));
+        }
+        if self.reliable == Some(true) {
+            return Err(unsupported_option(
+                "SendOptions::reliable(true)",
+                AREA_RELIABLE,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Options of one `recv_with` / `recv_batch` call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecvOptions {
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl RecvOptions {
+    /// How long to wait for a message. On expiry the call fails with
+    /// [`ErrorKind::TimedOut`]. `Duration::ZERO` does not wait: with no message queued it
+    /// fails at once with [`ErrorKind::WouldBlock`]. Default: wait until a message arrives,
+    /// the pipe closes or an error occurs.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// Options of `close_with`: how long to flush, and what to tell the peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CloseOptions {
+    pub(crate) linger: Option<Duration>,
+    pub(crate) reason: Option<(u16, String)>,
+}
+
+impl CloseOptions {
+    /// How long to wait for queued messages to reach the peer before closing.
+    /// `Duration::ZERO` closes at once and drops what is queued. Default: the pipe's `linger`
+    /// (1 s unless configured).
+    #[must_use]
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = Some(linger);
+        self
+    }
+
+    /// A close code and a human-readable reason, sent to the peer, whose `recv` then fails
+    /// with [`ErrorKind::Closed`] and returns them from
+    /// [`Error::close_reason`](crate::Error::close_reason). The meaning of codes is up to the
+    /// application. Default: no code or reason.
+    #[must_use]
+    pub fn reason(mut self, code: u16, reason: impl Into<String>) -> Self {
+        self.reason = Some((code, reason.into()));
+        self
+    }
+
+    /// The linger, falling back to the pipe's default.
+    pub(crate) fn linger_or(&self, default: Duration) -> Duration {
+        self.linger.unwrap_or(default)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------------------
+
+/// Which end of a TLS connection a [`TlsOptions`] configures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsRole {
+    Server,
+    Client,
+}
+
+/// TLS settings: where to find certificates and keys (PEM files). The files are read when
+/// `listen`/`dial` starts, not here.
+///
+/// ```
+/// use duct::TlsOptions;
+///
+/// let server = TlsOptions::server("certs/server.pem", "certs/server.key")
+///     .client_ca("certs/ca.pem"); // require client certificates (mTLS)
+/// let client = TlsOptions::client("certs/ca.pem")
+///     .identity("certs/client.pem", "certs/client.key")
+///     .server_name("game-01.internal");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub(crate) role: TlsRole,
+    /// This side's certificate chain and private key: required for a server, optional for a
+    /// client (mTLS).
+    pub(crate) identity: Option<(PathBuf, PathBuf)>,
+    /// The CA that verifies the peer: a client's trust anchor; on a server, client
+    /// certificates are required when set.
+    pub(crate) ca: Option<PathBuf>,
+    /// The name the client verifies the server's certificate against.
+    pub(crate) server_name: Option<String>,
+}
+
+impl TlsOptions {
+    /// A TLS server presenting the certificate chain and private key in these PEM files.
+    /// Clients are not asked for certificates unless [`client_ca`](Self::client_ca) is set.
+    pub fn server(cert_chain_pem: impl AsRef<Path>, key_pem: impl AsRef<Path>) -> TlsOptions {
+        TlsOptions {
+            role: TlsRole::Server,
+            identity: Some((
+                cert_chain_pem.as_ref().to_path_buf(),
+                key_pem.as_ref().to_path_buf(),
+            )),
+            ca: None,
+            server_name: None,
+        }
+    }
+
+    /// Require client certificates signed by the CA in this PEM file (mutual TLS). A client
+    /// without one is rejected with [`ErrorKind::PermissionDenied`]. Server side; on a
+    /// client it sets the trust anchor, like [`TlsOptions::client`].
+    #[must_use]
+    pub fn client_ca(mut self, ca_pem: impl AsRef<Path>) -> Self {
+        self.ca = Some(ca_pem.as_ref().to_path_buf());
+        self
+    }
+
+    /// A TLS client that trusts server certificates signed by the CA in this PEM file.
+    pub fn client(ca_pem: impl AsRef<Path>) -> TlsOptions {
+        TlsOptions {
+            role: TlsRole::Client,
+            identity: None,
+            ca: Some(ca_pem.as_ref().to_path_buf()),
+            server_name: None,
+        }
+    }
+
+    /// Present this certificate chain and private key (PEM files) to the server, for mutual
+    /// TLS. On a server it replaces the server's identity.
+    #[must_use]
+    pub fn identity(mut self, cert_chain_pem: impl AsRef<Path>, key_pem: impl AsRef<Path>) -> Self {
+        self.identity = Some((
+            cert_chain_pem.as_ref().to_path_buf(),
+            key_pem.as_ref().to_path_buf(),
+        ));
+        self
+    }
+
+    /// The name to verify the server's certificate against. Default: the host of the dialed
+    /// address. Client side; ignored on a server.
+    #[must_use]
+    pub fn server_name(mut self, name: &str) -> Self {
+        self.server_name = Some(name.to_owned());
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a pipe reports back
+// ---------------------------------------------------------------------------------------------
+
+/// Who is connecting: what a listener's [`authenticate`](ListenOptions::authenticate) hook
+/// sees.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerInfo {
+    /// The peer's address (`Addr::Unknown` for an unnamed Unix socket).
+    pub addr: Addr,
+    /// The token the peer presented ([`DialOptions::token`]), if any.
+    pub token: Option<Vec<u8>>,
+    /// The peer process's credentials, on transports where the kernel reports them (uds,
+    /// shm); `None` on tcp.
+    pub credentials: Option<PeerCredentials>,
+}
+
+impl PeerInfo {
+    pub(crate) fn new(
+        addr: Addr,
+        token: Option<Vec<u8>>,
+        credentials: Option<PeerCredentials>,
+    ) -> PeerInfo {
+        PeerInfo {
+            addr,
+            token,
+            credentials,
+        }
+    }
+}
+
+impl fmt::Debug for PeerInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerInfo")
+            .field("addr", &self.addr)
+            .field(
+                "token",
+                &self.token.as_ref().map(|t| RedactedBytes(t.len())),
+            )
+            .field("credentials", &self.credentials)
+            .finish()
+    }
+}
+
+/// The credentials of the process at the other end of a local connection, as the kernel
+/// reports them when the connection was made (`SO_PEERCRED` on Linux).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct PeerCredentials {
+    /// The peer's process id, where the platform reports it (Linux does).
+    pub pid: Option<u32>,
+    /// The peer's effective user id.
+    pub uid: u32,
+    /// The peer's effective group id.
+    pub gid: u32,
+}
+
+impl PeerCredentials {
+    pub(crate) fn new(pid: Option<u32>, uid: u32, gid: u32) -> PeerCredentials {
+        PeerCredentials { pid, uid, gid }
+    }
+}
+
+/// Where a pipe is in its life.
+///
+/// A dialed pipe goes `Connecting → Connected`; when the connection breaks, `Disconnected`,
+/// then `Reconnecting → Connected` again if reconnecting is on; `close` (either side) or
+/// giving up ends in `Closed`, which is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PipeState {
+    /// Connecting or in the handshake.
+    Connecting,
+    /// Connected: messages flow.
+    Connected,
+    /// The connection broke; messages sent now are queued (reliable) or dropped (realtime).
+    Disconnected,
+    /// Trying to connect again after a break.
+    Reconnecting,
+    /// Closed for good, locally or by the peer.
+    Closed,
+}
+
+impl fmt::Display for PipeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PipeState::Connecting => "connecting",
+            PipeState::Connected => "connected",
+            PipeState::Disconnected => "disconnected",
+            PipeState::Reconnecting => "reconnecting",
+            PipeState::Closed => "closed",
+        })
+    }
+}
+
+/// One change of a pipe's [`PipeState`], as given to
+/// [`DialOptions::on_state_change`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StateChange {
+    /// The state before.
+    pub from: PipeState,
+    /// The state after.
+    pub to: PipeState,
+    /// The session id after the change (new on every successful connect; 0 before the first).
+    pub session_id: u64,
+    /// The error that caused the change, if one did (a lost connection, a failed
+    /// reconnect); `None` for changes the user asked for or that went well.
+    pub cause: Option<Error>,
+}
+
+impl StateChange {
+    pub(crate) fn new(
+        from: PipeState,
+        to: PipeState,
+        session_id: u64,
+        cause: Option<Error>,
+    ) -> StateChange {
+        StateChange {
+            from,
+            to,
+            session_id,
+            cause,
+        }
+    }
+}
+
+/// Counters of one channel of a pipe, since the pipe was made. Part of [`PipeStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelStats {
+    /// Messages handed to the transport.
+    pub msgs_sent: u64,
+    /// Messages delivered to the application.
+    pub msgs_received: u64,
+    /// Payload bytes of the messages sent.
+    pub bytes_sent: u64,
+    /// Payload bytes of the messages received.
+    pub bytes_received: u64,
+    /// Messages dropped by the backpressure policy or a disconnect (realtime channels).
+    pub dropped: u64,
+    /// Messages dropped because their time to live ran out.
+    pub expired: u64,
+    /// Frames sent again (reliable channels).
+    pub retransmits: u64,
+}
+
+/// Counters of a pipe since it was made (totals over all channels), and per channel.
+///
+/// A snapshot: `Pipe::stats()` copies the counters at the time of the call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PipeStats {
+    /// Messages handed to the transport.
+    pub msgs_sent: u64,
+    /// Messages delivered to the application.
+    pub msgs_received: u64,
+    /// Payload bytes of the messages sent.
+    pub bytes_sent: u64,
+    /// Payload bytes of the messages received.
+    pub bytes_received: u64,
+    /// Messages dropped by a backpressure policy or a disconnect.
+    pub dropped: u64,
+    /// Messages dropped because their time to live ran out.
+    pub expired: u64,
+    /// Frames sent again.
+    pub retransmits: u64,
+    /// Successful reconnects.
+    pub reconnects: u64,
+    channels: BTreeMap<u16, ChannelStats>,
+}
+
+impl PipeStats {
+    /// The counters of channel `channel`, or `None` if nothing was sent or received on it.
+    pub fn channel(&self, channel: u16) -> Option<ChannelStats> {
+        self.channels.get(&channel).copied()
+    }
+
+    /// The channels that saw traffic, in ascending order, with their counters.
+    pub fn channels(&self) -> impl Iterator<Item = (u16, ChannelStats)> + '_ {
+        self.channels.iter().map(|(&id, &stats)| (id, stats))
+    }
+
+    /// Replaces the per-channel counters (the driver keeps them apart and fills them in
+    /// when it takes a snapshot).
+    pub(crate) fn set_channels(&mut self, channels: impl IntoIterator<Item = (u16, ChannelStats)>) {
+        self.channels = channels.into_iter().collect();
+    }
+
+    /// The counters of `channel`, created at zero on first use. The driver updates the
+    /// pipe totals alongside.
+    pub(crate) fn channel_mut(&mut self, channel: u16) -> &mut ChannelStats {
+        self.channels.entry(channel).or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn unsupported_message(result: Result<()>) -> String {
+        let err = result.expect_err("expected Unsupported");
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(!err.is_retryable());
+        err.to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let dial = DialOptions::default();
+        assert_eq!(dial.timeout_or_default(), Duration::from_secs(5));
+        assert_eq!(dial.limits.max_message_size, 64 * 1024 * 1024);
+        assert_eq!(dial.limits.max_frame_payload, 65536);
+        assert_eq!(dial.limits.reassembly_limit, 64 * 1024 * 1024 + 64 * 1024);
+        assert_eq!(dial.limits.reassembly_timeout, Duration::from_secs(30));
+        assert_eq!(dial.limits.send_timeout, Duration::from_secs(30));
+        assert_eq!(dial.limits.linger, Duration::from_secs(1));
+        let listen = ListenOptions::default();
+        assert_eq!(listen.limits, dial.limits);
+        assert_eq!(
+            listen.handshake_timeout_or_default(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(listen.max_pending_handshakes_or_default(), 128);
+        assert_eq!(listen.resume_window_or_default(), Duration::from_secs(30));
+        assert_eq!(
+            Heartbeat::default(),
+            Heartbeat::new(Duration::from_secs(1), 5)
+        );
+        assert_eq!(Backpressure::default(), Backpressure::Block);
+        assert_eq!(
+            ChannelOptions::default().settings(),
+            ChannelSettings::default()
+        );
+        assert_eq!(dial.channel_settings(9), ChannelSettings::default());
+    }
+
+    #[test]
+    fn defaults_are_supported() {
+        DialOptions::default().check_supported().unwrap();
+        ListenOptions::default().check_supported().unwrap();
+        SendOptions::default().check_supported().unwrap();
+    }
+
+    #[test]
+    fn implemented_options_are_supported() {
+        let dial = DialOptions::default()
+            .timeout(Duration::from_millis(10))
+            .on_state_change(|_| {})
+            .on_error(|_| {})
+            .max_message_size(1)
+            .max_frame_payload(1024)
+            .reassembly_limit(10)
+            .reassembly_timeout(Duration::from_secs(1))
+            .send_timeout(Duration::ZERO)
+            .linger(Duration::ZERO)
+            .channel(3, ChannelOptions::default());
+        dial.check_supported().unwrap();
+        assert_eq!(dial.timeout_or_default(), Duration::from_millis(10));
+        assert_eq!(dial.limits.max_message_size, 1);
+        assert_eq!(dial.limits.max_frame_payload, 1024);
+        assert_eq!(dial.limits.reassembly_limit, 10);
+        assert_eq!(dial.limits.send_timeout, Duration::ZERO);
+        assert_eq!(dial.limits.linger, Duration::ZERO);
+
+        let listen = ListenOptions::default()
+            .handshake_timeout(Duration::from_secs(1))
+            .max_pending_handshakes(0)
+            .on_error(|_| {})
+            .max_message_size(5)
+            .channel(0, ChannelOptions::default());
+        listen.check_supported().unwrap();
+        assert_eq!(listen.max_pending_handshakes_or_default(), 1);
+        assert_eq!(
+            listen.handshake_timeout_or_default(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(listen.limits.max_message_size, 5);
+        assert_eq!(listen.channel_settings(0), ChannelSettings::default());
+        assert_eq!(listen.channel_settings(1), ChannelSettings::default());
+
+        SendOptions::default()
+            .channel(4)
+            .timeout(Duration::ZERO)
+            .reliable(false)
+            .check_supported()
+            .unwrap();
+    }
+
+    #[test]
+    fn channel_options_equal_to_defaults_are_supported() {
+        let explicit_defaults = ChannelOptions::default()
+            .reliable(false)
+            .snd_hwm_msgs(1024)
+            .snd_hwm_bytes(64 * 1024 * 1024)
+            .rcv_hwm_msgs(1024)
+            .rcv_hwm_bytes(64 * 1024 * 1024)
+            .backpressure(Backpressure::Block)
+            .priority(128)
+            .weight(0) // treated as 1
+            .rate_limit(RateLimit::msgs_per_sec(0.0)); // means no limit
+        DialOptions::default()
+            .channel(1, explicit_defaults)
+            .check_supported()
+            .unwrap();
+    }
+
+    #[test]
+    fn dial_unsupported_options() {
+        let cases: Vec<(DialOptions, &str)> = vec![
+            (
+                DialOptions::default().reconnect(Reconnect::default()),
+                "DialOptions::reconnect is not implemented yet in this version of duct (connection lifecycle)",
+            ),
+            (
+                DialOptions::default().heartbeat(Heartbeat::default()),
+                "DialOptions::heartbeat is not implemented yet in this version of duct (connection lifecycle)",
+            ),
+            (
+                DialOptions::default().tls(TlsOptions::client("ca.pem")),
+                "DialOptions::tls is not implemented yet in this version of duct (TLS)",
+            ),
+            (
+                DialOptions::default().token(*b"secret"),
+                "DialOptions::token is not implemented yet in this version of duct (authentication)",
+            ),
+            (
+                DialOptions::default().channel(7, ChannelOptions::default().reliable(true)),
+                "DialOptions::channel(7, ..).reliable is not implemented yet in this version of duct (reliable delivery)",
+            ),
+        ];
+        for (opts, expected) in cases {
+            assert_eq!(unsupported_message(opts.check_supported()), expected);
+        }
+    }
+
+    #[test]
+    fn listen_unsupported_options() {
+        let cases: Vec<(ListenOptions, &str)> = vec![
+            (
+                ListenOptions::default().heartbeat(Heartbeat::default()),
+                "ListenOptions::heartbeat",
+            ),
+            (
+                ListenOptions::default().tls(TlsOptions::server("c.pem", "k.pem")),
+                "ListenOptions::tls",
+            ),
+            (
+                ListenOptions::default().authenticate(|_| Ok(())),
+                "ListenOptions::authenticate",
+            ),
+            (
+                ListenOptions::default().allow_uids([1000]),
+                "ListenOptions::allow_uids",
+            ),
+            (
+                ListenOptions::default().allow_uids([]),
+                "ListenOptions::allow_uids",
+            ),
+            (
+                ListenOptions::default().allow_gids([10]),
+                "ListenOptions::allow_gids",
+            ),
+            (
+                ListenOptions::default().resume_window(Duration::from_secs(1)),
+                "ListenOptions::resume_window",
+            ),
+            (
+                ListenOptions::default().channel(2, ChannelOptions::default().priority(1)),
+                "ListenOptions::channel(2, ..).priority",
+            ),
+        ];
+        for (opts, name) in cases {
+            let text = unsupported_message(opts.check_supported());
+            assert!(text.starts_with(name), "{text}");
+            assert!(text.contains("not implemented yet"), "{text}");
+        }
+    }
+
+    #[test]
+    fn every_non_default_channel_option_is_unsupported() {
+        let cases: Vec<(ChannelOptions, &str)> = vec![
+            (ChannelOptions::default().reliable(true), "reliable"),
+            (ChannelOptions::default().snd_hwm_msgs(1), "snd_hwm_msgs"),
+            (ChannelOptions::default().snd_hwm_bytes(1), "snd_hwm_bytes"),
+            (ChannelOptions::default().rcv_hwm_msgs(1), "rcv_hwm_msgs"),
+            (ChannelOptions::default().rcv_hwm_bytes(1), "rcv_hwm_bytes"),
+            (
+                ChannelOptions::default().backpressure(Backpressure::DropOld),
+                "backpressure",
+            ),
+            (ChannelOptions::default().ttl(Duration::from_secs(1)), "ttl"),
+            (ChannelOptions::default().priority(0), "priority"),
+            (ChannelOptions::default().weight(3), "weight"),
+            (
+                ChannelOptions::default().rate_limit(RateLimit::bytes_per_sec(1e6)),
+                "rate_limit",
+            ),
+        ];
+        for (options, option) in cases {
+            let text = unsupported_message(options.check_supported("DialOptions", 5));
+            let expected = format!("DialOptions::channel(5, ..).{option} is not implemented yet");
+            assert!(text.starts_with(&expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn send_unsupported_options() {
+        let text = unsupported_message(
+            SendOptions::default()
+                .ttl(Duration::from_secs(1))
+                .check_supported(),
+        );
+        assert!(text.starts_with("SendOptions::ttl"), "{text}");
+        let text = unsupported_message(SendOptions::default().reliable(true).check_supported());
+        assert!(text.starts_with("SendOptions::reliable(true)"), "{text}");
+    }
+
+    #[test]
+    fn send_options_fallbacks() {
+        let opts = SendOptions::default();
+        assert_eq!(opts.channel_for(9), 9);
+        assert_eq!(
+            opts.timeout_or(Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
+        let opts = opts.channel(2).timeout(Duration::ZERO);
+        assert_eq!(opts.channel_for(9), 2);
+        assert_eq!(opts.timeout_or(Duration::from_secs(3)), Duration::ZERO);
+    }
+
+    #[test]
+    fn recv_and_close_options() {
+        assert_eq!(RecvOptions::default().timeout, None);
+        assert_eq!(
+            RecvOptions::default().timeout(Duration::ZERO).timeout,
+            Some(Duration::ZERO)
+        );
+        let close = CloseOptions::default();
+        assert_eq!(
+            close.linger_or(Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(close.reason, None);
+        let close = close.linger(Duration::ZERO).reason(4000, "bye");
+        assert_eq!(close.linger_or(Duration::from_secs(1)), Duration::ZERO);
+        assert_eq!(close.reason, Some((4000, "bye".to_owned())));
+    }
+
+    #[test]
+    fn channel_settings_correct_out_of_range_values() {
+        let settings = ChannelOptions::default()
+            .snd_hwm_msgs(0)
+            .snd_hwm_bytes(0)
+            .rcv_hwm_msgs(0)
+            .rcv_hwm_bytes(0)
+            .weight(0)
+            .settings();
+        assert_eq!(settings.snd_hwm_msgs, 1);
+        assert_eq!(settings.snd_hwm_bytes, 1);
+        assert_eq!(settings.rcv_hwm_msgs, 1);
+        assert_eq!(settings.rcv_hwm_bytes, 1);
+        assert_eq!(settings.weight, 1);
+    }
+
+    #[test]
+    fn channel_replaced_on_second_call() {
+        let opts = DialOptions::default()
+            .channel(1, ChannelOptions::default().priority(1))
+            .channel(1, ChannelOptions::default());
+        opts.check_supported().unwrap();
+        assert_eq!(opts.channels.len(), 1);
+    }
+
+    #[test]
+    fn rate_limits() {
+        let options = ChannelOptions::default()
+            .rate_limit(RateLimit::msgs_per_sec(10.5))
+            .rate_limit(RateLimit::bytes_per_sec(1000.0).burst(0))
+            .rate_limit(RateLimit::msgs_per_sec(20.0).burst(5));
+        let settings = options.settings();
+        let msgs = settings.msgs_rate.expect("message limit");
+        assert_eq!(msgs.rate(), Some(20.0));
+        assert_eq!(msgs.burst_or_default(), 5);
+        let bytes = settings.bytes_rate.expect("byte limit");
+        assert_eq!(bytes.burst_or_default(), 1);
+        assert_eq!(RateLimit::msgs_per_sec(10.5).burst_or_default(), 11);
+        assert_eq!(RateLimit::msgs_per_sec(0.001).burst_or_default(), 1);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let limit = RateLimit::bytes_per_sec(bad);
+            assert_eq!(limit.rate(), None);
+            assert_eq!(limit.burst_or_default(), 1);
+        }
+        assert_eq!(RateLimit::msgs_per_sec(1e300).burst_or_default(), u64::MAX);
+    }
+
+    #[test]
+    fn reconnect_backoff() {
+        let policy =
+            Reconnect::exponential(Duration::from_millis(100), Duration::from_secs(1)).jitter(0.0);
+        assert_eq!(policy.delay(0, 0.5), Duration::from_millis(100));
+        assert_eq!(policy.delay(1, 0.5), Duration::from_millis(200));
+        assert_eq!(policy.delay(3, 0.5), Duration::from_millis(800));
+        assert_eq!(policy.delay(4, 0.5), Duration::from_secs(1));
+        assert_eq!(policy.delay(u32::MAX, 0.5), Duration::from_secs(1));
+
+        let jittered = policy.jitter(0.5);
+        assert_eq!(jittered.delay(0, 0.0), Duration::from_millis(100));
+        assert_eq!(jittered.delay(0, 1.0), Duration::from_millis(50));
+        assert_eq!(jittered.delay(0, f64::NAN), Duration::from_millis(100));
+
+        assert_eq!(policy.jitter(f64::NAN).jitter, 0.0);
+        assert_eq!(policy.jitter(7.0).jitter, 1.0);
+        assert_eq!(policy.jitter(-1.0).jitter, 0.0);
+
+        let inverted = Reconnect::exponential(Duration::from_secs(2), Duration::from_secs(1));
+        assert_eq!(inverted.max, Duration::from_secs(2));
+        assert_eq!(inverted.max_attempts(Some(3)).max_attempts, Some(3));
+
+        let huge = Reconnect::exponential(Duration::MAX, Duration::MAX);
+        assert_eq!(huge.delay(10, 0.0), Duration::MAX);
+        assert!(huge.jitter(1.0).delay(10, 0.5) <= Duration::MAX);
+    }
+
+    #[test]
+    fn heartbeat_silence_timeout() {
+        assert_eq!(
+            Heartbeat::default().silence_timeout(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            Heartbeat::new(Duration::from_secs(2), 0).silence_timeout(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            Heartbeat::new(Duration::MAX, 9).silence_timeout(),
+            Duration::MAX
+        );
+    }
+
+    #[test]
+    fn tls_options_store_paths() {
+        let server = TlsOptions::server("s.pem", "s.key").client_ca("ca.pem");
+        assert_eq!(server.role, TlsRole::Server);
+        assert_eq!(
+            server.identity,
+            Some((PathBuf::from("s.pem"), PathBuf::from("s.key")))
+        );
+        assert_eq!(server.ca, Some(PathBuf::from("ca.pem")));
+        let client = TlsOptions::client("ca.pem")
+            .identity("c.pem", "c.key")
+            .server_name("game-01");
+        assert_eq!(client.role, TlsRole::Client);
+        assert_eq!(client.server_name.as_deref(), Some("game-01"));
+        assert_eq!(
+            client.identity,
+            Some((PathBuf::from("c.pem"), PathBuf::from("c.key")))
+        );
+    }
+
+    #[test]
+    fn callbacks_are_stored_and_callable() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let dial = DialOptions::default()
+            .on_error(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+            })
+            .on_state_change(|change| assert_eq!(change.to, PipeState::Connected));
+        let cloned = dial.clone();
+        (cloned.on_error.as_ref().unwrap())(&Error::new(ErrorKind::Io, "x"));
+        (dial.on_error.as_ref().unwrap())(&Error::new(ErrorKind::Io, "x"));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        (dial.on_state_change.as_ref().unwrap())(StateChange::new(
+            PipeState::Connecting,
+            PipeState::Connected,
+            1,
+            None,
+        ));
+
+        let listen = ListenOptions::default().authenticate(|peer| match &peer.token {
+            Some(token) if token == b"ok" => Ok(()),
+            _ => Err("bad token".to_owned()),
+        });
+        let hook = listen.authenticate.as_ref().unwrap();
+        let addr = Addr::Tcp("127.0.0.1:1".parse().unwrap());
+        assert_eq!(
+            hook(&PeerInfo::new(addr.clone(), Some(b"ok".to_vec()), None)),
+            Ok(())
+        );
+        assert_eq!(
+            hook(&PeerInfo::new(addr, None, None)),
+            Err("bad token".to_owned())
+        );
+    }
+
+    #[test]
+    fn debug_hides_callbacks_and_tokens() {
+        let dial = DialOptions::default()
+            .on_error(|_| {})
+            .token(b"hunter2".to_vec());
+        let text = format!("{dial:?}");
+        assert!(text.contains("<callback>"), "{text}");
+        assert!(text.contains("<7 bytes>"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let listen = format!(
+            "{:?}",
+            ListenOptions::default()
+                .authenticate(|_| Ok(()))
+                .on_error(|_| {})
+        );
+        assert!(listen.contains("<callback>"), "{listen}");
+        let peer = PeerInfo::new(Addr::Unknown, Some(b"hunter2".to_vec()), None);
+        assert!(!format!("{peer:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn allow_lists_accumulate() {
+        let opts = ListenOptions::default()
+            .allow_uids([1, 2])
+            .allow_uids(vec![3])
+            .allow_gids(Some(7));
+        assert_eq!(opts.allow_uids, Some(vec![1, 2, 3]));
+        assert_eq!(opts.allow_gids, Some(vec![7]));
+    }
+
+    #[test]
+    fn pipe_stats_per_channel() {
+        let mut stats = PipeStats::default();
+        assert_eq!(stats.channel(3), None);
+        stats.channel_mut(3).msgs_sent += 2;
+        stats.channel_mut(1).bytes_received += 10;
+        stats.channel_mut(3).msgs_sent += 1;
+        assert_eq!(stats.channel(3).map(|c| c.msgs_sent), Some(3));
+        let ids: Vec<u16> = stats.channels().map(|(id, _)| id).collect();
+        assert_eq!(ids, vec![1, 3]);
+        let snapshot = stats.clone();
+        assert_eq!(snapshot, stats);
+    }
+
+    #[test]
+    fn state_change_carries_a_cloneable_cause() {
+        let change = StateChange::new(
+            PipeState::Connected,
+            PipeState::Disconnected,
+            42,
+            Some(Error::io(
+                std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+                "reading",
+            )),
+        );
+        let copy = change.clone();
+        assert_eq!(copy.session_id, 42);
+        assert_eq!(copy.cause.map(|e| e.kind()), Some(ErrorKind::Disconnected));
+        assert_eq!(PipeState::Reconnecting.to_string(), "reconnecting");
+    }
+
+    #[test]
+    fn builders_are_send_sync() {
+        fn assert_send_sync<T: Send + Sync + Clone + fmt::Debug + 'static>() {}
+        assert_send_sync::<DialOptions>();
+        assert_send_sync::<ListenOptions>();
+        assert_send_sync::<ChannelOptions>();
+        assert_send_sync::<SendOptions>();
+        assert_send_sync::<RecvOptions>();
+        assert_send_sync::<CloseOptions>();
+        assert_send_sync::<TlsOptions>();
+        assert_send_sync::<Reconnect>();
+        assert_send_sync::<Heartbeat>();
+        assert_send_sync::<RateLimit>();
+        assert_send_sync::<StateChange>();
+        assert_send_sync::<PipeStats>();
+        assert_send_sync::<PeerInfo>();
+    }
+}

@@ -1,0 +1,284 @@
+//! [`Pipe`]: one connection to a peer, and [`dial`], which opens one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use duct_proto::{Config, Role, Session};
+
+use crate::addr;
+use crate::driver::conn::{Conn, ConnConfig, Wait};
+use crate::driver::handshake::Handshake;
+use crate::options::Limits;
+use crate::transport;
+use crate::{
+    Addr, CloseOptions, DialOptions, Error, ErrorKind, Message, MessageBuf, PipeState, PipeStats,
+    RecvOptions, Result, SendOptions,
+};
+
+/// Most bytes (headers included) queued for writing on one pipe before `send` waits.
+pub(crate) const SEND_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// Most frames queued for writing on one pipe before `send` waits.
+pub(crate) const SEND_QUEUE_FRAMES: usize = 64 * 1024;
+
+/// A connection to one peer, carrying messages both ways.
+///
+/// A `Pipe` is a handle: clones share one connection, and it is `Send + Sync`, so several
+/// threads may send and receive on it at once. Messages on one channel arrive in the order
+/// they were sent; a message is never duplicated; a message larger than the peer's frame limit
+/// is fragmented and reassembled transparently.
+///
+/// # Threads and blocking
+/// In this version the pipe has no background thread: `send` writes on the calling thread
+/// (one `sendmsg` for the header and payload, or for many queued frames at once), and `recv`
+/// reads on the calling thread (one `recv` can bring in many messages, which later calls
+/// return without a system call). Consequences to know:
+/// - If `send` finds the socket full (the peer reads slower than we write), it waits up to its
+///   timeout ([`SendOptions::timeout`], default [`DialOptions::send_timeout`]) for room in the
+///   pipe's bounded send queue (8 MiB); `Ok` means the message was accepted, `TimedOut` that it
+///   was not (nothing of it is sent). Frames left queued are written by the next call on the
+///   pipe (send, recv, close).
+/// - A PING from the peer is answered when the application next calls `recv`.
+///
+/// # Closing
+/// [`Pipe::close_with`] sends a CLOSE frame with a code and reason behind every message already
+/// sent; the peer's `recv` returns all of those first, then an [`ErrorKind::Closed`] error whose
+/// [`Error::close_reason`] gives the code and reason. Closing wakes every call blocked on the
+/// pipe in any thread. Dropping the last handle closes the pipe without waiting.
+///
+/// # Example
+/// ```no_run
+/// # fn main() -> duct::Result<()> {
+/// let pipe = duct::dial("tcp://127.0.0.1:7000", duct::DialOptions::default())?;
+/// pipe.send("hello")?;
+/// let reply = pipe.recv()?;
+/// println!("{} bytes on channel {}", reply.len(), reply.channel());
+/// pipe.close()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Pipe {
+    conn: Arc<Conn>,
+}
+
+impl std::fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipe")
+            .field("local_addr", &self.conn.local_addr())
+            .field("peer_addr", &self.conn.peer_addr())
+            .field("state", &self.conn.state())
+            .finish()
+    }
+}
+
+/// Opens a pipe to the listener at `addr`.
+///
+/// `addr` is `tcp://host:port` (IPv4, `[IPv6]` or a host name), `uds:///absolute/path` or
+/// `uds://@abstract-name` (Linux). [`DialOptions::timeout`] (default 5 s) bounds the connect and
+/// the handshake together.
+///
+/// Errors: [`ErrorKind::InvalidAddress`] for a malformed address (the message quotes it),
+/// [`ErrorKind::ConnectionRefused`] when nothing listens there (retryable),
+/// [`ErrorKind::TimedOut`] when connect plus handshake take longer than the timeout,
+/// [`ErrorKind::Incompatible`] when the listener speaks another protocol version,
+/// [`ErrorKind::Unsupported`] for options or transports this version does not implement.
+pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
+    opts.check_supported()?;
+    let ep = addr::parse(addr)?;
+    let timeout = opts.timeout_or_default();
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let stream = transport::connect(&ep, timeout)?;
+    let peer = stream.peer_addr();
+    let now = Instant::now();
+    let mut config = session_config(&opts.limits);
+    config.instance_id = fastrand::u64(1..);
+    config.handshake_timeout = deadline.saturating_duration_since(now);
+    let session = Session::new(config, Role::Dialer, now);
+    let mut hs = Handshake::new(stream, session, peer, now);
+    hs.run_blocking(deadline).map_err(|e| {
+        if e.kind() == ErrorKind::TimedOut {
+            Error::new(
+                ErrorKind::TimedOut,
+                format!("dial {addr}: no handshake answer within {timeout:?} (connect + handshake)"),
+            )
+        } else {
+            e
+        }
+    })?;
+    let conn_config = ConnConfig {
+        send_queue_bytes: SEND_QUEUE_BYTES,
+        send_queue_frames: SEND_QUEUE_FRAMES,
+        send_timeout: opts.limits.send_timeout,
+        linger: opts.limits.linger,
+        on_state_change: opts.on_state_change.clone(),
+        on_error: opts.on_error.clone(),
+    };
+    tracing::debug!(%addr, "dialed");
+    Ok(Pipe { conn: Arc::new(Conn::new(hs, conn_config)) })
+}
+
+/// The session configuration for a pipe with these limits.
+pub(crate) fn session_config(limits: &Limits) -> Config {
+    Config {
+        max_frame_payload: limits.max_frame_payload,
+        max_message_size: limits.max_message_size.min(u32::MAX as usize) as u32,
+        reassembly_limit: limits.reassembly_limit,
+        reassembly_timeout: limits.reassembly_timeout,
+        ..Config::default()
+    }
+}
+
+impl Pipe {
+    pub(crate) fn from_conn(conn: Conn) -> Pipe {
+        Pipe { conn: Arc::new(conn) }
+    }
+
+    /// Sends one message on its channel (see [`Message::with_channel`]; default 0).
+    /// Same as [`Pipe::send_with`] with default options.
+    pub fn send(&self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        let channel = msg.channel();
+        let deadline = Instant::now() + self.conn.send_timeout();
+        self.conn.send(channel, msg.into_bytes(), deadline)
+    }
+
+    /// Sends one message with options: [`SendOptions::channel`] (overrides the message's own
+    /// channel), [`SendOptions::timeout`] (how long to wait for room in the send queue).
+    /// `Ok` means the message was accepted; a `TimedOut` error means it was not, and nothing of
+    /// it will be sent.
+    pub fn send_with(&self, msg: impl Into<Message>, opts: &SendOptions) -> Result<()> {
+        opts.check_supported()?;
+        let msg = msg.into();
+        let channel = opts.channel.unwrap_or(msg.channel());
+        let deadline = Instant::now() + opts.timeout.unwrap_or(self.conn.send_timeout());
+        self.conn.send(channel, msg.into_bytes(), deadline)
+    }
+
+    /// Receives the next message, blocking until one arrives or the pipe ends.
+    ///
+    /// Errors: [`ErrorKind::Closed`] after the peer closed (with [`Error::close_reason`]) or we
+    /// did, once every message received before the close has been returned;
+    /// [`ErrorKind::Disconnected`] when the connection broke without a close.
+    pub fn recv(&self) -> Result<Message> {
+        self.recv_with(&RecvOptions::default())
+    }
+
+    /// Receives the next message, waiting at most [`RecvOptions::timeout`]
+    /// (`Duration::ZERO`: do not wait; then an empty pipe is [`ErrorKind::WouldBlock`]).
+    /// Expiry is [`ErrorKind::TimedOut`].
+    pub fn recv_with(&self, opts: &RecvOptions) -> Result<Message> {
+        let wait = wait_for(opts.timeout);
+        match self.conn.recv(wait)? {
+            Some(d) => Ok(Message::new(d.payload).with_channel(d.channel)),
+            None => Err(Error::new(
+                ErrorKind::WouldBlock,
+                format!("no message from {} is ready", self.conn.peer_addr()),
+            )),
+        }
+    }
+
+    /// Returns a message if one is ready, without blocking (it may read what the socket
+    /// already holds). `Ok(None)` when there is none.
+    pub fn try_recv(&self) -> Result<Option<Message>> {
+        Ok(self
+            .conn
+            .recv(Wait::No)?
+            .map(|d| Message::new(d.payload).with_channel(d.channel)))
+    }
+
+    /// Sends several messages, writing their frames together (as few system calls as the
+    /// socket allows). Each message goes on [`SendOptions::channel`] if set, else its own.
+    /// Returns how many were accepted, in order; fails only if none was.
+    pub fn send_batch(
+        &self,
+        msgs: impl IntoIterator<Item = Message>,
+        opts: &SendOptions,
+    ) -> Result<usize> {
+        opts.check_supported()?;
+        let deadline = Instant::now() + opts.timeout.unwrap_or(self.conn.send_timeout());
+        let over = opts.channel;
+        let mut it = msgs.into_iter().map(|m| (over.unwrap_or(m.channel()), m.into_bytes()));
+        self.conn.send_batch(&mut it, deadline)
+    }
+
+    /// Receives up to `max` messages into `out`: waits for the first as [`Pipe::recv_with`]
+    /// does, then takes only those already available. Returns how many were appended.
+    pub fn recv_batch(&self, out: &mut Vec<Message>, max: usize, opts: &RecvOptions) -> Result<usize> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let first = self.recv_with(opts)?;
+        out.push(first);
+        let mut n = 1;
+        while n < max {
+            match self.conn.recv(Wait::No) {
+                Ok(Some(d)) => {
+                    out.push(Message::new(d.payload).with_channel(d.channel));
+                    n += 1;
+                }
+                // The pipe's end is reported by the next call; these messages are delivered.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// A zeroed buffer of `len` bytes to fill and [`MessageBuf::freeze`] into a message.
+    /// On tcp and uds it is an ordinary heap buffer (zero-copy loans come with shm://).
+    pub fn alloc(&self, len: usize) -> Result<MessageBuf> {
+        Ok(MessageBuf::heap(len))
+    }
+
+    /// Closes the pipe with the default linger ([`DialOptions::linger`], 1 s), code 0 and no
+    /// reason. Same as [`Pipe::close_with`] with default options.
+    pub fn close(&self) -> Result<()> {
+        self.close_with(CloseOptions::default())
+    }
+
+    /// Closes the pipe: a CLOSE frame with [`CloseOptions::reason`] follows every message
+    /// already sent, flushed for up to [`CloseOptions::linger`]; then the connection is shut
+    /// down and every call blocked on the pipe returns [`ErrorKind::Closed`]. Closing a closed
+    /// pipe does nothing. Errors while flushing go to `on_error`, not to the caller.
+    pub fn close_with(&self, opts: CloseOptions) -> Result<()> {
+        let linger = opts.linger_or(self.conn.linger());
+        let (code, reason) = match &opts.reason {
+            Some((c, r)) => (*c, r.as_str()),
+            None => (duct_proto::wire::control::close_code::NORMAL, ""),
+        };
+        self.conn.close(code, reason, linger)
+    }
+
+    /// The pipe's state.
+    pub fn state(&self) -> PipeState {
+        self.conn.state()
+    }
+
+    /// The session id the listener gave this connection (new on every connect).
+    pub fn session_id(&self) -> u64 {
+        self.conn.session_id()
+    }
+
+    /// A snapshot of the pipe's counters.
+    pub fn stats(&self) -> PipeStats {
+        self.conn.stats()
+    }
+
+    /// This end's address.
+    pub fn local_addr(&self) -> Addr {
+        self.conn.local_addr()
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> Addr {
+        self.conn.peer_addr()
+    }
+}
+
+fn wait_for(timeout: Option<Duration>) -> Wait {
+    match timeout {
+        None => Wait::Forever,
+        Some(t) if t.is_zero() => Wait::No,
+        Some(t) => Wait::Until(Instant::now() + t),
+    }
+}

@@ -1,0 +1,402 @@
+//! Transports: opening, accepting and naming byte streams (tcp, Unix domain sockets).
+//!
+//! A transport moves bytes and knows nothing of the protocol: framing, handshakes, channels
+//! and timers belong to duct-proto and the driver. This module owns the platform side of
+//! connection setup: resolving and trying addresses within a deadline, socket options
+//! (`TCP_NODELAY`), Unix socket files (taking over stale ones, removing our own on drop),
+//! mapping OS errors to duct errors that name the address, and reporting addresses as
+//! [`Addr`].
+//!
+//! [`Stream`] and [`RawListener`] are thin enums over the std socket types, so the driver can
+//! read and write them with `std::io` (or through their fds with rustix) and register them
+//! with a poller through `AsFd`. Streams come back in blocking mode; the driver switches them
+//! to non-blocking if it wants.
+//!
+//! Not here yet: `shm://` (shared memory), `tls://` and `pipe://` (Windows named pipes),
+//! which [`connect`] and [`RawListener::bind`] refuse with [`ErrorKind::Unsupported`].
+
+mod tcp;
+#[cfg(unix)]
+mod uds;
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+#[cfg(unix)]
+use std::os::fd::{AsFd, BorrowedFd};
+#[cfg(unix)]
+use std::os::unix::net::UnixStream;
+#[cfg(windows)]
+use std::os::windows::io::{AsSocket, BorrowedSocket};
+use std::time::Duration;
+
+use crate::addr::{Addr, Endpoint};
+use crate::error::{Error, ErrorKind, Result};
+use crate::options::PeerCredentials;
+
+/// The longest timeout honoured as such; longer ones (up to `Duration::MAX`) are cut to it
+/// so that deadline arithmetic cannot overflow. A year is "forever" for a connect.
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// A connected byte stream of any transport, in blocking mode unless changed with
+/// [`set_nonblocking`](Stream::set_nonblocking).
+///
+/// Read and write it with [`Read`]/[`Write`] (also implemented for `&Stream`, so a reader
+/// and a writer can share one stream).
+#[derive(Debug)]
+pub(crate) enum Stream {
+    /// A TCP connection, with `TCP_NODELAY` set.
+    Tcp(TcpStream),
+    /// A Unix domain socket connection.
+    #[cfg(unix)]
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// This end's address; [`Addr::Unknown`] when the OS cannot say or the socket is unnamed
+    /// (the dialing end of a Unix socket).
+    pub(crate) fn local_addr(&self) -> Addr {
+        match self {
+            Stream::Tcp(s) => s.local_addr().map_or(Addr::Unknown, Addr::Tcp),
+            #[cfg(unix)]
+            Stream::Unix(s) => s
+                .local_addr()
+                .map_or(Addr::Unknown, |a| uds::unix_addr_to_addr(&a)),
+        }
+    }
+
+    /// The other end's address; [`Addr::Unknown`] when the OS cannot say (for example after
+    /// the connection was reset) or the peer's socket is unnamed (an accepted Unix socket).
+    pub(crate) fn peer_addr(&self) -> Addr {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().map_or(Addr::Unknown, Addr::Tcp),
+            #[cfg(unix)]
+            Stream::Unix(s) => s
+                .peer_addr()
+                .map_or(Addr::Unknown, |a| uds::unix_addr_to_addr(&a)),
+        }
+    }
+
+    /// Shuts down the read half, the write half or both (the peer reads EOF after a write
+    /// shutdown). Fails with `NotConnected` if the connection is already gone, which callers
+    /// closing a pipe can ignore.
+    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    /// Switches between blocking and non-blocking mode (`O_NONBLOCK`).
+    pub(crate) fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(nonblocking),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.set_nonblocking(nonblocking),
+        }
+    }
+
+    /// A second handle to the same connection (a duplicated fd); both share the blocking
+    /// mode.
+    pub(crate) fn try_clone(&self) -> io::Result<Stream> {
+        match self {
+            Stream::Tcp(s) => s.try_clone().map(Stream::Tcp),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.try_clone().map(Stream::Unix),
+        }
+    }
+
+    /// The peer process's credentials as the kernel recorded them at connect time
+    /// (`SO_PEERCRED`): Unix sockets on Linux and Android; `None` elsewhere and on tcp.
+    pub(crate) fn peer_credentials(&self) -> Option<PeerCredentials> {
+        match self {
+            Stream::Tcp(_) => None,
+            #[cfg(unix)]
+            Stream::Unix(s) => uds::peer_credentials(s),
+        }
+    }
+}
+
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match *self {
+            Stream::Tcp(s) => (&*s).read(buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => (&*s).read(buf),
+        }
+    }
+
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        match *self {
+            Stream::Tcp(s) => (&*s).read_vectored(bufs),
+            #[cfg(unix)]
+            Stream::Unix(s) => (&*s).read_vectored(bufs),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        (&*self).read_vectored(bufs)
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match *self {
+            Stream::Tcp(s) => (&*s).write(buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match *self {
+            Stream::Tcp(s) => (&*s).write_vectored(bufs),
+            #[cfg(unix)]
+            Stream::Unix(s) => (&*s).write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Sockets have no user-space buffer to flush.
+        Ok(())
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&*self).write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+#[cfg(windows)]
+impl AsSocket for Stream {
+    fn as_socket(&self) -> BorrowedSocket<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_socket(),
+        }
+    }
+}
+
+/// Connects to `ep` within `timeout` (name resolution included), returning a blocking
+/// stream.
+///
+/// - tcp: the name resolves to one or more addresses, tried in turn, each with an equal
+///   share of the time left; the first that connects wins. `TCP_NODELAY` is set.
+/// - uds (path or, on Linux, abstract name): a listener whose queue is full is retried until
+///   the deadline.
+/// - tls, shm, pipe: [`ErrorKind::Unsupported`] in this version.
+///
+/// Errors name the address: [`ErrorKind::ConnectionRefused`] when nobody listens (for uds,
+/// also when the socket file does not exist), [`ErrorKind::TimedOut`] when the deadline
+/// passes (a zero `timeout` fails at once), [`ErrorKind::InvalidAddress`] when the name
+/// does not resolve.
+pub(crate) fn connect(ep: &Endpoint, timeout: Duration) -> Result<Stream> {
+    let timeout = timeout.min(MAX_TIMEOUT);
+    if timeout.is_zero() {
+        return Err(Error::new(
+            ErrorKind::TimedOut,
+            format!("connecting to {ep}: the timeout is zero"),
+        ));
+    }
+    match ep {
+        Endpoint::Tcp { host, port } => tcp::connect(ep, host, *port, timeout).map(Stream::Tcp),
+        #[cfg(unix)]
+        Endpoint::Uds(path) => uds::connect_path(ep, path, timeout).map(Stream::Unix),
+        #[cfg(unix)]
+        Endpoint::UdsAbstract(name) => uds::connect_abstract(ep, name, timeout).map(Stream::Unix),
+        #[cfg(not(unix))]
+        Endpoint::Uds(_) | Endpoint::UdsAbstract(_) => Err(uds_unavailable()),
+        Endpoint::Tls { .. } => Err(Error::unsupported("tls://")),
+        Endpoint::Shm(_) => Err(Error::unsupported("shm://")),
+        Endpoint::Pipe(_) => Err(pipe_unsupported()),
+    }
+}
+
+/// The error for `pipe://`: only Windows has named pipes, and they are not implemented yet.
+fn pipe_unsupported() -> Error {
+    if cfg!(windows) {
+        Error::unsupported("pipe://")
+    } else {
+        Error::new(
+            ErrorKind::Unsupported,
+            "pipe:// (named pipes) is only available on Windows",
+        )
+    }
+}
+
+#[cfg(not(unix))]
+fn uds_unavailable() -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        "uds:// (Unix domain sockets) is only available on Unix platforms",
+    )
+}
+
+/// A bound, listening socket of any transport. Dropping it stops listening; a Unix socket
+/// file it created is removed then (if it is still ours).
+#[derive(Debug)]
+pub(crate) enum RawListener {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A Unix domain socket listener, on a path or an abstract name.
+    #[cfg(unix)]
+    Unix(uds::UnixSocketListener),
+}
+
+impl RawListener {
+    /// Binds and listens on `ep`, in blocking mode.
+    ///
+    /// - tcp: the name resolves, and the first address that binds is used (a name with
+    ///   several addresses listens on one of them). Port 0 picks a free port; see
+    ///   [`local_addr`](RawListener::local_addr).
+    /// - uds path: a socket file left by a process that is gone is replaced; a file with a
+    ///   live listener behind it, or a file that is not a socket, is
+    ///   [`ErrorKind::AddressInUse`] and is left alone.
+    /// - uds abstract name (Linux): a name in use is [`ErrorKind::AddressInUse`].
+    /// - tls, shm, pipe: [`ErrorKind::Unsupported`] in this version.
+    pub(crate) fn bind(ep: &Endpoint) -> Result<RawListener> {
+        match ep {
+            Endpoint::Tcp { host, port } => tcp::bind(ep, host, *port).map(RawListener::Tcp),
+            #[cfg(unix)]
+            Endpoint::Uds(path) => uds::bind_path(ep, path).map(RawListener::Unix),
+            #[cfg(unix)]
+            Endpoint::UdsAbstract(name) => uds::bind_abstract(ep, name).map(RawListener::Unix),
+            #[cfg(not(unix))]
+            Endpoint::Uds(_) | Endpoint::UdsAbstract(_) => Err(uds_unavailable()),
+            Endpoint::Tls { .. } => Err(Error::unsupported("tls://")),
+            Endpoint::Shm(_) => Err(Error::unsupported("shm://")),
+            Endpoint::Pipe(_) => Err(pipe_unsupported()),
+        }
+    }
+
+    /// Accepts one connection: the stream (blocking, whatever the listener's mode; tcp with
+    /// `TCP_NODELAY`) and the peer's address ([`Addr::Unknown`] for Unix sockets, whose
+    /// dialers are unnamed). In non-blocking mode, no pending connection is
+    /// `io::ErrorKind::WouldBlock`. Errors are raw `io::Error`s: most (`ECONNABORTED`,
+    /// `EMFILE`, `EINTR`) concern one attempt, not the listener, and the caller decides.
+    pub(crate) fn accept(&self) -> io::Result<(Stream, Addr)> {
+        match self {
+            RawListener::Tcp(listener) => {
+                let (stream, peer) = listener.accept()?;
+                // The accepted socket does not inherit O_NONBLOCK on Linux, but does on some
+                // BSDs: make it explicit.
+                stream.set_nonblocking(false)?;
+                if let Err(err) = stream.set_nodelay(true) {
+                    // The connection may already be reset; its first read or write will say
+                    // so, with better context than here.
+                    tracing::debug!(%peer, %err, "could not set TCP_NODELAY on an accepted connection");
+                }
+                Ok((Stream::Tcp(stream), Addr::Tcp(peer)))
+            }
+            #[cfg(unix)]
+            RawListener::Unix(listener) => {
+                let (stream, peer) = listener.accept()?;
+                Ok((Stream::Unix(stream), peer))
+            }
+        }
+    }
+
+    /// The bound address, with port 0 resolved to the port picked: what `listen`'s
+    /// `local_addr` shows. For a Unix socket, the path or name as given.
+    pub(crate) fn local_addr(&self) -> Addr {
+        match self {
+            RawListener::Tcp(listener) => listener.local_addr().map_or(Addr::Unknown, Addr::Tcp),
+            #[cfg(unix)]
+            RawListener::Unix(listener) => listener.local_addr(),
+        }
+    }
+
+    /// Switches `accept` between blocking and non-blocking mode.
+    pub(crate) fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            RawListener::Tcp(listener) => listener.set_nonblocking(nonblocking),
+            #[cfg(unix)]
+            RawListener::Unix(listener) => listener.set_nonblocking(nonblocking),
+        }
+    }
+}
+
+#[cfg(unix)]
+impl AsFd for RawListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            RawListener::Tcp(listener) => listener.as_fd(),
+            RawListener::Unix(listener) => listener.as_fd(),
+        }
+    }
+}
+
+#[cfg(windows)]
+impl AsSocket for RawListener {
+    fn as_socket(&self) -> BorrowedSocket<'_> {
+        match self {
+            RawListener::Tcp(listener) => listener.as_socket(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::parse;
+
+    #[test]
+    fn unsupported_schemes() {
+        let cases = [
+            ("shm://game", "shm:// is not implemented yet"),
+            ("tls://127.0.0.1:1", "tls:// is not implemented yet"),
+        ];
+        for (addr, expected) in cases {
+            let ep = parse(addr).unwrap();
+            for err in [
+                connect(&ep, Duration::from_secs(1)).unwrap_err(),
+                RawListener::bind(&ep).unwrap_err(),
+            ] {
+                assert_eq!(err.kind(), ErrorKind::Unsupported);
+                assert!(err.to_string().starts_with(expected), "{err}");
+            }
+        }
+        let ep = parse("pipe://game").unwrap();
+        let err = connect(&ep, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        #[cfg(not(windows))]
+        assert!(
+            err.to_string().contains("only available on Windows"),
+            "{err}"
+        );
+        let err = RawListener::bind(&ep).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn zero_timeout_fails_at_once() {
+        let ep = parse("tcp://127.0.0.1:9").unwrap();
+        let err = connect(&ep, Duration::ZERO).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TimedOut);
+        assert!(err.to_string().contains("tcp://127.0.0.1:9"), "{err}");
+    }
+}
