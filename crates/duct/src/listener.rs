@@ -60,7 +60,9 @@ struct AcceptState {
 
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Listener").field("local_addr", &self.local_addr).finish()
+        f.debug_struct("Listener")
+            .field("local_addr", &self.local_addr)
+            .finish()
     }
 }
 
@@ -74,12 +76,17 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
     opts.check_supported()?;
     let ep = addr::parse(addr)?;
     let raw = RawListener::bind(&ep)?;
-    raw.set_nonblocking(true).map_err(|e| Error::io(e, format_args!("listen {addr}")))?;
+    raw.set_nonblocking(true)
+        .map_err(|e| Error::io(e, format_args!("listen {addr}")))?;
     let local_addr = raw.local_addr();
     let (wake_rx, wake_tx) =
         UnixStream::pair().map_err(|e| Error::io(e, format_args!("listen {addr}: wake pipe")))?;
-    wake_rx.set_nonblocking(true).map_err(|e| Error::io(e, "listener wake pipe"))?;
-    wake_tx.set_nonblocking(true).map_err(|e| Error::io(e, "listener wake pipe"))?;
+    wake_rx
+        .set_nonblocking(true)
+        .map_err(|e| Error::io(e, "listener wake pipe"))?;
+    wake_tx
+        .set_nonblocking(true)
+        .map_err(|e| Error::io(e, "listener wake pipe"))?;
     tracing::debug!(addr = %local_addr, "listening");
     Ok(Listener {
         raw,
@@ -88,7 +95,11 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
         wake_rx,
         wake_tx,
         closed: AtomicBool::new(false),
-        state: Mutex::new(AcceptState { pending: Vec::new(), accepting: false, waiters: 0 }),
+        state: Mutex::new(AcceptState {
+            pending: Vec::new(),
+            accepting: false,
+            waiters: 0,
+        }),
         cv: Condvar::new(),
     })
 }
@@ -125,13 +136,19 @@ impl Listener {
     }
 
     fn closed_error(&self) -> Error {
-        Error::new(ErrorKind::Closed, format!("listener {} is closed", self.local_addr))
+        Error::new(
+            ErrorKind::Closed,
+            format!("listener {} is closed", self.local_addr),
+        )
     }
 
     fn timed_out(&self) -> Error {
         Error::new(
             ErrorKind::TimedOut,
-            format!("no dialer completed a handshake with {} before the timeout", self.local_addr),
+            format!(
+                "no dialer completed a handshake with {} before the timeout",
+                self.local_addr
+            ),
         )
     }
 
@@ -149,7 +166,10 @@ impl Listener {
                 None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
-                    self.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0
+                    self.cv
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
             };
             st.waiters -= 1;
@@ -203,7 +223,10 @@ impl Listener {
             if deadline.is_some_and(|d| now >= d) {
                 return Err(self.timed_out());
             }
-            let next_hs = pending.iter().filter_map(|h| h.session.poll_timeout()).min();
+            let next_hs = pending
+                .iter()
+                .filter_map(|h| h.session.poll_timeout())
+                .min();
             let until = match (deadline, next_hs) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -216,7 +239,12 @@ impl Listener {
             }
             match rustix::event::poll(&mut fds, timespec_until(until).as_ref()) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(Error::io(e.into(), format_args!("accept on {}", self.local_addr))),
+                Err(e) => {
+                    return Err(Error::io(
+                        e.into(),
+                        format_args!("accept on {}", self.local_addr),
+                    ))
+                }
             }
             let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
             drop(fds);

@@ -100,7 +100,9 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
         if e.kind() == ErrorKind::TimedOut {
             Error::new(
                 ErrorKind::TimedOut,
-                format!("dial {addr}: no handshake answer within {timeout:?} (connect + handshake)"),
+                format!(
+                    "dial {addr}: no handshake answer within {timeout:?} (connect + handshake)"
+                ),
             )
         } else {
             e
@@ -115,7 +117,9 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
         on_error: opts.on_error.clone(),
     };
     tracing::debug!(%addr, "dialed");
-    Ok(Pipe { conn: Arc::new(Conn::new(hs, conn_config)) })
+    Ok(Pipe {
+        conn: Arc::new(Conn::new(hs, conn_config)),
+    })
 }
 
 /// The session configuration for a pipe with these limits.
@@ -131,7 +135,9 @@ pub(crate) fn session_config(limits: &Limits) -> Config {
 
 impl Pipe {
     pub(crate) fn from_conn(conn: Conn) -> Pipe {
-        Pipe { conn: Arc::new(conn) }
+        Pipe {
+            conn: Arc::new(conn),
+        }
     }
 
     /// Sends one message on its channel (see [`Message::with_channel`]; default 0).
@@ -198,13 +204,20 @@ impl Pipe {
         opts.check_supported()?;
         let deadline = Instant::now() + opts.timeout.unwrap_or(self.conn.send_timeout());
         let over = opts.channel;
-        let mut it = msgs.into_iter().map(|m| (over.unwrap_or(m.channel()), m.into_bytes()));
+        let mut it = msgs
+            .into_iter()
+            .map(|m| (over.unwrap_or(m.channel()), m.into_bytes()));
         self.conn.send_batch(&mut it, deadline)
     }
 
     /// Receives up to `max` messages into `out`: waits for the first as [`Pipe::recv_with`]
     /// does, then takes only those already available. Returns how many were appended.
-    pub fn recv_batch(&self, out: &mut Vec<Message>, max: usize, opts: &RecvOptions) -> Result<usize> {
+    pub fn recv_batch(
+        &self,
+        out: &mut Vec<Message>,
+        max: usize,
+        opts: &RecvOptions,
+    ) -> Result<usize> {
         if max == 0 {
             return Ok(0);
         }

@@ -192,8 +192,10 @@ impl Conn {
                 if left.is_zero() {
                     true
                 } else {
-                    let (ng, r) =
-                        self.cv.wait_timeout(g, left).unwrap_or_else(|p| p.into_inner());
+                    let (ng, r) = self
+                        .cv
+                        .wait_timeout(g, left)
+                        .unwrap_or_else(|p| p.into_inner());
                     g = ng;
                     r.timed_out() && Instant::now() >= d
                 }
@@ -211,7 +213,12 @@ impl Conn {
 
     /// Sends one message. `Ok` means the message is accepted (written, or queued behind frames
     /// a writer is flushing); `TimedOut` means it was not accepted and nothing of it is sent.
-    pub(crate) fn send(&self, channel: u16, payload: Bytes, deadline: Instant) -> Result<(), Error> {
+    pub(crate) fn send(
+        &self,
+        channel: u16,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> Result<(), Error> {
         let len = payload.len();
         let mut g = self.lock();
         loop {
@@ -348,9 +355,10 @@ impl Conn {
                     self.peer_addr
                 ),
             ),
-            duct_proto::Error::Closed | duct_proto::Error::NotConnected => {
-                Error::new(ErrorKind::Closed, format!("pipe to {} is closed", self.peer_addr))
-            }
+            duct_proto::Error::Closed | duct_proto::Error::NotConnected => Error::new(
+                ErrorKind::Closed,
+                format!("pipe to {} is closed", self.peer_addr),
+            ),
             other => proto_error(other, &self.peer_addr),
         }
     }
@@ -453,7 +461,10 @@ impl Conn {
                     Wait::No => Ok(None),
                     _ => Err(Error::new(
                         ErrorKind::TimedOut,
-                        format!("no message from {} before the receive timeout", self.peer_addr),
+                        format!(
+                            "no message from {} before the receive timeout",
+                            self.peer_addr
+                        ),
                     )),
                 };
             }
@@ -547,7 +558,10 @@ impl Conn {
         if g.terminal.is_none() {
             let err = Error::new(
                 ErrorKind::Disconnected,
-                format!("{} closed the connection without a CLOSE frame", self.peer_addr),
+                format!(
+                    "{} closed the connection without a CLOSE frame",
+                    self.peer_addr
+                ),
             );
             self.end(g, err, PipeState::Disconnected);
         }
@@ -646,6 +660,10 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         // Last handle gone without close(): say goodbye without blocking.
-        let _ = self.close(duct_proto::wire::control::close_code::NORMAL, "pipe dropped", Duration::ZERO);
+        let _ = self.close(
+            duct_proto::wire::control::close_code::NORMAL,
+            "pipe dropped",
+            Duration::ZERO,
+        );
     }
 }

@@ -32,7 +32,14 @@ pub(crate) struct Handshake {
 
 impl Handshake {
     pub(crate) fn new(stream: Stream, session: Session, peer: Addr, now: Instant) -> Self {
-        Handshake { stream, session, rbuf: ReadBuf::new(), wq: WriteQueue::new(), peer, started: now }
+        Handshake {
+            stream,
+            session,
+            rbuf: ReadBuf::new(),
+            wq: WriteQueue::new(),
+            peer,
+            started: now,
+        }
     }
 
     /// Moves queued frames into the write queue and writes what the socket takes now.
@@ -71,7 +78,9 @@ impl Handshake {
 
     /// Checks the session's handshake deadline.
     pub(crate) fn check_timeout(&mut self, now: Instant) -> Result<(), Error> {
-        self.session.handle_timeout(now).map_err(|e| proto_error(e, &self.peer))
+        self.session
+            .handle_timeout(now)
+            .map_err(|e| proto_error(e, &self.peer))
     }
 
     fn progress(&mut self) -> Progress {
@@ -103,7 +112,11 @@ impl Handshake {
                     ),
                 ));
             }
-            let interest = if flushed { super::io::Interest::Read } else { super::io::Interest::ReadWrite };
+            let interest = if flushed {
+                super::io::Interest::Read
+            } else {
+                super::io::Interest::ReadWrite
+            };
             let ready = super::io::wait(self.stream.as_fd(), interest, Some(deadline))
                 .map_err(|e| Error::io(e, format_args!("handshake with {}", self.peer)))?;
             if ready.readable {

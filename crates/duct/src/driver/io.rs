@@ -34,7 +34,10 @@ pub(crate) struct ReadBuf {
 
 impl ReadBuf {
     pub(crate) fn new() -> Self {
-        ReadBuf { data: BytesMut::new(), tail: BytesMut::new() }
+        ReadBuf {
+            data: BytesMut::new(),
+            tail: BytesMut::new(),
+        }
     }
 
     /// Makes room for `needed` bytes in all in `data` (what the next frame needs) and at
@@ -59,9 +62,18 @@ impl ReadBuf {
     }
 
     /// One `recv` into the free space. `Ok(0)` is end of stream.
-    pub(crate) fn recv(&mut self, fd: BorrowedFd<'_>, needed: usize, nonblocking: bool) -> io::Result<usize> {
+    pub(crate) fn recv(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        needed: usize,
+        nonblocking: bool,
+    ) -> io::Result<usize> {
         self.prepare(needed);
-        let flags = if nonblocking { RecvFlags::DONTWAIT } else { RecvFlags::empty() };
+        let flags = if nonblocking {
+            RecvFlags::DONTWAIT
+        } else {
+            RecvFlags::empty()
+        };
         let n = loop {
             match rustix::net::recv(fd, &mut self.tail[..], flags) {
                 Ok((n, _)) => break n,
@@ -85,7 +97,11 @@ pub(crate) struct WriteQueue {
 
 impl WriteQueue {
     pub(crate) fn new() -> Self {
-        WriteQueue { frames: VecDeque::new(), offset: 0, bytes: 0 }
+        WriteQueue {
+            frames: VecDeque::new(),
+            offset: 0,
+            bytes: 0,
+        }
     }
 
     pub(crate) fn push(&mut self, t: Transmit) {
@@ -152,7 +168,9 @@ impl WriteQueue {
 
     fn consume(&mut self, mut n: usize) {
         while n > 0 {
-            let Some(front) = self.frames.front() else { break };
+            let Some(front) = self.frames.front() else {
+                break;
+            };
             let left = front.wire_len() - self.offset;
             if n >= left {
                 n -= left;
@@ -184,7 +202,11 @@ pub(crate) struct Ready {
 
 /// Waits until `fd` is ready for `interest` or `deadline` passes (`None`: no deadline).
 /// Error and hang-up conditions count as readable and writable (the next call reports them).
-pub(crate) fn wait(fd: BorrowedFd<'_>, interest: Interest, deadline: Option<Instant>) -> io::Result<Ready> {
+pub(crate) fn wait(
+    fd: BorrowedFd<'_>,
+    interest: Interest,
+    deadline: Option<Instant>,
+) -> io::Result<Ready> {
     let flags = match interest {
         Interest::Read => PollFlags::IN,
         Interest::Write => PollFlags::OUT,
@@ -198,7 +220,9 @@ pub(crate) fn wait(fd: BorrowedFd<'_>, interest: Interest, deadline: Option<Inst
             Ok(_) => {
                 let r = fds[0].revents();
                 let bad = r.intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL);
-                return Ok(Ready { readable: bad || r.contains(PollFlags::IN) });
+                return Ok(Ready {
+                    readable: bad || r.contains(PollFlags::IN),
+                });
             }
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
@@ -210,6 +234,9 @@ pub(crate) fn wait(fd: BorrowedFd<'_>, interest: Interest, deadline: Option<Inst
 pub(crate) fn timespec_until(deadline: Option<Instant>) -> Option<Timespec> {
     deadline.map(|d| {
         let left = d.saturating_duration_since(Instant::now());
-        Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) }
+        Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        }
     })
 }

@@ -1,0 +1,179 @@
+//! duct's side of the benchmark: a [`duct::Pipe`] behind the [`MsgConn`] trait.
+//!
+//! Ping-pong uses `Pipe::send` and `Pipe::recv`, and echoes the received `Message` as it
+//! is. Stream uses `Pipe::send_batch` and `Pipe::recv_batch` with up to `batch` messages
+//! per call (`--batch`), or plain `send`/`recv` when the batch is 1. Payloads are built
+//! once as `Bytes`; every message sends a clone, which never copies, so the benchmark's own
+//! code allocates nothing per message: whatever `allocs_per_msg` shows is duct's.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use duct::{Message, Pipe, RecvOptions, SendOptions};
+
+use crate::bench::spec::Transport;
+use crate::bench::workload::{MsgConn, FLAG_LAST, FLAG_MORE};
+use crate::error::{bail, Context, Result};
+
+/// A duct pipe, ready for the workloads.
+pub struct DuctConn {
+    pipe: Pipe,
+    size: usize,
+    payload: Bytes,
+    last_payload: Bytes,
+    batch: usize,
+    received: Vec<Message>,
+    send_options: SendOptions,
+    recv_options: RecvOptions,
+}
+
+/// The address to listen on for `transport`; `uds_name` is a fresh abstract name.
+pub fn listen_addr(transport: Transport, uds_name: &str) -> Result<String> {
+    match transport {
+        Transport::Tcp => Ok("tcp://127.0.0.1:0".to_string()),
+        Transport::Uds => Ok(format!("uds://{uds_name}")),
+        other => bail!("duct bench has no {} transport yet", other.name()),
+    }
+}
+
+/// Listens on `addr`; returns the listener and its bound address (port resolved).
+pub fn listen(addr: &str) -> Result<(duct::Listener, String)> {
+    let listener = duct::listen(addr, duct::ListenOptions::default())
+        .with_context(|| format!("duct: listen {addr}"))?;
+    let bound = listener.local_addr().to_string();
+    Ok((listener, bound))
+}
+
+/// Accepts one pipe, waking every 50 ms to run `check` (is the peer still fine?); gives up
+/// after `timeout`.
+pub fn accept(
+    listener: &duct::Listener,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<()>,
+) -> Result<Pipe> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match listener.accept_timeout(Duration::from_millis(50)) {
+            Ok(pipe) => return Ok(pipe),
+            Err(e) if matches!(e.kind(), duct::ErrorKind::TimedOut) => {
+                check()?;
+                if Instant::now() >= deadline {
+                    bail!("duct: no connection from the peer within {timeout:?}");
+                }
+            }
+            Err(e) => return Err(e).context("duct: accept"),
+        }
+    }
+}
+
+/// Dials `addr`.
+pub fn dial(addr: &str) -> Result<Pipe> {
+    duct::dial(addr, duct::DialOptions::default()).with_context(|| format!("duct: dial {addr}"))
+}
+
+impl DuctConn {
+    /// Wraps `pipe` for messages of `size` bytes (at least 1), `batch` per stream call.
+    pub fn new(pipe: Pipe, size: usize, batch: usize) -> DuctConn {
+        let mut payload = vec![0xA5u8; size];
+        payload[0] = FLAG_MORE;
+        let mut last_payload = payload.clone();
+        last_payload[0] = FLAG_LAST;
+        let batch = batch.max(1);
+        DuctConn {
+            pipe,
+            size,
+            payload: Bytes::from(payload),
+            last_payload: Bytes::from(last_payload),
+            batch,
+            received: Vec::with_capacity(batch),
+            send_options: SendOptions::default(),
+            recv_options: RecvOptions::default(),
+        }
+    }
+
+    /// Closes the pipe (default linger); errors are of no interest once a run is over.
+    pub fn close(self) {
+        let _ = self.pipe.close();
+    }
+
+    #[inline]
+    fn message(&self, last: bool) -> Message {
+        Message::new(if last {
+            self.last_payload.clone()
+        } else {
+            self.payload.clone()
+        })
+    }
+
+    /// Checks a received message; returns its last-message flag.
+    #[inline]
+    fn check(&self, msg: &Message) -> Result<bool> {
+        if msg.len() != self.size {
+            bail!(
+                "duct: protocol error: message of {} bytes, expected {}",
+                msg.len(),
+                self.size
+            );
+        }
+        Ok(msg.payload()[0] == FLAG_LAST)
+    }
+}
+
+impl MsgConn for DuctConn {
+    fn send_one(&mut self, last: bool) -> Result<()> {
+        self.pipe.send(self.message(last))?;
+        Ok(())
+    }
+
+    fn recv_one(&mut self) -> Result<bool> {
+        let msg = self.pipe.recv()?;
+        self.check(&msg)
+    }
+
+    fn echo_one(&mut self) -> Result<bool> {
+        let msg = self.pipe.recv()?;
+        let last = self.check(&msg)?;
+        self.pipe.send(msg)?;
+        Ok(last)
+    }
+
+    fn send_many(&mut self, n: usize, last: bool) -> Result<()> {
+        if self.batch == 1 {
+            for i in 0..n {
+                self.pipe.send(self.message(last && i + 1 == n))?;
+            }
+            return Ok(());
+        }
+        let mut left = n;
+        while left > 0 {
+            let chunk = left;
+            let msgs = (0..chunk).map(|i| self.message(last && i + 1 == chunk));
+            let sent = self.pipe.send_batch(msgs, &self.send_options)?;
+            if sent == 0 {
+                bail!("duct: send_batch accepted none of {chunk} messages");
+            }
+            left -= sent.min(left);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn recv_some(&mut self) -> Result<(u64, bool)> {
+        if self.batch == 1 {
+            return Ok((1, self.recv_one()?));
+        }
+        self.received.clear();
+        let n = self
+            .pipe
+            .recv_batch(&mut self.received, self.batch, &self.recv_options)?;
+        let mut last = false;
+        for msg in &self.received {
+            last |= self.check(msg)?;
+        }
+        self.received.clear();
+        Ok((n as u64, last))
+    }
+}

@@ -1,0 +1,411 @@
+//! `duct bench`: duct beside a raw-socket baseline, same workload, same process layout,
+//! same CPU placement, in alternating rounds of one run (BENCH.md).
+//!
+//! The pieces, in the order a run goes through them:
+//! - [`spec`]: what is measured (systems, transports, patterns, sizes, amounts) and the
+//!   [`spec::Job`] handed to the peer;
+//! - [`peer`]: the far end — a child process (this executable as `duct bench-peer`) or a
+//!   thread — and the watchdog that bounds every run;
+//! - [`raw`] and [`duct_conn`]: the two systems behind one trait, and [`workload`]: the
+//!   ping-pong and stream loops written once over that trait;
+//! - [`stats`]: percentiles, medians and round-by-round ratios; [`report`]: the table and
+//!   the JSON; [`plot`]: the SVG; [`pin`]: CPU placement.
+//!
+//! The measuring end listens and drives (ping-pong client, stream sender); the peer dials
+//! and serves (echo, stream receiver, which measures the rate and reports it back).
+
+pub mod duct_conn;
+pub mod peer;
+pub mod pin;
+pub mod plot;
+pub mod raw;
+pub mod report;
+pub mod spec;
+pub mod stats;
+pub mod workload;
+
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::cli::{BackendArg, BenchArgs, PinArg};
+use crate::error::{bail, CliError, Context, Result};
+
+use self::duct_conn::DuctConn;
+use self::peer::{Peer, Watchdog};
+use self::raw::{RawConn, RawListener};
+use self::report::{CaseResult, Host, RunConfig};
+use self::spec::{Amount, Job, Pattern, System};
+use self::stats::RunResult;
+use self::workload::{drive_pingpong, drive_stream, MsgConn, Plan};
+
+/// Measured time per round and system when neither `--messages` nor `--duration` is
+/// given: 4 cases × 3 rounds × 2 systems × 0.5 s keeps the default tour near 15 s.
+pub const DEFAULT_DURATION: Duration = Duration::from_millis(500);
+
+/// How long the measuring end waits for the peer to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `duct bench` with `args`: the rounds, then the table on stdout, then the files.
+pub fn run(args: BenchArgs) -> Result<()> {
+    reject_unimplemented(&args)?;
+    let mut transports = Vec::new();
+    let mut skipped = Vec::new();
+    for &t in &args.transport.transports {
+        if t.available() {
+            transports.push(t);
+        } else {
+            skipped.push(t.name());
+        }
+    }
+    if !skipped.is_empty() {
+        eprintln!(
+            "duct bench: {}: not available yet, skipped",
+            skipped.join(", ")
+        );
+    }
+    if transports.is_empty() {
+        bail!("no transport left to measure (available: tcp, uds)");
+    }
+    let amount = match (args.messages, args.duration) {
+        (Some(n), _) => Amount::Messages(n),
+        (None, Some(d)) => Amount::Duration(d),
+        (None, None) => Amount::Duration(DEFAULT_DURATION),
+    };
+    let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
+    // Open the output files first: better to fail now than after minutes of measuring.
+    let json_file = args.json.as_deref().map(create_output).transpose()?;
+    let plot_file = match args.plot.as_deref() {
+        Some(path) => {
+            if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+                bail!("--plot: only SVG output is supported (give a FILE.svg)");
+            }
+            Some(create_output(path)?)
+        }
+        None => None,
+    };
+
+    let host = Host::detect(); // Before pinning, which narrows what this process sees.
+    let (driver_cpu, peer_cpu) = pin::plan(args.pin)?;
+    if let Some(cpu) = driver_cpu {
+        pin::pin_current_thread(cpu)?;
+    }
+    let watchdog = Watchdog::start()?;
+    let mut peer = if args.threads {
+        Peer::threads(peer_cpu)
+    } else {
+        Peer::spawn_child(peer_cpu)?
+    };
+    watchdog.set_child(peer.child_handle());
+    let config = RunConfig {
+        rounds: args.rounds,
+        amount,
+        warmup: args.warmup,
+        pin: match args.pin {
+            PinArg::None => "none",
+            PinArg::Same => "same",
+            PinArg::Split => "split",
+        },
+        processes: peer.processes(),
+        batch,
+    };
+
+    let systems: &[System] = if args.no_baseline {
+        &[System::Duct]
+    } else {
+        &[System::Duct, System::Raw]
+    };
+    let mut cases = Vec::new();
+    for &transport in &transports {
+        for &pattern in &args.pattern.0 {
+            for &size in &args.size.0 {
+                cases.push((transport, pattern, size));
+            }
+        }
+    }
+    let mut progress = Progress::new(cases.len() * args.rounds as usize * systems.len());
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for &(transport, pattern, size) in &cases {
+        let mut runs: [Vec<RunResult>; 2] = [Vec::new(), Vec::new()];
+        for round in 1..=args.rounds {
+            for (i, &system) in systems.iter().enumerate() {
+                let mut job = Job {
+                    system,
+                    transport,
+                    pattern,
+                    size,
+                    warmup: args.warmup,
+                    batch,
+                    amount,
+                    addr: String::new(),
+                };
+                let label = format!("{} round {round}/{}", job.label(), args.rounds);
+                progress.step(&label);
+                watchdog.arm(run_timeout(&job), label.clone());
+                let outcome = run_one(&mut peer, &mut job);
+                watchdog.disarm();
+                match outcome {
+                    Ok(run) => runs[i].push(run),
+                    Err(e) => {
+                        progress.clear();
+                        return Err(e.context(format!("bench failed in {label}")));
+                    }
+                }
+            }
+        }
+        let [duct_runs, raw_runs] = runs;
+        let raw = (!raw_runs.is_empty()).then(|| stats::summarize(System::Raw, &raw_runs, size));
+        let ratios = raw
+            .is_some()
+            .then(|| stats::ratios(pattern, &duct_runs, &raw_runs));
+        results.push(CaseResult {
+            transport,
+            pattern,
+            size,
+            duct: stats::summarize(System::Duct, &duct_runs, size),
+            raw,
+            ratios,
+        });
+    }
+    progress.clear();
+    peer.finish();
+    drop(watchdog);
+    eprintln!(
+        "duct bench: {} runs in {:.1} s",
+        progress.total,
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(report::to_table(&config, &results).as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("writing the table")?;
+    drop(stdout);
+    if let (Some((mut file, path)), Some(p)) = (json_file, args.json.as_deref()) {
+        let text = report::to_json(env!("CARGO_PKG_VERSION"), &host, &config, &results);
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("duct bench: results written to {}", p.display());
+    }
+    if let Some((mut file, path)) = plot_file {
+        match plot::to_svg(&results) {
+            Some(svg) => {
+                file.write_all(svg.as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("duct bench: plot written to {}", path.display());
+            }
+            None => eprintln!("duct bench: --plot: no pingpong case, so nothing to plot"),
+        }
+    }
+    Ok(())
+}
+
+fn reject_unimplemented(args: &BenchArgs) -> Result<()> {
+    if args.channels != 1 {
+        bail!(
+            "--channels {}: not implemented yet (duct bench measures one channel)",
+            args.channels
+        );
+    }
+    if args.reliable {
+        bail!("--reliable: not implemented yet");
+    }
+    if args.spin {
+        bail!("--spin: not implemented yet (it applies to shm, which is not available yet)");
+    }
+    if args.backend != BackendArg::Auto {
+        bail!("--backend: not implemented yet (only auto: duct's default backend)");
+    }
+    Ok(())
+}
+
+fn create_output(path: &Path) -> Result<(File, std::path::PathBuf)> {
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok((file, path.to_path_buf()))
+}
+
+/// Bounds one run for the watchdog: a minute, plus 200 µs and 50 ns per byte for each
+/// message counted in advance, plus four times a `--duration` — far above what loopback
+/// needs, so that only a hang trips it.
+fn run_timeout(job: &Job) -> Duration {
+    let per_msg_ns = 200_000u64.saturating_add(50u64.saturating_mul(job.size as u64));
+    let counted = job.warmup.saturating_add(match job.amount {
+        Amount::Messages(n) => n,
+        Amount::Duration(_) => 0,
+    });
+    let mut timeout =
+        Duration::from_secs(60) + Duration::from_nanos(per_msg_ns.saturating_mul(counted));
+    if let Amount::Duration(d) = job.amount {
+        timeout += d * 4;
+    }
+    timeout
+}
+
+/// A fresh abstract socket name for a uds run: `@duct-bench-<pid>-<n>`.
+fn uds_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "@duct-bench-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One run: listen, start the peer on `job`, accept, drive, collect the peer's report.
+fn run_one(peer: &mut Peer, job: &mut Job) -> Result<RunResult> {
+    let plan = Plan {
+        warmup: job.warmup,
+        amount: job.amount,
+        batch: job.batch,
+    };
+    match job.system {
+        System::Raw => {
+            let (listener, addr) = RawListener::bind(job.transport, &uds_name())?;
+            job.addr = addr;
+            peer.start(job)?;
+            let stream = listener.accept(CONNECT_TIMEOUT, || peer.check())?;
+            drop(listener);
+            let mut conn = RawConn::new(stream, job.size)?;
+            drive(&mut conn, job, &plan, peer)
+        }
+        System::Duct => {
+            let addr = duct_conn::listen_addr(job.transport, &uds_name())?;
+            let (listener, bound) = duct_conn::listen(&addr)?;
+            job.addr = bound;
+            peer.start(job)?;
+            let pipe = duct_conn::accept(&listener, CONNECT_TIMEOUT, || peer.check())?;
+            let mut conn = DuctConn::new(pipe, job.size, job.batch);
+            let outcome = drive(&mut conn, job, &plan, peer);
+            conn.close();
+            drop(listener);
+            outcome
+        }
+    }
+}
+
+fn per_msg(count: u64, messages: u64) -> f64 {
+    if messages == 0 {
+        0.0
+    } else {
+        count as f64 / messages as f64
+    }
+}
+
+/// The measuring end's loop, then the peer's report, combined into a [`RunResult`].
+fn drive<C: MsgConn>(conn: &mut C, job: &Job, plan: &Plan, peer: &mut Peer) -> Result<RunResult> {
+    let report_timeout = Duration::from_secs(30);
+    match job.pattern {
+        Pattern::PingPong => {
+            let out = drive_pingpong(conn, plan).map_err(|e| with_peer_error(e, peer))?;
+            let report = peer.wait(report_timeout)?;
+            Ok(RunResult {
+                messages: out.messages,
+                msgs_per_sec: out.messages as f64 / out.elapsed.as_secs_f64().max(1e-9),
+                allocs_per_msg: per_msg(out.allocs, out.messages)
+                    .max(per_msg(report.allocs, report.messages)),
+                rtt: Some(out.rtt),
+            })
+        }
+        Pattern::Stream => {
+            let out = drive_stream(conn, plan).map_err(|e| with_peer_error(e, peer))?;
+            let report = peer.wait(report_timeout)?;
+            if report.rate_messages == 0 || report.elapsed_ns == 0 {
+                bail!(
+                    "too few messages arrived after the warmup to measure a rate \
+                     (use more --messages or a longer --duration)"
+                );
+            }
+            Ok(RunResult {
+                rtt: None,
+                messages: report.messages,
+                msgs_per_sec: report.rate_messages as f64 * 1e9 / report.elapsed_ns as f64,
+                allocs_per_msg: per_msg(out.allocs, out.messages)
+                    .max(per_msg(report.allocs, report.messages)),
+            })
+        }
+    }
+}
+
+/// When the measuring end fails, the peer has usually failed too, and says why.
+fn with_peer_error(e: CliError, peer: &mut Peer) -> CliError {
+    match peer.wait(Duration::from_secs(2)) {
+        Err(peer_error) => CliError::msg(format!("{e} ({peer_error})")),
+        Ok(_) => e,
+    }
+}
+
+/// The progress line on stderr: rewritten in place on a terminal, one line per run
+/// otherwise.
+struct Progress {
+    total: usize,
+    done: usize,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            total,
+            done: 0,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        let line = format!("[{}/{}] {what} ...", self.done, self.total);
+        if self.tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn clear(&self) {
+        if self.tty {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::spec::Transport;
+
+    #[test]
+    fn timeouts_grow_with_the_work() {
+        let job = Job {
+            system: System::Duct,
+            transport: Transport::Tcp,
+            pattern: Pattern::PingPong,
+            size: 64,
+            warmup: 0,
+            batch: 64,
+            amount: Amount::Messages(1000),
+            addr: String::new(),
+        };
+        let small = run_timeout(&job);
+        assert!(small >= Duration::from_secs(60));
+        let big = run_timeout(&Job {
+            amount: Amount::Messages(10_000_000),
+            ..job.clone()
+        });
+        assert!(big > small);
+        let timed = run_timeout(&Job {
+            amount: Amount::Duration(Duration::from_secs(10)),
+            ..job
+        });
+        assert!(timed >= Duration::from_secs(100));
+    }
+
+    #[test]
+    fn uds_names_are_fresh() {
+        assert_ne!(uds_name(), uds_name());
+        assert!(uds_name().starts_with("@duct-bench-"));
+    }
+}

@@ -1,0 +1,472 @@
+//! What a benchmark run is made of: systems, transports, patterns, amounts, and the
+//! [`Job`] that the measuring end hands to its peer; plus the parsers for the command
+//! line's value syntaxes (comma lists, sizes with binary suffixes, durations).
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{bail, CliError, Result};
+
+/// The system under test in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum System {
+    /// duct: `duct::listen`/`duct::dial` and a `Pipe`.
+    Duct,
+    /// The baseline: blocking std sockets with a 4-byte length prefix.
+    Raw,
+}
+
+impl System {
+    /// The name used in the table, the JSON and job lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Duct => "duct",
+            System::Raw => "raw",
+        }
+    }
+
+    fn parse(s: &str) -> Result<System> {
+        match s {
+            "duct" => Ok(System::Duct),
+            "raw" => Ok(System::Raw),
+            _ => bail!("unknown system {s:?}"),
+        }
+    }
+}
+
+/// A transport named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP over loopback.
+    Tcp,
+    /// Unix-domain stream sockets (Linux abstract namespace).
+    Uds,
+    /// Shared memory (not available yet).
+    Shm,
+    /// TLS over TCP (not available yet).
+    Tls,
+}
+
+impl Transport {
+    /// Every transport, in table order.
+    pub const ALL: [Transport; 4] = [
+        Transport::Tcp,
+        Transport::Uds,
+        Transport::Shm,
+        Transport::Tls,
+    ];
+
+    /// The scheme name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Uds => "uds",
+            Transport::Shm => "shm",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// Whether `duct bench` can measure this transport yet.
+    pub fn available(self) -> bool {
+        match self {
+            Transport::Tcp => true,
+            Transport::Uds => cfg!(unix),
+            Transport::Shm | Transport::Tls => false,
+        }
+    }
+
+    fn parse(s: &str) -> Result<Transport> {
+        match s {
+            "tcp" => Ok(Transport::Tcp),
+            "uds" => Ok(Transport::Uds),
+            "shm" => Ok(Transport::Shm),
+            "tls" => Ok(Transport::Tls),
+            _ => bail!("unknown transport {s:?} (expected tcp, uds, shm, tls or all)"),
+        }
+    }
+}
+
+/// The workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    /// One message out, the same size back, strictly one at a time.
+    PingPong,
+    /// One side sends as fast as it can, the other receives.
+    Stream,
+}
+
+impl Pattern {
+    /// The name used in the table, the JSON and job lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pattern::PingPong => "pingpong",
+            Pattern::Stream => "stream",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Pattern> {
+        match s {
+            "pingpong" | "ping-pong" => Ok(Pattern::PingPong),
+            "stream" => Ok(Pattern::Stream),
+            _ => bail!("unknown pattern {s:?} (expected pingpong, stream or all)"),
+        }
+    }
+}
+
+/// How much one run measures, after its warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amount {
+    /// This many messages (round trips for ping-pong).
+    Messages(u64),
+    /// Until this much time has passed (checked by the sending end).
+    Duration(Duration),
+}
+
+/// The transports selected with `--transport`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportSelection {
+    /// In the order given, without duplicates.
+    pub transports: Vec<Transport>,
+    /// `all` was given: the unavailable ones are dropped quietly.
+    pub all: bool,
+}
+
+/// The patterns selected with `--pattern`, in the order given, without duplicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternSelection(pub Vec<Pattern>);
+
+fn parse_list<T: PartialEq + Copy>(
+    list: &str,
+    all: &[T],
+    parse: impl Fn(&str) -> Result<T>,
+) -> Result<(Vec<T>, bool)> {
+    let mut out = Vec::new();
+    let mut saw_all = false;
+    for item in list.split(',').map(str::trim) {
+        if item.is_empty() {
+            bail!("empty item in list {list:?}");
+        }
+        let items = if item.eq_ignore_ascii_case("all") {
+            saw_all = true;
+            all.to_vec()
+        } else {
+            vec![parse(&item.to_ascii_lowercase())?]
+        };
+        for t in items {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    Ok((out, saw_all))
+}
+
+/// Parses `--transport`: `tcp,uds,shm,tls` (any subset, any order) or `all`.
+pub fn parse_transports(s: &str) -> Result<TransportSelection, String> {
+    let (transports, all) =
+        parse_list(s, &Transport::ALL, Transport::parse).map_err(|e| e.to_string())?;
+    Ok(TransportSelection { transports, all })
+}
+
+/// Parses `--pattern`: `pingpong,stream` or `all`.
+pub fn parse_patterns(s: &str) -> Result<PatternSelection, String> {
+    let (patterns, _) = parse_list(s, &[Pattern::PingPong, Pattern::Stream], Pattern::parse)
+        .map_err(|e| e.to_string())?;
+    Ok(PatternSelection(patterns))
+}
+
+/// The largest payload `duct bench` accepts (the raw baseline's length prefix is 32 bits,
+/// and the receiving buffers are allocated up front).
+pub const MAX_SIZE: usize = 1 << 30;
+
+/// Parses one size: a number of bytes with an optional binary suffix (`B`, `K`/`KiB`/`KB`,
+/// `M`/`MiB`/`MB`, case-insensitive; all powers of 1024).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(digits_end);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (expected e.g. 64, 1K, 64KiB, 1MiB)"))?;
+    let unit: usize = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        _ => {
+            return Err(format!(
+                "invalid size suffix in {s:?} (expected B, K, KiB, M or MiB)"
+            ))
+        }
+    };
+    let size = n.checked_mul(unit).filter(|&v| v <= MAX_SIZE);
+    match size {
+        Some(0) => Err(
+            "size must be at least 1 byte (the first payload byte marks the last message)".into(),
+        ),
+        Some(v) => Ok(v),
+        None => Err(format!(
+            "size {s:?} is larger than the maximum, {}",
+            format_size(MAX_SIZE)
+        )),
+    }
+}
+
+/// The payload sizes selected with `--size`, in the order given, without duplicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizeList(pub Vec<usize>);
+
+/// Parses `--size`: a comma-separated list of [`parse_size`] items, duplicates dropped.
+pub fn parse_sizes(s: &str) -> Result<SizeList, String> {
+    let mut out = Vec::new();
+    for item in s.split(',') {
+        let v = parse_size(item)?;
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    Ok(SizeList(out))
+}
+
+/// Parses a duration: a number (decimals allowed) and a unit `ns`, `us`/`µs`, `ms`, `s`,
+/// `m`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let num_end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(num_end);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (expected e.g. 500ms, 2s, 1m)"))?;
+    let secs_per_unit = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (expected ns, us, ms, s or m)"
+            ))
+        }
+    };
+    let secs = value * secs_per_unit;
+    if !secs.is_finite() || secs > 86_400.0 {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A size for people: `64 B`, `1 KiB`, `64 KiB`, `1 MiB`, `1500 B`.
+pub fn format_size(size: usize) -> String {
+    if size >= 1 << 20 && size % (1 << 20) == 0 {
+        format!("{} MiB", size >> 20)
+    } else if size >= 1 << 10 && size % (1 << 10) == 0 {
+        format!("{} KiB", size >> 10)
+    } else {
+        format!("{size} B")
+    }
+}
+
+/// What one run asks of the peer: the measuring end listens, then sends this to the peer,
+/// which dials `addr` and serves its half (echo for ping-pong, receive for stream).
+///
+/// It travels as one line of `key=value` words (see [`Job::encode`]), on the child's stdin
+/// in two-process mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// duct or raw.
+    pub system: System,
+    /// tcp or uds.
+    pub transport: Transport,
+    /// pingpong or stream.
+    pub pattern: Pattern,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Messages before the measured phase.
+    pub warmup: u64,
+    /// Stream: messages per `send_batch`/`recv_batch` call on duct.
+    pub batch: usize,
+    /// How much is measured (the sending end decides when to stop; the peer learns it from
+    /// the flag on the last message).
+    pub amount: Amount,
+    /// Where the measuring end listens, as a duct address (`tcp://127.0.0.1:41231`,
+    /// `uds://@duct-bench-123-4`); the raw baseline reads the same form.
+    pub addr: String,
+}
+
+impl Job {
+    /// The job as one line (no newline), words separated by single spaces.
+    pub fn encode(&self) -> String {
+        let amount = match self.amount {
+            Amount::Messages(n) => format!("messages={n}"),
+            Amount::Duration(d) => format!("duration_ns={}", d.as_nanos()),
+        };
+        format!(
+            "job system={} transport={} pattern={} size={} warmup={} batch={} {} addr={}",
+            self.system.name(),
+            self.transport.name(),
+            self.pattern.name(),
+            self.size,
+            self.warmup,
+            self.batch,
+            amount,
+            self.addr
+        )
+    }
+
+    /// Parses a line from [`Job::encode`].
+    pub fn decode(line: &str) -> Result<Job> {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("job") {
+            bail!("not a job line: {line:?}");
+        }
+        let (mut system, mut transport, mut pattern, mut size) = (None, None, None, None);
+        let (mut warmup, mut batch, mut amount, mut addr) = (None, None, None, None);
+        for word in words {
+            let Some((key, value)) = word.split_once('=') else {
+                bail!("malformed word {word:?} in job line");
+            };
+            let num = |v: &str| -> Result<u64> {
+                v.parse::<u64>()
+                    .map_err(|_| CliError::msg(format!("bad number {v:?} for {key} in job line")))
+            };
+            match key {
+                "system" => system = Some(System::parse(value)?),
+                "transport" => transport = Some(Transport::parse(value)?),
+                "pattern" => pattern = Some(Pattern::parse(value)?),
+                "size" => size = Some(num(value)? as usize),
+                "warmup" => warmup = Some(num(value)?),
+                "batch" => batch = Some(num(value)? as usize),
+                "messages" => amount = Some(Amount::Messages(num(value)?)),
+                "duration_ns" => amount = Some(Amount::Duration(Duration::from_nanos(num(value)?))),
+                "addr" => addr = Some(value.to_string()),
+                _ => bail!("unknown key {key:?} in job line"),
+            }
+        }
+        let missing = |what: &str| CliError::msg(format!("job line lacks {what}: {line:?}"));
+        let job = Job {
+            system: system.ok_or_else(|| missing("system"))?,
+            transport: transport.ok_or_else(|| missing("transport"))?,
+            pattern: pattern.ok_or_else(|| missing("pattern"))?,
+            size: size.ok_or_else(|| missing("size"))?,
+            warmup: warmup.ok_or_else(|| missing("warmup"))?,
+            batch: batch.ok_or_else(|| missing("batch"))?,
+            amount: amount.ok_or_else(|| missing("messages or duration_ns"))?,
+            addr: addr.ok_or_else(|| missing("addr"))?,
+        };
+        if job.size == 0 || job.size > MAX_SIZE || job.batch == 0 {
+            bail!("job line out of range: {line:?}");
+        }
+        Ok(job)
+    }
+
+    /// `duct uds stream 64 B`: for progress lines and errors.
+    pub fn label(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.system.name(),
+            self.transport.name(),
+            self.pattern.name(),
+            format_size(self.size)
+        )
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Amount::Messages(n) => write!(f, "{n} messages"),
+            Amount::Duration(d) => write!(f, "{:.3} s", d.as_secs_f64()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64"), Ok(64));
+        assert_eq!(parse_size("64B"), Ok(64));
+        assert_eq!(parse_size("1k"), Ok(1024));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1 MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2M"), Ok(2 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("1G").is_err());
+        assert!(parse_size("2048M").is_err());
+        assert!(parse_size("-1").is_err());
+        assert_eq!(
+            parse_sizes("64,1024,65536,1048576,64"),
+            Ok(SizeList(vec![64, 1024, 65536, 1 << 20]))
+        );
+        assert_eq!(format_size(64), "64 B");
+        assert_eq!(format_size(1024), "1 KiB");
+        assert_eq!(format_size(65536), "64 KiB");
+        assert_eq!(format_size(1 << 20), "1 MiB");
+        assert_eq!(format_size(1500), "1500 B");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("1e9m").is_err());
+    }
+
+    #[test]
+    fn lists() {
+        let t = parse_transports("uds, tcp,uds").unwrap();
+        assert_eq!(t.transports, vec![Transport::Uds, Transport::Tcp]);
+        assert!(!t.all);
+        let t = parse_transports("ALL").unwrap();
+        assert_eq!(t.transports, Transport::ALL.to_vec());
+        assert!(t.all);
+        assert!(parse_transports("tcp,,uds").is_err());
+        assert!(parse_transports("quic").is_err());
+        assert_eq!(
+            parse_patterns("stream,pingpong").unwrap().0,
+            vec![Pattern::Stream, Pattern::PingPong]
+        );
+        assert_eq!(
+            parse_patterns("all").unwrap().0,
+            vec![Pattern::PingPong, Pattern::Stream]
+        );
+    }
+
+    #[test]
+    fn job_round_trips() {
+        let job = Job {
+            system: System::Raw,
+            transport: Transport::Uds,
+            pattern: Pattern::Stream,
+            size: 65536,
+            warmup: 100,
+            batch: 64,
+            amount: Amount::Duration(Duration::from_millis(750)),
+            addr: "uds://@duct-bench-1-2".into(),
+        };
+        assert_eq!(Job::decode(&job.encode()).unwrap(), job);
+        let job = Job {
+            system: System::Duct,
+            transport: Transport::Tcp,
+            pattern: Pattern::PingPong,
+            amount: Amount::Messages(2000),
+            addr: "tcp://127.0.0.1:41231".into(),
+            ..job
+        };
+        assert_eq!(Job::decode(&job.encode()).unwrap(), job);
+        assert!(Job::decode("job system=duct").is_err());
+        assert!(Job::decode("hello").is_err());
+        assert!(Job::decode(&job.encode().replace("size=65536", "size=0")).is_err());
+    }
+}

@@ -1,0 +1,325 @@
+//! The command line: subcommands and their arguments (clap derive).
+//!
+//! Parsing of the bench's value syntaxes (lists, sizes, durations) lives in
+//! [`crate::bench::spec`], next to the types it produces; this module only wires them to
+//! flags and writes the help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::bench::spec::{self, PatternSelection, SizeList, TransportSelection};
+
+/// duct: message-oriented communication between game-server processes.
+#[derive(Debug, Parser)]
+#[command(name = "duct", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of `duct`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure duct beside a raw-socket baseline, in the same run.
+    ///
+    /// Without arguments: a short tour (tcp and uds, ping-pong and stream, 64 B messages,
+    /// 3 interleaved duct/raw rounds), then a table. Ratios are duct ÷ raw, taken round by
+    /// round (duct, raw, duct, raw, ...) and the median reported, so that a noisy machine
+    /// hits both systems alike.
+    ///
+    /// pingpong: one message out, the same size back, one at a time; round-trip time
+    /// percentiles from an HDR histogram. stream: one side sends as fast as it can, the
+    /// other receives and measures messages/s and payload bytes/s from first to last
+    /// message. By default the two ends are two processes (this executable started again
+    /// as the peer); --threads puts both in one process.
+    ///
+    /// The raw baseline is blocking std sockets (TCP_NODELAY for tcp) with a 4-byte
+    /// big-endian length prefix per message, a BufReader on the receiving side and a
+    /// BufWriter on the sending side, flushed after each message in ping-pong and only when
+    /// full (and at the end) in stream: that is its equivalent of duct's --batch.
+    Bench(BenchArgs),
+
+    /// Listen on ADDR and print each message received as a line on stdout.
+    ///
+    /// Accepts connections one after another, each on a thread of its own. The bound
+    /// address (with the port resolved) is printed on stderr as `listening on ADDR`.
+    /// Example: duct listen tcp://127.0.0.1:7000 --echo
+    Listen(ListenArgs),
+
+    /// Dial ADDR, send each line of stdin as one message, print what comes back.
+    ///
+    /// Each line becomes one message, without its newline. Messages received are printed
+    /// on stdout, one per line. On end of input the pipe is closed gracefully (after
+    /// waiting up to --wait for as many messages as were sent to come back) and duct
+    /// exits with 0. Example: echo hello | duct dial tcp://127.0.0.1:7000 --wait 1s
+    Dial(DialArgs),
+
+    /// The far end of `duct bench` in two-process mode (started by `duct bench` itself).
+    #[command(hide = true)]
+    BenchPeer(BenchPeerArgs),
+}
+
+/// CPU placement of the two ends of a benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PinArg {
+    /// Leave placement to the scheduler.
+    None,
+    /// Both ends on CPU 0.
+    Same,
+    /// The measuring end on CPU 0, the peer on CPU 1.
+    Split,
+}
+
+/// The event-loop backend duct should use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// Whatever duct picks by default.
+    Auto,
+    /// epoll (not selectable yet).
+    Epoll,
+    /// io_uring (not selectable yet).
+    Uring,
+}
+
+/// Arguments of `duct bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Transports, comma-separated: tcp, uds, shm, tls, or all (= those available).
+    #[arg(long, value_name = "LIST", default_value = "all", value_parser = spec::parse_transports)]
+    pub transport: TransportSelection,
+
+    /// Patterns, comma-separated: pingpong, stream, or all.
+    #[arg(long, value_name = "LIST", default_value = "all", value_parser = spec::parse_patterns)]
+    pub pattern: PatternSelection,
+
+    /// Payload sizes in bytes, comma-separated; K/KiB and M/MiB suffixes are binary
+    /// (64,1K,64KiB,1MiB).
+    #[arg(long, value_name = "LIST", default_value = "64", value_parser = spec::parse_sizes)]
+    pub size: SizeList,
+
+    /// Measured messages per round and system (round trips for pingpong), after warmup.
+    #[arg(long, value_name = "N", conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
+    pub messages: Option<u64>,
+
+    /// Measured time per round and system instead of a message count (500ms, 2s, 1m)
+    /// [default: 500ms].
+    #[arg(long, value_name = "TIME", value_parser = spec::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+
+    /// Messages (round trips for pingpong) sent before measuring, in every round.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub warmup: u64,
+
+    /// Rounds per case; each round runs duct, then raw.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+
+    /// Both ends as threads of one process (default: two processes).
+    #[arg(long)]
+    pub threads: bool,
+
+    /// CPU placement of the two ends, the same for duct and raw.
+    #[arg(long, value_enum, default_value = "none")]
+    pub pin: PinArg,
+
+    /// Run duct only, without the raw baseline (no ratios).
+    #[arg(long)]
+    pub no_baseline: bool,
+
+    /// Write every result as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Write an SVG plot of ping-pong latency by percentile, per system, to FILE.svg.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+
+    /// Stream: duct sends with Pipe::send_batch and receives with Pipe::recv_batch, N
+    /// messages at most per call; 1 = plain send/recv.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub batch: u64,
+
+    /// Channels per pipe (only 1 for now).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub channels: u32,
+
+    /// Send on a reliable channel (not implemented yet).
+    #[arg(long)]
+    pub reliable: bool,
+
+    /// Spin instead of parking, for shm (not implemented yet).
+    #[arg(long)]
+    pub spin: bool,
+
+    /// duct's event-loop backend (only auto for now).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendArg,
+}
+
+/// Arguments of `duct listen`.
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// Address to listen on: tcp://127.0.0.1:7000, uds:///tmp/game.sock, uds://@name, ...
+    pub addr: String,
+    /// Send each message back to its sender.
+    #[arg(long)]
+    pub echo: bool,
+    /// Print messages as hex instead of text.
+    #[arg(long)]
+    pub hex: bool,
+}
+
+/// Arguments of `duct dial`.
+#[derive(Debug, Clone, Args)]
+pub struct DialArgs {
+    /// Address to dial: tcp://127.0.0.1:7000, uds:///tmp/game.sock, uds://@name, ...
+    pub addr: String,
+    /// Channel to send on.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub channel: u16,
+    /// On end of input, wait up to TIME for replies (as many as messages sent) before
+    /// closing (500ms, 2s).
+    #[arg(long, value_name = "TIME", value_parser = spec::parse_duration)]
+    pub wait: Option<std::time::Duration>,
+    /// Print messages as hex instead of text.
+    #[arg(long)]
+    pub hex: bool,
+}
+
+/// Arguments of the hidden `duct bench-peer`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchPeerArgs {
+    /// CPU to pin the peer to.
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// Process id of the `duct bench` that started this peer: the peer exits if it goes.
+    #[arg(long)]
+    pub parent: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::spec::{Pattern, Transport};
+    use clap::CommandFactory;
+    use std::time::Duration;
+
+    fn bench(args: &[&str]) -> BenchArgs {
+        let mut argv = vec!["duct", "bench"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Bench(b) => b,
+            other => panic!("not bench: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bench_defaults() {
+        let b = bench(&[]);
+        assert_eq!(
+            b.transport.transports,
+            vec![
+                Transport::Tcp,
+                Transport::Uds,
+                Transport::Shm,
+                Transport::Tls
+            ]
+        );
+        assert!(b.transport.all);
+        assert_eq!(b.pattern.0, vec![Pattern::PingPong, Pattern::Stream]);
+        assert_eq!(b.size.0, vec![64]);
+        assert_eq!(b.messages, None);
+        assert_eq!(b.duration, None);
+        assert_eq!(b.rounds, 3);
+        assert_eq!(b.batch, 64);
+        assert_eq!(b.pin, PinArg::None);
+        assert!(!b.threads && !b.no_baseline);
+    }
+
+    #[test]
+    fn bench_options() {
+        let b = bench(&[
+            "--transport",
+            "uds,tcp",
+            "--pattern",
+            "stream",
+            "--size",
+            "64,1K,64KiB,1MiB",
+            "--messages",
+            "1000",
+            "--warmup",
+            "10",
+            "--rounds",
+            "5",
+            "--threads",
+            "--pin",
+            "split",
+            "--no-baseline",
+            "--json",
+            "out.json",
+            "--batch",
+            "1",
+        ]);
+        assert_eq!(b.transport.transports, vec![Transport::Uds, Transport::Tcp]);
+        assert!(!b.transport.all);
+        assert_eq!(b.pattern.0, vec![Pattern::Stream]);
+        assert_eq!(b.size.0, vec![64, 1024, 65536, 1 << 20]);
+        assert_eq!(b.messages, Some(1000));
+        assert_eq!(b.warmup, 10);
+        assert_eq!(b.rounds, 5);
+        assert!(b.threads && b.no_baseline);
+        assert_eq!(b.pin, PinArg::Split);
+        assert_eq!(b.json.as_deref(), Some(std::path::Path::new("out.json")));
+        assert_eq!(b.batch, 1);
+        assert_eq!(
+            bench(&["--duration", "2s"]).duration,
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn bench_rejects_bad_values() {
+        for bad in [
+            &["--messages", "1", "--duration", "1s"][..],
+            &["--messages", "0"],
+            &["--transport", "carrier-pigeon"],
+            &["--pattern", "burst"],
+            &["--size", "0"],
+            &["--size", "12Q"],
+            &["--duration", "soon"],
+            &["--rounds", "0"],
+            &["--batch", "0"],
+            &["--pin", "everywhere"],
+        ] {
+            let mut argv = vec!["duct", "bench"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(&argv).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn listen_and_dial() {
+        let cli = Cli::try_parse_from(["duct", "listen", "tcp://127.0.0.1:0", "--echo"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Listen(ListenArgs { echo: true, .. })
+        ));
+        let cli = Cli::try_parse_from(["duct", "dial", "uds://@x", "--wait", "250ms"]).unwrap();
+        match cli.command {
+            Command::Dial(d) => {
+                assert_eq!(d.addr, "uds://@x");
+                assert_eq!(d.wait, Some(Duration::from_millis(250)));
+                assert_eq!(d.channel, 0);
+            }
+            other => panic!("not dial: {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["duct", "dial"]).is_err());
+    }
+}

@@ -1,0 +1,283 @@
+//! The `duct` binary end to end: a tiny bench with `--json`, `listen --echo` with `dial`,
+//! and the error paths. Behaviour only: benchmark figures are never compared with
+//! anything but zero.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DUCT: &str = env!("CARGO_BIN_EXE_duct");
+
+/// Kills the child on drop, so that a failing test leaves no process behind.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child")
+    }
+
+    /// Waits up to `timeout` for the child to exit, collecting its output; kills it and
+    /// panics past the timeout.
+    fn wait(mut self, timeout: Duration) -> Output {
+        let mut child = self.0.take().expect("child");
+        let stdout = child.stdout.take().map(reader_thread);
+        let stderr = child.stderr.take().map(reader_thread);
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = stderr.map(|t| t.join().unwrap()).unwrap_or_default();
+                panic!(
+                    "duct did not finish within {timeout:?}; stderr:\n{}",
+                    String::from_utf8_lossy(&err)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Output {
+            status,
+            stdout: stdout.map(|t| t.join().unwrap()).unwrap_or_default(),
+            stderr: stderr.map(|t| t.join().unwrap()).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn reader_thread(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+fn spawn(args: &[&str]) -> KillOnDrop {
+    let child = Command::new(DUCT)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start duct");
+    KillOnDrop(Some(child))
+}
+
+fn run(args: &[&str], timeout: Duration) -> Output {
+    spawn(args).wait(timeout)
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("duct-cli-test-{}-{name}", std::process::id()))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn check_results(json: &serde_json::Value, processes: u64) -> usize {
+    assert!(json["duct_version"].is_string(), "{json}");
+    assert!(json["host"]["cpus"].as_u64().unwrap() >= 1, "{json}");
+    assert!(json["host"]["kernel"].is_string(), "{json}");
+    let results = json["results"].as_array().expect("results array");
+    for r in results {
+        for key in ["system", "transport", "pattern", "backend"] {
+            assert!(r[key].is_string(), "{key} in {r}");
+        }
+        assert!(r["reliable"].is_boolean() && r["spin"].is_boolean(), "{r}");
+        assert_eq!(r["processes"].as_u64(), Some(processes), "{r}");
+        assert!(r["size"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["messages"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["msgs_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["bytes_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["allocs_per_msg"].as_f64().unwrap() >= 0.0, "{r}");
+        if r["pattern"] == "pingpong" {
+            let rtt = &r["rtt_ns"];
+            for key in ["p50", "p99", "p999", "max"] {
+                assert!(rtt[key].as_u64().unwrap() > 0, "{key} in {r}");
+            }
+            assert!(rtt["p50"].as_u64() <= rtt["max"].as_u64(), "{r}");
+        } else {
+            assert!(r.get("rtt_ns").is_none(), "rtt_ns only for pingpong: {r}");
+        }
+    }
+    results.len()
+}
+
+#[test]
+fn tiny_bench_writes_json() {
+    let path = temp_path("bench.json");
+    let out = run(
+        &[
+            "bench",
+            "--messages",
+            "2000",
+            "--rounds",
+            "1",
+            "--json",
+            path.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "stderr:\n{stderr}");
+    let stdout = text(&out.stdout);
+    for needle in ["pingpong", "stream", "duct÷raw", "tcp", "uds"] {
+        assert!(
+            stdout.contains(needle),
+            "{needle} missing from the table:\n{stdout}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("valid JSON");
+    let _ = std::fs::remove_file(&path);
+    // tcp and uds × pingpong and stream × duct and raw.
+    assert_eq!(check_results(&json, 2), 8, "{json}");
+    let systems: Vec<&str> = json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["system"].as_str().unwrap())
+        .collect();
+    assert_eq!(systems.iter().filter(|&&s| s == "duct").count(), 4);
+    assert_eq!(systems.iter().filter(|&&s| s == "raw").count(), 4);
+}
+
+#[test]
+fn tiny_bench_in_threads_without_baseline() {
+    let path = temp_path("threads.json");
+    let out = run(
+        &[
+            "bench",
+            "--threads",
+            "--no-baseline",
+            "--transport",
+            "uds",
+            "--size",
+            "1K",
+            "--batch",
+            "1",
+            "--messages",
+            "2000",
+            "--warmup",
+            "100",
+            "--rounds",
+            "1",
+            "--json",
+            path.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "stderr:\n{}", text(&out.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("valid JSON");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(check_results(&json, 1), 2, "{json}");
+    assert!(json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["system"] == "duct"));
+    assert!(json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["size"] == 1024));
+}
+
+#[test]
+fn listen_echo_and_dial_exchange_a_line() {
+    let mut listener = spawn(&["listen", "tcp://127.0.0.1:0", "--echo"]);
+    let stderr = listener.child().stderr.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stderr).read_line(&mut first).unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from listen: {first:?}"))
+        .to_string();
+    assert!(addr.starts_with("tcp://127.0.0.1:"), "{addr}");
+
+    let mut dial = KillOnDrop(Some(
+        Command::new(DUCT)
+            .args(["dial", &addr, "--wait", "10s"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start duct dial"),
+    ));
+    {
+        let mut stdin = dial.child().stdin.take().unwrap();
+        stdin.write_all(b"hello duct\n").unwrap();
+    } // EOF: dial waits for the echo, closes, and exits 0.
+    let out = dial.wait(Duration::from_secs(30));
+    assert!(out.status.success(), "dial failed: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello duct\n");
+
+    let listener_stdout = listener.child().stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(listener_stdout)
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "hello duct\n");
+}
+
+#[test]
+fn errors_exit_1_with_a_message() {
+    let out = run(&["dial", "tcp://127.0.0.1:1"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("duct: "),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["bench", "--transport", "shm"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not available yet"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["bench", "--reliable"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not implemented yet"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let out = run(&["--help"], Duration::from_secs(30));
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for cmd in ["bench", "listen", "dial"] {
+        assert!(help.contains(cmd), "{help}");
+    }
+    assert!(
+        !help.contains("bench-peer"),
+        "the peer subcommand is hidden: {help}"
+    );
+    let out = run(&["--version"], Duration::from_secs(30));
+    assert!(
+        text(&out.stdout).starts_with("duct "),
+        "{}",
+        text(&out.stdout)
+    );
+}

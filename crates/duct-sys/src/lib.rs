@@ -1,0 +1,13 @@
+//! duct's platform layer: the only crate of duct that may contain `unsafe`.
+//!
+//! Everything here exposes a safe interface; each `unsafe` block inside says, in a
+//! `// SAFETY:` comment, which invariant makes it sound. The other crates of the workspace
+//! `#![forbid(unsafe_code)]` and reach the platform through this one.
+//!
+//! Modules:
+//! - [`alloc_count`]: a counting global allocator, used by `duct bench` to report
+//!   allocations per message.
+
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+pub mod alloc_count;
