@@ -143,7 +143,10 @@ impl fmt::Display for Error {
             }
             Error::Fragment { channel, what } => write!(f, "channel {channel}: {what}"),
             Error::MessageTooLarge { size, max } => {
-                write!(f, "message of {size} bytes exceeds the limit of {max} bytes")
+                write!(
+                    f,
+                    "message of {size} bytes exceeds the limit of {max} bytes"
+                )
             }
             Error::ReassemblyLimit { needed, limit } => write!(
                 f,
@@ -159,7 +162,10 @@ impl fmt::Display for Error {
                 peer.0, peer.1, local.0, local.1
             ),
             Error::Rejected { code, reason } => {
-                write!(f, "handshake rejected by the listener (code {code}): {reason}")
+                write!(
+                    f,
+                    "handshake rejected by the listener (code {code}): {reason}"
+                )
             }
             Error::HandshakeTimeout { after } => {
                 write!(f, "handshake did not complete within {after:?}")

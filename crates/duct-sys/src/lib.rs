@@ -7,7 +7,10 @@
 //! Modules:
 //! - [`alloc_count`]: a counting global allocator, used by `duct bench` to report
 //!   allocations per message.
+//! - [`net`]: socket reads into the uninitialised spare capacity of a `BytesMut`.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod alloc_count;
+#[cfg(unix)]
+pub mod net;

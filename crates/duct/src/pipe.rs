@@ -145,8 +145,9 @@ impl Pipe {
     pub fn send(&self, msg: impl Into<Message>) -> Result<()> {
         let msg = msg.into();
         let channel = msg.channel();
-        let deadline = Instant::now() + self.conn.send_timeout();
-        self.conn.send(channel, msg.into_bytes(), deadline)
+        let timeout = self.conn.send_timeout();
+        self.conn
+            .send(channel, msg.into_bytes(), Instant::now(), timeout)
     }
 
     /// Sends one message with options: [`SendOptions::channel`] (overrides the message's own
@@ -157,8 +158,9 @@ impl Pipe {
         opts.check_supported()?;
         let msg = msg.into();
         let channel = opts.channel.unwrap_or(msg.channel());
-        let deadline = Instant::now() + opts.timeout.unwrap_or(self.conn.send_timeout());
-        self.conn.send(channel, msg.into_bytes(), deadline)
+        let timeout = opts.timeout.unwrap_or(self.conn.send_timeout());
+        self.conn
+            .send(channel, msg.into_bytes(), Instant::now(), timeout)
     }
 
     /// Receives the next message, blocking until one arrives or the pipe ends.
@@ -177,11 +179,15 @@ impl Pipe {
         let wait = wait_for(opts.timeout);
         match self.conn.recv(wait)? {
             Some(d) => Ok(Message::new(d.payload).with_channel(d.channel)),
-            None => Err(Error::new(
-                ErrorKind::WouldBlock,
-                format!("no message from {} is ready", self.conn.peer_addr()),
-            )),
+            None => Err(self.would_block()),
         }
+    }
+
+    fn would_block(&self) -> Error {
+        Error::new(
+            ErrorKind::WouldBlock,
+            format!("no message from {} is ready", self.conn.peer_addr()),
+        )
     }
 
     /// Returns a message if one is ready, without blocking (it may read what the socket
@@ -211,7 +217,8 @@ impl Pipe {
     }
 
     /// Receives up to `max` messages into `out`: waits for the first as [`Pipe::recv_with`]
-    /// does, then takes only those already available. Returns how many were appended.
+    /// does, then takes only those already available (one lock, at most one read). Returns
+    /// how many were appended; `max == 0` returns 0 at once.
     pub fn recv_batch(
         &self,
         out: &mut Vec<Message>,
@@ -221,18 +228,13 @@ impl Pipe {
         if max == 0 {
             return Ok(0);
         }
-        let first = self.recv_with(opts)?;
-        out.push(first);
-        let mut n = 1;
-        while n < max {
-            match self.conn.recv(Wait::No) {
-                Ok(Some(d)) => {
-                    out.push(Message::new(d.payload).with_channel(d.channel));
-                    n += 1;
-                }
-                // The pipe's end is reported by the next call; these messages are delivered.
-                Ok(None) | Err(_) => break,
-            }
+        let wait = wait_for(opts.timeout);
+        let mut sink = |d: duct_proto::Delivered| {
+            out.push(Message::new(d.payload).with_channel(d.channel));
+        };
+        let n = self.conn.recv_into(wait, max, &mut sink)?;
+        if n == 0 {
+            return Err(self.would_block());
         }
         Ok(n)
     }

@@ -183,8 +183,9 @@ pub struct Session {
 impl Session {
     /// A new session for `role`, started at `now`.
     pub fn new(mut config: Config, role: Role, now: Instant) -> Session {
-        config.max_frame_payload =
-            config.max_frame_payload.clamp(MIN_FRAME_PAYLOAD, MAX_FRAME_PAYLOAD);
+        config.max_frame_payload = config
+            .max_frame_payload
+            .clamp(MIN_FRAME_PAYLOAD, MAX_FRAME_PAYLOAD);
         let reassembly = ReassemblyBuffer::new(
             config.reassembly_limit,
             config.max_message_size as usize,
@@ -284,15 +285,16 @@ impl Session {
         Ok(())
     }
 
-    /// Queues a PING carrying `token`; the peer's PONG surfaces as [`Event::Pong`].
+    /// Queues a PING carrying `token`; the peer's PONG surfaces as [`Event::Pong`]. Fails with
+    /// [`Error::Closed`] once [`Session::close`] was called: nothing follows a CLOSE.
     pub fn ping(&mut self, token: u64) -> Result<(), Error> {
         match self.state {
-            State::Established | State::Closing => {
+            State::Established => {
                 self.queue_control(FrameKind::Ping, control::encode_ping(token));
                 Ok(())
             }
             State::Handshaking => Err(Error::NotConnected),
-            State::Closed => Err(Error::Closed),
+            State::Closing | State::Closed => Err(Error::Closed),
         }
     }
 
@@ -302,7 +304,10 @@ impl Session {
     pub fn close(&mut self, code: u16, reason: &str, _now: Instant) {
         match self.state {
             State::Established => {
-                let close = Close { code, reason: control::clamp_reason(reason).to_owned() };
+                let close = Close {
+                    code,
+                    reason: control::clamp_reason(reason).to_owned(),
+                };
                 self.queue_control(FrameKind::Close, close.encode());
                 self.state = State::Closing;
             }
@@ -323,7 +328,22 @@ impl Session {
     pub fn handle_input(&mut self, buf: &mut BytesMut, now: Instant) -> Result<(), Error> {
         while self.state != State::Closed {
             match self.deframer.decode(buf) {
-                Ok(Some((header, payload))) => self.handle_frame(header, payload, now)?,
+                Ok(Some((header, payload))) => {
+                    // Fast path: a whole message on a channel with no reassembly under way
+                    // (the deframer has already checked the length against the limit).
+                    if header.kind == FrameKind::Data
+                        && header.flags & (flags::MORE_FRAGMENTS | flags::CONTINUATION) == 0
+                        && matches!(self.state, State::Established | State::Closing)
+                        && !self.reassembly.in_progress(header.channel)
+                    {
+                        self.messages.push_back(Delivered {
+                            channel: header.channel,
+                            payload,
+                        });
+                        continue;
+                    }
+                    self.handle_frame(header, payload, now)?
+                }
                 Ok(None) => break,
                 Err(e) => return Err(self.fail(e.into())),
             }
@@ -346,9 +366,11 @@ impl Session {
         if self.state == State::Closed {
             return Ok(());
         }
-        if payload.len() as u64 != u64::from(h.payload_len)
-            || h.payload_len > self.deframer.max_payload()
-        {
+        if payload.len() as u64 != u64::from(h.payload_len) {
+            let e = crate::wire::WireError::Malformed("payload length differs from the header");
+            return Err(self.fail(e.into()));
+        }
+        if h.payload_len > self.deframer.max_payload() {
             let e = crate::wire::WireError::FrameTooLarge {
                 len: h.payload_len,
                 max: self.deframer.max_payload(),
@@ -368,6 +390,20 @@ impl Session {
         let t = self.transmits.pop_front()?;
         self.transmit_bytes -= t.wire_len();
         Some(t)
+    }
+
+    /// Moves every queued frame, in order, to the back of `out` (O(1) when `out` is empty).
+    /// Returns their total wire bytes. Equivalent to calling [`Session::poll_transmit`] until
+    /// it returns `None`.
+    pub fn drain_transmits(&mut self, out: &mut VecDeque<Transmit>) -> usize {
+        let bytes = self.transmit_bytes;
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.transmits);
+        } else {
+            out.append(&mut self.transmits);
+        }
+        self.transmit_bytes = 0;
+        bytes
     }
 
     /// Frames queued for writing.
@@ -414,11 +450,15 @@ impl Session {
         }
         if let Some(d) = self.handshake_deadline {
             if now >= d {
-                let e = Error::HandshakeTimeout { after: self.config.handshake_timeout };
+                let e = Error::HandshakeTimeout {
+                    after: self.config.handshake_timeout,
+                };
                 return Err(self.fail(e));
             }
         }
-        self.reassembly.check_timeouts(now).map_err(|e| self.fail(e))
+        self.reassembly
+            .check_timeouts(now)
+            .map_err(|e| self.fail(e))
     }
 
     fn handle_handshake(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
@@ -433,9 +473,15 @@ impl Session {
                         peer: reject.version,
                     });
                 }
-                Err(Error::Rejected { code: reject.code, reason: reject.reason })
+                Err(Error::Rejected {
+                    code: reject.code,
+                    reason: reject.reason,
+                })
             }
-            (_, kind) => Err(Error::UnexpectedFrame { kind, state: "handshaking" }),
+            (_, kind) => Err(Error::UnexpectedFrame {
+                kind,
+                state: "handshaking",
+            }),
         }
     }
 
@@ -449,7 +495,10 @@ impl Session {
                     peer_version.0, peer_version.1, self.config.version.0, self.config.version.1
                 ),
             );
-            return Err(Error::Incompatible { local: self.config.version, peer: peer_version });
+            return Err(Error::Incompatible {
+                local: self.config.version,
+                peer: peer_version,
+            });
         }
         let hello = match Hello::decode(payload).map_err(Error::from).and_then(|h| {
             check_limits(h.max_frame_payload, h.max_message_size)?;
@@ -461,7 +510,10 @@ impl Session {
                 return Err(e);
             }
         };
-        let heartbeat_ms = match (hello.heartbeat_ms, duration_ms(self.config.heartbeat_interval)) {
+        let heartbeat_ms = match (
+            hello.heartbeat_ms,
+            duration_ms(self.config.heartbeat_interval),
+        ) {
             (0, ours) => ours,
             (theirs, 0) => theirs,
             (theirs, ours) => theirs.min(ours),
@@ -494,7 +546,10 @@ impl Session {
     fn on_welcome(&mut self, payload: &[u8]) -> Result<(), Error> {
         let peer_version = control::decode_preamble(payload)?;
         if peer_version.0 != self.config.version.0 {
-            return Err(Error::Incompatible { local: self.config.version, peer: peer_version });
+            return Err(Error::Incompatible {
+                local: self.config.version,
+                peer: peer_version,
+            });
         }
         let w = Welcome::decode(payload)?;
         check_limits(w.max_frame_payload, w.max_message_size)?;
@@ -518,7 +573,9 @@ impl Session {
         self.state = State::Established;
         self.handshake_deadline = None;
         self.deframer.set_max_payload(self.config.max_frame_payload);
-        self.events.push_back(Event::Connected { session_id: self.session_id });
+        self.events.push_back(Event::Connected {
+            session_id: self.session_id,
+        });
     }
 
     fn handle_established(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
@@ -531,7 +588,10 @@ impl Session {
             }
             FrameKind::Ping => {
                 let token = control::decode_ping(&payload)?;
-                self.queue_control(FrameKind::Pong, control::encode_ping(token));
+                // Once our CLOSE is queued nothing follows it, not even a PONG.
+                if self.state == State::Established {
+                    self.queue_control(FrameKind::Pong, control::encode_ping(token));
+                }
                 Ok(())
             }
             FrameKind::Pong => {
@@ -546,7 +606,10 @@ impl Session {
                 self.events.push_back(Event::PeerClosed(close));
                 Ok(())
             }
-            kind => Err(Error::UnexpectedFrame { kind, state: "established" }),
+            kind => Err(Error::UnexpectedFrame {
+                kind,
+                state: "established",
+            }),
         }
     }
 
@@ -562,15 +625,26 @@ impl Session {
                     what: "a new message began before the previous fragmented message finished",
                 });
             }
+            // The frame cap may be above the message cap: hold single frames to it too.
+            if payload.len() > self.config.max_message_size as usize {
+                return Err(Error::MessageTooLarge {
+                    size: payload.len() as u64,
+                    max: u64::from(self.config.max_message_size),
+                });
+            }
             self.messages.push_back(Delivered { channel, payload });
             return Ok(());
         }
         if !cont {
-            self.reassembly.start(channel, h.aux as usize, &payload, now)?;
+            self.reassembly
+                .start(channel, h.aux as usize, &payload, now)?;
             return Ok(());
         }
         if let Some(whole) = self.reassembly.append(channel, &payload, !more)? {
-            self.messages.push_back(Delivered { channel, payload: whole });
+            self.messages.push_back(Delivered {
+                channel,
+                payload: whole,
+            });
         }
         Ok(())
     }
@@ -585,14 +659,21 @@ impl Session {
         if matches!(was, State::Established) {
             self.transmits.clear();
             self.transmit_bytes = 0;
-            let close = Close { code: e.close_code(), reason: e.to_string() };
+            let close = Close {
+                code: e.close_code(),
+                reason: e.to_string(),
+            };
             self.queue_control(FrameKind::Close, close.encode());
         }
         e
     }
 
     fn reject(&mut self, code: u16, reason: &str) {
-        let r = Reject { version: self.config.version, code, reason: reason.to_owned() };
+        let r = Reject {
+            version: self.config.version,
+            code,
+            reason: reason.to_owned(),
+        };
         self.queue_control(FrameKind::Reject, r.encode());
     }
 
@@ -604,7 +685,10 @@ impl Session {
 
     #[inline]
     fn push(&mut self, h: Header, payload: Bytes) {
-        let t = Transmit { header: h.encode(), payload };
+        let t = Transmit {
+            header: h.encode(),
+            payload,
+        };
         self.transmit_bytes += t.wire_len();
         self.transmits.push_back(t);
     }
@@ -621,7 +705,8 @@ fn check_limits(max_frame_payload: u32, max_message_size: u32) -> Result<(), Err
 }
 
 fn duration_ms(d: Option<Duration>) -> u32 {
-    d.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32).unwrap_or(0)
+    d.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32)
+        .unwrap_or(0)
 }
 
 fn ms_duration(ms: u32) -> Option<Duration> {

@@ -28,7 +28,13 @@ pub(crate) struct ReassemblyBuffer {
 
 impl ReassemblyBuffer {
     pub(crate) fn new(limit: usize, max_message: usize, timeout: Duration) -> Self {
-        ReassemblyBuffer { partials: HashMap::new(), held: 0, limit, max_message, timeout }
+        ReassemblyBuffer {
+            partials: HashMap::new(),
+            held: 0,
+            limit,
+            max_message,
+            timeout,
+        }
     }
 
     /// Bytes currently held in partial messages.
@@ -43,7 +49,10 @@ impl ReassemblyBuffer {
     fn charge(&mut self, n: usize) -> Result<(), Error> {
         let needed = self.held + n;
         if needed > self.limit {
-            return Err(Error::ReassemblyLimit { needed: needed as u64, limit: self.limit as u64 });
+            return Err(Error::ReassemblyLimit {
+                needed: needed as u64,
+                limit: self.limit as u64,
+            });
         }
         self.held = needed;
         Ok(())
@@ -64,10 +73,16 @@ impl ReassemblyBuffer {
             });
         }
         if total > self.max_message {
-            return Err(Error::MessageTooLarge { size: total as u64, max: self.max_message as u64 });
+            return Err(Error::MessageTooLarge {
+                size: total as u64,
+                max: self.max_message as u64,
+            });
         }
         if first.is_empty() {
-            return Err(Error::Fragment { channel, what: "empty non-final fragment" });
+            return Err(Error::Fragment {
+                channel,
+                what: "empty non-final fragment",
+            });
         }
         if first.len() >= total {
             return Err(Error::Fragment {
@@ -77,11 +92,17 @@ impl ReassemblyBuffer {
         }
         self.charge(first.len())?;
         // Grow with the data actually received, not with the announced length: a peer that
-        // announces a large message and sends one byte makes us allocate little.
-        let mut buf = Vec::new();
-        buf.reserve_exact(total.min(first.len().max(64 * 1024)));
-        buf.extend_from_slice(first);
-        self.partials.insert(channel, Partial { buf, total, started: now });
+        // announces a large message and sends one byte makes us allocate one byte. (Any fixed
+        // reservation here is multiplied by the number of channels a peer can open.)
+        let buf = first.to_vec();
+        self.partials.insert(
+            channel,
+            Partial {
+                buf,
+                total,
+                started: now,
+            },
+        );
         Ok(())
     }
 
@@ -106,7 +127,10 @@ impl ReassemblyBuffer {
             });
         }
         if !last && data.is_empty() {
-            return Err(Error::Fragment { channel, what: "empty non-final fragment" });
+            return Err(Error::Fragment {
+                channel,
+                what: "empty non-final fragment",
+            });
         }
         if last && new_len != p.total {
             return Err(Error::Fragment {
@@ -131,17 +155,28 @@ impl ReassemblyBuffer {
 
     /// The earliest moment a partial message expires.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.partials.values().map(|p| p.started + self.timeout).min()
+        self.partials
+            .values()
+            .map(|p| p.started + self.timeout)
+            .min()
     }
 
-    /// Fails if a partial message has been waiting for longer than the timeout.
+    /// Fails if a partial message has been waiting for longer than the timeout. Of several
+    /// expired ones the lowest channel is named, so the outcome does not depend on hash order.
     pub(crate) fn check_timeouts(&self, now: Instant) -> Result<(), Error> {
-        for (&channel, p) in &self.partials {
-            if now >= p.started + self.timeout {
-                return Err(Error::ReassemblyTimeout { channel, after: self.timeout });
-            }
+        let expired = self
+            .partials
+            .iter()
+            .filter(|(_, p)| now >= p.started + self.timeout)
+            .map(|(&channel, _)| channel)
+            .min();
+        match expired {
+            Some(channel) => Err(Error::ReassemblyTimeout {
+                channel,
+                after: self.timeout,
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     pub(crate) fn clear(&mut self) {

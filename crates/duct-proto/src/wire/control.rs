@@ -280,7 +280,10 @@ impl Hello {
             extensions: Vec::new(),
         };
         let extensions = read_extensions(r.rest())?;
-        Ok(Hello { extensions, ..hello })
+        Ok(Hello {
+            extensions,
+            ..hello
+        })
     }
 }
 
@@ -316,7 +319,11 @@ impl Welcome {
         let resumed = match r.u8()? {
             0 => false,
             1 => true,
-            _ => return Err(WireError::Malformed("WELCOME resumed flag is neither 0 nor 1")),
+            _ => {
+                return Err(WireError::Malformed(
+                    "WELCOME resumed flag is neither 0 nor 1",
+                ))
+            }
         };
         r.take(7)?;
         let extensions = read_extensions(r.rest())?;
@@ -353,7 +360,11 @@ impl Reject {
         r.take(6)?;
         let code = r.u16()?;
         let reason = read_reason(r.rest())?;
-        Ok(Reject { version, code, reason })
+        Ok(Reject {
+            version,
+            code,
+            reason,
+        })
     }
 }
 
@@ -392,7 +403,9 @@ pub fn decode_ping(payload: &[u8]) -> Result<u64, WireError> {
 /// Decodes the selective-ack ranges of an ACK payload: pairs of (first, last) seq, inclusive.
 pub fn decode_sack(payload: &[u8]) -> Result<Vec<(u32, u32)>, WireError> {
     if payload.len() % 8 != 0 || payload.len() / 8 > MAX_SACK_RANGES {
-        return Err(WireError::Malformed("ACK payload is not a list of at most 32 ranges"));
+        return Err(WireError::Malformed(
+            "ACK payload is not a list of at most 32 ranges",
+        ));
     }
     let mut r = Reader::new(payload);
     let mut out = Vec::with_capacity(payload.len() / 8);

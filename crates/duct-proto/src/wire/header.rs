@@ -58,7 +58,10 @@ impl FrameKind {
 
     /// Whether this kind belongs to the handshake (valid only before the session is established).
     pub fn is_handshake(self) -> bool {
-        matches!(self, FrameKind::Hello | FrameKind::Welcome | FrameKind::Reject)
+        matches!(
+            self,
+            FrameKind::Hello | FrameKind::Welcome | FrameKind::Reject
+        )
     }
 }
 
@@ -103,7 +106,16 @@ pub struct Header {
 impl Header {
     /// A header of `kind` with every other field zero.
     pub const fn new(kind: FrameKind) -> Header {
-        Header { kind, flags: 0, channel: 0, payload_len: 0, seq: 0, ack: 0, ttl_ms: 0, aux: 0 }
+        Header {
+            kind,
+            flags: 0,
+            channel: 0,
+            payload_len: 0,
+            seq: 0,
+            ack: 0,
+            ttl_ms: 0,
+            aux: 0,
+        }
     }
 
     /// A DATA header for an unfragmented message on `channel`.

@@ -40,7 +40,10 @@ impl fmt::Display for WireError {
             WireError::Truncated => f.write_str("truncated frame or payload"),
             WireError::UnknownKind(k) => write!(f, "unknown frame kind 0x{k:02x}"),
             WireError::FrameTooLarge { len, max } => {
-                write!(f, "frame payload of {len} bytes exceeds the limit of {max} bytes")
+                write!(
+                    f,
+                    "frame payload of {len} bytes exceeds the limit of {max} bytes"
+                )
             }
             WireError::BadMagic => f.write_str("handshake does not start with the DUCT magic"),
             WireError::Malformed(what) => f.write_str(what),
@@ -88,7 +91,10 @@ impl Deframer {
         }
         let header = Header::decode(buf)?;
         if header.payload_len > self.max_payload {
-            return Err(WireError::FrameTooLarge { len: header.payload_len, max: self.max_payload });
+            return Err(WireError::FrameTooLarge {
+                len: header.payload_len,
+                max: self.max_payload,
+            });
         }
         let total = HEADER_LEN + header.payload_len as usize;
         if buf.len() < total {

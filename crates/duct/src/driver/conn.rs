@@ -22,8 +22,10 @@
 //! flag ever takes `read` (or `write`), so those two locks are never contended.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -66,9 +68,57 @@ struct Shared {
     terminal: Option<Error>,
     local_closed: bool,
     stats: PipeStats,
-    channels: HashMap<u16, ChannelStats>,
+    channels: ChannelTable,
     /// Callbacks to run once the lock is released.
     pending_callbacks: Vec<StateChange>,
+}
+
+/// Hashes a channel number with one multiplication (keys are u16 and chosen by our own user,
+/// so SipHash's flooding resistance buys nothing here and costs ~30 instructions a message).
+#[derive(Default)]
+struct ChannelHasher(u64);
+
+impl Hasher for ChannelHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.0 = u64::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Per-channel counters, with the last channel used cached (traffic comes in runs).
+#[derive(Default)]
+struct ChannelTable {
+    map: HashMap<u16, ChannelStats, BuildHasherDefault<ChannelHasher>>,
+    last: Option<(u16, ChannelStats)>,
+}
+
+impl ChannelTable {
+    #[inline]
+    fn get(&mut self, channel: u16) -> &mut ChannelStats {
+        if self.last.as_ref().is_none_or(|(c, _)| *c != channel) {
+            if let Some((c, st)) = self.last.take() {
+                self.map.insert(c, st);
+            }
+            let st = self.map.remove(&channel).unwrap_or_default();
+            self.last = Some((channel, st));
+        }
+        &mut self.last.as_mut().expect("set above").1
+    }
+
+    fn snapshot(&self) -> Vec<(u16, ChannelStats)> {
+        let mut v: Vec<_> = self.map.iter().map(|(c, s)| (*c, s.clone())).collect();
+        if let Some((c, s)) = &self.last {
+            v.push((*c, s.clone()));
+        }
+        v
+    }
 }
 
 pub(crate) struct Conn {
@@ -80,6 +130,8 @@ pub(crate) struct Conn {
     local_addr: Addr,
     peer_addr: Addr,
     config: ConnConfig,
+    /// Set when `pending_callbacks` is not empty, so the hot path skips the lock.
+    callbacks_pending: AtomicBool,
 }
 
 /// How `recv` may wait.
@@ -93,6 +145,61 @@ pub(crate) enum Wait {
     Forever,
 }
 
+/// Messages of one channel counted together (traffic comes in runs), so that the counters
+/// are touched once per run instead of once per message.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    channel: u16,
+    msgs: u64,
+    bytes: u64,
+}
+
+impl Run {
+    fn start(channel: u16, len: usize) -> Run {
+        Run {
+            channel,
+            msgs: 1,
+            bytes: len as u64,
+        }
+    }
+
+    /// Adds a message if it continues the run (or the run is empty).
+    #[inline]
+    fn add(&mut self, channel: u16, len: usize) -> bool {
+        if self.msgs != 0 && self.channel != channel {
+            return false;
+        }
+        self.channel = channel;
+        self.msgs += 1;
+        self.bytes += len as u64;
+        true
+    }
+}
+
+impl Shared {
+    fn count_sent(&mut self, run: Run) {
+        if run.msgs == 0 {
+            return;
+        }
+        self.stats.msgs_sent += run.msgs;
+        self.stats.bytes_sent += run.bytes;
+        let ch = self.channels.get(run.channel);
+        ch.msgs_sent += run.msgs;
+        ch.bytes_sent += run.bytes;
+    }
+
+    fn count_received(&mut self, run: Run) {
+        if run.msgs == 0 {
+            return;
+        }
+        self.stats.msgs_received += run.msgs;
+        self.stats.bytes_received += run.bytes;
+        let ch = self.channels.get(run.channel);
+        ch.msgs_received += run.msgs;
+        ch.bytes_received += run.bytes;
+    }
+}
+
 impl Conn {
     /// Wraps an established handshake.
     pub(crate) fn new(mut hs: Handshake, config: ConnConfig) -> Conn {
@@ -100,9 +207,7 @@ impl Conn {
         let local_addr = hs.stream.local_addr();
         let peer_addr = hs.peer.clone();
         let mut wq = hs.wq;
-        while let Some(t) = hs.session.poll_transmit() {
-            wq.push(t);
-        }
+        wq.take_from(&mut hs.session);
         let shared = Shared {
             session: hs.session,
             state: PipeState::Connected,
@@ -115,7 +220,7 @@ impl Conn {
             terminal: None,
             local_closed: false,
             stats: PipeStats::default(),
-            channels: HashMap::new(),
+            channels: ChannelTable::default(),
             pending_callbacks: vec![StateChange {
                 from: PipeState::Connecting,
                 to: PipeState::Connected,
@@ -132,6 +237,7 @@ impl Conn {
             local_addr,
             peer_addr,
             config,
+            callbacks_pending: AtomicBool::new(true),
         };
         conn.run_callbacks();
         conn
@@ -170,7 +276,7 @@ impl Conn {
     pub(crate) fn stats(&self) -> PipeStats {
         let g = self.lock();
         let mut s = g.stats.clone();
-        s.set_channels(g.channels.clone());
+        s.set_channels(g.channels.snapshot());
         s
     }
 
@@ -217,8 +323,10 @@ impl Conn {
         &self,
         channel: u16,
         payload: Bytes,
-        deadline: Instant,
+        now: Instant,
+        timeout: Duration,
     ) -> Result<(), Error> {
+        let deadline = now + timeout;
         let len = payload.len();
         let mut g = self.lock();
         loop {
@@ -252,14 +360,10 @@ impl Conn {
                 return Err(self.queue_full(channel, queued));
             }
         }
-        if let Err(e) = g.session.send(channel, payload, Instant::now()) {
+        if let Err(e) = g.session.send(channel, payload, now) {
             return Err(self.send_error(e, channel));
         }
-        g.stats.msgs_sent += 1;
-        g.stats.bytes_sent += len as u64;
-        let ch = g.channels.entry(channel).or_default();
-        ch.msgs_sent += 1;
-        ch.bytes_sent += len as u64;
+        g.count_sent(Run::start(channel, len));
         if g.writing {
             return Ok(());
         }
@@ -278,12 +382,15 @@ impl Conn {
         deadline: Instant,
     ) -> Result<usize, Error> {
         let mut sent = 0usize;
+        let now = Instant::now();
+        let mut run = Run::default();
         let mut g = self.lock();
         for (channel, payload) in msgs {
             let len = payload.len();
             loop {
                 if let Some(e) = &g.terminal {
                     let e = e.clone();
+                    g.count_sent(run);
                     drop(g);
                     return if sent == 0 { Err(e) } else { Ok(sent) };
                 }
@@ -297,7 +404,13 @@ impl Conn {
                 }
                 if !g.writing {
                     g.writing = true;
-                    g = self.flush(g, Some(deadline))?;
+                    g = match self.flush(g, Some(deadline)) {
+                        Ok(g) => g,
+                        Err(e) => {
+                            self.lock().count_sent(run);
+                            return if sent == 0 { Err(e) } else { Ok(sent) };
+                        }
+                    };
                 } else {
                     let (ng, _) = self.wait_cv(g, Some(deadline));
                     g = ng;
@@ -306,23 +419,25 @@ impl Conn {
                     let queued = g.session.transmit_bytes() + g.wq_bytes;
                     if queued != 0 && queued + len > self.config.send_queue_bytes {
                         let e = self.queue_full(channel, queued);
+                        g.count_sent(run);
                         drop(g);
                         return if sent == 0 { Err(e) } else { Ok(sent) };
                     }
                 }
             }
-            if let Err(e) = g.session.send(channel, payload, Instant::now()) {
+            if let Err(e) = g.session.send(channel, payload, now) {
                 let e = self.send_error(e, channel);
+                g.count_sent(run);
                 drop(g);
                 return if sent == 0 { Err(e) } else { Ok(sent) };
             }
             sent += 1;
-            g.stats.msgs_sent += 1;
-            g.stats.bytes_sent += len as u64;
-            let ch = g.channels.entry(channel).or_default();
-            ch.msgs_sent += 1;
-            ch.bytes_sent += len as u64;
+            if !run.add(channel, len) {
+                g.count_sent(run);
+                run = Run::start(channel, len);
+            }
         }
+        g.count_sent(run);
         if !g.writing && (g.session.transmit_len() > 0 || g.wq_frames > 0) {
             g.writing = true;
             match self.flush(g, Some(deadline)) {
@@ -372,9 +487,7 @@ impl Conn {
     ) -> Result<MutexGuard<'a, Shared>, Error> {
         let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            while let Some(t) = g.session.poll_transmit() {
-                w.push(t);
-            }
+            w.take_from(&mut g.session);
             g.wq_bytes = w.bytes();
             g.wq_frames = w.frames();
             if w.is_empty() {
@@ -430,6 +543,21 @@ impl Conn {
 
     /// Receives one message. `Ok(None)` only with `Wait::No`.
     pub(crate) fn recv(&self, wait: Wait) -> Result<Option<Delivered>, Error> {
+        let mut out = None;
+        self.recv_into(wait, 1, &mut |d| out = Some(d))?;
+        Ok(out)
+    }
+
+    /// Receives up to `max` (at least 1) messages, handing each to `sink` in order, under one
+    /// lock. Waits as `wait` says for the first; returns how many were delivered (0 only with
+    /// `Wait::No`). Once the pipe has ended, messages received before the end are still
+    /// delivered; the error comes when there are none left.
+    pub(crate) fn recv_into(
+        &self,
+        wait: Wait,
+        max: usize,
+        sink: &mut dyn FnMut(Delivered),
+    ) -> Result<usize, Error> {
         let deadline = match wait {
             Wait::Until(d) => Some(d),
             Wait::No => Some(Instant::now()),
@@ -438,15 +566,24 @@ impl Conn {
         let mut g = self.lock();
         let mut attempted = false;
         loop {
-            if let Some(d) = g.session.poll_message() {
-                g.stats.msgs_received += 1;
-                g.stats.bytes_received += d.payload.len() as u64;
-                let ch = g.channels.entry(d.channel).or_default();
-                ch.msgs_received += 1;
-                ch.bytes_received += d.payload.len() as u64;
+            let mut n = 0;
+            let mut run = Run::default();
+            while n < max {
+                let Some(d) = g.session.poll_message() else {
+                    break;
+                };
+                if !run.add(d.channel, d.payload.len()) {
+                    g.count_received(run);
+                    run = Run::start(d.channel, d.payload.len());
+                }
+                sink(d);
+                n += 1;
+            }
+            g.count_received(run);
+            if n > 0 {
                 drop(g);
                 self.run_callbacks();
-                return Ok(Some(d));
+                return Ok(n);
             }
             if let Some(e) = &g.terminal {
                 let e = e.clone();
@@ -458,7 +595,7 @@ impl Conn {
             if (wait == Wait::No && attempted) || (past && wait != Wait::No) {
                 drop(g);
                 return match wait {
-                    Wait::No => Ok(None),
+                    Wait::No => Ok(0),
                     _ => Err(Error::new(
                         ErrorKind::TimedOut,
                         format!(
@@ -471,7 +608,7 @@ impl Conn {
             g = self.flush_if_idle(g);
             if g.reading {
                 if wait == Wait::No {
-                    return Ok(None);
+                    return Ok(0);
                 }
                 let (ng, _) = self.wait_cv(g, deadline);
                 g = ng;
@@ -596,6 +733,7 @@ impl Conn {
             session_id: g.session_id,
             cause: Some(err),
         });
+        self.callbacks_pending.store(true, Ordering::Release);
         self.cv.notify_all();
     }
 
@@ -642,11 +780,15 @@ impl Conn {
 
     /// Runs state-change callbacks queued under the lock, without holding it.
     fn run_callbacks(&self) {
+        if !self.callbacks_pending.load(Ordering::Acquire) {
+            return;
+        }
         let list = {
             let mut g = self.lock();
             if g.pending_callbacks.is_empty() {
                 return;
             }
+            self.callbacks_pending.store(false, Ordering::Release);
             std::mem::take(&mut g.pending_callbacks)
         };
         if let Some(cb) = &self.config.on_state_change {

@@ -10,89 +10,74 @@ use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use duct_proto::wire::HEADER_LEN;
 use duct_proto::Transmit;
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
+use rustix::net::{SendAncillaryBuffer, SendFlags};
 
 /// Bytes read per refill of an empty buffer. Larger frames grow the buffer to fit.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
-/// Frames gathered into one `sendmsg` call (two iovecs each).
-const MAX_FRAMES_PER_WRITE: usize = 64;
 
 /// Receive buffer of one connection.
 ///
-/// `data` holds the received bytes not yet taken by the deframer; `tail` is the initialised,
-/// unfilled space after them in the same allocation. Reads land in `tail`; the deframer takes
-/// whole frames off the front of `data` as `Bytes` views (no copy). When `tail` runs short, the
-/// allocation is reclaimed in place if every view of it has been dropped (the common case:
-/// the application consumed its messages), else a new one is made. So in steady state a
+/// `data` holds the received bytes not yet taken by the deframer; reads append to it (into its
+/// uninitialised spare capacity: nothing is zero-filled), and the deframer takes whole frames
+/// off its front as `Bytes` views (no copy). When the spare capacity runs short, `reserve`
+/// reclaims the allocation in place if every view of it has been dropped (the common case:
+/// the application consumed its messages), else makes a new one. So in steady state a
 /// connection reads without allocating.
 pub(crate) struct ReadBuf {
     pub(crate) data: BytesMut,
-    tail: BytesMut,
 }
 
 impl ReadBuf {
     pub(crate) fn new() -> Self {
         ReadBuf {
             data: BytesMut::new(),
-            tail: BytesMut::new(),
         }
     }
 
-    /// Makes room for `needed` bytes in all in `data` (what the next frame needs) and at
-    /// least 4 KiB of free space to read into.
-    fn prepare(&mut self, needed: usize) {
-        let want_free = needed.saturating_sub(self.data.len()).max(4096);
-        if self.tail.len() >= want_free {
-            return;
-        }
-        let filled = self.data.len();
-        // Rejoin (O(1): `tail` directly follows `data` in one allocation; otherwise bytes
-        // copies), then let BytesMut reclaim or reallocate: `reserve` reuses the allocation
-        // when this is its only owner.
-        let mut buf = std::mem::take(&mut self.data);
-        buf.unsplit(std::mem::take(&mut self.tail));
-        buf.truncate(filled);
-        buf.reserve(want_free.max(READ_CHUNK));
-        let cap = buf.capacity();
-        buf.resize(cap, 0);
-        self.tail = buf.split_off(filled);
-        self.data = buf;
-    }
-
-    /// One `recv` into the free space. `Ok(0)` is end of stream.
+    /// One `recv` into the free space, sized so that the next frame (`needed` bytes in all)
+    /// fits. `Ok(0)` is end of stream.
     pub(crate) fn recv(
         &mut self,
         fd: BorrowedFd<'_>,
         needed: usize,
         nonblocking: bool,
     ) -> io::Result<usize> {
-        self.prepare(needed);
-        let flags = if nonblocking {
-            RecvFlags::DONTWAIT
-        } else {
-            RecvFlags::empty()
-        };
-        let n = loop {
-            match rustix::net::recv(fd, &mut self.tail[..], flags) {
-                Ok((n, _)) => break n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let filled = self.tail.split_to(n);
-        self.data.unsplit(filled);
-        Ok(n)
+        let want_free = needed.saturating_sub(self.data.len()).max(4096);
+        if self.data.capacity() - self.data.len() < want_free {
+            self.data.reserve(want_free.max(READ_CHUNK));
+        }
+        duct_sys::net::recv_into(fd, &mut self.data, nonblocking)
     }
+}
+
+/// Payloads up to this size are copied into the write buffer beside their headers, so that
+/// many small frames leave in one contiguous segment; larger payloads are sent from their
+/// own memory as separate iovecs (never copied).
+const COALESCE_MAX: usize = 512;
+/// Bytes of small frames gathered into one `sendmsg`.
+const SCRATCH_CAP: usize = 64 * 1024;
+/// Most iovecs in one `sendmsg`.
+const MAX_IOV: usize = 64;
+
+#[derive(Clone, Copy)]
+enum Seg {
+    /// A range of the scratch buffer.
+    Scratch(usize, usize),
+    /// The payload of frame `.0` from byte `.1` on.
+    Payload(usize, usize),
 }
 
 /// Frames taken from the session and not yet fully written, with the offset into the first.
 pub(crate) struct WriteQueue {
-    frames: VecDeque<Transmit>,
+    pub(crate) frames: VecDeque<Transmit>,
     /// Bytes of `frames[0]` (header then payload) already written.
     offset: usize,
-    bytes: usize,
+    /// Wire bytes of every frame in `frames` (including the written part of the first).
+    pub(crate) bytes: usize,
+    scratch: Vec<u8>,
 }
 
 impl WriteQueue {
@@ -101,12 +86,18 @@ impl WriteQueue {
             frames: VecDeque::new(),
             offset: 0,
             bytes: 0,
+            scratch: Vec::new(),
         }
     }
 
     pub(crate) fn push(&mut self, t: Transmit) {
         self.bytes += t.wire_len();
         self.frames.push_back(t);
+    }
+
+    /// Takes every frame the session has queued (in order, behind those already here).
+    pub(crate) fn take_from(&mut self, session: &mut duct_proto::Session) {
+        self.bytes += session.drain_transmits(&mut self.frames);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -126,33 +117,19 @@ impl WriteQueue {
     /// is empty, `Ok(false)` when the socket is full.
     pub(crate) fn write_nonblocking(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
         while !self.frames.is_empty() {
-            let mut iov: [IoSlice<'_>; 2 * MAX_FRAMES_PER_WRITE] =
-                [IoSlice::new(&[]); 2 * MAX_FRAMES_PER_WRITE];
-            let mut n_iov = 0;
-            for (i, t) in self.frames.iter().take(MAX_FRAMES_PER_WRITE).enumerate() {
-                let (h, p): (&[u8], &[u8]) = if i == 0 {
-                    let off = self.offset;
-                    if off < t.header.len() {
-                        (&t.header[off..], &t.payload[..])
-                    } else {
-                        (&[], &t.payload[off - t.header.len()..])
-                    }
-                } else {
-                    (&t.header[..], &t.payload[..])
+            let mut segs = [Seg::Scratch(0, 0); MAX_IOV];
+            let n_seg = self.gather(&mut segs);
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            for (slot, seg) in iov.iter_mut().zip(&segs[..n_seg]) {
+                *slot = match *seg {
+                    Seg::Scratch(a, b) => IoSlice::new(&self.scratch[a..b]),
+                    Seg::Payload(i, from) => IoSlice::new(&self.frames[i].payload[from..]),
                 };
-                if !h.is_empty() {
-                    iov[n_iov] = IoSlice::new(h);
-                    n_iov += 1;
-                }
-                if !p.is_empty() {
-                    iov[n_iov] = IoSlice::new(p);
-                    n_iov += 1;
-                }
             }
             let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
             let written = match rustix::net::sendmsg(
                 fd,
-                &iov[..n_iov],
+                &iov[..n_seg],
                 &mut SendAncillaryBuffer::default(),
                 flags,
             ) {
@@ -164,6 +141,51 @@ impl WriteQueue {
             self.consume(written);
         }
         Ok(true)
+    }
+
+    /// Lays the next frames out as iovec segments: small frames copied into `scratch` back to
+    /// back, headers of large frames there too, large payloads by reference. Returns the
+    /// number of segments (at least one while frames remain).
+    fn gather(&mut self, segs: &mut [Seg; MAX_IOV]) -> usize {
+        self.scratch.clear();
+        let mut n_seg = 0;
+        let mut open: Option<usize> = None;
+        for (i, t) in self.frames.iter().enumerate() {
+            let skip = if i == 0 { self.offset } else { 0 };
+            let hdr = &t.header[skip.min(HEADER_LEN)..];
+            let pay_from = skip.saturating_sub(HEADER_LEN);
+            let payload = &t.payload[pay_from..];
+            let used = n_seg + usize::from(open.is_some());
+            if payload.len() <= COALESCE_MAX {
+                let extra = usize::from(open.is_none());
+                let room = self.scratch.len() + hdr.len() + payload.len() <= SCRATCH_CAP;
+                if i > 0 && (used + extra > MAX_IOV || !room) {
+                    break;
+                }
+                open.get_or_insert(self.scratch.len());
+                self.scratch.extend_from_slice(hdr);
+                self.scratch.extend_from_slice(payload);
+            } else {
+                let extra = if open.is_none() { 2 } else { 1 };
+                if i > 0 && used + extra > MAX_IOV {
+                    break;
+                }
+                let start = *open.get_or_insert(self.scratch.len());
+                self.scratch.extend_from_slice(hdr);
+                if self.scratch.len() > start {
+                    segs[n_seg] = Seg::Scratch(start, self.scratch.len());
+                    n_seg += 1;
+                }
+                open = None;
+                segs[n_seg] = Seg::Payload(i, pay_from);
+                n_seg += 1;
+            }
+        }
+        if let Some(start) = open {
+            segs[n_seg] = Seg::Scratch(start, self.scratch.len());
+            n_seg += 1;
+        }
+        n_seg
     }
 
     fn consume(&mut self, mut n: usize) {
