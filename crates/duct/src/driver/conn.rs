@@ -113,9 +113,9 @@ impl ChannelTable {
     }
 
     fn snapshot(&self) -> Vec<(u16, ChannelStats)> {
-        let mut v: Vec<_> = self.map.iter().map(|(c, s)| (*c, s.clone())).collect();
+        let mut v: Vec<_> = self.map.iter().map(|(c, s)| (*c, *s)).collect();
         if let Some((c, s)) = &self.last {
-            v.push((*c, s.clone()));
+            v.push((*c, *s));
         }
         v
     }
