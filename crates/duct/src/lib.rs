@@ -70,3 +70,8 @@ pub use options::{
     RecvOptions, SendOptions, StateChange, TlsOptions,
 };
 pub use pipe::{dial, Pipe};
+
+/// The README's example, compiled and run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
