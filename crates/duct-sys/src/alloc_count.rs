@@ -28,6 +28,7 @@
 //! when it is not installed they stay at zero unless it is called directly.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The counters, on one cache line of their own so that they do not share a line with
@@ -202,4 +203,87 @@ mod tests {
         };
         assert_eq!(later.since(&earlier).allocs, 2);
     }
+}
+
+/// A global allocator that counts, per thread, the bytes the current thread holds and the
+/// largest single request it made, so that a test can show that one operation allocated
+/// little while other tests run in parallel threads. Install it with
+/// `#[global_allocator] static A: ThreadCountingAlloc = ThreadCountingAlloc;` and measure with
+/// [`measure_thread`]. Every call is forwarded to [`System`].
+pub struct ThreadCountingAlloc;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+fn thread_on_alloc(size: usize) {
+    // `try_with`: allocations during thread teardown find the slots gone; they do not count.
+    let _ = LIVE.try_with(|live| {
+        let now = live.get() + size as isize;
+        live.set(now);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+}
+
+fn thread_on_dealloc(size: usize) {
+    let _ = LIVE.try_with(|live| live.set(live.get() - size as isize));
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; the counters only observe sizes and
+// never allocate (const-initialised thread-locals of `Cell`s).
+unsafe impl GlobalAlloc for ThreadCountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        thread_on_alloc(layout.size());
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        thread_on_alloc(layout.size());
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        thread_on_dealloc(layout.size());
+        // SAFETY: `ptr` came from `System` with this layout (every allocation goes there).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        thread_on_dealloc(layout.size());
+        thread_on_alloc(new_size);
+        // SAFETY: as for `dealloc`, and the caller upholds `realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// What the current thread allocated while a closure ran (see [`measure_thread`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadUsage {
+    /// Most bytes held at once, above what was held when the closure started.
+    pub peak: usize,
+    /// The largest single allocation (or reallocation target) requested.
+    pub largest: usize,
+}
+
+/// Runs `f` and reports what the current thread allocated meanwhile. Meaningful only when
+/// [`ThreadCountingAlloc`] is the global allocator (otherwise it reports zeros).
+pub fn measure_thread<R>(f: impl FnOnce() -> R) -> (R, ThreadUsage) {
+    let start = LIVE.with(|l| l.get());
+    PEAK.with(|p| p.set(start));
+    LARGEST.with(|l| l.set(0));
+    let r = f();
+    let peak = PEAK.with(|p| p.get()) - start;
+    let largest = LARGEST.with(|l| l.get());
+    (
+        r,
+        ThreadUsage {
+            peak: peak.max(0) as usize,
+            largest,
+        },
+    )
 }

@@ -335,6 +335,7 @@ impl Session {
                         && header.flags & (flags::MORE_FRAGMENTS | flags::CONTINUATION) == 0
                         && matches!(self.state, State::Established | State::Closing)
                         && !self.reassembly.in_progress(header.channel)
+                        && payload.len() <= self.config.max_message_size as usize
                     {
                         self.messages.push_back(Delivered {
                             channel: header.channel,

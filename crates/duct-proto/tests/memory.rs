@@ -1,0 +1,82 @@
+//! Memory stays bounded by the configured caps, not by what a peer announces: a counting
+//! allocator measures what the session allocates while a hostile peer opens fragmented
+//! messages on many channels.
+
+#[path = "common/alloc.rs"]
+mod alloc;
+mod common;
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use duct_proto::wire::{flags, Header};
+use duct_proto::Config;
+
+use common::{data_header, established};
+
+const CHANNELS: u16 = 2048;
+
+/// 2048 channels each start a message announced at 1 MB with a 1-byte first fragment: the
+/// session holds 2048 bytes and must not allocate for the announced totals.
+#[test]
+fn announced_totals_do_not_reserve_memory() {
+    let now = Instant::now();
+    let (_, mut l) = established(Config::default(), Config::default(), now);
+    let (_, usage) = alloc::measure(|| {
+        for channel in 0..CHANNELS {
+            let mut h = data_header(channel, flags::MORE_FRAGMENTS, 1_000_000);
+            h.payload_len = 1;
+            l.handle_frame(h, Bytes::from_static(b"x"), now).unwrap();
+        }
+    });
+    assert_eq!(l.reassembly_bytes(), CHANNELS as usize);
+    // Bookkeeping per partial message is allowed (a map entry, a small buffer); 64 KiB per
+    // channel, 128 MiB in all, is not.
+    assert!(
+        usage.peak < 2 * 1024 * 1024,
+        "2048 one-byte partials allocated {usage:?}"
+    );
+}
+
+/// Partial messages grown one small fragment at a time hold at most about twice their bytes.
+#[test]
+fn growing_partials_stay_within_a_small_multiple_of_their_bytes() {
+    let now = Instant::now();
+    let (_, mut l) = established(Config::default(), Config::default(), now);
+    let chunk = Bytes::from(vec![7u8; 100]);
+    let (_, usage) = alloc::measure(|| {
+        for channel in 0..64u16 {
+            let h = Header {
+                payload_len: 100,
+                ..data_header(channel, flags::MORE_FRAGMENTS, 1 << 24)
+            };
+            l.handle_frame(h, chunk.clone(), now).unwrap();
+        }
+        for _ in 0..99 {
+            for channel in 0..64u16 {
+                let flags = flags::CONTINUATION | flags::MORE_FRAGMENTS;
+                let h = Header {
+                    payload_len: 100,
+                    ..data_header(channel, flags, 0)
+                };
+                l.handle_frame(h, chunk.clone(), now).unwrap();
+            }
+        }
+    });
+    let held = l.reassembly_bytes();
+    assert_eq!(held, 64 * 100 * 100);
+    assert!(
+        usage.peak <= 2 * held + 256 * 1024,
+        "{held} bytes held, allocated {usage:?}"
+    );
+}
+
+/// The measurement itself works: without this, a broken allocator hook would make every
+/// "allocated little" assertion above pass vacuously.
+#[test]
+fn measurement_sees_allocations() {
+    let (v, usage) = alloc::measure(|| vec![1u8; 1 << 20]);
+    assert_eq!(v.len(), 1 << 20);
+    assert!(usage.largest >= 1 << 20, "{usage:?}");
+    assert!(usage.peak >= 1 << 20, "{usage:?}");
+}
