@@ -61,6 +61,7 @@ mod pipe;
 mod transport;
 
 pub use addr::Addr;
+pub use driver::reactor::set_reactor_threads;
 pub use error::{Error, ErrorKind, Result};
 pub use listener::{listen, Listener};
 pub use message::{Message, MessageBuf};

@@ -19,7 +19,9 @@ use crate::addr;
 use crate::driver::conn::{Conn, ConnConfig};
 use crate::driver::handshake::{Handshake, Progress};
 use crate::driver::io::timespec_until;
-use crate::pipe::{session_config, SEND_QUEUE_BYTES, SEND_QUEUE_FRAMES};
+use crate::pipe::{
+    session_config, RECV_QUEUE_BYTES, RECV_QUEUE_MSGS, SEND_QUEUE_BYTES, SEND_QUEUE_FRAMES,
+};
 use crate::transport::{self, RawListener};
 use crate::{Addr, Error, ErrorKind, ListenOptions, Pipe, Result};
 
@@ -284,8 +286,7 @@ impl Listener {
                     self.report(&e);
                     continue;
                 }
-                let conn = Conn::new(hs, self.conn_config());
-                return Ok(Pipe::from_conn(conn));
+                return Ok(Pipe::from_conn(Conn::start(hs, self.conn_config())?));
             }
         }
     }
@@ -324,6 +325,8 @@ impl Listener {
         ConnConfig {
             send_queue_bytes: SEND_QUEUE_BYTES,
             send_queue_frames: SEND_QUEUE_FRAMES,
+            recv_queue_msgs: RECV_QUEUE_MSGS,
+            recv_queue_bytes: RECV_QUEUE_BYTES,
             send_timeout: self.opts.limits.send_timeout,
             linger: self.opts.limits.linger,
             on_state_change: None,

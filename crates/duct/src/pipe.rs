@@ -19,6 +19,11 @@ use crate::{
 pub(crate) const SEND_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Most frames queued for writing on one pipe before `send` waits.
 pub(crate) const SEND_QUEUE_FRAMES: usize = 64 * 1024;
+/// Messages the reactor reads ahead for the application before it stops reading (and lets
+/// TCP or the socket buffer push back on the sender).
+pub(crate) const RECV_QUEUE_MSGS: usize = 1024;
+/// Bytes (delivered plus partially reassembled) the reactor reads ahead for the application.
+pub(crate) const RECV_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A connection to one peer, carrying messages both ways.
 ///
@@ -28,22 +33,31 @@ pub(crate) const SEND_QUEUE_FRAMES: usize = 64 * 1024;
 /// is fragmented and reassembled transparently.
 ///
 /// # Threads and blocking
-/// In this version the pipe has no background thread: `send` writes on the calling thread
-/// (one `sendmsg` for the header and payload, or for many queued frames at once), and `recv`
-/// reads on the calling thread (one `recv` can bring in many messages, which later calls
-/// return without a system call). Consequences to know:
-/// - If `send` finds the socket full (the peer reads slower than we write), it waits up to its
-///   timeout ([`SendOptions::timeout`], default [`DialOptions::send_timeout`]) for room in the
-///   pipe's bounded send queue (8 MiB); `Ok` means the message was accepted, `TimedOut` that it
-///   was not (nothing of it is sent). Frames left queued are written by the next call on the
-///   pipe (send, recv, close).
-/// - A PING from the peer is answered when the application next calls `recv`.
+/// The calling thread does the I/O when it is there: `send` writes on the caller's thread (one
+/// `sendmsg` for the header and payload, or for many queued frames at once), and `recv` reads
+/// on the caller's thread (one read can bring in many messages, which later calls return
+/// without a system call). No message is handed between threads when the caller can take it.
+/// Behind that, one background reactor thread per process (see [`crate::set_reactor_threads`])
+/// serves every pipe while the application is not calling: it reads ahead into the receive
+/// queue (up to 1024 messages or 4 MiB, then it stops and the transport's flow control pushes
+/// back on the sender), answers the peer's PINGs, and writes output left queued when the
+/// socket was full.
+///
+/// `send` therefore never waits for the socket. `Ok` means the message was **accepted**: it
+/// is written, or queued in the pipe's bounded send queue (8 MiB) to be written as the socket
+/// drains. When the queue is full, `send` waits up to its timeout ([`SendOptions::timeout`],
+/// default [`DialOptions::send_timeout`]) for room; `TimedOut` (or `WouldBlock` with a zero
+/// timeout) means it was not accepted, and nothing of it is sent. A message that was accepted
+/// but could not be written before the pipe ended (the peer vanished, or
+/// [`CloseOptions::linger`] ran out) is lost, as realtime messages may be; the loss is
+/// reported to `on_error`, never silent. Reliable channels, which retransmit, come later.
 ///
 /// # Closing
 /// [`Pipe::close_with`] sends a CLOSE frame with a code and reason behind every message already
-/// sent; the peer's `recv` returns all of those first, then an [`ErrorKind::Closed`] error whose
-/// [`Error::close_reason`] gives the code and reason. Closing wakes every call blocked on the
-/// pipe in any thread. Dropping the last handle closes the pipe without waiting.
+/// accepted, and waits up to the linger time for them to be written; the peer's `recv` returns
+/// all of those first, then an [`ErrorKind::Closed`] error whose [`Error::close_reason`] gives
+/// the code and reason. Closing wakes every call blocked on the pipe in any thread (they
+/// return [`ErrorKind::Closed`]). Dropping the last handle closes the pipe without waiting.
 ///
 /// # Example
 /// ```no_run
@@ -111,6 +125,8 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
     let conn_config = ConnConfig {
         send_queue_bytes: SEND_QUEUE_BYTES,
         send_queue_frames: SEND_QUEUE_FRAMES,
+        recv_queue_msgs: RECV_QUEUE_MSGS,
+        recv_queue_bytes: RECV_QUEUE_BYTES,
         send_timeout: opts.limits.send_timeout,
         linger: opts.limits.linger,
         on_state_change: opts.on_state_change.clone(),
@@ -118,7 +134,7 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
     };
     tracing::debug!(%addr, "dialed");
     Ok(Pipe {
-        conn: Arc::new(Conn::new(hs, conn_config)),
+        conn: Conn::start(hs, conn_config)?,
     })
 }
 
@@ -134,10 +150,8 @@ pub(crate) fn session_config(limits: &Limits) -> Config {
 }
 
 impl Pipe {
-    pub(crate) fn from_conn(conn: Conn) -> Pipe {
-        Pipe {
-            conn: Arc::new(conn),
-        }
+    pub(crate) fn from_conn(conn: Arc<Conn>) -> Pipe {
+        Pipe { conn }
     }
 
     /// Sends one message on its channel (see [`Message::with_channel`]; default 0).
@@ -208,12 +222,12 @@ impl Pipe {
         opts: &SendOptions,
     ) -> Result<usize> {
         opts.check_supported()?;
-        let deadline = Instant::now() + opts.timeout.unwrap_or(self.conn.send_timeout());
+        let timeout = opts.timeout.unwrap_or(self.conn.send_timeout());
         let over = opts.channel;
         let mut it = msgs
             .into_iter()
             .map(|m| (over.unwrap_or(m.channel()), m.into_bytes()));
-        self.conn.send_batch(&mut it, deadline)
+        self.conn.send_batch(&mut it, timeout)
     }
 
     /// Receives up to `max` messages into `out`: waits for the first as [`Pipe::recv_with`]

@@ -36,7 +36,7 @@ pub struct Config {
     /// Largest frame payload this side accepts; the peer fragments above it. Default 64 KiB.
     /// Clamped to [`MIN_FRAME_PAYLOAD`]..=[`MAX_FRAME_PAYLOAD`].
     pub max_frame_payload: u32,
-    /// Largest message (after reassembly) this side accepts. Default 64 MiB.
+    /// Largest message (after reassembly) this side accepts, and sends. Default 64 MiB.
     pub max_message_size: u32,
     /// Most bytes held in partially reassembled messages at once. Default 64 MiB + 64 KiB.
     pub reassembly_limit: usize,
@@ -176,6 +176,8 @@ pub struct Session {
     transmits: VecDeque<Transmit>,
     transmit_bytes: usize,
     messages: VecDeque<Delivered>,
+    /// Payload bytes in `messages`.
+    message_bytes: usize,
     events: VecDeque<Event>,
     reassembly: ReassemblyBuffer,
 }
@@ -201,6 +203,7 @@ impl Session {
             transmits: VecDeque::new(),
             transmit_bytes: 0,
             messages: VecDeque::new(),
+            message_bytes: 0,
             events: VecDeque::new(),
             reassembly,
             config,
@@ -256,10 +259,12 @@ impl Session {
             State::Closing | State::Closed => return Err(Error::Closed),
         };
         let len = payload.len();
-        if len > neg.send_message_max as usize {
+        // The peer's limit, and our own: `max_message_size` bounds both directions.
+        let max = neg.send_message_max.min(self.config.max_message_size);
+        if len > max as usize {
             return Err(Error::MessageTooLarge {
                 size: len as u64,
-                max: u64::from(neg.send_message_max),
+                max: u64::from(max),
             });
         }
         let frame_max = neg.send_frame_max as usize;
@@ -337,7 +342,7 @@ impl Session {
                         && !self.reassembly.in_progress(header.channel)
                         && payload.len() <= self.config.max_message_size as usize
                     {
-                        self.messages.push_back(Delivered {
+                        self.deliver(Delivered {
                             channel: header.channel,
                             payload,
                         });
@@ -420,7 +425,14 @@ impl Session {
     /// The next message for the application.
     #[inline]
     pub fn poll_message(&mut self) -> Option<Delivered> {
-        self.messages.pop_front()
+        let d = self.messages.pop_front()?;
+        self.message_bytes -= d.payload.len();
+        Some(d)
+    }
+
+    /// Payload bytes of the messages waiting for the application.
+    pub fn message_bytes(&self) -> usize {
+        self.message_bytes
     }
 
     /// Messages waiting for the application.
@@ -633,7 +645,7 @@ impl Session {
                     max: u64::from(self.config.max_message_size),
                 });
             }
-            self.messages.push_back(Delivered { channel, payload });
+            self.deliver(Delivered { channel, payload });
             return Ok(());
         }
         if !cont {
@@ -642,7 +654,7 @@ impl Session {
             return Ok(());
         }
         if let Some(whole) = self.reassembly.append(channel, &payload, !more)? {
-            self.messages.push_back(Delivered {
+            self.deliver(Delivered {
                 channel,
                 payload: whole,
             });
@@ -667,6 +679,12 @@ impl Session {
             self.queue_control(FrameKind::Close, close.encode());
         }
         e
+    }
+
+    #[inline]
+    fn deliver(&mut self, d: Delivered) {
+        self.message_bytes += d.payload.len();
+        self.messages.push_back(d);
     }
 
     fn reject(&mut self, code: u16, reason: &str) {

@@ -1,21 +1,27 @@
-//! One established connection driven inline, on the threads of its callers.
+//! One established connection: the caller's inline fast path, plus the reactor's duties.
 //!
-//! There is no background thread in this driver: `send` writes on the caller's thread, `recv`
-//! reads on the caller's thread. Several threads may use one connection at once; two flags
-//! under the connection's lock make sure only one of them reads and only one writes at a time,
-//! and a condition variable wakes the others when a message, room in the send queue, or the
-//! end of the connection arrives.
+//! **Inline fast path.** `send` queues the message in the session and, if no other thread is
+//! writing, writes everything queued on the caller's thread (one `sendmsg` for many frames).
+//! `recv` returns a delivered message at once, or reads from the socket on the caller's thread
+//! (one read can bring many messages). No message is handed between threads when the caller
+//! can take it directly. Two flags under the connection's lock (`reading`, `writing`) make
+//! sure only one thread reads and one writes at a time; a condition variable wakes the others.
 //!
-//! - **Send**: the message is queued in the session; if no other thread is writing, the caller
-//!   becomes the writer and writes everything queued (its own frames and any that other
-//!   threads queued meanwhile: one `sendmsg` for many frames) until the queue is empty or its
-//!   deadline passes. A message that is queued is accepted: `send` returns `Ok`, and any
-//!   remainder is written by the next call on the pipe (send, recv or close).
-//! - **Recv**: a message already delivered is returned at once; otherwise the caller reads
-//!   from the socket itself (one `recv` fills many frames), or, if another thread is reading,
-//!   waits for it to deliver.
-//! - **Close**: queues CLOSE behind everything already queued, flushes for up to the linger
-//!   time, then shuts the socket down, which wakes every thread blocked on it.
+//! **Reactor duties** (see [`super::reactor`]): while no caller is active, the reactor reads
+//! ahead into the receive queue up to its high-water mark (answering PINGs on the way), writes
+//! output that a caller left queued when the socket was full, and fires the session's timers.
+//! So `send` never waits for the socket: a full socket leaves the frames queued for the
+//! reactor, and `send` only waits when the bounded send queue is full.
+//!
+//! **Staying out of the caller's way.** The reactor watches a socket for readability only
+//! while no caller has read from it recently. When it sees a caller active (a recv since the
+//! reactor armed, or a caller reading now), it stops watching and looks again every
+//! [`RECHECK`]: while the application receives, the reactor costs one wake-up per `RECHECK`,
+//! not one per message. (Re-arming registers the fd afresh, which reports data that arrived
+//! meanwhile, so nothing is missed.)
+//!
+//! **Close** queues CLOSE behind everything already queued, waits up to the linger time for
+//! the queue to drain, then shuts the socket down: every thread blocked on the pipe wakes.
 //!
 //! Lock order: `shared` may be held while taking `read` or `write`, and `read`/`write` may be
 //! held while taking `shared`: both are safe because only the thread that set the matching
@@ -24,19 +30,22 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use duct_proto::{Delivered, Event, Session};
+use mio::Interest;
 
 use super::handshake::Handshake;
-use super::io::{self as dio, Interest, ReadBuf, WriteQueue};
-use super::proto_error;
-use crate::transport::Stream;
+use super::io::{ReadBuf, WriteQueue};
+use super::reactor::{self, Reactive, ReactorHandle};
+use super::{proto_error, StreamTransport};
 use crate::{Addr, ChannelStats, Error, ErrorKind, PipeState, PipeStats, StateChange};
+
+/// How often the reactor looks again at a pipe whose receiving it left to an active caller.
+pub(crate) const RECHECK: Duration = Duration::from_millis(20);
 
 /// Callbacks and limits of one connection, taken from its options.
 #[derive(Clone)]
@@ -45,6 +54,11 @@ pub(crate) struct ConnConfig {
     pub(crate) send_queue_bytes: usize,
     /// Most frames queued for writing.
     pub(crate) send_queue_frames: usize,
+    /// Messages the reactor reads ahead into the receive queue before it stops reading (the
+    /// queue may exceed it by what one read brings in).
+    pub(crate) recv_queue_msgs: usize,
+    /// Bytes (delivered plus partially reassembled) the reactor reads ahead before it stops.
+    pub(crate) recv_queue_bytes: usize,
     /// Default deadline of `send` when the caller gives none.
     pub(crate) send_timeout: Duration,
     /// Default linger of `close`.
@@ -66,11 +80,29 @@ struct Shared {
     waiters: usize,
     /// Why the connection ended; every later call returns it.
     terminal: Option<Error>,
-    local_closed: bool,
+    /// `close` was called: its code and reason.
+    local_closed: Option<(u16, String)>,
     stats: PipeStats,
     channels: ChannelTable,
     /// Callbacks to run once the lock is released.
     pending_callbacks: Vec<StateChange>,
+    // Reactor bookkeeping.
+    /// What is registered with the reactor's poller now.
+    registered: Option<Interest>,
+    /// The reactor watches readability.
+    read_armed: bool,
+    /// Output is queued and nobody is writing: the reactor watches writability.
+    write_armed: bool,
+    /// The receive queue reached its high-water mark: nobody reads ahead until it drains.
+    paused: bool,
+    /// Receive calls by the application so far.
+    caller_reads: u64,
+    /// `caller_reads` when the reactor last armed or looked.
+    seen_reads: u64,
+    /// When the reactor looks again at a pipe it left to its caller.
+    recheck_at: Option<Instant>,
+    /// The earliest timer scheduled with the reactor and not yet fired.
+    timer_at: Option<Instant>,
 }
 
 /// Hashes a channel number with one multiplication (keys are u16 and chosen by our own user,
@@ -119,30 +151,6 @@ impl ChannelTable {
         }
         v
     }
-}
-
-pub(crate) struct Conn {
-    stream: Stream,
-    shared: Mutex<Shared>,
-    cv: Condvar,
-    read: Mutex<ReadBuf>,
-    write: Mutex<WriteQueue>,
-    local_addr: Addr,
-    peer_addr: Addr,
-    config: ConnConfig,
-    /// Set when `pending_callbacks` is not empty, so the hot path skips the lock.
-    callbacks_pending: AtomicBool,
-}
-
-/// How `recv` may wait.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Wait {
-    /// Do not block.
-    No,
-    /// Until the deadline.
-    Until(Instant),
-    /// Until a message, close or error.
-    Forever,
 }
 
 /// Messages of one channel counted together (traffic comes in runs), so that the counters
@@ -200,12 +208,38 @@ impl Shared {
     }
 }
 
+pub(crate) struct Conn {
+    transport: Box<dyn StreamTransport>,
+    shared: Mutex<Shared>,
+    cv: Condvar,
+    read: Mutex<ReadBuf>,
+    write: Mutex<WriteQueue>,
+    local_addr: Addr,
+    peer_addr: Addr,
+    config: ConnConfig,
+    /// Set when `pending_callbacks` is not empty, so the hot path skips the lock.
+    callbacks_pending: AtomicBool,
+    reactor: OnceLock<ReactorHandle>,
+}
+
+/// How `recv` may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Do not block.
+    No,
+    /// Until the deadline.
+    Until(Instant),
+    /// Until a message, close or error.
+    Forever,
+}
+
 impl Conn {
-    /// Wraps an established handshake.
-    pub(crate) fn new(mut hs: Handshake, config: ConnConfig) -> Conn {
+    /// Wraps an established handshake and hands the connection to the reactor.
+    pub(crate) fn start(mut hs: Handshake, config: ConnConfig) -> Result<Arc<Conn>, Error> {
         let session_id = hs.take_connected();
-        let local_addr = hs.stream.local_addr();
-        let peer_addr = hs.peer.clone();
+        let transport: Box<dyn StreamTransport> = Box::new(hs.stream);
+        let local_addr = transport.local_addr();
+        let peer_addr = transport.peer_addr();
         let mut wq = hs.wq;
         wq.take_from(&mut hs.session);
         let shared = Shared {
@@ -218,7 +252,7 @@ impl Conn {
             wq_frames: wq.frames(),
             waiters: 0,
             terminal: None,
-            local_closed: false,
+            local_closed: None,
             stats: PipeStats::default(),
             channels: ChannelTable::default(),
             pending_callbacks: vec![StateChange {
@@ -227,9 +261,17 @@ impl Conn {
                 session_id,
                 cause: None,
             }],
+            registered: None,
+            read_armed: false,
+            write_armed: false,
+            paused: false,
+            caller_reads: 0,
+            seen_reads: 0,
+            recheck_at: None,
+            timer_at: None,
         };
-        let conn = Conn {
-            stream: hs.stream,
+        let conn = Arc::new(Conn {
+            transport,
             shared: Mutex::new(shared),
             cv: Condvar::new(),
             read: Mutex::new(hs.rbuf),
@@ -238,9 +280,25 @@ impl Conn {
             peer_addr,
             config,
             callbacks_pending: AtomicBool::new(true),
-        };
+            reactor: OnceLock::new(),
+        });
+        let weak: Weak<dyn Reactive> = Arc::downgrade(&conn) as Weak<Conn>;
+        let handle =
+            reactor::register(weak).map_err(|e| Error::io(e, "starting the duct reactor"))?;
+        let _ = conn.reactor.set(handle);
+        {
+            let mut g = conn.lock();
+            // Idle from the start: the reactor reads ahead until a caller shows up.
+            g.read_armed = true;
+            conn.update_interest(&mut g);
+            if g.wq_frames > 0 || g.session.transmit_len() > 0 {
+                g.writing = true;
+                g = conn.flush(g);
+            }
+            conn.reschedule(&mut g);
+        }
         conn.run_callbacks();
-        conn
+        Ok(conn)
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -280,6 +338,46 @@ impl Conn {
         s
     }
 
+    /// Brings the poller registration in line with `read_armed` / `write_armed`.
+    fn update_interest(&self, g: &mut Shared) {
+        let want = match (g.read_armed, g.write_armed) {
+            (false, false) => None,
+            (true, false) => Some(Interest::READABLE),
+            (false, true) => Some(Interest::WRITABLE),
+            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+        };
+        if want == g.registered {
+            return;
+        }
+        let Some(handle) = self.reactor.get() else {
+            return;
+        };
+        match handle.set_interest(self.transport.readiness_fd(), g.registered, want) {
+            Ok(()) => g.registered = want,
+            Err(e) => {
+                // The fd can no longer be polled (it is being torn down): the pipe goes on
+                // without background service; callers still do their own I/O.
+                tracing::debug!(peer = %self.peer_addr, error = %e, "reactor registration failed");
+                g.registered = None;
+            }
+        }
+    }
+
+    /// Makes sure the reactor calls `on_timer` by the session's next deadline or the next
+    /// recheck, whichever comes first.
+    fn reschedule(&self, g: &mut Shared) {
+        let next = match (g.session.poll_timeout(), g.recheck_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let (Some(n), Some(handle)) = (next, self.reactor.get()) {
+            if g.timer_at.is_none_or(|t| n < t) {
+                g.timer_at = Some(n);
+                handle.schedule(n);
+            }
+        }
+    }
+
     /// Waits on the condition variable until notified or `deadline`; returns the guard and
     /// whether the deadline passed.
     fn wait_cv<'a>(
@@ -317,8 +415,64 @@ impl Conn {
         }
     }
 
-    /// Sends one message. `Ok` means the message is accepted (written, or queued behind frames
-    /// a writer is flushing); `TimedOut` means it was not accepted and nothing of it is sent.
+    fn has_room(&self, g: &Shared, len: usize) -> bool {
+        let queued = g.session.transmit_bytes() + g.wq_bytes;
+        let frames = g.session.transmit_len() + g.wq_frames;
+        queued == 0
+            || (queued + len <= self.config.send_queue_bytes
+                && frames < self.config.send_queue_frames)
+    }
+
+    /// Waits until the send queue has room for `len` more bytes. Writes queued output itself
+    /// when nobody else is; otherwise waits for the writer (a caller or the reactor).
+    fn admit<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Shared>,
+        channel: u16,
+        len: usize,
+        deadline: Instant,
+        wait: bool,
+    ) -> Result<MutexGuard<'a, Shared>, Error> {
+        loop {
+            if let Some(e) = &g.terminal {
+                return Err(e.clone());
+            }
+            if let Some((code, reason)) = &g.local_closed {
+                return Err(Error::closed(*code, reason.as_str(), false));
+            }
+            if self.has_room(&g, len) {
+                return Ok(g);
+            }
+            if !g.writing {
+                g.writing = true;
+                g = self.flush(g);
+                if self.has_room(&g, len) {
+                    continue;
+                }
+            }
+            if !wait {
+                let queued = g.session.transmit_bytes() + g.wq_bytes;
+                return Err(Error::new(
+                    ErrorKind::WouldBlock,
+                    format!(
+                        "send to {} on channel {channel}: the send queue is full ({queued} \
+                         bytes, limit {}) and the timeout is zero; the message was not sent",
+                        self.peer_addr, self.config.send_queue_bytes
+                    ),
+                ));
+            }
+            let (ng, timed_out) = self.wait_cv(g, Some(deadline));
+            g = ng;
+            if timed_out && !self.has_room(&g, len) && g.terminal.is_none() {
+                let queued = g.session.transmit_bytes() + g.wq_bytes;
+                return Err(self.queue_full(channel, queued));
+            }
+        }
+    }
+
+    /// Sends one message. `Ok` means the message is accepted: written, or queued for the
+    /// writer. `TimedOut` means the send queue stayed full until the deadline: the message was
+    /// not accepted and nothing of it is sent.
     pub(crate) fn send(
         &self,
         channel: u16,
@@ -326,50 +480,21 @@ impl Conn {
         now: Instant,
         timeout: Duration,
     ) -> Result<(), Error> {
-        let deadline = now + timeout;
         let len = payload.len();
-        let mut g = self.lock();
-        loop {
-            if let Some(e) = &g.terminal {
-                return Err(e.clone());
-            }
-            let queued = g.session.transmit_bytes() + g.wq_bytes;
-            let frames = g.session.transmit_len() + g.wq_frames;
-            if queued == 0
-                || (queued + len <= self.config.send_queue_bytes
-                    && frames < self.config.send_queue_frames)
-            {
-                break;
-            }
-            if !g.writing {
-                // Nobody is flushing: do it ourselves until there is room or the deadline.
-                g.writing = true;
-                g = self.flush(g, Some(deadline))?;
-                if Instant::now() >= deadline {
-                    let queued = g.session.transmit_bytes() + g.wq_bytes;
-                    if queued != 0 && queued + len > self.config.send_queue_bytes {
-                        return Err(self.queue_full(channel, queued));
-                    }
-                }
-                continue;
-            }
-            let (ng, timed_out) = self.wait_cv(g, Some(deadline));
-            g = ng;
-            if timed_out {
-                let queued = g.session.transmit_bytes() + g.wq_bytes;
-                return Err(self.queue_full(channel, queued));
-            }
-        }
+        let g = self.lock();
+        let mut g = self.admit(g, channel, len, now + timeout, !timeout.is_zero())?;
         if let Err(e) = g.session.send(channel, payload, now) {
             return Err(self.send_error(e, channel));
         }
         g.count_sent(Run::start(channel, len));
-        if g.writing {
-            return Ok(());
+        if !g.writing {
+            g.writing = true;
+            g = self.flush(g);
         }
-        g.writing = true;
-        let g = self.flush(g, Some(deadline))?;
-        drop(g);
+        if let Some(e) = &g.terminal {
+            // The write failed: say so rather than pretend the message went out.
+            return Err(e.clone());
+        }
         Ok(())
     }
 
@@ -379,57 +504,27 @@ impl Conn {
     pub(crate) fn send_batch(
         &self,
         msgs: &mut dyn Iterator<Item = (u16, Bytes)>,
-        deadline: Instant,
+        timeout: Duration,
     ) -> Result<usize, Error> {
-        let mut sent = 0usize;
         let now = Instant::now();
+        let deadline = now + timeout;
+        let mut sent = 0usize;
         let mut run = Run::default();
         let mut g = self.lock();
+        let mut failure = None;
         for (channel, payload) in msgs {
             let len = payload.len();
-            loop {
-                if let Some(e) = &g.terminal {
-                    let e = e.clone();
-                    g.count_sent(run);
-                    drop(g);
-                    return if sent == 0 { Err(e) } else { Ok(sent) };
-                }
-                let queued = g.session.transmit_bytes() + g.wq_bytes;
-                let frames = g.session.transmit_len() + g.wq_frames;
-                if queued == 0
-                    || (queued + len <= self.config.send_queue_bytes
-                        && frames < self.config.send_queue_frames)
-                {
+            g = match self.admit(g, channel, len, deadline, !timeout.is_zero()) {
+                Ok(g) => g,
+                Err(e) => {
+                    failure = Some(e);
+                    g = self.lock();
                     break;
                 }
-                if !g.writing {
-                    g.writing = true;
-                    g = match self.flush(g, Some(deadline)) {
-                        Ok(g) => g,
-                        Err(e) => {
-                            self.lock().count_sent(run);
-                            return if sent == 0 { Err(e) } else { Ok(sent) };
-                        }
-                    };
-                } else {
-                    let (ng, _) = self.wait_cv(g, Some(deadline));
-                    g = ng;
-                }
-                if Instant::now() >= deadline {
-                    let queued = g.session.transmit_bytes() + g.wq_bytes;
-                    if queued != 0 && queued + len > self.config.send_queue_bytes {
-                        let e = self.queue_full(channel, queued);
-                        g.count_sent(run);
-                        drop(g);
-                        return if sent == 0 { Err(e) } else { Ok(sent) };
-                    }
-                }
-            }
+            };
             if let Err(e) = g.session.send(channel, payload, now) {
-                let e = self.send_error(e, channel);
-                g.count_sent(run);
-                drop(g);
-                return if sent == 0 { Err(e) } else { Ok(sent) };
+                failure = Some(self.send_error(e, channel));
+                break;
             }
             sent += 1;
             if !run.add(channel, len) {
@@ -438,15 +533,15 @@ impl Conn {
             }
         }
         g.count_sent(run);
-        if !g.writing && (g.session.transmit_len() > 0 || g.wq_frames > 0) {
+        if !g.writing {
             g.writing = true;
-            match self.flush(g, Some(deadline)) {
-                Ok(_) => {}
-                Err(e) if sent == 0 => return Err(e),
-                Err(_) => {}
-            }
+            g = self.flush(g);
         }
-        Ok(sent)
+        match (sent, failure, &g.terminal) {
+            (0, Some(e), _) => Err(e),
+            (0, None, Some(e)) => Err(e.clone()),
+            _ => Ok(sent),
+        }
     }
 
     fn queue_full(&self, channel: u16, queued: usize) -> Error {
@@ -478,67 +573,51 @@ impl Conn {
         }
     }
 
-    /// Writes queued frames until the queue is empty or `deadline` passes. The caller has set
-    /// `writing`; this clears it. Errors end the connection.
-    fn flush<'a>(
-        &'a self,
-        mut g: MutexGuard<'a, Shared>,
-        deadline: Option<Instant>,
-    ) -> Result<MutexGuard<'a, Shared>, Error> {
+    /// Writes queued frames until the queue is empty or the socket is full; a full socket
+    /// leaves the rest to the reactor (it watches writability). The caller has set `writing`;
+    /// this clears it and wakes waiters. Transport errors end the connection.
+    fn flush<'a>(&'a self, mut g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
         let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
+        let result = loop {
             w.take_from(&mut g.session);
-            g.wq_bytes = w.bytes();
-            g.wq_frames = w.frames();
             if w.is_empty() {
-                g.writing = false;
-                self.notify(&g);
-                return Ok(g);
+                break Ok(true);
             }
             drop(g);
-            let res = w.write_nonblocking(self.stream.as_fd());
+            let res = w.write_nonblocking(&*self.transport);
             g = self.lock();
-            g.wq_bytes = w.bytes();
-            g.wq_frames = w.frames();
             match res {
                 Ok(true) => continue,
-                Ok(false) => {
-                    self.notify(&g);
-                    let past = deadline.is_some_and(|d| Instant::now() >= d);
-                    if past || g.terminal.is_some() {
-                        g.writing = false;
-                        self.notify(&g);
-                        return Ok(g);
-                    }
-                    drop(g);
-                    let r = dio::wait(self.stream.as_fd(), Interest::Write, deadline);
-                    g = self.lock();
-                    if let Err(e) = r {
-                        g.writing = false;
-                        let err = self.fail_transport(&mut g, e);
-                        return Err(err);
-                    }
-                }
-                Err(e) => {
-                    g.writing = false;
-                    let err = self.fail_transport(&mut g, e);
-                    return Err(err);
+                other => break other,
+            }
+        };
+        g.wq_bytes = w.bytes();
+        g.wq_frames = w.frames();
+        drop(w);
+        g.writing = false;
+        match result {
+            Ok(done) => {
+                let want = !done && g.terminal.is_none();
+                if want != g.write_armed {
+                    g.write_armed = want;
+                    self.update_interest(&mut g);
                 }
             }
+            Err(e) => {
+                self.fail_transport(&mut g, e);
+            }
         }
+        self.notify(&g);
+        g
     }
 
-    /// Tries to write pending output now without blocking, if no one else is writing.
+    /// Writes pending output now, if any and if nobody else is writing.
     fn flush_if_idle<'a>(&'a self, mut g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
         if !g.writing && (g.session.transmit_len() > 0 || g.wq_frames > 0) {
             g.writing = true;
-            match self.flush(g, Some(Instant::now())) {
-                Ok(ng) => ng,
-                Err(_) => self.lock(),
-            }
-        } else {
-            g
+            g = self.flush(g);
         }
+        g
     }
 
     /// Receives one message. `Ok(None)` only with `Wait::No`.
@@ -564,6 +643,7 @@ impl Conn {
             Wait::Forever => None,
         };
         let mut g = self.lock();
+        g.caller_reads += 1;
         let mut attempted = false;
         loop {
             let mut n = 0;
@@ -581,6 +661,16 @@ impl Conn {
             }
             g.count_received(run);
             if n > 0 {
+                if g.paused
+                    && g.session.message_len() <= self.config.recv_queue_msgs / 2
+                    && g.session.message_bytes() + g.session.reassembly_bytes()
+                        <= self.config.recv_queue_bytes / 2
+                {
+                    // Room again: let the reactor read ahead once the caller is idle.
+                    g.paused = false;
+                    g.recheck_at.get_or_insert(Instant::now() + RECHECK);
+                    self.reschedule(&mut g);
+                }
                 drop(g);
                 self.run_callbacks();
                 return Ok(n);
@@ -590,6 +680,9 @@ impl Conn {
                 drop(g);
                 self.run_callbacks();
                 return Err(e);
+            }
+            if let Some((code, reason)) = &g.local_closed {
+                return Err(Error::closed(*code, reason.as_str(), false));
             }
             let past = deadline.is_some_and(|d| Instant::now() >= d);
             if (wait == Wait::No && attempted) || (past && wait != Wait::No) {
@@ -607,6 +700,7 @@ impl Conn {
             }
             g = self.flush_if_idle(g);
             if g.reading {
+                // Another caller or the reactor is reading: it will deliver and wake us.
                 if wait == Wait::No {
                     return Ok(0);
                 }
@@ -617,65 +711,93 @@ impl Conn {
             g.reading = true;
             let mut r = self.read.lock().unwrap_or_else(|p| p.into_inner());
             let needed = g.session.input_needed(&r.data);
-            // Output that a writer left behind must not wait for our read: poll for both.
-            let output_pending = g.wq_frames > 0 || g.session.transmit_len() > 0;
             drop(g);
-            let res = self.read_once(&mut r, needed, wait, deadline, output_pending);
+            let res = self.read_once(&mut r, needed, wait, deadline);
             attempted = true;
             g = self.lock();
             g.reading = false;
-            match res {
-                Ok(0) => self.on_eof(&mut g),
-                Ok(_) => {
-                    if let Err(e) = g.session.handle_input(&mut r.data, Instant::now()) {
-                        let err = proto_error(e, &self.peer_addr);
-                        self.end(&mut g, err, PipeState::Closed);
-                    }
-                    self.drain_events(&mut g);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    self.fail_transport(&mut g, e);
-                }
-            }
+            self.absorb(&mut g, &mut r, res);
             drop(r);
             self.notify(&g);
             g = self.flush_if_idle(g);
-            if g.terminal.is_some() && g.session.message_len() == 0 {
-                // Make sure a blocked writer notices too.
-                let _ = self.stream.shutdown(std::net::Shutdown::Both);
-            }
         }
     }
 
-    /// One read attempt. `WouldBlock` when nothing arrived before the deadline.
+    /// One read attempt by a caller. `WouldBlock` when nothing arrived before the deadline.
     fn read_once(
         &self,
         r: &mut ReadBuf,
         needed: usize,
         wait: Wait,
         deadline: Option<Instant>,
-        output_pending: bool,
     ) -> io::Result<usize> {
-        let fd = self.stream.as_fd();
+        let t = &*self.transport;
         match wait {
-            Wait::No => r.recv(fd, needed, true),
-            Wait::Forever if !output_pending => r.recv(fd, needed, false),
-            _ => {
-                // With output pending, wake at least every 10 ms to write it.
-                let slice = output_pending.then(|| Instant::now() + Duration::from_millis(10));
-                let until = match (deadline, slice) {
-                    (Some(d), Some(s)) => Some(d.min(s)),
-                    (d, s) => d.or(s),
-                };
-                let ready = dio::wait(fd, Interest::Read, until)?;
-                if ready.readable {
-                    r.recv(fd, needed, true)
+            Wait::No => r.recv(t, needed, true),
+            Wait::Forever => r.recv(t, needed, false),
+            Wait::Until(_) => {
+                if t.wait_readable(deadline)? {
+                    r.recv(t, needed, true)
                 } else {
                     Err(io::ErrorKind::WouldBlock.into())
                 }
             }
         }
+    }
+
+    /// Feeds the result of a read to the session. Returns whether the transport may have
+    /// more (the read neither failed nor found it empty).
+    fn absorb(&self, g: &mut Shared, r: &mut ReadBuf, res: io::Result<usize>) -> bool {
+        match res {
+            Ok(0) => {
+                self.on_eof(g);
+                false
+            }
+            Ok(_) => {
+                if let Err(e) = g.session.handle_input(&mut r.data, Instant::now()) {
+                    let err = proto_error(e, &self.peer_addr);
+                    self.end(g, err, PipeState::Closed);
+                }
+                self.drain_events(g);
+                self.reschedule(g);
+                g.terminal.is_none()
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => {
+                self.fail_transport(g, e);
+                false
+            }
+        }
+    }
+
+    /// The reactor reads ahead: until the socket is empty, the pipe ends, or the receive
+    /// queue reaches its high-water mark (then reading pauses until the application drains
+    /// it). Never while a caller reads.
+    fn read_ahead<'a>(&'a self, mut g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
+        g.reading = true;
+        let mut r = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if g.session.message_len() >= self.config.recv_queue_msgs
+                || g.session.message_bytes() + g.session.reassembly_bytes()
+                    >= self.config.recv_queue_bytes
+            {
+                g.paused = true;
+                g.read_armed = false;
+                self.update_interest(&mut g);
+                break;
+            }
+            let needed = g.session.input_needed(&r.data);
+            drop(g);
+            let res = r.recv(&*self.transport, needed, true);
+            g = self.lock();
+            if !self.absorb(&mut g, &mut r, res) {
+                break;
+            }
+        }
+        drop(r);
+        g.reading = false;
+        self.notify(&g);
+        g
     }
 
     fn drain_events(&self, g: &mut Shared) {
@@ -691,6 +813,11 @@ impl Conn {
     }
 
     fn on_eof(&self, g: &mut Shared) {
+        if g.local_closed.is_some() {
+            // Our own shutdown of the receiving side: `close` is draining output and ends the
+            // pipe itself.
+            return;
+        }
         g.session.transport_lost(Instant::now());
         if g.terminal.is_none() {
             let err = Error::new(
@@ -710,6 +837,14 @@ impl Conn {
         }
         g.session.transport_lost(Instant::now());
         let err = Error::io(e, format_args!("connection to {}", self.peer_addr));
+        if let Some((code, reason)) = g.local_closed.clone() {
+            // Closing anyway: the pipe ends as the user asked; the failed goodbye is reported.
+            if let Some(cb) = &self.config.on_error {
+                cb(&err);
+            }
+            self.end(g, Error::closed(code, reason, false), PipeState::Closed);
+            return err;
+        }
         let state = if err.kind() == ErrorKind::Disconnected {
             PipeState::Disconnected
         } else {
@@ -719,7 +854,8 @@ impl Conn {
         err
     }
 
-    /// Records the end of the connection (first cause wins) and wakes every waiter.
+    /// Records the end of the connection (first cause wins), stops background service, and
+    /// wakes every waiter. Threads blocked in the transport are woken by a shutdown.
     fn end(&self, g: &mut Shared, err: Error, state: PipeState) {
         if g.terminal.is_some() {
             return;
@@ -727,53 +863,86 @@ impl Conn {
         let from = g.state;
         g.state = state;
         g.terminal = Some(err.clone());
+        // A close the user asked for has no cause; anything else does.
+        let cause = g.local_closed.is_none().then_some(err);
         g.pending_callbacks.push(StateChange {
             from,
             to: state,
             session_id: g.session_id,
-            cause: Some(err),
+            cause,
         });
         self.callbacks_pending.store(true, Ordering::Release);
+        g.read_armed = false;
+        g.write_armed = false;
+        g.recheck_at = None;
+        self.update_interest(g);
+        if g.local_closed.is_none() {
+            // Tell the peer why (a CLOSE the session queued after a protocol error), then wake
+            // any caller blocked in the transport (it would otherwise wait for the peer).
+            self.goodbye(g);
+            self.transport.shutdown();
+        }
         self.cv.notify_all();
     }
 
+    /// Writes what the session queued last (CLOSE or REJECT), once and without blocking,
+    /// unless another thread is writing.
+    fn goodbye(&self, g: &mut Shared) {
+        if g.writing || g.session.transmit_len() == 0 {
+            return;
+        }
+        // No other thread holds `write` while `writing` is false (see the lock order above).
+        let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        w.take_from(&mut g.session);
+        let _ = w.write_nonblocking(&*self.transport);
+        g.wq_bytes = w.bytes();
+        g.wq_frames = w.frames();
+    }
+
     /// Closes the connection: CLOSE with `code` and `reason` goes out behind everything queued,
-    /// flushed for up to `linger`; then the socket is shut down, which wakes blocked callers.
+    /// which is given up to `linger` to drain; then the socket is shut down, which wakes
+    /// blocked callers.
     pub(crate) fn close(&self, code: u16, reason: &str, linger: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + linger;
         let mut g = self.lock();
-        if g.local_closed {
+        if g.local_closed.is_some() {
             return Ok(());
         }
-        g.local_closed = true;
+        g.local_closed = Some((code, reason.to_owned()));
         g.session.close(code, reason, Instant::now());
-        while g.writing {
+        // Wake every blocked call now: receivers blocked in the transport, and senders waiting
+        // for room (their messages were not accepted; they get Closed). Sending still works,
+        // for the CLOSE and whatever was accepted before it.
+        self.transport.shutdown_read();
+        self.cv.notify_all();
+        // Drain: write what we can, and let the reactor write the rest as the socket frees.
+        g = self.flush_if_idle(g);
+        while g.terminal.is_none() && (g.writing || g.wq_frames > 0 || g.session.transmit_len() > 0)
+        {
             let (ng, timed_out) = self.wait_cv(g, Some(deadline));
             g = ng;
+            g = self.flush_if_idle(g);
             if timed_out {
                 break;
             }
         }
-        let mut result = Ok(());
-        if !g.writing && g.terminal.is_none() {
-            g.writing = true;
-            match self.flush(g, Some(deadline)) {
-                Ok(ng) => g = ng,
-                Err(e) => {
-                    result = Err(e);
-                    g = self.lock();
-                }
-            }
-        }
+        let unsent = g.wq_bytes + g.session.transmit_bytes();
         let err = Error::closed(code, reason, false);
         self.end(&mut g, err, PipeState::Closed);
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.transport.shutdown();
         drop(g);
         self.run_callbacks();
-        // A transport error while flushing the goodbye is not the caller's problem unless
-        // nothing else told them: report it through on_error instead of failing close.
-        if let (Err(e), Some(cb)) = (&result, &self.config.on_error) {
-            cb(e);
+        if unsent > 0 {
+            if let Some(cb) = &self.config.on_error {
+                cb(&Error::new(
+                    ErrorKind::TimedOut,
+                    format!(
+                        "close of the pipe to {}: {unsent} bytes still queued when the linger \
+                         time of {linger:?} ran out were discarded",
+                        self.peer_addr
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -796,6 +965,65 @@ impl Conn {
                 cb(change);
             }
         }
+    }
+}
+
+impl Reactive for Conn {
+    fn on_ready(&self, readable: bool, writable: bool) {
+        let mut g = self.lock();
+        if g.terminal.is_some() {
+            return;
+        }
+        if writable && g.write_armed {
+            g = self.flush_if_idle(g);
+        }
+        if readable && g.read_armed {
+            if g.reading || g.caller_reads != g.seen_reads {
+                // A caller is receiving: leave the socket to it and look again later.
+                g.read_armed = false;
+                g.seen_reads = g.caller_reads;
+                self.update_interest(&mut g);
+                g.recheck_at = Some(Instant::now() + RECHECK);
+                self.reschedule(&mut g);
+            } else {
+                g = self.read_ahead(g);
+                g = self.flush_if_idle(g); // PONGs, CLOSE after a protocol error
+            }
+        }
+        drop(g);
+        self.run_callbacks();
+    }
+
+    fn on_timer(&self, now: Instant) {
+        let mut g = self.lock();
+        if g.terminal.is_some() {
+            return;
+        }
+        if g.timer_at.is_some_and(|t| t > now) {
+            return; // an older entry for a deadline that has since moved
+        }
+        g.timer_at = None;
+        if let Err(e) = g.session.handle_timeout(now) {
+            let err = proto_error(e, &self.peer_addr);
+            self.end(&mut g, err, PipeState::Closed);
+        }
+        if g.recheck_at.is_some_and(|t| t <= now) {
+            g.recheck_at = None;
+            if !g.paused && !g.read_armed && g.terminal.is_none() {
+                if g.caller_reads == g.seen_reads && !g.reading {
+                    // The caller has been away for a whole RECHECK: read ahead for it.
+                    g.read_armed = true;
+                    self.update_interest(&mut g);
+                } else {
+                    g.seen_reads = g.caller_reads;
+                    g.recheck_at = Some(now + RECHECK);
+                }
+            }
+        }
+        g = self.flush_if_idle(g);
+        self.reschedule(&mut g);
+        drop(g);
+        self.run_callbacks();
     }
 }
 

@@ -49,14 +49,14 @@ impl Handshake {
             self.wq.push(t);
         }
         self.wq
-            .write_nonblocking(self.stream.as_fd())
+            .write_nonblocking(&self.stream)
             .map_err(|e| Error::io(e, format_args!("handshake with {}", self.peer)))
     }
 
     /// Reads what is available without blocking and advances the handshake.
     pub(crate) fn on_readable(&mut self) -> Result<Progress, Error> {
         let needed = self.session.input_needed(&self.rbuf.data);
-        match self.rbuf.recv(self.stream.as_fd(), needed, true) {
+        match self.rbuf.recv(&self.stream, needed, true) {
             Ok(0) => {
                 return Err(Error::new(
                     ErrorKind::Disconnected,
@@ -119,7 +119,7 @@ impl Handshake {
             };
             let ready = super::io::wait(self.stream.as_fd(), interest, Some(deadline))
                 .map_err(|e| Error::io(e, format_args!("handshake with {}", self.peer)))?;
-            if ready.readable {
+            if ready {
                 self.on_readable()?;
             }
             self.check_timeout(Instant::now())?;

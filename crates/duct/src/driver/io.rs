@@ -13,7 +13,8 @@ use bytes::BytesMut;
 use duct_proto::wire::HEADER_LEN;
 use duct_proto::Transmit;
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::net::{SendAncillaryBuffer, SendFlags};
+
+use super::StreamTransport;
 
 /// Bytes read per refill of an empty buffer. Larger frames grow the buffer to fit.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
@@ -41,7 +42,7 @@ impl ReadBuf {
     /// fits. `Ok(0)` is end of stream.
     pub(crate) fn recv(
         &mut self,
-        fd: BorrowedFd<'_>,
+        transport: &dyn StreamTransport,
         needed: usize,
         nonblocking: bool,
     ) -> io::Result<usize> {
@@ -49,7 +50,7 @@ impl ReadBuf {
         if self.data.capacity() - self.data.len() < want_free {
             self.data.reserve(want_free.max(READ_CHUNK));
         }
-        duct_sys::net::recv_into(fd, &mut self.data, nonblocking)
+        transport.recv_into(&mut self.data, nonblocking)
     }
 }
 
@@ -115,7 +116,10 @@ impl WriteQueue {
 
     /// Writes as much as the socket takes without blocking. Returns `Ok(true)` when the queue
     /// is empty, `Ok(false)` when the socket is full.
-    pub(crate) fn write_nonblocking(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
+    pub(crate) fn write_nonblocking(
+        &mut self,
+        transport: &dyn StreamTransport,
+    ) -> io::Result<bool> {
         while !self.frames.is_empty() {
             let mut segs = [Seg::Scratch(0, 0); MAX_IOV];
             let n_seg = self.gather(&mut segs);
@@ -126,19 +130,11 @@ impl WriteQueue {
                     Seg::Payload(i, from) => IoSlice::new(&self.frames[i].payload[from..]),
                 };
             }
-            let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-            let written = match rustix::net::sendmsg(
-                fd,
-                &iov[..n_seg],
-                &mut SendAncillaryBuffer::default(),
-                flags,
-            ) {
-                Ok(n) => n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(rustix::io::Errno::AGAIN) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            };
-            self.consume(written);
+            match transport.send_vectored(&iov[..n_seg]) {
+                Ok(n) => self.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
         }
         Ok(true)
     }
@@ -211,45 +207,35 @@ impl WriteQueue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Interest {
     Read,
-    Write,
     ReadWrite,
 }
 
-/// Readiness after a wait.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Ready {
-    /// Readable, or in an error or hang-up state (the next read reports it).
-    pub(crate) readable: bool,
-}
-
-/// Waits until `fd` is ready for `interest` or `deadline` passes (`None`: no deadline).
-/// Error and hang-up conditions count as readable and writable (the next call reports them).
+/// Waits until `fd` is ready for `interest` (error and hang-up count as ready: the next call
+/// reports them) or `deadline` passes (`None`: no deadline). Returns whether it is ready.
 pub(crate) fn wait(
     fd: BorrowedFd<'_>,
     interest: Interest,
     deadline: Option<Instant>,
-) -> io::Result<Ready> {
+) -> io::Result<bool> {
     let flags = match interest {
         Interest::Read => PollFlags::IN,
-        Interest::Write => PollFlags::OUT,
         Interest::ReadWrite => PollFlags::IN | PollFlags::OUT,
     };
     loop {
         let timeout = timespec_until(deadline);
         let mut fds = [PollFd::from_borrowed_fd(fd, flags)];
         match rustix::event::poll(&mut fds, timeout.as_ref()) {
-            Ok(0) => return Ok(Ready::default()),
-            Ok(_) => {
-                let r = fds[0].revents();
-                let bad = r.intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL);
-                return Ok(Ready {
-                    readable: bad || r.contains(PollFlags::IN),
-                });
-            }
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Waits until `fd` is readable (or closed) or `deadline` passes.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
+    wait(fd, Interest::Read, deadline)
 }
 
 /// Converts a deadline into a poll timeout for several fds.

@@ -1,20 +1,56 @@
 //! Drivers: what runs a [`duct_proto::Session`] against a transport.
 //!
-//! This version has one driver, the inline driver ([`conn`]): every byte is read and written
-//! on the threads of the application's own calls, with no background thread and no hand-off
-//! between threads. What it cannot do without a background thread (answer a peer's PING while
-//! the application is not calling, flush output left queued after a send timed out while the
-//! application makes no further call) is documented on `Pipe`; the reactor driver takes over
-//! those duties in a later version without changing the Session or the public API.
+//! - [`conn`]: an established connection. The caller's thread does the I/O when it is there
+//!   (the inline fast path: `send` writes, `recv` reads, no hand-off between threads); the
+//!   [`reactor`] does what must happen while nobody calls (read ahead into the receive queue
+//!   up to its high-water mark, answer PINGs, flush queued output, fire session timers).
+//! - [`handshake`]: a connection whose handshake is under way.
+//! - [`io`]: the receive buffer and the write queue.
 //!
-//! The contract a stream transport offers the driver is small (see `transport`): a connected
-//! stream with an fd to poll, `recv`/`sendmsg`, and `shutdown`.
+//! # The driver contract
+//! A stream transport (tcp, uds today; tls, Windows named pipes later) plugs in by
+//! implementing [`StreamTransport`]: a readiness source the reactor can watch, a receive into
+//! a buffer's spare capacity, a non-blocking vectored send, a bounded wait for readiness (for
+//! callers that block), and shutdown. Nothing in the Session or the public API changes when a
+//! transport is added. Transports that carry whole frames (shared memory) will get a sibling
+//! contract that hands the Session frames instead of bytes.
 
 pub(crate) mod conn;
 pub(crate) mod handshake;
 pub(crate) mod io;
+pub(crate) mod reactor;
+
+use std::io::IoSlice;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use bytes::BytesMut;
 
 use crate::{Addr, Error, ErrorKind};
+
+/// What a stream transport provides to the driver. All methods take `&self`: one thread may
+/// read while another writes.
+pub(crate) trait StreamTransport: Send + Sync + 'static {
+    /// The fd whose readiness the reactor watches.
+    fn readiness_fd(&self) -> RawFd;
+    /// One receive into the spare capacity of `buf` (the caller reserved room). `Ok(0)` is end
+    /// of stream. With `nonblocking`, an empty transport is `WouldBlock`.
+    fn recv_into(&self, buf: &mut BytesMut, nonblocking: bool) -> std::io::Result<usize>;
+    /// One vectored send that never blocks; a full transport is `WouldBlock`.
+    fn send_vectored(&self, iov: &[IoSlice<'_>]) -> std::io::Result<usize>;
+    /// Waits until readable (or closed) or `deadline` passes (`None`: no deadline).
+    /// Returns whether it became readable.
+    fn wait_readable(&self, deadline: Option<Instant>) -> std::io::Result<bool>;
+    /// Shuts both directions down, waking every thread blocked on the transport.
+    fn shutdown(&self);
+    /// Shuts the receiving direction down, waking threads blocked in a receive; sending
+    /// still works.
+    fn shutdown_read(&self);
+    /// This end's address.
+    fn local_addr(&self) -> Addr;
+    /// The peer's address.
+    fn peer_addr(&self) -> Addr;
+}
 
 /// Turns a protocol error into the public error, naming the peer.
 pub(crate) fn proto_error(e: duct_proto::Error, peer: &Addr) -> Error {

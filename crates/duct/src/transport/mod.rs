@@ -359,6 +359,57 @@ impl AsSocket for RawListener {
     }
 }
 
+/// tcp and uds streams under the driver contract: sockets, so `recv`/`sendmsg` with
+/// `MSG_DONTWAIT` make single calls non-blocking whatever the socket's mode, and `poll` waits.
+#[cfg(unix)]
+impl crate::driver::StreamTransport for Stream {
+    fn readiness_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.as_fd().as_raw_fd()
+    }
+
+    fn recv_into(&self, buf: &mut bytes::BytesMut, nonblocking: bool) -> io::Result<usize> {
+        duct_sys::net::recv_into(self.as_fd(), buf, nonblocking)
+    }
+
+    fn send_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        use rustix::net::{SendAncillaryBuffer, SendFlags};
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        loop {
+            match rustix::net::sendmsg(
+                self.as_fd(),
+                iov,
+                &mut SendAncillaryBuffer::default(),
+                flags,
+            ) {
+                Ok(n) => return Ok(n),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn wait_readable(&self, deadline: Option<std::time::Instant>) -> io::Result<bool> {
+        crate::driver::io::wait_readable(self.as_fd(), deadline)
+    }
+
+    fn shutdown(&self) {
+        let _ = Stream::shutdown(self, Shutdown::Both);
+    }
+
+    fn shutdown_read(&self) {
+        let _ = Stream::shutdown(self, Shutdown::Read);
+    }
+
+    fn local_addr(&self) -> Addr {
+        Stream::local_addr(self)
+    }
+
+    fn peer_addr(&self) -> Addr {
+        Stream::peer_addr(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

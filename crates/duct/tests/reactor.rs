@@ -1,0 +1,213 @@
+//! The reactor at work: an idle pipe still serves the peer, and close wakes blocked calls.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use duct::{CloseOptions, DialOptions, ErrorKind, ListenOptions, RecvOptions, SendOptions};
+use duct_proto::{Config, Event, Role, Session};
+
+/// A raw protocol peer: a duct-proto Session over a plain socket, driven by the test.
+struct RawPeer<S: Read + Write> {
+    sock: S,
+    session: Session,
+    buf: BytesMut,
+}
+
+impl<S: Read + Write> RawPeer<S> {
+    fn connect(sock: S) -> Self {
+        let session = Session::new(Config::default(), Role::Dialer, Instant::now());
+        let mut p = RawPeer {
+            sock,
+            session,
+            buf: BytesMut::new(),
+        };
+        p.flush();
+        p.pump_until(Duration::from_secs(5), |ev| {
+            matches!(ev, Event::Connected { .. })
+        })
+        .expect("handshake with the duct listener");
+        p
+    }
+
+    fn flush(&mut self) {
+        while let Some(t) = self.session.poll_transmit() {
+            self.sock.write_all(&t.header).unwrap();
+            self.sock.write_all(&t.payload).unwrap();
+        }
+    }
+
+    /// Reads and handles input until an event matching `want` or the timeout.
+    fn pump_until(&mut self, timeout: Duration, want: impl Fn(&Event) -> bool) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Some(ev) = self.session.poll_event() {
+                if want(&ev) {
+                    return Some(ev);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            match self.sock.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.session
+                        .handle_input(&mut self.buf, Instant::now())
+                        .unwrap();
+                    self.flush();
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("raw peer read: {e}"),
+            }
+        }
+    }
+}
+
+/// The duct side accepts and then makes no call at all for several seconds; the reactor
+/// still answers the raw peer's PINGs (and reads its messages ahead).
+fn idle_pipe_answers_ping<S: Read + Write>(addr: &str, connect: impl FnOnce(&str) -> S) {
+    let listener = duct::listen(addr, ListenOptions::default()).unwrap();
+    let bound = listener.local_addr().to_string();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let server = thread::spawn(move || {
+        let pipe = listener.accept().unwrap();
+        // Idle: no recv, no send, until the test is over.
+        done_rx.recv().unwrap();
+        let m = pipe
+            .try_recv()
+            .unwrap()
+            .expect("the message sent meanwhile was read ahead");
+        assert_eq!(m.payload(), b"while you were idle");
+        assert_eq!(pipe.stats().msgs_received, 1);
+    });
+    let mut peer = RawPeer::connect(connect(&bound));
+    for (i, pause) in [Duration::from_millis(50), Duration::from_secs(3)]
+        .into_iter()
+        .enumerate()
+    {
+        thread::sleep(pause); // the duct side stays idle all along
+        let token = 0xD0C7_0000 + i as u64;
+        peer.session.ping(token).unwrap();
+        peer.flush();
+        let ev = peer.pump_until(Duration::from_secs(2), |ev| {
+            matches!(ev, Event::Pong { .. })
+        });
+        assert_eq!(
+            ev,
+            Some(Event::Pong { token }),
+            "no PONG after {pause:?} of idleness"
+        );
+    }
+    peer.session
+        .send(
+            0,
+            Bytes::from_static(b"while you were idle"),
+            Instant::now(),
+        )
+        .unwrap();
+    peer.flush();
+    // Give the reactor a moment to read it ahead, then let the server look.
+    thread::sleep(Duration::from_millis(200));
+    done_tx.send(()).unwrap();
+    server.join().unwrap();
+}
+
+#[test]
+fn idle_tcp_pipe_answers_ping() {
+    idle_pipe_answers_ping("tcp://127.0.0.1:0", |a| {
+        let s = TcpStream::connect(a.trim_start_matches("tcp://")).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        s
+    });
+}
+
+#[test]
+fn idle_uds_pipe_answers_ping() {
+    let name = format!("duct-reactor-ping-{}", std::process::id());
+    idle_pipe_answers_ping(&format!("uds://@{name}"), |_| {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let s = UnixStream::connect_addr(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        s
+    });
+}
+
+/// A recv blocked in one thread and a send blocked on a full send queue in another both
+/// return `Closed` promptly when a third thread closes the pipe, even with a long linger.
+#[test]
+fn close_from_another_thread_wakes_blocked_recv_and_send() {
+    for addr in ["tcp://127.0.0.1:0", "uds://@duct-reactor-close-wake"] {
+        let listener = duct::listen(addr, ListenOptions::default()).unwrap();
+        let bound = listener.local_addr().to_string();
+        let acceptor = thread::spawn(move || (listener.accept().unwrap(), listener));
+        let pipe = duct::dial(&bound, DialOptions::default()).unwrap();
+        let (_peer, _listener) = acceptor.join().unwrap(); // the peer never reads
+
+        // Fill the send queue: the first message is accepted into an empty queue whatever its
+        // size; the peer reads ahead 4 MiB at most, the socket buffers hold a few more.
+        pipe.send(vec![7u8; 48 << 20]).unwrap();
+
+        let (tx, rx) = mpsc::channel();
+        let receiver = {
+            let (p, tx) = (pipe.clone(), tx.clone());
+            thread::spawn(move || {
+                let r = p.recv();
+                tx.send(("recv", Instant::now())).unwrap();
+                r
+            })
+        };
+        let sender = {
+            let p = pipe.clone();
+            thread::spawn(move || {
+                let r = p.send_with(
+                    "blocked",
+                    &SendOptions::default().timeout(Duration::from_secs(30)),
+                );
+                tx.send(("send", Instant::now())).unwrap();
+                r
+            })
+        };
+        thread::sleep(Duration::from_millis(300)); // both are blocked by now
+        assert!(
+            rx.try_recv().is_err(),
+            "{addr}: a call returned before the close"
+        );
+        let closed_at = Instant::now();
+        pipe.close_with(
+            CloseOptions::default()
+                .linger(Duration::from_secs(2))
+                .reason(7, "bye"),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            let (what, at) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            let waited = at.saturating_duration_since(closed_at);
+            assert!(
+                waited < Duration::from_millis(500),
+                "{addr}: {what} woke {waited:?} after close"
+            );
+        }
+        let e = receiver.join().unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed, "{addr}: recv: {e}");
+        let e = sender.join().unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed, "{addr}: send: {e}");
+        let e = pipe
+            .recv_with(&RecvOptions::default().timeout(Duration::ZERO))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed);
+    }
+}
