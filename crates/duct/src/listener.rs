@@ -1,36 +1,53 @@
 //! [`Listener`]: accepts pipes, and [`listen`], which creates one.
 //!
-//! Handshakes are multiplexed: `accept` polls the listening socket and every connection whose
-//! handshake is under way, so a slow or silent client never holds up the others. Pending
-//! handshakes are bounded in number ([`ListenOptions::max_pending_handshakes`]) and in time
-//! ([`ListenOptions::handshake_timeout`]).
+//! The reactor accepts connections and runs their handshakes in the background, each one on
+//! its own as its bytes arrive, so a slow or silent client never holds up the others and
+//! handshakes progress even while no thread is in `accept`. Finished pipes wait in a queue for
+//! `accept`. Both are bounded by [`ListenOptions::max_pending_handshakes`]:
+//! - handshakes under way: a new connection at the bound pushes out the oldest handshake
+//!   (reported to `on_error`), so that a flood of silent connections cannot lock real dialers
+//!   out for the whole handshake timeout;
+//! - finished pipes no `accept` has taken: at the bound the listener stops accepting, and the
+//!   kernel's backlog holds further dialers until the application accepts again.
+//!
+//! Each handshake has [`ListenOptions::handshake_timeout`] to complete.
 
-use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use duct_proto::{Role, Session};
-use rustix::event::{PollFd, PollFlags};
+use mio::Interest;
 
 use crate::addr;
 use crate::driver::conn::{Conn, ConnConfig};
 use crate::driver::handshake::{Handshake, Progress};
-use crate::driver::io::timespec_until;
+use crate::driver::reactor::{self, Reactive, ReactorHandle};
+use crate::driver::StreamTransport;
 use crate::pipe::{
     session_config, RECV_QUEUE_BYTES, RECV_QUEUE_MSGS, SEND_QUEUE_BYTES, SEND_QUEUE_FRAMES,
 };
-use crate::transport::{self, RawListener};
+use crate::transport::RawListener;
 use crate::{Addr, Error, ErrorKind, ListenOptions, Pipe, Result};
+
+/// How long the listener pauses accepting after an accept error such as running out of file
+/// descriptors, before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts pipes from dialers.
 ///
 /// Every transport accepts with the same calls. `accept` blocks; [`Listener::accept_timeout`]
 /// bounds the wait; [`Listener::close`] (from any thread) or dropping the listener stops
 /// accepting and wakes blocked `accept` calls with [`ErrorKind::Closed`]. Pipes already accepted
-/// are not affected by closing the listener.
+/// are not affected by closing the listener; pipes whose handshake completed but that no
+/// `accept` took yet are closed with it.
+///
+/// Handshakes run in duct's background reactor: a dialer completes its handshake (and may
+/// start sending) before the application calls `accept`. Failed handshakes (a peer that is not
+/// duct, an incompatible protocol version, a timeout) never reach `accept`; they are reported
+/// to [`ListenOptions::on_error`], which runs on the reactor thread and must not block.
 ///
 /// ```no_run
 /// # fn main() -> duct::Result<()> {
@@ -44,26 +61,47 @@ use crate::{Addr, Error, ErrorKind, ListenOptions, Pipe, Result};
 /// # }
 /// ```
 pub struct Listener {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     raw: RawListener,
     local_addr: Addr,
     opts: ListenOptions,
-    wake_rx: UnixStream,
-    wake_tx: UnixStream,
-    closed: AtomicBool,
-    state: Mutex<AcceptState>,
+    state: Mutex<State>,
     cv: Condvar,
+    reactor: OnceLock<ReactorHandle>,
+    me: Weak<Inner>,
 }
 
-struct AcceptState {
-    pending: Vec<Handshake>,
-    accepting: bool,
-    waiters: usize,
+struct State {
+    /// Pipes whose handshake completed, waiting for `accept`.
+    ready: VecDeque<Pipe>,
+    /// Handshakes under way, by id (oldest first). They are owned here; the reactor holds
+    /// weak references.
+    pending: BTreeMap<u64, Arc<PendingHandshake>>,
+    next_id: u64,
+    /// The listening fd is registered with the reactor.
+    armed: bool,
+    /// Accepting is paused until this instant (after an accept error).
+    backoff_until: Option<Instant>,
+    /// An accept error for the next `accept` call.
+    error: Option<Error>,
+    closed: bool,
+}
+
+/// One connection's handshake, driven by the reactor.
+struct PendingHandshake {
+    id: u64,
+    listener: Weak<Inner>,
+    hs: Mutex<Option<Handshake>>,
+    reactor: OnceLock<ReactorHandle>,
 }
 
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Listener")
-            .field("local_addr", &self.local_addr)
+            .field("local_addr", &self.inner.local_addr)
             .finish()
     }
 }
@@ -81,117 +119,94 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
     raw.set_nonblocking(true)
         .map_err(|e| Error::io(e, format_args!("listen {addr}")))?;
     let local_addr = raw.local_addr();
-    let (wake_rx, wake_tx) =
-        UnixStream::pair().map_err(|e| Error::io(e, format_args!("listen {addr}: wake pipe")))?;
-    wake_rx
-        .set_nonblocking(true)
-        .map_err(|e| Error::io(e, "listener wake pipe"))?;
-    wake_tx
-        .set_nonblocking(true)
-        .map_err(|e| Error::io(e, "listener wake pipe"))?;
-    tracing::debug!(addr = %local_addr, "listening");
-    Ok(Listener {
+    let inner = Arc::new_cyclic(|me| Inner {
         raw,
         local_addr,
         opts,
-        wake_rx,
-        wake_tx,
-        closed: AtomicBool::new(false),
-        state: Mutex::new(AcceptState {
-            pending: Vec::new(),
-            accepting: false,
-            waiters: 0,
+        state: Mutex::new(State {
+            ready: VecDeque::new(),
+            pending: BTreeMap::new(),
+            next_id: 0,
+            armed: false,
+            backoff_until: None,
+            error: None,
+            closed: false,
         }),
         cv: Condvar::new(),
-    })
+        reactor: OnceLock::new(),
+        me: me.clone(),
+    });
+    let weak: Weak<dyn Reactive> = Arc::downgrade(&inner) as Weak<Inner>;
+    let handle = reactor::register(weak).map_err(|e| Error::io(e, "starting the duct reactor"))?;
+    let _ = inner.reactor.set(handle);
+    {
+        let mut st = inner.lock();
+        inner.arm(&mut st)?;
+    }
+    tracing::debug!(addr = %inner.local_addr, "listening");
+    Ok(Listener { inner })
 }
 
 impl Listener {
-    /// Waits for the next dialer and completes its handshake.
+    /// Waits for the next dialer whose handshake completed.
     pub fn accept(&self) -> Result<Pipe> {
-        self.accept_until(None)
+        self.inner.accept_until(None)
     }
 
     /// Like [`Listener::accept`], but gives up after `timeout` with [`ErrorKind::TimedOut`].
     pub fn accept_timeout(&self, timeout: Duration) -> Result<Pipe> {
-        self.accept_until(Some(Instant::now() + timeout))
+        self.inner.accept_until(Some(Instant::now() + timeout))
     }
 
     /// The bound address, with the port resolved (`tcp://127.0.0.1:41231`).
     pub fn local_addr(&self) -> Addr {
-        self.local_addr.clone()
+        self.inner.local_addr.clone()
     }
 
     /// Stops accepting. Blocked and later `accept` calls fail with [`ErrorKind::Closed`];
-    /// handshakes under way are dropped. Idempotent.
+    /// handshakes under way are dropped, and completed pipes no `accept` took are closed.
+    /// Idempotent.
     pub fn close(&self) {
-        if !self.closed.swap(true, Ordering::SeqCst) {
-            let _ = (&self.wake_tx).write(&[1]);
-            let mut st = self.lock();
-            st.pending.clear();
-            self.cv.notify_all();
-        }
+        self.inner.close();
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, AcceptState> {
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.inner.close();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn closed_error(&self) -> Error {
-        Error::new(
-            ErrorKind::Closed,
-            format!("listener {} is closed", self.local_addr),
-        )
+    fn max_pending(&self) -> usize {
+        self.opts.max_pending_handshakes_or_default().max(1)
     }
 
-    fn timed_out(&self) -> Error {
-        Error::new(
-            ErrorKind::TimedOut,
-            format!(
-                "no dialer completed a handshake with {} before the timeout",
-                self.local_addr
-            ),
-        )
-    }
-
-    fn accept_until(&self, deadline: Option<Instant>) -> Result<Pipe> {
-        let mut st = self.lock();
-        loop {
-            if self.closed.load(Ordering::SeqCst) {
-                return Err(self.closed_error());
-            }
-            if !st.accepting {
-                break;
-            }
-            st.waiters += 1;
-            st = match deadline {
-                None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    self.cv
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-            st.waiters -= 1;
-            if deadline.is_some_and(|d| Instant::now() >= d) && st.accepting {
-                return Err(self.timed_out());
-            }
+    /// Registers the listening fd with the reactor if it should be watched: open, not backing
+    /// off, and below the bound of handshakes plus waiting pipes. Registration reports a
+    /// backlog that is already there.
+    fn arm(&self, st: &mut State) -> Result<()> {
+        let want = !st.closed && st.backoff_until.is_none() && st.ready.len() < self.max_pending();
+        if want == st.armed {
+            return Ok(());
         }
-        st.accepting = true;
-        let mut pending = std::mem::take(&mut st.pending);
-        drop(st);
-        let result = self.accept_loop(&mut pending, deadline);
-        let mut st = self.lock();
-        if !self.closed.load(Ordering::SeqCst) {
-            st.pending = pending;
-        }
-        st.accepting = false;
-        if st.waiters > 0 {
-            self.cv.notify_all();
-        }
-        result
+        let Some(handle) = self.reactor.get() else {
+            return Ok(());
+        };
+        let (from, to) = if want {
+            (None, Some(Interest::READABLE))
+        } else {
+            (Some(Interest::READABLE), None)
+        };
+        handle
+            .set_interest(self.raw.as_fd().as_raw_fd(), from, to)
+            .map_err(|e| Error::io(e, format_args!("listen {}: reactor", self.local_addr)))?;
+        st.armed = want;
+        Ok(())
     }
 
     fn report(&self, err: &Error) {
@@ -201,124 +216,170 @@ impl Listener {
         }
     }
 
-    fn new_handshake(&self, stream: transport::Stream, peer: Addr, now: Instant) -> Handshake {
-        let mut config = session_config(&self.opts.limits);
-        config.session_id = fastrand::u64(1..);
-        config.handshake_timeout = self.opts.handshake_timeout_or_default();
-        Handshake::new(stream, Session::new(config, Role::Listener, now), peer, now)
+    fn closed_error(&self) -> Error {
+        Error::new(
+            ErrorKind::Closed,
+            format!("listener {} is closed", self.local_addr),
+        )
     }
 
-    fn accept_loop(&self, pending: &mut Vec<Handshake>, deadline: Option<Instant>) -> Result<Pipe> {
-        let max_pending = self.opts.max_pending_handshakes_or_default().max(1);
+    fn accept_until(&self, deadline: Option<Instant>) -> Result<Pipe> {
+        let mut st = self.lock();
         loop {
-            if self.closed.load(Ordering::SeqCst) {
+            if let Some(p) = st.ready.pop_front() {
+                let _ = self.arm(&mut st); // room again below the bound
+                return Ok(p);
+            }
+            if st.closed {
                 return Err(self.closed_error());
             }
-            let now = Instant::now();
-            pending.retain_mut(|h| match h.check_timeout(now) {
-                Ok(()) => true,
-                Err(e) => {
-                    self.report(&e);
-                    false
-                }
-            });
-            if deadline.is_some_and(|d| now >= d) {
-                return Err(self.timed_out());
+            if let Some(e) = st.error.take() {
+                return Err(e);
             }
-            let next_hs = pending
-                .iter()
-                .filter_map(|h| h.session.poll_timeout())
-                .min();
-            let until = match (deadline, next_hs) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let mut fds = Vec::with_capacity(2 + pending.len());
-            fds.push(PollFd::new(&self.raw, PollFlags::IN));
-            fds.push(PollFd::new(&self.wake_rx, PollFlags::IN));
-            for h in pending.iter() {
-                fds.push(PollFd::from_borrowed_fd(h.stream.as_fd(), PollFlags::IN));
-            }
-            match rustix::event::poll(&mut fds, timespec_until(until).as_ref()) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => {
-                    return Err(Error::io(
-                        e.into(),
-                        format_args!("accept on {}", self.local_addr),
-                    ))
-                }
-            }
-            let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
-            drop(fds);
-            if ready[1] {
-                let mut sink = [0u8; 16];
-                while matches!((&self.wake_rx).read(&mut sink), Ok(n) if n > 0) {}
-                continue; // the loop head checks `closed`
-            }
-            // Advance handshakes that have input; return the first one done.
-            let mut i = 0;
-            let mut idx = 2;
-            let mut done = None;
-            while i < pending.len() {
-                let readable = ready[idx];
-                idx += 1;
-                if !readable {
-                    i += 1;
-                    continue;
-                }
-                match pending[i].on_readable() {
-                    Ok(Progress::Pending) => i += 1,
-                    Ok(Progress::Done) => {
-                        done = Some(pending.remove(i));
-                        break;
-                    }
-                    Err(e) => {
-                        self.report(&e);
-                        pending.remove(i);
-                    }
-                }
-            }
-            if ready[0] {
-                self.accept_new(pending, max_pending)?;
-            }
-            if let Some(mut hs) = done {
-                if let Err(e) = hs.flush_nonblocking() {
-                    self.report(&e);
-                    continue;
-                }
-                return Ok(Pipe::from_conn(Conn::start(hs, self.conn_config())?));
-            }
-        }
-    }
-
-    fn accept_new(&self, pending: &mut Vec<Handshake>, max_pending: usize) -> Result<()> {
-        loop {
-            match self.raw.accept() {
-                Ok((stream, peer)) => {
-                    if pending.len() >= max_pending {
-                        let old = pending.remove(0);
-                        self.report(&Error::new(
+            st = match deadline {
+                None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::new(
                             ErrorKind::TimedOut,
                             format!(
-                                "{}: dropped the handshake with {} to make room: more than \
-                                 {max_pending} handshakes pending",
-                                self.local_addr, old.peer
+                                "no dialer completed a handshake with {} before the timeout",
+                                self.local_addr
                             ),
                         ));
                     }
-                    pending.push(self.new_handshake(stream, peer, Instant::now()));
+                    self.cv
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            };
+        }
+    }
+
+    fn close(&self) {
+        let (pending, ready) = {
+            let mut st = self.lock();
+            if st.closed {
+                return;
+            }
+            st.closed = true;
+            let _ = self.arm(&mut st);
+            self.cv.notify_all();
+            (
+                std::mem::take(&mut st.pending),
+                std::mem::take(&mut st.ready),
+            )
+        };
+        // Dropped outside the lock: closing a pipe may write its goodbye.
+        drop(pending);
+        drop(ready);
+    }
+
+    /// Accepts every connection the backlog holds, up to the bound, and starts their
+    /// handshakes.
+    fn accept_ready(&self) {
+        // Errors are reported once the lock is released: callbacks never run under it.
+        let mut reports = Vec::new();
+        let mut st = self.lock();
+        while !st.closed && st.ready.len() < self.max_pending() {
+            match self.raw.accept() {
+                Ok((stream, peer)) => {
+                    if st.pending.len() + st.ready.len() >= self.max_pending() {
+                        reports.extend(self.evict_oldest(&mut st, &peer));
+                    }
+                    let now = Instant::now();
+                    let mut config = session_config(&self.opts.limits);
+                    config.session_id = fastrand::u64(1..);
+                    config.handshake_timeout = self.opts.handshake_timeout_or_default();
+                    let session = Session::new(config, Role::Listener, now);
+                    let hs = Handshake::new(stream, session, peer, now);
+                    let id = st.next_id;
+                    st.next_id += 1;
+                    let p = Arc::new(PendingHandshake {
+                        id,
+                        listener: self.me.clone(),
+                        hs: Mutex::new(Some(hs)),
+                        reactor: OnceLock::new(),
+                    });
+                    match p.start() {
+                        Ok(()) => {
+                            st.pending.insert(id, p);
+                        }
+                        Err(e) => reports.push(e),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e)
                     if matches!(
                         e.kind(),
                         io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                     ) => {}
                 Err(e) => {
-                    return Err(Error::io(e, format_args!("accept on {}", self.local_addr)));
+                    // Out of file descriptors or memory: tell the application (next accept,
+                    // and on_error), pause, and try again later.
+                    let err = Error::io(e, format_args!("accept on {}", self.local_addr));
+                    reports.push(err.clone());
+                    st.error = Some(err);
+                    let until = Instant::now() + ACCEPT_BACKOFF;
+                    st.backoff_until = Some(until);
+                    if let Some(h) = self.reactor.get() {
+                        h.schedule(until);
+                    }
+                    self.cv.notify_all();
+                    break;
                 }
             }
         }
+        let _ = self.arm(&mut st);
+        drop(st);
+        for e in &reports {
+            self.report(e);
+        }
+    }
+
+    /// Drops the oldest handshake under way to make room for the connection from `newcomer`.
+    fn evict_oldest(&self, st: &mut State, newcomer: &Addr) -> Option<Error> {
+        let (_, old) = st.pending.pop_first()?;
+        let who = old
+            .hs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(Addr::Unknown, |h| h.peer.clone());
+        Some(Error::new(
+            ErrorKind::TimedOut,
+            format!(
+                "{}: dropped the handshake with {who} to make room for {newcomer}: more than {} \
+                 handshakes pending",
+                self.local_addr,
+                self.max_pending()
+            ),
+        ))
+    }
+
+    /// A handshake finished (`pipe`) or failed (`error`): it leaves the pending set.
+    fn handshake_done(&self, id: u64, result: Result<Pipe>) {
+        let mut st = self.lock();
+        st.pending.remove(&id);
+        match result {
+            Ok(pipe) if !st.closed => {
+                st.ready.push_back(pipe);
+                self.cv.notify_one();
+            }
+            Ok(pipe) => {
+                drop(st);
+                drop(pipe);
+                return;
+            }
+            Err(e) => {
+                drop(st);
+                self.report(&e);
+                st = self.lock();
+            }
+        }
+        let _ = self.arm(&mut st);
     }
 
     fn conn_config(&self) -> ConnConfig {
@@ -335,8 +396,95 @@ impl Listener {
     }
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.close();
+impl Reactive for Inner {
+    fn on_ready(&self, readable: bool, _writable: bool) {
+        if readable {
+            self.accept_ready();
+        }
+    }
+
+    fn on_timer(&self, now: Instant) {
+        let mut st = self.lock();
+        if st.backoff_until.is_some_and(|t| t <= now) {
+            st.backoff_until = None;
+            drop(st);
+            self.accept_ready();
+        }
+    }
+}
+
+impl PendingHandshake {
+    /// Hands the connection to the reactor: it watches for the HELLO and the deadline.
+    fn start(self: &Arc<Self>) -> Result<()> {
+        let weak: Weak<dyn Reactive> = Arc::downgrade(self) as Weak<PendingHandshake>;
+        let handle =
+            reactor::register(weak).map_err(|e| Error::io(e, "starting the duct reactor"))?;
+        let guard = self.hs.lock().unwrap_or_else(|p| p.into_inner());
+        let hs = guard.as_ref().expect("a new handshake");
+        handle
+            .set_interest(hs.stream.readiness_fd(), None, Some(Interest::READABLE))
+            .map_err(|e| Error::io(e, format_args!("handshake with {}", hs.peer)))?;
+        if let Some(deadline) = hs.session.poll_timeout() {
+            handle.schedule(deadline);
+        }
+        drop(guard);
+        let _ = self.reactor.set(handle);
+        Ok(())
+    }
+
+    /// Takes the handshake out, unregistering its fd (the pipe registers it afresh).
+    fn take(&self, slot: &mut Option<Handshake>) -> Option<Handshake> {
+        let hs = slot.take()?;
+        if let Some(h) = self.reactor.get() {
+            let _ = h.set_interest(hs.stream.readiness_fd(), Some(Interest::READABLE), None);
+        }
+        Some(hs)
+    }
+
+    fn finish(&self, result: Result<Pipe>) {
+        if let Some(l) = self.listener.upgrade() {
+            l.handshake_done(self.id, result);
+        }
+    }
+}
+
+impl Reactive for PendingHandshake {
+    fn on_ready(&self, readable: bool, _writable: bool) {
+        if !readable {
+            return;
+        }
+        let mut slot = self.hs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(hs) = slot.as_mut() else { return };
+        // Edge-triggered: read until the socket is empty or the handshake is decided.
+        let outcome = loop {
+            match hs.on_readable() {
+                Ok(Progress::Done) => break Some(Ok(())),
+                Ok(Progress::Drained) => break None,
+                Ok(Progress::Pending) => continue,
+                Err(e) => break Some(Err(e)),
+            }
+        };
+        let Some(outcome) = outcome else { return };
+        let hs = self.take(&mut slot);
+        drop(slot);
+        let Some(hs) = hs else { return };
+        let Some(listener) = self.listener.upgrade() else {
+            return;
+        };
+        let result =
+            outcome.and_then(|()| Conn::start(hs, listener.conn_config()).map(Pipe::from_conn));
+        drop(listener);
+        self.finish(result);
+    }
+
+    fn on_timer(&self, now: Instant) {
+        let mut slot = self.hs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(hs) = slot.as_mut() else { return };
+        if let Err(e) = hs.check_timeout(now) {
+            let hs = self.take(&mut slot);
+            drop(slot);
+            drop(hs);
+            self.finish(Err(e));
+        }
     }
 }

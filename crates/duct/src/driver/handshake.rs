@@ -15,8 +15,10 @@ use crate::{Addr, Error, ErrorKind};
 
 /// Where a handshake stands after some input.
 pub(crate) enum Progress {
-    /// Still waiting for the peer.
+    /// Input was handled; the handshake is not complete yet (more may be readable).
     Pending,
+    /// The transport has nothing more to read now.
+    Drained,
     /// The session is established.
     Done,
 }
@@ -64,7 +66,7 @@ impl Handshake {
                 ))
             }
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::Pending),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::Drained),
             Err(e) => return Err(Error::io(e, format_args!("handshake with {}", self.peer))),
         }
         let now = Instant::now();

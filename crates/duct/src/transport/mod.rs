@@ -230,10 +230,15 @@ pub(crate) fn connect(ep: &Endpoint, timeout: Duration) -> Result<Stream> {
         Endpoint::UdsAbstract(name) => uds::connect_abstract(ep, name, timeout).map(Stream::Unix),
         #[cfg(not(unix))]
         Endpoint::Uds(_) | Endpoint::UdsAbstract(_) => Err(uds_unavailable()),
-        Endpoint::Tls { .. } => Err(Error::unsupported("tls://")),
-        Endpoint::Shm(_) => Err(Error::unsupported("shm://")),
-        Endpoint::Pipe(_) => Err(pipe_unsupported()),
+        Endpoint::Tls { .. } => Err(at(ep, Error::unsupported("tls://"))),
+        Endpoint::Shm(_) => Err(at(ep, Error::unsupported("shm://"))),
+        Endpoint::Pipe(_) => Err(at(ep, pipe_unsupported())),
     }
+}
+
+/// Prefixes an error with the address it concerns, as the user wrote it.
+fn at(ep: &Endpoint, e: Error) -> Error {
+    Error::new(e.kind(), format!("{ep}: {e}"))
 }
 
 /// The error for `pipe://`: only Windows has named pipes, and they are not implemented yet.
@@ -287,9 +292,9 @@ impl RawListener {
             Endpoint::UdsAbstract(name) => uds::bind_abstract(ep, name).map(RawListener::Unix),
             #[cfg(not(unix))]
             Endpoint::Uds(_) | Endpoint::UdsAbstract(_) => Err(uds_unavailable()),
-            Endpoint::Tls { .. } => Err(Error::unsupported("tls://")),
-            Endpoint::Shm(_) => Err(Error::unsupported("shm://")),
-            Endpoint::Pipe(_) => Err(pipe_unsupported()),
+            Endpoint::Tls { .. } => Err(at(ep, Error::unsupported("tls://"))),
+            Endpoint::Shm(_) => Err(at(ep, Error::unsupported("shm://"))),
+            Endpoint::Pipe(_) => Err(at(ep, pipe_unsupported())),
         }
     }
 
@@ -428,7 +433,8 @@ mod tests {
                 RawListener::bind(&ep).unwrap_err(),
             ] {
                 assert_eq!(err.kind(), ErrorKind::Unsupported);
-                assert!(err.to_string().starts_with(expected), "{err}");
+                let text = err.to_string();
+                assert!(text.starts_with(addr) && text.contains(expected), "{err}");
             }
         }
         let ep = parse("pipe://game").unwrap();
