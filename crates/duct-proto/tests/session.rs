@@ -347,10 +347,12 @@ fn ping_is_answered_with_pong_carrying_the_token() {
     assert_eq!(d.ping(1), Err(Error::NotConnected));
 }
 
-/// A message above the peer's announced max_message_size fails at send, with the sizes, and
-/// leaves the session usable.
+/// A message above the smaller of the two max_message_size limits fails at send, with the
+/// sizes, and leaves the session usable.
 #[test]
-fn message_above_the_peers_limit_fails_at_send() {
+fn message_above_either_limit_fails_at_send() {
+    // `max_message_size` bounds both directions: a send fails above the smaller of the
+    // sender's own limit and the limit the peer announced in the handshake.
     for seed in 0..SEEDS / 4 {
         let listener = Config {
             max_message_size: 10_000,
@@ -361,33 +363,24 @@ fn message_above_the_peers_limit_fails_at_send() {
             ..Config::default()
         };
         let mut p = Pair::connected(seed, dialer, listener);
-        let e = p
-            .dialer
-            .session
-            .send(1, pattern(10_001, seed), p.now)
-            .unwrap_err();
-        assert_eq!(
-            e,
-            Error::MessageTooLarge {
-                size: 10_001,
-                max: 10_000
-            },
-            "seed {seed}"
-        );
-        assert_eq!(e.category(), Category::MessageTooLarge);
+        let too_large = |size: u64| Error::MessageTooLarge { size, max: 5_000 };
+        // The dialer's own limit is the smaller one.
+        for size in [10_001usize, 5_001] {
+            let e = p
+                .dialer
+                .session
+                .send(1, pattern(size, seed), p.now)
+                .unwrap_err();
+            assert_eq!(e, too_large(size as u64), "seed {seed}");
+            assert_eq!(e.category(), Category::MessageTooLarge);
+        }
+        // For the listener, the peer's (announced) limit is the smaller one.
         let e = p
             .listener
             .session
             .send(1, pattern(5_001, seed), p.now)
             .unwrap_err();
-        assert_eq!(
-            e,
-            Error::MessageTooLarge {
-                size: 5_001,
-                max: 5_000
-            },
-            "seed {seed}"
-        );
+        assert_eq!(e, too_large(5_001), "seed {seed}");
         assert_eq!(
             p.dialer.session.transmit_len(),
             0,
@@ -396,7 +389,7 @@ fn message_above_the_peers_limit_fails_at_send() {
 
         p.dialer
             .session
-            .send(1, pattern(10_000, seed), p.now)
+            .send(1, pattern(5_000, seed), p.now)
             .unwrap();
         p.listener
             .session
@@ -406,7 +399,7 @@ fn message_above_the_peers_limit_fails_at_send() {
         p.assert_no_errors();
         assert_eq!(
             p.listener.inbox[0].payload,
-            pattern(10_000, seed),
+            pattern(5_000, seed),
             "seed {seed}"
         );
         assert_eq!(

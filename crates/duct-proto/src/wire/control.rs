@@ -52,8 +52,9 @@ pub mod reject_code {
     pub const UNAVAILABLE: u16 = 4;
 }
 
-/// Codes carried by CLOSE frames. 0–999 are the protocol's own; 1000–4999 are reserved for
-/// later versions; 5000–65535 are free for applications (passed through untouched).
+/// Codes carried by CLOSE frames. 0–999 belong to the protocol (those not defined here are
+/// reserved for later versions); 1000–65535 are free for applications (passed through
+/// untouched).
 pub mod close_code {
     /// An ordinary close with nothing wrong.
     pub const NORMAL: u16 = 0;
@@ -140,7 +141,7 @@ pub struct Reject {
 /// An orderly close.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Close {
-    /// Close code (see [`close_code`]; 5000 and up belong to applications).
+    /// Close code (see [`close_code`]; 1000 and up belong to applications).
     pub code: u16,
     /// Human-readable reason.
     pub reason: String,

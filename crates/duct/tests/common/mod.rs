@@ -1,0 +1,656 @@
+//! Test support shared by duct's integration tests.
+//!
+//! - [`Fixture`]: one transport (tcp IPv4, tcp IPv6, uds path, uds abstract) that hands out
+//!   fresh, unique listen addresses; the conformance suite is written against it once.
+//! - Guards that clean up even when a test fails: [`TempDir`] (removed on drop),
+//!   [`EchoServer`] (closes its listener and pipes and joins its threads on drop).
+//! - [`RawStream`] and [`RawPeer`]: a byte stream to a duct endpoint on any transport, and a
+//!   hand-driven `duct_proto::Session` over it, for tests that speak (or break) the wire
+//!   protocol themselves.
+//!
+//! Every wait has a deadline ([`T`], generous): a broken library fails a test, it does not
+//! hang the suite.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use duct::{
+    dial, listen, CloseOptions, DialOptions, Error, ErrorKind, ListenOptions, Listener, Message,
+    Pipe, RecvOptions,
+};
+use duct_proto::wire::{Header, HEADER_LEN};
+use duct_proto::{Config, Role, Session, State};
+
+/// The deadline for anything that should happen "at once": generous, so that a loaded
+/// machine does not fail a test, and finite, so that a broken library does not hang one.
+pub const T: Duration = Duration::from_secs(10);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A number no other call in this process returns.
+pub fn unique() -> usize {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temp dirs and transports
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh directory under the system temp dir, removed (with its contents) on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        // Short names: a Unix socket path must fit in 108 bytes.
+        let path = std::env::temp_dir().join(format!("duct-t{}-{}", std::process::id(), unique()));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A path inside the directory that nothing uses yet.
+    pub fn fresh(&self, stem: &str) -> PathBuf {
+        self.path.join(format!("{stem}{}.sock", unique()))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The transports the conformance suite runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Tcp4,
+    Tcp6,
+    UdsPath,
+    UdsAbstract,
+}
+
+/// Whether this machine has an IPv6 loopback to bind.
+pub fn has_ipv6_loopback() -> bool {
+    TcpListener::bind("[::1]:0").is_ok()
+}
+
+/// One transport, as a factory of fresh listen addresses.
+pub struct Fixture {
+    pub kind: Kind,
+    dir: Option<TempDir>,
+}
+
+impl Fixture {
+    /// The fixture for `kind`, or `None` (after printing why) when the machine cannot run it.
+    pub fn new(kind: Kind) -> Option<Fixture> {
+        if kind == Kind::Tcp6 && !has_ipv6_loopback() {
+            eprintln!("SKIPPED: this machine has no IPv6 loopback ([::1] does not bind)");
+            return None;
+        }
+        let dir = (kind == Kind::UdsPath).then(TempDir::new);
+        Some(Fixture { kind, dir })
+    }
+
+    /// A listen address no other listener in this process uses (tcp: port 0).
+    pub fn addr(&self) -> String {
+        match self.kind {
+            Kind::Tcp4 => "tcp://127.0.0.1:0".to_owned(),
+            Kind::Tcp6 => "tcp://[::1]:0".to_owned(),
+            Kind::UdsPath => {
+                let dir = self.dir.as_ref().expect("uds fixture has a dir");
+                format!("uds://{}", dir.fresh("s").display())
+            }
+            Kind::UdsAbstract => {
+                format!("uds://@duct-test-{}-{}", std::process::id(), unique())
+            }
+        }
+    }
+
+    /// A raw (non-duct) listener on a fresh address of this transport, and that address.
+    pub fn raw_listener(&self) -> (RawListener, String) {
+        match self.kind {
+            Kind::Tcp4 | Kind::Tcp6 => {
+                let ip = if self.kind == Kind::Tcp4 {
+                    "127.0.0.1:0"
+                } else {
+                    "[::1]:0"
+                };
+                let l = TcpListener::bind(ip).expect("bind raw tcp listener");
+                let addr = format!("tcp://{}", l.local_addr().unwrap());
+                (RawListener::Tcp(l), addr)
+            }
+            Kind::UdsPath => {
+                let addr = self.addr();
+                let path = addr.strip_prefix("uds://").unwrap().to_owned();
+                let l = UnixListener::bind(&path).expect("bind raw uds listener");
+                (RawListener::Unix(l), addr)
+            }
+            Kind::UdsAbstract => {
+                let addr = self.addr();
+                let name = addr.strip_prefix("uds://@").unwrap();
+                let sa = UnixAddr::from_abstract_name(name.as_bytes()).unwrap();
+                let l = UnixListener::bind_addr(&sa).expect("bind raw abstract listener");
+                (RawListener::Unix(l), addr)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipes
+// ---------------------------------------------------------------------------------------------
+
+/// A listener and the two ends of one pipe through it.
+pub struct Pair {
+    pub listener: Listener,
+    /// The end that dialed.
+    pub dialer: Pipe,
+    /// The end the listener accepted.
+    pub accepted: Pipe,
+}
+
+/// A pipe over `f` with default options.
+pub fn pair(f: &Fixture) -> Pair {
+    pair_with(f, ListenOptions::default(), DialOptions::default())
+}
+
+/// A pipe over `f`: listens, accepts in a thread while dialing.
+pub fn pair_with(f: &Fixture, lopts: ListenOptions, dopts: DialOptions) -> Pair {
+    let listener = listen(&f.addr(), lopts).unwrap_or_else(|e| panic!("listen: {e}"));
+    let addr = listener.local_addr().to_string();
+    let (dialed, accepted) = thread::scope(|s| {
+        let acceptor = s.spawn(|| listener.accept_timeout(T));
+        let dialed = dial(&addr, dopts);
+        (dialed, acceptor.join().expect("accept thread"))
+    });
+    let dialer = dialed.unwrap_or_else(|e| panic!("dial {addr}: {e}"));
+    let accepted = accepted.unwrap_or_else(|e| panic!("accept on {addr}: {e}"));
+    Pair {
+        listener,
+        dialer,
+        accepted,
+    }
+}
+
+/// Receives one message within [`T`], or panics naming the error.
+pub fn recv(p: &Pipe) -> Message {
+    p.recv_with(&RecvOptions::default().timeout(T))
+        .unwrap_or_else(|e| panic!("recv: {e} ({:?})", e.kind()))
+}
+
+/// `recv` with a deadline of [`T`], returning the error.
+pub fn recv_t(p: &Pipe) -> duct::Result<Message> {
+    p.recv_with(&RecvOptions::default().timeout(T))
+}
+
+/// Asserts that `r` is an error of `kind`, and returns the error.
+#[track_caller]
+pub fn expect_kind<T: std::fmt::Debug>(r: duct::Result<T>, kind: ErrorKind) -> Error {
+    match r {
+        Ok(v) => panic!("expected an error of kind {kind:?}, got Ok({v:?})"),
+        Err(e) => {
+            assert_eq!(e.kind(), kind, "wrong kind for error: {e}");
+            e
+        }
+    }
+}
+
+/// Keeps calling `recv` on `p` (which expects no message) until `done()` returns true.
+///
+/// The inline driver documents that "frames left queued are written by the next call on the
+/// pipe (send, recv, close)": a `send` may return once its message is accepted, with part of
+/// it still queued. A side that has sent and has nothing else to do calls this while its peer
+/// reads, so that the rest is written.
+pub fn pump_until(p: &Pipe, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + T;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "pumped for {T:?} and the peer is not done"
+        );
+        match p.recv_with(&RecvOptions::default().timeout(Duration::from_millis(5))) {
+            Err(e) if e.kind() == ErrorKind::TimedOut => {}
+            Ok(m) => panic!("pump: unexpected message of {} bytes", m.len()),
+            Err(e) => panic!("pump: {e}"),
+        }
+    }
+}
+
+/// `len` bytes of a pattern that is not constant and does not repeat with any power-of-two
+/// period (its block is 65 521 bytes, a prime), so a lost, repeated or misplaced fragment
+/// changes the content. `seed` makes messages distinguishable.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    const BLOCK: usize = 65_521;
+    let block: Vec<u8> = (0..BLOCK.min(len) as u32)
+        .map(|i| {
+            let x = i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(0x9E37_79B9);
+            (x >> 11) as u8 ^ (i as u8)
+        })
+        .collect();
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        let n = (len - v.len()).min(block.len());
+        v.extend_from_slice(&block[..n]);
+    }
+    v
+}
+
+/// Compares payloads without printing megabytes when they differ.
+#[track_caller]
+pub fn assert_payload(got: &[u8], want: &[u8], what: &str) {
+    if got == want {
+        return;
+    }
+    let first = got.iter().zip(want).position(|(a, b)| a != b);
+    panic!(
+        "{what}: payload differs: got {} bytes, want {} bytes, first difference at {:?}",
+        got.len(),
+        want.len(),
+        first
+    );
+}
+
+/// An `on_error` callback that forwards every error into a channel, and its receiver.
+pub fn error_sink() -> (
+    impl Fn(&Error) + Send + Sync + 'static,
+    mpsc::Receiver<Error>,
+) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let cb = move |e: &Error| {
+        let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(e.clone());
+    };
+    (cb, rx)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Echo server
+// ---------------------------------------------------------------------------------------------
+
+/// A duct listener that accepts in a thread and echoes every message of every pipe back on
+/// its channel, one thread per pipe. Each pipe's last error (why its echo loop ended) is
+/// reported on [`EchoServer::ended`] with the pipe's peer address. Dropping it closes the
+/// listener and every pipe and joins every thread.
+pub struct EchoServer {
+    listener: Arc<Listener>,
+    pub addr: String,
+    accept_thread: Option<JoinHandle<Option<Error>>>,
+    pipes: Arc<Mutex<Vec<Pipe>>>,
+    echoers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    pub ended: mpsc::Receiver<(String, Error)>,
+}
+
+impl EchoServer {
+    pub fn start(addr: &str, opts: ListenOptions) -> EchoServer {
+        let listener =
+            Arc::new(listen(addr, opts).unwrap_or_else(|e| panic!("listen {addr}: {e}")));
+        let local = listener.local_addr().to_string();
+        let pipes: Arc<Mutex<Vec<Pipe>>> = Arc::default();
+        let echoers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (tx, ended) = mpsc::channel();
+        let accept_thread = {
+            let (listener, pipes, echoers) = (listener.clone(), pipes.clone(), echoers.clone());
+            thread::spawn(move || loop {
+                match listener.accept() {
+                    Ok(pipe) => {
+                        pipes.lock().unwrap().push(pipe.clone());
+                        let tx = tx.clone();
+                        let h = thread::spawn(move || echo_loop(pipe, tx));
+                        echoers.lock().unwrap().push(h);
+                    }
+                    Err(e) if e.kind() == ErrorKind::Closed => return None,
+                    Err(e) => return Some(e),
+                }
+            })
+        };
+        EchoServer {
+            listener,
+            addr: local,
+            accept_thread: Some(accept_thread),
+            pipes,
+            echoers,
+            ended,
+        }
+    }
+
+    /// Dials the server, echoes `n` messages and closes; panics on any failure.
+    pub fn check_echo(&self, n: u32) {
+        check_echo(&self.addr, n);
+    }
+}
+
+/// Dials the echo server at `addr`, echoes `n` messages and closes; panics on any failure.
+pub fn check_echo(addr: &str, n: u32) {
+    {
+        let p = dial(addr, DialOptions::default().timeout(T))
+            .unwrap_or_else(|e| panic!("dial echo server {addr}: {e}"));
+        for i in 0..n {
+            let payload = pattern(100 + i as usize, i);
+            p.send(Message::new(payload.clone()).with_channel(i as u16))
+                .unwrap_or_else(|e| panic!("send to echo server: {e}"));
+            let m = recv(&p);
+            assert_eq!(m.channel(), i as u16);
+            assert_payload(m.payload(), &payload, "echo");
+        }
+        p.close().unwrap();
+    }
+}
+
+fn echo_loop(pipe: Pipe, tx: mpsc::Sender<(String, Error)>) {
+    let peer = pipe.peer_addr().to_string();
+    loop {
+        let result = pipe.recv().and_then(|m| pipe.send(m));
+        if let Err(e) = result {
+            let _ = tx.send((peer, e));
+            return;
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.listener.close();
+        let accept_error = self.accept_thread.take().map(|h| h.join());
+        for p in self
+            .pipes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = p.close_with(CloseOptions::default().linger(Duration::ZERO));
+        }
+        let handles: Vec<_> = self
+            .echoers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for h in handles {
+            let _ = h.join();
+        }
+        if !thread::panicking() {
+            match accept_error {
+                Some(Ok(None)) | None => {}
+                Some(Ok(Some(e))) => panic!("echo server accept failed: {e}"),
+                Some(Err(_)) => panic!("echo server accept thread panicked"),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw streams and a hand-driven protocol peer
+// ---------------------------------------------------------------------------------------------
+
+/// A byte stream on any transport, without duct.
+pub enum RawStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl RawStream {
+    /// Connects to a duct address (as `Addr` or its `Display` form).
+    pub fn connect(addr: &str) -> io::Result<RawStream> {
+        if let Some(rest) = addr.strip_prefix("tcp://") {
+            let sa: SocketAddr = rest.parse().map_err(io::Error::other)?;
+            return TcpStream::connect_timeout(&sa, T).map(RawStream::Tcp);
+        }
+        if let Some(name) = addr.strip_prefix("uds://@") {
+            let sa = UnixAddr::from_abstract_name(name.as_bytes())?;
+            return UnixStream::connect_addr(&sa).map(RawStream::Unix);
+        }
+        if let Some(path) = addr.strip_prefix("uds://") {
+            return UnixStream::connect(path).map(RawStream::Unix);
+        }
+        Err(io::Error::other(format!(
+            "raw connect: unsupported address {addr}"
+        )))
+    }
+
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            RawStream::Tcp(s) => s.set_read_timeout(t),
+            RawStream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            RawStream::Tcp(s) => s.shutdown(how),
+            RawStream::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    /// This end's address in duct's `Display` form (`tcp://127.0.0.1:5000`; `unknown` for an
+    /// unnamed Unix socket).
+    pub fn local_addr_string(&self) -> String {
+        match self {
+            RawStream::Tcp(s) => format!("tcp://{}", s.local_addr().unwrap()),
+            RawStream::Unix(_) => "unknown".to_owned(),
+        }
+    }
+
+    /// Reads until end of stream or a reset, within `within`; returns the bytes read and
+    /// whether it ended by a reset (`Err` when the deadline passed first).
+    pub fn read_until_closed(&mut self, within: Duration) -> Result<(Vec<u8>, bool), String> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "the peer neither closed nor reset the connection within {within:?} \
+                     ({} bytes read)",
+                    out.len()
+                ));
+            }
+            self.set_read_timeout(Some(left))
+                .map_err(|e| e.to_string())?;
+            match self.read(&mut buf) {
+                Ok(0) => return Ok((out, false)),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    return Ok((out, true))
+                }
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+
+    /// Reads one frame (header and payload, the payload capped at 1 MiB) within [`T`].
+    pub fn read_frame(&mut self) -> io::Result<(Header, Vec<u8>)> {
+        self.set_read_timeout(Some(T))?;
+        let mut h = [0u8; HEADER_LEN];
+        self.read_exact(&mut h)?;
+        let header = Header::decode(&h).map_err(io::Error::other)?;
+        if header.payload_len > 1 << 20 {
+            return Err(io::Error::other(format!(
+                "frame payload of {} bytes",
+                header.payload_len
+            )));
+        }
+        let mut payload = vec![0u8; header.payload_len as usize];
+        self.read_exact(&mut payload)?;
+        Ok((header, payload))
+    }
+}
+
+impl Read for RawStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            RawStream::Tcp(s) => s.read(buf),
+            RawStream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for RawStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            RawStream::Tcp(s) => s.write(buf),
+            RawStream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A listener without duct, on any transport.
+pub enum RawListener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl RawListener {
+    pub fn accept(&self) -> io::Result<RawStream> {
+        match self {
+            RawListener::Tcp(l) => l.accept().map(|(s, _)| RawStream::Tcp(s)),
+            RawListener::Unix(l) => l.accept().map(|(s, _)| RawStream::Unix(s)),
+        }
+    }
+}
+
+/// Encodes one frame: the header (its `payload_len` set from `payload`) and the payload.
+pub fn frame(mut header: Header, payload: &[u8]) -> Vec<u8> {
+    header.payload_len = payload.len() as u32;
+    let mut v = header.encode().to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// A `duct_proto::Session` driven by hand over a [`RawStream`]: the test decides what is
+/// written and when, and can write bytes the session would never produce.
+pub struct RawPeer {
+    pub stream: RawStream,
+    pub session: Session,
+    inbuf: BytesMut,
+}
+
+impl RawPeer {
+    /// Connects to `addr` as a dialer (its HELLO is queued, not yet written).
+    pub fn dial(addr: &str) -> RawPeer {
+        let stream = RawStream::connect(addr).unwrap_or_else(|e| panic!("raw connect {addr}: {e}"));
+        let config = Config {
+            instance_id: 0x5eed,
+            ..Config::default()
+        };
+        RawPeer {
+            stream,
+            session: Session::new(config, Role::Dialer, Instant::now()),
+            inbuf: BytesMut::new(),
+        }
+    }
+
+    /// Serves an accepted stream as a listener.
+    pub fn serve(stream: RawStream) -> RawPeer {
+        let config = Config {
+            session_id: 0xABCD,
+            ..Config::default()
+        };
+        RawPeer {
+            stream,
+            session: Session::new(config, Role::Listener, Instant::now()),
+            inbuf: BytesMut::new(),
+        }
+    }
+
+    /// Writes every frame the session has queued.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while let Some(t) = self.session.poll_transmit() {
+            self.stream.write_all(&t.header)?;
+            self.stream.write_all(&t.payload)?;
+        }
+        Ok(())
+    }
+
+    /// One read (waiting at most `within`) handed to the session. `Ok(0)` is end of stream.
+    pub fn read_once(&mut self, within: Duration) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(within))?;
+        let mut buf = [0u8; 64 * 1024];
+        let n = self.stream.read(&mut buf)?;
+        self.inbuf.extend_from_slice(&buf[..n]);
+        self.session
+            .handle_input(&mut self.inbuf, Instant::now())
+            .map_err(io::Error::other)?;
+        Ok(n)
+    }
+
+    /// Completes the handshake within [`T`] (HELLO out, WELCOME in; or HELLO in, WELCOME out).
+    pub fn handshake(&mut self) {
+        let deadline = Instant::now() + T;
+        self.flush().expect("raw peer: write handshake");
+        while self.session.state() != State::Established {
+            assert!(
+                Instant::now() < deadline,
+                "raw peer: no handshake within {T:?}"
+            );
+            match self.read_once(Duration::from_millis(200)) {
+                Ok(0) => panic!("raw peer: EOF during the handshake"),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("raw peer: handshake failed: {e}"),
+            }
+            self.flush().expect("raw peer: write handshake");
+        }
+    }
+
+    /// Reads until the session reports an event or a message, or `within` passes.
+    pub fn read_until_event(&mut self, within: Duration) -> Option<duct_proto::Event> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(ev) = self.session.poll_event() {
+                if !matches!(ev, duct_proto::Event::Connected { .. }) {
+                    return Some(ev);
+                }
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match self.read_once(left) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}

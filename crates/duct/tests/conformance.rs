@@ -1,0 +1,1251 @@
+//! The transport conformance suite: one set of behavioural tests, written once against a
+//! [`Fixture`] (a factory of fresh listen addresses), instantiated for every transport by
+//! the `conformance!` macro at the bottom. A failure names the transport and the case, e.g.
+//! `uds_abstract::close_wakes_blocked_recv`.
+//!
+//! What every transport must do the same way: deliver messages of every size intact and on
+//! their channel, keep per-channel order under concurrent senders and receivers, honour
+//! timeouts, close (locally, by the peer, by dropping) with the documented errors, count
+//! stats, report addresses, enforce the peer's message limit, and wake blocked calls.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use duct::{
+    dial, listen, CloseOptions, DialOptions, ErrorKind, ListenOptions, Message, PipeState,
+    RecvOptions, SendOptions, StateChange,
+};
+use duct_proto::wire::control::close_code;
+use duct_proto::Event;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Round trips
+// ---------------------------------------------------------------------------------------------
+
+/// Every size around the frame boundary and well past it, echoed back intact, on the channel
+/// it was sent on.
+fn round_trip_all_sizes(f: &Fixture) {
+    let server = EchoServer::start(&f.addr(), ListenOptions::default());
+    let p = dial(&server.addr, DialOptions::default()).unwrap();
+    let sizes = [
+        0,
+        1,
+        100,
+        64 * KIB - 1,
+        64 * KIB,
+        64 * KIB + 1,
+        MIB,
+        16 * MIB,
+    ];
+    for (i, &size) in sizes.iter().enumerate() {
+        let payload = pattern(size, i as u32);
+        let channel = 1000 + i as u16;
+        p.send(Message::new(payload.clone()).with_channel(channel))
+            .unwrap();
+        let m = recv(&p);
+        assert_eq!(m.len(), size, "size {size}");
+        assert_eq!(m.channel(), channel, "size {size}");
+        assert_payload(m.payload(), &payload, &format!("message of {size} bytes"));
+    }
+    p.close().unwrap();
+}
+
+/// `Message::with_channel` and `SendOptions::channel` (which overrides it) both arrive as the
+/// received message's channel, over the whole u16 range.
+fn channels_are_preserved(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    let cases: [(u16, Option<u16>); 5] = [
+        (0, None),
+        (1, None),
+        (u16::MAX, None),
+        (5, Some(6)),
+        (7, Some(0)),
+    ];
+    for (i, &(own, over)) in cases.iter().enumerate() {
+        let payload = pattern(10 + i, i as u32);
+        let msg = Message::new(payload.clone()).with_channel(own);
+        match over {
+            None => dialer.send(msg).unwrap(),
+            Some(c) => dialer
+                .send_with(msg, &SendOptions::default().channel(c))
+                .unwrap(),
+        }
+        let m = recv(&accepted);
+        assert_eq!(m.channel(), over.unwrap_or(own), "case {i}");
+        assert_payload(m.payload(), &payload, "channel case");
+    }
+    // And the other way.
+    accepted
+        .send(Message::from("back").with_channel(42))
+        .unwrap();
+    let m = recv(&dialer);
+    assert_eq!((m.channel(), m.payload()), (42, &b"back"[..]));
+}
+
+/// A buffer from `Pipe::alloc` becomes a message that arrives intact.
+fn alloc_buffer_round_trip(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    let want = pattern(3000, 9);
+    let mut buf = dialer.alloc(want.len()).unwrap();
+    assert_eq!(buf.len(), want.len());
+    assert!(buf.iter().all(|&b| b == 0), "alloc returns a zeroed buffer");
+    buf.copy_from_slice(&want);
+    dialer.send(buf.freeze()).unwrap();
+    assert_payload(recv(&accepted).payload(), &want, "alloc'd message");
+}
+
+/// `send_batch` accepts every message and keeps per-channel order; `recv_batch` returns what
+/// is available, up to `max`.
+fn batch_send_and_recv(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    let msgs: Vec<Message> = (0..100u32)
+        .map(|i| {
+            let mut p = i.to_be_bytes().to_vec();
+            p.extend(pattern(i as usize * 37, i));
+            Message::new(p).with_channel((i % 3) as u16)
+        })
+        .collect();
+    let out = thread::scope(|s| {
+        let receiver = s.spawn(|| {
+            let mut out = Vec::new();
+            let none = accepted.recv_batch(&mut out, 0, &RecvOptions::default());
+            assert_eq!(none.unwrap(), 0);
+            let deadline = Instant::now() + T;
+            while out.len() < 100 {
+                assert!(
+                    Instant::now() < deadline,
+                    "only {} of 100 batched messages arrived",
+                    out.len()
+                );
+                let before = out.len();
+                let n = accepted
+                    .recv_batch(&mut out, 100 - before, &RecvOptions::default().timeout(T))
+                    .unwrap();
+                assert!(n >= 1 && n == out.len() - before, "recv_batch returned {n}");
+            }
+            out
+        });
+        let sent = dialer.send_batch(msgs.clone(), &SendOptions::default());
+        assert_eq!(sent.unwrap(), 100);
+        pump_until(&dialer, || receiver.is_finished());
+        receiver.join().unwrap()
+    });
+    let mut next = [0u32, 1, 2];
+    for m in &out {
+        let i = u32::from_be_bytes(m.payload()[..4].try_into().unwrap());
+        let ch = m.channel() as usize;
+        assert_eq!(i % 3, ch as u32, "message {i} on channel {ch}");
+        assert_eq!(i, next[ch], "channel {ch} out of order");
+        next[ch] += 3;
+        assert_payload(m.payload(), msgs[i as usize].payload(), "batched message");
+    }
+    // SendOptions::channel overrides every message's own channel.
+    let n = dialer
+        .send_batch(
+            vec![Message::from("a").with_channel(1), Message::from("b")],
+            &SendOptions::default().channel(9),
+        )
+        .unwrap();
+    assert_eq!(n, 2);
+    for want in ["a", "b"] {
+        let m = recv(&accepted);
+        assert_eq!((m.channel(), m.payload()), (9, want.as_bytes()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Order and concurrency
+// ---------------------------------------------------------------------------------------------
+
+const SENDERS: u16 = 4;
+const PER_SENDER: u32 = 300;
+
+/// Sender `t`'s message `seq`: channel 10 + t; payload t, seq, then a pattern of a length
+/// that varies with seq.
+fn numbered(t: u16, seq: u32) -> Message {
+    let mut p = Vec::new();
+    p.extend_from_slice(&t.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend(pattern((seq as usize * 7) % 500, seq));
+    Message::new(p).with_channel(10 + t)
+}
+
+/// Checks a message made by [`numbered`] and returns (channel, seq).
+fn check_numbered(m: &Message) -> (u16, u32) {
+    let p = m.payload();
+    let t = u16::from_be_bytes([p[0], p[1]]);
+    let seq = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);
+    assert_eq!(
+        m.channel(),
+        10 + t,
+        "sender {t} seq {seq} on the wrong channel"
+    );
+    assert_payload(m.payload(), numbered(t, seq).payload(), "numbered message");
+    (m.channel(), seq)
+}
+
+/// Spawns the sender threads on clones of `pipe`.
+fn spawn_senders<'s>(
+    s: &'s thread::Scope<'s, '_>,
+    pipe: &duct::Pipe,
+) -> Vec<thread::ScopedJoinHandle<'s, ()>> {
+    (0..SENDERS)
+        .map(|t| {
+            let p = pipe.clone();
+            s.spawn(move || {
+                for seq in 0..PER_SENDER {
+                    p.send(numbered(t, seq))
+                        .unwrap_or_else(|e| panic!("sender {t} seq {seq}: {e}"));
+                }
+            })
+        })
+        .collect()
+}
+
+/// Several threads send on one pipe, each on its own channel: every message arrives once,
+/// and each channel's messages arrive in the order they were sent.
+fn order_under_concurrent_senders(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    let got = thread::scope(|s| {
+        let receiver = s.spawn(|| {
+            let mut got: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
+            for _ in 0..u32::from(SENDERS) * PER_SENDER {
+                let (ch, seq) = check_numbered(&recv(&accepted));
+                got.entry(ch).or_default().push(seq);
+            }
+            got
+        });
+        for h in spawn_senders(s, &dialer) {
+            h.join().unwrap();
+        }
+        // Whatever the sends left queued is written by close (within its linger).
+        dialer
+            .close_with(CloseOptions::default().linger(T))
+            .unwrap();
+        receiver.join().unwrap()
+    });
+    for t in 0..SENDERS {
+        let want: Vec<u32> = (0..PER_SENDER).collect();
+        assert_eq!(got.get(&(10 + t)), Some(&want), "channel {}", 10 + t);
+    }
+    // Nothing more: the close comes next.
+    expect_kind(recv_t(&accepted), ErrorKind::Closed);
+}
+
+/// Two threads receive on one pipe while several send: together they get every message
+/// exactly once, each sees every channel in order, and both then see the peer's close.
+fn concurrent_receivers_split_without_loss(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    let per_receiver: Vec<Vec<(u16, u32)>> = thread::scope(|s| {
+        let receivers: Vec<_> = (0..2)
+            .map(|_| {
+                let p = accepted.clone();
+                s.spawn(move || {
+                    let mut got = Vec::new();
+                    loop {
+                        match recv_t(&p) {
+                            Ok(m) => got.push(check_numbered(&m)),
+                            Err(e) => {
+                                assert_eq!(e.kind(), ErrorKind::Closed, "receiver ended by {e}");
+                                assert_eq!(e.close_reason(), Some((4000, "done")));
+                                return got;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in spawn_senders(s, &dialer) {
+            h.join().unwrap();
+        }
+        dialer
+            .close_with(CloseOptions::default().reason(4000, "done").linger(T))
+            .unwrap();
+        receivers.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all = HashSet::new();
+    for (r, got) in per_receiver.iter().enumerate() {
+        let mut last: BTreeMap<u16, u32> = BTreeMap::new();
+        for &(ch, seq) in got {
+            if let Some(&prev) = last.get(&ch) {
+                assert!(
+                    seq > prev,
+                    "receiver {r}: channel {ch} went from {prev} to {seq}"
+                );
+            }
+            last.insert(ch, seq);
+            assert!(
+                all.insert((ch, seq)),
+                "channel {ch} seq {seq} delivered twice"
+            );
+        }
+    }
+    assert_eq!(
+        all.len(),
+        usize::from(SENDERS) * PER_SENDER as usize,
+        "messages lost"
+    );
+}
+
+/// Both ends send large messages and receive at the same time, each from two threads.
+fn full_duplex_large_messages(f: &Fixture) {
+    const N: u32 = 6;
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    thread::scope(|s| {
+        for (side, p) in [(0u32, &dialer), (1, &accepted)] {
+            s.spawn(move || {
+                let sender = s.spawn(move || {
+                    for i in 0..N {
+                        p.send(pattern(MIB + i as usize, side * 100 + i)).unwrap();
+                    }
+                });
+                let from = 1 - side;
+                for i in 0..N {
+                    let m = recv(p);
+                    assert_payload(
+                        m.payload(),
+                        &pattern(MIB + i as usize, from * 100 + i),
+                        "duplex",
+                    );
+                }
+                sender.join().unwrap();
+                // Whatever the sends left queued is written by close (within its linger).
+                p.close_with(CloseOptions::default().linger(T)).unwrap();
+            });
+        }
+    });
+}
+
+/// Several dialers at once are each served by an echoing listener.
+fn many_clients_echo(f: &Fixture) {
+    let server = EchoServer::start(&f.addr(), ListenOptions::default());
+    let addr = server.addr.as_str();
+    thread::scope(|s| {
+        for _ in 0..6 {
+            s.spawn(move || check_echo(addr, 20));
+        }
+    });
+}
+
+/// Two threads accepting on one listener each get one of two dialers.
+fn concurrent_accepts(f: &Fixture) {
+    let listener = listen(&f.addr(), ListenOptions::default()).unwrap();
+    let addr = listener.local_addr().to_string();
+    let (dialers, accepted) = thread::scope(|s| {
+        let acceptors: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| listener.accept_timeout(T)))
+            .collect();
+        let dialers: Vec<_> = (0..2)
+            .map(|_| dial(&addr, DialOptions::default()).unwrap())
+            .collect();
+        let accepted: Vec<_> = acceptors
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap())
+            .collect();
+        (dialers, accepted)
+    });
+    for d in &dialers {
+        let a = accepted
+            .iter()
+            .find(|a| a.session_id() == d.session_id())
+            .expect("each dialer has an accepted end with its session id");
+        d.send("ping").unwrap();
+        assert_eq!(recv(a).payload(), b"ping");
+    }
+    assert_ne!(dialers[0].session_id(), dialers[1].session_id());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts and non-blocking calls
+// ---------------------------------------------------------------------------------------------
+
+fn recv_timeout_is_timed_out(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer: _dialer,
+        accepted,
+    } = pair(f);
+    let start = Instant::now();
+    let e = expect_kind(
+        accepted.recv_with(&RecvOptions::default().timeout(Duration::from_millis(100))),
+        ErrorKind::TimedOut,
+    );
+    let took = start.elapsed();
+    assert!(e.is_retryable());
+    assert!(
+        took >= Duration::from_millis(100),
+        "returned before the timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // The pipe is still usable.
+    assert_eq!(accepted.state(), PipeState::Connected);
+}
+
+fn recv_zero_timeout_would_block(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    let zero = RecvOptions::default().timeout(Duration::ZERO);
+    let start = Instant::now();
+    let e = expect_kind(accepted.recv_with(&zero), ErrorKind::WouldBlock);
+    assert!(e.is_retryable());
+    assert!(start.elapsed() < Duration::from_secs(2));
+    dialer.send("now").unwrap();
+    let m = poll_until(|| match accepted.recv_with(&zero) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+        Err(e) => panic!("recv with zero timeout: {e}"),
+    });
+    assert_eq!(m.payload(), b"now");
+}
+
+fn try_recv_empty_then_message(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    assert!(accepted.try_recv().unwrap().is_none());
+    dialer.send(Message::from("hi").with_channel(3)).unwrap();
+    let m = poll_until(|| accepted.try_recv().unwrap());
+    assert_eq!((m.channel(), m.payload()), (3, &b"hi"[..]));
+    assert!(accepted.try_recv().unwrap().is_none());
+}
+
+/// Calls `f` until it returns `Some`, for at most [`T`].
+fn poll_until<R>(mut f: impl FnMut() -> Option<R>) -> R {
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(r) = f() {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached within {T:?}"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn accept_timeout_without_dialer(f: &Fixture) {
+    let listener = listen(&f.addr(), ListenOptions::default()).unwrap();
+    let start = Instant::now();
+    let e = expect_kind(
+        listener.accept_timeout(Duration::from_millis(100)),
+        ErrorKind::TimedOut,
+    );
+    let took = start.elapsed();
+    assert!(e.is_retryable());
+    assert!(
+        took >= Duration::from_millis(100),
+        "returned before the timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Close
+// ---------------------------------------------------------------------------------------------
+
+/// The peer's messages sent before its close all arrive, in order; then `Closed` with its
+/// code and reason, for good.
+fn peer_close_with_reason_after_messages(f: &Fixture) {
+    const K: u32 = 40;
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    let size = |i: u32| if i == K / 2 { MIB + 3 } else { i as usize * 13 };
+    let receiver = thread::spawn(move || {
+        for i in 0..K {
+            let m = recv(&accepted);
+            assert_eq!(m.channel(), (i % 2) as u16);
+            assert_payload(m.payload(), &pattern(size(i), i), &format!("message {i}"));
+        }
+        let e = expect_kind(recv_t(&accepted), ErrorKind::Closed);
+        assert_eq!(e.close_reason(), Some((4000, "bye")), "{e}");
+        assert!(!e.is_retryable());
+        // Closed for good: every later call says so, with the same reason.
+        for _ in 0..3 {
+            let e = expect_kind(recv_t(&accepted), ErrorKind::Closed);
+            assert_eq!(e.close_reason(), Some((4000, "bye")));
+        }
+        expect_kind(accepted.try_recv(), ErrorKind::Closed);
+        expect_kind(accepted.send("late"), ErrorKind::Closed);
+        expect_kind(
+            accepted.send_batch([Message::from("late")], &SendOptions::default()),
+            ErrorKind::Closed,
+        );
+        assert_eq!(accepted.state(), PipeState::Closed);
+        accepted.close().unwrap(); // closing a pipe the peer closed is fine
+    });
+    for i in 0..K {
+        dialer
+            .send(Message::new(pattern(size(i), i)).with_channel((i % 2) as u16))
+            .unwrap();
+    }
+    dialer
+        .close_with(CloseOptions::default().reason(4000, "bye").linger(T))
+        .unwrap();
+    assert_eq!(dialer.state(), PipeState::Closed);
+    receiver.join().unwrap();
+}
+
+/// After `close`: send and recv fail with `Closed`, closing again is fine, the state is
+/// `Closed`, and the peer sees a close with code 0 and no reason.
+fn local_close(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    dialer.close().unwrap();
+    assert_eq!(dialer.state(), PipeState::Closed);
+    dialer.close().unwrap();
+    dialer
+        .close_with(CloseOptions::default().reason(1, "again"))
+        .unwrap();
+    expect_kind(dialer.send("x"), ErrorKind::Closed);
+    expect_kind(
+        dialer.send_with("x", &SendOptions::default().channel(2)),
+        ErrorKind::Closed,
+    );
+    expect_kind(recv_t(&dialer), ErrorKind::Closed);
+    expect_kind(dialer.recv(), ErrorKind::Closed);
+    expect_kind(dialer.try_recv(), ErrorKind::Closed);
+    assert_eq!(dialer.state(), PipeState::Closed);
+
+    let e = expect_kind(recv_t(&accepted), ErrorKind::Closed);
+    assert_eq!(e.close_reason(), Some((close_code::NORMAL, "")), "{e}");
+    assert_eq!(accepted.state(), PipeState::Closed);
+}
+
+/// `close` from another thread wakes receivers blocked in every way: without a timeout
+/// (which reads the socket itself), with a long timeout, and behind another receiver.
+fn close_wakes_blocked_recv(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    let (tx, rx) = mpsc::channel();
+    let waiters: Vec<_> = [None, Some(Duration::from_secs(60)), None]
+        .into_iter()
+        .map(|timeout| {
+            let (p, tx) = (dialer.clone(), tx.clone());
+            thread::spawn(move || {
+                let r = match timeout {
+                    None => p.recv(),
+                    Some(t) => p.recv_with(&RecvOptions::default().timeout(t)),
+                };
+                let _ = tx.send(r);
+            })
+        })
+        .collect();
+    // Not synchronisation: the result must be the same whether or not the receivers are
+    // already blocked. This only makes it likely that the test covers the blocked case.
+    thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    dialer.close().unwrap();
+    for _ in 0..waiters.len() {
+        let r = rx.recv_timeout(Duration::from_secs(2)).unwrap_or_else(|_| {
+            panic!(
+                "a blocked recv did not return within 2 s of close() (after {:?})",
+                start.elapsed()
+            )
+        });
+        let e = expect_kind(r, ErrorKind::Closed);
+        assert!(!e.is_retryable());
+    }
+    for h in waiters {
+        h.join().unwrap();
+    }
+    drop(accepted);
+}
+
+/// `close` from another thread wakes a `send` blocked because the send queue is full (the
+/// peer does not read): it returns `Closed`, and the peer, whose CLOSE was queued behind
+/// megabytes that linger zero dropped, sees the connection end without one.
+fn close_wakes_blocked_send(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    fill_send_queue(&dialer);
+    let sender = {
+        let p = dialer.clone();
+        thread::spawn(move || {
+            p.send_with(
+                "blocked",
+                &SendOptions::default().timeout(Duration::from_secs(60)),
+            )
+        })
+    };
+    // Not synchronisation: the result must be the same whether or not the sender is already
+    // blocked. This only makes it likely that the test covers the blocked case.
+    thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    dialer
+        .close_with(CloseOptions::default().linger(Duration::ZERO))
+        .unwrap();
+    let r = sender.join().unwrap();
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "blocked send returned {took:?} after close"
+    );
+    let e = expect_kind(r, ErrorKind::Closed);
+    assert!(!e.is_retryable());
+    let e = match recv_t(&accepted) {
+        Ok(m) => panic!("a partially sent message was delivered ({} bytes)", m.len()),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
+}
+
+/// Dropping the last handle of a pipe closes it: the peer sees `Closed` with code 0.
+fn dropped_peer_is_seen_as_closed(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    dialer.send("last words").unwrap();
+    let clone = dialer.clone();
+    drop(dialer);
+    // A clone keeps the pipe open.
+    clone.send("still here").unwrap();
+    drop(clone);
+    assert_eq!(recv(&accepted).payload(), b"last words");
+    assert_eq!(recv(&accepted).payload(), b"still here");
+    let e = expect_kind(recv_t(&accepted), ErrorKind::Closed);
+    assert_eq!(
+        e.close_reason().map(|(code, _)| code),
+        Some(close_code::NORMAL),
+        "{e}"
+    );
+    assert_eq!(accepted.state(), PipeState::Closed);
+}
+
+/// A dialer whose connection ends without a CLOSE frame: the accepted end's recv returns
+/// what arrived, then `Disconnected` (retryable), and the state is `Disconnected`.
+fn vanished_dialer_is_disconnected(f: &Fixture) {
+    let listener = listen(&f.addr(), ListenOptions::default()).unwrap();
+    let addr = listener.local_addr().to_string();
+    let (mut raw, accepted) = thread::scope(|s| {
+        let acceptor = s.spawn(|| listener.accept_timeout(T));
+        let mut raw = RawPeer::dial(&addr);
+        raw.handshake();
+        (raw, acceptor.join().unwrap().unwrap())
+    });
+    raw.session
+        .send(4, bytes::Bytes::from_static(b"raw hello"), Instant::now())
+        .unwrap();
+    raw.flush().unwrap();
+    drop(raw);
+    let m = recv(&accepted);
+    assert_eq!((m.channel(), m.payload()), (4, &b"raw hello"[..]));
+    let e = expect_kind(recv_t(&accepted), ErrorKind::Disconnected);
+    assert!(e.is_retryable());
+    assert_eq!(e.close_reason(), None);
+    assert_eq!(accepted.state(), PipeState::Disconnected);
+    expect_kind(recv_t(&accepted), ErrorKind::Disconnected);
+    expect_kind(accepted.send("anyone?"), ErrorKind::Disconnected);
+}
+
+/// A listener whose connection ends without a CLOSE frame: the dialer sees `Disconnected`.
+fn vanished_listener_is_disconnected(f: &Fixture) {
+    let (raw_listener, addr) = f.raw_listener();
+    let server = thread::spawn(move || {
+        let mut raw = RawPeer::serve(raw_listener.accept().unwrap());
+        raw.handshake();
+        raw.session
+            .send(2, bytes::Bytes::from_static(b"from raw"), Instant::now())
+            .unwrap();
+        raw.flush().unwrap();
+        // Dropped without a CLOSE.
+    });
+    let p = dial(&addr, DialOptions::default()).unwrap();
+    server.join().unwrap();
+    assert_eq!(p.session_id(), 0xABCD);
+    let m = recv(&p);
+    assert_eq!((m.channel(), m.payload()), (2, &b"from raw"[..]));
+    let e = expect_kind(recv_t(&p), ErrorKind::Disconnected);
+    assert!(e.is_retryable());
+    assert_eq!(p.state(), PipeState::Disconnected);
+}
+
+/// A PING from the peer is answered while the application is in `recv`.
+fn ping_answered_during_recv(f: &Fixture) {
+    let listener = listen(&f.addr(), ListenOptions::default()).unwrap();
+    let addr = listener.local_addr().to_string();
+    let (mut raw, accepted) = thread::scope(|s| {
+        let acceptor = s.spawn(|| listener.accept_timeout(T));
+        let mut raw = RawPeer::dial(&addr);
+        raw.handshake();
+        (raw, acceptor.join().unwrap().unwrap())
+    });
+    raw.session.ping(0x1234_5678_9abc).unwrap();
+    raw.flush().unwrap();
+    expect_kind(
+        accepted.recv_with(&RecvOptions::default().timeout(Duration::from_millis(200))),
+        ErrorKind::TimedOut,
+    );
+    assert_eq!(
+        raw.read_until_event(T),
+        Some(Event::Pong {
+            token: 0x1234_5678_9abc
+        })
+    );
+}
+
+/// `Listener::close` from another thread wakes a blocked `accept` with `Closed`.
+fn listener_close_wakes_accept(f: &Fixture) {
+    let listener = std::sync::Arc::new(listen(&f.addr(), ListenOptions::default()).unwrap());
+    let (tx, rx) = mpsc::channel();
+    let acceptor = {
+        let l = listener.clone();
+        thread::spawn(move || {
+            let _ = tx.send(l.accept().map(|_| ()));
+        })
+    };
+    thread::sleep(Duration::from_millis(50)); // see close_wakes_blocked_recv
+    listener.close();
+    let r = rx
+        .recv_timeout(Duration::from_secs(2))
+        .expect("accept did not return within 2 s of close");
+    expect_kind(r, ErrorKind::Closed);
+    acceptor.join().unwrap();
+    expect_kind(
+        listener.accept_timeout(Duration::from_millis(10)),
+        ErrorKind::Closed,
+    );
+    listener.close(); // idempotent
+}
+
+/// Once a listener is dropped, dialing its address is refused (the port, name or socket
+/// file is released).
+fn dropped_listener_refuses_dialers(f: &Fixture) {
+    let addr = {
+        let listener = listen(&f.addr(), ListenOptions::default()).unwrap();
+        listener.local_addr().to_string()
+    };
+    let e = expect_kind(
+        dial(
+            &addr,
+            DialOptions::default().timeout(Duration::from_secs(2)),
+        ),
+        ErrorKind::ConnectionRefused,
+    );
+    assert!(e.to_string().contains(&addr), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stats, addresses, identity, state
+// ---------------------------------------------------------------------------------------------
+
+fn stats_count_messages_and_bytes(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    for (ch, len) in [(0u16, 10usize), (0, 20), (0, 30), (7, 100), (7, 0)] {
+        dialer
+            .send(Message::new(pattern(len, 0)).with_channel(ch))
+            .unwrap();
+    }
+    for _ in 0..5 {
+        recv(&accepted);
+    }
+    // A message larger than a Unix socket's buffer: receive it while it is sent.
+    thread::scope(|s| {
+        let receiver = s.spawn(|| recv(&dialer));
+        accepted
+            .send(Message::new(pattern(MIB + 5, 1)).with_channel(7))
+            .unwrap();
+        pump_until(&accepted, || receiver.is_finished());
+        receiver.join().unwrap();
+    });
+
+    let d = dialer.stats();
+    assert_eq!((d.msgs_sent, d.bytes_sent), (5, 160), "{d:?}");
+    assert_eq!(
+        (d.msgs_received, d.bytes_received),
+        (1, MIB as u64 + 5),
+        "{d:?}"
+    );
+    assert_eq!(
+        (d.dropped, d.expired, d.retransmits, d.reconnects),
+        (0, 0, 0, 0),
+        "{d:?}"
+    );
+    let c0 = d.channel(0).expect("channel 0 stats");
+    assert_eq!(
+        (
+            c0.msgs_sent,
+            c0.bytes_sent,
+            c0.msgs_received,
+            c0.bytes_received
+        ),
+        (3, 60, 0, 0)
+    );
+    let c7 = d.channel(7).expect("channel 7 stats");
+    assert_eq!(
+        (
+            c7.msgs_sent,
+            c7.bytes_sent,
+            c7.msgs_received,
+            c7.bytes_received
+        ),
+        (2, 100, 1, MIB as u64 + 5)
+    );
+    assert_eq!(d.channel(1), None);
+    assert_eq!(d.channels().map(|(c, _)| c).collect::<Vec<_>>(), [0, 7]);
+
+    let a = accepted.stats();
+    assert_eq!((a.msgs_sent, a.bytes_sent), (1, MIB as u64 + 5), "{a:?}");
+    assert_eq!((a.msgs_received, a.bytes_received), (5, 160), "{a:?}");
+    let c0 = a.channel(0).unwrap();
+    assert_eq!(
+        (c0.msgs_received, c0.bytes_received, c0.msgs_sent),
+        (3, 60, 0)
+    );
+    let c7 = a.channel(7).unwrap();
+    assert_eq!(
+        (c7.msgs_received, c7.bytes_received, c7.msgs_sent),
+        (2, 100, 1)
+    );
+}
+
+fn addresses_display(f: &Fixture) {
+    let requested = f.addr();
+    let listener = listen(&requested, ListenOptions::default()).unwrap();
+    let laddr = listener.local_addr().to_string();
+    match f.kind {
+        Kind::Tcp4 | Kind::Tcp6 => {
+            let prefix = if f.kind == Kind::Tcp4 {
+                "tcp://127.0.0.1:"
+            } else {
+                "tcp://[::1]:"
+            };
+            let port: u16 = laddr
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("{laddr} does not start with {prefix}"))
+                .parse()
+                .unwrap_or_else(|_| panic!("{laddr}: no port"));
+            assert_ne!(port, 0, "port 0 was not resolved");
+        }
+        Kind::UdsPath | Kind::UdsAbstract => assert_eq!(laddr, requested),
+    }
+    let (dialer, accepted) = thread::scope(|s| {
+        let acceptor = s.spawn(|| listener.accept_timeout(T));
+        let d = dial(&laddr, DialOptions::default()).unwrap();
+        (d, acceptor.join().unwrap().unwrap())
+    });
+    assert_eq!(dialer.peer_addr().to_string(), laddr);
+    assert_eq!(accepted.local_addr().to_string(), laddr);
+    match f.kind {
+        Kind::Tcp4 | Kind::Tcp6 => {
+            let local = dialer.local_addr().to_string();
+            let prefix = if f.kind == Kind::Tcp4 {
+                "tcp://127.0.0.1:"
+            } else {
+                "tcp://[::1]:"
+            };
+            assert!(local.starts_with(prefix), "{local}");
+            assert_ne!(local, laddr);
+            assert_eq!(accepted.peer_addr().to_string(), local);
+        }
+        Kind::UdsPath | Kind::UdsAbstract => {
+            // A dialing Unix socket is unnamed.
+            assert_eq!(dialer.local_addr().to_string(), "unknown");
+            assert_eq!(accepted.peer_addr().to_string(), "unknown");
+        }
+    }
+}
+
+fn session_id_and_state(f: &Fixture) {
+    let Pair {
+        listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    assert_ne!(dialer.session_id(), 0);
+    assert_eq!(dialer.session_id(), accepted.session_id());
+    assert_eq!(dialer.state(), PipeState::Connected);
+    assert_eq!(accepted.state(), PipeState::Connected);
+    // A second connection gets a new session id.
+    let addr = listener.local_addr().to_string();
+    let second = thread::scope(|s| {
+        let acceptor = s.spawn(|| listener.accept_timeout(T));
+        let d = dial(&addr, DialOptions::default()).unwrap();
+        acceptor.join().unwrap().unwrap();
+        d
+    });
+    assert_ne!(second.session_id(), 0);
+    assert_ne!(second.session_id(), dialer.session_id());
+}
+
+/// `on_state_change` reports Connecting → Connected on dial and Connected → Closed, with the
+/// peer's close as the cause, when the peer closes.
+fn state_changes_on_dial_and_peer_close(f: &Fixture) {
+    let (tx, rx) = mpsc::channel::<StateChange>();
+    let tx = std::sync::Mutex::new(tx);
+    let opts = DialOptions::default().on_state_change(move |c| {
+        let _ = tx.lock().unwrap().send(c);
+    });
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair_with(f, ListenOptions::default(), opts);
+    let c = rx.recv_timeout(T).expect("a state change on dial");
+    assert_eq!(
+        (c.from, c.to, c.session_id),
+        (
+            PipeState::Connecting,
+            PipeState::Connected,
+            dialer.session_id()
+        )
+    );
+    assert!(c.cause.is_none(), "{c:?}");
+    accepted
+        .close_with(CloseOptions::default().reason(4001, "later"))
+        .unwrap();
+    expect_kind(recv_t(&dialer), ErrorKind::Closed);
+    let c = rx
+        .recv_timeout(T)
+        .expect("a state change on the peer's close");
+    assert_eq!((c.from, c.to), (PipeState::Connected, PipeState::Closed));
+    let cause = c.cause.expect("the peer's close is the cause");
+    assert_eq!(cause.kind(), ErrorKind::Closed);
+    assert_eq!(cause.close_reason(), Some((4001, "later")));
+    dialer.close().unwrap();
+    assert!(
+        rx.try_recv().is_err(),
+        "no further state change after Closed"
+    );
+}
+
+/// A local `close` is a change the user asked for: `StateChange::cause` is documented as
+/// `None` for those.
+fn state_change_on_local_close_has_no_cause(f: &Fixture) {
+    let (tx, rx) = mpsc::channel::<StateChange>();
+    let tx = std::sync::Mutex::new(tx);
+    let opts = DialOptions::default().on_state_change(move |c| {
+        let _ = tx.lock().unwrap().send(c);
+    });
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted: _accepted,
+    } = pair_with(f, ListenOptions::default(), opts);
+    rx.recv_timeout(T).expect("Connecting -> Connected");
+    dialer.close().unwrap();
+    let c = rx.recv_timeout(T).expect("a state change on close");
+    assert_eq!((c.from, c.to), (PipeState::Connected, PipeState::Closed));
+    assert!(c.cause.is_none(), "cause of a local close: {:?}", c.cause);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits and queues
+// ---------------------------------------------------------------------------------------------
+
+/// The dialer's `max_message_size` travels in the handshake: the listener's end refuses to
+/// send it anything larger, at `send`, sending nothing; up to the limit works.
+fn message_too_large_limit_travels_in_handshake(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair_with(
+        f,
+        ListenOptions::default(),
+        DialOptions::default().max_message_size(MIB),
+    );
+    let e = expect_kind(
+        accepted.send(pattern(2 * MIB, 0)),
+        ErrorKind::MessageTooLarge,
+    );
+    assert!(!e.is_retryable());
+    let text = e.to_string();
+    assert!(
+        text.contains(&(2 * MIB).to_string()) && text.contains(&MIB.to_string()),
+        "{text}"
+    );
+    let e = expect_kind(
+        accepted.send_with(pattern(MIB + 1, 0), &SendOptions::default().channel(3)),
+        ErrorKind::MessageTooLarge,
+    );
+    assert!(e.to_string().contains("channel 3"), "{e}");
+    assert_eq!(
+        accepted.stats().msgs_sent,
+        0,
+        "a refused message is not counted"
+    );
+    // Exactly the limit is fine, and nothing of the refused ones was sent.
+    let want = pattern(MIB, 5);
+    thread::scope(|s| {
+        let receiver = s.spawn(|| recv(&dialer));
+        accepted.send(want.clone()).unwrap();
+        pump_until(&accepted, || receiver.is_finished());
+        assert_payload(
+            receiver.join().unwrap().payload(),
+            &want,
+            "message at the limit",
+        );
+    });
+    assert!(dialer.try_recv().unwrap().is_none());
+    assert_eq!(accepted.state(), PipeState::Connected);
+}
+
+/// `max_message_size` is documented as "the largest message that a pipe sends or accepts":
+/// a `send` above this side's own limit fails with `MessageTooLarge`, whatever the peer's.
+fn own_max_message_size_limits_send(f: &Fixture) {
+    // Each side limits itself to 1 MiB; the peer keeps the default (64 MiB). The peer does
+    // not read: should the send be accepted after all, it must not wait long for it.
+    let quick = Duration::from_millis(500);
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted: _accepted,
+    } = pair_with(
+        f,
+        ListenOptions::default(),
+        DialOptions::default()
+            .max_message_size(MIB)
+            .send_timeout(quick),
+    );
+    let r = dialer.send(pattern(2 * MIB, 0));
+    assert_eq!(
+        r.as_ref().map_err(|e| e.kind()),
+        Err(ErrorKind::MessageTooLarge),
+        "the dialer sent a message above its own max_message_size: {r:?}"
+    );
+    let Pair {
+        listener: _listener,
+        dialer: _dialer,
+        accepted,
+    } = pair_with(
+        f,
+        ListenOptions::default()
+            .max_message_size(MIB)
+            .send_timeout(quick),
+        DialOptions::default(),
+    );
+    let r = accepted.send(pattern(2 * MIB, 0));
+    assert_eq!(
+        r.as_ref().map_err(|e| e.kind()),
+        Err(ErrorKind::MessageTooLarge),
+        "an accepted pipe sent a message above its listener's max_message_size: {r:?}"
+    );
+}
+
+/// `send` waits for room in the send queue (8 MiB), not for the peer to read: a message that
+/// fits in an empty queue is accepted at once even though the peer is not reading (Pipe docs:
+/// "it waits up to its timeout for room in the pipe's bounded send queue (8 MiB); Ok means the
+/// message was accepted"), and the remainder is written by the next call on the pipe.
+fn send_returns_once_accepted(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair_with(
+        f,
+        ListenOptions::default(),
+        DialOptions::default().send_timeout(Duration::from_secs(4)),
+    );
+    let big = pattern(7 * MIB, 3);
+    let start = Instant::now();
+    dialer.send(big.clone()).unwrap();
+    let took = start.elapsed();
+    let reader = thread::spawn(move || {
+        assert_payload(recv(&accepted).payload(), &big, "7 MiB message");
+        accepted.send("got it").unwrap();
+        accepted
+    });
+    // This recv is the "next call" that writes what the send left queued.
+    assert_eq!(recv(&dialer).payload(), b"got it");
+    let _accepted = reader.join().unwrap();
+    assert!(
+        took < Duration::from_secs(2),
+        "send of 7 MiB into an empty 8 MiB queue waited {took:?} for the peer to read \
+         (the send timeout is 4 s)"
+    );
+}
+
+/// Fills the send queue of `p` (the peer does not read): one huge message, accepted at once.
+fn fill_send_queue(p: &duct::Pipe) -> Vec<u8> {
+    let big = pattern(32 * MIB, 77);
+    p.send_with(big.clone(), &SendOptions::default().timeout(Duration::ZERO))
+        .expect("the first message is accepted into an empty queue");
+    big
+}
+
+/// With the send queue full and the peer not reading, a send with a timeout fails with
+/// `TimedOut` and sends nothing; the queued message is completed by the next call.
+fn send_queue_full_times_out_and_sends_nothing(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    let big = fill_send_queue(&dialer);
+    let start = Instant::now();
+    let e = expect_kind(
+        dialer.send_with(
+            "refused",
+            &SendOptions::default().timeout(Duration::from_millis(200)),
+        ),
+        ErrorKind::TimedOut,
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(e.is_retryable());
+    assert_eq!(
+        dialer.stats().msgs_sent,
+        1,
+        "the refused message is not counted"
+    );
+    let reader = thread::spawn(move || {
+        let m = recv(&accepted);
+        assert_payload(m.payload(), &big, "queued 32 MiB message");
+        let m = recv(&accepted);
+        assert_eq!(
+            m.payload(),
+            b"after",
+            "the refused message must not be sent"
+        );
+        assert!(accepted.try_recv().unwrap().is_none());
+        accepted // kept open until the pump has stopped
+    });
+    dialer.send("after").unwrap();
+    pump_until(&dialer, || reader.is_finished());
+    let _accepted = reader.join().unwrap();
+}
+
+/// `SendOptions::timeout(Duration::ZERO)` is documented: "a full queue fails at once with
+/// `ErrorKind::WouldBlock`".
+fn send_zero_timeout_on_full_queue_would_block(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    let big = fill_send_queue(&dialer);
+    let r = dialer.send_with("refused", &SendOptions::default().timeout(Duration::ZERO));
+    let reader = thread::spawn(move || {
+        assert_payload(recv(&accepted).payload(), &big, "queued 32 MiB message");
+        assert_eq!(recv(&accepted).payload(), b"after");
+        accepted // kept open until the pump has stopped
+    });
+    dialer.send("after").unwrap();
+    pump_until(&dialer, || reader.is_finished());
+    let _accepted = reader.join().unwrap();
+    let e = expect_kind(r, ErrorKind::WouldBlock);
+    assert!(e.is_retryable());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instantiation: one module per transport, one #[test] per case.
+// ---------------------------------------------------------------------------------------------
+
+macro_rules! transport_suite {
+    ($module:ident, $kind:expr, [$($case:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[test]
+                fn $case() {
+                    if let Some(fixture) = crate::common::Fixture::new($kind) {
+                        super::$case(&fixture);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! conformance {
+    ($cases:tt) => {
+        transport_suite!(tcp_ipv4, crate::common::Kind::Tcp4, $cases);
+        transport_suite!(tcp_ipv6, crate::common::Kind::Tcp6, $cases);
+        transport_suite!(uds_path, crate::common::Kind::UdsPath, $cases);
+        transport_suite!(uds_abstract, crate::common::Kind::UdsAbstract, $cases);
+    };
+}
+
+conformance!([
+    round_trip_all_sizes,
+    channels_are_preserved,
+    alloc_buffer_round_trip,
+    batch_send_and_recv,
+    order_under_concurrent_senders,
+    concurrent_receivers_split_without_loss,
+    full_duplex_large_messages,
+    many_clients_echo,
+    concurrent_accepts,
+    recv_timeout_is_timed_out,
+    recv_zero_timeout_would_block,
+    try_recv_empty_then_message,
+    accept_timeout_without_dialer,
+    peer_close_with_reason_after_messages,
+    local_close,
+    close_wakes_blocked_recv,
+    close_wakes_blocked_send,
+    dropped_peer_is_seen_as_closed,
+    vanished_dialer_is_disconnected,
+    vanished_listener_is_disconnected,
+    ping_answered_during_recv,
+    listener_close_wakes_accept,
+    dropped_listener_refuses_dialers,
+    stats_count_messages_and_bytes,
+    addresses_display,
+    session_id_and_state,
+    state_changes_on_dial_and_peer_close,
+    state_change_on_local_close_has_no_cause,
+    message_too_large_limit_travels_in_handshake,
+    own_max_message_size_limits_send,
+    send_returns_once_accepted,
+    send_queue_full_times_out_and_sends_nothing,
+    send_zero_timeout_on_full_queue_would_block,
+]);
