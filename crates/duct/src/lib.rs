@@ -37,6 +37,15 @@
 //! }
 //! ```
 //!
+//! # Threads
+//!
+//! `send` and `recv` do their I/O on the calling thread when they can (no hand-off between
+//! threads per message). One background reactor thread per process (configurable with
+//! [`set_reactor_threads`]) serves every pipe and listener while the application is not
+//! calling: it completes handshakes, reads ahead into receive queues up to their bound, answers
+//! the peer's PINGs, and writes output left queued when a socket was full. It starts with the
+//! first `listen` or `dial`, lives for the process, and never keeps the process from exiting.
+//!
 //! # What this version implements
 //!
 //! tcp and uds transports with default channel settings, timeouts, limits and close reasons.

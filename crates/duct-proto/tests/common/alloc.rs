@@ -6,4 +6,4 @@
 static GLOBAL: duct_sys::alloc_count::ThreadCountingAlloc =
     duct_sys::alloc_count::ThreadCountingAlloc;
 
-pub use duct_sys::alloc_count::{measure_thread as measure, ThreadUsage as Usage};
+pub use duct_sys::alloc_count::measure_thread as measure;

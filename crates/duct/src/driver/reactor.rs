@@ -65,10 +65,17 @@ static REACTOR: OnceLock<Vec<Arc<Worker>>> = OnceLock::new();
 static REQUESTED_THREADS: AtomicUsize = AtomicUsize::new(0);
 static NEXT_WORKER: AtomicUsize = AtomicUsize::new(0);
 
-/// Sets how many reactor threads serve the process's pipes (default 1, or the
-/// `DUCT_REACTOR_THREADS` environment variable). Must be called before the first pipe is
-/// created; afterwards it fails with [`crate::ErrorKind::Unsupported`], since the threads are
-/// already running. Counts are clamped to 1..=64.
+/// Sets how many reactor threads serve the process's pipes and listeners (default 1, or the
+/// `DUCT_REACTOR_THREADS` environment variable). Pipes are spread over them round-robin.
+///
+/// Must be called before the first `listen` or `dial`; afterwards it fails with
+/// [`crate::ErrorKind::Unsupported`], since the threads are already running. Counts are
+/// clamped to 1..=64. The threads (named `duct-reactor-N`) live for the process and never keep
+/// it from exiting.
+///
+/// ```
+/// duct::set_reactor_threads(2).expect("before the first pipe");
+/// ```
 pub fn set_reactor_threads(threads: usize) -> crate::Result<()> {
     if REACTOR.get().is_some() {
         return Err(crate::Error::new(
