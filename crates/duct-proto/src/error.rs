@@ -69,6 +69,12 @@ pub enum Error {
     },
     /// A handshake parameter outside the range the protocol allows.
     BadParameter(&'static str),
+    /// The peer sent nothing (not even a PONG) for `misses` heartbeat intervals: it is gone or
+    /// the link is half-open.
+    PeerSilent {
+        /// How long it was silent.
+        after: Duration,
+    },
     /// `send` before the handshake completed.
     NotConnected,
     /// `send` after the session was closed by either side.
@@ -92,6 +98,8 @@ pub enum Category {
     TimedOut,
     /// The session is closed or not yet open.
     Closed,
+    /// The peer or the link is gone; connecting again may help.
+    Disconnected,
 }
 
 impl Error {
@@ -114,6 +122,7 @@ impl Error {
                 _ => Category::Protocol,
             },
             Error::NotConnected | Error::Closed => Category::Closed,
+            Error::PeerSilent { .. } => Category::Disconnected,
         }
     }
 
@@ -122,7 +131,7 @@ impl Error {
         use crate::wire::control::close_code;
         match self.category() {
             Category::MessageTooLarge => close_code::MESSAGE_TOO_LARGE,
-            Category::TimedOut => close_code::TIMEOUT,
+            Category::TimedOut | Category::Disconnected => close_code::TIMEOUT,
             _ => close_code::PROTOCOL_ERROR,
         }
     }
@@ -171,6 +180,11 @@ impl fmt::Display for Error {
                 write!(f, "handshake did not complete within {after:?}")
             }
             Error::BadParameter(what) => write!(f, "bad handshake parameter: {what}"),
+            Error::PeerSilent { after } => write!(
+                f,
+                "peer silent for {after:?} (no data, no heartbeat answer): gone or the link is \
+                 half-open"
+            ),
             Error::NotConnected => f.write_str("session not established yet"),
             Error::Closed => f.write_str("session closed"),
         }

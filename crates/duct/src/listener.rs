@@ -286,11 +286,15 @@ impl Inner {
         while !st.closed && st.ready.len() < self.max_pending() {
             match self.raw.accept() {
                 Ok((stream, peer)) => {
+                    let heartbeat = self.opts.heartbeat_or_default();
+                    if let Err(e) = stream.set_keepalive(&heartbeat) {
+                        tracing::debug!(%peer, error = %e, "could not set TCP keepalive");
+                    }
                     if st.pending.len() + st.ready.len() >= self.max_pending() {
                         reports.extend(self.evict_oldest(&mut st, &peer));
                     }
                     let now = Instant::now();
-                    let mut config = session_config(&self.opts.limits);
+                    let mut config = session_config(&self.opts.limits, heartbeat);
                     config.session_id = fastrand::u64(1..);
                     config.handshake_timeout = self.opts.handshake_timeout_or_default();
                     let session = Session::new(config, Role::Listener, now);

@@ -217,7 +217,7 @@ macro_rules! limit_setters {
 ///     .on_error(|err| eprintln!("pipe error: {err}"));
 /// ```
 ///
-/// In this version of duct, [`reconnect`](Self::reconnect), [`heartbeat`](Self::heartbeat),
+/// In this version of duct, [`reconnect`](Self::reconnect),
 /// [`tls`](Self::tls), [`token`](Self::token) and non-default [`ChannelOptions`] are not
 /// implemented yet: they may be set, but then `dial` fails with [`ErrorKind::Unsupported`].
 #[derive(Clone, Default)]
@@ -255,11 +255,8 @@ impl DialOptions {
         self
     }
 
-    /// Exchange heartbeats so that a silent peer is noticed; see [`Heartbeat`]. Default: no
-    /// heartbeats (a dead peer is noticed when the transport reports it).
-    ///
-    /// Not implemented yet in this version: setting it makes `dial` fail with
-    /// [`ErrorKind::Unsupported`].
+    /// How a silent peer is noticed; see [`Heartbeat`]. Default: [`Heartbeat::default`]
+    /// (every 1 s, gone after 5 silent intervals); [`Heartbeat::off`] disables them.
     #[must_use]
     pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
         self.heartbeat = Some(heartbeat);
@@ -330,6 +327,10 @@ impl DialOptions {
     limit_setters!();
 
     /// The connect-plus-handshake deadline, default applied.
+    pub(crate) fn heartbeat_or_default(&self) -> Heartbeat {
+        self.heartbeat.unwrap_or_default()
+    }
+
     pub(crate) fn timeout_or_default(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_DIAL_TIMEOUT)
     }
@@ -347,9 +348,6 @@ impl DialOptions {
     pub(crate) fn check_supported(&self) -> Result<()> {
         if self.reconnect.is_some() {
             return Err(unsupported_option("DialOptions::reconnect", AREA_LIFECYCLE));
-        }
-        if self.heartbeat.is_some() {
-            return Err(unsupported_option("DialOptions::heartbeat", AREA_LIFECYCLE));
         }
         for (&channel, options) in &self.channels {
             options.check_supported("DialOptions", channel)?;
@@ -399,7 +397,7 @@ impl fmt::Debug for DialOptions {
 ///     .on_error(|err| eprintln!("rejected a peer: {err}"));
 /// ```
 ///
-/// In this version of duct, [`heartbeat`](Self::heartbeat), [`tls`](Self::tls),
+/// In this version of duct, [`tls`](Self::tls),
 /// [`authenticate`](Self::authenticate), [`allow_uids`](Self::allow_uids),
 /// [`allow_gids`](Self::allow_gids), [`resume_window`](Self::resume_window) and non-default
 /// [`ChannelOptions`] are not implemented yet: they may be set, but then `listen` fails with
@@ -435,11 +433,8 @@ impl ListenOptions {
         self
     }
 
-    /// Exchange heartbeats with every accepted peer; see [`Heartbeat`]. Default: no
-    /// heartbeats.
-    ///
-    /// Not implemented yet in this version: setting it makes `listen` fail with
-    /// [`ErrorKind::Unsupported`].
+    /// How a silent peer is noticed on accepted pipes; see [`Heartbeat`]. Default:
+    /// [`Heartbeat::default`]; [`Heartbeat::off`] disables them.
     #[must_use]
     pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
         self.heartbeat = Some(heartbeat);
@@ -544,6 +539,10 @@ impl ListenOptions {
     limit_setters!();
 
     /// The handshake deadline, default applied.
+    pub(crate) fn heartbeat_or_default(&self) -> Heartbeat {
+        self.heartbeat.unwrap_or_default()
+    }
+
     pub(crate) fn handshake_timeout_or_default(&self) -> Duration {
         self.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT)
     }
@@ -571,12 +570,6 @@ impl ListenOptions {
     /// `Ok` when every option that was set is implemented in this version; otherwise an
     /// [`ErrorKind::Unsupported`] error naming the first one that is not.
     pub(crate) fn check_supported(&self) -> Result<()> {
-        if self.heartbeat.is_some() {
-            return Err(unsupported_option(
-                "ListenOptions::heartbeat",
-                AREA_LIFECYCLE,
-            ));
-        }
         for (&channel, options) in &self.channels {
             options.check_supported("ListenOptions", channel)?;
         }
@@ -705,11 +698,26 @@ impl Default for Reconnect {
     }
 }
 
-/// Liveness checking: each side sends a heartbeat every `interval` when it has nothing else
-/// to send, and a side that hears nothing from its peer for `misses` intervals declares the
-/// connection [`PipeState::Disconnected`].
+/// Liveness checking: a side that has received nothing for `interval` sends a PING (the peer
+/// answers with a PONG), and a side that hears nothing from its peer for `misses` intervals
+/// declares the connection [`PipeState::Disconnected`]: blocked calls return
+/// [`ErrorKind::Disconnected`] (retryable) at once. This catches peers that died without
+/// closing their socket and half-open links (a cable pulled, a host frozen), which the
+/// transport alone may not report for minutes. The agreed interval is the smaller of the two
+/// sides' intervals; each side applies its own `misses`. PONGs also measure the round-trip
+/// time ([`PipeStats::rtt`]). On tcp, TCP keepalive is set from the same values as a second
+/// line of defence.
 ///
-/// Default: every 1 s, 5 misses (a silent peer is noticed after about 5 s).
+/// Default: every 1 s, 5 misses (a silent peer is noticed after about 5 s). Heartbeats run in
+/// duct's background reactor: they work while the application is not calling duct.
+///
+/// ```
+/// use std::time::Duration;
+/// // Notice a dead game server within about 1.5 s.
+/// let opts = duct::DialOptions::default()
+///     .heartbeat(duct::Heartbeat::new(Duration::from_millis(500), 3));
+/// # let _ = opts;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeat {
     pub(crate) interval: Duration,
@@ -721,6 +729,20 @@ impl Heartbeat {
     /// treated as 1).
     pub fn new(interval: Duration, misses: u32) -> Heartbeat {
         Heartbeat { interval, misses }
+    }
+
+    /// No heartbeats from this side: a dead peer is noticed only when the transport reports
+    /// it. This side still answers the peer's PINGs.
+    pub fn off() -> Heartbeat {
+        Heartbeat {
+            interval: Duration::ZERO,
+            misses: 0,
+        }
+    }
+
+    /// Whether heartbeats are on.
+    pub(crate) fn enabled(&self) -> bool {
+        !self.interval.is_zero()
     }
 
     /// How long the peer may stay silent before the connection is declared lost.
@@ -1443,6 +1465,9 @@ pub struct PipeStats {
     pub retransmits: u64,
     /// Successful reconnects.
     pub reconnects: u64,
+    /// Smoothed round-trip time measured by heartbeat PINGs (`None` until one was answered,
+    /// or with heartbeats off).
+    pub rtt: Option<Duration>,
     channels: BTreeMap<u16, ChannelStats>,
 }
 
@@ -1590,10 +1615,6 @@ mod tests {
                 "DialOptions::reconnect is not implemented yet in this version of duct (connection lifecycle)",
             ),
             (
-                DialOptions::default().heartbeat(Heartbeat::default()),
-                "DialOptions::heartbeat is not implemented yet in this version of duct (connection lifecycle)",
-            ),
-            (
                 DialOptions::default().tls(TlsOptions::client("ca.pem")),
                 "DialOptions::tls is not implemented yet in this version of duct (TLS)",
             ),
@@ -1614,10 +1635,6 @@ mod tests {
     #[test]
     fn listen_unsupported_options() {
         let cases: Vec<(ListenOptions, &str)> = vec![
-            (
-                ListenOptions::default().heartbeat(Heartbeat::default()),
-                "ListenOptions::heartbeat",
-            ),
             (
                 ListenOptions::default().tls(TlsOptions::server("c.pem", "k.pem")),
                 "ListenOptions::tls",

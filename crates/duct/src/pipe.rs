@@ -8,7 +8,7 @@ use duct_proto::{Config, Role, Session};
 use crate::addr;
 use crate::driver::conn::{Conn, ConnConfig, Wait};
 use crate::driver::handshake::Handshake;
-use crate::options::Limits;
+use crate::options::{Heartbeat, Limits};
 use crate::transport;
 use crate::{
     Addr, CloseOptions, DialOptions, Error, ErrorKind, Message, MessageBuf, PipeState, PipeStats,
@@ -103,9 +103,13 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
     let start = Instant::now();
     let deadline = start + timeout;
     let stream = transport::connect(&ep, timeout)?;
+    let heartbeat = opts.heartbeat_or_default();
+    if let Err(e) = stream.set_keepalive(&heartbeat) {
+        tracing::debug!(%addr, error = %e, "could not set TCP keepalive");
+    }
     let peer = stream.peer_addr();
     let now = Instant::now();
-    let mut config = session_config(&opts.limits);
+    let mut config = session_config(&opts.limits, heartbeat);
     config.instance_id = fastrand::u64(1..);
     config.handshake_timeout = deadline.saturating_duration_since(now);
     let session = Session::new(config, Role::Dialer, now);
@@ -138,9 +142,11 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
     })
 }
 
-/// The session configuration for a pipe with these limits.
-pub(crate) fn session_config(limits: &Limits) -> Config {
+/// The session configuration for a pipe with these limits and heartbeats.
+pub(crate) fn session_config(limits: &Limits, heartbeat: Heartbeat) -> Config {
     Config {
+        heartbeat_interval: heartbeat.enabled().then_some(heartbeat.interval),
+        heartbeat_misses: heartbeat.misses.max(1),
         max_frame_payload: limits.max_frame_payload,
         max_message_size: limits.max_message_size.min(u32::MAX as usize) as u32,
         reassembly_limit: limits.reassembly_limit,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use duct::{
-    dial, listen, ChannelOptions, DialOptions, ErrorKind, Heartbeat, ListenOptions, Message,
-    Reconnect, SendOptions, TlsOptions,
+    dial, listen, ChannelOptions, DialOptions, ErrorKind, ListenOptions, Message, Reconnect,
+    SendOptions, TlsOptions,
 };
 use duct_proto::wire::control::{
     reject_code, Hello, Reject, Welcome, VERSION_MAJOR, VERSION_MINOR,
@@ -335,10 +335,6 @@ fn unimplemented_dial_options_are_unsupported_before_connecting() {
             )),
         ),
         (
-            "DialOptions::heartbeat",
-            DialOptions::default().heartbeat(Heartbeat::new(Duration::from_secs(1), 3)),
-        ),
-        (
             "DialOptions::tls",
             DialOptions::default().tls(TlsOptions::client("/nonexistent/ca.pem")),
         ),
@@ -369,10 +365,6 @@ fn unimplemented_listen_options_are_unsupported_and_bind_nothing() {
     let path = dir.fresh("opts");
     let addr = format!("uds://{}", path.display());
     let cases: Vec<(&str, ListenOptions)> = vec![
-        (
-            "ListenOptions::heartbeat",
-            ListenOptions::default().heartbeat(Heartbeat::new(Duration::from_secs(1), 3)),
-        ),
         (
             "ListenOptions::tls",
             ListenOptions::default().tls(TlsOptions::server(

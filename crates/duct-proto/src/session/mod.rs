@@ -20,6 +20,9 @@ use reassembly::ReassemblyBuffer;
 pub const MIN_FRAME_PAYLOAD: u32 = 1024;
 /// Largest max frame payload a peer may announce (and this side will use).
 pub const MAX_FRAME_PAYLOAD: u32 = 16 * 1024 * 1024;
+/// Shortest heartbeat interval used, whatever was agreed (1 ms on the wire is allowed, but
+/// a PING storm is not).
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 
 /// Which end of the connection this session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +47,15 @@ pub struct Config {
     pub reassembly_timeout: Duration,
     /// How long the handshake may take. Default 5 s.
     pub handshake_timeout: Duration,
-    /// Heartbeat interval to propose (`None`: no heartbeat). Default `None`.
+    /// Heartbeat interval to propose (`None`: no heartbeats from this side). Default `None`.
+    ///
+    /// With heartbeats, this side sends a PING whenever it has received nothing for the agreed
+    /// interval (the smaller non-zero proposal of the two sides), and fails with
+    /// [`Error::PeerSilent`] when it has received nothing for `heartbeat_misses` intervals. A
+    /// side without heartbeats still answers PINGs.
     pub heartbeat_interval: Option<Duration>,
+    /// Silent intervals before the peer is declared gone (0 counts as 1). Default 5.
+    pub heartbeat_misses: u32,
     /// Capability bits to offer (intersected with what this implementation supports).
     pub capabilities: u64,
     /// The dialing pipe's identity, stable across its reconnects (dialer only).
@@ -65,6 +75,7 @@ impl Default for Config {
             reassembly_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(5),
             heartbeat_interval: None,
+            heartbeat_misses: 5,
             capabilities: caps::SUPPORTED,
             instance_id: 0,
             session_id: 0,
@@ -180,6 +191,29 @@ pub struct Session {
     message_bytes: usize,
     events: VecDeque<Event>,
     reassembly: ReassemblyBuffer,
+    /// When the last bytes from the peer arrived.
+    last_recv: Instant,
+    /// Heartbeats, when this side has them and the session is established.
+    heartbeat: Option<HeartbeatState>,
+    /// Smoothed round-trip time from our PINGs.
+    srtt: Option<Duration>,
+    next_ping_token: u64,
+}
+
+/// This side's heartbeat schedule.
+struct HeartbeatState {
+    interval: Duration,
+    /// How long the peer may stay silent.
+    silence: Duration,
+    last_ping: Option<Instant>,
+    /// Our PING awaiting its PONG: token and when it was queued.
+    outstanding: Option<(u64, Instant)>,
+}
+
+impl HeartbeatState {
+    fn ping_due(&self, last_recv: Instant) -> Instant {
+        self.last_ping.map_or(last_recv, |p| p.max(last_recv)) + self.interval
+    }
 }
 
 impl Session {
@@ -207,6 +241,10 @@ impl Session {
             events: VecDeque::new(),
             reassembly,
             config,
+            last_recv: now,
+            heartbeat: None,
+            srtt: None,
+            next_ping_token: 1,
         };
         if role == Role::Dialer {
             let hello = Hello {
@@ -331,6 +369,8 @@ impl Session {
     /// Feeds bytes from a stream transport: takes every whole frame off the front of `buf` and
     /// handles it; a partial frame stays in `buf` for the next call.
     pub fn handle_input(&mut self, buf: &mut BytesMut, now: Instant) -> Result<(), Error> {
+        // Bytes arrived: the peer is alive, whatever they turn out to be.
+        self.last_recv = now;
         while self.state != State::Closed {
             match self.deframer.decode(buf) {
                 Ok(Some((header, payload))) => {
@@ -372,6 +412,7 @@ impl Session {
         if self.state == State::Closed {
             return Ok(());
         }
+        self.last_recv = now;
         if payload.len() as u64 != u64::from(h.payload_len) {
             let e = crate::wire::WireError::Malformed("payload length differs from the header");
             return Err(self.fail(e.into()));
@@ -450,10 +491,19 @@ impl Session {
         if self.state == State::Closed {
             return None;
         }
-        match (self.handshake_deadline, self.reassembly.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let hb = self.heartbeat.as_ref().map(|hb| {
+            let dead = self.last_recv + hb.silence;
+            dead.min(hb.ping_due(self.last_recv))
+        });
+        [self.handshake_deadline, self.reassembly.next_deadline(), hb]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Smoothed round-trip time measured with heartbeat PINGs (`None` until a PONG came).
+    pub fn rtt(&self) -> Option<Duration> {
+        self.srtt
     }
 
     /// Handles the deadlines that have passed at `now`. A spurious call is harmless.
@@ -471,13 +521,28 @@ impl Session {
         }
         self.reassembly
             .check_timeouts(now)
-            .map_err(|e| self.fail(e))
+            .map_err(|e| self.fail(e))?;
+        let Some(hb) = self.heartbeat.as_mut() else {
+            return Ok(());
+        };
+        let silent = now.saturating_duration_since(self.last_recv);
+        if silent >= hb.silence {
+            return Err(self.fail(Error::PeerSilent { after: silent }));
+        }
+        if now >= hb.ping_due(self.last_recv) && self.state == State::Established {
+            let token = self.next_ping_token;
+            self.next_ping_token += 1;
+            hb.last_ping = Some(now);
+            hb.outstanding = Some((token, now));
+            self.queue_control(FrameKind::Ping, control::encode_ping(token));
+        }
+        Ok(())
     }
 
     fn handle_handshake(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
         match (self.role, h.kind) {
             (Role::Listener, FrameKind::Hello) => self.on_hello(&payload, now),
-            (Role::Dialer, FrameKind::Welcome) => self.on_welcome(&payload),
+            (Role::Dialer, FrameKind::Welcome) => self.on_welcome(&payload, now),
             (Role::Dialer, FrameKind::Reject) => {
                 let reject = Reject::decode(&payload)?;
                 if reject.code == reject_code::INCOMPATIBLE_VERSION {
@@ -498,7 +563,7 @@ impl Session {
         }
     }
 
-    fn on_hello(&mut self, payload: &[u8], _now: Instant) -> Result<(), Error> {
+    fn on_hello(&mut self, payload: &[u8], now: Instant) -> Result<(), Error> {
         let peer_version = control::decode_preamble(payload)?;
         if peer_version.0 != self.config.version.0 {
             self.reject(
@@ -545,18 +610,21 @@ impl Session {
             extensions: Vec::new(),
         };
         self.queue_control(FrameKind::Welcome, welcome.encode());
-        self.establish(Negotiated {
-            peer_version,
-            capabilities,
-            send_frame_max: hello.max_frame_payload.min(MAX_FRAME_PAYLOAD),
-            send_message_max: hello.max_message_size,
-            heartbeat_interval: ms_duration(heartbeat_ms),
-            instance_id: hello.instance_id,
-        });
+        self.establish(
+            Negotiated {
+                peer_version,
+                capabilities,
+                send_frame_max: hello.max_frame_payload.min(MAX_FRAME_PAYLOAD),
+                send_message_max: hello.max_message_size,
+                heartbeat_interval: ms_duration(heartbeat_ms),
+                instance_id: hello.instance_id,
+            },
+            now,
+        );
         Ok(())
     }
 
-    fn on_welcome(&mut self, payload: &[u8]) -> Result<(), Error> {
+    fn on_welcome(&mut self, payload: &[u8], now: Instant) -> Result<(), Error> {
         let peer_version = control::decode_preamble(payload)?;
         if peer_version.0 != self.config.version.0 {
             return Err(Error::Incompatible {
@@ -570,18 +638,36 @@ impl Session {
             return Err(Error::BadParameter("WELCOME session_id is 0"));
         }
         self.session_id = w.session_id;
-        self.establish(Negotiated {
-            peer_version,
-            capabilities: w.capabilities & self.config.capabilities & caps::SUPPORTED,
-            send_frame_max: w.max_frame_payload.min(MAX_FRAME_PAYLOAD),
-            send_message_max: w.max_message_size,
-            heartbeat_interval: ms_duration(w.heartbeat_ms),
-            instance_id: self.config.instance_id,
-        });
+        self.establish(
+            Negotiated {
+                peer_version,
+                capabilities: w.capabilities & self.config.capabilities & caps::SUPPORTED,
+                send_frame_max: w.max_frame_payload.min(MAX_FRAME_PAYLOAD),
+                send_message_max: w.max_message_size,
+                heartbeat_interval: ms_duration(w.heartbeat_ms),
+                instance_id: self.config.instance_id,
+            },
+            now,
+        );
         Ok(())
     }
 
-    fn establish(&mut self, negotiated: Negotiated) {
+    fn establish(&mut self, negotiated: Negotiated, now: Instant) {
+        if let Some(ours) = self.config.heartbeat_interval.filter(|d| !d.is_zero()) {
+            // The agreed interval is the smaller proposal; a peer that agreed to none leaves
+            // ours in force.
+            let interval = negotiated
+                .heartbeat_interval
+                .unwrap_or(ours)
+                .max(MIN_HEARTBEAT);
+            self.heartbeat = Some(HeartbeatState {
+                interval,
+                silence: interval.saturating_mul(self.config.heartbeat_misses.max(1)),
+                last_ping: None,
+                outstanding: None,
+            });
+        }
+        self.last_recv = now;
         self.negotiated = Some(negotiated);
         self.state = State::Established;
         self.handshake_deadline = None;
@@ -609,6 +695,19 @@ impl Session {
             }
             FrameKind::Pong => {
                 let token = control::decode_ping(&payload)?;
+                if let Some(hb) = self.heartbeat.as_mut() {
+                    if let Some((t, sent)) = hb.outstanding {
+                        if t == token {
+                            hb.outstanding = None;
+                            let sample = now.saturating_duration_since(sent);
+                            // RFC 6298's smoothing: srtt = 7/8 srtt + 1/8 sample.
+                            self.srtt = Some(match self.srtt {
+                                None => sample,
+                                Some(s) => (s * 7 + sample) / 8,
+                            });
+                        }
+                    }
+                }
                 self.events.push_back(Event::Pong { token });
                 Ok(())
             }

@@ -334,6 +334,7 @@ impl Conn {
     pub(crate) fn stats(&self) -> PipeStats {
         let g = self.lock();
         let mut s = g.stats.clone();
+        s.rtt = g.session.rtt();
         s.set_channels(g.channels.snapshot());
         s
     }
@@ -1005,7 +1006,12 @@ impl Reactive for Conn {
         g.timer_at = None;
         if let Err(e) = g.session.handle_timeout(now) {
             let err = proto_error(e, &self.peer_addr);
-            self.end(&mut g, err, PipeState::Closed);
+            let state = if err.kind() == ErrorKind::Disconnected {
+                PipeState::Disconnected
+            } else {
+                PipeState::Closed
+            };
+            self.end(&mut g, err, state);
         }
         if g.recheck_at.is_some_and(|t| t <= now) {
             g.recheck_at = None;

@@ -63,6 +63,7 @@ pub(crate) fn proto_error(e: duct_proto::Error, peer: &Addr) -> Error {
         Category::Unavailable => ErrorKind::ConnectionRefused,
         Category::TimedOut => ErrorKind::TimedOut,
         Category::Closed => ErrorKind::Closed,
+        Category::Disconnected => ErrorKind::Disconnected,
     };
     Error::new(kind, format!("{peer}: {e}"))
 }

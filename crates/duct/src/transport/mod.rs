@@ -79,6 +79,22 @@ impl Stream {
     /// Shuts down the read half, the write half or both (the peer reads EOF after a write
     /// shutdown). Fails with `NotConnected` if the connection is already gone, which callers
     /// closing a pipe can ignore.
+    /// Sets TCP keepalive from the heartbeat settings (probes after `interval × misses` of
+    /// idleness, then every `interval`, `misses` of them), as a second line of defence behind
+    /// duct's own heartbeats. Other transports have nothing to set.
+    pub(crate) fn set_keepalive(&self, hb: &crate::options::Heartbeat) -> io::Result<()> {
+        let Stream::Tcp(s) = self else { return Ok(()) };
+        if !hb.enabled() {
+            return Ok(());
+        }
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(hb.silence_timeout().max(std::time::Duration::from_secs(1)))
+            .with_interval(hb.interval.max(std::time::Duration::from_secs(1)));
+        #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+        let ka = ka.with_retries(hb.misses.max(1));
+        socket2::SockRef::from(s).set_tcp_keepalive(&ka)
+    }
+
     pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown(how),

@@ -1,0 +1,191 @@
+//! Heartbeats end to end: a peer that completes the handshake and then goes silent (as a
+//! half-open link or a frozen process looks) is detected within `interval × misses` on both
+//! the dialing and the accepting side; blocked calls wake with `Disconnected`; idle pipes
+//! with heartbeats stay up and measure their RTT.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use duct::{DialOptions, ErrorKind, Heartbeat, ListenOptions, PipeState, RecvOptions};
+use duct_proto::{Config, Event, Role, Session};
+
+const INTERVAL: Duration = Duration::from_millis(100);
+const MISSES: u32 = 3;
+
+/// Completes a handshake as `role` over `sock` with a protocol session that has no
+/// heartbeats, then returns the socket: from then on the test keeps it open and silent.
+fn handshake(mut sock: TcpStream, role: Role) -> TcpStream {
+    let cfg = Config {
+        session_id: 99,
+        ..Config::default()
+    };
+    let mut s = Session::new(cfg, role, Instant::now());
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(t) = s.poll_transmit() {
+            sock.write_all(&t.header).unwrap();
+            sock.write_all(&t.payload).unwrap();
+        }
+        if matches!(s.poll_event(), Some(Event::Connected { .. })) {
+            while let Some(t) = s.poll_transmit() {
+                sock.write_all(&t.header).unwrap();
+                sock.write_all(&t.payload).unwrap();
+            }
+            return sock;
+        }
+        let n = sock.read(&mut chunk).unwrap();
+        assert!(n > 0, "duct hung up during the handshake");
+        buf.extend_from_slice(&chunk[..n]);
+        s.handle_input(&mut buf, Instant::now()).unwrap();
+    }
+}
+
+fn heartbeat() -> Heartbeat {
+    Heartbeat::new(INTERVAL, MISSES)
+}
+
+/// One detection by the dialing side: returns how long after the peer fell silent the
+/// blocked recv returned.
+fn dialer_detects_silent_listener() -> Duration {
+    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", raw.local_addr().unwrap());
+    let peer = thread::spawn(move || handshake(raw.accept().unwrap().0, Role::Listener));
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let opts = DialOptions::default()
+        .heartbeat(heartbeat())
+        .on_state_change(move |c| {
+            let _ = tx.lock().unwrap().send(c);
+        });
+    let pipe = duct::dial(&addr, opts).unwrap();
+    let _silent = peer.join().unwrap(); // open, and silent from now on
+    let silent_since = Instant::now();
+    let e = pipe.recv().unwrap_err();
+    let took = silent_since.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
+    assert!(e.is_retryable());
+    assert!(e.to_string().contains("silent"), "{e}");
+    assert_eq!(pipe.state(), PipeState::Disconnected);
+    let changes: Vec<_> = rx.try_iter().collect();
+    let last = changes.last().expect("state changes");
+    assert_eq!(
+        (last.from, last.to),
+        (PipeState::Connected, PipeState::Disconnected)
+    );
+    assert_eq!(
+        last.cause.as_ref().map(|c| c.kind()),
+        Some(ErrorKind::Disconnected)
+    );
+    took
+}
+
+/// One detection by the accepting side.
+fn listener_detects_silent_dialer() -> Duration {
+    let (on_error_tx, _on_error_rx) = mpsc::channel::<String>();
+    let on_error_tx = std::sync::Mutex::new(on_error_tx);
+    let listener = duct::listen(
+        "tcp://127.0.0.1:0",
+        ListenOptions::default()
+            .heartbeat(heartbeat())
+            .on_error(move |e| {
+                let _ = on_error_tx.lock().unwrap().send(e.to_string());
+            }),
+    )
+    .unwrap();
+    let addr = listener.local_addr().to_string();
+    let sock = TcpStream::connect(addr.trim_start_matches("tcp://")).unwrap();
+    let _silent = handshake(sock, Role::Dialer);
+    let pipe = listener.accept_timeout(Duration::from_secs(5)).unwrap();
+    let silent_since = Instant::now();
+    let e = pipe
+        .recv_with(&RecvOptions::default().timeout(Duration::from_secs(10)))
+        .unwrap_err();
+    let took = silent_since.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
+    assert_eq!(pipe.state(), PipeState::Disconnected);
+    took
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[test]
+fn silent_peer_is_detected_on_both_sides() {
+    let limit = INTERVAL * MISSES;
+    let mut dialer = Vec::new();
+    let mut listener = Vec::new();
+    for _ in 0..20 {
+        dialer.push(dialer_detects_silent_listener());
+        listener.push(listener_detects_silent_dialer());
+    }
+    let (d, l) = (median(dialer.clone()), median(listener.clone()));
+    println!(
+        "silent peer detected after (interval {INTERVAL:?} x {MISSES}): dialer median {d:?} \
+         (max {:?}), listener median {l:?} (max {:?})",
+        dialer.iter().max().unwrap(),
+        listener.iter().max().unwrap()
+    );
+    for (side, times) in [("dialer", &dialer), ("listener", &listener)] {
+        for t in times {
+            // Not before the peer could have been silent for `misses` intervals (less a
+            // little: the silence may have begun just before we started the clock)...
+            assert!(
+                *t + INTERVAL >= limit,
+                "{side}: declared gone after only {t:?}"
+            );
+            // ... and not much later (generous slack: a shared 2-core machine).
+            assert!(*t < limit + Duration::from_secs(2), "{side}: took {t:?}");
+        }
+    }
+}
+
+#[test]
+fn idle_pipes_with_heartbeats_stay_up_and_measure_rtt() {
+    let hb = Heartbeat::new(Duration::from_millis(30), 3);
+    let listener = duct::listen(
+        "uds://@duct-heartbeat-idle",
+        ListenOptions::default().heartbeat(hb),
+    )
+    .unwrap();
+    let addr = listener.local_addr().to_string();
+    let server = thread::spawn(move || listener.accept().unwrap());
+    let pipe = duct::dial(&addr, DialOptions::default().heartbeat(hb)).unwrap();
+    let peer = server.join().unwrap();
+    // Neither side calls duct for 30 intervals: the reactor's PINGs keep both alive.
+    thread::sleep(Duration::from_millis(900));
+    assert_eq!(pipe.state(), PipeState::Connected);
+    assert_eq!(peer.state(), PipeState::Connected);
+    let rtt = pipe.stats().rtt.expect("PONGs measured the round trip");
+    assert!(rtt < Duration::from_secs(1), "{rtt:?}");
+    assert!(peer.stats().rtt.is_some());
+    pipe.send("still here").unwrap();
+    let m = peer
+        .recv_with(&RecvOptions::default().timeout(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(m.payload(), b"still here");
+}
+
+#[test]
+fn heartbeats_off_never_disconnect_an_idle_pipe() {
+    let listener = duct::listen(
+        "tcp://127.0.0.1:0",
+        ListenOptions::default().heartbeat(Heartbeat::off()),
+    )
+    .unwrap();
+    let addr = listener.local_addr().to_string();
+    let server = thread::spawn(move || listener.accept().unwrap());
+    let pipe = duct::dial(&addr, DialOptions::default().heartbeat(Heartbeat::off())).unwrap();
+    let peer = server.join().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(pipe.stats().rtt, None, "no PINGs were sent");
+    assert_eq!(pipe.state(), PipeState::Connected);
+    pipe.send("hi").unwrap();
+    assert_eq!(peer.recv().unwrap().payload(), b"hi");
+}
