@@ -150,7 +150,7 @@ fn silent_peer_is_detected_on_both_sides() {
 fn idle_pipes_with_heartbeats_stay_up_and_measure_rtt() {
     let hb = Heartbeat::new(Duration::from_millis(30), 3);
     let listener = duct::listen(
-        "uds://@duct-heartbeat-idle",
+        &format!("uds://@duct-heartbeat-idle-{}", std::process::id()),
         ListenOptions::default().heartbeat(hb),
     )
     .unwrap();

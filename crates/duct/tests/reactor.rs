@@ -150,7 +150,8 @@ fn idle_uds_pipe_answers_ping() {
 /// return `Closed` promptly when a third thread closes the pipe, even with a long linger.
 #[test]
 fn close_from_another_thread_wakes_blocked_recv_and_send() {
-    for addr in ["tcp://127.0.0.1:0", "uds://@duct-reactor-close-wake"] {
+    let uds = format!("uds://@duct-reactor-close-wake-{}", std::process::id());
+    for addr in ["tcp://127.0.0.1:0", uds.as_str()] {
         let listener = duct::listen(addr, ListenOptions::default()).unwrap();
         let bound = listener.local_addr().to_string();
         let acceptor = thread::spawn(move || (listener.accept().unwrap(), listener));

@@ -8,8 +8,11 @@ use duct::{DialOptions, ErrorKind, ListenOptions, RecvOptions};
 #[test]
 fn reactor_thread_count_is_configurable_before_first_use() {
     duct::set_reactor_threads(3).unwrap();
-    let listener =
-        duct::listen("uds://@duct-reactor-threads-test", ListenOptions::default()).unwrap();
+    let listener = duct::listen(
+        &format!("uds://@duct-reactor-threads-{}", std::process::id()),
+        ListenOptions::default(),
+    )
+    .unwrap();
     let addr = listener.local_addr().to_string();
     let server = std::thread::spawn(move || {
         let pipes: Vec<_> = (0..6).map(|_| listener.accept().unwrap()).collect();
