@@ -57,7 +57,9 @@ pub(crate) const RECV_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// accepted, and waits up to the linger time for them to be written; the peer's `recv` returns
 /// all of those first, then an [`ErrorKind::Closed`] error whose [`Error::close_reason`] gives
 /// the code and reason. Closing wakes every call blocked on the pipe in any thread (they
-/// return [`ErrorKind::Closed`]). Dropping the last handle closes the pipe without waiting.
+/// return [`ErrorKind::Closed`]). Dropping the last handle closes the pipe too, with code 0,
+/// reason "pipe dropped" and the default linger, without blocking the dropping thread: the
+/// background reactor writes what is still queued for up to the linger time.
 ///
 /// # Example
 /// ```no_run
@@ -73,6 +75,19 @@ pub(crate) const RECV_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Clone)]
 pub struct Pipe {
     conn: Arc<Conn>,
+    /// Shared by every clone: dropped with the last handle, it closes the pipe.
+    _last: Arc<LastHandle>,
+}
+
+/// Closes the pipe when the last `Pipe` handle goes (see [`Conn::close_on_drop`]).
+struct LastHandle(Option<Arc<Conn>>);
+
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.close_on_drop();
+        }
+    }
 }
 
 impl std::fmt::Debug for Pipe {
@@ -137,9 +152,7 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
         on_error: opts.on_error.clone(),
     };
     tracing::debug!(%addr, "dialed");
-    Ok(Pipe {
-        conn: Conn::start(hs, conn_config)?,
-    })
+    Ok(Pipe::from_conn(Conn::start(hs, conn_config)?))
 }
 
 /// The session configuration for a pipe with these limits and heartbeats.
@@ -157,7 +170,8 @@ pub(crate) fn session_config(limits: &Limits, heartbeat: Heartbeat) -> Config {
 
 impl Pipe {
     pub(crate) fn from_conn(conn: Arc<Conn>) -> Pipe {
-        Pipe { conn }
+        let last = Arc::new(LastHandle(Some(Arc::clone(&conn))));
+        Pipe { conn, _last: last }
     }
 
     /// Sends one message on its channel (see [`Message::with_channel`]; default 0).

@@ -212,3 +212,44 @@ fn close_from_another_thread_wakes_blocked_recv_and_send() {
         assert_eq!(e.kind(), ErrorKind::Closed);
     }
 }
+
+/// `send` returns once a message is queued, so dropping the last handle right after sending
+/// must not throw the queue away: the reactor writes it (for up to the linger time), then the
+/// CLOSE. The dropping thread does not wait.
+#[test]
+fn dropping_a_pipe_delivers_what_it_queued() {
+    let uds = format!("uds://@duct-reactor-drop-linger-{}", std::process::id());
+    for addr in ["tcp://127.0.0.1:0", uds.as_str()] {
+        let listener = duct::listen(addr, ListenOptions::default()).unwrap();
+        let bound = listener.local_addr().to_string();
+        let acceptor = thread::spawn(move || listener.accept().unwrap());
+        let pipe = duct::dial(&bound, DialOptions::default()).unwrap();
+        let peer = acceptor.join().unwrap();
+        // 2,000 × 4 KiB: more than the socket buffers and the peer's read-ahead take while
+        // its application is not reading.
+        let chunk = Bytes::from(vec![0xA5u8; 4096]);
+        for i in 0..2000u32 {
+            let mut m = chunk.to_vec();
+            m[..4].copy_from_slice(&i.to_be_bytes());
+            pipe.send(m).unwrap();
+        }
+        let queued = Instant::now();
+        drop(pipe);
+        assert!(
+            queued.elapsed() < Duration::from_millis(200),
+            "drop waited for the peer"
+        );
+        thread::sleep(Duration::from_millis(300)); // the peer's application is busy
+        for i in 0..2000u32 {
+            let m = peer.recv_with(&RecvOptions::default().timeout(Duration::from_secs(5)));
+            let m = m.unwrap_or_else(|e| panic!("{addr}: message {i}: {e}"));
+            assert_eq!(&m.payload()[..4], i.to_be_bytes(), "{addr}: order");
+            assert_eq!(m.len(), 4096);
+        }
+        let e = peer
+            .recv_with(&RecvOptions::default().timeout(Duration::from_secs(5)))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed, "{addr}: {e}");
+        assert_eq!(e.close_reason(), Some((0, "pipe dropped")), "{addr}");
+    }
+}

@@ -43,6 +43,7 @@ use super::io::{ReadBuf, WriteQueue};
 use super::reactor::{self, Reactive, ReactorHandle};
 use super::{proto_error, StreamTransport};
 use crate::{Addr, ChannelStats, Error, ErrorKind, PipeState, PipeStats, StateChange};
+use duct_proto::wire::control::close_code;
 
 /// How often the reactor looks again at a pipe whose receiving it left to an active caller.
 pub(crate) const RECHECK: Duration = Duration::from_millis(20);
@@ -103,6 +104,8 @@ struct Shared {
     recheck_at: Option<Instant>,
     /// The earliest timer scheduled with the reactor and not yet fired.
     timer_at: Option<Instant>,
+    /// The last handle was dropped: the reactor writes what is queued until this instant.
+    linger_until: Option<Instant>,
 }
 
 /// Hashes a channel number with one multiplication (keys are u16 and chosen by our own user,
@@ -269,6 +272,7 @@ impl Conn {
             seen_reads: 0,
             recheck_at: None,
             timer_at: None,
+            linger_until: None,
         };
         let conn = Arc::new(Conn {
             transport,
@@ -367,10 +371,10 @@ impl Conn {
     /// Makes sure the reactor calls `on_timer` by the session's next deadline or the next
     /// recheck, whichever comes first.
     fn reschedule(&self, g: &mut Shared) {
-        let next = match (g.session.poll_timeout(), g.recheck_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next = [g.session.poll_timeout(), g.recheck_at, g.linger_until]
+            .into_iter()
+            .flatten()
+            .min();
         if let (Some(n), Some(handle)) = (next, self.reactor.get()) {
             if g.timer_at.is_none_or(|t| n < t) {
                 g.timer_at = Some(n);
@@ -927,10 +931,26 @@ impl Conn {
                 break;
             }
         }
+        self.finish_close(g, linger);
+        Ok(())
+    }
+
+    /// Ends a close: the pipe is Closed, the socket shut down, and bytes that could not be
+    /// written within the linger time are reported (never silently dropped).
+    fn finish_close(&self, mut g: MutexGuard<'_, Shared>, linger: Duration) {
         let unsent = g.wq_bytes + g.session.transmit_bytes();
-        let err = Error::closed(code, reason, false);
-        self.end(&mut g, err, PipeState::Closed);
+        let (code, reason) = g.local_closed.clone().unwrap_or_default();
+        self.end(
+            &mut g,
+            Error::closed(code, reason, false),
+            PipeState::Closed,
+        );
         self.transport.shutdown();
+        if g.linger_until.take().is_some() {
+            if let Some(h) = self.reactor.get() {
+                h.release();
+            }
+        }
         drop(g);
         self.run_callbacks();
         if unsent > 0 {
@@ -945,7 +965,52 @@ impl Conn {
                 ));
             }
         }
-        Ok(())
+    }
+
+    /// Closes the pipe when its last handle is dropped, without blocking the dropping thread:
+    /// CLOSE goes out behind everything queued; what the socket does not take at once, the
+    /// reactor writes for up to the default linger, keeping the connection alive meanwhile.
+    pub(crate) fn close_on_drop(self: Arc<Self>) {
+        let linger = self.config.linger;
+        let mut g = self.lock();
+        if g.local_closed.is_some() {
+            return;
+        }
+        g.local_closed = Some((close_code::NORMAL, "pipe dropped".to_owned()));
+        g.session
+            .close(close_code::NORMAL, "pipe dropped", Instant::now());
+        self.transport.shutdown_read();
+        g = self.flush_if_idle(g);
+        let pending = g.writing || g.wq_frames > 0 || g.session.transmit_len() > 0;
+        let handle = self.reactor.get();
+        if !pending || linger.is_zero() || g.terminal.is_some() || handle.is_none() {
+            self.finish_close(g, linger);
+            return;
+        }
+        g.linger_until = Some(Instant::now() + linger);
+        self.reschedule(&mut g);
+        drop(g);
+        if let Some(h) = handle {
+            h.hold(Arc::clone(&self) as Arc<dyn Reactive>);
+        }
+    }
+
+    /// For a lingering pipe: finish the close once the queue drained or the linger ran out.
+    fn check_linger<'a>(
+        &'a self,
+        g: MutexGuard<'a, Shared>,
+        now: Instant,
+    ) -> Option<MutexGuard<'a, Shared>> {
+        let Some(until) = g.linger_until else {
+            return Some(g);
+        };
+        let drained = !g.writing && g.wq_frames == 0 && g.session.transmit_len() == 0;
+        if drained || now >= until || g.terminal.is_some() {
+            let linger = self.config.linger;
+            self.finish_close(g, linger);
+            return None;
+        }
+        Some(g)
     }
 
     /// Runs state-change callbacks queued under the lock, without holding it.
@@ -978,6 +1043,9 @@ impl Reactive for Conn {
         if writable && g.write_armed {
             g = self.flush_if_idle(g);
         }
+        let Some(mut g) = self.check_linger(g, Instant::now()) else {
+            return;
+        };
         if readable && g.read_armed {
             if g.reading || g.caller_reads != g.seen_reads {
                 // A caller is receiving: leave the socket to it and look again later.
@@ -1004,6 +1072,10 @@ impl Reactive for Conn {
             return; // an older entry for a deadline that has since moved
         }
         g.timer_at = None;
+        g = self.flush_if_idle(g);
+        let Some(mut g) = self.check_linger(g, now) else {
+            return;
+        };
         if let Err(e) = g.session.handle_timeout(now) {
             let err = proto_error(e, &self.peer_addr);
             let state = if err.kind() == ErrorKind::Disconnected {
@@ -1035,11 +1107,8 @@ impl Reactive for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // Last handle gone without close(): say goodbye without blocking.
-        let _ = self.close(
-            duct_proto::wire::control::close_code::NORMAL,
-            "pipe dropped",
-            Duration::ZERO,
-        );
+        // Normally closed already (close, or close_on_drop when the last handle went); this
+        // covers connections that never got a handle.
+        let _ = self.close(close_code::NORMAL, "pipe dropped", Duration::ZERO);
     }
 }

@@ -46,6 +46,10 @@ enum Command {
     Add(usize, Weak<dyn Reactive>),
     Remove(usize),
     Timer(usize, Instant),
+    /// Keep the source alive (a pipe lingering after its last handle was dropped).
+    Hold(usize, Arc<dyn Reactive>),
+    /// Stop keeping it alive.
+    Release(usize),
 }
 
 struct Worker {
@@ -178,6 +182,17 @@ impl ReactorHandle {
     pub(crate) fn schedule(&self, at: Instant) {
         self.worker.send(Command::Timer(self.token, at));
     }
+
+    /// Keeps `source` alive until [`ReactorHandle::release`]: for a pipe whose last handle
+    /// was dropped while output was still queued, so that the reactor can finish writing it.
+    pub(crate) fn hold(&self, source: Arc<dyn Reactive>) {
+        self.worker.send(Command::Hold(self.token, source));
+    }
+
+    /// Ends a [`ReactorHandle::hold`]; the source is dropped on the reactor thread.
+    pub(crate) fn release(&self) {
+        self.worker.send(Command::Release(self.token));
+    }
 }
 
 impl Drop for ReactorHandle {
@@ -190,6 +205,7 @@ fn run(worker: Arc<Worker>, mut poll: Poll) {
     let mut events = Events::with_capacity(1024);
     let mut sources: HashMap<usize, Weak<dyn Reactive>> = HashMap::new();
     let mut timers: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+    let mut held: HashMap<usize, Arc<dyn Reactive>> = HashMap::new();
     let mut inbox = Vec::new();
     loop {
         let timeout = timers
@@ -215,6 +231,12 @@ fn run(worker: Arc<Worker>, mut poll: Poll) {
                     sources.remove(&t);
                 }
                 Command::Timer(t, at) => timers.push(Reverse((at, t))),
+                Command::Hold(t, s) => {
+                    held.insert(t, s);
+                }
+                Command::Release(t) => {
+                    held.remove(&t);
+                }
             }
         }
         for ev in events.iter() {
