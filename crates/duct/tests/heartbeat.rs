@@ -189,3 +189,35 @@ fn heartbeats_off_never_disconnect_an_idle_pipe() {
     pipe.send("hi").unwrap();
     assert_eq!(peer.recv().unwrap().payload(), b"hi");
 }
+
+/// With no call in progress, heartbeat loss is reported to `on_error` (and the state change
+/// to `on_state_change`) as soon as it is detected; the next call returns the same error.
+#[test]
+fn heartbeat_loss_reaches_on_error_while_nobody_calls() {
+    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", raw.local_addr().unwrap());
+    let peer = thread::spawn(move || handshake(raw.accept().unwrap().0, Role::Listener));
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let opts = DialOptions::default()
+        .heartbeat(heartbeat())
+        .on_error(move |e| {
+            let _ = tx
+                .lock()
+                .unwrap()
+                .send((e.kind(), e.to_string(), Instant::now()));
+        });
+    let pipe = duct::dial(&addr, opts).unwrap();
+    let _silent = peer.join().unwrap();
+    let since = Instant::now();
+    let (kind, text, at) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("on_error was called");
+    assert_eq!(kind, ErrorKind::Disconnected, "{text}");
+    assert!(text.contains("silent"), "{text}");
+    assert!(at.duration_since(since) < INTERVAL * MISSES + Duration::from_secs(2));
+    assert!(rx.try_recv().is_err(), "reported once");
+    assert_eq!(pipe.state(), PipeState::Disconnected);
+    let e = pipe.try_recv().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Disconnected);
+}

@@ -253,3 +253,47 @@ fn dropping_a_pipe_delivers_what_it_queued() {
         assert_eq!(e.close_reason(), Some((0, "pipe dropped")), "{addr}");
     }
 }
+
+/// 2,000 × 4 KiB queued behind a slow reader, then `close_with(linger 10 s)`: close waits
+/// while the queue drains (not the whole linger), every message arrives in order, then the
+/// reason.
+#[test]
+fn close_with_linger_delivers_everything_to_a_slow_reader() {
+    let listener = duct::listen("tcp://127.0.0.1:0", ListenOptions::default()).unwrap();
+    let bound = listener.local_addr().to_string();
+    let acceptor = thread::spawn(move || listener.accept().unwrap());
+    let pipe = duct::dial(&bound, DialOptions::default()).unwrap();
+    let peer = acceptor.join().unwrap();
+    let reader = thread::spawn(move || {
+        for i in 0..2000u32 {
+            if i % 50 == 0 {
+                thread::sleep(Duration::from_millis(5)); // a slow consumer
+            }
+            let m = peer.recv_with(&RecvOptions::default().timeout(Duration::from_secs(10)));
+            let m = m.unwrap_or_else(|e| panic!("message {i}: {e}"));
+            assert_eq!(&m.payload()[..4], i.to_be_bytes());
+        }
+        let e = peer.recv_with(&RecvOptions::default().timeout(Duration::from_secs(10)));
+        e.unwrap_err()
+    });
+    for i in 0..2000u32 {
+        let mut m = vec![0x5Au8; 4096];
+        m[..4].copy_from_slice(&i.to_be_bytes());
+        pipe.send(m).unwrap();
+    }
+    let start = Instant::now();
+    pipe.close_with(
+        CloseOptions::default()
+            .linger(Duration::from_secs(10))
+            .reason(4242, "round over"),
+    )
+    .unwrap();
+    let took = start.elapsed();
+    let e = reader.join().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    assert_eq!(e.close_reason(), Some((4242, "round over")));
+    assert!(
+        took < Duration::from_secs(9),
+        "close waited {took:?}: longer than the drain needs"
+    );
+}

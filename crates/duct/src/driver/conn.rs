@@ -87,6 +87,9 @@ struct Shared {
     channels: ChannelTable,
     /// Callbacks to run once the lock is released.
     pending_callbacks: Vec<StateChange>,
+    /// Errors the reactor found while no caller was there (heartbeat loss, the peer gone),
+    /// for `on_error` once the lock is released.
+    pending_errors: Vec<Error>,
     // Reactor bookkeeping.
     /// What is registered with the reactor's poller now.
     registered: Option<Interest>,
@@ -264,6 +267,7 @@ impl Conn {
                 session_id,
                 cause: None,
             }],
+            pending_errors: Vec::new(),
             registered: None,
             read_armed: false,
             write_armed: false,
@@ -779,6 +783,7 @@ impl Conn {
     /// queue reaches its high-water mark (then reading pauses until the application drains
     /// it). Never while a caller reads.
     fn read_ahead<'a>(&'a self, mut g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
+        let was_open = g.terminal.is_none();
         g.reading = true;
         let mut r = self.read.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -801,8 +806,24 @@ impl Conn {
         }
         drop(r);
         g.reading = false;
+        if was_open && g.local_closed.is_none() {
+            if let Some(err) = g.terminal.clone() {
+                if err.kind() != ErrorKind::Closed {
+                    self.report_later(&mut g, &err);
+                }
+            }
+        }
         self.notify(&g);
         g
+    }
+
+    /// Queues `err` for `on_error` (run once the lock is released): for errors no call is
+    /// there to return.
+    fn report_later(&self, g: &mut Shared, err: &Error) {
+        if self.config.on_error.is_some() {
+            g.pending_errors.push(err.clone());
+            self.callbacks_pending.store(true, Ordering::Release);
+        }
     }
 
     fn drain_events(&self, g: &mut Shared) {
@@ -1018,17 +1039,25 @@ impl Conn {
         if !self.callbacks_pending.load(Ordering::Acquire) {
             return;
         }
-        let list = {
+        let (list, errors) = {
             let mut g = self.lock();
-            if g.pending_callbacks.is_empty() {
+            if g.pending_callbacks.is_empty() && g.pending_errors.is_empty() {
                 return;
             }
             self.callbacks_pending.store(false, Ordering::Release);
-            std::mem::take(&mut g.pending_callbacks)
+            (
+                std::mem::take(&mut g.pending_callbacks),
+                std::mem::take(&mut g.pending_errors),
+            )
         };
         if let Some(cb) = &self.config.on_state_change {
             for change in list {
                 cb(change);
+            }
+        }
+        if let Some(cb) = &self.config.on_error {
+            for e in &errors {
+                cb(e);
             }
         }
     }
@@ -1083,6 +1112,7 @@ impl Reactive for Conn {
             } else {
                 PipeState::Closed
             };
+            self.report_later(&mut g, &err);
             self.end(&mut g, err, state);
         }
         if g.recheck_at.is_some_and(|t| t <= now) {
