@@ -289,10 +289,12 @@ impl DialOptions {
         self
     }
 
-    /// Called with errors that the pipe meets outside any call that could return them, for
-    /// example while the background reactor reads, writes or keeps time. An error returned
-    /// from a call is not reported here as well. Default: none (such errors are logged with
-    /// `tracing`).
+    /// Called with errors that the pipe meets outside any call, when they happen: found by
+    /// the background reactor while it reads, writes or keeps time (heartbeat loss, the peer
+    /// gone, a protocol violation), or a goodbye that could not be written on close. An error
+    /// met inside a call is returned by that call and not reported here. When the error ends
+    /// the pipe, later calls also return it (it is the pipe's state). Default: none (such
+    /// errors are logged with `tracing`).
     ///
     /// It runs on a duct thread: keep it short and do not block in it.
     #[must_use]
@@ -497,8 +499,9 @@ impl ListenOptions {
 
     /// Called with the errors of connections that never became a pipe: a handshake that
     /// timed out, broke the protocol or was rejected, a failed `accept` of the OS. `accept`
-    /// does not return these (it waits for the next peer instead). Default: none (they are
-    /// logged with `tracing`).
+    /// does not return these (it waits for the next peer instead). Accepted pipes report here
+    /// too, as [`DialOptions::on_error`] describes (errors met outside any call). Default:
+    /// none (they are logged with `tracing`).
     ///
     /// It runs on a duct thread: keep it short and do not block in it.
     #[must_use]
