@@ -45,6 +45,15 @@ fn handshake(mut sock: TcpStream, role: Role) -> TcpStream {
     }
 }
 
+/// A raw listener that will complete one handshake and then fall silent: its address, and the
+/// thread that hands back the (open, silent) socket.
+fn silent_listener() -> (String, thread::JoinHandle<TcpStream>) {
+    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", raw.local_addr().unwrap());
+    let peer = thread::spawn(move || handshake(raw.accept().unwrap().0, Role::Listener));
+    (addr, peer)
+}
+
 fn heartbeat() -> Heartbeat {
     Heartbeat::new(INTERVAL, MISSES)
 }
@@ -52,9 +61,7 @@ fn heartbeat() -> Heartbeat {
 /// One detection by the dialing side: returns how long after the peer fell silent the
 /// blocked recv returned.
 fn dialer_detects_silent_listener() -> Duration {
-    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("tcp://{}", raw.local_addr().unwrap());
-    let peer = thread::spawn(move || handshake(raw.accept().unwrap().0, Role::Listener));
+    let (addr, peer) = silent_listener();
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let opts = DialOptions::default()
@@ -194,9 +201,7 @@ fn heartbeats_off_never_disconnect_an_idle_pipe() {
 /// to `on_state_change`) as soon as it is detected; the next call returns the same error.
 #[test]
 fn heartbeat_loss_reaches_on_error_while_nobody_calls() {
-    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("tcp://{}", raw.local_addr().unwrap());
-    let peer = thread::spawn(move || handshake(raw.accept().unwrap().0, Role::Listener));
+    let (addr, peer) = silent_listener();
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let opts = DialOptions::default()
