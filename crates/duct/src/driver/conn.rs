@@ -222,6 +222,9 @@ pub(crate) struct Conn {
     write: Mutex<WriteQueue>,
     local_addr: Addr,
     peer_addr: Addr,
+    /// The peer as error messages name it: its address, or for an unnamed peer (a Unix
+    /// socket dialer) the socket it connected to.
+    who: String,
     config: ConnConfig,
     /// Set when `pending_callbacks` is not empty, so the hot path skips the lock.
     callbacks_pending: AtomicBool,
@@ -246,6 +249,10 @@ impl Conn {
         let transport: Box<dyn StreamTransport> = Box::new(hs.stream);
         let local_addr = transport.local_addr();
         let peer_addr = transport.peer_addr();
+        let who = match &peer_addr {
+            Addr::Unknown => format!("the peer connected to {local_addr}"),
+            named => named.to_string(),
+        };
         let mut wq = hs.wq;
         wq.take_from(&mut hs.session);
         let shared = Shared {
@@ -286,6 +293,7 @@ impl Conn {
             write: Mutex::new(wq),
             local_addr,
             peer_addr,
+            who,
             config,
             callbacks_pending: AtomicBool::new(true),
             reactor: OnceLock::new(),
@@ -366,7 +374,7 @@ impl Conn {
             Err(e) => {
                 // The fd can no longer be polled (it is being torn down): the pipe goes on
                 // without background service; callers still do their own I/O.
-                tracing::debug!(peer = %self.peer_addr, error = %e, "reactor registration failed");
+                tracing::debug!(peer = %self.who, error = %e, "reactor registration failed");
                 g.registered = None;
             }
         }
@@ -466,7 +474,7 @@ impl Conn {
                     format!(
                         "send to {} on channel {channel}: the send queue is full ({queued} \
                          bytes, limit {}) and the timeout is zero; the message was not sent",
-                        self.peer_addr, self.config.send_queue_bytes
+                        self.who, self.config.send_queue_bytes
                     ),
                 ));
             }
@@ -559,7 +567,7 @@ impl Conn {
             format!(
                 "send to {} on channel {channel} timed out: {queued} bytes already queued \
                  (limit {} bytes) and the peer is not reading; the message was not sent",
-                self.peer_addr, self.config.send_queue_bytes
+                self.who, self.config.send_queue_bytes
             ),
         )
     }
@@ -571,14 +579,13 @@ impl Conn {
                 format!(
                     "message of {size} bytes on channel {channel} exceeds the limit of {max} bytes \
                      that {} accepts",
-                    self.peer_addr
+                    self.who
                 ),
             ),
-            duct_proto::Error::Closed | duct_proto::Error::NotConnected => Error::new(
-                ErrorKind::Closed,
-                format!("pipe to {} is closed", self.peer_addr),
-            ),
-            other => proto_error(other, &self.peer_addr),
+            duct_proto::Error::Closed | duct_proto::Error::NotConnected => {
+                Error::new(ErrorKind::Closed, format!("pipe to {} is closed", self.who))
+            }
+            other => proto_error(other, &self.who),
         }
     }
 
@@ -700,10 +707,7 @@ impl Conn {
                     Wait::No => Ok(0),
                     _ => Err(Error::new(
                         ErrorKind::TimedOut,
-                        format!(
-                            "no message from {} before the receive timeout",
-                            self.peer_addr
-                        ),
+                        format!("no message from {} before the receive timeout", self.who),
                     )),
                 };
             }
@@ -764,7 +768,7 @@ impl Conn {
             }
             Ok(_) => {
                 if let Err(e) = g.session.handle_input(&mut r.data, Instant::now()) {
-                    let err = proto_error(e, &self.peer_addr);
+                    let err = proto_error(e, &self.who);
                     self.end(g, err, PipeState::Closed);
                 }
                 self.drain_events(g);
@@ -848,10 +852,7 @@ impl Conn {
         if g.terminal.is_none() {
             let err = Error::new(
                 ErrorKind::Disconnected,
-                format!(
-                    "{} closed the connection without a CLOSE frame",
-                    self.peer_addr
-                ),
+                format!("{} closed the connection without a CLOSE frame", self.who),
             );
             self.end(g, err, PipeState::Disconnected);
         }
@@ -862,7 +863,7 @@ impl Conn {
             return t.clone();
         }
         g.session.transport_lost(Instant::now());
-        let err = Error::io(e, format_args!("connection to {}", self.peer_addr));
+        let err = Error::io(e, format_args!("connection to {}", self.who));
         if let Some((code, reason)) = g.local_closed.clone() {
             // Closing anyway: the pipe ends as the user asked; the failed goodbye is reported.
             if let Some(cb) = &self.config.on_error {
@@ -981,7 +982,7 @@ impl Conn {
                     format!(
                         "close of the pipe to {}: {unsent} bytes still queued when the linger \
                          time of {linger:?} ran out were discarded",
-                        self.peer_addr
+                        self.who
                     ),
                 ));
             }
@@ -1106,7 +1107,7 @@ impl Reactive for Conn {
             return;
         };
         if let Err(e) = g.session.handle_timeout(now) {
-            let err = proto_error(e, &self.peer_addr);
+            let err = proto_error(e, &self.who);
             let state = if err.kind() == ErrorKind::Disconnected {
                 PipeState::Disconnected
             } else {

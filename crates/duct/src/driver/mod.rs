@@ -53,7 +53,7 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
 }
 
 /// Turns a protocol error into the public error, naming the peer.
-pub(crate) fn proto_error(e: duct_proto::Error, peer: &Addr) -> Error {
+pub(crate) fn proto_error(e: duct_proto::Error, peer: &dyn std::fmt::Display) -> Error {
     use duct_proto::Category;
     let kind = match e.category() {
         Category::Protocol => ErrorKind::Protocol,
