@@ -396,6 +396,7 @@ impl Inner {
             linger: self.opts.limits.linger,
             on_state_change: None,
             on_error: self.opts.on_error.clone(),
+            redial: None,
         }
     }
 }

@@ -217,8 +217,7 @@ macro_rules! limit_setters {
 ///     .on_error(|err| eprintln!("pipe error: {err}"));
 /// ```
 ///
-/// In this version of duct, [`reconnect`](Self::reconnect),
-/// [`tls`](Self::tls), [`token`](Self::token) and non-default [`ChannelOptions`] are not
+/// In this version of duct, [`tls`](Self::tls), [`token`](Self::token) and non-default [`ChannelOptions`] are not
 /// implemented yet: they may be set, but then `dial` fails with [`ErrorKind::Unsupported`].
 #[derive(Clone, Default)]
 pub struct DialOptions {
@@ -244,11 +243,18 @@ impl DialOptions {
         self
     }
 
-    /// Reconnect automatically after the connection breaks, with this backoff. Default: off
-    /// (a broken connection ends the pipe with [`ErrorKind::Disconnected`]).
+    /// Reconnect automatically after the connection breaks (the peer vanished, the transport
+    /// failed, heartbeats went unanswered), with this backoff. Default: off (a broken
+    /// connection ends the pipe with [`ErrorKind::Disconnected`]).
     ///
-    /// Not implemented yet in this version: setting it makes `dial` fail with
-    /// [`ErrorKind::Unsupported`].
+    /// While reconnecting the pipe is [`PipeState::Reconnecting`]: `recv` waits (messages
+    /// received before the break are still delivered), `send` queues into the pipe's bounded
+    /// send queue (then waits up to its timeout), and each failed attempt goes to `on_error`.
+    /// Each attempt is bounded by [`DialOptions::timeout`]. A successful reconnect is a new
+    /// session (new [`Pipe::session_id`](crate::Pipe::session_id)); messages that were being
+    /// written when the connection broke may be lost (the next version resumes sessions
+    /// losslessly). When [`Reconnect::max_attempts`] are used up, the pipe ends with the last
+    /// attempt's error. `close` returns promptly, also in the middle of a backoff or an attempt.
     #[must_use]
     pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
         self.reconnect = Some(reconnect);
@@ -348,9 +354,6 @@ impl DialOptions {
     /// `Ok` when every option that was set is implemented in this version; otherwise an
     /// [`ErrorKind::Unsupported`] error naming the first one that is not.
     pub(crate) fn check_supported(&self) -> Result<()> {
-        if self.reconnect.is_some() {
-            return Err(unsupported_option("DialOptions::reconnect", AREA_LIFECYCLE));
-        }
         for (&channel, options) in &self.channels {
             options.check_supported("DialOptions", channel)?;
         }
@@ -1613,10 +1616,6 @@ mod tests {
     #[test]
     fn dial_unsupported_options() {
         let cases: Vec<(DialOptions, &str)> = vec![
-            (
-                DialOptions::default().reconnect(Reconnect::default()),
-                "DialOptions::reconnect is not implemented yet in this version of duct (connection lifecycle)",
-            ),
             (
                 DialOptions::default().tls(TlsOptions::client("ca.pem")),
                 "DialOptions::tls is not implemented yet in this version of duct (TLS)",

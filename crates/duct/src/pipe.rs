@@ -114,10 +114,52 @@ impl std::fmt::Debug for Pipe {
 pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
     opts.check_supported()?;
     let ep = addr::parse(addr)?;
+    let instance_id = fastrand::u64(1..);
+    let hs = connect_handshake(addr, &ep, &opts, instance_id)?;
+    let redial = opts.reconnect.map(|reconnect| {
+        Arc::new(Redial {
+            addr: addr.to_owned(),
+            ep,
+            opts: opts.clone(),
+            instance_id,
+            reconnect,
+        })
+    });
+    let conn_config = ConnConfig {
+        send_queue_bytes: SEND_QUEUE_BYTES,
+        send_queue_frames: SEND_QUEUE_FRAMES,
+        recv_queue_msgs: RECV_QUEUE_MSGS,
+        recv_queue_bytes: RECV_QUEUE_BYTES,
+        send_timeout: opts.limits.send_timeout,
+        linger: opts.limits.linger,
+        on_state_change: opts.on_state_change.clone(),
+        on_error: opts.on_error.clone(),
+        redial,
+    };
+    tracing::debug!(%addr, "dialed");
+    Ok(Pipe::from_conn(Conn::start(hs, conn_config)?))
+}
+
+/// What a dialed pipe needs to connect again (see [`crate::Reconnect`]).
+pub(crate) struct Redial {
+    pub(crate) addr: String,
+    pub(crate) ep: addr::Endpoint,
+    pub(crate) opts: DialOptions,
+    /// The dialing pipe's identity, the same on every reconnect.
+    pub(crate) instance_id: u64,
+    pub(crate) reconnect: crate::Reconnect,
+}
+
+/// Connects and completes a handshake, bounded by the dial timeout.
+pub(crate) fn connect_handshake(
+    addr: &str,
+    ep: &addr::Endpoint,
+    opts: &DialOptions,
+    instance_id: u64,
+) -> Result<Handshake> {
     let timeout = opts.timeout_or_default();
-    let start = Instant::now();
-    let deadline = start + timeout;
-    let stream = transport::connect(&ep, timeout)?;
+    let deadline = Instant::now() + timeout;
+    let stream = transport::connect(ep, timeout)?;
     let heartbeat = opts.heartbeat_or_default();
     if let Err(e) = stream.set_keepalive(&heartbeat) {
         tracing::debug!(%addr, error = %e, "could not set TCP keepalive");
@@ -125,7 +167,7 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
     let peer = stream.peer_addr();
     let now = Instant::now();
     let mut config = session_config(&opts.limits, heartbeat);
-    config.instance_id = fastrand::u64(1..);
+    config.instance_id = instance_id;
     config.handshake_timeout = deadline.saturating_duration_since(now);
     let session = Session::new(config, Role::Dialer, now);
     let mut hs = Handshake::new(stream, session, peer, now);
@@ -141,18 +183,7 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
             e
         }
     })?;
-    let conn_config = ConnConfig {
-        send_queue_bytes: SEND_QUEUE_BYTES,
-        send_queue_frames: SEND_QUEUE_FRAMES,
-        recv_queue_msgs: RECV_QUEUE_MSGS,
-        recv_queue_bytes: RECV_QUEUE_BYTES,
-        send_timeout: opts.limits.send_timeout,
-        linger: opts.limits.linger,
-        on_state_change: opts.on_state_change.clone(),
-        on_error: opts.on_error.clone(),
-    };
-    tracing::debug!(%addr, "dialed");
-    Ok(Pipe::from_conn(Conn::start(hs, conn_config)?))
+    Ok(hs)
 }
 
 /// The session configuration for a pipe with these limits and heartbeats.

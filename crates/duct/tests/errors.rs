@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use duct::{
-    dial, listen, ChannelOptions, DialOptions, ErrorKind, ListenOptions, Message, Reconnect,
-    SendOptions, TlsOptions,
+    dial, listen, ChannelOptions, DialOptions, ErrorKind, ListenOptions, Message, SendOptions,
+    TlsOptions,
 };
 use duct_proto::wire::control::{
     reject_code, Hello, Reject, Welcome, VERSION_MAJOR, VERSION_MINOR,
@@ -327,13 +327,6 @@ fn unimplemented_dial_options_are_unsupported_before_connecting() {
     let listener = listen("tcp://127.0.0.1:0", ListenOptions::default()).unwrap();
     let addr = listener.local_addr().to_string();
     let cases: Vec<(&str, DialOptions)> = vec![
-        (
-            "DialOptions::reconnect",
-            DialOptions::default().reconnect(Reconnect::exponential(
-                Duration::from_millis(10),
-                Duration::from_secs(1),
-            )),
-        ),
         (
             "DialOptions::tls",
             DialOptions::default().tls(TlsOptions::client("/nonexistent/ca.pem")),

@@ -28,10 +28,11 @@
 //! flag ever takes `read` (or `write`), so those two locks are never contended.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -41,6 +42,7 @@ use mio::Interest;
 use super::handshake::Handshake;
 use super::io::{ReadBuf, WriteQueue};
 use super::reactor::{self, Reactive, ReactorHandle};
+use super::reconnect;
 use super::{proto_error, StreamTransport};
 use crate::{Addr, ChannelStats, Error, ErrorKind, PipeState, PipeStats, StateChange};
 use duct_proto::wire::control::close_code;
@@ -66,6 +68,8 @@ pub(crate) struct ConnConfig {
     pub(crate) linger: Duration,
     pub(crate) on_state_change: Option<crate::options::StateCallback>,
     pub(crate) on_error: Option<crate::options::ErrorCallback>,
+    /// How to connect again after a break (dialed pipes with a `Reconnect`).
+    pub(crate) redial: Option<Arc<crate::pipe::Redial>>,
 }
 
 struct Shared {
@@ -109,6 +113,14 @@ struct Shared {
     timer_at: Option<Instant>,
     /// The last handle was dropped: the reactor writes what is queued until this instant.
     linger_until: Option<Instant>,
+    // Reconnecting.
+    /// Messages received on an earlier connection, not yet delivered.
+    carry: VecDeque<Delivered>,
+    /// Messages sent while reconnecting, for the next connection.
+    downtime: VecDeque<(u16, Bytes)>,
+    downtime_bytes: usize,
+    /// Failed reconnect attempts since the break.
+    attempt: u32,
 }
 
 /// Hashes a channel number with one multiplication (keys are u16 and chosen by our own user,
@@ -215,7 +227,8 @@ impl Shared {
 }
 
 pub(crate) struct Conn {
-    transport: Box<dyn StreamTransport>,
+    /// The connection's transport; replaced when the pipe reconnects.
+    transport: RwLock<Arc<dyn StreamTransport>>,
     shared: Mutex<Shared>,
     cv: Condvar,
     read: Mutex<ReadBuf>,
@@ -229,6 +242,7 @@ pub(crate) struct Conn {
     /// Set when `pending_callbacks` is not empty, so the hot path skips the lock.
     callbacks_pending: AtomicBool,
     reactor: OnceLock<ReactorHandle>,
+    me: Weak<Conn>,
 }
 
 /// How `recv` may wait.
@@ -246,7 +260,7 @@ impl Conn {
     /// Wraps an established handshake and hands the connection to the reactor.
     pub(crate) fn start(mut hs: Handshake, config: ConnConfig) -> Result<Arc<Conn>, Error> {
         let session_id = hs.take_connected();
-        let transport: Box<dyn StreamTransport> = Box::new(hs.stream);
+        let transport: Arc<dyn StreamTransport> = Arc::new(hs.stream);
         let local_addr = transport.local_addr();
         let peer_addr = transport.peer_addr();
         let who = match &peer_addr {
@@ -284,9 +298,14 @@ impl Conn {
             recheck_at: None,
             timer_at: None,
             linger_until: None,
+            carry: VecDeque::new(),
+            downtime: VecDeque::new(),
+            downtime_bytes: 0,
+            attempt: 0,
         };
-        let conn = Arc::new(Conn {
-            transport,
+        let conn = Arc::new_cyclic(|me| Conn {
+            me: me.clone(),
+            transport: RwLock::new(transport),
             shared: Mutex::new(shared),
             cv: Condvar::new(),
             read: Mutex::new(hs.rbuf),
@@ -315,6 +334,11 @@ impl Conn {
         }
         conn.run_callbacks();
         Ok(conn)
+    }
+
+    /// The current transport.
+    fn t(&self) -> Arc<dyn StreamTransport> {
+        Arc::clone(&self.transport.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -369,7 +393,7 @@ impl Conn {
         let Some(handle) = self.reactor.get() else {
             return;
         };
-        match handle.set_interest(self.transport.readiness_fd(), g.registered, want) {
+        match handle.set_interest(self.t().readiness_fd(), g.registered, want) {
             Ok(()) => g.registered = want,
             Err(e) => {
                 // The fd can no longer be polled (it is being torn down): the pipe goes on
@@ -398,10 +422,19 @@ impl Conn {
     /// Waits on the condition variable until notified or `deadline`; returns the guard and
     /// whether the deadline passed.
     fn wait_cv<'a>(
-        &self,
+        &'a self,
         mut g: MutexGuard<'a, Shared>,
         deadline: Option<Instant>,
     ) -> (MutexGuard<'a, Shared>, bool) {
+        if self.callbacks_pending.load(Ordering::Acquire) {
+            // Callbacks queued under the lock (a state change this thread just caused) must
+            // not wait for our wake-up: run them now, and let the caller look again (callers
+            // loop on their condition, as with a spurious wake-up).
+            drop(g);
+            self.run_callbacks();
+            let past = deadline.is_some_and(|d| Instant::now() >= d);
+            return (self.lock(), past);
+        }
         g.waiters += 1;
         let timed_out = match deadline {
             None => {
@@ -433,8 +466,8 @@ impl Conn {
     }
 
     fn has_room(&self, g: &Shared, len: usize) -> bool {
-        let queued = g.session.transmit_bytes() + g.wq_bytes;
-        let frames = g.session.transmit_len() + g.wq_frames;
+        let queued = g.session.transmit_bytes() + g.wq_bytes + g.downtime_bytes;
+        let frames = g.session.transmit_len() + g.wq_frames + g.downtime.len();
         queued == 0
             || (queued + len <= self.config.send_queue_bytes
                 && frames < self.config.send_queue_frames)
@@ -500,6 +533,12 @@ impl Conn {
         let len = payload.len();
         let g = self.lock();
         let mut g = self.admit(g, channel, len, now + timeout, !timeout.is_zero())?;
+        if g.state == PipeState::Reconnecting {
+            g.downtime_bytes += len;
+            g.downtime.push_back((channel, payload));
+            g.count_sent(Run::start(channel, len));
+            return Ok(());
+        }
         if let Err(e) = g.session.send(channel, payload, now) {
             return Err(self.send_error(e, channel));
         }
@@ -539,7 +578,10 @@ impl Conn {
                     break;
                 }
             };
-            if let Err(e) = g.session.send(channel, payload, now) {
+            if g.state == PipeState::Reconnecting {
+                g.downtime_bytes += len;
+                g.downtime.push_back((channel, payload));
+            } else if let Err(e) = g.session.send(channel, payload, now) {
                 failure = Some(self.send_error(e, channel));
                 break;
             }
@@ -593,6 +635,11 @@ impl Conn {
     /// leaves the rest to the reactor (it watches writability). The caller has set `writing`;
     /// this clears it and wakes waiters. Transport errors end the connection.
     fn flush<'a>(&'a self, mut g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
+        if g.state == PipeState::Reconnecting {
+            // No connection to write to: the queue waits for the next one.
+            g.writing = false;
+            return g;
+        }
         let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let result = loop {
             w.take_from(&mut g.session);
@@ -600,7 +647,7 @@ impl Conn {
                 break Ok(true);
             }
             drop(g);
-            let res = w.write_nonblocking(&*self.transport);
+            let res = w.write_nonblocking(&*self.t());
             g = self.lock();
             match res {
                 Ok(true) => continue,
@@ -665,7 +712,7 @@ impl Conn {
             let mut n = 0;
             let mut run = Run::default();
             while n < max {
-                let Some(d) = g.session.poll_message() else {
+                let Some(d) = g.carry.pop_front().or_else(|| g.session.poll_message()) else {
                     break;
                 };
                 if !run.add(d.channel, d.payload.len()) {
@@ -712,6 +759,15 @@ impl Conn {
                 };
             }
             g = self.flush_if_idle(g);
+            if g.state == PipeState::Reconnecting {
+                // No connection to read from: wait for the reconnect (or the end).
+                if wait == Wait::No {
+                    return Ok(0);
+                }
+                let (ng, _) = self.wait_cv(g, deadline);
+                g = ng;
+                continue;
+            }
             if g.reading {
                 // Another caller or the reactor is reading: it will deliver and wake us.
                 if wait == Wait::No {
@@ -744,7 +800,7 @@ impl Conn {
         wait: Wait,
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
-        let t = &*self.transport;
+        let t = &*self.t();
         match wait {
             Wait::No => r.recv(t, needed, true),
             Wait::Forever => r.recv(t, needed, false),
@@ -802,7 +858,7 @@ impl Conn {
             }
             let needed = g.session.input_needed(&r.data);
             drop(g);
-            let res = r.recv(&*self.transport, needed, true);
+            let res = r.recv(&*self.t(), needed, true);
             g = self.lock();
             if !self.absorb(&mut g, &mut r, res) {
                 break;
@@ -884,6 +940,157 @@ impl Conn {
     /// Records the end of the connection (first cause wins), stops background service, and
     /// wakes every waiter. Threads blocked in the transport are woken by a shutdown.
     fn end(&self, g: &mut Shared, err: Error, state: PipeState) {
+        if g.terminal.is_some() || (g.state == PipeState::Reconnecting && g.local_closed.is_none())
+        {
+            return;
+        }
+        if state == PipeState::Disconnected && g.local_closed.is_none() {
+            if let Some(redial) = &self.config.redial {
+                self.begin_reconnect(g, err, redial);
+                return;
+            }
+        }
+        self.end_final(g, err, state);
+    }
+
+    /// The connection broke and the pipe reconnects: tear the transport down, keep what was
+    /// received and queued, and schedule the first attempt.
+    fn begin_reconnect(&self, g: &mut Shared, err: Error, redial: &crate::pipe::Redial) {
+        let from = g.state;
+        g.state = PipeState::Reconnecting;
+        g.pending_callbacks.push(StateChange {
+            from,
+            to: PipeState::Reconnecting,
+            session_id: g.session_id,
+            cause: Some(err.clone()),
+        });
+        self.callbacks_pending.store(true, Ordering::Release);
+        self.report_later(g, &err);
+        g.read_armed = false;
+        g.write_armed = false;
+        g.recheck_at = None;
+        self.update_interest(g);
+        self.t().shutdown();
+        while let Some(d) = g.session.poll_message() {
+            g.carry.push_back(d);
+        }
+        g.attempt = 0;
+        let delay = redial.reconnect.delay(0, fastrand::f64());
+        reconnect::schedule(self.me(), Instant::now() + delay);
+        self.cv.notify_all();
+    }
+
+    fn me(&self) -> Weak<Conn> {
+        self.me.clone()
+    }
+
+    /// One reconnect attempt (on the reconnect thread): connect and handshake, then take the
+    /// new connection over, or schedule the next attempt, or end the pipe when attempts are
+    /// used up.
+    pub(crate) fn attempt_reconnect(self: &Arc<Self>) {
+        let Some(redial) = self.config.redial.clone() else {
+            return;
+        };
+        {
+            let g = self.lock();
+            if g.state != PipeState::Reconnecting || g.local_closed.is_some() {
+                return;
+            }
+        }
+        let result = crate::pipe::connect_handshake(
+            &redial.addr,
+            &redial.ep,
+            &redial.opts,
+            redial.instance_id,
+        );
+        let mut g = self.lock();
+        if g.state != PipeState::Reconnecting || g.local_closed.is_some() {
+            return; // closed meanwhile: the new connection (if any) is dropped
+        }
+        match result {
+            Ok(hs) => self.attach(g, hs),
+            Err(e) => {
+                g.attempt += 1;
+                let e = Error::new(
+                    e.kind(),
+                    format!("reconnect attempt {} to {}: {e}", g.attempt, redial.addr),
+                );
+                self.report_later(&mut g, &e);
+                let exhausted = redial
+                    .reconnect
+                    .max_attempts
+                    .is_some_and(|m| g.attempt >= m);
+                if exhausted {
+                    let last = Error::new(
+                        e.kind(),
+                        format!("{e} (gave up after {} attempts)", g.attempt),
+                    );
+                    self.end_final(&mut g, last, PipeState::Closed);
+                } else {
+                    let delay = redial.reconnect.delay(g.attempt, fastrand::f64());
+                    reconnect::schedule(self.me(), Instant::now() + delay);
+                }
+                drop(g);
+                self.run_callbacks();
+            }
+        }
+    }
+
+    /// Takes over a new connection: transport, session and buffers are replaced; messages
+    /// received earlier stay deliverable; frames queued earlier (but a partly written one)
+    /// and messages sent while reconnecting go out on the new connection.
+    fn attach<'a>(&'a self, mut g: MutexGuard<'a, Shared>, mut hs: Handshake) {
+        let session_id = hs.take_connected();
+        let now = Instant::now();
+        *self.transport.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hs.stream);
+        let mut old = std::mem::replace(&mut g.session, hs.session);
+        {
+            // Nobody reads or writes while reconnecting (both paths wait), so these locks are
+            // free.
+            let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            let dropped = w.reset_partial();
+            g.stats.dropped += dropped as u64;
+            let mut fresh = hs.wq;
+            fresh.take_from(&mut g.session);
+            let mut old_frames = std::mem::replace(&mut *w, fresh);
+            old_frames.take_from(&mut old);
+            w.append(old_frames);
+            *self.read.lock().unwrap_or_else(|p| p.into_inner()) = hs.rbuf;
+            g.wq_bytes = w.bytes();
+            g.wq_frames = w.frames();
+        }
+        while let Some((channel, payload)) = g.downtime.pop_front() {
+            g.downtime_bytes -= payload.len();
+            if let Err(e) = g.session.send(channel, payload, now) {
+                let e = self.send_error(e, channel);
+                self.report_later(&mut g, &e);
+                g.stats.dropped += 1;
+            }
+        }
+        g.session_id = session_id;
+        g.state = PipeState::Connected;
+        g.attempt = 0;
+        g.stats.reconnects += 1;
+        g.pending_callbacks.push(StateChange {
+            from: PipeState::Reconnecting,
+            to: PipeState::Connected,
+            session_id,
+            cause: None,
+        });
+        self.callbacks_pending.store(true, Ordering::Release);
+        g.registered = None;
+        g.read_armed = true;
+        g.seen_reads = g.caller_reads;
+        g.timer_at = None;
+        self.update_interest(&mut g);
+        g = self.flush_if_idle(g);
+        self.reschedule(&mut g);
+        self.cv.notify_all();
+        drop(g);
+        self.run_callbacks();
+    }
+
+    fn end_final(&self, g: &mut Shared, err: Error, state: PipeState) {
         if g.terminal.is_some() {
             return;
         }
@@ -907,7 +1114,7 @@ impl Conn {
             // Tell the peer why (a CLOSE the session queued after a protocol error), then wake
             // any caller blocked in the transport (it would otherwise wait for the peer).
             self.goodbye(g);
-            self.transport.shutdown();
+            self.t().shutdown();
         }
         self.cv.notify_all();
     }
@@ -921,7 +1128,7 @@ impl Conn {
         // No other thread holds `write` while `writing` is false (see the lock order above).
         let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         w.take_from(&mut g.session);
-        let _ = w.write_nonblocking(&*self.transport);
+        let _ = w.write_nonblocking(&*self.t());
         g.wq_bytes = w.bytes();
         g.wq_frames = w.frames();
     }
@@ -940,11 +1147,13 @@ impl Conn {
         // Wake every blocked call now: receivers blocked in the transport, and senders waiting
         // for room (their messages were not accepted; they get Closed). Sending still works,
         // for the CLOSE and whatever was accepted before it.
-        self.transport.shutdown_read();
+        self.t().shutdown_read();
         self.cv.notify_all();
         // Drain: write what we can, and let the reactor write the rest as the socket frees.
         g = self.flush_if_idle(g);
-        while g.terminal.is_none() && (g.writing || g.wq_frames > 0 || g.session.transmit_len() > 0)
+        while g.terminal.is_none()
+            && g.state != PipeState::Reconnecting
+            && (g.writing || g.wq_frames > 0 || g.session.transmit_len() > 0)
         {
             let (ng, timed_out) = self.wait_cv(g, Some(deadline));
             g = ng;
@@ -960,14 +1169,14 @@ impl Conn {
     /// Ends a close: the pipe is Closed, the socket shut down, and bytes that could not be
     /// written within the linger time are reported (never silently dropped).
     fn finish_close(&self, mut g: MutexGuard<'_, Shared>, linger: Duration) {
-        let unsent = g.wq_bytes + g.session.transmit_bytes();
+        let unsent = g.wq_bytes + g.session.transmit_bytes() + g.downtime_bytes;
         let (code, reason) = g.local_closed.clone().unwrap_or_default();
         self.end(
             &mut g,
             Error::closed(code, reason, false),
             PipeState::Closed,
         );
-        self.transport.shutdown();
+        self.t().shutdown();
         if g.linger_until.take().is_some() {
             if let Some(h) = self.reactor.get() {
                 h.release();
@@ -1001,7 +1210,7 @@ impl Conn {
         g.local_closed = Some((close_code::NORMAL, "pipe dropped".to_owned()));
         g.session
             .close(close_code::NORMAL, "pipe dropped", Instant::now());
-        self.transport.shutdown_read();
+        self.t().shutdown_read();
         g = self.flush_if_idle(g);
         let pending = g.writing || g.wq_frames > 0 || g.session.transmit_len() > 0;
         let handle = self.reactor.get();

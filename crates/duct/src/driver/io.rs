@@ -105,6 +105,26 @@ impl WriteQueue {
         self.frames.is_empty()
     }
 
+    /// Drops a partly written first frame (its connection is gone: the rest cannot follow on
+    /// another). Returns how many frames were dropped (0 or 1).
+    pub(crate) fn reset_partial(&mut self) -> usize {
+        if self.offset == 0 {
+            return 0;
+        }
+        if let Some(t) = self.frames.pop_front() {
+            self.bytes -= t.wire_len();
+        }
+        self.offset = 0;
+        1
+    }
+
+    /// Moves every frame of `other` behind ours.
+    pub(crate) fn append(&mut self, mut other: WriteQueue) {
+        other.reset_partial();
+        self.bytes += other.bytes;
+        self.frames.append(&mut other.frames);
+    }
+
     /// Bytes still to write.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes - self.offset

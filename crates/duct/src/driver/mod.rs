@@ -19,6 +19,7 @@ pub(crate) mod conn;
 pub(crate) mod handshake;
 pub(crate) mod io;
 pub(crate) mod reactor;
+pub(crate) mod reconnect;
 
 use std::io::IoSlice;
 use std::os::fd::RawFd;
