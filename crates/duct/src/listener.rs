@@ -282,6 +282,8 @@ impl Inner {
     fn accept_ready(&self) {
         // Errors are reported once the lock is released: callbacks never run under it.
         let mut reports = Vec::new();
+        // Evicted handshakes close after their report (whoever sees the drop finds it there).
+        let mut evicted = Vec::new();
         let mut st = self.lock();
         while !st.closed && st.ready.len() < self.max_pending() {
             match self.raw.accept() {
@@ -291,7 +293,10 @@ impl Inner {
                         tracing::debug!(%peer, error = %e, "could not set TCP keepalive");
                     }
                     if st.pending.len() + st.ready.len() >= self.max_pending() {
-                        reports.extend(self.evict_oldest(&mut st, &peer));
+                        if let Some((err, old)) = self.evict_oldest(&mut st, &peer) {
+                            reports.push(err);
+                            evicted.push(old);
+                        }
                     }
                     let now = Instant::now();
                     let mut config = session_config(&self.opts.limits, heartbeat);
@@ -341,10 +346,15 @@ impl Inner {
         for e in &reports {
             self.report(e);
         }
+        drop(evicted);
     }
 
     /// Drops the oldest handshake under way to make room for the connection from `newcomer`.
-    fn evict_oldest(&self, st: &mut State, newcomer: &Addr) -> Option<Error> {
+    fn evict_oldest(
+        &self,
+        st: &mut State,
+        newcomer: &Addr,
+    ) -> Option<(Error, Arc<PendingHandshake>)> {
         let (_, old) = st.pending.pop_first()?;
         let who = old
             .hs
@@ -352,7 +362,7 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map_or(Addr::Unknown, |h| h.peer.clone());
-        Some(Error::new(
+        let err = Error::new(
             ErrorKind::TimedOut,
             format!(
                 "{}: dropped the handshake with {who} to make room for {newcomer}: more than {} \
@@ -360,7 +370,8 @@ impl Inner {
                 self.local_addr,
                 self.max_pending()
             ),
-        ))
+        );
+        Some((err, old))
     }
 
     /// A handshake finished (`pipe`) or failed (`error`): it leaves the pending set.
@@ -476,10 +487,20 @@ impl Reactive for PendingHandshake {
         let Some(listener) = self.listener.upgrade() else {
             return;
         };
-        let result =
-            outcome.and_then(|()| Conn::start(hs, listener.conn_config()).map(Pipe::from_conn));
-        drop(listener);
-        self.finish(result);
+        match outcome {
+            Ok(()) => {
+                let result = Conn::start(hs, listener.conn_config()).map(Pipe::from_conn);
+                drop(listener);
+                self.finish(result);
+            }
+            Err(e) => {
+                // Report first, then close: whoever sees the connection drop can count on the
+                // report being there.
+                drop(listener);
+                self.finish(Err(e));
+                drop(hs);
+            }
+        }
     }
 
     fn on_timer(&self, now: Instant) {
@@ -488,8 +509,8 @@ impl Reactive for PendingHandshake {
         if let Err(e) = hs.check_timeout(now) {
             let hs = self.take(&mut slot);
             drop(slot);
+            self.finish(Err(e)); // reported before the connection closes
             drop(hs);
-            self.finish(Err(e));
         }
     }
 }

@@ -244,8 +244,9 @@ impl DialOptions {
     }
 
     /// Reconnect automatically after the connection breaks (the peer vanished, the transport
-    /// failed, heartbeats went unanswered), with this backoff. Default: off (a broken
-    /// connection ends the pipe with [`ErrorKind::Disconnected`]).
+    /// failed, heartbeats went unanswered) or the peer closes it (a server restarting), with
+    /// this backoff. Only a local `close` stops it. Default: off (a broken connection ends the
+    /// pipe with [`ErrorKind::Disconnected`], a peer's close with [`ErrorKind::Closed`]).
     ///
     /// While reconnecting the pipe is [`PipeState::Reconnecting`]: `recv` waits (messages
     /// received before the break are still delivered), `send` queues into the pipe's bounded

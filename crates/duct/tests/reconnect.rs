@@ -249,3 +249,42 @@ fn close_during_backoff_returns_promptly() {
     assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
     assert_eq!(pipe.state(), PipeState::Closed);
 }
+
+/// The server process restarts: its listener goes away (dialers are refused meanwhile), then
+/// a new one binds the same address; the reconnecting dialer finds it again.
+#[test]
+fn a_listener_restarted_on_the_same_address_is_found_again() {
+    let first = duct::listen("tcp://127.0.0.1:0", ListenOptions::default()).unwrap();
+    let addr = first.local_addr().to_string();
+    let server = thread::spawn(move || {
+        let p = first.accept().unwrap();
+        let m = p.recv().unwrap();
+        p.send(m).unwrap();
+        (first, p)
+    });
+    let (on_state, rx) = recorder();
+    let opts = DialOptions::default()
+        .timeout(Duration::from_secs(1))
+        .reconnect(Reconnect::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        ))
+        .on_state_change(on_state);
+    let pipe = duct::dial(&addr, opts).unwrap();
+    echo_once(&pipe, "first life");
+    let (first, accepted) = server.join().unwrap();
+    drop(accepted); // the server goes down
+    drop(first);
+    wait_for(&rx, PipeState::Connected, PipeState::Reconnecting);
+    thread::sleep(Duration::from_millis(200)); // refused attempts meanwhile
+    let second = duct::listen(&addr, ListenOptions::default()).unwrap();
+    let server = thread::spawn(move || {
+        let p = second.accept().unwrap();
+        let m = p.recv().unwrap();
+        p.send(m).unwrap();
+        p
+    });
+    wait_for(&rx, PipeState::Reconnecting, PipeState::Connected);
+    echo_once(&pipe, "second life");
+    drop(server.join().unwrap());
+}

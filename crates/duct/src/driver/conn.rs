@@ -891,7 +891,14 @@ impl Conn {
             match ev {
                 Event::PeerClosed(c) => {
                     let err = Error::closed(c.code, c.reason, true);
-                    self.end(g, err, PipeState::Closed);
+                    match &self.config.redial {
+                        // A server that closes (restarts, shuts down) is dialed again, as the
+                        // user asked; the peer's code and reason are the cause.
+                        Some(redial) if g.local_closed.is_none() && g.terminal.is_none() => {
+                            self.begin_reconnect(g, err, redial)
+                        }
+                        _ => self.end(g, err, PipeState::Closed),
+                    }
                 }
                 Event::Connected { .. } | Event::Pong { .. } => {}
             }
