@@ -60,13 +60,8 @@ mod driver;
 mod error;
 mod listener;
 mod message;
-// Some crate-internal getters and constructors in these two serve features the driver does
-// not implement yet (channel QoS, reconnect, peer credentials); their unit tests use them.
-// Remove the allows as the driver takes them up.
-#[cfg_attr(not(test), allow(dead_code))]
 mod options;
 mod pipe;
-#[cfg_attr(not(test), allow(dead_code))]
 mod transport;
 
 pub use addr::Addr;

@@ -26,9 +26,7 @@ use crate::driver::conn::{Conn, ConnConfig};
 use crate::driver::handshake::{Handshake, Progress};
 use crate::driver::reactor::{self, Reactive, ReactorHandle};
 use crate::driver::StreamTransport;
-use crate::pipe::{
-    session_config, RECV_QUEUE_BYTES, RECV_QUEUE_MSGS, SEND_QUEUE_BYTES, SEND_QUEUE_FRAMES,
-};
+use crate::pipe::{conn_config, session_config};
 use crate::transport::RawListener;
 use crate::{Addr, Error, ErrorKind, ListenOptions, Pipe, Result};
 
@@ -398,17 +396,7 @@ impl Inner {
     }
 
     fn conn_config(&self) -> ConnConfig {
-        ConnConfig {
-            send_queue_bytes: SEND_QUEUE_BYTES,
-            send_queue_frames: SEND_QUEUE_FRAMES,
-            recv_queue_msgs: RECV_QUEUE_MSGS,
-            recv_queue_bytes: RECV_QUEUE_BYTES,
-            send_timeout: self.opts.limits.send_timeout,
-            linger: self.opts.limits.linger,
-            on_state_change: None,
-            on_error: self.opts.on_error.clone(),
-            redial: None,
-        }
+        conn_config(&self.opts.limits, None, self.opts.on_error.clone(), None)
     }
 }
 

@@ -125,17 +125,12 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
             reconnect,
         })
     });
-    let conn_config = ConnConfig {
-        send_queue_bytes: SEND_QUEUE_BYTES,
-        send_queue_frames: SEND_QUEUE_FRAMES,
-        recv_queue_msgs: RECV_QUEUE_MSGS,
-        recv_queue_bytes: RECV_QUEUE_BYTES,
-        send_timeout: opts.limits.send_timeout,
-        linger: opts.limits.linger,
-        on_state_change: opts.on_state_change.clone(),
-        on_error: opts.on_error.clone(),
+    let conn_config = conn_config(
+        &opts.limits,
+        opts.on_state_change.clone(),
+        opts.on_error.clone(),
         redial,
-    };
+    );
     tracing::debug!(%addr, "dialed");
     Ok(Pipe::from_conn(Conn::start(hs, conn_config)?))
 }
@@ -186,6 +181,26 @@ pub(crate) fn connect_handshake(
     Ok(hs)
 }
 
+/// The connection configuration for a pipe with these limits and callbacks.
+pub(crate) fn conn_config(
+    limits: &Limits,
+    on_state_change: Option<crate::options::StateCallback>,
+    on_error: Option<crate::options::ErrorCallback>,
+    redial: Option<Arc<Redial>>,
+) -> ConnConfig {
+    ConnConfig {
+        send_queue_bytes: SEND_QUEUE_BYTES,
+        send_queue_frames: SEND_QUEUE_FRAMES,
+        recv_queue_msgs: RECV_QUEUE_MSGS,
+        recv_queue_bytes: RECV_QUEUE_BYTES,
+        send_timeout: limits.send_timeout,
+        linger: limits.linger,
+        on_state_change,
+        on_error,
+        redial,
+    }
+}
+
 /// The session configuration for a pipe with these limits and heartbeats.
 pub(crate) fn session_config(limits: &Limits, heartbeat: Heartbeat) -> Config {
     Config {
@@ -222,8 +237,8 @@ impl Pipe {
     pub fn send_with(&self, msg: impl Into<Message>, opts: &SendOptions) -> Result<()> {
         opts.check_supported()?;
         let msg = msg.into();
-        let channel = opts.channel.unwrap_or(msg.channel());
-        let timeout = opts.timeout.unwrap_or(self.conn.send_timeout());
+        let channel = opts.channel_for(msg.channel());
+        let timeout = opts.timeout_or(self.conn.send_timeout());
         self.conn
             .send(channel, msg.into_bytes(), Instant::now(), timeout)
     }
@@ -273,11 +288,10 @@ impl Pipe {
         opts: &SendOptions,
     ) -> Result<usize> {
         opts.check_supported()?;
-        let timeout = opts.timeout.unwrap_or(self.conn.send_timeout());
-        let over = opts.channel;
+        let timeout = opts.timeout_or(self.conn.send_timeout());
         let mut it = msgs
             .into_iter()
-            .map(|m| (over.unwrap_or(m.channel()), m.into_bytes()));
+            .map(|m| (opts.channel_for(m.channel()), m.into_bytes()));
         self.conn.send_batch(&mut it, timeout)
     }
 

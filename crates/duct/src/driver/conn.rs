@@ -121,6 +121,9 @@ struct Shared {
     downtime_bytes: usize,
     /// Failed reconnect attempts since the break.
     attempt: u32,
+    /// Writes that failed so far: a sender tells its own failure from the pipe ending
+    /// otherwise meanwhile.
+    write_failures: u64,
 }
 
 /// Hashes a channel number with one multiplication (keys are u16 and chosen by our own user,
@@ -282,12 +285,12 @@ impl Conn {
             local_closed: None,
             stats: PipeStats::default(),
             channels: ChannelTable::default(),
-            pending_callbacks: vec![StateChange {
-                from: PipeState::Connecting,
-                to: PipeState::Connected,
+            pending_callbacks: vec![StateChange::new(
+                PipeState::Connecting,
+                PipeState::Connected,
                 session_id,
-                cause: None,
-            }],
+                None,
+            )],
             pending_errors: Vec::new(),
             registered: None,
             read_armed: false,
@@ -302,6 +305,7 @@ impl Conn {
             downtime: VecDeque::new(),
             downtime_bytes: 0,
             attempt: 0,
+            write_failures: 0,
         };
         let conn = Arc::new_cyclic(|me| Conn {
             me: me.clone(),
@@ -533,23 +537,23 @@ impl Conn {
         let len = payload.len();
         let g = self.lock();
         let mut g = self.admit(g, channel, len, now + timeout, !timeout.is_zero())?;
+        self.enqueue(&mut g, channel, payload, now)?;
+        g.count_sent(Run::start(channel, len));
         if g.state == PipeState::Reconnecting {
-            g.downtime_bytes += len;
-            g.downtime.push_back((channel, payload));
-            g.count_sent(Run::start(channel, len));
             return Ok(());
         }
-        if let Err(e) = g.session.send(channel, payload, now) {
-            return Err(self.send_error(e, channel));
-        }
-        g.count_sent(Run::start(channel, len));
         if !g.writing {
+            let failures = g.write_failures;
             g.writing = true;
             g = self.flush(g);
-        }
-        if let Some(e) = &g.terminal {
-            // The write failed: say so rather than pretend the message went out.
-            return Err(e.clone());
+            if g.write_failures != failures {
+                // Our own write failed: say so rather than pretend the message went out. (The
+                // pipe ending otherwise meanwhile, say the peer closing after reading it, is
+                // not this send's failure: the message was accepted.)
+                if let Some(e) = &g.terminal {
+                    return Err(e.clone());
+                }
+            }
         }
         Ok(())
     }
@@ -578,11 +582,8 @@ impl Conn {
                     break;
                 }
             };
-            if g.state == PipeState::Reconnecting {
-                g.downtime_bytes += len;
-                g.downtime.push_back((channel, payload));
-            } else if let Err(e) = g.session.send(channel, payload, now) {
-                failure = Some(self.send_error(e, channel));
+            if let Err(e) = self.enqueue(&mut g, channel, payload, now) {
+                failure = Some(e);
                 break;
             }
             sent += 1;
@@ -592,15 +593,36 @@ impl Conn {
             }
         }
         g.count_sent(run);
+        let failures = g.write_failures;
         if !g.writing {
             g.writing = true;
             g = self.flush(g);
         }
+        let write_failed = g.write_failures != failures;
         match (sent, failure, &g.terminal) {
             (0, Some(e), _) => Err(e),
-            (0, None, Some(e)) => Err(e.clone()),
+            (0, None, Some(e)) if write_failed => Err(e.clone()),
             _ => Ok(sent),
         }
+    }
+
+    /// Queues an admitted message: in the session, or while reconnecting in the downtime
+    /// buffer for the next connection.
+    fn enqueue(
+        &self,
+        g: &mut Shared,
+        channel: u16,
+        payload: Bytes,
+        now: Instant,
+    ) -> Result<(), Error> {
+        if g.state == PipeState::Reconnecting {
+            g.downtime_bytes += payload.len();
+            g.downtime.push_back((channel, payload));
+            return Ok(());
+        }
+        g.session
+            .send(channel, payload, now)
+            .map_err(|e| self.send_error(e, channel))
     }
 
     fn queue_full(&self, channel: u16, queued: usize) -> Error {
@@ -667,6 +689,7 @@ impl Conn {
                 }
             }
             Err(e) => {
+                g.write_failures += 1;
                 self.fail_transport(&mut g, e);
             }
         }
@@ -963,15 +986,7 @@ impl Conn {
     /// The connection broke and the pipe reconnects: tear the transport down, keep what was
     /// received and queued, and schedule the first attempt.
     fn begin_reconnect(&self, g: &mut Shared, err: Error, redial: &crate::pipe::Redial) {
-        let from = g.state;
-        g.state = PipeState::Reconnecting;
-        g.pending_callbacks.push(StateChange {
-            from,
-            to: PipeState::Reconnecting,
-            session_id: g.session_id,
-            cause: Some(err.clone()),
-        });
-        self.callbacks_pending.store(true, Ordering::Release);
+        self.transition(g, PipeState::Reconnecting, Some(err.clone()));
         self.report_later(g, &err);
         g.read_armed = false;
         g.write_armed = false;
@@ -1075,16 +1090,9 @@ impl Conn {
             }
         }
         g.session_id = session_id;
-        g.state = PipeState::Connected;
         g.attempt = 0;
         g.stats.reconnects += 1;
-        g.pending_callbacks.push(StateChange {
-            from: PipeState::Reconnecting,
-            to: PipeState::Connected,
-            session_id,
-            cause: None,
-        });
-        self.callbacks_pending.store(true, Ordering::Release);
+        self.transition(&mut g, PipeState::Connected, None);
         g.registered = None;
         g.read_armed = true;
         g.seen_reads = g.caller_reads;
@@ -1097,22 +1105,23 @@ impl Conn {
         self.run_callbacks();
     }
 
+    /// Moves to `to` and queues the `StateChange` for `on_state_change` (run once the lock is
+    /// released).
+    fn transition(&self, g: &mut Shared, to: PipeState, cause: Option<Error>) {
+        let from = std::mem::replace(&mut g.state, to);
+        g.pending_callbacks
+            .push(StateChange::new(from, to, g.session_id, cause));
+        self.callbacks_pending.store(true, Ordering::Release);
+    }
+
     fn end_final(&self, g: &mut Shared, err: Error, state: PipeState) {
         if g.terminal.is_some() {
             return;
         }
-        let from = g.state;
-        g.state = state;
         g.terminal = Some(err.clone());
         // A close the user asked for has no cause; anything else does.
         let cause = g.local_closed.is_none().then_some(err);
-        g.pending_callbacks.push(StateChange {
-            from,
-            to: state,
-            session_id: g.session_id,
-            cause,
-        });
-        self.callbacks_pending.store(true, Ordering::Release);
+        self.transition(g, state, cause);
         g.read_armed = false;
         g.write_armed = false;
         g.recheck_at = None;
