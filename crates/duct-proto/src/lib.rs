@@ -9,6 +9,8 @@
 //! - [`wire`]: the 24-byte [`wire::Header`], control payloads ([`wire::control`]), and the
 //!   [`wire::Deframer`] that cuts a byte stream into frames without copying payloads.
 //! - [`Session`]: handshake, fragmentation and bounded reassembly, ping/pong, close.
+//! - [`lifecycle::Lifecycle`]: a pipe's life across connections: reconnect backoff, resume
+//!   window, final states.
 //!
 //! The wire protocol is specified normatively in `docs/PROTOCOL.md`.
 //!
@@ -43,6 +45,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod lifecycle;
 pub mod session;
 pub mod wire;
 

@@ -11,13 +11,20 @@
 //!   kernel's backlog holds further dialers until the application accepts again.
 //!
 //! Each handshake has [`ListenOptions::handshake_timeout`] to complete.
+//!
+//! **Resume.** Accepted pipes of dialers that reconnect are remembered by the dialer's
+//! instance id (weakly: the application owns its pipes). A HELLO that asks to resume one
+//! whose session is still held ([`ListenOptions::resume_window`]) re-attaches the new
+//! connection to that pipe instead of making a new one.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use duct_proto::lifecycle::Policy;
+use duct_proto::wire::control::caps;
 use duct_proto::{Role, Session};
 use mio::Interest;
 
@@ -25,7 +32,7 @@ use crate::addr;
 use crate::driver::conn::{Conn, ConnConfig};
 use crate::driver::handshake::{Handshake, Progress};
 use crate::driver::reactor::{self, Reactive, ReactorHandle};
-use crate::driver::StreamTransport;
+use crate::driver::{proto_error, StreamTransport};
 use crate::pipe::{conn_config, session_config};
 use crate::transport::RawListener;
 use crate::{Addr, Error, ErrorKind, ListenOptions, Pipe, Result};
@@ -70,6 +77,31 @@ struct Inner {
     cv: Condvar,
     reactor: OnceLock<ReactorHandle>,
     me: Weak<Inner>,
+    /// Accepted pipes a reconnecting dialer may resume, by the dialer's instance id.
+    resumable: Mutex<ResumeTable>,
+}
+
+/// Accepted pipes by dialer instance id, held weakly; entries of dropped pipes are pruned
+/// as the table grows, so it stays within twice the live pipes (plus a constant).
+#[derive(Default)]
+struct ResumeTable {
+    pipes: HashMap<u64, Weak<Conn>>,
+    /// Size at which the next prune runs.
+    prune_at: usize,
+}
+
+impl ResumeTable {
+    fn insert(&mut self, instance_id: u64, conn: &Arc<Conn>) {
+        if self.pipes.len() >= self.prune_at {
+            self.pipes.retain(|_, c| c.strong_count() > 0);
+            self.prune_at = (self.pipes.len() * 2).max(64);
+        }
+        self.pipes.insert(instance_id, Arc::downgrade(conn));
+    }
+
+    fn get(&self, instance_id: u64) -> Option<Arc<Conn>> {
+        self.pipes.get(&instance_id).and_then(Weak::upgrade)
+    }
 }
 
 struct State {
@@ -133,6 +165,7 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
         cv: Condvar::new(),
         reactor: OnceLock::new(),
         me: me.clone(),
+        resumable: Mutex::new(ResumeTable::default()),
     });
     let weak: Weak<dyn Reactive> = Arc::downgrade(&inner) as Weak<Inner>;
     let handle = reactor::register(weak).map_err(|e| Error::io(e, "starting the duct reactor"))?;
@@ -300,6 +333,11 @@ impl Inner {
                     let mut config = session_config(&self.opts.limits, heartbeat);
                     config.session_id = fastrand::u64(1..);
                     config.handshake_timeout = self.opts.handshake_timeout_or_default();
+                    // The listener decides on each HELLO: resume a pipe, or a fresh one.
+                    config.defer_welcome = true;
+                    if !self.opts.resume_window_or_default().is_zero() {
+                        config.capabilities |= caps::RESUME;
+                    }
                     let session = Session::new(config, Role::Listener, now);
                     let hs = Handshake::new(stream, session, peer, now);
                     let id = st.next_id;
@@ -372,6 +410,59 @@ impl Inner {
         Some((err, old))
     }
 
+    /// A handshake ended in a resumed pipe: it leaves the pending set (no new pipe).
+    fn handshake_resumed(&self, id: u64) {
+        let mut st = self.lock();
+        st.pending.remove(&id);
+        let _ = self.arm(&mut st);
+    }
+
+    /// Answers a HELLO: re-attaches the connection to the pipe it asks to resume if that
+    /// pipe still holds the session (`Ok(None)`), or welcomes it as a fresh session.
+    fn decide(&self, mut hs: Handshake) -> Result<Option<Handshake>> {
+        if let Some(resume_id) = hs.session.resume_requested() {
+            let instance_id = hs.session.pending_hello().map_or(0, |h| h.instance_id);
+            let conn = self
+                .resumable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(instance_id);
+            if let Some(conn) = conn {
+                match conn.try_resume(Box::new(hs), resume_id) {
+                    Ok(()) => {
+                        tracing::debug!(listener = %self.local_addr, instance_id, "pipe resumed");
+                        return Ok(None);
+                    }
+                    Err(back) => hs = *back,
+                }
+            }
+            tracing::debug!(
+                listener = %self.local_addr,
+                instance_id,
+                "cannot resume session {resume_id:#x}: not held (any more); a fresh session"
+            );
+        }
+        hs.session
+            .welcome(false, Instant::now())
+            .map_err(|e| proto_error(e, &hs.peer))?;
+        Ok(Some(hs))
+    }
+
+    /// Starts the pipe of a fresh session, remembered for resume when its dialer reconnects.
+    fn start_pipe(&self, hs: Handshake) -> Result<Pipe> {
+        let negotiated = hs.session.negotiated();
+        let instance_id = negotiated.map_or(0, |n| n.instance_id);
+        let resumable = negotiated.is_some_and(|n| n.capabilities & caps::RESUME != 0);
+        let conn = Conn::start(hs, self.conn_config(instance_id))?;
+        if resumable && instance_id != 0 {
+            self.resumable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(instance_id, &conn);
+        }
+        Ok(Pipe::from_conn(conn))
+    }
+
     /// A handshake finished (`pipe`) or failed (`error`): it leaves the pending set.
     fn handshake_done(&self, id: u64, result: Result<Pipe>) {
         let mut st = self.lock();
@@ -395,8 +486,20 @@ impl Inner {
         let _ = self.arm(&mut st);
     }
 
-    fn conn_config(&self) -> ConnConfig {
-        conn_config(&self.opts.limits, None, self.opts.on_error.clone(), None)
+    fn conn_config(&self, pipe_id: u64) -> ConnConfig {
+        let mut config = conn_config(
+            &self.opts.limits,
+            self.opts.on_state_change.clone(),
+            self.opts.on_error.clone(),
+            None,
+        );
+        let window = self.opts.resume_window_or_default();
+        config.policy = Policy {
+            redial: None,
+            resume_window: (!window.is_zero()).then_some(window),
+        };
+        config.pipe_id = pipe_id;
+        config
     }
 }
 
@@ -462,7 +565,7 @@ impl Reactive for PendingHandshake {
         // Edge-triggered: read until the socket is empty or the handshake is decided.
         let outcome = loop {
             match hs.on_readable() {
-                Ok(Progress::Done) => break Some(Ok(())),
+                Ok(Progress::Done | Progress::Hello) => break Some(Ok(())),
                 Ok(Progress::Drained) => break None,
                 Ok(Progress::Pending) => continue,
                 Err(e) => break Some(Err(e)),
@@ -477,7 +580,14 @@ impl Reactive for PendingHandshake {
         };
         match outcome {
             Ok(()) => {
-                let result = Conn::start(hs, listener.conn_config()).map(Pipe::from_conn);
+                let result = match listener.decide(hs) {
+                    Ok(Some(hs)) => listener.start_pipe(hs),
+                    Ok(None) => {
+                        listener.handshake_resumed(self.id);
+                        return;
+                    }
+                    Err(e) => Err(e),
+                };
                 drop(listener);
                 self.finish(result);
             }

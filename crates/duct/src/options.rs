@@ -45,9 +45,7 @@ pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default [`ListenOptions::max_pending_handshakes`].
 pub(crate) const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 128;
 /// Default [`ListenOptions::resume_window`].
-// Used once resume lands (connection lifecycle).
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(5);
 /// Default high-water mark of a channel queue, in messages.
 pub(crate) const DEFAULT_HWM_MSGS: usize = 1024;
 /// Default high-water mark of a channel queue, in bytes: room for one maximum-size message.
@@ -95,7 +93,6 @@ fn unsupported_option(what: &str, area: &str) -> Error {
     )
 }
 
-const AREA_LIFECYCLE: &str = "connection lifecycle";
 const AREA_QOS: &str = "per-channel QoS";
 const AREA_RELIABLE: &str = "reliable delivery";
 const AREA_TLS: &str = "TLS";
@@ -409,8 +406,7 @@ impl fmt::Debug for DialOptions {
 ///
 /// In this version of duct, [`tls`](Self::tls),
 /// [`authenticate`](Self::authenticate), [`allow_uids`](Self::allow_uids),
-/// [`allow_gids`](Self::allow_gids), [`resume_window`](Self::resume_window) and non-default
-/// [`ChannelOptions`] are not implemented yet: they may be set, but then `listen` fails with
+/// [`allow_gids`](Self::allow_gids) and non-default [`ChannelOptions`] are not implemented yet: they may be set, but then `listen` fails with
 /// [`ErrorKind::Unsupported`].
 #[derive(Clone, Default)]
 pub struct ListenOptions {
@@ -421,6 +417,7 @@ pub struct ListenOptions {
     pub(crate) allow_uids: Option<Vec<u32>>,
     pub(crate) allow_gids: Option<Vec<u32>>,
     pub(crate) on_error: Option<ErrorCallback>,
+    pub(crate) on_state_change: Option<StateCallback>,
     pub(crate) limits: Limits,
     /// `None` means [`DEFAULT_HANDSHAKE_TIMEOUT`].
     pub(crate) handshake_timeout: Option<Duration>,
@@ -518,6 +515,21 @@ impl ListenOptions {
         self
     }
 
+    /// Called on every change of the [`PipeState`] of every accepted pipe (the first is
+    /// `Connecting → Connected`, when the handshake completed). [`StateChange::pipe_id`]
+    /// (equal to [`Pipe::id`](crate::Pipe::id)) tells the pipes apart. Default: none.
+    ///
+    /// It runs on a duct thread: keep it short and do not call blocking operations of the
+    /// same pipe from it.
+    #[must_use]
+    pub fn on_state_change(
+        mut self,
+        callback: impl Fn(StateChange) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_state_change = Some(Arc::new(callback));
+        self
+    }
+
     /// How long a new connection may take to complete its handshake before it is dropped
     /// (and reported to [`on_error`](Self::on_error)). Default: 5 s.
     #[must_use]
@@ -535,12 +547,19 @@ impl ListenOptions {
         self
     }
 
-    /// How long the listener keeps the state of a disconnected peer (its reliable queues and
-    /// sequence numbers) so that a reconnecting dialer resumes the same pipe without loss.
-    /// After it, a reconnect is a new session and the loss is reported. Default: 30 s.
+    /// How long an accepted pipe whose connection broke (EOF, reset, heartbeat loss: not a
+    /// CLOSE) waits for its dialer to reconnect, when that dialer reconnects on its own
+    /// ([`DialOptions::reconnect`]). Meanwhile the pipe is [`PipeState::Reconnecting`]:
+    /// messages received before the break are still delivered, `recv` waits, and sends are
+    /// queued (bounded like the send queue). If the dialer is back in time, the new connection
+    /// takes over the same pipe (`accept` does not see it; the pipe gets a new
+    /// [`session_id`](crate::Pipe::session_id)); queued messages go out on it. If not, the pipe
+    /// ends with [`ErrorKind::Disconnected`], and a later reconnect of that dialer is a new
+    /// pipe, which the dialer reports as [`ErrorKind::SessionLost`]. `Duration::ZERO`
+    /// disables resume. Default: 5 s.
     ///
-    /// Not implemented yet in this version: setting it makes `listen` fail with
-    /// [`ErrorKind::Unsupported`].
+    /// Resume continues the pipe; it does not replay messages the broken connection took but
+    /// did not deliver (reliable channels do).
     #[must_use]
     pub fn resume_window(mut self, window: Duration) -> Self {
         self.resume_window = Some(window);
@@ -566,8 +585,6 @@ impl ListenOptions {
     }
 
     /// The resume window, default applied.
-    // Used once resume lands (connection lifecycle).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn resume_window_or_default(&self) -> Duration {
         self.resume_window.unwrap_or(DEFAULT_RESUME_WINDOW)
     }
@@ -600,12 +617,6 @@ impl ListenOptions {
         if self.allow_gids.is_some() {
             return Err(unsupported_option("ListenOptions::allow_gids", AREA_AUTH));
         }
-        if self.resume_window.is_some() {
-            return Err(unsupported_option(
-                "ListenOptions::resume_window",
-                AREA_LIFECYCLE,
-            ));
-        }
         Ok(())
     }
 }
@@ -620,6 +631,7 @@ impl fmt::Debug for ListenOptions {
             .field("allow_uids", &self.allow_uids)
             .field("allow_gids", &self.allow_gids)
             .field("on_error", &callback_debug(&self.on_error))
+            .field("on_state_change", &callback_debug(&self.on_state_change))
             .field("limits", &self.limits)
             .field("handshake_timeout", &self.handshake_timeout_or_default())
             .field(
@@ -690,19 +702,21 @@ impl Reconnect {
         self
     }
 
+    /// The schedule in the protocol core's terms.
+    pub(crate) fn backoff(&self) -> duct_proto::lifecycle::Backoff {
+        duct_proto::lifecycle::Backoff {
+            initial: self.initial,
+            max: self.max,
+            jitter: self.jitter,
+            max_attempts: self.max_attempts,
+        }
+    }
+
     /// The wait before retry number `attempt` (0 for the first retry). `random` is a uniform
     /// draw from `0.0..1.0` (the caller owns the RNG so that tests can seed it).
+    #[cfg(test)]
     pub(crate) fn delay(&self, attempt: u32, random: f64) -> Duration {
-        let factor = 2u32.saturating_pow(attempt);
-        let delay = self.initial.saturating_mul(factor).min(self.max);
-        let random = if random.is_nan() {
-            0.0
-        } else {
-            random.clamp(0.0, 1.0)
-        };
-        // Not `mul_f64`: it panics when rounding takes a huge delay past `Duration::MAX`.
-        Duration::try_from_secs_f64(delay.as_secs_f64() * (1.0 - self.jitter * random))
-            .map_or(delay, |jittered| jittered.min(delay))
+        self.backoff().delay(attempt, random)
     }
 }
 
@@ -1383,18 +1397,22 @@ impl PeerCredentials {
 
 /// Where a pipe is in its life.
 ///
-/// A dialed pipe goes `Connecting → Connected`; when the connection breaks, `Disconnected`,
-/// then `Reconnecting → Connected` again if reconnecting is on; `close` (either side) or
-/// giving up ends in `Closed`, which is final.
+/// A pipe goes `Connecting → Connected`. When the connection breaks (not a CLOSE), a dialed
+/// pipe with [`DialOptions::reconnect`] goes `Reconnecting → Connected` again, and so does
+/// the accepted pipe of such a dialer while the listener's
+/// [`resume_window`](ListenOptions::resume_window) lasts; any other pipe ends
+/// `Disconnected`. `close` (either side) or giving up ends in `Closed`. `Disconnected` and
+/// `Closed` are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PipeState {
     /// Connecting or in the handshake.
     Connecting,
     /// Connected: messages flow.
     Connected,
-    /// The connection broke; messages sent now are queued (reliable) or dropped (realtime).
+    /// The connection broke and the pipe ended with it (final): calls return the cause.
     Disconnected,
-    /// Trying to connect again after a break.
+    /// Between connections after a break: a dialer trying to connect again, or an accepted
+    /// pipe waiting for its dialer to come back.
     Reconnecting,
     /// Closed for good, locally or by the peer.
     Closed,
@@ -1423,6 +1441,9 @@ pub struct StateChange {
     pub to: PipeState,
     /// The session id after the change (new on every successful connect; 0 before the first).
     pub session_id: u64,
+    /// The pipe that changed: [`Pipe::id`](crate::Pipe::id), the same on both ends and
+    /// across reconnects.
+    pub pipe_id: u64,
     /// The error that caused the change, if one did (a lost connection, a failed
     /// reconnect); `None` for changes the user asked for or that went well.
     pub cause: Option<Error>,
@@ -1433,12 +1454,14 @@ impl StateChange {
         from: PipeState,
         to: PipeState,
         session_id: u64,
+        pipe_id: u64,
         cause: Option<Error>,
     ) -> StateChange {
         StateChange {
             from,
             to,
             session_id,
+            pipe_id,
             cause,
         }
     }
@@ -1539,7 +1562,7 @@ mod tests {
             Duration::from_secs(5)
         );
         assert_eq!(listen.max_pending_handshakes_or_default(), 128);
-        assert_eq!(listen.resume_window_or_default(), Duration::from_secs(30));
+        assert_eq!(listen.resume_window_or_default(), Duration::from_secs(5));
         assert_eq!(
             Heartbeat::default(),
             Heartbeat::new(Duration::from_secs(1), 5)
@@ -1665,10 +1688,6 @@ mod tests {
             (
                 ListenOptions::default().allow_gids([10]),
                 "ListenOptions::allow_gids",
-            ),
-            (
-                ListenOptions::default().resume_window(Duration::from_secs(1)),
-                "ListenOptions::resume_window",
             ),
             (
                 ListenOptions::default().channel(2, ChannelOptions::default().priority(1)),
@@ -1880,6 +1899,7 @@ mod tests {
             PipeState::Connecting,
             PipeState::Connected,
             1,
+            9,
             None,
         ));
 
@@ -1952,6 +1972,7 @@ mod tests {
             PipeState::Connected,
             PipeState::Disconnected,
             42,
+            9,
             Some(Error::io(
                 std::io::Error::from(std::io::ErrorKind::ConnectionReset),
                 "reading",

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use duct_proto::lifecycle::Policy;
+use duct_proto::wire::control::caps;
 use duct_proto::{Config, Role, Session};
 
 use crate::addr;
@@ -115,7 +117,7 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
     opts.check_supported()?;
     let ep = addr::parse(addr)?;
     let instance_id = fastrand::u64(1..);
-    let hs = connect_handshake(addr, &ep, &opts, instance_id)?;
+    let hs = connect_handshake(addr, &ep, &opts, instance_id, 0)?;
     let redial = opts.reconnect.map(|reconnect| {
         Arc::new(Redial {
             addr: addr.to_owned(),
@@ -125,12 +127,13 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
             reconnect,
         })
     });
-    let conn_config = conn_config(
+    let mut conn_config = conn_config(
         &opts.limits,
         opts.on_state_change.clone(),
         opts.on_error.clone(),
         redial,
     );
+    conn_config.pipe_id = instance_id;
     tracing::debug!(%addr, "dialed");
     Ok(Pipe::from_conn(Conn::start(hs, conn_config)?))
 }
@@ -145,12 +148,14 @@ pub(crate) struct Redial {
     pub(crate) reconnect: crate::Reconnect,
 }
 
-/// Connects and completes a handshake, bounded by the dial timeout.
+/// Connects and completes a handshake, bounded by the dial timeout. `resume_session_id`: the
+/// session to resume (0: a fresh one).
 pub(crate) fn connect_handshake(
     addr: &str,
     ep: &addr::Endpoint,
     opts: &DialOptions,
     instance_id: u64,
+    resume_session_id: u64,
 ) -> Result<Handshake> {
     let timeout = opts.timeout_or_default();
     let deadline = Instant::now() + timeout;
@@ -163,6 +168,12 @@ pub(crate) fn connect_handshake(
     let now = Instant::now();
     let mut config = session_config(&opts.limits, heartbeat);
     config.instance_id = instance_id;
+    config.resume_session_id = resume_session_id;
+    if opts.reconnect.is_some() {
+        // Only a pipe that reconnects has a session to resume: a listener keeps the session
+        // of a broken connection only when RESUME was agreed.
+        config.capabilities |= caps::RESUME;
+    }
     config.handshake_timeout = deadline.saturating_duration_since(now);
     let session = Session::new(config, Role::Dialer, now);
     let mut hs = Handshake::new(stream, session, peer, now);
@@ -195,9 +206,14 @@ pub(crate) fn conn_config(
         recv_queue_bytes: RECV_QUEUE_BYTES,
         send_timeout: limits.send_timeout,
         linger: limits.linger,
+        policy: Policy {
+            redial: redial.as_ref().map(|r| r.reconnect.backoff()),
+            resume_window: None,
+        },
         on_state_change,
         on_error,
         redial,
+        pipe_id: 0,
     }
 }
 
@@ -351,6 +367,14 @@ impl Pipe {
     /// The session id the listener gave this connection (new on every connect).
     pub fn session_id(&self) -> u64 {
         self.conn.session_id()
+    }
+
+    /// The pipe's identity: the same on both ends (the dialer's instance id, sent in the
+    /// handshake) and for the pipe's whole life, across reconnects and resumes. Useful to
+    /// match the two ends in logs, and in [`StateChange::pipe_id`](crate::StateChange::pipe_id) to tell pipes apart in a
+    /// callback shared by many.
+    pub fn id(&self) -> u64 {
+        self.conn.pipe_id()
     }
 
     /// A snapshot of the pipe's counters.

@@ -378,10 +378,6 @@ fn unimplemented_listen_options_are_unsupported_and_bind_nothing() {
             ListenOptions::default().allow_gids([0]),
         ),
         (
-            "ListenOptions::resume_window",
-            ListenOptions::default().resume_window(Duration::from_secs(1)),
-        ),
-        (
             "reliable",
             ListenOptions::default().channel(1, ChannelOptions::default().reliable(true)),
         ),

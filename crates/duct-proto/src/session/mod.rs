@@ -2,6 +2,7 @@
 //! ping/pong, close), driven by a driver that owns the transport and the clock.
 
 mod reassembly;
+mod requeue;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use crate::wire::control::{
 use crate::wire::{flags, Deframer, FrameKind, Header, HANDSHAKE_MAX_PAYLOAD, HEADER_LEN};
 use crate::Error;
 use reassembly::ReassemblyBuffer;
+pub use requeue::{requeue, Requeued};
 
 /// Smallest max frame payload a peer may announce.
 pub const MIN_FRAME_PAYLOAD: u32 = 1024;
@@ -56,12 +58,22 @@ pub struct Config {
     pub heartbeat_interval: Option<Duration>,
     /// Silent intervals before the peer is declared gone (0 counts as 1). Default 5.
     pub heartbeat_misses: u32,
-    /// Capability bits to offer (intersected with what this implementation supports).
+    /// Capability bits to offer (intersected with what this implementation supports,
+    /// [`caps::SUPPORTED`]). Default none: offer [`caps::RESUME`] only when the driver will
+    /// use it (a dialer that reconnects, a listener that keeps broken sessions).
     pub capabilities: u64,
     /// The dialing pipe's identity, stable across its reconnects (dialer only).
     pub instance_id: u64,
     /// The id the listener gives the new session (listener only; 0 is replaced by 1).
     pub session_id: u64,
+    /// The session this dialer asks to resume (dialer only; 0: a fresh session). Only a
+    /// session on which [`caps::RESUME`] was agreed can be resumed.
+    pub resume_session_id: u64,
+    /// Listener only: stop after a valid HELLO until the driver decides. The session then
+    /// stays [`State::Handshaking`] with [`Session::pending_hello`] set, and waits for
+    /// [`Session::welcome`] or [`Session::refuse`] (the handshake deadline still runs).
+    /// Default `false`: a valid HELLO is welcomed at once as a fresh session.
+    pub defer_welcome: bool,
     /// Protocol version announced. Only tests change it.
     pub version: (u8, u8),
 }
@@ -76,9 +88,11 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(5),
             heartbeat_interval: None,
             heartbeat_misses: 5,
-            capabilities: caps::SUPPORTED,
+            capabilities: 0,
             instance_id: 0,
             session_id: 0,
+            resume_session_id: 0,
+            defer_welcome: false,
             version: (VERSION_MAJOR, VERSION_MINOR),
         }
     }
@@ -112,6 +126,8 @@ pub struct Negotiated {
     pub heartbeat_interval: Option<Duration>,
     /// The dialer's instance id.
     pub instance_id: u64,
+    /// The listener re-attached the dialer to the session it asked to resume.
+    pub resumed: bool,
 }
 
 /// Something the driver should know about.
@@ -198,6 +214,18 @@ pub struct Session {
     /// Smoothed round-trip time from our PINGs.
     srtt: Option<Duration>,
     next_ping_token: u64,
+    /// Listener with `defer_welcome`: a valid HELLO awaiting the driver's decision.
+    pending_hello: Option<PendingHello>,
+    /// DATA frames that were queued when the session failed (never written).
+    abandoned: VecDeque<Transmit>,
+}
+
+/// A HELLO accepted by the protocol checks, before the listener's decision.
+struct PendingHello {
+    hello: Hello,
+    peer_version: (u8, u8),
+    capabilities: u64,
+    heartbeat_ms: u32,
 }
 
 /// This side's heartbeat schedule.
@@ -245,6 +273,8 @@ impl Session {
             heartbeat: None,
             srtt: None,
             next_ping_token: 1,
+            pending_hello: None,
+            abandoned: VecDeque::new(),
         };
         if role == Role::Dialer {
             let hello = Hello {
@@ -255,7 +285,7 @@ impl Session {
                 max_message_size: s.config.max_message_size,
                 last_received_seq: 0,
                 instance_id: s.config.instance_id,
-                resume_session_id: 0,
+                resume_session_id: s.config.resume_session_id,
                 extensions: Vec::new(),
             };
             s.queue_control(FrameKind::Hello, hello.encode());
@@ -453,6 +483,20 @@ impl Session {
         bytes
     }
 
+    /// Takes every DATA frame this session queued and never handed out for writing (also
+    /// those a failure dropped), in order; control frames are discarded. For a driver that
+    /// moves the messages to a new connection: see [`requeue`].
+    pub fn take_unsent(&mut self) -> VecDeque<Transmit> {
+        let mut out = std::mem::take(&mut self.abandoned);
+        for t in self.transmits.drain(..) {
+            if t.header[0] == FrameKind::Data as u8 {
+                out.push_back(t);
+            }
+        }
+        self.transmit_bytes = 0;
+        out
+    }
+
     /// Frames queued for writing.
     pub fn transmit_len(&self) -> usize {
         self.transmits.len()
@@ -541,7 +585,9 @@ impl Session {
 
     fn handle_handshake(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
         match (self.role, h.kind) {
-            (Role::Listener, FrameKind::Hello) => self.on_hello(&payload, now),
+            (Role::Listener, FrameKind::Hello) if self.pending_hello.is_none() => {
+                self.on_hello(&payload, now)
+            }
             (Role::Dialer, FrameKind::Welcome) => self.on_welcome(&payload, now),
             (Role::Dialer, FrameKind::Reject) => {
                 let reject = Reject::decode(&payload)?;
@@ -597,31 +643,93 @@ impl Session {
             (theirs, ours) => theirs.min(ours),
         };
         let capabilities = hello.capabilities & self.config.capabilities & caps::SUPPORTED;
+        let pending = PendingHello {
+            hello,
+            peer_version,
+            capabilities,
+            heartbeat_ms,
+        };
+        if self.config.defer_welcome {
+            self.pending_hello = Some(pending);
+        } else {
+            self.send_welcome(pending, false, now);
+        }
+        Ok(())
+    }
+
+    /// The HELLO awaiting the driver's decision (listener with [`Config::defer_welcome`]):
+    /// answer with [`Session::welcome`] or [`Session::refuse`].
+    pub fn pending_hello(&self) -> Option<&Hello> {
+        self.pending_hello.as_ref().map(|p| &p.hello)
+    }
+
+    /// Whether a pending HELLO may be answered with `resumed = true`: the dialer asked to
+    /// resume a session and both sides offered [`caps::RESUME`].
+    pub fn resume_requested(&self) -> Option<u64> {
+        let p = self.pending_hello.as_ref()?;
+        (p.capabilities & caps::RESUME != 0 && p.hello.resume_session_id != 0)
+            .then_some(p.hello.resume_session_id)
+    }
+
+    /// Accepts the pending HELLO: WELCOME is queued and the session is established with id
+    /// [`Config::session_id`]. `resumed` tells the dialer its earlier session continues (only
+    /// when [`Session::resume_requested`]); `false` makes it a fresh session.
+    pub fn welcome(&mut self, resumed: bool, now: Instant) -> Result<(), Error> {
+        if self.state != State::Handshaking {
+            return Err(Error::Closed);
+        }
+        if self.pending_hello.is_none() {
+            return Err(Error::BadParameter("no HELLO awaits a decision"));
+        }
+        if resumed && self.resume_requested().is_none() {
+            return Err(Error::BadParameter(
+                "cannot resume: the dialer asked for a fresh session or RESUME was not agreed",
+            ));
+        }
+        let pending = self.pending_hello.take().expect("checked above");
+        self.send_welcome(pending, resumed, now);
+        Ok(())
+    }
+
+    /// Refuses the pending HELLO (or a handshake under way): REJECT with `code` (one of
+    /// [`reject_code`]) and `reason` is queued and the session is closed. Does nothing once
+    /// the session is established.
+    pub fn refuse(&mut self, code: u16, reason: &str) {
+        if self.role != Role::Listener || self.state != State::Handshaking {
+            return;
+        }
+        self.reject(code, control::clamp_reason(reason));
+        self.pending_hello = None;
+        self.state = State::Closed;
+        self.handshake_deadline = None;
+    }
+
+    fn send_welcome(&mut self, p: PendingHello, resumed: bool, now: Instant) {
         self.session_id = self.config.session_id.max(1);
         let welcome = Welcome {
             version: self.config.version,
-            capabilities,
+            capabilities: p.capabilities,
             max_frame_payload: self.config.max_frame_payload,
-            heartbeat_ms,
+            heartbeat_ms: p.heartbeat_ms,
             max_message_size: self.config.max_message_size,
             last_received_seq: 0,
             session_id: self.session_id,
-            resumed: false,
+            resumed,
             extensions: Vec::new(),
         };
         self.queue_control(FrameKind::Welcome, welcome.encode());
         self.establish(
             Negotiated {
-                peer_version,
-                capabilities,
-                send_frame_max: hello.max_frame_payload.min(MAX_FRAME_PAYLOAD),
-                send_message_max: hello.max_message_size,
-                heartbeat_interval: ms_duration(heartbeat_ms),
-                instance_id: hello.instance_id,
+                peer_version: p.peer_version,
+                capabilities: p.capabilities,
+                send_frame_max: p.hello.max_frame_payload.min(MAX_FRAME_PAYLOAD),
+                send_message_max: p.hello.max_message_size,
+                heartbeat_interval: ms_duration(p.heartbeat_ms),
+                instance_id: p.hello.instance_id,
+                resumed,
             },
             now,
         );
-        Ok(())
     }
 
     fn on_welcome(&mut self, payload: &[u8], now: Instant) -> Result<(), Error> {
@@ -637,15 +745,22 @@ impl Session {
         if w.session_id == 0 {
             return Err(Error::BadParameter("WELCOME session_id is 0"));
         }
+        let capabilities = w.capabilities & self.config.capabilities & caps::SUPPORTED;
+        if w.resumed && (self.config.resume_session_id == 0 || capabilities & caps::RESUME == 0) {
+            return Err(Error::BadParameter(
+                "WELCOME resumed a session this dialer did not ask to resume",
+            ));
+        }
         self.session_id = w.session_id;
         self.establish(
             Negotiated {
                 peer_version,
-                capabilities: w.capabilities & self.config.capabilities & caps::SUPPORTED,
+                capabilities,
                 send_frame_max: w.max_frame_payload.min(MAX_FRAME_PAYLOAD),
                 send_message_max: w.max_message_size,
                 heartbeat_interval: ms_duration(w.heartbeat_ms),
                 instance_id: self.config.instance_id,
+                resumed: w.resumed,
             },
             now,
         );
@@ -769,7 +884,13 @@ impl Session {
         self.handshake_deadline = None;
         self.reassembly.clear();
         if matches!(was, State::Established) {
-            self.transmits.clear();
+            // Messages not written yet are kept aside for a driver that sends them again on a
+            // new connection (see `take_unsent`); control frames are void with this session.
+            for t in self.transmits.drain(..) {
+                if t.header[0] == FrameKind::Data as u8 {
+                    self.abandoned.push_back(t);
+                }
+            }
             self.transmit_bytes = 0;
             let close = Close {
                 code: e.close_code(),

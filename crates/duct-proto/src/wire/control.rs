@@ -32,12 +32,13 @@ pub const MAX_SACK_RANGES: usize = 32;
 pub mod caps {
     /// Reliable channels (seq/ack/retransmit). Reserved: defined by a later version.
     pub const RELIABLE: u64 = 1 << 0;
-    /// Session resume across reconnects. Reserved: defined by a later version.
+    /// Session resume across reconnects: a reconnecting dialer names the session it had in
+    /// HELLO's `resume_session_id`, and the listener re-attaches it to that session's state.
     pub const RESUME: u64 = 1 << 1;
     /// Per-message TTL in the header. Reserved: defined by a later version.
     pub const TTL: u64 = 1 << 2;
     /// Every capability this implementation can use today.
-    pub const SUPPORTED: u64 = 0;
+    pub const SUPPORTED: u64 = RESUME;
 }
 
 /// Codes carried by REJECT frames.

@@ -36,6 +36,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use duct_proto::lifecycle::{Change, Ignored, Lifecycle, Next, Phase, Policy};
+use duct_proto::wire::control::caps;
 use duct_proto::{Delivered, Event, Session};
 use mio::Interest;
 
@@ -66,16 +68,22 @@ pub(crate) struct ConnConfig {
     pub(crate) send_timeout: Duration,
     /// Default linger of `close`.
     pub(crate) linger: Duration,
+    /// What the pipe does when its connection breaks.
+    pub(crate) policy: Policy,
     pub(crate) on_state_change: Option<crate::options::StateCallback>,
     pub(crate) on_error: Option<crate::options::ErrorCallback>,
     /// How to connect again after a break (dialed pipes with a `Reconnect`).
     pub(crate) redial: Option<Arc<crate::pipe::Redial>>,
+    /// The pipe's identity on both ends: the dialer's instance id.
+    pub(crate) pipe_id: u64,
 }
 
 struct Shared {
     session: Session,
-    state: PipeState,
-    session_id: u64,
+    /// The pipe's state across connections.
+    life: Lifecycle,
+    /// RESUME was agreed on the current (or last) session.
+    resumable: bool,
     reading: bool,
     writing: bool,
     /// Bytes in the write queue (mirrors `WriteQueue::bytes`, readable without its lock).
@@ -119,8 +127,8 @@ struct Shared {
     /// Messages sent while reconnecting, for the next connection.
     downtime: VecDeque<(u16, Bytes)>,
     downtime_bytes: usize,
-    /// Failed reconnect attempts since the break.
-    attempt: u32,
+    /// What broke the last connection (for the error when the pipe ends while reconnecting).
+    break_cause: Option<Error>,
     /// Writes that failed so far: a sender tells its own failure from the pipe ending
     /// otherwise meanwhile.
     write_failures: u64,
@@ -205,7 +213,28 @@ impl Run {
     }
 }
 
+/// The application's name for a lifecycle phase.
+fn pipe_state(phase: Phase) -> PipeState {
+    match phase {
+        Phase::Connecting => PipeState::Connecting,
+        Phase::Connected => PipeState::Connected,
+        Phase::Disconnected => PipeState::Disconnected,
+        Phase::Reconnecting => PipeState::Reconnecting,
+        Phase::Closed => PipeState::Closed,
+    }
+}
+
+fn resumable(session: &Session) -> bool {
+    session
+        .negotiated()
+        .is_some_and(|n| n.capabilities & caps::RESUME != 0)
+}
+
 impl Shared {
+    fn state(&self) -> PipeState {
+        pipe_state(self.life.phase())
+    }
+
     fn count_sent(&mut self, run: Run) {
         if run.msgs == 0 {
             return;
@@ -272,10 +301,21 @@ impl Conn {
         };
         let mut wq = hs.wq;
         wq.take_from(&mut hs.session);
+        let mut life = Lifecycle::new(config.policy);
+        let first = life
+            .connected(session_id)
+            .expect("a new lifecycle is connecting");
+        let first = StateChange::new(
+            pipe_state(first.from),
+            pipe_state(first.to),
+            first.session_id,
+            config.pipe_id,
+            None,
+        );
         let shared = Shared {
+            resumable: resumable(&hs.session),
             session: hs.session,
-            state: PipeState::Connected,
-            session_id,
+            life,
             reading: false,
             writing: false,
             wq_bytes: wq.bytes(),
@@ -285,12 +325,7 @@ impl Conn {
             local_closed: None,
             stats: PipeStats::default(),
             channels: ChannelTable::default(),
-            pending_callbacks: vec![StateChange::new(
-                PipeState::Connecting,
-                PipeState::Connected,
-                session_id,
-                None,
-            )],
+            pending_callbacks: vec![first],
             pending_errors: Vec::new(),
             registered: None,
             read_armed: false,
@@ -304,7 +339,7 @@ impl Conn {
             carry: VecDeque::new(),
             downtime: VecDeque::new(),
             downtime_bytes: 0,
-            attempt: 0,
+            break_cause: None,
             write_failures: 0,
         };
         let conn = Arc::new_cyclic(|me| Conn {
@@ -368,11 +403,15 @@ impl Conn {
     }
 
     pub(crate) fn state(&self) -> PipeState {
-        self.lock().state
+        self.lock().state()
+    }
+
+    pub(crate) fn pipe_id(&self) -> u64 {
+        self.config.pipe_id
     }
 
     pub(crate) fn session_id(&self) -> u64 {
-        self.lock().session_id
+        self.lock().life.session_id()
     }
 
     pub(crate) fn stats(&self) -> PipeStats {
@@ -539,7 +578,7 @@ impl Conn {
         let mut g = self.admit(g, channel, len, now + timeout, !timeout.is_zero())?;
         self.enqueue(&mut g, channel, payload, now)?;
         g.count_sent(Run::start(channel, len));
-        if g.state == PipeState::Reconnecting {
+        if g.state() == PipeState::Reconnecting {
             return Ok(());
         }
         if !g.writing {
@@ -615,7 +654,7 @@ impl Conn {
         payload: Bytes,
         now: Instant,
     ) -> Result<(), Error> {
-        if g.state == PipeState::Reconnecting {
+        if g.state() == PipeState::Reconnecting {
             g.downtime_bytes += payload.len();
             g.downtime.push_back((channel, payload));
             return Ok(());
@@ -657,7 +696,7 @@ impl Conn {
     /// leaves the rest to the reactor (it watches writability). The caller has set `writing`;
     /// this clears it and wakes waiters. Transport errors end the connection.
     fn flush<'a>(&'a self, mut g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
-        if g.state == PipeState::Reconnecting {
+        if g.state() == PipeState::Reconnecting {
             // No connection to write to: the queue waits for the next one.
             g.writing = false;
             return g;
@@ -782,7 +821,7 @@ impl Conn {
                 };
             }
             g = self.flush_if_idle(g);
-            if g.state == PipeState::Reconnecting {
+            if g.state() == PipeState::Reconnecting {
                 // No connection to read from: wait for the reconnect (or the end).
                 if wait == Wait::No {
                     return Ok(0);
@@ -914,13 +953,18 @@ impl Conn {
             match ev {
                 Event::PeerClosed(c) => {
                     let err = Error::closed(c.code, c.reason, true);
-                    match &self.config.redial {
-                        // A server that closes (restarts, shuts down) is dialed again, as the
-                        // user asked; the peer's code and reason are the cause.
-                        Some(redial) if g.local_closed.is_none() && g.terminal.is_none() => {
-                            self.begin_reconnect(g, err, redial)
+                    if g.local_closed.is_some() || g.terminal.is_some() {
+                        self.end(g, err, PipeState::Closed);
+                        continue;
+                    }
+                    // A dialer that redials connects again (a server restarting closes its
+                    // connections first); the peer's code and reason are the cause.
+                    match g.life.peer_closed(Instant::now(), fastrand::f64()) {
+                        Ok((change, next)) if change.to == Phase::Reconnecting => {
+                            self.begin_break(g, change, err, next)
                         }
-                        _ => self.end(g, err, PipeState::Closed),
+                        Ok((change, _)) => self.end_final(g, err, Ok(change)),
+                        Err(_) => {} // between connections: the old one's last words
                     }
                 }
                 Event::Connected { .. } | Event::Pong { .. } => {}
@@ -968,26 +1012,39 @@ impl Conn {
     }
 
     /// Records the end of the connection (first cause wins), stops background service, and
-    /// wakes every waiter. Threads blocked in the transport are woken by a shutdown.
+    /// wakes every waiter. Threads blocked in the transport are woken by a shutdown. A break
+    /// (`state` Disconnected) of a pipe that reconnects, or whose dialer may come back, leaves
+    /// it Reconnecting instead.
     fn end(&self, g: &mut Shared, err: Error, state: PipeState) {
-        if g.terminal.is_some() || (g.state == PipeState::Reconnecting && g.local_closed.is_none())
+        if g.terminal.is_some()
+            || (g.state() == PipeState::Reconnecting && g.local_closed.is_none())
         {
             return;
         }
         if state == PipeState::Disconnected && g.local_closed.is_none() {
-            if let Some(redial) = &self.config.redial {
-                self.begin_reconnect(g, err, redial);
-                return;
+            match g.life.broke(Instant::now(), g.resumable, fastrand::f64()) {
+                Ok((change, next)) if change.to == Phase::Reconnecting => {
+                    self.begin_break(g, change, err, next);
+                    return;
+                }
+                Ok((change, _)) => {
+                    self.end_final(g, err, Ok(change));
+                    return;
+                }
+                Err(_) => {}
             }
         }
-        self.end_final(g, err, state);
+        let change = g.life.close();
+        self.end_final(g, err, change);
     }
 
-    /// The connection broke and the pipe reconnects: tear the transport down, keep what was
-    /// received and queued, and schedule the first attempt.
-    fn begin_reconnect(&self, g: &mut Shared, err: Error, redial: &crate::pipe::Redial) {
-        self.transition(g, PipeState::Reconnecting, Some(err.clone()));
+    /// The connection broke and the pipe waits for the next one (it dials, or its dialer
+    /// comes back): tear the transport down, keep what was received and queued, and arrange
+    /// `next` (the first attempt, or the end of the resume window).
+    fn begin_break(&self, g: &mut Shared, change: Change, err: Error, next: Next) {
+        self.apply(g, change, Some(err.clone()));
         self.report_later(g, &err);
+        g.break_cause = Some(err);
         g.read_armed = false;
         g.write_armed = false;
         g.recheck_at = None;
@@ -996,9 +1053,10 @@ impl Conn {
         while let Some(d) = g.session.poll_message() {
             g.carry.push_back(d);
         }
-        g.attempt = 0;
-        let delay = redial.reconnect.delay(0, fastrand::f64());
-        reconnect::schedule(self.me(), Instant::now() + delay);
+        match next {
+            Next::AttemptAt(at) | Next::ExpireAt(at) => reconnect::schedule(self.me(), at),
+            Next::Nothing => {}
+        }
         self.cv.notify_all();
     }
 
@@ -1006,51 +1064,72 @@ impl Conn {
         self.me.clone()
     }
 
-    /// One reconnect attempt (on the reconnect thread): connect and handshake, then take the
-    /// new connection over, or schedule the next attempt, or end the pipe when attempts are
-    /// used up.
-    pub(crate) fn attempt_reconnect(self: &Arc<Self>) {
-        let Some(redial) = self.config.redial.clone() else {
-            return;
-        };
-        {
+    /// Runs on the reconnect thread when a reconnect attempt is due (dialed pipes) or a
+    /// resume window may have passed (accepted pipes).
+    pub(crate) fn on_reconnect_timer(self: &Arc<Self>) {
+        match self.config.redial.clone() {
+            Some(redial) => self.attempt_reconnect(&redial),
+            None => self.check_resume_window(),
+        }
+    }
+
+    /// One reconnect attempt: connect and handshake (asking to resume the last session when
+    /// RESUME was agreed on it), then take the new connection over, or schedule the next
+    /// attempt, or end the pipe when attempts are used up.
+    fn attempt_reconnect(self: &Arc<Self>, redial: &crate::pipe::Redial) {
+        let resume_id = {
             let g = self.lock();
-            if g.state != PipeState::Reconnecting || g.local_closed.is_some() {
+            if g.state() != PipeState::Reconnecting || g.local_closed.is_some() {
                 return;
             }
-        }
+            if g.resumable {
+                g.life.session_id()
+            } else {
+                0
+            }
+        };
         let result = crate::pipe::connect_handshake(
             &redial.addr,
             &redial.ep,
             &redial.opts,
             redial.instance_id,
+            resume_id,
         );
         let mut g = self.lock();
-        if g.state != PipeState::Reconnecting || g.local_closed.is_some() {
+        if g.state() != PipeState::Reconnecting || g.local_closed.is_some() {
             return; // closed meanwhile: the new connection (if any) is dropped
         }
         match result {
-            Ok(hs) => self.attach(g, hs),
+            Ok(hs) => {
+                let lost = (resume_id != 0 && !hs.session.negotiated().is_some_and(|n| n.resumed))
+                    .then(|| {
+                        Error::new(
+                            ErrorKind::SessionLost,
+                            format!(
+                            "reconnected to {}, but it no longer had session {resume_id:#x} of \
+                             this pipe (its resume window passed, or it restarted): this is a \
+                             new session, and messages in flight at the break are lost",
+                            redial.addr
+                        ),
+                        )
+                    });
+                self.attach(g, hs, lost);
+            }
             Err(e) => {
-                g.attempt += 1;
+                let attempt = g.life.attempts() + 1;
                 let e = Error::new(
                     e.kind(),
-                    format!("reconnect attempt {} to {}: {e}", g.attempt, redial.addr),
+                    format!("reconnect attempt {attempt} to {}: {e}", redial.addr),
                 );
                 self.report_later(&mut g, &e);
-                let exhausted = redial
-                    .reconnect
-                    .max_attempts
-                    .is_some_and(|m| g.attempt >= m);
-                if exhausted {
-                    let last = Error::new(
-                        e.kind(),
-                        format!("{e} (gave up after {} attempts)", g.attempt),
-                    );
-                    self.end_final(&mut g, last, PipeState::Closed);
-                } else {
-                    let delay = redial.reconnect.delay(g.attempt, fastrand::f64());
-                    reconnect::schedule(self.me(), Instant::now() + delay);
+                match g.life.attempt_failed(Instant::now(), fastrand::f64()) {
+                    Ok(Ok(at)) => reconnect::schedule(self.me(), at),
+                    Ok(Err(change)) => {
+                        let last =
+                            Error::new(e.kind(), format!("{e} (gave up after {attempt} attempts)"));
+                        self.end_final(&mut g, last, Ok(change));
+                    }
+                    Err(_) => {}
                 }
                 drop(g);
                 self.run_callbacks();
@@ -1058,41 +1137,134 @@ impl Conn {
         }
     }
 
+    /// An accepted pipe's resume window may have passed: end the pipe if its dialer did not
+    /// come back.
+    fn check_resume_window(&self) {
+        let mut g = self.lock();
+        if g.local_closed.is_some() || g.terminal.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        match g.life.expired(now) {
+            Ok(change) => {
+                let window = g.life.policy().resume_window.unwrap_or_default();
+                let cause = g
+                    .break_cause
+                    .take()
+                    .map_or_else(String::new, |c| format!(" after: {c}"));
+                let err = Error::new(
+                    ErrorKind::Disconnected,
+                    format!(
+                        "{} did not reconnect within the resume window of {window:?}{cause}",
+                        self.who
+                    ),
+                );
+                self.report_later(&mut g, &err);
+                self.end_final(&mut g, err, Ok(change));
+            }
+            Err(_) => {
+                // Woken early (the reconnect thread's clock): look again at the deadline.
+                if let Some(d) = g.life.resume_deadline().filter(|d| *d > now) {
+                    reconnect::schedule(self.me(), d);
+                }
+            }
+        }
+        drop(g);
+        self.run_callbacks();
+    }
+
+    /// Listener side: the dialer of this pipe is back on a new connection (`hs`, whose HELLO
+    /// asks to resume session `resume_id`). If this pipe still holds that session, the new
+    /// connection takes it over (an old connection not yet known to be broken is dropped) and
+    /// the HELLO is welcomed as resumed; otherwise `hs` is handed back untouched.
+    pub(crate) fn try_resume(
+        &self,
+        mut hs: Box<Handshake>,
+        resume_id: u64,
+    ) -> Result<(), Box<Handshake>> {
+        let mut g = self.lock();
+        let phase = g.life.phase();
+        if g.local_closed.is_some()
+            || g.terminal.is_some()
+            || !g.resumable
+            || g.life.session_id() != resume_id
+            || !matches!(phase, Phase::Connected | Phase::Reconnecting)
+        {
+            return Err(hs);
+        }
+        let now = Instant::now();
+        if hs.session.welcome(true, now).is_err() {
+            return Err(hs);
+        }
+        if phase == Phase::Connected {
+            // The dialer noticed the break first: drop the old connection now.
+            g.session.transport_lost(now);
+            let err = Error::new(
+                ErrorKind::Disconnected,
+                format!(
+                    "{} reconnected; its earlier connection was dropped",
+                    self.who
+                ),
+            );
+            if let Ok((change, _)) = g.life.broke(now, true, 0.0) {
+                self.begin_break(&mut g, change, err, Next::Nothing);
+            }
+        }
+        self.attach(g, *hs, None);
+        Ok(())
+    }
+
     /// Takes over a new connection: transport, session and buffers are replaced; messages
-    /// received earlier stay deliverable; frames queued earlier (but a partly written one)
-    /// and messages sent while reconnecting go out on the new connection.
-    fn attach<'a>(&'a self, mut g: MutexGuard<'a, Shared>, mut hs: Handshake) {
+    /// received earlier stay deliverable; messages queued earlier but not written (whole, see
+    /// `duct_proto::session::requeue`) and messages sent while reconnecting go out on the new
+    /// connection. `lost`: the session could not be resumed (reported, and the cause of the
+    /// state change).
+    fn attach<'a>(&'a self, mut g: MutexGuard<'a, Shared>, mut hs: Handshake, lost: Option<Error>) {
+        // A caller may still be returning from the old transport (shut down, so promptly):
+        // the read and write buffers are replaced only once nobody uses them.
+        while g.reading || g.writing {
+            g = self.wait_cv(g, None).0;
+        }
+        if g.state() != PipeState::Reconnecting || g.local_closed.is_some() {
+            return; // closed meanwhile: the new connection is dropped
+        }
         let session_id = hs.take_connected();
         let now = Instant::now();
         *self.transport.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hs.stream);
         let mut old = std::mem::replace(&mut g.session, hs.session);
-        {
-            // Nobody reads or writes while reconnecting (both paths wait), so these locks are
-            // free.
+        g.resumable = resumable(&g.session);
+        let unsent = {
+            // Nobody reads or writes (checked above, under the lock), so these locks are free.
             let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-            let dropped = w.reset_partial();
-            g.stats.dropped += dropped as u64;
             let mut fresh = hs.wq;
             fresh.take_from(&mut g.session);
-            let mut old_frames = std::mem::replace(&mut *w, fresh);
-            old_frames.take_from(&mut old);
-            w.append(old_frames);
+            let old_frames = std::mem::replace(&mut *w, fresh);
             *self.read.lock().unwrap_or_else(|p| p.into_inner()) = hs.rbuf;
-            g.wq_bytes = w.bytes();
-            g.wq_frames = w.frames();
-        }
-        while let Some((channel, payload)) = g.downtime.pop_front() {
-            g.downtime_bytes -= payload.len();
+            duct_proto::session::requeue(old_frames.into_frames().chain(old.take_unsent()))
+        };
+        g.stats.dropped += unsent.lost as u64;
+        let downtime = std::mem::take(&mut g.downtime);
+        g.downtime_bytes = 0;
+        for (channel, payload) in unsent.messages.into_iter().chain(downtime) {
             if let Err(e) = g.session.send(channel, payload, now) {
                 let e = self.send_error(e, channel);
                 self.report_later(&mut g, &e);
                 g.stats.dropped += 1;
             }
         }
-        g.session_id = session_id;
-        g.attempt = 0;
+        {
+            let w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            g.wq_bytes = w.bytes();
+            g.wq_frames = w.frames();
+        }
+        g.break_cause = None;
         g.stats.reconnects += 1;
-        self.transition(&mut g, PipeState::Connected, None);
+        if let Some(e) = &lost {
+            self.report_later(&mut g, e);
+        }
+        if let Ok(change) = g.life.connected(session_id) {
+            self.apply(&mut g, change, lost);
+        }
         g.registered = None;
         g.read_armed = true;
         g.seen_reads = g.caller_reads;
@@ -1105,23 +1277,30 @@ impl Conn {
         self.run_callbacks();
     }
 
-    /// Moves to `to` and queues the `StateChange` for `on_state_change` (run once the lock is
-    /// released).
-    fn transition(&self, g: &mut Shared, to: PipeState, cause: Option<Error>) {
-        let from = std::mem::replace(&mut g.state, to);
-        g.pending_callbacks
-            .push(StateChange::new(from, to, g.session_id, cause));
+    /// Queues `change` for `on_state_change` (run once the lock is released).
+    fn apply(&self, g: &mut Shared, change: Change, cause: Option<Error>) {
+        g.pending_callbacks.push(StateChange::new(
+            pipe_state(change.from),
+            pipe_state(change.to),
+            change.session_id,
+            self.config.pipe_id,
+            cause,
+        ));
         self.callbacks_pending.store(true, Ordering::Release);
     }
 
-    fn end_final(&self, g: &mut Shared, err: Error, state: PipeState) {
+    /// Ends the pipe for good with `err` (every later call returns it); `change` is the
+    /// lifecycle's move into the final state (ignored when it was final already).
+    fn end_final(&self, g: &mut Shared, err: Error, change: Result<Change, Ignored>) {
         if g.terminal.is_some() {
             return;
         }
         g.terminal = Some(err.clone());
-        // A close the user asked for has no cause; anything else does.
-        let cause = g.local_closed.is_none().then_some(err);
-        self.transition(g, state, cause);
+        if let Ok(change) = change {
+            // A close the user asked for has no cause; anything else does.
+            let cause = g.local_closed.is_none().then_some(err);
+            self.apply(g, change, cause);
+        }
         g.read_armed = false;
         g.write_armed = false;
         g.recheck_at = None;
@@ -1168,7 +1347,7 @@ impl Conn {
         // Drain: write what we can, and let the reactor write the rest as the socket frees.
         g = self.flush_if_idle(g);
         while g.terminal.is_none()
-            && g.state != PipeState::Reconnecting
+            && g.state() != PipeState::Reconnecting
             && (g.writing || g.wq_frames > 0 || g.session.transmit_len() > 0)
         {
             let (ng, timed_out) = self.wait_cv(g, Some(deadline));
@@ -1338,8 +1517,11 @@ impl Reactive for Conn {
             } else {
                 PipeState::Closed
             };
-            self.report_later(&mut g, &err);
-            self.end(&mut g, err, state);
+            self.end(&mut g, err.clone(), state);
+            if g.state() != PipeState::Reconnecting {
+                // (A break the pipe recovers from was reported by `begin_break`.)
+                self.report_later(&mut g, &err);
+            }
         }
         if g.recheck_at.is_some_and(|t| t <= now) {
             g.recheck_at = None;

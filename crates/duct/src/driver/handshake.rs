@@ -21,6 +21,8 @@ pub(crate) enum Progress {
     Drained,
     /// The session is established.
     Done,
+    /// A listener's session holds a valid HELLO and awaits the decision (`welcome`).
+    Hello,
 }
 
 pub(crate) struct Handshake {
@@ -89,6 +91,8 @@ impl Handshake {
         if self.session.state() == State::Established {
             // The Connected event stays queued for the pipe; peek by state instead.
             Progress::Done
+        } else if self.session.pending_hello().is_some() {
+            Progress::Hello
         } else {
             Progress::Pending
         }

@@ -105,24 +105,10 @@ impl WriteQueue {
         self.frames.is_empty()
     }
 
-    /// Drops a partly written first frame (its connection is gone: the rest cannot follow on
-    /// another). Returns how many frames were dropped (0 or 1).
-    pub(crate) fn reset_partial(&mut self) -> usize {
-        if self.offset == 0 {
-            return 0;
-        }
-        if let Some(t) = self.frames.pop_front() {
-            self.bytes -= t.wire_len();
-        }
-        self.offset = 0;
-        1
-    }
-
-    /// Moves every frame of `other` behind ours.
-    pub(crate) fn append(&mut self, mut other: WriteQueue) {
-        other.reset_partial();
-        self.bytes += other.bytes;
-        self.frames.append(&mut other.frames);
+    /// The frames not written yet, in order, for a new connection: a partly written first
+    /// frame is included (the peer drops a partial frame with the connection).
+    pub(crate) fn into_frames(self) -> impl Iterator<Item = Transmit> {
+        self.frames.into_iter()
     }
 
     /// Bytes still to write.

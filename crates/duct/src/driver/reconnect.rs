@@ -1,6 +1,7 @@
 //! Reconnect attempts: one background thread per process (`duct-reconnect`, started on first
 //! use) runs the blocking connect + handshake of every reconnecting pipe, each bounded by its
-//! dial timeout, at the times their backoff schedules. Attempts run one at a time: a pipe
+//! dial timeout, at the times their backoff schedules. It also ends accepted pipes whose
+//! dialer did not come back within the listener's resume window. Attempts run one at a time: a pipe
 //! whose peer is slow to answer delays the others by at most one dial timeout.
 //!
 //! The thread holds pipes weakly: a pipe dropped or closed meanwhile is skipped, and an
@@ -69,7 +70,7 @@ fn run(q: &Queue) {
                 let (_, conn) = jobs.swap_remove(i);
                 drop(jobs);
                 if let Some(conn) = conn.upgrade() {
-                    conn.attempt_reconnect();
+                    conn.on_reconnect_timer();
                 }
                 jobs = q.jobs.lock().unwrap_or_else(|p| p.into_inner());
             }

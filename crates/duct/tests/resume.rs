@@ -1,0 +1,398 @@
+//! Resume over the chaos proxy: a reconnecting dialer is re-attached to the same accepted
+//! pipe (no new `accept`), both ends' callbacks show the break and the return, messages sent
+//! meanwhile go out afterwards, and after the resume window a reconnect is a new pipe that
+//! the dialer reports as `SessionLost`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use duct_proto::wire::control::caps;
+use duct_proto::{Config, Role, Session};
+
+use duct::{
+    DialOptions, Error, ErrorKind, Heartbeat, ListenOptions, Listener, Pipe, PipeState, Reconnect,
+    RecvOptions, StateChange,
+};
+use duct_testkit::ChaosProxy;
+
+const T: Duration = Duration::from_secs(10);
+
+fn recorder() -> (
+    impl Fn(StateChange) + Send + Sync + 'static,
+    mpsc::Receiver<StateChange>,
+) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    (move |c| drop(tx.lock().unwrap().send(c)), rx)
+}
+
+fn errors() -> (
+    impl Fn(&Error) + Send + Sync + 'static,
+    mpsc::Receiver<Error>,
+) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    (
+        move |e: &Error| drop(tx.lock().unwrap().send(e.clone())),
+        rx,
+    )
+}
+
+/// The next change into `to`, skipping others; panics after `T`.
+fn wait_for(rx: &mpsc::Receiver<StateChange>, to: PipeState) -> StateChange {
+    let deadline = Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let c = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no change to {to:?} within {T:?}"));
+        if c.to == to {
+            return c;
+        }
+    }
+}
+
+fn recv(p: &Pipe) -> duct::Message {
+    p.recv_with(&RecvOptions::default().timeout(T)).unwrap()
+}
+
+struct Setup {
+    listener: Listener,
+    proxy: ChaosProxy,
+    server: Pipe,
+    server_changes: mpsc::Receiver<StateChange>,
+    client: Pipe,
+    client_changes: mpsc::Receiver<StateChange>,
+    client_errors: mpsc::Receiver<Error>,
+}
+
+fn setup(listen: ListenOptions, heartbeat: Heartbeat) -> Setup {
+    let (on_server_change, server_changes) = recorder();
+    let listener = duct::listen(
+        "tcp://127.0.0.1:0",
+        listen
+            .heartbeat(heartbeat)
+            .on_state_change(on_server_change),
+    )
+    .unwrap();
+    let target = match listener.local_addr() {
+        duct::Addr::Tcp(a) => a,
+        other => panic!("{other}"),
+    };
+    let proxy = ChaosProxy::start(target).unwrap();
+    let (on_client_change, client_changes) = recorder();
+    let (on_client_error, client_errors) = errors();
+    let client = duct::dial(
+        &format!("tcp://{}", proxy.addr()),
+        DialOptions::default()
+            .timeout(Duration::from_secs(1))
+            .heartbeat(heartbeat)
+            .reconnect(Reconnect::exponential(
+                Duration::from_millis(20),
+                Duration::from_millis(200),
+            ))
+            .on_state_change(on_client_change)
+            .on_error(on_client_error),
+    )
+    .unwrap();
+    let server = listener.accept_timeout(T).unwrap();
+    assert_eq!(
+        wait_for(&server_changes, PipeState::Connected).from,
+        PipeState::Connecting
+    );
+    assert_eq!(
+        wait_for(&client_changes, PipeState::Connected).from,
+        PipeState::Connecting
+    );
+    assert_eq!(server.id(), client.id(), "both ends name the pipe alike");
+    Setup {
+        listener,
+        proxy,
+        server,
+        server_changes,
+        client,
+        client_changes,
+        client_errors,
+    }
+}
+
+#[test]
+fn a_cut_while_idle_resumes_the_same_accepted_pipe() {
+    let s = setup(ListenOptions::default(), Heartbeat::default());
+    s.client.send("before").unwrap();
+    assert_eq!(recv(&s.server).payload(), b"before");
+    let (client_session, server_session) = (s.client.session_id(), s.server.session_id());
+    assert_eq!(client_session, server_session);
+
+    s.proxy.reset_all();
+    // Both ends see the break, and both come back: the accepted pipe with it.
+    let c = wait_for(&s.server_changes, PipeState::Reconnecting);
+    assert_eq!(c.from, PipeState::Connected);
+    assert_eq!(c.pipe_id, s.server.id());
+    assert!(c.cause.is_some());
+    wait_for(&s.client_changes, PipeState::Reconnecting);
+    let back = wait_for(&s.client_changes, PipeState::Connected);
+    assert!(back.cause.is_none(), "resumed, not lost: {:?}", back.cause);
+    let server_back = wait_for(&s.server_changes, PipeState::Connected);
+    assert_eq!(server_back.from, PipeState::Reconnecting);
+
+    // A new session id on the same pipes; no new accept.
+    assert_ne!(s.client.session_id(), client_session);
+    assert_eq!(s.server.session_id(), s.client.session_id());
+    assert_eq!(s.server.state(), PipeState::Connected);
+    assert_eq!(
+        s.listener
+            .accept_timeout(Duration::from_millis(300))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::TimedOut,
+        "a resumed dialer is not a new pipe"
+    );
+    // Traffic goes on both ways on the same pipe.
+    s.client.send("after").unwrap();
+    assert_eq!(recv(&s.server).payload(), b"after");
+    s.server.send("reply").unwrap();
+    assert_eq!(recv(&s.client).payload(), b"reply");
+    assert_eq!(s.server.stats().reconnects, 1);
+    assert!(s
+        .client_errors
+        .try_iter()
+        .all(|e| e.kind() != ErrorKind::SessionLost));
+}
+
+#[test]
+fn a_cut_while_streaming_resumes_and_the_stream_goes_on_in_order() {
+    let s = setup(ListenOptions::default(), Heartbeat::default());
+    let sender = {
+        let client = s.client.clone();
+        std::thread::spawn(move || {
+            for i in 0u32..4000 {
+                client.send(i.to_be_bytes().to_vec()).unwrap();
+                if i % 100 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        })
+    };
+    let mut last = None;
+    let mut got = 0usize;
+    let mut cut = false;
+    while last != Some(3999) {
+        let m = recv(&s.server);
+        let i = u32::from_be_bytes(m.payload().try_into().unwrap());
+        // Messages the broken connection took but did not deliver are lost (no reliability
+        // here); what arrives is in order and never twice.
+        assert!(last.is_none_or(|l| i > l), "{i} after {last:?}");
+        last = Some(i);
+        got += 1;
+        if !cut && got == 500 {
+            s.proxy.reset_all();
+            cut = true;
+        }
+    }
+    sender.join().unwrap();
+    assert!(cut);
+    wait_for(&s.server_changes, PipeState::Reconnecting);
+    wait_for(&s.server_changes, PipeState::Connected);
+    println!("streamed through a cut: {got} of 4000 arrived on the same accepted pipe");
+    assert!(s
+        .listener
+        .accept_timeout(Duration::from_millis(100))
+        .is_err());
+}
+
+#[test]
+fn messages_sent_to_a_resuming_dialer_go_out_when_it_is_back() {
+    let s = setup(ListenOptions::default(), Heartbeat::default());
+    s.proxy.refuse(true).unwrap();
+    s.proxy.reset_all();
+    wait_for(&s.server_changes, PipeState::Reconnecting);
+    assert_eq!(s.server.state(), PipeState::Reconnecting);
+    // The accepted pipe queues while its dialer is away.
+    for i in 0..10 {
+        s.server.send(format!("queued {i}")).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    s.proxy.refuse(false).unwrap();
+    wait_for(&s.server_changes, PipeState::Connected);
+    for i in 0..10 {
+        assert_eq!(recv(&s.client).payload(), format!("queued {i}").as_bytes());
+    }
+}
+
+#[test]
+fn after_the_window_the_pipe_ends_and_a_reconnect_is_a_new_pipe_reported_as_session_lost() {
+    let window = Duration::from_millis(300);
+    let s = setup(
+        ListenOptions::default().resume_window(window),
+        Heartbeat::default(),
+    );
+    s.proxy.refuse(true).unwrap();
+    s.proxy.reset_all();
+    let broke = Instant::now();
+    wait_for(&s.server_changes, PipeState::Reconnecting);
+    // The dialer does not come back in time: the accepted pipe ends.
+    let e = s
+        .server
+        .recv_with(&RecvOptions::default().timeout(T))
+        .unwrap_err();
+    let waited = broke.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
+    assert!(e.to_string().contains("resume window"), "{e}");
+    assert!(waited >= window, "ended after {waited:?}");
+    assert_eq!(s.server.state(), PipeState::Disconnected);
+    let end = wait_for(&s.server_changes, PipeState::Disconnected);
+    assert_eq!(end.from, PipeState::Reconnecting);
+
+    s.proxy.refuse(false).unwrap();
+    // The dialer's reconnect is a fresh pipe on the listener...
+    let fresh = s.listener.accept_timeout(T).unwrap();
+    assert_eq!(fresh.id(), s.client.id());
+    // ... and the dialer says so: in the state change and to on_error.
+    let back = wait_for(&s.client_changes, PipeState::Connected);
+    let cause = back.cause.expect("a lost session is never silent");
+    assert_eq!(cause.kind(), ErrorKind::SessionLost, "{cause}");
+    let reported = s
+        .client_errors
+        .recv_timeout(T)
+        .into_iter()
+        .chain(s.client_errors.try_iter())
+        .any(|e| e.kind() == ErrorKind::SessionLost);
+    assert!(reported);
+    s.client.send("to the new pipe").unwrap();
+    assert_eq!(recv(&fresh).payload(), b"to the new pipe");
+}
+
+/// A dialer speaking the protocol by hand over `sock`: sends HELLO (instance 7, RESUME
+/// offered, asking to resume `resume`) and returns the session once WELCOME arrived.
+fn raw_dialer(sock: &mut TcpStream, resume: u64) -> Session {
+    let config = Config {
+        instance_id: 7,
+        resume_session_id: resume,
+        capabilities: caps::RESUME,
+        ..Config::default()
+    };
+    let mut s = Session::new(config, Role::Dialer, Instant::now());
+    while let Some(t) = s.poll_transmit() {
+        sock.write_all(&t.header).unwrap();
+        sock.write_all(&t.payload).unwrap();
+    }
+    sock.set_read_timeout(Some(T)).unwrap();
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    while s.state() != duct_proto::State::Established {
+        let n = sock.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "the listener closed the connection during the handshake"
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        s.handle_input(&mut buf, Instant::now()).unwrap();
+    }
+    s
+}
+
+#[test]
+fn a_dialer_back_before_the_listener_noticed_takes_over_the_pipe() {
+    // The dialer noticed a break the listener did not (a half-open link): its new connection
+    // asks to resume while the old one still looks fine to the listener.
+    let (on_server_change, server_changes) = recorder();
+    let listener = duct::listen(
+        "tcp://127.0.0.1:0",
+        ListenOptions::default()
+            .heartbeat(Heartbeat::off())
+            .on_state_change(on_server_change),
+    )
+    .unwrap();
+    let target = match listener.local_addr() {
+        duct::Addr::Tcp(a) => a,
+        other => panic!("{other}"),
+    };
+    let mut first = TcpStream::connect(target).unwrap();
+    let s1 = raw_dialer(&mut first, 0);
+    let server = listener.accept_timeout(T).unwrap();
+    assert_eq!(server.id(), 7);
+    assert_eq!(server.session_id(), s1.session_id());
+    wait_for(&server_changes, PipeState::Connected);
+
+    let mut second = TcpStream::connect(target).unwrap();
+    let mut s2 = raw_dialer(&mut second, s1.session_id());
+    let n = s2.negotiated().unwrap();
+    assert!(n.resumed, "the listener still held the session");
+    assert_ne!(s2.session_id(), s1.session_id());
+    let c = wait_for(&server_changes, PipeState::Reconnecting);
+    let cause = c.cause.unwrap().to_string();
+    assert!(cause.contains("reconnected"), "{cause}");
+    let c = wait_for(&server_changes, PipeState::Connected);
+    assert_eq!(c.session_id, s2.session_id());
+    assert_eq!(server.session_id(), s2.session_id());
+    // The old connection is dropped by the listener; the new one carries the pipe.
+    let mut rest = Vec::new();
+    first.set_read_timeout(Some(T)).unwrap();
+    let _ = first.read_to_end(&mut rest);
+    s2.send(
+        0,
+        Bytes::from_static(b"via the new connection"),
+        Instant::now(),
+    )
+    .unwrap();
+    while let Some(t) = s2.poll_transmit() {
+        second.write_all(&t.header).unwrap();
+        second.write_all(&t.payload).unwrap();
+    }
+    assert_eq!(recv(&server).payload(), b"via the new connection");
+    assert!(listener.accept_timeout(Duration::from_millis(100)).is_err());
+
+    // A HELLO naming a session the pipe no longer has is a fresh pipe.
+    let mut third = TcpStream::connect(target).unwrap();
+    let s3 = raw_dialer(&mut third, s1.session_id());
+    assert!(!s3.negotiated().unwrap().resumed);
+    assert_eq!(listener.accept_timeout(T).unwrap().id(), 7);
+}
+
+#[test]
+fn a_dialer_that_does_not_reconnect_is_not_waited_for() {
+    let listener = duct::listen("tcp://127.0.0.1:0", ListenOptions::default()).unwrap();
+    let target = match listener.local_addr() {
+        duct::Addr::Tcp(a) => a,
+        other => panic!("{other}"),
+    };
+    let proxy = ChaosProxy::start(target).unwrap();
+    let _client = duct::dial(&format!("tcp://{}", proxy.addr()), DialOptions::default()).unwrap();
+    let server = listener.accept_timeout(T).unwrap();
+    proxy.reset_all();
+    let started = Instant::now();
+    let e = server
+        .recv_with(&RecvOptions::default().timeout(T))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.state(), PipeState::Disconnected);
+}
+
+#[test]
+fn close_of_a_pipe_waiting_for_its_dialer_is_prompt() {
+    let s = setup(ListenOptions::default(), Heartbeat::default());
+    s.proxy.refuse(true).unwrap();
+    s.proxy.reset_all();
+    wait_for(&s.server_changes, PipeState::Reconnecting);
+    let blocked = {
+        let server = s.server.clone();
+        std::thread::spawn(move || server.recv().unwrap_err().kind())
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    s.server.close().unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(blocked.join().unwrap(), ErrorKind::Closed);
+    let end = wait_for(&s.server_changes, PipeState::Closed);
+    assert_eq!(end.from, PipeState::Reconnecting);
+}
