@@ -13,6 +13,9 @@ use duct::{
 };
 use duct_testkit::ChaosProxy;
 
+mod common;
+use common::state_sink;
+
 const T: Duration = Duration::from_secs(10);
 
 /// A duct echo server that accepts every (re)connection and echoes on each, in threads.
@@ -49,15 +52,6 @@ fn echo_server() -> Echo {
         addr,
         _listener: listener,
     }
-}
-
-fn recorder() -> (
-    impl Fn(StateChange) + Send + Sync + 'static,
-    mpsc::Receiver<StateChange>,
-) {
-    let (tx, rx) = mpsc::channel();
-    let tx = Mutex::new(tx);
-    (move |c| drop(tx.lock().unwrap().send(c)), rx)
 }
 
 fn dial_through(
@@ -101,7 +95,7 @@ fn count(dir: &str) -> usize {
 fn cut_connections_heal_with_a_new_session_and_leak_nothing() {
     let echo = echo_server();
     let proxy = ChaosProxy::start(echo.addr).unwrap();
-    let (on_state, rx) = recorder();
+    let (on_state, rx) = state_sink();
     let pipe = dial_through(
         &proxy,
         Reconnect::exponential(Duration::from_millis(5), Duration::from_millis(50)),
@@ -163,7 +157,7 @@ fn cut_connections_heal_with_a_new_session_and_leak_nothing() {
 fn sends_while_reconnecting_go_out_afterwards() {
     let echo = echo_server();
     let proxy = ChaosProxy::start(echo.addr).unwrap();
-    let (on_state, rx) = recorder();
+    let (on_state, rx) = state_sink();
     let pipe = dial_through(
         &proxy,
         Reconnect::exponential(Duration::from_millis(20), Duration::from_millis(50)),
@@ -225,7 +219,7 @@ fn attempts_are_bounded_and_each_failure_is_reported() {
 fn close_during_backoff_returns_promptly() {
     let echo = echo_server();
     let proxy = ChaosProxy::start(echo.addr).unwrap();
-    let (on_state, rx) = recorder();
+    let (on_state, rx) = state_sink();
     let pipe = dial_through(
         &proxy,
         Reconnect::exponential(Duration::from_secs(30), Duration::from_secs(30)),
@@ -262,7 +256,7 @@ fn a_listener_restarted_on_the_same_address_is_found_again() {
         p.send(m).unwrap();
         (first, p)
     });
-    let (on_state, rx) = recorder();
+    let (on_state, rx) = state_sink();
     let opts = DialOptions::default()
         .timeout(Duration::from_secs(1))
         .reconnect(Reconnect::exponential(

@@ -6,7 +6,6 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::mpsc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -19,28 +18,10 @@ use duct::{
 };
 use duct_testkit::ChaosProxy;
 
+mod common;
+use common::{error_sink, state_sink};
+
 const T: Duration = Duration::from_secs(10);
-
-fn recorder() -> (
-    impl Fn(StateChange) + Send + Sync + 'static,
-    mpsc::Receiver<StateChange>,
-) {
-    let (tx, rx) = mpsc::channel();
-    let tx = Mutex::new(tx);
-    (move |c| drop(tx.lock().unwrap().send(c)), rx)
-}
-
-fn errors() -> (
-    impl Fn(&Error) + Send + Sync + 'static,
-    mpsc::Receiver<Error>,
-) {
-    let (tx, rx) = mpsc::channel();
-    let tx = Mutex::new(tx);
-    (
-        move |e: &Error| drop(tx.lock().unwrap().send(e.clone())),
-        rx,
-    )
-}
 
 /// The next change into `to`, skipping others; panics after `T`.
 fn wait_for(rx: &mpsc::Receiver<StateChange>, to: PipeState) -> StateChange {
@@ -71,7 +52,7 @@ struct Setup {
 }
 
 fn setup(listen: ListenOptions, heartbeat: Heartbeat) -> Setup {
-    let (on_server_change, server_changes) = recorder();
+    let (on_server_change, server_changes) = state_sink();
     let listener = duct::listen(
         "tcp://127.0.0.1:0",
         listen
@@ -84,8 +65,8 @@ fn setup(listen: ListenOptions, heartbeat: Heartbeat) -> Setup {
         other => panic!("{other}"),
     };
     let proxy = ChaosProxy::start(target).unwrap();
-    let (on_client_change, client_changes) = recorder();
-    let (on_client_error, client_errors) = errors();
+    let (on_client_change, client_changes) = state_sink();
+    let (on_client_error, client_errors) = error_sink();
     let client = duct::dial(
         &format!("tcp://{}", proxy.addr()),
         DialOptions::default()
@@ -300,7 +281,7 @@ fn raw_dialer(sock: &mut TcpStream, resume: u64) -> Session {
 fn a_dialer_back_before_the_listener_noticed_takes_over_the_pipe() {
     // The dialer noticed a break the listener did not (a half-open link): its new connection
     // asks to resume while the old one still looks fine to the listener.
-    let (on_server_change, server_changes) = recorder();
+    let (on_server_change, server_changes) = state_sink();
     let listener = duct::listen(
         "tcp://127.0.0.1:0",
         ListenOptions::default()

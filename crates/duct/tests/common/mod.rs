@@ -278,6 +278,19 @@ pub fn error_sink() -> (
     (cb, rx)
 }
 
+/// An `on_state_change` callback that forwards every change into a channel, and its receiver.
+pub fn state_sink() -> (
+    impl Fn(duct::StateChange) + Send + Sync + 'static,
+    mpsc::Receiver<duct::StateChange>,
+) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let cb = move |c: duct::StateChange| {
+        let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(c);
+    };
+    (cb, rx)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Echo server
 // ---------------------------------------------------------------------------------------------
