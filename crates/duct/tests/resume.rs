@@ -311,6 +311,11 @@ fn a_dialer_back_before_the_listener_noticed_takes_over_the_pipe() {
     let c = wait_for(&server_changes, PipeState::Connected);
     assert_eq!(c.session_id, s2.session_id());
     assert_eq!(server.session_id(), s2.session_id());
+    assert_eq!(
+        server.peer_addr(),
+        duct::Addr::Tcp(second.local_addr().unwrap()),
+        "the pipe names its peer on the connection it now uses"
+    );
     // The old connection is dropped by the listener; the new one carries the pipe.
     let mut rest = Vec::new();
     first.set_read_timeout(Some(T)).unwrap();

@@ -266,7 +266,9 @@ pub(crate) struct Conn {
     read: Mutex<ReadBuf>,
     write: Mutex<WriteQueue>,
     local_addr: Addr,
-    peer_addr: Addr,
+    /// The peer's address on the current connection (a resumed or reconnected pipe's
+    /// changes with it).
+    peer_addr: RwLock<Addr>,
     /// The peer as error messages name it: its address, or for an unnamed peer (a Unix
     /// socket dialer) the socket it connected to.
     who: String,
@@ -350,7 +352,7 @@ impl Conn {
             read: Mutex::new(hs.rbuf),
             write: Mutex::new(wq),
             local_addr,
-            peer_addr,
+            peer_addr: RwLock::new(peer_addr),
             who,
             config,
             callbacks_pending: AtomicBool::new(true),
@@ -391,7 +393,10 @@ impl Conn {
     }
 
     pub(crate) fn peer_addr(&self) -> Addr {
-        self.peer_addr.clone()
+        self.peer_addr
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn send_timeout(&self) -> Duration {
@@ -1230,6 +1235,7 @@ impl Conn {
         }
         let session_id = hs.take_connected();
         let now = Instant::now();
+        *self.peer_addr.write().unwrap_or_else(|p| p.into_inner()) = hs.stream.peer_addr();
         *self.transport.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hs.stream);
         let mut old = std::mem::replace(&mut g.session, hs.session);
         g.resumable = resumable(&g.session);
