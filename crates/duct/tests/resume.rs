@@ -382,3 +382,21 @@ fn close_of_a_pipe_waiting_for_its_dialer_is_prompt() {
     let end = wait_for(&s.server_changes, PipeState::Closed);
     assert_eq!(end.from, PipeState::Reconnecting);
 }
+
+#[test]
+fn dropping_a_pipe_waiting_for_its_dialer_ends_it_and_the_dialer_gets_a_new_one() {
+    let s = setup(ListenOptions::default(), Heartbeat::default());
+    s.proxy.refuse(true).unwrap();
+    s.proxy.reset_all();
+    wait_for(&s.server_changes, PipeState::Reconnecting);
+    s.server.send("never delivered").unwrap();
+    drop(s.server);
+    let end = wait_for(&s.server_changes, PipeState::Closed);
+    assert_eq!(end.from, PipeState::Reconnecting);
+    s.proxy.refuse(false).unwrap();
+    let fresh = s.listener.accept_timeout(T).unwrap();
+    let back = wait_for(&s.client_changes, PipeState::Connected);
+    assert_eq!(back.cause.map(|e| e.kind()), Some(ErrorKind::SessionLost));
+    s.client.send("hello again").unwrap();
+    assert_eq!(recv(&fresh).payload(), b"hello again");
+}

@@ -1415,7 +1415,10 @@ impl Conn {
         g = self.flush_if_idle(g);
         let pending = g.writing || g.wq_frames > 0 || g.session.transmit_len() > 0;
         let handle = self.reactor.get();
-        if !pending || linger.is_zero() || g.terminal.is_some() || handle.is_none() {
+        // Between connections there is nothing to write to: end now (what is queued is
+        // reported as discarded) rather than hold the pipe for the linger time.
+        let between = g.state() == PipeState::Reconnecting;
+        if !pending || between || linger.is_zero() || g.terminal.is_some() || handle.is_none() {
             self.finish_close(g, linger);
             return;
         }
