@@ -29,7 +29,7 @@ use duct_proto::{Role, Session};
 use mio::Interest;
 
 use crate::addr;
-use crate::driver::conn::{Conn, ConnConfig};
+use crate::driver::conn::{resumable, Conn, ConnConfig};
 use crate::driver::handshake::{Handshake, Progress};
 use crate::driver::reactor::{self, Reactive, ReactorHandle};
 use crate::driver::{proto_error, StreamTransport};
@@ -450,11 +450,10 @@ impl Inner {
 
     /// Starts the pipe of a fresh session, remembered for resume when its dialer reconnects.
     fn start_pipe(&self, hs: Handshake) -> Result<Pipe> {
-        let negotiated = hs.session.negotiated();
-        let instance_id = negotiated.map_or(0, |n| n.instance_id);
-        let resumable = negotiated.is_some_and(|n| n.capabilities & caps::RESUME != 0);
+        let instance_id = hs.session.negotiated().map_or(0, |n| n.instance_id);
+        let remember = resumable(&hs.session) && instance_id != 0;
         let conn = Conn::start(hs, self.conn_config(instance_id))?;
-        if resumable && instance_id != 0 {
+        if remember {
             self.resumable
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

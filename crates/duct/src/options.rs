@@ -711,13 +711,6 @@ impl Reconnect {
             max_attempts: self.max_attempts,
         }
     }
-
-    /// The wait before retry number `attempt` (0 for the first retry). `random` is a uniform
-    /// draw from `0.0..1.0` (the caller owns the RNG so that tests can seed it).
-    #[cfg(test)]
-    pub(crate) fn delay(&self, attempt: u32, random: f64) -> Duration {
-        self.backoff().delay(attempt, random)
-    }
 }
 
 impl Default for Reconnect {
@@ -1822,16 +1815,22 @@ mod tests {
     fn reconnect_backoff() {
         let policy =
             Reconnect::exponential(Duration::from_millis(100), Duration::from_secs(1)).jitter(0.0);
-        assert_eq!(policy.delay(0, 0.5), Duration::from_millis(100));
-        assert_eq!(policy.delay(1, 0.5), Duration::from_millis(200));
-        assert_eq!(policy.delay(3, 0.5), Duration::from_millis(800));
-        assert_eq!(policy.delay(4, 0.5), Duration::from_secs(1));
-        assert_eq!(policy.delay(u32::MAX, 0.5), Duration::from_secs(1));
+        assert_eq!(policy.backoff().delay(0, 0.5), Duration::from_millis(100));
+        assert_eq!(policy.backoff().delay(1, 0.5), Duration::from_millis(200));
+        assert_eq!(policy.backoff().delay(3, 0.5), Duration::from_millis(800));
+        assert_eq!(policy.backoff().delay(4, 0.5), Duration::from_secs(1));
+        assert_eq!(
+            policy.backoff().delay(u32::MAX, 0.5),
+            Duration::from_secs(1)
+        );
 
         let jittered = policy.jitter(0.5);
-        assert_eq!(jittered.delay(0, 0.0), Duration::from_millis(100));
-        assert_eq!(jittered.delay(0, 1.0), Duration::from_millis(50));
-        assert_eq!(jittered.delay(0, f64::NAN), Duration::from_millis(100));
+        assert_eq!(jittered.backoff().delay(0, 0.0), Duration::from_millis(100));
+        assert_eq!(jittered.backoff().delay(0, 1.0), Duration::from_millis(50));
+        assert_eq!(
+            jittered.backoff().delay(0, f64::NAN),
+            Duration::from_millis(100)
+        );
 
         assert_eq!(policy.jitter(f64::NAN).jitter, 0.0);
         assert_eq!(policy.jitter(7.0).jitter, 1.0);
@@ -1842,8 +1841,8 @@ mod tests {
         assert_eq!(inverted.max_attempts(Some(3)).max_attempts, Some(3));
 
         let huge = Reconnect::exponential(Duration::MAX, Duration::MAX);
-        assert_eq!(huge.delay(10, 0.0), Duration::MAX);
-        assert!(huge.jitter(1.0).delay(10, 0.5) <= Duration::MAX);
+        assert_eq!(huge.backoff().delay(10, 0.0), Duration::MAX);
+        assert!(huge.jitter(1.0).backoff().delay(10, 0.5) <= Duration::MAX);
     }
 
     #[test]

@@ -3,54 +3,29 @@
 //! the dialing and the accepting side; blocked calls wake with `Disconnected`; idle pipes
 //! with heartbeats stay up and measure their RTT.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use duct::{DialOptions, ErrorKind, Heartbeat, ListenOptions, PipeState, RecvOptions};
-use duct_proto::{Config, Event, Role, Session};
+
+mod common;
+use common::{RawPeer, RawStream};
 
 const INTERVAL: Duration = Duration::from_millis(100);
 const MISSES: u32 = 3;
 
-/// Completes a handshake as `role` over `sock` with a protocol session that has no
-/// heartbeats, then returns the socket: from then on the test keeps it open and silent.
-fn handshake(mut sock: TcpStream, role: Role) -> TcpStream {
-    let cfg = Config {
-        session_id: 99,
-        ..Config::default()
-    };
-    let mut s = Session::new(cfg, role, Instant::now());
-    let mut buf = BytesMut::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while let Some(t) = s.poll_transmit() {
-            sock.write_all(&t.header).unwrap();
-            sock.write_all(&t.payload).unwrap();
-        }
-        if matches!(s.poll_event(), Some(Event::Connected { .. })) {
-            while let Some(t) = s.poll_transmit() {
-                sock.write_all(&t.header).unwrap();
-                sock.write_all(&t.payload).unwrap();
-            }
-            return sock;
-        }
-        let n = sock.read(&mut chunk).unwrap();
-        assert!(n > 0, "duct hung up during the handshake");
-        buf.extend_from_slice(&chunk[..n]);
-        s.handle_input(&mut buf, Instant::now()).unwrap();
-    }
-}
-
-/// A raw listener that will complete one handshake and then fall silent: its address, and the
-/// thread that hands back the (open, silent) socket.
-fn silent_listener() -> (String, thread::JoinHandle<TcpStream>) {
+/// A raw listener (a protocol session without heartbeats) that will complete one handshake
+/// and then fall silent: its address, and the thread that hands back the (open, silent) peer.
+fn silent_listener() -> (String, thread::JoinHandle<RawPeer>) {
     let raw = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("tcp://{}", raw.local_addr().unwrap());
-    let peer = thread::spawn(move || handshake(raw.accept().unwrap().0, Role::Listener));
+    let peer = thread::spawn(move || {
+        let mut peer = RawPeer::serve(RawStream::Tcp(raw.accept().unwrap().0));
+        peer.handshake();
+        peer
+    });
     (addr, peer)
 }
 
@@ -105,8 +80,9 @@ fn listener_detects_silent_dialer() -> Duration {
     )
     .unwrap();
     let addr = listener.local_addr().to_string();
-    let sock = TcpStream::connect(addr.trim_start_matches("tcp://")).unwrap();
-    let _silent = handshake(sock, Role::Dialer);
+    // A dialer without heartbeats that completes the handshake, then says nothing.
+    let mut silent = RawPeer::dial(&addr);
+    silent.handshake();
     let pipe = listener.accept_timeout(Duration::from_secs(5)).unwrap();
     let silent_since = Instant::now();
     let e = pipe

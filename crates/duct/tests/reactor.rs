@@ -1,82 +1,19 @@
 //! The reactor at work: an idle pipe still serves the peer, and close wakes blocked calls.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use duct::{CloseOptions, DialOptions, ErrorKind, ListenOptions, RecvOptions, SendOptions};
-use duct_proto::{Config, Event, Role, Session};
+use duct_proto::Event;
 
-/// A raw protocol peer: a duct-proto Session over a plain socket, driven by the test.
-struct RawPeer<S: Read + Write> {
-    sock: S,
-    session: Session,
-    buf: BytesMut,
-}
-
-impl<S: Read + Write> RawPeer<S> {
-    fn connect(sock: S) -> Self {
-        let session = Session::new(Config::default(), Role::Dialer, Instant::now());
-        let mut p = RawPeer {
-            sock,
-            session,
-            buf: BytesMut::new(),
-        };
-        p.flush();
-        p.pump_until(Duration::from_secs(5), |ev| {
-            matches!(ev, Event::Connected { .. })
-        })
-        .expect("handshake with the duct listener");
-        p
-    }
-
-    fn flush(&mut self) {
-        while let Some(t) = self.session.poll_transmit() {
-            self.sock.write_all(&t.header).unwrap();
-            self.sock.write_all(&t.payload).unwrap();
-        }
-    }
-
-    /// Reads and handles input until an event matching `want` or the timeout.
-    fn pump_until(&mut self, timeout: Duration, want: impl Fn(&Event) -> bool) -> Option<Event> {
-        let deadline = Instant::now() + timeout;
-        let mut chunk = [0u8; 4096];
-        loop {
-            while let Some(ev) = self.session.poll_event() {
-                if want(&ev) {
-                    return Some(ev);
-                }
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            match self.sock.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    self.session
-                        .handle_input(&mut self.buf, Instant::now())
-                        .unwrap();
-                    self.flush();
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("raw peer read: {e}"),
-            }
-        }
-    }
-}
+mod common;
+use common::RawPeer;
 
 /// The duct side accepts and then makes no call at all for several seconds; the reactor
 /// still answers the raw peer's PINGs (and reads its messages ahead).
-fn idle_pipe_answers_ping<S: Read + Write>(addr: &str, connect: impl FnOnce(&str) -> S) {
+fn idle_pipe_answers_ping(addr: &str) {
     let listener = duct::listen(addr, ListenOptions::default()).unwrap();
     let bound = listener.local_addr().to_string();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -91,7 +28,8 @@ fn idle_pipe_answers_ping<S: Read + Write>(addr: &str, connect: impl FnOnce(&str
         assert_eq!(m.payload(), b"while you were idle");
         assert_eq!(pipe.stats().msgs_received, 1);
     });
-    let mut peer = RawPeer::connect(connect(&bound));
+    let mut peer = RawPeer::dial(&bound);
+    peer.handshake();
     for (i, pause) in [Duration::from_millis(50), Duration::from_secs(3)]
         .into_iter()
         .enumerate()
@@ -99,10 +37,8 @@ fn idle_pipe_answers_ping<S: Read + Write>(addr: &str, connect: impl FnOnce(&str
         thread::sleep(pause); // the duct side stays idle all along
         let token = 0xD0C7_0000 + i as u64;
         peer.session.ping(token).unwrap();
-        peer.flush();
-        let ev = peer.pump_until(Duration::from_secs(2), |ev| {
-            matches!(ev, Event::Pong { .. })
-        });
+        peer.flush().unwrap();
+        let ev = peer.read_until_event(Duration::from_secs(2));
         assert_eq!(
             ev,
             Some(Event::Pong { token }),
@@ -116,7 +52,7 @@ fn idle_pipe_answers_ping<S: Read + Write>(addr: &str, connect: impl FnOnce(&str
             Instant::now(),
         )
         .unwrap();
-    peer.flush();
+    peer.flush().unwrap();
     // Give the reactor a moment to read it ahead, then let the server look.
     thread::sleep(Duration::from_millis(200));
     done_tx.send(()).unwrap();
@@ -125,25 +61,12 @@ fn idle_pipe_answers_ping<S: Read + Write>(addr: &str, connect: impl FnOnce(&str
 
 #[test]
 fn idle_tcp_pipe_answers_ping() {
-    idle_pipe_answers_ping("tcp://127.0.0.1:0", |a| {
-        let s = TcpStream::connect(a.trim_start_matches("tcp://")).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        s
-    });
+    idle_pipe_answers_ping("tcp://127.0.0.1:0");
 }
 
 #[test]
 fn idle_uds_pipe_answers_ping() {
-    let name = format!("duct-reactor-ping-{}", std::process::id());
-    idle_pipe_answers_ping(&format!("uds://@{name}"), |_| {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-        let s = UnixStream::connect_addr(&addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        s
-    });
+    idle_pipe_answers_ping(&format!("uds://@duct-reactor-ping-{}", std::process::id()));
 }
 
 /// A recv blocked in one thread and a send blocked on a full send queue in another both

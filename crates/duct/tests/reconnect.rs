@@ -14,9 +14,7 @@ use duct::{
 use duct_testkit::ChaosProxy;
 
 mod common;
-use common::state_sink;
-
-const T: Duration = Duration::from_secs(10);
+use common::{state_sink, T};
 
 /// A duct echo server that accepts every (re)connection and echoes on each, in threads.
 struct Echo {

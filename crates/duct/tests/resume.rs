@@ -3,14 +3,12 @@
 //! meanwhile go out afterwards, and after the resume window a reconnect is a new pipe that
 //! the dialer reports as `SessionLost`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use duct_proto::wire::control::caps;
-use duct_proto::{Config, Role, Session};
+use duct_proto::Config;
 
 use duct::{
     DialOptions, Error, ErrorKind, Heartbeat, ListenOptions, Listener, Pipe, PipeState, Reconnect,
@@ -19,9 +17,7 @@ use duct::{
 use duct_testkit::ChaosProxy;
 
 mod common;
-use common::{error_sink, state_sink};
-
-const T: Duration = Duration::from_secs(10);
+use common::{error_sink, recv, state_sink, RawPeer, T};
 
 /// The next change into `to`, skipping others; panics after `T`.
 fn wait_for(rx: &mpsc::Receiver<StateChange>, to: PipeState) -> StateChange {
@@ -35,10 +31,6 @@ fn wait_for(rx: &mpsc::Receiver<StateChange>, to: PipeState) -> StateChange {
             return c;
         }
     }
-}
-
-fn recv(p: &Pipe) -> duct::Message {
-    p.recv_with(&RecvOptions::default().timeout(T)).unwrap()
 }
 
 struct Setup {
@@ -248,33 +240,18 @@ fn after_the_window_the_pipe_ends_and_a_reconnect_is_a_new_pipe_reported_as_sess
     assert_eq!(recv(&fresh).payload(), b"to the new pipe");
 }
 
-/// A dialer speaking the protocol by hand over `sock`: sends HELLO (instance 7, RESUME
-/// offered, asking to resume `resume`) and returns the session once WELCOME arrived.
-fn raw_dialer(sock: &mut TcpStream, resume: u64) -> Session {
+/// A dialer speaking the protocol by hand: HELLO from instance 7 with RESUME offered, asking
+/// to resume `resume`; returned once WELCOME arrived.
+fn raw_dialer(addr: &str, resume: u64) -> RawPeer {
     let config = Config {
         instance_id: 7,
         resume_session_id: resume,
         capabilities: caps::RESUME,
         ..Config::default()
     };
-    let mut s = Session::new(config, Role::Dialer, Instant::now());
-    while let Some(t) = s.poll_transmit() {
-        sock.write_all(&t.header).unwrap();
-        sock.write_all(&t.payload).unwrap();
-    }
-    sock.set_read_timeout(Some(T)).unwrap();
-    let mut buf = BytesMut::new();
-    let mut chunk = [0u8; 4096];
-    while s.state() != duct_proto::State::Established {
-        let n = sock.read(&mut chunk).unwrap();
-        assert!(
-            n > 0,
-            "the listener closed the connection during the handshake"
-        );
-        buf.extend_from_slice(&chunk[..n]);
-        s.handle_input(&mut buf, Instant::now()).unwrap();
-    }
-    s
+    let mut peer = RawPeer::dial_with(addr, config);
+    peer.handshake();
+    peer
 }
 
 #[test]
@@ -289,54 +266,52 @@ fn a_dialer_back_before_the_listener_noticed_takes_over_the_pipe() {
             .on_state_change(on_server_change),
     )
     .unwrap();
-    let target = match listener.local_addr() {
-        duct::Addr::Tcp(a) => a,
-        other => panic!("{other}"),
-    };
-    let mut first = TcpStream::connect(target).unwrap();
-    let s1 = raw_dialer(&mut first, 0);
+    let addr = listener.local_addr().to_string();
+    let mut first = raw_dialer(&addr, 0);
+    let s1 = first.session.session_id();
     let server = listener.accept_timeout(T).unwrap();
     assert_eq!(server.id(), 7);
-    assert_eq!(server.session_id(), s1.session_id());
+    assert_eq!(server.session_id(), s1);
     wait_for(&server_changes, PipeState::Connected);
 
-    let mut second = TcpStream::connect(target).unwrap();
-    let mut s2 = raw_dialer(&mut second, s1.session_id());
-    let n = s2.negotiated().unwrap();
-    assert!(n.resumed, "the listener still held the session");
-    assert_ne!(s2.session_id(), s1.session_id());
+    let mut second = raw_dialer(&addr, s1);
+    let s2 = second.session.session_id();
+    assert!(
+        second.session.negotiated().unwrap().resumed,
+        "the listener still held the session"
+    );
+    assert_ne!(s2, s1);
     let c = wait_for(&server_changes, PipeState::Reconnecting);
     let cause = c.cause.unwrap().to_string();
     assert!(cause.contains("reconnected"), "{cause}");
     let c = wait_for(&server_changes, PipeState::Connected);
-    assert_eq!(c.session_id, s2.session_id());
-    assert_eq!(server.session_id(), s2.session_id());
+    assert_eq!(c.session_id, s2);
+    assert_eq!(server.session_id(), s2);
     assert_eq!(
-        server.peer_addr(),
-        duct::Addr::Tcp(second.local_addr().unwrap()),
+        server.peer_addr().to_string(),
+        second.stream.local_addr_string(),
         "the pipe names its peer on the connection it now uses"
     );
-    // The old connection is dropped by the listener; the new one carries the pipe.
-    let mut rest = Vec::new();
-    first.set_read_timeout(Some(T)).unwrap();
-    let _ = first.read_to_end(&mut rest);
-    s2.send(
-        0,
-        Bytes::from_static(b"via the new connection"),
-        Instant::now(),
-    )
-    .unwrap();
-    while let Some(t) = s2.poll_transmit() {
-        second.write_all(&t.header).unwrap();
-        second.write_all(&t.payload).unwrap();
-    }
+    // The listener drops the old connection; the new one carries the pipe.
+    first
+        .stream
+        .read_until_closed(T)
+        .expect("the old connection is closed");
+    second
+        .session
+        .send(
+            0,
+            Bytes::from_static(b"via the new connection"),
+            Instant::now(),
+        )
+        .unwrap();
+    second.flush().unwrap();
     assert_eq!(recv(&server).payload(), b"via the new connection");
     assert!(listener.accept_timeout(Duration::from_millis(100)).is_err());
 
     // A HELLO naming a session the pipe no longer has is a fresh pipe.
-    let mut third = TcpStream::connect(target).unwrap();
-    let s3 = raw_dialer(&mut third, s1.session_id());
-    assert!(!s3.negotiated().unwrap().resumed);
+    let third = raw_dialer(&addr, s1);
+    assert!(!third.session.negotiated().unwrap().resumed);
     assert_eq!(listener.accept_timeout(T).unwrap().id(), 7);
 }
 

@@ -292,6 +292,15 @@ impl Table {
     }
 }
 
+/// The transport and size columns of a case's `i`-th row: on its first row only.
+fn case_label(case: &CaseResult, i: usize) -> (String, String) {
+    if i == 0 {
+        (case.transport.name().to_string(), format_size(case.size))
+    } else {
+        (String::new(), String::new())
+    }
+}
+
 /// The table printed at the end of `duct bench`.
 pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
     let mut out = String::new();
@@ -341,11 +350,7 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
                     p999: 0,
                     max: 0,
                 });
-                let (transport, size) = if i == 0 {
-                    (case.transport.name().to_string(), format_size(case.size))
-                } else {
-                    (String::new(), String::new())
-                };
+                let (transport, size) = case_label(case, i);
                 t.rows.push(vec![
                     transport,
                     size,
@@ -402,11 +407,7 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
         };
         for case in stream {
             for (i, s) in std::iter::once(&case.duct).chain(&case.raw).enumerate() {
-                let (transport, size) = if i == 0 {
-                    (case.transport.name().to_string(), format_size(case.size))
-                } else {
-                    (String::new(), String::new())
-                };
+                let (transport, size) = case_label(case, i);
                 t.rows.push(vec![
                     transport,
                     size,

@@ -163,6 +163,11 @@ impl Transmit {
     pub fn wire_len(&self) -> usize {
         HEADER_LEN + self.payload.len()
     }
+
+    /// Whether this is a DATA frame (a message or a fragment of one).
+    pub fn is_data(&self) -> bool {
+        self.header[0] == FrameKind::Data as u8
+    }
 }
 
 /// A message delivered to the application.
@@ -489,7 +494,7 @@ impl Session {
     pub fn take_unsent(&mut self) -> VecDeque<Transmit> {
         let mut out = std::mem::take(&mut self.abandoned);
         for t in self.transmits.drain(..) {
-            if t.header[0] == FrameKind::Data as u8 {
+            if t.is_data() {
                 out.push_back(t);
             }
         }
@@ -887,7 +892,7 @@ impl Session {
             // Messages not written yet are kept aside for a driver that sends them again on a
             // new connection (see `take_unsent`); control frames are void with this session.
             for t in self.transmits.drain(..) {
-                if t.header[0] == FrameKind::Data as u8 {
+                if t.is_data() {
                     self.abandoned.push_back(t);
                 }
             }

@@ -82,8 +82,6 @@ struct Shared {
     session: Session,
     /// The pipe's state across connections.
     life: Lifecycle,
-    /// RESUME was agreed on the current (or last) session.
-    resumable: bool,
     reading: bool,
     writing: bool,
     /// Bytes in the write queue (mirrors `WriteQueue::bytes`, readable without its lock).
@@ -224,7 +222,8 @@ fn pipe_state(phase: Phase) -> PipeState {
     }
 }
 
-fn resumable(session: &Session) -> bool {
+/// Whether RESUME was agreed on `session` (the current or last one of a pipe).
+pub(crate) fn resumable(session: &Session) -> bool {
     session
         .negotiated()
         .is_some_and(|n| n.capabilities & caps::RESUME != 0)
@@ -315,7 +314,6 @@ impl Conn {
             None,
         );
         let shared = Shared {
-            resumable: resumable(&hs.session),
             session: hs.session,
             life,
             reading: false,
@@ -963,14 +961,10 @@ impl Conn {
                         continue;
                     }
                     // A dialer that redials connects again (a server restarting closes its
-                    // connections first); the peer's code and reason are the cause.
-                    match g.life.peer_closed(Instant::now(), fastrand::f64()) {
-                        Ok((change, next)) if change.to == Phase::Reconnecting => {
-                            self.begin_break(g, change, err, next)
-                        }
-                        Ok((change, _)) => self.end_final(g, err, Ok(change)),
-                        Err(_) => {} // between connections: the old one's last words
-                    }
+                    // connections first); the peer's code and reason are the cause. Between
+                    // connections this is the old one's last word, and changes nothing.
+                    let step = g.life.peer_closed(Instant::now(), fastrand::f64());
+                    self.follow(g, step, err);
                 }
                 Event::Connected { .. } | Event::Pong { .. } => {}
             }
@@ -1027,20 +1021,28 @@ impl Conn {
             return;
         }
         if state == PipeState::Disconnected && g.local_closed.is_none() {
-            match g.life.broke(Instant::now(), g.resumable, fastrand::f64()) {
-                Ok((change, next)) if change.to == Phase::Reconnecting => {
-                    self.begin_break(g, change, err, next);
-                    return;
-                }
-                Ok((change, _)) => {
-                    self.end_final(g, err, Ok(change));
-                    return;
-                }
-                Err(_) => {}
+            let step = g
+                .life
+                .broke(Instant::now(), resumable(&g.session), fastrand::f64());
+            if self.follow(g, step, err.clone()) {
+                return;
             }
         }
         let change = g.life.close();
         self.end_final(g, err, change);
+    }
+
+    /// Carries out the lifecycle's answer to a break or a peer's close (`err`): wait for the
+    /// next connection, or end the pipe. `false` when the event did not apply.
+    fn follow(&self, g: &mut Shared, step: Result<(Change, Next), Ignored>, err: Error) -> bool {
+        match step {
+            Ok((change, next)) if change.to == Phase::Reconnecting => {
+                self.begin_break(g, change, err, next)
+            }
+            Ok((change, _)) => self.end_final(g, err, Ok(change)),
+            Err(_) => return false,
+        }
+        true
     }
 
     /// The connection broke and the pipe waits for the next one (it dials, or its dialer
@@ -1087,7 +1089,7 @@ impl Conn {
             if g.state() != PipeState::Reconnecting || g.local_closed.is_some() {
                 return;
             }
-            if g.resumable {
+            if resumable(&g.session) {
                 g.life.session_id()
             } else {
                 0
@@ -1106,18 +1108,16 @@ impl Conn {
         }
         match result {
             Ok(hs) => {
-                let lost = (resume_id != 0 && !hs.session.negotiated().is_some_and(|n| n.resumed))
-                    .then(|| {
-                        Error::new(
-                            ErrorKind::SessionLost,
-                            format!(
-                            "reconnected to {}, but it no longer had session {resume_id:#x} of \
-                             this pipe (its resume window passed, or it restarted): this is a \
-                             new session, and messages in flight at the break are lost",
-                            redial.addr
-                        ),
-                        )
-                    });
+                let resumed = hs.session.negotiated().is_some_and(|n| n.resumed);
+                let lost = (resume_id != 0 && !resumed).then(|| {
+                    let text = format!(
+                        "reconnected to {}, but it no longer had session {resume_id:#x} of this \
+                         pipe (its resume window passed, or it restarted): this is a new \
+                         session, and messages in flight at the break are lost",
+                        redial.addr
+                    );
+                    Error::new(ErrorKind::SessionLost, text)
+                });
                 self.attach(g, hs, lost);
             }
             Err(e) => {
@@ -1191,7 +1191,7 @@ impl Conn {
         let phase = g.life.phase();
         if g.local_closed.is_some()
             || g.terminal.is_some()
-            || !g.resumable
+            || !resumable(&g.session)
             || g.life.session_id() != resume_id
             || !matches!(phase, Phase::Connected | Phase::Reconnecting)
         {
@@ -1238,13 +1238,15 @@ impl Conn {
         *self.peer_addr.write().unwrap_or_else(|p| p.into_inner()) = hs.stream.peer_addr();
         *self.transport.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hs.stream);
         let mut old = std::mem::replace(&mut g.session, hs.session);
-        g.resumable = resumable(&g.session);
         let unsent = {
             // Nobody reads or writes (checked above, under the lock), so these locks are free.
             let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
             let mut fresh = hs.wq;
             fresh.take_from(&mut g.session);
             let old_frames = std::mem::replace(&mut *w, fresh);
+            // (What is sent below queues in the session, not here.)
+            g.wq_bytes = w.bytes();
+            g.wq_frames = w.frames();
             *self.read.lock().unwrap_or_else(|p| p.into_inner()) = hs.rbuf;
             duct_proto::session::requeue(old_frames.into_frames().chain(old.take_unsent()))
         };
@@ -1257,11 +1259,6 @@ impl Conn {
                 self.report_later(&mut g, &e);
                 g.stats.dropped += 1;
             }
-        }
-        {
-            let w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-            g.wq_bytes = w.bytes();
-            g.wq_frames = w.frames();
         }
         g.break_cause = None;
         g.stats.reconnects += 1;

@@ -569,18 +569,29 @@ pub struct RawPeer {
 }
 
 impl RawPeer {
+    /// A session for `role` with `config` over `stream` (a dialer's HELLO is queued, not
+    /// yet written).
+    pub fn new(stream: RawStream, config: Config, role: Role) -> RawPeer {
+        RawPeer {
+            stream,
+            session: Session::new(config, role, Instant::now()),
+            inbuf: BytesMut::new(),
+        }
+    }
+
+    /// Connects to `addr` as a dialer with `config`.
+    pub fn dial_with(addr: &str, config: Config) -> RawPeer {
+        let stream = RawStream::connect(addr).unwrap_or_else(|e| panic!("raw connect {addr}: {e}"));
+        RawPeer::new(stream, config, Role::Dialer)
+    }
+
     /// Connects to `addr` as a dialer (its HELLO is queued, not yet written).
     pub fn dial(addr: &str) -> RawPeer {
-        let stream = RawStream::connect(addr).unwrap_or_else(|e| panic!("raw connect {addr}: {e}"));
         let config = Config {
             instance_id: 0x5eed,
             ..Config::default()
         };
-        RawPeer {
-            stream,
-            session: Session::new(config, Role::Dialer, Instant::now()),
-            inbuf: BytesMut::new(),
-        }
+        RawPeer::dial_with(addr, config)
     }
 
     /// Serves an accepted stream as a listener.
@@ -589,11 +600,7 @@ impl RawPeer {
             session_id: 0xABCD,
             ..Config::default()
         };
-        RawPeer {
-            stream,
-            session: Session::new(config, Role::Listener, Instant::now()),
-            inbuf: BytesMut::new(),
-        }
+        RawPeer::new(stream, config, Role::Listener)
     }
 
     /// Writes every frame the session has queued.
