@@ -14,7 +14,7 @@ use duct::{
 use duct_testkit::ChaosProxy;
 
 mod common;
-use common::{state_sink, T};
+use common::{state_sink, wait_for_change, T};
 
 /// A duct echo server that accepts every (re)connection and echoes on each, in threads.
 struct Echo {
@@ -73,16 +73,9 @@ fn echo_once(p: &Pipe, text: &str) {
 
 /// Waits for the transition `from -> to`, skipping others; returns it.
 fn wait_for(rx: &mpsc::Receiver<StateChange>, from: PipeState, to: PipeState) -> StateChange {
-    let deadline = Instant::now() + T;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let c = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no {from} -> {to} within {T:?}"));
-        if c.from == from && c.to == to {
-            return c;
-        }
-    }
+    wait_for_change(rx, &format!("{from} -> {to}"), |c| {
+        c.from == from && c.to == to
+    })
 }
 
 fn count(dir: &str) -> usize {

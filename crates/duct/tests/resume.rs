@@ -17,20 +17,11 @@ use duct::{
 use duct_testkit::ChaosProxy;
 
 mod common;
-use common::{error_sink, recv, state_sink, RawPeer, T};
+use common::{error_sink, recv, state_sink, wait_for_change, RawPeer, T};
 
 /// The next change into `to`, skipping others; panics after `T`.
 fn wait_for(rx: &mpsc::Receiver<StateChange>, to: PipeState) -> StateChange {
-    let deadline = Instant::now() + T;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let c = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no change to {to:?} within {T:?}"));
-        if c.to == to {
-            return c;
-        }
-    }
+    wait_for_change(rx, &format!("change to {to}"), |c| c.to == to)
 }
 
 struct Setup {

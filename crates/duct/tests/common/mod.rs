@@ -291,6 +291,25 @@ pub fn state_sink() -> (
     (cb, rx)
 }
 
+/// The next change from `rx` that `want` accepts, skipping others; panics (naming `what`)
+/// when none came within [`T`].
+pub fn wait_for_change(
+    rx: &mpsc::Receiver<duct::StateChange>,
+    what: &str,
+    want: impl Fn(&duct::StateChange) -> bool,
+) -> duct::StateChange {
+    let deadline = Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let c = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no {what} within {T:?}"));
+        if want(&c) {
+            return c;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Echo server
 // ---------------------------------------------------------------------------------------------
