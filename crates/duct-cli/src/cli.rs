@@ -90,7 +90,13 @@ pub struct BenchArgs {
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = spec::parse_transports)]
     pub transport: TransportSelection,
 
-    /// Patterns, comma-separated: pingpong, stream, or all.
+    /// Patterns, comma-separated: pingpong, stream, mixed, or all (= pingpong,stream).
+    ///
+    /// mixed (duct only, run only when named): ping-pong on channel 1 at priority 200,
+    /// alone (idle) and while a second thread sends 64 KiB messages on channel 2 of the same
+    /// pipe as fast as it can (loaded); reports both latencies, the bulk throughput and
+    /// loaded ÷ idle. The raw baseline, which has no channels, runs a plain ping-pong as the
+    /// idle reference.
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = spec::parse_patterns)]
     pub pattern: PatternSelection,
 
@@ -132,7 +138,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 
-    /// Write an SVG plot of ping-pong latency by percentile, per system, to FILE.svg.
+    /// Write an SVG plot of ping-pong (and mixed) latency by percentile, per system, to
+    /// FILE.svg.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
 
@@ -140,6 +147,12 @@ pub struct BenchArgs {
     /// messages at most per call; 1 = plain send/recv.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub batch: u64,
+
+    /// Mixed: pace the bulk channel with a duct rate limit of this many MiB/s (a
+    /// `ChannelOptions::rate_limit`), instead of letting it take all the link and, on
+    /// loopback, all the CPU. Default: unpaced.
+    #[arg(long, value_name = "MIB_PER_SEC")]
+    pub bulk_rate: Option<f64>,
 
     /// Channels per pipe (only 1 for now).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -282,6 +295,26 @@ mod tests {
             bench(&["--duration", "2s"]).duration,
             Some(Duration::from_secs(2))
         );
+    }
+
+    #[test]
+    fn bench_pattern_mixed() {
+        assert_eq!(
+            bench(&["--pattern", "mixed"]).pattern.0,
+            vec![Pattern::Mixed]
+        );
+        assert_eq!(
+            bench(&["--pattern", "pingpong,mixed", "--size", "64"])
+                .pattern
+                .0,
+            vec![Pattern::PingPong, Pattern::Mixed]
+        );
+        // `all` (the default) stays pingpong and stream.
+        assert!(!bench(&["--pattern", "all"])
+            .pattern
+            .0
+            .contains(&Pattern::Mixed));
+        assert!(Cli::try_parse_from(["duct", "bench", "--pattern", "mixed,"]).is_err());
     }
 
     #[test]

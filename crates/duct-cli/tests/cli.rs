@@ -103,14 +103,17 @@ fn check_results(json: &serde_json::Value, processes: u64) -> usize {
         assert!(r["msgs_per_sec"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["bytes_per_sec"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["allocs_per_msg"].as_f64().unwrap() >= 0.0, "{r}");
-        if r["pattern"] == "pingpong" {
+        if r["pattern"] == "pingpong" || r["pattern"] == "mixed" {
             let rtt = &r["rtt_ns"];
             for key in ["p50", "p99", "p999", "max"] {
                 assert!(rtt[key].as_u64().unwrap() > 0, "{key} in {r}");
             }
             assert!(rtt["p50"].as_u64() <= rtt["max"].as_u64(), "{r}");
         } else {
-            assert!(r.get("rtt_ns").is_none(), "rtt_ns only for pingpong: {r}");
+            assert!(
+                r.get("rtt_ns").is_none(),
+                "rtt_ns only for pingpong and mixed: {r}"
+            );
         }
     }
     results.len()
@@ -153,6 +156,66 @@ fn tiny_bench_writes_json() {
         .collect();
     assert_eq!(systems.iter().filter(|&&s| s == "duct").count(), 4);
     assert_eq!(systems.iter().filter(|&&s| s == "raw").count(), 4);
+}
+
+#[test]
+fn tiny_mixed_bench() {
+    let path = temp_path("mixed.json");
+    let out = run(
+        &[
+            "bench",
+            "--transport",
+            "uds",
+            "--pattern",
+            "mixed",
+            "--messages",
+            "500",
+            "--warmup",
+            "50",
+            "--rounds",
+            "1",
+            "--json",
+            path.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "stderr:\n{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for needle in ["mixed", "idle", "loaded", "loaded÷idle", "bulk MiB/s"] {
+        assert!(
+            stdout.contains(needle),
+            "{needle} missing from the table:\n{stdout}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("valid JSON");
+    let _ = std::fs::remove_file(&path);
+    // duct idle, duct loaded, and raw's plain ping-pong as the idle reference.
+    assert_eq!(check_results(&json, 2), 3, "{json}");
+    let results = json["results"].as_array().unwrap();
+    assert!(results.iter().all(|r| r["pattern"] == "mixed"), "{json}");
+    let (idle, loaded, raw) = (&results[0], &results[1], &results[2]);
+    assert_eq!(
+        (&idle["system"], &idle["load"]),
+        (&"duct".into(), &"idle".into())
+    );
+    assert_eq!(
+        (&loaded["system"], &loaded["load"]),
+        (&"duct".into(), &"loaded".into())
+    );
+    assert!(
+        loaded["bulk_mib_per_sec"].as_f64().unwrap() > 0.0,
+        "{loaded}"
+    );
+    assert!(
+        loaded["ratio_vs_idle"]["p99"].as_f64().unwrap() > 0.0,
+        "{loaded}"
+    );
+    assert_eq!(idle["realtime_priority"], 200);
+    assert_eq!(
+        (&raw["system"], &raw["reference"]),
+        (&"raw".into(), &"pingpong".into())
+    );
 }
 
 #[test]

@@ -9,6 +9,9 @@
 //! - [`wire`]: the 24-byte [`wire::Header`], control payloads ([`wire::control`]), and the
 //!   [`wire::Deframer`] that cuts a byte stream into frames without copying payloads.
 //! - [`Session`]: handshake, fragmentation and bounded reassembly, ping/pong, close.
+//! - [`qos`]: per-channel send queues with high-water marks and backpressure policies, time
+//!   to live, token-bucket rate limits, and the scheduler (strict priority, then deficit round
+//!   robin by weight).
 //! - [`lifecycle::Lifecycle`]: a pipe's life across connections: reconnect backoff, resume
 //!   window, final states.
 //!
@@ -46,6 +49,7 @@
 
 mod error;
 pub mod lifecycle;
+pub mod qos;
 pub mod session;
 pub mod wire;
 

@@ -204,12 +204,14 @@ fn requeue_keeps_whole_messages_and_drops_control_frames() {
     assert_eq!(t.len(), 1 + 1 + 3 + 1);
     let r = requeue(t);
     assert_eq!(r.lost, 0);
+    // The scheduler serves channel 1 (first in line, with its quantum) before channel 2;
+    // order holds per channel.
     assert_eq!(
         r.messages,
         vec![
             (1, Bytes::from_static(b"one")),
+            (1, Bytes::from_static(b"two")),
             (2, big),
-            (1, Bytes::from_static(b"two"))
         ]
     );
 }
@@ -224,8 +226,10 @@ fn requeue_counts_a_message_whose_start_was_written_as_lost() {
     t.remove(0); // the first fragment went out on the old connection
     let r = requeue(t);
     assert_eq!(r.lost, 1);
+    assert_eq!(r.lost_channels, vec![4]);
     assert_eq!(r.messages, vec![(4, Bytes::from_static(b"after"))]);
-    // A message whose last fragment is missing is lost too.
+    // A message whose last fragment is missing is open: the driver knows whether its rest is
+    // still in the outbox (then it goes again whole) or lost.
     d.send(6, common::pattern(2500, 3), now).unwrap();
     let mut t = transmits(&mut d);
     t.pop();
@@ -233,7 +237,9 @@ fn requeue_counts_a_message_whose_start_was_written_as_lost() {
         requeue(t),
         duct_proto::session::Requeued {
             messages: vec![],
-            lost: 1
+            lost: 0,
+            lost_channels: vec![],
+            open: vec![6],
         }
     );
 }
@@ -288,19 +294,21 @@ fn a_failed_session_keeps_its_unsent_messages_for_requeue() {
         "{left:?}"
     );
     // But the message is not gone: it can go out on the next connection.
-    let unsent = d.take_unsent();
-    let r = requeue(unsent);
-    assert_eq!(r.messages, vec![(3, Bytes::from_static(b"queued"))]);
+    let mut outbox = d.take_outbox();
+    assert!(d.outbox().is_empty());
+    let t = outbox.poll(now, 64 * 1024).expect("the message");
+    assert_eq!(&t.payload[..], b"queued");
+    assert!(outbox.is_empty());
 }
 
 #[test]
-fn take_unsent_skips_control_frames_and_empties_the_queue() {
+fn take_outbox_leaves_control_frames_and_empties_the_outbox() {
     let now = Instant::now();
     let (mut d, _l) = established(Config::default(), Config::default(), now);
     d.ping(1).unwrap();
     d.send(1, Bytes::from_static(b"x"), now).unwrap();
-    let unsent = d.take_unsent();
-    assert_eq!(unsent.len(), 1);
-    assert_eq!(d.transmit_len(), 0);
-    assert_eq!(d.transmit_bytes(), 0);
+    let outbox = d.take_outbox();
+    assert_eq!(outbox.len(), 1);
+    assert!(d.outbox().is_empty());
+    assert_eq!(d.control_len(), 1, "the PING stays with its session");
 }

@@ -73,6 +73,8 @@ struct Inner {
     raw: RawListener,
     local_addr: Addr,
     opts: ListenOptions,
+    /// The channels' QoS settings, shared by every accepted pipe.
+    qos: Arc<duct_proto::qos::QosConfig>,
     state: Mutex<State>,
     cv: Condvar,
     reactor: OnceLock<ReactorHandle>,
@@ -152,6 +154,7 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
     let inner = Arc::new_cyclic(|me| Inner {
         raw,
         local_addr,
+        qos: opts.qos(),
         opts,
         state: Mutex::new(State {
             ready: VecDeque::new(),
@@ -330,7 +333,7 @@ impl Inner {
                         }
                     }
                     let now = Instant::now();
-                    let mut config = session_config(&self.opts.limits, heartbeat);
+                    let mut config = session_config(&self.opts.limits, heartbeat, self.qos.clone());
                     config.session_id = fastrand::u64(1..);
                     config.handshake_timeout = self.opts.handshake_timeout_or_default();
                     // The listener decides on each HELLO: resume a pipe, or a fresh one.

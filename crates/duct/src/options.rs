@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use duct_proto::qos::{self, QosConfig};
+
 use crate::addr::Addr;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -93,7 +95,6 @@ fn unsupported_option(what: &str, area: &str) -> Error {
     )
 }
 
-const AREA_QOS: &str = "per-channel QoS";
 const AREA_RELIABLE: &str = "reliable delivery";
 const AREA_TLS: &str = "TLS";
 const AREA_AUTH: &str = "authentication";
@@ -225,6 +226,7 @@ pub struct DialOptions {
     pub(crate) reconnect: Option<Reconnect>,
     pub(crate) heartbeat: Option<Heartbeat>,
     pub(crate) channels: BTreeMap<u16, ChannelOptions>,
+    pub(crate) pipe_rates: PipeRates,
     pub(crate) on_state_change: Option<StateCallback>,
     pub(crate) on_error: Option<ErrorCallback>,
     pub(crate) tls: Option<TlsOptions>,
@@ -269,15 +271,27 @@ impl DialOptions {
         self
     }
 
-    /// Configure channel `channel` (0..=65535). Channels not configured behave as
-    /// `ChannelOptions::default()`. Calling it again for the same channel replaces the
-    /// earlier options.
+    /// Configure channel `channel` (0..=65535): queue bounds, backpressure policy, TTL,
+    /// priority, weight and rate limits of what this side sends and receives on it. Channels
+    /// not configured behave as `ChannelOptions::default()`. Calling it again for the same
+    /// channel replaces the earlier options. Each side configures its own end.
     ///
-    /// In this version only default channel settings are implemented: options that differ
-    /// from the defaults make `dial` fail with [`ErrorKind::Unsupported`].
+    /// [`ChannelOptions::reliable`]`(true)` is not implemented yet in this version: it makes
+    /// `dial` fail with [`ErrorKind::Unsupported`].
     #[must_use]
     pub fn channel(mut self, channel: u16, options: ChannelOptions) -> Self {
         self.channels.insert(channel, options);
+        self
+    }
+
+    /// Limit the whole pipe's sending rate (all channels together): messages wait in their
+    /// channel's queue for tokens, and when a queue reaches its high-water mark the channel's
+    /// [`Backpressure`] policy applies. A message limit and a byte limit can both be set (call
+    /// this twice). Default: no limit. See [`ChannelOptions::rate_limit`] for per-channel
+    /// limits.
+    #[must_use]
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.pipe_rates.set(limit);
         self
     }
 
@@ -344,13 +358,17 @@ impl DialOptions {
     }
 
     /// The settings of `channel`, defaults applied.
-    // Used once per-channel QoS lands.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn channel_settings(&self, channel: u16) -> ChannelSettings {
         self.channels
             .get(&channel)
             .map(ChannelOptions::settings)
             .unwrap_or_default()
+    }
+
+    /// The channel and pipe QoS settings as the protocol core takes them.
+    pub(crate) fn qos(&self) -> Arc<QosConfig> {
+        qos_config(&self.channels, &self.pipe_rates)
     }
 
     /// `Ok` when every option that was set is implemented in this version; otherwise an
@@ -412,6 +430,7 @@ impl fmt::Debug for DialOptions {
 pub struct ListenOptions {
     pub(crate) heartbeat: Option<Heartbeat>,
     pub(crate) channels: BTreeMap<u16, ChannelOptions>,
+    pub(crate) pipe_rates: PipeRates,
     pub(crate) tls: Option<TlsOptions>,
     pub(crate) authenticate: Option<AuthenticateCallback>,
     pub(crate) allow_uids: Option<Vec<u32>>,
@@ -428,15 +447,24 @@ pub struct ListenOptions {
 }
 
 impl ListenOptions {
-    /// Configure channel `channel` (0..=65535) on every accepted pipe. Channels not
-    /// configured behave as `ChannelOptions::default()`. Calling it again for the same channel
-    /// replaces the earlier options.
+    /// Configure channel `channel` (0..=65535) on every accepted pipe: queue bounds,
+    /// backpressure policy, TTL, priority, weight and rate limits of what the accepted pipes
+    /// send and receive on it. Channels not configured behave as `ChannelOptions::default()`.
+    /// Calling it again for the same channel replaces the earlier options.
     ///
-    /// In this version only default channel settings are implemented: options that differ
-    /// from the defaults make `listen` fail with [`ErrorKind::Unsupported`].
+    /// [`ChannelOptions::reliable`]`(true)` is not implemented yet in this version: it makes
+    /// `listen` fail with [`ErrorKind::Unsupported`].
     #[must_use]
     pub fn channel(mut self, channel: u16, options: ChannelOptions) -> Self {
         self.channels.insert(channel, options);
+        self
+    }
+
+    /// Limit each accepted pipe's sending rate (all its channels together); see
+    /// [`DialOptions::rate_limit`]. Default: no limit.
+    #[must_use]
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.pipe_rates.set(limit);
         self
     }
 
@@ -590,13 +618,17 @@ impl ListenOptions {
     }
 
     /// The settings of `channel`, defaults applied.
-    // Used once per-channel QoS lands.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn channel_settings(&self, channel: u16) -> ChannelSettings {
         self.channels
             .get(&channel)
             .map(ChannelOptions::settings)
             .unwrap_or_default()
+    }
+
+    /// The channel and pipe QoS settings as the protocol core takes them.
+    pub(crate) fn qos(&self) -> Arc<QosConfig> {
+        qos_config(&self.channels, &self.pipe_rates)
     }
 
     /// `Ok` when every option that was set is implemented in this version; otherwise an
@@ -784,19 +816,25 @@ impl Default for Heartbeat {
 // Channels
 // ---------------------------------------------------------------------------------------------
 
-/// What a sender does when a channel's send queue is at its high-water mark.
+/// What a sender does when a channel's send queue is at its high-water mark
+/// ([`ChannelOptions::snd_hwm_msgs`], [`ChannelOptions::snd_hwm_bytes`]). The policy is per
+/// channel: a full channel never holds back another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Backpressure {
-    /// Wait for room, up to the send's timeout (then [`ErrorKind::TimedOut`]). The default.
+    /// Wait for room, up to the send's timeout ([`SendOptions::timeout`], default the pipe's
+    /// send timeout), then fail with [`ErrorKind::TimedOut`]; the message is not sent. A zero
+    /// timeout fails at once with [`ErrorKind::WouldBlock`]. The default.
     #[default]
     Block,
-    /// Drop the new message; `send` returns `Ok` and the drop is counted in
-    /// [`PipeStats::dropped`].
+    /// Drop the new message: `send` returns `Ok` and the drop is counted in
+    /// [`PipeStats::dropped`] (what arrives is a contiguous prefix of what was sent).
     DropNew,
-    /// Drop the oldest queued message to make room (newest wins: realtime state); counted in
-    /// [`PipeStats::dropped`].
+    /// Drop the oldest queued message of the channel to make room (newest wins: realtime
+    /// state): `send` returns `Ok`, the drop is counted in [`PipeStats::dropped`]. A message
+    /// already being sent in fragments is not dropped.
     DropOld,
-    /// Fail the send at once with [`ErrorKind::WouldBlock`].
+    /// Fail the send at once with [`ErrorKind::WouldBlock`] (retryable); the message is not
+    /// sent.
     FailFast,
 }
 
@@ -862,9 +900,12 @@ impl RateLimit {
         (self.per_sec.is_finite() && self.per_sec > 0.0).then_some(self.per_sec)
     }
 
+    /// The limit as the protocol core takes it (`None`: no limit).
+    pub(crate) fn to_proto(self) -> Option<qos::Rate> {
+        qos::Rate::new(self.rate()?, self.burst_or_default())
+    }
+
     /// The bucket size, default applied, at least 1.
-    // Used once rate limits land (per-channel QoS).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn burst_or_default(&self) -> u64 {
         match self.burst {
             Some(burst) => burst.max(1),
@@ -881,8 +922,33 @@ impl RateLimit {
 /// send and receive queues of at most 1024 messages and 64 MiB each,
 /// [`Backpressure::Block`], no TTL, priority 128, weight 1, no rate limit.
 ///
-/// In this version of duct only the defaults are implemented: a channel configured with any
-/// other value makes `dial`/`listen` fail with [`ErrorKind::Unsupported`] naming the option.
+/// Channels are independent: a full bulk channel never blocks a realtime one, and the
+/// scheduler sends the highest priority first (large messages go out in frames, so a
+/// realtime message waits at most one frame of bulk inside duct). Every message a policy
+/// drops, a rate limit refuses or a TTL expires is counted in [`PipeStats`] and
+/// [`ChannelStats`] (`dropped`, `rate_limited`, `expired`): on a link without faults,
+/// messages received by the peer + dropped + expired (both ends) = messages sent.
+///
+/// ```
+/// use std::time::Duration;
+/// use duct::{Backpressure, ChannelOptions, DialOptions, RateLimit};
+///
+/// // Channel 1: positions. Newest wins, stale after 100 ms, ahead of everything else.
+/// let positions = ChannelOptions::default()
+///     .snd_hwm_msgs(64)
+///     .backpressure(Backpressure::DropOld)
+///     .ttl(Duration::from_millis(100))
+///     .priority(200);
+/// // Channel 2: bulk transfers. Blocks the sender when 4 MiB are queued, at most 10 MB/s.
+/// let bulk = ChannelOptions::default()
+///     .snd_hwm_bytes(4 << 20)
+///     .priority(50)
+///     .rate_limit(RateLimit::bytes_per_sec(10e6));
+/// let opts = DialOptions::default().channel(1, positions).channel(2, bulk);
+/// ```
+///
+/// In this version of duct `reliable(true)` is not implemented yet: a channel configured with
+/// it makes `dial`/`listen` fail with [`ErrorKind::Unsupported`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChannelOptions {
     pub(crate) reliable: Option<bool>,
@@ -925,33 +991,40 @@ impl ChannelOptions {
         self
     }
 
-    /// The receive queue's high-water mark, in messages: beyond it the pipe stops reading
-    /// from the transport (reliable channels) or drops the oldest message (realtime
-    /// channels). Default: 1024. `0` is treated as 1.
+    /// The receive queue's high-water mark, in messages: when this many messages of the
+    /// channel wait for the application, the pipe stops reading from the transport (nothing
+    /// is dropped and the connection stays up: the transport's flow control pushes back on
+    /// the sender, whose policy decides). Reading resumes once the application has taken the
+    /// queue below half the mark. The queue may exceed the mark by what one read brings in
+    /// (at most 64 KiB of frames). Default: 1024. `0` is treated as 1.
     #[must_use]
     pub fn rcv_hwm_msgs(mut self, msgs: usize) -> Self {
         self.rcv_hwm_msgs = Some(msgs);
         self
     }
 
-    /// The receive queue's high-water mark, in payload bytes. Default: 64 MiB. `0` is
-    /// treated as 1.
+    /// The receive queue's high-water mark, in payload bytes (see
+    /// [`ChannelOptions::rcv_hwm_msgs`]). Default: 64 MiB. `0` is treated as 1.
     #[must_use]
     pub fn rcv_hwm_bytes(mut self, bytes: usize) -> Self {
         self.rcv_hwm_bytes = Some(bytes);
         self
     }
 
-    /// What `send` does when the send queue is full. Default: [`Backpressure::Block`].
+    /// What `send` does when the channel's send queue is at its high-water mark (see
+    /// [`Backpressure`]). Default: [`Backpressure::Block`].
     #[must_use]
     pub fn backpressure(mut self, policy: Backpressure) -> Self {
         self.backpressure = Some(policy);
         self
     }
 
-    /// Time to live of each message on this channel, from `send`: a message still queued
-    /// (on either side) when it runs out is dropped and counted in [`PipeStats::expired`].
-    /// Default: none (messages never expire).
+    /// Time to live of each message on this channel, from `send`: a message not yet sent
+    /// when it runs out is dropped by the sender; the time left travels in the frame, and the
+    /// receiver drops the message if it still waits for the application when that runs out.
+    /// Either way it is counted in [`PipeStats::expired`] of the side that dropped it (a
+    /// message already being sent in fragments is finished). [`SendOptions::ttl`] overrides
+    /// it per message. Default: none (messages never expire).
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
@@ -959,24 +1032,32 @@ impl ChannelOptions {
     }
 
     /// Scheduling priority: when several channels have frames to send, the higher priority
-    /// goes first. Default: 128.
+    /// goes first (strictly: a lower priority channel sends only when no higher one has a
+    /// frame ready). Default: 128.
     #[must_use]
     pub fn priority(mut self, priority: u8) -> Self {
         self.priority = Some(priority);
         self
     }
 
-    /// Share of the link among channels of equal priority (weighted round robin, in
-    /// frames). Default: 1. `0` is treated as 1.
+    /// Share of the link among backlogged channels of equal priority, in bytes (deficit
+    /// round robin: per round a channel may send `weight` times the larger of 16 KiB and the
+    /// peer's frame size). Default: 1. `0` is treated as 1.
     #[must_use]
     pub fn weight(mut self, weight: u32) -> Self {
         self.weight = Some(weight);
         self
     }
 
-    /// Limit the channel's sending rate. A message limit and a byte limit can both be set
-    /// (call this twice); a second limit of the same unit replaces the first. Default: no
-    /// limit.
+    /// Limit the channel's sending rate (token bucket). A message limit and a byte limit can
+    /// both be set (call this twice); a second limit of the same unit replaces the first.
+    /// Default: no limit.
+    ///
+    /// Under [`Backpressure::Block`] the channel is paced: messages wait in its queue for
+    /// tokens, and `send` blocks once the queue reaches its high-water mark. Under the other
+    /// policies the excess is turned away at `send`: dropped and counted in
+    /// [`ChannelStats::rate_limited`] (`DropNew`, `DropOld`), or refused with
+    /// [`ErrorKind::WouldBlock`] (`FailFast`).
     #[must_use]
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         match limit.unit {
@@ -1008,54 +1089,16 @@ impl ChannelOptions {
         }
     }
 
-    /// Rejects any setting that differs from the default, naming it as
+    /// Rejects a setting this version does not implement (`reliable(true)`), naming it as
     /// `{owner}::channel({channel}, ..).{option}`.
     pub(crate) fn check_supported(&self, owner: &str, channel: u16) -> Result<()> {
-        let got = self.settings();
-        let default = ChannelSettings::default();
-        let differs = [
-            ("reliable", got.reliable != default.reliable, AREA_RELIABLE),
-            (
-                "snd_hwm_msgs",
-                got.snd_hwm_msgs != default.snd_hwm_msgs,
-                AREA_QOS,
-            ),
-            (
-                "snd_hwm_bytes",
-                got.snd_hwm_bytes != default.snd_hwm_bytes,
-                AREA_QOS,
-            ),
-            (
-                "rcv_hwm_msgs",
-                got.rcv_hwm_msgs != default.rcv_hwm_msgs,
-                AREA_QOS,
-            ),
-            (
-                "rcv_hwm_bytes",
-                got.rcv_hwm_bytes != default.rcv_hwm_bytes,
-                AREA_QOS,
-            ),
-            (
-                "backpressure",
-                got.backpressure != default.backpressure,
-                AREA_QOS,
-            ),
-            ("ttl", got.ttl.is_some(), AREA_QOS),
-            ("priority", got.priority != default.priority, AREA_QOS),
-            ("weight", got.weight != default.weight, AREA_QOS),
-            (
-                "rate_limit",
-                got.msgs_rate.is_some() || got.bytes_rate.is_some(),
-                AREA_QOS,
-            ),
-        ];
-        match differs.iter().find(|(_, differs, _)| *differs) {
-            Some((option, _, area)) => Err(unsupported_option(
-                &format!("{owner}::channel({channel}, ..).{option}"),
-                area,
-            )),
-            None => Ok(()),
+        if self.settings().reliable {
+            return Err(unsupported_option(
+                &format!("{owner}::channel({channel}, ..).reliable(true)"),
+                AREA_RELIABLE,
+            ));
         }
+        Ok(())
     }
 }
 
@@ -1075,6 +1118,58 @@ pub(crate) struct ChannelSettings {
     pub(crate) msgs_rate: Option<RateLimit>,
     /// Only limits with a usable rate ([`RateLimit::rate`] is `Some`).
     pub(crate) bytes_rate: Option<RateLimit>,
+}
+
+impl ChannelSettings {
+    /// The settings as the protocol core takes them.
+    pub(crate) fn to_proto(self) -> qos::ChannelConfig {
+        qos::ChannelConfig {
+            snd_hwm_msgs: self.snd_hwm_msgs,
+            snd_hwm_bytes: self.snd_hwm_bytes,
+            rcv_hwm_msgs: self.rcv_hwm_msgs,
+            rcv_hwm_bytes: self.rcv_hwm_bytes,
+            backpressure: match self.backpressure {
+                Backpressure::Block => qos::Backpressure::Block,
+                Backpressure::DropNew => qos::Backpressure::DropNew,
+                Backpressure::DropOld => qos::Backpressure::DropOld,
+                Backpressure::FailFast => qos::Backpressure::FailFast,
+            },
+            ttl: self.ttl,
+            priority: self.priority,
+            weight: self.weight,
+            msgs_rate: self.msgs_rate.and_then(|r| r.to_proto()),
+            bytes_rate: self.bytes_rate.and_then(|r| r.to_proto()),
+        }
+    }
+}
+
+/// A pipe's own rate limits (all channels together).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct PipeRates {
+    pub(crate) msgs: Option<RateLimit>,
+    pub(crate) bytes: Option<RateLimit>,
+}
+
+impl PipeRates {
+    fn set(&mut self, limit: RateLimit) {
+        match limit.unit {
+            RateUnit::Messages => self.msgs = Some(limit),
+            RateUnit::Bytes => self.bytes = Some(limit),
+        }
+    }
+}
+
+/// The QoS configuration of a pipe with these channel options and pipe rate limits.
+fn qos_config(channels: &BTreeMap<u16, ChannelOptions>, rates: &PipeRates) -> Arc<QosConfig> {
+    Arc::new(QosConfig {
+        default: ChannelSettings::default().to_proto(),
+        channels: channels
+            .iter()
+            .map(|(c, o)| (*c, o.settings().to_proto()))
+            .collect(),
+        pipe_msgs_rate: rates.msgs.and_then(|r| r.to_proto()),
+        pipe_bytes_rate: rates.bytes.and_then(|r| r.to_proto()),
+    })
 }
 
 impl Default for ChannelSettings {
@@ -1101,8 +1196,8 @@ impl Default for ChannelSettings {
 
 /// Options of one `send_with` / `send_batch` call.
 ///
-/// In this version of duct, [`ttl`](Self::ttl) and `reliable(true)` are not implemented
-/// yet: a send that sets them fails with [`ErrorKind::Unsupported`] and sends nothing.
+/// In this version of duct `reliable(true)` is not implemented yet: a send that sets it fails
+/// with [`ErrorKind::Unsupported`] and sends nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SendOptions {
     pub(crate) channel: Option<u16>,
@@ -1131,11 +1226,8 @@ impl SendOptions {
         self
     }
 
-    /// Time to live of this message, overriding the channel's [`ChannelOptions::ttl`].
-    /// Default: the channel's.
-    ///
-    /// Not implemented yet in this version: setting it makes the send fail with
-    /// [`ErrorKind::Unsupported`].
+    /// Time to live of this message, overriding the channel's [`ChannelOptions::ttl`] (see
+    /// there for what happens when it runs out). Default: the channel's.
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
@@ -1166,9 +1258,6 @@ impl SendOptions {
     /// `Ok` when every option that was set is implemented in this version; otherwise an
     /// [`ErrorKind::Unsupported`] error naming the first one that is not.
     pub(crate) fn check_supported(&self) -> Result<()> {
-        if self.ttl.is_some() {
-            return Err(unsupported_option("SendOptions::ttl", AREA_QOS));
-        }
         if self.reliable == Some(true) {
             return Err(unsupported_option(
                 "SendOptions::reliable(true)",
@@ -1464,7 +1553,8 @@ impl StateChange {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ChannelStats {
-    /// Messages handed to the transport.
+    /// Messages accepted by `send` (including those a policy, rate limit or TTL dropped
+    /// later: see `dropped` and `expired`).
     pub msgs_sent: u64,
     /// Messages delivered to the application.
     pub msgs_received: u64,
@@ -1472,9 +1562,14 @@ pub struct ChannelStats {
     pub bytes_sent: u64,
     /// Payload bytes of the messages received.
     pub bytes_received: u64,
-    /// Messages dropped by the backpressure policy or a disconnect (realtime channels).
+    /// Messages this side dropped: by the backpressure policy (`DropNew`, `DropOld`), by a
+    /// rate limit (also counted in `rate_limited`), or because they were still queued or
+    /// partly written when a connection broke or the pipe ended.
     pub dropped: u64,
-    /// Messages dropped because their time to live ran out.
+    /// Of `dropped`: messages turned away by the channel's rate limit.
+    pub rate_limited: u64,
+    /// Messages this side dropped because their time to live ran out (before sending, or
+    /// while waiting for the application).
     pub expired: u64,
     /// Frames sent again (reliable channels).
     pub retransmits: u64,
@@ -1486,7 +1581,8 @@ pub struct ChannelStats {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PipeStats {
-    /// Messages handed to the transport.
+    /// Messages accepted by `send` (including those a policy, rate limit or TTL dropped
+    /// later: see `dropped` and `expired`).
     pub msgs_sent: u64,
     /// Messages delivered to the application.
     pub msgs_received: u64,
@@ -1494,9 +1590,13 @@ pub struct PipeStats {
     pub bytes_sent: u64,
     /// Payload bytes of the messages received.
     pub bytes_received: u64,
-    /// Messages dropped by a backpressure policy or a disconnect.
+    /// Messages this side dropped: by a backpressure policy, a rate limit (also counted in
+    /// `rate_limited`), or a broken connection or end of the pipe with the message still
+    /// queued. Per channel in [`PipeStats::channel`].
     pub dropped: u64,
-    /// Messages dropped because their time to live ran out.
+    /// Of `dropped`: messages turned away by a channel's rate limit.
+    pub rate_limited: u64,
+    /// Messages this side dropped because their time to live ran out.
     pub expired: u64,
     /// Frames sent again.
     pub retransmits: u64,
@@ -1651,7 +1751,7 @@ mod tests {
             ),
             (
                 DialOptions::default().channel(7, ChannelOptions::default().reliable(true)),
-                "DialOptions::channel(7, ..).reliable is not implemented yet in this version of duct (reliable delivery)",
+                "DialOptions::channel(7, ..).reliable(true) is not implemented yet in this version of duct (reliable delivery)",
             ),
         ];
         for (opts, expected) in cases {
@@ -1683,8 +1783,8 @@ mod tests {
                 "ListenOptions::allow_gids",
             ),
             (
-                ListenOptions::default().channel(2, ChannelOptions::default().priority(1)),
-                "ListenOptions::channel(2, ..).priority",
+                ListenOptions::default().channel(2, ChannelOptions::default().reliable(true)),
+                "ListenOptions::channel(2, ..).reliable(true)",
             ),
         ];
         for (opts, name) in cases {
@@ -1695,40 +1795,59 @@ mod tests {
     }
 
     #[test]
-    fn every_non_default_channel_option_is_unsupported() {
-        let cases: Vec<(ChannelOptions, &str)> = vec![
-            (ChannelOptions::default().reliable(true), "reliable"),
-            (ChannelOptions::default().snd_hwm_msgs(1), "snd_hwm_msgs"),
-            (ChannelOptions::default().snd_hwm_bytes(1), "snd_hwm_bytes"),
-            (ChannelOptions::default().rcv_hwm_msgs(1), "rcv_hwm_msgs"),
-            (ChannelOptions::default().rcv_hwm_bytes(1), "rcv_hwm_bytes"),
-            (
-                ChannelOptions::default().backpressure(Backpressure::DropOld),
-                "backpressure",
-            ),
-            (ChannelOptions::default().ttl(Duration::from_secs(1)), "ttl"),
-            (ChannelOptions::default().priority(0), "priority"),
-            (ChannelOptions::default().weight(3), "weight"),
-            (
-                ChannelOptions::default().rate_limit(RateLimit::bytes_per_sec(1e6)),
-                "rate_limit",
-            ),
-        ];
-        for (options, option) in cases {
-            let text = unsupported_message(options.check_supported("DialOptions", 5));
-            let expected = format!("DialOptions::channel(5, ..).{option} is not implemented yet");
-            assert!(text.starts_with(&expected), "{text}");
-        }
+    fn qos_channel_options_are_supported_and_reach_the_core() {
+        let options = ChannelOptions::default()
+            .snd_hwm_msgs(3)
+            .snd_hwm_bytes(0)
+            .rcv_hwm_msgs(5)
+            .rcv_hwm_bytes(6)
+            .backpressure(Backpressure::DropOld)
+            .ttl(Duration::from_millis(7))
+            .priority(9)
+            .weight(0)
+            .rate_limit(RateLimit::msgs_per_sec(100.0).burst(4))
+            .rate_limit(RateLimit::bytes_per_sec(-1.0));
+        options.check_supported("DialOptions", 5).unwrap();
+        let dial = DialOptions::default()
+            .channel(5, options)
+            .rate_limit(RateLimit::bytes_per_sec(1e6).burst(10));
+        dial.check_supported().unwrap();
+        let qos = dial.qos();
+        let c = qos.channel(5);
+        assert_eq!((c.snd_hwm_msgs, c.snd_hwm_bytes), (3, 1));
+        assert_eq!((c.rcv_hwm_msgs, c.rcv_hwm_bytes), (5, 6));
+        assert_eq!(c.backpressure, qos::Backpressure::DropOld);
+        assert_eq!(c.ttl, Some(Duration::from_millis(7)));
+        assert_eq!((c.priority, c.weight), (9, 1));
+        let r = c.msgs_rate.expect("a message limit");
+        assert_eq!((r.per_sec(), r.burst()), (100.0, 4.0));
+        assert_eq!(c.bytes_rate, None, "a negative rate is no limit");
+        assert_eq!(qos.channel(6), &qos::ChannelConfig::default());
+        assert_eq!(qos.pipe_msgs_rate, None);
+        let r = qos.pipe_bytes_rate.expect("a pipe byte limit");
+        assert_eq!((r.per_sec(), r.burst()), (1e6, 10.0));
+        // Only reliability is not there yet.
+        let text = unsupported_message(
+            ChannelOptions::default()
+                .reliable(true)
+                .check_supported("DialOptions", 5),
+        );
+        assert!(
+            text.starts_with("DialOptions::channel(5, ..).reliable(true) is not implemented yet"),
+            "{text}"
+        );
+        ChannelOptions::default()
+            .reliable(false)
+            .check_supported("DialOptions", 5)
+            .unwrap();
     }
 
     #[test]
     fn send_unsupported_options() {
-        let text = unsupported_message(
-            SendOptions::default()
-                .ttl(Duration::from_secs(1))
-                .check_supported(),
-        );
-        assert!(text.starts_with("SendOptions::ttl"), "{text}");
+        SendOptions::default()
+            .ttl(Duration::from_secs(1))
+            .check_supported()
+            .unwrap();
         let text = unsupported_message(SendOptions::default().reliable(true).check_supported());
         assert!(text.starts_with("SendOptions::reliable(true)"), "{text}");
     }

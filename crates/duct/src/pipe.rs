@@ -17,16 +17,6 @@ use crate::{
     RecvOptions, Result, SendOptions,
 };
 
-/// Most bytes (headers included) queued for writing on one pipe before `send` waits.
-pub(crate) const SEND_QUEUE_BYTES: usize = 8 * 1024 * 1024;
-/// Most frames queued for writing on one pipe before `send` waits.
-pub(crate) const SEND_QUEUE_FRAMES: usize = 64 * 1024;
-/// Messages the reactor reads ahead for the application before it stops reading (and lets
-/// TCP or the socket buffer push back on the sender).
-pub(crate) const RECV_QUEUE_MSGS: usize = 1024;
-/// Bytes (delivered plus partially reassembled) the reactor reads ahead for the application.
-pub(crate) const RECV_QUEUE_BYTES: usize = 4 * 1024 * 1024;
-
 /// A connection to one peer, carrying messages both ways.
 ///
 /// A `Pipe` is a handle: clones share one connection, and it is `Send + Sync`, so several
@@ -41,18 +31,22 @@ pub(crate) const RECV_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// without a system call). No message is handed between threads when the caller can take it.
 /// Behind that, one background reactor thread per process (see [`crate::set_reactor_threads`])
 /// serves every pipe while the application is not calling: it reads ahead into the receive
-/// queue (up to 1024 messages or 4 MiB, then it stops and the transport's flow control pushes
-/// back on the sender), answers the peer's PINGs, and writes output left queued when the
-/// socket was full.
+/// queue (up to each channel's receive high-water mark, then it stops and the transport's
+/// flow control pushes back on the sender), answers the peer's PINGs, writes output left
+/// queued when the socket was full, and releases messages that waited for a rate limit.
 ///
 /// `send` therefore never waits for the socket. `Ok` means the message was **accepted**: it
-/// is written, or queued in the pipe's bounded send queue (8 MiB) to be written as the socket
-/// drains. When the queue is full, `send` waits up to its timeout ([`SendOptions::timeout`],
-/// default [`DialOptions::send_timeout`]) for room; `TimedOut` (or `WouldBlock` with a zero
-/// timeout) means it was not accepted, and nothing of it is sent. A message that was accepted
-/// but could not be written before the pipe ended (the peer vanished, or
+/// is written, or queued in its channel's bounded send queue to be written as the socket
+/// drains, or dropped and counted by the channel's drop policy
+/// ([`Backpressure`](crate::Backpressure)). When the queue is full under the default
+/// policy, `Block`, `send` waits up to its timeout ([`SendOptions::timeout`], default
+/// [`DialOptions::send_timeout`]) for room; `TimedOut` (or `WouldBlock` with a zero timeout)
+/// means it was not accepted, and nothing of it is sent. The channels' queues are scheduled
+/// by priority and weight ([`ChannelOptions`](crate::ChannelOptions)). A message that was
+/// accepted but could not be written before the pipe ended (the peer vanished, or
 /// [`CloseOptions::linger`] ran out) is lost, as realtime messages may be; the loss is
-/// reported to `on_error`, never silent. Reliable channels, which retransmit, come later.
+/// counted in [`PipeStats::dropped`] and reported to `on_error`, never silent. Reliable
+/// channels, which retransmit, come later.
 ///
 /// # Closing
 /// [`Pipe::close_with`] sends a CLOSE frame with a code and reason behind every message already
@@ -166,7 +160,7 @@ pub(crate) fn connect_handshake(
     }
     let peer = stream.peer_addr();
     let now = Instant::now();
-    let mut config = session_config(&opts.limits, heartbeat);
+    let mut config = session_config(&opts.limits, heartbeat, opts.qos());
     config.instance_id = instance_id;
     config.resume_session_id = resume_session_id;
     if opts.reconnect.is_some() {
@@ -200,10 +194,7 @@ pub(crate) fn conn_config(
     redial: Option<Arc<Redial>>,
 ) -> ConnConfig {
     ConnConfig {
-        send_queue_bytes: SEND_QUEUE_BYTES,
-        send_queue_frames: SEND_QUEUE_FRAMES,
-        recv_queue_msgs: RECV_QUEUE_MSGS,
-        recv_queue_bytes: RECV_QUEUE_BYTES,
+        max_message_size: limits.max_message_size,
         send_timeout: limits.send_timeout,
         linger: limits.linger,
         policy: Policy {
@@ -217,9 +208,14 @@ pub(crate) fn conn_config(
     }
 }
 
-/// The session configuration for a pipe with these limits and heartbeats.
-pub(crate) fn session_config(limits: &Limits, heartbeat: Heartbeat) -> Config {
+/// The session configuration for a pipe with these limits, heartbeats and channels.
+pub(crate) fn session_config(
+    limits: &Limits,
+    heartbeat: Heartbeat,
+    qos: Arc<duct_proto::qos::QosConfig>,
+) -> Config {
     Config {
+        qos,
         heartbeat_interval: heartbeat.enabled().then_some(heartbeat.interval),
         heartbeat_misses: heartbeat.misses.max(1),
         max_frame_payload: limits.max_frame_payload,
@@ -243,20 +239,37 @@ impl Pipe {
         let channel = msg.channel();
         let timeout = self.conn.send_timeout();
         self.conn
-            .send(channel, msg.into_bytes(), Instant::now(), timeout)
+            .send(channel, msg.into_bytes(), None, Instant::now(), timeout)
     }
 
     /// Sends one message with options: [`SendOptions::channel`] (overrides the message's own
-    /// channel), [`SendOptions::timeout`] (how long to wait for room in the send queue).
-    /// `Ok` means the message was accepted; a `TimedOut` error means it was not, and nothing of
-    /// it will be sent.
+    /// channel), [`SendOptions::timeout`] (how long to wait for room in the channel's send
+    /// queue), [`SendOptions::ttl`] (overrides the channel's time to live).
+    ///
+    /// `Ok` means the message was accepted (queued, written, or dropped and counted by the
+    /// channel's drop policy). Errors: [`ErrorKind::TimedOut`] when the channel's queue stayed
+    /// full until the timeout (`Block`); [`ErrorKind::WouldBlock`] with a zero timeout, or
+    /// under `FailFast` when the queue is full or the channel's rate limit is spent; in each
+    /// case nothing of the message is sent. [`ErrorKind::MessageTooLarge`] above the size
+    /// limit of either side.
+    ///
+    /// ```no_run
+    /// # fn main() -> duct::Result<()> {
+    /// use std::time::Duration;
+    /// let pipe = duct::dial("uds://@world", duct::DialOptions::default())?;
+    /// // A position update that is worthless after 50 ms, on channel 1.
+    /// let opts = duct::SendOptions::default().channel(1).ttl(Duration::from_millis(50));
+    /// pipe.send_with(&b"pos 10 20"[..], &opts)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn send_with(&self, msg: impl Into<Message>, opts: &SendOptions) -> Result<()> {
         opts.check_supported()?;
         let msg = msg.into();
         let channel = opts.channel_for(msg.channel());
         let timeout = opts.timeout_or(self.conn.send_timeout());
         self.conn
-            .send(channel, msg.into_bytes(), Instant::now(), timeout)
+            .send(channel, msg.into_bytes(), opts.ttl, Instant::now(), timeout)
     }
 
     /// Receives the next message, blocking until one arrives or the pipe ends.
@@ -308,7 +321,7 @@ impl Pipe {
         let mut it = msgs
             .into_iter()
             .map(|m| (opts.channel_for(m.channel()), m.into_bytes()));
-        self.conn.send_batch(&mut it, timeout)
+        self.conn.send_batch(&mut it, opts.ttl, timeout)
     }
 
     /// Receives up to `max` messages into `out`: waits for the first as [`Pipe::recv_with`]

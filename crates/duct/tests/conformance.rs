@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use duct::{
-    dial, listen, CloseOptions, DialOptions, ErrorKind, ListenOptions, Message, PipeState,
-    RecvOptions, SendOptions, StateChange,
+    dial, listen, ChannelOptions, CloseOptions, DialOptions, ErrorKind, ListenOptions, Message,
+    PipeState, RecvOptions, SendOptions, StateChange,
 };
 use duct_proto::wire::control::close_code;
 use duct_proto::Event;
@@ -492,11 +492,16 @@ fn peer_close_with_reason_after_messages(f: &Fixture) {
     } = pair(f);
     let size = |i: u32| if i == K / 2 { MIB + 3 } else { i as usize * 13 };
     let receiver = thread::spawn(move || {
-        for i in 0..K {
+        // In order per channel (channels are scheduled independently).
+        let mut next = [0u32, 1];
+        for _ in 0..K {
             let m = recv(&accepted);
-            assert_eq!(m.channel(), (i % 2) as u16);
+            let c = m.channel() as usize;
+            let i = next[c];
+            next[c] += 2;
             assert_payload(m.payload(), &pattern(size(i), i), &format!("message {i}"));
         }
+        assert_eq!(next, [K, K + 1]);
         let e = expect_kind(recv_t(&accepted), ErrorKind::Closed);
         assert_eq!(e.close_reason(), Some((4000, "bye")), "{e}");
         assert!(!e.is_retryable());
@@ -606,7 +611,7 @@ fn close_wakes_blocked_send(f: &Fixture) {
         listener: _listener,
         dialer,
         accepted,
-    } = pair(f);
+    } = small_queue_pair(f);
     fill_send_queue(&dialer);
     let sender = {
         let p = dialer.clone();
@@ -1106,12 +1111,25 @@ fn send_returns_once_accepted(f: &Fixture) {
     let _accepted = reader.join().unwrap();
     assert!(
         took < Duration::from_secs(2),
-        "send of 7 MiB into an empty 8 MiB queue waited {took:?} for the peer to read \
+        "send of 7 MiB into an empty queue waited {took:?} for the peer to read \
          (the send timeout is 4 s)"
     );
 }
 
-/// Fills the send queue of `p` (the peer does not read): one huge message, accepted at once.
+/// A pair whose dialer's channel 0 queues at most 8 MiB (so that one huge message fills it)
+/// and whose accepted end reads ahead at most 1 MiB of it.
+fn small_queue_pair(f: &Fixture) -> Pair {
+    let send = ChannelOptions::default().snd_hwm_bytes(8 * MIB);
+    let recv = ChannelOptions::default().rcv_hwm_bytes(MIB);
+    pair_with(
+        f,
+        ListenOptions::default().channel(0, recv),
+        DialOptions::default().channel(0, send),
+    )
+}
+
+/// Fills the send queue of channel 0 of `p`, made by [`small_queue_pair`] (the peer does not
+/// read): one huge message, accepted at once.
 fn fill_send_queue(p: &duct::Pipe) -> Vec<u8> {
     let big = pattern(32 * MIB, 77);
     p.send_with(big.clone(), &SendOptions::default().timeout(Duration::ZERO))
@@ -1126,7 +1144,7 @@ fn send_queue_full_times_out_and_sends_nothing(f: &Fixture) {
         listener: _listener,
         dialer,
         accepted,
-    } = pair(f);
+    } = small_queue_pair(f);
     let big = fill_send_queue(&dialer);
     let start = Instant::now();
     let e = expect_kind(
@@ -1171,7 +1189,7 @@ fn send_zero_timeout_on_full_queue_would_block(f: &Fixture) {
         listener: _listener,
         dialer,
         accepted,
-    } = pair(f);
+    } = small_queue_pair(f);
     let big = fill_send_queue(&dialer);
     let r = dialer.send_with("refused", &SendOptions::default().timeout(Duration::ZERO));
     let reader = thread::spawn(move || {

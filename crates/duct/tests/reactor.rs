@@ -5,7 +5,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use duct::{CloseOptions, DialOptions, ErrorKind, ListenOptions, RecvOptions, SendOptions};
+use duct::{
+    ChannelOptions, CloseOptions, DialOptions, ErrorKind, ListenOptions, RecvOptions, SendOptions,
+};
 use duct_proto::Event;
 
 mod common;
@@ -75,14 +77,19 @@ fn idle_uds_pipe_answers_ping() {
 fn close_from_another_thread_wakes_blocked_recv_and_send() {
     let uds = format!("uds://@duct-reactor-close-wake-{}", std::process::id());
     for addr in ["tcp://127.0.0.1:0", uds.as_str()] {
-        let listener = duct::listen(addr, ListenOptions::default()).unwrap();
+        // The peer reads ahead 1 MiB at most; the dialer queues 8 MiB at most.
+        let lopts =
+            ListenOptions::default().channel(0, ChannelOptions::default().rcv_hwm_bytes(1 << 20));
+        let listener = duct::listen(addr, lopts).unwrap();
         let bound = listener.local_addr().to_string();
         let acceptor = thread::spawn(move || (listener.accept().unwrap(), listener));
-        let pipe = duct::dial(&bound, DialOptions::default()).unwrap();
+        let dopts =
+            DialOptions::default().channel(0, ChannelOptions::default().snd_hwm_bytes(8 << 20));
+        let pipe = duct::dial(&bound, dopts).unwrap();
         let (_peer, _listener) = acceptor.join().unwrap(); // the peer never reads
 
         // Fill the send queue: the first message is accepted into an empty queue whatever its
-        // size; the peer reads ahead 4 MiB at most, the socket buffers hold a few more.
+        // size; the peer reads ahead 1 MiB of it, the socket buffers hold a few more.
         pipe.send(vec![7u8; 48 << 20]).unwrap();
 
         let (tx, rx) = mpsc::channel();

@@ -5,11 +5,14 @@
 //! per call (`--batch`), or plain `send`/`recv` when the batch is 1. Payloads are built
 //! once as `Bytes`; every message sends a clone, which never copies, so the benchmark's own
 //! code allocates nothing per message: whatever `allocs_per_msg` shows is duct's.
+//!
+//! Messages go on channel 0, or on the channel given with [`DuctConn::on_channel`] (the
+//! realtime channel of the mixed pattern, [`crate::bench::mixed`]).
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use duct::{Message, Pipe, RecvOptions, SendOptions};
+use duct::{CloseOptions, DialOptions, ListenOptions, Message, Pipe, RecvOptions, SendOptions};
 
 use crate::bench::spec::Transport;
 use crate::bench::workload::{MsgConn, FLAG_LAST, FLAG_MORE};
@@ -22,6 +25,7 @@ pub struct DuctConn {
     payload: Bytes,
     last_payload: Bytes,
     batch: usize,
+    channel: u16,
     received: Vec<Message>,
     send_options: SendOptions,
     recv_options: RecvOptions,
@@ -36,10 +40,10 @@ pub fn listen_addr(transport: Transport, uds_name: &str) -> Result<String> {
     }
 }
 
-/// Listens on `addr`; returns the listener and its bound address (port resolved).
-pub fn listen(addr: &str) -> Result<(duct::Listener, String)> {
-    let listener = duct::listen(addr, duct::ListenOptions::default())
-        .with_context(|| format!("duct: listen {addr}"))?;
+/// Listens on `addr` with `options`; returns the listener and its bound address (port
+/// resolved).
+pub fn listen(addr: &str, options: ListenOptions) -> Result<(duct::Listener, String)> {
+    let listener = duct::listen(addr, options).with_context(|| format!("duct: listen {addr}"))?;
     let bound = listener.local_addr().to_string();
     Ok((listener, bound))
 }
@@ -66,9 +70,9 @@ pub fn accept(
     }
 }
 
-/// Dials `addr`.
-pub fn dial(addr: &str) -> Result<Pipe> {
-    duct::dial(addr, duct::DialOptions::default()).with_context(|| format!("duct: dial {addr}"))
+/// Dials `addr` with `options`.
+pub fn dial(addr: &str, options: DialOptions) -> Result<Pipe> {
+    duct::dial(addr, options).with_context(|| format!("duct: dial {addr}"))
 }
 
 impl DuctConn {
@@ -85,15 +89,36 @@ impl DuctConn {
             payload: Bytes::from(payload),
             last_payload: Bytes::from(last_payload),
             batch,
+            channel: 0,
             received: Vec::with_capacity(batch),
             send_options: SendOptions::default(),
             recv_options: RecvOptions::default(),
         }
     }
 
+    /// The same connection, sending on `channel` and expecting every message on it.
+    #[must_use]
+    pub fn on_channel(mut self, channel: u16) -> DuctConn {
+        self.channel = channel;
+        self
+    }
+
+    /// The pipe, for workloads beyond [`MsgConn`] (the mixed pattern's).
+    pub fn pipe(&self) -> &Pipe {
+        &self.pipe
+    }
+
     /// Closes the pipe (default linger); errors are of no interest once a run is over.
     pub fn close(self) {
         let _ = self.pipe.close();
+    }
+
+    /// Closes the pipe at once, dropping whatever is still queued (the mixed pattern's
+    /// bulk backlog, which nobody reads any more).
+    pub fn close_now(self) {
+        let _ = self
+            .pipe
+            .close_with(CloseOptions::default().linger(Duration::ZERO));
     }
 
     #[inline]
@@ -103,11 +128,19 @@ impl DuctConn {
         } else {
             self.payload.clone()
         })
+        .with_channel(self.channel)
     }
 
-    /// Checks a received message; returns its last-message flag.
+    /// Checks a received message (size and channel); returns its last-message flag.
     #[inline]
-    fn check(&self, msg: &Message) -> Result<bool> {
+    pub fn check(&self, msg: &Message) -> Result<bool> {
+        if msg.channel() != self.channel {
+            bail!(
+                "duct: protocol error: message on channel {}, expected {}",
+                msg.channel(),
+                self.channel
+            );
+        }
         if msg.len() != self.size {
             bail!(
                 "duct: protocol error: message of {} bytes, expected {}",

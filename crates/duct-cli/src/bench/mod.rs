@@ -7,7 +7,8 @@
 //! - [`peer`]: the far end — a child process (this executable as `duct bench-peer`) or a
 //!   thread — and the watchdog that bounds every run;
 //! - [`raw`] and [`duct_conn`]: the two systems behind one trait, and [`workload`]: the
-//!   ping-pong and stream loops written once over that trait;
+//!   ping-pong and stream loops written once over that trait; [`mixed`]: duct's mixed
+//!   pattern (a realtime ping-pong beside a bulk sender on another channel of the pipe);
 //! - [`stats`]: percentiles, medians and round-by-round ratios; [`report`]: the table and
 //!   the JSON; [`plot`]: the SVG; [`pin`]: CPU placement.
 //!
@@ -15,6 +16,7 @@
 //! and serves (echo, stream receiver, which measures the rate and reports it back).
 
 pub mod duct_conn;
+pub mod mixed;
 pub mod peer;
 pub mod pin;
 pub mod plot;
@@ -34,9 +36,10 @@ use crate::cli::{BackendArg, BenchArgs, PinArg};
 use crate::error::{bail, CliError, Context, Result};
 
 use self::duct_conn::DuctConn;
+use self::mixed::BulkSender;
 use self::peer::{Peer, Watchdog};
 use self::raw::{RawConn, RawListener};
-use self::report::{CaseResult, Host, RunConfig};
+use self::report::{CaseResult, Host, Loaded, RunConfig};
 use self::spec::{Amount, Job, Pattern, System};
 use self::stats::RunResult;
 use self::workload::{drive_pingpong, drive_stream, MsgConn, Plan};
@@ -110,13 +113,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         },
         processes: peer.processes(),
         batch,
+        bulk_rate: args.bulk_rate,
     };
 
-    let systems: &[System] = if args.no_baseline {
-        &[System::Duct]
-    } else {
-        &[System::Duct, System::Raw]
-    };
+    let baseline = !args.no_baseline;
     let mut cases = Vec::new();
     for &transport in &transports {
         for &pattern in &args.pattern.0 {
@@ -125,30 +125,50 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         }
     }
-    let mut progress = Progress::new(cases.len() * args.rounds as usize * systems.len());
+    let total_runs: usize = cases
+        .iter()
+        .map(|&(_, pattern, _)| legs(pattern, baseline).len() * args.rounds as usize)
+        .sum();
+    let mut progress = Progress::new(total_runs);
     let started = Instant::now();
     let mut results = Vec::new();
     for &(transport, pattern, size) in &cases {
-        let mut runs: [Vec<RunResult>; 2] = [Vec::new(), Vec::new()];
+        let legs = legs(pattern, baseline);
+        let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); legs.len()];
+        let mut bulk_rates = Vec::new();
         for round in 1..=args.rounds {
-            for (i, &system) in systems.iter().enumerate() {
+            for (i, &leg) in legs.iter().enumerate() {
                 let mut job = Job {
-                    system,
+                    system: leg.system(),
                     transport,
-                    pattern,
+                    pattern: leg.pattern(pattern),
                     size,
                     warmup: args.warmup,
                     batch,
                     amount,
                     addr: String::new(),
                 };
-                let label = format!("{} round {round}/{}", job.label(), args.rounds);
+                let label = format!(
+                    "{}{} round {round}/{}",
+                    job.label(),
+                    leg.label_suffix(pattern),
+                    args.rounds
+                );
                 progress.step(&label);
-                watchdog.arm(run_timeout(&job), label.clone());
-                let outcome = run_one(&mut peer, &mut job);
+                watchdog.arm(run_timeout(&job, leg == Leg::DuctLoaded), label.clone());
+                let outcome = if job.pattern == Pattern::Mixed {
+                    run_mixed(&mut peer, &mut job, leg == Leg::DuctLoaded, args.bulk_rate)
+                } else {
+                    run_one(&mut peer, &mut job).map(|run| (run, 0.0))
+                };
                 watchdog.disarm();
                 match outcome {
-                    Ok(run) => runs[i].push(run),
+                    Ok((run, bulk_rate)) => {
+                        runs[i].push(run);
+                        if leg == Leg::DuctLoaded {
+                            bulk_rates.push(bulk_rate);
+                        }
+                    }
                     Err(e) => {
                         progress.clear();
                         return Err(e.context(format!("bench failed in {label}")));
@@ -156,18 +176,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 }
             }
         }
-        let [duct_runs, raw_runs] = runs;
-        let raw = (!raw_runs.is_empty()).then(|| stats::summarize(System::Raw, &raw_runs, size));
-        let ratios = raw
-            .is_some()
-            .then(|| stats::ratios(pattern, &duct_runs, &raw_runs));
+        let runs_of = |leg: Leg| legs.iter().position(|&l| l == leg).map(|i| &runs[i]);
+        let duct_runs = runs_of(Leg::Duct).expect("every case runs duct");
+        let raw_runs = runs_of(Leg::Raw);
+        let raw = raw_runs.map(|r| stats::summarize(System::Raw, r, size));
+        // Mixed: raw ran a plain ping-pong, a reference rather than the same workload.
+        let ratios = raw_runs
+            .filter(|_| pattern != Pattern::Mixed)
+            .map(|r| stats::ratios(pattern, duct_runs, r));
+        let loaded = runs_of(Leg::DuctLoaded).map(|loaded_runs| Loaded {
+            duct: stats::summarize(System::Duct, loaded_runs, size),
+            bulk_msgs_per_sec: stats::median(&bulk_rates),
+            vs_idle: stats::ratios(Pattern::Mixed, loaded_runs, duct_runs),
+        });
         results.push(CaseResult {
             transport,
             pattern,
             size,
-            duct: stats::summarize(System::Duct, &duct_runs, size),
+            duct: stats::summarize(System::Duct, duct_runs, size),
             raw,
             ratios,
+            loaded,
         });
     }
     progress.clear();
@@ -204,6 +233,57 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// One system's part of a case, run once per round, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leg {
+    /// duct on the case's pattern (mixed: the idle run, bulk sender off).
+    Duct,
+    /// Mixed only: duct with the bulk sender on.
+    DuctLoaded,
+    /// The raw baseline (mixed: a plain ping-pong, as the idle reference).
+    Raw,
+}
+
+impl Leg {
+    fn system(self) -> System {
+        match self {
+            Leg::Duct | Leg::DuctLoaded => System::Duct,
+            Leg::Raw => System::Raw,
+        }
+    }
+
+    /// The pattern the peer is asked to serve: raw sockets have no channels, so their
+    /// part of a mixed case is a plain ping-pong.
+    fn pattern(self, case: Pattern) -> Pattern {
+        match (self, case) {
+            (Leg::Raw, Pattern::Mixed) => Pattern::PingPong,
+            (_, pattern) => pattern,
+        }
+    }
+
+    /// What the progress line adds to the job's label.
+    fn label_suffix(self, case: Pattern) -> &'static str {
+        match (self, case) {
+            (_, Pattern::PingPong | Pattern::Stream) => "",
+            (Leg::Duct, Pattern::Mixed) => " idle",
+            (Leg::DuctLoaded, Pattern::Mixed) => " loaded",
+            (Leg::Raw, Pattern::Mixed) => " (mixed's idle reference)",
+        }
+    }
+}
+
+/// The legs of a case: duct, (mixed: duct loaded,) then raw unless `--no-baseline`.
+fn legs(pattern: Pattern, baseline: bool) -> Vec<Leg> {
+    let mut legs = vec![Leg::Duct];
+    if pattern == Pattern::Mixed {
+        legs.push(Leg::DuctLoaded);
+    }
+    if baseline {
+        legs.push(Leg::Raw);
+    }
+    legs
+}
+
 fn reject_unimplemented(args: &BenchArgs) -> Result<()> {
     if args.channels != 1 {
         bail!(
@@ -231,14 +311,26 @@ fn create_output(path: &Path) -> Result<(File, std::path::PathBuf)> {
 /// Bounds one run for the watchdog: a minute, plus 200 µs and 50 ns per byte for each
 /// message counted in advance, plus four times a `--duration` — far above what loopback
 /// needs, so that only a hang trips it.
-fn run_timeout(job: &Job) -> Duration {
-    let per_msg_ns = 200_000u64.saturating_add(50u64.saturating_mul(job.size as u64));
-    let counted = job.warmup.saturating_add(match job.amount {
+///
+/// Mixed: the warmup is bounded by [`mixed::WARMUP_LIMIT`] instead of counted; a `loaded`
+/// round trip is allowed half a second, as a ping may wait behind the whole bulk backlog
+/// (64 MiB) when priority does not act.
+fn run_timeout(job: &Job, loaded: bool) -> Duration {
+    let mut per_msg_ns = 200_000u64.saturating_add(50u64.saturating_mul(job.size as u64));
+    let mut warmup = job.warmup;
+    let mut timeout = Duration::from_secs(60);
+    if job.pattern == Pattern::Mixed {
+        warmup = 0;
+        timeout += mixed::WARMUP_LIMIT;
+        if loaded {
+            per_msg_ns = 500_000_000;
+        }
+    }
+    let counted = warmup.saturating_add(match job.amount {
         Amount::Messages(n) => n,
         Amount::Duration(_) => 0,
     });
-    let mut timeout =
-        Duration::from_secs(60) + Duration::from_nanos(per_msg_ns.saturating_mul(counted));
+    timeout += Duration::from_nanos(per_msg_ns.saturating_mul(counted));
     if let Amount::Duration(d) = job.amount {
         timeout += d * 4;
     }
@@ -274,7 +366,7 @@ fn run_one(peer: &mut Peer, job: &mut Job) -> Result<RunResult> {
         }
         System::Duct => {
             let addr = duct_conn::listen_addr(job.transport, &uds_name())?;
-            let (listener, bound) = duct_conn::listen(&addr)?;
+            let (listener, bound) = duct_conn::listen(&addr, duct::ListenOptions::default())?;
             job.addr = bound;
             peer.start(job)?;
             let pipe = duct_conn::accept(&listener, CONNECT_TIMEOUT, || peer.check())?;
@@ -285,6 +377,70 @@ fn run_one(peer: &mut Peer, job: &mut Job) -> Result<RunResult> {
             outcome
         }
     }
+}
+
+/// One mixed run of duct (see [`mixed`]): listen with both channels configured, start the
+/// peer on `job`, accept; if `loaded`, start the bulk sender on a clone of the pipe; then
+/// warm up and drive the realtime ping-pong, stop the bulk sender, and collect the peer's
+/// report. Returns the run and the bulk receive rate in messages/s (0 when idle).
+fn run_mixed(
+    peer: &mut Peer,
+    job: &mut Job,
+    loaded: bool,
+    bulk_rate: Option<f64>,
+) -> Result<(RunResult, f64)> {
+    let addr = duct_conn::listen_addr(job.transport, &uds_name())?;
+    let (listener, bound) = duct_conn::listen(&addr, mixed::listen_options(bulk_rate))?;
+    job.addr = bound;
+    peer.start(job)?;
+    let pipe = duct_conn::accept(&listener, CONNECT_TIMEOUT, || peer.check())?;
+    let bulk = if loaded {
+        Some(BulkSender::start(pipe.clone())?)
+    } else {
+        None
+    };
+    let mut conn = DuctConn::new(pipe, job.size, 1).on_channel(mixed::REALTIME_CHANNEL);
+    let outcome = drive_mixed(&mut conn, job, bulk, peer);
+    // Whatever bulk is still queued is of no interest: close without lingering over it.
+    conn.close_now();
+    drop(listener);
+    outcome
+}
+
+fn drive_mixed(
+    conn: &mut DuctConn,
+    job: &Job,
+    bulk: Option<BulkSender>,
+    peer: &mut Peer,
+) -> Result<(RunResult, f64)> {
+    let plan = Plan {
+        warmup: 0, // Done by mixed::warm_up, bounded in time.
+        amount: job.amount,
+        batch: 1,
+    };
+    let driven =
+        mixed::warm_up(conn, job.size, job.warmup).and_then(|_| drive_pingpong(conn, &plan));
+    // Stop the bulk sender first: the peer stops reading at the last ping.
+    let bulk_sent = bulk.map(BulkSender::stop).transpose();
+    let out = driven.map_err(|e| with_peer_error(e, peer))?;
+    bulk_sent?;
+    let report = peer.wait(Duration::from_secs(30))?;
+    if report.elapsed_ns == 0 {
+        bail!("too few round trips to measure (use more --messages or a longer --duration)");
+    }
+    let bulk_msgs = report.rate_messages;
+    let bulk_rate = bulk_msgs as f64 * 1e9 / report.elapsed_ns as f64;
+    Ok((
+        RunResult {
+            messages: out.messages,
+            msgs_per_sec: out.messages as f64 / out.elapsed.as_secs_f64().max(1e-9),
+            // Per message of either channel; this end's count includes the bulk sender's.
+            allocs_per_msg: per_msg(out.allocs, out.messages + bulk_msgs)
+                .max(per_msg(report.allocs, report.messages + bulk_msgs)),
+            rtt: Some(out.rtt),
+        },
+        bulk_rate,
+    ))
 }
 
 fn per_msg(count: u64, messages: u64) -> f64 {
@@ -310,6 +466,7 @@ fn drive<C: MsgConn>(conn: &mut C, job: &Job, plan: &Plan, peer: &mut Peer) -> R
                 rtt: Some(out.rtt),
             })
         }
+        Pattern::Mixed => bail!("mixed runs through run_mixed"),
         Pattern::Stream => {
             let out = drive_stream(conn, plan).map_err(|e| with_peer_error(e, peer))?;
             let report = peer.wait(report_timeout)?;
@@ -389,18 +546,52 @@ mod tests {
             amount: Amount::Messages(1000),
             addr: String::new(),
         };
-        let small = run_timeout(&job);
+        let small = run_timeout(&job, false);
         assert!(small >= Duration::from_secs(60));
-        let big = run_timeout(&Job {
-            amount: Amount::Messages(10_000_000),
-            ..job.clone()
-        });
+        let big = run_timeout(
+            &Job {
+                amount: Amount::Messages(10_000_000),
+                ..job.clone()
+            },
+            false,
+        );
         assert!(big > small);
-        let timed = run_timeout(&Job {
-            amount: Amount::Duration(Duration::from_secs(10)),
-            ..job
-        });
+        let timed = run_timeout(
+            &Job {
+                amount: Amount::Duration(Duration::from_secs(10)),
+                ..job.clone()
+            },
+            false,
+        );
         assert!(timed >= Duration::from_secs(100));
+        // Mixed: a huge --warmup does not count (it is bounded in time), and a loaded
+        // round trip gets far more room than an idle one.
+        let mixed = Job {
+            pattern: Pattern::Mixed,
+            warmup: 1_000_000_000,
+            ..job
+        };
+        let idle = run_timeout(&mixed, false);
+        assert!(idle < Duration::from_secs(70), "{idle:?}");
+        assert!(run_timeout(&mixed, true) >= Duration::from_secs(500));
+    }
+
+    #[test]
+    fn mixed_cases_run_idle_loaded_and_the_raw_reference() {
+        assert_eq!(legs(Pattern::PingPong, true), vec![Leg::Duct, Leg::Raw]);
+        assert_eq!(legs(Pattern::Stream, false), vec![Leg::Duct]);
+        assert_eq!(
+            legs(Pattern::Mixed, true),
+            vec![Leg::Duct, Leg::DuctLoaded, Leg::Raw]
+        );
+        assert_eq!(
+            legs(Pattern::Mixed, false),
+            vec![Leg::Duct, Leg::DuctLoaded]
+        );
+        assert_eq!(Leg::Raw.pattern(Pattern::Mixed), Pattern::PingPong);
+        assert_eq!(Leg::DuctLoaded.pattern(Pattern::Mixed), Pattern::Mixed);
+        assert_eq!(Leg::Raw.pattern(Pattern::Stream), Pattern::Stream);
+        assert_eq!(Leg::DuctLoaded.system(), System::Duct);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::bench::duct_conn::{self, DuctConn};
+use crate::bench::mixed;
 use crate::bench::pin;
 use crate::bench::raw::{self, RawConn};
 use crate::bench::spec::{Job, Pattern, System};
@@ -83,7 +84,9 @@ impl PeerReport {
 pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
     fn run<C: MsgConn>(conn: &mut C, job: &Job) -> Result<PeerReport> {
         match job.pattern {
-            Pattern::PingPong => serve_echo(conn, job.warmup),
+            // Raw sockets have no channels: their mixed reference is a plain ping-pong (the
+            // measuring end sends it as pingpong anyway).
+            Pattern::PingPong | Pattern::Mixed => serve_echo(conn, job.warmup),
             Pattern::Stream => serve_stream(conn, job.warmup),
         }
     }
@@ -94,7 +97,18 @@ pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
                 .and_then(|mut conn| run(&mut conn, job));
             deliver(outcome);
         }
-        System::Duct => match duct_conn::dial(&job.addr) {
+        System::Duct if job.pattern == Pattern::Mixed => {
+            match duct_conn::dial(&job.addr, mixed::dial_options()) {
+                Ok(pipe) => {
+                    let conn = DuctConn::new(pipe, job.size, 1).on_channel(mixed::REALTIME_CHANNEL);
+                    let outcome = mixed::serve(&conn);
+                    deliver(outcome);
+                    conn.close();
+                }
+                Err(e) => deliver(Err(e)),
+            }
+        }
+        System::Duct => match duct_conn::dial(&job.addr, duct::DialOptions::default()) {
             Ok(pipe) => {
                 let mut conn = DuctConn::new(pipe, job.size, job.batch);
                 let outcome = run(&mut conn, job);

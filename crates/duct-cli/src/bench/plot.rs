@@ -12,7 +12,8 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 
 use crate::bench::report::CaseResult;
-use crate::bench::spec::format_size;
+use crate::bench::spec::{format_size, Pattern};
+use crate::bench::stats::Summary;
 
 const PANEL_W: f64 = 720.0;
 const PANEL_H: f64 = 320.0;
@@ -48,20 +49,40 @@ fn decades(count: u64) -> u32 {
 /// One line of a panel: the system's name and its round-trip times.
 type Series<'a> = (&'a str, &'a Histogram<u64>);
 
-/// The SVG document for the ping-pong cases among `cases`; `None` if there are none.
+/// The SVG document for the ping-pong and mixed cases among `cases` (a mixed case's lines:
+/// duct idle, duct loaded, raw); `None` if there are none.
 pub fn to_svg(cases: &[CaseResult]) -> Option<String> {
     let panels: Vec<(String, Vec<Series<'_>>)> = cases
         .iter()
         .filter_map(|case| {
-            let series: Vec<Series<'_>> = std::iter::once(&case.duct)
-                .chain(&case.raw)
-                .filter_map(|s| s.rtt.as_ref().map(|h| (s.system.name(), h)))
+            let mixed = case.pattern == Pattern::Mixed;
+            // A mixed case's lines are named by load, not only by system.
+            fn named<'a>(
+                s: &'a Summary,
+                mixed: bool,
+                name: &'static str,
+            ) -> (&'static str, &'a Summary) {
+                (if mixed { name } else { s.system.name() }, s)
+            }
+            let series: Vec<Series<'_>> = std::iter::once(named(&case.duct, mixed, "duct idle"))
+                .chain(
+                    case.loaded
+                        .iter()
+                        .map(|l| named(&l.duct, mixed, "duct loaded")),
+                )
+                .chain(case.raw.iter().map(|r| named(r, mixed, "raw (pingpong)")))
+                .filter_map(|(name, s)| s.rtt.as_ref().map(|h| (name, h)))
                 .filter(|(_, h)| !h.is_empty())
                 .collect();
             (!series.is_empty()).then(|| {
+                let (what, detail) = if mixed {
+                    ("mixed", ", realtime channel")
+                } else {
+                    ("pingpong", "")
+                };
                 (
                     format!(
-                        "{} pingpong {}: round-trip time by percentile",
+                        "{} {what} {}{detail}: round-trip time by percentile",
                         case.transport.name(),
                         format_size(case.size)
                     ),
@@ -248,6 +269,7 @@ mod tests {
             duct: s(System::Duct),
             raw: Some(s(System::Raw)),
             ratios: None,
+            loaded: None,
         };
         let svg = to_svg(&[case]).unwrap();
         assert!(svg.starts_with("<svg"));

@@ -5,10 +5,20 @@
 //! `size`, `reliable`, `spin`, `backend`, `processes`, `messages`, `rtt_ns.{p50,p99,p999,max}`
 //! (ping-pong only), `msgs_per_sec`, `bytes_per_sec`, `allocs_per_msg`. Fields added beside
 //! them (`rounds`, `pin`, `batch`, `ratio_vs_raw`, the top-level `config`) may be ignored.
+//!
+//! The mixed pattern (only when asked for) adds rows with `"pattern": "mixed"` and
+//! `"load": "idle"` or `"loaded"`, which carry `rtt_ns` (the realtime channel's round
+//! trips; `messages`, `msgs_per_sec` and `bytes_per_sec` are those round trips too). duct's
+//! rows add `realtime_channel`, `realtime_priority`, `bulk_channel`, `bulk_size`; the
+//! loaded row adds `bulk_msgs_per_sec`, `bulk_bytes_per_sec`, `bulk_mib_per_sec` (the bulk
+//! channel's receive rate over the measured round trips) and `ratio_vs_idle`
+//! (`{p50,p99,p999,max}`, loaded ÷ idle per round, median). The raw row of a mixed case is
+//! a plain ping-pong (raw sockets have no channels), marked `"reference": "pingpong"`.
 
 use std::fmt::Write as _;
 
-use crate::bench::spec::{format_size, Amount, Pattern, Transport};
+use crate::bench::mixed;
+use crate::bench::spec::{format_size, Amount, Pattern, System, Transport};
 use crate::bench::stats::{Ratios, Summary};
 
 /// The results of one case (transport × pattern × size).
@@ -24,8 +34,23 @@ pub struct CaseResult {
     pub duct: Summary,
     /// The baseline's, unless `--no-baseline`.
     pub raw: Option<Summary>,
-    /// duct ÷ raw, unless `--no-baseline`.
+    /// duct ÷ raw, unless `--no-baseline` (none for mixed: its raw row is a reference).
     pub ratios: Option<Ratios>,
+    /// Mixed only: the runs with the bulk sender on. In a mixed case, `duct` holds the idle
+    /// runs and `raw` the plain ping-pong reference.
+    pub loaded: Option<Loaded>,
+}
+
+/// The loaded half of a mixed case.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// duct's realtime round trips with the bulk sender on.
+    pub duct: Summary,
+    /// Bulk messages received per second ([`mixed::BULK_SIZE`] bytes each), median over
+    /// rounds.
+    pub bulk_msgs_per_sec: f64,
+    /// Loaded ÷ idle round-trip ratios, per round, median.
+    pub vs_idle: Ratios,
 }
 
 /// The machine, for the JSON.
@@ -63,6 +88,8 @@ pub struct RunConfig {
     pub processes: u32,
     /// `--batch`.
     pub batch: usize,
+    /// `--bulk-rate`, in MiB/s (mixed).
+    pub bulk_rate: Option<f64>,
 }
 
 /// A JSON string literal.
@@ -96,15 +123,28 @@ fn json_f64(x: f64) -> String {
     }
 }
 
+/// `{"p50": .., "p99": .., "p999": .., "max": ..}`: round-trip ratios as a JSON object.
+fn rtt_ratios_json(p50: f64, p99: f64, p999: f64, max: f64) -> String {
+    format!(
+        "{{\"p50\": {}, \"p99\": {}, \"p999\": {}, \"max\": {}}}",
+        json_f64(p50),
+        json_f64(p99),
+        json_f64(p999),
+        json_f64(max)
+    )
+}
+
+/// One result object; `extra` (`, "key": value, ...`, or empty) goes before its end.
 fn summary_json(
     case: &CaseResult,
     s: &Summary,
     config: &RunConfig,
     ratios: Option<&Ratios>,
+    extra: &str,
 ) -> String {
     let backend = match s.system {
-        crate::bench::spec::System::Duct => "auto",
-        crate::bench::spec::System::Raw => "blocking",
+        System::Duct => "auto",
+        System::Raw => "blocking",
     };
     let mut o = String::new();
     let _ = write!(
@@ -137,7 +177,7 @@ fn summary_json(
         s.rounds,
         json_str(config.pin),
     );
-    if case.pattern == Pattern::Stream && s.system == crate::bench::spec::System::Duct {
+    if case.pattern == Pattern::Stream && s.system == System::Duct {
         let _ = write!(o, ", \"batch\": {}", config.batch);
     }
     match ratios {
@@ -149,11 +189,8 @@ fn summary_json(
         }) => {
             let _ = write!(
                 o,
-                ", \"ratio_vs_raw\": {{\"p50\": {}, \"p99\": {}, \"p999\": {}, \"max\": {}}}",
-                json_f64(*p50),
-                json_f64(*p99),
-                json_f64(*p999),
-                json_f64(*max)
+                ", \"ratio_vs_raw\": {}",
+                rtt_ratios_json(*p50, *p99, *p999, *max)
             );
         }
         Some(Ratios::Stream { msgs_per_sec }) => {
@@ -166,9 +203,55 @@ fn summary_json(
         }
         None => {}
     }
+    o.push_str(extra);
     o.push('}');
     o
 }
+
+/// The JSON objects of a mixed case: duct idle, duct loaded, then the raw reference.
+fn mixed_json(case: &CaseResult, config: &RunConfig, entries: &mut Vec<String>) {
+    let channels = format!(
+        ", \"realtime_channel\": {}, \"realtime_priority\": {}, \"bulk_channel\": {}, \
+         \"bulk_size\": {}",
+        mixed::REALTIME_CHANNEL,
+        mixed::REALTIME_PRIORITY,
+        mixed::BULK_CHANNEL,
+        mixed::BULK_SIZE
+    );
+    let idle = format!(", \"load\": \"idle\"{channels}");
+    entries.push(summary_json(case, &case.duct, config, None, &idle));
+    if let Some(loaded) = &case.loaded {
+        let bulk_bytes = loaded.bulk_msgs_per_sec * mixed::BULK_SIZE as f64;
+        let mut extra = format!(
+            ", \"load\": \"loaded\"{channels}, \"bulk_msgs_per_sec\": {}, \
+             \"bulk_bytes_per_sec\": {}, \"bulk_mib_per_sec\": {}",
+            json_f64(loaded.bulk_msgs_per_sec),
+            json_f64(bulk_bytes),
+            json_f64(bulk_bytes / MIB)
+        );
+        if let Ratios::PingPong {
+            p50,
+            p99,
+            p999,
+            max,
+        } = loaded.vs_idle
+        {
+            let _ = write!(
+                extra,
+                ", \"ratio_vs_idle\": {}",
+                rtt_ratios_json(p50, p99, p999, max)
+            );
+        }
+        entries.push(summary_json(case, &loaded.duct, config, None, &extra));
+    }
+    if let Some(raw) = &case.raw {
+        let extra = ", \"load\": \"idle\", \"reference\": \"pingpong\"";
+        entries.push(summary_json(case, raw, config, None, extra));
+    }
+}
+
+/// Bytes in a MiB.
+const MIB: f64 = (1u64 << 20) as f64;
 
 /// The `--json` document.
 pub fn to_json(version: &str, host: &Host, config: &RunConfig, cases: &[CaseResult]) -> String {
@@ -188,21 +271,32 @@ pub fn to_json(version: &str, host: &Host, config: &RunConfig, cases: &[CaseResu
     let _ = writeln!(
         o,
         "  \"config\": {{\"rounds\": {}, \"messages_per_round\": {}, \"duration_ns_per_round\": {}, \
-         \"warmup\": {}, \"pin\": {}, \"processes\": {}, \"batch\": {}}},",
+         \"warmup\": {}, \"pin\": {}, \"processes\": {}, \"batch\": {}, \"bulk_rate_mib_per_sec\": {}}},",
         config.rounds,
         messages,
         duration_ns,
         config.warmup,
         json_str(config.pin),
         config.processes,
-        config.batch
+        config.batch,
+        config.bulk_rate.map_or("null".to_owned(), |r| r.to_string())
     );
     let _ = writeln!(o, "  \"results\": [");
     let mut entries = Vec::new();
     for case in cases {
-        entries.push(summary_json(case, &case.duct, config, case.ratios.as_ref()));
+        if case.pattern == Pattern::Mixed {
+            mixed_json(case, config, &mut entries);
+            continue;
+        }
+        entries.push(summary_json(
+            case,
+            &case.duct,
+            config,
+            case.ratios.as_ref(),
+            "",
+        ));
         if let Some(raw) = &case.raw {
-            entries.push(summary_json(case, raw, config, None));
+            entries.push(summary_json(case, raw, config, None, ""));
         }
     }
     for (i, e) in entries.iter().enumerate() {
@@ -259,9 +353,10 @@ fn times(x: f64) -> String {
     }
 }
 
-/// Rows of cells, printed with right-aligned columns (the first three left-aligned).
+/// Rows of cells, printed with right-aligned columns (the first `left` left-aligned).
 struct Table {
     rows: Vec<Vec<String>>,
+    left: usize,
 }
 
 impl Table {
@@ -277,7 +372,7 @@ impl Table {
             let mut line = String::new();
             for (i, cell) in row.iter().enumerate() {
                 let pad = widths[i] - cell.chars().count();
-                if i < 3 {
+                if i < self.left {
                     line.push_str(cell);
                     line.push_str(&" ".repeat(pad));
                 } else {
@@ -341,6 +436,7 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
             ]
             .map(String::from)
             .to_vec()],
+            left: 3,
         };
         for case in pingpong {
             for (i, s) in std::iter::once(&case.duct).chain(&case.raw).enumerate() {
@@ -404,6 +500,7 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
             ]
             .map(String::from)
             .to_vec()],
+            left: 3,
         };
         for case in stream {
             for (i, s) in std::iter::once(&case.duct).chain(&case.raw).enumerate() {
@@ -429,6 +526,7 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
         }
         t.render(&mut out);
     }
+    mixed_table(cases, config, &mut out);
     let _ = writeln!(
         out,
         "\nallocs/msg: allocations in the measured phase per message, the worse end and round{}.",
@@ -439,6 +537,114 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
         }
     );
     out
+}
+
+/// The mixed section of the table, if there is a mixed case.
+fn mixed_table(cases: &[CaseResult], config: &RunConfig, out: &mut String) {
+    let mixed: Vec<&CaseResult> = cases
+        .iter()
+        .filter(|c| c.pattern == Pattern::Mixed)
+        .collect();
+    if mixed.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nmixed: realtime round-trip time in µs on channel {} (priority {}), alone (idle) and \
+         beside a bulk sender of {} messages on channel {} of the same pipe{} (loaded); \
+         loaded÷idle per round, median: lower is better",
+        mixed::REALTIME_CHANNEL,
+        mixed::REALTIME_PRIORITY,
+        format_size(mixed::BULK_SIZE),
+        mixed::BULK_CHANNEL,
+        match config.bulk_rate {
+            Some(r) => format!(", paced at {r} MiB/s by a duct rate limit"),
+            None => String::new(),
+        }
+    );
+    let mut t = Table {
+        rows: vec![[
+            "transport",
+            "size",
+            "system",
+            "load",
+            "p50",
+            "p99",
+            "p99.9",
+            "max",
+            "round trips/s",
+            "bulk MiB/s",
+            "allocs/msg",
+        ]
+        .map(String::from)
+        .to_vec()],
+        left: 4,
+    };
+    let mut any_raw = false;
+    for case in mixed {
+        let loaded = case.loaded.as_ref();
+        let rows = std::iter::once((&case.duct, "idle", None))
+            .chain(loaded.map(|l| (&l.duct, "loaded", Some(l.bulk_msgs_per_sec))))
+            .chain(case.raw.as_ref().map(|r| (r, "idle", None)));
+        for (i, (s, load, bulk)) in rows.enumerate() {
+            let p = s.percentiles.unwrap_or(crate::bench::stats::Percentiles {
+                p50: 0,
+                p99: 0,
+                p999: 0,
+                max: 0,
+            });
+            any_raw |= s.system == System::Raw;
+            let (transport, size) = case_label(case, i);
+            t.rows.push(vec![
+                transport,
+                size,
+                s.system.name().to_string(),
+                load.to_string(),
+                us(p.p50),
+                us(p.p99),
+                us(p.p999),
+                us(p.max),
+                per_sec(s.msgs_per_sec),
+                bulk.map_or("-".to_string(), |m| {
+                    format!("{:.1}", m * mixed::BULK_SIZE as f64 / MIB)
+                }),
+                allocs(s.allocs_per_msg),
+            ]);
+            if let (Some(l), "loaded") = (loaded, load) {
+                if let Ratios::PingPong {
+                    p50,
+                    p99,
+                    p999,
+                    max,
+                } = l.vs_idle
+                {
+                    t.rows.push(vec![
+                        String::new(),
+                        String::new(),
+                        "loaded÷idle".to_string(),
+                        String::new(),
+                        times(p50),
+                        times(p99),
+                        times(p999),
+                        times(max),
+                    ]);
+                }
+            }
+        }
+    }
+    t.render(out);
+    if any_raw {
+        let _ = writeln!(
+            out,
+            "raw: a plain ping-pong on the bare socket, as the idle reference (raw sockets have \
+             no channels, so no loaded run)."
+        );
+    }
+    let _ = writeln!(
+        out,
+        "mixed allocs/msg: per message of either channel (the measuring end's count includes \
+         the bulk sender's)."
+    );
 }
 
 #[cfg(test)]
@@ -457,6 +663,7 @@ mod tests {
             pin: "none",
             processes: 2,
             batch: 64,
+            bulk_rate: None,
         }
     }
 
@@ -502,6 +709,7 @@ mod tests {
                     p999: 1.3,
                     max: f64::NAN,
                 }),
+                loaded: None,
             },
             CaseResult {
                 transport: Transport::Uds,
@@ -510,6 +718,7 @@ mod tests {
                 duct: st(System::Duct, 2e7),
                 raw: Some(st(System::Raw, 5e7)),
                 ratios: Some(Ratios::Stream { msgs_per_sec: 0.4 }),
+                loaded: None,
             },
         ]
     }
@@ -573,6 +782,84 @@ mod tests {
         assert_eq!(results[2]["bytes_per_sec"], 2e7 * 64.0);
         assert_eq!(results[2]["batch"], 64);
         assert_eq!(v["config"]["duration_ns_per_round"], 500_000_000u64);
+    }
+
+    fn mixed_case() -> CaseResult {
+        let rtt = |values: &[u64]| {
+            let mut h = new_rtt_histogram();
+            for &v in values {
+                h.record(v).unwrap();
+            }
+            RunResult {
+                messages: h.len(),
+                rtt: Some(h),
+                msgs_per_sec: 20_000.0,
+                allocs_per_msg: 0.0,
+            }
+        };
+        let idle = [rtt(&[40_000, 50_000, 60_000])];
+        let loaded = [rtt(&[80_000, 100_000, 600_000])];
+        CaseResult {
+            transport: Transport::Uds,
+            pattern: Pattern::Mixed,
+            size: 64,
+            duct: summarize(System::Duct, &idle, 64),
+            raw: Some(summarize(System::Raw, &idle, 64)),
+            ratios: None,
+            loaded: Some(Loaded {
+                duct: summarize(System::Duct, &loaded, 64),
+                bulk_msgs_per_sec: 16_384.0, // 1024 MiB/s of 64 KiB messages.
+                vs_idle: crate::bench::stats::ratios(Pattern::Mixed, &loaded, &idle),
+            }),
+        }
+    }
+
+    #[test]
+    fn mixed_json_rows() {
+        let host = Host {
+            cpus: 2,
+            kernel: "k".into(),
+        };
+        let text = to_json("0.1.0", &host, &config(), &[mixed_case()]);
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), 3, "{text}");
+        let (idle, loaded, raw) = (&results[0], &results[1], &results[2]);
+        for r in results {
+            assert_eq!(r["pattern"], "mixed");
+            assert!(r["rtt_ns"]["p99"].as_u64().unwrap() > 0, "{r}");
+        }
+        assert_eq!(idle["system"], "duct");
+        assert_eq!(idle["load"], "idle");
+        assert_eq!(idle["realtime_channel"], 1);
+        assert_eq!(idle["realtime_priority"], 200);
+        assert_eq!(idle["bulk_channel"], 2);
+        assert_eq!(idle["bulk_size"], 65536);
+        assert!(idle.get("bulk_mib_per_sec").is_none());
+        assert_eq!(loaded["load"], "loaded");
+        assert_eq!(loaded["bulk_mib_per_sec"], 1024.0);
+        assert_eq!(loaded["bulk_bytes_per_sec"], 1024.0 * 1048576.0);
+        assert_eq!(loaded["bulk_msgs_per_sec"], 16_384.0);
+        let p99 = loaded["ratio_vs_idle"]["p99"].as_f64().unwrap();
+        assert!((p99 - 10.0).abs() < 0.05, "600 µs ÷ 60 µs: {p99}");
+        assert_eq!(raw["system"], "raw");
+        assert_eq!(raw["load"], "idle");
+        assert_eq!(raw["reference"], "pingpong");
+        assert!(raw.get("ratio_vs_raw").is_none() && raw.get("ratio_vs_idle").is_none());
+    }
+
+    #[test]
+    fn mixed_table_rows() {
+        let text = to_table(&config(), &[mixed_case()]);
+        assert!(text.contains("\nmixed: realtime round-trip"), "{text}");
+        assert!(text.contains("priority 200"), "{text}");
+        assert!(text.contains("loaded÷idle"), "{text}");
+        assert!(text.contains("1024.0"), "bulk MiB/s: {text}");
+        assert!(text.contains("10.00×"), "p99 ratio: {text}");
+        assert!(text.contains("raw: a plain ping-pong"), "{text}");
+        assert!(!text.contains("\npingpong:"), "no pingpong section: {text}");
+        let loaded = text.lines().find(|l| l.contains("loaded ")).unwrap();
+        assert!(loaded.trim_start().starts_with("duct"), "{loaded}");
     }
 
     #[test]

@@ -152,10 +152,12 @@ pub fn summarize(system: System, runs: &[RunResult], size: usize) -> Summary {
 }
 
 /// duct ÷ raw for `pattern`, round by round, then the median. Rounds pair up by index.
+/// Mixed compares round trips, as ping-pong does (the mixed case uses it for loaded ÷
+/// idle).
 pub fn ratios(pattern: Pattern, duct: &[RunResult], raw: &[RunResult]) -> Ratios {
     let pairs = duct.iter().zip(raw);
     match pattern {
-        Pattern::PingPong => {
+        Pattern::PingPong | Pattern::Mixed => {
             let (mut p50, mut p99, mut p999, mut max) = (vec![], vec![], vec![], vec![]);
             for (d, r) in pairs {
                 let (Some(dh), Some(rh)) = (&d.rtt, &r.rtt) else {

@@ -73,9 +73,11 @@ pub struct PeerReport {
     /// Messages of the measured phase that reached the peer.
     pub messages: u64,
     /// Stream: messages that arrived after the reference instant, so that
-    /// `rate_messages / elapsed_ns` is the receive rate; 0 for ping-pong.
+    /// `rate_messages / elapsed_ns` is the receive rate; 0 for ping-pong. Mixed: the bulk
+    /// messages received over `elapsed_ns` (see [`crate::bench::mixed::serve`]).
     pub rate_messages: u64,
     /// Stream: from the receipt of the first measured message to the receipt of the last.
+    /// Mixed: from the first measured ping to the last.
     pub elapsed_ns: u64,
     /// Allocations in the measured phase (on the peer's process).
     pub allocs: u64,
@@ -98,7 +100,8 @@ pub fn new_rtt_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
 }
 
-fn alloc_count() -> u64 {
+/// Allocations of the whole process so far (the counting global allocator's).
+pub fn alloc_count() -> u64 {
     duct_sys::alloc_count::snapshot().allocations()
 }
 

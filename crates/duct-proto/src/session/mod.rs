@@ -5,10 +5,12 @@ mod reassembly;
 mod requeue;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::qos::{Admission, ChannelMap, Counts, Outbox, QosConfig};
 use crate::wire::control::{
     self, caps, close_code, reject_code, Close, Hello, Reject, Welcome, VERSION_MAJOR,
     VERSION_MINOR,
@@ -76,6 +78,9 @@ pub struct Config {
     pub defer_welcome: bool,
     /// Protocol version announced. Only tests change it.
     pub version: (u8, u8),
+    /// Per-channel queue limits, policies, TTL, priorities and rate limits. Default: every
+    /// channel with [`crate::qos::ChannelConfig::default`].
+    pub qos: Arc<QosConfig>,
 }
 
 impl Default for Config {
@@ -94,6 +99,7 @@ impl Default for Config {
             resume_session_id: 0,
             defer_welcome: false,
             version: (VERSION_MAJOR, VERSION_MINOR),
+            qos: Arc::default(),
         }
     }
 }
@@ -205,11 +211,30 @@ pub struct Session {
     session_id: u64,
     negotiated: Option<Negotiated>,
     handshake_deadline: Option<Instant>,
-    transmits: VecDeque<Transmit>,
-    transmit_bytes: usize,
-    messages: VecDeque<Delivered>,
+    /// Control frames to write (they go ahead of data).
+    control: VecDeque<Transmit>,
+    control_bytes: usize,
+    /// Messages accepted for sending, per channel, and the scheduler.
+    outbox: Outbox,
+    /// Our CLOSE, written once the outbox has drained.
+    close_frame: Option<Transmit>,
+    /// The latest `now` any call brought.
+    now: Instant,
+    messages: Inbox,
     /// Payload bytes in `messages`.
     message_bytes: usize,
+    /// Received messages waiting for the application, per channel.
+    rx: ChannelMap<RxChan>,
+    /// Channels at their receive high-water mark.
+    rx_full: usize,
+    /// Channels above half their receive high-water mark.
+    rx_high: usize,
+    /// Messages in `messages` that carry a deadline.
+    rx_with_ttl: usize,
+    /// No message in `messages` expires before this.
+    rx_ttl_wake: Option<Instant>,
+    /// Deadline of the fragmented message being reassembled, per channel.
+    rx_frag_deadline: ChannelMap<Option<Instant>>,
     events: VecDeque<Event>,
     reassembly: ReassemblyBuffer,
     /// When the last bytes from the peer arrived.
@@ -221,8 +246,64 @@ pub struct Session {
     next_ping_token: u64,
     /// Listener with `defer_welcome`: a valid HELLO awaiting the driver's decision.
     pending_hello: Option<PendingHello>,
-    /// DATA frames that were queued when the session failed (never written).
-    abandoned: VecDeque<Transmit>,
+}
+
+/// A received message waiting for the application.
+struct Inbound {
+    d: Delivered,
+    expires: Option<Instant>,
+}
+
+/// Received messages waiting for the application, by the priority of their channel (highest
+/// first), in arrival order inside a priority: a realtime message never waits for the
+/// application to take bulk that arrived before it.
+#[derive(Default)]
+struct Inbox {
+    /// Sorted by priority, highest first; a class stays once made (at most 256).
+    classes: Vec<(u8, VecDeque<Inbound>)>,
+    len: usize,
+}
+
+impl Inbox {
+    #[inline]
+    fn push(&mut self, priority: u8, m: Inbound) {
+        let i = match self.classes.iter().position(|(p, _)| *p == priority) {
+            Some(i) => i,
+            None => {
+                let i = self.classes.partition_point(|(p, _)| *p > priority);
+                self.classes.insert(i, (priority, VecDeque::new()));
+                i
+            }
+        };
+        self.classes[i].1.push_back(m);
+        self.len += 1;
+    }
+
+    #[inline]
+    fn pop(&mut self) -> Option<Inbound> {
+        if self.len == 0 {
+            return None;
+        }
+        for (_, q) in &mut self.classes {
+            if let Some(m) = q.pop_front() {
+                self.len -= 1;
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// One channel's share of the receive queue.
+#[derive(Default)]
+struct RxChan {
+    msgs: usize,
+    bytes: usize,
+    counts: Counts,
 }
 
 /// A HELLO accepted by the protocol checks, before the listener's decision.
@@ -267,10 +348,19 @@ impl Session {
             session_id: 0,
             negotiated: None,
             handshake_deadline: Some(now + config.handshake_timeout),
-            transmits: VecDeque::new(),
-            transmit_bytes: 0,
-            messages: VecDeque::new(),
+            control: VecDeque::new(),
+            control_bytes: 0,
+            outbox: Outbox::new(config.qos.clone(), now),
+            close_frame: None,
+            now,
+            messages: Inbox::default(),
             message_bytes: 0,
+            rx: ChannelMap::default(),
+            rx_full: 0,
+            rx_high: 0,
+            rx_with_ttl: 0,
+            rx_ttl_wake: None,
+            rx_frag_deadline: ChannelMap::default(),
             events: VecDeque::new(),
             reassembly,
             config,
@@ -279,7 +369,6 @@ impl Session {
             srtt: None,
             next_ping_token: 1,
             pending_hello: None,
-            abandoned: VecDeque::new(),
         };
         if role == Role::Dialer {
             let hello = Hello {
@@ -323,9 +412,24 @@ impl Session {
         self.reassembly.held()
     }
 
-    /// Queues `payload` as one message on `channel`, fragmented above the peer's frame limit.
-    /// Fragments are `Bytes` views of `payload`: nothing is copied.
-    pub fn send(&mut self, channel: u16, payload: Bytes, _now: Instant) -> Result<(), Error> {
+    /// Offers `payload` as one message on `channel` with the channel's time to live: see
+    /// [`Session::send_with`].
+    pub fn send(&mut self, channel: u16, payload: Bytes, now: Instant) -> Result<Admission, Error> {
+        self.send_with(channel, payload, None, now)
+    }
+
+    /// Offers `payload` as one message on `channel` to the channel's send queue, under its
+    /// high-water marks and backpressure policy ([`Admission`] says what became of it); `ttl`
+    /// overrides the channel's time to live. Queued messages are framed by
+    /// [`Session::poll_transmit_at`], fragmented above the peer's frame limit, as `Bytes`
+    /// views of `payload`: nothing is copied.
+    pub fn send_with(
+        &mut self,
+        channel: u16,
+        payload: Bytes,
+        ttl: Option<Duration>,
+        now: Instant,
+    ) -> Result<Admission, Error> {
         let neg = match self.state {
             State::Established => self.negotiated.as_ref().ok_or(Error::NotConnected)?,
             State::Handshaking => return Err(Error::NotConnected),
@@ -340,27 +444,36 @@ impl Session {
                 max: u64::from(max),
             });
         }
-        let frame_max = neg.send_frame_max as usize;
-        if len <= frame_max {
-            self.push(Header::data(channel, len as u32), payload);
-            return Ok(());
-        }
-        let mut off = 0;
-        while off < len {
-            let n = frame_max.min(len - off);
-            let mut h = Header::data(channel, n as u32);
-            if off == 0 {
-                h.aux = len as u32;
-            } else {
-                h.flags |= flags::CONTINUATION;
-            }
-            if off + n < len {
-                h.flags |= flags::MORE_FRAGMENTS;
-            }
-            self.push(h, payload.slice(off..off + n));
-            off += n;
-        }
-        Ok(())
+        self.tick(now);
+        Ok(self.outbox.offer(channel, payload, ttl, now))
+    }
+
+    /// The messages accepted for sending and not yet framed.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The outbox, for a driver that queues messages while no connection is up (the
+    /// session is closed) and moves them to the next session with [`Session::take_outbox`]
+    /// and [`Session::set_outbox`].
+    pub fn outbox_mut(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+
+    /// Takes the outbox (leaving an empty one): the messages this session accepted and did
+    /// not frame, also after it failed.
+    pub fn take_outbox(&mut self) -> Outbox {
+        let empty = Outbox::new(self.config.qos.clone(), self.now);
+        std::mem::replace(&mut self.outbox, empty)
+    }
+
+    /// Replaces the outbox with `outbox` (from an earlier session of the same pipe): its
+    /// messages under way start again from their first byte (see [`Outbox::rewind`]).
+    /// Returns the channels whose message under way was rewound.
+    pub fn set_outbox(&mut self, mut outbox: Outbox) -> Vec<u16> {
+        let rewound = outbox.rewind();
+        self.outbox = outbox;
+        rewound
     }
 
     /// Queues a PING carrying `token`; the peer's PONG surfaces as [`Event::Pong`]. Fails with
@@ -386,7 +499,14 @@ impl Session {
                     code,
                     reason: control::clamp_reason(reason).to_owned(),
                 };
-                self.queue_control(FrameKind::Close, close.encode());
+                let payload = close.encode();
+                let mut h = Header::new(FrameKind::Close);
+                h.payload_len = payload.len() as u32;
+                // Behind every message already accepted: written once the outbox drains.
+                self.close_frame = Some(Transmit {
+                    header: h.encode(),
+                    payload,
+                });
                 self.state = State::Closing;
             }
             State::Handshaking => self.state = State::Closed,
@@ -406,21 +526,27 @@ impl Session {
     pub fn handle_input(&mut self, buf: &mut BytesMut, now: Instant) -> Result<(), Error> {
         // Bytes arrived: the peer is alive, whatever they turn out to be.
         self.last_recv = now;
+        self.tick(now);
         while self.state != State::Closed {
             match self.deframer.decode(buf) {
                 Ok(Some((header, payload))) => {
                     // Fast path: a whole message on a channel with no reassembly under way
                     // (the deframer has already checked the length against the limit).
                     if header.kind == FrameKind::Data
-                        && header.flags & (flags::MORE_FRAGMENTS | flags::CONTINUATION) == 0
+                        && header.flags
+                            & (flags::MORE_FRAGMENTS | flags::CONTINUATION | flags::TTL_PRESENT)
+                            == 0
                         && matches!(self.state, State::Established | State::Closing)
                         && !self.reassembly.in_progress(header.channel)
                         && payload.len() <= self.config.max_message_size as usize
                     {
-                        self.deliver(Delivered {
-                            channel: header.channel,
-                            payload,
-                        });
+                        self.deliver(
+                            Delivered {
+                                channel: header.channel,
+                                payload,
+                            },
+                            None,
+                        );
                         continue;
                     }
                     self.handle_frame(header, payload, now)?
@@ -466,58 +592,86 @@ impl Session {
         r.map_err(|e| self.fail(e))
     }
 
-    /// The next frame to write, in order.
+    /// The next frame to write, at the latest time a call brought: see
+    /// [`Session::poll_transmit_at`].
     #[inline]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let t = self.transmits.pop_front()?;
-        self.transmit_bytes -= t.wire_len();
-        Some(t)
+        self.poll_transmit_at(self.now)
     }
 
-    /// Moves every queued frame, in order, to the back of `out` (O(1) when `out` is empty).
-    /// Returns their total wire bytes. Equivalent to calling [`Session::poll_transmit`] until
-    /// it returns `None`.
-    pub fn drain_transmits(&mut self, out: &mut VecDeque<Transmit>) -> usize {
-        let bytes = self.transmit_bytes;
-        if out.is_empty() {
-            std::mem::swap(out, &mut self.transmits);
-        } else {
-            out.append(&mut self.transmits);
+    /// The next frame to write at `now`: control frames first (handshake, PONG, acks), then
+    /// data as the scheduler picks it (priority, weight, rate limits, TTL: see [`Outbox`]),
+    /// then, after a local close, the CLOSE once every queued message is out. `None` when
+    /// nothing can go now; [`Session::poll_timeout`] covers data waiting for a rate limit.
+    #[inline]
+    pub fn poll_transmit_at(&mut self, now: Instant) -> Option<Transmit> {
+        if let Some(t) = self.control.pop_front() {
+            self.control_bytes -= t.wire_len();
+            return Some(t);
         }
-        self.transmit_bytes = 0;
-        bytes
-    }
-
-    /// Takes every DATA frame this session queued and never handed out for writing (also
-    /// those a failure dropped), in order; control frames are discarded. For a driver that
-    /// moves the messages to a new connection: see [`requeue`].
-    pub fn take_unsent(&mut self) -> VecDeque<Transmit> {
-        let mut out = std::mem::take(&mut self.abandoned);
-        for t in self.transmits.drain(..) {
-            if t.is_data() {
-                out.push_back(t);
+        if !matches!(self.state, State::Established | State::Closing) {
+            return None;
+        }
+        self.tick(now);
+        if !self.outbox.is_empty() {
+            let frame_max = self.negotiated.as_ref()?.send_frame_max as usize;
+            if let Some(t) = self.outbox.poll(now, frame_max) {
+                return Some(t);
             }
         }
-        self.transmit_bytes = 0;
-        out
+        if self.outbox.is_empty() {
+            return self.close_frame.take();
+        }
+        None
     }
 
-    /// Frames queued for writing.
-    pub fn transmit_len(&self) -> usize {
-        self.transmits.len()
+    /// Whether [`Session::poll_transmit_at`] may have something: control frames, queued
+    /// messages (perhaps waiting for a rate limit), or a CLOSE.
+    #[inline]
+    pub fn wants_transmit(&self) -> bool {
+        !self.control.is_empty()
+            || (matches!(self.state, State::Established | State::Closing)
+                && (!self.outbox.is_empty() || self.close_frame.is_some()))
     }
 
-    /// Bytes (headers included) queued for writing.
-    pub fn transmit_bytes(&self) -> usize {
-        self.transmit_bytes
+    /// Control frames queued for writing.
+    pub fn control_len(&self) -> usize {
+        self.control.len()
     }
 
-    /// The next message for the application.
+    /// Bytes (headers included) of the control frames queued for writing.
+    pub fn control_bytes(&self) -> usize {
+        self.control_bytes
+    }
+
+    /// The next message for the application, at the latest time a call brought: see
+    /// [`Session::poll_message_at`].
     #[inline]
     pub fn poll_message(&mut self) -> Option<Delivered> {
-        let d = self.messages.pop_front()?;
-        self.message_bytes -= d.payload.len();
-        Some(d)
+        self.poll_message_at(self.now)
+    }
+
+    /// The next message for the application at `now`. Messages whose time to live (from the
+    /// sender's frame) ran out while they waited are dropped here and counted.
+    #[inline]
+    pub fn poll_message_at(&mut self, now: Instant) -> Option<Delivered> {
+        loop {
+            let m = self.messages.pop()?;
+            let len = m.d.payload.len();
+            self.message_bytes -= len;
+            self.rx_adjust(m.d.channel, -1, -(len as isize));
+            if let Some(e) = m.expires {
+                self.rx_with_ttl -= 1;
+                if now >= e {
+                    self.rx
+                        .get_or_insert_with(m.d.channel, RxChan::default)
+                        .counts
+                        .expired += 1;
+                    continue;
+                }
+            }
+            return Some(m.d);
+        }
     }
 
     /// Payload bytes of the messages waiting for the application.
@@ -528,6 +682,31 @@ impl Session {
     /// Messages waiting for the application.
     pub fn message_len(&self) -> usize {
         self.messages.len()
+    }
+
+    /// Whether some channel's receive queue is at its high-water mark: the driver should stop
+    /// reading from the transport until the application takes messages.
+    #[inline]
+    pub fn recv_full(&self) -> bool {
+        self.rx_full > 0
+    }
+
+    /// Whether every channel's receive queue is at or below half its high-water mark: a
+    /// driver that stopped reading may start again.
+    #[inline]
+    pub fn recv_low(&self) -> bool {
+        self.rx_high == 0
+    }
+
+    /// Hands out the drop counters (policy, rate limit, TTL at either end, lost with a
+    /// connection) of every channel with non-zero ones, and zeroes them.
+    pub fn take_counts(&mut self, f: &mut dyn FnMut(u16, Counts)) {
+        self.outbox.take_counts(f);
+        for (channel, rx) in self.rx.iter_mut() {
+            if !rx.counts.is_zero() {
+                f(channel, std::mem::take(&mut rx.counts));
+            }
+        }
     }
 
     /// The next event.
@@ -544,10 +723,21 @@ impl Session {
             let dead = self.last_recv + hb.silence;
             dead.min(hb.ping_due(self.last_recv))
         });
-        [self.handshake_deadline, self.reassembly.next_deadline(), hb]
-            .into_iter()
-            .flatten()
-            .min()
+        let qos = if matches!(self.state, State::Established | State::Closing) {
+            self.outbox.next_wake()
+        } else {
+            None
+        };
+        [
+            self.handshake_deadline,
+            self.reassembly.next_deadline(),
+            hb,
+            qos,
+            self.rx_ttl_wake,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Smoothed round-trip time measured with heartbeat PINGs (`None` until a PONG came).
@@ -571,6 +761,9 @@ impl Session {
         self.reassembly
             .check_timeouts(now)
             .map_err(|e| self.fail(e))?;
+        self.tick(now);
+        self.outbox.expire(now);
+        self.expire_received(now);
         let Some(hb) = self.heartbeat.as_mut() else {
             return Ok(());
         };
@@ -864,19 +1057,33 @@ impl Session {
                     max: u64::from(self.config.max_message_size),
                 });
             }
-            self.deliver(Delivered { channel, payload });
+            self.deliver(Delivered { channel, payload }, expires(&h, now));
             return Ok(());
         }
         if !cont {
             self.reassembly
                 .start(channel, h.aux as usize, &payload, now)?;
+            *self.rx_frag_deadline.get_or_insert_with(channel, || None) = expires(&h, now);
+            // A message under reassembly counts against its channel's receive mark as its
+            // fragments arrive.
+            self.rx_adjust(channel, 0, payload.len() as isize);
             return Ok(());
         }
-        if let Some(whole) = self.reassembly.append(channel, &payload, !more)? {
-            self.deliver(Delivered {
-                channel,
-                payload: whole,
-            });
+        let whole = self.reassembly.append(channel, &payload, !more)?;
+        self.rx_adjust(channel, 0, payload.len() as isize);
+        if let Some(whole) = whole {
+            self.rx_adjust(channel, 0, -(whole.len() as isize));
+            let deadline = self
+                .rx_frag_deadline
+                .get_mut(channel)
+                .and_then(|d| d.take());
+            self.deliver(
+                Delivered {
+                    channel,
+                    payload: whole,
+                },
+                deadline,
+            );
         }
         Ok(())
     }
@@ -889,14 +1096,10 @@ impl Session {
         self.handshake_deadline = None;
         self.reassembly.clear();
         if matches!(was, State::Established) {
-            // Messages not written yet are kept aside for a driver that sends them again on a
-            // new connection (see `take_unsent`); control frames are void with this session.
-            for t in self.transmits.drain(..) {
-                if t.is_data() {
-                    self.abandoned.push_back(t);
-                }
-            }
-            self.transmit_bytes = 0;
+            // Messages not framed yet stay in the outbox for a driver that sends them again on
+            // a new connection (see `take_outbox`); control frames are void with this session.
+            self.control.clear();
+            self.control_bytes = 0;
             let close = Close {
                 code: e.close_code(),
                 reason: e.to_string(),
@@ -906,10 +1109,93 @@ impl Session {
         e
     }
 
+    /// Queues a received message for the application; `expires` from the frame's TTL.
     #[inline]
-    fn deliver(&mut self, d: Delivered) {
-        self.message_bytes += d.payload.len();
-        self.messages.push_back(d);
+    fn deliver(&mut self, d: Delivered, expires: Option<Instant>) {
+        let len = d.payload.len();
+        self.message_bytes += len;
+        self.rx_adjust(d.channel, 1, len as isize);
+        if let Some(e) = expires {
+            self.rx_with_ttl += 1;
+            self.rx_ttl_wake = Some(self.rx_ttl_wake.map_or(e, |w| w.min(e)));
+        }
+        let priority = self.config.qos.channel(d.channel).priority;
+        self.messages.push(priority, Inbound { d, expires });
+    }
+
+    /// Changes what `channel` holds for the application (messages, and bytes of whole and
+    /// partly reassembled messages) and keeps the count of full and high channels.
+    #[inline]
+    fn rx_adjust(&mut self, channel: u16, msgs: isize, bytes: isize) {
+        let cfg = self.config.qos.channel(channel);
+        let rx = self.rx.get_or_insert_with(channel, RxChan::default);
+        let was_full = cfg.rcv_full(rx.msgs, rx.bytes);
+        let was_high = cfg.rcv_high(rx.msgs, rx.bytes);
+        rx.msgs = rx.msgs.wrapping_add_signed(msgs);
+        rx.bytes = rx.bytes.wrapping_add_signed(bytes);
+        let full = cfg.rcv_full(rx.msgs, rx.bytes);
+        let high = cfg.rcv_high(rx.msgs, rx.bytes);
+        match (was_full, full) {
+            (false, true) => self.rx_full += 1,
+            (true, false) => self.rx_full -= 1,
+            _ => {}
+        }
+        match (was_high, high) {
+            (false, true) => self.rx_high += 1,
+            (true, false) => self.rx_high -= 1,
+            _ => {}
+        }
+    }
+
+    /// Drops the received messages whose time to live ran out at `now` (counted).
+    fn expire_received(&mut self, now: Instant) {
+        if self.rx_ttl_wake.is_none_or(|w| now < w) {
+            return;
+        }
+        let mut next: Option<Instant> = None;
+        let mut gone = Vec::new();
+        for (_, q) in &mut self.messages.classes {
+            q.retain(|m| match m.expires {
+                Some(e) if now >= e => {
+                    gone.push((m.d.channel, m.d.payload.len()));
+                    false
+                }
+                Some(e) => {
+                    next = Some(next.map_or(e, |n| n.min(e)));
+                    true
+                }
+                None => true,
+            });
+        }
+        self.messages.len -= gone.len();
+        for (channel, len) in gone {
+            self.message_bytes -= len;
+            self.rx_with_ttl -= 1;
+            self.rx_adjust(channel, -1, -(len as isize));
+            self.rx
+                .get_or_insert_with(channel, RxChan::default)
+                .counts
+                .expired += 1;
+        }
+        self.rx_ttl_wake = next;
+    }
+
+    /// The latest time any call brought (what [`Session::poll_transmit`] and
+    /// [`Session::poll_message`] use).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Moves the session's notion of the current time forward to `now` (never back).
+    pub fn advance(&mut self, now: Instant) {
+        self.tick(now);
+    }
+
+    #[inline]
+    fn tick(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
     }
 
     fn reject(&mut self, code: u16, reason: &str) {
@@ -927,14 +1213,13 @@ impl Session {
         self.push(h, payload);
     }
 
-    #[inline]
     fn push(&mut self, h: Header, payload: Bytes) {
         let t = Transmit {
             header: h.encode(),
             payload,
         };
-        self.transmit_bytes += t.wire_len();
-        self.transmits.push_back(t);
+        self.control_bytes += t.wire_len();
+        self.control.push_back(t);
     }
 }
 
@@ -946,6 +1231,12 @@ fn check_limits(max_frame_payload: u32, max_message_size: u32) -> Result<(), Err
         return Err(Error::BadParameter("max message size is 0"));
     }
     Ok(())
+}
+
+/// When a received frame's message expires (its TTL counts from its arrival).
+fn expires(h: &Header, now: Instant) -> Option<Instant> {
+    h.has(flags::TTL_PRESENT)
+        .then(|| now + Duration::from_millis(u64::from(h.ttl_ms)))
 }
 
 fn duration_ms(d: Option<Duration>) -> u32 {

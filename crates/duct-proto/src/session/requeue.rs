@@ -13,8 +13,14 @@ pub struct Requeued {
     /// Whole messages, `(channel, payload)`, in the order they were queued (per channel).
     pub messages: Vec<(u16, Bytes)>,
     /// Messages that cannot be sent again: their first fragments were already written to
-    /// the old connection (the peer dropped them with it), or a fragment is missing.
+    /// the old connection (the peer dropped them with it).
     pub lost: usize,
+    /// The channel of each lost message.
+    pub lost_channels: Vec<u16>,
+    /// Channels whose last message starts here but does not end: its other fragments were
+    /// never framed (they are still in the outbox, which sends the message again whole: see
+    /// `Outbox::rewind`), or they are missing, and the message is lost.
+    pub open: Vec<u16>,
 }
 
 /// Recovers whole messages from `frames`, the frames a broken connection never wrote (in the
@@ -24,7 +30,7 @@ pub struct Requeued {
 /// Single-frame messages come back as the same `Bytes` (no copy); fragmented ones are joined
 /// (one copy, on this rare path). Control frames are skipped: they belong to the old session.
 /// A message whose first fragments are missing (already written) is counted in
-/// [`Requeued::lost`], as is one whose last fragment is missing.
+/// [`Requeued::lost`]; one whose last fragments are missing is reported in [`Requeued::open`].
 pub fn requeue(frames: impl IntoIterator<Item = Transmit>) -> Requeued {
     let mut out = Requeued::default();
     // Messages being joined, by channel (fragments of different channels may interleave).
@@ -44,6 +50,7 @@ pub fn requeue(frames: impl IntoIterator<Item = Transmit>) -> Requeued {
             (false, false) => {
                 if partial.remove(&h.channel).is_some() {
                     out.lost += 1;
+                    out.lost_channels.push(h.channel);
                 }
                 out.messages.push((h.channel, t.payload));
             }
@@ -52,6 +59,7 @@ pub fn requeue(frames: impl IntoIterator<Item = Transmit>) -> Requeued {
                 buf.extend_from_slice(&t.payload);
                 if partial.insert(h.channel, buf).is_some() {
                     out.lost += 1;
+                    out.lost_channels.push(h.channel);
                 }
                 orphan.remove(&h.channel);
             }
@@ -67,6 +75,7 @@ pub fn requeue(frames: impl IntoIterator<Item = Transmit>) -> Requeued {
                     // The start went out on the old connection: this message is lost, once.
                     if orphan.insert(h.channel) {
                         out.lost += 1;
+                        out.lost_channels.push(h.channel);
                     }
                     if !more {
                         orphan.remove(&h.channel);
@@ -75,6 +84,7 @@ pub fn requeue(frames: impl IntoIterator<Item = Transmit>) -> Requeued {
             },
         }
     }
-    out.lost += partial.len();
+    out.open = partial.into_keys().collect();
+    out.open.sort_unstable();
     out
 }

@@ -27,9 +27,7 @@
 //! held while taking `shared`: both are safe because only the thread that set the matching
 //! flag ever takes `read` (or `write`), so those two locks are never contended.
 
-use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
@@ -37,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use duct_proto::lifecycle::{Change, Ignored, Lifecycle, Next, Phase, Policy};
+use duct_proto::qos::{Admission, ChannelMap, Counts, DropReason};
 use duct_proto::wire::control::caps;
 use duct_proto::{Delivered, Event, Session};
 use mio::Interest;
@@ -55,15 +54,9 @@ pub(crate) const RECHECK: Duration = Duration::from_millis(20);
 /// Callbacks and limits of one connection, taken from its options.
 #[derive(Clone)]
 pub(crate) struct ConnConfig {
-    /// Most bytes (headers included) queued for writing; `send` blocks above it.
-    pub(crate) send_queue_bytes: usize,
-    /// Most frames queued for writing.
-    pub(crate) send_queue_frames: usize,
-    /// Messages the reactor reads ahead into the receive queue before it stops reading (the
-    /// queue may exceed it by what one read brings in).
-    pub(crate) recv_queue_msgs: usize,
-    /// Bytes (delivered plus partially reassembled) the reactor reads ahead before it stops.
-    pub(crate) recv_queue_bytes: usize,
+    /// Largest message this side sends (checked while no connection is up; the session
+    /// checks the peer's limit too).
+    pub(crate) max_message_size: usize,
     /// Default deadline of `send` when the caller gives none.
     pub(crate) send_timeout: Duration,
     /// Default linger of `close`.
@@ -122,9 +115,6 @@ struct Shared {
     // Reconnecting.
     /// Messages received on an earlier connection, not yet delivered.
     carry: VecDeque<Delivered>,
-    /// Messages sent while reconnecting, for the next connection.
-    downtime: VecDeque<(u16, Bytes)>,
-    downtime_bytes: usize,
     /// What broke the last connection (for the error when the pipe ends while reconnecting).
     break_cause: Option<Error>,
     /// Writes that failed so far: a sender tells its own failure from the pipe ending
@@ -132,51 +122,20 @@ struct Shared {
     write_failures: u64,
 }
 
-/// Hashes a channel number with one multiplication (keys are u16 and chosen by our own user,
-/// so SipHash's flooding resistance buys nothing here and costs ~30 instructions a message).
-#[derive(Default)]
-struct ChannelHasher(u64);
-
-impl Hasher for ChannelHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u16(&mut self, v: u16) {
-        self.0 = u64::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// Per-channel counters, with the last channel used cached (traffic comes in runs).
+/// Per-channel counters (traffic comes in runs: see [`ChannelMap`]).
 #[derive(Default)]
 struct ChannelTable {
-    map: HashMap<u16, ChannelStats, BuildHasherDefault<ChannelHasher>>,
-    last: Option<(u16, ChannelStats)>,
+    map: ChannelMap<ChannelStats>,
 }
 
 impl ChannelTable {
     #[inline]
     fn get(&mut self, channel: u16) -> &mut ChannelStats {
-        if self.last.as_ref().is_none_or(|(c, _)| *c != channel) {
-            if let Some((c, st)) = self.last.take() {
-                self.map.insert(c, st);
-            }
-            let st = self.map.remove(&channel).unwrap_or_default();
-            self.last = Some((channel, st));
-        }
-        &mut self.last.as_mut().expect("set above").1
+        self.map.get_or_insert_with(channel, ChannelStats::default)
     }
 
     fn snapshot(&self) -> Vec<(u16, ChannelStats)> {
-        let mut v: Vec<_> = self.map.iter().map(|(c, s)| (*c, *s)).collect();
-        if let Some((c, s)) = &self.last {
-            v.push((*c, *s));
-        }
-        v
+        self.map.iter().map(|(c, s)| (c, *s)).collect()
     }
 }
 
@@ -245,6 +204,27 @@ impl Shared {
         ch.bytes_sent += run.bytes;
     }
 
+    /// Adds the protocol core's drop counters of `channel`.
+    fn count_drops(&mut self, channel: u16, c: Counts) {
+        let dropped = c.dropped + c.rate_limited + c.lost;
+        self.stats.dropped += dropped;
+        self.stats.rate_limited += c.rate_limited;
+        self.stats.expired += c.expired;
+        let ch = self.channels.get(channel);
+        ch.dropped += dropped;
+        ch.rate_limited += c.rate_limited;
+        ch.expired += c.expired;
+    }
+
+    /// Collects the drop counters the session holds.
+    fn collect_drops(&mut self) {
+        let mut all = Vec::new();
+        self.session.take_counts(&mut |c, n| all.push((c, n)));
+        for (c, n) in all {
+            self.count_drops(c, n);
+        }
+    }
+
     fn count_received(&mut self, run: Run) {
         if run.msgs == 0 {
             return;
@@ -301,7 +281,7 @@ impl Conn {
             named => named.to_string(),
         };
         let mut wq = hs.wq;
-        wq.take_from(&mut hs.session);
+        wq.take_from(&mut hs.session, Instant::now());
         let mut life = Lifecycle::new(config.policy);
         let first = life
             .connected(session_id)
@@ -337,8 +317,6 @@ impl Conn {
             timer_at: None,
             linger_until: None,
             carry: VecDeque::new(),
-            downtime: VecDeque::new(),
-            downtime_bytes: 0,
             break_cause: None,
             write_failures: 0,
         };
@@ -365,7 +343,7 @@ impl Conn {
             // Idle from the start: the reactor reads ahead until a caller shows up.
             g.read_armed = true;
             conn.update_interest(&mut g);
-            if g.wq_frames > 0 || g.session.transmit_len() > 0 {
+            if g.wq_frames > 0 || g.session.wants_transmit() {
                 g.writing = true;
                 g = conn.flush(g);
             }
@@ -418,7 +396,8 @@ impl Conn {
     }
 
     pub(crate) fn stats(&self) -> PipeStats {
-        let g = self.lock();
+        let mut g = self.lock();
+        g.collect_drops();
         let mut s = g.stats.clone();
         s.rtt = g.session.rtt();
         s.set_channels(g.channels.snapshot());
@@ -511,24 +490,25 @@ impl Conn {
         }
     }
 
-    fn has_room(&self, g: &Shared, len: usize) -> bool {
-        let queued = g.session.transmit_bytes() + g.wq_bytes + g.downtime_bytes;
-        let frames = g.session.transmit_len() + g.wq_frames + g.downtime.len();
-        queued == 0
-            || (queued + len <= self.config.send_queue_bytes
-                && frames < self.config.send_queue_frames)
-    }
-
-    /// Waits until the send queue has room for `len` more bytes. Writes queued output itself
-    /// when nobody else is; otherwise waits for the writer (a caller or the reactor).
+    /// Offers a message to its channel's send queue under the channel's policy (see
+    /// `duct_proto::qos::Outbox::offer`); while reconnecting, to the queue kept for the next
+    /// connection. Under [`Backpressure::Block`](crate::Backpressure::Block) at the high-water
+    /// mark it writes queued output itself when nobody else is, else waits for the writer (a
+    /// caller, the reactor, or a rate limit's timer) until `deadline`; `wait == false` (a
+    /// zero timeout) fails at once with `WouldBlock`.
+    #[allow(clippy::too_many_arguments)]
     fn admit<'a>(
         &'a self,
         mut g: MutexGuard<'a, Shared>,
         channel: u16,
-        len: usize,
+        mut payload: Bytes,
+        ttl: Option<Duration>,
+        now: Instant,
         deadline: Instant,
         wait: bool,
     ) -> Result<MutexGuard<'a, Shared>, Error> {
+        let mut flushed = false;
+        let mut expired = false;
         loop {
             if let Some(e) = &g.terminal {
                 return Err(e.clone());
@@ -536,50 +516,81 @@ impl Conn {
             if let Some((code, reason)) = &g.local_closed {
                 return Err(Error::closed(*code, reason.as_str(), false));
             }
-            if self.has_room(&g, len) {
-                return Ok(g);
+            let reconnecting = g.state() == PipeState::Reconnecting;
+            let admission = if reconnecting {
+                let len = payload.len();
+                if len > self.config.max_message_size {
+                    return Err(self.send_error(
+                        duct_proto::Error::MessageTooLarge {
+                            size: len as u64,
+                            max: self.config.max_message_size as u64,
+                        },
+                        channel,
+                    ));
+                }
+                g.session.outbox_mut().offer(channel, payload, ttl, now)
+            } else {
+                g.session
+                    .send_with(channel, payload, ttl, now)
+                    .map_err(|e| self.send_error(e, channel))?
+            };
+            match admission {
+                Admission::Queued | Admission::Dropped(_) => return Ok(g),
+                Admission::Refused(_, why) => return Err(self.refused(&g, channel, why)),
+                Admission::Wait(p) => payload = p,
             }
-            if !g.writing {
+            if expired {
+                return Err(self.queue_full(&g, channel, deadline.saturating_duration_since(now)));
+            }
+            if !flushed && !g.writing && !reconnecting {
+                flushed = true;
                 g.writing = true;
                 g = self.flush(g);
-                if self.has_room(&g, len) {
-                    continue;
-                }
+                continue;
             }
             if !wait {
-                let queued = g.session.transmit_bytes() + g.wq_bytes;
+                let (msgs, bytes) = g.session.outbox().queued(channel);
                 return Err(Error::new(
                     ErrorKind::WouldBlock,
                     format!(
-                        "send to {} on channel {channel}: the send queue is full ({queued} \
-                         bytes, limit {}) and the timeout is zero; the message was not sent",
-                        self.who, self.config.send_queue_bytes
+                        "send to {} on channel {channel}: the channel's send queue is full \
+                         ({msgs} messages, {bytes} bytes queued; {}) and the timeout is zero; \
+                         the message was not sent",
+                        self.who,
+                        self.hwm_text(&g, channel)
                     ),
                 ));
             }
             let (ng, timed_out) = self.wait_cv(g, Some(deadline));
             g = ng;
-            if timed_out && !self.has_room(&g, len) && g.terminal.is_none() {
-                let queued = g.session.transmit_bytes() + g.wq_bytes;
-                return Err(self.queue_full(channel, queued));
-            }
+            expired = timed_out;
+            flushed = false;
         }
     }
 
-    /// Sends one message. `Ok` means the message is accepted: written, or queued for the
-    /// writer. `TimedOut` means the send queue stayed full until the deadline: the message was
-    /// not accepted and nothing of it is sent.
+    /// Sends one message. `Ok` means the message is accepted: written, queued for the
+    /// writer, or dropped by the channel's drop policy (counted). `TimedOut` means the
+    /// channel's queue stayed full until the deadline: the message was not accepted and
+    /// nothing of it is sent.
     pub(crate) fn send(
         &self,
         channel: u16,
         payload: Bytes,
+        ttl: Option<Duration>,
         now: Instant,
         timeout: Duration,
     ) -> Result<(), Error> {
         let len = payload.len();
         let g = self.lock();
-        let mut g = self.admit(g, channel, len, now + timeout, !timeout.is_zero())?;
-        self.enqueue(&mut g, channel, payload, now)?;
+        let mut g = self.admit(
+            g,
+            channel,
+            payload,
+            ttl,
+            now,
+            now + timeout,
+            !timeout.is_zero(),
+        )?;
         g.count_sent(Run::start(channel, len));
         if g.state() == PipeState::Reconnecting {
             return Ok(());
@@ -606,6 +617,7 @@ impl Conn {
     pub(crate) fn send_batch(
         &self,
         msgs: &mut dyn Iterator<Item = (u16, Bytes)>,
+        ttl: Option<Duration>,
         timeout: Duration,
     ) -> Result<usize, Error> {
         let now = Instant::now();
@@ -616,7 +628,7 @@ impl Conn {
         let mut failure = None;
         for (channel, payload) in msgs {
             let len = payload.len();
-            g = match self.admit(g, channel, len, deadline, !timeout.is_zero()) {
+            g = match self.admit(g, channel, payload, ttl, now, deadline, !timeout.is_zero()) {
                 Ok(g) => g,
                 Err(e) => {
                     failure = Some(e);
@@ -624,10 +636,6 @@ impl Conn {
                     break;
                 }
             };
-            if let Err(e) = self.enqueue(&mut g, channel, payload, now) {
-                failure = Some(e);
-                break;
-            }
             sent += 1;
             if !run.add(channel, len) {
                 g.count_sent(run);
@@ -636,7 +644,7 @@ impl Conn {
         }
         g.count_sent(run);
         let failures = g.write_failures;
-        if !g.writing {
+        if !g.writing && g.state() != PipeState::Reconnecting {
             g.writing = true;
             g = self.flush(g);
         }
@@ -648,32 +656,46 @@ impl Conn {
         }
     }
 
-    /// Queues an admitted message: in the session, or while reconnecting in the downtime
-    /// buffer for the next connection.
-    fn enqueue(
-        &self,
-        g: &mut Shared,
-        channel: u16,
-        payload: Bytes,
-        now: Instant,
-    ) -> Result<(), Error> {
-        if g.state() == PipeState::Reconnecting {
-            g.downtime_bytes += payload.len();
-            g.downtime.push_back((channel, payload));
-            return Ok(());
-        }
-        g.session
-            .send(channel, payload, now)
-            .map_err(|e| self.send_error(e, channel))
+    /// "high-water mark N messages / B bytes" of `channel`.
+    fn hwm_text(&self, g: &Shared, channel: u16) -> String {
+        let cfg = g.session.outbox().config().channel(channel);
+        format!(
+            "high-water mark {} messages / {} bytes",
+            cfg.snd_hwm_msgs, cfg.snd_hwm_bytes
+        )
     }
 
-    fn queue_full(&self, channel: u16, queued: usize) -> Error {
+    fn refused(&self, g: &Shared, channel: u16, why: DropReason) -> Error {
+        let text = match why {
+            DropReason::QueueFull => {
+                let (msgs, bytes) = g.session.outbox().queued(channel);
+                format!(
+                    "send to {} on channel {channel}: the channel's send queue is full ({msgs} \
+                     messages, {bytes} bytes queued; {}) and its policy is FailFast; the \
+                     message was not sent",
+                    self.who,
+                    self.hwm_text(g, channel)
+                )
+            }
+            DropReason::RateLimit => format!(
+                "send to {} on channel {channel}: over the channel's rate limit and its policy \
+                 is FailFast; the message was not sent",
+                self.who
+            ),
+        };
+        Error::new(ErrorKind::WouldBlock, text)
+    }
+
+    fn queue_full(&self, g: &Shared, channel: u16, waited: Duration) -> Error {
+        let (msgs, bytes) = g.session.outbox().queued(channel);
         Error::new(
             ErrorKind::TimedOut,
             format!(
-                "send to {} on channel {channel} timed out: {queued} bytes already queued \
-                 (limit {} bytes) and the peer is not reading; the message was not sent",
-                self.who, self.config.send_queue_bytes
+                "send to {} on channel {channel} timed out after {waited:?}: the channel's send \
+                 queue stayed full ({msgs} messages, {bytes} bytes queued; {}) because the \
+                 peer is not reading fast enough; the message was not sent",
+                self.who,
+                self.hwm_text(g, channel)
             ),
         )
     }
@@ -706,7 +728,8 @@ impl Conn {
         }
         let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let result = loop {
-            w.take_from(&mut g.session);
+            let now = g.session.now();
+            w.take_from(&mut g.session, now);
             if w.is_empty() {
                 break Ok(true);
             }
@@ -722,6 +745,11 @@ impl Conn {
         g.wq_frames = w.frames();
         drop(w);
         g.writing = false;
+        if !g.session.outbox().is_empty() {
+            // Messages wait for a rate limit (or for room in the write queue): make sure a
+            // timer comes back for them.
+            self.reschedule(&mut g);
+        }
         match result {
             Ok(done) => {
                 let want = !done && g.terminal.is_none();
@@ -741,7 +769,7 @@ impl Conn {
 
     /// Writes pending output now, if any and if nobody else is writing.
     fn flush_if_idle<'a>(&'a self, mut g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
-        if !g.writing && (g.session.transmit_len() > 0 || g.wq_frames > 0) {
+        if !g.writing && (g.wq_frames > 0 || g.session.wants_transmit()) {
             g.writing = true;
             g = self.flush(g);
         }
@@ -789,11 +817,7 @@ impl Conn {
             }
             g.count_received(run);
             if n > 0 {
-                if g.paused
-                    && g.session.message_len() <= self.config.recv_queue_msgs / 2
-                    && g.session.message_bytes() + g.session.reassembly_bytes()
-                        <= self.config.recv_queue_bytes / 2
-                {
+                if g.paused && g.session.recv_low() {
                     // Room again: let the reactor read ahead once the caller is idle.
                     g.paused = false;
                     g.recheck_at.get_or_insert(Instant::now() + RECHECK);
@@ -912,10 +936,7 @@ impl Conn {
         g.reading = true;
         let mut r = self.read.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if g.session.message_len() >= self.config.recv_queue_msgs
-                || g.session.message_bytes() + g.session.reassembly_bytes()
-                    >= self.config.recv_queue_bytes
-            {
+            if g.session.recv_full() {
                 g.paused = true;
                 g.read_armed = false;
                 self.update_interest(&mut g);
@@ -1237,28 +1258,37 @@ impl Conn {
         let now = Instant::now();
         *self.peer_addr.write().unwrap_or_else(|p| p.into_inner()) = hs.stream.peer_addr();
         *self.transport.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hs.stream);
+        // The old session's counters are the pipe's; its outbox (messages not framed, and
+        // those sent while reconnecting) moves to the new session.
+        g.collect_drops();
         let mut old = std::mem::replace(&mut g.session, hs.session);
+        let mut outbox = old.take_outbox();
+        // Messages whose frames were handed to the old transport but not written go back to
+        // the front of their channels, whole (a message partly written is lost with the
+        // connection, unless its rest was still in the outbox: then it starts again there).
         let unsent = {
             // Nobody reads or writes (checked above, under the lock), so these locks are free.
             let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-            let mut fresh = hs.wq;
-            fresh.take_from(&mut g.session);
-            let old_frames = std::mem::replace(&mut *w, fresh);
-            // (What is sent below queues in the session, not here.)
+            let old_frames = std::mem::replace(&mut *w, hs.wq);
+            duct_proto::session::requeue(old_frames.into_frames())
+        };
+        let rewound = outbox.rewind();
+        for channel in &unsent.open {
+            if !rewound.contains(channel) {
+                outbox.count_lost(*channel, 1, now);
+            }
+        }
+        for channel in &unsent.lost_channels {
+            outbox.count_lost(*channel, 1, now);
+        }
+        outbox.requeue_front(unsent.messages, now);
+        g.session.set_outbox(outbox);
+        {
+            let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            w.take_from(&mut g.session, now);
             g.wq_bytes = w.bytes();
             g.wq_frames = w.frames();
             *self.read.lock().unwrap_or_else(|p| p.into_inner()) = hs.rbuf;
-            duct_proto::session::requeue(old_frames.into_frames().chain(old.take_unsent()))
-        };
-        g.stats.dropped += unsent.lost as u64;
-        let downtime = std::mem::take(&mut g.downtime);
-        g.downtime_bytes = 0;
-        for (channel, payload) in unsent.messages.into_iter().chain(downtime) {
-            if let Err(e) = g.session.send(channel, payload, now) {
-                let e = self.send_error(e, channel);
-                self.report_later(&mut g, &e);
-                g.stats.dropped += 1;
-            }
         }
         g.break_cause = None;
         g.stats.reconnects += 1;
@@ -1320,12 +1350,13 @@ impl Conn {
     /// Writes what the session queued last (CLOSE or REJECT), once and without blocking,
     /// unless another thread is writing.
     fn goodbye(&self, g: &mut Shared) {
-        if g.writing || g.session.transmit_len() == 0 {
+        if g.writing || g.session.control_len() == 0 {
             return;
         }
         // No other thread holds `write` while `writing` is false (see the lock order above).
         let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        w.take_from(&mut g.session);
+        let now = g.session.now();
+        w.take_from(&mut g.session, now);
         let _ = w.write_nonblocking(&*self.t());
         g.wq_bytes = w.bytes();
         g.wq_frames = w.frames();
@@ -1351,7 +1382,7 @@ impl Conn {
         g = self.flush_if_idle(g);
         while g.terminal.is_none()
             && g.state() != PipeState::Reconnecting
-            && (g.writing || g.wq_frames > 0 || g.session.transmit_len() > 0)
+            && (g.writing || g.wq_frames > 0 || g.session.wants_transmit())
         {
             let (ng, timed_out) = self.wait_cv(g, Some(deadline));
             g = ng;
@@ -1367,7 +1398,10 @@ impl Conn {
     /// Ends a close: the pipe is Closed, the socket shut down, and bytes that could not be
     /// written within the linger time are reported (never silently dropped).
     fn finish_close(&self, mut g: MutexGuard<'_, Shared>, linger: Duration) {
-        let unsent = g.wq_bytes + g.session.transmit_bytes() + g.downtime_bytes;
+        let unsent_msgs = g.session.outbox().len();
+        let unsent = g.wq_bytes + g.session.outbox().bytes();
+        // What never left is lost; counted per channel as dropped.
+        g.session.outbox_mut().clear();
         let (code, reason) = g.local_closed.clone().unwrap_or_default();
         self.end(
             &mut g,
@@ -1387,8 +1421,9 @@ impl Conn {
                 cb(&Error::new(
                     ErrorKind::TimedOut,
                     format!(
-                        "close of the pipe to {}: {unsent} bytes still queued when the linger \
-                         time of {linger:?} ran out were discarded",
+                        "close of the pipe to {}: {unsent_msgs} messages not yet framed and \
+                         {unsent} bytes in all still queued when the linger time of {linger:?} \
+                         ran out were discarded",
                         self.who
                     ),
                 ));
@@ -1410,7 +1445,7 @@ impl Conn {
             .close(close_code::NORMAL, "pipe dropped", Instant::now());
         self.t().shutdown_read();
         g = self.flush_if_idle(g);
-        let pending = g.writing || g.wq_frames > 0 || g.session.transmit_len() > 0;
+        let pending = g.writing || g.wq_frames > 0 || g.session.wants_transmit();
         let handle = self.reactor.get();
         // Between connections there is nothing to write to: end now (what is queued is
         // reported as discarded) rather than hold the pipe for the linger time.
@@ -1436,7 +1471,7 @@ impl Conn {
         let Some(until) = g.linger_until else {
             return Some(g);
         };
-        let drained = !g.writing && g.wq_frames == 0 && g.session.transmit_len() == 0;
+        let drained = !g.writing && g.wq_frames == 0 && !g.session.wants_transmit();
         if drained || now >= until || g.terminal.is_some() {
             let linger = self.config.linger;
             self.finish_close(g, linger);
@@ -1481,6 +1516,8 @@ impl Reactive for Conn {
             return;
         }
         if writable && g.write_armed {
+            // Rate limits and TTL judge by the session's clock.
+            g.session.advance(Instant::now());
             g = self.flush_if_idle(g);
         }
         let Some(mut g) = self.check_linger(g, Instant::now()) else {
@@ -1512,6 +1549,11 @@ impl Reactive for Conn {
             return; // an older entry for a deadline that has since moved
         }
         g.timer_at = None;
+        g.session.advance(now);
+        if g.state() == PipeState::Reconnecting {
+            // Messages queued for the next connection still expire on time.
+            g.session.outbox_mut().expire(now);
+        }
         g = self.flush_if_idle(g);
         let Some(mut g) = self.check_linger(g, now) else {
             return;

@@ -62,6 +62,9 @@ const COALESCE_MAX: usize = 512;
 const SCRATCH_CAP: usize = 64 * 1024;
 /// Most iovecs in one `sendmsg`.
 const MAX_IOV: usize = 64;
+/// Bytes of frames taken from the session ahead of the socket: one large frame, or about a
+/// `sendmsg` of small ones.
+const PULL_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Copy)]
 enum Seg {
@@ -96,9 +99,17 @@ impl WriteQueue {
         self.frames.push_back(t);
     }
 
-    /// Takes every frame the session has queued (in order, behind those already here).
-    pub(crate) fn take_from(&mut self, session: &mut duct_proto::Session) {
-        self.bytes += session.drain_transmits(&mut self.frames);
+    /// Takes the frames the session has ready at `now` (in the scheduler's order, behind
+    /// those already here) until about one `sendmsg`'s worth is queued: the rest stays in the
+    /// session's per-channel queues, where priority, TTL and policies still apply to it.
+    #[inline]
+    pub(crate) fn take_from(&mut self, session: &mut duct_proto::Session, now: Instant) {
+        while self.bytes - self.offset < PULL_BYTES && self.frames.len() < MAX_IOV {
+            match session.poll_transmit_at(now) {
+                Some(t) => self.push(t),
+                None => break,
+            }
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -1,0 +1,573 @@
+//! The send side of QoS: per-channel queues, policies, TTL, rate limits and the scheduler.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{Backpressure, ChannelConfig, ChannelMap, Counts, QosConfig, TokenBucket};
+use crate::session::Transmit;
+use crate::wire::{flags, Header, HEADER_LEN};
+
+/// What became of a message offered to [`Outbox::offer`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Queued for sending (under [`Backpressure::DropOld`], older messages may have been
+    /// dropped to make room; they are counted).
+    Queued,
+    /// Dropped at once and counted: [`Backpressure::DropNew`] at the high-water mark, or a
+    /// drop policy over the channel's rate limit.
+    Dropped(DropReason),
+    /// [`Backpressure::Block`] at the high-water mark: the message (given back) was not
+    /// queued; offer it again once there is room.
+    Wait(Bytes),
+    /// [`Backpressure::FailFast`]: the message (given back) was not queued, and the sender
+    /// should fail at once.
+    Refused(Bytes, DropReason),
+}
+
+/// Why a message was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The channel's send queue is at its high-water mark.
+    QueueFull,
+    /// The channel's rate limit has no tokens left.
+    RateLimit,
+}
+
+/// One accepted message not yet completely framed.
+#[derive(Debug)]
+struct Pending {
+    payload: Bytes,
+    /// Payload bytes already handed out in frames (non-zero: the message is under way and is
+    /// no longer dropped by policy or TTL).
+    offset: usize,
+    deadline: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Chan {
+    cfg: ChannelConfig,
+    queue: VecDeque<Pending>,
+    /// Payload bytes of the queued messages.
+    bytes: usize,
+    /// Deficit round robin credit, in wire bytes.
+    deficit: usize,
+    msgs_bucket: Option<TokenBucket>,
+    bytes_bucket: Option<TokenBucket>,
+    /// In its priority class's ring.
+    active: bool,
+    counts: Counts,
+    /// Queued messages that carry a deadline.
+    with_ttl: usize,
+}
+
+impl Chan {
+    fn new(cfg: ChannelConfig, now: Instant) -> Chan {
+        Chan {
+            msgs_bucket: cfg.msgs_rate.map(|r| TokenBucket::new(r, now)),
+            bytes_bucket: cfg.bytes_rate.map(|r| TokenBucket::new(r, now)),
+            cfg,
+            queue: VecDeque::new(),
+            bytes: 0,
+            deficit: 0,
+            active: false,
+            counts: Counts::default(),
+            with_ttl: 0,
+        }
+    }
+
+    fn full(&self, len: usize) -> bool {
+        !self.queue.is_empty()
+            && (self.queue.len() >= self.cfg.snd_hwm_msgs.max(1)
+                || self.bytes + len > self.cfg.snd_hwm_bytes.max(1))
+    }
+
+    /// Removes the message at `i` (not under way); returns its length.
+    fn remove(&mut self, i: usize) -> usize {
+        let p = self.queue.remove(i).expect("index checked by the caller");
+        self.bytes -= p.payload.len();
+        if p.deadline.is_some() {
+            self.with_ttl -= 1;
+        }
+        p.payload.len()
+    }
+
+    /// Index of the oldest message not under way.
+    fn oldest_droppable(&self) -> Option<usize> {
+        let i = usize::from(self.queue.front()?.offset > 0);
+        (i < self.queue.len()).then_some(i)
+    }
+}
+
+/// A class of channels of equal priority, served by deficit round robin.
+#[derive(Debug)]
+struct Class {
+    priority: u8,
+    ring: VecDeque<u16>,
+    /// The channel at the front of `ring` has had its quantum for this visit.
+    topped: bool,
+}
+
+/// The messages of one pipe accepted for sending and not yet framed, per channel, and the
+/// scheduler that turns them into frames.
+///
+/// - [`Outbox::offer`] applies the channel's high-water marks, backpressure policy and (for
+///   the drop and fail-fast policies) rate limit.
+/// - [`Outbox::poll`] picks the next frame: the highest priority class with a channel ready,
+///   deficit round robin by weight inside it, messages fragmented lazily at the frame limit
+///   it is given (so a message never holds another channel back by more than one frame).
+///   Channels under [`Backpressure::Block`] with a rate limit, and the pipe's own limits, are
+///   paced here: a channel without tokens waits, and [`Outbox::next_wake`] says until when.
+/// - Messages whose time to live ran out before their first frame are dropped (at the head in
+///   `poll`, anywhere in [`Outbox::expire`]) and counted.
+#[derive(Debug)]
+pub struct Outbox {
+    config: Arc<QosConfig>,
+    chans: ChannelMap<Chan>,
+    classes: Vec<Class>,
+    pipe_msgs: Option<TokenBucket>,
+    pipe_bytes: Option<TokenBucket>,
+    /// Messages queued, all channels.
+    msgs: usize,
+    /// Payload bytes queued, all channels.
+    bytes: usize,
+    /// When a channel held back by a rate limit may go (set by `poll`).
+    rate_wake: Option<Instant>,
+    /// No queued message expires before this.
+    ttl_wake: Option<Instant>,
+}
+
+impl Outbox {
+    /// An empty outbox for channels configured by `config`.
+    pub fn new(config: Arc<QosConfig>, now: Instant) -> Outbox {
+        Outbox {
+            pipe_msgs: config.pipe_msgs_rate.map(|r| TokenBucket::new(r, now)),
+            pipe_bytes: config.pipe_bytes_rate.map(|r| TokenBucket::new(r, now)),
+            config,
+            chans: ChannelMap::default(),
+            classes: Vec::new(),
+            msgs: 0,
+            bytes: 0,
+            rate_wake: None,
+            ttl_wake: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<QosConfig> {
+        &self.config
+    }
+
+    /// Messages queued.
+    pub fn len(&self) -> usize {
+        self.msgs
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.msgs == 0
+    }
+
+    /// Payload bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Messages and payload bytes queued on `channel`.
+    pub fn queued(&self, channel: u16) -> (usize, usize) {
+        self.chans
+            .get(channel)
+            .map_or((0, 0), |c| (c.queue.len(), c.bytes))
+    }
+
+    fn chan(&mut self, channel: u16, now: Instant) -> &mut Chan {
+        let config = &self.config;
+        self.chans
+            .get_or_insert_with(channel, || Chan::new(config.channel(channel).clone(), now))
+    }
+
+    /// Whether a message of `len` bytes on `channel` would find room now.
+    pub fn has_room(&self, channel: u16, len: usize) -> bool {
+        self.chans.get(channel).is_none_or(|c| !c.full(len))
+    }
+
+    /// Offers a message; `ttl` overrides the channel's time to live.
+    pub fn offer(
+        &mut self,
+        channel: u16,
+        payload: Bytes,
+        ttl: Option<std::time::Duration>,
+        now: Instant,
+    ) -> Admission {
+        let len = payload.len();
+        let ch = self.chan(channel, now);
+        let policy = ch.cfg.backpressure;
+        if policy != Backpressure::Block {
+            // Drop and fail-fast channels are limited at the door: the excess never queues.
+            let ok = ch.msgs_bucket.as_mut().is_none_or(|b| b.ready(1.0, now))
+                && ch
+                    .bytes_bucket
+                    .as_mut()
+                    .is_none_or(|b| b.ready(len as f64, now));
+            if !ok {
+                if policy == Backpressure::FailFast {
+                    return Admission::Refused(payload, DropReason::RateLimit);
+                }
+                ch.counts.rate_limited += 1;
+                return Admission::Dropped(DropReason::RateLimit);
+            }
+        }
+        let mut dropped_bytes = 0;
+        let mut dropped_msgs = 0;
+        if ch.full(len) {
+            match policy {
+                Backpressure::Block => return Admission::Wait(payload),
+                Backpressure::FailFast => {
+                    return Admission::Refused(payload, DropReason::QueueFull)
+                }
+                Backpressure::DropNew => {
+                    ch.counts.dropped += 1;
+                    return Admission::Dropped(DropReason::QueueFull);
+                }
+                Backpressure::DropOld => {
+                    // Newest wins: drop from the front until the new one fits (a message
+                    // under way stays; with nothing else left the queue takes the new one
+                    // anyway, one over its mark).
+                    while ch.full(len) {
+                        let Some(i) = ch.oldest_droppable() else {
+                            break;
+                        };
+                        dropped_bytes += ch.remove(i);
+                        dropped_msgs += 1;
+                    }
+                    ch.counts.dropped += dropped_msgs as u64;
+                }
+            }
+        }
+        if policy != Backpressure::Block {
+            if let Some(b) = ch.msgs_bucket.as_mut() {
+                b.take(1.0, now);
+            }
+            if let Some(b) = ch.bytes_bucket.as_mut() {
+                b.take(len as f64, now);
+            }
+        }
+        let deadline = ttl.or(ch.cfg.ttl).map(|t| now + t);
+        if deadline.is_some() {
+            ch.with_ttl += 1;
+        }
+        ch.bytes += len;
+        ch.queue.push_back(Pending {
+            payload,
+            offset: 0,
+            deadline,
+        });
+        let activate = !ch.active;
+        ch.active = true;
+        let priority = ch.cfg.priority;
+        self.msgs = self.msgs + 1 - dropped_msgs;
+        self.bytes = self.bytes + len - dropped_bytes;
+        if let Some(d) = deadline {
+            self.ttl_wake = Some(self.ttl_wake.map_or(d, |w| w.min(d)));
+        }
+        if activate {
+            self.activate(channel, priority);
+        }
+        Admission::Queued
+    }
+
+    /// Puts messages recovered from a broken connection back at the front of their
+    /// channels, ahead of everything queued (they were older), in the order given per
+    /// channel. No policy applies: they were accepted before; they carry no deadline any
+    /// more. Messages under way are rewound first (see [`Outbox::rewind`]).
+    pub fn requeue_front(&mut self, messages: Vec<(u16, Bytes)>, now: Instant) {
+        self.rewind();
+        for (channel, payload) in messages.into_iter().rev() {
+            let len = payload.len();
+            let ch = self.chan(channel, now);
+            ch.bytes += len;
+            ch.queue.push_front(Pending {
+                payload,
+                offset: 0,
+                deadline: None,
+            });
+            let activate = !ch.active;
+            ch.active = true;
+            let priority = ch.cfg.priority;
+            self.msgs += 1;
+            self.bytes += len;
+            if activate {
+                self.activate(channel, priority);
+            }
+        }
+    }
+
+    /// For a new connection: messages under way start again from their first byte (the peer
+    /// dropped the partial message with the old connection). Returns the channels whose head
+    /// message was under way.
+    pub fn rewind(&mut self) -> Vec<u16> {
+        let mut rewound = Vec::new();
+        for (channel, ch) in self.chans.iter_mut() {
+            if let Some(head) = ch.queue.front_mut() {
+                if head.offset > 0 {
+                    head.offset = 0;
+                    rewound.push(channel);
+                }
+            }
+        }
+        rewound
+    }
+
+    fn activate(&mut self, channel: u16, priority: u8) {
+        let i = match self.classes.binary_search_by(|c| priority.cmp(&c.priority)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.classes.insert(
+                    i,
+                    Class {
+                        priority,
+                        ring: VecDeque::new(),
+                        topped: false,
+                    },
+                );
+                i
+            }
+        };
+        self.classes[i].ring.push_back(channel);
+    }
+
+    /// The next frame to send at `now`, its payload at most `frame_max` bytes, or `None`
+    /// when nothing is queued or everything queued waits for a rate limit
+    /// ([`Outbox::next_wake`]).
+    pub fn poll(&mut self, now: Instant, frame_max: usize) -> Option<Transmit> {
+        self.rate_wake = None;
+        if self.msgs == 0 {
+            return None;
+        }
+        let frame_max = frame_max.max(1);
+        let quantum_unit = frame_max.max(super::QUANTUM) + HEADER_LEN;
+        for ci in 0..self.classes.len() {
+            let class = &mut self.classes[ci];
+            // Every channel of the class gets a fresh quantum within one turn of the ring, so
+            // two turns find a sender unless all wait for tokens or are empty.
+            let mut tries = 2 * class.ring.len() + 1;
+            while tries > 0 {
+                tries -= 1;
+                let Some(&channel) = class.ring.front() else {
+                    break;
+                };
+                let ch = self
+                    .chans
+                    .get_mut(channel)
+                    .expect("a channel in a ring has an entry");
+                // Expired messages at the head go before anything is sent.
+                while let Some(head) = ch.queue.front() {
+                    if head.offset == 0 && head.deadline.is_some_and(|d| now >= d) {
+                        let len = ch.remove(0);
+                        ch.counts.expired += 1;
+                        self.msgs -= 1;
+                        self.bytes -= len;
+                    } else {
+                        break;
+                    }
+                }
+                let Some(head) = ch.queue.front() else {
+                    ch.active = false;
+                    ch.deficit = 0;
+                    class.ring.pop_front();
+                    class.topped = false;
+                    continue;
+                };
+                let first = head.offset == 0;
+                let n = frame_max.min(head.payload.len() - head.offset);
+                // Pacing: the channel's own limits (Block channels) and the pipe's.
+                let mut wake: Option<Instant> = None;
+                let mut check = |b: &mut Option<TokenBucket>, cost: f64| {
+                    if let Some(b) = b.as_mut() {
+                        let at = b.ready_at(cost, now);
+                        if at > now {
+                            wake = Some(wake.map_or(at, |w: Instant| w.max(at)));
+                        }
+                    }
+                };
+                if ch.cfg.backpressure == Backpressure::Block {
+                    if first {
+                        check(&mut ch.msgs_bucket, 1.0);
+                    }
+                    check(&mut ch.bytes_bucket, n as f64);
+                }
+                if first {
+                    check(&mut self.pipe_msgs, 1.0);
+                }
+                check(&mut self.pipe_bytes, n as f64);
+                if let Some(at) = wake {
+                    self.rate_wake = Some(self.rate_wake.map_or(at, |w| w.min(at)));
+                    class.ring.rotate_left(1);
+                    class.topped = false;
+                    continue;
+                }
+                let wire = n + HEADER_LEN;
+                if !class.topped {
+                    class.topped = true;
+                    ch.deficit += quantum_unit * ch.cfg.weight.max(1) as usize;
+                }
+                if ch.deficit < wire {
+                    class.ring.rotate_left(1);
+                    class.topped = false;
+                    continue;
+                }
+                ch.deficit -= wire;
+                if ch.cfg.backpressure == Backpressure::Block {
+                    if first {
+                        if let Some(b) = ch.msgs_bucket.as_mut() {
+                            b.take(1.0, now);
+                        }
+                    }
+                    if let Some(b) = ch.bytes_bucket.as_mut() {
+                        b.take(n as f64, now);
+                    }
+                }
+                if first {
+                    if let Some(b) = self.pipe_msgs.as_mut() {
+                        b.take(1.0, now);
+                    }
+                }
+                if let Some(b) = self.pipe_bytes.as_mut() {
+                    b.take(n as f64, now);
+                }
+                let head = ch.queue.front_mut().expect("checked above");
+                let total = head.payload.len();
+                let mut h = Header::data(channel, n as u32);
+                if first {
+                    if let Some(d) = head.deadline {
+                        h.flags |= flags::TTL_PRESENT;
+                        h.ttl_ms = remaining_ms(d, now);
+                    }
+                    if n < total {
+                        h.aux = total as u32;
+                    }
+                } else {
+                    h.flags |= flags::CONTINUATION;
+                }
+                if head.offset + n < total {
+                    h.flags |= flags::MORE_FRAGMENTS;
+                }
+                let payload = if first && n == total {
+                    head.payload.clone()
+                } else {
+                    head.payload.slice(head.offset..head.offset + n)
+                };
+                head.offset += n;
+                if head.offset == total {
+                    if head.deadline.is_some() {
+                        ch.with_ttl -= 1;
+                    }
+                    ch.queue.pop_front();
+                    ch.bytes -= total;
+                    self.msgs -= 1;
+                    self.bytes -= total;
+                    if ch.queue.is_empty() {
+                        ch.active = false;
+                        ch.deficit = 0;
+                        class.ring.pop_front();
+                        class.topped = false;
+                    }
+                }
+                return Some(Transmit {
+                    header: h.encode(),
+                    payload,
+                });
+            }
+        }
+        // Classes left without channels go (they are made again on demand).
+        self.classes.retain(|c| !c.ring.is_empty());
+        None
+    }
+
+    /// Drops every queued message (not under way) whose time to live ran out at `now`.
+    pub fn expire(&mut self, now: Instant) {
+        if self.ttl_wake.is_none_or(|w| now < w) {
+            return;
+        }
+        let mut next: Option<Instant> = None;
+        let (mut msgs, mut bytes) = (0, 0);
+        for (_, ch) in self.chans.iter_mut() {
+            if ch.with_ttl == 0 {
+                continue;
+            }
+            let mut i = 0;
+            while i < ch.queue.len() {
+                let p = &ch.queue[i];
+                match p.deadline {
+                    Some(d) if now >= d && p.offset == 0 => {
+                        bytes += ch.remove(i);
+                        msgs += 1;
+                        ch.counts.expired += 1;
+                    }
+                    // A message under way is finished whatever its deadline: no wake for it.
+                    Some(d) if p.offset == 0 => {
+                        next = Some(next.map_or(d, |n| n.min(d)));
+                        i += 1;
+                    }
+                    _ => i += 1,
+                }
+            }
+        }
+        self.msgs -= msgs;
+        self.bytes -= bytes;
+        self.ttl_wake = next;
+    }
+
+    /// The next instant at which [`Outbox::poll`] may produce a frame that it could not
+    /// before (a rate limit refilled), or [`Outbox::expire`] has work.
+    pub fn next_wake(&self) -> Option<Instant> {
+        match (self.rate_wake, self.ttl_wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Hands out the counters of every channel that has non-zero ones, and zeroes them.
+    pub fn take_counts(&mut self, f: &mut dyn FnMut(u16, Counts)) {
+        for (channel, ch) in self.chans.iter_mut() {
+            if !ch.counts.is_zero() {
+                f(channel, std::mem::take(&mut ch.counts));
+            }
+        }
+    }
+
+    /// Counts `n` messages of `channel` as lost (with a broken connection).
+    pub fn count_lost(&mut self, channel: u16, n: u64, now: Instant) {
+        self.chan(channel, now).counts.lost += n;
+    }
+
+    /// Empties the outbox (the pipe ended): every message is counted as lost. Returns how
+    /// many there were.
+    pub fn clear(&mut self) -> usize {
+        let n = self.msgs;
+        for (_, ch) in self.chans.iter_mut() {
+            ch.counts.lost += ch.queue.len() as u64;
+            ch.queue.clear();
+            ch.bytes = 0;
+            ch.active = false;
+            ch.deficit = 0;
+            ch.with_ttl = 0;
+        }
+        self.classes.clear();
+        self.msgs = 0;
+        self.bytes = 0;
+        self.ttl_wake = None;
+        self.rate_wake = None;
+        n
+    }
+}
+
+/// Milliseconds left until `deadline`, rounded up, at least 1 (0 would mean "no time left"
+/// to a receiver; the sender has just checked that some is).
+fn remaining_ms(deadline: Instant, now: Instant) -> u32 {
+    let left = deadline.saturating_duration_since(now);
+    let ms = left.as_nanos().div_ceil(1_000_000);
+    ms.clamp(1, u128::from(u32::MAX)) as u32
+}
