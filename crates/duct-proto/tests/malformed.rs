@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use duct_proto::wire::control::{
-    self, close_code, reject_code, Close, Extension, Hello, Reject, Welcome,
+    self, close_code, reject_code, Close, Extension, Hello, Reject, Welcome, VERSION_MAJOR,
+    VERSION_MINOR,
 };
 use duct_proto::wire::{flags, FrameKind, Header, WireError, HANDSHAKE_MAX_PAYLOAD, HEADER_LEN};
 use duct_proto::{Category, Config, Error, Event, Role, Session, State};
@@ -331,7 +332,7 @@ fn unknown_major_version_in_hello_is_rejected_as_incompatible() {
         assert_eq!(
             e,
             Error::Incompatible {
-                local: (1, 0),
+                local: (VERSION_MAJOR, VERSION_MINOR),
                 peer: version
             }
         );
@@ -371,7 +372,7 @@ fn dialer_reports_incompatible_and_rejected() {
     assert_eq!(
         e,
         Error::Incompatible {
-            local: (1, 0),
+            local: (VERSION_MAJOR, VERSION_MINOR),
             peer: (2, 0)
         }
     );
@@ -393,7 +394,7 @@ fn dialer_reports_incompatible_and_rejected() {
         assert_eq!(
             e,
             Error::Incompatible {
-                local: (1, 0),
+                local: (VERSION_MAJOR, VERSION_MINOR),
                 peer: (2, 0)
             }
         );
@@ -539,8 +540,8 @@ fn unknown_capabilities_and_extensions_are_ignored() {
     )
     .unwrap();
     assert_eq!(d.state(), State::Established);
-    // This dialer offered nothing (the default): WELCOME's extra bits do not add any.
-    assert_eq!(d.negotiated().unwrap().capabilities, 0);
+    // This dialer offered TTL only (the default): WELCOME's extra bits do not add any.
+    assert_eq!(d.negotiated().unwrap().capabilities, control::caps::TTL);
 }
 
 /// Reserved header flag bits, and the reliability/TTL fields no v1 peer negotiates, are

@@ -137,6 +137,8 @@ pub struct Outbox {
     rate_wake: Option<Instant>,
     /// No queued message expires before this.
     ttl_wake: Option<Instant>,
+    /// Frames carry the remaining TTL (the peer agreed to the TTL capability).
+    ttl_on_wire: bool,
 }
 
 impl Outbox {
@@ -152,7 +154,14 @@ impl Outbox {
             bytes: 0,
             rate_wake: None,
             ttl_wake: None,
+            ttl_on_wire: true,
         }
+    }
+
+    /// Whether frames carry the messages' remaining TTL (`TTL_PRESENT`): only to a peer that
+    /// agreed to the TTL capability. Default `true`.
+    pub fn set_ttl_on_wire(&mut self, on: bool) {
+        self.ttl_on_wire = on;
     }
 
     /// The configuration.
@@ -441,7 +450,7 @@ impl Outbox {
                 let total = head.payload.len();
                 let mut h = Header::data(channel, n as u32);
                 if first {
-                    if let Some(d) = head.deadline {
+                    if let Some(d) = head.deadline.filter(|_| self.ttl_on_wire) {
                         h.flags |= flags::TTL_PRESENT;
                         h.ttl_ms = remaining_ms(d, now);
                     }

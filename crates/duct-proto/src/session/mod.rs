@@ -61,8 +61,9 @@ pub struct Config {
     /// Silent intervals before the peer is declared gone (0 counts as 1). Default 5.
     pub heartbeat_misses: u32,
     /// Capability bits to offer (intersected with what this implementation supports,
-    /// [`caps::SUPPORTED`]). Default none: offer [`caps::RESUME`] only when the driver will
-    /// use it (a dialer that reconnects, a listener that keeps broken sessions).
+    /// [`caps::SUPPORTED`]). Default [`caps::TTL`]: offer [`caps::RESUME`] only when the
+    /// driver will use it (a dialer that reconnects, a listener that keeps broken sessions).
+    /// Without TTL agreed, frames carry no TTL and a received `TTL_PRESENT` is ignored.
     pub capabilities: u64,
     /// The dialing pipe's identity, stable across its reconnects (dialer only).
     pub instance_id: u64,
@@ -93,7 +94,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(5),
             heartbeat_interval: None,
             heartbeat_misses: 5,
-            capabilities: 0,
+            capabilities: caps::TTL,
             instance_id: 0,
             session_id: 0,
             resume_session_id: 0,
@@ -233,6 +234,8 @@ pub struct Session {
     rx_with_ttl: usize,
     /// No message in `messages` expires before this.
     rx_ttl_wake: Option<Instant>,
+    /// TTL was agreed: frames carry it both ways.
+    ttl_agreed: bool,
     /// Deadline of the fragmented message being reassembled, per channel.
     rx_frag_deadline: ChannelMap<Option<Instant>>,
     events: VecDeque<Event>,
@@ -361,6 +364,7 @@ impl Session {
             rx_with_ttl: 0,
             rx_ttl_wake: None,
             rx_frag_deadline: ChannelMap::default(),
+            ttl_agreed: false,
             events: VecDeque::new(),
             reassembly,
             config,
@@ -472,6 +476,7 @@ impl Session {
     /// Returns the channels whose message under way was rewound.
     pub fn set_outbox(&mut self, mut outbox: Outbox) -> Vec<u16> {
         let rewound = outbox.rewind();
+        outbox.set_ttl_on_wire(self.ttl_agreed);
         self.outbox = outbox;
         rewound
     }
@@ -981,6 +986,8 @@ impl Session {
             });
         }
         self.last_recv = now;
+        self.ttl_agreed = negotiated.capabilities & caps::TTL != 0;
+        self.outbox.set_ttl_on_wire(self.ttl_agreed);
         self.negotiated = Some(negotiated);
         self.state = State::Established;
         self.handshake_deadline = None;
@@ -1057,13 +1064,15 @@ impl Session {
                     max: u64::from(self.config.max_message_size),
                 });
             }
-            self.deliver(Delivered { channel, payload }, expires(&h, now));
+            let expires = self.expires(&h, now);
+            self.deliver(Delivered { channel, payload }, expires);
             return Ok(());
         }
         if !cont {
             self.reassembly
                 .start(channel, h.aux as usize, &payload, now)?;
-            *self.rx_frag_deadline.get_or_insert_with(channel, || None) = expires(&h, now);
+            let expires = self.expires(&h, now);
+            *self.rx_frag_deadline.get_or_insert_with(channel, || None) = expires;
             // A message under reassembly counts against its channel's receive mark as its
             // fragments arrive.
             self.rx_adjust(channel, 0, payload.len() as isize);
@@ -1145,6 +1154,13 @@ impl Session {
             (true, false) => self.rx_high -= 1,
             _ => {}
         }
+    }
+
+    /// When a received frame's message expires (its TTL counts from its arrival); `None`
+    /// without TTL agreed.
+    fn expires(&self, h: &Header, now: Instant) -> Option<Instant> {
+        (self.ttl_agreed && h.has(flags::TTL_PRESENT))
+            .then(|| now + Duration::from_millis(u64::from(h.ttl_ms)))
     }
 
     /// Drops the received messages whose time to live ran out at `now` (counted).
@@ -1233,11 +1249,6 @@ fn check_limits(max_frame_payload: u32, max_message_size: u32) -> Result<(), Err
     Ok(())
 }
 
-/// When a received frame's message expires (its TTL counts from its arrival).
-fn expires(h: &Header, now: Instant) -> Option<Instant> {
-    h.has(flags::TTL_PRESENT)
-        .then(|| now + Duration::from_millis(u64::from(h.ttl_ms)))
-}
 
 fn duration_ms(d: Option<Duration>) -> u32 {
     d.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32)

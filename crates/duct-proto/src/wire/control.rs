@@ -12,7 +12,7 @@ pub const MAGIC: [u8; 4] = *b"DUCT";
 /// Protocol major version spoken by this implementation. Peers with another major cannot talk.
 pub const VERSION_MAJOR: u8 = 1;
 /// Protocol minor version. A higher minor of the same major is compatible.
-pub const VERSION_MINOR: u8 = 0;
+pub const VERSION_MINOR: u8 = 1;
 /// Fixed part of a HELLO payload, before extensions.
 pub const HELLO_FIXED_LEN: usize = 48;
 /// Fixed part of a WELCOME payload, before extensions.
@@ -35,10 +35,11 @@ pub mod caps {
     /// Session resume across reconnects: a reconnecting dialer names the session it had in
     /// HELLO's `resume_session_id`, and the listener re-attaches it to that session's state.
     pub const RESUME: u64 = 1 << 1;
-    /// Per-message TTL in the header. Reserved: defined by a later version.
+    /// Per-message time to live: DATA frames may carry `TTL_PRESENT` and the remaining
+    /// milliseconds in `ttl_ms` (since 1.1).
     pub const TTL: u64 = 1 << 2;
     /// Every capability this implementation can use today.
-    pub const SUPPORTED: u64 = RESUME;
+    pub const SUPPORTED: u64 = RESUME | TTL;
 }
 
 /// Codes carried by REJECT frames.
