@@ -1249,7 +1249,6 @@ fn check_limits(max_frame_payload: u32, max_message_size: u32) -> Result<(), Err
     Ok(())
 }
 
-
 fn duration_ms(d: Option<Duration>) -> u32 {
     d.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32)
         .unwrap_or(0)
