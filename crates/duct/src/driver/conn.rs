@@ -1329,6 +1329,8 @@ impl Conn {
             return;
         }
         g.terminal = Some(err.clone());
+        // Messages that never left are lost with the pipe: counted (stats `dropped`).
+        g.session.outbox_mut().clear();
         if let Ok(change) = change {
             // A close the user asked for has no cause; anything else does.
             let cause = g.local_closed.is_none().then_some(err);
