@@ -46,11 +46,24 @@
 //! the peer's PINGs, and writes output left queued when a socket was full. It starts with the
 //! first `listen` or `dial`, lives for the process, and never keeps the process from exiting.
 //!
+//! # Channels and QoS
+//!
+//! Every message travels on a channel (a `u16`, default 0). Per channel, each side chooses
+//! with [`ChannelOptions`] how its queues behave: high-water marks for the send and receive
+//! queues, what a send does at the send mark ([`Backpressure`]: block, drop the new message,
+//! drop the oldest, or fail at once), a time to live (also per message with
+//! [`SendOptions::ttl`]), a priority and weight for the scheduler, and rate limits
+//! ([`RateLimit`]; [`DialOptions::rate_limit`] limits a whole pipe). Channels are
+//! independent: a full bulk channel never blocks a realtime one, and a high-priority message
+//! overtakes queued bulk in the sender's queue and in the receiver's. Every message dropped
+//! by a policy, a rate limit or its TTL is counted in [`Pipe::stats`].
+//!
 //! # What this version implements
 //!
-//! tcp and uds transports with default channel settings, timeouts, limits and close reasons.
-//! Options for the rest (reconnect, heartbeats, channel QoS, TLS, authentication, shm) can be
-//! set, and are refused with [`ErrorKind::Unsupported`] naming the option, never ignored.
+//! tcp and uds transports; channels with every QoS option above; heartbeats, auto-reconnect
+//! and resume; timeouts, limits and close reasons. Options for the rest (reliable channels,
+//! TLS, authentication, shm) can be set, and are refused with [`ErrorKind::Unsupported`]
+//! naming the option, never ignored.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
