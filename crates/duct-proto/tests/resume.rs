@@ -255,6 +255,7 @@ fn requeue_joins_interleaved_fragments_per_channel() {
         Transmit {
             header: h.encode(),
             payload,
+            deadline: None,
         }
     };
     let t = vec![

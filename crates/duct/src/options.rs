@@ -1020,11 +1020,14 @@ impl ChannelOptions {
     }
 
     /// Time to live of each message on this channel, from `send`: a message not yet sent
-    /// when it runs out is dropped by the sender; the time left travels in the frame, and the
-    /// receiver drops the message if it still waits for the application when that runs out.
-    /// Either way it is counted in [`PipeStats::expired`] of the side that dropped it (a
-    /// message already being sent in fragments is finished). [`SendOptions::ttl`] overrides
-    /// it per message. Default: none (messages never expire).
+    /// when it runs out is dropped by the sender; the time left as it goes out travels in the
+    /// frame, and the receiver drops the message if it still waits for the application (or
+    /// unread in the transport, while the receiver had stopped reading) when that runs out.
+    /// Either way it is counted in [`PipeStats::expired`] of the side that dropped it; a
+    /// message older than its TTL is never delivered. Only the time a frame spends between
+    /// the two processes while the receiver is reading is not counted (there is no shared
+    /// clock; it is short). [`SendOptions::ttl`] overrides it per message. Default: none
+    /// (messages never expire).
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);

@@ -449,10 +449,12 @@ impl Outbox {
                 let head = ch.queue.front_mut().expect("checked above");
                 let total = head.payload.len();
                 let mut h = Header::data(channel, n as u32);
+                let mut deadline = None;
                 if first {
                     if let Some(d) = head.deadline.filter(|_| self.ttl_on_wire) {
                         h.flags |= flags::TTL_PRESENT;
                         h.ttl_ms = remaining_ms(d, now);
+                        deadline = Some(d);
                     }
                     if n < total {
                         h.aux = total as u32;
@@ -487,6 +489,7 @@ impl Outbox {
                 return Some(Transmit {
                     header: h.encode(),
                     payload,
+                    deadline,
                 });
             }
         }

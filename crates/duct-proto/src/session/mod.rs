@@ -24,6 +24,9 @@ pub use requeue::{requeue, Requeued};
 pub const MIN_FRAME_PAYLOAD: u32 = 1024;
 /// Largest max frame payload a peer may announce (and this side will use).
 pub const MAX_FRAME_PAYLOAD: u32 = 16 * 1024 * 1024;
+/// Most samples of input waiting in the transport kept at once (see
+/// [`Session::age_input`]); later ones are ignored until these are handled.
+pub const MAX_AGE_SAMPLES: usize = 4096;
 /// Shortest heartbeat interval used, whatever was agreed (1 ms on the wire is allowed, but
 /// a PING storm is not).
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
@@ -163,12 +166,30 @@ pub struct Transmit {
     pub header: [u8; HEADER_LEN],
     /// Payload bytes.
     pub payload: Bytes,
+    /// The message's deadline, on a first frame that carries its time to live
+    /// (`TTL_PRESENT`): a driver that writes the frame later than it took it calls
+    /// [`Transmit::restamp`] first, so that the time spent waiting for the transport counts.
+    pub deadline: Option<Instant>,
 }
 
 impl Transmit {
     /// Total bytes on the wire.
     pub fn wire_len(&self) -> usize {
         HEADER_LEN + self.payload.len()
+    }
+
+    /// Rewrites `ttl_ms` with the time left at `now` (0 once it ran out: the receiver then
+    /// drops the message, counted). Does nothing for a frame without a deadline.
+    #[inline]
+    pub fn restamp(&mut self, now: Instant) {
+        if let Some(d) = self.deadline {
+            let left = d.saturating_duration_since(now);
+            let ms = left
+                .as_nanos()
+                .div_ceil(1_000_000)
+                .min(u128::from(u32::MAX)) as u32;
+            self.header[16..20].copy_from_slice(&ms.to_be_bytes());
+        }
     }
 
     /// Whether this is a DATA frame (a message or a fragment of one).
@@ -247,6 +268,15 @@ pub struct Session {
     /// Smoothed round-trip time from our PINGs.
     srtt: Option<Duration>,
     next_ping_token: u64,
+    /// The driver stopped reading (receive high-water mark) since then.
+    recv_paused: Option<Paused>,
+    /// Input that waited in the transport (see `age_input`): (end offset, when it was there),
+    /// offsets counted in `aged_pos`'s terms.
+    aged: VecDeque<(usize, Instant)>,
+    /// Bytes of input handled since `aged` began.
+    aged_pos: usize,
+    /// The frame being handled waited in the transport since this instant.
+    aged_frame: Option<Instant>,
     /// Listener with `defer_welcome`: a valid HELLO awaiting the driver's decision.
     pending_hello: Option<PendingHello>,
 }
@@ -317,6 +347,14 @@ struct PendingHello {
     heartbeat_ms: u32,
 }
 
+/// While the driver does not read: PINGs at the agreed interval (if any) prove to the peer
+/// that this side lives, and no silence is held against the peer.
+#[derive(Clone, Copy)]
+struct Paused {
+    interval: Option<Duration>,
+    last_ping: Instant,
+}
+
 /// This side's heartbeat schedule.
 struct HeartbeatState {
     interval: Duration,
@@ -373,6 +411,10 @@ impl Session {
             srtt: None,
             next_ping_token: 1,
             pending_hello: None,
+            recv_paused: None,
+            aged: VecDeque::new(),
+            aged_pos: 0,
+            aged_frame: None,
         };
         if role == Role::Dialer {
             let hello = Hello {
@@ -511,6 +553,7 @@ impl Session {
                 self.close_frame = Some(Transmit {
                     header: h.encode(),
                     payload,
+                    deadline: None,
                 });
                 self.state = State::Closing;
             }
@@ -535,6 +578,27 @@ impl Session {
         while self.state != State::Closed {
             match self.deframer.decode(buf) {
                 Ok(Some((header, payload))) => {
+                    if !self.aged.is_empty() {
+                        // Which sample first saw this frame's first byte?
+                        let pos = self.aged_pos;
+                        self.aged_pos += HEADER_LEN + payload.len();
+                        while self.aged.front().is_some_and(|&(end, _)| end <= pos) {
+                            self.aged.pop_front();
+                        }
+                        let since = self.aged.front().map(|&(_, at)| at);
+                        if self.aged.is_empty() {
+                            self.aged_pos = 0;
+                        }
+                        if let Some(since) = since.filter(|_| header.has(flags::TTL_PRESENT)) {
+                            // It waited unread since `since` at least: go the slow way, where
+                            // the wait is charged.
+                            self.aged_frame = Some(since);
+                            let r = self.handle_frame(header, payload, now);
+                            self.aged_frame = None;
+                            r?;
+                            continue;
+                        }
+                    }
                     // Fast path: a whole message on a channel with no reassembly under way
                     // (the deframer has already checked the length against the limit).
                     if header.kind == FrameKind::Data
@@ -689,6 +753,47 @@ impl Session {
         self.messages.len()
     }
 
+    /// The driver stops reading from the transport (a receive queue is full): until
+    /// [`Session::resume_receive`], the peer's silence is not held against it (we are not
+    /// listening), and PINGs go out at the agreed heartbeat interval (whether or not this side
+    /// proposed heartbeats), so that the peer, whose PINGs and data we leave unread, knows we
+    /// are alive. A full receive queue never ends the connection.
+    pub fn pause_receive(&mut self, now: Instant) {
+        if self.recv_paused.is_none() {
+            let interval = self
+                .negotiated
+                .as_ref()
+                .and_then(|n| n.heartbeat_interval)
+                .map(|i| i.max(MIN_HEARTBEAT));
+            self.recv_paused = Some(Paused {
+                interval,
+                last_ping: now,
+            });
+        }
+    }
+
+    /// Records that `ahead` bytes of input not yet handed to [`Session::handle_input`] (what
+    /// its buffer holds plus what waits in the transport) had arrived by `at`. A driver that
+    /// stops reading calls it then, and again now and then while it does not read: when the
+    /// bytes are finally handled, the time to live of the messages they carry is charged
+    /// with the wait since the sample that first saw them, so a message that expired while it
+    /// sat unread in the transport is not delivered. (The receiver has no other way to know
+    /// how long a message waited there: there is no shared clock.) Samples are few (one per
+    /// call), and forgotten once their bytes are handled.
+    pub fn age_input(&mut self, ahead: usize, at: Instant) {
+        let end = self.aged_pos + ahead;
+        if self.aged.back().is_none_or(|&(e, _)| end > e) && self.aged.len() < MAX_AGE_SAMPLES {
+            self.aged.push_back((end, at));
+        }
+    }
+
+    /// The driver reads again: silence counts from `now`.
+    pub fn resume_receive(&mut self, now: Instant) {
+        if self.recv_paused.take().is_some() {
+            self.last_recv = self.last_recv.max(now);
+        }
+    }
+
     /// Whether some channel's receive queue is at its high-water mark: the driver should stop
     /// reading from the transport until the application takes messages.
     #[inline]
@@ -724,10 +829,14 @@ impl Session {
         if self.state == State::Closed {
             return None;
         }
-        let hb = self.heartbeat.as_ref().map(|hb| {
-            let dead = self.last_recv + hb.silence;
-            dead.min(hb.ping_due(self.last_recv))
-        });
+        let hb = match self.recv_paused {
+            // Not reading: no silence to judge; PINGs keep telling the peer we are alive.
+            Some(p) => p.interval.map(|i| p.last_ping + i),
+            None => self.heartbeat.as_ref().map(|hb| {
+                let dead = self.last_recv + hb.silence;
+                dead.min(hb.ping_due(self.last_recv))
+            }),
+        };
         let qos = if matches!(self.state, State::Established | State::Closing) {
             self.outbox.next_wake()
         } else {
@@ -769,6 +878,17 @@ impl Session {
         self.tick(now);
         self.outbox.expire(now);
         self.expire_received(now);
+        if let Some(p) = self.recv_paused.as_mut() {
+            if let Some(i) = p.interval {
+                if now >= p.last_ping + i && self.state == State::Established {
+                    p.last_ping = now;
+                    let token = self.next_ping_token;
+                    self.next_ping_token += 1;
+                    self.queue_control(FrameKind::Ping, control::encode_ping(token));
+                }
+            }
+            return Ok(());
+        }
         let Some(hb) = self.heartbeat.as_mut() else {
             return Ok(());
         };
@@ -1121,6 +1241,14 @@ impl Session {
     /// Queues a received message for the application; `expires` from the frame's TTL.
     #[inline]
     fn deliver(&mut self, d: Delivered, expires: Option<Instant>) {
+        if expires.is_some_and(|e| e <= self.now) {
+            // Expired before it could be queued (it waited unread in the transport).
+            self.rx
+                .get_or_insert_with(d.channel, RxChan::default)
+                .counts
+                .expired += 1;
+            return;
+        }
         let len = d.payload.len();
         self.message_bytes += len;
         self.rx_adjust(d.channel, 1, len as isize);
@@ -1159,8 +1287,11 @@ impl Session {
     /// When a received frame's message expires (its TTL counts from its arrival); `None`
     /// without TTL agreed.
     fn expires(&self, h: &Header, now: Instant) -> Option<Instant> {
-        (self.ttl_agreed && h.has(flags::TTL_PRESENT))
-            .then(|| now + Duration::from_millis(u64::from(h.ttl_ms)))
+        (self.ttl_agreed && h.has(flags::TTL_PRESENT)).then(|| {
+            // Charged with the time it waited unread in the transport, when known.
+            let start = self.aged_frame.map_or(now, |since| since.min(now));
+            start + Duration::from_millis(u64::from(h.ttl_ms))
+        })
     }
 
     /// Drops the received messages whose time to live ran out at `now` (counted).
@@ -1224,6 +1355,15 @@ impl Session {
     }
 
     fn queue_control(&mut self, kind: FrameKind, payload: Bytes) {
+        if matches!(kind, FrameKind::Ping | FrameKind::Pong) {
+            // While the transport takes nothing (the peer does not read), PINGs and PONGs
+            // must not pile up: one of each kind waits, with the latest token (the only one
+            // the other side still matches).
+            if let Some(t) = self.control.iter_mut().find(|t| t.header[0] == kind as u8) {
+                t.payload = payload;
+                return;
+            }
+        }
         let mut h = Header::new(kind);
         h.payload_len = payload.len() as u32;
         self.push(h, payload);
@@ -1233,6 +1373,7 @@ impl Session {
         let t = Transmit {
             header: h.encode(),
             payload,
+            deadline: None,
         };
         self.control_bytes += t.wire_len();
         self.control.push_back(t);

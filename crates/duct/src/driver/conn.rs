@@ -50,6 +50,10 @@ use duct_proto::wire::control::close_code;
 
 /// How often the reactor looks again at a pipe whose receiving it left to an active caller.
 pub(crate) const RECHECK: Duration = Duration::from_millis(20);
+/// While reading is paused (a receive queue is full), how often the reactor notes how much
+/// input waits in the transport, so that time to live counts the wait there (to this
+/// precision).
+const AGE_SAMPLE: Duration = Duration::from_millis(10);
 
 /// Callbacks and limits of one connection, taken from its options.
 #[derive(Clone)]
@@ -108,6 +112,8 @@ struct Shared {
     seen_reads: u64,
     /// When the reactor looks again at a pipe it left to its caller.
     recheck_at: Option<Instant>,
+    /// While paused: when to sample again what waits unread in the transport.
+    sample_at: Option<Instant>,
     /// The earliest timer scheduled with the reactor and not yet fired.
     timer_at: Option<Instant>,
     /// The last handle was dropped: the reactor writes what is queued until this instant.
@@ -314,6 +320,7 @@ impl Conn {
             caller_reads: 0,
             seen_reads: 0,
             recheck_at: None,
+            sample_at: None,
             timer_at: None,
             linger_until: None,
             carry: VecDeque::new(),
@@ -432,10 +439,15 @@ impl Conn {
     /// Makes sure the reactor calls `on_timer` by the session's next deadline or the next
     /// recheck, whichever comes first.
     fn reschedule(&self, g: &mut Shared) {
-        let next = [g.session.poll_timeout(), g.recheck_at, g.linger_until]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [
+            g.session.poll_timeout(),
+            g.recheck_at,
+            g.linger_until,
+            g.sample_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         if let (Some(n), Some(handle)) = (next, self.reactor.get()) {
             if g.timer_at.is_none_or(|t| n < t) {
                 g.timer_at = Some(n);
@@ -820,6 +832,8 @@ impl Conn {
                 if g.paused && g.session.recv_low() {
                     // Room again: let the reactor read ahead once the caller is idle.
                     g.paused = false;
+                    g.sample_at = None;
+                    g.session.resume_receive(Instant::now());
                     g.recheck_at.get_or_insert(Instant::now() + RECHECK);
                     self.reschedule(&mut g);
                 }
@@ -938,6 +952,14 @@ impl Conn {
         loop {
             if g.session.recv_full() {
                 g.paused = true;
+                let now = Instant::now();
+                g.session.pause_receive(now);
+                // What waits unread from now on ages in the transport: its TTL is charged
+                // with the wait when it is read (sampled again every AGE_SAMPLE).
+                let backlog = r.data.len() + self.t().pending_input();
+                g.session.age_input(backlog, now);
+                g.sample_at = Some(now + AGE_SAMPLE);
+                self.reschedule(&mut g);
                 g.read_armed = false;
                 self.update_interest(&mut g);
                 break;
@@ -1572,6 +1594,18 @@ impl Reactive for Conn {
                 // (A break the pipe recovers from was reported by `begin_break`.)
                 self.report_later(&mut g, &err);
             }
+        }
+        if g.paused && !g.reading && g.sample_at.is_some_and(|t| t <= now) {
+            // Nobody reads (checked under the lock), so the read buffer is free.
+            let held = self
+                .read
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .data
+                .len();
+            let ahead = held + self.t().pending_input();
+            g.session.age_input(ahead, now);
+            g.sample_at = Some(now + AGE_SAMPLE);
         }
         if g.recheck_at.is_some_and(|t| t <= now) {
             g.recheck_at = None;

@@ -82,6 +82,8 @@ pub(crate) struct WriteQueue {
     /// Wire bytes of every frame in `frames` (including the written part of the first).
     pub(crate) bytes: usize,
     scratch: Vec<u8>,
+    /// Frames in `frames` that carry a TTL deadline (restamped before they are written).
+    with_ttl: usize,
 }
 
 impl WriteQueue {
@@ -91,11 +93,13 @@ impl WriteQueue {
             offset: 0,
             bytes: 0,
             scratch: Vec::new(),
+            with_ttl: 0,
         }
     }
 
     pub(crate) fn push(&mut self, t: Transmit) {
         self.bytes += t.wire_len();
+        self.with_ttl += usize::from(t.deadline.is_some());
         self.frames.push_back(t);
     }
 
@@ -160,6 +164,17 @@ impl WriteQueue {
     /// back, headers of large frames there too, large payloads by reference. Returns the
     /// number of segments (at least one while frames remain).
     fn gather(&mut self, segs: &mut [Seg; MAX_IOV]) -> usize {
+        if self.with_ttl > 0 {
+            // The time to live a frame carries is what is left when it goes out, not when it
+            // was taken from the session: the wait for the socket counts.
+            let now = Instant::now();
+            let begun = self.offset > 0;
+            for (i, t) in self.frames.iter_mut().enumerate() {
+                if !(i == 0 && begun) {
+                    t.restamp(now);
+                }
+            }
+        }
         self.scratch.clear();
         let mut n_seg = 0;
         let mut open: Option<usize> = None;
@@ -210,6 +225,7 @@ impl WriteQueue {
             if n >= left {
                 n -= left;
                 self.bytes -= front.wire_len();
+                self.with_ttl -= usize::from(front.deadline.is_some());
                 self.offset = 0;
                 self.frames.pop_front();
             } else {

@@ -42,6 +42,8 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     /// Waits until readable (or closed) or `deadline` passes (`None`: no deadline).
     /// Returns whether it became readable.
     fn wait_readable(&self, deadline: Option<Instant>) -> std::io::Result<bool>;
+    /// Bytes received by the operating system and not yet read (0 if unknown).
+    fn pending_input(&self) -> usize;
     /// Shuts both directions down, waking every thread blocked on the transport.
     fn shutdown(&self);
     /// Shuts the receiving direction down, waking threads blocked in a receive; sending

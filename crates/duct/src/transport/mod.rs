@@ -397,6 +397,10 @@ impl crate::driver::StreamTransport for Stream {
         crate::driver::io::wait_readable(self.as_fd(), deadline)
     }
 
+    fn pending_input(&self) -> usize {
+        rustix::io::ioctl_fionread(self.as_fd()).map_or(0, |n| n as usize)
+    }
+
     fn shutdown(&self) {
         let _ = Stream::shutdown(self, Shutdown::Both);
     }
