@@ -58,6 +58,9 @@ struct Chan {
     bytes_bucket: Option<TokenBucket>,
     /// In its priority class's ring.
     active: bool,
+    /// The scheduler never holds it back for tokens (no rate limit, or one applied at the
+    /// door because the policy is not Block).
+    unpaced: bool,
     counts: Counts,
     /// Queued messages that carry a deadline.
     with_ttl: usize,
@@ -68,6 +71,8 @@ impl Chan {
         Chan {
             msgs_bucket: cfg.msgs_rate.map(|r| TokenBucket::new(r, now)),
             bytes_bucket: cfg.bytes_rate.map(|r| TokenBucket::new(r, now)),
+            unpaced: cfg.backpressure != Backpressure::Block
+                || (cfg.msgs_rate.is_none() && cfg.bytes_rate.is_none()),
             cfg,
             queue: VecDeque::new(),
             bytes: 0,
@@ -356,6 +361,9 @@ impl Outbox {
             return None;
         }
         let frame_max = frame_max.max(1);
+        if let Some(t) = self.poll_simple(frame_max) {
+            return Some(t);
+        }
         let quantum_unit = frame_max.max(super::QUANTUM) + HEADER_LEN;
         for ci in 0..self.classes.len() {
             let class = &mut self.classes[ci];
@@ -465,17 +473,14 @@ impl Outbox {
                 if head.offset + n < total {
                     h.flags |= flags::MORE_FRAGMENTS;
                 }
-                let payload = if first && n == total {
-                    head.payload.clone()
-                } else {
-                    head.payload.slice(head.offset..head.offset + n)
-                };
+                let part = (!(first && n == total))
+                    .then(|| head.payload.slice(head.offset..head.offset + n));
                 head.offset += n;
-                if head.offset == total {
+                let payload = if head.offset == total {
                     if head.deadline.is_some() {
                         ch.with_ttl -= 1;
                     }
-                    ch.queue.pop_front();
+                    let done = ch.queue.pop_front().expect("the head");
                     ch.bytes -= total;
                     self.msgs -= 1;
                     self.bytes -= total;
@@ -485,7 +490,11 @@ impl Outbox {
                         class.ring.pop_front();
                         class.topped = false;
                     }
-                }
+                    // A whole message moves out as it is (no clone of its Bytes).
+                    part.unwrap_or(done.payload)
+                } else {
+                    part.expect("a message not done is sent in slices")
+                };
                 return Some(Transmit {
                     header: h.encode(),
                     payload,
@@ -493,9 +502,46 @@ impl Outbox {
                 });
             }
         }
-        // Classes left without channels go (they are made again on demand).
-        self.classes.retain(|c| !c.ring.is_empty());
+        // (Classes stay once made, empty or not: at most 256, and found again at once.)
         None
+    }
+
+    /// The common case at full speed: one channel in one class, nothing paced, the next
+    /// message whole in one frame and without a deadline. `None` when that is not the case.
+    #[inline]
+    fn poll_simple(&mut self, frame_max: usize) -> Option<Transmit> {
+        if self.classes.len() != 1 || self.pipe_msgs.is_some() || self.pipe_bytes.is_some() {
+            return None;
+        }
+        let class = &mut self.classes[0];
+        if class.ring.len() != 1 {
+            return None;
+        }
+        let channel = class.ring[0];
+        let ch = self.chans.get_mut(channel)?;
+        if !ch.unpaced {
+            return None;
+        }
+        let head = ch.queue.front()?;
+        if head.offset != 0 || head.deadline.is_some() || head.payload.len() > frame_max {
+            return None;
+        }
+        let p = ch.queue.pop_front().expect("the head");
+        let len = p.payload.len();
+        ch.bytes -= len;
+        self.msgs -= 1;
+        self.bytes -= len;
+        if ch.queue.is_empty() {
+            ch.active = false;
+            ch.deficit = 0;
+            class.ring.pop_front();
+            class.topped = false;
+        }
+        Some(Transmit {
+            header: Header::data(channel, len as u32).encode(),
+            payload: p.payload,
+            deadline: None,
+        })
     }
 
     /// Drops every queued message (not under way) whose time to live ran out at `now`.

@@ -300,6 +300,13 @@ struct Inbox {
 impl Inbox {
     #[inline]
     fn push(&mut self, priority: u8, m: Inbound) {
+        if let Some((p, q)) = self.classes.first_mut() {
+            if *p == priority {
+                q.push_back(m);
+                self.len += 1;
+                return;
+            }
+        }
         let i = match self.classes.iter().position(|(p, _)| *p == priority) {
             Some(i) => i,
             None => {
@@ -317,9 +324,9 @@ impl Inbox {
         if self.len == 0 {
             return None;
         }
+        self.len -= 1;
         for (_, q) in &mut self.classes {
             if let Some(m) = q.pop_front() {
-                self.len -= 1;
                 return Some(m);
             }
         }
@@ -331,12 +338,33 @@ impl Inbox {
     }
 }
 
-/// One channel's share of the receive queue.
-#[derive(Default)]
+/// One channel's share of the receive queue, with its settings at hand.
 struct RxChan {
     msgs: usize,
     bytes: usize,
     counts: Counts,
+    hwm_msgs: usize,
+    hwm_bytes: usize,
+    priority: u8,
+    /// At the high-water mark (counted in `rx_full`).
+    full: bool,
+    /// Above half the mark (counted in `rx_high`).
+    high: bool,
+}
+
+impl RxChan {
+    fn new(cfg: &crate::qos::ChannelConfig) -> RxChan {
+        RxChan {
+            msgs: 0,
+            bytes: 0,
+            counts: Counts::default(),
+            hwm_msgs: cfg.rcv_hwm_msgs.max(1),
+            hwm_bytes: cfg.rcv_hwm_bytes.max(1),
+            priority: cfg.priority,
+            full: false,
+            high: false,
+        }
+    }
 }
 
 /// A HELLO accepted by the protocol checks, before the listener's decision.
@@ -732,10 +760,7 @@ impl Session {
             if let Some(e) = m.expires {
                 self.rx_with_ttl -= 1;
                 if now >= e {
-                    self.rx
-                        .get_or_insert_with(m.d.channel, RxChan::default)
-                        .counts
-                        .expired += 1;
+                    self.count_rx_expired(m.d.channel);
                     continue;
                 }
             }
@@ -1243,45 +1268,57 @@ impl Session {
     fn deliver(&mut self, d: Delivered, expires: Option<Instant>) {
         if expires.is_some_and(|e| e <= self.now) {
             // Expired before it could be queued (it waited unread in the transport).
-            self.rx
-                .get_or_insert_with(d.channel, RxChan::default)
-                .counts
-                .expired += 1;
+            self.count_rx_expired(d.channel);
             return;
         }
         let len = d.payload.len();
         self.message_bytes += len;
-        self.rx_adjust(d.channel, 1, len as isize);
+        let priority = self.rx_adjust(d.channel, 1, len as isize);
         if let Some(e) = expires {
             self.rx_with_ttl += 1;
             self.rx_ttl_wake = Some(self.rx_ttl_wake.map_or(e, |w| w.min(e)));
         }
-        let priority = self.config.qos.channel(d.channel).priority;
         self.messages.push(priority, Inbound { d, expires });
     }
 
+    fn count_rx_expired(&mut self, channel: u16) {
+        let qos = &self.config.qos;
+        self.rx
+            .get_or_insert_with(channel, || RxChan::new(qos.channel(channel)))
+            .counts
+            .expired += 1;
+    }
+
     /// Changes what `channel` holds for the application (messages, and bytes of whole and
-    /// partly reassembled messages) and keeps the count of full and high channels.
+    /// partly reassembled messages) and keeps the count of full and high channels. Returns
+    /// the channel's priority.
     #[inline]
-    fn rx_adjust(&mut self, channel: u16, msgs: isize, bytes: isize) {
-        let cfg = self.config.qos.channel(channel);
-        let rx = self.rx.get_or_insert_with(channel, RxChan::default);
-        let was_full = cfg.rcv_full(rx.msgs, rx.bytes);
-        let was_high = cfg.rcv_high(rx.msgs, rx.bytes);
+    fn rx_adjust(&mut self, channel: u16, msgs: isize, bytes: isize) -> u8 {
+        let qos = &self.config.qos;
+        let rx = self
+            .rx
+            .get_or_insert_with(channel, || RxChan::new(qos.channel(channel)));
         rx.msgs = rx.msgs.wrapping_add_signed(msgs);
         rx.bytes = rx.bytes.wrapping_add_signed(bytes);
-        let full = cfg.rcv_full(rx.msgs, rx.bytes);
-        let high = cfg.rcv_high(rx.msgs, rx.bytes);
-        match (was_full, full) {
-            (false, true) => self.rx_full += 1,
-            (true, false) => self.rx_full -= 1,
-            _ => {}
+        let full = rx.msgs >= rx.hwm_msgs || rx.bytes >= rx.hwm_bytes;
+        let high = rx.msgs * 2 > rx.hwm_msgs || rx.bytes * 2 > rx.hwm_bytes;
+        if full != rx.full {
+            rx.full = full;
+            if full {
+                self.rx_full += 1;
+            } else {
+                self.rx_full -= 1;
+            }
         }
-        match (was_high, high) {
-            (false, true) => self.rx_high += 1,
-            (true, false) => self.rx_high -= 1,
-            _ => {}
+        if high != rx.high {
+            rx.high = high;
+            if high {
+                self.rx_high += 1;
+            } else {
+                self.rx_high -= 1;
+            }
         }
+        rx.priority
     }
 
     /// When a received frame's message expires (its TTL counts from its arrival); `None`
@@ -1319,10 +1356,7 @@ impl Session {
             self.message_bytes -= len;
             self.rx_with_ttl -= 1;
             self.rx_adjust(channel, -1, -(len as isize));
-            self.rx
-                .get_or_insert_with(channel, RxChan::default)
-                .counts
-                .expired += 1;
+            self.count_rx_expired(channel);
         }
         self.rx_ttl_wake = next;
     }
