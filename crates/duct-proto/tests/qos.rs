@@ -691,6 +691,122 @@ fn ttl_travels_in_the_first_frame_and_expires_at_the_receiver() {
     assert!(session_counts(&mut l).is_empty());
 }
 
+/// A first frame that waits for the transport is restamped as it goes out: the time left
+/// shrinks, down to 0 (the receiver then drops the message on arrival, counted).
+#[test]
+fn a_restamped_frame_carries_the_time_left_and_zero_once_expired() {
+    let t0 = Instant::now();
+    let (mut d, mut l) = established(Config::default(), Config::default(), t0);
+    d.send_with(1, Bytes::from_static(b"late"), Some(ms(100)), t0)
+        .unwrap();
+    let mut t = d.poll_transmit_at(t0).unwrap();
+    assert_eq!(header(&t).ttl_ms, 100);
+    t.restamp(t0 + ms(40));
+    assert_eq!(header(&t).ttl_ms, 60);
+    t.restamp(t0 + ms(150));
+    assert_eq!(header(&t).ttl_ms, 0);
+    let t1 = t0 + ms(150);
+    let mut bytes = BytesMut::new();
+    bytes.extend_from_slice(&t.header);
+    bytes.extend_from_slice(&t.payload);
+    l.handle_input(&mut bytes, t1).unwrap();
+    assert!(l.poll_message_at(t1).is_none(), "expired on arrival");
+    assert_eq!(l.message_len(), 0, "never queued");
+    assert_eq!(session_counts(&mut l)[&1].expired, 1);
+    // A frame without a deadline is left alone.
+    d.send(2, Bytes::from_static(b"x"), t0).unwrap();
+    let mut t = d.poll_transmit_at(t0).unwrap();
+    let before = t.header;
+    t.restamp(t0 + ms(1000));
+    assert_eq!(t.header, before);
+}
+
+/// Input that waited unread in the transport (the driver stopped reading and sampled it) is
+/// charged with the wait since the sample that first saw it: a frame seen at the first
+/// sample has aged more than one that arrived by the second.
+#[test]
+fn input_that_waited_unread_is_charged_with_the_wait() {
+    let t0 = Instant::now();
+    let (mut d, mut l) = established(Config::default(), Config::default(), t0);
+    let frame = |d: &mut Session, body: &'static [u8]| {
+        d.send_with(1, Bytes::from_static(body), Some(ms(100)), t0)
+            .unwrap();
+        let t = d.poll_transmit_at(t0).unwrap();
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&t.header);
+        b.extend_from_slice(&t.payload);
+        b
+    };
+    let a = frame(&mut d, b"aaaa");
+    let b = frame(&mut d, b"bbbb");
+    let c = frame(&mut d, b"cccc");
+    // At t0 only `a` waited; by t0 + 60 ms `b` too; `c` came later.
+    l.age_input(a.len(), t0);
+    l.age_input(a.len() + b.len(), t0 + ms(60));
+    let mut input = BytesMut::new();
+    for f in [&a, &b, &c] {
+        input.extend_from_slice(f);
+    }
+    // Read at t0 + 120 ms: `a` waited 120 ms (expired), `b` at least 60 ms (40 left), `c`
+    // nothing known (100 left).
+    let t1 = t0 + ms(120);
+    l.handle_input(&mut input, t1).unwrap();
+    assert_eq!(session_counts(&mut l)[&1].expired, 1, "a expired unread");
+    let got: Vec<Bytes> = std::iter::from_fn(|| l.poll_message_at(t1))
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(
+        got,
+        vec![Bytes::from_static(b"bbbb"), Bytes::from_static(b"cccc")]
+    );
+    // Had the application come at t0 + 170 ms, `b` would have been gone, `c` not.
+    let (mut d, mut l) = established(Config::default(), Config::default(), t0);
+    let (b, c) = (frame(&mut d, b"bbbb"), frame(&mut d, b"cccc"));
+    l.age_input(b.len(), t0 + ms(60));
+    let mut input = BytesMut::new();
+    input.extend_from_slice(&b);
+    input.extend_from_slice(&c);
+    l.handle_input(&mut input, t1).unwrap();
+    let t2 = t0 + ms(170);
+    let got: Vec<Bytes> = std::iter::from_fn(|| l.poll_message_at(t2))
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(got, vec![Bytes::from_static(b"cccc")]);
+    assert_eq!(session_counts(&mut l)[&1].expired, 1);
+}
+
+/// Without the TTL capability agreed (a 1.0 peer), frames carry no TTL and a received
+/// `TTL_PRESENT` is ignored.
+#[test]
+fn without_the_ttl_capability_no_ttl_goes_on_the_wire() {
+    let t0 = Instant::now();
+    let old = Config {
+        capabilities: 0,
+        ..Config::default()
+    };
+    let (mut d, mut l) = established(old, Config::default(), t0);
+    d.send_with(1, Bytes::from_static(b"x"), Some(ms(5)), t0)
+        .unwrap();
+    let t = d.poll_transmit_at(t0).unwrap();
+    let h = header(&t);
+    assert!(!h.has(flags::TTL_PRESENT));
+    assert_eq!(h.ttl_ms, 0);
+    // The sender still drops it once expired.
+    d.send_with(1, Bytes::from_static(b"y"), Some(ms(5)), t0)
+        .unwrap();
+    assert!(d.poll_transmit_at(t0 + ms(5)).is_none());
+    assert_eq!(session_counts(&mut d)[&1].expired, 1);
+    // A TTL_PRESENT frame from such a peer is delivered whatever its ttl_ms.
+    let mut h = Header::data(1, 1);
+    h.flags |= flags::TTL_PRESENT;
+    h.ttl_ms = 1;
+    let mut bytes = BytesMut::new();
+    bytes.extend_from_slice(&h.encode());
+    bytes.extend_from_slice(b"z");
+    l.handle_input(&mut bytes, t0).unwrap();
+    assert_eq!(&l.poll_message_at(t0 + ms(50)).unwrap().payload[..], b"z");
+}
+
 // 5. Strict priority.
 
 #[test]
