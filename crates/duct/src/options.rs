@@ -816,27 +816,9 @@ impl Default for Heartbeat {
 // Channels
 // ---------------------------------------------------------------------------------------------
 
-/// What a sender does when a channel's send queue is at its high-water mark
-/// ([`ChannelOptions::snd_hwm_msgs`], [`ChannelOptions::snd_hwm_bytes`]). The policy is per
-/// channel: a full channel never holds back another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Backpressure {
-    /// Wait for room, up to the send's timeout ([`SendOptions::timeout`], default the pipe's
-    /// send timeout), then fail with [`ErrorKind::TimedOut`]; the message is not sent. A zero
-    /// timeout fails at once with [`ErrorKind::WouldBlock`]. The default.
-    #[default]
-    Block,
-    /// Drop the new message: `send` returns `Ok` and the drop is counted in
-    /// [`PipeStats::dropped`] (what arrives is a contiguous prefix of what was sent).
-    DropNew,
-    /// Drop the oldest queued message of the channel to make room (newest wins: realtime
-    /// state): `send` returns `Ok`, the drop is counted in [`PipeStats::dropped`]. A message
-    /// already being sent in fragments is not dropped.
-    DropOld,
-    /// Fail the send at once with [`ErrorKind::WouldBlock`] (retryable); the message is not
-    /// sent.
-    FailFast,
-}
+/// What a sender does when a channel's send queue is at its high-water mark (the protocol
+/// core's type, the same one).
+pub use duct_proto::qos::Backpressure;
 
 /// Which quantity a [`RateLimit`] counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1131,12 +1113,7 @@ impl ChannelSettings {
             snd_hwm_bytes: self.snd_hwm_bytes,
             rcv_hwm_msgs: self.rcv_hwm_msgs,
             rcv_hwm_bytes: self.rcv_hwm_bytes,
-            backpressure: match self.backpressure {
-                Backpressure::Block => qos::Backpressure::Block,
-                Backpressure::DropNew => qos::Backpressure::DropNew,
-                Backpressure::DropOld => qos::Backpressure::DropOld,
-                Backpressure::FailFast => qos::Backpressure::FailFast,
-            },
+            backpressure: self.backpressure,
             ttl: self.ttl,
             priority: self.priority,
             weight: self.weight,

@@ -19,18 +19,24 @@ pub use bucket::TokenBucket;
 pub use map::{ChannelHasher, ChannelMap};
 pub use outbox::{Admission, DropReason, Outbox};
 
-/// What a sender does when a channel's send queue is at its high-water mark.
+/// What a sender does when a channel's send queue is at its high-water mark (its
+/// `snd_hwm_msgs` or `snd_hwm_bytes`). The policy is per channel: a full channel never holds
+/// back another. Every message a policy drops is counted (`dropped` in the pipe's stats).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Backpressure {
-    /// The sender waits for room (the driver blocks up to its send timeout).
+    /// Wait for room, up to the send's timeout (the send options' timeout, default the pipe's
+    /// send timeout), then fail with `TimedOut`; the message is not sent. A zero timeout fails
+    /// at once with `WouldBlock`. The default.
     #[default]
     Block,
-    /// The new message is dropped and counted.
+    /// Drop the new message: the send succeeds and the drop is counted (what arrives is a
+    /// contiguous prefix of what was sent).
     DropNew,
-    /// The oldest queued message of the channel not yet begun is dropped and counted: newest
-    /// wins.
+    /// Drop the oldest queued message of the channel to make room (newest wins: realtime
+    /// state): the send succeeds, the drop is counted. A message already being sent in
+    /// fragments is not dropped.
     DropOld,
-    /// The send fails at once; the message is not queued.
+    /// Fail the send at once with `WouldBlock` (retryable); the message is not sent.
     FailFast,
 }
 

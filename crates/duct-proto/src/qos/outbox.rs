@@ -480,16 +480,9 @@ impl Outbox {
                     if head.deadline.is_some() {
                         ch.with_ttl -= 1;
                     }
-                    let done = ch.queue.pop_front().expect("the head");
-                    ch.bytes -= total;
+                    let done = take_head(ch, class);
                     self.msgs -= 1;
                     self.bytes -= total;
-                    if ch.queue.is_empty() {
-                        ch.active = false;
-                        ch.deficit = 0;
-                        class.ring.pop_front();
-                        class.topped = false;
-                    }
                     // A whole message moves out as it is (no clone of its Bytes).
                     part.unwrap_or(done.payload)
                 } else {
@@ -526,17 +519,10 @@ impl Outbox {
         if head.offset != 0 || head.deadline.is_some() || head.payload.len() > frame_max {
             return None;
         }
-        let p = ch.queue.pop_front().expect("the head");
+        let p = take_head(ch, class);
         let len = p.payload.len();
-        ch.bytes -= len;
         self.msgs -= 1;
         self.bytes -= len;
-        if ch.queue.is_empty() {
-            ch.active = false;
-            ch.deficit = 0;
-            class.ring.pop_front();
-            class.topped = false;
-        }
         Some(Transmit {
             header: Header::data(channel, len as u32).encode(),
             payload: p.payload,
@@ -620,6 +606,21 @@ impl Outbox {
         self.rate_wake = None;
         n
     }
+}
+
+/// Takes the finished head message of `ch`, the channel at the front of `class`'s ring; a
+/// channel left empty leaves the ring.
+#[inline]
+fn take_head(ch: &mut Chan, class: &mut Class) -> Pending {
+    let p = ch.queue.pop_front().expect("the head");
+    ch.bytes -= p.payload.len();
+    if ch.queue.is_empty() {
+        ch.active = false;
+        ch.deficit = 0;
+        class.ring.pop_front();
+        class.topped = false;
+    }
+    p
 }
 
 /// Milliseconds left until `deadline`, rounded up, at least 1 (0 would mean "no time left"

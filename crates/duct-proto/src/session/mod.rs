@@ -1302,22 +1302,8 @@ impl Session {
         rx.bytes = rx.bytes.wrapping_add_signed(bytes);
         let full = rx.msgs >= rx.hwm_msgs || rx.bytes >= rx.hwm_bytes;
         let high = rx.msgs * 2 > rx.hwm_msgs || rx.bytes * 2 > rx.hwm_bytes;
-        if full != rx.full {
-            rx.full = full;
-            if full {
-                self.rx_full += 1;
-            } else {
-                self.rx_full -= 1;
-            }
-        }
-        if high != rx.high {
-            rx.high = high;
-            if high {
-                self.rx_high += 1;
-            } else {
-                self.rx_high -= 1;
-            }
-        }
+        flip(&mut rx.full, full, &mut self.rx_full);
+        flip(&mut rx.high, high, &mut self.rx_high);
         rx.priority
     }
 
@@ -1411,6 +1397,19 @@ impl Session {
         };
         self.control_bytes += t.wire_len();
         self.control.push_back(t);
+    }
+}
+
+/// Sets `flag` to `now`, keeping `count` (of flags set) in step.
+#[inline]
+fn flip(flag: &mut bool, now: bool, count: &mut usize) {
+    if *flag != now {
+        *flag = now;
+        if now {
+            *count += 1;
+        } else {
+            *count -= 1;
+        }
     }
 }
 
