@@ -48,14 +48,6 @@ pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 128;
 /// Default [`ListenOptions::resume_window`].
 pub(crate) const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(5);
-/// Default high-water mark of a channel queue, in messages.
-pub(crate) const DEFAULT_HWM_MSGS: usize = 1024;
-/// Default high-water mark of a channel queue, in bytes: room for one maximum-size message.
-pub(crate) const DEFAULT_HWM_BYTES: usize = 64 * MIB;
-/// Default [`ChannelOptions::priority`].
-pub(crate) const DEFAULT_PRIORITY: u8 = 128;
-/// Default [`ChannelOptions::weight`].
-pub(crate) const DEFAULT_WEIGHT: u32 = 1;
 
 /// Called on every [`PipeState`] transition.
 pub(crate) type StateCallback = Arc<dyn Fn(StateChange) + Send + Sync + 'static>;
@@ -1054,23 +1046,22 @@ impl ChannelOptions {
 
     /// The settings with defaults applied and out-of-range values corrected.
     pub(crate) fn settings(&self) -> ChannelSettings {
-        let default = ChannelSettings::default();
+        let d = qos::ChannelConfig::default();
+        let at_least_1 = |v: Option<usize>, default: usize| v.map_or(default, |v| v.max(1));
         ChannelSettings {
-            reliable: self.reliable.unwrap_or(default.reliable),
-            snd_hwm_msgs: self.snd_hwm_msgs.map_or(default.snd_hwm_msgs, |v| v.max(1)),
-            snd_hwm_bytes: self
-                .snd_hwm_bytes
-                .map_or(default.snd_hwm_bytes, |v| v.max(1)),
-            rcv_hwm_msgs: self.rcv_hwm_msgs.map_or(default.rcv_hwm_msgs, |v| v.max(1)),
-            rcv_hwm_bytes: self
-                .rcv_hwm_bytes
-                .map_or(default.rcv_hwm_bytes, |v| v.max(1)),
-            backpressure: self.backpressure.unwrap_or(default.backpressure),
-            ttl: self.ttl,
-            priority: self.priority.unwrap_or(default.priority),
-            weight: self.weight.map_or(default.weight, |v| v.max(1)),
-            msgs_rate: self.msgs_rate.filter(|r| r.rate().is_some()),
-            bytes_rate: self.bytes_rate.filter(|r| r.rate().is_some()),
+            reliable: self.reliable.unwrap_or(false),
+            core: qos::ChannelConfig {
+                snd_hwm_msgs: at_least_1(self.snd_hwm_msgs, d.snd_hwm_msgs),
+                snd_hwm_bytes: at_least_1(self.snd_hwm_bytes, d.snd_hwm_bytes),
+                rcv_hwm_msgs: at_least_1(self.rcv_hwm_msgs, d.rcv_hwm_msgs),
+                rcv_hwm_bytes: at_least_1(self.rcv_hwm_bytes, d.rcv_hwm_bytes),
+                backpressure: self.backpressure.unwrap_or(d.backpressure),
+                ttl: self.ttl,
+                priority: self.priority.unwrap_or(d.priority),
+                weight: self.weight.map_or(d.weight, |v| v.max(1)),
+                msgs_rate: self.msgs_rate.and_then(RateLimit::to_proto),
+                bytes_rate: self.bytes_rate.and_then(RateLimit::to_proto),
+            },
         }
     }
 
@@ -1087,40 +1078,12 @@ impl ChannelOptions {
     }
 }
 
-/// The resolved settings of one channel, as the driver and the protocol core use them.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The resolved settings of one channel: its delivery guarantee, and the rest as the protocol
+/// core takes it.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct ChannelSettings {
     pub(crate) reliable: bool,
-    pub(crate) snd_hwm_msgs: usize,
-    pub(crate) snd_hwm_bytes: usize,
-    pub(crate) rcv_hwm_msgs: usize,
-    pub(crate) rcv_hwm_bytes: usize,
-    pub(crate) backpressure: Backpressure,
-    pub(crate) ttl: Option<Duration>,
-    pub(crate) priority: u8,
-    pub(crate) weight: u32,
-    /// Only limits with a usable rate ([`RateLimit::rate`] is `Some`).
-    pub(crate) msgs_rate: Option<RateLimit>,
-    /// Only limits with a usable rate ([`RateLimit::rate`] is `Some`).
-    pub(crate) bytes_rate: Option<RateLimit>,
-}
-
-impl ChannelSettings {
-    /// The settings as the protocol core takes them.
-    pub(crate) fn to_proto(self) -> qos::ChannelConfig {
-        qos::ChannelConfig {
-            snd_hwm_msgs: self.snd_hwm_msgs,
-            snd_hwm_bytes: self.snd_hwm_bytes,
-            rcv_hwm_msgs: self.rcv_hwm_msgs,
-            rcv_hwm_bytes: self.rcv_hwm_bytes,
-            backpressure: self.backpressure,
-            ttl: self.ttl,
-            priority: self.priority,
-            weight: self.weight,
-            msgs_rate: self.msgs_rate.and_then(|r| r.to_proto()),
-            bytes_rate: self.bytes_rate.and_then(|r| r.to_proto()),
-        }
-    }
+    pub(crate) core: qos::ChannelConfig,
 }
 
 /// A pipe's own rate limits (all channels together).
@@ -1142,32 +1105,14 @@ impl PipeRates {
 /// The QoS configuration of a pipe with these channel options and pipe rate limits.
 fn qos_config(channels: &BTreeMap<u16, ChannelOptions>, rates: &PipeRates) -> Arc<QosConfig> {
     Arc::new(QosConfig {
-        default: ChannelSettings::default().to_proto(),
+        default: qos::ChannelConfig::default(),
         channels: channels
             .iter()
-            .map(|(c, o)| (*c, o.settings().to_proto()))
+            .map(|(c, o)| (*c, o.settings().core))
             .collect(),
         pipe_msgs_rate: rates.msgs.and_then(|r| r.to_proto()),
         pipe_bytes_rate: rates.bytes.and_then(|r| r.to_proto()),
     })
-}
-
-impl Default for ChannelSettings {
-    fn default() -> ChannelSettings {
-        ChannelSettings {
-            reliable: false,
-            snd_hwm_msgs: DEFAULT_HWM_MSGS,
-            snd_hwm_bytes: DEFAULT_HWM_BYTES,
-            rcv_hwm_msgs: DEFAULT_HWM_MSGS,
-            rcv_hwm_bytes: DEFAULT_HWM_BYTES,
-            backpressure: Backpressure::Block,
-            ttl: None,
-            priority: DEFAULT_PRIORITY,
-            weight: DEFAULT_WEIGHT,
-            msgs_rate: None,
-            bytes_rate: None,
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1872,11 +1817,12 @@ mod tests {
             .rcv_hwm_bytes(0)
             .weight(0)
             .settings();
-        assert_eq!(settings.snd_hwm_msgs, 1);
-        assert_eq!(settings.snd_hwm_bytes, 1);
-        assert_eq!(settings.rcv_hwm_msgs, 1);
-        assert_eq!(settings.rcv_hwm_bytes, 1);
-        assert_eq!(settings.weight, 1);
+        let c = settings.core;
+        assert_eq!(c.snd_hwm_msgs, 1);
+        assert_eq!(c.snd_hwm_bytes, 1);
+        assert_eq!(c.rcv_hwm_msgs, 1);
+        assert_eq!(c.rcv_hwm_bytes, 1);
+        assert_eq!(c.weight, 1);
     }
 
     #[test]
@@ -1894,12 +1840,11 @@ mod tests {
             .rate_limit(RateLimit::msgs_per_sec(10.5))
             .rate_limit(RateLimit::bytes_per_sec(1000.0).burst(0))
             .rate_limit(RateLimit::msgs_per_sec(20.0).burst(5));
-        let settings = options.settings();
+        let settings = options.settings().core;
         let msgs = settings.msgs_rate.expect("message limit");
-        assert_eq!(msgs.rate(), Some(20.0));
-        assert_eq!(msgs.burst_or_default(), 5);
+        assert_eq!((msgs.per_sec(), msgs.burst()), (20.0, 5.0));
         let bytes = settings.bytes_rate.expect("byte limit");
-        assert_eq!(bytes.burst_or_default(), 1);
+        assert_eq!((bytes.per_sec(), bytes.burst()), (1000.0, 1.0));
         assert_eq!(RateLimit::msgs_per_sec(10.5).burst_or_default(), 11);
         assert_eq!(RateLimit::msgs_per_sec(0.001).burst_or_default(), 1);
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
