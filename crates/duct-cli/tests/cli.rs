@@ -119,33 +119,34 @@ fn check_results(json: &serde_json::Value, processes: u64) -> usize {
     results.len()
 }
 
-#[test]
-fn tiny_bench_writes_json() {
-    let path = temp_path("bench.json");
-    let out = run(
-        &[
-            "bench",
-            "--messages",
-            "2000",
-            "--rounds",
-            "1",
-            "--json",
-            path.to_str().unwrap(),
-        ],
-        Duration::from_secs(120),
-    );
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "stderr:\n{stderr}");
+/// Runs `duct bench` with `args` and `--json` to a temporary file; checks that it succeeds and
+/// that the table names each of `needles`; returns the JSON.
+fn bench_json(name: &str, args: &[&str], needles: &[&str]) -> serde_json::Value {
+    let path = temp_path(name);
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", path.to_str().unwrap()]);
+    let out = run(&all, Duration::from_secs(120));
+    assert!(out.status.success(), "stderr:\n{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    for needle in ["pingpong", "stream", "duct÷raw", "tcp", "uds"] {
+    for needle in needles {
         assert!(
             stdout.contains(needle),
             "{needle} missing from the table:\n{stdout}"
         );
     }
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("valid JSON");
+    let json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("valid JSON");
     let _ = std::fs::remove_file(&path);
+    json
+}
+
+#[test]
+fn tiny_bench_writes_json() {
+    let json = bench_json(
+        "bench.json",
+        &["--messages", "2000", "--rounds", "1"],
+        &["pingpong", "stream", "duct÷raw", "tcp", "uds"],
+    );
     // tcp and uds × pingpong and stream × duct and raw.
     assert_eq!(check_results(&json, 2), 8, "{json}");
     let systems: Vec<&str> = json["results"]
@@ -160,10 +161,9 @@ fn tiny_bench_writes_json() {
 
 #[test]
 fn tiny_mixed_bench() {
-    let path = temp_path("mixed.json");
-    let out = run(
+    let json = bench_json(
+        "mixed.json",
         &[
-            "bench",
             "--transport",
             "uds",
             "--pattern",
@@ -174,22 +174,9 @@ fn tiny_mixed_bench() {
             "50",
             "--rounds",
             "1",
-            "--json",
-            path.to_str().unwrap(),
         ],
-        Duration::from_secs(120),
+        &["mixed", "idle", "loaded", "loaded÷idle", "bulk MiB/s"],
     );
-    assert!(out.status.success(), "stderr:\n{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    for needle in ["mixed", "idle", "loaded", "loaded÷idle", "bulk MiB/s"] {
-        assert!(
-            stdout.contains(needle),
-            "{needle} missing from the table:\n{stdout}"
-        );
-    }
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("valid JSON");
-    let _ = std::fs::remove_file(&path);
     // duct idle, duct loaded, and raw's plain ping-pong as the idle reference.
     assert_eq!(check_results(&json, 2), 3, "{json}");
     let results = json["results"].as_array().unwrap();
