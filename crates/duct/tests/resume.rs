@@ -220,13 +220,16 @@ fn after_the_window_the_pipe_ends_and_a_reconnect_is_a_new_pipe_reported_as_sess
     let back = wait_for(&s.client_changes, PipeState::Connected);
     let cause = back.cause.expect("a lost session is never silent");
     assert_eq!(cause.kind(), ErrorKind::SessionLost, "{cause}");
-    let reported = s
-        .client_errors
-        .recv_timeout(T)
-        .into_iter()
-        .chain(s.client_errors.try_iter())
-        .any(|e| e.kind() == ErrorKind::SessionLost);
-    assert!(reported);
+    // on_error runs after the state-change callback, and failed attempts came first: wait
+    // for it among them.
+    let deadline = Instant::now() + T;
+    let reported = std::iter::from_fn(|| {
+        s.client_errors
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
+    })
+    .any(|e| e.kind() == ErrorKind::SessionLost);
+    assert!(reported, "SessionLost reported to on_error");
     s.client.send("to the new pipe").unwrap();
     assert_eq!(recv(&fresh).payload(), b"to the new pipe");
 }
