@@ -75,6 +75,19 @@ pub enum Error {
         /// How long it was silent.
         after: Duration,
     },
+    /// The peer broke the rules of reliable delivery (an ack for a message never sent, too
+    /// many messages out of order).
+    Reliability(&'static str),
+    /// Reliable messages went unacknowledged through `retries` retransmission timeouts in a
+    /// row, the peer silent all along: the link is gone.
+    Unacknowledged {
+        /// Messages unacknowledged.
+        messages: usize,
+        /// Timeouts in a row.
+        retries: u32,
+    },
+    /// What was asked needs a capability the peer did not agree to.
+    NotAgreed(&'static str),
     /// `send` before the handshake completed.
     NotConnected,
     /// `send` after the session was closed by either side.
@@ -100,6 +113,8 @@ pub enum Category {
     Closed,
     /// The peer or the link is gone; connecting again may help.
     Disconnected,
+    /// The peer does not support what was asked.
+    Unsupported,
 }
 
 impl Error {
@@ -111,7 +126,10 @@ impl Error {
             | Error::UnexpectedFrame { .. }
             | Error::Fragment { .. }
             | Error::ReassemblyLimit { .. }
-            | Error::BadParameter(_) => Category::Protocol,
+            | Error::BadParameter(_)
+            | Error::Reliability(_) => Category::Protocol,
+            Error::Unacknowledged { .. } => Category::Disconnected,
+            Error::NotAgreed(_) => Category::Unsupported,
             Error::MessageTooLarge { .. } => Category::MessageTooLarge,
             Error::ReassemblyTimeout { .. } | Error::HandshakeTimeout { .. } => Category::TimedOut,
             Error::Incompatible { .. } => Category::Incompatible,
@@ -185,6 +203,13 @@ impl fmt::Display for Error {
                 "peer silent for {after:?} (no data, no heartbeat answer): gone or the link is \
                  half-open"
             ),
+            Error::Reliability(what) => write!(f, "reliable delivery: {what}"),
+            Error::Unacknowledged { messages, retries } => write!(
+                f,
+                "{messages} reliable messages unacknowledged after {retries} retransmission \
+                 timeouts with the peer silent: the link is gone"
+            ),
+            Error::NotAgreed(what) => write!(f, "the peer does not support {what}"),
             Error::NotConnected => f.write_str("session not established yet"),
             Error::Closed => f.write_str("session closed"),
         }

@@ -50,6 +50,7 @@
 mod error;
 pub mod lifecycle;
 pub mod qos;
+pub mod reliable;
 pub mod session;
 pub mod wire;
 

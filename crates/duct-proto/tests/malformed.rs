@@ -540,8 +540,11 @@ fn unknown_capabilities_and_extensions_are_ignored() {
     )
     .unwrap();
     assert_eq!(d.state(), State::Established);
-    // This dialer offered TTL only (the default): WELCOME's extra bits do not add any.
-    assert_eq!(d.negotiated().unwrap().capabilities, control::caps::TTL);
+    // This dialer offered TTL and RELIABLE (the default): WELCOME's extra bits add none.
+    assert_eq!(
+        d.negotiated().unwrap().capabilities,
+        control::caps::TTL | control::caps::RELIABLE
+    );
 }
 
 /// Reserved header flag bits, and the reliability/TTL fields no v1 peer negotiates, are
@@ -549,7 +552,12 @@ fn unknown_capabilities_and_extensions_are_ignored() {
 #[test]
 fn reserved_header_bits_and_fields_are_ignored() {
     let now = Instant::now();
-    let mut l = established_listener(Config::default(), now);
+    // Nothing agreed (a peer that offers no capability): the flags that need one are ignored.
+    let none = Config {
+        capabilities: 0,
+        ..Config::default()
+    };
+    let mut l = established_listener(none, now);
     let mut h = data_header(
         6,
         0xe0 | flags::RELIABLE | flags::ACK_PRESENT | flags::TTL_PRESENT,

@@ -77,11 +77,12 @@ fn handshake_agrees_on_session_id_and_takes_the_peers_limits() {
                 "seed {seed}: the smaller interval"
             );
             assert_eq!(n.instance_id, 0xabcd, "seed {seed}");
-            assert_eq!(n.peer_version, (1, 1), "seed {seed}");
+            assert_eq!(n.peer_version, (1, 2), "seed {seed}");
+            use duct_proto::wire::control::caps;
             assert_eq!(
                 n.capabilities,
-                duct_proto::wire::control::caps::TTL,
-                "seed {seed}: TTL is offered by default, RESUME only on request"
+                caps::TTL | caps::RELIABLE,
+                "seed {seed}: TTL and RELIABLE are offered by default, RESUME only on request"
             );
         }
         // Once idle, the only deadline is the heartbeat: a PING one agreed interval after

@@ -1061,6 +1061,7 @@ impl ChannelOptions {
                 weight: self.weight.map_or(d.weight, |v| v.max(1)),
                 msgs_rate: self.msgs_rate.and_then(RateLimit::to_proto),
                 bytes_rate: self.bytes_rate.and_then(RateLimit::to_proto),
+                reliable: self.reliable.unwrap_or(false),
             },
         }
     }
@@ -1112,6 +1113,7 @@ fn qos_config(channels: &BTreeMap<u16, ChannelOptions>, rates: &PipeRates) -> Ar
             .collect(),
         pipe_msgs_rate: rates.msgs.and_then(|r| r.to_proto()),
         pipe_bytes_rate: rates.bytes.and_then(|r| r.to_proto()),
+        ..QosConfig::default()
     })
 }
 

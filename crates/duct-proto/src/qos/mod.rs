@@ -105,6 +105,8 @@ pub struct ChannelConfig {
     pub msgs_rate: Option<Rate>,
     /// Payload byte rate limit.
     pub bytes_rate: Option<Rate>,
+    /// Messages are sent reliably by default (see [`crate::reliable`]).
+    pub reliable: bool,
 }
 
 impl Default for ChannelConfig {
@@ -120,6 +122,7 @@ impl Default for ChannelConfig {
             weight: 1,
             msgs_rate: None,
             bytes_rate: None,
+            reliable: false,
         }
     }
 }
@@ -139,7 +142,7 @@ impl ChannelConfig {
 }
 
 /// The channel settings of a pipe, plus its pipe-wide rate limits.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct QosConfig {
     /// Settings of every channel not listed in `channels`.
     pub default: ChannelConfig,
@@ -149,6 +152,28 @@ pub struct QosConfig {
     pub pipe_msgs_rate: Option<Rate>,
     /// Byte rate limit of the whole pipe.
     pub pipe_bytes_rate: Option<Rate>,
+    /// Most reliable messages sent and not yet acknowledged (the window). Default 4096.
+    pub inflight_msgs: usize,
+    /// Most payload bytes of reliable messages sent and not yet acknowledged (a single message
+    /// larger than this still goes when nothing else is in flight). Default 16 MiB.
+    pub inflight_bytes: usize,
+    /// Retransmission timeouts in a row, without any sign of the peer, before the session
+    /// fails. Default 8.
+    pub max_retries: u32,
+}
+
+impl Default for QosConfig {
+    fn default() -> Self {
+        QosConfig {
+            default: ChannelConfig::default(),
+            channels: BTreeMap::new(),
+            pipe_msgs_rate: None,
+            pipe_bytes_rate: None,
+            inflight_msgs: 4096,
+            inflight_bytes: 16 * 1024 * 1024,
+            max_retries: 8,
+        }
+    }
 }
 
 impl QosConfig {
@@ -171,6 +196,8 @@ pub struct Counts {
     pub rate_limited: u64,
     /// Lost with a broken connection (realtime messages whose frames were partly written).
     pub lost: u64,
+    /// Reliable messages sent again (after a break or a retransmission timeout).
+    pub retransmits: u64,
 }
 
 impl Counts {
@@ -180,6 +207,7 @@ impl Counts {
         self.expired += other.expired;
         self.rate_limited += other.rate_limited;
         self.lost += other.lost;
+        self.retransmits += other.retransmits;
     }
 
     /// Whether every counter is zero.

@@ -44,7 +44,70 @@ struct Pending {
     /// no longer dropped by policy or TTL).
     offset: usize,
     deadline: Option<Instant>,
+    /// Sent reliably (numbered, acknowledged, sent again until acknowledged).
+    reliable: bool,
+    /// Its number once its first frame went out (0: not yet): sent again after a break with
+    /// the same number; never dropped by a policy or TTL.
+    seq: u64,
 }
+
+/// A reliable message sent and not yet acknowledged.
+#[derive(Debug)]
+struct Sent {
+    seq: u64,
+    channel: u16,
+    payload: Bytes,
+    /// When its last frame was taken for sending.
+    at: Instant,
+}
+
+/// The sending side of reliable delivery (see [`crate::reliable`]).
+#[derive(Debug)]
+struct RelSend {
+    /// The number the next reliable message gets.
+    next_seq: u64,
+    /// Every number up to this one was acknowledged.
+    acked: u64,
+    /// Sent and unacknowledged, by number.
+    unacked: VecDeque<Sent>,
+    /// Numbered and unacknowledged messages (sent, or queued again after a break) and their
+    /// payload bytes: bounded by the window.
+    inflight_msgs: usize,
+    inflight_bytes: usize,
+    /// Retransmission timeout, and when it fires.
+    rto: std::time::Duration,
+    rto_at: Option<Instant>,
+    /// Timeouts in a row without progress.
+    retries: u32,
+}
+
+impl RelSend {
+    /// A reliable message's last frame was taken for sending at `now`.
+    fn record(&mut self, seq: u64, channel: u16, payload: Bytes, now: Instant) {
+        let at = self.unacked.partition_point(|s| s.seq < seq);
+        self.unacked.insert(
+            at,
+            Sent {
+                seq,
+                channel,
+                payload,
+                at: now,
+            },
+        );
+        self.rto_at.get_or_insert(now + self.rto);
+    }
+
+    /// Forgets `s`, acknowledged.
+    fn settle(&mut self, s: &Sent) {
+        self.inflight_msgs -= 1;
+        self.inflight_bytes -= s.payload.len();
+    }
+}
+
+/// Shortest retransmission timeout.
+pub const MIN_RTO: std::time::Duration = std::time::Duration::from_millis(200);
+/// Longest retransmission timeout.
+pub const MAX_RTO: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Chan {
@@ -92,6 +155,7 @@ impl Chan {
     /// Removes the message at `i` (not under way); returns its length.
     fn remove(&mut self, i: usize) -> usize {
         let p = self.queue.remove(i).expect("index checked by the caller");
+        debug_assert_eq!(p.seq, 0, "a numbered message is never dropped");
         self.bytes -= p.payload.len();
         if p.deadline.is_some() {
             self.with_ttl -= 1;
@@ -99,10 +163,16 @@ impl Chan {
         p.payload.len()
     }
 
-    /// Index of the oldest message not under way.
+    /// Removes the numbered message at `i` (acknowledged); returns its length.
+    fn remove_sent(&mut self, i: usize) -> usize {
+        let p = self.queue.remove(i).expect("index checked by the caller");
+        self.bytes -= p.payload.len();
+        p.payload.len()
+    }
+
+    /// Index of the oldest message neither under way nor numbered (sent before).
     fn oldest_droppable(&self) -> Option<usize> {
-        let i = usize::from(self.queue.front()?.offset > 0);
-        (i < self.queue.len()).then_some(i)
+        self.queue.iter().position(|p| p.offset == 0 && p.seq == 0)
     }
 }
 
@@ -144,6 +214,7 @@ pub struct Outbox {
     ttl_wake: Option<Instant>,
     /// Frames carry the remaining TTL (the peer agreed to the TTL capability).
     ttl_on_wire: bool,
+    rel: RelSend,
 }
 
 impl Outbox {
@@ -160,6 +231,16 @@ impl Outbox {
             rate_wake: None,
             ttl_wake: None,
             ttl_on_wire: true,
+            rel: RelSend {
+                next_seq: 1,
+                acked: 0,
+                unacked: VecDeque::new(),
+                inflight_msgs: 0,
+                inflight_bytes: 0,
+                rto: MIN_RTO,
+                rto_at: None,
+                retries: 0,
+            },
         }
     }
 
@@ -215,8 +296,22 @@ impl Outbox {
         ttl: Option<std::time::Duration>,
         now: Instant,
     ) -> Admission {
+        self.offer_with(channel, payload, ttl, None, now)
+    }
+
+    /// Offers a message; `ttl` overrides the channel's time to live, `reliable` the channel's
+    /// delivery (a reliable message's TTL applies only until it is first sent).
+    pub fn offer_with(
+        &mut self,
+        channel: u16,
+        payload: Bytes,
+        ttl: Option<std::time::Duration>,
+        reliable: Option<bool>,
+        now: Instant,
+    ) -> Admission {
         let len = payload.len();
         let ch = self.chan(channel, now);
+        let reliable = reliable.unwrap_or(ch.cfg.reliable);
         let policy = ch.cfg.backpressure;
         if policy != Backpressure::Block {
             // Drop and fail-fast channels are limited at the door: the excess never queues.
@@ -277,6 +372,8 @@ impl Outbox {
             payload,
             offset: 0,
             deadline,
+            reliable,
+            seq: 0,
         });
         let activate = !ch.active;
         ch.active = true;
@@ -306,6 +403,8 @@ impl Outbox {
                 payload,
                 offset: 0,
                 deadline: None,
+                reliable: false,
+                seq: 0,
             });
             let activate = !ch.active;
             ch.active = true;
@@ -314,6 +413,181 @@ impl Outbox {
             self.bytes += len;
             if activate {
                 self.activate(channel, priority);
+            }
+        }
+    }
+
+    /// Reliable messages sent and not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.rel.unacked.len()
+    }
+
+    /// Reliable messages numbered and not yet acknowledged, and their payload bytes (what the
+    /// window bounds).
+    pub fn inflight(&self) -> (usize, usize) {
+        (self.rel.inflight_msgs, self.rel.inflight_bytes)
+    }
+
+    /// The number the next reliable message will get.
+    pub fn next_seq(&self) -> u64 {
+        self.rel.next_seq
+    }
+
+    /// The peer acknowledged every reliable message up to `cum` and the `ranges` above it
+    /// (wire numbers). Returns whether anything new was acknowledged. An ack for a message
+    /// never sent is an error (a broken or hostile peer).
+    pub fn on_ack(
+        &mut self,
+        cum: u32,
+        ranges: &[(u32, u32)],
+        now: Instant,
+    ) -> Result<bool, crate::Error> {
+        use crate::reliable::widen;
+        let cum = widen(cum, self.rel.acked);
+        if cum >= self.rel.next_seq {
+            return Err(crate::Error::Reliability(
+                "ACK for a reliable message that was never sent",
+            ));
+        }
+        let before = self.rel.unacked.len();
+        while self.rel.unacked.front().is_some_and(|s| s.seq <= cum) {
+            let s = self.rel.unacked.pop_front().expect("checked");
+            self.rel.settle(&s);
+        }
+        self.rel.acked = self.rel.acked.max(cum);
+        for &(a, b) in ranges {
+            let (a, b) = (widen(a, cum), widen(b, cum));
+            if a > b || b >= self.rel.next_seq {
+                return Err(crate::Error::Reliability(
+                    "ACK range for reliable messages that were never sent",
+                ));
+            }
+            let rel = &mut self.rel;
+            let mut gone = Vec::new();
+            rel.unacked.retain(|s| {
+                let hit = s.seq >= a && s.seq <= b;
+                if hit {
+                    gone.push(s.payload.len());
+                }
+                !hit
+            });
+            for len in gone {
+                rel.inflight_msgs -= 1;
+                rel.inflight_bytes -= len;
+            }
+        }
+        let progress = self.rel.unacked.len() < before;
+        if progress {
+            self.rel.retries = 0;
+            self.rel.rto_at = self.rel.unacked.front().map(|_| now + self.rel.rto);
+        }
+        Ok(progress)
+    }
+
+    /// For the next session of the pipe. `resumed`: the peer kept the session and has every
+    /// reliable message up to `peer_cum`; the others go again first, with their numbers (the
+    /// peer drops any it already has). Not resumed (the peer starts afresh): every
+    /// unacknowledged message goes again as a new one, numbered from 1; returns how many (the
+    /// peer may have had some of them: they may arrive twice). Messages under way start again
+    /// from their first byte.
+    pub fn resume(
+        &mut self,
+        peer_cum: u32,
+        resumed: bool,
+        now: Instant,
+    ) -> Result<usize, crate::Error> {
+        self.rewind();
+        if resumed {
+            self.on_ack(peer_cum, &[], now)?;
+            self.requeue_unacked(now, false);
+            return Ok(0);
+        }
+        let n = self.rel.unacked.len();
+        self.requeue_unacked(now, true);
+        // Numbered messages still queued are new to the new peer too.
+        let mut renumbered = 0;
+        for (_, ch) in self.chans.iter_mut() {
+            for p in ch.queue.iter_mut().filter(|p| p.seq != 0) {
+                p.seq = 0;
+                renumbered += 1;
+            }
+        }
+        self.rel.next_seq = 1;
+        self.rel.acked = 0;
+        self.rel.inflight_msgs = 0;
+        self.rel.inflight_bytes = 0;
+        self.rel.retries = 0;
+        self.rel.rto_at = None;
+        Ok(n.max(renumbered))
+    }
+
+    /// Whether the retransmission timeout has passed at `now` with messages unacknowledged.
+    pub fn retransmit_due(&self, now: Instant) -> bool {
+        !self.rel.unacked.is_empty() && self.rel.rto_at.is_some_and(|t| now >= t)
+    }
+
+    /// When the oldest unacknowledged message was sent.
+    pub fn oldest_unacked_at(&self) -> Option<Instant> {
+        self.rel.unacked.front().map(|s| s.at)
+    }
+
+    /// The timeout passed but the peer is alive (it sent something since): wait another
+    /// timeout without counting a retry.
+    pub fn rearm(&mut self, now: Instant) {
+        self.rel.rto_at = self.rel.unacked.front().map(|_| now + self.rel.rto);
+    }
+
+    /// The timeout passed and the peer said nothing: send every unacknowledged message again
+    /// (the peer drops those it has), double the timeout. Returns the retries in a row.
+    pub fn retransmit(&mut self, now: Instant) -> u32 {
+        self.requeue_unacked(now, false);
+        self.rel.retries += 1;
+        self.rel.rto = (self.rel.rto * 2).min(MAX_RTO);
+        self.rel.rto_at = None;
+        self.rel.retries
+    }
+
+    /// Retransmission timeouts in a row without progress.
+    pub fn retries(&self) -> u32 {
+        self.rel.retries
+    }
+
+    /// Sets the retransmission timeout from a smoothed round-trip time: twice it, within
+    /// [`MIN_RTO`]..=[`MAX_RTO`] (a timeout already backed off stays).
+    pub fn set_rtt(&mut self, srtt: std::time::Duration) {
+        if self.rel.retries == 0 {
+            self.rel.rto = (srtt * 2).clamp(MIN_RTO, MAX_RTO);
+        }
+    }
+
+    /// Puts every unacknowledged message back at the front of its channel (behind a message
+    /// under way on this connection, which must finish first), oldest first; `renumber`:
+    /// as new messages.
+    fn requeue_unacked(&mut self, now: Instant, renumber: bool) {
+        let sent: Vec<Sent> = self.rel.unacked.drain(..).collect();
+        for s in sent.into_iter().rev() {
+            let len = s.payload.len();
+            let ch = self.chan(s.channel, now);
+            let at = usize::from(ch.queue.front().is_some_and(|p| p.offset > 0));
+            ch.queue.insert(
+                at,
+                Pending {
+                    payload: s.payload,
+                    offset: 0,
+                    deadline: None,
+                    reliable: true,
+                    seq: if renumber { 0 } else { s.seq },
+                },
+            );
+            ch.bytes += len;
+            ch.counts.retransmits += 1;
+            let activate = !ch.active;
+            ch.active = true;
+            let priority = ch.cfg.priority;
+            self.msgs += 1;
+            self.bytes += len;
+            if activate {
+                self.activate(s.channel, priority);
             }
         }
     }
@@ -398,6 +672,27 @@ impl Outbox {
                     continue;
                 };
                 let first = head.offset == 0;
+                if first && head.reliable {
+                    if head.seq != 0 && head.seq <= self.rel.acked {
+                        // Queued again after a timeout, and acknowledged meanwhile: done.
+                        let len = ch.remove_sent(0);
+                        self.rel.inflight_msgs -= 1;
+                        self.rel.inflight_bytes -= len;
+                        self.msgs -= 1;
+                        self.bytes -= len;
+                        continue;
+                    }
+                    let len = head.payload.len();
+                    let window_full = self.rel.inflight_msgs > 0
+                        && (self.rel.inflight_msgs >= self.config.inflight_msgs.max(1)
+                            || self.rel.inflight_bytes + len > self.config.inflight_bytes.max(1));
+                    if head.seq == 0 && window_full {
+                        // Waits for acks (their arrival wakes the driver), not for a timer.
+                        class.ring.rotate_left(1);
+                        class.topped = false;
+                        continue;
+                    }
+                }
                 let n = frame_max.min(head.payload.len() - head.offset);
                 // Pacing: the channel's own limits (Block channels) and the pipe's.
                 let mut wake: Option<Instant> = None;
@@ -458,6 +753,21 @@ impl Outbox {
                 let total = head.payload.len();
                 let mut h = Header::data(channel, n as u32);
                 let mut deadline = None;
+                if head.reliable {
+                    if head.seq == 0 {
+                        // Numbered as it is first sent; from now on it is never dropped, and
+                        // its TTL no longer applies.
+                        head.seq = self.rel.next_seq;
+                        self.rel.next_seq += 1;
+                        self.rel.inflight_msgs += 1;
+                        self.rel.inflight_bytes += total;
+                        if head.deadline.take().is_some() {
+                            ch.with_ttl -= 1;
+                        }
+                    }
+                    h.flags |= flags::RELIABLE;
+                    h.seq = crate::reliable::narrow(head.seq);
+                }
                 if first {
                     if let Some(d) = head.deadline.filter(|_| self.ttl_on_wire) {
                         h.flags |= flags::TTL_PRESENT;
@@ -483,6 +793,10 @@ impl Outbox {
                     let done = take_head(ch, class);
                     self.msgs -= 1;
                     self.bytes -= total;
+                    if done.reliable {
+                        self.rel
+                            .record(done.seq, channel, done.payload.clone(), now);
+                    }
                     // A whole message moves out as it is (no clone of its Bytes).
                     part.unwrap_or(done.payload)
                 } else {
@@ -516,7 +830,11 @@ impl Outbox {
             return None;
         }
         let head = ch.queue.front()?;
-        if head.offset != 0 || head.deadline.is_some() || head.payload.len() > frame_max {
+        if head.offset != 0
+            || head.deadline.is_some()
+            || head.reliable
+            || head.payload.len() > frame_max
+        {
             return None;
         }
         let p = take_head(ch, class);
@@ -567,10 +885,11 @@ impl Outbox {
     /// The next instant at which [`Outbox::poll`] may produce a frame that it could not
     /// before (a rate limit refilled), or [`Outbox::expire`] has work.
     pub fn next_wake(&self) -> Option<Instant> {
-        match (self.rate_wake, self.ttl_wake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let rto = self.rel.rto_at.filter(|_| !self.rel.unacked.is_empty());
+        [self.rate_wake, self.ttl_wake, rto]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Hands out the counters of every channel that has non-zero ones, and zeroes them.
@@ -590,6 +909,14 @@ impl Outbox {
     /// Empties the outbox (the pipe ended): every message is counted as lost. Returns how
     /// many there were.
     pub fn clear(&mut self) -> usize {
+        for s in std::mem::take(&mut self.rel.unacked) {
+            if let Some(ch) = self.chans.get_mut(s.channel) {
+                ch.counts.lost += 1;
+            }
+        }
+        self.rel.inflight_msgs = 0;
+        self.rel.inflight_bytes = 0;
+        self.rel.rto_at = None;
         let n = self.msgs;
         for (_, ch) in self.chans.iter_mut() {
             ch.counts.lost += ch.queue.len() as u64;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::qos::{Admission, ChannelMap, Counts, Outbox, QosConfig};
+use crate::reliable::{Arrival, RecvState};
 use crate::wire::control::{
     self, caps, close_code, reject_code, Close, Hello, Reject, Welcome, VERSION_MAJOR,
     VERSION_MINOR,
@@ -80,6 +81,9 @@ pub struct Config {
     /// [`Session::welcome`] or [`Session::refuse`] (the handshake deadline still runs).
     /// Default `false`: a valid HELLO is welcomed at once as a fresh session.
     pub defer_welcome: bool,
+    /// Dialer only: the last reliable message number received on the session to resume
+    /// (HELLO's `last_received_seq`; the low 32 bits of [`RecvState::cumulative`]).
+    pub last_received_seq: u32,
     /// Protocol version announced. Only tests change it.
     pub version: (u8, u8),
     /// Per-channel queue limits, policies, TTL, priorities and rate limits. Default: every
@@ -97,11 +101,12 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(5),
             heartbeat_interval: None,
             heartbeat_misses: 5,
-            capabilities: caps::TTL,
+            capabilities: caps::TTL | caps::RELIABLE,
             instance_id: 0,
             session_id: 0,
             resume_session_id: 0,
             defer_welcome: false,
+            last_received_seq: 0,
             version: (VERSION_MAJOR, VERSION_MINOR),
             qos: Arc::default(),
         }
@@ -138,6 +143,8 @@ pub struct Negotiated {
     pub instance_id: u64,
     /// The listener re-attached the dialer to the session it asked to resume.
     pub resumed: bool,
+    /// The last reliable message number the peer had received from us (resume).
+    pub peer_last_received_seq: u32,
 }
 
 /// Something the driver should know about.
@@ -257,6 +264,12 @@ pub struct Session {
     rx_ttl_wake: Option<Instant>,
     /// TTL was agreed: frames carry it both ways.
     ttl_agreed: bool,
+    /// RELIABLE was agreed.
+    rel_agreed: bool,
+    /// What arrived of the peer's reliable messages (moves to the next session on resume).
+    rx_rel: RecvState,
+    /// Listener: WELCOME's `last_received_seq` (see `set_last_received_seq`).
+    welcome_last_received: u32,
     /// Deadline of the fragmented message being reassembled, per channel.
     rx_frag_deadline: ChannelMap<Option<Instant>>,
     events: VecDeque<Event>,
@@ -431,6 +444,9 @@ impl Session {
             rx_ttl_wake: None,
             rx_frag_deadline: ChannelMap::default(),
             ttl_agreed: false,
+            rel_agreed: false,
+            rx_rel: RecvState::default(),
+            welcome_last_received: 0,
             events: VecDeque::new(),
             reassembly,
             config,
@@ -451,7 +467,7 @@ impl Session {
                 max_frame_payload: s.config.max_frame_payload,
                 heartbeat_ms: duration_ms(s.config.heartbeat_interval),
                 max_message_size: s.config.max_message_size,
-                last_received_seq: 0,
+                last_received_seq: s.config.last_received_seq,
                 instance_id: s.config.instance_id,
                 resume_session_id: s.config.resume_session_id,
                 extensions: Vec::new(),
@@ -504,6 +520,27 @@ impl Session {
         ttl: Option<Duration>,
         now: Instant,
     ) -> Result<Admission, Error> {
+        self.send_message(channel, payload, ttl, None, now)
+    }
+
+    /// [`Session::send_with`], and `reliable` overrides the channel's delivery: reliable
+    /// messages are numbered, acknowledged, and sent again after a break or a timeout until
+    /// acknowledged (see [`crate::reliable`]). Fails with [`Error::NotAgreed`] when the peer
+    /// did not agree to reliable delivery.
+    pub fn send_message(
+        &mut self,
+        channel: u16,
+        payload: Bytes,
+        ttl: Option<Duration>,
+        reliable: Option<bool>,
+        now: Instant,
+    ) -> Result<Admission, Error> {
+        if !self.rel_agreed
+            && reliable.unwrap_or_else(|| self.config.qos.channel(channel).reliable)
+            && self.state == State::Established
+        {
+            return Err(Error::NotAgreed("reliable channels (protocol 1.2)"));
+        }
         let neg = match self.state {
             State::Established => self.negotiated.as_ref().ok_or(Error::NotConnected)?,
             State::Handshaking => return Err(Error::NotConnected),
@@ -519,7 +556,7 @@ impl Session {
             });
         }
         self.tick(now);
-        Ok(self.outbox.offer(channel, payload, ttl, now))
+        Ok(self.outbox.offer_with(channel, payload, ttl, reliable, now))
     }
 
     /// The messages accepted for sending and not yet framed.
@@ -631,7 +668,11 @@ impl Session {
                     // (the deframer has already checked the length against the limit).
                     if header.kind == FrameKind::Data
                         && header.flags
-                            & (flags::MORE_FRAGMENTS | flags::CONTINUATION | flags::TTL_PRESENT)
+                            & (flags::MORE_FRAGMENTS
+                                | flags::CONTINUATION
+                                | flags::TTL_PRESENT
+                                | flags::RELIABLE
+                                | flags::ACK_PRESENT)
                             == 0
                         && matches!(self.state, State::Established | State::Closing)
                         && !self.reassembly.in_progress(header.channel)
@@ -712,7 +753,14 @@ impl Session {
         self.tick(now);
         if !self.outbox.is_empty() {
             let frame_max = self.negotiated.as_ref()?.send_frame_max as usize;
-            if let Some(t) = self.outbox.poll(now, frame_max) {
+            if let Some(mut t) = self.outbox.poll(now, frame_max) {
+                if self.rx_rel.owed() {
+                    // An owed ack rides on the data (cumulative only).
+                    t.header[1] |= flags::ACK_PRESENT;
+                    let ack = crate::reliable::narrow(self.rx_rel.cumulative());
+                    t.header[12..16].copy_from_slice(&ack.to_be_bytes());
+                    self.rx_rel.acked(false);
+                }
                 return Some(t);
             }
         }
@@ -863,7 +911,10 @@ impl Session {
             }),
         };
         let qos = if matches!(self.state, State::Established | State::Closing) {
-            self.outbox.next_wake()
+            [self.outbox.next_wake(), self.rx_rel.ack_due()]
+                .into_iter()
+                .flatten()
+                .min()
         } else {
             None
         };
@@ -903,6 +954,27 @@ impl Session {
         self.tick(now);
         self.outbox.expire(now);
         self.expire_received(now);
+        if matches!(self.state, State::Established | State::Closing) {
+            if self.rx_rel.ack_now(now) {
+                self.queue_ack();
+            }
+            if self.outbox.retransmit_due(now) {
+                let oldest = self.outbox.oldest_unacked_at().unwrap_or(now);
+                if self.last_recv > oldest {
+                    // The peer is alive (it is only slow to ack): no retry counted.
+                    self.outbox.rearm(now);
+                } else {
+                    let retries = self.outbox.retransmit(now);
+                    if retries > self.config.qos.max_retries {
+                        let e = Error::Unacknowledged {
+                            messages: self.outbox.inflight().0,
+                            retries,
+                        };
+                        return Err(self.fail(e));
+                    }
+                }
+            }
+        }
         if let Some(p) = self.recv_paused.as_mut() {
             if let Some(i) = p.interval {
                 if now >= p.last_ping + i && self.state == State::Established {
@@ -1060,7 +1132,7 @@ impl Session {
             max_frame_payload: self.config.max_frame_payload,
             heartbeat_ms: p.heartbeat_ms,
             max_message_size: self.config.max_message_size,
-            last_received_seq: 0,
+            last_received_seq: self.welcome_last_received,
             session_id: self.session_id,
             resumed,
             extensions: Vec::new(),
@@ -1075,6 +1147,7 @@ impl Session {
                 heartbeat_interval: ms_duration(p.heartbeat_ms),
                 instance_id: p.hello.instance_id,
                 resumed,
+                peer_last_received_seq: p.hello.last_received_seq,
             },
             now,
         );
@@ -1109,6 +1182,7 @@ impl Session {
                 heartbeat_interval: ms_duration(w.heartbeat_ms),
                 instance_id: self.config.instance_id,
                 resumed: w.resumed,
+                peer_last_received_seq: w.last_received_seq,
             },
             now,
         );
@@ -1132,6 +1206,7 @@ impl Session {
         }
         self.last_recv = now;
         self.ttl_agreed = negotiated.capabilities & caps::TTL != 0;
+        self.rel_agreed = negotiated.capabilities & caps::RELIABLE != 0;
         self.outbox.set_ttl_on_wire(self.ttl_agreed);
         self.negotiated = Some(negotiated);
         self.state = State::Established;
@@ -1143,11 +1218,16 @@ impl Session {
     }
 
     fn handle_established(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
+        if h.kind == FrameKind::Data && self.rel_agreed && h.has(flags::ACK_PRESENT) {
+            self.outbox.on_ack(h.ack, &[], now)?;
+        }
         match h.kind {
             FrameKind::Data => self.on_data(h, payload, now),
             FrameKind::Ack => {
-                // Reliability arrives in a later version: validate and ignore.
-                control::decode_sack(&payload)?;
+                let ranges = control::decode_sack(&payload)?;
+                if self.rel_agreed && h.has(flags::ACK_PRESENT) {
+                    self.outbox.on_ack(h.ack, &ranges, now)?;
+                }
                 Ok(())
             }
             FrameKind::Ping => {
@@ -1166,10 +1246,12 @@ impl Session {
                             hb.outstanding = None;
                             let sample = now.saturating_duration_since(sent);
                             // RFC 6298's smoothing: srtt = 7/8 srtt + 1/8 sample.
-                            self.srtt = Some(match self.srtt {
+                            let srtt = match self.srtt {
                                 None => sample,
                                 Some(s) => (s * 7 + sample) / 8,
-                            });
+                            };
+                            self.srtt = Some(srtt);
+                            self.outbox.set_rtt(srtt);
                         }
                     }
                 }
@@ -1209,9 +1291,16 @@ impl Session {
                     max: u64::from(self.config.max_message_size),
                 });
             }
+            if !self.arrived(&h, now)? {
+                return Ok(()); // a duplicate of a reliable message
+            }
             let expires = self.expires(&h, now);
             self.deliver(Delivered { channel, payload }, expires);
             return Ok(());
+        }
+        if self.rel_agreed && h.has(flags::RELIABLE) {
+            // Every fragment counts toward the next ack.
+            self.rx_rel.owe(now);
         }
         if !cont {
             self.reassembly
@@ -1231,6 +1320,9 @@ impl Session {
                 .rx_frag_deadline
                 .get_mut(channel)
                 .and_then(|d| d.take());
+            if !self.arrived(&h, now)? {
+                return Ok(()); // a duplicate of a reliable message
+            }
             self.deliver(
                 Delivered {
                     channel,
@@ -1305,6 +1397,86 @@ impl Session {
         flip(&mut rx.full, full, &mut self.rx_full);
         flip(&mut rx.high, high, &mut self.rx_high);
         rx.priority
+    }
+
+    /// Records a whole message's arrival (`h`: its last frame) for reliable delivery;
+    /// `false` for a duplicate, which is dropped. Owed acks due by count go out at once.
+    #[inline]
+    fn arrived(&mut self, h: &Header, now: Instant) -> Result<bool, Error> {
+        if !(self.rel_agreed && h.has(flags::RELIABLE)) {
+            return Ok(true);
+        }
+        let fresh = self.rx_rel.arrive(h.seq, now)? == Arrival::New;
+        if self.rx_rel.ack_now(now) {
+            self.queue_ack();
+        }
+        Ok(fresh)
+    }
+
+    /// Queues an ACK frame (cumulative ack and selective ranges), replacing one not yet
+    /// written.
+    fn queue_ack(&mut self) {
+        let mut h = Header::new(FrameKind::Ack);
+        h.flags = flags::ACK_PRESENT;
+        h.ack = crate::reliable::narrow(self.rx_rel.cumulative());
+        let payload = control::encode_sack(&self.rx_rel.ranges(control::MAX_SACK_RANGES));
+        h.payload_len = payload.len() as u32;
+        self.rx_rel.acked(true);
+        let t = Transmit {
+            header: h.encode(),
+            payload,
+            deadline: None,
+        };
+        if let Some(old) = self
+            .control
+            .iter_mut()
+            .find(|t| t.header[0] == FrameKind::Ack as u8)
+        {
+            self.control_bytes = self.control_bytes - old.wire_len() + t.wire_len();
+            *old = t;
+            return;
+        }
+        self.control_bytes += t.wire_len();
+        self.control.push_back(t);
+    }
+
+    /// What arrived of the peer's reliable messages, for the next session of the pipe
+    /// (leaving an empty record).
+    pub fn take_recv_state(&mut self) -> RecvState {
+        std::mem::take(&mut self.rx_rel)
+    }
+
+    /// Listener: WELCOME's `last_received_seq`, the last reliable message number the pipe
+    /// being resumed received (call before [`Session::welcome`]).
+    pub fn set_last_received_seq(&mut self, seq: u32) {
+        self.welcome_last_received = seq;
+    }
+
+    /// Takes over the state of an earlier session of the same pipe, once this one is
+    /// established: `outbox` (messages queued, and reliable ones unacknowledged) and `recv`
+    /// (what arrived of the peer's reliable messages). If the peer resumed the session, the
+    /// messages it lacks (above the `last_received_seq` it announced) go again first, with
+    /// their numbers, and `recv` carries on. Otherwise the peer starts afresh: `recv` is
+    /// dropped, and unacknowledged messages go again as new ones; the count returned is of
+    /// those the peer may have had (they may arrive twice) — 0 after a resume.
+    pub fn adopt(
+        &mut self,
+        mut outbox: Outbox,
+        recv: RecvState,
+        now: Instant,
+    ) -> Result<usize, Error> {
+        let neg = self.negotiated.as_ref().ok_or(Error::NotConnected)?;
+        let (resumed, peer) = (neg.resumed, neg.peer_last_received_seq);
+        outbox.set_ttl_on_wire(self.ttl_agreed);
+        let n = outbox.resume(peer, resumed, now)?;
+        self.outbox = outbox;
+        self.rx_rel = if resumed { recv } else { RecvState::default() };
+        Ok(n)
+    }
+
+    /// What arrived of the peer's reliable messages.
+    pub fn recv_state(&self) -> &RecvState {
+        &self.rx_rel
     }
 
     /// When a received frame's message expires (its TTL counts from its arrival); `None`

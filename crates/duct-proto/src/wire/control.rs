@@ -12,7 +12,7 @@ pub const MAGIC: [u8; 4] = *b"DUCT";
 /// Protocol major version spoken by this implementation. Peers with another major cannot talk.
 pub const VERSION_MAJOR: u8 = 1;
 /// Protocol minor version. A higher minor of the same major is compatible.
-pub const VERSION_MINOR: u8 = 1;
+pub const VERSION_MINOR: u8 = 2;
 /// Fixed part of a HELLO payload, before extensions.
 pub const HELLO_FIXED_LEN: usize = 48;
 /// Fixed part of a WELCOME payload, before extensions.
@@ -30,7 +30,8 @@ pub const MAX_SACK_RANGES: usize = 32;
 /// Capability bits exchanged in HELLO/WELCOME. Unknown bits are ignored by both sides; the
 /// session uses the intersection of what both sides offer.
 pub mod caps {
-    /// Reliable channels (seq/ack/retransmit). Reserved: defined by a later version.
+    /// Reliable channels: DATA frames with `RELIABLE` carry a message number in `seq`;
+    /// acknowledgements travel in `ack` (`ACK_PRESENT`) and ACK frames (since 1.2).
     pub const RELIABLE: u64 = 1 << 0;
     /// Session resume across reconnects: a reconnecting dialer names the session it had in
     /// HELLO's `resume_session_id`, and the listener re-attaches it to that session's state.
@@ -39,7 +40,7 @@ pub mod caps {
     /// milliseconds in `ttl_ms` (since 1.1).
     pub const TTL: u64 = 1 << 2;
     /// Every capability this implementation can use today.
-    pub const SUPPORTED: u64 = RESUME | TTL;
+    pub const SUPPORTED: u64 = RELIABLE | RESUME | TTL;
 }
 
 /// Codes carried by REJECT frames.
@@ -393,6 +394,16 @@ impl Close {
 /// Encodes the 8-byte opaque token of a PING or PONG.
 pub fn encode_ping(token: u64) -> Bytes {
     Bytes::copy_from_slice(&token.to_be_bytes())
+}
+
+/// Encodes selective-ack ranges as an ACK payload (at most [`MAX_SACK_RANGES`] are kept).
+pub fn encode_sack(ranges: &[(u32, u32)]) -> Bytes {
+    let mut out = BytesMut::with_capacity(8 * ranges.len().min(MAX_SACK_RANGES));
+    for &(a, b) in ranges.iter().take(MAX_SACK_RANGES) {
+        out.put_u32(a);
+        out.put_u32(b);
+    }
+    out.freeze()
 }
 
 /// Decodes the 8-byte token of a PING or PONG.

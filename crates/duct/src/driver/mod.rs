@@ -67,6 +67,7 @@ pub(crate) fn proto_error(e: duct_proto::Error, peer: &dyn std::fmt::Display) ->
         Category::TimedOut => ErrorKind::TimedOut,
         Category::Closed => ErrorKind::Closed,
         Category::Disconnected => ErrorKind::Disconnected,
+        Category::Unsupported => ErrorKind::Unsupported,
     };
     Error::new(kind, format!("{peer}: {e}"))
 }

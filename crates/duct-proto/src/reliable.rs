@@ -1,0 +1,222 @@
+//! Reliable delivery: sequence numbers, the receiver's record of what arrived (dedup, acks),
+//! and the sender's record of what is unacknowledged (see [`crate::qos::Outbox`]).
+//!
+//! Reliable messages are numbered per pipe and direction from 1, in the order their first
+//! frame is sent; every frame of a message carries its number in the header's `seq` (the low
+//! 32 bits: both ends widen it to 64 bits against what they expect, so the numbers never wrap
+//! in practice). The receiver acknowledges cumulatively (every number up to `ack` arrived) and
+//! selectively (ranges above it: messages of different channels complete out of order when
+//! their fragments interleave). Both records outlive a connection: a resumed session starts
+//! from what the peer says it has (`last_received_seq` in HELLO and WELCOME), so nothing is
+//! lost and duplicates are dropped by the receiver.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// Most received numbers held above the cumulative ack (the sender's inflight window bounds
+/// it; a peer that exceeds it is broken or hostile).
+pub const MAX_OUT_OF_ORDER: usize = 65_536;
+/// Frames received before an ACK goes out at once.
+pub const ACK_EVERY: u32 = 32;
+/// Longest wait before an ACK goes out.
+pub const ACK_DELAY: Duration = Duration::from_millis(5);
+
+/// The 64-bit number closest to `expected` whose low 32 bits are `wire`.
+pub fn widen(wire: u32, expected: u64) -> u64 {
+    const SPAN: u64 = 1 << 32;
+    let cand = (expected & !(SPAN - 1)) | u64::from(wire);
+    let mut best = cand;
+    let dist = |a: u64| a.abs_diff(expected);
+    if cand >= SPAN && dist(cand - SPAN) < dist(best) {
+        best = cand - SPAN;
+    }
+    if let Some(up) = cand.checked_add(SPAN) {
+        if dist(up) < dist(best) {
+            best = up;
+        }
+    }
+    best
+}
+
+/// The low 32 bits that travel on the wire.
+#[inline]
+pub fn narrow(seq: u64) -> u32 {
+    seq as u32
+}
+
+/// What the receiving side of a pipe has of the peer's reliable messages.
+#[derive(Clone, Debug, Default)]
+pub struct RecvState {
+    /// Every number up to this one arrived.
+    cum: u64,
+    /// Numbers above `cum` that arrived.
+    above: BTreeSet<u64>,
+    /// Duplicates dropped.
+    duplicates: u64,
+    /// Frames received since the last ack was sent.
+    unacked_frames: u32,
+    /// An ack is owed (something arrived since the last one).
+    owed: bool,
+    /// When the owed ack must go at the latest.
+    due: Option<Instant>,
+}
+
+/// What became of an arrived reliable message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// New: deliver it.
+    New,
+    /// Already received: drop it (counted).
+    Duplicate,
+}
+
+impl RecvState {
+    /// Every number up to this one arrived (0: none).
+    pub fn cumulative(&self) -> u64 {
+        self.cum
+    }
+
+    /// Duplicates dropped so far.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    /// Records the arrival of message `wire` (the header's `seq`).
+    pub fn arrive(&mut self, wire: u32, now: Instant) -> Result<Arrival, crate::Error> {
+        let seq = widen(wire, self.cum + 1);
+        self.owe(now);
+        if seq == 0 || seq <= self.cum || self.above.contains(&seq) {
+            self.duplicates += 1;
+            return Ok(Arrival::Duplicate);
+        }
+        if seq == self.cum + 1 {
+            self.cum = seq;
+            while self.above.remove(&(self.cum + 1)) {
+                self.cum += 1;
+            }
+        } else {
+            if self.above.len() >= MAX_OUT_OF_ORDER {
+                return Err(crate::Error::Reliability(
+                    "too many reliable messages out of order (the peer ignores its window)",
+                ));
+            }
+            self.above.insert(seq);
+        }
+        Ok(Arrival::New)
+    }
+
+    /// A frame arrived (a fragment): an ack is owed after [`ACK_EVERY`] of them or
+    /// [`ACK_DELAY`].
+    pub fn owe(&mut self, now: Instant) {
+        self.unacked_frames += 1;
+        if !self.owed {
+            self.owed = true;
+            self.due = Some(now + ACK_DELAY);
+        }
+    }
+
+    /// Whether an ACK frame should go now.
+    pub fn ack_now(&self, now: Instant) -> bool {
+        self.owed && (self.unacked_frames >= ACK_EVERY || self.due.is_some_and(|d| now >= d))
+    }
+
+    /// When an owed ACK is due.
+    pub fn ack_due(&self) -> Option<Instant> {
+        self.due.filter(|_| self.owed)
+    }
+
+    /// Whether an ack is owed.
+    pub fn owed(&self) -> bool {
+        self.owed
+    }
+
+    /// The ack went out (piggybacked or in an ACK frame). A piggybacked cumulative ack
+    /// settles the debt only when nothing arrived out of order.
+    pub fn acked(&mut self, with_ranges: bool) {
+        if with_ranges || self.above.is_empty() {
+            self.owed = false;
+            self.due = None;
+            self.unacked_frames = 0;
+        }
+    }
+
+    /// The selective ranges above the cumulative ack (at most `max`, lowest first), as wire
+    /// numbers.
+    pub fn ranges(&self, max: usize) -> Vec<(u32, u32)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for &s in &self.above {
+            match out.last_mut() {
+                Some((_, last)) if *last + 1 == s => *last = s,
+                _ => {
+                    if out.len() == max {
+                        break;
+                    }
+                    out.push((s, s));
+                }
+            }
+        }
+        out.into_iter()
+            .map(|(a, b)| (narrow(a), narrow(b)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widen_picks_the_nearest() {
+        assert_eq!(widen(5, 1), 5);
+        assert_eq!(widen(0xffff_fffe, 1 << 32), 0xffff_fffe);
+        assert_eq!(widen(2, (1 << 32) - 3), (1 << 32) + 2);
+        assert_eq!(widen(7, 0), 7);
+        for s in [1u64, 1000, (1 << 32) - 1, 1 << 32, (1 << 33) + 17] {
+            assert_eq!(widen(narrow(s), s), s);
+            assert_eq!(widen(narrow(s), s.saturating_sub(1000)), s);
+            assert_eq!(widen(narrow(s), s + 1000), s);
+        }
+    }
+
+    #[test]
+    fn out_of_order_arrivals_close_the_gap() {
+        let now = Instant::now();
+        let mut r = RecvState::default();
+        assert_eq!(r.arrive(1, now).unwrap(), Arrival::New);
+        assert_eq!(r.arrive(3, now).unwrap(), Arrival::New);
+        assert_eq!(r.arrive(4, now).unwrap(), Arrival::New);
+        assert_eq!(r.arrive(6, now).unwrap(), Arrival::New);
+        assert_eq!(r.cumulative(), 1);
+        assert_eq!(r.ranges(32), vec![(3, 4), (6, 6)]);
+        assert_eq!(r.ranges(1), vec![(3, 4)]);
+        assert_eq!(r.arrive(3, now).unwrap(), Arrival::Duplicate);
+        assert_eq!(r.arrive(1, now).unwrap(), Arrival::Duplicate);
+        assert_eq!(r.arrive(2, now).unwrap(), Arrival::New);
+        assert_eq!(r.cumulative(), 4);
+        assert_eq!(r.ranges(32), vec![(6, 6)]);
+        assert_eq!(r.duplicates(), 2);
+    }
+
+    #[test]
+    fn acks_are_owed_after_a_count_or_a_delay() {
+        let now = Instant::now();
+        let mut r = RecvState::default();
+        r.arrive(1, now).unwrap();
+        assert!(r.owed() && !r.ack_now(now));
+        assert_eq!(r.ack_due(), Some(now + ACK_DELAY));
+        assert!(r.ack_now(now + ACK_DELAY));
+        r.acked(false);
+        assert!(!r.owed());
+        for i in 0..ACK_EVERY {
+            r.arrive(2 + i, now).unwrap();
+        }
+        assert!(r.ack_now(now));
+        // A gap: a piggybacked cumulative ack does not settle it; ranges do.
+        r.acked(true);
+        r.arrive(100, now).unwrap();
+        r.acked(false);
+        assert!(r.owed());
+        r.acked(true);
+        assert!(!r.owed());
+    }
+}
