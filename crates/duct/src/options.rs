@@ -87,7 +87,6 @@ fn unsupported_option(what: &str, area: &str) -> Error {
     )
 }
 
-const AREA_RELIABLE: &str = "reliable delivery";
 const AREA_TLS: &str = "TLS";
 const AREA_AUTH: &str = "authentication";
 
@@ -366,9 +365,6 @@ impl DialOptions {
     /// `Ok` when every option that was set is implemented in this version; otherwise an
     /// [`ErrorKind::Unsupported`] error naming the first one that is not.
     pub(crate) fn check_supported(&self) -> Result<()> {
-        for (&channel, options) in &self.channels {
-            options.check_supported("DialOptions", channel)?;
-        }
         if self.tls.is_some() {
             return Err(unsupported_option("DialOptions::tls", AREA_TLS));
         }
@@ -626,9 +622,6 @@ impl ListenOptions {
     /// `Ok` when every option that was set is implemented in this version; otherwise an
     /// [`ErrorKind::Unsupported`] error naming the first one that is not.
     pub(crate) fn check_supported(&self) -> Result<()> {
-        for (&channel, options) in &self.channels {
-            options.check_supported("ListenOptions", channel)?;
-        }
         if self.tls.is_some() {
             return Err(unsupported_option("ListenOptions::tls", AREA_TLS));
         }
@@ -1065,18 +1058,6 @@ impl ChannelOptions {
             },
         }
     }
-
-    /// Rejects a setting this version does not implement (`reliable(true)`), naming it as
-    /// `{owner}::channel({channel}, ..).{option}`.
-    pub(crate) fn check_supported(&self, owner: &str, channel: u16) -> Result<()> {
-        if self.settings().reliable {
-            return Err(unsupported_option(
-                &format!("{owner}::channel({channel}, ..).reliable(true)"),
-                AREA_RELIABLE,
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// The resolved settings of one channel: its delivery guarantee, and the rest as the protocol
@@ -1172,6 +1153,14 @@ impl SendOptions {
         self
     }
 
+    /// The per-message overrides.
+    pub(crate) fn meta(&self) -> crate::driver::conn::Meta {
+        crate::driver::conn::Meta {
+            ttl: self.ttl,
+            reliable: self.reliable,
+        }
+    }
+
     /// The channel to send `message_channel`'s message on.
     pub(crate) fn channel_for(&self, message_channel: u16) -> u16 {
         self.channel.unwrap_or(message_channel)
@@ -1180,18 +1169,6 @@ impl SendOptions {
     /// The queue-space deadline, falling back to the pipe's `send_timeout`.
     pub(crate) fn timeout_or(&self, send_timeout: Duration) -> Duration {
         self.timeout.unwrap_or(send_timeout)
-    }
-
-    /// `Ok` when every option that was set is implemented in this version; otherwise an
-    /// [`ErrorKind::Unsupported`] error naming the first one that is not.
-    pub(crate) fn check_supported(&self) -> Result<()> {
-        if self.reliable == Some(true) {
-            return Err(unsupported_option(
-                "SendOptions::reliable(true)",
-                AREA_RELIABLE,
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -1599,7 +1576,6 @@ mod tests {
     fn defaults_are_supported() {
         DialOptions::default().check_supported().unwrap();
         ListenOptions::default().check_supported().unwrap();
-        SendOptions::default().check_supported().unwrap();
     }
 
     #[test]
@@ -1638,13 +1614,6 @@ mod tests {
         assert_eq!(listen.limits.max_message_size, 5);
         assert_eq!(listen.channel_settings(0), ChannelSettings::default());
         assert_eq!(listen.channel_settings(1), ChannelSettings::default());
-
-        SendOptions::default()
-            .channel(4)
-            .timeout(Duration::ZERO)
-            .reliable(false)
-            .check_supported()
-            .unwrap();
     }
 
     #[test]
@@ -1676,10 +1645,6 @@ mod tests {
                 DialOptions::default().token(*b"secret"),
                 "DialOptions::token is not implemented yet in this version of duct (authentication)",
             ),
-            (
-                DialOptions::default().channel(7, ChannelOptions::default().reliable(true)),
-                "DialOptions::channel(7, ..).reliable(true) is not implemented yet in this version of duct (reliable delivery)",
-            ),
         ];
         for (opts, expected) in cases {
             assert_eq!(unsupported_message(opts.check_supported()), expected);
@@ -1709,10 +1674,6 @@ mod tests {
                 ListenOptions::default().allow_gids([10]),
                 "ListenOptions::allow_gids",
             ),
-            (
-                ListenOptions::default().channel(2, ChannelOptions::default().reliable(true)),
-                "ListenOptions::channel(2, ..).reliable(true)",
-            ),
         ];
         for (opts, name) in cases {
             let text = unsupported_message(opts.check_supported());
@@ -1734,7 +1695,6 @@ mod tests {
             .weight(0)
             .rate_limit(RateLimit::msgs_per_sec(100.0).burst(4))
             .rate_limit(RateLimit::bytes_per_sec(-1.0));
-        options.check_supported("DialOptions", 5).unwrap();
         let dial = DialOptions::default()
             .channel(5, options)
             .rate_limit(RateLimit::bytes_per_sec(1e6).burst(10));
@@ -1753,30 +1713,12 @@ mod tests {
         assert_eq!(qos.pipe_msgs_rate, None);
         let r = qos.pipe_bytes_rate.expect("a pipe byte limit");
         assert_eq!((r.per_sec(), r.burst()), (1e6, 10.0));
-        // Only reliability is not there yet.
-        let text = unsupported_message(
-            ChannelOptions::default()
-                .reliable(true)
-                .check_supported("DialOptions", 5),
-        );
-        assert!(
-            text.starts_with("DialOptions::channel(5, ..).reliable(true) is not implemented yet"),
-            "{text}"
-        );
-        ChannelOptions::default()
-            .reliable(false)
-            .check_supported("DialOptions", 5)
-            .unwrap();
-    }
-
-    #[test]
-    fn send_unsupported_options() {
-        SendOptions::default()
-            .ttl(Duration::from_secs(1))
-            .check_supported()
-            .unwrap();
-        let text = unsupported_message(SendOptions::default().reliable(true).check_supported());
-        assert!(text.starts_with("SendOptions::reliable(true)"), "{text}");
+        assert!(!c.reliable);
+        let dial = DialOptions::default().channel(5, ChannelOptions::default().reliable(true));
+        dial.check_supported().unwrap();
+        assert!(dial.qos().channel(5).reliable);
+        let meta = SendOptions::default().reliable(true).meta();
+        assert_eq!(meta.reliable, Some(true));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use duct_proto::wire::control::caps;
 use duct_proto::{Config, Role, Session};
 
 use crate::addr;
-use crate::driver::conn::{Conn, ConnConfig, Wait};
+use crate::driver::conn::{Conn, ConnConfig, Meta, Wait};
 use crate::driver::handshake::Handshake;
 use crate::options::{Heartbeat, Limits};
 use crate::transport;
@@ -111,7 +111,7 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
     opts.check_supported()?;
     let ep = addr::parse(addr)?;
     let instance_id = fastrand::u64(1..);
-    let hs = connect_handshake(addr, &ep, &opts, instance_id, 0)?;
+    let hs = connect_handshake(addr, &ep, &opts, instance_id, 0, None)?;
     let redial = opts.reconnect.map(|reconnect| {
         Arc::new(Redial {
             addr: addr.to_owned(),
@@ -150,6 +150,7 @@ pub(crate) fn connect_handshake(
     opts: &DialOptions,
     instance_id: u64,
     resume_session_id: u64,
+    recv_state: Option<duct_proto::reliable::RecvState>,
 ) -> Result<Handshake> {
     let timeout = opts.timeout_or_default();
     let deadline = Instant::now() + timeout;
@@ -163,6 +164,7 @@ pub(crate) fn connect_handshake(
     let mut config = session_config(&opts.limits, heartbeat, opts.qos());
     config.instance_id = instance_id;
     config.resume_session_id = resume_session_id;
+    config.recv_state = recv_state;
     if opts.reconnect.is_some() {
         // Only a pipe that reconnects has a session to resume: a listener keeps the session
         // of a broken connection only when RESUME was agreed.
@@ -238,8 +240,13 @@ impl Pipe {
         let msg = msg.into();
         let channel = msg.channel();
         let timeout = self.conn.send_timeout();
-        self.conn
-            .send(channel, msg.into_bytes(), None, Instant::now(), timeout)
+        self.conn.send(
+            channel,
+            msg.into_bytes(),
+            Meta::default(),
+            Instant::now(),
+            timeout,
+        )
     }
 
     /// Sends one message with options: [`SendOptions::channel`] (overrides the message's own
@@ -264,12 +271,16 @@ impl Pipe {
     /// # }
     /// ```
     pub fn send_with(&self, msg: impl Into<Message>, opts: &SendOptions) -> Result<()> {
-        opts.check_supported()?;
         let msg = msg.into();
         let channel = opts.channel_for(msg.channel());
         let timeout = opts.timeout_or(self.conn.send_timeout());
-        self.conn
-            .send(channel, msg.into_bytes(), opts.ttl, Instant::now(), timeout)
+        self.conn.send(
+            channel,
+            msg.into_bytes(),
+            opts.meta(),
+            Instant::now(),
+            timeout,
+        )
     }
 
     /// Receives the next message, blocking until one arrives or the pipe ends.
@@ -316,12 +327,11 @@ impl Pipe {
         msgs: impl IntoIterator<Item = Message>,
         opts: &SendOptions,
     ) -> Result<usize> {
-        opts.check_supported()?;
         let timeout = opts.timeout_or(self.conn.send_timeout());
         let mut it = msgs
             .into_iter()
             .map(|m| (opts.channel_for(m.channel()), m.into_bytes()));
-        self.conn.send_batch(&mut it, opts.ttl, timeout)
+        self.conn.send_batch(&mut it, opts.meta(), timeout)
     }
 
     /// Receives up to `max` messages into `out`: waits for the first as [`Pipe::recv_with`]

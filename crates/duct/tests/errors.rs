@@ -13,10 +13,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::*;
-use duct::{
-    dial, listen, ChannelOptions, DialOptions, ErrorKind, ListenOptions, Message, SendOptions,
-    TlsOptions,
-};
+use duct::{dial, listen, DialOptions, ErrorKind, ListenOptions, TlsOptions};
 use duct_proto::wire::control::{
     reject_code, Hello, Reject, Welcome, VERSION_MAJOR, VERSION_MINOR,
 };
@@ -335,10 +332,6 @@ fn unimplemented_dial_options_are_unsupported_before_connecting() {
             "DialOptions::token",
             DialOptions::default().token(b"secret".to_vec()),
         ),
-        (
-            "reliable",
-            DialOptions::default().channel(3, ChannelOptions::default().reliable(true)),
-        ),
     ];
     for (option, opts) in cases {
         let e = expect_kind(dial(&addr, opts), ErrorKind::Unsupported);
@@ -377,10 +370,6 @@ fn unimplemented_listen_options_are_unsupported_and_bind_nothing() {
             "ListenOptions::allow_gids",
             ListenOptions::default().allow_gids([0]),
         ),
-        (
-            "reliable",
-            ListenOptions::default().channel(1, ChannelOptions::default().reliable(true)),
-        ),
     ];
     for (option, opts) in cases {
         let e = expect_kind(listen(&addr, opts), ErrorKind::Unsupported);
@@ -394,35 +383,6 @@ fn unimplemented_listen_options_are_unsupported_and_bind_nothing() {
     // The address is free.
     let listener = listen(&addr, ListenOptions::default()).unwrap();
     assert_serves(&listener);
-}
-
-#[test]
-fn unimplemented_send_options_are_unsupported_and_send_nothing() {
-    let listener = listen("tcp://127.0.0.1:0", ListenOptions::default()).unwrap();
-    let addr = listener.local_addr().to_string();
-    let (d, a) = thread::scope(|s| {
-        let acceptor = s.spawn(|| listener.accept_timeout(T));
-        (
-            dial(&addr, quick()).unwrap(),
-            acceptor.join().unwrap().unwrap(),
-        )
-    });
-    let reliable = SendOptions::default().reliable(true);
-    let e = expect_kind(d.send_with("reliable", &reliable), ErrorKind::Unsupported);
-    assert_names(&e, "reliable");
-    expect_kind(
-        d.send_batch([Message::from("batch")], &reliable),
-        ErrorKind::Unsupported,
-    );
-    // reliable(false) is what the channel does anyway: accepted.
-    d.send_with("unreliable", &SendOptions::default().reliable(false))
-        .unwrap();
-    assert_eq!(
-        recv(&a).payload(),
-        b"unreliable",
-        "a refused message was sent"
-    );
-    assert_eq!(d.stats().msgs_sent, 1);
 }
 
 // ---------------------------------------------------------------------------------------------

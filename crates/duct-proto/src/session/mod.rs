@@ -84,6 +84,10 @@ pub struct Config {
     /// Dialer only: the last reliable message number received on the session to resume
     /// (HELLO's `last_received_seq`; the low 32 bits of [`RecvState::cumulative`]).
     pub last_received_seq: u32,
+    /// Dialer resuming a session: what arrived of the peer's reliable messages so far, so
+    /// that messages the peer sends again right after WELCOME are recognised (its
+    /// cumulative number goes in HELLO, overriding `last_received_seq`).
+    pub recv_state: Option<RecvState>,
     /// Protocol version announced. Only tests change it.
     pub version: (u8, u8),
     /// Per-channel queue limits, policies, TTL, priorities and rate limits. Default: every
@@ -107,6 +111,7 @@ impl Default for Config {
             resume_session_id: 0,
             defer_welcome: false,
             last_received_seq: 0,
+            recv_state: None,
             version: (VERSION_MAJOR, VERSION_MINOR),
             qos: Arc::default(),
         }
@@ -270,6 +275,13 @@ pub struct Session {
     rx_rel: RecvState,
     /// Listener: WELCOME's `last_received_seq` (see `set_last_received_seq`).
     welcome_last_received: u32,
+    /// A resuming dialer's session until [`Session::adopt`]: acks that arrive before it
+    /// (the peer acks at once) wait for the outbox they are about.
+    adopt_pending: bool,
+    /// The latest cumulative ack that arrived before `adopt`.
+    early_ack: Option<u32>,
+    /// The receive record came with the config (`Config::recv_state`): `adopt` keeps it.
+    rx_preloaded: bool,
     /// Deadline of the fragmented message being reassembled, per channel.
     rx_frag_deadline: ChannelMap<Option<Instant>>,
     events: VecDeque<Event>,
@@ -447,6 +459,9 @@ impl Session {
             rel_agreed: false,
             rx_rel: RecvState::default(),
             welcome_last_received: 0,
+            adopt_pending: false,
+            early_ack: None,
+            rx_preloaded: false,
             events: VecDeque::new(),
             reassembly,
             config,
@@ -461,6 +476,12 @@ impl Session {
             aged_frame: None,
         };
         if role == Role::Dialer {
+            if let Some(r) = s.config.recv_state.take() {
+                s.config.last_received_seq = crate::reliable::narrow(r.cumulative());
+                s.rx_rel = r;
+                s.rx_preloaded = true;
+            }
+            s.adopt_pending = s.config.resume_session_id != 0;
             let hello = Hello {
                 version: s.config.version,
                 capabilities: s.config.capabilities & caps::SUPPORTED,
@@ -1219,14 +1240,14 @@ impl Session {
 
     fn handle_established(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
         if h.kind == FrameKind::Data && self.rel_agreed && h.has(flags::ACK_PRESENT) {
-            self.outbox.on_ack(h.ack, &[], now)?;
+            self.ack_in(h.ack, &[], now)?;
         }
         match h.kind {
             FrameKind::Data => self.on_data(h, payload, now),
             FrameKind::Ack => {
                 let ranges = control::decode_sack(&payload)?;
                 if self.rel_agreed && h.has(flags::ACK_PRESENT) {
-                    self.outbox.on_ack(h.ack, &ranges, now)?;
+                    self.ack_in(h.ack, &ranges, now)?;
                 }
                 Ok(())
             }
@@ -1440,6 +1461,16 @@ impl Session {
         self.control.push_back(t);
     }
 
+    /// An ack from the peer; before `adopt` (a resuming dialer) it waits.
+    fn ack_in(&mut self, cum: u32, ranges: &[(u32, u32)], now: Instant) -> Result<(), Error> {
+        if self.adopt_pending {
+            self.early_ack = Some(cum);
+            return Ok(());
+        }
+        self.outbox.on_ack(cum, ranges, now)?;
+        Ok(())
+    }
+
     /// What arrived of the peer's reliable messages, for the next session of the pipe
     /// (leaving an empty record).
     pub fn take_recv_state(&mut self) -> RecvState {
@@ -1468,9 +1499,25 @@ impl Session {
         let neg = self.negotiated.as_ref().ok_or(Error::NotConnected)?;
         let (resumed, peer) = (neg.resumed, neg.peer_last_received_seq);
         outbox.set_ttl_on_wire(self.ttl_agreed);
-        let n = outbox.resume(peer, resumed, now)?;
+        // A peer that claims messages never sent is treated as a fresh one: everything
+        // unacknowledged goes again.
+        let n = match outbox.resume(peer, resumed, now) {
+            Ok(n) => n,
+            Err(_) => outbox.resume(0, false, now)?,
+        };
         self.outbox = outbox;
-        self.rx_rel = if resumed { recv } else { RecvState::default() };
+        self.adopt_pending = false;
+        if let Some(cum) = self.early_ack.take() {
+            if resumed {
+                // Cumulative: a stale or bogus one changes nothing worth failing for.
+                let _ = self.outbox.on_ack(cum, &[], now);
+            }
+        }
+        if !resumed {
+            self.rx_rel = RecvState::default();
+        } else if !self.rx_preloaded {
+            self.rx_rel = recv;
+        }
         Ok(n)
     }
 

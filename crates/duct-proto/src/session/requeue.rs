@@ -28,7 +28,8 @@ pub struct Requeued {
 /// fragment them differently.
 ///
 /// Single-frame messages come back as the same `Bytes` (no copy); fragmented ones are joined
-/// (one copy, on this rare path). Control frames are skipped: they belong to the old session.
+/// (one copy, on this rare path). Control frames are skipped: they belong to the old session;
+/// so are reliable frames, which the outbox sends again itself.
 /// A message whose first fragments are missing (already written) is counted in
 /// [`Requeued::lost`]; one whose last fragments are missing is reported in [`Requeued::open`].
 pub fn requeue(frames: impl IntoIterator<Item = Transmit>) -> Requeued {
@@ -41,7 +42,9 @@ pub fn requeue(frames: impl IntoIterator<Item = Transmit>) -> Requeued {
         let Ok(h) = Header::decode(&t.header) else {
             continue;
         };
-        if h.kind != FrameKind::Data {
+        if h.kind != FrameKind::Data || h.has(flags::RELIABLE) {
+            // Reliable messages are in the outbox's unacknowledged record (or under way in
+            // it): they are sent again from there, with their numbers.
             continue;
         }
         let more = h.has(flags::MORE_FRAGMENTS);

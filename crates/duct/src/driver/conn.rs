@@ -126,7 +126,15 @@ struct Shared {
     /// Writes that failed so far: a sender tells its own failure from the pipe ending
     /// otherwise meanwhile.
     write_failures: u64,
+    /// Accepted pipes: the session ids a reconnecting dialer may name to resume this pipe.
+    /// The current one, and those before it back to the last one the dialer was seen to use:
+    /// a dialer whose connection broke before our WELCOME reached it still names the older
+    /// one. Bounded by [`MAX_RESUME_IDS`].
+    resume_ids: Vec<u64>,
 }
+
+/// Most session ids an accepted pipe keeps for a dialer that resumes (see `resume_ids`).
+const MAX_RESUME_IDS: usize = 16;
 
 /// Per-channel counters (traffic comes in runs: see [`ChannelMap`]).
 #[derive(Default)]
@@ -216,10 +224,12 @@ impl Shared {
         self.stats.dropped += dropped;
         self.stats.rate_limited += c.rate_limited;
         self.stats.expired += c.expired;
+        self.stats.retransmits += c.retransmits;
         let ch = self.channels.get(channel);
         ch.dropped += dropped;
         ch.rate_limited += c.rate_limited;
         ch.expired += c.expired;
+        ch.retransmits += c.retransmits;
     }
 
     /// Collects the drop counters the session holds.
@@ -262,6 +272,15 @@ pub(crate) struct Conn {
     callbacks_pending: AtomicBool,
     reactor: OnceLock<ReactorHandle>,
     me: Weak<Conn>,
+}
+
+/// What a send asks of one message beyond its channel's settings.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Meta {
+    /// Overrides the channel's time to live.
+    pub(crate) ttl: Option<Duration>,
+    /// Overrides the channel's delivery (reliable or realtime).
+    pub(crate) reliable: Option<bool>,
 }
 
 /// How `recv` may wait.
@@ -324,6 +343,7 @@ impl Conn {
             timer_at: None,
             linger_until: None,
             carry: VecDeque::new(),
+            resume_ids: vec![session_id],
             break_cause: None,
             write_failures: 0,
         };
@@ -514,7 +534,7 @@ impl Conn {
         mut g: MutexGuard<'a, Shared>,
         channel: u16,
         mut payload: Bytes,
-        ttl: Option<Duration>,
+        meta: Meta,
         now: Instant,
         deadline: Instant,
         wait: bool,
@@ -540,10 +560,12 @@ impl Conn {
                         channel,
                     ));
                 }
-                g.session.outbox_mut().offer(channel, payload, ttl, now)
+                g.session
+                    .outbox_mut()
+                    .offer_with(channel, payload, meta.ttl, meta.reliable, now)
             } else {
                 g.session
-                    .send_with(channel, payload, ttl, now)
+                    .send_message(channel, payload, meta.ttl, meta.reliable, now)
                     .map_err(|e| self.send_error(e, channel))?
             };
             match admission {
@@ -588,7 +610,7 @@ impl Conn {
         &self,
         channel: u16,
         payload: Bytes,
-        ttl: Option<Duration>,
+        meta: Meta,
         now: Instant,
         timeout: Duration,
     ) -> Result<(), Error> {
@@ -598,7 +620,7 @@ impl Conn {
             g,
             channel,
             payload,
-            ttl,
+            meta,
             now,
             now + timeout,
             !timeout.is_zero(),
@@ -629,7 +651,7 @@ impl Conn {
     pub(crate) fn send_batch(
         &self,
         msgs: &mut dyn Iterator<Item = (u16, Bytes)>,
-        ttl: Option<Duration>,
+        meta: Meta,
         timeout: Duration,
     ) -> Result<usize, Error> {
         let now = Instant::now();
@@ -640,7 +662,7 @@ impl Conn {
         let mut failure = None;
         for (channel, payload) in msgs {
             let len = payload.len();
-            g = match self.admit(g, channel, payload, ttl, now, deadline, !timeout.is_zero()) {
+            g = match self.admit(g, channel, payload, meta, now, deadline, !timeout.is_zero()) {
                 Ok(g) => g,
                 Err(e) => {
                     failure = Some(e);
@@ -926,6 +948,11 @@ impl Conn {
                 false
             }
             Ok(_) => {
+                if g.resume_ids.len() > 1 {
+                    // The dialer speaks on the new session: it saw our WELCOME, and will only
+                    // ever name this session again.
+                    g.resume_ids = vec![g.session.session_id()];
+                }
                 if let Err(e) = g.session.handle_input(&mut r.data, Instant::now()) {
                     let err = proto_error(e, &self.who);
                     self.end(g, err, PipeState::Closed);
@@ -1127,15 +1154,16 @@ impl Conn {
     /// RESUME was agreed on it), then take the new connection over, or schedule the next
     /// attempt, or end the pipe when attempts are used up.
     fn attempt_reconnect(self: &Arc<Self>, redial: &crate::pipe::Redial) {
-        let resume_id = {
+        let (resume_id, last_received) = {
             let g = self.lock();
             if g.state() != PipeState::Reconnecting || g.local_closed.is_some() {
                 return;
             }
+            // The new session starts from what arrived so far (nothing arrives meanwhile).
             if resumable(&g.session) {
-                g.life.session_id()
+                (g.life.session_id(), Some(g.session.recv_state().clone()))
             } else {
-                0
+                (0, None)
             }
         };
         let result = crate::pipe::connect_handshake(
@@ -1144,6 +1172,7 @@ impl Conn {
             &redial.opts,
             redial.instance_id,
             resume_id,
+            last_received,
         );
         let mut g = self.lock();
         if g.state() != PipeState::Reconnecting || g.local_closed.is_some() {
@@ -1235,12 +1264,15 @@ impl Conn {
         if g.local_closed.is_some()
             || g.terminal.is_some()
             || !resumable(&g.session)
-            || g.life.session_id() != resume_id
+            || !g.resume_ids.contains(&resume_id)
             || !matches!(phase, Phase::Connected | Phase::Reconnecting)
         {
             return Err(hs);
         }
         let now = Instant::now();
+        // The dialer learns which of its reliable messages this pipe has.
+        let last = duct_proto::reliable::narrow(g.session.recv_state().cumulative());
+        hs.session.set_last_received_seq(last);
         if hs.session.welcome(true, now).is_err() {
             return Err(hs);
         }
@@ -1278,6 +1310,10 @@ impl Conn {
         }
         let session_id = hs.take_connected();
         let now = Instant::now();
+        if g.resume_ids.len() >= MAX_RESUME_IDS {
+            g.resume_ids.remove(1);
+        }
+        g.resume_ids.push(session_id);
         *self.peer_addr.write().unwrap_or_else(|p| p.into_inner()) = hs.stream.peer_addr();
         *self.transport.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hs.stream);
         // The old session's counters are the pipe's; its outbox (messages not framed, and
@@ -1304,7 +1340,24 @@ impl Conn {
             outbox.count_lost(*channel, 1, now);
         }
         outbox.requeue_front(unsent.messages, now);
-        g.session.set_outbox(outbox);
+        // Reliable messages the peer lacks go again first (with their numbers after a
+        // resume; as new ones to a peer that started afresh, which may then see some twice).
+        // (The new session is established: adopting cannot fail.)
+        let again = g
+            .session
+            .adopt(outbox, old.take_recv_state(), now)
+            .unwrap_or(0);
+        let lost = match lost {
+            Some(e) if again > 0 => Some(Error::new(
+                e.kind(),
+                format!(
+                    "{e}; {again} reliable messages unacknowledged at the break are sent again \
+                     on the new session (the peer may have had some of them: they may arrive \
+                     twice)"
+                ),
+            )),
+            other => other,
+        };
         {
             let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
             w.take_from(&mut g.session, now);
