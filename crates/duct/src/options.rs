@@ -218,6 +218,8 @@ pub struct DialOptions {
     pub(crate) heartbeat: Option<Heartbeat>,
     pub(crate) channels: BTreeMap<u16, ChannelOptions>,
     pub(crate) pipe_rates: PipeRates,
+    /// `None`: the default window.
+    pub(crate) inflight: Option<(usize, usize)>,
     pub(crate) on_state_change: Option<StateCallback>,
     pub(crate) on_error: Option<ErrorCallback>,
     pub(crate) tls: Option<TlsOptions>,
@@ -272,6 +274,17 @@ impl DialOptions {
     #[must_use]
     pub fn channel(mut self, channel: u16, options: ChannelOptions) -> Self {
         self.channels.insert(channel, options);
+        self
+    }
+
+    /// The window of reliable delivery: at most `msgs` reliable messages and `bytes` of their
+    /// payload sent and not yet acknowledged by the peer (a single larger message still goes
+    /// when nothing else is in flight). Beyond it new reliable messages wait in their
+    /// channel's queue, under the channel's backpressure policy. Default: 4096 messages,
+    /// 16 MiB. `0` is treated as 1.
+    #[must_use]
+    pub fn inflight_window(mut self, msgs: usize, bytes: usize) -> Self {
+        self.inflight = Some((msgs.max(1), bytes.max(1)));
         self
     }
 
@@ -359,7 +372,7 @@ impl DialOptions {
 
     /// The channel and pipe QoS settings as the protocol core takes them.
     pub(crate) fn qos(&self) -> Arc<QosConfig> {
-        qos_config(&self.channels, &self.pipe_rates)
+        qos_config(&self.channels, &self.pipe_rates, self.inflight)
     }
 
     /// `Ok` when every option that was set is implemented in this version; otherwise an
@@ -419,6 +432,8 @@ pub struct ListenOptions {
     pub(crate) heartbeat: Option<Heartbeat>,
     pub(crate) channels: BTreeMap<u16, ChannelOptions>,
     pub(crate) pipe_rates: PipeRates,
+    /// `None`: the default window.
+    pub(crate) inflight: Option<(usize, usize)>,
     pub(crate) tls: Option<TlsOptions>,
     pub(crate) authenticate: Option<AuthenticateCallback>,
     pub(crate) allow_uids: Option<Vec<u32>>,
@@ -445,6 +460,14 @@ impl ListenOptions {
     #[must_use]
     pub fn channel(mut self, channel: u16, options: ChannelOptions) -> Self {
         self.channels.insert(channel, options);
+        self
+    }
+
+    /// The window of reliable delivery of each accepted pipe; see
+    /// [`DialOptions::inflight_window`]. Default: 4096 messages, 16 MiB.
+    #[must_use]
+    pub fn inflight_window(mut self, msgs: usize, bytes: usize) -> Self {
+        self.inflight = Some((msgs.max(1), bytes.max(1)));
         self
     }
 
@@ -616,7 +639,7 @@ impl ListenOptions {
 
     /// The channel and pipe QoS settings as the protocol core takes them.
     pub(crate) fn qos(&self) -> Arc<QosConfig> {
-        qos_config(&self.channels, &self.pipe_rates)
+        qos_config(&self.channels, &self.pipe_rates, self.inflight)
     }
 
     /// `Ok` when every option that was set is implemented in this version; otherwise an
@@ -932,9 +955,25 @@ pub struct ChannelOptions {
 }
 
 impl ChannelOptions {
-    /// Reliable (at-least-once, in order, retransmitted and resumed across reconnects) or
-    /// realtime (may drop under the backpressure policy, TTL or a disconnect; never
-    /// duplicated; in order). Default: `false` (realtime).
+    /// Reliable or realtime delivery. Default: `false` (realtime).
+    ///
+    /// - **Realtime**: in order, never duplicated; may be dropped by the backpressure policy,
+    ///   TTL or a broken connection.
+    /// - **Reliable**: at least once, in order per channel, across any number of reconnects
+    ///   of a pipe that resumes (a dialer with [`DialOptions::reconnect`], within the
+    ///   listener's [`ListenOptions::resume_window`]). Messages are numbered and acknowledged;
+    ///   those the peer lacks after a break are sent again, and the peer drops duplicates. A
+    ///   reliable message is never dropped by a drop policy or its TTL once it was first sent
+    ///   (messages still queued are, and are counted). At most a window of reliable messages
+    ///   is unacknowledged (default 4096 messages or 16 MiB: [`DialOptions::inflight_window`]);
+    ///   beyond it new ones wait in the queue under the channel's policy.
+    ///
+    /// Where at least once stops: if a process dies, or the resume window passes, the session
+    /// is lost: the pipe reports [`ErrorKind::SessionLost`] with how many messages may be
+    /// lost or may arrive twice. Make handlers of reliable messages idempotent.
+    ///
+    /// Configure it on both ends (the receiving end's setting decides nothing about the
+    /// sender's, but a channel is usually used alike both ways).
     #[must_use]
     pub fn reliable(mut self, reliable: bool) -> Self {
         self.reliable = Some(reliable);
@@ -1085,8 +1124,16 @@ impl PipeRates {
 }
 
 /// The QoS configuration of a pipe with these channel options and pipe rate limits.
-fn qos_config(channels: &BTreeMap<u16, ChannelOptions>, rates: &PipeRates) -> Arc<QosConfig> {
+fn qos_config(
+    channels: &BTreeMap<u16, ChannelOptions>,
+    rates: &PipeRates,
+    inflight: Option<(usize, usize)>,
+) -> Arc<QosConfig> {
+    let d = QosConfig::default();
+    let (inflight_msgs, inflight_bytes) = inflight.unwrap_or((d.inflight_msgs, d.inflight_bytes));
     Arc::new(QosConfig {
+        inflight_msgs,
+        inflight_bytes,
         default: qos::ChannelConfig::default(),
         channels: channels
             .iter()
@@ -1143,10 +1190,8 @@ impl SendOptions {
     }
 
     /// Send this message reliably (or not), overriding the channel's
-    /// [`ChannelOptions::reliable`]. Default: the channel's.
-    ///
-    /// `reliable(true)` is not implemented yet in this version: it makes the send fail with
-    /// [`ErrorKind::Unsupported`]. `reliable(false)` is accepted.
+    /// [`ChannelOptions::reliable`] (see there for what reliable means). Default: the
+    /// channel's.
     #[must_use]
     pub fn reliable(mut self, reliable: bool) -> Self {
         self.reliable = Some(reliable);

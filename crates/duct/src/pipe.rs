@@ -45,8 +45,10 @@ use crate::{
 /// by priority and weight ([`ChannelOptions`](crate::ChannelOptions)). A message that was
 /// accepted but could not be written before the pipe ended (the peer vanished, or
 /// [`CloseOptions::linger`] ran out) is lost, as realtime messages may be; the loss is
-/// counted in [`PipeStats::dropped`] and reported to `on_error`, never silent. Reliable
-/// channels, which retransmit, come later.
+/// counted in [`PipeStats::dropped`] and reported to `on_error`, never silent. Messages of
+/// reliable channels ([`ChannelOptions::reliable`](crate::ChannelOptions::reliable)) are not
+/// lost with a connection: they are acknowledged, and those the peer lacks after a break are
+/// sent again once the pipe resumes.
 ///
 /// # Closing
 /// [`Pipe::close_with`] sends a CLOSE frame with a code and reason behind every message already

@@ -1202,8 +1202,18 @@ impl Conn {
                 match g.life.attempt_failed(Instant::now(), fastrand::f64()) {
                     Ok(Ok(at)) => reconnect::schedule(self.me(), at),
                     Ok(Err(change)) => {
-                        let last =
-                            Error::new(e.kind(), format!("{e} (gave up after {attempt} attempts)"));
+                        let (unacked, _) = g.session.outbox().inflight();
+                        let last = if unacked > 0 {
+                            Error::new(
+                                ErrorKind::SessionLost,
+                                format!(
+                                    "{e} (gave up after {attempt} attempts); {unacked} reliable \
+                                     messages were not acknowledged and may be lost"
+                                ),
+                            )
+                        } else {
+                            Error::new(e.kind(), format!("{e} (gave up after {attempt} attempts)"))
+                        };
                         self.end_final(&mut g, last, Ok(change));
                     }
                     Err(_) => {}
@@ -1229,13 +1239,26 @@ impl Conn {
                     .break_cause
                     .take()
                     .map_or_else(String::new, |c| format!(" after: {c}"));
-                let err = Error::new(
-                    ErrorKind::Disconnected,
-                    format!(
-                        "{} did not reconnect within the resume window of {window:?}{cause}",
-                        self.who
-                    ),
-                );
+                let (unacked, _) = g.session.outbox().inflight();
+                let err = if unacked > 0 {
+                    Error::new(
+                        ErrorKind::SessionLost,
+                        format!(
+                            "{} did not reconnect within the resume window of {window:?}{cause}; \
+                             {unacked} reliable messages sent to it were not acknowledged and \
+                             may be lost",
+                            self.who
+                        ),
+                    )
+                } else {
+                    Error::new(
+                        ErrorKind::Disconnected,
+                        format!(
+                            "{} did not reconnect within the resume window of {window:?}{cause}",
+                            self.who
+                        ),
+                    )
+                };
                 self.report_later(&mut g, &err);
                 self.end_final(&mut g, err, Ok(change));
             }
