@@ -1261,3 +1261,48 @@ fn a_moved_outbox_sends_its_message_under_way_again_whole() {
     assert_eq!(got, [big, numbered(2, 10)]);
     assert_eq!(l2.reassembly_bytes(), 0);
 }
+
+/// A channel's own window holds back its reliable messages beyond it (until acks come) and
+/// not those of other channels; the pipe's window bounds them all.
+#[test]
+fn reliable_windows_per_channel_and_per_pipe() {
+    let t0 = Instant::now();
+    let small = ChannelConfig {
+        reliable: true,
+        inflight_msgs: 2,
+        ..ChannelConfig::default()
+    };
+    let free = ChannelConfig {
+        reliable: true,
+        ..ChannelConfig::default()
+    };
+    let mut cfg = (*qos([(1, small), (2, free)])).clone();
+    cfg.inflight_msgs = 5;
+    let mut o = Outbox::new(Arc::new(cfg), t0);
+    for i in 0..4 {
+        assert_eq!(o.offer(1, numbered(i, 10), None, t0), Admission::Queued);
+        assert_eq!(
+            o.offer(2, numbered(100 + i, 10), None, t0),
+            Admission::Queued
+        );
+    }
+    let sent = drain(&mut o, t0, 1024);
+    let on = |c: u16| sent.iter().filter(|(h, _)| h.channel == c).count();
+    assert_eq!(on(1), 2, "channel 1 stops at its window of 2");
+    assert_eq!(on(2), 3, "channel 2 stops at the pipe's window of 5");
+    assert_eq!(o.inflight().0, 5);
+    // Acks for the first two numbers (whatever their channels) open both windows again.
+    let first_two: Vec<u16> = sent.iter().take(2).map(|(h, _)| h.channel).collect();
+    o.on_ack(2, &[], t0).unwrap();
+    let more = drain(&mut o, t0, 1024);
+    assert_eq!(
+        more.len(),
+        2,
+        "two numbers acknowledged, two more go ({first_two:?})"
+    );
+    assert_eq!(o.inflight().0, 5);
+    assert!(sent
+        .iter()
+        .chain(&more)
+        .all(|(h, _)| h.has(flags::RELIABLE)));
+}

@@ -952,9 +952,20 @@ pub struct ChannelOptions {
     pub(crate) weight: Option<u32>,
     pub(crate) msgs_rate: Option<RateLimit>,
     pub(crate) bytes_rate: Option<RateLimit>,
+    pub(crate) inflight: Option<(usize, usize)>,
 }
 
 impl ChannelOptions {
+    /// The channel's own window of reliable delivery: at most `msgs` of its reliable
+    /// messages and `bytes` of their payload sent and not yet acknowledged, within the
+    /// pipe's window ([`DialOptions::inflight_window`]). Default: the pipe's window only. `0`
+    /// is treated as 1.
+    #[must_use]
+    pub fn inflight_window(mut self, msgs: usize, bytes: usize) -> Self {
+        self.inflight = Some((msgs.max(1), bytes.max(1)));
+        self
+    }
+
     /// Reliable or realtime delivery. Default: `false` (realtime).
     ///
     /// - **Realtime**: in order, never duplicated; may be dropped by the backpressure policy,
@@ -1094,6 +1105,8 @@ impl ChannelOptions {
                 msgs_rate: self.msgs_rate.and_then(RateLimit::to_proto),
                 bytes_rate: self.bytes_rate.and_then(RateLimit::to_proto),
                 reliable: self.reliable.unwrap_or(false),
+                inflight_msgs: self.inflight.map_or(d.inflight_msgs, |w| w.0),
+                inflight_bytes: self.inflight.map_or(d.inflight_bytes, |w| w.1),
             },
         }
     }

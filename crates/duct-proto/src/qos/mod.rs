@@ -107,6 +107,12 @@ pub struct ChannelConfig {
     pub bytes_rate: Option<Rate>,
     /// Messages are sent reliably by default (see [`crate::reliable`]).
     pub reliable: bool,
+    /// The channel's own window: most of its reliable messages, and payload bytes, sent and
+    /// not yet acknowledged (within the pipe's, [`QosConfig::inflight_msgs`]). Default:
+    /// unlimited (the pipe's window only).
+    pub inflight_msgs: usize,
+    /// See `inflight_msgs`.
+    pub inflight_bytes: usize,
 }
 
 impl Default for ChannelConfig {
@@ -123,6 +129,8 @@ impl Default for ChannelConfig {
             msgs_rate: None,
             bytes_rate: None,
             reliable: false,
+            inflight_msgs: usize::MAX,
+            inflight_bytes: usize::MAX,
         }
     }
 }

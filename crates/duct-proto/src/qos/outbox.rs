@@ -97,10 +97,14 @@ impl RelSend {
         self.rto_at.get_or_insert(now + self.rto);
     }
 
-    /// Forgets `s`, acknowledged.
-    fn settle(&mut self, s: &Sent) {
+    /// A numbered message of `len` bytes on `ch` was acknowledged.
+    fn settle(&mut self, ch: Option<&mut Chan>, len: usize) {
         self.inflight_msgs -= 1;
-        self.inflight_bytes -= s.payload.len();
+        self.inflight_bytes -= len;
+        if let Some(ch) = ch {
+            ch.inflight_msgs -= 1;
+            ch.inflight_bytes -= len;
+        }
     }
 }
 
@@ -127,6 +131,9 @@ struct Chan {
     counts: Counts,
     /// Queued messages that carry a deadline.
     with_ttl: usize,
+    /// Its reliable messages numbered and not yet acknowledged, and their bytes.
+    inflight_msgs: usize,
+    inflight_bytes: usize,
 }
 
 impl Chan {
@@ -143,6 +150,8 @@ impl Chan {
             active: false,
             counts: Counts::default(),
             with_ttl: 0,
+            inflight_msgs: 0,
+            inflight_bytes: 0,
         }
     }
 
@@ -452,7 +461,8 @@ impl Outbox {
         let before = self.rel.unacked.len();
         while self.rel.unacked.front().is_some_and(|s| s.seq <= cum) {
             let s = self.rel.unacked.pop_front().expect("checked");
-            self.rel.settle(&s);
+            self.rel
+                .settle(self.chans.get_mut(s.channel), s.payload.len());
         }
         self.rel.acked = self.rel.acked.max(cum);
         for &(a, b) in ranges {
@@ -462,18 +472,16 @@ impl Outbox {
                     "ACK range for reliable messages that were never sent",
                 ));
             }
-            let rel = &mut self.rel;
             let mut gone = Vec::new();
-            rel.unacked.retain(|s| {
+            self.rel.unacked.retain(|s| {
                 let hit = s.seq >= a && s.seq <= b;
                 if hit {
-                    gone.push(s.payload.len());
+                    gone.push((s.channel, s.payload.len()));
                 }
                 !hit
             });
-            for len in gone {
-                rel.inflight_msgs -= 1;
-                rel.inflight_bytes -= len;
+            for (channel, len) in gone {
+                self.rel.settle(self.chans.get_mut(channel), len);
             }
         }
         let progress = self.rel.unacked.len() < before;
@@ -516,6 +524,10 @@ impl Outbox {
         self.rel.acked = 0;
         self.rel.inflight_msgs = 0;
         self.rel.inflight_bytes = 0;
+        for (_, ch) in self.chans.iter_mut() {
+            ch.inflight_msgs = 0;
+            ch.inflight_bytes = 0;
+        }
         self.rel.retries = 0;
         self.rel.rto_at = None;
         Ok(n.max(renumbered))
@@ -676,16 +688,18 @@ impl Outbox {
                     if head.seq != 0 && head.seq <= self.rel.acked {
                         // Queued again after a timeout, and acknowledged meanwhile: done.
                         let len = ch.remove_sent(0);
-                        self.rel.inflight_msgs -= 1;
-                        self.rel.inflight_bytes -= len;
+                        self.rel.settle(Some(&mut *ch), len);
                         self.msgs -= 1;
                         self.bytes -= len;
                         continue;
                     }
                     let len = head.payload.len();
-                    let window_full = self.rel.inflight_msgs > 0
+                    let window_full = (self.rel.inflight_msgs > 0
                         && (self.rel.inflight_msgs >= self.config.inflight_msgs.max(1)
-                            || self.rel.inflight_bytes + len > self.config.inflight_bytes.max(1));
+                            || self.rel.inflight_bytes + len > self.config.inflight_bytes.max(1)))
+                        || (ch.inflight_msgs > 0
+                            && (ch.inflight_msgs >= ch.cfg.inflight_msgs.max(1)
+                                || ch.inflight_bytes + len > ch.cfg.inflight_bytes.max(1)));
                     if head.seq == 0 && window_full {
                         // Waits for acks (their arrival wakes the driver), not for a timer.
                         class.ring.rotate_left(1);
@@ -761,6 +775,8 @@ impl Outbox {
                         self.rel.next_seq += 1;
                         self.rel.inflight_msgs += 1;
                         self.rel.inflight_bytes += total;
+                        ch.inflight_msgs += 1;
+                        ch.inflight_bytes += total;
                         if head.deadline.take().is_some() {
                             ch.with_ttl -= 1;
                         }
@@ -916,6 +932,10 @@ impl Outbox {
         }
         self.rel.inflight_msgs = 0;
         self.rel.inflight_bytes = 0;
+        for (_, ch) in self.chans.iter_mut() {
+            ch.inflight_msgs = 0;
+            ch.inflight_bytes = 0;
+        }
         self.rel.rto_at = None;
         let n = self.msgs;
         for (_, ch) in self.chans.iter_mut() {
