@@ -153,11 +153,16 @@ fn reliable_messages_survive_fifty_resets_exactly_once_in_order() {
     // The chaos: a reset every so often while traffic flows.
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let chaos = {
+        let client = client.clone();
         thread::spawn(move || {
             let mut cuts = 0;
             while cuts < CUTS {
                 if stop_rx.recv_timeout(Duration::from_millis(15)).is_ok() {
                     break;
+                }
+                // Each cut breaks an established connection (not one still reconnecting).
+                if client.state() != PipeState::Connected || proxy.connections_open() == 0 {
+                    continue;
                 }
                 proxy.reset_all();
                 cuts += 1;
