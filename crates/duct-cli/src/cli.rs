@@ -118,7 +118,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 2000)]
     pub warmup: u64,
 
-    /// Rounds per case; each round runs duct, then raw.
+    /// Rounds per case; each round runs duct, then raw (with --reliable: duct realtime,
+    /// duct reliable, then raw).
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
 
@@ -158,7 +159,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub channels: u32,
 
-    /// Send on a reliable channel (not implemented yet).
+    /// Also measure duct on a reliable channel: in every round of a pingpong or stream
+    /// case, duct runs twice, on a realtime channel (the default) and on a reliable one
+    /// (`ChannelOptions::reliable(true)` on both ends), then raw; the table adds the
+    /// `duct reliable` rows and reliable÷realtime ratios per round, median. mixed keeps its
+    /// realtime channels.
     #[arg(long)]
     pub reliable: bool,
 
@@ -253,7 +258,8 @@ mod tests {
         assert_eq!(b.rounds, 3);
         assert_eq!(b.batch, 64);
         assert_eq!(b.pin, PinArg::None);
-        assert!(!b.threads && !b.no_baseline);
+        assert!(!b.threads && !b.no_baseline && !b.reliable);
+        assert!(bench(&["--reliable"]).reliable);
     }
 
     #[test]

@@ -160,6 +160,63 @@ fn tiny_bench_writes_json() {
 }
 
 #[test]
+fn tiny_reliable_bench() {
+    let started = Instant::now();
+    let json = bench_json(
+        "reliable.json",
+        &[
+            "--reliable",
+            "--transport",
+            "uds",
+            "--messages",
+            "500",
+            "--warmup",
+            "100",
+            "--rounds",
+            "1",
+        ],
+        &["duct reliable", "reliable÷realtime", "duct÷raw"],
+    );
+    eprintln!("tiny reliable bench: {:?}", started.elapsed());
+    // pingpong and stream × duct realtime, duct reliable, raw.
+    assert_eq!(check_results(&json, 2), 6, "{json}");
+    let results = json["results"].as_array().unwrap();
+    for pattern in ["pingpong", "stream"] {
+        let rows: Vec<&serde_json::Value> =
+            results.iter().filter(|r| r["pattern"] == pattern).collect();
+        let systems: Vec<(&str, bool)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["system"].as_str().unwrap(),
+                    r["reliable"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            systems,
+            [("duct", false), ("duct", true), ("raw", false)],
+            "{json}"
+        );
+        let reliable = rows[1];
+        let key = if pattern == "pingpong" {
+            "p50"
+        } else {
+            "msgs_per_sec"
+        };
+        assert!(
+            reliable["ratio_vs_realtime"][key].as_f64().unwrap() > 0.0,
+            "{reliable}"
+        );
+        assert!(
+            reliable["ratio_vs_raw"][key].as_f64().unwrap() > 0.0,
+            "{reliable}"
+        );
+        assert!(rows[0].get("ratio_vs_realtime").is_none(), "{json}");
+    }
+}
+
+#[test]
 fn tiny_mixed_bench() {
     let json = bench_json(
         "mixed.json",
@@ -303,7 +360,7 @@ fn errors_exit_1_with_a_message() {
         text(&out.stderr)
     );
 
-    let out = run(&["bench", "--reliable"], Duration::from_secs(30));
+    let out = run(&["bench", "--spin"], Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("not implemented yet"),

@@ -7,12 +7,17 @@
 //! code allocates nothing per message: whatever `allocs_per_msg` shows is duct's.
 //!
 //! Messages go on channel 0, or on the channel given with [`DuctConn::on_channel`] (the
-//! realtime channel of the mixed pattern, [`crate::bench::mixed`]).
+//! realtime channel of the mixed pattern, [`crate::bench::mixed`]). With `--reliable`, the
+//! reliable runs configure channel 0 `ChannelOptions::reliable(true)` on both ends
+//! ([`listen_options`], [`dial_options`]); the realtime runs keep duct's defaults.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use duct::{CloseOptions, DialOptions, ListenOptions, Message, Pipe, RecvOptions, SendOptions};
+use duct::{
+    ChannelOptions, CloseOptions, DialOptions, ListenOptions, Message, Pipe, RecvOptions,
+    SendOptions,
+};
 
 use crate::bench::spec::Transport;
 use crate::bench::workload::{MsgConn, FLAG_LAST, FLAG_MORE};
@@ -29,6 +34,31 @@ pub struct DuctConn {
     received: Vec<Message>,
     send_options: SendOptions,
     recv_options: RecvOptions,
+}
+
+/// The channel the pingpong and stream workloads use.
+pub const CHANNEL: u16 = 0;
+
+/// The measuring end's listen options for a pingpong or stream run: duct's defaults, with
+/// [`CHANNEL`] reliable if `reliable`.
+pub fn listen_options(reliable: bool) -> ListenOptions {
+    let options = ListenOptions::default();
+    if reliable {
+        options.channel(CHANNEL, ChannelOptions::default().reliable(true))
+    } else {
+        options
+    }
+}
+
+/// The peer's dial options for a pingpong or stream run: as [`listen_options`], the same
+/// channel configured alike on this end.
+pub fn dial_options(reliable: bool) -> DialOptions {
+    let options = DialOptions::default();
+    if reliable {
+        options.channel(CHANNEL, ChannelOptions::default().reliable(true))
+    } else {
+        options
+    }
 }
 
 /// The address to listen on for `transport`; `uds_name` is a fresh abstract name.
@@ -89,7 +119,7 @@ impl DuctConn {
             payload: Bytes::from(payload),
             last_payload: Bytes::from(last_payload),
             batch,
-            channel: 0,
+            channel: CHANNEL,
             received: Vec::with_capacity(batch),
             send_options: SendOptions::default(),
             recv_options: RecvOptions::default(),

@@ -14,6 +14,10 @@
 //!
 //! The measuring end listens and drives (ping-pong client, stream sender); the peer dials
 //! and serves (echo, stream receiver, which measures the rate and reports it back).
+//!
+//! With `--reliable`, each round of a pingpong or stream case runs duct twice, on a
+//! realtime channel (duct's default) and then on a reliable one (configured on both ends),
+//! before raw: so reliable ÷ realtime is taken round by round, like duct ÷ raw.
 
 pub mod duct_conn;
 pub mod mixed;
@@ -39,7 +43,7 @@ use self::duct_conn::DuctConn;
 use self::mixed::BulkSender;
 use self::peer::{Peer, Watchdog};
 use self::raw::{RawConn, RawListener};
-use self::report::{CaseResult, Host, Loaded, RunConfig};
+use self::report::{CaseResult, Host, Loaded, Reliable, RunConfig};
 use self::spec::{Amount, Job, Pattern, System};
 use self::stats::RunResult;
 use self::workload::{drive_pingpong, drive_stream, MsgConn, Plan};
@@ -117,6 +121,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
 
     let baseline = !args.no_baseline;
+    if args.reliable && args.pattern.0.contains(&Pattern::Mixed) {
+        eprintln!("duct bench: --reliable: mixed runs on realtime channels only");
+    }
     let mut cases = Vec::new();
     for &transport in &transports {
         for &pattern in &args.pattern.0 {
@@ -127,13 +134,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let total_runs: usize = cases
         .iter()
-        .map(|&(_, pattern, _)| legs(pattern, baseline).len() * args.rounds as usize)
+        .map(|&(_, pattern, _)| legs(pattern, baseline, args.reliable).len() * args.rounds as usize)
         .sum();
     let mut progress = Progress::new(total_runs);
     let started = Instant::now();
     let mut results = Vec::new();
     for &(transport, pattern, size) in &cases {
-        let legs = legs(pattern, baseline);
+        let legs = legs(pattern, baseline, args.reliable);
         let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); legs.len()];
         let mut bulk_rates = Vec::new();
         for round in 1..=args.rounds {
@@ -146,6 +153,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     warmup: args.warmup,
                     batch,
                     amount,
+                    reliable: leg == Leg::DuctReliable,
                     addr: String::new(),
                 };
                 let label = format!(
@@ -189,6 +197,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             bulk_msgs_per_sec: stats::median(&bulk_rates),
             vs_idle: stats::ratios(Pattern::Mixed, loaded_runs, duct_runs),
         });
+        let reliable = runs_of(Leg::DuctReliable).map(|reliable_runs| Reliable {
+            duct: stats::summarize(System::Duct, reliable_runs, size),
+            vs_realtime: stats::ratios(pattern, reliable_runs, duct_runs),
+            vs_raw: raw_runs.map(|r| stats::ratios(pattern, reliable_runs, r)),
+        });
         results.push(CaseResult {
             transport,
             pattern,
@@ -197,6 +210,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             raw,
             ratios,
             loaded,
+            reliable,
         });
     }
     progress.clear();
@@ -236,8 +250,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// One system's part of a case, run once per round, in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Leg {
-    /// duct on the case's pattern (mixed: the idle run, bulk sender off).
+    /// duct on the case's pattern (mixed: the idle run, bulk sender off), on a realtime
+    /// channel.
     Duct,
+    /// `--reliable`, pingpong and stream: duct again, its channel reliable on both ends.
+    DuctReliable,
     /// Mixed only: duct with the bulk sender on.
     DuctLoaded,
     /// The raw baseline (mixed: a plain ping-pong, as the idle reference).
@@ -247,7 +264,7 @@ enum Leg {
 impl Leg {
     fn system(self) -> System {
         match self {
-            Leg::Duct | Leg::DuctLoaded => System::Duct,
+            Leg::Duct | Leg::DuctReliable | Leg::DuctLoaded => System::Duct,
             Leg::Raw => System::Raw,
         }
     }
@@ -261,10 +278,10 @@ impl Leg {
         }
     }
 
-    /// What the progress line adds to the job's label.
+    /// What the progress line adds to the job's label (which says `reliable` itself).
     fn label_suffix(self, case: Pattern) -> &'static str {
         match (self, case) {
-            (_, Pattern::PingPong | Pattern::Stream) => "",
+            (_, Pattern::PingPong | Pattern::Stream) | (Leg::DuctReliable, _) => "",
             (Leg::Duct, Pattern::Mixed) => " idle",
             (Leg::DuctLoaded, Pattern::Mixed) => " loaded",
             (Leg::Raw, Pattern::Mixed) => " (mixed's idle reference)",
@@ -272,11 +289,14 @@ impl Leg {
     }
 }
 
-/// The legs of a case: duct, (mixed: duct loaded,) then raw unless `--no-baseline`.
-fn legs(pattern: Pattern, baseline: bool) -> Vec<Leg> {
+/// The legs of a case: duct, (`--reliable`, pingpong and stream: duct reliable,) (mixed:
+/// duct loaded,) then raw unless `--no-baseline`.
+fn legs(pattern: Pattern, baseline: bool, reliable: bool) -> Vec<Leg> {
     let mut legs = vec![Leg::Duct];
     if pattern == Pattern::Mixed {
         legs.push(Leg::DuctLoaded);
+    } else if reliable {
+        legs.push(Leg::DuctReliable);
     }
     if baseline {
         legs.push(Leg::Raw);
@@ -290,9 +310,6 @@ fn reject_unimplemented(args: &BenchArgs) -> Result<()> {
             "--channels {}: not implemented yet (duct bench measures one channel)",
             args.channels
         );
-    }
-    if args.reliable {
-        bail!("--reliable: not implemented yet");
     }
     if args.spin {
         bail!("--spin: not implemented yet (it applies to shm, which is not available yet)");
@@ -366,7 +383,8 @@ fn run_one(peer: &mut Peer, job: &mut Job) -> Result<RunResult> {
         }
         System::Duct => {
             let addr = duct_conn::listen_addr(job.transport, &uds_name())?;
-            let (listener, bound) = duct_conn::listen(&addr, duct::ListenOptions::default())?;
+            let (listener, bound) =
+                duct_conn::listen(&addr, duct_conn::listen_options(job.reliable))?;
             job.addr = bound;
             peer.start(job)?;
             let pipe = duct_conn::accept(&listener, CONNECT_TIMEOUT, || peer.check())?;
@@ -544,6 +562,7 @@ mod tests {
             warmup: 0,
             batch: 64,
             amount: Amount::Messages(1000),
+            reliable: false,
             addr: String::new(),
         };
         let small = run_timeout(&job, false);
@@ -578,20 +597,45 @@ mod tests {
 
     #[test]
     fn mixed_cases_run_idle_loaded_and_the_raw_reference() {
-        assert_eq!(legs(Pattern::PingPong, true), vec![Leg::Duct, Leg::Raw]);
-        assert_eq!(legs(Pattern::Stream, false), vec![Leg::Duct]);
         assert_eq!(
-            legs(Pattern::Mixed, true),
+            legs(Pattern::PingPong, true, false),
+            vec![Leg::Duct, Leg::Raw]
+        );
+        assert_eq!(legs(Pattern::Stream, false, false), vec![Leg::Duct]);
+        assert_eq!(
+            legs(Pattern::Mixed, true, false),
             vec![Leg::Duct, Leg::DuctLoaded, Leg::Raw]
         );
         assert_eq!(
-            legs(Pattern::Mixed, false),
+            legs(Pattern::Mixed, false, false),
             vec![Leg::Duct, Leg::DuctLoaded]
         );
         assert_eq!(Leg::Raw.pattern(Pattern::Mixed), Pattern::PingPong);
         assert_eq!(Leg::DuctLoaded.pattern(Pattern::Mixed), Pattern::Mixed);
         assert_eq!(Leg::Raw.pattern(Pattern::Stream), Pattern::Stream);
         assert_eq!(Leg::DuctLoaded.system(), System::Duct);
+    }
+
+    #[test]
+    fn reliable_cases_run_duct_realtime_then_reliable_then_raw() {
+        for pattern in [Pattern::PingPong, Pattern::Stream] {
+            assert_eq!(
+                legs(pattern, true, true),
+                vec![Leg::Duct, Leg::DuctReliable, Leg::Raw]
+            );
+            assert_eq!(
+                legs(pattern, false, true),
+                vec![Leg::Duct, Leg::DuctReliable]
+            );
+        }
+        // Mixed keeps its realtime channels.
+        assert_eq!(
+            legs(Pattern::Mixed, true, true),
+            legs(Pattern::Mixed, true, false)
+        );
+        assert_eq!(Leg::DuctReliable.system(), System::Duct);
+        assert_eq!(Leg::DuctReliable.pattern(Pattern::Stream), Pattern::Stream);
+        assert_eq!(Leg::DuctReliable.label_suffix(Pattern::PingPong), "");
     }
 
     #[test]

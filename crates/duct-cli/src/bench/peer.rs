@@ -108,7 +108,7 @@ pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
                 Err(e) => deliver(Err(e)),
             }
         }
-        System::Duct => match duct_conn::dial(&job.addr, duct::DialOptions::default()) {
+        System::Duct => match duct_conn::dial(&job.addr, duct_conn::dial_options(job.reliable)) {
             Ok(pipe) => {
                 let mut conn = DuctConn::new(pipe, job.size, job.batch);
                 let outcome = run(&mut conn, job);

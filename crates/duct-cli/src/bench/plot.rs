@@ -5,7 +5,8 @@
 //! 99%, 99.9%, ... are evenly spaced and the tail gets the room it deserves; the y axis is
 //! the round-trip time in µs on a log scale (tails on a shared VM reach 1000× the median,
 //! which would flatten a linear axis). Each line stops where its run had too few samples
-//! to say more.
+//! to say more. With `--reliable`, duct on a reliable channel is a dashed line in duct's
+//! colour.
 
 use std::fmt::Write as _;
 
@@ -22,6 +23,8 @@ const RIGHT: f64 = 110.0;
 const TOP: f64 = 36.0;
 const BOTTOM: f64 = 44.0;
 const COLORS: [&str; 2] = ["#1f77b4", "#ff7f0e"];
+/// The name of the `--reliable` line, drawn dashed in duct's colour.
+const RELIABLE_LINE: &str = "duct reliable";
 
 fn percentile_label(decade: u32) -> String {
     match decade {
@@ -49,8 +52,9 @@ fn decades(count: u64) -> u32 {
 /// One line of a panel: the system's name and its round-trip times.
 type Series<'a> = (&'a str, &'a Histogram<u64>);
 
-/// The SVG document for the ping-pong and mixed cases among `cases` (a mixed case's lines:
-/// duct idle, duct loaded, raw); `None` if there are none.
+/// The SVG document for the ping-pong and mixed cases among `cases` (a ping-pong case's
+/// lines: duct, raw, then duct reliable with `--reliable`; a mixed case's: duct idle, duct
+/// loaded, raw); `None` if there are none.
 pub fn to_svg(cases: &[CaseResult]) -> Option<String> {
     let panels: Vec<(String, Vec<Series<'_>>)> = cases
         .iter()
@@ -71,6 +75,7 @@ pub fn to_svg(cases: &[CaseResult]) -> Option<String> {
                         .map(|l| named(&l.duct, mixed, "duct loaded")),
                 )
                 .chain(case.raw.iter().map(|r| named(r, mixed, "raw (pingpong)")))
+                .chain(case.reliable.iter().map(|r| (RELIABLE_LINE, &r.duct)))
                 .filter_map(|(name, s)| s.rtt.as_ref().map(|h| (name, h)))
                 .filter(|(_, h)| !h.is_empty())
                 .collect();
@@ -186,7 +191,11 @@ fn panel(svg: &mut String, y0: f64, title: &str, series: &[Series<'_>]) {
     // Lines.
     const STEPS: u32 = 240;
     for (i, (name, h)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let (color, dash) = if *name == RELIABLE_LINE {
+            (COLORS[0], r#" stroke-dasharray="6 4""#)
+        } else {
+            (COLORS[i % COLORS.len()], "")
+        };
         let limit = decades(h.len()) as f64;
         let mut points = String::new();
         for step in 0..=STEPS {
@@ -200,13 +209,13 @@ fn panel(svg: &mut String, y0: f64, title: &str, series: &[Series<'_>]) {
         }
         let _ = writeln!(
             svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
             points.trim_end()
         );
         let ly = y_top + 16.0 + 20.0 * i as f64;
         let _ = writeln!(
             svg,
-            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="2"/><text x="{:.1}" y="{:.1}">{name}</text>"#,
+            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}">{name}</text>"#,
             x_right + 12.0,
             x_right + 36.0,
             x_right + 42.0,
@@ -270,13 +279,36 @@ mod tests {
             raw: Some(s(System::Raw)),
             ratios: None,
             loaded: None,
+            reliable: None,
         };
-        let svg = to_svg(&[case]).unwrap();
+        let svg = to_svg(std::slice::from_ref(&case)).unwrap();
         assert!(svg.starts_with("<svg"));
         assert!(svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("uds pingpong 64 B"));
         assert!(svg.contains("99.9%"));
+        assert!(!svg.contains("stroke-dasharray"));
         assert!(to_svg(&[]).is_none());
+        // --reliable: a third, dashed line in duct's colour.
+        let reliable = CaseResult {
+            reliable: Some(crate::bench::report::Reliable {
+                duct: s(System::Duct),
+                vs_realtime: crate::bench::stats::Ratios::PingPong {
+                    p50: 1.0,
+                    p99: 1.0,
+                    p999: 1.0,
+                    max: 1.0,
+                },
+                vs_raw: None,
+            }),
+            ..case
+        };
+        let svg = to_svg(&[reliable]).unwrap();
+        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert!(svg.contains(">duct reliable</text>"), "{svg}");
+        assert!(svg.contains(&format!(
+            r#"stroke="{}" stroke-width="2" stroke-dasharray"#,
+            COLORS[0]
+        )));
     }
 }

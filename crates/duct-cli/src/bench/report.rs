@@ -14,6 +14,12 @@
 //! channel's receive rate over the measured round trips) and `ratio_vs_idle`
 //! (`{p50,p99,p999,max}`, loaded ÷ idle per round, median). The raw row of a mixed case is
 //! a plain ping-pong (raw sockets have no channels), marked `"reference": "pingpong"`.
+//!
+//! With `--reliable`, each pingpong and stream case has a second duct row, measured with the
+//! workload's channel reliable on both ends: `"reliable": true` (every other row says
+//! `false`), its `ratio_vs_raw` (reliable duct ÷ raw), and `ratio_vs_realtime` (reliable ÷
+//! realtime duct per round, median; `{p50,p99,p999,max}` for pingpong,
+//! `{msgs_per_sec,bytes_per_sec}` for stream). It comes right after the realtime duct row.
 
 use std::fmt::Write as _;
 
@@ -39,6 +45,20 @@ pub struct CaseResult {
     /// Mixed only: the runs with the bulk sender on. In a mixed case, `duct` holds the idle
     /// runs and `raw` the plain ping-pong reference.
     pub loaded: Option<Loaded>,
+    /// `--reliable` (pingpong and stream): duct with its channel reliable. `duct` then
+    /// holds the realtime runs.
+    pub reliable: Option<Reliable>,
+}
+
+/// The reliable half of a pingpong or stream case (`--reliable`).
+#[derive(Debug, Clone)]
+pub struct Reliable {
+    /// duct's results with the workload's channel reliable on both ends.
+    pub duct: Summary,
+    /// Reliable ÷ realtime duct, per round, median.
+    pub vs_realtime: Ratios,
+    /// Reliable duct ÷ raw, per round, median; none with `--no-baseline`.
+    pub vs_raw: Option<Ratios>,
 }
 
 /// The loaded half of a mixed case.
@@ -134,11 +154,36 @@ fn rtt_ratios_json(p50: f64, p99: f64, p999: f64, max: f64) -> String {
     )
 }
 
-/// One result object; `extra` (`, "key": value, ...`, or empty) goes before its end.
+/// `, "key": {...}`: ratios as a JSON member (a stream's bytes/s ratio is its msgs/s one,
+/// sizes being equal).
+fn ratios_json(key: &str, ratios: &Ratios) -> String {
+    match ratios {
+        Ratios::PingPong {
+            p50,
+            p99,
+            p999,
+            max,
+        } => format!(
+            ", {}: {}",
+            json_str(key),
+            rtt_ratios_json(*p50, *p99, *p999, *max)
+        ),
+        Ratios::Stream { msgs_per_sec } => format!(
+            ", {}: {{\"msgs_per_sec\": {}, \"bytes_per_sec\": {}}}",
+            json_str(key),
+            json_f64(*msgs_per_sec),
+            json_f64(*msgs_per_sec)
+        ),
+    }
+}
+
+/// One result object; `reliable` says whether duct's channel was reliable; `extra`
+/// (`, "key": value, ...`, or empty) goes before its end.
 fn summary_json(
     case: &CaseResult,
     s: &Summary,
     config: &RunConfig,
+    reliable: bool,
     ratios: Option<&Ratios>,
     extra: &str,
 ) -> String {
@@ -150,12 +195,13 @@ fn summary_json(
     let _ = write!(
         o,
         "{{\"system\": {}, \"transport\": {}, \"pattern\": {}, \"size\": {}, \
-         \"reliable\": false, \"spin\": false, \"backend\": {}, \"processes\": {}, \
+         \"reliable\": {}, \"spin\": false, \"backend\": {}, \"processes\": {}, \
          \"messages\": {}",
         json_str(s.system.name()),
         json_str(case.transport.name()),
         json_str(case.pattern.name()),
         case.size,
+        reliable,
         json_str(backend),
         config.processes,
         s.messages,
@@ -180,28 +226,8 @@ fn summary_json(
     if case.pattern == Pattern::Stream && s.system == System::Duct {
         let _ = write!(o, ", \"batch\": {}", config.batch);
     }
-    match ratios {
-        Some(Ratios::PingPong {
-            p50,
-            p99,
-            p999,
-            max,
-        }) => {
-            let _ = write!(
-                o,
-                ", \"ratio_vs_raw\": {}",
-                rtt_ratios_json(*p50, *p99, *p999, *max)
-            );
-        }
-        Some(Ratios::Stream { msgs_per_sec }) => {
-            let _ = write!(
-                o,
-                ", \"ratio_vs_raw\": {{\"msgs_per_sec\": {}, \"bytes_per_sec\": {}}}",
-                json_f64(*msgs_per_sec),
-                json_f64(*msgs_per_sec)
-            );
-        }
-        None => {}
+    if let Some(ratios) = ratios {
+        o.push_str(&ratios_json("ratio_vs_raw", ratios));
     }
     o.push_str(extra);
     o.push('}');
@@ -219,7 +245,7 @@ fn mixed_json(case: &CaseResult, config: &RunConfig, entries: &mut Vec<String>) 
         mixed::BULK_SIZE
     );
     let idle = format!(", \"load\": \"idle\"{channels}");
-    entries.push(summary_json(case, &case.duct, config, None, &idle));
+    entries.push(summary_json(case, &case.duct, config, false, None, &idle));
     if let Some(loaded) = &case.loaded {
         let bulk_bytes = loaded.bulk_msgs_per_sec * mixed::BULK_SIZE as f64;
         let mut extra = format!(
@@ -242,11 +268,18 @@ fn mixed_json(case: &CaseResult, config: &RunConfig, entries: &mut Vec<String>) 
                 rtt_ratios_json(p50, p99, p999, max)
             );
         }
-        entries.push(summary_json(case, &loaded.duct, config, None, &extra));
+        entries.push(summary_json(
+            case,
+            &loaded.duct,
+            config,
+            false,
+            None,
+            &extra,
+        ));
     }
     if let Some(raw) = &case.raw {
         let extra = ", \"load\": \"idle\", \"reference\": \"pingpong\"";
-        entries.push(summary_json(case, raw, config, None, extra));
+        entries.push(summary_json(case, raw, config, false, None, extra));
     }
 }
 
@@ -292,11 +325,23 @@ pub fn to_json(version: &str, host: &Host, config: &RunConfig, cases: &[CaseResu
             case,
             &case.duct,
             config,
+            false,
             case.ratios.as_ref(),
             "",
         ));
+        if let Some(r) = &case.reliable {
+            let extra = ratios_json("ratio_vs_realtime", &r.vs_realtime);
+            entries.push(summary_json(
+                case,
+                &r.duct,
+                config,
+                true,
+                r.vs_raw.as_ref(),
+                &extra,
+            ));
+        }
         if let Some(raw) = &case.raw {
-            entries.push(summary_json(case, raw, config, None, ""));
+            entries.push(summary_json(case, raw, config, false, None, ""));
         }
     }
     for (i, e) in entries.iter().enumerate() {
@@ -396,6 +441,24 @@ fn case_label(case: &CaseResult, i: usize) -> (String, String) {
     }
 }
 
+/// A case's rows of results, named as the table's system column shows them: duct (the
+/// realtime runs), duct reliable (`--reliable`), raw.
+fn system_rows(case: &CaseResult) -> impl Iterator<Item = (&'static str, &Summary)> {
+    std::iter::once((System::Duct.name(), &case.duct))
+        .chain(case.reliable.as_ref().map(|r| ("duct reliable", &r.duct)))
+        .chain(case.raw.as_ref().map(|r| (System::Raw.name(), r)))
+}
+
+/// The heading's account of the ratio rows: duct÷raw, and reliable÷realtime when some case
+/// has it.
+fn ratio_rows_heading(cases: &[&CaseResult]) -> &'static str {
+    if cases.iter().any(|c| c.reliable.is_some()) {
+        "ratios duct÷raw and reliable÷realtime per round, median"
+    } else {
+        "ratio duct÷raw per round, median"
+    }
+}
+
 /// The table printed at the end of `duct bench`.
 pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
     let mut out = String::new();
@@ -420,7 +483,8 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
     if !pingpong.is_empty() {
         let _ = writeln!(
             out,
-            "\npingpong: round-trip time in µs; ratio duct÷raw per round, median: lower is better"
+            "\npingpong: round-trip time in µs; {}: lower is better",
+            ratio_rows_heading(&pingpong)
         );
         let mut t = Table {
             rows: vec![[
@@ -439,7 +503,7 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
             left: 3,
         };
         for case in pingpong {
-            for (i, s) in std::iter::once(&case.duct).chain(&case.raw).enumerate() {
+            for (i, (system, s)) in system_rows(case).enumerate() {
                 let p = s.percentiles.unwrap_or(crate::bench::stats::Percentiles {
                     p50: 0,
                     p99: 0,
@@ -450,7 +514,7 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
                 t.rows.push(vec![
                     transport,
                     size,
-                    s.system.name().to_string(),
+                    system.to_string(),
                     us(p.p50),
                     us(p.p99),
                     us(p.p999),
@@ -476,6 +540,23 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
                     times(max),
                 ]);
             }
+            if let Some(Ratios::PingPong {
+                p50,
+                p99,
+                p999,
+                max,
+            }) = case.reliable.as_ref().map(|r| r.vs_realtime)
+            {
+                t.rows.push(vec![
+                    String::new(),
+                    String::new(),
+                    "reliable÷realtime".to_string(),
+                    times(p50),
+                    times(p99),
+                    times(p999),
+                    times(max),
+                ]);
+            }
         }
         t.render(&mut out);
     }
@@ -486,8 +567,9 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
     if !stream.is_empty() {
         let _ = writeln!(
             out,
-            "\nstream: receive rate (duct batch {}, raw BufWriter); ratio duct÷raw per round, median: higher is better",
-            config.batch
+            "\nstream: receive rate (duct batch {}, raw BufWriter); {}: higher is better",
+            config.batch,
+            ratio_rows_heading(&stream)
         );
         let mut t = Table {
             rows: vec![[
@@ -503,12 +585,12 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
             left: 3,
         };
         for case in stream {
-            for (i, s) in std::iter::once(&case.duct).chain(&case.raw).enumerate() {
+            for (i, (system, s)) in system_rows(case).enumerate() {
                 let (transport, size) = case_label(case, i);
                 t.rows.push(vec![
                     transport,
                     size,
-                    s.system.name().to_string(),
+                    system.to_string(),
                     per_sec(s.msgs_per_sec),
                     format!("{:.1}", s.bytes_per_sec / 1e6),
                     allocs(s.allocs_per_msg),
@@ -523,10 +605,28 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
                     times(msgs_per_sec),
                 ]);
             }
+            if let Some(Ratios::Stream { msgs_per_sec }) =
+                case.reliable.as_ref().map(|r| r.vs_realtime)
+            {
+                t.rows.push(vec![
+                    String::new(),
+                    String::new(),
+                    "reliable÷realtime".to_string(),
+                    times(msgs_per_sec),
+                    times(msgs_per_sec),
+                ]);
+            }
         }
         t.render(&mut out);
     }
     mixed_table(cases, config, &mut out);
+    if cases.iter().any(|c| c.reliable.is_some()) {
+        let _ = writeln!(
+            out,
+            "\nduct reliable: duct again in the same rounds, its channel reliable on both ends \
+             (ChannelOptions::reliable); reliable÷realtime is duct reliable ÷ duct."
+        );
+    }
     let _ = writeln!(
         out,
         "\nallocs/msg: allocations in the measured phase per message, the worse end and round{}.",
@@ -710,6 +810,7 @@ mod tests {
                     max: f64::NAN,
                 }),
                 loaded: None,
+                reliable: None,
             },
             CaseResult {
                 transport: Transport::Uds,
@@ -719,6 +820,7 @@ mod tests {
                 raw: Some(st(System::Raw, 5e7)),
                 ratios: Some(Ratios::Stream { msgs_per_sec: 0.4 }),
                 loaded: None,
+                reliable: None,
             },
         ]
     }
@@ -811,6 +913,7 @@ mod tests {
                 bulk_msgs_per_sec: 16_384.0, // 1024 MiB/s of 64 KiB messages.
                 vs_idle: crate::bench::stats::ratios(Pattern::Mixed, &loaded, &idle),
             }),
+            reliable: None,
         }
     }
 
@@ -860,6 +963,161 @@ mod tests {
         assert!(!text.contains("\npingpong:"), "no pingpong section: {text}");
         let loaded = text.lines().find(|l| l.contains("loaded ")).unwrap();
         assert!(loaded.trim_start().starts_with("duct"), "{loaded}");
+    }
+
+    /// [`cases`] measured with `--reliable`: pingpong reliable at 12 µs p50 beside 10 µs
+    /// realtime, stream reliable at 1.6e7 msgs/s beside 2e7.
+    fn reliable_cases() -> Vec<CaseResult> {
+        let mut cases = cases();
+        let mut h = new_rtt_histogram();
+        for v in [11_000, 12_000, 13_000, 60_000] {
+            h.record(v).unwrap();
+        }
+        cases[0].reliable = Some(Reliable {
+            duct: summarize(
+                System::Duct,
+                &[RunResult {
+                    rtt: Some(h),
+                    messages: 4,
+                    msgs_per_sec: 80_000.0,
+                    allocs_per_msg: 0.0,
+                }],
+                64,
+            ),
+            vs_realtime: Ratios::PingPong {
+                p50: 1.2,
+                p99: 1.25,
+                p999: 1.5,
+                max: 1.75,
+            },
+            vs_raw: Some(Ratios::PingPong {
+                p50: 1.26,
+                p99: 1.5,
+                p999: 1.95,
+                max: f64::NAN,
+            }),
+        });
+        cases[1].reliable = Some(Reliable {
+            duct: summarize(
+                System::Duct,
+                &[RunResult {
+                    rtt: None,
+                    messages: 1_000_000,
+                    msgs_per_sec: 1.6e7,
+                    allocs_per_msg: 0.5,
+                }],
+                64,
+            ),
+            vs_realtime: Ratios::Stream { msgs_per_sec: 0.8 },
+            vs_raw: None,
+        });
+        cases
+    }
+
+    #[test]
+    fn reliable_json_rows() {
+        let host = Host {
+            cpus: 2,
+            kernel: "k".into(),
+        };
+        let text = to_json("0.1.0", &host, &config(), &reliable_cases());
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), 6, "{text}");
+        let rows: Vec<(&str, &str, bool)> = results
+            .iter()
+            .map(|r| {
+                (
+                    r["pattern"].as_str().unwrap(),
+                    r["system"].as_str().unwrap(),
+                    r["reliable"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("pingpong", "duct", false),
+                ("pingpong", "duct", true),
+                ("pingpong", "raw", false),
+                ("stream", "duct", false),
+                ("stream", "duct", true),
+                ("stream", "raw", false),
+            ]
+        );
+        let (pp, st) = (&results[1], &results[4]);
+        assert_eq!(pp["ratio_vs_realtime"]["p50"], 1.2);
+        assert_eq!(pp["ratio_vs_realtime"]["max"], 1.75);
+        assert_eq!(pp["ratio_vs_raw"]["p50"], 1.26);
+        assert!(pp["ratio_vs_raw"]["max"].is_null(), "NaN becomes null");
+        assert_eq!(pp["rtt_ns"]["p50"].as_u64().unwrap() / 1000, 12, "{pp}");
+        assert_eq!(st["ratio_vs_realtime"]["msgs_per_sec"], 0.8);
+        assert_eq!(st["ratio_vs_realtime"]["bytes_per_sec"], 0.8);
+        assert!(st.get("ratio_vs_raw").is_none(), "none given: {st}");
+        assert_eq!(st["msgs_per_sec"], 1.6e7);
+        assert_eq!(st["batch"], 64);
+        // The realtime rows are as without --reliable.
+        for r in [&results[0], &results[3]] {
+            assert!(r.get("ratio_vs_realtime").is_none(), "{r}");
+            assert!(r.get("ratio_vs_raw").is_some(), "{r}");
+        }
+        let plain = to_json("0.1.0", &host, &config(), &cases());
+        for line in plain.lines() {
+            assert!(text.contains(line.trim_end_matches(',')), "{line}");
+        }
+    }
+
+    #[test]
+    fn reliable_table_rows() {
+        let text = to_table(&config(), &reliable_cases());
+        assert!(
+            text.contains("ratios duct÷raw and reliable÷realtime"),
+            "{text}"
+        );
+        let rows_of = |system: &str| -> Vec<&str> {
+            text.lines()
+                .filter(|l| l.split("  ").any(|cell| cell.trim() == system))
+                .collect()
+        };
+        let reliable = rows_of("duct reliable");
+        assert_eq!(reliable.len(), 2, "{text}");
+        assert!(reliable[0].contains("12.0"), "p50: {}", reliable[0]);
+        assert!(reliable[1].contains("16.00 M"), "msgs/s: {}", reliable[1]);
+        let ratios = rows_of("reliable÷realtime");
+        assert_eq!(ratios.len(), 2, "{text}");
+        assert!(
+            ratios[0].contains("1.20×") && ratios[0].contains("1.75×"),
+            "{}",
+            ratios[0]
+        );
+        assert!(ratios[1].contains("0.80×"), "{}", ratios[1]);
+        // Order within a case: duct, duct reliable, raw, duct÷raw, reliable÷realtime.
+        let systems: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("transport"))
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .map(|l| l[17..].split("  ").next().unwrap())
+            .collect();
+        assert_eq!(
+            systems,
+            [
+                "duct",
+                "duct reliable",
+                "raw",
+                "duct÷raw",
+                "reliable÷realtime"
+            ],
+            "{text}"
+        );
+        assert!(text.contains("\nduct reliable: duct again"), "{text}");
+        // Without --reliable, none of it.
+        let plain = to_table(&config(), &cases());
+        assert!(!plain.contains("reliable"), "{plain}");
+        assert!(
+            plain.contains("; ratio duct÷raw per round, median: lower"),
+            "{plain}"
+        );
     }
 
     #[test]

@@ -300,6 +300,10 @@ pub struct Job {
     /// How much is measured (the sending end decides when to stop; the peer learns it from
     /// the flag on the last message).
     pub amount: Amount,
+    /// duct only: the channel the workload uses (channel 0; mixed's are its own) is
+    /// configured `ChannelOptions::reliable(true)` on both ends (`--reliable`); false for
+    /// raw, which has no channels.
+    pub reliable: bool,
     /// Where the measuring end listens, as a duct address (`tcp://127.0.0.1:41231`,
     /// `uds://@duct-bench-123-4`); the raw baseline reads the same form.
     pub addr: String,
@@ -313,7 +317,7 @@ impl Job {
             Amount::Duration(d) => format!("duration_ns={}", d.as_nanos()),
         };
         format!(
-            "job system={} transport={} pattern={} size={} warmup={} batch={} {} addr={}",
+            "job system={} transport={} pattern={} size={} warmup={} batch={} {} reliable={} addr={}",
             self.system.name(),
             self.transport.name(),
             self.pattern.name(),
@@ -321,6 +325,7 @@ impl Job {
             self.warmup,
             self.batch,
             amount,
+            u8::from(self.reliable),
             self.addr
         )
     }
@@ -333,6 +338,7 @@ impl Job {
         }
         let (mut system, mut transport, mut pattern, mut size) = (None, None, None, None);
         let (mut warmup, mut batch, mut amount, mut addr) = (None, None, None, None);
+        let mut reliable = None;
         for word in words {
             let Some((key, value)) = word.split_once('=') else {
                 bail!("malformed word {word:?} in job line");
@@ -350,6 +356,13 @@ impl Job {
                 "batch" => batch = Some(num(value)? as usize),
                 "messages" => amount = Some(Amount::Messages(num(value)?)),
                 "duration_ns" => amount = Some(Amount::Duration(Duration::from_nanos(num(value)?))),
+                "reliable" => {
+                    reliable = Some(match value {
+                        "0" => false,
+                        "1" => true,
+                        _ => bail!("bad value {value:?} for reliable in job line (0 or 1)"),
+                    })
+                }
                 "addr" => addr = Some(value.to_string()),
                 _ => bail!("unknown key {key:?} in job line"),
             }
@@ -363,19 +376,27 @@ impl Job {
             warmup: warmup.ok_or_else(|| missing("warmup"))?,
             batch: batch.ok_or_else(|| missing("batch"))?,
             amount: amount.ok_or_else(|| missing("messages or duration_ns"))?,
+            reliable: reliable.ok_or_else(|| missing("reliable"))?,
             addr: addr.ok_or_else(|| missing("addr"))?,
         };
         if job.size == 0 || job.size > MAX_SIZE || job.batch == 0 {
             bail!("job line out of range: {line:?}");
         }
+        if job.reliable && (job.system != System::Duct || job.pattern == Pattern::Mixed) {
+            bail!(
+                "job line asks for a reliable channel where there is none to configure: {line:?}"
+            );
+        }
         Ok(job)
     }
 
-    /// `duct uds stream 64 B`: for progress lines and errors.
+    /// `duct uds stream 64 B` (`duct reliable uds stream 64 B` on a reliable channel): for
+    /// progress lines and errors.
     pub fn label(&self) -> String {
         format!(
-            "{} {} {} {}",
+            "{}{} {} {} {}",
             self.system.name(),
+            if self.reliable { " reliable" } else { "" },
             self.transport.name(),
             self.pattern.name(),
             format_size(self.size)
@@ -483,6 +504,7 @@ mod tests {
             warmup: 100,
             batch: 64,
             amount: Amount::Duration(Duration::from_millis(750)),
+            reliable: false,
             addr: "uds://@duct-bench-1-2".into(),
         };
         assert_eq!(Job::decode(&job.encode()).unwrap(), job);
@@ -503,5 +525,53 @@ mod tests {
         assert!(Job::decode("job system=duct").is_err());
         assert!(Job::decode("hello").is_err());
         assert!(Job::decode(&job.encode().replace("size=65536", "size=0")).is_err());
+    }
+
+    #[test]
+    fn job_line_says_whether_the_channel_is_reliable() {
+        let realtime = Job {
+            system: System::Duct,
+            transport: Transport::Uds,
+            pattern: Pattern::Stream,
+            size: 64,
+            warmup: 2000,
+            batch: 64,
+            amount: Amount::Messages(500),
+            reliable: false,
+            addr: "uds://@duct-bench-1-3".into(),
+        };
+        let reliable = Job {
+            reliable: true,
+            ..realtime.clone()
+        };
+        assert_eq!(
+            reliable.encode(),
+            "job system=duct transport=uds pattern=stream size=64 warmup=2000 batch=64 \
+             messages=500 reliable=1 addr=uds://@duct-bench-1-3"
+        );
+        assert!(
+            realtime.encode().contains(" reliable=0 "),
+            "{}",
+            realtime.encode()
+        );
+        assert_eq!(Job::decode(&reliable.encode()).unwrap(), reliable);
+        assert_eq!(Job::decode(&realtime.encode()).unwrap(), realtime);
+        let pingpong = Job {
+            pattern: Pattern::PingPong,
+            ..reliable.clone()
+        };
+        assert_eq!(Job::decode(&pingpong.encode()).unwrap(), pingpong);
+        assert_eq!(reliable.label(), "duct reliable uds stream 64 B");
+        assert_eq!(realtime.label(), "duct uds stream 64 B");
+        // Only 0 or 1, never missing, and only for duct's pingpong and stream.
+        let line = reliable.encode();
+        assert!(Job::decode(&line.replace("reliable=1", "reliable=yes")).is_err());
+        assert!(Job::decode(&line.replace(" reliable=1", "")).is_err());
+        assert!(Job::decode(&line.replace("system=duct", "system=raw")).is_err());
+        assert!(Job::decode(&line.replace("pattern=stream", "pattern=mixed")).is_err());
+        let raw = line
+            .replace("system=duct", "system=raw")
+            .replace("reliable=1", "reliable=0");
+        assert!(!Job::decode(&raw).unwrap().reliable);
     }
 }
