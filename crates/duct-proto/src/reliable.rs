@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// it; a peer that exceeds it is broken or hostile).
 pub const MAX_OUT_OF_ORDER: usize = 65_536;
 /// Frames received before an ACK goes out at once.
-pub const ACK_EVERY: u32 = 32;
+pub const ACK_EVERY: u32 = 256;
 /// Longest wait before an ACK goes out.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 

@@ -84,7 +84,12 @@ struct RelSend {
 impl RelSend {
     /// A reliable message's last frame was taken for sending at `now`.
     fn record(&mut self, seq: u64, channel: u16, payload: Bytes, now: Instant) {
-        let at = self.unacked.partition_point(|s| s.seq < seq);
+        // Usually the newest (messages complete in number order unless fragments interleave).
+        let at = if self.unacked.back().is_none_or(|s| s.seq < seq) {
+            self.unacked.len()
+        } else {
+            self.unacked.partition_point(|s| s.seq < seq)
+        };
         self.unacked.insert(
             at,
             Sent {
@@ -647,7 +652,7 @@ impl Outbox {
             return None;
         }
         let frame_max = frame_max.max(1);
-        if let Some(t) = self.poll_simple(frame_max) {
+        if let Some(t) = self.poll_simple(frame_max, now) {
             return Some(t);
         }
         let quantum_unit = frame_max.max(super::QUANTUM) + HEADER_LEN;
@@ -832,7 +837,7 @@ impl Outbox {
     /// The common case at full speed: one channel in one class, nothing paced, the next
     /// message whole in one frame and without a deadline. `None` when that is not the case.
     #[inline]
-    fn poll_simple(&mut self, frame_max: usize) -> Option<Transmit> {
+    fn poll_simple(&mut self, frame_max: usize, now: Instant) -> Option<Transmit> {
         if self.classes.len() != 1 || self.pipe_msgs.is_some() || self.pipe_bytes.is_some() {
             return None;
         }
@@ -846,19 +851,57 @@ impl Outbox {
             return None;
         }
         let head = ch.queue.front()?;
-        if head.offset != 0
-            || head.deadline.is_some()
-            || head.reliable
-            || head.payload.len() > frame_max
-        {
+        if head.offset != 0 || head.deadline.is_some() || head.payload.len() > frame_max {
             return None;
+        }
+        let mut h = Header::data(channel, head.payload.len() as u32);
+        if head.reliable {
+            // A fresh reliable message inside both windows (anything else: the full path).
+            let len = head.payload.len();
+            let rel = &self.rel;
+            let room = |n: usize, b: usize, max_n: usize, max_b: usize| {
+                n == 0 || (n < max_n.max(1) && b + len <= max_b.max(1))
+            };
+            if head.seq != 0
+                || !room(
+                    rel.inflight_msgs,
+                    rel.inflight_bytes,
+                    self.config.inflight_msgs,
+                    self.config.inflight_bytes,
+                )
+                || !room(
+                    ch.inflight_msgs,
+                    ch.inflight_bytes,
+                    ch.cfg.inflight_msgs,
+                    ch.cfg.inflight_bytes,
+                )
+            {
+                return None;
+            }
+            let seq = self.rel.next_seq;
+            self.rel.next_seq += 1;
+            self.rel.inflight_msgs += 1;
+            self.rel.inflight_bytes += len;
+            ch.inflight_msgs += 1;
+            ch.inflight_bytes += len;
+            h.flags |= flags::RELIABLE;
+            h.seq = crate::reliable::narrow(seq);
+            let p = take_head(ch, class);
+            self.msgs -= 1;
+            self.bytes -= len;
+            self.rel.record(seq, channel, p.payload.clone(), now);
+            return Some(Transmit {
+                header: h.encode(),
+                payload: p.payload,
+                deadline: None,
+            });
         }
         let p = take_head(ch, class);
         let len = p.payload.len();
         self.msgs -= 1;
         self.bytes -= len;
         Some(Transmit {
-            header: Header::data(channel, len as u32).encode(),
+            header: h.encode(),
             payload: p.payload,
             deadline: None,
         })

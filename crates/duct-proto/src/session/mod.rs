@@ -692,13 +692,18 @@ impl Session {
                             & (flags::MORE_FRAGMENTS
                                 | flags::CONTINUATION
                                 | flags::TTL_PRESENT
-                                | flags::RELIABLE
                                 | flags::ACK_PRESENT)
                             == 0
+                        && (self.rel_agreed || !header.has(flags::RELIABLE))
                         && matches!(self.state, State::Established | State::Closing)
                         && !self.reassembly.in_progress(header.channel)
                         && payload.len() <= self.config.max_message_size as usize
                     {
+                        match self.arrived(&header, now) {
+                            Ok(true) => {}
+                            Ok(false) => continue, // a duplicate of a reliable message
+                            Err(e) => return Err(self.fail(e)),
+                        }
                         self.deliver(
                             Delivered {
                                 channel: header.channel,
