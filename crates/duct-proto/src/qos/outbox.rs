@@ -59,6 +59,9 @@ struct Sent {
     payload: Bytes,
     /// When its last frame was taken for sending.
     at: Instant,
+    /// The peer has it (a selective ack): not sent again; it still counts in the window
+    /// until the cumulative ack passes it (the peer holds it out of order till then).
+    sacked: bool,
 }
 
 /// The sending side of reliable delivery (see [`crate::reliable`]).
@@ -97,6 +100,7 @@ impl RelSend {
                 channel,
                 payload,
                 at: now,
+                sacked: false,
             },
         );
         self.rto_at.get_or_insert(now + self.rto);
@@ -477,16 +481,10 @@ impl Outbox {
                     "ACK range for reliable messages that were never sent",
                 ));
             }
-            let mut gone = Vec::new();
-            self.rel.unacked.retain(|s| {
-                let hit = s.seq >= a && s.seq <= b;
-                if hit {
-                    gone.push((s.channel, s.payload.len()));
+            for s in self.rel.unacked.iter_mut() {
+                if s.seq >= a && s.seq <= b {
+                    s.sacked = true;
                 }
-                !hit
-            });
-            for (channel, len) in gone {
-                self.rel.settle(self.chans.get_mut(channel), len);
             }
         }
         let progress = self.rel.unacked.len() < before;
@@ -513,6 +511,17 @@ impl Outbox {
         if resumed {
             self.on_ack(peer_cum, &[], now)?;
             self.requeue_unacked(now, false);
+            // Numbered messages go in number order per channel (a retransmission timeout may
+            // have queued older ones behind the message then under way, now rewound).
+            for (_, ch) in self.chans.iter_mut() {
+                let k = ch.queue.iter().take_while(|p| p.seq != 0).count();
+                if k > 1 {
+                    ch.queue.make_contiguous()[..k].sort_by_key(|p| p.seq);
+                }
+            }
+            // A new connection: the timer starts again with what it sends.
+            self.rel.rto_at = None;
+            self.rel.retries = 0;
             return Ok(0);
         }
         let n = self.rel.unacked.len();
@@ -535,7 +544,7 @@ impl Outbox {
         }
         self.rel.retries = 0;
         self.rel.rto_at = None;
-        Ok(n.max(renumbered))
+        Ok(n + renumbered)
     }
 
     /// Whether the retransmission timeout has passed at `now` with messages unacknowledged.
@@ -582,7 +591,11 @@ impl Outbox {
     /// as new messages.
     fn requeue_unacked(&mut self, now: Instant, renumber: bool) {
         let sent: Vec<Sent> = self.rel.unacked.drain(..).collect();
-        for s in sent.into_iter().rev() {
+        let (keep, again): (Vec<Sent>, Vec<Sent>) =
+            sent.into_iter().partition(|s| s.sacked && !renumber);
+        // What the peer has already (selectively acked) waits for the cumulative ack.
+        self.rel.unacked.extend(keep);
+        for s in again.into_iter().rev() {
             let len = s.payload.len();
             let ch = self.chan(s.channel, now);
             let at = usize::from(ch.queue.front().is_some_and(|p| p.offset > 0));

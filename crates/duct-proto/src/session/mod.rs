@@ -986,7 +986,8 @@ impl Session {
             }
             if self.outbox.retransmit_due(now) {
                 let oldest = self.outbox.oldest_unacked_at().unwrap_or(now);
-                if self.last_recv > oldest {
+                if self.last_recv > oldest || self.recv_paused.is_some() {
+                    // (While we do not read, the peer's acks wait unread: no verdict.)
                     // The peer is alive (it is only slow to ack): no retry counted.
                     self.outbox.rearm(now);
                 } else {
@@ -1193,6 +1194,12 @@ impl Session {
             return Err(Error::BadParameter("WELCOME session_id is 0"));
         }
         let capabilities = w.capabilities & self.config.capabilities & caps::SUPPORTED;
+        if !w.resumed {
+            // A fresh session at the peer: what we had of the old one means nothing to it
+            // (from here on the session keeps its own record; `adopt` leaves it).
+            self.rx_rel = RecvState::default();
+            self.rx_preloaded = true;
+        }
         if w.resumed && (self.config.resume_session_id == 0 || capabilities & caps::RESUME == 0) {
             return Err(Error::BadParameter(
                 "WELCOME resumed a session this dialer did not ask to resume",
@@ -1518,9 +1525,10 @@ impl Session {
                 let _ = self.outbox.on_ack(cum, &[], now);
             }
         }
-        if !resumed {
-            self.rx_rel = RecvState::default();
-        } else if !self.rx_preloaded {
+        // The record is the session's own when it came with the config or the session is
+        // fresh (reset at WELCOME: frames read right behind it are already in it); a resumed
+        // listener's comes from the pipe.
+        if resumed && !self.rx_preloaded {
             self.rx_rel = recv;
         }
         Ok(n)
