@@ -11,10 +11,9 @@ use duct::{
     ChannelOptions, DialOptions, Heartbeat, ListenOptions, Message, Pipe, PipeState, Reconnect,
     RecvOptions, SendOptions, StateChange,
 };
-use duct_testkit::ChaosProxy;
 
 mod common;
-use common::{state_sink, T};
+use common::{proxy_in_front, state_sink, T};
 
 fn reliable() -> ChannelOptions {
     ChannelOptions::default().reliable(true)
@@ -110,14 +109,10 @@ fn reliable_messages_survive_fifty_resets_exactly_once_in_order() {
             .on_state_change(on_server_change),
     )
     .unwrap();
-    let target = match listener.local_addr() {
-        duct::Addr::Tcp(a) => a,
-        other => panic!("{other}"),
-    };
-    let proxy = ChaosProxy::start(target).unwrap();
+    let (proxy, proxied) = proxy_in_front(&listener);
     let (on_client_change, client_changes) = state_sink();
     let client = duct::dial(
-        &format!("tcp://{}", proxy.addr()),
+        &proxied,
         DialOptions::default()
             .channel(1, reliable())
             .channel(2, reliable())
@@ -243,13 +238,9 @@ fn blackhole_then_cut_loses_nothing_in_either_direction() {
             .resume_window(Duration::from_secs(30)),
     )
     .unwrap();
-    let target = match listener.local_addr() {
-        duct::Addr::Tcp(a) => a,
-        other => panic!("{other}"),
-    };
-    let proxy = ChaosProxy::start(target).unwrap();
+    let (proxy, proxied) = proxy_in_front(&listener);
     let client = duct::dial(
-        &format!("tcp://{}", proxy.addr()),
+        &proxied,
         DialOptions::default()
             .channel(1, reliable())
             .heartbeat(hb)

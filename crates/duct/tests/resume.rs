@@ -17,7 +17,7 @@ use duct::{
 use duct_testkit::ChaosProxy;
 
 mod common;
-use common::{error_sink, recv, state_sink, wait_for_change, RawPeer, T};
+use common::{error_sink, proxy_in_front, recv, state_sink, wait_for_change, RawPeer, T};
 
 /// The next change into `to`, skipping others; panics after `T`.
 fn wait_for(rx: &mpsc::Receiver<StateChange>, to: PipeState) -> StateChange {
@@ -43,15 +43,11 @@ fn setup(listen: ListenOptions, heartbeat: Heartbeat) -> Setup {
             .on_state_change(on_server_change),
     )
     .unwrap();
-    let target = match listener.local_addr() {
-        duct::Addr::Tcp(a) => a,
-        other => panic!("{other}"),
-    };
-    let proxy = ChaosProxy::start(target).unwrap();
+    let (proxy, proxied) = proxy_in_front(&listener);
     let (on_client_change, client_changes) = state_sink();
     let (on_client_error, client_errors) = error_sink();
     let client = duct::dial(
-        &format!("tcp://{}", proxy.addr()),
+        &proxied,
         DialOptions::default()
             .timeout(Duration::from_secs(1))
             .heartbeat(heartbeat)
@@ -312,12 +308,8 @@ fn a_dialer_back_before_the_listener_noticed_takes_over_the_pipe() {
 #[test]
 fn a_dialer_that_does_not_reconnect_is_not_waited_for() {
     let listener = duct::listen("tcp://127.0.0.1:0", ListenOptions::default()).unwrap();
-    let target = match listener.local_addr() {
-        duct::Addr::Tcp(a) => a,
-        other => panic!("{other}"),
-    };
-    let proxy = ChaosProxy::start(target).unwrap();
-    let _client = duct::dial(&format!("tcp://{}", proxy.addr()), DialOptions::default()).unwrap();
+    let (proxy, proxied) = proxy_in_front(&listener);
+    let _client = duct::dial(&proxied, DialOptions::default()).unwrap();
     let server = listener.accept_timeout(T).unwrap();
     proxy.reset_all();
     let started = Instant::now();

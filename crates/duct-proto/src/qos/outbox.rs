@@ -416,7 +416,6 @@ impl Outbox {
         for (channel, payload) in messages.into_iter().rev() {
             let len = payload.len();
             let ch = self.chan(channel, now);
-            ch.bytes += len;
             ch.queue.push_front(Pending {
                 payload,
                 offset: 0,
@@ -424,14 +423,7 @@ impl Outbox {
                 reliable: false,
                 seq: 0,
             });
-            let activate = !ch.active;
-            ch.active = true;
-            let priority = ch.cfg.priority;
-            self.msgs += 1;
-            self.bytes += len;
-            if activate {
-                self.activate(channel, priority);
-            }
+            self.queued_again(channel, len);
         }
     }
 
@@ -609,16 +601,8 @@ impl Outbox {
                     seq: if renumber { 0 } else { s.seq },
                 },
             );
-            ch.bytes += len;
             ch.counts.retransmits += 1;
-            let activate = !ch.active;
-            ch.active = true;
-            let priority = ch.cfg.priority;
-            self.msgs += 1;
-            self.bytes += len;
-            if activate {
-                self.activate(s.channel, priority);
-            }
+            self.queued_again(s.channel, len);
         }
     }
 
@@ -636,6 +620,24 @@ impl Outbox {
             }
         }
         rewound
+    }
+
+    /// A message of `len` bytes was put back in `channel`'s queue: the counts, and the
+    /// channel back in its ring if it had left it.
+    fn queued_again(&mut self, channel: u16, len: usize) {
+        let ch = self
+            .chans
+            .get_mut(channel)
+            .expect("the channel was just used");
+        ch.bytes += len;
+        let activate = !ch.active;
+        ch.active = true;
+        let priority = ch.cfg.priority;
+        self.msgs += 1;
+        self.bytes += len;
+        if activate {
+            self.activate(channel, priority);
+        }
     }
 
     fn activate(&mut self, channel: u16, priority: u8) {

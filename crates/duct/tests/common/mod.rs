@@ -693,3 +693,15 @@ impl RawPeer {
         }
     }
 }
+
+/// A chaos proxy in front of `listener` (a tcp listener), and the `tcp://` address to dial
+/// through it.
+pub fn proxy_in_front(listener: &duct::Listener) -> (duct_testkit::ChaosProxy, String) {
+    let target = match listener.local_addr() {
+        duct::Addr::Tcp(a) => a,
+        other => panic!("a chaos proxy needs a tcp listener, not {other}"),
+    };
+    let proxy = duct_testkit::ChaosProxy::start(target).expect("start the chaos proxy");
+    let addr = format!("tcp://{}", proxy.addr());
+    (proxy, addr)
+}
