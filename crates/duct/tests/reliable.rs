@@ -303,3 +303,70 @@ fn blackhole_then_cut_loses_nothing_in_either_direction() {
         server.stats().retransmits
     );
 }
+
+/// A listener that keeps no sessions (resume window zero): after a break the dialer's
+/// reconnect is a fresh pipe, and the reliable messages it had not had acknowledged are sent
+/// on it again, reported as SessionLost with their number (never silent).
+#[test]
+fn a_fresh_session_after_a_break_sends_the_unacknowledged_again_and_says_so() {
+    let listener = duct::listen(
+        "tcp://127.0.0.1:0",
+        ListenOptions::default()
+            .channel(1, reliable())
+            .resume_window(Duration::ZERO),
+    )
+    .unwrap();
+    let (proxy, proxied) = proxy_in_front(&listener);
+    let (on_change, changes) = state_sink();
+    let (on_error, errors) = common::error_sink();
+    let client = duct::dial(
+        &proxied,
+        DialOptions::default()
+            .channel(1, reliable())
+            .timeout(Duration::from_secs(1))
+            .reconnect(Reconnect::exponential(
+                Duration::from_millis(5),
+                Duration::from_millis(50),
+            ))
+            .on_state_change(on_change)
+            .on_error(on_error),
+    )
+    .unwrap();
+    let first = listener.accept_timeout(T).unwrap();
+    client.send(msg(1, 0)).unwrap();
+    assert_eq!(index(&common::recv(&first)), 0);
+    // Its ack goes back within the ack delay (5 ms); give it time to arrive.
+    thread::sleep(Duration::from_millis(100));
+    // Acks stop coming back: what is sent now stays unacknowledged.
+    proxy.blackhole();
+    for i in 1..=10 {
+        client.send(msg(1, i)).unwrap();
+    }
+    thread::sleep(Duration::from_millis(50));
+    proxy.pass();
+    proxy.reset_all();
+    let fresh = listener.accept_timeout(T).unwrap();
+    let got = receive(&fresh, &BTreeMap::from([(1, 10)]), T);
+    assert_eq!(
+        got[&1],
+        (1..=10).collect::<Vec<_>>(),
+        "sent again on the fresh pipe"
+    );
+    let back = common::wait_for_change(&changes, "reconnected", |c| {
+        c.to == PipeState::Connected && c.from == PipeState::Reconnecting
+    });
+    let cause = back.cause.expect("a lost session is never silent");
+    assert_eq!(cause.kind(), duct::ErrorKind::SessionLost, "{cause}");
+    assert!(
+        cause.to_string().contains("10 reliable messages"),
+        "{cause}"
+    );
+    let deadline = Instant::now() + T;
+    let reported = std::iter::from_fn(|| {
+        errors
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
+    })
+    .any(|e| e.kind() == duct::ErrorKind::SessionLost);
+    assert!(reported, "SessionLost reported to on_error");
+}

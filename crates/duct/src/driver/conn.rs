@@ -1379,6 +1379,16 @@ impl Conn {
                      twice)"
                 ),
             )),
+            None if again > 0 => Some(Error::new(
+                ErrorKind::SessionLost,
+                format!(
+                    "reconnected to {}, which keeps no session across connections (no resume \
+                     window): {again} reliable messages unacknowledged at the break are sent \
+                     again on the new session (the peer may have had some of them: they may \
+                     arrive twice)",
+                    self.who
+                ),
+            )),
             other => other,
         };
         {
