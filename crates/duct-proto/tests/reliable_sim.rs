@@ -2989,3 +2989,21 @@ fn regression_a_paused_reader_fails_with_unacknowledged() {
         l.handle_timeout(t).unwrap();
     }
 }
+
+/// Found by the fuzzer: reliable data that arrives after our CLOSE went out is delivered but
+/// not acknowledged (nothing follows a CLOSE, not even an ACK).
+#[test]
+fn regression_no_ack_follows_our_close() {
+    let now = Instant::now();
+    let qos = rel_qos(4096);
+    let (mut d, mut l) = established(with_qos(&qos), with_qos(&qos), now);
+    d.send(1, Bytes::from_static(b"late"), now).unwrap();
+    let data = frames(&mut d);
+    l.close(0, "bye", now);
+    let closing = frames(&mut l);
+    assert_eq!(closing.last().map(|(h, _)| h.kind), Some(FrameKind::Close));
+    deliver(data, &mut l, now);
+    l.handle_timeout(now + ACK_DELAY).unwrap();
+    assert!(frames(&mut l).is_empty(), "nothing after our CLOSE");
+    assert_eq!(payloads(&mut l), vec![Bytes::from_static(b"late")]);
+}

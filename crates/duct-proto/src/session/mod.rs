@@ -1449,6 +1449,11 @@ impl Session {
     /// Queues an ACK frame (cumulative ack and selective ranges), replacing one not yet
     /// written.
     fn queue_ack(&mut self) {
+        if self.state != State::Established {
+            // Once our CLOSE is queued nothing follows it, not even an ACK (the peer learns
+            // nothing more from us; what we received is delivered all the same).
+            return;
+        }
         let mut h = Header::new(FrameKind::Ack);
         h.flags = flags::ACK_PRESENT;
         h.ack = crate::reliable::narrow(self.rx_rel.cumulative());
