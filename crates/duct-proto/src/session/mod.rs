@@ -842,6 +842,52 @@ impl Session {
         }
     }
 
+    /// Hands up to `max` messages to `sink`, in order, as [`Session::poll_message_at`] would
+    /// one by one (expired ones dropped and counted), with the per-channel accounting done
+    /// once per run of one channel. Returns how many `sink` got.
+    pub fn poll_messages_at(
+        &mut self,
+        now: Instant,
+        max: usize,
+        sink: &mut dyn FnMut(Delivered),
+    ) -> usize {
+        let mut n = 0;
+        // (channel, messages, bytes) taken from the queue and not yet accounted.
+        let mut run: Option<(u16, isize, isize)> = None;
+        while n < max {
+            let Some(m) = self.messages.pop() else {
+                break;
+            };
+            let len = m.d.payload.len();
+            self.message_bytes -= len;
+            match &mut run {
+                Some((c, k, b)) if *c == m.d.channel => {
+                    *k -= 1;
+                    *b -= len as isize;
+                }
+                _ => {
+                    if let Some((c, k, b)) = run.take() {
+                        self.rx_adjust(c, k, b);
+                    }
+                    run = Some((m.d.channel, -1, -(len as isize)));
+                }
+            }
+            if let Some(e) = m.expires {
+                self.rx_with_ttl -= 1;
+                if now >= e {
+                    self.count_rx_expired(m.d.channel);
+                    continue;
+                }
+            }
+            sink(m.d);
+            n += 1;
+        }
+        if let Some((c, k, b)) = run {
+            self.rx_adjust(c, k, b);
+        }
+        n
+    }
+
     /// Payload bytes of the messages waiting for the application.
     pub fn message_bytes(&self) -> usize {
         self.message_bytes

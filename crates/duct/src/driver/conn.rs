@@ -838,16 +838,35 @@ impl Conn {
         loop {
             let mut n = 0;
             let mut run = Run::default();
-            while n < max {
-                let Some(d) = g.carry.pop_front().or_else(|| g.session.poll_message()) else {
-                    break;
-                };
+            // Runs of one channel counted together; the (rare) others kept for after.
+            let mut runs: Vec<Run> = Vec::new();
+            let mut take = |d: Delivered| {
                 if !run.add(d.channel, d.payload.len()) {
-                    g.count_received(run);
+                    runs.push(run);
                     run = Run::start(d.channel, d.payload.len());
                 }
                 sink(d);
+            };
+            while n < max {
+                // Messages received on an earlier connection first.
+                let Some(d) = g.carry.pop_front() else {
+                    break;
+                };
+                take(d);
                 n += 1;
+            }
+            if n + 1 == max {
+                // One message (recv): the plain way is the shortest.
+                if let Some(d) = g.session.poll_message() {
+                    take(d);
+                    n += 1;
+                }
+            } else if n < max {
+                let now = g.session.now();
+                n += g.session.poll_messages_at(now, max - n, &mut take);
+            }
+            for r in runs {
+                g.count_received(r);
             }
             g.count_received(run);
             if n > 0 {
