@@ -1306,3 +1306,56 @@ fn reliable_windows_per_channel_and_per_pipe() {
         .chain(&more)
         .all(|(h, _)| h.has(flags::RELIABLE)));
 }
+
+/// Taking messages in one call gives what one-by-one polling gives: order, the expired ones
+/// dropped and counted, and the receive marks kept in step.
+#[test]
+fn poll_messages_matches_one_by_one_polling() {
+    let t0 = Instant::now();
+    let marks = ChannelConfig {
+        rcv_hwm_msgs: 4,
+        ..ChannelConfig::default()
+    };
+    let listener = Config {
+        qos: qos([(1, marks.clone()), (2, marks)]),
+        ..Config::default()
+    };
+    let (mut d, mut l) = established(Config::default(), listener, t0);
+    for i in 0..4u32 {
+        d.send_with(
+            1,
+            numbered(i, 8),
+            Some(ms(if i == 1 { 10 } else { 1000 })),
+            t0,
+        )
+        .unwrap();
+        d.send(2, numbered(100 + i, 8), t0).unwrap();
+    }
+    let bytes = wire(&mut d);
+    let (r, _) = feed(&mut l, &bytes, t0);
+    r.unwrap();
+    assert!(l.recv_full(), "both channels at their mark of 4");
+    let later = t0 + ms(20);
+    let mut got = Vec::new();
+    let n = l.poll_messages_at(later, 5, &mut |m| got.push((m.channel, number(&m.payload))));
+    assert_eq!(n, 5);
+    // Channel 1 is empty (one expired on the way), channel 2 holds 2 of its mark of 4.
+    assert!(!l.recv_full() && l.recv_low());
+    assert_eq!(l.message_len(), 2);
+    let n = l.poll_messages_at(later, 100, &mut |m| {
+        got.push((m.channel, number(&m.payload)))
+    });
+    assert_eq!(n, 2, "8 messages, one expired");
+    assert!(l.recv_low());
+    let on = |c: u16| -> Vec<u32> {
+        got.iter()
+            .filter(|(ch, _)| *ch == c)
+            .map(|(_, i)| *i)
+            .collect()
+    };
+    assert_eq!(on(1), vec![0, 2, 3]);
+    assert_eq!(on(2), vec![100, 101, 102, 103]);
+    assert_eq!(session_counts(&mut l)[&1].expired, 1);
+    assert_eq!(l.message_len(), 0);
+    assert_eq!(l.message_bytes(), 0);
+}
