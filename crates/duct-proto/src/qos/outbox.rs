@@ -295,6 +295,7 @@ impl Outbox {
             .map_or((0, 0), |c| (c.queue.len(), c.bytes))
     }
 
+    #[inline]
     fn chan(&mut self, channel: u16, now: Instant) -> &mut Chan {
         let config = &self.config;
         self.chans
@@ -319,6 +320,7 @@ impl Outbox {
 
     /// Offers a message; `ttl` overrides the channel's time to live, `reliable` the channel's
     /// delivery (a reliable message's TTL applies only until it is first sent).
+    #[inline]
     pub fn offer_with(
         &mut self,
         channel: u16,

@@ -548,6 +548,7 @@ impl Session {
     /// messages are numbered, acknowledged, and sent again after a break or a timeout until
     /// acknowledged (see [`crate::reliable`]). Fails with [`Error::NotAgreed`] when the peer
     /// did not agree to reliable delivery.
+    #[inline]
     pub fn send_message(
         &mut self,
         channel: u16,
