@@ -62,9 +62,10 @@
 //!
 //! tcp and uds transports; channels with every QoS option above, realtime or reliable
 //! (at least once across reconnects: [`ChannelOptions::reliable`]); heartbeats,
-//! auto-reconnect and resume; timeouts, limits and close reasons. Options for the rest (TLS,
-//! authentication, shm) can be set, and are refused with [`ErrorKind::Unsupported`] naming
-//! the option, never ignored.
+//! auto-reconnect and resume; timeouts, limits and close reasons; an authentication hook
+//! ([`ListenOptions::authenticate`]). Options for the rest (TLS, peer-credential filters,
+//! shm) can be set, and are refused with [`ErrorKind::Unsupported`] naming the option, never
+//! ignored.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

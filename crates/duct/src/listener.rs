@@ -35,7 +35,7 @@ use crate::driver::reactor::{self, Reactive, ReactorHandle};
 use crate::driver::{proto_error, StreamTransport};
 use crate::pipe::{conn_config, session_config};
 use crate::transport::RawListener;
-use crate::{Addr, Error, ErrorKind, ListenOptions, Pipe, Result};
+use crate::{Addr, Error, ErrorKind, ListenOptions, PeerInfo, Pipe, Result};
 
 /// How long the listener pauses accepting after an accept error such as running out of file
 /// descriptors, before it tries again.
@@ -423,6 +423,30 @@ impl Inner {
     /// Answers a HELLO: re-attaches the connection to the pipe it asks to resume if that
     /// pipe still holds the session (`Ok(None)`), or welcomes it as a fresh session.
     fn decide(&self, mut hs: Handshake) -> Result<Option<Handshake>> {
+        if let Some(authenticate) = &self.opts.authenticate {
+            let token = hs.session.pending_hello().and_then(|h| {
+                h.extensions
+                    .iter()
+                    .find(|e| e.kind == duct_proto::wire::control::EXT_TOKEN)
+                    .map(|e| e.value.to_vec())
+            });
+            let peer = PeerInfo::new(hs.peer.clone(), token, None);
+            if let Err(reason) = authenticate(&peer) {
+                // REJECT with the reason; the dialer gets PermissionDenied, not retryable.
+                hs.session.refuse(
+                    duct_proto::wire::control::reject_code::PERMISSION_DENIED,
+                    &reason,
+                );
+                let _ = hs.flush_nonblocking();
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "listener {}: refused {}: {reason}",
+                        self.local_addr, hs.peer
+                    ),
+                ));
+            }
+        }
         if let Some(resume_id) = hs.session.resume_requested() {
             let instance_id = hs.session.pending_hello().map_or(0, |h| h.instance_id);
             let conn = self

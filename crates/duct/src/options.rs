@@ -208,8 +208,8 @@ macro_rules! limit_setters {
 ///     .on_error(|err| eprintln!("pipe error: {err}"));
 /// ```
 ///
-/// In this version of duct, [`tls`](Self::tls), [`token`](Self::token) and non-default [`ChannelOptions`] are not
-/// implemented yet: they may be set, but then `dial` fails with [`ErrorKind::Unsupported`].
+/// In this version of duct, [`tls`](Self::tls) is not implemented yet: it may be set, but
+/// then `dial` fails with [`ErrorKind::Unsupported`].
 #[derive(Clone, Default)]
 pub struct DialOptions {
     /// Connect plus handshake deadline; `None` means [`DEFAULT_DIAL_TIMEOUT`].
@@ -268,9 +268,6 @@ impl DialOptions {
     /// priority, weight and rate limits of what this side sends and receives on it. Channels
     /// not configured behave as `ChannelOptions::default()`. Calling it again for the same
     /// channel replaces the earlier options. Each side configures its own end.
-    ///
-    /// [`ChannelOptions::reliable`]`(true)` is not implemented yet in this version: it makes
-    /// `dial` fail with [`ErrorKind::Unsupported`].
     #[must_use]
     pub fn channel(mut self, channel: u16, options: ChannelOptions) -> Self {
         self.channels.insert(channel, options);
@@ -340,10 +337,8 @@ impl DialOptions {
 
     /// An opaque credential presented to the listener in the handshake, for its
     /// [`ListenOptions::authenticate`] hook. Default: none. `Debug` output shows only its
-    /// length.
-    ///
-    /// Not implemented yet in this version: setting it makes `dial` fail with
-    /// [`ErrorKind::Unsupported`].
+    /// length. It travels in HELLO (extension `TOKEN`), in the clear unless the transport is
+    /// encrypted.
     #[must_use]
     pub fn token(mut self, token: impl Into<Vec<u8>>) -> Self {
         self.token = Some(token.into());
@@ -380,9 +375,6 @@ impl DialOptions {
     pub(crate) fn check_supported(&self) -> Result<()> {
         if self.tls.is_some() {
             return Err(unsupported_option("DialOptions::tls", AREA_TLS));
-        }
-        if self.token.is_some() {
-            return Err(unsupported_option("DialOptions::token", AREA_AUTH));
         }
         Ok(())
     }
@@ -423,10 +415,9 @@ impl fmt::Debug for DialOptions {
 ///     .on_error(|err| eprintln!("rejected a peer: {err}"));
 /// ```
 ///
-/// In this version of duct, [`tls`](Self::tls),
-/// [`authenticate`](Self::authenticate), [`allow_uids`](Self::allow_uids),
-/// [`allow_gids`](Self::allow_gids) and non-default [`ChannelOptions`] are not implemented yet: they may be set, but then `listen` fails with
-/// [`ErrorKind::Unsupported`].
+/// In this version of duct, [`tls`](Self::tls), [`allow_uids`](Self::allow_uids) and
+/// [`allow_gids`](Self::allow_gids) are not implemented yet: they may be set, but then
+/// `listen` fails with [`ErrorKind::Unsupported`].
 #[derive(Clone, Default)]
 pub struct ListenOptions {
     pub(crate) heartbeat: Option<Heartbeat>,
@@ -454,9 +445,6 @@ impl ListenOptions {
     /// backpressure policy, TTL, priority, weight and rate limits of what the accepted pipes
     /// send and receive on it. Channels not configured behave as `ChannelOptions::default()`.
     /// Calling it again for the same channel replaces the earlier options.
-    ///
-    /// [`ChannelOptions::reliable`]`(true)` is not implemented yet in this version: it makes
-    /// `listen` fail with [`ErrorKind::Unsupported`].
     #[must_use]
     pub fn channel(mut self, channel: u16, options: ChannelOptions) -> Self {
         self.channels.insert(channel, options);
@@ -503,10 +491,19 @@ impl ListenOptions {
     /// rejects the peer, whose `dial` fails with [`ErrorKind::PermissionDenied`] and `reason`
     /// in its message. Default: every peer is accepted.
     ///
-    /// It runs on a duct thread during the handshake: keep it short.
+    /// It runs on a duct thread during the handshake: keep it short. A rejection is also
+    /// reported to this listener's `on_error`. A reconnecting dialer that is rejected does not
+    /// try again: its pipe ends with the same error. (Credentials are `None` until peer
+    /// credentials land.)
     ///
-    /// Not implemented yet in this version: setting it makes `listen` fail with
-    /// [`ErrorKind::Unsupported`].
+    /// ```
+    /// use duct::ListenOptions;
+    ///
+    /// let opts = ListenOptions::default().authenticate(|peer| match peer.token.as_deref() {
+    ///     Some(b"world-3 secret") => Ok(()),
+    ///     _ => Err(format!("{} presented no valid token", peer.addr)),
+    /// });
+    /// ```
     #[must_use]
     pub fn authenticate(
         mut self,
@@ -647,9 +644,6 @@ impl ListenOptions {
     pub(crate) fn check_supported(&self) -> Result<()> {
         if self.tls.is_some() {
             return Err(unsupported_option("ListenOptions::tls", AREA_TLS));
-        }
-        if self.authenticate.is_some() {
-            return Err(unsupported_option("ListenOptions::authenticate", AREA_AUTH));
         }
         if self.allow_uids.is_some() {
             return Err(unsupported_option("ListenOptions::allow_uids", AREA_AUTH));
@@ -1390,8 +1384,6 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
-    // Used once peer authentication lands (security).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn new(
         addr: Addr,
         token: Option<Vec<u8>>,
@@ -1432,8 +1424,6 @@ pub struct PeerCredentials {
 }
 
 impl PeerCredentials {
-    // Used once peer authentication lands (security).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn new(pid: Option<u32>, uid: u32, gid: u32) -> PeerCredentials {
         PeerCredentials { pid, uid, gid }
     }
@@ -1699,10 +1689,6 @@ mod tests {
                 DialOptions::default().tls(TlsOptions::client("ca.pem")),
                 "DialOptions::tls is not implemented yet in this version of duct (TLS)",
             ),
-            (
-                DialOptions::default().token(*b"secret"),
-                "DialOptions::token is not implemented yet in this version of duct (authentication)",
-            ),
         ];
         for (opts, expected) in cases {
             assert_eq!(unsupported_message(opts.check_supported()), expected);
@@ -1715,10 +1701,6 @@ mod tests {
             (
                 ListenOptions::default().tls(TlsOptions::server("c.pem", "k.pem")),
                 "ListenOptions::tls",
-            ),
-            (
-                ListenOptions::default().authenticate(|_| Ok(())),
-                "ListenOptions::authenticate",
             ),
             (
                 ListenOptions::default().allow_uids([1000]),

@@ -167,6 +167,14 @@ pub(crate) fn connect_handshake(
     config.instance_id = instance_id;
     config.resume_session_id = resume_session_id;
     config.recv_state = recv_state;
+    if let Some(token) = &opts.token {
+        config
+            .hello_extensions
+            .push(duct_proto::wire::control::Extension {
+                kind: duct_proto::wire::control::EXT_TOKEN,
+                value: bytes::Bytes::copy_from_slice(token),
+            });
+    }
     if opts.reconnect.is_some() {
         // Only a pipe that reconnects has a session to resume: a listener keeps the session
         // of a broken connection only when RESUME was agreed.

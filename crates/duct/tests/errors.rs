@@ -328,10 +328,6 @@ fn unimplemented_dial_options_are_unsupported_before_connecting() {
             "DialOptions::tls",
             DialOptions::default().tls(TlsOptions::client("/nonexistent/ca.pem")),
         ),
-        (
-            "DialOptions::token",
-            DialOptions::default().token(b"secret".to_vec()),
-        ),
     ];
     for (option, opts) in cases {
         let e = expect_kind(dial(&addr, opts), ErrorKind::Unsupported);
@@ -357,10 +353,6 @@ fn unimplemented_listen_options_are_unsupported_and_bind_nothing() {
                 "/nonexistent/c.pem",
                 "/nonexistent/k.pem",
             )),
-        ),
-        (
-            "ListenOptions::authenticate",
-            ListenOptions::default().authenticate(|_| Ok(())),
         ),
         (
             "ListenOptions::allow_uids",

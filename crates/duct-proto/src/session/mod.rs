@@ -88,6 +88,9 @@ pub struct Config {
     /// that messages the peer sends again right after WELCOME are recognised (its
     /// cumulative number goes in HELLO, overriding `last_received_seq`).
     pub recv_state: Option<RecvState>,
+    /// Dialer only: typed extensions HELLO carries (a token for the listener's
+    /// authentication: [`control::EXT_TOKEN`]).
+    pub hello_extensions: Vec<control::Extension>,
     /// Protocol version announced. Only tests change it.
     pub version: (u8, u8),
     /// Per-channel queue limits, policies, TTL, priorities and rate limits. Default: every
@@ -112,6 +115,7 @@ impl Default for Config {
             defer_welcome: false,
             last_received_seq: 0,
             recv_state: None,
+            hello_extensions: Vec::new(),
             version: (VERSION_MAJOR, VERSION_MINOR),
             qos: Arc::default(),
         }
@@ -491,7 +495,7 @@ impl Session {
                 last_received_seq: s.config.last_received_seq,
                 instance_id: s.config.instance_id,
                 resume_session_id: s.config.resume_session_id,
-                extensions: Vec::new(),
+                extensions: s.config.hello_extensions.clone(),
             };
             s.queue_control(FrameKind::Hello, hello.encode());
         }

@@ -1218,6 +1218,14 @@ impl Conn {
                     format!("reconnect attempt {attempt} to {}: {e}", redial.addr),
                 );
                 self.report_later(&mut g, &e);
+                if e.kind() == ErrorKind::PermissionDenied || e.kind() == ErrorKind::Incompatible {
+                    // The listener refuses us for good: trying again would only storm it.
+                    let change = g.life.close();
+                    self.end_final(&mut g, e, change);
+                    drop(g);
+                    self.run_callbacks();
+                    return;
+                }
                 match g.life.attempt_failed(Instant::now(), fastrand::f64()) {
                     Ok(Ok(at)) => reconnect::schedule(self.me(), at),
                     Ok(Err(change)) => {
