@@ -1684,12 +1684,10 @@ mod tests {
 
     #[test]
     fn dial_unsupported_options() {
-        let cases: Vec<(DialOptions, &str)> = vec![
-            (
-                DialOptions::default().tls(TlsOptions::client("ca.pem")),
-                "DialOptions::tls is not implemented yet in this version of duct (TLS)",
-            ),
-        ];
+        let cases: Vec<(DialOptions, &str)> = vec![(
+            DialOptions::default().tls(TlsOptions::client("ca.pem")),
+            "DialOptions::tls is not implemented yet in this version of duct (TLS)",
+        )];
         for (opts, expected) in cases {
             assert_eq!(unsupported_message(opts.check_supported()), expected);
         }

@@ -323,12 +323,10 @@ fn unimplemented_scheme_errors_name_the_address() {
 fn unimplemented_dial_options_are_unsupported_before_connecting() {
     let listener = listen("tcp://127.0.0.1:0", ListenOptions::default()).unwrap();
     let addr = listener.local_addr().to_string();
-    let cases: Vec<(&str, DialOptions)> = vec![
-        (
-            "DialOptions::tls",
-            DialOptions::default().tls(TlsOptions::client("/nonexistent/ca.pem")),
-        ),
-    ];
+    let cases: Vec<(&str, DialOptions)> = vec![(
+        "DialOptions::tls",
+        DialOptions::default().tls(TlsOptions::client("/nonexistent/ca.pem")),
+    )];
     for (option, opts) in cases {
         let e = expect_kind(dial(&addr, opts), ErrorKind::Unsupported);
         assert!(!e.is_retryable());
