@@ -63,9 +63,9 @@
 //! tcp and uds transports; channels with every QoS option above, realtime or reliable
 //! (at least once across reconnects: [`ChannelOptions::reliable`]); heartbeats,
 //! auto-reconnect and resume; timeouts, limits and close reasons; an authentication hook
-//! ([`ListenOptions::authenticate`]). Options for the rest (TLS, peer-credential filters,
-//! shm) can be set, and are refused with [`ErrorKind::Unsupported`] naming the option, never
-//! ignored.
+//! ([`ListenOptions::authenticate`]) and peer-credential filters on Unix sockets. Options for
+//! the rest (TLS, shm) can be set, and are refused with [`ErrorKind::Unsupported`] naming the
+//! option, never ignored.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

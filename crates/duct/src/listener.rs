@@ -423,6 +423,33 @@ impl Inner {
     /// Answers a HELLO: re-attaches the connection to the pipe it asks to resume if that
     /// pipe still holds the session (`Ok(None)`), or welcomes it as a fresh session.
     fn decide(&self, mut hs: Handshake) -> Result<Option<Handshake>> {
+        let credentials = hs.stream.peer_credentials();
+        if self.opts.allow_uids.is_some() || self.opts.allow_gids.is_some() {
+            let listed =
+                |list: &Option<Vec<u32>>, id: u32| list.as_ref().is_some_and(|l| l.contains(&id));
+            let refusal = match credentials {
+                Some(c)
+                    if listed(&self.opts.allow_uids, c.uid)
+                        || listed(&self.opts.allow_gids, c.gid) =>
+                {
+                    None
+                }
+                Some(c) => Some(format!(
+                    "peer process (pid {}, uid {}, gid {}) is not in the allowed users or groups",
+                    c.pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+                    c.uid,
+                    c.gid
+                )),
+                None => Some(
+                    "peer credentials are required (allowed users or groups) and this transport \
+                     has none"
+                        .to_owned(),
+                ),
+            };
+            if let Some(reason) = refusal {
+                return Err(self.refuse(&mut hs, &reason));
+            }
+        }
         if let Some(authenticate) = &self.opts.authenticate {
             let token = hs.session.pending_hello().and_then(|h| {
                 h.extensions
@@ -430,21 +457,9 @@ impl Inner {
                     .find(|e| e.kind == duct_proto::wire::control::EXT_TOKEN)
                     .map(|e| e.value.to_vec())
             });
-            let peer = PeerInfo::new(hs.peer.clone(), token, None);
+            let peer = PeerInfo::new(hs.peer.clone(), token, credentials);
             if let Err(reason) = authenticate(&peer) {
-                // REJECT with the reason; the dialer gets PermissionDenied, not retryable.
-                hs.session.refuse(
-                    duct_proto::wire::control::reject_code::PERMISSION_DENIED,
-                    &reason,
-                );
-                let _ = hs.flush_nonblocking();
-                return Err(Error::new(
-                    ErrorKind::PermissionDenied,
-                    format!(
-                        "listener {}: refused {}: {reason}",
-                        self.local_addr, hs.peer
-                    ),
-                ));
+                return Err(self.refuse(&mut hs, &reason));
             }
         }
         if let Some(resume_id) = hs.session.resume_requested() {
@@ -473,6 +488,23 @@ impl Inner {
             .welcome(false, Instant::now())
             .map_err(|e| proto_error(e, &hs.peer))?;
         Ok(Some(hs))
+    }
+
+    /// Refuses a handshake: REJECT `PERMISSION_DENIED` with `reason` (the dialer gets
+    /// PermissionDenied, not retryable) and the error this listener reports.
+    fn refuse(&self, hs: &mut Handshake, reason: &str) -> Error {
+        hs.session.refuse(
+            duct_proto::wire::control::reject_code::PERMISSION_DENIED,
+            reason,
+        );
+        let _ = hs.flush_nonblocking();
+        Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "listener {}: refused {}: {reason}",
+                self.local_addr, hs.peer
+            ),
+        )
     }
 
     /// Starts the pipe of a fresh session, remembered for resume when its dialer reconnects.

@@ -88,7 +88,6 @@ fn unsupported_option(what: &str, area: &str) -> Error {
 }
 
 const AREA_TLS: &str = "TLS";
-const AREA_AUTH: &str = "authentication";
 
 // ---------------------------------------------------------------------------------------------
 // Limits shared by dialers and listeners
@@ -415,9 +414,8 @@ impl fmt::Debug for DialOptions {
 ///     .on_error(|err| eprintln!("rejected a peer: {err}"));
 /// ```
 ///
-/// In this version of duct, [`tls`](Self::tls), [`allow_uids`](Self::allow_uids) and
-/// [`allow_gids`](Self::allow_gids) are not implemented yet: they may be set, but then
-/// `listen` fails with [`ErrorKind::Unsupported`].
+/// In this version of duct, [`tls`](Self::tls) is not implemented yet: it may be set, but
+/// then `listen` fails with [`ErrorKind::Unsupported`].
 #[derive(Clone, Default)]
 pub struct ListenOptions {
     pub(crate) heartbeat: Option<Heartbeat>,
@@ -493,8 +491,7 @@ impl ListenOptions {
     ///
     /// It runs on a duct thread during the handshake: keep it short. A rejection is also
     /// reported to this listener's `on_error`. A reconnecting dialer that is rejected does not
-    /// try again: its pipe ends with the same error. (Credentials are `None` until peer
-    /// credentials land.)
+    /// try again: its pipe ends with the same error.
     ///
     /// ```
     /// use duct::ListenOptions;
@@ -516,10 +513,16 @@ impl ListenOptions {
     /// Accept only peers whose user id is in this list (uds and shm, where the kernel reports
     /// the peer's credentials). Calling it again adds to the list. When `allow_uids` or
     /// [`allow_gids`](Self::allow_gids) is set, a peer is accepted if its uid or its gid is
-    /// listed, and peers without credentials (tcp) are rejected. Default: no filter.
+    /// listed, and peers without credentials (tcp) are rejected. A rejected peer's `dial`
+    /// fails with [`ErrorKind::PermissionDenied`] naming its ids. The filter runs before
+    /// [`authenticate`](Self::authenticate), which sees the credentials too. Default: no
+    /// filter.
     ///
-    /// Not implemented yet in this version: setting it makes `listen` fail with
-    /// [`ErrorKind::Unsupported`].
+    /// ```
+    /// // Only processes of this user (or of group 1001) may connect.
+    /// let me = 1000;
+    /// let opts = duct::ListenOptions::default().allow_uids([me]).allow_gids([1001]);
+    /// ```
     #[must_use]
     pub fn allow_uids(mut self, uids: impl IntoIterator<Item = u32>) -> Self {
         self.allow_uids.get_or_insert_with(Vec::new).extend(uids);
@@ -529,9 +532,6 @@ impl ListenOptions {
     /// Accept only peers whose group id is in this list; see
     /// [`allow_uids`](Self::allow_uids), which it combines with. Calling it again adds to the
     /// list. Default: no filter.
-    ///
-    /// Not implemented yet in this version: setting it makes `listen` fail with
-    /// [`ErrorKind::Unsupported`].
     #[must_use]
     pub fn allow_gids(mut self, gids: impl IntoIterator<Item = u32>) -> Self {
         self.allow_gids.get_or_insert_with(Vec::new).extend(gids);
@@ -644,12 +644,6 @@ impl ListenOptions {
     pub(crate) fn check_supported(&self) -> Result<()> {
         if self.tls.is_some() {
             return Err(unsupported_option("ListenOptions::tls", AREA_TLS));
-        }
-        if self.allow_uids.is_some() {
-            return Err(unsupported_option("ListenOptions::allow_uids", AREA_AUTH));
-        }
-        if self.allow_gids.is_some() {
-            return Err(unsupported_option("ListenOptions::allow_gids", AREA_AUTH));
         }
         Ok(())
     }
@@ -1695,24 +1689,10 @@ mod tests {
 
     #[test]
     fn listen_unsupported_options() {
-        let cases: Vec<(ListenOptions, &str)> = vec![
-            (
-                ListenOptions::default().tls(TlsOptions::server("c.pem", "k.pem")),
-                "ListenOptions::tls",
-            ),
-            (
-                ListenOptions::default().allow_uids([1000]),
-                "ListenOptions::allow_uids",
-            ),
-            (
-                ListenOptions::default().allow_uids([]),
-                "ListenOptions::allow_uids",
-            ),
-            (
-                ListenOptions::default().allow_gids([10]),
-                "ListenOptions::allow_gids",
-            ),
-        ];
+        let cases: Vec<(ListenOptions, &str)> = vec![(
+            ListenOptions::default().tls(TlsOptions::server("c.pem", "k.pem")),
+            "ListenOptions::tls",
+        )];
         for (opts, name) in cases {
             let text = unsupported_message(opts.check_supported());
             assert!(text.starts_with(name), "{text}");

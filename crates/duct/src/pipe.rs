@@ -424,6 +424,13 @@ impl Pipe {
     pub fn peer_addr(&self) -> Addr {
         self.conn.peer_addr()
     }
+
+    /// The peer process's credentials (pid, uid, gid), as the kernel reported them when the
+    /// connection was made (SO_PEERCRED): on `uds://` (and `shm://`); `None` on tcp. After a
+    /// reconnect, those of the current connection.
+    pub fn peer_credentials(&self) -> Option<crate::PeerCredentials> {
+        self.conn.peer_credentials()
+    }
 }
 
 fn wait_for(timeout: Option<Duration>) -> Wait {

@@ -137,3 +137,95 @@ fn a_refused_reconnect_ends_the_pipe_without_a_storm() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+fn my_ids() -> (u32, u32) {
+    (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    )
+}
+
+/// On uds both ends learn the other process's credentials, and the hook sees them; on tcp
+/// there are none.
+#[test]
+fn uds_pipes_know_the_peer_process_and_tcp_ones_do_not() {
+    let (uid, gid) = my_ids();
+    let seen = Arc::new(Mutex::new(None));
+    let record = Arc::clone(&seen);
+    let listener = duct::listen(
+        "uds://@duct-auth-creds",
+        ListenOptions::default().authenticate(move |peer| {
+            *record.lock().unwrap() = peer.credentials;
+            Ok(())
+        }),
+    )
+    .unwrap();
+    let addr = listener.local_addr().to_string();
+    let acceptor = thread::spawn(move || (listener.accept_timeout(T).unwrap(), listener));
+    let dialer = duct::dial(&addr, DialOptions::default()).unwrap();
+    let (accepted, _listener) = acceptor.join().unwrap();
+    for creds in [
+        dialer.peer_credentials(),
+        accepted.peer_credentials(),
+        *seen.lock().unwrap(),
+    ] {
+        let c = creds.expect("credentials on uds");
+        assert_eq!((c.uid, c.gid), (uid, gid));
+        assert_eq!(c.pid, Some(std::process::id()));
+    }
+    let listener = duct::listen("tcp://127.0.0.1:0", ListenOptions::default()).unwrap();
+    let addr = listener.local_addr().to_string();
+    let acceptor = thread::spawn(move || (listener.accept_timeout(T).unwrap(), listener));
+    let dialer = duct::dial(&addr, DialOptions::default()).unwrap();
+    let (accepted, _listener) = acceptor.join().unwrap();
+    assert!(dialer.peer_credentials().is_none());
+    assert!(accepted.peer_credentials().is_none());
+}
+
+/// The uid/gid filter: a listed user gets in; an unlisted one (and any tcp peer, which has no
+/// credentials) gets PermissionDenied naming why.
+#[test]
+fn the_uid_filter_admits_listed_users_only() {
+    let (uid, gid) = my_ids();
+    let open = duct::listen(
+        "uds://@duct-auth-uid-ok",
+        ListenOptions::default().allow_uids([uid]),
+    )
+    .unwrap();
+    let addr = open.local_addr().to_string();
+    let acceptor = thread::spawn(move || open.accept_timeout(T).map(|p| (p, open)));
+    let ok = duct::dial(&addr, DialOptions::default()).unwrap();
+    let (accepted, _open) = acceptor.join().unwrap().unwrap();
+    ok.send("x").unwrap();
+    assert_eq!(recv(&accepted).payload(), b"x");
+
+    let others = [uid.wrapping_add(1), uid.wrapping_add(2)];
+    let closed = duct::listen(
+        "uds://@duct-auth-uid-refused",
+        ListenOptions::default()
+            .allow_uids(others)
+            .allow_gids([gid.wrapping_add(1)]),
+    )
+    .unwrap();
+    let e = duct::dial(
+        &closed.local_addr().to_string(),
+        DialOptions::default().timeout(T),
+    )
+    .expect_err("not an allowed user");
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(e.to_string().contains(&format!("uid {uid}")), "{e}");
+    assert!(!e.is_retryable());
+
+    let tcp = duct::listen(
+        "tcp://127.0.0.1:0",
+        ListenOptions::default().allow_uids([uid]),
+    )
+    .unwrap();
+    let e = duct::dial(
+        &tcp.local_addr().to_string(),
+        DialOptions::default().timeout(T),
+    )
+    .expect_err("tcp has no credentials");
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("credentials"), "{e}");
+}

@@ -344,23 +344,13 @@ fn unimplemented_listen_options_are_unsupported_and_bind_nothing() {
     let dir = TempDir::new();
     let path = dir.fresh("opts");
     let addr = format!("uds://{}", path.display());
-    let cases: Vec<(&str, ListenOptions)> = vec![
-        (
-            "ListenOptions::tls",
-            ListenOptions::default().tls(TlsOptions::server(
-                "/nonexistent/c.pem",
-                "/nonexistent/k.pem",
-            )),
-        ),
-        (
-            "ListenOptions::allow_uids",
-            ListenOptions::default().allow_uids([0]),
-        ),
-        (
-            "ListenOptions::allow_gids",
-            ListenOptions::default().allow_gids([0]),
-        ),
-    ];
+    let cases: Vec<(&str, ListenOptions)> = vec![(
+        "ListenOptions::tls",
+        ListenOptions::default().tls(TlsOptions::server(
+            "/nonexistent/c.pem",
+            "/nonexistent/k.pem",
+        )),
+    )];
     for (option, opts) in cases {
         let e = expect_kind(listen(&addr, opts), ErrorKind::Unsupported);
         assert!(!e.is_retryable());

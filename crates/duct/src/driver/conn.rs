@@ -414,6 +414,11 @@ impl Conn {
         self.lock().state()
     }
 
+    /// The peer process's credentials on the current connection (Unix sockets).
+    pub(crate) fn peer_credentials(&self) -> Option<crate::PeerCredentials> {
+        self.t().peer_credentials()
+    }
+
     pub(crate) fn pipe_id(&self) -> u64 {
         self.config.pipe_id
     }

@@ -44,6 +44,8 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     fn wait_readable(&self, deadline: Option<Instant>) -> std::io::Result<bool>;
     /// Bytes received by the operating system and not yet read (0 if unknown).
     fn pending_input(&self) -> usize;
+    /// The peer process's credentials, where the transport reports them (Unix sockets).
+    fn peer_credentials(&self) -> Option<crate::PeerCredentials>;
     /// Shuts both directions down, waking every thread blocked on the transport.
     fn shutdown(&self);
     /// Shuts the receiving direction down, waking threads blocked in a receive; sending

@@ -401,6 +401,10 @@ impl crate::driver::StreamTransport for Stream {
         rustix::io::ioctl_fionread(self.as_fd()).map_or(0, |n| n as usize)
     }
 
+    fn peer_credentials(&self) -> Option<PeerCredentials> {
+        Stream::peer_credentials(self)
+    }
+
     fn shutdown(&self) {
         let _ = Stream::shutdown(self, Shutdown::Both);
     }
