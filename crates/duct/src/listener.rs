@@ -151,6 +151,16 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
     raw.set_nonblocking(true)
         .map_err(|e| Error::io(e, format_args!("listen {addr}")))?;
     let local_addr = raw.local_addr();
+    if let Addr::Uds(path) = &local_addr {
+        // Who may connect: the file's permission bits (the umask decided them at bind).
+        let mode = rustix::fs::Mode::from_raw_mode(opts.socket_mode_or_default());
+        rustix::fs::chmod(path, mode).map_err(|e| {
+            Error::io(
+                std::io::Error::from(e),
+                format_args!("listen {addr}: setting the socket file's mode"),
+            )
+        })?;
+    }
     let inner = Arc::new_cyclic(|me| Inner {
         raw,
         local_addr,

@@ -46,6 +46,8 @@ pub(crate) const DEFAULT_LINGER: Duration = Duration::from_secs(1);
 pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default [`ListenOptions::max_pending_handshakes`].
 pub(crate) const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 128;
+/// Default [`ListenOptions::socket_mode`]: the owner only.
+pub(crate) const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// Default [`ListenOptions::resume_window`].
 pub(crate) const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(5);
 
@@ -436,6 +438,8 @@ pub struct ListenOptions {
     pub(crate) max_pending_handshakes: Option<usize>,
     /// `None` means [`DEFAULT_RESUME_WINDOW`].
     pub(crate) resume_window: Option<Duration>,
+    /// `None` means [`DEFAULT_SOCKET_MODE`].
+    pub(crate) socket_mode: Option<u32>,
 }
 
 impl ListenOptions {
@@ -508,6 +512,20 @@ impl ListenOptions {
     ) -> Self {
         self.authenticate = Some(Arc::new(hook));
         self
+    }
+
+    /// The permission bits of a `uds:///path` listener's socket file, set right after it is
+    /// bound (connecting needs write permission on it). Default: `0o600`, the owning user
+    /// only; `0o660` lets the group in too. Abstract names (`uds://@name`) have no file: use
+    /// [`allow_uids`](Self::allow_uids) there. Only the permission bits (`0o777`) are used.
+    #[must_use]
+    pub fn socket_mode(mut self, mode: u32) -> Self {
+        self.socket_mode = Some(mode & 0o777);
+        self
+    }
+
+    pub(crate) fn socket_mode_or_default(&self) -> u32 {
+        self.socket_mode.unwrap_or(DEFAULT_SOCKET_MODE)
     }
 
     /// Accept only peers whose user id is in this list (uds and shm, where the kernel reports

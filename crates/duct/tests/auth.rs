@@ -229,3 +229,24 @@ fn the_uid_filter_admits_listed_users_only() {
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
     assert!(e.to_string().contains("credentials"), "{e}");
 }
+
+/// A path listener's socket file lets only its owner connect, unless told otherwise.
+#[test]
+fn the_socket_file_is_owner_only_by_default() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::TempDir::new();
+    for (opts, want) in [
+        (ListenOptions::default(), 0o600),
+        (ListenOptions::default().socket_mode(0o660), 0o660),
+    ] {
+        let path = dir.fresh("mode");
+        let listener = duct::listen(&format!("uds://{}", path.display()), opts).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, want, "{}", path.display());
+        // The owner still connects.
+        let addr = listener.local_addr().to_string();
+        let acceptor = thread::spawn(move || listener.accept_timeout(T).map(|p| (p, listener)));
+        let _dialer = duct::dial(&addr, DialOptions::default()).unwrap();
+        acceptor.join().unwrap().unwrap();
+    }
+}
