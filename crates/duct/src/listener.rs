@@ -81,6 +81,8 @@ struct Inner {
     me: Weak<Inner>,
     /// Accepted pipes a reconnecting dialer may resume, by the dialer's instance id.
     resumable: Mutex<ResumeTable>,
+    /// Pipes of this listener not yet dropped (bounded by `max_pipes`).
+    live_pipes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Accepted pipes by dialer instance id, held weakly; entries of dropped pipes are pruned
@@ -179,6 +181,7 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
         reactor: OnceLock::new(),
         me: me.clone(),
         resumable: Mutex::new(ResumeTable::default()),
+        live_pipes: Arc::default(),
     });
     let weak: Weak<dyn Reactive> = Arc::downgrade(&inner) as Weak<Inner>;
     let handle = reactor::register(weak).map_err(|e| Error::io(e, "starting the duct reactor"))?;
@@ -494,6 +497,22 @@ impl Inner {
                 "cannot resume session {resume_id:#x}: not held (any more); a fresh session"
             );
         }
+        let live = self.live_pipes.load(std::sync::atomic::Ordering::Acquire);
+        let max = self.opts.max_pipes_or_default();
+        if live >= max {
+            hs.session.refuse(
+                duct_proto::wire::control::reject_code::UNAVAILABLE,
+                &format!("the listener is at its limit of {max} pipes; try again later"),
+            );
+            let _ = hs.flush_nonblocking();
+            return Err(Error::new(
+                ErrorKind::ConnectionRefused,
+                format!(
+                    "listener {}: refused {}: at its limit of {max} pipes",
+                    self.local_addr, hs.peer
+                ),
+            ));
+        }
         hs.session
             .welcome(false, Instant::now())
             .map_err(|e| proto_error(e, &hs.peer))?;
@@ -567,6 +586,7 @@ impl Inner {
             resume_window: (!window.is_zero()).then_some(window),
         };
         config.pipe_id = pipe_id;
+        config.live = Some(Arc::clone(&self.live_pipes));
         config
     }
 }

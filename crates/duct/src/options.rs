@@ -46,6 +46,8 @@ pub(crate) const DEFAULT_LINGER: Duration = Duration::from_secs(1);
 pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default [`ListenOptions::max_pending_handshakes`].
 pub(crate) const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 128;
+/// Default [`ListenOptions::max_pipes`].
+pub(crate) const DEFAULT_MAX_PIPES: usize = 16_384;
 /// Default [`ListenOptions::socket_mode`]: the owner only.
 pub(crate) const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// Default [`ListenOptions::resume_window`].
@@ -440,6 +442,8 @@ pub struct ListenOptions {
     pub(crate) resume_window: Option<Duration>,
     /// `None` means [`DEFAULT_SOCKET_MODE`].
     pub(crate) socket_mode: Option<u32>,
+    /// `None` means [`DEFAULT_MAX_PIPES`].
+    pub(crate) max_pipes: Option<usize>,
 }
 
 impl ListenOptions {
@@ -522,6 +526,20 @@ impl ListenOptions {
     pub fn socket_mode(mut self, mode: u32) -> Self {
         self.socket_mode = Some(mode & 0o777);
         self
+    }
+
+    /// Most pipes this listener keeps at once (accepted, or waiting for `accept`, and not yet
+    /// dropped). A dialer beyond it is refused with REJECT `UNAVAILABLE`: its `dial` fails with
+    /// [`ErrorKind::ConnectionRefused`] (retryable) saying the listener is full. A dialer
+    /// resuming a pipe it has is never refused for this. Default: 16384. `0` is treated as 1.
+    #[must_use]
+    pub fn max_pipes(mut self, pipes: usize) -> Self {
+        self.max_pipes = Some(pipes.max(1));
+        self
+    }
+
+    pub(crate) fn max_pipes_or_default(&self) -> usize {
+        self.max_pipes.unwrap_or(DEFAULT_MAX_PIPES)
     }
 
     pub(crate) fn socket_mode_or_default(&self) -> u32 {

@@ -217,6 +217,7 @@ pub(crate) fn conn_config(
         on_error,
         redial,
         pipe_id: 0,
+        live: None,
     }
 }
 

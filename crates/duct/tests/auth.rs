@@ -250,3 +250,39 @@ fn the_socket_file_is_owner_only_by_default() {
         acceptor.join().unwrap().unwrap();
     }
 }
+
+/// A listener at its limit of pipes refuses new dialers (retryable, saying why) and takes
+/// them again once a pipe is gone.
+#[test]
+fn a_full_listener_refuses_until_a_pipe_goes() {
+    let listener = duct::listen(
+        "uds://@duct-auth-max-pipes",
+        ListenOptions::default().max_pipes(2),
+    )
+    .unwrap();
+    let addr = listener.local_addr().to_string();
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let d = duct::dial(&addr, DialOptions::default()).unwrap();
+        kept.push((d, listener.accept_timeout(T).unwrap()));
+    }
+    let e = duct::dial(&addr, DialOptions::default().timeout(T)).expect_err("full");
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    assert!(e.is_retryable());
+    assert!(e.to_string().contains("limit of 2 pipes"), "{e}");
+    // One pipe goes (both ends dropped): a dialer gets in again.
+    drop(kept.pop());
+    let deadline = Instant::now() + T;
+    let third = loop {
+        match duct::dial(&addr, DialOptions::default().timeout(T)) {
+            Ok(p) => break p,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let accepted = listener.accept_timeout(T).unwrap();
+    third.send("in").unwrap();
+    assert_eq!(recv(&accepted).payload(), b"in");
+}

@@ -73,6 +73,8 @@ pub(crate) struct ConnConfig {
     pub(crate) redial: Option<Arc<crate::pipe::Redial>>,
     /// The pipe's identity on both ends: the dialer's instance id.
     pub(crate) pipe_id: u64,
+    /// Accepted pipes: the listener's count of live pipes (this one counts until dropped).
+    pub(crate) live: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 struct Shared {
@@ -361,6 +363,9 @@ impl Conn {
             callbacks_pending: AtomicBool::new(true),
             reactor: OnceLock::new(),
         });
+        if let Some(live) = &conn.config.live {
+            live.fetch_add(1, Ordering::AcqRel);
+        }
         let weak: Weak<dyn Reactive> = Arc::downgrade(&conn) as Weak<Conn>;
         let handle =
             reactor::register(weak).map_err(|e| Error::io(e, "starting the duct reactor"))?;
@@ -1747,6 +1752,9 @@ impl Reactive for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        if let Some(live) = &self.config.live {
+            live.fetch_sub(1, Ordering::AcqRel);
+        }
         // Normally closed already (close, or close_on_drop when the last handle went); this
         // covers connections that never got a handle.
         let _ = self.close(close_code::NORMAL, "pipe dropped", Duration::ZERO);
