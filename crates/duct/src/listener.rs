@@ -500,17 +500,11 @@ impl Inner {
         let live = self.live_pipes.load(std::sync::atomic::Ordering::Acquire);
         let max = self.opts.max_pipes_or_default();
         if live >= max {
-            hs.session.refuse(
+            return Err(self.refuse_with(
+                &mut hs,
                 duct_proto::wire::control::reject_code::UNAVAILABLE,
-                &format!("the listener is at its limit of {max} pipes; try again later"),
-            );
-            let _ = hs.flush_nonblocking();
-            return Err(Error::new(
                 ErrorKind::ConnectionRefused,
-                format!(
-                    "listener {}: refused {}: at its limit of {max} pipes",
-                    self.local_addr, hs.peer
-                ),
+                &format!("the listener is at its limit of {max} pipes; try again later"),
             ));
         }
         hs.session
@@ -522,13 +516,21 @@ impl Inner {
     /// Refuses a handshake: REJECT `PERMISSION_DENIED` with `reason` (the dialer gets
     /// PermissionDenied, not retryable) and the error this listener reports.
     fn refuse(&self, hs: &mut Handshake, reason: &str) -> Error {
-        hs.session.refuse(
+        self.refuse_with(
+            hs,
             duct_proto::wire::control::reject_code::PERMISSION_DENIED,
+            ErrorKind::PermissionDenied,
             reason,
-        );
+        )
+    }
+
+    /// Refuses a handshake with REJECT `code` and `reason`; returns the error (of `kind`)
+    /// this listener reports.
+    fn refuse_with(&self, hs: &mut Handshake, code: u16, kind: ErrorKind, reason: &str) -> Error {
+        hs.session.refuse(code, reason);
         let _ = hs.flush_nonblocking();
         Error::new(
-            ErrorKind::PermissionDenied,
+            kind,
             format!(
                 "listener {}: refused {}: {reason}",
                 self.local_addr, hs.peer
