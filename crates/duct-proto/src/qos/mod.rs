@@ -135,20 +135,6 @@ impl Default for ChannelConfig {
     }
 }
 
-impl ChannelConfig {
-    /// Whether a receive queue of `msgs` messages and `bytes` bytes is at the high-water mark.
-    #[inline]
-    pub fn rcv_full(&self, msgs: usize, bytes: usize) -> bool {
-        msgs >= self.rcv_hwm_msgs.max(1) || bytes >= self.rcv_hwm_bytes.max(1)
-    }
-
-    /// Whether a receive queue is above half its high-water mark.
-    #[inline]
-    pub fn rcv_high(&self, msgs: usize, bytes: usize) -> bool {
-        msgs * 2 > self.rcv_hwm_msgs.max(1) || bytes * 2 > self.rcv_hwm_bytes.max(1)
-    }
-}
-
 /// The channel settings of a pipe, plus its pipe-wide rate limits.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QosConfig {

@@ -937,6 +937,11 @@ impl Session {
         }
     }
 
+    /// Whether the driver stopped reading ([`Session::pause_receive`]) and has not resumed.
+    pub fn receive_paused(&self) -> bool {
+        self.recv_paused.is_some()
+    }
+
     /// The driver reads again: silence counts from `now`.
     pub fn resume_receive(&mut self, now: Instant) {
         if self.recv_paused.take().is_some() {

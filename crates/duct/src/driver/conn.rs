@@ -106,8 +106,6 @@ struct Shared {
     read_armed: bool,
     /// Output is queued and nobody is writing: the reactor watches writability.
     write_armed: bool,
-    /// The receive queue reached its high-water mark: nobody reads ahead until it drains.
-    paused: bool,
     /// Receive calls by the application so far.
     caller_reads: u64,
     /// `caller_reads` when the reactor last armed or looked.
@@ -220,27 +218,27 @@ impl Shared {
         ch.bytes_sent += run.bytes;
     }
 
-    /// Adds the protocol core's drop counters of `channel`.
-    fn count_drops(&mut self, channel: u16, c: Counts) {
-        let dropped = c.dropped + c.rate_limited + c.lost;
-        self.stats.dropped += dropped;
-        self.stats.rate_limited += c.rate_limited;
-        self.stats.expired += c.expired;
-        self.stats.retransmits += c.retransmits;
-        let ch = self.channels.get(channel);
-        ch.dropped += dropped;
-        ch.rate_limited += c.rate_limited;
-        ch.expired += c.expired;
-        ch.retransmits += c.retransmits;
-    }
-
-    /// Collects the drop counters the session holds.
+    /// Moves the drop counters the session holds (policy, rate limit, TTL, lost,
+    /// retransmits) into the pipe's, per channel and in all.
     fn collect_drops(&mut self) {
-        let mut all = Vec::new();
-        self.session.take_counts(&mut |c, n| all.push((c, n)));
-        for (c, n) in all {
-            self.count_drops(c, n);
-        }
+        let Shared {
+            session,
+            stats,
+            channels,
+            ..
+        } = self;
+        session.take_counts(&mut |channel, c| {
+            let dropped = c.dropped + c.rate_limited + c.lost;
+            stats.dropped += dropped;
+            stats.rate_limited += c.rate_limited;
+            stats.expired += c.expired;
+            stats.retransmits += c.retransmits;
+            let ch = channels.get(channel);
+            ch.dropped += dropped;
+            ch.rate_limited += c.rate_limited;
+            ch.expired += c.expired;
+            ch.retransmits += c.retransmits;
+        });
     }
 
     fn count_received(&mut self, run: Run) {
@@ -337,7 +335,6 @@ impl Conn {
             registered: None,
             read_armed: false,
             write_armed: false,
-            paused: false,
             caller_reads: 0,
             seen_reads: 0,
             recheck_at: None,
@@ -880,9 +877,8 @@ impl Conn {
             }
             g.count_received(run);
             if n > 0 {
-                if g.paused && g.session.recv_low() {
+                if g.session.receive_paused() && g.session.recv_low() {
                     // Room again: let the reactor read ahead once the caller is idle.
-                    g.paused = false;
                     g.sample_at = None;
                     g.session.resume_receive(Instant::now());
                     g.recheck_at.get_or_insert(Instant::now() + RECHECK);
@@ -1007,7 +1003,6 @@ impl Conn {
         let mut r = self.read.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if g.session.recv_full() {
-                g.paused = true;
                 let now = Instant::now();
                 g.session.pause_receive(now);
                 // What waits unread from now on ages in the transport: its TTL is charged
@@ -1718,7 +1713,10 @@ impl Reactive for Conn {
                 self.report_later(&mut g, &err);
             }
         }
-        if g.paused && !g.reading && g.sample_at.is_some_and(|t| t <= now) {
+        if !g.session.receive_paused() {
+            g.sample_at = None; // (a new connection reads again)
+        }
+        if g.session.receive_paused() && !g.reading && g.sample_at.is_some_and(|t| t <= now) {
             // Nobody reads (checked under the lock), so the read buffer is free.
             let held = self
                 .read
@@ -1732,7 +1730,7 @@ impl Reactive for Conn {
         }
         if g.recheck_at.is_some_and(|t| t <= now) {
             g.recheck_at = None;
-            if !g.paused && !g.read_armed && g.terminal.is_none() {
+            if !g.session.receive_paused() && !g.read_armed && g.terminal.is_none() {
                 if g.caller_reads == g.seen_reads && !g.reading {
                     // The caller has been away for a whole RECHECK: read ahead for it.
                     g.read_armed = true;
