@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use duct_proto::lifecycle::{Change, Ignored, Lifecycle, Next, Phase, Policy};
-use duct_proto::qos::{Admission, ChannelMap, Counts, DropReason};
+use duct_proto::qos::{Admission, ChannelMap, DropReason};
 use duct_proto::wire::control::caps;
 use duct_proto::{Delivered, Event, Session};
 use mio::Interest;
