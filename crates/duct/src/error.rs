@@ -93,6 +93,30 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// An `io::Error` cause by which a transport says which [`ErrorKind`] a failure is (TLS
+/// failures are [`ErrorKind::Tls`] or [`ErrorKind::PermissionDenied`], not `Io`).
+#[derive(Debug)]
+pub(crate) struct Classified {
+    kind: ErrorKind,
+    text: String,
+}
+
+impl Classified {
+    // Only TLS classifies its failures so far.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn new(kind: ErrorKind, text: String) -> Classified {
+        Classified { kind, text }
+    }
+}
+
+impl fmt::Display for Classified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Classified {}
+
 /// The underlying cause of an [`Error`], shared so that `Error` can be cloned (a
 /// [`StateChange`](crate::StateChange) carries one to every observer).
 type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
@@ -178,6 +202,10 @@ impl Error {
     /// `InvalidInput` included, → `Io`. Callers that know an error means something more
     /// specific (say, a bad address) build the [`Error`] themselves.
     pub(crate) fn io(err: io::Error, context: impl fmt::Display) -> Error {
+        if let Some(c) = err.get_ref().and_then(|e| e.downcast_ref::<Classified>()) {
+            // A transport that knows better (TLS) said what the failure means.
+            return Error::new(c.kind, format!("{context}: {}", c.text));
+        }
         let kind = match err.kind() {
             io::ErrorKind::ConnectionRefused => ErrorKind::ConnectionRefused,
             io::ErrorKind::AddrInUse => ErrorKind::AddressInUse,

@@ -34,7 +34,7 @@ use crate::driver::handshake::{Handshake, Progress};
 use crate::driver::reactor::{self, Reactive, ReactorHandle};
 use crate::driver::{proto_error, StreamTransport};
 use crate::pipe::{conn_config, session_config};
-use crate::transport::RawListener;
+use crate::transport::{self, RawListener, ServerTls};
 use crate::{Addr, Error, ErrorKind, ListenOptions, PeerInfo, Pipe, Result};
 
 /// How long the listener pauses accepting after an accept error such as running out of file
@@ -71,6 +71,8 @@ pub struct Listener {
 
 struct Inner {
     raw: RawListener,
+    /// TLS on every accepted connection, when the listener serves TLS.
+    tls: Option<ServerTls>,
     local_addr: Addr,
     opts: ListenOptions,
     /// The channels' QoS settings, shared by every accepted pipe.
@@ -145,14 +147,16 @@ impl std::fmt::Debug for Listener {
 /// `addr` is `tcp://host:port` (port 0 picks a free port: read it back from
 /// [`Listener::local_addr`]), `uds:///absolute/path` (a socket file left by a dead process is
 /// replaced; a live listener's is [`ErrorKind::AddressInUse`]; the file is removed when the
-/// listener is dropped) or `uds://@abstract-name` (Linux).
+/// listener is dropped) or `uds://@abstract-name` (Linux); `tls://host:port` (or `tcp://` with
+/// [`ListenOptions::tls`]) serves TLS.
 pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
-    opts.check_supported()?;
     let ep = addr::parse(addr)?;
+    // TLS settings are checked and loaded (certificate, key, client CA) before binding.
+    let tls = transport::server_tls(&ep, opts.tls.as_ref())?;
     let raw = RawListener::bind(&ep)?;
     raw.set_nonblocking(true)
         .map_err(|e| Error::io(e, format_args!("listen {addr}")))?;
-    let local_addr = raw.local_addr();
+    let local_addr = transport::shown_addr(raw.local_addr(), tls.is_some());
     if let Addr::Uds(path) = &local_addr {
         // Who may connect: the file's permission bits (the umask decided them at bind).
         let mode = rustix::fs::Mode::from_raw_mode(opts.socket_mode_or_default());
@@ -165,6 +169,7 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
     }
     let inner = Arc::new_cyclic(|me| Inner {
         raw,
+        tls,
         local_addr,
         qos: opts.qos(),
         opts,
@@ -335,6 +340,14 @@ impl Inner {
         while !st.closed && st.ready.len() < self.max_pending() {
             match self.raw.accept() {
                 Ok((stream, peer)) => {
+                    let peer = transport::shown_addr(peer, self.tls.is_some());
+                    let stream = match transport::secure_server(stream, self.tls.as_ref()) {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            reports.push(e);
+                            continue;
+                        }
+                    };
                     let heartbeat = self.opts.heartbeat_or_default();
                     if let Err(e) = stream.set_keepalive(&heartbeat) {
                         tracing::debug!(%peer, error = %e, "could not set TCP keepalive");

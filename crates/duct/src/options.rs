@@ -23,7 +23,9 @@ use std::time::Duration;
 use duct_proto::qos::{self, QosConfig};
 
 use crate::addr::Addr;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Error;
+#[cfg(any(doc, test))]
+use crate::error::ErrorKind;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -82,16 +84,6 @@ impl fmt::Debug for RedactedBytes {
         write!(f, "<{} bytes>", self.0)
     }
 }
-
-/// The error for an option that may be set but is not implemented yet.
-fn unsupported_option(what: &str, area: &str) -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        format!("{what} is not implemented yet in this version of duct ({area})"),
-    )
-}
-
-const AREA_TLS: &str = "TLS";
 
 // ---------------------------------------------------------------------------------------------
 // Limits shared by dialers and listeners
@@ -211,8 +203,6 @@ macro_rules! limit_setters {
 ///     .on_error(|err| eprintln!("pipe error: {err}"));
 /// ```
 ///
-/// In this version of duct, [`tls`](Self::tls) is not implemented yet: it may be set, but
-/// then `dial` fails with [`ErrorKind::Unsupported`].
 #[derive(Clone, Default)]
 pub struct DialOptions {
     /// Connect plus handshake deadline; `None` means [`DEFAULT_DIAL_TIMEOUT`].
@@ -327,11 +317,24 @@ impl DialOptions {
         self
     }
 
-    /// Use TLS on a `tcp://` address (a `tls://` address implies TLS and takes its settings
-    /// from here). Default: no TLS on `tcp://`.
+    /// Use TLS on a `tcp://` address (a `tls://` address requires this and takes its settings
+    /// from here); built with [`TlsOptions::client`]. Default: no TLS on `tcp://`.
     ///
-    /// Not implemented yet in this version: setting it makes `dial` fail with
-    /// [`ErrorKind::Unsupported`].
+    /// The PEM files are read at each `dial` (and each reconnect), so renewed certificates
+    /// are picked up. TLS 1.3 and 1.2 (rustls, ring). The TLS handshake runs within the dial
+    /// timeout. A server certificate that does not verify fails the dial with
+    /// [`ErrorKind::Tls`]; a listener that refuses our certificate (or its absence) with
+    /// [`ErrorKind::PermissionDenied`]. Neither is retried by [`Reconnect`].
+    ///
+    /// ```no_run
+    /// # fn main() -> duct::Result<()> {
+    /// use duct::{DialOptions, TlsOptions};
+    /// let tls = TlsOptions::client("certs/ca.pem")
+    ///     .identity("certs/client.pem", "certs/client.key"); // for mTLS
+    /// let pipe = duct::dial("tls://game-01.internal:7000", DialOptions::default().tls(tls))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = Some(tls);
@@ -372,15 +375,6 @@ impl DialOptions {
     pub(crate) fn qos(&self) -> Arc<QosConfig> {
         qos_config(&self.channels, &self.pipe_rates, self.inflight)
     }
-
-    /// `Ok` when every option that was set is implemented in this version; otherwise an
-    /// [`ErrorKind::Unsupported`] error naming the first one that is not.
-    pub(crate) fn check_supported(&self) -> Result<()> {
-        if self.tls.is_some() {
-            return Err(unsupported_option("DialOptions::tls", AREA_TLS));
-        }
-        Ok(())
-    }
 }
 
 impl fmt::Debug for DialOptions {
@@ -418,8 +412,6 @@ impl fmt::Debug for DialOptions {
 ///     .on_error(|err| eprintln!("rejected a peer: {err}"));
 /// ```
 ///
-/// In this version of duct, [`tls`](Self::tls) is not implemented yet: it may be set, but
-/// then `listen` fails with [`ErrorKind::Unsupported`].
 #[derive(Clone, Default)]
 pub struct ListenOptions {
     pub(crate) heartbeat: Option<Heartbeat>,
@@ -481,11 +473,26 @@ impl ListenOptions {
         self
     }
 
-    /// Serve TLS on a `tcp://` address (a `tls://` address implies TLS and takes its settings
-    /// from here); built with [`TlsOptions::server`]. Default: no TLS on `tcp://`.
+    /// Serve TLS on a `tcp://` address (a `tls://` address requires this and takes its
+    /// settings from here); built with [`TlsOptions::server`]. Default: no TLS on `tcp://`.
     ///
-    /// Not implemented yet in this version: setting it makes `listen` fail with
-    /// [`ErrorKind::Unsupported`].
+    /// The PEM files are read once, by `listen`. The TLS handshake of each connection runs
+    /// within [`handshake_timeout`](Self::handshake_timeout) and counts against
+    /// [`max_pending_handshakes`](Self::max_pending_handshakes). With
+    /// [`TlsOptions::client_ca`], dialers must present a certificate signed by that CA; one
+    /// that does not is refused with a TLS alert (it gets
+    /// [`ErrorKind::PermissionDenied`]) and reported to [`on_error`](Self::on_error) as
+    /// [`ErrorKind::Tls`]. The listener's address reads `tls://…`.
+    ///
+    /// ```no_run
+    /// # fn main() -> duct::Result<()> {
+    /// use duct::{ListenOptions, TlsOptions};
+    /// let tls = TlsOptions::server("certs/server.pem", "certs/server.key")
+    ///     .client_ca("certs/ca.pem"); // require client certificates (mTLS)
+    /// let listener = duct::listen("tls://0.0.0.0:7000", ListenOptions::default().tls(tls))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = Some(tls);
@@ -673,15 +680,6 @@ impl ListenOptions {
     /// The channel and pipe QoS settings as the protocol core takes them.
     pub(crate) fn qos(&self) -> Arc<QosConfig> {
         qos_config(&self.channels, &self.pipe_rates, self.inflight)
-    }
-
-    /// `Ok` when every option that was set is implemented in this version; otherwise an
-    /// [`ErrorKind::Unsupported`] error naming the first one that is not.
-    pub(crate) fn check_supported(&self) -> Result<()> {
-        if self.tls.is_some() {
-            return Err(unsupported_option("ListenOptions::tls", AREA_TLS));
-        }
-        Ok(())
     }
 }
 
@@ -1613,13 +1611,6 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn unsupported_message(result: Result<()>) -> String {
-        let err = result.expect_err("expected Unsupported");
-        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
-        assert!(!err.is_retryable());
-        err.to_string()
-    }
-
     #[test]
     fn defaults() {
         let dial = DialOptions::default();
@@ -1651,13 +1642,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_supported() {
-        DialOptions::default().check_supported().unwrap();
-        ListenOptions::default().check_supported().unwrap();
-    }
-
-    #[test]
-    fn implemented_options_are_supported() {
+    fn options_reach_the_settings() {
         let dial = DialOptions::default()
             .timeout(Duration::from_millis(10))
             .on_state_change(|_| {})
@@ -1669,7 +1654,6 @@ mod tests {
             .send_timeout(Duration::ZERO)
             .linger(Duration::ZERO)
             .channel(3, ChannelOptions::default());
-        dial.check_supported().unwrap();
         assert_eq!(dial.timeout_or_default(), Duration::from_millis(10));
         assert_eq!(dial.limits.max_message_size, 1);
         assert_eq!(dial.limits.max_frame_payload, 1024);
@@ -1683,7 +1667,6 @@ mod tests {
             .on_error(|_| {})
             .max_message_size(5)
             .channel(0, ChannelOptions::default());
-        listen.check_supported().unwrap();
         assert_eq!(listen.max_pending_handshakes_or_default(), 1);
         assert_eq!(
             listen.handshake_timeout_or_default(),
@@ -1706,34 +1689,8 @@ mod tests {
             .priority(128)
             .weight(0) // treated as 1
             .rate_limit(RateLimit::msgs_per_sec(0.0)); // means no limit
-        DialOptions::default()
-            .channel(1, explicit_defaults)
-            .check_supported()
-            .unwrap();
-    }
-
-    #[test]
-    fn dial_unsupported_options() {
-        let cases: Vec<(DialOptions, &str)> = vec![(
-            DialOptions::default().tls(TlsOptions::client("ca.pem")),
-            "DialOptions::tls is not implemented yet in this version of duct (TLS)",
-        )];
-        for (opts, expected) in cases {
-            assert_eq!(unsupported_message(opts.check_supported()), expected);
-        }
-    }
-
-    #[test]
-    fn listen_unsupported_options() {
-        let cases: Vec<(ListenOptions, &str)> = vec![(
-            ListenOptions::default().tls(TlsOptions::server("c.pem", "k.pem")),
-            "ListenOptions::tls",
-        )];
-        for (opts, name) in cases {
-            let text = unsupported_message(opts.check_supported());
-            assert!(text.starts_with(name), "{text}");
-            assert!(text.contains("not implemented yet"), "{text}");
-        }
+        let dial = DialOptions::default().channel(1, explicit_defaults);
+        assert_eq!(dial.channel_settings(1), ChannelSettings::default());
     }
 
     #[test]
@@ -1752,7 +1709,6 @@ mod tests {
         let dial = DialOptions::default()
             .channel(5, options)
             .rate_limit(RateLimit::bytes_per_sec(1e6).burst(10));
-        dial.check_supported().unwrap();
         let qos = dial.qos();
         let c = qos.channel(5);
         assert_eq!((c.snd_hwm_msgs, c.snd_hwm_bytes), (3, 1));
@@ -1769,7 +1725,6 @@ mod tests {
         assert_eq!((r.per_sec(), r.burst()), (1e6, 10.0));
         assert!(!c.reliable);
         let dial = DialOptions::default().channel(5, ChannelOptions::default().reliable(true));
-        dial.check_supported().unwrap();
         assert!(dial.qos().channel(5).reliable);
         let meta = SendOptions::default().reliable(true).meta();
         assert_eq!(meta.reliable, Some(true));
@@ -1828,7 +1783,6 @@ mod tests {
         let opts = DialOptions::default()
             .channel(1, ChannelOptions::default().priority(1))
             .channel(1, ChannelOptions::default());
-        opts.check_supported().unwrap();
         assert_eq!(opts.channels.len(), 1);
     }
 

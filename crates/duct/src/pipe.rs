@@ -110,7 +110,6 @@ impl std::fmt::Debug for Pipe {
 /// [`ErrorKind::Incompatible`] when the listener speaks another protocol version,
 /// [`ErrorKind::Unsupported`] for options or transports this version does not implement.
 pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
-    opts.check_supported()?;
     let ep = addr::parse(addr)?;
     let instance_id = fastrand::u64(1..);
     let hs = connect_handshake(addr, &ep, &opts, instance_id, 0, None)?;
@@ -156,7 +155,11 @@ pub(crate) fn connect_handshake(
 ) -> Result<Handshake> {
     let timeout = opts.timeout_or_default();
     let deadline = Instant::now() + timeout;
+    // TLS settings are checked and loaded before connecting: a bad certificate file fails
+    // the dial at once, whatever the network does.
+    let tls = transport::client_tls(ep, opts.tls.as_ref())?;
     let stream = transport::connect(ep, timeout)?;
+    let stream = transport::secure_client(stream, tls.as_ref())?;
     let heartbeat = opts.heartbeat_or_default();
     if let Err(e) = stream.set_keepalive(&heartbeat) {
         tracing::debug!(%addr, error = %e, "could not set TCP keepalive");

@@ -280,7 +280,7 @@ fn invalid_addresses_are_invalid_address() {
     }
 }
 
-const UNSUPPORTED: &[&str] = &["pipe://x", "shm://game", "tls://127.0.0.1:7000"];
+const UNSUPPORTED: &[&str] = &["pipe://x", "shm://game"];
 
 #[test]
 fn unimplemented_schemes_are_unsupported() {
@@ -320,17 +320,26 @@ fn unimplemented_scheme_errors_name_the_address() {
 }
 
 #[test]
-fn unimplemented_dial_options_are_unsupported_before_connecting() {
+fn bad_tls_settings_fail_dial_before_connecting() {
     let listener = listen("tcp://127.0.0.1:0", ListenOptions::default()).unwrap();
     let addr = listener.local_addr().to_string();
-    let cases: Vec<(&str, DialOptions)> = vec![(
-        "DialOptions::tls",
-        DialOptions::default().tls(TlsOptions::client("/nonexistent/ca.pem")),
-    )];
-    for (option, opts) in cases {
-        let e = expect_kind(dial(&addr, opts), ErrorKind::Unsupported);
+    let cases: Vec<(&str, DialOptions, ErrorKind)> = vec![
+        (
+            "/nonexistent/ca.pem",
+            DialOptions::default().tls(TlsOptions::client("/nonexistent/ca.pem")),
+            ErrorKind::Tls,
+        ),
+        (
+            "TlsOptions::client",
+            DialOptions::default().tls(TlsOptions::server("/x/c.pem", "/x/k.pem")),
+            ErrorKind::Tls,
+        ),
+    ];
+    for (named, opts, kind) in cases {
+        let e = expect_kind(dial(&addr, opts), kind);
         assert!(!e.is_retryable());
-        assert_names(&e, option);
+        assert_names(&e, named);
+        assert_names(&e, &addr);
     }
     // None of them connected.
     expect_kind(
@@ -340,29 +349,44 @@ fn unimplemented_dial_options_are_unsupported_before_connecting() {
 }
 
 #[test]
-fn unimplemented_listen_options_are_unsupported_and_bind_nothing() {
+fn tls_settings_where_tls_cannot_run_bind_nothing() {
     let dir = TempDir::new();
     let path = dir.fresh("opts");
     let addr = format!("uds://{}", path.display());
-    let cases: Vec<(&str, ListenOptions)> = vec![(
-        "ListenOptions::tls",
+    let cases: Vec<(&str, ListenOptions, ErrorKind)> = vec![(
+        "TLS runs over tcp only",
         ListenOptions::default().tls(TlsOptions::server(
             "/nonexistent/c.pem",
             "/nonexistent/k.pem",
         )),
+        ErrorKind::Unsupported,
     )];
-    for (option, opts) in cases {
-        let e = expect_kind(listen(&addr, opts), ErrorKind::Unsupported);
+    for (named, opts, kind) in cases {
+        let e = expect_kind(listen(&addr, opts), kind);
         assert!(!e.is_retryable());
-        assert_names(&e, option);
+        assert_names(&e, named);
         assert!(
             !path.exists(),
-            "{option}: a refused listen created the socket file"
+            "{named}: a refused listen created the socket file"
         );
     }
     // The address is free.
     let listener = listen(&addr, ListenOptions::default()).unwrap();
     assert_serves(&listener);
+    // A tls:// listener with unreadable files binds nothing either.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let tls = format!("tls://127.0.0.1:{port}");
+    let e = expect_kind(
+        listen(
+            &tls,
+            ListenOptions::default().tls(TlsOptions::server("/nonexistent/c.pem", "/x/k.pem")),
+        ),
+        ErrorKind::Tls,
+    );
+    assert_names(&e, "/nonexistent/c.pem");
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port was not bound");
 }
 
 // ---------------------------------------------------------------------------------------------

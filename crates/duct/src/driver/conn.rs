@@ -1735,6 +1735,10 @@ impl Reactive for Conn {
                     // The caller has been away for a whole RECHECK: read ahead for it.
                     g.read_armed = true;
                     self.update_interest(&mut g);
+                    if self.t().buffered_input() {
+                        // Input the transport holds itself raises no readiness event.
+                        g = self.read_ahead(g);
+                    }
                 } else {
                     g.seen_reads = g.caller_reads;
                     g.recheck_at = Some(now + RECHECK);

@@ -9,7 +9,7 @@ use std::time::Instant;
 use duct_proto::{Event, Session, State};
 
 use super::io::{ReadBuf, WriteQueue};
-use super::proto_error;
+use super::{proto_error, StreamTransport};
 use crate::transport::Stream;
 use crate::{Addr, Error, ErrorKind};
 
@@ -123,8 +123,11 @@ impl Handshake {
             } else {
                 super::io::Interest::ReadWrite
             };
-            let ready = super::io::wait(self.stream.as_fd(), interest, Some(deadline))
-                .map_err(|e| Error::io(e, format_args!("handshake with {}", self.peer)))?;
+            // (Input a transport holds itself, such as decrypted TLS records, does not make
+            // the fd readable: look there first.)
+            let ready = self.stream.buffered_input()
+                || super::io::wait(self.stream.as_fd(), interest, Some(deadline))
+                    .map_err(|e| Error::io(e, format_args!("handshake with {}", self.peer)))?;
             if ready {
                 self.on_readable()?;
             }

@@ -84,6 +84,8 @@ pub(crate) struct WriteQueue {
     scratch: Vec<u8>,
     /// Frames in `frames` that carry a TTL deadline (restamped before they are written).
     with_ttl: usize,
+    /// The transport holds output of its own that the socket did not take (TLS records).
+    backlog: bool,
 }
 
 impl WriteQueue {
@@ -94,6 +96,7 @@ impl WriteQueue {
             bytes: 0,
             scratch: Vec::new(),
             with_ttl: 0,
+            backlog: false,
         }
     }
 
@@ -116,8 +119,9 @@ impl WriteQueue {
         }
     }
 
+    /// Nothing left to write: no frames, and no output the transport buffered itself.
     pub(crate) fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.frames.is_empty() && !self.backlog
     }
 
     /// The frames not written yet, in order, for a new connection: a partly written first
@@ -131,8 +135,9 @@ impl WriteQueue {
         self.bytes - self.offset
     }
 
+    /// Frames still to write; output the transport buffered itself counts as one.
     pub(crate) fn frames(&self) -> usize {
-        self.frames.len()
+        self.frames.len() + usize::from(self.backlog)
     }
 
     /// Writes as much as the socket takes without blocking. Returns `Ok(true)` when the queue
@@ -157,7 +162,9 @@ impl WriteQueue {
                 Err(e) => return Err(e),
             }
         }
-        Ok(true)
+        let done = transport.flush_backlog()?;
+        self.backlog = !done;
+        Ok(done)
     }
 
     /// Lays the next frames out as iovec segments: small frames copied into `scratch` back to

@@ -8,7 +8,7 @@
 //! - [`io`]: the receive buffer and the write queue.
 //!
 //! # The driver contract
-//! A stream transport (tcp, uds today; tls, Windows named pipes later) plugs in by
+//! A stream transport (tcp, uds, tls today; Windows named pipes later) plugs in by
 //! implementing [`StreamTransport`]: a readiness source the reactor can watch, a receive into
 //! a buffer's spare capacity, a non-blocking vectored send, a bounded wait for readiness (for
 //! callers that block), and shutdown. Nothing in the Session or the public API changes when a
@@ -42,8 +42,17 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     /// Waits until readable (or closed) or `deadline` passes (`None`: no deadline).
     /// Returns whether it became readable.
     fn wait_readable(&self, deadline: Option<Instant>) -> std::io::Result<bool>;
-    /// Bytes received by the operating system and not yet read (0 if unknown).
+    /// Bytes received by the operating system and not yet read (0 if unknown), plus what
+    /// the transport buffers itself.
     fn pending_input(&self) -> usize;
+    /// Whether input waits in the transport's own buffers (TLS: decrypted or undecrypted
+    /// bytes in user space), where the readiness fd cannot show it: a read returns data even
+    /// if the fd does not become readable.
+    fn buffered_input(&self) -> bool;
+    /// Writes output the transport buffered itself (TLS records the socket did not take).
+    /// `Ok(true)` when none is left; `Ok(false)` when the socket is full (wait until it is
+    /// writable and call again).
+    fn flush_backlog(&self) -> std::io::Result<bool>;
     /// The peer process's credentials, where the transport reports them (Unix sockets).
     fn peer_credentials(&self) -> Option<crate::PeerCredentials>;
     /// Shuts both directions down, waking every thread blocked on the transport.

@@ -12,14 +12,21 @@
 //! with a poller through `AsFd`. Streams come back in blocking mode; the driver switches them
 //! to non-blocking if it wants.
 //!
-//! Not here yet: `shm://` (shared memory), `tls://` and `pipe://` (Windows named pipes),
-//! which [`connect`] and [`RawListener::bind`] refuse with [`ErrorKind::Unsupported`].
+//! `tls://` (feature `tls`) is tcp underneath: [`connect`] and [`RawListener::bind`] open
+//! the TCP side, and [`tls`] wraps the stream in a rustls session ([`Stream::Tls`]).
+//!
+//! Not here yet: `shm://` (shared memory) and `pipe://` (Windows named pipes), which
+//! [`connect`] and [`RawListener::bind`] refuse with [`ErrorKind::Unsupported`].
 
 mod tcp;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
 #[cfg(unix)]
 mod uds;
 
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::io::{self, IoSlice};
+#[cfg(test)]
+use std::io::{IoSliceMut, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 #[cfg(unix)]
 use std::os::fd::{AsFd, BorrowedFd};
@@ -49,6 +56,9 @@ pub(crate) enum Stream {
     /// A Unix domain socket connection.
     #[cfg(unix)]
     Unix(UnixStream),
+    /// A TLS session over a TCP connection.
+    #[cfg(feature = "tls")]
+    Tls(Box<tls::TlsStream>),
 }
 
 impl Stream {
@@ -61,6 +71,8 @@ impl Stream {
             Stream::Unix(s) => s
                 .local_addr()
                 .map_or(Addr::Unknown, |a| uds::unix_addr_to_addr(&a)),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.local_addr(),
         }
     }
 
@@ -73,6 +85,8 @@ impl Stream {
             Stream::Unix(s) => s
                 .peer_addr()
                 .map_or(Addr::Unknown, |a| uds::unix_addr_to_addr(&a)),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.peer_addr(),
         }
     }
 
@@ -83,7 +97,13 @@ impl Stream {
     /// idleness, then every `interval`, `misses` of them), as a second line of defence behind
     /// duct's own heartbeats. Other transports have nothing to set.
     pub(crate) fn set_keepalive(&self, hb: &crate::options::Heartbeat) -> io::Result<()> {
-        let Stream::Tcp(s) = self else { return Ok(()) };
+        let s = match self {
+            Stream::Tcp(s) => s,
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.tcp(),
+            #[cfg(unix)]
+            Stream::Unix(_) => return Ok(()),
+        };
         if !hb.enabled() {
             return Ok(());
         }
@@ -100,6 +120,8 @@ impl Stream {
             Stream::Tcp(s) => s.shutdown(how),
             #[cfg(unix)]
             Stream::Unix(s) => s.shutdown(how),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.shutdown(how),
         }
     }
 
@@ -112,16 +134,22 @@ impl Stream {
             Stream::Tcp(_) => None,
             #[cfg(unix)]
             Stream::Unix(s) => uds::peer_credentials(s),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => None,
         }
     }
 }
 
+// Tests read and write streams directly; the driver goes through `StreamTransport`.
+#[cfg(test)]
 impl Read for &Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match *self {
             Stream::Tcp(s) => (&*s).read(buf),
             #[cfg(unix)]
             Stream::Unix(s) => (&*s).read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -130,10 +158,14 @@ impl Read for &Stream {
             Stream::Tcp(s) => (&*s).read_vectored(bufs),
             #[cfg(unix)]
             Stream::Unix(s) => (&*s).read_vectored(bufs),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 }
 
+// Tests read and write streams directly; the driver goes through `StreamTransport`.
+#[cfg(test)]
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         (&*self).read(buf)
@@ -144,12 +176,16 @@ impl Read for Stream {
     }
 }
 
+// Tests read and write streams directly; the driver goes through `StreamTransport`.
+#[cfg(test)]
 impl Write for &Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match *self {
             Stream::Tcp(s) => (&*s).write(buf),
             #[cfg(unix)]
             Stream::Unix(s) => (&*s).write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -158,6 +194,8 @@ impl Write for &Stream {
             Stream::Tcp(s) => (&*s).write_vectored(bufs),
             #[cfg(unix)]
             Stream::Unix(s) => (&*s).write_vectored(bufs),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -167,6 +205,8 @@ impl Write for &Stream {
     }
 }
 
+// Tests read and write streams directly; the driver goes through `StreamTransport`.
+#[cfg(test)]
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         (&*self).write(buf)
@@ -187,6 +227,8 @@ impl AsFd for Stream {
         match self {
             Stream::Tcp(s) => s.as_fd(),
             Stream::Unix(s) => s.as_fd(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.tcp().as_fd(),
         }
     }
 }
@@ -196,6 +238,8 @@ impl AsSocket for Stream {
     fn as_socket(&self) -> BorrowedSocket<'_> {
         match self {
             Stream::Tcp(s) => s.as_socket(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.tcp().as_socket(),
         }
     }
 }
@@ -229,10 +273,165 @@ pub(crate) fn connect(ep: &Endpoint, timeout: Duration) -> Result<Stream> {
         Endpoint::UdsAbstract(name) => uds::connect_abstract(ep, name, timeout).map(Stream::Unix),
         #[cfg(not(unix))]
         Endpoint::Uds(_) | Endpoint::UdsAbstract(_) => Err(uds_unavailable()),
-        Endpoint::Tls { .. } => Err(at(ep, Error::unsupported("tls://"))),
+        #[cfg(feature = "tls")]
+        Endpoint::Tls { host, port } => tcp::connect(ep, host, *port, timeout).map(Stream::Tcp),
+        #[cfg(not(feature = "tls"))]
+        Endpoint::Tls { .. } => Err(at(ep, tls_feature_off())),
         Endpoint::Shm(_) => Err(at(ep, Error::unsupported("shm://"))),
         Endpoint::Pipe(_) => Err(at(ep, pipe_unsupported())),
     }
+}
+
+/// A dialer's TLS settings, ready to start sessions: the configuration and the name the
+/// server's certificate must carry.
+#[cfg(feature = "tls")]
+pub(crate) struct ClientTls {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+/// A dialer's TLS settings (this build has no TLS: never made).
+#[cfg(not(feature = "tls"))]
+pub(crate) enum ClientTls {}
+
+/// A listener's TLS settings, ready to start sessions.
+#[cfg(feature = "tls")]
+pub(crate) struct ServerTls(std::sync::Arc<rustls::ServerConfig>);
+/// A listener's TLS settings (this build has no TLS: never made).
+#[cfg(not(feature = "tls"))]
+pub(crate) enum ServerTls {}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerTls")
+    }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls")
+    }
+}
+
+/// Checks the TLS settings of a dial to `ep` and loads them (certificates and keys are read
+/// here, once per dial): `None` when the dial is not TLS. TLS is on for `tls://` (which
+/// requires settings) and for `tcp://` with settings; other transports refuse them.
+pub(crate) fn client_tls(
+    ep: &Endpoint,
+    opts: Option<&crate::TlsOptions>,
+) -> Result<Option<ClientTls>> {
+    let (host, opts) = match (ep, opts) {
+        (Endpoint::Tls { .. }, None) => {
+            return Err(at(
+                ep,
+                Error::new(
+                    ErrorKind::Tls,
+                    "a tls:// address needs TLS settings: \
+                     DialOptions::tls(TlsOptions::client(ca_pem))",
+                ),
+            ))
+        }
+        (_, None) => return Ok(None),
+        (Endpoint::Tls { host, .. } | Endpoint::Tcp { host, .. }, Some(opts)) => (host, opts),
+        (_, Some(_)) => return Err(at(ep, tls_needs_tcp())),
+    };
+    #[cfg(feature = "tls")]
+    {
+        let config = tls::client_config(opts).map_err(|e| at(ep, e))?;
+        let name = tls::server_name(opts, host).map_err(|e| at(ep, e))?;
+        Ok(Some(ClientTls { config, name }))
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (host, opts);
+        Err(at(ep, tls_feature_off()))
+    }
+}
+
+/// Checks and loads a listener's TLS settings, like [`client_tls`].
+pub(crate) fn server_tls(
+    ep: &Endpoint,
+    opts: Option<&crate::TlsOptions>,
+) -> Result<Option<ServerTls>> {
+    let opts = match (ep, opts) {
+        (Endpoint::Tls { .. }, None) => {
+            return Err(at(
+                ep,
+                Error::new(
+                    ErrorKind::Tls,
+                    "a tls:// address needs TLS settings: \
+                     ListenOptions::tls(TlsOptions::server(cert_pem, key_pem))",
+                ),
+            ))
+        }
+        (_, None) => return Ok(None),
+        (Endpoint::Tls { .. } | Endpoint::Tcp { .. }, Some(opts)) => opts,
+        (_, Some(_)) => return Err(at(ep, tls_needs_tcp())),
+    };
+    #[cfg(feature = "tls")]
+    {
+        tls::server_config(opts)
+            .map(|c| Some(ServerTls(c)))
+            .map_err(|e| at(ep, e))
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = opts;
+        Err(at(ep, tls_feature_off()))
+    }
+}
+
+/// Starts a TLS client session on a connected tcp stream (the handshake runs with the first
+/// reads and writes).
+pub(crate) fn secure_client(stream: Stream, tls: Option<&ClientTls>) -> Result<Stream> {
+    let Some(tls) = tls else { return Ok(stream) };
+    #[cfg(feature = "tls")]
+    {
+        let Stream::Tcp(sock) = stream else {
+            return Err(tls_needs_tcp());
+        };
+        tls::TlsStream::client(sock, std::sync::Arc::clone(&tls.config), tls.name.clone())
+            .map(|s| Stream::Tls(Box::new(s)))
+    }
+    #[cfg(not(feature = "tls"))]
+    match *tls {}
+}
+
+/// Starts a TLS server session on an accepted tcp stream.
+pub(crate) fn secure_server(stream: Stream, tls: Option<&ServerTls>) -> Result<Stream> {
+    let Some(tls) = tls else { return Ok(stream) };
+    #[cfg(feature = "tls")]
+    {
+        let Stream::Tcp(sock) = stream else {
+            return Err(tls_needs_tcp());
+        };
+        tls::TlsStream::server(sock, std::sync::Arc::clone(&tls.0))
+            .map(|s| Stream::Tls(Box::new(s)))
+    }
+    #[cfg(not(feature = "tls"))]
+    match *tls {}
+}
+
+/// A listener's address as dialers should write it: `tls://` when it serves TLS.
+pub(crate) fn shown_addr(addr: Addr, tls: bool) -> Addr {
+    match addr {
+        Addr::Tcp(a) if tls => Addr::Tls(a),
+        other => other,
+    }
+}
+
+fn tls_needs_tcp() -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        "TLS runs over tcp only (tls:// or tcp:// with TLS settings)",
+    )
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_feature_off() -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        "tls:// needs duct built with its `tls` feature (on by default)",
+    )
 }
 
 /// Prefixes an error with the address it concerns, as the user wrote it.
@@ -291,7 +490,10 @@ impl RawListener {
             Endpoint::UdsAbstract(name) => uds::bind_abstract(ep, name).map(RawListener::Unix),
             #[cfg(not(unix))]
             Endpoint::Uds(_) | Endpoint::UdsAbstract(_) => Err(uds_unavailable()),
-            Endpoint::Tls { .. } => Err(at(ep, Error::unsupported("tls://"))),
+            #[cfg(feature = "tls")]
+            Endpoint::Tls { host, port } => tcp::bind(ep, host, *port).map(RawListener::Tcp),
+            #[cfg(not(feature = "tls"))]
+            Endpoint::Tls { .. } => Err(at(ep, tls_feature_off())),
             Endpoint::Shm(_) => Err(at(ep, Error::unsupported("shm://"))),
             Endpoint::Pipe(_) => Err(at(ep, pipe_unsupported())),
         }
@@ -373,11 +575,19 @@ impl crate::driver::StreamTransport for Stream {
     }
 
     fn recv_into(&self, buf: &mut bytes::BytesMut, nonblocking: bool) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            return s.recv_into(buf, nonblocking);
+        }
         duct_sys::net::recv_into(self.as_fd(), buf, nonblocking)
     }
 
     fn send_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
         use rustix::net::{SendAncillaryBuffer, SendFlags};
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            return s.send_vectored(iov);
+        }
         let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
         loop {
             match rustix::net::sendmsg(
@@ -394,11 +604,37 @@ impl crate::driver::StreamTransport for Stream {
     }
 
     fn wait_readable(&self, deadline: Option<std::time::Instant>) -> io::Result<bool> {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            return s.wait_readable(deadline);
+        }
         crate::driver::io::wait_readable(self.as_fd(), deadline)
     }
 
     fn pending_input(&self) -> usize {
-        rustix::io::ioctl_fionread(self.as_fd()).map_or(0, |n| n as usize)
+        let kernel = rustix::io::ioctl_fionread(self.as_fd()).map_or(0, |n| n as usize);
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            // Ciphertext in the kernel counts as about its plaintext size.
+            return kernel + s.buffered_len();
+        }
+        kernel
+    }
+
+    fn buffered_input(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            return s.buffered_input();
+        }
+        false
+    }
+
+    fn flush_backlog(&self) -> io::Result<bool> {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            return s.flush_backlog();
+        }
+        Ok(true)
     }
 
     fn peer_credentials(&self) -> Option<PeerCredentials> {
@@ -429,10 +665,7 @@ mod tests {
 
     #[test]
     fn unsupported_schemes() {
-        let cases = [
-            ("shm://game", "shm:// is not implemented yet"),
-            ("tls://127.0.0.1:1", "tls:// is not implemented yet"),
-        ];
+        let cases = [("shm://game", "shm:// is not implemented yet")];
         for (addr, expected) in cases {
             let ep = parse(addr).unwrap();
             for err in [
@@ -454,6 +687,38 @@ mod tests {
         );
         let err = RawListener::bind(&ep).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn tls_settings_must_match_the_address() {
+        let tls = crate::TlsOptions::client("/nonexistent/ca.pem");
+        // tls:// without settings.
+        let err = client_tls(&parse("tls://127.0.0.1:1").unwrap(), None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Tls);
+        assert!(err.to_string().contains("DialOptions::tls"), "{err}");
+        let err = server_tls(&parse("tls://127.0.0.1:0").unwrap(), None).unwrap_err();
+        assert!(err.to_string().contains("ListenOptions::tls"), "{err}");
+        // Settings on a transport that is not tcp.
+        let err = client_tls(&parse("uds://@x").unwrap(), Some(&tls)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.to_string().contains("TLS runs over tcp only"), "{err}");
+        // No TLS asked for.
+        assert!(client_tls(&parse("tcp://127.0.0.1:1").unwrap(), None)
+            .unwrap()
+            .is_none());
+        // A missing CA file is named.
+        #[cfg(feature = "tls")]
+        {
+            let err = client_tls(&parse("tcp://127.0.0.1:1").unwrap(), Some(&tls)).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Tls);
+            assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+            // Server settings on a dialer and the other way round.
+            let server = crate::TlsOptions::server("/x/c.pem", "/x/k.pem");
+            let err = client_tls(&parse("tls://h:1").unwrap(), Some(&server)).unwrap_err();
+            assert!(err.to_string().contains("TlsOptions::client"), "{err}");
+            let err = server_tls(&parse("tls://h:1").unwrap(), Some(&tls)).unwrap_err();
+            assert!(err.to_string().contains("TlsOptions::server"), "{err}");
+        }
     }
 
     #[test]
