@@ -8,9 +8,11 @@
 //! - [`alloc_count`]: a counting global allocator, used by `duct bench` to report
 //!   allocations per message.
 //! - [`net`]: socket reads into the uninitialised spare capacity of a `BytesMut`.
+//! - [`shm`]: shared-memory rings, payload pools, futex waits and segments for `shm://`.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod alloc_count;
 #[cfg(unix)]
 pub mod net;
+pub mod shm;

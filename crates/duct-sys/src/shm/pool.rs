@@ -1,0 +1,565 @@
+//! The payload pool of one direction: fixed-size slots in a few size classes, and one shared
+//! state word per slot.
+//!
+//! The producer (sender) allocates a slot, writes the payload into it and sends the slot's
+//! index in a descriptor; the consumer (receiver) reads the payload in place and frees the slot
+//! when the last view of it is dropped. A slot's shared state moves `FREE → BUSY` only by the
+//! producer and `BUSY → FREE` only by the consumer (with `Release`, so the producer's
+//! `Acquire` when it allocates the slot again orders the consumer's reads before the
+//! producer's next writes).
+//!
+//! The peer is not trusted with our memory safety: the producer also keeps a private "held"
+//! flag per slot for the [`TxSlot`]s it has handed out and never allocates a held slot, so two
+//! mutable views of one slot never exist in this process, whatever the peer writes into the
+//! shared states. A consumer checks every descriptor's slot and length against the pool's
+//! geometry before it makes a view ([`PoolRx::take`]).
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use super::ring::Corrupt;
+use super::sync::{AtomicU32, Ordering};
+
+const FREE: u32 = 0;
+const BUSY: u32 = 1;
+
+/// One size class: `count` slots of `size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Class {
+    /// Bytes per slot (a multiple of 64).
+    pub size: u32,
+    /// Number of slots.
+    pub count: u32,
+}
+
+/// Where a pool lives: `n` state words, and the classes' slots back to back (class by class,
+/// slot by slot), kept alive by `keep`.
+#[derive(Clone)]
+pub struct PoolMem {
+    states: NonNull<AtomicU32>,
+    data: NonNull<u8>,
+    classes: Arc<[ClassMem]>,
+    slots: u32,
+    _keep: Arc<dyn Send + Sync>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClassMem {
+    size: u32,
+    first: u32,
+    count: u32,
+    /// Offset of the class's first slot from `data`.
+    offset: usize,
+}
+
+// SAFETY: the pointers refer to memory kept alive by `_keep`; the state words are atomics,
+// and slot bytes are reached only through `TxSlot` (one per slot in this process, enforced by
+// the held flags) and `RxSlot` (shared reads of slots the peer handed over).
+unsafe impl Send for PoolMem {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for PoolMem {}
+
+/// The bytes of the pool's data area for `classes`.
+pub fn data_len(classes: &[Class]) -> usize {
+    classes
+        .iter()
+        .map(|c| c.size as usize * c.count as usize)
+        .sum()
+}
+
+/// The number of slots (and state words) for `classes`.
+pub fn slot_count(classes: &[Class]) -> u32 {
+    classes.iter().map(|c| c.count).sum()
+}
+
+impl PoolMem {
+    /// A pool over memory the caller provides.
+    ///
+    /// # Safety
+    /// `states` must point to `slot_count(classes)` `AtomicU32`s and `data` to
+    /// `data_len(classes)` bytes, both valid for reads and writes for as long as `keep`
+    /// lives, and used only by one [`PoolTx`] and one [`PoolRx`] of this pool (here or in the
+    /// peer). Class sizes must be multiples of 64 and `data` 64-byte aligned.
+    pub unsafe fn from_raw(
+        states: NonNull<AtomicU32>,
+        data: NonNull<u8>,
+        classes: &[Class],
+        keep: Arc<dyn Send + Sync>,
+    ) -> PoolMem {
+        let mut first = 0;
+        let mut offset = 0;
+        let classes: Arc<[ClassMem]> = classes
+            .iter()
+            .map(|c| {
+                let m = ClassMem {
+                    size: c.size,
+                    first,
+                    count: c.count,
+                    offset,
+                };
+                first += c.count;
+                offset += c.size as usize * c.count as usize;
+                m
+            })
+            .collect();
+        PoolMem {
+            states,
+            data,
+            classes,
+            slots: first,
+            _keep: keep,
+        }
+    }
+
+    /// A pool in ordinary heap memory (tests, loom).
+    pub fn heap(classes: &[Class]) -> PoolMem {
+        #[repr(C, align(64))]
+        struct Line([u8; 64]);
+        struct Heap {
+            states: Box<[AtomicU32]>,
+            data: Box<[std::cell::UnsafeCell<Line>]>,
+        }
+        // SAFETY: the data is only reached through `TxSlot` (exclusive per slot) and `RxSlot`
+        // (shared reads of handed-over slots), as in a shared mapping.
+        unsafe impl Sync for Heap {}
+        // SAFETY: as for `Sync`; the heap memory has no thread affinity.
+        unsafe impl Send for Heap {}
+        let lines = data_len(classes).div_ceil(64).max(1);
+        let heap = Arc::new(Heap {
+            states: (0..slot_count(classes))
+                .map(|_| AtomicU32::new(FREE))
+                .collect(),
+            data: (0..lines)
+                .map(|_| std::cell::UnsafeCell::new(Line([0; 64])))
+                .collect(),
+        });
+        let states = NonNull::new(heap.states.as_ptr().cast_mut()).expect("not null");
+        let data = NonNull::new(heap.data.as_ptr().cast_mut().cast::<u8>()).expect("not null");
+        // SAFETY: `heap` owns the state words and the (64-aligned, zeroed) data, kept alive by
+        // the Arc handed over; the UnsafeCells make writes through shared pointers legal.
+        unsafe { PoolMem::from_raw(states, data, classes, heap) }
+    }
+
+    fn state(&self, slot: u32) -> &AtomicU32 {
+        debug_assert!(slot < self.slots);
+        // SAFETY: `slot < slots`, the number of state words `from_raw` was given.
+        unsafe { self.states.add(slot as usize).as_ref() }
+    }
+
+    fn class_of(&self, slot: u32) -> Option<&ClassMem> {
+        self.classes
+            .iter()
+            .find(|c| slot >= c.first && slot - c.first < c.count)
+    }
+
+    /// The address and size of `slot` (which must be valid).
+    fn locate(&self, slot: u32) -> Option<(NonNull<u8>, usize)> {
+        let c = self.class_of(slot)?;
+        let offset = c.offset + (slot - c.first) as usize * c.size as usize;
+        // SAFETY: `offset + size` is within `data_len(classes)` bytes of `data`, the area
+        // `from_raw` was given.
+        let ptr = unsafe { self.data.add(offset) };
+        Some((ptr, c.size as usize))
+    }
+
+    /// The number of slots.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// The largest payload a slot takes.
+    pub fn max_len(&self) -> usize {
+        self.classes
+            .iter()
+            .map(|c| c.size as usize)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Slots whose shared state is busy (in flight or held by the consumer).
+    pub fn busy(&self) -> u32 {
+        (0..self.slots)
+            .filter(|&s| self.state(s).load(Ordering::Relaxed) != FREE)
+            .count() as u32
+    }
+}
+
+impl fmt::Debug for PoolMem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolMem")
+            .field("classes", &self.classes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The producer's side of a pool.
+pub struct PoolTx {
+    mem: PoolMem,
+    /// Slots this process holds a [`TxSlot`] for (private memory: the peer cannot touch it).
+    held: Box<[AtomicBool]>,
+    /// Per class, where the next search starts.
+    cursors: Box<[std::sync::atomic::AtomicU32]>,
+}
+
+impl PoolTx {
+    /// The producer side. There must be only one, here or in the peer.
+    pub fn new(mem: PoolMem) -> Arc<PoolTx> {
+        Arc::new(PoolTx {
+            held: (0..mem.slots).map(|_| AtomicBool::new(false)).collect(),
+            cursors: (0..mem.classes.len())
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
+            mem,
+        })
+    }
+
+    /// The pool's memory.
+    pub fn mem(&self) -> &PoolMem {
+        &self.mem
+    }
+
+    /// A free slot of the smallest class that fits `len` bytes (or a larger class when that
+    /// one is full); `None` when `len` exceeds every class or every fitting slot is busy.
+    /// Safe to call from several threads.
+    pub fn alloc(self: &Arc<Self>, len: usize) -> Option<TxSlot> {
+        for (ci, c) in self.mem.classes.iter().enumerate() {
+            if (c.size as usize) < len || c.count == 0 {
+                continue;
+            }
+            let start = self.cursors[ci].load(std::sync::atomic::Ordering::Relaxed) % c.count;
+            for k in 0..c.count {
+                let i = (start + k) % c.count;
+                let slot = c.first + i;
+                if self.try_take(slot) {
+                    self.cursors[ci].store(i + 1, std::sync::atomic::Ordering::Relaxed);
+                    let (ptr, cap) = self.mem.locate(slot)?;
+                    return Some(TxSlot {
+                        pool: Arc::clone(self),
+                        slot,
+                        ptr,
+                        cap,
+                        len: 0,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    fn try_take(&self, slot: u32) -> bool {
+        let held = &self.held[slot as usize];
+        if held
+            .compare_exchange(
+                false,
+                true,
+                std::sync::atomic::Ordering::Acquire,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        let state = self.mem.state(slot);
+        if state.load(Ordering::Acquire) != FREE {
+            held.store(false, std::sync::atomic::Ordering::Release);
+            return false;
+        }
+        state.store(BUSY, Ordering::Relaxed);
+        true
+    }
+
+    fn release(&self, slot: u32, to_peer: bool) {
+        if !to_peer {
+            self.mem.state(slot).store(FREE, Ordering::Release);
+        }
+        self.held[slot as usize].store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// A slot the producer holds: write the payload, then [`TxSlot::send`] it (the slot goes to
+/// the peer) or drop it (the slot is free again).
+pub struct TxSlot {
+    pool: Arc<PoolTx>,
+    slot: u32,
+    ptr: NonNull<u8>,
+    cap: usize,
+    len: usize,
+}
+
+// SAFETY: the slot's memory is exclusively ours (held flag) while the TxSlot lives; moving the
+// handle to another thread moves that exclusivity with it.
+unsafe impl Send for TxSlot {}
+// SAFETY: `&TxSlot` only gives shared reads of the slot.
+unsafe impl Sync for TxSlot {}
+
+impl TxSlot {
+    /// The slot's index.
+    pub fn index(&self) -> u32 {
+        self.slot
+    }
+
+    /// The slot's size: the most bytes it takes.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Bytes written so far ([`TxSlot::set_len`]).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no byte is written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Sets how many bytes of the slot (from its start) are the payload.
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.cap, "slot of {} bytes, len {len}", self.cap);
+        self.len = len;
+    }
+
+    /// The whole slot, for writing.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr..ptr+cap` is the slot (inside the pool's data area, valid while `pool`
+        // lives); this process holds it exclusively (its held flag is set and only this TxSlot
+        // clears it), and `&mut self` makes this the only view. The peer does not touch a
+        // busy slot before we send it (if a hostile one does, it garbles its own input).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) }
+    }
+
+    /// The payload written so far.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: as for `as_mut_slice`; `len <= cap`, and `&self` gives a shared view.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Copies `bytes` into the slot as its payload.
+    pub fn fill(&mut self, bytes: &[u8]) {
+        self.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
+        self.len = bytes.len();
+    }
+
+    /// Hands the slot to the peer (put its index in a descriptor and publish it next): it
+    /// stays busy until the consumer frees it. Returns the index and the payload length.
+    pub fn send(self) -> (u32, u32) {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.pool.release(this.slot, true);
+        // SAFETY: `this` is never used or dropped again; its Arc is taken out exactly once.
+        let _pool = unsafe { std::ptr::read(&this.pool) };
+        (this.slot, this.len as u32)
+    }
+}
+
+impl Drop for TxSlot {
+    fn drop(&mut self) {
+        self.pool.release(self.slot, false);
+    }
+}
+
+impl fmt::Debug for TxSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxSlot")
+            .field("slot", &self.slot)
+            .field("len", &self.len)
+            .field("capacity", &self.cap)
+            .finish()
+    }
+}
+
+/// The consumer's side of a pool. `on_free` runs after a slot is freed (it wakes a producer
+/// waiting for room).
+pub struct PoolRx {
+    mem: PoolMem,
+    on_free: Box<dyn Fn() + Send + Sync>,
+}
+
+impl PoolRx {
+    /// The consumer side. There must be only one, here or in the peer.
+    pub fn new(mem: PoolMem, on_free: impl Fn() + Send + Sync + 'static) -> Arc<PoolRx> {
+        Arc::new(PoolRx {
+            mem,
+            on_free: Box::new(on_free),
+        })
+    }
+
+    /// The pool's memory.
+    pub fn mem(&self) -> &PoolMem {
+        &self.mem
+    }
+
+    /// Takes the payload the peer sent in `slot` (`len` bytes): a view that frees the slot
+    /// when dropped. The slot and length are checked against the pool: a bad one is
+    /// [`Corrupt`] and no view is made.
+    pub fn take(self: &Arc<Self>, slot: u32, len: u32) -> Result<RxSlot, Corrupt> {
+        if slot >= self.mem.slots {
+            return Err(Corrupt(
+                "a descriptor names a pool slot that does not exist",
+            ));
+        }
+        let (ptr, cap) = self.mem.locate(slot).ok_or(Corrupt(
+            "a descriptor names a pool slot that does not exist",
+        ))?;
+        if len as usize > cap {
+            return Err(Corrupt("a descriptor's length exceeds its pool slot"));
+        }
+        // The producer's data writes happened before it published the descriptor (Release),
+        // which the ring's Acquire made visible; this Acquire is for the state word itself.
+        let _ = self.mem.state(slot).load(Ordering::Acquire);
+        Ok(RxSlot {
+            pool: Arc::clone(self),
+            slot,
+            ptr,
+            len: len as usize,
+        })
+    }
+}
+
+/// A received payload, in place in the pool. Frees its slot when dropped. Usable as the owner
+/// of a `bytes::Bytes` (`Bytes::from_owner`).
+pub struct RxSlot {
+    pool: Arc<PoolRx>,
+    slot: u32,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: an RxSlot only reads its slot, which the producer does not write until the slot is
+// freed (by this RxSlot's drop); the handle can move between threads.
+unsafe impl Send for RxSlot {}
+// SAFETY: as for `Send`: shared reads only.
+unsafe impl Sync for RxSlot {}
+
+impl RxSlot {
+    /// The slot's index.
+    pub fn index(&self) -> u32 {
+        self.slot
+    }
+}
+
+impl AsRef<[u8]> for RxSlot {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `take` checked `len <= ` the slot's size, and the slot lies in the pool's data
+        // area, valid while `pool` (held here) lives. The producer handed the slot over and
+        // does not write it until we free it; a hostile producer that does anyway only
+        // changes the bytes we see, never where we read.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::Deref for RxSlot {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_ref()
+    }
+}
+
+impl Drop for RxSlot {
+    fn drop(&mut self) {
+        self.pool
+            .mem
+            .state(self.slot)
+            .store(FREE, Ordering::Release);
+        (self.pool.on_free)();
+    }
+}
+
+impl fmt::Debug for RxSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RxSlot")
+            .field("slot", &self.slot)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    const CLASSES: &[Class] = &[
+        Class { size: 64, count: 2 },
+        Class {
+            size: 256,
+            count: 1,
+        },
+    ];
+
+    #[test]
+    fn alloc_fill_send_take_free() {
+        let mem = PoolMem::heap(CLASSES);
+        let tx = PoolTx::new(mem.clone());
+        let rx = PoolRx::new(mem.clone(), || {});
+        let mut a = tx.alloc(10).unwrap();
+        a.fill(b"hello pool");
+        assert_eq!(a.capacity(), 64);
+        let (slot, len) = a.send();
+        assert_eq!(mem.busy(), 1, "in flight");
+        let got = rx.take(slot, len).unwrap();
+        assert_eq!(&*got, b"hello pool");
+        drop(got);
+        assert_eq!(mem.busy(), 0, "freed by the consumer");
+    }
+
+    #[test]
+    fn classes_fill_up_and_spill_to_larger_ones() {
+        let mem = PoolMem::heap(CLASSES);
+        let tx = PoolTx::new(mem.clone());
+        let a = tx.alloc(1).unwrap();
+        let b = tx.alloc(64).unwrap();
+        let c = tx.alloc(1).unwrap();
+        assert_eq!(c.capacity(), 256, "small class full: the larger one");
+        assert!(tx.alloc(1).is_none(), "all busy");
+        assert!(tx.alloc(257).is_none(), "larger than any class");
+        drop(b);
+        let d = tx.alloc(1).unwrap();
+        assert_eq!(d.capacity(), 64, "a dropped slot is free again");
+        drop((a, c, d));
+        assert_eq!(mem.busy(), 0);
+    }
+
+    #[test]
+    fn a_hostile_peer_cannot_make_us_alias_a_held_slot() {
+        let mem = PoolMem::heap(CLASSES);
+        let tx = PoolTx::new(mem.clone());
+        let mut held = tx.alloc(1).unwrap();
+        held.fill(b"mine");
+        // The peer marks every slot free, including the one we hold.
+        for s in 0..mem.slots() {
+            mem.state(s).store(FREE, Ordering::Release);
+        }
+        let others: Vec<_> = (0..2).filter_map(|_| tx.alloc(1)).collect();
+        assert!(others.iter().all(|o| o.index() != held.index()));
+        assert_eq!(held.as_slice(), b"mine");
+    }
+
+    #[test]
+    fn bad_descriptors_are_refused() {
+        let mem = PoolMem::heap(CLASSES);
+        let rx = PoolRx::new(mem, || {});
+        assert!(rx.take(3, 0).is_err(), "no such slot");
+        assert!(rx.take(u32::MAX, 0).is_err());
+        assert!(rx.take(0, 65).is_err(), "longer than the slot");
+        assert!(rx.take(2, 256).is_ok());
+    }
+
+    #[test]
+    fn freeing_calls_back() {
+        let mem = PoolMem::heap(CLASSES);
+        let tx = PoolTx::new(mem.clone());
+        let freed = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let f = Arc::clone(&freed);
+        let rx = PoolRx::new(mem, move || {
+            f.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        let (slot, len) = tx.alloc(3).unwrap().send();
+        let view = bytes::Bytes::from_owner(rx.take(slot, len).unwrap());
+        let clone = view.clone();
+        drop(view);
+        assert_eq!(freed.load(std::sync::atomic::Ordering::Relaxed), 0);
+        drop(clone);
+        assert_eq!(freed.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,434 @@
+//! A single-producer single-consumer ring of [`Desc`]riptors, laid out so that it can live in
+//! memory shared by two processes.
+//!
+//! The producer owns `head` (the next index to fill), the consumer owns `tail` (the next index
+//! to read); both are free-running 64-bit counters (they never wrap in practice) and the slot
+//! of index `i` is `i % capacity` (capacity a power of two). Each side keeps a private copy of
+//! its own counter and a cached copy of the other's, so the shared cache lines are touched
+//! only when the cached view says the ring is full (producer) or empty (consumer).
+//!
+//! The peer is not trusted: the counters it publishes are checked (a head behind our tail, or
+//! more than a ring ahead of it, is [`Corrupt`]), and descriptors are copied out of the ring
+//! before anyone looks at them, so a peer rewriting a slot cannot change what was checked.
+//! What a descriptor says (payload slot, length) is for the transport to validate.
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use super::sync::{AtomicU32, AtomicU64};
+use super::sync::{CachePadded, Ordering, UnsafeCell};
+
+/// Length of a duct frame header, carried whole in a descriptor.
+pub const HEADER_LEN: usize = 24;
+
+/// `Desc::slot` of a frame without a payload.
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// One frame in a ring: its header, and where its payload is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Desc {
+    /// The frame header, exactly as on a stream transport.
+    pub header: [u8; HEADER_LEN],
+    /// The pool slot holding the payload, or [`NO_SLOT`].
+    pub slot: u32,
+    /// The payload's length in bytes.
+    pub len: u32,
+}
+
+/// Bytes per descriptor in the ring.
+pub const DESC_LEN: usize = std::mem::size_of::<Desc>();
+const _: () = assert!(DESC_LEN == 32);
+
+/// The shared control block of a ring: the two counters and the two sides' wait words, each on
+/// its own cache line. All zeroes is the initial state (an empty ring, nobody waiting), so a
+/// fresh zero-filled mapping needs no initialisation.
+#[repr(C)]
+pub struct RingCtl {
+    head: CachePadded<AtomicU64>,
+    tail: CachePadded<AtomicU64>,
+    /// The consumer's wait word (see [`super::wait`]).
+    pub(crate) consumer: CachePadded<AtomicU32>,
+    /// The producer's wait word, for room in the ring or the pool (see [`super::wait`]).
+    pub(crate) producer: CachePadded<AtomicU32>,
+}
+
+/// Bytes of a [`RingCtl`].
+pub const CTL_LEN: usize = std::mem::size_of::<RingCtl>();
+const _: () = assert!(CTL_LEN == 256);
+
+impl RingCtl {
+    /// An empty ring's control block (for rings in ordinary memory: tests, loom).
+    pub fn new() -> RingCtl {
+        RingCtl {
+            head: CachePadded(AtomicU64::new(0)),
+            tail: CachePadded(AtomicU64::new(0)),
+            consumer: CachePadded(AtomicU32::new(0)),
+            producer: CachePadded(AtomicU32::new(0)),
+        }
+    }
+
+    /// The consumer's wait word.
+    pub fn consumer_word(&self) -> &AtomicU32 {
+        &self.consumer
+    }
+
+    /// The producer's wait word.
+    pub fn producer_word(&self) -> &AtomicU32 {
+        &self.producer
+    }
+}
+
+impl Default for RingCtl {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One descriptor slot of a ring.
+#[repr(transparent)]
+pub struct DescSlot(UnsafeCell<Desc>);
+
+impl DescSlot {
+    /// An empty slot (for rings in ordinary memory).
+    pub fn new() -> DescSlot {
+        DescSlot(UnsafeCell::new(Desc::default()))
+    }
+}
+
+impl Default for DescSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The peer broke the ring's rules (or memory was overwritten): the connection must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Corrupt(pub &'static str);
+
+impl fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "shared-memory ring corrupt: {}", self.0)
+    }
+}
+
+impl std::error::Error for Corrupt {}
+
+/// Where a ring lives: a control block and `capacity` slots, kept alive by `keep` (the
+/// mapping, or heap memory).
+#[derive(Clone)]
+pub struct RingMem {
+    ctl: NonNull<RingCtl>,
+    slots: NonNull<DescSlot>,
+    capacity: u64,
+    _keep: Arc<dyn Send + Sync>,
+}
+
+// SAFETY: the pointers refer to memory that `_keep` keeps alive and that is only accessed
+// through atomics (the control block) or through the ring protocol (a slot is written by the
+// producer only before it publishes it and read by the consumer only after), so sharing the
+// handle between threads is sound.
+unsafe impl Send for RingMem {}
+// SAFETY: as for `Send`: `RingMem` itself only hands out shared references to atomics.
+unsafe impl Sync for RingMem {}
+
+impl RingMem {
+    /// A ring over memory the caller provides.
+    ///
+    /// # Safety
+    /// `ctl` must point to a `RingCtl` and `slots` to `capacity` consecutive `DescSlot`s,
+    /// properly aligned, valid for reads and writes for as long as `keep` lives, and used by
+    /// no one but one [`Producer`] and one [`Consumer`] of this ring (in this process or the
+    /// peer's). `capacity` must be a power of two, at least 2.
+    pub unsafe fn from_raw(
+        ctl: NonNull<RingCtl>,
+        slots: NonNull<DescSlot>,
+        capacity: u64,
+        keep: Arc<dyn Send + Sync>,
+    ) -> RingMem {
+        debug_assert!(capacity.is_power_of_two() && capacity >= 2);
+        RingMem {
+            ctl,
+            slots,
+            capacity,
+            _keep: keep,
+        }
+    }
+
+    /// A ring in ordinary heap memory (tests, loom, in-process use).
+    pub fn heap(capacity: u64) -> RingMem {
+        assert!(capacity.is_power_of_two() && capacity >= 2, "capacity");
+        struct Heap {
+            ctl: Box<RingCtl>,
+            slots: Box<[DescSlot]>,
+        }
+        // SAFETY: the slots are only reached through the ring protocol (one producer writes a
+        // slot before publishing it, one consumer reads it after), as in a shared mapping.
+        unsafe impl Sync for Heap {}
+        // SAFETY: as for `Sync`; the heap memory has no thread affinity.
+        unsafe impl Send for Heap {}
+        let heap = Arc::new(Heap {
+            ctl: Box::new(RingCtl::new()),
+            slots: (0..capacity).map(|_| DescSlot::new()).collect(),
+        });
+        let ctl = NonNull::from(&*heap.ctl);
+        // (From the slice's pointer, so that it covers every slot.)
+        let slots =
+            NonNull::new(heap.slots.as_ptr().cast_mut()).expect("a boxed slice is not null");
+        // SAFETY: `heap` owns a control block and `capacity` slots, kept alive by the Arc we
+        // hand over; nothing else uses them.
+        unsafe { RingMem::from_raw(ctl, slots, capacity, heap) }
+    }
+
+    /// The control block.
+    pub fn ctl(&self) -> &RingCtl {
+        // SAFETY: `from_raw`'s contract: `ctl` is valid while `_keep` (owned by self) lives.
+        unsafe { self.ctl.as_ref() }
+    }
+
+    fn slot(&self, index: u64) -> &DescSlot {
+        let i = (index & (self.capacity - 1)) as usize;
+        // SAFETY: `i < capacity`, and `from_raw`'s contract makes `capacity` slots valid while
+        // `_keep` lives.
+        unsafe { self.slots.add(i).as_ref() }
+    }
+
+    /// The number of slots.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The producer side. There must be only one, here or in the peer.
+    pub fn producer(&self) -> Producer {
+        let head = self.ctl().head.load(Ordering::Relaxed);
+        let tail = self.ctl().tail.load(Ordering::Acquire);
+        Producer {
+            mem: self.clone(),
+            head,
+            tail_cache: tail,
+        }
+    }
+
+    /// The consumer side. There must be only one, here or in the peer.
+    pub fn consumer(&self) -> Consumer {
+        let tail = self.ctl().tail.load(Ordering::Relaxed);
+        Consumer {
+            mem: self.clone(),
+            tail,
+            head_cache: tail,
+        }
+    }
+}
+
+/// The writing end of a ring.
+pub struct Producer {
+    mem: RingMem,
+    /// Our next index to fill (the published head).
+    head: u64,
+    /// The consumer's tail as last read.
+    tail_cache: u64,
+}
+
+impl Producer {
+    /// Appends `desc` and publishes it. `Ok(false)` when the ring is full.
+    pub fn push(&mut self, desc: Desc) -> Result<bool, Corrupt> {
+        if !self.has_room()? {
+            return Ok(false);
+        }
+        self.mem.slot(self.head).0.with_mut(|p| {
+            // SAFETY: the slot at `head` is ours: the consumer has moved past it (tail_cache
+            // > head - capacity) and will not read it until we publish `head + 1`. A hostile
+            // peer writing it concurrently can only garble its own input (the slot is plain
+            // data, written volatile so the write is not elided or split by assumptions).
+            unsafe { std::ptr::write_volatile(p, desc) }
+        });
+        self.head += 1;
+        self.mem.ctl().head.store(self.head, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Whether one more descriptor fits, reading the consumer's tail if the cached one says
+    /// the ring is full.
+    fn has_room(&mut self) -> Result<bool, Corrupt> {
+        let cap = self.mem.capacity;
+        if self.head - self.tail_cache < cap {
+            return Ok(true);
+        }
+        let tail = self.mem.ctl().tail.load(Ordering::Acquire);
+        let used = self.head.wrapping_sub(tail);
+        if used > cap {
+            return Err(Corrupt("the consumer's index is ahead of the producer's"));
+        }
+        self.tail_cache = tail;
+        Ok(used < cap)
+    }
+
+    /// Descriptors published and not yet consumed, as far as this side knows now.
+    pub fn len(&self) -> Result<u64, Corrupt> {
+        let tail = self.mem.ctl().tail.load(Ordering::Acquire);
+        let used = self.head.wrapping_sub(tail);
+        if used > self.mem.capacity {
+            return Err(Corrupt("the consumer's index is ahead of the producer's"));
+        }
+        Ok(used)
+    }
+
+    /// Whether the consumer has taken everything published.
+    pub fn is_empty(&self) -> Result<bool, Corrupt> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// The ring's memory (for its wait words).
+    pub fn mem(&self) -> &RingMem {
+        &self.mem
+    }
+}
+
+/// The reading end of a ring.
+pub struct Consumer {
+    mem: RingMem,
+    /// Our next index to read (the published tail).
+    tail: u64,
+    /// The producer's head as last read.
+    head_cache: u64,
+}
+
+impl Consumer {
+    /// Takes the next descriptor, if one was published.
+    pub fn pop(&mut self) -> Result<Option<Desc>, Corrupt> {
+        if self.tail == self.head_cache && !self.refresh()? {
+            return Ok(None);
+        }
+        let desc = self.mem.slot(self.tail).0.with(|p| {
+            // SAFETY: the producer published index `tail` (head_cache > tail) with a Release
+            // store we read with Acquire, so the slot's contents are visible, and it will not
+            // rewrite the slot until we publish `tail + 1`. The copy is volatile and by value:
+            // nothing reads the slot again.
+            unsafe { std::ptr::read_volatile(p) }
+        });
+        self.tail += 1;
+        self.mem.ctl().tail.store(self.tail, Ordering::Release);
+        Ok(Some(desc))
+    }
+
+    /// Reads the producer's head; whether anything is there.
+    fn refresh(&mut self) -> Result<bool, Corrupt> {
+        let head = self.mem.ctl().head.load(Ordering::Acquire);
+        if head.wrapping_sub(self.tail) > self.mem.capacity {
+            return Err(Corrupt(
+                "the producer's index is behind the consumer's or more than a ring ahead",
+            ));
+        }
+        self.head_cache = head;
+        Ok(head != self.tail)
+    }
+
+    /// Whether a descriptor is waiting (reads the producer's head).
+    pub fn is_empty(&mut self) -> Result<bool, Corrupt> {
+        if self.tail != self.head_cache {
+            return Ok(false);
+        }
+        self.refresh().map(|any| !any)
+    }
+
+    /// The ring's memory (for its wait words).
+    pub fn mem(&self) -> &RingMem {
+        &self.mem
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn desc(i: u32) -> Desc {
+        let mut header = [0u8; HEADER_LEN];
+        header[..4].copy_from_slice(&i.to_be_bytes());
+        Desc {
+            header,
+            slot: i,
+            len: i.wrapping_mul(3),
+        }
+    }
+
+    #[test]
+    fn fills_empties_and_wraps() {
+        let mem = RingMem::heap(4);
+        let mut p = mem.producer();
+        let mut c = mem.consumer();
+        assert_eq!(c.pop(), Ok(None));
+        for round in 0..5u32 {
+            for i in 0..4 {
+                assert_eq!(p.push(desc(round * 4 + i)), Ok(true));
+            }
+            assert_eq!(p.push(desc(99)), Ok(false), "full at capacity");
+            assert_eq!(p.len(), Ok(4));
+            for i in 0..4 {
+                assert_eq!(c.pop(), Ok(Some(desc(round * 4 + i))));
+            }
+            assert_eq!(c.pop(), Ok(None));
+            assert_eq!(p.is_empty(), Ok(true));
+        }
+    }
+
+    #[test]
+    fn a_corrupt_head_or_tail_is_an_error_not_a_wild_read() {
+        let mem = RingMem::heap(8);
+        let mut p = mem.producer();
+        let mut c = mem.consumer();
+        assert_eq!(p.push(desc(1)), Ok(true));
+        // The peer (producer) claims more than a ring's worth.
+        mem.ctl().head.store(100, Ordering::Release);
+        assert!(c.pop().is_err());
+        // Or moves its head backwards.
+        let mem = RingMem::heap(8);
+        let mut p = mem.producer();
+        let mut c = mem.consumer();
+        for i in 0..3 {
+            p.push(desc(i)).unwrap();
+        }
+        c.pop().unwrap();
+        c.pop().unwrap();
+        mem.ctl().head.store(1, Ordering::Release);
+        c.pop().unwrap(); // the cached head still says 3: one more is ours to read
+        assert!(c.pop().is_err());
+        // The consumer claims to have read more than was published.
+        let mem = RingMem::heap(2);
+        let mut p = mem.producer();
+        p.push(desc(0)).unwrap();
+        p.push(desc(1)).unwrap();
+        mem.ctl().tail.store(7, Ordering::Release);
+        assert!(p.push(desc(2)).is_err());
+        assert!(p.len().is_err());
+    }
+
+    #[test]
+    fn threads_pass_a_million_descriptors_in_order() {
+        let mem = RingMem::heap(64);
+        let mut p = mem.producer();
+        let mut c = mem.consumer();
+        const N: u32 = if cfg!(miri) { 2_000 } else { 1_000_000 };
+        let t = std::thread::spawn(move || {
+            let mut i = 0;
+            while i < N {
+                if p.push(desc(i)).unwrap() {
+                    i += 1;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let mut next = 0;
+        while next < N {
+            match c.pop().unwrap() {
+                Some(d) => {
+                    assert_eq!(d, desc(next));
+                    next += 1;
+                }
+                None => std::hint::spin_loop(),
+            }
+        }
+        t.join().unwrap();
+    }
+}
