@@ -102,8 +102,7 @@ pub(crate) struct Classified {
 }
 
 impl Classified {
-    // Only TLS classifies its failures so far.
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "tls", target_os = "linux")), allow(dead_code))]
     pub(crate) fn new(kind: ErrorKind, text: String) -> Classified {
         Classified { kind, text }
     }

@@ -737,6 +737,25 @@ impl Session {
         self.deframer.max_payload()
     }
 
+    /// Handles one whole frame from a transport that carries frames rather than bytes
+    /// (shared memory): its encoded header and its payload. A header that does not decode
+    /// fails the session like bad bytes on a stream would.
+    pub fn handle_raw_frame(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        payload: Bytes,
+        now: Instant,
+    ) -> Result<(), Error> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        self.tick(now);
+        match Header::decode(header) {
+            Ok(h) => self.handle_frame(h, payload, now),
+            Err(e) => Err(self.fail(e.into())),
+        }
+    }
+
     /// Handles one whole frame. Frames after the session closed are ignored.
     pub fn handle_frame(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
         if self.state == State::Closed {
@@ -1432,9 +1451,12 @@ impl Session {
         self.reassembly.clear();
         if matches!(was, State::Established) {
             // Messages not framed yet stay in the outbox for a driver that sends them again on
-            // a new connection (see `take_outbox`); control frames are void with this session.
-            self.control.clear();
-            self.control_bytes = 0;
+            // a new connection (see `take_outbox`); control frames are void with this session,
+            // except a listener's WELCOME not yet written: without it the CLOSE would be the
+            // listener's first frame, which the dialer must take for a protocol error.
+            self.control
+                .retain(|t| t.header[0] == FrameKind::Welcome as u8);
+            self.control_bytes = self.control.iter().map(Transmit::wire_len).sum();
             let close = Close {
                 code: e.close_code(),
                 reason: e.to_string(),

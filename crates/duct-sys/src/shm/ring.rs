@@ -250,7 +250,7 @@ impl Producer {
 
     /// Whether one more descriptor fits, reading the consumer's tail if the cached one says
     /// the ring is full.
-    fn has_room(&mut self) -> Result<bool, Corrupt> {
+    pub fn has_room(&mut self) -> Result<bool, Corrupt> {
         let cap = self.mem.capacity;
         if self.head - self.tail_cache < cap {
             return Ok(true);

@@ -372,6 +372,10 @@ impl Conn {
             // Idle from the start: the reactor reads ahead until a caller shows up.
             g.read_armed = true;
             conn.update_interest(&mut g);
+            if conn.t().frame_io().is_some() || conn.t().buffered_input() {
+                // Frames (or decrypted bytes) that came with the handshake raise no event.
+                g = conn.read_ahead(g);
+            }
             if g.wq_frames > 0 || g.session.wants_transmit() {
                 g.writing = true;
                 g = conn.flush(g);
@@ -443,7 +447,10 @@ impl Conn {
         let want = match (g.read_armed, g.write_armed) {
             (false, false) => None,
             (true, false) => Some(Interest::READABLE),
+            // A frame transport signals room for output on its readable fd.
+            (false, true) if self.t().frame_io().is_some() => Some(Interest::READABLE),
             (false, true) => Some(Interest::WRITABLE),
+            (true, true) if self.t().frame_io().is_some() => Some(Interest::READABLE),
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
         };
         if want == g.registered {
@@ -978,7 +985,7 @@ impl Conn {
                     // ever name this session again.
                     g.resume_ids = vec![g.session.session_id()];
                 }
-                if let Err(e) = g.session.handle_input(&mut r.data, Instant::now()) {
+                if let Err(e) = r.feed(&mut g.session, Instant::now()) {
                     let err = proto_error(e, &self.who);
                     self.end(g, err, PipeState::Closed);
                 }
@@ -1007,7 +1014,7 @@ impl Conn {
                 g.session.pause_receive(now);
                 // What waits unread from now on ages in the transport: its TTL is charged
                 // with the wait when it is read (sampled again every AGE_SAMPLE).
-                let backlog = r.data.len() + self.t().pending_input();
+                let backlog = r.held() + self.t().pending_input();
                 g.session.age_input(backlog, now);
                 g.sample_at = Some(now + AGE_SAMPLE);
                 self.reschedule(&mut g);
@@ -1657,6 +1664,8 @@ impl Reactive for Conn {
         if g.terminal.is_some() {
             return;
         }
+        // A frame transport's readable fd also says that room for output appeared.
+        let writable = writable || (readable && self.t().frame_io().is_some());
         if writable && g.write_armed {
             // Rate limits and TTL judge by the session's clock.
             g.session.advance(Instant::now());
@@ -1718,12 +1727,7 @@ impl Reactive for Conn {
         }
         if g.session.receive_paused() && !g.reading && g.sample_at.is_some_and(|t| t <= now) {
             // Nobody reads (checked under the lock), so the read buffer is free.
-            let held = self
-                .read
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .data
-                .len();
+            let held = self.read.lock().unwrap_or_else(|p| p.into_inner()).held();
             let ahead = held + self.t().pending_input();
             g.session.age_input(ahead, now);
             g.sample_at = Some(now + AGE_SAMPLE);
@@ -1735,8 +1739,11 @@ impl Reactive for Conn {
                     // The caller has been away for a whole RECHECK: read ahead for it.
                     g.read_armed = true;
                     self.update_interest(&mut g);
-                    if self.t().buffered_input() {
-                        // Input the transport holds itself raises no readiness event.
+                    let t = self.t();
+                    if t.buffered_input() || t.frame_io().is_some() {
+                        // Input the transport holds itself raises no readiness event, and a
+                        // frame transport rings the reactor only once asked to (by a read
+                        // that finds nothing).
                         g = self.read_ahead(g);
                     }
                 } else {

@@ -72,7 +72,7 @@ impl Handshake {
             Err(e) => return Err(Error::io(e, format_args!("handshake with {}", self.peer))),
         }
         let now = Instant::now();
-        if let Err(e) = self.session.handle_input(&mut self.rbuf.data, now) {
+        if let Err(e) = self.rbuf.feed(&mut self.session, now) {
             // A REJECT or CLOSE saying why may be queued: tell the peer, best effort.
             let _ = self.flush_nonblocking();
             return Err(proto_error(e, &self.peer));
@@ -118,16 +118,19 @@ impl Handshake {
                     ),
                 ));
             }
-            let interest = if flushed {
-                super::io::Interest::Read
+            // The transport's own wait when only input is awaited (it knows about input it
+            // holds itself, such as decrypted TLS records or frames in a shared ring, which do
+            // not make the fd readable); otherwise the fd, for either direction.
+            let ready = if flushed || self.stream.frame_io().is_some() {
+                self.stream.wait_readable(Some(deadline))
             } else {
-                super::io::Interest::ReadWrite
-            };
-            // (Input a transport holds itself, such as decrypted TLS records, does not make
-            // the fd readable: look there first.)
-            let ready = self.stream.buffered_input()
-                || super::io::wait(self.stream.as_fd(), interest, Some(deadline))
-                    .map_err(|e| Error::io(e, format_args!("handshake with {}", self.peer)))?;
+                super::io::wait(
+                    self.stream.as_fd(),
+                    super::io::Interest::ReadWrite,
+                    Some(deadline),
+                )
+            }
+            .map_err(|e| Error::io(e, format_args!("handshake with {}", self.peer)))?;
             if ready {
                 self.on_readable()?;
             }

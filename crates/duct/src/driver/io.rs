@@ -14,7 +14,7 @@ use duct_proto::wire::HEADER_LEN;
 use duct_proto::Transmit;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use super::StreamTransport;
+use super::{FrameIo, RawFrame, StreamTransport};
 
 /// Bytes read per refill of an empty buffer. Larger frames grow the buffer to fit.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
@@ -29,13 +29,43 @@ pub(crate) const READ_CHUNK: usize = 64 * 1024;
 /// connection reads without allocating.
 pub(crate) struct ReadBuf {
     pub(crate) data: BytesMut,
+    /// Frames from a frame transport (shared memory), not yet handed to the session.
+    pub(crate) frames: VecDeque<RawFrame>,
 }
+
+/// Frames taken from a frame transport per receive.
+const FRAMES_PER_RECV: usize = 256;
 
 impl ReadBuf {
     pub(crate) fn new() -> Self {
         ReadBuf {
             data: BytesMut::new(),
+            frames: VecDeque::new(),
         }
+    }
+
+    /// Hands what was received to the session: whole frames from a frame transport, bytes
+    /// from a stream (the session deframes them).
+    pub(crate) fn feed(
+        &mut self,
+        session: &mut duct_proto::Session,
+        now: Instant,
+    ) -> Result<(), duct_proto::Error> {
+        while let Some(f) = self.frames.pop_front() {
+            if let Err(e) = session.handle_raw_frame(&f.header, f.payload, now) {
+                self.frames.clear();
+                return Err(e);
+            }
+        }
+        if self.data.is_empty() {
+            return Ok(());
+        }
+        session.handle_input(&mut self.data, now)
+    }
+
+    /// Bytes (or frames) received and not yet handed to the session.
+    pub(crate) fn held(&self) -> usize {
+        self.data.len() + self.frames.len()
     }
 
     /// One `recv` into the free space, sized so that the next frame (`needed` bytes in all)
@@ -46,6 +76,9 @@ impl ReadBuf {
         needed: usize,
         nonblocking: bool,
     ) -> io::Result<usize> {
+        if let Some(f) = transport.frame_io() {
+            return f.recv_frames(&mut self.frames, FRAMES_PER_RECV, nonblocking);
+        }
         let want_free = needed.saturating_sub(self.data.len()).max(4096);
         if self.data.capacity() - self.data.len() < want_free {
             self.data.reserve(want_free.max(READ_CHUNK));
@@ -146,6 +179,9 @@ impl WriteQueue {
         &mut self,
         transport: &dyn StreamTransport,
     ) -> io::Result<bool> {
+        if let Some(f) = transport.frame_io() {
+            return self.push_frames(f);
+        }
         while !self.frames.is_empty() {
             let mut segs = [Seg::Scratch(0, 0); MAX_IOV];
             let n_seg = self.gather(&mut segs);
@@ -165,6 +201,23 @@ impl WriteQueue {
         let done = transport.flush_backlog()?;
         self.backlog = !done;
         Ok(done)
+    }
+
+    /// Hands the queued frames to a frame transport, in order, until it has no room.
+    fn push_frames(&mut self, f: &dyn FrameIo) -> io::Result<bool> {
+        let now = (self.with_ttl > 0).then(Instant::now);
+        while let Some(t) = self.frames.front_mut() {
+            if let Some(now) = now {
+                t.restamp(now);
+            }
+            if !f.push(t)? {
+                return Ok(false);
+            }
+            let t = self.frames.pop_front().expect("a front frame");
+            self.bytes -= t.wire_len();
+            self.with_ttl -= usize::from(t.deadline.is_some());
+        }
+        Ok(true)
     }
 
     /// Lays the next frames out as iovec segments: small frames copied into `scratch` back to

@@ -13,7 +13,7 @@
 //! a buffer's spare capacity, a non-blocking vectored send, a bounded wait for readiness (for
 //! callers that block), and shutdown. Nothing in the Session or the public API changes when a
 //! transport is added. Transports that carry whole frames (shared memory) will get a sibling
-//! contract that hands the Session frames instead of bytes.
+//! contract, [`FrameIo`], that hands the Session frames instead of bytes.
 
 pub(crate) mod conn;
 pub(crate) mod handshake;
@@ -53,6 +53,10 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     /// `Ok(true)` when none is left; `Ok(false)` when the socket is full (wait until it is
     /// writable and call again).
     fn flush_backlog(&self) -> std::io::Result<bool>;
+    /// The frame interface of a transport that carries frames; `None` for byte streams.
+    fn frame_io(&self) -> Option<&dyn FrameIo> {
+        None
+    }
     /// The peer process's credentials, where the transport reports them (Unix sockets).
     fn peer_credentials(&self) -> Option<crate::PeerCredentials>;
     /// Shuts both directions down, waking every thread blocked on the transport.
@@ -64,6 +68,30 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     fn local_addr(&self) -> Addr;
     /// The peer's address.
     fn peer_addr(&self) -> Addr;
+}
+
+/// A frame from a transport that carries frames (shared memory): the encoded header and the
+/// payload in place.
+pub(crate) struct RawFrame {
+    pub(crate) header: [u8; duct_proto::wire::HEADER_LEN],
+    pub(crate) payload: bytes::Bytes,
+}
+
+/// What a frame transport (shared memory) provides beside [`StreamTransport`]: whole frames
+/// in and out instead of bytes. Its readiness fd signals both directions (a wake-up byte when
+/// frames arrive or room appears), so the driver watches it for readability only.
+pub(crate) trait FrameIo {
+    /// Sends one frame without blocking. `Ok(false)`: no room now (the readiness fd becomes
+    /// readable when there is).
+    fn push(&self, t: &duct_proto::Transmit) -> std::io::Result<bool>;
+    /// Takes up to `max` frames into `out`. `Ok(0)` is the end (the peer is gone); with
+    /// `nonblocking`, nothing there is `WouldBlock`.
+    fn recv_frames(
+        &self,
+        out: &mut std::collections::VecDeque<RawFrame>,
+        max: usize,
+        nonblocking: bool,
+    ) -> std::io::Result<usize>;
 }
 
 /// Turns a protocol error into the public error, naming the peer.

