@@ -1,7 +1,13 @@
 //! The transport conformance suite: one set of behavioural tests, written once against a
 //! [`Fixture`] (a factory of fresh listen addresses), instantiated for every transport by
-//! the `conformance!` macro at the bottom. A failure names the transport and the case, e.g.
+//! the `conformance!` macro at the bottom (tcp IPv4 and IPv6, uds path and abstract, and
+//! TLS over tcp). A failure names the transport and the case, e.g.
 //! `uds_abstract::close_wakes_blocked_recv`.
+//!
+//! Every `listen` and `dial` of a case takes its options through [`Fixture::listen_opts`] and
+//! [`Fixture::dial_opts`] ([`pair_with`] does so itself), which add what the transport needs
+//! (TLS settings for `tls`); a raw (non-duct) peer comes from the fixture
+//! ([`Fixture::raw_listener`], [`Fixture::raw_dial`]), which speaks TLS over `tls`.
 //!
 //! What every transport must do the same way: deliver messages of every size intact and on
 //! their channel, keep per-channel order under concurrent senders and receivers, honour
@@ -17,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use duct::{
-    dial, listen, ChannelOptions, CloseOptions, DialOptions, ErrorKind, ListenOptions, Message,
-    PipeState, RecvOptions, SendOptions, StateChange,
+    dial, listen, Addr, ChannelOptions, CloseOptions, DialOptions, ErrorKind, ListenOptions,
+    Message, PipeState, RecvOptions, SendOptions, StateChange,
 };
 use duct_proto::wire::control::close_code;
 use duct_proto::Event;
@@ -33,8 +39,8 @@ const MIB: usize = 1024 * 1024;
 /// Every size around the frame boundary and well past it, echoed back intact, on the channel
 /// it was sent on.
 fn round_trip_all_sizes(f: &Fixture) {
-    let server = EchoServer::start(&f.addr(), ListenOptions::default());
-    let p = dial(&server.addr, DialOptions::default()).unwrap();
+    let server = EchoServer::start(&f.addr(), f.listen_opts(ListenOptions::default()));
+    let p = dial(&server.addr, f.dial_opts(DialOptions::default())).unwrap();
     let sizes = [
         0,
         1,
@@ -350,25 +356,26 @@ fn full_duplex_large_messages(f: &Fixture) {
 
 /// Several dialers at once are each served by an echoing listener.
 fn many_clients_echo(f: &Fixture) {
-    let server = EchoServer::start(&f.addr(), ListenOptions::default());
+    let server = EchoServer::start(&f.addr(), f.listen_opts(ListenOptions::default()));
     let addr = server.addr.as_str();
     thread::scope(|s| {
         for _ in 0..6 {
-            s.spawn(move || check_echo(addr, 20));
+            let opts = f.dial_opts(DialOptions::default());
+            s.spawn(move || check_echo_with(addr, 20, opts));
         }
     });
 }
 
 /// Two threads accepting on one listener each get one of two dialers.
 fn concurrent_accepts(f: &Fixture) {
-    let listener = listen(&f.addr(), ListenOptions::default()).unwrap();
+    let listener = listen(&f.addr(), f.listen_opts(ListenOptions::default())).unwrap();
     let addr = listener.local_addr().to_string();
     let (dialers, accepted) = thread::scope(|s| {
         let acceptors: Vec<_> = (0..2)
             .map(|_| s.spawn(|| listener.accept_timeout(T)))
             .collect();
         let dialers: Vec<_> = (0..2)
-            .map(|_| dial(&addr, DialOptions::default()).unwrap())
+            .map(|_| dial(&addr, f.dial_opts(DialOptions::default())).unwrap())
             .collect();
         let accepted: Vec<_> = acceptors
             .into_iter()
@@ -462,7 +469,7 @@ fn poll_until<R>(mut f: impl FnMut() -> Option<R>) -> R {
 }
 
 fn accept_timeout_without_dialer(f: &Fixture) {
-    let listener = listen(&f.addr(), ListenOptions::default()).unwrap();
+    let listener = listen(&f.addr(), f.listen_opts(ListenOptions::default())).unwrap();
     let start = Instant::now();
     let e = expect_kind(
         listener.accept_timeout(Duration::from_millis(100)),
@@ -671,11 +678,11 @@ fn dropped_peer_is_seen_as_closed(f: &Fixture) {
 /// A dialer whose connection ends without a CLOSE frame: the accepted end's recv returns
 /// what arrived, then `Disconnected` (retryable), and the state is `Disconnected`.
 fn vanished_dialer_is_disconnected(f: &Fixture) {
-    let listener = listen(&f.addr(), ListenOptions::default()).unwrap();
+    let listener = listen(&f.addr(), f.listen_opts(ListenOptions::default())).unwrap();
     let addr = listener.local_addr().to_string();
     let (mut raw, accepted) = thread::scope(|s| {
         let acceptor = s.spawn(|| listener.accept_timeout(T));
-        let mut raw = RawPeer::dial(&addr);
+        let mut raw = f.raw_dial(&addr);
         raw.handshake();
         (raw, acceptor.join().unwrap().unwrap())
     });
@@ -706,7 +713,7 @@ fn vanished_listener_is_disconnected(f: &Fixture) {
         raw.flush().unwrap();
         // Dropped without a CLOSE.
     });
-    let p = dial(&addr, DialOptions::default()).unwrap();
+    let p = dial(&addr, f.dial_opts(DialOptions::default())).unwrap();
     server.join().unwrap();
     assert_eq!(p.session_id(), 0xABCD);
     let m = recv(&p);
@@ -718,11 +725,11 @@ fn vanished_listener_is_disconnected(f: &Fixture) {
 
 /// A PING from the peer is answered while the application is in `recv`.
 fn ping_answered_during_recv(f: &Fixture) {
-    let listener = listen(&f.addr(), ListenOptions::default()).unwrap();
+    let listener = listen(&f.addr(), f.listen_opts(ListenOptions::default())).unwrap();
     let addr = listener.local_addr().to_string();
     let (mut raw, accepted) = thread::scope(|s| {
         let acceptor = s.spawn(|| listener.accept_timeout(T));
-        let mut raw = RawPeer::dial(&addr);
+        let mut raw = f.raw_dial(&addr);
         raw.handshake();
         (raw, acceptor.join().unwrap().unwrap())
     });
@@ -742,7 +749,8 @@ fn ping_answered_during_recv(f: &Fixture) {
 
 /// `Listener::close` from another thread wakes a blocked `accept` with `Closed`.
 fn listener_close_wakes_accept(f: &Fixture) {
-    let listener = std::sync::Arc::new(listen(&f.addr(), ListenOptions::default()).unwrap());
+    let listener =
+        std::sync::Arc::new(listen(&f.addr(), f.listen_opts(ListenOptions::default())).unwrap());
     let (tx, rx) = mpsc::channel();
     let acceptor = {
         let l = listener.clone();
@@ -768,13 +776,13 @@ fn listener_close_wakes_accept(f: &Fixture) {
 /// file is released).
 fn dropped_listener_refuses_dialers(f: &Fixture) {
     let addr = {
-        let listener = listen(&f.addr(), ListenOptions::default()).unwrap();
+        let listener = listen(&f.addr(), f.listen_opts(ListenOptions::default())).unwrap();
         listener.local_addr().to_string()
     };
     let e = expect_kind(
         dial(
             &addr,
-            DialOptions::default().timeout(Duration::from_secs(2)),
+            f.dial_opts(DialOptions::default().timeout(Duration::from_secs(2))),
         ),
         ErrorKind::ConnectionRefused,
     );
@@ -859,17 +867,40 @@ fn stats_count_messages_and_bytes(f: &Fixture) {
     );
 }
 
+/// The `Display` prefix (scheme and IP, up to the port) of every address of an IP transport;
+/// `None` for Unix sockets.
+fn ip_prefix(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Tcp4 => Some("tcp://127.0.0.1:"),
+        Kind::Tcp6 => Some("tcp://[::1]:"),
+        Kind::Tls => Some("tls://127.0.0.1:"),
+        Kind::UdsPath | Kind::UdsAbstract => None,
+    }
+}
+
+/// Whether `a` is the `Addr` variant of an address of transport `kind` (a TLS pipe's and
+/// listener's addresses are `Addr::Tls`, never `Addr::Tcp`).
+fn addr_has_kind(a: &Addr, kind: Kind) -> bool {
+    match kind {
+        Kind::Tcp4 | Kind::Tcp6 => matches!(a, Addr::Tcp(_)),
+        Kind::Tls => matches!(a, Addr::Tls(_)),
+        Kind::UdsPath => matches!(a, Addr::Uds(_)),
+        Kind::UdsAbstract => matches!(a, Addr::UdsAbstract(_)),
+    }
+}
+
 fn addresses_display(f: &Fixture) {
     let requested = f.addr();
-    let listener = listen(&requested, ListenOptions::default()).unwrap();
+    let listener = listen(&requested, f.listen_opts(ListenOptions::default())).unwrap();
     let laddr = listener.local_addr().to_string();
-    match f.kind {
-        Kind::Tcp4 | Kind::Tcp6 => {
-            let prefix = if f.kind == Kind::Tcp4 {
-                "tcp://127.0.0.1:"
-            } else {
-                "tcp://[::1]:"
-            };
+    assert!(
+        addr_has_kind(&listener.local_addr(), f.kind),
+        "{:?}: listener address {:?}",
+        f.kind,
+        listener.local_addr()
+    );
+    match ip_prefix(f.kind) {
+        Some(prefix) => {
             let port: u16 = laddr
                 .strip_prefix(prefix)
                 .unwrap_or_else(|| panic!("{laddr} does not start with {prefix}"))
@@ -877,28 +908,43 @@ fn addresses_display(f: &Fixture) {
                 .unwrap_or_else(|_| panic!("{laddr}: no port"));
             assert_ne!(port, 0, "port 0 was not resolved");
         }
-        Kind::UdsPath | Kind::UdsAbstract => assert_eq!(laddr, requested),
+        None => assert_eq!(laddr, requested),
     }
     let (dialer, accepted) = thread::scope(|s| {
         let acceptor = s.spawn(|| listener.accept_timeout(T));
-        let d = dial(&laddr, DialOptions::default()).unwrap();
+        let d = dial(&laddr, f.dial_opts(DialOptions::default())).unwrap();
         (d, acceptor.join().unwrap().unwrap())
     });
     assert_eq!(dialer.peer_addr().to_string(), laddr);
     assert_eq!(accepted.local_addr().to_string(), laddr);
-    match f.kind {
-        Kind::Tcp4 | Kind::Tcp6 => {
+    assert!(
+        addr_has_kind(&dialer.peer_addr(), f.kind),
+        "{:?}",
+        dialer.peer_addr()
+    );
+    assert!(
+        addr_has_kind(&accepted.local_addr(), f.kind),
+        "{:?}",
+        accepted.local_addr()
+    );
+    match ip_prefix(f.kind) {
+        Some(prefix) => {
             let local = dialer.local_addr().to_string();
-            let prefix = if f.kind == Kind::Tcp4 {
-                "tcp://127.0.0.1:"
-            } else {
-                "tcp://[::1]:"
-            };
             assert!(local.starts_with(prefix), "{local}");
             assert_ne!(local, laddr);
             assert_eq!(accepted.peer_addr().to_string(), local);
+            assert!(
+                addr_has_kind(&dialer.local_addr(), f.kind),
+                "{:?}",
+                dialer.local_addr()
+            );
+            assert!(
+                addr_has_kind(&accepted.peer_addr(), f.kind),
+                "{:?}",
+                accepted.peer_addr()
+            );
         }
-        Kind::UdsPath | Kind::UdsAbstract => {
+        None => {
             // A dialing Unix socket is unnamed.
             assert_eq!(dialer.local_addr().to_string(), "unknown");
             assert_eq!(accepted.peer_addr().to_string(), "unknown");
@@ -920,7 +966,7 @@ fn session_id_and_state(f: &Fixture) {
     let addr = listener.local_addr().to_string();
     let second = thread::scope(|s| {
         let acceptor = s.spawn(|| listener.accept_timeout(T));
-        let d = dial(&addr, DialOptions::default()).unwrap();
+        let d = dial(&addr, f.dial_opts(DialOptions::default())).unwrap();
         acceptor.join().unwrap().unwrap();
         d
     });
@@ -1229,6 +1275,7 @@ macro_rules! conformance {
         transport_suite!(tcp_ipv6, crate::common::Kind::Tcp6, $cases);
         transport_suite!(uds_path, crate::common::Kind::UdsPath, $cases);
         transport_suite!(uds_abstract, crate::common::Kind::UdsAbstract, $cases);
+        transport_suite!(tls, crate::common::Kind::Tls, $cases);
     };
 }
 

@@ -1,17 +1,24 @@
 //! Test support shared by duct's integration tests.
 //!
-//! - [`Fixture`]: one transport (tcp IPv4, tcp IPv6, uds path, uds abstract) that hands out
-//!   fresh, unique listen addresses; the conformance suite is written against it once.
+//! - [`Fixture`]: one transport (tcp IPv4, tcp IPv6, uds path, uds abstract, tls over tcp
+//!   IPv4) that hands out fresh, unique listen addresses and the options the transport needs
+//!   ([`Fixture::listen_opts`], [`Fixture::dial_opts`]: TLS settings from a PKI generated per
+//!   fixture); the conformance suite is written against it once.
 //! - Guards that clean up even when a test fails: [`TempDir`] (removed on drop),
 //!   [`EchoServer`] (closes its listener and pipes and joins its threads on drop).
 //! - [`RawStream`] and [`RawPeer`]: a byte stream to a duct endpoint on any transport, and a
 //!   hand-driven `duct_proto::Session` over it, for tests that speak (or break) the wire
-//!   protocol themselves.
+//!   protocol themselves. Over `tls://` the raw side speaks TLS (rustls, [`pki`]): get those
+//!   from the fixture ([`Fixture::raw_listener`], [`Fixture::raw_connect`],
+//!   [`Fixture::raw_dial`]).
 //!
 //! Every wait has a deadline ([`T`], generous): a broken library fails a test, it does not
 //! hang the suite.
 
 #![allow(dead_code)] // each test binary uses a different part of this module
+
+#[cfg(feature = "tls")]
+pub mod pki;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -82,6 +89,8 @@ pub enum Kind {
     Tcp6,
     UdsPath,
     UdsAbstract,
+    /// `tls://127.0.0.1:0`: TLS over tcp IPv4, with a PKI generated for the fixture.
+    Tls,
 }
 
 /// Whether this machine has an IPv6 loopback to bind.
@@ -93,6 +102,9 @@ pub fn has_ipv6_loopback() -> bool {
 pub struct Fixture {
     pub kind: Kind,
     dir: Option<TempDir>,
+    /// Kind::Tls: the CA and server certificate its listeners and dialers use.
+    #[cfg(feature = "tls")]
+    pki: Option<pki::Pki>,
 }
 
 impl Fixture {
@@ -102,8 +114,62 @@ impl Fixture {
             eprintln!("SKIPPED: this machine has no IPv6 loopback ([::1] does not bind)");
             return None;
         }
+        #[cfg(not(feature = "tls"))]
+        if kind == Kind::Tls {
+            eprintln!("SKIPPED: duct is built without the `tls` feature");
+            return None;
+        }
         let dir = (kind == Kind::UdsPath).then(TempDir::new);
-        Some(Fixture { kind, dir })
+        Some(Fixture {
+            kind,
+            dir,
+            #[cfg(feature = "tls")]
+            pki: (kind == Kind::Tls).then(pki::Pki::generate),
+        })
+    }
+
+    #[cfg(feature = "tls")]
+    fn pki(&self) -> &pki::Pki {
+        self.pki.as_ref().expect("a tls fixture has a PKI")
+    }
+
+    /// `opts` with what this transport needs to listen: for [`Kind::Tls`], the server's TLS
+    /// settings (replacing any set before); otherwise `opts` unchanged.
+    pub fn listen_opts(&self, opts: ListenOptions) -> ListenOptions {
+        match self.kind {
+            #[cfg(feature = "tls")]
+            Kind::Tls => opts.tls(self.pki().server_options()),
+            _ => opts,
+        }
+    }
+
+    /// `opts` with what this transport needs to dial: for [`Kind::Tls`], the client's TLS
+    /// settings (trusting the fixture's CA; replacing any set before); otherwise `opts`
+    /// unchanged.
+    pub fn dial_opts(&self, opts: DialOptions) -> DialOptions {
+        match self.kind {
+            #[cfg(feature = "tls")]
+            Kind::Tls => opts.tls(self.pki().client_options()),
+            _ => opts,
+        }
+    }
+
+    /// A raw (non-duct) byte stream to `addr` on this transport (over TLS for [`Kind::Tls`],
+    /// the TLS handshake done).
+    pub fn raw_connect(&self, addr: &str) -> io::Result<RawStream> {
+        #[cfg(feature = "tls")]
+        if let Some(rest) = addr.strip_prefix("tls://") {
+            return pki::TlsRaw::connect(rest, self.pki()).map(|s| RawStream::Tls(Box::new(s)));
+        }
+        RawStream::connect(addr)
+    }
+
+    /// A [`RawPeer`] dialing `addr` on this transport (its HELLO is queued, not yet written).
+    pub fn raw_dial(&self, addr: &str) -> RawPeer {
+        let stream = self
+            .raw_connect(addr)
+            .unwrap_or_else(|e| panic!("raw connect {addr}: {e}"));
+        RawPeer::new(stream, RawPeer::dialer_config(), Role::Dialer)
     }
 
     /// A listen address no other listener in this process uses (tcp: port 0).
@@ -118,12 +184,27 @@ impl Fixture {
             Kind::UdsAbstract => {
                 format!("uds://@duct-test-{}-{}", std::process::id(), unique())
             }
+            Kind::Tls => "tls://127.0.0.1:0".to_owned(),
         }
     }
 
     /// A raw (non-duct) listener on a fresh address of this transport, and that address.
+    /// For [`Kind::Tls`] it serves TLS with the fixture's server certificate: `accept`
+    /// returns a stream whose TLS handshake is done.
     pub fn raw_listener(&self) -> (RawListener, String) {
         match self.kind {
+            #[cfg(feature = "tls")]
+            Kind::Tls => {
+                let l = TcpListener::bind("127.0.0.1:0").expect("bind raw tcp listener");
+                let addr = format!("tls://{}", l.local_addr().unwrap());
+                let raw = pki::TlsRawListener {
+                    listener: l,
+                    config: self.pki().server_config(),
+                };
+                (RawListener::Tls(raw), addr)
+            }
+            #[cfg(not(feature = "tls"))]
+            Kind::Tls => unreachable!("Fixture::new refuses Kind::Tls without the tls feature"),
             Kind::Tcp4 | Kind::Tcp6 => {
                 let ip = if self.kind == Kind::Tcp4 {
                     "127.0.0.1:0"
@@ -169,8 +250,10 @@ pub fn pair(f: &Fixture) -> Pair {
     pair_with(f, ListenOptions::default(), DialOptions::default())
 }
 
-/// A pipe over `f`: listens, accepts in a thread while dialing.
+/// A pipe over `f`: listens, accepts in a thread while dialing. The fixture's options
+/// ([`Fixture::listen_opts`], [`Fixture::dial_opts`]) are added to `lopts` and `dopts`.
 pub fn pair_with(f: &Fixture, lopts: ListenOptions, dopts: DialOptions) -> Pair {
+    let (lopts, dopts) = (f.listen_opts(lopts), f.dial_opts(dopts));
     let listener = listen(&f.addr(), lopts).unwrap_or_else(|e| panic!("listen: {e}"));
     let addr = listener.local_addr().to_string();
     let (dialed, accepted) = thread::scope(|s| {
@@ -368,9 +451,14 @@ impl EchoServer {
 
 /// Dials the echo server at `addr`, echoes `n` messages and closes; panics on any failure.
 pub fn check_echo(addr: &str, n: u32) {
+    check_echo_with(addr, n, DialOptions::default());
+}
+
+/// [`check_echo`] dialing with `opts` (a dial timeout of [`T`] is added).
+pub fn check_echo_with(addr: &str, n: u32, opts: DialOptions) {
     {
-        let p = dial(addr, DialOptions::default().timeout(T))
-            .unwrap_or_else(|e| panic!("dial echo server {addr}: {e}"));
+        let p =
+            dial(addr, opts.timeout(T)).unwrap_or_else(|e| panic!("dial echo server {addr}: {e}"));
         for i in 0..n {
             let payload = pattern(100 + i as usize, i);
             p.send(Message::new(payload.clone()).with_channel(i as u16))
@@ -433,10 +521,14 @@ impl Drop for EchoServer {
 pub enum RawStream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A TLS session over tcp (handshake done); reads and writes are plaintext.
+    #[cfg(feature = "tls")]
+    Tls(Box<pki::TlsRaw>),
 }
 
 impl RawStream {
-    /// Connects to a duct address (as `Addr` or its `Display` form).
+    /// Connects to a duct address (as `Addr` or its `Display` form). `tls://` needs the
+    /// fixture's PKI: use [`Fixture::raw_connect`].
     pub fn connect(addr: &str) -> io::Result<RawStream> {
         if let Some(rest) = addr.strip_prefix("tcp://") {
             let sa: SocketAddr = rest.parse().map_err(io::Error::other)?;
@@ -458,13 +550,18 @@ impl RawStream {
         match self {
             RawStream::Tcp(s) => s.set_read_timeout(t),
             RawStream::Unix(s) => s.set_read_timeout(t),
+            #[cfg(feature = "tls")]
+            RawStream::Tls(s) => s.sock().set_read_timeout(t),
         }
     }
 
-    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+    /// Over TLS, a write shutdown sends close_notify first.
+    pub fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
         match self {
             RawStream::Tcp(s) => s.shutdown(how),
             RawStream::Unix(s) => s.shutdown(how),
+            #[cfg(feature = "tls")]
+            RawStream::Tls(s) => s.shutdown(how),
         }
     }
 
@@ -474,6 +571,8 @@ impl RawStream {
         match self {
             RawStream::Tcp(s) => format!("tcp://{}", s.local_addr().unwrap()),
             RawStream::Unix(_) => "unknown".to_owned(),
+            #[cfg(feature = "tls")]
+            RawStream::Tls(s) => format!("tls://{}", s.sock().local_addr().unwrap()),
         }
     }
 
@@ -539,6 +638,8 @@ impl Read for RawStream {
         match self {
             RawStream::Tcp(s) => s.read(buf),
             RawStream::Unix(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            RawStream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -548,11 +649,17 @@ impl Write for RawStream {
         match self {
             RawStream::Tcp(s) => s.write(buf),
             RawStream::Unix(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            RawStream::Tls(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            #[cfg(feature = "tls")]
+            RawStream::Tls(s) => s.flush(),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -560,6 +667,9 @@ impl Write for RawStream {
 pub enum RawListener {
     Tcp(TcpListener),
     Unix(UnixListener),
+    /// Serves TLS: `accept` completes the TLS handshake.
+    #[cfg(feature = "tls")]
+    Tls(pki::TlsRawListener),
 }
 
 impl RawListener {
@@ -567,6 +677,8 @@ impl RawListener {
         match self {
             RawListener::Tcp(l) => l.accept().map(|(s, _)| RawStream::Tcp(s)),
             RawListener::Unix(l) => l.accept().map(|(s, _)| RawStream::Unix(s)),
+            #[cfg(feature = "tls")]
+            RawListener::Tls(l) => l.accept().map(|s| RawStream::Tls(Box::new(s))),
         }
     }
 }
@@ -604,13 +716,18 @@ impl RawPeer {
         RawPeer::new(stream, config, Role::Dialer)
     }
 
-    /// Connects to `addr` as a dialer (its HELLO is queued, not yet written).
+    /// Connects to `addr` as a dialer (its HELLO is queued, not yet written). Over `tls://`
+    /// use [`Fixture::raw_dial`].
     pub fn dial(addr: &str) -> RawPeer {
-        let config = Config {
+        RawPeer::dial_with(addr, RawPeer::dialer_config())
+    }
+
+    /// The configuration [`RawPeer::dial`] uses.
+    pub fn dialer_config() -> Config {
+        Config {
             instance_id: 0x5eed,
             ..Config::default()
-        };
-        RawPeer::dial_with(addr, config)
+        }
     }
 
     /// Serves an accepted stream as a listener.
@@ -628,7 +745,7 @@ impl RawPeer {
             self.stream.write_all(&t.header)?;
             self.stream.write_all(&t.payload)?;
         }
-        Ok(())
+        self.stream.flush()
     }
 
     /// One read (waiting at most `within`) handed to the session. `Ok(0)` is end of stream.
