@@ -121,6 +121,9 @@ struct State {
     armed: bool,
     /// Accepting is paused until this instant (after an accept error).
     backoff_until: Option<Instant>,
+    /// An accept batch stopped with connections possibly still queued: the next timer call
+    /// accepts more, once the reactor has served the handshakes that batch started.
+    accept_more: bool,
     /// An accept error for the next `accept` call.
     error: Option<Error>,
     closed: bool,
@@ -179,6 +182,7 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
             next_id: 0,
             armed: false,
             backoff_until: None,
+            accept_more: false,
             error: None,
             closed: false,
         }),
@@ -236,6 +240,13 @@ impl Inner {
 
     fn max_pending(&self) -> usize {
         self.opts.max_pending_handshakes_or_default().max(1)
+    }
+
+    /// Most connections one `accept_ready` call takes from the backlog: a fraction of
+    /// `max_pending`, so that a burst is taken in several turns of the reactor and each
+    /// handshake has a few turns to read its HELLO before newer connections can push it out.
+    fn accept_batch(&self) -> usize {
+        (self.max_pending() / 4).max(1)
     }
 
     /// Registers the listening fd with the reactor if it should be watched: open, not backing
@@ -337,7 +348,27 @@ impl Inner {
         // Evicted handshakes close after their report (whoever sees the drop finds it there).
         let mut evicted = Vec::new();
         let mut st = self.lock();
+        st.accept_more = false;
+        // Handshakes this call starts get at least one turn of the reactor (their HELLO may
+        // already be waiting) before a newer connection may push them out.
+        let batch_start = st.next_id;
+        let mut budget = self.accept_batch();
         while !st.closed && st.ready.len() < self.max_pending() {
+            let at_bound = st.pending.len() + st.ready.len() >= self.max_pending();
+            let oldest_is_new = st
+                .pending
+                .first_key_value()
+                .is_some_and(|(id, _)| *id >= batch_start);
+            if budget == 0 || (at_bound && oldest_is_new) {
+                // The listening fd is edge-triggered: a timer brings us back for the rest,
+                // after the readiness events already reported are served.
+                st.accept_more = true;
+                if let Some(h) = self.reactor.get() {
+                    h.schedule(Instant::now());
+                }
+                break;
+            }
+            budget -= 1;
             match self.raw.accept() {
                 Ok((stream, peer)) => {
                     let peer = transport::shown_addr(peer, self.tls.is_some());
@@ -608,7 +639,9 @@ impl Inner {
 
 impl Reactive for Inner {
     fn on_ready(&self, readable: bool, _writable: bool) {
-        if readable {
+        // After a batch that stopped early, the timer takes the rest: only after the reactor
+        // has served the readiness of the handshakes that batch started.
+        if readable && !self.lock().accept_more {
             self.accept_ready();
         }
     }
@@ -617,6 +650,9 @@ impl Reactive for Inner {
         let mut st = self.lock();
         if st.backoff_until.is_some_and(|t| t <= now) {
             st.backoff_until = None;
+            drop(st);
+            self.accept_ready();
+        } else if st.accept_more && st.backoff_until.is_none() {
             drop(st);
             self.accept_ready();
         }
