@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use duct_proto::Transmit;
 use duct_sys::shm::pool::{Class, PoolRx, PoolTx};
 use duct_sys::shm::ring::{Consumer, Desc, Producer, RingMem, NO_SLOT};
@@ -103,7 +103,16 @@ struct TxSide {
 struct RxSide {
     consumer: Consumer,
     pool: Arc<PoolRx>,
+    /// Small payloads are copied here (their slot freed at once) instead of viewed in place:
+    /// a view needs an allocation for its owner, which costs more than copying a few hundred
+    /// bytes. The buffer's allocation is reused once the application drops the messages.
+    small: BytesMut,
 }
+
+/// Payloads up to this size are copied out of the pool; larger ones are viewed in place.
+const COPY_MAX: u32 = 512;
+/// Bytes reserved at a time for copied payloads.
+const SMALL_CHUNK: usize = 64 * 1024;
 
 impl std::fmt::Debug for ShmStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -203,6 +212,7 @@ impl ShmStream {
             rx: Mutex::new(RxSide {
                 consumer: rx.ring.consumer(),
                 pool: rx_pool,
+                small: BytesMut::new(),
             }),
             rx_ring,
             tx_ring: tx.ring,
@@ -357,6 +367,14 @@ impl ShmStream {
                     return Err(corrupt_text("a frame without a pool slot claims a payload"));
                 }
                 Bytes::new()
+            } else if d.len <= COPY_MAX {
+                let slot = rx.pool.take(d.slot, d.len).map_err(corrupt)?;
+                if rx.small.capacity() - rx.small.len() < slot.len() {
+                    rx.small.reserve(SMALL_CHUNK);
+                }
+                rx.small.extend_from_slice(&slot);
+                drop(slot); // the slot is free again at once
+                rx.small.split().freeze()
             } else {
                 Bytes::from_owner(rx.pool.take(d.slot, d.len).map_err(corrupt)?)
             };

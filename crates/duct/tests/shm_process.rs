@@ -1,0 +1,330 @@
+//! shm:// between processes, and what happens when one of them is killed with SIGKILL: the
+//! survivor's blocked `recv` or `send` fails with `Disconnected` promptly (the control
+//! socket's end, not heartbeats), no segment is left anywhere, this process's fd count comes
+//! back to where it was, and the name can be listened on again at once.
+//!
+//! The children are this test binary run again with `DUCT_SHM_CHILD` set (see
+//! [`child_entry`]); a guard kills and reaps them if the test fails.
+#![cfg(target_os = "linux")]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use duct::{DialOptions, ErrorKind, Heartbeat, ListenOptions, Message, RecvOptions};
+
+mod common;
+use common::unique;
+
+/// Rounds per case.
+const ROUNDS: usize = 10;
+/// How soon the survivor must notice: generous for a shared 2-core machine; the measured
+/// figures are printed.
+const NOTICE_BOUND: Duration = Duration::from_millis(500);
+
+/// Heartbeats off: only the control socket can tell the survivor.
+fn no_heartbeat() -> Heartbeat {
+    Heartbeat::off()
+}
+
+/// A child process, killed and reaped on drop.
+struct Kid(Child);
+
+impl Kid {
+    fn spawn(role: &str, name: &str) -> (Kid, BufReader<std::process::ChildStdout>) {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+            .env("DUCT_SHM_CHILD", role)
+            .env("DUCT_SHM_NAME", name)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the child");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        (Kid(child), out)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits for the child to print `line`.
+fn expect_line(out: &mut BufReader<std::process::ChildStdout>, want: &str) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = out.read_line(&mut line).unwrap();
+        assert!(n > 0, "the child ended before printing {want:?}");
+        if line.trim().ends_with(want) {
+            return;
+        }
+    }
+}
+
+/// The cases count this process's mappings and fds: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn shm_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("memfd:duct-shm"))
+        .count()
+}
+
+fn dev_shm() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn name() -> String {
+    format!("duct-proc-{}-{}", std::process::id(), unique())
+}
+
+/// The children's side. Runs only when `DUCT_SHM_CHILD` is set.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var("DUCT_SHM_CHILD") else {
+        return;
+    };
+    let addr = format!("shm://{}", std::env::var("DUCT_SHM_NAME").unwrap());
+    match role.as_str() {
+        // Dials and sends as fast as it can until killed.
+        "sender" => {
+            let pipe = duct::dial(&addr, DialOptions::default().heartbeat(no_heartbeat())).unwrap();
+            println!("ready");
+            let mut i = 0u64;
+            loop {
+                pipe.send(Message::new(i.to_le_bytes().to_vec())).unwrap();
+                i += 1;
+            }
+        }
+        // Dials and never reads: the parent's sends fill the ring and block.
+        "sleeper" => {
+            let _pipe =
+                duct::dial(&addr, DialOptions::default().heartbeat(no_heartbeat())).unwrap();
+            println!("ready");
+            loop {
+                thread::sleep(Duration::from_secs(1));
+            }
+        }
+        // Dials and receives until killed.
+        "receiver" => {
+            let pipe = duct::dial(&addr, DialOptions::default().heartbeat(no_heartbeat())).unwrap();
+            println!("ready");
+            loop {
+                let _ = pipe.recv();
+            }
+        }
+        // Listens, accepts one pipe, idles.
+        "listener" => {
+            let listener =
+                duct::listen(&addr, ListenOptions::default().heartbeat(no_heartbeat())).unwrap();
+            println!("ready");
+            let _pipe = listener.accept().unwrap();
+            println!("accepted");
+            loop {
+                thread::sleep(Duration::from_secs(1));
+            }
+        }
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+/// Measures how long after the kill `op` returned its error, which must be Disconnected.
+fn noticed(kill_at: Instant, r: duct::Result<()>, what: &str) -> Duration {
+    let took = kill_at.elapsed();
+    let e = r.expect_err("the peer was killed");
+    assert_eq!(e.kind(), ErrorKind::Disconnected, "{what}: {e}");
+    assert!(took < NOTICE_BOUND, "{what}: noticed after {took:?}");
+    took
+}
+
+fn report(case: &str, times: &[Duration]) {
+    let max = times.iter().max().unwrap();
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    println!(
+        "{case}: {} rounds, noticed after median {:?}, max {max:?}",
+        times.len(),
+        sorted[sorted.len() / 2]
+    );
+}
+
+#[test]
+fn killing_a_sending_dialer_ends_the_blocked_recv_and_leaves_nothing() {
+    let _serial = serial();
+    let fds = fd_count();
+    let shm = dev_shm();
+    let mut times = Vec::new();
+    for round in 0..ROUNDS {
+        let n = name();
+        let addr = format!("shm://{n}");
+        let listener =
+            duct::listen(&addr, ListenOptions::default().heartbeat(no_heartbeat())).unwrap();
+        let (mut kid, mut out) = Kid::spawn("sender", &n);
+        let pipe = listener.accept_timeout(common::T).unwrap();
+        expect_line(&mut out, "ready");
+        // Receive for a random moment, then kill mid-stream.
+        let until = Instant::now() + Duration::from_millis(fastrand::u64(1..40));
+        let mut got = 0u64;
+        while Instant::now() < until {
+            let m = pipe.recv().unwrap();
+            assert_eq!(
+                m.payload(),
+                &got.to_le_bytes()[..],
+                "round {round}: in order"
+            );
+            got += 1;
+        }
+        let killer = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(5));
+            let at = Instant::now();
+            kid.kill();
+            at
+        });
+        // Drain what was sent, then block until the end.
+        let r = loop {
+            match pipe.recv() {
+                Ok(_) => continue,
+                Err(e) => break Err::<(), _>(e),
+            }
+        };
+        let kill_at = killer.join().unwrap();
+        times.push(noticed(kill_at, r, "recv"));
+        drop(pipe);
+        drop(listener);
+        // The name is free again at once.
+        drop(duct::listen(&addr, ListenOptions::default()).unwrap());
+    }
+    report("sending dialer killed, recv", &times);
+    assert_eq!(shm_mappings(), 0, "no segment mapped any more");
+    assert_eq!(dev_shm(), shm, "/dev/shm unchanged");
+    // (The reactor thread's own fds came with the first pipe and stay.)
+    assert!(
+        fd_count() <= fds + 4,
+        "fds: {} before, {} after",
+        fds,
+        fd_count()
+    );
+}
+
+#[test]
+fn killing_a_dialer_that_does_not_read_ends_the_blocked_send() {
+    let _serial = serial();
+    let mut times = Vec::new();
+    for _ in 0..ROUNDS {
+        let n = name();
+        let addr = format!("shm://{n}");
+        let listener =
+            duct::listen(&addr, ListenOptions::default().heartbeat(no_heartbeat())).unwrap();
+        let (mut kid, mut out) = Kid::spawn("sleeper", &n);
+        let pipe = listener.accept_timeout(common::T).unwrap();
+        expect_line(&mut out, "ready");
+        // Fill the ring, the pool and the send queue until send blocks.
+        let sender = {
+            let pipe = pipe.clone();
+            thread::spawn(move || loop {
+                if let Err(e) = pipe.send(Message::new(vec![0u8; 1000])) {
+                    return (Instant::now(), e);
+                }
+            })
+        };
+        thread::sleep(Duration::from_millis(fastrand::u64(50..100)));
+        let kill_at = Instant::now();
+        kid.kill();
+        let (at, e) = sender.join().unwrap();
+        let took = at.duration_since(kill_at);
+        assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
+        assert!(took < NOTICE_BOUND, "noticed after {took:?}");
+        times.push(took);
+    }
+    report("non-reading dialer killed, send", &times);
+    assert_eq!(shm_mappings(), 0);
+}
+
+#[test]
+fn killing_an_idle_listener_ends_the_blocked_recv_and_frees_the_name() {
+    let _serial = serial();
+    let mut times = Vec::new();
+    for _ in 0..ROUNDS {
+        let n = name();
+        let addr = format!("shm://{n}");
+        let (mut kid, mut out) = Kid::spawn("listener", &n);
+        expect_line(&mut out, "ready");
+        let pipe = duct::dial(&addr, DialOptions::default().heartbeat(no_heartbeat())).unwrap();
+        expect_line(&mut out, "accepted");
+        let killer = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(fastrand::u64(5..30)));
+            let at = Instant::now();
+            kid.kill();
+            at
+        });
+        let r = pipe
+            .recv_with(&RecvOptions::default().timeout(Duration::from_secs(10)))
+            .map(|_| ());
+        let kill_at = killer.join().unwrap();
+        times.push(noticed(kill_at, r, "recv"));
+        // The dead listener's name is free at once.
+        drop(duct::listen(&addr, ListenOptions::default()).unwrap());
+    }
+    report("idle listener killed, recv", &times);
+    assert_eq!(shm_mappings(), 0);
+}
+
+#[test]
+fn a_receiver_killed_mid_stream_ends_the_sender() {
+    let _serial = serial();
+    let mut times = Vec::new();
+    for _ in 0..ROUNDS {
+        let n = name();
+        let addr = format!("shm://{n}");
+        let listener =
+            duct::listen(&addr, ListenOptions::default().heartbeat(no_heartbeat())).unwrap();
+        let (mut kid, mut out) = Kid::spawn("receiver", &n);
+        let pipe = listener.accept_timeout(common::T).unwrap();
+        expect_line(&mut out, "ready");
+        let sender = {
+            let pipe = pipe.clone();
+            thread::spawn(move || loop {
+                if let Err(e) = pipe.send(Message::new(vec![1u8; 200])) {
+                    return (Instant::now(), e);
+                }
+            })
+        };
+        thread::sleep(Duration::from_millis(fastrand::u64(10..50)));
+        let kill_at = Instant::now();
+        kid.kill();
+        let (at, e) = sender.join().unwrap();
+        let took = at.saturating_duration_since(kill_at);
+        assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
+        assert!(took < NOTICE_BOUND, "noticed after {took:?}");
+        times.push(took);
+    }
+    report("receiving dialer killed, send", &times);
+    assert_eq!(shm_mappings(), 0);
+}
