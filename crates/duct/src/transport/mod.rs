@@ -770,7 +770,10 @@ mod tests {
     #[test]
     fn unsupported_schemes() {
         #[cfg(not(target_os = "linux"))]
-        let cases = [("shm://game", "shm:// on this platform is not implemented yet")];
+        let cases = [(
+            "shm://game",
+            "shm:// on this platform is not implemented yet",
+        )];
         #[cfg(target_os = "linux")]
         let cases: [(&str, &str); 0] = [];
         for (addr, expected) in cases {
