@@ -24,8 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Measure duct beside a raw-socket baseline, in the same run.
     ///
-    /// Without arguments: a short tour (tcp and uds, ping-pong and stream, 64 B messages,
-    /// 3 interleaved duct/raw rounds), then a table. Ratios are duct ÷ raw, taken round by
+    /// Without arguments: a short tour (tcp, uds and tls, ping-pong and stream, 64 B
+    /// messages, 3 interleaved duct/raw rounds), then a table. Ratios are duct ÷ raw, taken round by
     /// round (duct, raw, duct, raw, ...) and the median reported, so that a noisy machine
     /// hits both systems alike.
     ///
@@ -39,6 +39,11 @@ pub enum Command {
     /// big-endian length prefix per message, a BufReader on the receiving side and a
     /// BufWriter on the sending side, flushed after each message in ping-pong and only when
     /// full (and at the end) in stream: that is its equivalent of duct's --batch.
+    ///
+    /// tls: both systems use a CA and a server certificate (localhost, 127.0.0.1) made for
+    /// the run in a temporary directory, removed after; duct listens on tls://127.0.0.1:0,
+    /// and the raw baseline is the tcp one over a rustls session (TLS 1.3, ring). tls is
+    /// left out where duct was built without TLS.
     Bench(BenchArgs),
 
     /// Listen on ADDR and print each message received as a line on stdout.
@@ -179,7 +184,8 @@ pub struct BenchArgs {
 /// Arguments of `duct listen`.
 #[derive(Debug, Clone, Args)]
 pub struct ListenArgs {
-    /// Address to listen on: tcp://127.0.0.1:7000, uds:///tmp/game.sock, uds://@name, ...
+    /// Address to listen on: tcp://127.0.0.1:7000, tls://127.0.0.1:7443 (with --tls-cert and
+    /// --tls-key), uds:///tmp/game.sock, uds://@name, ...
     pub addr: String,
     /// Send each message back to its sender.
     #[arg(long)]
@@ -187,12 +193,23 @@ pub struct ListenArgs {
     /// Print messages as hex instead of text.
     #[arg(long)]
     pub hex: bool,
+    /// The certificate chain to present (PEM), with --tls-key. Needed for a tls://
+    /// address; on a tcp:// address it turns TLS on.
+    #[arg(long, value_name = "PEM", requires = "tls_key", help_heading = "TLS")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert", help_heading = "TLS")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by the CA in this PEM file (mutual TLS).
+    #[arg(long, value_name = "PEM", requires = "tls_cert", help_heading = "TLS")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Arguments of `duct dial`.
 #[derive(Debug, Clone, Args)]
 pub struct DialArgs {
-    /// Address to dial: tcp://127.0.0.1:7000, uds:///tmp/game.sock, uds://@name, ...
+    /// Address to dial: tcp://127.0.0.1:7000, tls://127.0.0.1:7443 (with --tls-ca),
+    /// uds:///tmp/game.sock, uds://@name, ...
     pub addr: String,
     /// Channel to send on.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -204,6 +221,30 @@ pub struct DialArgs {
     /// Print messages as hex instead of text.
     #[arg(long)]
     pub hex: bool,
+    /// Trust server certificates signed by the CA in this PEM file. Needed for a tls://
+    /// address; on a tcp:// address it turns TLS on.
+    #[arg(long, value_name = "PEM", help_heading = "TLS")]
+    pub tls_ca: Option<PathBuf>,
+    /// Present this certificate chain (PEM) to the server, with --tls-identity-key
+    /// (mutual TLS).
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires_all = ["tls_identity_key", "tls_ca"],
+        help_heading = "TLS"
+    )]
+    pub tls_identity_cert: Option<PathBuf>,
+    /// The private key of --tls-identity-cert (PEM).
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls_identity_cert",
+        help_heading = "TLS"
+    )]
+    pub tls_identity_key: Option<PathBuf>,
+    /// The name to verify the server's certificate against [default: the host of ADDR].
+    #[arg(long, value_name = "NAME", requires = "tls_ca", help_heading = "TLS")]
+    pub tls_server_name: Option<String>,
 }
 
 /// Arguments of the hidden `duct bench-peer`.
@@ -360,5 +401,116 @@ mod tests {
             other => panic!("not dial: {other:?}"),
         }
         assert!(Cli::try_parse_from(["duct", "dial"]).is_err());
+    }
+
+    fn parses(args: &[&str]) -> bool {
+        Cli::try_parse_from(args).is_ok()
+    }
+
+    #[test]
+    fn listen_tls_flags() {
+        let cli = Cli::try_parse_from([
+            "duct",
+            "listen",
+            "tls://127.0.0.1:7443",
+            "--tls-cert",
+            "server.pem",
+            "--tls-key",
+            "server.key",
+            "--tls-client-ca",
+            "ca.pem",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Listen(l) => {
+                assert_eq!(l.tls_cert.as_deref(), Some("server.pem".as_ref()));
+                assert_eq!(l.tls_key.as_deref(), Some("server.key".as_ref()));
+                assert_eq!(l.tls_client_ca.as_deref(), Some("ca.pem".as_ref()));
+            }
+            other => panic!("not listen: {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["duct", "listen", "tcp://127.0.0.1:0"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Listen(ListenArgs {
+                tls_cert: None,
+                tls_key: None,
+                tls_client_ca: None,
+                ..
+            })
+        ));
+        // A certificate goes with its key; a client CA needs both; the dialer's flags are
+        // not the listener's.
+        let l = ["duct", "listen", "tls://127.0.0.1:0"];
+        assert!(!parses(&[&l[..], &["--tls-cert", "c"]].concat()));
+        assert!(!parses(&[&l[..], &["--tls-key", "k"]].concat()));
+        assert!(!parses(&[&l[..], &["--tls-client-ca", "ca"]].concat()));
+        assert!(!parses(&[&l[..], &["--tls-ca", "ca"]].concat()));
+        assert!(!parses(&[&l[..], &["--tls-server-name", "x"]].concat()));
+    }
+
+    #[test]
+    fn dial_tls_flags() {
+        let cli = Cli::try_parse_from([
+            "duct",
+            "dial",
+            "tls://127.0.0.1:7443",
+            "--tls-ca",
+            "ca.pem",
+            "--tls-identity-cert",
+            "client.pem",
+            "--tls-identity-key",
+            "client.key",
+            "--tls-server-name",
+            "game-01.internal",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Dial(d) => {
+                assert_eq!(d.tls_ca.as_deref(), Some("ca.pem".as_ref()));
+                assert_eq!(d.tls_identity_cert.as_deref(), Some("client.pem".as_ref()));
+                assert_eq!(d.tls_identity_key.as_deref(), Some("client.key".as_ref()));
+                assert_eq!(d.tls_server_name.as_deref(), Some("game-01.internal"));
+            }
+            other => panic!("not dial: {other:?}"),
+        }
+        let d = ["duct", "dial", "tls://127.0.0.1:7443"];
+        assert!(parses(&[&d[..], &["--tls-ca", "ca"]].concat()));
+        assert!(parses(
+            &[&d[..], &["--tls-ca", "ca", "--tls-server-name", "n"]].concat()
+        ));
+        // An identity is a pair, and like a server name it needs the CA.
+        assert!(!parses(
+            &[&d[..], &["--tls-ca", "ca", "--tls-identity-cert", "c"]].concat()
+        ));
+        assert!(!parses(
+            &[&d[..], &["--tls-ca", "ca", "--tls-identity-key", "k"]].concat()
+        ));
+        assert!(!parses(
+            &[
+                &d[..],
+                &["--tls-identity-cert", "c", "--tls-identity-key", "k"]
+            ]
+            .concat()
+        ));
+        assert!(!parses(&[&d[..], &["--tls-server-name", "n"]].concat()));
+        assert!(!parses(
+            &[&d[..], &["--tls-cert", "c", "--tls-key", "k"]].concat()
+        ));
+    }
+
+    #[test]
+    fn bench_transport_tls() {
+        assert_eq!(
+            bench(&["--transport", "tls"]).transport.transports,
+            vec![Transport::Tls]
+        );
+        let b = bench(&["--transport", "tcp,tls", "--reliable"]);
+        assert_eq!(b.transport.transports, vec![Transport::Tcp, Transport::Tls]);
+        assert!(!b.transport.all && b.reliable);
+        assert!(bench(&["--transport", "all"])
+            .transport
+            .transports
+            .contains(&Transport::Tls));
     }
 }

@@ -65,14 +65,45 @@ fn reader_thread(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<V
 }
 
 fn spawn(args: &[&str]) -> KillOnDrop {
+    spawn_with(args, &[])
+}
+
+/// Starts duct with `args`, and `env` added to its environment.
+fn spawn_with(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> KillOnDrop {
     let child = Command::new(DUCT)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start duct");
     KillOnDrop(Some(child))
+}
+
+/// A fresh empty directory for one test, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = temp_path(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn entries(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn run(args: &[&str], timeout: Duration) -> Output {
@@ -142,9 +173,18 @@ fn bench_json(name: &str, args: &[&str], needles: &[&str]) -> serde_json::Value 
 
 #[test]
 fn tiny_bench_writes_json() {
+    // tcp and uds named, so that the count below holds with or without duct's TLS
+    // (tiny_tls_bench covers tls).
     let json = bench_json(
         "bench.json",
-        &["--messages", "2000", "--rounds", "1"],
+        &[
+            "--transport",
+            "tcp,uds",
+            "--messages",
+            "2000",
+            "--rounds",
+            "1",
+        ],
         &["pingpong", "stream", "duct÷raw", "tcp", "uds"],
     );
     // tcp and uds × pingpong and stream × duct and raw.
@@ -214,6 +254,103 @@ fn tiny_reliable_bench() {
         );
         assert!(rows[0].get("ratio_vs_realtime").is_none(), "{json}");
     }
+}
+
+/// tls beside its rustls baseline, realtime and reliable, with the JSON and the plot; and
+/// the certificates made for the run are gone after it.
+#[test]
+fn tiny_tls_bench() {
+    let tmp = TempDir::new("tls-bench-tmp");
+    let json_path = temp_path("tls.json");
+    let plot_path = temp_path("tls.svg");
+    let out = spawn_with(
+        &[
+            "bench",
+            "--transport",
+            "tls",
+            "--reliable",
+            "--messages",
+            "500",
+            "--warmup",
+            "100",
+            "--rounds",
+            "1",
+            "--json",
+            json_path.to_str().unwrap(),
+            "--plot",
+            plot_path.to_str().unwrap(),
+        ],
+        &[("TMPDIR", tmp.0.as_os_str())],
+    )
+    .wait(Duration::from_secs(120));
+    assert!(out.status.success(), "stderr:\n{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for needle in ["tls", "duct reliable", "duct÷raw", "reliable÷realtime"] {
+        assert!(stdout.contains(needle), "{needle} missing:\n{stdout}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).expect("valid JSON");
+    let svg = std::fs::read_to_string(&plot_path).unwrap();
+    let _ = std::fs::remove_file(&json_path);
+    let _ = std::fs::remove_file(&plot_path);
+    // pingpong and stream × duct realtime, duct reliable, raw.
+    assert_eq!(check_results(&json, 2), 6, "{json}");
+    let results = json["results"].as_array().unwrap();
+    assert!(results.iter().all(|r| r["transport"] == "tls"), "{json}");
+    for r in results.iter().filter(|r| r["system"] == "duct") {
+        let key = if r["pattern"] == "pingpong" {
+            "p50"
+        } else {
+            "msgs_per_sec"
+        };
+        assert!(r["ratio_vs_raw"][key].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(svg.contains("tls"), "the plot names the case");
+    assert_eq!(
+        tmp.entries(),
+        Vec::<PathBuf>::new(),
+        "certificates left behind"
+    );
+}
+
+/// Whether duct has TLS or not, `duct bench --transport tls` leaves no certificates behind:
+/// it measures tls (and removes them after), or says tls is not available (and removes
+/// them at once).
+#[test]
+fn tls_bench_removes_its_certificates() {
+    let tmp = TempDir::new("tls-skip-tmp");
+    let out = spawn_with(
+        &[
+            "bench",
+            "--transport",
+            "tls",
+            "--pattern",
+            "pingpong",
+            "--messages",
+            "200",
+            "--warmup",
+            "10",
+            "--rounds",
+            "1",
+        ],
+        &[("TMPDIR", tmp.0.as_os_str())],
+    )
+    .wait(Duration::from_secs(120));
+    let stderr = text(&out.stderr);
+    if out.status.success() {
+        assert!(text(&out.stdout).contains("tls"), "{}", text(&out.stdout));
+    } else {
+        assert!(
+            stderr.contains("tls: not available in this build of duct"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("no transport left"), "{stderr}");
+    }
+    assert_eq!(
+        tmp.entries(),
+        Vec::<PathBuf>::new(),
+        "certificates left behind"
+    );
 }
 
 #[test]
@@ -367,6 +504,135 @@ fn errors_exit_1_with_a_message() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn tls_addresses_without_tls_flags_are_refused() {
+    let out = run(&["listen", "tls://127.0.0.1:0"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("duct: ") && stderr.contains("needs --tls-cert and --tls-key"),
+        "{stderr}"
+    );
+    let out = run(&["dial", "tls://127.0.0.1:1"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("needs --tls-ca"), "{stderr}");
+    // Half a pair is a usage error, from clap.
+    let out = run(
+        &["listen", "tls://127.0.0.1:0", "--tls-cert", "c.pem"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--tls-key"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// PEM files for a mutual-TLS test: a CA, a server certificate for localhost and
+/// 127.0.0.1 and a client certificate, both signed by it.
+fn write_mtls_files(dir: &std::path::Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    for (name, sans, usage) in [
+        (
+            "server",
+            vec!["localhost".to_string(), "127.0.0.1".to_string()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ),
+        (
+            "client",
+            vec!["client.test".to_string()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// `listen` and `dial` over mutual TLS with every --tls-* flag.
+#[test]
+fn listen_and_dial_over_mutual_tls() {
+    let tmp = TempDir::new("mtls");
+    write_mtls_files(&tmp.0);
+    let path = |name: &str| tmp.0.join(name).to_str().unwrap().to_string();
+    let mut listener = spawn(&[
+        "listen",
+        "tls://127.0.0.1:0",
+        "--echo",
+        "--tls-cert",
+        &path("server.pem"),
+        "--tls-key",
+        &path("server.key"),
+        "--tls-client-ca",
+        &path("ca.pem"),
+    ]);
+    let stderr = listener.child().stderr.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stderr).read_line(&mut first).unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from listen: {first:?}"))
+        .to_string();
+    assert!(addr.starts_with("tls://127.0.0.1:"), "{addr}");
+
+    let mut dial = KillOnDrop(Some(
+        Command::new(DUCT)
+            .args([
+                "dial",
+                &addr,
+                "--wait",
+                "10s",
+                "--tls-ca",
+                &path("ca.pem"),
+                "--tls-identity-cert",
+                &path("client.pem"),
+                "--tls-identity-key",
+                &path("client.key"),
+                "--tls-server-name",
+                "localhost",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start duct dial"),
+    ));
+    {
+        let mut stdin = dial.child().stdin.take().unwrap();
+        stdin.write_all(b"hello over tls\n").unwrap();
+    }
+    let out = dial.wait(Duration::from_secs(30));
+    assert!(out.status.success(), "dial failed: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello over tls\n");
+
+    // Without a client certificate, the listener refuses.
+    let out = run(
+        &["dial", &addr, "--tls-ca", &path("ca.pem")],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -10,6 +10,9 @@
 //! realtime channel of the mixed pattern, [`crate::bench::mixed`]). With `--reliable`, the
 //! reliable runs configure channel 0 `ChannelOptions::reliable(true)` on both ends
 //! ([`listen_options`], [`dial_options`]); the realtime runs keep duct's defaults.
+//!
+//! tls adds `ListenOptions::tls`/`DialOptions::tls` to whichever options a run uses
+//! ([`crate::bench::tls`] has them).
 
 use std::time::{Duration, Instant};
 
@@ -61,11 +64,13 @@ pub fn dial_options(reliable: bool) -> DialOptions {
     }
 }
 
-/// The address to listen on for `transport`; `uds_name` is a fresh abstract name.
+/// The address to listen on for `transport`; `uds_name` is a fresh abstract name. tls
+/// needs the listener's `ListenOptions::tls` too (see [`crate::bench::tls`]).
 pub fn listen_addr(transport: Transport, uds_name: &str) -> Result<String> {
     match transport {
         Transport::Tcp => Ok("tcp://127.0.0.1:0".to_string()),
         Transport::Uds => Ok(format!("uds://{uds_name}")),
+        Transport::Tls => Ok("tls://127.0.0.1:0".to_string()),
         other => bail!("duct bench has no {} transport yet", other.name()),
     }
 }

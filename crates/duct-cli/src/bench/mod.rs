@@ -9,6 +9,7 @@
 //! - [`raw`] and [`duct_conn`]: the two systems behind one trait, and [`workload`]: the
 //!   ping-pong and stream loops written once over that trait; [`mixed`]: duct's mixed
 //!   pattern (a realtime ping-pong beside a bulk sender on another channel of the pipe);
+//!   [`tls`]: the certificates made for a run with tls, and the raw baseline's rustls side;
 //! - [`stats`]: percentiles, medians and round-by-round ratios; [`report`]: the table and
 //!   the JSON; [`plot`]: the SVG; [`pin`]: CPU placement.
 //!
@@ -28,6 +29,7 @@ pub mod raw;
 pub mod report;
 pub mod spec;
 pub mod stats;
+pub mod tls;
 pub mod workload;
 
 use std::fs::File;
@@ -44,12 +46,14 @@ use self::mixed::BulkSender;
 use self::peer::{Peer, Watchdog};
 use self::raw::{RawConn, RawListener};
 use self::report::{CaseResult, Host, Loaded, Reliable, RunConfig};
-use self::spec::{Amount, Job, Pattern, System};
+use self::spec::{Amount, Job, Pattern, System, Transport};
 use self::stats::RunResult;
+use self::tls::{listen_tls, BenchCerts, TlsSetup};
 use self::workload::{drive_pingpong, drive_stream, MsgConn, Plan};
 
 /// Measured time per round and system when neither `--messages` nor `--duration` is
-/// given: 4 cases × 3 rounds × 2 systems × 0.5 s keeps the default tour near 15 s.
+/// given: 6 cases (tcp, uds, tls × pingpong, stream) × 3 rounds × 2 systems × 0.5 s keeps
+/// the default tour near 20 s (near 15 s where duct has no TLS).
 pub const DEFAULT_DURATION: Duration = Duration::from_millis(500);
 
 /// How long the measuring end waits for the peer to connect.
@@ -73,8 +77,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
             skipped.join(", ")
         );
     }
+    // tls: certificates for this run (removed when `tls` drops), if duct speaks TLS.
+    let tls = if transports.contains(&Transport::Tls) {
+        let certs = BenchCerts::generate()?;
+        if tls::duct_has_tls(&certs)? {
+            Some(TlsSetup::new(certs)?)
+        } else {
+            eprintln!("duct bench: tls: not available in this build of duct, skipped");
+            transports.retain(|&t| t != Transport::Tls);
+            None
+        }
+    } else {
+        None
+    };
     if transports.is_empty() {
-        bail!("no transport left to measure (available: tcp, uds)");
+        bail!("no transport left to measure (available: tcp, uds, and tls where duct has TLS)");
     }
     let amount = match (args.messages, args.duration) {
         (Some(n), _) => Amount::Messages(n),
@@ -100,6 +117,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         pin::pin_current_thread(cpu)?;
     }
     let watchdog = Watchdog::start()?;
+    if let Some(tls) = &tls {
+        watchdog.remove_on_timeout(tls.certs().dir().to_path_buf());
+    }
     let mut peer = if args.threads {
         Peer::threads(peer_cpu)
     } else {
@@ -154,6 +174,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     batch,
                     amount,
                     reliable: leg == Leg::DuctReliable,
+                    tls_ca: match (&tls, transport) {
+                        (Some(tls), Transport::Tls) => Some(tls.ca_for_job().to_string()),
+                        _ => None,
+                    },
                     addr: String::new(),
                 };
                 let label = format!(
@@ -165,9 +189,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 progress.step(&label);
                 watchdog.arm(run_timeout(&job, leg == Leg::DuctLoaded), label.clone());
                 let outcome = if job.pattern == Pattern::Mixed {
-                    run_mixed(&mut peer, &mut job, leg == Leg::DuctLoaded, args.bulk_rate)
+                    let loaded = leg == Leg::DuctLoaded;
+                    run_mixed(&mut peer, &mut job, loaded, args.bulk_rate, tls.as_ref())
                 } else {
-                    run_one(&mut peer, &mut job).map(|run| (run, 0.0))
+                    run_one(&mut peer, &mut job, tls.as_ref()).map(|run| (run, 0.0))
                 };
                 watchdog.disarm();
                 match outcome {
@@ -365,7 +390,8 @@ fn uds_name() -> String {
 }
 
 /// One run: listen, start the peer on `job`, accept, drive, collect the peer's report.
-fn run_one(peer: &mut Peer, job: &mut Job) -> Result<RunResult> {
+/// `tls`: the run's certificates, for tls jobs.
+fn run_one(peer: &mut Peer, job: &mut Job, tls: Option<&TlsSetup>) -> Result<RunResult> {
     let plan = Plan {
         warmup: job.warmup,
         amount: job.amount,
@@ -373,7 +399,12 @@ fn run_one(peer: &mut Peer, job: &mut Job) -> Result<RunResult> {
     };
     match job.system {
         System::Raw => {
-            let (listener, addr) = RawListener::bind(job.transport, &uds_name())?;
+            let (listener, addr) = match tls {
+                Some(tls) if job.transport == Transport::Tls => {
+                    RawListener::bind_tls(tls.raw_server_config())?
+                }
+                _ => RawListener::bind(job.transport, &uds_name())?,
+            };
             job.addr = addr;
             peer.start(job)?;
             let stream = listener.accept(CONNECT_TIMEOUT, || peer.check())?;
@@ -383,8 +414,8 @@ fn run_one(peer: &mut Peer, job: &mut Job) -> Result<RunResult> {
         }
         System::Duct => {
             let addr = duct_conn::listen_addr(job.transport, &uds_name())?;
-            let (listener, bound) =
-                duct_conn::listen(&addr, duct_conn::listen_options(job.reliable))?;
+            let options = listen_tls(duct_conn::listen_options(job.reliable), job, tls);
+            let (listener, bound) = duct_conn::listen(&addr, options)?;
             job.addr = bound;
             peer.start(job)?;
             let pipe = duct_conn::accept(&listener, CONNECT_TIMEOUT, || peer.check())?;
@@ -406,9 +437,11 @@ fn run_mixed(
     job: &mut Job,
     loaded: bool,
     bulk_rate: Option<f64>,
+    tls: Option<&TlsSetup>,
 ) -> Result<(RunResult, f64)> {
     let addr = duct_conn::listen_addr(job.transport, &uds_name())?;
-    let (listener, bound) = duct_conn::listen(&addr, mixed::listen_options(bulk_rate))?;
+    let options = listen_tls(mixed::listen_options(bulk_rate), job, tls);
+    let (listener, bound) = duct_conn::listen(&addr, options)?;
     job.addr = bound;
     peer.start(job)?;
     let pipe = duct_conn::accept(&listener, CONNECT_TIMEOUT, || peer.check())?;
@@ -563,6 +596,7 @@ mod tests {
             batch: 64,
             amount: Amount::Messages(1000),
             reliable: false,
+            tls_ca: None,
             addr: String::new(),
         };
         let small = run_timeout(&job, false);
@@ -636,6 +670,102 @@ mod tests {
         assert_eq!(Leg::DuctReliable.system(), System::Duct);
         assert_eq!(Leg::DuctReliable.pattern(Pattern::Stream), Pattern::Stream);
         assert_eq!(Leg::DuctReliable.label_suffix(Pattern::PingPong), "");
+    }
+
+    /// The raw tls baseline through the bench's own path (job line, peer thread, the CA
+    /// handed over in the job), briefly: pingpong and stream move what they should.
+    #[test]
+    fn raw_tls_runs_through_a_thread_peer() {
+        let tls = TlsSetup::new(BenchCerts::generate().unwrap()).unwrap();
+        let mut peer = Peer::threads(None);
+        for (pattern, messages) in [(Pattern::PingPong, 300), (Pattern::Stream, 5000)] {
+            let mut job = Job {
+                system: System::Raw,
+                transport: Transport::Tls,
+                pattern,
+                size: 64,
+                warmup: 50,
+                batch: 64,
+                amount: Amount::Messages(messages),
+                reliable: false,
+                tls_ca: Some(tls.ca_for_job().to_string()),
+                addr: String::new(),
+            };
+            let run = run_one(&mut peer, &mut job, Some(&tls)).unwrap();
+            assert!(job.addr.starts_with("tls://127.0.0.1:"), "{}", job.addr);
+            assert_eq!(run.messages, messages, "{pattern:?}");
+            assert!(run.msgs_per_sec > 0.0, "{pattern:?}");
+            assert_eq!(run.rtt.is_some(), pattern == Pattern::PingPong);
+            if let Some(rtt) = &run.rtt {
+                assert_eq!(rtt.len(), messages);
+            }
+        }
+        peer.finish();
+    }
+
+    /// duct over TLS through the same path; needs a duct that speaks TLS.
+    #[test]
+    fn duct_tls_runs_through_a_thread_peer() {
+        let tls = TlsSetup::new(BenchCerts::generate().unwrap()).unwrap();
+        assert!(tls::duct_has_tls(tls.certs()).unwrap(), "duct has no TLS");
+        let mut peer = Peer::threads(None);
+        for reliable in [false, true] {
+            for (pattern, messages) in [(Pattern::PingPong, 300), (Pattern::Stream, 5000)] {
+                let mut job = Job {
+                    system: System::Duct,
+                    transport: Transport::Tls,
+                    pattern,
+                    size: 64,
+                    warmup: 50,
+                    batch: 64,
+                    amount: Amount::Messages(messages),
+                    reliable,
+                    tls_ca: Some(tls.ca_for_job().to_string()),
+                    addr: String::new(),
+                };
+                let run = run_one(&mut peer, &mut job, Some(&tls)).unwrap();
+                assert!(job.addr.starts_with("tls://127.0.0.1:"), "{}", job.addr);
+                assert_eq!(run.messages, messages, "{pattern:?} reliable={reliable}");
+            }
+        }
+        peer.finish();
+    }
+
+    #[test]
+    fn tls_options_go_only_to_tls_jobs() {
+        use duct::{DialOptions, ListenOptions};
+        use tls::dial_tls;
+
+        let tls = TlsSetup::new(BenchCerts::generate().unwrap()).unwrap();
+        let mut job = Job {
+            system: System::Duct,
+            transport: Transport::Tcp,
+            pattern: Pattern::PingPong,
+            size: 64,
+            warmup: 0,
+            batch: 64,
+            amount: Amount::Messages(1),
+            reliable: false,
+            tls_ca: None,
+            addr: String::new(),
+        };
+        let plain = format!(
+            "{:?}",
+            listen_tls(ListenOptions::default(), &job, Some(&tls))
+        );
+        assert!(plain.contains("tls: None"), "{plain}");
+        assert!(format!("{:?}", dial_tls(DialOptions::default(), &job)).contains("tls: None"));
+        job.transport = Transport::Tls;
+        job.tls_ca = Some(tls.ca_for_job().to_string());
+        let server = format!(
+            "{:?}",
+            listen_tls(ListenOptions::default(), &job, Some(&tls))
+        );
+        assert!(server.contains("tls: Some"), "{server}");
+        assert!(server.contains("server.pem"), "{server}");
+        let client = format!("{:?}", dial_tls(DialOptions::default(), &job));
+        assert!(client.contains("tls: Some"), "{client}");
+        assert!(client.contains("localhost"), "{client}");
     }
 
     #[test]

@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 use crate::bench::duct_conn::{self, DuctConn};
 use crate::bench::mixed;
 use crate::bench::pin;
-use crate::bench::raw::{self, RawConn};
-use crate::bench::spec::{Job, Pattern, System};
+use crate::bench::raw::{self, RawConn, RawStream};
+use crate::bench::spec::{Job, Pattern, System, Transport};
+use crate::bench::tls::{self, dial_tls};
 use crate::bench::workload::{serve_echo, serve_stream, MsgConn, PeerReport};
 use crate::cli::BenchPeerArgs;
 use crate::error::{bail, CliError, Result};
@@ -78,6 +79,17 @@ impl PeerReport {
     }
 }
 
+/// Connects the raw baseline's end of `job`: tls with the CA the job names.
+fn raw_connect(job: &Job) -> Result<RawStream> {
+    match (job.transport, &job.tls_ca) {
+        (Transport::Tls, Some(ca)) => {
+            let config = tls::raw_client_config(std::path::Path::new(ca))?;
+            raw::connect_tls(&job.addr, config)
+        }
+        (transport, _) => raw::connect(transport, &job.addr),
+    }
+}
+
 /// Runs the peer's half of `job` (dial, then echo or receive) and hands the outcome to
 /// `deliver` *before* closing the connection. `deliver` waits, for a successful outcome,
 /// until the measuring end asks for it.
@@ -92,13 +104,13 @@ pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
     }
     match job.system {
         System::Raw => {
-            let outcome = raw::connect(job.transport, &job.addr)
+            let outcome = raw_connect(job)
                 .and_then(|stream| RawConn::new(stream, job.size))
                 .and_then(|mut conn| run(&mut conn, job));
             deliver(outcome);
         }
         System::Duct if job.pattern == Pattern::Mixed => {
-            match duct_conn::dial(&job.addr, mixed::dial_options()) {
+            match duct_conn::dial(&job.addr, dial_tls(mixed::dial_options(), job)) {
                 Ok(pipe) => {
                     let conn = DuctConn::new(pipe, job.size, 1).on_channel(mixed::REALTIME_CHANNEL);
                     let outcome = mixed::serve(&conn);
@@ -108,7 +120,10 @@ pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
                 Err(e) => deliver(Err(e)),
             }
         }
-        System::Duct => match duct_conn::dial(&job.addr, duct_conn::dial_options(job.reliable)) {
+        System::Duct => match duct_conn::dial(
+            &job.addr,
+            dial_tls(duct_conn::dial_options(job.reliable), job),
+        ) {
             Ok(pipe) => {
                 let mut conn = DuctConn::new(pipe, job.size, job.batch);
                 let outcome = run(&mut conn, job);
@@ -561,6 +576,8 @@ pub struct Watchdog {
 struct WatchState {
     deadline: Option<(Instant, String)>,
     child: Option<Arc<Mutex<Child>>>,
+    /// Directories to remove before exiting (the run's certificates).
+    cleanup: Vec<std::path::PathBuf>,
     stopped: bool,
 }
 
@@ -578,6 +595,12 @@ impl Watchdog {
     /// The child to kill if a deadline passes.
     pub fn set_child(&self, child: Option<Arc<Mutex<Child>>>) {
         lock(&self.shared.0).child = child;
+    }
+
+    /// A directory to remove if a deadline passes (the process exits without unwinding, so
+    /// its owners' `Drop` would not run).
+    pub fn remove_on_timeout(&self, dir: std::path::PathBuf) {
+        lock(&self.shared.0).cleanup.push(dir);
     }
 
     /// Arms: `label` must finish within `timeout`.
@@ -617,6 +640,9 @@ fn watch(shared: &(Mutex<WatchState>, Condvar)) {
                     let mut child = lock(child);
                     let _ = child.kill();
                     let _ = child.wait();
+                }
+                for dir in &guard.cleanup {
+                    let _ = std::fs::remove_dir_all(dir);
                 }
                 std::process::exit(1);
             }

@@ -9,12 +9,17 @@
 //! TCP has TCP_NODELAY on both ends.
 //! Nothing here allocates per message: payloads are prebuilt, and the receive buffer is
 //! allocated once per connection.
+//!
+//! tls is the same over a rustls session without duct ([`crate::bench::tls`]): the same
+//! frames, `BufReader` and `BufWriter`, on a TLS 1.3 stream over TCP with TCP_NODELAY
+//! (rustls itself allocates as it encrypts, which its `allocs_per_msg` shows).
 
 use std::io::{self, BufRead, BufReader, BufWriter, IoSlice, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::bench::spec::Transport;
+use crate::bench::tls::{self, RawTlsListener, TlsStream};
 use crate::bench::workload::{MsgConn, FLAG_LAST, FLAG_MORE};
 use crate::error::{bail, Context, Result};
 
@@ -31,6 +36,8 @@ pub enum RawStream {
     /// A Unix-domain stream socket.
     #[cfg(unix)]
     Uds(std::os::unix::net::UnixStream),
+    /// A rustls session over TCP (TCP_NODELAY), handshake done; clones share the session.
+    Tls(TlsStream),
 }
 
 impl RawStream {
@@ -39,6 +46,7 @@ impl RawStream {
             RawStream::Tcp(s) => RawStream::Tcp(s.try_clone()?),
             #[cfg(unix)]
             RawStream::Uds(s) => RawStream::Uds(s.try_clone()?),
+            RawStream::Tls(s) => RawStream::Tls(s.clone()),
         })
     }
 }
@@ -49,6 +57,7 @@ impl Read for RawStream {
             RawStream::Tcp(s) => s.read(buf),
             #[cfg(unix)]
             RawStream::Uds(s) => s.read(buf),
+            RawStream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -59,6 +68,7 @@ impl Write for RawStream {
             RawStream::Tcp(s) => s.write(buf),
             #[cfg(unix)]
             RawStream::Uds(s) => s.write(buf),
+            RawStream::Tls(s) => s.write(buf),
         }
     }
 
@@ -67,11 +77,16 @@ impl Write for RawStream {
             RawStream::Tcp(s) => s.write_vectored(bufs),
             #[cfg(unix)]
             RawStream::Uds(s) => s.write_vectored(bufs),
+            RawStream::Tls(s) => s.write_vectored(bufs),
         }
     }
 
+    /// Sockets send on `write`; rustls does too, and its flush surfaces what went wrong.
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            RawStream::Tls(s) => s.flush(),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -99,6 +114,8 @@ pub enum RawListener {
     /// A Unix-domain socket.
     #[cfg(unix)]
     Uds(std::os::unix::net::UnixListener),
+    /// TLS over TCP on 127.0.0.1 ([`RawListener::bind_tls`]).
+    Tls(RawTlsListener),
 }
 
 /// Splits a duct-style address into the transport's own form: `tcp://H:P` to `H:P`,
@@ -131,8 +148,9 @@ fn unix_addr(spec: &str) -> io::Result<std::os::unix::net::SocketAddr> {
 }
 
 impl RawListener {
-    /// Binds for `transport`; `uds_spec` is the address to use for uds (`@name` or a path).
-    /// Returns the listener and its address in duct's form, for the peer.
+    /// Binds for `transport` (tcp or uds; tls has [`RawListener::bind_tls`]); `uds_spec` is
+    /// the address to use for uds (`@name` or a path). Returns the listener and its address
+    /// in duct's form, for the peer.
     pub fn bind(transport: Transport, uds_spec: &str) -> Result<(RawListener, String)> {
         match transport {
             Transport::Tcp => {
@@ -147,12 +165,21 @@ impl RawListener {
                     .with_context(|| format!("raw uds: bind {uds_spec}"))?;
                 Ok((RawListener::Uds(l), format!("uds://{uds_spec}")))
             }
+            Transport::Tls => bail!("raw tls: bind with RawListener::bind_tls"),
             other => bail!("the raw baseline has no {} transport yet", other.name()),
         }
     }
 
+    /// Binds TLS over TCP on 127.0.0.1 (port picked by the kernel), serving with `config`.
+    /// Returns the listener and its address, `tls://127.0.0.1:PORT`.
+    pub fn bind_tls(config: std::sync::Arc<rustls::ServerConfig>) -> Result<(RawListener, String)> {
+        let (listener, addr) = RawTlsListener::bind(config)?;
+        Ok((RawListener::Tls(listener), addr))
+    }
+
     /// Accepts one connection, polling every millisecond so that `check` (is the peer
-    /// still fine?) runs while waiting; gives up after `timeout`.
+    /// still fine?) runs while waiting; gives up after `timeout`. tls: then completes the
+    /// TLS handshake (bounded on its own, see [`crate::bench::tls`]).
     pub fn accept(
         &self,
         timeout: Duration,
@@ -165,6 +192,7 @@ impl RawListener {
                 RawListener::Tcp(l) => l.accept().map(|(s, _)| RawStream::Tcp(s)),
                 #[cfg(unix)]
                 RawListener::Uds(l) => l.accept().map(|(s, _)| RawStream::Uds(s)),
+                RawListener::Tls(l) => l.tcp().accept().map(|(s, _)| RawStream::Tcp(s)),
             };
             match accepted {
                 Ok(stream) => {
@@ -175,8 +203,14 @@ impl RawListener {
                         }
                         #[cfg(unix)]
                         RawStream::Uds(s) => s.set_nonblocking(false)?,
+                        RawStream::Tls(_) => {}
                     }
-                    return Ok(stream);
+                    return match (self, stream) {
+                        (RawListener::Tls(l), RawStream::Tcp(tcp)) => {
+                            Ok(RawStream::Tls(l.accept(tcp)?))
+                        }
+                        (_, stream) => Ok(stream),
+                    };
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     check()?;
@@ -196,11 +230,13 @@ impl RawListener {
             RawListener::Tcp(l) => l.set_nonblocking(on),
             #[cfg(unix)]
             RawListener::Uds(l) => l.set_nonblocking(on),
+            RawListener::Tls(l) => l.tcp().set_nonblocking(on),
         }
     }
 }
 
-/// Connects to a baseline listener at `addr` (duct form, from [`RawListener::bind`]).
+/// Connects to a baseline listener at `addr` (duct form, from [`RawListener::bind`]); tcp
+/// and uds (tls has [`connect_tls`]).
 pub fn connect(transport: Transport, addr: &str) -> Result<RawStream> {
     match transport {
         Transport::Tcp => {
@@ -216,8 +252,15 @@ pub fn connect(transport: Transport, addr: &str) -> Result<RawStream> {
                 .with_context(|| format!("raw: connect {addr}"))?;
             Ok(RawStream::Uds(s))
         }
+        Transport::Tls => bail!("raw tls: connect with connect_tls"),
         other => bail!("the raw baseline has no {} transport yet", other.name()),
     }
+}
+
+/// Connects to a raw TLS listener at `addr` (`tls://127.0.0.1:PORT`, from
+/// [`RawListener::bind_tls`]) with `config`, and completes the handshake.
+pub fn connect_tls(addr: &str, config: std::sync::Arc<rustls::ClientConfig>) -> Result<RawStream> {
+    tls::connect_tls(addr, config).map(RawStream::Tls)
 }
 
 /// A baseline connection, ready for the workloads.
@@ -386,6 +429,81 @@ mod tests {
         let report = rx.join().unwrap().unwrap();
         assert_eq!(report.messages, 10_000);
         assert_eq!(report.rate_messages, 10_000 - 1);
+    }
+
+    /// A raw TLS pair: the listening end's stream, and the dialing end's from a thread.
+    fn tls_pair() -> (
+        RawStream,
+        std::thread::JoinHandle<RawStream>,
+        tls::BenchCerts,
+    ) {
+        let certs = tls::BenchCerts::generate().unwrap();
+        let server = tls::raw_server_config(certs.cert(), certs.key()).unwrap();
+        let client = tls::raw_client_config(certs.ca()).unwrap();
+        let (listener, addr) = RawListener::bind_tls(server).unwrap();
+        assert!(addr.starts_with("tls://127.0.0.1:"), "{addr}");
+        let t = std::thread::spawn(move || connect_tls(&addr, client).unwrap());
+        let s = listener.accept(Duration::from_secs(10), || Ok(())).unwrap();
+        (s, t, certs)
+    }
+
+    #[test]
+    fn pingpong_over_tls() {
+        let (a, t, _certs) = tls_pair();
+        let b = t.join().unwrap();
+        assert!(matches!((&a, &b), (RawStream::Tls(_), RawStream::Tls(_))));
+        let echo = std::thread::spawn(move || serve_echo(&mut RawConn::new(b, 64).unwrap(), 10));
+        let plan = Plan {
+            warmup: 10,
+            amount: Amount::Messages(200),
+            batch: 1,
+        };
+        let out = drive_pingpong(&mut RawConn::new(a, 64).unwrap(), &plan).unwrap();
+        assert_eq!(out.messages, 200);
+        assert_eq!(out.rtt.len(), 200);
+        let report = echo.join().unwrap().unwrap();
+        assert_eq!(report.messages, 200);
+    }
+
+    #[test]
+    fn stream_over_tls() {
+        let (a, t, _certs) = tls_pair();
+        let b = t.join().unwrap();
+        let rx = std::thread::spawn(move || serve_stream(&mut RawConn::new(b, 64).unwrap(), 100));
+        let plan = Plan {
+            warmup: 100,
+            amount: Amount::Messages(20_000),
+            batch: 64,
+        };
+        let out = drive_stream(&mut RawConn::new(a, 64).unwrap(), &plan).unwrap();
+        assert_eq!(out.messages, 20_000);
+        let report = rx.join().unwrap().unwrap();
+        assert_eq!(report.messages, 20_000);
+        assert_eq!(report.rate_messages, 20_000 - 1);
+        assert!(report.elapsed_ns > 0);
+    }
+
+    #[test]
+    fn large_frames_pass_intact_over_tls() {
+        // Frames past the buffers: vectored writes through rustls (records of 16 KiB) and
+        // direct reads of the plaintext.
+        let size = 3 * BUF_CAPACITY + 5;
+        let (a, t, _certs) = tls_pair();
+        let b = t.join().unwrap();
+        let rx = std::thread::spawn(move || serve_stream(&mut RawConn::new(b, size).unwrap(), 2));
+        let plan = Plan {
+            warmup: 2,
+            amount: Amount::Messages(20),
+            batch: 4,
+        };
+        drive_stream(&mut RawConn::new(a, size).unwrap(), &plan).unwrap();
+        assert_eq!(rx.join().unwrap().unwrap().messages, 20);
+    }
+
+    #[test]
+    fn tls_needs_its_own_bind_and_connect() {
+        assert!(RawListener::bind(Transport::Tls, "").is_err());
+        assert!(connect(Transport::Tls, "tls://127.0.0.1:1").is_err());
     }
 
     /// Accepts at most 3 bytes per call, to exercise partial writes.

@@ -12,7 +12,8 @@ use crate::error::{bail, CliError, Result};
 pub enum System {
     /// duct: `duct::listen`/`duct::dial` and a `Pipe`.
     Duct,
-    /// The baseline: blocking std sockets with a 4-byte length prefix.
+    /// The baseline: blocking std sockets with a 4-byte length prefix (for tls, the same
+    /// over a rustls session).
     Raw,
 }
 
@@ -43,7 +44,7 @@ pub enum Transport {
     Uds,
     /// Shared memory (not available yet).
     Shm,
-    /// TLS over TCP (not available yet).
+    /// TLS over TCP on loopback (rustls; certificates made for the run).
     Tls,
 }
 
@@ -66,12 +67,14 @@ impl Transport {
         }
     }
 
-    /// Whether `duct bench` can measure this transport yet.
+    /// Whether `duct bench` can measure this transport on this platform. tls also needs a
+    /// build of duct that speaks TLS, which only a run can tell
+    /// ([`crate::bench::tls::duct_has_tls`]).
     pub fn available(self) -> bool {
         match self {
-            Transport::Tcp => true,
+            Transport::Tcp | Transport::Tls => true,
             Transport::Uds => cfg!(unix),
-            Transport::Shm | Transport::Tls => false,
+            Transport::Shm => false,
         }
     }
 
@@ -286,7 +289,7 @@ pub fn format_size(size: usize) -> String {
 pub struct Job {
     /// duct or raw.
     pub system: System,
-    /// tcp or uds.
+    /// tcp, uds or tls.
     pub transport: Transport,
     /// pingpong, stream or mixed (duct only; the raw reference of a mixed case runs as
     /// pingpong).
@@ -304,9 +307,52 @@ pub struct Job {
     /// configured `ChannelOptions::reliable(true)` on both ends (`--reliable`); false for
     /// raw, which has no channels.
     pub reliable: bool,
+    /// tls only (and always): the CA certificate (PEM file) that the peer trusts, made for
+    /// the run; the server name it verifies is [`crate::bench::tls::SERVER_NAME`]. It
+    /// travels percent-escaped (`%20` for a space), as a job line is split on whitespace.
+    pub tls_ca: Option<String>,
     /// Where the measuring end listens, as a duct address (`tcp://127.0.0.1:41231`,
-    /// `uds://@duct-bench-123-4`); the raw baseline reads the same form.
+    /// `uds://@duct-bench-123-4`, `tls://127.0.0.1:41232`); the raw baseline reads the same
+    /// form.
     pub addr: String,
+}
+
+/// Escapes `s` into one word of a job line: `%`, whitespace and control characters become
+/// `%XX` (each byte of their UTF-8).
+fn escape_word(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '%' || c.is_whitespace() || c.is_control() {
+            let mut utf8 = [0u8; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Undoes [`escape_word`].
+fn unescape_word(s: &str) -> Result<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).unwrap_or("");
+            let Ok(b) = u8::from_str_radix(hex, 16) else {
+                bail!("bad escape in {s:?}");
+            };
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| CliError::msg(format!("bad escape in {s:?}")))
 }
 
 impl Job {
@@ -316,8 +362,12 @@ impl Job {
             Amount::Messages(n) => format!("messages={n}"),
             Amount::Duration(d) => format!("duration_ns={}", d.as_nanos()),
         };
+        let tls_ca = match &self.tls_ca {
+            Some(ca) => format!(" tls_ca={}", escape_word(ca)),
+            None => String::new(),
+        };
         format!(
-            "job system={} transport={} pattern={} size={} warmup={} batch={} {} reliable={} addr={}",
+            "job system={} transport={} pattern={} size={} warmup={} batch={} {} reliable={}{} addr={}",
             self.system.name(),
             self.transport.name(),
             self.pattern.name(),
@@ -326,6 +376,7 @@ impl Job {
             self.batch,
             amount,
             u8::from(self.reliable),
+            tls_ca,
             self.addr
         )
     }
@@ -338,7 +389,7 @@ impl Job {
         }
         let (mut system, mut transport, mut pattern, mut size) = (None, None, None, None);
         let (mut warmup, mut batch, mut amount, mut addr) = (None, None, None, None);
-        let mut reliable = None;
+        let (mut reliable, mut tls_ca) = (None, None);
         for word in words {
             let Some((key, value)) = word.split_once('=') else {
                 bail!("malformed word {word:?} in job line");
@@ -363,6 +414,7 @@ impl Job {
                         _ => bail!("bad value {value:?} for reliable in job line (0 or 1)"),
                     })
                 }
+                "tls_ca" => tls_ca = Some(unescape_word(value)?),
                 "addr" => addr = Some(value.to_string()),
                 _ => bail!("unknown key {key:?} in job line"),
             }
@@ -377,10 +429,14 @@ impl Job {
             batch: batch.ok_or_else(|| missing("batch"))?,
             amount: amount.ok_or_else(|| missing("messages or duration_ns"))?,
             reliable: reliable.ok_or_else(|| missing("reliable"))?,
+            tls_ca,
             addr: addr.ok_or_else(|| missing("addr"))?,
         };
         if job.size == 0 || job.size > MAX_SIZE || job.batch == 0 {
             bail!("job line out of range: {line:?}");
+        }
+        if (job.transport == Transport::Tls) != job.tls_ca.is_some() {
+            bail!("job line: tls_ca is for tls jobs, and every tls job needs it: {line:?}");
         }
         if job.reliable && (job.system != System::Duct || job.pattern == Pattern::Mixed) {
             bail!(
@@ -505,6 +561,7 @@ mod tests {
             batch: 64,
             amount: Amount::Duration(Duration::from_millis(750)),
             reliable: false,
+            tls_ca: None,
             addr: "uds://@duct-bench-1-2".into(),
         };
         assert_eq!(Job::decode(&job.encode()).unwrap(), job);
@@ -538,6 +595,7 @@ mod tests {
             batch: 64,
             amount: Amount::Messages(500),
             reliable: false,
+            tls_ca: None,
             addr: "uds://@duct-bench-1-3".into(),
         };
         let reliable = Job {
@@ -573,5 +631,68 @@ mod tests {
             .replace("system=duct", "system=raw")
             .replace("reliable=1", "reliable=0");
         assert!(!Job::decode(&raw).unwrap().reliable);
+    }
+
+    #[test]
+    fn tls_jobs_carry_the_ca() {
+        let job = Job {
+            system: System::Raw,
+            transport: Transport::Tls,
+            pattern: Pattern::PingPong,
+            size: 64,
+            warmup: 10,
+            batch: 64,
+            amount: Amount::Messages(100),
+            reliable: false,
+            tls_ca: Some("/tmp/my certs/100%/ca.pem".into()),
+            addr: "tls://127.0.0.1:41232".into(),
+        };
+        let line = job.encode();
+        assert!(
+            line.contains(" tls_ca=/tmp/my%20certs/100%25/ca.pem "),
+            "{line}"
+        );
+        assert_eq!(Job::decode(&line).unwrap(), job);
+        let reliable = Job {
+            system: System::Duct,
+            reliable: true,
+            tls_ca: Some("/tmp/ünïcode\tab\t/ca.pem".into()),
+            ..job.clone()
+        };
+        assert_eq!(Job::decode(&reliable.encode()).unwrap(), reliable);
+        // Only tls jobs, and all of them.
+        assert!(Job::decode(&line.replace("transport=tls", "transport=tcp")).is_err());
+        let without = line.replace(" tls_ca=/tmp/my%20certs/100%25/ca.pem", "");
+        assert!(Job::decode(&without).is_err(), "{without}");
+        assert!(Job::decode(&line.replace("%20", "%2g")).is_err());
+        assert!(Job::decode(&line.replace("%20", "%zz")).is_err());
+    }
+
+    #[test]
+    fn escaping_round_trips() {
+        for s in ["plain", "a b\tc\nd", "100%", "%%", "é è", ""] {
+            let escaped = escape_word(s);
+            assert!(!escaped.contains(char::is_whitespace), "{escaped}");
+            assert_eq!(unescape_word(&escaped).unwrap(), s);
+        }
+        assert_eq!(escape_word("a b"), "a%20b");
+        assert!(unescape_word("%").is_err());
+        assert!(unescape_word("%FF").is_err(), "not UTF-8");
+    }
+
+    #[test]
+    fn tls_is_selectable() {
+        let t = parse_transports("tls").unwrap();
+        assert_eq!(t.transports, vec![Transport::Tls]);
+        assert!(Transport::Tls.available());
+        assert_eq!(Transport::parse("tls").unwrap(), Transport::Tls);
+        assert!(parse_transports("all")
+            .unwrap()
+            .transports
+            .contains(&Transport::Tls));
+        assert_eq!(
+            parse_transports("tls,tcp,TLS").unwrap().transports,
+            vec![Transport::Tls, Transport::Tcp]
+        );
     }
 }
