@@ -390,7 +390,8 @@ impl Inner {
                         }
                     }
                     let now = Instant::now();
-                    let mut config = session_config(&self.opts.limits, heartbeat, self.qos.clone());
+                    let mut config =
+                        session_config(&self.opts.limits, heartbeat, self.qos.clone(), &stream);
                     config.session_id = fastrand::u64(1..);
                     config.handshake_timeout = self.opts.handshake_timeout_or_default();
                     // The listener decides on each HELLO: resume a pipe, or a fresh one.

@@ -146,24 +146,39 @@ impl From<MessageBuf> for Message {
     }
 }
 
-/// A writable buffer of a fixed length that becomes a [`Message`] with
-/// [`freeze`](MessageBuf::freeze), without copying.
+/// A writable buffer that becomes a [`Message`] with [`freeze`](MessageBuf::freeze),
+/// without copying.
 ///
-/// Get one from `Pipe::alloc(len)`, fill it through `DerefMut<Target = [u8]>`, freeze it and
-/// send it. On shared memory the buffer will live in the shared pool, so the message is never
-/// copied on its way to the peer; on the other transports (and in this version, everywhere)
-/// it is an ordinary heap buffer. The buffer starts zeroed; its length is fixed.
+/// Get one from [`Pipe::alloc`](crate::Pipe::alloc), fill it through
+/// `DerefMut<Target = [u8]>`, freeze it and send it. On `shm://` the buffer lies in the
+/// connection's shared pool, so the message moves to the peer without a copy (when it fits one
+/// frame and is sent on that connection; see [`PipeStats::zero_copy_frames`]); elsewhere it is
+/// an ordinary heap buffer and the code stays the same.
+///
+/// A heap buffer starts zeroed. A shared-memory buffer's contents are unspecified (bytes of
+/// earlier messages of this connection): write all of it, or [`truncate`](MessageBuf::truncate)
+/// it to what you wrote.
 ///
 /// ```
 /// # use duct::MessageBuf;
 /// # fn fill(buf: MessageBuf) -> duct::Message {
 /// let mut buf = buf;
 /// buf[..5].copy_from_slice(b"hello");
-/// let msg = buf.freeze();
+/// buf.truncate(5);
+/// let msg = buf.freeze().with_channel(3);
 /// # msg }
 /// ```
+///
+/// [`PipeStats::zero_copy_frames`]: crate::PipeStats::zero_copy_frames
 pub struct MessageBuf {
-    buf: BytesMut,
+    inner: BufInner,
+}
+
+enum BufInner {
+    Heap(BytesMut),
+    /// A slot of a shared-memory pool (Linux).
+    #[cfg(target_os = "linux")]
+    Shm(duct_sys::shm::pool::TxSlot),
 }
 
 impl MessageBuf {
@@ -172,23 +187,57 @@ impl MessageBuf {
     /// allocating.
     pub(crate) fn heap(len: usize) -> MessageBuf {
         MessageBuf {
-            buf: BytesMut::zeroed(len),
+            inner: BufInner::Heap(BytesMut::zeroed(len)),
         }
     }
 
-    /// The buffer's length in bytes (fixed at allocation).
+    /// A buffer in a shared-memory slot (its length already set).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn shm(slot: duct_sys::shm::pool::TxSlot) -> MessageBuf {
+        MessageBuf {
+            inner: BufInner::Shm(slot),
+        }
+    }
+
+    /// The buffer's length in bytes.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.deref().len()
     }
 
     /// Whether the buffer has length 0.
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+        self.len() == 0
+    }
+
+    /// Shortens the buffer to `len` bytes (no effect if it is not longer).
+    pub fn truncate(&mut self, len: usize) {
+        match &mut self.inner {
+            BufInner::Heap(b) => b.truncate(len),
+            #[cfg(target_os = "linux")]
+            BufInner::Shm(s) => {
+                if len < s.len() {
+                    s.set_len(len);
+                }
+            }
+        }
+    }
+
+    /// Whether the buffer lies in shared memory (it will move to the peer without a copy).
+    pub fn is_shared(&self) -> bool {
+        match &self.inner {
+            BufInner::Heap(_) => false,
+            #[cfg(target_os = "linux")]
+            BufInner::Shm(_) => true,
+        }
     }
 
     /// Turns the buffer into a message on channel 0, without copying.
     pub fn freeze(self) -> Message {
-        Message::new(self.buf.freeze())
+        match self.inner {
+            BufInner::Heap(b) => Message::new(b.freeze()),
+            #[cfg(target_os = "linux")]
+            BufInner::Shm(s) => Message::new(Bytes::from_owner(s.into_loan())),
+        }
     }
 }
 
@@ -196,20 +245,32 @@ impl Deref for MessageBuf {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.buf
+        match &self.inner {
+            BufInner::Heap(b) => b,
+            #[cfg(target_os = "linux")]
+            BufInner::Shm(s) => s.as_slice(),
+        }
     }
 }
 
 impl DerefMut for MessageBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.buf
+        match &mut self.inner {
+            BufInner::Heap(b) => b,
+            #[cfg(target_os = "linux")]
+            BufInner::Shm(s) => {
+                let len = s.len();
+                &mut s.as_mut_slice()[..len]
+            }
+        }
     }
 }
 
 impl fmt::Debug for MessageBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MessageBuf")
-            .field("len", &self.buf.len())
+            .field("len", &self.len())
+            .field("shared", &self.is_shared())
             .finish_non_exhaustive()
     }
 }

@@ -94,8 +94,8 @@ impl fmt::Debug for RedactedBytes {
 pub(crate) struct Limits {
     /// Largest message sent or accepted, in bytes.
     pub(crate) max_message_size: usize,
-    /// Largest frame payload this side accepts, in bytes.
-    pub(crate) max_frame_payload: u32,
+    /// Largest frame payload this side accepts, in bytes; `None`: the transport's default.
+    pub(crate) max_frame_payload: Option<u32>,
     /// Bytes held in partially reassembled messages, per pipe.
     pub(crate) reassembly_limit: usize,
     /// How long a partially reassembled message may wait for its next fragment.
@@ -110,7 +110,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            max_frame_payload: DEFAULT_MAX_FRAME_PAYLOAD,
+            max_frame_payload: None,
             reassembly_limit: DEFAULT_REASSEMBLY_LIMIT,
             reassembly_timeout: DEFAULT_REASSEMBLY_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
@@ -136,14 +136,17 @@ macro_rules! limit_setters {
         }
 
         /// The largest frame payload, in bytes, that this side accepts; the handshake tells
-        /// the peer, which then sends no larger frames. Default: 65 536 (64 KiB).
+        /// the peer, which then sends no larger frames. Default: 65 536 (64 KiB) on sockets;
+        /// on `shm://`, the largest shared-memory slot (1 MiB), which this setting can lower
+        /// but not raise.
         ///
         /// Smaller frames let the frames of different channels interleave more finely (a
         /// realtime message waits behind at most one frame of a bulk message); larger frames
-        /// cost fewer headers and wakeups.
+        /// cost fewer headers and wakeups, and on `shm://` a message sent from
+        /// [`Pipe::alloc`](crate::Pipe::alloc) moves without a copy only if it fits one frame.
         #[must_use]
         pub fn max_frame_payload(mut self, bytes: u32) -> Self {
-            self.limits.max_frame_payload = bytes;
+            self.limits.max_frame_payload = Some(bytes);
             self
         }
 
@@ -1585,6 +1588,15 @@ pub struct PipeStats {
     /// Smoothed round-trip time measured by heartbeat PINGs (`None` until one was answered,
     /// or with heartbeats off).
     pub rtt: Option<Duration>,
+    /// `shm://`: message frames whose payload was copied into the shared pool on the way out
+    /// (every frame of an ordinary message; not those sent from
+    /// [`Pipe::alloc`](crate::Pipe::alloc)). 0 on other transports.
+    pub payload_frames_copied: u64,
+    /// `shm://`: the bytes of those copies.
+    pub payload_bytes_copied: u64,
+    /// `shm://`: frames whose payload moved to the peer without a copy (written in place with
+    /// [`Pipe::alloc`](crate::Pipe::alloc)).
+    pub zero_copy_frames: u64,
     channels: BTreeMap<u16, ChannelStats>,
 }
 
@@ -1616,7 +1628,7 @@ mod tests {
         let dial = DialOptions::default();
         assert_eq!(dial.timeout_or_default(), Duration::from_secs(5));
         assert_eq!(dial.limits.max_message_size, 64 * 1024 * 1024);
-        assert_eq!(dial.limits.max_frame_payload, 65536);
+        assert_eq!(dial.limits.max_frame_payload, None);
         assert_eq!(dial.limits.reassembly_limit, 64 * 1024 * 1024 + 64 * 1024);
         assert_eq!(dial.limits.reassembly_timeout, Duration::from_secs(30));
         assert_eq!(dial.limits.send_timeout, Duration::from_secs(30));
@@ -1656,7 +1668,7 @@ mod tests {
             .channel(3, ChannelOptions::default());
         assert_eq!(dial.timeout_or_default(), Duration::from_millis(10));
         assert_eq!(dial.limits.max_message_size, 1);
-        assert_eq!(dial.limits.max_frame_payload, 1024);
+        assert_eq!(dial.limits.max_frame_payload, Some(1024));
         assert_eq!(dial.limits.reassembly_limit, 10);
         assert_eq!(dial.limits.send_timeout, Duration::ZERO);
         assert_eq!(dial.limits.linger, Duration::ZERO);

@@ -166,7 +166,7 @@ pub(crate) fn connect_handshake(
     }
     let peer = stream.peer_addr();
     let now = Instant::now();
-    let mut config = session_config(&opts.limits, heartbeat, opts.qos());
+    let mut config = session_config(&opts.limits, heartbeat, opts.qos(), &stream);
     config.instance_id = instance_id;
     config.resume_session_id = resume_session_id;
     config.recv_state = recv_state;
@@ -229,12 +229,13 @@ pub(crate) fn session_config(
     limits: &Limits,
     heartbeat: Heartbeat,
     qos: Arc<duct_proto::qos::QosConfig>,
+    stream: &transport::Stream,
 ) -> Config {
     Config {
         qos,
         heartbeat_interval: heartbeat.enabled().then_some(heartbeat.interval),
         heartbeat_misses: heartbeat.misses.max(1),
-        max_frame_payload: limits.max_frame_payload,
+        max_frame_payload: stream.frame_limit(limits.max_frame_payload),
         max_message_size: limits.max_message_size.min(u32::MAX as usize) as u32,
         reassembly_limit: limits.reassembly_limit,
         reassembly_timeout: limits.reassembly_timeout,
@@ -371,10 +372,36 @@ impl Pipe {
         Ok(n)
     }
 
-    /// A zeroed buffer of `len` bytes to fill and [`MessageBuf::freeze`] into a message.
-    /// On tcp and uds it is an ordinary heap buffer (zero-copy loans come with shm://).
+    /// A buffer of `len` bytes to fill and [`MessageBuf::freeze`] into a message.
+    ///
+    /// On `shm://` it is a slot of the connection's shared pool, so sending the frozen
+    /// message on this pipe moves only a descriptor (zero copies) when it fits one frame
+    /// (up to 1 MiB by default); if no slot of that size is free, or on any other transport,
+    /// it is a zeroed heap buffer. Fails with [`ErrorKind::MessageTooLarge`] above
+    /// [`DialOptions::max_message_size`](crate::DialOptions::max_message_size).
+    ///
+    /// ```no_run
+    /// # fn main() -> duct::Result<()> {
+    /// let pipe = duct::dial("shm://world-1", duct::DialOptions::default())?;
+    /// let mut buf = pipe.alloc(1 << 20)?;
+    /// buf.fill(7); // write the payload in place
+    /// pipe.send(buf.freeze())?;
+    /// assert_eq!(pipe.stats().payload_bytes_copied, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn alloc(&self, len: usize) -> Result<MessageBuf> {
-        Ok(MessageBuf::heap(len))
+        let max = self.conn.max_message_size();
+        if len > max {
+            return Err(Error::new(
+                ErrorKind::MessageTooLarge,
+                format!("alloc of {len} bytes exceeds max_message_size ({max} bytes)"),
+            ));
+        }
+        Ok(self
+            .conn
+            .alloc(len)
+            .unwrap_or_else(|| MessageBuf::heap(len)))
     }
 
     /// Closes the pipe with the default linger ([`DialOptions::linger`], 1 s), code 0 and no

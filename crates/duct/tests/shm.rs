@@ -147,3 +147,96 @@ fn received_payloads_are_views_into_shared_memory_and_free_their_slots() {
     assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// Whether `ptr` lies in a shared memfd mapping of this process (/proc/self/maps).
+fn in_shared_memfd(ptr: *const u8) -> bool {
+    let at = ptr as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines().any(|l| {
+        let mut parts = l.split_whitespace();
+        let range = parts.next().unwrap();
+        let perms = parts.next().unwrap();
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (
+            usize::from_str_radix(a, 16).unwrap(),
+            usize::from_str_radix(b, 16).unwrap(),
+        );
+        (a..b).contains(&at) && perms.ends_with('s') && l.contains("memfd:duct-shm")
+    })
+}
+
+#[test]
+fn a_message_written_in_place_moves_with_zero_copies() {
+    let addr = format!("shm://{}", name());
+    let listener = duct::listen(&addr, ListenOptions::default()).unwrap();
+    let pipe = duct::dial(&addr, DialOptions::default()).unwrap();
+    let accepted = listener.accept_timeout(T).unwrap();
+    for round in 0..20u32 {
+        let len = 1 << 20;
+        let mut buf = pipe.alloc(len).unwrap();
+        assert!(buf.is_shared(), "a 1 MiB buffer in the shared pool");
+        assert!(in_shared_memfd(buf.as_ptr()));
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (i as u32 ^ round) as u8;
+        }
+        let msg = buf.freeze().with_channel(5);
+        pipe.send(msg).unwrap();
+        let got = recv_t(&accepted).unwrap();
+        assert_eq!(got.channel(), 5);
+        assert_eq!(got.len(), len);
+        assert!(in_shared_memfd(got.payload().as_ptr()), "received in place");
+        assert!(got
+            .payload()
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i as u32 ^ round) as u8));
+    }
+    let stats = pipe.stats();
+    assert_eq!(stats.payload_bytes_copied, 0, "{stats:?}");
+    assert_eq!(stats.payload_frames_copied, 0);
+    assert_eq!(stats.zero_copy_frames, 20);
+    // An ordinary message is copied once into the pool, and counted.
+    pipe.send(Message::new(vec![1u8; 1000])).unwrap();
+    recv_t(&accepted).unwrap();
+    let stats = pipe.stats();
+    assert_eq!(
+        (stats.payload_frames_copied, stats.payload_bytes_copied),
+        (1, 1000)
+    );
+    // A buffer the application keeps a clone of still moves without a copy, and the clone
+    // keeps its bytes while the slot is in use elsewhere.
+    let mut buf = pipe.alloc(300).unwrap();
+    buf.fill(9);
+    let msg = buf.freeze();
+    let kept = msg.clone();
+    pipe.send(msg).unwrap();
+    let got = recv_t(&accepted).unwrap();
+    drop(got);
+    for _ in 0..5000 {
+        pipe.send(Message::new(vec![2u8; 300])).unwrap();
+        recv_t(&accepted).unwrap();
+    }
+    assert!(
+        kept.payload().iter().all(|&b| b == 9),
+        "a kept clone never changes"
+    );
+    // Larger than max_message_size: refused.
+    let e = pipe.alloc(65 << 20).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::MessageTooLarge);
+}
+
+#[test]
+fn alloc_is_a_heap_buffer_on_sockets() {
+    let addr = format!("uds://@{}", name());
+    let listener = duct::listen(&addr, ListenOptions::default()).unwrap();
+    let pipe = duct::dial(&addr, DialOptions::default()).unwrap();
+    let accepted = listener.accept_timeout(T).unwrap();
+    let mut buf = pipe.alloc(10).unwrap();
+    assert!(!buf.is_shared());
+    assert!(buf.iter().all(|&b| b == 0), "zeroed");
+    buf.copy_from_slice(b"0123456789");
+    buf.truncate(4);
+    pipe.send(buf.freeze()).unwrap();
+    assert_eq!(recv_t(&accepted).unwrap().payload(), b"0123");
+    assert_eq!(pipe.stats().zero_copy_frames, 0);
+}

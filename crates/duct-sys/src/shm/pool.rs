@@ -194,13 +194,23 @@ impl fmt::Debug for PoolMem {
     }
 }
 
+/// A slot's loan state (private memory): not lent, lent as the payload of a [`Loan`], or
+/// claimed by a send (the peer frees it).
+const NOT_LENT: u8 = 0;
+const LENT: u8 = 1;
+const CLAIMED: u8 = 2;
+
 /// The producer's side of a pool.
 pub struct PoolTx {
     mem: PoolMem,
     /// Slots this process holds a [`TxSlot`] for (private memory: the peer cannot touch it).
     held: Box<[AtomicBool]>,
+    /// Per slot: whether a [`Loan`] of it exists, and whether a send claimed it.
+    loans: Box<[std::sync::atomic::AtomicU8]>,
     /// Per class, where the next search starts.
     cursors: Box<[std::sync::atomic::AtomicU32]>,
+    /// Per class, slots out as loans ([`PoolTx::alloc_loan`]).
+    lent: Box<[std::sync::atomic::AtomicU32]>,
 }
 
 impl PoolTx {
@@ -208,7 +218,13 @@ impl PoolTx {
     pub fn new(mem: PoolMem) -> Arc<PoolTx> {
         Arc::new(PoolTx {
             held: (0..mem.slots).map(|_| AtomicBool::new(false)).collect(),
+            loans: (0..mem.slots)
+                .map(|_| std::sync::atomic::AtomicU8::new(NOT_LENT))
+                .collect(),
             cursors: (0..mem.classes.len())
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
+            lent: (0..mem.classes.len())
                 .map(|_| std::sync::atomic::AtomicU32::new(0))
                 .collect(),
             mem,
@@ -224,28 +240,103 @@ impl PoolTx {
     /// one is full); `None` when `len` exceeds every class or every fitting slot is busy.
     /// Safe to call from several threads.
     pub fn alloc(self: &Arc<Self>, len: usize) -> Option<TxSlot> {
+        self.alloc_from(len, false)
+    }
+
+    /// Like [`PoolTx::alloc`], for a payload the application writes in place and lends to a
+    /// message ([`TxSlot::into_loan`]). At most three quarters of a class (and never its last
+    /// slot) are out as loans at once: the rest stays for payloads that are copied, so that a
+    /// message waiting for a slot to be copied into is never stuck behind loans queued after
+    /// it on the same connection.
+    pub fn alloc_loan(self: &Arc<Self>, len: usize) -> Option<TxSlot> {
+        self.alloc_from(len, true)
+    }
+
+    /// Most slots of a class of `count` that may be out as loans.
+    fn loan_cap(count: u32) -> u32 {
+        count - (count / 4).max(1)
+    }
+
+    fn alloc_from(self: &Arc<Self>, len: usize, loan: bool) -> Option<TxSlot> {
+        use std::sync::atomic::Ordering as O;
         for (ci, c) in self.mem.classes.iter().enumerate() {
             if (c.size as usize) < len || c.count == 0 {
                 continue;
             }
-            let start = self.cursors[ci].load(std::sync::atomic::Ordering::Relaxed) % c.count;
-            for k in 0..c.count {
-                let i = (start + k) % c.count;
-                let slot = c.first + i;
-                if self.try_take(slot) {
-                    self.cursors[ci].store(i + 1, std::sync::atomic::Ordering::Relaxed);
-                    let (ptr, cap) = self.mem.locate(slot)?;
+            if loan {
+                let cap = Self::loan_cap(c.count);
+                let lent = &self.lent[ci];
+                if lent
+                    .fetch_update(O::AcqRel, O::Relaxed, |n| (n < cap).then_some(n + 1))
+                    .is_err()
+                {
+                    continue;
+                }
+            }
+            match self.take_in_class(ci, c) {
+                Some((slot, ptr, cap)) => {
                     return Some(TxSlot {
                         pool: Arc::clone(self),
                         slot,
                         ptr,
                         cap,
                         len: 0,
-                    });
+                        lent_class: loan.then_some(ci),
+                    })
                 }
+                None if loan => {
+                    self.lent[ci].fetch_sub(1, O::AcqRel);
+                }
+                None => {}
             }
         }
         None
+    }
+
+    /// A free slot of class `ci`: its index, address and size.
+    fn take_in_class(&self, ci: usize, c: &ClassMem) -> Option<(u32, NonNull<u8>, usize)> {
+        let start = self.cursors[ci].load(std::sync::atomic::Ordering::Relaxed) % c.count;
+        for k in 0..c.count {
+            let i = (start + k) % c.count;
+            let slot = c.first + i;
+            if self.try_take(slot) {
+                self.cursors[ci].store(i + 1, std::sync::atomic::Ordering::Relaxed);
+                let (ptr, cap) = self.mem.locate(slot)?;
+                return Some((slot, ptr, cap));
+            }
+        }
+        None
+    }
+
+    /// If `payload` is exactly the payload of a [`Loan`] of this pool not claimed before,
+    /// claims its slot for sending: returns the slot and length to put in the descriptor, and
+    /// the loan, when dropped, leaves the slot to the peer instead of freeing it. `None`: copy
+    /// the payload instead.
+    ///
+    /// Clones of the payload may live on (the application kept one, a reliable channel keeps
+    /// one to send again): the slot stays held here until the last of them is dropped, so it
+    /// is not reused under them even after the peer freed it.
+    pub fn claim_loan(&self, payload: &bytes::Bytes) -> Option<(u32, u32)> {
+        let ptr = payload.as_ptr() as usize;
+        let base = self.mem.data.as_ptr() as usize;
+        let c = self.mem.classes.iter().find(|c| {
+            let start = base + c.offset;
+            (start..start + c.size as usize * c.count as usize).contains(&ptr)
+        })?;
+        let off = ptr - (base + c.offset);
+        if off % c.size as usize != 0 || payload.len() > c.size as usize {
+            return None;
+        }
+        let slot = c.first + (off / c.size as usize) as u32;
+        self.loans[slot as usize]
+            .compare_exchange(
+                LENT,
+                CLAIMED,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .ok()?;
+        Some((slot, payload.len() as u32))
     }
 
     fn try_take(&self, slot: u32) -> bool {
@@ -270,7 +361,10 @@ impl PoolTx {
         true
     }
 
-    fn release(&self, slot: u32, to_peer: bool) {
+    fn release(&self, slot: u32, to_peer: bool, lent_class: Option<usize>) {
+        if let Some(ci) = lent_class {
+            self.lent[ci].fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
         if !to_peer {
             self.mem.state(slot).store(FREE, Ordering::Release);
         }
@@ -286,6 +380,8 @@ pub struct TxSlot {
     ptr: NonNull<u8>,
     cap: usize,
     len: usize,
+    /// Allocated as a loan: the class whose loan count it holds.
+    lent_class: Option<usize>,
 }
 
 // SAFETY: the slot's memory is exclusively ours (held flag) while the TxSlot lives; moving the
@@ -346,7 +442,7 @@ impl TxSlot {
     /// stays busy until the consumer frees it. Returns the index and the payload length.
     pub fn send(self) -> (u32, u32) {
         let this = std::mem::ManuallyDrop::new(self);
-        this.pool.release(this.slot, true);
+        this.pool.release(this.slot, true, this.lent_class);
         // SAFETY: `this` is never used or dropped again; its Arc is taken out exactly once.
         let _pool = unsafe { std::ptr::read(&this.pool) };
         (this.slot, this.len as u32)
@@ -355,7 +451,48 @@ impl TxSlot {
 
 impl Drop for TxSlot {
     fn drop(&mut self) {
-        self.pool.release(self.slot, false);
+        self.pool.release(self.slot, false, self.lent_class);
+    }
+}
+
+impl TxSlot {
+    /// The written payload as a read-only [`Loan`], usable as the owner of a `bytes::Bytes`
+    /// (`Bytes::from_owner`). Sending that `Bytes` over this pool's connection moves only the
+    /// slot ([`PoolTx::claim_loan`]); otherwise the loan frees the slot when dropped.
+    pub fn into_loan(self) -> Loan {
+        self.pool.loans[self.slot as usize].store(LENT, std::sync::atomic::Ordering::Release);
+        Loan { slot: Some(self) }
+    }
+}
+
+/// A written payload in a pool slot, lent out as the payload of a message (see
+/// [`TxSlot::into_loan`]).
+pub struct Loan {
+    slot: Option<TxSlot>,
+}
+
+impl AsRef<[u8]> for Loan {
+    fn as_ref(&self) -> &[u8] {
+        self.slot.as_ref().map_or(&[], TxSlot::as_slice)
+    }
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else { return };
+        let state =
+            slot.pool.loans[slot.slot as usize].swap(NOT_LENT, std::sync::atomic::Ordering::AcqRel);
+        if state == CLAIMED {
+            // A send handed the slot to the peer, which frees it when it is done.
+            let _ = slot.send();
+        }
+        // Otherwise `slot` drops here and the slot is free again.
+    }
+}
+
+impl fmt::Debug for Loan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loan").field("slot", &self.slot).finish()
     }
 }
 
@@ -478,6 +615,7 @@ impl fmt::Debug for RxSlot {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     const CLASSES: &[Class] = &[
         Class { size: 64, count: 2 },
@@ -533,6 +671,71 @@ mod tests {
         let others: Vec<_> = (0..2).filter_map(|_| tx.alloc(1)).collect();
         assert!(others.iter().all(|o| o.index() != held.index()));
         assert_eq!(held.as_slice(), b"mine");
+    }
+
+    #[test]
+    fn a_unique_loan_is_claimed_once_and_left_to_the_peer() {
+        let mem = PoolMem::heap(CLASSES);
+        let tx = PoolTx::new(mem.clone());
+        let rx = PoolRx::new(mem.clone(), || {});
+        let mut slot = tx.alloc(100).unwrap();
+        slot.fill(&[5u8; 100]);
+        let index = slot.index();
+        let bytes = bytes::Bytes::from_owner(slot.into_loan());
+        let clone = bytes.clone();
+        assert_eq!(
+            tx.claim_loan(&bytes.slice(1..)),
+            None,
+            "not the whole payload"
+        );
+        assert_eq!(tx.claim_loan(&bytes), Some((index, 100)));
+        assert_eq!(tx.claim_loan(&bytes), None, "claimed once");
+        drop(bytes);
+        assert_eq!(mem.busy(), 1, "the peer holds it now");
+        let view = rx.take(index, 100).unwrap();
+        assert_eq!(&*view, &[5u8; 100][..]);
+        drop(view);
+        assert_eq!(mem.busy(), 0, "freed by the peer");
+        // A clone still reads the slot: it is not handed out again until the clone is gone.
+        let others: Vec<_> = (0..3).filter_map(|_| tx.alloc(1)).collect();
+        assert!(others.iter().all(|o| o.index() != index));
+        assert_eq!(&clone[..], &[5u8; 100][..]);
+        drop(others);
+        drop(clone);
+        let again: Vec<_> = (0..3).filter_map(|_| tx.alloc(1)).collect();
+        assert!(
+            again.iter().any(|o| o.index() == index),
+            "free once the clone is gone"
+        );
+        drop(again);
+        // A loan never sent frees its slot.
+        let mut slot = tx.alloc(1).unwrap();
+        slot.fill(b"x");
+        drop(bytes::Bytes::from_owner(slot.into_loan()));
+        assert_eq!(mem.busy(), 0);
+        // Foreign memory is not a loan.
+        assert_eq!(tx.claim_loan(&bytes::Bytes::from(vec![1u8; 10])), None);
+    }
+
+    #[test]
+    fn loans_leave_a_quarter_of_each_class_for_copies() {
+        let classes = [Class { size: 64, count: 8 }];
+        let mem = PoolMem::heap(&classes);
+        let tx = PoolTx::new(mem.clone());
+        let loans: Vec<_> = (0..8).filter_map(|_| tx.alloc_loan(1)).collect();
+        assert_eq!(loans.len(), 6, "three quarters");
+        let copies: Vec<_> = (0..8).filter_map(|_| tx.alloc(1)).collect();
+        assert_eq!(copies.len(), 2, "the rest is there for copies");
+        drop(copies);
+        let one = Bytes::from_owner(loans.into_iter().next().unwrap().into_loan());
+        drop(one);
+        assert!(
+            tx.alloc_loan(1).is_some(),
+            "a dropped loan gives its place back"
+        );
+        // A class of one slot never lends it.
+        let mem = PoolMem::heap(&[Class { size: 64, count: 1 }]);
+        assert!(PoolTx::new(mem).alloc_loan(1).is_none());
     }
 
     #[test]

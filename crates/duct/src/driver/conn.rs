@@ -106,6 +106,10 @@ struct Shared {
     read_armed: bool,
     /// Output is queued and nobody is writing: the reactor watches writability.
     write_armed: bool,
+    /// A frame transport signalled room while another thread was writing: that thread tries
+    /// again before it leaves the rest to the reactor (the signal is a byte the reactor may
+    /// have read already, so nothing else would repeat it).
+    write_kick: bool,
     /// Receive calls by the application so far.
     caller_reads: u64,
     /// `caller_reads` when the reactor last armed or looked.
@@ -335,6 +339,7 @@ impl Conn {
             registered: None,
             read_armed: false,
             write_armed: false,
+            write_kick: false,
             caller_reads: 0,
             seen_reads: 0,
             recheck_at: None,
@@ -408,6 +413,26 @@ impl Conn {
             .clone()
     }
 
+    /// The largest message this side sends.
+    pub(crate) fn max_message_size(&self) -> usize {
+        self.config.max_message_size
+    }
+
+    /// A buffer in the transport's memory for a payload of `len` bytes (shm), if it has one.
+    pub(crate) fn alloc(&self, len: usize) -> Option<crate::MessageBuf> {
+        #[cfg(target_os = "linux")]
+        {
+            let t = self.t();
+            let f = t.frame_io()?;
+            f.alloc(len).map(crate::MessageBuf::shm)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = len;
+            None
+        }
+    }
+
     pub(crate) fn send_timeout(&self) -> Duration {
         self.config.send_timeout
     }
@@ -437,6 +462,12 @@ impl Conn {
         let mut g = self.lock();
         g.collect_drops();
         let mut s = g.stats.clone();
+        if let Some(f) = self.t().frame_io() {
+            let (frames, bytes, lent) = f.copy_counts();
+            s.payload_frames_copied += frames;
+            s.payload_bytes_copied += bytes;
+            s.zero_copy_frames += lent;
+        }
         s.rtt = g.session.rtt();
         s.set_channels(g.channels.snapshot());
         s
@@ -786,6 +817,7 @@ impl Conn {
             g = self.lock();
             match res {
                 Ok(true) => continue,
+                Ok(false) if std::mem::take(&mut g.write_kick) => continue,
                 other => break other,
             }
         };
@@ -1377,7 +1409,17 @@ impl Conn {
         }
         g.resume_ids.push(session_id);
         *self.peer_addr.write().unwrap_or_else(|p| p.into_inner()) = hs.stream.peer_addr();
-        *self.transport.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hs.stream);
+        {
+            let mut t = self.transport.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(f) = t.frame_io() {
+                // The old connection's copy counts stay in the pipe's totals.
+                let (frames, bytes, lent) = f.copy_counts();
+                g.stats.payload_frames_copied += frames;
+                g.stats.payload_bytes_copied += bytes;
+                g.stats.zero_copy_frames += lent;
+            }
+            *t = Arc::new(hs.stream);
+        }
         // The old session's counters are the pipe's; its outbox (messages not framed, and
         // those sent while reconnecting) moves to the new session.
         g.collect_drops();
@@ -1665,8 +1707,12 @@ impl Reactive for Conn {
             return;
         }
         // A frame transport's readable fd also says that room for output appeared.
-        let writable = writable || (readable && self.t().frame_io().is_some());
-        if writable && g.write_armed {
+        let frames = self.t().frame_io().is_some();
+        let writable = writable || (readable && frames);
+        if frames && readable && g.writing {
+            g.write_kick = true;
+        }
+        if writable && (g.write_armed || (frames && g.wq_frames > 0)) {
             // Rate limits and TTL judge by the session's clock.
             g.session.advance(Instant::now());
             g = self.flush_if_idle(g);

@@ -92,6 +92,12 @@ pub(crate) trait FrameIo {
         max: usize,
         nonblocking: bool,
     ) -> std::io::Result<usize>;
+    /// A pool slot for a payload of `len` bytes written in place (`Pipe::alloc`), if one is
+    /// free.
+    fn alloc(&self, len: usize) -> Option<duct_sys::shm::pool::TxSlot>;
+    /// Frames whose payload was copied into the transport's memory, those bytes, and frames
+    /// that moved without a copy.
+    fn copy_counts(&self) -> (u64, u64, u64);
 }
 
 /// Turns a protocol error into the public error, naming the peer.

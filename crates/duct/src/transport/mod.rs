@@ -99,6 +99,17 @@ impl Stream {
         }
     }
 
+    /// The largest frame payload this side accepts on this stream: `user` (the option), or
+    /// the transport's default (64 KiB; on shm the largest pool slot, which also caps `user`).
+    pub(crate) fn frame_limit(&self, user: Option<u32>) -> u32 {
+        #[cfg(target_os = "linux")]
+        if let Stream::Shm(s) = self {
+            let slot = s.max_payload();
+            return user.map_or(slot, |u| u.min(slot));
+        }
+        user.unwrap_or(crate::options::DEFAULT_MAX_FRAME_PAYLOAD)
+    }
+
     /// Shuts down the read half, the write half or both (the peer reads EOF after a write
     /// shutdown). Fails with `NotConnected` if the connection is already gone, which callers
     /// closing a pipe can ignore.

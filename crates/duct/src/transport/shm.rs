@@ -27,13 +27,14 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use duct_proto::wire::FrameKind;
 use duct_proto::Transmit;
-use duct_sys::shm::pool::{Class, PoolRx, PoolTx};
+use duct_sys::shm::pool::{Class, PoolRx, PoolTx, TxSlot};
 use duct_sys::shm::ring::{Consumer, Desc, Producer, RingMem, NO_SLOT};
 use duct_sys::shm::segment::{Params, Segment};
 use duct_sys::shm::wait::{self, Wake};
@@ -54,9 +55,10 @@ pub(crate) fn rendezvous_name(name: &str) -> String {
 /// (how soon it notices a dead peer when nothing else wakes it).
 const PARK_SLICE: Duration = Duration::from_millis(20);
 
-/// The segment every connection gets: a ring of 4096 descriptors and a pool of 256 B, 4 KiB
-/// and 64 KiB slots (the largest frame payload by default is 64 KiB) per direction. Only the
-/// pages that are used take memory.
+/// The segment every connection gets, per direction: a ring of 4096 descriptors and a pool of
+/// 4096 × 256 B, 512 × 4 KiB, 128 × 64 KiB and 8 × 1 MiB slots (≈ 29 MiB of address space).
+/// Pages take memory once touched, and stay with the segment until the connection ends.
+/// The largest slot is the largest frame over shm (1 MiB).
 pub(crate) fn default_params() -> Params {
     Params {
         ring_slots: 4096,
@@ -72,6 +74,10 @@ pub(crate) fn default_params() -> Params {
             Class {
                 size: 64 * 1024,
                 count: 128,
+            },
+            Class {
+                size: 1024 * 1024,
+                count: 8,
             },
         ],
     }
@@ -91,6 +97,11 @@ pub(crate) struct ShmStream {
     ended: AtomicBool,
     /// Reading was shut down here.
     read_shut: AtomicBool,
+    /// Frames whose payload was copied into the pool, and those bytes; frames sent from a
+    /// loan without a copy.
+    copied_frames: AtomicU64,
+    copied_bytes: AtomicU64,
+    lent_frames: AtomicU64,
     local: Addr,
     peer: Addr,
 }
@@ -108,6 +119,9 @@ struct RxSide {
     /// bytes. The buffer's allocation is reused once the application drops the messages.
     small: BytesMut,
 }
+
+/// How long `alloc` waits for a slot it may lend before it settles for a heap buffer.
+const LOAN_WAIT: Duration = Duration::from_micros(500);
 
 /// Payloads up to this size are copied out of the pool; larger ones are viewed in place.
 const COPY_MAX: u32 = 512;
@@ -220,6 +234,9 @@ impl ShmStream {
             segment,
             ended: AtomicBool::new(false),
             read_shut: AtomicBool::new(false),
+            copied_frames: AtomicU64::new(0),
+            copied_bytes: AtomicU64::new(0),
+            lent_frames: AtomicU64::new(0),
             local,
             peer,
         }
@@ -247,6 +264,47 @@ impl ShmStream {
 
     pub(crate) fn peer_credentials(&self) -> Option<PeerCredentials> {
         super::uds::peer_credentials(&self.ctl)
+    }
+
+    /// The largest frame payload a slot takes.
+    pub(crate) fn max_payload(&self) -> u32 {
+        self.tx().pool.mem().max_len().min(u32::MAX as usize) as u32
+    }
+
+    /// A slot for a payload of `len` bytes written in place, if one is free (its contents
+    /// are whatever the slot held before).
+    ///
+    /// When every slot that may be lent is out (in flight, or queued here), it waits up to
+    /// [`LOAN_WAIT`] for one to come back (the peer frees slots as it reads), then gives up:
+    /// the caller falls back to a heap buffer, copied when sent.
+    pub(crate) fn alloc(&self, len: usize) -> Option<TxSlot> {
+        let pool = Arc::clone(&self.tx().pool);
+        if len > pool.mem().max_len() {
+            return None;
+        }
+        let start = Instant::now();
+        loop {
+            if self.ended.load(Ordering::Acquire) {
+                return None;
+            }
+            if let Some(mut slot) = pool.alloc_loan(len) {
+                slot.set_len(len);
+                return Some(slot);
+            }
+            if start.elapsed() >= LOAN_WAIT {
+                return None;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Frames copied into the pool and their bytes, and frames sent from a loan.
+    pub(crate) fn copy_counts(&self) -> (u64, u64, u64) {
+        (
+            self.copied_frames.load(Ordering::Relaxed),
+            self.copied_bytes.load(Ordering::Relaxed),
+            self.lent_frames.load(Ordering::Relaxed),
+        )
     }
 
     /// Sends one frame. `Ok(false)` when the ring or the pool is full: the receiver rings the
@@ -278,9 +336,18 @@ impl ShmStream {
                 None
             } else if len == 0 {
                 Some((NO_SLOT, 0))
+            } else if let Some(lent) = tx.pool.claim_loan(&t.payload) {
+                // A payload written in place (`Pipe::alloc`): only the descriptor moves.
+                self.lent_frames.fetch_add(1, Ordering::Relaxed);
+                Some(lent)
             } else {
                 tx.pool.alloc(len).map(|mut s| {
                     s.fill(&t.payload);
+                    if t.header[0] == FrameKind::Data as u8 {
+                        // (Message frames; control frames are always copied.)
+                        self.copied_frames.fetch_add(1, Ordering::Relaxed);
+                        self.copied_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                    }
                     s.send()
                 })
             };
@@ -485,5 +552,13 @@ impl crate::driver::FrameIo for ShmStream {
         nonblocking: bool,
     ) -> io::Result<usize> {
         ShmStream::recv_frames(self, out, max, nonblocking)
+    }
+
+    fn alloc(&self, len: usize) -> Option<TxSlot> {
+        ShmStream::alloc(self, len)
+    }
+
+    fn copy_counts(&self) -> (u64, u64, u64) {
+        ShmStream::copy_counts(self)
     }
 }
