@@ -1,13 +1,19 @@
 //! The transport conformance suite: one set of behavioural tests, written once against a
 //! [`Fixture`] (a factory of fresh listen addresses), instantiated for every transport by
-//! the `conformance!` macro at the bottom (tcp IPv4 and IPv6, uds path and abstract, and
-//! TLS over tcp). A failure names the transport and the case, e.g.
+//! the `conformance!` macro at the bottom (tcp IPv4 and IPv6, uds path and abstract, TLS
+//! over tcp, and shm). A failure names the transport and the case, e.g.
 //! `uds_abstract::close_wakes_blocked_recv`.
 //!
 //! Every `listen` and `dial` of a case takes its options through [`Fixture::listen_opts`] and
 //! [`Fixture::dial_opts`] ([`pair_with`] does so itself), which add what the transport needs
 //! (TLS settings for `tls`); a raw (non-duct) peer comes from the fixture
 //! ([`Fixture::raw_listener`], [`Fixture::raw_dial`]), which speaks TLS over `tls`.
+//!
+//! Over `shm` frames travel through shared-memory rings, not as bytes on a socket, so there
+//! is no raw peer: the cases that need one ([`raw_peer_or_skip`]) print
+//! `SKIPPED over shm: …` and pass without running. An shm listener's and an accepted pipe's
+//! local address, and a dialer's peer address, are `Addr::Shm(name)`; a dialer's local and
+//! an accepted pipe's peer address are `Addr::Unknown` (as for Unix sockets).
 //!
 //! What every transport must do the same way: deliver messages of every size intact and on
 //! their channel, keep per-channel order under concurrent senders and receivers, honour
@@ -31,6 +37,16 @@ use duct_proto::Event;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
+
+/// Whether `f`'s transport can carry a raw (byte-level) peer; when it cannot (shm), prints
+/// that the case is skipped and `why` it needs one.
+fn raw_peer_or_skip(f: &Fixture, why: &str) -> bool {
+    if f.has_raw_peer() {
+        return true;
+    }
+    println!("SKIPPED over shm: {why}");
+    false
+}
 
 // ---------------------------------------------------------------------------------------------
 // Round trips
@@ -678,6 +694,13 @@ fn dropped_peer_is_seen_as_closed(f: &Fixture) {
 /// A dialer whose connection ends without a CLOSE frame: the accepted end's recv returns
 /// what arrived, then `Disconnected` (retryable), and the state is `Disconnected`.
 fn vanished_dialer_is_disconnected(f: &Fixture) {
+    if !raw_peer_or_skip(
+        f,
+        "vanished_dialer_is_disconnected needs a raw dialer that ends the connection without \
+         a CLOSE frame (shm_process.rs covers a killed shm dialer)",
+    ) {
+        return;
+    }
     let listener = listen(&f.addr(), f.listen_opts(ListenOptions::default())).unwrap();
     let addr = listener.local_addr().to_string();
     let (mut raw, accepted) = thread::scope(|s| {
@@ -703,6 +726,13 @@ fn vanished_dialer_is_disconnected(f: &Fixture) {
 
 /// A listener whose connection ends without a CLOSE frame: the dialer sees `Disconnected`.
 fn vanished_listener_is_disconnected(f: &Fixture) {
+    if !raw_peer_or_skip(
+        f,
+        "vanished_listener_is_disconnected needs a raw listener that ends the connection \
+         without a CLOSE frame (shm_process.rs covers a killed shm listener)",
+    ) {
+        return;
+    }
     let (raw_listener, addr) = f.raw_listener();
     let server = thread::spawn(move || {
         let mut raw = RawPeer::serve(raw_listener.accept().unwrap());
@@ -725,6 +755,13 @@ fn vanished_listener_is_disconnected(f: &Fixture) {
 
 /// A PING from the peer is answered while the application is in `recv`.
 fn ping_answered_during_recv(f: &Fixture) {
+    if !raw_peer_or_skip(
+        f,
+        "ping_answered_during_recv needs a raw dialer that sends a PING by hand and reads \
+         the PONG",
+    ) {
+        return;
+    }
     let listener = listen(&f.addr(), f.listen_opts(ListenOptions::default())).unwrap();
     let addr = listener.local_addr().to_string();
     let (mut raw, accepted) = thread::scope(|s| {
@@ -868,13 +905,13 @@ fn stats_count_messages_and_bytes(f: &Fixture) {
 }
 
 /// The `Display` prefix (scheme and IP, up to the port) of every address of an IP transport;
-/// `None` for Unix sockets.
+/// `None` for Unix sockets and shm (whose dialing end and accepted peer are unnamed).
 fn ip_prefix(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Tcp4 => Some("tcp://127.0.0.1:"),
         Kind::Tcp6 => Some("tcp://[::1]:"),
         Kind::Tls => Some("tls://127.0.0.1:"),
-        Kind::UdsPath | Kind::UdsAbstract => None,
+        Kind::UdsPath | Kind::UdsAbstract | Kind::Shm => None,
     }
 }
 
@@ -886,6 +923,7 @@ fn addr_has_kind(a: &Addr, kind: Kind) -> bool {
         Kind::Tls => matches!(a, Addr::Tls(_)),
         Kind::UdsPath => matches!(a, Addr::Uds(_)),
         Kind::UdsAbstract => matches!(a, Addr::UdsAbstract(_)),
+        Kind::Shm => matches!(a, Addr::Shm(_)),
     }
 }
 
@@ -945,7 +983,10 @@ fn addresses_display(f: &Fixture) {
             );
         }
         None => {
-            // A dialing Unix socket is unnamed.
+            // A dialing Unix socket is unnamed; so are an shm dialer and an accepted shm
+            // pipe's peer.
+            assert_eq!(dialer.local_addr(), Addr::Unknown);
+            assert_eq!(accepted.peer_addr(), Addr::Unknown);
             assert_eq!(dialer.local_addr().to_string(), "unknown");
             assert_eq!(accepted.peer_addr().to_string(), "unknown");
         }
@@ -1276,6 +1317,7 @@ macro_rules! conformance {
         transport_suite!(uds_path, crate::common::Kind::UdsPath, $cases);
         transport_suite!(uds_abstract, crate::common::Kind::UdsAbstract, $cases);
         transport_suite!(tls, crate::common::Kind::Tls, $cases);
+        transport_suite!(shm, crate::common::Kind::Shm, $cases);
     };
 }
 

@@ -1,16 +1,17 @@
 //! Test support shared by duct's integration tests.
 //!
 //! - [`Fixture`]: one transport (tcp IPv4, tcp IPv6, uds path, uds abstract, tls over tcp
-//!   IPv4) that hands out fresh, unique listen addresses and the options the transport needs
-//!   ([`Fixture::listen_opts`], [`Fixture::dial_opts`]: TLS settings from a PKI generated per
-//!   fixture); the conformance suite is written against it once.
+//!   IPv4, shm) that hands out fresh, unique listen addresses and the options the transport
+//!   needs ([`Fixture::listen_opts`], [`Fixture::dial_opts`]: TLS settings from a PKI
+//!   generated per fixture); the conformance suite is written against it once.
 //! - Guards that clean up even when a test fails: [`TempDir`] (removed on drop),
 //!   [`EchoServer`] (closes its listener and pipes and joins its threads on drop).
 //! - [`RawStream`] and [`RawPeer`]: a byte stream to a duct endpoint on any transport, and a
 //!   hand-driven `duct_proto::Session` over it, for tests that speak (or break) the wire
 //!   protocol themselves. Over `tls://` the raw side speaks TLS (rustls, [`pki`]): get those
 //!   from the fixture ([`Fixture::raw_listener`], [`Fixture::raw_connect`],
-//!   [`Fixture::raw_dial`]).
+//!   [`Fixture::raw_dial`]). Over `shm://` there is no byte stream to speak it on (frames
+//!   travel through shared-memory rings): [`Fixture::has_raw_peer`] says so.
 //!
 //! Every wait has a deadline ([`T`], generous): a broken library fails a test, it does not
 //! hang the suite.
@@ -91,6 +92,10 @@ pub enum Kind {
     UdsAbstract,
     /// `tls://127.0.0.1:0`: TLS over tcp IPv4, with a PKI generated for the fixture.
     Tls,
+    /// `shm://duct-test-<pid>-<n>`: shared memory (Linux only). Frames travel through
+    /// shared-memory rings, not as bytes on a socket, so a raw (byte-level) peer cannot
+    /// talk to it: see [`Fixture::has_raw_peer`].
+    Shm,
 }
 
 /// Whether this machine has an IPv6 loopback to bind.
@@ -117,6 +122,11 @@ impl Fixture {
         #[cfg(not(feature = "tls"))]
         if kind == Kind::Tls {
             eprintln!("SKIPPED: duct is built without the `tls` feature");
+            return None;
+        }
+        #[cfg(not(target_os = "linux"))]
+        if kind == Kind::Shm {
+            eprintln!("SKIPPED: shm:// is implemented on Linux only");
             return None;
         }
         let dir = (kind == Kind::UdsPath).then(TempDir::new);
@@ -154,9 +164,23 @@ impl Fixture {
         }
     }
 
+    /// Whether this transport carries bytes that a raw (non-duct) peer can speak the wire
+    /// protocol on ([`Fixture::raw_listener`], [`Fixture::raw_connect`],
+    /// [`Fixture::raw_dial`]): every transport but [`Kind::Shm`], whose frames travel through
+    /// shared-memory rings.
+    pub fn has_raw_peer(&self) -> bool {
+        self.kind != Kind::Shm
+    }
+
     /// A raw (non-duct) byte stream to `addr` on this transport (over TLS for [`Kind::Tls`],
-    /// the TLS handshake done).
+    /// the TLS handshake done). Not for [`Kind::Shm`] (see [`Fixture::has_raw_peer`]).
     pub fn raw_connect(&self, addr: &str) -> io::Result<RawStream> {
+        if self.kind == Kind::Shm {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("raw connect {addr}: shm:// has no byte stream for a raw peer"),
+            ));
+        }
         #[cfg(feature = "tls")]
         if let Some(rest) = addr.strip_prefix("tls://") {
             return pki::TlsRaw::connect(rest, self.pki()).map(|s| RawStream::Tls(Box::new(s)));
@@ -185,14 +209,17 @@ impl Fixture {
                 format!("uds://@duct-test-{}-{}", std::process::id(), unique())
             }
             Kind::Tls => "tls://127.0.0.1:0".to_owned(),
+            Kind::Shm => format!("shm://duct-test-{}-{}", std::process::id(), unique()),
         }
     }
 
     /// A raw (non-duct) listener on a fresh address of this transport, and that address.
     /// For [`Kind::Tls`] it serves TLS with the fixture's server certificate: `accept`
-    /// returns a stream whose TLS handshake is done.
+    /// returns a stream whose TLS handshake is done. Panics for [`Kind::Shm`] (see
+    /// [`Fixture::has_raw_peer`]).
     pub fn raw_listener(&self) -> (RawListener, String) {
         match self.kind {
+            Kind::Shm => panic!("shm:// has no byte stream for a raw listener (has_raw_peer)"),
             #[cfg(feature = "tls")]
             Kind::Tls => {
                 let l = TcpListener::bind("127.0.0.1:0").expect("bind raw tcp listener");
