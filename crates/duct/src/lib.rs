@@ -60,12 +60,13 @@
 //!
 //! # What this version implements
 //!
-//! tcp and uds transports; channels with every QoS option above, realtime or reliable
-//! (at least once across reconnects: [`ChannelOptions::reliable`]); heartbeats,
-//! auto-reconnect and resume; timeouts, limits and close reasons; an authentication hook
-//! ([`ListenOptions::authenticate`]) and peer-credential filters on Unix sockets. Options for
-//! the rest (TLS, shm) can be set, and are refused with [`ErrorKind::Unsupported`] naming the
-//! option, never ignored.
+//! Transports: tcp, tls (TLS 1.3/1.2 and mTLS with rustls: [`TlsOptions`]), uds, and shm
+//! (Linux: shared memory, zero-copy with [`Pipe::alloc`]); `pipe://` (Windows named pipes)
+//! is refused with [`ErrorKind::Unsupported`]. Channels with every QoS option above,
+//! realtime or reliable (at least once across reconnects: [`ChannelOptions::reliable`]);
+//! heartbeats, auto-reconnect and resume; timeouts, limits and close reasons; an
+//! authentication hook ([`ListenOptions::authenticate`]) and peer-credential filters on Unix
+//! sockets and shm.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

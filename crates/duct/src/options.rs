@@ -9,10 +9,9 @@
 //!
 //! This module only stores what the user asked for. The driver reads it (through the
 //! `pub(crate)` fields and the `*_settings` getters, which resolve unset values to their
-//! defaults) and the protocol core enforces it. Options that this version of duct does not
-//! implement yet can still be set, but then `listen`, `dial` and `send_with` fail with
-//! [`ErrorKind::Unsupported`] naming the option, instead of ignoring it silently; each such
-//! setter says so in its documentation.
+//! defaults) and the protocol core enforces it. Every option is implemented; an option that
+//! does not apply where it is used (TLS settings on a Unix socket, say) fails `listen` or
+//! `dial` with an error naming it, never silently.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -961,9 +960,6 @@ impl RateLimit {
 ///     .rate_limit(RateLimit::bytes_per_sec(10e6));
 /// let opts = DialOptions::default().channel(1, positions).channel(2, bulk);
 /// ```
-///
-/// In this version of duct `reliable(true)` is not implemented yet: a channel configured with
-/// it makes `dial`/`listen` fail with [`ErrorKind::Unsupported`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChannelOptions {
     pub(crate) reliable: Option<bool>,
@@ -1188,9 +1184,6 @@ fn qos_config(
 // ---------------------------------------------------------------------------------------------
 
 /// Options of one `send_with` / `send_batch` call.
-///
-/// In this version of duct `reliable(true)` is not implemented yet: a send that sets it fails
-/// with [`ErrorKind::Unsupported`] and sends nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SendOptions {
     pub(crate) channel: Option<u16>,
@@ -1586,7 +1579,8 @@ pub struct PipeStats {
     /// Successful reconnects.
     pub reconnects: u64,
     /// Smoothed round-trip time measured by heartbeat PINGs (`None` until one was answered,
-    /// or with heartbeats off).
+    /// or with heartbeats off). A side only PINGs after hearing nothing for an interval, so
+    /// one whose peer PINGs first may measure none and stay `None`.
     pub rtt: Option<Duration>,
     /// `shm://`: message frames whose payload was copied into the shared pool on the way out
     /// (every frame of an ordinary message; not those sent from

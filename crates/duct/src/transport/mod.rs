@@ -15,8 +15,11 @@
 //! `tls://` (feature `tls`) is tcp underneath: [`connect`] and [`RawListener::bind`] open
 //! the TCP side, and [`tls`] wraps the stream in a rustls session ([`Stream::Tls`]).
 //!
-//! Not here yet: `shm://` (shared memory) and `pipe://` (Windows named pipes), which
-//! [`connect`] and [`RawListener::bind`] refuse with [`ErrorKind::Unsupported`].
+//! `shm://` (Linux) is a Unix socket for the rendezvous and a shared segment for the frames
+//! ([`shm`]); [`Stream::Shm`] hands the driver whole frames (`FrameIo`) instead of bytes.
+//!
+//! Not here yet: `pipe://` (Windows named pipes), which [`connect`] and [`RawListener::bind`]
+//! refuse with [`ErrorKind::Unsupported`].
 
 #[cfg(target_os = "linux")]
 pub(crate) mod shm;
@@ -294,7 +297,9 @@ impl AsSocket for Stream {
 ///   share of the time left; the first that connects wins. `TCP_NODELAY` is set.
 /// - uds (path or, on Linux, abstract name): a listener whose queue is full is retried until
 ///   the deadline.
-/// - tls, shm, pipe: [`ErrorKind::Unsupported`] in this version.
+/// - tls: tcp (the caller starts the TLS session: [`secure_client`]).
+/// - shm: the rendezvous socket, then the segment the listener passes (within `timeout`).
+/// - pipe: [`ErrorKind::Unsupported`].
 ///
 /// Errors name the address: [`ErrorKind::ConnectionRefused`] when nobody listens (for uds,
 /// also when the socket file does not exist), [`ErrorKind::TimedOut`] when the deadline
@@ -547,7 +552,9 @@ impl RawListener {
     ///   live listener behind it, or a file that is not a socket, is
     ///   [`ErrorKind::AddressInUse`] and is left alone.
     /// - uds abstract name (Linux): a name in use is [`ErrorKind::AddressInUse`].
-    /// - tls, shm, pipe: [`ErrorKind::Unsupported`] in this version.
+    /// - tls: tcp (accepted streams are wrapped by [`secure_server`]).
+    /// - shm: the abstract socket `@duct-shm/NAME`; `accept` passes each dialer a segment.
+    /// - pipe: [`ErrorKind::Unsupported`].
     pub(crate) fn bind(ep: &Endpoint) -> Result<RawListener> {
         match ep {
             Endpoint::Tcp { host, port } => tcp::bind(ep, host, *port).map(RawListener::Tcp),
