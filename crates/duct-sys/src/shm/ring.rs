@@ -78,6 +78,13 @@ impl RingCtl {
     pub fn producer_word(&self) -> &AtomicU32 {
         &self.producer
     }
+
+    /// Overwrites the producer's counter with anything: what a buggy or hostile peer can do
+    /// to the shared memory. For tests of the consumer's checks; never part of the protocol.
+    #[doc(hidden)]
+    pub fn overwrite_head(&self, head: u64) {
+        self.head.store(head, Ordering::Release);
+    }
 }
 
 impl Default for RingCtl {

@@ -1,0 +1,318 @@
+//! A hostile shm peer: a listener built by hand from the shared-memory primitives (not duct's
+//! transport), which completes the handshake properly and then writes garbage into the ring.
+//! Whatever it writes, the duct side fails with `Protocol`, never reads outside the segment,
+//! never panics, and the next pipe works. Also: a listener that passes a bad segment.
+#![cfg(target_os = "linux")]
+
+use std::os::fd::AsFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use duct::{DialOptions, ErrorKind, Message, RecvOptions};
+use duct_proto::{Config, Role, Session, State};
+use duct_sys::shm::pool::{Class, PoolRx, PoolTx};
+use duct_sys::shm::ring::{Consumer, Desc, Producer, NO_SLOT};
+use duct_sys::shm::segment::{Params, Segment};
+
+mod common;
+use common::{unique, T};
+
+fn params() -> Params {
+    Params {
+        ring_slots: 64,
+        classes: vec![
+            Class {
+                size: 256,
+                count: 64,
+            },
+            Class {
+                size: 65536,
+                count: 4,
+            },
+        ],
+    }
+}
+
+/// The listening half of a raw shm peer.
+struct RawShmListener {
+    listener: UnixListener,
+    addr: String,
+}
+
+impl RawShmListener {
+    fn bind() -> RawShmListener {
+        let name = format!("duct-hostile-{}-{}", std::process::id(), unique());
+        let sa = SocketAddr::from_abstract_name(format!("duct-shm/{name}").as_bytes()).unwrap();
+        RawShmListener {
+            listener: UnixListener::bind_addr(&sa).unwrap(),
+            addr: format!("shm://{name}"),
+        }
+    }
+
+    /// Accepts a dialer and passes it a segment with `hello` as the 8 bytes beside the fd.
+    fn accept_with(&self, hello: &[u8; 8], segment: Params) -> RawShm {
+        let (ctl, _) = self.listener.accept().unwrap();
+        let (seg, fd) = Segment::create(segment).unwrap();
+        duct_sys::shm::fdpass::send_fd(ctl.as_fd(), fd.as_fd(), hello).unwrap();
+        RawShm::new(ctl, seg)
+    }
+
+    fn accept(&self) -> RawShm {
+        self.accept_with(b"DSHMSEG1", params())
+    }
+}
+
+/// A raw listener-side shm connection: a protocol session driven by hand over the rings.
+struct RawShm {
+    ctl: UnixStream,
+    _seg: Segment,
+    tx: Producer,
+    tx_pool: Arc<PoolTx>,
+    rx: Consumer,
+    rx_pool: Arc<PoolRx>,
+    session: Session,
+}
+
+impl RawShm {
+    fn new(ctl: UnixStream, seg: Segment) -> RawShm {
+        let tx = seg.direction(1);
+        let rx = seg.direction(0);
+        RawShm {
+            ctl,
+            tx: tx.ring.producer(),
+            tx_pool: PoolTx::new(tx.pool),
+            rx: rx.ring.consumer(),
+            rx_pool: PoolRx::new(rx.pool, || {}),
+            _seg: seg,
+            session: Session::new(
+                Config {
+                    session_id: 0xABCD,
+                    ..Config::default()
+                },
+                Role::Listener,
+                Instant::now(),
+            ),
+        }
+    }
+
+    /// Rings the dialer (it may wait for a byte on the control socket).
+    fn bell(&self) {
+        let _ = rustix::net::send(&self.ctl, &[1], rustix::net::SendFlags::DONTWAIT);
+    }
+
+    fn flush(&mut self) {
+        while let Some(t) = self.session.poll_transmit() {
+            let (slot, len) = if t.payload.is_empty() {
+                (NO_SLOT, 0)
+            } else {
+                let mut s = self.tx_pool.alloc(t.payload.len()).expect("a free slot");
+                s.fill(&t.payload);
+                s.send()
+            };
+            assert!(self
+                .tx
+                .push(Desc {
+                    header: t.header,
+                    slot,
+                    len,
+                })
+                .unwrap());
+        }
+        self.bell();
+    }
+
+    fn pump(&mut self) {
+        while let Some(d) = self.rx.pop().unwrap() {
+            let payload = if d.slot == NO_SLOT {
+                Bytes::new()
+            } else {
+                Bytes::from_owner(self.rx_pool.take(d.slot, d.len).unwrap())
+            };
+            self.session
+                .handle_raw_frame(&d.header, payload, Instant::now())
+                .unwrap();
+        }
+    }
+
+    /// HELLO in, WELCOME out.
+    fn handshake(&mut self) {
+        let deadline = Instant::now() + T;
+        while self.session.pending_hello().is_none() && self.session.state() != State::Established {
+            assert!(Instant::now() < deadline, "no HELLO");
+            self.pump();
+            thread::sleep(Duration::from_millis(1));
+        }
+        if self.session.pending_hello().is_some() {
+            self.session.welcome(false, Instant::now()).unwrap();
+        }
+        self.flush();
+    }
+
+    /// Publishes `desc` as it is (no checks: that is the point).
+    fn inject(&mut self, desc: Desc) {
+        assert!(self.tx.push(desc).unwrap());
+        self.bell();
+    }
+}
+
+/// A valid DATA header for a payload of `len` bytes on channel 0.
+fn data_header(len: u32) -> [u8; 24] {
+    let mut h = duct_proto::wire::Header::new(duct_proto::wire::FrameKind::Data);
+    h.payload_len = len;
+    h.encode()
+}
+
+/// Dials the raw listener, completes the handshake, and returns both ends.
+fn connect(l: &RawShmListener) -> (duct::Pipe, RawShm) {
+    let addr = l.addr.clone();
+    let dialer = thread::spawn(move || duct::dial(&addr, DialOptions::default()).unwrap());
+    let mut raw = l.accept();
+    raw.handshake();
+    (dialer.join().unwrap(), raw)
+}
+
+#[test]
+fn garbage_descriptors_end_the_pipe_with_protocol() {
+    let l = RawShmListener::bind();
+    // A good message first: the raw peer is a working listener.
+    let (pipe, mut raw) = connect(&l);
+    raw.session
+        .send(0, Bytes::from_static(b"hi"), Instant::now())
+        .unwrap();
+    raw.flush();
+    let m = pipe.recv_with(&RecvOptions::default().timeout(T)).unwrap();
+    assert_eq!(m.payload(), b"hi");
+
+    let slots = 64 + 4;
+    let cases: Vec<(&str, Desc)> = vec![
+        (
+            "a slot that does not exist",
+            Desc {
+                header: data_header(10),
+                slot: slots,
+                len: 10,
+            },
+        ),
+        (
+            "a slot far out of range",
+            Desc {
+                header: data_header(10),
+                slot: 0x7fff_ffff,
+                len: 10,
+            },
+        ),
+        (
+            "a length beyond its slot",
+            Desc {
+                header: data_header(300),
+                slot: 0,
+                len: 300,
+            },
+        ),
+        (
+            "a payload without a slot",
+            Desc {
+                header: data_header(5),
+                slot: NO_SLOT,
+                len: 5,
+            },
+        ),
+        (
+            "a length that differs from the header's",
+            Desc {
+                header: data_header(9),
+                slot: 1,
+                len: 10,
+            },
+        ),
+        (
+            "a header that is not a frame",
+            Desc {
+                header: [0xee; 24],
+                slot: NO_SLOT,
+                len: 0,
+            },
+        ),
+    ];
+    drop((pipe, raw));
+    for (what, desc) in cases {
+        let (pipe, mut raw) = connect(&l);
+        raw.inject(desc);
+        let e = pipe
+            .recv_with(&RecvOptions::default().timeout(T))
+            .expect_err(what);
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{what}: {e}");
+        println!("{what}: {e}");
+    }
+}
+
+#[test]
+fn a_corrupt_ring_index_ends_the_pipe_with_protocol() {
+    let l = RawShmListener::bind();
+    for (what, head) in [
+        ("more than a ring ahead", 1_000_000u64),
+        ("behind what was read", 0),
+        ("wrapped around", u64::MAX),
+    ] {
+        let (pipe, mut raw) = connect(&l);
+        // Two frames read first, so that "behind" is behind.
+        for _ in 0..2 {
+            raw.session
+                .send(0, Bytes::from_static(b"x"), Instant::now())
+                .unwrap();
+        }
+        raw.flush();
+        for _ in 0..2 {
+            pipe.recv_with(&RecvOptions::default().timeout(T)).unwrap();
+        }
+        // The handshake and the two frames moved the head past 0: now it jumps.
+        raw._seg.direction(1).ring.ctl().overwrite_head(head);
+        raw.bell();
+        let e = pipe
+            .recv_with(&RecvOptions::default().timeout(T))
+            .expect_err(what);
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{what}: {e}");
+        println!("{what}: {e}");
+    }
+}
+
+#[test]
+fn a_listener_that_passes_no_duct_segment_is_refused() {
+    let l = RawShmListener::bind();
+    for hello in [*b"NOTDUCT!", *b"DSHMSEG1"] {
+        let addr = l.addr.clone();
+        let dialer = thread::spawn(move || {
+            duct::dial(
+                &addr,
+                DialOptions::default().timeout(Duration::from_secs(2)),
+            )
+        });
+        let (ctl, _) = l.listener.accept().unwrap();
+        if &hello == b"NOTDUCT!" {
+            let (_seg, fd) = Segment::create(params()).unwrap();
+            duct_sys::shm::fdpass::send_fd(ctl.as_fd(), fd.as_fd(), &hello).unwrap();
+        } else {
+            // The right greeting, but an fd that is not a sealed duct segment.
+            let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+            rustix::fs::ftruncate(&fd, 1 << 20).unwrap();
+            duct_sys::shm::fdpass::send_fd(ctl.as_fd(), fd.as_fd(), &hello).unwrap();
+        }
+        let e = dialer.join().unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        println!("{e}");
+        drop(ctl);
+    }
+    // And a working pipe afterwards, to the same raw listener.
+    let (pipe, mut raw) = connect(&l);
+    pipe.send(Message::new(b"still fine".to_vec())).unwrap();
+    let deadline = Instant::now() + T;
+    while raw.session.poll_message().is_none() {
+        assert!(Instant::now() < deadline);
+        raw.pump();
+        thread::sleep(Duration::from_millis(1));
+    }
+}
