@@ -379,6 +379,7 @@ impl Inner {
                             continue;
                         }
                     };
+                    stream.set_spin(self.opts.limits.spin);
                     let heartbeat = self.opts.heartbeat_or_default();
                     if let Err(e) = stream.set_keepalive(&heartbeat) {
                         tracing::debug!(%peer, error = %e, "could not set TCP keepalive");

@@ -43,6 +43,8 @@ pub(crate) const DEFAULT_REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `linger`.
 pub(crate) const DEFAULT_LINGER: Duration = Duration::from_secs(1);
+/// Default [`DialOptions::spin`] on shm.
+pub(crate) const DEFAULT_SHM_SPIN: Duration = Duration::from_micros(20);
 /// Default [`ListenOptions::handshake_timeout`].
 pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default [`ListenOptions::max_pending_handshakes`].
@@ -103,6 +105,8 @@ pub(crate) struct Limits {
     pub(crate) send_timeout: Duration,
     /// How long `close` waits to flush queued messages when [`CloseOptions`] has no linger.
     pub(crate) linger: Duration,
+    /// shm: how long a blocked receive spins before it sleeps; `None`: [`DEFAULT_SHM_SPIN`].
+    pub(crate) spin: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -114,6 +118,7 @@ impl Default for Limits {
             reassembly_timeout: DEFAULT_REASSEMBLY_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             linger: DEFAULT_LINGER,
+            spin: None,
         }
     }
 }
@@ -184,6 +189,19 @@ macro_rules! limit_setters {
         #[must_use]
         pub fn linger(mut self, linger: Duration) -> Self {
             self.limits.linger = linger;
+            self
+        }
+
+        /// On `shm://`: how long a receive that finds nothing spins, watching the shared ring,
+        /// before it sleeps on a futex (and the sender pays a wake-up syscall). Default:
+        /// 20 µs. `Duration::ZERO` sleeps at once (no CPU burnt while idle);
+        /// `Duration::MAX` never sleeps: the lowest latency, at the cost of a core per
+        /// receiving thread (busy-spin mode). A spinning receiver still notices within about
+        /// a millisecond that the peer is gone. Other transports ignore it (their receives
+        /// wait in the kernel).
+        #[must_use]
+        pub fn spin(mut self, spin: Duration) -> Self {
+            self.limits.spin = Some(spin);
             self
         }
     };

@@ -160,6 +160,7 @@ pub(crate) fn connect_handshake(
     let tls = transport::client_tls(ep, opts.tls.as_ref())?;
     let stream = transport::connect(ep, timeout)?;
     let stream = transport::secure_client(stream, tls.as_ref())?;
+    stream.set_spin(opts.limits.spin);
     let heartbeat = opts.heartbeat_or_default();
     if let Err(e) = stream.set_keepalive(&heartbeat) {
         tracing::debug!(%addr, error = %e, "could not set TCP keepalive");

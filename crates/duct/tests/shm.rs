@@ -240,3 +240,31 @@ fn alloc_is_a_heap_buffer_on_sockets() {
     assert_eq!(recv_t(&accepted).unwrap().payload(), b"0123");
     assert_eq!(pipe.stats().zero_copy_frames, 0);
 }
+
+#[test]
+fn spinning_and_parking_receivers_both_work_and_notice_the_end() {
+    for spin in [Duration::ZERO, Duration::from_micros(50), Duration::MAX] {
+        let addr = format!("shm://{}", name());
+        let listener = duct::listen(&addr, ListenOptions::default().spin(spin)).unwrap();
+        let pipe = duct::dial(&addr, DialOptions::default().spin(spin)).unwrap();
+        let accepted = listener.accept_timeout(T).unwrap();
+        let echo = thread::spawn(move || {
+            while let Ok(m) = accepted.recv() {
+                if accepted.send(m).is_err() {
+                    break;
+                }
+            }
+        });
+        for i in 0..2000u32 {
+            pipe.send(Message::new(i.to_le_bytes().to_vec())).unwrap();
+            let m = pipe.recv().unwrap(); // blocks: spins, then parks (or spins on)
+            assert_eq!(m.payload(), &i.to_le_bytes()[..], "spin {spin:?}");
+        }
+        // The echo side blocks in recv (spinning with Duration::MAX) and must see the end.
+        let started = Instant::now();
+        drop(pipe);
+        echo.join().unwrap();
+        println!("spin {spin:?}: the end seen after {:?}", started.elapsed());
+        assert!(started.elapsed() < T);
+    }
+}

@@ -113,6 +113,16 @@ impl Stream {
         user.unwrap_or(crate::options::DEFAULT_MAX_FRAME_PAYLOAD)
     }
 
+    /// Applies the pipe's spin setting (shm: how long a blocked receive spins before it
+    /// parks; see `DialOptions::spin`). Other transports have nothing to set.
+    pub(crate) fn set_spin(&self, spin: Option<std::time::Duration>) {
+        #[cfg(target_os = "linux")]
+        if let Stream::Shm(s) = self {
+            s.set_spin(spin.unwrap_or(crate::options::DEFAULT_SHM_SPIN));
+        }
+        let _ = spin;
+    }
+
     /// Shuts down the read half, the write half or both (the peer reads EOF after a write
     /// shutdown). Fails with `NotConnected` if the connection is already gone, which callers
     /// closing a pipe can ignore.

@@ -97,6 +97,9 @@ pub(crate) struct ShmStream {
     ended: AtomicBool,
     /// Reading was shut down here.
     read_shut: AtomicBool,
+    /// How long a blocked receive spins before it parks, in nanoseconds (`u64::MAX`: never
+    /// parks).
+    spin_ns: AtomicU64,
     /// Frames whose payload was copied into the pool, and those bytes; frames sent from a
     /// loan without a copy.
     copied_frames: AtomicU64,
@@ -234,6 +237,7 @@ impl ShmStream {
             segment,
             ended: AtomicBool::new(false),
             read_shut: AtomicBool::new(false),
+            spin_ns: AtomicU64::new(0),
             copied_frames: AtomicU64::new(0),
             copied_bytes: AtomicU64::new(0),
             lent_frames: AtomicU64::new(0),
@@ -264,6 +268,46 @@ impl ShmStream {
 
     pub(crate) fn peer_credentials(&self) -> Option<PeerCredentials> {
         super::uds::peer_credentials(&self.ctl)
+    }
+
+    /// How long a blocked receive spins before it parks (`Duration::MAX`: never parks).
+    pub(crate) fn set_spin(&self, spin: Duration) {
+        let ns = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
+        self.spin_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// Spins until a frame is there, the peer is gone, reading was shut down here, the spin
+    /// time passes or `deadline` does. Whether something is there to look at.
+    fn spin_for_input(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        let ns = self.spin_ns.load(Ordering::Relaxed);
+        if ns == 0 {
+            return Ok(false);
+        }
+        let start = Instant::now();
+        let mut turns: u32 = 0;
+        loop {
+            if self.rx_waiting()? || self.read_shut.load(Ordering::Acquire) {
+                return Ok(true);
+            }
+            turns = turns.wrapping_add(1);
+            if turns % 64 == 0 {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d)
+                    || (ns != u64::MAX && now.duration_since(start).as_nanos() >= u128::from(ns))
+                {
+                    return Ok(false);
+                }
+                if turns % 4096 == 0 {
+                    // A peer that is gone never publishes again: look at the control socket
+                    // now and then (well under a millisecond apart).
+                    self.drain_ctl();
+                    if self.ended.load(Ordering::Acquire) {
+                        return Ok(true);
+                    }
+                }
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// The largest frame payload a slot takes.
@@ -413,6 +457,9 @@ impl ShmStream {
                 }
                 return Err(io::ErrorKind::WouldBlock.into());
             }
+            if self.spin_for_input(None)? {
+                continue;
+            }
             wait::prepare(word, wait::PARKED);
             if !self.rx_waiting()? {
                 wait::park(word, Some(PARK_SLICE));
@@ -494,6 +541,9 @@ impl ShmStream {
             self.drain_ctl();
             if self.ended.load(Ordering::Acquire) {
                 return Ok(true);
+            }
+            if self.spin_for_input(deadline)? {
+                continue;
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
