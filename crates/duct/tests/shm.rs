@@ -268,3 +268,74 @@ fn spinning_and_parking_receivers_both_work_and_notice_the_end() {
         assert!(started.elapsed() < T);
     }
 }
+
+/// A receiver that holds every received payload exhausts the sender's pool: then the
+/// channel's backpressure policy decides (DropNew drops and counts, Block waits and times
+/// out), nothing deadlocks, and everything flows again once the holder lets go.
+#[test]
+fn a_receiver_holding_payloads_meets_the_channel_policy_not_a_deadlock() {
+    use duct::{Backpressure, ChannelOptions, SendOptions};
+    let addr = format!("shm://{}", name());
+    let listener = duct::listen(&addr, ListenOptions::default()).unwrap();
+    let small_queue = |p| ChannelOptions::default().snd_hwm_msgs(64).backpressure(p);
+    let pipe = duct::dial(
+        &addr,
+        DialOptions::default()
+            .channel(1, small_queue(Backpressure::DropNew))
+            .channel(2, small_queue(Backpressure::Block)),
+    )
+    .unwrap();
+    let accepted = listener.accept_timeout(T).unwrap();
+    // 64 KiB payloads: views into the 64 KiB class (128 slots), never copied out.
+    let payload = bytes::Bytes::from(vec![3u8; 60_000]);
+    let mut held = Vec::new();
+    let mut i = 0;
+    // Hold what arrives until nothing more can arrive.
+    loop {
+        pipe.send(Message::new(payload.clone()).with_channel(1))
+            .unwrap();
+        i += 1;
+        match accepted.recv_with(&RecvOptions::default().timeout(Duration::from_millis(200))) {
+            Ok(m) => held.push(m),
+            Err(e) if e.kind() == ErrorKind::TimedOut => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(i < 10_000, "the pool never ran out");
+    }
+    println!("held {} payloads after {i} sends", held.len());
+    // DropNew: sends keep being accepted, the excess is dropped and counted.
+    for _ in 0..200 {
+        pipe.send(Message::new(payload.clone()).with_channel(1))
+            .unwrap();
+    }
+    let dropped = pipe.stats().channel(1).unwrap().dropped;
+    assert!(dropped > 0, "DropNew dropped the excess");
+    // Block: a send with a timeout times out instead of hanging.
+    let opts = SendOptions::default()
+        .channel(2)
+        .timeout(Duration::from_millis(100));
+    let mut timed_out = false;
+    for _ in 0..200 {
+        if let Err(e) = pipe.send_with(Message::new(payload.clone()), &opts) {
+            assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+            timed_out = true;
+            break;
+        }
+    }
+    assert!(timed_out, "Block waits for room and times out");
+    // Let go: everything queued flows, and new messages too.
+    drop(held);
+    let mut got = 0;
+    while accepted
+        .recv_with(&RecvOptions::default().timeout(Duration::from_millis(500)))
+        .is_ok()
+    {
+        got += 1;
+    }
+    assert!(got > 0, "queued messages arrive once the holder lets go");
+    pipe.send(Message::new(b"after".to_vec()).with_channel(2))
+        .unwrap();
+    let m = recv_t(&accepted).unwrap();
+    assert_eq!(m.payload(), b"after");
+    println!("after letting go: {got} queued messages, then new ones");
+}

@@ -151,6 +151,21 @@ fn child_entry() {
                 thread::sleep(Duration::from_secs(1));
             }
         }
+        // Listens and echoes every pipe it accepts.
+        "echo_listener" => {
+            let listener = duct::listen(&addr, ListenOptions::default()).unwrap();
+            println!("ready");
+            loop {
+                let pipe = listener.accept().unwrap();
+                thread::spawn(move || {
+                    while let Ok(m) = pipe.recv() {
+                        if pipe.send(m).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
         other => panic!("unknown child role {other}"),
     }
 }
@@ -327,4 +342,55 @@ fn a_receiver_killed_mid_stream_ends_the_sender() {
     }
     report("receiving dialer killed, send", &times);
     assert_eq!(shm_mappings(), 0);
+}
+
+#[test]
+fn a_reconnecting_dialer_comes_back_to_a_restarted_listener() {
+    let _serial = serial();
+    let n = name();
+    let addr = format!("shm://{n}");
+    let (mut kid, mut out) = Kid::spawn("echo_listener", &n);
+    expect_line(&mut out, "ready");
+    let pipe = duct::dial(
+        &addr,
+        DialOptions::default().reconnect(duct::Reconnect::exponential(
+            Duration::from_millis(5),
+            Duration::from_millis(50),
+        )),
+    )
+    .unwrap();
+    let echo = |i: u32| {
+        pipe.send(Message::new(i.to_le_bytes().to_vec())).unwrap();
+        let m = pipe
+            .recv_with(&RecvOptions::default().timeout(common::T))
+            .unwrap();
+        assert_eq!(m.payload(), &i.to_le_bytes()[..]);
+    };
+    for i in 0..100 {
+        echo(i);
+    }
+    for round in 0..3u32 {
+        kid.kill();
+        let (k, mut o) = Kid::spawn("echo_listener", &n);
+        kid = k;
+        expect_line(&mut o, "ready");
+        // The dialer reconnects by itself (a new session: realtime messages sent while it was
+        // away may be lost, so wait for the connection before the next echo).
+        let deadline = Instant::now() + common::T;
+        while pipe.stats().reconnects <= u64::from(round) {
+            assert!(
+                Instant::now() < deadline,
+                "no reconnect after restart {round}"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        while pipe.state() != duct::PipeState::Connected {
+            assert!(Instant::now() < deadline);
+            thread::sleep(Duration::from_millis(5));
+        }
+        for i in 0..100 {
+            echo(1000 * (round + 1) + i);
+        }
+    }
+    println!("reconnects: {}", pipe.stats().reconnects);
 }
