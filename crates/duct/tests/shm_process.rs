@@ -248,8 +248,9 @@ fn killing_a_sending_dialer_ends_the_blocked_recv_and_leaves_nothing() {
     );
 }
 
-#[test]
-fn killing_a_dialer_that_does_not_read_ends_the_blocked_send() {
+/// Rounds of: a child dialer in `role`, a thread here sending `len`-byte messages until send
+/// fails, the child killed after `pause` (ms): the failure must be Disconnected, soon.
+fn kill_while_sending(role: &str, len: usize, pause: std::ops::Range<u64>, case: &str) {
     let _serial = serial();
     let mut times = Vec::new();
     for _ in 0..ROUNDS {
@@ -257,29 +258,39 @@ fn killing_a_dialer_that_does_not_read_ends_the_blocked_send() {
         let addr = format!("shm://{n}");
         let listener =
             duct::listen(&addr, ListenOptions::default().heartbeat(no_heartbeat())).unwrap();
-        let (mut kid, mut out) = Kid::spawn("sleeper", &n);
+        let (mut kid, mut out) = Kid::spawn(role, &n);
         let pipe = listener.accept_timeout(common::T).unwrap();
         expect_line(&mut out, "ready");
-        // Fill the ring, the pool and the send queue until send blocks.
         let sender = {
             let pipe = pipe.clone();
             thread::spawn(move || loop {
-                if let Err(e) = pipe.send(Message::new(vec![0u8; 1000])) {
+                if let Err(e) = pipe.send(Message::new(vec![1u8; len])) {
                     return (Instant::now(), e);
                 }
             })
         };
-        thread::sleep(Duration::from_millis(fastrand::u64(50..100)));
+        thread::sleep(Duration::from_millis(fastrand::u64(pause.clone())));
         let kill_at = Instant::now();
         kid.kill();
         let (at, e) = sender.join().unwrap();
-        let took = at.duration_since(kill_at);
+        let took = at.saturating_duration_since(kill_at);
         assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
         assert!(took < NOTICE_BOUND, "noticed after {took:?}");
         times.push(took);
     }
-    report("non-reading dialer killed, send", &times);
+    report(case, &times);
     assert_eq!(shm_mappings(), 0);
+}
+
+/// The child never reads: the ring, the pool and the send queue fill until send blocks.
+#[test]
+fn killing_a_dialer_that_does_not_read_ends_the_blocked_send() {
+    kill_while_sending("sleeper", 1000, 50..100, "non-reading dialer killed, send");
+}
+
+#[test]
+fn a_receiver_killed_mid_stream_ends_the_sender() {
+    kill_while_sending("receiver", 200, 10..50, "receiving dialer killed, send");
 }
 
 #[test]
@@ -308,39 +319,6 @@ fn killing_an_idle_listener_ends_the_blocked_recv_and_frees_the_name() {
         drop(duct::listen(&addr, ListenOptions::default()).unwrap());
     }
     report("idle listener killed, recv", &times);
-    assert_eq!(shm_mappings(), 0);
-}
-
-#[test]
-fn a_receiver_killed_mid_stream_ends_the_sender() {
-    let _serial = serial();
-    let mut times = Vec::new();
-    for _ in 0..ROUNDS {
-        let n = name();
-        let addr = format!("shm://{n}");
-        let listener =
-            duct::listen(&addr, ListenOptions::default().heartbeat(no_heartbeat())).unwrap();
-        let (mut kid, mut out) = Kid::spawn("receiver", &n);
-        let pipe = listener.accept_timeout(common::T).unwrap();
-        expect_line(&mut out, "ready");
-        let sender = {
-            let pipe = pipe.clone();
-            thread::spawn(move || loop {
-                if let Err(e) = pipe.send(Message::new(vec![1u8; 200])) {
-                    return (Instant::now(), e);
-                }
-            })
-        };
-        thread::sleep(Duration::from_millis(fastrand::u64(10..50)));
-        let kill_at = Instant::now();
-        kid.kill();
-        let (at, e) = sender.join().unwrap();
-        let took = at.saturating_duration_since(kill_at);
-        assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
-        assert!(took < NOTICE_BOUND, "noticed after {took:?}");
-        times.push(took);
-    }
-    report("receiving dialer killed, send", &times);
     assert_eq!(shm_mappings(), 0);
 }
 
