@@ -1,6 +1,8 @@
 //! Replays the fuzz corpus on stable: every file under `fuzz/corpus/<target>/`, and the seed
 //! inputs, go through the same functions the cargo-fuzz targets call
-//! (`fuzz/fuzz_targets/common/mod.rs`), so an input that once crashed stays fixed.
+//! (`fuzz/fuzz_targets/common/mod.rs`, and `common/session.rs` for the `session` target, whose
+//! structured inputs decode with the `arbitrary` dev-dependency exactly as under libFuzzer), so
+//! an input that once crashed stays fixed.
 //!
 //! `cargo test -p duct-proto --test fuzz_corpus -- --ignored` rewrites the seed files.
 
@@ -44,6 +46,12 @@ fn frame_decoder_corpus_replays_cleanly() {
 fn handshake_corpus_replays_cleanly() {
     let n = replay("handshake", fuzz_common::handshake);
     assert!(n > 0, "the handshake corpus is missing");
+}
+
+#[test]
+fn session_corpus_replays_cleanly() {
+    let n = replay("session", fuzz_common::session::session);
+    assert!(n > 0, "the session corpus is missing");
 }
 
 #[test]

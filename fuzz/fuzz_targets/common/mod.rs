@@ -4,8 +4,11 @@
 //!
 //! No input may make them panic. The assertions inside are the oracles: decoders agree with
 //! encoders, a session that fails is closed, reassembly stays under its cap, and every frame a
-//! session queues is itself well-formed.
+//! session queues is itself well-formed. The `session` target (two sessions driven by
+//! structured operations) is in [`session`], with its own oracles.
 #![allow(dead_code)]
+
+pub mod session;
 
 use std::time::{Duration, Instant};
 

@@ -687,11 +687,22 @@ impl Outbox {
                     .chans
                     .get_mut(channel)
                     .expect("a channel in a ring has an entry");
-                // Expired messages at the head go before anything is sent.
+                // Expired messages at the head go before anything is sent, and so do reliable
+                // ones queued again after a timeout and acknowledged meanwhile (here, not as
+                // a try of the ring: a run of them must not end the turn with nothing sent).
                 while let Some(head) = ch.queue.front() {
                     if head.offset == 0 && head.deadline.is_some_and(|d| now >= d) {
                         let len = ch.remove(0);
                         ch.counts.expired += 1;
+                        self.msgs -= 1;
+                        self.bytes -= len;
+                    } else if head.offset == 0
+                        && head.reliable
+                        && head.seq != 0
+                        && head.seq <= self.rel.acked
+                    {
+                        let len = ch.remove_sent(0);
+                        self.rel.settle(Some(&mut *ch), len);
                         self.msgs -= 1;
                         self.bytes -= len;
                     } else {
@@ -707,14 +718,6 @@ impl Outbox {
                 };
                 let first = head.offset == 0;
                 if first && head.reliable {
-                    if head.seq != 0 && head.seq <= self.rel.acked {
-                        // Queued again after a timeout, and acknowledged meanwhile: done.
-                        let len = ch.remove_sent(0);
-                        self.rel.settle(Some(&mut *ch), len);
-                        self.msgs -= 1;
-                        self.bytes -= len;
-                        continue;
-                    }
                     let len = head.payload.len();
                     let window_full = (self.rel.inflight_msgs > 0
                         && (self.rel.inflight_msgs >= self.config.inflight_msgs.max(1)
@@ -962,10 +965,11 @@ impl Outbox {
     /// before (a rate limit refilled), or [`Outbox::expire`] has work.
     pub fn next_wake(&self) -> Option<Instant> {
         let rto = self.rel.rto_at.filter(|_| !self.rel.unacked.is_empty());
-        [self.rate_wake, self.ttl_wake, rto]
-            .into_iter()
-            .flatten()
-            .min()
+        // Only `poll` clears the rate wake, and nobody polls an empty outbox: once the
+        // messages that waited for tokens are gone another way (expired), it is stale, and
+        // would keep the session's deadline in the past.
+        let rate = self.rate_wake.filter(|_| self.msgs > 0);
+        [rate, self.ttl_wake, rto].into_iter().flatten().min()
     }
 
     /// Hands out the counters of every channel that has non-zero ones, and zeroes them.

@@ -820,6 +820,11 @@ impl Session {
         None
     }
 
+    /// Our CLOSE has been written: nothing may follow it.
+    fn close_written(&self) -> bool {
+        self.state == State::Closing && self.close_frame.is_none()
+    }
+
     /// Whether [`Session::poll_transmit_at`] may have something: control frames, queued
     /// messages (perhaps waiting for a rate limit), or a CLOSE.
     #[inline]
@@ -1012,10 +1017,16 @@ impl Session {
             }),
         };
         let qos = if matches!(self.state, State::Established | State::Closing) {
-            [self.outbox.next_wake(), self.rx_rel.ack_due()]
-                .into_iter()
-                .flatten()
-                .min()
+            // An owed ack has a deadline only while an ACK frame may still go (not after our
+            // CLOSE: `queue_ack`); it still rides on the data written before the CLOSE.
+            let ack = self
+                .rx_rel
+                .ack_due()
+                .filter(|_| self.state == State::Established);
+            // Once our CLOSE is written nothing more is: the outbox's timers (retransmission,
+            // rate limits, TTL) mean nothing any more.
+            let outbox = self.outbox.next_wake().filter(|_| !self.close_written());
+            [outbox, ack].into_iter().flatten().min()
         } else {
             None
         };
@@ -1059,7 +1070,8 @@ impl Session {
             if self.rx_rel.ack_now(now) {
                 self.queue_ack();
             }
-            if self.outbox.retransmit_due(now) {
+            // After our CLOSE was written nothing is sent again (nothing follows a CLOSE).
+            if !self.close_written() && self.outbox.retransmit_due(now) {
                 let oldest = self.outbox.oldest_unacked_at().unwrap_or(now);
                 if self.last_recv > oldest || self.recv_paused.is_some() {
                     // (While we do not read, the peer's acks wait unread: no verdict.)
@@ -1079,11 +1091,15 @@ impl Session {
         }
         if let Some(p) = self.recv_paused.as_mut() {
             if let Some(i) = p.interval {
-                if now >= p.last_ping + i && self.state == State::Established {
+                if now >= p.last_ping + i {
+                    // The schedule moves on even when no PING may go (after our CLOSE), or
+                    // the deadline would stay in the past.
                     p.last_ping = now;
-                    let token = self.next_ping_token;
-                    self.next_ping_token += 1;
-                    self.queue_control(FrameKind::Ping, control::encode_ping(token));
+                    if self.state == State::Established {
+                        let token = self.next_ping_token;
+                        self.next_ping_token += 1;
+                        self.queue_control(FrameKind::Ping, control::encode_ping(token));
+                    }
                 }
             }
             return Ok(());
@@ -1095,12 +1111,15 @@ impl Session {
         if silent >= hb.silence {
             return Err(self.fail(Error::PeerSilent { after: silent }));
         }
-        if now >= hb.ping_due(self.last_recv) && self.state == State::Established {
-            let token = self.next_ping_token;
-            self.next_ping_token += 1;
+        if now >= hb.ping_due(self.last_recv) {
+            // As above: after our CLOSE no PING goes, but the schedule moves on.
             hb.last_ping = Some(now);
-            hb.outstanding = Some((token, now));
-            self.queue_control(FrameKind::Ping, control::encode_ping(token));
+            if self.state == State::Established {
+                let token = self.next_ping_token;
+                self.next_ping_token += 1;
+                hb.outstanding = Some((token, now));
+                self.queue_control(FrameKind::Ping, control::encode_ping(token));
+            }
         }
         Ok(())
     }
