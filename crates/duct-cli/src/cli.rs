@@ -24,8 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Measure duct beside a raw-socket baseline, in the same run.
     ///
-    /// Without arguments: a short tour (tcp, uds and tls, ping-pong and stream, 64 B
-    /// messages, 3 interleaved duct/raw rounds), then a table. Ratios are duct ÷ raw, taken round by
+    /// Without arguments: a short tour (tcp, uds, shm on Linux and tls, ping-pong and
+    /// stream, 64 B messages, 3 interleaved duct/raw rounds), then a table. Ratios are duct ÷ raw, taken round by
     /// round (duct, raw, duct, raw, ...) and the median reported, so that a noisy machine
     /// hits both systems alike.
     ///
@@ -44,6 +44,13 @@ pub enum Command {
     /// the run in a temporary directory, removed after; duct listens on tls://127.0.0.1:0,
     /// and the raw baseline is the tcp one over a rustls session (TLS 1.3, ring). tls is
     /// left out where duct was built without TLS.
+    ///
+    /// shm (Linux): duct listens on shm://duct-bench-<pid>-<n>. The raw baseline is one
+    /// single-producer single-consumer ring per direction in a sealed memfd segment passed
+    /// over a Unix socket (duct-sys's ring, pool and futex wait, no duct protocol): payloads
+    /// copied into and out of pool slots, a waiting end spinning 20 µs (duct's default spin)
+    /// before it parks on a futex, wake-ups after each message in ping-pong and once per
+    /// batch in stream. --spin: both systems spin and never park.
     Bench(BenchArgs),
 
     /// Listen on ADDR and print each message received as a line on stdout.
@@ -60,6 +67,18 @@ pub enum Command {
     /// waiting up to --wait for as many messages as were sent to come back) and duct
     /// exits with 0. Example: echo hello | duct dial tcp://127.0.0.1:7000 --wait 1s
     Dial(DialArgs),
+
+    /// List this host's live shm:// endpoints: name, listening process, connections.
+    ///
+    /// Linux. Reads /proc/net/unix for listening sockets at the abstract address
+    /// @duct-shm/NAME (where a duct listener on shm://NAME waits for dialers), and
+    /// /proc/*/fd for the processes that hold them (processes this user cannot read are
+    /// skipped: PID shows -). CONNECTIONS counts the sockets the kernel shows connected at the
+    /// same address: the listener's side of each accepted connection (a dialer's socket has
+    /// no address). A dialer that just went away stays counted until the listener closes its
+    /// side, which duct does at once. --json adds the connections still in the kernel's
+    /// backlog (pending) and the socket's inode.
+    Shm(ShmArgs),
 
     /// The far end of `duct bench` in two-process mode (started by `duct bench` itself).
     #[command(hide = true)]
@@ -172,7 +191,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub reliable: bool,
 
-    /// Spin instead of parking, for shm (not implemented yet).
+    /// shm: both ends spin on the ring and never sleep, in duct (DialOptions/ListenOptions
+    /// spin(Duration::MAX)) and in the raw baseline. Each spinning end takes a CPU.
     #[arg(long)]
     pub spin: bool,
 
@@ -245,6 +265,15 @@ pub struct DialArgs {
     /// The name to verify the server's certificate against [default: the host of ADDR].
     #[arg(long, value_name = "NAME", requires = "tls_ca", help_heading = "TLS")]
     pub tls_server_name: Option<String>,
+}
+
+/// Arguments of `duct shm`.
+#[derive(Debug, Clone, Args)]
+pub struct ShmArgs {
+    /// Print JSON instead of a table: {"endpoints": [{"name", "pid", "pids",
+    /// "connections", "pending", "inode"}]}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of the hidden `duct bench-peer`.
@@ -401,6 +430,19 @@ mod tests {
             other => panic!("not dial: {other:?}"),
         }
         assert!(Cli::try_parse_from(["duct", "dial"]).is_err());
+    }
+
+    #[test]
+    fn shm_and_spin() {
+        let cli = Cli::try_parse_from(["duct", "shm"]).unwrap();
+        assert!(matches!(cli.command, Command::Shm(ShmArgs { json: false })));
+        let cli = Cli::try_parse_from(["duct", "shm", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Shm(ShmArgs { json: true })));
+        assert!(Cli::try_parse_from(["duct", "shm", "name"]).is_err());
+        let b = bench(&["--transport", "shm", "--spin"]);
+        assert_eq!(b.transport.transports, vec![Transport::Shm]);
+        assert!(b.spin);
+        assert!(!bench(&[]).spin);
     }
 
     fn parses(args: &[&str]) -> bool {

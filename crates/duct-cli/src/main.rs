@@ -5,6 +5,8 @@
 //!   a table on stdout, JSON with `--json`, an SVG latency plot with `--plot`.
 //! - `duct listen ADDR` and `duct dial ADDR` move lines of text through a pipe, for
 //!   poking at a duct endpoint by hand.
+//! - `duct shm` lists this host's live `shm://` endpoints (Linux): name, listening
+//!   process, connections.
 //!
 //! The binary counts allocations (for `duct bench`) through a counting global allocator
 //! from `duct-sys`; every other command pays one relaxed atomic increment per allocation.
@@ -15,6 +17,7 @@ mod bench;
 mod cli;
 mod error;
 mod listen_dial;
+mod shm_list;
 
 use std::process::ExitCode;
 
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Command::BenchPeer(args) => bench::peer::child_main(args),
         Command::Listen(args) => listen_dial::listen(args),
         Command::Dial(args) => listen_dial::dial(args),
+        Command::Shm(args) => shm_list::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -353,6 +353,187 @@ fn tls_bench_removes_its_certificates() {
     );
 }
 
+/// shm beside its raw ring, in two processes (parking) and in threads (spinning): both
+/// systems' rows, and what the JSON says about how they waited.
+#[test]
+#[cfg(target_os = "linux")]
+fn tiny_shm_bench() {
+    let json = bench_json(
+        "shm.json",
+        &[
+            "--transport",
+            "shm",
+            "--messages",
+            "2000",
+            "--warmup",
+            "200",
+            "--rounds",
+            "1",
+        ],
+        &["shm", "duct÷raw", "parks on a futex"],
+    );
+    // pingpong and stream × duct and raw.
+    assert_eq!(check_results(&json, 2), 4, "{json}");
+    let results = json["results"].as_array().unwrap();
+    for r in results {
+        assert_eq!(r["transport"], "shm", "{r}");
+        assert_eq!(r["spin"], false, "{r}");
+        let backend = if r["system"] == "raw" {
+            "futex"
+        } else {
+            "auto"
+        };
+        assert_eq!(r["backend"], backend, "{r}");
+        if r["system"] == "duct" {
+            let key = if r["pattern"] == "pingpong" {
+                "p50"
+            } else {
+                "msgs_per_sec"
+            };
+            assert!(r["ratio_vs_raw"][key].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+    assert_eq!(results.iter().filter(|r| r["system"] == "raw").count(), 2);
+
+    let json = bench_json(
+        "shm-spin.json",
+        &[
+            "--transport",
+            "shm",
+            "--spin",
+            "--threads",
+            "--messages",
+            "2000",
+            "--warmup",
+            "200",
+            "--rounds",
+            "1",
+        ],
+        &["shm", "duct÷raw", "--spin: both ends of both systems spin"],
+    );
+    assert_eq!(check_results(&json, 1), 4, "{json}");
+    for r in json["results"].as_array().unwrap() {
+        assert_eq!(r["spin"], true, "{r}");
+        let backend = if r["system"] == "raw" { "spin" } else { "auto" };
+        assert_eq!(r["backend"], backend, "{r}");
+    }
+}
+
+/// The shm endpoints `duct shm --json` lists: (name, pids, connections).
+#[cfg(target_os = "linux")]
+fn shm_endpoints() -> Vec<(String, Vec<u64>, u64)> {
+    let out = run(&["shm", "--json"], Duration::from_secs(30));
+    assert!(out.status.success(), "stderr:\n{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    json["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| {
+            let pids = e["pids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap())
+                .collect::<Vec<_>>();
+            assert_eq!(e["pid"].as_u64(), pids.first().copied(), "{e}");
+            (
+                e["name"].as_str().unwrap().to_string(),
+                pids,
+                e["connections"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Polls `duct shm --json` until `name` shows as `want` says (None: not listed), up to 10 s.
+#[cfg(target_os = "linux")]
+fn wait_for_shm(name: &str, want: Option<(u32, u64)>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = shm_endpoints()
+            .into_iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, pids, conns)| (pids, conns));
+        let ok = match (&got, want) {
+            (None, None) => true,
+            (Some((pids, conns)), Some((pid, n))) => pids == &[u64::from(pid)] && *conns == n,
+            _ => false,
+        };
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: duct shm shows {got:?}, expected {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `duct shm` finds a `duct listen shm://NAME`, its pid and its connections, as dialers
+/// come and go, and forgets it when it exits.
+#[test]
+#[cfg(target_os = "linux")]
+fn shm_lists_a_live_listener_with_its_pid_and_connections() {
+    let name = format!("duct-cli-test-{}-list", std::process::id());
+    let addr = format!("shm://{name}");
+    let mut listener = spawn(&["listen", &addr, "--echo"]);
+    let pid = listener.child().id();
+    let stderr = listener.child().stderr.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stderr).read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), format!("listening on {addr}"));
+    wait_for_shm(&name, Some((pid, 0)));
+
+    let dial = || {
+        KillOnDrop(Some(
+            Command::new(DUCT)
+                .args(["dial", &addr, "--wait", "10s"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start duct dial"),
+        ))
+    };
+    let mut a = dial();
+    let mut b = dial();
+    wait_for_shm(&name, Some((pid, 2)));
+
+    // The table says the same.
+    let out = run(&["shm"], Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.starts_with("NAME"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .unwrap_or_else(|| panic!("{name} missing:\n{table}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        [name.as_str(), &pid.to_string(), "2"],
+        "{table}"
+    );
+
+    // A dialer that finishes is no longer counted; one that is killed neither.
+    {
+        let mut stdin = a.child().stdin.take().unwrap();
+        stdin.write_all(b"over shm\n").unwrap();
+    }
+    let out = a.wait(Duration::from_secs(30));
+    assert!(out.status.success(), "dial failed: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "over shm\n");
+    wait_for_shm(&name, Some((pid, 1)));
+    let _ = b.child().kill();
+    let _ = b.child().wait();
+    wait_for_shm(&name, Some((pid, 0)));
+
+    let _ = listener.child().kill();
+    let _ = listener.child().wait();
+    wait_for_shm(&name, None);
+}
+
 #[test]
 fn tiny_mixed_bench() {
     let json = bench_json(
@@ -489,15 +670,17 @@ fn errors_exit_1_with_a_message() {
         text(&out.stderr)
     );
 
-    let out = run(&["bench", "--transport", "shm"], Duration::from_secs(30));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("not available yet"),
-        "{}",
-        text(&out.stderr)
-    );
+    if !cfg!(target_os = "linux") {
+        let out = run(&["bench", "--transport", "shm"], Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains("not available yet"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 
-    let out = run(&["bench", "--spin"], Duration::from_secs(30));
+    let out = run(&["bench", "--channels", "2"], Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("not implemented yet"),
@@ -640,7 +823,7 @@ fn help_and_version() {
     let out = run(&["--help"], Duration::from_secs(30));
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for cmd in ["bench", "listen", "dial"] {
+    for cmd in ["bench", "listen", "dial", "shm"] {
         assert!(help.contains(cmd), "{help}");
     }
     assert!(

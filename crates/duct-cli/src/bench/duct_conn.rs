@@ -12,7 +12,9 @@
 //! ([`listen_options`], [`dial_options`]); the realtime runs keep duct's defaults.
 //!
 //! tls adds `ListenOptions::tls`/`DialOptions::tls` to whichever options a run uses
-//! ([`crate::bench::tls`] has them).
+//! ([`crate::bench::tls`] has them); `--spin` adds `spin(Duration::MAX)` (shm's busy-spin
+//! mode) on both ends of shm runs ([`listen_spin`], [`dial_spin`]), which otherwise keep
+//! duct's default.
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,7 @@ use duct::{
     SendOptions,
 };
 
-use crate::bench::spec::Transport;
+use crate::bench::spec::{Job, Transport};
 use crate::bench::workload::{MsgConn, FLAG_LAST, FLAG_MORE};
 use crate::error::{bail, Context, Result};
 
@@ -64,14 +66,34 @@ pub fn dial_options(reliable: bool) -> DialOptions {
     }
 }
 
-/// The address to listen on for `transport`; `uds_name` is a fresh abstract name. tls
-/// needs the listener's `ListenOptions::tls` too (see [`crate::bench::tls`]).
+/// `options` with shm's busy-spin mode (`spin(Duration::MAX)`) if `job` spins (`--spin`,
+/// shm only): what the measuring end listens with.
+pub fn listen_spin(options: ListenOptions, job: &Job) -> ListenOptions {
+    if job.spin {
+        options.spin(Duration::MAX)
+    } else {
+        options
+    }
+}
+
+/// As [`listen_spin`], for the peer's dial.
+pub fn dial_spin(options: DialOptions, job: &Job) -> DialOptions {
+    if job.spin {
+        options.spin(Duration::MAX)
+    } else {
+        options
+    }
+}
+
+/// The address to listen on for `transport`; `uds_name` is a fresh abstract name
+/// (`@duct-bench-<pid>-<n>`), which shm takes without its `@` as the shm name. tls needs the
+/// listener's `ListenOptions::tls` too (see [`crate::bench::tls`]).
 pub fn listen_addr(transport: Transport, uds_name: &str) -> Result<String> {
     match transport {
         Transport::Tcp => Ok("tcp://127.0.0.1:0".to_string()),
         Transport::Uds => Ok(format!("uds://{uds_name}")),
         Transport::Tls => Ok("tls://127.0.0.1:0".to_string()),
-        other => bail!("duct bench has no {} transport yet", other.name()),
+        Transport::Shm => Ok(format!("shm://{}", uds_name.trim_start_matches('@'))),
     }
 }
 

@@ -10,6 +10,8 @@
 //!   ping-pong and stream loops written once over that trait; [`mixed`]: duct's mixed
 //!   pattern (a realtime ping-pong beside a bulk sender on another channel of the pipe);
 //!   [`tls`]: the certificates made for a run with tls, and the raw baseline's rustls side;
+//!   [`shm`] (Linux): the raw baseline of shm, a ring in a shared segment with futex
+//!   wake-ups (or spinning, `--spin`);
 //! - [`stats`]: percentiles, medians and round-by-round ratios; [`report`]: the table and
 //!   the JSON; [`plot`]: the SVG; [`pin`]: CPU placement.
 //!
@@ -19,6 +21,9 @@
 //! With `--reliable`, each round of a pingpong or stream case runs duct twice, on a
 //! realtime channel (duct's default) and then on a reliable one (configured on both ends),
 //! before raw: so reliable ÷ realtime is taken round by round, like duct ÷ raw.
+//!
+//! `--spin` applies to shm: both ends of both systems spin and never park (duct with
+//! `spin(Duration::MAX)`, the raw baseline likewise, see [`shm`]).
 
 pub mod duct_conn;
 pub mod mixed;
@@ -27,6 +32,8 @@ pub mod pin;
 pub mod plot;
 pub mod raw;
 pub mod report;
+#[cfg(target_os = "linux")]
+pub mod shm;
 pub mod spec;
 pub mod stats;
 pub mod tls;
@@ -52,9 +59,15 @@ use self::tls::{listen_tls, BenchCerts, TlsSetup};
 use self::workload::{drive_pingpong, drive_stream, MsgConn, Plan};
 
 /// Measured time per round and system when neither `--messages` nor `--duration` is
-/// given: 6 cases (tcp, uds, tls × pingpong, stream) × 3 rounds × 2 systems × 0.5 s keeps
-/// the default tour near 20 s (near 15 s where duct has no TLS).
+/// given: 8 cases (tcp, uds, shm, tls × pingpong, stream) × 3 rounds × 2 systems × 0.5 s
+/// keeps the default tour near 25 s (less where shm or duct's TLS is missing).
 pub const DEFAULT_DURATION: Duration = Duration::from_millis(500);
+
+/// How long a waiting end of the raw shm baseline spins before it parks on the futex: the
+/// same as duct's default `spin` on shm (`DEFAULT_SHM_SPIN`, 20 µs, in
+/// crates/duct/src/options.rs), so that both systems wait alike and the ratio measures
+/// everything else. Keep the two equal.
+pub const SHM_SPIN_BEFORE_PARK: Duration = Duration::from_micros(20);
 
 /// How long the measuring end waits for the peer to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,7 +104,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None
     };
     if transports.is_empty() {
-        bail!("no transport left to measure (available: tcp, uds, and tls where duct has TLS)");
+        bail!(
+            "no transport left to measure (available: tcp, uds, shm on Linux, and tls where \
+             duct has TLS)"
+        );
+    }
+    if args.spin && !transports.contains(&Transport::Shm) {
+        eprintln!("duct bench: --spin: applies to shm only, which this run leaves out");
+    } else if args.spin && args.pin == PinArg::Same {
+        eprintln!(
+            "duct bench: --spin with --pin same: both ends spin on one CPU, so every wait lasts \
+             until the scheduler preempts the spinner"
+        );
     }
     let amount = match (args.messages, args.duration) {
         (Some(n), _) => Amount::Messages(n),
@@ -138,6 +162,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         processes: peer.processes(),
         batch,
         bulk_rate: args.bulk_rate,
+        spin: args.spin,
     };
 
     let baseline = !args.no_baseline;
@@ -174,6 +199,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     batch,
                     amount,
                     reliable: leg == Leg::DuctReliable,
+                    spin: args.spin && transport == Transport::Shm,
                     tls_ca: match (&tls, transport) {
                         (Some(tls), Transport::Tls) => Some(tls.ca_for_job().to_string()),
                         _ => None,
@@ -336,9 +362,6 @@ fn reject_unimplemented(args: &BenchArgs) -> Result<()> {
             args.channels
         );
     }
-    if args.spin {
-        bail!("--spin: not implemented yet (it applies to shm, which is not available yet)");
-    }
     if args.backend != BackendArg::Auto {
         bail!("--backend: not implemented yet (only auto: duct's default backend)");
     }
@@ -398,6 +421,7 @@ fn run_one(peer: &mut Peer, job: &mut Job, tls: Option<&TlsSetup>) -> Result<Run
         batch: job.batch,
     };
     match job.system {
+        System::Raw if job.transport == Transport::Shm => run_raw_shm(peer, job, &plan),
         System::Raw => {
             let (listener, addr) = match tls {
                 Some(tls) if job.transport == Transport::Tls => {
@@ -415,6 +439,7 @@ fn run_one(peer: &mut Peer, job: &mut Job, tls: Option<&TlsSetup>) -> Result<Run
         System::Duct => {
             let addr = duct_conn::listen_addr(job.transport, &uds_name())?;
             let options = listen_tls(duct_conn::listen_options(job.reliable), job, tls);
+            let options = duct_conn::listen_spin(options, job);
             let (listener, bound) = duct_conn::listen(&addr, options)?;
             job.addr = bound;
             peer.start(job)?;
@@ -426,6 +451,23 @@ fn run_one(peer: &mut Peer, job: &mut Job, tls: Option<&TlsSetup>) -> Result<Run
             outcome
         }
     }
+}
+
+/// One run of the raw shm baseline (see [`shm`]): listen on a fresh rendezvous socket,
+/// start the peer, accept it and pass it a segment, drive.
+#[cfg(target_os = "linux")]
+fn run_raw_shm(peer: &mut Peer, job: &mut Job, plan: &Plan) -> Result<RunResult> {
+    let (listener, addr) = shm::RawShmListener::bind(uds_name().trim_start_matches('@'))?;
+    job.addr = addr;
+    peer.start(job)?;
+    let mut conn = listener.accept(CONNECT_TIMEOUT, || peer.check(), shm::RawShmRun::of(job))?;
+    drop(listener);
+    drive(&mut conn, job, plan, peer)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn run_raw_shm(_peer: &mut Peer, _job: &mut Job, _plan: &Plan) -> Result<RunResult> {
+    bail!("the raw shm baseline is Linux only")
 }
 
 /// One mixed run of duct (see [`mixed`]): listen with both channels configured, start the
@@ -441,6 +483,7 @@ fn run_mixed(
 ) -> Result<(RunResult, f64)> {
     let addr = duct_conn::listen_addr(job.transport, &uds_name())?;
     let options = listen_tls(mixed::listen_options(bulk_rate), job, tls);
+    let options = duct_conn::listen_spin(options, job);
     let (listener, bound) = duct_conn::listen(&addr, options)?;
     job.addr = bound;
     peer.start(job)?;
@@ -596,6 +639,7 @@ mod tests {
             batch: 64,
             amount: Amount::Messages(1000),
             reliable: false,
+            spin: false,
             tls_ca: None,
             addr: String::new(),
         };
@@ -688,6 +732,7 @@ mod tests {
                 batch: 64,
                 amount: Amount::Messages(messages),
                 reliable: false,
+                spin: false,
                 tls_ca: Some(tls.ca_for_job().to_string()),
                 addr: String::new(),
             };
@@ -720,6 +765,7 @@ mod tests {
                     batch: 64,
                     amount: Amount::Messages(messages),
                     reliable,
+                    spin: false,
                     tls_ca: Some(tls.ca_for_job().to_string()),
                     addr: String::new(),
                 };
@@ -729,6 +775,69 @@ mod tests {
             }
         }
         peer.finish();
+    }
+
+    /// shm through the bench's own path (job line, peer thread): duct and the raw ring,
+    /// parking and spinning; pingpong and stream move what they should.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn shm_runs_through_a_thread_peer() {
+        let mut peer = Peer::threads(None);
+        for system in [System::Duct, System::Raw] {
+            for spin in [false, true] {
+                for (pattern, messages) in [(Pattern::PingPong, 300), (Pattern::Stream, 5000)] {
+                    let mut job = Job {
+                        system,
+                        transport: Transport::Shm,
+                        pattern,
+                        size: 64,
+                        warmup: 50,
+                        batch: 64,
+                        amount: Amount::Messages(messages),
+                        reliable: false,
+                        spin,
+                        tls_ca: None,
+                        addr: String::new(),
+                    };
+                    let run = run_one(&mut peer, &mut job, None).unwrap();
+                    assert!(job.addr.starts_with("shm://duct-bench-"), "{}", job.addr);
+                    assert_eq!(run.messages, messages, "{}", job.label());
+                    assert!(run.msgs_per_sec > 0.0, "{}", job.label());
+                    assert_eq!(run.rtt.is_some(), pattern == Pattern::PingPong);
+                }
+            }
+        }
+        peer.finish();
+    }
+
+    #[test]
+    fn spin_goes_to_duct_only_on_spinning_jobs() {
+        use duct::{DialOptions, ListenOptions};
+        let mut job = Job {
+            system: System::Duct,
+            transport: Transport::Shm,
+            pattern: Pattern::PingPong,
+            size: 64,
+            warmup: 0,
+            batch: 64,
+            amount: Amount::Messages(1),
+            reliable: false,
+            spin: false,
+            tls_ca: None,
+            addr: String::new(),
+        };
+        let debug = |job: &Job| {
+            format!(
+                "{:?} {:?}",
+                duct_conn::listen_spin(ListenOptions::default(), job),
+                duct_conn::dial_spin(DialOptions::default(), job)
+            )
+        };
+        let parked = debug(&job);
+        assert!(!parked.contains("spin: Some"), "{parked}");
+        job.spin = true;
+        let spinning = debug(&job);
+        assert_eq!(spinning.matches("spin: Some").count(), 2, "{spinning}");
     }
 
     #[test]
@@ -746,6 +855,7 @@ mod tests {
             batch: 64,
             amount: Amount::Messages(1),
             reliable: false,
+            spin: false,
             tls_ca: None,
             addr: String::new(),
         };

@@ -103,6 +103,13 @@ pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
         }
     }
     match job.system {
+        #[cfg(target_os = "linux")]
+        System::Raw if job.transport == Transport::Shm => {
+            let run_of = crate::bench::shm::RawShmRun::of(job);
+            let outcome = crate::bench::shm::connect(&job.addr, run_of)
+                .and_then(|mut conn| run(&mut conn, job));
+            deliver(outcome);
+        }
         System::Raw => {
             let outcome = raw_connect(job)
                 .and_then(|stream| RawConn::new(stream, job.size))
@@ -110,7 +117,8 @@ pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
             deliver(outcome);
         }
         System::Duct if job.pattern == Pattern::Mixed => {
-            match duct_conn::dial(&job.addr, dial_tls(mixed::dial_options(), job)) {
+            let options = duct_conn::dial_spin(dial_tls(mixed::dial_options(), job), job);
+            match duct_conn::dial(&job.addr, options) {
                 Ok(pipe) => {
                     let conn = DuctConn::new(pipe, job.size, 1).on_channel(mixed::REALTIME_CHANNEL);
                     let outcome = mixed::serve(&conn);
@@ -122,7 +130,7 @@ pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
         }
         System::Duct => match duct_conn::dial(
             &job.addr,
-            dial_tls(duct_conn::dial_options(job.reliable), job),
+            duct_conn::dial_spin(dial_tls(duct_conn::dial_options(job.reliable), job), job),
         ) {
             Ok(pipe) => {
                 let mut conn = DuctConn::new(pipe, job.size, job.batch);

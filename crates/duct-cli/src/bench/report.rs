@@ -20,12 +20,18 @@
 //! `false`), its `ratio_vs_raw` (reliable duct ÷ raw), and `ratio_vs_realtime` (reliable ÷
 //! realtime duct per round, median; `{p50,p99,p999,max}` for pingpong,
 //! `{msgs_per_sec,bytes_per_sec}` for stream). It comes right after the realtime duct row.
+//!
+//! `spin` is true on the shm rows of a run with `--spin` (duct with `spin(Duration::MAX)`,
+//! the raw baseline spinning likewise). `backend` is `auto` for duct, `blocking` for the raw
+//! socket baselines, and `futex` or `spin` for the raw shm baseline (see
+//! [`crate::bench::shm`]).
 
 use std::fmt::Write as _;
 
 use crate::bench::mixed;
 use crate::bench::spec::{format_size, Amount, Pattern, System, Transport};
 use crate::bench::stats::{Ratios, Summary};
+use crate::bench::SHM_SPIN_BEFORE_PARK;
 
 /// The results of one case (transport × pattern × size).
 #[derive(Debug, Clone)]
@@ -110,6 +116,15 @@ pub struct RunConfig {
     pub batch: usize,
     /// `--bulk-rate`, in MiB/s (mixed).
     pub bulk_rate: Option<f64>,
+    /// `--spin`: both systems spin on shm.
+    pub spin: bool,
+}
+
+impl RunConfig {
+    /// Whether the rows of `transport` were measured spinning: shm's, with `--spin`.
+    pub fn spins(&self, transport: Transport) -> bool {
+        self.spin && transport == Transport::Shm
+    }
 }
 
 /// A JSON string literal.
@@ -187,21 +202,25 @@ fn summary_json(
     ratios: Option<&Ratios>,
     extra: &str,
 ) -> String {
-    let backend = match s.system {
-        System::Duct => "auto",
-        System::Raw => "blocking",
+    let spin = config.spins(case.transport);
+    let backend = match (s.system, case.transport) {
+        (System::Duct, _) => "auto",
+        (System::Raw, Transport::Shm) if spin => "spin",
+        (System::Raw, Transport::Shm) => "futex",
+        (System::Raw, _) => "blocking",
     };
     let mut o = String::new();
     let _ = write!(
         o,
         "{{\"system\": {}, \"transport\": {}, \"pattern\": {}, \"size\": {}, \
-         \"reliable\": {}, \"spin\": false, \"backend\": {}, \"processes\": {}, \
+         \"reliable\": {}, \"spin\": {}, \"backend\": {}, \"processes\": {}, \
          \"messages\": {}",
         json_str(s.system.name()),
         json_str(case.transport.name()),
         json_str(case.pattern.name()),
         case.size,
         reliable,
+        spin,
         json_str(backend),
         config.processes,
         s.messages,
@@ -567,8 +586,13 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
     if !stream.is_empty() {
         let _ = writeln!(
             out,
-            "\nstream: receive rate (duct batch {}, raw BufWriter); {}: higher is better",
+            "\nstream: receive rate (duct batch {}, raw BufWriter{}); {}: higher is better",
             config.batch,
+            if stream.iter().any(|c| c.transport == Transport::Shm) {
+                ", shm raw: one wake-up per batch"
+            } else {
+                ""
+            },
             ratio_rows_heading(&stream)
         );
         let mut t = Table {
@@ -620,6 +644,9 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
         t.render(&mut out);
     }
     mixed_table(cases, config, &mut out);
+    if cases.iter().any(|c| c.transport == Transport::Shm) {
+        let _ = writeln!(out, "\n{}", shm_note(config));
+    }
     if cases.iter().any(|c| c.reliable.is_some()) {
         let _ = writeln!(
             out,
@@ -637,6 +664,24 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
         }
     );
     out
+}
+
+/// What the table says about shm's rows: how both systems wait, and what raw is.
+fn shm_note(config: &RunConfig) -> String {
+    let wait = if config.spin {
+        "--spin: both ends of both systems spin and never park (duct: spin(Duration::MAX))"
+            .to_string()
+    } else {
+        format!(
+            "a waiting end spins up to {} µs, then parks on a futex (duct's default spin; the \
+             raw baseline the same)",
+            SHM_SPIN_BEFORE_PARK.as_micros()
+        )
+    };
+    format!(
+        "shm: {wait}. raw: one single-producer single-consumer ring per direction in a shared \
+         memfd segment, payloads copied into and out of pool slots, wake-ups batched in stream."
+    )
 }
 
 /// The mixed section of the table, if there is a mixed case.
@@ -736,8 +781,8 @@ fn mixed_table(cases: &[CaseResult], config: &RunConfig, out: &mut String) {
     if any_raw {
         let _ = writeln!(
             out,
-            "raw: a plain ping-pong on the bare socket, as the idle reference (raw sockets have \
-             no channels, so no loaded run)."
+            "raw: a plain ping-pong on the bare socket (shm: the bare ring), as the idle \
+             reference (raw sockets have no channels, so no loaded run)."
         );
     }
     let _ = writeln!(
@@ -764,6 +809,7 @@ mod tests {
             processes: 2,
             batch: 64,
             bulk_rate: None,
+            spin: false,
         }
     }
 
@@ -823,6 +869,45 @@ mod tests {
                 reliable: None,
             },
         ]
+    }
+
+    /// shm rows say how they waited: `spin` on both systems with `--spin` (only shm's),
+    /// `backend` futex or spin for raw; the table explains it under the tables.
+    #[test]
+    fn shm_rows_say_whether_they_spun() {
+        let host = Host {
+            cpus: 2,
+            kernel: "k".into(),
+        };
+        let mut shm = cases();
+        shm[0].transport = Transport::Shm;
+        for spin in [false, true] {
+            let config = RunConfig { spin, ..config() };
+            let text = to_json("0.1.0", &host, &config, &shm);
+            let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+            for r in v["results"].as_array().unwrap() {
+                let on_shm = r["transport"] == "shm";
+                assert_eq!(r["spin"], spin && on_shm, "{r}");
+                let backend = match (r["system"].as_str().unwrap(), on_shm, spin) {
+                    ("duct", _, _) => "auto",
+                    ("raw", true, true) => "spin",
+                    ("raw", true, false) => "futex",
+                    _ => "blocking",
+                };
+                assert_eq!(r["backend"], backend, "{r}");
+            }
+            let table = to_table(&config, &shm);
+            let note = if spin {
+                "shm: --spin: both ends of both systems spin and never park"
+            } else {
+                "shm: a waiting end spins up to 20 µs, then parks on a futex"
+            };
+            assert!(table.contains(note), "{table}");
+        }
+        assert!(
+            !to_table(&config(), &cases()).contains("shm:"),
+            "no shm, no note"
+        );
     }
 
     #[test]

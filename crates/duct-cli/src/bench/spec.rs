@@ -13,7 +13,8 @@ pub enum System {
     /// duct: `duct::listen`/`duct::dial` and a `Pipe`.
     Duct,
     /// The baseline: blocking std sockets with a 4-byte length prefix (for tls, the same
-    /// over a rustls session).
+    /// over a rustls session; for shm, a single-producer single-consumer ring per direction
+    /// in a shared segment with futex wake-ups, see [`crate::bench::shm`]).
     Raw,
 }
 
@@ -42,7 +43,7 @@ pub enum Transport {
     Tcp,
     /// Unix-domain stream sockets (Linux abstract namespace).
     Uds,
-    /// Shared memory (not available yet).
+    /// Shared memory (`shm://name`, Linux).
     Shm,
     /// TLS over TCP on loopback (rustls; certificates made for the run).
     Tls,
@@ -69,12 +70,13 @@ impl Transport {
 
     /// Whether `duct bench` can measure this transport on this platform. tls also needs a
     /// build of duct that speaks TLS, which only a run can tell
-    /// ([`crate::bench::tls::duct_has_tls`]).
+    /// ([`crate::bench::tls::duct_has_tls`]). shm is Linux only (memfd, futex, abstract
+    /// sockets), in duct and in the raw baseline.
     pub fn available(self) -> bool {
         match self {
             Transport::Tcp | Transport::Tls => true,
             Transport::Uds => cfg!(unix),
-            Transport::Shm => false,
+            Transport::Shm => cfg!(target_os = "linux"),
         }
     }
 
@@ -289,7 +291,7 @@ pub fn format_size(size: usize) -> String {
 pub struct Job {
     /// duct or raw.
     pub system: System,
-    /// tcp, uds or tls.
+    /// tcp, uds, shm or tls.
     pub transport: Transport,
     /// pingpong, stream or mixed (duct only; the raw reference of a mixed case runs as
     /// pingpong).
@@ -307,13 +309,17 @@ pub struct Job {
     /// configured `ChannelOptions::reliable(true)` on both ends (`--reliable`); false for
     /// raw, which has no channels.
     pub reliable: bool,
+    /// shm only (`--spin`): both ends spin on the ring and never park on the futex — duct
+    /// with `spin(Duration::MAX)` on both ends, the raw baseline likewise.
+    pub spin: bool,
     /// tls only (and always): the CA certificate (PEM file) that the peer trusts, made for
     /// the run; the server name it verifies is [`crate::bench::tls::SERVER_NAME`]. It
     /// travels percent-escaped (`%20` for a space), as a job line is split on whitespace.
     pub tls_ca: Option<String>,
     /// Where the measuring end listens, as a duct address (`tcp://127.0.0.1:41231`,
-    /// `uds://@duct-bench-123-4`, `tls://127.0.0.1:41232`); the raw baseline reads the same
-    /// form.
+    /// `uds://@duct-bench-123-4`, `tls://127.0.0.1:41232`, `shm://duct-bench-123-5`); the
+    /// raw baseline reads the same form (its shm rendezvous socket is not duct's, see
+    /// [`crate::bench::shm`]).
     pub addr: String,
 }
 
@@ -367,7 +373,8 @@ impl Job {
             None => String::new(),
         };
         format!(
-            "job system={} transport={} pattern={} size={} warmup={} batch={} {} reliable={}{} addr={}",
+            "job system={} transport={} pattern={} size={} warmup={} batch={} {} reliable={} \
+             spin={}{} addr={}",
             self.system.name(),
             self.transport.name(),
             self.pattern.name(),
@@ -376,6 +383,7 @@ impl Job {
             self.batch,
             amount,
             u8::from(self.reliable),
+            u8::from(self.spin),
             tls_ca,
             self.addr
         )
@@ -389,7 +397,7 @@ impl Job {
         }
         let (mut system, mut transport, mut pattern, mut size) = (None, None, None, None);
         let (mut warmup, mut batch, mut amount, mut addr) = (None, None, None, None);
-        let (mut reliable, mut tls_ca) = (None, None);
+        let (mut reliable, mut spin, mut tls_ca) = (None, None, None);
         for word in words {
             let Some((key, value)) = word.split_once('=') else {
                 bail!("malformed word {word:?} in job line");
@@ -414,6 +422,13 @@ impl Job {
                         _ => bail!("bad value {value:?} for reliable in job line (0 or 1)"),
                     })
                 }
+                "spin" => {
+                    spin = Some(match value {
+                        "0" => false,
+                        "1" => true,
+                        _ => bail!("bad value {value:?} for spin in job line (0 or 1)"),
+                    })
+                }
                 "tls_ca" => tls_ca = Some(unescape_word(value)?),
                 "addr" => addr = Some(value.to_string()),
                 _ => bail!("unknown key {key:?} in job line"),
@@ -429,6 +444,7 @@ impl Job {
             batch: batch.ok_or_else(|| missing("batch"))?,
             amount: amount.ok_or_else(|| missing("messages or duration_ns"))?,
             reliable: reliable.ok_or_else(|| missing("reliable"))?,
+            spin: spin.ok_or_else(|| missing("spin"))?,
             tls_ca,
             addr: addr.ok_or_else(|| missing("addr"))?,
         };
@@ -438,6 +454,9 @@ impl Job {
         if (job.transport == Transport::Tls) != job.tls_ca.is_some() {
             bail!("job line: tls_ca is for tls jobs, and every tls job needs it: {line:?}");
         }
+        if job.spin && job.transport != Transport::Shm {
+            bail!("job line: spin is for shm only: {line:?}");
+        }
         if job.reliable && (job.system != System::Duct || job.pattern == Pattern::Mixed) {
             bail!(
                 "job line asks for a reliable channel where there is none to configure: {line:?}"
@@ -446,13 +465,14 @@ impl Job {
         Ok(job)
     }
 
-    /// `duct uds stream 64 B` (`duct reliable uds stream 64 B` on a reliable channel): for
-    /// progress lines and errors.
+    /// `duct uds stream 64 B` (`duct reliable uds stream 64 B` on a reliable channel, `raw
+    /// spin shm pingpong 64 B` with `--spin`): for progress lines and errors.
     pub fn label(&self) -> String {
         format!(
-            "{}{} {} {} {}",
+            "{}{}{} {} {} {}",
             self.system.name(),
             if self.reliable { " reliable" } else { "" },
+            if self.spin { " spin" } else { "" },
             self.transport.name(),
             self.pattern.name(),
             format_size(self.size)
@@ -561,6 +581,7 @@ mod tests {
             batch: 64,
             amount: Amount::Duration(Duration::from_millis(750)),
             reliable: false,
+            spin: false,
             tls_ca: None,
             addr: "uds://@duct-bench-1-2".into(),
         };
@@ -595,6 +616,7 @@ mod tests {
             batch: 64,
             amount: Amount::Messages(500),
             reliable: false,
+            spin: false,
             tls_ca: None,
             addr: "uds://@duct-bench-1-3".into(),
         };
@@ -605,7 +627,7 @@ mod tests {
         assert_eq!(
             reliable.encode(),
             "job system=duct transport=uds pattern=stream size=64 warmup=2000 batch=64 \
-             messages=500 reliable=1 addr=uds://@duct-bench-1-3"
+             messages=500 reliable=1 spin=0 addr=uds://@duct-bench-1-3"
         );
         assert!(
             realtime.encode().contains(" reliable=0 "),
@@ -644,6 +666,7 @@ mod tests {
             batch: 64,
             amount: Amount::Messages(100),
             reliable: false,
+            spin: false,
             tls_ca: Some("/tmp/my certs/100%/ca.pem".into()),
             addr: "tls://127.0.0.1:41232".into(),
         };
@@ -678,6 +701,46 @@ mod tests {
         assert_eq!(escape_word("a b"), "a%20b");
         assert!(unescape_word("%").is_err());
         assert!(unescape_word("%FF").is_err(), "not UTF-8");
+    }
+
+    #[test]
+    fn shm_jobs_say_whether_the_baseline_spins() {
+        let job = Job {
+            system: System::Raw,
+            transport: Transport::Shm,
+            pattern: Pattern::PingPong,
+            size: 64,
+            warmup: 10,
+            batch: 64,
+            amount: Amount::Messages(100),
+            reliable: false,
+            spin: true,
+            tls_ca: None,
+            addr: "shm://duct-bench-1-7".into(),
+        };
+        let line = job.encode();
+        assert!(line.contains(" spin=1 "), "{line}");
+        assert_eq!(Job::decode(&line).unwrap(), job);
+        assert_eq!(job.label(), "raw spin shm pingpong 64 B");
+        let parked = Job {
+            spin: false,
+            ..job.clone()
+        };
+        assert_eq!(Job::decode(&parked.encode()).unwrap(), parked);
+        assert_eq!(parked.label(), "raw shm pingpong 64 B");
+        // Only shm spins (duct and raw); never missing; only 0 or 1.
+        let duct = Job::decode(&line.replace("system=raw", "system=duct")).unwrap();
+        assert!(duct.spin && duct.system == System::Duct);
+        assert_eq!(duct.label(), "duct spin shm pingpong 64 B");
+        assert!(Job::decode(&line.replace("transport=shm", "transport=uds")).is_err());
+        assert!(Job::decode(&line.replace(" spin=1", "")).is_err());
+        assert!(Job::decode(&line.replace("spin=1", "spin=yes")).is_err());
+        assert_eq!(
+            Transport::Shm.available(),
+            cfg!(target_os = "linux"),
+            "shm is Linux only"
+        );
+        assert_eq!(Transport::parse("shm").unwrap(), Transport::Shm);
     }
 
     #[test]
