@@ -10,10 +10,7 @@ use duct_sys::shm::pool::{Class, PoolMem, PoolRx, PoolTx};
 use duct_sys::shm::ring::{Desc, RingMem, NO_SLOT};
 
 const CLASSES: &[Class] = &[
-    Class {
-        size: 64,
-        count: 8,
-    },
+    Class { size: 64, count: 8 },
     Class {
         size: 256,
         count: 2,
@@ -40,7 +37,9 @@ pub fn shm_descriptors(mut data: &[u8]) {
         match op % 6 {
             // A hostile descriptor: any slot, any length.
             0 => {
-                let Some(raw) = take::<8>(&mut data) else { break };
+                let Some(raw) = take::<8>(&mut data) else {
+                    break;
+                };
                 let slot = u32::from_le_bytes(raw[..4].try_into().unwrap());
                 let len = u32::from_le_bytes(raw[4..].try_into().unwrap());
                 let _ = producer.push(Desc {
@@ -51,7 +50,9 @@ pub fn shm_descriptors(mut data: &[u8]) {
             }
             // An honest descriptor with a payload in a real slot.
             1 => {
-                let Some([len]) = take::<1>(&mut data) else { break };
+                let Some([len]) = take::<1>(&mut data) else {
+                    break;
+                };
                 if let Some(mut s) = tx.alloc(usize::from(len)) {
                     s.fill(&vec![len; usize::from(len)]);
                     let (slot, n) = s.send();
@@ -64,7 +65,9 @@ pub fn shm_descriptors(mut data: &[u8]) {
             }
             // The producer's counter overwritten with anything.
             2 => {
-                let Some(raw) = take::<8>(&mut data) else { break };
+                let Some(raw) = take::<8>(&mut data) else {
+                    break;
+                };
                 ring.ctl().overwrite_head(u64::from_le_bytes(raw));
             }
             // The consumer takes one.
