@@ -274,6 +274,9 @@ pub(crate) struct Conn {
     config: ConnConfig,
     /// Set when `pending_callbacks` is not empty, so the hot path skips the lock.
     callbacks_pending: AtomicBool,
+    /// The transport carries frames (shm): its readable fd also signals room for output.
+    /// Fixed for the pipe's life: a reconnect or resume comes through the same endpoint.
+    frames: bool,
     reactor: OnceLock<ReactorHandle>,
     me: Weak<Conn>,
 }
@@ -303,6 +306,7 @@ impl Conn {
     pub(crate) fn start(mut hs: Handshake, config: ConnConfig) -> Result<Arc<Conn>, Error> {
         let session_id = hs.take_connected();
         let transport: Arc<dyn StreamTransport> = Arc::new(hs.stream);
+        let frames = transport.frame_io().is_some();
         let local_addr = transport.local_addr();
         let peer_addr = transport.peer_addr();
         let who = match &peer_addr {
@@ -363,6 +367,7 @@ impl Conn {
             who,
             config,
             callbacks_pending: AtomicBool::new(true),
+            frames,
             reactor: OnceLock::new(),
         });
         if let Some(live) = &conn.config.live {
@@ -377,7 +382,7 @@ impl Conn {
             // Idle from the start: the reactor reads ahead until a caller shows up.
             g.read_armed = true;
             conn.update_interest(&mut g);
-            if conn.t().frame_io().is_some() || conn.t().buffered_input() {
+            if conn.frames || conn.t().buffered_input() {
                 // Frames (or decrypted bytes) that came with the handshake raise no event.
                 g = conn.read_ahead(g);
             }
@@ -479,9 +484,9 @@ impl Conn {
             (false, false) => None,
             (true, false) => Some(Interest::READABLE),
             // A frame transport signals room for output on its readable fd.
-            (false, true) if self.t().frame_io().is_some() => Some(Interest::READABLE),
+            (false, true) if self.frames => Some(Interest::READABLE),
             (false, true) => Some(Interest::WRITABLE),
-            (true, true) if self.t().frame_io().is_some() => Some(Interest::READABLE),
+            (true, true) if self.frames => Some(Interest::READABLE),
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
         };
         if want == g.registered {
@@ -1707,7 +1712,7 @@ impl Reactive for Conn {
             return;
         }
         // A frame transport's readable fd also says that room for output appeared.
-        let frames = self.t().frame_io().is_some();
+        let frames = self.frames;
         let writable = writable || (readable && frames);
         if frames && readable && g.writing {
             g.write_kick = true;
@@ -1785,8 +1790,7 @@ impl Reactive for Conn {
                     // The caller has been away for a whole RECHECK: read ahead for it.
                     g.read_armed = true;
                     self.update_interest(&mut g);
-                    let t = self.t();
-                    if t.buffered_input() || t.frame_io().is_some() {
+                    if self.frames || self.t().buffered_input() {
                         // Input the transport holds itself raises no readiness event, and a
                         // frame transport rings the reactor only once asked to (by a read
                         // that finds nothing).

@@ -391,6 +391,30 @@ impl std::fmt::Debug for ClientTls {
     }
 }
 
+/// Whether `ep` with `opts` asks for TLS: the host and the settings, or `None`. `tls://`
+/// requires settings (`setter` says which option gives them); tcp:// takes them; other
+/// transports refuse them.
+fn tls_wanted<'a>(
+    ep: &'a Endpoint,
+    opts: Option<&'a crate::TlsOptions>,
+    setter: &str,
+) -> Result<Option<(&'a str, &'a crate::TlsOptions)>> {
+    match (ep, opts) {
+        (Endpoint::Tls { .. }, None) => Err(at(
+            ep,
+            Error::new(
+                ErrorKind::Tls,
+                format!("a tls:// address needs TLS settings: {setter}"),
+            ),
+        )),
+        (_, None) => Ok(None),
+        (Endpoint::Tls { host, .. } | Endpoint::Tcp { host, .. }, Some(opts)) => {
+            Ok(Some((host.as_str(), opts)))
+        }
+        (_, Some(_)) => Err(at(ep, tls_needs_tcp())),
+    }
+}
+
 /// Checks the TLS settings of a dial to `ep` and loads them (certificates and keys are read
 /// here, once per dial): `None` when the dial is not TLS. TLS is on for `tls://` (which
 /// requires settings) and for `tcp://` with settings; other transports refuse them.
@@ -398,20 +422,9 @@ pub(crate) fn client_tls(
     ep: &Endpoint,
     opts: Option<&crate::TlsOptions>,
 ) -> Result<Option<ClientTls>> {
-    let (host, opts) = match (ep, opts) {
-        (Endpoint::Tls { .. }, None) => {
-            return Err(at(
-                ep,
-                Error::new(
-                    ErrorKind::Tls,
-                    "a tls:// address needs TLS settings: \
-                     DialOptions::tls(TlsOptions::client(ca_pem))",
-                ),
-            ))
-        }
-        (_, None) => return Ok(None),
-        (Endpoint::Tls { host, .. } | Endpoint::Tcp { host, .. }, Some(opts)) => (host, opts),
-        (_, Some(_)) => return Err(at(ep, tls_needs_tcp())),
+    let Some((host, opts)) = tls_wanted(ep, opts, "DialOptions::tls(TlsOptions::client(ca_pem))")?
+    else {
+        return Ok(None);
     };
     #[cfg(feature = "tls")]
     {
@@ -431,20 +444,13 @@ pub(crate) fn server_tls(
     ep: &Endpoint,
     opts: Option<&crate::TlsOptions>,
 ) -> Result<Option<ServerTls>> {
-    let opts = match (ep, opts) {
-        (Endpoint::Tls { .. }, None) => {
-            return Err(at(
-                ep,
-                Error::new(
-                    ErrorKind::Tls,
-                    "a tls:// address needs TLS settings: \
-                     ListenOptions::tls(TlsOptions::server(cert_pem, key_pem))",
-                ),
-            ))
-        }
-        (_, None) => return Ok(None),
-        (Endpoint::Tls { .. } | Endpoint::Tcp { .. }, Some(opts)) => opts,
-        (_, Some(_)) => return Err(at(ep, tls_needs_tcp())),
+    let Some((_, opts)) = tls_wanted(
+        ep,
+        opts,
+        "ListenOptions::tls(TlsOptions::server(cert_pem, key_pem))",
+    )?
+    else {
+        return Ok(None);
     };
     #[cfg(feature = "tls")]
     {
