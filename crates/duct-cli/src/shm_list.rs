@@ -1,7 +1,9 @@
-//! `duct shm`: this host's live `shm://` endpoints, read from /proc (Linux).
+//! `duct shm`: this host's live `shm://` endpoints, read from /proc (Linux), or from the
+//! rendezvous directory (macOS: see [`list_dir`]).
 //!
 //! A duct listener on `shm://NAME` listens on the abstract Unix stream socket
-//! `@duct-shm/NAME`. `/proc/net/unix` lists every Unix socket of this network namespace,
+//! `@duct-shm/NAME`, or, with `DUCT_SHM_DIR` set, on the socket file `NAME` in that directory
+//! (both are recognised). `/proc/net/unix` lists every Unix socket of this network namespace,
 //! whoever owns it, one per line: `Num RefCount Protocol Flags Type St Inode Path`.
 //!
 //! - **Endpoints**: the stream sockets (`Type` 0001) whose `Flags` say listening
@@ -68,10 +70,11 @@ pub struct Endpoint {
     pub inode: u64,
     /// Processes holding the listening socket (sorted; empty when none could be read).
     pub pids: Vec<u32>,
-    /// Accepted connections whose listener's side is open (state connected, same path).
-    pub connections: usize,
-    /// Connections in the backlog, not accepted yet.
-    pub pending: usize,
+    /// Accepted connections whose listener's side is open (state connected, same path);
+    /// `None` where the system does not say (macOS).
+    pub connections: Option<usize>,
+    /// Connections in the backlog, not accepted yet; `None` where the system does not say.
+    pub pending: Option<usize>,
 }
 
 /// Splits `n` whitespace-separated words off the front of `line`; returns them and the rest
@@ -119,13 +122,19 @@ pub fn parse_proc_net_unix(text: &str) -> Vec<UnixSocket> {
 }
 
 /// The shm endpoints among `sockets`, sorted by name, with `owners` giving the processes that
-/// hold each inode.
-pub fn endpoints(sockets: &[UnixSocket], owners: &HashMap<u64, Vec<u32>>) -> Vec<Endpoint> {
+/// hold each inode. Rendezvous sockets are the abstract `@duct-shm/NAME`, or `DIR/NAME` in
+/// the rendezvous directory `dir` when one is set (`DUCT_SHM_DIR`).
+pub fn endpoints(
+    sockets: &[UnixSocket],
+    owners: &HashMap<u64, Vec<u32>>,
+    dir: Option<&str>,
+) -> Vec<Endpoint> {
+    let dir_prefix = dir.map(|d| format!("{}/", d.trim_end_matches('/')));
     let name_of = |s: &UnixSocket| {
-        s.path
-            .as_deref()
-            .and_then(|p| p.strip_prefix(PREFIX))
-            .filter(|n| !n.is_empty() && s.kind == STREAM)
+        let path = s.path.as_deref()?;
+        path.strip_prefix(PREFIX)
+            .or_else(|| path.strip_prefix(dir_prefix.as_deref()?))
+            .filter(|n| !n.is_empty() && !n.contains('/') && s.kind == STREAM)
             .map(str::to_string)
     };
     // Per name: (connected, pending) sockets that are not listening.
@@ -153,8 +162,8 @@ pub fn endpoints(sockets: &[UnixSocket], owners: &HashMap<u64, Vec<u32>>) -> Vec
                 name,
                 inode: s.inode,
                 pids,
-                connections,
-                pending,
+                connections: Some(connections),
+                pending: Some(pending),
             })
         })
         .collect();
@@ -202,16 +211,67 @@ fn socket_owners(inodes: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
 
 /// This host's live shm endpoints.
 pub fn list() -> Result<Vec<Endpoint>> {
+    let dir = duct::shm_rendezvous_dir();
     if !cfg!(target_os = "linux") {
-        bail!("duct shm: shm:// endpoints exist on Linux only");
+        return match dir {
+            Some(dir) => list_dir(&dir),
+            None => bail!("duct shm: shm:// is not available on this system"),
+        };
     }
+    let dir = dir.map(|d| d.to_string_lossy().into_owned());
     let text = std::fs::read_to_string("/proc/net/unix").context("reading /proc/net/unix")?;
     let sockets = parse_proc_net_unix(&text);
-    let listening: HashSet<u64> = endpoints(&sockets, &HashMap::new())
+    let listening: HashSet<u64> = endpoints(&sockets, &HashMap::new(), dir.as_deref())
         .iter()
         .map(|e| e.inode)
         .collect();
-    Ok(endpoints(&sockets, &socket_owners(&listening)))
+    Ok(endpoints(
+        &sockets,
+        &socket_owners(&listening),
+        dir.as_deref(),
+    ))
+}
+
+/// Without /proc (macOS): the socket files in the rendezvous directory, each probed with a
+/// `connect` that is refused when its listener is gone (a file left by a killed process:
+/// not listed). The probe is a connection the listener accepts and sees end at once. Pids
+/// and connection counts are not known (`-`).
+fn list_dir(dir: &std::path::Path) -> Result<Vec<Endpoint>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).context(format!("reading {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !meta.file_type().is_socket()
+            || std::os::unix::net::UnixStream::connect(entry.path()).is_err()
+        {
+            continue;
+        }
+        out.push(Endpoint {
+            name,
+            inode: meta.ino(),
+            pids: Vec::new(),
+            connections: None,
+            pending: None,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// `n` as text, `-` when unknown.
+fn count_text(n: Option<usize>) -> String {
+    n.map_or("-".to_string(), |n| n.to_string())
+}
+
+/// `n` as JSON, `null` when unknown.
+fn count_json(n: Option<usize>) -> String {
+    n.map_or("null".to_string(), |n| n.to_string())
 }
 
 /// A JSON string literal.
@@ -246,8 +306,8 @@ pub fn to_json(endpoints: &[Endpoint]) -> String {
             json_str(&e.name),
             e.pids.first().map_or("null".to_string(), u32::to_string),
             pids.join(", "),
-            e.connections,
-            e.pending,
+            count_json(e.connections),
+            count_json(e.pending),
             e.inode
         );
     }
@@ -274,7 +334,7 @@ pub fn to_table(endpoints: &[Endpoint]) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             };
-            [e.name.clone(), pid, e.connections.to_string()]
+            [e.name.clone(), pid, count_text(e.connections)]
         })
         .collect();
     let header = ["NAME", "PID", "CONNECTIONS"].map(String::from);
@@ -359,10 +419,56 @@ garbage line
     }
 
     #[test]
+    fn a_rendezvous_directory_adds_its_socket_files() {
+        let sockets = parse_proc_net_unix(SAMPLE);
+        let names = |dir: Option<&str>| -> Vec<String> {
+            endpoints(&sockets, &HashMap::new(), dir)
+                .into_iter()
+                .map(|e| e.name)
+                .collect()
+        };
+        assert_eq!(names(None), ["game", "lobby 2"]);
+        assert_eq!(names(Some("/tmp/duct-shm")), ["file", "game", "lobby 2"]);
+        assert_eq!(names(Some("/tmp/duct-shm/")), ["file", "game", "lobby 2"]);
+        assert_eq!(
+            names(Some("/tmp")),
+            ["game", "lobby 2"],
+            "not in a subdirectory"
+        );
+    }
+
+    /// The listing macOS uses, run here: live socket files only, counts unknown.
+    #[test]
+    fn a_directory_listing_shows_live_sockets_only() {
+        use std::os::unix::net::UnixListener;
+        let dir = std::env::temp_dir().join(format!("duct-cli-list-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let _live = UnixListener::bind(dir.join("live")).unwrap();
+        drop(UnixListener::bind(dir.join("stale")).unwrap()); // the file stays, nobody listens
+        std::fs::write(dir.join("not-a-socket"), b"x").unwrap();
+        let eps = list_dir(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(eps.len(), 1, "{eps:?}");
+        assert_eq!(eps[0].name, "live");
+        assert_eq!((eps[0].connections, eps[0].pending), (None, None));
+        let row = to_table(&eps).lines().nth(1).unwrap().to_string();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            ["live", "-", "-"]
+        );
+        assert!(to_json(&eps).contains("\"connections\": null"));
+        assert!(
+            list_dir(&dir).unwrap().is_empty(),
+            "a missing directory lists nothing"
+        );
+    }
+
+    #[test]
     fn counts_accepted_connections_per_listener() {
         let sockets = parse_proc_net_unix(SAMPLE);
         let owners = HashMap::from([(2460362, vec![77, 12])]);
-        let eps = endpoints(&sockets, &owners);
+        let eps = endpoints(&sockets, &owners, None);
         assert_eq!(
             eps,
             vec![
@@ -370,15 +476,15 @@ garbage line
                     name: "game".into(),
                     inode: 2460362,
                     pids: vec![12, 77],
-                    connections: 2,
-                    pending: 1,
+                    connections: Some(2),
+                    pending: Some(1),
                 },
                 Endpoint {
                     name: "lobby 2".into(),
                     inode: 2460390,
                     pids: vec![],
-                    connections: 0,
-                    pending: 0,
+                    connections: Some(0),
+                    pending: Some(0),
                 },
             ]
         );
@@ -411,10 +517,14 @@ garbage line
         let found = |eps: Vec<Endpoint>| eps.into_iter().find(|e| e.name == name);
         let e = found(list().unwrap()).expect("listed");
         assert_eq!(e.pids, vec![std::process::id()]);
-        assert_eq!((e.connections, e.pending), (0, 1), "in the backlog");
+        assert_eq!(
+            (e.connections, e.pending),
+            (Some(0), Some(1)),
+            "in the backlog"
+        );
         let (_accepted, _) = listener.accept().unwrap();
         let e = found(list().unwrap()).expect("listed");
-        assert_eq!((e.connections, e.pending), (1, 0), "accepted");
+        assert_eq!((e.connections, e.pending), (Some(1), Some(0)), "accepted");
         drop(listener);
         assert!(found(list().unwrap()).is_none(), "no listener, no endpoint");
     }

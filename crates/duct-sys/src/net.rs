@@ -42,6 +42,40 @@ pub fn recv_into(fd: BorrowedFd<'_>, buf: &mut BytesMut, nonblocking: bool) -> i
     }
 }
 
+/// The peer of a connected Unix socket, as the kernel recorded it when the connection was
+/// made: its pid (`LOCAL_PEERPID`; `None` if the kernel does not say), effective uid and gid
+/// (`getpeereid`). macOS only: Linux has `SO_PEERCRED`, which rustix reads safely.
+#[cfg(target_os = "macos")]
+pub fn peer_ids(fd: BorrowedFd<'_>) -> io::Result<(Option<u32>, u32, u32)> {
+    use std::os::fd::AsRawFd;
+    let (mut uid, mut gid): (libc::uid_t, libc::gid_t) = (0, 0);
+    // SAFETY: `fd` is an open descriptor for the duration of the borrow; `uid` and `gid` are
+    // valid, writable locals of the types the call fills.
+    if unsafe { libc::getpeereid(fd.as_raw_fd(), &mut uid, &mut gid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut pid: libc::pid_t = 0;
+    let mut len = std::mem::size_of::<libc::pid_t>() as libc::socklen_t;
+    // SAFETY: as above; the option value buffer is `pid`, `len` bytes long, and the kernel
+    // writes at most `len` bytes to it and the length it wrote to `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_LOCAL,
+            libc::LOCAL_PEERPID,
+            (&mut pid as *mut libc::pid_t).cast(),
+            &mut len,
+        )
+    };
+    let full = len as usize == std::mem::size_of::<libc::pid_t>();
+    let pid = if rc == 0 && full {
+        u32::try_from(pid).ok().filter(|&p| p != 0)
+    } else {
+        None
+    };
+    Ok((pid, uid, gid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

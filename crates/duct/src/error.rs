@@ -102,7 +102,7 @@ pub(crate) struct Classified {
 }
 
 impl Classified {
-    #[cfg_attr(not(any(feature = "tls", target_os = "linux")), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "tls", duct_shm)), allow(dead_code))]
     pub(crate) fn new(kind: ErrorKind, text: String) -> Classified {
         Classified { kind, text }
     }

@@ -92,6 +92,19 @@ pub use options::{
 };
 pub use pipe::{dial, Pipe};
 
+/// Where the rendezvous sockets of `shm://` listeners live on systems without abstract Unix
+/// socket names (macOS): the directory named by the environment variable `DUCT_SHM_DIR`, or
+/// `/tmp/duct-shm-<uid>` (created with mode 0700 on first use; a listener or dialer refuses it
+/// unless it belongs to this user and nobody else can enter it). `None` on Linux, where the
+/// rendezvous socket of `shm://NAME` is the abstract name `@duct-shm/NAME`, and on systems
+/// without `shm://`.
+pub fn shm_rendezvous_dir() -> Option<std::path::PathBuf> {
+    #[cfg(duct_shm)]
+    return transport::shm::rendezvous_dir_path();
+    #[cfg(not(duct_shm))]
+    None
+}
+
 /// The README's example, compiled and run as a doctest so that it stays true.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

@@ -162,7 +162,9 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
     let local_addr = transport::shown_addr(raw.local_addr(), tls.is_some());
     if let Addr::Uds(path) = &local_addr {
         // Who may connect: the file's permission bits (the umask decided them at bind).
-        let mode = rustix::fs::Mode::from_raw_mode(opts.socket_mode_or_default());
+        // At most 0o777 (the option masks it): fits `mode_t`, 16 bits on macOS.
+        let mode =
+            rustix::fs::Mode::from_raw_mode(opts.socket_mode_or_default() as rustix::fs::RawMode);
         rustix::fs::chmod(path, mode).map_err(|e| {
             Error::io(
                 std::io::Error::from(e),

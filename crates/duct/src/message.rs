@@ -177,7 +177,7 @@ pub struct MessageBuf {
 enum BufInner {
     Heap(BytesMut),
     /// A slot of a shared-memory pool (Linux).
-    #[cfg(target_os = "linux")]
+    #[cfg(duct_shm)]
     Shm(duct_sys::shm::pool::TxSlot),
 }
 
@@ -192,7 +192,7 @@ impl MessageBuf {
     }
 
     /// A buffer in a shared-memory slot (its length already set).
-    #[cfg(target_os = "linux")]
+    #[cfg(duct_shm)]
     pub(crate) fn shm(slot: duct_sys::shm::pool::TxSlot) -> MessageBuf {
         MessageBuf {
             inner: BufInner::Shm(slot),
@@ -213,7 +213,7 @@ impl MessageBuf {
     pub fn truncate(&mut self, len: usize) {
         match &mut self.inner {
             BufInner::Heap(b) => b.truncate(len),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             BufInner::Shm(s) => {
                 if len < s.len() {
                     s.set_len(len);
@@ -226,7 +226,7 @@ impl MessageBuf {
     pub fn is_shared(&self) -> bool {
         match &self.inner {
             BufInner::Heap(_) => false,
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             BufInner::Shm(_) => true,
         }
     }
@@ -235,7 +235,7 @@ impl MessageBuf {
     pub fn freeze(self) -> Message {
         match self.inner {
             BufInner::Heap(b) => Message::new(b.freeze()),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             BufInner::Shm(s) => Message::new(Bytes::from_owner(s.into_loan())),
         }
     }
@@ -247,7 +247,7 @@ impl Deref for MessageBuf {
     fn deref(&self) -> &[u8] {
         match &self.inner {
             BufInner::Heap(b) => b,
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             BufInner::Shm(s) => s.as_slice(),
         }
     }
@@ -257,7 +257,7 @@ impl DerefMut for MessageBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         match &mut self.inner {
             BufInner::Heap(b) => b,
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             BufInner::Shm(s) => {
                 let len = s.len();
                 &mut s.as_mut_slice()[..len]

@@ -1453,11 +1453,12 @@ impl fmt::Debug for PeerInfo {
 }
 
 /// The credentials of the process at the other end of a local connection, as the kernel
-/// reports them when the connection was made (`SO_PEERCRED` on Linux).
+/// reports them when the connection was made (`SO_PEERCRED` on Linux; `getpeereid` and
+/// `LOCAL_PEERPID` on macOS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct PeerCredentials {
-    /// The peer's process id, where the platform reports it (Linux does).
+    /// The peer's process id, where the platform reports it (Linux and macOS do).
     pub pid: Option<u32>,
     /// The peer's effective user id.
     pub uid: u32,

@@ -425,13 +425,13 @@ impl Conn {
 
     /// A buffer in the transport's memory for a payload of `len` bytes (shm), if it has one.
     pub(crate) fn alloc(&self, len: usize) -> Option<crate::MessageBuf> {
-        #[cfg(target_os = "linux")]
+        #[cfg(duct_shm)]
         {
             let t = self.t();
             let f = t.frame_io()?;
             f.alloc(len).map(crate::MessageBuf::shm)
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(duct_shm))]
         {
             let _ = len;
             None

@@ -21,7 +21,7 @@
 //! Not here yet: `pipe://` (Windows named pipes), which [`connect`] and [`RawListener::bind`]
 //! refuse with [`ErrorKind::Unsupported`].
 
-#[cfg(target_os = "linux")]
+#[cfg(duct_shm)]
 pub(crate) mod shm;
 mod tcp;
 #[cfg(feature = "tls")]
@@ -65,7 +65,7 @@ pub(crate) enum Stream {
     #[cfg(feature = "tls")]
     Tls(Box<tls::TlsStream>),
     /// A shared-memory connection (frames in a segment, a Unix socket beside it).
-    #[cfg(target_os = "linux")]
+    #[cfg(duct_shm)]
     Shm(Box<shm::ShmStream>),
 }
 
@@ -81,7 +81,7 @@ impl Stream {
                 .map_or(Addr::Unknown, |a| uds::unix_addr_to_addr(&a)),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.local_addr(),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             Stream::Shm(s) => s.local_addr(),
         }
     }
@@ -97,7 +97,7 @@ impl Stream {
                 .map_or(Addr::Unknown, |a| uds::unix_addr_to_addr(&a)),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.peer_addr(),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             Stream::Shm(s) => s.peer_addr(),
         }
     }
@@ -105,7 +105,7 @@ impl Stream {
     /// The largest frame payload this side accepts on this stream: `user` (the option), or
     /// the transport's default (64 KiB; on shm the largest pool slot, which also caps `user`).
     pub(crate) fn frame_limit(&self, user: Option<u32>) -> u32 {
-        #[cfg(target_os = "linux")]
+        #[cfg(duct_shm)]
         if let Stream::Shm(s) = self {
             let slot = s.max_payload();
             return user.map_or(slot, |u| u.min(slot));
@@ -116,7 +116,7 @@ impl Stream {
     /// Applies the pipe's spin setting (shm: how long a blocked receive spins before it
     /// parks; see `DialOptions::spin`). Other transports have nothing to set.
     pub(crate) fn set_spin(&self, spin: Option<std::time::Duration>) {
-        #[cfg(target_os = "linux")]
+        #[cfg(duct_shm)]
         if let Stream::Shm(s) = self {
             s.set_spin(spin.unwrap_or(crate::options::DEFAULT_SHM_SPIN));
         }
@@ -136,7 +136,7 @@ impl Stream {
             Stream::Tls(s) => s.tcp(),
             #[cfg(unix)]
             Stream::Unix(_) => return Ok(()),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             Stream::Shm(_) => return Ok(()),
         };
         if !hb.enabled() {
@@ -157,7 +157,7 @@ impl Stream {
             Stream::Unix(s) => s.shutdown(how),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.shutdown(how),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             Stream::Shm(s) => {
                 if how == Shutdown::Read {
                     s.shutdown_read();
@@ -169,10 +169,9 @@ impl Stream {
         }
     }
 
-    /// The peer process's credentials as the kernel recorded them at connect time
-    /// (`SO_PEERCRED`): Unix sockets on Linux and Android; `None` elsewhere and on tcp.
-    // Used once peer credentials land (security).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The peer process's credentials as the kernel recorded them at connect time: Unix
+    /// sockets (and shm's control socket) on Linux, Android and macOS; `None` elsewhere and
+    /// on tcp.
     pub(crate) fn peer_credentials(&self) -> Option<PeerCredentials> {
         match self {
             Stream::Tcp(_) => None,
@@ -180,7 +179,7 @@ impl Stream {
             Stream::Unix(s) => uds::peer_credentials(s),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => None,
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             Stream::Shm(s) => s.peer_credentials(),
         }
     }
@@ -196,7 +195,7 @@ impl Read for &Stream {
             Stream::Unix(s) => (&*s).read(buf),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             Stream::Shm(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
@@ -208,7 +207,7 @@ impl Read for &Stream {
             Stream::Unix(s) => (&*s).read_vectored(bufs),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             Stream::Shm(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
@@ -236,7 +235,7 @@ impl Write for &Stream {
             Stream::Unix(s) => (&*s).write(buf),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             Stream::Shm(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
@@ -248,7 +247,7 @@ impl Write for &Stream {
             Stream::Unix(s) => (&*s).write_vectored(bufs),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             Stream::Shm(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
@@ -283,7 +282,7 @@ impl AsFd for Stream {
             Stream::Unix(s) => s.as_fd(),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.tcp().as_fd(),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             Stream::Shm(s) => s.ctl().as_fd(),
         }
     }
@@ -323,7 +322,7 @@ pub(crate) fn connect(ep: &Endpoint, timeout: Duration) -> Result<Stream> {
             format!("connecting to {ep}: the timeout is zero"),
         ));
     }
-    match ep {
+    let stream = match ep {
         Endpoint::Tcp { host, port } => tcp::connect(ep, host, *port, timeout).map(Stream::Tcp),
         #[cfg(unix)]
         Endpoint::Uds(path) => uds::connect_path(ep, path, timeout).map(Stream::Unix),
@@ -335,21 +334,46 @@ pub(crate) fn connect(ep: &Endpoint, timeout: Duration) -> Result<Stream> {
         Endpoint::Tls { host, port } => tcp::connect(ep, host, *port, timeout).map(Stream::Tcp),
         #[cfg(not(feature = "tls"))]
         Endpoint::Tls { .. } => Err(at(ep, tls_feature_off())),
-        #[cfg(target_os = "linux")]
+        #[cfg(duct_shm)]
         Endpoint::Shm(name) => {
             let deadline = std::time::Instant::now() + timeout;
-            let ctl = uds::connect_abstract(ep, &shm::rendezvous_name(name), timeout)
-                .map_err(|e| shm_not_listening(ep, e))?;
+            let ctl =
+                shm::connect_rendezvous(ep, name, timeout).map_err(|e| shm_not_listening(ep, e))?;
             shm::ShmStream::client(ctl, ep, name, deadline).map(|s| Stream::Shm(Box::new(s)))
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(duct_shm))]
         Endpoint::Shm(_) => Err(at(ep, Error::unsupported("shm:// on this platform"))),
         Endpoint::Pipe(_) => Err(at(ep, pipe_unsupported())),
+    }?;
+    #[cfg(unix)]
+    no_sigpipe(&stream);
+    Ok(stream)
+}
+
+/// `MSG_NOSIGNAL` for sends where the platform has it; on macOS the sockets carry
+/// `SO_NOSIGPIPE` instead ([`no_sigpipe`]), so that a write to a vanished peer is `EPIPE`,
+/// never a `SIGPIPE` that would kill a process that did not ignore it.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+pub(crate) const NO_SIGNAL: rustix::net::SendFlags = rustix::net::SendFlags::NOSIGNAL;
+#[cfg(all(
+    unix,
+    not(any(target_os = "linux", target_os = "android", target_os = "freebsd"))
+))]
+pub(crate) const NO_SIGNAL: rustix::net::SendFlags = rustix::net::SendFlags::empty();
+
+/// Sets `SO_NOSIGPIPE` on a socket where sends cannot say `MSG_NOSIGNAL` (macOS); nothing
+/// elsewhere.
+#[cfg(unix)]
+pub(crate) fn no_sigpipe<S: AsFd>(sock: &S) {
+    #[cfg(target_vendor = "apple")]
+    if let Err(err) = socket2::SockRef::from(sock).set_nosigpipe(true) {
+        tracing::debug!(%err, "could not set SO_NOSIGPIPE");
     }
+    let _ = sock;
 }
 
 /// Connecting to a shm rendezvous socket failed: say so in the terms of `shm://`.
-#[cfg(target_os = "linux")]
+#[cfg(duct_shm)]
 fn shm_not_listening(ep: &Endpoint, e: Error) -> Error {
     if e.kind() == ErrorKind::ConnectionRefused {
         Error::new(
@@ -554,7 +578,7 @@ pub(crate) enum RawListener {
     #[cfg(unix)]
     Unix(uds::UnixSocketListener),
     /// A shm rendezvous socket (abstract `duct-shm/NAME`), and the shm name.
-    #[cfg(target_os = "linux")]
+    #[cfg(duct_shm)]
     Shm(uds::UnixSocketListener, String),
 }
 
@@ -584,8 +608,8 @@ impl RawListener {
             Endpoint::Tls { host, port } => tcp::bind(ep, host, *port).map(RawListener::Tcp),
             #[cfg(not(feature = "tls"))]
             Endpoint::Tls { .. } => Err(at(ep, tls_feature_off())),
-            #[cfg(target_os = "linux")]
-            Endpoint::Shm(name) => uds::bind_abstract(ep, &shm::rendezvous_name(name))
+            #[cfg(duct_shm)]
+            Endpoint::Shm(name) => shm::bind_rendezvous(ep, name)
                 .map(|l| RawListener::Shm(l, name.clone()))
                 .map_err(|e| {
                     if e.kind() == ErrorKind::AddressInUse {
@@ -597,7 +621,7 @@ impl RawListener {
                         e
                     }
                 }),
-            #[cfg(not(target_os = "linux"))]
+            #[cfg(not(duct_shm))]
             Endpoint::Shm(_) => Err(at(ep, Error::unsupported("shm:// on this platform"))),
             Endpoint::Pipe(_) => Err(at(ep, pipe_unsupported())),
         }
@@ -620,14 +644,17 @@ impl RawListener {
                     // so, with better context than here.
                     tracing::debug!(%peer, %err, "could not set TCP_NODELAY on an accepted connection");
                 }
+                #[cfg(unix)]
+                no_sigpipe(&stream);
                 Ok((Stream::Tcp(stream), Addr::Tcp(peer)))
             }
             #[cfg(unix)]
             RawListener::Unix(listener) => {
                 let (stream, peer) = listener.accept()?;
+                no_sigpipe(&stream);
                 Ok((Stream::Unix(stream), peer))
             }
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             RawListener::Shm(listener, name) => {
                 let (ctl, _) = listener.accept()?;
                 // A new segment for this dialer, passed on the socket it connected with.
@@ -644,7 +671,7 @@ impl RawListener {
             RawListener::Tcp(listener) => listener.local_addr().map_or(Addr::Unknown, Addr::Tcp),
             #[cfg(unix)]
             RawListener::Unix(listener) => listener.local_addr(),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             RawListener::Shm(_, name) => Addr::Shm(name.clone()),
         }
     }
@@ -655,7 +682,7 @@ impl RawListener {
             RawListener::Tcp(listener) => listener.set_nonblocking(nonblocking),
             #[cfg(unix)]
             RawListener::Unix(listener) => listener.set_nonblocking(nonblocking),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             RawListener::Shm(listener, _) => listener.set_nonblocking(nonblocking),
         }
     }
@@ -667,7 +694,7 @@ impl AsFd for RawListener {
         match self {
             RawListener::Tcp(listener) => listener.as_fd(),
             RawListener::Unix(listener) => listener.as_fd(),
-            #[cfg(target_os = "linux")]
+            #[cfg(duct_shm)]
             RawListener::Shm(listener, _) => listener.as_fd(),
         }
     }
@@ -705,7 +732,7 @@ impl crate::driver::StreamTransport for Stream {
         if let Stream::Tls(s) = self {
             return s.send_vectored(iov);
         }
-        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        let flags = SendFlags::DONTWAIT | NO_SIGNAL;
         loop {
             match rustix::net::sendmsg(
                 self.as_fd(),
@@ -725,7 +752,7 @@ impl crate::driver::StreamTransport for Stream {
         if let Stream::Tls(s) = self {
             return s.wait_readable(deadline);
         }
-        #[cfg(target_os = "linux")]
+        #[cfg(duct_shm)]
         if let Stream::Shm(s) = self {
             return s.wait_readable(deadline);
         }
@@ -733,7 +760,7 @@ impl crate::driver::StreamTransport for Stream {
     }
 
     fn pending_input(&self) -> usize {
-        #[cfg(target_os = "linux")]
+        #[cfg(duct_shm)]
         if let Stream::Shm(_) = self {
             // (Frames waiting in the ring are not aged while reading is paused.)
             return 0;
@@ -752,7 +779,7 @@ impl crate::driver::StreamTransport for Stream {
         if let Stream::Tls(s) = self {
             return s.buffered_input();
         }
-        #[cfg(target_os = "linux")]
+        #[cfg(duct_shm)]
         if let Stream::Shm(s) = self {
             return s.buffered_input();
         }
@@ -760,7 +787,7 @@ impl crate::driver::StreamTransport for Stream {
     }
 
     fn frame_io(&self) -> Option<&dyn crate::driver::FrameIo> {
-        #[cfg(target_os = "linux")]
+        #[cfg(duct_shm)]
         if let Stream::Shm(s) = self {
             return Some(&**s);
         }
@@ -803,12 +830,12 @@ mod tests {
 
     #[test]
     fn unsupported_schemes() {
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(duct_shm))]
         let cases = [(
             "shm://game",
             "shm:// on this platform is not implemented yet",
         )];
-        #[cfg(target_os = "linux")]
+        #[cfg(duct_shm)]
         let cases: [(&str, &str); 0] = [];
         for (addr, expected) in cases {
             let ep = parse(addr).unwrap();

@@ -1,9 +1,14 @@
 //! `shm://name`: frames through a shared-memory segment, with a Unix socket beside it.
 //!
-//! **Rendezvous.** A listener on `shm://name` listens on the abstract Unix socket
-//! `@duct-shm/name` (Linux). For each dialer it accepts, it creates a segment (a sealed memfd:
-//! nothing is named in /dev/shm, and the memory is gone once both processes have dropped it)
-//! and passes the fd over the socket with the 8 bytes `DSHMSEG1`. The dialer checks the seals,
+//! **Rendezvous.** A listener on `shm://name` listens on a Unix socket: on Linux the abstract
+//! name `@duct-shm/name` (scoped to the network namespace); on macOS, which has no abstract
+//! names, the socket file `name` in `/tmp/duct-shm-<uid>` (created with mode 0700 and refused
+//! unless it is the user's own and private). With `DUCT_SHM_DIR` set, on any system, the
+//! socket file `name` in that directory (on Linux this lets containers that share a volume
+//! but not a network namespace meet). For each dialer it accepts, it creates
+//! a segment (Linux: a sealed memfd; macOS: a POSIX shm object unlinked as soon as it is
+//! opened; either way nothing stays named in the system, and the memory is gone once both
+//! processes have dropped it) and passes the fd over the socket with the 8 bytes `DSHMSEG1`. The dialer checks the seals,
 //! the size and the header, and maps it. From then on the socket is the control channel: it
 //! carries one-byte wake-ups for a side whose reactor waits (see below), and its end of stream
 //! tells each side at once that the other process is gone, however it died.
@@ -17,7 +22,7 @@
 //!
 //! **Wake-ups** (duct_sys::shm::wait). A receiver with nothing to read sets its wait word
 //! and, after checking the ring once more, either parks on the futex (a thread blocked in
-//! `recv`, in slices so it also notices the control socket's end) or returns to the reactor,
+//! `recv`, in slices so it also notices the control socket's end; `__ulock_wait` on macOS) or returns to the reactor,
 //! which watches the control socket (the word says `SOCKET`: the sender writes a byte). A
 //! sender that finds the ring or the pool full does the same on its own word, which the
 //! receiver signals when it takes descriptors or frees slots. Nobody makes a syscall while
@@ -27,6 +32,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -46,9 +52,111 @@ use crate::options::PeerCredentials;
 
 /// What the listener sends with the segment's fd.
 const SEG_HELLO: &[u8; 8] = b"DSHMSEG1";
-/// The abstract socket name of `shm://name`.
-pub(crate) fn rendezvous_name(name: &str) -> String {
-    format!("duct-shm/{name}")
+/// The environment variable that names the directory of rendezvous sockets.
+pub(crate) const DIR_ENV: &str = "DUCT_SHM_DIR";
+
+/// Where rendezvous sockets are files: the directory and whether the user chose it
+/// (`DUCT_SHM_DIR`) rather than taking the default. `None`: abstract names (Linux without
+/// `DUCT_SHM_DIR`).
+fn rendezvous_dir_choice() -> Option<(PathBuf, bool)> {
+    let custom = std::env::var_os(DIR_ENV).filter(|d| !d.is_empty());
+    match custom {
+        Some(dir) => Some((PathBuf::from(dir), true)),
+        None if cfg!(target_os = "linux") => None,
+        None => {
+            let uid = rustix::process::geteuid().as_raw();
+            Some((PathBuf::from(format!("/tmp/duct-shm-{uid}")), false))
+        }
+    }
+}
+
+/// Where the rendezvous sockets of `shm://` live when they are files: `$DUCT_SHM_DIR` if set;
+/// else on Linux `None` (abstract names `@duct-shm/NAME`), elsewhere `/tmp/duct-shm-<uid>`.
+pub(crate) fn rendezvous_dir_path() -> Option<PathBuf> {
+    rendezvous_dir_choice().map(|(dir, _)| dir)
+}
+
+/// The rendezvous directory `dir`, made ready. The default one is created (mode 0700) and
+/// must be a directory (not a link) of user `uid` that nobody else can enter, since whoever
+/// can place a socket there can hand our dialers a segment. A directory the user `chose`
+/// (`DUCT_SHM_DIR`: to share endpoints between users or containers, say) is only required to
+/// be a directory.
+fn ready_dir(ep: &Endpoint, dir: &Path, chosen: bool, uid: u32) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !chosen {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Error::io(
+                    e,
+                    format_args!("{ep}: creating the rendezvous directory {}", dir.display()),
+                ))
+            }
+        }
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| {
+        Error::io(
+            e,
+            format_args!("{ep}: the rendezvous directory {}", dir.display()),
+        )
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::new(
+            ErrorKind::InvalidAddress,
+            format!(
+                "{ep}: the rendezvous path {} is not a directory",
+                dir.display()
+            ),
+        ));
+    }
+    if !chosen && (meta.uid() != uid || meta.mode() & 0o077 != 0) {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "{ep}: the rendezvous directory {} is not private (owner uid {}, mode {:o}; \
+                 expected uid {uid}, mode 700): remove it, or set {DIR_ENV}",
+                dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The socket file of `shm://name`, when rendezvous sockets are files.
+fn rendezvous_file(ep: &Endpoint, name: &str) -> Result<Option<PathBuf>> {
+    let Some((dir, chosen)) = rendezvous_dir_choice() else {
+        return Ok(None);
+    };
+    ready_dir(ep, &dir, chosen, rustix::process::geteuid().as_raw())?;
+    Ok(Some(dir.join(name)))
+}
+
+/// Connects to the rendezvous socket of `shm://name`: the socket file `NAME` in the
+/// rendezvous directory ([`rendezvous_dir_path`]), or on Linux by default the abstract name
+/// `@duct-shm/NAME`.
+pub(crate) fn connect_rendezvous(
+    ep: &Endpoint,
+    name: &str,
+    timeout: Duration,
+) -> Result<UnixStream> {
+    let ctl = match rendezvous_file(ep, name)? {
+        Some(path) => super::uds::connect_path(ep, &path, timeout),
+        None => super::uds::connect_abstract(ep, &format!("duct-shm/{name}"), timeout),
+    }?;
+    super::no_sigpipe(&ctl);
+    Ok(ctl)
+}
+
+/// Listens on the rendezvous socket of `shm://name` (see [`connect_rendezvous`]). A live
+/// listener on the name is `AddressInUse`; the socket file of one that died is taken over.
+pub(crate) fn bind_rendezvous(ep: &Endpoint, name: &str) -> Result<super::uds::UnixSocketListener> {
+    match rendezvous_file(ep, name)? {
+        Some(path) => super::uds::bind_path(ep, &path),
+        None => super::uds::bind_abstract(ep, &format!("duct-shm/{name}")),
+    }
 }
 
 /// Longest a blocked receiver sleeps on the futex before it looks at the control socket
@@ -145,7 +253,7 @@ impl std::fmt::Debug for ShmStream {
 /// wake bytes: nothing is lost).
 fn ring_bell(ctl: &UnixStream) {
     use rustix::net::SendFlags;
-    let _ = rustix::net::send(ctl, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+    let _ = rustix::net::send(ctl, &[1], SendFlags::DONTWAIT | super::NO_SIGNAL);
 }
 
 fn shm_error(ep: &dyn std::fmt::Display, e: impl std::fmt::Display) -> Error {
@@ -161,6 +269,7 @@ impl ShmStream {
                 format!("shm://{name}: creating a shared-memory segment: {e}"),
             )
         })?;
+        super::no_sigpipe(&ctl);
         // Ready to be rung before the dialer can send anything.
         let stream = Self::new(ctl, segment, 1, name, Addr::Unknown);
         duct_sys::shm::fdpass::send_fd(stream.ctl.as_fd(), fd.as_fd(), SEG_HELLO)
@@ -610,5 +719,84 @@ impl crate::driver::FrameIo for ShmStream {
 
     fn copy_counts(&self) -> (u64, u64, u64) {
         ShmStream::copy_counts(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+    /// A scratch directory, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let dir = std::env::temp_dir()
+                .join(format!("duct-shm-dir-test-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The checks macOS runs on its default rendezvous directory, run here on a scratch one.
+    #[test]
+    fn the_default_rendezvous_directory_must_be_private_and_ours() {
+        let ep = crate::addr::parse("shm://game").unwrap();
+        let uid = rustix::process::geteuid().as_raw();
+        let scratch = Scratch::new("default");
+        // Created with mode 0700 when missing, and accepted.
+        let dir = scratch.0.join("duct-shm");
+        ready_dir(&ep, &dir, false, uid).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        ready_dir(&ep, &dir, false, uid).unwrap();
+        // Someone else's: refused, naming the directory and the way out.
+        let err = ready_dir(&ep, &dir, false, uid + 1).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+        let text = err.to_string();
+        assert!(
+            text.starts_with("shm://game") && text.contains(&*dir.to_string_lossy()),
+            "{text}"
+        );
+        assert!(text.contains("DUCT_SHM_DIR"), "{text}");
+        // Open to others: refused.
+        let open = scratch.0.join("open");
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&open)
+            .unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = ready_dir(&ep, &open, false, uid).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+        assert!(err.to_string().contains("mode 755"), "{err}");
+        // A link, even to a good directory: refused.
+        let link = scratch.0.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let err = ready_dir(&ep, &link, false, uid).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidAddress, "{err}");
+        // A file: refused.
+        let file = scratch.0.join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert_eq!(
+            ready_dir(&ep, &file, false, uid).unwrap_err().kind(),
+            ErrorKind::InvalidAddress
+        );
+        // A directory the user chose is taken as it is, but must exist.
+        ready_dir(&ep, &open, true, uid).unwrap();
+        let missing = scratch.0.join("missing");
+        let err = ready_dir(&ep, &missing, true, uid).unwrap_err();
+        assert!(err.to_string().contains("rendezvous directory"), "{err}");
+        assert!(!missing.exists(), "a chosen directory is never created");
     }
 }

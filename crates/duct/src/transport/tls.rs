@@ -477,7 +477,7 @@ impl io::Write for SockWriter<'_> {
                 self.0.as_fd(),
                 bufs,
                 &mut SendAncillaryBuffer::default(),
-                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+                SendFlags::DONTWAIT | super::NO_SIGNAL,
             ) {
                 Ok(n) => return Ok(n),
                 Err(rustix::io::Errno::INTR) => continue,

@@ -38,9 +38,8 @@ pub(super) fn unix_addr_to_addr(addr: &UnixSocketAddr) -> Addr {
     Addr::Unknown
 }
 
-/// `SO_PEERCRED` of a connected socket, where the platform has it.
-// Used once peer credentials land (security).
-#[cfg_attr(not(test), allow(dead_code))]
+/// The peer's credentials of a connected socket, where the platform has them: `SO_PEERCRED`
+/// on Linux and Android; `getpeereid` and `LOCAL_PEERPID` on macOS.
 pub(super) fn peer_credentials(stream: &UnixStream) -> Option<PeerCredentials> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
@@ -52,7 +51,13 @@ pub(super) fn peer_credentials(stream: &UnixStream) -> Option<PeerCredentials> {
             cred.gid.as_raw(),
         ))
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(target_os = "macos")]
+    {
+        use std::os::fd::AsFd;
+        let (pid, uid, gid) = duct_sys::net::peer_ids(stream.as_fd()).ok()?;
+        Some(PeerCredentials::new(pid, uid, gid))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "macos")))]
     {
         let _ = stream;
         None
@@ -480,6 +485,7 @@ mod tests {
         }
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     fn unique_abstract_name(tag: &str) -> String {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -23,7 +23,6 @@ pub mod pki;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -251,11 +250,25 @@ impl Fixture {
             Kind::UdsAbstract => {
                 let addr = self.addr();
                 let name = addr.strip_prefix("uds://@").unwrap();
-                let sa = UnixAddr::from_abstract_name(name.as_bytes()).unwrap();
+                let sa = abstract_addr(name).unwrap();
                 let l = UnixListener::bind_addr(&sa).expect("bind raw abstract listener");
                 (RawListener::Unix(l), addr)
             }
         }
+    }
+}
+
+/// The socket address of the abstract name `name` (Linux; `Unsupported` elsewhere).
+pub fn abstract_addr(name: &str) -> io::Result<UnixAddr> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::linux::net::SocketAddrExt;
+        UnixAddr::from_abstract_name(name.as_bytes())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = name;
+        Err(io::ErrorKind::Unsupported.into())
     }
 }
 
@@ -562,7 +575,7 @@ impl RawStream {
             return TcpStream::connect_timeout(&sa, T).map(RawStream::Tcp);
         }
         if let Some(name) = addr.strip_prefix("uds://@") {
-            let sa = UnixAddr::from_abstract_name(name.as_bytes())?;
+            let sa = abstract_addr(name)?;
             return UnixStream::connect_addr(&sa).map(RawStream::Unix);
         }
         if let Some(path) = addr.strip_prefix("uds://") {

@@ -1,6 +1,7 @@
 //! The shared segment of one shm connection: its layout (documented in docs/PROTOCOL.md, "shm
-//! segment"), creation (memfd on Linux, sealed so that it cannot shrink under us), mapping,
-//! and validation of a segment received from a peer.
+//! segment"), creation (a sealed memfd on Linux, an unlinked POSIX shm object on macOS: either
+//! way nothing can shrink it under us), mapping, and validation of a segment received from a
+//! peer.
 //!
 //! ```text
 //! offset 0      header (one page): magic "DUCTSHM1", version, total length, ring slots,
@@ -18,6 +19,8 @@
 //! header.
 
 use std::fmt;
+#[cfg(unix)]
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -356,105 +359,111 @@ impl From<BadSegment> for SegmentError {
     }
 }
 
+// How a segment's memory is made and vetted: one module per OS, each with
+// `new_fd(len)` (an anonymous, or at once unnamed, shared-memory object of `len` bytes that
+// nobody can resize) and `check_fd(fd)` (a received object is such an object).
 #[cfg(target_os = "linux")]
-mod linux {
-    use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+#[path = "linux.rs"]
+mod os;
+#[cfg(target_os = "macos")]
+use posix as os;
 
-    use rustix::fs::{MemfdFlags, SealFlags};
-    use rustix::mm::{MapFlags, ProtFlags};
+#[cfg(unix)]
+pub mod posix;
 
-    use super::*;
-
-    /// The seals a segment must carry: nobody can shrink or grow it (a shrunk mapping would
-    /// fault on access), and no seal can be removed.
-    fn required_seals() -> SealFlags {
-        SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+impl Segment {
+    /// Creates a segment for `params` and maps it; returns the segment and the fd to pass to
+    /// the peer. The memory has no name anywhere once this returns (a sealed memfd on Linux;
+    /// a POSIX shm object unlinked right after it was opened on macOS), so it is gone when the
+    /// last fd and mapping are, however the processes end.
+    pub fn create(params: Params) -> Result<(Segment, OwnedFd), SegmentError> {
+        let layout = Layout::new(params)?;
+        let fd = os::new_fd(layout.total as u64)?;
+        Segment::create_in(fd, layout)
     }
 
-    impl Segment {
-        /// Creates a segment for `params` in an anonymous memfd (nothing named in /dev/shm,
-        /// gone when the last fd and mapping are), sealed against resizing, and maps it.
-        /// Returns the segment and the fd to pass to the peer.
-        pub fn create(params: Params) -> Result<(Segment, OwnedFd), SegmentError> {
-            let layout = Layout::new(params)?;
-            let fd = rustix::fs::memfd_create(
-                "duct-shm",
-                MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-            )?;
-            rustix::fs::ftruncate(&fd, layout.total as u64)?;
-            rustix::fs::fcntl_add_seals(&fd, required_seals())?;
-            let map = map_fd(fd.as_fd(), layout.total)?;
-            // SAFETY: the mapping is `total >= HEADER_LEN` bytes, writable, and nobody else has
-            // it yet (the fd was not passed on).
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    layout.header().as_ptr(),
-                    map.ptr.as_ptr(),
-                    HEADER_LEN,
-                );
-            }
-            Ok((
-                Segment {
-                    map: Arc::new(map),
-                    layout,
-                },
-                fd,
-            ))
-        }
+    /// Maps a segment a peer created and passed as `fd`, after checking that nobody can
+    /// resize it (seals on Linux), its size and its header.
+    pub fn open(fd: BorrowedFd<'_>) -> Result<Segment, SegmentError> {
+        os::check_fd(fd)?;
+        Segment::open_unchecked(fd)
+    }
+}
 
-        /// Maps a segment a peer created and passed as `fd`, after checking its seals, its
-        /// size and its header.
-        pub fn open(fd: BorrowedFd<'_>) -> Result<Segment, SegmentError> {
-            let seals = rustix::fs::fcntl_get_seals(fd)?;
-            if !seals.contains(required_seals()) {
-                return Err(bad("the segment is not sealed against resizing").into());
-            }
-            let size = rustix::fs::fstat(fd)?.st_size;
-            let size = u64::try_from(size).map_err(|_| bad("negative size"))?;
-            if size < HEADER_LEN as u64 || size > MAX_SEGMENT_LEN {
-                return Err(bad(format!("a segment of {size} bytes")).into());
-            }
-            let header = map_fd(fd, HEADER_LEN)?;
-            let mut copy = [0u8; HEADER_LEN];
-            // SAFETY: the header mapping is HEADER_LEN readable bytes; the copy is taken once
-            // and then checked, so a peer changing it meanwhile cannot change what we check.
-            unsafe {
-                std::ptr::copy_nonoverlapping(header.ptr.as_ptr(), copy.as_mut_ptr(), HEADER_LEN);
-            }
-            drop(header);
-            let layout = Layout::from_header(&copy)?;
-            if layout.total as u64 != size {
-                return Err(bad(format!(
-                    "the file has {size} bytes, its header says {}",
-                    layout.total
-                ))
-                .into());
-            }
-            let map = map_fd(fd, layout.total)?;
-            Ok(Segment {
+#[cfg(unix)]
+impl Segment {
+    /// Writes the header into a fresh object `fd` of `layout.total` bytes and maps it.
+    pub(crate) fn create_in(
+        fd: OwnedFd,
+        layout: Layout,
+    ) -> Result<(Segment, OwnedFd), SegmentError> {
+        let map = map_fd(fd.as_fd(), layout.total)?;
+        // SAFETY: the mapping is `total >= HEADER_LEN` bytes, writable, and nobody else has it
+        // yet (the fd was not passed on).
+        unsafe {
+            std::ptr::copy_nonoverlapping(layout.header().as_ptr(), map.ptr.as_ptr(), HEADER_LEN);
+        }
+        Ok((
+            Segment {
                 map: Arc::new(map),
                 layout,
-            })
-        }
+            },
+            fd,
+        ))
     }
 
-    fn map_fd(fd: BorrowedFd<'_>, len: usize) -> Result<Mapping, SegmentError> {
-        // SAFETY: a fresh shared mapping of `len` bytes of `fd` at an address the kernel
-        // picks: it aliases no Rust object. The file is at least `len` bytes and sealed
-        // against shrinking (checked by the callers), so every page stays backed.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                fd,
-                0,
-            )?
-        };
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| bad("mmap returned null"))?;
-        Ok(Mapping { ptr, len })
+    /// Checks the size and the header of `fd` and maps it; the caller has checked that the
+    /// object cannot shrink.
+    pub(crate) fn open_unchecked(fd: BorrowedFd<'_>) -> Result<Segment, SegmentError> {
+        let size = rustix::fs::fstat(fd)?.st_size;
+        let size = u64::try_from(size).map_err(|_| bad("negative size"))?;
+        if size < HEADER_LEN as u64 || size > MAX_SEGMENT_LEN {
+            return Err(bad(format!("a segment of {size} bytes")).into());
+        }
+        let header = map_fd(fd, HEADER_LEN)?;
+        let mut copy = [0u8; HEADER_LEN];
+        // SAFETY: the header mapping is HEADER_LEN readable bytes; the copy is taken once and
+        // then checked, so a peer changing it meanwhile cannot change what we check.
+        unsafe {
+            std::ptr::copy_nonoverlapping(header.ptr.as_ptr(), copy.as_mut_ptr(), HEADER_LEN);
+        }
+        drop(header);
+        let layout = Layout::from_header(&copy)?;
+        if layout.total as u64 != size {
+            return Err(bad(format!(
+                "the file has {size} bytes, its header says {}",
+                layout.total
+            ))
+            .into());
+        }
+        let map = map_fd(fd, layout.total)?;
+        Ok(Segment {
+            map: Arc::new(map),
+            layout,
+        })
     }
+}
+
+/// Maps `len` bytes of `fd`, shared and read-write.
+#[cfg(unix)]
+fn map_fd(fd: BorrowedFd<'_>, len: usize) -> Result<Mapping, SegmentError> {
+    use rustix::mm::{MapFlags, ProtFlags};
+    // SAFETY: a fresh shared mapping of `len` bytes of `fd` at an address the kernel picks: it
+    // aliases no Rust object. The file is at least `len` bytes and cannot shrink (checked by
+    // the callers), so every page stays backed.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )?
+    };
+    let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| bad("mmap returned null"))?;
+    Ok(Mapping { ptr, len })
 }
 
 #[cfg(all(test, not(loom), target_os = "linux"))]
@@ -544,6 +553,50 @@ mod tests {
         assert_eq!(da.pool.busy(), 0);
         // The other direction is separate.
         assert!(b.direction(1).ring.consumer().pop().unwrap().is_none());
+    }
+
+    /// `/dev/shm` entries this process made through [`posix`].
+    fn our_posix_names() -> Vec<String> {
+        let prefix = format!("duct.{:x}.", std::process::id());
+        std::fs::read_dir("/dev/shm")
+            .map(|dir| {
+                dir.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The macOS way (shm_open, unlinked at once), run here on Linux: nothing stays named,
+    /// and both mappings see one ring and one pool.
+    #[test]
+    #[cfg_attr(miri, ignore = "shm_open and mmap are not emulated by Miri")]
+    fn a_posix_segment_has_no_name_and_is_shared() {
+        let layout = Layout::new(params()).unwrap();
+        let fd = posix::new_fd(layout.total_len() as u64).unwrap();
+        assert!(our_posix_names().is_empty(), "{:?}", our_posix_names());
+        assert_eq!(
+            rustix::fs::fstat(&fd).unwrap().st_size as usize,
+            layout.total_len()
+        );
+        let (a, fd) = Segment::create_in(fd, layout).unwrap();
+        let b = Segment::open_unchecked(fd.as_fd()).unwrap();
+        drop(fd);
+        let mut producer = a.direction(1).ring.producer();
+        let mut consumer = b.direction(1).ring.consumer();
+        producer
+            .push(ring::Desc {
+                header: [9u8; ring::HEADER_LEN],
+                slot: ring::NO_SLOT,
+                len: 0,
+            })
+            .unwrap();
+        assert_eq!(consumer.pop().unwrap().unwrap().header[0], 9);
+        // Many at once: all distinct, none left named.
+        let fds: Vec<_> = (0..64).map(|_| posix::new_fd(4096).unwrap()).collect();
+        assert!(our_posix_names().is_empty());
+        drop(fds);
     }
 
     #[test]

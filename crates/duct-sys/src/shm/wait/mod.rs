@@ -88,36 +88,20 @@ pub fn wake_local(word: &AtomicU32) {
     }
 }
 
+// The futex itself: one module per OS, each with `futex_wait(word, expected, timeout)` (sleep
+// while `word == expected`, at most `timeout`, returning early on a wake, a signal or a
+// spurious wake-up) and `futex_wake(word)` (wake one sleeper), both across processes.
 #[cfg(all(not(loom), target_os = "linux"))]
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-    use rustix::thread::futex;
-    let ts = timeout.map(|t| rustix::event::Timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
-        tv_nsec: i64::from(t.subsec_nanos()),
-    });
-    // Not FUTEX_PRIVATE: the word is shared with another process. Errors (EAGAIN: the word
-    // changed already; ETIMEDOUT; EINTR) all mean "look again".
-    let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
-}
-
-#[cfg(all(not(loom), target_os = "linux"))]
-fn futex_wake(word: &AtomicU32) {
-    use rustix::thread::futex;
-    let _ = futex::wake(word, futex::Flags::empty(), 1);
-}
-
-/// Without a futex (other systems until they get their own wait): sleep in short steps.
-#[cfg(all(not(loom), not(target_os = "linux")))]
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-    let step = Duration::from_micros(50);
-    let t = timeout.map_or(step, |t| t.min(step));
-    if word.load(Ordering::Acquire) == expected {
-        std::thread::sleep(t);
-    }
-}
-
-#[cfg(all(not(loom), not(target_os = "linux")))]
-fn futex_wake(_word: &AtomicU32) {}
+#[path = "linux.rs"]
+mod os;
+#[cfg(all(not(loom), target_os = "macos"))]
+#[path = "macos.rs"]
+mod os;
+#[cfg(all(not(loom), not(target_os = "linux"), not(target_os = "macos")))]
+#[path = "other.rs"]
+mod os;
+#[cfg(not(loom))]
+use os::{futex_wait, futex_wake};
 
 /// Loom has no futex: a sleeper yields until the word changes (a lost wake-up shows as a
 /// thread that never finishes), and timeouts are not modelled.
