@@ -8,34 +8,71 @@
 //! | address | transport |
 //! | --- | --- |
 //! | `tcp://127.0.0.1:7000`, `tcp://[::1]:7000`, `tcp://localhost:0` | TCP (port 0 picks a free port) |
-//! | `tls://host:port` | TCP with TLS |
+//! | `tls://host:port` | TCP with TLS (cargo feature `tls`, on by default) |
 //! | `uds:///run/game.sock`, `uds://@name` | Unix domain socket: a path, or a Linux abstract name |
-//! | `shm://name` | shared memory on one host |
-//! | `pipe://name` | Windows named pipe |
+//! | `shm://name` | shared memory between processes of one host (Linux, macOS) |
+//! | `pipe://name` | Windows named pipe: not implemented yet ([`ErrorKind::Unsupported`]) |
 //!
-//! Each channel chooses its delivery with [`ChannelOptions`]: realtime (bounded queues,
-//! newest wins, may drop) or reliable (at-least-once, in order). Failures are one
-//! [`Error`] type whose [`kind`](Error::kind) says what happened and whether a retry can help
-//! ([`Error::is_retryable`]).
+//! Each channel chooses its delivery with [`ChannelOptions`]: **realtime** (the default:
+//! bounded queues, in order, may drop by policy, time to live or a broken connection) or
+//! **reliable** (numbered and acknowledged: at least once, in order, across reconnects).
+//! Failures are one [`Error`] type whose [`kind`](Error::kind) says what happened and whether
+//! a retry can help ([`Error::is_retryable`]).
 //!
-//! ```no_run
-//! use duct::{DialOptions, ListenOptions};
+//! ```
+//! use std::time::Duration;
+//! use duct::{ChannelOptions, DialOptions, ErrorKind, ListenOptions, Message, RecvOptions};
 //!
 //! fn main() -> duct::Result<()> {
-//!     let listener = duct::listen("tcp://127.0.0.1:7000", ListenOptions::default())?;
+//!     // Channel 1 is reliable on both ends; every other channel is realtime.
+//!     let inventory = ChannelOptions::default().reliable(true);
+//!
+//!     // Port 0: the system picks a free port, and the listener tells which.
+//!     let listener = duct::listen(
+//!         "tcp://127.0.0.1:0",
+//!         ListenOptions::default().channel(1, inventory.clone()),
+//!     )?;
+//!     let addr = listener.local_addr().to_string(); // "tcp://127.0.0.1:<port>"
+//!
 //!     let server = std::thread::spawn(move || -> duct::Result<()> {
 //!         let pipe = listener.accept()?;
-//!         let msg = pipe.recv()?;
-//!         pipe.send(msg) // echo it back
+//!         loop {
+//!             match pipe.recv() {
+//!                 Ok(msg) => pipe.send(msg)?, // echo, on the channel it came on
+//!                 Err(e) if e.kind() == ErrorKind::Closed => return Ok(()), // the dialer left
+//!                 Err(e) => return Err(e),
+//!             }
+//!         }
 //!     });
 //!
-//!     let pipe = duct::dial("tcp://127.0.0.1:7000", DialOptions::default())?;
-//!     pipe.send("hello")?;
-//!     assert_eq!(pipe.recv()?.payload(), b"hello");
-//!     server.join().expect("server thread")?;
-//!     Ok(())
+//!     let pipe = duct::dial(
+//!         &addr,
+//!         DialOptions::default()
+//!             .timeout(Duration::from_secs(2))
+//!             .channel(1, inventory),
+//!     )?;
+//!     pipe.send(Message::new("+1 health potion").with_channel(1))?;
+//!     pipe.send("position 10,20")?; // channel 0: realtime
+//!     let wait = RecvOptions::default().timeout(Duration::from_secs(2));
+//!     let mut got = Vec::new();
+//!     for _ in 0..2 {
+//!         let msg = pipe.recv_with(&wait)?;
+//!         got.push((msg.channel(), msg.payload().to_vec()));
+//!     }
+//!     got.sort(); // in order per channel; across channels, the scheduler decides
+//!     assert_eq!(got[0], (0, b"position 10,20".to_vec()));
+//!     assert_eq!(got[1], (1, b"+1 health potion".to_vec()));
+//!     pipe.close()?; // the server's recv then returns ErrorKind::Closed
+//!     server.join().expect("the server thread")
 //! }
 //! ```
+//!
+//! The user guide, `docs/GUIDE.md` in the repository, explains the concepts (pipes,
+//! channels, realtime and reliable delivery, the pipe's life), every option with its default
+//! and its cost, how to choose a transport, security and tuning. The runnable examples in
+//! `crates/duct/examples/` show a small game cluster of four processes that survives a
+//! killed server (`game_cluster`), zero-copy shared memory (`zero_copy`) and mutual TLS
+//! (`tls`): `cargo run -p duct --example game_cluster`.
 //!
 //! # Threads
 //!

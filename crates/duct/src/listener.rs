@@ -70,7 +70,6 @@ pub struct Listener {
 }
 
 struct Inner {
-    raw: RawListener,
     /// TLS on every accepted connection, when the listener serves TLS.
     tls: Option<ServerTls>,
     local_addr: Addr,
@@ -127,6 +126,9 @@ struct State {
     /// An accept error for the next `accept` call.
     error: Option<Error>,
     closed: bool,
+    /// The listening socket; `None` once closed, so that closing frees the address at once
+    /// (the reactor may still hold the listener for a moment after a close).
+    raw: Option<RawListener>,
 }
 
 /// One connection's handshake, driven by the reactor.
@@ -173,7 +175,6 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
         })?;
     }
     let inner = Arc::new_cyclic(|me| Inner {
-        raw,
         tls,
         local_addr,
         qos: opts.qos(),
@@ -187,6 +188,7 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
             accept_more: false,
             error: None,
             closed: false,
+            raw: Some(raw),
         }),
         cv: Condvar::new(),
         reactor: OnceLock::new(),
@@ -262,13 +264,17 @@ impl Inner {
         let Some(handle) = self.reactor.get() else {
             return Ok(());
         };
+        let Some(raw) = &st.raw else {
+            st.armed = false;
+            return Ok(());
+        };
         let (from, to) = if want {
             (None, Some(Interest::READABLE))
         } else {
             (Some(Interest::READABLE), None)
         };
         handle
-            .set_interest(self.raw.as_fd().as_raw_fd(), from, to)
+            .set_interest(raw.as_fd().as_raw_fd(), from, to)
             .map_err(|e| Error::io(e, format_args!("listen {}: reactor", self.local_addr)))?;
         st.armed = want;
         Ok(())
@@ -330,7 +336,9 @@ impl Inner {
                 return;
             }
             st.closed = true;
+            // Out of the reactor first, then closed: the address is free when this returns.
             let _ = self.arm(&mut st);
+            st.raw = None;
             self.cv.notify_all();
             (
                 std::mem::take(&mut st.pending),
@@ -371,7 +379,8 @@ impl Inner {
                 break;
             }
             budget -= 1;
-            match self.raw.accept() {
+            let Some(raw) = &st.raw else { break };
+            match raw.accept() {
                 Ok((stream, peer)) => {
                     let peer = transport::shown_addr(peer, self.tls.is_some());
                     let stream = match transport::secure_server(stream, self.tls.as_ref()) {

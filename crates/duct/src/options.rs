@@ -260,8 +260,9 @@ impl DialOptions {
     /// send queue (then waits up to its timeout), and each failed attempt goes to `on_error`.
     /// Each attempt is bounded by [`DialOptions::timeout`]. A successful reconnect is a new
     /// session (new [`Pipe::session_id`](crate::Pipe::session_id)); messages that were being
-    /// written when the connection broke may be lost (the next version resumes sessions
-    /// losslessly). When [`Reconnect::max_attempts`] are used up, the pipe ends with the last
+    /// written when the connection broke may be lost, unless the listener resumes the pipe
+    /// ([`ListenOptions::resume_window`]: the same session continues, losslessly for reliable
+    /// channels). When [`Reconnect::max_attempts`] are used up, the pipe ends with the last
     /// attempt's error. `close` returns promptly, also in the middle of a backoff or an attempt.
     #[must_use]
     pub fn reconnect(mut self, reconnect: Reconnect) -> Self {

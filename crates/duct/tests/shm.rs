@@ -339,3 +339,105 @@ fn a_receiver_holding_payloads_meets_the_channel_policy_not_a_deadlock() {
     assert_eq!(m.payload(), b"after");
     println!("after letting go: {got} queued messages, then new ones");
 }
+
+/// After a reconnect, the reactor reads the new shm connection by itself: a pipe that only
+/// sends still takes its peer's heartbeat answers and stays connected (it used to go silent
+/// whenever its handshake had parked: shm rings the reactor only after a read has found
+/// nothing, and nothing read first). Three restarts of the listener, each followed by more
+/// than two silence timeouts of sending and never receiving. Each restart also listens again
+/// on the name right after dropping the old listener while the dialer is already
+/// reconnecting to it: the name must be free at once.
+#[test]
+fn a_reconnected_pipe_that_only_sends_keeps_hearing_its_peer() {
+    let addr = format!("shm://{}", name());
+    let hb = duct::Heartbeat::new(Duration::from_millis(50), 5);
+    let mut listener = duct::listen(&addr, ListenOptions::default().heartbeat(hb)).unwrap();
+    let (errors, seen) = common::error_sink();
+    let pipe = duct::dial(
+        &addr,
+        DialOptions::default()
+            .heartbeat(hb)
+            .reconnect(duct::Reconnect::exponential(
+                Duration::from_millis(10),
+                Duration::from_millis(50),
+            ))
+            .on_error(errors),
+    )
+    .unwrap();
+    let mut served = listener.accept_timeout(T).unwrap();
+    for round in 1..=3u64 {
+        drop(served);
+        drop(listener);
+        listener = duct::listen(&addr, ListenOptions::default().heartbeat(hb)).unwrap();
+        served = listener.accept_timeout(T).unwrap();
+        let deadline = Instant::now() + T;
+        while pipe.state() != duct::PipeState::Connected || pipe.stats().reconnects < round {
+            assert!(Instant::now() < deadline, "reconnected in time");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let until = Instant::now() + Duration::from_millis(600);
+        let mut sent = 0u32;
+        while Instant::now() < until {
+            pipe.send(Message::new(sent.to_le_bytes().to_vec()))
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            sent += 1;
+            thread::sleep(Duration::from_millis(5));
+        }
+        let silent: Vec<String> = seen
+            .try_iter()
+            .filter(|e| e.kind() == ErrorKind::Disconnected)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(silent.is_empty(), "round {round}: {silent:?}");
+        assert_eq!(pipe.stats().reconnects, round);
+        assert_eq!(pipe.state(), duct::PipeState::Connected);
+        let mut got = 0;
+        while served.try_recv().unwrap().is_some() {
+            got += 1;
+        }
+        assert_eq!(got, sent, "round {round}: all arrived");
+    }
+}
+
+/// Dropping a listener frees its address when `drop` returns, while pipes it accepted live
+/// on. (The address used to stay bound while the reactor was still busy with the listener,
+/// for example with a handshake of a dialer reconnecting at that moment: the test above
+/// met AddressInUse that way.)
+#[test]
+fn a_dropped_listener_frees_its_name_at_once_while_its_pipes_live() {
+    let hb = duct::Heartbeat::new(Duration::from_millis(50), 5);
+    for scheme in ["shm://", "uds://@"] {
+        let addr = format!("{scheme}{}", name());
+        let mut kept = Vec::new();
+        for round in 0..20 {
+            let listener = duct::listen(&addr, ListenOptions::default().heartbeat(hb))
+                .unwrap_or_else(|e| panic!("{addr} round {round}: {e}"));
+            // A reconnecting dialer (whose pipe the listener would resume) every other time.
+            let opts = if round % 4 < 2 {
+                DialOptions::default().heartbeat(hb)
+            } else {
+                DialOptions::default()
+                    .heartbeat(hb)
+                    .reconnect(duct::Reconnect::exponential(
+                        Duration::from_millis(10),
+                        Duration::from_millis(50),
+                    ))
+            };
+            let dialer = duct::dial(&addr, opts).unwrap();
+            let served = listener.accept_timeout(T).unwrap();
+            if round % 2 == 0 {
+                drop(listener);
+                kept.push((dialer, served));
+            } else {
+                // The pipe first (its close runs on the reactor), then the listener.
+                drop(served);
+                drop(listener);
+                drop(dialer);
+            }
+        }
+        for (dialer, served) in &kept {
+            dialer.send("still here").unwrap();
+            assert_eq!(recv_t(served).unwrap().payload(), b"still here");
+        }
+    }
+}

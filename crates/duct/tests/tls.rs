@@ -299,6 +299,47 @@ fn unknown_ca_and_wrong_name_are_tls_errors_not_retryable() {
     assert_eq!(err.kind(), ErrorKind::Tls);
 }
 
+/// A pipe that reconnects to a server whose new certificate it refuses ends there, with
+/// `Tls`, after that one attempt (refusals that retrying cannot fix are not retried).
+#[test]
+fn a_reconnecting_dialer_stops_at_a_refused_server_certificate() {
+    let pki = Pki::new();
+    let impostor = Pki::named("another CA");
+    let listener = duct::listen(
+        "tls://127.0.0.1:0",
+        ListenOptions::default().tls(pki.server()),
+    )
+    .unwrap();
+    let addr = tls_addr(&listener);
+    let (errors, seen) = error_sink();
+    let pipe = duct::dial(
+        &addr,
+        quick()
+            .tls(pki.client())
+            .reconnect(Reconnect::exponential(
+                Duration::from_millis(10),
+                Duration::from_millis(50),
+            ))
+            .on_error(errors),
+    )
+    .unwrap();
+    let served = listener.accept().unwrap();
+    drop(served);
+    drop(listener);
+    // The same port, now with a certificate our CA did not sign.
+    let _impostor = duct::listen(&addr, ListenOptions::default().tls(impostor.server())).unwrap();
+    let err = recv_t(&pipe).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    std::thread::sleep(Duration::from_millis(200)); // time for attempts that should not happen
+    let tls_reports = seen
+        .try_iter()
+        .filter(|e| e.kind() == ErrorKind::Tls)
+        .count();
+    assert_eq!(tls_reports, 1, "one refused attempt, then no more");
+    assert_eq!(pipe.state(), duct::PipeState::Closed);
+}
+
 #[test]
 fn mtls_refuses_a_client_without_a_certificate_and_accepts_one_with() {
     let pki = Pki::new();

@@ -1267,8 +1267,12 @@ impl Conn {
                     format!("reconnect attempt {attempt} to {}: {e}", redial.addr),
                 );
                 self.report_later(&mut g, &e);
-                if e.kind() == ErrorKind::PermissionDenied || e.kind() == ErrorKind::Incompatible {
-                    // The listener refuses us for good: trying again would only storm it.
+                if matches!(
+                    e.kind(),
+                    ErrorKind::PermissionDenied | ErrorKind::Incompatible | ErrorKind::Tls
+                ) {
+                    // The listener refuses us (or we refuse its certificate) for good: trying
+                    // again would only storm it.
                     let change = g.life.close();
                     self.end_final(&mut g, e, change);
                     drop(g);
@@ -1497,6 +1501,13 @@ impl Conn {
         g.seen_reads = g.caller_reads;
         g.timer_at = None;
         self.update_interest(&mut g);
+        if self.frames || self.t().buffered_input() {
+            // As in `start`: frames (or decrypted bytes) that came with the handshake raise
+            // no event, and a frame transport (shm) rings the reactor's socket only after a
+            // read found nothing: read until then, or the new connection is never read by
+            // the reactor (a pipe that only sends would miss its PONGs and acks).
+            g = self.read_ahead(g);
+        }
         g = self.flush_if_idle(g);
         self.reschedule(&mut g);
         self.cv.notify_all();
