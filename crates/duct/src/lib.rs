@@ -83,6 +83,37 @@
 //! the peer's PINGs, and writes output left queued when a socket was full. It starts with the
 //! first `listen` or `dial`, lives for the process, and never keeps the process from exiting.
 //!
+//! # Async
+//!
+//! Every blocking call has an async form that runs under any executor (tokio,
+//! `futures::executor`, smol, ...), with no runtime dependency and no feature flag:
+//! [`Pipe::send_async`], [`Pipe::send_with_async`], [`Pipe::recv_async`],
+//! [`Pipe::recv_with_async`], [`Listener::accept_async`] and [`dial_async`]. duct's reactor
+//! drives them: a pending future costs a waker slot, not a thread, and nothing polls in a
+//! loop. They are cancel-safe: dropping a pending `recv_async` or `accept_async` loses no
+//! message or pipe, and a dropped `send_async` either completed (the message accepted) or
+//! did not accept the message at all. Timeouts in [`SendOptions`] and [`RecvOptions`] are
+//! honoured (a reactor timer wakes the task); a runtime's own timeout around any of these
+//! futures works too. `dial_async` runs the (blocking) connect and handshake on a
+//! short-lived thread.
+//!
+//! ```
+//! # futures::executor::block_on(async {
+//! let listener = duct::listen("tcp://127.0.0.1:0", duct::ListenOptions::default())?;
+//! let addr = listener.local_addr().to_string();
+//! let (dialed, accepted) = futures::join!(
+//!     duct::dial_async(&addr, duct::DialOptions::default()),
+//!     listener.accept_async(),
+//! );
+//! let (client, server) = (dialed?, accepted?);
+//! client.send_async("ping").await?;
+//! let msg = server.recv_async().await?;
+//! server.send_async(msg).await?; // echo
+//! assert_eq!(client.recv_async().await?.payload(), b"ping");
+//! # Ok::<(), duct::Error>(())
+//! # }).unwrap();
+//! ```
+//!
 //! # Channels and QoS
 //!
 //! Every message travels on a channel (a `u16`, default 0). Per channel, each side chooses
@@ -109,6 +140,7 @@
 #![warn(missing_docs)]
 
 mod addr;
+mod async_api;
 mod driver;
 mod error;
 mod listener;
@@ -118,6 +150,7 @@ mod pipe;
 mod transport;
 
 pub use addr::Addr;
+pub use async_api::dial_async;
 pub use driver::reactor::set_reactor_threads;
 pub use error::{Error, ErrorKind, Result};
 pub use listener::{listen, Listener};

@@ -32,6 +32,7 @@ use crate::addr;
 use crate::driver::conn::{resumable, Conn, ConnConfig};
 use crate::driver::handshake::{Handshake, Progress};
 use crate::driver::reactor::{self, Reactive, ReactorHandle};
+use crate::driver::wakers::{WaitFor, WakerSet};
 use crate::driver::{proto_error, StreamTransport};
 use crate::pipe::{conn_config, session_config};
 use crate::transport::{self, RawListener, ServerTls};
@@ -69,7 +70,7 @@ pub struct Listener {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     /// TLS on every accepted connection, when the listener serves TLS.
     tls: Option<ServerTls>,
     local_addr: Addr,
@@ -129,6 +130,8 @@ struct State {
     /// The listening socket; `None` once closed, so that closing frees the address at once
     /// (the reactor may still hold the listener for a moment after a close).
     raw: Option<RawListener>,
+    /// Pending `accept_async` calls, woken wherever the condition variable is notified.
+    wakers: WakerSet,
 }
 
 /// One connection's handshake, driven by the reactor.
@@ -189,6 +192,7 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
             error: None,
             closed: false,
             raw: Some(raw),
+            wakers: WakerSet::default(),
         }),
         cv: Condvar::new(),
         reactor: OnceLock::new(),
@@ -208,6 +212,10 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
 }
 
 impl Listener {
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
     /// Waits for the next dialer whose handshake completed.
     pub fn accept(&self) -> Result<Pipe> {
         self.inner.accept_until(None)
@@ -329,6 +337,38 @@ impl Inner {
         }
     }
 
+    /// The async form of `accept`: a pipe if one is ready (or the error a blocking `accept`
+    /// would return), else registers `waker` in the slot `key` and returns `None`.
+    pub(crate) fn poll_accept(
+        &self,
+        waker: &std::task::Waker,
+        key: &mut Option<usize>,
+    ) -> Option<Result<Pipe>> {
+        let mut st = self.lock();
+        if let Some(p) = st.ready.pop_front() {
+            let _ = self.arm(&mut st); // room again below the bound
+            return Some(Ok(p));
+        }
+        if st.closed {
+            return Some(Err(self.closed_error()));
+        }
+        if let Some(e) = st.error.take() {
+            return Some(Err(e));
+        }
+        st.wakers.register(key, waker, WaitFor::Other, None);
+        None
+    }
+
+    /// Frees an `accept_async` call's waker slot (it completed or was dropped).
+    pub(crate) fn forget_waiter(&self, key: usize) {
+        self.lock().wakers.remove(key);
+    }
+
+    /// Waker slots held for `accept_async` calls.
+    pub(crate) fn waiter_slots(&self) -> usize {
+        self.lock().wakers.slots()
+    }
+
     fn close(&self) {
         let (pending, ready) = {
             let mut st = self.lock();
@@ -340,6 +380,7 @@ impl Inner {
             let _ = self.arm(&mut st);
             st.raw = None;
             self.cv.notify_all();
+            st.wakers.wake_all();
             (
                 std::mem::take(&mut st.pending),
                 std::mem::take(&mut st.ready),
@@ -446,6 +487,7 @@ impl Inner {
                         h.schedule(until);
                     }
                     self.cv.notify_all();
+                    st.wakers.wake_all();
                     break;
                 }
             }
@@ -617,6 +659,9 @@ impl Inner {
             Ok(pipe) if !st.closed => {
                 st.ready.push_back(pipe);
                 self.cv.notify_one();
+                // All of them: one that is woken and then dropped must not leave the pipe
+                // waiting while another waits too.
+                st.wakers.wake_all();
             }
             Ok(pipe) => {
                 drop(st);

@@ -250,6 +250,10 @@ impl Pipe {
         Pipe { conn, _last: last }
     }
 
+    pub(crate) fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
     /// Sends one message on its channel (see [`Message::with_channel`]; default 0).
     /// Same as [`Pipe::send_with`] with default options.
     pub fn send(&self, msg: impl Into<Message>) -> Result<()> {
@@ -319,7 +323,7 @@ impl Pipe {
         }
     }
 
-    fn would_block(&self) -> Error {
+    pub(crate) fn would_block(&self) -> Error {
         Error::new(
             ErrorKind::WouldBlock,
             format!("no message from {} is ready", self.conn.peer_addr()),

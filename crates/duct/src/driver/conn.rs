@@ -20,6 +20,16 @@
 //! not one per message. (Re-arming registers the fd afresh, which reports data that arrived
 //! meanwhile, so nothing is missed.)
 //!
+//! **Async calls** (`recv_async`, `send_async`) never block: a poll does what a blocking call
+//! would do without waiting (take a queued message, read or write what the transport takes
+//! now, offer the message to its send queue) and, where the blocking call would wait on the
+//! condition variable, registers the task's waker in [`WakerSet`] instead. Every place that
+//! notifies the condition variable wakes those too (`notify`), except where nothing an async
+//! call waits for changed (a read that found nothing, a flush that wrote nothing: waking
+//! would only have the woken read or flush again, in turn). While an async receive waits,
+//! the reactor reads for it (see "Staying out of the caller's way": an async caller does not
+//! count as active then); an async call's timeout is a reactor timer (`reschedule`).
+//!
 //! **Close** queues CLOSE behind everything already queued, waits up to the linger time for
 //! the queue to drain, then shuts the socket down: every thread blocked on the pipe wakes.
 //!
@@ -31,6 +41,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -44,6 +55,7 @@ use super::handshake::Handshake;
 use super::io::{ReadBuf, WriteQueue};
 use super::reactor::{self, Reactive, ReactorHandle};
 use super::reconnect;
+use super::wakers::{WaitFor, WakerSet};
 use super::{proto_error, StreamTransport};
 use crate::{Addr, ChannelStats, Error, ErrorKind, PipeState, PipeStats, StateChange};
 use duct_proto::wire::control::close_code;
@@ -88,6 +100,8 @@ struct Shared {
     wq_frames: usize,
     /// Threads waiting on the condition variable.
     waiters: usize,
+    /// Pending async calls, woken wherever the condition variable is notified.
+    wakers: WakerSet,
     /// Why the connection ended; every later call returns it.
     terminal: Option<Error>,
     /// `close` was called: its code and reason.
@@ -301,6 +315,24 @@ pub(crate) enum Wait {
     Forever,
 }
 
+/// An async call that may have to wait: the waker to register and the future's slot in the
+/// pipe's [`WakerSet`] (allocated on its first wait; the future frees it with
+/// [`Conn::forget_waiter`]).
+pub(crate) struct Park<'a> {
+    pub(crate) waker: &'a Waker,
+    pub(crate) key: &'a mut Option<usize>,
+    /// When the call times out: a reactor timer wakes it then.
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// What became of a message offered to its send queue.
+enum Admitted<'a> {
+    /// Accepted (queued, or dropped by the channel's policy).
+    Yes(MutexGuard<'a, Shared>),
+    /// Not accepted: an async call must wait for room, and got its message back.
+    Parked(MutexGuard<'a, Shared>, Bytes),
+}
+
 impl Conn {
     /// Wraps an established handshake and hands the connection to the reactor.
     pub(crate) fn start(mut hs: Handshake, config: ConnConfig) -> Result<Arc<Conn>, Error> {
@@ -334,6 +366,7 @@ impl Conn {
             wq_bytes: wq.bytes(),
             wq_frames: wq.frames(),
             waiters: 0,
+            wakers: WakerSet::default(),
             terminal: None,
             local_closed: None,
             stats: PipeStats::default(),
@@ -416,6 +449,17 @@ impl Conn {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Frees an async call's waker slot (the future completed or was dropped).
+    pub(crate) fn forget_waiter(&self, key: usize) {
+        self.lock().wakers.remove(key);
+    }
+
+    /// Waker slots held for async calls (tests: they do not outgrow the calls pending at
+    /// once).
+    pub(crate) fn waiter_slots(&self) -> usize {
+        self.lock().wakers.slots()
     }
 
     /// The largest message this side sends.
@@ -506,14 +550,15 @@ impl Conn {
         }
     }
 
-    /// Makes sure the reactor calls `on_timer` by the session's next deadline or the next
-    /// recheck, whichever comes first.
+    /// Makes sure the reactor calls `on_timer` by the session's next deadline, the next
+    /// recheck, or an async call's timeout, whichever comes first.
     fn reschedule(&self, g: &mut Shared) {
         let next = [
             g.session.poll_timeout(),
             g.recheck_at,
             g.linger_until,
             g.sample_at,
+            g.wakers.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -566,10 +611,14 @@ impl Conn {
         (g, timed_out)
     }
 
-    fn notify(&self, g: &Shared) {
+    /// Wakes the callers waiting for the pipe to change: threads on the condition variable
+    /// and pending async calls. (One branch each when there are none.)
+    #[inline]
+    fn notify(&self, g: &mut Shared) {
         if g.waiters > 0 {
             self.cv.notify_all();
         }
+        g.wakers.wake_all();
     }
 
     /// Offers a message to its channel's send queue under the channel's policy (see
@@ -581,6 +630,25 @@ impl Conn {
     #[allow(clippy::too_many_arguments)]
     fn admit<'a>(
         &'a self,
+        g: MutexGuard<'a, Shared>,
+        channel: u16,
+        payload: Bytes,
+        meta: Meta,
+        now: Instant,
+        deadline: Instant,
+        wait: bool,
+    ) -> Result<MutexGuard<'a, Shared>, Error> {
+        match self.admit_or_park(g, channel, payload, meta, now, deadline, wait, None)? {
+            Admitted::Yes(g) => Ok(g),
+            Admitted::Parked(..) => unreachable!("only an async call (with a waker) parks"),
+        }
+    }
+
+    /// [`Conn::admit`], or for an async call (`park`) that would have to wait: registers its
+    /// waker (and a timer for `deadline`) and hands the message back, not accepted.
+    #[allow(clippy::too_many_arguments)]
+    fn admit_or_park<'a>(
+        &'a self,
         mut g: MutexGuard<'a, Shared>,
         channel: u16,
         mut payload: Bytes,
@@ -588,7 +656,8 @@ impl Conn {
         now: Instant,
         deadline: Instant,
         wait: bool,
-    ) -> Result<MutexGuard<'a, Shared>, Error> {
+        mut park: Option<Park<'_>>,
+    ) -> Result<Admitted<'a>, Error> {
         let mut flushed = false;
         let mut expired = false;
         loop {
@@ -619,7 +688,7 @@ impl Conn {
                     .map_err(|e| self.send_error(e, channel))?
             };
             match admission {
-                Admission::Queued | Admission::Dropped(_) => return Ok(g),
+                Admission::Queued | Admission::Dropped(_) => return Ok(Admitted::Yes(g)),
                 Admission::Refused(_, why) => return Err(self.refused(&g, channel, why)),
                 Admission::Wait(p) => payload = p,
             }
@@ -645,6 +714,16 @@ impl Conn {
                     ),
                 ));
             }
+            if let Some(p) = park.as_mut() {
+                if Instant::now() >= deadline {
+                    let waited = deadline.saturating_duration_since(now);
+                    return Err(self.queue_full(&g, channel, waited));
+                }
+                g.wakers
+                    .register(p.key, p.waker, WaitFor::Other, Some(deadline));
+                self.reschedule(&mut g);
+                return Ok(Admitted::Parked(g, payload));
+            }
             let (ng, timed_out) = self.wait_cv(g, Some(deadline));
             g = ng;
             expired = timed_out;
@@ -666,7 +745,7 @@ impl Conn {
     ) -> Result<(), Error> {
         let len = payload.len();
         let g = self.lock();
-        let mut g = self.admit(
+        let g = self.admit(
             g,
             channel,
             payload,
@@ -675,6 +754,55 @@ impl Conn {
             now + timeout,
             !timeout.is_zero(),
         )?;
+        self.sent(g, channel, len)
+    }
+
+    /// The async form of [`Conn::send`]: takes the message out of `payload` and accepts it,
+    /// or, if it would have to wait for room, puts it back and registers `park`
+    /// (`Ok(false)`). `Ok(true)`: accepted. `now` is when the call began.
+    pub(crate) fn poll_send(
+        &self,
+        channel: u16,
+        payload: &mut Option<Bytes>,
+        meta: Meta,
+        now: Instant,
+        timeout: Duration,
+        park: Park<'_>,
+    ) -> Result<bool, Error> {
+        let Some(msg) = payload.take() else {
+            return Ok(true);
+        };
+        let len = msg.len();
+        let g = self.lock();
+        let admitted = self.admit_or_park(
+            g,
+            channel,
+            msg,
+            meta,
+            now,
+            now + timeout,
+            !timeout.is_zero(),
+            Some(park),
+        )?;
+        match admitted {
+            Admitted::Yes(g) => self.sent(g, channel, len).map(|()| true),
+            Admitted::Parked(g, msg) => {
+                *payload = Some(msg);
+                drop(g);
+                self.run_callbacks();
+                Ok(false)
+            }
+        }
+    }
+
+    /// After a message of `len` bytes was accepted on `channel`: counts it, and writes it
+    /// unless another thread is writing.
+    fn sent<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Shared>,
+        channel: u16,
+        len: usize,
+    ) -> Result<(), Error> {
         g.count_sent(Run::start(channel, len));
         if g.state() == PipeState::Reconnecting {
             return Ok(());
@@ -811,15 +939,23 @@ impl Conn {
             return g;
         }
         let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        // Frames left the send queues or reached the transport (async calls are woken only
+        // then: a flush that finds the socket full changes nothing they wait for, and waking
+        // them would have them flush again, in turn).
+        let mut progressed = false;
         let result = loop {
             let now = g.session.now();
+            let queued = w.frames();
             w.take_from(&mut g.session, now);
+            progressed |= w.frames() != queued;
             if w.is_empty() {
                 break Ok(true);
             }
+            let before = (w.frames(), w.bytes());
             drop(g);
             let res = w.write_nonblocking(&*self.t());
             g = self.lock();
+            progressed |= (w.frames(), w.bytes()) != before;
             match res {
                 Ok(true) => continue,
                 Ok(false) if std::mem::take(&mut g.write_kick) => continue,
@@ -846,9 +982,16 @@ impl Conn {
             Err(e) => {
                 g.write_failures += 1;
                 self.fail_transport(&mut g, e);
+                progressed = true;
             }
         }
-        self.notify(&g);
+        // Threads are told in any case: one may wait for `writing` to clear.
+        if g.waiters > 0 {
+            self.cv.notify_all();
+        }
+        if progressed {
+            g.wakers.wake_all();
+        }
         g
     }
 
@@ -878,6 +1021,29 @@ impl Conn {
         max: usize,
         sink: &mut dyn FnMut(Delivered),
     ) -> Result<usize, Error> {
+        self.recv_or_park(wait, max, sink, None)
+    }
+
+    /// The async form of [`Conn::recv`]: a message if one is ready or the transport has one
+    /// now (read without blocking, until the transport is empty); else registers `park`,
+    /// makes sure the reactor reads for it, and returns `Ok(None)`. `TimedOut` once
+    /// `park.deadline` passed with no message.
+    pub(crate) fn poll_recv(&self, park: Park<'_>) -> Result<Option<Delivered>, Error> {
+        let mut out = None;
+        self.recv_or_park(Wait::No, 1, &mut |d| out = Some(d), Some(park))?;
+        Ok(out)
+    }
+
+    /// [`Conn::recv_into`]; with `park` (and `Wait::No`), an async call that registers its
+    /// waker when it finds nothing (returning 0).
+    fn recv_or_park(
+        &self,
+        wait: Wait,
+        max: usize,
+        sink: &mut dyn FnMut(Delivered),
+        mut park: Option<Park<'_>>,
+    ) -> Result<usize, Error> {
+        debug_assert!(park.is_none() || wait == Wait::No);
         let deadline = match wait {
             Wait::Until(d) => Some(d),
             Wait::No => Some(Instant::now()),
@@ -886,6 +1052,10 @@ impl Conn {
         let mut g = self.lock();
         g.caller_reads += 1;
         let mut attempted = false;
+        // The last read brought bytes: the transport may hold more (an async call reads on
+        // until it is empty, so that the reactor's edge-triggered readiness sees what comes
+        // next).
+        let mut more = false;
         loop {
             let mut n = 0;
             let mut run = Run::default();
@@ -942,7 +1112,11 @@ impl Conn {
                 return Err(Error::closed(*code, reason.as_str(), false));
             }
             let past = deadline.is_some_and(|d| Instant::now() >= d);
-            if (wait == Wait::No && attempted) || (past && wait != Wait::No) {
+            if let Some(p) = park.as_mut() {
+                if attempted && !more {
+                    return self.park_recv(g, p);
+                }
+            } else if (wait == Wait::No && attempted) || (past && wait != Wait::No) {
                 drop(g);
                 return match wait {
                     Wait::No => Ok(0),
@@ -955,6 +1129,9 @@ impl Conn {
             g = self.flush_if_idle(g);
             if g.state() == PipeState::Reconnecting {
                 // No connection to read from: wait for the reconnect (or the end).
+                if let Some(p) = park.as_mut() {
+                    return self.park_recv(g, p);
+                }
                 if wait == Wait::No {
                     return Ok(0);
                 }
@@ -964,6 +1141,9 @@ impl Conn {
             }
             if g.reading {
                 // Another caller or the reactor is reading: it will deliver and wake us.
+                if let Some(p) = park.as_mut() {
+                    return self.park_recv(g, p);
+                }
                 if wait == Wait::No {
                     return Ok(0);
                 }
@@ -979,10 +1159,66 @@ impl Conn {
             attempted = true;
             g = self.lock();
             g.reading = false;
-            self.absorb(&mut g, &mut r, res);
+            let found = !matches!(&res, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            more = self.absorb(&mut g, &mut r, res);
             drop(r);
-            self.notify(&g);
+            if found {
+                self.notify(&mut g);
+            } else {
+                // Nothing came: threads are told (one may take over reading); async receives
+                // go on waiting, with the reactor reading for them (waking them would have
+                // them read in turn, for nothing).
+                if g.waiters > 0 {
+                    self.cv.notify_all();
+                }
+                if g.wakers.wants_messages() {
+                    self.read_for_async(&mut g);
+                }
+            }
             g = self.flush_if_idle(g);
+        }
+    }
+
+    /// An async receive found nothing: fails with `TimedOut` past its deadline, else
+    /// registers its waker (woken by whatever delivers, or by the deadline's timer) and makes
+    /// sure someone reads: the reactor watches the transport while an async receive waits.
+    fn park_recv(&self, mut g: MutexGuard<'_, Shared>, p: &mut Park<'_>) -> Result<usize, Error> {
+        if p.deadline.is_some_and(|d| Instant::now() >= d) {
+            drop(g);
+            self.run_callbacks();
+            return Err(Error::new(
+                ErrorKind::TimedOut,
+                format!("no message from {} before the receive timeout", self.who),
+            ));
+        }
+        g.wakers
+            .register(p.key, p.waker, WaitFor::Message, p.deadline);
+        if p.deadline.is_some() {
+            self.reschedule(&mut g);
+        }
+        if !g.reading {
+            // (A reader at work wakes us when it brings something, or else arms the reactor.)
+            self.read_for_async(&mut g);
+        }
+        drop(g);
+        self.run_callbacks();
+        Ok(0)
+    }
+
+    /// Makes the reactor watch the transport for async receives that wait, unless it does
+    /// already (or there is nothing to read: the pipe ended, is between connections, or its
+    /// receive queue is full). Registering afresh reports input that arrived meanwhile, so
+    /// nothing is missed.
+    fn read_for_async(&self, g: &mut Shared) {
+        if !g.read_armed
+            && g.terminal.is_none()
+            && g.local_closed.is_none()
+            && g.state() != PipeState::Reconnecting
+            && !g.session.receive_paused()
+        {
+            g.read_armed = true;
+            g.seen_reads = g.caller_reads;
+            self.update_interest(g);
         }
     }
 
@@ -1076,7 +1312,7 @@ impl Conn {
                 }
             }
         }
-        self.notify(&g);
+        self.notify(&mut g);
         g
     }
 
@@ -1202,7 +1438,7 @@ impl Conn {
             Next::AttemptAt(at) | Next::ExpireAt(at) => reconnect::schedule(self.me(), at),
             Next::Nothing => {}
         }
-        self.cv.notify_all();
+        self.notify(g);
     }
 
     fn me(&self) -> Weak<Conn> {
@@ -1510,7 +1746,7 @@ impl Conn {
         }
         g = self.flush_if_idle(g);
         self.reschedule(&mut g);
-        self.cv.notify_all();
+        self.notify(&mut g);
         drop(g);
         self.run_callbacks();
     }
@@ -1551,7 +1787,7 @@ impl Conn {
             self.goodbye(g);
             self.t().shutdown();
         }
-        self.cv.notify_all();
+        self.notify(g);
     }
 
     /// Writes what the session queued last (CLOSE or REJECT), once and without blocking,
@@ -1584,7 +1820,7 @@ impl Conn {
         // for room (their messages were not accepted; they get Closed). Sending still works,
         // for the CLOSE and whatever was accepted before it.
         self.t().shutdown_read();
-        self.cv.notify_all();
+        self.notify(&mut g);
         // Drain: write what we can, and let the reactor write the rest as the socket frees.
         g = self.flush_if_idle(g);
         while g.terminal.is_none()
@@ -1737,7 +1973,9 @@ impl Reactive for Conn {
             return;
         };
         if readable && g.read_armed {
-            if g.reading || g.caller_reads != g.seen_reads {
+            // A caller that polls `recv_async` does not read while it waits: the reactor
+            // reads for it (it would otherwise wait for the next RECHECK).
+            if g.reading || (g.caller_reads != g.seen_reads && !g.wakers.wants_messages()) {
                 // A caller is receiving: leave the socket to it and look again later.
                 g.read_armed = false;
                 g.seen_reads = g.caller_reads;
@@ -1762,6 +2000,8 @@ impl Reactive for Conn {
             return; // an older entry for a deadline that has since moved
         }
         g.timer_at = None;
+        // Async calls whose timeout passed poll again, and fail with TimedOut.
+        g.wakers.wake_expired(now);
         g.session.advance(now);
         if g.state() == PipeState::Reconnecting {
             // Messages queued for the next connection still expire on time.

@@ -6,6 +6,8 @@
 //!   up to its high-water mark, answer PINGs, flush queued output, fire session timers).
 //! - [`handshake`]: a connection whose handshake is under way.
 //! - [`io`]: the receive buffer and the write queue.
+//! - [`wakers`]: the wakers of pending async calls, beside the condition variables that
+//!   blocking calls wait on.
 //!
 //! # The driver contract
 //! A stream transport (tcp, uds, tls today; Windows named pipes later) plugs in by
@@ -20,6 +22,7 @@ pub(crate) mod handshake;
 pub(crate) mod io;
 pub(crate) mod reactor;
 pub(crate) mod reconnect;
+pub(crate) mod wakers;
 
 use std::io::IoSlice;
 use std::os::fd::RawFd;
