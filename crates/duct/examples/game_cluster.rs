@@ -44,6 +44,7 @@
 //! [`ErrorKind::SessionLost`]: duct::ErrorKind::SessionLost
 //! [`DialOptions::reconnect`]: duct::DialOptions::reconnect
 //! [`Pipe::stats`]: duct::Pipe::stats
+#![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::error::Error;
@@ -908,5 +909,8 @@ fn main() -> ExitCode {
 
 #[cfg(not(target_os = "linux"))]
 fn main() {
-    eprintln!("game_cluster uses shm://, which is implemented on Linux only");
+    eprintln!(
+        "game_cluster runs on Linux only (it uses an abstract Unix socket name and a \
+         parent-death signal for its children)"
+    );
 }

@@ -135,7 +135,7 @@ fn report(name: &str, p: &Phase, before: &PipeStats, after: &PipeStats) {
     );
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 fn main() -> Result<()> {
     let length = if fast() {
         Duration::from_millis(300)
@@ -207,7 +207,7 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 fn main() {
-    eprintln!("shm:// is implemented on Linux only");
+    eprintln!("shm:// is implemented on Linux and macOS only");
 }
