@@ -42,6 +42,10 @@ pub struct PoolMem {
     data: NonNull<u8>,
     classes: Arc<[ClassMem]>,
     slots: u32,
+    /// The largest slot (`max_len`, asked on every send).
+    max_len: usize,
+    /// Bytes of the data area: a pointer outside `data..data + data_len` is no slot's.
+    data_len: usize,
     _keep: Arc<dyn Send + Sync>,
 }
 
@@ -104,11 +108,14 @@ impl PoolMem {
                 m
             })
             .collect();
+        let max_len = classes.iter().map(|c| c.size as usize).max().unwrap_or(0);
         PoolMem {
             states,
             data,
             classes,
             slots: first,
+            max_len,
+            data_len: offset,
             _keep: keep,
         }
     }
@@ -171,11 +178,7 @@ impl PoolMem {
 
     /// The largest payload a slot takes.
     pub fn max_len(&self) -> usize {
-        self.classes
-            .iter()
-            .map(|c| c.size as usize)
-            .max()
-            .unwrap_or(0)
+        self.max_len
     }
 
     /// Slots whose shared state is busy (in flight or held by the consumer).
@@ -295,9 +298,12 @@ impl PoolTx {
 
     /// A free slot of class `ci`: its index, address and size.
     fn take_in_class(&self, ci: usize, c: &ClassMem) -> Option<(u32, NonNull<u8>, usize)> {
-        let start = self.cursors[ci].load(std::sync::atomic::Ordering::Relaxed) % c.count;
+        // (No division: these run on every send.)
+        let start = self.cursors[ci].load(std::sync::atomic::Ordering::Relaxed);
+        let start = if start < c.count { start } else { 0 };
         for k in 0..c.count {
-            let i = (start + k) % c.count;
+            let i = start + k;
+            let i = if i < c.count { i } else { i - c.count };
             let slot = c.first + i;
             if self.try_take(slot) {
                 self.cursors[ci].store(i + 1, std::sync::atomic::Ordering::Relaxed);
@@ -319,6 +325,9 @@ impl PoolTx {
     pub fn claim_loan(&self, payload: &bytes::Bytes) -> Option<(u32, u32)> {
         let ptr = payload.as_ptr() as usize;
         let base = self.mem.data.as_ptr() as usize;
+        if ptr.wrapping_sub(base) >= self.mem.data_len {
+            return None; // not in this pool (an ordinary message: the common case)
+        }
         let c = self.mem.classes.iter().find(|c| {
             let start = base + c.offset;
             (start..start + c.size as usize * c.count as usize).contains(&ptr)
