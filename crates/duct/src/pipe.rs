@@ -342,6 +342,13 @@ impl Pipe {
     /// Sends several messages, writing their frames together (as few system calls as the
     /// socket allows). Each message goes on [`SendOptions::channel`] if set, else its own.
     /// Returns how many were accepted, in order; fails only if none was.
+    ///
+    /// It stops at the first message that is not accepted (its queue stayed full past the
+    /// timeout, a `FailFast` refusal, a message too large, the pipe ended): that message and
+    /// the ones after it are not sent. The iterator is consumed up to and including that
+    /// message, so to send the rest again keep them: pass `msgs.iter().cloned()` (cloning a
+    /// [`Message`] does not copy its payload) and resend from index `n` after `Ok(n)`. A
+    /// message dropped by its channel's policy (`DropNew`, `DropOld`) counts as accepted.
     pub fn send_batch(
         &self,
         msgs: impl IntoIterator<Item = Message>,
