@@ -388,8 +388,11 @@ impl Pipe {
     ///
     /// On `shm://` it is a slot of the connection's shared pool, so sending the frozen
     /// message on this pipe moves only a descriptor (zero copies) when it fits one frame
-    /// (up to 1 MiB by default); if no slot of that size is free, or on any other transport,
-    /// it is a zeroed heap buffer. Fails with [`ErrorKind::MessageTooLarge`] above
+    /// (up to 1 MiB by default). Slots come free as the peer drops the payloads it received;
+    /// when none of that size is free within 500 µs, or on any other transport, the buffer is
+    /// a zeroed heap buffer instead, and sending it copies it once into the pool:
+    /// [`MessageBuf::is_shared`] tells which you got, and `PipeStats::zero_copy_frames` /
+    /// `payload_frames_copied` count what happened. Fails with [`ErrorKind::MessageTooLarge`] above
     /// [`DialOptions::max_message_size`](crate::DialOptions::max_message_size).
     ///
     /// ```no_run
