@@ -1,7 +1,9 @@
-//! A ping-pong between two threads over one pipe, for instruction counts under callgrind:
-//! `cargo bench -p duct --bench hotpath -- shm 20000 [spin_us]` runs it; under
-//! `valgrind --tool=callgrind --toggle-collect='*hotpath::measure*'` only the measured loop
-//! is counted. Not a timing benchmark (see `duct bench`).
+//! A ping-pong (or a stream) between two threads over one pipe, for instruction counts under
+//! callgrind: `cargo bench -p duct --bench hotpath -- shm 20000 [spin_us] [stream]` runs it;
+//! under `valgrind --tool=callgrind --toggle-collect='*hotpath::measure*'` only the measured
+//! loop is counted (both threads' work while it runs). Not a timing benchmark (see
+//! `duct bench`). `stream`: the dialer sends batches of 64 messages with `send_batch` and
+//! the listener takes them with `recv_batch`; the count is messages.
 
 use std::time::Duration;
 
@@ -16,6 +18,21 @@ fn measure(a: &duct::Pipe, n: u64, payload: &Message) {
     }
 }
 
+#[inline(never)]
+fn measure_stream(a: &duct::Pipe, n: u64, payload: &Message) {
+    let opts = duct::SendOptions::default();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(64);
+        let sent = a
+            .send_batch((0..k).map(|_| payload.clone()), &opts)
+            .unwrap();
+        left -= sent as u64;
+    }
+    // The listener acknowledges the whole stream with one message.
+    std::hint::black_box(a.recv().unwrap());
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -25,6 +42,7 @@ fn main() {
     let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let spin_us: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
     let spin = Duration::from_micros(spin_us);
+    let stream = args.get(3).is_some_and(|s| s == "stream");
     let addr = match transport.as_str() {
         "shm" => format!("shm://hotpath-{}", std::process::id()),
         "uds" => format!("uds://@hotpath-{}", std::process::id()),
@@ -34,6 +52,20 @@ fn main() {
     let addr = listener.local_addr().to_string();
     let echo = std::thread::spawn(move || {
         let b = listener.accept().unwrap();
+        if stream {
+            let mut out = Vec::with_capacity(64);
+            let opts = duct::RecvOptions::default();
+            for total in [1000, n] {
+                let mut got = 0;
+                while got < total {
+                    out.clear();
+                    got += b.recv_batch(&mut out, 64, &opts).unwrap() as u64;
+                }
+                b.send("done").unwrap();
+            }
+            let _ = b.recv();
+            return;
+        }
         while let Ok(m) = b.recv() {
             if b.send(m).is_err() {
                 break;
@@ -42,12 +74,14 @@ fn main() {
     });
     let a = duct::dial(&addr, DialOptions::default().spin(spin)).unwrap();
     let payload = Message::new(vec![7u8; 64]);
-    measure(&a, 1000, &payload); // warm-up (counted too under a loose toggle; keep n large)
+    let run = if stream { measure_stream } else { measure };
+    run(&a, 1000, &payload); // warm-up (counted too: keep n large)
     let start = std::time::Instant::now();
-    measure(&a, n, &payload);
+    run(&a, n, &payload);
     let el = start.elapsed();
     println!(
-        "{transport}: {n} round trips, {:.2} us each",
+        "{transport}: {n} {}, {:.3} us each",
+        if stream { "messages" } else { "round trips" },
         el.as_secs_f64() * 1e6 / n as f64
     );
     a.close().unwrap();
