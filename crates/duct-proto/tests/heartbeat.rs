@@ -144,6 +144,7 @@ fn rtt_is_measured_from_our_pings_only() {
     common::pump_frames(&mut d, &mut l, t0 + 5 * MS).unwrap();
     common::pump_frames(&mut l, &mut d, t0 + 30 * MS).unwrap();
     assert_eq!(d.rtt(), None);
+    assert_eq!(d.take_rtt_sample(), None);
     // Ours: queued at 130 ms (100 ms after the last input), answered 10 ms later.
     let at = d.poll_timeout().unwrap();
     assert_eq!(at, t0 + 130 * MS);
@@ -151,10 +152,17 @@ fn rtt_is_measured_from_our_pings_only() {
     common::pump_frames(&mut d, &mut l, at + 4 * MS).unwrap();
     common::pump_frames(&mut l, &mut d, at + 10 * MS).unwrap();
     assert_eq!(d.rtt(), Some(10 * MS));
+    assert_eq!(d.take_rtt_sample(), Some(10 * MS));
+    assert_eq!(d.take_rtt_sample(), None, "each sample is taken once");
     // Smoothed: a second sample of 18 ms moves it by an eighth of the difference.
     let at = d.poll_timeout().unwrap();
     d.handle_timeout(at).unwrap();
     common::pump_frames(&mut d, &mut l, at).unwrap();
     common::pump_frames(&mut l, &mut d, at + 18 * MS).unwrap();
     assert_eq!(d.rtt(), Some(11 * MS));
+    assert_eq!(
+        d.take_rtt_sample(),
+        Some(18 * MS),
+        "the sample itself, unsmoothed"
+    );
 }

@@ -126,6 +126,16 @@
 //! overtakes queued bulk in the sender's queue and in the receiver's. Every message dropped
 //! by a policy, a rate limit or its TTL is counted in [`Pipe::stats`].
 //!
+//! # Observability
+//!
+//! duct never prints. [`Pipe::stats`] gives a pipe's counters per channel; logging goes
+//! through [`tracing`](https://docs.rs/tracing) (a span per pipe, carrying its id, session,
+//! addresses, transport and role, and the parent of every event about the pipe: connection
+//! life at INFO, a failed reconnect attempt at DEBUG, per-message events at TRACE only); with
+//! the cargo feature `metrics` (on by default), every pipe publishes the same figures to the
+//! [`metrics`](https://docs.rs/metrics) facade every [`set_metrics_interval`] (1 s), at no
+//! cost per message. The span, event and metric names and labels are in [`observability`].
+//!
 //! # What this version implements
 //!
 //! Transports: tcp, tls (TLS 1.3/1.2 and mTLS with rustls: [`TlsOptions`]), uds, and shm
@@ -145,6 +155,7 @@ mod driver;
 mod error;
 mod listener;
 mod message;
+pub mod observability;
 mod options;
 mod pipe;
 mod transport;
@@ -155,6 +166,7 @@ pub use driver::reactor::set_reactor_threads;
 pub use error::{Error, ErrorKind, Result};
 pub use listener::{listen, Listener};
 pub use message::{Message, MessageBuf};
+pub use observability::set_metrics_interval;
 pub use options::{
     Backpressure, ChannelOptions, ChannelStats, CloseOptions, DialOptions, Heartbeat,
     ListenOptions, PeerCredentials, PeerInfo, PipeState, PipeStats, RateLimit, Reconnect,

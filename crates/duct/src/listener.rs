@@ -207,7 +207,12 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
         let mut st = inner.lock();
         inner.arm(&mut st)?;
     }
-    tracing::debug!(addr = %inner.local_addr, "listening");
+    tracing::info!(
+        name: "listening",
+        target: "duct::listener",
+        addr = %inner.local_addr,
+        "listening"
+    );
     Ok(Listener { inner })
 }
 
@@ -289,7 +294,27 @@ impl Inner {
     }
 
     fn report(&self, err: &Error) {
-        tracing::debug!(listener = %self.local_addr, error = %err, "handshake failed");
+        // A refused peer (authentication, peer credentials, mTLS) is worth a warning; other
+        // failures (a scanner, a dialer that gave up) are routine.
+        if err.kind() == ErrorKind::PermissionDenied {
+            tracing::warn!(
+                name: "handshake_failed",
+                target: "duct::listener",
+                listener = %self.local_addr,
+                error = %err,
+                error_kind = ?err.kind(),
+                "handshake failed"
+            );
+        } else {
+            tracing::debug!(
+                name: "handshake_failed",
+                target: "duct::listener",
+                listener = %self.local_addr,
+                error = %err,
+                error_kind = ?err.kind(),
+                "handshake failed"
+            );
+        }
         if let Some(cb) = &self.opts.on_error {
             cb(err);
         }

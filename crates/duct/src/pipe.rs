@@ -129,7 +129,6 @@ pub fn dial(addr: &str, opts: DialOptions) -> Result<Pipe> {
         redial,
     );
     conn_config.pipe_id = instance_id;
-    tracing::debug!(%addr, "dialed");
     Ok(Pipe::from_conn(Conn::start(hs, conn_config)?))
 }
 

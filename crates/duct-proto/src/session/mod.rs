@@ -296,6 +296,8 @@ pub struct Session {
     heartbeat: Option<HeartbeatState>,
     /// Smoothed round-trip time from our PINGs.
     srtt: Option<Duration>,
+    /// The last round-trip sample not yet taken by [`Session::take_rtt_sample`].
+    rtt_sample: Option<Duration>,
     next_ping_token: u64,
     /// The driver stopped reading (receive high-water mark) since then.
     recv_paused: Option<Paused>,
@@ -472,6 +474,7 @@ impl Session {
             last_recv: now,
             heartbeat: None,
             srtt: None,
+            rtt_sample: None,
             next_ping_token: 1,
             pending_hello: None,
             recv_paused: None,
@@ -927,6 +930,12 @@ impl Session {
         self.messages.len()
     }
 
+    /// What each channel that has received anything holds for the application: `(channel,
+    /// messages, bytes)`, bytes counting whole messages and those partly reassembled.
+    pub fn recv_queues(&self) -> impl Iterator<Item = (u16, usize, usize)> + '_ {
+        self.rx.iter().map(|(c, rx)| (c, rx.msgs, rx.bytes))
+    }
+
     /// The driver stops reading from the transport (a receive queue is full): until
     /// [`Session::resume_receive`], the peer's silence is not held against it (we are not
     /// listening), and PINGs go out at the agreed heartbeat interval (whether or not this side
@@ -1045,6 +1054,13 @@ impl Session {
     /// Smoothed round-trip time measured with heartbeat PINGs (`None` until a PONG came).
     pub fn rtt(&self) -> Option<Duration> {
         self.srtt
+    }
+
+    /// The round-trip time of the last PING answered since the previous call (unsmoothed),
+    /// if one was: for a driver that records each sample (a histogram). One per heartbeat at
+    /// most, and only when this side PINGs.
+    pub fn take_rtt_sample(&mut self) -> Option<Duration> {
+        self.rtt_sample.take()
     }
 
     /// Handles the deadlines that have passed at `now`. A spurious call is harmless.
@@ -1378,6 +1394,7 @@ impl Session {
                                 Some(s) => (s * 7 + sample) / 8,
                             };
                             self.srtt = Some(srtt);
+                            self.rtt_sample = Some(sample);
                             self.outbox.set_rtt(srtt);
                         }
                     }

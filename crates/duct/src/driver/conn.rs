@@ -57,6 +57,7 @@ use super::reactor::{self, Reactive, ReactorHandle};
 use super::reconnect;
 use super::wakers::{WaitFor, WakerSet};
 use super::{proto_error, StreamTransport};
+use crate::observability;
 use crate::{Addr, ChannelStats, Error, ErrorKind, PipeState, PipeStats, StateChange};
 use duct_proto::wire::control::close_code;
 
@@ -144,6 +145,12 @@ struct Shared {
     /// Writes that failed so far: a sender tells its own failure from the pipe ending
     /// otherwise meanwhile.
     write_failures: u64,
+    /// When the pipe publishes its figures to the `metrics` recorder next.
+    #[cfg(feature = "metrics")]
+    publish_at: Option<Instant>,
+    /// A publication is due once the lock is released (see `run_callbacks`).
+    #[cfg(feature = "metrics")]
+    publish_due: bool,
     /// Accepted pipes: the session ids a reconnecting dialer may name to resume this pipe.
     /// The current one, and those before it back to the last one the dialer was seen to use:
     /// a dialer whose connection broke before our WELCOME reached it still names the older
@@ -158,6 +165,10 @@ const MAX_RESUME_IDS: usize = 16;
 #[derive(Default)]
 struct ChannelTable {
     map: ChannelMap<ChannelStats>,
+    /// Of each channel's `dropped`: lost with a connection or the end of the pipe (metrics
+    /// tell drops apart by reason).
+    #[cfg(feature = "metrics")]
+    lost: ChannelMap<u64>,
 }
 
 impl ChannelTable {
@@ -256,6 +267,10 @@ impl Shared {
             ch.rate_limited += c.rate_limited;
             ch.expired += c.expired;
             ch.retransmits += c.retransmits;
+            #[cfg(feature = "metrics")]
+            if c.lost > 0 {
+                *channels.lost.get_or_insert_with(channel, || 0) += c.lost;
+            }
         });
     }
 
@@ -293,6 +308,11 @@ pub(crate) struct Conn {
     frames: bool,
     reactor: OnceLock<ReactorHandle>,
     me: Weak<Conn>,
+    /// The pipe's span: the parent of every event about the pipe (see `crate::observability`).
+    span: tracing::Span,
+    /// The pipe's handles in the `metrics` recorder (`None`: publication is off).
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::observability::PipeMetrics>,
 }
 
 /// What a send asks of one message beyond its channel's settings.
@@ -337,6 +357,8 @@ impl Conn {
     /// Wraps an established handshake and hands the connection to the reactor.
     pub(crate) fn start(mut hs: Handshake, config: ConnConfig) -> Result<Arc<Conn>, Error> {
         let session_id = hs.take_connected();
+        let transport_name = hs.stream.transport_name();
+        let role = observability::role_name(hs.session.role());
         let transport: Arc<dyn StreamTransport> = Arc::new(hs.stream);
         let frames = transport.frame_io().is_some();
         let local_addr = transport.local_addr();
@@ -345,6 +367,16 @@ impl Conn {
             Addr::Unknown => format!("the peer connected to {local_addr}"),
             named => named.to_string(),
         };
+        let span = observability::pipe_span(
+            config.pipe_id,
+            session_id,
+            &local_addr,
+            &peer_addr,
+            transport_name,
+            role,
+        );
+        #[cfg(feature = "metrics")]
+        let metrics = observability::PipeMetrics::new(config.pipe_id, transport_name, role);
         let mut wq = hs.wq;
         wq.take_from(&mut hs.session, Instant::now());
         let mut life = Lifecycle::new(config.policy);
@@ -387,6 +419,12 @@ impl Conn {
             resume_ids: vec![session_id],
             break_cause: None,
             write_failures: 0,
+            #[cfg(feature = "metrics")]
+            publish_at: metrics
+                .as_ref()
+                .and_then(|_| observability::next_publication(Instant::now())),
+            #[cfg(feature = "metrics")]
+            publish_due: false,
         };
         let conn = Arc::new_cyclic(|me| Conn {
             me: me.clone(),
@@ -402,7 +440,17 @@ impl Conn {
             callbacks_pending: AtomicBool::new(true),
             frames,
             reactor: OnceLock::new(),
+            span,
+            #[cfg(feature = "metrics")]
+            metrics,
         });
+        tracing::info!(
+            name: "connected",
+            target: "duct::pipe",
+            parent: &conn.span,
+            session_id,
+            "connected"
+        );
         if let Some(live) = &conn.config.live {
             live.fetch_add(1, Ordering::AcqRel);
         }
@@ -553,12 +601,17 @@ impl Conn {
     /// Makes sure the reactor calls `on_timer` by the session's next deadline, the next
     /// recheck, or an async call's timeout, whichever comes first.
     fn reschedule(&self, g: &mut Shared) {
+        #[cfg(feature = "metrics")]
+        let publish_at = g.publish_at;
+        #[cfg(not(feature = "metrics"))]
+        let publish_at = None;
         let next = [
             g.session.poll_timeout(),
             g.recheck_at,
             g.linger_until,
             g.sample_at,
             g.wakers.next_deadline(),
+            publish_at,
         ]
         .into_iter()
         .flatten()
@@ -804,6 +857,7 @@ impl Conn {
         len: usize,
     ) -> Result<(), Error> {
         g.count_sent(Run::start(channel, len));
+        self.trace_sent(channel, len);
         if g.state() == PipeState::Reconnecting {
             return Ok(());
         }
@@ -849,6 +903,7 @@ impl Conn {
                 }
             };
             sent += 1;
+            self.trace_sent(channel, len);
             if !run.add(channel, len) {
                 g.count_sent(run);
                 run = Run::start(channel, len);
@@ -866,6 +921,19 @@ impl Conn {
             (0, None, Some(e)) if write_failed => Err(e.clone()),
             _ => Ok(sent),
         }
+    }
+
+    /// One TRACE event for a message `send` accepted (a callsite check when TRACE is off).
+    #[inline]
+    fn trace_sent(&self, channel: u16, len: usize) {
+        tracing::trace!(
+            name: "message_sent",
+            target: "duct::message",
+            parent: &self.span,
+            channel,
+            len,
+            "message sent"
+        );
     }
 
     /// "high-water mark N messages / B bytes" of `channel`.
@@ -1061,7 +1129,16 @@ impl Conn {
             let mut run = Run::default();
             // Runs of one channel counted together; the (rare) others kept for after.
             let mut runs: Vec<Run> = Vec::new();
+            let span = &self.span;
             let mut take = |d: Delivered| {
+                tracing::trace!(
+                    name: "message_received",
+                    target: "duct::message",
+                    parent: span,
+                    channel = d.channel,
+                    len = d.payload.len(),
+                    "message received"
+                );
                 if !run.add(d.channel, d.payload.len()) {
                     runs.push(run);
                     run = Run::start(d.channel, d.payload.len());
@@ -1340,7 +1417,13 @@ impl Conn {
                     let step = g.life.peer_closed(Instant::now(), fastrand::f64());
                     self.follow(g, step, err);
                 }
-                Event::Connected { .. } | Event::Pong { .. } => {}
+                Event::Pong { .. } => {
+                    #[cfg(feature = "metrics")]
+                    if let (Some(rtt), Some(m)) = (g.session.take_rtt_sample(), &self.metrics) {
+                        m.record_rtt(rtt);
+                    }
+                }
+                Event::Connected { .. } => {}
             }
         }
     }
@@ -1423,6 +1506,33 @@ impl Conn {
     /// comes back): tear the transport down, keep what was received and queued, and arrange
     /// `next` (the first attempt, or the end of the resume window).
     fn begin_break(&self, g: &mut Shared, change: Change, err: Error, next: Next) {
+        tracing::info!(
+            name: "disconnected",
+            target: "duct::pipe",
+            parent: &self.span,
+            cause = %err,
+            error_kind = ?err.kind(),
+            reconnecting = true,
+            "disconnected"
+        );
+        let in_ms = |at: Instant| at.saturating_duration_since(Instant::now()).as_millis() as u64;
+        match next {
+            Next::AttemptAt(at) => tracing::info!(
+                name: "reconnecting",
+                target: "duct::pipe",
+                parent: &self.span,
+                first_attempt_in_ms = in_ms(at),
+                "reconnecting"
+            ),
+            Next::ExpireAt(at) => tracing::info!(
+                name: "reconnecting",
+                target: "duct::pipe",
+                parent: &self.span,
+                resume_window_ms = in_ms(at),
+                "waiting for the dialer to reconnect and resume"
+            ),
+            Next::Nothing => {}
+        }
         self.apply(g, change, Some(err.clone()));
         self.report_later(g, &err);
         g.break_cause = Some(err);
@@ -1501,6 +1611,15 @@ impl Conn {
                 let e = Error::new(
                     e.kind(),
                     format!("reconnect attempt {attempt} to {}: {e}", redial.addr),
+                );
+                tracing::debug!(
+                    name: "reconnect_failed",
+                    target: "duct::pipe",
+                    parent: &self.span,
+                    attempt,
+                    error = %e,
+                    error_kind = ?e.kind(),
+                    "reconnect attempt failed"
                 );
                 self.report_later(&mut g, &e);
                 if matches!(
@@ -1648,12 +1767,17 @@ impl Conn {
             return; // closed meanwhile: the new connection is dropped
         }
         let session_id = hs.take_connected();
+        let resumed = hs.session.negotiated().is_some_and(|n| n.resumed);
         let now = Instant::now();
         if g.resume_ids.len() >= MAX_RESUME_IDS {
             g.resume_ids.remove(1);
         }
         g.resume_ids.push(session_id);
-        *self.peer_addr.write().unwrap_or_else(|p| p.into_inner()) = hs.stream.peer_addr();
+        let peer_addr = hs.stream.peer_addr();
+        self.span.record("session_id", session_id);
+        self.span
+            .record("peer_addr", tracing::field::display(&peer_addr));
+        *self.peer_addr.write().unwrap_or_else(|p| p.into_inner()) = peer_addr;
         {
             let mut t = self.transport.write().unwrap_or_else(|p| p.into_inner());
             if let Some(f) = t.frame_io() {
@@ -1726,7 +1850,33 @@ impl Conn {
         }
         g.break_cause = None;
         g.stats.reconnects += 1;
+        if resumed {
+            tracing::info!(
+                name: "resumed",
+                target: "duct::pipe",
+                parent: &self.span,
+                session_id,
+                resent = again,
+                "resumed"
+            );
+        } else {
+            tracing::info!(
+                name: "reconnected",
+                target: "duct::pipe",
+                parent: &self.span,
+                session_id,
+                resent = again,
+                "reconnected"
+            );
+        }
         if let Some(e) = &lost {
+            tracing::info!(
+                name: "session_lost",
+                target: "duct::pipe",
+                parent: &self.span,
+                cause = %e,
+                "session lost"
+            );
             self.report_later(&mut g, e);
         }
         if let Ok(change) = g.life.connected(session_id) {
@@ -1772,7 +1922,16 @@ impl Conn {
         g.terminal = Some(err.clone());
         // Messages that never left are lost with the pipe: counted (stats `dropped`).
         g.session.outbox_mut().clear();
+        #[cfg(feature = "metrics")]
+        if self.metrics.is_some() {
+            // The last periodic figures are followed by the final ones, published once the
+            // lock is released.
+            g.publish_at = None;
+            g.publish_due = true;
+            self.callbacks_pending.store(true, Ordering::Release);
+        }
         if let Ok(change) = change {
+            self.log_end(g, pipe_state(change.to), &err);
             // A close the user asked for has no cause; anything else does.
             let cause = g.local_closed.is_none().then_some(err);
             self.apply(g, change, cause);
@@ -1788,6 +1947,46 @@ impl Conn {
             self.t().shutdown();
         }
         self.notify(g);
+    }
+
+    /// Logs the end of the pipe in `state` (Closed or Disconnected) because of `err`.
+    fn log_end(&self, g: &Shared, state: PipeState, err: &Error) {
+        if err.kind() == ErrorKind::SessionLost {
+            tracing::info!(
+                name: "session_lost",
+                target: "duct::pipe",
+                parent: &self.span,
+                cause = %err,
+                "session lost"
+            );
+        }
+        if state == PipeState::Disconnected {
+            tracing::info!(
+                name: "disconnected",
+                target: "duct::pipe",
+                parent: &self.span,
+                cause = %err,
+                error_kind = ?err.kind(),
+                reconnecting = false,
+                "disconnected"
+            );
+            return;
+        }
+        let (initiator, close) = match (&g.local_closed, err.close_reason()) {
+            (Some((code, reason)), _) => ("local", Some((*code, reason.as_str()))),
+            (None, Some(close)) => ("peer", Some(close)),
+            (None, None) => ("error", None),
+        };
+        tracing::info!(
+            name: "closed",
+            target: "duct::pipe",
+            parent: &self.span,
+            initiator,
+            code = close.map(|c| c.0),
+            reason = close.map(|c| c.1),
+            cause = (initiator == "error").then(|| tracing::field::display(err)),
+            "closed"
+        );
     }
 
     /// Writes what the session queued last (CLOSE or REJECT), once and without blocking,
@@ -1923,14 +2122,30 @@ impl Conn {
         Some(g)
     }
 
-    /// Runs state-change callbacks queued under the lock, without holding it.
+    /// Runs state-change callbacks queued under the lock, without holding it, and publishes
+    /// the pipe's figures when that is due.
     fn run_callbacks(&self) {
         if !self.callbacks_pending.load(Ordering::Acquire) {
             return;
         }
         let (list, errors) = {
             let mut g = self.lock();
+            #[cfg(feature = "metrics")]
+            if std::mem::take(&mut g.publish_due) {
+                drop(g);
+                self.publish_metrics(false);
+                g = self.lock();
+            }
             if g.pending_callbacks.is_empty() && g.pending_errors.is_empty() {
+                // Nothing left (another thread ran them, or only a publication was due):
+                // the flag must not stay set, or `wait_cv` would never wait.
+                #[cfg(feature = "metrics")]
+                let publish_due = g.publish_due;
+                #[cfg(not(feature = "metrics"))]
+                let publish_due = false;
+                if !publish_due {
+                    self.callbacks_pending.store(false, Ordering::Release);
+                }
                 return;
             }
             self.callbacks_pending.store(false, Ordering::Release);
@@ -1948,6 +2163,66 @@ impl Conn {
             for e in &errors {
                 cb(e);
             }
+        }
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Conn {
+    /// Copies the pipe's figures into its `metrics` handles (see `crate::observability`).
+    /// Takes the pipe's lock only to copy them. `periodic`: a publication on the reactor
+    /// thread, which registers the handles again if the recorder changed; others (the final
+    /// ones, on whatever thread ended or dropped the pipe) keep the handles they find.
+    fn publish_metrics(&self, periodic: bool) {
+        if let Some(m) = &self.metrics {
+            m.publish(&self.figures(), periodic);
+        }
+    }
+
+    /// The figures `stats()` gives, per channel, with the queues and the reasons for drops.
+    fn figures(&self) -> observability::Figures {
+        use std::collections::BTreeMap;
+        let copies = self.t().frame_io().map(|f| f.copy_counts());
+        let mut g = self.lock();
+        g.collect_drops();
+        let mut channels: BTreeMap<u16, observability::ChannelFigures> = BTreeMap::new();
+        fn entry(
+            map: &mut BTreeMap<u16, observability::ChannelFigures>,
+            channel: u16,
+        ) -> &mut observability::ChannelFigures {
+            map.entry(channel)
+                .or_insert_with(|| observability::ChannelFigures {
+                    channel,
+                    ..Default::default()
+                })
+        }
+        for (channel, stats) in g.channels.map.iter() {
+            let c = entry(&mut channels, channel);
+            c.stats = *stats;
+            c.lost = g.channels.lost.get(channel).copied().unwrap_or(0);
+            c.send_queue = g.session.outbox().queued(channel);
+        }
+        for (channel, msgs, bytes) in g.session.recv_queues() {
+            entry(&mut channels, channel).recv_queue = (msgs, bytes);
+        }
+        for d in &g.carry {
+            // Received on an earlier connection, not yet delivered.
+            let c = entry(&mut channels, d.channel);
+            c.recv_queue.0 += 1;
+            c.recv_queue.1 += d.payload.len();
+        }
+        let (frames, bytes, lent) = copies.unwrap_or_default();
+        observability::Figures {
+            connected: g.state() == PipeState::Connected,
+            reconnects: g.stats.reconnects,
+            rtt: g.session.rtt(),
+            copies: (
+                g.stats.payload_frames_copied + frames,
+                g.stats.payload_bytes_copied + bytes,
+                g.stats.zero_copy_frames + lent,
+            ),
+            write_queue_bytes: g.wq_bytes,
+            channels: channels.into_values().collect(),
         }
     }
 }
@@ -2053,10 +2328,22 @@ impl Reactive for Conn {
                 }
             }
         }
+        #[cfg(feature = "metrics")]
+        let publish = g.publish_at.is_some_and(|t| t <= now) && self.metrics.is_some();
+        #[cfg(feature = "metrics")]
+        if publish {
+            g.publish_at = observability::next_publication(now);
+        }
         g = self.flush_if_idle(g);
         self.reschedule(&mut g);
         drop(g);
         self.run_callbacks();
+        // Periodic publications run here, on the reactor thread, so that they go to the
+        // process's (global) recorder, whatever recorder a caller's thread has set.
+        #[cfg(feature = "metrics")]
+        if publish {
+            self.publish_metrics(true);
+        }
     }
 }
 
@@ -2068,5 +2355,8 @@ impl Drop for Conn {
         // Normally closed already (close, or close_on_drop when the last handle went); this
         // covers connections that never got a handle.
         let _ = self.close(close_code::NORMAL, "pipe dropped", Duration::ZERO);
+        // The last word: messages delivered after the end are counted too.
+        #[cfg(feature = "metrics")]
+        self.publish_metrics(false);
     }
 }

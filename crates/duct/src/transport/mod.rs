@@ -70,6 +70,20 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
+    /// The transport's name as logs and metrics give it (the address scheme): `tcp`, `tls`,
+    /// `uds` or `shm`.
+    pub(crate) fn transport_name(&self) -> &'static str {
+        match self {
+            Stream::Tcp(_) => "tcp",
+            #[cfg(unix)]
+            Stream::Unix(_) => "uds",
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => "tls",
+            #[cfg(duct_shm)]
+            Stream::Shm(_) => "shm",
+        }
+    }
+
     /// This end's address; [`Addr::Unknown`] when the OS cannot say or the socket is unnamed
     /// (the dialing end of a Unix socket).
     pub(crate) fn local_addr(&self) -> Addr {
