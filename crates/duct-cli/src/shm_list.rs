@@ -28,7 +28,11 @@
 //! `/proc/net/unix` covers the current network namespace only, as abstract sockets do: a
 //! process in another namespace cannot dial these names either.
 
-use std::collections::{HashMap, HashSet};
+#![cfg_attr(not(unix), allow(dead_code))] // /proc/net/unix is read on Linux only
+
+use std::collections::HashMap;
+#[cfg(unix)]
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
@@ -173,6 +177,7 @@ pub fn endpoints(
 
 /// The processes that hold each of `inodes` open (as sockets), from /proc/*/fd; processes
 /// that cannot be read are skipped.
+#[cfg(unix)]
 fn socket_owners(inodes: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
     let mut owners: HashMap<u64, Vec<u32>> = HashMap::new();
     if inodes.is_empty() {
@@ -210,6 +215,16 @@ fn socket_owners(inodes: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
 }
 
 /// This host's live shm endpoints.
+#[cfg(not(unix))]
+pub fn list() -> Result<Vec<Endpoint>> {
+    bail!(
+        "duct shm: shm:// is not available on this system ({})",
+        std::env::consts::OS
+    )
+}
+
+/// This host's live shm endpoints.
+#[cfg(unix)]
 pub fn list() -> Result<Vec<Endpoint>> {
     let dir = duct::shm_rendezvous_dir();
     if !cfg!(target_os = "linux") {
@@ -236,6 +251,7 @@ pub fn list() -> Result<Vec<Endpoint>> {
 /// `connect` that is refused when its listener is gone (a file left by a killed process:
 /// not listed). The probe is a connection the listener accepts and sees end at once. Pids
 /// and connection counts are not known (`-`).
+#[cfg(unix)]
 fn list_dir(dir: &std::path::Path) -> Result<Vec<Endpoint>> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let entries = match std::fs::read_dir(dir) {
@@ -439,6 +455,7 @@ garbage line
 
     /// The listing macOS uses, run here: live socket files only, counts unknown.
     #[test]
+    #[cfg(unix)]
     fn a_directory_listing_shows_live_sockets_only() {
         use std::os::unix::net::UnixListener;
         let dir = std::env::temp_dir().join(format!("duct-cli-list-{}", std::process::id()));

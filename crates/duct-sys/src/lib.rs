@@ -7,12 +7,13 @@
 //! Modules:
 //! - [`alloc_count`]: a counting global allocator, used by `duct bench` to report
 //!   allocations per message.
-//! - [`net`]: socket reads into the uninitialised spare capacity of a `BytesMut`.
+//! - [`net`]: socket reads into the uninitialised spare capacity of a `BytesMut` (Unix and
+//!   Windows).
 //! - [`shm`]: shared-memory rings, payload pools, futex waits and segments for `shm://`.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod alloc_count;
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 pub mod net;
 pub mod shm;

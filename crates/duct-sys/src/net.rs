@@ -4,11 +4,15 @@
 //! zero-filled before every refill: a memset of the whole free space that costs more than the
 //! reads themselves on small messages. [`recv_into`] reads into the uninitialised spare
 //! capacity instead and extends the buffer by exactly the bytes the kernel wrote.
+//!
+//! Unix and Windows (Winsock) alike: `rustix::fd::BorrowedFd` is a socket there. What differs
+//! is how one call is made non-blocking: `MSG_DONTWAIT` on Unix; on Windows, which has no such
+//! flag, the socket's own mode decides.
 
 use std::io;
-use std::os::fd::BorrowedFd;
 
 use bytes::BytesMut;
+use rustix::fd::BorrowedFd;
 use rustix::net::RecvFlags;
 
 /// Receives once from the socket `fd` into the spare capacity of `buf` (at most
@@ -16,12 +20,25 @@ use rustix::net::RecvFlags;
 /// received; `Ok(0)` is end of stream (or no spare capacity: reserve first). With
 /// `nonblocking`, an empty socket is `ErrorKind::WouldBlock` (`MSG_DONTWAIT`, whatever the
 /// socket's own mode). Interrupted calls are retried.
+#[cfg(unix)]
 pub fn recv_into(fd: BorrowedFd<'_>, buf: &mut BytesMut, nonblocking: bool) -> io::Result<usize> {
     let flags = if nonblocking {
         RecvFlags::DONTWAIT
     } else {
         RecvFlags::empty()
     };
+    recv_with(fd, buf, flags)
+}
+
+/// Receives once from the socket `socket` into the spare capacity of `buf`, like the Unix
+/// `recv_into`, except that the socket's mode decides whether the call blocks (Winsock has no
+/// `MSG_DONTWAIT`): on a non-blocking socket, nothing to read is `ErrorKind::WouldBlock`.
+#[cfg(windows)]
+pub fn recv_into(socket: BorrowedFd<'_>, buf: &mut BytesMut) -> io::Result<usize> {
+    recv_with(socket, buf, RecvFlags::empty())
+}
+
+fn recv_with(fd: BorrowedFd<'_>, buf: &mut BytesMut, flags: RecvFlags) -> io::Result<usize> {
     loop {
         let spare = buf.spare_capacity_mut();
         if spare.is_empty() {
@@ -76,7 +93,7 @@ pub fn peer_ids(fd: BorrowedFd<'_>) -> io::Result<(Option<u32>, u32, u32)> {
     Ok((pid, uid, gid))
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::io::Write;

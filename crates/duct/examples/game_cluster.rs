@@ -359,6 +359,7 @@ fn db_serve(db: &Db, pipe: &Pipe, done: &mpsc::Sender<()>) -> Result<()> {
 // A world server: simulates positions, forwards inventory changes to the DB
 // ---------------------------------------------------------------------------------------------
 
+#[cfg(unix)] // (reads the effective uid; the example runs on Linux only)
 fn world_main(settings: Settings, name: &str, addr: &str, db_addr: &str) -> Result<()> {
     // Only processes of this user may connect (uds and shm report the peer's credentials),
     // and only with the cluster token.

@@ -24,6 +24,10 @@
 //! [`PipeStats::zero_copy_frames`]: duct::PipeStats::zero_copy_frames
 //! [`PipeStats::payload_frames_copied`]: duct::PipeStats::payload_frames_copied
 //! [`PipeStats::payload_bytes_copied`]: duct::PipeStats::payload_bytes_copied
+#![cfg_attr(
+    not(any(target_os = "linux", target_os = "macos")),
+    allow(dead_code, unused_imports)
+)]
 
 use std::error::Error;
 use std::thread;

@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -165,6 +164,7 @@ pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
     raw.set_nonblocking(true)
         .map_err(|e| Error::io(e, format_args!("listen {addr}")))?;
     let local_addr = transport::shown_addr(raw.local_addr(), tls.is_some());
+    #[cfg(unix)]
     if let Addr::Uds(path) = &local_addr {
         // Who may connect: the file's permission bits (the umask decided them at bind).
         // At most 0o777 (the option masks it): fits `mode_t`, 16 bits on macOS.
@@ -287,7 +287,7 @@ impl Inner {
             (Some(Interest::READABLE), None)
         };
         handle
-            .set_interest(raw.as_fd().as_raw_fd(), from, to)
+            .set_interest(raw.readiness(), from, to)
             .map_err(|e| Error::io(e, format_args!("listen {}: reactor", self.local_addr)))?;
         st.armed = want;
         Ok(())
@@ -751,7 +751,7 @@ impl PendingHandshake {
         let guard = self.hs.lock().unwrap_or_else(|p| p.into_inner());
         let hs = guard.as_ref().expect("a new handshake");
         handle
-            .set_interest(hs.stream.readiness_fd(), None, Some(Interest::READABLE))
+            .set_interest(hs.stream.readiness(), None, Some(Interest::READABLE))
             .map_err(|e| Error::io(e, format_args!("handshake with {}", hs.peer)))?;
         if let Some(deadline) = hs.session.poll_timeout() {
             handle.schedule(deadline);
@@ -765,7 +765,7 @@ impl PendingHandshake {
     fn take(&self, slot: &mut Option<Handshake>) -> Option<Handshake> {
         let hs = slot.take()?;
         if let Some(h) = self.reactor.get() {
-            let _ = h.set_interest(hs.stream.readiness_fd(), Some(Interest::READABLE), None);
+            let _ = h.set_interest(hs.stream.readiness(), Some(Interest::READABLE), None);
         }
         Some(hs)
     }

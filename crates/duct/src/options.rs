@@ -44,6 +44,7 @@ pub(crate) const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `linger`.
 pub(crate) const DEFAULT_LINGER: Duration = Duration::from_secs(1);
 /// Default [`DialOptions::spin`] on shm.
+#[cfg_attr(not(duct_shm), allow(dead_code))]
 pub(crate) const DEFAULT_SHM_SPIN: Duration = Duration::from_micros(20);
 /// Default [`ListenOptions::handshake_timeout`].
 pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,6 +53,7 @@ pub(crate) const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 128;
 /// Default [`ListenOptions::max_pipes`].
 pub(crate) const DEFAULT_MAX_PIPES: usize = 16_384;
 /// Default [`ListenOptions::socket_mode`]: the owner only.
+#[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// Default [`ListenOptions::resume_window`].
 pub(crate) const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(5);
@@ -570,6 +572,7 @@ impl ListenOptions {
         self.max_pipes.unwrap_or(DEFAULT_MAX_PIPES)
     }
 
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) fn socket_mode_or_default(&self) -> u32 {
         self.socket_mode.unwrap_or(DEFAULT_SOCKET_MODE)
     }
@@ -1468,6 +1471,7 @@ pub struct PeerCredentials {
 }
 
 impl PeerCredentials {
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) fn new(pid: Option<u32>, uid: u32, gid: u32) -> PeerCredentials {
         PeerCredentials { pid, uid, gid }
     }

@@ -27,9 +27,11 @@ use std::time::{Duration, Instant};
 
 use common::{Fixture, Kind, RawPeer, T};
 use duct::{
-    dial, dial_async, listen, ChannelOptions, CloseOptions, DialOptions, ErrorKind, ListenOptions,
-    Listener, Message, Pipe, RecvOptions, SendOptions,
+    dial, dial_async, listen, CloseOptions, DialOptions, ErrorKind, ListenOptions, Listener,
+    Message, Pipe, RecvOptions,
 };
+#[cfg(unix)]
+use duct::{ChannelOptions, SendOptions};
 
 // ---------------------------------------------------------------------------------------------
 // Executors and bounded waits
@@ -143,6 +145,14 @@ fn poll_once<F: Future + ?Sized>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
 // ---------------------------------------------------------------------------------------------
 // Support
 // ---------------------------------------------------------------------------------------------
+
+/// The transport of the tests where any local one would do: an abstract Unix socket, or tcp
+/// loopback where there are no Unix sockets.
+const LOCAL: Kind = if cfg!(unix) {
+    Kind::UdsAbstract
+} else {
+    Kind::Tcp4
+};
 
 /// A fresh listen address of `kind`'s transport (tcp: port 0).
 fn fresh_addr(kind: Kind) -> String {
@@ -282,7 +292,7 @@ round_trips! {
 fn async_and_blocking_receivers_share_a_pipe() {
     const N: u32 = 4000;
     let (_l, dialer, accepted) = blocking_pair(
-        &fresh_addr(Kind::UdsAbstract),
+        &fresh_addr(LOCAL),
         ListenOptions::default(),
         DialOptions::default(),
     );
@@ -409,11 +419,11 @@ fn several_async_receivers_share_a_pipe() {
 /// and a drop, by a short `recv_with_async` timeout. Every message arrives once, in order.
 fn dropped_recv_loses_nothing(kind: Kind, exec: Exec) {
     const N: u32 = 3000;
-    let (_l, dialer, accepted) = blocking_pair(
-        &fresh_addr(kind),
-        ListenOptions::default(),
-        DialOptions::default(),
-    );
+    let Some(f) = Fixture::new(kind) else {
+        return; // (it said why)
+    };
+    let (_l, dialer, accepted) =
+        blocking_pair(&f.addr(), ListenOptions::default(), DialOptions::default());
     let sender = thread::spawn(move || {
         for i in 0..N {
             dialer.send(numbered(i, 100)).expect("send");
@@ -477,6 +487,7 @@ fn dropped_recv_loses_nothing(kind: Kind, exec: Exec) {
 }
 
 #[test]
+#[cfg(unix)]
 fn dropped_recv_loses_nothing_uds_tokio_current_thread() {
     dropped_recv_loses_nothing(Kind::UdsAbstract, Exec::TokioCurrent);
 }
@@ -495,6 +506,13 @@ fn dropped_recv_loses_nothing_shm_block_on() {
 /// one message (receive mark 1), so the socket buffers fill, then the dialer's send queue
 /// (mark 4). Returns the pair and how many messages were accepted; the next `send_async`
 /// is pending (returned, polled once).
+///
+/// On a Unix socket only: over tcp the stall is not solid. Once the sender's socket stops
+/// taking bytes, room still appears now and then for a while, below the level that reports
+/// the socket writable (seen on Linux and under Wine: 64 KiB messages accepted until full,
+/// then 7 more a second and a half later with nobody reading): the next send that writes
+/// for itself finds it, so a queue that looked full is not.
+#[cfg(unix)]
 fn stalled_sender(addr: &str) -> (Listener, Pipe, Pipe, u32) {
     let lopts = ListenOptions::default().channel(
         0,
@@ -531,6 +549,7 @@ fn stalled_sender(addr: &str) -> (Listener, Pipe, Pipe, u32) {
 }
 
 /// Receives `n` messages and checks they are `want`, in order.
+#[cfg(unix)]
 fn drain(p: &Pipe, want: impl IntoIterator<Item = u32>) {
     for w in want {
         let m = p
@@ -542,6 +561,7 @@ fn drain(p: &Pipe, want: impl IntoIterator<Item = u32>) {
 
 /// Block backpressure: a `send_async` into a full queue is pending (the thread free) until
 /// the receiver drains, then completes; everything arrives in order.
+#[cfg(unix)]
 fn send_async_waits_for_room(exec: Exec) {
     let (_l, dialer, accepted, n) = stalled_sender(&fresh_addr(Kind::UdsAbstract));
     let drainer = {
@@ -574,11 +594,13 @@ fn send_async_waits_for_room(exec: Exec) {
 }
 
 #[test]
+#[cfg(unix)] // (a stalled sender: see `stalled_sender`)
 fn send_async_waits_for_room_tokio_multi_thread() {
     send_async_waits_for_room(Exec::TokioMulti);
 }
 
 #[test]
+#[cfg(unix)] // (a stalled sender: see `stalled_sender`)
 fn send_async_waits_for_room_block_on() {
     send_async_waits_for_room(Exec::BlockOn);
 }
@@ -586,6 +608,7 @@ fn send_async_waits_for_room_block_on() {
 /// A pending `send_async` that is dropped did not send its message: once the receiver
 /// drains, the next message follows the last accepted one directly.
 #[test]
+#[cfg(unix)] // (a stalled sender: see `stalled_sender`)
 fn dropped_send_was_not_sent() {
     let (_l, dialer, accepted, n) = stalled_sender(&fresh_addr(Kind::UdsAbstract));
     {
@@ -609,6 +632,7 @@ fn dropped_send_was_not_sent() {
 /// reactor can wake it): `TimedOut` after the timeout, the message not sent; a zero timeout
 /// is `WouldBlock` at once.
 #[test]
+#[cfg(unix)] // (a stalled sender: see `stalled_sender`)
 fn send_with_async_times_out() {
     let (_l, dialer, accepted, n) = stalled_sender(&fresh_addr(Kind::UdsAbstract));
     let timeout = Duration::from_millis(150);
@@ -656,7 +680,7 @@ fn send_with_async_times_out() {
 #[test]
 fn dropped_recv_futures_leave_no_waker_slots() {
     let (_l, dialer, accepted) = blocking_pair(
-        &fresh_addr(Kind::UdsAbstract),
+        &fresh_addr(LOCAL),
         ListenOptions::default(),
         DialOptions::default(),
     );
@@ -693,6 +717,7 @@ fn dropped_recv_futures_leave_no_waker_slots() {
 
 /// The same for `send_async` (pending on a full queue) and `accept_async`.
 #[test]
+#[cfg(unix)] // (a stalled sender: see `stalled_sender`)
 fn dropped_send_and_accept_futures_leave_no_waker_slots() {
     let (listener, dialer, _accepted, n) = stalled_sender(&fresh_addr(Kind::UdsAbstract));
     let msg = bytes::Bytes::from(numbered(n, 1000));
@@ -709,11 +734,13 @@ fn dropped_send_and_accept_futures_leave_no_waker_slots() {
 }
 
 /// A future that counts its polls.
+#[cfg(unix)]
 struct Counted<F> {
     f: std::pin::Pin<Box<F>>,
     polls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+#[cfg(unix)]
 impl<F: Future> Future for Counted<F> {
     type Output = F::Output;
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
@@ -726,6 +753,7 @@ impl<F: Future> Future for Counted<F> {
 /// an acceptor) are polled again only when something happens (here, at most the heartbeats
 /// and their answers), not in a loop, and their threads are free meanwhile.
 #[test]
+#[cfg(unix)] // (a stalled sender: see `stalled_sender`)
 fn pending_futures_are_not_polled_in_a_loop() {
     let (_l1, _dialer, accepted) = blocking_pair(
         &fresh_addr(Kind::Tcp4),
@@ -817,7 +845,7 @@ fn recv_async_wakes_on_peer_close_block_on() {
 #[test]
 fn recv_async_wakes_on_local_close() {
     let (_l, _dialer, accepted) = blocking_pair(
-        &fresh_addr(Kind::UdsAbstract),
+        &fresh_addr(LOCAL),
         ListenOptions::default(),
         DialOptions::default(),
     );
@@ -967,7 +995,7 @@ fn recv_async_waits_across_a_reconnect() {
 fn recv_with_async_times_out() {
     for exec in EVERY_EXEC {
         let (_l, dialer, accepted) = blocking_pair(
-            &fresh_addr(Kind::UdsAbstract),
+            &fresh_addr(LOCAL),
             ListenOptions::default(),
             DialOptions::default(),
         );
@@ -1058,7 +1086,7 @@ fn dial_async_errors() {
 /// the pipe it made is closed, which the listener's side sees.
 #[test]
 fn dropped_dial_async_closes_its_pipe() {
-    let listener = listen(&fresh_addr(Kind::UdsAbstract), ListenOptions::default()).unwrap();
+    let listener = listen(&fresh_addr(LOCAL), ListenOptions::default()).unwrap();
     let addr = listener.local_addr().to_string();
     {
         let mut f = pin!(dial_async(&addr, DialOptions::default()));

@@ -51,7 +51,11 @@ fn the_hook_sees_the_token_and_the_peer_address() {
 fn a_refusal_is_permission_denied_with_the_reason_and_not_retryable() {
     let (on_error, errors) = common::error_sink();
     let listener = duct::listen(
-        "uds://@duct-auth-refuse",
+        if cfg!(unix) {
+            "uds://@duct-auth-refuse"
+        } else {
+            "tcp://127.0.0.1:0"
+        },
         ListenOptions::default()
             .authenticate(|peer| match peer.token.as_deref() {
                 Some(b"sesame") => Ok(()),
@@ -138,6 +142,7 @@ fn a_refused_reconnect_ends_the_pipe_without_a_storm() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+#[cfg(unix)]
 fn my_ids() -> (u32, u32) {
     (
         rustix::process::getuid().as_raw(),
@@ -148,6 +153,7 @@ fn my_ids() -> (u32, u32) {
 /// On uds both ends learn the other process's credentials, and the hook sees them; on tcp
 /// there are none.
 #[test]
+#[cfg(unix)]
 fn uds_pipes_know_the_peer_process_and_tcp_ones_do_not() {
     let (uid, gid) = my_ids();
     let seen = Arc::new(Mutex::new(None));
@@ -185,6 +191,7 @@ fn uds_pipes_know_the_peer_process_and_tcp_ones_do_not() {
 /// The uid/gid filter: a listed user gets in; an unlisted one (and any tcp peer, which has no
 /// credentials) gets PermissionDenied naming why.
 #[test]
+#[cfg(unix)]
 fn the_uid_filter_admits_listed_users_only() {
     let (uid, gid) = my_ids();
     let open = duct::listen(
@@ -232,6 +239,7 @@ fn the_uid_filter_admits_listed_users_only() {
 
 /// A path listener's socket file lets only its owner connect, unless told otherwise.
 #[test]
+#[cfg(unix)]
 fn the_socket_file_is_owner_only_by_default() {
     use std::os::unix::fs::PermissionsExt;
     let dir = common::TempDir::new();
@@ -256,7 +264,11 @@ fn the_socket_file_is_owner_only_by_default() {
 #[test]
 fn a_full_listener_refuses_until_a_pipe_goes() {
     let listener = duct::listen(
-        "uds://@duct-auth-max-pipes",
+        if cfg!(unix) {
+            "uds://@duct-auth-max-pipes"
+        } else {
+            "tcp://127.0.0.1:0"
+        },
         ListenOptions::default().max_pipes(2),
     )
     .unwrap();

@@ -7,6 +7,7 @@ mod common;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
+#[cfg(unix)]
 use std::os::unix::net::UnixListener;
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
@@ -48,6 +49,7 @@ fn refused_tcp_port() {
 }
 
 #[test]
+#[cfg(unix)]
 fn refused_uds_path_without_socket() {
     let dir = TempDir::new();
     let addr = format!("uds://{}", dir.fresh("none").display());
@@ -57,6 +59,7 @@ fn refused_uds_path_without_socket() {
 }
 
 #[test]
+#[cfg(unix)]
 fn refused_uds_abstract_name() {
     let addr = format!(
         "uds://@duct-test-nobody-{}-{}",
@@ -120,6 +123,7 @@ fn dial_timeout_tcp_server_never_answers() {
 }
 
 #[test]
+#[cfg(unix)]
 fn dial_timeout_uds_server_never_answers() {
     let dir = TempDir::new();
     let path = dir.fresh("silent");
@@ -172,6 +176,7 @@ fn address_in_use_tcp() {
 }
 
 #[test]
+#[cfg(unix)]
 fn address_in_use_uds_path() {
     let dir = TempDir::new();
     let addr = format!("uds://{}", dir.fresh("busy").display());
@@ -187,6 +192,7 @@ fn address_in_use_uds_path() {
 }
 
 #[test]
+#[cfg(unix)]
 fn address_in_use_uds_abstract() {
     let addr = format!("uds://@duct-test-busy-{}-{}", std::process::id(), unique());
     let first = listen(&addr, ListenOptions::default()).unwrap();
@@ -200,6 +206,7 @@ fn address_in_use_uds_abstract() {
 }
 
 #[test]
+#[cfg(unix)]
 fn uds_path_taken_by_a_regular_file_is_left_alone() {
     let dir = TempDir::new();
     let path = dir.fresh("file");
@@ -214,6 +221,7 @@ fn uds_path_taken_by_a_regular_file_is_left_alone() {
 }
 
 #[test]
+#[cfg(unix)]
 fn stale_uds_socket_file_is_taken_over() {
     let dir = TempDir::new();
     let path = dir.fresh("stale");
@@ -226,6 +234,7 @@ fn stale_uds_socket_file_is_taken_over() {
 }
 
 #[test]
+#[cfg(unix)]
 fn uds_socket_file_is_removed_with_its_listener() {
     let dir = TempDir::new();
     let path = dir.fresh("gone");
@@ -282,8 +291,15 @@ fn invalid_addresses_are_invalid_address() {
 
 #[cfg(target_os = "linux")]
 const UNSUPPORTED: &[&str] = &["pipe://x"];
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(unix, not(target_os = "linux")))]
 const UNSUPPORTED: &[&str] = &["pipe://x", "shm://game"];
+#[cfg(not(unix))]
+const UNSUPPORTED: &[&str] = &[
+    "pipe://x",
+    "shm://game",
+    "uds:///tmp/game.sock",
+    "uds://@game",
+];
 
 #[test]
 fn unimplemented_schemes_are_unsupported() {
@@ -352,6 +368,7 @@ fn bad_tls_settings_fail_dial_before_connecting() {
 }
 
 #[test]
+#[cfg(unix)]
 fn tls_settings_where_tls_cannot_run_bind_nothing() {
     let dir = TempDir::new();
     let path = dir.fresh("opts");

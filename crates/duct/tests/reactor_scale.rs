@@ -2,7 +2,8 @@
 //! arrives, and duct's own thread count stays a small constant whatever the number of pipes.
 //!
 //! This file holds a single test so that no other test's threads share the process while
-//! threads are counted.
+//! threads are counted. Linux only: threads are counted in /proc/self/task.
+#![cfg(target_os = "linux")]
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};

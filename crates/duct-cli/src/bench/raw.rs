@@ -151,6 +151,7 @@ impl RawListener {
     /// Binds for `transport` (tcp or uds; tls has [`RawListener::bind_tls`]); `uds_spec` is
     /// the address to use for uds (`@name` or a path). Returns the listener and its address
     /// in duct's form, for the peer.
+    #[cfg_attr(not(unix), allow(unused_variables))]
     pub fn bind(transport: Transport, uds_spec: &str) -> Result<(RawListener, String)> {
         match transport {
             Transport::Tcp => {

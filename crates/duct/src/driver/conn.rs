@@ -587,7 +587,7 @@ impl Conn {
         let Some(handle) = self.reactor.get() else {
             return;
         };
-        match handle.set_interest(self.t().readiness_fd(), g.registered, want) {
+        match handle.set_interest(self.t().readiness(), g.registered, want) {
             Ok(()) => g.registered = want,
             Err(e) => {
                 // The fd can no longer be polled (it is being torn down): the pipe goes on

@@ -3,10 +3,10 @@
 //! loop; once the session is established it becomes a [`super::conn::Conn`].
 
 use std::io;
-use std::os::fd::AsFd;
 use std::time::Instant;
 
 use duct_proto::{Event, Session, State};
+use rustix::fd::AsFd;
 
 use super::io::{ReadBuf, WriteQueue};
 use super::{proto_error, StreamTransport};

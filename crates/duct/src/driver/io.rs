@@ -6,13 +6,13 @@
 use std::collections::VecDeque;
 use std::io;
 use std::io::IoSlice;
-use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use duct_proto::wire::HEADER_LEN;
 use duct_proto::Transmit;
 use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fd::BorrowedFd;
 
 use super::{FrameIo, RawFrame, StreamTransport};
 
@@ -305,6 +305,7 @@ pub(crate) enum Interest {
 
 /// Waits until `fd` is ready for `interest` (error and hang-up count as ready: the next call
 /// reports them) or `deadline` passes (`None`: no deadline). Returns whether it is ready.
+/// `poll` on Unix, `WSAPoll` on Windows (where `fd` is a socket).
 pub(crate) fn wait(
     fd: BorrowedFd<'_>,
     interest: Interest,
@@ -326,7 +327,9 @@ pub(crate) fn wait(
     }
 }
 
-/// Waits until `fd` is readable (or closed) or `deadline` passes.
+/// Waits until `fd` is readable (or closed) or `deadline` passes. (Windows sockets wait
+/// through their own `TcpSock::wait`, which a local shutdown wakes.)
+#[cfg(unix)]
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
     wait(fd, Interest::Read, deadline)
 }
@@ -337,7 +340,8 @@ pub(crate) fn timespec_until(deadline: Option<Instant>) -> Option<Timespec> {
         let left = d.saturating_duration_since(Instant::now());
         Timespec {
             tv_sec: left.as_secs() as i64,
-            tv_nsec: i64::from(left.subsec_nanos()),
+            // (Below 10^9: fits `Nsecs` on every platform, `c_long` on Windows.)
+            tv_nsec: left.subsec_nanos() as rustix::event::Nsecs,
         }
     })
 }

@@ -8,6 +8,8 @@
 //! - [`io`]: the receive buffer and the write queue.
 //! - [`wakers`]: the wakers of pending async calls, beside the condition variables that
 //!   blocking calls wait on.
+//! - [`sys`]: what the reactor registers for a transport, one module per OS (an fd on Unix; on
+//!   Windows a socket's watch, which the socket's own calls re-arm after `WouldBlock`).
 //!
 //! # The driver contract
 //! A stream transport (tcp, uds, tls today; Windows named pipes later) plugs in by
@@ -16,16 +18,29 @@
 //! callers that block), and shutdown. Nothing in the Session or the public API changes when a
 //! transport is added. Transports that carry whole frames (shared memory) will get a sibling
 //! contract, [`FrameIo`], that hands the Session frames instead of bytes.
+//!
+//! The contract is the same on every OS; what differs is below it:
+//! - **Unix**: the readiness source is an fd (epoll/kqueue, edge-triggered); single calls are
+//!   made non-blocking with `MSG_DONTWAIT` whatever the socket's mode, and blocking calls
+//!   block in the kernel. The implementations are in `transport/unix.rs`.
+//! - **Windows** (tcp and tls): the readiness source is a socket with its
+//!   `sys::SocketWatch`; the socket is non-blocking from the start (Winsock has no
+//!   `MSG_DONTWAIT`), a call that returns `WouldBlock` re-arms the watch before it returns,
+//!   and a blocking call waits with `WSAPoll` (in short slices, so that a local shutdown wakes
+//!   it: Winsock does not promise to). The implementations are in `transport/windows.rs`.
+//!
+//! Either way the driver sees edge-triggered readiness: one event per new readiness after a
+//! call returned `WouldBlock`, and a fresh registration reports what is already there.
 
 pub(crate) mod conn;
 pub(crate) mod handshake;
 pub(crate) mod io;
 pub(crate) mod reactor;
 pub(crate) mod reconnect;
+pub(crate) mod sys;
 pub(crate) mod wakers;
 
 use std::io::IoSlice;
-use std::os::fd::RawFd;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -35,8 +50,9 @@ use crate::{Addr, Error, ErrorKind};
 /// What a stream transport provides to the driver. All methods take `&self`: one thread may
 /// read while another writes.
 pub(crate) trait StreamTransport: Send + Sync + 'static {
-    /// The fd whose readiness the reactor watches.
-    fn readiness_fd(&self) -> RawFd;
+    /// What the reactor watches: the fd (Unix) or socket (Windows) whose readiness stands
+    /// for the transport's.
+    fn readiness(&self) -> sys::Readiness<'_>;
     /// One receive into the spare capacity of `buf` (the caller reserved room). `Ok(0)` is end
     /// of stream. With `nonblocking`, an empty transport is `WouldBlock`.
     fn recv_into(&self, buf: &mut BytesMut, nonblocking: bool) -> std::io::Result<usize>;
@@ -97,6 +113,7 @@ pub(crate) trait FrameIo {
     ) -> std::io::Result<usize>;
     /// A pool slot for a payload of `len` bytes written in place (`Pipe::alloc`), if one is
     /// free.
+    #[cfg_attr(not(duct_shm), allow(dead_code))]
     fn alloc(&self, len: usize) -> Option<duct_sys::shm::pool::TxSlot>;
     /// Frames whose payload was copied into the transport's memory, those bytes, and frames
     /// that moved without a copy.

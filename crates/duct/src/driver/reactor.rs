@@ -18,17 +18,20 @@
 //! Ordering guarantee: a source's entry in the reactor's table is added (through the inbox)
 //! before its fd is registered with the poller, and the inbox is drained after every wait and
 //! before events are dispatched, so no readiness event can arrive for an unknown source.
+//!
+//! What is registered differs by OS (an fd on Unix, a socket's watch on Windows): see
+//! [`super::sys`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
-use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
+
+use super::sys::{self, Readiness};
 
 /// Something the reactor serves: a pipe (or, later, a listener).
 pub(crate) trait Reactive: Send + Sync {
@@ -158,24 +161,16 @@ impl Worker {
 }
 
 impl ReactorHandle {
-    /// Changes which readiness the reactor watches for `fd`: `from` is what is registered
+    /// Changes which readiness the reactor watches for `src`: `from` is what is registered
     /// now, `to` what should be (`None`: nothing). Registration (`None` → `Some`) reports
     /// readiness that already exists, so re-arming never misses data that arrived meanwhile.
     pub(crate) fn set_interest(
         &self,
-        fd: RawFd,
+        src: Readiness<'_>,
         from: Option<Interest>,
         to: Option<Interest>,
     ) -> io::Result<()> {
-        let token = Token(self.token);
-        let mut src = SourceFd(&fd);
-        match (from, to) {
-            (None, None) => Ok(()),
-            (None, Some(i)) => self.worker.registry.register(&mut src, token, i),
-            (Some(a), Some(b)) if a == b => Ok(()),
-            (Some(_), Some(i)) => self.worker.registry.reregister(&mut src, token, i),
-            (Some(_), None) => self.worker.registry.deregister(&mut src),
-        }
+        sys::set_interest(&self.worker.registry, Token(self.token), src, from, to)
     }
 
     /// Asks for [`Reactive::on_timer`] at `at` (or soon after).

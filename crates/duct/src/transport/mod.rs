@@ -8,9 +8,16 @@
 //! [`Addr`].
 //!
 //! [`Stream`] and [`RawListener`] are thin enums over the std socket types, so the driver can
-//! read and write them with `std::io` (or through their fds with rustix) and register them
-//! with a poller through `AsFd`. Streams come back in blocking mode; the driver switches them
-//! to non-blocking if it wants.
+//! read and write them through their fds with rustix and register them with a poller. Streams
+//! come back in blocking mode on Unix (single calls are made non-blocking with
+//! `MSG_DONTWAIT`); on Windows, tcp sockets are non-blocking from the start, since Winsock
+//! has no such flag.
+//!
+//! The driver contract (`crate::driver::StreamTransport`) is implemented once per OS:
+//! `unix.rs` (tcp, uds, tls, shm) and `windows.rs` (tcp, tls). Each also defines
+//! [`TcpSock`] and [`TcpListenSock`], the tcp sockets as the transports hold them: the std
+//! types on Unix; on Windows, the std types with the watch that registers them with the
+//! reactor.
 //!
 //! `tls://` (feature `tls`) is tcp underneath: [`connect`] and [`RawListener::bind`] open
 //! the TCP side, and [`tls`] wraps the stream in a rustls session ([`Stream::Tls`]).
@@ -19,7 +26,8 @@
 //! ([`shm`]); [`Stream::Shm`] hands the driver whole frames (`FrameIo`) instead of bytes.
 //!
 //! Not here yet: `pipe://` (Windows named pipes), which [`connect`] and [`RawListener::bind`]
-//! refuse with [`ErrorKind::Unsupported`].
+//! refuse with [`ErrorKind::Unsupported`]. On Windows, `uds://` and `shm://` are refused the
+//! same way, with a message naming the platform.
 
 #[cfg(duct_shm)]
 pub(crate) mod shm;
@@ -28,11 +36,23 @@ mod tcp;
 pub(crate) mod tls;
 #[cfg(unix)]
 mod uds;
+#[cfg(unix)]
+mod unix;
+#[cfg(windows)]
+mod windows;
 
-use std::io::{self, IoSlice};
+// The platform's implementation of the driver contract, under one name.
+#[cfg(unix)]
+use unix as sys;
+#[cfg(windows)]
+use windows as sys;
+
+pub(crate) use sys::{TcpListenSock, TcpSock};
+
+use std::io;
 #[cfg(test)]
-use std::io::{IoSliceMut, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::net::Shutdown;
 #[cfg(unix)]
 use std::os::fd::{AsFd, BorrowedFd};
 #[cfg(unix)]
@@ -57,7 +77,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 #[derive(Debug)]
 pub(crate) enum Stream {
     /// A TCP connection, with `TCP_NODELAY` set.
-    Tcp(TcpStream),
+    Tcp(TcpSock),
     /// A Unix domain socket connection.
     #[cfg(unix)]
     Unix(UnixStream),
@@ -143,6 +163,11 @@ impl Stream {
     /// Sets TCP keepalive from the heartbeat settings (probes after `interval × misses` of
     /// idleness, then every `interval`, `misses` of them), as a second line of defence behind
     /// duct's own heartbeats. Other transports have nothing to set.
+    // (Windows without TLS has one kind of stream.)
+    #[cfg_attr(
+        not(any(unix, feature = "tls")),
+        allow(clippy::infallible_destructuring_match)
+    )]
     pub(crate) fn set_keepalive(&self, hb: &crate::options::Heartbeat) -> io::Result<()> {
         let s = match self {
             Stream::Tcp(s) => s,
@@ -337,15 +362,15 @@ pub(crate) fn connect(ep: &Endpoint, timeout: Duration) -> Result<Stream> {
         ));
     }
     let stream = match ep {
-        Endpoint::Tcp { host, port } => tcp::connect(ep, host, *port, timeout).map(Stream::Tcp),
+        Endpoint::Tcp { host, port } => tcp_stream(ep, tcp::connect(ep, host, *port, timeout)?),
         #[cfg(unix)]
         Endpoint::Uds(path) => uds::connect_path(ep, path, timeout).map(Stream::Unix),
         #[cfg(unix)]
         Endpoint::UdsAbstract(name) => uds::connect_abstract(ep, name, timeout).map(Stream::Unix),
         #[cfg(not(unix))]
-        Endpoint::Uds(_) | Endpoint::UdsAbstract(_) => Err(uds_unavailable()),
+        Endpoint::Uds(_) | Endpoint::UdsAbstract(_) => Err(at(ep, uds_unavailable())),
         #[cfg(feature = "tls")]
-        Endpoint::Tls { host, port } => tcp::connect(ep, host, *port, timeout).map(Stream::Tcp),
+        Endpoint::Tls { host, port } => tcp_stream(ep, tcp::connect(ep, host, *port, timeout)?),
         #[cfg(not(feature = "tls"))]
         Endpoint::Tls { .. } => Err(at(ep, tls_feature_off())),
         #[cfg(duct_shm)]
@@ -356,12 +381,19 @@ pub(crate) fn connect(ep: &Endpoint, timeout: Duration) -> Result<Stream> {
             shm::ShmStream::client(ctl, ep, name, deadline).map(|s| Stream::Shm(Box::new(s)))
         }
         #[cfg(not(duct_shm))]
-        Endpoint::Shm(_) => Err(at(ep, Error::unsupported("shm:// on this platform"))),
+        Endpoint::Shm(_) => Err(at(ep, shm_unavailable())),
         Endpoint::Pipe(_) => Err(at(ep, pipe_unsupported())),
     }?;
     #[cfg(unix)]
     no_sigpipe(&stream);
     Ok(stream)
+}
+
+/// A connected tcp socket as the transports hold it (non-blocking on Windows).
+fn tcp_stream(ep: &Endpoint, stream: std::net::TcpStream) -> Result<Stream> {
+    sys::tcp_sock(stream)
+        .map(Stream::Tcp)
+        .map_err(|e| Error::io(e, format_args!("connecting to {ep}")))
 }
 
 /// `MSG_NOSIGNAL` for sends where the platform has it; on macOS the sockets carry
@@ -578,8 +610,22 @@ fn pipe_unsupported() -> Error {
 fn uds_unavailable() -> Error {
     Error::new(
         ErrorKind::Unsupported,
-        "uds:// (Unix domain sockets) is only available on Unix platforms",
+        format!(
+            "uds:// (Unix domain sockets) is only available on Unix platforms, not on {}",
+            std::env::consts::OS
+        ),
     )
+}
+
+/// The error for `shm://` where it is not implemented (it is on Linux and macOS).
+#[cfg(not(duct_shm))]
+fn shm_unavailable() -> Error {
+    Error::unsupported(&format!("shm:// on {}", std::env::consts::OS))
+}
+
+/// A listening tcp socket as the transports hold it.
+fn tcp_listener(listener: std::net::TcpListener) -> RawListener {
+    RawListener::Tcp(sys::tcp_listen_sock(listener))
 }
 
 /// A bound, listening socket of any transport. Dropping it stops listening; a Unix socket
@@ -587,7 +633,7 @@ fn uds_unavailable() -> Error {
 #[derive(Debug)]
 pub(crate) enum RawListener {
     /// A TCP listener.
-    Tcp(TcpListener),
+    Tcp(TcpListenSock),
     /// A Unix domain socket listener, on a path or an abstract name.
     #[cfg(unix)]
     Unix(uds::UnixSocketListener),
@@ -611,15 +657,15 @@ impl RawListener {
     /// - pipe: [`ErrorKind::Unsupported`].
     pub(crate) fn bind(ep: &Endpoint) -> Result<RawListener> {
         match ep {
-            Endpoint::Tcp { host, port } => tcp::bind(ep, host, *port).map(RawListener::Tcp),
+            Endpoint::Tcp { host, port } => tcp::bind(ep, host, *port).map(tcp_listener),
             #[cfg(unix)]
             Endpoint::Uds(path) => uds::bind_path(ep, path).map(RawListener::Unix),
             #[cfg(unix)]
             Endpoint::UdsAbstract(name) => uds::bind_abstract(ep, name).map(RawListener::Unix),
             #[cfg(not(unix))]
-            Endpoint::Uds(_) | Endpoint::UdsAbstract(_) => Err(uds_unavailable()),
+            Endpoint::Uds(_) | Endpoint::UdsAbstract(_) => Err(at(ep, uds_unavailable())),
             #[cfg(feature = "tls")]
-            Endpoint::Tls { host, port } => tcp::bind(ep, host, *port).map(RawListener::Tcp),
+            Endpoint::Tls { host, port } => tcp::bind(ep, host, *port).map(tcp_listener),
             #[cfg(not(feature = "tls"))]
             Endpoint::Tls { .. } => Err(at(ep, tls_feature_off())),
             #[cfg(duct_shm)]
@@ -636,7 +682,7 @@ impl RawListener {
                     }
                 }),
             #[cfg(not(duct_shm))]
-            Endpoint::Shm(_) => Err(at(ep, Error::unsupported("shm:// on this platform"))),
+            Endpoint::Shm(_) => Err(at(ep, shm_unavailable())),
             Endpoint::Pipe(_) => Err(at(ep, pipe_unsupported())),
         }
     }
@@ -651,7 +697,8 @@ impl RawListener {
             RawListener::Tcp(listener) => {
                 let (stream, peer) = listener.accept()?;
                 // The accepted socket does not inherit O_NONBLOCK on Linux, but does on some
-                // BSDs: make it explicit.
+                // BSDs: make it explicit. (On Windows `tcp_sock` makes it non-blocking.)
+                #[cfg(unix)]
                 stream.set_nonblocking(false)?;
                 if let Err(err) = stream.set_nodelay(true) {
                     // The connection may already be reset; its first read or write will say
@@ -660,7 +707,7 @@ impl RawListener {
                 }
                 #[cfg(unix)]
                 no_sigpipe(&stream);
-                Ok((Stream::Tcp(stream), Addr::Tcp(peer)))
+                Ok((Stream::Tcp(sys::tcp_sock(stream)?), Addr::Tcp(peer)))
             }
             #[cfg(unix)]
             RawListener::Unix(listener) => {
@@ -723,120 +770,6 @@ impl AsSocket for RawListener {
     }
 }
 
-/// tcp and uds streams under the driver contract: sockets, so `recv`/`sendmsg` with
-/// `MSG_DONTWAIT` make single calls non-blocking whatever the socket's mode, and `poll` waits.
-#[cfg(unix)]
-impl crate::driver::StreamTransport for Stream {
-    fn readiness_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
-        self.as_fd().as_raw_fd()
-    }
-
-    fn recv_into(&self, buf: &mut bytes::BytesMut, nonblocking: bool) -> io::Result<usize> {
-        #[cfg(feature = "tls")]
-        if let Stream::Tls(s) = self {
-            return s.recv_into(buf, nonblocking);
-        }
-        duct_sys::net::recv_into(self.as_fd(), buf, nonblocking)
-    }
-
-    fn send_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
-        use rustix::net::{SendAncillaryBuffer, SendFlags};
-        #[cfg(feature = "tls")]
-        if let Stream::Tls(s) = self {
-            return s.send_vectored(iov);
-        }
-        let flags = SendFlags::DONTWAIT | NO_SIGNAL;
-        loop {
-            match rustix::net::sendmsg(
-                self.as_fd(),
-                iov,
-                &mut SendAncillaryBuffer::default(),
-                flags,
-            ) {
-                Ok(n) => return Ok(n),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    fn wait_readable(&self, deadline: Option<std::time::Instant>) -> io::Result<bool> {
-        #[cfg(feature = "tls")]
-        if let Stream::Tls(s) = self {
-            return s.wait_readable(deadline);
-        }
-        #[cfg(duct_shm)]
-        if let Stream::Shm(s) = self {
-            return s.wait_readable(deadline);
-        }
-        crate::driver::io::wait_readable(self.as_fd(), deadline)
-    }
-
-    fn pending_input(&self) -> usize {
-        #[cfg(duct_shm)]
-        if let Stream::Shm(_) = self {
-            // (Frames waiting in the ring are not aged while reading is paused.)
-            return 0;
-        }
-        let kernel = rustix::io::ioctl_fionread(self.as_fd()).map_or(0, |n| n as usize);
-        #[cfg(feature = "tls")]
-        if let Stream::Tls(s) = self {
-            // Ciphertext in the kernel counts as about its plaintext size.
-            return kernel + s.buffered_len();
-        }
-        kernel
-    }
-
-    fn buffered_input(&self) -> bool {
-        #[cfg(feature = "tls")]
-        if let Stream::Tls(s) = self {
-            return s.buffered_input();
-        }
-        #[cfg(duct_shm)]
-        if let Stream::Shm(s) = self {
-            return s.buffered_input();
-        }
-        false
-    }
-
-    fn frame_io(&self) -> Option<&dyn crate::driver::FrameIo> {
-        #[cfg(duct_shm)]
-        if let Stream::Shm(s) = self {
-            return Some(&**s);
-        }
-        None
-    }
-
-    fn flush_backlog(&self) -> io::Result<bool> {
-        #[cfg(feature = "tls")]
-        if let Stream::Tls(s) = self {
-            return s.flush_backlog();
-        }
-        Ok(true)
-    }
-
-    fn peer_credentials(&self) -> Option<PeerCredentials> {
-        Stream::peer_credentials(self)
-    }
-
-    fn shutdown(&self) {
-        let _ = Stream::shutdown(self, Shutdown::Both);
-    }
-
-    fn shutdown_read(&self) {
-        let _ = Stream::shutdown(self, Shutdown::Read);
-    }
-
-    fn local_addr(&self) -> Addr {
-        Stream::local_addr(self)
-    }
-
-    fn peer_addr(&self) -> Addr {
-        Stream::peer_addr(self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -844,13 +777,18 @@ mod tests {
 
     #[test]
     fn unsupported_schemes() {
-        #[cfg(not(duct_shm))]
-        let cases = [(
-            "shm://game",
-            "shm:// on this platform is not implemented yet",
-        )];
-        #[cfg(duct_shm)]
-        let cases: [(&str, &str); 0] = [];
+        let shm = format!("shm:// on {} is not implemented yet", std::env::consts::OS);
+        let uds = format!(
+            "uds:// (Unix domain sockets) is only available on Unix platforms, not on {}",
+            std::env::consts::OS
+        );
+        let mut cases = Vec::new();
+        if cfg!(not(duct_shm)) {
+            cases.push(("shm://game", shm.as_str()));
+        }
+        if cfg!(not(unix)) {
+            cases.push(("uds:///tmp/game.sock", uds.as_str()));
+        }
         for (addr, expected) in cases {
             let ep = parse(addr).unwrap();
             for err in [

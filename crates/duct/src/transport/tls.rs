@@ -27,8 +27,7 @@
 //! peer why is written before the error is returned.
 
 use std::io::{self, IoSlice};
-use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsFd;
+use std::net::Shutdown;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
@@ -41,6 +40,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{AlertDescription, ClientConfig, ClientConnection, RootCertStore, ServerConfig};
 
+use super::sys::{recv_nonblocking, send_nonblocking, wait_readable};
+use super::TcpSock;
 use crate::error::Classified;
 use crate::options::{TlsOptions, TlsRole};
 use crate::{Addr, Error, ErrorKind, Result};
@@ -209,7 +210,7 @@ fn refuses_us(alert: AlertDescription) -> bool {
 
 /// A TCP connection with a TLS session on it.
 pub(crate) struct TlsStream {
-    sock: TcpStream,
+    sock: TcpSock,
     state: Mutex<State>,
     /// The transport's address scheme: `tls://`.
     local: Addr,
@@ -241,7 +242,7 @@ impl TlsStream {
     /// The client end over `sock`, verifying the server as `name`. The handshake starts with
     /// the first write.
     pub(crate) fn client(
-        sock: TcpStream,
+        sock: TcpSock,
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
     ) -> Result<TlsStream> {
@@ -251,13 +252,13 @@ impl TlsStream {
     }
 
     /// The server end over `sock` (an accepted connection).
-    pub(crate) fn server(sock: TcpStream, config: Arc<ServerConfig>) -> Result<TlsStream> {
+    pub(crate) fn server(sock: TcpSock, config: Arc<ServerConfig>) -> Result<TlsStream> {
         let conn = rustls::ServerConnection::new(config)
             .map_err(|e| config_error(format_args!("starting a TLS server: {e}")))?;
         Ok(Self::new(sock, rustls::Connection::Server(conn)))
     }
 
-    fn new(sock: TcpStream, conn: rustls::Connection) -> TlsStream {
+    fn new(sock: TcpSock, conn: rustls::Connection) -> TlsStream {
         TlsStream {
             local: tls_addr(sock.local_addr()),
             peer: tls_addr(sock.peer_addr()),
@@ -274,7 +275,7 @@ impl TlsStream {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpSock {
         &self.sock
     }
 
@@ -301,7 +302,7 @@ impl TlsStream {
             if st.inbuf.capacity() - st.inbuf.len() < READ_CHUNK {
                 st.inbuf.reserve(READ_CHUNK);
             }
-            match duct_sys::net::recv_into(self.sock.as_fd(), &mut st.inbuf, true) {
+            match recv_nonblocking(&self.sock, &mut st.inbuf) {
                 Ok(0) => st.eof = true,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -309,7 +310,7 @@ impl TlsStream {
                     if nonblocking {
                         return Err(e);
                     }
-                    super::super::driver::io::wait_readable(self.sock.as_fd(), None)?;
+                    wait_readable(&self.sock, None)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -367,7 +368,7 @@ impl TlsStream {
         if self.buffered_input() {
             return Ok(true);
         }
-        super::super::driver::io::wait_readable(self.sock.as_fd(), deadline)
+        wait_readable(&self.sock, deadline)
     }
 }
 
@@ -395,7 +396,7 @@ impl State {
 
     /// Copies plaintext into `buf`'s spare capacity, feeding rustls from `inbuf` as needed.
     /// Returns the bytes copied; 0 when nothing is left to decrypt (or no room).
-    fn drain(&mut self, sock: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    fn drain(&mut self, sock: &TcpSock, buf: &mut BytesMut) -> io::Result<usize> {
         let mut copied = 0;
         loop {
             let room = buf.capacity() - buf.len();
@@ -450,7 +451,7 @@ impl State {
     }
 
     /// Writes the records rustls holds until the socket is full. `Ok(true)`: none left.
-    fn write_out(&mut self, sock: &TcpStream) -> io::Result<bool> {
+    fn write_out(&mut self, sock: &TcpSock) -> io::Result<bool> {
         while self.conn.wants_write() {
             match self.conn.write_tls(&mut SockWriter(sock)) {
                 Ok(_) => {}
@@ -462,8 +463,8 @@ impl State {
     }
 }
 
-/// Non-blocking writes to the socket (`MSG_DONTWAIT`, no SIGPIPE).
-struct SockWriter<'a>(&'a TcpStream);
+/// Non-blocking writes to the socket (on Unix `MSG_DONTWAIT`, no SIGPIPE).
+struct SockWriter<'a>(&'a TcpSock);
 
 impl io::Write for SockWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -471,19 +472,7 @@ impl io::Write for SockWriter<'_> {
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        use rustix::net::{SendAncillaryBuffer, SendFlags};
-        loop {
-            match rustix::net::sendmsg(
-                self.0.as_fd(),
-                bufs,
-                &mut SendAncillaryBuffer::default(),
-                SendFlags::DONTWAIT | super::NO_SIGNAL,
-            ) {
-                Ok(n) => return Ok(n),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        send_nonblocking(self.0, bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {

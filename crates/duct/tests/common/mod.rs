@@ -23,6 +23,7 @@ pub mod pki;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+#[cfg(unix)]
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -126,6 +127,11 @@ impl Fixture {
         #[cfg(not(target_os = "linux"))]
         if kind == Kind::Shm {
             eprintln!("SKIPPED: shm:// is implemented on Linux only");
+            return None;
+        }
+        #[cfg(not(unix))]
+        if matches!(kind, Kind::UdsPath | Kind::UdsAbstract) {
+            eprintln!("SKIPPED: uds:// is Unix only");
             return None;
         }
         let dir = (kind == Kind::UdsPath).then(TempDir::new);
@@ -241,12 +247,14 @@ impl Fixture {
                 let addr = format!("tcp://{}", l.local_addr().unwrap());
                 (RawListener::Tcp(l), addr)
             }
+            #[cfg(unix)]
             Kind::UdsPath => {
                 let addr = self.addr();
                 let path = addr.strip_prefix("uds://").unwrap().to_owned();
                 let l = UnixListener::bind(&path).expect("bind raw uds listener");
                 (RawListener::Unix(l), addr)
             }
+            #[cfg(unix)]
             Kind::UdsAbstract => {
                 let addr = self.addr();
                 let name = addr.strip_prefix("uds://@").unwrap();
@@ -254,11 +262,16 @@ impl Fixture {
                 let l = UnixListener::bind_addr(&sa).expect("bind raw abstract listener");
                 (RawListener::Unix(l), addr)
             }
+            #[cfg(not(unix))]
+            Kind::UdsPath | Kind::UdsAbstract => {
+                unreachable!("Fixture::new refuses uds:// off Unix")
+            }
         }
     }
 }
 
 /// The socket address of the abstract name `name` (Linux; `Unsupported` elsewhere).
+#[cfg(unix)]
 pub fn abstract_addr(name: &str) -> io::Result<UnixAddr> {
     #[cfg(target_os = "linux")]
     {
@@ -560,6 +573,7 @@ impl Drop for EchoServer {
 /// A byte stream on any transport, without duct.
 pub enum RawStream {
     Tcp(TcpStream),
+    #[cfg(unix)]
     Unix(UnixStream),
     /// A TLS session over tcp (handshake done); reads and writes are plaintext.
     #[cfg(feature = "tls")]
@@ -574,10 +588,12 @@ impl RawStream {
             let sa: SocketAddr = rest.parse().map_err(io::Error::other)?;
             return TcpStream::connect_timeout(&sa, T).map(RawStream::Tcp);
         }
+        #[cfg(unix)]
         if let Some(name) = addr.strip_prefix("uds://@") {
             let sa = abstract_addr(name)?;
             return UnixStream::connect_addr(&sa).map(RawStream::Unix);
         }
+        #[cfg(unix)]
         if let Some(path) = addr.strip_prefix("uds://") {
             return UnixStream::connect(path).map(RawStream::Unix);
         }
@@ -589,6 +605,7 @@ impl RawStream {
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             RawStream::Tcp(s) => s.set_read_timeout(t),
+            #[cfg(unix)]
             RawStream::Unix(s) => s.set_read_timeout(t),
             #[cfg(feature = "tls")]
             RawStream::Tls(s) => s.sock().set_read_timeout(t),
@@ -599,6 +616,7 @@ impl RawStream {
     pub fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
         match self {
             RawStream::Tcp(s) => s.shutdown(how),
+            #[cfg(unix)]
             RawStream::Unix(s) => s.shutdown(how),
             #[cfg(feature = "tls")]
             RawStream::Tls(s) => s.shutdown(how),
@@ -610,6 +628,7 @@ impl RawStream {
     pub fn local_addr_string(&self) -> String {
         match self {
             RawStream::Tcp(s) => format!("tcp://{}", s.local_addr().unwrap()),
+            #[cfg(unix)]
             RawStream::Unix(_) => "unknown".to_owned(),
             #[cfg(feature = "tls")]
             RawStream::Tls(s) => format!("tls://{}", s.sock().local_addr().unwrap()),
@@ -677,6 +696,7 @@ impl Read for RawStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             RawStream::Tcp(s) => s.read(buf),
+            #[cfg(unix)]
             RawStream::Unix(s) => s.read(buf),
             #[cfg(feature = "tls")]
             RawStream::Tls(s) => s.read(buf),
@@ -688,6 +708,7 @@ impl Write for RawStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             RawStream::Tcp(s) => s.write(buf),
+            #[cfg(unix)]
             RawStream::Unix(s) => s.write(buf),
             #[cfg(feature = "tls")]
             RawStream::Tls(s) => s.write(buf),
@@ -706,6 +727,7 @@ impl Write for RawStream {
 /// A listener without duct, on any transport.
 pub enum RawListener {
     Tcp(TcpListener),
+    #[cfg(unix)]
     Unix(UnixListener),
     /// Serves TLS: `accept` completes the TLS handshake.
     #[cfg(feature = "tls")]
@@ -716,6 +738,7 @@ impl RawListener {
     pub fn accept(&self) -> io::Result<RawStream> {
         match self {
             RawListener::Tcp(l) => l.accept().map(|(s, _)| RawStream::Tcp(s)),
+            #[cfg(unix)]
             RawListener::Unix(l) => l.accept().map(|(s, _)| RawStream::Unix(s)),
             #[cfg(feature = "tls")]
             RawListener::Tls(l) => l.accept().map(|s| RawStream::Tls(Box::new(s))),

@@ -1,0 +1,170 @@
+//! Unix sockets under the driver contract (`crate::driver::StreamTransport`): tcp, uds, tls
+//! over tcp, and shm (whose control socket stands for its readiness).
+//!
+//! Sockets stay in blocking mode: `recv`/`sendmsg` with `MSG_DONTWAIT` make single calls
+//! non-blocking whatever the socket's mode, a blocking receive blocks in the kernel, and
+//! `poll` waits with a deadline. The reactor watches the socket's fd (see
+//! `crate::driver::sys`). `transport/windows.rs` is the same contract on Winsock.
+
+use std::io::{self, IoSlice};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::{Stream, NO_SIGNAL};
+use crate::addr::Addr;
+use crate::driver::sys::Readiness;
+use crate::options::PeerCredentials;
+
+/// A connected tcp socket as the transports hold it: on Unix, the std stream itself.
+pub(crate) type TcpSock = TcpStream;
+/// A listening tcp socket as the transports hold it: on Unix, the std listener itself.
+pub(crate) type TcpListenSock = TcpListener;
+
+/// Makes a connected tcp socket ready for the transports (nothing to do on Unix).
+pub(super) fn tcp_sock(stream: TcpStream) -> io::Result<TcpSock> {
+    Ok(stream)
+}
+
+/// Makes a listening tcp socket ready for the transports (nothing to do on Unix).
+pub(super) fn tcp_listen_sock(listener: TcpListener) -> TcpListenSock {
+    listener
+}
+
+/// One receive into `buf`'s spare capacity that never blocks (`MSG_DONTWAIT`).
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(super) fn recv_nonblocking(sock: &TcpSock, buf: &mut BytesMut) -> io::Result<usize> {
+    duct_sys::net::recv_into(sock.as_fd(), buf, true)
+}
+
+/// One vectored send that never blocks (`MSG_DONTWAIT`, no `SIGPIPE`).
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(super) fn send_nonblocking(sock: &TcpSock, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+    send_fd(sock.as_fd(), iov)
+}
+
+/// Waits until `sock` is readable (or closed) or `deadline` passes.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(super) fn wait_readable(sock: &TcpSock, deadline: Option<Instant>) -> io::Result<bool> {
+    crate::driver::io::wait_readable(sock.as_fd(), deadline)
+}
+
+/// `sendmsg` with `MSG_DONTWAIT` on any socket, retried when interrupted.
+#[inline]
+fn send_fd(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+    use rustix::net::{SendAncillaryBuffer, SendFlags};
+    let flags = SendFlags::DONTWAIT | NO_SIGNAL;
+    loop {
+        match rustix::net::sendmsg(fd, iov, &mut SendAncillaryBuffer::default(), flags) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+impl super::RawListener {
+    /// What the reactor watches for the listener: its fd.
+    pub(crate) fn readiness(&self) -> Readiness<'_> {
+        self.as_fd()
+    }
+}
+
+impl crate::driver::StreamTransport for Stream {
+    fn readiness(&self) -> Readiness<'_> {
+        self.as_fd()
+    }
+
+    fn recv_into(&self, buf: &mut BytesMut, nonblocking: bool) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            return s.recv_into(buf, nonblocking);
+        }
+        duct_sys::net::recv_into(self.as_fd(), buf, nonblocking)
+    }
+
+    fn send_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            return s.send_vectored(iov);
+        }
+        send_fd(self.as_fd(), iov)
+    }
+
+    fn wait_readable(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            return s.wait_readable(deadline);
+        }
+        #[cfg(duct_shm)]
+        if let Stream::Shm(s) = self {
+            return s.wait_readable(deadline);
+        }
+        crate::driver::io::wait_readable(self.as_fd(), deadline)
+    }
+
+    fn pending_input(&self) -> usize {
+        #[cfg(duct_shm)]
+        if let Stream::Shm(_) = self {
+            // (Frames waiting in the ring are not aged while reading is paused.)
+            return 0;
+        }
+        let kernel = rustix::io::ioctl_fionread(self.as_fd()).map_or(0, |n| n as usize);
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            // Ciphertext in the kernel counts as about its plaintext size.
+            return kernel + s.buffered_len();
+        }
+        kernel
+    }
+
+    fn buffered_input(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            return s.buffered_input();
+        }
+        #[cfg(duct_shm)]
+        if let Stream::Shm(s) = self {
+            return s.buffered_input();
+        }
+        false
+    }
+
+    fn frame_io(&self) -> Option<&dyn crate::driver::FrameIo> {
+        #[cfg(duct_shm)]
+        if let Stream::Shm(s) = self {
+            return Some(&**s);
+        }
+        None
+    }
+
+    fn flush_backlog(&self) -> io::Result<bool> {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            return s.flush_backlog();
+        }
+        Ok(true)
+    }
+
+    fn peer_credentials(&self) -> Option<PeerCredentials> {
+        Stream::peer_credentials(self)
+    }
+
+    fn shutdown(&self) {
+        let _ = Stream::shutdown(self, Shutdown::Both);
+    }
+
+    fn shutdown_read(&self) {
+        let _ = Stream::shutdown(self, Shutdown::Read);
+    }
+
+    fn local_addr(&self) -> Addr {
+        Stream::local_addr(self)
+    }
+
+    fn peer_addr(&self) -> Addr {
+        Stream::peer_addr(self)
+    }
+}
