@@ -777,10 +777,13 @@ impl Conn {
                 self.reschedule(&mut g);
                 return Ok(Admitted::Parked(g, payload));
             }
+            // Woken: look for room again, without flushing again. The output this call could
+            // not write waits for the socket to drain, which the reactor watches (it flushes
+            // and wakes us then); flushing on every wake-up would have two blocked senders
+            // wake each other in a loop, each failed flush notifying the other.
             let (ng, timed_out) = self.wait_cv(g, Some(deadline));
             g = ng;
             expired = timed_out;
-            flushed = false;
         }
     }
 
