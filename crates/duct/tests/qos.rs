@@ -1206,3 +1206,31 @@ fn blocked_senders_sleep_instead_of_waking_each_other() {
         );
     }
 }
+
+/// A sender blocked on a full queue is let in as soon as messages ahead of it expire (their
+/// TTL runs out in the queue), not at its own timeout.
+#[test]
+fn room_made_by_expiry_wakes_a_blocked_sender() {
+    let _heavy = heavy();
+    let ttl = Duration::from_millis(100);
+    let (p, _) = stalled(
+        &local("expiry-wakes"),
+        ChannelOptions::default().snd_hwm_msgs(HWM).ttl(ttl),
+    );
+    let opts = SendOptions::default().timeout(Duration::from_millis(300));
+    for r in burst(&p, HWM as u32, &opts) {
+        r.unwrap();
+    }
+    let start = Instant::now();
+    let wait = SendOptions::default().timeout(Duration::from_secs(5));
+    p.dialer
+        .send_with(Message::new(numbered(9000, 100)).with_channel(CH), &wait)
+        .unwrap();
+    let waited = start.elapsed();
+    println!("admitted after {waited:?} (TTL {ttl:?})");
+    assert!(
+        waited < Duration::from_secs(1),
+        "admitted {waited:?} after the queue was full; its messages expired after {ttl:?}"
+    );
+    assert!(ch(&p.dialer, CH).expired > 0);
+}
