@@ -205,19 +205,18 @@ impl WriteQueue {
 
     /// Hands the queued frames to a frame transport, in order, until it has no room.
     fn push_frames(&mut self, f: &dyn FrameIo) -> io::Result<bool> {
-        let now = (self.with_ttl > 0).then(Instant::now);
-        while let Some(t) = self.frames.front_mut() {
-            if let Some(now) = now {
+        if self.with_ttl > 0 {
+            let now = Instant::now();
+            for t in self.frames.iter_mut() {
                 t.restamp(now);
             }
-            if !f.push(t)? {
-                return Ok(false);
-            }
-            let t = self.frames.pop_front().expect("a front frame");
+        }
+        let (sent, all) = f.push_many(&mut self.frames.iter())?;
+        for t in self.frames.drain(..sent) {
             self.bytes -= t.wire_len();
             self.with_ttl -= usize::from(t.deadline.is_some());
         }
-        Ok(true)
+        Ok(all && self.frames.is_empty())
     }
 
     /// Lays the next frames out as iovec segments: small frames copied into `scratch` back to

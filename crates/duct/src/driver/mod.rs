@@ -100,9 +100,13 @@ pub(crate) struct RawFrame {
 /// in and out instead of bytes. Its readiness fd signals both directions (a wake-up byte when
 /// frames arrive or room appears), so the driver watches it for readability only.
 pub(crate) trait FrameIo {
-    /// Sends one frame without blocking. `Ok(false)`: no room now (the readiness fd becomes
-    /// readable when there is).
-    fn push(&self, t: &duct_proto::Transmit) -> std::io::Result<bool>;
+    /// Sends frames from `frames` without blocking, in order, until one finds no room, and
+    /// publishes them together (one wake-up of the peer per call). Returns how many were sent
+    /// and whether all were; when not, the readiness fd becomes readable once there is room.
+    fn push_many(
+        &self,
+        frames: &mut dyn Iterator<Item = &duct_proto::Transmit>,
+    ) -> std::io::Result<(usize, bool)>;
     /// Takes up to `max` frames into `out`. `Ok(0)` is the end (the peer is gone); with
     /// `nonblocking`, nothing there is `WouldBlock`.
     fn recv_frames(

@@ -460,14 +460,47 @@ impl ShmStream {
         )
     }
 
-    /// Sends one frame. `Ok(false)` when the ring or the pool is full: the receiver rings the
-    /// control socket when it makes room (the reactor sees it as readable).
-    pub(crate) fn push(&self, t: &Transmit) -> io::Result<bool> {
+    /// Sends frames from `frames`, in order, until one finds no room: returns how many were
+    /// sent, and whether all were. The receiver is woken once, after the last (one fence and
+    /// at most one wake-up per batch, not per frame). When the ring or the pool is full, the
+    /// receiver rings the control socket once it makes room (the reactor sees it as
+    /// readable).
+    pub(crate) fn push_many(
+        &self,
+        frames: &mut dyn Iterator<Item = &Transmit>,
+    ) -> io::Result<(usize, bool)> {
         if self.ended.load(Ordering::Acquire) {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         let mut g = self.tx();
         let tx = &mut *g;
+        let mut sent = 0;
+        let mut all = true;
+        let mut result = Ok(());
+        for t in frames {
+            match self.push_one(tx, t) {
+                Ok(true) => sent += 1,
+                Ok(false) => {
+                    all = false;
+                    break;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(g);
+        if sent > 0 && wait::notify(self.tx_ring.ctl().consumer_word()) == Wake::Socket {
+            ring_bell(&self.ctl);
+        }
+        // Frames sent before an error are published; the error ends the connection.
+        result.map(|()| (sent, all))
+    }
+
+    /// One frame into the ring (no wake-up: [`ShmStream::push_many`] does that once).
+    /// `Ok(false)` when the ring or the pool is full.
+    fn push_one(&self, tx: &mut TxSide, t: &Transmit) -> io::Result<bool> {
         let len = t.payload.len();
         if len > tx.pool.mem().max_len() {
             return Err(io::Error::new(
@@ -526,9 +559,6 @@ impl ShmStream {
                 })
                 .map_err(corrupt)?;
             debug_assert!(pushed, "room was checked under the lock");
-            if wait::notify(self.tx_ring.ctl().consumer_word()) == Wake::Socket {
-                ring_bell(&self.ctl);
-            }
             return Ok(true);
         }
     }
@@ -700,8 +730,8 @@ fn corrupt_text(text: &'static str) -> io::Error {
 }
 
 impl crate::driver::FrameIo for ShmStream {
-    fn push(&self, t: &Transmit) -> io::Result<bool> {
-        ShmStream::push(self, t)
+    fn push_many(&self, frames: &mut dyn Iterator<Item = &Transmit>) -> io::Result<(usize, bool)> {
+        ShmStream::push_many(self, frames)
     }
 
     fn recv_frames(
