@@ -9,6 +9,8 @@
 //!   allocations per message.
 //! - [`net`]: socket reads into the uninitialised spare capacity of a `BytesMut` (Unix and
 //!   Windows).
+//! - `pipe` (Windows): named pipes for `pipe://`: server instances and client ends as mio
+//!   `NamedPipe`s.
 //! - [`shm`]: shared-memory rings, payload pools, futex waits and segments for `shm://`.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -16,4 +18,6 @@
 pub mod alloc_count;
 #[cfg(any(unix, windows))]
 pub mod net;
+#[cfg(windows)]
+pub mod pipe;
 pub mod shm;

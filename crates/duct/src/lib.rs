@@ -11,7 +11,7 @@
 //! | `tls://host:port` | TCP with TLS (cargo feature `tls`, on by default) |
 //! | `uds:///run/game.sock`, `uds://@name` | Unix domain socket: a path, or a Linux abstract name |
 //! | `shm://name` | shared memory between processes of one host (Linux, macOS) |
-//! | `pipe://name` | Windows named pipe: not implemented yet ([`ErrorKind::Unsupported`]) |
+//! | `pipe://name` | Windows named pipe `\\.\pipe\name` (elsewhere [`ErrorKind::Unsupported`]) |
 //!
 //! Each channel chooses its delivery with [`ChannelOptions`]: **realtime** (the default:
 //! bounded queues, in order, may drop by policy, time to live or a broken connection) or
@@ -139,8 +139,8 @@
 //! # What this version implements
 //!
 //! Transports: tcp, tls (TLS 1.3/1.2 and mTLS with rustls: [`TlsOptions`]), uds, and shm
-//! (Linux: shared memory, zero-copy with [`Pipe::alloc`]); `pipe://` (Windows named pipes)
-//! is refused with [`ErrorKind::Unsupported`]. Channels with every QoS option above,
+//! (Linux: shared memory, zero-copy with [`Pipe::alloc`]), and `pipe://` (Windows named
+//! pipes; refused with [`ErrorKind::Unsupported`] elsewhere). Channels with every QoS option above,
 //! realtime or reliable (at least once across reconnects: [`ChannelOptions::reliable`]);
 //! heartbeats, auto-reconnect and resume; timeouts, limits and close reasons; an
 //! authentication hook ([`ListenOptions::authenticate`]) and peer-credential filters on Unix

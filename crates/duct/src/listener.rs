@@ -155,7 +155,9 @@ impl std::fmt::Debug for Listener {
 /// [`Listener::local_addr`]), `uds:///absolute/path` (a socket file left by a dead process is
 /// replaced; a live listener's is [`ErrorKind::AddressInUse`]; the file is removed when the
 /// listener is dropped) or `uds://@abstract-name` (Linux); `tls://host:port` (or `tcp://` with
-/// [`ListenOptions::tls`]) serves TLS.
+/// [`ListenOptions::tls`]) serves TLS; `pipe://name` (Windows) serves the named pipe
+/// `\\.\pipe\name` (a name in use, by another listener or by pipes still open, is
+/// [`ErrorKind::AddressInUse`]).
 pub fn listen(addr: &str, opts: ListenOptions) -> Result<Listener> {
     let ep = addr::parse(addr)?;
     // TLS settings are checked and loaded (certificate, key, client CA) before binding.

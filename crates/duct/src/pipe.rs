@@ -100,9 +100,10 @@ impl std::fmt::Debug for Pipe {
 
 /// Opens a pipe to the listener at `addr`.
 ///
-/// `addr` is `tcp://host:port` (IPv4, `[IPv6]` or a host name), `uds:///absolute/path` or
-/// `uds://@abstract-name` (Linux). [`DialOptions::timeout`] (default 5 s) bounds the connect and
-/// the handshake together.
+/// `addr` is `tcp://host:port` (IPv4, `[IPv6]` or a host name), `uds:///absolute/path`,
+/// `uds://@abstract-name` (Linux) or `pipe://name` (Windows; a pipe whose instances are all
+/// busy is waited for). [`DialOptions::timeout`] (default 5 s) bounds the connect and the
+/// handshake together.
 ///
 /// Errors: [`ErrorKind::InvalidAddress`] for a malformed address (the message quotes it),
 /// [`ErrorKind::ConnectionRefused`] when nothing listens there (retryable),
@@ -144,6 +145,11 @@ pub(crate) struct Redial {
 
 /// Connects and completes a handshake, bounded by the dial timeout. `resume_session_id`: the
 /// session to resume (0: a fresh one).
+///
+/// A named pipe whose listener closed a moment ago may still take a client (its instance is
+/// closed on the listener's reactor thread, just after): a pipe's connection that ends
+/// before the handshake completes is tried again, until the dial timeout, and then finds
+/// the next listener or nobody (`ConnectionRefused`).
 pub(crate) fn connect_handshake(
     addr: &str,
     ep: &addr::Endpoint,
@@ -154,6 +160,50 @@ pub(crate) fn connect_handshake(
 ) -> Result<Handshake> {
     let timeout = opts.timeout_or_default();
     let deadline = Instant::now() + timeout;
+    loop {
+        let result = handshake_until(
+            addr,
+            ep,
+            opts,
+            instance_id,
+            resume_session_id,
+            recv_state.clone(),
+            deadline,
+        );
+        match result {
+            Err(e)
+                if matches!(ep, addr::Endpoint::Pipe(_))
+                    && e.kind() == ErrorKind::Disconnected
+                    && Instant::now() + PIPE_RETRY < deadline =>
+            {
+                tracing::debug!(%addr, error = %e, "the pipe closed during the handshake; again");
+                std::thread::sleep(PIPE_RETRY);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The pause before a dialer tries a named pipe again (see [`connect_handshake`]).
+const PIPE_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// One attempt of [`connect_handshake`], until `deadline`.
+fn handshake_until(
+    addr: &str,
+    ep: &addr::Endpoint,
+    opts: &DialOptions,
+    instance_id: u64,
+    resume_session_id: u64,
+    recv_state: Option<duct_proto::reliable::RecvState>,
+    deadline: Instant,
+) -> Result<Handshake> {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    if timeout.is_zero() {
+        return Err(Error::new(
+            ErrorKind::TimedOut,
+            format!("dial {addr}: the dial timeout passed"),
+        ));
+    }
     // TLS settings are checked and loaded before connecting: a bad certificate file fails
     // the dial at once, whatever the network does.
     let tls = transport::client_tls(ep, opts.tls.as_ref())?;
@@ -191,7 +241,8 @@ pub(crate) fn connect_handshake(
             Error::new(
                 ErrorKind::TimedOut,
                 format!(
-                    "dial {addr}: no handshake answer within {timeout:?} (connect + handshake)"
+                    "dial {addr}: no handshake answer within {:?} (connect + handshake)",
+                    opts.timeout_or_default()
                 ),
             )
         } else {

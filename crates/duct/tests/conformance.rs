@@ -1,7 +1,7 @@
 //! The transport conformance suite: one set of behavioural tests, written once against a
 //! [`Fixture`] (a factory of fresh listen addresses), instantiated for every transport by
 //! the `conformance!` macro at the bottom (tcp IPv4 and IPv6, uds path and abstract, TLS
-//! over tcp, and shm). A failure names the transport and the case, e.g.
+//! over tcp, shm, and Windows named pipes). A failure names the transport and the case, e.g.
 //! `uds_abstract::close_wakes_blocked_recv`.
 //!
 //! Every `listen` and `dial` of a case takes its options through [`Fixture::listen_opts`] and
@@ -14,6 +14,9 @@
 //! `SKIPPED over shm: …` and pass without running. An shm listener's and an accepted pipe's
 //! local address, and a dialer's peer address, are `Addr::Shm(name)`; a dialer's local and
 //! an accepted pipe's peer address are `Addr::Unknown` (as for Unix sockets).
+//!
+//! Over `pipe` (Windows only; the instance skips itself elsewhere) every address of both ends
+//! is the pipe's `pipe://name`.
 //!
 //! What every transport must do the same way: deliver messages of every size intact and on
 //! their channel, keep per-channel order under concurrent senders and receivers, honour
@@ -905,13 +908,13 @@ fn stats_count_messages_and_bytes(f: &Fixture) {
 }
 
 /// The `Display` prefix (scheme and IP, up to the port) of every address of an IP transport;
-/// `None` for Unix sockets and shm (whose dialing end and accepted peer are unnamed).
+/// `None` for Unix sockets, shm and named pipes.
 fn ip_prefix(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Tcp4 => Some("tcp://127.0.0.1:"),
         Kind::Tcp6 => Some("tcp://[::1]:"),
         Kind::Tls => Some("tls://127.0.0.1:"),
-        Kind::UdsPath | Kind::UdsAbstract | Kind::Shm => None,
+        Kind::UdsPath | Kind::UdsAbstract | Kind::Shm | Kind::Pipe => None,
     }
 }
 
@@ -924,6 +927,7 @@ fn addr_has_kind(a: &Addr, kind: Kind) -> bool {
         Kind::UdsPath => matches!(a, Addr::Uds(_)),
         Kind::UdsAbstract => matches!(a, Addr::UdsAbstract(_)),
         Kind::Shm => matches!(a, Addr::Shm(_)),
+        Kind::Pipe => matches!(a, Addr::Pipe(_)),
     }
 }
 
@@ -981,6 +985,11 @@ fn addresses_display(f: &Fixture) {
                 "{:?}",
                 accepted.peer_addr()
             );
+        }
+        None if f.kind == Kind::Pipe => {
+            // Both ends of a named pipe are the pipe.
+            assert_eq!(dialer.local_addr().to_string(), laddr);
+            assert_eq!(accepted.peer_addr().to_string(), laddr);
         }
         None => {
             // A dialing Unix socket is unnamed; so are an shm dialer and an accepted shm
@@ -1318,6 +1327,7 @@ macro_rules! conformance {
         transport_suite!(uds_abstract, crate::common::Kind::UdsAbstract, $cases);
         transport_suite!(tls, crate::common::Kind::Tls, $cases);
         transport_suite!(shm, crate::common::Kind::Shm, $cases);
+        transport_suite!(pipe, crate::common::Kind::Pipe, $cases);
     };
 }
 

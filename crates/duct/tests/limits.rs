@@ -88,8 +88,6 @@ fn hello_bytes() -> Vec<u8> {
     out
 }
 
-// (Windows without TLS has one kind of raw stream.)
-#[cfg_attr(not(any(unix, feature = "tls")), allow(irrefutable_let_patterns))]
 fn set_nodelay(s: &RawStream) {
     if let RawStream::Tcp(t) = s {
         t.set_nodelay(true).unwrap();
@@ -103,6 +101,8 @@ fn set_nonblocking(s: &RawStream, on: bool) {
         RawStream::Unix(u) => u.set_nonblocking(on).unwrap(),
         #[cfg(feature = "tls")]
         RawStream::Tls(_) => unreachable!("these tests use plain tcp and uds"),
+        #[cfg(windows)]
+        RawStream::Pipe(_) => unreachable!("these tests use plain tcp and uds"),
     }
 }
 

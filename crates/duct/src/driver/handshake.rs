@@ -6,7 +6,6 @@ use std::io;
 use std::time::Instant;
 
 use duct_proto::{Event, Session, State};
-use rustix::fd::AsFd;
 
 use super::io::{ReadBuf, WriteQueue};
 use super::{proto_error, StreamTransport};
@@ -120,15 +119,11 @@ impl Handshake {
             }
             // The transport's own wait when only input is awaited (it knows about input it
             // holds itself, such as decrypted TLS records or frames in a shared ring, which do
-            // not make the fd readable); otherwise the fd, for either direction.
+            // not make the fd readable); otherwise either direction.
             let ready = if flushed || self.stream.frame_io().is_some() {
                 self.stream.wait_readable(Some(deadline))
             } else {
-                super::io::wait(
-                    self.stream.as_fd(),
-                    super::io::Interest::ReadWrite,
-                    Some(deadline),
-                )
+                self.stream.wait_io(Some(deadline))
             }
             .map_err(|e| Error::io(e, format_args!("handshake with {}", self.peer)))?;
             if ready {

@@ -9,10 +9,11 @@
 //! - [`wakers`]: the wakers of pending async calls, beside the condition variables that
 //!   blocking calls wait on.
 //! - [`sys`]: what the reactor registers for a transport, one module per OS (an fd on Unix; on
-//!   Windows a socket's watch, which the socket's own calls re-arm after `WouldBlock`).
+//!   Windows a socket's watch, which the socket's own calls re-arm after `WouldBlock`, or a
+//!   named pipe registered for life).
 //!
 //! # The driver contract
-//! A stream transport (tcp, uds, tls today; Windows named pipes later) plugs in by
+//! A stream transport (tcp, uds, tls, Windows named pipes) plugs in by
 //! implementing [`StreamTransport`]: a readiness source the reactor can watch, a receive into
 //! a buffer's spare capacity, a non-blocking vectored send, a bounded wait for readiness (for
 //! callers that block), and shutdown. Nothing in the Session or the public API changes when a
@@ -28,6 +29,11 @@
 //!   `MSG_DONTWAIT`), a call that returns `WouldBlock` re-arms the watch before it returns,
 //!   and a blocking call waits with `WSAPoll` (in short slices, so that a local shutdown wakes
 //!   it: Winsock does not promise to). The implementations are in `transport/windows.rs`.
+//! - **Windows** (named pipes): the readiness source is the pipe's own reactor source
+//!   (`sys::PipeSource`), which moves bytes between mio's `NamedPipe` and two buffers on its
+//!   reactor thread and reports readable (bytes, or the end, came in) and writable (room in
+//!   the write buffer again) to the source that watches it; a blocking call waits on its
+//!   condition variable. The implementation is in `transport/pipe.rs`.
 //!
 //! Either way the driver sees edge-triggered readiness: one event per new readiness after a
 //! call returned `WouldBlock`, and a fresh registration reports what is already there.
@@ -61,6 +67,9 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     /// Waits until readable (or closed) or `deadline` passes (`None`: no deadline).
     /// Returns whether it became readable.
     fn wait_readable(&self, deadline: Option<Instant>) -> std::io::Result<bool>;
+    /// Waits until readable or writable (or closed) or `deadline` passes. Returns whether it
+    /// became ready. (A dialer's handshake, while its HELLO is not all written.)
+    fn wait_io(&self, deadline: Option<Instant>) -> std::io::Result<bool>;
     /// Bytes received by the operating system and not yet read (0 if unknown), plus what
     /// the transport buffers itself.
     fn pending_input(&self) -> usize;

@@ -19,7 +19,8 @@
 //! before its fd is registered with the poller, and the inbox is drained after every wait and
 //! before events are dispatched, so no readiness event can arrive for an unknown source.
 //!
-//! What is registered differs by OS (an fd on Unix, a socket's watch on Windows): see
+//! What is registered differs by OS (an fd on Unix; on Windows a socket's watch, or a named
+//! pipe that stays registered for its whole life and passes its events on): see
 //! [`super::sys`].
 
 use std::cmp::Reverse;
@@ -66,6 +67,10 @@ struct Worker {
 pub(crate) struct ReactorHandle {
     worker: Arc<Worker>,
     token: usize,
+    /// The source itself: where a named pipe's readiness is sent while this source watches
+    /// it (Windows; see `sys::set_interest`).
+    #[cfg(windows)]
+    source: Weak<dyn Reactive>,
 }
 
 static REACTOR: OnceLock<Vec<Arc<Worker>>> = OnceLock::new();
@@ -145,8 +150,15 @@ pub(crate) fn register(source: Weak<dyn Reactive>) -> io::Result<ReactorHandle> 
     let all = workers()?;
     let worker = Arc::clone(&all[NEXT_WORKER.fetch_add(1, Ordering::Relaxed) % all.len()]);
     let token = worker.next_token.fetch_add(1, Ordering::Relaxed);
+    #[cfg(windows)]
+    let own = Weak::clone(&source);
     worker.send(Command::Add(token, source));
-    Ok(ReactorHandle { worker, token })
+    Ok(ReactorHandle {
+        worker,
+        token,
+        #[cfg(windows)]
+        source: own,
+    })
 }
 
 impl Worker {
@@ -170,7 +182,29 @@ impl ReactorHandle {
         from: Option<Interest>,
         to: Option<Interest>,
     ) -> io::Result<()> {
-        sys::set_interest(&self.worker.registry, Token(self.token), src, from, to)
+        #[cfg(unix)]
+        return sys::set_interest(&self.worker.registry, Token(self.token), src, from, to);
+        #[cfg(windows)]
+        return sys::set_interest(
+            &self.worker.registry,
+            Token(self.token),
+            &self.source,
+            src,
+            from,
+            to,
+        );
+    }
+
+    /// Registers `source` with this thread's poller under this handle's token, for good: a
+    /// Windows named pipe, whose overlapped I/O works only while it is registered (its events
+    /// reach the source that owns this handle, which passes them on).
+    #[cfg(windows)]
+    pub(crate) fn register_for_life(&self, source: &mut impl mio::event::Source) -> io::Result<()> {
+        self.worker.registry.register(
+            source,
+            Token(self.token),
+            Interest::READABLE | Interest::WRITABLE,
+        )
     }
 
     /// Asks for [`Reactive::on_timer`] at `at` (or soon after).

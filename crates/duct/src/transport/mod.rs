@@ -1,4 +1,5 @@
-//! Transports: opening, accepting and naming byte streams (tcp, Unix domain sockets).
+//! Transports: opening, accepting and naming byte streams (tcp, Unix domain sockets, Windows
+//! named pipes).
 //!
 //! A transport moves bytes and knows nothing of the protocol: framing, handshakes, channels
 //! and timers belong to duct-proto and the driver. This module owns the platform side of
@@ -14,7 +15,7 @@
 //! has no such flag.
 //!
 //! The driver contract (`crate::driver::StreamTransport`) is implemented once per OS:
-//! `unix.rs` (tcp, uds, tls, shm) and `windows.rs` (tcp, tls). Each also defines
+//! `unix.rs` (tcp, uds, tls, shm) and `windows.rs` (tcp, tls, pipe). Each also defines
 //! [`TcpSock`] and [`TcpListenSock`], the tcp sockets as the transports hold them: the std
 //! types on Unix; on Windows, the std types with the watch that registers them with the
 //! reactor.
@@ -25,10 +26,13 @@
 //! `shm://` (Linux) is a Unix socket for the rendezvous and a shared segment for the frames
 //! ([`shm`]); [`Stream::Shm`] hands the driver whole frames (`FrameIo`) instead of bytes.
 //!
-//! Not here yet: `pipe://` (Windows named pipes), which [`connect`] and [`RawListener::bind`]
-//! refuse with [`ErrorKind::Unsupported`]. On Windows, `uds://` and `shm://` are refused the
-//! same way, with a message naming the platform.
+//! `pipe://` (Windows) is a named pipe, `\\.\pipe\NAME` (`pipe.rs`): a byte stream like uds,
+//! driven through mio's overlapped `NamedPipe` (`Stream::Pipe`). Elsewhere [`connect`] and
+//! [`RawListener::bind`] refuse it with [`ErrorKind::Unsupported`]; on Windows, `uds://` and
+//! `shm://` are refused the same way. Each message names the platform.
 
+#[cfg(windows)]
+mod pipe;
 #[cfg(duct_shm)]
 pub(crate) mod shm;
 mod tcp;
@@ -57,8 +61,6 @@ use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd};
 #[cfg(unix)]
 use std::os::unix::net::UnixStream;
-#[cfg(windows)]
-use std::os::windows::io::{AsSocket, BorrowedSocket};
 use std::time::Duration;
 
 use crate::addr::{Addr, Endpoint};
@@ -87,11 +89,14 @@ pub(crate) enum Stream {
     /// A shared-memory connection (frames in a segment, a Unix socket beside it).
     #[cfg(duct_shm)]
     Shm(Box<shm::ShmStream>),
+    /// A Windows named pipe (either end).
+    #[cfg(windows)]
+    Pipe(pipe::PipeStream),
 }
 
 impl Stream {
     /// The transport's name as logs and metrics give it (the address scheme): `tcp`, `tls`,
-    /// `uds` or `shm`.
+    /// `uds`, `shm` or `pipe`.
     pub(crate) fn transport_name(&self) -> &'static str {
         match self {
             Stream::Tcp(_) => "tcp",
@@ -101,6 +106,8 @@ impl Stream {
             Stream::Tls(_) => "tls",
             #[cfg(duct_shm)]
             Stream::Shm(_) => "shm",
+            #[cfg(windows)]
+            Stream::Pipe(_) => "pipe",
         }
     }
 
@@ -117,6 +124,8 @@ impl Stream {
             Stream::Tls(s) => s.local_addr(),
             #[cfg(duct_shm)]
             Stream::Shm(s) => s.local_addr(),
+            #[cfg(windows)]
+            Stream::Pipe(s) => s.addr(),
         }
     }
 
@@ -133,6 +142,8 @@ impl Stream {
             Stream::Tls(s) => s.peer_addr(),
             #[cfg(duct_shm)]
             Stream::Shm(s) => s.peer_addr(),
+            #[cfg(windows)]
+            Stream::Pipe(s) => s.addr(),
         }
     }
 
@@ -157,17 +168,9 @@ impl Stream {
         let _ = spin;
     }
 
-    /// Shuts down the read half, the write half or both (the peer reads EOF after a write
-    /// shutdown). Fails with `NotConnected` if the connection is already gone, which callers
-    /// closing a pipe can ignore.
     /// Sets TCP keepalive from the heartbeat settings (probes after `interval × misses` of
     /// idleness, then every `interval`, `misses` of them), as a second line of defence behind
     /// duct's own heartbeats. Other transports have nothing to set.
-    // (Windows without TLS has one kind of stream.)
-    #[cfg_attr(
-        not(any(unix, feature = "tls")),
-        allow(clippy::infallible_destructuring_match)
-    )]
     pub(crate) fn set_keepalive(&self, hb: &crate::options::Heartbeat) -> io::Result<()> {
         let s = match self {
             Stream::Tcp(s) => s,
@@ -177,6 +180,8 @@ impl Stream {
             Stream::Unix(_) => return Ok(()),
             #[cfg(duct_shm)]
             Stream::Shm(_) => return Ok(()),
+            #[cfg(windows)]
+            Stream::Pipe(_) => return Ok(()),
         };
         if !hb.enabled() {
             return Ok(());
@@ -189,6 +194,10 @@ impl Stream {
         socket2::SockRef::from(s).set_tcp_keepalive(&ka)
     }
 
+    /// Shuts down the read half, the write half or both (the peer reads EOF after a write
+    /// shutdown). Fails with `NotConnected` if the connection is already gone, which callers
+    /// closing a pipe can ignore. A named pipe has no half-close: shutting its write half
+    /// down shuts it down altogether.
     pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown(how),
@@ -205,12 +214,21 @@ impl Stream {
                 }
                 Ok(())
             }
+            #[cfg(windows)]
+            Stream::Pipe(s) => {
+                if how == Shutdown::Read {
+                    s.shutdown_read();
+                } else {
+                    s.shutdown();
+                }
+                Ok(())
+            }
         }
     }
 
     /// The peer process's credentials as the kernel recorded them at connect time: Unix
-    /// sockets (and shm's control socket) on Linux, Android and macOS; `None` elsewhere and
-    /// on tcp.
+    /// sockets (and shm's control socket) on Linux, Android and macOS; `None` elsewhere, on
+    /// tcp and on named pipes.
     pub(crate) fn peer_credentials(&self) -> Option<PeerCredentials> {
         match self {
             Stream::Tcp(_) => None,
@@ -220,6 +238,8 @@ impl Stream {
             Stream::Tls(_) => None,
             #[cfg(duct_shm)]
             Stream::Shm(s) => s.peer_credentials(),
+            #[cfg(windows)]
+            Stream::Pipe(_) => None,
         }
     }
 }
@@ -236,6 +256,8 @@ impl Read for &Stream {
             Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
             #[cfg(duct_shm)]
             Stream::Shm(_) => Err(io::ErrorKind::Unsupported.into()),
+            #[cfg(windows)]
+            Stream::Pipe(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -248,6 +270,8 @@ impl Read for &Stream {
             Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
             #[cfg(duct_shm)]
             Stream::Shm(_) => Err(io::ErrorKind::Unsupported.into()),
+            #[cfg(windows)]
+            Stream::Pipe(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 }
@@ -276,6 +300,8 @@ impl Write for &Stream {
             Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
             #[cfg(duct_shm)]
             Stream::Shm(_) => Err(io::ErrorKind::Unsupported.into()),
+            #[cfg(windows)]
+            Stream::Pipe(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -288,6 +314,8 @@ impl Write for &Stream {
             Stream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
             #[cfg(duct_shm)]
             Stream::Shm(_) => Err(io::ErrorKind::Unsupported.into()),
+            #[cfg(windows)]
+            Stream::Pipe(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -327,17 +355,6 @@ impl AsFd for Stream {
     }
 }
 
-#[cfg(windows)]
-impl AsSocket for Stream {
-    fn as_socket(&self) -> BorrowedSocket<'_> {
-        match self {
-            Stream::Tcp(s) => s.as_socket(),
-            #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.tcp().as_socket(),
-        }
-    }
-}
-
 /// Connects to `ep` within `timeout` (name resolution included), returning a blocking
 /// stream.
 ///
@@ -347,10 +364,12 @@ impl AsSocket for Stream {
 ///   the deadline.
 /// - tls: tcp (the caller starts the TLS session: [`secure_client`]).
 /// - shm: the rendezvous socket, then the segment the listener passes (within `timeout`).
-/// - pipe: [`ErrorKind::Unsupported`].
+/// - pipe (Windows; elsewhere [`ErrorKind::Unsupported`]): the client end of the named pipe;
+///   while every instance is busy, waits for a free one until the deadline.
 ///
 /// Errors name the address: [`ErrorKind::ConnectionRefused`] when nobody listens (for uds,
-/// also when the socket file does not exist), [`ErrorKind::TimedOut`] when the deadline
+/// also when the socket file does not exist; for pipe, when no pipe has the name),
+/// [`ErrorKind::TimedOut`] when the deadline
 /// passes (a zero `timeout` fails at once), [`ErrorKind::InvalidAddress`] when the name
 /// does not resolve.
 pub(crate) fn connect(ep: &Endpoint, timeout: Duration) -> Result<Stream> {
@@ -382,6 +401,9 @@ pub(crate) fn connect(ep: &Endpoint, timeout: Duration) -> Result<Stream> {
         }
         #[cfg(not(duct_shm))]
         Endpoint::Shm(_) => Err(at(ep, shm_unavailable())),
+        #[cfg(windows)]
+        Endpoint::Pipe(name) => pipe::connect(ep, name, timeout).map(Stream::Pipe),
+        #[cfg(not(windows))]
         Endpoint::Pipe(_) => Err(at(ep, pipe_unsupported())),
     }?;
     #[cfg(unix)]
@@ -594,16 +616,16 @@ fn at(ep: &Endpoint, e: Error) -> Error {
     Error::new(e.kind(), format!("{ep}: {e}"))
 }
 
-/// The error for `pipe://`: only Windows has named pipes, and they are not implemented yet.
+/// The error for `pipe://` off Windows, the only platform with named pipes.
+#[cfg(not(windows))]
 fn pipe_unsupported() -> Error {
-    if cfg!(windows) {
-        Error::unsupported("pipe://")
-    } else {
-        Error::new(
-            ErrorKind::Unsupported,
-            "pipe:// (named pipes) is only available on Windows",
-        )
-    }
+    Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "pipe:// (named pipes) is only available on Windows, not on {}",
+            std::env::consts::OS
+        ),
+    )
 }
 
 #[cfg(not(unix))]
@@ -640,6 +662,9 @@ pub(crate) enum RawListener {
     /// A shm rendezvous socket (abstract `duct-shm/NAME`), and the shm name.
     #[cfg(duct_shm)]
     Shm(uds::UnixSocketListener, String),
+    /// A named pipe's name, with the instance waiting for the next client.
+    #[cfg(windows)]
+    Pipe(pipe::PipeListener),
 }
 
 impl RawListener {
@@ -654,7 +679,8 @@ impl RawListener {
     /// - uds abstract name (Linux): a name in use is [`ErrorKind::AddressInUse`].
     /// - tls: tcp (accepted streams are wrapped by [`secure_server`]).
     /// - shm: the abstract socket `@duct-shm/NAME`; `accept` passes each dialer a segment.
-    /// - pipe: [`ErrorKind::Unsupported`].
+    /// - pipe (Windows; elsewhere [`ErrorKind::Unsupported`]): the first instance of the
+    ///   name; a name served already (by anyone) is [`ErrorKind::AddressInUse`].
     pub(crate) fn bind(ep: &Endpoint) -> Result<RawListener> {
         match ep {
             Endpoint::Tcp { host, port } => tcp::bind(ep, host, *port).map(tcp_listener),
@@ -683,14 +709,18 @@ impl RawListener {
                 }),
             #[cfg(not(duct_shm))]
             Endpoint::Shm(_) => Err(at(ep, shm_unavailable())),
+            #[cfg(windows)]
+            Endpoint::Pipe(name) => pipe::bind(ep, name).map(RawListener::Pipe),
+            #[cfg(not(windows))]
             Endpoint::Pipe(_) => Err(at(ep, pipe_unsupported())),
         }
     }
 
     /// Accepts one connection: the stream (blocking, whatever the listener's mode; tcp with
     /// `TCP_NODELAY`) and the peer's address ([`Addr::Unknown`] for Unix sockets, whose
-    /// dialers are unnamed). In non-blocking mode, no pending connection is
-    /// `io::ErrorKind::WouldBlock`. Errors are raw `io::Error`s: most (`ECONNABORTED`,
+    /// dialers are unnamed; the pipe's own name for a named pipe). In non-blocking mode, no
+    /// pending connection is `io::ErrorKind::WouldBlock`; a pipe listener is always
+    /// non-blocking. Errors are raw `io::Error`s: most (`ECONNABORTED`,
     /// `EMFILE`, `EINTR`) concern one attempt, not the listener, and the caller decides.
     pub(crate) fn accept(&self) -> io::Result<(Stream, Addr)> {
         match self {
@@ -722,6 +752,11 @@ impl RawListener {
                 let stream = shm::ShmStream::server(ctl, name).map_err(io::Error::other)?;
                 Ok((Stream::Shm(Box::new(stream)), Addr::Unknown))
             }
+            #[cfg(windows)]
+            RawListener::Pipe(listener) => {
+                let (stream, peer) = listener.accept()?;
+                Ok((Stream::Pipe(stream), peer))
+            }
         }
     }
 
@@ -734,6 +769,8 @@ impl RawListener {
             RawListener::Unix(listener) => listener.local_addr(),
             #[cfg(duct_shm)]
             RawListener::Shm(_, name) => Addr::Shm(name.clone()),
+            #[cfg(windows)]
+            RawListener::Pipe(listener) => listener.local_addr(),
         }
     }
 
@@ -745,6 +782,9 @@ impl RawListener {
             RawListener::Unix(listener) => listener.set_nonblocking(nonblocking),
             #[cfg(duct_shm)]
             RawListener::Shm(listener, _) => listener.set_nonblocking(nonblocking),
+            // (Its accept never blocks: the reactor reports connecting clients.)
+            #[cfg(windows)]
+            RawListener::Pipe(_) => Ok(()),
         }
     }
 }
@@ -757,15 +797,6 @@ impl AsFd for RawListener {
             RawListener::Unix(listener) => listener.as_fd(),
             #[cfg(duct_shm)]
             RawListener::Shm(listener, _) => listener.as_fd(),
-        }
-    }
-}
-
-#[cfg(windows)]
-impl AsSocket for RawListener {
-    fn as_socket(&self) -> BorrowedSocket<'_> {
-        match self {
-            RawListener::Tcp(listener) => listener.as_socket(),
         }
     }
 }
@@ -800,16 +831,21 @@ mod tests {
                 assert!(text.starts_with(addr) && text.contains(expected), "{err}");
             }
         }
-        let ep = parse("pipe://game").unwrap();
-        let err = connect(&ep, Duration::from_secs(1)).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unsupported);
         #[cfg(not(windows))]
-        assert!(
-            err.to_string().contains("only available on Windows"),
-            "{err}"
-        );
-        let err = RawListener::bind(&ep).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        {
+            let ep = parse("pipe://game").unwrap();
+            for err in [
+                connect(&ep, Duration::from_secs(1)).unwrap_err(),
+                RawListener::bind(&ep).unwrap_err(),
+            ] {
+                assert_eq!(err.kind(), ErrorKind::Unsupported);
+                let text = err.to_string();
+                assert!(
+                    text.starts_with("pipe://game") && text.contains("only available on Windows"),
+                    "{err}"
+                );
+            }
+        }
     }
 
     #[test]

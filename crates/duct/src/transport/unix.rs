@@ -105,6 +105,14 @@ impl crate::driver::StreamTransport for Stream {
         crate::driver::io::wait_readable(self.as_fd(), deadline)
     }
 
+    fn wait_io(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        crate::driver::io::wait(
+            self.as_fd(),
+            crate::driver::io::Interest::ReadWrite,
+            deadline,
+        )
+    }
+
     fn pending_input(&self) -> usize {
         #[cfg(duct_shm)]
         if let Stream::Shm(_) = self {

@@ -1,6 +1,6 @@
-//! Windows (Winsock) sockets under the driver contract (`crate::driver::StreamTransport`):
-//! tcp, and tls over tcp. (`uds://` and `shm://` are Unix-only; `pipe://` is not implemented
-//! yet.) `transport/unix.rs` is the same contract on Unix.
+//! Windows under the driver contract (`crate::driver::StreamTransport`): Winsock sockets (tcp,
+//! and tls over tcp), and named pipes (`pipe://`, whose transport is `transport/pipe.rs`).
+//! (`uds://` and `shm://` are Unix-only.) `transport/unix.rs` is the same contract on Unix.
 //!
 //! How it differs from Unix, and why:
 //! - **Non-blocking sockets.** Winsock has no `MSG_DONTWAIT`, so a connected socket is made
@@ -76,7 +76,7 @@ pub(super) fn wait_readable(sock: &TcpSock, deadline: Option<Instant>) -> io::Re
 impl TcpSock {
     /// What the reactor watches.
     pub(crate) fn readiness(&self) -> Readiness<'_> {
-        Readiness {
+        Readiness::Socket {
             socket: self.stream.as_fd(),
             watch: &self.watch,
         }
@@ -260,28 +260,23 @@ impl super::RawListener {
     /// What the reactor watches for the listener.
     pub(crate) fn readiness(&self) -> Readiness<'_> {
         match self {
-            super::RawListener::Tcp(l) => Readiness {
+            super::RawListener::Tcp(l) => Readiness::Socket {
                 socket: l.listener.as_fd(),
                 watch: &l.watch,
             },
-        }
-    }
-}
-
-impl Stream {
-    /// The tcp socket underneath (tls runs over tcp).
-    fn sock(&self) -> &TcpSock {
-        match self {
-            Stream::Tcp(s) => s,
-            #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.tcp(),
+            super::RawListener::Pipe(l) => Readiness::Pipe(l),
         }
     }
 }
 
 impl crate::driver::StreamTransport for Stream {
     fn readiness(&self) -> Readiness<'_> {
-        self.sock().readiness()
+        match self {
+            Stream::Tcp(s) => s.readiness(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.tcp().readiness(),
+            Stream::Pipe(s) => s.readiness(),
+        }
     }
 
     fn recv_into(&self, buf: &mut BytesMut, nonblocking: bool) -> io::Result<usize> {
@@ -289,6 +284,7 @@ impl crate::driver::StreamTransport for Stream {
             Stream::Tcp(s) => s.recv_into(buf, nonblocking),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.recv_into(buf, nonblocking),
+            Stream::Pipe(s) => s.recv_into(buf, nonblocking),
         }
     }
 
@@ -297,6 +293,7 @@ impl crate::driver::StreamTransport for Stream {
             Stream::Tcp(s) => s.send_vectored(iov),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.send_vectored(iov),
+            Stream::Pipe(s) => s.send_vectored(iov),
         }
     }
 
@@ -305,17 +302,27 @@ impl crate::driver::StreamTransport for Stream {
             Stream::Tcp(s) => s.wait(Interest::Read, deadline),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.wait_readable(deadline),
+            Stream::Pipe(s) => s.wait_readable(deadline),
+        }
+    }
+
+    fn wait_io(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        match self {
+            Stream::Tcp(s) => s.wait(Interest::ReadWrite, deadline),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.tcp().wait(Interest::ReadWrite, deadline),
+            Stream::Pipe(s) => s.wait_io(deadline),
         }
     }
 
     fn pending_input(&self) -> usize {
-        let kernel = self.sock().pending();
-        #[cfg(feature = "tls")]
-        if let Stream::Tls(s) = self {
+        match self {
+            Stream::Tcp(s) => s.pending(),
             // Ciphertext in the kernel counts as about its plaintext size.
-            return kernel + s.buffered_len();
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.tcp().pending() + s.buffered_len(),
+            Stream::Pipe(s) => s.pending_input(),
         }
-        kernel
     }
 
     fn buffered_input(&self) -> bool {

@@ -1,7 +1,7 @@
 //! Test support shared by duct's integration tests.
 //!
 //! - [`Fixture`]: one transport (tcp IPv4, tcp IPv6, uds path, uds abstract, tls over tcp
-//!   IPv4, shm) that hands out fresh, unique listen addresses and the options the transport
+//!   IPv4, shm, Windows named pipes) that hands out fresh, unique listen addresses and the options the transport
 //!   needs ([`Fixture::listen_opts`], [`Fixture::dial_opts`]: TLS settings from a PKI
 //!   generated per fixture); the conformance suite is written against it once.
 //! - Guards that clean up even when a test fails: [`TempDir`] (removed on drop),
@@ -10,8 +10,9 @@
 //!   hand-driven `duct_proto::Session` over it, for tests that speak (or break) the wire
 //!   protocol themselves. Over `tls://` the raw side speaks TLS (rustls, [`pki`]): get those
 //!   from the fixture ([`Fixture::raw_listener`], [`Fixture::raw_connect`],
-//!   [`Fixture::raw_dial`]). Over `shm://` there is no byte stream to speak it on (frames
-//!   travel through shared-memory rings): [`Fixture::has_raw_peer`] says so.
+//!   [`Fixture::raw_dial`]). Over `pipe://` (Windows) the raw side is a named pipe driven by
+//!   a mio `Poll` of its own ([`RawPipe`]). Over `shm://` there is no byte stream to speak it
+//!   on (frames travel through shared-memory rings): [`Fixture::has_raw_peer`] says so.
 //!
 //! Every wait has a deadline ([`T`], generous): a broken library fails a test, it does not
 //! hang the suite.
@@ -96,6 +97,8 @@ pub enum Kind {
     /// shared-memory rings, not as bytes on a socket, so a raw (byte-level) peer cannot
     /// talk to it: see [`Fixture::has_raw_peer`].
     Shm,
+    /// `pipe://duct-test-<pid>-<n>`: a Windows named pipe (Windows only).
+    Pipe,
 }
 
 /// Whether this machine has an IPv6 loopback to bind.
@@ -132,6 +135,11 @@ impl Fixture {
         #[cfg(not(unix))]
         if matches!(kind, Kind::UdsPath | Kind::UdsAbstract) {
             eprintln!("SKIPPED: uds:// is Unix only");
+            return None;
+        }
+        #[cfg(not(windows))]
+        if kind == Kind::Pipe {
+            eprintln!("SKIPPED: pipe:// (named pipes) is Windows only");
             return None;
         }
         let dir = (kind == Kind::UdsPath).then(TempDir::new);
@@ -215,6 +223,7 @@ impl Fixture {
             }
             Kind::Tls => "tls://127.0.0.1:0".to_owned(),
             Kind::Shm => format!("shm://duct-test-{}-{}", std::process::id(), unique()),
+            Kind::Pipe => format!("pipe://duct-test-{}-{}", std::process::id(), unique()),
         }
     }
 
@@ -266,6 +275,15 @@ impl Fixture {
             Kind::UdsPath | Kind::UdsAbstract => {
                 unreachable!("Fixture::new refuses uds:// off Unix")
             }
+            #[cfg(windows)]
+            Kind::Pipe => {
+                let addr = self.addr();
+                let name = addr.strip_prefix("pipe://").unwrap();
+                let l = RawPipeListener::bind(name).expect("bind raw pipe listener");
+                (RawListener::Pipe(l), addr)
+            }
+            #[cfg(not(windows))]
+            Kind::Pipe => unreachable!("Fixture::new refuses pipe:// off Windows"),
         }
     }
 }
@@ -578,6 +596,9 @@ pub enum RawStream {
     /// A TLS session over tcp (handshake done); reads and writes are plaintext.
     #[cfg(feature = "tls")]
     Tls(Box<pki::TlsRaw>),
+    /// A Windows named pipe (either end).
+    #[cfg(windows)]
+    Pipe(RawPipe),
 }
 
 impl RawStream {
@@ -597,18 +618,27 @@ impl RawStream {
         if let Some(path) = addr.strip_prefix("uds://") {
             return UnixStream::connect(path).map(RawStream::Unix);
         }
+        #[cfg(windows)]
+        if let Some(name) = addr.strip_prefix("pipe://") {
+            return RawPipe::connect(name).map(RawStream::Pipe);
+        }
         Err(io::Error::other(format!(
             "raw connect: unsupported address {addr}"
         )))
     }
 
-    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+    pub fn set_read_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
         match self {
             RawStream::Tcp(s) => s.set_read_timeout(t),
             #[cfg(unix)]
             RawStream::Unix(s) => s.set_read_timeout(t),
             #[cfg(feature = "tls")]
             RawStream::Tls(s) => s.sock().set_read_timeout(t),
+            #[cfg(windows)]
+            RawStream::Pipe(s) => {
+                s.read_timeout = t;
+                Ok(())
+            }
         }
     }
 
@@ -620,6 +650,12 @@ impl RawStream {
             RawStream::Unix(s) => s.shutdown(how),
             #[cfg(feature = "tls")]
             RawStream::Tls(s) => s.shutdown(how),
+            // No half-close on a pipe: closed altogether.
+            #[cfg(windows)]
+            RawStream::Pipe(s) => {
+                s.close();
+                Ok(())
+            }
         }
     }
 
@@ -632,6 +668,8 @@ impl RawStream {
             RawStream::Unix(_) => "unknown".to_owned(),
             #[cfg(feature = "tls")]
             RawStream::Tls(s) => format!("tls://{}", s.sock().local_addr().unwrap()),
+            #[cfg(windows)]
+            RawStream::Pipe(s) => format!("pipe://{}", s.name),
         }
     }
 
@@ -700,6 +738,8 @@ impl Read for RawStream {
             RawStream::Unix(s) => s.read(buf),
             #[cfg(feature = "tls")]
             RawStream::Tls(s) => s.read(buf),
+            #[cfg(windows)]
+            RawStream::Pipe(s) => s.read(buf),
         }
     }
 }
@@ -712,6 +752,8 @@ impl Write for RawStream {
             RawStream::Unix(s) => s.write(buf),
             #[cfg(feature = "tls")]
             RawStream::Tls(s) => s.write(buf),
+            #[cfg(windows)]
+            RawStream::Pipe(s) => s.write(buf),
         }
     }
 
@@ -732,6 +774,9 @@ pub enum RawListener {
     /// Serves TLS: `accept` completes the TLS handshake.
     #[cfg(feature = "tls")]
     Tls(pki::TlsRawListener),
+    /// A named pipe's one instance (accepts a single client).
+    #[cfg(windows)]
+    Pipe(RawPipeListener),
 }
 
 impl RawListener {
@@ -742,6 +787,204 @@ impl RawListener {
             RawListener::Unix(l) => l.accept().map(|(s, _)| RawStream::Unix(s)),
             #[cfg(feature = "tls")]
             RawListener::Tls(l) => l.accept().map(|s| RawStream::Tls(Box::new(s))),
+            #[cfg(windows)]
+            RawListener::Pipe(l) => l.accept().map(RawStream::Pipe),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw named pipes (Windows)
+// ---------------------------------------------------------------------------------------------
+
+/// The token of a raw pipe in its own poll.
+#[cfg(windows)]
+const RAW_PIPE: mio::Token = mio::Token(0);
+
+/// A named pipe end without duct, used blocking: a mio `NamedPipe` (overlapped I/O) with a
+/// `Poll` of its own that each call runs until its I/O is done. Reads honour the read
+/// timeout ([`RawStream::set_read_timeout`]); a write returns once the pipe took all of it.
+/// Dropping it closes the handle (after the poll has seen the cancelled read out).
+#[cfg(windows)]
+pub struct RawPipe {
+    pipe: Option<mio::windows::NamedPipe>,
+    poll: mio::Poll,
+    events: mio::Events,
+    read_timeout: Option<Duration>,
+    name: String,
+}
+
+#[cfg(windows)]
+impl RawPipe {
+    fn new(mut pipe: mio::windows::NamedPipe, name: &str) -> io::Result<RawPipe> {
+        let poll = mio::Poll::new()?;
+        poll.registry().register(
+            &mut pipe,
+            RAW_PIPE,
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        )?;
+        let mut raw = RawPipe {
+            pipe: Some(pipe),
+            poll,
+            events: mio::Events::with_capacity(16),
+            read_timeout: None,
+            name: name.to_owned(),
+        };
+        // The registration's own readiness, so that a write's wait sees its completion only.
+        raw.poll_once(Some(Duration::ZERO))?;
+        Ok(raw)
+    }
+
+    /// Connects to the pipe `name`, waiting up to [`T`] while it is busy.
+    pub fn connect(name: &str) -> io::Result<RawPipe> {
+        let path = duct_sys::pipe::PipePath::new(name)?;
+        let deadline = Instant::now() + T;
+        loop {
+            match duct_sys::pipe::open(&path) {
+                Ok(pipe) => return RawPipe::new(pipe, name),
+                Err(e) if duct_sys::pipe::is_busy(&e) && Instant::now() < deadline => {
+                    let _ = duct_sys::pipe::wait_available(&path, Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn pipe(&self) -> io::Result<&mio::windows::NamedPipe> {
+        self.pipe
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "raw pipe closed"))
+    }
+
+    /// Runs the poll once, up to `timeout`; returns (readable, writable) events seen.
+    fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<(bool, bool)> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok((false, false)),
+            Err(e) => return Err(e),
+        }
+        let mut seen = (false, false);
+        for ev in self.events.iter() {
+            seen.0 |= ev.is_readable();
+            seen.1 |= ev.is_writable();
+        }
+        Ok(seen)
+    }
+
+    /// Closes the pipe: the peer reads what was written, then the end.
+    pub fn close(&mut self) {
+        if self.pipe.take().is_some() {
+            // The cancelled read's completion holds the handle open until the poll sees it.
+            for _ in 0..5 {
+                let _ = self.poll_once(Some(Duration::from_millis(20)));
+            }
+        }
+    }
+}
+
+#[cfg(windows)]
+impl Read for RawPipe {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let deadline = self.read_timeout.map(|t| Instant::now() + t);
+        loop {
+            match (&mut self.pipe()?).read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    if left.is_some_and(|l| l.is_zero()) {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                    self.poll_once(left)?;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[cfg(windows)]
+impl Write for RawPipe {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let deadline = Instant::now() + T;
+        loop {
+            match (&mut self.pipe()?).write(buf) {
+                Ok(n) => {
+                    // Done once its completion makes the pipe writable.
+                    let left = |d: Instant| d.saturating_duration_since(Instant::now());
+                    while !self.poll_once(Some(left(deadline)))?.1 {
+                        if Instant::now() >= deadline {
+                            return Err(io::ErrorKind::TimedOut.into());
+                        }
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                    self.poll_once(Some(Duration::from_millis(10)))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(windows)]
+impl Drop for RawPipe {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A raw named-pipe server: one instance, made at once (dialers find the name), connected to
+/// its client by `accept`.
+#[cfg(windows)]
+pub struct RawPipeListener {
+    instance: Mutex<Option<RawPipe>>,
+}
+
+#[cfg(windows)]
+impl RawPipeListener {
+    pub fn bind(name: &str) -> io::Result<RawPipeListener> {
+        let path = duct_sys::pipe::PipePath::new(name)?;
+        let pipe = duct_sys::pipe::create_instance(&path, true)?;
+        let raw = RawPipe::new(pipe, name)?;
+        Ok(RawPipeListener {
+            instance: Mutex::new(Some(raw)),
+        })
+    }
+
+    /// Waits up to [`T`] for the client; the instance then is its stream (a second call
+    /// fails).
+    pub fn accept(&self) -> io::Result<RawPipe> {
+        let mut raw = self
+            .instance
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| io::Error::other("a raw pipe listener accepts once"))?;
+        match raw.pipe()?.connect() {
+            Ok(()) => return Ok(raw),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        let deadline = Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let (r, w) = raw.poll_once(Some(left))?;
+            if r || w {
+                if let Some(e) = raw.pipe()?.take_error()? {
+                    return Err(e);
+                }
+                return Ok(raw);
+            }
         }
     }
 }

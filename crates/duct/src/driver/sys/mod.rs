@@ -24,11 +24,15 @@
 //!   lock is the watch's alone: taken to register, and to re-arm after a `WouldBlock`. The
 //!   costs: one more handle per socket, and one `reregister` per `WouldBlock`.
 //!
-//!   What is not there yet: named pipes (`pipe://`), which mio's `NamedPipe` will serve with
-//!   its own overlapped I/O.
+//!   Named pipes (`pipe://`) are mio `NamedPipe`s, whose overlapped I/O works only while
+//!   they are registered and which cannot move between polls: each is registered once, under
+//!   a token of its own, for its whole life, and passes its events on to the source that
+//!   watches it now ([`PipeSource`]: a change of interest only changes where they go, and
+//!   reports readiness already there). See `transport/pipe.rs`.
 //!
-//! Blocking waits (a caller's `recv` with a deadline) do not involve the reactor on either
-//! system: `poll` on Unix, `WSAPoll` on Windows (see `driver::io::wait`).
+//! Blocking waits (a caller's `recv` with a deadline) do not involve the reactor on Unix
+//! (`poll`) or for Windows sockets (`WSAPoll`; see `driver::io::wait`); a named pipe's wait
+//! is on a condition variable that its reactor thread notifies.
 
 #[cfg(unix)]
 mod unix;

@@ -1,24 +1,50 @@
-//! Windows: a socket's readiness through a [`SocketWatch`] (see the parent module for why).
+//! Windows: a socket's readiness through a [`SocketWatch`], a named pipe's through its own
+//! registration ([`PipeSource`]); see the parent module for why.
 
 use std::io;
 use std::net::TcpStream;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, Weak};
 
 use mio::{Interest, Registry, Token};
 use rustix::fd::BorrowedFd;
 
-/// What the reactor watches for a transport: its socket, and the watch that registers it.
+use crate::driver::reactor::Reactive;
+
+/// What the reactor watches for a transport.
 #[derive(Clone, Copy)]
-pub(crate) struct Readiness<'a> {
-    pub(crate) socket: BorrowedFd<'a>,
-    pub(crate) watch: &'a SocketWatch,
+pub(crate) enum Readiness<'a> {
+    /// A socket, and the watch that registers it.
+    Socket {
+        socket: BorrowedFd<'a>,
+        watch: &'a SocketWatch,
+    },
+    /// A named pipe, or a pipe listener's waiting instance: registered with the reactor for
+    /// its whole life, it passes its readiness on to whichever source watches it now.
+    Pipe(&'a dyn PipeSource),
+}
+
+/// A named pipe as the reactor sees it (see the parent module).
+///
+/// mio's `NamedPipe` does its I/O only while it is registered with a `Poll`, cannot move to
+/// another one, and reports each completed read or write once. So a pipe transport registers
+/// its pipe once, under a token of its own, for as long as it lives; its events go to the
+/// source (a handshake, then a pipe's connection; or a listener) that asked for them here,
+/// and a change of interest that adds readiness the pipe already has reports it again (the
+/// level check a fresh registration makes for a socket).
+pub(crate) trait PipeSource: Sync {
+    /// From now on, readiness in `interest` goes to `owner`'s `on_ready` (`None`: to nobody).
+    /// Readiness the pipe has already, newly in `interest`, is reported soon after (from the
+    /// pipe's reactor thread, never from this call, which may run under the owner's locks).
+    fn set_owner(&self, owner: &Weak<dyn Reactive>, interest: Option<Interest>);
 }
 
 /// Changes which readiness `registry` watches for `src` under `token`: `from` is what is
-/// registered now, `to` what should be (`None`: nothing).
+/// registered now, `to` what should be (`None`: nothing). `owner` is the source the token
+/// stands for: a named pipe sends its readiness there.
 pub(crate) fn set_interest(
     registry: &Registry,
     token: Token,
+    owner: &Weak<dyn Reactive>,
     src: Readiness<'_>,
     from: Option<Interest>,
     to: Option<Interest>,
@@ -26,8 +52,15 @@ pub(crate) fn set_interest(
     if from == to {
         return Ok(());
     }
-    src.watch
-        .set_interest(src.socket, registry, token, from.is_some(), to)
+    match src {
+        Readiness::Socket { socket, watch } => {
+            watch.set_interest(socket, registry, token, from.is_some(), to)
+        }
+        Readiness::Pipe(pipe) => {
+            pipe.set_owner(owner, to);
+            Ok(())
+        }
+    }
 }
 
 /// The registration of one socket with the reactor's poller.
