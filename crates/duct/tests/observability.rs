@@ -6,6 +6,8 @@
 //! of its own: it installs one of each (small ones written here, capturing everything) and
 //! its tests tell their pipes apart by pipe id and role.
 
+mod common; // (for thread_cpu)
+
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -926,21 +928,6 @@ mod metrics_published {
         assert_eq!(dialer.stats().msgs_sent, 1);
     }
 
-    /// CPU time this thread has used (Linux: utime + stime from /proc, in clock ticks of
-    /// 10 ms).
-    #[cfg(target_os = "linux")]
-    fn thread_cpu() -> Duration {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<u64> = after
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .map(|v| v.parse().unwrap())
-            .collect();
-        Duration::from_millis((f[0] + f[1]) * 10)
-    }
-
     /// A publication runs on the reactor's timer and leaves nothing behind for callers: two
     /// receives blocked on an idle pipe afterwards (one in the transport, one waiting for it)
     /// sleep instead of spinning.
@@ -962,12 +949,12 @@ mod metrics_published {
             .map(|_| {
                 let p = accepted.clone();
                 std::thread::spawn(move || {
-                    let before = thread_cpu();
+                    let before = super::common::thread_cpu();
                     let e = p
                         .recv_with(&RecvOptions::default().timeout(Duration::from_millis(500)))
                         .unwrap_err();
                     assert_eq!(e.kind(), ErrorKind::TimedOut);
-                    thread_cpu() - before
+                    super::common::thread_cpu() - before
                 })
             })
             .collect();

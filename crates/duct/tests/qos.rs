@@ -1154,20 +1154,6 @@ fn ttl_counts_time_spent_in_socket_buffers() {
     );
 }
 
-/// CPU time this thread has used (Linux: /proc/thread-self/stat, in clock ticks of 10 ms).
-#[cfg(target_os = "linux")]
-fn thread_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|v| v.parse().unwrap())
-        .collect();
-    Duration::from_millis((f[0] + f[1]) * 10)
-}
-
 /// Two senders blocked on a full pipe (Block, the peer not reading) sleep until their
 /// timeout: neither wakes the other in a loop (each one's failed flush used to wake the other,
 /// which flushed in vain and woke it back).
@@ -1188,13 +1174,13 @@ fn blocked_senders_sleep_instead_of_waking_each_other() {
         .map(|k| {
             let d = p.dialer.clone();
             thread::spawn(move || {
-                let before = thread_cpu();
+                let before = common::thread_cpu();
                 let start = Instant::now();
                 let wait = SendOptions::default().timeout(Duration::from_millis(600));
                 let m = Message::new(numbered(5000 + k, 100)).with_channel(CH);
                 let e = d.send_with(m, &wait).unwrap_err();
                 assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
-                (thread_cpu() - before, start.elapsed())
+                (common::thread_cpu() - before, start.elapsed())
             })
         })
         .collect();

@@ -1128,3 +1128,18 @@ pub fn proxy_in_front(listener: &duct::Listener) -> (duct_testkit::ChaosProxy, S
     let addr = format!("tcp://{}", proxy.addr());
     (proxy, addr)
 }
+
+/// CPU time the calling thread has used (Linux: `/proc/thread-self/stat`, user + system, in
+/// clock ticks of 10 ms): for tests that a blocked call sleeps instead of spinning.
+#[cfg(target_os = "linux")]
+pub fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    Duration::from_millis((f[0] + f[1]) * 10)
+}
