@@ -36,6 +36,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
+use crate::bench::report::json_str;
 use crate::cli::ShmArgs;
 use crate::error::{bail, Context, Result};
 
@@ -288,24 +289,6 @@ fn count_text(n: Option<usize>) -> String {
 /// `n` as JSON, `null` when unknown.
 fn count_json(n: Option<usize>) -> String {
     n.map_or("null".to_string(), |n| n.to_string())
-}
-
-/// A JSON string literal.
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The endpoints as JSON: `{"endpoints": [{"name", "pid", "pids", "connections",

@@ -909,29 +909,8 @@ fn recv_async_wakes_on_disconnect_block_on() {
 #[test]
 fn recv_async_waits_across_a_reconnect() {
     use duct::{Heartbeat, PipeState, Reconnect};
-    let listener = Arc::new(
-        listen(
-            "tcp://127.0.0.1:0",
-            ListenOptions::default().heartbeat(Heartbeat::off()),
-        )
-        .expect("listen"),
-    );
-    let target = match listener.local_addr() {
-        duct::Addr::Tcp(a) => a,
-        other => panic!("{other}"),
-    };
-    let l = Arc::clone(&listener);
-    thread::spawn(move || {
-        while let Ok(p) = l.accept() {
-            thread::spawn(move || {
-                while let Ok(m) = p.recv() {
-                    if p.send(m).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let echo = common::tcp_echo_server();
+    let target = echo.addr;
     let proxy = duct_testkit::ChaosProxy::start(target).expect("proxy");
     let (on_state, states) = common::state_sink();
     let opts = DialOptions::default()

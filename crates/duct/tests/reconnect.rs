@@ -3,7 +3,7 @@
 //! the middle of a backoff, and many cuts leak neither threads nor file descriptors.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,42 +15,6 @@ use duct_testkit::ChaosProxy;
 
 mod common;
 use common::{state_sink, wait_for_change, T};
-
-/// A duct echo server that accepts every (re)connection and echoes on each, in threads.
-struct Echo {
-    addr: std::net::SocketAddr,
-    _listener: Arc<duct::Listener>,
-}
-
-fn echo_server() -> Echo {
-    let listener = Arc::new(
-        duct::listen(
-            "tcp://127.0.0.1:0",
-            ListenOptions::default().heartbeat(Heartbeat::off()),
-        )
-        .unwrap(),
-    );
-    let addr = match listener.local_addr() {
-        duct::Addr::Tcp(a) => a,
-        other => panic!("{other}"),
-    };
-    let l = Arc::clone(&listener);
-    thread::spawn(move || {
-        while let Ok(p) = l.accept() {
-            thread::spawn(move || {
-                while let Ok(m) = p.recv() {
-                    if p.send(m).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    Echo {
-        addr,
-        _listener: listener,
-    }
-}
 
 fn dial_through(
     proxy: &ChaosProxy,
@@ -84,7 +48,7 @@ fn count(dir: &str) -> usize {
 
 #[test]
 fn cut_connections_heal_with_a_new_session_and_leak_nothing() {
-    let echo = echo_server();
+    let echo = common::tcp_echo_server();
     let proxy = ChaosProxy::start(echo.addr).unwrap();
     let (on_state, rx) = state_sink();
     let pipe = dial_through(
@@ -146,7 +110,7 @@ fn cut_connections_heal_with_a_new_session_and_leak_nothing() {
 
 #[test]
 fn sends_while_reconnecting_go_out_afterwards() {
-    let echo = echo_server();
+    let echo = common::tcp_echo_server();
     let proxy = ChaosProxy::start(echo.addr).unwrap();
     let (on_state, rx) = state_sink();
     let pipe = dial_through(
@@ -172,7 +136,7 @@ fn sends_while_reconnecting_go_out_afterwards() {
 
 #[test]
 fn attempts_are_bounded_and_each_failure_is_reported() {
-    let echo = echo_server();
+    let echo = common::tcp_echo_server();
     let proxy = ChaosProxy::start(echo.addr).unwrap();
     let (errors_tx, errors) = mpsc::channel::<duct::Error>();
     let errors_tx = Mutex::new(errors_tx);
@@ -208,7 +172,7 @@ fn attempts_are_bounded_and_each_failure_is_reported() {
 
 #[test]
 fn close_during_backoff_returns_promptly() {
-    let echo = echo_server();
+    let echo = common::tcp_echo_server();
     let proxy = ChaosProxy::start(echo.addr).unwrap();
     let (on_state, rx) = state_sink();
     let pipe = dial_through(

@@ -628,20 +628,29 @@ mod tests {
     use super::*;
     use crate::bench::spec::Transport;
 
-    #[test]
-    fn timeouts_grow_with_the_work() {
-        let job = Job {
-            system: System::Duct,
-            transport: Transport::Tcp,
-            pattern: Pattern::PingPong,
+    /// A job of `system` over `transport` with `pattern`: 64 B, no warmup, batch 64, one
+    /// message, realtime, no spin, no TLS, no address yet. Tests change what they test.
+    fn job(system: System, transport: Transport, pattern: Pattern) -> Job {
+        Job {
+            system,
+            transport,
+            pattern,
             size: 64,
             warmup: 0,
             batch: 64,
-            amount: Amount::Messages(1000),
+            amount: Amount::Messages(1),
             reliable: false,
             spin: false,
             tls_ca: None,
             addr: String::new(),
+        }
+    }
+
+    #[test]
+    fn timeouts_grow_with_the_work() {
+        let job = Job {
+            amount: Amount::Messages(1000),
+            ..job(System::Duct, Transport::Tcp, Pattern::PingPong)
         };
         let small = run_timeout(&job, false);
         assert!(small >= Duration::from_secs(60));
@@ -724,17 +733,10 @@ mod tests {
         let mut peer = Peer::threads(None);
         for (pattern, messages) in [(Pattern::PingPong, 300), (Pattern::Stream, 5000)] {
             let mut job = Job {
-                system: System::Raw,
-                transport: Transport::Tls,
-                pattern,
-                size: 64,
                 warmup: 50,
-                batch: 64,
                 amount: Amount::Messages(messages),
-                reliable: false,
-                spin: false,
                 tls_ca: Some(tls.ca_for_job().to_string()),
-                addr: String::new(),
+                ..job(System::Raw, Transport::Tls, pattern)
             };
             let run = run_one(&mut peer, &mut job, Some(&tls)).unwrap();
             assert!(job.addr.starts_with("tls://127.0.0.1:"), "{}", job.addr);
@@ -757,17 +759,11 @@ mod tests {
         for reliable in [false, true] {
             for (pattern, messages) in [(Pattern::PingPong, 300), (Pattern::Stream, 5000)] {
                 let mut job = Job {
-                    system: System::Duct,
-                    transport: Transport::Tls,
-                    pattern,
-                    size: 64,
                     warmup: 50,
-                    batch: 64,
                     amount: Amount::Messages(messages),
                     reliable,
-                    spin: false,
                     tls_ca: Some(tls.ca_for_job().to_string()),
-                    addr: String::new(),
+                    ..job(System::Duct, Transport::Tls, pattern)
                 };
                 let run = run_one(&mut peer, &mut job, Some(&tls)).unwrap();
                 assert!(job.addr.starts_with("tls://127.0.0.1:"), "{}", job.addr);
@@ -787,17 +783,10 @@ mod tests {
             for spin in [false, true] {
                 for (pattern, messages) in [(Pattern::PingPong, 300), (Pattern::Stream, 5000)] {
                     let mut job = Job {
-                        system,
-                        transport: Transport::Shm,
-                        pattern,
-                        size: 64,
                         warmup: 50,
-                        batch: 64,
                         amount: Amount::Messages(messages),
-                        reliable: false,
                         spin,
-                        tls_ca: None,
-                        addr: String::new(),
+                        ..job(system, Transport::Shm, pattern)
                     };
                     let run = run_one(&mut peer, &mut job, None).unwrap();
                     assert!(job.addr.starts_with("shm://duct-bench-"), "{}", job.addr);
@@ -813,19 +802,7 @@ mod tests {
     #[test]
     fn spin_goes_to_duct_only_on_spinning_jobs() {
         use duct::{DialOptions, ListenOptions};
-        let mut job = Job {
-            system: System::Duct,
-            transport: Transport::Shm,
-            pattern: Pattern::PingPong,
-            size: 64,
-            warmup: 0,
-            batch: 64,
-            amount: Amount::Messages(1),
-            reliable: false,
-            spin: false,
-            tls_ca: None,
-            addr: String::new(),
-        };
+        let mut job = job(System::Duct, Transport::Shm, Pattern::PingPong);
         let debug = |job: &Job| {
             format!(
                 "{:?} {:?}",
@@ -846,19 +823,7 @@ mod tests {
         use tls::dial_tls;
 
         let tls = TlsSetup::new(BenchCerts::generate().unwrap()).unwrap();
-        let mut job = Job {
-            system: System::Duct,
-            transport: Transport::Tcp,
-            pattern: Pattern::PingPong,
-            size: 64,
-            warmup: 0,
-            batch: 64,
-            amount: Amount::Messages(1),
-            reliable: false,
-            spin: false,
-            tls_ca: None,
-            addr: String::new(),
-        };
+        let mut job = job(System::Duct, Transport::Tcp, Pattern::PingPong);
         let plain = format!(
             "{:?}",
             listen_tls(ListenOptions::default(), &job, Some(&tls))

@@ -1143,3 +1143,40 @@ pub fn thread_cpu() -> Duration {
         .collect();
     Duration::from_millis((f[0] + f[1]) * 10)
 }
+
+/// A duct echo server on tcp (heartbeats off) that accepts every (re)connection and echoes
+/// on each, in threads; it lives as long as this value.
+pub struct TcpEcho {
+    pub addr: SocketAddr,
+    _listener: Arc<Listener>,
+}
+
+pub fn tcp_echo_server() -> TcpEcho {
+    let listener = Arc::new(
+        listen(
+            "tcp://127.0.0.1:0",
+            ListenOptions::default().heartbeat(duct::Heartbeat::off()),
+        )
+        .expect("listen"),
+    );
+    let addr = match listener.local_addr() {
+        duct::Addr::Tcp(a) => a,
+        other => panic!("{other}"),
+    };
+    let l = Arc::clone(&listener);
+    thread::spawn(move || {
+        while let Ok(p) = l.accept() {
+            thread::spawn(move || {
+                while let Ok(m) = p.recv() {
+                    if p.send(m).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    TcpEcho {
+        addr,
+        _listener: listener,
+    }
+}
