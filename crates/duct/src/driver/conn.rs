@@ -461,12 +461,7 @@ impl Conn {
         {
             let mut g = conn.lock();
             // Idle from the start: the reactor reads ahead until a caller shows up.
-            g.read_armed = true;
-            conn.update_interest(&mut g);
-            if conn.frames || conn.t().buffered_input() {
-                // Frames (or decrypted bytes) that came with the handshake raise no event.
-                g = conn.read_ahead(g);
-            }
+            g = conn.arm_reads(g);
             if g.wq_frames > 0 || g.session.wants_transmit() {
                 g.writing = true;
                 g = conn.flush(g);
@@ -1357,6 +1352,21 @@ impl Conn {
     /// The reactor reads ahead: until the socket is empty, the pipe ends, or the receive
     /// queue reaches its high-water mark (then reading pauses until the application drains
     /// it). Never while a caller reads.
+    /// Hands reading to the reactor (the pipe is idle, or a new connection starts), and
+    /// reads now what would raise no readiness event: input the transport holds itself
+    /// (decrypted TLS bytes, frames that came with the handshake), and on a frame transport
+    /// anything at all, since shm rings the reactor's socket only once a read has found
+    /// nothing. Without this a new or resumed connection could go unread by the reactor (a
+    /// pipe that only sends would miss its PONGs and acks).
+    fn arm_reads<'a>(&'a self, mut g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
+        g.read_armed = true;
+        self.update_interest(&mut g);
+        if self.frames || self.t().buffered_input() {
+            g = self.read_ahead(g);
+        }
+        g
+    }
+
     fn read_ahead<'a>(&'a self, mut g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
         let was_open = g.terminal.is_none();
         g.reading = true;
@@ -1886,17 +1896,9 @@ impl Conn {
             self.apply(&mut g, change, lost);
         }
         g.registered = None;
-        g.read_armed = true;
         g.seen_reads = g.caller_reads;
         g.timer_at = None;
-        self.update_interest(&mut g);
-        if self.frames || self.t().buffered_input() {
-            // As in `start`: frames (or decrypted bytes) that came with the handshake raise
-            // no event, and a frame transport (shm) rings the reactor's socket only after a
-            // read found nothing: read until then, or the new connection is never read by
-            // the reactor (a pipe that only sends would miss its PONGs and acks).
-            g = self.read_ahead(g);
-        }
+        g = self.arm_reads(g);
         g = self.flush_if_idle(g);
         self.reschedule(&mut g);
         self.notify(&mut g);
@@ -2317,14 +2319,7 @@ impl Reactive for Conn {
             if !g.session.receive_paused() && !g.read_armed && g.terminal.is_none() {
                 if g.caller_reads == g.seen_reads && !g.reading {
                     // The caller has been away for a whole RECHECK: read ahead for it.
-                    g.read_armed = true;
-                    self.update_interest(&mut g);
-                    if self.frames || self.t().buffered_input() {
-                        // Input the transport holds itself raises no readiness event, and a
-                        // frame transport rings the reactor only once asked to (by a read
-                        // that finds nothing).
-                        g = self.read_ahead(g);
-                    }
+                    g = self.arm_reads(g);
                 } else {
                     g.seen_reads = g.caller_reads;
                     g.recheck_at = Some(now + RECHECK);
