@@ -33,6 +33,19 @@ fn measure_stream(a: &duct::Pipe, n: u64, payload: &Message) {
     std::hint::black_box(a.recv().unwrap());
 }
 
+/// The listener's side of `stream`: `total` messages taken in batches. (Counted alone with
+/// `--toggle-collect='*hotpath::receive_stream*'`.)
+#[inline(never)]
+fn receive_stream(b: &duct::Pipe, total: u64) {
+    let mut out = Vec::with_capacity(64);
+    let opts = duct::RecvOptions::default();
+    let mut got = 0;
+    while got < total {
+        out.clear();
+        got += b.recv_batch(&mut out, 64, &opts).unwrap() as u64;
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -53,14 +66,8 @@ fn main() {
     let echo = std::thread::spawn(move || {
         let b = listener.accept().unwrap();
         if stream {
-            let mut out = Vec::with_capacity(64);
-            let opts = duct::RecvOptions::default();
             for total in [1000, n] {
-                let mut got = 0;
-                while got < total {
-                    out.clear();
-                    got += b.recv_batch(&mut out, 64, &opts).unwrap() as u64;
-                }
+                receive_stream(&b, total);
                 b.send("done").unwrap();
             }
             let _ = b.recv();

@@ -409,6 +409,45 @@ impl Outbox {
         Admission::Queued
     }
 
+    /// A message that can go out at once as one frame, without queueing: nothing is queued
+    /// on any channel (so the scheduler has nothing to order it against), the pipe has no
+    /// rate limit, the channel no rate limit, and the message no time to live, is not
+    /// reliable and fits in one frame of `frame_max` bytes. Then it is framed now
+    /// (`Ok`), exactly as [`Outbox::offer_with`] followed by [`Outbox::poll`] would frame
+    /// it; otherwise it is handed back (`Err`) for [`Outbox::offer_with`], untouched.
+    #[inline]
+    pub fn offer_direct(
+        &mut self,
+        channel: u16,
+        payload: Bytes,
+        ttl: Option<std::time::Duration>,
+        reliable: Option<bool>,
+        now: Instant,
+        frame_max: usize,
+    ) -> Result<Transmit, Bytes> {
+        if self.msgs != 0
+            || self.pipe_msgs.is_some()
+            || self.pipe_bytes.is_some()
+            || ttl.is_some()
+            || payload.len() > frame_max.max(1)
+        {
+            return Err(payload);
+        }
+        let ch = self.chan(channel, now);
+        if reliable.unwrap_or(ch.cfg.reliable)
+            || ch.cfg.ttl.is_some()
+            || ch.msgs_bucket.is_some()
+            || ch.bytes_bucket.is_some()
+        {
+            return Err(payload);
+        }
+        Ok(Transmit {
+            header: Header::data(channel, payload.len() as u32).encode(),
+            payload,
+            deadline: None,
+        })
+    }
+
     /// Puts messages recovered from a broken connection back at the front of their
     /// channels, ahead of everything queued (they were older), in the order given per
     /// channel. No policy applies: they were accepted before; they carry no deadline any
@@ -969,7 +1008,7 @@ impl Outbox {
         // messages that waited for tokens are gone another way (expired), it is stale, and
         // would keep the session's deadline in the past.
         let rate = self.rate_wake.filter(|_| self.msgs > 0);
-        [rate, self.ttl_wake, rto].into_iter().flatten().min()
+        crate::session::earliest(crate::session::earliest(rate, self.ttl_wake), rto)
     }
 
     /// Hands out the counters of every channel that has non-zero ones, and zeroes them.

@@ -174,6 +174,25 @@ pub enum Event {
     },
 }
 
+/// The earlier of two optional instants (`None` is "never").
+#[inline]
+pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// What [`Session::send_direct`] did with a message.
+#[derive(Debug)]
+pub enum Direct {
+    /// Framed at once: write it before anything polled later.
+    Frame(Transmit),
+    /// Offered to the outbox, with this outcome.
+    Offered(Admission),
+}
+
 /// A frame to write: the 24 header bytes, then the payload. The payload is a view of the
 /// message's own `Bytes` (never a copy).
 #[derive(Clone, Debug)]
@@ -271,6 +290,9 @@ pub struct Session {
     rx_with_ttl: usize,
     /// No message in `messages` expires before this.
     rx_ttl_wake: Option<Instant>,
+    /// Input since [`Session::take_input_timers`] may have moved [`Session::poll_timeout`]
+    /// earlier: anything but plain data frames.
+    input_timers: bool,
     /// TTL was agreed: frames carry it both ways.
     ttl_agreed: bool,
     /// RELIABLE was agreed.
@@ -460,6 +482,7 @@ impl Session {
             rx_high: 0,
             rx_with_ttl: 0,
             rx_ttl_wake: None,
+            input_timers: true,
             rx_frag_deadline: ChannelMap::default(),
             ttl_agreed: false,
             rel_agreed: false,
@@ -588,6 +611,59 @@ impl Session {
         Ok(self.outbox.offer_with(channel, payload, ttl, reliable, now))
     }
 
+    /// [`Session::send_message`] for a message that may go out at once: when nothing else
+    /// waits to be written (no control frame, nothing queued) and the message needs no
+    /// scheduling (see [`Outbox::offer_direct`]), it is framed now and returned as
+    /// [`Direct::Frame`], the frame [`Session::poll_transmit_at`] would have returned next;
+    /// the caller writes it before anything it polls later. Otherwise the message is offered
+    /// to the outbox as [`Session::send_message`] does ([`Direct::Offered`]).
+    #[inline]
+    pub fn send_direct(
+        &mut self,
+        channel: u16,
+        payload: Bytes,
+        ttl: Option<Duration>,
+        reliable: Option<bool>,
+        now: Instant,
+    ) -> Result<Direct, Error> {
+        let direct = self.state == State::Established
+            && self.control.is_empty()
+            && self.close_frame.is_none();
+        let Some(neg) = self.negotiated.as_ref().filter(|_| direct) else {
+            return self
+                .send_message(channel, payload, ttl, reliable, now)
+                .map(Direct::Offered);
+        };
+        let len = payload.len();
+        let max = neg.send_message_max.min(self.config.max_message_size);
+        if len > max as usize {
+            return Err(Error::MessageTooLarge {
+                size: len as u64,
+                max: u64::from(max),
+            });
+        }
+        let frame_max = neg.send_frame_max as usize;
+        self.tick(now);
+        match self
+            .outbox
+            .offer_direct(channel, payload, ttl, reliable, now, frame_max)
+        {
+            Ok(mut t) => {
+                if self.rx_rel.owed() {
+                    // An owed ack rides on the data (cumulative only), as in poll_transmit.
+                    t.header[1] |= flags::ACK_PRESENT;
+                    let ack = crate::reliable::narrow(self.rx_rel.cumulative());
+                    t.header[12..16].copy_from_slice(&ack.to_be_bytes());
+                    self.rx_rel.acked(false);
+                }
+                Ok(Direct::Frame(t))
+            }
+            Err(payload) => self
+                .send_message(channel, payload, ttl, reliable, now)
+                .map(Direct::Offered),
+        }
+    }
+
     /// The messages accepted for sending and not yet framed.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
@@ -707,6 +783,8 @@ impl Session {
                         && !self.reassembly.in_progress(header.channel)
                         && payload.len() <= self.config.max_message_size as usize
                     {
+                        // A reliable message owes an ack: a deadline.
+                        self.input_timers |= header.has(flags::RELIABLE);
                         match self.arrived(&header, now) {
                             Ok(true) => {}
                             Ok(false) => continue, // a duplicate of a reliable message
@@ -776,11 +854,30 @@ impl Session {
             };
             return Err(self.fail(e.into()));
         }
+        // Plain data (one whole, unreliable frame without TTL or ack) only moves the
+        // heartbeat's deadlines later; anything else may bring one nearer.
+        const TIMED: u8 = flags::RELIABLE
+            | flags::ACK_PRESENT
+            | flags::MORE_FRAGMENTS
+            | flags::CONTINUATION
+            | flags::TTL_PRESENT;
+        let plain =
+            h.kind == FrameKind::Data && h.flags & TIMED == 0 && self.state == State::Established;
         let r = match self.state {
             State::Handshaking => self.handle_handshake(h, payload, now),
             _ => self.handle_established(h, payload, now),
         };
+        self.input_timers |= !plain || r.is_err();
         r.map_err(|e| self.fail(e))
+    }
+
+    /// Whether input handled since the last call may have moved [`Session::poll_timeout`]
+    /// earlier (and clears it). A driver that re-reads `poll_timeout` after every read can
+    /// skip that when this is `false`: plain data frames only push the heartbeat's deadlines
+    /// later, so a timer set for the earlier ones at worst fires early, finds nothing due
+    /// and is set again.
+    pub fn take_input_timers(&mut self) -> bool {
+        std::mem::take(&mut self.input_timers)
     }
 
     /// The next frame to write, at the latest time a call brought: see
@@ -1035,20 +1132,15 @@ impl Session {
             // Once our CLOSE is written nothing more is: the outbox's timers (retransmission,
             // rate limits, TTL) mean nothing any more.
             let outbox = self.outbox.next_wake().filter(|_| !self.close_written());
-            [outbox, ack].into_iter().flatten().min()
+            earliest(outbox, ack)
         } else {
             None
         };
-        [
-            self.handshake_deadline,
-            self.reassembly.next_deadline(),
-            hb,
-            qos,
-            self.rx_ttl_wake,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        // (Called after every read: a chain of comparisons, not an iterator.)
+        let t = earliest(self.handshake_deadline, hb);
+        let t = earliest(t, qos);
+        let t = earliest(t, self.rx_ttl_wake);
+        earliest(t, self.reassembly.next_deadline())
     }
 
     /// Smoothed round-trip time measured with heartbeat PINGs (`None` until a PONG came).
@@ -1483,6 +1575,7 @@ impl Session {
     fn fail(&mut self, e: Error) -> Error {
         let was = self.state;
         self.state = State::Closed;
+        self.input_timers = true;
         self.handshake_deadline = None;
         self.reassembly.clear();
         if matches!(was, State::Established) {

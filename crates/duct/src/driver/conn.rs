@@ -48,7 +48,7 @@ use bytes::Bytes;
 use duct_proto::lifecycle::{Change, Ignored, Lifecycle, Next, Phase, Policy};
 use duct_proto::qos::{Admission, ChannelMap, DropReason};
 use duct_proto::wire::control::caps;
-use duct_proto::{Delivered, Event, Session};
+use duct_proto::{Delivered, Direct, Event, Session, Transmit};
 use mio::Interest;
 
 use super::handshake::Handshake;
@@ -234,6 +234,19 @@ pub(crate) fn resumable(session: &Session) -> bool {
 impl Shared {
     fn state(&self) -> PipeState {
         pipe_state(self.life.phase())
+    }
+
+    /// Whether a send may take the direct path ([`Session::send_direct`], written at once):
+    /// connected, open, nobody else writing, and the write queue empty. (A frame the socket
+    /// did not take waits in the write queue; while it does, messages wait in their
+    /// channel's queue, under its high-water mark and policy, not in the write queue.)
+    #[inline]
+    fn may_send_direct(&self) -> bool {
+        self.terminal.is_none()
+            && self.local_closed.is_none()
+            && !self.writing
+            && self.wq_frames == 0
+            && self.state() == PipeState::Connected
     }
 
     fn count_sent(&mut self, run: Run) {
@@ -600,17 +613,17 @@ impl Conn {
         let publish_at = g.publish_at;
         #[cfg(not(feature = "metrics"))]
         let publish_at = None;
-        let next = [
-            g.session.poll_timeout(),
-            g.recheck_at,
-            g.linger_until,
-            g.sample_at,
-            g.wakers.next_deadline(),
-            publish_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        // (Called after every read: a chain of comparisons, not an iterator.)
+        let earliest = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, None) => a,
+            (None, b) => b,
+        };
+        let next = earliest(g.session.poll_timeout(), g.recheck_at);
+        let next = earliest(next, g.linger_until);
+        let next = earliest(next, g.sample_at);
+        let next = earliest(next, g.wakers.next_deadline());
+        let next = earliest(next, publish_at);
         if let (Some(n), Some(handle)) = (next, self.reactor.get()) {
             if g.timer_at.is_none_or(|t| n < t) {
                 g.timer_at = Some(n);
@@ -795,7 +808,27 @@ impl Conn {
         timeout: Duration,
     ) -> Result<(), Error> {
         let len = payload.len();
-        let g = self.lock();
+        let mut g = self.lock();
+        let mut payload = payload;
+        if g.may_send_direct() {
+            // The direct path: with nothing queued before it, the message is framed at once
+            // and written by this call (no trip through the channel's queue).
+            match g
+                .session
+                .send_direct(channel, payload, meta.ttl, meta.reliable, now)
+                .map_err(|e| self.send_error(e, channel))?
+            {
+                Direct::Frame(t) => return self.sent(g, channel, len, Some(t)),
+                Direct::Offered(Admission::Queued | Admission::Dropped(_)) => {
+                    return self.sent(g, channel, len, None)
+                }
+                Direct::Offered(Admission::Refused(_, why)) => {
+                    return Err(self.refused(&g, channel, why))
+                }
+                // The queue is full: wait for room as any send does.
+                Direct::Offered(Admission::Wait(p)) => payload = p,
+            }
+        }
         let g = self.admit(
             g,
             channel,
@@ -805,7 +838,7 @@ impl Conn {
             now + timeout,
             !timeout.is_zero(),
         )?;
-        self.sent(g, channel, len)
+        self.sent(g, channel, len, None)
     }
 
     /// The async form of [`Conn::send`]: takes the message out of `payload` and accepts it,
@@ -836,7 +869,7 @@ impl Conn {
             Some(park),
         )?;
         match admitted {
-            Admitted::Yes(g) => self.sent(g, channel, len).map(|()| true),
+            Admitted::Yes(g) => self.sent(g, channel, len, None).map(|()| true),
             Admitted::Parked(g, msg) => {
                 *payload = Some(msg);
                 drop(g);
@@ -847,22 +880,30 @@ impl Conn {
     }
 
     /// After a message of `len` bytes was accepted on `channel`: counts it, and writes it
-    /// unless another thread is writing.
+    /// unless another thread is writing. `frame`: the message, framed by
+    /// [`Session::send_direct`] while nobody was writing (it goes out first).
     fn sent<'a>(
         &'a self,
         mut g: MutexGuard<'a, Shared>,
         channel: u16,
         len: usize,
+        frame: Option<Transmit>,
     ) -> Result<(), Error> {
         g.count_sent(Run::start(channel, len));
         self.trace_sent(channel, len);
         if g.state() == PipeState::Reconnecting {
+            debug_assert!(frame.is_none(), "framed only while connected");
             return Ok(());
         }
+        // (A direct frame is made only while nobody writes, under this same lock.)
+        debug_assert!(
+            frame.is_none() || !g.writing,
+            "a direct frame while another writes"
+        );
         if !g.writing {
             let failures = g.write_failures;
             g.writing = true;
-            g = self.flush(g);
+            g = self.flush_with(g, frame);
             if g.write_failures != failures {
                 // Our own write failed: say so rather than pretend the message went out. (The
                 // pipe ending otherwise meanwhile, say the peer closing after reading it, is
@@ -890,8 +931,62 @@ impl Conn {
         let mut run = Run::default();
         let mut g = self.lock();
         let mut failure = None;
-        for (channel, payload) in msgs {
+        // The direct path (see `send`): while nothing is queued before them, messages are
+        // framed at once into the write queue, which this call holds (as the writer) until
+        // about one `sendmsg`'s worth is there; the rest go through the channels' queues.
+        let mut direct = None;
+        for (channel, mut payload) in msgs {
             let len = payload.len();
+            if direct
+                .as_ref()
+                .is_some_and(|w: &MutexGuard<'_, WriteQueue>| !w.wants_more())
+            {
+                drop(direct.take());
+                g = self.flush(g);
+            }
+            if direct.is_none() && g.may_send_direct() {
+                g.writing = true;
+                direct = Some(self.write.lock().unwrap_or_else(|p| p.into_inner()));
+            }
+            if let Some(w) = direct.as_mut() {
+                let offered =
+                    match g
+                        .session
+                        .send_direct(channel, payload, meta.ttl, meta.reliable, now)
+                    {
+                        Ok(Direct::Frame(t)) => {
+                            w.push(t);
+                            Ok(None)
+                        }
+                        Ok(Direct::Offered(Admission::Queued | Admission::Dropped(_))) => Ok(None),
+                        Ok(Direct::Offered(Admission::Refused(_, why))) => {
+                            Err(self.refused(&g, channel, why))
+                        }
+                        Ok(Direct::Offered(Admission::Wait(p))) => Ok(Some(p)),
+                        Err(e) => Err(self.send_error(e, channel)),
+                    };
+                match offered {
+                    Ok(None) => {
+                        sent += 1;
+                        self.trace_sent(channel, len);
+                        if !run.add(channel, len) {
+                            g.count_sent(run);
+                            run = Run::start(channel, len);
+                        }
+                        continue;
+                    }
+                    Ok(Some(p)) => payload = p,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(w) = direct.take() {
+                // Write what was framed (this call is the writer), then go on the usual way.
+                drop(w);
+                g = self.flush(g);
+            }
             g = match self.admit(g, channel, payload, meta, now, deadline, !timeout.is_zero()) {
                 Ok(g) => g,
                 Err(e) => {
@@ -909,7 +1004,10 @@ impl Conn {
         }
         g.count_sent(run);
         let failures = g.write_failures;
-        if !g.writing && g.state() != PipeState::Reconnecting {
+        if let Some(w) = direct.take() {
+            drop(w);
+            g = self.flush(g);
+        } else if !g.writing && g.state() != PipeState::Reconnecting {
             g.writing = true;
             g = self.flush(g);
         }
@@ -998,13 +1096,27 @@ impl Conn {
     /// Writes queued frames until the queue is empty or the socket is full; a full socket
     /// leaves the rest to the reactor (it watches writability). The caller has set `writing`;
     /// this clears it and wakes waiters. Transport errors end the connection.
-    fn flush<'a>(&'a self, mut g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
+    fn flush<'a>(&'a self, g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
+        self.flush_with(g, None)
+    }
+
+    /// [`Conn::flush`], with `first` (a frame the session handed out directly, the next after
+    /// those already in the write queue) written first.
+    fn flush_with<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Shared>,
+        first: Option<Transmit>,
+    ) -> MutexGuard<'a, Shared> {
         if g.state() == PipeState::Reconnecting {
             // No connection to write to: the queue waits for the next one.
+            debug_assert!(first.is_none(), "framed only while connected");
             g.writing = false;
             return g;
         }
         let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = first {
+            w.push(t);
+        }
         // Frames left the send queues or reached the transport (async calls are woken only
         // then: a flush that finds the socket full changes nothing they wait for, and waking
         // them would have them flush again, in turn).
@@ -1338,7 +1450,9 @@ impl Conn {
                     self.end(g, err, PipeState::Closed);
                 }
                 self.drain_events(g);
-                self.reschedule(g);
+                if g.session.take_input_timers() {
+                    self.reschedule(g);
+                }
                 g.terminal.is_none()
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,

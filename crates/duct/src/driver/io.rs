@@ -144,12 +144,18 @@ impl WriteQueue {
     /// session's per-channel queues, where priority, TTL and policies still apply to it.
     #[inline]
     pub(crate) fn take_from(&mut self, session: &mut duct_proto::Session, now: Instant) {
-        while self.bytes - self.offset < PULL_BYTES && self.frames.len() < MAX_IOV {
+        while self.wants_more() {
             match session.poll_transmit_at(now) {
                 Some(t) => self.push(t),
                 None => break,
             }
         }
+    }
+
+    /// Less than about one `sendmsg`'s worth is queued: more frames may be taken.
+    #[inline]
+    pub(crate) fn wants_more(&self) -> bool {
+        self.bytes - self.offset < PULL_BYTES && self.frames.len() < MAX_IOV
     }
 
     /// Nothing left to write: no frames, and no output the transport buffered itself.

@@ -582,6 +582,12 @@ impl ShmStream {
             if self.read_shut.load(Ordering::Acquire) {
                 return Ok(0);
             }
+            // A blocking receive spins first: a frame that arrives while it spins costs no
+            // syscall. The spin looks at the control socket now and then, and it is read
+            // below before parking, so a peer that is gone is still seen at once.
+            if !nonblocking && !self.ended.load(Ordering::Acquire) && self.spin_for_input(None)? {
+                continue;
+            }
             self.drain_ctl();
             if self.ended.load(Ordering::Acquire) {
                 // Whatever the peer published before it went is still delivered.
@@ -595,9 +601,6 @@ impl ShmStream {
                     continue;
                 }
                 return Err(io::ErrorKind::WouldBlock.into());
-            }
-            if self.spin_for_input(None)? {
-                continue;
             }
             wait::prepare(word, wait::PARKED);
             if !self.rx_waiting()? {
@@ -677,12 +680,14 @@ impl ShmStream {
             if self.rx_waiting()? || self.read_shut.load(Ordering::Acquire) {
                 return Ok(true);
             }
+            // Spin first (no syscall while a frame comes soon), then read the control socket
+            // before parking: a peer that is gone is seen at once either way.
+            if !self.ended.load(Ordering::Acquire) && self.spin_for_input(deadline)? {
+                continue;
+            }
             self.drain_ctl();
             if self.ended.load(Ordering::Acquire) {
                 return Ok(true);
-            }
-            if self.spin_for_input(deadline)? {
-                continue;
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {

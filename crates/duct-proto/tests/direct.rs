@@ -1,0 +1,232 @@
+//! `Session::send_direct` (a message framed at once when nothing waits before it) frames
+//! exactly what `send_message` followed by `poll_transmit` would, and takes the queued way
+//! whenever scheduling could matter; `Session::take_input_timers` says when input may have
+//! brought a deadline nearer.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use duct_proto::qos::{Admission, Backpressure, ChannelConfig, QosConfig, Rate};
+use duct_proto::wire::Header;
+use duct_proto::{Config, Direct, Session};
+
+use common::{established, frames, pump_frames};
+
+fn with_qos(qos: QosConfig) -> Config {
+    Config {
+        qos: Arc::new(qos),
+        ..Config::default()
+    }
+}
+
+fn direct_frame(d: Direct) -> duct_proto::Transmit {
+    match d {
+        Direct::Frame(t) => t,
+        Direct::Offered(a) => panic!("expected a direct frame, got {a:?}"),
+    }
+}
+
+fn offered(d: Direct) -> Admission {
+    match d {
+        Direct::Frame(t) => panic!("expected the queued way, got a frame {:?}", t.header),
+        Direct::Offered(a) => a,
+    }
+}
+
+#[test]
+fn a_direct_frame_is_the_frame_the_queued_way_makes() {
+    let now = Instant::now();
+    let (mut a, _) = established(Config::default(), Config::default(), now);
+    let (mut b, _) = established(Config::default(), Config::default(), now);
+    for (channel, len) in [(0u16, 0usize), (1, 64), (7, 1000), (65535, 3)] {
+        let payload = Bytes::from(vec![channel as u8; len]);
+        let t = direct_frame(
+            a.send_direct(channel, payload.clone(), None, None, now)
+                .unwrap(),
+        );
+        assert_eq!(
+            b.send_message(channel, payload, None, None, now).unwrap(),
+            Admission::Queued
+        );
+        let q = b.poll_transmit().expect("the queued frame");
+        assert_eq!(t.header, q.header, "channel {channel}, {len} bytes");
+        assert_eq!(t.payload, q.payload);
+        assert_eq!(t.deadline, None);
+        assert!(a.outbox().is_empty() && a.poll_transmit().is_none());
+    }
+}
+
+#[test]
+fn the_direct_frame_carries_an_owed_ack() {
+    let now = Instant::now();
+    let reliable = ChannelConfig {
+        reliable: true,
+        ..ChannelConfig::default()
+    };
+    let qos = QosConfig {
+        channels: [(2u16, reliable)].into_iter().collect(),
+        ..QosConfig::default()
+    };
+    let (mut d, mut l) = established(with_qos(qos.clone()), with_qos(qos), now);
+    // A reliable message from the dialer: the listener owes an ack.
+    d.send_message(2, Bytes::from_static(b"trade"), None, None, now)
+        .unwrap();
+    pump_frames(&mut d, &mut l, now).unwrap();
+    assert!(
+        l.take_input_timers(),
+        "a reliable frame brings an ack deadline"
+    );
+    let t = direct_frame(
+        l.send_direct(1, Bytes::from_static(b"pos"), None, None, now)
+            .unwrap(),
+    );
+    let h = Header::decode(&t.header).unwrap();
+    assert!(h.has(duct_proto::wire::flags::ACK_PRESENT), "{h:?}");
+    assert_eq!(h.ack, 1);
+}
+
+#[test]
+fn whatever_needs_scheduling_takes_the_queued_way() {
+    let now = Instant::now();
+    let paced = ChannelConfig {
+        msgs_rate: Rate::new(1000.0, 10),
+        backpressure: Backpressure::DropNew,
+        ..ChannelConfig::default()
+    };
+    let with_ttl = ChannelConfig {
+        ttl: Some(Duration::from_millis(50)),
+        ..ChannelConfig::default()
+    };
+    let reliable = ChannelConfig {
+        reliable: true,
+        ..ChannelConfig::default()
+    };
+    let qos = QosConfig {
+        channels: [(1u16, paced), (2, with_ttl), (3, reliable)]
+            .into_iter()
+            .collect(),
+        ..QosConfig::default()
+    };
+    let (mut s, _) = established(with_qos(qos.clone()), with_qos(qos), now);
+    let p = || Bytes::from_static(b"x");
+    // A rate-limited channel, a channel TTL, a reliable channel, a TTL or reliability asked
+    // for per message: queued, and framed by poll_transmit in order.
+    for (channel, ttl, rel) in [
+        (1u16, None, None),
+        (2, None, None),
+        (3, None, None),
+        (0, Some(Duration::from_millis(5)), None),
+        (0, None, Some(true)),
+    ] {
+        let a = offered(s.send_direct(channel, p(), ttl, rel, now).unwrap());
+        assert_eq!(a, Admission::Queued, "channel {channel}");
+        assert_eq!(frames(&mut s).len(), 1, "channel {channel}");
+    }
+    // Something queued already: the next message queues behind it, on any channel.
+    s.send_message(0, p(), Some(Duration::from_millis(5)), None, now)
+        .unwrap();
+    assert_eq!(
+        offered(s.send_direct(9, p(), None, None, now).unwrap()),
+        Admission::Queued
+    );
+    let order: Vec<u16> = frames(&mut s).iter().map(|(h, _)| h.channel).collect();
+    assert_eq!(order, vec![0, 9]);
+    // A control frame waiting (a PING) goes first: the message queues.
+    s.ping(7).unwrap();
+    assert_eq!(
+        offered(s.send_direct(4, p(), None, None, now).unwrap()),
+        Admission::Queued
+    );
+    let kinds: Vec<_> = frames(&mut s).iter().map(|(h, _)| h.kind).collect();
+    assert_eq!(kinds.len(), 2);
+    assert_eq!(kinds[1], duct_proto::wire::FrameKind::Data);
+}
+
+#[test]
+fn direct_sends_keep_the_limits_and_the_state_checks() {
+    let now = Instant::now();
+    let small = Config {
+        max_message_size: 100,
+        ..Config::default()
+    };
+    let (mut s, _) = established(small, Config::default(), now);
+    let e = s
+        .send_direct(1, Bytes::from(vec![0; 101]), None, None, now)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            duct_proto::Error::MessageTooLarge {
+                size: 101,
+                max: 100
+            }
+        ),
+        "{e:?}"
+    );
+    // Before the handshake: not connected, as send_message says.
+    let mut fresh = Session::new(Config::default(), duct_proto::Role::Dialer, now);
+    assert!(fresh
+        .send_direct(1, Bytes::from_static(b"x"), None, None, now)
+        .is_err());
+    // After a local close: closed.
+    s.close(1000, "bye", now);
+    assert!(s
+        .send_direct(1, Bytes::from_static(b"x"), None, None, now)
+        .is_err());
+}
+
+#[test]
+fn only_plain_data_leaves_the_timers_alone() {
+    let now = Instant::now();
+    let small = Config {
+        max_frame_payload: 1024,
+        ..Config::default()
+    };
+    let (mut d, mut l) = established(small.clone(), small, now);
+    l.take_input_timers();
+    // Plain data, by frames and by bytes: no deadline nearer.
+    d.send(1, Bytes::from_static(b"pos"), now).unwrap();
+    pump_frames(&mut d, &mut l, now).unwrap();
+    assert!(!l.take_input_timers());
+    d.send(1, Bytes::from_static(b"pos"), now).unwrap();
+    let mut buf = bytes::BytesMut::new();
+    for (h, p) in frames(&mut d) {
+        buf.extend_from_slice(&h.encode());
+        buf.extend_from_slice(&p);
+    }
+    l.handle_input(&mut buf, now).unwrap();
+    assert!(!l.take_input_timers());
+    // A fragment starts a reassembly deadline.
+    d.send(1, Bytes::from(vec![1; 3000]), now).unwrap();
+    let mut f = frames(&mut d).into_iter();
+    let (h, p) = f.next().unwrap();
+    l.handle_frame(h, p, now).unwrap();
+    assert!(l.take_input_timers(), "a fragment");
+    for (h, p) in f {
+        l.handle_frame(h, p, now).unwrap();
+    }
+    // A message with a TTL has an expiry.
+    d.send_message(
+        1,
+        Bytes::from_static(b"t"),
+        Some(Duration::from_millis(9)),
+        None,
+        now,
+    )
+    .unwrap();
+    pump_frames(&mut d, &mut l, now).unwrap();
+    assert!(l.take_input_timers(), "a TTL");
+    // Control frames (a PING) may too.
+    d.ping(1).unwrap();
+    pump_frames(&mut d, &mut l, now).unwrap();
+    assert!(l.take_input_timers(), "a PING");
+    // Bad input does.
+    let bad = Header::data(1, 5);
+    assert!(l
+        .handle_frame(bad, Bytes::from_static(b"abc"), now)
+        .is_err());
+    assert!(l.take_input_timers(), "an error");
+}
