@@ -296,6 +296,43 @@ impl PoolTx {
         None
     }
 
+    /// Copies `bytes` into a free slot of the smallest class that has one and hands the slot
+    /// to the peer at once: what [`PoolTx::alloc`], [`TxSlot::fill`] and [`TxSlot::send`] do,
+    /// without making a [`TxSlot`] (whose reference to the pool costs two atomic operations
+    /// per message). Returns the index and length to put in the descriptor, or `None` when no
+    /// slot that fits is free.
+    pub fn send_copy(&self, bytes: &[u8]) -> Option<(u32, u32)> {
+        let len = bytes.len();
+        for (ci, c) in self.mem.classes.iter().enumerate() {
+            if (c.size as usize) < len || c.count == 0 {
+                continue;
+            }
+            if let Some((slot, ptr, cap)) = self.take_in_class(ci, c) {
+                debug_assert!(len <= cap);
+                // SAFETY: `ptr..ptr+cap` is the slot, inside the pool's data area (valid while
+                // `self.mem` lives); `take_in_class` gave it to this process exclusively (its
+                // held flag is set, and only `release` below clears it), and `len <= c.size ==
+                // cap`. The peer does not touch a busy slot before we send it (if a hostile one
+                // does, it garbles its own input). `bytes` is ordinary memory: no overlap.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr.as_ptr(), len) };
+                self.release(slot, true, None);
+                return Some((slot, len as u32));
+            }
+        }
+        None
+    }
+
+    /// Starts the next searches for a free slot at the bottom of each class again. For a
+    /// sender that knows the peer holds little (its ring is empty): the same few slots, and
+    /// the same pages, are then used over and over (warm in the caches, and the rest of the
+    /// pool never touched, so never resident) instead of a turn through the whole pool.
+    /// Only where searches start changes: a busy slot is skipped as always.
+    pub fn rewind(&self) {
+        for c in self.cursors.iter() {
+            c.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// A free slot of class `ci`: its index, address and size.
     fn take_in_class(&self, ci: usize, c: &ClassMem) -> Option<(u32, NonNull<u8>, usize)> {
         // (No division: these run on every send.)
@@ -648,6 +685,48 @@ mod tests {
         assert_eq!(&*got, b"hello pool");
         drop(got);
         assert_eq!(mem.busy(), 0, "freed by the consumer");
+    }
+
+    #[test]
+    fn send_copy_is_alloc_fill_send() {
+        let mem = PoolMem::heap(CLASSES);
+        let tx = PoolTx::new(mem.clone());
+        let rx = PoolRx::new(mem.clone(), || {});
+        let (a, la) = tx.send_copy(b"first").unwrap();
+        let (b, lb) = tx.send_copy(&[7u8; 64]).unwrap();
+        let (c, lc) = tx.send_copy(&[9u8; 65]).unwrap();
+        assert_eq!(mem.busy(), 3, "all three in flight");
+        assert!(tx.send_copy(b"x").is_none(), "every slot is busy");
+        assert!(tx.send_copy(&[0u8; 257]).is_none(), "larger than any class");
+        assert_eq!(&*rx.take(a, la).unwrap(), b"first");
+        assert_eq!(&*rx.take(b, lb).unwrap(), &[7u8; 64][..]);
+        let big = rx.take(c, lc).unwrap();
+        assert_eq!((big.len(), big[64]), (65, 9), "the 256-byte class");
+        drop(big);
+        assert_eq!(mem.busy(), 0, "freed by the consumer");
+        let (d, ld) = tx.send_copy(b"").unwrap();
+        assert_eq!(ld, 0);
+        assert!(rx.take(d, ld).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rewind_reuses_the_lowest_free_slots() {
+        let mem = PoolMem::heap(&[Class { size: 64, count: 4 }]);
+        let tx = PoolTx::new(mem.clone());
+        let rx = PoolRx::new(mem.clone(), || {});
+        let (a, la) = tx.send_copy(b"a").unwrap();
+        let (b, lb) = tx.send_copy(b"b").unwrap();
+        assert_eq!((a, b), (0, 1));
+        drop(rx.take(a, la).unwrap());
+        // Without a rewind the search goes on upwards.
+        let (c, lc) = tx.send_copy(b"c").unwrap();
+        assert_eq!(c, 2);
+        drop(rx.take(c, lc).unwrap());
+        tx.rewind();
+        // From the bottom: slot 0 is free again, slot 1 still busy (skipped).
+        assert_eq!(tx.send_copy(b"d").unwrap().0, 0);
+        assert_eq!(tx.send_copy(b"e").unwrap().0, 2);
+        drop(rx.take(b, lb).unwrap());
     }
 
     #[test]

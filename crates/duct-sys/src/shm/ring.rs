@@ -79,6 +79,14 @@ impl RingCtl {
         &self.producer
     }
 
+    /// Whether the producer published a descriptor the consumer has not taken: a hint for a
+    /// waiting consumer, read without the consumer's state (so without its lock). A hostile
+    /// producer's counter is checked when the consumer pops, not here.
+    #[inline]
+    pub fn published(&self) -> bool {
+        self.head.load(Ordering::Acquire) != self.tail.load(Ordering::Relaxed)
+    }
+
     /// Overwrites the producer's counter with anything: what a buggy or hostile peer can do
     /// to the shared memory. For tests of the consumer's checks; never part of the protocol.
     #[doc(hidden)]
@@ -365,9 +373,11 @@ mod tests {
         let mut p = mem.producer();
         let mut c = mem.consumer();
         assert_eq!(c.pop(), Ok(None));
+        assert!(!mem.ctl().published());
         for round in 0..5u32 {
             for i in 0..4 {
                 assert_eq!(p.push(desc(round * 4 + i)), Ok(true));
+                assert!(mem.ctl().published());
             }
             assert_eq!(p.push(desc(99)), Ok(false), "full at capacity");
             assert_eq!(p.len(), Ok(4));
@@ -375,6 +385,7 @@ mod tests {
                 assert_eq!(c.pop(), Ok(Some(desc(round * 4 + i))));
             }
             assert_eq!(c.pop(), Ok(None));
+            assert!(!mem.ctl().published(), "all taken");
             assert_eq!(p.is_empty(), Ok(true));
         }
     }

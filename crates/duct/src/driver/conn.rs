@@ -52,7 +52,7 @@ use duct_proto::{Delivered, Direct, Event, Session, Transmit};
 use mio::Interest;
 
 use super::handshake::Handshake;
-use super::io::{ReadBuf, WriteQueue};
+use super::io::{with_transport, ReadBuf, WriteQueue};
 use super::reactor::{self, Reactive, ReactorHandle};
 use super::reconnect;
 use super::wakers::{WaitFor, WakerSet};
@@ -392,6 +392,9 @@ impl Conn {
         let metrics = observability::PipeMetrics::new(config.pipe_id, transport_name, role);
         let mut wq = hs.wq;
         wq.take_from(&mut hs.session, Instant::now());
+        wq.transport = Some(Arc::clone(&transport));
+        let mut rbuf = hs.rbuf;
+        rbuf.transport = Some(Arc::clone(&transport));
         let mut life = Lifecycle::new(config.policy);
         let first = life
             .connected(session_id)
@@ -444,7 +447,7 @@ impl Conn {
             transport: RwLock::new(transport),
             shared: Mutex::new(shared),
             cv: Condvar::new(),
-            read: Mutex::new(hs.rbuf),
+            read: Mutex::new(rbuf),
             write: Mutex::new(wq),
             local_addr,
             peer_addr: RwLock::new(peer_addr),
@@ -1130,9 +1133,27 @@ impl Conn {
                 break Ok(true);
             }
             let before = (w.frames(), w.bytes());
-            drop(g);
-            let res = w.write_nonblocking(&*self.t());
-            g = self.lock();
+            let res = if self.frames {
+                // Shared memory: a push never blocks and costs a copy into the pool (a wake-up
+                // call at most): keep the lock rather than pay for taking it again.
+                with_transport(
+                    &mut *w,
+                    |w| &mut w.transport,
+                    || self.t(),
+                    |w, t| w.write_nonblocking(t),
+                )
+            } else {
+                // A socket write is a system call: other threads may use the pipe meanwhile.
+                drop(g);
+                let res = with_transport(
+                    &mut *w,
+                    |w| &mut w.transport,
+                    || self.t(),
+                    |w, t| w.write_nonblocking(t),
+                );
+                g = self.lock();
+                res
+            };
             progressed |= (w.frames(), w.bytes()) != before;
             match res {
                 Ok(true) => continue,
@@ -1417,18 +1438,22 @@ impl Conn {
         wait: Wait,
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
-        let t = &*self.t();
-        match wait {
-            Wait::No => r.recv(t, needed, true),
-            Wait::Forever => r.recv(t, needed, false),
-            Wait::Until(_) => {
-                if t.wait_readable(deadline)? {
-                    r.recv(t, needed, true)
-                } else {
-                    Err(io::ErrorKind::WouldBlock.into())
+        with_transport(
+            r,
+            |r| &mut r.transport,
+            || self.t(),
+            |r, t| match wait {
+                Wait::No => r.recv(t, needed, true),
+                Wait::Forever => r.recv(t, needed, false),
+                Wait::Until(_) => {
+                    if t.wait_readable(deadline)? {
+                        r.recv(t, needed, true)
+                    } else {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    }
                 }
-            }
-        }
+            },
+        )
     }
 
     /// Feeds the result of a read to the session. Returns whether the transport may have
@@ -1501,7 +1526,12 @@ impl Conn {
             }
             let needed = g.session.input_needed(&r.data);
             drop(g);
-            let res = r.recv(&*self.t(), needed, true);
+            let res = with_transport(
+                &mut *r,
+                |r| &mut r.transport,
+                || self.t(),
+                |r, t| r.recv(t, needed, true),
+            );
             g = self.lock();
             if !self.absorb(&mut g, &mut r, res) {
                 break;
@@ -1905,7 +1935,7 @@ impl Conn {
         self.span
             .record("peer_addr", tracing::field::display(&peer_addr));
         *self.peer_addr.write().unwrap_or_else(|p| p.into_inner()) = peer_addr;
-        {
+        let transport = {
             let mut t = self.transport.write().unwrap_or_else(|p| p.into_inner());
             if let Some(f) = t.frame_io() {
                 // The old connection's copy counts stay in the pipe's totals.
@@ -1915,7 +1945,8 @@ impl Conn {
                 g.stats.zero_copy_frames += lent;
             }
             *t = Arc::new(hs.stream);
-        }
+            Arc::clone(&t)
+        };
         // The old session's counters are the pipe's; its outbox (messages not framed, and
         // those sent while reconnecting) moves to the new session.
         g.collect_drops();
@@ -1971,9 +2002,12 @@ impl Conn {
         {
             let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
             w.take_from(&mut g.session, now);
+            w.transport = Some(Arc::clone(&transport));
             g.wq_bytes = w.bytes();
             g.wq_frames = w.frames();
-            *self.read.lock().unwrap_or_else(|p| p.into_inner()) = hs.rbuf;
+            let mut rbuf = hs.rbuf;
+            rbuf.transport = Some(transport);
+            *self.read.lock().unwrap_or_else(|p| p.into_inner()) = rbuf;
         }
         g.break_cause = None;
         g.stats.reconnects += 1;

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::io::IoSlice;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -19,6 +20,53 @@ use super::{FrameIo, RawFrame, StreamTransport};
 /// Bytes read per refill of an empty buffer. Larger frames grow the buffer to fit.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
 
+/// Spare chunks for a buffer of received bytes that hands its contents out as `Bytes` views
+/// (the stream read buffer, shm's copies of small payloads).
+///
+/// When the buffer runs out of room, its allocation can be taken back only once every view
+/// of it is gone; while some are alive (messages queued unread, or kept by the
+/// application), `BytesMut::reserve` would allocate a new chunk, over and over in a steady
+/// stream. Instead the used chunk is kept here, and a kept chunk whose views are all gone is
+/// taken again: in steady state nothing is allocated. At most [`SPARE_CHUNKS`] chunks, each
+/// of at most [`SPARE_MAX`] bytes, are kept.
+#[derive(Default)]
+pub(crate) struct Chunks {
+    spare: VecDeque<BytesMut>,
+}
+
+/// Chunks kept by [`Chunks`].
+const SPARE_CHUNKS: usize = 4;
+/// Largest chunk [`Chunks`] keeps (a chunk grown for one large frame is let go).
+const SPARE_MAX: usize = 4 * READ_CHUNK;
+
+impl Chunks {
+    /// Makes room in `buf` for at least `need` more bytes, keeping its contents: in place,
+    /// in its own allocation taken back, in a spare chunk, or else in a new chunk of at least
+    /// `chunk` bytes.
+    pub(crate) fn make_room(&mut self, buf: &mut BytesMut, need: usize, chunk: usize) {
+        if buf.capacity() - buf.len() >= need || buf.try_reclaim(need) {
+            return;
+        }
+        let total = buf.len() + need;
+        let reuse = self.spare.iter_mut().position(|c| c.try_reclaim(total));
+        let mut next = match reuse.and_then(|i| self.spare.remove(i)) {
+            Some(c) => c,
+            None => BytesMut::with_capacity(total.max(chunk)),
+        };
+        next.extend_from_slice(buf);
+        let mut used = std::mem::replace(buf, next);
+        // (Emptied, the used chunk still holds its allocation: what `try_reclaim` takes back
+        // once the views of it are gone.)
+        used.clear();
+        if used.capacity() <= SPARE_MAX {
+            if self.spare.len() == SPARE_CHUNKS {
+                self.spare.pop_front();
+            }
+            self.spare.push_back(used);
+        }
+    }
+}
+
 /// Receive buffer of one connection.
 ///
 /// `data` holds the received bytes not yet taken by the deframer; reads append to it (into its
@@ -29,8 +77,14 @@ pub(crate) const READ_CHUNK: usize = 64 * 1024;
 /// connection reads without allocating.
 pub(crate) struct ReadBuf {
     pub(crate) data: BytesMut,
+    /// Chunks of `data` for reuse.
+    chunks: Chunks,
     /// Frames from a frame transport (shared memory), not yet handed to the session.
     pub(crate) frames: VecDeque<RawFrame>,
+    /// The transport this buffer reads from, kept here by the driver (set with the buffer,
+    /// under the same lock) so that a read does not clone the pipe's shared handle to it:
+    /// see [`with_transport`].
+    pub(crate) transport: Option<Arc<dyn StreamTransport>>,
 }
 
 /// Frames taken from a frame transport per receive.
@@ -40,7 +94,9 @@ impl ReadBuf {
     pub(crate) fn new() -> Self {
         ReadBuf {
             data: BytesMut::new(),
+            chunks: Chunks::default(),
             frames: VecDeque::new(),
+            transport: None,
         }
     }
 
@@ -80,11 +136,25 @@ impl ReadBuf {
             return f.recv_frames(&mut self.frames, FRAMES_PER_RECV, nonblocking);
         }
         let want_free = needed.saturating_sub(self.data.len()).max(4096);
-        if self.data.capacity() - self.data.len() < want_free {
-            self.data.reserve(want_free.max(READ_CHUNK));
-        }
+        self.chunks.make_room(&mut self.data, want_free, READ_CHUNK);
         transport.recv_into(&mut self.data, nonblocking)
     }
+}
+
+/// Runs `f` with the transport kept in `slot` (moved out and back: no reference count
+/// changes, which cost an atomic operation each on every message), or with `fallback()`'s
+/// when the slot is empty, which is then kept.
+#[inline]
+pub(crate) fn with_transport<T, R>(
+    owner: &mut T,
+    slot: fn(&mut T) -> &mut Option<Arc<dyn StreamTransport>>,
+    fallback: impl FnOnce() -> Arc<dyn StreamTransport>,
+    f: impl FnOnce(&mut T, &dyn StreamTransport) -> R,
+) -> R {
+    let t = slot(owner).take().unwrap_or_else(fallback);
+    let r = f(owner, &*t);
+    *slot(owner) = Some(t);
+    r
 }
 
 /// Payloads up to this size are copied into the write buffer beside their headers, so that
@@ -109,6 +179,8 @@ enum Seg {
 
 /// Frames taken from the session and not yet fully written, with the offset into the first.
 pub(crate) struct WriteQueue {
+    /// The transport this queue writes to, kept here like [`ReadBuf::transport`].
+    pub(crate) transport: Option<Arc<dyn StreamTransport>>,
     pub(crate) frames: VecDeque<Transmit>,
     /// Bytes of `frames[0]` (header then payload) already written.
     offset: usize,
@@ -124,6 +196,7 @@ pub(crate) struct WriteQueue {
 impl WriteQueue {
     pub(crate) fn new() -> Self {
         WriteQueue {
+            transport: None,
             frames: VecDeque::new(),
             offset: 0,
             bytes: 0,
@@ -349,4 +422,56 @@ pub(crate) fn timespec_until(deadline: Option<Instant>) -> Option<Timespec> {
             tv_nsec: left.subsec_nanos() as rustix::event::Nsecs,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_keep_the_contents_and_reuse_chunks_whose_views_are_gone() {
+        let mut chunks = Chunks::default();
+        let mut buf = BytesMut::new();
+        chunks.make_room(&mut buf, 10, 64);
+        let first = buf.as_ptr();
+        buf.extend_from_slice(&[1; 60]);
+        let view = buf.split_to(50).freeze(); // a message still alive
+        chunks.make_room(&mut buf, 20, 64); // 10 left: a new chunk, the partial bytes move
+        assert_eq!(&buf[..], &[1; 10][..]);
+        assert_ne!(buf.as_ptr(), first);
+        let second = buf.as_ptr();
+        buf.extend_from_slice(&[2; 54]);
+        let view2 = buf.split_to(60).freeze();
+        drop(view); // the first chunk's views are all gone
+        chunks.make_room(&mut buf, 30, 64);
+        assert_eq!(
+            buf.as_ptr(),
+            first,
+            "the first chunk is taken again, not a new one"
+        );
+        assert_eq!(&buf[..], &[2; 4][..]);
+        drop(view2);
+        buf.clear();
+        chunks.make_room(&mut buf, 64, 64);
+        assert!(buf.capacity() >= 64);
+        assert!(buf.as_ptr() == first || buf.as_ptr() == second);
+    }
+
+    #[test]
+    fn chunks_keep_a_bounded_number_of_bounded_chunks() {
+        let mut chunks = Chunks::default();
+        let mut buf = BytesMut::new();
+        let mut alive = Vec::new();
+        for _ in 0..10 {
+            chunks.make_room(&mut buf, 100, 100);
+            buf.extend_from_slice(&[0; 100]);
+            alive.push(buf.split().freeze());
+        }
+        assert_eq!(chunks.spare.len(), SPARE_CHUNKS);
+        chunks.make_room(&mut buf, SPARE_MAX + 1, 100);
+        buf.extend_from_slice(&vec![0; SPARE_MAX + 1]);
+        alive.push(buf.split().freeze());
+        chunks.make_room(&mut buf, 100, 100);
+        assert!(chunks.spare.iter().all(|c| c.capacity() <= SPARE_MAX));
+    }
 }

@@ -46,6 +46,7 @@ use duct_sys::shm::segment::{Params, Segment};
 use duct_sys::shm::wait::{self, Wake};
 
 use crate::addr::{Addr, Endpoint};
+use crate::driver::io::Chunks;
 use crate::driver::RawFrame;
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::PeerCredentials;
@@ -208,11 +209,6 @@ pub(crate) struct ShmStream {
     /// How long a blocked receive spins before it parks, in nanoseconds (`u64::MAX`: never
     /// parks).
     spin_ns: AtomicU64,
-    /// Frames whose payload was copied into the pool, and those bytes; frames sent from a
-    /// loan without a copy.
-    copied_frames: AtomicU64,
-    copied_bytes: AtomicU64,
-    lent_frames: AtomicU64,
     local: Addr,
     peer: Addr,
 }
@@ -220,6 +216,12 @@ pub(crate) struct ShmStream {
 struct TxSide {
     producer: Producer,
     pool: Arc<PoolTx>,
+    /// Frames whose payload was copied into the pool, and those bytes; frames sent from a
+    /// loan without a copy. (Counted under the lock senders hold anyway: no atomic
+    /// operation per message.)
+    copied_frames: u64,
+    copied_bytes: u64,
+    lent_frames: u64,
 }
 
 struct RxSide {
@@ -229,6 +231,8 @@ struct RxSide {
     /// a view needs an allocation for its owner, which costs more than copying a few hundred
     /// bytes. The buffer's allocation is reused once the application drops the messages.
     small: BytesMut,
+    /// Chunks of `small` for reuse (no allocation in steady state).
+    chunks: Chunks,
 }
 
 /// How long `alloc` waits for a slot it may lend before it settles for a heap buffer.
@@ -334,11 +338,15 @@ impl ShmStream {
             tx: Mutex::new(TxSide {
                 producer: tx.ring.producer(),
                 pool: PoolTx::new(tx.pool),
+                copied_frames: 0,
+                copied_bytes: 0,
+                lent_frames: 0,
             }),
             rx: Mutex::new(RxSide {
                 consumer: rx.ring.consumer(),
                 pool: rx_pool,
                 small: BytesMut::new(),
+                chunks: Chunks::default(),
             }),
             rx_ring,
             tx_ring: tx.ring,
@@ -347,9 +355,6 @@ impl ShmStream {
             ended: AtomicBool::new(false),
             read_shut: AtomicBool::new(false),
             spin_ns: AtomicU64::new(0),
-            copied_frames: AtomicU64::new(0),
-            copied_bytes: AtomicU64::new(0),
-            lent_frames: AtomicU64::new(0),
             local,
             peer,
         }
@@ -453,11 +458,8 @@ impl ShmStream {
 
     /// Frames copied into the pool and their bytes, and frames sent from a loan.
     pub(crate) fn copy_counts(&self) -> (u64, u64, u64) {
-        (
-            self.copied_frames.load(Ordering::Relaxed),
-            self.copied_bytes.load(Ordering::Relaxed),
-            self.lent_frames.load(Ordering::Relaxed),
-        )
+        let tx = self.tx();
+        (tx.copied_frames, tx.copied_bytes, tx.lent_frames)
     }
 
     /// Sends frames from `frames`, in order, until one finds no room: returns how many were
@@ -474,6 +476,11 @@ impl ShmStream {
         }
         let mut g = self.tx();
         let tx = &mut *g;
+        if tx.producer.is_empty().map_err(corrupt)? {
+            // The peer took everything sent (and freed the copied payloads): reuse the
+            // lowest slots, warm in the caches, rather than go round the whole pool.
+            tx.pool.rewind();
+        }
         let mut sent = 0;
         let mut all = true;
         let mut result = Ok(());
@@ -524,17 +531,15 @@ impl ShmStream {
                 Some((NO_SLOT, 0))
             } else if let Some(lent) = tx.pool.claim_loan(&t.payload) {
                 // A payload written in place (`Pipe::alloc`): only the descriptor moves.
-                self.lent_frames.fetch_add(1, Ordering::Relaxed);
+                tx.lent_frames += 1;
                 Some(lent)
             } else {
-                tx.pool.alloc(len).map(|mut s| {
-                    s.fill(&t.payload);
+                tx.pool.send_copy(&t.payload).inspect(|_| {
                     if t.header[0] == FrameKind::Data as u8 {
                         // (Message frames; control frames are always copied.)
-                        self.copied_frames.fetch_add(1, Ordering::Relaxed);
-                        self.copied_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                        tx.copied_frames += 1;
+                        tx.copied_bytes += len as u64;
                     }
-                    s.send()
                 })
             };
             let Some((slot, n)) = slot else {
@@ -626,7 +631,8 @@ impl ShmStream {
             } else if d.len <= COPY_MAX {
                 let slot = rx.pool.take(d.slot, d.len).map_err(corrupt)?;
                 if rx.small.capacity() - rx.small.len() < slot.len() {
-                    rx.small.reserve(SMALL_CHUNK);
+                    let rx = &mut *rx;
+                    rx.chunks.make_room(&mut rx.small, slot.len(), SMALL_CHUNK);
                 }
                 rx.small.extend_from_slice(&slot);
                 drop(slot); // the slot is free again at once
@@ -649,7 +655,9 @@ impl ShmStream {
 
     /// Whether a descriptor waits in the receive ring.
     fn rx_waiting(&self) -> io::Result<bool> {
-        self.rx().consumer.is_empty().map(|e| !e).map_err(corrupt)
+        // Without the receive side's lock (a spinning receiver asks this in a loop): the
+        // descriptor is checked when it is popped.
+        Ok(self.rx_ring.ctl().published())
     }
 
     /// Reads the wake bytes the control socket holds; notes its end (the peer is gone).
