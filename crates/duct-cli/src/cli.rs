@@ -114,15 +114,28 @@ pub struct BenchArgs {
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = spec::parse_transports)]
     pub transport: TransportSelection,
 
-    /// Patterns, comma-separated: pingpong, stream, mixed, or all (= pingpong,stream).
+    /// Patterns, comma-separated: pingpong, stream, mixed, scale, or all (= pingpong,stream).
     ///
     /// mixed (duct only, run only when named): ping-pong on channel 1 at priority 200,
     /// alone (idle) and while a second thread sends 64 KiB messages on channel 2 of the same
     /// pipe as fast as it can (loaded); reports both latencies, the bulk throughput and
     /// loaded ÷ idle. The raw baseline, which has no channels, runs a plain ping-pong as the
     /// idle reference.
+    ///
+    /// scale (duct only, run only when named): --pipes pipes on one listener of this
+    /// process; the peer dials them all and sends --size messages on every one, round-robin,
+    /// with Pipe::send_batch of up to 16 messages per pipe (--batch if lower; 1: Pipe::send);
+    /// this process receives on 2 threads with non-blocking receives (try_recv, then
+    /// recv_batch with a zero timeout). In the same rounds, the same traffic on one pipe
+    /// (received on one thread) is the reference: reports total msgs/s for both and N pipes ÷
+    /// one per round, duct's own threads (named duct-*) and all threads of this process, and
+    /// RSS per pipe in both processes (VmRSS growth ÷ pipes; Linux). No raw baseline.
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = spec::parse_patterns)]
     pub pattern: PatternSelection,
+
+    /// Scale: the number of pipes the peer opens to this process's listener.
+    #[arg(long, value_name = "N", default_value_t = crate::bench::scale::DEFAULT_PIPES, value_parser = parse_pipes)]
+    pub pipes: usize,
 
     /// Payload sizes in bytes, comma-separated; K/KiB and M/MiB suffixes are binary
     /// (64,1K,64KiB,1MiB).
@@ -199,6 +212,16 @@ pub struct BenchArgs {
     /// duct's event-loop backend (only auto for now).
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendArg,
+}
+
+/// Parses `--pipes`: 1 to 1,000,000.
+fn parse_pipes(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ 1..=1_000_000) => Ok(n),
+        _ => Err(format!(
+            "invalid number of pipes {s:?} (expected 1 to 1000000)"
+        )),
+    }
 }
 
 /// Arguments of `duct listen`.
@@ -391,6 +414,42 @@ mod tests {
             .0
             .contains(&Pattern::Mixed));
         assert!(Cli::try_parse_from(["duct", "bench", "--pattern", "mixed,"]).is_err());
+    }
+
+    #[test]
+    fn bench_pattern_scale_and_pipes() {
+        let b = bench(&["--pattern", "scale", "--transport", "tcp,uds,shm"]);
+        assert_eq!(b.pattern.0, vec![Pattern::Scale]);
+        assert_eq!(b.pipes, 1000);
+        assert_eq!(bench(&["--pattern", "scale", "--pipes", "50"]).pipes, 50);
+        assert!(!bench(&[]).pattern.0.contains(&Pattern::Scale));
+        for bad in ["0", "-1", "many", "1000001"] {
+            assert!(
+                Cli::try_parse_from(["duct", "bench", "--pipes", bad]).is_err(),
+                "accepted --pipes {bad}"
+            );
+        }
+    }
+
+    /// The help text states the scale pattern's constants: keep them in step.
+    #[test]
+    fn scale_help_matches_the_constants() {
+        use crate::bench::scale::{MAX_SEND_BATCH, RX_THREADS};
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("bench")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            help.contains(&format!("up to {MAX_SEND_BATCH} messages per pipe")),
+            "{help}"
+        );
+        assert!(
+            help.contains(&format!("receives on {RX_THREADS} threads")),
+            "{help}"
+        );
     }
 
     #[test]

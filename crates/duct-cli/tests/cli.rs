@@ -580,6 +580,76 @@ fn tiny_mixed_bench() {
     );
 }
 
+/// The scale pattern, small: 50 pipes beside one, one short round; both rows, with the
+/// figures the goal is about (threads and RSS on Linux).
+#[test]
+#[cfg(unix)]
+fn tiny_scale_bench() {
+    let started = Instant::now();
+    let json = bench_json(
+        "scale.json",
+        &[
+            "--pattern",
+            "scale",
+            "--transport",
+            "uds",
+            "--pipes",
+            "50",
+            "--duration",
+            "100ms",
+            "--warmup",
+            "100",
+            "--rounds",
+            "1",
+        ],
+        &[
+            "scale",
+            "N÷1",
+            "duct threads",
+            "RSS/pipe",
+            "no raw baseline",
+        ],
+    );
+    eprintln!("tiny scale bench: {:?}", started.elapsed());
+    // duct on 50 pipes, then its one-pipe reference; no raw row.
+    assert_eq!(check_results(&json, 2), 2, "{json}");
+    let results = json["results"].as_array().unwrap();
+    let (many, one) = (&results[0], &results[1]);
+    for r in results {
+        assert_eq!(
+            (&r["system"], &r["pattern"], &r["transport"]),
+            (&"duct".into(), &"scale".into(), &"uds".into()),
+            "{r}"
+        );
+    }
+    assert_eq!(many["pipes"], 50, "{many}");
+    assert_eq!(one["pipes"], 1, "{one}");
+    assert_eq!(one["reference"], "one_pipe", "{one}");
+    assert!(
+        many["ratio_vs_one_pipe"]["msgs_per_sec"].as_f64().unwrap() > 0.0,
+        "{many}"
+    );
+    for r in results {
+        assert!(r["msgs_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        for key in [
+            "threads_duct",
+            "threads_total",
+            "rss_per_pipe_bytes",
+            "peer_rss_per_pipe_bytes",
+        ] {
+            assert!(r.get(key).is_some(), "missing {key} in {r}");
+        }
+        if cfg!(target_os = "linux") {
+            let duct = r["threads_duct"].as_u64().unwrap();
+            let total = r["threads_total"].as_u64().unwrap();
+            // duct's reactor at least; the goal is at most 4.
+            assert!(duct >= 1 && duct <= total, "{r}");
+            assert!(r["rss_per_pipe_bytes"].is_f64(), "{r}");
+            assert!(r["peer_threads_duct"].as_u64().unwrap() >= 1, "{r}");
+        }
+    }
+}
+
 #[test]
 fn tiny_bench_in_threads_without_baseline() {
     let path = temp_path("threads.json");
@@ -830,6 +900,11 @@ fn help_and_version() {
         !help.contains("bench-peer"),
         "the peer subcommand is hidden: {help}"
     );
+    let out = run(&["bench", "--help"], Duration::from_secs(30));
+    let help = text(&out.stdout);
+    for needle in ["scale", "--pipes <N>", "[default: 1000]"] {
+        assert!(help.contains(needle), "{needle} missing: {help}");
+    }
     let out = run(&["--version"], Duration::from_secs(30));
     assert!(
         text(&out.stdout).starts_with("duct "),

@@ -209,5 +209,6 @@ pub fn serve(conn: &DuctConn) -> Result<PeerReport> {
         rate_messages: bulk - bulk_at_start,
         elapsed_ns,
         allocs: alloc_count().wrapping_sub(allocs_at_start),
+        ..PeerReport::default()
     })
 }

@@ -9,6 +9,7 @@
 //! - [`raw`] and [`duct_conn`]: the two systems behind one trait, and [`workload`]: the
 //!   ping-pong and stream loops written once over that trait; [`mixed`]: duct's mixed
 //!   pattern (a realtime ping-pong beside a bulk sender on another channel of the pipe);
+//!   [`scale`]: duct's scale pattern (many pipes on one listener, beside one pipe);
 //!   [`tls`]: the certificates made for a run with tls, and the raw baseline's rustls side;
 //!   [`shm`] (Linux): the raw baseline of shm, a ring in a shared segment with futex
 //!   wake-ups (or spinning, `--spin`);
@@ -16,7 +17,9 @@
 //!   the JSON; [`plot`]: the SVG; [`pin`]: CPU placement.
 //!
 //! The measuring end listens and drives (ping-pong client, stream sender); the peer dials
-//! and serves (echo, stream receiver, which measures the rate and reports it back).
+//! and serves (echo, stream receiver, which measures the rate and reports it back). Scale
+//! turns the stream around: the measuring end, which holds the many pipes and whose threads
+//! and memory are counted, receives and measures; the peer dials them all and sends.
 //!
 //! With `--reliable`, each round of a pingpong or stream case runs duct twice, on a
 //! realtime channel (duct's default) and then on a reliable one (configured on both ends),
@@ -32,6 +35,7 @@ pub mod pin;
 pub mod plot;
 pub mod raw;
 pub mod report;
+pub mod scale;
 #[cfg(target_os = "linux")]
 pub mod shm;
 pub mod spec;
@@ -52,7 +56,8 @@ use self::duct_conn::DuctConn;
 use self::mixed::BulkSender;
 use self::peer::{Peer, Watchdog};
 use self::raw::{RawConn, RawListener};
-use self::report::{CaseResult, Host, Loaded, Reliable, RunConfig};
+use self::report::{CaseResult, Host, Loaded, Reliable, RunConfig, Scale};
+use self::scale::ScaleFigures;
 use self::spec::{Amount, Job, Pattern, System, Transport};
 use self::stats::RunResult;
 use self::tls::{listen_tls, BenchCerts, TlsSetup};
@@ -140,6 +145,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(cpu) = driver_cpu {
         pin::pin_current_thread(cpu)?;
     }
+    if args.pattern.0.contains(&Pattern::Scale) {
+        let ends_here = if args.threads { 2 } else { 1 };
+        scale::ensure_fd_limit(args.pipes, ends_here)?;
+    }
     let watchdog = Watchdog::start()?;
     if let Some(tls) = &tls {
         watchdog.remove_on_timeout(tls.certs().dir().to_path_buf());
@@ -169,6 +178,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.reliable && args.pattern.0.contains(&Pattern::Mixed) {
         eprintln!("duct bench: --reliable: mixed runs on realtime channels only");
     }
+    if args.reliable && args.pattern.0.contains(&Pattern::Scale) {
+        eprintln!("duct bench: --reliable: scale runs on realtime channels only");
+    }
     let mut cases = Vec::new();
     for &transport in &transports {
         for &pattern in &args.pattern.0 {
@@ -187,6 +199,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for &(transport, pattern, size) in &cases {
         let legs = legs(pattern, baseline, args.reliable);
         let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); legs.len()];
+        let mut figures: Vec<Vec<ScaleFigures>> = vec![Vec::new(); legs.len()];
         let mut bulk_rates = Vec::new();
         for round in 1..=args.rounds {
             for (i, &leg) in legs.iter().enumerate() {
@@ -196,13 +209,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     pattern: leg.pattern(pattern),
                     size,
                     warmup: args.warmup,
-                    batch,
+                    batch: if pattern == Pattern::Scale {
+                        scale::send_batch(batch)
+                    } else {
+                        batch
+                    },
                     amount,
                     reliable: leg == Leg::DuctReliable,
                     spin: args.spin && transport == Transport::Shm,
                     tls_ca: match (&tls, transport) {
                         (Some(tls), Transport::Tls) => Some(tls.ca_for_job().to_string()),
                         _ => None,
+                    },
+                    pipes: match (pattern, leg) {
+                        (Pattern::Scale, Leg::Duct) => args.pipes,
+                        _ => 1,
                     },
                     addr: String::new(),
                 };
@@ -214,19 +235,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 );
                 progress.step(&label);
                 watchdog.arm(run_timeout(&job, leg == Leg::DuctLoaded), label.clone());
-                let outcome = if job.pattern == Pattern::Mixed {
-                    let loaded = leg == Leg::DuctLoaded;
-                    run_mixed(&mut peer, &mut job, loaded, args.bulk_rate, tls.as_ref())
-                } else {
-                    run_one(&mut peer, &mut job, tls.as_ref()).map(|run| (run, 0.0))
+                let outcome = match job.pattern {
+                    Pattern::Mixed => {
+                        let loaded = leg == Leg::DuctLoaded;
+                        run_mixed(&mut peer, &mut job, loaded, args.bulk_rate, tls.as_ref())
+                            .map(|(run, bulk_rate)| (run, bulk_rate, None))
+                    }
+                    Pattern::Scale => scale::run(&mut peer, &mut job, tls.as_ref())
+                        .map(|(run, f)| (run, 0.0, Some(f))),
+                    Pattern::PingPong | Pattern::Stream => {
+                        run_one(&mut peer, &mut job, tls.as_ref()).map(|run| (run, 0.0, None))
+                    }
                 };
                 watchdog.disarm();
                 match outcome {
-                    Ok((run, bulk_rate)) => {
+                    Ok((run, bulk_rate, scale_figures)) => {
                         runs[i].push(run);
                         if leg == Leg::DuctLoaded {
                             bulk_rates.push(bulk_rate);
                         }
+                        figures[i].extend(scale_figures);
                     }
                     Err(e) => {
                         progress.clear();
@@ -248,6 +276,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             bulk_msgs_per_sec: stats::median(&bulk_rates),
             vs_idle: stats::ratios(Pattern::Mixed, loaded_runs, duct_runs),
         });
+        let figures_of = |leg: Leg| legs.iter().position(|&l| l == leg).map(|i| &figures[i]);
+        let scale = runs_of(Leg::DuctOnePipe).map(|one_runs| Scale {
+            pipes: args.pipes,
+            batch: scale::send_batch(batch),
+            rx_threads: scale::rx_threads(args.pipes),
+            many: scale::combine(figures_of(Leg::Duct).map_or(&[][..], Vec::as_slice)),
+            one_pipe: stats::summarize(System::Duct, one_runs, size),
+            one: scale::combine(figures_of(Leg::DuctOnePipe).map_or(&[][..], Vec::as_slice)),
+            vs_one_pipe: stats::ratios(Pattern::Scale, duct_runs, one_runs),
+        });
         let reliable = runs_of(Leg::DuctReliable).map(|reliable_runs| Reliable {
             duct: stats::summarize(System::Duct, reliable_runs, size),
             vs_realtime: stats::ratios(pattern, reliable_runs, duct_runs),
@@ -262,6 +300,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             ratios,
             loaded,
             reliable,
+            scale,
         });
     }
     progress.clear();
@@ -308,6 +347,9 @@ enum Leg {
     DuctReliable,
     /// Mixed only: duct with the bulk sender on.
     DuctLoaded,
+    /// Scale only: duct's reference, the same traffic on one pipe (the `Duct` leg of a
+    /// scale case has `--pipes` pipes).
+    DuctOnePipe,
     /// The raw baseline (mixed: a plain ping-pong, as the idle reference).
     Raw,
 }
@@ -315,7 +357,7 @@ enum Leg {
 impl Leg {
     fn system(self) -> System {
         match self {
-            Leg::Duct | Leg::DuctReliable | Leg::DuctLoaded => System::Duct,
+            Leg::Duct | Leg::DuctReliable | Leg::DuctLoaded | Leg::DuctOnePipe => System::Duct,
             Leg::Raw => System::Raw,
         }
     }
@@ -329,20 +371,28 @@ impl Leg {
         }
     }
 
-    /// What the progress line adds to the job's label (which says `reliable` itself).
+    /// What the progress line adds to the job's label (which says `reliable` and a scale
+    /// job's pipes itself).
     fn label_suffix(self, case: Pattern) -> &'static str {
         match (self, case) {
-            (_, Pattern::PingPong | Pattern::Stream) | (Leg::DuctReliable, _) => "",
+            (_, Pattern::PingPong | Pattern::Stream | Pattern::Scale) | (Leg::DuctReliable, _) => {
+                ""
+            }
             (Leg::Duct, Pattern::Mixed) => " idle",
             (Leg::DuctLoaded, Pattern::Mixed) => " loaded",
             (Leg::Raw, Pattern::Mixed) => " (mixed's idle reference)",
+            (Leg::DuctOnePipe, Pattern::Mixed) => "",
         }
     }
 }
 
 /// The legs of a case: duct, (`--reliable`, pingpong and stream: duct reliable,) (mixed:
-/// duct loaded,) then raw unless `--no-baseline`.
+/// duct loaded,) then raw unless `--no-baseline`. Scale: duct on `--pipes` pipes, then duct on
+/// one pipe, and no raw baseline (the reference is duct's own single pipe).
 fn legs(pattern: Pattern, baseline: bool, reliable: bool) -> Vec<Leg> {
+    if pattern == Pattern::Scale {
+        return vec![Leg::Duct, Leg::DuctOnePipe];
+    }
     let mut legs = vec![Leg::Duct];
     if pattern == Pattern::Mixed {
         legs.push(Leg::DuctLoaded);
@@ -384,6 +434,12 @@ fn run_timeout(job: &Job, loaded: bool) -> Duration {
     let mut per_msg_ns = 200_000u64.saturating_add(50u64.saturating_mul(job.size as u64));
     let mut warmup = job.warmup;
     let mut timeout = Duration::from_secs(60);
+    if job.pattern == Pattern::Scale {
+        // Dialing and accepting each pipe, and at least a batch per pipe of warmup.
+        warmup = scale::warmup_messages(job);
+        timeout +=
+            Duration::from_millis(20).saturating_mul(u32::try_from(job.pipes).unwrap_or(u32::MAX));
+    }
     if job.pattern == Pattern::Mixed {
         warmup = 0;
         timeout += mixed::WARMUP_LIMIT;
@@ -561,6 +617,7 @@ fn drive<C: MsgConn>(conn: &mut C, job: &Job, plan: &Plan, peer: &mut Peer) -> R
             })
         }
         Pattern::Mixed => bail!("mixed runs through run_mixed"),
+        Pattern::Scale => bail!("scale runs through scale::run"),
         Pattern::Stream => {
             let out = drive_stream(conn, plan).map_err(|e| with_peer_error(e, peer))?;
             let report = peer.wait(report_timeout)?;
@@ -642,6 +699,7 @@ mod tests {
             reliable: false,
             spin: false,
             tls_ca: None,
+            pipes: 1,
             addr: String::new(),
         }
     }
@@ -701,6 +759,30 @@ mod tests {
         assert_eq!(Leg::DuctLoaded.pattern(Pattern::Mixed), Pattern::Mixed);
         assert_eq!(Leg::Raw.pattern(Pattern::Stream), Pattern::Stream);
         assert_eq!(Leg::DuctLoaded.system(), System::Duct);
+    }
+
+    #[test]
+    fn scale_cases_run_n_pipes_then_one_pipe_and_no_raw() {
+        for (baseline, reliable) in [(true, false), (false, false), (true, true)] {
+            assert_eq!(
+                legs(Pattern::Scale, baseline, reliable),
+                vec![Leg::Duct, Leg::DuctOnePipe]
+            );
+        }
+        assert_eq!(Leg::DuctOnePipe.system(), System::Duct);
+        assert_eq!(Leg::DuctOnePipe.pattern(Pattern::Scale), Pattern::Scale);
+        assert_eq!(Leg::DuctOnePipe.label_suffix(Pattern::Scale), "");
+        // Dialing a thousand pipes and a batch of warmup on each get room.
+        let one = Job {
+            batch: scale::send_batch(64),
+            amount: Amount::Duration(Duration::from_millis(500)),
+            ..job(System::Duct, Transport::Tcp, Pattern::Scale)
+        };
+        let many = Job {
+            pipes: 1000,
+            ..one.clone()
+        };
+        assert!(run_timeout(&many, false) >= run_timeout(&one, false) + Duration::from_secs(20));
     }
 
     #[test]

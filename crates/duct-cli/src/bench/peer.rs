@@ -30,6 +30,7 @@ use crate::bench::duct_conn::{self, DuctConn};
 use crate::bench::mixed;
 use crate::bench::pin;
 use crate::bench::raw::{self, RawConn, RawStream};
+use crate::bench::scale;
 use crate::bench::spec::{Job, Pattern, System, Transport};
 use crate::bench::tls::{self, dial_tls};
 use crate::bench::workload::{serve_echo, serve_stream, MsgConn, PeerReport};
@@ -40,12 +41,22 @@ use crate::error::{bail, CliError, Result};
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl PeerReport {
-    /// The report as a `done ...` line (no newline).
+    /// The report as a `done ...` line (no newline); the scale figures only when known.
     pub fn encode(&self) -> String {
-        format!(
+        let mut line = format!(
             "done messages={} rate_messages={} elapsed_ns={} allocs={}",
             self.messages, self.rate_messages, self.elapsed_ns, self.allocs
-        )
+        );
+        for (key, value) in [
+            ("rss_before", self.rss_before),
+            ("rss_after", self.rss_after),
+            ("threads_duct", self.threads_duct),
+        ] {
+            if let Some(v) = value {
+                line.push_str(&format!(" {key}={v}"));
+            }
+        }
+        line
     }
 
     /// Parses a line from [`PeerReport::encode`].
@@ -68,9 +79,14 @@ impl PeerReport {
                 "rate_messages" => report.rate_messages = value,
                 "elapsed_ns" => report.elapsed_ns = value,
                 "allocs" => report.allocs = value,
+                "rss_before" => report.rss_before = Some(value),
+                "rss_after" => report.rss_after = Some(value),
+                "threads_duct" => report.threads_duct = Some(value),
                 _ => bail!("unknown key {key:?} in report line"),
             }
-            seen += 1;
+            if matches!(key, "messages" | "rate_messages" | "elapsed_ns" | "allocs") {
+                seen += 1;
+            }
         }
         if seen != 4 {
             bail!("incomplete report line: {line:?}");
@@ -90,9 +106,9 @@ fn raw_connect(job: &Job) -> Result<RawStream> {
     }
 }
 
-/// Runs the peer's half of `job` (dial, then echo or receive) and hands the outcome to
-/// `deliver` *before* closing the connection. `deliver` waits, for a successful outcome,
-/// until the measuring end asks for it.
+/// Runs the peer's half of `job` (dial, then echo or receive; scale: dial every pipe, then
+/// send) and hands the outcome to `deliver` *before* closing the connection. `deliver`
+/// waits, for a successful outcome, until the measuring end asks for it.
 pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
     fn run<C: MsgConn>(conn: &mut C, job: &Job) -> Result<PeerReport> {
         match job.pattern {
@@ -100,6 +116,7 @@ pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
             // measuring end sends it as pingpong anyway).
             Pattern::PingPong | Pattern::Mixed => serve_echo(conn, job.warmup),
             Pattern::Stream => serve_stream(conn, job.warmup),
+            Pattern::Scale => bail!("scale jobs run through scale::serve"),
         }
     }
     match job.system {
@@ -116,6 +133,7 @@ pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
                 .and_then(|mut conn| run(&mut conn, job));
             deliver(outcome);
         }
+        System::Duct if job.pattern == Pattern::Scale => scale::serve(job, deliver),
         System::Duct if job.pattern == Pattern::Mixed => {
             let options = duct_conn::dial_spin(dial_tls(mixed::dial_options(), job), job);
             match duct_conn::dial(&job.addr, options) {
@@ -675,8 +693,20 @@ mod tests {
             rate_messages: 9,
             elapsed_ns: 12345,
             allocs: 0,
+            ..PeerReport::default()
         };
         assert_eq!(PeerReport::decode(&r.encode()).unwrap(), r);
+        assert!(!r.encode().contains("rss"), "{}", r.encode());
+        let scale = PeerReport {
+            rss_before: Some(10 << 20),
+            rss_after: Some(90 << 20),
+            threads_duct: Some(1),
+            ..r
+        };
+        assert_eq!(PeerReport::decode(&scale.encode()).unwrap(), scale);
+        assert!(
+            PeerReport::decode("done rss_before=1 rss_after=2 threads_duct=1 allocs=0").is_err()
+        );
         assert!(PeerReport::decode("done messages=1").is_err());
         assert!(PeerReport::decode("error boom").is_err());
     }

@@ -280,6 +280,7 @@ mod tests {
             ratios: None,
             loaded: None,
             reliable: None,
+            scale: None,
         };
         let svg = to_svg(std::slice::from_ref(&case)).unwrap();
         assert!(svg.starts_with("<svg"));

@@ -21,6 +21,18 @@
 //! realtime duct per round, median; `{p50,p99,p999,max}` for pingpong,
 //! `{msgs_per_sec,bytes_per_sec}` for stream). It comes right after the realtime duct row.
 //!
+//! Every row says `pipes`: 1, but for the scale pattern (only when asked for), whose case has
+//! two duct rows with `"pattern": "scale"`: `--pipes` pipes (`"pipes": N`), then the reference,
+//! the same traffic on one pipe (`"pipes": 1`, `"reference": "one_pipe"`). Both carry
+//! `msgs_per_sec` and `bytes_per_sec` (the total receive rate, median over rounds), `batch`
+//! (messages per `send_batch` call on each pipe), `rx_threads` (the measuring end's receiving
+//! threads), `threads_duct` and `threads_total` (the measuring process's threads of duct's own,
+//! named `duct-*`, and all of them), `rss_per_pipe_bytes` and `peer_rss_per_pipe_bytes`
+//! (`VmRSS` growth ÷ pipes in the measuring and the sending process) and `peer_threads_duct`;
+//! those figures are the largest over rounds, and `null` off Linux. The N-pipe row adds
+//! `ratio_vs_one_pipe` (`{msgs_per_sec, bytes_per_sec}`, N pipes ÷ one per round, median).
+//! A scale case has no raw row.
+//!
 //! `spin` is true on the shm rows of a run with `--spin` (duct with `spin(Duration::MAX)`,
 //! the raw baseline spinning likewise). `backend` is `auto` for duct, `blocking` for the raw
 //! socket baselines, and `futex` or `spin` for the raw shm baseline (see
@@ -29,6 +41,7 @@
 use std::fmt::Write as _;
 
 use crate::bench::mixed;
+use crate::bench::scale::{self, ScaleFigures};
 use crate::bench::spec::{format_size, Amount, Pattern, System, Transport};
 use crate::bench::stats::{Ratios, Summary};
 use crate::bench::SHM_SPIN_BEFORE_PARK;
@@ -54,6 +67,28 @@ pub struct CaseResult {
     /// `--reliable` (pingpong and stream): duct with its channel reliable. `duct` then
     /// holds the realtime runs.
     pub reliable: Option<Reliable>,
+    /// Scale only: the one-pipe reference and the figures of both. In a scale case, `duct`
+    /// holds the runs on `--pipes` pipes.
+    pub scale: Option<Scale>,
+}
+
+/// The rest of a scale case.
+#[derive(Debug, Clone)]
+pub struct Scale {
+    /// `--pipes`.
+    pub pipes: usize,
+    /// Messages per `send_batch` call on each pipe.
+    pub batch: usize,
+    /// Receiving threads of the measuring end on the N pipes (one on the single pipe).
+    pub rx_threads: usize,
+    /// Threads and RSS of the runs on N pipes, the largest over rounds.
+    pub many: ScaleFigures,
+    /// duct on one pipe, the same traffic.
+    pub one_pipe: Summary,
+    /// Threads and RSS of the one-pipe runs.
+    pub one: ScaleFigures,
+    /// N pipes ÷ one pipe, per round, median ([`Ratios::Stream`]).
+    pub vs_one_pipe: Ratios,
 }
 
 /// The reliable half of a pingpong or stream case (`--reliable`).
@@ -192,13 +227,14 @@ fn ratios_json(key: &str, ratios: &Ratios) -> String {
     }
 }
 
-/// One result object; `reliable` says whether duct's channel was reliable; `extra`
-/// (`, "key": value, ...`, or empty) goes before its end.
+/// One result object; `reliable` says whether duct's channel was reliable; `pipes` how many
+/// pipes carried the traffic; `extra` (`, "key": value, ...`, or empty) goes before its end.
 fn summary_json(
     case: &CaseResult,
     s: &Summary,
     config: &RunConfig,
     reliable: bool,
+    pipes: usize,
     ratios: Option<&Ratios>,
     extra: &str,
 ) -> String {
@@ -235,12 +271,13 @@ fn summary_json(
     let _ = write!(
         o,
         ", \"msgs_per_sec\": {}, \"bytes_per_sec\": {}, \"allocs_per_msg\": {}, \
-         \"rounds\": {}, \"pin\": {}",
+         \"rounds\": {}, \"pin\": {}, \"pipes\": {}",
         json_f64(s.msgs_per_sec),
         json_f64(s.bytes_per_sec),
         json_f64(s.allocs_per_msg),
         s.rounds,
         json_str(config.pin),
+        pipes,
     );
     if case.pattern == Pattern::Stream && s.system == System::Duct {
         let _ = write!(o, ", \"batch\": {}", config.batch);
@@ -264,7 +301,9 @@ fn mixed_json(case: &CaseResult, config: &RunConfig, entries: &mut Vec<String>) 
         mixed::BULK_SIZE
     );
     let idle = format!(", \"load\": \"idle\"{channels}");
-    entries.push(summary_json(case, &case.duct, config, false, None, &idle));
+    entries.push(summary_json(
+        case, &case.duct, config, false, 1, None, &idle,
+    ));
     if let Some(loaded) = &case.loaded {
         let bulk_bytes = loaded.bulk_msgs_per_sec * mixed::BULK_SIZE as f64;
         let mut extra = format!(
@@ -292,14 +331,63 @@ fn mixed_json(case: &CaseResult, config: &RunConfig, entries: &mut Vec<String>) 
             &loaded.duct,
             config,
             false,
+            1,
             None,
             &extra,
         ));
     }
     if let Some(raw) = &case.raw {
         let extra = ", \"load\": \"idle\", \"reference\": \"pingpong\"";
-        entries.push(summary_json(case, raw, config, false, None, extra));
+        entries.push(summary_json(case, raw, config, false, 1, None, extra));
     }
+}
+
+/// `null` or the number.
+fn json_opt_u64(x: Option<u64>) -> String {
+    x.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+/// `null` or the number (always a float).
+fn json_opt_f64(x: Option<f64>) -> String {
+    x.map_or_else(|| "null".to_string(), json_f64)
+}
+
+/// The JSON objects of a scale case: duct on N pipes, then duct on one pipe.
+fn scale_json(case: &CaseResult, scale: &Scale, config: &RunConfig, entries: &mut Vec<String>) {
+    let figures = |f: &ScaleFigures, rx_threads: usize| {
+        format!(
+            ", \"batch\": {}, \"rx_threads\": {}, \"threads_duct\": {}, \"threads_total\": {}, \
+             \"rss_per_pipe_bytes\": {}, \"peer_rss_per_pipe_bytes\": {}, \"peer_threads_duct\": {}",
+            scale.batch,
+            rx_threads,
+            json_opt_u64(f.threads.map(|t| t.duct)),
+            json_opt_u64(f.threads.map(|t| t.total)),
+            json_opt_f64(f.rss_per_pipe),
+            json_opt_f64(f.peer_rss_per_pipe),
+            json_opt_u64(f.peer_threads_duct),
+        )
+    };
+    let many = figures(&scale.many, scale.rx_threads)
+        + &ratios_json("ratio_vs_one_pipe", &scale.vs_one_pipe);
+    entries.push(summary_json(
+        case,
+        &case.duct,
+        config,
+        false,
+        scale.pipes,
+        None,
+        &many,
+    ));
+    let one = figures(&scale.one, 1) + ", \"reference\": \"one_pipe\"";
+    entries.push(summary_json(
+        case,
+        &scale.one_pipe,
+        config,
+        false,
+        1,
+        None,
+        &one,
+    ));
 }
 
 /// Bytes in a MiB.
@@ -340,11 +428,16 @@ pub fn to_json(version: &str, host: &Host, config: &RunConfig, cases: &[CaseResu
             mixed_json(case, config, &mut entries);
             continue;
         }
+        if let Some(scale) = &case.scale {
+            scale_json(case, scale, config, &mut entries);
+            continue;
+        }
         entries.push(summary_json(
             case,
             &case.duct,
             config,
             false,
+            1,
             case.ratios.as_ref(),
             "",
         ));
@@ -355,12 +448,13 @@ pub fn to_json(version: &str, host: &Host, config: &RunConfig, cases: &[CaseResu
                 &r.duct,
                 config,
                 true,
+                1,
                 r.vs_raw.as_ref(),
                 &extra,
             ));
         }
         if let Some(raw) = &case.raw {
-            entries.push(summary_json(case, raw, config, false, None, ""));
+            entries.push(summary_json(case, raw, config, false, 1, None, ""));
         }
     }
     for (i, e) in entries.iter().enumerate() {
@@ -644,7 +738,11 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
         t.render(&mut out);
     }
     mixed_table(cases, config, &mut out);
-    if cases.iter().any(|c| c.transport == Transport::Shm) {
+    scale_table(cases, config, &mut out);
+    if cases
+        .iter()
+        .any(|c| c.transport == Transport::Shm && c.pattern != Pattern::Scale)
+    {
         let _ = writeln!(out, "\n{}", shm_note(config));
     }
     if cases.iter().any(|c| c.reliable.is_some()) {
@@ -664,6 +762,131 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
         }
     );
     out
+}
+
+/// A byte count for the table (`n/a` when unknown): `812 B`, `52.3 KiB`, `1.25 MiB`.
+fn bytes(x: Option<f64>) -> String {
+    let Some(x) = x.filter(|x| x.is_finite()) else {
+        return "n/a".to_string();
+    };
+    if x.abs() < 1024.0 {
+        format!("{x:.0} B")
+    } else if x.abs() < MIB {
+        format!("{:.1} KiB", x / 1024.0)
+    } else {
+        format!("{:.2} MiB", x / MIB)
+    }
+}
+
+fn count(x: Option<u64>) -> String {
+    x.map_or_else(|| "n/a".to_string(), |v| v.to_string())
+}
+
+/// The scale section of the table, if there is a scale case.
+fn scale_table(cases: &[CaseResult], config: &RunConfig, out: &mut String) {
+    let scaled: Vec<(&CaseResult, &Scale)> = cases
+        .iter()
+        .filter_map(|c| c.scale.as_ref().map(|s| (c, s)))
+        .collect();
+    let Some((_, first)) = scaled.first() else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nscale: total receive rate over N pipes on one listener, and over one pipe with the \
+         same traffic, in alternating rounds; the peer sends on every pipe in turn ({}), this \
+         process receives without blocking on {} thread{} (one pipe: 1); N÷1 per round, median: \
+         higher is better",
+        if first.batch == 1 {
+            "one send per message".to_string()
+        } else {
+            format!("send_batch of {} messages", first.batch)
+        },
+        first.rx_threads,
+        if first.rx_threads == 1 { "" } else { "s" }
+    );
+    let mut t = Table {
+        rows: vec![[
+            "transport",
+            "size",
+            "pipes",
+            "msgs/s",
+            "MB/s",
+            "duct threads",
+            "threads",
+            "RSS/pipe",
+            "peer RSS/pipe",
+            "allocs/msg",
+        ]
+        .map(String::from)
+        .to_vec()],
+        left: 2,
+    };
+    for &(case, scale) in &scaled {
+        let rows = [
+            (scale.pipes, &case.duct, &scale.many),
+            (1, &scale.one_pipe, &scale.one),
+        ];
+        for (i, (pipes, s, f)) in rows.into_iter().enumerate() {
+            let (transport, size) = case_label(case, i);
+            t.rows.push(vec![
+                transport,
+                size,
+                pipes.to_string(),
+                per_sec(s.msgs_per_sec),
+                format!("{:.1}", s.bytes_per_sec / 1e6),
+                count(f.threads.map(|t| t.duct)),
+                count(f.threads.map(|t| t.total)),
+                bytes(f.rss_per_pipe),
+                bytes(f.peer_rss_per_pipe),
+                allocs(s.allocs_per_msg),
+            ]);
+        }
+        if let Ratios::Stream { msgs_per_sec } = scale.vs_one_pipe {
+            t.rows.push(vec![
+                String::new(),
+                String::new(),
+                "N÷1".to_string(),
+                times(msgs_per_sec),
+                times(msgs_per_sec),
+            ]);
+        }
+    }
+    t.render(out);
+    let _ = writeln!(
+        out,
+        "scale: duct only, no raw baseline: the reference is duct's own single pipe. duct \
+         threads: the threads of this (the receiving) process named duct-* (duct's reactor and \
+         helpers; the bench's own duct-bench-* left out), counted as the measured phase starts, \
+         every pipe open; threads: all of its threads. RSS/pipe: VmRSS after the pipes \
+         connected and the traffic ran, minus VmRSS before they were made, ÷ pipes, the \
+         largest of the rounds; peer RSS/pipe: the same in the sending process. Memory that \
+         earlier runs of a process freed, and its allocator kept, serves later runs unseen: a \
+         process's first scale case shows the most (--transport one at a time for each's own). \
+         Threads and RSS are read from /proc (Linux; n/a elsewhere){}.",
+        if config.processes == 1 {
+            "; one process (--threads): they include the peer's pipes and threads"
+        } else {
+            ""
+        }
+    );
+    if scaled.iter().any(|(c, _)| c.transport == Transport::Shm) {
+        let _ = writeln!(
+            out,
+            "scale on shm: every pipe maps duct's own segment ({}; no ListenOptions/DialOptions \
+             setting changes it), whose pages count in RSS once touched, in both processes (so \
+             RSS/pipe grows with the traffic each pipe has carried); {}.",
+            scale::SHM_SEGMENT,
+            if config.spin {
+                "--spin: both ends spin and never park (spin(Duration::MAX))".to_string()
+            } else {
+                format!(
+                    "a waiting end spins up to {} µs, then parks on a futex",
+                    SHM_SPIN_BEFORE_PARK.as_micros()
+                )
+            }
+        );
+    }
 }
 
 /// What the table says about shm's rows: how both systems wait, and what raw is.
@@ -857,6 +1080,7 @@ mod tests {
                 }),
                 loaded: None,
                 reliable: None,
+                scale: None,
             },
             CaseResult {
                 transport: Transport::Uds,
@@ -867,6 +1091,7 @@ mod tests {
                 ratios: Some(Ratios::Stream { msgs_per_sec: 0.4 }),
                 loaded: None,
                 reliable: None,
+                scale: None,
             },
         ]
     }
@@ -999,6 +1224,7 @@ mod tests {
                 vs_idle: crate::bench::stats::ratios(Pattern::Mixed, &loaded, &idle),
             }),
             reliable: None,
+            scale: None,
         }
     }
 
@@ -1203,6 +1429,173 @@ mod tests {
             plain.contains("; ratio duct÷raw per round, median: lower"),
             "{plain}"
         );
+    }
+
+    /// A scale case on `transport`: 1000 pipes at 1.6 M msgs/s beside one pipe at 2 M.
+    fn scale_case(transport: Transport, figures: bool) -> CaseResult {
+        use crate::bench::scale::ThreadCount;
+        let run = |rate| RunResult {
+            rtt: None,
+            messages: 1_000_000,
+            msgs_per_sec: rate,
+            allocs_per_msg: 0.0,
+        };
+        let (many, one) = ([run(1.6e6)], [run(2e6)]);
+        let figures_of = |pipes, rss: f64| ScaleFigures {
+            pipes,
+            threads: figures.then_some(ThreadCount { duct: 1, total: 6 }),
+            rss_per_pipe: figures.then_some(rss),
+            peer_rss_per_pipe: figures.then_some(rss / 2.0),
+            peer_threads_duct: figures.then_some(1),
+        };
+        CaseResult {
+            transport,
+            pattern: Pattern::Scale,
+            size: 64,
+            duct: summarize(System::Duct, &many, 64),
+            raw: None,
+            ratios: None,
+            loaded: None,
+            reliable: None,
+            scale: Some(Scale {
+                pipes: 1000,
+                batch: 16,
+                rx_threads: 2,
+                many: figures_of(1000, 53_555.2),
+                one_pipe: summarize(System::Duct, &one, 64),
+                one: figures_of(1, 1_300_000.0),
+                vs_one_pipe: crate::bench::stats::ratios(Pattern::Scale, &many, &one),
+            }),
+        }
+    }
+
+    #[test]
+    fn scale_json_rows() {
+        let host = Host {
+            cpus: 2,
+            kernel: "k".into(),
+        };
+        let mut all = cases();
+        all.push(scale_case(Transport::Uds, true));
+        all.push(scale_case(Transport::Shm, false));
+        let text = to_json("0.1.0", &host, &config(), &all);
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), 8, "{text}");
+        // Every row says how many pipes it used; every field name of the others stays.
+        for r in &results[..4] {
+            assert_eq!(r["pipes"], 1, "{r}");
+            assert!(r.get("threads_duct").is_none(), "{r}");
+        }
+        let (many, one) = (&results[4], &results[5]);
+        for r in &results[4..] {
+            assert_eq!(r["pattern"], "scale", "{r}");
+            assert_eq!(r["system"], "duct", "{r}");
+            assert_eq!(r["batch"], 16, "{r}");
+            for key in [
+                "msgs_per_sec",
+                "bytes_per_sec",
+                "allocs_per_msg",
+                "messages",
+            ] {
+                assert!(r.get(key).is_some(), "missing {key} in {r}");
+            }
+            assert!(r.get("rtt_ns").is_none(), "{r}");
+        }
+        assert_eq!(many["pipes"], 1000);
+        assert_eq!(many["msgs_per_sec"], 1.6e6);
+        assert_eq!(many["bytes_per_sec"], 1.6e6 * 64.0);
+        assert_eq!(many["rx_threads"], 2);
+        assert_eq!(many["threads_duct"], 1);
+        assert_eq!(many["threads_total"], 6);
+        assert_eq!(many["rss_per_pipe_bytes"], 53_555.2);
+        assert_eq!(many["peer_rss_per_pipe_bytes"], 53_555.2 / 2.0);
+        assert_eq!(many["peer_threads_duct"], 1);
+        assert_eq!(many["ratio_vs_one_pipe"]["msgs_per_sec"], 0.8);
+        assert_eq!(many["ratio_vs_one_pipe"]["bytes_per_sec"], 0.8);
+        assert!(many.get("reference").is_none());
+        assert_eq!(one["pipes"], 1);
+        assert_eq!(one["rx_threads"], 1);
+        assert_eq!(one["reference"], "one_pipe");
+        assert_eq!(one["msgs_per_sec"], 2e6);
+        assert!(one.get("ratio_vs_one_pipe").is_none());
+        // Unknown figures (off Linux) are null.
+        let shm = &results[6];
+        assert_eq!(shm["transport"], "shm");
+        for key in [
+            "threads_duct",
+            "threads_total",
+            "rss_per_pipe_bytes",
+            "peer_threads_duct",
+        ] {
+            assert!(shm[key].is_null(), "{key} in {shm}");
+        }
+    }
+
+    #[test]
+    fn scale_table_rows() {
+        let text = to_table(
+            &config(),
+            &[
+                scale_case(Transport::Uds, true),
+                scale_case(Transport::Shm, false),
+            ],
+        );
+        assert!(
+            text.contains("\nscale: total receive rate over N pipes"),
+            "{text}"
+        );
+        assert!(text.contains("send_batch of 16 messages"), "{text}");
+        assert!(text.contains("on 2 threads"), "{text}");
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("transport"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("scale:"))
+            .collect();
+        assert_eq!(rows.len(), 6, "{text}");
+        assert!(rows[0].starts_with("uds"), "{}", rows[0]);
+        assert!(
+            rows[0].contains(" 1000 ") && rows[0].contains("1.60 M"),
+            "{}",
+            rows[0]
+        );
+        assert!(rows[0].contains("52.3 KiB"), "RSS/pipe: {}", rows[0]);
+        assert!(
+            rows[1].contains("2.00 M") && rows[1].contains("1.24 MiB"),
+            "{}",
+            rows[1]
+        );
+        assert!(
+            rows[2].contains("N÷1") && rows[2].contains("0.80×"),
+            "{}",
+            rows[2]
+        );
+        assert!(
+            rows[3].starts_with("shm") && rows[3].contains("n/a"),
+            "{}",
+            rows[3]
+        );
+        assert!(text.contains("no raw baseline: the reference is duct's own single pipe"));
+        assert!(
+            text.contains("scale on shm: every pipe maps duct's own segment"),
+            "{text}"
+        );
+        assert!(text.contains("4096 × 256 B"), "{text}");
+        // Scale's shm rows have no raw ring to explain.
+        assert!(!text.contains("raw: one single-producer"), "{text}");
+        assert!(!text.contains("duct÷raw"), "{text}");
+        // Without a scale case, no scale section.
+        assert!(!to_table(&config(), &cases()).contains("scale"));
+    }
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(bytes(None), "n/a");
+        assert_eq!(bytes(Some(812.0)), "812 B");
+        assert_eq!(bytes(Some(-2048.0)), "-2.0 KiB");
+        assert_eq!(bytes(Some(53_555.2)), "52.3 KiB");
+        assert_eq!(bytes(Some(1.25 * MIB)), "1.25 MiB");
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub enum Pattern {
     /// duct only: ping-pong on a high-priority channel, alone and beside a bulk sender on
     /// another channel of the same pipe (see [`crate::bench::mixed`]). Not part of `all`.
     Mixed,
+    /// duct only: many pipes on one listener, the peer streaming on all of them, beside the
+    /// same traffic on one pipe (see [`crate::bench::scale`]). Not part of `all`.
+    Scale,
 }
 
 impl Pattern {
@@ -110,6 +113,7 @@ impl Pattern {
             Pattern::PingPong => "pingpong",
             Pattern::Stream => "stream",
             Pattern::Mixed => "mixed",
+            Pattern::Scale => "scale",
         }
     }
 
@@ -118,7 +122,8 @@ impl Pattern {
             "pingpong" | "ping-pong" => Ok(Pattern::PingPong),
             "stream" => Ok(Pattern::Stream),
             "mixed" => Ok(Pattern::Mixed),
-            _ => bail!("unknown pattern {s:?} (expected pingpong, stream, mixed or all)"),
+            "scale" => Ok(Pattern::Scale),
+            _ => bail!("unknown pattern {s:?} (expected pingpong, stream, mixed, scale or all)"),
         }
     }
 }
@@ -178,11 +183,11 @@ pub fn parse_transports(s: &str) -> Result<TransportSelection, String> {
     Ok(TransportSelection { transports, all })
 }
 
-/// The patterns that `all` stands for: `mixed` runs only when named, so that the default
-/// tour (and CI's runs) keep their length.
+/// The patterns that `all` stands for: `mixed` and `scale` run only when named, so that the
+/// default tour (and CI's runs) keep their length.
 pub const ALL_PATTERNS: [Pattern; 2] = [Pattern::PingPong, Pattern::Stream];
 
-/// Parses `--pattern`: `pingpong,stream,mixed` (any subset, any order) or `all`
+/// Parses `--pattern`: `pingpong,stream,mixed,scale` (any subset, any order) or `all`
 /// (= [`ALL_PATTERNS`]; `all,mixed` adds mixed).
 pub fn parse_patterns(s: &str) -> Result<PatternSelection, String> {
     let (patterns, _) = parse_list(s, &ALL_PATTERNS, Pattern::parse).map_err(|e| e.to_string())?;
@@ -293,15 +298,19 @@ pub struct Job {
     pub system: System,
     /// tcp, uds, shm or tls.
     pub transport: Transport,
-    /// pingpong, stream or mixed (duct only; the raw reference of a mixed case runs as
-    /// pingpong).
+    /// pingpong, stream, mixed (duct only; the raw reference of a mixed case runs as
+    /// pingpong) or scale (duct only).
     pub pattern: Pattern,
     /// Payload bytes per message.
     pub size: usize,
     /// Messages before the measured phase.
     pub warmup: u64,
-    /// Stream: messages per `send_batch`/`recv_batch` call on duct.
+    /// Stream: messages per `send_batch`/`recv_batch` call on duct; scale: per `send_batch`
+    /// call on each pipe.
     pub batch: usize,
+    /// Scale: how many pipes the peer dials (the N pipes of a case, or 1 for its reference
+    /// run); 1 for every other pattern. On the job line only for scale jobs.
+    pub pipes: usize,
     /// How much is measured (the sending end decides when to stop; the peer learns it from
     /// the flag on the last message).
     pub amount: Amount,
@@ -372,9 +381,14 @@ impl Job {
             Some(ca) => format!(" tls_ca={}", escape_word(ca)),
             None => String::new(),
         };
+        let pipes = if self.pattern == Pattern::Scale {
+            format!(" pipes={}", self.pipes)
+        } else {
+            String::new()
+        };
         format!(
             "job system={} transport={} pattern={} size={} warmup={} batch={} {} reliable={} \
-             spin={}{} addr={}",
+             spin={}{}{} addr={}",
             self.system.name(),
             self.transport.name(),
             self.pattern.name(),
@@ -385,6 +399,7 @@ impl Job {
             u8::from(self.reliable),
             u8::from(self.spin),
             tls_ca,
+            pipes,
             self.addr
         )
     }
@@ -397,7 +412,7 @@ impl Job {
         }
         let (mut system, mut transport, mut pattern, mut size) = (None, None, None, None);
         let (mut warmup, mut batch, mut amount, mut addr) = (None, None, None, None);
-        let (mut reliable, mut spin, mut tls_ca) = (None, None, None);
+        let (mut reliable, mut spin, mut tls_ca, mut pipes) = (None, None, None, None);
         for word in words {
             let Some((key, value)) = word.split_once('=') else {
                 bail!("malformed word {word:?} in job line");
@@ -430,6 +445,7 @@ impl Job {
                     })
                 }
                 "tls_ca" => tls_ca = Some(unescape_word(value)?),
+                "pipes" => pipes = Some(num(value)? as usize),
                 "addr" => addr = Some(value.to_string()),
                 _ => bail!("unknown key {key:?} in job line"),
             }
@@ -446,9 +462,10 @@ impl Job {
             reliable: reliable.ok_or_else(|| missing("reliable"))?,
             spin: spin.ok_or_else(|| missing("spin"))?,
             tls_ca,
+            pipes: pipes.unwrap_or(1),
             addr: addr.ok_or_else(|| missing("addr"))?,
         };
-        if job.size == 0 || job.size > MAX_SIZE || job.batch == 0 {
+        if job.size == 0 || job.size > MAX_SIZE || job.batch == 0 || job.pipes == 0 {
             bail!("job line out of range: {line:?}");
         }
         if (job.transport == Transport::Tls) != job.tls_ca.is_some() {
@@ -457,7 +474,16 @@ impl Job {
         if job.spin && job.transport != Transport::Shm {
             bail!("job line: spin is for shm only: {line:?}");
         }
-        if job.reliable && (job.system != System::Duct || job.pattern == Pattern::Mixed) {
+        if (job.pattern == Pattern::Scale) != pipes.is_some() {
+            bail!("job line: pipes is for scale jobs, and every scale job needs it: {line:?}");
+        }
+        if job.pattern == Pattern::Scale && job.system != System::Duct {
+            bail!("job line: scale is measured on duct only: {line:?}");
+        }
+        if job.reliable
+            && (job.system != System::Duct
+                || matches!(job.pattern, Pattern::Mixed | Pattern::Scale))
+        {
             bail!(
                 "job line asks for a reliable channel where there is none to configure: {line:?}"
             );
@@ -466,16 +492,22 @@ impl Job {
     }
 
     /// `duct uds stream 64 B` (`duct reliable uds stream 64 B` on a reliable channel, `raw
-    /// spin shm pingpong 64 B` with `--spin`): for progress lines and errors.
+    /// spin shm pingpong 64 B` with `--spin`, `duct tcp scale 64 B × 1000 pipes`): for
+    /// progress lines and errors.
     pub fn label(&self) -> String {
         format!(
-            "{}{}{} {} {} {}",
+            "{}{}{} {} {} {}{}",
             self.system.name(),
             if self.reliable { " reliable" } else { "" },
             if self.spin { " spin" } else { "" },
             self.transport.name(),
             self.pattern.name(),
-            format_size(self.size)
+            format_size(self.size),
+            match (self.pattern, self.pipes) {
+                (Pattern::Scale, 1) => " × 1 pipe".to_string(),
+                (Pattern::Scale, n) => format!(" × {n} pipes"),
+                _ => String::new(),
+            }
         )
     }
 }
@@ -571,6 +603,54 @@ mod tests {
     }
 
     #[test]
+    fn scale_runs_only_when_named_and_its_jobs_carry_the_pipes() {
+        assert_eq!(parse_patterns("scale").unwrap().0, vec![Pattern::Scale]);
+        assert_eq!(
+            parse_patterns("all,scale").unwrap().0,
+            vec![Pattern::PingPong, Pattern::Stream, Pattern::Scale]
+        );
+        assert!(!parse_patterns("all").unwrap().0.contains(&Pattern::Scale));
+        assert!(parse_patterns("scales").unwrap_err().contains("scale"));
+        let job = Job {
+            system: System::Duct,
+            transport: Transport::Uds,
+            pattern: Pattern::Scale,
+            size: 64,
+            warmup: 2000,
+            batch: 16,
+            amount: Amount::Duration(Duration::from_millis(500)),
+            reliable: false,
+            spin: false,
+            tls_ca: None,
+            pipes: 1000,
+            addr: "uds://@duct-bench-1-9".into(),
+        };
+        let line = job.encode();
+        assert!(line.contains(" pipes=1000 addr="), "{line}");
+        assert_eq!(Job::decode(&line).unwrap(), job);
+        assert_eq!(job.label(), "duct uds scale 64 B × 1000 pipes");
+        let one = Job {
+            pipes: 1,
+            ..job.clone()
+        };
+        assert_eq!(Job::decode(&one.encode()).unwrap(), one);
+        assert_eq!(one.label(), "duct uds scale 64 B × 1 pipe");
+        // Only scale jobs carry pipes, and every one of them; at least one; duct only,
+        // realtime only.
+        assert!(Job::decode(&line.replace(" pipes=1000", "")).is_err());
+        assert!(Job::decode(&line.replace("pipes=1000", "pipes=0")).is_err());
+        assert!(Job::decode(&line.replace("pattern=scale", "pattern=stream")).is_err());
+        assert!(Job::decode(&line.replace("system=duct", "system=raw")).is_err());
+        assert!(Job::decode(&line.replace("reliable=0", "reliable=1")).is_err());
+        let stream = Job {
+            pattern: Pattern::Stream,
+            pipes: 1,
+            ..job
+        };
+        assert!(!stream.encode().contains("pipes"), "{}", stream.encode());
+    }
+
+    #[test]
     fn job_round_trips() {
         let job = Job {
             system: System::Raw,
@@ -583,6 +663,7 @@ mod tests {
             reliable: false,
             spin: false,
             tls_ca: None,
+            pipes: 1,
             addr: "uds://@duct-bench-1-2".into(),
         };
         assert_eq!(Job::decode(&job.encode()).unwrap(), job);
@@ -618,6 +699,7 @@ mod tests {
             reliable: false,
             spin: false,
             tls_ca: None,
+            pipes: 1,
             addr: "uds://@duct-bench-1-3".into(),
         };
         let reliable = Job {
@@ -668,6 +750,7 @@ mod tests {
             reliable: false,
             spin: false,
             tls_ca: Some("/tmp/my certs/100%/ca.pem".into()),
+            pipes: 1,
             addr: "tls://127.0.0.1:41232".into(),
         };
         let line = job.encode();
@@ -716,6 +799,7 @@ mod tests {
             reliable: false,
             spin: true,
             tls_ca: None,
+            pipes: 1,
             addr: "shm://duct-bench-1-7".into(),
         };
         let line = job.encode();

@@ -153,7 +153,7 @@ pub fn summarize(system: System, runs: &[RunResult], size: usize) -> Summary {
 
 /// duct ÷ raw for `pattern`, round by round, then the median. Rounds pair up by index.
 /// Mixed compares round trips, as ping-pong does (the mixed case uses it for loaded ÷
-/// idle).
+/// idle); scale compares rates, as stream does (the scale case uses it for N pipes ÷ one).
 pub fn ratios(pattern: Pattern, duct: &[RunResult], raw: &[RunResult]) -> Ratios {
     let pairs = duct.iter().zip(raw);
     match pattern {
@@ -176,7 +176,7 @@ pub fn ratios(pattern: Pattern, duct: &[RunResult], raw: &[RunResult]) -> Ratios
                 max: median(&max),
             }
         }
-        Pattern::Stream => {
+        Pattern::Stream | Pattern::Scale => {
             let per_round: Vec<f64> = pairs
                 .map(|(d, r)| ratio(d.msgs_per_sec, r.msgs_per_sec))
                 .collect();

@@ -81,6 +81,13 @@ pub struct PeerReport {
     pub elapsed_ns: u64,
     /// Allocations in the measured phase (on the peer's process).
     pub allocs: u64,
+    /// Scale (Linux): the peer process's `VmRSS`, in bytes, before it dialed its pipes.
+    pub rss_before: Option<u64>,
+    /// Scale (Linux): the same after its traffic, every pipe still open.
+    pub rss_after: Option<u64>,
+    /// Scale (Linux): the peer process's threads of duct's own (see
+    /// [`crate::bench::scale::ThreadCount`]), after its traffic.
+    pub threads_duct: Option<u64>,
 }
 
 /// The part of a job that the loops need.
@@ -172,6 +179,7 @@ pub fn serve_echo<C: MsgConn>(conn: &mut C, warmup: u64) -> Result<PeerReport> {
         rate_messages: 0,
         elapsed_ns: 0,
         allocs,
+        ..PeerReport::default()
     })
 }
 
@@ -239,6 +247,7 @@ pub fn serve_stream<C: MsgConn>(conn: &mut C, warmup: u64) -> Result<PeerReport>
         rate_messages: count - counted_at_reference,
         elapsed_ns,
         allocs,
+        ..PeerReport::default()
     })
 }
 

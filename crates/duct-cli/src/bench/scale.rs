@@ -1,0 +1,669 @@
+//! The scale pattern (duct only): many pipes on one listener, and what they cost.
+//!
+//! BENCH.md's goal: "1,000 pipes on one process: ≤ 4 threads of duct's own; total msgs/s ≥
+//! 0.8 × one pipe's". Each round of a scale case makes two runs, back to back:
+//! - `--pipes N` pipes (default [`DEFAULT_PIPES`]): the measuring end listens, the peer dials
+//!   N pipes to it, one after another, then streams `--size` messages on all of them as fast
+//!   as it can, round-robin, with one blocking `Pipe::send_batch` of up to
+//!   [`MAX_SEND_BATCH`] messages (`--batch`, if lower; 1: `Pipe::send`) per pipe in turn;
+//! - the reference: the same traffic, sent the same way, on one pipe.
+//!
+//! The measuring end receives on all its pipes from [`RX_THREADS`] application threads (one
+//! for the reference, which has one pipe), pipe `i` going to thread `i % RX_THREADS`. Each
+//! thread sweeps its pipes without blocking: `Pipe::try_recv`, and when that brings a message,
+//! `Pipe::recv_batch` with a zero timeout for what else is ready, up to [`RECV_MAX`] messages
+//! in all per visit. (`try_recv` goes first because it reports an empty pipe as `Ok(None)`,
+//! while `recv_batch` reports it as a `WouldBlock` error, whose message is formatted, an
+//! allocation.) A thread whose sweep found nothing yields its CPU once, as a server with
+//! nothing to do would not spin at full speed (and the sender may share its CPU).
+//!
+//! The rate is total messages over the time from the first measured message (the first
+//! after [`warmup_messages`], on any pipe) to the last (the last pipe's final message): the
+//! sender ends by sending one message flagged last on every pipe, and a receiving thread is
+//! done when each of its pipes has brought its own.
+//!
+//! Beside the rate, the measuring end reports (Linux; `None` elsewhere):
+//! - the threads of its process: all of them, and duct's own ([`ThreadCount`]), counted when
+//!   the measured phase starts, every pipe open and carrying traffic;
+//! - RSS per pipe: `VmRSS` after every pipe connected and the traffic ran (the pipes still
+//!   open), minus `VmRSS` before the listener was made, divided by the number of pipes; the
+//!   peer reports the same for its process (before it dialed, after it sent).
+//!
+//! There is no raw baseline: the reference is duct's own single pipe.
+//!
+//! shm: every pipe gets duct's segment, whose sizes no `ListenOptions` or `DialOptions`
+//! setting changes ([`SHM_SEGMENT`] says what they are); its pages count in RSS once
+//! touched, in both processes (the mapping is shared).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use duct::{
+    CloseOptions, DialOptions, ErrorKind, ListenOptions, Message, Pipe, RecvOptions, SendOptions,
+};
+
+use crate::bench::duct_conn;
+use crate::bench::peer::Peer;
+use crate::bench::spec::{Amount, Job};
+use crate::bench::stats::RunResult;
+use crate::bench::tls::{dial_tls, listen_tls, TlsSetup};
+use crate::bench::workload::{alloc_count, PeerReport, FLAG_LAST, FLAG_MORE};
+use crate::error::{bail, Context, Result};
+
+/// `--pipes` when not given.
+pub const DEFAULT_PIPES: usize = 1000;
+
+/// Application threads of the measuring end that receive (fewer if there are fewer pipes).
+pub const RX_THREADS: usize = 2;
+
+/// Most messages per `send_batch` call on one pipe (`--batch` may lower it).
+pub const MAX_SEND_BATCH: usize = 16;
+
+/// Most messages a receiving thread takes from one pipe per visit.
+pub const RECV_MAX: usize = 64;
+
+/// What duct's shm segment holds per direction, for the table (duct's `default_params` in
+/// crates/duct/src/transport/shm.rs; not settable through `ListenOptions`/`DialOptions`).
+pub const SHM_SEGMENT: &str = "per direction a ring of 4096 descriptors and a pool of \
+     4096 × 256 B, 512 × 4 KiB, 128 × 64 KiB and 8 × 1 MiB slots";
+
+/// How long the measuring end waits for the peer's report once it has received everything.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Messages per `send_batch` call for a `--batch` of `batch`.
+pub fn send_batch(batch: usize) -> usize {
+    batch.clamp(1, MAX_SEND_BATCH)
+}
+
+/// Messages sent before the measured phase: `--warmup`, but at least one batch per pipe, so
+/// that every pipe has carried traffic before anything is measured. Both ends compute it.
+pub fn warmup_messages(job: &Job) -> u64 {
+    job.warmup
+        .max((job.pipes as u64).saturating_mul(job.batch.max(1) as u64))
+}
+
+/// Receiving threads for `pipes` pipes.
+pub fn rx_threads(pipes: usize) -> usize {
+    RX_THREADS.min(pipes).max(1)
+}
+
+/// The threads of a process, as `/proc/<pid>/task/*/comm` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadCount {
+    /// duct's own: named `duct-*` (its reactor threads and other helpers), the bench's own
+    /// `duct-bench-*` threads (watchdog, peer threads, receivers) left out.
+    pub duct: u64,
+    /// All of them.
+    pub total: u64,
+}
+
+impl ThreadCount {
+    /// This process's threads; `None` off Linux, or if `/proc` cannot be read.
+    pub fn of_this_process() -> Option<ThreadCount> {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        let mut count = ThreadCount { duct: 0, total: 0 };
+        for entry in std::fs::read_dir("/proc/self/task").ok()? {
+            let Ok(entry) = entry else { continue };
+            // A thread that ended since the listing has no comm any more: not counted.
+            let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
+                continue;
+            };
+            count.total += 1;
+            if is_ducts_own(comm.trim_end()) {
+                count.duct += 1;
+            }
+        }
+        Some(count)
+    }
+}
+
+/// Whether a thread named `comm` (at most 15 bytes, as the kernel keeps it) is one of duct's:
+/// `duct-*`, but not the bench's own `duct-bench-*`.
+pub fn is_ducts_own(comm: &str) -> bool {
+    comm.starts_with("duct-") && !comm.starts_with("duct-bench")
+}
+
+/// This process's resident set (`VmRSS`), in bytes; `None` off Linux.
+pub fn rss_bytes() -> Option<u64> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    parse_vm_rss(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// `VmRSS` of a `/proc/<pid>/status` text, in bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut words = line["VmRSS:".len()..].split_whitespace();
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => Some(value * 1024),
+        _ => None,
+    }
+}
+
+/// `(after − before) ÷ pipes`, in bytes (negative if the process shrank).
+fn per_pipe(before: Option<u64>, after: Option<u64>, pipes: usize) -> Option<f64> {
+    Some((after? as f64 - before? as f64) / pipes.max(1) as f64)
+}
+
+/// What a scale run measured beside its [`RunResult`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ScaleFigures {
+    /// Pipes of the run.
+    pub pipes: usize,
+    /// The measuring process's threads during the measured phase.
+    pub threads: Option<ThreadCount>,
+    /// The measuring process's RSS growth per pipe, in bytes.
+    pub rss_per_pipe: Option<f64>,
+    /// The peer process's RSS growth per pipe, in bytes.
+    pub peer_rss_per_pipe: Option<f64>,
+    /// The peer process's threads of duct's own, after its traffic.
+    pub peer_threads_duct: Option<u64>,
+}
+
+/// A case's figures over its rounds: the most threads, and the largest RSS growth per pipe,
+/// of any round (memory that an earlier run freed may serve a later one, which then grows
+/// less: the largest is the closest to what a first run costs).
+pub fn combine(rounds: &[ScaleFigures]) -> ScaleFigures {
+    fn max_f64(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+    let mut out = ScaleFigures::default();
+    for r in rounds {
+        out.pipes = out.pipes.max(r.pipes);
+        out.threads = match (out.threads, r.threads) {
+            (Some(a), Some(b)) => Some(ThreadCount {
+                duct: a.duct.max(b.duct),
+                total: a.total.max(b.total),
+            }),
+            (a, b) => a.or(b),
+        };
+        out.rss_per_pipe = max_f64(out.rss_per_pipe, r.rss_per_pipe);
+        out.peer_rss_per_pipe = max_f64(out.peer_rss_per_pipe, r.peer_rss_per_pipe);
+        out.peer_threads_duct = out.peer_threads_duct.max(r.peer_threads_duct);
+    }
+    out
+}
+
+/// The measuring end's listen options: duct's defaults, and room for `pipes` pipes.
+fn listen_options(pipes: usize) -> ListenOptions {
+    ListenOptions::default().max_pipes(pipes.max(16_384))
+}
+
+/// Closes every pipe at once: by now nothing is left to send on them.
+fn close_all(pipes: Vec<Pipe>) {
+    let now = CloseOptions::default().linger(Duration::ZERO);
+    for pipe in pipes {
+        let _ = pipe.close_with(now.clone());
+    }
+}
+
+/// One scale run on the measuring end: listen, start the peer on `job` (which dials
+/// `job.pipes` pipes and sends), accept every pipe, receive until each has brought its last
+/// message, then collect the peer's report and close everything.
+pub fn run(
+    peer: &mut Peer,
+    job: &mut Job,
+    tls: Option<&TlsSetup>,
+) -> Result<(RunResult, ScaleFigures)> {
+    let rss_before = rss_bytes();
+    let addr = duct_conn::listen_addr(job.transport, &super::uds_name())?;
+    let options = listen_tls(listen_options(job.pipes), job, tls);
+    let options = duct_conn::listen_spin(options, job);
+    let (listener, bound) = duct_conn::listen(&addr, options)?;
+    job.addr = bound;
+    peer.start(job)?;
+    let mut pipes = Vec::with_capacity(job.pipes);
+    while pipes.len() < job.pipes {
+        let pipe = duct_conn::accept(&listener, super::CONNECT_TIMEOUT, || peer.check())
+            .with_context(|| format!("after {} of {} pipes", pipes.len(), job.pipes))?;
+        pipes.push(pipe);
+    }
+    let received = receive(&pipes, job).map_err(|e| super::with_peer_error(e, peer));
+    let rss_after = rss_bytes();
+    let outcome = received.and_then(|rx| Ok((rx, peer.wait(REPORT_TIMEOUT)?)));
+    close_all(pipes);
+    drop(listener);
+    let (rx, report) = outcome?;
+    let run = RunResult {
+        rtt: None,
+        messages: rx.messages,
+        msgs_per_sec: rx.rate_messages as f64 / rx.elapsed.as_secs_f64().max(1e-9),
+        allocs_per_msg: super::per_msg(rx.allocs, rx.rate_messages)
+            .max(super::per_msg(report.allocs, report.messages)),
+    };
+    let figures = ScaleFigures {
+        pipes: job.pipes,
+        threads: rx.threads,
+        rss_per_pipe: per_pipe(rss_before, rss_after, job.pipes),
+        peer_rss_per_pipe: per_pipe(report.rss_before, report.rss_after, job.pipes),
+        peer_threads_duct: report.threads_duct,
+    };
+    Ok((run, figures))
+}
+
+/// What the receiving threads measured together.
+struct Received {
+    /// Messages after the warmup.
+    messages: u64,
+    /// Messages received after the reference instant.
+    rate_messages: u64,
+    /// From the reference instant to the receipt of the last message.
+    elapsed: Duration,
+    /// Allocations of this process over the same window.
+    allocs: u64,
+    /// This process's threads at the reference instant.
+    threads: Option<ThreadCount>,
+}
+
+/// The count shared by the receiving threads.
+struct Tally {
+    total: AtomicU64,
+    warmup: u64,
+    reference: OnceLock<Reference>,
+}
+
+/// The instant the measured phase starts: the receipt of the call that brings the first
+/// message after the warmup (as in the stream pattern, the messages of that call do not
+/// count towards the rate).
+struct Reference {
+    at: Instant,
+    count: u64,
+    allocs: u64,
+    threads: Option<ThreadCount>,
+}
+
+impl Tally {
+    fn add(&self, n: u64) {
+        let total = self.total.fetch_add(n, Ordering::Relaxed) + n;
+        if total > self.warmup && self.reference.get().is_none() {
+            self.reference.get_or_init(|| {
+                // Counted first: reading /proc allocates.
+                let threads = ThreadCount::of_this_process();
+                Reference {
+                    at: Instant::now(),
+                    count: total,
+                    allocs: alloc_count(),
+                    threads,
+                }
+            });
+        }
+    }
+}
+
+/// Receives on `pipes` from [`rx_threads`] threads until every pipe has brought its last
+/// message.
+fn receive(pipes: &[Pipe], job: &Job) -> Result<Received> {
+    let threads = rx_threads(pipes.len());
+    let mut groups: Vec<Vec<&Pipe>> = vec![Vec::new(); threads];
+    for (i, pipe) in pipes.iter().enumerate() {
+        groups[i % threads].push(pipe);
+    }
+    let tally = Tally {
+        total: AtomicU64::new(0),
+        warmup: warmup_messages(job),
+        reference: OnceLock::new(),
+    };
+    let size = job.size;
+    let ends = std::thread::scope(|s| -> Result<Vec<Instant>> {
+        let mut handles = Vec::with_capacity(threads);
+        for (i, group) in groups.into_iter().enumerate() {
+            let tally = &tally;
+            let handle = std::thread::Builder::new()
+                .name(format!("duct-bench-rx-{i}"))
+                .spawn_scoped(s, move || receive_on(group, size, tally))?;
+            handles.push(handle);
+        }
+        let mut ends = Vec::with_capacity(threads);
+        let mut first_error = None;
+        for handle in handles {
+            match handle.join() {
+                Ok(Ok(end)) => ends.push(end),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error
+                        .get_or_insert(crate::error::CliError::msg("a receiving thread panicked"));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(ends),
+        }
+    })?;
+    let allocs_after = alloc_count();
+    let total = tally.total.load(Ordering::Relaxed);
+    let Some(reference) = tally.reference.into_inner() else {
+        bail!(
+            "too few messages arrived after the warmup to measure a rate (use more --messages \
+             or a longer --duration)"
+        );
+    };
+    let end = ends.into_iter().max().unwrap_or(reference.at);
+    let elapsed = end.saturating_duration_since(reference.at);
+    let rate_messages = total - reference.count;
+    if rate_messages == 0 || elapsed.is_zero() {
+        bail!(
+            "too few messages arrived after the warmup to measure a rate (use more --messages \
+             or a longer --duration)"
+        );
+    }
+    Ok(Received {
+        messages: total.saturating_sub(tally.warmup),
+        rate_messages,
+        elapsed,
+        allocs: allocs_after.wrapping_sub(reference.allocs),
+        threads: reference.threads,
+    })
+}
+
+/// One receiving thread: sweeps `pipes` without blocking until each has brought its last
+/// message; returns when it received the last of them.
+fn receive_on(mut pipes: Vec<&Pipe>, size: usize, tally: &Tally) -> Result<Instant> {
+    let rest = RecvOptions::default().timeout(Duration::ZERO);
+    let mut batch: Vec<Message> = Vec::with_capacity(RECV_MAX);
+    while !pipes.is_empty() {
+        let mut found = false;
+        let mut i = 0;
+        while i < pipes.len() {
+            let pipe = pipes[i];
+            let Some(first) = pipe.try_recv().context("duct: try_recv")? else {
+                i += 1;
+                continue;
+            };
+            found = true;
+            let mut last = check(&first, size)?;
+            let mut n = 1;
+            if !last && RECV_MAX > 1 {
+                match pipe.recv_batch(&mut batch, RECV_MAX - 1, &rest) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e).context("duct: recv_batch"),
+                }
+                for msg in &batch {
+                    last |= check(msg, size)?;
+                }
+                n += batch.len();
+                batch.clear();
+            }
+            drop(first);
+            tally.add(n as u64);
+            if last {
+                pipes.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        if !found {
+            std::thread::yield_now();
+        }
+    }
+    Ok(Instant::now())
+}
+
+/// Checks a received message (channel 0, `size` bytes); returns its last-message flag.
+fn check(msg: &Message, size: usize) -> Result<bool> {
+    if msg.channel() != duct_conn::CHANNEL {
+        bail!(
+            "duct: protocol error: message on channel {}, expected {}",
+            msg.channel(),
+            duct_conn::CHANNEL
+        );
+    }
+    if msg.len() != size {
+        bail!(
+            "duct: protocol error: message of {} bytes, expected {size}",
+            msg.len()
+        );
+    }
+    Ok(msg.payload()[0] == FLAG_LAST)
+}
+
+/// The peer's half of a scale job: dial `job.pipes` pipes, send on all of them, hand the
+/// report to `deliver`, then close every pipe.
+pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
+    let rss_before = rss_bytes();
+    let options = duct_conn::dial_spin(dial_tls(DialOptions::default(), job), job);
+    let mut pipes = Vec::with_capacity(job.pipes);
+    while pipes.len() < job.pipes {
+        match duct_conn::dial(&job.addr, options.clone()) {
+            Ok(pipe) => pipes.push(pipe),
+            Err(e) => {
+                let n = pipes.len();
+                close_all(pipes);
+                deliver(Err(e.context(format!("after {n} of {} pipes", job.pipes))));
+                return;
+            }
+        }
+    }
+    let outcome = send_all(&pipes, job).map(|report| PeerReport {
+        rss_before,
+        rss_after: rss_bytes(),
+        threads_duct: ThreadCount::of_this_process().map(|t| t.duct),
+        ..report
+    });
+    deliver(outcome);
+    close_all(pipes);
+}
+
+/// The sender: round-robin over `pipes`, one blocking `send_batch` of `job.batch` messages
+/// per pipe in turn: the warmup, then the measured phase, then one message flagged last on
+/// every pipe.
+fn send_all(pipes: &[Pipe], job: &Job) -> Result<PeerReport> {
+    let mut payload = vec![0xA5u8; job.size];
+    payload[0] = FLAG_MORE;
+    let mut last_payload = payload.clone();
+    last_payload[0] = FLAG_LAST;
+    let (payload, last_payload) = (Bytes::from(payload), Bytes::from(last_payload));
+    let batch = job.batch.max(1);
+    let options = SendOptions::default();
+    let send = |pipe: &Pipe| -> Result<u64> {
+        if batch == 1 {
+            pipe.send(Message::new(payload.clone()))?;
+            return Ok(1);
+        }
+        let mut left = batch;
+        while left > 0 {
+            let msgs = (0..left).map(|_| Message::new(payload.clone()));
+            let sent = pipe.send_batch(msgs, &options)?;
+            if sent == 0 {
+                bail!("duct: send_batch accepted none of {left} messages");
+            }
+            left -= sent.min(left);
+        }
+        Ok(batch as u64)
+    };
+    let mut next = 0;
+    let mut turn = || {
+        let pipe = &pipes[next];
+        next = if next + 1 == pipes.len() { 0 } else { next + 1 };
+        send(pipe)
+    };
+    let warmup = warmup_messages(job);
+    let mut sent = 0u64;
+    while sent < warmup {
+        sent += turn()?;
+    }
+    let allocs_before = alloc_count();
+    let start = Instant::now();
+    let mut messages = 0u64;
+    let finals = pipes.len() as u64;
+    loop {
+        let done = match job.amount {
+            Amount::Messages(total) => messages + finals >= total,
+            Amount::Duration(d) => start.elapsed() >= d,
+        };
+        if done {
+            break;
+        }
+        messages += turn()?;
+    }
+    for pipe in pipes {
+        pipe.send(Message::new(last_payload.clone()))?;
+        messages += 1;
+    }
+    Ok(PeerReport {
+        messages,
+        allocs: alloc_count().wrapping_sub(allocs_before),
+        ..PeerReport::default()
+    })
+}
+
+/// Makes sure this process may open the descriptors `pipes` pipes need (two per pipe and
+/// end at most, shm's control socket and segment; both ends in this process with
+/// `--threads`): raises the soft limit up to the hard one if needed, before the peer process
+/// starts (it inherits the limit).
+#[cfg(unix)]
+pub fn ensure_fd_limit(pipes: usize, ends_here: usize) -> Result<()> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let needed = (pipes as u64).saturating_mul(2 * ends_here as u64) + 256;
+    let limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(u64::MAX);
+    if current >= needed {
+        return Ok(());
+    }
+    let maximum = limit.maximum.unwrap_or(u64::MAX);
+    let raised = rustix::process::Rlimit {
+        current: Some(needed.min(maximum)),
+        maximum: limit.maximum,
+    };
+    if needed > maximum || setrlimit(Resource::Nofile, raised).is_err() {
+        bail!(
+            "--pipes {pipes}: needs about {needed} file descriptors, and this process may open \
+             {current} (hard limit {maximum}); raise `ulimit -n` or use fewer --pipes"
+        );
+    }
+    Ok(())
+}
+
+/// Off Unix, descriptors are not counted this way.
+#[cfg(not(unix))]
+pub fn ensure_fd_limit(_pipes: usize, _ends_here: usize) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::spec::{Pattern, System, Transport};
+
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\tduct\nVmPeak:\t  20000 kB\nVmRSS:\t    1234 kB\nThreads:\t3\n";
+        assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_rss("VmRSS: 12 MB\n"), None);
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(rss_bytes().unwrap() > 0);
+        } else {
+            assert_eq!(rss_bytes(), None);
+        }
+        assert_eq!(per_pipe(Some(1000), Some(3000), 4), Some(500.0));
+        assert_eq!(per_pipe(Some(3000), Some(1000), 1), Some(-2000.0));
+        assert_eq!(per_pipe(None, Some(1000), 1), None);
+    }
+
+    #[test]
+    fn threads_of_duct_and_of_the_bench_are_told_apart() {
+        assert!(is_ducts_own("duct-reactor-0"));
+        assert!(is_ducts_own("duct-reconnect"));
+        assert!(!is_ducts_own("duct-bench-rx-0"));
+        assert!(!is_ducts_own("duct-bench-watc"));
+        assert!(!is_ducts_own("main"));
+        if cfg!(target_os = "linux") {
+            let count = ThreadCount::of_this_process().unwrap();
+            assert!(count.total >= 1 && count.duct <= count.total, "{count:?}");
+        }
+    }
+
+    #[test]
+    fn rounds_combine_to_their_worst() {
+        let round = |duct, total, rss: f64| ScaleFigures {
+            pipes: 1000,
+            threads: Some(ThreadCount { duct, total }),
+            rss_per_pipe: Some(rss),
+            peer_rss_per_pipe: None,
+            peer_threads_duct: Some(duct),
+        };
+        let all = combine(&[
+            round(1, 7, 50_000.0),
+            round(2, 6, -10.0),
+            round(1, 6, 60_000.0),
+        ]);
+        assert_eq!(all.pipes, 1000);
+        assert_eq!(all.threads, Some(ThreadCount { duct: 2, total: 7 }));
+        assert_eq!(all.rss_per_pipe, Some(60_000.0));
+        assert_eq!(all.peer_rss_per_pipe, None);
+        assert_eq!(all.peer_threads_duct, Some(2));
+        assert_eq!(combine(&[]), ScaleFigures::default());
+    }
+
+    #[test]
+    fn warmup_covers_every_pipe() {
+        let job = Job {
+            system: System::Duct,
+            transport: Transport::Uds,
+            pattern: Pattern::Scale,
+            size: 64,
+            warmup: 2000,
+            batch: send_batch(64),
+            amount: Amount::Messages(10),
+            reliable: false,
+            spin: false,
+            tls_ca: None,
+            pipes: 1000,
+            addr: String::new(),
+        };
+        assert_eq!(job.batch, MAX_SEND_BATCH);
+        assert_eq!(warmup_messages(&job), 1000 * MAX_SEND_BATCH as u64);
+        assert_eq!(warmup_messages(&Job { pipes: 1, ..job }), 2000);
+        assert_eq!(send_batch(4), 4);
+        assert_eq!(rx_threads(1), 1);
+        assert_eq!(rx_threads(1000), RX_THREADS);
+    }
+
+    /// A scale run and its reference through the bench's own path (job line, peer thread),
+    /// briefly: every message counted, the figures filled in on Linux.
+    #[test]
+    fn scale_runs_through_a_thread_peer() {
+        let mut peer = Peer::threads(None);
+        for pipes in [20, 1] {
+            let mut job = Job {
+                system: System::Duct,
+                transport: Transport::Uds,
+                pattern: Pattern::Scale,
+                size: 64,
+                warmup: 100,
+                batch: send_batch(64),
+                amount: Amount::Messages(5000),
+                reliable: false,
+                spin: false,
+                tls_ca: None,
+                pipes,
+                addr: String::new(),
+            };
+            let (run, figures) = run(&mut peer, &mut job, None).unwrap();
+            assert!(job.addr.starts_with("uds://@duct-bench-"), "{}", job.addr);
+            assert!(run.msgs_per_sec > 0.0, "{run:?}");
+            assert!(run.messages >= 5000 - MAX_SEND_BATCH as u64, "{run:?}");
+            assert_eq!(figures.pipes, pipes);
+            if cfg!(target_os = "linux") {
+                let threads = figures.threads.unwrap();
+                assert!(threads.duct >= 1, "{figures:?}");
+                assert!(figures.rss_per_pipe.is_some() && figures.peer_rss_per_pipe.is_some());
+                assert!(figures.peer_threads_duct.unwrap() >= 1, "{figures:?}");
+            }
+        }
+        peer.finish();
+    }
+}
