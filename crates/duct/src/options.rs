@@ -1615,6 +1615,11 @@ pub struct PipeStats {
     /// `shm://`: frames whose payload moved to the peer without a copy (written in place with
     /// [`Pipe::alloc`](crate::Pipe::alloc)).
     pub zero_copy_frames: u64,
+    /// Reads asked of the transport (a system call each on a socket), by the application's
+    /// receives and by the reactor. Beside `msgs_received`: how many messages a read brings.
+    /// A receive that does not wait, on a pipe found empty before and with nothing reported
+    /// since by the reactor (which then watches it), reads nothing and is not counted.
+    pub reads: u64,
     channels: BTreeMap<u16, ChannelStats>,
 }
 

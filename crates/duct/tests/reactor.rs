@@ -237,3 +237,73 @@ fn close_with_linger_delivers_everything_to_a_slow_reader() {
         "close waited {took:?}: longer than the drain needs"
     );
 }
+
+/// A receiver that polls (`try_recv`) an empty pipe asks the transport once, not on every
+/// poll: the reactor watches the transport for it and counts what it reports. Whatever
+/// arrives then still reaches the poller, and, if it stops polling, the reactor reads it
+/// ahead.
+fn polling_an_empty_pipe_reads_once(kind: common::Kind) {
+    let Some(f) = common::Fixture::new(kind) else {
+        return;
+    };
+    let p = common::pair(&f);
+    let (tx, rx) = (&p.dialer, &p.accepted);
+    tx.send("hello").unwrap();
+    let first = loop {
+        if let Some(m) = rx.try_recv().unwrap() {
+            break m;
+        }
+        thread::sleep(Duration::from_micros(200));
+    };
+    assert_eq!(first.payload(), b"hello");
+    for round in 0..3 {
+        let before = rx.stats().reads;
+        for _ in 0..1000 {
+            assert!(rx.try_recv().unwrap().is_none());
+        }
+        let reads = rx.stats().reads - before;
+        assert!(
+            reads <= 2,
+            "{kind:?} round {round}: {reads} reads for 1000 polls of an empty pipe"
+        );
+        // Something arrives: a poll finds it.
+        tx.send(format!("m{round}")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let got = loop {
+            if let Some(m) = rx.try_recv().unwrap() {
+                break m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{kind:?}: the message never came"
+            );
+            thread::sleep(Duration::from_micros(100));
+        };
+        assert_eq!(got.payload(), format!("m{round}").as_bytes());
+    }
+    // The poller stops; a message arrives; well after the reactor's recheck, it is there
+    // without a read by the application.
+    tx.send("while away").unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let before = rx.stats().reads;
+    let m = rx.try_recv().unwrap().expect("read ahead by the reactor");
+    assert_eq!(m.payload(), b"while away");
+    assert_eq!(rx.stats().reads, before, "no read by the poll itself");
+}
+
+#[test]
+fn polling_an_empty_pipe_reads_once_tcp() {
+    polling_an_empty_pipe_reads_once(common::Kind::Tcp4);
+}
+
+#[cfg(unix)]
+#[test]
+fn polling_an_empty_pipe_reads_once_uds() {
+    polling_an_empty_pipe_reads_once(common::Kind::UdsAbstract);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn polling_an_empty_pipe_reads_once_shm() {
+    polling_an_empty_pipe_reads_once(common::Kind::Shm);
+}

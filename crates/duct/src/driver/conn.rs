@@ -129,6 +129,17 @@ struct Shared {
     caller_reads: u64,
     /// `caller_reads` when the reactor last armed or looked.
     seen_reads: u64,
+    /// Receive calls by the application that may wait (not `try_recv`-like) so far.
+    blocking_reads: u64,
+    /// `blocking_reads` when the reactor last looked.
+    seen_blocking: u64,
+    /// Readability events the reactor reported so far.
+    read_events: u64,
+    /// `read_events` before the last read that found the transport empty (`None`: it was
+    /// not, or is not known to be). While the reactor watches readability and no event has
+    /// come since, the transport is still empty: a receive that does not wait returns at
+    /// once, without a system call (an application polling many pipes).
+    empty_at: Option<u64>,
     /// When the reactor looks again at a pipe it left to its caller.
     recheck_at: Option<Instant>,
     /// While paused: when to sample again what waits unread in the transport.
@@ -427,6 +438,10 @@ impl Conn {
             write_kick: false,
             caller_reads: 0,
             seen_reads: 0,
+            blocking_reads: 0,
+            seen_blocking: 0,
+            read_events: 0,
+            empty_at: None,
             recheck_at: None,
             sample_at: None,
             timer_at: None,
@@ -1250,6 +1265,9 @@ impl Conn {
         };
         let mut g = self.lock();
         g.caller_reads += 1;
+        if wait != Wait::No {
+            g.blocking_reads += 1;
+        }
         let mut attempted = false;
         // The last read brought bytes: the transport may hold more (an async call reads on
         // until it is empty, so that the reactor's edge-triggered readiness sees what comes
@@ -1359,7 +1377,19 @@ impl Conn {
                 g = ng;
                 continue;
             }
+            if wait == Wait::No
+                && park.is_none()
+                && g.read_armed
+                && g.empty_at == Some(g.read_events)
+            {
+                // The transport was empty at the last read, and the reactor, which watches
+                // it, has reported nothing since: still empty. No system call.
+                drop(g);
+                return Ok(0);
+            }
             g.reading = true;
+            g.stats.reads += 1;
+            let events = g.read_events;
             let mut r = self.read.lock().unwrap_or_else(|p| p.into_inner());
             let needed = g.session.input_needed(&r.data);
             drop(g);
@@ -1368,11 +1398,22 @@ impl Conn {
             g = self.lock();
             g.reading = false;
             let found = !matches!(&res, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            g.empty_at = (!found).then_some(events);
             more = self.absorb(&mut g, &mut r, res);
             drop(r);
             if found {
                 self.notify(&mut g);
             } else {
+                if wait == Wait::No
+                    && park.is_none()
+                    && !g.read_armed
+                    && g.blocking_reads == g.seen_blocking
+                {
+                    // A caller that polls: have the reactor watch the transport, so that the
+                    // next polls of an empty pipe cost no system call. (A fresh registration
+                    // reports input that is there already.)
+                    self.read_for_async(&mut g);
+                }
                 // Nothing came: threads are told (one may take over reading); async receives
                 // go on waiting, with the reactor reading for them (waking them would have
                 // them read in turn, for nothing).
@@ -1525,6 +1566,7 @@ impl Conn {
                 break;
             }
             let needed = g.session.input_needed(&r.data);
+            g.stats.reads += 1;
             drop(g);
             let res = with_transport(
                 &mut *r,
@@ -2045,6 +2087,7 @@ impl Conn {
         }
         g.registered = None;
         g.seen_reads = g.caller_reads;
+        g.empty_at = None;
         g.timer_at = None;
         g = self.arm_reads(g);
         g = self.flush_if_idle(g);
@@ -2386,6 +2429,9 @@ impl Reactive for Conn {
         if g.terminal.is_some() {
             return;
         }
+        if readable {
+            g.read_events = g.read_events.wrapping_add(1);
+        }
         // A frame transport's readable fd also says that room for output appeared.
         let frames = self.frames;
         let writable = writable || (readable && frames);
@@ -2405,10 +2451,20 @@ impl Reactive for Conn {
             // reads for it (it would otherwise wait for the next RECHECK).
             if g.reading || (g.caller_reads != g.seen_reads && !g.wakers.wants_messages()) {
                 // A caller is receiving: leave the socket to it and look again later.
-                g.read_armed = false;
+                let polling = !g.reading && g.blocking_reads == g.seen_blocking;
                 g.seen_reads = g.caller_reads;
-                self.update_interest(&mut g);
-                g.recheck_at = Some(Instant::now() + RECHECK);
+                g.seen_blocking = g.blocking_reads;
+                if polling {
+                    // It polls without waiting (`try_recv`): the event just counted tells
+                    // its next poll to read. Keep watching for it; if it stops polling, the
+                    // recheck reads what came.
+                    let at = Instant::now() + RECHECK;
+                    g.recheck_at.get_or_insert(at);
+                } else {
+                    g.read_armed = false;
+                    self.update_interest(&mut g);
+                    g.recheck_at = Some(Instant::now() + RECHECK);
+                }
                 self.reschedule(&mut g);
             } else {
                 g = self.read_ahead(g);
@@ -2468,6 +2524,19 @@ impl Reactive for Conn {
                 if g.caller_reads == g.seen_reads && !g.reading {
                     // The caller has been away for a whole RECHECK: read ahead for it.
                     g = self.arm_reads(g);
+                } else {
+                    g.seen_reads = g.caller_reads;
+                    g.recheck_at = Some(now + RECHECK);
+                }
+            } else if g.read_armed
+                && !g.session.receive_paused()
+                && g.terminal.is_none()
+                && g.empty_at != Some(g.read_events)
+            {
+                // Watched for a caller that polls, with input perhaps unread.
+                if g.caller_reads == g.seen_reads && !g.reading {
+                    // It stopped polling: read ahead for it.
+                    g = self.read_ahead(g);
                 } else {
                     g.seen_reads = g.caller_reads;
                     g.recheck_at = Some(now + RECHECK);
