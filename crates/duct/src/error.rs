@@ -135,8 +135,10 @@ type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
 /// [`std::io::Error`] with a matching [`std::io::ErrorKind`] for code that speaks `io::Result`.
 #[derive(Clone)]
 pub struct Error {
-    // Boxed so that `Result<T>` stays one pointer wider than `T` on the hot paths.
-    inner: Box<Inner>,
+    // Behind one pointer so that `Result<T>` stays one pointer wider than `T` on the hot
+    // paths; shared, so that an error made once can be returned again without allocating (a
+    // pipe's "no message is ready", which a polling receiver may get very often).
+    inner: Arc<Inner>,
 }
 
 #[derive(Clone)]
@@ -153,7 +155,7 @@ impl Error {
     /// max_message_size (67108864 bytes)`.
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
         Error {
-            inner: Box::new(Inner {
+            inner: Arc::new(Inner {
                 kind,
                 message: message.into(),
                 source: None,
@@ -167,7 +169,7 @@ impl Error {
         mut self,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Error {
-        self.inner.source = Some(Arc::new(source));
+        Arc::make_mut(&mut self.inner).source = Some(Arc::new(source));
         self
     }
 
@@ -186,7 +188,7 @@ impl Error {
             format!("pipe closed locally: code {code} {reason:?}")
         };
         let mut err = Error::new(ErrorKind::Closed, message);
-        err.inner.close = Some((code, reason));
+        Arc::make_mut(&mut err.inner).close = Some((code, reason));
         err
     }
 

@@ -374,10 +374,7 @@ impl Pipe {
     }
 
     pub(crate) fn would_block(&self) -> Error {
-        Error::new(
-            ErrorKind::WouldBlock,
-            format!("no message from {} is ready", self.conn.peer_addr()),
-        )
+        self.conn.would_block()
     }
 
     /// Returns a message if one is ready, without blocking (it may read what the socket

@@ -2,6 +2,9 @@
 //! uds and shm, counted by a counting global allocator across the whole process (sender,
 //! receiver and reactor threads alike).
 //!
+//! Polling an empty pipe (`try_recv`, and receives with a zero timeout, whose `WouldBlock`
+//! error is made once per pipe) allocates nothing either.
+//!
 //! One test in this file, so that no other test allocates in the process while it counts.
 //! The bound leaves room for what is not per message (a heartbeat PING, a timer), and is far
 //! below one allocation per thousand messages.
@@ -70,6 +73,32 @@ fn allocations_while_streaming(addr: &str) -> u64 {
     allocs
 }
 
+/// Polls an empty pipe without waiting, every way there is; returns the allocations of the
+/// whole process during 10,000 rounds of polls, after a first round.
+fn allocations_while_polling_an_empty_pipe(addr: &str) -> u64 {
+    let listener = duct::listen(addr, ListenOptions::default()).unwrap();
+    let addr = listener.local_addr().to_string();
+    let dialer = duct::dial(&addr, DialOptions::default()).unwrap();
+    let pipe = listener.accept().unwrap();
+    let now = RecvOptions::default().timeout(Duration::ZERO);
+    let mut out = Vec::with_capacity(64);
+    let mut poll = || {
+        assert!(pipe.try_recv().unwrap().is_none());
+        let e = pipe.recv_batch(&mut out, 64, &now).unwrap_err();
+        assert_eq!(e.kind(), duct::ErrorKind::WouldBlock);
+        let e = pipe.recv_with(&now).unwrap_err();
+        assert_eq!(e.kind(), duct::ErrorKind::WouldBlock);
+    };
+    poll();
+    let before = snapshot();
+    for _ in 0..10_000 {
+        poll();
+    }
+    let allocs = snapshot().since(&before).allocations();
+    drop(dialer);
+    allocs
+}
+
 #[test]
 fn a_stream_allocates_nothing_per_message() {
     let mut addrs = vec!["tcp://127.0.0.1:0".to_owned()];
@@ -77,6 +106,14 @@ fn a_stream_allocates_nothing_per_message() {
     addrs.push(format!("uds://@duct-allocs-{}", std::process::id()));
     #[cfg(target_os = "linux")]
     addrs.push(format!("shm://duct-allocs-{}", std::process::id()));
+    for addr in &addrs {
+        let allocs = allocations_while_polling_an_empty_pipe(addr);
+        println!("{addr}: {allocs} allocations over 10,000 rounds of polls of an empty pipe");
+        assert!(
+            allocs <= 5,
+            "{addr}: {allocs} allocations while polling an empty pipe 30,000 times"
+        );
+    }
     for addr in addrs {
         let allocs = allocations_while_streaming(&addr);
         println!("{addr}: {allocs} allocations over {MEASURED} messages received");

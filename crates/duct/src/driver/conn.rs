@@ -313,6 +313,8 @@ impl Shared {
 pub(crate) struct Conn {
     /// The connection's transport; replaced when the pipe reconnects.
     transport: RwLock<Arc<dyn StreamTransport>>,
+    /// [`Conn::would_block`]'s error, once made.
+    would_block: OnceLock<Error>,
     shared: Mutex<Shared>,
     cv: Condvar,
     read: Mutex<ReadBuf>,
@@ -460,6 +462,7 @@ impl Conn {
         let conn = Arc::new_cyclic(|me| Conn {
             me: me.clone(),
             transport: RwLock::new(transport),
+            would_block: OnceLock::new(),
             shared: Mutex::new(shared),
             cv: Condvar::new(),
             read: Mutex::new(rbuf),
@@ -554,6 +557,19 @@ impl Conn {
             let _ = len;
             None
         }
+    }
+
+    /// `WouldBlock`: no message is ready (a receive that does not wait). Made once per pipe
+    /// and then shared: a receiver polling empty pipes allocates nothing.
+    pub(crate) fn would_block(&self) -> Error {
+        self.would_block
+            .get_or_init(|| {
+                Error::new(
+                    ErrorKind::WouldBlock,
+                    format!("no message from {} is ready", self.who),
+                )
+            })
+            .clone()
     }
 
     pub(crate) fn send_timeout(&self) -> Duration {
