@@ -96,14 +96,15 @@ pub enum PinArg {
     Split,
 }
 
-/// The event-loop backend duct should use.
+/// The backend of duct's reactor (`duct::set_backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
-    /// Whatever duct picks by default.
+    /// Whatever duct picks by default: io_uring where the kernel allows it, else epoll (the
+    /// `DUCT_BACKEND` environment variable, if set, decides).
     Auto,
-    /// epoll (not selectable yet).
+    /// epoll (through mio).
     Epoll,
-    /// io_uring (not selectable yet).
+    /// io_uring; where it cannot start, duct falls back to epoll with a warning.
     Uring,
 }
 
@@ -209,7 +210,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub spin: bool,
 
-    /// duct's event-loop backend (only auto for now).
+    /// duct's reactor backend, in both bench processes. The table and the JSON report the
+    /// one that ran.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendArg,
 }

@@ -12,6 +12,8 @@
 //! - `pipe` (Windows): named pipes for `pipe://`: server instances and client ends as mio
 //!   `NamedPipe`s.
 //! - [`shm`]: shared-memory rings, payload pools, futex waits and segments for `shm://`.
+//! - `uring` (Linux, feature `io-uring`): the io_uring ring behind the reactor's io_uring
+//!   backend (multishot polls, a wait with a timeout).
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -21,3 +23,5 @@ pub mod net;
 #[cfg(windows)]
 pub mod pipe;
 pub mod shm;
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+pub mod uring;

@@ -83,6 +83,21 @@
 //! the peer's PINGs, and writes output left queued when a socket was full. It starts with the
 //! first `listen` or `dial`, lives for the process, and never keeps the process from exiting.
 //!
+//! On Linux the reactor waits on io_uring where the kernel allows it, else on epoll (other
+//! systems: kqueue, IOCP). [`set_backend`] (or the `DUCT_BACKEND` environment variable) chooses,
+//! before the first `listen` or `dial`; [`backend`] tells which one runs. Both behave the same,
+//! and neither is on the inline path, so the choice changes the reactor's costs, not what a
+//! `send` or `recv` costs.
+//!
+//! ```
+//! // Before the first listen or dial; afterwards the call fails with ErrorKind::Unsupported.
+//! duct::set_backend(duct::Backend::Epoll)?;
+//! let listener = duct::listen("tcp://127.0.0.1:0", duct::ListenOptions::default())?;
+//! assert_eq!(duct::backend(), Some(duct::Backend::Epoll));
+//! # drop(listener);
+//! # Ok::<(), duct::Error>(())
+//! ```
+//!
 //! # Async
 //!
 //! Every blocking call has an async form that runs under any executor (tokio,
@@ -162,6 +177,7 @@ mod transport;
 
 pub use addr::Addr;
 pub use async_api::dial_async;
+pub use driver::backend::{backend, set_backend, Backend};
 pub use driver::reactor::set_reactor_threads;
 pub use error::{Error, ErrorKind, Result};
 pub use listener::{listen, Listener};

@@ -80,6 +80,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs `duct bench` with `args`: the rounds, then the table on stdout, then the files.
 pub fn run(args: BenchArgs) -> Result<()> {
     reject_unimplemented(&args)?;
+    choose_backend(args.backend)?;
     let mut transports = Vec::new();
     let mut skipped = Vec::new();
     for &t in &args.transport.transports {
@@ -412,10 +413,21 @@ fn reject_unimplemented(args: &BenchArgs) -> Result<()> {
             args.channels
         );
     }
-    if args.backend != BackendArg::Auto {
-        bail!("--backend: not implemented yet (only auto: duct's default backend)");
-    }
     Ok(())
+}
+
+/// `--backend`: duct's reactor backend here, and in the peer process (this executable
+/// started again, which reads `DUCT_BACKEND`). `auto` leaves duct's default (and a
+/// `DUCT_BACKEND` the user set) alone.
+fn choose_backend(backend: BackendArg) -> Result<()> {
+    let chosen = match backend {
+        BackendArg::Auto => return Ok(()),
+        BackendArg::Epoll => duct::Backend::Epoll,
+        BackendArg::Uring => duct::Backend::Uring,
+    };
+    // Before any thread or pipe of this run exists.
+    std::env::set_var("DUCT_BACKEND", chosen.as_str());
+    duct::set_backend(chosen).map_err(|e| CliError::msg(format!("--backend: {e}")))
 }
 
 fn create_output(path: &Path) -> Result<(File, std::path::PathBuf)> {

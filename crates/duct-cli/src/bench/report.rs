@@ -34,9 +34,10 @@
 //! A scale case has no raw row.
 //!
 //! `spin` is true on the shm rows of a run with `--spin` (duct with `spin(Duration::MAX)`,
-//! the raw baseline spinning likewise). `backend` is `auto` for duct, `blocking` for the raw
-//! socket baselines, and `futex` or `spin` for the raw shm baseline (see
-//! [`crate::bench::shm`]).
+//! the raw baseline spinning likewise). `backend` is duct's reactor backend that ran
+//! (`uring` or `epoll`, see `--backend`; `auto` only if no duct reactor ran in this process),
+//! `blocking` for the raw socket baselines, and `futex` or `spin` for the raw shm baseline
+//! (see [`crate::bench::shm`]).
 
 use std::fmt::Write as _;
 
@@ -162,6 +163,11 @@ impl RunConfig {
     }
 }
 
+/// The backend duct's reactor ran on in this process (`auto` before it started).
+fn duct_backend() -> &'static str {
+    duct::backend().map_or("auto", |b| b.as_str())
+}
+
 /// A JSON string literal.
 pub(crate) fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -240,7 +246,7 @@ fn summary_json(
 ) -> String {
     let spin = config.spins(case.transport);
     let backend = match (s.system, case.transport) {
-        (System::Duct, _) => "auto",
+        (System::Duct, _) => duct_backend(),
         (System::Raw, Transport::Shm) if spin => "spin",
         (System::Raw, Transport::Shm) => "futex",
         (System::Raw, _) => "blocking",
@@ -582,12 +588,14 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
     };
     let _ = writeln!(
         out,
-        "duct bench: {layout}, pin {}, {} round{} × {} per system, warmup {} messages",
+        "duct bench: {layout}, pin {}, {} round{} × {} per system, warmup {} messages, \
+         reactor {}",
         config.pin,
         config.rounds,
         if config.rounds == 1 { "" } else { "s" },
         config.amount,
-        config.warmup
+        config.warmup,
+        duct_backend()
     );
     let pingpong: Vec<&CaseResult> = cases
         .iter()

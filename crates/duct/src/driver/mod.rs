@@ -10,7 +10,9 @@
 //!   blocking calls wait on.
 //! - [`sys`]: what the reactor registers for a transport, one module per OS (an fd on Unix; on
 //!   Windows a socket's watch, which the socket's own calls re-arm after `WouldBlock`, or a
-//!   named pipe registered for life).
+//!   named pipe registered for life), and on Linux the io_uring backend.
+//! - [`backend`]: which poller the reactor threads run on (epoll through mio, or io_uring),
+//!   chosen once per process.
 //!
 //! # The driver contract
 //! A stream transport (tcp, uds, tls, Windows named pipes) plugs in by
@@ -36,8 +38,10 @@
 //!   condition variable. The implementation is in `transport/pipe.rs`.
 //!
 //! Either way the driver sees edge-triggered readiness: one event per new readiness after a
-//! call returned `WouldBlock`, and a fresh registration reports what is already there.
+//! call returned `WouldBlock`, and a fresh registration reports what is already there. On
+//! Linux the reactor's io_uring backend (a multishot poll per fd) keeps the same contract.
 
+pub(crate) mod backend;
 pub(crate) mod conn;
 pub(crate) mod handshake;
 pub(crate) mod io;

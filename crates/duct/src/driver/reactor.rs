@@ -3,8 +3,9 @@
 //!
 //! One reactor thread by default (see [`crate::set_reactor_threads`] and the
 //! `DUCT_REACTOR_THREADS` environment variable), shared by every pipe: a thousand idle pipes
-//! are a thousand registrations, not a thousand threads. Each thread owns a `mio::Poll` (epoll
-//! on Linux, kqueue and IOCP elsewhere), a timer heap and a small command inbox.
+//! are a thousand registrations, not a thousand threads. Each thread owns a poller (see
+//! [`super::backend`]: a `mio::Poll`, which is epoll on Linux, kqueue and IOCP elsewhere; or
+//! on Linux an io_uring), a timer heap and a small command inbox.
 //!
 //! What a reactor thread does for a pipe is the pipe's business: the reactor only reports
 //! readiness ([`Reactive::on_ready`]) and due timers ([`Reactive::on_timer`]). The pipe decides
@@ -17,12 +18,17 @@
 //!
 //! Ordering guarantee: a source's entry in the reactor's table is added (through the inbox)
 //! before its fd is registered with the poller, and the inbox is drained after every wait and
-//! before events are dispatched, so no readiness event can arrive for an unknown source.
+//! before events are dispatched, so no readiness event can arrive for an unknown source. (With
+//! io_uring, registrations of connected sockets go through the inbox, and the thread applies
+//! them after the `Add`s it took with them.) The inbox is also drained before every wait:
+//! commands the reactor thread sends itself (a source's timer, from its `on_ready`) do not
+//! wake it.
 //!
 //! What is registered differs by OS (an fd on Unix; on Windows a socket's watch, or a named
 //! pipe that stays registered for its whole life and passes its events on): see
 //! [`super::sys`].
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
@@ -30,8 +36,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Interest, Token};
 
+use super::backend::{self, Backend, Control, Poller};
 use super::sys::{self, Readiness};
 
 /// Something the reactor serves: a pipe (or, later, a listener).
@@ -43,8 +50,13 @@ pub(crate) trait Reactive: Send + Sync {
     fn on_timer(&self, now: Instant);
 }
 
-/// Token of the inbox waker.
-const WAKER: Token = Token(usize::MAX);
+/// A registered source became ready (what a backend's wait reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ready {
+    pub(crate) token: usize,
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
+}
 
 enum Command {
     Add(usize, Weak<dyn Reactive>),
@@ -57,10 +69,39 @@ enum Command {
 }
 
 struct Worker {
-    registry: Registry,
-    waker: Waker,
-    inbox: Mutex<Vec<Command>>,
+    control: Control,
+    inbox: Mutex<Inbox>,
     next_token: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Inbox {
+    commands: Vec<Command>,
+    /// io_uring: the registration each source wants, the latest per source (bounded by the
+    /// live sources), applied by the thread after the commands taken with it.
+    #[cfg(duct_uring)]
+    interest: HashMap<usize, WantedInterest>,
+}
+
+/// What a source asked the io_uring backend to watch.
+#[cfg(duct_uring)]
+struct WantedInterest {
+    /// The source's own fd number (to duplicate again when its poll must be re-armed: the
+    /// backend checks that it still names the same file). `hold` is what is polled first.
+    fd: std::os::fd::RawFd,
+    /// A duplicate of the source's fd, made while the source lent it: the thread arms its
+    /// poll later, when the source may have closed its fd and the number may name another
+    /// file; the duplicate keeps naming this one until the kernel has taken it.
+    hold: Option<std::os::fd::OwnedFd>,
+    interest: Option<Interest>,
+    /// Arm a new poll even if the same one is armed: a registration (or a change of
+    /// interest, as epoll's `EPOLL_CTL_MOD`) reports readiness that is already there.
+    fresh: bool,
+}
+
+thread_local! {
+    /// The worker whose reactor thread this is (its address), or 0.
+    static CURRENT_WORKER: Cell<usize> = const { Cell::new(0) };
 }
 
 /// A source's registration with one reactor thread. Dropping it removes the source.
@@ -120,28 +161,86 @@ fn workers() -> io::Result<&'static [Arc<Worker>]> {
     if let Some(w) = REACTOR.get() {
         return Ok(w);
     }
-    let started = (0..thread_count())
-        .map(start)
-        .collect::<io::Result<Vec<_>>>()?;
+    let requested = backend::requested();
+    let mut uring = matches!(requested, Backend::Auto | Backend::Uring);
+    if requested == Backend::Uring && !cfg!(duct_uring) {
+        tracing::warn!(
+            "duct reactor: io_uring was asked for, but this build has no io_uring backend \
+             (Linux with the `io-uring` feature); using {}",
+            Backend::Epoll
+        );
+        uring = false;
+    }
+    let mut started = Vec::new();
+    let mut running = Backend::Uring;
+    for index in 0..thread_count() {
+        let (worker, backend) = start(index, uring, requested)?;
+        if backend != Backend::Uring {
+            // The others would fail the same way: they start on epoll at once.
+            uring = false;
+            running = backend;
+        }
+        started.push(worker);
+    }
+    backend::set_running(running);
     let _ = REACTOR.set(started);
     Ok(REACTOR.get().expect("set above"))
 }
 
-fn start(index: usize) -> io::Result<Arc<Worker>> {
-    let poll = Poll::new()?;
-    let registry = poll.registry().try_clone()?;
-    let waker = Waker::new(poll.registry(), WAKER)?;
-    let worker = Arc::new(Worker {
-        registry,
-        waker,
-        inbox: Mutex::new(Vec::new()),
-        next_token: AtomicUsize::new(0),
-    });
-    let w = Arc::clone(&worker);
-    std::thread::Builder::new()
+/// Starts reactor thread `index` on io_uring if `uring` and it can, else on epoll (saying
+/// why, as a warning if io_uring was asked for by name).
+fn start(index: usize, uring: bool, requested: Backend) -> io::Result<(Arc<Worker>, Backend)> {
+    #[cfg(duct_uring)]
+    if uring {
+        match start_on(index, Poller::uring) {
+            Ok(started) => return Ok(started),
+            Err(e) if requested == Backend::Uring => tracing::warn!(
+                error = %e,
+                "duct reactor: io_uring cannot start; using epoll"
+            ),
+            Err(e) => tracing::info!(
+                error = %e,
+                "duct reactor: io_uring unavailable; using epoll"
+            ),
+        }
+    }
+    let _ = (uring, requested);
+    start_on(index, Poller::epoll)
+}
+
+/// Starts reactor thread `index` with the poller `make` sets up on that thread (io_uring wants
+/// the thread that submits to be the one that waits). Returns once it is set up.
+fn start_on(
+    index: usize,
+    make: fn() -> io::Result<(Poller, Control)>,
+) -> io::Result<(Arc<Worker>, Backend)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
         .name(format!("duct-reactor-{index}"))
-        .spawn(move || run(w, poll))?;
-    Ok(worker)
+        .spawn(move || match make() {
+            Ok((poller, control)) => {
+                let worker = Arc::new(Worker {
+                    control,
+                    inbox: Mutex::new(Inbox::default()),
+                    next_token: AtomicUsize::new(0),
+                });
+                let _ = tx.send(Ok((Arc::clone(&worker), poller.backend())));
+                run(worker, poller);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        })?;
+    match rx.recv() {
+        Ok(Ok(started)) => Ok(started),
+        Ok(Err(e)) => {
+            // The thread ends at once: wait for it, so that it is gone before another thread
+            // takes its name.
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(io::Error::other("the reactor thread ended while starting")),
+    }
 }
 
 /// Registers `source` with a reactor thread (round-robin) and returns its handle. The fd is
@@ -166,9 +265,59 @@ impl Worker {
         self.inbox
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .commands
             .push(cmd);
-        // A failed wake means the poller is gone; nothing more can be done for this source.
-        let _ = self.waker.wake();
+        self.wake();
+    }
+
+    /// Wakes the thread, unless this is the thread: it takes its inbox before it waits.
+    fn wake(&self) {
+        if CURRENT_WORKER.with(Cell::get) != self as *const Worker as usize {
+            self.control.wake();
+        }
+    }
+
+    /// io_uring: records what `token`'s source wants watched, for the thread to apply.
+    #[cfg(duct_uring)]
+    fn want_interest(
+        &self,
+        token: usize,
+        src: Readiness<'_>,
+        from: Option<Interest>,
+        to: Option<Interest>,
+    ) {
+        if from == to {
+            return;
+        }
+        use std::os::fd::AsRawFd;
+        let hold = match to {
+            Some(_) => src
+                .try_clone_to_owned()
+                .map_err(|e| {
+                    // (Out of fds: poll the number itself; see `WantedInterest::hold`.)
+                    tracing::debug!(error = %e, "duct reactor (io_uring): cannot duplicate an fd");
+                })
+                .ok(),
+            None => None,
+        };
+        // (Not the duplicate's number: the duplicate is closed once the kernel has taken the
+        // poll, and its number may then name any other file.)
+        let fd = src.as_raw_fd();
+        let fresh = to.is_some();
+        {
+            let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+            let earlier = inbox.interest.get(&token).is_some_and(|w| w.fresh);
+            inbox.interest.insert(
+                token,
+                WantedInterest {
+                    fd,
+                    hold,
+                    interest: to,
+                    fresh: earlier || fresh,
+                },
+            );
+        }
+        self.wake();
     }
 }
 
@@ -182,17 +331,27 @@ impl ReactorHandle {
         from: Option<Interest>,
         to: Option<Interest>,
     ) -> io::Result<()> {
-        #[cfg(unix)]
-        return sys::set_interest(&self.worker.registry, Token(self.token), src, from, to);
-        #[cfg(windows)]
-        return sys::set_interest(
-            &self.worker.registry,
-            Token(self.token),
-            &self.source,
-            src,
-            from,
-            to,
-        );
+        match &self.worker.control {
+            #[cfg(unix)]
+            Control::Epoll { registry, .. } => {
+                sys::set_interest(registry, Token(self.token), src, from, to)
+            }
+            #[cfg(windows)]
+            Control::Epoll { registry, .. } => {
+                sys::set_interest(registry, Token(self.token), &self.source, src, from, to)
+            }
+            // Listening sockets go to the thread's epoll instance, at once (see
+            // `sys/uring.rs`: io_uring would keep a closed listener's address taken).
+            #[cfg(duct_uring)]
+            Control::Uring { listeners, .. } if sys::uring::is_listening(src) => {
+                sys::set_interest(listeners, Token(self.token), src, from, to)
+            }
+            #[cfg(duct_uring)]
+            Control::Uring { .. } => {
+                self.worker.want_interest(self.token, src, from, to);
+                Ok(())
+            }
+        }
     }
 
     /// Registers `source` with this thread's poller under this handle's token, for good: a
@@ -200,7 +359,8 @@ impl ReactorHandle {
     /// reach the source that owns this handle, which passes them on).
     #[cfg(windows)]
     pub(crate) fn register_for_life(&self, source: &mut impl mio::event::Source) -> io::Result<()> {
-        self.worker.registry.register(
+        let Control::Epoll { registry, .. } = &self.worker.control;
+        registry.register(
             source,
             Token(self.token),
             Interest::READABLE | Interest::WRITABLE,
@@ -230,68 +390,95 @@ impl Drop for ReactorHandle {
     }
 }
 
-fn run(worker: Arc<Worker>, mut poll: Poll) {
-    let mut events = Events::with_capacity(1024);
-    let mut sources: HashMap<usize, Weak<dyn Reactive>> = HashMap::new();
-    let mut timers: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
-    let mut held: HashMap<usize, Arc<dyn Reactive>> = HashMap::new();
-    let mut inbox = Vec::new();
+/// What the reactor thread keeps for its sources.
+#[derive(Default)]
+struct Table {
+    sources: HashMap<usize, Weak<dyn Reactive>>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    held: HashMap<usize, Arc<dyn Reactive>>,
+}
+
+fn run(worker: Arc<Worker>, mut poller: Poller) {
+    CURRENT_WORKER.with(|c| c.set(Arc::as_ptr(&worker) as usize));
+    let mut ready = Vec::new();
+    let mut table = Table::default();
+    let mut inbox = Inbox::default();
     loop {
-        let timeout = timers
+        take_inbox(&worker, &mut inbox, &mut table, &mut poller);
+        let timeout = table
+            .timers
             .peek()
             .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
-        if let Err(e) = poll.poll(&mut events, timeout) {
+        if let Err(e) = poller.wait(timeout, &mut ready) {
             if e.kind() != io::ErrorKind::Interrupted {
                 tracing::error!(error = %e, "duct reactor: poll failed; retrying");
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             continue;
         }
-        std::mem::swap(
-            &mut inbox,
-            &mut *worker.inbox.lock().unwrap_or_else(|p| p.into_inner()),
-        );
-        for cmd in inbox.drain(..) {
-            match cmd {
-                Command::Add(t, s) => {
-                    sources.insert(t, s);
-                }
-                Command::Remove(t) => {
-                    sources.remove(&t);
-                }
-                Command::Timer(t, at) => timers.push(Reverse((at, t))),
-                Command::Hold(t, s) => {
-                    held.insert(t, s);
-                }
-                Command::Release(t) => {
-                    held.remove(&t);
-                }
-            }
-        }
-        for ev in events.iter() {
-            if ev.token() == WAKER {
-                continue;
-            }
-            let Some(source) = sources.get(&ev.token().0).and_then(Weak::upgrade) else {
+        take_inbox(&worker, &mut inbox, &mut table, &mut poller);
+        for ev in ready.drain(..) {
+            let Some(source) = table.sources.get(&ev.token).and_then(Weak::upgrade) else {
                 continue;
             };
-            let hup = ev.is_error() || ev.is_read_closed() || ev.is_write_closed();
-            source.on_ready(ev.is_readable() || hup, ev.is_writable() || hup);
+            source.on_ready(ev.readable, ev.writable);
         }
         let now = Instant::now();
-        while let Some(Reverse((at, token))) = timers.peek().copied() {
+        while let Some(Reverse((at, token))) = table.timers.peek().copied() {
             if at > now {
                 break;
             }
-            timers.pop();
-            if let Some(source) = sources.get(&token).and_then(Weak::upgrade) {
+            table.timers.pop();
+            if let Some(source) = table.sources.get(&token).and_then(Weak::upgrade) {
                 source.on_timer(now);
             }
         }
         // Drop timers of sources that are gone, so the heap stays bounded by live sources'
         // pending deadlines.
-        if timers.len() > 4 * sources.len() + 64 {
-            timers.retain(|Reverse((_, t))| sources.contains_key(t));
+        if table.timers.len() > 4 * table.sources.len() + 64 {
+            let sources = &table.sources;
+            table
+                .timers
+                .retain(|Reverse((_, t))| sources.contains_key(t));
         }
     }
+}
+
+/// Takes the inbox's commands (and, with io_uring, registrations) and applies them.
+fn take_inbox(worker: &Worker, inbox: &mut Inbox, table: &mut Table, poller: &mut Poller) {
+    {
+        let mut shared = worker.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(&mut inbox.commands, &mut shared.commands);
+        #[cfg(duct_uring)]
+        std::mem::swap(&mut inbox.interest, &mut shared.interest);
+    }
+    for cmd in inbox.commands.drain(..) {
+        match cmd {
+            Command::Add(t, s) => {
+                table.sources.insert(t, s);
+            }
+            Command::Remove(t) => {
+                table.sources.remove(&t);
+                #[cfg(duct_uring)]
+                if let Poller::Uring(p) = poller {
+                    p.remove(t);
+                }
+            }
+            Command::Timer(t, at) => table.timers.push(Reverse((at, t))),
+            Command::Hold(t, s) => {
+                table.held.insert(t, s);
+            }
+            Command::Release(t) => {
+                table.held.remove(&t);
+            }
+        }
+    }
+    #[cfg(duct_uring)]
+    for (token, w) in inbox.interest.drain() {
+        // (A source removed meanwhile has nothing to watch.)
+        if let (Poller::Uring(p), true) = (&mut *poller, table.sources.contains_key(&token)) {
+            p.set(token, w.fd, w.hold, w.interest, w.fresh);
+        }
+    }
+    let _ = poller;
 }

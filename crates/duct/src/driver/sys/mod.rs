@@ -30,6 +30,10 @@
 //!   watches it now ([`PipeSource`]: a change of interest only changes where they go, and
 //!   reports readiness already there). See `transport/pipe.rs`.
 //!
+//! - **Linux with io_uring** (`uring.rs`, the reactor's other backend, see
+//!   `driver::backend`): the same fd, watched by a multishot `POLL_ADD` on the reactor
+//!   thread's ring instead of an epoll registration; the contract is the same.
+//!
 //! Blocking waits (a caller's `recv` with a deadline) do not involve the reactor on Unix
 //! (`poll`) or for Windows sockets (`WSAPoll`; see `driver::io::wait`); a named pipe's wait
 //! is on a condition variable that its reactor thread notifies.
@@ -38,6 +42,9 @@
 mod unix;
 #[cfg(unix)]
 pub(crate) use unix::*;
+
+#[cfg(duct_uring)]
+pub(crate) mod uring;
 
 #[cfg(windows)]
 mod windows;
