@@ -210,6 +210,19 @@ pub struct BenchArgs {
     #[arg(long)]
     pub spin: bool,
 
+    /// pingpong and stream: duct's sending end builds every message with Pipe::alloc(size),
+    /// writes in place only the byte the workload needs (payload[0], the last-message flag),
+    /// then freeze() and sends it (stream: send_batch of such messages; pingpong: the
+    /// initiating side allocs, the echo sends back what it received). The payload is
+    /// produced in place, the point of the API: on shm the buffer is a slot of the shared
+    /// pool and the message moves as a descriptor, with no payload copy (the table and the
+    /// JSON show the sending end's PipeStats zero_copy_frames and payload_bytes_copied over
+    /// the measured phase); on tcp, uds and tls alloc returns a heap buffer, an allocation per
+    /// message. The raw baseline is unchanged. With shm and uds streams, the table adds shm
+    /// (alloc) ÷ uds, raw and duct (bytes/s, from the medians).
+    #[arg(long)]
+    pub alloc: bool,
+
     /// duct's reactor backend, in both bench processes. The table and the JSON report the
     /// one that ran.
     #[arg(long, value_enum, default_value = "auto")]
@@ -355,6 +368,8 @@ mod tests {
         assert_eq!(b.pin, PinArg::None);
         assert!(!b.threads && !b.no_baseline && !b.reliable);
         assert!(bench(&["--reliable"]).reliable);
+        assert!(!b.alloc);
+        assert!(bench(&["--alloc"]).alloc);
     }
 
     #[test]

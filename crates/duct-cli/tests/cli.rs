@@ -427,6 +427,65 @@ fn tiny_shm_bench() {
     }
 }
 
+/// `--alloc` on shm and uds streams, in two processes: every row says whether duct built its
+/// messages with `Pipe::alloc`; shm's duct row moved every message without a copy (fewer
+/// messages than the pool has 64 KiB slots, so no alloc ever waits for one to come back);
+/// the table compares shm (alloc) with uds. `--batch 8`: the receivers take at most 8
+/// messages per call, so that a rate is measured however few messages there are.
+#[test]
+#[cfg(target_os = "linux")]
+fn tiny_alloc_bench() {
+    let json = bench_json(
+        "alloc.json",
+        &[
+            "--alloc",
+            "--transport",
+            "shm,uds",
+            "--pattern",
+            "stream",
+            "--size",
+            "64KiB",
+            "--messages",
+            "60",
+            "--warmup",
+            "20",
+            "--batch",
+            "8",
+            "--rounds",
+            "1",
+        ],
+        &[
+            "duct alloc",
+            "zero-copy",
+            "copied/msg",
+            "shm (alloc) ÷ uds raw:",
+            "shm (alloc) ÷ uds duct:",
+            "produced in place",
+        ],
+    );
+    // shm and uds × duct and raw.
+    assert_eq!(check_results(&json, 2), 4, "{json}");
+    for r in json["results"].as_array().unwrap() {
+        let duct = r["system"] == "duct";
+        assert_eq!(r["alloc"], duct, "{r}");
+        assert_eq!(r["size"], 65536, "{r}");
+        if !duct {
+            assert!(r.get("zero_copy_frames").is_none(), "{r}");
+            continue;
+        }
+        if r["transport"] == "shm" {
+            // Every measured message moved as a descriptor: nothing copied.
+            assert_eq!(r["copied_bytes"], 0, "{r}");
+            assert_eq!(r["copied_frames"], 0, "{r}");
+            assert_eq!(r["copied_bytes_per_msg"], 0.0, "{r}");
+            assert_eq!(r["zero_copy_frames"], 60, "{r}");
+        } else {
+            assert!(r["copied_bytes"].is_null(), "counted on shm only: {r}");
+            assert!(r["zero_copy_frames"].is_null(), "{r}");
+        }
+    }
+}
+
 /// The shm endpoints `duct shm --json` lists: (name, pids, connections).
 #[cfg(target_os = "linux")]
 fn shm_endpoints() -> Vec<(String, Vec<u64>, u64)> {

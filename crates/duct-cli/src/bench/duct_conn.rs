@@ -6,6 +6,18 @@
 //! once as `Bytes`; every message sends a clone, which never copies, so the benchmark's own
 //! code allocates nothing per message: whatever `allocs_per_msg` shows is duct's.
 //!
+//! With `--alloc` ([`DuctConn::with_alloc`]), the sending end builds every message the way
+//! an application that produces its payload in place would: `Pipe::alloc(size)`, then only
+//! the byte the workload needs written (`payload[0]`, the last-message flag), then
+//! `MessageBuf::freeze` and `send` (stream: `send_batch` over an iterator that allocs each
+//! message as duct takes it, so that no more buffers are held than duct has in hand). On
+//! `shm://` the buffer is a slot of the connection's shared pool and the message moves as a
+//! descriptor, with no copy of the payload; elsewhere it is a zeroed heap buffer, an
+//! allocation per message (which `allocs_per_msg` shows). The receiving end checks and drops
+//! as before (dropping a received shm payload frees its slot), and the echo of ping-pong
+//! sends back what it received. The sending end's `PipeStats` copy counters over the
+//! measured phase come back as [`Copies`] ([`DuctConn::copies`]).
+//!
 //! Messages go on channel 0, or on the channel given with [`DuctConn::on_channel`] (the
 //! realtime channel of the mixed pattern, [`crate::bench::mixed`]). With `--reliable`, the
 //! reliable runs configure channel 0 `ChannelOptions::reliable(true)` on both ends
@@ -20,11 +32,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use duct::{
-    ChannelOptions, CloseOptions, DialOptions, ListenOptions, Message, Pipe, RecvOptions,
-    SendOptions,
+    ChannelOptions, CloseOptions, DialOptions, ListenOptions, Message, Pipe, PipeStats,
+    RecvOptions, SendOptions,
 };
 
 use crate::bench::spec::{Job, Transport};
+use crate::bench::stats::Copies;
 use crate::bench::workload::{MsgConn, FLAG_LAST, FLAG_MORE};
 use crate::error::{bail, Context, Result};
 
@@ -39,6 +52,11 @@ pub struct DuctConn {
     received: Vec<Message>,
     send_options: SendOptions,
     recv_options: RecvOptions,
+    /// `--alloc`: build each message with `Pipe::alloc`.
+    alloc: bool,
+    /// `--alloc`: the pipe's counters when the measured phase started, and messages sent
+    /// since.
+    measured: Option<(PipeStats, u64)>,
 }
 
 /// The channel the pingpong and stream workloads use.
@@ -150,7 +168,32 @@ impl DuctConn {
             received: Vec::with_capacity(batch),
             send_options: SendOptions::default(),
             recv_options: RecvOptions::default(),
+            alloc: false,
+            measured: None,
         }
+    }
+
+    /// The same connection, building every message it sends with `Pipe::alloc` if `alloc`
+    /// (`--alloc`; see the module's documentation).
+    #[must_use]
+    pub fn with_alloc(mut self, alloc: bool) -> DuctConn {
+        self.alloc = alloc;
+        self
+    }
+
+    /// `--alloc`: the sending end's copy counters from the start of the measured phase to
+    /// now (`Pipe::stats()` then and now); `None` without `--alloc`, or before the measured
+    /// phase. Call it once the peer has received everything (every frame is then out of
+    /// duct's queues, where it is counted).
+    pub fn copies(&self) -> Option<Copies> {
+        let (before, sent) = self.measured.as_ref()?;
+        let now = self.pipe.stats();
+        Some(Copies {
+            sent: *sent,
+            zero_copy_frames: now.zero_copy_frames - before.zero_copy_frames,
+            copied_frames: now.payload_frames_copied - before.payload_frames_copied,
+            copied_bytes: now.payload_bytes_copied - before.payload_bytes_copied,
+        })
     }
 
     /// The same connection, sending on `channel` and expecting every message on it.
@@ -178,14 +221,33 @@ impl DuctConn {
             .close_with(CloseOptions::default().linger(Duration::ZERO));
     }
 
+    /// A message with a clone of the prebuilt payload (no copy, no allocation).
     #[inline]
-    fn message(&self, last: bool) -> Message {
+    fn cloned(&self, last: bool) -> Message {
         Message::new(if last {
             self.last_payload.clone()
         } else {
             self.payload.clone()
         })
         .with_channel(self.channel)
+    }
+
+    /// The next message to send: produced in place with `--alloc`, else [`Self::cloned`].
+    #[inline]
+    fn message(&self, last: bool) -> Result<Message> {
+        if self.alloc {
+            alloc_message(&self.pipe, self.size, self.channel, last)
+        } else {
+            Ok(self.cloned(last))
+        }
+    }
+
+    /// Counts `n` messages sent, when the measured phase is on.
+    #[inline]
+    fn count_sent(&mut self, n: usize) {
+        if let Some((_, sent)) = &mut self.measured {
+            *sent += n as u64;
+        }
     }
 
     /// Checks a received message (size and channel); returns its last-message flag.
@@ -209,9 +271,21 @@ impl DuctConn {
     }
 }
 
+/// `--alloc`: a message produced in place: a buffer from `pipe.alloc(size)` (a slot of the
+/// shared pool on shm, a heap buffer elsewhere), of which only the flag byte is written (on
+/// shm the rest holds whatever an earlier message left there; the receiver reads only the
+/// flag and the length), frozen without a copy.
+#[inline]
+fn alloc_message(pipe: &Pipe, size: usize, channel: u16, last: bool) -> Result<Message> {
+    let mut buf = pipe.alloc(size).context("duct: Pipe::alloc")?;
+    buf[0] = if last { FLAG_LAST } else { FLAG_MORE };
+    Ok(buf.freeze().with_channel(channel))
+}
+
 impl MsgConn for DuctConn {
     fn send_one(&mut self, last: bool) -> Result<()> {
-        self.pipe.send(self.message(last))?;
+        self.pipe.send(self.message(last)?)?;
+        self.count_sent(1);
         Ok(())
     }
 
@@ -230,19 +304,38 @@ impl MsgConn for DuctConn {
     fn send_many(&mut self, n: usize, last: bool) -> Result<()> {
         if self.batch == 1 {
             for i in 0..n {
-                self.pipe.send(self.message(last && i + 1 == n))?;
+                self.pipe.send(self.message(last && i + 1 == n)?)?;
             }
+            self.count_sent(n);
             return Ok(());
         }
         let mut left = n;
         while left > 0 {
             let chunk = left;
-            let msgs = (0..chunk).map(|i| self.message(last && i + 1 == chunk));
-            let sent = self.pipe.send_batch(msgs, &self.send_options)?;
+            let sent = if self.alloc {
+                // Each buffer is allocated as send_batch takes its message: a batch never
+                // holds more pool slots than duct has taken (an alloc error ends the batch).
+                let (pipe, size, channel) = (&self.pipe, self.size, self.channel);
+                let mut failed = None;
+                let msgs = (0..chunk).map_while(|i| {
+                    alloc_message(pipe, size, channel, last && i + 1 == chunk)
+                        .map_err(|e| failed = Some(e))
+                        .ok()
+                });
+                let sent = self.pipe.send_batch(msgs, &self.send_options);
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                sent?
+            } else {
+                let msgs = (0..chunk).map(|i| self.cloned(last && i + 1 == chunk));
+                self.pipe.send_batch(msgs, &self.send_options)?
+            };
             if sent == 0 {
                 bail!("duct: send_batch accepted none of {chunk} messages");
             }
             left -= sent.min(left);
+            self.count_sent(sent.min(chunk));
         }
         Ok(())
     }
@@ -265,5 +358,11 @@ impl MsgConn for DuctConn {
         }
         self.received.clear();
         Ok((n as u64, last))
+    }
+
+    fn measured_phase_starts(&mut self) {
+        if self.alloc {
+            self.measured = Some((self.pipe.stats(), 0));
+        }
     }
 }

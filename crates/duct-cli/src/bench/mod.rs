@@ -27,6 +27,9 @@
 //!
 //! `--spin` applies to shm: both ends of both systems spin and never park (duct with
 //! `spin(Duration::MAX)`, the raw baseline likewise, see [`shm`]).
+//!
+//! `--alloc` applies to duct's pingpong and stream: its sending end builds every message
+//! with `Pipe::alloc` (see [`duct_conn`]) and reports its copy counters; raw is unchanged.
 
 pub mod duct_conn;
 pub mod mixed;
@@ -173,6 +176,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         batch,
         bulk_rate: args.bulk_rate,
         spin: args.spin,
+        alloc: args.alloc,
     };
 
     let baseline = !args.no_baseline;
@@ -181,6 +185,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.reliable && args.pattern.0.contains(&Pattern::Scale) {
         eprintln!("duct bench: --reliable: scale runs on realtime channels only");
+    }
+    if args.alloc
+        && args
+            .pattern
+            .0
+            .iter()
+            .any(|p| matches!(p, Pattern::Mixed | Pattern::Scale))
+    {
+        eprintln!(
+            "duct bench: --alloc: applies to pingpong and stream; mixed and scale send as before"
+        );
     }
     let mut cases = Vec::new();
     for &transport in &transports {
@@ -218,6 +233,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     amount,
                     reliable: leg == Leg::DuctReliable,
                     spin: args.spin && transport == Transport::Shm,
+                    alloc: args.alloc
+                        && leg.system() == System::Duct
+                        && matches!(pattern, Pattern::PingPong | Pattern::Stream),
                     tls_ca: match (&tls, transport) {
                         (Some(tls), Transport::Tls) => Some(tls.ca_for_job().to_string()),
                         _ => None,
@@ -512,8 +530,11 @@ fn run_one(peer: &mut Peer, job: &mut Job, tls: Option<&TlsSetup>) -> Result<Run
             job.addr = bound;
             peer.start(job)?;
             let pipe = duct_conn::accept(&listener, CONNECT_TIMEOUT, || peer.check())?;
-            let mut conn = DuctConn::new(pipe, job.size, job.batch);
-            let outcome = drive(&mut conn, job, &plan, peer);
+            let mut conn = DuctConn::new(pipe, job.size, job.batch).with_alloc(job.alloc);
+            let outcome = drive(&mut conn, job, &plan, peer).map(|run| RunResult {
+                copies: conn.copies(), // The peer has received everything: all is counted.
+                ..run
+            });
             conn.close();
             drop(listener);
             outcome
@@ -600,6 +621,7 @@ fn drive_mixed(
             allocs_per_msg: per_msg(out.allocs, out.messages + bulk_msgs)
                 .max(per_msg(report.allocs, report.messages + bulk_msgs)),
             rtt: Some(out.rtt),
+            copies: None,
         },
         bulk_rate,
     ))
@@ -626,6 +648,7 @@ fn drive<C: MsgConn>(conn: &mut C, job: &Job, plan: &Plan, peer: &mut Peer) -> R
                 allocs_per_msg: per_msg(out.allocs, out.messages)
                     .max(per_msg(report.allocs, report.messages)),
                 rtt: Some(out.rtt),
+                copies: None,
             })
         }
         Pattern::Mixed => bail!("mixed runs through run_mixed"),
@@ -645,6 +668,7 @@ fn drive<C: MsgConn>(conn: &mut C, job: &Job, plan: &Plan, peer: &mut Peer) -> R
                 msgs_per_sec: report.rate_messages as f64 * 1e9 / report.elapsed_ns as f64,
                 allocs_per_msg: per_msg(out.allocs, out.messages)
                     .max(per_msg(report.allocs, report.messages)),
+                copies: None,
             })
         }
     }
@@ -710,6 +734,7 @@ mod tests {
             amount: Amount::Messages(1),
             reliable: false,
             spin: false,
+            alloc: false,
             tls_ca: None,
             pipes: 1,
             addr: String::new(),
@@ -890,6 +915,53 @@ mod tests {
                 }
             }
         }
+        peer.finish();
+    }
+
+    /// `--alloc` through the bench's own path (job line, peer thread): on shm every message
+    /// the measuring end sends moves without a copy (pingpong and stream, parked and
+    /// spinning); on tcp the copy counters stay 0 (duct counts them on shm only) and the
+    /// heap buffers show as allocations; without `--alloc` there are no counts.
+    #[test]
+    fn alloc_runs_through_a_thread_peer() {
+        let mut peer = Peer::threads(None);
+        let mut cases = vec![(Transport::Tcp, false)];
+        if cfg!(target_os = "linux") {
+            cases.extend([(Transport::Shm, false), (Transport::Shm, true)]);
+        }
+        for (transport, spin) in cases {
+            // Stream: fewer messages than the pool has 64 KiB slots (128), so that every alloc
+            // finds one at once however slowly the receiving thread runs.
+            for (pattern, messages) in [(Pattern::PingPong, 300), (Pattern::Stream, 100)] {
+                let mut job = Job {
+                    size: 64 * 1024,
+                    warmup: 20,
+                    amount: Amount::Messages(messages),
+                    spin,
+                    alloc: true,
+                    ..job(System::Duct, transport, pattern)
+                };
+                let run = run_one(&mut peer, &mut job, None).unwrap();
+                let label = job.label();
+                assert!(label.contains(" alloc "), "{label}");
+                assert_eq!(run.messages, messages, "{label}");
+                let copies = run.copies.expect("--alloc runs count copies");
+                assert_eq!(copies.sent, messages, "{label}");
+                assert_eq!(copies.copied_bytes, 0, "{label}");
+                assert_eq!(copies.copied_frames, 0, "{label}");
+                if transport == Transport::Shm {
+                    assert_eq!(copies.zero_copy_frames, messages, "{label}");
+                } else {
+                    assert_eq!(copies.zero_copy_frames, 0, "{label}");
+                    assert!(run.allocs_per_msg >= 1.0, "{label}: {}", run.allocs_per_msg);
+                }
+            }
+        }
+        let mut plain = Job {
+            amount: Amount::Messages(100),
+            ..job(System::Duct, Transport::Tcp, Pattern::Stream)
+        };
+        assert_eq!(run_one(&mut peer, &mut plain, None).unwrap().copies, None);
         peer.finish();
     }
 

@@ -151,7 +151,7 @@ pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
             duct_conn::dial_spin(dial_tls(duct_conn::dial_options(job.reliable), job), job),
         ) {
             Ok(pipe) => {
-                let mut conn = DuctConn::new(pipe, job.size, job.batch);
+                let mut conn = DuctConn::new(pipe, job.size, job.batch).with_alloc(job.alloc);
                 let outcome = run(&mut conn, job);
                 deliver(outcome);
                 conn.close();

@@ -267,6 +267,7 @@ mod tests {
                     messages: h.len(),
                     msgs_per_sec: 1.0,
                     allocs_per_msg: 0.0,
+                    copies: None,
                 }],
                 64,
             )

@@ -33,6 +33,14 @@
 //! `ratio_vs_one_pipe` (`{msgs_per_sec, bytes_per_sec}`, N pipes ÷ one per round, median).
 //! A scale case has no raw row.
 //!
+//! Every row says `alloc`: true on duct's pingpong and stream rows of a run with `--alloc`
+//! (the sending end built every message with `Pipe::alloc`), false elsewhere (raw, mixed,
+//! scale, and runs without `--alloc`). The rows with `"alloc": true` add the sending end's
+//! copy counters over the measured phase, summed over rounds, from `PipeStats`:
+//! `zero_copy_frames`, `copied_frames` (`payload_frames_copied`), `copied_bytes`
+//! (`payload_bytes_copied`) and `copied_bytes_per_msg` (÷ messages sent); duct counts them on
+//! shm only, so they are `null` on the other transports.
+//!
 //! `spin` is true on the shm rows of a run with `--spin` (duct with `spin(Duration::MAX)`,
 //! the raw baseline spinning likewise). `backend` is duct's reactor backend that ran
 //! (`uring` or `epoll`, see `--backend`; `auto` only if no duct reactor ran in this process),
@@ -44,7 +52,7 @@ use std::fmt::Write as _;
 use crate::bench::mixed;
 use crate::bench::scale::{self, ScaleFigures};
 use crate::bench::spec::{format_size, Amount, Pattern, System, Transport};
-use crate::bench::stats::{Ratios, Summary};
+use crate::bench::stats::{Copies, Ratios, Summary};
 use crate::bench::SHM_SPIN_BEFORE_PARK;
 
 /// The results of one case (transport × pattern × size).
@@ -154,12 +162,22 @@ pub struct RunConfig {
     pub bulk_rate: Option<f64>,
     /// `--spin`: both systems spin on shm.
     pub spin: bool,
+    /// `--alloc`: duct's pingpong and stream send messages built with `Pipe::alloc`.
+    pub alloc: bool,
 }
 
 impl RunConfig {
     /// Whether the rows of `transport` were measured spinning: shm's, with `--spin`.
     pub fn spins(&self, transport: Transport) -> bool {
         self.spin && transport == Transport::Shm
+    }
+
+    /// Whether `system`'s row of a `pattern` case sent messages built with `Pipe::alloc`:
+    /// duct's pingpong and stream, with `--alloc`.
+    pub fn allocs_in_place(&self, system: System, pattern: Pattern) -> bool {
+        self.alloc
+            && system == System::Duct
+            && matches!(pattern, Pattern::PingPong | Pattern::Stream)
     }
 }
 
@@ -255,7 +273,7 @@ fn summary_json(
     let _ = write!(
         o,
         "{{\"system\": {}, \"transport\": {}, \"pattern\": {}, \"size\": {}, \
-         \"reliable\": {}, \"spin\": {}, \"backend\": {}, \"processes\": {}, \
+         \"reliable\": {}, \"spin\": {}, \"alloc\": {}, \"backend\": {}, \"processes\": {}, \
          \"messages\": {}",
         json_str(s.system.name()),
         json_str(case.transport.name()),
@@ -263,6 +281,7 @@ fn summary_json(
         case.size,
         reliable,
         spin,
+        config.allocs_in_place(s.system, case.pattern),
         json_str(backend),
         config.processes,
         s.messages,
@@ -288,12 +307,29 @@ fn summary_json(
     if case.pattern == Pattern::Stream && s.system == System::Duct {
         let _ = write!(o, ", \"batch\": {}", config.batch);
     }
+    if config.allocs_in_place(s.system, case.pattern) {
+        o.push_str(&copies_json(case.transport, s.copies));
+    }
     if let Some(ratios) = ratios {
         o.push_str(&ratios_json("ratio_vs_raw", ratios));
     }
     o.push_str(extra);
     o.push('}');
     o
+}
+
+/// `, "zero_copy_frames": .., "copied_frames": .., "copied_bytes": .., "copied_bytes_per_msg":
+/// ..`: an `--alloc` row's copy counters; `null` where duct does not count them (not shm).
+fn copies_json(transport: Transport, copies: Option<Copies>) -> String {
+    let c = copies.filter(|_| transport == Transport::Shm);
+    format!(
+        ", \"zero_copy_frames\": {}, \"copied_frames\": {}, \"copied_bytes\": {}, \
+         \"copied_bytes_per_msg\": {}",
+        json_opt_u64(c.map(|c| c.zero_copy_frames)),
+        json_opt_u64(c.map(|c| c.copied_frames)),
+        json_opt_u64(c.map(|c| c.copied_bytes)),
+        json_opt_f64(c.map(|c| c.copied_bytes_per_msg())),
+    )
 }
 
 /// The JSON objects of a mixed case: duct idle, duct loaded, then the raw reference.
@@ -561,11 +597,113 @@ fn case_label(case: &CaseResult, i: usize) -> (String, String) {
 }
 
 /// A case's rows of results, named as the table's system column shows them: duct (the
-/// realtime runs), duct reliable (`--reliable`), raw.
-fn system_rows(case: &CaseResult) -> impl Iterator<Item = (&'static str, &Summary)> {
-    std::iter::once((System::Duct.name(), &case.duct))
-        .chain(case.reliable.as_ref().map(|r| ("duct reliable", &r.duct)))
+/// realtime runs), duct reliable (`--reliable`), raw; `duct alloc` and `duct reliable alloc`
+/// when duct's messages were built with `Pipe::alloc` (`--alloc`).
+fn system_rows<'a>(
+    case: &'a CaseResult,
+    config: &RunConfig,
+) -> impl Iterator<Item = (&'static str, &'a Summary)> {
+    let alloc = config.allocs_in_place(System::Duct, case.pattern);
+    let (duct, reliable) = if alloc {
+        ("duct alloc", "duct reliable alloc")
+    } else {
+        (System::Duct.name(), "duct reliable")
+    };
+    std::iter::once((duct, &case.duct))
+        .chain(case.reliable.as_ref().map(move |r| (reliable, &r.duct)))
         .chain(case.raw.as_ref().map(|r| (System::Raw.name(), r)))
+}
+
+/// The `zero-copy` and `copied/msg` cells of a row, in a run with `--alloc` (none without):
+/// the share of the messages sent that moved without a copy and the payload bytes copied per
+/// message, on duct's shm rows; `-` on duct's other rows (duct counts copies on shm only),
+/// empty on raw's.
+fn copy_cells(config: &RunConfig, case: &CaseResult, s: &Summary) -> Vec<String> {
+    if !config.alloc {
+        return Vec::new();
+    }
+    if s.system != System::Duct {
+        return vec![String::new(), String::new()];
+    }
+    match s.copies.filter(|_| case.transport == Transport::Shm) {
+        Some(c) if c.sent > 0 => {
+            let share = if c.zero_copy_frames == c.sent {
+                "100%".to_string()
+            } else {
+                // Rounded down: a few copies among millions must not show as 100%.
+                let hundredths = 10_000.0 * c.zero_copy_frames as f64 / c.sent as f64;
+                format!("{:.2}%", hundredths.floor() / 100.0)
+            };
+            vec![share, bytes(Some(c.copied_bytes_per_msg()))]
+        }
+        _ => vec!["-".to_string(), "-".to_string()],
+    }
+}
+
+/// The headings of [`copy_cells`]' columns.
+fn copy_headings(config: &RunConfig) -> Vec<String> {
+    if config.alloc {
+        vec!["zero-copy".to_string(), "copied/msg".to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// `--alloc`: under the stream table, shm's duct rate (messages built with `Pipe::alloc`)
+/// over uds's, raw and duct, for each size both transports ran: BENCH.md's goal "shm 1 MiB via
+/// `Pipe::alloc`, bytes/s ≥ 10 × uds". From the medians over rounds: the two cases run one
+/// after the other, so their rounds do not pair.
+fn alloc_vs_uds(config: &RunConfig, stream: &[&CaseResult], out: &mut String) {
+    if !config.alloc {
+        return;
+    }
+    for shm in stream.iter().filter(|c| c.transport == Transport::Shm) {
+        let Some(uds) = stream
+            .iter()
+            .find(|c| c.transport == Transport::Uds && c.size == shm.size)
+        else {
+            continue;
+        };
+        let rate = shm.duct.bytes_per_sec;
+        let size = format_size(shm.size);
+        if let Some(raw) = &uds.raw {
+            let _ = writeln!(
+                out,
+                "shm (alloc) ÷ uds raw: {} ({size}; bytes/s, ratio of the medians over rounds: \
+                 the two cases run one after the other, so their rounds do not pair)",
+                times(crate::bench::stats::ratio(rate, raw.bytes_per_sec))
+            );
+        }
+        let _ = writeln!(
+            out,
+            "shm (alloc) ÷ uds duct: {} ({size}; uds duct with --alloc too: heap buffers)",
+            times(crate::bench::stats::ratio(rate, uds.duct.bytes_per_sec))
+        );
+    }
+}
+
+/// What the table says about `--alloc`.
+fn alloc_note(cases: &[CaseResult]) -> String {
+    let mut note = "--alloc: duct's sending end (stream sender, pingpong initiator) builds every \
+        message with Pipe::alloc(size) and writes in place only the byte the workload needs \
+        (payload[0], the last-message flag): the payload is produced in place, which is the \
+        point of the API; then freeze() and send (stream: send_batch). On shm the buffer is a \
+        slot of the shared pool and only a descriptor moves: zero-copy is the share of the \
+        messages sent that moved without a copy, copied/msg the payload bytes duct copied per \
+        message (PipeStats zero_copy_frames, payload_bytes_copied of the sending end over the \
+        measured phase; an alloc that finds no slot free within 500 µs falls back to a heap \
+        buffer, copied when sent). On tcp, uds and tls alloc returns a zeroed heap buffer: an \
+        allocation per message, and copies are not counted there (-). The raw baseline is \
+        unchanged (its prebuilt payload is copied into its buffers every message)."
+        .to_string();
+    if cases.iter().any(|c| c.pattern == Pattern::PingPong) {
+        note.push_str(
+            " pingpong: the echo sends back the message it received; on shm that payload lies \
+             in the other direction's pool, so duct copies it once on the way back (not in the \
+             counts above, which are the initiator's).",
+        );
+    }
+    note
 }
 
 /// The heading's account of the ratio rows: duct÷raw, and reliable÷realtime when some case
@@ -620,11 +758,13 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
                 "allocs/msg",
             ]
             .map(String::from)
-            .to_vec()],
+            .into_iter()
+            .chain(copy_headings(config))
+            .collect()],
             left: 3,
         };
         for case in pingpong {
-            for (i, (system, s)) in system_rows(case).enumerate() {
+            for (i, (system, s)) in system_rows(case, config).enumerate() {
                 let p = s.percentiles.unwrap_or(crate::bench::stats::Percentiles {
                     p50: 0,
                     p99: 0,
@@ -643,6 +783,10 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
                     per_sec(s.msgs_per_sec),
                     allocs(s.allocs_per_msg),
                 ]);
+                t.rows
+                    .last_mut()
+                    .unwrap()
+                    .extend(copy_cells(config, case, s));
             }
             if let Some(Ratios::PingPong {
                 p50,
@@ -707,11 +851,13 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
                 "allocs/msg",
             ]
             .map(String::from)
-            .to_vec()],
+            .into_iter()
+            .chain(copy_headings(config))
+            .collect()],
             left: 3,
         };
-        for case in stream {
-            for (i, (system, s)) in system_rows(case).enumerate() {
+        for case in &stream {
+            for (i, (system, s)) in system_rows(case, config).enumerate() {
                 let (transport, size) = case_label(case, i);
                 t.rows.push(vec![
                     transport,
@@ -721,6 +867,10 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
                     format!("{:.1}", s.bytes_per_sec / 1e6),
                     allocs(s.allocs_per_msg),
                 ]);
+                t.rows
+                    .last_mut()
+                    .unwrap()
+                    .extend(copy_cells(config, case, s));
             }
             if let Some(Ratios::Stream { msgs_per_sec }) = case.ratios {
                 t.rows.push(vec![
@@ -744,6 +894,7 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
             }
         }
         t.render(&mut out);
+        alloc_vs_uds(config, &stream, &mut out);
     }
     mixed_table(cases, config, &mut out);
     scale_table(cases, config, &mut out);
@@ -752,6 +903,13 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
         .any(|c| c.transport == Transport::Shm && c.pattern != Pattern::Scale)
     {
         let _ = writeln!(out, "\n{}", shm_note(config));
+    }
+    if config.alloc
+        && cases
+            .iter()
+            .any(|c| matches!(c.pattern, Pattern::PingPong | Pattern::Stream))
+    {
+        let _ = writeln!(out, "\n{}", alloc_note(cases));
     }
     if cases.iter().any(|c| c.reliable.is_some()) {
         let _ = writeln!(
@@ -1041,6 +1199,7 @@ mod tests {
             batch: 64,
             bulk_rate: None,
             spin: false,
+            alloc: false,
         }
     }
 
@@ -1057,6 +1216,7 @@ mod tests {
                     messages: 4,
                     msgs_per_sec: 90_000.0,
                     allocs_per_msg: 0.0,
+                    copies: None,
                 }],
                 64,
             )
@@ -1069,6 +1229,7 @@ mod tests {
                     messages: 1_000_000,
                     msgs_per_sec: rate,
                     allocs_per_msg: 0.25,
+                    copies: None,
                 }],
                 64,
             )
@@ -1164,6 +1325,7 @@ mod tests {
                 "size",
                 "reliable",
                 "spin",
+                "alloc",
                 "backend",
                 "processes",
                 "messages",
@@ -1173,6 +1335,8 @@ mod tests {
             ] {
                 assert!(r.get(key).is_some(), "missing {key} in {r}");
             }
+            assert_eq!(r["alloc"], false, "{r}");
+            assert!(r.get("copied_bytes_per_msg").is_none(), "{r}");
             assert!(r["msgs_per_sec"].is_f64(), "{r}");
             assert!(r["bytes_per_sec"].is_f64(), "{r}");
             assert!(r["allocs_per_msg"].is_f64(), "{r}");
@@ -1204,6 +1368,155 @@ mod tests {
         assert_eq!(v["config"]["duration_ns_per_round"], 500_000_000u64);
     }
 
+    /// `--alloc`: shm and uds streams of 1 MiB (and a tcp pingpong): duct's rows say alloc and
+    /// carry the sending end's copy counters (null off shm), raw's say `"alloc": false`; the
+    /// table names the rows, shows the copy columns and shm (alloc) ÷ uds, and explains.
+    #[test]
+    fn alloc_rows_report_their_copies() {
+        let mib = 1 << 20;
+        let stream = |system, rate, copies| {
+            summarize(
+                system,
+                &[RunResult {
+                    rtt: None,
+                    messages: 1000,
+                    msgs_per_sec: rate,
+                    allocs_per_msg: 1.0,
+                    copies,
+                }],
+                mib,
+            )
+        };
+        let zero_copy = Copies {
+            sent: 1000,
+            zero_copy_frames: 1000,
+            copied_frames: 0,
+            copied_bytes: 0,
+        };
+        let heap = Copies {
+            zero_copy_frames: 0,
+            ..zero_copy
+        };
+        let case = |transport, duct, raw, ratio| CaseResult {
+            transport,
+            pattern: Pattern::Stream,
+            size: mib,
+            duct,
+            raw: Some(raw),
+            ratios: Some(Ratios::Stream {
+                msgs_per_sec: ratio,
+            }),
+            loaded: None,
+            reliable: None,
+            scale: None,
+        };
+        let mut cases = cases();
+        cases.truncate(1); // The tcp pingpong, without copies.
+        cases.push(case(
+            Transport::Shm,
+            stream(System::Duct, 12_000.0, Some(zero_copy)),
+            stream(System::Raw, 20_000.0, None),
+            0.6,
+        ));
+        cases.push(case(
+            Transport::Uds,
+            stream(System::Duct, 1000.0, Some(heap)),
+            stream(System::Raw, 1500.0, None),
+            0.67,
+        ));
+        let alloc = RunConfig {
+            alloc: true,
+            ..config()
+        };
+        let host = Host {
+            cpus: 2,
+            kernel: "k".into(),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&to_json("0.1.0", &host, &alloc, &cases)).expect("valid JSON");
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), 6);
+        for r in results {
+            let duct = r["system"] == "duct";
+            assert_eq!(r["alloc"], duct, "{r}");
+            assert_eq!(r.get("copied_bytes_per_msg").is_some(), duct, "{r}");
+        }
+        let shm = &results[2];
+        assert_eq!(shm["transport"], "shm");
+        assert_eq!(shm["zero_copy_frames"], 1000);
+        assert_eq!(shm["copied_frames"], 0);
+        assert_eq!(shm["copied_bytes"], 0);
+        assert_eq!(shm["copied_bytes_per_msg"], 0.0);
+        let uds = &results[4];
+        assert_eq!(uds["transport"], "uds");
+        for key in [
+            "zero_copy_frames",
+            "copied_frames",
+            "copied_bytes",
+            "copied_bytes_per_msg",
+        ] {
+            assert!(
+                uds[key].is_null(),
+                "{key}: duct counts copies on shm only: {uds}"
+            );
+            assert!(results[0][key].is_null(), "tcp pingpong: {}", results[0]);
+        }
+
+        let table = to_table(&alloc, &cases);
+        for needle in [
+            "zero-copy",
+            "copied/msg",
+            "duct alloc",
+            "shm (alloc) ÷ uds raw: 8.00× (1 MiB;",
+            "shm (alloc) ÷ uds duct: 12.00× (1 MiB;",
+            "--alloc: duct's sending end",
+            "produced in place",
+            "the echo sends back the message it received",
+        ] {
+            assert!(table.contains(needle), "{needle} missing:\n{table}");
+        }
+        let shm_row = table
+            .lines()
+            .find(|l| l.starts_with("shm"))
+            .expect("an shm row");
+        assert!(
+            shm_row.contains("100%") && shm_row.ends_with("0 B"),
+            "{shm_row}"
+        );
+        // A few copies among many messages (no pool slot came back in time) do not show as
+        // 100%.
+        let mut some_copied = cases.clone();
+        some_copied[1].duct.copies = Some(Copies {
+            zero_copy_frames: 99_999,
+            copied_frames: 1,
+            copied_bytes: mib as u64,
+            sent: 100_000,
+        });
+        let table = to_table(&alloc, &some_copied);
+        let shm_row = table.lines().find(|l| l.starts_with("shm")).unwrap();
+        assert!(shm_row.contains(" 99.99% "), "{shm_row}");
+        assert!(shm_row.ends_with("10 B"), "{shm_row}");
+        let uds_row = table.lines().find(|l| l.starts_with("uds")).unwrap();
+        let cells: Vec<&str> = uds_row.split_whitespace().collect();
+        assert_eq!(cells[cells.len() - 2..], ["-", "-"], "{uds_row}");
+        // Without --alloc: none of it, and every row says false.
+        let plain = to_table(&config(), &cases);
+        assert!(
+            !plain.contains("zero-copy") && !plain.contains("shm (alloc)"),
+            "{plain}"
+        );
+        assert!(!plain.contains("duct alloc"), "{plain}");
+        let v: serde_json::Value =
+            serde_json::from_str(&to_json("0.1.0", &host, &config(), &cases)).unwrap();
+        for r in v["results"].as_array().unwrap() {
+            assert_eq!(r["alloc"], false, "{r}");
+            assert!(r.get("zero_copy_frames").is_none(), "{r}");
+        }
+        // No uds case, no comparison.
+        let alone = to_table(&alloc, &cases[..2]);
+        assert!(!alone.contains("shm (alloc) ÷"), "{alone}");
+    }
+
     fn mixed_case() -> CaseResult {
         let rtt = |values: &[u64]| {
             let mut h = new_rtt_histogram();
@@ -1215,6 +1528,7 @@ mod tests {
                 rtt: Some(h),
                 msgs_per_sec: 20_000.0,
                 allocs_per_msg: 0.0,
+                copies: None,
             }
         };
         let idle = [rtt(&[40_000, 50_000, 60_000])];
@@ -1300,6 +1614,7 @@ mod tests {
                     messages: 4,
                     msgs_per_sec: 80_000.0,
                     allocs_per_msg: 0.0,
+                    copies: None,
                 }],
                 64,
             ),
@@ -1324,6 +1639,7 @@ mod tests {
                     messages: 1_000_000,
                     msgs_per_sec: 1.6e7,
                     allocs_per_msg: 0.5,
+                    copies: None,
                 }],
                 64,
             ),
@@ -1447,6 +1763,7 @@ mod tests {
             messages: 1_000_000,
             msgs_per_sec: rate,
             allocs_per_msg: 0.0,
+            copies: None,
         };
         let (many, one) = ([run(1.6e6)], [run(2e6)]);
         let figures_of = |pipes, rss: f64| ScaleFigures {

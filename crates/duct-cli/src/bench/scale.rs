@@ -239,6 +239,7 @@ pub fn run(
         msgs_per_sec: rx.rate_messages as f64 / rx.elapsed.as_secs_f64().max(1e-9),
         allocs_per_msg: super::per_msg(rx.allocs, rx.rate_messages)
             .max(super::per_msg(report.allocs, report.messages)),
+        copies: None,
     };
     let figures = ScaleFigures {
         pipes: job.pipes,
@@ -620,6 +621,7 @@ mod tests {
             amount: Amount::Messages(10),
             reliable: false,
             spin: false,
+            alloc: false,
             tls_ca: None,
             pipes: 1000,
             addr: String::new(),
@@ -648,6 +650,7 @@ mod tests {
                 amount: Amount::Messages(5000),
                 reliable: false,
                 spin: false,
+                alloc: false,
                 tls_ca: None,
                 pipes,
                 addr: String::new(),

@@ -321,6 +321,10 @@ pub struct Job {
     /// shm only (`--spin`): both ends spin on the ring and never park on the futex — duct
     /// with `spin(Duration::MAX)` on both ends, the raw baseline likewise.
     pub spin: bool,
+    /// duct's pingpong and stream only (`--alloc`): duct's sending end builds every message
+    /// with `Pipe::alloc(size)`, writes its flag byte in place, freezes and sends it (see
+    /// [`crate::bench::duct_conn`]); false for raw, mixed and scale, which send as before.
+    pub alloc: bool,
     /// tls only (and always): the CA certificate (PEM file) that the peer trusts, made for
     /// the run; the server name it verifies is [`crate::bench::tls::SERVER_NAME`]. It
     /// travels percent-escaped (`%20` for a space), as a job line is split on whitespace.
@@ -388,7 +392,7 @@ impl Job {
         };
         format!(
             "job system={} transport={} pattern={} size={} warmup={} batch={} {} reliable={} \
-             spin={}{}{} addr={}",
+             spin={} alloc={}{}{} addr={}",
             self.system.name(),
             self.transport.name(),
             self.pattern.name(),
@@ -398,6 +402,7 @@ impl Job {
             amount,
             u8::from(self.reliable),
             u8::from(self.spin),
+            u8::from(self.alloc),
             tls_ca,
             pipes,
             self.addr
@@ -413,6 +418,7 @@ impl Job {
         let (mut system, mut transport, mut pattern, mut size) = (None, None, None, None);
         let (mut warmup, mut batch, mut amount, mut addr) = (None, None, None, None);
         let (mut reliable, mut spin, mut tls_ca, mut pipes) = (None, None, None, None);
+        let mut alloc = None;
         for word in words {
             let Some((key, value)) = word.split_once('=') else {
                 bail!("malformed word {word:?} in job line");
@@ -444,6 +450,13 @@ impl Job {
                         _ => bail!("bad value {value:?} for spin in job line (0 or 1)"),
                     })
                 }
+                "alloc" => {
+                    alloc = Some(match value {
+                        "0" => false,
+                        "1" => true,
+                        _ => bail!("bad value {value:?} for alloc in job line (0 or 1)"),
+                    })
+                }
                 "tls_ca" => tls_ca = Some(unescape_word(value)?),
                 "pipes" => pipes = Some(num(value)? as usize),
                 "addr" => addr = Some(value.to_string()),
@@ -461,6 +474,7 @@ impl Job {
             amount: amount.ok_or_else(|| missing("messages or duration_ns"))?,
             reliable: reliable.ok_or_else(|| missing("reliable"))?,
             spin: spin.ok_or_else(|| missing("spin"))?,
+            alloc: alloc.ok_or_else(|| missing("alloc"))?,
             tls_ca,
             pipes: pipes.unwrap_or(1),
             addr: addr.ok_or_else(|| missing("addr"))?,
@@ -480,6 +494,12 @@ impl Job {
         if job.pattern == Pattern::Scale && job.system != System::Duct {
             bail!("job line: scale is measured on duct only: {line:?}");
         }
+        if job.alloc
+            && (job.system != System::Duct
+                || matches!(job.pattern, Pattern::Mixed | Pattern::Scale))
+        {
+            bail!("job line: alloc is for duct's pingpong and stream only: {line:?}");
+        }
         if job.reliable
             && (job.system != System::Duct
                 || matches!(job.pattern, Pattern::Mixed | Pattern::Scale))
@@ -492,14 +512,15 @@ impl Job {
     }
 
     /// `duct uds stream 64 B` (`duct reliable uds stream 64 B` on a reliable channel, `raw
-    /// spin shm pingpong 64 B` with `--spin`, `duct tcp scale 64 B × 1000 pipes`): for
-    /// progress lines and errors.
+    /// spin shm pingpong 64 B` with `--spin`, `duct alloc shm stream 1 MiB` with `--alloc`,
+    /// `duct tcp scale 64 B × 1000 pipes`): for progress lines and errors.
     pub fn label(&self) -> String {
         format!(
-            "{}{}{} {} {} {}{}",
+            "{}{}{}{} {} {} {}{}",
             self.system.name(),
             if self.reliable { " reliable" } else { "" },
             if self.spin { " spin" } else { "" },
+            if self.alloc { " alloc" } else { "" },
             self.transport.name(),
             self.pattern.name(),
             format_size(self.size),
@@ -621,6 +642,7 @@ mod tests {
             amount: Amount::Duration(Duration::from_millis(500)),
             reliable: false,
             spin: false,
+            alloc: false,
             tls_ca: None,
             pipes: 1000,
             addr: "uds://@duct-bench-1-9".into(),
@@ -662,6 +684,7 @@ mod tests {
             amount: Amount::Duration(Duration::from_millis(750)),
             reliable: false,
             spin: false,
+            alloc: false,
             tls_ca: None,
             pipes: 1,
             addr: "uds://@duct-bench-1-2".into(),
@@ -698,6 +721,7 @@ mod tests {
             amount: Amount::Messages(500),
             reliable: false,
             spin: false,
+            alloc: false,
             tls_ca: None,
             pipes: 1,
             addr: "uds://@duct-bench-1-3".into(),
@@ -709,7 +733,7 @@ mod tests {
         assert_eq!(
             reliable.encode(),
             "job system=duct transport=uds pattern=stream size=64 warmup=2000 batch=64 \
-             messages=500 reliable=1 spin=0 addr=uds://@duct-bench-1-3"
+             messages=500 reliable=1 spin=0 alloc=0 addr=uds://@duct-bench-1-3"
         );
         assert!(
             realtime.encode().contains(" reliable=0 "),
@@ -749,6 +773,7 @@ mod tests {
             amount: Amount::Messages(100),
             reliable: false,
             spin: false,
+            alloc: false,
             tls_ca: Some("/tmp/my certs/100%/ca.pem".into()),
             pipes: 1,
             addr: "tls://127.0.0.1:41232".into(),
@@ -798,6 +823,7 @@ mod tests {
             amount: Amount::Messages(100),
             reliable: false,
             spin: true,
+            alloc: false,
             tls_ca: None,
             pipes: 1,
             addr: "shm://duct-bench-1-7".into(),
@@ -825,6 +851,78 @@ mod tests {
             "shm is Linux only"
         );
         assert_eq!(Transport::parse("shm").unwrap(), Transport::Shm);
+    }
+
+    #[test]
+    fn job_line_says_whether_duct_allocs_in_place() {
+        let job = Job {
+            system: System::Duct,
+            transport: Transport::Shm,
+            pattern: Pattern::Stream,
+            size: 1 << 20,
+            warmup: 100,
+            batch: 64,
+            amount: Amount::Duration(Duration::from_millis(500)),
+            reliable: false,
+            spin: false,
+            alloc: true,
+            tls_ca: None,
+            pipes: 1,
+            addr: "shm://duct-bench-1-8".into(),
+        };
+        let line = job.encode();
+        assert_eq!(
+            line,
+            "job system=duct transport=shm pattern=stream size=1048576 warmup=100 batch=64 \
+             duration_ns=500000000 reliable=0 spin=0 alloc=1 addr=shm://duct-bench-1-8"
+        );
+        assert_eq!(Job::decode(&line).unwrap(), job);
+        assert_eq!(job.label(), "duct alloc shm stream 1 MiB");
+        // Every transport, pingpong too, a reliable channel too, spinning too.
+        for transport in [Transport::Tcp, Transport::Uds, Transport::Shm] {
+            for pattern in [Pattern::PingPong, Pattern::Stream] {
+                let other = Job {
+                    transport,
+                    pattern,
+                    reliable: true,
+                    spin: transport == Transport::Shm,
+                    ..job.clone()
+                };
+                assert_eq!(Job::decode(&other.encode()).unwrap(), other);
+            }
+        }
+        let tls = Job {
+            transport: Transport::Tls,
+            tls_ca: Some("/tmp/ca.pem".into()),
+            addr: "tls://127.0.0.1:41233".into(),
+            ..job.clone()
+        };
+        assert_eq!(Job::decode(&tls.encode()).unwrap(), tls);
+        let plain = Job {
+            alloc: false,
+            ..job.clone()
+        };
+        assert!(plain.encode().contains(" alloc=0 "), "{}", plain.encode());
+        assert_eq!(Job::decode(&plain.encode()).unwrap(), plain);
+        assert_eq!(plain.label(), "duct shm stream 1 MiB");
+        // Only 0 or 1, never missing, no look-alike key; duct only; pingpong and
+        // stream only (mixed and scale send their own way).
+        assert!(Job::decode(&line.replace("alloc=1", "alloc=yes")).is_err());
+        assert!(Job::decode(&line.replace("alloc=1", "alloc=2")).is_err());
+        assert!(Job::decode(&line.replace("alloc=1", "alloc=")).is_err());
+        assert!(Job::decode(&line.replace(" alloc=1", "")).is_err());
+        assert!(Job::decode(&line.replace(" alloc=1", " alloc=1 allocs=1")).is_err());
+        assert!(Job::decode(&line.replace("system=duct", "system=raw")).is_err());
+        assert!(Job::decode(&line.replace("pattern=stream", "pattern=mixed")).is_err());
+        let scale = line
+            .replace("pattern=stream", "pattern=scale")
+            .replace(" addr=", " pipes=10 addr=");
+        assert!(Job::decode(&scale).is_err(), "{scale}");
+        assert!(Job::decode(&scale.replace("alloc=1", "alloc=0")).is_ok());
+        let raw = line
+            .replace("system=duct", "system=raw")
+            .replace("alloc=1", "alloc=0");
+        assert!(!Job::decode(&raw).unwrap().alloc);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - rates (msgs/s, bytes/s) are the median over rounds;
 //! - `allocs_per_msg` is the worst round, each round's figure being the worse of the two
 //!   ends;
+//! - `--alloc`'s copy counters ([`Copies`]) are summed over the rounds;
 //! - a ratio is duct ÷ raw within each round (duct and raw ran back to back), then the
 //!   median over rounds, so that a machine that drifts between rounds hits both alike.
 
@@ -57,6 +58,47 @@ pub struct RunResult {
     pub msgs_per_sec: f64,
     /// Allocations per message, the worse of the two ends.
     pub allocs_per_msg: f64,
+    /// `--alloc` (duct's pingpong and stream): what the sending end's pipe counted over the
+    /// measured phase; `None` otherwise.
+    pub copies: Option<Copies>,
+}
+
+/// `--alloc`: the copy counters of duct's sending end (the measuring end: stream sender,
+/// pingpong initiator) over the measured phase, from `Pipe::stats()` before and after it.
+/// duct counts them on `shm://` only (0 on other transports, where a payload is written
+/// into the socket anyway).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Copies {
+    /// Messages that end sent in the measured phase.
+    pub sent: u64,
+    /// `PipeStats::zero_copy_frames`: frames whose payload moved without a copy.
+    pub zero_copy_frames: u64,
+    /// `PipeStats::payload_frames_copied`: message frames copied into the shared pool.
+    pub copied_frames: u64,
+    /// `PipeStats::payload_bytes_copied`: the bytes of those copies.
+    pub copied_bytes: u64,
+}
+
+impl Copies {
+    /// Copied payload bytes per message sent (0 when nothing was sent).
+    pub fn copied_bytes_per_msg(&self) -> f64 {
+        if self.sent == 0 {
+            0.0
+        } else {
+            self.copied_bytes as f64 / self.sent as f64
+        }
+    }
+
+    /// The sum of two runs' counts.
+    #[must_use]
+    pub fn plus(self, other: Copies) -> Copies {
+        Copies {
+            sent: self.sent + other.sent,
+            zero_copy_frames: self.zero_copy_frames + other.zero_copy_frames,
+            copied_frames: self.copied_frames + other.copied_frames,
+            copied_bytes: self.copied_bytes + other.copied_bytes,
+        }
+    }
 }
 
 /// One system's results over the rounds of a case.
@@ -78,6 +120,9 @@ pub struct Summary {
     pub bytes_per_sec: f64,
     /// Worst round.
     pub allocs_per_msg: f64,
+    /// `--alloc`: the sending end's copy counters, summed over the rounds (`None` unless every
+    /// round has them).
+    pub copies: Option<Copies>,
 }
 
 /// duct ÷ raw, median over rounds of the per-round ratio.
@@ -148,6 +193,9 @@ pub fn summarize(system: System, runs: &[RunResult], size: usize) -> Summary {
         msgs_per_sec,
         bytes_per_sec: msgs_per_sec * size as f64,
         allocs_per_msg: runs.iter().map(|r| r.allocs_per_msg).fold(0.0, f64::max),
+        copies: runs
+            .iter()
+            .try_fold(Copies::default(), |sum, r| r.copies.map(|c| sum.plus(c))),
     }
 }
 
@@ -206,6 +254,7 @@ mod tests {
             rtt,
             msgs_per_sec,
             allocs_per_msg: allocs,
+            copies: None,
         }
     }
 
@@ -251,6 +300,34 @@ mod tests {
         assert!(close(p.p50, 2000));
         assert!(close(p.max, 3000));
         assert_eq!(s.rtt.unwrap().len(), 30);
+        assert_eq!(s.copies, None);
+    }
+
+    #[test]
+    fn copies_add_up_over_rounds() {
+        let with = |sent, zero_copy_frames, copied_frames, copied_bytes| RunResult {
+            copies: Some(Copies {
+                sent,
+                zero_copy_frames,
+                copied_frames,
+                copied_bytes,
+            }),
+            ..run(None, 100.0, 0.0)
+        };
+        let s = summarize(
+            System::Duct,
+            &[with(10, 10, 0, 0), with(30, 28, 2, 128)],
+            64,
+        );
+        let c = s.copies.unwrap();
+        assert_eq!((c.sent, c.zero_copy_frames, c.copied_frames), (40, 38, 2));
+        assert_eq!(c.copied_bytes_per_msg(), 3.2);
+        assert_eq!(Copies::default().copied_bytes_per_msg(), 0.0);
+        // A round without counts (not --alloc) leaves the summary without.
+        assert_eq!(
+            summarize(System::Duct, &[with(1, 1, 0, 0), run(None, 1.0, 0.0)], 64).copies,
+            None
+        );
     }
 
     #[test]

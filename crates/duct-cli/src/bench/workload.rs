@@ -26,7 +26,8 @@ pub const FLAG_LAST: u8 = 1;
 ///
 /// Every message has the run's fixed size; a message of another size is a protocol error.
 /// The connection owns two prebuilt payloads (ordinary and last) and sends those, so
-/// sending allocates nothing on the benchmark's side.
+/// sending allocates nothing on the benchmark's side (but for duct with `--alloc`, which
+/// builds each message with `Pipe::alloc`: see [`crate::bench::duct_conn`]).
 pub trait MsgConn {
     /// Sends one message, flagged last if `last`, and flushes it onto the wire.
     fn send_one(&mut self, last: bool) -> Result<()>;
@@ -43,6 +44,10 @@ pub trait MsgConn {
     /// Receives one message or more (as many as the system hands over in one call);
     /// returns how many, and whether the last of the run was among them.
     fn recv_some(&mut self) -> Result<(u64, bool)>;
+    /// Called by the measuring end's loops just before the measured phase starts (before its
+    /// allocation snapshot): duct's `--alloc` runs take their `PipeStats` there. Nothing by
+    /// default.
+    fn measured_phase_starts(&mut self) {}
 }
 
 /// What the measuring end of a ping-pong run saw.
@@ -129,6 +134,7 @@ pub fn drive_pingpong<C: MsgConn>(conn: &mut C, plan: &Plan) -> Result<PingPongO
         }
     }
     let mut messages = 0u64;
+    conn.measured_phase_starts();
     let allocs_before = alloc_count();
     let start = Instant::now();
     loop {
@@ -193,6 +199,7 @@ pub fn drive_stream<C: MsgConn>(conn: &mut C, plan: &Plan) -> Result<StreamSendO
         conn.send_many(n as usize, false)?;
         sent += n;
     }
+    conn.measured_phase_starts();
     let allocs_before = alloc_count();
     let start = Instant::now();
     let mut messages = 0u64;
