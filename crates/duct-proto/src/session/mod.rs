@@ -174,6 +174,20 @@ pub enum Event {
     },
 }
 
+/// Whether a message of `len` bytes may be sent: the peer's limit, and our own
+/// (`max_message_size` bounds both directions).
+#[inline]
+fn check_size(neg: &Negotiated, own_max: u32, len: usize) -> Result<(), Error> {
+    let max = neg.send_message_max.min(own_max);
+    if len > max as usize {
+        return Err(Error::MessageTooLarge {
+            size: len as u64,
+            max: u64::from(max),
+        });
+    }
+    Ok(())
+}
+
 /// The earlier of two optional instants (`None` is "never").
 #[inline]
 pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
@@ -598,15 +612,7 @@ impl Session {
             State::Handshaking => return Err(Error::NotConnected),
             State::Closing | State::Closed => return Err(Error::Closed),
         };
-        let len = payload.len();
-        // The peer's limit, and our own: `max_message_size` bounds both directions.
-        let max = neg.send_message_max.min(self.config.max_message_size);
-        if len > max as usize {
-            return Err(Error::MessageTooLarge {
-                size: len as u64,
-                max: u64::from(max),
-            });
-        }
+        check_size(neg, self.config.max_message_size, payload.len())?;
         self.tick(now);
         Ok(self.outbox.offer_with(channel, payload, ttl, reliable, now))
     }
@@ -634,14 +640,7 @@ impl Session {
                 .send_message(channel, payload, ttl, reliable, now)
                 .map(Direct::Offered);
         };
-        let len = payload.len();
-        let max = neg.send_message_max.min(self.config.max_message_size);
-        if len > max as usize {
-            return Err(Error::MessageTooLarge {
-                size: len as u64,
-                max: u64::from(max),
-            });
-        }
+        check_size(neg, self.config.max_message_size, payload.len())?;
         let frame_max = neg.send_frame_max as usize;
         self.tick(now);
         match self
