@@ -527,14 +527,22 @@ fn stalled_sender(addr: &str) -> (Listener, Pipe, Pipe, u32) {
     loop {
         let mut f = pin!(dialer.send_async(numbered(n, 64 * 1024)));
         let mut r = poll_once(f.as_mut());
-        if r.is_pending() {
-            // Full, unless the receiver's reactor was still reading up to its mark: look
-            // again after a while (a pending future dropped now was not sent).
+        // Full, unless the receiver's reactor is still reading up to its mark (on a busy
+        // machine it may not even have begun): look again until a while passes in which
+        // the receiver read nothing. (A pending future dropped now was not sent.)
+        let mut full = false;
+        while r.is_pending() {
+            let reads = accepted.stats().reads;
             thread::sleep(Duration::from_millis(50));
             r = poll_once(f.as_mut());
-            if r.is_pending() {
+            if r.is_pending() && accepted.stats().reads == reads {
+                full = true;
                 break;
             }
+            assert!(start.elapsed() < T, "the receiver kept reading");
+        }
+        if full {
+            break;
         }
         if let Poll::Ready(r) = r {
             r.expect("send into a queue with room");
