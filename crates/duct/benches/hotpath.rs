@@ -1,7 +1,9 @@
 //! A ping-pong (or a stream) between two threads over one pipe, for instruction counts under
 //! callgrind: `cargo bench -p duct --bench hotpath -- shm 20000 [spin_us] [stream]` runs it;
 //! under `valgrind --tool=callgrind --toggle-collect='*hotpath::measure*'` only the measured
-//! loop is counted (both threads' work while it runs). Not a timing benchmark (see
+//! loop is counted (both threads' work while it runs). Run it with `DUCT_BACKEND=epoll`:
+//! valgrind does not carry io_uring's waits through, and the io_uring reactor then never
+//! wakes. Not a timing benchmark (see
 //! `duct bench`). `stream`: the dialer sends batches of 64 messages with `send_batch` and
 //! the listener takes them with `recv_batch`; the count is messages.
 
