@@ -2,8 +2,8 @@
 //! callgrind: `cargo bench -p duct --bench hotpath -- shm 20000 [spin_us] [stream]` runs it;
 //! under `valgrind --tool=callgrind --toggle-collect='*hotpath::measure*'` only the measured
 //! loop is counted (both threads' work while it runs). Run it with `DUCT_BACKEND=epoll`:
-//! valgrind does not carry io_uring's waits through, and the io_uring reactor then never
-//! wakes. Not a timing benchmark (see
+//! under valgrind (3.19 here) a process on the io_uring reactor hangs. Not a timing
+//! benchmark (see
 //! `duct bench`). `stream`: the dialer sends batches of 64 messages with `send_batch` and
 //! the listener takes them with `recv_batch`; the count is messages.
 
