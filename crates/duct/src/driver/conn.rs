@@ -1274,10 +1274,11 @@ impl Conn {
         mut park: Option<Park<'_>>,
     ) -> Result<usize, Error> {
         debug_assert!(park.is_none() || wait == Wait::No);
+        // (A receive that does not wait never waits on a deadline: no clock read for it, a
+        // poller's most frequent call.)
         let deadline = match wait {
             Wait::Until(d) => Some(d),
-            Wait::No => Some(Instant::now()),
-            Wait::Forever => None,
+            Wait::No | Wait::Forever => None,
         };
         let mut g = self.lock();
         g.caller_reads += 1;

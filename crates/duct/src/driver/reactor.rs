@@ -80,7 +80,7 @@ struct Inbox {
     /// io_uring: the registration each source wants, the latest per source (bounded by the
     /// live sources), applied by the thread after the commands taken with it.
     #[cfg(duct_uring)]
-    interest: HashMap<usize, WantedInterest>,
+    interest: TokenMap<WantedInterest>,
 }
 
 /// What a source asked the io_uring backend to watch.
@@ -390,12 +390,35 @@ impl Drop for ReactorHandle {
     }
 }
 
+/// Hashes a source's token (a number the reactor hands out in sequence) with one
+/// multiplication: the reactor looks tokens up on every event and every timer, and SipHash's
+/// resistance to chosen keys buys nothing for numbers duct chose itself.
+#[derive(Default)]
+struct TokenHasher(u64);
+
+impl std::hash::Hasher for TokenHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.0 = (v as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by source token.
+type TokenMap<V> = HashMap<usize, V, std::hash::BuildHasherDefault<TokenHasher>>;
+
 /// What the reactor thread keeps for its sources.
 #[derive(Default)]
 struct Table {
-    sources: HashMap<usize, Weak<dyn Reactive>>,
+    sources: TokenMap<Weak<dyn Reactive>>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    held: HashMap<usize, Arc<dyn Reactive>>,
+    held: TokenMap<Arc<dyn Reactive>>,
 }
 
 fn run(worker: Arc<Worker>, mut poller: Poller) {
