@@ -1008,7 +1008,7 @@ impl Outbox {
         // messages that waited for tokens are gone another way (expired), it is stale, and
         // would keep the session's deadline in the past.
         let rate = self.rate_wake.filter(|_| self.msgs > 0);
-        crate::session::earliest(crate::session::earliest(rate, self.ttl_wake), rto)
+        [rate, self.ttl_wake, rto].into_iter().flatten().min()
     }
 
     /// Hands out the counters of every channel that has non-zero ones, and zeroes them.

@@ -188,16 +188,6 @@ fn check_size(neg: &Negotiated, own_max: u32, len: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// The earlier of two optional instants (`None` is "never").
-#[inline]
-pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, None) => a,
-        (None, b) => b,
-    }
-}
-
 /// What [`Session::send_direct`] did with a message.
 #[derive(Debug)]
 pub enum Direct {
@@ -1131,15 +1121,20 @@ impl Session {
             // Once our CLOSE is written nothing more is: the outbox's timers (retransmission,
             // rate limits, TTL) mean nothing any more.
             let outbox = self.outbox.next_wake().filter(|_| !self.close_written());
-            earliest(outbox, ack)
+            [outbox, ack].into_iter().flatten().min()
         } else {
             None
         };
-        // (Called after every read: a chain of comparisons, not an iterator.)
-        let t = earliest(self.handshake_deadline, hb);
-        let t = earliest(t, qos);
-        let t = earliest(t, self.rx_ttl_wake);
-        earliest(t, self.reassembly.next_deadline())
+        [
+            self.handshake_deadline,
+            self.reassembly.next_deadline(),
+            hb,
+            qos,
+            self.rx_ttl_wake,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Smoothed round-trip time measured with heartbeat PINGs (`None` until a PONG came).

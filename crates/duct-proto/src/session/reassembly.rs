@@ -155,9 +155,6 @@ impl ReassemblyBuffer {
 
     /// The earliest moment a partial message expires.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        if self.partials.is_empty() {
-            return None;
-        }
         self.partials
             .values()
             .map(|p| p.started + self.timeout)

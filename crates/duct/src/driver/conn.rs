@@ -61,6 +61,16 @@ use crate::observability;
 use crate::{Addr, ChannelStats, Error, ErrorKind, PipeState, PipeStats, StateChange};
 use duct_proto::wire::control::close_code;
 
+/// What became of a message offered by the direct path ([`Conn::offer_direct`]).
+enum Offer {
+    /// Framed at once: to be written first.
+    Framed(Transmit),
+    /// Accepted by its channel's queue, or dropped by the channel's policy (counted).
+    Taken,
+    /// The channel's queue is full: the message, handed back.
+    Full(Bytes),
+}
+
 /// How often the reactor looks again at a pipe whose receiving it left to an active caller.
 pub(crate) const RECHECK: Duration = Duration::from_millis(20);
 /// While reading is paused (a receive queue is full), how often the reactor notes how much
@@ -647,17 +657,17 @@ impl Conn {
         let publish_at = g.publish_at;
         #[cfg(not(feature = "metrics"))]
         let publish_at = None;
-        // (Called after every read: a chain of comparisons, not an iterator.)
-        let earliest = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, None) => a,
-            (None, b) => b,
-        };
-        let next = earliest(g.session.poll_timeout(), g.recheck_at);
-        let next = earliest(next, g.linger_until);
-        let next = earliest(next, g.sample_at);
-        let next = earliest(next, g.wakers.next_deadline());
-        let next = earliest(next, publish_at);
+        let next = [
+            g.session.poll_timeout(),
+            g.recheck_at,
+            g.linger_until,
+            g.sample_at,
+            g.wakers.next_deadline(),
+            publish_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         if let (Some(n), Some(handle)) = (next, self.reactor.get()) {
             if g.timer_at.is_none_or(|t| n < t) {
                 g.timer_at = Some(n);
@@ -847,20 +857,11 @@ impl Conn {
         if g.may_send_direct() {
             // The direct path: with nothing queued before it, the message is framed at once
             // and written by this call (no trip through the channel's queue).
-            match g
-                .session
-                .send_direct(channel, payload, meta.ttl, meta.reliable, now)
-                .map_err(|e| self.send_error(e, channel))?
-            {
-                Direct::Frame(t) => return self.sent(g, channel, len, Some(t)),
-                Direct::Offered(Admission::Queued | Admission::Dropped(_)) => {
-                    return self.sent(g, channel, len, None)
-                }
-                Direct::Offered(Admission::Refused(_, why)) => {
-                    return Err(self.refused(&g, channel, why))
-                }
+            match self.offer_direct(&mut g, channel, payload, meta, now)? {
+                Offer::Framed(t) => return self.sent(g, channel, len, Some(t)),
+                Offer::Taken => return self.sent(g, channel, len, None),
                 // The queue is full: wait for room as any send does.
-                Direct::Offered(Admission::Wait(p)) => payload = p,
+                Offer::Full(p) => payload = p,
             }
         }
         let g = self.admit(
@@ -910,6 +911,28 @@ impl Conn {
                 self.run_callbacks();
                 Ok(false)
             }
+        }
+    }
+
+    /// Offers a message by the direct path ([`Session::send_direct`]; the caller checked
+    /// [`Shared::may_send_direct`]).
+    fn offer_direct(
+        &self,
+        g: &mut Shared,
+        channel: u16,
+        payload: Bytes,
+        meta: Meta,
+        now: Instant,
+    ) -> Result<Offer, Error> {
+        match g
+            .session
+            .send_direct(channel, payload, meta.ttl, meta.reliable, now)
+            .map_err(|e| self.send_error(e, channel))?
+        {
+            Direct::Frame(t) => Ok(Offer::Framed(t)),
+            Direct::Offered(Admission::Queued | Admission::Dropped(_)) => Ok(Offer::Taken),
+            Direct::Offered(Admission::Refused(_, why)) => Err(self.refused(g, channel, why)),
+            Direct::Offered(Admission::Wait(p)) => Ok(Offer::Full(p)),
         }
     }
 
@@ -969,7 +992,7 @@ impl Conn {
         // framed at once into the write queue, which this call holds (as the writer) until
         // about one `sendmsg`'s worth is there; the rest go through the channels' queues.
         let mut direct = None;
-        for (channel, mut payload) in msgs {
+        for (channel, payload) in msgs {
             let len = payload.len();
             if direct
                 .as_ref()
@@ -982,53 +1005,38 @@ impl Conn {
                 g.writing = true;
                 direct = Some(self.write.lock().unwrap_or_else(|p| p.into_inner()));
             }
-            if let Some(w) = direct.as_mut() {
-                let offered =
-                    match g
-                        .session
-                        .send_direct(channel, payload, meta.ttl, meta.reliable, now)
-                    {
-                        Ok(Direct::Frame(t)) => {
-                            w.push(t);
-                            Ok(None)
-                        }
-                        Ok(Direct::Offered(Admission::Queued | Admission::Dropped(_))) => Ok(None),
-                        Ok(Direct::Offered(Admission::Refused(_, why))) => {
-                            Err(self.refused(&g, channel, why))
-                        }
-                        Ok(Direct::Offered(Admission::Wait(p))) => Ok(Some(p)),
-                        Err(e) => Err(self.send_error(e, channel)),
-                    };
-                match offered {
-                    Ok(None) => {
-                        sent += 1;
-                        self.trace_sent(channel, len);
-                        if !run.add(channel, len) {
-                            g.count_sent(run);
-                            run = Run::start(channel, len);
-                        }
-                        continue;
+            // What still needs the channel's queue (the direct path found it full, or was not
+            // taken).
+            let queued = match direct.as_mut() {
+                None => Some(payload),
+                Some(w) => match self.offer_direct(&mut g, channel, payload, meta, now) {
+                    Ok(Offer::Framed(t)) => {
+                        w.push(t);
+                        None
                     }
-                    Ok(Some(p)) => payload = p,
+                    Ok(Offer::Taken) => None,
+                    Ok(Offer::Full(p)) => Some(p),
                     Err(e) => {
                         failure = Some(e);
                         break;
                     }
-                }
-            }
-            if let Some(w) = direct.take() {
-                // Write what was framed (this call is the writer), then go on the usual way.
-                drop(w);
-                g = self.flush(g);
-            }
-            g = match self.admit(g, channel, payload, meta, now, deadline, !timeout.is_zero()) {
-                Ok(g) => g,
-                Err(e) => {
-                    failure = Some(e);
-                    g = self.lock();
-                    break;
-                }
+                },
             };
+            if let Some(payload) = queued {
+                if let Some(w) = direct.take() {
+                    // Write what was framed (this call is the writer), then go the usual way.
+                    drop(w);
+                    g = self.flush(g);
+                }
+                g = match self.admit(g, channel, payload, meta, now, deadline, !timeout.is_zero()) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        failure = Some(e);
+                        g = self.lock();
+                        break;
+                    }
+                };
+            }
             sent += 1;
             self.trace_sent(channel, len);
             if !run.add(channel, len) {
@@ -2537,23 +2545,17 @@ impl Reactive for Conn {
         }
         if g.recheck_at.is_some_and(|t| t <= now) {
             g.recheck_at = None;
-            if !g.session.receive_paused() && !g.read_armed && g.terminal.is_none() {
+            // Left to the caller: not watched, or watched for a caller that polls with input
+            // perhaps unread.
+            let left = !g.read_armed || g.empty_at != Some(g.read_events);
+            if left && !g.session.receive_paused() && g.terminal.is_none() {
                 if g.caller_reads == g.seen_reads && !g.reading {
                     // The caller has been away for a whole RECHECK: read ahead for it.
-                    g = self.arm_reads(g);
-                } else {
-                    g.seen_reads = g.caller_reads;
-                    g.recheck_at = Some(now + RECHECK);
-                }
-            } else if g.read_armed
-                && !g.session.receive_paused()
-                && g.terminal.is_none()
-                && g.empty_at != Some(g.read_events)
-            {
-                // Watched for a caller that polls, with input perhaps unread.
-                if g.caller_reads == g.seen_reads && !g.reading {
-                    // It stopped polling: read ahead for it.
-                    g = self.read_ahead(g);
+                    g = if g.read_armed {
+                        self.read_ahead(g)
+                    } else {
+                        self.arm_reads(g)
+                    };
                 } else {
                     g.seen_reads = g.caller_reads;
                     g.recheck_at = Some(now + RECHECK);

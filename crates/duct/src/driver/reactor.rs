@@ -390,28 +390,9 @@ impl Drop for ReactorHandle {
     }
 }
 
-/// Hashes a source's token (a number the reactor hands out in sequence) with one
-/// multiplication: the reactor looks tokens up on every event and every timer, and SipHash's
-/// resistance to chosen keys buys nothing for numbers duct chose itself.
-#[derive(Default)]
-struct TokenHasher(u64);
-
-impl std::hash::Hasher for TokenHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_usize(&mut self, v: usize) {
-        self.0 = (v as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// A map keyed by source token.
-type TokenMap<V> = HashMap<usize, V, std::hash::BuildHasherDefault<TokenHasher>>;
+/// A map keyed by source token, hashed with one multiplication (looked up on every event and
+/// timer; the tokens are numbers the reactor hands out itself).
+type TokenMap<V> = HashMap<usize, V, std::hash::BuildHasherDefault<duct_proto::qos::ChannelHasher>>;
 
 /// What the reactor thread keeps for its sources.
 #[derive(Default)]

@@ -392,16 +392,16 @@ impl ShmStream {
 
     /// Spins until a frame is there, the peer is gone, reading was shut down here, the spin
     /// time passes or `deadline` does. Whether something is there to look at.
-    fn spin_for_input(&self, deadline: Option<Instant>) -> io::Result<bool> {
+    fn spin_for_input(&self, deadline: Option<Instant>) -> bool {
         let ns = self.spin_ns.load(Ordering::Relaxed);
         if ns == 0 {
-            return Ok(false);
+            return false;
         }
         let start = Instant::now();
         let mut turns: u32 = 0;
         loop {
-            if self.rx_waiting()? || self.read_shut.load(Ordering::Acquire) {
-                return Ok(true);
+            if self.rx_waiting() || self.read_shut.load(Ordering::Acquire) {
+                return true;
             }
             turns = turns.wrapping_add(1);
             if turns % 64 == 0 {
@@ -409,14 +409,14 @@ impl ShmStream {
                 if deadline.is_some_and(|d| now >= d)
                     || (ns != u64::MAX && now.duration_since(start).as_nanos() >= u128::from(ns))
                 {
-                    return Ok(false);
+                    return false;
                 }
                 if turns % 4096 == 0 {
                     // A peer that is gone never publishes again: look at the control socket
                     // now and then (well under a millisecond apart).
                     self.drain_ctl();
                     if self.ended.load(Ordering::Acquire) {
-                        return Ok(true);
+                        return true;
                     }
                 }
             }
@@ -590,7 +590,7 @@ impl ShmStream {
             // A blocking receive spins first: a frame that arrives while it spins costs no
             // syscall. The spin looks at the control socket now and then, and it is read
             // below before parking, so a peer that is gone is still seen at once.
-            if !nonblocking && !self.ended.load(Ordering::Acquire) && self.spin_for_input(None)? {
+            if !nonblocking && !self.ended.load(Ordering::Acquire) && self.spin_for_input(None) {
                 continue;
             }
             self.drain_ctl();
@@ -601,14 +601,14 @@ impl ShmStream {
             }
             if nonblocking {
                 wait::prepare(word, wait::SOCKET);
-                if self.rx_waiting()? {
+                if self.rx_waiting() {
                     wait::cancel(word);
                     continue;
                 }
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             wait::prepare(word, wait::PARKED);
-            if !self.rx_waiting()? {
+            if !self.rx_waiting() {
                 wait::park(word, Some(PARK_SLICE));
             }
             wait::cancel(word);
@@ -654,10 +654,10 @@ impl ShmStream {
     }
 
     /// Whether a descriptor waits in the receive ring.
-    fn rx_waiting(&self) -> io::Result<bool> {
+    fn rx_waiting(&self) -> bool {
         // Without the receive side's lock (a spinning receiver asks this in a loop): the
         // descriptor is checked when it is popped.
-        Ok(self.rx_ring.ctl().published())
+        self.rx_ring.ctl().published()
     }
 
     /// Reads the wake bytes the control socket holds; notes its end (the peer is gone).
@@ -685,12 +685,12 @@ impl ShmStream {
     pub(crate) fn wait_readable(&self, deadline: Option<Instant>) -> io::Result<bool> {
         let word = self.rx_ring.ctl().consumer_word();
         loop {
-            if self.rx_waiting()? || self.read_shut.load(Ordering::Acquire) {
+            if self.rx_waiting() || self.read_shut.load(Ordering::Acquire) {
                 return Ok(true);
             }
             // Spin first (no syscall while a frame comes soon), then read the control socket
             // before parking: a peer that is gone is seen at once either way.
-            if !self.ended.load(Ordering::Acquire) && self.spin_for_input(deadline)? {
+            if !self.ended.load(Ordering::Acquire) && self.spin_for_input(deadline) {
                 continue;
             }
             self.drain_ctl();
@@ -702,7 +702,7 @@ impl ShmStream {
                 return Ok(false);
             }
             wait::prepare(word, wait::PARKED);
-            if !self.rx_waiting()? {
+            if !self.rx_waiting() {
                 wait::park(word, Some(left.map_or(PARK_SLICE, |l| l.min(PARK_SLICE))));
             }
             wait::cancel(word);
@@ -711,7 +711,7 @@ impl ShmStream {
 
     /// Whether frames wait in the receive ring (the reactor's fd does not show them).
     pub(crate) fn buffered_input(&self) -> bool {
-        self.rx_waiting().unwrap_or(true)
+        self.rx_waiting()
     }
 
     /// Ends the connection here: the peer sees the control socket end; threads of this process
