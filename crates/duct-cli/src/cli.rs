@@ -183,9 +183,10 @@ pub struct BenchArgs {
     pub plot: Option<PathBuf>,
 
     /// Stream: duct sends with Pipe::send_batch and receives with Pipe::recv_batch, N
-    /// messages at most per call; 1 = plain send/recv.
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub batch: u64,
+    /// messages at most per call; 1 = plain send/recv. Default: as many messages as fill
+    /// 64 KiB (the raw baseline's BufWriter), from 64 to 1024.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub batch: Option<u64>,
 
     /// Mixed: pace the bulk channel with a duct rate limit of this many MiB/s (a
     /// `ChannelOptions::rate_limit`), instead of letting it take all the link and, on
@@ -364,7 +365,7 @@ mod tests {
         assert_eq!(b.messages, None);
         assert_eq!(b.duration, None);
         assert_eq!(b.rounds, 3);
-        assert_eq!(b.batch, 64);
+        assert_eq!(b.batch, None);
         assert_eq!(b.pin, PinArg::None);
         assert!(!b.threads && !b.no_baseline && !b.reliable);
         assert!(bench(&["--reliable"]).reliable);
@@ -406,7 +407,7 @@ mod tests {
         assert!(b.threads && b.no_baseline);
         assert_eq!(b.pin, PinArg::Split);
         assert_eq!(b.json.as_deref(), Some(std::path::Path::new("out.json")));
-        assert_eq!(b.batch, 1);
+        assert_eq!(b.batch, Some(1));
         assert_eq!(
             bench(&["--duration", "2s"]).duration,
             Some(Duration::from_secs(2))

@@ -131,7 +131,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (None, Some(d)) => Amount::Duration(d),
         (None, None) => Amount::Duration(DEFAULT_DURATION),
     };
-    let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
+    let batch = args.batch.map(|b| usize::try_from(b).unwrap_or(usize::MAX));
     // Open the output files first: better to fail now than after minutes of measuring.
     let json_file = args.json.as_deref().map(create_output).transpose()?;
     let plot_file = match args.plot.as_deref() {
@@ -226,9 +226,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     size,
                     warmup: args.warmup,
                     batch: if pattern == Pattern::Scale {
-                        scale::send_batch(batch)
+                        scale::send_batch(config.batch_for(size))
                     } else {
-                        batch
+                        config.batch_for(size)
                     },
                     amount,
                     reliable: leg == Leg::DuctReliable,
@@ -298,7 +298,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let figures_of = |leg: Leg| legs.iter().position(|&l| l == leg).map(|i| &figures[i]);
         let scale = runs_of(Leg::DuctOnePipe).map(|one_runs| Scale {
             pipes: args.pipes,
-            batch: scale::send_batch(batch),
+            batch: scale::send_batch(config.batch_for(size)),
             rx_threads: scale::rx_threads(args.pipes),
             many: scale::combine(figures_of(Leg::Duct).map_or(&[][..], Vec::as_slice)),
             one_pipe: stats::summarize(System::Duct, one_runs, size),

@@ -156,8 +156,8 @@ pub struct RunConfig {
     pub pin: &'static str,
     /// 2 (default) or 1 (`--threads`).
     pub processes: u32,
-    /// `--batch`.
-    pub batch: usize,
+    /// `--batch`, if given (else [`RunConfig::batch_for`] derives it from the size).
+    pub batch: Option<usize>,
     /// `--bulk-rate`, in MiB/s (mixed).
     pub bulk_rate: Option<f64>,
     /// `--spin`: both systems spin on shm.
@@ -172,6 +172,20 @@ impl RunConfig {
         self.spin && transport == Transport::Shm
     }
 
+    /// Messages per `send_batch`/`recv_batch` call in stream for `size`-byte messages:
+    /// `--batch`, or as many as fill the raw baseline's 64 KiB `BufWriter` (64 to 1024), so
+    /// that both systems hand the kernel about as much per call; with `--messages N`, at most
+    /// N/8, so that the rate still spans several receives.
+    pub fn batch_for(&self, size: usize) -> usize {
+        self.batch.unwrap_or_else(|| {
+            let most = match self.amount {
+                Amount::Messages(n) => usize::try_from(n / 8).unwrap_or(usize::MAX).max(1),
+                Amount::Duration(_) => usize::MAX,
+            };
+            default_batch(size).min(most)
+        })
+    }
+
     /// Whether `system`'s row of a `pattern` case sent messages built with `Pipe::alloc`:
     /// duct's pingpong and stream, with `--alloc`.
     pub fn allocs_in_place(&self, system: System, pattern: Pattern) -> bool {
@@ -182,6 +196,11 @@ impl RunConfig {
 }
 
 /// The backend duct's reactor ran on in this process (`auto` before it started).
+/// The default stream batch for `size`-byte messages (see [`RunConfig::batch_for`]).
+pub fn default_batch(size: usize) -> usize {
+    (64 * 1024 / size.max(1)).clamp(64, 1024)
+}
+
 fn duct_backend() -> &'static str {
     duct::backend().map_or("auto", |b| b.as_str())
 }
@@ -305,7 +324,7 @@ fn summary_json(
         pipes,
     );
     if case.pattern == Pattern::Stream && s.system == System::Duct {
-        let _ = write!(o, ", \"batch\": {}", config.batch);
+        let _ = write!(o, ", \"batch\": {}", config.batch_for(case.size));
     }
     if config.allocs_in_place(s.system, case.pattern) {
         o.push_str(&copies_json(case.transport, s.copies));
@@ -460,7 +479,7 @@ pub fn to_json(version: &str, host: &Host, config: &RunConfig, cases: &[CaseResu
         config.warmup,
         json_str(config.pin),
         config.processes,
-        config.batch,
+        json_opt_u64(config.batch.map(|b| b as u64)),
         config.bulk_rate.map_or("null".to_owned(), |r| r.to_string())
     );
     let _ = writeln!(o, "  \"results\": [");
@@ -833,7 +852,16 @@ pub fn to_table(config: &RunConfig, cases: &[CaseResult]) -> String {
         let _ = writeln!(
             out,
             "\nstream: receive rate (duct batch {}, raw BufWriter{}); {}: higher is better",
-            config.batch,
+            match config.batch {
+                Some(b) => b.to_string(),
+                None => {
+                    let mut batches: Vec<usize> =
+                        stream.iter().map(|c| config.batch_for(c.size)).collect();
+                    batches.dedup();
+                    let list: Vec<String> = batches.iter().map(usize::to_string).collect();
+                    format!("{}: 64 KiB worth", list.join("/"))
+                }
+            },
             if stream.iter().any(|c| c.transport == Transport::Shm) {
                 ", shm raw: one wake-up per batch"
             } else {
@@ -1196,7 +1224,7 @@ mod tests {
             warmup: 2000,
             pin: "none",
             processes: 2,
-            batch: 64,
+            batch: None,
             bulk_rate: None,
             spin: false,
             alloc: false,
@@ -1364,8 +1392,32 @@ mod tests {
         );
         assert!(results[1].get("ratio_vs_raw").is_none());
         assert_eq!(results[2]["bytes_per_sec"], 2e7 * 64.0);
-        assert_eq!(results[2]["batch"], 64);
+        assert_eq!(results[2]["batch"], 1024, "64 KiB worth of 64 B messages");
+        assert!(v["config"]["batch"].is_null(), "no --batch given");
         assert_eq!(v["config"]["duration_ns_per_round"], 500_000_000u64);
+    }
+
+    #[test]
+    fn the_default_stream_batch_is_64_kib_worth() {
+        assert_eq!(default_batch(64), 1024);
+        assert_eq!(default_batch(100), 655);
+        assert_eq!(default_batch(1024), 64);
+        assert_eq!(default_batch(65536), 64);
+        assert_eq!(default_batch(0), 1024);
+        let explicit = RunConfig {
+            batch: Some(8),
+            ..config()
+        };
+        assert_eq!(explicit.batch_for(64), 8);
+        let short = RunConfig {
+            amount: Amount::Messages(500),
+            ..config()
+        };
+        assert_eq!(
+            short.batch_for(64),
+            62,
+            "a short run still spans several batches"
+        );
     }
 
     /// `--alloc`: shm and uds streams of 1 MiB (and a tcp pingpong): duct's rows say alloc and
@@ -1690,7 +1742,7 @@ mod tests {
         assert_eq!(st["ratio_vs_realtime"]["bytes_per_sec"], 0.8);
         assert!(st.get("ratio_vs_raw").is_none(), "none given: {st}");
         assert_eq!(st["msgs_per_sec"], 1.6e7);
-        assert_eq!(st["batch"], 64);
+        assert_eq!(st["batch"], 1024);
         // The realtime rows are as without --reliable.
         for r in [&results[0], &results[3]] {
             assert!(r.get("ratio_vs_realtime").is_none(), "{r}");

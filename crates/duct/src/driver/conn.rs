@@ -414,8 +414,8 @@ impl Conn {
         #[cfg(feature = "metrics")]
         let metrics = observability::PipeMetrics::new(config.pipe_id, transport_name, role);
         let mut wq = hs.wq;
+        wq.set_transport(Arc::clone(&transport));
         wq.take_from(&mut hs.session, Instant::now());
-        wq.transport = Some(Arc::clone(&transport));
         let mut rbuf = hs.rbuf;
         rbuf.transport = Some(Arc::clone(&transport));
         let mut life = Lifecycle::new(config.policy);
@@ -2068,8 +2068,8 @@ impl Conn {
         };
         {
             let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            w.set_transport(Arc::clone(&transport));
             w.take_from(&mut g.session, now);
-            w.transport = Some(Arc::clone(&transport));
             g.wq_bytes = w.bytes();
             g.wq_frames = w.frames();
             let mut rbuf = hs.rbuf;

@@ -157,59 +157,111 @@ pub(crate) fn with_transport<T, R>(
     r
 }
 
-/// Payloads up to this size are copied into the write buffer beside their headers, so that
-/// many small frames leave in one contiguous segment; larger payloads are sent from their
-/// own memory as separate iovecs (never copied).
+/// Payloads up to this size are copied into the write buffer beside their headers when they
+/// are queued, so that many small frames leave in one contiguous segment; larger payloads are
+/// sent from their own memory as separate iovecs (never copied).
 const COALESCE_MAX: usize = 512;
-/// Bytes of small frames gathered into one `sendmsg`.
-const SCRATCH_CAP: usize = 64 * 1024;
 /// Most iovecs in one `sendmsg`.
 const MAX_IOV: usize = 64;
 /// Bytes of frames taken from the session ahead of the socket: one large frame, or about a
 /// `sendmsg` of small ones.
 const PULL_BYTES: usize = 64 * 1024;
+/// Most frames queued ahead of the socket (small frames share one iovec, so this is not
+/// `MAX_IOV`).
+const MAX_FRAMES: usize = 1024;
 
-#[derive(Clone, Copy)]
-enum Seg {
-    /// A range of the scratch buffer.
-    Scratch(usize, usize),
-    /// The payload of frame `.0` from byte `.1` on.
-    Payload(usize, usize),
+/// One entry of the write queue.
+enum Entry {
+    /// Small frames encoded back to back in `WriteQueue::inline`, from the end of the
+    /// previous run (or `WriteQueue::inline_pos` for the first) to `end`.
+    Inline {
+        end: usize,
+        /// Frames in the run not yet fully written.
+        frames: usize,
+    },
+    /// A frame kept as the session made it: a large payload (sent from its own memory), a
+    /// frame whose TTL is restamped when it goes out, or any frame for a frame transport.
+    Frame(Transmit),
 }
 
-/// Frames taken from the session and not yet fully written, with the offset into the first.
+/// Frames taken from the session and not yet fully written.
+///
+/// On a byte stream, a small frame without a deadline is encoded into `inline` as it is
+/// queued (its payload handle is released then): a run of them leaves as one iovec, and
+/// nothing is kept per frame. Other frames stay `Transmit`s, their payloads sent in place.
 pub(crate) struct WriteQueue {
-    /// The transport this queue writes to, kept here like [`ReadBuf::transport`].
+    /// The transport this queue writes to, kept here like [`ReadBuf::transport`]; set with
+    /// [`WriteQueue::set_transport`].
     pub(crate) transport: Option<Arc<dyn StreamTransport>>,
-    pub(crate) frames: VecDeque<Transmit>,
-    /// Bytes of `frames[0]` (header then payload) already written.
+    entries: VecDeque<Entry>,
+    /// Encoded small frames (see [`Entry::Inline`]).
+    inline: Vec<u8>,
+    /// Bytes of `inline` already written.
+    inline_pos: usize,
+    /// Where the first frame of `inline` not fully written starts.
+    inline_frame: usize,
+    /// Bytes of the front entry, when it is a `Frame`, already written.
     offset: usize,
-    /// Wire bytes of every frame in `frames` (including the written part of the first).
-    pub(crate) bytes: usize,
-    scratch: Vec<u8>,
-    /// Frames in `frames` that carry a TTL deadline (restamped before they are written).
+    /// Bytes not yet written.
+    bytes: usize,
+    /// Frames not yet fully written.
+    frames: usize,
+    /// `Frame` entries that carry a TTL deadline (restamped before they are written).
     with_ttl: usize,
     /// The transport holds output of its own that the socket did not take (TLS records).
     backlog: bool,
+    /// Small frames are encoded into `inline` (a byte-stream transport).
+    coalesce: bool,
 }
 
 impl WriteQueue {
     pub(crate) fn new() -> Self {
         WriteQueue {
             transport: None,
-            frames: VecDeque::new(),
+            entries: VecDeque::new(),
+            inline: Vec::new(),
+            inline_pos: 0,
+            inline_frame: 0,
             offset: 0,
             bytes: 0,
-            scratch: Vec::new(),
+            frames: 0,
             with_ttl: 0,
             backlog: false,
+            coalesce: false,
         }
     }
 
+    /// Sets the transport to write to. Frames queued from now on are laid out for it: small
+    /// ones encoded in place on a byte stream, all kept whole for a frame transport.
+    pub(crate) fn set_transport(&mut self, transport: Arc<dyn StreamTransport>) {
+        self.coalesce = transport.frame_io().is_none();
+        self.transport = Some(transport);
+    }
+
+    #[inline]
     pub(crate) fn push(&mut self, t: Transmit) {
         self.bytes += t.wire_len();
+        self.frames += 1;
+        if self.coalesce && t.deadline.is_none() && t.payload.len() <= COALESCE_MAX {
+            if self.inline_pos == self.inline.len() {
+                // Everything encoded was written: start again at the front.
+                self.inline.clear();
+                self.inline_pos = 0;
+                self.inline_frame = 0;
+            }
+            self.inline.extend_from_slice(&t.header);
+            self.inline.extend_from_slice(&t.payload);
+            let end = self.inline.len();
+            if let Some(Entry::Inline { end: e, frames }) = self.entries.back_mut() {
+                *e = end;
+                *frames += 1;
+            } else {
+                self.entries.push_back(Entry::Inline { end, frames: 1 });
+            }
+            return;
+        }
         self.with_ttl += usize::from(t.deadline.is_some());
-        self.frames.push_back(t);
+        self.entries.push_back(Entry::Frame(t));
     }
 
     /// Takes the frames the session has ready at `now` (in the scheduler's order, behind
@@ -228,28 +280,47 @@ impl WriteQueue {
     /// Less than about one `sendmsg`'s worth is queued: more frames may be taken.
     #[inline]
     pub(crate) fn wants_more(&self) -> bool {
-        self.bytes - self.offset < PULL_BYTES && self.frames.len() < MAX_IOV
+        self.bytes < PULL_BYTES && self.frames < MAX_FRAMES
     }
 
     /// Nothing left to write: no frames, and no output the transport buffered itself.
     pub(crate) fn is_empty(&self) -> bool {
-        self.frames.is_empty() && !self.backlog
+        self.entries.is_empty() && !self.backlog
     }
 
     /// The frames not written yet, in order, for a new connection: a partly written first
     /// frame is included (the peer drops a partial frame with the connection).
     pub(crate) fn into_frames(self) -> impl Iterator<Item = Transmit> {
-        self.frames.into_iter()
+        let mut out = Vec::with_capacity(self.frames);
+        let mut at = self.inline_frame;
+        for e in self.entries {
+            match e {
+                Entry::Frame(t) => out.push(t),
+                Entry::Inline { end, .. } => {
+                    while let Some((header, len)) = inline_header(&self.inline[..end], at) {
+                        let from = at + HEADER_LEN;
+                        out.push(Transmit {
+                            header,
+                            payload: bytes::Bytes::copy_from_slice(&self.inline[from..from + len]),
+                            deadline: None,
+                        });
+                        at = from + len;
+                    }
+                    at = end;
+                }
+            }
+        }
+        out.into_iter()
     }
 
     /// Bytes still to write.
     pub(crate) fn bytes(&self) -> usize {
-        self.bytes - self.offset
+        self.bytes
     }
 
     /// Frames still to write; output the transport buffered itself counts as one.
     pub(crate) fn frames(&self) -> usize {
-        self.frames.len() + usize::from(self.backlog)
+        self.frames + usize::from(self.backlog)
     }
 
     /// Writes as much as the socket takes without blocking. Returns `Ok(true)` when the queue
@@ -261,117 +332,168 @@ impl WriteQueue {
         if let Some(f) = transport.frame_io() {
             return self.push_frames(f);
         }
-        while !self.frames.is_empty() {
-            let mut segs = [Seg::Scratch(0, 0); MAX_IOV];
-            let n_seg = self.gather(&mut segs);
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            for (slot, seg) in iov.iter_mut().zip(&segs[..n_seg]) {
-                *slot = match *seg {
-                    Seg::Scratch(a, b) => IoSlice::new(&self.scratch[a..b]),
-                    Seg::Payload(i, from) => IoSlice::new(&self.frames[i].payload[from..]),
-                };
-            }
-            match transport.send_vectored(&iov[..n_seg]) {
-                Ok(n) => self.consume(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
+        if !self.write_with(|iov| transport.send_vectored(iov))? {
+            return Ok(false);
         }
         let done = transport.flush_backlog()?;
         self.backlog = !done;
         Ok(done)
     }
 
-    /// Hands the queued frames to a frame transport, in order, until it has no room.
-    fn push_frames(&mut self, f: &dyn FrameIo) -> io::Result<bool> {
-        if self.with_ttl > 0 {
-            let now = Instant::now();
-            for t in self.frames.iter_mut() {
-                t.restamp(now);
-            }
-        }
-        let (sent, all) = f.push_many(&mut self.frames.iter())?;
-        for t in self.frames.drain(..sent) {
-            self.bytes -= t.wire_len();
-            self.with_ttl -= usize::from(t.deadline.is_some());
-        }
-        Ok(all && self.frames.is_empty())
-    }
-
-    /// Lays the next frames out as iovec segments: small frames copied into `scratch` back to
-    /// back, headers of large frames there too, large payloads by reference. Returns the
-    /// number of segments (at least one while frames remain).
-    fn gather(&mut self, segs: &mut [Seg; MAX_IOV]) -> usize {
+    /// Writes the queue with `send` (a vectored write that may take part) until it is empty
+    /// (`Ok(true)`) or `send` reports `WouldBlock` (`Ok(false)`).
+    fn write_with(
+        &mut self,
+        mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<bool> {
         if self.with_ttl > 0 {
             // The time to live a frame carries is what is left when it goes out, not when it
             // was taken from the session: the wait for the socket counts.
             let now = Instant::now();
             let begun = self.offset > 0;
-            for (i, t) in self.frames.iter_mut().enumerate() {
-                if !(i == 0 && begun) {
+            for (i, e) in self.entries.iter_mut().enumerate() {
+                if let Entry::Frame(t) = e {
+                    if !(i == 0 && begun) {
+                        t.restamp(now);
+                    }
+                }
+            }
+        }
+        while !self.entries.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            let mut from = self.inline_pos;
+            for (i, e) in self.entries.iter().enumerate() {
+                match e {
+                    Entry::Inline { end, .. } => {
+                        if n == MAX_IOV {
+                            break;
+                        }
+                        iov[n] = IoSlice::new(&self.inline[from..*end]);
+                        n += 1;
+                        from = *end;
+                    }
+                    Entry::Frame(t) => {
+                        if n + 2 > MAX_IOV {
+                            break;
+                        }
+                        let skip = if i == 0 { self.offset } else { 0 };
+                        if skip < HEADER_LEN {
+                            iov[n] = IoSlice::new(&t.header[skip..]);
+                            n += 1;
+                        }
+                        let pay_from = skip.saturating_sub(HEADER_LEN);
+                        if pay_from < t.payload.len() {
+                            iov[n] = IoSlice::new(&t.payload[pay_from..]);
+                            n += 1;
+                        }
+                    }
+                }
+            }
+            match send(&iov[..n]) {
+                Ok(written) => self.consume(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Hands the queued frames to a frame transport, in order, until it has no room.
+    fn push_frames(&mut self, f: &dyn FrameIo) -> io::Result<bool> {
+        if self.with_ttl > 0 {
+            let now = Instant::now();
+            for e in self.entries.iter_mut() {
+                if let Entry::Frame(t) = e {
                     t.restamp(now);
                 }
             }
         }
-        self.scratch.clear();
-        let mut n_seg = 0;
-        let mut open: Option<usize> = None;
-        for (i, t) in self.frames.iter().enumerate() {
-            let skip = if i == 0 { self.offset } else { 0 };
-            let hdr = &t.header[skip.min(HEADER_LEN)..];
-            let pay_from = skip.saturating_sub(HEADER_LEN);
-            let payload = &t.payload[pay_from..];
-            let used = n_seg + usize::from(open.is_some());
-            if payload.len() <= COALESCE_MAX {
-                let extra = usize::from(open.is_none());
-                let room = self.scratch.len() + hdr.len() + payload.len() <= SCRATCH_CAP;
-                if i > 0 && (used + extra > MAX_IOV || !room) {
-                    break;
-                }
-                open.get_or_insert(self.scratch.len());
-                self.scratch.extend_from_slice(hdr);
-                self.scratch.extend_from_slice(payload);
-            } else {
-                let extra = if open.is_none() { 2 } else { 1 };
-                if i > 0 && used + extra > MAX_IOV {
-                    break;
-                }
-                let start = *open.get_or_insert(self.scratch.len());
-                self.scratch.extend_from_slice(hdr);
-                if self.scratch.len() > start {
-                    segs[n_seg] = Seg::Scratch(start, self.scratch.len());
-                    n_seg += 1;
-                }
-                open = None;
-                segs[n_seg] = Seg::Payload(i, pay_from);
-                n_seg += 1;
+        // (Only `Frame` entries here: nothing is encoded in place for a frame transport.)
+        let mut frames = self.entries.iter().map_while(|e| match e {
+            Entry::Frame(t) => Some(t),
+            Entry::Inline { .. } => None,
+        });
+        let (sent, all) = f.push_many(&mut frames)?;
+        for e in self.entries.drain(..sent) {
+            if let Entry::Frame(t) = e {
+                self.bytes -= t.wire_len();
+                self.frames -= 1;
+                self.with_ttl -= usize::from(t.deadline.is_some());
             }
         }
-        if let Some(start) = open {
-            segs[n_seg] = Seg::Scratch(start, self.scratch.len());
-            n_seg += 1;
-        }
-        n_seg
+        Ok(all && self.entries.is_empty())
     }
 
+    /// Drops `n` written bytes from the front.
     fn consume(&mut self, mut n: usize) {
+        self.bytes -= n;
         while n > 0 {
-            let Some(front) = self.frames.front() else {
+            let Some(front) = self.entries.front_mut() else {
                 break;
             };
-            let left = front.wire_len() - self.offset;
-            if n >= left {
-                n -= left;
-                self.bytes -= front.wire_len();
-                self.with_ttl -= usize::from(front.deadline.is_some());
-                self.offset = 0;
-                self.frames.pop_front();
-            } else {
-                self.offset += n;
-                n = 0;
+            match front {
+                Entry::Inline { end, frames } => {
+                    let left = *end - self.inline_pos;
+                    if n >= left {
+                        n -= left;
+                        self.frames -= *frames;
+                        self.inline_pos = *end;
+                        self.inline_frame = *end;
+                        self.entries.pop_front();
+                    } else {
+                        self.inline_pos += n;
+                        n = 0;
+                        // Count the frames of the run written whole.
+                        let run = &self.inline[..*end];
+                        while let Some((_, len)) = inline_header(run, self.inline_frame) {
+                            let next = self.inline_frame + HEADER_LEN + len;
+                            if next > self.inline_pos {
+                                break;
+                            }
+                            self.inline_frame = next;
+                            *frames -= 1;
+                            self.frames -= 1;
+                        }
+                    }
+                }
+                Entry::Frame(t) => {
+                    let left = t.wire_len() - self.offset;
+                    if n >= left {
+                        n -= left;
+                        self.frames -= 1;
+                        self.with_ttl -= usize::from(t.deadline.is_some());
+                        self.offset = 0;
+                        self.entries.pop_front();
+                    } else {
+                        self.offset += n;
+                        n = 0;
+                    }
+                }
+            }
+        }
+        if self.inline_pos > PULL_BYTES && self.inline_pos < self.inline.len() {
+            // A long-lived partial write: move what is left to the front, so that `inline`
+            // stays within about two pulls.
+            let shift = self.inline_frame;
+            self.inline.drain(..shift);
+            self.inline_pos -= shift;
+            self.inline_frame = 0;
+            for e in self.entries.iter_mut() {
+                if let Entry::Inline { end, .. } = e {
+                    *end -= shift;
+                }
             }
         }
     }
+}
+
+/// The header and payload length of the frame encoded in `run` at `at`, if a whole one is
+/// there.
+fn inline_header(run: &[u8], at: usize) -> Option<([u8; HEADER_LEN], usize)> {
+    let header: [u8; HEADER_LEN] = run.get(at..at + HEADER_LEN)?.try_into().ok()?;
+    let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    (run.len() >= at + HEADER_LEN + len).then_some((header, len))
 }
 
 /// What to wait for.
@@ -427,6 +549,187 @@ pub(crate) fn timespec_until(deadline: Option<Instant>) -> Option<Timespec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use duct_proto::wire::Header;
+
+    /// A data frame on `channel` whose payload is `len` bytes of `fill`.
+    fn frame(channel: u16, len: usize, fill: u8) -> Transmit {
+        Transmit {
+            header: Header::data(channel, len as u32).encode(),
+            payload: bytes::Bytes::from(vec![fill; len]),
+            deadline: None,
+        }
+    }
+
+    fn wire(frames: &[Transmit]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for t in frames {
+            out.extend_from_slice(&t.header);
+            out.extend_from_slice(&t.payload);
+        }
+        out
+    }
+
+    /// Small and large frames, as a byte stream's queue lays them out.
+    fn mixed() -> Vec<Transmit> {
+        (0..300u16)
+            .map(|i| match i % 7 {
+                3 => frame(i, 4000 + usize::from(i), i as u8),
+                _ => frame(i, usize::from(i % 100), i as u8),
+            })
+            .collect()
+    }
+
+    fn stream_queue() -> WriteQueue {
+        let mut w = WriteQueue::new();
+        w.coalesce = true;
+        w
+    }
+
+    #[test]
+    fn a_stream_queue_writes_every_byte_in_order_through_partial_writes() {
+        let frames = mixed();
+        let expect = wire(&frames);
+        let mut w = stream_queue();
+        for t in frames.iter().cloned() {
+            w.push(t);
+        }
+        assert_eq!(w.frames(), frames.len());
+        assert_eq!(w.bytes(), expect.len());
+        let mut out = Vec::new();
+        let mut step = 0usize;
+        let mut blocked = 0;
+        loop {
+            // Takes 1, 2, ... 97 bytes, then refuses once (a full socket).
+            let done = w
+                .write_with(|iov| {
+                    step += 1;
+                    if step % 13 == 0 {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    let mut room = step % 97 + 1;
+                    let mut n = 0;
+                    for s in iov {
+                        let k = room.min(s.len());
+                        out.extend_from_slice(&s[..k]);
+                        n += k;
+                        room -= k;
+                    }
+                    Ok(n)
+                })
+                .unwrap();
+            assert_eq!(w.bytes(), expect.len() - out.len());
+            // Frames still to write: those not wholly in `out` yet.
+            let mut whole = 0;
+            let mut at = 0;
+            for t in &frames {
+                at += t.wire_len();
+                if at <= out.len() {
+                    whole += 1;
+                }
+            }
+            assert_eq!(
+                w.frames(),
+                frames.len() - whole,
+                "after {} bytes",
+                out.len()
+            );
+            if done {
+                break;
+            }
+            blocked += 1;
+        }
+        assert!(blocked > 0);
+        assert_eq!(out, expect);
+        assert!(w.is_empty());
+        assert_eq!((w.frames(), w.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_broken_stream_queue_gives_back_the_frames_not_written_whole() {
+        let frames = mixed();
+        for cut in [0, 1, 24, 25, 500, 4100, 9000, 20_000] {
+            let mut w = stream_queue();
+            for t in frames.iter().cloned() {
+                w.push(t);
+            }
+            let mut left = cut;
+            let done = w
+                .write_with(|iov| {
+                    if left == 0 {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    let n = iov.iter().map(|s| s.len()).sum::<usize>().min(left);
+                    left -= n;
+                    Ok(n)
+                })
+                .unwrap();
+            assert!(!done);
+            // Frames wholly written are gone; a partly written one comes back whole.
+            let mut at = 0;
+            let first = frames
+                .iter()
+                .position(|t| {
+                    at += t.wire_len();
+                    at > cut
+                })
+                .unwrap();
+            let back: Vec<Transmit> = w.into_frames().collect();
+            assert_eq!(back.len(), frames.len() - first, "cut at {cut}");
+            for (a, b) in back.iter().zip(&frames[first..]) {
+                assert_eq!(a.header, b.header);
+                assert_eq!(a.payload, b.payload);
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_queue_that_never_drains_stays_bounded() {
+        // A socket that always takes a little less than was queued: the encoded bytes move
+        // to the front instead of piling up.
+        let mut w = stream_queue();
+        let mut expect = Vec::new();
+        let mut out = Vec::new();
+        for round in 0..2000u32 {
+            while w.wants_more() {
+                let t = frame(1, 40, round as u8);
+                expect.extend_from_slice(&wire(std::slice::from_ref(&t)));
+                w.push(t);
+            }
+            let _ = w.write_with(|iov| {
+                let all: usize = iov.iter().map(|s| s.len()).sum();
+                if all < 200 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let mut room = all - 100;
+                let mut n = 0;
+                for s in iov {
+                    let k = room.min(s.len());
+                    out.extend_from_slice(&s[..k]);
+                    n += k;
+                    room -= k;
+                }
+                Ok(n)
+            });
+            assert!(
+                w.inline.len() <= 2 * PULL_BYTES + 1000,
+                "{}",
+                w.inline.len()
+            );
+        }
+        while !w
+            .write_with(|iov| {
+                let mut n = 0;
+                for s in iov {
+                    out.extend_from_slice(s);
+                    n += s.len();
+                }
+                Ok(n)
+            })
+            .unwrap()
+        {}
+        assert_eq!(out, expect);
+    }
 
     #[test]
     fn chunks_keep_the_contents_and_reuse_chunks_whose_views_are_gone() {
