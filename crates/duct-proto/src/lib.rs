@@ -55,4 +55,6 @@ pub mod session;
 pub mod wire;
 
 pub use error::{Category, Error};
-pub use session::{Config, Delivered, Direct, Event, Negotiated, Role, Session, State, Transmit};
+pub use session::{
+    Config, Delivered, Direct, DirectRun, Event, Negotiated, Role, Session, State, Transmit,
+};

@@ -230,3 +230,83 @@ fn only_plain_data_leaves_the_timers_alone() {
         .is_err());
     assert!(l.take_input_timers(), "an error");
 }
+
+#[test]
+fn a_direct_run_frames_what_send_direct_frames_and_only_when_it_would() {
+    let now = Instant::now();
+    let small = Config {
+        max_message_size: 100,
+        ..Config::default()
+    };
+    let (mut a, _) = established(small.clone(), Config::default(), now);
+    let (mut b, _) = established(small, Config::default(), now);
+    let run = a.direct_run(7, None, None, now).expect("plain channel");
+    assert_eq!(run.channel(), 7);
+    for len in [0usize, 1, 64, 100] {
+        let t = direct_frame(
+            b.send_direct(7, Bytes::from(vec![1; len]), None, None, now)
+                .unwrap(),
+        );
+        assert_eq!(run.header(len), Some(t.header), "{len} bytes");
+    }
+    assert_eq!(
+        run.header(101),
+        None,
+        "over the message limit: send_direct says"
+    );
+
+    // Wherever send_direct takes the queued way (or must carry an ack), no run.
+    let reliable = ChannelConfig {
+        reliable: true,
+        ..ChannelConfig::default()
+    };
+    let with_ttl = ChannelConfig {
+        ttl: Some(Duration::from_millis(50)),
+        ..ChannelConfig::default()
+    };
+    let qos = QosConfig {
+        channels: [(2u16, reliable), (3, with_ttl)].into_iter().collect(),
+        ..QosConfig::default()
+    };
+    let (mut d, mut l) = established(with_qos(qos.clone()), with_qos(qos), now);
+    assert!(
+        l.direct_run(2, None, None, now).is_none(),
+        "reliable channel"
+    );
+    assert!(l.direct_run(3, None, None, now).is_none(), "channel TTL");
+    assert!(l
+        .direct_run(1, Some(Duration::from_millis(5)), None, now)
+        .is_none());
+    assert!(l.direct_run(1, None, Some(true), now).is_none());
+    d.send_message(2, Bytes::from_static(b"trade"), None, None, now)
+        .unwrap();
+    pump_frames(&mut d, &mut l, now).unwrap();
+    assert!(l.direct_run(1, None, None, now).is_none(), "an ack is owed");
+    let t = direct_frame(
+        l.send_direct(1, Bytes::from_static(b"pos"), None, None, now)
+            .unwrap(),
+    );
+    assert!(Header::decode(&t.header)
+        .unwrap()
+        .has(duct_proto::wire::flags::ACK_PRESENT));
+    assert!(
+        l.direct_run(1, None, None, now).is_some(),
+        "the ack went out"
+    );
+    l.send_message(3, Bytes::from_static(b"x"), None, None, now)
+        .unwrap();
+    assert!(
+        l.direct_run(1, None, None, now).is_none(),
+        "a message queued"
+    );
+    frames(&mut l);
+    l.ping(1).unwrap();
+    assert!(
+        l.direct_run(1, None, None, now).is_none(),
+        "a control frame"
+    );
+    frames(&mut l);
+    assert!(l.direct_run(1, None, None, now).is_some());
+    l.close(1000, "bye", now);
+    assert!(l.direct_run(1, None, None, now).is_none(), "closed");
+}

@@ -5,9 +5,14 @@
 //! under valgrind (3.19 here) a process on the io_uring reactor hangs. Not a timing
 //! benchmark (see
 //! `duct bench`). `stream`: the dialer sends batches of 64 messages with `send_batch` and
-//! the listener takes them with `recv_batch`; the count is messages.
+//! the listener takes them with `recv_batch`; the count is messages. `HOTPATH_BATCH=N` sets
+//! the batch (default 64; `duct bench` uses 1024 for 64 B).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// Messages per `send_batch`/`recv_batch` in `stream` (`HOTPATH_BATCH`).
+static BATCH: AtomicUsize = AtomicUsize::new(64);
 
 use duct::{DialOptions, ListenOptions, Message};
 
@@ -25,7 +30,7 @@ fn measure_stream(a: &duct::Pipe, n: u64, payload: &Message) {
     let opts = duct::SendOptions::default();
     let mut left = n;
     while left > 0 {
-        let k = left.min(64);
+        let k = left.min(BATCH.load(Ordering::Relaxed) as u64);
         let sent = a
             .send_batch((0..k).map(|_| payload.clone()), &opts)
             .unwrap();
@@ -39,12 +44,13 @@ fn measure_stream(a: &duct::Pipe, n: u64, payload: &Message) {
 /// `--toggle-collect='*hotpath::receive_stream*'`.)
 #[inline(never)]
 fn receive_stream(b: &duct::Pipe, total: u64) {
-    let mut out = Vec::with_capacity(64);
+    let batch = BATCH.load(Ordering::Relaxed);
+    let mut out = Vec::with_capacity(batch);
     let opts = duct::RecvOptions::default();
     let mut got = 0;
     while got < total {
         out.clear();
-        got += b.recv_batch(&mut out, 64, &opts).unwrap() as u64;
+        got += b.recv_batch(&mut out, batch, &opts).unwrap() as u64;
     }
 }
 
@@ -58,6 +64,12 @@ fn main() {
     let spin_us: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
     let spin = Duration::from_micros(spin_us);
     let stream = args.get(3).is_some_and(|s| s == "stream");
+    if let Some(b) = std::env::var("HOTPATH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+    {
+        BATCH.store(b, Ordering::Relaxed);
+    }
     let addr = match transport.as_str() {
         "shm" => format!("shm://hotpath-{}", std::process::id()),
         "uds" => format!("uds://@hotpath-{}", std::process::id()),

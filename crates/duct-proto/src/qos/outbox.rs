@@ -409,6 +409,28 @@ impl Outbox {
         Admission::Queued
     }
 
+    /// Whether a message on `channel` with `ttl` and `reliable` may be framed at once by
+    /// [`Outbox::offer_direct`], its size aside: nothing is queued on any channel, and
+    /// neither the pipe nor the channel has a rate limit, a time to live or reliability.
+    #[inline]
+    pub fn direct_allowed(
+        &mut self,
+        channel: u16,
+        ttl: Option<std::time::Duration>,
+        reliable: Option<bool>,
+        now: Instant,
+    ) -> bool {
+        if self.msgs != 0 || self.pipe_msgs.is_some() || self.pipe_bytes.is_some() || ttl.is_some()
+        {
+            return false;
+        }
+        let ch = self.chan(channel, now);
+        !(reliable.unwrap_or(ch.cfg.reliable)
+            || ch.cfg.ttl.is_some()
+            || ch.msgs_bucket.is_some()
+            || ch.bytes_bucket.is_some())
+    }
+
     /// A message that can go out at once as one frame, without queueing: nothing is queued
     /// on any channel (so the scheduler has nothing to order it against), the pipe has no
     /// rate limit, the channel no rate limit, and the message no time to live, is not
@@ -425,20 +447,7 @@ impl Outbox {
         now: Instant,
         frame_max: usize,
     ) -> Result<Transmit, Bytes> {
-        if self.msgs != 0
-            || self.pipe_msgs.is_some()
-            || self.pipe_bytes.is_some()
-            || ttl.is_some()
-            || payload.len() > frame_max.max(1)
-        {
-            return Err(payload);
-        }
-        let ch = self.chan(channel, now);
-        if reliable.unwrap_or(ch.cfg.reliable)
-            || ch.cfg.ttl.is_some()
-            || ch.msgs_bucket.is_some()
-            || ch.bytes_bucket.is_some()
-        {
+        if payload.len() > frame_max.max(1) || !self.direct_allowed(channel, ttl, reliable, now) {
             return Err(payload);
         }
         Ok(Transmit {

@@ -197,6 +197,29 @@ pub enum Direct {
     Offered(Admission),
 }
 
+/// A run of messages on one channel that the driver frames itself (see
+/// [`Session::direct_run`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DirectRun {
+    channel: u16,
+    /// Longest payload that goes out as one frame within the message limits.
+    max_len: usize,
+}
+
+impl DirectRun {
+    /// The channel of the run.
+    pub fn channel(&self) -> u16 {
+        self.channel
+    }
+
+    /// The header of a `len`-byte message of the run, or `None` when it does not fit one
+    /// frame (or the message limit): [`Session::send_direct`] then says what becomes of it.
+    #[inline]
+    pub fn header(&self, len: usize) -> Option<[u8; HEADER_LEN]> {
+        (len <= self.max_len).then(|| Header::data(self.channel, len as u32).encode())
+    }
+}
+
 /// A frame to write: the 24 header bytes, then the payload. The payload is a view of the
 /// message's own `Bytes` (never a copy).
 #[derive(Clone, Debug)]
@@ -651,6 +674,37 @@ impl Session {
                 .send_message(channel, payload, ttl, reliable, now)
                 .map(Direct::Offered),
         }
+    }
+
+    /// Lets the driver frame a run of messages on `channel` itself, exactly as
+    /// [`Session::send_direct`] would frame each: `Some` when every condition of the direct
+    /// path holds for the channel (and no ack is owed, which the next frame would carry).
+    /// The answer stands until the session next changes otherwise: input handled, a message
+    /// queued, a timer, a close. A driver asks again after any of those.
+    #[inline]
+    pub fn direct_run(
+        &mut self,
+        channel: u16,
+        ttl: Option<Duration>,
+        reliable: Option<bool>,
+        now: Instant,
+    ) -> Option<DirectRun> {
+        if self.state != State::Established
+            || !self.control.is_empty()
+            || self.close_frame.is_some()
+            || self.rx_rel.owed()
+        {
+            return None;
+        }
+        let neg = self.negotiated.as_ref()?;
+        let max_len = (neg.send_frame_max as usize)
+            .max(1)
+            .min(neg.send_message_max.min(self.config.max_message_size) as usize);
+        if !self.outbox.direct_allowed(channel, ttl, reliable, now) {
+            return None;
+        }
+        self.tick(now);
+        Some(DirectRun { channel, max_len })
     }
 
     /// The messages accepted for sending and not yet framed.

@@ -48,7 +48,7 @@ use bytes::Bytes;
 use duct_proto::lifecycle::{Change, Ignored, Lifecycle, Next, Phase, Policy};
 use duct_proto::qos::{Admission, ChannelMap, DropReason};
 use duct_proto::wire::control::caps;
-use duct_proto::{Delivered, Direct, Event, Session, Transmit};
+use duct_proto::{Delivered, Direct, DirectRun, Event, Session, Transmit};
 use mio::Interest;
 
 use super::handshake::Handshake;
@@ -992,6 +992,10 @@ impl Conn {
         // framed at once into the write queue, which this call holds (as the writer) until
         // about one `sendmsg`'s worth is there; the rest go through the channels' queues.
         let mut direct = None;
+        // A run of messages on one channel that this call frames itself (see
+        // `Session::direct_run`), valid while `direct` is held (the session does not change
+        // meanwhile: the pipe lock is held too).
+        let mut fast: Option<DirectRun> = None;
         for (channel, payload) in msgs {
             let len = payload.len();
             if direct
@@ -999,26 +1003,39 @@ impl Conn {
                 .is_some_and(|w: &MutexGuard<'_, WriteQueue>| !w.wants_more())
             {
                 drop(direct.take());
+                fast = None;
                 g = self.flush(g);
             }
             if direct.is_none() && g.may_send_direct() {
                 g.writing = true;
                 direct = Some(self.write.lock().unwrap_or_else(|p| p.into_inner()));
             }
+            if direct.is_some() && fast.is_none_or(|r| r.channel() != channel) {
+                fast = g.session.direct_run(channel, meta.ttl, meta.reliable, now);
+            }
             // What still needs the channel's queue (the direct path found it full, or was not
             // taken).
             let queued = match direct.as_mut() {
                 None => Some(payload),
-                Some(w) => match self.offer_direct(&mut g, channel, payload, meta, now) {
-                    Ok(Offer::Framed(t)) => {
-                        w.push(t);
+                Some(w) => match fast.and_then(|r| r.header(len)) {
+                    Some(header) => {
+                        w.push_frame(&header, payload);
                         None
                     }
-                    Ok(Offer::Taken) => None,
-                    Ok(Offer::Full(p)) => Some(p),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
+                    None => {
+                        fast = None;
+                        match self.offer_direct(&mut g, channel, payload, meta, now) {
+                            Ok(Offer::Framed(t)) => {
+                                w.push(t);
+                                None
+                            }
+                            Ok(Offer::Taken) => None,
+                            Ok(Offer::Full(p)) => Some(p),
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
+                        }
                     }
                 },
             };

@@ -9,7 +9,7 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use duct_proto::wire::HEADER_LEN;
 use duct_proto::Transmit;
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -240,28 +240,52 @@ impl WriteQueue {
 
     #[inline]
     pub(crate) fn push(&mut self, t: Transmit) {
-        self.bytes += t.wire_len();
-        self.frames += 1;
-        if self.coalesce && t.deadline.is_none() && t.payload.len() <= COALESCE_MAX {
-            if self.inline_pos == self.inline.len() {
-                // Everything encoded was written: start again at the front.
-                self.inline.clear();
-                self.inline_pos = 0;
-                self.inline_frame = 0;
-            }
-            self.inline.extend_from_slice(&t.header);
-            self.inline.extend_from_slice(&t.payload);
-            let end = self.inline.len();
-            if let Some(Entry::Inline { end: e, frames }) = self.entries.back_mut() {
-                *e = end;
-                *frames += 1;
-            } else {
-                self.entries.push_back(Entry::Inline { end, frames: 1 });
-            }
+        if t.deadline.is_none() && self.push_inline(&t.header, &t.payload) {
             return;
         }
+        self.bytes += t.wire_len();
+        self.frames += 1;
         self.with_ttl += usize::from(t.deadline.is_some());
         self.entries.push_back(Entry::Frame(t));
+    }
+
+    /// Queues a frame without a deadline: `header`, then `payload`.
+    #[inline]
+    pub(crate) fn push_frame(&mut self, header: &[u8; HEADER_LEN], payload: Bytes) {
+        if !self.push_inline(header, &payload) {
+            self.push(Transmit {
+                header: *header,
+                payload,
+                deadline: None,
+            });
+        }
+    }
+
+    /// Encodes a small frame into `inline` on a byte stream (`false`: not here, it stays
+    /// whole).
+    #[inline]
+    fn push_inline(&mut self, header: &[u8; HEADER_LEN], payload: &[u8]) -> bool {
+        if !self.coalesce || payload.len() > COALESCE_MAX {
+            return false;
+        }
+        if self.inline_pos == self.inline.len() {
+            // Everything encoded was written: start again at the front.
+            self.inline.clear();
+            self.inline_pos = 0;
+            self.inline_frame = 0;
+        }
+        self.inline.extend_from_slice(header);
+        self.inline.extend_from_slice(payload);
+        let end = self.inline.len();
+        if let Some(Entry::Inline { end: e, frames }) = self.entries.back_mut() {
+            *e = end;
+            *frames += 1;
+        } else {
+            self.entries.push_back(Entry::Inline { end, frames: 1 });
+        }
+        self.bytes += HEADER_LEN + payload.len();
+        self.frames += 1;
+        true
     }
 
     /// Takes the frames the session has ready at `now` (in the scheduler's order, behind
@@ -301,7 +325,7 @@ impl WriteQueue {
                         let from = at + HEADER_LEN;
                         out.push(Transmit {
                             header,
-                            payload: bytes::Bytes::copy_from_slice(&self.inline[from..from + len]),
+                            payload: Bytes::copy_from_slice(&self.inline[from..from + len]),
                             deadline: None,
                         });
                         at = from + len;
@@ -556,7 +580,7 @@ mod tests {
     fn frame(channel: u16, len: usize, fill: u8) -> Transmit {
         Transmit {
             header: Header::data(channel, len as u32).encode(),
-            payload: bytes::Bytes::from(vec![fill; len]),
+            payload: Bytes::from(vec![fill; len]),
             deadline: None,
         }
     }
