@@ -136,8 +136,21 @@ impl ReadBuf {
             return f.recv_frames(&mut self.frames, FRAMES_PER_RECV, nonblocking);
         }
         let want_free = needed.saturating_sub(self.data.len()).max(4096);
+        rewind_if_empty(&mut self.data);
         self.chunks.make_room(&mut self.data, want_free, READ_CHUNK);
         transport.recv_into(&mut self.data, nonblocking)
+    }
+}
+
+/// When everything read was taken and no view of the chunk is alive, moves `buf` back to
+/// the front of its chunk: a pipe that receives a little at a time then reads into the same
+/// few cache-hot lines instead of sweeping its whole chunk (with many pipes, a chunk each:
+/// the sweep misses the cache on every read). A view still alive leaves it as it is.
+fn rewind_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() < READ_CHUNK {
+        // (Asking for more than the spare capacity makes `try_reclaim` take back the
+        // chunk's start if it can, without allocating.)
+        buf.try_reclaim(READ_CHUNK);
     }
 }
 
@@ -753,6 +766,29 @@ mod tests {
             .unwrap()
         {}
         assert_eq!(out, expect);
+    }
+
+    #[test]
+    fn an_emptied_read_buffer_starts_again_at_the_front_of_its_chunk() {
+        let mut chunks = Chunks::default();
+        let mut buf = BytesMut::new();
+        chunks.make_room(&mut buf, 4096, READ_CHUNK);
+        let front = buf.as_ptr();
+        buf.extend_from_slice(&[1; 1000]);
+        let view = buf.split_to(1000).freeze();
+        // A view is alive: the buffer stays where it is.
+        rewind_if_empty(&mut buf);
+        assert_ne!(buf.as_ptr(), front);
+        drop(view);
+        rewind_if_empty(&mut buf);
+        assert_eq!(buf.as_ptr(), front);
+        assert!(buf.capacity() >= READ_CHUNK);
+        // Bytes not taken yet are never moved.
+        buf.extend_from_slice(&[2; 10]);
+        drop(buf.split_to(5));
+        let at = buf.as_ptr();
+        rewind_if_empty(&mut buf);
+        assert_eq!((buf.as_ptr(), &buf[..]), (at, &[2u8; 5][..]));
     }
 
     #[test]
