@@ -150,7 +150,7 @@ fn rewind_if_empty(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() < READ_CHUNK {
         // (Asking for more than the spare capacity makes `try_reclaim` take back the
         // chunk's start if it can, without allocating.)
-        buf.try_reclaim(READ_CHUNK);
+        let _ = buf.try_reclaim(READ_CHUNK);
     }
 }
 
