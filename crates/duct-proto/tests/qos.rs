@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use duct_proto::qos::{
     Admission, Backpressure, ChannelConfig, Counts, DropReason, Outbox, QosConfig, Rate, QUANTUM,
 };
+use duct_proto::wire::control::{self, caps};
 use duct_proto::wire::{flags, FrameKind, Header, HEADER_LEN};
 use duct_proto::{Config, Session, Transmit};
 
@@ -1358,4 +1359,140 @@ fn poll_messages_matches_one_by_one_polling() {
     assert_eq!(session_counts(&mut l)[&1].expired, 1);
     assert_eq!(l.message_len(), 0);
     assert_eq!(l.message_bytes(), 0);
+}
+
+/// Stream input handed over in one piece (whole frames of many channels in a row) or a few
+/// bytes at a time leaves the receiver in the same state: the same messages in the same
+/// order, the same receive marks and queue sizes, the same acks and PONGs to send.
+#[test]
+fn stream_input_in_one_piece_or_in_small_pieces_gives_the_same() {
+    let t0 = Instant::now();
+    let rel_ttl = caps::RELIABLE | caps::TTL;
+    let listener = Config {
+        max_frame_payload: 1024,
+        capabilities: rel_ttl,
+        qos: qos([
+            (
+                1,
+                ChannelConfig {
+                    rcv_hwm_msgs: 3,
+                    ..ChannelConfig::default()
+                },
+            ),
+            (
+                2,
+                ChannelConfig {
+                    priority: 200,
+                    ..ChannelConfig::default()
+                },
+            ),
+            (
+                4,
+                ChannelConfig {
+                    priority: 250,
+                    ..ChannelConfig::default()
+                },
+            ),
+        ]),
+        ..Config::default()
+    };
+    let dialer = Config {
+        capabilities: rel_ttl,
+        qos: qos([(
+            3,
+            ChannelConfig {
+                reliable: true,
+                ..ChannelConfig::default()
+            },
+        )]),
+        ..Config::default()
+    };
+    let (mut d, whole) = established(dialer.clone(), listener.clone(), t0);
+    let (_, pieces) = established(dialer, listener, t0);
+    // Two reliable messages as the dialer frames them.
+    d.send(3, numbered(30, 8), t0).unwrap();
+    d.send(3, numbered(31, 8), t0).unwrap();
+    let rel: Vec<BytesMut> = common::frames(&mut d)
+        .into_iter()
+        .map(|(h, p)| common::raw_frame(h, &p))
+        .collect();
+    assert_eq!(rel.len(), 2);
+    let plain = |c: u16, i: u32| common::frame(Header::data(c, 0), &numbered(i, 8));
+    let with = |c: u16, flags: u8, aux: u32, payload: &[u8]| {
+        common::frame(common::data_header(c, flags, aux), payload)
+    };
+    let mut ttl = common::data_header(4, flags::TTL_PRESENT, 0);
+    ttl.ttl_ms = 500;
+    let mut acked = common::data_header(1, flags::ACK_PRESENT, 0);
+    acked.ack = 0;
+    let frames: Vec<BytesMut> = vec![
+        plain(1, 0),
+        plain(1, 1),
+        // Queued the general way (TTL), in a new priority class made in the middle of a
+        // run of plain messages on channel 1, which goes on after it.
+        common::frame(ttl, &numbered(40, 8)),
+        plain(1, 2),
+        rel[0].clone(),
+        rel[1].clone(),
+        rel[0].clone(), // a duplicate, dropped
+        plain(2, 20),
+        common::control_frame(FrameKind::Ping, &control::encode_ping(9)),
+        with(5, flags::MORE_FRAGMENTS, 2000, &pattern(1000, 1)),
+        plain(1, 3),
+        with(5, flags::CONTINUATION, 0, &pattern(1000, 2)),
+        common::frame(Header::data(1, 0), &[]),
+        plain(1, 4),
+        common::frame(acked, &numbered(5, 8)),
+        plain(2, 21),
+        plain(1, 6),
+    ];
+    let mut bytes = BytesMut::new();
+    for f in &frames {
+        bytes.extend_from_slice(f);
+    }
+    // And the start of one more frame.
+    bytes.extend_from_slice(&frames[0][..HEADER_LEN + 3]);
+
+    let state = |l: &mut Session| {
+        let mut queues: Vec<_> = l.recv_queues().collect();
+        queues.sort();
+        (
+            l.recv_full(),
+            l.recv_low(),
+            l.message_len(),
+            l.message_bytes(),
+            queues,
+        )
+    };
+    let drain = |l: &mut Session| {
+        let out: Vec<_> = std::iter::from_fn(|| l.poll_transmit())
+            .map(|t| (t.header, t.payload))
+            .collect();
+        let msgs: Vec<_> = std::iter::from_fn(|| l.poll_message())
+            .map(|m| (m.channel, m.payload))
+            .collect();
+        let events: Vec<_> = std::iter::from_fn(|| l.poll_event()).collect();
+        (msgs, out, format!("{events:?}"))
+    };
+
+    let mut whole = whole;
+    let mut buf = BytesMut::from(&bytes[..]);
+    whole.handle_input(&mut buf, t0).unwrap();
+    assert_eq!(buf.len(), HEADER_LEN + 3, "the partial frame stays");
+    let whole_state = state(&mut whole);
+    assert!(whole_state.0, "channel 1 is at its mark");
+    let whole_out = drain(&mut whole);
+    let channels: Vec<u16> = whole_out.0.iter().map(|(c, _)| *c).collect();
+    assert_eq!(channels, [4, 2, 2, 1, 1, 1, 3, 3, 1, 5, 1, 1, 1, 1]);
+    assert_eq!(whole_out.0[9].1.len(), 2000);
+
+    let mut pieces = pieces;
+    let mut buf = BytesMut::new();
+    for chunk in bytes.chunks(7) {
+        buf.extend_from_slice(chunk);
+        pieces.handle_input(&mut buf, t0).unwrap();
+    }
+    assert_eq!(buf.len(), HEADER_LEN + 3);
+    assert_eq!(state(&mut pieces), whole_state);
+    assert_eq!(drain(&mut pieces), whole_out);
 }

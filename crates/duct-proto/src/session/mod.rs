@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::qos::{Admission, ChannelMap, Counts, Outbox, QosConfig};
 use crate::reliable::{Arrival, RecvState};
@@ -361,10 +361,21 @@ pub struct Session {
     pending_hello: Option<PendingHello>,
 }
 
-/// A received message waiting for the application.
+/// A received message waiting for the application: a [`Delivered`] laid out flat, in 40
+/// bytes (every message is moved into the queue and out again).
 struct Inbound {
-    d: Delivered,
-    expires: Option<Instant>,
+    payload: Bytes,
+    channel: u16,
+    /// It expires, at the next deadline in its class's `deadlines`.
+    timed: bool,
+}
+
+/// The received messages of one priority.
+struct Class {
+    priority: u8,
+    queue: VecDeque<Inbound>,
+    /// The deadlines of the timed messages in `queue`, in the same order.
+    deadlines: VecDeque<Instant>,
 }
 
 /// Received messages waiting for the application, by the priority of their channel (highest
@@ -373,49 +384,131 @@ struct Inbound {
 #[derive(Default)]
 struct Inbox {
     /// Sorted by priority, highest first; a class stays once made (at most 256).
-    classes: Vec<(u8, VecDeque<Inbound>)>,
+    classes: Vec<Class>,
     len: usize,
 }
 
 impl Inbox {
     #[inline]
-    fn push(&mut self, priority: u8, m: Inbound) {
-        if let Some((p, q)) = self.classes.first_mut() {
-            if *p == priority {
-                q.push_back(m);
-                self.len += 1;
-                return;
-            }
+    fn push(&mut self, priority: u8, d: Delivered, expires: Option<Instant>) {
+        let c = self.class(priority);
+        let class = &mut self.classes[c];
+        if let Some(e) = expires {
+            class.deadlines.push_back(e);
         }
-        let i = match self.classes.iter().position(|(p, _)| *p == priority) {
-            Some(i) => i,
-            None => {
-                let i = self.classes.partition_point(|(p, _)| *p > priority);
-                self.classes.insert(i, (priority, VecDeque::new()));
-                i
-            }
-        };
-        self.classes[i].1.push_back(m);
+        class.queue.push_back(Inbound {
+            payload: d.payload,
+            channel: d.channel,
+            timed: expires.is_some(),
+        });
         self.len += 1;
     }
 
+    /// The index in `classes` of `priority`'s queue (made if need be). It stays valid until
+    /// a queue is made for another priority.
     #[inline]
-    fn pop(&mut self) -> Option<Inbound> {
+    fn class(&mut self, priority: u8) -> usize {
+        match self.classes.first() {
+            Some(c) if c.priority == priority => 0,
+            _ => self.find_class(priority),
+        }
+    }
+
+    fn find_class(&mut self, priority: u8) -> usize {
+        match self.classes.iter().position(|c| c.priority == priority) {
+            Some(i) => i,
+            None => {
+                let i = self.classes.partition_point(|c| c.priority > priority);
+                let class = Class {
+                    priority,
+                    queue: VecDeque::new(),
+                    deadlines: VecDeque::new(),
+                };
+                self.classes.insert(i, class);
+                i
+            }
+        }
+    }
+
+    /// Queues a message without deadline in the queue `class` (from [`Inbox::class`]).
+    #[inline]
+    fn push_untimed(&mut self, class: usize, channel: u16, payload: Bytes) {
+        self.classes[class].queue.push_back(Inbound {
+            payload,
+            channel,
+            timed: false,
+        });
+        self.len += 1;
+    }
+
+    /// The next message and its deadline.
+    #[inline]
+    fn pop(&mut self) -> Option<(Delivered, Option<Instant>)> {
         if self.len == 0 {
             return None;
         }
         self.len -= 1;
-        for (_, q) in &mut self.classes {
-            if let Some(m) = q.pop_front() {
-                return Some(m);
+        for class in &mut self.classes {
+            if let Some(m) = class.queue.pop_front() {
+                let expires = if m.timed {
+                    class.deadlines.pop_front()
+                } else {
+                    None
+                };
+                let d = Delivered {
+                    channel: m.channel,
+                    payload: m.payload,
+                };
+                return Some((d, expires));
             }
         }
         None
     }
 
+    /// Removes the messages whose deadline is at or before `now`, each reported to `gone`
+    /// with its channel and length. Returns the earliest deadline left.
+    fn expire(&mut self, now: Instant, gone: &mut Vec<(u16, usize)>) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let before = gone.len();
+        for class in &mut self.classes {
+            if class.deadlines.is_empty() {
+                continue;
+            }
+            let mut deadlines = std::mem::take(&mut class.deadlines).into_iter();
+            let kept = &mut class.deadlines;
+            class.queue.retain(|m| {
+                if !m.timed {
+                    return true;
+                }
+                let Some(e) = deadlines.next() else {
+                    return true;
+                };
+                if now >= e {
+                    gone.push((m.channel, m.payload.len()));
+                    return false;
+                }
+                next = Some(next.map_or(e, |n| n.min(e)));
+                kept.push_back(e);
+                true
+            });
+        }
+        self.len -= gone.len() - before;
+        next
+    }
+
     fn len(&self) -> usize {
         self.len
     }
+}
+
+/// Messages of one channel queued by the fast path and not yet accounted in its [`RxChan`].
+#[derive(Default)]
+struct RxRun {
+    channel: u16,
+    /// The channel's queue in the [`Inbox`] (see [`Inbox::class`]).
+    class: usize,
+    msgs: usize,
+    bytes: usize,
 }
 
 /// One channel's share of the receive queue, with its settings at hand.
@@ -789,6 +882,15 @@ impl Session {
         self.last_recv = now;
         self.tick(now);
         while self.state != State::Closed {
+            if self.aged.is_empty() && matches!(self.state, State::Established | State::Closing) {
+                // Whole DATA frames in a row come off `buf` as one piece: one split of the
+                // shared buffer for all of them instead of two per frame.
+                let run = self.deframer.data_run(buf);
+                if run > 0 {
+                    self.handle_data_run(buf.split_to(run).freeze(), now)?;
+                    continue;
+                }
+            }
             match self.deframer.decode(buf) {
                 Ok(Some((header, payload))) => {
                     if !self.aged.is_empty() {
@@ -812,36 +914,6 @@ impl Session {
                             continue;
                         }
                     }
-                    // Fast path: a whole message on a channel with no reassembly under way
-                    // (the deframer has already checked the length against the limit).
-                    if header.kind == FrameKind::Data
-                        && header.flags
-                            & (flags::MORE_FRAGMENTS
-                                | flags::CONTINUATION
-                                | flags::TTL_PRESENT
-                                | flags::ACK_PRESENT)
-                            == 0
-                        && (self.rel_agreed || !header.has(flags::RELIABLE))
-                        && matches!(self.state, State::Established | State::Closing)
-                        && !self.reassembly.in_progress(header.channel)
-                        && payload.len() <= self.config.max_message_size as usize
-                    {
-                        // A reliable message owes an ack: a deadline.
-                        self.input_timers |= header.has(flags::RELIABLE);
-                        match self.arrived(&header, now) {
-                            Ok(true) => {}
-                            Ok(false) => continue, // a duplicate of a reliable message
-                            Err(e) => return Err(self.fail(e)),
-                        }
-                        self.deliver(
-                            Delivered {
-                                channel: header.channel,
-                                payload,
-                            },
-                            None,
-                        );
-                        continue;
-                    }
                     self.handle_frame(header, payload, now)?
                 }
                 Ok(None) => break,
@@ -849,6 +921,93 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Handles `run`, whole DATA frames (see [`Deframer::data_run`]) that arrived while
+    /// established or closing. A whole message on a channel with no reassembly under way
+    /// takes the fast path: queued with its channel's accounting done once per run of that
+    /// channel (done before anything else may look at it: before another frame goes the
+    /// general way, and before returning). Frames not handled when an error ends the session
+    /// are dropped with it.
+    fn handle_data_run(&mut self, mut run: Bytes, now: Instant) -> Result<(), Error> {
+        let mut acct = RxRun::default();
+        let mut result = Ok(());
+        while run.len() >= HEADER_LEN {
+            // Plain data (no flag: unreliable, whole, no TTL, no ack) needs only these fields
+            // of the header.
+            let b = &run[..HEADER_LEN];
+            let plain = b[1] & flags::KNOWN == 0;
+            let channel = u16::from_be_bytes([b[2], b[3]]);
+            let len = u32::from_be_bytes([b[4], b[5], b[6], b[7]]) as usize;
+            if len > run.len() - HEADER_LEN {
+                // (Not reached: the deframer checked the length.)
+                result = Err(self.fail(crate::wire::WireError::Truncated.into()));
+                break;
+            }
+            if plain
+                && len <= self.config.max_message_size as usize
+                && !self.reassembly.in_progress(channel)
+            {
+                run.advance(HEADER_LEN);
+                let payload = take_front(&mut run, len);
+                self.queue_whole(&mut acct, channel, payload);
+                continue;
+            }
+            let header = match Header::decode(&run) {
+                Ok(h) => h,
+                Err(e) => {
+                    // (Not reached: the deframer checked the kind.)
+                    result = Err(self.fail(e.into()));
+                    break;
+                }
+            };
+            run.advance(HEADER_LEN);
+            let payload = take_front(&mut run, len);
+            if header.flags
+                & (flags::MORE_FRAGMENTS
+                    | flags::CONTINUATION
+                    | flags::TTL_PRESENT
+                    | flags::ACK_PRESENT)
+                == 0
+                && self.rel_agreed
+                && len <= self.config.max_message_size as usize
+                && !self.reassembly.in_progress(channel)
+            {
+                // A whole reliable message: it owes an ack, a deadline.
+                self.input_timers = true;
+                match self.arrived(&header, now) {
+                    Ok(true) => self.queue_whole(&mut acct, channel, payload),
+                    Ok(false) => {} // a duplicate
+                    Err(e) => {
+                        result = Err(self.fail(e));
+                        break;
+                    }
+                }
+                continue;
+            }
+            self.rx_account(&mut acct);
+            if let Err(e) = self.handle_frame(header, payload, now) {
+                result = Err(e);
+                break;
+            }
+        }
+        self.rx_account(&mut acct);
+        result
+    }
+
+    /// Queues a whole message without TTL for the application, its accounting left in `acct`
+    /// (see [`Session::rx_account`]).
+    #[inline(always)]
+    fn queue_whole(&mut self, acct: &mut RxRun, channel: u16, payload: Bytes) {
+        if acct.msgs == 0 || acct.channel != channel {
+            self.rx_account(acct);
+            acct.channel = channel;
+            let priority = self.rx_priority(channel);
+            acct.class = self.messages.class(priority);
+        }
+        acct.msgs += 1;
+        acct.bytes += payload.len();
+        self.messages.push_untimed(acct.class, channel, payload);
     }
 
     /// How many bytes `buf` must hold before [`Session::handle_input`] can make progress.
@@ -999,18 +1158,18 @@ impl Session {
     #[inline]
     pub fn poll_message_at(&mut self, now: Instant) -> Option<Delivered> {
         loop {
-            let m = self.messages.pop()?;
-            let len = m.d.payload.len();
+            let (d, expires) = self.messages.pop()?;
+            let len = d.payload.len();
             self.message_bytes -= len;
-            self.rx_adjust(m.d.channel, -1, -(len as isize));
-            if let Some(e) = m.expires {
+            self.rx_adjust(d.channel, -1, -(len as isize));
+            if let Some(e) = expires {
                 self.rx_with_ttl -= 1;
                 if now >= e {
-                    self.count_rx_expired(m.d.channel);
+                    self.count_rx_expired(d.channel);
                     continue;
                 }
             }
-            return Some(m.d);
+            return Some(d);
         }
     }
 
@@ -1021,19 +1180,19 @@ impl Session {
         &mut self,
         now: Instant,
         max: usize,
-        sink: &mut dyn FnMut(Delivered),
+        sink: &mut (impl FnMut(Delivered) + ?Sized),
     ) -> usize {
         let mut n = 0;
         // (channel, messages, bytes) taken from the queue and not yet accounted.
         let mut run: Option<(u16, isize, isize)> = None;
         while n < max {
-            let Some(m) = self.messages.pop() else {
+            let Some((d, expires)) = self.messages.pop() else {
                 break;
             };
-            let len = m.d.payload.len();
+            let len = d.payload.len();
             self.message_bytes -= len;
             match &mut run {
-                Some((c, k, b)) if *c == m.d.channel => {
+                Some((c, k, b)) if *c == d.channel => {
                     *k -= 1;
                     *b -= len as isize;
                 }
@@ -1041,17 +1200,17 @@ impl Session {
                     if let Some((c, k, b)) = run.take() {
                         self.rx_adjust(c, k, b);
                     }
-                    run = Some((m.d.channel, -1, -(len as isize)));
+                    run = Some((d.channel, -1, -(len as isize)));
                 }
             }
-            if let Some(e) = m.expires {
+            if let Some(e) = expires {
                 self.rx_with_ttl -= 1;
                 if now >= e {
-                    self.count_rx_expired(m.d.channel);
+                    self.count_rx_expired(d.channel);
                     continue;
                 }
             }
-            sink(m.d);
+            sink(d);
             n += 1;
         }
         if let Some((c, k, b)) = run {
@@ -1658,7 +1817,28 @@ impl Session {
             self.rx_with_ttl += 1;
             self.rx_ttl_wake = Some(self.rx_ttl_wake.map_or(e, |w| w.min(e)));
         }
-        self.messages.push(priority, Inbound { d, expires });
+        self.messages.push(priority, d, expires);
+    }
+
+    /// Accounts what `run` brought (messages queued by [`Session::handle_data_run`]) and
+    /// empties it.
+    #[inline]
+    fn rx_account(&mut self, run: &mut RxRun) {
+        if run.msgs != 0 {
+            self.message_bytes += run.bytes;
+            self.rx_adjust(run.channel, run.msgs as isize, run.bytes as isize);
+            run.msgs = 0;
+            run.bytes = 0;
+        }
+    }
+
+    /// The priority of `channel`'s messages in the receive queue.
+    #[inline]
+    fn rx_priority(&mut self, channel: u16) -> u8 {
+        let qos = &self.config.qos;
+        self.rx
+            .get_or_insert_with(channel, || RxChan::new(qos.channel(channel)))
+            .priority
     }
 
     fn count_rx_expired(&mut self, channel: u16) {
@@ -1814,22 +1994,8 @@ impl Session {
         if self.rx_ttl_wake.is_none_or(|w| now < w) {
             return;
         }
-        let mut next: Option<Instant> = None;
         let mut gone = Vec::new();
-        for (_, q) in &mut self.messages.classes {
-            q.retain(|m| match m.expires {
-                Some(e) if now >= e => {
-                    gone.push((m.d.channel, m.d.payload.len()));
-                    false
-                }
-                Some(e) => {
-                    next = Some(next.map_or(e, |n| n.min(e)));
-                    true
-                }
-                None => true,
-            });
-        }
-        self.messages.len -= gone.len();
+        let next = self.messages.expire(now, &mut gone);
         for (channel, len) in gone {
             self.message_bytes -= len;
             self.rx_with_ttl -= 1;
@@ -1890,6 +2056,19 @@ impl Session {
         self.control_bytes += t.wire_len();
         self.control.push_back(t);
     }
+}
+
+/// Takes the first `len` bytes (at most all) off `run`, as a view of the same buffer.
+#[inline(always)]
+fn take_front(run: &mut Bytes, len: usize) -> Bytes {
+    if len >= run.len() {
+        // The last piece takes the run's own reference: one atomic operation fewer.
+        return std::mem::take(run);
+    }
+    let mut front = run.clone();
+    front.truncate(len);
+    run.advance(len);
+    front
 }
 
 /// Sets `flag` to `now`, keeping `count` (of flags set) in step.

@@ -42,6 +42,7 @@ impl ReassemblyBuffer {
         self.held
     }
 
+    #[inline]
     pub(crate) fn in_progress(&self, channel: u16) -> bool {
         !self.partials.is_empty() && self.partials.contains_key(&channel)
     }
