@@ -299,6 +299,21 @@ impl Shared {
             && self.state() == PipeState::Connected
     }
 
+    /// A caller polls this pipe without waiting (`try_recv`), the reactor watches it for
+    /// that caller with its recheck set, and nothing else is under way that a readability
+    /// event would have to act on (a linger, an async receive, a frame transport's output).
+    #[inline]
+    fn polled_and_watched(&self, frames: bool) -> bool {
+        self.read_armed
+            && !self.reading
+            && !frames
+            && self.recheck_at.is_some()
+            && self.linger_until.is_none()
+            && self.caller_reads != self.seen_reads
+            && self.blocking_reads == self.seen_blocking
+            && !self.wakers.wants_messages()
+    }
+
     fn count_sent(&mut self, run: Run) {
         if run.msgs == 0 {
             return;
@@ -2491,6 +2506,15 @@ impl Reactive for Conn {
         }
         if readable {
             g.read_events = g.read_events.wrapping_add(1);
+            if !writable && g.polled_and_watched(self.frames) {
+                // A caller polls this pipe and the recheck is already set: the event just
+                // counted is all its next poll needs (the general path below would do
+                // nothing else). With many busy polled pipes this is most events.
+                g.seen_reads = g.caller_reads;
+                drop(g);
+                self.run_callbacks();
+                return;
+            }
         }
         // A frame transport's readable fd also says that room for output appeared.
         let frames = self.frames;
