@@ -104,7 +104,11 @@ struct Shared {
     session: Session,
     /// The pipe's state across connections.
     life: Lifecycle,
+    /// A caller or the reactor reads (and holds `rbuf`).
     reading: bool,
+    /// The read buffer, here while nobody reads: a reader takes it out and puts it back when
+    /// it has fed what it read to the session, so the buffer needs no lock of its own.
+    rbuf: Option<Box<ReadBuf>>,
     writing: bool,
     /// Bytes in the write queue (mirrors `WriteQueue::bytes`, readable without its lock).
     wq_bytes: usize,
@@ -327,7 +331,6 @@ pub(crate) struct Conn {
     would_block: OnceLock<Error>,
     shared: Mutex<Shared>,
     cv: Condvar,
-    read: Mutex<ReadBuf>,
     write: Mutex<WriteQueue>,
     local_addr: Addr,
     /// The peer's address on the current connection (a resumed or reconnected pipe's
@@ -389,6 +392,13 @@ enum Admitted<'a> {
     Parked(MutexGuard<'a, Shared>, Bytes),
 }
 
+/// The read buffer, for a reader that has just set `reading` (nobody else reads, so it is
+/// there unless a reader panicked while holding it: then an empty one).
+fn take_rbuf(g: &mut Shared) -> Box<ReadBuf> {
+    debug_assert!(g.reading);
+    g.rbuf.take().unwrap_or_else(|| Box::new(ReadBuf::new()))
+}
+
 impl Conn {
     /// Wraps an established handshake and hands the connection to the reactor.
     pub(crate) fn start(mut hs: Handshake, config: ConnConfig) -> Result<Arc<Conn>, Error> {
@@ -433,6 +443,7 @@ impl Conn {
             session: hs.session,
             life,
             reading: false,
+            rbuf: Some(Box::new(rbuf)),
             writing: false,
             wq_bytes: wq.bytes(),
             wq_frames: wq.frames(),
@@ -475,7 +486,6 @@ impl Conn {
             would_block: OnceLock::new(),
             shared: Mutex::new(shared),
             cv: Condvar::new(),
-            read: Mutex::new(rbuf),
             write: Mutex::new(wq),
             local_addr,
             peer_addr: RwLock::new(peer_addr),
@@ -1415,17 +1425,17 @@ impl Conn {
             g.reading = true;
             g.stats.reads += 1;
             let events = g.read_events;
-            let mut r = self.read.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = take_rbuf(&mut g);
             let needed = g.session.input_needed(&r.data);
             drop(g);
             let res = self.read_once(&mut r, needed, wait, deadline);
             attempted = true;
             g = self.lock();
-            g.reading = false;
             let found = !matches!(&res, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
             g.empty_at = (!found).then_some(events);
             more = self.absorb(&mut g, &mut r, res);
-            drop(r);
+            g.rbuf = Some(r);
+            g.reading = false;
             if found {
                 self.notify(&mut g);
             } else {
@@ -1575,7 +1585,7 @@ impl Conn {
     fn read_ahead<'a>(&'a self, mut g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
         let was_open = g.terminal.is_none();
         g.reading = true;
-        let mut r = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = take_rbuf(&mut g);
         loop {
             if g.session.recv_full() {
                 let now = Instant::now();
@@ -1604,7 +1614,7 @@ impl Conn {
                 break;
             }
         }
-        drop(r);
+        g.rbuf = Some(r);
         g.reading = false;
         if was_open && g.local_closed.is_none() {
             if let Some(err) = g.terminal.clone() {
@@ -2074,7 +2084,7 @@ impl Conn {
             g.wq_frames = w.frames();
             let mut rbuf = hs.rbuf;
             rbuf.transport = Some(transport);
-            *self.read.lock().unwrap_or_else(|p| p.into_inner()) = rbuf;
+            g.rbuf = Some(Box::new(rbuf));
         }
         g.break_cause = None;
         g.stats.reconnects += 1;
@@ -2537,8 +2547,8 @@ impl Reactive for Conn {
             g.sample_at = None; // (a new connection reads again)
         }
         if g.session.receive_paused() && !g.reading && g.sample_at.is_some_and(|t| t <= now) {
-            // Nobody reads (checked under the lock), so the read buffer is free.
-            let held = self.read.lock().unwrap_or_else(|p| p.into_inner()).held();
+            // Nobody reads (checked under the lock), so the read buffer is here.
+            let held = g.rbuf.as_ref().map_or(0, |r| r.held());
             let ahead = held + self.t().pending_input();
             g.session.age_input(ahead, now);
             g.sample_at = Some(now + AGE_SAMPLE);

@@ -15,7 +15,7 @@ use duct_proto::Transmit;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fd::BorrowedFd;
 
-use super::{FrameIo, RawFrame, StreamTransport};
+use super::{FrameIo, FrameSide, RawFrame, StreamTransport};
 
 /// Bytes read per refill of an empty buffer. Larger frames grow the buffer to fit.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
@@ -85,6 +85,8 @@ pub(crate) struct ReadBuf {
     /// under the same lock) so that a read does not clone the pipe's shared handle to it:
     /// see [`with_transport`].
     pub(crate) transport: Option<Arc<dyn StreamTransport>>,
+    /// A frame transport's receiving state (see [`FrameSide`]).
+    frame_side: FrameSide,
 }
 
 /// Frames taken from a frame transport per receive.
@@ -97,6 +99,7 @@ impl ReadBuf {
             chunks: Chunks::default(),
             frames: VecDeque::new(),
             transport: None,
+            frame_side: FrameSide::default(),
         }
     }
 
@@ -133,7 +136,12 @@ impl ReadBuf {
         nonblocking: bool,
     ) -> io::Result<usize> {
         if let Some(f) = transport.frame_io() {
-            return f.recv_frames(&mut self.frames, FRAMES_PER_RECV, nonblocking);
+            return f.recv_frames(
+                &mut self.frame_side,
+                &mut self.frames,
+                FRAMES_PER_RECV,
+                nonblocking,
+            );
         }
         let want_free = needed.saturating_sub(self.data.len()).max(4096);
         self.chunks.make_room(&mut self.data, want_free, READ_CHUNK);
@@ -191,6 +199,8 @@ pub(crate) struct WriteQueue {
     with_ttl: usize,
     /// The transport holds output of its own that the socket did not take (TLS records).
     backlog: bool,
+    /// A frame transport's sending state (see [`FrameSide`]).
+    frame_side: FrameSide,
 }
 
 impl WriteQueue {
@@ -203,6 +213,7 @@ impl WriteQueue {
             scratch: Vec::new(),
             with_ttl: 0,
             backlog: false,
+            frame_side: FrameSide::default(),
         }
     }
 
@@ -290,7 +301,7 @@ impl WriteQueue {
                 t.restamp(now);
             }
         }
-        let (sent, all) = f.push_many(&mut self.frames.iter())?;
+        let (sent, all) = f.push_many(&mut self.frame_side, &mut self.frames.iter())?;
         for t in self.frames.drain(..sent) {
             self.bytes -= t.wire_len();
             self.with_ttl -= usize::from(t.deadline.is_some());
