@@ -136,3 +136,71 @@ fn pool_slot_reuse_is_ordered_by_free() {
         t.join().unwrap();
     });
 }
+
+/// The receive path of the transport: descriptors counted with `available` and popped as a
+/// batch, payloads copied out with `read_and_free` (which frees the slot without `on_free`),
+/// and one notify after the batch. The producer waits for a free slot on its wait word: a
+/// free that its notify does not cover would leave it parked forever, which loom reports.
+#[test]
+fn batch_copy_out_frees_and_wakes_the_producer() {
+    loom::model(|| {
+        let classes = [Class { size: 64, count: 1 }];
+        let pool = PoolMem::heap(&classes);
+        let tx = PoolTx::new(pool.clone());
+        let rx = PoolRx::new(pool, || {});
+        let ring = RingMem::heap(2);
+        let mut p = ring.producer();
+        let mut c = ring.consumer();
+        let pm = ring.clone();
+        let t = loom::thread::spawn(move || {
+            let word = pm.ctl().producer_word();
+            for i in 0..2u8 {
+                let (index, len) = loop {
+                    if let Some(s) = tx.send_copy(&[i; 8]) {
+                        break s;
+                    }
+                    wait::prepare(word, wait::PARKED);
+                    if let Some(s) = tx.send_copy(&[i; 8]) {
+                        wait::cancel(word);
+                        break s;
+                    }
+                    wait::park(word, None);
+                    wait::cancel(word);
+                };
+                let d = Desc {
+                    header: [i; 24],
+                    slot: index,
+                    len,
+                };
+                while !p.push(d).unwrap() {
+                    loom::thread::yield_now();
+                }
+                let _ = wait::notify(pm.ctl().consumer_word());
+            }
+        });
+        let word = ring.ctl().consumer_word();
+        let mut got = 0u8;
+        while got < 2 {
+            let ready = c.available().unwrap();
+            for _ in 0..ready {
+                let d = c.pop().unwrap().expect("counted as available");
+                assert_eq!(d.header, [got; 24]);
+                let bytes = rx.read_and_free(d.slot, d.len, |b| b.to_vec()).unwrap();
+                assert_eq!(bytes, [got; 8]);
+                got += 1;
+            }
+            if ready > 0 {
+                let _ = wait::notify(ring.ctl().producer_word());
+                continue;
+            }
+            wait::prepare(word, wait::PARKED);
+            if !c.is_empty().unwrap() {
+                wait::cancel(word);
+                continue;
+            }
+            wait::park(word, None);
+            wait::cancel(word);
+        }
+        t.join().unwrap();
+    });
+}

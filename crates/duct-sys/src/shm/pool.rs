@@ -149,6 +149,7 @@ impl PoolMem {
         unsafe { PoolMem::from_raw(states, data, classes, heap) }
     }
 
+    #[inline]
     fn state(&self, slot: u32) -> &AtomicU32 {
         debug_assert!(slot < self.slots);
         // SAFETY: `slot < slots`, the number of state words `from_raw` was given.
@@ -164,11 +165,17 @@ impl PoolMem {
     /// The address and size of `slot` (which must be valid).
     fn locate(&self, slot: u32) -> Option<(NonNull<u8>, usize)> {
         let c = self.class_of(slot)?;
-        let offset = c.offset + (slot - c.first) as usize * c.size as usize;
-        // SAFETY: `offset + size` is within `data_len(classes)` bytes of `data`, the area
-        // `from_raw` was given.
-        let ptr = unsafe { self.data.add(offset) };
-        Some((ptr, c.size as usize))
+        Some((self.slot_ptr(c, slot - c.first), c.size as usize))
+    }
+
+    /// The address of slot `i` of class `c` (`i < c.count`).
+    #[inline]
+    fn slot_ptr(&self, c: &ClassMem, i: u32) -> NonNull<u8> {
+        debug_assert!(i < c.count);
+        let offset = c.offset + i as usize * c.size as usize;
+        // SAFETY: `i < c.count`, so `offset + c.size` is within `data_len(classes)` bytes of
+        // `data`, the area `from_raw` was given.
+        unsafe { self.data.add(offset) }
     }
 
     /// The number of slots.
@@ -327,6 +334,7 @@ impl PoolTx {
     /// the same pages, are then used over and over (warm in the caches, and the rest of the
     /// pool never touched, so never resident) instead of a turn through the whole pool.
     /// Only where searches start changes: a busy slot is skipped as always.
+    #[inline]
     pub fn rewind(&self) {
         for c in self.cursors.iter() {
             c.store(0, std::sync::atomic::Ordering::Relaxed);
@@ -344,8 +352,7 @@ impl PoolTx {
             let slot = c.first + i;
             if self.try_take(slot) {
                 self.cursors[ci].store(i + 1, std::sync::atomic::Ordering::Relaxed);
-                let (ptr, cap) = self.mem.locate(slot)?;
-                return Some((slot, ptr, cap));
+                return Some((slot, self.mem.slot_ptr(c, i), c.size as usize));
             }
         }
         None
@@ -386,6 +393,12 @@ impl PoolTx {
     }
 
     fn try_take(&self, slot: u32) -> bool {
+        let state = self.mem.state(slot);
+        if state.load(Ordering::Relaxed) != FREE {
+            // Busy: passed over with one load (no read-modify-write of its held flag), which
+            // matters to a search that starts among slots still in flight.
+            return false;
+        }
         let held = &self.held[slot as usize];
         if held
             .compare_exchange(
@@ -398,7 +411,6 @@ impl PoolTx {
         {
             return false;
         }
-        let state = self.mem.state(slot);
         if state.load(Ordering::Acquire) != FREE {
             held.store(false, std::sync::atomic::Ordering::Release);
             return false;
@@ -577,6 +589,38 @@ impl PoolRx {
     /// when dropped. The slot and length are checked against the pool: a bad one is
     /// [`Corrupt`] and no view is made.
     pub fn take(self: &Arc<Self>, slot: u32, len: u32) -> Result<RxSlot, Corrupt> {
+        let ptr = self.check(slot, len)?;
+        Ok(RxSlot {
+            pool: Arc::clone(self),
+            slot,
+            ptr,
+            len: len as usize,
+        })
+    }
+
+    /// Hands the payload the peer sent in `slot` (`len` bytes) to `read` and frees the slot
+    /// as soon as `read` returns, checked as [`PoolRx::take`] checks. Unlike dropping an
+    /// [`RxSlot`], this does not run `on_free`: the caller wakes a waiting producer itself,
+    /// once for all the slots it frees in a row.
+    pub fn read_and_free<R>(
+        &self,
+        slot: u32,
+        len: u32,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, Corrupt> {
+        let ptr = self.check(slot, len)?;
+        // SAFETY: as in `RxSlot::as_ref`: `check` found `len` within the slot, which lies in
+        // the pool's data area (valid while `self.mem` lives); the producer handed the slot
+        // over and does not write it until it is free again, which is only below, after the
+        // last use of the slice.
+        let r = read(unsafe { std::slice::from_raw_parts(ptr.as_ptr(), len as usize) });
+        self.mem.state(slot).store(FREE, Ordering::Release);
+        Ok(r)
+    }
+
+    /// The address of `slot`, if `slot` exists and holds `len` bytes.
+    #[inline]
+    fn check(&self, slot: u32, len: u32) -> Result<NonNull<u8>, Corrupt> {
         if slot >= self.mem.slots {
             return Err(Corrupt(
                 "a descriptor names a pool slot that does not exist",
@@ -591,12 +635,7 @@ impl PoolRx {
         // The producer's data writes happened before it published the descriptor (Release),
         // which the ring's Acquire made visible; this Acquire is for the state word itself.
         let _ = self.mem.state(slot).load(Ordering::Acquire);
-        Ok(RxSlot {
-            pool: Arc::clone(self),
-            slot,
-            ptr,
-            len: len as usize,
-        })
+        Ok(ptr)
     }
 }
 
@@ -834,6 +873,29 @@ mod tests {
         assert!(rx.take(u32::MAX, 0).is_err());
         assert!(rx.take(0, 65).is_err(), "longer than the slot");
         assert!(rx.take(2, 256).is_ok());
+        let never = |_: &[u8]| panic!("a bad descriptor is not read");
+        assert!(rx.read_and_free(3, 0, never).is_err());
+        assert!(rx.read_and_free(u32::MAX, 0, never).is_err());
+        assert!(rx.read_and_free(0, 65, never).is_err());
+    }
+
+    #[test]
+    fn read_and_free_reads_then_frees_without_the_callback() {
+        let mem = PoolMem::heap(CLASSES);
+        let tx = PoolTx::new(mem.clone());
+        let freed = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let f = Arc::clone(&freed);
+        let rx = PoolRx::new(mem.clone(), move || {
+            f.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        let (slot, len) = tx.send_copy(b"copy me").unwrap();
+        assert_eq!(mem.busy(), 1);
+        let got = rx.read_and_free(slot, len, |b| b.to_vec()).unwrap();
+        assert_eq!(got, b"copy me");
+        assert_eq!(mem.busy(), 0, "free once read");
+        assert_eq!(freed.load(std::sync::atomic::Ordering::Relaxed), 0);
+        tx.rewind();
+        assert_eq!(tx.send_copy(b"again").unwrap().0, slot, "and taken again");
     }
 
     #[test]

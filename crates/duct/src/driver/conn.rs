@@ -104,7 +104,11 @@ struct Shared {
     session: Session,
     /// The pipe's state across connections.
     life: Lifecycle,
+    /// A caller or the reactor reads (and holds `rbuf`).
     reading: bool,
+    /// The read buffer, here while nobody reads: a reader takes it out and puts it back when
+    /// it has fed what it read to the session, so the buffer needs no lock of its own.
+    rbuf: Option<Box<ReadBuf>>,
     writing: bool,
     /// Bytes in the write queue (mirrors `WriteQueue::bytes`, readable without its lock).
     wq_bytes: usize,
@@ -234,11 +238,40 @@ impl Run {
     }
 }
 
+/// Counts of channels other than the current run's, for one receive call: up to
+/// [`Runs::KEPT`] channels without allocating, more (rare) in a `Vec`.
+#[derive(Default)]
+struct Runs {
+    kept: [Run; Runs::KEPT],
+    more: Vec<Run>,
+}
+
+impl Runs {
+    const KEPT: usize = 8;
+
+    /// Adds `run` to its channel's count.
+    fn add(&mut self, run: Run) {
+        for k in &mut self.kept {
+            if k.msgs == 0 || k.channel == run.channel {
+                k.channel = run.channel;
+                k.msgs += run.msgs;
+                k.bytes += run.bytes;
+                return;
+            }
+        }
+        self.more.push(run);
+    }
+
+    fn all(self) -> impl Iterator<Item = Run> {
+        self.kept.into_iter().chain(self.more)
+    }
+}
+
 /// Hands received messages to a receive call's sink: traces and counts each.
 struct Take<'a> {
     run: Run,
     /// Runs of one channel counted together; the (rare) others kept for after.
-    runs: Vec<Run>,
+    runs: Runs,
     span: &'a tracing::Span,
     sink: &'a mut dyn FnMut(Delivered),
 }
@@ -256,7 +289,7 @@ impl Take<'_> {
             "message received"
         );
         if !self.run.add(d.channel, d.payload.len()) {
-            self.runs.push(self.run);
+            self.runs.add(self.run);
             self.run = Run::start(d.channel, d.payload.len());
         }
         (self.sink)(d);
@@ -371,7 +404,6 @@ pub(crate) struct Conn {
     would_block: OnceLock<Error>,
     shared: Mutex<Shared>,
     cv: Condvar,
-    read: Mutex<ReadBuf>,
     write: Mutex<WriteQueue>,
     local_addr: Addr,
     /// The peer's address on the current connection (a resumed or reconnected pipe's
@@ -433,6 +465,13 @@ enum Admitted<'a> {
     Parked(MutexGuard<'a, Shared>, Bytes),
 }
 
+/// The read buffer, for a reader that has just set `reading` (nobody else reads, so it is
+/// there unless a reader panicked while holding it: then an empty one).
+fn take_rbuf(g: &mut Shared) -> Box<ReadBuf> {
+    debug_assert!(g.reading);
+    g.rbuf.take().unwrap_or_else(|| Box::new(ReadBuf::new()))
+}
+
 impl Conn {
     /// Wraps an established handshake and hands the connection to the reactor.
     pub(crate) fn start(mut hs: Handshake, config: ConnConfig) -> Result<Arc<Conn>, Error> {
@@ -477,6 +516,7 @@ impl Conn {
             session: hs.session,
             life,
             reading: false,
+            rbuf: Some(Box::new(rbuf)),
             writing: false,
             wq_bytes: wq.bytes(),
             wq_frames: wq.frames(),
@@ -519,7 +559,6 @@ impl Conn {
             would_block: OnceLock::new(),
             shared: Mutex::new(shared),
             cv: Condvar::new(),
-            read: Mutex::new(rbuf),
             write: Mutex::new(wq),
             local_addr,
             peer_addr: RwLock::new(peer_addr),
@@ -1363,7 +1402,7 @@ impl Conn {
             let mut n = 0;
             let mut take = Take {
                 run: Run::default(),
-                runs: Vec::new(),
+                runs: Runs::default(),
                 span: &self.span,
                 sink: &mut *sink,
             };
@@ -1387,7 +1426,7 @@ impl Conn {
                     .session
                     .poll_messages_at(now, max - n, &mut |d| take.take(d));
             }
-            for r in take.runs {
+            for r in take.runs.all() {
                 g.count_received(r);
             }
             g.count_received(take.run);
@@ -1465,17 +1504,17 @@ impl Conn {
             g.reading = true;
             g.stats.reads += 1;
             let events = g.read_events;
-            let mut r = self.read.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = take_rbuf(&mut g);
             let needed = g.session.input_needed(&r.data);
             drop(g);
             let res = self.read_once(&mut r, needed, wait, deadline);
             attempted = true;
             g = self.lock();
-            g.reading = false;
             let found = !matches!(&res, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
             g.empty_at = (!found).then_some(events);
             more = self.absorb(&mut g, &mut r, res);
-            drop(r);
+            g.rbuf = Some(r);
+            g.reading = false;
             if found {
                 self.notify(&mut g);
             } else {
@@ -1625,7 +1664,7 @@ impl Conn {
     fn read_ahead<'a>(&'a self, mut g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
         let was_open = g.terminal.is_none();
         g.reading = true;
-        let mut r = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = take_rbuf(&mut g);
         loop {
             if g.session.recv_full() {
                 let now = Instant::now();
@@ -1654,7 +1693,7 @@ impl Conn {
                 break;
             }
         }
-        drop(r);
+        g.rbuf = Some(r);
         g.reading = false;
         if was_open && g.local_closed.is_none() {
             if let Some(err) = g.terminal.clone() {
@@ -2124,7 +2163,7 @@ impl Conn {
             g.wq_frames = w.frames();
             let mut rbuf = hs.rbuf;
             rbuf.transport = Some(transport);
-            *self.read.lock().unwrap_or_else(|p| p.into_inner()) = rbuf;
+            g.rbuf = Some(Box::new(rbuf));
         }
         g.break_cause = None;
         g.stats.reconnects += 1;
@@ -2596,8 +2635,8 @@ impl Reactive for Conn {
             g.sample_at = None; // (a new connection reads again)
         }
         if g.session.receive_paused() && !g.reading && g.sample_at.is_some_and(|t| t <= now) {
-            // Nobody reads (checked under the lock), so the read buffer is free.
-            let held = self.read.lock().unwrap_or_else(|p| p.into_inner()).held();
+            // Nobody reads (checked under the lock), so the read buffer is here.
+            let held = g.rbuf.as_ref().map_or(0, |r| r.held());
             let ahead = held + self.t().pending_input();
             g.session.age_input(ahead, now);
             g.sample_at = Some(now + AGE_SAMPLE);
@@ -2651,5 +2690,38 @@ impl Drop for Conn {
         // The last word: messages delivered after the end are counted too.
         #[cfg(feature = "metrics")]
         self.publish_metrics(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_count_every_channel_and_allocate_only_past_eight() {
+        let mut runs = Runs::default();
+        // Channels 0..12 in turn, twice: 24 runs of 2 messages of 10 bytes.
+        for _ in 0..2 {
+            for c in 0..12u16 {
+                runs.add(Run {
+                    channel: c,
+                    msgs: 2,
+                    bytes: 20,
+                });
+            }
+        }
+        assert_eq!(
+            runs.more.len(),
+            8,
+            "channels 8..12, twice, past the kept eight"
+        );
+        let mut by_channel = std::collections::BTreeMap::new();
+        for r in runs.all() {
+            let e = by_channel.entry(r.channel).or_insert((0, 0));
+            e.0 += r.msgs;
+            e.1 += r.bytes;
+        }
+        assert_eq!(by_channel.len(), 12);
+        assert!(by_channel.values().all(|&v| v == (4, 40)));
     }
 }

@@ -15,7 +15,7 @@ use duct_proto::Transmit;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fd::BorrowedFd;
 
-use super::{FrameIo, RawFrame, StreamTransport};
+use super::{FrameIo, FrameSide, RawFrame, StreamTransport};
 
 /// Bytes read per refill of an empty buffer. Larger frames grow the buffer to fit.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
@@ -85,6 +85,8 @@ pub(crate) struct ReadBuf {
     /// under the same lock) so that a read does not clone the pipe's shared handle to it:
     /// see [`with_transport`].
     pub(crate) transport: Option<Arc<dyn StreamTransport>>,
+    /// A frame transport's receiving state (see [`FrameSide`]).
+    frame_side: FrameSide,
 }
 
 /// Frames taken from a frame transport per receive.
@@ -97,6 +99,7 @@ impl ReadBuf {
             chunks: Chunks::default(),
             frames: VecDeque::new(),
             transport: None,
+            frame_side: FrameSide::default(),
         }
     }
 
@@ -133,7 +136,12 @@ impl ReadBuf {
         nonblocking: bool,
     ) -> io::Result<usize> {
         if let Some(f) = transport.frame_io() {
-            return f.recv_frames(&mut self.frames, FRAMES_PER_RECV, nonblocking);
+            return f.recv_frames(
+                &mut self.frame_side,
+                &mut self.frames,
+                FRAMES_PER_RECV,
+                nonblocking,
+            );
         }
         let want_free = needed.saturating_sub(self.data.len()).max(4096);
         rewind_if_empty(&mut self.data);
@@ -225,6 +233,8 @@ pub(crate) struct WriteQueue {
     backlog: bool,
     /// Small frames are encoded into `inline` (a byte-stream transport).
     coalesce: bool,
+    /// A frame transport's sending state (see [`FrameSide`]).
+    frame_side: FrameSide,
 }
 
 impl WriteQueue {
@@ -241,6 +251,7 @@ impl WriteQueue {
             with_ttl: 0,
             backlog: false,
             coalesce: false,
+            frame_side: FrameSide::default(),
         }
     }
 
@@ -451,7 +462,7 @@ impl WriteQueue {
             Entry::Frame(t) => Some(t),
             Entry::Inline { .. } => None,
         });
-        let (sent, all) = f.push_many(&mut frames)?;
+        let (sent, all) = f.push_many(&mut self.frame_side, &mut frames)?;
         for e in self.entries.drain(..sent) {
             if let Entry::Frame(t) = e {
                 self.bytes -= t.wire_len();

@@ -109,6 +109,19 @@ pub(crate) struct RawFrame {
     pub(crate) payload: bytes::Bytes,
 }
 
+/// A frame transport's private state for one direction (its end of a ring, say), kept by
+/// the driver in the buffer it reads into or the queue it writes from. The driver already
+/// lets one caller at a time read (write), and that caller alone holds the buffer (queue),
+/// so the transport needs no lock of its own around the state. Empty until the
+/// transport's first call fills it; the transport checks that the state is its own.
+#[derive(Default)]
+#[cfg_attr(not(duct_shm), allow(dead_code))]
+pub(crate) struct FrameSide {
+    /// Whose state `state` is, in the transport's own numbering of its connections.
+    pub(crate) owner: u64,
+    pub(crate) state: Option<Box<dyn std::any::Any + Send>>,
+}
+
 /// What a frame transport (shared memory) provides beside [`StreamTransport`]: whole frames
 /// in and out instead of bytes. Its readiness fd signals both directions (a wake-up byte when
 /// frames arrive or room appears), so the driver watches it for readability only.
@@ -116,14 +129,18 @@ pub(crate) trait FrameIo {
     /// Sends frames from `frames` without blocking, in order, until one finds no room, and
     /// publishes them together (one wake-up of the peer per call). Returns how many were sent
     /// and whether all were; when not, the readiness fd becomes readable once there is room.
+    /// `side` is the sending state, the same on every call for this transport.
     fn push_many(
         &self,
+        side: &mut FrameSide,
         frames: &mut dyn Iterator<Item = &duct_proto::Transmit>,
     ) -> std::io::Result<(usize, bool)>;
     /// Takes up to `max` frames into `out`. `Ok(0)` is the end (the peer is gone); with
-    /// `nonblocking`, nothing there is `WouldBlock`.
+    /// `nonblocking`, nothing there is `WouldBlock`. `side` is the receiving state, the same
+    /// on every call for this transport.
     fn recv_frames(
         &self,
+        side: &mut FrameSide,
         out: &mut std::collections::VecDeque<RawFrame>,
         max: usize,
         nonblocking: bool,

@@ -34,7 +34,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -47,7 +47,7 @@ use duct_sys::shm::wait::{self, Wake};
 
 use crate::addr::{Addr, Endpoint};
 use crate::driver::io::Chunks;
-use crate::driver::RawFrame;
+use crate::driver::{FrameSide, RawFrame};
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::PeerCredentials;
 
@@ -193,15 +193,30 @@ pub(crate) fn default_params() -> Params {
 }
 
 /// One shm connection.
+///
+/// Each direction's private state ([`TxSide`], [`RxSide`]) waits here until the driver's
+/// first send (receive) takes it into the queue it writes from (the buffer it reads into):
+/// from then on the driver passes it to every call, and only the one writer (reader) the
+/// driver lets in at a time holds it, so the rings need no lock of their own.
 pub(crate) struct ShmStream {
     ctl: Arc<UnixStream>,
     segment: Segment,
-    tx: Mutex<TxSide>,
-    rx: Mutex<RxSide>,
-    /// The ring we receive on (for its wait words without the lock).
+    tx_spare: Mutex<Option<TxSide>>,
+    rx_spare: Mutex<Option<RxSide>>,
+    /// Tells this connection's sides from any other's.
+    id: u64,
+    tx_pool: Arc<PoolTx>,
+    rx_pool: Arc<PoolRx>,
+    /// The ring we receive on (for its wait words).
     rx_ring: RingMem,
     /// The ring we send on.
     tx_ring: RingMem,
+    /// Frames whose payload was copied into the pool, and those bytes; frames sent from a
+    /// loan without a copy. (Counted in the [`TxSide`], published here after each batch for
+    /// the pipe's statistics.)
+    copied_frames: AtomicU64,
+    copied_bytes: AtomicU64,
+    lent_frames: AtomicU64,
     /// The control socket ended (the peer is gone) or was shut down here.
     ended: AtomicBool,
     /// Reading was shut down here.
@@ -213,20 +228,21 @@ pub(crate) struct ShmStream {
     peer: Addr,
 }
 
+/// The sending end's private state: one at a time holds it (see [`ShmStream`]).
 struct TxSide {
     producer: Producer,
-    pool: Arc<PoolTx>,
-    /// Frames whose payload was copied into the pool, and those bytes; frames sent from a
-    /// loan without a copy. (Counted under the lock senders hold anyway: no atomic
-    /// operation per message.)
+    /// The peer had taken every frame sent before the last batch: the next batch searches
+    /// the pool from its lowest slots (see [`ShmStream::push_many`]).
+    rewind: bool,
+    /// What [`ShmStream::copied_frames`] and its siblings publish.
     copied_frames: u64,
     copied_bytes: u64,
     lent_frames: u64,
 }
 
+/// The receiving end's private state: one at a time holds it (see [`ShmStream`]).
 struct RxSide {
     consumer: Consumer,
-    pool: Arc<PoolRx>,
     /// Small payloads are copied here (their slot freed at once) instead of viewed in place:
     /// a view needs an allocation for its owner, which costs more than copying a few hundred
     /// bytes. The buffer's allocation is reused once the application drops the messages.
@@ -251,6 +267,32 @@ impl std::fmt::Debug for ShmStream {
             .field("segment_len", &self.segment.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The next [`ShmStream::id`].
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The side of connection `id` that `side` holds; on its first use (or if it held another
+/// connection's before), the one waiting in `spare`, which is taken.
+fn claim<'a, T: std::any::Any + Send>(
+    side: &'a mut FrameSide,
+    id: u64,
+    spare: &Mutex<Option<T>>,
+) -> io::Result<&'a mut T> {
+    if side.owner != id || side.state.is_none() {
+        let taken = spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // None: another buffer took it, a bug in the driver (one buffer per direction and
+        // connection).
+        let taken = taken.ok_or_else(|| {
+            io::Error::other("shared memory: a ring end is held by another of the driver's buffers")
+        })?;
+        side.owner = id;
+        side.state = Some(Box::new(taken));
+    }
+    side.state
+        .as_mut()
+        .and_then(|s| s.downcast_mut::<T>())
+        .ok_or_else(|| io::Error::other("shared memory: a ring end of the wrong kind"))
 }
 
 /// Writes one wake byte to the control socket without blocking (a full socket already holds
@@ -334,22 +376,28 @@ impl ShmStream {
         };
         // Until someone reads, frames that arrive are for the reactor: ring the socket.
         wait::prepare(rx_ring.ctl().consumer_word(), wait::SOCKET);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         ShmStream {
-            tx: Mutex::new(TxSide {
+            tx_spare: Mutex::new(Some(TxSide {
                 producer: tx.ring.producer(),
-                pool: PoolTx::new(tx.pool),
+                rewind: false,
                 copied_frames: 0,
                 copied_bytes: 0,
                 lent_frames: 0,
-            }),
-            rx: Mutex::new(RxSide {
+            })),
+            rx_spare: Mutex::new(Some(RxSide {
                 consumer: rx.ring.consumer(),
-                pool: rx_pool,
                 small: BytesMut::new(),
                 chunks: Chunks::default(),
-            }),
+            })),
+            id,
+            tx_pool: PoolTx::new(tx.pool),
+            rx_pool,
             rx_ring,
             tx_ring: tx.ring,
+            copied_frames: AtomicU64::new(0),
+            copied_bytes: AtomicU64::new(0),
+            lent_frames: AtomicU64::new(0),
             ctl,
             segment,
             ended: AtomicBool::new(false),
@@ -360,12 +408,14 @@ impl ShmStream {
         }
     }
 
-    fn tx(&self) -> MutexGuard<'_, TxSide> {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner())
+    /// The sending side `side` holds, taken from here on its first use.
+    fn tx_side<'a>(&self, side: &'a mut FrameSide) -> io::Result<&'a mut TxSide> {
+        claim(side, self.id, &self.tx_spare)
     }
 
-    fn rx(&self) -> MutexGuard<'_, RxSide> {
-        self.rx.lock().unwrap_or_else(|p| p.into_inner())
+    /// The receiving side `side` holds, taken from here on its first use.
+    fn rx_side<'a>(&self, side: &'a mut FrameSide) -> io::Result<&'a mut RxSide> {
+        claim(side, self.id, &self.rx_spare)
     }
 
     pub(crate) fn ctl(&self) -> &UnixStream {
@@ -392,12 +442,17 @@ impl ShmStream {
 
     /// Spins until a frame is there, the peer is gone, reading was shut down here, the spin
     /// time passes or `deadline` does. Whether something is there to look at.
+    ///
+    /// The clock is read every 64 turns, the first time after 64 turns: a frame that comes
+    /// sooner (a peer that answers at once) costs no clock read, and the spin lasts up to 64
+    /// turns longer than asked.
     fn spin_for_input(&self, deadline: Option<Instant>) -> bool {
         let ns = self.spin_ns.load(Ordering::Relaxed);
         if ns == 0 {
             return false;
         }
-        let start = Instant::now();
+        let timed = ns != u64::MAX || deadline.is_some();
+        let mut start = None;
         let mut turns: u32 = 0;
         loop {
             if self.rx_waiting() || self.read_shut.load(Ordering::Acquire) {
@@ -405,11 +460,15 @@ impl ShmStream {
             }
             turns = turns.wrapping_add(1);
             if turns % 64 == 0 {
-                let now = Instant::now();
-                if deadline.is_some_and(|d| now >= d)
-                    || (ns != u64::MAX && now.duration_since(start).as_nanos() >= u128::from(ns))
-                {
-                    return false;
+                if timed {
+                    let now = Instant::now();
+                    let start = *start.get_or_insert(now);
+                    if deadline.is_some_and(|d| now >= d)
+                        || (ns != u64::MAX
+                            && now.duration_since(start).as_nanos() >= u128::from(ns))
+                    {
+                        return false;
+                    }
                 }
                 if turns % 4096 == 0 {
                     // A peer that is gone never publishes again: look at the control socket
@@ -426,7 +485,7 @@ impl ShmStream {
 
     /// The largest frame payload a slot takes.
     pub(crate) fn max_payload(&self) -> u32 {
-        self.tx().pool.mem().max_len().min(u32::MAX as usize) as u32
+        self.tx_pool.mem().max_len().min(u32::MAX as usize) as u32
     }
 
     /// A slot for a payload of `len` bytes written in place, if one is free (its contents
@@ -436,7 +495,7 @@ impl ShmStream {
     /// [`LOAN_WAIT`] for one to come back (the peer frees slots as it reads), then gives up:
     /// the caller falls back to a heap buffer, copied when sent.
     pub(crate) fn alloc(&self, len: usize) -> Option<TxSlot> {
-        let pool = Arc::clone(&self.tx().pool);
+        let pool = &self.tx_pool;
         if len > pool.mem().max_len() {
             return None;
         }
@@ -458,8 +517,11 @@ impl ShmStream {
 
     /// Frames copied into the pool and their bytes, and frames sent from a loan.
     pub(crate) fn copy_counts(&self) -> (u64, u64, u64) {
-        let tx = self.tx();
-        (tx.copied_frames, tx.copied_bytes, tx.lent_frames)
+        (
+            self.copied_frames.load(Ordering::Relaxed),
+            self.copied_bytes.load(Ordering::Relaxed),
+            self.lent_frames.load(Ordering::Relaxed),
+        )
     }
 
     /// Sends frames from `frames`, in order, until one finds no room: returns how many were
@@ -469,17 +531,17 @@ impl ShmStream {
     /// readable).
     pub(crate) fn push_many(
         &self,
+        side: &mut FrameSide,
         frames: &mut dyn Iterator<Item = &Transmit>,
     ) -> io::Result<(usize, bool)> {
         if self.ended.load(Ordering::Acquire) {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
-        let mut g = self.tx();
-        let tx = &mut *g;
-        if tx.producer.is_empty().map_err(corrupt)? {
-            // The peer took everything sent (and freed the copied payloads): reuse the
-            // lowest slots, warm in the caches, rather than go round the whole pool.
-            tx.pool.rewind();
+        let tx = self.tx_side(side)?;
+        if std::mem::take(&mut tx.rewind) {
+            // The peer took everything sent before (and freed the copied payloads): reuse
+            // the lowest slots, warm in the caches, rather than go round the whole pool.
+            self.tx_pool.rewind();
         }
         let mut sent = 0;
         let mut all = true;
@@ -497,9 +559,18 @@ impl ShmStream {
                 }
             }
         }
-        drop(g);
-        if sent > 0 && wait::notify(self.tx_ring.ctl().consumer_word()) == Wake::Socket {
-            ring_bell(&self.ctl);
+        if sent > 0 {
+            self.copied_frames
+                .store(tx.copied_frames, Ordering::Relaxed);
+            self.copied_bytes.store(tx.copied_bytes, Ordering::Relaxed);
+            self.lent_frames.store(tx.lent_frames, Ordering::Relaxed);
+            if wait::notify(self.tx_ring.ctl().consumer_word()) == Wake::Socket {
+                ring_bell(&self.ctl);
+            }
+            // Looked at once the batch is out: the peer's counter is on a cache line it
+            // writes, and reading it before publishing would hold the publication back
+            // until that line arrives. (A corrupt counter fails the next push.)
+            tx.rewind = tx.producer.len().is_ok_and(|unread| unread <= sent as u64);
         }
         // Frames sent before an error are published; the error ends the connection.
         result.map(|()| (sent, all))
@@ -508,14 +579,15 @@ impl ShmStream {
     /// One frame into the ring (no wake-up: [`ShmStream::push_many`] does that once).
     /// `Ok(false)` when the ring or the pool is full.
     fn push_one(&self, tx: &mut TxSide, t: &Transmit) -> io::Result<bool> {
+        let pool = &self.tx_pool;
         let len = t.payload.len();
-        if len > tx.pool.mem().max_len() {
+        if len > pool.mem().max_len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "a frame payload of {len} bytes exceeds the largest shared-memory slot ({} \
                      bytes)",
-                    tx.pool.mem().max_len()
+                    pool.mem().max_len()
                 ),
             ));
         }
@@ -529,12 +601,12 @@ impl ShmStream {
                 None
             } else if len == 0 {
                 Some((NO_SLOT, 0))
-            } else if let Some(lent) = tx.pool.claim_loan(&t.payload) {
+            } else if let Some(lent) = pool.claim_loan(&t.payload) {
                 // A payload written in place (`Pipe::alloc`): only the descriptor moves.
                 tx.lent_frames += 1;
                 Some(lent)
             } else {
-                tx.pool.send_copy(&t.payload).inspect(|_| {
+                pool.send_copy(&t.payload).inspect(|_| {
                     if t.header[0] == FrameKind::Data as u8 {
                         // (Message frames; control frames are always copied.)
                         tx.copied_frames += 1;
@@ -563,7 +635,7 @@ impl ShmStream {
                     len: n,
                 })
                 .map_err(corrupt)?;
-            debug_assert!(pushed, "room was checked under the lock");
+            debug_assert!(pushed, "room was checked, and only this side pushes");
             return Ok(true);
         }
     }
@@ -574,13 +646,15 @@ impl ShmStream {
     /// waits (spinning briefly, then on the futex) until frames arrive or the peer is gone.
     pub(crate) fn recv_frames(
         &self,
+        side: &mut FrameSide,
         out: &mut VecDeque<RawFrame>,
         max: usize,
         nonblocking: bool,
     ) -> io::Result<usize> {
+        let rx = self.rx_side(side)?;
         let word = self.rx_ring.ctl().consumer_word();
         loop {
-            let n = self.pop_some(out, max)?;
+            let n = self.pop_some(rx, out, max)?;
             if n > 0 {
                 return Ok(n);
             }
@@ -596,7 +670,7 @@ impl ShmStream {
             self.drain_ctl();
             if self.ended.load(Ordering::Acquire) {
                 // Whatever the peer published before it went is still delivered.
-                let n = self.pop_some(out, max)?;
+                let n = self.pop_some(rx, out, max)?;
                 return Ok(n);
             }
             if nonblocking {
@@ -615,11 +689,18 @@ impl ShmStream {
         }
     }
 
-    /// Pops up to `max` descriptors and checks them; wakes a sender waiting for ring room.
-    fn pop_some(&self, out: &mut VecDeque<RawFrame>, max: usize) -> io::Result<usize> {
-        let mut rx = self.rx();
+    /// Pops up to `max` descriptors (of those published when it looks) and checks them;
+    /// wakes a sender waiting for room in the ring or the pool.
+    fn pop_some(
+        &self,
+        rx: &mut RxSide,
+        out: &mut VecDeque<RawFrame>,
+        max: usize,
+    ) -> io::Result<usize> {
+        let ready = rx.consumer.available().map_err(corrupt)?;
+        let want = usize::try_from(ready).map_or(max, |r| r.min(max));
         let mut n = 0;
-        while n < max {
+        while n < want {
             let Some(d) = rx.consumer.pop().map_err(corrupt)? else {
                 break;
             };
@@ -629,16 +710,17 @@ impl ShmStream {
                 }
                 Bytes::new()
             } else if d.len <= COPY_MAX {
-                let slot = rx.pool.take(d.slot, d.len).map_err(corrupt)?;
-                if rx.small.capacity() - rx.small.len() < slot.len() {
-                    let rx = &mut *rx;
-                    rx.chunks.make_room(&mut rx.small, slot.len(), SMALL_CHUNK);
+                // Copied out and freed at once; the sender is woken below, once for all.
+                let RxSide { small, chunks, .. } = rx;
+                if small.capacity() - small.len() < d.len as usize {
+                    chunks.make_room(small, d.len as usize, SMALL_CHUNK);
                 }
-                rx.small.extend_from_slice(&slot);
-                drop(slot); // the slot is free again at once
-                rx.small.split().freeze()
+                self.rx_pool
+                    .read_and_free(d.slot, d.len, |bytes| small.extend_from_slice(bytes))
+                    .map_err(corrupt)?;
+                small.split().freeze()
             } else {
-                Bytes::from_owner(rx.pool.take(d.slot, d.len).map_err(corrupt)?)
+                Bytes::from_owner(self.rx_pool.take(d.slot, d.len).map_err(corrupt)?)
             };
             out.push_back(RawFrame {
                 header: d.header,
@@ -646,7 +728,6 @@ impl ShmStream {
             });
             n += 1;
         }
-        drop(rx);
         if n > 0 && wait::notify(self.rx_ring.ctl().producer_word()) == Wake::Socket {
             ring_bell(&self.ctl);
         }
@@ -655,7 +736,7 @@ impl ShmStream {
 
     /// Whether a descriptor waits in the receive ring.
     fn rx_waiting(&self) -> bool {
-        // Without the receive side's lock (a spinning receiver asks this in a loop): the
+        // Without the receive side (another caller may hold it: the reactor asks this): the
         // descriptor is checked when it is popped.
         self.rx_ring.ctl().published()
     }
@@ -743,17 +824,22 @@ fn corrupt_text(text: &'static str) -> io::Error {
 }
 
 impl crate::driver::FrameIo for ShmStream {
-    fn push_many(&self, frames: &mut dyn Iterator<Item = &Transmit>) -> io::Result<(usize, bool)> {
-        ShmStream::push_many(self, frames)
+    fn push_many(
+        &self,
+        side: &mut FrameSide,
+        frames: &mut dyn Iterator<Item = &Transmit>,
+    ) -> io::Result<(usize, bool)> {
+        ShmStream::push_many(self, side, frames)
     }
 
     fn recv_frames(
         &self,
+        side: &mut FrameSide,
         out: &mut VecDeque<RawFrame>,
         max: usize,
         nonblocking: bool,
     ) -> io::Result<usize> {
-        ShmStream::recv_frames(self, out, max, nonblocking)
+        ShmStream::recv_frames(self, side, out, max, nonblocking)
     }
 
     fn alloc(&self, len: usize) -> Option<TxSlot> {
