@@ -165,6 +165,8 @@ struct Shared {
     // Reconnecting.
     /// Messages received on an earlier connection, not yet delivered.
     carry: VecDeque<Delivered>,
+    /// A receive call's counts of channels other than its current run's (see `Take`).
+    runs: Vec<Run>,
     /// What broke the last connection (for the error when the pipe ends while reconnecting).
     break_cause: Option<Error>,
     /// Writes that failed so far: a sender tells its own failure from the pipe ending
@@ -238,40 +240,12 @@ impl Run {
     }
 }
 
-/// Counts of channels other than the current run's, for one receive call: up to
-/// [`Runs::KEPT`] channels without allocating, more (rare) in a `Vec`.
-#[derive(Default)]
-struct Runs {
-    kept: [Run; Runs::KEPT],
-    more: Vec<Run>,
-}
-
-impl Runs {
-    const KEPT: usize = 8;
-
-    /// Adds `run` to its channel's count.
-    fn add(&mut self, run: Run) {
-        for k in &mut self.kept {
-            if k.msgs == 0 || k.channel == run.channel {
-                k.channel = run.channel;
-                k.msgs += run.msgs;
-                k.bytes += run.bytes;
-                return;
-            }
-        }
-        self.more.push(run);
-    }
-
-    fn all(self) -> impl Iterator<Item = Run> {
-        self.kept.into_iter().chain(self.more)
-    }
-}
-
 /// Hands received messages to a receive call's sink: traces and counts each.
 struct Take<'a> {
     run: Run,
-    /// Runs of one channel counted together; the (rare) others kept for after.
-    runs: Runs,
+    /// Runs of one channel counted together; the (rare) others kept for after (in the
+    /// pipe's own `Vec`, lent for the call: no allocation once it has grown).
+    runs: Vec<Run>,
     span: &'a tracing::Span,
     sink: &'a mut dyn FnMut(Delivered),
 }
@@ -289,7 +263,7 @@ impl Take<'_> {
             "message received"
         );
         if !self.run.add(d.channel, d.payload.len()) {
-            self.runs.add(self.run);
+            self.runs.push(self.run);
             self.run = Run::start(d.channel, d.payload.len());
         }
         (self.sink)(d);
@@ -543,6 +517,7 @@ impl Conn {
             timer_at: None,
             linger_until: None,
             carry: VecDeque::new(),
+            runs: Vec::new(),
             resume_ids: vec![session_id],
             break_cause: None,
             write_failures: 0,
@@ -1402,7 +1377,7 @@ impl Conn {
             let mut n = 0;
             let mut take = Take {
                 run: Run::default(),
-                runs: Runs::default(),
+                runs: std::mem::take(&mut g.runs),
                 span: &self.span,
                 sink: &mut *sink,
             };
@@ -1426,9 +1401,11 @@ impl Conn {
                     .session
                     .poll_messages_at(now, max - n, &mut |d| take.take(d));
             }
-            for r in take.runs.all() {
+            let mut runs = take.runs;
+            for r in runs.drain(..) {
                 g.count_received(r);
             }
+            g.runs = runs;
             g.count_received(take.run);
             if n > 0 {
                 if g.session.receive_paused() && g.session.recv_low() {
@@ -2690,38 +2667,5 @@ impl Drop for Conn {
         // The last word: messages delivered after the end are counted too.
         #[cfg(feature = "metrics")]
         self.publish_metrics(false);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runs_count_every_channel_and_allocate_only_past_eight() {
-        let mut runs = Runs::default();
-        // Channels 0..12 in turn, twice: 24 runs of 2 messages of 10 bytes.
-        for _ in 0..2 {
-            for c in 0..12u16 {
-                runs.add(Run {
-                    channel: c,
-                    msgs: 2,
-                    bytes: 20,
-                });
-            }
-        }
-        assert_eq!(
-            runs.more.len(),
-            8,
-            "channels 8..12, twice, past the kept eight"
-        );
-        let mut by_channel = std::collections::BTreeMap::new();
-        for r in runs.all() {
-            let e = by_channel.entry(r.channel).or_insert((0, 0));
-            e.0 += r.msgs;
-            e.1 += r.bytes;
-        }
-        assert_eq!(by_channel.len(), 12);
-        assert!(by_channel.values().all(|&v| v == (4, 40)));
     }
 }

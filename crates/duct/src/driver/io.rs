@@ -264,7 +264,7 @@ impl WriteQueue {
 
     #[inline]
     pub(crate) fn push(&mut self, t: Transmit) {
-        if t.deadline.is_none() && self.push_inline(&t.header, &t.payload) {
+        if self.coalesce && t.deadline.is_none() && self.push_inline(&t.header, &t.payload) {
             return;
         }
         self.bytes += t.wire_len();
