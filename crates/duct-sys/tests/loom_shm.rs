@@ -10,6 +10,19 @@ use duct_sys::shm::pool::{Class, PoolMem, PoolRx, PoolTx};
 use duct_sys::shm::ring::{Desc, RingMem, NO_SLOT};
 use duct_sys::shm::wait;
 
+/// The consumer's side of the wait protocol: announces that it parks, looks at the ring
+/// once more (a push between its last look and the announcement must not be slept through),
+/// and parks only if the ring is still empty.
+fn park_while_empty(c: &mut duct_sys::shm::ring::Consumer, word: &loom::sync::atomic::AtomicU32) {
+    wait::prepare(word, wait::PARKED);
+    if !c.is_empty().unwrap() {
+        wait::cancel(word);
+        return;
+    }
+    wait::park(word, None);
+    wait::cancel(word);
+}
+
 fn desc(i: u32) -> Desc {
     let mut header = [0u8; 24];
     header[0] = i as u8;
@@ -77,13 +90,7 @@ fn no_lost_wakeups() {
                 got += 1;
                 continue;
             }
-            wait::prepare(word, wait::PARKED);
-            if !c.is_empty().unwrap() {
-                wait::cancel(word);
-                continue;
-            }
-            wait::park(word, None);
-            wait::cancel(word);
+            park_while_empty(&mut c, word);
         }
         t.join().unwrap();
     });
@@ -193,13 +200,7 @@ fn batch_copy_out_frees_and_wakes_the_producer() {
                 let _ = wait::notify(ring.ctl().producer_word());
                 continue;
             }
-            wait::prepare(word, wait::PARKED);
-            if !c.is_empty().unwrap() {
-                wait::cancel(word);
-                continue;
-            }
-            wait::park(word, None);
-            wait::cancel(word);
+            park_while_empty(&mut c, word);
         }
         t.join().unwrap();
     });

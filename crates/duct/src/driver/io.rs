@@ -628,6 +628,19 @@ mod tests {
             .collect()
     }
 
+    /// A socket's partial write: appends up to `room` bytes of `iov` to `out`, returns how
+    /// many.
+    fn take(iov: &[IoSlice<'_>], mut room: usize, out: &mut Vec<u8>) -> usize {
+        let mut n = 0;
+        for s in iov {
+            let k = room.min(s.len());
+            out.extend_from_slice(&s[..k]);
+            n += k;
+            room -= k;
+        }
+        n
+    }
+
     fn stream_queue() -> WriteQueue {
         let mut w = WriteQueue::new();
         w.coalesce = true;
@@ -655,15 +668,7 @@ mod tests {
                     if step % 13 == 0 {
                         return Err(io::ErrorKind::WouldBlock.into());
                     }
-                    let mut room = step % 97 + 1;
-                    let mut n = 0;
-                    for s in iov {
-                        let k = room.min(s.len());
-                        out.extend_from_slice(&s[..k]);
-                        n += k;
-                        room -= k;
-                    }
-                    Ok(n)
+                    Ok(take(iov, step % 97 + 1, &mut out))
                 })
                 .unwrap();
             assert_eq!(w.bytes(), expect.len() - out.len());
@@ -749,15 +754,7 @@ mod tests {
                 if all < 200 {
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
-                let mut room = all - 100;
-                let mut n = 0;
-                for s in iov {
-                    let k = room.min(s.len());
-                    out.extend_from_slice(&s[..k]);
-                    n += k;
-                    room -= k;
-                }
-                Ok(n)
+                Ok(take(iov, all - 100, &mut out))
             });
             assert!(
                 w.inline.len() <= 2 * PULL_BYTES + 1000,
