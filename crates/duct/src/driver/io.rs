@@ -408,6 +408,18 @@ impl WriteQueue {
             }
         }
         while !self.entries.is_empty() {
+            if let (1, Some(&Entry::Inline { end, .. })) =
+                (self.entries.len(), self.entries.front())
+            {
+                // Only small frames, one run (the usual case): one slice, without laying out
+                // the iovec array.
+                match send(&[IoSlice::new(&self.inline[self.inline_pos..end])]) {
+                    Ok(written) => self.consume(written),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
             let mut from = self.inline_pos;
