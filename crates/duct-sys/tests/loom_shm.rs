@@ -23,6 +23,15 @@ fn park_while_empty(c: &mut duct_sys::shm::ring::Consumer, word: &loom::sync::at
     wait::cancel(word);
 }
 
+/// A pool of one 64-byte slot (both ends) and a ring of two descriptors.
+fn one_slot() -> (std::sync::Arc<PoolTx>, std::sync::Arc<PoolRx>, RingMem) {
+    let classes = [Class { size: 64, count: 1 }];
+    let pool = PoolMem::heap(&classes);
+    let tx = PoolTx::new(pool.clone());
+    let rx = PoolRx::new(pool, || {});
+    (tx, rx, RingMem::heap(2))
+}
+
 fn desc(i: u32) -> Desc {
     let mut header = [0u8; 24];
     header[0] = i as u8;
@@ -101,11 +110,7 @@ fn no_lost_wakeups() {
 #[test]
 fn pool_slot_reuse_is_ordered_by_free() {
     loom::model(|| {
-        let classes = [Class { size: 64, count: 1 }];
-        let pool = PoolMem::heap(&classes);
-        let tx = PoolTx::new(pool.clone());
-        let rx = PoolRx::new(pool, || {});
-        let ring = RingMem::heap(2);
+        let (tx, rx, ring) = one_slot();
         let mut p = ring.producer();
         let mut c = ring.consumer();
         let t = loom::thread::spawn(move || {
@@ -151,11 +156,7 @@ fn pool_slot_reuse_is_ordered_by_free() {
 #[test]
 fn batch_copy_out_frees_and_wakes_the_producer() {
     loom::model(|| {
-        let classes = [Class { size: 64, count: 1 }];
-        let pool = PoolMem::heap(&classes);
-        let tx = PoolTx::new(pool.clone());
-        let rx = PoolRx::new(pool, || {});
-        let ring = RingMem::heap(2);
+        let (tx, rx, ring) = one_slot();
         let mut p = ring.producer();
         let mut c = ring.consumer();
         let pm = ring.clone();

@@ -738,10 +738,7 @@ impl Session {
         reliable: Option<bool>,
         now: Instant,
     ) -> Result<Direct, Error> {
-        let direct = self.state == State::Established
-            && self.control.is_empty()
-            && self.close_frame.is_none();
-        let Some(neg) = self.negotiated.as_ref().filter(|_| direct) else {
+        let Some(neg) = self.negotiated.as_ref().filter(|_| self.frames_next()) else {
             return self
                 .send_message(channel, payload, ttl, reliable, now)
                 .map(Direct::Offered);
@@ -782,11 +779,7 @@ impl Session {
         reliable: Option<bool>,
         now: Instant,
     ) -> Option<DirectRun> {
-        if self.state != State::Established
-            || !self.control.is_empty()
-            || self.close_frame.is_some()
-            || self.rx_rel.owed()
-        {
+        if !self.frames_next() || self.rx_rel.owed() {
             return None;
         }
         let neg = self.negotiated.as_ref()?;
@@ -798,6 +791,13 @@ impl Session {
         }
         self.tick(now);
         Some(DirectRun { channel, max_len })
+    }
+
+    /// A message framed now would be the next frame out: established, and no control frame
+    /// or CLOSE waits (the direct path's condition on the session's side).
+    #[inline]
+    fn frames_next(&self) -> bool {
+        self.state == State::Established && self.control.is_empty() && self.close_frame.is_none()
     }
 
     /// The messages accepted for sending and not yet framed.

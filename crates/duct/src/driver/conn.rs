@@ -312,10 +312,17 @@ impl Shared {
     #[inline]
     fn polled_and_watched(&self, frames: bool) -> bool {
         self.read_armed
-            && !self.reading
             && !frames
             && self.recheck_at.is_some()
             && self.linger_until.is_none()
+            && self.caller_polls()
+    }
+
+    /// A caller receives without waiting (`try_recv`) since the reactor last looked, nobody
+    /// reads right now and no async receive waits for messages.
+    #[inline]
+    fn caller_polls(&self) -> bool {
+        !self.reading
             && self.caller_reads != self.seen_reads
             && self.blocking_reads == self.seen_blocking
             && !self.wakers.wants_messages()
@@ -2551,7 +2558,7 @@ impl Reactive for Conn {
             // reads for it (it would otherwise wait for the next RECHECK).
             if g.reading || (g.caller_reads != g.seen_reads && !g.wakers.wants_messages()) {
                 // A caller is receiving: leave the socket to it and look again later.
-                let polling = !g.reading && g.blocking_reads == g.seen_blocking;
+                let polling = g.caller_polls();
                 g.seen_reads = g.caller_reads;
                 g.seen_blocking = g.blocking_reads;
                 if polling {
