@@ -20,7 +20,7 @@
 //! should be the one that submits (duct's reactor thread does both).
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, types, IoUring};
@@ -172,6 +172,161 @@ impl Ring {
     }
 }
 
+/// A ring for batched socket receives: the reactor queues one receive per pipe it reads
+/// ([`IoRing::push_recv`]), then submits them all with one system call and takes every
+/// result ([`IoRing::complete_all`]), instead of one `recv` per pipe.
+///
+/// The ring owns each receive's buffer from the push until its completion is taken, so no
+/// memory the kernel may still write to can be touched, moved or freed by safe code: the
+/// buffer comes back, extended by exactly the bytes the kernel wrote, in the completion.
+///
+/// Every receive is `MSG_DONTWAIT`: an empty socket completes at once with `EAGAIN` (io_uring
+/// gives `MSG_DONTWAIT` requests no poll to wait on), so [`IoRing::complete_all`] never waits
+/// for a peer, only for the kernel to run the requests.
+///
+/// The fd is only a number to the ring: the caller keeps the file open until the completion
+/// (a number closed and reused before the submit would name another socket). Used by one
+/// thread at a time (`&mut self`), which should be the thread that submits.
+pub struct IoRing {
+    ring: IoUring,
+    /// The buffers lent to queued receives, by tag (the index here), and the length each had.
+    lent: Vec<Option<(bytes::BytesMut, usize)>>,
+    /// Receives queued or submitted whose completion was not taken.
+    outstanding: usize,
+    /// Completions taken from the queue, being handed out (kept for its capacity).
+    taken: Vec<(u64, i32)>,
+    /// Indexes of `lent` that are free.
+    free: Vec<usize>,
+}
+
+impl std::fmt::Debug for IoRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoRing")
+            .field("sq_entries", &self.ring.params().sq_entries())
+            .field("outstanding", &self.outstanding)
+            .finish()
+    }
+}
+
+impl IoRing {
+    /// Sets up a ring of `entries` submission slots (rounded up to a power of two): that
+    /// many receives fit in one batch. Fails with the setup's error (`EPERM`, `ENOSYS`,
+    /// `ENOMEM`).
+    pub fn new(entries: u32) -> io::Result<IoRing> {
+        let ring = IoUring::builder().setup_clamp().build(entries)?;
+        Ok(IoRing {
+            ring,
+            lent: Vec::new(),
+            outstanding: 0,
+            taken: Vec::new(),
+            free: Vec::new(),
+        })
+    }
+
+    /// Receives queued and not yet completed.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// Queues a receive from the socket `fd` into the spare capacity of `buf` (at most
+    /// `u32::MAX` bytes of it). Returns the receive's tag (the `index` its completion names),
+    /// or gives `buf` back when the submission queue is full (complete what is queued first).
+    pub fn push_recv(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        mut buf: bytes::BytesMut,
+    ) -> Result<usize, bytes::BytesMut> {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.lent.push(None);
+                self.lent.len() - 1
+            }
+        };
+        let start = buf.len();
+        let spare = buf.spare_capacity_mut();
+        let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Recv::new(types::Fd(fd.as_raw_fd()), spare.as_mut_ptr().cast(), len)
+            .flags(libc::MSG_DONTWAIT)
+            .build()
+            .user_data(index as u64);
+        // SAFETY: the entry points at the spare capacity of `buf` (`len` bytes, within it).
+        // `buf` moves into `self.lent` below (moving a `BytesMut` does not move its heap
+        // memory) and stays there, untouched, until this entry's completion is taken in
+        // `complete_all`, or, if it never is, until `Drop` has waited for the completion or
+        // leaked the buffer. Nothing else can reach it meanwhile.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.free.push(index);
+            return Err(buf);
+        }
+        self.lent[index] = Some((buf, start));
+        self.outstanding += 1;
+        Ok(index)
+    }
+
+    /// Submits what is queued, waits until every receive has completed, and hands each to
+    /// `done`: its tag, its buffer back (extended by what arrived) and the result (`Ok(0)`:
+    /// end of stream; `WouldBlock`: nothing to read). Fails only if the submission itself
+    /// does (then the receives stay outstanding and a later call finishes them).
+    pub fn complete_all(
+        &mut self,
+        mut done: impl FnMut(usize, bytes::BytesMut, io::Result<usize>),
+    ) -> io::Result<()> {
+        while self.outstanding > 0 {
+            match self.ring.submit_and_wait(self.outstanding) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // The kernel is short of room for completions: take those there, then wait
+                // again.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {}
+                Err(e) => return Err(e),
+            }
+            let mut taken = std::mem::take(&mut self.taken);
+            taken.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            for (tag, result) in taken.drain(..) {
+                let Some((mut buf, start)) = usize::try_from(tag)
+                    .ok()
+                    .and_then(|i| self.lent.get_mut(i))
+                    .and_then(Option::take)
+                else {
+                    continue; // (not one of ours: nothing else is submitted here)
+                };
+                self.free.push(tag as usize);
+                self.outstanding -= 1;
+                let result = if result >= 0 {
+                    let n = result as usize;
+                    let room = buf.capacity() - start;
+                    debug_assert!(n <= room);
+                    // SAFETY: the receive wrote `n` bytes to the start of the spare capacity
+                    // as it was when queued (`buf.len()` was `start` then and has not changed:
+                    // the buffer was ours alone since), so `start + n` bytes are initialised;
+                    // `n` is at most the spare length the kernel was given (`min` guards
+                    // against a kernel that claims more).
+                    unsafe { buf.set_len(start + n.min(room)) };
+                    Ok(n.min(room))
+                } else {
+                    Err(io::Error::from_raw_os_error(-result))
+                };
+                done(tag as usize, buf, result);
+            }
+            self.taken = taken;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for IoRing {
+    fn drop(&mut self) {
+        if self.outstanding > 0 && self.complete_all(|_, _, _| {}).is_err() {
+            // The kernel may still write to the buffers of receives whose completion never
+            // came: never free them.
+            for lent in self.lent.drain(..).flatten() {
+                std::mem::forget(lent);
+            }
+        }
+    }
+}
+
 /// Which file an fd names: its device and inode (every socket has an inode of its own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileId {
@@ -215,7 +370,6 @@ pub fn dup_if_same_file(fd: RawFd, expected: FileId) -> io::Result<Option<OwnedF
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     fn ring() -> Option<Ring> {
         match Ring::new(8, 16) {
@@ -312,6 +466,115 @@ mod tests {
         }
         // The duplicate still names the first socket.
         assert_eq!(file_id(dup.as_fd()).unwrap(), id);
+    }
+
+    fn io_ring() -> Option<IoRing> {
+        match IoRing::new(4) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("SKIPPED: no io_uring here ({e})");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn batched_receives_append_what_each_socket_had_and_give_every_buffer_back() {
+        use std::io::Write;
+        let Some(mut ring) = io_ring() else { return };
+        let pairs: Vec<_> = (0..3)
+            .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
+            .collect();
+        for (i, (a, _)) in pairs.iter().enumerate() {
+            (&*a).write_all(format!("pipe {i}").as_bytes()).unwrap();
+        }
+        let mut tags = Vec::new();
+        for (i, (_, b)) in pairs.iter().enumerate() {
+            let mut buf = bytes::BytesMut::with_capacity(64);
+            buf.extend_from_slice(format!("[{i}]").as_bytes());
+            tags.push(ring.push_recv(b.as_fd(), buf).unwrap());
+        }
+        assert_eq!(ring.outstanding(), 3);
+        let mut got = Vec::new();
+        ring.complete_all(|tag, buf, res| got.push((tag, buf, res.unwrap())))
+            .unwrap();
+        assert_eq!(ring.outstanding(), 0);
+        got.sort_by_key(|g| g.0);
+        for (i, (tag, buf, n)) in got.iter().enumerate() {
+            assert_eq!(*tag, tags[i]);
+            assert_eq!(*n, 6);
+            assert_eq!(&buf[..], format!("[{i}]pipe {i}").as_bytes());
+        }
+        // The tags are reused, and a second batch works the same.
+        (&pairs[0].0).write_all(b"again").unwrap();
+        let tag = ring
+            .push_recv(pairs[0].1.as_fd(), bytes::BytesMut::with_capacity(8))
+            .unwrap();
+        assert!(tags.contains(&tag));
+        let mut n = 0;
+        ring.complete_all(|_, buf, res| {
+            n = res.unwrap();
+            assert_eq!(&buf[..], b"again");
+        })
+        .unwrap();
+        assert_eq!(n, 5);
+    }
+
+    #[test]
+    fn a_receive_never_waits_for_data_and_sees_the_end() {
+        let Some(mut ring) = io_ring() else { return };
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Should the receive wait for data (it must not), this unblocks it after a while, and
+        // the test fails on what it then got.
+        let late = std::thread::spawn({
+            let a = a.try_clone().unwrap();
+            move || {
+                std::thread::sleep(Duration::from_secs(1));
+                let _ = rustix::io::write(&a, b"late");
+            }
+        });
+        ring.push_recv(b.as_fd(), bytes::BytesMut::with_capacity(16))
+            .unwrap();
+        let mut result = None;
+        ring.complete_all(|_, buf, res| {
+            assert!(buf.is_empty());
+            result = Some(res.map_err(|e| e.kind()));
+        })
+        .unwrap();
+        assert_eq!(result, Some(Err(io::ErrorKind::WouldBlock)));
+        late.join().unwrap();
+        drop(a);
+        let mut buf = bytes::BytesMut::with_capacity(16);
+        // What came late, then the end.
+        for expected in [4, 0] {
+            ring.push_recv(b.as_fd(), buf).unwrap();
+            let mut got = None;
+            ring.complete_all(|_, back, res| got = Some((back, res.unwrap())))
+                .unwrap();
+            let (back, n) = got.unwrap();
+            assert_eq!(n, expected);
+            buf = back;
+        }
+        assert_eq!(&buf[..], b"late");
+    }
+
+    #[test]
+    fn a_full_submission_queue_gives_the_buffer_back_and_dropping_finishes_the_rest() {
+        let Some(mut ring) = io_ring() else { return };
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        rustix::io::write(&a, b"x").unwrap();
+        let mut queued = 0;
+        let refused = loop {
+            match ring.push_recv(b.as_fd(), bytes::BytesMut::with_capacity(4)) {
+                Ok(_) => queued += 1,
+                Err(buf) => break buf,
+            }
+            assert!(queued <= 64, "the queue never filled");
+        };
+        assert_eq!(refused.capacity(), 4);
+        assert_eq!(ring.outstanding(), queued);
+        // Dropped with receives queued: they are submitted and completed first.
+        drop(ring);
     }
 
     #[test]

@@ -1620,6 +1620,11 @@ pub struct PipeStats {
     /// A receive that does not wait, on a pipe found empty before and with nothing reported
     /// since by the reactor (which then watches it), reads nothing and is not counted.
     pub reads: u64,
+    /// Of `reads`: those the reactor made through its io_uring ring, submitted in one system
+    /// call with the receives of every other pipe it read in the same pass (Linux, on the
+    /// io_uring backend, tcp and uds). There, the reactor also reads for an application that
+    /// polls (`try_recv`), which then finds the messages queued.
+    pub ring_reads: u64,
     channels: BTreeMap<u16, ChannelStats>,
 }
 

@@ -291,6 +291,71 @@ fn polling_an_empty_pipe_reads_once(kind: common::Kind) {
     assert_eq!(rx.stats().reads, before, "no read by the poll itself");
 }
 
+/// Many pipes polled by one thread: on the io_uring backend the reactor reads them through
+/// its ring (every pipe that became readable in one system call) and the poller finds the
+/// messages queued; on epoll every read is a `recv` of its own. Either way everything
+/// arrives, in order.
+fn many_polled_pipes_are_read_through_the_ring_on_io_uring(kind: common::Kind) {
+    let Some(f) = common::Fixture::new(kind) else {
+        return;
+    };
+    const PIPES: usize = 16;
+    const ROUNDS: usize = 50;
+    let pairs: Vec<_> = (0..PIPES).map(|_| common::pair(&f)).collect();
+    let uring = duct::backend() == Some(duct::Backend::Uring);
+    let sender = thread::scope(|s| {
+        let sender = s.spawn(|| {
+            for round in 0..ROUNDS {
+                for p in &pairs {
+                    p.dialer.send(format!("{round}")).unwrap();
+                }
+                thread::sleep(Duration::from_micros(200));
+            }
+        });
+        let mut next = [0usize; PIPES];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while next.iter().any(|&n| n < ROUNDS) {
+            for (i, p) in pairs.iter().enumerate() {
+                while let Some(m) = p.accepted.try_recv().unwrap() {
+                    assert_eq!(m.payload(), format!("{}", next[i]).as_bytes(), "pipe {i}");
+                    next[i] += 1;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{kind:?}: still waiting: {next:?}"
+            );
+            thread::sleep(Duration::from_micros(50));
+        }
+        sender.join()
+    });
+    sender.unwrap();
+    let (reads, ring): (u64, u64) = pairs
+        .iter()
+        .map(|p| p.accepted.stats())
+        .map(|s| (s.reads, s.ring_reads))
+        .fold((0, 0), |(a, b), (r, g)| (a + r, b + g));
+    if uring {
+        assert!(
+            ring > 0 && ring * 2 >= reads,
+            "{kind:?}: {ring} of {reads} reads through the ring"
+        );
+    } else {
+        assert_eq!(ring, 0, "{kind:?}: no ring on {:?}", duct::backend());
+    }
+}
+
+#[test]
+fn many_polled_pipes_are_read_through_the_ring_on_io_uring_tcp() {
+    many_polled_pipes_are_read_through_the_ring_on_io_uring(common::Kind::Tcp4);
+}
+
+#[cfg(unix)]
+#[test]
+fn many_polled_pipes_are_read_through_the_ring_on_io_uring_uds() {
+    many_polled_pipes_are_read_through_the_ring_on_io_uring(common::Kind::UdsAbstract);
+}
+
 #[test]
 fn polling_an_empty_pipe_reads_once_tcp() {
     polling_an_empty_pipe_reads_once(common::Kind::Tcp4);

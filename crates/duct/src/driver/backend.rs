@@ -10,9 +10,11 @@
 //!
 //! Both give the driver the same contract (`driver/mod.rs`): one event per new readiness after
 //! a call returned `WouldBlock`, and a fresh registration reports readiness already there.
-//! Neither does the pipes' I/O: callers read and write inline, and the reactor reads, writes
-//! and runs timers only while nobody calls, so which backend runs changes the cost of a
-//! registration and of a wake-up, not the fast path.
+//! Callers read and write inline on both, and the reactor reads, writes and runs timers only
+//! while nobody calls (or, on io_uring, for callers that poll without waiting), so the backend
+//! does not change the fast path. What io_uring adds: the reactor's reads of one pass (tcp and
+//! uds) go to a second ring of its thread and are submitted in one system call
+//! (`reactor::stage_recv`, `duct_sys::uring::IoRing`; off with `DUCT_URING_RECV=0`).
 //!
 //! The choice: [`set_backend`], else the environment variable `DUCT_BACKEND`
 //! (`auto`, `epoll`, `uring`), else `auto`: io_uring when the kernel lets this process set up
@@ -35,9 +37,9 @@ use super::sys::uring::{UringPoller, UringWaker};
 /// Which mechanism the reactor threads wait on: chosen with [`set_backend`] or the
 /// `DUCT_BACKEND` environment variable, reported by [`backend`].
 ///
-/// The reactor only watches for readiness and runs timers (callers do a pipe's I/O on their
-/// own threads), so the backend changes what a registration and a wake-up cost, not the
-/// inline send and receive path. Both backends give the same behaviour.
+/// Callers do a pipe's I/O on their own threads on either backend, so the backend changes
+/// what a registration, a wake-up and the reactor's own reads cost, not the inline send and
+/// receive path. Both backends give the same behaviour.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Backend {
@@ -49,7 +51,8 @@ pub enum Backend {
     Epoll,
     /// io_uring: a multishot poll per watched connection (Linux 5.13 or later, with the cargo
     /// feature `io-uring`, on by default; listening sockets are watched through an epoll
-    /// instance the ring polls). Where it cannot start (an older kernel, io_uring disabled by
+    /// instance the ring polls), and the reactor's reads of tcp and uds pipes batched: those
+    /// of one pass in one system call (see [`crate::PipeStats::ring_reads`]). Where it cannot start (an older kernel, io_uring disabled by
     /// `kernel.io_uring_disabled` or a seccomp filter, another system), the reactor falls back
     /// to epoll and logs a warning saying why. `DUCT_BACKEND=uring`.
     ///

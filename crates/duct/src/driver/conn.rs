@@ -109,6 +109,12 @@ struct Shared {
     /// The read buffer, here while nobody reads: a reader takes it out and puts it back when
     /// it has fed what it read to the session, so the buffer needs no lock of its own.
     rbuf: Option<Box<ReadBuf>>,
+    /// The read buffer of the reactor's read whose receive is in its thread's io_uring ring
+    /// (its `data` lent out), and whether the pipe was open when that read began (`reading`
+    /// stays set until the receive completes: [`Reactive::on_recv`]).
+    /// Also the count of readability events when it began (`read_events`).
+    #[cfg(duct_uring)]
+    ring_read: Option<(Box<ReadBuf>, bool, u64)>,
     writing: bool,
     /// Bytes in the write queue (mirrors `WriteQueue::bytes`, readable without its lock).
     wq_bytes: usize,
@@ -498,6 +504,8 @@ impl Conn {
             life,
             reading: false,
             rbuf: Some(Box::new(rbuf)),
+            #[cfg(duct_uring)]
+            ring_read: None,
             writing: false,
             wq_bytes: wq.bytes(),
             wq_frames: wq.frames(),
@@ -748,6 +756,16 @@ impl Conn {
         mut g: MutexGuard<'a, Shared>,
         deadline: Option<Instant>,
     ) -> (MutexGuard<'a, Shared>, bool) {
+        #[cfg(duct_uring)]
+        if super::reactor::has_staged() {
+            // A reactor thread about to block on a pipe: its staged receives hold their
+            // pipes' read sides (perhaps this one's) until they complete. Complete them
+            // first, and let the caller look again.
+            drop(g);
+            super::reactor::complete_staged();
+            let past = deadline.is_some_and(|d| Instant::now() >= d);
+            return (self.lock(), past);
+        }
         if self.callbacks_pending.load(Ordering::Acquire) {
             // Callbacks queued under the lock (a state change this thread just caused) must
             // not wait for our wake-up: run them now, and let the caller look again (callers
@@ -1648,7 +1666,64 @@ impl Conn {
     fn read_ahead<'a>(&'a self, mut g: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
         let was_open = g.terminal.is_none();
         g.reading = true;
-        let mut r = take_rbuf(&mut g);
+        let r = take_rbuf(&mut g);
+        #[cfg(duct_uring)]
+        let r = match self.stage_read(g, r, was_open) {
+            Ok(g) => return g,
+            Err((g2, r)) => {
+                g = g2;
+                r
+            }
+        };
+        self.read_on(g, r, was_open)
+    }
+
+    /// On an io_uring reactor thread: hands the first receive of a read-ahead to the thread's
+    /// ring, to go with those of the other pipes it reads in this pass (one system call for
+    /// all); the read goes on in [`Reactive::on_recv`]. `Err`: read here instead.
+    #[cfg(duct_uring)]
+    #[allow(clippy::type_complexity)]
+    fn stage_read<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Shared>,
+        mut r: Box<ReadBuf>,
+        was_open: bool,
+    ) -> Result<MutexGuard<'a, Shared>, (MutexGuard<'a, Shared>, Box<ReadBuf>)> {
+        if g.session.recv_full() || !super::reactor::can_stage() {
+            return Err((g, r));
+        }
+        let Some(me) = self.me().upgrade() else {
+            return Err((g, r));
+        };
+        let t = r.transport.take().unwrap_or_else(|| self.t());
+        let staged = match t.ring_socket() {
+            Some(fd) => {
+                let needed = g.session.input_needed(&r.data);
+                let buf = r.lend(needed);
+                super::reactor::stage_recv(fd, buf, Arc::clone(&t), me).map_err(|buf| r.data = buf)
+            }
+            None => Err(()),
+        };
+        r.transport = Some(t);
+        match staged {
+            Ok(()) => {
+                g.stats.reads += 1;
+                g.stats.ring_reads += 1;
+                g.ring_read = Some((r, was_open, g.read_events));
+                Ok(g)
+            }
+            Err(()) => Err((g, r)),
+        }
+    }
+
+    /// Reads ahead with `r` (see [`Conn::read_ahead`]), then gives it back and clears
+    /// `reading`.
+    fn read_on<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Shared>,
+        mut r: Box<ReadBuf>,
+        was_open: bool,
+    ) -> MutexGuard<'a, Shared> {
         loop {
             if g.session.recv_full() {
                 let now = Instant::now();
@@ -1677,6 +1752,17 @@ impl Conn {
                 break;
             }
         }
+        self.read_on_done(g, r, was_open)
+    }
+
+    /// Ends a read: gives `r` back, clears `reading`, reports an end the read found and
+    /// wakes the pipe's waiters.
+    fn read_on_done<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Shared>,
+        r: Box<ReadBuf>,
+        was_open: bool,
+    ) -> MutexGuard<'a, Shared> {
         g.rbuf = Some(r);
         g.reading = false;
         if was_open && g.local_closed.is_none() {
@@ -2521,7 +2607,56 @@ impl Conn {
     }
 }
 
+/// Whether the reactor reads for callers that poll (`try_recv`) instead of leaving the
+/// socket to them: where its reads go through its io_uring ring, batched with other pipes'
+/// (one system call for every pipe that became readable, where each poller would make one
+/// `recv` of its own). A poller then finds the messages queued.
+#[inline]
+fn ring_reads_for_pollers() -> bool {
+    #[cfg(duct_uring)]
+    return super::reactor::can_stage();
+    #[cfg(not(duct_uring))]
+    false
+}
+
 impl Reactive for Conn {
+    #[cfg(duct_uring)]
+    fn on_recv(&self, buf: bytes::BytesMut, result: io::Result<usize>) {
+        let mut g = self.lock();
+        let Some((mut r, was_open, events)) = g.ring_read.take() else {
+            debug_assert!(
+                false,
+                "a ring receive completed for a pipe that staged none"
+            );
+            return;
+        };
+        debug_assert!(g.reading);
+        r.data = buf;
+        let room = r.data.capacity() - r.data.len();
+        let drained = match &result {
+            Ok(n) => *n > 0 && room > 0,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        };
+        if drained {
+            // Empty as of the events counted when the read began: a caller that polls needs
+            // no system call until the reactor reports more.
+            g.empty_at = Some(events);
+        }
+        let more = self.absorb(&mut g, &mut r, result);
+        // A receive that left room found the socket empty: the poll reports what comes next,
+        // so the read is over without another receive to see `WouldBlock` (unless the
+        // receive queue just filled: the loop pauses reading first).
+        g = if more && (room == 0 || g.session.recv_full()) {
+            self.read_on(g, r, was_open)
+        } else {
+            self.read_on_done(g, r, was_open)
+        };
+        g = self.flush_if_idle(g); // PONGs, CLOSE after a protocol error
+        self.reschedule(&mut g);
+        drop(g);
+        self.run_callbacks();
+    }
+
     fn on_ready(&self, readable: bool, writable: bool) {
         let mut g = self.lock();
         if g.terminal.is_some() {
@@ -2529,7 +2664,7 @@ impl Reactive for Conn {
         }
         if readable {
             g.read_events = g.read_events.wrapping_add(1);
-            if !writable && g.polled_and_watched(self.frames) {
+            if !writable && g.polled_and_watched(self.frames) && !ring_reads_for_pollers() {
                 // A caller polls this pipe and the recheck is already set: the event just
                 // counted is all its next poll needs (the general path below would do
                 // nothing else). With many busy polled pipes this is most events.
@@ -2556,7 +2691,10 @@ impl Reactive for Conn {
         if readable && g.read_armed {
             // A caller that polls `recv_async` does not read while it waits: the reactor
             // reads for it (it would otherwise wait for the next RECHECK).
-            if g.reading || (g.caller_reads != g.seen_reads && !g.wakers.wants_messages()) {
+            let polled = g.caller_polls() && ring_reads_for_pollers();
+            if g.reading
+                || (!polled && g.caller_reads != g.seen_reads && !g.wakers.wants_messages())
+            {
                 // A caller is receiving: leave the socket to it and look again later.
                 let polling = g.caller_polls();
                 g.seen_reads = g.caller_reads;

@@ -143,10 +143,24 @@ impl ReadBuf {
                 nonblocking,
             );
         }
+        self.make_room(needed);
+        transport.recv_into(&mut self.data, nonblocking)
+    }
+
+    /// Makes room for a receive: at least what is `needed` for the next frame, at least 4 KiB.
+    fn make_room(&mut self, needed: usize) {
         let want_free = needed.saturating_sub(self.data.len()).max(4096);
         rewind_if_empty(&mut self.data);
         self.chunks.make_room(&mut self.data, want_free, READ_CHUNK);
-        transport.recv_into(&mut self.data, nonblocking)
+    }
+
+    /// The buffer, with room made for a receive as [`ReadBuf::recv`] makes it, lent out to be
+    /// filled elsewhere (a reactor thread's io_uring ring); put it back in `data` when it
+    /// comes back.
+    #[cfg(duct_uring)]
+    pub(crate) fn lend(&mut self, needed: usize) -> BytesMut {
+        self.make_room(needed);
+        std::mem::take(&mut self.data)
     }
 }
 

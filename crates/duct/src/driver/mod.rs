@@ -89,6 +89,14 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     fn frame_io(&self) -> Option<&dyn FrameIo> {
         None
     }
+    /// The socket a reactor thread may receive from through its io_uring ring in place of
+    /// [`StreamTransport::recv_into`] (batched with other pipes' receives): transports whose
+    /// receive is one plain `recv` of the socket (tcp, uds). `None` for the rest (TLS
+    /// decrypts what it reads; shared memory carries frames).
+    #[cfg(duct_uring)]
+    fn ring_socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
     /// The peer process's credentials, where the transport reports them (Unix sockets).
     fn peer_credentials(&self) -> Option<crate::PeerCredentials>;
     /// Shuts both directions down, waking every thread blocked on the transport.

@@ -48,6 +48,13 @@ pub(crate) trait Reactive: Send + Sync {
     fn on_ready(&self, readable: bool, writable: bool);
     /// A timer the source scheduled is due (spurious calls are possible and harmless).
     fn on_timer(&self, now: Instant);
+    /// A receive the source staged with [`stage_recv`] completed: the buffer it lent, back
+    /// and extended by what arrived, and the result (`Ok(0)`: end of stream; `WouldBlock`:
+    /// nothing there).
+    #[cfg(duct_uring)]
+    fn on_recv(&self, buf: bytes::BytesMut, result: io::Result<usize>) {
+        let _ = (buf, result);
+    }
 }
 
 /// A registered source became ready (what a backend's wait reports).
@@ -102,6 +109,167 @@ struct WantedInterest {
 thread_local! {
     /// The worker whose reactor thread this is (its address), or 0.
     static CURRENT_WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Receives queued in a reactor thread's I/O ring: the pipe that staged each, and the
+/// transport whose fd it reads (kept open until the completion), by the receive's tag.
+#[cfg(duct_uring)]
+struct Staged {
+    source: Arc<dyn Reactive>,
+    _keep: Arc<dyn super::StreamTransport>,
+}
+
+/// An io_uring reactor thread's batched receives (see [`stage_recv`]).
+#[cfg(duct_uring)]
+struct RingIo {
+    ring: duct_sys::uring::IoRing,
+    staged: Vec<Option<Staged>>,
+    /// Receives may be staged now: the thread is dispatching events and timers, and
+    /// completes what was staged before it waits again.
+    open: bool,
+    /// Completions being handed out (kept for its capacity).
+    done: Vec<(Staged, bytes::BytesMut, io::Result<usize>)>,
+}
+
+/// Receives one reactor pass may queue: as many as the events one wait takes at most (the
+/// poller's completion queue, `sys/uring.rs`), so that every pipe of a pass fits (a pipe that
+/// finds the ring full reads with `recv` instead).
+#[cfg(duct_uring)]
+const RING_IO_ENTRIES: u32 = 1024;
+
+/// The environment variable that keeps the reactor's reads off its io_uring ring (`0`): each
+/// pipe then reads with its own `recv`, as on epoll. For comparisons; the default is on.
+#[cfg(duct_uring)]
+pub(crate) const RING_RECV_ENV: &str = "DUCT_URING_RECV";
+
+#[cfg(duct_uring)]
+thread_local! {
+    /// An io_uring reactor thread's I/O ring, if it could set one up.
+    static RING_IO: std::cell::RefCell<Option<RingIo>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sets up this (io_uring reactor) thread's I/O ring; without one, pipes read with `recv`.
+#[cfg(duct_uring)]
+fn start_ring_io() {
+    if std::env::var_os(RING_RECV_ENV).is_some_and(|v| v == "0") {
+        tracing::debug!("duct reactor (io_uring): receives through the ring are off");
+        return;
+    }
+    match duct_sys::uring::IoRing::new(RING_IO_ENTRIES) {
+        Ok(ring) => RING_IO.with(|c| {
+            *c.borrow_mut() = Some(RingIo {
+                ring,
+                staged: Vec::new(),
+                open: false,
+                done: Vec::new(),
+            });
+        }),
+        Err(e) => tracing::info!(
+            error = %e,
+            "duct reactor (io_uring): no ring for receives; pipes read with recv"
+        ),
+    }
+}
+
+/// On an io_uring reactor thread while it dispatches events and timers: queues a receive
+/// from the socket `fd` into the spare capacity of `buf` in the thread's I/O ring, to be
+/// submitted with every other receive of this pass in one system call. The result comes to
+/// `source`'s [`Reactive::on_recv`] before the thread waits again (or before it blocks on a
+/// pipe: see [`complete_staged`]); `keep` (the transport `fd` belongs to) is held until then.
+/// Anywhere else, or with the ring full, gives `buf` back: the caller reads itself.
+#[cfg(duct_uring)]
+pub(crate) fn stage_recv(
+    fd: std::os::fd::BorrowedFd<'_>,
+    buf: bytes::BytesMut,
+    keep: Arc<dyn super::StreamTransport>,
+    source: Arc<dyn Reactive>,
+) -> Result<(), bytes::BytesMut> {
+    RING_IO.with(|c| {
+        let Ok(mut io) = c.try_borrow_mut() else {
+            return Err(buf);
+        };
+        let Some(io) = io.as_mut().filter(|io| io.open) else {
+            return Err(buf);
+        };
+        let tag = io.ring.push_recv(fd, buf)?;
+        if io.staged.len() <= tag {
+            io.staged.resize_with(tag + 1, || None);
+        }
+        io.staged[tag] = Some(Staged {
+            source,
+            _keep: keep,
+        });
+        Ok(())
+    })
+}
+
+/// Whether receives may be staged on this thread now (see [`stage_recv`]).
+#[cfg(duct_uring)]
+pub(crate) fn can_stage() -> bool {
+    RING_IO.with(|c| {
+        c.try_borrow()
+            .is_ok_and(|io| io.as_ref().is_some_and(|io| io.open))
+    })
+}
+
+/// Whether this thread has receives staged and not completed.
+#[cfg(duct_uring)]
+pub(crate) fn has_staged() -> bool {
+    RING_IO.with(|c| {
+        c.try_borrow()
+            .is_ok_and(|io| io.as_ref().is_some_and(|io| io.ring.outstanding() > 0))
+    })
+}
+
+/// Submits this thread's staged receives in one system call and hands each its result.
+/// The reactor calls it after every pass; a pipe calls it before its reactor thread would
+/// block on a pipe (a staged receive holds that pipe's read side until it completes).
+/// No receive is staged while the results are handed out (those pipes read with `recv`).
+#[cfg(duct_uring)]
+pub(crate) fn complete_staged() {
+    RING_IO.with(|c| {
+        let (mut done, open) = {
+            let Ok(mut io) = c.try_borrow_mut() else {
+                return;
+            };
+            let Some(io) = io.as_mut() else { return };
+            if io.ring.outstanding() == 0 {
+                return;
+            }
+            let mut done = std::mem::take(&mut io.done);
+            let RingIo { ring, staged, .. } = io;
+            if let Err(e) = ring.complete_all(|tag, buf, res| {
+                if let Some(s) = staged.get_mut(tag).and_then(Option::take) {
+                    done.push((s, buf, res));
+                }
+            }) {
+                // The receives stay queued: the next pass submits them again.
+                tracing::warn!(error = %e, "duct reactor (io_uring): submitting receives failed");
+            }
+            (done, std::mem::replace(&mut io.open, false))
+        };
+        for (s, buf, res) in done.drain(..) {
+            s.source.on_recv(buf, res);
+        }
+        if let Ok(mut io) = c.try_borrow_mut() {
+            if let Some(io) = io.as_mut() {
+                io.open = open;
+                io.done = done;
+            }
+        }
+    });
+}
+
+/// Opens (or closes) this thread's I/O ring for staging.
+#[cfg(duct_uring)]
+fn open_staging(open: bool) {
+    RING_IO.with(|c| {
+        if let Ok(mut io) = c.try_borrow_mut() {
+            if let Some(io) = io.as_mut() {
+                io.open = open;
+            }
+        }
+    });
 }
 
 /// A source's registration with one reactor thread. Dropping it removes the source.
@@ -219,6 +387,10 @@ fn start_on(
         .name(format!("duct-reactor-{index}"))
         .spawn(move || match make() {
             Ok((poller, control)) => {
+                #[cfg(duct_uring)]
+                if poller.backend() == Backend::Uring {
+                    start_ring_io();
+                }
                 let worker = Arc::new(Worker {
                     control,
                     inbox: Mutex::new(Inbox::default()),
@@ -421,6 +593,8 @@ fn run(worker: Arc<Worker>, mut poller: Poller) {
             continue;
         }
         take_inbox(&worker, &mut inbox, &mut table, &mut poller);
+        #[cfg(duct_uring)]
+        open_staging(true);
         for ev in ready.drain(..) {
             let Some(source) = table.sources.get(&ev.token).and_then(Weak::upgrade) else {
                 continue;
@@ -436,6 +610,12 @@ fn run(worker: Arc<Worker>, mut poller: Poller) {
             if let Some(source) = table.sources.get(&token).and_then(Weak::upgrade) {
                 source.on_timer(now);
             }
+        }
+        // The receives this pass staged, in one system call.
+        #[cfg(duct_uring)]
+        {
+            complete_staged();
+            open_staging(false);
         }
         // Drop timers of sources that are gone, so the heap stays bounded by live sources'
         // pending deadlines.

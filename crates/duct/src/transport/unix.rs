@@ -77,6 +77,16 @@ impl crate::driver::StreamTransport for Stream {
         self.as_fd()
     }
 
+    #[cfg(duct_uring)]
+    fn ring_socket(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Stream::Tcp(s) => Some(s.as_fd()),
+            Stream::Unix(s) => Some(s.as_fd()),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     fn recv_into(&self, buf: &mut BytesMut, nonblocking: bool) -> io::Result<usize> {
         #[cfg(feature = "tls")]
         if let Stream::Tls(s) = self {
