@@ -19,7 +19,7 @@
 //! completion work in the task that submitted it, so the thread that waits for completions
 //! should be the one that submits (duct's reactor thread does both).
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -172,34 +172,88 @@ impl Ring {
     }
 }
 
-/// A ring for batched socket receives: the reactor queues one receive per pipe it reads
-/// ([`IoRing::push_recv`]), then submits them all with one system call and takes every
-/// result ([`IoRing::complete_all`]), instead of one `recv` per pipe.
+/// A ring for batched socket I/O: the reactor queues one receive ([`IoRing::push_recv`]) or
+/// send ([`IoRing::push_send`]) per pipe it serves in a pass, then submits them all with one
+/// system call and takes every result ([`IoRing::complete_all`]), instead of one `recv` or
+/// `sendmsg` per pipe.
 ///
-/// The ring owns each receive's buffer from the push until its completion is taken, so no
-/// memory the kernel may still write to can be touched, moved or freed by safe code: the
-/// buffer comes back, extended by exactly the bytes the kernel wrote, in the completion.
+/// The ring owns the memory of each request from the push until its completion is taken: a
+/// receive's buffer, a send's [`SendBufs`] (boxed, so the slices it lent stay where they
+/// are). So no memory the kernel may still read or write can be touched, moved or freed by
+/// safe code. Both come back in the completion (a receive's buffer extended by exactly the
+/// bytes the kernel wrote).
 ///
-/// Every receive is `MSG_DONTWAIT`: an empty socket completes at once with `EAGAIN` (io_uring
-/// gives `MSG_DONTWAIT` requests no poll to wait on), so [`IoRing::complete_all`] never waits
-/// for a peer, only for the kernel to run the requests.
+/// Every request is `MSG_DONTWAIT` (sends also `MSG_NOSIGNAL`): an empty socket, or a full
+/// one, completes at once with `EAGAIN` (io_uring gives `MSG_DONTWAIT` requests no poll to
+/// wait on), so [`IoRing::complete_all`] never waits for a peer, only for the kernel to run
+/// the requests.
 ///
 /// The fd is only a number to the ring: the caller keeps the file open until the completion
 /// (a number closed and reused before the submit would name another socket). Used by one
 /// thread at a time (`&mut self`), which should be the thread that submits.
-pub struct IoRing {
+pub struct IoRing<S: SendBufs = NoSends> {
     ring: IoUring,
-    /// The buffers lent to queued receives, by tag (the index here), and the length each had.
-    lent: Vec<Option<(bytes::BytesMut, usize)>>,
-    /// Receives queued or submitted whose completion was not taken.
+    /// The memory lent to each queued request, by tag (the index here).
+    lent: Vec<Lent<S>>,
+    /// Requests queued or submitted whose completion was not taken.
     outstanding: usize,
     /// Completions taken from the queue, being handed out (kept for its capacity).
     taken: Vec<(u64, i32)>,
     /// Indexes of `lent` that are free.
     free: Vec<usize>,
+    /// Send headers of completed sends, for the next ones (boxed: a header lent to a send
+    /// must stay where it is while the kernel reads it, and these are lent as they are).
+    #[allow(clippy::vec_box)]
+    headers: Vec<Box<SendHeader>>,
 }
 
-impl std::fmt::Debug for IoRing {
+/// What a send reads from: memory its value owns, laid out as slices.
+pub trait SendBufs {
+    /// Lays out the bytes to send, in order, as slices of memory `self` owns into `out`, and
+    /// returns how many it filled (at most `out.len()`; 0: nothing to send).
+    fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize;
+}
+
+/// The [`SendBufs`] of a ring that only receives.
+#[derive(Debug)]
+pub enum NoSends {}
+
+impl SendBufs for NoSends {
+    fn slices<'a>(&'a self, _: &mut [IoSlice<'a>]) -> usize {
+        match *self {}
+    }
+}
+
+/// Most slices one send takes.
+pub const MAX_SEND_SLICES: usize = 64;
+
+/// A request's memory, by tag.
+enum Lent<S> {
+    Free,
+    /// A receive's buffer and the length it had.
+    Recv(bytes::BytesMut, usize),
+    /// A send's memory, and the message header and iovecs the kernel reads (boxed: their
+    /// addresses are in the request).
+    Send(Box<S>, Box<SendHeader>),
+}
+
+/// A send's `msghdr` and iovec array.
+struct SendHeader {
+    msg: libc::msghdr,
+    iov: [libc::iovec; MAX_SEND_SLICES],
+}
+
+/// A completed request of an [`IoRing`].
+#[derive(Debug)]
+pub enum Done<S> {
+    /// A receive: its buffer back, extended by what arrived, and the result (`Ok(0)`: end of
+    /// stream; `WouldBlock`: nothing to read).
+    Recv(bytes::BytesMut, io::Result<usize>),
+    /// A send: its memory back and the bytes the socket took (`WouldBlock`: none, it is full).
+    Send(Box<S>, io::Result<usize>),
+}
+
+impl<S: SendBufs> std::fmt::Debug for IoRing<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IoRing")
             .field("sq_entries", &self.ring.params().sq_entries())
@@ -208,11 +262,11 @@ impl std::fmt::Debug for IoRing {
     }
 }
 
-impl IoRing {
+impl<S: SendBufs> IoRing<S> {
     /// Sets up a ring of `entries` submission slots (rounded up to a power of two): that
-    /// many receives fit in one batch. Fails with the setup's error (`EPERM`, `ENOSYS`,
+    /// many requests fit in one batch. Fails with the setup's error (`EPERM`, `ENOSYS`,
     /// `ENOMEM`).
-    pub fn new(entries: u32) -> io::Result<IoRing> {
+    pub fn new(entries: u32) -> io::Result<IoRing<S>> {
         let ring = IoUring::builder().setup_clamp().build(entries)?;
         Ok(IoRing {
             ring,
@@ -220,29 +274,34 @@ impl IoRing {
             outstanding: 0,
             taken: Vec::new(),
             free: Vec::new(),
+            headers: Vec::new(),
         })
     }
 
-    /// Receives queued and not yet completed.
+    /// Requests queued and not yet completed.
     pub fn outstanding(&self) -> usize {
         self.outstanding
     }
 
+    fn slot(&mut self) -> usize {
+        match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.lent.push(Lent::Free);
+                self.lent.len() - 1
+            }
+        }
+    }
+
     /// Queues a receive from the socket `fd` into the spare capacity of `buf` (at most
-    /// `u32::MAX` bytes of it). Returns the receive's tag (the `index` its completion names),
-    /// or gives `buf` back when the submission queue is full (complete what is queued first).
+    /// `u32::MAX` bytes of it). Returns the request's tag, or gives `buf` back when the
+    /// submission queue is full (complete what is queued first).
     pub fn push_recv(
         &mut self,
         fd: BorrowedFd<'_>,
         mut buf: bytes::BytesMut,
     ) -> Result<usize, bytes::BytesMut> {
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.lent.push(None);
-                self.lent.len() - 1
-            }
-        };
+        let index = self.slot();
         let start = buf.len();
         let spare = buf.spare_capacity_mut();
         let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
@@ -259,19 +318,61 @@ impl IoRing {
             self.free.push(index);
             return Err(buf);
         }
-        self.lent[index] = Some((buf, start));
+        self.lent[index] = Lent::Recv(buf, start);
         self.outstanding += 1;
         Ok(index)
     }
 
-    /// Submits what is queued, waits until every receive has completed, and hands each to
-    /// `done`: its tag, its buffer back (extended by what arrived) and the result (`Ok(0)`:
-    /// end of stream; `WouldBlock`: nothing to read). Fails only if the submission itself
-    /// does (then the receives stay outstanding and a later call finishes them).
-    pub fn complete_all(
-        &mut self,
-        mut done: impl FnMut(usize, bytes::BytesMut, io::Result<usize>),
-    ) -> io::Result<()> {
+    /// Queues a send to the socket `fd` of what `bufs` lays out (up to [`MAX_SEND_SLICES`]
+    /// slices). Returns the request's tag, or gives `bufs` back when the submission queue is
+    /// full.
+    pub fn push_send(&mut self, fd: BorrowedFd<'_>, bufs: Box<S>) -> Result<usize, Box<S>> {
+        let index = self.slot();
+        let mut header = self.headers.pop().unwrap_or_else(|| {
+            Box::new(SendHeader {
+                // SAFETY: `msghdr` is a plain C struct of integers and pointers, for which all
+                // zeroes is a valid value (no name, no iovecs, no control data, no flags).
+                msg: unsafe { std::mem::zeroed() },
+                iov: [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; MAX_SEND_SLICES],
+            })
+        });
+        {
+            let mut slices = [IoSlice::new(&[]); MAX_SEND_SLICES];
+            let n = bufs.slices(&mut slices).min(MAX_SEND_SLICES);
+            for (iov, s) in header.iov.iter_mut().zip(&slices[..n]) {
+                iov.iov_base = s.as_ptr() as *mut libc::c_void;
+                iov.iov_len = s.len();
+            }
+            header.msg.msg_iovlen = n as _;
+        }
+        header.msg.msg_iov = header.iov.as_mut_ptr();
+        let entry = opcode::SendMsg::new(types::Fd(fd.as_raw_fd()), &header.msg)
+            .flags((libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32)
+            .build()
+            .user_data(index as u64);
+        // SAFETY: the entry points at `header.msg`, which points at `header.iov`, whose
+        // entries point at slices `bufs` lent from memory it owns (`SendBufs::slices` borrows
+        // `&self`). `header` and `bufs` are boxes: they move into `self.lent` below without
+        // their contents moving, and stay there, untouched (nothing else can reach them),
+        // until this entry's completion is taken in `complete_all`, or, if it never is, until
+        // `Drop` has waited for the completion or leaked them.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.free.push(index);
+            self.headers.push(header);
+            return Err(bufs);
+        }
+        self.lent[index] = Lent::Send(bufs, header);
+        self.outstanding += 1;
+        Ok(index)
+    }
+
+    /// Submits what is queued, waits until every request has completed, and hands each to
+    /// `done` with its tag. Fails only if the submission itself does (then the requests stay
+    /// outstanding and a later call finishes them).
+    pub fn complete_all(&mut self, mut done: impl FnMut(usize, Done<S>)) -> io::Result<()> {
         while self.outstanding > 0 {
             match self.ring.submit_and_wait(self.outstanding) {
                 Ok(_) => {}
@@ -284,30 +385,41 @@ impl IoRing {
             let mut taken = std::mem::take(&mut self.taken);
             taken.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             for (tag, result) in taken.drain(..) {
-                let Some((mut buf, start)) = usize::try_from(tag)
+                let lent = usize::try_from(tag)
                     .ok()
                     .and_then(|i| self.lent.get_mut(i))
-                    .and_then(Option::take)
-                else {
-                    continue; // (not one of ours: nothing else is submitted here)
-                };
-                self.free.push(tag as usize);
-                self.outstanding -= 1;
-                let result = if result >= 0 {
-                    let n = result as usize;
-                    let room = buf.capacity() - start;
-                    debug_assert!(n <= room);
-                    // SAFETY: the receive wrote `n` bytes to the start of the spare capacity
-                    // as it was when queued (`buf.len()` was `start` then and has not changed:
-                    // the buffer was ours alone since), so `start + n` bytes are initialised;
-                    // `n` is at most the spare length the kernel was given (`min` guards
-                    // against a kernel that claims more).
-                    unsafe { buf.set_len(start + n.min(room)) };
-                    Ok(n.min(room))
+                    .map_or(Lent::Free, |l| std::mem::replace(l, Lent::Free));
+                let index = tag as usize;
+                let res = if result >= 0 {
+                    Ok(result as usize)
                 } else {
                     Err(io::Error::from_raw_os_error(-result))
                 };
-                done(tag as usize, buf, result);
+                let d = match lent {
+                    Lent::Free => continue, // (not one of ours: nothing else is submitted here)
+                    Lent::Recv(mut buf, start) => {
+                        let room = buf.capacity() - start;
+                        let res = res.map(|n| {
+                            debug_assert!(n <= room);
+                            let n = n.min(room);
+                            // SAFETY: the receive wrote `n` bytes to the start of the spare
+                            // capacity as it was when queued (`buf.len()` was `start` then and
+                            // has not changed: the buffer was ours alone since), so `start + n`
+                            // bytes are initialised; `n` is at most the spare length the kernel
+                            // was given (`min` guards against a kernel that claims more).
+                            unsafe { buf.set_len(start + n) };
+                            n
+                        });
+                        Done::Recv(buf, res)
+                    }
+                    Lent::Send(bufs, header) => {
+                        self.headers.push(header);
+                        Done::Send(bufs, res)
+                    }
+                };
+                self.free.push(index);
+                self.outstanding -= 1;
+                done(index, d);
             }
             self.taken = taken;
         }
@@ -315,12 +427,12 @@ impl IoRing {
     }
 }
 
-impl Drop for IoRing {
+impl<S: SendBufs> Drop for IoRing<S> {
     fn drop(&mut self) {
-        if self.outstanding > 0 && self.complete_all(|_, _, _| {}).is_err() {
-            // The kernel may still write to the buffers of receives whose completion never
-            // came: never free them.
-            for lent in self.lent.drain(..).flatten() {
+        if self.outstanding > 0 && self.complete_all(|_, _| {}).is_err() {
+            // The kernel may still use the memory of requests whose completion never came:
+            // never free it.
+            for lent in self.lent.drain(..) {
                 std::mem::forget(lent);
             }
         }
@@ -468,6 +580,118 @@ mod tests {
         assert_eq!(file_id(dup.as_fd()).unwrap(), id);
     }
 
+    /// A receive's completion: its buffer and the bytes received.
+    fn recv_done<S: std::fmt::Debug>(d: Done<S>) -> (bytes::BytesMut, usize) {
+        match d {
+            Done::Recv(buf, res) => (buf, res.unwrap()),
+            other => panic!("not a receive: {other:?}"),
+        }
+    }
+
+    /// Slices of owned vectors, to send.
+    #[derive(Debug)]
+    struct Parts(Vec<Vec<u8>>);
+
+    impl SendBufs for Parts {
+        fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+            let n = self.0.len().min(out.len());
+            for (o, p) in out.iter_mut().zip(&self.0) {
+                *o = IoSlice::new(p);
+            }
+            n
+        }
+    }
+
+    fn send_ring() -> Option<IoRing<Parts>> {
+        match IoRing::new(4) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("SKIPPED: no io_uring here ({e})");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn batched_sends_write_every_slice_in_order_and_give_the_memory_back() {
+        use std::io::Read;
+        let Some(mut ring) = send_ring() else { return };
+        let pairs: Vec<_> = (0..3)
+            .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
+            .collect();
+        for (i, (a, _)) in pairs.iter().enumerate() {
+            let parts = Parts(vec![format!("<{i}").into_bytes(), vec![], b"-x>".to_vec()]);
+            ring.push_send(a.as_fd(), Box::new(parts)).unwrap();
+        }
+        let mut sent = Vec::new();
+        ring.complete_all(|tag, d| match d {
+            Done::Send(parts, res) => sent.push((tag, parts.0.len(), res.unwrap())),
+            other => panic!("not a send: {other:?}"),
+        })
+        .unwrap();
+        assert_eq!(sent.len(), 3);
+        assert!(
+            sent.iter().all(|&(_, parts, n)| parts == 3 && n == 5),
+            "{sent:?}"
+        );
+        for (i, (_, b)) in pairs.iter().enumerate() {
+            let mut got = [0u8; 5];
+            (&*b).read_exact(&mut got).unwrap();
+            assert_eq!(&got, format!("<{i}-x>").as_bytes());
+        }
+        // More slices than one send takes: the first MAX_SEND_SLICES go.
+        let many = Parts((0..MAX_SEND_SLICES + 5).map(|_| vec![7u8]).collect());
+        ring.push_send(pairs[0].0.as_fd(), Box::new(many)).unwrap();
+        let mut n = 0;
+        ring.complete_all(|_, d| {
+            if let Done::Send(_, res) = d {
+                n = res.unwrap();
+            }
+        })
+        .unwrap();
+        assert_eq!(n, MAX_SEND_SLICES);
+    }
+
+    #[test]
+    fn a_send_to_a_full_socket_never_waits() {
+        let Some(mut ring) = send_ring() else { return };
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let chunk = [0u8; 4096];
+        while rustix::io::write(&a, &chunk).is_ok() {}
+        // Should the send wait for room (it must not), this makes room after a while, and the
+        // test fails on what it then got.
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            let mut buf = [0u8; 65536];
+            let _ = rustix::io::read(&b, &mut buf);
+            b
+        });
+        ring.push_send(a.as_fd(), Box::new(Parts(vec![b"more".to_vec()])))
+            .unwrap();
+        let mut result = None;
+        ring.complete_all(|_, d| {
+            if let Done::Send(parts, res) = d {
+                assert_eq!(parts.0, vec![b"more".to_vec()]);
+                result = Some(res.map_err(|e| e.kind()));
+            }
+        })
+        .unwrap();
+        assert_eq!(result, Some(Err(io::ErrorKind::WouldBlock)));
+        drop(reader.join().unwrap());
+        // The peer is gone: an error, and no SIGPIPE (which would end the test process).
+        ring.push_send(a.as_fd(), Box::new(Parts(vec![b"x".to_vec()])))
+            .unwrap();
+        let mut result = None;
+        ring.complete_all(|_, d| {
+            if let Done::Send(_, res) = d {
+                result = Some(res.map_err(|e| e.raw_os_error()));
+            }
+        })
+        .unwrap();
+        assert_eq!(result, Some(Err(Some(libc::EPIPE))));
+    }
+
     fn io_ring() -> Option<IoRing> {
         match IoRing::new(4) {
             Ok(r) => Some(r),
@@ -496,11 +720,11 @@ mod tests {
         }
         assert_eq!(ring.outstanding(), 3);
         let mut got = Vec::new();
-        ring.complete_all(|tag, buf, res| got.push((tag, buf, res.unwrap())))
+        ring.complete_all(|tag, d| got.push((tag, recv_done(d))))
             .unwrap();
         assert_eq!(ring.outstanding(), 0);
         got.sort_by_key(|g| g.0);
-        for (i, (tag, buf, n)) in got.iter().enumerate() {
+        for (i, (tag, (buf, n))) in got.iter().enumerate() {
             assert_eq!(*tag, tags[i]);
             assert_eq!(*n, 6);
             assert_eq!(&buf[..], format!("[{i}]pipe {i}").as_bytes());
@@ -512,8 +736,9 @@ mod tests {
             .unwrap();
         assert!(tags.contains(&tag));
         let mut n = 0;
-        ring.complete_all(|_, buf, res| {
-            n = res.unwrap();
+        ring.complete_all(|_, d| {
+            let (buf, k) = recv_done(d);
+            n = k;
             assert_eq!(&buf[..], b"again");
         })
         .unwrap();
@@ -536,7 +761,10 @@ mod tests {
         ring.push_recv(b.as_fd(), bytes::BytesMut::with_capacity(16))
             .unwrap();
         let mut result = None;
-        ring.complete_all(|_, buf, res| {
+        ring.complete_all(|_, d| {
+            let Done::Recv(buf, res) = d else {
+                panic!("not a receive")
+            };
             assert!(buf.is_empty());
             result = Some(res.map_err(|e| e.kind()));
         })
@@ -549,8 +777,7 @@ mod tests {
         for expected in [4, 0] {
             ring.push_recv(b.as_fd(), buf).unwrap();
             let mut got = None;
-            ring.complete_all(|_, back, res| got = Some((back, res.unwrap())))
-                .unwrap();
+            ring.complete_all(|_, d| got = Some(recv_done(d))).unwrap();
             let (back, n) = got.unwrap();
             assert_eq!(n, expected);
             buf = back;

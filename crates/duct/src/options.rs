@@ -1625,6 +1625,10 @@ pub struct PipeStats {
     /// io_uring backend, tcp and uds). There, the reactor also reads for an application that
     /// polls (`try_recv`), which then finds the messages queued.
     pub ring_reads: u64,
+    /// Writes the reactor made through its io_uring ring, submitted in one system call with
+    /// the other requests of the same pass (Linux, on the io_uring backend, tcp and uds):
+    /// output it flushes while nobody sends (after the socket was full, heartbeats, acks).
+    pub ring_writes: u64,
     channels: BTreeMap<u16, ChannelStats>,
 }
 

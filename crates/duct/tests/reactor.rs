@@ -345,6 +345,57 @@ fn many_polled_pipes_are_read_through_the_ring_on_io_uring(kind: common::Kind) {
     }
 }
 
+/// Output left queued when the socket filled is flushed by the reactor once the peer reads:
+/// on the io_uring backend through its ring (one system call for every pipe it writes in a
+/// pass), on epoll with `sendmsg`. Either way every message arrives, in order.
+fn queued_output_is_written_through_the_ring_on_io_uring(kind: common::Kind) {
+    let Some(f) = common::Fixture::new(kind) else {
+        return;
+    };
+    const MSGS: usize = 20_000;
+    const LEN: usize = 1024;
+    let dopts = duct::DialOptions::default().channel(
+        0,
+        duct::ChannelOptions::default()
+            .snd_hwm_msgs(MSGS)
+            .snd_hwm_bytes(MSGS * LEN),
+    );
+    let p = common::pair_with(&f, duct::ListenOptions::default(), dopts);
+    // 20 MiB: more than the socket buffers take, so most of it waits in the send queue, and
+    // the sender leaves it there.
+    for i in 0..MSGS {
+        let mut m = vec![0u8; LEN];
+        m[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        p.dialer.send(m).unwrap();
+    }
+    for i in 0..MSGS {
+        let m = common::recv(&p.accepted);
+        assert_eq!(m.payload().len(), LEN);
+        assert_eq!(
+            u64::from_le_bytes(m.payload()[..8].try_into().unwrap()),
+            i as u64,
+            "{kind:?}: message {i}"
+        );
+    }
+    let ring = p.dialer.stats().ring_writes;
+    if duct::backend() == Some(duct::Backend::Uring) {
+        assert!(ring > 0, "{kind:?}: no write through the ring");
+    } else {
+        assert_eq!(ring, 0, "{kind:?}: no ring on {:?}", duct::backend());
+    }
+}
+
+#[test]
+fn queued_output_is_written_through_the_ring_on_io_uring_tcp() {
+    queued_output_is_written_through_the_ring_on_io_uring(common::Kind::Tcp4);
+}
+
+#[cfg(unix)]
+#[test]
+fn queued_output_is_written_through_the_ring_on_io_uring_uds() {
+    queued_output_is_written_through_the_ring_on_io_uring(common::Kind::UdsAbstract);
+}
+
 #[test]
 fn many_polled_pipes_are_read_through_the_ring_on_io_uring_tcp() {
     many_polled_pipes_are_read_through_the_ring_on_io_uring(common::Kind::Tcp4);

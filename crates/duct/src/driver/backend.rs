@@ -12,9 +12,10 @@
 //! a call returned `WouldBlock`, and a fresh registration reports readiness already there.
 //! Callers read and write inline on both, and the reactor reads, writes and runs timers only
 //! while nobody calls (or, on io_uring, for callers that poll without waiting), so the backend
-//! does not change the fast path. What io_uring adds: the reactor's reads of one pass (tcp and
-//! uds) go to a second ring of its thread and are submitted in one system call
-//! (`reactor::stage_recv`, `duct_sys::uring::IoRing`; off with `DUCT_URING_RECV=0`).
+//! does not change the fast path. What io_uring adds: the reactor's reads and writes of one
+//! pass (tcp and uds) go to a second ring of its thread and are submitted in one system call
+//! (`reactor::stage_recv`, `reactor::stage_send`, `duct_sys::uring::IoRing`; off with
+//! `DUCT_URING_IO=0`).
 //!
 //! The choice: [`set_backend`], else the environment variable `DUCT_BACKEND`
 //! (`auto`, `epoll`, `uring`), else `auto`: io_uring when the kernel lets this process set up
@@ -51,8 +52,9 @@ pub enum Backend {
     Epoll,
     /// io_uring: a multishot poll per watched connection (Linux 5.13 or later, with the cargo
     /// feature `io-uring`, on by default; listening sockets are watched through an epoll
-    /// instance the ring polls), and the reactor's reads of tcp and uds pipes batched: those
-    /// of one pass in one system call (see [`crate::PipeStats::ring_reads`]). Where it cannot start (an older kernel, io_uring disabled by
+    /// instance the ring polls), and the reactor's reads and writes of tcp and uds pipes
+    /// batched: those of one pass in one system call (see [`crate::PipeStats::ring_reads`],
+    /// [`crate::PipeStats::ring_writes`]). Where it cannot start (an older kernel, io_uring disabled by
     /// `kernel.io_uring_disabled` or a seccomp filter, another system), the reactor falls back
     /// to epoll and logs a warning saying why. `DUCT_BACKEND=uring`.
     ///

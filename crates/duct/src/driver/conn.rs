@@ -115,6 +115,14 @@ struct Shared {
     /// Also the count of readability events when it began (`read_events`).
     #[cfg(duct_uring)]
     ring_read: Option<(Box<ReadBuf>, bool, u64)>,
+    /// A writer (who set `writing`) lent the write queue to its reactor thread's io_uring
+    /// ring, which sends from it (the queue under `write` is then an empty stand-in): whether
+    /// that flush had made progress before (see [`Reactive::on_send`]).
+    #[cfg(duct_uring)]
+    ring_write: Option<bool>,
+    /// The stand-in left under `write` while the queue is lent, kept between sends.
+    #[cfg(duct_uring)]
+    spare_wq: Option<Box<WriteQueue>>,
     writing: bool,
     /// Bytes in the write queue (mirrors `WriteQueue::bytes`, readable without its lock).
     wq_bytes: usize,
@@ -391,7 +399,9 @@ pub(crate) struct Conn {
     would_block: OnceLock<Error>,
     shared: Mutex<Shared>,
     cv: Condvar,
-    write: Mutex<WriteQueue>,
+    /// Boxed: a reactor thread's io_uring ring takes the queue (and leaves an empty one in its
+    /// place) while it sends from it (see `Shared::ring_write`).
+    write: Mutex<Box<WriteQueue>>,
     local_addr: Addr,
     /// The peer's address on the current connection (a resumed or reconnected pipe's
     /// changes with it).
@@ -506,6 +516,10 @@ impl Conn {
             rbuf: Some(Box::new(rbuf)),
             #[cfg(duct_uring)]
             ring_read: None,
+            #[cfg(duct_uring)]
+            ring_write: None,
+            #[cfg(duct_uring)]
+            spare_wq: None,
             writing: false,
             wq_bytes: wq.bytes(),
             wq_frames: wq.frames(),
@@ -549,7 +563,7 @@ impl Conn {
             would_block: OnceLock::new(),
             shared: Mutex::new(shared),
             cv: Condvar::new(),
-            write: Mutex::new(wq),
+            write: Mutex::new(Box::new(wq)),
             local_addr,
             peer_addr: RwLock::new(peer_addr),
             who,
@@ -1083,7 +1097,7 @@ impl Conn {
             let len = payload.len();
             if direct
                 .as_ref()
-                .is_some_and(|w: &MutexGuard<'_, WriteQueue>| !w.wants_more())
+                .is_some_and(|w: &MutexGuard<'_, Box<WriteQueue>>| !w.wants_more())
             {
                 drop(direct.take());
                 fast = None;
@@ -1259,17 +1273,42 @@ impl Conn {
         if let Some(t) = first {
             w.push(t);
         }
+        self.flush_queue(g, w, false, None)
+    }
+
+    /// The write loop of [`Conn::flush_with`]: takes frames from the session and writes them
+    /// until none is left or the transport is full, then settles the pipe. `progressed`: the
+    /// flush moved frames already; `sent`: the result of a write made before the loop (a send
+    /// through the ring), taken as the loop's first.
+    fn flush_queue<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Shared>,
+        mut w: MutexGuard<'a, Box<WriteQueue>>,
+        mut progressed: bool,
+        mut sent: Option<io::Result<bool>>,
+    ) -> MutexGuard<'a, Shared> {
         // Frames left the send queues or reached the transport (async calls are woken only
         // then: a flush that finds the socket full changes nothing they wait for, and waking
         // them would have them flush again, in turn).
-        let mut progressed = false;
         let result = loop {
+            if let Some(res) = sent.take() {
+                match res {
+                    Ok(true) => continue,
+                    other => break other,
+                }
+            }
             let now = g.session.now();
             let queued = w.frames();
             w.take_from(&mut g.session, now);
             progressed |= w.frames() != queued;
             if w.is_empty() {
                 break Ok(true);
+            }
+            #[cfg(duct_uring)]
+            if !self.frames && super::reactor::can_stage() && self.stage_write(&mut g, &mut w) {
+                // The queue is the ring's until the send completes (`on_send` goes on).
+                g.ring_write = Some(progressed);
+                return g;
             }
             let before = (w.frames(), w.bytes());
             let res = if self.frames {
@@ -1713,6 +1752,36 @@ impl Conn {
                 Ok(g)
             }
             Err(()) => Err((g, r)),
+        }
+    }
+
+    /// On an io_uring reactor thread: lends the write queue (`w`'s, replaced by an empty
+    /// stand-in) to the thread's ring, to be sent with the other requests of this pass in one
+    /// system call; the flush goes on in [`Reactive::on_send`]. `false`: write here instead.
+    #[cfg(duct_uring)]
+    fn stage_write(&self, g: &mut Shared, w: &mut Box<WriteQueue>) -> bool {
+        let Some(me) = self.me().upgrade() else {
+            return false;
+        };
+        let t = w.transport.clone().unwrap_or_else(|| self.t());
+        let Some(fd) = t.ring_socket() else {
+            return false;
+        };
+        w.prepare_ring_send();
+        let stand_in = g
+            .spare_wq
+            .take()
+            .unwrap_or_else(|| Box::new(WriteQueue::new()));
+        let queue = std::mem::replace(w, stand_in);
+        match super::reactor::stage_send(fd, queue, Arc::clone(&t), me) {
+            Ok(()) => {
+                g.stats.ring_writes += 1;
+                true
+            }
+            Err(queue) => {
+                g.spare_wq = Some(std::mem::replace(w, queue));
+                false
+            }
         }
     }
 
@@ -2184,7 +2253,7 @@ impl Conn {
         let unsent = {
             // Nobody reads or writes (checked above, under the lock), so these locks are free.
             let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-            let old_frames = std::mem::replace(&mut *w, hs.wq);
+            let old_frames = std::mem::replace(&mut **w, hs.wq);
             duct_proto::session::requeue(old_frames.into_frames())
         };
         let rewound = outbox.rewind();
@@ -2653,6 +2722,23 @@ impl Reactive for Conn {
         };
         g = self.flush_if_idle(g); // PONGs, CLOSE after a protocol error
         self.reschedule(&mut g);
+        drop(g);
+        self.run_callbacks();
+    }
+
+    #[cfg(duct_uring)]
+    fn on_send(&self, queue: Box<WriteQueue>, result: io::Result<usize>) {
+        let mut g = self.lock();
+        let Some(progressed) = g.ring_write.take() else {
+            debug_assert!(false, "a ring send completed for a pipe that staged none");
+            return;
+        };
+        debug_assert!(g.writing);
+        let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        g.spare_wq = Some(std::mem::replace(&mut *w, queue));
+        let moved = matches!(result, Ok(n) if n > 0);
+        let sent = w.ring_sent(result);
+        g = self.flush_queue(g, w, progressed || moved, Some(sent));
         drop(g);
         self.run_callbacks();
     }

@@ -408,19 +408,7 @@ impl WriteQueue {
         &mut self,
         mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
     ) -> io::Result<bool> {
-        if self.with_ttl > 0 {
-            // The time to live a frame carries is what is left when it goes out, not when it
-            // was taken from the session: the wait for the socket counts.
-            let now = Instant::now();
-            let begun = self.offset > 0;
-            for (i, e) in self.entries.iter_mut().enumerate() {
-                if let Entry::Frame(t) = e {
-                    if !(i == 0 && begun) {
-                        t.restamp(now);
-                    }
-                }
-            }
-        }
+        self.restamp();
         while !self.entries.is_empty() {
             if let (1, Some(&Entry::Inline { end, .. })) =
                 (self.entries.len(), self.entries.front())
@@ -435,35 +423,7 @@ impl WriteQueue {
                 continue;
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut n = 0;
-            let mut from = self.inline_pos;
-            for (i, e) in self.entries.iter().enumerate() {
-                match e {
-                    Entry::Inline { end, .. } => {
-                        if n == MAX_IOV {
-                            break;
-                        }
-                        iov[n] = IoSlice::new(&self.inline[from..*end]);
-                        n += 1;
-                        from = *end;
-                    }
-                    Entry::Frame(t) => {
-                        if n + 2 > MAX_IOV {
-                            break;
-                        }
-                        let skip = if i == 0 { self.offset } else { 0 };
-                        if skip < HEADER_LEN {
-                            iov[n] = IoSlice::new(&t.header[skip..]);
-                            n += 1;
-                        }
-                        let pay_from = skip.saturating_sub(HEADER_LEN);
-                        if pay_from < t.payload.len() {
-                            iov[n] = IoSlice::new(&t.payload[pay_from..]);
-                            n += 1;
-                        }
-                    }
-                }
-            }
+            let n = self.layout(&mut iov);
             match send(&iov[..n]) {
                 Ok(written) => self.consume(written),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -471,6 +431,79 @@ impl WriteQueue {
             }
         }
         Ok(true)
+    }
+
+    /// Gives the frames that carry a TTL deadline the time they have left now: what a frame
+    /// carries is what is left when it goes out, not when it was taken from the session (the
+    /// wait for the socket counts). Not the front frame once it is partly written.
+    fn restamp(&mut self) {
+        if self.with_ttl > 0 {
+            let now = Instant::now();
+            let begun = self.offset > 0;
+            for (i, e) in self.entries.iter_mut().enumerate() {
+                if let Entry::Frame(t) = e {
+                    if !(i == 0 && begun) {
+                        t.restamp(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lays the unwritten bytes out as slices, in order, as many as fit in `iov`; returns how
+    /// many.
+    fn layout<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        let mut from = self.inline_pos;
+        for (i, e) in self.entries.iter().enumerate() {
+            match e {
+                Entry::Inline { end, .. } => {
+                    if n == iov.len() {
+                        break;
+                    }
+                    iov[n] = IoSlice::new(&self.inline[from..*end]);
+                    n += 1;
+                    from = *end;
+                }
+                Entry::Frame(t) => {
+                    if n + 2 > iov.len() {
+                        break;
+                    }
+                    let skip = if i == 0 { self.offset } else { 0 };
+                    if skip < HEADER_LEN {
+                        iov[n] = IoSlice::new(&t.header[skip..]);
+                        n += 1;
+                    }
+                    let pay_from = skip.saturating_sub(HEADER_LEN);
+                    if pay_from < t.payload.len() {
+                        iov[n] = IoSlice::new(&t.payload[pay_from..]);
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// Readies the queue to be sent by a reactor thread's io_uring ring (see
+    /// [`duct_sys::uring::SendBufs`]): restamps TTLs as a write does.
+    #[cfg(duct_uring)]
+    pub(crate) fn prepare_ring_send(&mut self) {
+        self.restamp();
+    }
+
+    /// Takes the result of a send of this queue through the ring: `Ok(true)` when bytes went
+    /// (the writer goes on), `Ok(false)` when the socket was full.
+    #[cfg(duct_uring)]
+    pub(crate) fn ring_sent(&mut self, res: io::Result<usize>) -> io::Result<bool> {
+        match res {
+            Ok(written) => {
+                self.consume(written);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Hands the queued frames to a frame transport, in order, until it has no room.
@@ -618,6 +651,16 @@ pub(crate) fn timespec_until(deadline: Option<Instant>) -> Option<Timespec> {
             tv_nsec: left.subsec_nanos() as rustix::event::Nsecs,
         }
     })
+}
+
+/// A write queue is sent through a reactor thread's io_uring ring as it would be written: its
+/// unwritten bytes, in order, from its own memory (the ring owns the queue meanwhile).
+#[cfg(duct_uring)]
+impl duct_sys::uring::SendBufs for WriteQueue {
+    fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        let n = out.len().min(MAX_IOV);
+        self.layout(&mut out[..n])
+    }
 }
 
 #[cfg(test)]

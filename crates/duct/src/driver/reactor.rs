@@ -55,6 +55,12 @@ pub(crate) trait Reactive: Send + Sync {
     fn on_recv(&self, buf: bytes::BytesMut, result: io::Result<usize>) {
         let _ = (buf, result);
     }
+    /// A send the source staged with [`stage_send`] completed: the write queue it lent, back,
+    /// and the bytes the socket took (`WouldBlock`: none, it was full).
+    #[cfg(duct_uring)]
+    fn on_send(&self, queue: Box<super::io::WriteQueue>, result: io::Result<usize>) {
+        let _ = (queue, result);
+    }
 }
 
 /// A registered source became ready (what a backend's wait reports).
@@ -111,36 +117,38 @@ thread_local! {
     static CURRENT_WORKER: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Receives queued in a reactor thread's I/O ring: the pipe that staged each, and the
-/// transport whose fd it reads (kept open until the completion), by the receive's tag.
+/// Requests queued in a reactor thread's I/O ring: the pipe that staged each, and the
+/// transport whose fd it uses (kept open until the completion), by the request's tag.
 #[cfg(duct_uring)]
 struct Staged {
     source: Arc<dyn Reactive>,
     _keep: Arc<dyn super::StreamTransport>,
 }
 
-/// An io_uring reactor thread's batched receives (see [`stage_recv`]).
+/// An io_uring reactor thread's batched receives and sends (see [`stage_recv`],
+/// [`stage_send`]).
 #[cfg(duct_uring)]
 struct RingIo {
-    ring: duct_sys::uring::IoRing,
+    ring: duct_sys::uring::IoRing<super::io::WriteQueue>,
     staged: Vec<Option<Staged>>,
-    /// Receives may be staged now: the thread is dispatching events and timers, and
+    /// Requests may be staged now: the thread is dispatching events and timers, and
     /// completes what was staged before it waits again.
     open: bool,
     /// Completions being handed out (kept for its capacity).
-    done: Vec<(Staged, bytes::BytesMut, io::Result<usize>)>,
+    done: Vec<(Staged, duct_sys::uring::Done<super::io::WriteQueue>)>,
 }
 
-/// Receives one reactor pass may queue: as many as the events one wait takes at most (the
-/// poller's completion queue, `sys/uring.rs`), so that every pipe of a pass fits (a pipe that
-/// finds the ring full reads with `recv` instead).
+/// Requests one reactor pass may queue: twice the events one wait takes at most (the
+/// poller's completion queue, `sys/uring.rs`), so that every pipe of a pass fits with a
+/// receive and a send (a pipe that finds the ring full makes its own system call instead).
 #[cfg(duct_uring)]
-const RING_IO_ENTRIES: u32 = 1024;
+const RING_IO_ENTRIES: u32 = 2048;
 
-/// The environment variable that keeps the reactor's reads off its io_uring ring (`0`): each
-/// pipe then reads with its own `recv`, as on epoll. For comparisons; the default is on.
+/// The environment variable that keeps the reactor's reads and writes off its io_uring ring
+/// (`0`): each pipe then makes its own `recv` and `sendmsg`, as on epoll. For comparisons; the
+/// default is on.
 #[cfg(duct_uring)]
-pub(crate) const RING_RECV_ENV: &str = "DUCT_URING_RECV";
+pub(crate) const RING_IO_ENV: &str = "DUCT_URING_IO";
 
 #[cfg(duct_uring)]
 thread_local! {
@@ -151,8 +159,8 @@ thread_local! {
 /// Sets up this (io_uring reactor) thread's I/O ring; without one, pipes read with `recv`.
 #[cfg(duct_uring)]
 fn start_ring_io() {
-    if std::env::var_os(RING_RECV_ENV).is_some_and(|v| v == "0") {
-        tracing::debug!("duct reactor (io_uring): receives through the ring are off");
+    if std::env::var_os(RING_IO_ENV).is_some_and(|v| v == "0") {
+        tracing::debug!("duct reactor (io_uring): reads and writes through the ring are off");
         return;
     }
     match duct_sys::uring::IoRing::new(RING_IO_ENTRIES) {
@@ -166,7 +174,7 @@ fn start_ring_io() {
         }),
         Err(e) => tracing::info!(
             error = %e,
-            "duct reactor (io_uring): no ring for receives; pipes read with recv"
+            "duct reactor (io_uring): no ring for reads and writes; pipes make their own calls"
         ),
     }
 }
@@ -192,15 +200,53 @@ pub(crate) fn stage_recv(
             return Err(buf);
         };
         let tag = io.ring.push_recv(fd, buf)?;
-        if io.staged.len() <= tag {
-            io.staged.resize_with(tag + 1, || None);
+        io.remember(tag, source, keep);
+        Ok(())
+    })
+}
+
+/// On an io_uring reactor thread while it dispatches events and timers: queues a send of
+/// `queue`'s unwritten bytes (from its own memory) to the socket `fd` in the thread's I/O
+/// ring, to be submitted with every other request of this pass in one system call. The
+/// queue comes back to `source`'s [`Reactive::on_send`] with the result, as in
+/// [`stage_recv`]. Anywhere else, or with the ring full, gives `queue` back: the caller
+/// writes itself.
+#[cfg(duct_uring)]
+pub(crate) fn stage_send(
+    fd: std::os::fd::BorrowedFd<'_>,
+    queue: Box<super::io::WriteQueue>,
+    keep: Arc<dyn super::StreamTransport>,
+    source: Arc<dyn Reactive>,
+) -> Result<(), Box<super::io::WriteQueue>> {
+    RING_IO.with(|c| {
+        let Ok(mut io) = c.try_borrow_mut() else {
+            return Err(queue);
+        };
+        let Some(io) = io.as_mut().filter(|io| io.open) else {
+            return Err(queue);
+        };
+        let tag = io.ring.push_send(fd, queue)?;
+        io.remember(tag, source, keep);
+        Ok(())
+    })
+}
+
+#[cfg(duct_uring)]
+impl RingIo {
+    fn remember(
+        &mut self,
+        tag: usize,
+        source: Arc<dyn Reactive>,
+        keep: Arc<dyn super::StreamTransport>,
+    ) {
+        if self.staged.len() <= tag {
+            self.staged.resize_with(tag + 1, || None);
         }
-        io.staged[tag] = Some(Staged {
+        self.staged[tag] = Some(Staged {
             source,
             _keep: keep,
         });
-        Ok(())
-    })
+    }
 }
 
 /// Whether receives may be staged on this thread now (see [`stage_recv`]).
@@ -212,7 +258,7 @@ pub(crate) fn can_stage() -> bool {
     })
 }
 
-/// Whether this thread has receives staged and not completed.
+/// Whether this thread has requests staged and not completed.
 #[cfg(duct_uring)]
 pub(crate) fn has_staged() -> bool {
     RING_IO.with(|c| {
@@ -221,10 +267,11 @@ pub(crate) fn has_staged() -> bool {
     })
 }
 
-/// Submits this thread's staged receives in one system call and hands each its result.
-/// The reactor calls it after every pass; a pipe calls it before its reactor thread would
-/// block on a pipe (a staged receive holds that pipe's read side until it completes).
-/// No receive is staged while the results are handed out (those pipes read with `recv`).
+/// Submits this thread's staged receives and sends in one system call and hands each its
+/// result. The reactor calls it after every pass; a pipe calls it before its reactor thread
+/// would block on a pipe (a staged request holds that pipe's read or write side until it
+/// completes). Nothing is staged while the results are handed out (those pipes make their
+/// own calls).
 #[cfg(duct_uring)]
 pub(crate) fn complete_staged() {
     RING_IO.with(|c| {
@@ -238,18 +285,21 @@ pub(crate) fn complete_staged() {
             }
             let mut done = std::mem::take(&mut io.done);
             let RingIo { ring, staged, .. } = io;
-            if let Err(e) = ring.complete_all(|tag, buf, res| {
+            if let Err(e) = ring.complete_all(|tag, d| {
                 if let Some(s) = staged.get_mut(tag).and_then(Option::take) {
-                    done.push((s, buf, res));
+                    done.push((s, d));
                 }
             }) {
-                // The receives stay queued: the next pass submits them again.
-                tracing::warn!(error = %e, "duct reactor (io_uring): submitting receives failed");
+                // The requests stay queued: the next pass submits them again.
+                tracing::warn!(error = %e, "duct reactor (io_uring): submitting I/O failed");
             }
             (done, std::mem::replace(&mut io.open, false))
         };
-        for (s, buf, res) in done.drain(..) {
-            s.source.on_recv(buf, res);
+        for (s, d) in done.drain(..) {
+            match d {
+                duct_sys::uring::Done::Recv(buf, res) => s.source.on_recv(buf, res),
+                duct_sys::uring::Done::Send(queue, res) => s.source.on_send(queue, res),
+            }
         }
         if let Ok(mut io) = c.try_borrow_mut() {
             if let Some(io) = io.as_mut() {

@@ -2,8 +2,8 @@
 //! connection's fd is watched by one multishot `POLL_ADD`, which gives the same contract as
 //! edge-triggered epoll: a poll reports the readiness already there when it is armed, then
 //! one completion per new wake-up of the file. (Listening sockets are the exception: see
-//! below.) The reads the thread makes for its pipes go through a second ring of its own
-//! (`reactor::stage_recv`), whose completions never mix with these.
+//! below.) The reads and writes the thread makes for its pipes go through a second ring of its
+//! own (`reactor::stage_recv`, `reactor::stage_send`), whose completions never mix with these.
 //!
 //! # Who touches the ring
 //! Only the reactor thread: it sets the ring up, submits and reaps. io_uring runs a request's
