@@ -415,6 +415,9 @@ pub(crate) struct Conn {
     /// The transport carries frames (shm): its readable fd also signals room for output.
     /// Fixed for the pipe's life: a reconnect or resume comes through the same endpoint.
     frames: bool,
+    /// The transport is a plain socket a reactor's io_uring ring can read (tcp, uds; not TLS
+    /// or shm). Fixed for the pipe's life, as `frames`.
+    ring: bool,
     reactor: OnceLock<ReactorHandle>,
     me: Weak<Conn>,
     /// The pipe's span: the parent of every event about the pipe (see `crate::observability`).
@@ -477,6 +480,10 @@ impl Conn {
         let role = observability::role_name(hs.session.role());
         let transport: Arc<dyn StreamTransport> = Arc::new(hs.stream);
         let frames = transport.frame_io().is_some();
+        #[cfg(duct_uring)]
+        let ring = transport.ring_socket().is_some();
+        #[cfg(not(duct_uring))]
+        let ring = false;
         let local_addr = transport.local_addr();
         let peer_addr = transport.peer_addr();
         let who = match &peer_addr {
@@ -570,6 +577,7 @@ impl Conn {
             config,
             callbacks_pending: AtomicBool::new(true),
             frames,
+            ring,
             reactor: OnceLock::new(),
             span,
             #[cfg(feature = "metrics")]
@@ -2677,15 +2685,19 @@ impl Conn {
 }
 
 /// Whether the reactor reads for callers that poll (`try_recv`) instead of leaving the
-/// socket to them: where its reads go through its io_uring ring, batched with other pipes'
-/// (one system call for every pipe that became readable, where each poller would make one
-/// `recv` of its own). A poller then finds the messages queued.
+/// socket to them: where its reads go through its io_uring ring and several pipes are ready
+/// at once (one system call for all of them, where each poller would make one `recv` of its
+/// own; see `reactor::reads_for_pollers`). A poller then finds the messages queued. `ring`:
+/// the pipe's reads can go through the ring (a tcp or uds socket).
 #[inline]
-fn ring_reads_for_pollers() -> bool {
+fn ring_reads_for_pollers(ring: bool) -> bool {
     #[cfg(duct_uring)]
-    return super::reactor::can_stage();
+    return ring && super::reactor::reads_for_pollers();
     #[cfg(not(duct_uring))]
-    false
+    {
+        let _ = ring;
+        false
+    }
 }
 
 impl Reactive for Conn {
@@ -2750,7 +2762,8 @@ impl Reactive for Conn {
         }
         if readable {
             g.read_events = g.read_events.wrapping_add(1);
-            if !writable && g.polled_and_watched(self.frames) && !ring_reads_for_pollers() {
+            if !writable && g.polled_and_watched(self.frames) && !ring_reads_for_pollers(self.ring)
+            {
                 // A caller polls this pipe and the recheck is already set: the event just
                 // counted is all its next poll needs (the general path below would do
                 // nothing else). With many busy polled pipes this is most events.
@@ -2777,7 +2790,7 @@ impl Reactive for Conn {
         if readable && g.read_armed {
             // A caller that polls `recv_async` does not read while it waits: the reactor
             // reads for it (it would otherwise wait for the next RECHECK).
-            let polled = g.caller_polls() && ring_reads_for_pollers();
+            let polled = g.caller_polls() && ring_reads_for_pollers(self.ring);
             if g.reading
                 || (!polled && g.caller_reads != g.seen_reads && !g.wakers.wants_messages())
             {

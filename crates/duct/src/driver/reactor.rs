@@ -134,6 +134,8 @@ struct RingIo {
     /// Requests may be staged now: the thread is dispatching events and timers, and
     /// completes what was staged before it waits again.
     open: bool,
+    /// Readiness events in the pass being dispatched.
+    pass_events: usize,
     /// Completions being handed out (kept for its capacity).
     done: Vec<(Staged, duct_sys::uring::Done<super::io::WriteQueue>)>,
 }
@@ -169,6 +171,7 @@ fn start_ring_io() {
                 ring,
                 staged: Vec::new(),
                 open: false,
+                pass_events: 0,
                 done: Vec::new(),
             });
         }),
@@ -258,6 +261,25 @@ pub(crate) fn can_stage() -> bool {
     })
 }
 
+/// Pipes a pass must have ready for the reactor to read for callers that poll (see
+/// [`reads_for_pollers`]).
+#[cfg(duct_uring)]
+const POLLED_BATCH: usize = 4;
+
+/// Whether the reactor should read for a pipe whose caller polls (`try_recv`) rather than
+/// leave the socket to it: when its reads go through the ring and this pass has several pipes
+/// ready, so that one system call replaces several pollers' `recv`s. (For one pipe, the
+/// poller's own `recv` is cheaper than a read here plus the hand-off of what it brought.)
+#[cfg(duct_uring)]
+pub(crate) fn reads_for_pollers() -> bool {
+    RING_IO.with(|c| {
+        c.try_borrow().is_ok_and(|io| {
+            io.as_ref()
+                .is_some_and(|io| io.open && io.pass_events >= POLLED_BATCH)
+        })
+    })
+}
+
 /// Whether this thread has requests staged and not completed.
 #[cfg(duct_uring)]
 pub(crate) fn has_staged() -> bool {
@@ -310,13 +332,15 @@ pub(crate) fn complete_staged() {
     });
 }
 
-/// Opens (or closes) this thread's I/O ring for staging.
+/// Opens this thread's I/O ring for staging, for a pass of `events` readiness events (or
+/// closes it: `None`).
 #[cfg(duct_uring)]
-fn open_staging(open: bool) {
+fn open_staging(events: Option<usize>) {
     RING_IO.with(|c| {
         if let Ok(mut io) = c.try_borrow_mut() {
             if let Some(io) = io.as_mut() {
-                io.open = open;
+                io.open = events.is_some();
+                io.pass_events = events.unwrap_or(0);
             }
         }
     });
@@ -644,7 +668,7 @@ fn run(worker: Arc<Worker>, mut poller: Poller) {
         }
         take_inbox(&worker, &mut inbox, &mut table, &mut poller);
         #[cfg(duct_uring)]
-        open_staging(true);
+        open_staging(Some(ready.len()));
         for ev in ready.drain(..) {
             let Some(source) = table.sources.get(&ev.token).and_then(Weak::upgrade) else {
                 continue;
@@ -665,7 +689,7 @@ fn run(worker: Arc<Worker>, mut poller: Poller) {
         #[cfg(duct_uring)]
         {
             complete_staged();
-            open_staging(false);
+            open_staging(None);
         }
         // Drop timers of sources that are gone, so the heap stays bounded by live sources'
         // pending deadlines.
