@@ -195,17 +195,7 @@ pub(crate) fn stage_recv(
     keep: Arc<dyn super::StreamTransport>,
     source: Arc<dyn Reactive>,
 ) -> Result<(), bytes::BytesMut> {
-    RING_IO.with(|c| {
-        let Ok(mut io) = c.try_borrow_mut() else {
-            return Err(buf);
-        };
-        let Some(io) = io.as_mut().filter(|io| io.open) else {
-            return Err(buf);
-        };
-        let tag = io.ring.push_recv(fd, buf)?;
-        io.remember(tag, source, keep);
-        Ok(())
-    })
+    stage(buf, source, keep, |ring, buf| ring.push_recv(fd, buf))
 }
 
 /// On an io_uring reactor thread while it dispatches events and timers: queues a send of
@@ -221,35 +211,35 @@ pub(crate) fn stage_send(
     keep: Arc<dyn super::StreamTransport>,
     source: Arc<dyn Reactive>,
 ) -> Result<(), Box<super::io::WriteQueue>> {
-    RING_IO.with(|c| {
-        let Ok(mut io) = c.try_borrow_mut() else {
-            return Err(queue);
-        };
-        let Some(io) = io.as_mut().filter(|io| io.open) else {
-            return Err(queue);
-        };
-        let tag = io.ring.push_send(fd, queue)?;
-        io.remember(tag, source, keep);
-        Ok(())
-    })
+    stage(queue, source, keep, |ring, queue| ring.push_send(fd, queue))
 }
 
+/// Queues a request with `push` in this thread's I/O ring if it is open for staging, and
+/// remembers whose it is; otherwise (or with the ring full) gives `item` back.
 #[cfg(duct_uring)]
-impl RingIo {
-    fn remember(
-        &mut self,
-        tag: usize,
-        source: Arc<dyn Reactive>,
-        keep: Arc<dyn super::StreamTransport>,
-    ) {
-        if self.staged.len() <= tag {
-            self.staged.resize_with(tag + 1, || None);
+fn stage<T>(
+    item: T,
+    source: Arc<dyn Reactive>,
+    keep: Arc<dyn super::StreamTransport>,
+    push: impl FnOnce(&mut duct_sys::uring::IoRing<super::io::WriteQueue>, T) -> Result<usize, T>,
+) -> Result<(), T> {
+    RING_IO.with(|c| {
+        let Ok(mut io) = c.try_borrow_mut() else {
+            return Err(item);
+        };
+        let Some(io) = io.as_mut().filter(|io| io.open) else {
+            return Err(item);
+        };
+        let tag = push(&mut io.ring, item)?;
+        if io.staged.len() <= tag {
+            io.staged.resize_with(tag + 1, || None);
         }
-        self.staged[tag] = Some(Staged {
+        io.staged[tag] = Some(Staged {
             source,
             _keep: keep,
         });
-    }
+        Ok(())
+    })
 }
 
 /// Whether receives may be staged on this thread now (see [`stage_recv`]).
