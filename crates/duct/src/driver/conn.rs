@@ -123,6 +123,10 @@ struct Shared {
     /// The stand-in left under `write` while the queue is lent, kept between sends.
     #[cfg(duct_uring)]
     spare_wq: Option<Box<WriteQueue>>,
+    /// The pipe ended while its write queue was in the ring: when the send completes, write
+    /// what is left (the CLOSE saying why) and shut the transport down.
+    #[cfg(duct_uring)]
+    shutdown_after_send: bool,
     writing: bool,
     /// Bytes in the write queue (mirrors `WriteQueue::bytes`, readable without its lock).
     wq_bytes: usize,
@@ -527,6 +531,8 @@ impl Conn {
             ring_write: None,
             #[cfg(duct_uring)]
             spare_wq: None,
+            #[cfg(duct_uring)]
+            shutdown_after_send: false,
             writing: false,
             wq_bytes: wq.bytes(),
             wq_frames: wq.frames(),
@@ -2398,6 +2404,14 @@ impl Conn {
         g.recheck_at = None;
         self.update_interest(g);
         if g.local_closed.is_none() {
+            #[cfg(duct_uring)]
+            if g.ring_write.is_some() {
+                // The write queue is in the reactor's ring, being sent: the CLOSE goes out
+                // behind it when that send completes, then the shutdown (`on_send`).
+                g.shutdown_after_send = true;
+                self.notify(g);
+                return;
+            }
             // Tell the peer why (a CLOSE the session queued after a protocol error), then wake
             // any caller blocked in the transport (it would otherwise wait for the peer).
             self.goodbye(g);
@@ -2751,6 +2765,11 @@ impl Reactive for Conn {
         let moved = matches!(result, Ok(n) if n > 0);
         let sent = w.ring_sent(result);
         g = self.flush_queue(g, w, progressed || moved, Some(sent));
+        if std::mem::take(&mut g.shutdown_after_send) {
+            // The pipe ended meanwhile (`end_final`): what it queued to say why goes now.
+            self.goodbye(&mut g);
+            self.t().shutdown();
+        }
         drop(g);
         self.run_callbacks();
     }
