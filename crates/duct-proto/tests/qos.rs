@@ -1496,3 +1496,82 @@ fn stream_input_in_one_piece_or_in_small_pieces_gives_the_same() {
     assert_eq!(state(&mut pieces), whole_state);
     assert_eq!(drain(&mut pieces), whole_out);
 }
+
+/// A send involves time exactly when a time to live (the message's or the channel's),
+/// reliability (the message's or the channel's) or a rate limit (the channel's or the pipe's)
+/// applies: only then must the driver read the clock for it.
+#[test]
+fn a_send_uses_time_only_with_a_ttl_reliability_or_a_rate_limit() {
+    let t0 = Instant::now();
+    let rate = Rate::new(1000.0, 10);
+    let config = qos([
+        (1, ChannelConfig::default()),
+        (
+            2,
+            ChannelConfig {
+                ttl: Some(ms(50)),
+                ..ChannelConfig::default()
+            },
+        ),
+        (
+            3,
+            ChannelConfig {
+                reliable: true,
+                ..ChannelConfig::default()
+            },
+        ),
+        (
+            4,
+            ChannelConfig {
+                msgs_rate: rate,
+                ..ChannelConfig::default()
+            },
+        ),
+        (
+            5,
+            ChannelConfig {
+                bytes_rate: rate,
+                ..ChannelConfig::default()
+            },
+        ),
+    ]);
+    let o = Outbox::new(Arc::clone(&config), t0);
+    // Plain channels, the default one included: no time.
+    assert!(!o.send_uses_time(0, None, None));
+    assert!(!o.send_uses_time(1, None, None));
+    assert!(!o.send_uses_time(1, None, Some(false)));
+    // The message's own TTL or reliability.
+    assert!(o.send_uses_time(1, Some(ms(5)), None));
+    assert!(o.send_uses_time(1, None, Some(true)));
+    // The channel's TTL, reliability (unless the message opts out) and rate limits.
+    assert!(o.send_uses_time(2, None, None));
+    assert!(o.send_uses_time(3, None, None));
+    assert!(!o.send_uses_time(3, None, Some(false)));
+    assert!(o.send_uses_time(4, None, None));
+    assert!(o.send_uses_time(5, None, None));
+    // A rate limit of the whole pipe: every send.
+    for pipe_limit in [
+        QosConfig {
+            pipe_msgs_rate: rate,
+            ..QosConfig::default()
+        },
+        QosConfig {
+            pipe_bytes_rate: rate,
+            ..QosConfig::default()
+        },
+    ] {
+        let o = Outbox::new(Arc::new(pipe_limit), t0);
+        assert!(o.send_uses_time(0, None, None));
+    }
+    // The session says the same as its outbox.
+    let (a, _b) = established(
+        Config {
+            qos: Arc::clone(&config),
+            ..Config::default()
+        },
+        Config::default(),
+        t0,
+    );
+    assert!(!a.send_uses_time(1, None, None));
+    assert!(a.send_uses_time(2, None, None));
+}

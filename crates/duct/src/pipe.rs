@@ -310,13 +310,8 @@ impl Pipe {
         let msg = msg.into();
         let channel = msg.channel();
         let timeout = self.conn.send_timeout();
-        self.conn.send(
-            channel,
-            msg.into_bytes(),
-            Meta::default(),
-            Instant::now(),
-            timeout,
-        )
+        self.conn
+            .send(channel, msg.into_bytes(), Meta::default(), None, timeout)
     }
 
     /// Sends one message with options: [`SendOptions::channel`] (overrides the message's own
@@ -344,13 +339,8 @@ impl Pipe {
         let msg = msg.into();
         let channel = opts.channel_for(msg.channel());
         let timeout = opts.timeout_or(self.conn.send_timeout());
-        self.conn.send(
-            channel,
-            msg.into_bytes(),
-            opts.meta(),
-            Instant::now(),
-            timeout,
-        )
+        self.conn
+            .send(channel, msg.into_bytes(), opts.meta(), None, timeout)
     }
 
     /// Receives the next message, blocking until one arrives or the pipe ends.

@@ -431,6 +431,28 @@ impl Outbox {
             || ch.bytes_bucket.is_some())
     }
 
+    /// Whether a message sent on `channel` with `ttl` and `reliable` involves time: it has a
+    /// time to live (its own or the channel's), is reliable (retransmission timers), or meets
+    /// a rate limit (the channel's or the pipe's). One that does not is offered the same
+    /// whatever `now` it is given, as long as `now` is not before the outbox's last: its
+    /// caller may pass the time it last knew instead of reading a clock.
+    #[inline]
+    pub fn send_uses_time(
+        &self,
+        channel: u16,
+        ttl: Option<std::time::Duration>,
+        reliable: Option<bool>,
+    ) -> bool {
+        let cfg = self.config.channel(channel);
+        ttl.is_some()
+            || cfg.ttl.is_some()
+            || reliable.unwrap_or(cfg.reliable)
+            || cfg.msgs_rate.is_some()
+            || cfg.bytes_rate.is_some()
+            || self.pipe_msgs.is_some()
+            || self.pipe_bytes.is_some()
+    }
+
     /// A message that can go out at once as one frame, without queueing: nothing is queued
     /// on any channel (so the scheduler has nothing to order it against), the pipe has no
     /// rate limit, the channel no rate limit, and the message no time to live, is not

@@ -2005,6 +2005,20 @@ impl Session {
         self.rx_ttl_wake = next;
     }
 
+    /// Whether sending a message on `channel` with `ttl` and `reliable` involves time (see
+    /// [`Outbox::send_uses_time`](crate::qos::Outbox::send_uses_time)). When it does
+    /// not, [`Session::send_direct`] and [`Session::send_message`] may be given
+    /// [`Session::now`] instead of a fresh reading of the clock: what they do is the same.
+    #[inline]
+    pub fn send_uses_time(
+        &self,
+        channel: u16,
+        ttl: Option<Duration>,
+        reliable: Option<bool>,
+    ) -> bool {
+        self.outbox.send_uses_time(channel, ttl, reliable)
+    }
+
     /// The latest time any call brought (what [`Session::poll_transmit`] and
     /// [`Session::poll_message`] use).
     pub fn now(&self) -> Instant {

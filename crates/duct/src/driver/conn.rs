@@ -959,22 +959,35 @@ impl Conn {
         channel: u16,
         payload: Bytes,
         meta: Meta,
-        now: Instant,
+        now: Option<Instant>,
         timeout: Duration,
     ) -> Result<(), Error> {
         let len = payload.len();
         let mut g = self.lock();
         let mut payload = payload;
+        let mut now = now;
         if g.may_send_direct() {
+            // A message that involves no time (no TTL, rate limit or reliability) is framed
+            // the same whatever the time: the session's own saves a clock reading (about 20
+            // ns, a fifth of a shared-memory round trip's own cost).
+            let at = match now {
+                Some(t) => t,
+                None if !g.session.send_uses_time(channel, meta.ttl, meta.reliable) => {
+                    g.session.now()
+                }
+                None => *now.insert(Instant::now()),
+            };
             // The direct path: with nothing queued before it, the message is framed at once
             // and written by this call (no trip through the channel's queue).
-            match self.offer_direct(&mut g, channel, payload, meta, now)? {
+            match self.offer_direct(&mut g, channel, payload, meta, at)? {
                 Offer::Framed(t) => return self.sent(g, channel, len, Some(t)),
                 Offer::Taken => return self.sent(g, channel, len, None),
                 // The queue is full: wait for room as any send does.
                 Offer::Full(p) => payload = p,
             }
         }
+        // (Waiting, if it must, counts from now.)
+        let now = now.unwrap_or_else(Instant::now);
         let g = self.admit(
             g,
             channel,
