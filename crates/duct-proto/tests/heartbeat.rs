@@ -166,3 +166,96 @@ fn rtt_is_measured_from_our_pings_only() {
         "the sample itself, unsmoothed"
     );
 }
+
+/// The frames `from` has queued, handed to `to` as a frame transport would, each without a
+/// time where it allows (`Session::handle_raw_frame_untimed`), else at `now`. Returns how
+/// many went without one.
+fn pass_untimed(
+    from: &mut duct_proto::Session,
+    to: &mut duct_proto::Session,
+    now: Instant,
+) -> usize {
+    let mut untimed = 0;
+    while let Some(t) = from.poll_transmit() {
+        if to.frame_is_timeless(&t.header) {
+            untimed += 1;
+            to.handle_raw_frame_untimed(&t.header, t.payload).unwrap();
+        } else {
+            to.handle_raw_frame(&t.header, t.payload, now).unwrap();
+        }
+    }
+    untimed
+}
+
+/// Frames handled without a time still count as life, at the next new time a call brings,
+/// even when one silent interval is all it takes (`misses` = 1): a peer that keeps sending
+/// is never declared gone. Once it stops, its silence is noticed at most one interval late.
+#[test]
+fn frames_handled_without_a_time_count_as_life() {
+    let t0 = Instant::now();
+    let (mut d, mut l) = established(hb(100, 1), Config::default(), t0);
+    kinds(&mut d);
+    // The listener sends every 30 ms for 2 s; the dialer's timers run in between.
+    let mut now = t0;
+    let mut untimed = 0;
+    for round in 1..=66u32 {
+        let next_msg = t0 + round * 30 * MS;
+        while let Some(at) = d.poll_timeout().filter(|&at| at < next_msg) {
+            d.handle_timeout(at)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            kinds(&mut d);
+        }
+        now = next_msg;
+        l.send(0, bytes::Bytes::from_static(b"tick"), now).unwrap();
+        untimed += pass_untimed(&mut l, &mut d, now);
+        assert!(d.poll_message().is_some());
+        kinds(&mut l);
+    }
+    assert_eq!(untimed, 66, "every message went without a time");
+    assert_eq!(d.state(), State::Established);
+    // The listener falls silent: gone after one interval, give or take one.
+    let err = loop {
+        let at = d.poll_timeout().expect("heartbeats keep a deadline");
+        match d.handle_timeout(at) {
+            Ok(()) => {
+                kinds(&mut d);
+            }
+            Err(e) => break (at, e),
+        }
+    };
+    assert!(matches!(err.1, Error::PeerSilent { .. }), "{:?}", err.1);
+    let late = err.0 - now;
+    assert!(
+        late >= 100 * MS && late <= 200 * MS,
+        "noticed {late:?} after the last message"
+    );
+}
+
+/// Only a plain DATA frame of an established session goes without a time: a frame with a
+/// time to live, reliability, an ack or fragments, and every control frame, need one.
+#[test]
+fn only_plain_data_frames_are_timeless() {
+    use duct_proto::wire::flags;
+    let t0 = Instant::now();
+    let (d, _l) = established(Config::default(), Config::default(), t0);
+    let header = |h: duct_proto::wire::Header| h.encode();
+    assert!(d.frame_is_timeless(&header(common::data_header(3, 0, 0))));
+    for f in [
+        flags::TTL_PRESENT,
+        flags::RELIABLE,
+        flags::ACK_PRESENT,
+        flags::MORE_FRAGMENTS,
+        flags::CONTINUATION,
+    ] {
+        assert!(
+            !d.frame_is_timeless(&header(common::data_header(3, f, 0))),
+            "flag {f:#x}"
+        );
+    }
+    let mut ping = common::data_header(0, 0, 0);
+    ping.kind = FrameKind::Ping;
+    assert!(!d.frame_is_timeless(&header(ping)));
+    // Not yet established: a handshake frame needs its time.
+    let s = duct_proto::Session::new(Config::default(), duct_proto::Role::Dialer, t0);
+    assert!(!s.frame_is_timeless(&header(common::data_header(3, 0, 0))));
+}

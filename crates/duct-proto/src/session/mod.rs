@@ -341,6 +341,9 @@ pub struct Session {
     reassembly: ReassemblyBuffer,
     /// When the last bytes from the peer arrived.
     last_recv: Instant,
+    /// Frames were handled without a time since the last new time a call brought (see
+    /// [`Session::handle_raw_frame_untimed`]): the next new time counts as heard.
+    heard_untimed: bool,
     /// Heartbeats, when this side has them and the session is established.
     heartbeat: Option<HeartbeatState>,
     /// Smoothed round-trip time from our PINGs.
@@ -615,6 +618,7 @@ impl Session {
             reassembly,
             config,
             last_recv: now,
+            heard_untimed: false,
             heartbeat: None,
             srtt: None,
             rtt_sample: None,
@@ -1039,6 +1043,38 @@ impl Session {
         }
     }
 
+    /// Whether the frame whose header is `header` is handled the same at any time: a DATA
+    /// frame without flags (no time to live, reliability, ack or fragments) on an established
+    /// session. Such a frame may go to [`Session::handle_raw_frame_untimed`], which needs no
+    /// reading of the clock.
+    #[inline]
+    pub fn frame_is_timeless(&self, header: &[u8; HEADER_LEN]) -> bool {
+        self.state == State::Established && header[0] == FrameKind::Data as u8 && header[1] == 0
+    }
+
+    /// Handles a frame for which [`Session::frame_is_timeless`] holds, without a time: as
+    /// [`Session::handle_raw_frame`] at [`Session::now`], except that the peer counts as heard
+    /// at the next new time a call brings (input, [`Session::advance`],
+    /// [`Session::handle_timeout`]). So a silence is never counted longer than it was, and one
+    /// that begins now is noticed at most one such call late.
+    pub fn handle_raw_frame_untimed(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        payload: Bytes,
+    ) -> Result<(), Error> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        let heard = self.last_recv;
+        let res = match Header::decode(header) {
+            Ok(h) => self.handle_frame(h, payload, self.now),
+            Err(e) => Err(self.fail(e.into())),
+        };
+        self.last_recv = heard;
+        self.heard_untimed = true;
+        res
+    }
+
     /// Handles one whole frame. Frames after the session closed are ignored.
     pub fn handle_frame(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
         if self.state == State::Closed {
@@ -1367,6 +1403,7 @@ impl Session {
         if self.state == State::Closed {
             return Ok(());
         }
+        self.tick(now);
         if let Some(d) = self.handshake_deadline {
             if now >= d {
                 let e = Error::HandshakeTimeout {
@@ -2034,6 +2071,12 @@ impl Session {
     fn tick(&mut self, now: Instant) {
         if now > self.now {
             self.now = now;
+            if self.heard_untimed {
+                // Frames came without a time since the last new one: the peer was heard
+                // before `now` (a silence is never counted longer than it was).
+                self.heard_untimed = false;
+                self.last_recv = self.last_recv.max(now);
+            }
         }
     }
 

@@ -1693,7 +1693,7 @@ impl Conn {
                     // ever name this session again.
                     g.resume_ids = vec![g.session.session_id()];
                 }
-                if let Err(e) = r.feed(&mut g.session, Instant::now()) {
+                if let Err(e) = r.feed_with(&mut g.session, Instant::now) {
                     let err = proto_error(e, &self.who);
                     self.end(g, err, PipeState::Closed);
                 }
