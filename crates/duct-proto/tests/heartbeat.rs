@@ -51,6 +51,16 @@ fn silent_peer_is_declared_gone_after_misses_intervals() {
     assert_eq!(d.poll_timeout(), None);
 }
 
+/// Runs `s`'s timers due before `until` (and drops what they queue); a failure panics,
+/// naming `round`.
+fn run_timers_until(s: &mut duct_proto::Session, until: Instant, round: u32) {
+    while let Some(at) = s.poll_timeout().filter(|&at| at < until) {
+        s.handle_timeout(at)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        kinds(s);
+    }
+}
+
 #[test]
 fn traffic_counts_as_life() {
     let t0 = Instant::now();
@@ -61,11 +71,7 @@ fn traffic_counts_as_life() {
     let mut now = t0;
     for round in 1..=20u32 {
         let next_msg = t0 + round * 250 * MS;
-        while let Some(at) = d.poll_timeout().filter(|&at| at < next_msg) {
-            d.handle_timeout(at)
-                .unwrap_or_else(|e| panic!("round {round}: {e}"));
-            kinds(&mut d);
-        }
+        run_timers_until(&mut d, next_msg, round);
         now = next_msg;
         l.send(0, bytes::Bytes::from_static(b"tick"), now).unwrap();
         common::pump_frames(&mut l, &mut d, now).unwrap();
@@ -200,11 +206,7 @@ fn frames_handled_without_a_time_count_as_life() {
     let mut untimed = 0;
     for round in 1..=66u32 {
         let next_msg = t0 + round * 30 * MS;
-        while let Some(at) = d.poll_timeout().filter(|&at| at < next_msg) {
-            d.handle_timeout(at)
-                .unwrap_or_else(|e| panic!("round {round}: {e}"));
-            kinds(&mut d);
-        }
+        run_timers_until(&mut d, next_msg, round);
         now = next_msg;
         l.send(0, bytes::Bytes::from_static(b"tick"), now).unwrap();
         untimed += pass_untimed(&mut l, &mut d, now);
