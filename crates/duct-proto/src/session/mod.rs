@@ -1065,6 +1065,7 @@ impl Session {
         if self.state == State::Closed {
             return Ok(());
         }
+        debug_assert!(self.frame_is_timeless(header), "a frame that needs a time");
         let heard = self.last_recv;
         let res = match Header::decode(header) {
             Ok(h) => self.handle_frame(h, payload, self.now),

@@ -1693,7 +1693,7 @@ impl Conn {
                     // ever name this session again.
                     g.resume_ids = vec![g.session.session_id()];
                 }
-                if let Err(e) = r.feed_with(&mut g.session, Instant::now) {
+                if let Err(e) = r.feed_with(&mut g.session, None) {
                     let err = proto_error(e, &self.who);
                     self.end(g, err, PipeState::Closed);
                 }
@@ -1766,7 +1766,7 @@ impl Conn {
             Some(fd) => {
                 let needed = g.session.input_needed(&r.data);
                 let buf = r.lend(needed);
-                super::reactor::stage_recv(fd, buf, Arc::clone(&t), me).map_err(|buf| r.data = buf)
+                super::reactor::stage_recv(fd, buf, me).map_err(|buf| r.data = buf)
             }
             None => Err(()),
         };
@@ -1790,17 +1790,18 @@ impl Conn {
         let Some(me) = self.me().upgrade() else {
             return false;
         };
-        let t = w.transport.clone().unwrap_or_else(|| self.t());
+        // (The queue keeps its transport, and with it the fd, while the ring holds it.)
+        let t = Arc::clone(w.transport.get_or_insert_with(|| self.t()));
         let Some(fd) = t.ring_socket() else {
             return false;
         };
-        w.prepare_ring_send();
+        w.restamp();
         let stand_in = g
             .spare_wq
             .take()
             .unwrap_or_else(|| Box::new(WriteQueue::new()));
         let queue = std::mem::replace(w, stand_in);
-        match super::reactor::stage_send(fd, queue, Arc::clone(&t), me) {
+        match super::reactor::stage_send(fd, queue, me) {
             Ok(()) => {
                 g.stats.ring_writes += 1;
                 true
@@ -2776,7 +2777,7 @@ impl Reactive for Conn {
         let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         g.spare_wq = Some(std::mem::replace(&mut *w, queue));
         let moved = matches!(result, Ok(n) if n > 0);
-        let sent = w.ring_sent(result);
+        let sent = w.sent(result);
         g = self.flush_queue(g, w, progressed || moved, Some(sent));
         if std::mem::take(&mut g.shutdown_after_send) {
             // The pipe ended meanwhile (`end_final`): what it queued to say why goes now.

@@ -110,22 +110,20 @@ impl ReadBuf {
         session: &mut duct_proto::Session,
         now: Instant,
     ) -> Result<(), duct_proto::Error> {
-        self.feed_with(session, || now)
+        self.feed_with(session, Some(now))
     }
 
-    /// [`ReadBuf::feed`], reading the time from `clock` only if something needs it: whole
+    /// [`ReadBuf::feed`] at `now`, or with `None` at a reading of the clock taken only if
+    /// something needs it: whole
     /// frames that are handled the same at any time (plain DATA frames from a frame
     /// transport: [`duct_proto::Session::frame_is_timeless`]) go without it. A clock reading
     /// is about a fifth of what a shared-memory message costs duct on each side.
     pub(crate) fn feed_with(
         &mut self,
         session: &mut duct_proto::Session,
-        clock: impl FnOnce() -> Instant,
+        mut now: Option<Instant>,
     ) -> Result<(), duct_proto::Error> {
-        let mut clock = Some(clock);
-        let mut now = None;
-        let mut time =
-            || *now.get_or_insert_with(|| clock.take().map_or_else(Instant::now, |c| c()));
+        let mut time = || *now.get_or_insert_with(Instant::now);
         while let Some(f) = self.frames.pop_front() {
             let res = if session.frame_is_timeless(&f.header) {
                 session.handle_raw_frame_untimed(&f.header, f.payload)
@@ -436,19 +434,15 @@ impl WriteQueue {
             {
                 // Only small frames, one run (the usual case): one slice, without laying out
                 // the iovec array.
-                match send(&[IoSlice::new(&self.inline[self.inline_pos..end])]) {
-                    Ok(written) => self.consume(written),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) => return Err(e),
+                if !self.sent(send(&[IoSlice::new(&self.inline[self.inline_pos..end])]))? {
+                    return Ok(false);
                 }
                 continue;
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let n = self.layout(&mut iov);
-            match send(&iov[..n]) {
-                Ok(written) => self.consume(written),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
+            if !self.sent(send(&iov[..n]))? {
+                return Ok(false);
             }
         }
         Ok(true)
@@ -457,7 +451,7 @@ impl WriteQueue {
     /// Gives the frames that carry a TTL deadline the time they have left now: what a frame
     /// carries is what is left when it goes out, not when it was taken from the session (the
     /// wait for the socket counts). Not the front frame once it is partly written.
-    fn restamp(&mut self) {
+    pub(crate) fn restamp(&mut self) {
         if self.with_ttl > 0 {
             let now = Instant::now();
             let begun = self.offset > 0;
@@ -506,17 +500,10 @@ impl WriteQueue {
         n
     }
 
-    /// Readies the queue to be sent by a reactor thread's io_uring ring (see
-    /// [`duct_sys::uring::SendBufs`]): restamps TTLs as a write does.
-    #[cfg(duct_uring)]
-    pub(crate) fn prepare_ring_send(&mut self) {
-        self.restamp();
-    }
-
-    /// Takes the result of a send of this queue through the ring: `Ok(true)` when bytes went
-    /// (the writer goes on), `Ok(false)` when the socket was full.
-    #[cfg(duct_uring)]
-    pub(crate) fn ring_sent(&mut self, res: io::Result<usize>) -> io::Result<bool> {
+    /// Takes the result of a send of the queue (a write, or a send through a reactor thread's
+    /// io_uring ring): `Ok(true)` when bytes went (the writer goes on), `Ok(false)` when the
+    /// transport was full.
+    pub(crate) fn sent(&mut self, res: io::Result<usize>) -> io::Result<bool> {
         match res {
             Ok(written) => {
                 self.consume(written);

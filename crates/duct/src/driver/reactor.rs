@@ -117,27 +117,25 @@ thread_local! {
     static CURRENT_WORKER: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Requests queued in a reactor thread's I/O ring: the pipe that staged each, and the
-/// transport whose fd it uses (kept open until the completion), by the request's tag.
-#[cfg(duct_uring)]
-struct Staged {
-    source: Arc<dyn Reactive>,
-    _keep: Arc<dyn super::StreamTransport>,
-}
-
 /// An io_uring reactor thread's batched receives and sends (see [`stage_recv`],
 /// [`stage_send`]).
 #[cfg(duct_uring)]
 struct RingIo {
     ring: duct_sys::uring::IoRing<super::io::WriteQueue>,
-    staged: Vec<Option<Staged>>,
+    /// The pipe that staged each queued request, by the request's tag. (The fd a request
+    /// uses stays open until its completion: the pipe keeps its transport while a request
+    /// holds its read or write side, and a lent write queue holds it too.)
+    staged: Vec<Option<Arc<dyn Reactive>>>,
     /// Requests may be staged now: the thread is dispatching events and timers, and
     /// completes what was staged before it waits again.
     open: bool,
     /// Readiness events in the pass being dispatched.
     pass_events: usize,
     /// Completions being handed out (kept for its capacity).
-    done: Vec<(Staged, duct_sys::uring::Done<super::io::WriteQueue>)>,
+    done: Vec<(
+        Arc<dyn Reactive>,
+        duct_sys::uring::Done<super::io::WriteQueue>,
+    )>,
 }
 
 /// Requests one reactor pass may queue: twice the events one wait takes at most (the
@@ -186,16 +184,15 @@ fn start_ring_io() {
 /// from the socket `fd` into the spare capacity of `buf` in the thread's I/O ring, to be
 /// submitted with every other receive of this pass in one system call. The result comes to
 /// `source`'s [`Reactive::on_recv`] before the thread waits again (or before it blocks on a
-/// pipe: see [`complete_staged`]); `keep` (the transport `fd` belongs to) is held until then.
+/// pipe: see [`complete_staged`]); `source` keeps the transport `fd` belongs to until then.
 /// Anywhere else, or with the ring full, gives `buf` back: the caller reads itself.
 #[cfg(duct_uring)]
 pub(crate) fn stage_recv(
     fd: std::os::fd::BorrowedFd<'_>,
     buf: bytes::BytesMut,
-    keep: Arc<dyn super::StreamTransport>,
     source: Arc<dyn Reactive>,
 ) -> Result<(), bytes::BytesMut> {
-    stage(buf, source, keep, |ring, buf| ring.push_recv(fd, buf))
+    stage(buf, source, |ring, buf| ring.push_recv(fd, buf))
 }
 
 /// On an io_uring reactor thread while it dispatches events and timers: queues a send of
@@ -208,10 +205,9 @@ pub(crate) fn stage_recv(
 pub(crate) fn stage_send(
     fd: std::os::fd::BorrowedFd<'_>,
     queue: Box<super::io::WriteQueue>,
-    keep: Arc<dyn super::StreamTransport>,
     source: Arc<dyn Reactive>,
 ) -> Result<(), Box<super::io::WriteQueue>> {
-    stage(queue, source, keep, |ring, queue| ring.push_send(fd, queue))
+    stage(queue, source, |ring, queue| ring.push_send(fd, queue))
 }
 
 /// Queues a request with `push` in this thread's I/O ring if it is open for staging, and
@@ -220,7 +216,6 @@ pub(crate) fn stage_send(
 fn stage<T>(
     item: T,
     source: Arc<dyn Reactive>,
-    keep: Arc<dyn super::StreamTransport>,
     push: impl FnOnce(&mut duct_sys::uring::IoRing<super::io::WriteQueue>, T) -> Result<usize, T>,
 ) -> Result<(), T> {
     RING_IO.with(|c| {
@@ -234,21 +229,21 @@ fn stage<T>(
         if io.staged.len() <= tag {
             io.staged.resize_with(tag + 1, || None);
         }
-        io.staged[tag] = Some(Staged {
-            source,
-            _keep: keep,
-        });
+        io.staged[tag] = Some(source);
         Ok(())
     })
 }
 
-/// Whether receives may be staged on this thread now (see [`stage_recv`]).
+/// Whether this thread has an I/O ring for which `f` holds.
+#[cfg(duct_uring)]
+fn ring_io_is(f: impl FnOnce(&RingIo) -> bool) -> bool {
+    RING_IO.with(|c| c.try_borrow().is_ok_and(|io| io.as_ref().is_some_and(f)))
+}
+
+/// Whether requests may be staged on this thread now (see [`stage_recv`]).
 #[cfg(duct_uring)]
 pub(crate) fn can_stage() -> bool {
-    RING_IO.with(|c| {
-        c.try_borrow()
-            .is_ok_and(|io| io.as_ref().is_some_and(|io| io.open))
-    })
+    ring_io_is(|io| io.open)
 }
 
 /// Pipes a pass must have ready for the reactor to read for callers that poll (see
@@ -262,21 +257,13 @@ const POLLED_BATCH: usize = 4;
 /// poller's own `recv` is cheaper than a read here plus the hand-off of what it brought.)
 #[cfg(duct_uring)]
 pub(crate) fn reads_for_pollers() -> bool {
-    RING_IO.with(|c| {
-        c.try_borrow().is_ok_and(|io| {
-            io.as_ref()
-                .is_some_and(|io| io.open && io.pass_events >= POLLED_BATCH)
-        })
-    })
+    ring_io_is(|io| io.open && io.pass_events >= POLLED_BATCH)
 }
 
 /// Whether this thread has requests staged and not completed.
 #[cfg(duct_uring)]
 pub(crate) fn has_staged() -> bool {
-    RING_IO.with(|c| {
-        c.try_borrow()
-            .is_ok_and(|io| io.as_ref().is_some_and(|io| io.ring.outstanding() > 0))
-    })
+    ring_io_is(|io| io.ring.outstanding() > 0)
 }
 
 /// Submits this thread's staged receives and sends in one system call and hands each its
@@ -307,10 +294,10 @@ pub(crate) fn complete_staged() {
             }
             (done, std::mem::replace(&mut io.open, false))
         };
-        for (s, d) in done.drain(..) {
+        for (source, d) in done.drain(..) {
             match d {
-                duct_sys::uring::Done::Recv(buf, res) => s.source.on_recv(buf, res),
-                duct_sys::uring::Done::Send(queue, res) => s.source.on_send(queue, res),
+                duct_sys::uring::Done::Recv(buf, res) => source.on_recv(buf, res),
+                duct_sys::uring::Done::Send(queue, res) => source.on_send(queue, res),
             }
         }
         if let Ok(mut io) = c.try_borrow_mut() {
@@ -675,7 +662,7 @@ fn run(worker: Arc<Worker>, mut poller: Poller) {
                 source.on_timer(now);
             }
         }
-        // The receives this pass staged, in one system call.
+        // The reads and writes this pass staged, in one system call.
         #[cfg(duct_uring)]
         {
             complete_staged();
