@@ -1,6 +1,7 @@
 //! The session: one connection's protocol state machine (handshake, framing, fragmentation,
 //! ping/pong, close), driven by a driver that owns the transport and the clock.
 
+mod inbox;
 mod reassembly;
 mod requeue;
 
@@ -8,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::qos::{Admission, ChannelMap, Counts, Outbox, QosConfig};
 use crate::reliable::{Arrival, RecvState};
@@ -18,6 +19,8 @@ use crate::wire::control::{
 };
 use crate::wire::{flags, Deframer, FrameKind, Header, HANDSHAKE_MAX_PAYLOAD, HEADER_LEN};
 use crate::Error;
+use inbox::Inbox;
+pub use inbox::{Part, Payload, Received};
 use reassembly::ReassemblyBuffer;
 pub use requeue::{requeue, Requeued};
 
@@ -362,146 +365,6 @@ pub struct Session {
     aged_frame: Option<Instant>,
     /// Listener with `defer_welcome`: a valid HELLO awaiting the driver's decision.
     pending_hello: Option<PendingHello>,
-}
-
-/// A received message waiting for the application: a [`Delivered`] laid out flat, in 40
-/// bytes (every message is moved into the queue and out again).
-struct Inbound {
-    payload: Bytes,
-    channel: u16,
-    /// It expires, at the next deadline in its class's `deadlines`.
-    timed: bool,
-}
-
-/// The received messages of one priority.
-struct Class {
-    priority: u8,
-    queue: VecDeque<Inbound>,
-    /// The deadlines of the timed messages in `queue`, in the same order.
-    deadlines: VecDeque<Instant>,
-}
-
-/// Received messages waiting for the application, by the priority of their channel (highest
-/// first), in arrival order inside a priority: a realtime message never waits for the
-/// application to take bulk that arrived before it.
-#[derive(Default)]
-struct Inbox {
-    /// Sorted by priority, highest first; a class stays once made (at most 256).
-    classes: Vec<Class>,
-    len: usize,
-}
-
-impl Inbox {
-    #[inline]
-    fn push(&mut self, priority: u8, d: Delivered, expires: Option<Instant>) {
-        let c = self.class(priority);
-        let class = &mut self.classes[c];
-        if let Some(e) = expires {
-            class.deadlines.push_back(e);
-        }
-        class.queue.push_back(Inbound {
-            payload: d.payload,
-            channel: d.channel,
-            timed: expires.is_some(),
-        });
-        self.len += 1;
-    }
-
-    /// The index in `classes` of `priority`'s queue (made if need be). It stays valid until
-    /// a queue is made for another priority.
-    #[inline]
-    fn class(&mut self, priority: u8) -> usize {
-        match self.classes.first() {
-            Some(c) if c.priority == priority => 0,
-            _ => self.find_class(priority),
-        }
-    }
-
-    fn find_class(&mut self, priority: u8) -> usize {
-        match self.classes.iter().position(|c| c.priority == priority) {
-            Some(i) => i,
-            None => {
-                let i = self.classes.partition_point(|c| c.priority > priority);
-                let class = Class {
-                    priority,
-                    queue: VecDeque::new(),
-                    deadlines: VecDeque::new(),
-                };
-                self.classes.insert(i, class);
-                i
-            }
-        }
-    }
-
-    /// Queues a message without deadline in the queue `class` (from [`Inbox::class`]).
-    #[inline]
-    fn push_untimed(&mut self, class: usize, channel: u16, payload: Bytes) {
-        self.classes[class].queue.push_back(Inbound {
-            payload,
-            channel,
-            timed: false,
-        });
-        self.len += 1;
-    }
-
-    /// The next message and its deadline.
-    #[inline]
-    fn pop(&mut self) -> Option<(Delivered, Option<Instant>)> {
-        if self.len == 0 {
-            return None;
-        }
-        self.len -= 1;
-        for class in &mut self.classes {
-            if let Some(m) = class.queue.pop_front() {
-                let expires = if m.timed {
-                    class.deadlines.pop_front()
-                } else {
-                    None
-                };
-                let d = Delivered {
-                    channel: m.channel,
-                    payload: m.payload,
-                };
-                return Some((d, expires));
-            }
-        }
-        None
-    }
-
-    /// Removes the messages whose deadline is at or before `now`, each reported to `gone`
-    /// with its channel and length. Returns the earliest deadline left.
-    fn expire(&mut self, now: Instant, gone: &mut Vec<(u16, usize)>) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let before = gone.len();
-        for class in &mut self.classes {
-            if class.deadlines.is_empty() {
-                continue;
-            }
-            let mut deadlines = std::mem::take(&mut class.deadlines).into_iter();
-            let kept = &mut class.deadlines;
-            class.queue.retain(|m| {
-                if !m.timed {
-                    return true;
-                }
-                let Some(e) = deadlines.next() else {
-                    return true;
-                };
-                if now >= e {
-                    gone.push((m.channel, m.payload.len()));
-                    return false;
-                }
-                next = Some(next.map_or(e, |n| n.min(e)));
-                kept.push_back(e);
-                true
-            });
-        }
-        self.len -= gone.len() - before;
-        next
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
 }
 
 /// Messages of one channel queued by the fast path and not yet accounted in its [`RxChan`].
@@ -933,31 +796,38 @@ impl Session {
     /// channel (done before anything else may look at it: before another frame goes the
     /// general way, and before returning). Frames not handled when an error ends the session
     /// are dropped with it.
-    fn handle_data_run(&mut self, mut run: Bytes, now: Instant) -> Result<(), Error> {
+    fn handle_data_run(&mut self, run: Bytes, now: Instant) -> Result<(), Error> {
         let mut acct = RxRun::default();
         let mut result = Ok(());
-        while run.len() >= HEADER_LEN {
+        // Whole messages are queued as places in `run` (see `inbox`): `parts` of them, in
+        // the chunk numbered `chunk`. (A run too long for 32-bit places, which the frame
+        // limits rule out, would give each message a handle of its own.)
+        let chunk = self.messages.next_chunk();
+        let compact = u32::try_from(run.len()).is_ok();
+        let mut parts = 0u32;
+        let mut pos = 0;
+        while run.len() - pos >= HEADER_LEN {
             // Plain data (no flag: unreliable, whole, no TTL, no ack) needs only these fields
             // of the header.
-            let b = &run[..HEADER_LEN];
+            let b = &run[pos..pos + HEADER_LEN];
             let plain = b[1] & flags::KNOWN == 0;
             let channel = u16::from_be_bytes([b[2], b[3]]);
             let len = u32::from_be_bytes([b[4], b[5], b[6], b[7]]) as usize;
-            if len > run.len() - HEADER_LEN {
+            if len > run.len() - pos - HEADER_LEN {
                 // (Not reached: the deframer checked the length.)
                 result = Err(self.fail(crate::wire::WireError::Truncated.into()));
                 break;
             }
+            let body = pos + HEADER_LEN..pos + HEADER_LEN + len;
             if plain
                 && len <= self.config.max_message_size as usize
                 && !self.reassembly.in_progress(channel)
             {
-                run.advance(HEADER_LEN);
-                let payload = take_front(&mut run, len);
-                self.queue_whole(&mut acct, channel, payload);
+                pos = body.end;
+                self.queue_part(&mut acct, channel, &run, body, (chunk, compact, &mut parts));
                 continue;
             }
-            let header = match Header::decode(&run) {
+            let header = match Header::decode(&run[pos..]) {
                 Ok(h) => h,
                 Err(e) => {
                     // (Not reached: the deframer checked the kind.)
@@ -965,8 +835,7 @@ impl Session {
                     break;
                 }
             };
-            run.advance(HEADER_LEN);
-            let payload = take_front(&mut run, len);
+            pos = body.end;
             if header.flags
                 & (flags::MORE_FRAGMENTS
                     | flags::CONTINUATION
@@ -980,7 +849,10 @@ impl Session {
                 // A whole reliable message: it owes an ack, a deadline.
                 self.input_timers = true;
                 match self.arrived(&header, now) {
-                    Ok(true) => self.queue_whole(&mut acct, channel, payload),
+                    Ok(true) => {
+                        let at = (chunk, compact, &mut parts);
+                        self.queue_part(&mut acct, channel, &run, body, at);
+                    }
                     Ok(false) => {} // a duplicate
                     Err(e) => {
                         result = Err(self.fail(e));
@@ -990,19 +862,29 @@ impl Session {
                 continue;
             }
             self.rx_account(&mut acct);
-            if let Err(e) = self.handle_frame(header, payload, now) {
+            if let Err(e) = self.handle_frame(header, run.slice(body), now) {
                 result = Err(e);
                 break;
             }
         }
         self.rx_account(&mut acct);
+        // (Nothing took a message off the inbox meanwhile: the parts are still queued.)
+        self.messages.add_chunk(run, parts);
         result
     }
 
-    /// Queues a whole message without TTL for the application, its accounting left in `acct`
-    /// (see [`Session::rx_account`]).
+    /// Queues the whole message at `range` of `run` (without TTL) for the application, as
+    /// a place in `run` (`at`: the chunk's number, whether places fit, the count of them),
+    /// its accounting left in `acct` (see [`Session::rx_account`]).
     #[inline(always)]
-    fn queue_whole(&mut self, acct: &mut RxRun, channel: u16, payload: Bytes) {
+    fn queue_part(
+        &mut self,
+        acct: &mut RxRun,
+        channel: u16,
+        run: &Bytes,
+        range: std::ops::Range<usize>,
+        at: (u32, bool, &mut u32),
+    ) {
         if acct.msgs == 0 || acct.channel != channel {
             self.rx_account(acct);
             acct.channel = channel;
@@ -1010,8 +892,17 @@ impl Session {
             acct.class = self.messages.class(priority);
         }
         acct.msgs += 1;
-        acct.bytes += payload.len();
-        self.messages.push_untimed(acct.class, channel, payload);
+        acct.bytes += range.len();
+        let (chunk, compact, parts) = at;
+        if compact {
+            let (start, len) = (range.start as u32, range.len() as u32);
+            self.messages
+                .push_part(acct.class, channel, chunk, start, len);
+            *parts += 1;
+        } else {
+            self.messages
+                .push_untimed(acct.class, channel, run.slice(range));
+        }
     }
 
     /// How many bytes `buf` must hold before [`Session::handle_input`] can make progress.
@@ -1219,17 +1110,30 @@ impl Session {
         max: usize,
         sink: &mut (impl FnMut(Delivered) + ?Sized),
     ) -> usize {
+        self.poll_received_at(now, max, &mut |r| sink(r.into_delivered()))
+    }
+
+    /// [`Session::poll_messages_at`], each message handed out as a [`Received`]: the
+    /// messages of one read of a stream transport share one handle on their bytes (a
+    /// [`Payload::Part`]), so a sink that only looks at them, or keeps one handle per
+    /// chunk ([`Part::take_chunk`]), makes no reference count per message.
+    pub fn poll_received_at(
+        &mut self,
+        now: Instant,
+        max: usize,
+        sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+    ) -> usize {
         let mut n = 0;
         // (channel, messages, bytes) taken from the queue and not yet accounted.
         let mut run: Option<(u16, isize, isize)> = None;
         while n < max {
-            let Some((d, expires)) = self.messages.pop() else {
+            let Some(p) = self.messages.pop_next() else {
                 break;
             };
-            let len = d.payload.len();
+            let (channel, len) = (p.channel(), p.len());
             self.message_bytes -= len;
             match &mut run {
-                Some((c, k, b)) if *c == d.channel => {
+                Some((c, k, b)) if *c == channel => {
                     *k -= 1;
                     *b -= len as isize;
                 }
@@ -1237,17 +1141,18 @@ impl Session {
                     if let Some((c, k, b)) = run.take() {
                         self.rx_adjust(c, k, b);
                     }
-                    run = Some((d.channel, -1, -(len as isize)));
+                    run = Some((channel, -1, -(len as isize)));
                 }
             }
-            if let Some(e) = expires {
+            if let Some(e) = p.expires() {
                 self.rx_with_ttl -= 1;
                 if now >= e {
-                    self.count_rx_expired(d.channel);
+                    self.count_rx_expired(channel);
+                    self.messages.discard(p);
                     continue;
                 }
             }
-            sink(d);
+            self.messages.hand(p, sink);
             n += 1;
         }
         if let Some((c, k, b)) = run {
@@ -2114,19 +2019,6 @@ impl Session {
         self.control_bytes += t.wire_len();
         self.control.push_back(t);
     }
-}
-
-/// Takes the first `len` bytes (at most all) off `run`, as a view of the same buffer.
-#[inline(always)]
-fn take_front(run: &mut Bytes, len: usize) -> Bytes {
-    if len >= run.len() {
-        // The last piece takes the run's own reference: one atomic operation fewer.
-        return std::mem::take(run);
-    }
-    let mut front = run.clone();
-    front.truncate(len);
-    run.advance(len);
-    front
 }
 
 /// Sets `flag` to `now`, keeping `count` (of flags set) in step.

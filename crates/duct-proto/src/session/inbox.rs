@@ -1,0 +1,616 @@
+//! The receive queue: messages waiting for the application, by the priority of their channel.
+//!
+//! A run of whole frames that arrived together (one read of a stream transport) is kept as one
+//! *chunk*: the messages in it are queued as places in that chunk, and the chunk's bytes have
+//! one handle however many messages it holds. So a message costs no reference count until the
+//! application asks for a handle of its own ([`Payload::into_bytes`]); one that only looks at
+//! the bytes ([`Payload::as_slice`], a driver filling a batch of views) costs none at all.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes};
+
+use super::Delivered;
+
+/// Chunks kept while the oldest of them still has messages queued (a low-priority message
+/// left waiting while higher priorities are taken, say). Beyond this many, the oldest chunk's
+/// messages are given handles of their own and the chunk is let go, so the queue of chunks
+/// stays bounded whatever the application leaves unread.
+pub(super) const MAX_CHUNKS: usize = 256;
+
+/// Where a queued message's payload is.
+enum Held {
+    /// In bytes of its own.
+    Whole(Bytes),
+    /// `len` bytes at `start` of the chunk numbered `chunk` (see [`Inbox::chunks`]).
+    Part { chunk: u32, start: u32, len: u32 },
+}
+
+impl Held {
+    #[inline]
+    fn len(&self) -> usize {
+        match self {
+            Held::Whole(b) => b.len(),
+            Held::Part { len, .. } => *len as usize,
+        }
+    }
+}
+
+/// A received message waiting for the application, laid out flat in 40 bytes (every message
+/// is moved into the queue and out again).
+struct Inbound {
+    payload: Held,
+    channel: u16,
+    /// It expires, at the next deadline in its class's `deadlines`.
+    timed: bool,
+}
+
+// The layout the comment above promises: `Held::Part` fits beside `Bytes`'s pointers.
+const _: () = assert!(std::mem::size_of::<Inbound>() <= 40);
+
+/// The received messages of one priority.
+struct Class {
+    priority: u8,
+    queue: VecDeque<Inbound>,
+    /// The deadlines of the timed messages in `queue`, in the same order.
+    deadlines: VecDeque<Instant>,
+}
+
+/// A message taken off the queue by [`Inbox::pop_next`], not yet handed out.
+pub(super) struct Popped {
+    m: Inbound,
+    expires: Option<Instant>,
+}
+
+impl Popped {
+    #[inline]
+    pub(super) fn channel(&self) -> u16 {
+        self.m.channel
+    }
+
+    #[inline]
+    pub(super) fn len(&self) -> usize {
+        self.m.payload.len()
+    }
+
+    #[inline]
+    pub(super) fn expires(&self) -> Option<Instant> {
+        self.expires
+    }
+}
+
+/// Bytes that queued messages share (see the module's documentation).
+struct Chunk {
+    bytes: Bytes,
+    /// Queued messages in it; 0 once let go (its bytes are then empty).
+    parts: u32,
+}
+
+/// Received messages waiting for the application, by the priority of their channel (highest
+/// first), in arrival order inside a priority: a realtime message never waits for the
+/// application to take bulk that arrived before it.
+#[derive(Default)]
+pub(super) struct Inbox {
+    /// Sorted by priority, highest first; a class stays once made (at most 256).
+    classes: Vec<Class>,
+    len: usize,
+    /// The chunks messages are queued in, in the order they came, numbered from
+    /// `first_chunk` on (wrapping); each still has messages queued, or a younger one does.
+    chunks: VecDeque<Chunk>,
+    first_chunk: u32,
+}
+
+/// A message handed out by [`Session::poll_received_at`](super::Session::poll_received_at).
+pub struct Received<'a> {
+    /// The channel it arrived on.
+    pub channel: u16,
+    /// Where its payload is.
+    pub payload: Payload<'a>,
+}
+
+impl Received<'_> {
+    /// The message with a handle of its own on its payload.
+    #[inline]
+    pub fn into_delivered(self) -> Delivered {
+        Delivered {
+            channel: self.channel,
+            payload: self.payload.into_bytes(),
+        }
+    }
+}
+
+/// The payload of a [`Received`] message.
+pub enum Payload<'a> {
+    /// In bytes of its own.
+    Whole(Bytes),
+    /// A place in a chunk of bytes that other messages of the same read share.
+    Part(Part<'a>),
+}
+
+impl Payload<'_> {
+    /// The payload's length.
+    #[inline]
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Whole(b) => b.len(),
+            Payload::Part(p) => p.len,
+        }
+    }
+
+    /// Whether the payload is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The payload's bytes.
+    #[inline]
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Whole(b) => b,
+            Payload::Part(p) => p.as_slice(),
+        }
+    }
+
+    /// The payload with a handle of its own (one reference count; none for the last message
+    /// of a chunk, which takes the chunk's own handle).
+    #[inline]
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Payload::Whole(b) => b,
+            Payload::Part(p) => p.into_bytes(),
+        }
+    }
+}
+
+/// A message's place in a chunk of received bytes (see [`Payload::Part`]).
+pub struct Part<'a> {
+    chunk: &'a mut Bytes,
+    id: u32,
+    start: usize,
+    len: usize,
+    /// The chunk has no other message queued.
+    last: bool,
+}
+
+impl Part<'_> {
+    /// The chunk's number: the same for every message of one chunk, while any of them is
+    /// queued (numbers are reused after 2³² chunks).
+    #[inline]
+    pub fn chunk_id(&self) -> u32 {
+        self.id
+    }
+
+    /// Where the payload is in [`Part::take_chunk`]'s bytes.
+    #[inline]
+    pub fn range(&self) -> Range<usize> {
+        self.start..self.start + self.len
+    }
+
+    /// The payload's bytes.
+    #[inline]
+    pub fn as_slice(&self) -> &[u8] {
+        &self.chunk[self.range()]
+    }
+
+    /// A handle on the whole chunk: its own when this is the chunk's last queued message,
+    /// else a new one (one reference count).
+    #[inline]
+    pub fn take_chunk(self) -> Bytes {
+        if self.last {
+            std::mem::take(self.chunk)
+        } else {
+            self.chunk.clone()
+        }
+    }
+
+    /// The payload with a handle of its own.
+    #[inline]
+    pub fn into_bytes(self) -> Bytes {
+        let range = self.range();
+        if self.last {
+            let mut b = std::mem::take(self.chunk);
+            b.truncate(range.end);
+            b.advance(range.start);
+            b
+        } else {
+            self.chunk.slice(range)
+        }
+    }
+}
+
+impl Inbox {
+    #[inline]
+    pub(super) fn push(&mut self, priority: u8, d: Delivered, expires: Option<Instant>) {
+        let c = self.class(priority);
+        let class = &mut self.classes[c];
+        if let Some(e) = expires {
+            class.deadlines.push_back(e);
+        }
+        class.queue.push_back(Inbound {
+            payload: Held::Whole(d.payload),
+            channel: d.channel,
+            timed: expires.is_some(),
+        });
+        self.len += 1;
+    }
+
+    /// The index in `classes` of `priority`'s queue (made if need be). It stays valid until
+    /// a queue is made for another priority.
+    #[inline]
+    pub(super) fn class(&mut self, priority: u8) -> usize {
+        match self.classes.first() {
+            Some(c) if c.priority == priority => 0,
+            _ => self.find_class(priority),
+        }
+    }
+
+    fn find_class(&mut self, priority: u8) -> usize {
+        match self.classes.iter().position(|c| c.priority == priority) {
+            Some(i) => i,
+            None => {
+                let i = self.classes.partition_point(|c| c.priority > priority);
+                let class = Class {
+                    priority,
+                    queue: VecDeque::new(),
+                    deadlines: VecDeque::new(),
+                };
+                self.classes.insert(i, class);
+                i
+            }
+        }
+    }
+
+    /// Queues a message without deadline in the queue `class` (from [`Inbox::class`]).
+    #[inline]
+    pub(super) fn push_untimed(&mut self, class: usize, channel: u16, payload: Bytes) {
+        self.push_held(class, channel, Held::Whole(payload));
+    }
+
+    /// The number the next chunk will have (see [`Inbox::add_chunk`]).
+    #[inline]
+    pub(super) fn next_chunk(&self) -> u32 {
+        self.first_chunk.wrapping_add(self.chunks.len() as u32)
+    }
+
+    /// Queues, without deadline in the queue `class`, the message of `len` bytes at `start`
+    /// of the chunk `chunk`: the one [`Inbox::next_chunk`] numbers, which
+    /// [`Inbox::add_chunk`] must add, with this message counted, before anything else is
+    /// asked of the inbox.
+    #[inline]
+    pub(super) fn push_part(
+        &mut self,
+        class: usize,
+        channel: u16,
+        chunk: u32,
+        start: u32,
+        len: u32,
+    ) {
+        debug_assert_eq!(chunk, self.next_chunk());
+        self.push_held(class, channel, Held::Part { chunk, start, len });
+    }
+
+    #[inline]
+    fn push_held(&mut self, class: usize, channel: u16, payload: Held) {
+        self.classes[class].queue.push_back(Inbound {
+            payload,
+            channel,
+            timed: false,
+        });
+        self.len += 1;
+    }
+
+    /// Adds the chunk `parts` messages queued by [`Inbox::push_part`] are in (none: nothing
+    /// to keep). Keeps at most [`MAX_CHUNKS`] chunks.
+    pub(super) fn add_chunk(&mut self, bytes: Bytes, parts: u32) {
+        if parts == 0 {
+            return;
+        }
+        self.chunks.push_back(Chunk { bytes, parts });
+        while self.chunks.len() > MAX_CHUNKS {
+            self.detach_first();
+        }
+    }
+
+    /// Lets go of the oldest chunk, its queued messages given handles of their own.
+    #[cold]
+    fn detach_first(&mut self) {
+        let Some(first) = self.chunks.pop_front() else {
+            return;
+        };
+        let id = self.first_chunk;
+        self.first_chunk = id.wrapping_add(1);
+        let mut left = first.parts;
+        for class in &mut self.classes {
+            for m in class.queue.iter_mut() {
+                if left == 0 {
+                    break;
+                }
+                if let Held::Part { chunk, start, len } = m.payload {
+                    if chunk == id {
+                        let range = start as usize..start as usize + len as usize;
+                        m.payload = Held::Whole(first.bytes.slice(range));
+                        left -= 1;
+                    }
+                }
+            }
+        }
+        self.drop_released();
+    }
+
+    /// The message the application takes next, and its deadline.
+    #[inline]
+    fn pop_entry(&mut self) -> Option<(Inbound, Option<Instant>)> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        for class in &mut self.classes {
+            if let Some(m) = class.queue.pop_front() {
+                let expires = if m.timed {
+                    class.deadlines.pop_front()
+                } else {
+                    None
+                };
+                return Some((m, expires));
+            }
+        }
+        None
+    }
+
+    /// The next message and its deadline.
+    #[inline]
+    pub(super) fn pop(&mut self) -> Option<(Delivered, Option<Instant>)> {
+        let (m, expires) = self.pop_entry()?;
+        let channel = m.channel;
+        let mut d = None;
+        self.hand(Popped { m, expires: None }, &mut |r: Received<'_>| {
+            d = Some(r.into_delivered());
+        });
+        let d = d.unwrap_or(Delivered {
+            channel,
+            payload: Bytes::new(),
+        });
+        Some((d, expires))
+    }
+
+    /// The message the application takes next, for [`Inbox::hand`] or [`Inbox::discard`].
+    #[inline]
+    pub(super) fn pop_next(&mut self) -> Option<Popped> {
+        let (m, expires) = self.pop_entry()?;
+        Some(Popped { m, expires })
+    }
+
+    /// Hands `p` to `sink` as a [`Received`] (a chunk's message without a handle of its own).
+    #[inline]
+    pub(super) fn hand(&mut self, p: Popped, sink: &mut (impl FnMut(Received<'_>) + ?Sized)) {
+        let channel = p.m.channel;
+        match p.m.payload {
+            Held::Whole(payload) => sink(Received {
+                channel,
+                payload: Payload::Whole(payload),
+            }),
+            Held::Part { chunk, start, len } => {
+                let i = chunk.wrapping_sub(self.first_chunk) as usize;
+                let Some(c) = self.chunks.get_mut(i) else {
+                    debug_assert!(false, "a message of an unknown chunk");
+                    return;
+                };
+                let (start, len) = (start as usize, len as usize);
+                // (Counted out first: the chunk is let go after its last message.)
+                c.parts = c.parts.saturating_sub(1);
+                let last = c.parts == 0;
+                if start + len <= c.bytes.len() {
+                    sink(Received {
+                        channel,
+                        payload: Payload::Part(Part {
+                            chunk: &mut c.bytes,
+                            id: chunk,
+                            start,
+                            len,
+                            last,
+                        }),
+                    });
+                } else {
+                    debug_assert!(false, "a queued message outside its chunk");
+                }
+                if last {
+                    self.let_go(i);
+                }
+            }
+        }
+    }
+
+    /// Drops `p`.
+    #[inline]
+    pub(super) fn discard(&mut self, p: Popped) {
+        if let Held::Part { chunk, .. } = p.m.payload {
+            self.release(chunk);
+        }
+    }
+
+    /// One message of chunk `id` left the queue: the chunk is let go with its last.
+    #[inline]
+    fn release(&mut self, id: u32) {
+        let i = id.wrapping_sub(self.first_chunk) as usize;
+        let Some(c) = self.chunks.get_mut(i) else {
+            debug_assert!(false, "a message of an unknown chunk");
+            return;
+        };
+        c.parts = c.parts.saturating_sub(1);
+        if c.parts == 0 {
+            self.let_go(i);
+        }
+    }
+
+    /// Lets go of the chunk at `i` in `chunks`, which has no message queued any more.
+    #[inline]
+    fn let_go(&mut self, i: usize) {
+        if let Some(c) = self.chunks.get_mut(i) {
+            c.bytes = Bytes::new();
+        }
+        if i == 0 {
+            self.drop_released();
+        }
+    }
+
+    /// Drops the chunks let go at the front.
+    #[inline]
+    fn drop_released(&mut self) {
+        while self.chunks.front().is_some_and(|c| c.parts == 0) {
+            self.chunks.pop_front();
+            self.first_chunk = self.first_chunk.wrapping_add(1);
+        }
+    }
+
+    /// Removes the messages whose deadline is at or before `now`, each reported to `gone`
+    /// with its channel and length. Returns the earliest deadline left. (Timed messages are
+    /// always [`Held::Whole`]: only untimed ones are queued in chunks.)
+    pub(super) fn expire(&mut self, now: Instant, gone: &mut Vec<(u16, usize)>) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let before = gone.len();
+        for class in &mut self.classes {
+            if class.deadlines.is_empty() {
+                continue;
+            }
+            let mut deadlines = std::mem::take(&mut class.deadlines).into_iter();
+            let kept = &mut class.deadlines;
+            class.queue.retain(|m| {
+                if !m.timed {
+                    return true;
+                }
+                let Some(e) = deadlines.next() else {
+                    return true;
+                };
+                if now >= e {
+                    gone.push((m.channel, m.payload.len()));
+                    return false;
+                }
+                next = Some(next.map_or(e, |n| n.min(e)));
+                kept.push_back(e);
+                true
+            });
+        }
+        self.len -= gone.len() - before;
+        next
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Chunks kept (for tests of the bound).
+    #[cfg(test)]
+    pub(super) fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Queues `msgs` (channel, payload) as parts of one chunk, in `class`es by channel:
+    /// channel 1 in the first class made, channel 2 in the second.
+    fn add_run(inbox: &mut Inbox, msgs: &[(u16, &[u8])]) {
+        let mut chunk = Vec::new();
+        let id = inbox.next_chunk();
+        for (channel, payload) in msgs {
+            let start = chunk.len() as u32;
+            chunk.extend_from_slice(payload);
+            let class = inbox.class(if *channel == 1 { 200 } else { 0 });
+            inbox.push_part(class, *channel, id, start, payload.len() as u32);
+        }
+        inbox.add_chunk(Bytes::from(chunk), msgs.len() as u32);
+    }
+
+    /// Takes one message as a `Received`, returning its channel, payload and chunk number.
+    fn take(inbox: &mut Inbox) -> Option<(u16, Vec<u8>, Option<u32>)> {
+        let p = inbox.pop_next()?;
+        let mut out = None;
+        inbox.hand(p, &mut |r: Received<'_>| {
+            let id = match &r.payload {
+                Payload::Part(p) => Some(p.chunk_id()),
+                Payload::Whole(_) => None,
+            };
+            out = Some((r.channel, r.payload.as_slice().to_vec(), id));
+        });
+        out
+    }
+
+    #[test]
+    fn parts_come_out_by_priority_and_their_chunks_are_let_go_with_the_last() {
+        let mut inbox = Inbox::default();
+        add_run(&mut inbox, &[(2, b"low-a"), (1, b"high-a"), (2, b"low-b")]);
+        add_run(&mut inbox, &[(1, b"high-b"), (2, b"low-c")]);
+        assert_eq!((inbox.len(), inbox.chunks()), (5, 2));
+        let got: Vec<_> = std::iter::from_fn(|| take(&mut inbox)).collect();
+        let order: Vec<(u16, &[u8])> = got.iter().map(|(c, p, _)| (*c, &p[..])).collect();
+        assert_eq!(
+            order,
+            [
+                (1, &b"high-a"[..]),
+                (1, b"high-b"),
+                (2, b"low-a"),
+                (2, b"low-b"),
+                (2, b"low-c")
+            ]
+        );
+        // Messages of one chunk share its number; the two chunks' numbers differ.
+        assert_eq!(got[0].2, got[2].2);
+        assert_ne!(got[0].2, got[1].2);
+        assert_eq!((inbox.len(), inbox.chunks()), (0, 0));
+    }
+
+    #[test]
+    fn an_owned_pop_takes_the_chunk_s_own_handle_with_its_last_message() {
+        let mut inbox = Inbox::default();
+        add_run(&mut inbox, &[(1, b"one"), (1, b"two")]);
+        let (first, _) = inbox.pop().unwrap();
+        assert_eq!(&first.payload[..], b"one");
+        let (second, _) = inbox.pop().unwrap();
+        assert_eq!(&second.payload[..], b"two");
+        // The last message took the chunk's handle: only `first` shares the bytes with it.
+        drop(first);
+        assert!(
+            second.payload.is_unique(),
+            "the chunk is still held elsewhere"
+        );
+        assert_eq!(inbox.chunks(), 0);
+    }
+
+    #[test]
+    fn chunks_stay_bounded_while_a_low_priority_message_waits() {
+        let mut inbox = Inbox::default();
+        // Each read brings a high and a low message; the application takes only the high
+        // ones (strict priority) for many reads.
+        let rounds = 3 * MAX_CHUNKS as u32;
+        for i in 0..rounds {
+            let (hi, lo) = (format!("hi {i}"), format!("lo {i}"));
+            add_run(&mut inbox, &[(2, lo.as_bytes()), (1, hi.as_bytes())]);
+            assert!(inbox.chunks() <= MAX_CHUNKS, "{} chunks", inbox.chunks());
+            let (channel, payload, _) = take(&mut inbox).unwrap();
+            assert_eq!((channel, payload), (1, hi.into_bytes()));
+        }
+        // The low ones, every one intact and in order, those of chunks let go included.
+        for i in 0..rounds {
+            let (channel, payload, _) = take(&mut inbox).unwrap();
+            assert_eq!((channel, payload), (2, format!("lo {i}").into_bytes()));
+        }
+        assert!(take(&mut inbox).is_none());
+        assert_eq!((inbox.len(), inbox.chunks()), (0, 0));
+    }
+
+    #[test]
+    fn discarded_parts_let_their_chunk_go() {
+        let mut inbox = Inbox::default();
+        add_run(&mut inbox, &[(1, b"a"), (1, b"b")]);
+        let p = inbox.pop_next().unwrap();
+        inbox.discard(p);
+        assert_eq!(inbox.chunks(), 1);
+        assert_eq!(take(&mut inbox).unwrap().1, b"b");
+        assert_eq!(inbox.chunks(), 0);
+    }
+}
