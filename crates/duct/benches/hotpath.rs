@@ -4,8 +4,8 @@
 //! loop is counted (both threads' work while it runs). Run it with `DUCT_BACKEND=epoll`:
 //! under valgrind (3.19 here) a process on the io_uring reactor hangs. Not a timing
 //! benchmark (see
-//! `duct bench`). `stream`: the dialer sends batches of 64 messages with `send_batch` and
-//! the listener takes them with `recv_batch`; the count is messages. `HOTPATH_BATCH=N` sets
+//! `duct bench`). `stream`: the dialer sends batches of 64 messages with `send_slices` and
+//! the listener takes them with `recv_into`; the count is messages. `HOTPATH_BATCH=N` sets
 //! the batch (default 64; `duct bench` uses 1024 for 64 B).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +32,7 @@ fn measure_stream(a: &duct::Pipe, n: u64, payload: &Message) {
     while left > 0 {
         let k = left.min(BATCH.load(Ordering::Relaxed) as u64);
         let sent = a
-            .send_batch((0..k).map(|_| payload.clone()), &opts)
+            .send_slices((0..k).map(|_| payload.payload()), &opts)
             .unwrap();
         left -= sent as u64;
     }
@@ -45,12 +45,14 @@ fn measure_stream(a: &duct::Pipe, n: u64, payload: &Message) {
 #[inline(never)]
 fn receive_stream(b: &duct::Pipe, total: u64) {
     let batch = BATCH.load(Ordering::Relaxed);
-    let mut out = Vec::with_capacity(batch);
+    let mut out = duct::MessageBatch::with_capacity(batch);
     let opts = duct::RecvOptions::default();
     let mut got = 0;
     while got < total {
-        out.clear();
-        got += b.recv_batch(&mut out, batch, &opts).unwrap() as u64;
+        got += b.recv_into(&mut out, batch, &opts).unwrap() as u64;
+        for m in &out {
+            std::hint::black_box(m.payload());
+        }
     }
 }
 

@@ -166,6 +166,7 @@
 
 mod addr;
 mod async_api;
+mod batch;
 mod driver;
 mod error;
 mod listener;
@@ -177,6 +178,7 @@ mod transport;
 
 pub use addr::Addr;
 pub use async_api::dial_async;
+pub use batch::{Iter as MessageBatchIter, MessageBatch, MessageRef};
 pub use driver::backend::{backend, set_backend, Backend};
 pub use driver::reactor::set_reactor_threads;
 pub use error::{Error, ErrorKind, Result};

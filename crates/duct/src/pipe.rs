@@ -8,6 +8,7 @@ use duct_proto::wire::control::caps;
 use duct_proto::{Config, Role, Session};
 
 use crate::addr;
+use crate::batch::MessageBatch;
 use crate::driver::conn::{Conn, ConnConfig, Meta, Wait};
 use crate::driver::handshake::Handshake;
 use crate::options::{Heartbeat, Limits};
@@ -398,6 +399,49 @@ impl Pipe {
         self.conn.send_batch(&mut it, opts.meta(), timeout)
     }
 
+    /// Sends a copy of `payload` on [`SendOptions::channel`] (channel 0 if unset), as
+    /// [`Pipe::send_with`] would send it as a [`Message`]. The caller keeps its buffer (a
+    /// scratch buffer it serializes into, say): duct copies the bytes into its write buffer
+    /// as it frames them, so a small message costs no allocation and no reference count. A
+    /// message that has to wait in its channel's queue (the socket is full, others are queued
+    /// before it, the channel is reliable, has a time to live or a rate limit) is copied into
+    /// bytes of its own; small ones share a reused buffer.
+    ///
+    /// ```no_run
+    /// # fn main() -> duct::Result<()> {
+    /// use duct::SendOptions;
+    ///
+    /// let pipe = duct::dial("uds://@world-1", duct::DialOptions::default())?;
+    /// let positions = SendOptions::default().channel(1);
+    /// let mut scratch = Vec::with_capacity(64);
+    /// for (player, x, y) in [(7u32, 10i32, 20i32), (8, -4, 3)] {
+    ///     scratch.clear();
+    ///     scratch.extend_from_slice(&player.to_le_bytes());
+    ///     scratch.extend_from_slice(&x.to_le_bytes());
+    ///     scratch.extend_from_slice(&y.to_le_bytes());
+    ///     pipe.send_slice(&scratch, &positions)?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn send_slice(&self, payload: &[u8], opts: &SendOptions) -> Result<()> {
+        self.send_slices(std::iter::once(payload), opts).map(|_| ())
+    }
+
+    /// Sends a copy of each payload, in order, on [`SendOptions::channel`] (channel 0 if
+    /// unset): [`Pipe::send_batch`] for slices, copied as [`Pipe::send_slice`] copies them.
+    /// Returns how many were accepted, in order; fails only if none was.
+    pub fn send_slices<'a>(
+        &self,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+        opts: &SendOptions,
+    ) -> Result<usize> {
+        let timeout = opts.timeout_or(self.conn.send_timeout());
+        let channel = opts.channel_for(0);
+        let mut it = payloads.into_iter().map(|p| (channel, p));
+        self.conn.send_batch(&mut it, opts.meta(), timeout)
+    }
+
     /// Receives up to `max` messages into `out`: waits for the first as [`Pipe::recv_with`]
     /// does, then takes only those already available (one lock, at most one read). Returns
     /// how many were appended; `max == 0` returns 0 at once.
@@ -411,10 +455,35 @@ impl Pipe {
             return Ok(0);
         }
         let wait = wait_for(opts.timeout);
-        let mut sink = |d: duct_proto::Delivered| {
-            out.push(Message::new(d.payload).with_channel(d.channel));
+        let mut sink = |r: duct_proto::Received<'_>| {
+            out.push(Message::new(r.payload.into_bytes()).with_channel(r.channel));
         };
         let n = self.conn.recv_into(wait, max, &mut sink)?;
+        if n == 0 {
+            return Err(self.would_block());
+        }
+        Ok(n)
+    }
+
+    /// Receives up to `max` messages into `batch`, which it empties first: waits for the
+    /// first as [`Pipe::recv_with`] does, then takes only those already available, as
+    /// [`Pipe::recv_batch`] does. Returns how many `batch` holds; `max == 0` returns 0 at once.
+    ///
+    /// The messages are views of the bytes they arrived in (see [`MessageBatch`]): the
+    /// messages of one read share one handle, so a stream of small messages is taken without
+    /// a reference count or an allocation per message. Keep `batch` for the next call.
+    pub fn recv_into(
+        &self,
+        batch: &mut MessageBatch,
+        max: usize,
+        opts: &RecvOptions,
+    ) -> Result<usize> {
+        batch.clear();
+        if max == 0 {
+            return Ok(0);
+        }
+        let wait = wait_for(opts.timeout);
+        let n = self.conn.recv_into(wait, max, &mut |r| batch.push(r))?;
         if n == 0 {
             return Err(self.would_block());
         }

@@ -1304,6 +1304,226 @@ fn send_zero_timeout_on_full_queue_would_block(f: &Fixture) {
 // Instantiation: one module per transport, one #[test] per case.
 // ---------------------------------------------------------------------------------------------
 
+/// The payload of message `i` of [`slices_and_views_round_trip`]: its number, then a pattern
+/// of a length that varies (empty to 2 KiB, and every 97th 100 KiB: fragmented on sockets).
+fn view_payload(i: u32) -> Vec<u8> {
+    let len = if i % 97 == 50 {
+        100 * KIB
+    } else {
+        (i as usize * 53) % 2048
+    };
+    let mut p = i.to_be_bytes().to_vec();
+    p.extend(pattern(len, i));
+    p
+}
+
+/// Takes `n` messages with `recv_into` (up to `max` a call, into one reused batch): each
+/// message's channel and payload go to `seen`; every 10th is kept as a `Message`, which must
+/// outlive the batch it came in.
+fn take_views(p: &duct::Pipe, n: usize, max: usize) -> (Vec<(u16, Vec<u8>)>, Vec<Message>) {
+    let mut batch = duct::MessageBatch::with_capacity(max);
+    let (mut seen, mut kept) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + T;
+    while seen.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} messages arrived",
+            seen.len()
+        );
+        let got = p
+            .recv_into(&mut batch, max, &RecvOptions::default().timeout(T))
+            .unwrap();
+        assert!(
+            got >= 1 && got <= max && got == batch.len(),
+            "recv_into returned {got}"
+        );
+        assert_eq!(batch.iter().len(), got);
+        for m in &batch {
+            assert_eq!(m.len(), m.payload().len());
+            if seen.len() % 10 == 0 {
+                let own = m.to_message();
+                assert_eq!((own.channel(), own.payload()), (m.channel(), m.payload()));
+                kept.push(own);
+            }
+            seen.push((m.channel(), m.payload().to_vec()));
+        }
+        // The last message, looked at from the end.
+        let last = batch.iter().next_back().unwrap();
+        assert_eq!(last.payload(), batch.get(got - 1).unwrap().payload());
+        assert!(batch.get(got).is_none());
+    }
+    (seen, kept)
+}
+
+/// Checks what [`take_views`] saw of messages `0..n` sent on channel `i % 3`: each channel's
+/// messages whole and in order, and the kept ones intact.
+fn check_views(seen: &[(u16, Vec<u8>)], kept: &[Message], n: u32) {
+    assert_eq!(seen.len(), n as usize);
+    let mut next = [0u32, 1, 2];
+    for (channel, payload) in seen {
+        let i = u32::from_be_bytes(payload[..4].try_into().unwrap());
+        assert_eq!(*channel as u32, i % 3, "message {i} on channel {channel}");
+        assert_eq!(i, next[*channel as usize], "channel {channel} out of order");
+        next[*channel as usize] += 3;
+        assert_payload(payload, &view_payload(i), &format!("message {i}"));
+    }
+    for m in kept {
+        let i = u32::from_be_bytes(m.payload()[..4].try_into().unwrap());
+        assert_payload(m.payload(), &view_payload(i), &format!("kept message {i}"));
+    }
+}
+
+fn slices_and_views_round_trip(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    const N: u32 = 600;
+    let (seen, kept) = thread::scope(|s| {
+        let receiver = s.spawn(|| take_views(&accepted, N as usize, 64));
+        // One scratch buffer, rewritten for every message: what was sent is a copy.
+        let mut scratch = Vec::new();
+        for i in 0..N / 2 {
+            scratch.clear();
+            scratch.extend(view_payload(i));
+            let on = SendOptions::default().channel((i % 3) as u16);
+            dialer.send_slice(&scratch, &on).unwrap();
+            scratch.fill(0xEE);
+        }
+        // The rest in runs of one channel.
+        let mut i = N / 2;
+        while i < N {
+            let channel = i % 3;
+            let run: Vec<Vec<u8>> = (i..N).step_by(3).take(7).map(view_payload).collect();
+            let on = SendOptions::default().channel(channel as u16);
+            let sent = dialer
+                .send_slices(run.iter().map(Vec::as_slice), &on)
+                .unwrap();
+            assert_eq!(sent, run.len());
+            // The messages of the other channels in between, one by one, as above.
+            for j in (i..N).step_by(3).take(7) {
+                for k in j + 1..(j + 3).min(N) {
+                    let on = SendOptions::default().channel((k % 3) as u16);
+                    dialer.send_slice(&view_payload(k), &on).unwrap();
+                }
+            }
+            i += 21;
+        }
+        pump_until(&dialer, || receiver.is_finished());
+        receiver.join().unwrap()
+    });
+    check_views(&seen, &kept, N);
+    // An empty run sends nothing; `max == 0` takes nothing and empties the batch.
+    assert_eq!(
+        dialer
+            .send_slices(std::iter::empty(), &SendOptions::default())
+            .unwrap(),
+        0
+    );
+    dialer.send_slice(b"x", &SendOptions::default()).unwrap();
+    let mut batch = duct::MessageBatch::new();
+    let n = accepted
+        .recv_into(&mut batch, 1, &RecvOptions::default().timeout(T))
+        .unwrap();
+    assert_eq!((n, batch.len()), (1, 1));
+    assert_eq!(batch.get(0).unwrap().payload(), b"x");
+    assert_eq!(
+        accepted
+            .recv_into(&mut batch, 0, &RecvOptions::default())
+            .unwrap(),
+        0
+    );
+    assert!(batch.is_empty());
+    let zero = RecvOptions::default().timeout(Duration::ZERO);
+    expect_kind(
+        accepted.recv_into(&mut batch, 8, &zero),
+        ErrorKind::WouldBlock,
+    );
+    assert!(batch.is_empty());
+}
+
+/// Slices sent while the peer does not read wait in the channels' queues as copies (in the
+/// pipe's reused spill buffers); when the peer reads, every one arrives intact, in order,
+/// on a realtime and on a reliable channel alike.
+fn slices_wait_in_full_queues_intact(f: &Fixture) {
+    let reliable = ChannelOptions::default().reliable(true);
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair_with(
+        f,
+        ListenOptions::default().channel(1, reliable.clone()),
+        DialOptions::default().channel(1, reliable),
+    );
+    const N: u32 = 40_000;
+    let payload = |i: u32| {
+        let mut p = i.to_be_bytes().to_vec();
+        p.extend(pattern(60 + (i as usize % 80), i));
+        p
+    };
+    let (got, sender_done_first) = thread::scope(|s| {
+        let sender = s.spawn(|| {
+            let mut scratch = Vec::new();
+            let mut i = 0;
+            while i < N {
+                // Runs of 100 on channel `run % 2`, from one scratch buffer rewritten per run.
+                let on = SendOptions::default()
+                    .channel(((i / 100) % 2) as u16)
+                    .timeout(T);
+                scratch.clear();
+                let mut ends = Vec::new();
+                for k in i..i + 100 {
+                    scratch.extend(payload(k));
+                    ends.push(scratch.len());
+                }
+                let mut start = 0;
+                let slices = ends.iter().map(|&end| {
+                    let s = &scratch[start..end];
+                    start = end;
+                    s
+                });
+                assert_eq!(dialer.send_slices(slices, &on).unwrap(), 100);
+                i += 100;
+            }
+        });
+        // Let the sender fill the socket and the queues before reading.
+        thread::sleep(Duration::from_millis(300));
+        let sender_done_first = sender.is_finished();
+        let mut batch = duct::MessageBatch::new();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + T;
+        while got.len() < N as usize {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {N} arrived",
+                got.len()
+            );
+            accepted
+                .recv_into(&mut batch, 256, &RecvOptions::default().timeout(T))
+                .unwrap();
+            got.extend(batch.iter().map(|m| (m.channel(), m.payload().to_vec())));
+        }
+        sender.join().unwrap();
+        (got, sender_done_first)
+    });
+    assert!(
+        !sender_done_first,
+        "the sender never had to wait: the queues were not filled"
+    );
+    let mut next = [0u32, 100];
+    for (channel, p) in &got {
+        let i = u32::from_be_bytes(p[..4].try_into().unwrap());
+        let c = *channel as usize;
+        assert_eq!(i, next[c], "channel {channel} out of order");
+        next[c] += if (i + 1) % 100 == 0 { 101 } else { 1 };
+        assert_payload(p, &payload(i), &format!("message {i}"));
+    }
+    let sent = dialer.stats();
+    assert_eq!(sent.msgs_sent, u64::from(N), "{sent:?}");
+}
+
 macro_rules! transport_suite {
     ($module:ident, $kind:expr, [$($case:ident),* $(,)?]) => {
         mod $module {
@@ -1365,4 +1585,6 @@ conformance!([
     send_returns_once_accepted,
     send_queue_full_times_out_and_sends_nothing,
     send_zero_timeout_on_full_queue_would_block,
+    slices_and_views_round_trip,
+    slices_wait_in_full_queues_intact,
 ]);

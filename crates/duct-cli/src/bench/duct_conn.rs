@@ -1,9 +1,11 @@
 //! duct's side of the benchmark: a [`duct::Pipe`] behind the [`MsgConn`] trait.
 //!
 //! Ping-pong uses `Pipe::send` and `Pipe::recv`, and echoes the received `Message` as it
-//! is. Stream uses `Pipe::send_batch` and `Pipe::recv_batch` with up to `batch` messages
-//! per call (`--batch`), or plain `send`/`recv` when the batch is 1. Payloads are built
-//! once as `Bytes`; every message sends a clone, which never copies, so the benchmark's own
+//! is. Stream uses `Pipe::send_slices` (copies of a prebuilt payload, framed straight into
+//! duct's write buffer, as the raw baseline's `BufWriter` copies its slices) and
+//! `Pipe::recv_into` (into a reused `MessageBatch`: views of the received bytes, no handle per
+//! message) with up to `batch` messages per call (`--batch`), or plain `send`/`recv` of a
+//! clone of the prebuilt payload (`Bytes`: no copy) when the batch is 1. The benchmark's own
 //! code allocates nothing per message: whatever `allocs_per_msg` shows is duct's.
 //!
 //! With `--alloc` ([`DuctConn::with_alloc`]), the sending end builds every message the way
@@ -32,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use duct::{
-    ChannelOptions, CloseOptions, DialOptions, ListenOptions, Message, Pipe, PipeStats,
-    RecvOptions, SendOptions,
+    ChannelOptions, CloseOptions, DialOptions, ListenOptions, Message, MessageBatch, Pipe,
+    PipeStats, RecvOptions, SendOptions,
 };
 
 use crate::bench::spec::{Job, Transport};
@@ -49,7 +51,7 @@ pub struct DuctConn {
     last_payload: Bytes,
     batch: usize,
     channel: u16,
-    received: Vec<Message>,
+    received: MessageBatch,
     send_options: SendOptions,
     recv_options: RecvOptions,
     /// `--alloc`: build each message with `Pipe::alloc`.
@@ -165,7 +167,7 @@ impl DuctConn {
             last_payload: Bytes::from(last_payload),
             batch,
             channel: CHANNEL,
-            received: Vec::with_capacity(batch),
+            received: MessageBatch::with_capacity(batch),
             send_options: SendOptions::default(),
             recv_options: RecvOptions::default(),
             alloc: false,
@@ -253,21 +255,27 @@ impl DuctConn {
     /// Checks a received message (size and channel); returns its last-message flag.
     #[inline]
     pub fn check(&self, msg: &Message) -> Result<bool> {
-        if msg.channel() != self.channel {
+        self.check_payload(msg.channel(), msg.payload())
+    }
+
+    /// [`DuctConn::check`] for a message's channel and payload.
+    #[inline]
+    fn check_payload(&self, channel: u16, payload: &[u8]) -> Result<bool> {
+        if channel != self.channel {
             bail!(
                 "duct: protocol error: message on channel {}, expected {}",
-                msg.channel(),
+                channel,
                 self.channel
             );
         }
-        if msg.len() != self.size {
+        if payload.len() != self.size {
             bail!(
                 "duct: protocol error: message of {} bytes, expected {}",
-                msg.len(),
+                payload.len(),
                 self.size
             );
         }
-        Ok(msg.payload()[0] == FLAG_LAST)
+        Ok(payload[0] == FLAG_LAST)
     }
 }
 
@@ -328,8 +336,18 @@ impl MsgConn for DuctConn {
                 }
                 sent?
             } else {
-                let msgs = (0..chunk).map(|i| self.cloned(last && i + 1 == chunk));
-                self.pipe.send_batch(msgs, &self.send_options)?
+                // Copies of the prebuilt payloads, framed straight into duct's write buffer
+                // (what the raw baseline's `BufWriter` does with its slices).
+                let opts = self.send_options.clone().channel(self.channel);
+                let (payload, last_payload) = (&self.payload[..], &self.last_payload[..]);
+                let msgs = (0..chunk).map(|i| {
+                    if last && i + 1 == chunk {
+                        last_payload
+                    } else {
+                        payload
+                    }
+                });
+                self.pipe.send_slices(msgs, &opts)?
             };
             if sent == 0 {
                 bail!("duct: send_batch accepted none of {chunk} messages");
@@ -348,13 +366,12 @@ impl MsgConn for DuctConn {
         if self.batch == 1 {
             return Ok((1, self.recv_one()?));
         }
-        self.received.clear();
         let n = self
             .pipe
-            .recv_batch(&mut self.received, self.batch, &self.recv_options)?;
+            .recv_into(&mut self.received, self.batch, &self.recv_options)?;
         let mut last = false;
         for msg in &self.received {
-            last |= self.check(msg)?;
+            last |= self.check_payload(msg.channel(), msg.payload())?;
         }
         self.received.clear();
         Ok((n as u64, last))

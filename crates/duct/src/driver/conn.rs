@@ -44,11 +44,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use duct_proto::lifecycle::{Change, Ignored, Lifecycle, Next, Phase, Policy};
 use duct_proto::qos::{Admission, ChannelMap, DropReason};
 use duct_proto::wire::control::caps;
-use duct_proto::{Delivered, Direct, DirectRun, Event, Session, Transmit};
+use duct_proto::{Delivered, Direct, DirectRun, Event, Payload, Received, Session, Transmit};
 use mio::Interest;
 
 use super::handshake::Handshake;
@@ -102,6 +102,9 @@ pub(crate) struct ConnConfig {
 
 struct Shared {
     session: Session,
+    /// Where payloads copied from slices ([`OutPayload`] for `&[u8]`) that must wait in a
+    /// channel's queue are kept.
+    spill: Spill,
     /// The pipe's state across connections.
     life: Lifecycle,
     /// A caller or the reactor reads (and holds `rbuf`).
@@ -258,6 +261,100 @@ impl Run {
     }
 }
 
+/// A payload [`Conn::send_batch`] takes: bytes shared with the caller ([`Bytes`]), or a
+/// slice it copies (`&[u8]`: into the write queue's buffer when it is framed at once, else
+/// into bytes of its own).
+pub(crate) trait OutPayload {
+    fn len(&self) -> usize;
+    fn as_slice(&self) -> &[u8];
+    /// The payload as bytes of its own: itself, or a copy (a small one into `spill`).
+    fn into_bytes(self, spill: &mut Spill) -> Bytes;
+}
+
+impl OutPayload for Bytes {
+    #[inline]
+    fn len(&self) -> usize {
+        Bytes::len(self)
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[u8] {
+        self
+    }
+
+    #[inline]
+    fn into_bytes(self, _: &mut Spill) -> Bytes {
+        self
+    }
+}
+
+/// Copies of at most this many bytes share a [`Spill`] buffer; larger ones get their own.
+const SPILL_MAX: usize = 4096;
+/// The size of a [`Spill`] buffer.
+const SPILL_CHUNK: usize = 64 * 1024;
+/// [`Spill`] buffers kept for reuse.
+const SPILL_SPARES: usize = 3;
+
+/// Buffers for copies of small payloads that wait in a channel's queue (see
+/// [`OutPayload`]): copies share a buffer, and a buffer is reused once every copy made in it
+/// was sent, so a sender whose messages often wait for the socket allocates nothing in the
+/// steady state.
+#[derive(Default)]
+pub(crate) struct Spill {
+    /// Where the next copy goes (none before the first).
+    current: Option<BytesMut>,
+    /// Filled buffers, reused when all their copies are gone.
+    spares: Vec<BytesMut>,
+}
+
+impl Spill {
+    /// A copy of `bytes` (at most [`SPILL_MAX`] of them) in a shared buffer.
+    fn copy(&mut self, bytes: &[u8]) -> Bytes {
+        let room = self.current.as_ref().map_or(0, BytesMut::capacity);
+        if room < bytes.len() {
+            let reclaimed = self
+                .spares
+                .iter_mut()
+                .position(|b| b.try_reclaim(SPILL_CHUNK));
+            let next = match reclaimed {
+                Some(i) => self.spares.swap_remove(i),
+                None => BytesMut::with_capacity(SPILL_CHUNK),
+            };
+            if let Some(full) = self.current.replace(next) {
+                // The oldest spare left, if there are too many, keeps its memory until its
+                // copies are sent.
+                if self.spares.len() == SPILL_SPARES {
+                    self.spares.remove(0);
+                }
+                self.spares.push(full);
+            }
+        }
+        let current = self.current.get_or_insert_with(BytesMut::new);
+        current.extend_from_slice(bytes);
+        current.split().freeze()
+    }
+}
+
+impl OutPayload for &[u8] {
+    #[inline]
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[u8] {
+        self
+    }
+
+    fn into_bytes(self, spill: &mut Spill) -> Bytes {
+        if self.len() > SPILL_MAX {
+            Bytes::copy_from_slice(self)
+        } else {
+            spill.copy(self)
+        }
+    }
+}
+
 /// Hands received messages to a receive call's sink: traces and counts each.
 struct Take<'a> {
     run: Run,
@@ -265,26 +362,36 @@ struct Take<'a> {
     /// pipe's own `Vec`, lent for the call: no allocation once it has grown).
     runs: Vec<Run>,
     span: &'a tracing::Span,
-    sink: &'a mut dyn FnMut(Delivered),
+    sink: &'a mut dyn FnMut(Received<'_>),
 }
 
 impl Take<'_> {
     // (Inlined into the session's loop that hands out messages: a call less per message.)
     #[inline(always)]
-    fn take(&mut self, d: Delivered) {
+    fn take(&mut self, r: Received<'_>) {
+        let len = r.payload.len();
         tracing::trace!(
             name: "message_received",
             target: "duct::message",
             parent: self.span,
-            channel = d.channel,
-            len = d.payload.len(),
+            channel = r.channel,
+            len,
             "message received"
         );
-        if !self.run.add(d.channel, d.payload.len()) {
+        if !self.run.add(r.channel, len) {
             self.runs.push(self.run);
-            self.run = Run::start(d.channel, d.payload.len());
+            self.run = Run::start(r.channel, len);
         }
-        (self.sink)(d);
+        (self.sink)(r);
+    }
+
+    /// [`Take::take`] for a message with a handle of its own.
+    #[inline(always)]
+    fn take_owned(&mut self, d: Delivered) {
+        self.take(Received {
+            channel: d.channel,
+            payload: Payload::Whole(d.payload),
+        });
     }
 }
 
@@ -559,6 +666,7 @@ impl Conn {
             timer_at: None,
             linger_until: None,
             carry: VecDeque::new(),
+            spill: Spill::default(),
             runs: Vec::new(),
             resume_ids: vec![session_id],
             break_cause: None,
@@ -1100,9 +1208,9 @@ impl Conn {
     /// Sends several messages under one lock and one flush: the frames go out in as few
     /// `sendmsg` calls as the socket allows. Returns how many were accepted; an error is
     /// returned only if none was.
-    pub(crate) fn send_batch(
+    pub(crate) fn send_batch<P: OutPayload>(
         &self,
-        msgs: &mut dyn Iterator<Item = (u16, Bytes)>,
+        msgs: &mut dyn Iterator<Item = (u16, P)>,
         meta: Meta,
         timeout: Duration,
     ) -> Result<usize, Error> {
@@ -1140,14 +1248,17 @@ impl Conn {
             // What still needs the channel's queue (the direct path found it full, or was not
             // taken).
             let queued = match direct.as_mut() {
-                None => Some(payload),
+                None => Some(payload.into_bytes(&mut g.spill)),
                 Some(w) => match fast.and_then(|r| r.header(len)) {
                     Some(header) => {
-                        w.push_frame(&header, payload);
+                        if !w.push_inline(&header, payload.as_slice()) {
+                            w.push_frame(&header, payload.into_bytes(&mut g.spill));
+                        }
                         None
                     }
                     None => {
                         fast = None;
+                        let payload = payload.into_bytes(&mut g.spill);
                         match self.offer_direct(&mut g, channel, payload, meta, now) {
                             Ok(Offer::Framed(t)) => {
                                 w.push(t);
@@ -1411,7 +1522,7 @@ impl Conn {
     /// Receives one message. `Ok(None)` only with `Wait::No`.
     pub(crate) fn recv(&self, wait: Wait) -> Result<Option<Delivered>, Error> {
         let mut out = None;
-        self.recv_into(wait, 1, &mut |d| out = Some(d))?;
+        self.recv_into(wait, 1, &mut |r| out = Some(r.into_delivered()))?;
         Ok(out)
     }
 
@@ -1423,7 +1534,7 @@ impl Conn {
         &self,
         wait: Wait,
         max: usize,
-        sink: &mut dyn FnMut(Delivered),
+        sink: &mut dyn FnMut(Received<'_>),
     ) -> Result<usize, Error> {
         self.recv_or_park(wait, max, sink, None)
     }
@@ -1434,7 +1545,12 @@ impl Conn {
     /// `park.deadline` passed with no message.
     pub(crate) fn poll_recv(&self, park: Park<'_>) -> Result<Option<Delivered>, Error> {
         let mut out = None;
-        self.recv_or_park(Wait::No, 1, &mut |d| out = Some(d), Some(park))?;
+        self.recv_or_park(
+            Wait::No,
+            1,
+            &mut |r| out = Some(r.into_delivered()),
+            Some(park),
+        )?;
         Ok(out)
     }
 
@@ -1444,7 +1560,7 @@ impl Conn {
         &self,
         wait: Wait,
         max: usize,
-        sink: &mut dyn FnMut(Delivered),
+        sink: &mut dyn FnMut(Received<'_>),
         mut park: Option<Park<'_>>,
     ) -> Result<usize, Error> {
         debug_assert!(park.is_none() || wait == Wait::No);
@@ -1477,20 +1593,20 @@ impl Conn {
                 let Some(d) = g.carry.pop_front() else {
                     break;
                 };
-                take.take(d);
+                take.take_owned(d);
                 n += 1;
             }
             if n + 1 == max {
                 // One message (recv): the plain way is the shortest.
                 if let Some(d) = g.session.poll_message() {
-                    take.take(d);
+                    take.take_owned(d);
                     n += 1;
                 }
             } else if n < max {
                 let now = g.session.now();
                 n += g
                     .session
-                    .poll_messages_at(now, max - n, &mut |d| take.take(d));
+                    .poll_received_at(now, max - n, &mut |r| take.take(r));
             }
             let mut runs = take.runs;
             for r in runs.drain(..) {

@@ -321,7 +321,7 @@ impl WriteQueue {
     /// Encodes a small frame into `inline` on a byte stream (`false`: not here, it stays
     /// whole).
     #[inline]
-    fn push_inline(&mut self, header: &[u8; HEADER_LEN], payload: &[u8]) -> bool {
+    pub(crate) fn push_inline(&mut self, header: &[u8; HEADER_LEN], payload: &[u8]) -> bool {
         if !self.coalesce || payload.len() > COALESCE_MAX {
             return false;
         }
