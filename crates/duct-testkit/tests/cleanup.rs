@@ -43,6 +43,13 @@ fn drop_joins_threads_and_closes_fds() {
     clients[0].write_all(b"held").unwrap(); // in flight when the proxy goes
     assert_eq!(proxy_threads(), 1 + 2 * clients.len());
     drop(proxy);
+    // A joined thread can still be listed for a moment: the kernel wakes the joiner (it
+    // clears the thread id) before it removes the finished task from /proc. A thread drop
+    // did not join would still be running, and listed for good.
+    let joined_by = Instant::now() + Duration::from_secs(1);
+    while proxy_threads() > 0 && Instant::now() < joined_by {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert_eq!(
         proxy_threads(),
         0,

@@ -100,6 +100,8 @@ pub(super) struct Inbox {
     /// `first_chunk` on (wrapping); each still has messages queued, or a younger one does.
     chunks: VecDeque<Chunk>,
     first_chunk: u32,
+    /// The class of the last message [`Inbox::push_part`] queued.
+    last_part: usize,
 }
 
 /// A message handed out by [`Session::poll_received_at`](super::Session::poll_received_at).
@@ -289,6 +291,7 @@ impl Inbox {
         len: u32,
     ) {
         debug_assert_eq!(chunk, self.next_chunk());
+        self.last_part = class;
         self.push_held(class, channel, Held::Part { chunk, start, len });
     }
 
@@ -304,12 +307,29 @@ impl Inbox {
 
     /// Adds the chunk `parts` messages queued by [`Inbox::push_part`] are in (none: nothing
     /// to keep). Keeps at most [`MAX_CHUNKS`] chunks.
-    pub(super) fn add_chunk(&mut self, bytes: Bytes, parts: u32) {
+    #[inline]
+    pub(super) fn add_chunk(&mut self, mut bytes: Bytes, parts: u32) {
         if parts == 0 {
             return;
         }
+        if parts == 1 {
+            // A read of one message (a ping-pong's): the message takes the chunk's handle,
+            // unless a message of its class was queued after it (then the chunk is kept).
+            let id = self.next_chunk();
+            let back = self.classes.get_mut(self.last_part);
+            if let Some(m) = back.and_then(|c| c.queue.back_mut()) {
+                if let Held::Part { chunk, start, len } = m.payload {
+                    if chunk == id {
+                        bytes.truncate(start as usize + len as usize);
+                        bytes.advance(start as usize);
+                        m.payload = Held::Whole(bytes);
+                        return;
+                    }
+                }
+            }
+        }
         self.chunks.push_back(Chunk { bytes, parts });
-        while self.chunks.len() > MAX_CHUNKS {
+        if self.chunks.len() > MAX_CHUNKS {
             self.detach_first();
         }
     }
@@ -365,6 +385,9 @@ impl Inbox {
     pub(super) fn pop(&mut self) -> Option<(Delivered, Option<Instant>)> {
         let (m, expires) = self.pop_entry()?;
         let channel = m.channel;
+        if let Held::Whole(payload) = m.payload {
+            return Some((Delivered { channel, payload }, expires));
+        }
         let mut d = None;
         self.hand(Popped { m, expires: None }, &mut |r: Received<'_>| {
             d = Some(r.into_delivered());
