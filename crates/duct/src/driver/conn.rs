@@ -292,8 +292,12 @@ impl OutPayload for Bytes {
 const SPILL_MAX: usize = 4096;
 /// The size of a [`Spill`] buffer.
 const SPILL_CHUNK: usize = 64 * 1024;
-/// [`Spill`] buffers kept for reuse.
-const SPILL_SPARES: usize = 3;
+/// [`Spill`] buffers kept for reuse, free or with copies that still wait (a reliable channel
+/// keeps its messages until they are acknowledged: 4096 in flight by default, 256 KiB of 64 B
+/// ones). Beyond this many the oldest is let go (its memory goes with its last copy); at a
+/// timer of the pipe's (a heartbeat, say) with nothing waiting to be written, free ones
+/// beyond one are ([`Spill::trim`]).
+const SPILL_SPARES_MAX: usize = 8;
 
 /// Buffers for copies of small payloads that wait in a channel's queue (see
 /// [`OutPayload`]): copies share a buffer, and a buffer is reused once every copy made in it
@@ -303,7 +307,7 @@ const SPILL_SPARES: usize = 3;
 pub(crate) struct Spill {
     /// Where the next copy goes (none before the first).
     current: Option<BytesMut>,
-    /// Filled buffers, reused when all their copies are gone.
+    /// Filled buffers, reused when all their copies are gone (at most [`SPILL_SPARES_MAX`]).
     spares: Vec<BytesMut>,
 }
 
@@ -312,26 +316,47 @@ impl Spill {
     fn copy(&mut self, bytes: &[u8]) -> Bytes {
         let room = self.current.as_ref().map_or(0, BytesMut::capacity);
         if room < bytes.len() {
-            let reclaimed = self
-                .spares
-                .iter_mut()
-                .position(|b| b.try_reclaim(SPILL_CHUNK));
-            let next = match reclaimed {
-                Some(i) => self.spares.swap_remove(i),
-                None => BytesMut::with_capacity(SPILL_CHUNK),
-            };
-            if let Some(full) = self.current.replace(next) {
-                // The oldest spare left, if there are too many, keeps its memory until its
-                // copies are sent.
-                if self.spares.len() == SPILL_SPARES {
-                    self.spares.remove(0);
-                }
-                self.spares.push(full);
-            }
+            self.rotate();
         }
         let current = self.current.get_or_insert_with(BytesMut::new);
         current.extend_from_slice(bytes);
         current.split().freeze()
+    }
+
+    /// Replaces the full current buffer with a free spare (reclaimed whole), or a new one.
+    #[cold]
+    fn rotate(&mut self) {
+        let free = self
+            .spares
+            .iter_mut()
+            .position(|b| b.try_reclaim(SPILL_CHUNK));
+        let next = match free {
+            Some(i) => self.spares.remove(i),
+            None => BytesMut::with_capacity(SPILL_CHUNK),
+        };
+        if let Some(full) = self.current.replace(next) {
+            if self.spares.len() == SPILL_SPARES_MAX {
+                // (Its memory goes with its last copy.)
+                self.spares.remove(0);
+            }
+            self.spares.push(full);
+        }
+    }
+
+    /// Lets go of the free spares but one (called from the pipe's timer when nothing waits to
+    /// be written), so that an idle pipe keeps at most two buffers of its own.
+    pub(crate) fn trim(&mut self) {
+        if self.spares.len() <= 1 {
+            return;
+        }
+        let mut kept_free = 0;
+        self.spares.retain_mut(|b| {
+            if !b.try_reclaim(SPILL_CHUNK) {
+                return true; // copies in it still wait
+            }
+            kept_free += 1;
+            kept_free <= 1
+        });
     }
 }
 
@@ -3029,6 +3054,10 @@ impl Reactive for Conn {
                     g.recheck_at = Some(now + RECHECK);
                 }
             }
+        }
+        if g.wq_frames == 0 && g.session.outbox().is_empty() {
+            // Nothing waits to be written: spill buffers left free by a burst can go.
+            g.spill.trim();
         }
         #[cfg(feature = "metrics")]
         let publish = g.publish_at.is_some_and(|t| t <= now) && self.metrics.is_some();
