@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use duct::{DialOptions, ListenOptions, Message, MessageBatch, RecvOptions, SendOptions};
+use duct::{
+    ChannelOptions, DialOptions, ListenOptions, Message, MessageBatch, RecvOptions, SendOptions,
+};
 use duct_sys::alloc_count::{snapshot, CountingAlloc};
 
 #[global_allocator]
@@ -30,16 +32,18 @@ const MEASURED: u64 = 200_000;
 const MAX_ALLOCS: u64 = MEASURED / 10_000;
 
 /// Streams messages from a dialer thread to the listener's side (`slices`: with
-/// `send_slices` and `recv_into`); returns the allocations of the whole process while
+/// `send_slices` and `recv_into`; `reliable`: on a reliable channel); returns the allocations of the whole process while
 /// [`MEASURED`] messages were received, after a warm-up.
-fn allocations_while_streaming(addr: &str, slices: bool) -> u64 {
-    let listener = duct::listen(addr, ListenOptions::default()).unwrap();
+fn allocations_while_streaming(addr: &str, slices: bool, reliable: bool) -> u64 {
+    let channel = ChannelOptions::default().reliable(reliable);
+    let lopts = ListenOptions::default().channel(0, channel.clone());
+    let listener = duct::listen(addr, lopts).unwrap();
     let addr = listener.local_addr().to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let sender = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
-            let pipe = duct::dial(&addr, DialOptions::default()).unwrap();
+            let pipe = duct::dial(&addr, DialOptions::default().channel(0, channel)).unwrap();
             let payload = Bytes::from(vec![7u8; 64]);
             let opts = SendOptions::default().timeout(Duration::from_millis(100));
             while !stop.load(Ordering::Relaxed) {
@@ -140,13 +144,13 @@ fn a_stream_allocates_nothing_per_message() {
         );
     }
     for addr in addrs {
-        for slices in [false, true] {
-            let api = if slices {
-                "send_slices/recv_into"
-            } else {
-                "send_batch/recv_batch"
+        for (slices, reliable) in [(false, false), (true, false), (true, true)] {
+            let api = match (slices, reliable) {
+                (false, _) => "send_batch/recv_batch",
+                (true, false) => "send_slices/recv_into",
+                (true, true) => "send_slices/recv_into, reliable channel",
             };
-            let allocs = allocations_while_streaming(&addr, slices);
+            let allocs = allocations_while_streaming(&addr, slices, reliable);
             println!("{addr}, {api}: {allocs} allocations over {MEASURED} messages received");
             assert!(
                 allocs <= MAX_ALLOCS,

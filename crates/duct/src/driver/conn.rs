@@ -294,10 +294,12 @@ const SPILL_MAX: usize = 4096;
 const SPILL_CHUNK: usize = 64 * 1024;
 /// [`Spill`] buffers kept for reuse, free or with copies that still wait (a reliable channel
 /// keeps its messages until they are acknowledged: 4096 in flight by default, 256 KiB of 64 B
-/// ones). Beyond this many the oldest is let go (its memory goes with its last copy); at a
-/// timer of the pipe's (a heartbeat, say) with nothing waiting to be written, free ones
-/// beyond one are ([`Spill::trim`]).
+/// ones). Beyond this many the oldest is let go (its memory goes with its last copy); once
+/// no buffer was started for a second, free ones beyond one are ([`Spill::trim_if_idle`]).
 const SPILL_SPARES_MAX: usize = 8;
+
+/// How long [`Spill`] goes without starting a buffer before its free spares but one go.
+const SPILL_IDLE: Duration = Duration::from_secs(1);
 
 /// Buffers for copies of small payloads that wait in a channel's queue (see
 /// [`OutPayload`]): copies share a buffer, and a buffer is reused once every copy made in it
@@ -309,6 +311,10 @@ pub(crate) struct Spill {
     current: Option<BytesMut>,
     /// Filled buffers, reused when all their copies are gone (at most [`SPILL_SPARES_MAX`]).
     spares: Vec<BytesMut>,
+    /// Buffers started so far (wrapping).
+    rotations: u64,
+    /// The count of `rotations` a timer last saw, and when it first saw it.
+    idle_since: Option<(u64, Instant)>,
 }
 
 impl Spill {
@@ -326,6 +332,7 @@ impl Spill {
     /// Replaces the full current buffer with a free spare (reclaimed whole), or a new one.
     #[cold]
     fn rotate(&mut self) {
+        self.rotations = self.rotations.wrapping_add(1);
         let free = self
             .spares
             .iter_mut()
@@ -343,11 +350,23 @@ impl Spill {
         }
     }
 
-    /// Lets go of the free spares but one (called from the pipe's timer when nothing waits to
-    /// be written), so that an idle pipe keeps at most two buffers of its own.
-    pub(crate) fn trim(&mut self) {
+    /// Lets go of the free spares but one once no buffer was started for [`SPILL_IDLE`]
+    /// (called from the pipe's timers, `now` theirs), so that an idle pipe keeps at most two
+    /// buffers of its own.
+    pub(crate) fn trim_if_idle(&mut self, now: Instant) {
         if self.spares.len() <= 1 {
             return;
+        }
+        match self.idle_since {
+            Some((rotations, since)) if rotations == self.rotations => {
+                if now.saturating_duration_since(since) < SPILL_IDLE {
+                    return;
+                }
+            }
+            _ => {
+                self.idle_since = Some((self.rotations, now));
+                return;
+            }
         }
         let mut kept_free = 0;
         self.spares.retain_mut(|b| {
@@ -3055,10 +3074,8 @@ impl Reactive for Conn {
                 }
             }
         }
-        if g.wq_frames == 0 && g.session.outbox().is_empty() {
-            // Nothing waits to be written: spill buffers left free by a burst can go.
-            g.spill.trim();
-        }
+        // Spill buffers a burst left free go once a second has passed without a new one.
+        g.spill.trim_if_idle(now);
         #[cfg(feature = "metrics")]
         let publish = g.publish_at.is_some_and(|t| t <= now) && self.metrics.is_some();
         #[cfg(feature = "metrics")]
@@ -3089,5 +3106,67 @@ impl Drop for Conn {
         // The last word: messages delivered after the end are counted too.
         #[cfg(feature = "metrics")]
         self.publish_metrics(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The address range of the buffer `b` is a view into.
+    fn within(b: &Bytes, buf: &std::ops::Range<usize>) -> bool {
+        let at = b.as_ptr() as usize;
+        buf.contains(&at)
+    }
+
+    #[test]
+    fn spill_copies_reuse_a_buffer_once_its_copies_are_gone() {
+        let mut spill = Spill::default();
+        let payload = [7u8; 64];
+        // Fill one buffer and hold its copies.
+        let first: Vec<Bytes> = (0..SPILL_CHUNK / 64)
+            .map(|_| spill.copy(&payload))
+            .collect();
+        let start = first[0].as_ptr() as usize;
+        let range = start..start + SPILL_CHUNK;
+        assert!(first.iter().all(|b| within(b, &range) && b[..] == payload));
+        // The next copy needs a buffer: the first is held, so a new one.
+        let second = spill.copy(&payload);
+        assert!(!within(&second, &range));
+        drop(first);
+        // Filling the second buffer, the next copy goes back to the first: free again.
+        let rest: Vec<Bytes> = (1..SPILL_CHUNK / 64)
+            .map(|_| spill.copy(&payload))
+            .collect();
+        let again = spill.copy(&payload);
+        assert!(within(&again, &range), "the free buffer was not reused");
+        assert_eq!(spill.rotations, 3);
+        drop((second, rest, again));
+    }
+
+    #[test]
+    fn spill_keeps_at_most_its_spares_and_lets_free_ones_go_when_idle() {
+        let mut spill = Spill::default();
+        let payload = [1u8; 4096];
+        // Hold copies across many buffers: spares stay bounded.
+        let held: Vec<Bytes> = (0..40 * SPILL_CHUNK / 4096)
+            .map(|_| spill.copy(&payload))
+            .collect();
+        assert!(spill.spares.len() <= SPILL_SPARES_MAX);
+        drop(held);
+        let t0 = Instant::now();
+        // A timer sees the count, then one a second later with no new buffer trims.
+        spill.trim_if_idle(t0);
+        assert_eq!(spill.spares.len(), SPILL_SPARES_MAX);
+        spill.trim_if_idle(t0 + Duration::from_millis(500));
+        assert_eq!(spill.spares.len(), SPILL_SPARES_MAX, "trimmed before idle");
+        spill.trim_if_idle(t0 + SPILL_IDLE);
+        assert_eq!(spill.spares.len(), 1);
+        // Larger copies get bytes of their own.
+        let big = [2u8; SPILL_MAX + 1];
+        assert_eq!(
+            <&[u8] as OutPayload>::into_bytes(&big[..], &mut spill)[..],
+            big[..]
+        );
     }
 }
