@@ -1533,7 +1533,13 @@ impl Conn {
         match result {
             Ok(done) => {
                 let want = !done && g.terminal.is_none();
-                if want != g.write_armed {
+                // A socket stays watched for room when all is written: the reactor stops
+                // watching at the next event that finds nothing to write (`on_ready`). A
+                // stream that fills the socket at every call would otherwise have the watch
+                // made and unmade at every call, each time a message to the reactor thread
+                // and a wake-up (io_uring).
+                let lazy = !self.frames && g.terminal.is_none();
+                if want != g.write_armed && (want || !lazy) {
                     g.write_armed = want;
                     self.update_interest(&mut g);
                 }
@@ -2975,7 +2981,14 @@ impl Reactive for Conn {
         if writable && (g.write_armed || (frames && g.wq_frames > 0)) {
             // Rate limits and TTL judge by the session's clock.
             g.session.advance(Instant::now());
-            g = self.flush_if_idle(g);
+            if !frames && !g.writing && g.wq_frames == 0 && !g.session.wants_transmit() {
+                // Watched for room with nothing left to write (see `flush_queue`): stop
+                // watching (what `flush_if_idle` would do is nothing).
+                g.write_armed = false;
+                self.update_interest(&mut g);
+            } else {
+                g = self.flush_if_idle(g);
+            }
         }
         let Some(mut g) = self.check_linger(g, Instant::now()) else {
             return;
