@@ -3,7 +3,9 @@
 use std::fmt;
 
 use bytes::Bytes;
-use duct_proto::{Payload, Received};
+use duct_proto::{Delivered, Payload, Received};
+
+use crate::driver::conn::Sink;
 
 use crate::Message;
 
@@ -109,7 +111,7 @@ impl MessageBatch {
     }
 
     /// Adds a received message: a place in the chunk added last, or a new chunk.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push(&mut self, r: Received<'_>) {
         let (start, len) = match r.payload {
             Payload::Whole(b) => {
@@ -133,6 +135,34 @@ impl MessageBatch {
             start,
             len,
         });
+    }
+}
+
+impl Sink for MessageBatch {
+    #[inline]
+    fn owned(&mut self, d: Delivered) {
+        self.push(Received {
+            channel: d.channel,
+            payload: Payload::Whole(d.payload),
+        });
+    }
+
+    #[inline]
+    fn received(&mut self, r: Received<'_>) {
+        self.push(r);
+    }
+}
+
+/// `Pipe::recv_batch`'s messages.
+impl Sink for Vec<Message> {
+    #[inline]
+    fn owned(&mut self, d: Delivered) {
+        self.push(Message::new(d.payload).with_channel(d.channel));
+    }
+
+    #[inline]
+    fn received(&mut self, r: Received<'_>) {
+        self.push(Message::new(r.payload.into_bytes()).with_channel(r.channel));
     }
 }
 

@@ -455,10 +455,7 @@ impl Pipe {
             return Ok(0);
         }
         let wait = wait_for(opts.timeout);
-        let mut sink = |r: duct_proto::Received<'_>| {
-            out.push(Message::new(r.payload.into_bytes()).with_channel(r.channel));
-        };
-        let n = self.conn.recv_into(wait, max, &mut sink)?;
+        let n = self.conn.recv_into(wait, max, out)?;
         if n == 0 {
             return Err(self.would_block());
         }
@@ -483,7 +480,7 @@ impl Pipe {
             return Ok(0);
         }
         let wait = wait_for(opts.timeout);
-        let n = self.conn.recv_into(wait, max, &mut |r| batch.push(r))?;
+        let n = self.conn.recv_into(wait, max, batch)?;
         if n == 0 {
             return Err(self.would_block());
         }

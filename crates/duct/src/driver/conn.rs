@@ -48,7 +48,7 @@ use bytes::{Bytes, BytesMut};
 use duct_proto::lifecycle::{Change, Ignored, Lifecycle, Next, Phase, Policy};
 use duct_proto::qos::{Admission, ChannelMap, DropReason};
 use duct_proto::wire::control::caps;
-use duct_proto::{Delivered, Direct, DirectRun, Event, Payload, Received, Session, Transmit};
+use duct_proto::{Delivered, Direct, DirectRun, Event, Received, Session, Transmit};
 use mio::Interest;
 
 use super::handshake::Handshake;
@@ -399,43 +399,68 @@ impl OutPayload for &[u8] {
     }
 }
 
+/// Where a receive call puts the messages it takes.
+pub(crate) trait Sink {
+    /// A message with a handle of its own (one carried over from an earlier connection, or
+    /// taken alone).
+    fn owned(&mut self, d: Delivered);
+    /// A message from the session's queue, perhaps a place in bytes it shares.
+    fn received(&mut self, r: Received<'_>);
+}
+
+/// One message (`recv`, `poll_recv`).
+impl Sink for Option<Delivered> {
+    #[inline]
+    fn owned(&mut self, d: Delivered) {
+        *self = Some(d);
+    }
+
+    #[inline]
+    fn received(&mut self, r: Received<'_>) {
+        *self = Some(r.into_delivered());
+    }
+}
+
 /// Hands received messages to a receive call's sink: traces and counts each.
-struct Take<'a> {
+struct Take<'a, S: ?Sized> {
     run: Run,
     /// Runs of one channel counted together; the (rare) others kept for after (in the
     /// pipe's own `Vec`, lent for the call: no allocation once it has grown).
     runs: Vec<Run>,
     span: &'a tracing::Span,
-    sink: &'a mut dyn FnMut(Received<'_>),
+    sink: &'a mut S,
 }
 
-impl Take<'_> {
-    // (Inlined into the session's loop that hands out messages: a call less per message.)
+impl<S: Sink + ?Sized> Take<'_, S> {
+    /// Traces and counts a message of `len` bytes on `channel`.
     #[inline(always)]
-    fn take(&mut self, r: Received<'_>) {
-        let len = r.payload.len();
+    fn count(&mut self, channel: u16, len: usize) {
         tracing::trace!(
             name: "message_received",
             target: "duct::message",
             parent: self.span,
-            channel = r.channel,
+            channel,
             len,
             "message received"
         );
-        if !self.run.add(r.channel, len) {
+        if !self.run.add(channel, len) {
             self.runs.push(self.run);
-            self.run = Run::start(r.channel, len);
+            self.run = Run::start(channel, len);
         }
-        (self.sink)(r);
+    }
+
+    // (Inlined into the session's loop that hands out messages: a call less per message.)
+    #[inline(always)]
+    fn take(&mut self, r: Received<'_>) {
+        self.count(r.channel, r.payload.len());
+        self.sink.received(r);
     }
 
     /// [`Take::take`] for a message with a handle of its own.
     #[inline(always)]
     fn take_owned(&mut self, d: Delivered) {
-        self.take(Received {
-            channel: d.channel,
-            payload: Payload::Whole(d.payload),
-        });
+        self.count(d.channel, d.payload.len());
+        self.sink.owned(d);
     }
 }
 
@@ -1571,8 +1596,8 @@ impl Conn {
 
     /// Receives one message. `Ok(None)` only with `Wait::No`.
     pub(crate) fn recv(&self, wait: Wait) -> Result<Option<Delivered>, Error> {
-        let mut out = None;
-        self.recv_into(wait, 1, &mut |r| out = Some(r.into_delivered()))?;
+        let mut out: Option<Delivered> = None;
+        self.recv_into(wait, 1, &mut out)?;
         Ok(out)
     }
 
@@ -1580,11 +1605,11 @@ impl Conn {
     /// lock. Waits as `wait` says for the first; returns how many were delivered (0 only with
     /// `Wait::No`). Once the pipe has ended, messages received before the end are still
     /// delivered; the error comes when there are none left.
-    pub(crate) fn recv_into(
+    pub(crate) fn recv_into<S: Sink + ?Sized>(
         &self,
         wait: Wait,
         max: usize,
-        sink: &mut dyn FnMut(Received<'_>),
+        sink: &mut S,
     ) -> Result<usize, Error> {
         self.recv_or_park(wait, max, sink, None)
     }
@@ -1594,23 +1619,18 @@ impl Conn {
     /// makes sure the reactor reads for it, and returns `Ok(None)`. `TimedOut` once
     /// `park.deadline` passed with no message.
     pub(crate) fn poll_recv(&self, park: Park<'_>) -> Result<Option<Delivered>, Error> {
-        let mut out = None;
-        self.recv_or_park(
-            Wait::No,
-            1,
-            &mut |r| out = Some(r.into_delivered()),
-            Some(park),
-        )?;
+        let mut out: Option<Delivered> = None;
+        self.recv_or_park(Wait::No, 1, &mut out, Some(park))?;
         Ok(out)
     }
 
     /// [`Conn::recv_into`]; with `park` (and `Wait::No`), an async call that registers its
     /// waker when it finds nothing (returning 0).
-    fn recv_or_park(
+    fn recv_or_park<S: Sink + ?Sized>(
         &self,
         wait: Wait,
         max: usize,
-        sink: &mut dyn FnMut(Received<'_>),
+        sink: &mut S,
         mut park: Option<Park<'_>>,
     ) -> Result<usize, Error> {
         debug_assert!(park.is_none() || wait == Wait::No);
