@@ -6,7 +6,8 @@
 //! benchmark (see
 //! `duct bench`). `stream`: the dialer sends batches of 64 messages with `send_slices` and
 //! the listener takes them with `recv_into`; the count is messages. `HOTPATH_BATCH=N` sets
-//! the batch (default 64; `duct bench` uses 1024 for 64 B).
+//! the batch (default 64; `duct bench` uses 1024 for 64 B). `HOTPATH_RELIABLE=1` makes channel 0
+//! reliable on both ends.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -77,7 +78,16 @@ fn main() {
         "uds" => format!("uds://@hotpath-{}", std::process::id()),
         _ => "tcp://127.0.0.1:0".to_owned(),
     };
-    let listener = duct::listen(&addr, ListenOptions::default().spin(spin)).unwrap();
+    // `HOTPATH_RELIABLE=1`: channel 0 reliable on both ends.
+    let reliable = std::env::var("HOTPATH_RELIABLE").is_ok_and(|v| v == "1");
+    let channel = duct::ChannelOptions::default().reliable(reliable);
+    let listener = duct::listen(
+        &addr,
+        ListenOptions::default()
+            .spin(spin)
+            .channel(0, channel.clone()),
+    )
+    .unwrap();
     let addr = listener.local_addr().to_string();
     let echo = std::thread::spawn(move || {
         let b = listener.accept().unwrap();
@@ -95,7 +105,7 @@ fn main() {
             }
         }
     });
-    let a = duct::dial(&addr, DialOptions::default().spin(spin)).unwrap();
+    let a = duct::dial(&addr, DialOptions::default().spin(spin).channel(0, channel)).unwrap();
     let payload = Message::new(vec![7u8; 64]);
     let run = if stream { measure_stream } else { measure };
     run(&a, 1000, &payload); // warm-up (counted too: keep n large)

@@ -87,22 +87,20 @@ struct RelSend {
 impl RelSend {
     /// A reliable message's last frame was taken for sending at `now`.
     fn record(&mut self, seq: u64, channel: u16, payload: Bytes, now: Instant) {
-        // Usually the newest (messages complete in number order unless fragments interleave).
-        let at = if self.unacked.back().is_none_or(|s| s.seq < seq) {
-            self.unacked.len()
-        } else {
-            self.unacked.partition_point(|s| s.seq < seq)
+        let sent = Sent {
+            seq,
+            channel,
+            payload,
+            at: now,
+            sacked: false,
         };
-        self.unacked.insert(
-            at,
-            Sent {
-                seq,
-                channel,
-                payload,
-                at: now,
-                sacked: false,
-            },
-        );
+        // Usually the newest (messages complete in number order unless fragments interleave).
+        if self.unacked.back().is_none_or(|s| s.seq < seq) {
+            self.unacked.push_back(sent);
+        } else {
+            let at = self.unacked.partition_point(|s| s.seq < seq);
+            self.unacked.insert(at, sent);
+        }
         self.rto_at.get_or_insert(now + self.rto);
     }
 
