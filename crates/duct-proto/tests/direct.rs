@@ -100,26 +100,27 @@ fn whatever_needs_scheduling_takes_the_queued_way() {
         ttl: Some(Duration::from_millis(50)),
         ..ChannelConfig::default()
     };
-    let reliable = ChannelConfig {
+    let reliable_ttl = ChannelConfig {
         reliable: true,
+        ttl: Some(Duration::from_millis(50)),
         ..ChannelConfig::default()
     };
     let qos = QosConfig {
-        channels: [(1u16, paced), (2, with_ttl), (3, reliable)]
+        channels: [(1u16, paced), (2, with_ttl), (3, reliable_ttl)]
             .into_iter()
             .collect(),
         ..QosConfig::default()
     };
     let (mut s, _) = established(with_qos(qos.clone()), with_qos(qos), now);
     let p = || Bytes::from_static(b"x");
-    // A rate-limited channel, a channel TTL, a reliable channel, a TTL or reliability asked
-    // for per message: queued, and framed by poll_transmit in order.
+    // A rate-limited channel, a channel TTL (reliable or not), a TTL asked for per message
+    // (with reliability or not): queued, and framed by poll_transmit in order.
     for (channel, ttl, rel) in [
         (1u16, None, None),
         (2, None, None),
         (3, None, None),
         (0, Some(Duration::from_millis(5)), None),
-        (0, None, Some(true)),
+        (0, Some(Duration::from_millis(5)), Some(true)),
     ] {
         let a = offered(s.send_direct(channel, p(), ttl, rel, now).unwrap());
         assert_eq!(a, Admission::Queued, "channel {channel}");
@@ -143,6 +144,52 @@ fn whatever_needs_scheduling_takes_the_queued_way() {
     let kinds: Vec<_> = frames(&mut s).iter().map(|(h, _)| h.kind).collect();
     assert_eq!(kinds.len(), 2);
     assert_eq!(kinds[1], duct_proto::wire::FrameKind::Data);
+}
+
+#[test]
+fn a_reliable_message_inside_its_windows_goes_direct_as_the_queued_way_frames_it() {
+    let now = Instant::now();
+    let reliable = ChannelConfig {
+        reliable: true,
+        inflight_msgs: 2,
+        ..ChannelConfig::default()
+    };
+    let qos = QosConfig {
+        channels: [(3u16, reliable)].into_iter().collect(),
+        ..QosConfig::default()
+    };
+    let (mut a, _) = established(with_qos(qos.clone()), with_qos(qos.clone()), now);
+    let (mut b, _) = established(with_qos(qos.clone()), with_qos(qos), now);
+    let p = |i: u8| Bytes::from(vec![i; 10]);
+    for i in 0..2u8 {
+        let t = direct_frame(a.send_direct(3, p(i), None, None, now).unwrap());
+        assert_eq!(
+            b.send_message(3, p(i), None, None, now).unwrap(),
+            Admission::Queued
+        );
+        let q = b.poll_transmit().expect("the queued frame");
+        assert_eq!(t.header, q.header, "message {i}");
+        let h = Header::decode(&t.header).unwrap();
+        assert!(h.has(duct_proto::wire::flags::RELIABLE), "{h:?}");
+        assert_eq!(h.seq, u32::from(i) + 1);
+        assert_eq!(t.payload, q.payload);
+        // Recorded as sent (kept until acknowledged), as the queued way records it.
+        assert_eq!(a.outbox().unacked(), usize::from(i) + 1);
+        assert_eq!(a.outbox().inflight(), b.outbox().inflight());
+        assert_eq!(a.outbox().next_seq(), b.outbox().next_seq());
+        assert!(a.outbox().is_empty() && a.poll_transmit().is_none());
+    }
+    // The channel's window is full: the next one waits in the queue, held until an ack.
+    assert_eq!(
+        offered(a.send_direct(3, p(2), None, None, now).unwrap()),
+        Admission::Queued
+    );
+    assert!(a.poll_transmit().is_none());
+    // Something queued: a message asking for reliability on another channel queues too.
+    assert_eq!(
+        offered(a.send_direct(0, p(3), None, Some(true), now).unwrap()),
+        Admission::Queued
+    );
 }
 
 #[test]

@@ -453,8 +453,9 @@ impl Outbox {
 
     /// A message that can go out at once as one frame, without queueing: nothing is queued
     /// on any channel (so the scheduler has nothing to order it against), the pipe has no
-    /// rate limit, the channel no rate limit, and the message no time to live, is not
-    /// reliable and fits in one frame of `frame_max` bytes. Then it is framed now
+    /// rate limit, the channel no rate limit, and the message no time to live and fits in
+    /// one frame of `frame_max` bytes; a reliable one also fits both reliable windows (it is
+    /// numbered and recorded as sent). Then it is framed now
     /// (`Ok`), exactly as [`Outbox::offer_with`] followed by [`Outbox::poll`] would frame
     /// it; otherwise it is handed back (`Err`) for [`Outbox::offer_with`], untouched.
     #[inline]
@@ -467,11 +468,72 @@ impl Outbox {
         now: Instant,
         frame_max: usize,
     ) -> Result<Transmit, Bytes> {
-        if payload.len() > frame_max.max(1) || !self.direct_allowed(channel, ttl, reliable, now) {
+        if payload.len() > frame_max.max(1) {
             return Err(payload);
+        }
+        if !self.direct_allowed(channel, ttl, reliable, now) {
+            return self.offer_direct_reliable(channel, payload, ttl, reliable, now);
         }
         Ok(Transmit {
             header: Header::data(channel, payload.len() as u32).encode(),
+            payload,
+            deadline: None,
+        })
+    }
+
+    /// [`Outbox::offer_direct`] for a reliable message (one frame, no time to live, no rate
+    /// limit, nothing queued) inside both windows: numbered, recorded as sent and framed now,
+    /// exactly as [`Outbox::offer_with`] followed by [`Outbox::poll`] would number, record
+    /// and frame it. Anything else is handed back.
+    fn offer_direct_reliable(
+        &mut self,
+        channel: u16,
+        payload: Bytes,
+        ttl: Option<std::time::Duration>,
+        reliable: Option<bool>,
+        now: Instant,
+    ) -> Result<Transmit, Bytes> {
+        if self.msgs != 0 || self.pipe_msgs.is_some() || self.pipe_bytes.is_some() || ttl.is_some()
+        {
+            return Err(payload);
+        }
+        let len = payload.len();
+        let (max_msgs, max_bytes) = (self.config.inflight_msgs, self.config.inflight_bytes);
+        let ch = self.chan(channel, now);
+        if !reliable.unwrap_or(ch.cfg.reliable)
+            || ch.cfg.ttl.is_some()
+            || ch.msgs_bucket.is_some()
+            || ch.bytes_bucket.is_some()
+        {
+            return Err(payload);
+        }
+        let room = |n: usize, b: usize, max_n: usize, max_b: usize| {
+            n == 0 || (n < max_n.max(1) && b + len <= max_b.max(1))
+        };
+        let (ch_msgs, ch_bytes) = (ch.cfg.inflight_msgs, ch.cfg.inflight_bytes);
+        if !room(ch.inflight_msgs, ch.inflight_bytes, ch_msgs, ch_bytes)
+            || !room(
+                self.rel.inflight_msgs,
+                self.rel.inflight_bytes,
+                max_msgs,
+                max_bytes,
+            )
+        {
+            return Err(payload);
+        }
+        let ch = self.chan(channel, now);
+        ch.inflight_msgs += 1;
+        ch.inflight_bytes += len;
+        let seq = self.rel.next_seq;
+        self.rel.next_seq += 1;
+        self.rel.inflight_msgs += 1;
+        self.rel.inflight_bytes += len;
+        let mut h = Header::data(channel, len as u32);
+        h.flags |= flags::RELIABLE;
+        h.seq = crate::reliable::narrow(seq);
+        self.rel.record(seq, channel, payload.clone(), now);
+        Ok(Transmit {
+            header: h.encode(),
             payload,
             deadline: None,
         })
