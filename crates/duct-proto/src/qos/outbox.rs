@@ -498,39 +498,21 @@ impl Outbox {
             return Err(payload);
         }
         let len = payload.len();
-        let (max_msgs, max_bytes) = (self.config.inflight_msgs, self.config.inflight_bytes);
-        let ch = self.chan(channel, now);
+        // (Made if need be, then borrowed beside the window's state.)
+        self.chan(channel, now);
+        let Some(ch) = self.chans.get_mut(channel) else {
+            return Err(payload);
+        };
         if !reliable.unwrap_or(ch.cfg.reliable)
             || ch.cfg.ttl.is_some()
             || ch.msgs_bucket.is_some()
             || ch.bytes_bucket.is_some()
+            || !window_room(&self.rel, &self.config, ch, len)
         {
             return Err(payload);
         }
-        let room = |n: usize, b: usize, max_n: usize, max_b: usize| {
-            n == 0 || (n < max_n.max(1) && b + len <= max_b.max(1))
-        };
-        let (ch_msgs, ch_bytes) = (ch.cfg.inflight_msgs, ch.cfg.inflight_bytes);
-        if !room(ch.inflight_msgs, ch.inflight_bytes, ch_msgs, ch_bytes)
-            || !room(
-                self.rel.inflight_msgs,
-                self.rel.inflight_bytes,
-                max_msgs,
-                max_bytes,
-            )
-        {
-            return Err(payload);
-        }
-        let ch = self.chan(channel, now);
-        ch.inflight_msgs += 1;
-        ch.inflight_bytes += len;
-        let seq = self.rel.next_seq;
-        self.rel.next_seq += 1;
-        self.rel.inflight_msgs += 1;
-        self.rel.inflight_bytes += len;
         let mut h = Header::data(channel, len as u32);
-        h.flags |= flags::RELIABLE;
-        h.seq = crate::reliable::narrow(seq);
+        let seq = number(&mut self.rel, ch, &mut h, len);
         self.rel.record(seq, channel, payload.clone(), now);
         Ok(Transmit {
             header: h.encode(),
@@ -1008,34 +990,10 @@ impl Outbox {
         if head.reliable {
             // A fresh reliable message inside both windows (anything else: the full path).
             let len = head.payload.len();
-            let rel = &self.rel;
-            let room = |n: usize, b: usize, max_n: usize, max_b: usize| {
-                n == 0 || (n < max_n.max(1) && b + len <= max_b.max(1))
-            };
-            if head.seq != 0
-                || !room(
-                    rel.inflight_msgs,
-                    rel.inflight_bytes,
-                    self.config.inflight_msgs,
-                    self.config.inflight_bytes,
-                )
-                || !room(
-                    ch.inflight_msgs,
-                    ch.inflight_bytes,
-                    ch.cfg.inflight_msgs,
-                    ch.cfg.inflight_bytes,
-                )
-            {
+            if head.seq != 0 || !window_room(&self.rel, &self.config, ch, len) {
                 return None;
             }
-            let seq = self.rel.next_seq;
-            self.rel.next_seq += 1;
-            self.rel.inflight_msgs += 1;
-            self.rel.inflight_bytes += len;
-            ch.inflight_msgs += 1;
-            ch.inflight_bytes += len;
-            h.flags |= flags::RELIABLE;
-            h.seq = crate::reliable::narrow(seq);
+            let seq = number(&mut self.rel, ch, &mut h, len);
             let p = take_head(ch, class);
             self.msgs -= 1;
             self.bytes -= len;
@@ -1152,6 +1110,39 @@ impl Outbox {
 /// Takes the finished head message of `ch`, the channel at the front of `class`'s ring; a
 /// channel left empty leaves the ring.
 #[inline]
+/// Whether a fresh reliable message of `len` bytes fits the pipe's window (`rel`, sized by
+/// `config`) and its channel's (`ch`): each takes one message at least, however large.
+fn window_room(rel: &RelSend, config: &QosConfig, ch: &Chan, len: usize) -> bool {
+    let room = |n: usize, b: usize, max_n: usize, max_b: usize| {
+        n == 0 || (n < max_n.max(1) && b + len <= max_b.max(1))
+    };
+    room(
+        rel.inflight_msgs,
+        rel.inflight_bytes,
+        config.inflight_msgs,
+        config.inflight_bytes,
+    ) && room(
+        ch.inflight_msgs,
+        ch.inflight_bytes,
+        ch.cfg.inflight_msgs,
+        ch.cfg.inflight_bytes,
+    )
+}
+
+/// Numbers a fresh reliable message of `len` bytes on `ch`: counts it in both windows and
+/// marks `h` (reliable, its number). Returns the number.
+fn number(rel: &mut RelSend, ch: &mut Chan, h: &mut Header, len: usize) -> u64 {
+    let seq = rel.next_seq;
+    rel.next_seq += 1;
+    rel.inflight_msgs += 1;
+    rel.inflight_bytes += len;
+    ch.inflight_msgs += 1;
+    ch.inflight_bytes += len;
+    h.flags |= flags::RELIABLE;
+    h.seq = crate::reliable::narrow(seq);
+    seq
+}
+
 fn take_head(ch: &mut Chan, class: &mut Class) -> Pending {
     let p = ch.queue.pop_front().expect("the head");
     ch.bytes -= p.payload.len();
