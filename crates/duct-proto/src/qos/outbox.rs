@@ -418,8 +418,7 @@ impl Outbox {
         reliable: Option<bool>,
         now: Instant,
     ) -> bool {
-        if self.msgs != 0 || self.pipe_msgs.is_some() || self.pipe_bytes.is_some() || ttl.is_some()
-        {
+        if !self.unqueued_and_unpaced(ttl) {
             return false;
         }
         let ch = self.chan(channel, now);
@@ -427,6 +426,13 @@ impl Outbox {
             || ch.cfg.ttl.is_some()
             || ch.msgs_bucket.is_some()
             || ch.bytes_bucket.is_some())
+    }
+
+    /// Nothing is queued on any channel, the pipe has no rate limit and the message (`ttl`)
+    /// no time to live: what every message framed at once needs of the outbox.
+    #[inline]
+    fn unqueued_and_unpaced(&self, ttl: Option<std::time::Duration>) -> bool {
+        self.msgs == 0 && self.pipe_msgs.is_none() && self.pipe_bytes.is_none() && ttl.is_none()
     }
 
     /// Whether a message sent on `channel` with `ttl` and `reliable` involves time: it has a
@@ -493,8 +499,7 @@ impl Outbox {
         reliable: Option<bool>,
         now: Instant,
     ) -> Result<Transmit, Bytes> {
-        if self.msgs != 0 || self.pipe_msgs.is_some() || self.pipe_bytes.is_some() || ttl.is_some()
-        {
+        if !self.unqueued_and_unpaced(ttl) {
             return Err(payload);
         }
         let len = payload.len();
