@@ -85,6 +85,12 @@ impl RecvState {
     pub fn arrive(&mut self, wire: u32, now: Instant) -> Result<Arrival, crate::Error> {
         let seq = widen(wire, self.cum + 1);
         self.owe(now);
+        if seq == self.cum + 1 && self.above.is_empty() {
+            // The next in order with nothing held above (a stream's every message): no set
+            // to look into.
+            self.cum = seq;
+            return Ok(Arrival::New);
+        }
         if seq == 0 || seq <= self.cum || self.above.contains(&seq) {
             self.duplicates += 1;
             return Ok(Arrival::Duplicate);
