@@ -207,6 +207,8 @@ pub struct DirectRun {
     channel: u16,
     /// Longest payload that goes out as one frame within the message limits.
     max_len: usize,
+    /// The header of the run's frames with a zero length (only the length differs).
+    template: [u8; HEADER_LEN],
 }
 
 impl DirectRun {
@@ -219,7 +221,11 @@ impl DirectRun {
     /// frame (or the message limit): [`Session::send_direct`] then says what becomes of it.
     #[inline]
     pub fn header(&self, len: usize) -> Option<[u8; HEADER_LEN]> {
-        (len <= self.max_len).then(|| Header::data(self.channel, len as u32).encode())
+        (len <= self.max_len).then(|| {
+            let mut h = self.template;
+            h[4..8].copy_from_slice(&(len as u32).to_be_bytes());
+            h
+        })
     }
 }
 
@@ -657,7 +663,11 @@ impl Session {
             return None;
         }
         self.tick(now);
-        Some(DirectRun { channel, max_len })
+        Some(DirectRun {
+            channel,
+            max_len,
+            template: Header::data(channel, 0).encode(),
+        })
     }
 
     /// A message framed now would be the next frame out: established, and no control frame
