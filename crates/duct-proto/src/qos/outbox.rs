@@ -144,6 +144,12 @@ struct Chan {
 }
 
 impl Chan {
+    /// No time to live and no rate limit: its messages need no scheduling of their own.
+    #[inline]
+    fn untimed_and_unpaced(&self) -> bool {
+        self.cfg.ttl.is_none() && self.msgs_bucket.is_none() && self.bytes_bucket.is_none()
+    }
+
     fn new(cfg: ChannelConfig, now: Instant) -> Chan {
         Chan {
             msgs_bucket: cfg.msgs_rate.map(|r| TokenBucket::new(r, now)),
@@ -407,9 +413,10 @@ impl Outbox {
         Admission::Queued
     }
 
-    /// Whether a message on `channel` with `ttl` and `reliable` may be framed at once by
-    /// [`Outbox::offer_direct`], its size aside: nothing is queued on any channel, and
-    /// neither the pipe nor the channel has a rate limit, a time to live or reliability.
+    /// Whether a message on `channel` with `ttl` and `reliable` may be framed at once as plain
+    /// data (what [`Outbox::offer_direct`] does then, its size aside): nothing is queued on
+    /// any channel, and neither the pipe nor the channel has a rate limit, a time to live or
+    /// reliability.
     #[inline]
     pub fn direct_allowed(
         &mut self,
@@ -422,10 +429,7 @@ impl Outbox {
             return false;
         }
         let ch = self.chan(channel, now);
-        !(reliable.unwrap_or(ch.cfg.reliable)
-            || ch.cfg.ttl.is_some()
-            || ch.msgs_bucket.is_some()
-            || ch.bytes_bucket.is_some())
+        !reliable.unwrap_or(ch.cfg.reliable) && ch.untimed_and_unpaced()
     }
 
     /// Nothing is queued on any channel, the pipe has no rate limit and the message (`ttl`)
@@ -474,51 +478,27 @@ impl Outbox {
         now: Instant,
         frame_max: usize,
     ) -> Result<Transmit, Bytes> {
-        if payload.len() > frame_max.max(1) {
-            return Err(payload);
-        }
-        if !self.direct_allowed(channel, ttl, reliable, now) {
-            return self.offer_direct_reliable(channel, payload, ttl, reliable, now);
-        }
-        Ok(Transmit {
-            header: Header::data(channel, payload.len() as u32).encode(),
-            payload,
-            deadline: None,
-        })
-    }
-
-    /// [`Outbox::offer_direct`] for a reliable message (one frame, no time to live, no rate
-    /// limit, nothing queued) inside both windows: numbered, recorded as sent and framed now,
-    /// exactly as [`Outbox::offer_with`] followed by [`Outbox::poll`] would number, record
-    /// and frame it. Anything else is handed back.
-    fn offer_direct_reliable(
-        &mut self,
-        channel: u16,
-        payload: Bytes,
-        ttl: Option<std::time::Duration>,
-        reliable: Option<bool>,
-        now: Instant,
-    ) -> Result<Transmit, Bytes> {
-        if !self.unqueued_and_unpaced(ttl) {
+        if payload.len() > frame_max.max(1) || !self.unqueued_and_unpaced(ttl) {
             return Err(payload);
         }
         let len = payload.len();
-        // (Made if need be, then borrowed beside the window's state.)
+        // (Made if need be, then borrowed beside the reliable window's state.)
         self.chan(channel, now);
         let Some(ch) = self.chans.get_mut(channel) else {
             return Err(payload);
         };
-        if !reliable.unwrap_or(ch.cfg.reliable)
-            || ch.cfg.ttl.is_some()
-            || ch.msgs_bucket.is_some()
-            || ch.bytes_bucket.is_some()
-            || !window_room(&self.rel, &self.config, ch, len)
-        {
+        if !ch.untimed_and_unpaced() {
             return Err(payload);
         }
         let mut h = Header::data(channel, len as u32);
-        let seq = number(&mut self.rel, ch, &mut h, len);
-        self.rel.record(seq, channel, payload.clone(), now);
+        if reliable.unwrap_or(ch.cfg.reliable) {
+            // Numbered and recorded as sent, as `poll` would, when both windows have room.
+            if !window_room(&self.rel, &self.config, ch, len) {
+                return Err(payload);
+            }
+            let seq = number(&mut self.rel, ch, &mut h, len);
+            self.rel.record(seq, channel, payload.clone(), now);
+        }
         Ok(Transmit {
             header: h.encode(),
             payload,
@@ -1112,9 +1092,6 @@ impl Outbox {
     }
 }
 
-/// Takes the finished head message of `ch`, the channel at the front of `class`'s ring; a
-/// channel left empty leaves the ring.
-#[inline]
 /// Whether a fresh reliable message of `len` bytes fits the pipe's window (`rel`, sized by
 /// `config`) and its channel's (`ch`): each takes one message at least, however large.
 fn window_room(rel: &RelSend, config: &QosConfig, ch: &Chan, len: usize) -> bool {
@@ -1148,6 +1125,9 @@ fn number(rel: &mut RelSend, ch: &mut Chan, h: &mut Header, len: usize) -> u64 {
     seq
 }
 
+/// Takes the finished head message of `ch`, the channel at the front of `class`'s ring; a
+/// channel left empty leaves the ring.
+#[inline]
 fn take_head(ch: &mut Chan, class: &mut Class) -> Pending {
     let p = ch.queue.pop_front().expect("the head");
     ch.bytes -= p.payload.len();

@@ -100,6 +100,8 @@ pub(super) struct Inbox {
     /// `first_chunk` on (wrapping); each still has messages queued, or a younger one does.
     chunks: VecDeque<Chunk>,
     first_chunk: u32,
+    /// Messages [`Inbox::push_part`] queued for the chunk [`Inbox::add_chunk`] adds next.
+    pending: u32,
     /// The class of the last message [`Inbox::push_part`] queued.
     last_part: usize,
 }
@@ -265,34 +267,37 @@ impl Inbox {
         }
     }
 
-    /// Queues a message without deadline in the queue `class` (from [`Inbox::class`]).
-    #[inline]
-    pub(super) fn push_untimed(&mut self, class: usize, channel: u16, payload: Bytes) {
-        self.push_held(class, channel, Held::Whole(payload));
-    }
-
     /// The number the next chunk will have (see [`Inbox::add_chunk`]).
     #[inline]
     pub(super) fn next_chunk(&self) -> u32 {
         self.first_chunk.wrapping_add(self.chunks.len() as u32)
     }
 
-    /// Queues, without deadline in the queue `class`, the message of `len` bytes at `start`
-    /// of the chunk `chunk`: the one [`Inbox::next_chunk`] numbers, which
-    /// [`Inbox::add_chunk`] must add, with this message counted, before anything else is
-    /// asked of the inbox.
+    /// Queues, without deadline in the queue `class`, the message at `range` of `run`: as a
+    /// place in the chunk [`Inbox::add_chunk`] adds next (`run`), which it must add before
+    /// anything else is asked of the inbox. A range too large for a place (more than 4 GiB
+    /// into a chunk, which frame limits rule out) gets a handle of its own.
     #[inline]
     pub(super) fn push_part(
         &mut self,
         class: usize,
         channel: u16,
-        chunk: u32,
-        start: u32,
-        len: u32,
+        run: &Bytes,
+        range: Range<usize>,
     ) {
-        debug_assert_eq!(chunk, self.next_chunk());
-        self.last_part = class;
-        self.push_held(class, channel, Held::Part { chunk, start, len });
+        let payload = match (u32::try_from(range.start), u32::try_from(range.len())) {
+            (Ok(start), Ok(len)) => {
+                self.pending += 1;
+                self.last_part = class;
+                Held::Part {
+                    chunk: self.next_chunk(),
+                    start,
+                    len,
+                }
+            }
+            _ => Held::Whole(run.slice(range)),
+        };
+        self.push_held(class, channel, payload);
     }
 
     #[inline]
@@ -305,10 +310,11 @@ impl Inbox {
         self.len += 1;
     }
 
-    /// Adds the chunk `parts` messages queued by [`Inbox::push_part`] are in (none: nothing
-    /// to keep). Keeps at most [`MAX_CHUNKS`] chunks.
+    /// Adds the chunk the messages [`Inbox::push_part`] queued since the last call are in
+    /// (none: nothing to keep). Keeps at most [`MAX_CHUNKS`] chunks.
     #[inline]
-    pub(super) fn add_chunk(&mut self, mut bytes: Bytes, parts: u32) {
+    pub(super) fn add_chunk(&mut self, mut bytes: Bytes) {
+        let parts = std::mem::take(&mut self.pending);
         if parts == 0 {
             return;
         }
@@ -416,15 +422,12 @@ impl Inbox {
                 payload: Payload::Whole(payload),
             }),
             Held::Part { chunk, start, len } => {
-                let i = chunk.wrapping_sub(self.first_chunk) as usize;
-                let Some(c) = self.chunks.get_mut(i) else {
-                    debug_assert!(false, "a message of an unknown chunk");
+                // (Counted out first: the chunk is let go after its last message.)
+                let Some((i, last)) = self.count_out(chunk) else {
                     return;
                 };
+                let c = &mut self.chunks[i];
                 let (start, len) = (start as usize, len as usize);
-                // (Counted out first: the chunk is let go after its last message.)
-                c.parts = c.parts.saturating_sub(1);
-                let last = c.parts == 0;
                 if start + len <= c.bytes.len() {
                     sink(Received {
                         channel,
@@ -450,22 +453,23 @@ impl Inbox {
     #[inline]
     pub(super) fn discard(&mut self, p: Popped) {
         if let Held::Part { chunk, .. } = p.m.payload {
-            self.release(chunk);
+            if let Some((i, true)) = self.count_out(chunk) {
+                self.let_go(i);
+            }
         }
     }
 
-    /// One message of chunk `id` left the queue: the chunk is let go with its last.
+    /// One message of chunk `id` left the queue: the chunk's index in `chunks`, and whether
+    /// it was the chunk's last (the caller then lets it go, [`Inbox::let_go`]).
     #[inline]
-    fn release(&mut self, id: u32) {
+    fn count_out(&mut self, id: u32) -> Option<(usize, bool)> {
         let i = id.wrapping_sub(self.first_chunk) as usize;
         let Some(c) = self.chunks.get_mut(i) else {
             debug_assert!(false, "a message of an unknown chunk");
-            return;
+            return None;
         };
         c.parts = c.parts.saturating_sub(1);
-        if c.parts == 0 {
-            self.let_go(i);
-        }
+        Some((i, c.parts == 0))
     }
 
     /// Lets go of the chunk at `i` in `chunks`, which has no message queued any more.
@@ -538,15 +542,18 @@ mod tests {
     /// Queues `msgs` (channel, payload) as parts of one chunk, in `class`es by channel:
     /// channel 1 in the first class made, channel 2 in the second.
     fn add_run(inbox: &mut Inbox, msgs: &[(u16, &[u8])]) {
+        let mut ranges = Vec::new();
         let mut chunk = Vec::new();
-        let id = inbox.next_chunk();
-        for (channel, payload) in msgs {
-            let start = chunk.len() as u32;
+        for (_, payload) in msgs {
+            ranges.push(chunk.len()..chunk.len() + payload.len());
             chunk.extend_from_slice(payload);
-            let class = inbox.class(if *channel == 1 { 200 } else { 0 });
-            inbox.push_part(class, *channel, id, start, payload.len() as u32);
         }
-        inbox.add_chunk(Bytes::from(chunk), msgs.len() as u32);
+        let chunk = Bytes::from(chunk);
+        for ((channel, _), range) in msgs.iter().zip(ranges) {
+            let class = inbox.class(if *channel == 1 { 200 } else { 0 });
+            inbox.push_part(class, *channel, &chunk, range);
+        }
+        inbox.add_chunk(chunk);
     }
 
     /// Takes one message as a `Received`, returning its channel, payload and chunk number.

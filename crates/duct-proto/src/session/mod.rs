@@ -809,12 +809,8 @@ impl Session {
     fn handle_data_run(&mut self, run: Bytes, now: Instant) -> Result<(), Error> {
         let mut acct = RxRun::default();
         let mut result = Ok(());
-        // Whole messages are queued as places in `run` (see `inbox`): `parts` of them, in
-        // the chunk numbered `chunk`. (A run too long for 32-bit places, which the frame
-        // limits rule out, would give each message a handle of its own.)
-        let chunk = self.messages.next_chunk();
-        let compact = u32::try_from(run.len()).is_ok();
-        let mut parts = 0u32;
+        // Whole messages are queued as places in `run` (see `inbox`), added as a chunk at
+        // the end.
         let mut pos = 0;
         while run.len() - pos >= HEADER_LEN {
             // Plain data (no flag: unreliable, whole, no TTL, no ack) needs only these fields
@@ -834,7 +830,7 @@ impl Session {
                 && !self.reassembly.in_progress(channel)
             {
                 pos = body.end;
-                self.queue_part(&mut acct, channel, &run, body, (chunk, compact, &mut parts));
+                self.queue_part(&mut acct, channel, &run, body);
                 continue;
             }
             let header = match Header::decode(&run[pos..]) {
@@ -859,10 +855,7 @@ impl Session {
                 // A whole reliable message: it owes an ack, a deadline.
                 self.input_timers = true;
                 match self.arrived(&header, now) {
-                    Ok(true) => {
-                        let at = (chunk, compact, &mut parts);
-                        self.queue_part(&mut acct, channel, &run, body, at);
-                    }
+                    Ok(true) => self.queue_part(&mut acct, channel, &run, body),
                     Ok(false) => {} // a duplicate
                     Err(e) => {
                         result = Err(self.fail(e));
@@ -879,13 +872,12 @@ impl Session {
         }
         self.rx_account(&mut acct);
         // (Nothing took a message off the inbox meanwhile: the parts are still queued.)
-        self.messages.add_chunk(run, parts);
+        self.messages.add_chunk(run);
         result
     }
 
     /// Queues the whole message at `range` of `run` (without TTL) for the application, as
-    /// a place in `run` (`at`: the chunk's number, whether places fit, the count of them),
-    /// its accounting left in `acct` (see [`Session::rx_account`]).
+    /// a place in `run`, its accounting left in `acct` (see [`Session::rx_account`]).
     #[inline(always)]
     fn queue_part(
         &mut self,
@@ -893,7 +885,6 @@ impl Session {
         channel: u16,
         run: &Bytes,
         range: std::ops::Range<usize>,
-        at: (u32, bool, &mut u32),
     ) {
         if acct.msgs == 0 || acct.channel != channel {
             self.rx_account(acct);
@@ -903,16 +894,7 @@ impl Session {
         }
         acct.msgs += 1;
         acct.bytes += range.len();
-        let (chunk, compact, parts) = at;
-        if compact {
-            let (start, len) = (range.start as u32, range.len() as u32);
-            self.messages
-                .push_part(acct.class, channel, chunk, start, len);
-            *parts += 1;
-        } else {
-            self.messages
-                .push_untimed(acct.class, channel, run.slice(range));
-        }
+        self.messages.push_part(acct.class, channel, run, range);
     }
 
     /// How many bytes `buf` must hold before [`Session::handle_input`] can make progress.
@@ -968,10 +950,8 @@ impl Session {
         }
         debug_assert!(self.frame_is_timeless(header), "a frame that needs a time");
         let heard = self.last_recv;
-        let res = match Header::decode(header) {
-            Ok(h) => self.handle_frame(h, payload, self.now),
-            Err(e) => Err(self.fail(e.into())),
-        };
+        // (At the session's own time: its clock does not move.)
+        let res = self.handle_raw_frame(header, payload, self.now);
         self.last_recv = heard;
         self.heard_untimed = true;
         res
