@@ -122,7 +122,8 @@ impl MessageBatch {
             }
             Payload::Part(p) => {
                 let range = p.range();
-                if self.last != Some(p.chunk_id()) || self.chunks.is_empty() {
+                // (`last` is cleared with the batch: `Some` means a chunk is there.)
+                if self.last != Some(p.chunk_id()) {
                     self.last = Some(p.chunk_id());
                     self.chunks.push(p.take_chunk());
                 }

@@ -20,16 +20,9 @@ fn reactor_ticks() -> u64 {
         if !comm.starts_with("duct-reactor") {
             continue;
         }
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        ticks += after
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .map(|v| v.parse::<u64>().unwrap())
-            .sum::<u64>();
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) {
+            ticks += common::cpu_ticks(&stat);
+        }
     }
     ticks
 }

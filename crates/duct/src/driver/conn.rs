@@ -1321,7 +1321,11 @@ impl Conn {
                 Some(w) => match fast.and_then(|r| r.header(len)) {
                     Some(header) => {
                         if !w.push_inline(&header, payload.as_slice()) {
-                            w.push_frame(&header, payload.into_bytes(&mut g.spill));
+                            w.push_whole(Transmit {
+                                header,
+                                payload: payload.into_bytes(&mut g.spill),
+                                deadline: None,
+                            });
                         }
                         None
                     }

@@ -300,22 +300,17 @@ impl WriteQueue {
         if self.coalesce && t.deadline.is_none() && self.push_inline(&t.header, &t.payload) {
             return;
         }
+        self.push_whole(t);
+    }
+
+    /// Queues `t` as it is (not encoded into `inline`): what [`WriteQueue::push`] does with a
+    /// frame [`WriteQueue::push_inline`] did not take.
+    #[inline]
+    pub(crate) fn push_whole(&mut self, t: Transmit) {
         self.bytes += t.wire_len();
         self.frames += 1;
         self.with_ttl += usize::from(t.deadline.is_some());
         self.entries.push_back(Entry::Frame(t));
-    }
-
-    /// Queues a frame without a deadline: `header`, then `payload`.
-    #[inline]
-    pub(crate) fn push_frame(&mut self, header: &[u8; HEADER_LEN], payload: Bytes) {
-        if !self.push_inline(header, &payload) {
-            self.push(Transmit {
-                header: *header,
-                payload,
-                deadline: None,
-            });
-        }
     }
 
     /// Encodes a small frame into `inline` on a byte stream (`false`: not here, it stays

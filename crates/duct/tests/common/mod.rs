@@ -1134,14 +1134,18 @@ pub fn proxy_in_front(listener: &duct::Listener) -> (duct_testkit::ChaosProxy, S
 #[cfg(target_os = "linux")]
 pub fn thread_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    Duration::from_millis(cpu_ticks(&stat) * 10)
+}
+
+/// User plus system CPU time, in clock ticks (10 ms), from the text of a `/proc/.../stat`.
+pub fn cpu_ticks(stat: &str) -> u64 {
     let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = after
+    after
         .split_whitespace()
         .skip(11)
         .take(2)
-        .map(|v| v.parse().unwrap())
-        .collect();
-    Duration::from_millis((f[0] + f[1]) * 10)
+        .map(|v| v.parse::<u64>().unwrap())
+        .sum()
 }
 
 /// A duct echo server on tcp (heartbeats off) that accepts every (re)connection and echoes
