@@ -277,7 +277,7 @@ impl Inbox {
     /// place in the chunk [`Inbox::add_chunk`] adds next (`run`), which it must add before
     /// anything else is asked of the inbox. A range too large for a place (more than 4 GiB
     /// into a chunk, which frame limits rule out) gets a handle of its own.
-    #[inline]
+    #[inline(always)]
     pub(super) fn push_part(
         &mut self,
         class: usize,
@@ -285,17 +285,17 @@ impl Inbox {
         run: &Bytes,
         range: Range<usize>,
     ) {
-        let payload = match (u32::try_from(range.start), u32::try_from(range.len())) {
-            (Ok(start), Ok(len)) => {
-                self.pending += 1;
-                self.last_part = class;
-                Held::Part {
-                    chunk: self.next_chunk(),
-                    start,
-                    len,
-                }
+        // (One comparison: the range's end bounds its start and length.)
+        let payload = if range.end <= u32::MAX as usize {
+            self.pending += 1;
+            self.last_part = class;
+            Held::Part {
+                chunk: self.next_chunk(),
+                start: range.start as u32,
+                len: range.len() as u32,
             }
-            _ => Held::Whole(run.slice(range)),
+        } else {
+            whole(run, range)
         };
         self.push_held(class, channel, payload);
     }
@@ -423,10 +423,10 @@ impl Inbox {
             }),
             Held::Part { chunk, start, len } => {
                 // (Counted out first: the chunk is let go after its last message.)
-                let Some((i, last)) = self.count_out(chunk) else {
+                let Some((i, c)) = self.count_out(chunk) else {
                     return;
                 };
-                let c = &mut self.chunks[i];
+                let last = c.parts == 0;
                 let (start, len) = (start as usize, len as usize);
                 if start + len <= c.bytes.len() {
                     sink(Received {
@@ -453,23 +453,26 @@ impl Inbox {
     #[inline]
     pub(super) fn discard(&mut self, p: Popped) {
         if let Held::Part { chunk, .. } = p.m.payload {
-            if let Some((i, true)) = self.count_out(chunk) {
-                self.let_go(i);
+            if let Some((i, c)) = self.count_out(chunk) {
+                if c.parts == 0 {
+                    self.let_go(i);
+                }
             }
         }
     }
 
-    /// One message of chunk `id` left the queue: the chunk's index in `chunks`, and whether
-    /// it was the chunk's last (the caller then lets it go, [`Inbox::let_go`]).
+    /// One message of chunk `id` left the queue: the chunk's index in `chunks` and the chunk
+    /// (with no part left when that was its last: the caller then lets it go,
+    /// [`Inbox::let_go`]).
     #[inline]
-    fn count_out(&mut self, id: u32) -> Option<(usize, bool)> {
+    fn count_out(&mut self, id: u32) -> Option<(usize, &mut Chunk)> {
         let i = id.wrapping_sub(self.first_chunk) as usize;
         let Some(c) = self.chunks.get_mut(i) else {
             debug_assert!(false, "a message of an unknown chunk");
             return None;
         };
         c.parts = c.parts.saturating_sub(1);
-        Some((i, c.parts == 0))
+        Some((i, c))
     }
 
     /// Lets go of the chunk at `i` in `chunks`, which has no message queued any more.
@@ -533,6 +536,12 @@ impl Inbox {
     pub(super) fn chunks(&self) -> usize {
         self.chunks.len()
     }
+}
+
+/// A message's own handle on its bytes, for a place that does not fit [`Held::Part`].
+#[cold]
+fn whole(run: &Bytes, range: Range<usize>) -> Held {
+    Held::Whole(run.slice(range))
 }
 
 #[cfg(test)]

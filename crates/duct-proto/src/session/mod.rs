@@ -950,8 +950,12 @@ impl Session {
         }
         debug_assert!(self.frame_is_timeless(header), "a frame that needs a time");
         let heard = self.last_recv;
-        // (At the session's own time: its clock does not move.)
-        let res = self.handle_raw_frame(header, payload, self.now);
+        // (As `handle_raw_frame` at the session's own time, its clock not moving: without
+        // the call and the tick, on the path of every shared-memory message.)
+        let res = match Header::decode(header) {
+            Ok(h) => self.handle_frame(h, payload, self.now),
+            Err(e) => Err(self.fail(e.into())),
+        };
         self.last_recv = heard;
         self.heard_untimed = true;
         res

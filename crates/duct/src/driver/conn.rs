@@ -1321,7 +1321,8 @@ impl Conn {
                 Some(w) => match fast.and_then(|r| r.header(len)) {
                     Some(header) => {
                         if !w.push_inline(&header, payload.as_slice()) {
-                            w.push_whole(Transmit {
+                            // (Large, or a frame transport: `push` keeps it whole.)
+                            w.push(Transmit {
                                 header,
                                 payload: payload.into_bytes(&mut g.spill),
                                 deadline: None,

@@ -300,13 +300,6 @@ impl WriteQueue {
         if self.coalesce && t.deadline.is_none() && self.push_inline(&t.header, &t.payload) {
             return;
         }
-        self.push_whole(t);
-    }
-
-    /// Queues `t` as it is (not encoded into `inline`): what [`WriteQueue::push`] does with a
-    /// frame [`WriteQueue::push_inline`] did not take.
-    #[inline]
-    pub(crate) fn push_whole(&mut self, t: Transmit) {
         self.bytes += t.wire_len();
         self.frames += 1;
         self.with_ttl += usize::from(t.deadline.is_some());
