@@ -740,6 +740,9 @@ impl Reactive for Inner {
         } else if st.accept_more && st.backoff_until.is_none() {
             drop(st);
             self.accept_ready();
+        } else if let (Some(until), Some(h)) = (st.backoff_until, self.reactor.get()) {
+            // An earlier timer fired (the reactor keeps the earliest): the pause still ends.
+            h.schedule(until);
         }
     }
 }
@@ -833,6 +836,10 @@ impl Reactive for PendingHandshake {
             drop(slot);
             self.finish(Err(e)); // reported before the connection closes
             drop(hs);
+        } else if let (Some(at), Some(h)) = (hs.session.poll_timeout(), self.reactor.get()) {
+            // Not yet: the reactor's one timer for us fired early (it is at our next deadline
+            // only while we ask).
+            h.schedule(at);
         }
     }
 }

@@ -3055,8 +3055,13 @@ impl Reactive for Conn {
         if g.terminal.is_some() {
             return;
         }
-        if g.timer_at.is_some_and(|t| t > now) {
-            return; // an older entry for a deadline that has since moved
+        if let Some(t) = g.timer_at.filter(|&t| t > now) {
+            // Asked for after an earlier deadline that has since been dropped (a new
+            // connection's): the reactor fired that one, and keeps one timer per source.
+            if let Some(handle) = self.reactor.get() {
+                handle.schedule(t);
+            }
+            return;
         }
         g.timer_at = None;
         // Async calls whose timeout passed poll again, and fail with TimedOut.

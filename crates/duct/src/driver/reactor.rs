@@ -47,6 +47,10 @@ pub(crate) trait Reactive: Send + Sync {
     /// before `WouldBlock` must re-register (or schedule a timer) to hear of the rest.
     fn on_ready(&self, readable: bool, writable: bool);
     /// A timer the source scheduled is due (spurious calls are possible and harmless).
+    ///
+    /// A source has one timer: [`ReactorHandle::schedule`] moves it earlier, never later, and
+    /// it fires once. A source that still needs a later deadline than the one that fired asks
+    /// for it again (here, or whenever it learns of it).
     fn on_timer(&self, now: Instant);
     /// A receive the source staged with [`stage_recv`] completed: the buffer it lent, back
     /// and extended by what arrived, and the result (`Ok(0)`: end of stream; `WouldBlock`:
@@ -590,7 +594,9 @@ impl ReactorHandle {
         )
     }
 
-    /// Asks for [`Reactive::on_timer`] at `at` (or soon after).
+    /// Asks for [`Reactive::on_timer`] at `at` (or soon after), or earlier if an earlier
+    /// deadline is pending: the source's one timer fires at the earliest it asked for since
+    /// it last fired (see [`Reactive::on_timer`]).
     pub(crate) fn schedule(&self, at: Instant) {
         self.worker.send(Command::Timer(self.token, at));
     }
@@ -621,8 +627,73 @@ type TokenMap<V> = HashMap<usize, V, std::hash::BuildHasherDefault<duct_proto::q
 #[derive(Default)]
 struct Table {
     sources: TokenMap<Weak<dyn Reactive>>,
-    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    timers: Timers,
     held: TokenMap<Arc<dyn Reactive>>,
+}
+
+/// The sources' timers: one per source, at the earliest deadline it asked for since it last
+/// fired.
+///
+/// A source that moves its deadline earlier leaves the later entry in the heap, stale (its
+/// time is not the source's deadline any more): it is skipped when it comes up. So that such
+/// entries cannot pile up (a thousand pipes that each move a deadline earlier every few
+/// milliseconds, while a later one is pending, would leave tens of thousands), the heap is
+/// rebuilt from the deadlines once it holds twice as many entries as there are deadlines (and
+/// 64 more): a cost of O(n) after at least n pushes.
+#[derive(Default)]
+struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Each source's deadline (sources without one: absent).
+    due: TokenMap<Instant>,
+}
+
+impl Timers {
+    /// `token`'s timer fires at `at`, unless it fires earlier already.
+    fn schedule(&mut self, token: usize, at: Instant) {
+        match self.due.entry(token) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                if *e.get() <= at {
+                    return;
+                }
+                e.insert(at);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(at);
+            }
+        }
+        self.heap.push(Reverse((at, token)));
+        if self.heap.len() > 2 * self.due.len() + 64 {
+            self.heap = self.due.iter().map(|(&t, &at)| Reverse((at, t))).collect();
+        }
+    }
+
+    /// Forgets `token`'s timer (its source is gone).
+    fn cancel(&mut self, token: usize) {
+        self.due.remove(&token);
+        if self.due.is_empty() {
+            self.heap.clear();
+        }
+    }
+
+    /// The earliest deadline pending (perhaps a stale entry's: waking for it is harmless).
+    fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Takes a source whose timer is due at `now`, if any.
+    fn pop_due(&mut self, now: Instant) -> Option<usize> {
+        while let Some(&Reverse((at, token))) = self.heap.peek() {
+            if at > now {
+                return None;
+            }
+            self.heap.pop();
+            if self.due.get(&token) == Some(&at) {
+                self.due.remove(&token);
+                return Some(token);
+            }
+        }
+        None
+    }
 }
 
 fn run(worker: Arc<Worker>, mut poller: Poller) {
@@ -634,8 +705,8 @@ fn run(worker: Arc<Worker>, mut poller: Poller) {
         take_inbox(&worker, &mut inbox, &mut table, &mut poller);
         let timeout = table
             .timers
-            .peek()
-            .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
+            .next()
+            .map(|at| at.saturating_duration_since(Instant::now()));
         if let Err(e) = poller.wait(timeout, &mut ready) {
             if e.kind() != io::ErrorKind::Interrupted {
                 tracing::error!(error = %e, "duct reactor: poll failed; retrying");
@@ -653,11 +724,7 @@ fn run(worker: Arc<Worker>, mut poller: Poller) {
             source.on_ready(ev.readable, ev.writable);
         }
         let now = Instant::now();
-        while let Some(Reverse((at, token))) = table.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            table.timers.pop();
+        while let Some(token) = table.timers.pop_due(now) {
             if let Some(source) = table.sources.get(&token).and_then(Weak::upgrade) {
                 source.on_timer(now);
             }
@@ -667,14 +734,6 @@ fn run(worker: Arc<Worker>, mut poller: Poller) {
         {
             complete_staged();
             open_staging(None);
-        }
-        // Drop timers of sources that are gone, so the heap stays bounded by live sources'
-        // pending deadlines.
-        if table.timers.len() > 4 * table.sources.len() + 64 {
-            let sources = &table.sources;
-            table
-                .timers
-                .retain(|Reverse((_, t))| sources.contains_key(t));
         }
     }
 }
@@ -694,12 +753,13 @@ fn take_inbox(worker: &Worker, inbox: &mut Inbox, table: &mut Table, poller: &mu
             }
             Command::Remove(t) => {
                 table.sources.remove(&t);
+                table.timers.cancel(t);
                 #[cfg(duct_uring)]
                 if let Poller::Uring(p) = poller {
                     p.remove(t);
                 }
             }
-            Command::Timer(t, at) => table.timers.push(Reverse((at, t))),
+            Command::Timer(t, at) => table.timers.schedule(t, at),
             Command::Hold(t, s) => {
                 table.held.insert(t, s);
             }
@@ -716,4 +776,70 @@ fn take_inbox(worker: &Worker, inbox: &mut Inbox, table: &mut Table, poller: &mu
         }
     }
     let _ = poller;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Timers;
+    use std::time::{Duration, Instant};
+
+    fn ms(base: Instant, n: u64) -> Instant {
+        base + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_source_s_timer_fires_once_at_the_earliest_it_asked_for() {
+        let t0 = Instant::now();
+        let mut timers = Timers::default();
+        timers.schedule(1, ms(t0, 50));
+        timers.schedule(1, ms(t0, 20)); // earlier: moves it
+        timers.schedule(1, ms(t0, 30)); // later: ignored
+        timers.schedule(2, ms(t0, 40));
+        assert_eq!(timers.next(), Some(ms(t0, 20)));
+        assert_eq!(timers.pop_due(ms(t0, 19)), None);
+        assert_eq!(timers.pop_due(ms(t0, 25)), Some(1));
+        assert_eq!(timers.pop_due(ms(t0, 25)), None);
+        // The 50 ms entry is stale: source 1 fires again only if it asks again.
+        assert_eq!(timers.pop_due(ms(t0, 60)), Some(2));
+        assert_eq!(timers.pop_due(ms(t0, 60)), None);
+        timers.schedule(1, ms(t0, 70));
+        timers.schedule(3, ms(t0, 70));
+        timers.cancel(3);
+        assert_eq!(timers.pop_due(ms(t0, 80)), Some(1));
+        assert_eq!(timers.pop_due(ms(t0, 80)), None);
+        assert_eq!(timers.next(), None);
+    }
+
+    #[test]
+    fn deadlines_moved_earlier_over_and_over_leave_a_bounded_heap() {
+        // A thousand sources, each with a far deadline, moving a near one earlier again and
+        // again (a pipe's heartbeat and its 20 ms receive check): the stale far entries must
+        // not pile up.
+        let t0 = Instant::now();
+        let mut timers = Timers::default();
+        let mut now = t0;
+        for round in 0..200u64 {
+            for token in 0..1000 {
+                timers.schedule(token, ms(now, 1000));
+                timers.schedule(token, ms(now, 20));
+            }
+            assert!(
+                timers.heap.len() <= 2 * timers.due.len() + 64,
+                "round {round}: {} entries for {} deadlines",
+                timers.heap.len(),
+                timers.due.len()
+            );
+            now = ms(now, 20);
+            let mut fired = 0;
+            while timers.pop_due(now).is_some() {
+                fired += 1;
+            }
+            assert_eq!(fired, 1000, "round {round}");
+        }
+        // Every source gone: nothing left to fire, whatever stale entries remain.
+        for token in 0..1000 {
+            timers.cancel(token);
+        }
+        assert_eq!(timers.pop_due(ms(now, 10_000)), None);
+    }
 }

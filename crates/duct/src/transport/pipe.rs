@@ -411,6 +411,12 @@ impl Reactive for PipeCore {
 
     fn on_timer(&self, _now: Instant) {
         self.pump(false, false);
+        // A pump due at once may have fired in place of the flush deadline (the reactor keeps
+        // one timer per source, the earliest): ask for that again while it matters.
+        let st = self.lock();
+        if let (Some(at), false, Some(h)) = (st.shut_at, st.closed, self.reactor.get()) {
+            h.schedule(at + FLUSH_MAX);
+        }
     }
 }
 
