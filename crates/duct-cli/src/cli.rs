@@ -96,6 +96,17 @@ pub enum PinArg {
     Split,
 }
 
+/// How the measuring end of a scale case receives on its pipes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScaleReceiveArg {
+    /// One tokio task per pipe awaiting Pipe::recv_async, then taking what else is ready
+    /// (recv_into with a zero timeout), on 2 worker threads: an event-driven server.
+    Async,
+    /// 2 threads sweeping all pipes with non-blocking receives (try_recv, then recv_into
+    /// with a zero timeout), yielding once after a sweep that found nothing: a polling loop.
+    Sweep,
+}
+
 /// The backend of duct's reactor (`duct::set_backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
@@ -125,14 +136,18 @@ pub struct BenchArgs {
     ///
     /// scale (duct only, run only when named): --pipes pipes on one listener of this
     /// process; the peer dials them all and sends --size messages on every one, round-robin,
-    /// with Pipe::send_batch of up to 16 messages per pipe (--batch if lower; 1: Pipe::send);
-    /// this process receives on 2 threads with non-blocking receives (try_recv, then
-    /// recv_batch with a zero timeout). In the same rounds, the same traffic on one pipe
-    /// (received on one thread) is the reference: reports total msgs/s for both and N pipes ÷
+    /// with Pipe::send_slices of up to 16 messages per pipe (--batch if lower; 1: send_slice);
+    /// this process receives with 2 threads, as --scale-receive says (default: a tokio task
+    /// per pipe awaiting recv_async). In the same rounds, the same traffic on one pipe
+    /// (received with one thread) is the reference: reports total msgs/s for both and N pipes ÷
     /// one per round, duct's own threads (named duct-*) and all threads of this process, and
     /// RSS per pipe in both processes (VmRSS growth ÷ pipes; Linux). No raw baseline.
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = spec::parse_patterns)]
     pub pattern: PatternSelection,
+
+    /// Scale: how this process receives on its pipes.
+    #[arg(long, value_enum, value_name = "HOW", default_value = "async")]
+    pub scale_receive: ScaleReceiveArg,
 
     /// Scale: the number of pipes the peer opens to this process's listener.
     #[arg(long, value_name = "N", default_value_t = crate::bench::scale::DEFAULT_PIPES, value_parser = parse_pipes)]
@@ -152,7 +167,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "TIME", value_parser = spec::parse_duration)]
     pub duration: Option<std::time::Duration>,
 
-    /// Messages (round trips for pingpong) sent before measuring, in every round.
+    /// Messages (round trips for pingpong) sent before measuring, in every round (scale: at
+    /// least one batch per pipe, and for at least 1.5 s, past every pipe's first metrics
+    /// publication).
     #[arg(long, value_name = "N", default_value_t = 2000)]
     pub warmup: u64,
 
@@ -182,7 +199,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
 
-    /// Stream: duct sends with Pipe::send_batch and receives with Pipe::recv_batch, N
+    /// Stream: duct sends with Pipe::send_slices and receives with Pipe::recv_into, N
     /// messages at most per call; 1 = plain send/recv. Default: as many messages as fill
     /// 64 KiB (the raw baseline's BufWriter), from 64 to 1024.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -440,6 +457,12 @@ mod tests {
         assert_eq!(b.pattern.0, vec![Pattern::Scale]);
         assert_eq!(b.pipes, 1000);
         assert_eq!(bench(&["--pattern", "scale", "--pipes", "50"]).pipes, 50);
+        assert_eq!(b.scale_receive, ScaleReceiveArg::Async);
+        assert_eq!(
+            bench(&["--scale-receive", "sweep"]).scale_receive,
+            ScaleReceiveArg::Sweep
+        );
+        assert!(Cli::try_parse_from(["duct", "bench", "--scale-receive", "spin"]).is_err());
         assert!(!bench(&[]).pattern.0.contains(&Pattern::Scale));
         for bad in ["0", "-1", "many", "1000001"] {
             assert!(
@@ -465,9 +488,11 @@ mod tests {
             "{help}"
         );
         assert!(
-            help.contains(&format!("receives on {RX_THREADS} threads")),
+            help.contains(&format!("receives with {RX_THREADS} threads")),
             "{help}"
         );
+        let warmup = crate::bench::scale::WARMUP_MIN_TIME.as_secs_f64();
+        assert!(help.contains(&format!("at least {warmup} s")), "{help}");
     }
 
     #[test]

@@ -52,7 +52,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cli::{BackendArg, BenchArgs, PinArg};
+use crate::cli::{BackendArg, BenchArgs, PinArg, ScaleReceiveArg};
 use crate::error::{bail, CliError, Context, Result};
 
 use self::duct_conn::DuctConn;
@@ -126,6 +126,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
              until the scheduler preempts the spinner"
         );
     }
+    let scale_receive = match args.scale_receive {
+        ScaleReceiveArg::Async => scale::Receive::Async,
+        ScaleReceiveArg::Sweep => scale::Receive::Sweep,
+    };
     let amount = match (args.messages, args.duration) {
         (Some(n), _) => Amount::Messages(n),
         (None, Some(d)) => Amount::Duration(d),
@@ -260,7 +264,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         run_mixed(&mut peer, &mut job, loaded, args.bulk_rate, tls.as_ref())
                             .map(|(run, bulk_rate)| (run, bulk_rate, None))
                     }
-                    Pattern::Scale => scale::run(&mut peer, &mut job, tls.as_ref())
+                    Pattern::Scale => scale::run(&mut peer, &mut job, tls.as_ref(), scale_receive)
                         .map(|(run, f)| (run, 0.0, Some(f))),
                     Pattern::PingPong | Pattern::Stream => {
                         run_one(&mut peer, &mut job, tls.as_ref()).map(|run| (run, 0.0, None))
@@ -300,6 +304,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             pipes: args.pipes,
             batch: scale::send_batch(config.batch_for(size)),
             rx_threads: scale::rx_threads(args.pipes),
+            receive: scale_receive,
             many: scale::combine(figures_of(Leg::Duct).map_or(&[][..], Vec::as_slice)),
             one_pipe: stats::summarize(System::Duct, one_runs, size),
             one: scale::combine(figures_of(Leg::DuctOnePipe).map_or(&[][..], Vec::as_slice)),

@@ -25,8 +25,8 @@
 //! two duct rows with `"pattern": "scale"`: `--pipes` pipes (`"pipes": N`), then the reference,
 //! the same traffic on one pipe (`"pipes": 1`, `"reference": "one_pipe"`). Both carry
 //! `msgs_per_sec` and `bytes_per_sec` (the total receive rate, median over rounds), `batch`
-//! (messages per `send_batch` call on each pipe), `rx_threads` (the measuring end's receiving
-//! threads), `threads_duct` and `threads_total` (the measuring process's threads of duct's own,
+//! (messages per `send_slices` call on each pipe), `receive` (`"async"` or `"sweep"`, as
+//! `--scale-receive` chose), `rx_threads` (the measuring end's receiving threads), `threads_duct` and `threads_total` (the measuring process's threads of duct's own,
 //! named `duct-*`, and all of them), `rss_per_pipe_bytes` and `peer_rss_per_pipe_bytes`
 //! (`VmRSS` growth ÷ pipes in the measuring and the sending process) and `peer_threads_duct`;
 //! those figures are the largest over rounds, and `null` off Linux. The N-pipe row adds
@@ -86,10 +86,12 @@ pub struct CaseResult {
 pub struct Scale {
     /// `--pipes`.
     pub pipes: usize,
-    /// Messages per `send_batch` call on each pipe.
+    /// Messages per `send_slices` call on each pipe.
     pub batch: usize,
     /// Receiving threads of the measuring end on the N pipes (one on the single pipe).
     pub rx_threads: usize,
+    /// How the measuring end received (`--scale-receive`).
+    pub receive: scale::Receive,
     /// Threads and RSS of the runs on N pipes, the largest over rounds.
     pub many: ScaleFigures,
     /// duct on one pipe, the same traffic.
@@ -417,9 +419,11 @@ fn json_opt_f64(x: Option<f64>) -> String {
 fn scale_json(case: &CaseResult, scale: &Scale, config: &RunConfig, entries: &mut Vec<String>) {
     let figures = |f: &ScaleFigures, rx_threads: usize| {
         format!(
-            ", \"batch\": {}, \"rx_threads\": {}, \"threads_duct\": {}, \"threads_total\": {}, \
+            ", \"batch\": {}, \"receive\": \"{}\", \"rx_threads\": {}, \"threads_duct\": {}, \
+             \"threads_total\": {}, \
              \"rss_per_pipe_bytes\": {}, \"peer_rss_per_pipe_bytes\": {}, \"peer_threads_duct\": {}",
             scale.batch,
+            scale.receive.name(),
             rx_threads,
             json_opt_u64(f.threads.map(|t| t.duct)),
             json_opt_u64(f.threads.map(|t| t.total)),
@@ -989,12 +993,16 @@ fn scale_table(cases: &[CaseResult], config: &RunConfig, out: &mut String) {
         out,
         "\nscale: total receive rate over N pipes on one listener, and over one pipe with the \
          same traffic, in alternating rounds; the peer sends on every pipe in turn ({}), this \
-         process receives without blocking on {} thread{} (one pipe: 1); N÷1 per round, median: \
-         higher is better",
+         process receives {} on {} thread{} (one pipe: 1); N÷1 per round, median: higher is \
+         better",
         if first.batch == 1 {
             "one send per message".to_string()
         } else {
-            format!("send_batch of {} messages", first.batch)
+            format!("send_slices of {} messages", first.batch)
+        },
+        match first.receive {
+            scale::Receive::Async => "with a task per pipe awaiting recv_async",
+            scale::Receive::Sweep => "by sweeping its pipes without blocking",
         },
         first.rx_threads,
         if first.rx_threads == 1 { "" } else { "s" }
@@ -1838,6 +1846,7 @@ mod tests {
                 pipes: 1000,
                 batch: 16,
                 rx_threads: 2,
+                receive: scale::Receive::Async,
                 many: figures_of(1000, 53_555.2),
                 one_pipe: summarize(System::Duct, &one, 64),
                 one: figures_of(1, 1_300_000.0),
@@ -1883,6 +1892,7 @@ mod tests {
         assert_eq!(many["msgs_per_sec"], 1.6e6);
         assert_eq!(many["bytes_per_sec"], 1.6e6 * 64.0);
         assert_eq!(many["rx_threads"], 2);
+        assert_eq!(many["receive"], "async");
         assert_eq!(many["threads_duct"], 1);
         assert_eq!(many["threads_total"], 6);
         assert_eq!(many["rss_per_pipe_bytes"], 53_555.2);
@@ -1922,7 +1932,7 @@ mod tests {
             text.contains("\nscale: total receive rate over N pipes"),
             "{text}"
         );
-        assert!(text.contains("send_batch of 16 messages"), "{text}");
+        assert!(text.contains("send_slices of 16 messages"), "{text}");
         assert!(text.contains("on 2 threads"), "{text}");
         let rows: Vec<&str> = text
             .lines()

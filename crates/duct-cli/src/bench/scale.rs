@@ -4,21 +4,29 @@
 //! 0.8 × one pipe's". Each round of a scale case makes two runs, back to back:
 //! - `--pipes N` pipes (default [`DEFAULT_PIPES`]): the measuring end listens, the peer dials
 //!   N pipes to it, one after another, then streams `--size` messages on all of them as fast
-//!   as it can, round-robin, with one blocking `Pipe::send_batch` of up to
-//!   [`MAX_SEND_BATCH`] messages (`--batch`, if lower; 1: `Pipe::send`) per pipe in turn;
+//!   as it can, round-robin, with one blocking `Pipe::send_slices` of up to
+//!   [`MAX_SEND_BATCH`] messages (`--batch`, if lower; 1: `Pipe::send_slice`) per pipe in
+//!   turn, copied from one buffer (as the stream pattern sends);
 //! - the reference: the same traffic, sent the same way, on one pipe.
 //!
-//! The measuring end receives on all its pipes from [`RX_THREADS`] application threads (one
-//! for the reference, which has one pipe), pipe `i` going to thread `i % RX_THREADS`. Each
-//! thread sweeps its pipes without blocking: `Pipe::try_recv`, and when that brings a message,
-//! `Pipe::recv_batch` with a zero timeout for what else is ready, up to [`RECV_MAX`] messages
-//! in all per visit. (`try_recv` goes first because it reports an empty pipe as `Ok(None)`,
-//! while `recv_batch` reports it as a `WouldBlock` error, whose message is formatted, an
-//! allocation.) A thread whose sweep found nothing yields its CPU once, as a server with
-//! nothing to do would not spin at full speed (and the sender may share its CPU).
+//! The measuring end receives on all its pipes with [`RX_THREADS`] threads (one for the
+//! reference, which has one pipe), in one of two ways ([`Receive`], `--scale-receive`):
+//! - `async` (the default), as an event-driven server would: a tokio runtime with that many
+//!   worker threads runs one task per pipe, which awaits `Pipe::recv_async` and then takes
+//!   what else is ready with `Pipe::recv_into` (views, into a reused `MessageBatch`) and a
+//!   zero timeout, up to [`RECV_MAX`] messages per wake-up. A pipe costs nothing while it has nothing: duct's reactor reads
+//!   for the waiting task and wakes it.
+//! - `sweep`, as a loop that polls: pipe `i` goes to thread `i % RX_THREADS`, and each thread
+//!   sweeps its pipes without blocking: `Pipe::try_recv`, and when that brings a message,
+//!   `Pipe::recv_into` with a zero timeout, up to [`RECV_MAX`] in all per visit.
+//!   (`try_recv` goes first because it reports an empty pipe as `Ok(None)`, while
+//!   `recv_into` reports it as a `WouldBlock` error.) A thread whose sweep found nothing yields its CPU once; it never blocks, so
+//!   the receivers take whatever CPU the sender leaves (on a 2-CPU machine they compete with
+//!   it, and the rate measures that contention as much as duct).
 //!
-//! The rate is total messages over the time from the first measured message (the first
-//! after [`warmup_messages`], on any pipe) to the last (the last pipe's final message): the
+//! The rate is total messages over the time from the first measured message (the first not
+//! flagged [`FLAG_WARMUP`], sent after at least [`warmup_messages`] and [`WARMUP_MIN_TIME`],
+//! on any pipe) to the last (the last pipe's final message): the
 //! sender ends by sending one message flagged last on every pipe, and a receiving thread is
 //! done when each of its pipes has brought its own.
 //!
@@ -36,15 +44,16 @@
 //! touched, in both processes (the mapping is shared).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use duct::{
-    CloseOptions, DialOptions, ErrorKind, ListenOptions, Message, Pipe, RecvOptions, SendOptions,
+    CloseOptions, DialOptions, ErrorKind, ListenOptions, MessageBatch, Pipe, RecvOptions,
+    SendOptions,
 };
 
 use crate::bench::duct_conn;
+use crate::bench::mixed::FLAG_WARMUP;
 use crate::bench::peer::Peer;
 use crate::bench::spec::{Amount, Job};
 use crate::bench::stats::RunResult;
@@ -57,6 +66,27 @@ pub const DEFAULT_PIPES: usize = 1000;
 
 /// Application threads of the measuring end that receive (fewer if there are fewer pipes).
 pub const RX_THREADS: usize = 2;
+
+/// How the measuring end of a scale case receives (`--scale-receive`; see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Receive {
+    /// One task per pipe on a tokio runtime of [`rx_threads`] workers, awaiting
+    /// `Pipe::recv_async`.
+    #[default]
+    Async,
+    /// [`rx_threads`] threads sweeping their pipes with non-blocking receives.
+    Sweep,
+}
+
+impl Receive {
+    /// The name in the table, the JSON and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Receive::Async => "async",
+            Receive::Sweep => "sweep",
+        }
+    }
+}
 
 /// Most messages per `send_batch` call on one pipe (`--batch` may lower it).
 pub const MAX_SEND_BATCH: usize = 16;
@@ -77,8 +107,17 @@ pub fn send_batch(batch: usize) -> usize {
     batch.clamp(1, MAX_SEND_BATCH)
 }
 
-/// Messages sent before the measured phase: `--warmup`, but at least one batch per pipe, so
-/// that every pipe has carried traffic before anything is measured. Both ends compute it.
+/// The least time the sender warms up for, whatever `--warmup` says: one-time costs of each
+/// pipe fall in it rather than in the measured phase. Each pipe's first metrics publication
+/// (one [`duct::set_metrics_interval`] after it was established, 1 s by default) registers
+/// its metric handles: dozens of small allocations per pipe, tens of thousands on a
+/// reactor thread within a moment for 1,000 pipes; and the first use of shm pool slots
+/// faults their pages in.
+pub const WARMUP_MIN_TIME: Duration = Duration::from_millis(1500);
+
+/// Messages sent before the measured phase, at least: `--warmup`, but at least one batch per
+/// pipe, so that every pipe has carried traffic before anything is measured. The warmup goes
+/// on until [`WARMUP_MIN_TIME`] has passed too; its messages are flagged [`FLAG_WARMUP`].
 pub fn warmup_messages(job: &Job) -> u64 {
     job.warmup
         .max((job.pipes as u64).saturating_mul(job.batch.max(1) as u64))
@@ -213,6 +252,7 @@ pub fn run(
     peer: &mut Peer,
     job: &mut Job,
     tls: Option<&TlsSetup>,
+    how: Receive,
 ) -> Result<(RunResult, ScaleFigures)> {
     let rss_before = rss_bytes();
     let addr = duct_conn::listen_addr(job.transport, &super::uds_name())?;
@@ -227,7 +267,7 @@ pub fn run(
             .with_context(|| format!("after {} of {} pipes", pipes.len(), job.pipes))?;
         pipes.push(pipe);
     }
-    let received = receive(&pipes, job).map_err(|e| super::with_peer_error(e, peer));
+    let received = receive(&pipes, job, how).map_err(|e| super::with_peer_error(e, peer));
     let rss_after = rss_bytes();
     let outcome = received.and_then(|rx| Ok((rx, peer.wait(REPORT_TIMEOUT)?)));
     close_all(pipes);
@@ -253,7 +293,7 @@ pub fn run(
 
 /// What the receiving threads measured together.
 struct Received {
-    /// Messages after the warmup.
+    /// Messages after the warmup (not flagged [`FLAG_WARMUP`]).
     messages: u64,
     /// Messages received after the reference instant.
     rate_messages: u64,
@@ -267,14 +307,14 @@ struct Received {
 
 /// The count shared by the receiving threads.
 struct Tally {
+    /// Messages received after the warmup.
     total: AtomicU64,
-    warmup: u64,
     reference: OnceLock<Reference>,
 }
 
 /// The instant the measured phase starts: the receipt of the call that brings the first
-/// message after the warmup (as in the stream pattern, the messages of that call do not
-/// count towards the rate).
+/// message after the warmup, the first not flagged [`FLAG_WARMUP`] (as in the stream
+/// pattern, the messages of that call do not count towards the rate).
 struct Reference {
     at: Instant,
     count: u64,
@@ -283,9 +323,13 @@ struct Reference {
 }
 
 impl Tally {
+    /// Counts `n` messages received after the warmup (none: nothing to count).
     fn add(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
         let total = self.total.fetch_add(n, Ordering::Relaxed) + n;
-        if total > self.warmup && self.reference.get().is_none() {
+        if self.reference.get().is_none() {
             self.reference.get_or_init(|| {
                 // Counted first: reading /proc allocates.
                 let threads = ThreadCount::of_this_process();
@@ -300,20 +344,132 @@ impl Tally {
     }
 }
 
-/// Receives on `pipes` from [`rx_threads`] threads until every pipe has brought its last
-/// message.
-fn receive(pipes: &[Pipe], job: &Job) -> Result<Received> {
+/// Receives on `pipes` with [`rx_threads`] threads, `how`, until every pipe has brought its
+/// last message.
+fn receive(pipes: &[Pipe], job: &Job, how: Receive) -> Result<Received> {
+    let tally = Tally {
+        total: AtomicU64::new(0),
+        reference: OnceLock::new(),
+    };
+    let ends = match how {
+        Receive::Async => receive_async(pipes, job.size, tally)?,
+        Receive::Sweep => sweep(pipes, job.size, tally)?,
+    };
+    received(ends)
+}
+
+/// `Receive::Async`: one task per pipe on a runtime of [`rx_threads`] workers. Returns the
+/// tally and the instant each pipe brought its last message.
+fn receive_async(pipes: &[Pipe], size: usize, tally: Tally) -> Result<(Tally, Vec<Instant>)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(rx_threads(pipes.len()))
+        .thread_name("duct-bench-rx")
+        .build()
+        .context("starting the receiving runtime")?;
+    let tally = Arc::new(tally);
+    let ends = rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for pipe in pipes {
+            let (pipe, tally) = (pipe.clone(), Arc::clone(&tally));
+            tasks.spawn(async move { receive_task(&pipe, size, &tally).await });
+        }
+        let mut ends = Vec::with_capacity(pipes.len());
+        while let Some(done) = tasks.join_next().await {
+            // The first failure ends the run (the other tasks are dropped with the set).
+            match done {
+                Ok(end) => ends.push(end?),
+                Err(e) => bail!("a receiving task failed: {e}"),
+            }
+        }
+        Ok(ends)
+    })?;
+    drop(rt);
+    let tally = Arc::into_inner(tally).expect("every task has ended");
+    Ok((tally, ends))
+}
+
+/// One pipe's task: receives until the pipe brings its last message; returns when it did.
+async fn receive_task(pipe: &Pipe, size: usize, tally: &Tally) -> Result<Instant> {
+    let rest = RecvOptions::default().timeout(Duration::ZERO);
+    let mut batch = MessageBatch::with_capacity(RECV_MAX);
+    loop {
+        let first = pipe.recv_async().await.context("duct: recv_async")?;
+        let mut got = Got::default();
+        got.check(first.channel(), first.payload(), size)?;
+        if !got.last && RECV_MAX > 1 {
+            take_ready(pipe, &mut batch, &rest, size, &mut got)?;
+        }
+        tally.add(got.measured);
+        if got.last {
+            return Ok(Instant::now());
+        }
+    }
+}
+
+/// What one visit to a pipe brought.
+#[derive(Default)]
+struct Got {
+    /// Messages after the warmup.
+    measured: u64,
+    /// The pipe's last message was among them.
+    last: bool,
+}
+
+impl Got {
+    /// Checks a received message (channel 0, `size` bytes) and counts it.
+    fn check(&mut self, channel: u16, payload: &[u8], size: usize) -> Result<()> {
+        if channel != duct_conn::CHANNEL {
+            bail!(
+                "duct: protocol error: message on channel {channel}, expected {}",
+                duct_conn::CHANNEL
+            );
+        }
+        if payload.len() != size {
+            bail!(
+                "duct: protocol error: message of {} bytes, expected {size}",
+                payload.len()
+            );
+        }
+        match payload[0] {
+            FLAG_WARMUP => {}
+            FLAG_LAST => {
+                self.measured += 1;
+                self.last = true;
+            }
+            _ => self.measured += 1,
+        }
+        Ok(())
+    }
+}
+
+/// Takes up to [`RECV_MAX`] - 1 more messages that are ready on `pipe` (none is not an
+/// error), checks and counts them into `got`.
+fn take_ready(
+    pipe: &Pipe,
+    batch: &mut MessageBatch,
+    rest: &RecvOptions,
+    size: usize,
+    got: &mut Got,
+) -> Result<()> {
+    match pipe.recv_into(batch, RECV_MAX - 1, rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e).context("duct: recv_into"),
+    }
+    for msg in batch.iter() {
+        got.check(msg.channel(), msg.payload(), size)?;
+    }
+    Ok(())
+}
+
+/// `Receive::Sweep`: [`rx_threads`] threads, each sweeping its share of `pipes`. Returns the
+/// tally and the instant each thread received the last of its pipes' last messages.
+fn sweep(pipes: &[Pipe], size: usize, tally: Tally) -> Result<(Tally, Vec<Instant>)> {
     let threads = rx_threads(pipes.len());
     let mut groups: Vec<Vec<&Pipe>> = vec![Vec::new(); threads];
     for (i, pipe) in pipes.iter().enumerate() {
         groups[i % threads].push(pipe);
     }
-    let tally = Tally {
-        total: AtomicU64::new(0),
-        warmup: warmup_messages(job),
-        reference: OnceLock::new(),
-    };
-    let size = job.size;
     let ends = std::thread::scope(|s| -> Result<Vec<Instant>> {
         let mut handles = Vec::with_capacity(threads);
         for (i, group) in groups.into_iter().enumerate() {
@@ -342,6 +498,11 @@ fn receive(pipes: &[Pipe], job: &Job) -> Result<Received> {
             None => Ok(ends),
         }
     })?;
+    Ok((tally, ends))
+}
+
+/// The figures of a receive, from its tally and the instants its receivers ended.
+fn received((tally, ends): (Tally, Vec<Instant>)) -> Result<Received> {
     let allocs_after = alloc_count();
     let total = tally.total.load(Ordering::Relaxed);
     let Some(reference) = tally.reference.into_inner() else {
@@ -360,7 +521,7 @@ fn receive(pipes: &[Pipe], job: &Job) -> Result<Received> {
         );
     }
     Ok(Received {
-        messages: total.saturating_sub(tally.warmup),
+        messages: total,
         rate_messages,
         elapsed,
         allocs: allocs_after.wrapping_sub(reference.allocs),
@@ -372,7 +533,7 @@ fn receive(pipes: &[Pipe], job: &Job) -> Result<Received> {
 /// message; returns when it received the last of them.
 fn receive_on(mut pipes: Vec<&Pipe>, size: usize, tally: &Tally) -> Result<Instant> {
     let rest = RecvOptions::default().timeout(Duration::ZERO);
-    let mut batch: Vec<Message> = Vec::with_capacity(RECV_MAX);
+    let mut batch = MessageBatch::with_capacity(RECV_MAX);
     while !pipes.is_empty() {
         let mut found = false;
         let mut i = 0;
@@ -383,23 +544,14 @@ fn receive_on(mut pipes: Vec<&Pipe>, size: usize, tally: &Tally) -> Result<Insta
                 continue;
             };
             found = true;
-            let mut last = check(&first, size)?;
-            let mut n = 1;
-            if !last && RECV_MAX > 1 {
-                match pipe.recv_batch(&mut batch, RECV_MAX - 1, &rest) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e).context("duct: recv_batch"),
-                }
-                for msg in &batch {
-                    last |= check(msg, size)?;
-                }
-                n += batch.len();
-                batch.clear();
+            let mut got = Got::default();
+            got.check(first.channel(), first.payload(), size)?;
+            if !got.last && RECV_MAX > 1 {
+                take_ready(pipe, &mut batch, &rest, size, &mut got)?;
             }
             drop(first);
-            tally.add(n as u64);
-            if last {
+            tally.add(got.measured);
+            if got.last {
                 pipes.swap_remove(i);
             } else {
                 i += 1;
@@ -410,24 +562,6 @@ fn receive_on(mut pipes: Vec<&Pipe>, size: usize, tally: &Tally) -> Result<Insta
         }
     }
     Ok(Instant::now())
-}
-
-/// Checks a received message (channel 0, `size` bytes); returns its last-message flag.
-fn check(msg: &Message, size: usize) -> Result<bool> {
-    if msg.channel() != duct_conn::CHANNEL {
-        bail!(
-            "duct: protocol error: message on channel {}, expected {}",
-            msg.channel(),
-            duct_conn::CHANNEL
-        );
-    }
-    if msg.len() != size {
-        bail!(
-            "duct: protocol error: message of {} bytes, expected {size}",
-            msg.len()
-        );
-    }
-    Ok(msg.payload()[0] == FLAG_LAST)
 }
 
 /// The peer's half of a scale job: dial `job.pipes` pipes, send on all of them, hand the
@@ -465,35 +599,36 @@ fn send_all(pipes: &[Pipe], job: &Job) -> Result<PeerReport> {
     payload[0] = FLAG_MORE;
     let mut last_payload = payload.clone();
     last_payload[0] = FLAG_LAST;
-    let (payload, last_payload) = (Bytes::from(payload), Bytes::from(last_payload));
+    let mut warmup_payload = payload.clone();
+    warmup_payload[0] = FLAG_WARMUP;
     let batch = job.batch.max(1);
     let options = SendOptions::default();
-    let send = |pipe: &Pipe| -> Result<u64> {
+    let send = |pipe: &Pipe, payload: &[u8]| -> Result<u64> {
         if batch == 1 {
-            pipe.send(Message::new(payload.clone()))?;
+            pipe.send_slice(payload, &options)?;
             return Ok(1);
         }
         let mut left = batch;
         while left > 0 {
-            let msgs = (0..left).map(|_| Message::new(payload.clone()));
-            let sent = pipe.send_batch(msgs, &options)?;
+            let sent = pipe.send_slices(std::iter::repeat_n(payload, left), &options)?;
             if sent == 0 {
-                bail!("duct: send_batch accepted none of {left} messages");
+                bail!("duct: send_slices accepted none of {left} messages");
             }
             left -= sent.min(left);
         }
         Ok(batch as u64)
     };
     let mut next = 0;
-    let mut turn = || {
+    let mut turn = |payload: &[u8]| {
         let pipe = &pipes[next];
         next = if next + 1 == pipes.len() { 0 } else { next + 1 };
-        send(pipe)
+        send(pipe, payload)
     };
     let warmup = warmup_messages(job);
+    let warmup_start = Instant::now();
     let mut sent = 0u64;
-    while sent < warmup {
-        sent += turn()?;
+    while sent < warmup || warmup_start.elapsed() < WARMUP_MIN_TIME {
+        sent += turn(&warmup_payload)?;
     }
     let allocs_before = alloc_count();
     let start = Instant::now();
@@ -507,10 +642,10 @@ fn send_all(pipes: &[Pipe], job: &Job) -> Result<PeerReport> {
         if done {
             break;
         }
-        messages += turn()?;
+        messages += turn(&payload)?;
     }
     for pipe in pipes {
-        pipe.send(Message::new(last_payload.clone()))?;
+        pipe.send_slice(&last_payload, &options)?;
         messages += 1;
     }
     Ok(PeerReport {
@@ -635,11 +770,17 @@ mod tests {
     }
 
     /// A scale run and its reference through the bench's own path (job line, peer thread),
-    /// briefly: every message counted, the figures filled in on Linux.
+    /// briefly, both ways of receiving: every message counted, the figures filled in on
+    /// Linux.
     #[test]
     fn scale_runs_through_a_thread_peer() {
         let mut peer = Peer::threads(None);
-        for pipes in [20, 1] {
+        for (pipes, how) in [
+            (20, Receive::Async),
+            (1, Receive::Async),
+            (20, Receive::Sweep),
+            (1, Receive::Sweep),
+        ] {
             let mut job = Job {
                 system: System::Duct,
                 transport: Transport::Uds,
@@ -655,7 +796,7 @@ mod tests {
                 pipes,
                 addr: String::new(),
             };
-            let (run, figures) = run(&mut peer, &mut job, None).unwrap();
+            let (run, figures) = run(&mut peer, &mut job, None, how).unwrap();
             assert!(job.addr.starts_with("uds://@duct-bench-"), "{}", job.addr);
             assert!(run.msgs_per_sec > 0.0, "{run:?}");
             assert!(run.messages >= 5000 - MAX_SEND_BATCH as u64, "{run:?}");
