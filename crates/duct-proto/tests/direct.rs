@@ -193,6 +193,56 @@ fn a_reliable_message_inside_its_windows_goes_direct_as_the_queued_way_frames_it
 }
 
 #[test]
+fn a_reliable_run_numbers_and_records_as_send_direct_does_until_a_window_is_full() {
+    let now = Instant::now();
+    let reliable = ChannelConfig {
+        reliable: true,
+        inflight_msgs: 3,
+        ..ChannelConfig::default()
+    };
+    let small = |qos: QosConfig| Config {
+        max_message_size: 100,
+        ..with_qos(qos)
+    };
+    let qos = QosConfig {
+        channels: [(3u16, reliable)].into_iter().collect(),
+        ..QosConfig::default()
+    };
+    let (mut a, _) = established(small(qos.clone()), small(qos.clone()), now);
+    let (mut b, _) = established(small(qos.clone()), small(qos), now);
+    let p = |i: u8, len: usize| Bytes::from(vec![i; len]);
+    let run = a.direct_run(3, None, None, now).expect("a reliable run");
+    assert!(run.reliable());
+    assert_eq!(a.direct_reliable(&run, 101), None, "over the message limit");
+    for (i, len) in [(0u8, 10usize), (1, 0), (2, 100)] {
+        let t = direct_frame(b.send_direct(3, p(i, len), None, None, now).unwrap());
+        let (header, seq) = a.direct_reliable(&run, len).expect("room in the window");
+        assert_eq!(header, t.header, "message {i}");
+        assert_eq!(Header::decode(&header).unwrap().seq, u32::from(i) + 1);
+        a.record_direct(seq, 3, p(i, len), now);
+        // Counted and recorded as sent, as send_direct records it.
+        assert_eq!(a.outbox().unacked(), b.outbox().unacked());
+        assert_eq!(a.outbox().inflight(), b.outbox().inflight());
+        assert_eq!(a.outbox().next_seq(), b.outbox().next_seq());
+        assert!(a.outbox().is_empty() && a.poll_transmit().is_none());
+    }
+    // The channel's window is full: nothing numbered; send_direct queues the message.
+    assert_eq!(a.direct_reliable(&run, 10), None);
+    assert_eq!(a.outbox().next_seq(), b.outbox().next_seq());
+    assert_eq!(
+        offered(a.send_direct(3, p(3, 10), None, None, now).unwrap()),
+        Admission::Queued
+    );
+    // A plain run frames nothing reliable.
+    let plain = a.direct_run(0, None, None, now);
+    assert!(plain.is_none(), "a message is queued: no run at all");
+    let (mut c, _) = established(Config::default(), Config::default(), now);
+    let plain = c.direct_run(0, None, None, now).unwrap();
+    assert_eq!(c.direct_reliable(&plain, 10), None);
+    assert_eq!(c.outbox().next_seq(), 1);
+}
+
+#[test]
 fn direct_sends_keep_the_limits_and_the_state_checks() {
     let now = Instant::now();
     let small = Config {
@@ -316,15 +366,19 @@ fn a_direct_run_frames_what_send_direct_frames_and_only_when_it_would() {
         ..QosConfig::default()
     };
     let (mut d, mut l) = established(with_qos(qos.clone()), with_qos(qos), now);
-    assert!(
-        l.direct_run(2, None, None, now).is_none(),
-        "reliable channel"
-    );
+    // A reliable channel (or message) runs, but its messages are numbered one by one
+    // (`direct_reliable`), never framed from the template alone.
+    let run = l.direct_run(2, None, None, now).expect("reliable channel");
+    assert!(run.reliable() && run.header(5).is_none());
+    assert!(l.direct_run(1, None, Some(true), now).unwrap().reliable());
+    assert!(!l.direct_run(1, None, None, now).unwrap().reliable());
     assert!(l.direct_run(3, None, None, now).is_none(), "channel TTL");
     assert!(l
         .direct_run(1, Some(Duration::from_millis(5)), None, now)
         .is_none());
-    assert!(l.direct_run(1, None, Some(true), now).is_none());
+    assert!(l
+        .direct_run(2, Some(Duration::from_millis(5)), None, now)
+        .is_none());
     d.send_message(2, Bytes::from_static(b"trade"), None, None, now)
         .unwrap();
     pump_frames(&mut d, &mut l, now).unwrap();

@@ -293,7 +293,7 @@ impl DialOptions {
     /// The window of reliable delivery: at most `msgs` reliable messages and `bytes` of their
     /// payload sent and not yet acknowledged by the peer (a single larger message still goes
     /// when nothing else is in flight). Beyond it new reliable messages wait in their
-    /// channel's queue, under the channel's backpressure policy. Default: 4096 messages,
+    /// channel's queue, under the channel's backpressure policy. Default: 16384 messages,
     /// 16 MiB. `0` is treated as 1.
     #[must_use]
     pub fn inflight_window(mut self, msgs: usize, bytes: usize) -> Self {
@@ -473,7 +473,7 @@ impl ListenOptions {
     }
 
     /// The window of reliable delivery of each accepted pipe; see
-    /// [`DialOptions::inflight_window`]. Default: 4096 messages, 16 MiB.
+    /// [`DialOptions::inflight_window`]. Default: 16384 messages, 16 MiB.
     #[must_use]
     pub fn inflight_window(mut self, msgs: usize, bytes: usize) -> Self {
         self.inflight = Some((msgs.max(1), bytes.max(1)));
@@ -1019,7 +1019,7 @@ impl ChannelOptions {
     ///   those the peer lacks after a break are sent again, and the peer drops duplicates. A
     ///   reliable message is never dropped by a drop policy or its TTL once it was first sent
     ///   (messages still queued are, and are counted). At most a window of reliable messages
-    ///   is unacknowledged (default 4096 messages or 16 MiB: [`DialOptions::inflight_window`]);
+    ///   is unacknowledged (default 16384 messages or 16 MiB: [`DialOptions::inflight_window`]);
     ///   beyond it new ones wait in the queue under the channel's policy.
     ///
     /// Where at least once stops: if a process dies, or the resume window passes, the session

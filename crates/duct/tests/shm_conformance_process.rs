@@ -46,9 +46,9 @@ const SIZES: [usize; 7] = [0, 1, 64, 1000, 65_536, 65_537, 4 * MIB];
 /// Messages each way in the stream case.
 const STREAM_N: u32 = 100_000;
 
-/// Reliable messages in the reliable case: more than the default in-flight window (4096),
+/// Reliable messages in the reliable case: more than the default in-flight window (16384),
 /// so the sender needs the child's acknowledgements to finish.
-const RELIABLE_N: u32 = 20_000;
+const RELIABLE_N: u32 = 40_000;
 
 /// The short TTL of the TTL case, and how long the child then does not read.
 const SHORT_TTL: Duration = Duration::from_millis(300);

@@ -432,6 +432,47 @@ impl Outbox {
         !reliable.unwrap_or(ch.cfg.reliable) && ch.untimed_and_unpaced()
     }
 
+    /// Whether a reliable message on `channel` with `ttl` and `reliable` may be numbered and
+    /// framed at once ([`Outbox::number_direct`], then [`Outbox::record_direct`]): as
+    /// [`Outbox::direct_allowed`], but the message is reliable (its window aside: checked
+    /// per message).
+    #[inline]
+    pub fn direct_allowed_reliable(
+        &mut self,
+        channel: u16,
+        ttl: Option<std::time::Duration>,
+        reliable: Option<bool>,
+        now: Instant,
+    ) -> bool {
+        if !self.unqueued_and_unpaced(ttl) {
+            return false;
+        }
+        let ch = self.chan(channel, now);
+        reliable.unwrap_or(ch.cfg.reliable) && ch.untimed_and_unpaced()
+    }
+
+    /// Numbers a reliable message of `len` bytes on `channel`, which
+    /// [`Outbox::direct_allowed_reliable`] allowed, if both reliable windows have room (as
+    /// [`Outbox::offer_direct`] would): counts it in them and returns its number, which the
+    /// caller frames and then records with [`Outbox::record_direct`] (under the same
+    /// borrow of the session, before anything else changes it). `None`: no room; the
+    /// message takes the queued way.
+    #[inline]
+    pub fn number_direct(&mut self, channel: u16, len: usize) -> Option<u64> {
+        let ch = self.chans.get_mut(channel)?;
+        if !window_room(&self.rel, &self.config, ch, len) {
+            return None;
+        }
+        Some(count_numbered(&mut self.rel, ch, len))
+    }
+
+    /// Records the reliable message numbered `seq` by [`Outbox::number_direct`] as sent at
+    /// `now`, with its payload (kept until it is acknowledged).
+    #[inline]
+    pub fn record_direct(&mut self, seq: u64, channel: u16, payload: Bytes, now: Instant) {
+        self.rel.record(seq, channel, payload, now);
+    }
+
     /// Nothing is queued on any channel, the pipe has no rate limit and the message (`ttl`)
     /// no time to live: what every message framed at once needs of the outbox.
     #[inline]
@@ -1114,14 +1155,21 @@ fn window_room(rel: &RelSend, config: &QosConfig, ch: &Chan, len: usize) -> bool
 /// Numbers a fresh reliable message of `len` bytes on `ch`: counts it in both windows and
 /// marks `h` (reliable, its number). Returns the number.
 fn number(rel: &mut RelSend, ch: &mut Chan, h: &mut Header, len: usize) -> u64 {
+    let seq = count_numbered(rel, ch, len);
+    h.flags |= flags::RELIABLE;
+    h.seq = crate::reliable::narrow(seq);
+    seq
+}
+
+/// Numbers a fresh reliable message of `len` bytes on `ch` and counts it in both windows.
+#[inline]
+fn count_numbered(rel: &mut RelSend, ch: &mut Chan, len: usize) -> u64 {
     let seq = rel.next_seq;
     rel.next_seq += 1;
     rel.inflight_msgs += 1;
     rel.inflight_bytes += len;
     ch.inflight_msgs += 1;
     ch.inflight_bytes += len;
-    h.flags |= flags::RELIABLE;
-    h.seq = crate::reliable::narrow(seq);
     seq
 }
 

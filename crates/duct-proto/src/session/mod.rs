@@ -207,7 +207,9 @@ pub struct DirectRun {
     channel: u16,
     /// Longest payload that goes out as one frame within the message limits.
     max_len: usize,
-    /// The header of the run's frames with a zero length (only the length differs).
+    /// The run's messages are reliable: each is numbered ([`Session::direct_reliable`]).
+    reliable: bool,
+    /// The header of the run's frames with a zero length (and number): only those differ.
     template: [u8; HEADER_LEN],
 }
 
@@ -217,11 +219,19 @@ impl DirectRun {
         self.channel
     }
 
-    /// The header of a `len`-byte message of the run, or `None` when it does not fit one
-    /// frame (or the message limit): [`Session::send_direct`] then says what becomes of it.
+    /// Whether the run's messages are reliable: then [`Session::direct_reliable`] frames
+    /// each, and [`DirectRun::header`] none.
+    #[inline]
+    pub fn reliable(&self) -> bool {
+        self.reliable
+    }
+
+    /// The header of a `len`-byte message of a run that is not reliable, or `None` when it
+    /// does not fit one frame (or the message limit), or the run is reliable:
+    /// [`Session::send_direct`] then says what becomes of it.
     #[inline]
     pub fn header(&self, len: usize) -> Option<[u8; HEADER_LEN]> {
-        (len <= self.max_len).then(|| {
+        (len <= self.max_len && !self.reliable).then(|| {
             let mut h = self.template;
             h[4..8].copy_from_slice(&(len as u32).to_be_bytes());
             h
@@ -659,15 +669,54 @@ impl Session {
         let max_len = (neg.send_frame_max as usize)
             .max(1)
             .min(neg.send_message_max.min(self.config.max_message_size) as usize);
-        if !self.outbox.direct_allowed(channel, ttl, reliable, now) {
+        let mut header = Header::data(channel, 0);
+        let reliable = if self.outbox.direct_allowed(channel, ttl, reliable, now) {
+            false
+        } else if self
+            .outbox
+            .direct_allowed_reliable(channel, ttl, reliable, now)
+        {
+            header.flags |= flags::RELIABLE;
+            true
+        } else {
             return None;
-        }
+        };
         self.tick(now);
         Some(DirectRun {
             channel,
             max_len,
-            template: Header::data(channel, 0).encode(),
+            reliable,
+            template: header.encode(),
         })
+    }
+
+    /// Frames a `len`-byte message of a reliable `run` ([`DirectRun::reliable`]) exactly as
+    /// [`Session::send_direct`] would: numbered, when it fits one frame and both reliable
+    /// windows. Returns its header and number; the driver writes the frame and then hands
+    /// the payload to [`Session::record_direct`] with the number, before anything else
+    /// changes the session. `None`: the message takes [`Session::send_direct`]'s way
+    /// (which queues it when a window is full).
+    #[inline]
+    pub fn direct_reliable(
+        &mut self,
+        run: &DirectRun,
+        len: usize,
+    ) -> Option<([u8; HEADER_LEN], u64)> {
+        if !run.reliable || len > run.max_len {
+            return None;
+        }
+        let seq = self.outbox.number_direct(run.channel, len)?;
+        let mut h = run.template;
+        h[4..8].copy_from_slice(&(len as u32).to_be_bytes());
+        h[8..12].copy_from_slice(&crate::reliable::narrow(seq).to_be_bytes());
+        Some((h, seq))
+    }
+
+    /// Records the reliable message numbered `seq` by [`Session::direct_reliable`] as sent
+    /// at `now`: its payload is kept until the peer acknowledges it.
+    #[inline]
+    pub fn record_direct(&mut self, seq: u64, channel: u16, payload: Bytes, now: Instant) {
+        self.outbox.record_direct(seq, channel, payload, now);
     }
 
     /// A message framed now would be the next frame out: established, and no control frame

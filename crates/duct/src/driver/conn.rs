@@ -293,10 +293,10 @@ const SPILL_MAX: usize = 4096;
 /// The size of a [`Spill`] buffer.
 const SPILL_CHUNK: usize = 64 * 1024;
 /// [`Spill`] buffers kept for reuse, free or with copies that still wait (a reliable channel
-/// keeps its messages until they are acknowledged: 4096 in flight by default, 256 KiB of 64 B
-/// ones). Beyond this many the oldest is let go (its memory goes with its last copy); once
+/// keeps its messages until they are acknowledged: 16384 in flight by default, 1 MiB of 64 B
+/// ones, 16 buffers). Beyond this many the oldest is let go (its memory goes with its last copy); once
 /// no buffer was started for a second, free ones beyond one are ([`Spill::trim_if_idle`]).
-const SPILL_SPARES_MAX: usize = 8;
+const SPILL_SPARES_MAX: usize = 24;
 
 /// How long [`Spill`] goes without starting a buffer before its free spares but one go.
 const SPILL_IDLE: Duration = Duration::from_secs(1);
@@ -1316,9 +1316,28 @@ impl Conn {
             }
             // What still needs the channel's queue (the direct path found it full, or was not
             // taken).
-            let queued = match direct.as_mut() {
-                None => Some(payload.into_bytes(&mut g.spill)),
-                Some(w) => match fast.and_then(|r| r.header(len)) {
+            // A reliable run's message is numbered here (when it fits both windows) and
+            // framed from the caller's bytes; its payload is kept once, for retransmission.
+            let numbered = match (&direct, fast) {
+                (Some(_), Some(r)) if r.reliable() => g.session.direct_reliable(&r, len),
+                _ => None,
+            };
+            let queued = match (direct.as_mut(), numbered) {
+                (None, _) => Some(payload.into_bytes(&mut g.spill)),
+                (Some(w), Some((header, seq))) => {
+                    let inline = w.push_inline(&header, payload.as_slice());
+                    let payload = payload.into_bytes(&mut g.spill);
+                    if !inline {
+                        w.push(Transmit {
+                            header,
+                            payload: payload.clone(),
+                            deadline: None,
+                        });
+                    }
+                    g.session.record_direct(seq, channel, payload, now);
+                    None
+                }
+                (Some(w), None) => match fast.and_then(|r| r.header(len)) {
                     Some(header) => {
                         if !w.push_inline(&header, payload.as_slice()) {
                             // (Large, or a frame transport: `push` keeps it whole.)
