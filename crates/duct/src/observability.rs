@@ -338,6 +338,9 @@ mod publish {
         labels: Vec<Label>,
         shm: bool,
         handles: Mutex<Option<Handles>>,
+        /// The figures of the last publication, refilled by the next: a publication
+        /// allocates nothing once the pipe's channels are known.
+        pub(crate) scratch: Mutex<Figures>,
     }
 
     struct Handles {
@@ -384,6 +387,7 @@ mod publish {
                 ],
                 shm: transport == "shm",
                 handles: Mutex::new(None),
+                scratch: Mutex::new(Figures::default()),
             })
         }
 

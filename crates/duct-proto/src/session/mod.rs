@@ -34,6 +34,8 @@ pub const MAX_AGE_SAMPLES: usize = 4096;
 /// Shortest heartbeat interval used, whatever was agreed (1 ms on the wire is allowed, but
 /// a PING storm is not).
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+/// Bytes of the buffer PING tokens are cut from (512 tokens).
+const PING_SCRATCH: usize = 4096;
 
 /// Which end of the connection this session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,6 +319,9 @@ pub struct Session {
     /// Control frames to write (they go ahead of data).
     control: VecDeque<Transmit>,
     control_bytes: usize,
+    /// Where PING tokens are cut from: one allocation per [`PING_SCRATCH`] bytes of them
+    /// rather than one per PING (a thousand pipes send a thousand a second).
+    ping_scratch: BytesMut,
     /// Messages accepted for sending, per channel, and the scheduler.
     outbox: Outbox,
     /// Our CLOSE, written once the outbox has drained.
@@ -473,6 +478,7 @@ impl Session {
             negotiated: None,
             handshake_deadline: Some(now + config.handshake_timeout),
             control: VecDeque::new(),
+            ping_scratch: BytesMut::new(),
             control_bytes: 0,
             outbox: Outbox::new(config.qos.clone(), now),
             close_frame: None,
@@ -760,7 +766,8 @@ impl Session {
     pub fn ping(&mut self, token: u64) -> Result<(), Error> {
         match self.state {
             State::Established => {
-                self.queue_control(FrameKind::Ping, control::encode_ping(token));
+                let token = self.ping_payload(token);
+                self.queue_control(FrameKind::Ping, token);
                 Ok(())
             }
             State::Handshaking => Err(Error::NotConnected),
@@ -1399,7 +1406,8 @@ impl Session {
                     if self.state == State::Established {
                         let token = self.next_ping_token;
                         self.next_ping_token += 1;
-                        self.queue_control(FrameKind::Ping, control::encode_ping(token));
+                        let token = self.ping_payload(token);
+                        self.queue_control(FrameKind::Ping, token);
                     }
                 }
             }
@@ -1419,7 +1427,8 @@ impl Session {
                 let token = self.next_ping_token;
                 self.next_ping_token += 1;
                 hb.outstanding = Some((token, now));
-                self.queue_control(FrameKind::Ping, control::encode_ping(token));
+                let token = self.ping_payload(token);
+                self.queue_control(FrameKind::Ping, token);
             }
         }
         Ok(())
@@ -1659,10 +1668,13 @@ impl Session {
                 Ok(())
             }
             FrameKind::Ping => {
-                let token = control::decode_ping(&payload)?;
+                // (Checked: an 8-byte token.)
+                control::decode_ping(&payload)?;
                 // Once our CLOSE is queued nothing follows it, not even a PONG.
                 if self.state == State::Established {
-                    self.queue_control(FrameKind::Pong, control::encode_ping(token));
+                    // The PING's own token bytes are the PONG's payload (a view of the
+                    // input: no copy, no allocation).
+                    self.queue_control(FrameKind::Pong, payload);
                 }
                 Ok(())
             }
@@ -2036,6 +2048,17 @@ impl Session {
             reason: reason.to_owned(),
         };
         self.queue_control(FrameKind::Reject, r.encode());
+    }
+
+    /// The payload of a PING with `token` (what [`control::encode_ping`] makes), cut from
+    /// `ping_scratch`.
+    fn ping_payload(&mut self, token: u64) -> Bytes {
+        let bytes = token.to_be_bytes();
+        if self.ping_scratch.capacity() < bytes.len() {
+            self.ping_scratch = BytesMut::with_capacity(PING_SCRATCH);
+        }
+        self.ping_scratch.extend_from_slice(&bytes);
+        self.ping_scratch.split().freeze()
     }
 
     fn queue_control(&mut self, kind: FrameKind, payload: Bytes) {

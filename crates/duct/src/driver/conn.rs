@@ -2870,55 +2870,64 @@ impl Conn {
     /// ones, on whatever thread ended or dropped the pipe) keep the handles they find.
     fn publish_metrics(&self, periodic: bool) {
         if let Some(m) = &self.metrics {
-            m.publish(&self.figures(), periodic);
+            let mut figures = m.scratch.lock().unwrap_or_else(|p| p.into_inner());
+            self.figures(&mut figures);
+            m.publish(&figures, periodic);
         }
     }
 
-    /// The figures `stats()` gives, per channel, with the queues and the reasons for drops.
-    fn figures(&self) -> observability::Figures {
-        use std::collections::BTreeMap;
+    /// Fills `f` with the figures `stats()` gives, per channel (in channel order), with the
+    /// queues and the reasons for drops. `f.channels` keeps its capacity.
+    fn figures(&self, f: &mut observability::Figures) {
         let copies = self.t().frame_io().map(|f| f.copy_counts());
         let mut g = self.lock();
         g.collect_drops();
-        let mut channels: BTreeMap<u16, observability::ChannelFigures> = BTreeMap::new();
+        let channels = &mut f.channels;
+        channels.clear();
         fn entry(
-            map: &mut BTreeMap<u16, observability::ChannelFigures>,
+            channels: &mut Vec<observability::ChannelFigures>,
             channel: u16,
         ) -> &mut observability::ChannelFigures {
-            map.entry(channel)
-                .or_insert_with(|| observability::ChannelFigures {
-                    channel,
-                    ..Default::default()
-                })
+            let at = match channels.binary_search_by_key(&channel, |c| c.channel) {
+                Ok(at) => at,
+                Err(at) => {
+                    channels.insert(
+                        at,
+                        observability::ChannelFigures {
+                            channel,
+                            ..Default::default()
+                        },
+                    );
+                    at
+                }
+            };
+            &mut channels[at]
         }
         for (channel, stats) in g.channels.map.iter() {
-            let c = entry(&mut channels, channel);
+            let c = entry(channels, channel);
             c.stats = *stats;
             c.lost = g.channels.lost.get(channel).copied().unwrap_or(0);
             c.send_queue = g.session.outbox().queued(channel);
         }
         for (channel, msgs, bytes) in g.session.recv_queues() {
-            entry(&mut channels, channel).recv_queue = (msgs, bytes);
+            entry(channels, channel).recv_queue = (msgs, bytes);
         }
         for d in &g.carry {
             // Received on an earlier connection, not yet delivered.
-            let c = entry(&mut channels, d.channel);
+            let c = entry(channels, d.channel);
             c.recv_queue.0 += 1;
             c.recv_queue.1 += d.payload.len();
         }
         let (frames, bytes, lent) = copies.unwrap_or_default();
-        observability::Figures {
-            connected: g.state() == PipeState::Connected,
-            reconnects: g.stats.reconnects,
-            rtt: g.session.rtt(),
-            copies: (
-                g.stats.payload_frames_copied + frames,
-                g.stats.payload_bytes_copied + bytes,
-                g.stats.zero_copy_frames + lent,
-            ),
-            write_queue_bytes: g.wq_bytes,
-            channels: channels.into_values().collect(),
-        }
+        f.connected = g.state() == PipeState::Connected;
+        f.reconnects = g.stats.reconnects;
+        f.rtt = g.session.rtt();
+        f.copies = (
+            g.stats.payload_frames_copied + frames,
+            g.stats.payload_bytes_copied + bytes,
+            g.stats.zero_copy_frames + lent,
+        );
+        f.write_queue_bytes = g.wq_bytes;
     }
 }
 
