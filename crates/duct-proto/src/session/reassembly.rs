@@ -7,12 +7,18 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::Error;
 
+/// Buffers of reassembled messages kept for the next ones (two: the application may still
+/// hold the last message while the next one arrives).
+const SPARES: usize = 2;
+/// Only buffers of messages up to this size are kept for reuse.
+const SPARE_MAX: usize = 1 << 20;
+
 struct Partial {
-    buf: Vec<u8>,
+    buf: BytesMut,
     total: usize,
     started: Instant,
 }
@@ -24,6 +30,11 @@ pub(crate) struct ReassemblyBuffer {
     limit: usize,
     max_message: usize,
     timeout: Duration,
+    /// Handles on the buffers of the last messages reassembled (at most [`SPARES`]): once
+    /// the application has dropped such a message, its buffer takes the next one, which
+    /// then grows without allocating as far as the last one did (a stream of large
+    /// messages allocates nothing in the steady state).
+    spares: Vec<BytesMut>,
 }
 
 impl ReassemblyBuffer {
@@ -34,6 +45,7 @@ impl ReassemblyBuffer {
             limit,
             max_message,
             timeout,
+            spares: Vec::new(),
         }
     }
 
@@ -94,8 +106,17 @@ impl ReassemblyBuffer {
         self.charge(first.len())?;
         // Grow with the data actually received, not with the announced length: a peer that
         // announces a large message and sends one byte makes us allocate one byte. (Any fixed
-        // reservation here is multiplied by the number of channels a peer can open.)
-        let buf = first.to_vec();
+        // reservation here is multiplied by the number of channels a peer can open.) A kept
+        // buffer of an earlier message, which the data received then grew, serves first.
+        let mut buf = match self
+            .spares
+            .iter_mut()
+            .position(|b| b.try_reclaim(first.len()))
+        {
+            Some(i) => self.spares.swap_remove(i),
+            None => BytesMut::new(),
+        };
+        buf.extend_from_slice(first);
         self.partials.insert(
             channel,
             Partial {
@@ -143,15 +164,22 @@ impl ReassemblyBuffer {
         let p = self.partials.get_mut(&channel).expect("checked above");
         if p.buf.capacity() < new_len {
             let target = (p.buf.capacity() * 2).max(new_len).min(p.total);
-            p.buf.reserve_exact(target - p.buf.len());
+            p.buf.reserve(target - p.buf.len());
         }
         p.buf.extend_from_slice(data);
         if !last {
             return Ok(None);
         }
-        let p = self.partials.remove(&channel).expect("checked above");
+        let mut p = self.partials.remove(&channel).expect("checked above");
         self.held -= p.buf.len();
-        Ok(Some(Bytes::from(p.buf)))
+        let message = p.buf.split().freeze();
+        if message.len() <= SPARE_MAX {
+            if self.spares.len() == SPARES {
+                self.spares.remove(0);
+            }
+            self.spares.push(p.buf);
+        }
+        Ok(Some(message))
     }
 
     /// The earliest moment a partial message expires.
@@ -183,5 +211,46 @@ impl ReassemblyBuffer {
     pub(crate) fn clear(&mut self) {
         self.partials.clear();
         self.held = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(r: &mut ReassemblyBuffer, channel: u16, data: &[u8], now: Instant) -> Bytes {
+        let half = data.len() / 2;
+        r.start(channel, data.len(), &data[..half], now).unwrap();
+        r.append(channel, &data[half..], true).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_message_s_buffer_takes_the_next_once_the_application_dropped_it() {
+        let now = Instant::now();
+        let mut r = ReassemblyBuffer::new(64 << 20, 64 << 20, Duration::from_secs(1));
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let first = whole(&mut r, 1, &data, now);
+        assert_eq!(first[..], data[..]);
+        let at = first.as_ptr();
+        // Still held: the next message gets a buffer of its own.
+        let second = whole(&mut r, 2, &data, now);
+        assert_eq!(second[..], data[..]);
+        assert_ne!(second.as_ptr(), at);
+        drop(first);
+        // Dropped: its buffer takes the next one.
+        let third = whole(&mut r, 1, &data[..150_000], now);
+        assert_eq!((third.as_ptr(), &third[..]), (at, &data[..150_000]));
+        assert_eq!(r.held(), 0);
+        drop((second, third));
+        // Larger than SPARE_MAX: reassembled, not kept.
+        let big = vec![9u8; SPARE_MAX + 1];
+        let kept = r.spares.len();
+        assert_eq!(whole(&mut r, 3, &big, now)[..], big[..]);
+        assert_eq!(r.spares.len(), kept);
+        // A peer that announces much and sends little still costs only what came before:
+        // at most a kept buffer, never the announced length.
+        r.start(4, 60 << 20, b"x", now).unwrap();
+        assert!(r.partials[&4].buf.capacity() <= SPARE_MAX);
+        assert!(r.spares.len() <= SPARES);
     }
 }

@@ -294,9 +294,19 @@ const SPILL_MAX: usize = 4096;
 const SPILL_CHUNK: usize = 64 * 1024;
 /// [`Spill`] buffers kept for reuse, free or with copies that still wait (a reliable channel
 /// keeps its messages until they are acknowledged: 16384 in flight by default, 1 MiB of 64 B
-/// ones, 16 buffers). Beyond this many the oldest is let go (its memory goes with its last copy); once
-/// no buffer was started for a second, free ones beyond one are ([`Spill::trim_if_idle`]).
+/// ones, 16 buffers). Beyond this many the oldest is let go (its memory goes with its last
+/// copy); once no buffer was started for a second, free ones beyond one are
+/// ([`Spill::trim_if_idle`]).
 const SPILL_SPARES_MAX: usize = 24;
+/// Copies larger than [`SPILL_MAX`] and at most this large get a buffer of their own, kept
+/// for another copy once this one is gone; larger ones are allocated each time.
+const SPILL_BIG_MAX: usize = 1 << 20;
+/// Buffers of large copies kept for reuse, free or in use: twice as many as a channel's
+/// send queue holds by default ([`duct_proto::qos::DEFAULT_HWM_MSGS`]), since a stream of
+/// large slices that waits for the socket has that many copies queued, and more on their
+/// way out. A copy made while this many are kept and none is free gets a buffer that is
+/// not kept. Free ones go once the pipe is idle for [`SPILL_IDLE`].
+const SPILL_BIG_SPARES_MAX: usize = 2 * duct_proto::qos::DEFAULT_HWM_MSGS;
 
 /// How long [`Spill`] goes without starting a buffer before its free spares but one go.
 const SPILL_IDLE: Duration = Duration::from_secs(1);
@@ -311,6 +321,9 @@ pub(crate) struct Spill {
     current: Option<BytesMut>,
     /// Filled buffers, reused when all their copies are gone (at most [`SPILL_SPARES_MAX`]).
     spares: Vec<BytesMut>,
+    /// Buffers of single large copies, oldest first, reused when their copy is gone (at most
+    /// [`SPILL_BIG_SPARES_MAX`]).
+    big: VecDeque<BytesMut>,
     /// Buffers started so far (wrapping).
     rotations: u64,
     /// The count of `rotations` a timer last saw, and when it first saw it.
@@ -318,6 +331,39 @@ pub(crate) struct Spill {
 }
 
 impl Spill {
+    /// A copy of `bytes`, larger than [`SPILL_MAX`], in a buffer of its own: the oldest
+    /// kept one if its copy is gone and it is large enough (copies wait in queues, first in
+    /// first out: a stream of large slices that waits for the socket allocates nothing in
+    /// the steady state), else a new one.
+    fn copy_big(&mut self, bytes: &[u8]) -> Bytes {
+        let len = bytes.len();
+        if len > SPILL_BIG_MAX {
+            return Bytes::copy_from_slice(bytes);
+        }
+        // The oldest few, in turn: a copy written at once is gone before older ones that
+        // waited in a queue, so the order is only nearly first in, first out.
+        let mut reuse = false;
+        for _ in 0..self.big.len().min(4) {
+            if self.big.front_mut().is_some_and(|b| b.try_reclaim(len)) {
+                reuse = true;
+                break;
+            }
+            self.big.rotate_left(1);
+        }
+        let mut buf = if reuse {
+            self.big.pop_front().expect("checked")
+        } else if self.big.len() == SPILL_BIG_SPARES_MAX {
+            return Bytes::copy_from_slice(bytes);
+        } else {
+            self.rotations = self.rotations.wrapping_add(1);
+            BytesMut::with_capacity(len)
+        };
+        buf.extend_from_slice(bytes);
+        let copy = buf.split().freeze();
+        self.big.push_back(buf);
+        copy
+    }
+
     /// A copy of `bytes` (at most [`SPILL_MAX`] of them) in a shared buffer.
     fn copy(&mut self, bytes: &[u8]) -> Bytes {
         let room = self.current.as_ref().map_or(0, BytesMut::capacity);
@@ -354,7 +400,7 @@ impl Spill {
     /// (called from the pipe's timers, `now` theirs), so that an idle pipe keeps at most two
     /// buffers of its own.
     pub(crate) fn trim_if_idle(&mut self, now: Instant) {
-        if self.spares.len() <= 1 {
+        if self.spares.len() <= 1 && self.big.is_empty() {
             return;
         }
         match self.idle_since {
@@ -376,6 +422,8 @@ impl Spill {
             kept_free += 1;
             kept_free <= 1
         });
+        // (A free buffer reclaims at least one byte; one in use reclaims nothing.)
+        self.big.retain_mut(|b| !b.try_reclaim(1));
     }
 }
 
@@ -392,7 +440,7 @@ impl OutPayload for &[u8] {
 
     fn into_bytes(self, spill: &mut Spill) -> Bytes {
         if self.len() > SPILL_MAX {
-            Bytes::copy_from_slice(self)
+            spill.copy_big(self)
         } else {
             spill.copy(self)
         }
@@ -3239,5 +3287,44 @@ mod tests {
             <&[u8] as OutPayload>::into_bytes(&big[..], &mut spill)[..],
             big[..]
         );
+    }
+
+    #[test]
+    fn large_copies_reuse_their_buffers_once_gone_and_stay_bounded() {
+        let mut spill = Spill::default();
+        let payload = vec![3u8; 64 * 1024];
+        let first = spill.copy_big(&payload);
+        let at = first.as_ptr();
+        assert_eq!(first[..], payload[..]);
+        // Held: the next copy needs another buffer.
+        let second = spill.copy_big(&payload);
+        assert_ne!(second.as_ptr(), at);
+        drop(first);
+        // The oldest is gone: its buffer takes the next copy (and later a smaller one), no
+        // allocation.
+        let third = spill.copy_big(&payload);
+        assert_eq!(third.as_ptr(), at, "the free buffer was not reused");
+        drop((second, third));
+        let _ = spill.copy_big(&payload); // (the second's buffer, oldest now)
+        let smaller = spill.copy_big(&payload[..5000]);
+        assert_eq!((smaller.as_ptr(), smaller.len()), (at, 5000));
+        assert_eq!(smaller[..], payload[..5000]);
+        drop(smaller);
+        // Many held at once: at most SPILL_BIG_SPARES_MAX kept.
+        let held: Vec<Bytes> = (0..SPILL_BIG_SPARES_MAX + 20)
+            .map(|_| spill.copy_big(&payload))
+            .collect();
+        assert!(held.iter().all(|b| b[..] == payload[..]));
+        assert_eq!(spill.big.len(), SPILL_BIG_SPARES_MAX);
+        drop(held);
+        // Larger than SPILL_BIG_MAX: not kept.
+        let huge = vec![4u8; SPILL_BIG_MAX + 1];
+        assert_eq!(spill.copy_big(&huge)[..], huge[..]);
+        assert_eq!(spill.big.len(), SPILL_BIG_SPARES_MAX);
+        // Idle for SPILL_IDLE: the free ones go.
+        let t0 = Instant::now();
+        spill.trim_if_idle(t0);
+        spill.trim_if_idle(t0 + SPILL_IDLE);
+        assert!(spill.big.is_empty());
     }
 }
