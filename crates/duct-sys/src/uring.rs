@@ -37,6 +37,26 @@ pub struct Completion {
     pub more: bool,
 }
 
+/// Sets up a ring with the settings `configure` makes, and cooperative task running
+/// (`IORING_SETUP_COOP_TASKRUN`, Linux 5.19) where the kernel has it: completions are then
+/// posted when the ring's thread next enters the kernel (every wait of ours does), instead of
+/// interrupting it wherever it runs. The rings here are each used by one thread, which both
+/// submits and waits, the case the flag is made for. Without it (an older kernel refuses the
+/// flag with `EINVAL`), the same ring without the flag.
+fn build_ring(entries: u32, configure: impl Fn(&mut io_uring::Builder)) -> io::Result<IoUring> {
+    let mut builder = IoUring::builder();
+    configure(&mut builder);
+    builder.setup_coop_taskrun();
+    match builder.build(entries) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            let mut plain = IoUring::builder();
+            configure(&mut plain);
+            plain.build(entries)
+        }
+        ring => ring,
+    }
+}
+
 /// An io_uring instance with a submission queue of `entries` and a completion queue of
 /// `cq_entries`.
 pub struct Ring {
@@ -62,10 +82,9 @@ impl Ring {
     /// locked-memory limit), or with [`io::ErrorKind::Unsupported`] when the kernel lacks what
     /// [`Ring::wait`] needs (a timeout on the wait: `IORING_FEAT_EXT_ARG`, Linux 5.11).
     pub fn new(entries: u32, cq_entries: u32) -> io::Result<Ring> {
-        let ring = IoUring::builder()
-            .setup_cqsize(cq_entries)
-            .setup_clamp()
-            .build(entries)?;
+        let ring = build_ring(entries, |b| {
+            b.setup_cqsize(cq_entries).setup_clamp();
+        })?;
         if !ring.params().is_feature_ext_arg() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -267,7 +286,9 @@ impl<S: SendBufs> IoRing<S> {
     /// many requests fit in one batch. Fails with the setup's error (`EPERM`, `ENOSYS`,
     /// `ENOMEM`).
     pub fn new(entries: u32) -> io::Result<IoRing<S>> {
-        let ring = IoUring::builder().setup_clamp().build(entries)?;
+        let ring = build_ring(entries, |b| {
+            b.setup_clamp();
+        })?;
         Ok(IoRing {
             ring,
             lent: Vec::new(),
