@@ -413,10 +413,11 @@ impl Outbox {
         Admission::Queued
     }
 
-    /// Whether a message on `channel` with `ttl` and `reliable` may be framed at once as plain
-    /// data (what [`Outbox::offer_direct`] does then, its size aside): nothing is queued on
-    /// any channel, and neither the pipe nor the channel has a rate limit, a time to live or
-    /// reliability.
+    /// Whether a message on `channel` with `ttl` and `reliable` may be framed at once (what
+    /// [`Outbox::offer_direct`] does then, its size aside): nothing is queued on any channel,
+    /// and neither the pipe nor the channel has a rate limit or a time to live. `Some(false)`:
+    /// as plain data; `Some(true)`: reliable, numbered per message ([`Outbox::number_direct`],
+    /// then [`Outbox::record_direct`]; its window is checked then); `None`: not at once.
     #[inline]
     pub fn direct_allowed(
         &mut self,
@@ -424,35 +425,17 @@ impl Outbox {
         ttl: Option<std::time::Duration>,
         reliable: Option<bool>,
         now: Instant,
-    ) -> bool {
+    ) -> Option<bool> {
         if !self.unqueued_and_unpaced(ttl) {
-            return false;
+            return None;
         }
         let ch = self.chan(channel, now);
-        !reliable.unwrap_or(ch.cfg.reliable) && ch.untimed_and_unpaced()
-    }
-
-    /// Whether a reliable message on `channel` with `ttl` and `reliable` may be numbered and
-    /// framed at once ([`Outbox::number_direct`], then [`Outbox::record_direct`]): as
-    /// [`Outbox::direct_allowed`], but the message is reliable (its window aside: checked
-    /// per message).
-    #[inline]
-    pub fn direct_allowed_reliable(
-        &mut self,
-        channel: u16,
-        ttl: Option<std::time::Duration>,
-        reliable: Option<bool>,
-        now: Instant,
-    ) -> bool {
-        if !self.unqueued_and_unpaced(ttl) {
-            return false;
-        }
-        let ch = self.chan(channel, now);
-        reliable.unwrap_or(ch.cfg.reliable) && ch.untimed_and_unpaced()
+        ch.untimed_and_unpaced()
+            .then(|| reliable.unwrap_or(ch.cfg.reliable))
     }
 
     /// Numbers a reliable message of `len` bytes on `channel`, which
-    /// [`Outbox::direct_allowed_reliable`] allowed, if both reliable windows have room (as
+    /// [`Outbox::direct_allowed`] allowed, if both reliable windows have room (as
     /// [`Outbox::offer_direct`] would): counts it in them and returns its number, which the
     /// caller frames and then records with [`Outbox::record_direct`] (under the same
     /// borrow of the session, before anything else changes it). `None`: no room; the

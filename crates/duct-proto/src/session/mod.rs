@@ -675,18 +675,11 @@ impl Session {
         let max_len = (neg.send_frame_max as usize)
             .max(1)
             .min(neg.send_message_max.min(self.config.max_message_size) as usize);
+        let reliable = self.outbox.direct_allowed(channel, ttl, reliable, now)?;
         let mut header = Header::data(channel, 0);
-        let reliable = if self.outbox.direct_allowed(channel, ttl, reliable, now) {
-            false
-        } else if self
-            .outbox
-            .direct_allowed_reliable(channel, ttl, reliable, now)
-        {
+        if reliable {
             header.flags |= flags::RELIABLE;
-            true
-        } else {
-            return None;
-        };
+        }
         self.tick(now);
         Some(DirectRun {
             channel,
