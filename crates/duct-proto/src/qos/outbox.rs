@@ -56,12 +56,110 @@ struct Pending {
 struct Sent {
     seq: u64,
     channel: u16,
-    payload: Bytes,
+    payload: Kept,
     /// When its last frame was taken for sending.
     at: Instant,
     /// The peer has it (a selective ack): not sent again; it still counts in the window
     /// until the cumulative ack passes it (the peer holds it out of order till then).
     sacked: bool,
+}
+
+/// Where a sent reliable message's payload is kept until it is acknowledged.
+#[derive(Debug)]
+enum Kept {
+    /// A handle on the message's own bytes.
+    Bytes(Bytes),
+    /// A copy in the keep ring ([`KeepRing`]): where it starts in the ring's stream of
+    /// bytes, and its length.
+    Ring { at: u64, len: usize },
+}
+
+impl Kept {
+    fn len(&self) -> usize {
+        match self {
+            Kept::Bytes(b) => b.len(),
+            Kept::Ring { len, .. } => *len,
+        }
+    }
+}
+
+/// Copies of reliable payloads kept for retransmission ([`Outbox::record_direct_copy`]), in
+/// the order they were recorded: a ring of bytes, freed from its oldest end as the peer
+/// acknowledges, that grows (doubling) when what is kept outgrows it. What is kept is
+/// bounded by the reliable window's bytes; the ring keeps the size it grew to. A copy costs
+/// a `memcpy` and no handle on shared memory (no reference count to take, and none to drop
+/// when the ack comes).
+#[derive(Debug, Default)]
+struct KeepRing {
+    /// A power of two long, or empty.
+    buf: Vec<u8>,
+    /// The oldest byte still kept, and the next byte to write (offsets in the stream of
+    /// everything ever kept: `buf` holds byte `i` at `i % buf.len()`).
+    head: u64,
+    tail: u64,
+}
+
+impl KeepRing {
+    /// Keeps a copy of `bytes`; returns where it starts.
+    fn push(&mut self, bytes: &[u8]) -> u64 {
+        let need = (self.tail - self.head) as usize + bytes.len();
+        if need > self.buf.len() {
+            self.grow(need);
+        }
+        let at = self.tail;
+        self.write(at, bytes);
+        self.tail += bytes.len() as u64;
+        at
+    }
+
+    fn write(&mut self, at: u64, bytes: &[u8]) {
+        let cap = self.buf.len();
+        if cap == 0 {
+            return; // (nothing to write: `bytes` is empty)
+        }
+        let i = (at % cap as u64) as usize;
+        let first = (cap - i).min(bytes.len());
+        self.buf[i..i + first].copy_from_slice(&bytes[..first]);
+        self.buf[..bytes.len() - first].copy_from_slice(&bytes[first..]);
+    }
+
+    /// Copies the kept bytes `at..at + out.len()` into `out`.
+    fn read(&self, at: u64, out: &mut [u8]) {
+        let cap = self.buf.len();
+        if cap == 0 {
+            return;
+        }
+        let i = (at % cap as u64) as usize;
+        let first = (cap - i).min(out.len());
+        let n = out.len();
+        out[..first].copy_from_slice(&self.buf[i..i + first]);
+        out[first..].copy_from_slice(&self.buf[..n - first]);
+    }
+
+    /// The kept bytes `at..at + len`, as a message of their own (a retransmission after a
+    /// timeout or a break: rare).
+    fn get(&self, at: u64, len: usize) -> Bytes {
+        let mut out = vec![0u8; len];
+        self.read(at, &mut out);
+        Bytes::from(out)
+    }
+
+    /// Room for `need` kept bytes: a ring twice as large (or more), the kept bytes copied
+    /// to their places in it.
+    #[cold]
+    fn grow(&mut self, need: usize) {
+        let cap = need.next_power_of_two().max(4096);
+        let mut kept = vec![0u8; (self.tail - self.head) as usize];
+        self.read(self.head, &mut kept);
+        self.buf = vec![0u8; cap];
+        self.write(self.head, &kept);
+    }
+
+    /// Nothing before `at` is kept any more.
+    fn free_to(&mut self, at: u64) {
+        debug_assert!(at >= self.head && at <= self.tail);
+        self.head = at;
+    }
 }
 
 /// The sending side of reliable delivery (see [`crate::reliable`]).
@@ -82,11 +180,18 @@ struct RelSend {
     rto_at: Option<Instant>,
     /// Timeouts in a row without progress.
     retries: u32,
+    /// The copies that records of [`Kept::Ring`] name.
+    ring: KeepRing,
 }
 
 impl RelSend {
     /// A reliable message's last frame was taken for sending at `now`.
     fn record(&mut self, seq: u64, channel: u16, payload: Bytes, now: Instant) {
+        self.record_kept(seq, channel, Kept::Bytes(payload), now);
+    }
+
+    /// As [`RelSend::record`], with the payload kept as `payload` says.
+    fn record_kept(&mut self, seq: u64, channel: u16, payload: Kept, now: Instant) {
         let sent = Sent {
             seq,
             channel,
@@ -102,6 +207,25 @@ impl RelSend {
             self.unacked.insert(at, sent);
         }
         self.rto_at.get_or_insert(now + self.rto);
+    }
+
+    /// Records were taken off the front (or all of them): the keep ring lets go of what the
+    /// oldest remaining copy in it does not need. (Copies in the ring were recorded in
+    /// number order, at its end: the first of them left is the oldest.)
+    fn release_kept(&mut self) {
+        let oldest = self.unacked.iter().find_map(|s| match s.payload {
+            Kept::Ring { at, .. } => Some(at),
+            Kept::Bytes(_) => None,
+        });
+        self.ring.free_to(oldest.unwrap_or(self.ring.tail));
+    }
+
+    /// The payload of a record, as a message of its own.
+    fn take_payload(&self, kept: Kept) -> Bytes {
+        match kept {
+            Kept::Bytes(b) => b,
+            Kept::Ring { at, len } => self.ring.get(at, len),
+        }
     }
 
     /// A numbered message of `len` bytes on `ch` was acknowledged.
@@ -262,6 +386,7 @@ impl Outbox {
                 rto: MIN_RTO,
                 rto_at: None,
                 retries: 0,
+                ring: KeepRing::default(),
             },
         }
     }
@@ -456,6 +581,20 @@ impl Outbox {
         self.rel.record(seq, channel, payload, now);
     }
 
+    /// As [`Outbox::record_direct`], for a payload the caller lends: a copy goes into the
+    /// outbox's keep ring (see `KeepRing`).
+    #[inline]
+    pub fn record_direct_copy(&mut self, seq: u64, channel: u16, payload: &[u8], now: Instant) {
+        // (Copies in the ring are recorded in number order: see `RelSend::release_kept`.)
+        debug_assert!(self.rel.unacked.back().is_none_or(|s| s.seq < seq));
+        let at = self.rel.ring.push(payload);
+        let kept = Kept::Ring {
+            at,
+            len: payload.len(),
+        };
+        self.rel.record_kept(seq, channel, kept, now);
+    }
+
     /// Nothing is queued on any channel, the pipe has no rate limit and the message (`ttl`)
     /// no time to live: what every message framed at once needs of the outbox.
     #[inline]
@@ -588,6 +727,9 @@ impl Outbox {
             self.rel
                 .settle(self.chans.get_mut(s.channel), s.payload.len());
         }
+        if self.rel.unacked.len() < before {
+            self.rel.release_kept();
+        }
         self.rel.acked = self.rel.acked.max(cum);
         for &(a, b) in ranges {
             let (a, b) = (widen(a, cum), widen(b, cum));
@@ -710,22 +852,27 @@ impl Outbox {
             sent.into_iter().partition(|s| s.sacked && !renumber);
         // What the peer has already (selectively acked) waits for the cumulative ack.
         self.rel.unacked.extend(keep);
-        for s in again.into_iter().rev() {
-            let len = s.payload.len();
-            let ch = self.chan(s.channel, now);
+        let again: Vec<(u64, u16, Bytes)> = again
+            .into_iter()
+            .map(|s| (s.seq, s.channel, self.rel.take_payload(s.payload)))
+            .collect();
+        self.rel.release_kept();
+        for (seq, channel, payload) in again.into_iter().rev() {
+            let len = payload.len();
+            let ch = self.chan(channel, now);
             let at = usize::from(ch.queue.front().is_some_and(|p| p.offset > 0));
             ch.queue.insert(
                 at,
                 Pending {
-                    payload: s.payload,
+                    payload,
                     offset: 0,
                     deadline: None,
                     reliable: true,
-                    seq: if renumber { 0 } else { s.seq },
+                    seq: if renumber { 0 } else { seq },
                 },
             );
             ch.counts.retransmits += 1;
-            self.queued_again(s.channel, len);
+            self.queued_again(channel, len);
         }
     }
 
@@ -1091,6 +1238,7 @@ impl Outbox {
                 ch.counts.lost += 1;
             }
         }
+        self.rel.release_kept();
         self.rel.inflight_msgs = 0;
         self.rel.inflight_bytes = 0;
         for (_, ch) in self.chans.iter_mut() {
@@ -1177,4 +1325,102 @@ fn remaining_ms(deadline: Instant, now: Instant) -> u32 {
     let left = deadline.saturating_duration_since(now);
     let ms = left.as_nanos().div_ceil(1_000_000);
     ms.clamp(1, u128::from(u32::MAX)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keep_ring_keeps_bytes_across_its_wrap_and_its_growth() {
+        let mut ring = KeepRing::default();
+        let msg = |i: u32, len: usize| -> Vec<u8> {
+            (0..len).map(|k| (i as usize * 31 + k) as u8).collect()
+        };
+        // Fill, free the front, fill past the end: the next copies wrap around.
+        let mut kept: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+        for i in 0..100u32 {
+            let m = msg(i, 37 + (i as usize % 50));
+            kept.push_back((ring.push(&m), m));
+            if kept.len() > 40 {
+                kept.pop_front();
+                ring.free_to(kept.front().unwrap().0);
+            }
+            for (at, m) in &kept {
+                assert_eq!(&ring.get(*at, m.len())[..], &m[..], "copy {i}");
+            }
+        }
+        let cap = ring.buf.len();
+        assert_eq!(
+            cap, 4096,
+            "bounded by what is kept, not by what went through"
+        );
+        // Keep far more than fits: the ring grows and every kept copy is intact.
+        for i in 100..400u32 {
+            let m = msg(i, 90);
+            kept.push_back((ring.push(&m), m));
+        }
+        assert!(ring.buf.len() > cap);
+        for (at, m) in &kept {
+            assert_eq!(&ring.get(*at, m.len())[..], &m[..]);
+        }
+        // Empty payloads cost nothing and read back empty.
+        let at = ring.push(b"");
+        assert!(ring.get(at, 0).is_empty());
+    }
+
+    #[test]
+    fn copies_kept_for_retransmission_come_back_intact_and_go_with_their_acks() {
+        let now = Instant::now();
+        let reliable = ChannelConfig {
+            reliable: true,
+            ..ChannelConfig::default()
+        };
+        let config = Arc::new(QosConfig {
+            channels: [(1u16, reliable)].into_iter().collect(),
+            ..QosConfig::default()
+        });
+        let mut o = Outbox::new(config, now);
+        assert_eq!(o.direct_allowed(1, None, None, now), Some(true));
+        let payload = |i: u64| -> Vec<u8> {
+            (0..100 + i as usize)
+                .map(|k| (i + k as u64) as u8)
+                .collect()
+        };
+        // Copies (the direct way) and handles (the queued way) mixed, in number order.
+        for i in 1..=300u64 {
+            let seq = o.number_direct(1, payload(i).len()).expect("window room");
+            assert_eq!(seq, i);
+            if i % 7 == 0 {
+                o.record_direct(seq, 1, Bytes::from(payload(i)), now);
+            } else {
+                o.record_direct_copy(seq, 1, &payload(i), now);
+            }
+        }
+        assert_eq!(o.unacked(), 300);
+        // Acks let the ring go up to the oldest copy still unacknowledged.
+        assert!(o.on_ack(120, &[], now).unwrap());
+        assert_eq!(o.unacked(), 180);
+        let oldest = o.rel.unacked.iter().find_map(|s| match s.payload {
+            Kept::Ring { at, .. } => Some(at),
+            Kept::Bytes(_) => None,
+        });
+        assert_eq!(Some(o.rel.ring.head), oldest);
+        // A timeout: every unacknowledged message goes again, with its own bytes.
+        o.retransmit(now);
+        assert_eq!(o.unacked(), 0);
+        assert_eq!(o.rel.ring.head, o.rel.ring.tail, "nothing kept any more");
+        let mut seqs = Vec::new();
+        while let Some(t) = o.poll(now, 1 << 20) {
+            let h = crate::wire::Header::decode(&t.header).unwrap();
+            let i = u64::from(h.seq);
+            assert_eq!(&t.payload[..], &payload(i)[..], "message {i}");
+            seqs.push(i);
+        }
+        assert_eq!(seqs, (121..=300).collect::<Vec<_>>());
+        // Sent again: recorded again (as handles), and acknowledged at last.
+        assert_eq!(o.unacked(), 180);
+        assert!(o.on_ack(300, &[], now).unwrap());
+        assert_eq!((o.unacked(), o.inflight()), (0, (0, 0)));
+    }
 }

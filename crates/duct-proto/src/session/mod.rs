@@ -718,6 +718,13 @@ impl Session {
         self.outbox.record_direct(seq, channel, payload, now);
     }
 
+    /// As [`Session::record_direct`], for a payload the caller lends: a copy of it is kept
+    /// (in a ring of the outbox's, with no handle per message).
+    #[inline]
+    pub fn record_direct_copy(&mut self, seq: u64, channel: u16, payload: &[u8], now: Instant) {
+        self.outbox.record_direct_copy(seq, channel, payload, now);
+    }
+
     /// A message framed now would be the next frame out: established, and no control frame
     /// or CLOSE waits (the direct path's condition on the session's side).
     #[inline]

@@ -269,6 +269,9 @@ pub(crate) trait OutPayload {
     fn as_slice(&self) -> &[u8];
     /// The payload as bytes of its own: itself, or a copy (a small one into `spill`).
     fn into_bytes(self, spill: &mut Spill) -> Bytes;
+    /// Records the payload of the reliable message numbered `seq` (framed already) as sent:
+    /// itself, or a copy in the outbox's keep ring.
+    fn keep(self, session: &mut Session, seq: u64, channel: u16, now: Instant);
 }
 
 impl OutPayload for Bytes {
@@ -285,6 +288,11 @@ impl OutPayload for Bytes {
     #[inline]
     fn into_bytes(self, _: &mut Spill) -> Bytes {
         self
+    }
+
+    #[inline]
+    fn keep(self, session: &mut Session, seq: u64, channel: u16, now: Instant) {
+        session.record_direct(seq, channel, self, now);
     }
 }
 
@@ -444,6 +452,11 @@ impl OutPayload for &[u8] {
         } else {
             spill.copy(self)
         }
+    }
+
+    #[inline]
+    fn keep(self, session: &mut Session, seq: u64, channel: u16, now: Instant) {
+        session.record_direct_copy(seq, channel, self, now);
     }
 }
 
@@ -1373,16 +1386,18 @@ impl Conn {
             let queued = match (direct.as_mut(), numbered) {
                 (None, _) => Some(payload.into_bytes(&mut g.spill)),
                 (Some(w), Some((header, seq))) => {
-                    let inline = w.push_inline(&header, payload.as_slice());
-                    let payload = payload.into_bytes(&mut g.spill);
-                    if !inline {
+                    if w.push_inline(&header, payload.as_slice()) {
+                        payload.keep(&mut g.session, seq, channel, now);
+                    } else {
+                        // (Large, or a frame transport: `push` keeps it whole.)
+                        let payload = payload.into_bytes(&mut g.spill);
                         w.push(Transmit {
                             header,
                             payload: payload.clone(),
                             deadline: None,
                         });
+                        g.session.record_direct(seq, channel, payload, now);
                     }
-                    g.session.record_direct(seq, channel, payload, now);
                     None
                 }
                 (Some(w), None) => match fast.and_then(|r| r.header(len)) {
