@@ -206,7 +206,7 @@ impl RelSend {
             let at = self.unacked.partition_point(|s| s.seq < seq);
             self.unacked.insert(at, sent);
         }
-        self.rto_at.get_or_insert(now + self.rto);
+        self.rto_at.get_or_insert_with(|| now + self.rto);
     }
 
     /// Records were taken off the front (or all of them): the keep ring lets go of what the
