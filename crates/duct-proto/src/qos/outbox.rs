@@ -571,7 +571,7 @@ impl Outbox {
         if !window_room(&self.rel, &self.config, ch, len) {
             return None;
         }
-        Some(count_numbered(&mut self.rel, ch, len))
+        Some(number(&mut self.rel, ch, len))
     }
 
     /// Records the reliable message numbered `seq` by [`Outbox::number_direct`] as sent at
@@ -641,25 +641,18 @@ impl Outbox {
         now: Instant,
         frame_max: usize,
     ) -> Result<Transmit, Bytes> {
-        if payload.len() > frame_max.max(1) || !self.unqueued_and_unpaced(ttl) {
-            return Err(payload);
-        }
         let len = payload.len();
-        // (Made if need be, then borrowed beside the reliable window's state.)
-        self.chan(channel, now);
-        let Some(ch) = self.chans.get_mut(channel) else {
-            return Err(payload);
+        let reliable = match self.direct_allowed(channel, ttl, reliable, now) {
+            Some(reliable) if len <= frame_max.max(1) => reliable,
+            _ => return Err(payload),
         };
-        if !ch.untimed_and_unpaced() {
-            return Err(payload);
-        }
         let mut h = Header::data(channel, len as u32);
-        if reliable.unwrap_or(ch.cfg.reliable) {
+        if reliable {
             // Numbered and recorded as sent, as `poll` would, when both windows have room.
-            if !window_room(&self.rel, &self.config, ch, len) {
+            let Some(seq) = self.number_direct(channel, len) else {
                 return Err(payload);
-            }
-            let seq = number(&mut self.rel, ch, &mut h, len);
+            };
+            mark_reliable(&mut h, seq);
             self.rel.record(seq, channel, payload.clone(), now);
         }
         Ok(Transmit {
@@ -852,12 +845,15 @@ impl Outbox {
             sent.into_iter().partition(|s| s.sacked && !renumber);
         // What the peer has already (selectively acked) waits for the cumulative ack.
         self.rel.unacked.extend(keep);
-        let again: Vec<(u64, u16, Bytes)> = again
-            .into_iter()
-            .map(|s| (s.seq, s.channel, self.rel.take_payload(s.payload)))
-            .collect();
-        self.rel.release_kept();
-        for (seq, channel, payload) in again.into_iter().rev() {
+        for Sent {
+            seq,
+            channel,
+            payload,
+            ..
+        } in again.into_iter().rev()
+        {
+            // (Read from the keep ring before the ring lets the copies go, below.)
+            let payload = self.rel.take_payload(payload);
             let len = payload.len();
             let ch = self.chan(channel, now);
             let at = usize::from(ch.queue.front().is_some_and(|p| p.offset > 0));
@@ -874,6 +870,7 @@ impl Outbox {
             ch.counts.retransmits += 1;
             self.queued_again(channel, len);
         }
+        self.rel.release_kept();
     }
 
     /// For a new connection: messages under way start again from their first byte (the peer
@@ -1149,7 +1146,8 @@ impl Outbox {
             if head.seq != 0 || !window_room(&self.rel, &self.config, ch, len) {
                 return None;
             }
-            let seq = number(&mut self.rel, ch, &mut h, len);
+            let seq = number(&mut self.rel, ch, len);
+            mark_reliable(&mut h, seq);
             let p = take_head(ch, class);
             self.msgs -= 1;
             self.bytes -= len;
@@ -1283,18 +1281,16 @@ fn window_room(rel: &RelSend, config: &QosConfig, ch: &Chan, len: usize) -> bool
     )
 }
 
-/// Numbers a fresh reliable message of `len` bytes on `ch`: counts it in both windows and
-/// marks `h` (reliable, its number). Returns the number.
-fn number(rel: &mut RelSend, ch: &mut Chan, h: &mut Header, len: usize) -> u64 {
-    let seq = count_numbered(rel, ch, len);
+/// Marks `h` as the frame of the reliable message numbered `seq`.
+#[inline]
+fn mark_reliable(h: &mut Header, seq: u64) {
     h.flags |= flags::RELIABLE;
     h.seq = crate::reliable::narrow(seq);
-    seq
 }
 
 /// Numbers a fresh reliable message of `len` bytes on `ch` and counts it in both windows.
 #[inline]
-fn count_numbered(rel: &mut RelSend, ch: &mut Chan, len: usize) -> u64 {
+fn number(rel: &mut RelSend, ch: &mut Chan, len: usize) -> u64 {
     let seq = rel.next_seq;
     rel.next_seq += 1;
     rel.inflight_msgs += 1;

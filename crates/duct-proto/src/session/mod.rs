@@ -766,8 +766,7 @@ impl Session {
     pub fn ping(&mut self, token: u64) -> Result<(), Error> {
         match self.state {
             State::Established => {
-                let token = self.ping_payload(token);
-                self.queue_control(FrameKind::Ping, token);
+                self.queue_ping(token);
                 Ok(())
             }
             State::Handshaking => Err(Error::NotConnected),
@@ -1406,8 +1405,7 @@ impl Session {
                     if self.state == State::Established {
                         let token = self.next_ping_token;
                         self.next_ping_token += 1;
-                        let token = self.ping_payload(token);
-                        self.queue_control(FrameKind::Ping, token);
+                        self.queue_ping(token);
                     }
                 }
             }
@@ -1427,8 +1425,7 @@ impl Session {
                 let token = self.next_ping_token;
                 self.next_ping_token += 1;
                 hb.outstanding = Some((token, now));
-                let token = self.ping_payload(token);
-                self.queue_control(FrameKind::Ping, token);
+                self.queue_ping(token);
             }
         }
         Ok(())
@@ -2050,15 +2047,16 @@ impl Session {
         self.queue_control(FrameKind::Reject, r.encode());
     }
 
-    /// The payload of a PING with `token` (what [`control::encode_ping`] makes), cut from
-    /// `ping_scratch`.
-    fn ping_payload(&mut self, token: u64) -> Bytes {
+    /// Queues a PING with `token`, its payload (what [`control::encode_ping`] makes) cut
+    /// from `ping_scratch`.
+    fn queue_ping(&mut self, token: u64) {
         let bytes = token.to_be_bytes();
         if self.ping_scratch.capacity() < bytes.len() {
             self.ping_scratch = BytesMut::with_capacity(PING_SCRATCH);
         }
         self.ping_scratch.extend_from_slice(&bytes);
-        self.ping_scratch.split().freeze()
+        let payload = self.ping_scratch.split().freeze();
+        self.queue_control(FrameKind::Ping, payload);
     }
 
     fn queue_control(&mut self, kind: FrameKind, payload: Bytes) {
