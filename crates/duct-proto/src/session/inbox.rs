@@ -172,19 +172,29 @@ impl Payload<'_> {
 /// A message's place in a chunk of received bytes (see [`Payload::Part`]).
 pub struct Part<'a> {
     chunk: &'a mut Bytes,
-    id: u32,
+    /// The chunk's number (low 32 bits) and [`LAST`]. One word: a sink that is not inlined
+    /// reads its argument back in whole words, and a word put together from a 4-byte and a
+    /// 1-byte store cannot be forwarded to such a read (a stall on every message).
+    tag: u64,
     start: usize,
     len: usize,
-    /// The chunk has no other message queued.
-    last: bool,
 }
+
+/// [`Part::tag`]'s bit for "the chunk has no other message queued".
+const LAST: u64 = 1 << 32;
 
 impl Part<'_> {
     /// The chunk's number: the same for every message of one chunk, while any of them is
     /// queued (numbers are reused after 2³² chunks).
     #[inline]
     pub fn chunk_id(&self) -> u32 {
-        self.id
+        self.tag as u32
+    }
+
+    /// The chunk has no other message queued.
+    #[inline]
+    fn last(&self) -> bool {
+        self.tag & LAST != 0
     }
 
     /// Where the payload is in [`Part::take_chunk`]'s bytes.
@@ -203,7 +213,7 @@ impl Part<'_> {
     /// else a new one (one reference count).
     #[inline]
     pub fn take_chunk(self) -> Bytes {
-        if self.last {
+        if self.last() {
             std::mem::take(self.chunk)
         } else {
             self.chunk.clone()
@@ -214,7 +224,7 @@ impl Part<'_> {
     #[inline]
     pub fn into_bytes(self) -> Bytes {
         let range = self.range();
-        if self.last {
+        if self.last() {
             let mut b = std::mem::take(self.chunk);
             b.truncate(range.end);
             b.advance(range.start);
@@ -286,21 +296,29 @@ impl Inbox {
         range: Range<usize>,
     ) {
         // (One comparison: the range's end bounds its start and length.)
-        let payload = if range.end <= u32::MAX as usize {
+        if range.end <= u32::MAX as usize {
             self.pending += 1;
             self.last_part = class;
-            Held::Part {
-                chunk: self.next_chunk(),
-                start: range.start as u32,
-                len: range.len() as u32,
-            }
+            // Built in the queue's slot, not in a local that is then copied: the copy's wide
+            // loads would wait for the narrow stores of the fields (no store forwarding),
+            // on every message.
+            let chunk = self.next_chunk();
+            self.push_held(
+                class,
+                channel,
+                Held::Part {
+                    chunk,
+                    start: range.start as u32,
+                    len: range.len() as u32,
+                },
+            );
         } else {
-            whole(run, range)
-        };
-        self.push_held(class, channel, payload);
+            let payload = whole(run, range);
+            self.push_held(class, channel, payload);
+        }
     }
 
-    #[inline]
+    #[inline(always)]
     fn push_held(&mut self, class: usize, channel: u16, payload: Held) {
         self.classes[class].queue.push_back(Inbound {
             payload,
@@ -433,10 +451,9 @@ impl Inbox {
                         channel,
                         payload: Payload::Part(Part {
                             chunk: &mut c.bytes,
-                            id: chunk,
+                            tag: u64::from(chunk) | if last { LAST } else { 0 },
                             start,
                             len,
-                            last,
                         }),
                     });
                 } else {
@@ -577,6 +594,26 @@ mod tests {
             out = Some((r.channel, r.payload.as_slice().to_vec(), id));
         });
         out
+    }
+
+    #[test]
+    fn a_part_s_word_keeps_its_chunk_number_and_whether_it_is_the_last_apart() {
+        for id in [0u32, 1, 0x8000_0000, u32::MAX] {
+            for last in [false, true] {
+                let mut chunk = Bytes::from_static(b"abcdef");
+                let p = Part {
+                    chunk: &mut chunk,
+                    tag: u64::from(id) | if last { LAST } else { 0 },
+                    start: 2,
+                    len: 3,
+                };
+                assert_eq!((p.chunk_id(), p.last()), (id, last));
+                assert_eq!(p.as_slice(), b"cde");
+                // The last message takes the chunk's own handle; others share it.
+                assert_eq!(&p.into_bytes()[..], b"cde");
+                assert_eq!(chunk.is_empty(), last, "id {id:#x}, last {last}");
+            }
+        }
     }
 
     #[test]

@@ -228,14 +228,37 @@ impl DirectRun {
         self.reliable
     }
 
+    /// Whether a `len`-byte message goes out as one frame of the run, within the message
+    /// limits. (When it does not, [`Session::send_direct`] says what becomes of it.)
+    #[inline]
+    pub fn fits(&self, len: usize) -> bool {
+        len <= self.max_len
+    }
+
+    /// Writes the header of the run's `len`-byte message into `dst`, numbered `seq` if the
+    /// run is reliable (the number [`Session::number_direct`] gave it; ignored otherwise).
+    ///
+    /// Meant for the place the frame is encoded in: a header put together in a local and
+    /// then copied makes the copy's wide loads wait for the narrow stores that set its
+    /// length and number (they cannot be forwarded), a stall on every message.
+    #[inline]
+    pub fn write_header(&self, len: usize, seq: u64, dst: &mut [u8; HEADER_LEN]) {
+        *dst = self.template;
+        dst[4..8].copy_from_slice(&(len as u32).to_be_bytes());
+        if self.reliable {
+            dst[8..12].copy_from_slice(&crate::reliable::narrow(seq).to_be_bytes());
+        }
+    }
+
     /// The header of a `len`-byte message of a run that is not reliable, or `None` when it
     /// does not fit one frame (or the message limit), or the run is reliable:
-    /// [`Session::send_direct`] then says what becomes of it.
+    /// [`Session::send_direct`] then says what becomes of it. (A driver encoding frames
+    /// in place uses [`DirectRun::write_header`].)
     #[inline]
     pub fn header(&self, len: usize) -> Option<[u8; HEADER_LEN]> {
-        (len <= self.max_len && !self.reliable).then(|| {
-            let mut h = self.template;
-            h[4..8].copy_from_slice(&(len as u32).to_be_bytes());
+        (self.fits(len) && !self.reliable).then(|| {
+            let mut h = [0; HEADER_LEN];
+            self.write_header(len, 0, &mut h);
             h
         })
     }
@@ -701,14 +724,20 @@ impl Session {
         run: &DirectRun,
         len: usize,
     ) -> Option<([u8; HEADER_LEN], u64)> {
-        if !run.reliable || len > run.max_len {
+        let seq = self.number_direct(run, len)?;
+        let mut h = [0; HEADER_LEN];
+        run.write_header(len, seq, &mut h);
+        Some((h, seq))
+    }
+
+    /// [`Session::direct_reliable`] without the header: numbers the message and returns its
+    /// number, for a driver that writes the header in place ([`DirectRun::write_header`]).
+    #[inline]
+    pub fn number_direct(&mut self, run: &DirectRun, len: usize) -> Option<u64> {
+        if !run.reliable || !run.fits(len) {
             return None;
         }
-        let seq = self.outbox.number_direct(run.channel, len)?;
-        let mut h = run.template;
-        h[4..8].copy_from_slice(&(len as u32).to_be_bytes());
-        h[8..12].copy_from_slice(&crate::reliable::narrow(seq).to_be_bytes());
-        Some((h, seq))
+        self.outbox.number_direct(run.channel, len)
     }
 
     /// Records the reliable message numbered `seq` by [`Session::direct_reliable`] as sent

@@ -48,6 +48,7 @@ use bytes::{Bytes, BytesMut};
 use duct_proto::lifecycle::{Change, Ignored, Lifecycle, Next, Phase, Policy};
 use duct_proto::qos::{Admission, ChannelMap, DropReason};
 use duct_proto::wire::control::caps;
+use duct_proto::wire::HEADER_LEN;
 use duct_proto::{Delivered, Direct, DirectRun, Event, Received, Session, Transmit};
 use mio::Interest;
 
@@ -1379,18 +1380,23 @@ impl Conn {
             // taken).
             // A reliable run's message is numbered here (when it fits both windows) and
             // framed from the caller's bytes; its payload is kept once, for retransmission.
+            // Headers are written where the frame is encoded (`write_header`).
             let numbered = match (&direct, fast) {
-                (Some(_), Some(r)) if r.reliable() => g.session.direct_reliable(&r, len),
+                (Some(_), Some(r)) if r.reliable() => {
+                    g.session.number_direct(&r, len).map(|seq| (r, seq))
+                }
                 _ => None,
             };
             let queued = match (direct.as_mut(), numbered) {
                 (None, _) => Some(payload.into_bytes(&mut g.spill)),
-                (Some(w), Some((header, seq))) => {
-                    if w.push_inline(&header, payload.as_slice()) {
+                (Some(w), Some((r, seq))) => {
+                    if w.push_inline_with(payload.as_slice(), |h| r.write_header(len, seq, h)) {
                         payload.keep(&mut g.session, seq, channel, now);
                     } else {
                         // (Large, or a frame transport: `push` keeps it whole.)
                         let payload = payload.into_bytes(&mut g.spill);
+                        let mut header = [0; HEADER_LEN];
+                        r.write_header(len, seq, &mut header);
                         w.push(Transmit {
                             header,
                             payload: payload.clone(),
@@ -1400,10 +1406,12 @@ impl Conn {
                     }
                     None
                 }
-                (Some(w), None) => match fast.and_then(|r| r.header(len)) {
-                    Some(header) => {
-                        if !w.push_inline(&header, payload.as_slice()) {
+                (Some(w), None) => match fast.filter(|r| !r.reliable() && r.fits(len)) {
+                    Some(r) => {
+                        if !w.push_inline_with(payload.as_slice(), |h| r.write_header(len, 0, h)) {
                             // (Large, or a frame transport: `push` keeps it whole.)
+                            let mut header = [0; HEADER_LEN];
+                            r.write_header(len, 0, &mut header);
                             w.push(Transmit {
                                 header,
                                 payload: payload.into_bytes(&mut g.spill),

@@ -310,6 +310,17 @@ impl WriteQueue {
     /// whole).
     #[inline]
     pub(crate) fn push_inline(&mut self, header: &[u8; HEADER_LEN], payload: &[u8]) -> bool {
+        self.push_inline_with(payload, |h| *h = *header)
+    }
+
+    /// As [`WriteQueue::push_inline`], with the header written in place by `head` (see
+    /// `DirectRun::write_header`: no header assembled elsewhere and copied).
+    #[inline]
+    pub(crate) fn push_inline_with(
+        &mut self,
+        payload: &[u8],
+        head: impl FnOnce(&mut [u8; HEADER_LEN]),
+    ) -> bool {
         if !self.coalesce || payload.len() > COALESCE_MAX {
             return false;
         }
@@ -319,7 +330,10 @@ impl WriteQueue {
             self.inline_pos = 0;
             self.inline_frame = 0;
         }
-        self.inline.extend_from_slice(header);
+        self.inline.extend_from_slice(&[0; HEADER_LEN]);
+        if let Some((_, h)) = self.inline.split_last_chunk_mut::<HEADER_LEN>() {
+            head(h);
+        }
         self.inline.extend_from_slice(payload);
         let end = self.inline.len();
         if let Some(Entry::Inline { end: e, frames }) = self.entries.back_mut() {
