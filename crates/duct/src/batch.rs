@@ -71,11 +71,13 @@ impl MessageBatch {
     }
 
     /// How many messages it holds.
+    #[inline]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether it holds no message.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -88,11 +90,13 @@ impl MessageBatch {
     }
 
     /// The `i`th message, in the order received.
+    #[inline]
     pub fn get(&self, i: usize) -> Option<MessageRef<'_>> {
         self.entries.get(i).map(|e| self.view(e))
     }
 
     /// The messages in the order received.
+    #[inline]
     pub fn iter(&self) -> Iter<'_> {
         Iter {
             batch: self,
@@ -222,21 +226,25 @@ pub struct MessageRef<'a> {
 
 impl<'a> MessageRef<'a> {
     /// The channel it arrived on.
+    #[inline]
     pub fn channel(&self) -> u16 {
         self.channel
     }
 
     /// The payload bytes.
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         &self.bytes[self.start..self.start + self.len]
     }
 
     /// The payload's length.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the payload is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -38,6 +38,7 @@ impl Message {
     /// A message on channel 0 with this payload. Accepts anything that converts into
     /// [`Bytes`] (`Vec<u8>`, `String`, `&'static [u8]`, `&'static str`, `Bytes`) without
     /// copying it.
+    #[inline]
     pub fn new(payload: impl Into<Bytes>) -> Message {
         Message {
             payload: payload.into(),
@@ -49,37 +50,44 @@ impl Message {
     /// is set with [`ChannelOptions`](crate::ChannelOptions); a send's
     /// [`SendOptions::channel`](crate::SendOptions::channel) overrides this.
     #[must_use]
+    #[inline]
     pub fn with_channel(mut self, channel: u16) -> Message {
         self.channel = channel;
         self
     }
 
     /// The payload bytes.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.payload
     }
 
     /// The payload as a [`Bytes`] handle (clone it to keep it without copying).
+    #[inline]
     pub fn bytes(&self) -> &Bytes {
         &self.payload
     }
 
     /// Takes the payload out of the message, without copying.
+    #[inline]
     pub fn into_bytes(self) -> Bytes {
         self.payload
     }
 
     /// The channel this message is sent on, or arrived on.
+    #[inline]
     pub fn channel(&self) -> u16 {
         self.channel
     }
 
     /// The payload length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.payload.len()
     }
 
     /// Whether the payload is empty. Empty messages are valid and are delivered.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.payload.is_empty()
     }
@@ -200,11 +208,13 @@ impl MessageBuf {
     }
 
     /// The buffer's length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.deref().len()
     }
 
     /// Whether the buffer has length 0.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
