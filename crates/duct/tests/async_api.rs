@@ -804,6 +804,98 @@ fn pending_futures_are_not_polled_in_a_loop() {
 // Wake-ups with the right error
 // ---------------------------------------------------------------------------------------------
 
+/// `f`, or a panic naming `what` if it is not done within 3 s, even if it would be done when
+/// polled then (unlike [`within`]): for a wake-up that must come, and normally comes at once.
+async fn woken<F: Future>(what: &str, f: F) -> F::Output {
+    const SOON: Duration = Duration::from_secs(3);
+    let f = pin!(f);
+    let timer = pin!(thread_sleep(SOON));
+    match futures::future::select(timer, f).await {
+        futures::future::Either::Left(_) => panic!("{what}: not woken within {SOON:?}"),
+        futures::future::Either::Right((out, _)) => out,
+    }
+}
+
+/// Runs of slices wake a `recv_async` that waits on the reactor, round after round: on shm
+/// the sender frames a run straight into shared memory and wakes the receiving side once,
+/// after the run. Heartbeats are off on both ends, so nothing else wakes it: a run that did
+/// not would leave the receive pending.
+fn slice_runs_wake_a_waiting_recv_async(kind: Kind) {
+    let Some(f) = Fixture::new(kind) else {
+        return; // (Fixture::new said why)
+    };
+    let quiet = duct::Heartbeat::off();
+    let (_listener, dialer, accepted) = blocking_pair(
+        &f.addr(),
+        f.listen_opts(ListenOptions::default().heartbeat(quiet)),
+        f.dial_opts(DialOptions::default().heartbeat(quiet)),
+    );
+    const ROUNDS: u32 = 50;
+    const RUN: u32 = 7;
+    let (go_tx, go_rx) = mpsc::channel::<u32>();
+    let sender = thread::spawn(move || {
+        // Each run goes once the receiver is (about to be) waiting for it.
+        while let Ok(round) = go_rx.recv() {
+            thread::sleep(Duration::from_millis(2));
+            let run: Vec<Vec<u8>> = (0..RUN).map(|k| numbered(round * RUN + k, 40)).collect();
+            let on = duct::SendOptions::default().timeout(T);
+            let sent = dialer
+                .send_slices(run.iter().map(Vec::as_slice), &on)
+                .unwrap();
+            assert_eq!(sent, RUN as usize);
+        }
+        dialer
+    });
+    let accepted = Arc::new(accepted);
+    let rx = Arc::clone(&accepted);
+    Exec::TokioMulti.run(async move {
+        let mut next = 0;
+        let mut batch = duct::MessageBatch::new();
+        let zero = RecvOptions::default().timeout(Duration::ZERO);
+        for round in 0..ROUNDS {
+            go_tx.send(round).unwrap();
+            let m = woken("recv_async of a run", rx.recv_async())
+                .await
+                .expect("recv");
+            assert_eq!(seq(&m), next, "round {round}");
+            next += 1;
+            // The rest of the run, as it comes.
+            while next < (round + 1) * RUN {
+                match rx.recv_into(&mut batch, 64, &zero) {
+                    Ok(_) => {
+                        for m in batch.iter() {
+                            let i = u32::from_be_bytes(m.payload()[..4].try_into().unwrap());
+                            assert_eq!(i, next, "round {round}");
+                            next += 1;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        let m = woken("recv_async within a run", rx.recv_async())
+                            .await
+                            .expect("recv");
+                        assert_eq!(seq(&m), next, "round {round}");
+                        next += 1;
+                    }
+                    Err(e) => panic!("recv_into: {e}"),
+                }
+            }
+        }
+        drop(go_tx);
+    });
+    sender.join().expect("sender");
+    assert_eq!(accepted.stats().msgs_received, u64::from(ROUNDS * RUN));
+}
+
+#[test]
+fn slice_runs_wake_a_waiting_recv_async_shm() {
+    slice_runs_wake_a_waiting_recv_async(Kind::Shm);
+}
+
+#[test]
+fn slice_runs_wake_a_waiting_recv_async_local() {
+    slice_runs_wake_a_waiting_recv_async(LOCAL);
+}
+
 /// A pending `recv_async` wakes with `Closed` (and the peer's code and reason) when the peer
 /// closes, after the messages sent before the close.
 fn recv_async_wakes_on_peer_close(exec: Exec) {

@@ -266,6 +266,9 @@ impl Run {
 /// slice it copies (`&[u8]`: into the write queue's buffer when it is framed at once, else
 /// into bytes of its own).
 pub(crate) trait OutPayload {
+    /// The payload is a slice that is copied wherever it goes (never a slot of a shared
+    /// memory pool, which moves without a copy).
+    const COPIED: bool;
     fn len(&self) -> usize;
     fn as_slice(&self) -> &[u8];
     /// The payload as bytes of its own: itself, or a copy (a small one into `spill`).
@@ -276,6 +279,8 @@ pub(crate) trait OutPayload {
 }
 
 impl OutPayload for Bytes {
+    const COPIED: bool = false;
+
     #[inline]
     fn len(&self) -> usize {
         Bytes::len(self)
@@ -437,6 +442,8 @@ impl Spill {
 }
 
 impl OutPayload for &[u8] {
+    const COPIED: bool = true;
+
     #[inline]
     fn len(&self) -> usize {
         <[u8]>::len(self)
@@ -1390,7 +1397,10 @@ impl Conn {
             let queued = match (direct.as_mut(), numbered) {
                 (None, _) => Some(payload.into_bytes(&mut g.spill)),
                 (Some(w), Some((r, seq))) => {
-                    if w.push_inline_with(payload.as_slice(), |h| r.write_header(len, seq, h)) {
+                    let head = |h: &mut [u8; HEADER_LEN]| r.write_header(len, seq, h);
+                    if w.push_inline_with(payload.as_slice(), head)
+                        || (P::COPIED && w.push_copy(payload.as_slice(), head))
+                    {
                         payload.keep(&mut g.session, seq, channel, now);
                     } else {
                         // (Large, or a frame transport: `push` keeps it whole.)
@@ -1408,7 +1418,10 @@ impl Conn {
                 }
                 (Some(w), None) => match fast.filter(|r| !r.reliable() && r.fits(len)) {
                     Some(r) => {
-                        if !w.push_inline_with(payload.as_slice(), |h| r.write_header(len, 0, h)) {
+                        let head = |h: &mut [u8; HEADER_LEN]| r.write_header(len, 0, h);
+                        let framed = w.push_inline_with(payload.as_slice(), head)
+                            || (P::COPIED && w.push_copy(payload.as_slice(), head));
+                        if !framed {
                             // (Large, or a frame transport: `push` keeps it whole.)
                             let mut header = [0; HEADER_LEN];
                             r.write_header(len, 0, &mut header);

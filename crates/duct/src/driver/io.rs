@@ -268,6 +268,9 @@ pub(crate) struct WriteQueue {
     coalesce: bool,
     /// A frame transport's sending state (see [`FrameSide`]).
     frame_side: FrameSide,
+    /// Frames went straight to the frame transport ([`WriteQueue::push_copy`]) and its
+    /// peer is still to be woken for them.
+    unpublished: bool,
 }
 
 impl WriteQueue {
@@ -285,6 +288,7 @@ impl WriteQueue {
             backlog: false,
             coalesce: false,
             frame_side: FrameSide::default(),
+            unpublished: false,
         }
     }
 
@@ -293,6 +297,8 @@ impl WriteQueue {
     pub(crate) fn set_transport(&mut self, transport: Arc<dyn StreamTransport>) {
         self.coalesce = transport.frame_io().is_none();
         self.transport = Some(transport);
+        // (Frames pushed to an earlier connection went with it.)
+        self.unpublished = false;
     }
 
     #[inline]
@@ -366,9 +372,35 @@ impl WriteQueue {
         self.bytes < PULL_BYTES && self.frames < MAX_FRAMES
     }
 
-    /// Nothing left to write: no frames, and no output the transport buffered itself.
+    /// Nothing left to write: no frames, no output the transport buffered itself, and no
+    /// frame sent with [`WriteQueue::push_copy`] whose peer is still to be woken.
     pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty() && !self.backlog
+        self.entries.is_empty() && !self.backlog && !self.unpublished
+    }
+
+    /// On a frame transport with nothing queued here: sends a frame with a copy of `payload`
+    /// (its header written by `head`) straight into the transport, keeping nothing per frame
+    /// (no `Bytes`, no entry). The peer is woken when the queue is next written (a flush),
+    /// once for the run. `false`: not sent (a byte stream, frames queued here, no room in
+    /// the transport, or a failure, which the next write meets again): queue it.
+    pub(crate) fn push_copy(
+        &mut self,
+        payload: &[u8],
+        head: impl FnOnce(&mut [u8; HEADER_LEN]),
+    ) -> bool {
+        if self.coalesce || !self.entries.is_empty() {
+            return false;
+        }
+        let Some(f) = self.transport.as_ref().and_then(|t| t.frame_io()) else {
+            return false;
+        };
+        let mut header = [0; HEADER_LEN];
+        head(&mut header);
+        let sent = f
+            .push_copy(&mut self.frame_side, &header, payload)
+            .unwrap_or(false);
+        self.unpublished |= sent;
+        sent
     }
 
     /// The frames not written yet, in order, for a new connection: a partly written first
@@ -518,6 +550,9 @@ impl WriteQueue {
 
     /// Hands the queued frames to a frame transport, in order, until it has no room.
     fn push_frames(&mut self, f: &dyn FrameIo) -> io::Result<bool> {
+        if std::mem::take(&mut self.unpublished) {
+            f.publish(&mut self.frame_side)?;
+        }
         if self.with_ttl > 0 {
             let now = Instant::now();
             for e in self.entries.iter_mut() {

@@ -143,6 +143,17 @@ pub(crate) trait FrameIo {
         side: &mut FrameSide,
         frames: &mut dyn Iterator<Item = &duct_proto::Transmit>,
     ) -> std::io::Result<(usize, bool)>;
+    /// Sends one frame with a copy of `payload`, if there is room now (`Ok(false)`: there is
+    /// not), without waking the peer: [`FrameIo::publish`] does, once for a run of them. The
+    /// caller sends nothing else meanwhile (frames go in the order they are pushed).
+    fn push_copy(
+        &self,
+        side: &mut FrameSide,
+        header: &[u8; duct_proto::wire::HEADER_LEN],
+        payload: &[u8],
+    ) -> std::io::Result<bool>;
+    /// Wakes the peer, if it waits, for the frames [`FrameIo::push_copy`] sent.
+    fn publish(&self, side: &mut FrameSide) -> std::io::Result<()>;
     /// Takes up to `max` frames into `out`. `Ok(0)` is the end (the peer is gone); with
     /// `nonblocking`, nothing there is `WouldBlock`. `side` is the receiving state, the same
     /// on every call for this transport.

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use duct_proto::wire::FrameKind;
+use duct_proto::wire::{FrameKind, HEADER_LEN};
 use duct_proto::Transmit;
 use duct_sys::shm::pool::{Class, PoolRx, PoolTx, TxSlot};
 use duct_sys::shm::ring::{Consumer, Desc, Producer, RingMem, NO_SLOT};
@@ -238,6 +238,8 @@ struct TxSide {
     copied_frames: u64,
     copied_bytes: u64,
     lent_frames: u64,
+    /// Frames sent one at a time ([`ShmStream::push_copy`]) since the peer was last woken.
+    unpublished: usize,
 }
 
 /// The receiving end's private state: one at a time holds it (see [`ShmStream`]).
@@ -384,6 +386,7 @@ impl ShmStream {
                 copied_frames: 0,
                 copied_bytes: 0,
                 lent_frames: 0,
+                unpublished: 0,
             })),
             rx_spare: Mutex::new(Some(RxSide {
                 consumer: rx.ring.consumer(),
@@ -547,7 +550,7 @@ impl ShmStream {
         let mut all = true;
         let mut result = Ok(());
         for t in frames {
-            match self.push_one(tx, t) {
+            match self.push_one(tx, &t.header, &t.payload, Some(&t.payload)) {
                 Ok(true) => sent += 1,
                 Ok(false) => {
                     all = false;
@@ -559,28 +562,76 @@ impl ShmStream {
                 }
             }
         }
-        if sent > 0 {
-            self.copied_frames
-                .store(tx.copied_frames, Ordering::Relaxed);
-            self.copied_bytes.store(tx.copied_bytes, Ordering::Relaxed);
-            self.lent_frames.store(tx.lent_frames, Ordering::Relaxed);
-            if wait::notify(self.tx_ring.ctl().consumer_word()) == Wake::Socket {
-                ring_bell(&self.ctl);
-            }
-            // Looked at once the batch is out: the peer's counter is on a cache line it
-            // writes, and reading it before publishing would hold the publication back
-            // until that line arrives. (A corrupt counter fails the next push.)
-            tx.rewind = tx.producer.len().is_ok_and(|unread| unread <= sent as u64);
+        // (Frames `push_copy` sent before these are published with them.)
+        let unwoken = sent + std::mem::take(&mut tx.unpublished);
+        if unwoken > 0 {
+            self.published(tx, unwoken);
         }
         // Frames sent before an error are published; the error ends the connection.
         result.map(|()| (sent, all))
     }
 
-    /// One frame into the ring (no wake-up: [`ShmStream::push_many`] does that once).
-    /// `Ok(false)` when the ring or the pool is full.
-    fn push_one(&self, tx: &mut TxSide, t: &Transmit) -> io::Result<bool> {
+    /// Sends one frame whose payload is copied from `payload`, if the ring and the pool have
+    /// room now (`Ok(false)`: they do not). The frame is visible to the peer at once, but a
+    /// peer that waits is woken only by [`ShmStream::publish`] (or the next
+    /// [`ShmStream::push_many`]), once for a run of them. For a sender framing copies of
+    /// slices itself: no `Bytes` and no write-queue entry per message.
+    pub(crate) fn push_copy(
+        &self,
+        side: &mut FrameSide,
+        header: &[u8; HEADER_LEN],
+        payload: &[u8],
+    ) -> io::Result<bool> {
+        if self.ended.load(Ordering::Acquire) {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let tx = self.tx_side(side)?;
+        if std::mem::take(&mut tx.rewind) {
+            self.tx_pool.rewind();
+        }
+        let pushed = self.push_one(tx, header, payload, None)?;
+        tx.unpublished += usize::from(pushed);
+        Ok(pushed)
+    }
+
+    /// Wakes the peer, if it waits, for the frames [`ShmStream::push_copy`] sent.
+    pub(crate) fn publish(&self, side: &mut FrameSide) -> io::Result<()> {
+        let tx = self.tx_side(side)?;
+        let sent = std::mem::take(&mut tx.unpublished);
+        if sent > 0 {
+            self.published(tx, sent);
+        }
+        Ok(())
+    }
+
+    /// `sent` frames were pushed since the last wake-up: counts them, wakes the peer if it
+    /// waits, and notes whether it had taken everything before them.
+    fn published(&self, tx: &mut TxSide, sent: usize) {
+        self.copied_frames
+            .store(tx.copied_frames, Ordering::Relaxed);
+        self.copied_bytes.store(tx.copied_bytes, Ordering::Relaxed);
+        self.lent_frames.store(tx.lent_frames, Ordering::Relaxed);
+        if wait::notify(self.tx_ring.ctl().consumer_word()) == Wake::Socket {
+            ring_bell(&self.ctl);
+        }
+        // Looked at once the batch is out: the peer's counter is on a cache line it
+        // writes, and reading it before publishing would hold the publication back
+        // until that line arrives. (A corrupt counter fails the next push.)
+        tx.rewind = tx.producer.len().is_ok_and(|unread| unread <= sent as u64);
+    }
+
+    /// One frame into the ring (no wake-up: [`ShmStream::push_many`] does that once), its
+    /// payload moved without a copy when `loan` is a slot of this pool (`Pipe::alloc`), else
+    /// copied. `Ok(false)` when the ring or the pool is full.
+    fn push_one(
+        &self,
+        tx: &mut TxSide,
+        header: &[u8; HEADER_LEN],
+        payload: &[u8],
+        loan: Option<&Bytes>,
+    ) -> io::Result<bool> {
         let pool = &self.tx_pool;
-        let len = t.payload.len();
+        let len = payload.len();
         if len > pool.mem().max_len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -601,13 +652,13 @@ impl ShmStream {
                 None
             } else if len == 0 {
                 Some((NO_SLOT, 0))
-            } else if let Some(lent) = pool.claim_loan(&t.payload) {
+            } else if let Some(lent) = loan.and_then(|p| pool.claim_loan(p)) {
                 // A payload written in place (`Pipe::alloc`): only the descriptor moves.
                 tx.lent_frames += 1;
                 Some(lent)
             } else {
-                pool.send_copy(&t.payload).inspect(|_| {
-                    if t.header[0] == FrameKind::Data as u8 {
+                pool.send_copy(payload).inspect(|_| {
+                    if header[0] == FrameKind::Data as u8 {
                         // (Message frames; control frames are always copied.)
                         tx.copied_frames += 1;
                         tx.copied_bytes += len as u64;
@@ -630,7 +681,7 @@ impl ShmStream {
             let pushed = tx
                 .producer
                 .push(Desc {
-                    header: t.header,
+                    header: *header,
                     slot,
                     len: n,
                 })
@@ -840,6 +891,19 @@ impl crate::driver::FrameIo for ShmStream {
         nonblocking: bool,
     ) -> io::Result<usize> {
         ShmStream::recv_frames(self, side, out, max, nonblocking)
+    }
+
+    fn push_copy(
+        &self,
+        side: &mut FrameSide,
+        header: &[u8; HEADER_LEN],
+        payload: &[u8],
+    ) -> io::Result<bool> {
+        ShmStream::push_copy(self, side, header, payload)
+    }
+
+    fn publish(&self, side: &mut FrameSide) -> io::Result<()> {
+        ShmStream::publish(self, side)
     }
 
     fn alloc(&self, len: usize) -> Option<TxSlot> {
