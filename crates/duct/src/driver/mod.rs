@@ -127,8 +127,17 @@ pub(crate) struct RawFrame {
 pub(crate) struct FrameSide {
     /// Whose state `state` is, in the transport's own numbering of its connections.
     pub(crate) owner: u64,
-    pub(crate) state: Option<Box<dyn std::any::Any + Send>>,
+    /// (A type of the transport's, not `dyn Any`: a downcast is a virtual call, and sends of
+    /// slices reach the state once per message.)
+    pub(crate) state: Option<Box<SideState>>,
 }
+
+/// What a [`FrameSide`] holds.
+#[cfg(duct_shm)]
+pub(crate) type SideState = crate::transport::shm::SideState;
+/// What a [`FrameSide`] holds (nothing: no frame transport in this build).
+#[cfg(not(duct_shm))]
+pub(crate) type SideState = std::convert::Infallible;
 
 /// What a frame transport (shared memory) provides beside [`StreamTransport`]: whole frames
 /// in and out instead of bytes. Its readiness fd signals both directions (a wake-up byte when

@@ -229,7 +229,7 @@ pub(crate) struct ShmStream {
 }
 
 /// The sending end's private state: one at a time holds it (see [`ShmStream`]).
-struct TxSide {
+pub(crate) struct TxSide {
     producer: Producer,
     /// The peer had taken every frame sent before the last batch: the next batch searches
     /// the pool from its lowest slots (see [`ShmStream::push_many`]).
@@ -243,7 +243,7 @@ struct TxSide {
 }
 
 /// The receiving end's private state: one at a time holds it (see [`ShmStream`]).
-struct RxSide {
+pub(crate) struct RxSide {
     consumer: Consumer,
     /// Small payloads are copied here (their slot freed at once) instead of viewed in place:
     /// a view needs an allocation for its owner, which costs more than copying a few hundred
@@ -274,9 +274,50 @@ impl std::fmt::Debug for ShmStream {
 /// The next [`ShmStream::id`].
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A direction's private state, as a [`FrameSide`] holds it.
+pub(crate) enum SideState {
+    Tx(TxSide),
+    Rx(RxSide),
+}
+
+/// A direction's private state: which [`SideState`] it is.
+trait Side: Sized {
+    fn wrap(self) -> SideState;
+    fn get(state: &mut SideState) -> Option<&mut Self>;
+}
+
+impl Side for TxSide {
+    fn wrap(self) -> SideState {
+        SideState::Tx(self)
+    }
+
+    #[inline]
+    fn get(state: &mut SideState) -> Option<&mut TxSide> {
+        match state {
+            SideState::Tx(t) => Some(t),
+            SideState::Rx(_) => None,
+        }
+    }
+}
+
+impl Side for RxSide {
+    fn wrap(self) -> SideState {
+        SideState::Rx(self)
+    }
+
+    #[inline]
+    fn get(state: &mut SideState) -> Option<&mut RxSide> {
+        match state {
+            SideState::Rx(r) => Some(r),
+            SideState::Tx(_) => None,
+        }
+    }
+}
+
 /// The side of connection `id` that `side` holds; on its first use (or if it held another
 /// connection's before), the one waiting in `spare`, which is taken.
-fn claim<'a, T: std::any::Any + Send>(
+#[inline]
+fn claim<'a, T: Side>(
     side: &'a mut FrameSide,
     id: u64,
     spare: &Mutex<Option<T>>,
@@ -289,11 +330,11 @@ fn claim<'a, T: std::any::Any + Send>(
             io::Error::other("shared memory: a ring end is held by another of the driver's buffers")
         })?;
         side.owner = id;
-        side.state = Some(Box::new(taken));
+        side.state = Some(Box::new(taken.wrap()));
     }
     side.state
-        .as_mut()
-        .and_then(|s| s.downcast_mut::<T>())
+        .as_deref_mut()
+        .and_then(T::get)
         .ok_or_else(|| io::Error::other("shared memory: a ring end of the wrong kind"))
 }
 
