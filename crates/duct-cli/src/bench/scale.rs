@@ -145,6 +145,7 @@ impl ThreadCount {
             return None;
         }
         let mut count = ThreadCount { duct: 0, total: 0 };
+        let main = std::process::id().to_string();
         for entry in std::fs::read_dir("/proc/self/task").ok()? {
             let Ok(entry) = entry else { continue };
             // A thread that ended since the listing has no comm any more: not counted.
@@ -152,7 +153,8 @@ impl ThreadCount {
                 continue;
             };
             count.total += 1;
-            if is_ducts_own(comm.trim_end()) {
+            // (The main thread bears the executable's name, which may well be `duct-...`.)
+            if entry.file_name() != main.as_str() && is_ducts_own(comm.trim_end()) {
                 count.duct += 1;
             }
         }

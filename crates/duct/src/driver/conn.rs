@@ -1490,9 +1490,19 @@ impl Conn {
         }
     }
 
-    /// One TRACE event for a message `send` accepted (a callsite check when TRACE is off).
-    #[inline]
+    /// One TRACE event for a message `send` accepted. With TRACE off (the usual case) this is
+    /// one comparison with the global level, inlined; the event's own callsite check is a
+    /// call of its own, per message.
+    #[inline(always)]
     fn trace_sent(&self, channel: u16, len: usize) {
+        if tracing::level_enabled!(tracing::Level::TRACE) {
+            self.trace_sent_event(channel, len);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn trace_sent_event(&self, channel: u16, len: usize) {
         tracing::trace!(
             name: "message_sent",
             target: "duct::message",
