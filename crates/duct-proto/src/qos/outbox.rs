@@ -154,15 +154,25 @@ impl KeepRing {
         Bytes::from(out)
     }
 
-    /// Room for `need` kept bytes: a ring twice as large (or more), the kept bytes copied
-    /// to their places in it.
+    /// Room for `need` kept bytes: a ring four times as large (or more), the kept bytes
+    /// copied to their places in it. One allocation: a window's worth of 64 B copies (1 MiB)
+    /// takes four growths from the first 4 KiB.
     #[cold]
     fn grow(&mut self, need: usize) {
-        let cap = need.next_power_of_two().max(4096);
-        let mut kept = vec![0u8; (self.tail - self.head) as usize];
-        self.read(self.head, &mut kept);
-        self.buf = vec![0u8; cap];
-        self.write(self.head, &kept);
+        let cap = need
+            .next_power_of_two()
+            .max(self.buf.len().saturating_mul(4))
+            .max(4096);
+        let old = std::mem::replace(&mut self.buf, vec![0u8; cap]);
+        if old.is_empty() {
+            return; // (nothing was kept)
+        }
+        // The kept bytes are at most two runs of the old ring: its end, then its start.
+        let len = (self.tail - self.head) as usize;
+        let i = (self.head & (old.len() as u64 - 1)) as usize;
+        let first = (old.len() - i).min(len);
+        self.write(self.head, &old[i..i + first]);
+        self.write(self.head + first as u64, &old[..len - first]);
     }
 
     /// Nothing before `at` is kept any more.
@@ -195,9 +205,22 @@ struct RelSend {
 }
 
 impl RelSend {
-    /// A reliable message's last frame was taken for sending at `now`.
+    /// A reliable message's last frame was taken for sending at `now`. A small payload
+    /// ([`KEEP_COPY_MAX`]) numbered after every one recorded is copied into the keep ring and
+    /// its handle let go at once: the handle would otherwise hold a whole shared buffer (a
+    /// read chunk, a batch's spill buffer) until the ack, and drop a reference count on the
+    /// thread that takes the ack.
     fn record(&mut self, seq: u64, channel: u16, payload: Bytes, now: Instant) {
-        self.record_kept(seq, channel, Kept::Bytes(payload), now);
+        let newest = self.unacked.back().is_none_or(|s| s.seq < seq);
+        let kept = if newest && payload.len() <= KEEP_COPY_MAX {
+            Kept::Ring {
+                at: self.ring.push(&payload),
+                len: payload.len(),
+            }
+        } else {
+            Kept::Bytes(payload)
+        };
+        self.record_kept(seq, channel, kept, now);
     }
 
     /// As [`RelSend::record`], with the payload kept as `payload` says. (Inlined: the
@@ -211,6 +234,11 @@ impl RelSend {
             at: now,
             sacked: false,
         };
+        if self.unacked.len() == self.unacked.capacity() {
+            // Four times as large, not twice: half as many moves of records on the way to a
+            // window's worth (16384 by default), which a fast reader may first reach late.
+            self.unacked.reserve(self.unacked.len().max(16) * 3);
+        }
         // Usually the newest (messages complete in number order unless fragments interleave).
         if self.unacked.back().is_none_or(|s| s.seq < seq) {
             self.unacked.push_back(sent);
@@ -250,6 +278,10 @@ impl RelSend {
         }
     }
 }
+
+/// Largest reliable payload whose copy for retransmission goes into the keep ring rather
+/// than a handle on its bytes (see [`RelSend::record`]).
+const KEEP_COPY_MAX: usize = 512;
 
 /// Shortest retransmission timeout.
 pub const MIN_RTO: std::time::Duration = std::time::Duration::from_millis(200);
@@ -587,7 +619,8 @@ impl Outbox {
     }
 
     /// Records the reliable message numbered `seq` by [`Outbox::number_direct`] as sent at
-    /// `now`, with its payload (kept until it is acknowledged).
+    /// `now`, with its payload, kept until it is acknowledged: a small one (up to 512 bytes)
+    /// as a copy in the keep ring, its handle let go at once; a larger one as the handle.
     #[inline]
     pub fn record_direct(&mut self, seq: u64, channel: u16, payload: Bytes, now: Instant) {
         self.rel.record(seq, channel, payload, now);
@@ -1370,6 +1403,12 @@ mod tests {
             kept.push_back((ring.push(&m), m));
         }
         assert!(ring.buf.len() > cap);
+        let held: usize = kept.iter().map(|(_, m)| m.len()).sum();
+        assert!(
+            ring.buf.len() <= 4 * held.next_power_of_two(),
+            "{} bytes for {held} kept",
+            ring.buf.len()
+        );
         for (at, m) in &kept {
             assert_eq!(&ring.get(*at, m.len())[..], &m[..]);
         }
@@ -1391,12 +1430,12 @@ mod tests {
         });
         let mut o = Outbox::new(config, now);
         assert_eq!(o.direct_allowed(1, None, None, now), Some(true));
+        // Every 7th is larger than KEEP_COPY_MAX: kept as a handle on its bytes.
         let payload = |i: u64| -> Vec<u8> {
-            (0..100 + i as usize)
-                .map(|k| (i + k as u64) as u8)
-                .collect()
+            let len = if i % 7 == 0 { 600 } else { 100 } + i as usize;
+            (0..len).map(|k| (i + k as u64) as u8).collect()
         };
-        // Copies (the direct way) and handles (the queued way) mixed, in number order.
+        // Copies and handles mixed, in number order.
         for i in 1..=300u64 {
             let seq = o.number_direct(1, payload(i).len()).expect("window room");
             assert_eq!(seq, i);
@@ -1427,9 +1466,61 @@ mod tests {
             seqs.push(i);
         }
         assert_eq!(seqs, (121..=300).collect::<Vec<_>>());
-        // Sent again: recorded again (as handles), and acknowledged at last.
+        // Sent again: recorded again, and acknowledged at last.
         assert_eq!(o.unacked(), 180);
         assert!(o.on_ack(300, &[], now).unwrap());
         assert_eq!((o.unacked(), o.inflight()), (0, (0, 0)));
+    }
+
+    #[test]
+    fn small_payloads_kept_by_handle_are_copied_and_their_bytes_let_go() {
+        let now = Instant::now();
+        let reliable = ChannelConfig {
+            reliable: true,
+            ..ChannelConfig::default()
+        };
+        let config = Arc::new(QosConfig {
+            channels: [(1u16, reliable)].into_iter().collect(),
+            ..QosConfig::default()
+        });
+        let mut o = Outbox::new(config, now);
+        assert_eq!(o.direct_allowed(1, None, None, now), Some(true));
+        // One shared buffer, as a read chunk or a spill buffer is: a small message's handle
+        // on it is let go when the message is recorded; a large one's is kept.
+        let shared = Bytes::from((0..=255u8).cycle().take(4096).collect::<Vec<_>>());
+        let small = shared.slice(10..74);
+        let large = shared.slice(100..100 + KEEP_COPY_MAX + 1);
+        for (i, p) in [small.clone(), large.clone(), small.clone()]
+            .into_iter()
+            .enumerate()
+        {
+            let seq = o.number_direct(1, p.len()).expect("window room");
+            assert_eq!(seq, i as u64 + 1);
+            o.record_direct(seq, 1, p, now);
+        }
+        let kinds: Vec<bool> = o
+            .rel
+            .unacked
+            .iter()
+            .map(|s| matches!(s.payload, Kept::Ring { .. }))
+            .collect();
+        assert_eq!(
+            kinds,
+            [true, false, true],
+            "copies, and a handle for the large one"
+        );
+        drop(large);
+        assert!(
+            !shared.is_unique(),
+            "the large message still holds the buffer"
+        );
+        // Acked: the handle goes, and the buffer is the caller's alone again.
+        assert!(o.on_ack(2, &[], now).unwrap());
+        drop(small);
+        assert!(shared.is_unique());
+        // A timeout sends the copy again, intact.
+        o.retransmit(now);
+        let t = o.poll(now, 1 << 20).expect("the third message again");
+        assert_eq!(&t.payload[..], &shared[10..74]);
     }
 }
