@@ -1417,9 +1417,8 @@ mod tests {
         assert!(ring.get(at, 0).is_empty());
     }
 
-    #[test]
-    fn copies_kept_for_retransmission_come_back_intact_and_go_with_their_acks() {
-        let now = Instant::now();
+    /// An outbox whose channel 1 is reliable, ready to frame at once on it.
+    fn reliable_outbox(now: Instant) -> Outbox {
         let reliable = ChannelConfig {
             reliable: true,
             ..ChannelConfig::default()
@@ -1430,6 +1429,13 @@ mod tests {
         });
         let mut o = Outbox::new(config, now);
         assert_eq!(o.direct_allowed(1, None, None, now), Some(true));
+        o
+    }
+
+    #[test]
+    fn copies_kept_for_retransmission_come_back_intact_and_go_with_their_acks() {
+        let now = Instant::now();
+        let mut o = reliable_outbox(now);
         // Every 7th is larger than KEEP_COPY_MAX: kept as a handle on its bytes.
         let payload = |i: u64| -> Vec<u8> {
             let len = if i % 7 == 0 { 600 } else { 100 } + i as usize;
@@ -1475,16 +1481,7 @@ mod tests {
     #[test]
     fn small_payloads_kept_by_handle_are_copied_and_their_bytes_let_go() {
         let now = Instant::now();
-        let reliable = ChannelConfig {
-            reliable: true,
-            ..ChannelConfig::default()
-        };
-        let config = Arc::new(QosConfig {
-            channels: [(1u16, reliable)].into_iter().collect(),
-            ..QosConfig::default()
-        });
-        let mut o = Outbox::new(config, now);
-        assert_eq!(o.direct_allowed(1, None, None, now), Some(true));
+        let mut o = reliable_outbox(now);
         // One shared buffer, as a read chunk or a spill buffer is: a small message's handle
         // on it is let go when the message is recorded; a large one's is kept.
         let shared = Bytes::from((0..=255u8).cycle().take(4096).collect::<Vec<_>>());
