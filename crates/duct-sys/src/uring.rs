@@ -4,7 +4,7 @@
 //! This module owns the `unsafe` operations the reactor's io_uring backend needs:
 //! - putting an entry on the submission queue (the `io-uring` crate's `push`, unsafe because
 //!   an entry may point at memory that must outlive the operation). The entries made here
-//!   (`POLL_ADD`, `POLL_REMOVE`) carry no pointer: an fd number, an event mask and 64-bit tags.
+//!   (`POLL_ADD`, `ASYNC_CANCEL`) carry no pointer: an fd number, an event mask and 64-bit tags.
 //!   The kernel resolves the fd when it issues the entry (during the submit) and holds its own
 //!   reference to the file from then on, so a closed (or never valid) fd fails the operation
 //!   with `EBADF`; nothing in user space has to outlive it.
@@ -120,13 +120,23 @@ impl Ring {
         unsafe { self.ring.submission().push(&entry).is_ok() }
     }
 
-    /// Queues the removal of the poll tagged `target`; the removal itself completes tagged
-    /// `user_data` (0, or `-ENOENT` when the poll had ended already), and the removed poll
-    /// posts a last completion (`-ECANCELED`, without `more`). Returns `false` when the
-    /// submission queue is full.
-    pub fn push_poll_remove(&mut self, target: u64, user_data: u64) -> bool {
-        let entry = opcode::PollRemove::new(target).build().user_data(user_data);
-        // SAFETY: a POLL_REMOVE entry holds no pointer into user memory: the target is
+    /// Queues the cancellation (`IORING_OP_ASYNC_CANCEL`) of the request tagged `target`: a
+    /// poll is removed, and with it the kernel's reference to the file. The cancellation
+    /// completes tagged `user_data` (0, or `-ENOENT` when the request had ended already), and
+    /// a removed poll posts a last completion (`-ECANCELED`, without `more`). Returns `false`
+    /// when the submission queue is full.
+    ///
+    /// Not `IORING_OP_POLL_REMOVE`: that one fails with `-EALREADY` and leaves the poll armed
+    /// when a wake-up of the file is being handled (its completion work not yet run, which
+    /// on this ring, set up with `COOP_TASKRUN`, waits for the next wait on the ring), and a
+    /// poll left armed keeps its file open for the ring's life. A cancellation marks the poll
+    /// cancelled whoever handles it. (Older kernels, before Linux 5.18, may answer `-EALREADY`
+    /// to a cancellation too: the caller tries again.)
+    pub fn push_cancel(&mut self, target: u64, user_data: u64) -> bool {
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data);
+        // SAFETY: an ASYNC_CANCEL entry holds no pointer into user memory: the target is
         // matched by its tag, a plain number.
         unsafe { self.ring.submission().push(&entry).is_ok() }
     }
@@ -538,27 +548,79 @@ mod tests {
             ring.drain(|c| assert_eq!((c.user_data, c.more), (7, true))),
             1
         );
-        // Removal: the removal's own completion and the poll's last one.
-        assert!(ring.push_poll_remove(7, 8));
-        ring.submit().unwrap();
-        let mut got = Vec::new();
-        while got.len() < 2 {
-            ring.wait(Some(Duration::from_secs(5))).unwrap();
-            ring.drain(|c| got.push(c));
-        }
-        got.sort_by_key(|c| c.user_data);
-        assert_eq!(got[0].user_data, 7);
-        assert!(!got[0].more);
-        assert_eq!(got[0].result, -rustix::io::Errno::CANCELED.raw_os_error());
-        assert_eq!((got[1].user_data, got[1].result), (8, 0));
+        // Removal: the cancellation's own completion and the poll's last one.
+        assert!(ring.push_cancel(7, 8));
+        wait_cancelled(&mut ring, 7, 8);
         assert_eq!(ring.dropped(), 0);
         assert!(!ring.overflowed());
     }
 
+    /// Waits (up to 5 s) until the last completion of poll `poll` and the completion of its
+    /// cancellation `cancel` are there, and checks them: the poll ended cancelled, the
+    /// cancellation succeeded. Returns every completion seen, in order.
+    fn wait_cancelled(ring: &mut Ring, poll: u64, cancel: u64) -> Vec<Completion> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut got: Vec<Completion> = Vec::new();
+        let ended = |got: &[Completion]| got.iter().any(|c| c.user_data == poll && !c.more);
+        let answered = |got: &[Completion]| got.iter().any(|c| c.user_data == cancel);
+        while !(ended(&got) && answered(&got)) {
+            assert!(std::time::Instant::now() < deadline, "only {got:?}");
+            ring.wait(Some(Duration::from_millis(100))).unwrap();
+            ring.drain(|c| got.push(c));
+        }
+        let last = got.iter().find(|c| c.user_data == poll && !c.more).unwrap();
+        assert_eq!(
+            last.result,
+            -rustix::io::Errno::CANCELED.raw_os_error(),
+            "{got:?}"
+        );
+        let done = got.iter().find(|c| c.user_data == cancel).unwrap();
+        assert_eq!(done.result, 0, "{got:?}");
+        got
+    }
+
+    /// A poll whose file woke it just before it is removed (the wake-up's completion work not
+    /// yet run: on this ring it waits for the next wait) is removed all the same, and lets
+    /// its file go. (`POLL_REMOVE` fails here with `-EALREADY` and leaves the poll armed: a
+    /// reactor that removed polls that way kept the sockets of closed connections open.)
+    #[test]
+    fn a_poll_woken_just_before_its_removal_is_removed_and_lets_its_file_go() {
+        let Some(mut ring) = ring() else { return };
+        let pollin = rustix::event::PollFlags::IN.bits() as u32;
+        for round in 0..20u64 {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let (poll, cancel) = (100 + 2 * round, 101 + 2 * round);
+            assert!(ring.push_poll_multishot(a.as_raw_fd(), pollin, poll));
+            ring.submit().unwrap();
+            // Idle: the poll is armed and nothing is pending.
+            ring.wait(Some(Duration::from_millis(5))).unwrap();
+            assert_eq!(ring.drain(|c| panic!("unexpected {c:?}")), 0);
+            // The wake-up and the removal in one submit: a write to the peer, issued inline,
+            // wakes the poll (its completion work queued, to run when the thread next waits
+            // or enters the kernel), then the cancellation finds it being handled.
+            static BYTE: [u8; 1] = *b"x";
+            let write = opcode::Write::new(types::Fd(b.as_raw_fd()), BYTE.as_ptr(), 1)
+                .build()
+                .user_data(cancel + 1000);
+            // SAFETY: the entry points at a static buffer, which outlives the write.
+            unsafe { ring.ring.submission().push(&write).unwrap() };
+            assert!(ring.push_cancel(poll, cancel));
+            ring.submit().unwrap();
+            let got = wait_cancelled(&mut ring, poll, cancel);
+            // The file is gone with the last fd: the peer sees the end.
+            use std::io::Read;
+            let mut buf = [0u8; 1];
+            assert_eq!((&a).read(&mut buf).unwrap(), 1);
+            drop(a);
+            b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert_eq!((&b).read(&mut buf).unwrap(), 0, "round {round}: {got:?}");
+        }
+    }
+
     /// The kernel holds a reference to a polled file: a listening socket closed while its poll
-    /// is armed keeps its address until the poll is removed, and is released by the time the
-    /// submit of the removal returns (the removal's completion work runs on the way out of
-    /// that system call, in the submitting thread).
+    /// is armed keeps its address until the poll is removed, and is released once the
+    /// cancellation's completion work has run (in the submitting thread, when it next waits
+    /// on the ring).
     #[test]
     fn a_polled_file_lives_until_its_poll_is_removed() {
         use std::os::linux::net::SocketAddrExt;
@@ -573,8 +635,8 @@ mod tests {
         drop(listener);
         // Still there: the poll holds the file.
         assert!(UnixStream::connect_addr(&addr).is_ok());
-        assert!(ring.push_poll_remove(1, 2));
-        ring.submit().unwrap();
+        assert!(ring.push_cancel(1, 2));
+        wait_cancelled(&mut ring, 1, 2);
         let e = UnixStream::connect_addr(&addr).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
     }

@@ -46,6 +46,15 @@
 //! poll is re-armed (remove, then add): a fresh poll reports the readiness already there, so
 //! no source misses an event.
 //!
+//! # Removing a poll
+//! A poll is removed by cancelling it (`ASYNC_CANCEL`), never with `POLL_REMOVE`: the kernel
+//! refuses a `POLL_REMOVE` with `EALREADY` while a wake-up of the file is being handled, and
+//! leaves the poll armed, holding the file, for the ring's life. (That happened: a connection
+//! whose peer hung up just as it was closed here kept its socket open until the process
+//! exited, and `duct shm` went on listing it.) A cancellation marks the poll cancelled
+//! whoever is handling it. Should a kernel answer `EALREADY` all the same (before Linux 5.18
+//! it may), the removal is queued again at the next wait.
+//!
 //! # Listening sockets: epoll, watched by the ring
 //! io_uring holds a reference to every file it polls until the poll is removed (epoll does
 //! not). For a connection that is harmless: its owner shuts it down before it closes it, so a
@@ -103,6 +112,9 @@ const KIND_WAKER: u64 = 3;
 const KIND_EPOLL: u64 = 4;
 const GEN_BITS: u32 = 24;
 const GEN_MASK: u32 = (1 << GEN_BITS) - 1;
+/// Slot numbers from here on name the thread's own polls in the tags of their removals
+/// (`OWN_SLOTS + kind`); sources' slots stay below.
+const OWN_SLOTS: u32 = u32::MAX - 15;
 
 fn tag(kind: u64, generation: u32, slot: u32) -> u64 {
     (kind << 56) | (u64::from(generation & GEN_MASK) << 32) | u64::from(slot)
@@ -114,6 +126,27 @@ fn untag(user_data: u64) -> (u64, u32, u32) {
         (user_data >> 32) as u32 & GEN_MASK,
         user_data as u32,
     )
+}
+
+/// The tag of the removal of the poll tagged `target` (a source's, or one of the thread's).
+fn removal_of(target: u64) -> u64 {
+    let (kind, generation, slot) = untag(target);
+    let slot = if kind == KIND_POLL {
+        slot
+    } else {
+        OWN_SLOTS + kind as u32
+    };
+    tag(KIND_REMOVE, generation, slot)
+}
+
+/// The tag of the poll the removal tagged `removal` removes (the inverse of [`removal_of`]).
+fn removed_by(removal: u64) -> u64 {
+    let (_, generation, slot) = untag(removal);
+    if slot >= OWN_SLOTS {
+        tag(u64::from(slot - OWN_SLOTS), generation, 0)
+    } else {
+        tag(KIND_POLL, generation, slot)
+    }
 }
 
 fn bits(f: PollFlags) -> u32 {
@@ -191,7 +224,7 @@ impl OwnPoll {
     fn disarm(&mut self, ring: &mut Ring) {
         if let Some(generation) = self.armed.take() {
             let target = tag(self.kind, generation, 0);
-            if !ring.push_poll_remove(target, tag(KIND_REMOVE, generation, u32::MAX)) {
+            if !ring.push_cancel(target, removal_of(target)) {
                 // No room: the old poll stays beside the new one (an event then completes
                 // twice, which is harmless).
                 tracing::debug!("duct reactor (io_uring): could not remove a poll of its own");
@@ -306,6 +339,9 @@ pub(crate) struct UringPoller {
     /// Sources to tell they are ready: their poll could not be armed again (their fd is
     /// gone).
     told: Vec<usize>,
+    /// Removals to queue again: the kernel answered `EALREADY` (the poll was being handled),
+    /// and the poll may still be armed, holding its file. One per removed poll at most.
+    removals_again: Vec<u64>,
     /// Completions taken from the ring, being handled (kept for its capacity).
     taken: Vec<Completion>,
     /// Completions the kernel reported dropped, as last seen.
@@ -361,6 +397,7 @@ impl UringPoller {
             dirty: Vec::new(),
             retired: Vec::new(),
             told: Vec::new(),
+            removals_again: Vec::new(),
             taken: Vec::new(),
             dropped_seen: 0,
             round: 0,
@@ -466,7 +503,9 @@ impl UringPoller {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                let i = u32::try_from(self.slots.len()).ok()?;
+                let i = u32::try_from(self.slots.len())
+                    .ok()
+                    .filter(|&i| i < OWN_SLOTS)?;
                 self.slots.push(Slot {
                     token: None,
                     fd: -1,
@@ -513,10 +552,7 @@ impl UringPoller {
             };
             if slot.fresh || slot.events == 0 || a != wanted {
                 let target = tag(KIND_POLL, a.generation, index);
-                if !self
-                    .ring
-                    .push_poll_remove(target, tag(KIND_REMOVE, a.generation, index))
-                {
+                if !self.ring.push_cancel(target, removal_of(target)) {
                     return false;
                 }
                 slot.armed = None;
@@ -584,6 +620,15 @@ impl UringPoller {
                     return false;
                 }
             }
+        }
+        while let Some(&removal) = self.removals_again.last() {
+            if !self.ring.push_cancel(removed_by(removal), removal) {
+                let _ = self.ring.submit();
+                if !self.ring.push_cancel(removed_by(removal), removal) {
+                    return false;
+                }
+            }
+            self.removals_again.pop();
         }
         let mut done = 0;
         while done < self.dirty.len() {
@@ -751,12 +796,12 @@ impl UringPoller {
                 }
             }
             KIND_REMOVE => {
-                let ok = [
-                    0,
-                    -Errno::NOENT.raw_os_error(),
-                    -Errno::ALREADY.raw_os_error(),
-                ];
-                if !ok.contains(&c.result) {
+                // 0: removed; ENOENT: it had ended. EALREADY (kernels before 5.18 may answer
+                // so while the poll is being handled): it may still be armed and hold its
+                // file, so the removal is queued again.
+                if c.result == -Errno::ALREADY.raw_os_error() {
+                    self.removals_again.push(c.user_data);
+                } else if c.result != 0 && c.result != -Errno::NOENT.raw_os_error() {
                     tracing::debug!(
                         error = %io::Error::from_raw_os_error(-c.result),
                         "duct reactor (io_uring): removing a poll failed"
@@ -918,6 +963,80 @@ mod tests {
             }
         }
         assert!(p.by_token.len() == N);
+    }
+
+    #[test]
+    fn a_removal_s_tag_names_the_poll_it_removes() {
+        for target in [
+            tag(KIND_POLL, 0, 0),
+            tag(KIND_POLL, GEN_MASK, OWN_SLOTS - 1),
+            tag(KIND_WAKER, 7, 0),
+            tag(KIND_EPOLL, GEN_MASK, 0),
+        ] {
+            let removal = removal_of(target);
+            assert_eq!(untag(removal).0, KIND_REMOVE);
+            assert_eq!(removed_by(removal), target);
+        }
+        assert_ne!(
+            removal_of(tag(KIND_WAKER, 3, 0)),
+            removal_of(tag(KIND_EPOLL, 3, 0))
+        );
+    }
+
+    /// A removal the kernel answers with `EALREADY` (the poll was being handled, and stays
+    /// armed) is queued again: the poll goes, and with it the kernel's hold on the socket,
+    /// whose peer then sees the end.
+    #[test]
+    fn a_removal_answered_ealready_is_made_again_and_lets_the_file_go() {
+        use std::io::Read;
+        use std::os::unix::net::UnixStream;
+        let (mut p, _waker, _listeners) = match UringPoller::new() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("SKIPPED: no io_uring here ({e})");
+                return;
+            }
+        };
+        let (a, b) = UnixStream::pair().unwrap();
+        let hold = a.as_fd().try_clone_to_owned().ok();
+        p.set(1, a.as_raw_fd(), hold, Some(Interest::READABLE), true);
+        let mut ready = Vec::new();
+        p.wait(Some(Duration::ZERO), &mut ready).unwrap();
+        let index = p.by_token[&1];
+        let armed = p.slots[index as usize].armed.expect("armed");
+        let target = tag(KIND_POLL, armed.generation, index);
+        // The state a refused removal leaves: the source forgotten here, its poll still armed
+        // in the kernel, and the answer EALREADY.
+        p.by_token.remove(&1);
+        let slot = &mut p.slots[index as usize];
+        (slot.token, slot.events, slot.armed) = (None, 0, None);
+        p.free.push(index);
+        p.complete(
+            Completion {
+                user_data: removal_of(target),
+                result: -Errno::ALREADY.raw_os_error(),
+                more: false,
+            },
+            &mut ready,
+        );
+        drop(a);
+        b.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 1];
+        loop {
+            p.wait(Some(Duration::from_millis(10)), &mut ready).unwrap();
+            match (&b).read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => panic!("no data was sent"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the poll still holds the socket"
+            );
+        }
+        assert!(p.removals_again.is_empty());
     }
 
     #[test]
