@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 pub const MAX_OUT_OF_ORDER: usize = 65_536;
 /// Frames received before an ACK goes out at once.
 pub const ACK_EVERY: u32 = 256;
+/// Frames received before an ACK goes out at once when the peer asks for acks
+/// (`ACK_REQUEST` agreed): it asks when half its window is in flight, so the receiver need
+/// not ack often on its own. A quarter of the reference sender's window (16384 messages).
+pub const ACK_EVERY_ON_REQUEST: u32 = 4096;
 /// Longest wait before an ACK goes out.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 
@@ -59,6 +63,11 @@ pub struct RecvState {
     owed: bool,
     /// When the owed ack must go at the latest.
     due: Option<Instant>,
+    /// The peer asks for acks (`ACK_REQUEST` agreed): ack after [`ACK_EVERY_ON_REQUEST`]
+    /// frames rather than [`ACK_EVERY`].
+    on_request: bool,
+    /// The peer asked for an ack (a frame with `ACK_REQUEST`) since the last one.
+    asked: bool,
 }
 
 /// What became of an arrived reliable message.
@@ -121,9 +130,28 @@ impl RecvState {
         }
     }
 
-    /// Whether an ACK frame should go now.
+    /// The peer asks for acks when it needs them (`ACK_REQUEST` agreed for this connection):
+    /// acks go at once when asked, and otherwise after [`ACK_EVERY_ON_REQUEST`] frames.
+    pub fn set_on_request(&mut self, on_request: bool) {
+        self.on_request = on_request;
+    }
+
+    /// The frame that just arrived asks for an ack (`ACK_REQUEST`): one goes at once.
+    pub fn ask(&mut self) {
+        self.asked = true;
+    }
+
+    /// Whether an ACK frame should go now: asked for, enough frames arrived since the last
+    /// one ([`ACK_EVERY`], or [`ACK_EVERY_ON_REQUEST`] when the peer asks for acks), or the
+    /// owed ack is due.
     pub fn ack_now(&self, now: Instant) -> bool {
-        self.owed && (self.unacked_frames >= ACK_EVERY || self.due.is_some_and(|d| now >= d))
+        let every = if self.on_request {
+            ACK_EVERY_ON_REQUEST
+        } else {
+            ACK_EVERY
+        };
+        self.owed
+            && (self.asked || self.unacked_frames >= every || self.due.is_some_and(|d| now >= d))
     }
 
     /// When an owed ACK is due.
@@ -143,6 +171,7 @@ impl RecvState {
             self.owed = false;
             self.due = None;
             self.unacked_frames = 0;
+            self.asked = false;
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use duct_proto::qos::{Admission, Backpressure, ChannelConfig, QosConfig, Rate};
-use duct_proto::wire::Header;
+use duct_proto::wire::{flags, Header};
 use duct_proto::{Config, Direct, Session};
 
 use common::{established, frames, pump_frames};
@@ -218,7 +218,11 @@ fn a_reliable_run_numbers_and_records_as_send_direct_does_until_a_window_is_full
         let t = direct_frame(b.send_direct(3, p(i, len), None, None, now).unwrap());
         let (header, seq) = a.direct_reliable(&run, len).expect("room in the window");
         assert_eq!(header, t.header, "message {i}");
-        assert_eq!(Header::decode(&header).unwrap().seq, u32::from(i) + 1);
+        let h = Header::decode(&header).unwrap();
+        assert_eq!(h.seq, u32::from(i) + 1);
+        // The first fills half the window of 3 and asks for an ack; no other asks until an
+        // ack came.
+        assert_eq!(h.has(flags::ACK_REQUEST), i == 0, "message {i}");
         a.record_direct(seq, 3, p(i, len), now);
         // Counted and recorded as sent, as send_direct records it.
         assert_eq!(a.outbox().unacked(), b.outbox().unacked());

@@ -540,10 +540,11 @@ fn unknown_capabilities_and_extensions_are_ignored() {
     )
     .unwrap();
     assert_eq!(d.state(), State::Established);
-    // This dialer offered TTL and RELIABLE (the default): WELCOME's extra bits add none.
+    // This dialer offered TTL, RELIABLE and ACK_REQUEST (the default): WELCOME's extra bits
+    // add none.
     assert_eq!(
         d.negotiated().unwrap().capabilities,
-        control::caps::TTL | control::caps::RELIABLE
+        control::caps::TTL | control::caps::RELIABLE | control::caps::ACK_REQUEST
     );
 }
 

@@ -80,7 +80,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use common::{established, frames};
 use duct_proto::qos::{Admission, Backpressure, ChannelConfig, Outbox, QosConfig};
-use duct_proto::reliable::{narrow, RecvState, ACK_DELAY, ACK_EVERY};
+use duct_proto::reliable::{narrow, RecvState, ACK_DELAY, ACK_EVERY, ACK_EVERY_ON_REQUEST};
 use duct_proto::wire::control::{self, caps};
 use duct_proto::wire::{flags, FrameKind, Header};
 use duct_proto::{Config, Delivered, Error, Event, Role, Session, State};
@@ -2292,6 +2292,15 @@ fn with_qos(qos: &Arc<QosConfig>) -> Config {
     }
 }
 
+/// As [`with_qos`], for a peer of before 1.3: it neither asks for acks nor acks on request
+/// (no capability ACK_REQUEST).
+fn without_ack_requests(qos: &Arc<QosConfig>) -> Config {
+    Config {
+        capabilities: caps::TTL | caps::RELIABLE,
+        ..with_qos(qos)
+    }
+}
+
 /// Every frame `s` has at `now`, as a stream transport carries them.
 fn stream(s: &mut Session, now: Instant) -> BytesMut {
     let mut out = BytesMut::new();
@@ -2319,11 +2328,13 @@ fn retransmits(s: &mut Session) -> u64 {
     n
 }
 
+/// (Between peers that do not ask for acks: the receiver acks after `ACK_EVERY` frames of
+/// its own accord.)
 #[test]
 fn acks_ride_on_data_or_go_alone_in_ack_frames() {
     let now = Instant::now();
     let qos = rel_qos(4096);
-    let (mut d, mut l) = established(with_qos(&qos), with_qos(&qos), now);
+    let (mut d, mut l) = established(without_ack_requests(&qos), without_ack_requests(&qos), now);
 
     // A reliable message: RELIABLE with its number, no ack (nothing to acknowledge yet).
     d.send(1, Bytes::from_static(b"one"), now).unwrap();
@@ -2383,6 +2394,7 @@ fn acks_ride_on_data_or_go_alone_in_ack_frames() {
     }
     let fs = frames(&mut d);
     assert_eq!(fs.len(), ACK_EVERY as usize);
+    assert!(fs.iter().all(|(h, _)| !h.has(flags::ACK_REQUEST)));
     deliver(fs, &mut l, later);
     let fs = frames(&mut l);
     assert_eq!(fs.len(), 1, "{fs:?}");
@@ -2391,6 +2403,133 @@ fn acks_ride_on_data_or_go_alone_in_ack_frames() {
     deliver(fs, &mut d, later);
     assert_eq!(d.outbox().inflight(), (0, 0));
     assert_eq!(retransmits(&mut d), 0);
+}
+
+/// Sends `n` one-byte reliable messages on channel 1 of `d` and moves every frame between
+/// `d` and `l` at `now`, without ever letting time pass, until nothing moves. Returns the
+/// payloads `l` received and the frames of `d` that asked for an ack, as (their number,
+/// the messages in flight when it was framed).
+fn stream_at(d: &mut Session, l: &mut Session, n: u32, now: Instant) -> (Vec<Bytes>, Vec<u32>) {
+    for i in 0..n {
+        d.send(1, Bytes::from(i.to_be_bytes().to_vec()), now)
+            .unwrap();
+    }
+    let (mut got, mut asked) = (Vec::new(), Vec::new());
+    loop {
+        let fs = frames(d);
+        let back = {
+            asked.extend(
+                fs.iter()
+                    .filter(|(h, _)| h.has(flags::ACK_REQUEST))
+                    .map(|(h, _)| h.seq),
+            );
+            let moved = !fs.is_empty();
+            deliver(fs, l, now);
+            got.extend(payloads(l));
+            let acks = frames(l);
+            let moved = moved || !acks.is_empty();
+            deliver(acks, d, now);
+            moved
+        };
+        if !back {
+            break;
+        }
+    }
+    (got, asked)
+}
+
+/// With acks on request (both peers 1.3), a window far smaller than the receiver's
+/// `ACK_EVERY_ON_REQUEST` never waits for the delayed ack: the frame that fills half the
+/// window asks for one, which comes at once, while the other half goes. Time never passes
+/// here, and all 1000 messages arrive, in order; each request is made once per ack.
+#[test]
+fn a_small_window_streams_without_waiting_for_the_delayed_ack() {
+    let now = Instant::now();
+    let qos = rel_qos(8);
+    let (mut d, mut l) = established(with_qos(&qos), with_qos(&qos), now);
+    let (got, asked) = stream_at(&mut d, &mut l, 1000, now);
+    let want: Vec<Bytes> = (0..1000u32)
+        .map(|i| Bytes::from(i.to_be_bytes().to_vec()))
+        .collect();
+    assert_eq!(got, want, "every message, in order, without time passing");
+    // The first request fills half the window (message 4 of 8); each ack lets the next
+    // numbered message ask again, while half the window is still in flight.
+    assert_eq!(asked.first(), Some(&4), "{asked:?}");
+    assert!(asked.len() >= 1000 / 8, "{} requests", asked.len());
+    assert!(asked.windows(2).all(|w| w[0] < w[1]), "{asked:?}");
+    assert_eq!(retransmits(&mut d), 0);
+    // The last few (under half a window) are acked after the delay.
+    l.handle_timeout(now + ACK_DELAY).unwrap();
+    deliver(frames(&mut l), &mut d, now + ACK_DELAY);
+    assert_eq!(d.outbox().inflight(), (0, 0));
+
+    // A peer of before 1.3 gets no requests, and the same window waits for the delay.
+    let (mut d, mut l) = established(with_qos(&qos), without_ack_requests(&qos), now);
+    let (got, asked) = stream_at(&mut d, &mut l, 100, now);
+    assert_eq!(
+        got.len(),
+        8,
+        "one window, then the wait for the delayed ack"
+    );
+    assert!(asked.is_empty(), "{asked:?}");
+}
+
+/// A window half full in bytes asks too: 64 KiB messages against the default 16 MiB pipe
+/// window ask at 8 MiB in flight, long before `ACK_EVERY_ON_REQUEST` frames.
+#[test]
+fn a_window_half_full_in_bytes_asks_for_an_ack() {
+    let now = Instant::now();
+    let qos = Arc::new(QosConfig {
+        inflight_msgs: 1 << 20,
+        ..(*rel_qos(1)).clone()
+    });
+    let (mut d, mut l) = established(with_qos(&qos), with_qos(&qos), now);
+    let big = Bytes::from(vec![7u8; 64 * 1024]);
+    let half = qos.inflight_bytes / 2 / big.len();
+    for _ in 0..half + 10 {
+        d.send(1, big.clone(), now).unwrap();
+    }
+    let fs = frames(&mut d);
+    let asked: Vec<u32> = fs
+        .iter()
+        .filter(|(h, _)| h.has(flags::ACK_REQUEST))
+        .map(|(h, _)| h.seq)
+        .collect();
+    assert_eq!(asked, vec![half as u32], "once, at half the window");
+    deliver(fs, &mut l, now);
+    let acks = frames(&mut l);
+    assert_eq!(acks.len(), 1, "acked at once: {acks:?}");
+    assert_eq!(acks[0].0.kind, FrameKind::Ack);
+}
+
+/// With acks on request, a receiver not asked acks after `ACK_EVERY_ON_REQUEST` frames (and
+/// not after `ACK_EVERY`), or when the delay passes.
+#[test]
+fn unasked_the_receiver_acks_after_ack_every_on_request_frames() {
+    let now = Instant::now();
+    let qos = rel_qos(1 << 20);
+    let (mut d, mut l) = established(with_qos(&qos), with_qos(&qos), now);
+    const { assert!(ACK_EVERY < ACK_EVERY_ON_REQUEST) };
+    // (In parts: a channel queues 1024 messages at most by default.)
+    let mut sent = 0;
+    while sent < ACK_EVERY_ON_REQUEST - 1 {
+        let part = (ACK_EVERY_ON_REQUEST - 1 - sent).min(1000);
+        for i in sent..sent + part {
+            d.send(1, Bytes::from(i.to_be_bytes().to_vec()), now)
+                .unwrap();
+        }
+        sent += part;
+        let fs = frames(&mut d);
+        assert_eq!(fs.len(), part as usize);
+        assert!(fs.iter().all(|(h, _)| !h.has(flags::ACK_REQUEST)));
+        deliver(fs, &mut l, now);
+        assert!(frames(&mut l).is_empty(), "no ack at {sent} frames");
+    }
+    d.send(1, Bytes::from_static(b"last"), now).unwrap();
+    deliver(frames(&mut d), &mut l, now);
+    let acks = frames(&mut l);
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert_eq!(acks[0].0.ack, ACK_EVERY_ON_REQUEST);
 }
 
 #[test]

@@ -77,12 +77,13 @@ fn handshake_agrees_on_session_id_and_takes_the_peers_limits() {
                 "seed {seed}: the smaller interval"
             );
             assert_eq!(n.instance_id, 0xabcd, "seed {seed}");
-            assert_eq!(n.peer_version, (1, 2), "seed {seed}");
+            assert_eq!(n.peer_version, (1, 3), "seed {seed}");
             use duct_proto::wire::control::caps;
             assert_eq!(
                 n.capabilities,
-                caps::TTL | caps::RELIABLE,
-                "seed {seed}: TTL and RELIABLE are offered by default, RESUME only on request"
+                caps::TTL | caps::RELIABLE | caps::ACK_REQUEST,
+                "seed {seed}: TTL, RELIABLE and ACK_REQUEST are offered by default, RESUME \
+                 only on request"
             );
         }
         // Once idle, the only deadline is the heartbeat: a PING one agreed interval after

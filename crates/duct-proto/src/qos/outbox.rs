@@ -202,6 +202,11 @@ struct RelSend {
     retries: u32,
     /// The copies that records of [`Kept::Ring`] name.
     ring: KeepRing,
+    /// The peer acks on request (`ACK_REQUEST` agreed): a fresh message that fills half a
+    /// window asks for an ack ([`ask`]).
+    asks: bool,
+    /// A request went out and no ack came since.
+    asked: bool,
 }
 
 impl RelSend {
@@ -431,6 +436,8 @@ impl Outbox {
                 rto_at: None,
                 retries: 0,
                 ring: KeepRing::default(),
+                asks: false,
+                asked: false,
             },
         }
     }
@@ -439,6 +446,15 @@ impl Outbox {
     /// agreed to the TTL capability. Default `true`.
     pub fn set_ttl_on_wire(&mut self, on: bool) {
         self.ttl_on_wire = on;
+    }
+
+    /// Whether the peer acks on request (capability `ACK_REQUEST`, set for each connection):
+    /// then the frame of a fresh reliable message that fills half of the pipe's window or
+    /// its channel's (in messages or bytes) carries `ACK_REQUEST`, once until the next ack.
+    /// Default `false`.
+    pub fn set_ack_requests(&mut self, on: bool) {
+        self.rel.asks = on;
+        self.rel.asked = false;
     }
 
     /// The configuration.
@@ -607,15 +623,17 @@ impl Outbox {
     /// [`Outbox::direct_allowed`] allowed, if both reliable windows have room (as
     /// [`Outbox::offer_direct`] would): counts it in them and returns its number, which the
     /// caller frames and then records with [`Outbox::record_direct`] (under the same
-    /// borrow of the session, before anything else changes it). `None`: no room; the
-    /// message takes the queued way.
+    /// borrow of the session, before anything else changes it), and whether its frame asks
+    /// for an ack (sets `ACK_REQUEST`: see [`Outbox::set_ack_requests`]). `None`: no room;
+    /// the message takes the queued way.
     #[inline]
-    pub fn number_direct(&mut self, channel: u16, len: usize) -> Option<u64> {
+    pub fn number_direct(&mut self, channel: u16, len: usize) -> Option<(u64, bool)> {
         let ch = self.chans.get_mut(channel)?;
         if !window_room(&self.rel, &self.config, ch, len) {
             return None;
         }
-        Some(number(&mut self.rel, ch, len))
+        let seq = number(&mut self.rel, ch, len);
+        Some((seq, ask(&mut self.rel, &self.config, ch)))
     }
 
     /// Records the reliable message numbered `seq` by [`Outbox::number_direct`] as sent at
@@ -694,10 +712,10 @@ impl Outbox {
         let mut h = Header::data(channel, len as u32);
         if reliable {
             // Numbered and recorded as sent, as `poll` would, when both windows have room.
-            let Some(seq) = self.number_direct(channel, len) else {
+            let Some((seq, ask)) = self.number_direct(channel, len) else {
                 return Err(payload);
             };
-            mark_reliable(&mut h, seq);
+            mark_reliable(&mut h, seq, ask);
             self.rel.record(seq, channel, payload.clone(), now);
         }
         Ok(Transmit {
@@ -759,6 +777,9 @@ impl Outbox {
                 "ACK for a reliable message that was never sent",
             ));
         }
+        // (A request may go out again with the next message, if half a window is still in
+        // flight.)
+        self.rel.asked = false;
         let before = self.rel.unacked.len();
         while self.rel.unacked.front().is_some_and(|s| s.seq <= cum) {
             let s = self.rel.unacked.pop_front().expect("checked");
@@ -1098,26 +1119,25 @@ impl Outbox {
                 if let Some(b) = self.pipe_bytes.as_mut() {
                     b.take(n as f64, now);
                 }
+                let head = ch.queue.front().expect("checked above");
+                let (total, reliable) = (head.payload.len(), head.reliable);
+                let mut asks = false;
+                if reliable && head.seq == 0 {
+                    // Numbered as it is first sent; from now on it is never dropped, and its
+                    // TTL no longer applies.
+                    let seq = number(&mut self.rel, ch, total);
+                    asks = ask(&mut self.rel, &self.config, ch);
+                    let head = ch.queue.front_mut().expect("checked above");
+                    head.seq = seq;
+                    if head.deadline.take().is_some() {
+                        ch.with_ttl -= 1;
+                    }
+                }
                 let head = ch.queue.front_mut().expect("checked above");
-                let total = head.payload.len();
                 let mut h = Header::data(channel, n as u32);
                 let mut deadline = None;
-                if head.reliable {
-                    if head.seq == 0 {
-                        // Numbered as it is first sent; from now on it is never dropped, and
-                        // its TTL no longer applies.
-                        head.seq = self.rel.next_seq;
-                        self.rel.next_seq += 1;
-                        self.rel.inflight_msgs += 1;
-                        self.rel.inflight_bytes += total;
-                        ch.inflight_msgs += 1;
-                        ch.inflight_bytes += total;
-                        if head.deadline.take().is_some() {
-                            ch.with_ttl -= 1;
-                        }
-                    }
-                    h.flags |= flags::RELIABLE;
-                    h.seq = crate::reliable::narrow(head.seq);
+                if reliable {
+                    mark_reliable(&mut h, head.seq, asks);
                 }
                 if first {
                     if let Some(d) = head.deadline.filter(|_| self.ttl_on_wire) {
@@ -1192,7 +1212,7 @@ impl Outbox {
                 return None;
             }
             let seq = number(&mut self.rel, ch, len);
-            mark_reliable(&mut h, seq);
+            mark_reliable(&mut h, seq, ask(&mut self.rel, &self.config, ch));
             let p = take_head(ch, class);
             self.msgs -= 1;
             self.bytes -= len;
@@ -1327,11 +1347,42 @@ fn window_room(rel: &RelSend, config: &QosConfig, ch: &Chan, len: usize) -> bool
     )
 }
 
-/// Marks `h` as the frame of the reliable message numbered `seq`.
+/// Marks `h` as the frame of the reliable message numbered `seq`, asking for an ack if
+/// `ask`.
 #[inline]
-fn mark_reliable(h: &mut Header, seq: u64) {
+fn mark_reliable(h: &mut Header, seq: u64, ask: bool) {
     h.flags |= flags::RELIABLE;
+    if ask {
+        h.flags |= flags::ACK_REQUEST;
+    }
     h.seq = crate::reliable::narrow(seq);
+}
+
+/// After a fresh reliable message was numbered on `ch`: whether its frame asks the peer for
+/// an ack. It does when the peer acks on request, no request is out since the last ack, and
+/// the pipe's window or the channel's (sized by `config` and `ch.cfg`) is half full, in
+/// messages or in bytes: the ack then comes while the other half is sent, and the sender
+/// never waits for the peer's delayed ack with a window full.
+#[inline]
+fn ask(rel: &mut RelSend, config: &QosConfig, ch: &Chan) -> bool {
+    if !rel.asks || rel.asked {
+        return false;
+    }
+    let half = |n: usize, b: usize, max_n: usize, max_b: usize| {
+        n >= max_n.max(2) / 2 || b >= max_b.max(2) / 2
+    };
+    rel.asked = half(
+        rel.inflight_msgs,
+        rel.inflight_bytes,
+        config.inflight_msgs,
+        config.inflight_bytes,
+    ) || half(
+        ch.inflight_msgs,
+        ch.inflight_bytes,
+        ch.cfg.inflight_msgs,
+        ch.cfg.inflight_bytes,
+    );
+    rel.asked
 }
 
 /// Numbers a fresh reliable message of `len` bytes on `ch` and counts it in both windows.
@@ -1443,7 +1494,7 @@ mod tests {
         };
         // Copies and handles mixed, in number order.
         for i in 1..=300u64 {
-            let seq = o.number_direct(1, payload(i).len()).expect("window room");
+            let (seq, _) = o.number_direct(1, payload(i).len()).expect("window room");
             assert_eq!(seq, i);
             if i % 7 == 0 {
                 o.record_direct(seq, 1, Bytes::from(payload(i)), now);
@@ -1491,7 +1542,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            let seq = o.number_direct(1, p.len()).expect("window room");
+            let (seq, _) = o.number_direct(1, p.len()).expect("window room");
             assert_eq!(seq, i as u64 + 1);
             o.record_direct(seq, 1, p, now);
         }

@@ -113,7 +113,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(5),
             heartbeat_interval: None,
             heartbeat_misses: 5,
-            capabilities: caps::TTL | caps::RELIABLE,
+            capabilities: caps::TTL | caps::RELIABLE | caps::ACK_REQUEST,
             instance_id: 0,
             session_id: 0,
             resume_session_id: 0,
@@ -250,6 +250,14 @@ impl DirectRun {
         }
     }
 
+    /// Marks the reliable frame header `dst` (written by [`DirectRun::write_header`]) as
+    /// asking the peer for an ack at once (`ACK_REQUEST`), as [`Session::number_direct`]
+    /// says.
+    #[inline]
+    pub fn ask_for_ack(dst: &mut [u8; HEADER_LEN]) {
+        dst[1] |= flags::ACK_REQUEST;
+    }
+
     /// The header of a `len`-byte message of a run that is not reliable, or `None` when it
     /// does not fit one frame (or the message limit), or the run is reliable:
     /// [`Session::send_direct`] then says what becomes of it. (A driver encoding frames
@@ -371,6 +379,10 @@ pub struct Session {
     ttl_agreed: bool,
     /// RELIABLE was agreed.
     rel_agreed: bool,
+    /// ACK_REQUEST was agreed (with RELIABLE): our reliable frames ask for acks when half a
+    /// window is in flight, and the peer's are acked when they ask (and less often
+    /// otherwise).
+    ack_requests: bool,
     /// What arrived of the peer's reliable messages (moves to the next session on resume).
     rx_rel: RecvState,
     /// Listener: WELCOME's `last_received_seq` (see `set_last_received_seq`).
@@ -517,6 +529,7 @@ impl Session {
             rx_frag_deadline: ChannelMap::default(),
             ttl_agreed: false,
             rel_agreed: false,
+            ack_requests: false,
             rx_rel: RecvState::default(),
             welcome_last_received: 0,
             adopt_pending: false,
@@ -724,16 +737,20 @@ impl Session {
         run: &DirectRun,
         len: usize,
     ) -> Option<([u8; HEADER_LEN], u64)> {
-        let seq = self.number_direct(run, len)?;
+        let (seq, ask) = self.number_direct(run, len)?;
         let mut h = [0; HEADER_LEN];
         run.write_header(len, seq, &mut h);
+        if ask {
+            DirectRun::ask_for_ack(&mut h);
+        }
         Some((h, seq))
     }
 
     /// [`Session::direct_reliable`] without the header: numbers the message and returns its
-    /// number, for a driver that writes the header in place ([`DirectRun::write_header`]).
+    /// number, and whether its frame asks the peer for an ack, for a driver that writes the
+    /// header in place ([`DirectRun::write_header`], then [`DirectRun::ask_for_ack`] if so).
     #[inline]
-    pub fn number_direct(&mut self, run: &DirectRun, len: usize) -> Option<u64> {
+    pub fn number_direct(&mut self, run: &DirectRun, len: usize) -> Option<(u64, bool)> {
         if !run.reliable || !run.fits(len) {
             return None;
         }
@@ -1670,6 +1687,9 @@ impl Session {
         self.last_recv = now;
         self.ttl_agreed = negotiated.capabilities & caps::TTL != 0;
         self.rel_agreed = negotiated.capabilities & caps::RELIABLE != 0;
+        self.ack_requests = self.rel_agreed && negotiated.capabilities & caps::ACK_REQUEST != 0;
+        self.rx_rel.set_on_request(self.ack_requests);
+        self.outbox.set_ack_requests(self.ack_requests);
         self.outbox.set_ttl_on_wire(self.ttl_agreed);
         self.negotiated = Some(negotiated);
         self.state = State::Established;
@@ -1768,6 +1788,9 @@ impl Session {
         if self.rel_agreed && h.has(flags::RELIABLE) {
             // Every fragment counts toward the next ack.
             self.rx_rel.owe(now);
+            if h.has(flags::ACK_REQUEST) && self.ack_requests {
+                self.rx_rel.ask();
+            }
         }
         if !cont {
             self.reassembly
@@ -1899,6 +1922,9 @@ impl Session {
             return Ok(true);
         }
         let fresh = self.rx_rel.arrive(h.seq, now)? == Arrival::New;
+        if h.has(flags::ACK_REQUEST) && self.ack_requests {
+            self.rx_rel.ask();
+        }
         if self.rx_rel.ack_now(now) {
             self.queue_ack();
         }

@@ -12,7 +12,7 @@ pub const MAGIC: [u8; 4] = *b"DUCT";
 /// Protocol major version spoken by this implementation. Peers with another major cannot talk.
 pub const VERSION_MAJOR: u8 = 1;
 /// Protocol minor version. A higher minor of the same major is compatible.
-pub const VERSION_MINOR: u8 = 2;
+pub const VERSION_MINOR: u8 = 3;
 /// Fixed part of a HELLO payload, before extensions.
 pub const HELLO_FIXED_LEN: usize = 48;
 /// Fixed part of a WELCOME payload, before extensions.
@@ -39,8 +39,12 @@ pub mod caps {
     /// Per-message time to live: DATA frames may carry `TTL_PRESENT` and the remaining
     /// milliseconds in `ttl_ms` (since 1.1).
     pub const TTL: u64 = 1 << 2;
+    /// Acks on request: a reliable sender sets `ACK_REQUEST` on the frame that fills half of
+    /// its window, and the receiver, which then acks at once, otherwise acks less often
+    /// (since 1.3; with RELIABLE).
+    pub const ACK_REQUEST: u64 = 1 << 3;
     /// Every capability this implementation can use today.
-    pub const SUPPORTED: u64 = RELIABLE | RESUME | TTL;
+    pub const SUPPORTED: u64 = RELIABLE | RESUME | TTL | ACK_REQUEST;
 }
 
 /// Codes carried by REJECT frames.

@@ -77,8 +77,12 @@ pub mod flags {
     pub const CONTINUATION: u8 = 0x08;
     /// `ttl_ms` carries the remaining time to live of the message.
     pub const TTL_PRESENT: u8 = 0x10;
+    /// On a reliable frame: the sender's reliable window is half full, acknowledge at once
+    /// (with capability `ACK_REQUEST`, since 1.3).
+    pub const ACK_REQUEST: u8 = 0x20;
     /// Every flag bit this version defines.
-    pub const KNOWN: u8 = RELIABLE | ACK_PRESENT | MORE_FRAGMENTS | CONTINUATION | TTL_PRESENT;
+    pub const KNOWN: u8 =
+        RELIABLE | ACK_PRESENT | MORE_FRAGMENTS | CONTINUATION | TTL_PRESENT | ACK_REQUEST;
 }
 
 /// A decoded frame header. Plain data: any combination of values can be encoded.

@@ -1389,15 +1389,21 @@ impl Conn {
             // framed from the caller's bytes; its payload is kept once, for retransmission.
             // Headers are written where the frame is encoded (`write_header`).
             let numbered = match (&direct, fast) {
-                (Some(_), Some(r)) if r.reliable() => {
-                    g.session.number_direct(&r, len).map(|seq| (r, seq))
-                }
+                (Some(_), Some(r)) if r.reliable() => g
+                    .session
+                    .number_direct(&r, len)
+                    .map(|(seq, ask)| (r, seq, ask)),
                 _ => None,
             };
             let queued = match (direct.as_mut(), numbered) {
                 (None, _) => Some(payload.into_bytes(&mut g.spill)),
-                (Some(w), Some((r, seq))) => {
-                    let head = |h: &mut [u8; HEADER_LEN]| r.write_header(len, seq, h);
+                (Some(w), Some((r, seq, ask))) => {
+                    let head = |h: &mut [u8; HEADER_LEN]| {
+                        r.write_header(len, seq, h);
+                        if ask {
+                            DirectRun::ask_for_ack(h);
+                        }
+                    };
                     if w.push_inline_with(payload.as_slice(), head)
                         || (P::COPIED && w.push_copy(payload.as_slice(), head))
                     {
@@ -1406,7 +1412,7 @@ impl Conn {
                         // (Large, or a frame transport: `push` keeps it whole.)
                         let payload = payload.into_bytes(&mut g.spill);
                         let mut header = [0; HEADER_LEN];
-                        r.write_header(len, seq, &mut header);
+                        head(&mut header);
                         w.push(Transmit {
                             header,
                             payload: payload.clone(),
