@@ -273,12 +273,12 @@ impl RelSend {
         }
     }
 
-    /// A numbered message of `len` bytes on `ch` was acknowledged.
-    fn settle(&mut self, ch: Option<&mut Chan>, len: usize) {
-        self.inflight_msgs -= 1;
+    /// `n` numbered messages of `len` bytes in all on `ch` were acknowledged.
+    fn settle(&mut self, ch: Option<&mut Chan>, n: usize, len: usize) {
+        self.inflight_msgs -= n;
         self.inflight_bytes -= len;
         if let Some(ch) = ch {
-            ch.inflight_msgs -= 1;
+            ch.inflight_msgs -= n;
             ch.inflight_bytes -= len;
         }
     }
@@ -781,10 +781,27 @@ impl Outbox {
         // flight.)
         self.rel.asked = false;
         let before = self.rel.unacked.len();
+        // Settled per run of one channel (a stream's thousands of records at once): the
+        // counters are written once per run, not once per record, each write waiting for
+        // the one before.
+        let mut run: Option<(u16, usize, usize)> = None;
         while self.rel.unacked.front().is_some_and(|s| s.seq <= cum) {
             let s = self.rel.unacked.pop_front().expect("checked");
-            self.rel
-                .settle(self.chans.get_mut(s.channel), s.payload.len());
+            let len = s.payload.len();
+            match &mut run {
+                Some((c, n, b)) if *c == s.channel => {
+                    *n += 1;
+                    *b += len;
+                }
+                _ => {
+                    if let Some((c, n, b)) = run.replace((s.channel, 1, len)) {
+                        self.rel.settle(self.chans.get_mut(c), n, b);
+                    }
+                }
+            }
+        }
+        if let Some((c, n, b)) = run {
+            self.rel.settle(self.chans.get_mut(c), n, b);
         }
         if self.rel.unacked.len() < before {
             self.rel.release_kept();
@@ -1033,7 +1050,7 @@ impl Outbox {
                         && head.seq <= self.rel.acked
                     {
                         let len = ch.remove_sent(0);
-                        self.rel.settle(Some(&mut *ch), len);
+                        self.rel.settle(Some(&mut *ch), 1, len);
                         self.msgs -= 1;
                         self.bytes -= len;
                     } else {
@@ -1481,6 +1498,60 @@ mod tests {
         let mut o = Outbox::new(config, now);
         assert_eq!(o.direct_allowed(1, None, None, now), Some(true));
         o
+    }
+
+    /// An ack settles runs of records channel by channel: the pipe's and every channel's
+    /// window count exactly what is still unacknowledged, however the channels interleave.
+    #[test]
+    fn acks_settle_interleaved_channels_window_by_window() {
+        let now = Instant::now();
+        let reliable = ChannelConfig {
+            reliable: true,
+            ..ChannelConfig::default()
+        };
+        let config = Arc::new(QosConfig {
+            channels: [
+                (1u16, reliable.clone()),
+                (2, reliable.clone()),
+                (3, reliable),
+            ]
+            .into_iter()
+            .collect(),
+            ..QosConfig::default()
+        });
+        let mut o = Outbox::new(config, now);
+        let order = [1u16, 1, 2, 1, 3, 3, 3, 2, 2, 1, 3, 1];
+        for (i, &c) in order.iter().enumerate() {
+            assert_eq!(o.direct_allowed(c, None, None, now), Some(true));
+            let len = 10 + i;
+            let (seq, _) = o.number_direct(c, len).expect("window room");
+            o.record_direct_copy(seq, c, &vec![i as u8; len], now);
+        }
+        // What each channel and the pipe hold after the first `k` are acknowledged.
+        let held = |k: usize| {
+            let mut per = std::collections::BTreeMap::new();
+            let (mut n, mut b) = (0, 0);
+            for (i, &c) in order.iter().enumerate().skip(k) {
+                let e = per.entry(c).or_insert((0usize, 0usize));
+                e.0 += 1;
+                e.1 += 10 + i;
+                n += 1;
+                b += 10 + i;
+            }
+            (per, (n, b))
+        };
+        for k in [0usize, 2, 5, 9, 12] {
+            if k > 0 {
+                o.on_ack(k as u32, &[], now).unwrap();
+            }
+            let (per, pipe) = held(k);
+            assert_eq!(o.inflight(), pipe, "after {k}");
+            for c in 1..=3u16 {
+                let ch = o.chans.get_mut(c).expect("a channel");
+                let want = per.get(&c).copied().unwrap_or((0, 0));
+                assert_eq!((ch.inflight_msgs, ch.inflight_bytes), want, "{c} after {k}");
+            }
+        }
     }
 
     #[test]
