@@ -1388,16 +1388,16 @@ impl Conn {
             // A reliable run's message is numbered here (when it fits both windows) and
             // framed from the caller's bytes; its payload is kept once, for retransmission.
             // Headers are written where the frame is encoded (`write_header`).
-            let numbered = match (&direct, fast) {
-                (Some(_), Some(r)) if r.reliable() => g
-                    .session
-                    .number_direct(&r, len)
-                    .map(|(seq, ask)| (r, seq, ask)),
+            // (The run is used where it is, never copied per message: a copy is put together
+            // field by field, and the header's wide load from it would wait for those stores.)
+            let numbered = match (&direct, &fast) {
+                (Some(_), Some(r)) if r.reliable() => g.session.number_direct(r, len),
                 _ => None,
             };
             let queued = match (direct.as_mut(), numbered) {
                 (None, _) => Some(payload.into_bytes(&mut g.spill)),
-                (Some(w), Some((r, seq, ask))) => {
+                (Some(w), Some((seq, ask))) => {
+                    let r = fast.as_ref().expect("numbered in a run");
                     let head = |h: &mut [u8; HEADER_LEN]| {
                         r.write_header(len, seq, h);
                         if ask {
@@ -1422,7 +1422,7 @@ impl Conn {
                     }
                     None
                 }
-                (Some(w), None) => match fast.filter(|r| !r.reliable() && r.fits(len)) {
+                (Some(w), None) => match fast.as_ref().filter(|r| !r.reliable() && r.fits(len)) {
                     Some(r) => {
                         let head = |h: &mut [u8; HEADER_LEN]| r.write_header(len, 0, h);
                         let framed = w.push_inline_with(payload.as_slice(), head)
