@@ -20,8 +20,9 @@ pub const MAX_OUT_OF_ORDER: usize = 65_536;
 pub const ACK_EVERY: u32 = 256;
 /// Frames received before an ACK goes out at once when the peer asks for acks
 /// (`ACK_REQUEST` agreed): it asks when half its window is in flight, so the receiver need
-/// not ack often on its own. A quarter of the reference sender's window (16384 messages).
-pub const ACK_EVERY_ON_REQUEST: u32 = 4096;
+/// not ack often on its own. Half the reference sender's window (16384 messages): where it
+/// asks anyway.
+pub const ACK_EVERY_ON_REQUEST: u32 = 8192;
 /// Longest wait before an ACK goes out.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 
