@@ -137,9 +137,14 @@ impl RecvState {
         self.on_request = on_request;
     }
 
-    /// The frame that just arrived asks for an ack (`ACK_REQUEST`): one goes at once.
-    pub fn ask(&mut self) {
-        self.asked = true;
+    /// A reliable frame with the header flags `frame_flags` arrived: if it asks for an ack
+    /// (`ACK_REQUEST`) and the peer was agreed to ask ([`RecvState::set_on_request`]), one
+    /// goes at once.
+    #[inline]
+    pub fn note_request(&mut self, frame_flags: u8) {
+        if self.on_request && frame_flags & crate::wire::flags::ACK_REQUEST != 0 {
+            self.asked = true;
+        }
     }
 
     /// Whether an ACK frame should go now: asked for, enough frames arrived since the last

@@ -379,10 +379,6 @@ pub struct Session {
     ttl_agreed: bool,
     /// RELIABLE was agreed.
     rel_agreed: bool,
-    /// ACK_REQUEST was agreed (with RELIABLE): our reliable frames ask for acks when half a
-    /// window is in flight, and the peer's are acked when they ask (and less often
-    /// otherwise).
-    ack_requests: bool,
     /// What arrived of the peer's reliable messages (moves to the next session on resume).
     rx_rel: RecvState,
     /// Listener: WELCOME's `last_received_seq` (see `set_last_received_seq`).
@@ -529,7 +525,6 @@ impl Session {
             rx_frag_deadline: ChannelMap::default(),
             ttl_agreed: false,
             rel_agreed: false,
-            ack_requests: false,
             rx_rel: RecvState::default(),
             welcome_last_received: 0,
             adopt_pending: false,
@@ -1687,9 +1682,11 @@ impl Session {
         self.last_recv = now;
         self.ttl_agreed = negotiated.capabilities & caps::TTL != 0;
         self.rel_agreed = negotiated.capabilities & caps::RELIABLE != 0;
-        self.ack_requests = self.rel_agreed && negotiated.capabilities & caps::ACK_REQUEST != 0;
-        self.rx_rel.set_on_request(self.ack_requests);
-        self.outbox.set_ack_requests(self.ack_requests);
+        // ACK_REQUEST (with RELIABLE): our reliable frames ask for acks when half a window is
+        // in flight, and the peer's are acked when they ask (and less often otherwise).
+        let ack_requests = self.rel_agreed && negotiated.capabilities & caps::ACK_REQUEST != 0;
+        self.rx_rel.set_on_request(ack_requests);
+        self.outbox.set_ack_requests(ack_requests);
         self.outbox.set_ttl_on_wire(self.ttl_agreed);
         self.negotiated = Some(negotiated);
         self.state = State::Established;
@@ -1788,9 +1785,7 @@ impl Session {
         if self.rel_agreed && h.has(flags::RELIABLE) {
             // Every fragment counts toward the next ack.
             self.rx_rel.owe(now);
-            if h.has(flags::ACK_REQUEST) && self.ack_requests {
-                self.rx_rel.ask();
-            }
+            self.rx_rel.note_request(h.flags);
         }
         if !cont {
             self.reassembly
@@ -1922,9 +1917,7 @@ impl Session {
             return Ok(true);
         }
         let fresh = self.rx_rel.arrive(h.seq, now)? == Arrival::New;
-        if h.has(flags::ACK_REQUEST) && self.ack_requests {
-            self.rx_rel.ask();
-        }
+        self.rx_rel.note_request(h.flags);
         if self.rx_rel.ack_now(now) {
             self.queue_ack();
         }

@@ -614,19 +614,15 @@ impl UringPoller {
     /// the list for the next round).
     fn flush(&mut self) -> bool {
         for own in [&mut self.waker_poll, &mut self.listeners_poll] {
-            if !own.arm(&mut self.ring) {
-                let _ = self.ring.submit();
-                if !own.arm(&mut self.ring) {
-                    return false;
-                }
+            if !with_room(&mut self.ring, |ring| own.arm(ring)) {
+                return false;
             }
         }
         while let Some(&removal) = self.removals_again.last() {
-            if !self.ring.push_cancel(removed_by(removal), removal) {
-                let _ = self.ring.submit();
-                if !self.ring.push_cancel(removed_by(removal), removal) {
-                    return false;
-                }
+            if !with_room(&mut self.ring, |ring| {
+                ring.push_cancel(removed_by(removal), removal)
+            }) {
+                return false;
             }
             self.removals_again.pop();
         }
@@ -875,6 +871,16 @@ impl UringPoller {
             });
         }
     }
+}
+
+/// Queues an entry with `push`; when the submission queue is full, hands it to the kernel
+/// and tries once more. `false`: still no room.
+fn with_room(ring: &mut Ring, mut push: impl FnMut(&mut Ring) -> bool) -> bool {
+    if push(ring) {
+        return true;
+    }
+    let _ = ring.submit();
+    push(ring)
 }
 
 /// Adds what the kernel's refusal means to its error: `EPERM` names the sysctl that may be
