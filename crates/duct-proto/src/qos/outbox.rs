@@ -193,7 +193,10 @@ impl KeepRing {
         let i = self.index(at);
         let first = (cap - i).min(bytes.len());
         self.buf[i..i + first].copy_from_slice(&bytes[..first]);
-        self.buf[..bytes.len() - first].copy_from_slice(&bytes[first..]);
+        if first < bytes.len() {
+            // (Wrapped: rare. Not a `memcpy` call of nothing for every message.)
+            self.buf[..bytes.len() - first].copy_from_slice(&bytes[first..]);
+        }
     }
 
     /// Where byte `at` of the stream is in `buf` (not empty): a mask, since the length is a
