@@ -183,7 +183,19 @@ pub struct Part<'a> {
 /// [`Part::tag`]'s bit for "the chunk has no other message queued".
 const LAST: u64 = 1 << 32;
 
-impl Part<'_> {
+impl<'a> Part<'a> {
+    /// The message at `range` of `chunk`, the chunk numbered `id`; `last`: no other message
+    /// of the chunk follows (the sink may take the chunk's own handle).
+    #[inline(always)]
+    pub(super) fn new(chunk: &'a mut Bytes, id: u32, last: bool, range: Range<usize>) -> Self {
+        Part {
+            chunk,
+            tag: u64::from(id) | if last { LAST } else { 0 },
+            start: range.start,
+            len: range.len(),
+        }
+    }
+
     /// The chunk's number: the same for every message of one chunk, while any of them is
     /// queued (numbers are reused after 2³² chunks).
     #[inline]
@@ -274,6 +286,24 @@ impl Inbox {
                 self.classes.insert(i, class);
                 i
             }
+        }
+    }
+
+    /// Nothing is queued, and no chunk kept: a message handed out now, without queueing,
+    /// overtakes none.
+    #[inline]
+    pub(super) fn is_idle(&self) -> bool {
+        self.len == 0 && self.pending == 0 && self.chunks.is_empty()
+    }
+
+    /// Messages of the chunk numbered `id` (what [`Inbox::next_chunk`] said) were handed out
+    /// without queueing: the number is used, and a later chunk gets another (a sink tells
+    /// chunks apart by their numbers). (A chunk added under that number already used it.)
+    #[inline]
+    pub(super) fn used_chunk_number(&mut self, id: u32) {
+        if self.next_chunk() == id {
+            debug_assert!(self.chunks.is_empty(), "handed out only while idle");
+            self.first_chunk = self.first_chunk.wrapping_add(1);
         }
     }
 

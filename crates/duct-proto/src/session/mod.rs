@@ -379,6 +379,9 @@ pub struct Session {
     ttl_agreed: bool,
     /// RELIABLE was agreed.
     rel_agreed: bool,
+    /// Every channel's received messages have the same priority (see
+    /// [`Session::handle_input_to`]).
+    one_rx_priority: bool,
     /// What arrived of the peer's reliable messages (moves to the next session on resume).
     rx_rel: RecvState,
     /// Listener: WELCOME's `last_received_seq` (see `set_last_received_seq`).
@@ -525,6 +528,11 @@ impl Session {
             rx_frag_deadline: ChannelMap::default(),
             ttl_agreed: false,
             rel_agreed: false,
+            one_rx_priority: config
+                .qos
+                .channels
+                .values()
+                .all(|c| c.priority == config.qos.default.priority),
             rx_rel: RecvState::default(),
             welcome_last_received: 0,
             adopt_pending: false,
@@ -851,6 +859,27 @@ impl Session {
     /// Feeds bytes from a stream transport: takes every whole frame off the front of `buf` and
     /// handles it; a partial frame stays in `buf` for the next call.
     pub fn handle_input(&mut self, buf: &mut BytesMut, now: Instant) -> Result<(), Error> {
+        self.handle_input_to(buf, now, 0, &mut |_: Received<'_>| {})
+            .map(|_| ())
+    }
+
+    /// [`Session::handle_input`] for an application that waits for up to `max` messages:
+    /// while nothing waits for it in the receive queue, whole messages that need nothing
+    /// more (plain or reliable DATA frames, no fragments, no time to live) go straight to
+    /// `sink` as [`Session::poll_received_at`] would hand them, without
+    /// being queued and taken again; returns how many. The first that cannot, and every
+    /// message after it (and after the `max`th), is queued as usual. Only on a pipe whose
+    /// channels all have the same receive priority: otherwise a message queued in the same
+    /// read would be handed out before those of lower priority ahead of it.
+    pub fn handle_input_to(
+        &mut self,
+        buf: &mut BytesMut,
+        now: Instant,
+        max: usize,
+        sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+    ) -> Result<usize, Error> {
+        let mut left = if self.one_rx_priority { max } else { 0 };
+        let offered = left;
         // Bytes arrived: the peer is alive, whatever they turn out to be.
         self.last_recv = now;
         self.tick(now);
@@ -860,7 +889,7 @@ impl Session {
                 // shared buffer for all of them instead of two per frame.
                 let run = self.deframer.data_run(buf);
                 if run > 0 {
-                    self.handle_data_run(buf.split_to(run).freeze(), now)?;
+                    self.handle_data_run(buf.split_to(run).freeze(), now, &mut left, sink)?;
                     continue;
                 }
             }
@@ -893,7 +922,7 @@ impl Session {
                 Err(e) => return Err(self.fail(e.into())),
             }
         }
-        Ok(())
+        Ok(offered - left)
     }
 
     /// Handles `run`, whole DATA frames (see [`Deframer::data_run`]) that arrived while
@@ -902,11 +931,23 @@ impl Session {
     /// channel (done before anything else may look at it: before another frame goes the
     /// general way, and before returning). Frames not handled when an error ends the session
     /// are dropped with it.
-    fn handle_data_run(&mut self, run: Bytes, now: Instant) -> Result<(), Error> {
+    ///
+    /// While the receive queue is empty, up to `left` such messages go to `sink` instead
+    /// (see [`Session::handle_input_to`]), counted off `left`, until one cannot.
+    fn handle_data_run(
+        &mut self,
+        mut run: Bytes,
+        now: Instant,
+        left: &mut usize,
+        sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+    ) -> Result<(), Error> {
         let mut acct = RxRun::default();
         let mut result = Ok(());
         // Whole messages are queued as places in `run` (see `inbox`), added as a chunk at
-        // the end.
+        // the end; those handed out at once are places in it too, under the same number.
+        let id = self.messages.next_chunk();
+        let mut direct = *left > 0 && self.messages.is_idle();
+        let mut handed = false;
         let mut pos = 0;
         while run.len() - pos >= HEADER_LEN {
             // Plain data (no flag: unreliable, whole, no TTL, no ack) needs only these fields
@@ -926,6 +967,15 @@ impl Session {
                 && !self.reassembly.in_progress(channel)
             {
                 pos = body.end;
+                if direct {
+                    handed = true;
+                    let last = pos == run.len();
+                    direct = hand_direct(&mut run, id, last, channel, body, left, sink);
+                    if last {
+                        break; // (`sink` may have taken `run`)
+                    }
+                    continue;
+                }
                 self.queue_part(&mut acct, channel, &run, body);
                 continue;
             }
@@ -951,6 +1001,14 @@ impl Session {
                 // A whole reliable message: it owes an ack, a deadline.
                 self.input_timers = true;
                 match self.arrived(&header, now) {
+                    Ok(true) if direct => {
+                        handed = true;
+                        let last = pos == run.len();
+                        direct = hand_direct(&mut run, id, last, channel, body, left, sink);
+                        if last {
+                            break; // (`sink` may have taken `run`)
+                        }
+                    }
                     Ok(true) => self.queue_part(&mut acct, channel, &run, body),
                     Ok(false) => {} // a duplicate
                     Err(e) => {
@@ -961,6 +1019,8 @@ impl Session {
                 continue;
             }
             self.rx_account(&mut acct);
+            // (The general way may queue a message: none may overtake it.)
+            direct = false;
             if let Err(e) = self.handle_frame(header, run.slice(body), now) {
                 result = Err(e);
                 break;
@@ -969,6 +1029,10 @@ impl Session {
         self.rx_account(&mut acct);
         // (Nothing took a message off the inbox meanwhile: the parts are still queued.)
         self.messages.add_chunk(run);
+        if handed {
+            // The number named the chunk for the sink: the next chunk gets another.
+            self.messages.used_chunk_number(id);
+        }
         result
     }
 
@@ -2131,6 +2195,26 @@ impl Session {
         self.control_bytes += t.wire_len();
         self.control.push_back(t);
     }
+}
+
+/// Hands the whole message at `body` of `run` (the chunk numbered `id`; `last`: its last
+/// frame) to `sink`, counted off `left`; whether the next may go the same way.
+#[inline(always)]
+fn hand_direct(
+    run: &mut Bytes,
+    id: u32,
+    last: bool,
+    channel: u16,
+    body: std::ops::Range<usize>,
+    left: &mut usize,
+    sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+) -> bool {
+    *left -= 1;
+    sink(Received {
+        channel,
+        payload: Payload::Part(Part::new(run, id, last, body)),
+    });
+    *left > 0
 }
 
 /// Sets `flag` to `now`, keeping `count` (of flags set) in step.

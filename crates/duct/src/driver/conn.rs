@@ -1774,8 +1774,10 @@ impl Conn {
         // until it is empty, so that the reactor's edge-triggered readiness sees what comes
         // next).
         let mut more = false;
+        // Messages the last read handed over at once (see `absorb_to`).
+        let mut handed = 0;
         loop {
-            let mut n = 0;
+            let mut n = std::mem::take(&mut handed);
             let mut take = Take {
                 run: Run::default(),
                 runs: std::mem::take(&mut g.runs),
@@ -1890,7 +1892,24 @@ impl Conn {
             g = self.lock();
             let found = !matches!(&res, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
             g.empty_at = (!found).then_some(events);
-            more = self.absorb(&mut g, &mut r, res);
+            // What the read brought is handed to the caller at once where it may be (nothing
+            // was queued for it: it would otherwise be queued now and taken at the loop's
+            // next turn).
+            let mut take = Take {
+                run: Run::default(),
+                runs: std::mem::take(&mut g.runs),
+                span: &self.span,
+                sink: &mut *sink,
+            };
+            let (m, got) = self.absorb_to(&mut g, &mut r, res, max, &mut |rc| take.take(rc));
+            more = m;
+            handed = got;
+            let mut runs = take.runs;
+            for r in runs.drain(..) {
+                g.count_received(r);
+            }
+            g.runs = runs;
+            g.count_received(take.run);
             g.rbuf = Some(r);
             g.reading = false;
             if found {
@@ -1992,7 +2011,22 @@ impl Conn {
     /// Feeds the result of a read to the session. Returns whether the transport may have
     /// more (the read neither failed nor found it empty).
     fn absorb(&self, g: &mut Shared, r: &mut ReadBuf, res: io::Result<usize>) -> bool {
-        match res {
+        self.absorb_to(g, r, res, 0, &mut |_: Received<'_>| {}).0
+    }
+
+    /// [`Conn::absorb`] for a caller that waits for up to `max` messages, with nothing
+    /// queued for it: messages the session may hand out at once go to `sink` (see
+    /// `Session::handle_input_to`). Returns whether to read on, and how many went to `sink`.
+    fn absorb_to(
+        &self,
+        g: &mut Shared,
+        r: &mut ReadBuf,
+        res: io::Result<usize>,
+        max: usize,
+        sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+    ) -> (bool, usize) {
+        let mut handed = 0;
+        let more = match res {
             Ok(0) => {
                 self.on_eof(g);
                 false
@@ -2003,9 +2037,12 @@ impl Conn {
                     // ever name this session again.
                     g.resume_ids = vec![g.session.session_id()];
                 }
-                if let Err(e) = r.feed_with(&mut g.session, None) {
-                    let err = proto_error(e, &self.who);
-                    self.end(g, err, PipeState::Closed);
+                match r.feed_to(&mut g.session, None, max, sink) {
+                    Ok(n) => handed = n,
+                    Err(e) => {
+                        let err = proto_error(e, &self.who);
+                        self.end(g, err, PipeState::Closed);
+                    }
                 }
                 self.drain_events(g);
                 if g.session.take_input_timers() {
@@ -2018,7 +2055,8 @@ impl Conn {
                 self.fail_transport(g, e);
                 false
             }
-        }
+        };
+        (more, handed)
     }
 
     /// The reactor reads ahead: until the socket is empty, the pipe ends, or the receive

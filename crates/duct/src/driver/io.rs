@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use duct_proto::wire::HEADER_LEN;
-use duct_proto::Transmit;
+use duct_proto::{Received, Transmit};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fd::BorrowedFd;
 
@@ -121,8 +121,22 @@ impl ReadBuf {
     pub(crate) fn feed_with(
         &mut self,
         session: &mut duct_proto::Session,
-        mut now: Option<Instant>,
+        now: Option<Instant>,
     ) -> Result<(), duct_proto::Error> {
+        self.feed_to(session, now, 0, &mut |_: Received<'_>| {})
+            .map(|_| ())
+    }
+
+    /// [`ReadBuf::feed_with`] for a caller that waits for up to `max` messages: from a
+    /// stream, those the session may hand out at once go to `sink` (see
+    /// `Session::handle_input_to`); returns how many.
+    pub(crate) fn feed_to(
+        &mut self,
+        session: &mut duct_proto::Session,
+        mut now: Option<Instant>,
+        max: usize,
+        sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+    ) -> Result<usize, duct_proto::Error> {
         let mut time = || *now.get_or_insert_with(Instant::now);
         while let Some(f) = self.frames.pop_front() {
             let res = if session.frame_is_timeless(&f.header) {
@@ -136,9 +150,9 @@ impl ReadBuf {
             }
         }
         if self.data.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        session.handle_input(&mut self.data, time())
+        session.handle_input_to(&mut self.data, time(), max, sink)
     }
 
     /// Bytes (or frames) received and not yet handed to the session.
