@@ -1016,9 +1016,24 @@ impl Harness {
                 p.ends.pop_front();
                 frames_in += 1;
             }
-            let r = p.s.handle_input(&mut p.inbuf, now);
+            // An application may be waiting for up to `take` messages (0: none is): those
+            // the session hands it at once are checked like messages it takes.
+            let take = (calls + chunk) % 4;
+            let mut handed = Vec::new();
+            let r = p
+                .s
+                .handle_input_to(&mut p.inbuf, now, take, &mut |m| {
+                    handed.push(m.into_delivered())
+                })
+                .map(|n| {
+                    assert_eq!(n, handed.len());
+                    assert!(n <= take, "{n} handed over to a caller waiting for {take}");
+                });
             let failed = r.is_err();
             self.after_call(t, r);
+            for d in handed {
+                self.check_delivered(t, d.channel, &d.payload);
+            }
             let p = &mut self.peers[t];
             if !failed && p.s.state() != State::Closed {
                 // A whole frame is never left unread.
