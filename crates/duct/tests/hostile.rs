@@ -356,3 +356,42 @@ fn handshake_flood_is_bounded() {
         );
     }
 }
+
+/// Messages that came in the same read as bad input, before it, reach the application: a
+/// caller waiting in `recv_into` (whose read hands whole messages straight into its batch)
+/// gets them, and the error at its next call.
+#[test]
+fn messages_read_before_bad_input_are_received_before_the_error() {
+    let listener = duct::listen("tcp://127.0.0.1:0", ListenOptions::default()).unwrap();
+    let addr = listener.local_addr().to_string();
+    let mut raw = RawPeer::dial(&addr);
+    raw.handshake();
+    let pipe = listener.accept().unwrap();
+    let receiver = thread::spawn(move || {
+        let mut batch = duct::MessageBatch::new();
+        let opts = duct::RecvOptions::default().timeout(Duration::from_secs(10));
+        let first = pipe.recv_into(&mut batch, 100, &opts);
+        let got: Vec<Vec<u8>> = batch.iter().map(|m| m.payload().to_vec()).collect();
+        let next = pipe.recv_into(&mut batch, 100, &opts);
+        (
+            first.map_err(|e| e.to_string()),
+            got,
+            next.map_err(|e| e.kind()),
+        )
+    });
+    // The receiver is waiting (and reading) when the bytes come, all in one write.
+    thread::sleep(Duration::from_millis(200));
+    let mut bytes = Vec::new();
+    for i in 0..3u8 {
+        let mut h = Header::data(0, 4);
+        h.payload_len = 4;
+        bytes.extend_from_slice(&h.encode());
+        bytes.extend_from_slice(&[i; 4]);
+    }
+    bytes.extend_from_slice(&[0xFF; 24]); // no such frame kind
+    raw.stream.write_all(&bytes).unwrap();
+    let (first, got, next) = receiver.join().unwrap();
+    assert_eq!(first, Ok(3));
+    assert_eq!(got, [vec![0u8; 4], vec![1; 4], vec![2; 4]]);
+    assert_eq!(next.map(|_| ()), Err(ErrorKind::Protocol));
+}

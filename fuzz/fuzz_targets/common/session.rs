@@ -1020,9 +1020,8 @@ impl Harness {
             // the session hands it at once are checked like messages it takes.
             let take = (calls + chunk) % 4;
             let mut handed = Vec::new();
-            let r = p
-                .s
-                .handle_input_to(&mut p.inbuf, now, take, &mut |m| {
+            let r =
+                p.s.handle_input_to(&mut p.inbuf, now, take, &mut |m| {
                     handed.push(m.into_delivered())
                 })
                 .map(|n| {

@@ -870,7 +870,9 @@ impl Session {
     /// being queued and taken again; returns how many. The first that cannot, and every
     /// message after it (and after the `max`th), is queued as usual. Only on a pipe whose
     /// channels all have the same receive priority: otherwise a message queued in the same
-    /// read would be handed out before those of lower priority ahead of it.
+    /// read would be handed out before those of lower priority ahead of it. Messages handed
+    /// out before an error (bad input further on) stay handed out: the caller has them, as
+    /// it would have them queued.
     pub fn handle_input_to(
         &mut self,
         buf: &mut BytesMut,

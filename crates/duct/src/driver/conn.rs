@@ -1901,9 +1901,11 @@ impl Conn {
                 span: &self.span,
                 sink: &mut *sink,
             };
-            let (m, got) = self.absorb_to(&mut g, &mut r, res, max, &mut |rc| take.take(rc));
-            more = m;
-            handed = got;
+            // (Counted as they go: a failure later in the same input keeps them handed.)
+            more = self.absorb_to(&mut g, &mut r, res, max, &mut |rc| {
+                handed += 1;
+                take.take(rc);
+            });
             let mut runs = take.runs;
             for r in runs.drain(..) {
                 g.count_received(r);
@@ -2011,12 +2013,13 @@ impl Conn {
     /// Feeds the result of a read to the session. Returns whether the transport may have
     /// more (the read neither failed nor found it empty).
     fn absorb(&self, g: &mut Shared, r: &mut ReadBuf, res: io::Result<usize>) -> bool {
-        self.absorb_to(g, r, res, 0, &mut |_: Received<'_>| {}).0
+        self.absorb_to(g, r, res, 0, &mut |_: Received<'_>| {})
     }
 
     /// [`Conn::absorb`] for a caller that waits for up to `max` messages, with nothing
     /// queued for it: messages the session may hand out at once go to `sink` (see
-    /// `Session::handle_input_to`). Returns whether to read on, and how many went to `sink`.
+    /// `Session::handle_input_to`; those handed before a failure of the input stay handed).
+    /// Returns whether to read on.
     fn absorb_to(
         &self,
         g: &mut Shared,
@@ -2024,9 +2027,8 @@ impl Conn {
         res: io::Result<usize>,
         max: usize,
         sink: &mut (impl FnMut(Received<'_>) + ?Sized),
-    ) -> (bool, usize) {
-        let mut handed = 0;
-        let more = match res {
+    ) -> bool {
+        match res {
             Ok(0) => {
                 self.on_eof(g);
                 false
@@ -2037,12 +2039,9 @@ impl Conn {
                     // ever name this session again.
                     g.resume_ids = vec![g.session.session_id()];
                 }
-                match r.feed_to(&mut g.session, None, max, sink) {
-                    Ok(n) => handed = n,
-                    Err(e) => {
-                        let err = proto_error(e, &self.who);
-                        self.end(g, err, PipeState::Closed);
-                    }
+                if let Err(e) = r.feed_to(&mut g.session, None, max, sink) {
+                    let err = proto_error(e, &self.who);
+                    self.end(g, err, PipeState::Closed);
                 }
                 self.drain_events(g);
                 if g.session.take_input_timers() {
@@ -2055,8 +2054,7 @@ impl Conn {
                 self.fail_transport(g, e);
                 false
             }
-        };
-        (more, handed)
+        }
     }
 
     /// The reactor reads ahead: until the socket is empty, the pipe ends, or the receive
