@@ -1702,10 +1702,11 @@ mod tests {
     /// Runs of records behave exactly as one record per message would: random batches on two
     /// channels, of equal or mixed lengths, copies and handles, cumulative and selective acks
     /// (cutting runs anywhere) and timeouts, against a model that keeps every message on its
-    /// own. The windows, the count of unacknowledged messages and what a timeout sends again
-    /// (numbers and bytes) agree after every step.
+    /// own, and new connections (resumed or not). The windows, the count of unacknowledged
+    /// messages and what a timeout or a new connection sends again (numbers and bytes) agree
+    /// after every step.
     #[test]
-    fn runs_of_records_ack_sack_and_retransmit_as_single_messages_would() {
+    fn runs_of_records_ack_sack_retransmit_and_resume_as_single_messages_would() {
         use std::collections::BTreeMap;
         let reliable = ChannelConfig {
             reliable: true,
@@ -1771,8 +1772,40 @@ mod tests {
                         assert_eq!(progress, model.len() < before, "seed {seed} step {step}");
                     }
                     7 => now += Duration::from_millis(rng.u64(0..3)),
+                    9 if rng.bool() => {
+                        // A new connection on which the peer starts afresh: every message
+                        // unacknowledged (selectively acked or not) goes again as a new one,
+                        // numbered from 1 in the order they are sent.
+                        let n = o.resume(0, false, now).unwrap();
+                        assert_eq!(n, model.len(), "seed {seed} step {step}");
+                        let mut again = Vec::new();
+                        while let Some(t) = o.poll(now, 1 << 20) {
+                            let h = crate::wire::Header::decode(&t.header).unwrap();
+                            again.push((u64::from(h.seq), h.channel, t.payload.to_vec()));
+                        }
+                        let seqs: Vec<u64> = again.iter().map(|a| a.0).collect();
+                        assert_eq!(seqs, (1..=model.len() as u64).collect::<Vec<_>>());
+                        for c in 1..=2u16 {
+                            let got = again.iter().filter(|a| a.1 == c).map(|a| &a.2);
+                            let want = model.values().filter(|m| m.0 == c).map(|m| &m.1);
+                            assert!(got.eq(want), "seed {seed} step {step} channel {c}");
+                        }
+                        model = again
+                            .into_iter()
+                            .map(|(s, c, p)| (s, (c, p, false, now)))
+                            .collect();
+                    }
                     _ => {
-                        o.retransmit(now);
+                        if rng.bool() {
+                            o.retransmit(now);
+                        } else {
+                            // A new connection on which the peer resumed the session, having
+                            // every message up to `cum`: the others go again, with their
+                            // numbers, but those it acked selectively.
+                            let cum = rng.u64(o.rel.acked..o.next_seq());
+                            model.retain(|&s, _| s > cum);
+                            o.resume(cum as u32, true, now).unwrap();
+                        }
                         let mut again = Vec::new();
                         while let Some(t) = o.poll(now, 1 << 20) {
                             let h = crate::wire::Header::decode(&t.header).unwrap();
@@ -1811,6 +1844,18 @@ mod tests {
                     .iter()
                     .zip(recs.iter().skip(1))
                     .all(|(a, b)| a.last() < b.seq));
+            }
+            // The pipe ends: every unacknowledged message is counted lost on its channel.
+            o.take_counts(&mut |_, _| {});
+            o.clear();
+            let mut lost = BTreeMap::new();
+            o.take_counts(&mut |c, counts| {
+                lost.insert(c, counts.lost);
+            });
+            for c in 1..=2u16 {
+                let want = model.values().filter(|m| m.0 == c).count() as u64;
+                let got = lost.get(&c).copied().unwrap_or(0);
+                assert_eq!(got, want, "seed {seed}: lost on channel {c}");
             }
         }
     }
