@@ -93,7 +93,7 @@ impl Sent {
         let k = (seq - self.seq) as u32;
         let payload = match self.payload {
             Kept::Ring { at, len } => Kept::Ring {
-                at: at + u64::from(k) * len as u64,
+                at: nth_copy(at, len, k),
                 len,
             },
             Kept::Bytes(_) => unreachable!("a record by handle holds one message"),
@@ -122,7 +122,7 @@ impl Sent {
                 len: each,
             } => {
                 self.seq + u64::from(self.n) == seq
-                    && first + u64::from(self.n) * each as u64 == at
+                    && nth_copy(first, each, self.n) == at
                     && each == len
                     && self.channel == channel
                     && !self.sacked
@@ -132,6 +132,13 @@ impl Sent {
             Kept::Bytes(_) => false,
         }
     }
+}
+
+/// Where in the keep ring message `k` of a run whose first copy is at `first`, each `len`
+/// bytes long, has its copy.
+#[inline]
+fn nth_copy(first: u64, len: usize, k: u32) -> u64 {
+    first + u64::from(k) * len as u64
 }
 
 /// Where a sent reliable message's payload is kept until it is acknowledged.
@@ -369,7 +376,7 @@ impl RelSend {
     fn take_payload(&self, kept: &Kept, i: u32) -> Bytes {
         match kept {
             Kept::Bytes(b) => b.clone(),
-            Kept::Ring { at, len } => self.ring.get(at + u64::from(i) * *len as u64, *len),
+            Kept::Ring { at, len } => self.ring.get(nth_copy(*at, *len, i), *len),
         }
     }
 

@@ -948,8 +948,8 @@ impl Session {
         // Whole messages are queued as places in `run` (see `inbox`), added as a chunk at
         // the end; those handed out at once are places in it too, under the same number.
         let id = self.messages.next_chunk();
+        let offered = *left;
         let mut direct = *left > 0 && self.messages.is_idle();
-        let mut handed = false;
         let mut pos = 0;
         while run.len() - pos >= HEADER_LEN {
             // Plain data (no flag: unreliable, whole, no TTL, no ack) needs only these fields
@@ -964,74 +964,59 @@ impl Session {
                 break;
             }
             let body = pos + HEADER_LEN..pos + HEADER_LEN + len;
-            if plain
-                && len <= self.config.max_message_size as usize
-                && !self.reassembly.in_progress(channel)
-            {
+            let whole = len <= self.config.max_message_size as usize
+                && !self.reassembly.in_progress(channel);
+            if !(plain && whole) {
+                let header = match Header::decode(&run[pos..]) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        // (Not reached: the deframer checked the kind.)
+                        result = Err(self.fail(e.into()));
+                        break;
+                    }
+                };
                 pos = body.end;
-                if direct {
-                    handed = true;
-                    let last = pos == run.len();
-                    direct = hand_direct(&mut run, id, last, channel, body, left, sink);
-                    if last {
-                        break; // (`sink` may have taken `run`)
+                const NOT_WHOLE: u8 = flags::MORE_FRAGMENTS
+                    | flags::CONTINUATION
+                    | flags::TTL_PRESENT
+                    | flags::ACK_PRESENT;
+                if !(whole && self.rel_agreed && header.flags & NOT_WHOLE == 0) {
+                    self.rx_account(&mut acct);
+                    // (The general way may queue a message: none may overtake it.)
+                    direct = false;
+                    if let Err(e) = self.handle_frame(header, run.slice(body), now) {
+                        result = Err(e);
+                        break;
                     }
                     continue;
                 }
-                self.queue_part(&mut acct, channel, &run, body);
-                continue;
-            }
-            let header = match Header::decode(&run[pos..]) {
-                Ok(h) => h,
-                Err(e) => {
-                    // (Not reached: the deframer checked the kind.)
-                    result = Err(self.fail(e.into()));
-                    break;
-                }
-            };
-            pos = body.end;
-            if header.flags
-                & (flags::MORE_FRAGMENTS
-                    | flags::CONTINUATION
-                    | flags::TTL_PRESENT
-                    | flags::ACK_PRESENT)
-                == 0
-                && self.rel_agreed
-                && len <= self.config.max_message_size as usize
-                && !self.reassembly.in_progress(channel)
-            {
                 // A whole reliable message: it owes an ack, a deadline.
                 self.input_timers = true;
                 match self.arrived(&header, now) {
-                    Ok(true) if direct => {
-                        handed = true;
-                        let last = pos == run.len();
-                        direct = hand_direct(&mut run, id, last, channel, body, left, sink);
-                        if last {
-                            break; // (`sink` may have taken `run`)
-                        }
-                    }
-                    Ok(true) => self.queue_part(&mut acct, channel, &run, body),
-                    Ok(false) => {} // a duplicate
+                    Ok(true) => {}
+                    Ok(false) => continue, // a duplicate
                     Err(e) => {
                         result = Err(self.fail(e));
                         break;
                     }
                 }
+            }
+            pos = body.end;
+            // A whole message, plain or reliable and new: to the waiting caller, or queued.
+            if !direct {
+                self.queue_part(&mut acct, channel, &run, body);
                 continue;
             }
-            self.rx_account(&mut acct);
-            // (The general way may queue a message: none may overtake it.)
-            direct = false;
-            if let Err(e) = self.handle_frame(header, run.slice(body), now) {
-                result = Err(e);
-                break;
+            let last = pos == run.len();
+            direct = hand_direct(&mut run, id, last, channel, body, left, sink);
+            if last {
+                break; // (`sink` may have taken `run`)
             }
         }
         self.rx_account(&mut acct);
         // (Nothing took a message off the inbox meanwhile: the parts are still queued.)
         self.messages.add_chunk(run);
-        if handed {
+        if *left < offered {
             // The number named the chunk for the sink: the next chunk gets another.
             self.messages.used_chunk_number(id);
         }

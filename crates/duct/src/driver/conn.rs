@@ -500,7 +500,30 @@ struct Take<'a, S: ?Sized> {
     sink: &'a mut S,
 }
 
-impl<S: Sink + ?Sized> Take<'_, S> {
+impl<'a, S: Sink + ?Sized> Take<'a, S> {
+    /// Takes messages for `sink`, counting them in runs kept in the pipe's `Vec` (lent for
+    /// the call: no allocation once it has grown); [`Take::count_into`] hands the counts back.
+    #[inline]
+    fn new(g: &mut Shared, span: &'a tracing::Span, sink: &'a mut S) -> Self {
+        Take {
+            run: Run::default(),
+            runs: std::mem::take(&mut g.runs),
+            span,
+            sink,
+        }
+    }
+
+    /// Counts what was taken in the pipe's stats, and gives its `Vec` back.
+    #[inline]
+    fn count_into(self, g: &mut Shared) {
+        let mut runs = self.runs;
+        for r in runs.drain(..) {
+            g.count_received(r);
+        }
+        g.runs = runs;
+        g.count_received(self.run);
+    }
+
     /// Traces and counts a message of `len` bytes on `channel`.
     #[inline(always)]
     fn count(&mut self, channel: u16, len: usize) {
@@ -1778,12 +1801,7 @@ impl Conn {
         let mut handed = 0;
         loop {
             let mut n = std::mem::take(&mut handed);
-            let mut take = Take {
-                run: Run::default(),
-                runs: std::mem::take(&mut g.runs),
-                span: &self.span,
-                sink: &mut *sink,
-            };
+            let mut take = Take::new(&mut g, &self.span, &mut *sink);
             while n < max {
                 // Messages received on an earlier connection first.
                 let Some(d) = g.carry.pop_front() else {
@@ -1804,12 +1822,7 @@ impl Conn {
                     .session
                     .poll_received_at(now, max - n, &mut |r| take.take(r));
             }
-            let mut runs = take.runs;
-            for r in runs.drain(..) {
-                g.count_received(r);
-            }
-            g.runs = runs;
-            g.count_received(take.run);
+            take.count_into(&mut g);
             if n > 0 {
                 if g.session.receive_paused() && g.session.recv_low() {
                     // Room again: let the reactor read ahead once the caller is idle.
@@ -1895,23 +1908,13 @@ impl Conn {
             // What the read brought is handed to the caller at once where it may be (nothing
             // was queued for it: it would otherwise be queued now and taken at the loop's
             // next turn).
-            let mut take = Take {
-                run: Run::default(),
-                runs: std::mem::take(&mut g.runs),
-                span: &self.span,
-                sink: &mut *sink,
-            };
+            let mut take = Take::new(&mut g, &self.span, &mut *sink);
             // (Counted as they go: a failure later in the same input keeps them handed.)
             more = self.absorb_to(&mut g, &mut r, res, max, &mut |rc| {
                 handed += 1;
                 take.take(rc);
             });
-            let mut runs = take.runs;
-            for r in runs.drain(..) {
-                g.count_received(r);
-            }
-            g.runs = runs;
-            g.count_received(take.run);
+            take.count_into(&mut g);
             g.rbuf = Some(r);
             g.reading = false;
             if found {

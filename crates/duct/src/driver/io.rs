@@ -124,19 +124,18 @@ impl ReadBuf {
         now: Option<Instant>,
     ) -> Result<(), duct_proto::Error> {
         self.feed_to(session, now, 0, &mut |_: Received<'_>| {})
-            .map(|_| ())
     }
 
     /// [`ReadBuf::feed_with`] for a caller that waits for up to `max` messages: from a
     /// stream, those the session may hand out at once go to `sink` (see
-    /// `Session::handle_input_to`); returns how many.
+    /// `Session::handle_input_to`).
     pub(crate) fn feed_to(
         &mut self,
         session: &mut duct_proto::Session,
         mut now: Option<Instant>,
         max: usize,
         sink: &mut (impl FnMut(Received<'_>) + ?Sized),
-    ) -> Result<usize, duct_proto::Error> {
+    ) -> Result<(), duct_proto::Error> {
         let mut time = || *now.get_or_insert_with(Instant::now);
         while let Some(f) = self.frames.pop_front() {
             let res = if session.frame_is_timeless(&f.header) {
@@ -150,9 +149,10 @@ impl ReadBuf {
             }
         }
         if self.data.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
-        session.handle_input_to(&mut self.data, time(), max, sink)
+        session.handle_input_to(&mut self.data, time(), max, sink)?;
+        Ok(())
     }
 
     /// Bytes (or frames) received and not yet handed to the session.
