@@ -403,9 +403,12 @@ impl Pipe {
     /// [`Pipe::send_with`] would send it as a [`Message`]. The caller keeps its buffer (a
     /// scratch buffer it serializes into, say): duct copies the bytes into its write buffer
     /// as it frames them, so a small message costs no allocation and no reference count. A
-    /// message that has to wait in its channel's queue (the socket is full, others are queued
-    /// before it, the channel is reliable, has a time to live or a rate limit) is copied into
-    /// bytes of its own; small ones share a reused buffer.
+    /// large one (over 512 bytes, one frame) that brings the write buffer to about one
+    /// `sendmsg`'s worth (64 KiB) is written at once with what is buffered, straight from
+    /// `payload` (as a `BufWriter` writes a large buffer), and copied only if the socket did
+    /// not take all of it. A message that has to wait in its channel's queue (the socket is
+    /// full, others are queued before it, the channel is reliable, has a time to live or a
+    /// rate limit) is copied into bytes of its own; small ones share a reused buffer.
     ///
     /// ```no_run
     /// # fn main() -> duct::Result<()> {

@@ -1524,6 +1524,87 @@ fn slices_wait_in_full_queues_intact(f: &Fixture) {
     assert_eq!(sent.msgs_sent, u64::from(N), "{sent:?}");
 }
 
+/// Large slices (513 B to one whole frame, with small ones between) sent in runs from one
+/// scratch buffer, rewritten after every call, while the reader stops now and then: on a
+/// byte stream a large one is written straight from the caller's memory when the socket has
+/// room, and copied only when it has not (or not for all of it). Every message arrives
+/// intact and in order, whatever the socket took.
+fn large_slices_arrive_intact_while_the_socket_fills(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    const N: u32 = 1500;
+    let payload = |i: u32| {
+        let len = match i % 11 {
+            0 | 5 => 12,
+            3 => 64 * KIB - 4, // with its number: one whole frame
+            _ => 509 + (i as usize * 7919) % (60 * KIB),
+        };
+        let mut p = i.to_be_bytes().to_vec();
+        p.extend(pattern(len, i));
+        p
+    };
+    let (got, sender_done_first) = thread::scope(|s| {
+        let sender = s.spawn(|| {
+            let on = SendOptions::default().timeout(T);
+            let mut scratch = Vec::new();
+            let mut i = 0;
+            while i < N {
+                let run = (i % 8 + 1).min(N - i);
+                scratch.clear();
+                let mut ends = Vec::new();
+                for k in i..i + run {
+                    scratch.extend(payload(k));
+                    ends.push(scratch.len());
+                }
+                let mut start = 0;
+                let slices = ends.iter().map(|&end| {
+                    let s = &scratch[start..end];
+                    start = end;
+                    s
+                });
+                assert_eq!(dialer.send_slices(slices, &on).unwrap(), run as usize);
+                // Nothing of the caller's memory may be used after the call.
+                scratch.fill(0xEE);
+                i += run;
+            }
+        });
+        // Let the sender fill the socket and the queue before reading.
+        thread::sleep(Duration::from_millis(300));
+        let sender_done_first = sender.is_finished();
+        let mut batch = duct::MessageBatch::new();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + T;
+        while got.len() < N as usize {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {N} arrived",
+                got.len()
+            );
+            let before = got.len();
+            accepted
+                .recv_into(&mut batch, 16, &RecvOptions::default().timeout(T))
+                .unwrap();
+            got.extend(batch.iter().map(|m| m.payload().to_vec()));
+            if before / 200 != got.len() / 200 {
+                // And stop now and then, so that the socket fills again.
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        sender.join().unwrap();
+        (got, sender_done_first)
+    });
+    assert!(
+        !sender_done_first,
+        "the sender never had to wait: the socket and queue were not filled"
+    );
+    for (i, p) in got.iter().enumerate() {
+        assert_payload(p, &payload(i as u32), &format!("message {i}"));
+    }
+}
+
 macro_rules! transport_suite {
     ($module:ident, $kind:expr, [$($case:ident),* $(,)?]) => {
         mod $module {
@@ -1587,4 +1668,5 @@ conformance!([
     send_zero_timeout_on_full_queue_would_block,
     slices_and_views_round_trip,
     slices_wait_in_full_queues_intact,
+    large_slices_arrive_intact_while_the_socket_fills,
 ]);

@@ -585,10 +585,13 @@ impl Shared {
     /// channel's queue, under its high-water mark and policy, not in the write queue.)
     #[inline]
     fn may_send_direct(&self) -> bool {
+        !self.writing && self.wq_frames == 0 && self.open_and_connected()
+    }
+
+    /// Neither failed nor closed here, and connected.
+    fn open_and_connected(&self) -> bool {
         self.terminal.is_none()
             && self.local_closed.is_none()
-            && !self.writing
-            && self.wq_frames == 0
             && self.state() == PipeState::Connected
     }
 
@@ -1413,6 +1416,8 @@ impl Conn {
             // Headers are written where the frame is encoded (`write_header`).
             // (The run is used where it is, never copied per message: a copy is put together
             // field by field, and the header's wide load from it would wait for those stores.)
+            // The pipe lock was let go (a write through): the session may have changed.
+            let mut relocked = false;
             let numbered = match (&direct, &fast) {
                 (Some(_), Some(r)) if r.reliable() => g.session.number_direct(r, len),
                 _ => None,
@@ -1454,11 +1459,30 @@ impl Conn {
                             // (Large, or a frame transport: `push` keeps it whole.)
                             let mut header = [0; HEADER_LEN];
                             r.write_header(len, 0, &mut header);
-                            w.push(Transmit {
-                                header,
-                                payload: payload.into_bytes(&mut g.spill),
-                                deadline: None,
-                            });
+                            let mut went = 0;
+                            if P::COPIED && w.fills_with(len) {
+                                // The queue is due to be written: write it and this frame
+                                // now, from the caller's memory (a copy is made only of a
+                                // frame the socket did not take whole). A write is a system
+                                // call: the pipe is free meanwhile, as in `flush_queue`.
+                                drop(g);
+                                went = with_transport(
+                                    &mut ***w,
+                                    |w| &mut w.transport,
+                                    || self.t(),
+                                    |w, t| w.write_through(t, &header, payload.as_slice()),
+                                );
+                                g = self.lock();
+                                relocked = true;
+                            }
+                            if went < HEADER_LEN + len {
+                                let t = Transmit {
+                                    header,
+                                    payload: payload.into_bytes(&mut g.spill),
+                                    deadline: None,
+                                };
+                                w.push_written(t, went);
+                            }
                         }
                         None
                     }
@@ -1480,6 +1504,17 @@ impl Conn {
                     }
                 },
             };
+            if relocked {
+                fast = None;
+                if !g.open_and_connected() {
+                    // The pipe failed or closed meanwhile: no more frames here; the flush
+                    // settles the queue as any write does.
+                    if let Some(w) = direct.take() {
+                        drop(w);
+                        g = self.flush(g);
+                    }
+                }
+            }
             if let Some(payload) = queued {
                 if let Some(w) = direct.take() {
                     // Write what was framed (this call is the writer), then go the usual way.

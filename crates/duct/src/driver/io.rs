@@ -386,6 +386,94 @@ impl WriteQueue {
         self.bytes < PULL_BYTES && self.frames < MAX_FRAMES
     }
 
+    /// On a byte stream, a frame of `len` payload bytes too large to encode in place would
+    /// bring the queue to about a `sendmsg`'s worth: the point at which it is written anyway,
+    /// so it may as well go with the frame, from the caller's memory
+    /// ([`WriteQueue::write_through`]).
+    #[inline]
+    pub(crate) fn fills_with(&self, len: usize) -> bool {
+        self.coalesce
+            && len > COALESCE_MAX
+            && (self.bytes + HEADER_LEN + len >= PULL_BYTES || self.frames + 1 >= MAX_FRAMES)
+    }
+
+    /// On a byte stream: writes the queued frames and then a frame of `header` and `payload`
+    /// straight from the caller's memory, in vectored writes, as far as the transport takes
+    /// them without blocking. Returns how many bytes of the new frame went: all of them
+    /// (`HEADER_LEN + payload.len()`), and nothing of it needs to be kept; fewer, and the
+    /// caller queues it with [`WriteQueue::push_written`]. (A raw socket writer's large
+    /// write: no copy of the payload when the socket has room.)
+    ///
+    /// A failure is not returned: it leaves the queue and the frame where they were, and the
+    /// next write of the queue meets it again (a broken socket stays broken).
+    pub(crate) fn write_through(
+        &mut self,
+        transport: &dyn StreamTransport,
+        header: &[u8; HEADER_LEN],
+        payload: &[u8],
+    ) -> usize {
+        let went = self.write_through_with(|iov| transport.send_vectored(iov), header, payload);
+        if self.entries.is_empty() {
+            // All that was queued went. (TLS: records the socket did not take stay with the
+            // transport.)
+            self.backlog = !transport.flush_backlog().unwrap_or(false);
+        }
+        went
+    }
+
+    /// [`WriteQueue::write_through`] with `send` (a vectored write that may take part).
+    fn write_through_with(
+        &mut self,
+        mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+        header: &[u8; HEADER_LEN],
+        payload: &[u8],
+    ) -> usize {
+        debug_assert!(self.coalesce, "write-through on a frame transport");
+        self.restamp();
+        let total = HEADER_LEN + payload.len();
+        let mut went = 0;
+        while went < total {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            // (Room for the frame's two slices behind the queue's.)
+            let mut n = self.layout(&mut iov[..MAX_IOV - 2]);
+            let laid: usize = iov[..n].iter().map(|s| s.len()).sum();
+            if laid == self.bytes {
+                // All the queue is laid out: the frame follows it.
+                if went < HEADER_LEN {
+                    iov[n] = IoSlice::new(&header[went..]);
+                    n += 1;
+                }
+                iov[n] = IoSlice::new(&payload[went.saturating_sub(HEADER_LEN)..]);
+                n += 1;
+            }
+            match send(&iov[..n]) {
+                Ok(k) if k > 0 => {
+                    let queued = k.min(self.bytes);
+                    self.consume(queued);
+                    went += k - queued;
+                }
+                // Full, a failure, or nothing taken (the next write sees why).
+                _ => break,
+            }
+        }
+        went
+    }
+
+    /// Queues a frame of which `written` bytes were written already by
+    /// [`WriteQueue::write_through`] (which, when it wrote any, wrote everything queued
+    /// before it): it is the front frame, partly written, as a frame the queue began itself.
+    pub(crate) fn push_written(&mut self, t: Transmit, written: usize) {
+        if written == 0 {
+            return self.push(t);
+        }
+        debug_assert!(self.entries.is_empty() && written < t.wire_len());
+        self.bytes += t.wire_len() - written;
+        self.frames += 1;
+        self.with_ttl += usize::from(t.deadline.is_some());
+        self.offset = written;
+        self.entries.push_back(Entry::Frame(t));
+    }
+
     /// Nothing left to write: no frames, no output the transport buffered itself, and no
     /// frame sent with [`WriteQueue::push_copy`] whose peer is still to be woken.
     pub(crate) fn is_empty(&self) -> bool {
@@ -824,6 +912,68 @@ mod tests {
         assert_eq!(out, expect);
         assert!(w.is_empty());
         assert_eq!((w.frames(), w.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_frame_written_through_follows_the_queue_in_order_whatever_the_socket_takes() {
+        let frames = mixed();
+        let big = frame(9, 70_000, 0xb1);
+        let mut expect = wire(&frames);
+        expect.extend_from_slice(&wire(std::slice::from_ref(&big)));
+        let queued = expect.len() - big.wire_len();
+        // The queue after a write-through into a socket that takes `room` bytes over all its
+        // writes, `step` at most at a time, then refuses (full) or fails; and what it took.
+        let through = |room: usize, step: usize, fail: bool| {
+            let mut w = stream_queue();
+            for t in frames.iter().cloned() {
+                w.push(t);
+            }
+            let mut out = Vec::new();
+            let went = w.write_through_with(
+                |iov| match room - out.len() {
+                    0 if fail => Err(io::ErrorKind::BrokenPipe.into()),
+                    0 => Err(io::ErrorKind::WouldBlock.into()),
+                    left => Ok(take(iov, left.min(step), &mut out)),
+                },
+                &big.header,
+                &big.payload,
+            );
+            assert_eq!(out.len(), room, "room {room} step {step}");
+            assert_eq!(went, room.saturating_sub(queued), "room {room} step {step}");
+            if went < big.wire_len() {
+                w.push_written(big.clone(), went);
+            }
+            (w, out)
+        };
+        let rooms = [0, 1, 5000, queued - 1, queued, queued + 10, queued + 24];
+        let rooms = rooms.into_iter().chain([queued + 30_000, expect.len() - 1]);
+        for room in rooms.chain([expect.len()]) {
+            for (step, fail) in [(usize::MAX, false), (3000, false), (4096, true)] {
+                let (mut w, mut out) = through(room, step, fail);
+                assert_eq!(w.bytes(), expect.len() - room);
+                // Frames not wholly written, the big one included.
+                let ends = frames.iter().chain([&big]).scan(0, |at, t| {
+                    *at += t.wire_len();
+                    Some(*at)
+                });
+                let left = frames.len() + 1 - ends.filter(|&end| end <= room).count();
+                assert_eq!(w.frames(), left, "room {room}");
+                // The rest follows in order.
+                while !w
+                    .write_with(|iov| Ok(take(iov, usize::MAX, &mut out)))
+                    .unwrap()
+                {}
+                assert_eq!(out, expect, "room {room} step {step}");
+                assert_eq!((w.frames(), w.bytes()), (0, 0));
+                // A broken connection gives the frames not written whole back, whole, the
+                // big one last.
+                let back: Vec<Transmit> = through(room, step, fail).0.into_frames().collect();
+                assert_eq!(back.len(), left, "room {room}");
+                if let Some(last) = back.last() {
+                    assert_eq!((last.header, &last.payload), (big.header, &big.payload));
+                }
+            }
+        }
     }
 
     #[test]
