@@ -27,6 +27,7 @@ pub const ACK_EVERY_ON_REQUEST: u32 = 8192;
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// The 64-bit number closest to `expected` whose low 32 bits are `wire`.
+#[inline]
 pub fn widen(wire: u32, expected: u64) -> u64 {
     const SPAN: u64 = 1 << 32;
     let cand = (expected & !(SPAN - 1)) | u64::from(wire);
@@ -92,15 +93,24 @@ impl RecvState {
     }
 
     /// Records the arrival of message `wire` (the header's `seq`).
+    #[inline]
     pub fn arrive(&mut self, wire: u32, now: Instant) -> Result<Arrival, crate::Error> {
-        let seq = widen(wire, self.cum + 1);
         self.owe(now);
-        if seq == self.cum + 1 && self.above.is_empty() {
-            // The next in order with nothing held above (a stream's every message): no set
-            // to look into.
-            self.cum = seq;
+        let next = self.cum + 1;
+        if wire == next as u32 && self.above.is_empty() {
+            // The next in order (its low bits are the next number's: `widen` would give that
+            // number) with nothing held above (a stream's every message): no set to look
+            // into.
+            self.cum = next;
             return Ok(Arrival::New);
         }
+        self.arrive_out_of_order(widen(wire, next))
+    }
+
+    /// [`RecvState::arrive`] for a message that is not the next in order, or arrives while
+    /// others are held above the cumulative number.
+    #[inline(never)]
+    fn arrive_out_of_order(&mut self, seq: u64) -> Result<Arrival, crate::Error> {
         if seq == 0 || seq <= self.cum || self.above.contains(&seq) {
             self.duplicates += 1;
             return Ok(Arrival::Duplicate);
@@ -123,6 +133,7 @@ impl RecvState {
 
     /// A frame arrived (a fragment): an ack is owed after [`ACK_EVERY`] of them or
     /// [`ACK_DELAY`].
+    #[inline]
     pub fn owe(&mut self, now: Instant) {
         self.unacked_frames += 1;
         if !self.owed {
@@ -150,6 +161,7 @@ impl RecvState {
     /// Whether an ACK frame should go now: asked for, enough frames arrived since the last
     /// one ([`ACK_EVERY`], or [`ACK_EVERY_ON_REQUEST`] when the peer asks for acks), or the
     /// owed ack is due.
+    #[inline]
     pub fn ack_now(&self, now: Instant) -> bool {
         let every = if self.on_request {
             ACK_EVERY_ON_REQUEST
@@ -236,6 +248,30 @@ mod tests {
         assert_eq!(r.cumulative(), 4);
         assert_eq!(r.ranges(32), vec![(6, 6)]);
         assert_eq!(r.duplicates(), 2);
+    }
+
+    #[test]
+    fn arrivals_in_order_and_duplicates_across_the_32_bit_wrap() {
+        let now = Instant::now();
+        let mut r = RecvState {
+            cum: (1 << 32) - 3,
+            ..RecvState::default()
+        };
+        for n in (1u64 << 32) - 2..(1 << 32) + 3 {
+            assert_eq!(r.arrive(narrow(n), now).unwrap(), Arrival::New, "{n}");
+            assert_eq!(r.cumulative(), n);
+        }
+        // Numbers just below, by their low bits: duplicates; above a gap: held.
+        for n in [(1u64 << 32) - 1, 1 << 32, (1 << 32) + 2] {
+            assert_eq!(r.arrive(narrow(n), now).unwrap(), Arrival::Duplicate, "{n}");
+        }
+        assert_eq!(r.arrive(narrow((1 << 32) + 5), now).unwrap(), Arrival::New);
+        assert_eq!(r.ranges(4), vec![(5, 5)]); // (on the wire: the low bits)
+        assert_eq!(r.arrive(narrow((1 << 32) + 4), now).unwrap(), Arrival::New);
+        assert_eq!(r.arrive(narrow((1 << 32) + 3), now).unwrap(), Arrival::New);
+        assert_eq!(r.cumulative(), (1 << 32) + 5);
+        assert!(r.ranges(4).is_empty());
+        assert_eq!(r.duplicates(), 3);
     }
 
     #[test]

@@ -967,20 +967,21 @@ impl Session {
             let whole = len <= self.config.max_message_size as usize
                 && !self.reassembly.in_progress(channel);
             if !(plain && whole) {
-                let header = match Header::decode(&run[pos..]) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        // (Not reached: the deframer checked the kind.)
-                        result = Err(self.fail(e.into()));
-                        break;
-                    }
-                };
-                pos = body.end;
                 const NOT_WHOLE: u8 = flags::MORE_FRAGMENTS
                     | flags::CONTINUATION
                     | flags::TTL_PRESENT
                     | flags::ACK_PRESENT;
-                if !(whole && self.rel_agreed && header.flags & NOT_WHOLE == 0) {
+                let frame_flags = b[1];
+                if !(whole && self.rel_agreed && frame_flags & NOT_WHOLE == 0) {
+                    let header = match Header::decode(&run[pos..]) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            // (Not reached: the deframer checked the kind.)
+                            result = Err(self.fail(e.into()));
+                            break;
+                        }
+                    };
+                    pos = body.end;
                     self.rx_account(&mut acct);
                     // (The general way may queue a message: none may overtake it.)
                     direct = false;
@@ -990,9 +991,13 @@ impl Session {
                     }
                     continue;
                 }
-                // A whole reliable message: it owes an ack, a deadline.
+                // A whole message, reliable (or asking for acks on a plain channel): only
+                // its flags and number matter, read in place (no header decoded).
+                let seq = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
+                pos = body.end;
+                // A reliable message owes an ack, a deadline.
                 self.input_timers = true;
-                match self.arrived(&header, now) {
+                match self.arrived_flags(frame_flags, seq, now) {
                     Ok(true) => {}
                     Ok(false) => continue, // a duplicate
                     Err(e) => {
@@ -1964,11 +1969,18 @@ impl Session {
     /// `false` for a duplicate, which is dropped. Owed acks due by count go out at once.
     #[inline]
     fn arrived(&mut self, h: &Header, now: Instant) -> Result<bool, Error> {
-        if !(self.rel_agreed && h.has(flags::RELIABLE)) {
+        self.arrived_flags(h.flags, h.seq, now)
+    }
+
+    /// [`Session::arrived`] for a frame with the header flags `frame_flags` and number
+    /// `seq` (the header's `seq` field).
+    #[inline(always)]
+    fn arrived_flags(&mut self, frame_flags: u8, seq: u32, now: Instant) -> Result<bool, Error> {
+        if !(self.rel_agreed && frame_flags & flags::RELIABLE != 0) {
             return Ok(true);
         }
-        let fresh = self.rx_rel.arrive(h.seq, now)? == Arrival::New;
-        self.rx_rel.note_request(h.flags);
+        let fresh = self.rx_rel.arrive(seq, now)? == Arrival::New;
+        self.rx_rel.note_request(frame_flags);
         if self.rx_rel.ack_now(now) {
             self.queue_ack();
         }
