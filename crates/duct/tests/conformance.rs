@@ -1443,6 +1443,54 @@ fn slices_and_views_round_trip(f: &Fixture) {
     assert!(batch.is_empty());
 }
 
+/// Writes `payloads` one after the other into `scratch` (emptied first); returns where each
+/// ends, for [`run_slices`].
+fn write_run(scratch: &mut Vec<u8>, payloads: impl Iterator<Item = Vec<u8>>) -> Vec<usize> {
+    scratch.clear();
+    payloads
+        .map(|p| {
+            scratch.extend(p);
+            scratch.len()
+        })
+        .collect()
+}
+
+/// The payloads [`write_run`] wrote into `scratch`, as slices of it.
+fn run_slices<'a>(scratch: &'a [u8], ends: &'a [usize]) -> impl Iterator<Item = &'a [u8]> {
+    let starts = std::iter::once(0).chain(ends.iter().copied());
+    starts
+        .zip(ends)
+        .map(move |(start, &end)| &scratch[start..end])
+}
+
+/// Receives `n` messages with `recv_into` (up to `max` a call) as (channel, payload);
+/// `pause`: after every `k` messages, sleeps that long.
+fn receive_all(
+    p: &duct::Pipe,
+    n: usize,
+    max: usize,
+    pause: Option<(usize, Duration)>,
+) -> Vec<(u16, Vec<u8>)> {
+    let mut batch = duct::MessageBatch::new();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + T;
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} arrived",
+            got.len()
+        );
+        let before = got.len();
+        p.recv_into(&mut batch, max, &RecvOptions::default().timeout(T))
+            .unwrap();
+        got.extend(batch.iter().map(|m| (m.channel(), m.payload().to_vec())));
+        if let Some((_, nap)) = pause.filter(|&(k, _)| before / k != got.len() / k) {
+            thread::sleep(nap);
+        }
+    }
+    got
+}
+
 /// Slices sent while the peer does not read wait in the channels' queues as copies (in the
 /// pipe's reused spill buffers); when the peer reads, every one arrives intact, in order,
 /// on a realtime and on a reliable channel alike.
@@ -1472,39 +1520,16 @@ fn slices_wait_in_full_queues_intact(f: &Fixture) {
                 let on = SendOptions::default()
                     .channel(((i / 100) % 2) as u16)
                     .timeout(T);
-                scratch.clear();
-                let mut ends = Vec::new();
-                for k in i..i + 100 {
-                    scratch.extend(payload(k));
-                    ends.push(scratch.len());
-                }
-                let mut start = 0;
-                let slices = ends.iter().map(|&end| {
-                    let s = &scratch[start..end];
-                    start = end;
-                    s
-                });
-                assert_eq!(dialer.send_slices(slices, &on).unwrap(), 100);
+                let ends = write_run(&mut scratch, (i..i + 100).map(payload));
+                let sent = dialer.send_slices(run_slices(&scratch, &ends), &on);
+                assert_eq!(sent.unwrap(), 100);
                 i += 100;
             }
         });
         // Let the sender fill the socket and the queues before reading.
         thread::sleep(Duration::from_millis(300));
         let sender_done_first = sender.is_finished();
-        let mut batch = duct::MessageBatch::new();
-        let mut got = Vec::new();
-        let deadline = Instant::now() + T;
-        while got.len() < N as usize {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {N} arrived",
-                got.len()
-            );
-            accepted
-                .recv_into(&mut batch, 256, &RecvOptions::default().timeout(T))
-                .unwrap();
-            got.extend(batch.iter().map(|m| (m.channel(), m.payload().to_vec())));
-        }
+        let got = receive_all(&accepted, N as usize, 256, None);
         sender.join().unwrap();
         (got, sender_done_first)
     });
@@ -1553,19 +1578,9 @@ fn large_slices_arrive_intact_while_the_socket_fills(f: &Fixture) {
             let mut i = 0;
             while i < N {
                 let run = (i % 8 + 1).min(N - i);
-                scratch.clear();
-                let mut ends = Vec::new();
-                for k in i..i + run {
-                    scratch.extend(payload(k));
-                    ends.push(scratch.len());
-                }
-                let mut start = 0;
-                let slices = ends.iter().map(|&end| {
-                    let s = &scratch[start..end];
-                    start = end;
-                    s
-                });
-                assert_eq!(dialer.send_slices(slices, &on).unwrap(), run as usize);
+                let ends = write_run(&mut scratch, (i..i + run).map(payload));
+                let sent = dialer.send_slices(run_slices(&scratch, &ends), &on);
+                assert_eq!(sent.unwrap(), run as usize);
                 // Nothing of the caller's memory may be used after the call.
                 scratch.fill(0xEE);
                 i += run;
@@ -1574,25 +1589,9 @@ fn large_slices_arrive_intact_while_the_socket_fills(f: &Fixture) {
         // Let the sender fill the socket and the queue before reading.
         thread::sleep(Duration::from_millis(300));
         let sender_done_first = sender.is_finished();
-        let mut batch = duct::MessageBatch::new();
-        let mut got = Vec::new();
-        let deadline = Instant::now() + T;
-        while got.len() < N as usize {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {N} arrived",
-                got.len()
-            );
-            let before = got.len();
-            accepted
-                .recv_into(&mut batch, 16, &RecvOptions::default().timeout(T))
-                .unwrap();
-            got.extend(batch.iter().map(|m| m.payload().to_vec()));
-            if before / 200 != got.len() / 200 {
-                // And stop now and then, so that the socket fills again.
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
+        // And stop now and then, so that the socket fills again.
+        let pause = (200, Duration::from_millis(20));
+        let got = receive_all(&accepted, N as usize, 16, Some(pause));
         sender.join().unwrap();
         (got, sender_done_first)
     });
@@ -1600,7 +1599,7 @@ fn large_slices_arrive_intact_while_the_socket_fills(f: &Fixture) {
         !sender_done_first,
         "the sender never had to wait: the socket and queue were not filled"
     );
-    for (i, p) in got.iter().enumerate() {
+    for (i, (_, p)) in got.iter().enumerate() {
         assert_payload(p, &payload(i as u32), &format!("message {i}"));
     }
 }
