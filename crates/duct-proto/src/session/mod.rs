@@ -964,6 +964,7 @@ impl Session {
                 break;
             }
             let body = pos + HEADER_LEN..pos + HEADER_LEN + len;
+            pos = body.end;
             let whole = len <= self.config.max_message_size as usize
                 && !self.reassembly.in_progress(channel);
             if !(plain && whole) {
@@ -973,7 +974,7 @@ impl Session {
                     | flags::ACK_PRESENT;
                 let frame_flags = b[1];
                 if !(whole && self.rel_agreed && frame_flags & NOT_WHOLE == 0) {
-                    let header = match Header::decode(&run[pos..]) {
+                    let header = match Header::decode(b) {
                         Ok(h) => h,
                         Err(e) => {
                             // (Not reached: the deframer checked the kind.)
@@ -981,7 +982,6 @@ impl Session {
                             break;
                         }
                     };
-                    pos = body.end;
                     self.rx_account(&mut acct);
                     // (The general way may queue a message: none may overtake it.)
                     direct = false;
@@ -994,10 +994,9 @@ impl Session {
                 // A whole message, reliable (or asking for acks on a plain channel): only
                 // its flags and number matter, read in place (no header decoded).
                 let seq = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
-                pos = body.end;
                 // A reliable message owes an ack, a deadline.
                 self.input_timers = true;
-                match self.arrived_flags(frame_flags, seq, now) {
+                match self.arrived(frame_flags, seq, now) {
                     Ok(true) => {}
                     Ok(false) => continue, // a duplicate
                     Err(e) => {
@@ -1006,7 +1005,6 @@ impl Session {
                     }
                 }
             }
-            pos = body.end;
             // A whole message, plain or reliable and new: to the waiting caller, or queued.
             if !direct {
                 self.queue_part(&mut acct, channel, &run, body);
@@ -1831,7 +1829,7 @@ impl Session {
                     max: u64::from(self.config.max_message_size),
                 });
             }
-            if !self.arrived(&h, now)? {
+            if !self.arrived(h.flags, h.seq, now)? {
                 return Ok(()); // a duplicate of a reliable message
             }
             let expires = self.expires(&h, now);
@@ -1861,7 +1859,7 @@ impl Session {
                 .rx_frag_deadline
                 .get_mut(channel)
                 .and_then(|d| d.take());
-            if !self.arrived(&h, now)? {
+            if !self.arrived(h.flags, h.seq, now)? {
                 return Ok(()); // a duplicate of a reliable message
             }
             self.deliver(
@@ -1965,17 +1963,11 @@ impl Session {
         rx.priority
     }
 
-    /// Records a whole message's arrival (`h`: its last frame) for reliable delivery;
-    /// `false` for a duplicate, which is dropped. Owed acks due by count go out at once.
-    #[inline]
-    fn arrived(&mut self, h: &Header, now: Instant) -> Result<bool, Error> {
-        self.arrived_flags(h.flags, h.seq, now)
-    }
-
-    /// [`Session::arrived`] for a frame with the header flags `frame_flags` and number
-    /// `seq` (the header's `seq` field).
+    /// Records a whole message's arrival for reliable delivery, from its last frame's header
+    /// flags and number (`seq`, the header's field); `false` for a duplicate, which is
+    /// dropped. Owed acks due by count go out at once.
     #[inline(always)]
-    fn arrived_flags(&mut self, frame_flags: u8, seq: u32, now: Instant) -> Result<bool, Error> {
+    fn arrived(&mut self, frame_flags: u8, seq: u32, now: Instant) -> Result<bool, Error> {
         if !(self.rel_agreed && frame_flags & flags::RELIABLE != 0) {
             return Ok(true);
         }
