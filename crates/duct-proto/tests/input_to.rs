@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use duct_proto::qos::{ChannelConfig, QosConfig};
-use duct_proto::{Config, Payload, Received, Session};
+use duct_proto::{Config, Payload, Received, Session, State, Transmit};
 
 use common::{established, pattern, small_frames, wire};
 
@@ -81,6 +81,39 @@ fn reference(config: &Config, bytes: &[u8], now: Instant) -> Vec<(u16, Bytes)> {
     let mut buf = BytesMut::from(bytes);
     other.handle_input(&mut buf, now).expect("valid input");
     queued(&mut other)
+}
+
+/// The frames `s` has to write, whole, as a frame transport (shared memory) carries them.
+fn whole_frames(s: &mut Session) -> Vec<Transmit> {
+    std::iter::from_fn(|| s.poll_transmit()).collect()
+}
+
+/// Feeds whole frames to `s` as a frame transport's driver does for a caller waiting for
+/// `max` messages (`Session::handle_raw_frame_untimed_to` where the frame needs no time, else
+/// `handle_raw_frame`); returns what went straight to the caller, or the first error.
+fn feed_frames_to(
+    s: &mut Session,
+    frames: &[Transmit],
+    max: usize,
+    now: Instant,
+) -> Result<Vec<(u16, Bytes)>, duct_proto::Error> {
+    let mut views = Views::default();
+    let mut left = max;
+    for t in frames {
+        if s.frame_is_timeless(&t.header) {
+            let sink = &mut |r: Received<'_>| views.take(r);
+            s.handle_raw_frame_untimed_to(&t.header, t.payload.clone(), &mut left, sink)?;
+        } else {
+            s.handle_raw_frame(&t.header, t.payload.clone(), now)?;
+        }
+    }
+    let got = views.messages();
+    assert_eq!(
+        max - left,
+        got.len(),
+        "what is counted off is what the sink got"
+    );
+    Ok(got)
 }
 
 fn send(s: &mut Session, channel: u16, payload: &Bytes, now: Instant) {
@@ -246,4 +279,138 @@ fn reliable_messages_go_straight_once_and_their_duplicates_not_at_all() {
     l.handle_timeout(later).expect("no failure");
     let acks = wire(&mut l);
     assert!(!acks.is_empty(), "an ack for the messages handed over");
+}
+
+#[test]
+fn whole_frames_go_straight_to_the_caller_up_to_max_and_the_rest_queue_in_order() {
+    let now = Instant::now();
+    let config = Config::default();
+    let (mut d, mut l) = established(config.clone(), config.clone(), now);
+    let sent: Vec<(u16, Bytes)> = (0..10u64)
+        .map(|i| ((i % 3) as u16, pattern(i as usize * 13, i)))
+        .collect();
+    for (c, p) in &sent {
+        send(&mut d, *c, p, now);
+    }
+    let frames = whole_frames(&mut d);
+    assert_eq!(frames.len(), 10);
+    let usual = reference(&config, &wire_of(&frames), now);
+    let handed = feed_frames_to(&mut l, &frames, 4, now).expect("valid frames");
+    assert_eq!(handed, usual[..4]);
+    assert_eq!(l.message_len(), 6, "the rest waits in the queue");
+    assert_eq!(queued(&mut l), usual[4..]);
+    assert_eq!(
+        l.message_bytes(),
+        0,
+        "nothing handed over counted as queued"
+    );
+    // One at a time, as `recv` takes them: each goes straight while nothing waits.
+    for (c, p) in &sent {
+        send(&mut d, *c, p, now);
+        let frames = whole_frames(&mut d);
+        assert_eq!(
+            feed_frames_to(&mut l, &frames, 1, now).expect("valid frames"),
+            [(*c, p.clone())]
+        );
+    }
+    assert_eq!(l.message_len(), 0);
+}
+
+#[test]
+fn a_whole_frame_that_needs_the_general_way_stops_the_hand_over() {
+    let now = Instant::now();
+    let config = small_frames();
+    let (mut d, mut l) = established(config.clone(), config.clone(), now);
+    let small = |i: u64| pattern(40, i);
+    for i in 1..=3 {
+        send(&mut d, 1, &small(i), now);
+    }
+    // Fragmented (over the 1024-byte frame limit), then one with a time to live.
+    send(&mut d, 1, &pattern(5000, 9), now);
+    send(&mut d, 1, &small(4), now);
+    let ttl = pattern(30, 10);
+    d.send_with(1, ttl, Some(Duration::from_secs(60)), now)
+        .expect("queued");
+    for i in 5..8 {
+        send(&mut d, 1, &small(i), now);
+    }
+    let frames = whole_frames(&mut d);
+    let usual = reference(&config, &wire_of(&frames), now);
+    assert_eq!(usual.len(), 9);
+    let handed = feed_frames_to(&mut l, &frames, 100, now).expect("valid frames");
+    assert_eq!(handed, usual[..3], "up to the fragmented message");
+    assert_eq!(queued(&mut l), usual[3..], "the rest in order, behind it");
+}
+
+#[test]
+fn whole_frames_of_channels_with_different_receive_priorities_always_queue() {
+    let now = Instant::now();
+    let urgent = ChannelConfig {
+        priority: 200,
+        ..ChannelConfig::default()
+    };
+    let listener = Config {
+        qos: Arc::new(QosConfig {
+            channels: BTreeMap::from([(7u16, urgent)]),
+            ..QosConfig::default()
+        }),
+        ..Config::default()
+    };
+    let (mut d, mut l) = established(Config::default(), listener, now);
+    let bulk = pattern(100, 1);
+    let ping = pattern(8, 2);
+    send(&mut d, 0, &bulk, now);
+    send(&mut d, 7, &ping, now);
+    let frames = whole_frames(&mut d);
+    assert!(feed_frames_to(&mut l, &frames, 10, now)
+        .expect("valid frames")
+        .is_empty());
+    assert_eq!(queued(&mut l), [(7, ping), (0, bulk)]);
+}
+
+#[test]
+fn a_whole_frame_that_breaks_the_rules_fails_the_session_and_is_handed_to_nobody() {
+    let now = Instant::now();
+    let config = Config {
+        max_message_size: 100,
+        ..Config::default()
+    };
+    // A payload that is not as long as its header says.
+    let (mut d, mut l) = established(Config::default(), config.clone(), now);
+    send(&mut d, 0, &pattern(50, 1), now);
+    let mut frames = whole_frames(&mut d);
+    frames[0].payload.truncate(49);
+    assert!(feed_frames_to(&mut l, &frames, 10, now).is_err());
+    assert_eq!(l.state(), State::Closed);
+    assert_eq!(l.message_len(), 0);
+    // A message over the receiving side's size limit (which a sender that keeps to it
+    // does not send: the frame is made longer).
+    let (mut d, mut l) = established(Config::default(), config.clone(), now);
+    send(&mut d, 0, &pattern(100, 2), now);
+    let mut frames = whole_frames(&mut d);
+    frames[0].header[4..8].copy_from_slice(&101u32.to_be_bytes());
+    frames[0].payload = pattern(101, 2);
+    assert!(feed_frames_to(&mut l, &frames, 10, now).is_err());
+    assert_eq!(l.state(), State::Closed);
+    // A whole message on a channel where a fragmented one is under way.
+    let config = small_frames();
+    let (mut d, mut l) = established(config.clone(), config, now);
+    send(&mut d, 0, &pattern(3000, 3), now);
+    let mut frames = whole_frames(&mut d);
+    assert!(frames.len() > 1, "fragmented");
+    frames.truncate(1);
+    send(&mut d, 0, &pattern(10, 4), now);
+    frames.extend(whole_frames(&mut d));
+    assert!(feed_frames_to(&mut l, &frames, 10, now).is_err());
+    assert_eq!(l.state(), State::Closed);
+}
+
+/// The bytes a byte stream would carry for `frames`.
+fn wire_of(frames: &[Transmit]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for t in frames {
+        out.extend_from_slice(&t.header);
+        out.extend_from_slice(&t.payload);
+    }
+    out
 }

@@ -1555,11 +1555,17 @@ fn slices_wait_in_full_queues_intact(f: &Fixture) {
 /// room, and copied only when it has not (or not for all of it). Every message arrives
 /// intact and in order, whatever the socket took.
 fn large_slices_arrive_intact_while_the_socket_fills(f: &Fixture) {
+    // Queues far smaller than the run on both sides (the receiving side's reactor reads
+    // ahead into its own): the sender has to wait for the reader, however fast it is.
     let Pair {
         listener: _listener,
         dialer,
         accepted,
-    } = pair(f);
+    } = pair_with(
+        f,
+        ListenOptions::default().channel(0, ChannelOptions::default().rcv_hwm_msgs(64)),
+        DialOptions::default().channel(0, ChannelOptions::default().snd_hwm_msgs(64)),
+    );
     const N: u32 = 1500;
     let payload = |i: u32| {
         let len = match i % 11 {

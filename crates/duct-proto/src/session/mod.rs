@@ -1111,6 +1111,42 @@ impl Session {
         res
     }
 
+    /// [`Session::handle_raw_frame_untimed`] for a caller that waits for up to `*left`
+    /// messages: while the receive queue is empty (and the channels share one receive
+    /// priority), the message goes to `sink` instead of the queue and is counted off `left`,
+    /// as [`Session::handle_input_to`] hands out messages from a stream. It is checked as
+    /// the queue's way checks it (length, size limits, no reassembly under way on its
+    /// channel); anything else goes that way.
+    #[inline]
+    pub fn handle_raw_frame_untimed_to(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        payload: Bytes,
+        left: &mut usize,
+        sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+    ) -> Result<(), Error> {
+        debug_assert!(self.frame_is_timeless(header), "a frame that needs a time");
+        if *left > 0 && self.one_rx_priority && self.messages.is_idle() {
+            let channel = u16::from_be_bytes([header[2], header[3]]);
+            let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+            if payload.len() as u64 == u64::from(len)
+                && len <= self.deframer.max_payload()
+                && len <= self.config.max_message_size
+                && !self.reassembly.in_progress(channel)
+            {
+                // (As the untimed way: heard, at the next time a call brings.)
+                self.heard_untimed = true;
+                *left -= 1;
+                sink(Received {
+                    channel,
+                    payload: Payload::Whole(payload),
+                });
+                return Ok(());
+            }
+        }
+        self.handle_raw_frame_untimed(header, payload)
+    }
+
     /// Handles one whole frame. Frames after the session closed are ignored.
     pub fn handle_frame(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
         if self.state == State::Closed {

@@ -1340,8 +1340,20 @@ impl Conn {
         mut g: MutexGuard<'a, Shared>,
         channel: u16,
         len: usize,
-        frame: Option<Transmit>,
+        mut frame: Option<Transmit>,
     ) -> Result<(), Error> {
+        if self.frames {
+            if let Some(t) = frame.take() {
+                // (Counted once it is out: the peer, which may be waiting for it, sees it
+                // sooner.)
+                frame = self.push_frame(&mut g, t);
+                if frame.is_none() {
+                    g.count_sent(Run::start(channel, len));
+                    self.trace_sent(channel, len);
+                    return Ok(());
+                }
+            }
+        }
         g.count_sent(Run::start(channel, len));
         self.trace_sent(channel, len);
         if g.state() == PipeState::Reconnecting {
@@ -1367,6 +1379,31 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// On a frame transport (shared memory), sends `t`, a frame the session handed out
+    /// directly, straight into the transport when nothing else is to be written (nothing
+    /// queued here or in the session, no wait for room): what [`Conn::flush_with`] would do
+    /// with it, without the write queue's round. Under the pipe lock, as `flush_queue` writes
+    /// to a frame transport. Gives the frame back when it did not send it (no room, or a
+    /// failure, which the general way then meets again and reports).
+    fn push_frame(&self, g: &mut Shared, t: Transmit) -> Option<Transmit> {
+        debug_assert!(!g.writing, "a direct frame while another writes");
+        // (A frame with a time to live goes the general way: it is stamped as it goes out.)
+        if t.deadline.is_some() || g.write_armed || g.session.wants_transmit() {
+            return Some(t);
+        }
+        let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if !w.send_frame(&t) {
+            return Some(t);
+        }
+        drop(w);
+        // As a flush that wrote something tells them.
+        if g.waiters > 0 {
+            self.cv.notify_all();
+        }
+        g.wakers.wake_all();
+        None
     }
 
     /// Sends several messages under one lock and one flush: the frames go out in as few
@@ -1859,16 +1896,7 @@ impl Conn {
             }
             take.count_into(&mut g);
             if n > 0 {
-                if g.session.receive_paused() && g.session.recv_low() {
-                    // Room again: let the reactor read ahead once the caller is idle.
-                    g.sample_at = None;
-                    g.session.resume_receive(Instant::now());
-                    g.recheck_at.get_or_insert(Instant::now() + RECHECK);
-                    self.reschedule(&mut g);
-                }
-                drop(g);
-                self.run_callbacks();
-                return Ok(n);
+                return Ok(self.took(g, n));
             }
             if let Some(e) = &g.terminal {
                 let e = e.clone();
@@ -1976,7 +2004,26 @@ impl Conn {
                 }
             }
             g = self.flush_if_idle(g);
+            if handed == max {
+                // The read brought all that was asked for (and nothing was left before it).
+                return Ok(self.took(g, handed));
+            }
         }
+    }
+
+    /// A receive took `n` messages (counted): lets the reactor read ahead again if the
+    /// receive queue has room now, and returns `n`.
+    fn took(&self, mut g: MutexGuard<'_, Shared>, n: usize) -> usize {
+        if g.session.receive_paused() && g.session.recv_low() {
+            // Room again: let the reactor read ahead once the caller is idle.
+            g.sample_at = None;
+            g.session.resume_receive(Instant::now());
+            g.recheck_at.get_or_insert(Instant::now() + RECHECK);
+            self.reschedule(&mut g);
+        }
+        drop(g);
+        self.run_callbacks();
+        n
     }
 
     /// An async receive found nothing: fails with `TimedOut` past its deadline, else

@@ -126,9 +126,9 @@ impl ReadBuf {
         self.feed_to(session, now, 0, &mut |_: Received<'_>| {})
     }
 
-    /// [`ReadBuf::feed_with`] for a caller that waits for up to `max` messages: from a
-    /// stream, those the session may hand out at once go to `sink` (see
-    /// `Session::handle_input_to`).
+    /// [`ReadBuf::feed_with`] for a caller that waits for up to `max` messages: those the
+    /// session may hand out at once go to `sink` (see `Session::handle_input_to`, and
+    /// `Session::handle_raw_frame_untimed_to` for whole frames).
     pub(crate) fn feed_to(
         &mut self,
         session: &mut duct_proto::Session,
@@ -137,9 +137,11 @@ impl ReadBuf {
         sink: &mut (impl FnMut(Received<'_>) + ?Sized),
     ) -> Result<(), duct_proto::Error> {
         let mut time = || *now.get_or_insert_with(Instant::now);
+        // (Whole frames: up to `max` plain messages go to `sink` while nothing is queued.)
+        let mut left = max;
         while let Some(f) = self.frames.pop_front() {
             let res = if session.frame_is_timeless(&f.header) {
-                session.handle_raw_frame_untimed(&f.header, f.payload)
+                session.handle_raw_frame_untimed_to(&f.header, f.payload, &mut left, sink)
             } else {
                 session.handle_raw_frame(&f.header, f.payload, time())
             };
@@ -502,6 +504,26 @@ impl WriteQueue {
             .push_copy(&mut self.frame_side, &header, payload)
             .unwrap_or(false);
         self.unpublished |= sent;
+        sent
+    }
+
+    /// On a frame transport with nothing queued here: sends `t` at once (its payload moved
+    /// without a copy when it is a loan of the transport's pool, else copied) and wakes the
+    /// peer if it waits. `false`: not sent (a byte stream, frames queued here, no room in the
+    /// transport, or a failure, which the next write meets again): queue it.
+    pub(crate) fn send_frame(&mut self, t: &Transmit) -> bool {
+        if self.coalesce || !self.entries.is_empty() {
+            return false;
+        }
+        let Some(f) = self.transport.as_ref().and_then(|t| t.frame_io()) else {
+            return false;
+        };
+        // (Frames `push_copy` sent before are published with it.)
+        let sent = matches!(
+            f.push_many(&mut self.frame_side, &mut std::iter::once(t)),
+            Ok((1, _))
+        );
+        self.unpublished &= !sent;
         sent
     }
 
