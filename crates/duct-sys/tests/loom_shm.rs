@@ -73,6 +73,46 @@ fn ring_delivers_in_order_through_wraparound() {
     });
 }
 
+/// The same, with the descriptors written in runs and published once per run, and taken in
+/// runs and their places released once per run: a run is seen whole or not at all, and the
+/// producer, which publishes before it waits for room, never waits for places the consumer
+/// cannot see.
+#[test]
+fn runs_published_and_released_at_once_deliver_in_order() {
+    loom::model(|| {
+        let mem = RingMem::heap(2);
+        let mut p = mem.producer();
+        let mut c = mem.consumer();
+        let t = loom::thread::spawn(move || {
+            let mut i = 0;
+            while i < 3 {
+                // A run of up to two.
+                while i < 3 && p.write(desc(i)).unwrap() {
+                    i += 1;
+                }
+                p.publish();
+                if i < 3 {
+                    loom::thread::yield_now();
+                }
+            }
+        });
+        let mut next = 0;
+        while next < 3 {
+            let mut took = 0;
+            while let Some(d) = c.take().unwrap() {
+                assert_eq!(d, desc(next));
+                next += 1;
+                took += 1;
+            }
+            c.release();
+            if took == 0 {
+                loom::thread::yield_now();
+            }
+        }
+        t.join().unwrap();
+    });
+}
+
 /// The consumer sleeps whenever the ring is empty (prepare, check again, park); the producer
 /// notifies after each push. A lost wake-up would leave the consumer parked forever, which
 /// loom reports.

@@ -260,6 +260,7 @@ impl RingMem {
         Producer {
             mem: self.clone(),
             head,
+            published: head,
             tail_cache: tail,
         }
     }
@@ -270,6 +271,7 @@ impl RingMem {
         Consumer {
             mem: self.clone(),
             tail,
+            released: tail,
             head_cache: tail,
         }
     }
@@ -278,16 +280,30 @@ impl RingMem {
 /// The writing end of a ring.
 pub struct Producer {
     mem: RingMem,
-    /// Our next index to fill (the published head).
+    /// Our next index to fill.
     head: u64,
+    /// The head as last published (`head` less the descriptors written since).
+    published: u64,
     /// The consumer's tail as last read.
     tail_cache: u64,
 }
 
 impl Producer {
-    /// Appends `desc` and publishes it. `Ok(false)` when the ring is full.
+    /// Appends `desc` and publishes it (and any written before). `Ok(false)` when the ring is
+    /// full.
     #[inline]
     pub fn push(&mut self, desc: Desc) -> Result<bool, Corrupt> {
+        let written = self.write(desc)?;
+        self.publish();
+        Ok(written)
+    }
+
+    /// Appends `desc` without publishing it: the consumer sees it, with everything written
+    /// before it, at the next [`Producer::publish`] (one store to the shared counter for a
+    /// run of descriptors, not one each). `Ok(false)` when the ring is full. A producer that
+    /// waits for room publishes first: the consumer makes room only by taking what it sees.
+    #[inline]
+    pub fn write(&mut self, desc: Desc) -> Result<bool, Corrupt> {
         if !self.has_room()? {
             return Ok(false);
         }
@@ -300,8 +316,24 @@ impl Producer {
             unsafe { std::ptr::write_volatile(p.cast::<DescWords>(), desc.to_words()) }
         });
         self.head += 1;
-        self.mem.ctl().head.store(self.head, Ordering::Release);
         Ok(true)
+    }
+
+    /// Publishes the descriptors written since the last publication (a `Release` store of
+    /// the head: their contents, and whatever was written before, are visible to a consumer
+    /// that sees it). Nothing when there are none.
+    #[inline]
+    pub fn publish(&mut self) {
+        if self.published != self.head {
+            self.published = self.head;
+            self.mem.ctl().head.store(self.head, Ordering::Release);
+        }
+    }
+
+    /// Descriptors written and not yet published.
+    #[inline]
+    pub fn unpublished(&self) -> u64 {
+        self.head - self.published
     }
 
     /// Whether one more descriptor fits, reading the consumer's tail if the cached one says
@@ -325,7 +357,7 @@ impl Producer {
     #[inline]
     pub fn len(&self) -> Result<u64, Corrupt> {
         let tail = self.mem.ctl().tail.load(Ordering::Acquire);
-        let used = self.head.wrapping_sub(tail);
+        let used = self.published.wrapping_sub(tail);
         if used > self.mem.capacity {
             return Err(Corrupt("the consumer's index is ahead of the producer's"));
         }
@@ -346,16 +378,30 @@ impl Producer {
 /// The reading end of a ring.
 pub struct Consumer {
     mem: RingMem,
-    /// Our next index to read (the published tail).
+    /// Our next index to read.
     tail: u64,
+    /// The tail as last released to the producer (`tail` less the descriptors taken since).
+    released: u64,
     /// The producer's head as last read.
     head_cache: u64,
 }
 
 impl Consumer {
-    /// Takes the next descriptor, if one was published.
+    /// Takes the next descriptor, if one was published, and gives its place back to the
+    /// producer (with those of any taken before).
     #[inline]
     pub fn pop(&mut self) -> Result<Option<Desc>, Corrupt> {
+        let desc = self.take()?;
+        self.release();
+        Ok(desc)
+    }
+
+    /// Takes the next descriptor, if one was published, keeping its place in the ring until
+    /// the next [`Consumer::release`] (one store to the shared counter for a run of
+    /// descriptors, not one each). The descriptor is copied out: the place may be reused as
+    /// soon as it is released.
+    #[inline]
+    pub fn take(&mut self) -> Result<Option<Desc>, Corrupt> {
         if self.tail == self.head_cache && !self.refresh()? {
             return Ok(None);
         }
@@ -369,8 +415,18 @@ impl Consumer {
         });
         let desc = Desc::from_words(desc);
         self.tail += 1;
-        self.mem.ctl().tail.store(self.tail, Ordering::Release);
         Ok(Some(desc))
+    }
+
+    /// Gives the places of the descriptors taken since the last release back to the producer
+    /// (a `Release` store of the tail, after the descriptors were read). Nothing when there
+    /// are none.
+    #[inline]
+    pub fn release(&mut self) {
+        if self.released != self.tail {
+            self.released = self.tail;
+            self.mem.ctl().tail.store(self.tail, Ordering::Release);
+        }
     }
 
     /// Descriptors published and not yet taken. Reads the producer's head only when the
@@ -444,6 +500,42 @@ mod tests {
             }
             assert_eq!(c.pop(), Ok(None));
             assert!(!mem.ctl().published(), "all taken");
+            assert_eq!(p.is_empty(), Ok(true));
+        }
+    }
+
+    #[test]
+    fn written_descriptors_are_seen_only_once_published_and_places_come_back_on_release() {
+        let mem = RingMem::heap(4);
+        let mut p = mem.producer();
+        let mut c = mem.consumer();
+        for round in 0..3u32 {
+            for i in 0..3 {
+                assert_eq!(p.write(desc(round * 4 + i)), Ok(true));
+            }
+            assert_eq!(p.unpublished(), 3);
+            assert!(!mem.ctl().published(), "written, not published");
+            assert_eq!(c.take(), Ok(None));
+            assert_eq!(p.len(), Ok(0), "nothing published to be consumed");
+            p.publish();
+            assert_eq!(p.unpublished(), 0);
+            assert!(mem.ctl().published());
+            // One more, published with nothing before it.
+            assert_eq!(p.push(desc(round * 4 + 3)), Ok(true));
+            assert_eq!(p.write(desc(99)), Ok(false), "full: written ones count");
+            for i in 0..4 {
+                assert_eq!(c.take(), Ok(Some(desc(round * 4 + i))));
+            }
+            assert_eq!(c.take(), Ok(None));
+            // Taken, not released: the producer still sees a full ring.
+            assert_eq!(p.len(), Ok(4));
+            assert_eq!(p.write(desc(99)), Ok(false));
+            c.release();
+            assert_eq!(p.len(), Ok(0));
+            assert!(!mem.ctl().published(), "all taken");
+            // Publishing or releasing again with nothing new changes nothing.
+            p.publish();
+            c.release();
             assert_eq!(p.is_empty(), Ok(true));
         }
     }

@@ -251,6 +251,9 @@ pub(crate) struct RxSide {
     small: BytesMut,
     /// Chunks of `small` for reuse (no allocation in steady state).
     chunks: Chunks,
+    /// Descriptors taken from the ring whose payloads are still to be read (see
+    /// `ShmStream::pop_some`).
+    descs: Box<[Desc; TAKE_CHUNK]>,
 }
 
 /// How long `alloc` waits for a slot it may lend before it settles for a heap buffer.
@@ -260,6 +263,9 @@ const LOAN_WAIT: Duration = Duration::from_micros(500);
 const COPY_MAX: u32 = 512;
 /// Bytes reserved at a time for copied payloads.
 const SMALL_CHUNK: usize = 64 * 1024;
+/// Descriptors taken from the receive ring before their places go back to the sender (and
+/// before their payloads are read).
+const TAKE_CHUNK: usize = 32;
 
 impl std::fmt::Debug for ShmStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -433,6 +439,7 @@ impl ShmStream {
                 consumer: rx.ring.consumer(),
                 small: BytesMut::new(),
                 chunks: Chunks::default(),
+                descs: Box::new([Desc::default(); TAKE_CHUNK]),
             })),
             id,
             tx_pool: PoolTx::new(tx.pool),
@@ -613,9 +620,9 @@ impl ShmStream {
     }
 
     /// Sends one frame whose payload is copied from `payload`, if the ring and the pool have
-    /// room now (`Ok(false)`: they do not). The frame is visible to the peer at once, but a
-    /// peer that waits is woken only by [`ShmStream::publish`] (or the next
-    /// [`ShmStream::push_many`]), once for a run of them. For a sender framing copies of
+    /// room now (`Ok(false)`: they do not). The peer sees it, and is woken if it waits, at
+    /// [`ShmStream::publish`] (or the next [`ShmStream::push_many`]), once for a run of them
+    /// (or as soon as the ring or the pool is full). For a sender framing copies of
     /// slices itself: no `Bytes` and no write-queue entry per message.
     pub(crate) fn push_copy(
         &self,
@@ -648,6 +655,9 @@ impl ShmStream {
     /// `sent` frames were pushed since the last wake-up: counts them, wakes the peer if it
     /// waits, and notes whether it had taken everything before them.
     fn published(&self, tx: &mut TxSide, sent: usize) {
+        // One store of the ring's head for the run: a receiver that looks all the time
+        // (spinning) takes the run at once, and the cache line moves once per run.
+        tx.producer.publish();
         self.copied_frames
             .store(tx.copied_frames, Ordering::Relaxed);
         self.copied_bytes.store(tx.copied_bytes, Ordering::Relaxed);
@@ -712,6 +722,9 @@ impl ShmStream {
                     // room.
                     return Ok(false);
                 }
+                // The receiver makes room only by taking what it sees: what is written goes
+                // out now (it is woken with the rest, by whoever publishes next).
+                tx.producer.publish();
                 wait::prepare(word, wait::SOCKET);
                 prepared = true;
                 continue;
@@ -719,9 +732,10 @@ impl ShmStream {
             if prepared {
                 wait::cancel(word);
             }
+            // (Published with the rest of the run: `ShmStream::published`.)
             let pushed = tx
                 .producer
-                .push(Desc {
+                .write(Desc {
                     header: *header,
                     slot,
                     len: n,
@@ -793,37 +807,61 @@ impl ShmStream {
         let want = usize::try_from(ready).map_or(max, |r| r.min(max));
         let mut n = 0;
         while n < want {
-            let Some(d) = rx.consumer.pop().map_err(corrupt)? else {
+            // Descriptors first, a chunk at a time, and their places in the ring given back
+            // with one store (the cache line goes back to the sender while the payloads are
+            // read, not after: the wake-up below waits for it).
+            let k = (want - n).min(TAKE_CHUNK);
+            let mut taken = 0;
+            while taken < k {
+                let Some(d) = rx.consumer.take().map_err(corrupt)? else {
+                    break;
+                };
+                rx.descs[taken] = d;
+                taken += 1;
+            }
+            rx.consumer.release();
+            for i in 0..taken {
+                let d = rx.descs[i];
+                out.push_back(RawFrame {
+                    header: d.header,
+                    payload: self.payload_of(rx, &d)?,
+                });
+            }
+            n += taken;
+            if taken < k {
                 break;
-            };
-            let payload = if d.slot == NO_SLOT {
-                if d.len != 0 {
-                    return Err(corrupt_text("a frame without a pool slot claims a payload"));
-                }
-                Bytes::new()
-            } else if d.len <= COPY_MAX {
-                // Copied out and freed at once; the sender is woken below, once for all.
-                let RxSide { small, chunks, .. } = rx;
-                if small.capacity() - small.len() < d.len as usize {
-                    chunks.make_room(small, d.len as usize, SMALL_CHUNK);
-                }
-                self.rx_pool
-                    .read_and_free(d.slot, d.len, |bytes| small.extend_from_slice(bytes))
-                    .map_err(corrupt)?;
-                small.split().freeze()
-            } else {
-                Bytes::from_owner(self.rx_pool.take(d.slot, d.len).map_err(corrupt)?)
-            };
-            out.push_back(RawFrame {
-                header: d.header,
-                payload,
-            });
-            n += 1;
+            }
         }
         if n > 0 && wait::notify(self.rx_ring.ctl().producer_word()) == Wake::Socket {
             ring_bell(&self.ctl);
         }
         Ok(n)
+    }
+
+    /// The payload of the frame `d` describes, checked: copied out of the pool and its slot
+    /// freed at once if small (the sender is woken once for all, by the caller), else a view
+    /// of the slot that frees it when dropped.
+    #[inline]
+    fn payload_of(&self, rx: &mut RxSide, d: &Desc) -> io::Result<Bytes> {
+        if d.slot == NO_SLOT {
+            if d.len != 0 {
+                return Err(corrupt_text("a frame without a pool slot claims a payload"));
+            }
+            return Ok(Bytes::new());
+        }
+        if d.len > COPY_MAX {
+            return Ok(Bytes::from_owner(
+                self.rx_pool.take(d.slot, d.len).map_err(corrupt)?,
+            ));
+        }
+        let RxSide { small, chunks, .. } = rx;
+        if small.capacity() - small.len() < d.len as usize {
+            chunks.make_room(small, d.len as usize, SMALL_CHUNK);
+        }
+        self.rx_pool
+            .read_and_free(d.slot, d.len, |bytes| small.extend_from_slice(bytes))
+            .map_err(corrupt)?;
+        Ok(small.split().freeze())
     }
 
     /// Whether a descriptor waits in the receive ring.
