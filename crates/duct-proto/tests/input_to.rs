@@ -148,31 +148,51 @@ fn messages_go_straight_to_the_caller_up_to_max_and_the_rest_queue_in_order() {
     assert_eq!(l.message_bytes(), 0, "nothing counted as queued");
 }
 
+/// Sends, on one channel (the sender keeps their order): three small messages, a fragmented
+/// one (over `small_frames`' 1024-byte frame limit), one more, one with a time to live, and
+/// three more.
+fn send_run_with_a_fragment_and_a_ttl(d: &mut Session, now: Instant) {
+    let small = |i: u64| pattern(40, i);
+    for i in 1..=3 {
+        send(d, 1, &small(i), now);
+    }
+    send(d, 1, &pattern(5000, 9), now);
+    send(d, 1, &small(4), now);
+    let ttl = pattern(30, 10);
+    d.send_with(1, ttl, Some(Duration::from_secs(60)), now)
+        .expect("queued");
+    for i in 5..8 {
+        send(d, 1, &small(i), now);
+    }
+}
+
 #[test]
 fn a_message_that_needs_the_general_way_stops_the_hand_over() {
     let now = Instant::now();
     let config = small_frames();
     let (mut d, mut l) = established(config.clone(), config.clone(), now);
-    // One channel: the sender keeps their order.
-    let small = |i: u64| pattern(40, i);
-    for i in 1..=3 {
-        send(&mut d, 1, &small(i), now);
-    }
-    // Fragmented (over the 1024-byte frame limit), then one with a time to live.
-    send(&mut d, 1, &pattern(5000, 9), now);
-    send(&mut d, 1, &small(4), now);
-    let ttl = pattern(30, 10);
-    d.send_with(1, ttl, Some(Duration::from_secs(60)), now)
-        .expect("queued");
-    for i in 5..8 {
-        send(&mut d, 1, &small(i), now);
-    }
+    send_run_with_a_fragment_and_a_ttl(&mut d, now);
     let bytes = wire(&mut d);
     let usual = reference(&config, &bytes, now);
     assert_eq!(usual.len(), 9);
     let handed = feed_to(&mut l, &bytes, 100, now);
     assert_eq!(handed, usual[..3], "up to the fragmented message");
     assert_eq!(queued(&mut l), usual[3..], "the rest in order, behind it");
+    // The same as whole frames (shared memory).
+    send_run_with_a_fragment_and_a_ttl(&mut d, now);
+    let frames = whole_frames(&mut d);
+    assert_eq!(wire_of(&frames), bytes, "the same frames");
+    let handed = feed_frames_to(&mut l, &frames, 100, now).expect("valid frames");
+    assert_eq!(
+        handed,
+        usual[..3],
+        "whole frames: up to the fragmented message"
+    );
+    assert_eq!(
+        queued(&mut l),
+        usual[3..],
+        "whole frames: the rest in order"
+    );
 }
 
 #[test]
@@ -220,11 +240,20 @@ fn channels_of_different_receive_priorities_always_queue() {
     let (mut d, mut l) = established(Config::default(), listener, now);
     let bulk = pattern(100, 1);
     let ping = pattern(8, 2);
-    send(&mut d, 0, &bulk, now);
-    send(&mut d, 7, &ping, now);
+    let send_both = |d: &mut Session| {
+        send(d, 0, &bulk, now);
+        send(d, 7, &ping, now);
+    };
+    send_both(&mut d);
     let bytes = wire(&mut d);
     assert!(feed_to(&mut l, &bytes, 10, now).is_empty());
     // The later, more urgent message first, as the queue orders them.
+    assert_eq!(queued(&mut l), [(7, ping.clone()), (0, bulk.clone())]);
+    // The same as whole frames (shared memory).
+    send_both(&mut d);
+    let frames = whole_frames(&mut d);
+    let handed = feed_frames_to(&mut l, &frames, 10, now).expect("valid frames");
+    assert!(handed.is_empty());
     assert_eq!(queued(&mut l), [(7, ping), (0, bulk)]);
 }
 
@@ -314,58 +343,6 @@ fn whole_frames_go_straight_to_the_caller_up_to_max_and_the_rest_queue_in_order(
         );
     }
     assert_eq!(l.message_len(), 0);
-}
-
-#[test]
-fn a_whole_frame_that_needs_the_general_way_stops_the_hand_over() {
-    let now = Instant::now();
-    let config = small_frames();
-    let (mut d, mut l) = established(config.clone(), config.clone(), now);
-    let small = |i: u64| pattern(40, i);
-    for i in 1..=3 {
-        send(&mut d, 1, &small(i), now);
-    }
-    // Fragmented (over the 1024-byte frame limit), then one with a time to live.
-    send(&mut d, 1, &pattern(5000, 9), now);
-    send(&mut d, 1, &small(4), now);
-    let ttl = pattern(30, 10);
-    d.send_with(1, ttl, Some(Duration::from_secs(60)), now)
-        .expect("queued");
-    for i in 5..8 {
-        send(&mut d, 1, &small(i), now);
-    }
-    let frames = whole_frames(&mut d);
-    let usual = reference(&config, &wire_of(&frames), now);
-    assert_eq!(usual.len(), 9);
-    let handed = feed_frames_to(&mut l, &frames, 100, now).expect("valid frames");
-    assert_eq!(handed, usual[..3], "up to the fragmented message");
-    assert_eq!(queued(&mut l), usual[3..], "the rest in order, behind it");
-}
-
-#[test]
-fn whole_frames_of_channels_with_different_receive_priorities_always_queue() {
-    let now = Instant::now();
-    let urgent = ChannelConfig {
-        priority: 200,
-        ..ChannelConfig::default()
-    };
-    let listener = Config {
-        qos: Arc::new(QosConfig {
-            channels: BTreeMap::from([(7u16, urgent)]),
-            ..QosConfig::default()
-        }),
-        ..Config::default()
-    };
-    let (mut d, mut l) = established(Config::default(), listener, now);
-    let bulk = pattern(100, 1);
-    let ping = pattern(8, 2);
-    send(&mut d, 0, &bulk, now);
-    send(&mut d, 7, &ping, now);
-    let frames = whole_frames(&mut d);
-    assert!(feed_frames_to(&mut l, &frames, 10, now)
-        .expect("valid frames")
-        .is_empty());
-    assert_eq!(queued(&mut l), [(7, ping), (0, bulk)]);
 }
 
 #[test]
