@@ -1342,20 +1342,17 @@ impl Conn {
         len: usize,
         mut frame: Option<Transmit>,
     ) -> Result<(), Error> {
-        if self.frames {
-            if let Some(t) = frame.take() {
-                // (Counted once it is out: the peer, which may be waiting for it, sees it
-                // sooner.)
-                frame = self.push_frame(&mut g, t);
-                if frame.is_none() {
-                    g.count_sent(Run::start(channel, len));
-                    self.trace_sent(channel, len);
-                    return Ok(());
-                }
-            }
-        }
+        // Shared memory: the frame goes straight into the ring if it can (and is counted
+        // after: the peer, which may be waiting for it, sees it sooner).
+        let pushed = self.frames && frame.is_some() && {
+            frame = frame.and_then(|t| self.push_frame(&mut g, t));
+            frame.is_none()
+        };
         g.count_sent(Run::start(channel, len));
         self.trace_sent(channel, len);
+        if pushed {
+            return Ok(());
+        }
         if g.state() == PipeState::Reconnecting {
             debug_assert!(frame.is_none(), "framed only while connected");
             return Ok(());
