@@ -120,17 +120,26 @@ fn send(s: &mut Session, channel: u16, payload: &Bytes, now: Instant) {
     s.send(channel, payload.clone(), now).expect("queued");
 }
 
+fn send_all(s: &mut Session, msgs: &[(u16, Bytes)], now: Instant) {
+    for (c, p) in msgs {
+        send(s, *c, p, now);
+    }
+}
+
+/// Ten messages of different lengths on channels 0, 1 and 2 in turn.
+fn ten_on_three_channels() -> Vec<(u16, Bytes)> {
+    (0..10u64)
+        .map(|i| ((i % 3) as u16, pattern(i as usize * 13, i)))
+        .collect()
+}
+
 #[test]
 fn messages_go_straight_to_the_caller_up_to_max_and_the_rest_queue_in_order() {
     let now = Instant::now();
     let config = Config::default();
     let (mut d, mut l) = established(config.clone(), config.clone(), now);
-    let sent: Vec<(u16, Bytes)> = (0..10u64)
-        .map(|i| ((i % 3) as u16, pattern(i as usize * 13, i)))
-        .collect();
-    for (c, p) in &sent {
-        send(&mut d, *c, p, now);
-    }
+    let sent = ten_on_three_channels();
+    send_all(&mut d, &sent, now);
     let bytes = wire(&mut d);
     let usual = reference(&config, &bytes, now);
     assert_eq!(usual.len(), 10);
@@ -139,9 +148,7 @@ fn messages_go_straight_to_the_caller_up_to_max_and_the_rest_queue_in_order() {
     assert_eq!(l.message_len(), 6, "the rest waits in the queue");
     assert_eq!(queued(&mut l), usual[4..]);
     // A caller that waits for more than came takes all of it.
-    for (c, p) in &sent {
-        send(&mut d, *c, p, now);
-    }
+    send_all(&mut d, &sent, now);
     let bytes = wire(&mut d);
     assert_eq!(feed_to(&mut l, &bytes, 100, now), usual);
     assert_eq!(l.message_len(), 0);
@@ -295,9 +302,7 @@ fn reliable_messages_go_straight_once_and_their_duplicates_not_at_all() {
     };
     let (mut d, mut l) = established(reliable.clone(), reliable, now);
     let sent: Vec<(u16, Bytes)> = (0..6).map(|i| (3u16, pattern(50, i))).collect();
-    for (c, p) in &sent {
-        send(&mut d, *c, p, now);
-    }
+    send_all(&mut d, &sent, now);
     let bytes = wire(&mut d);
     assert_eq!(feed_to(&mut l, &bytes, 100, now), sent);
     // The same frames again (a retransmission that crossed an ack): dropped.
@@ -315,12 +320,8 @@ fn whole_frames_go_straight_to_the_caller_up_to_max_and_the_rest_queue_in_order(
     let now = Instant::now();
     let config = Config::default();
     let (mut d, mut l) = established(config.clone(), config.clone(), now);
-    let sent: Vec<(u16, Bytes)> = (0..10u64)
-        .map(|i| ((i % 3) as u16, pattern(i as usize * 13, i)))
-        .collect();
-    for (c, p) in &sent {
-        send(&mut d, *c, p, now);
-    }
+    let sent = ten_on_three_channels();
+    send_all(&mut d, &sent, now);
     let frames = whole_frames(&mut d);
     assert_eq!(frames.len(), 10);
     let usual = reference(&config, &wire_of(&frames), now);
