@@ -126,19 +126,15 @@ fn send_all(s: &mut Session, msgs: &[(u16, Bytes)], now: Instant) {
     }
 }
 
-/// Ten messages of different lengths on channels 0, 1 and 2 in turn.
-fn ten_on_three_channels() -> Vec<(u16, Bytes)> {
-    (0..10u64)
-        .map(|i| ((i % 3) as u16, pattern(i as usize * 13, i)))
-        .collect()
-}
-
 #[test]
 fn messages_go_straight_to_the_caller_up_to_max_and_the_rest_queue_in_order() {
     let now = Instant::now();
     let config = Config::default();
     let (mut d, mut l) = established(config.clone(), config.clone(), now);
-    let sent = ten_on_three_channels();
+    // Ten messages of different lengths on channels 0, 1 and 2 in turn.
+    let sent: Vec<(u16, Bytes)> = (0..10u64)
+        .map(|i| ((i % 3) as u16, pattern(i as usize * 13, i)))
+        .collect();
     send_all(&mut d, &sent, now);
     let bytes = wire(&mut d);
     let usual = reference(&config, &bytes, now);
@@ -153,6 +149,33 @@ fn messages_go_straight_to_the_caller_up_to_max_and_the_rest_queue_in_order() {
     assert_eq!(feed_to(&mut l, &bytes, 100, now), usual);
     assert_eq!(l.message_len(), 0);
     assert_eq!(l.message_bytes(), 0, "nothing counted as queued");
+    // The same as whole frames (shared memory).
+    send_all(&mut d, &sent, now);
+    let frames = whole_frames(&mut d);
+    assert_eq!(wire_of(&frames), bytes, "the same frames");
+    let handed = feed_frames_to(&mut l, &frames, 4, now).expect("valid frames");
+    assert_eq!(handed, usual[..4], "whole frames: up to max");
+    assert_eq!(
+        l.message_len(),
+        6,
+        "whole frames: the rest waits in the queue"
+    );
+    assert_eq!(queued(&mut l), usual[4..]);
+    assert_eq!(
+        l.message_bytes(),
+        0,
+        "nothing handed over counted as queued"
+    );
+    // One at a time, as `recv` takes them: each goes straight while nothing waits.
+    for (c, p) in &sent {
+        send(&mut d, *c, p, now);
+        let frames = whole_frames(&mut d);
+        assert_eq!(
+            feed_frames_to(&mut l, &frames, 1, now).expect("valid frames"),
+            [(*c, p.clone())]
+        );
+    }
+    assert_eq!(l.message_len(), 0);
 }
 
 /// Sends, on one channel (the sender keeps their order): three small messages, a fragmented
@@ -316,37 +339,6 @@ fn reliable_messages_go_straight_once_and_their_duplicates_not_at_all() {
 }
 
 #[test]
-fn whole_frames_go_straight_to_the_caller_up_to_max_and_the_rest_queue_in_order() {
-    let now = Instant::now();
-    let config = Config::default();
-    let (mut d, mut l) = established(config.clone(), config.clone(), now);
-    let sent = ten_on_three_channels();
-    send_all(&mut d, &sent, now);
-    let frames = whole_frames(&mut d);
-    assert_eq!(frames.len(), 10);
-    let usual = reference(&config, &wire_of(&frames), now);
-    let handed = feed_frames_to(&mut l, &frames, 4, now).expect("valid frames");
-    assert_eq!(handed, usual[..4]);
-    assert_eq!(l.message_len(), 6, "the rest waits in the queue");
-    assert_eq!(queued(&mut l), usual[4..]);
-    assert_eq!(
-        l.message_bytes(),
-        0,
-        "nothing handed over counted as queued"
-    );
-    // One at a time, as `recv` takes them: each goes straight while nothing waits.
-    for (c, p) in &sent {
-        send(&mut d, *c, p, now);
-        let frames = whole_frames(&mut d);
-        assert_eq!(
-            feed_frames_to(&mut l, &frames, 1, now).expect("valid frames"),
-            [(*c, p.clone())]
-        );
-    }
-    assert_eq!(l.message_len(), 0);
-}
-
-#[test]
 fn a_whole_frame_that_breaks_the_rules_fails_the_session_and_is_handed_to_nobody() {
     let now = Instant::now();
     let config = Config {
@@ -370,8 +362,16 @@ fn a_whole_frame_that_breaks_the_rules_fails_the_session_and_is_handed_to_nobody
     frames[0].payload = pattern(101, 2);
     assert!(feed_frames_to(&mut l, &frames, 10, now).is_err());
     assert_eq!(l.state(), State::Closed);
-    // A whole message on a channel where a fragmented one is under way.
+    // A frame over the receiving side's frame limit (1024 bytes), within its message limit.
     let config = small_frames();
+    let (mut d, mut l) = established(config.clone(), config.clone(), now);
+    send(&mut d, 0, &pattern(1000, 5), now);
+    let mut frames = whole_frames(&mut d);
+    frames[0].header[4..8].copy_from_slice(&2000u32.to_be_bytes());
+    frames[0].payload = pattern(2000, 5);
+    assert!(feed_frames_to(&mut l, &frames, 10, now).is_err());
+    assert_eq!(l.state(), State::Closed);
+    // A whole message on a channel where a fragmented one is under way.
     let (mut d, mut l) = established(config.clone(), config, now);
     send(&mut d, 0, &pattern(3000, 3), now);
     let mut frames = whole_frames(&mut d);

@@ -951,13 +951,12 @@ impl Session {
         let offered = *left;
         let mut direct = *left > 0 && self.messages.is_idle();
         let mut pos = 0;
-        while run.len() - pos >= HEADER_LEN {
+        while let Some(b) = run[pos..].first_chunk::<HEADER_LEN>() {
             // Plain data (no flag: unreliable, whole, no TTL, no ack) needs only these fields
             // of the header.
-            let b = &run[pos..pos + HEADER_LEN];
             let plain = b[1] & flags::KNOWN == 0;
-            let channel = u16::from_be_bytes([b[2], b[3]]);
-            let len = u32::from_be_bytes([b[4], b[5], b[6], b[7]]) as usize;
+            let channel = Header::channel_of(b);
+            let len = Header::payload_len_of(b) as usize;
             if len > run.len() - pos - HEADER_LEN {
                 // (Not reached: the deframer checked the length.)
                 result = Err(self.fail(crate::wire::WireError::Truncated.into()));
@@ -965,8 +964,7 @@ impl Session {
             }
             let body = pos + HEADER_LEN..pos + HEADER_LEN + len;
             pos = body.end;
-            let whole = len <= self.config.max_message_size as usize
-                && !self.reassembly.in_progress(channel);
+            let whole = self.takes_whole(channel, len);
             if !(plain && whole) {
                 const NOT_WHOLE: u8 = flags::MORE_FRAGMENTS
                     | flags::CONTINUATION
@@ -1127,12 +1125,11 @@ impl Session {
     ) -> Result<(), Error> {
         debug_assert!(self.frame_is_timeless(header), "a frame that needs a time");
         if *left > 0 && self.one_rx_priority && self.messages.is_idle() {
-            let channel = u16::from_be_bytes([header[2], header[3]]);
-            let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+            let channel = Header::channel_of(header);
+            let len = Header::payload_len_of(header);
             if payload.len() as u64 == u64::from(len)
                 && len <= self.deframer.max_payload()
-                && len <= self.config.max_message_size
-                && !self.reassembly.in_progress(channel)
+                && self.takes_whole(channel, len as usize)
             {
                 // (As the untimed way: heard, at the next time a call brings.)
                 self.heard_untimed = true;
@@ -1145,6 +1142,15 @@ impl Session {
             }
         }
         self.handle_raw_frame_untimed(header, payload)
+    }
+
+    /// Whether a frame of `len` bytes on `channel` that carries no fragment flag is a whole
+    /// message the receive side takes as it is: within the message size limit, and no
+    /// fragmented message under reassembly on the channel (which it would break into). The
+    /// general way (`on_data`) fails what this refuses.
+    #[inline]
+    fn takes_whole(&self, channel: u16, len: usize) -> bool {
+        len <= self.config.max_message_size as usize && !self.reassembly.in_progress(channel)
     }
 
     /// Handles one whole frame. Frames after the session closed are ignored.

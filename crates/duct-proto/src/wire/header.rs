@@ -108,6 +108,19 @@ pub struct Header {
 }
 
 impl Header {
+    /// The channel of the frame whose encoded header is `b`, read in place (no decode).
+    #[inline]
+    pub fn channel_of(b: &[u8; HEADER_LEN]) -> u16 {
+        u16::from_be_bytes([b[2], b[3]])
+    }
+
+    /// The payload length of the frame whose encoded header is `b`, read in place (no
+    /// decode).
+    #[inline]
+    pub fn payload_len_of(b: &[u8; HEADER_LEN]) -> u32 {
+        u32::from_be_bytes([b[4], b[5], b[6], b[7]])
+    }
+
     /// A header of `kind` with every other field zero.
     pub const fn new(kind: FrameKind) -> Header {
         Header {

@@ -114,7 +114,7 @@ impl Deframer {
     pub fn data_run(&self, buf: &[u8]) -> usize {
         let mut rest = buf;
         while let Some((h, after)) = rest.split_first_chunk::<HEADER_LEN>() {
-            let len = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            let len = Header::payload_len_of(h);
             if h[0] != FrameKind::Data as u8 || len > self.max_payload {
                 break;
             }

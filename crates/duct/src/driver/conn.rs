@@ -1396,10 +1396,7 @@ impl Conn {
         }
         drop(w);
         // As a flush that wrote something tells them.
-        if g.waiters > 0 {
-            self.cv.notify_all();
-        }
-        g.wakers.wake_all();
+        self.notify(g);
         None
     }
 

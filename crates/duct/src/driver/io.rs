@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use duct_proto::wire::HEADER_LEN;
+use duct_proto::wire::{Header, HEADER_LEN};
 use duct_proto::{Received, Transmit};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fd::BorrowedFd;
@@ -768,7 +768,7 @@ impl WriteQueue {
 /// there.
 fn inline_header(run: &[u8], at: usize) -> Option<([u8; HEADER_LEN], usize)> {
     let header: [u8; HEADER_LEN] = run.get(at..at + HEADER_LEN)?.try_into().ok()?;
-    let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    let len = Header::payload_len_of(&header) as usize;
     (run.len() >= at + HEADER_LEN + len).then_some((header, len))
 }
 

@@ -238,8 +238,10 @@ pub(crate) struct TxSide {
     copied_frames: u64,
     copied_bytes: u64,
     lent_frames: u64,
-    /// Frames sent one at a time ([`ShmStream::push_copy`]) since the peer was last woken.
-    unpublished: usize,
+    /// Frames sent one at a time ([`ShmStream::push_copy`]) since the peer was last woken
+    /// (and, but when the ring or the pool was found full, since the ring's head was
+    /// published).
+    unwoken: usize,
 }
 
 /// The receiving end's private state: one at a time holds it (see [`ShmStream`]).
@@ -433,7 +435,7 @@ impl ShmStream {
                 copied_frames: 0,
                 copied_bytes: 0,
                 lent_frames: 0,
-                unpublished: 0,
+                unwoken: 0,
             })),
             rx_spare: Mutex::new(Some(RxSide {
                 consumer: rx.ring.consumer(),
@@ -611,7 +613,7 @@ impl ShmStream {
             }
         }
         // (Frames `push_copy` sent before these are published with them.)
-        let unwoken = sent + std::mem::take(&mut tx.unpublished);
+        let unwoken = sent + std::mem::take(&mut tx.unwoken);
         if unwoken > 0 {
             self.published(tx, unwoken);
         }
@@ -638,14 +640,14 @@ impl ShmStream {
             self.tx_pool.rewind();
         }
         let pushed = self.push_one(tx, header, payload, None)?;
-        tx.unpublished += usize::from(pushed);
+        tx.unwoken += usize::from(pushed);
         Ok(pushed)
     }
 
     /// Wakes the peer, if it waits, for the frames [`ShmStream::push_copy`] sent.
     pub(crate) fn publish(&self, side: &mut FrameSide) -> io::Result<()> {
         let tx = self.tx_side(side)?;
-        let sent = std::mem::take(&mut tx.unpublished);
+        let sent = std::mem::take(&mut tx.unwoken);
         if sent > 0 {
             self.published(tx, sent);
         }
