@@ -355,22 +355,10 @@ fn a_whole_frame_that_breaks_the_rules_fails_the_session_and_is_handed_to_nobody
     assert_eq!(l.message_len(), 0);
     // A message over the receiving side's size limit (which a sender that keeps to it
     // does not send: the frame is made longer).
-    let (mut d, mut l) = established(Config::default(), config.clone(), now);
-    send(&mut d, 0, &pattern(100, 2), now);
-    let mut frames = whole_frames(&mut d);
-    frames[0].header[4..8].copy_from_slice(&101u32.to_be_bytes());
-    frames[0].payload = pattern(101, 2);
-    assert!(feed_frames_to(&mut l, &frames, 10, now).is_err());
-    assert_eq!(l.state(), State::Closed);
+    fails_lengthened(Config::default(), config.clone(), 100, 101, now);
     // A frame over the receiving side's frame limit (1024 bytes), within its message limit.
     let config = small_frames();
-    let (mut d, mut l) = established(config.clone(), config.clone(), now);
-    send(&mut d, 0, &pattern(1000, 5), now);
-    let mut frames = whole_frames(&mut d);
-    frames[0].header[4..8].copy_from_slice(&2000u32.to_be_bytes());
-    frames[0].payload = pattern(2000, 5);
-    assert!(feed_frames_to(&mut l, &frames, 10, now).is_err());
-    assert_eq!(l.state(), State::Closed);
+    fails_lengthened(config.clone(), config.clone(), 1000, 2000, now);
     // A whole message on a channel where a fragmented one is under way.
     let (mut d, mut l) = established(config.clone(), config, now);
     send(&mut d, 0, &pattern(3000, 3), now);
@@ -381,6 +369,20 @@ fn a_whole_frame_that_breaks_the_rules_fails_the_session_and_is_handed_to_nobody
     frames.extend(whole_frames(&mut d));
     assert!(feed_frames_to(&mut l, &frames, 10, now).is_err());
     assert_eq!(l.state(), State::Closed);
+}
+
+/// A `len`-byte message the dialer (`dialer`) sends, made `longer` bytes on the way (what a
+/// sender that keeps to the limits does not send), fails the listener (`listener`) as a
+/// whole frame.
+fn fails_lengthened(dialer: Config, listener: Config, len: usize, longer: u32, now: Instant) {
+    let (mut d, mut l) = established(dialer, listener, now);
+    send(&mut d, 0, &pattern(len, 7), now);
+    let mut frames = whole_frames(&mut d);
+    frames[0].header[4..8].copy_from_slice(&longer.to_be_bytes());
+    frames[0].payload = pattern(longer as usize, 7);
+    assert!(feed_frames_to(&mut l, &frames, 10, now).is_err());
+    assert_eq!(l.state(), State::Closed);
+    assert_eq!(l.message_len(), 0);
 }
 
 /// The bytes a byte stream would carry for `frames`.
