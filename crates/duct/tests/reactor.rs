@@ -291,6 +291,79 @@ fn polling_an_empty_pipe_reads_once(kind: common::Kind) {
     assert_eq!(rx.stats().reads, before, "no read by the poll itself");
 }
 
+/// An async receive that waits costs one read per message that arrives on a plain socket:
+/// it waits without a read of its own while the reactor, which watches the transport, has
+/// reported nothing since a read found it empty; and the reactor's read ends where the
+/// socket's read left room in the buffer (tcp, uds), without a read that only finds nothing.
+/// TLS and shared memory read until a read finds nothing: two per arrival.
+fn a_waiting_async_receive_costs_one_read_per_arrival(kind: common::Kind) {
+    let Some(f) = common::Fixture::new(kind) else {
+        return;
+    };
+    const ROUNDS: u64 = 100;
+    let p = common::pair(&f);
+    let (tx, rx) = (&p.dialer, &p.accepted);
+    let wait = RecvOptions::default().timeout(Duration::from_secs(10));
+    // (The connection's first reads are behind us once a message went through.)
+    tx.send("first").unwrap();
+    assert_eq!(rx.recv_with(&wait).unwrap().payload(), b"first");
+    let before = rx.stats().reads;
+    let (got_tx, got_rx) = mpsc::channel();
+    thread::scope(|s| {
+        s.spawn(|| {
+            futures::executor::block_on(async {
+                for _ in 0..ROUNDS {
+                    let m = rx.recv_with_async(&wait).await.unwrap();
+                    got_tx.send(m.payload().to_vec()).unwrap();
+                }
+            })
+        });
+        for i in 0..ROUNDS {
+            // The receive waits by then.
+            thread::sleep(Duration::from_millis(2));
+            tx.send(format!("m{i}")).unwrap();
+            let got = got_rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("{kind:?}: message {i} never came"));
+            assert_eq!(got, format!("m{i}").as_bytes());
+        }
+    });
+    let reads = rx.stats().reads - before;
+    let per_arrival = match kind {
+        common::Kind::Tls | common::Kind::Shm => 2,
+        _ => 1,
+    };
+    // (A few more: a message that comes before the receive waits again is read by it.)
+    assert!(
+        reads <= ROUNDS * per_arrival + ROUNDS / 4,
+        "{kind:?}: {reads} reads for {ROUNDS} messages, each awaited (at most {per_arrival} \
+         each expected)"
+    );
+}
+
+#[test]
+fn a_waiting_async_receive_costs_one_read_per_arrival_tcp() {
+    a_waiting_async_receive_costs_one_read_per_arrival(common::Kind::Tcp4);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_waiting_async_receive_costs_one_read_per_arrival_uds() {
+    a_waiting_async_receive_costs_one_read_per_arrival(common::Kind::UdsAbstract);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_waiting_async_receive_costs_one_read_per_arrival_shm() {
+    a_waiting_async_receive_costs_one_read_per_arrival(common::Kind::Shm);
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn a_waiting_async_receive_costs_one_read_per_arrival_tls() {
+    a_waiting_async_receive_costs_one_read_per_arrival(common::Kind::Tls);
+}
+
 /// Many pipes polled by one thread: on the io_uring backend the reactor reads them through
 /// its ring (every pipe that became readable in a pass, in one system call) and the poller
 /// finds the messages queued; on epoll every read is a `recv` of its own. Either way

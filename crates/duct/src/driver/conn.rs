@@ -1941,13 +1941,14 @@ impl Conn {
                 g = ng;
                 continue;
             }
-            if wait == Wait::No
-                && park.is_none()
-                && g.read_armed
-                && g.empty_at == Some(g.read_events)
-            {
+            if wait == Wait::No && g.read_armed && g.empty_at == Some(g.read_events) {
                 // The transport was empty at the last read, and the reactor, which watches
-                // it, has reported nothing since: still empty. No system call.
+                // it, has reported nothing since: still empty. No system call: a receive
+                // that does not wait returns, an async one waits (the reactor reads for it
+                // at the next event).
+                if let Some(p) = park.as_mut() {
+                    return self.park_recv(g, p);
+                }
                 drop(g);
                 return Ok(0);
             }
@@ -2262,15 +2263,32 @@ impl Conn {
             }
             let needed = g.session.input_needed(&r.data);
             g.stats.reads += 1;
+            let events = g.read_events;
             drop(g);
+            // Whether the transport is empty after this read (as of `events`): it said
+            // `WouldBlock`, or a plain socket's read left room in the buffer.
+            let mut drained = false;
             let res = with_transport(
                 &mut *r,
                 |r| &mut r.transport,
                 || self.t(),
-                |r, t| r.recv(t, needed, true),
+                |r, t| {
+                    let res = r.recv(t, needed, true);
+                    drained = match &res {
+                        Ok(n) => {
+                            *n > 0 && t.short_read_drains() && r.data.len() < r.data.capacity()
+                        }
+                        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+                    };
+                    res
+                },
             );
             g = self.lock();
-            if !self.absorb(&mut g, &mut r, res) {
+            if drained {
+                // (As a caller's read records it: see `empty_at`.)
+                g.empty_at = Some(events);
+            }
+            if !self.absorb(&mut g, &mut r, res) || drained {
                 break;
             }
         }

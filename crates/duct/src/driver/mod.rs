@@ -89,6 +89,15 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     fn frame_io(&self) -> Option<&dyn FrameIo> {
         None
     }
+    /// Whether a receive that returns data without filling the buffer found the transport
+    /// empty, so that whatever arrives after it raises a new readiness event: a plain
+    /// socket's `recv` copies all it holds up to the buffer's room (tcp, uds). Then the
+    /// reactor's read stops there, without a `recv` that only says `WouldBlock`. `false` for
+    /// the rest (TLS may hold decrypted bytes the fd cannot show; a frame transport is
+    /// watched again only once a receive found nothing).
+    fn short_read_drains(&self) -> bool {
+        false
+    }
     /// The socket a reactor thread may receive from through its io_uring ring in place of
     /// [`StreamTransport::recv_into`] (batched with other pipes' receives): transports whose
     /// receive is one plain `recv` of the socket (tcp, uds). `None` for the rest (TLS
