@@ -40,6 +40,7 @@ use mio::{Interest, Token};
 
 use super::backend::{self, Backend, Control, Poller};
 use super::sys::{self, Readiness};
+use super::wakers;
 
 /// Something the reactor serves: a pipe (or, later, a listener).
 pub(crate) trait Reactive: Send + Sync {
@@ -303,6 +304,7 @@ pub(crate) fn complete_staged() {
                 duct_sys::uring::Done::Recv(buf, res) => source.on_recv(buf, res),
                 duct_sys::uring::Done::Send(queue, res) => source.on_send(queue, res),
             }
+            wakers::wake_deferred();
         }
         if let Ok(mut io) = c.try_borrow_mut() {
             if let Some(io) = io.as_mut() {
@@ -698,11 +700,14 @@ impl Timers {
 
 fn run(worker: Arc<Worker>, mut poller: Poller) {
     CURRENT_WORKER.with(|c| c.set(Arc::as_ptr(&worker) as usize));
+    // Async calls a source wakes are woken once it has let go of its lock.
+    wakers::defer_wakes_here();
     let mut ready = Vec::new();
     let mut table = Table::default();
     let mut inbox = Inbox::default();
     loop {
         take_inbox(&worker, &mut inbox, &mut table, &mut poller);
+        wakers::wake_deferred();
         let timeout = table
             .timers
             .next()
@@ -722,11 +727,13 @@ fn run(worker: Arc<Worker>, mut poller: Poller) {
                 continue;
             };
             source.on_ready(ev.readable, ev.writable);
+            wakers::wake_deferred();
         }
         let now = Instant::now();
         while let Some(token) = table.timers.pop_due(now) {
             if let Some(source) = table.sources.get(&token).and_then(Weak::upgrade) {
                 source.on_timer(now);
+                wakers::wake_deferred();
             }
         }
         // The reads and writes this pass staged, in one system call.
