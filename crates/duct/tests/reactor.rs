@@ -364,6 +364,63 @@ fn a_waiting_async_receive_costs_one_read_per_arrival_tls() {
     a_waiting_async_receive_costs_one_read_per_arrival(common::Kind::Tls);
 }
 
+/// A peer that sends its last message and hangs up at once: the message and the end reach
+/// the reactor in one event (readable with the peer's half closed), and the read the reactor
+/// makes for a waiting async receive must go on to the end, past a read that left room in
+/// the buffer. The receive after the message reports the end at once (within 500 ms, well
+/// before the heartbeat's first PING, 1 s, would find the connection gone), each of many
+/// rounds.
+fn an_end_that_comes_with_the_last_message_is_seen(kind: common::Kind) {
+    let Some(f) = common::Fixture::new(kind) else {
+        return;
+    };
+    let listener = duct::listen(&f.addr(), f.listen_opts(ListenOptions::default())).unwrap();
+    let addr = listener.local_addr().to_string();
+    let wait = RecvOptions::default().timeout(Duration::from_secs(2));
+    for round in 0..30 {
+        let mut raw = f.raw_dial(&addr);
+        raw.handshake();
+        let accepted = listener.accept_timeout(common::T).expect("accept");
+        thread::scope(|s| {
+            let receiver = s.spawn(|| {
+                futures::executor::block_on(async {
+                    let m = accepted
+                        .recv_with_async(&wait)
+                        .await
+                        .expect("the last message");
+                    assert_eq!(m.payload(), b"last words");
+                    let soon = RecvOptions::default().timeout(Duration::from_millis(500));
+                    accepted.recv_with_async(&soon).await.expect_err("the end")
+                })
+            });
+            // The receive waits by then.
+            thread::sleep(Duration::from_millis(5));
+            raw.session
+                .send(0, Bytes::from_static(b"last words"), Instant::now())
+                .expect("raw send");
+            raw.flush().expect("raw flush");
+            drop(raw); // no CLOSE: the end of the stream right behind the message
+            let e = receiver.join().expect("receiver");
+            assert_eq!(
+                e.kind(),
+                ErrorKind::Disconnected,
+                "{kind:?} round {round}: {e}"
+            );
+        });
+    }
+}
+
+#[test]
+fn an_end_that_comes_with_the_last_message_is_seen_tcp() {
+    an_end_that_comes_with_the_last_message_is_seen(common::Kind::Tcp4);
+}
+
+#[cfg(unix)]
+#[test]
+fn an_end_that_comes_with_the_last_message_is_seen_uds() {
+    an_end_that_comes_with_the_last_message_is_seen(common::Kind::UdsAbstract);
+}
+
 /// Many pipes polled by one thread: on the io_uring backend the reactor reads them through
 /// its ring (every pipe that became readable in a pass, in one system call) and the poller
 /// finds the messages queued; on epoll every read is a `recv` of its own. Either way

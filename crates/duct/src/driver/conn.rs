@@ -176,6 +176,11 @@ struct Shared {
     /// come since, the transport is still empty: a receive that does not wait returns at
     /// once, without a system call (an application polling many pipes).
     empty_at: Option<u64>,
+    /// The reactor's next read goes on until the transport says `WouldBlock` or ends, even
+    /// past a read that left room in the buffer (see `StreamTransport::short_read_drains`):
+    /// the event that woke it may report the peer's hang-up (readable and writable at once),
+    /// and an end that came with the last bytes raises no event of its own.
+    read_to_end: bool,
     /// When the reactor looks again at a pipe it left to its caller.
     recheck_at: Option<Instant>,
     /// While paused: when to sample again what waits unread in the transport.
@@ -825,6 +830,7 @@ impl Conn {
             seen_blocking: 0,
             read_events: 0,
             empty_at: None,
+            read_to_end: false,
             recheck_at: None,
             sample_at: None,
             timer_at: None,
@@ -2264,6 +2270,7 @@ impl Conn {
             let needed = g.session.input_needed(&r.data);
             g.stats.reads += 1;
             let events = g.read_events;
+            let short_drains = !g.read_to_end;
             drop(g);
             // Whether the transport is empty after this read (as of `events`): it said
             // `WouldBlock`, or a plain socket's read left room in the buffer.
@@ -2276,7 +2283,10 @@ impl Conn {
                     let res = r.recv(t, needed, true);
                     drained = match &res {
                         Ok(n) => {
-                            *n > 0 && t.short_read_drains() && r.data.len() < r.data.capacity()
+                            *n > 0
+                                && short_drains
+                                && t.short_read_drains()
+                                && r.data.len() < r.data.capacity()
                         }
                         Err(e) => e.kind() == io::ErrorKind::WouldBlock,
                     };
@@ -2288,7 +2298,12 @@ impl Conn {
                 // (As a caller's read records it: see `empty_at`.)
                 g.empty_at = Some(events);
             }
-            if !self.absorb(&mut g, &mut r, res) || drained {
+            if !self.absorb(&mut g, &mut r, res) {
+                // Empty, ended or failed.
+                g.read_to_end = false;
+                break;
+            }
+            if drained {
                 break;
             }
         }
@@ -3195,7 +3210,7 @@ impl Reactive for Conn {
         r.data = buf;
         let room = r.data.capacity() - r.data.len();
         let drained = match &result {
-            Ok(n) => *n > 0 && room > 0,
+            Ok(n) => *n > 0 && room > 0 && !g.read_to_end,
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
         };
         if drained {
@@ -3204,10 +3219,14 @@ impl Reactive for Conn {
             g.empty_at = Some(events);
         }
         let more = self.absorb(&mut g, &mut r, result);
+        if !more {
+            g.read_to_end = false;
+        }
         // A receive that left room found the socket empty: the poll reports what comes next,
         // so the read is over without another receive to see `WouldBlock` (unless the
-        // receive queue just filled: the loop pauses reading first).
-        g = if more && (room == 0 || g.session.recv_full()) {
+        // receive queue just filled: the loop pauses reading first; or the event may have
+        // been the peer's hang-up: see `read_to_end`).
+        g = if more && (!drained || g.session.recv_full()) {
             self.read_on(g, r, was_open)
         } else {
             self.read_on_done(g, r, was_open)
@@ -3247,6 +3266,10 @@ impl Reactive for Conn {
         }
         if readable {
             g.read_events = g.read_events.wrapping_add(1);
+            if writable {
+                // Perhaps a hang-up (the backends report one as both).
+                g.read_to_end = true;
+            }
             if !writable && g.polled_and_watched(self.frames) && !ring_reads_for_pollers(self.ring)
             {
                 // A caller polls this pipe and the recheck is already set: the event just
