@@ -865,9 +865,11 @@ fn a_higher_priority_channel_overtakes_bulk_between_two_frames() {
 #[test]
 fn weights_share_the_link_inside_a_class() {
     let t0 = Instant::now();
+    // (Room for all of it queued: about 5 MiB per channel.)
     let weighted = |w| ChannelConfig {
         weight: w,
         snd_hwm_msgs: 10_000,
+        snd_hwm_bytes: 64 << 20,
         ..ChannelConfig::default()
     };
     let mut o = Outbox::new(qos([(1, weighted(1)), (2, weighted(3))]), t0);

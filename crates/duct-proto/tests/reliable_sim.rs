@@ -2479,10 +2479,13 @@ fn a_small_window_streams_without_waiting_for_the_delayed_ack() {
 #[test]
 fn a_window_half_full_in_bytes_asks_for_an_ack() {
     let now = Instant::now();
-    let qos = Arc::new(QosConfig {
+    let mut qos = QosConfig {
         inflight_msgs: 1 << 20,
         ..(*rel_qos(1)).clone()
-    });
+    };
+    // (Room in the send queue for all of them: over 8 MiB.)
+    qos.channels.get_mut(&1).expect("channel 1").snd_hwm_bytes = 64 << 20;
+    let qos = Arc::new(qos);
     let (mut d, mut l) = established(with_qos(&qos), with_qos(&qos), now);
     let big = Bytes::from(vec![7u8; 64 * 1024]);
     let half = qos.inflight_bytes / 2 / big.len();

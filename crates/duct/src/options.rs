@@ -955,7 +955,8 @@ impl RateLimit {
 /// is full, time to live, scheduling against other channels, and rate limits.
 ///
 /// Every channel, configured or not, starts from these defaults: realtime (not reliable),
-/// send and receive queues of at most 1024 messages and 64 MiB each,
+/// a send queue of at most 1024 messages and 4 MiB, a receive queue of at most 1024
+/// messages and 64 MiB,
 /// [`Backpressure::Block`], no TTL, priority 128, weight 1, no rate limit.
 ///
 /// Channels are independent: a full bulk channel never blocks a realtime one, and the
@@ -1042,9 +1043,10 @@ impl ChannelOptions {
         self
     }
 
-    /// The send queue's high-water mark, in payload bytes. Default: 64 MiB. An empty queue
-    /// always takes one message, however large (up to `max_message_size`). `0` is treated
-    /// as 1.
+    /// The send queue's high-water mark, in payload bytes. Default: 4 MiB (a queue that
+    /// large is already far ahead of the transport; copies queued further ahead are written
+    /// from memory the caches no longer hold). An empty queue always takes one message,
+    /// however large (up to `max_message_size`). `0` is treated as 1.
     #[must_use]
     pub fn snd_hwm_bytes(mut self, bytes: usize) -> Self {
         self.snd_hwm_bytes = Some(bytes);
@@ -1726,7 +1728,7 @@ mod tests {
         let explicit_defaults = ChannelOptions::default()
             .reliable(false)
             .snd_hwm_msgs(1024)
-            .snd_hwm_bytes(64 * 1024 * 1024)
+            .snd_hwm_bytes(4 * 1024 * 1024)
             .rcv_hwm_msgs(1024)
             .rcv_hwm_bytes(64 * 1024 * 1024)
             .backpressure(Backpressure::Block)

@@ -22,7 +22,7 @@
 //!
 //! Warmup: up to `--warmup` round trips but for at most [`WARMUP_LIMIT`] ([`warm_up`]),
 //! flagged [`FLAG_WARMUP`] in their first byte so that the peer needs no count. Without
-//! priority, a loaded ping waits behind the whole bulk backlog (up to the channel's 64 MiB
+//! priority, a loaded ping waits behind the whole bulk backlog (up to the channel's 4 MiB
 //! queue), and 2000 warmup round trips could take a minute.
 
 use std::sync::atomic::{AtomicBool, Ordering};

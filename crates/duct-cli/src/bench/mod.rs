@@ -464,7 +464,7 @@ fn create_output(path: &Path) -> Result<(File, std::path::PathBuf)> {
 ///
 /// Mixed: the warmup is bounded by [`mixed::WARMUP_LIMIT`] instead of counted; a `loaded`
 /// round trip is allowed half a second, as a ping may wait behind the whole bulk backlog
-/// (64 MiB) when priority does not act.
+/// (4 MiB by default) when priority does not act.
 fn run_timeout(job: &Job, loaded: bool) -> Duration {
     let mut per_msg_ns = 200_000u64.saturating_add(50u64.saturating_mul(job.size as u64));
     let mut warmup = job.warmup;
