@@ -141,6 +141,14 @@ fn nth_copy(first: u64, len: usize, k: u32) -> u64 {
     first + u64::from(k) * len as u64
 }
 
+/// Fresh reliable messages a channel may number without a check of the windows or the ack
+/// request per message ([`Outbox::quiet`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quiet {
+    msgs: usize,
+    bytes: usize,
+}
+
 /// Where a sent reliable message's payload is kept until it is acknowledged.
 #[derive(Debug)]
 enum Kept {
@@ -741,6 +749,76 @@ impl Outbox {
         }
         let seq = number(&mut self.rel, ch, len);
         Some((seq, ask(&mut self.rel, &self.config, ch)))
+    }
+
+    /// How many fresh reliable messages, and how many payload bytes in all, `channel` may
+    /// number from now on with neither window filling nor a frame asking for an ack: what
+    /// [`Outbox::number_quiet`] counts down instead of checking both per message. It holds
+    /// while nothing but `number_quiet` changes the outbox; after anything else (an ack,
+    /// notably: it lets the next message ask again), ask again.
+    pub fn quiet(&self, channel: u16) -> Quiet {
+        let Some(ch) = self.chans.get(channel) else {
+            return Quiet::default();
+        };
+        let rel = &self.rel;
+        let asks = rel.asks && !rel.asked;
+        let mut q = Quiet {
+            msgs: usize::MAX,
+            bytes: usize::MAX,
+        };
+        for (n, b, max_n, max_b) in [
+            (
+                rel.inflight_msgs,
+                rel.inflight_bytes,
+                self.config.inflight_msgs,
+                self.config.inflight_bytes,
+            ),
+            (
+                ch.inflight_msgs,
+                ch.inflight_bytes,
+                ch.cfg.inflight_msgs,
+                ch.cfg.inflight_bytes,
+            ),
+        ] {
+            // The window: the k-th more fits while n + k - 1 < max_n and the bytes within
+            // max_b (`window_room`; none while the bytes are over it already, which the
+            // first of an empty window may bring about, not even an empty message).
+            let (max_n, max_b) = (max_n.max(1), max_b.max(1));
+            q.msgs = q.msgs.min(if b > max_b {
+                0
+            } else {
+                max_n.saturating_sub(n)
+            });
+            q.bytes = q.bytes.min(max_b.saturating_sub(b));
+            if asks {
+                // The one that brings n + k to half the window, or the bytes to half theirs,
+                // asks (`ask`): stop before it (at once, bytes at half already).
+                let (half_n, half_b) = (max_n.max(2) / 2, max_b.max(2) / 2);
+                q.msgs = q.msgs.min(if b >= half_b {
+                    0
+                } else {
+                    half_n.saturating_sub(n + 1)
+                });
+                q.bytes = q.bytes.min(half_b.saturating_sub(b + 1));
+            }
+        }
+        q
+    }
+
+    /// Numbers a fresh reliable message of `len` bytes on `channel` within `quiet` (from
+    /// [`Outbox::quiet`] for the same channel): as [`Outbox::number_direct`] would, without
+    /// its checks, which `quiet` answers for: it fits both windows and asks for no ack.
+    /// `None` when `quiet` does not cover it: number it with `number_direct`, then ask for
+    /// `quiet` again.
+    #[inline]
+    pub fn number_quiet(&mut self, channel: u16, len: usize, quiet: &mut Quiet) -> Option<u64> {
+        if quiet.msgs == 0 || len > quiet.bytes {
+            return None;
+        }
+        let ch = self.chans.get_mut(channel)?;
+        quiet.msgs -= 1;
+        quiet.bytes -= len;
+        Some(number(&mut self.rel, ch, len))
     }
 
     /// Records the reliable message numbered `seq` by [`Outbox::number_direct`] as sent at
@@ -1617,6 +1695,88 @@ mod tests {
         let mut o = Outbox::new(config, now);
         assert_eq!(o.direct_allowed(1, None, None, now), Some(true));
         o
+    }
+
+    /// Numbering within what [`Outbox::quiet`] said (then checked, and asked again, past
+    /// it: as `Session::number_next` does) numbers every message as checking each with
+    /// [`Outbox::number_direct`] does: the same numbers, the same ack requests, the same
+    /// refusals when a window is full, whatever the windows (the pipe's and the channel's,
+    /// in messages and bytes), the lengths and the acks in between (after each of which the
+    /// room is asked for again, as a driver's run of messages never spans one).
+    #[test]
+    fn numbering_within_the_quiet_room_numbers_as_checking_each_message() {
+        use proptest::prelude::*;
+        #[derive(Debug, Clone)]
+        enum Op {
+            Send(usize),
+            Ack(usize),
+        }
+        let op = prop_oneof![
+            8 => (0usize..300).prop_map(Op::Send),
+            1 => (0usize..64).prop_map(Op::Ack),
+        ];
+        let window = (1usize..40, prop_oneof![Just(usize::MAX), 1usize..4000]);
+        proptest!(ProptestConfig::with_cases(300), |(
+            pipe in window.clone(),
+            chan in window,
+            asks in any::<bool>(),
+            ops in proptest::collection::vec(op, 1..200),
+        )| {
+            let now = Instant::now();
+            let make = || {
+                let ch = ChannelConfig {
+                    reliable: true,
+                    inflight_msgs: chan.0,
+                    inflight_bytes: chan.1,
+                    ..ChannelConfig::default()
+                };
+                let config = Arc::new(QosConfig {
+                    channels: [(1u16, ch)].into_iter().collect(),
+                    inflight_msgs: pipe.0,
+                    inflight_bytes: pipe.1,
+                    ..QosConfig::default()
+                });
+                let mut o = Outbox::new(config, now);
+                o.set_ack_requests(asks);
+                assert_eq!(o.direct_allowed(1, None, None, now), Some(true));
+                o
+            };
+            let (mut each, mut quiet) = (make(), make());
+            let mut room = quiet.quiet(1);
+            let mut sent: Vec<u64> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Send(len) => {
+                        let want = each.number_direct(1, len);
+                        let got = match quiet.number_quiet(1, len, &mut room) {
+                            Some(seq) => Some((seq, false)),
+                            None => {
+                                let n = quiet.number_direct(1, len);
+                                room = quiet.quiet(1);
+                                n
+                            }
+                        };
+                        prop_assert_eq!(got, want, "a message of {} bytes", len);
+                        if let Some((seq, _)) = want {
+                            let payload = vec![0u8; len];
+                            each.record_direct_copy(seq, 1, &payload, now);
+                            quiet.record_direct_copy(seq, 1, &payload, now);
+                            sent.push(seq);
+                        }
+                    }
+                    Op::Ack(k) => {
+                        if sent.is_empty() {
+                            continue;
+                        }
+                        let cum = crate::reliable::narrow(sent[k % sent.len()]);
+                        each.on_ack(cum, &[], now).expect("ack");
+                        quiet.on_ack(cum, &[], now).expect("ack");
+                        room = quiet.quiet(1);
+                    }
+                }
+                prop_assert_eq!(quiet.inflight(), each.inflight());
+            }
+        });
     }
 
     /// An ack settles runs of records channel by channel: the pipe's and every channel's

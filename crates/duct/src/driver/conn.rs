@@ -1455,8 +1455,8 @@ impl Conn {
             // field by field, and the header's wide load from it would wait for those stores.)
             // The pipe lock was let go (a write through): the session may have changed.
             let mut relocked = false;
-            let numbered = match (&direct, &fast) {
-                (Some(_), Some(r)) if r.reliable() => g.session.number_direct(r, len),
+            let numbered = match (&direct, &mut fast) {
+                (Some(_), Some(r)) if r.reliable() => g.session.number_next(r, len),
                 _ => None,
             };
             let queued = match (direct.as_mut(), numbered) {
