@@ -94,7 +94,8 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     /// socket's `recv` copies all it holds up to the buffer's room (tcp, uds). Then the
     /// reactor's read stops there, without a `recv` that only says `WouldBlock`. `false` for
     /// the rest (TLS may hold decrypted bytes the fd cannot show; a frame transport is
-    /// watched again only once a receive found nothing).
+    /// watched again only once a receive found nothing; on Windows mio reports readiness
+    /// again only after an operation said `WouldBlock`).
     fn short_read_drains(&self) -> bool {
         false
     }
