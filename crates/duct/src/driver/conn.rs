@@ -2281,15 +2281,8 @@ impl Conn {
                 || self.t(),
                 |r, t| {
                     let res = r.recv(t, needed, true);
-                    drained = match &res {
-                        Ok(n) => {
-                            *n > 0
-                                && short_drains
-                                && t.short_read_drains()
-                                && r.data.len() < r.data.capacity()
-                        }
-                        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-                    };
+                    let left_room = r.data.len() < r.data.capacity();
+                    drained = read_drained(&res, left_room, short_drains && t.short_read_drains());
                     res
                 },
             );
@@ -3179,6 +3172,17 @@ impl Conn {
     }
 }
 
+/// Whether a read that gave `res` found the transport empty: it said `WouldBlock`, or it
+/// brought bytes and `left_room` in the buffer where a short read drains the transport
+/// (`short_drains`: see `StreamTransport::short_read_drains` and `Shared::read_to_end`).
+#[inline]
+fn read_drained(res: &io::Result<usize>, left_room: bool, short_drains: bool) -> bool {
+    match res {
+        Ok(n) => *n > 0 && left_room && short_drains,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    }
+}
+
 /// Whether the reactor reads for callers that poll (`try_recv`) instead of leaving the
 /// socket to them: where its reads go through its io_uring ring and several pipes are ready
 /// at once (one system call for all of them, where each poller would make one `recv` of its
@@ -3208,11 +3212,9 @@ impl Reactive for Conn {
         };
         debug_assert!(g.reading);
         r.data = buf;
-        let room = r.data.capacity() - r.data.len();
-        let drained = match &result {
-            Ok(n) => *n > 0 && room > 0 && !g.read_to_end,
-            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-        };
+        // (A socket the ring reads is one whose short reads drain it.)
+        let left_room = r.data.len() < r.data.capacity();
+        let drained = read_drained(&result, left_room, !g.read_to_end);
         if drained {
             // Empty as of the events counted when the read began: a caller that polls needs
             // no system call until the reactor reports more.

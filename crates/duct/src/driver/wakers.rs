@@ -28,7 +28,8 @@ use std::time::Instant;
 
 thread_local! {
     /// On a thread that defers its wakes ([`defer_wakes_here`]): the wakers woken since its
-    /// last [`wake_deferred`].
+    /// last [`wake_deferred`] (at most those of the futures pending on the one source it
+    /// served meanwhile).
     static DEFERRED: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
 }
 
