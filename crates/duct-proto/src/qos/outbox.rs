@@ -783,7 +783,7 @@ impl Outbox {
             // The window: the k-th more fits while n + k - 1 < max_n and the bytes within
             // max_b (`window_room`; none while the bytes are over it already, which the
             // first of an empty window may bring about, not even an empty message).
-            let (max_n, max_b) = (max_n.max(1), max_b.max(1));
+            let (max_n, max_b) = window_of(max_n, max_b);
             q.msgs = q.msgs.min(if b > max_b {
                 0
             } else {
@@ -793,7 +793,7 @@ impl Outbox {
             if asks {
                 // The one that brings n + k to half the window, or the bytes to half theirs,
                 // asks (`ask`): stop before it (at once, bytes at half already).
-                let (half_n, half_b) = (max_n.max(2) / 2, max_b.max(2) / 2);
+                let (half_n, half_b) = half_of(max_n, max_b);
                 q.msgs = q.msgs.min(if b >= half_b {
                     0
                 } else {
@@ -1263,13 +1263,7 @@ impl Outbox {
                 let first = head.offset == 0;
                 if first && head.reliable {
                     let len = head.payload.len();
-                    let window_full = (self.rel.inflight_msgs > 0
-                        && (self.rel.inflight_msgs >= self.config.inflight_msgs.max(1)
-                            || self.rel.inflight_bytes + len > self.config.inflight_bytes.max(1)))
-                        || (ch.inflight_msgs > 0
-                            && (ch.inflight_msgs >= ch.cfg.inflight_msgs.max(1)
-                                || ch.inflight_bytes + len > ch.cfg.inflight_bytes.max(1)));
-                    if head.seq == 0 && window_full {
+                    if head.seq == 0 && !window_room(&self.rel, &self.config, ch, len) {
                         // Waits for acks (their arrival wakes the driver), not for a timer.
                         class.ring.rotate_left(1);
                         class.topped = false;
@@ -1545,7 +1539,8 @@ impl Outbox {
 #[inline]
 fn window_room(rel: &RelSend, config: &QosConfig, ch: &Chan, len: usize) -> bool {
     let room = |n: usize, b: usize, max_n: usize, max_b: usize| {
-        n == 0 || (n < max_n.max(1) && b + len <= max_b.max(1))
+        let (max_n, max_b) = window_of(max_n, max_b);
+        n == 0 || (n < max_n && b + len <= max_b)
     };
     room(
         rel.inflight_msgs,
@@ -1558,6 +1553,19 @@ fn window_room(rel: &RelSend, config: &QosConfig, ch: &Chan, len: usize) -> bool
         ch.cfg.inflight_msgs,
         ch.cfg.inflight_bytes,
     )
+}
+
+/// A window of `max_n` messages and `max_b` bytes as the checks apply it: each at least 1.
+#[inline]
+fn window_of(max_n: usize, max_b: usize) -> (usize, usize) {
+    (max_n.max(1), max_b.max(1))
+}
+
+/// Where a window of `max_n` messages and `max_b` bytes counts as half full (a fresh
+/// message that brings it there asks for an ack: [`ask`]).
+#[inline]
+fn half_of(max_n: usize, max_b: usize) -> (usize, usize) {
+    (max_n.max(2) / 2, max_b.max(2) / 2)
 }
 
 /// Marks `h` as the frame of the reliable message numbered `seq`, asking for an ack if
@@ -1582,7 +1590,8 @@ fn ask(rel: &mut RelSend, config: &QosConfig, ch: &Chan) -> bool {
         return false;
     }
     let half = |n: usize, b: usize, max_n: usize, max_b: usize| {
-        n >= max_n.max(2) / 2 || b >= max_b.max(2) / 2
+        let (half_n, half_b) = half_of(max_n, max_b);
+        n >= half_n || b >= half_b
     };
     rel.asked = half(
         rel.inflight_msgs,
