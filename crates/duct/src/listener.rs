@@ -723,7 +723,7 @@ impl Inner {
 }
 
 impl Reactive for Inner {
-    fn on_ready(&self, readable: bool, _writable: bool) {
+    fn on_ready(&self, readable: bool, _writable: bool, _closed: bool) {
         // After a batch that stopped early, the timer takes the rest: only after the reactor
         // has served the readiness of the handshakes that batch started.
         if readable && !self.lock().accept_more {
@@ -783,7 +783,7 @@ impl PendingHandshake {
 }
 
 impl Reactive for PendingHandshake {
-    fn on_ready(&self, readable: bool, _writable: bool) {
+    fn on_ready(&self, readable: bool, _writable: bool, _closed: bool) {
         if !readable {
             return;
         }

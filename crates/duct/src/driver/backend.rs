@@ -276,6 +276,7 @@ impl Poller {
                         token: ev.token().0,
                         readable: ev.is_readable() || hup,
                         writable: ev.is_writable() || hup,
+                        closed: hup,
                     });
                 }
                 Ok(())

@@ -178,8 +178,8 @@ struct Shared {
     empty_at: Option<u64>,
     /// The reactor's next read goes on until the transport says `WouldBlock` or ends, even
     /// past a read that left room in the buffer (see `StreamTransport::short_read_drains`):
-    /// the event that woke it may report the peer's hang-up (readable and writable at once),
-    /// and an end that came with the last bytes raises no event of its own.
+    /// the event that woke it reported the peer's hang-up, and an end that came with the
+    /// last bytes raises no event of its own.
     read_to_end: bool,
     /// When the reactor looks again at a pipe it left to its caller.
     recheck_at: Option<Instant>,
@@ -3261,15 +3261,14 @@ impl Reactive for Conn {
         self.run_callbacks();
     }
 
-    fn on_ready(&self, readable: bool, writable: bool) {
+    fn on_ready(&self, readable: bool, writable: bool, closed: bool) {
         let mut g = self.lock();
         if g.terminal.is_some() {
             return;
         }
         if readable {
             g.read_events = g.read_events.wrapping_add(1);
-            if writable {
-                // Perhaps a hang-up (the backends report one as both).
+            if closed {
                 g.read_to_end = true;
             }
             if !writable && g.polled_and_watched(self.frames) && !ring_reads_for_pollers(self.ring)

@@ -46,7 +46,9 @@ use super::wakers;
 pub(crate) trait Reactive: Send + Sync {
     /// The registered fd became ready. Readiness is edge-triggered: a source that stops
     /// before `WouldBlock` must re-register (or schedule a timer) to hear of the rest.
-    fn on_ready(&self, readable: bool, writable: bool);
+    /// `closed`: the event reports a hang-up or an error (then readable and writable too),
+    /// which raises no event again: a reader goes on to the end, past a short read.
+    fn on_ready(&self, readable: bool, writable: bool, closed: bool);
     /// A timer the source scheduled is due (spurious calls are possible and harmless).
     ///
     /// A source has one timer: [`ReactorHandle::schedule`] moves it earlier, never later, and
@@ -74,6 +76,8 @@ pub(crate) struct Ready {
     pub(crate) token: usize,
     pub(crate) readable: bool,
     pub(crate) writable: bool,
+    /// A hang-up or an error (see [`Reactive::on_ready`]).
+    pub(crate) closed: bool,
 }
 
 enum Command {
@@ -726,7 +730,7 @@ fn run(worker: Arc<Worker>, mut poller: Poller) {
             let Some(source) = table.sources.get(&ev.token).and_then(Weak::upgrade) else {
                 continue;
             };
-            source.on_ready(ev.readable, ev.writable);
+            source.on_ready(ev.readable, ev.writable, ev.closed);
             wakers::wake_deferred();
         }
         let now = Instant::now();

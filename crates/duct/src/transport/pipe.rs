@@ -205,7 +205,9 @@ fn again((kind, text): &(io::ErrorKind, String)) -> io::Error {
 fn deliver(to: Option<(Weak<dyn Reactive>, bool, bool)>) {
     if let Some((owner, r, w)) = to {
         if let Some(owner) = owner.upgrade() {
-            owner.on_ready(r, w);
+            // (No hang-up flag: a pipe's reads always go on to `WouldBlock` or its end, see
+            // `StreamTransport::short_read_drains`.)
+            owner.on_ready(r, w, false);
         }
     }
 }
@@ -405,7 +407,7 @@ impl PipeSource for PipeCore {
 }
 
 impl Reactive for PipeCore {
-    fn on_ready(&self, _readable: bool, writable: bool) {
+    fn on_ready(&self, _readable: bool, writable: bool, _closed: bool) {
         self.pump(true, writable);
     }
 

@@ -169,13 +169,14 @@ fn events_for(interest: Option<Interest>) -> u32 {
 
 /// What a poll's result means to a source, as the epoll path reads mio's events: an error or
 /// a hang-up (either direction) is reported as both readable and writable.
-fn readiness(revents: u32) -> (bool, bool) {
+fn readiness(revents: u32) -> (bool, bool, bool) {
     let has = |f: PollFlags| revents & bits(f) != 0;
     let hup =
         has(PollFlags::ERR) || has(PollFlags::HUP) || (has(PollFlags::IN) && has(PollFlags::RDHUP));
     (
         has(PollFlags::IN) || has(PollFlags::PRI) || hup,
         has(PollFlags::OUT) || hup,
+        hup,
     )
 }
 
@@ -692,6 +693,7 @@ impl UringPoller {
                 token,
                 readable: true,
                 writable: true,
+                closed: true,
             });
         }
         // Bounded: the queue is drained completely each time; the kernel's overflow list can
@@ -753,6 +755,7 @@ impl UringPoller {
                     token: ev.token().0,
                     readable: ev.is_readable() || hup,
                     writable: ev.is_writable() || hup,
+                    closed: hup,
                 });
             }
             if n < self.listener_events.capacity() {
@@ -829,23 +832,23 @@ impl UringPoller {
         if !c.more {
             slot.armed = None;
         }
-        let (readable, writable, rearm) = if c.result >= 0 {
+        let (readable, writable, closed, rearm) = if c.result >= 0 {
             slot.failures = 0;
-            let (r, w) = readiness(c.result as u32);
-            (r, w, true)
+            let (r, w, hup) = readiness(c.result as u32);
+            (r, w, hup, true)
         } else {
             slot.failures = slot.failures.saturating_add(1);
             let err = Errno::from_raw_os_error(-c.result);
             if err == Errno::CANCELED {
                 // The kernel cancelled it (not us: our removals change the generation first).
-                (false, false, slot.failures < MAX_FAILURES)
+                (false, false, false, slot.failures < MAX_FAILURES)
             } else {
                 tracing::debug!(
                     token,
                     error = %io::Error::from(err),
                     "duct reactor (io_uring): a poll failed; the source is told to look"
                 );
-                (true, true, slot.failures < MAX_FAILURES)
+                (true, true, true, slot.failures < MAX_FAILURES)
             }
         };
         if !c.more && slot.events != 0 && rearm {
@@ -861,6 +864,7 @@ impl UringPoller {
             let r = &mut ready[slot.ready_at];
             r.readable |= readable;
             r.writable |= writable;
+            r.closed |= closed;
         } else {
             slot.ready_round = round;
             slot.ready_at = ready.len();
@@ -868,6 +872,7 @@ impl UringPoller {
                 token,
                 readable,
                 writable,
+                closed,
             });
         }
     }
@@ -1053,11 +1058,15 @@ mod tests {
             ready | bits(PollFlags::ERR | PollFlags::HUP)
         );
         assert_eq!(events_for(None), 0);
-        assert_eq!(readiness(bits(PollFlags::IN)), (true, false));
-        assert_eq!(readiness(bits(PollFlags::OUT)), (false, true));
+        assert_eq!(readiness(bits(PollFlags::IN)), (true, false, false));
+        assert_eq!(readiness(bits(PollFlags::OUT)), (false, true, false));
+        assert_eq!(
+            readiness(bits(PollFlags::IN | PollFlags::OUT)),
+            (true, true, false)
+        );
         // The peer's FIN, an error, a hang-up: both directions, as the epoll path reports.
-        assert_eq!(readiness(ready), (true, true));
-        assert_eq!(readiness(bits(PollFlags::ERR)), (true, true));
-        assert_eq!(readiness(bits(PollFlags::HUP)), (true, true));
+        assert_eq!(readiness(ready), (true, true, true));
+        assert_eq!(readiness(bits(PollFlags::ERR)), (true, true, true));
+        assert_eq!(readiness(bits(PollFlags::HUP)), (true, true, true));
     }
 }
