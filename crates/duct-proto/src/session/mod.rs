@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::qos::{Admission, ChannelMap, Counts, Outbox, QosConfig, Quiet};
 use crate::reliable::{Arrival, RecvState};
@@ -23,6 +23,50 @@ use inbox::Inbox;
 pub use inbox::{Part, Payload, Received};
 use reassembly::ReassemblyBuffer;
 pub use requeue::{requeue, Requeued};
+
+/// A fragment's payload shorter than this still to come when its header is there is taken
+/// from the input buffer as it arrives (copied into its message); a longer one may be read
+/// in place ([`Session::lend_direct`]).
+pub const DIRECT_MIN: usize = 16 * 1024;
+
+/// A fragment whose header came while the rest of its payload had not (see
+/// [`Session::begin_pending`]).
+#[derive(Debug)]
+struct Pending {
+    channel: u16,
+    /// Payload bytes still to come.
+    left: usize,
+    /// The message's last fragment.
+    last: bool,
+    /// Its header's flags and number (for the message's delivery).
+    flags: u8,
+    seq: u32,
+    /// Lent out ([`Session::lend_direct`]): the buffer's length then.
+    lent: Option<usize>,
+}
+
+/// A message's buffer lent to the driver to read the rest of a fragment into, in place
+/// ([`Session::lend_direct`]).
+#[derive(Debug)]
+pub struct DirectRead {
+    buf: BytesMut,
+    room: usize,
+}
+
+impl DirectRead {
+    /// The buffer: read into its spare capacity (which holds at least [`DirectRead::room`]
+    /// bytes) and extend its length by what was read. Its bytes before that are the
+    /// message's so far: leave them as they are.
+    pub fn buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// The most bytes to read into it: the rest of the fragment (what follows in the input
+    /// is the next frame's).
+    pub fn room(&self) -> usize {
+        self.room
+    }
+}
 
 /// Smallest max frame payload a peer may announce.
 pub const MIN_FRAME_PAYLOAD: u32 = 1024;
@@ -400,6 +444,9 @@ pub struct Session {
     rx_frag_deadline: ChannelMap<Option<Instant>>,
     events: VecDeque<Event>,
     reassembly: ReassemblyBuffer,
+    /// A fragment whose header came while the rest of its payload had not: its bytes go
+    /// straight into its message (see [`Session::lend_direct`]).
+    pending: Option<Pending>,
     /// When the last bytes from the peer arrived.
     last_recv: Instant,
     /// Frames were handled without a time since the last new time a call brought (see
@@ -543,6 +590,7 @@ impl Session {
             rx_preloaded: false,
             events: VecDeque::new(),
             reassembly,
+            pending: None,
             config,
             last_recv: now,
             heard_untimed: false,
@@ -882,7 +930,7 @@ impl Session {
     /// The transport broke (EOF, reset). The session is closed; partial messages are dropped.
     pub fn transport_lost(&mut self, _now: Instant) {
         self.state = State::Closed;
-        self.reassembly.clear();
+        self.drop_partials();
         self.handshake_deadline = None;
     }
 
@@ -916,6 +964,14 @@ impl Session {
         self.last_recv = now;
         self.tick(now);
         while self.state != State::Closed {
+            if self.pending.is_some() {
+                // The rest of a fragment whose header came before.
+                if buf.is_empty() {
+                    break;
+                }
+                self.pending_input(buf, now).map_err(|e| self.fail(e))?;
+                continue;
+            }
             if self.aged.is_empty() && matches!(self.state, State::Established | State::Closing) {
                 // Whole DATA frames in a row come off `buf` as one piece: one split of the
                 // shared buffer for all of them instead of two per frame.
@@ -950,7 +1006,14 @@ impl Session {
                     }
                     self.handle_frame(header, payload, now)?
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    // A large fragment still arriving: its header is handled now, and the
+                    // rest of its payload goes into its message as it comes.
+                    if self.begin_pending(buf, now).map_err(|e| self.fail(e))? {
+                        continue;
+                    }
+                    break;
+                }
                 Err(e) => return Err(self.fail(e.into())),
             }
         }
@@ -1077,7 +1140,11 @@ impl Session {
 
     /// How many bytes `buf` must hold before [`Session::handle_input`] can make progress.
     pub fn input_needed(&self, buf: &[u8]) -> usize {
-        self.deframer.needed(buf)
+        match &self.pending {
+            // The rest of the fragment under way, then a header.
+            Some(p) => p.left + HEADER_LEN,
+            None => self.deframer.needed(buf),
+        }
     }
 
     /// The largest frame payload accepted right now (small until the handshake completed).
@@ -1871,7 +1938,7 @@ impl Session {
             FrameKind::Close => {
                 let close = Close::decode(&payload)?;
                 self.state = State::Closed;
-                self.reassembly.clear();
+                self.drop_partials();
                 self.events.push_back(Event::PeerClosed(close));
                 Ok(())
             }
@@ -1908,41 +1975,225 @@ impl Session {
             self.deliver(Delivered { channel, payload }, expires);
             return Ok(());
         }
+        self.fragment_header(&h, now)?;
+        self.fragment_bytes(channel, &payload)?;
+        if more {
+            return Ok(());
+        }
+        self.fragment_done(channel, h.flags, h.seq, now)
+    }
+
+    /// The header of a fragment (first or continuation), before its bytes: counts a
+    /// reliable one toward the next ack, and checks it against the message under way (or
+    /// starts one).
+    fn fragment_header(&mut self, h: &Header, now: Instant) -> Result<(), Error> {
+        let channel = h.channel;
         if self.rel_agreed && h.has(flags::RELIABLE) {
             // Every fragment counts toward the next ack.
             self.rx_rel.owe(now);
             self.rx_rel.note_request(h.flags);
         }
-        if !cont {
-            self.reassembly
-                .start(channel, h.aux as usize, &payload, now)?;
-            let expires = self.expires(&h, now);
-            *self.rx_frag_deadline.get_or_insert_with(channel, || None) = expires;
-            // A message under reassembly counts against its channel's receive mark as its
-            // fragments arrive.
-            self.rx_adjust(channel, 0, payload.len() as isize);
+        let len = h.payload_len as usize;
+        if h.has(flags::CONTINUATION) {
+            return self
+                .reassembly
+                .next_frame(channel, len, !h.has(flags::MORE_FRAGMENTS));
+        }
+        self.reassembly
+            .start_frame(channel, h.aux as usize, len, now)?;
+        let expires = self.expires(h, now);
+        *self.rx_frag_deadline.get_or_insert_with(channel, || None) = expires;
+        Ok(())
+    }
+
+    /// Bytes of the current fragment of `channel`'s message.
+    fn fragment_bytes(&mut self, channel: u16, data: &[u8]) -> Result<(), Error> {
+        self.reassembly.extend(channel, data)?;
+        // A message under reassembly counts against its channel's receive mark as its
+        // fragments arrive.
+        self.rx_adjust(channel, 0, data.len() as isize);
+        Ok(())
+    }
+
+    /// The last fragment of `channel`'s message came whole (`flags` and `seq` from its
+    /// header): the message is delivered.
+    fn fragment_done(
+        &mut self,
+        channel: u16,
+        flags: u8,
+        seq: u32,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let whole = self.reassembly.finish(channel);
+        self.rx_adjust(channel, 0, -(whole.len() as isize));
+        let deadline = self
+            .rx_frag_deadline
+            .get_mut(channel)
+            .and_then(|d| d.take());
+        if !self.arrived(flags, seq, now)? {
+            return Ok(()); // a duplicate of a reliable message
+        }
+        self.deliver(
+            Delivered {
+                channel,
+                payload: whole,
+            },
+            deadline,
+        );
+        Ok(())
+    }
+
+    /// At the front of `buf`, which ends before it does, a large fragment (see
+    /// [`DIRECT_MIN`]): handles its header and the part of its payload that is there, and
+    /// notes the rest as pending (it goes into the message as it comes: from `buf` on the
+    /// next call, or read in place, [`Session::lend_direct`]). `false`: `buf` does not start
+    /// with such a fragment, and nothing was taken.
+    fn begin_pending(&mut self, buf: &mut BytesMut, now: Instant) -> Result<bool, Error> {
+        if !self.aged.is_empty() || !matches!(self.state, State::Established | State::Closing) {
+            return Ok(false);
+        }
+        let Some(bytes) = buf.first_chunk::<HEADER_LEN>() else {
+            return Ok(false);
+        };
+        // (Called where `Deframer::decode` found a valid header and too few bytes.)
+        let Ok(h) = Header::decode(bytes) else {
+            return Ok(false);
+        };
+        let frame = HEADER_LEN + h.payload_len as usize;
+        if h.kind != FrameKind::Data
+            || !h.has(flags::MORE_FRAGMENTS | flags::CONTINUATION)
+            || h.has(flags::TTL_PRESENT)
+            || h.payload_len > self.deframer.max_payload()
+            || frame < buf.len() + DIRECT_MIN
+        {
+            return Ok(false);
+        }
+        // As `handle_frame` and `handle_established` take a fragment.
+        self.input_timers = true;
+        if self.rel_agreed && h.has(flags::ACK_PRESENT) {
+            self.ack_in(h.ack, &[], now)?;
+        }
+        self.fragment_header(&h, now)?;
+        buf.advance(HEADER_LEN);
+        let part = buf.split();
+        self.fragment_bytes(h.channel, &part)?;
+        self.pending = Some(Pending {
+            channel: h.channel,
+            left: frame - HEADER_LEN - part.len(),
+            last: !h.has(flags::MORE_FRAGMENTS),
+            flags: h.flags,
+            seq: h.seq,
+            lent: None,
+        });
+        Ok(true)
+    }
+
+    /// Takes what `buf` holds of the pending fragment's payload (see
+    /// [`Session::begin_pending`]).
+    fn pending_input(&mut self, buf: &mut BytesMut, now: Instant) -> Result<(), Error> {
+        let p = self.pending.as_ref().expect("a fragment pending");
+        if p.lent.is_some() {
+            // (A driver's mistake: the fragment's bytes would go past its buffer, which is
+            // out. The message cannot be trusted.)
+            return Err(Error::Fragment {
+                channel: p.channel,
+                what: "input came while the fragment's buffer was lent",
+            });
+        }
+        let (channel, n) = (p.channel, p.left.min(buf.len()));
+        let part = buf.split_to(n);
+        if !self.aged.is_empty() {
+            // (The fragment's bytes count as input handled: see `age_input`.)
+            self.aged_pos += n;
+        }
+        self.fragment_bytes(channel, &part)?;
+        self.pending_came(n, now)
+    }
+
+    /// `n` more bytes of the pending fragment came: when it is complete, so is its message
+    /// if it was the last fragment.
+    fn pending_came(&mut self, n: usize, now: Instant) -> Result<(), Error> {
+        let p = self.pending.as_mut().expect("a fragment pending");
+        p.left -= n;
+        if p.left > 0 {
             return Ok(());
         }
-        let whole = self.reassembly.append(channel, &payload, !more)?;
-        self.rx_adjust(channel, 0, payload.len() as isize);
-        if let Some(whole) = whole {
-            self.rx_adjust(channel, 0, -(whole.len() as isize));
-            let deadline = self
-                .rx_frag_deadline
-                .get_mut(channel)
-                .and_then(|d| d.take());
-            if !self.arrived(h.flags, h.seq, now)? {
-                return Ok(()); // a duplicate of a reliable message
-            }
-            self.deliver(
-                Delivered {
-                    channel,
-                    payload: whole,
-                },
-                deadline,
-            );
+        let p = self.pending.take().expect("a fragment pending");
+        if p.last {
+            self.fragment_done(p.channel, p.flags, p.seq, now)?;
         }
         Ok(())
+    }
+
+    /// Drops the messages under reassembly (the session ended).
+    fn drop_partials(&mut self) {
+        self.reassembly.clear();
+        self.pending = None;
+    }
+
+    /// When the input so far ended inside a large fragment (a part of a message too large
+    /// for one frame, its payload at least [`DIRECT_MIN`] bytes short): the message's own
+    /// buffer, with room for the rest of that fragment, to read it into in place instead
+    /// of into the input buffer (whose bytes the session would copy into the message). A
+    /// driver reads at most [`DirectRead::room`] bytes into its spare capacity and gives it
+    /// back with [`Session::return_direct`] before it hands the session anything else;
+    /// meanwhile the session takes no input. `None`: nothing to read in place (the driver
+    /// reads into its input buffer as always; the session takes the fragment's bytes from
+    /// there).
+    pub fn lend_direct(&mut self) -> Option<DirectRead> {
+        if !self.aged.is_empty() {
+            // (The input is being aged: bytes must pass where they are counted.)
+            return None;
+        }
+        let p = self.pending.as_mut()?;
+        if p.lent.is_some() {
+            return None;
+        }
+        let buf = self.reassembly.lend(p.channel, p.left)?;
+        p.lent = Some(buf.len());
+        Some(DirectRead { buf, room: p.left })
+    }
+
+    /// Whether [`Session::lend_direct`] has a buffer to lend now (a driver that reads
+    /// elsewhere, into a buffer of its own, reads here instead).
+    pub fn reads_in_place(&self) -> bool {
+        self.aged.is_empty() && self.pending.as_ref().is_some_and(|p| p.lent.is_none())
+    }
+
+    /// Takes back what [`Session::lend_direct`] lent, with the bytes read into it at `now`:
+    /// they count as input (the peer was heard), and a fragment they complete completes its
+    /// message. Errors as input does (the session has failed then); a buffer lent before
+    /// the session ended is dropped.
+    pub fn return_direct(&mut self, d: DirectRead, now: Instant) -> Result<(), Error> {
+        let Some(p) = self.pending.as_mut() else {
+            return Ok(());
+        };
+        let Some(start) = p.lent.take() else {
+            return Ok(());
+        };
+        let channel = p.channel;
+        let filled = d.buf.len().saturating_sub(start);
+        if d.buf.len() < start || filled > p.left {
+            // (A driver's mistake, not the peer's: the message cannot be trusted.)
+            let e = Error::Fragment {
+                channel,
+                what: "more bytes were read into a fragment than it holds",
+            };
+            return Err(self.fail(e));
+        }
+        let r = self
+            .reassembly
+            .give_back(channel, d.buf, filled)
+            .and_then(|()| {
+                if filled == 0 {
+                    return Ok(());
+                }
+                self.last_recv = now;
+                self.tick(now);
+                self.rx_adjust(channel, 0, filled as isize);
+                self.pending_came(filled, now)
+            });
+        r.map_err(|e| self.fail(e))
     }
 
     /// Records a fatal error: the session closes and, where it helps the peer, a frame saying
@@ -1952,7 +2203,7 @@ impl Session {
         self.state = State::Closed;
         self.input_timers = true;
         self.handshake_deadline = None;
-        self.reassembly.clear();
+        self.drop_partials();
         if matches!(was, State::Established) {
             // Messages not framed yet stay in the outbox for a driver that sends them again on
             // a new connection (see `take_outbox`); control frames are void with this session,

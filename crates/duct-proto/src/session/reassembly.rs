@@ -19,8 +19,22 @@ const SPARE_MAX: usize = 1 << 20;
 
 struct Partial {
     buf: BytesMut,
+    /// The announced length.
     total: usize,
+    /// The bytes the fragments whose headers came carry: `buf.len()` and what is still to
+    /// come of the last one.
+    promised: usize,
     started: Instant,
+}
+
+/// Makes room in `p.buf` for `n` more bytes: at least doubling (a message grows in few
+/// steps), never past the announced length.
+fn grow(p: &mut Partial, n: usize) {
+    let new_len = p.buf.len() + n;
+    if p.buf.capacity() < new_len {
+        let target = (p.buf.capacity() * 2).max(new_len).min(p.total);
+        p.buf.reserve(target - p.buf.len());
+    }
 }
 
 /// Messages in reassembly, at most one per channel.
@@ -71,12 +85,14 @@ impl ReassemblyBuffer {
         Ok(())
     }
 
-    /// The first fragment of a message of `total` bytes.
-    pub(crate) fn start(
+    /// The header of a message's first fragment: a message of `total` bytes whose first
+    /// frame carries `frame_len` of them, to come with [`ReassemblyBuffer::extend`] (or a
+    /// lent buffer: [`ReassemblyBuffer::lend`]).
+    pub(crate) fn start_frame(
         &mut self,
         channel: u16,
         total: usize,
-        first: &[u8],
+        frame_len: usize,
         now: Instant,
     ) -> Result<(), Error> {
         if self.in_progress(channel) {
@@ -91,64 +107,67 @@ impl ReassemblyBuffer {
                 max: self.max_message as u64,
             });
         }
-        if first.is_empty() {
+        if frame_len == 0 {
             return Err(Error::Fragment {
                 channel,
                 what: "empty non-final fragment",
             });
         }
-        if first.len() >= total {
+        if frame_len >= total {
             return Err(Error::Fragment {
                 channel,
                 what: "first fragment is not shorter than the announced message length",
             });
         }
-        self.charge(first.len())?;
-        // Grow with the data actually received, not with the announced length: a peer that
-        // announces a large message and sends one byte makes us allocate one byte. (Any fixed
-        // reservation here is multiplied by the number of channels a peer can open.) A kept
+        // Grow with the data actually received (or one frame's worth, which the frame
+        // limit bounds), not with the announced length: a peer that announces a large
+        // message and sends one frame makes us allocate that frame. (Any reservation for the
+        // announced length is multiplied by the number of channels a peer can open.) A kept
         // buffer of an earlier message, which the data received then grew, serves first.
-        let mut buf = match self
+        let buf = match self
             .spares
             .iter_mut()
-            .position(|b| b.try_reclaim(first.len()))
+            .position(|b| b.try_reclaim(frame_len))
         {
             Some(i) => self.spares.swap_remove(i),
             None => BytesMut::new(),
         };
-        buf.extend_from_slice(first);
         self.partials.insert(
             channel,
             Partial {
                 buf,
                 total,
+                promised: frame_len,
                 started: now,
             },
         );
         Ok(())
     }
 
-    /// A continuation fragment; returns the whole message when `last` completes it.
-    pub(crate) fn append(
+    /// The header of a continuation fragment carrying `frame_len` bytes (to come with
+    /// [`ReassemblyBuffer::extend`] or a lent buffer), checked against the announced length;
+    /// the message is complete once they came, if `last` (see [`ReassemblyBuffer::finish`]).
+    pub(crate) fn next_frame(
         &mut self,
         channel: u16,
-        data: &[u8],
+        frame_len: usize,
         last: bool,
-    ) -> Result<Option<Bytes>, Error> {
-        let Some(p) = self.partials.get(&channel) else {
+    ) -> Result<(), Error> {
+        let Some(p) = self.partials.get_mut(&channel) else {
             return Err(Error::Fragment {
                 channel,
                 what: "continuation fragment without a first fragment",
             });
         };
-        let new_len = p.buf.len() + data.len();
+        debug_assert_eq!(p.promised, p.buf.len(), "the previous frame is complete");
+        let new_len = p.promised + frame_len;
         if new_len > p.total {
             return Err(Error::Fragment {
                 channel,
                 what: "fragments exceed the announced message length",
             });
         }
-        if !last && data.is_empty() {
+        if !last && frame_len == 0 {
             return Err(Error::Fragment {
                 channel,
                 what: "empty non-final fragment",
@@ -160,17 +179,60 @@ impl ReassemblyBuffer {
                 what: "final fragment ends before the announced message length",
             });
         }
+        p.promised = new_len;
+        Ok(())
+    }
+
+    /// Bytes of the current fragment of `channel`'s message (at most what its header
+    /// announced: the caller cuts them so).
+    pub(crate) fn extend(&mut self, channel: u16, data: &[u8]) -> Result<(), Error> {
         self.charge(data.len())?;
-        let p = self.partials.get_mut(&channel).expect("checked above");
-        if p.buf.capacity() < new_len {
-            let target = (p.buf.capacity() * 2).max(new_len).min(p.total);
-            p.buf.reserve(target - p.buf.len());
-        }
+        let p = self
+            .partials
+            .get_mut(&channel)
+            .expect("a fragment's bytes follow its header");
+        debug_assert!(p.buf.len() + data.len() <= p.promised);
+        grow(p, data.len());
         p.buf.extend_from_slice(data);
-        if !last {
-            return Ok(None);
-        }
-        let mut p = self.partials.remove(&channel).expect("checked above");
+        Ok(())
+    }
+
+    /// The buffer of `channel`'s message, with room for `room` more bytes of its current
+    /// fragment, lent out to be read into in place (no copy); give it back with
+    /// [`ReassemblyBuffer::give_back`]. `None`: no message in reassembly there.
+    pub(crate) fn lend(&mut self, channel: u16, room: usize) -> Option<BytesMut> {
+        let p = self.partials.get_mut(&channel)?;
+        debug_assert!(p.buf.len() + room <= p.promised);
+        grow(p, room);
+        Some(std::mem::take(&mut p.buf))
+    }
+
+    /// Takes back a buffer [`ReassemblyBuffer::lend`] lent, `filled` bytes longer than it was
+    /// (counted as those of [`ReassemblyBuffer::extend`]). A buffer whose message was dropped
+    /// meanwhile (the session failed or closed) is dropped.
+    pub(crate) fn give_back(
+        &mut self,
+        channel: u16,
+        buf: BytesMut,
+        filled: usize,
+    ) -> Result<(), Error> {
+        let Some(p) = self.partials.get_mut(&channel) else {
+            return Ok(());
+        };
+        debug_assert!(p.buf.is_empty(), "lent");
+        debug_assert!(buf.len() <= p.promised);
+        p.buf = buf;
+        self.charge(filled)
+    }
+
+    /// The message on `channel`, complete (the last fragment's bytes all came): taken out of
+    /// reassembly.
+    pub(crate) fn finish(&mut self, channel: u16) -> Bytes {
+        let mut p = self
+            .partials
+            .remove(&channel)
+            .expect("a message in reassembly");
+        debug_assert_eq!(p.buf.len(), p.total);
         self.held -= p.buf.len();
         let message = p.buf.split().freeze();
         if message.len() <= SPARE_MAX {
@@ -179,7 +241,7 @@ impl ReassemblyBuffer {
             }
             self.spares.push(p.buf);
         }
-        Ok(Some(message))
+        message
     }
 
     /// The earliest moment a partial message expires.
@@ -220,8 +282,11 @@ mod tests {
 
     fn whole(r: &mut ReassemblyBuffer, channel: u16, data: &[u8], now: Instant) -> Bytes {
         let half = data.len() / 2;
-        r.start(channel, data.len(), &data[..half], now).unwrap();
-        r.append(channel, &data[half..], true).unwrap().unwrap()
+        r.start_frame(channel, data.len(), half, now).unwrap();
+        r.extend(channel, &data[..half]).unwrap();
+        r.next_frame(channel, data.len() - half, true).unwrap();
+        r.extend(channel, &data[half..]).unwrap();
+        r.finish(channel)
     }
 
     #[test]
@@ -249,7 +314,8 @@ mod tests {
         assert_eq!(r.spares.len(), kept);
         // A peer that announces much and sends little still costs only what came before:
         // at most a kept buffer, never the announced length.
-        r.start(4, 60 << 20, b"x", now).unwrap();
+        r.start_frame(4, 60 << 20, 1, now).unwrap();
+        r.extend(4, b"x").unwrap();
         assert!(r.partials[&4].buf.capacity() <= SPARE_MAX);
         assert!(r.spares.len() <= SPARES);
     }
