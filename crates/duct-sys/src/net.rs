@@ -30,6 +30,71 @@ pub fn recv_into(fd: BorrowedFd<'_>, buf: &mut BytesMut, nonblocking: bool) -> i
     recv_with(fd, buf, flags)
 }
 
+/// Receives once from the socket `fd` into the spare capacity of `first`, at most
+/// `first_max` bytes, and then, in the same call, into the spare capacity of `second`, at
+/// most `second_max` bytes (`recvmsg` with two iovecs: a read that fills one buffer up to a
+/// boundary and goes on into another). Appends what arrived to each and returns how many
+/// bytes each got; `(0, 0)` is end of stream (or no room in either). `nonblocking` as for
+/// [`recv_into`]. Interrupted calls are retried.
+#[cfg(unix)]
+pub fn recv_into_two(
+    fd: BorrowedFd<'_>,
+    first: &mut BytesMut,
+    first_max: usize,
+    second: &mut BytesMut,
+    second_max: usize,
+    nonblocking: bool,
+) -> io::Result<(usize, usize)> {
+    use std::os::fd::AsRawFd;
+    let a = first.spare_capacity_mut();
+    let a_len = a.len().min(first_max);
+    let b = second.spare_capacity_mut();
+    let b_len = b.len().min(second_max);
+    if a_len + b_len == 0 {
+        return Ok((0, 0));
+    }
+    let mut iov = [
+        libc::iovec {
+            iov_base: a.as_mut_ptr().cast(),
+            iov_len: a_len,
+        },
+        libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b_len,
+        },
+    ];
+    // SAFETY: an all-zero `msghdr` is a valid value (no name, no control data, no iovecs).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
+    let n = loop {
+        // SAFETY: `fd` is an open descriptor for the borrow's duration. `msg` points at `iov`,
+        // two live iovecs over the spare capacities of `first` and `second` (`a_len` and
+        // `b_len` bytes, within them: `MaybeUninit` memory the kernel may write, which nothing
+        // else reads or writes while the exclusive borrows last); no name or control buffer.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let n1 = n.min(a_len);
+    let n2 = (n - n1).min(b_len);
+    // SAFETY: the kernel wrote `n` bytes through the iovecs in order: the first `n1` (at most
+    // `a_len`, within `first`'s spare capacity) to the start of `first`'s spare capacity, the
+    // next `n2` (at most `b_len`) to the start of `second`'s; those bytes are initialised, and
+    // both lengths stay within capacity.
+    unsafe {
+        first.set_len(first.len() + n1);
+        second.set_len(second.len() + n2);
+    }
+    Ok((n1, n2))
+}
+
 /// Receives once from the socket `socket` into the spare capacity of `buf`, like the Unix
 /// `recv_into`, except that the socket's mode decides whether the call blocks (Winsock has no
 /// `MSG_DONTWAIT`): on a non-blocking socket, nothing to read is `ErrorKind::WouldBlock`.
@@ -109,6 +174,39 @@ mod tests {
         let n = recv_into(b.as_fd(), &mut buf, false).unwrap();
         assert_eq!(n, 5);
         assert_eq!(&buf[..], b">hello");
+    }
+
+    #[test]
+    fn two_buffers_fill_in_order_each_up_to_its_limit() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(b"0123456789abcdef").unwrap();
+        let mut first = BytesMut::with_capacity(64);
+        first.extend_from_slice(b"<");
+        let mut second = BytesMut::with_capacity(64);
+        // The first stops at its limit (not its capacity), the second at its limit: the
+        // rest stays in the socket.
+        let got = recv_into_two(b.as_fd(), &mut first, 4, &mut second, 5, false).unwrap();
+        assert_eq!(got, (4, 5));
+        assert_eq!((&first[..], &second[..]), (&b"<0123"[..], &b"45678"[..]));
+        // Less than the first's room: the second gets nothing.
+        let got = recv_into_two(b.as_fd(), &mut first, 60, &mut second, 60, false).unwrap();
+        assert_eq!(got, (7, 0));
+        assert_eq!(&first[..], b"<01239abcdef");
+        // Capacity bounds a limit larger than it.
+        a.write_all(&[7u8; 200]).unwrap();
+        let mut small = BytesMut::with_capacity(8);
+        let room = small.capacity();
+        let got = recv_into_two(b.as_fd(), &mut small, 1000, &mut second, 10, false).unwrap();
+        assert_eq!(got, (room, 10));
+        assert_eq!(second.len(), 15);
+        // Empty and non-blocking: WouldBlock; the peer gone: (0, 0).
+        let mut first = BytesMut::with_capacity(300);
+        recv_into_two(b.as_fd(), &mut first, 300, &mut second, 0, false).unwrap();
+        let e = recv_into_two(b.as_fd(), &mut first, 10, &mut second, 10, true).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        drop(a);
+        let got = recv_into_two(b.as_fd(), &mut first, 10, &mut second, 10, false).unwrap();
+        assert_eq!(got, (0, 0));
     }
 
     #[test]
