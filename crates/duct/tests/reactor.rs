@@ -562,3 +562,67 @@ fn polling_an_empty_pipe_reads_once_uds() {
 fn polling_an_empty_pipe_reads_once_shm() {
     polling_an_empty_pipe_reads_once(common::Kind::Shm);
 }
+
+/// Messages larger than a frame arrive intact whether the application's receive or the
+/// reactor reads them, and their fragments are read in place: all but what the first read
+/// of each fragment brought goes straight into the message's buffer
+/// (`PipeStats::bytes_read_in_place`), on tcp and uds (TLS reads into its own buffer: none).
+fn large_messages_are_read_in_place(kind: common::Kind) {
+    let Some(f) = common::Fixture::new(kind) else {
+        return;
+    };
+    const N: usize = 8;
+    const LEN: usize = 1 << 20;
+    let p = common::pair(&f);
+    let (tx, rx) = (&p.dialer, &p.accepted);
+    let wait = RecvOptions::default().timeout(Duration::from_secs(10));
+    let payload = |i: usize| -> Vec<u8> { (0..LEN + i).map(|j| (j * 7 + i) as u8).collect() };
+    thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..N {
+                tx.send(payload(i)).unwrap();
+                if i == N / 2 {
+                    // The second half waits for the reactor to read it ahead.
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+        });
+        for i in 0..N {
+            let m = rx.recv_with(&wait).unwrap();
+            assert!(
+                m.payload() == &payload(i)[..],
+                "{kind:?}: message {i} intact"
+            );
+        }
+    });
+    let in_place = rx.stats().bytes_read_in_place;
+    let total = (N * LEN) as u64;
+    if kind == common::Kind::Tls || cfg!(windows) {
+        assert_eq!(in_place, 0, "{kind:?}");
+    } else {
+        // Each 64 KiB fragment: at most one 64 KiB read into the read buffer before its
+        // rest is read in place; most go in place whole after a read of their header.
+        assert!(
+            in_place >= total / 2,
+            "{kind:?}: {in_place} of {total} bytes read in place"
+        );
+        assert!(in_place <= total);
+    }
+}
+
+#[test]
+fn large_messages_are_read_in_place_tcp() {
+    large_messages_are_read_in_place(common::Kind::Tcp4);
+}
+
+#[cfg(unix)]
+#[test]
+fn large_messages_are_read_in_place_uds() {
+    large_messages_are_read_in_place(common::Kind::UdsAbstract);
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn large_messages_are_read_in_place_tls() {
+    large_messages_are_read_in_place(common::Kind::Tls);
+}

@@ -1962,7 +1962,7 @@ impl Conn {
             g.stats.reads += 1;
             let events = g.read_events;
             let mut r = take_rbuf(&mut g);
-            let needed = g.session.input_needed(&r.data);
+            let needed = r.prepare(&mut g.session);
             drop(g);
             let res = self.read_once(&mut r, needed, wait, deadline);
             attempted = true;
@@ -2114,6 +2114,15 @@ impl Conn {
         max: usize,
         sink: &mut (impl FnMut(Received<'_>) + ?Sized),
     ) -> bool {
+        g.stats.bytes_read_in_place += std::mem::take(&mut r.in_place);
+        if !matches!(res, Ok(n) if n > 0) {
+            // (After a read that brought something, `feed_to` gives it back first.)
+            let now = g.session.now();
+            if let Err(e) = r.give_back(&mut g.session, now) {
+                let err = proto_error(e, &self.who);
+                self.end(g, err, PipeState::Closed);
+            }
+        }
         match res {
             Ok(0) => {
                 self.on_eof(g);
@@ -2187,7 +2196,8 @@ impl Conn {
         mut r: Box<ReadBuf>,
         was_open: bool,
     ) -> Result<MutexGuard<'a, Shared>, (MutexGuard<'a, Shared>, Box<ReadBuf>)> {
-        if g.session.recv_full() || !super::reactor::can_stage() {
+        if g.session.recv_full() || g.session.reads_in_place() || !super::reactor::can_stage() {
+            // (A fragment under way is read here, in place: see `ReadBuf::prepare`.)
             return Err((g, r));
         }
         let Some(me) = self.me().upgrade() else {
@@ -2267,7 +2277,7 @@ impl Conn {
                 self.update_interest(&mut g);
                 break;
             }
-            let needed = g.session.input_needed(&r.data);
+            let needed = r.prepare(&mut g.session);
             g.stats.reads += 1;
             let events = g.read_events;
             let short_drains = !g.read_to_end;
@@ -2281,8 +2291,8 @@ impl Conn {
                 || self.t(),
                 |r, t| {
                     let res = r.recv(t, needed, true);
-                    let left_room = r.data.len() < r.data.capacity();
-                    drained = read_drained(&res, left_room, short_drains && t.short_read_drains());
+                    drained =
+                        read_drained(&res, r.short_read(), short_drains && t.short_read_drains());
                     res
                 },
             );

@@ -87,6 +87,14 @@ pub(crate) struct ReadBuf {
     pub(crate) transport: Option<Arc<dyn StreamTransport>>,
     /// A frame transport's receiving state (see [`FrameSide`]).
     frame_side: FrameSide,
+    /// The buffer of a message whose large fragment is under way, lent by the session for
+    /// the next read to put the rest of the fragment in place (see [`ReadBuf::prepare`]).
+    direct: Option<duct_proto::DirectRead>,
+    /// The last [`ReadBuf::recv`] asked for more than the transport had.
+    short: bool,
+    /// Bytes reads put in place (see [`ReadBuf::prepare`]) not yet counted in the pipe's
+    /// statistics.
+    pub(crate) in_place: u64,
 }
 
 /// Frames taken from a frame transport per receive.
@@ -100,6 +108,36 @@ impl ReadBuf {
             frames: VecDeque::new(),
             transport: None,
             frame_side: FrameSide::default(),
+            direct: None,
+            short: false,
+            in_place: 0,
+        }
+    }
+
+    /// Readies a read, under the pipe's lock: when the input so far ended inside a large
+    /// fragment, borrows its message's buffer from `session` so that the read puts the rest
+    /// of the fragment there (no copy: see `Session::lend_direct`). Returns what
+    /// [`ReadBuf::recv`] takes as `needed`.
+    pub(crate) fn prepare(&mut self, session: &mut duct_proto::Session) -> usize {
+        debug_assert!(self.direct.is_none(), "given back after every read");
+        if let Some(d) = session.lend_direct() {
+            self.direct = Some(d);
+            // (The input buffer takes only the header after the fragment.)
+            return HEADER_LEN;
+        }
+        session.input_needed(&self.data)
+    }
+
+    /// Gives the buffer [`ReadBuf::prepare`] borrowed back to `session`, with what the read
+    /// put in it (see `Session::return_direct`).
+    pub(crate) fn give_back(
+        &mut self,
+        session: &mut duct_proto::Session,
+        now: Instant,
+    ) -> Result<(), duct_proto::Error> {
+        match self.direct.take() {
+            Some(d) => session.return_direct(d, now),
+            None => Ok(()),
         }
     }
 
@@ -137,6 +175,10 @@ impl ReadBuf {
         sink: &mut (impl FnMut(Received<'_>) + ?Sized),
     ) -> Result<(), duct_proto::Error> {
         let mut time = || *now.get_or_insert_with(Instant::now);
+        if self.direct.is_some() {
+            // (First: the bytes read in place come before those in `data`.)
+            self.give_back(session, time())?;
+        }
         // (Whole frames: up to `max` plain messages go to `sink` while nothing is queued.)
         let mut left = max;
         while let Some(f) = self.frames.pop_front() {
@@ -179,7 +221,26 @@ impl ReadBuf {
             );
         }
         self.make_room(needed);
-        transport.recv_into(&mut self.data, nonblocking)
+        if let Some(d) = self.direct.as_mut() {
+            // The rest of the fragment in place, and in the same call the next frame's
+            // header into `data` (only the header: the next frame may be a fragment too).
+            let room = d.room();
+            let tail = HEADER_LEN.min(self.data.capacity() - self.data.len());
+            let (a, b) =
+                transport.recv_into_direct(d.buf(), room, &mut self.data, tail, nonblocking)?;
+            self.short = a + b < room + tail;
+            self.in_place += a as u64;
+            return Ok(a + b);
+        }
+        let n = transport.recv_into(&mut self.data, nonblocking)?;
+        self.short = self.data.len() < self.data.capacity();
+        Ok(n)
+    }
+
+    /// The last [`ReadBuf::recv`] asked for more than the transport had (a plain socket is
+    /// empty after it).
+    pub(crate) fn short_read(&self) -> bool {
+        self.short
     }
 
     /// Makes room for a receive: at least what is `needed` for the next frame, at least 4 KiB.

@@ -99,6 +99,28 @@ impl crate::driver::StreamTransport for Stream {
         duct_sys::net::recv_into(self.as_fd(), buf, nonblocking)
     }
 
+    fn recv_into_direct(
+        &self,
+        direct: &mut BytesMut,
+        direct_max: usize,
+        buf: &mut BytesMut,
+        buf_max: usize,
+        nonblocking: bool,
+    ) -> io::Result<(usize, usize)> {
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => duct_sys::net::recv_into_two(
+                self.as_fd(),
+                direct,
+                direct_max,
+                buf,
+                buf_max,
+                nonblocking,
+            ),
+            #[allow(unreachable_patterns)]
+            _ => self.recv_into(buf, nonblocking).map(|n| (0, n)),
+        }
+    }
+
     fn send_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
         #[cfg(feature = "tls")]
         if let Stream::Tls(s) = self {
