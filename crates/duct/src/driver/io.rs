@@ -295,8 +295,15 @@ const COALESCE_MAX: usize = 512;
 /// Most iovecs in one `sendmsg`.
 const MAX_IOV: usize = 64;
 /// Bytes of frames taken from the session ahead of the socket: one large frame, or about a
-/// `sendmsg` of small ones.
+/// `sendmsg` of small ones. So a frame of a high-priority channel waits, inside duct, at most
+/// about one frame of other channels that the socket has not taken.
 const PULL_BYTES: usize = 64 * 1024;
+/// The most bytes of frames taken ahead of the socket while it takes all it is given: the
+/// limit doubles (from [`PULL_BYTES`]) with every write the socket took whole, and falls
+/// back to [`PULL_BYTES`] when it is full. A large message then leaves in one `sendmsg`,
+/// as a raw socket writer's large write does, instead of one per frame; frames handed to a
+/// socket with room wait in its buffer, not in duct's.
+const PULL_MAX: usize = 1024 * 1024;
 /// Most frames queued ahead of the socket (small frames share one iovec, so this is not
 /// `MAX_IOV`).
 const MAX_FRAMES: usize = 1024;
@@ -348,6 +355,9 @@ pub(crate) struct WriteQueue {
     /// Frames went straight to the frame transport ([`WriteQueue::push_copy`]) and its
     /// peer is still to be woken for them.
     unpublished: bool,
+    /// Bytes of frames to take ahead of the socket (between [`PULL_BYTES`] and
+    /// [`PULL_MAX`]).
+    pull: usize,
 }
 
 impl WriteQueue {
@@ -366,6 +376,7 @@ impl WriteQueue {
             coalesce: false,
             frame_side: FrameSide::default(),
             unpublished: false,
+            pull: PULL_BYTES,
         }
     }
 
@@ -376,6 +387,7 @@ impl WriteQueue {
         self.transport = Some(transport);
         // (Frames pushed to an earlier connection went with it.)
         self.unpublished = false;
+        self.pull = PULL_BYTES;
     }
 
     #[inline]
@@ -446,7 +458,7 @@ impl WriteQueue {
     /// Less than about one `sendmsg`'s worth is queued: more frames may be taken.
     #[inline]
     pub(crate) fn wants_more(&self) -> bool {
-        self.bytes < PULL_BYTES && self.frames < MAX_FRAMES
+        self.bytes < self.pull && self.frames < MAX_FRAMES
     }
 
     /// On a byte stream, a frame of `len` payload bytes too large to encode in place would
@@ -726,9 +738,16 @@ impl WriteQueue {
         match res {
             Ok(written) => {
                 self.consume(written);
+                if self.bytes == 0 {
+                    // The socket took it all: it may take more at once next time.
+                    self.pull = (2 * written).clamp(self.pull, PULL_MAX);
+                }
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.pull = PULL_BYTES;
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -944,6 +963,53 @@ mod tests {
         let mut w = WriteQueue::new();
         w.coalesce = true;
         w
+    }
+
+    /// Pushes 64 KiB frames while the queue wants more; returns how many it took.
+    fn pull_large(w: &mut WriteQueue) -> usize {
+        let mut n = 0;
+        while w.wants_more() {
+            w.push(frame(1, 64 * 1024, n as u8));
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn the_queue_takes_more_ahead_while_the_socket_takes_all_and_one_frame_once_it_is_full() {
+        let mut w = stream_queue();
+        let mut out = Vec::new();
+        let mut all = |iov: &[IoSlice<'_>]| -> io::Result<usize> {
+            Ok(take(iov, usize::MAX, &mut Vec::new()))
+        };
+        // One large frame at first; doubling with every write the socket took whole, up to
+        // PULL_MAX.
+        let mut took = Vec::new();
+        for _ in 0..7 {
+            took.push(pull_large(&mut w));
+            assert!(w.write_with(&mut all).unwrap());
+        }
+        assert_eq!(took, [1, 2, 4, 8, 16, 16, 16]);
+        // A socket that takes a part and then is full: no frame more ahead while the rest
+        // waits; then as much again as the socket took at once (here the last frame: two).
+        let frame_len = 64 * 1024 + HEADER_LEN;
+        assert_eq!(pull_large(&mut w), 16);
+        let mut calls = 0;
+        let done = w
+            .write_with(|iov| {
+                calls += 1;
+                if calls == 1 {
+                    Ok(take(iov, 15 * frame_len, &mut out))
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+            })
+            .unwrap();
+        assert!(!done);
+        assert_eq!(w.bytes(), frame_len);
+        assert!(!w.wants_more(), "a frame waits: none more ahead");
+        assert!(w.write_with(&mut all).unwrap());
+        assert_eq!(pull_large(&mut w), 2);
     }
 
     #[test]
