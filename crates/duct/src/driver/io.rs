@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use duct_proto::wire::{Header, HEADER_LEN};
+use duct_proto::wire::{flags, Header, HEADER_LEN};
 use duct_proto::{Received, Transmit};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fd::BorrowedFd;
@@ -298,11 +298,13 @@ const MAX_IOV: usize = 64;
 /// `sendmsg` of small ones. So a frame of a high-priority channel waits, inside duct, at most
 /// about one frame of other channels that the socket has not taken.
 const PULL_BYTES: usize = 64 * 1024;
-/// The most bytes of frames taken ahead of the socket while it takes all it is given: the
-/// limit doubles (from [`PULL_BYTES`]) with every write the socket took whole, and falls
-/// back to [`PULL_BYTES`] when it is full. A large message then leaves in one `sendmsg`,
-/// as a raw socket writer's large write does, instead of one per frame; frames handed to a
-/// socket with room wait in its buffer, not in duct's.
+/// The most bytes of frames taken ahead of the socket in the middle of a message larger than
+/// a frame, while the socket takes all it is given: the limit doubles (from [`PULL_BYTES`])
+/// with every write the socket took whole, and falls back to [`PULL_BYTES`] when it is full.
+/// A large message then leaves in one `sendmsg`, as a raw socket writer's large write does,
+/// instead of one per frame (frames handed to a socket with room wait in its buffer, not in
+/// duct's). Whole messages are taken one frame ahead as always, so that beside a stream of
+/// them a high-priority message still waits behind about one.
 const PULL_MAX: usize = 1024 * 1024;
 /// Most frames queued ahead of the socket (small frames share one iovec, so this is not
 /// `MAX_IOV`).
@@ -355,9 +357,11 @@ pub(crate) struct WriteQueue {
     /// Frames went straight to the frame transport ([`WriteQueue::push_copy`]) and its
     /// peer is still to be woken for them.
     unpublished: bool,
-    /// Bytes of frames to take ahead of the socket (between [`PULL_BYTES`] and
-    /// [`PULL_MAX`]).
+    /// Bytes of frames to take ahead of the socket in the middle of a large message
+    /// (between [`PULL_BYTES`] and [`PULL_MAX`]).
     pull: usize,
+    /// The last frame queued is a fragment with more to come (`MORE_FRAGMENTS`).
+    mid_message: bool,
 }
 
 impl WriteQueue {
@@ -377,6 +381,7 @@ impl WriteQueue {
             frame_side: FrameSide::default(),
             unpublished: false,
             pull: PULL_BYTES,
+            mid_message: false,
         }
     }
 
@@ -392,6 +397,7 @@ impl WriteQueue {
 
     #[inline]
     pub(crate) fn push(&mut self, t: Transmit) {
+        self.mid_message = t.header[1] & flags::MORE_FRAGMENTS != 0;
         if self.coalesce && t.deadline.is_none() && self.push_inline(&t.header, &t.payload) {
             return;
         }
@@ -428,6 +434,7 @@ impl WriteQueue {
         self.inline.extend_from_slice(&[0; HEADER_LEN]);
         if let Some((_, h)) = self.inline.split_last_chunk_mut::<HEADER_LEN>() {
             head(h);
+            self.mid_message = h[1] & flags::MORE_FRAGMENTS != 0;
         }
         self.inline.extend_from_slice(payload);
         let end = self.inline.len();
@@ -458,7 +465,8 @@ impl WriteQueue {
     /// Less than about one `sendmsg`'s worth is queued: more frames may be taken.
     #[inline]
     pub(crate) fn wants_more(&self) -> bool {
-        self.bytes < self.pull && self.frames < MAX_FRAMES
+        self.frames < MAX_FRAMES
+            && (self.bytes < PULL_BYTES || (self.mid_message && self.bytes < self.pull))
     }
 
     /// On a byte stream, a frame of `len` payload bytes too large to encode in place would
@@ -542,6 +550,7 @@ impl WriteQueue {
             return self.push(t);
         }
         debug_assert!(self.entries.is_empty() && written < t.wire_len());
+        self.mid_message = t.header[1] & flags::MORE_FRAGMENTS != 0;
         self.bytes += t.wire_len() - written;
         self.frames += 1;
         self.with_ttl += usize::from(t.deadline.is_some());
@@ -965,35 +974,46 @@ mod tests {
         w
     }
 
-    /// Pushes 64 KiB frames while the queue wants more; returns how many it took.
-    fn pull_large(w: &mut WriteQueue) -> usize {
+    /// Pushes 64 KiB frames while the queue wants more, fragments of a larger message if
+    /// `fragments`; returns how many it took.
+    fn pull_large(w: &mut WriteQueue, fragments: bool) -> usize {
         let mut n = 0;
         while w.wants_more() {
-            w.push(frame(1, 64 * 1024, n as u8));
+            let mut t = frame(1, 64 * 1024, n as u8);
+            if fragments {
+                t.header[1] |= flags::MORE_FRAGMENTS | flags::CONTINUATION;
+            }
+            w.push(t);
             n += 1;
         }
         n
     }
 
     #[test]
-    fn the_queue_takes_more_ahead_while_the_socket_takes_all_and_one_frame_once_it_is_full() {
+    fn a_large_message_goes_ahead_in_more_frames_while_the_socket_takes_all_and_one_once_it_is_full(
+    ) {
         let mut w = stream_queue();
         let mut out = Vec::new();
         let mut all = |iov: &[IoSlice<'_>]| -> io::Result<usize> {
             Ok(take(iov, usize::MAX, &mut Vec::new()))
         };
-        // One large frame at first; doubling with every write the socket took whole, up to
-        // PULL_MAX.
+        // Fragments of a large message: one at first; doubling with every write the socket
+        // took whole, up to PULL_MAX.
         let mut took = Vec::new();
         for _ in 0..7 {
-            took.push(pull_large(&mut w));
+            took.push(pull_large(&mut w, true));
             assert!(w.write_with(&mut all).unwrap());
         }
         assert_eq!(took, [1, 2, 4, 8, 16, 16, 16]);
+        // Whole messages: one frame ahead, whatever the socket takes.
+        for _ in 0..3 {
+            assert_eq!(pull_large(&mut w, false), 1);
+            assert!(w.write_with(&mut all).unwrap());
+        }
         // A socket that takes a part and then is full: no frame more ahead while the rest
         // waits; then as much again as the socket took at once (here the last frame: two).
         let frame_len = 64 * 1024 + HEADER_LEN;
-        assert_eq!(pull_large(&mut w), 16);
+        assert_eq!(pull_large(&mut w, true), 16);
         let mut calls = 0;
         let done = w
             .write_with(|iov| {
@@ -1009,7 +1029,7 @@ mod tests {
         assert_eq!(w.bytes(), frame_len);
         assert!(!w.wants_more(), "a frame waits: none more ahead");
         assert!(w.write_with(&mut all).unwrap());
-        assert_eq!(pull_large(&mut w), 2);
+        assert_eq!(pull_large(&mut w, true), 2);
     }
 
     #[test]
