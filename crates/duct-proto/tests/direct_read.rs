@@ -233,14 +233,21 @@ fn only_a_fragment_far_from_complete_is_lent() {
     assert_eq!(got[1].payload, pattern(60 * KIB, 2));
 }
 
-#[test]
-fn a_driver_that_reads_past_the_fragment_fails_the_session_without_a_panic() {
+/// A receiver that has the header and the first 100 bytes of a 300 KiB message's first
+/// fragment (on channel 1), the whole stream of that message, and the time.
+fn inside_a_large_fragment() -> (Session, BytesMut, Instant) {
     let now = Instant::now();
     let (mut tx, mut rx) = established(Config::default(), Config::default(), now);
     tx.send(1, pattern(300 * KIB, 1), now).unwrap();
     let stream = wire(&mut tx);
     let mut buf = BytesMut::from(&stream[..HEADER_LEN + 100]);
     rx.handle_input(&mut buf, now).unwrap();
+    (rx, stream, now)
+}
+
+#[test]
+fn a_driver_that_reads_past_the_fragment_fails_the_session_without_a_panic() {
+    let (mut rx, _, now) = inside_a_large_fragment();
     let mut d = rx.lend_direct().expect("lent");
     let room = d.room();
     d.buf().extend_from_slice(&vec![0u8; room + 1]);
@@ -253,12 +260,7 @@ fn a_driver_that_reads_past_the_fragment_fails_the_session_without_a_panic() {
 
 #[test]
 fn a_buffer_lent_when_the_session_ends_is_dropped() {
-    let now = Instant::now();
-    let (mut tx, mut rx) = established(Config::default(), Config::default(), now);
-    tx.send(1, pattern(300 * KIB, 1), now).unwrap();
-    let stream = wire(&mut tx);
-    let mut buf = BytesMut::from(&stream[..HEADER_LEN + 100]);
-    rx.handle_input(&mut buf, now).unwrap();
+    let (mut rx, stream, now) = inside_a_large_fragment();
     let mut d = rx.lend_direct().expect("lent");
     d.buf()
         .extend_from_slice(&stream[HEADER_LEN + 100..HEADER_LEN + 200]);
@@ -286,12 +288,7 @@ fn a_fragment_header_that_breaks_the_rules_fails_before_its_payload_comes() {
 
 #[test]
 fn input_while_the_buffer_is_lent_fails_the_session_without_a_panic() {
-    let now = Instant::now();
-    let (mut tx, mut rx) = established(Config::default(), Config::default(), now);
-    tx.send(1, pattern(300 * KIB, 1), now).unwrap();
-    let stream = wire(&mut tx);
-    let mut buf = BytesMut::from(&stream[..HEADER_LEN + 100]);
-    rx.handle_input(&mut buf, now).unwrap();
+    let (mut rx, stream, now) = inside_a_large_fragment();
     let d = rx.lend_direct().expect("lent");
     // (A driver that forgot the lent buffer and hands the fragment's bytes as input.)
     let mut more = BytesMut::from(&stream[HEADER_LEN + 100..HEADER_LEN + 200]);
