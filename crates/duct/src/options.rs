@@ -1631,10 +1631,10 @@ pub struct PipeStats {
     /// the other requests of the same pass (Linux, on the io_uring backend, tcp and uds):
     /// output it flushes while nobody sends (after the socket was full, heartbeats, acks).
     pub ring_writes: u64,
-    /// tcp and uds: bytes of large messages' fragments read straight into the message's
-    /// buffer (not copied there out of the read buffer): all of a message larger than a
-    /// frame but what its first read of each fragment brought (see the guide's "Large
-    /// messages"). 0 on other transports.
+    /// tcp, uds and TLS (on Windows, TLS): bytes of large messages' fragments read (TLS:
+    /// decrypted) straight into the message's buffer, not copied there out of the read
+    /// buffer: all of a message larger than a frame but what the first read of each fragment
+    /// brought (see the guide's "Large messages"). 0 on other transports.
     pub bytes_read_in_place: u64,
     channels: BTreeMap<u16, ChannelStats>,
 }

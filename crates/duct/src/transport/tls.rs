@@ -289,9 +289,45 @@ impl TlsStream {
 
     /// Receives plaintext into the spare capacity of `buf` (see the module docs).
     pub(crate) fn recv_into(&self, buf: &mut BytesMut, nonblocking: bool) -> io::Result<usize> {
+        self.recv_with(nonblocking, |st, sock| st.drain(sock, buf, usize::MAX))
+    }
+
+    /// Receives plaintext into the spare capacity of `first`, at most `first_max` bytes, and
+    /// on into that of `second`, at most `second_max` (see `StreamTransport::recv_into_direct`):
+    /// how many bytes each got.
+    pub(crate) fn recv_into_two(
+        &self,
+        first: &mut BytesMut,
+        first_max: usize,
+        second: &mut BytesMut,
+        second_max: usize,
+        nonblocking: bool,
+    ) -> io::Result<(usize, usize)> {
+        let mut got = (0, 0);
+        self.recv_with(nonblocking, |st, sock| {
+            let a = st.drain(sock, first, first_max)?;
+            let b = if a == first_max {
+                st.drain(sock, second, second_max)?
+            } else {
+                0
+            };
+            got = (a, b);
+            Ok(a + b)
+        })?;
+        Ok(got)
+    }
+
+    /// Takes plaintext with `drain` (how many bytes it took), reading and decrypting from the
+    /// socket until some came, the stream ended (`Ok(0)`) or, `nonblocking`, the socket is
+    /// empty (`WouldBlock`).
+    fn recv_with(
+        &self,
+        nonblocking: bool,
+        mut drain: impl FnMut(&mut State, &TcpSock) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         loop {
             let mut st = self.lock();
-            let n = st.drain(&self.sock, buf)?;
+            let n = drain(&mut st, &self.sock)?;
             if n > 0 {
                 return Ok(n);
             }
@@ -396,10 +432,10 @@ impl State {
 
     /// Copies plaintext into `buf`'s spare capacity, feeding rustls from `inbuf` as needed.
     /// Returns the bytes copied; 0 when nothing is left to decrypt (or no room).
-    fn drain(&mut self, sock: &TcpSock, buf: &mut BytesMut) -> io::Result<usize> {
+    fn drain(&mut self, sock: &TcpSock, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
         let mut copied = 0;
         loop {
-            let room = buf.capacity() - buf.len();
+            let room = (buf.capacity() - buf.len()).min(max - copied);
             if room == 0 {
                 return Ok(copied);
             }

@@ -116,6 +116,8 @@ impl crate::driver::StreamTransport for Stream {
                 buf_max,
                 nonblocking,
             ),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.recv_into_two(direct, direct_max, buf, buf_max, nonblocking),
             #[allow(unreachable_patterns)]
             _ => self.recv_into(buf, nonblocking).map(|n| (0, n)),
         }

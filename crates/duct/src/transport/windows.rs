@@ -288,6 +288,25 @@ impl crate::driver::StreamTransport for Stream {
         }
     }
 
+    fn recv_into_direct(
+        &self,
+        direct: &mut BytesMut,
+        direct_max: usize,
+        buf: &mut BytesMut,
+        buf_max: usize,
+        nonblocking: bool,
+    ) -> io::Result<(usize, usize)> {
+        match self {
+            // (TLS decrypts into either; Winsock's receive takes one buffer here.)
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.recv_into_two(direct, direct_max, buf, buf_max, nonblocking),
+            _ => {
+                let _ = (direct, direct_max, buf_max);
+                self.recv_into(buf, nonblocking).map(|n| (0, n))
+            }
+        }
+    }
+
     fn send_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.send_vectored(iov),
