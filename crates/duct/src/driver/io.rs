@@ -397,10 +397,10 @@ impl WriteQueue {
 
     #[inline]
     pub(crate) fn push(&mut self, t: Transmit) {
-        self.mid_message = t.header[1] & flags::MORE_FRAGMENTS != 0;
         if self.coalesce && t.deadline.is_none() && self.push_inline(&t.header, &t.payload) {
             return;
         }
+        self.mid_message = t.header[1] & flags::MORE_FRAGMENTS != 0;
         self.bytes += t.wire_len();
         self.frames += 1;
         self.with_ttl += usize::from(t.deadline.is_some());
