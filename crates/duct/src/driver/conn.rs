@@ -2116,11 +2116,13 @@ impl Conn {
     ) -> bool {
         g.stats.bytes_read_in_place += std::mem::take(&mut r.in_place);
         if !matches!(res, Ok(n) if n > 0) {
-            // (After a read that brought something, `feed_to` gives it back first.)
+            // A buffer lent for a read that brought nothing goes back as it was. (After a read
+            // that brought something, `feed_to` gives it back first.)
             let now = g.session.now();
             if let Err(e) = r.give_back(&mut g.session, now) {
                 let err = proto_error(e, &self.who);
                 self.end(g, err, PipeState::Closed);
+                return false;
             }
         }
         match res {

@@ -68,10 +68,10 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     fn recv_into(&self, buf: &mut BytesMut, nonblocking: bool) -> std::io::Result<usize>;
     /// One receive into the spare capacity of `direct`, at most `direct_max` bytes, going on
     /// in the same call into that of `buf`, at most `buf_max` (the caller reserved room in
-    /// both): how many bytes each got, `(0, 0)` at end of stream. Transports that do not split
-    /// a receive so (shared memory, which carries frames; Windows sockets) receive into `buf` only, as
-    /// [`StreamTransport::recv_into`] does, whatever its limit: the session then takes what
-    /// belongs in `direct` from there.
+    /// both): how many bytes each got, `(0, 0)` at end of stream. Transports that do not
+    /// split a receive so (shared memory, which carries frames; Windows sockets) receive
+    /// into `buf` only, as [`StreamTransport::recv_into`] does, whatever its limit: the
+    /// session then takes what belongs in `direct` from there.
     fn recv_into_direct(
         &self,
         direct: &mut BytesMut,
