@@ -30,19 +30,17 @@ pub fn recv_into(fd: BorrowedFd<'_>, buf: &mut BytesMut, nonblocking: bool) -> i
     recv_with(fd, buf, flags)
 }
 
-/// Receives once from the socket `fd` into the spare capacity of `first`, at most
-/// `first_max` bytes, and then, in the same call, into the spare capacity of `second`, at
-/// most `second_max` bytes (`recvmsg` with two iovecs: a read that fills one buffer up to a
+/// Receives once from the socket `fd` into the spare capacity of `first`'s buffer, at most
+/// its limit, and then, in the same call, into the spare capacity of `second`'s, at most its
+/// limit (`recvmsg` with two iovecs: a read that fills one buffer up to a
 /// boundary and goes on into another). Appends what arrived to each and returns how many
 /// bytes each got; `(0, 0)` is end of stream (or no room in either). `nonblocking` as for
 /// [`recv_into`]. Interrupted calls are retried.
 #[cfg(unix)]
 pub fn recv_into_two(
     fd: BorrowedFd<'_>,
-    first: &mut BytesMut,
-    first_max: usize,
-    second: &mut BytesMut,
-    second_max: usize,
+    (first, first_max): (&mut BytesMut, usize),
+    (second, second_max): (&mut BytesMut, usize),
     nonblocking: bool,
 ) -> io::Result<(usize, usize)> {
     use std::os::fd::AsRawFd;
@@ -185,27 +183,27 @@ mod tests {
         let mut second = BytesMut::with_capacity(64);
         // The first stops at its limit (not its capacity), the second at its limit: the
         // rest stays in the socket.
-        let got = recv_into_two(b.as_fd(), &mut first, 4, &mut second, 5, false).unwrap();
+        let got = recv_into_two(b.as_fd(), (&mut first, 4), (&mut second, 5), false).unwrap();
         assert_eq!(got, (4, 5));
         assert_eq!((&first[..], &second[..]), (&b"<0123"[..], &b"45678"[..]));
         // Less than the first's room: the second gets nothing.
-        let got = recv_into_two(b.as_fd(), &mut first, 60, &mut second, 60, false).unwrap();
+        let got = recv_into_two(b.as_fd(), (&mut first, 60), (&mut second, 60), false).unwrap();
         assert_eq!(got, (7, 0));
         assert_eq!(&first[..], b"<01239abcdef");
         // Capacity bounds a limit larger than it.
         a.write_all(&[7u8; 200]).unwrap();
         let mut small = BytesMut::with_capacity(8);
         let room = small.capacity();
-        let got = recv_into_two(b.as_fd(), &mut small, 1000, &mut second, 10, false).unwrap();
+        let got = recv_into_two(b.as_fd(), (&mut small, 1000), (&mut second, 10), false).unwrap();
         assert_eq!(got, (room, 10));
         assert_eq!(second.len(), 15);
         // Empty and non-blocking: WouldBlock; the peer gone: (0, 0).
         let mut first = BytesMut::with_capacity(300);
-        recv_into_two(b.as_fd(), &mut first, 300, &mut second, 0, false).unwrap();
-        let e = recv_into_two(b.as_fd(), &mut first, 10, &mut second, 10, true).unwrap_err();
+        recv_into_two(b.as_fd(), (&mut first, 300), (&mut second, 0), false).unwrap();
+        let e = recv_into_two(b.as_fd(), (&mut first, 10), (&mut second, 10), true).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         drop(a);
-        let got = recv_into_two(b.as_fd(), &mut first, 10, &mut second, 10, false).unwrap();
+        let got = recv_into_two(b.as_fd(), (&mut first, 10), (&mut second, 10), false).unwrap();
         assert_eq!(got, (0, 0));
     }
 

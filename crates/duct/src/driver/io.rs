@@ -227,7 +227,7 @@ impl ReadBuf {
             let room = d.room();
             let tail = HEADER_LEN.min(self.data.capacity() - self.data.len());
             let (a, b) =
-                transport.recv_into_direct(d.buf(), room, &mut self.data, tail, nonblocking)?;
+                transport.recv_into_direct((d.buf(), room), (&mut self.data, tail), nonblocking)?;
             self.short = a + b < room + tail;
             self.in_place += a as u64;
             return Ok(a + b);

@@ -66,22 +66,20 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     /// One receive into the spare capacity of `buf` (the caller reserved room). `Ok(0)` is end
     /// of stream. With `nonblocking`, an empty transport is `WouldBlock`.
     fn recv_into(&self, buf: &mut BytesMut, nonblocking: bool) -> std::io::Result<usize>;
-    /// One receive into the spare capacity of `direct`, at most `direct_max` bytes, going on
-    /// in the same call into that of `buf`, at most `buf_max` (the caller reserved room in
+    /// One receive into the spare capacity of `direct`'s buffer, at most its limit, going on
+    /// in the same call into that of `buf`'s, at most its limit (the caller reserved room in
     /// both): how many bytes each got, `(0, 0)` at end of stream. Transports that do not
     /// split a receive so (shared memory, which carries frames; Windows sockets) receive
     /// into `buf` only, as [`StreamTransport::recv_into`] does, whatever its limit: the
     /// session then takes what belongs in `direct` from there.
     fn recv_into_direct(
         &self,
-        direct: &mut BytesMut,
-        direct_max: usize,
-        buf: &mut BytesMut,
-        buf_max: usize,
+        direct: (&mut BytesMut, usize),
+        buf: (&mut BytesMut, usize),
         nonblocking: bool,
     ) -> std::io::Result<(usize, usize)> {
-        let _ = (direct, direct_max, buf_max);
-        self.recv_into(buf, nonblocking).map(|n| (0, n))
+        let _ = direct;
+        self.recv_into(buf.0, nonblocking).map(|n| (0, n))
     }
     /// One vectored send that never blocks; a full transport is `WouldBlock`.
     fn send_vectored(&self, iov: &[IoSlice<'_>]) -> std::io::Result<usize>;

@@ -292,15 +292,13 @@ impl TlsStream {
         self.recv_with(nonblocking, |st, sock| st.drain(sock, buf, usize::MAX))
     }
 
-    /// Receives plaintext into the spare capacity of `first`, at most `first_max` bytes, and
-    /// on into that of `second`, at most `second_max` (see `StreamTransport::recv_into_direct`):
-    /// how many bytes each got.
+    /// Receives plaintext into the spare capacity of `first`'s buffer, at most its limit, and
+    /// on into that of `second`'s (see `StreamTransport::recv_into_direct`): how many bytes
+    /// each got.
     pub(crate) fn recv_into_two(
         &self,
-        first: &mut BytesMut,
-        first_max: usize,
-        second: &mut BytesMut,
-        second_max: usize,
+        (first, first_max): (&mut BytesMut, usize),
+        (second, second_max): (&mut BytesMut, usize),
         nonblocking: bool,
     ) -> io::Result<(usize, usize)> {
         let mut got = (0, 0);

@@ -101,25 +101,18 @@ impl crate::driver::StreamTransport for Stream {
 
     fn recv_into_direct(
         &self,
-        direct: &mut BytesMut,
-        direct_max: usize,
-        buf: &mut BytesMut,
-        buf_max: usize,
+        direct: (&mut BytesMut, usize),
+        buf: (&mut BytesMut, usize),
         nonblocking: bool,
     ) -> io::Result<(usize, usize)> {
         match self {
-            Stream::Tcp(_) | Stream::Unix(_) => duct_sys::net::recv_into_two(
-                self.as_fd(),
-                direct,
-                direct_max,
-                buf,
-                buf_max,
-                nonblocking,
-            ),
+            Stream::Tcp(_) | Stream::Unix(_) => {
+                duct_sys::net::recv_into_two(self.as_fd(), direct, buf, nonblocking)
+            }
             #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.recv_into_two(direct, direct_max, buf, buf_max, nonblocking),
+            Stream::Tls(s) => s.recv_into_two(direct, buf, nonblocking),
             #[allow(unreachable_patterns)]
-            _ => self.recv_into(buf, nonblocking).map(|n| (0, n)),
+            _ => self.recv_into(buf.0, nonblocking).map(|n| (0, n)),
         }
     }
 

@@ -290,19 +290,17 @@ impl crate::driver::StreamTransport for Stream {
 
     fn recv_into_direct(
         &self,
-        direct: &mut BytesMut,
-        direct_max: usize,
-        buf: &mut BytesMut,
-        buf_max: usize,
+        direct: (&mut BytesMut, usize),
+        buf: (&mut BytesMut, usize),
         nonblocking: bool,
     ) -> io::Result<(usize, usize)> {
         match self {
             // (TLS decrypts into either; Winsock's receive takes one buffer here.)
             #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.recv_into_two(direct, direct_max, buf, buf_max, nonblocking),
+            Stream::Tls(s) => s.recv_into_two(direct, buf, nonblocking),
             _ => {
-                let _ = (direct, direct_max, buf_max);
-                self.recv_into(buf, nonblocking).map(|n| (0, n))
+                let _ = direct;
+                self.recv_into(buf.0, nonblocking).map(|n| (0, n))
             }
         }
     }
