@@ -241,8 +241,12 @@ fn a_reliable_run_numbers_and_records_as_send_direct_does_until_a_window_is_full
     let plain = a.direct_run(0, None, None, now);
     assert!(plain.is_none(), "a message is queued: no run at all");
     let (mut c, _) = established(Config::default(), Config::default(), now);
-    let plain = c.direct_run(0, None, None, now).unwrap();
+    let mut plain = c.direct_run(0, None, None, now).unwrap();
     assert_eq!(c.direct_reliable(&plain, 10), None);
+    // (Nor does the per-run way, however often it is asked.)
+    for _ in 0..3 {
+        assert_eq!(c.number_next(&mut plain, 10), None);
+    }
     assert_eq!(c.outbox().next_seq(), 1);
 }
 

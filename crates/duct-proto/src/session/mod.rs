@@ -36,9 +36,7 @@ struct Pending {
     channel: u16,
     /// Payload bytes still to come.
     left: usize,
-    /// The message's last fragment.
-    last: bool,
-    /// Its header's flags and number (for the message's delivery).
+    /// Its header's flags and number (for the message's delivery, if it is the last).
     flags: u8,
     seq: u32,
     /// Lent out ([`Session::lend_direct`]): the buffer's length then.
@@ -820,21 +818,23 @@ impl Session {
     /// is checked per message. Nothing but this numbers messages while the run is used.
     #[inline]
     pub fn number_next(&mut self, run: &mut DirectRun, len: usize) -> Option<(u64, bool)> {
-        if !run.reliable || !run.fits(len) {
-            return None;
-        }
-        if let Some(seq) = self.outbox.number_quiet(run.channel, len, &mut run.quiet) {
-            return Some((seq, false));
+        // (A run that is not reliable has no quiet room: `number_direct` refuses it.)
+        if run.fits(len) {
+            if let Some(seq) = self.outbox.number_quiet(run.channel, len, &mut run.quiet) {
+                return Some((seq, false));
+            }
         }
         self.number_checked(run, len)
     }
 
     /// [`Session::number_next`] past what the run knew to be clear: checked, and the run
-    /// learns anew. (Kept out of line: the per-message path is the two lines above.)
+    /// learns anew. (Kept out of line: the per-message path is the lines above.)
     #[inline(never)]
     fn number_checked(&mut self, run: &mut DirectRun, len: usize) -> Option<(u64, bool)> {
-        let numbered = self.outbox.number_direct(run.channel, len);
-        run.quiet = self.outbox.quiet(run.channel);
+        let numbered = self.number_direct(run, len);
+        if run.reliable {
+            run.quiet = self.outbox.quiet(run.channel);
+        }
         numbered
     }
 
@@ -2080,7 +2080,6 @@ impl Session {
         self.pending = Some(Pending {
             channel: h.channel,
             left: frame - HEADER_LEN - part.len(),
-            last: !h.has(flags::MORE_FRAGMENTS),
             flags: h.flags,
             seq: h.seq,
             lent: None,
@@ -2119,7 +2118,7 @@ impl Session {
             return Ok(());
         }
         let p = self.pending.take().expect("a fragment pending");
-        if p.last {
+        if p.flags & flags::MORE_FRAGMENTS == 0 {
             self.fragment_done(p.channel, p.flags, p.seq, now)?;
         }
         Ok(())
@@ -2141,21 +2140,19 @@ impl Session {
     /// reads into its input buffer as always; the session takes the fragment's bytes from
     /// there).
     pub fn lend_direct(&mut self) -> Option<DirectRead> {
-        if !self.aged.is_empty() {
-            // (The input is being aged: bytes must pass where they are counted.)
+        if !self.reads_in_place() {
             return None;
         }
         let p = self.pending.as_mut()?;
-        if p.lent.is_some() {
-            return None;
-        }
         let buf = self.reassembly.lend(p.channel, p.left)?;
         p.lent = Some(buf.len());
         Some(DirectRead { buf, room: p.left })
     }
 
     /// Whether [`Session::lend_direct`] has a buffer to lend now (a driver that reads
-    /// elsewhere, into a buffer of its own, reads here instead).
+    /// elsewhere, into a buffer of its own, reads here instead). Not while the input is being
+    /// aged (`age_input`): its bytes must pass through the input buffer, where they are
+    /// counted.
     pub fn reads_in_place(&self) -> bool {
         self.aged.is_empty() && self.pending.as_ref().is_some_and(|p| p.lent.is_none())
     }

@@ -271,13 +271,7 @@ impl Poller {
                     if ev.token() == WAKER {
                         continue;
                     }
-                    let hup = ev.is_error() || ev.is_read_closed() || ev.is_write_closed();
-                    ready.push(Ready {
-                        token: ev.token().0,
-                        readable: ev.is_readable() || hup,
-                        writable: ev.is_writable() || hup,
-                        closed: hup,
-                    });
+                    ready.push(Ready::of(ev));
                 }
                 Ok(())
             }

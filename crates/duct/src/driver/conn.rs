@@ -3223,10 +3223,9 @@ impl Reactive for Conn {
             return;
         };
         debug_assert!(g.reading);
-        r.data = buf;
+        r.put_back(buf);
         // (A socket the ring reads is one whose short reads drain it.)
-        let left_room = r.data.len() < r.data.capacity();
-        let drained = read_drained(&result, left_room, !g.read_to_end);
+        let drained = read_drained(&result, r.short_read(), !g.read_to_end);
         if drained {
             // Empty as of the events counted when the read began: a caller that polls needs
             // no system call until the reactor reports more.

@@ -233,7 +233,7 @@ impl ReadBuf {
             return Ok(a + b);
         }
         let n = transport.recv_into(&mut self.data, nonblocking)?;
-        self.short = self.data.len() < self.data.capacity();
+        self.note_room_left();
         Ok(n)
     }
 
@@ -251,12 +251,25 @@ impl ReadBuf {
     }
 
     /// The buffer, with room made for a receive as [`ReadBuf::recv`] makes it, lent out to be
-    /// filled elsewhere (a reactor thread's io_uring ring); put it back in `data` when it
-    /// comes back.
+    /// filled elsewhere (a reactor thread's io_uring ring); give it back with
+    /// [`ReadBuf::put_back`].
     #[cfg(duct_uring)]
     pub(crate) fn lend(&mut self, needed: usize) -> BytesMut {
         self.make_room(needed);
         std::mem::take(&mut self.data)
+    }
+
+    /// Takes back the buffer [`ReadBuf::lend`] lent, filled by a receive (which, as
+    /// [`ReadBuf::recv`]'s, was short if it left room).
+    #[cfg(duct_uring)]
+    pub(crate) fn put_back(&mut self, buf: BytesMut) {
+        self.data = buf;
+        self.note_room_left();
+    }
+
+    /// After a receive into `data`: whether it left room (see [`ReadBuf::short_read`]).
+    fn note_room_left(&mut self) {
+        self.short = self.data.len() < self.data.capacity();
     }
 }
 

@@ -80,6 +80,20 @@ pub(crate) struct Ready {
     pub(crate) closed: bool,
 }
 
+impl Ready {
+    /// What an event of mio's epoll says, as every backend reports it: an error or a hang-up
+    /// (either direction) counts as readable and writable too.
+    pub(crate) fn of(ev: &mio::event::Event) -> Ready {
+        let hup = ev.is_error() || ev.is_read_closed() || ev.is_write_closed();
+        Ready {
+            token: ev.token().0,
+            readable: ev.is_readable() || hup,
+            writable: ev.is_writable() || hup,
+            closed: hup,
+        }
+    }
+}
+
 enum Command {
     Add(usize, Weak<dyn Reactive>),
     Remove(usize),

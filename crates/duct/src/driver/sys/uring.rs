@@ -750,13 +750,7 @@ impl UringPoller {
             let mut n = 0;
             for ev in self.listener_events.iter() {
                 n += 1;
-                let hup = ev.is_error() || ev.is_read_closed() || ev.is_write_closed();
-                ready.push(Ready {
-                    token: ev.token().0,
-                    readable: ev.is_readable() || hup,
-                    writable: ev.is_writable() || hup,
-                    closed: hup,
-                });
+                ready.push(Ready::of(ev));
             }
             if n < self.listener_events.capacity() {
                 return;
