@@ -818,23 +818,24 @@ impl Session {
     /// is checked per message. Nothing but this numbers messages while the run is used.
     #[inline]
     pub fn number_next(&mut self, run: &mut DirectRun, len: usize) -> Option<(u64, bool)> {
-        // (A run that is not reliable has no quiet room: `number_direct` refuses it.)
-        if run.fits(len) {
-            if let Some(seq) = self.outbox.number_quiet(run.channel, len, &mut run.quiet) {
-                return Some((seq, false));
-            }
+        // (`number_direct`'s guard, here once for both ways: checked again in
+        // `number_checked`, the per-message path costs more instructions.)
+        if !run.reliable || !run.fits(len) {
+            return None;
+        }
+        if let Some(seq) = self.outbox.number_quiet(run.channel, len, &mut run.quiet) {
+            return Some((seq, false));
         }
         self.number_checked(run, len)
     }
 
-    /// [`Session::number_next`] past what the run knew to be clear: checked, and the run
-    /// learns anew. (Kept out of line: the per-message path is the lines above.)
+    /// [`Session::number_next`] past what the run knew to be clear (a reliable run, the
+    /// message within its limit): checked, and the run learns anew. (Kept out of line: the
+    /// per-message path is the lines above.)
     #[inline(never)]
     fn number_checked(&mut self, run: &mut DirectRun, len: usize) -> Option<(u64, bool)> {
-        let numbered = self.number_direct(run, len);
-        if run.reliable {
-            run.quiet = self.outbox.quiet(run.channel);
-        }
+        let numbered = self.outbox.number_direct(run.channel, len);
+        run.quiet = self.outbox.quiet(run.channel);
         numbered
     }
 

@@ -373,7 +373,11 @@ pub(crate) struct WriteQueue {
     /// Bytes of frames to take ahead of the socket in the middle of a large message
     /// (between [`PULL_BYTES`] and [`PULL_MAX`]).
     pull: usize,
-    /// The last frame queued is a fragment with more to come (`MORE_FRAGMENTS`).
+    /// The last frame queued, if it is still queued, is a fragment with more to come
+    /// (`MORE_FRAGMENTS`): set by [`WriteQueue::push`] and [`WriteQueue::push_written`],
+    /// the ways fragments enter (a direct run's frames, `push_inline_with` alone, are whole
+    /// messages, and come only after the queue emptied), cleared when the queue empties or
+    /// changes transport.
     mid_message: bool,
 }
 
@@ -406,14 +410,15 @@ impl WriteQueue {
         // (Frames pushed to an earlier connection went with it.)
         self.unpublished = false;
         self.pull = PULL_BYTES;
+        self.mid_message = false;
     }
 
     #[inline]
     pub(crate) fn push(&mut self, t: Transmit) {
+        self.mid_message = t.header[1] & flags::MORE_FRAGMENTS != 0;
         if self.coalesce && t.deadline.is_none() && self.push_inline(&t.header, &t.payload) {
             return;
         }
-        self.mid_message = t.header[1] & flags::MORE_FRAGMENTS != 0;
         self.bytes += t.wire_len();
         self.frames += 1;
         self.with_ttl += usize::from(t.deadline.is_some());
@@ -447,7 +452,6 @@ impl WriteQueue {
         self.inline.extend_from_slice(&[0; HEADER_LEN]);
         if let Some((_, h)) = self.inline.split_last_chunk_mut::<HEADER_LEN>() {
             head(h);
-            self.mid_message = h[1] & flags::MORE_FRAGMENTS != 0;
         }
         self.inline.extend_from_slice(payload);
         let end = self.inline.len();
@@ -806,6 +810,10 @@ impl WriteQueue {
     /// Drops `n` written bytes from the front.
     fn consume(&mut self, mut n: usize) {
         self.bytes -= n;
+        if self.bytes == 0 {
+            // (The next fragment of a message under way says so again as it is queued.)
+            self.mid_message = false;
+        }
         while n > 0 {
             let Some(front) = self.entries.front_mut() else {
                 break;
