@@ -519,7 +519,9 @@ impl<'a, S: Sink + ?Sized> Take<'a, S> {
     }
 
     /// Counts what was taken in the pipe's stats, and gives its `Vec` back.
-    #[inline]
+    // (Inlined: called once per receive, and a `Take` passed by value is copied through
+    // memory, a stall on every message.)
+    #[inline(always)]
     fn count_into(self, g: &mut Shared) {
         let mut runs = self.runs;
         for r in runs.drain(..) {
@@ -1318,6 +1320,8 @@ impl Conn {
 
     /// Offers a message by the direct path ([`Session::send_direct`]; the caller checked
     /// [`Shared::may_send_direct`]).
+    // (Inlined: its result, which holds a frame, would come back through memory.)
+    #[inline(always)]
     fn offer_direct(
         &self,
         g: &mut Shared,
@@ -1346,14 +1350,12 @@ impl Conn {
         mut g: MutexGuard<'a, Shared>,
         channel: u16,
         len: usize,
-        mut frame: Option<Transmit>,
+        frame: Option<Transmit>,
     ) -> Result<(), Error> {
         // Shared memory: the frame goes straight into the ring if it can (and is counted
-        // after: the peer, which may be waiting for it, sees it sooner).
-        let pushed = self.frames && frame.is_some() && {
-            frame = frame.and_then(|t| self.push_frame(&mut g, t));
-            frame.is_none()
-        };
+        // after: the peer, which may be waiting for it, sees it sooner). (By reference: a
+        // frame moved in and back out costs two copies of it on the peer's critical path.)
+        let pushed = self.frames && frame.as_ref().is_some_and(|t| self.push_frame(&mut g, t));
         g.count_sent(Run::start(channel, len));
         self.trace_sent(channel, len);
         if pushed {
@@ -1388,22 +1390,22 @@ impl Conn {
     /// directly, straight into the transport when nothing else is to be written (nothing
     /// queued here or in the session, no wait for room): what [`Conn::flush_with`] would do
     /// with it, without the write queue's round. Under the pipe lock, as `flush_queue` writes
-    /// to a frame transport. Gives the frame back when it did not send it (no room, or a
-    /// failure, which the general way then meets again and reports).
-    fn push_frame(&self, g: &mut Shared, t: Transmit) -> Option<Transmit> {
+    /// to a frame transport. Whether it sent the frame (not: no room, or a failure, which the
+    /// general way then meets again and reports).
+    fn push_frame(&self, g: &mut Shared, t: &Transmit) -> bool {
         debug_assert!(!g.writing, "a direct frame while another writes");
         // (A frame with a time to live goes the general way: it is stamped as it goes out.)
         if t.deadline.is_some() || g.write_armed || g.session.wants_transmit() {
-            return Some(t);
+            return false;
         }
         let mut w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        if !w.send_frame(&t) {
-            return Some(t);
+        if !w.send_frame(t) {
+            return false;
         }
         drop(w);
         // As a flush that wrote something tells them.
         self.notify(g);
-        None
+        true
     }
 
     /// Sends several messages under one lock and one flush: the frames go out in as few
