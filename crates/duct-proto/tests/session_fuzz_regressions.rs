@@ -269,3 +269,94 @@ fn acknowledged_retransmissions_do_not_stall_the_message_behind_them() {
     assert_eq!(&t.payload[..], b"next");
     assert!(o.is_empty());
 }
+
+/// A reliable message that completes after a later-numbered one (its last fragment held back
+/// behind a more urgent channel's message) has its own retransmission timeout: the timer that
+/// ran for the other one, which the peer has acknowledged selectively since, does not judge
+/// it a moment after it went. (Found by the `session` target with a byte-rate limit holding
+/// fragments back and `max_retries` 0: the pair failed with `Unacknowledged` two
+/// milliseconds after the message's last fragment went, the peer alive and acking.)
+#[test]
+fn a_message_completed_late_gets_a_whole_retransmission_timeout() {
+    let t0 = Instant::now();
+    let reliable = |priority| ChannelConfig {
+        reliable: true,
+        priority,
+        ..ChannelConfig::default()
+    };
+    let dialer = Config {
+        qos: Arc::new(QosConfig {
+            channels: [(1u16, reliable(0)), (2, reliable(255))]
+                .into_iter()
+                .collect(),
+            max_retries: 0,
+            ..QosConfig::default()
+        }),
+        ..Config::default()
+    };
+    let listener = Config {
+        max_frame_payload: 1024,
+        ..Config::default()
+    };
+    // Sends A on channel 1 (seq 1, two fragments) and takes its first fragment; then B on the
+    // urgent channel 2 (seq 2, two fragments), which goes whole before A's second fragment.
+    // The listener acks B selectively at once. Returns the pair and A's last fragment.
+    let start = || {
+        let (mut d, mut l) = established(dialer.clone(), listener.clone(), t0);
+        d.send_message(1, Bytes::from(vec![1; 2000]), None, None, t0)
+            .unwrap();
+        let a1 = d.poll_transmit_at(t0).expect("A's first fragment");
+        d.send_message(2, Bytes::from(vec![2; 1500]), None, None, t0)
+            .unwrap();
+        let b1 = d.poll_transmit_at(t0).expect("B's first fragment");
+        let b2 = d.poll_transmit_at(t0).expect("B's last fragment");
+        for t in [&a1, &b1, &b2] {
+            let h = Header::decode(&t.header).unwrap();
+            l.handle_frame(h, t.payload.clone(), t0).unwrap();
+        }
+        let heard = t0 + ACK_DELAY;
+        l.handle_timeout(heard).unwrap();
+        pump_frames(&mut l, &mut d, heard).expect("the selective ack");
+        assert_eq!(d.outbox().unacked(), 1, "B acked selectively");
+        (d, l)
+    };
+    let (mut d, mut l) = start();
+    let rto = d.outbox().rto();
+    // A's last fragment goes just before B's timeout would have fired.
+    let sent = t0 + rto - ms(1);
+    let a2 = d.poll_transmit_at(sent).expect("A's last fragment");
+    assert_eq!(Header::decode(&a2.header).unwrap().seq, 1);
+    handle_due(&mut d, t0 + rto);
+    assert_eq!(
+        d.state(),
+        State::Established,
+        "failed {:?} after A's last fragment went: {:?}",
+        ms(1),
+        d.poll_event()
+    );
+    assert_eq!(
+        d.poll_timeout(),
+        Some(sent + rto),
+        "A's timeout counts from its send"
+    );
+    // The peer gets A and acks both: nothing left to time out.
+    let h = Header::decode(&a2.header).unwrap();
+    l.handle_frame(h, a2.payload.clone(), sent).unwrap();
+    l.handle_timeout(sent + ACK_DELAY).unwrap();
+    pump_frames(&mut l, &mut d, sent + ACK_DELAY).unwrap();
+    assert_eq!(d.outbox().unacked(), 0);
+    assert_eq!(d.state(), State::Established);
+
+    // A peer that goes silent is still caught, a whole timeout after A went.
+    let (mut d, _l) = start();
+    d.poll_transmit_at(sent).expect("A's last fragment");
+    handle_due(&mut d, t0 + rto);
+    assert_eq!(d.state(), State::Established);
+    assert_eq!(
+        d.handle_timeout(sent + rto),
+        Err(Error::Unacknowledged {
+            messages: 2,
+            retries: 1
+        })
+    );
+}

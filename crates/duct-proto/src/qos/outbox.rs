@@ -1085,15 +1085,29 @@ impl Outbox {
         !self.rel.unacked.is_empty() && self.rel.rto_at.is_some_and(|t| now >= t)
     }
 
-    /// When the oldest unacknowledged message was sent.
+    /// When the earliest sent of the unacknowledged messages the peer has not acknowledged
+    /// selectively either was sent (its last frame). Not always the lowest-numbered one:
+    /// messages are numbered as their first frame goes and complete out of order when
+    /// fragments of several channels interleave. (A scan of the records: called when a
+    /// retransmission timeout fires.)
     pub fn oldest_unacked_at(&self) -> Option<Instant> {
-        self.rel.unacked.front().map(|s| s.at)
+        self.rel
+            .unacked
+            .iter()
+            .filter(|s| !s.sacked)
+            .map(|s| s.at)
+            .min()
     }
 
-    /// The timeout passed but the peer is alive (it sent something since): wait another
-    /// timeout without counting a retry.
-    pub fn rearm(&mut self, now: Instant) {
-        self.rel.rto_at = self.rel.unacked.front().map(|_| now + self.rel.rto);
+    /// The timeout passed, but no retry is to be counted (the peer is alive, or the messages
+    /// still unacknowledged were sent too recently): the next fires a timeout after `from`.
+    pub fn rearm(&mut self, from: Instant) {
+        self.rel.rto_at = self.rel.unacked.front().map(|_| from + self.rel.rto);
+    }
+
+    /// The retransmission timeout now.
+    pub fn rto(&self) -> std::time::Duration {
+        self.rel.rto
     }
 
     /// The timeout passed and the peer said nothing: send every unacknowledged message again
@@ -2000,7 +2014,7 @@ mod tests {
                     }
                 }
                 assert_eq!(o.unacked(), model.len(), "seed {seed} step {step}");
-                let oldest = model.values().next().map(|m| m.3);
+                let oldest = model.values().filter(|m| !m.2).map(|m| m.3).min();
                 assert_eq!(o.oldest_unacked_at(), oldest, "seed {seed} step {step}");
                 let bytes = |c: Option<u16>| {
                     let mine = model.values().filter(|m| c.is_none_or(|c| m.0 == c));

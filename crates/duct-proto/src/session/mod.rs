@@ -1615,7 +1615,13 @@ impl Session {
             // After our CLOSE was written nothing is sent again (nothing follows a CLOSE).
             if !self.close_written() && self.outbox.retransmit_due(now) {
                 let oldest = self.outbox.oldest_unacked_at().unwrap_or(now);
-                if self.last_recv > oldest || self.recv_paused.is_some() {
+                if now < oldest + self.outbox.rto() {
+                    // The timer ran for messages acked since (or selectively acked): those
+                    // left went out later (a fragmented message completes when its last
+                    // fragment goes, which a rate limit or a busier channel may hold back).
+                    // Their timeout counts from their own send.
+                    self.outbox.rearm(oldest);
+                } else if self.last_recv > oldest || self.recv_paused.is_some() {
                     // (While we do not read, the peer's acks wait unread: no verdict.)
                     // The peer is alive (it is only slow to ack): no retry counted.
                     self.outbox.rearm(now);
