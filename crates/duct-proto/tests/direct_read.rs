@@ -233,6 +233,35 @@ fn only_a_fragment_far_from_complete_is_lent() {
     assert_eq!(got[1].payload, pattern(60 * KIB, 2));
 }
 
+#[test]
+fn the_configured_direct_min_decides_which_fragments_are_taken_as_they_come() {
+    let now = Instant::now();
+    // 1 KiB frames: a 5,000-byte message is five fragments, none near the default.
+    let small_frames = Config {
+        max_frame_payload: 1024,
+        ..Config::default()
+    };
+    let stream = |rx: &Config| {
+        let (mut tx, rx) = established(Config::default(), rx.clone(), now);
+        tx.send(1, pattern(5000, 7), now).unwrap();
+        (wire(&mut tx), rx)
+    };
+    // Reads of 100 bytes, lending whenever there is something to lend.
+    let (bytes, mut rx) = stream(&small_frames);
+    assert_eq!(drive(&mut rx, &bytes, &[100], &[true], HEADER_LEN), 0);
+    assert_eq!(messages(&mut rx)[0].payload, pattern(5000, 7));
+    let (bytes, mut rx) = stream(&Config {
+        direct_min: 200,
+        ..small_frames
+    });
+    let in_place = drive(&mut rx, &bytes, &[100], &[true], HEADER_LEN);
+    assert!(
+        in_place > 2000,
+        "{in_place} bytes in place: every fragment with 200 bytes or more to come is lent"
+    );
+    assert_eq!(messages(&mut rx)[0].payload, pattern(5000, 7));
+}
+
 /// A receiver that has the header and the first 100 bytes of a 300 KiB message's first
 /// fragment (on channel 1), the whole stream of that message, and the time.
 fn inside_a_large_fragment() -> (Session, BytesMut, Instant) {

@@ -51,7 +51,7 @@ use duct_proto::qos::{Admission, Backpressure, ChannelConfig, DropReason, QosCon
 use duct_proto::session::{MAX_FRAME_PAYLOAD, MIN_FRAME_PAYLOAD};
 use duct_proto::wire::control::{self, caps, Close, Hello, Reject, Welcome, MAX_REASON_LEN};
 use duct_proto::wire::{flags, FrameKind, Header, HEADER_LEN};
-use duct_proto::{Config, Error, Event, Role, Session, State};
+use duct_proto::{Config, Error, Event, Role, Session, State, DIRECT_MIN};
 
 /// The channels the harness sends on: the first four are configured per side, the last one
 /// takes the side's default channel settings.
@@ -116,6 +116,12 @@ struct SideSetup {
     max_retries: u8,
     pipe_msgs_rate: Option<u8>,
     pipe_bytes_rate: Option<u8>,
+    /// `Config::direct_min` modulo 4097 (`None`: the default, 16 KiB, which frames of at
+    /// most 4 KiB never reach).
+    direct_min: Option<u16>,
+    /// The driver reads the rest of a fragment in place when the session lends its buffer
+    /// (`Session::lend_direct`); `Op::Deliver` changes it.
+    in_place: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -184,12 +190,14 @@ pub enum Op {
     Pump { side: Side, max: u8 },
     /// Up to `frames` frames (0: all) of the link into `to` go into the transport, and the
     /// transport is read: in `chunk`-byte reads (0: one read per frame); with `backpressure`,
-    /// reading stops while the receiver is full.
+    /// reading stops while the receiver is full; `in_place`: from now on the driver reads
+    /// into the buffer the session lends, when it lends one.
     Deliver {
         to: Side,
         frames: u8,
         chunk: u16,
         backpressure: bool,
+        in_place: bool,
     },
     /// Up to `frames` frames (0: all) of the link into `to` handed over whole
     /// ([`Session::handle_frame`], a message transport).
@@ -362,6 +370,9 @@ impl SideSetup {
             session_id: 5,
             defer_welcome: role == Role::Listener && self.defer_welcome,
             qos: Arc::new(qos),
+            direct_min: self
+                .direct_min
+                .map_or(DIRECT_MIN, |x| usize::from(x) % 4097),
             ..Config::default()
         }
     }
@@ -447,6 +458,8 @@ struct Peer {
     last_seq: [u32; 5],
     /// An error came back from a `handle_*` call.
     failed: Option<Error>,
+    /// The driver reads into a buffer the session lends when it does.
+    in_place: bool,
 }
 
 /// The two sessions, their links, and the virtual clock.
@@ -482,7 +495,7 @@ fn environmental(e: &Error) -> bool {
 }
 
 impl Peer {
-    fn new(cfg: Config, role: Role, now: Instant) -> Peer {
+    fn new(cfg: Config, role: Role, in_place: bool, now: Instant) -> Peer {
         Peer {
             s: Session::new(cfg.clone(), role, now),
             role,
@@ -500,6 +513,7 @@ impl Peer {
             sent: Vec::new(),
             last_seq: [0; 5],
             failed: None,
+            in_place,
         }
     }
 
@@ -519,8 +533,9 @@ impl Harness {
     /// The pair for `setup`, the handshake taken as far as it says.
     pub fn new(setup: &Setup) -> Harness {
         let now = Instant::now();
-        let d = Peer::new(setup.dialer.config(Role::Dialer), Role::Dialer, now);
-        let l = Peer::new(setup.listener.config(Role::Listener), Role::Listener, now);
+        let (dc, lc) = (&setup.dialer, &setup.listener);
+        let d = Peer::new(dc.config(Role::Dialer), Role::Dialer, dc.in_place, now);
+        let l = Peer::new(lc.config(Role::Listener), Role::Listener, lc.in_place, now);
         let mut h = Harness {
             peers: [d, l],
             links: [Link::default(), Link::default()],
@@ -576,12 +591,16 @@ impl Harness {
                 frames,
                 chunk,
                 backpressure,
-            } => self.deliver(
-                to.idx(),
-                usize::from(frames),
-                usize::from(chunk),
-                backpressure,
-            ),
+                in_place,
+            } => {
+                self.peers[to.idx()].in_place = in_place;
+                self.deliver(
+                    to.idx(),
+                    usize::from(frames),
+                    usize::from(chunk),
+                    backpressure,
+                )
+            }
             Op::DeliverFrames { to, frames } => self.deliver_frames(to.idx(), usize::from(frames)),
             Op::Exchange => {
                 self.pump(0, 0);
@@ -1007,10 +1026,39 @@ impl Harness {
             } else {
                 p.transport.len()
             };
-            let n = n.clamp(1, p.transport.len());
+            let mut n = n.clamp(1, p.transport.len());
+            // A buffer lent for the rest of a fragment: the read goes into it, and what follows
+            // the fragment (up to a header) into the read buffer, as the driver's vectored
+            // read does.
+            let mut lent = if p.in_place { p.s.lend_direct() } else { None };
+            if let Some(d) = lent.as_mut() {
+                let room = d.room();
+                assert!(room > 0, "a buffer lent with no room");
+                assert!(
+                    d.buf().capacity() - d.buf().len() >= room,
+                    "a buffer lent with less spare capacity than its room"
+                );
+                let k = n.min(room);
+                d.buf().extend(p.transport.drain(..k));
+                p.read += k as u64;
+                n = if k == room {
+                    (n - k).min(HEADER_LEN)
+                } else {
+                    0
+                };
+            }
             let bytes: Vec<u8> = p.transport.drain(..n).collect();
             p.read += n as u64;
             p.inbuf.extend_from_slice(&bytes);
+            if let Some(d) = lent {
+                // Given back before anything else reaches the session, as the driver does.
+                let r = p.s.return_direct(d, now);
+                if r.is_err() {
+                    self.after_call(t, r);
+                    break;
+                }
+            }
+            let p = &mut self.peers[t];
             let mut frames_in = 0;
             while p.ends.front().is_some_and(|&e| e <= p.read) {
                 p.ends.pop_front();

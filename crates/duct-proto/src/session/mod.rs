@@ -24,9 +24,10 @@ pub use inbox::{Part, Payload, Received};
 use reassembly::ReassemblyBuffer;
 pub use requeue::{requeue, Requeued};
 
-/// A fragment's payload shorter than this still to come when its header is there is taken
-/// from the input buffer as it arrives (copied into its message); a longer one may be read
-/// in place ([`Session::lend_direct`]).
+/// The default of [`Config::direct_min`]: a fragment's payload shorter than this still to
+/// come when its header is there is taken from the input buffer once whole (copied into its
+/// message); a longer one as it comes, and it may be read in place
+/// ([`Session::lend_direct`]).
 pub const DIRECT_MIN: usize = 16 * 1024;
 
 /// A fragment whose header came while the rest of its payload had not (see
@@ -100,6 +101,12 @@ pub struct Config {
     pub reassembly_limit: usize,
     /// How long a fragmented message may take to complete. Default 30 s.
     pub reassembly_timeout: Duration,
+    /// A fragment whose header is in the input while at least this many bytes of its payload
+    /// are not yet is taken as it comes: its header and the bytes there at once, the rest as
+    /// it arrives, from the input buffer or read in place ([`Session::lend_direct`]). Default
+    /// [`DIRECT_MIN`] (16 KiB). Fuzzers and tests lower it to reach that way with small
+    /// frames.
+    pub direct_min: usize,
     /// How long the handshake may take. Default 5 s.
     pub handshake_timeout: Duration,
     /// Heartbeat interval to propose (`None`: no heartbeats from this side). Default `None`.
@@ -152,6 +159,7 @@ impl Default for Config {
             max_message_size: 64 * 1024 * 1024,
             reassembly_limit: 64 * 1024 * 1024 + 64 * 1024,
             reassembly_timeout: Duration::from_secs(30),
+            direct_min: DIRECT_MIN,
             handshake_timeout: Duration::from_secs(5),
             heartbeat_interval: None,
             heartbeat_misses: 5,
@@ -2051,7 +2059,7 @@ impl Session {
     }
 
     /// At the front of `buf`, which ends before it does, a large fragment (see
-    /// [`DIRECT_MIN`]): handles its header and the part of its payload that is there, and
+    /// [`Config::direct_min`]): handles its header and the part of its payload that is there, and
     /// notes the rest as pending (it goes into the message as it comes: from `buf` on the
     /// next call, or read in place, [`Session::lend_direct`]). `false`: `buf` does not start
     /// with such a fragment, and nothing was taken.
@@ -2071,7 +2079,7 @@ impl Session {
             || !h.has(flags::MORE_FRAGMENTS | flags::CONTINUATION)
             || h.has(flags::TTL_PRESENT)
             || h.payload_len > self.deframer.max_payload()
-            || frame < buf.len() + DIRECT_MIN
+            || frame < buf.len() + self.config.direct_min
         {
             return Ok(false);
         }
@@ -2138,7 +2146,7 @@ impl Session {
     }
 
     /// When the input so far ended inside a large fragment (a part of a message too large
-    /// for one frame, its payload at least [`DIRECT_MIN`] bytes short): the message's own
+    /// for one frame, its payload at least [`Config::direct_min`] bytes short): the message's own
     /// buffer, with room for the rest of that fragment, to read it into in place instead
     /// of into the input buffer (whose bytes the session would copy into the message). A
     /// driver reads at most [`DirectRead::room`] bytes into its spare capacity and gives it
