@@ -1146,12 +1146,30 @@ impl Harness {
                 continue;
             };
             let payload = Bytes::copy_from_slice(payload);
-            // Decoded here (`handle_frame`) or by the session (`handle_raw_frame`).
+            // Decoded here (`handle_frame`), by the session (`handle_raw_frame`), or as the
+            // shared-memory driver hands over plain data (`handle_raw_frame_untimed_to`: no
+            // clock reading, and the message straight to a caller waiting for up to `take`
+            // while nothing is queued).
+            let s = &mut self.peers[t].s;
+            let mut handed = Vec::new();
             let r = match Header::decode(header) {
-                Ok(h) if k % 2 == 0 => self.peers[t].s.handle_frame(h, payload, now),
-                _ => self.peers[t].s.handle_raw_frame(header, payload, now),
+                Ok(h) if k % 3 == 0 => s.handle_frame(h, payload, now),
+                _ if k % 3 == 1 && s.frame_is_timeless(header) => {
+                    let take = (k / 3) % 3;
+                    let mut left = take;
+                    let r = s.handle_raw_frame_untimed_to(header, payload, &mut left, &mut |m| {
+                        handed.push(m.into_delivered())
+                    });
+                    assert!(left <= take, "a caller waiting for {take} got more");
+                    assert_eq!(handed.len(), take - left, "handed over as counted");
+                    r
+                }
+                _ => s.handle_raw_frame(header, payload, now),
             };
             self.after_call(t, r);
+            for d in handed {
+                self.check_delivered(t, d.channel, &d.payload);
+            }
         }
     }
 
