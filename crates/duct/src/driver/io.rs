@@ -1313,4 +1313,157 @@ mod tests {
         chunks.make_room(&mut buf, 100, 100);
         assert!(chunks.spare.iter().all(|c| c.capacity() <= SPARE_MAX));
     }
+
+    /// What happens to a byte stream's write queue, in any order.
+    #[derive(Clone, Debug)]
+    enum QueueOp {
+        /// The session hands over a frame of `len` bytes (a fragment of a larger message
+        /// with `fragment`), if the queue wants more (`take_from`).
+        Push { len: usize, fragment: bool },
+        /// As many frames of `len` bytes as the queue wants (a session with a backlog).
+        Fill { len: usize },
+        /// A send of a slice too large to encode in place that fills the queue: written
+        /// through with it (`fills_with`, `write_through`), the rest queued (`push_written`).
+        Through { len: usize },
+        /// The queue is written to a socket that takes `room` bytes, at most `step` at a
+        /// time, then is full.
+        Write { room: usize, step: usize },
+        /// The connection breaks: the frames not written whole come back (`into_frames`)
+        /// and go, in order, into the next connection's queue.
+        Break,
+    }
+
+    fn queue_op() -> impl proptest::strategy::Strategy<Value = QueueOp> {
+        use proptest::prelude::*;
+        let len = prop_oneof![
+            6 => 0usize..=COALESCE_MAX,
+            2 => (COALESCE_MAX + 1)..5000,
+            1 => 5000usize..70_000,
+        ];
+        prop_oneof![
+            8 => (len.clone(), any::<bool>())
+                .prop_map(|(len, fragment)| QueueOp::Push { len, fragment }),
+            1 => (0..=COALESCE_MAX).prop_map(|len| QueueOp::Fill { len }),
+            1 => (COALESCE_MAX + 1..70_000usize).prop_map(|len| QueueOp::Through { len }),
+            4 => (0usize..200_000, 1usize..70_000)
+                .prop_map(|(room, step)| QueueOp::Write { room, step }),
+            1 => Just(QueueOp::Break),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(128))]
+
+        /// Against a model (the frames queued on this connection, in order, and the bytes
+        /// the socket took): whatever mix of frames, partial writes, writes-through and
+        /// breaks, the socket gets a prefix of the frames' bytes, in order, each byte once;
+        /// the queue counts what is left; a break gives back exactly the frames not written
+        /// whole; the encoded small frames stay within about two pulls.
+        #[test]
+        fn a_stream_queue_under_any_mix_of_pushes_partial_writes_and_breaks_keeps_the_stream_whole(
+            ops in proptest::collection::vec(queue_op(), 1..300),
+        ) {
+            let mut w = stream_queue();
+            let mut queued: Vec<Transmit> = Vec::new();
+            let mut out: Vec<u8> = Vec::new();
+            let mut n = 0u32;
+            let mut next = |len: usize, fragment: bool| {
+                n += 1;
+                let mut t = frame((n % 5) as u16, len, n as u8);
+                t.header[8..12].copy_from_slice(&n.to_be_bytes());
+                if fragment {
+                    t.header[1] |= flags::MORE_FRAGMENTS | flags::CONTINUATION;
+                }
+                t
+            };
+            for op in ops {
+                match op {
+                    QueueOp::Push { len, fragment } => {
+                        if w.wants_more() {
+                            let t = next(len, fragment);
+                            queued.push(t.clone());
+                            w.push(t);
+                        }
+                    }
+                    QueueOp::Fill { len } => {
+                        while w.wants_more() {
+                            let t = next(len, false);
+                            queued.push(t.clone());
+                            w.push(t);
+                        }
+                    }
+                    QueueOp::Through { len } => {
+                        if w.fills_with(len) {
+                            let t = next(len, false);
+                            let went = w.write_through_with(
+                                |iov| Ok(take(iov, usize::MAX, &mut out)),
+                                &t.header,
+                                &t.payload,
+                            );
+                            queued.push(t.clone());
+                            if went < t.wire_len() {
+                                w.push_written(t, went);
+                            }
+                        }
+                    }
+                    QueueOp::Write { room, step } => {
+                        let mut left = room;
+                        let done = w
+                            .write_with(|iov| {
+                                if left == 0 {
+                                    return Err(io::ErrorKind::WouldBlock.into());
+                                }
+                                let k = take(iov, left.min(step), &mut out);
+                                left -= k;
+                                Ok(k)
+                            })
+                            .unwrap();
+                        proptest::prop_assert_eq!(done, w.bytes() == 0);
+                    }
+                    QueueOp::Break => {
+                        let back: Vec<Transmit> =
+                            std::mem::replace(&mut w, stream_queue()).into_frames().collect();
+                        let mut at = 0;
+                        let whole = queued
+                            .iter()
+                            .take_while(|t| {
+                                at += t.wire_len();
+                                at <= out.len()
+                            })
+                            .count();
+                        let want = &queued[whole..];
+                        proptest::prop_assert_eq!(back.len(), want.len());
+                        for (b, t) in back.iter().zip(want) {
+                            proptest::prop_assert_eq!(b.header, t.header);
+                            proptest::prop_assert_eq!(&b.payload, &t.payload);
+                        }
+                        for t in back.iter().cloned() {
+                            w.push(t);
+                        }
+                        queued = back;
+                        out.clear();
+                    }
+                }
+                let expect = wire(&queued);
+                proptest::prop_assert!(out.len() <= expect.len());
+                proptest::prop_assert!(out[..] == expect[..out.len()], "the stream diverged");
+                proptest::prop_assert_eq!(w.bytes(), expect.len() - out.len());
+                let mut at = 0;
+                let whole = queued
+                    .iter()
+                    .take_while(|t| {
+                        at += t.wire_len();
+                        at <= out.len()
+                    })
+                    .count();
+                proptest::prop_assert_eq!(w.frames(), queued.len() - whole);
+                proptest::prop_assert!((PULL_BYTES..=PULL_MAX).contains(&w.pull));
+                proptest::prop_assert!(
+                    w.inline.len() <= 2 * (PULL_BYTES + HEADER_LEN + COALESCE_MAX),
+                    "{} bytes of small frames encoded",
+                    w.inline.len()
+                );
+            }
+        }
+    }
 }
