@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use duct_proto::qos::{Admission, ChannelConfig, Outbox, QosConfig, Rate};
 use duct_proto::reliable::ACK_DELAY;
 use duct_proto::wire::{FrameKind, Header};
-use duct_proto::{Config, Error, Event, Role, Session, State, Transmit};
+use duct_proto::{Config, Direct, Error, Event, Role, Session, State, Transmit};
 
 use common::{established, pump_frames};
 
@@ -359,4 +359,39 @@ fn a_message_completed_late_gets_a_whole_retransmission_timeout() {
             retries: 1
         })
     );
+}
+
+/// A peer that does not speak RELIABLE: a reliable message sent the direct way is refused as
+/// the queued way refuses it (`NotAgreed`), and a run of reliable messages is not offered;
+/// plain messages still go. (Found by the `session` target: the direct ways framed it with
+/// `RELIABLE`, which such a peer takes for a protocol error.)
+#[test]
+fn the_direct_ways_refuse_reliable_messages_when_reliable_was_not_agreed() {
+    let t0 = Instant::now();
+    let no_reliable = Config {
+        capabilities: duct_proto::wire::control::caps::TTL,
+        ..Config::default()
+    };
+    let (mut d, mut l) = established(Config::default(), no_reliable, t0);
+    let payload = Bytes::from_static(b"inventory");
+    assert!(matches!(
+        d.send_direct(1, payload.clone(), None, Some(true), t0),
+        Err(Error::NotAgreed(_))
+    ));
+    assert!(d.direct_run(1, None, Some(true), t0).is_none());
+    assert!(d.poll_transmit_at(t0).is_none(), "nothing framed");
+    // Plain messages go, either way.
+    let run = d.direct_run(1, None, Some(false), t0).expect("a plain run");
+    assert!(!run.reliable());
+    match d.send_direct(1, payload.clone(), None, Some(false), t0) {
+        Ok(Direct::Frame(t)) => {
+            let h = Header::decode(&t.header).unwrap();
+            l.handle_frame(h, t.payload, t0).expect("a plain frame");
+        }
+        Ok(Direct::Offered(Admission::Queued)) => {
+            pump_frames(&mut d, &mut l, t0).expect("a plain frame")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(l.poll_message().map(|m| m.payload), Some(payload));
 }

@@ -723,7 +723,10 @@ impl Session {
         reliable: Option<bool>,
         now: Instant,
     ) -> Result<Direct, Error> {
-        let Some(neg) = self.negotiated.as_ref().filter(|_| self.frames_next()) else {
+        // (Without RELIABLE agreed, the way that refuses a reliable message: a peer that does
+        // not speak it is a rare one.)
+        let direct = self.frames_next() && self.rel_agreed;
+        let Some(neg) = self.negotiated.as_ref().filter(|_| direct) else {
             return self
                 .send_message(channel, payload, ttl, reliable, now)
                 .map(Direct::Offered);
@@ -772,6 +775,10 @@ impl Session {
             .max(1)
             .min(neg.send_message_max.min(self.config.max_message_size) as usize);
         let reliable = self.outbox.direct_allowed(channel, ttl, reliable, now)?;
+        if reliable && !self.rel_agreed {
+            // (`send_direct` refuses these: the peer does not speak RELIABLE.)
+            return None;
+        }
         let mut header = Header::data(channel, 0);
         let mut quiet = Quiet::default();
         if reliable {
