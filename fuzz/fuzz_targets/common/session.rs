@@ -51,7 +51,7 @@ use duct_proto::qos::{Admission, Backpressure, ChannelConfig, DropReason, QosCon
 use duct_proto::session::{MAX_FRAME_PAYLOAD, MIN_FRAME_PAYLOAD};
 use duct_proto::wire::control::{self, caps, Close, Hello, Reject, Welcome, MAX_REASON_LEN};
 use duct_proto::wire::{flags, FrameKind, Header, HEADER_LEN};
-use duct_proto::{Config, Error, Event, Role, Session, State, DIRECT_MIN};
+use duct_proto::{Config, Direct, Error, Event, Role, Session, State, DIRECT_MIN};
 
 /// The channels the harness sends on: the first four are configured per side, the last one
 /// takes the side's default channel settings.
@@ -178,6 +178,29 @@ pub enum Op {
         len: u16,
         ttl_ms: Option<u16>,
         reliable: Option<bool>,
+    },
+    /// The application sends one message as the driver's `send` does: framed at once
+    /// when nothing waits before it (`Session::send_direct`), else queued.
+    SendDirect {
+        side: Side,
+        chan: u8,
+        len: u16,
+        ttl_ms: Option<u16>,
+        reliable: Option<bool>,
+    },
+    /// The application sends `count % 32 + 1` messages of one size as the driver's
+    /// `send_slices` does: framed by the driver itself while the session allows a run
+    /// (`Session::direct_run`; a reliable one numbered with `Session::number_next`, kept
+    /// with `record_direct` or, with `copy`, `record_direct_copy`); the first that does
+    /// not fit the run goes by `send_direct` and ends it, the rest too.
+    Run {
+        side: Side,
+        chan: u8,
+        count: u8,
+        len: u16,
+        ttl_ms: Option<u16>,
+        reliable: Option<bool>,
+        copy: bool,
     },
     /// The application sends `count % 32 + 1` messages of one size.
     Burst {
@@ -575,6 +598,29 @@ impl Harness {
                 let ttl = ttl_ms.map(|t| Duration::from_millis(u64::from(t)));
                 self.send(side.idx(), chan, usize::from(len), ttl, reliable);
             }
+            Op::SendDirect {
+                side,
+                chan,
+                len,
+                ttl_ms,
+                reliable,
+            } => {
+                let ttl = ttl_ms.map(|t| Duration::from_millis(u64::from(t)));
+                self.send_way(side.idx(), chan, usize::from(len), ttl, reliable, true);
+            }
+            Op::Run {
+                side,
+                chan,
+                count,
+                len,
+                ttl_ms,
+                reliable,
+                copy,
+            } => {
+                let ttl = ttl_ms.map(|t| Duration::from_millis(u64::from(t)));
+                let n = usize::from(count % 32) + 1;
+                self.run_direct(side.idx(), chan, n, usize::from(len), ttl, reliable, copy);
+            }
             Op::Burst {
                 side,
                 chan,
@@ -827,6 +873,20 @@ impl Harness {
         ttl: Option<Duration>,
         reliable: Option<bool>,
     ) {
+        self.send_way(i, chan, len, ttl, reliable, false);
+    }
+
+    /// [`Harness::send`], by `Session::send_direct` if `direct` (a frame it returns goes to
+    /// the link at once, as the driver writes it before anything it polls later).
+    fn send_way(
+        &mut self,
+        i: usize,
+        chan: u8,
+        len: usize,
+        ttl: Option<Duration>,
+        reliable: Option<bool>,
+        direct: bool,
+    ) {
         let now = self.now;
         let ci = usize::from(chan) % CHANNELS.len();
         let len = len % (MAX_LEN + 1);
@@ -836,7 +896,25 @@ impl Harness {
         let state = p.s.state();
         let cfg = p.chan_cfg(ci).clone();
         let rel = reliable.unwrap_or(cfg.reliable);
-        let r = p.s.send_message(CHANNELS[ci], msg, ttl, reliable, now);
+        let mut framed = None;
+        let r = if direct {
+            match p.s.send_direct(CHANNELS[ci], msg, ttl, reliable, now) {
+                Ok(Direct::Frame(t)) => {
+                    assert_eq!(state, State::Established, "framed in {state:?}");
+                    framed = Some(t);
+                    Ok(Admission::Queued)
+                }
+                Ok(Direct::Offered(a)) => Ok(a),
+                Err(e) => Err(e),
+            }
+        } else {
+            p.s.send_message(CHANNELS[ci], msg, ttl, reliable, now)
+        };
+        if let Some(mut t) = framed {
+            t.restamp(now);
+            self.write_frame(i, &t.header, &t.payload);
+        }
+        let p = &mut self.peers[i];
         let mut queued = false;
         match (&r, state) {
             (Ok(a), State::Established) => match a {
@@ -882,6 +960,92 @@ impl Harness {
             arrived: 0,
         });
         self.after_call(i, Ok(()));
+    }
+
+    /// Side `i`'s driver writes a frame it has (framed by the session or by itself) to its
+    /// link, after the frames before it.
+    fn write_frame(&mut self, i: usize, header: &[u8; HEADER_LEN], payload: &Bytes) {
+        self.check_transmit(i, header, payload);
+        let mut f = Vec::with_capacity(HEADER_LEN + payload.len());
+        f.extend_from_slice(header);
+        f.extend_from_slice(payload);
+        self.links[i].frames.push_back(f);
+    }
+
+    /// `n` messages of `len` bytes (modulo [`MAX_LEN`] + 1) sent as the driver's
+    /// `send_slices` sends them (see [`Op::Run`]).
+    #[allow(clippy::too_many_arguments)]
+    fn run_direct(
+        &mut self,
+        i: usize,
+        chan: u8,
+        n: usize,
+        len: usize,
+        ttl: Option<Duration>,
+        reliable: Option<bool>,
+        copy: bool,
+    ) {
+        let now = self.now;
+        let ci = usize::from(chan) % CHANNELS.len();
+        let len = len % (MAX_LEN + 1);
+        let channel = CHANNELS[ci];
+        let mut run = self.peers[i].s.direct_run(channel, ttl, reliable, now);
+        for _ in 0..n {
+            let Some(r) = run.as_mut() else {
+                self.send_way(i, chan, len, ttl, reliable, true);
+                continue;
+            };
+            let p = &mut self.peers[i];
+            assert_eq!(
+                p.s.state(),
+                State::Established,
+                "a run while not established"
+            );
+            assert_eq!(r.channel(), channel);
+            let seq = p.sent.len() as u32 + 1;
+            let msg = payload(i, ci, seq, len);
+            let framed = if r.reliable() {
+                p.s.number_next(r, len).map(|(number, ask)| {
+                    let mut h = [0; HEADER_LEN];
+                    r.write_header(len, number, &mut h);
+                    if ask {
+                        duct_proto::DirectRun::ask_for_ack(&mut h);
+                    }
+                    (h, Some(number))
+                })
+            } else {
+                r.header(len).map(|h| (h, None))
+            };
+            let Some((h, number)) = framed else {
+                // Not for the run (too large, or a window full): the way `send` goes, and
+                // the run ends (the session changed).
+                run = None;
+                self.send_way(i, chan, len, ttl, reliable, true);
+                continue;
+            };
+            self.write_frame(i, &h, &msg);
+            let p = &mut self.peers[i];
+            if let Some(number) = number {
+                if copy {
+                    p.s.record_direct_copy(number, channel, &msg, now);
+                } else {
+                    p.s.record_direct(number, channel, msg, now);
+                }
+            }
+            let cfg = p.chan_cfg(ci);
+            let must_arrive = len >= TRACKED_LEN
+                && ttl.is_none()
+                && cfg.ttl.is_none()
+                && cfg.backpressure != Backpressure::DropOld;
+            p.sent.push(SentRec {
+                ci,
+                len,
+                queued: true,
+                must_arrive,
+                arrived: 0,
+            });
+            self.after_call(i, Ok(()));
+        }
     }
 
     /// The driver of side `i` writes up to `max` frames (0: all) to its link.
