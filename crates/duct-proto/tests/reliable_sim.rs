@@ -83,7 +83,7 @@ use duct_proto::qos::{Admission, Backpressure, ChannelConfig, Outbox, QosConfig}
 use duct_proto::reliable::{narrow, RecvState, ACK_DELAY, ACK_EVERY, ACK_EVERY_ON_REQUEST};
 use duct_proto::wire::control::{self, caps};
 use duct_proto::wire::{flags, FrameKind, Header};
-use duct_proto::{Config, Delivered, Error, Event, Role, Session, State};
+use duct_proto::{Config, Delivered, Direct, Error, Event, Role, Session, State};
 use fastrand::Rng;
 
 // ---------------------------------------------------------------------------------------------
@@ -640,6 +640,8 @@ struct Stats {
     lost_reports: u32,
     late_reconnects: u32,
     delivered: u64,
+    /// Messages framed at once by `send_direct` (seeds that send directly).
+    direct: u64,
     dups: u64,
     retransmits: u64,
     max_out_of_order: usize,
@@ -667,6 +669,10 @@ struct World {
     log: Vec<String>,
     stats: Stats,
     quiet: bool,
+    /// The applications send as the driver's `send` does (`Session::send_direct`: a message
+    /// framed at once when nothing waits before it, and written at once), else with
+    /// `send_message`. Per seed.
+    direct: bool,
     link: Option<Link>,
     conn_seq: u64,
     // Dialer.
@@ -718,6 +724,7 @@ impl World {
             log: Vec::new(),
             stats: Stats::default(),
             quiet: false,
+            direct: Rng::with_seed(seed ^ 0x6469_7265_6374).bool(),
             link: None,
             conn_seq: 0,
             d_conn: None,
@@ -1637,13 +1644,37 @@ impl World {
     fn offer(&mut self, side: usize, k: usize, index: u32, payload: Bytes) -> Res {
         let now = self.now;
         let spec = SPECS[k];
+        // The driver sends directly while its writes are not held up (here: the link has
+        // room; a link that broke unnoticed takes the frame, which vanishes with it).
+        let dir = if side == D { 0 } else { 1 };
+        let live = self.link.as_ref().filter(|l| l.alive).map(|l| l.id);
+        let room = self
+            .link
+            .as_ref()
+            .is_none_or(|l| l.backlog(dir, now) < l.sndbuf);
+        let direct = self.direct && room;
         let (conn, outbox, epoch) = if side == D {
             (self.d_conn.as_mut(), self.d_outbox.as_mut(), 0)
         } else {
             let p = self.l_pipe.as_mut().expect("checked");
             (self.l_attached.as_mut(), p.outbox.as_mut(), p.epoch)
         };
+        let mut framed = None;
         let adm = match conn.filter(|c| c.adopted) {
+            Some(c) if direct => {
+                match c
+                    .session
+                    .send_direct(spec.id, payload, None, spec.send, now)
+                    .map_err(|e| format!("{} send failed: {e}", SIDE[side]))?
+                {
+                    Direct::Frame(t) => {
+                        self.stats.direct += 1;
+                        framed = Some((c.id, t));
+                        Admission::Queued
+                    }
+                    Direct::Offered(a) => a,
+                }
+            }
             Some(c) => c
                 .session
                 .send_message(spec.id, payload, None, spec.send, now)
@@ -1652,6 +1683,26 @@ impl World {
                 .expect("the pipe holds the outbox")
                 .offer_with(spec.id, payload, None, spec.send, now),
         };
+        if let Some((id, t)) = framed {
+            let what = if Some(id) == live { "writes" } else { "loses" };
+            if self.frame_trace {
+                println!(
+                    "t={:.3}ms   {} conn#{id} {what} {} (direct)",
+                    self.t(),
+                    SIDE[side],
+                    describe_frame(&t.header, &t.payload)
+                );
+            }
+            if Some(id) == live {
+                let mut b = Vec::with_capacity(t.wire_len());
+                b.extend_from_slice(&t.header);
+                b.extend_from_slice(&t.payload);
+                self.link
+                    .as_mut()
+                    .expect("live")
+                    .write(dir, now, Bytes::from(b));
+            }
+        }
         let app = &mut self.apps[side];
         let accepted = match adm {
             Admission::Queued => Some(epoch),
@@ -2136,6 +2187,7 @@ fn run_seeds(count: u64, faults: bool) -> Totals {
                         a.lost_reports += st.lost_reports;
                         a.late_reconnects += st.late_reconnects;
                         a.delivered += st.delivered;
+                        a.direct += st.direct;
                         a.dups += st.dups;
                         a.retransmits += st.retransmits;
                         a.max_out_of_order = a.max_out_of_order.max(st.max_out_of_order);
@@ -2165,7 +2217,7 @@ fn run_seeds(count: u64, faults: bool) -> Totals {
 fn report(t: &Totals, what: &str) {
     let a = &t.all;
     println!(
-        "{what}: {} seeds run; {} cuts ({} in handshakes), {} stalls, {} slow-reader spells ({} receivers paused at their high-water mark), {} connections, {} resumed and {} fresh sessions ({} SessionLost reports), {} late reconnects; {} messages delivered, {} duplicates across fresh sessions, {} retransmits ({} retransmission timeouts); largest out-of-order set {} (over the window in {} seeds); {} late arrivals excused by a known bug; {} steps, {:.1} s of virtual time",
+        "{what}: {} seeds run; {} cuts ({} in handshakes), {} stalls, {} slow-reader spells ({} receivers paused at their high-water mark), {} connections, {} resumed and {} fresh sessions ({} SessionLost reports), {} late reconnects; {} messages delivered ({} framed directly), {} duplicates across fresh sessions, {} retransmits ({} retransmission timeouts); largest out-of-order set {} (over the window in {} seeds); {} late arrivals excused by a known bug; {} steps, {:.1} s of virtual time",
         t.seeds,
         a.cuts,
         a.handshake_cuts,
@@ -2178,6 +2230,7 @@ fn report(t: &Totals, what: &str) {
         a.lost_reports,
         a.late_reconnects,
         a.delivered,
+        a.direct,
         a.dups,
         a.retransmits,
         a.rto_fired,
