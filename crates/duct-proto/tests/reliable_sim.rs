@@ -83,7 +83,7 @@ use duct_proto::qos::{Admission, Backpressure, ChannelConfig, Outbox, QosConfig}
 use duct_proto::reliable::{narrow, RecvState, ACK_DELAY, ACK_EVERY, ACK_EVERY_ON_REQUEST};
 use duct_proto::wire::control::{self, caps};
 use duct_proto::wire::{flags, FrameKind, Header};
-use duct_proto::{Config, Delivered, Direct, Error, Event, Role, Session, State};
+use duct_proto::{Config, Delivered, Direct, DirectRun, Error, Event, Role, Session, State};
 use fastrand::Rng;
 
 // ---------------------------------------------------------------------------------------------
@@ -640,8 +640,10 @@ struct Stats {
     lost_reports: u32,
     late_reconnects: u32,
     delivered: u64,
-    /// Messages framed at once by `send_direct` (seeds that send directly).
+    /// Messages framed at once by `send_direct` or in a run (seeds that send directly).
     direct: u64,
+    /// Of those, framed in a run by the driver.
+    in_runs: u64,
     dups: u64,
     retransmits: u64,
     max_out_of_order: usize,
@@ -673,6 +675,10 @@ struct World {
     /// framed at once when nothing waits before it, and written at once), else with
     /// `send_message`. Per seed.
     direct: bool,
+    /// With `direct`: messages are also framed by the driver itself, in runs, as its
+    /// `send_slices` does (`Session::direct_run`, `number_next`, `write_header`,
+    /// `record_direct` or `record_direct_copy`). Per seed.
+    runs: bool,
     link: Option<Link>,
     conn_seq: u64,
     // Dialer.
@@ -725,6 +731,7 @@ impl World {
             stats: Stats::default(),
             quiet: false,
             direct: Rng::with_seed(seed ^ 0x6469_7265_6374).bool(),
+            runs: Rng::with_seed(seed ^ 0x7275_6e73).bool(),
             link: None,
             conn_seq: 0,
             d_conn: None,
@@ -1592,9 +1599,12 @@ impl World {
         }
         for k in 0..N {
             if let Some((index, payload)) = self.apps[side].pending[k].take() {
-                self.offer(side, k, index, payload)?;
+                self.offer(side, k, index, payload, &mut None)?;
             }
         }
+        // A run the driver frames itself: good until the session changes otherwise (here:
+        // a message that does not fit it, which goes the other ways).
+        let mut run = None;
         let burst = if self.quiet {
             0
         } else {
@@ -1636,12 +1646,19 @@ impl World {
             let index = self.apps[side].next[k];
             self.apps[side].next[k] += 1;
             let payload = make_payload(side as u8, SPECS[k].id, index, len);
-            self.offer(side, k, index, payload)?;
+            self.offer(side, k, index, payload, &mut run)?;
         }
         Ok(())
     }
 
-    fn offer(&mut self, side: usize, k: usize, index: u32, payload: Bytes) -> Res {
+    fn offer(
+        &mut self,
+        side: usize,
+        k: usize,
+        index: u32,
+        payload: Bytes,
+        run: &mut Option<(usize, DirectRun)>,
+    ) -> Res {
         let now = self.now;
         let spec = SPECS[k];
         // The driver sends directly while its writes are not held up (here: the link has
@@ -1653,6 +1670,7 @@ impl World {
             .as_ref()
             .is_none_or(|l| l.backlog(dir, now) < l.sndbuf);
         let direct = self.direct && room;
+        let runs = self.runs;
         let (conn, outbox, epoch) = if side == D {
             (self.d_conn.as_mut(), self.d_outbox.as_mut(), 0)
         } else {
@@ -1662,17 +1680,58 @@ impl World {
         let mut framed = None;
         let adm = match conn.filter(|c| c.adopted) {
             Some(c) if direct => {
-                match c
-                    .session
-                    .send_direct(spec.id, payload, None, spec.send, now)
-                    .map_err(|e| format!("{} send failed: {e}", SIDE[side]))?
-                {
-                    Direct::Frame(t) => {
+                if runs && run.as_ref().is_none_or(|(rk, _)| *rk != k) {
+                    *run = c
+                        .session
+                        .direct_run(spec.id, None, spec.send, now)
+                        .map(|r| (k, r));
+                }
+                let len = payload.len();
+                let in_run = run.as_mut().and_then(|(_, r)| {
+                    if r.reliable() {
+                        let (seq, ask) = c.session.number_next(r, len)?;
+                        let mut h = [0; 24];
+                        r.write_header(len, seq, &mut h);
+                        if ask {
+                            DirectRun::ask_for_ack(&mut h);
+                        }
+                        Some((h, Some(seq)))
+                    } else {
+                        r.header(len).map(|h| (h, None))
+                    }
+                });
+                match in_run {
+                    Some((h, seq)) => {
+                        if let Some(seq) = seq {
+                            // (Copies of small payloads, as `send_slices` keeps them; a
+                            // handle of the others.)
+                            if len <= 512 {
+                                c.session.record_direct_copy(seq, spec.id, &payload, now);
+                            } else {
+                                c.session.record_direct(seq, spec.id, payload.clone(), now);
+                            }
+                        }
                         self.stats.direct += 1;
-                        framed = Some((c.id, t));
+                        self.stats.in_runs += 1;
+                        framed = Some((c.id, h, payload));
                         Admission::Queued
                     }
-                    Direct::Offered(a) => a,
+                    None => {
+                        // Not for the run: `send_direct`'s way, and the run ends.
+                        *run = None;
+                        match c
+                            .session
+                            .send_direct(spec.id, payload, None, spec.send, now)
+                            .map_err(|e| format!("{} send failed: {e}", SIDE[side]))?
+                        {
+                            Direct::Frame(t) => {
+                                self.stats.direct += 1;
+                                framed = Some((c.id, t.header, t.payload));
+                                Admission::Queued
+                            }
+                            Direct::Offered(a) => a,
+                        }
+                    }
                 }
             }
             Some(c) => c
@@ -1683,20 +1742,20 @@ impl World {
                 .expect("the pipe holds the outbox")
                 .offer_with(spec.id, payload, None, spec.send, now),
         };
-        if let Some((id, t)) = framed {
+        if let Some((id, header, payload)) = framed {
             let what = if Some(id) == live { "writes" } else { "loses" };
             if self.frame_trace {
                 println!(
                     "t={:.3}ms   {} conn#{id} {what} {} (direct)",
                     self.t(),
                     SIDE[side],
-                    describe_frame(&t.header, &t.payload)
+                    describe_frame(&header, &payload)
                 );
             }
             if Some(id) == live {
-                let mut b = Vec::with_capacity(t.wire_len());
-                b.extend_from_slice(&t.header);
-                b.extend_from_slice(&t.payload);
+                let mut b = Vec::with_capacity(header.len() + payload.len());
+                b.extend_from_slice(&header);
+                b.extend_from_slice(&payload);
                 self.link
                     .as_mut()
                     .expect("live")
@@ -2188,6 +2247,7 @@ fn run_seeds(count: u64, faults: bool) -> Totals {
                         a.late_reconnects += st.late_reconnects;
                         a.delivered += st.delivered;
                         a.direct += st.direct;
+                        a.in_runs += st.in_runs;
                         a.dups += st.dups;
                         a.retransmits += st.retransmits;
                         a.max_out_of_order = a.max_out_of_order.max(st.max_out_of_order);
@@ -2217,7 +2277,7 @@ fn run_seeds(count: u64, faults: bool) -> Totals {
 fn report(t: &Totals, what: &str) {
     let a = &t.all;
     println!(
-        "{what}: {} seeds run; {} cuts ({} in handshakes), {} stalls, {} slow-reader spells ({} receivers paused at their high-water mark), {} connections, {} resumed and {} fresh sessions ({} SessionLost reports), {} late reconnects; {} messages delivered ({} framed directly), {} duplicates across fresh sessions, {} retransmits ({} retransmission timeouts); largest out-of-order set {} (over the window in {} seeds); {} late arrivals excused by a known bug; {} steps, {:.1} s of virtual time",
+        "{what}: {} seeds run; {} cuts ({} in handshakes), {} stalls, {} slow-reader spells ({} receivers paused at their high-water mark), {} connections, {} resumed and {} fresh sessions ({} SessionLost reports), {} late reconnects; {} messages delivered ({} framed directly, {} of them in runs), {} duplicates across fresh sessions, {} retransmits ({} retransmission timeouts); largest out-of-order set {} (over the window in {} seeds); {} late arrivals excused by a known bug; {} steps, {:.1} s of virtual time",
         t.seeds,
         a.cuts,
         a.handshake_cuts,
@@ -2231,6 +2291,7 @@ fn report(t: &Totals, what: &str) {
         a.late_reconnects,
         a.delivered,
         a.direct,
+        a.in_runs,
         a.dups,
         a.retransmits,
         a.rto_fired,
