@@ -407,6 +407,16 @@ impl SideSetup {
 /// Messages of at least this many bytes carry a header the receiver checks.
 const TRACKED_LEN: usize = 6;
 
+/// An op's time to live in milliseconds, as a duration.
+fn millis(ms: Option<u16>) -> Option<Duration> {
+    ms.map(|t| Duration::from_millis(u64::from(t)))
+}
+
+/// The channel index and the length an op's `chan` and `len` name.
+fn pick(chan: u8, len: usize) -> (usize, usize) {
+    (usize::from(chan) % CHANNELS.len(), len % (MAX_LEN + 1))
+}
+
 /// The message number `seq` of `dir` (0: dialer to listener) on channel index `ci`, `len`
 /// bytes: `[0xD0 | ci << 1 | dir, len as u8, seq (4 bytes), filler]`; shorter ones are all
 /// `0xEE`.
@@ -594,19 +604,17 @@ impl Harness {
                 len,
                 ttl_ms,
                 reliable,
-            } => {
-                let ttl = ttl_ms.map(|t| Duration::from_millis(u64::from(t)));
-                self.send(side.idx(), chan, usize::from(len), ttl, reliable);
             }
-            Op::SendDirect {
+            | Op::SendDirect {
                 side,
                 chan,
                 len,
                 ttl_ms,
                 reliable,
             } => {
-                let ttl = ttl_ms.map(|t| Duration::from_millis(u64::from(t)));
-                self.send_way(side.idx(), chan, usize::from(len), ttl, reliable, true);
+                let direct = matches!(op, Op::SendDirect { .. });
+                let len = usize::from(len);
+                self.send_way(side.idx(), chan, len, millis(ttl_ms), reliable, direct);
             }
             Op::Run {
                 side,
@@ -617,9 +625,9 @@ impl Harness {
                 reliable,
                 copy,
             } => {
-                let ttl = ttl_ms.map(|t| Duration::from_millis(u64::from(t)));
                 let n = usize::from(count % 32) + 1;
-                self.run_direct(side.idx(), chan, n, usize::from(len), ttl, reliable, copy);
+                let len = usize::from(len);
+                self.run_direct(side.idx(), chan, n, len, millis(ttl_ms), reliable, copy);
             }
             Op::Burst {
                 side,
@@ -888,8 +896,7 @@ impl Harness {
         direct: bool,
     ) {
         let now = self.now;
-        let ci = usize::from(chan) % CHANNELS.len();
-        let len = len % (MAX_LEN + 1);
+        let (ci, len) = pick(chan, len);
         let p = &mut self.peers[i];
         let seq = p.sent.len() as u32 + 1;
         let msg = payload(i, ci, seq, len);
@@ -986,8 +993,7 @@ impl Harness {
         copy: bool,
     ) {
         let now = self.now;
-        let ci = usize::from(chan) % CHANNELS.len();
-        let len = len % (MAX_LEN + 1);
+        let (ci, len) = pick(chan, len);
         let channel = CHANNELS[ci];
         let mut run = self.peers[i].s.direct_run(channel, ttl, reliable, now);
         for _ in 0..n {

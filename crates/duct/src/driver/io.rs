@@ -1333,6 +1333,19 @@ mod tests {
         Break,
     }
 
+    /// How many of `frames`, from the first, lie wholly in the first `written` bytes of
+    /// their stream.
+    fn written_whole(frames: &[Transmit], written: usize) -> usize {
+        let mut at = 0;
+        frames
+            .iter()
+            .take_while(|t| {
+                at += t.wire_len();
+                at <= written
+            })
+            .count()
+    }
+
     fn queue_op() -> impl proptest::strategy::Strategy<Value = QueueOp> {
         use proptest::prelude::*;
         let len = prop_oneof![
@@ -1423,15 +1436,7 @@ mod tests {
                     QueueOp::Break => {
                         let back: Vec<Transmit> =
                             std::mem::replace(&mut w, stream_queue()).into_frames().collect();
-                        let mut at = 0;
-                        let whole = queued
-                            .iter()
-                            .take_while(|t| {
-                                at += t.wire_len();
-                                at <= out.len()
-                            })
-                            .count();
-                        let want = &queued[whole..];
+                        let want = &queued[written_whole(&queued, out.len())..];
                         proptest::prop_assert_eq!(back.len(), want.len());
                         for (b, t) in back.iter().zip(want) {
                             proptest::prop_assert_eq!(b.header, t.header);
@@ -1448,14 +1453,7 @@ mod tests {
                 proptest::prop_assert!(out.len() <= expect.len());
                 proptest::prop_assert!(out[..] == expect[..out.len()], "the stream diverged");
                 proptest::prop_assert_eq!(w.bytes(), expect.len() - out.len());
-                let mut at = 0;
-                let whole = queued
-                    .iter()
-                    .take_while(|t| {
-                        at += t.wire_len();
-                        at <= out.len()
-                    })
-                    .count();
+                let whole = written_whole(&queued, out.len());
                 proptest::prop_assert_eq!(w.frames(), queued.len() - whole);
                 proptest::prop_assert!((PULL_BYTES..=PULL_MAX).contains(&w.pull));
                 proptest::prop_assert!(
