@@ -82,7 +82,7 @@ use common::{established, frames};
 use duct_proto::qos::{Admission, Backpressure, ChannelConfig, Outbox, QosConfig};
 use duct_proto::reliable::{narrow, RecvState, ACK_DELAY, ACK_EVERY, ACK_EVERY_ON_REQUEST};
 use duct_proto::wire::control::{self, caps};
-use duct_proto::wire::{flags, FrameKind, Header};
+use duct_proto::wire::{flags, FrameKind, Header, HEADER_LEN};
 use duct_proto::{Config, Delivered, Direct, DirectRun, Error, Event, Role, Session, State};
 use fastrand::Rng;
 
@@ -1690,7 +1690,7 @@ impl World {
                 let in_run = run.as_mut().and_then(|(_, r)| {
                     if r.reliable() {
                         let (seq, ask) = c.session.number_next(r, len)?;
-                        let mut h = [0; 24];
+                        let mut h = [0; HEADER_LEN];
                         r.write_header(len, seq, &mut h);
                         if ask {
                             DirectRun::ask_for_ack(&mut h);

@@ -1913,17 +1913,14 @@ impl Session {
     }
 
     fn handle_established(&mut self, h: Header, payload: Bytes, now: Instant) -> Result<(), Error> {
-        if h.kind == FrameKind::Data && self.rel_agreed && h.has(flags::ACK_PRESENT) {
-            self.ack_in(h.ack, &[], now)?;
-        }
         match h.kind {
-            FrameKind::Data => self.on_data(h, payload, now),
+            FrameKind::Data => {
+                self.header_ack_in(&h, &[], now)?;
+                self.on_data(h, payload, now)
+            }
             FrameKind::Ack => {
                 let ranges = control::decode_sack(&payload)?;
-                if self.rel_agreed && h.has(flags::ACK_PRESENT) {
-                    self.ack_in(h.ack, &ranges, now)?;
-                }
-                Ok(())
+                self.header_ack_in(&h, &ranges, now)
             }
             FrameKind::Ping => {
                 // (Checked: an 8-byte token.)
@@ -2092,9 +2089,7 @@ impl Session {
         }
         // As `handle_frame` and `handle_established` take a fragment.
         self.input_timers = true;
-        if self.rel_agreed && h.has(flags::ACK_PRESENT) {
-            self.ack_in(h.ack, &[], now)?;
-        }
+        self.header_ack_in(&h, &[], now)?;
         self.fragment_header(&h, now)?;
         buf.advance(HEADER_LEN);
         let part = buf.split();
@@ -2354,6 +2349,21 @@ impl Session {
     }
 
     /// An ack from the peer; before `adopt` (a resuming dialer) it waits.
+    /// The ack a frame's header carries (`ACK_PRESENT`, with `ranges` from an ACK frame's
+    /// payload), if reliable delivery was agreed.
+    #[inline]
+    fn header_ack_in(
+        &mut self,
+        h: &Header,
+        ranges: &[(u32, u32)],
+        now: Instant,
+    ) -> Result<(), Error> {
+        if self.rel_agreed && h.has(flags::ACK_PRESENT) {
+            self.ack_in(h.ack, ranges, now)?;
+        }
+        Ok(())
+    }
+
     fn ack_in(&mut self, cum: u32, ranges: &[(u32, u32)], now: Instant) -> Result<(), Error> {
         if self.adopt_pending {
             self.early_ack = Some(cum);

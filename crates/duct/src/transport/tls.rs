@@ -303,8 +303,11 @@ impl TlsStream {
     ) -> io::Result<(usize, usize)> {
         let mut got = (0, 0);
         self.recv_with(nonblocking, |st, sock| {
+            // (As `duct_sys::net::recv_into_two`: on into the second once the first is full,
+            // to its limit or its capacity.)
+            let first_room = (first.capacity() - first.len()).min(first_max);
             let a = st.drain(sock, first, first_max)?;
-            let b = if a == first_max {
+            let b = if a == first_room {
                 st.drain(sock, second, second_max)?
             } else {
                 0
