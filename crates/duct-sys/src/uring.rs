@@ -19,6 +19,7 @@
 //! completion work in the task that submitted it, so the thread that waits for completions
 //! should be the one that submits (duct's reactor thread does both).
 
+use std::cell::UnsafeCell;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -230,10 +231,11 @@ pub struct IoRing<S: SendBufs = NoSends> {
     taken: Vec<(u64, i32)>,
     /// Indexes of `lent` that are free.
     free: Vec<usize>,
-    /// Send headers of completed sends, for the next ones (boxed: a header lent to a send
-    /// must stay where it is while the kernel reads it, and these are lent as they are).
-    #[allow(clippy::vec_box)]
-    headers: Vec<Box<SendHeader>>,
+    /// The send header of each tag (a send's is read by the kernel until its completion is
+    /// taken, so it must not move: allocated once, never resized). Zeroed memory the kernel
+    /// maps in as headers are first used: a ring that never has many sends at once keeps
+    /// only a page or two of it resident.
+    headers: Box<[UnsafeCell<SendHeader>]>,
 }
 
 /// What a send reads from: memory its value owns, laid out as slices.
@@ -261,9 +263,9 @@ enum Lent<S> {
     Free,
     /// A receive's buffer and the length it had.
     Recv(bytes::BytesMut, usize),
-    /// A send's memory, and the message header and iovecs the kernel reads (boxed: their
-    /// addresses are in the request).
-    Send(Box<S>, Box<SendHeader>),
+    /// A send's memory (boxed: the addresses of its slices are in the request; its header
+    /// is the tag's in `IoRing::headers`).
+    Send(Box<S>),
 }
 
 /// A send's `msghdr` and iovec array.
@@ -293,19 +295,37 @@ impl<S: SendBufs> std::fmt::Debug for IoRing<S> {
 
 impl<S: SendBufs> IoRing<S> {
     /// Sets up a ring of `entries` submission slots (rounded up to a power of two): that
-    /// many requests fit in one batch. Fails with the setup's error (`EPERM`, `ENOSYS`,
-    /// `ENOMEM`).
+    /// many requests fit in one batch, and that many may be outstanding. Fails with the
+    /// setup's error (`EPERM`, `ENOSYS`, `ENOMEM`).
+    ///
+    /// Everything a request needs is allocated here, for as many requests as fit: pushing,
+    /// submitting and completing allocate nothing, however many requests a batch has.
     pub fn new(entries: u32) -> io::Result<IoRing<S>> {
         let ring = build_ring(entries, |b| {
             b.setup_clamp();
         })?;
+        // (At least 1: the kernel refuses an empty ring.)
+        let slots = (ring.params().sq_entries() as usize).max(1);
+        let layout = std::alloc::Layout::array::<UnsafeCell<SendHeader>>(slots)
+            .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        // SAFETY: `layout` has a non-zero size (`slots >= 1` headers of over 1 KiB).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<UnsafeCell<SendHeader>>();
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        // SAFETY: `ptr` is a block of the global allocator with the layout of `slots` headers
+        // (`Layout::array`), which is what a `Box<[_]>` of them frees. It is all zeroes, and a
+        // `SendHeader` (a `msghdr` and `iovec`s: plain C structs of integers and pointers) is
+        // valid as all zeroes (no name, no iovecs, no control data, no flags; null, empty
+        // slices); `UnsafeCell` has its contents' layout and validity.
+        let headers = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, slots)) };
         Ok(IoRing {
             ring,
-            lent: Vec::new(),
+            lent: Vec::with_capacity(slots),
             outstanding: 0,
-            taken: Vec::new(),
-            free: Vec::new(),
-            headers: Vec::new(),
+            taken: Vec::with_capacity(slots),
+            free: Vec::with_capacity(slots),
+            headers,
         })
     }
 
@@ -314,13 +334,15 @@ impl<S: SendBufs> IoRing<S> {
         self.outstanding
     }
 
-    fn slot(&mut self) -> usize {
+    /// A free tag, if fewer than the ring's slots are outstanding.
+    fn slot(&mut self) -> Option<usize> {
         match self.free.pop() {
-            Some(i) => i,
-            None => {
+            Some(i) => Some(i),
+            None if self.lent.len() < self.headers.len() => {
                 self.lent.push(Lent::Free);
-                self.lent.len() - 1
+                Some(self.lent.len() - 1)
             }
+            None => None,
         }
     }
 
@@ -332,7 +354,9 @@ impl<S: SendBufs> IoRing<S> {
         fd: BorrowedFd<'_>,
         mut buf: bytes::BytesMut,
     ) -> Result<usize, bytes::BytesMut> {
-        let index = self.slot();
+        let Some(index) = self.slot() else {
+            return Err(buf);
+        };
         let start = buf.len();
         let spare = buf.spare_capacity_mut();
         let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
@@ -358,18 +382,15 @@ impl<S: SendBufs> IoRing<S> {
     /// slices). Returns the request's tag, or gives `bufs` back when the submission queue is
     /// full.
     pub fn push_send(&mut self, fd: BorrowedFd<'_>, bufs: Box<S>) -> Result<usize, Box<S>> {
-        let index = self.slot();
-        let mut header = self.headers.pop().unwrap_or_else(|| {
-            Box::new(SendHeader {
-                // SAFETY: `msghdr` is a plain C struct of integers and pointers, for which all
-                // zeroes is a valid value (no name, no iovecs, no control data, no flags).
-                msg: unsafe { std::mem::zeroed() },
-                iov: [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; MAX_SEND_SLICES],
-            })
-        });
+        let Some(index) = self.slot() else {
+            return Err(bufs);
+        };
+        // SAFETY: `index` is a free tag: no request of the ring holds its header (the kernel
+        // reads a tag's header only between the push of its send and the completion
+        // `complete_all` takes, which freed the tag), and nothing else refers to it, so this
+        // is the only reference to it while it lives. Other tags' headers, which the kernel
+        // may be reading, are not touched (`UnsafeCell`: no reference to them is made).
+        let header = unsafe { &mut *self.headers[index].get() };
         {
             let mut slices = [IoSlice::new(&[]); MAX_SEND_SLICES];
             let n = bufs.slices(&mut slices).min(MAX_SEND_SLICES);
@@ -386,16 +407,17 @@ impl<S: SendBufs> IoRing<S> {
             .user_data(index as u64);
         // SAFETY: the entry points at `header.msg`, which points at `header.iov`, whose
         // entries point at slices `bufs` lent from memory it owns (`SendBufs::slices` borrows
-        // `&self`). `header` and `bufs` are boxes: they move into `self.lent` below without
-        // their contents moving, and stay there, untouched (nothing else can reach them),
-        // until this entry's completion is taken in `complete_all`, or, if it never is, until
-        // `Drop` has waited for the completion or leaked them.
+        // `&self`). The header is the tag's, in `self.headers`, which is never moved or
+        // resized and is not written again until the tag is free. `bufs` is a box: it moves
+        // into `self.lent` below without its contents moving, and stays there, untouched
+        // (nothing else can reach it), until this entry's completion is taken in
+        // `complete_all`, or, if it never is, until `Drop` has waited for the completion or
+        // leaked it and the headers.
         if unsafe { self.ring.submission().push(&entry) }.is_err() {
             self.free.push(index);
-            self.headers.push(header);
             return Err(bufs);
         }
-        self.lent[index] = Lent::Send(bufs, header);
+        self.lent[index] = Lent::Send(bufs);
         self.outstanding += 1;
         Ok(index)
     }
@@ -443,10 +465,7 @@ impl<S: SendBufs> IoRing<S> {
                         });
                         Done::Recv(buf, res)
                     }
-                    Lent::Send(bufs, header) => {
-                        self.headers.push(header);
-                        Done::Send(bufs, res)
-                    }
+                    Lent::Send(bufs) => Done::Send(bufs, res),
                 };
                 self.free.push(index);
                 self.outstanding -= 1;
@@ -466,6 +485,7 @@ impl<S: SendBufs> Drop for IoRing<S> {
             for lent in self.lent.drain(..) {
                 std::mem::forget(lent);
             }
+            std::mem::forget(std::mem::take(&mut self.headers));
         }
     }
 }

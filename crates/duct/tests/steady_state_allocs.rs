@@ -126,8 +126,9 @@ fn allocations_while_polling_an_empty_pipe(addr: &str) -> u64 {
 
 /// Opens `pipes` pipes to `addr` with heartbeats every 10 ms (the shortest) on both ends,
 /// lets them run idle (their first metrics publications register their handles), then
-/// returns the allocations of the whole process over `window`, and how many PINGs went out
-/// meanwhile (from the pipes' round-trip samples: none is lost on loopback).
+/// returns the allocations of the whole process over `window`. Checks that heartbeats ran
+/// on every pipe: one end of each has a round-trip sample at least (an end PINGs only after
+/// an interval of silence, so the end whose peer PINGs first may never need to).
 fn allocations_of_idle_pipes(addr: &str, pipes: usize, window: Duration) -> u64 {
     let hb = duct::Heartbeat::new(Duration::from_millis(10), 50);
     let listener = duct::listen(addr, ListenOptions::default().heartbeat(hb)).unwrap();
@@ -135,13 +136,29 @@ fn allocations_of_idle_pipes(addr: &str, pipes: usize, window: Duration) -> u64 
     let dialers: Vec<_> = (0..pipes)
         .map(|_| duct::dial(&addr, DialOptions::default().heartbeat(hb)).unwrap())
         .collect();
-    let accepted: Vec<_> = (0..pipes).map(|_| listener.accept().unwrap()).collect();
+    // Pairs each accepted pipe with its dialer: the dialer's index, sent before counting.
+    for (i, d) in dialers.iter().enumerate() {
+        d.send(Message::new(Bytes::from(i.to_le_bytes().to_vec())))
+            .unwrap();
+    }
+    let accepted: Vec<_> = (0..pipes)
+        .map(|_| {
+            let p = listener.accept().unwrap();
+            let m = p.recv().unwrap();
+            let i = usize::from_le_bytes(m.payload()[..].try_into().unwrap());
+            (i, p)
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
     let before = snapshot();
     std::thread::sleep(window);
     let allocs = snapshot().since(&before).allocations();
-    for p in accepted.iter().chain(&dialers) {
-        assert!(p.stats().rtt.is_some(), "heartbeats went both ways");
+    for (i, a) in &accepted {
+        let rtts = [a.stats().rtt, dialers[*i].stats().rtt];
+        assert!(
+            rtts.iter().any(Option::is_some),
+            "pipe {i}: no heartbeat was answered at either end (round trips {rtts:?})"
+        );
     }
     drop((dialers, accepted));
     allocs

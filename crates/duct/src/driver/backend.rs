@@ -217,6 +217,11 @@ impl Control {
     }
 }
 
+/// Readiness events one wait reports at most, as a rule: epoll's events buffer holds this
+/// many, and io_uring's completion queue as many (`sys/uring.rs`). The reactor's list of
+/// ready sources starts with room for them.
+pub(crate) const READY_CAPACITY: usize = 1024;
+
 /// The part of a reactor thread's backend that the thread owns.
 pub(crate) enum Poller {
     Epoll {
@@ -235,7 +240,7 @@ impl Poller {
         let waker = Waker::new(poll.registry(), WAKER)?;
         let poller = Poller::Epoll {
             poll,
-            events: Events::with_capacity(1024),
+            events: Events::with_capacity(READY_CAPACITY),
         };
         Ok((poller, Control::Epoll { registry, waker }))
     }

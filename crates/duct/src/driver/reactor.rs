@@ -110,13 +110,27 @@ struct Worker {
     next_token: AtomicUsize,
 }
 
-#[derive(Default)]
+/// Commands an inbox has room for from the start (it grows if a pass brings more, and keeps
+/// what it grew to): a timer command per pipe of a pass and then some, so that a reactor
+/// serving a few hundred pipes allocates nothing for its commands however they bunch up.
+const INBOX_COMMANDS: usize = 512;
+
 struct Inbox {
     commands: Vec<Command>,
     /// io_uring: the registration each source wants, the latest per source (bounded by the
     /// live sources), applied by the thread after the commands taken with it.
     #[cfg(duct_uring)]
     interest: TokenMap<WantedInterest>,
+}
+
+impl Default for Inbox {
+    fn default() -> Inbox {
+        Inbox {
+            commands: Vec::with_capacity(INBOX_COMMANDS),
+            #[cfg(duct_uring)]
+            interest: TokenMap::default(),
+        }
+    }
 }
 
 /// What a source asked the io_uring backend to watch.
@@ -190,10 +204,10 @@ fn start_ring_io() {
         Ok(ring) => RING_IO.with(|c| {
             *c.borrow_mut() = Some(RingIo {
                 ring,
-                staged: Vec::new(),
+                staged: (0..RING_IO_ENTRIES).map(|_| None).collect(),
                 open: false,
                 pass_events: 0,
-                done: Vec::new(),
+                done: Vec::with_capacity(RING_IO_ENTRIES as usize),
             });
         }),
         Err(e) => tracing::info!(
@@ -683,7 +697,11 @@ impl Timers {
         }
         self.heap.push(Reverse((at, token)));
         if self.heap.len() > 2 * self.due.len() + 64 {
-            self.heap = self.due.iter().map(|(&t, &at)| Reverse((at, t))).collect();
+            // In place: the heap keeps its memory.
+            let mut entries = std::mem::take(&mut self.heap).into_vec();
+            entries.clear();
+            entries.extend(self.due.iter().map(|(&t, &at)| Reverse((at, t))));
+            self.heap = BinaryHeap::from(entries);
         }
     }
 
@@ -720,7 +738,9 @@ fn run(worker: Arc<Worker>, mut poller: Poller) {
     CURRENT_WORKER.with(|c| c.set(Arc::as_ptr(&worker) as usize));
     // Async calls a source wakes are woken once it has let go of its lock.
     wakers::defer_wakes_here();
-    let mut ready = Vec::new();
+    // Room for what one wait reports (io_uring: a completion queue's worth; epoll: its
+    // events buffer), so that no burst of events allocates.
+    let mut ready = Vec::with_capacity(super::backend::READY_CAPACITY);
     let mut table = Table::default();
     let mut inbox = Inbox::default();
     loop {

@@ -93,8 +93,8 @@ use crate::driver::reactor::Ready;
 /// Submission queue entries: a burst of registrations bigger than this is submitted in parts.
 const SQ_ENTRIES: u32 = 256;
 /// Completion queue entries: completions are drained on every wake, and the kernel keeps
-/// those that find the queue full (`IORING_FEAT_NODROP`).
-const CQ_ENTRIES: u32 = 1024;
+/// those that find the queue full (`IORING_FEAT_NODROP`). As many as epoll's events buffer.
+const CQ_ENTRIES: u32 = crate::driver::backend::READY_CAPACITY as u32;
 /// A poll that fails this many times in a row is not armed again until the source
 /// registers afresh.
 const MAX_FAILURES: u8 = 3;
@@ -399,7 +399,7 @@ impl UringPoller {
             retired: Vec::new(),
             told: Vec::new(),
             removals_again: Vec::new(),
-            taken: Vec::new(),
+            taken: Vec::with_capacity(cq_entries as usize),
             dropped_seen: 0,
             round: 0,
         };
