@@ -348,7 +348,8 @@ impl<S: SendBufs> IoRing<S> {
 
     /// Queues a receive from the socket `fd` into the spare capacity of `buf` (at most
     /// `u32::MAX` bytes of it). Returns the request's tag, or gives `buf` back when the
-    /// submission queue is full (complete what is queued first).
+    /// submission queue is full or every slot is outstanding (complete what is queued
+    /// first).
     pub fn push_recv(
         &mut self,
         fd: BorrowedFd<'_>,
@@ -380,7 +381,7 @@ impl<S: SendBufs> IoRing<S> {
 
     /// Queues a send to the socket `fd` of what `bufs` lays out (up to [`MAX_SEND_SLICES`]
     /// slices). Returns the request's tag, or gives `bufs` back when the submission queue is
-    /// full.
+    /// full or every slot is outstanding.
     pub fn push_send(&mut self, fd: BorrowedFd<'_>, bufs: Box<S>) -> Result<usize, Box<S>> {
         let Some(index) = self.slot() else {
             return Err(bufs);
