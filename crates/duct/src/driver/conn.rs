@@ -1854,7 +1854,7 @@ impl Conn {
         sink: &mut S,
         mut park: Option<Park<'_>>,
     ) -> Result<usize, Error> {
-        debug_assert!(park.is_none() || wait == Wait::No);
+        debug_assert!(park.is_none() || matches!(wait, Wait::No));
         // (A receive that does not wait never waits on a deadline: no clock read for it, a
         // poller's most frequent call.)
         let deadline = match wait {
@@ -1863,7 +1863,7 @@ impl Conn {
         };
         let mut g = self.lock();
         g.caller_reads += 1;
-        if wait != Wait::No {
+        if !matches!(wait, Wait::No) {
             g.blocking_reads += 1;
         }
         let mut attempted = false;
@@ -1914,7 +1914,8 @@ impl Conn {
                 if attempted && !more {
                     return self.park_recv(g, p);
                 }
-            } else if (wait == Wait::No && attempted) || (past && wait != Wait::No) {
+            } else if (matches!(wait, Wait::No) && attempted) || (past && !matches!(wait, Wait::No))
+            {
                 drop(g);
                 return match wait {
                     Wait::No => Ok(0),
@@ -1930,7 +1931,7 @@ impl Conn {
                 if let Some(p) = park.as_mut() {
                     return self.park_recv(g, p);
                 }
-                if wait == Wait::No {
+                if matches!(wait, Wait::No) {
                     return Ok(0);
                 }
                 let (ng, _) = self.wait_cv(g, deadline);
@@ -1942,14 +1943,14 @@ impl Conn {
                 if let Some(p) = park.as_mut() {
                     return self.park_recv(g, p);
                 }
-                if wait == Wait::No {
+                if matches!(wait, Wait::No) {
                     return Ok(0);
                 }
                 let (ng, _) = self.wait_cv(g, deadline);
                 g = ng;
                 continue;
             }
-            if wait == Wait::No && g.read_armed && g.empty_at == Some(g.read_events) {
+            if matches!(wait, Wait::No) && g.read_armed && g.empty_at == Some(g.read_events) {
                 // The transport was empty at the last read, and the reactor, which watches
                 // it, has reported nothing since: still empty. No system call: a receive
                 // that does not wait returns, an async one waits (the reactor reads for it
@@ -1986,7 +1987,7 @@ impl Conn {
             if found {
                 self.notify(&mut g);
             } else {
-                if wait == Wait::No
+                if matches!(wait, Wait::No)
                     && park.is_none()
                     && !g.read_armed
                     && g.blocking_reads == g.seen_blocking
