@@ -1854,7 +1854,9 @@ impl Conn {
         sink: &mut S,
         mut park: Option<Park<'_>>,
     ) -> Result<usize, Error> {
-        debug_assert!(park.is_none() || matches!(wait, Wait::No));
+        // A receive that does not wait (`try_recv`, a zero timeout, an async call's first look).
+        let polls = matches!(wait, Wait::No);
+        debug_assert!(park.is_none() || polls);
         // (A receive that does not wait never waits on a deadline: no clock read for it, a
         // poller's most frequent call.)
         let deadline = match wait {
@@ -1863,7 +1865,7 @@ impl Conn {
         };
         let mut g = self.lock();
         g.caller_reads += 1;
-        if !matches!(wait, Wait::No) {
+        if !polls {
             g.blocking_reads += 1;
         }
         let mut attempted = false;
@@ -1914,8 +1916,7 @@ impl Conn {
                 if attempted && !more {
                     return self.park_recv(g, p);
                 }
-            } else if (matches!(wait, Wait::No) && attempted) || (past && !matches!(wait, Wait::No))
-            {
+            } else if (polls && attempted) || (past && !polls) {
                 drop(g);
                 return match wait {
                     Wait::No => Ok(0),
@@ -1931,7 +1932,7 @@ impl Conn {
                 if let Some(p) = park.as_mut() {
                     return self.park_recv(g, p);
                 }
-                if matches!(wait, Wait::No) {
+                if polls {
                     return Ok(0);
                 }
                 let (ng, _) = self.wait_cv(g, deadline);
@@ -1943,14 +1944,14 @@ impl Conn {
                 if let Some(p) = park.as_mut() {
                     return self.park_recv(g, p);
                 }
-                if matches!(wait, Wait::No) {
+                if polls {
                     return Ok(0);
                 }
                 let (ng, _) = self.wait_cv(g, deadline);
                 g = ng;
                 continue;
             }
-            if matches!(wait, Wait::No) && g.read_armed && g.empty_at == Some(g.read_events) {
+            if polls && g.read_armed && g.empty_at == Some(g.read_events) {
                 // The transport was empty at the last read, and the reactor, which watches
                 // it, has reported nothing since: still empty. No system call: a receive
                 // that does not wait returns, an async one waits (the reactor reads for it
@@ -1987,11 +1988,7 @@ impl Conn {
             if found {
                 self.notify(&mut g);
             } else {
-                if matches!(wait, Wait::No)
-                    && park.is_none()
-                    && !g.read_armed
-                    && g.blocking_reads == g.seen_blocking
-                {
+                if polls && park.is_none() && !g.read_armed && g.blocking_reads == g.seen_blocking {
                     // A caller that polls: have the reactor watch the transport, so that the
                     // next polls of an empty pipe cost no system call. (A fresh registration
                     // reports input that is there already.)
