@@ -56,6 +56,6 @@ pub mod wire;
 
 pub use error::{Category, Error};
 pub use session::{
-    Config, Delivered, Direct, DirectRead, DirectRun, Event, Negotiated, Part, Payload, Received,
-    Role, Session, State, Transmit, DIRECT_MIN,
+    Config, Delivered, Direct, DirectRead, DirectRun, Event, Negotiated, Part, Payload,
+    ReceiveSink, Received, Role, Session, State, Transmit, DIRECT_MIN,
 };

@@ -59,7 +59,7 @@ fn feed_to(s: &mut Session, bytes: &[u8], max: usize, now: Instant) -> Vec<(u16,
     let mut views = Views::default();
     let mut buf = BytesMut::from(bytes);
     let n = s
-        .handle_input_to(&mut buf, now, max, &mut |r| views.take(r))
+        .handle_input_to(&mut buf, now, max, &mut |r: Received<'_>| views.take(r))
         .expect("valid input");
     assert!(buf.is_empty(), "whole frames only");
     let got = views.messages();
@@ -302,7 +302,7 @@ fn reads_handed_over_one_after_the_other_are_told_apart() {
         let mut buf = wire(&mut d);
         // One sink across the reads, as a batch that a caller fills over several calls.
         let n = l
-            .handle_input_to(&mut buf, now, 100, &mut |r| views.take(r))
+            .handle_input_to(&mut buf, now, 100, &mut |r: Received<'_>| views.take(r))
             .expect("valid input");
         assert_eq!(n, 5);
     }

@@ -152,7 +152,7 @@ impl Sink for MessageBatch {
         });
     }
 
-    #[inline]
+    #[inline(always)]
     fn received(&mut self, r: Received<'_>) {
         self.push(r);
     }

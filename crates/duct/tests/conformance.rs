@@ -198,6 +198,108 @@ fn batch_send_and_recv(f: &Fixture) {
     }
 }
 
+/// The `i`th message of [`batch_runs_keep_order_and_counts`]: runs of one channel (the
+/// channel changes from run to run) of lengths 1 to 1,500 (past a write's 1,024 frames and
+/// 64 KiB), mostly small payloads (0 to 512 bytes, the largest framed in place) with some
+/// just over (513) and some large (5,000) inside a run. The payload starts with `i`.
+fn run_message(i: u32) -> (u16, Vec<u8>) {
+    const RUNS: [u32; 6] = [1, 7, 300, 1_500, 2, 1_100];
+    let (mut start, mut k) = (0, 0usize);
+    while i >= start + RUNS[k % RUNS.len()] {
+        start += RUNS[k % RUNS.len()];
+        k += 1;
+    }
+    let len = match i % 101 {
+        13 => 513,
+        57 => 5_000,
+        n if n % 10 == 0 => 508, // with `i`: 512 bytes
+        n => (n as usize * 29) % 509,
+    };
+    let mut p = i.to_be_bytes().to_vec();
+    p.extend(pattern(len, i));
+    ((k % 3) as u16, p)
+}
+
+/// A batch made of runs on one channel (as a stream of updates is), sent with `send_batch`
+/// and with `send_slices` (a run per call): every message arrives intact and in order, and
+/// the pipe counts each once, per channel too.
+fn batch_runs_keep_order_and_counts(f: &Fixture) {
+    const N: u32 = 4_910; // the run lengths twice, the last run cut short
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    let msgs: Vec<(u16, Vec<u8>)> = (0..N).map(run_message).collect();
+    let got = thread::scope(|s| {
+        let receiver = s.spawn(|| receive_all(&accepted, 2 * N as usize, 700, None));
+        let batch = msgs
+            .iter()
+            .map(|(c, p)| Message::new(p.clone()).with_channel(*c));
+        assert_eq!(
+            dialer.send_batch(batch, &SendOptions::default()).unwrap(),
+            N as usize
+        );
+        let mut i = 0;
+        while i < msgs.len() {
+            let c = msgs[i].0;
+            let end = msgs[i..]
+                .iter()
+                .position(|m| m.0 != c)
+                .map_or(msgs.len(), |n| i + n);
+            let slices = msgs[i..end].iter().map(|m| m.1.as_slice());
+            let opts = SendOptions::default().channel(c);
+            assert_eq!(dialer.send_slices(slices, &opts).unwrap(), end - i);
+            i = end;
+        }
+        pump_until(&dialer, || receiver.is_finished());
+        receiver.join().unwrap()
+    });
+    // Per channel, its messages in order, twice (channels may interleave).
+    let mut want: [Vec<u32>; 3] = Default::default();
+    for _ in 0..2 {
+        for (i, (c, _)) in msgs.iter().enumerate() {
+            want[*c as usize].push(i as u32);
+        }
+    }
+    let mut next = [0usize; 3];
+    for (k, (channel, payload)) in got.iter().enumerate() {
+        let i = u32::from_be_bytes(payload[..4].try_into().unwrap());
+        let c = *channel as usize;
+        assert!(c < 3, "message {k} (number {i}) on channel {c}");
+        assert_eq!(
+            want[c].get(next[c]),
+            Some(&i),
+            "message {k} on channel {c} out of order"
+        );
+        next[c] += 1;
+        assert_payload(payload, &msgs[i as usize].1, &format!("message {i}"));
+    }
+    let bytes: u64 = msgs.iter().map(|m| m.1.len() as u64).sum();
+    let d = dialer.stats();
+    assert_eq!(
+        (d.msgs_sent, d.bytes_sent),
+        (2 * N as u64, 2 * bytes),
+        "{d:?}"
+    );
+    for c in 0..3u16 {
+        let of_c = msgs.iter().filter(|m| m.0 == c);
+        let (n, b) = of_c.fold((0u64, 0u64), |(n, b), m| (n + 1, b + m.1.len() as u64));
+        let sent = d.channel(c).expect("channel stats");
+        assert_eq!(
+            (sent.msgs_sent, sent.bytes_sent),
+            (2 * n, 2 * b),
+            "channel {c}"
+        );
+        let received = accepted.stats().channel(c).expect("channel stats");
+        assert_eq!(
+            (received.msgs_received, received.bytes_received),
+            (2 * n, 2 * b),
+            "channel {c}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Order and concurrency
 // ---------------------------------------------------------------------------------------------
@@ -1642,6 +1744,7 @@ conformance!([
     channels_are_preserved,
     alloc_buffer_round_trip,
     batch_send_and_recv,
+    batch_runs_keep_order_and_counts,
     order_under_concurrent_senders,
     concurrent_receivers_split_without_loss,
     full_duplex_large_messages,

@@ -51,7 +51,7 @@ use duct_proto::qos::{Admission, Backpressure, ChannelConfig, DropReason, QosCon
 use duct_proto::session::{MAX_FRAME_PAYLOAD, MIN_FRAME_PAYLOAD};
 use duct_proto::wire::control::{self, caps, Close, Hello, Reject, Welcome, MAX_REASON_LEN};
 use duct_proto::wire::{flags, FrameKind, Header, HEADER_LEN};
-use duct_proto::{Config, Direct, Error, Event, Role, Session, State, DIRECT_MIN};
+use duct_proto::{Config, Direct, Error, Event, Received, Role, Session, State, DIRECT_MIN};
 
 /// The channels the harness sends on: the first four are configured per side, the last one
 /// takes the side's default channel settings.
@@ -1239,7 +1239,7 @@ impl Harness {
             let take = (calls + chunk) % 4;
             let mut handed = Vec::new();
             let r =
-                p.s.handle_input_to(&mut p.inbuf, now, take, &mut |m| {
+                p.s.handle_input_to(&mut p.inbuf, now, take, &mut |m: Received<'_>| {
                     handed.push(m.into_delivered())
                 })
                 .map(|n| {
@@ -1327,9 +1327,12 @@ impl Harness {
                 _ if k % 3 == 1 && s.frame_is_timeless(header) => {
                     let take = (k / 3) % 3;
                     let mut left = take;
-                    let r = s.handle_raw_frame_untimed_to(header, payload, &mut left, &mut |m| {
-                        handed.push(m.into_delivered())
-                    });
+                    let r = s.handle_raw_frame_untimed_to(
+                        header,
+                        payload,
+                        &mut left,
+                        &mut |m: Received<'_>| handed.push(m.into_delivered()),
+                    );
                     assert!(left <= take, "a caller waiting for {take} got more");
                     assert_eq!(handed.len(), take - left, "handed over as counted");
                     r

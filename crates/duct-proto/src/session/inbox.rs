@@ -106,6 +106,25 @@ pub(super) struct Inbox {
     last_part: usize,
 }
 
+/// Where the messages a receive hands out go ([`Session::poll_received_at`],
+/// [`Session::handle_input_to`]): any `FnMut(Received)`, or a type of the driver's whose
+/// [`ReceiveSink::deliver`] is inlined into the session's loops (a closure, even one marked
+/// for inlining, is often left a call per message).
+///
+/// [`Session::poll_received_at`]: super::Session::poll_received_at
+/// [`Session::handle_input_to`]: super::Session::handle_input_to
+pub trait ReceiveSink {
+    /// Takes one message.
+    fn deliver(&mut self, r: Received<'_>);
+}
+
+impl<F: FnMut(Received<'_>) + ?Sized> ReceiveSink for F {
+    #[inline(always)]
+    fn deliver(&mut self, r: Received<'_>) {
+        self(r)
+    }
+}
+
 /// A message handed out by [`Session::poll_received_at`](super::Session::poll_received_at).
 pub struct Received<'a> {
     /// The channel it arrived on.
@@ -462,10 +481,10 @@ impl Inbox {
 
     /// Hands `p` to `sink` as a [`Received`] (a chunk's message without a handle of its own).
     #[inline]
-    pub(super) fn hand(&mut self, p: Popped, sink: &mut (impl FnMut(Received<'_>) + ?Sized)) {
+    pub(super) fn hand(&mut self, p: Popped, sink: &mut (impl ReceiveSink + ?Sized)) {
         let channel = p.m.channel;
         match p.m.payload {
-            Held::Whole(payload) => sink(Received {
+            Held::Whole(payload) => sink.deliver(Received {
                 channel,
                 payload: Payload::Whole(payload),
             }),
@@ -477,7 +496,7 @@ impl Inbox {
                 let last = c.parts == 0;
                 let (start, len) = (start as usize, len as usize);
                 if start + len <= c.bytes.len() {
-                    sink(Received {
+                    sink.deliver(Received {
                         channel,
                         payload: Payload::Part(Part {
                             chunk: &mut c.bytes,

@@ -20,7 +20,7 @@ use crate::wire::control::{
 use crate::wire::{flags, Deframer, FrameKind, Header, HANDSHAKE_MAX_PAYLOAD, HEADER_LEN};
 use crate::Error;
 use inbox::Inbox;
-pub use inbox::{Part, Payload, Received};
+pub use inbox::{Part, Payload, ReceiveSink, Received};
 use reassembly::ReassemblyBuffer;
 pub use requeue::{requeue, Requeued};
 
@@ -972,7 +972,7 @@ impl Session {
         buf: &mut BytesMut,
         now: Instant,
         max: usize,
-        sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+        sink: &mut (impl ReceiveSink + ?Sized),
     ) -> Result<usize, Error> {
         let mut left = if self.one_rx_priority { max } else { 0 };
         let offered = left;
@@ -1050,7 +1050,7 @@ impl Session {
         mut run: Bytes,
         now: Instant,
         left: &mut usize,
-        sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+        sink: &mut (impl ReceiveSink + ?Sized),
     ) -> Result<(), Error> {
         let mut acct = RxRun::default();
         let mut result = Ok(());
@@ -1234,7 +1234,7 @@ impl Session {
         header: &[u8; HEADER_LEN],
         payload: Bytes,
         left: &mut usize,
-        sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+        sink: &mut (impl ReceiveSink + ?Sized),
     ) -> Result<(), Error> {
         debug_assert!(self.frame_is_timeless(header), "a frame that needs a time");
         if *left > 0 && self.one_rx_priority && self.messages.is_idle() {
@@ -1247,7 +1247,7 @@ impl Session {
                 // (As the untimed way: heard, at the next time a call brings.)
                 self.heard_untimed = true;
                 *left -= 1;
-                sink(Received {
+                sink.deliver(Received {
                     channel,
                     payload: Payload::Whole(payload),
                 });
@@ -1409,7 +1409,7 @@ impl Session {
         max: usize,
         sink: &mut (impl FnMut(Delivered) + ?Sized),
     ) -> usize {
-        self.poll_received_at(now, max, &mut |r| sink(r.into_delivered()))
+        self.poll_received_at(now, max, &mut |r: Received<'_>| sink(r.into_delivered()))
     }
 
     /// [`Session::poll_messages_at`], each message handed out as a [`Received`]: the
@@ -1420,7 +1420,7 @@ impl Session {
         &mut self,
         now: Instant,
         max: usize,
-        sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+        sink: &mut (impl ReceiveSink + ?Sized),
     ) -> usize {
         let mut n = 0;
         // (channel, messages, bytes) taken from the queue and not yet accounted.
@@ -2550,10 +2550,10 @@ fn hand_direct(
     channel: u16,
     body: std::ops::Range<usize>,
     left: &mut usize,
-    sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+    sink: &mut (impl ReceiveSink + ?Sized),
 ) -> bool {
     *left -= 1;
-    sink(Received {
+    sink.deliver(Received {
         channel,
         payload: Payload::Part(Part::new(run, id, last, body)),
     });

@@ -49,7 +49,7 @@ use duct_proto::lifecycle::{Change, Ignored, Lifecycle, Next, Phase, Policy};
 use duct_proto::qos::{Admission, ChannelMap, DropReason};
 use duct_proto::wire::control::caps;
 use duct_proto::wire::HEADER_LEN;
-use duct_proto::{Delivered, Direct, DirectRun, Event, Received, Session, Transmit};
+use duct_proto::{Delivered, Direct, DirectRun, Event, ReceiveSink, Received, Session, Transmit};
 use mio::Interest;
 
 use super::handshake::Handshake;
@@ -495,9 +495,20 @@ impl Sink for Option<Delivered> {
     }
 }
 
+/// The session's loops hand messages straight to a receive call's [`Take`] (inlined there:
+/// no call per message).
+impl<S: Sink + ?Sized> ReceiveSink for Take<'_, S> {
+    #[inline(always)]
+    fn deliver(&mut self, r: Received<'_>) {
+        self.take(r);
+    }
+}
+
 /// Hands received messages to a receive call's sink: traces and counts each.
 struct Take<'a, S: ?Sized> {
     run: Run,
+    /// Messages [`Take::take`] took.
+    taken: usize,
     /// Runs of one channel counted together; the (rare) others kept for after (in the
     /// pipe's own `Vec`, lent for the call: no allocation once it has grown).
     runs: Vec<Run>,
@@ -512,23 +523,26 @@ impl<'a, S: Sink + ?Sized> Take<'a, S> {
     fn new(g: &mut Shared, span: &'a tracing::Span, sink: &'a mut S) -> Self {
         Take {
             run: Run::default(),
+            taken: 0,
             runs: std::mem::take(&mut g.runs),
             span,
             sink,
         }
     }
 
-    /// Counts what was taken in the pipe's stats, and gives its `Vec` back.
+    /// Counts what was taken in the pipe's stats, and gives its `Vec` back. Returns how
+    /// many messages [`Take::take`] took.
     // (Inlined: called once per receive, and a `Take` passed by value is copied through
     // memory, a stall on every message.)
     #[inline(always)]
-    fn count_into(self, g: &mut Shared) {
+    fn count_into(self, g: &mut Shared) -> usize {
         let mut runs = self.runs;
         for r in runs.drain(..) {
             g.count_received(r);
         }
         g.runs = runs;
         g.count_received(self.run);
+        self.taken
     }
 
     /// Traces and counts a message of `len` bytes on `channel`.
@@ -552,6 +566,7 @@ impl<'a, S: Sink + ?Sized> Take<'a, S> {
     #[inline(always)]
     fn take(&mut self, r: Received<'_>) {
         self.count(r.channel, r.payload.len());
+        self.taken += 1;
         self.sink.received(r);
     }
 
@@ -1431,7 +1446,9 @@ impl Conn {
         // `Session::direct_run`), valid while `direct` is held (the session does not change
         // meanwhile: the pipe lock is held too).
         let mut fast: Option<DirectRun> = None;
-        for (channel, payload) in msgs {
+        // A message the framing loop below took and could not frame: the next to go.
+        let mut held = None;
+        while let Some((channel, payload)) = held.take().or_else(|| msgs.next()) {
             let len = payload.len();
             if direct
                 .as_ref()
@@ -1574,6 +1591,33 @@ impl Conn {
             if !run.add(channel, len) {
                 g.count_sent(run);
                 run = Run::start(channel, len);
+            }
+            // The messages that follow on the same channel, small and plain, are framed in
+            // place by this loop (the common case of a batch: the general one above carries
+            // more state than fits in registers). The first that is not such is kept for the
+            // general one.
+            if let (Some(w), Some(r)) = (direct.as_mut(), fast.as_ref().filter(|r| !r.reliable())) {
+                debug_assert_eq!(r.channel(), channel, "the run is of the message just sent");
+                if let Some(mut inline) = w.inline_run() {
+                    let (mut msgs_in, mut bytes_in) = (0, 0);
+                    for (c, p) in &mut *msgs {
+                        let len = p.len();
+                        if c != channel
+                            || !r.fits(len)
+                            || !inline.push(p.as_slice(), |h| r.write_header(len, 0, h))
+                        {
+                            held = Some((c, p));
+                            break;
+                        }
+                        msgs_in += 1;
+                        bytes_in += len;
+                        self.trace_sent(channel, len);
+                    }
+                    // (The run counts `channel`'s messages: it added the one above.)
+                    sent += msgs_in;
+                    run.msgs += msgs_in as u64;
+                    run.bytes += bytes_in as u64;
+                }
             }
         }
         g.count_sent(run);
@@ -1894,9 +1938,7 @@ impl Conn {
                 }
             } else if n < max {
                 let now = g.session.now();
-                n += g
-                    .session
-                    .poll_received_at(now, max - n, &mut |r| take.take(r));
+                n += g.session.poll_received_at(now, max - n, &mut take);
             }
             take.count_into(&mut g);
             if n > 0 {
@@ -1978,11 +2020,8 @@ impl Conn {
             // next turn).
             let mut take = Take::new(&mut g, &self.span, &mut *sink);
             // (Counted as they go: a failure later in the same input keeps them handed.)
-            more = self.absorb_to(&mut g, &mut r, res, max, &mut |rc| {
-                handed += 1;
-                take.take(rc);
-            });
-            take.count_into(&mut g);
+            more = self.absorb_to(&mut g, &mut r, res, max, &mut take);
+            handed = take.count_into(&mut g);
             g.rbuf = Some(r);
             g.reading = false;
             if found {
@@ -2112,7 +2151,7 @@ impl Conn {
         r: &mut ReadBuf,
         res: io::Result<usize>,
         max: usize,
-        sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+        sink: &mut (impl ReceiveSink + ?Sized),
     ) -> bool {
         g.stats.bytes_read_in_place += std::mem::take(&mut r.in_place);
         if !matches!(res, Ok(n) if n > 0) {

@@ -172,7 +172,7 @@ impl ReadBuf {
         session: &mut duct_proto::Session,
         mut now: Option<Instant>,
         max: usize,
-        sink: &mut (impl FnMut(Received<'_>) + ?Sized),
+        sink: &mut (impl duct_proto::ReceiveSink + ?Sized),
     ) -> Result<(), duct_proto::Error> {
         let mut time = || *now.get_or_insert_with(Instant::now);
         if self.direct.is_some() {
@@ -323,6 +323,70 @@ const PULL_MAX: usize = 1024 * 1024;
 /// `MAX_IOV`).
 const MAX_FRAMES: usize = 1024;
 
+/// [`WriteQueue::inline_run`]'s writer.
+pub(crate) struct InlineRun<'a> {
+    q: &'a mut WriteQueue,
+    /// Where its first frame starts in `inline`.
+    start: usize,
+    /// Frames and bytes the queue takes before it is due to be written (`wants_more`).
+    room_frames: usize,
+    room_bytes: usize,
+    /// Frames encoded.
+    frames: usize,
+}
+
+impl InlineRun<'_> {
+    /// Encodes a frame of `payload` with the header `head` writes, as
+    /// [`WriteQueue::push_inline_with`] does; `false` (nothing written) when the queue is
+    /// due to be written first or the payload is not small.
+    #[inline(always)]
+    pub(crate) fn push(
+        &mut self,
+        payload: &[u8],
+        head: impl FnOnce(&mut [u8; HEADER_LEN]),
+    ) -> bool {
+        let inline = &mut self.q.inline;
+        let written = inline.len() - self.start;
+        if payload.len() > COALESCE_MAX
+            || self.frames >= self.room_frames
+            || written >= self.room_bytes
+        {
+            return false;
+        }
+        inline.reserve(HEADER_LEN + payload.len());
+        inline.extend_from_slice(&[0; HEADER_LEN]);
+        if let Some((_, h)) = inline.split_last_chunk_mut::<HEADER_LEN>() {
+            head(h);
+        }
+        inline.extend_from_slice(payload);
+        self.frames += 1;
+        true
+    }
+}
+
+impl Drop for InlineRun<'_> {
+    /// Brings the queue's entry and counts up to date with the frames encoded.
+    #[inline]
+    fn drop(&mut self) {
+        if self.frames == 0 {
+            return;
+        }
+        let q = &mut *self.q;
+        let end = q.inline.len();
+        if let Some(Entry::Inline { end: e, frames }) = q.entries.back_mut() {
+            *e = end;
+            *frames += self.frames;
+        } else {
+            q.entries.push_back(Entry::Inline {
+                end,
+                frames: self.frames,
+            });
+        }
+        q.bytes += end - self.start;
+        q.frames += self.frames;
+    }
+}
+
 /// One entry of the write queue.
 enum Entry {
     /// Small frames encoded back to back in `WriteQueue::inline`, from the end of the
@@ -464,6 +528,36 @@ impl WriteQueue {
         self.bytes += HEADER_LEN + payload.len();
         self.frames += 1;
         true
+    }
+
+    /// On a byte stream, a writer of small frames encoded back to back into `inline`, as
+    /// [`WriteQueue::push_inline_with`] encodes one, for a caller with many in a row: the
+    /// queue's entry and counts are brought up to date once, when the writer is dropped.
+    /// `None` on a frame transport.
+    #[inline]
+    pub(crate) fn inline_run(&mut self) -> Option<InlineRun<'_>> {
+        if !self.coalesce {
+            return None;
+        }
+        if self.inline_pos == self.inline.len() {
+            // Everything encoded was written: start again at the front.
+            self.inline.clear();
+            self.inline_pos = 0;
+            self.inline_frame = 0;
+        }
+        // (As `wants_more`, the limits checked before each frame.)
+        let max_bytes = if self.mid_message {
+            PULL_BYTES.max(self.pull)
+        } else {
+            PULL_BYTES
+        };
+        Some(InlineRun {
+            start: self.inline.len(),
+            room_frames: MAX_FRAMES.saturating_sub(self.frames),
+            room_bytes: max_bytes.saturating_sub(self.bytes),
+            frames: 0,
+            q: self,
+        })
     }
 
     /// Takes the frames the session has ready at `now` (in the scheduler's order, behind
