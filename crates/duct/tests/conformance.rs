@@ -221,15 +221,21 @@ fn run_message(i: u32) -> (u16, Vec<u8>) {
 }
 
 /// A batch made of runs on one channel (as a stream of updates is), sent with `send_batch`
-/// and with `send_slices` (a run per call): every message arrives intact and in order, and
-/// the pipe counts each once, per channel too.
+/// and with `send_slices` (a run per call), on realtime channels (0 and 2) and a reliable
+/// one (1): every message arrives intact and in order, and the pipe counts each once, per
+/// channel too.
 fn batch_runs_keep_order_and_counts(f: &Fixture) {
     const N: u32 = 4_910; // the run lengths twice, the last run cut short
+    let reliable = ChannelOptions::default().reliable(true);
     let Pair {
         listener: _listener,
         dialer,
         accepted,
-    } = pair(f);
+    } = pair_with(
+        f,
+        ListenOptions::default().channel(1, reliable.clone()),
+        DialOptions::default().channel(1, reliable),
+    );
     let msgs: Vec<(u16, Vec<u8>)> = (0..N).map(run_message).collect();
     let got = thread::scope(|s| {
         let receiver = s.spawn(|| receive_all(&accepted, 2 * N as usize, 700, None));

@@ -149,6 +149,18 @@ pub struct Quiet {
     bytes: usize,
 }
 
+/// Copies of a run of reliable messages kept by [`Outbox::keep_copy`] (and
+/// [`Session::keep_copy`](crate::Session::keep_copy)) whose record is not yet made: the
+/// first's number and place in the keep ring, their length and channel, how many.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeptCopies {
+    seq: u64,
+    n: u32,
+    at: u64,
+    len: usize,
+    channel: u16,
+}
+
 /// Where a sent reliable message's payload is kept until it is acknowledged.
 #[derive(Debug)]
 enum Kept {
@@ -322,16 +334,24 @@ impl RelSend {
     /// record is then put together in its slot, not in a local that is copied there.)
     #[inline(always)]
     fn record_kept(&mut self, seq: u64, channel: u16, payload: Kept, now: Instant) {
+        self.record_kept_n(seq, 1, channel, payload, now);
+    }
+
+    /// As [`RelSend::record_kept`], for `n` messages numbered from `seq` on, each with a
+    /// copy as long as the first's right after the one before (`n` > 1: in the keep ring).
+    #[inline(always)]
+    fn record_kept_n(&mut self, seq: u64, n: u32, channel: u16, payload: Kept, now: Instant) {
+        debug_assert!(n == 1 || matches!(payload, Kept::Ring { .. }));
         self.rto_at.get_or_insert_with(|| now + self.rto);
         if let (Kept::Ring { at, len }, Some(last)) = (&payload, self.unacked.back_mut()) {
-            if last.continued_by(seq, channel, *at, *len, now) {
-                last.n += 1;
+            if last.continued_by(seq, channel, *at, *len, now) && u32::MAX - last.n >= n {
+                last.n += n;
                 return;
             }
         }
         let sent = Sent {
             seq,
-            n: 1,
+            n,
             channel,
             payload,
             at: now,
@@ -841,6 +861,59 @@ impl Outbox {
             len: payload.len(),
         };
         self.rel.record_kept(seq, channel, kept, now);
+    }
+
+    /// As [`Outbox::record_direct_copy`], for the next message of `run`, reliable messages
+    /// numbered one after the other and sent at `now` (a batch's run framed in place): the
+    /// copy goes into the keep ring now, and the record of a run of copies of one length
+    /// is made once, when a message does not continue it, or by
+    /// [`Outbox::record_copies`]. Until then nothing else may record, acknowledge or resend
+    /// on this outbox: call `record_copies` before anything else.
+    #[inline]
+    pub fn keep_copy(
+        &mut self,
+        run: &mut KeptCopies,
+        seq: u64,
+        channel: u16,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let at = self.rel.ring.push(payload);
+        if run.n > 0
+            && run.seq + u64::from(run.n) == seq
+            && run.len == payload.len()
+            && run.channel == channel
+            && run.n < u32::MAX
+        {
+            debug_assert_eq!(nth_copy(run.at, run.len, run.n), at);
+            run.n += 1;
+            return;
+        }
+        self.record_copies(run, now);
+        *run = KeptCopies {
+            seq,
+            n: 1,
+            at,
+            len: payload.len(),
+            channel,
+        };
+    }
+
+    /// Records the copies [`Outbox::keep_copy`] kept for `run` and not yet recorded, as
+    /// sent at `now`; leaves `run` empty.
+    #[inline]
+    pub fn record_copies(&mut self, run: &mut KeptCopies, now: Instant) {
+        if run.n == 0 {
+            return;
+        }
+        debug_assert!(self.rel.unacked.back().is_none_or(|s| s.last() < run.seq));
+        let kept = Kept::Ring {
+            at: run.at,
+            len: run.len,
+        };
+        self.rel
+            .record_kept_n(run.seq, run.n, run.channel, kept, now);
+        run.n = 0;
     }
 
     /// Nothing is queued on any channel, the pipe has no rate limit and the message (`ttl`)
@@ -1923,6 +1996,8 @@ mod tests {
                         let c = rng.u16(1..=2);
                         let mixed = rng.u8(0..4) == 0;
                         let mut len = [0, 8, 64, 64, 512, 700][rng.usize(..6)];
+                        // A batch's run framed in place: copies recorded a run at a time.
+                        let mut copies = (rng.u8(0..3) == 0).then(KeptCopies::default);
                         for _ in 0..rng.usize(1..40) {
                             if mixed {
                                 len = rng.usize(0..600);
@@ -1932,12 +2007,20 @@ mod tests {
                                 break;
                             };
                             let p = payload(seq, len);
-                            if len > KEEP_COPY_MAX || rng.u8(0..8) == 0 {
+                            if let Some(run) = copies.as_mut().filter(|_| len <= KEEP_COPY_MAX) {
+                                o.keep_copy(run, seq, c, &p, now);
+                            } else if let Some(run) = copies.as_mut() {
+                                o.record_copies(run, now);
+                                o.record_direct(seq, c, Bytes::from(p.clone()), now);
+                            } else if len > KEEP_COPY_MAX || rng.u8(0..8) == 0 {
                                 o.record_direct(seq, c, Bytes::from(p.clone()), now);
                             } else {
                                 o.record_direct_copy(seq, c, &p, now);
                             }
                             model.insert(seq, (c, p, false, now));
+                        }
+                        if let Some(run) = copies.as_mut() {
+                            o.record_copies(run, now);
                         }
                     }
                     5..=6 => {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::qos::{Admission, ChannelMap, Counts, Outbox, QosConfig, Quiet};
+use crate::qos::{Admission, ChannelMap, Counts, KeptCopies, Outbox, QosConfig, Quiet};
 use crate::reliable::{Arrival, RecvState};
 use crate::wire::control::{
     self, caps, close_code, reject_code, Close, Hello, Reject, Welcome, VERSION_MAJOR,
@@ -866,6 +866,30 @@ impl Session {
     #[inline]
     pub fn record_direct_copy(&mut self, seq: u64, channel: u16, payload: &[u8], now: Instant) {
         self.outbox.record_direct_copy(seq, channel, payload, now);
+    }
+
+    /// As [`Session::record_direct_copy`], for the next message of a run of reliable
+    /// messages numbered one after the other and sent at `now`: see [`Outbox::keep_copy`]
+    /// (the record is made later, at the latest by [`Session::record_copies`], which must
+    /// come before anything else is done with the session).
+    ///
+    /// [`Outbox::keep_copy`]: crate::qos::Outbox::keep_copy
+    #[inline]
+    pub fn keep_copy(
+        &mut self,
+        run: &mut KeptCopies,
+        seq: u64,
+        channel: u16,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        self.outbox.keep_copy(run, seq, channel, payload, now);
+    }
+
+    /// Records the copies [`Session::keep_copy`] kept for `run` and not yet recorded.
+    #[inline]
+    pub fn record_copies(&mut self, run: &mut KeptCopies, now: Instant) {
+        self.outbox.record_copies(run, now);
     }
 
     /// A message framed now would be the next frame out: established, and no control frame

@@ -46,14 +46,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use duct_proto::lifecycle::{Change, Ignored, Lifecycle, Next, Phase, Policy};
-use duct_proto::qos::{Admission, ChannelMap, DropReason};
+use duct_proto::qos::{Admission, ChannelMap, DropReason, KeptCopies};
 use duct_proto::wire::control::caps;
 use duct_proto::wire::HEADER_LEN;
 use duct_proto::{Delivered, Direct, DirectRun, Event, ReceiveSink, Received, Session, Transmit};
 use mio::Interest;
 
 use super::handshake::Handshake;
-use super::io::{with_transport, ReadBuf, WriteQueue};
+use super::io::{with_transport, InlineRun, ReadBuf, WriteQueue};
 use super::reactor::{self, Reactive, ReactorHandle};
 use super::reconnect;
 use super::wakers::{WaitFor, WakerSet};
@@ -265,6 +265,31 @@ impl Run {
         self.bytes += len as u64;
         true
     }
+}
+
+/// [`Conn::send_batch`]'s framing loop, on a reliable run: numbers the message `p` and
+/// encodes its frame into `inline`, if `inline` takes it and it fits the run's windows;
+/// returns its number (the caller keeps its payload), or `None` with nothing done.
+#[inline(always)]
+fn frame_reliable<P: OutPayload>(
+    session: &mut Session,
+    r: &mut DirectRun,
+    inline: &mut InlineRun<'_>,
+    p: &P,
+) -> Option<u64> {
+    let len = p.len();
+    if !inline.takes(len) {
+        return None;
+    }
+    let (seq, ask) = session.number_next(r, len)?;
+    let pushed = inline.push(p.as_slice(), |h| {
+        r.write_header(len, seq, h);
+        if ask {
+            DirectRun::ask_for_ack(h);
+        }
+    });
+    debug_assert!(pushed, "numbered a message the queue did not take");
+    Some(seq)
 }
 
 /// A payload [`Conn::send_batch`] takes: bytes shared with the caller ([`Bytes`]), or a
@@ -1592,27 +1617,32 @@ impl Conn {
                 g.count_sent(run);
                 run = Run::start(channel, len);
             }
-            // The messages that follow on the same channel, small and plain, are framed in
-            // place by this loop (the common case of a batch: the general one above carries
-            // more state than fits in registers). The first that is not such is kept for the
-            // general one.
-            if let (Some(w), Some(r)) = (direct.as_mut(), fast.as_ref().filter(|r| !r.reliable())) {
+            // The messages that follow on the same channel, small ones, are framed in place
+            // by a loop of their own (the common case of a batch: the general one above
+            // carries more state than fits in registers), numbered first on a reliable
+            // channel. The first that is not such is kept for the general one.
+            if let (Some(w), Some(r)) = (direct.as_mut(), fast.as_mut()) {
                 debug_assert_eq!(r.channel(), channel, "the run is of the message just sent");
                 if let Some(mut inline) = w.inline_run() {
-                    let (mut msgs_in, mut bytes_in) = (0, 0);
-                    for (c, p) in &mut *msgs {
-                        let len = p.len();
-                        if c != channel
-                            || !r.fits(len)
-                            || !inline.push(p.as_slice(), |h| r.write_header(len, 0, h))
-                        {
-                            held = Some((c, p));
-                            break;
-                        }
-                        msgs_in += 1;
-                        bytes_in += len;
-                        self.trace_sent(channel, len);
-                    }
+                    let (msgs_in, bytes_in) = if r.reliable() {
+                        // Their copies are recorded a run at a time.
+                        let mut kept = KeptCopies::default();
+                        let s = &mut g.session;
+                        let framed = self.frame_run(msgs, channel, &mut held, |p| {
+                            let seq = frame_reliable(s, r, &mut inline, p);
+                            if let Some(seq) = seq {
+                                s.keep_copy(&mut kept, seq, channel, p.as_slice(), now);
+                            }
+                            seq.is_some()
+                        });
+                        g.session.record_copies(&mut kept, now);
+                        framed
+                    } else {
+                        self.frame_run(msgs, channel, &mut held, |p| {
+                            let len = p.len();
+                            r.fits(len) && inline.push(p.as_slice(), |h| r.write_header(len, 0, h))
+                        })
+                    };
                     // (The run counts `channel`'s messages: it added the one above.)
                     sent += msgs_in;
                     run.msgs += msgs_in as u64;
@@ -1635,6 +1665,30 @@ impl Conn {
             (0, None, Some(e)) if write_failed => Err(e.clone()),
             _ => Ok(sent),
         }
+    }
+
+    /// [`Conn::send_batch`]'s framing loop: takes messages from `msgs` while they are on
+    /// `channel` and `frame` frames them; the first that is not is left in `held`. Returns
+    /// the messages and payload bytes framed.
+    #[inline(always)]
+    fn frame_run<P: OutPayload>(
+        &self,
+        msgs: &mut dyn Iterator<Item = (u16, P)>,
+        channel: u16,
+        held: &mut Option<(u16, P)>,
+        mut frame: impl FnMut(&P) -> bool,
+    ) -> (usize, usize) {
+        let (mut n, mut bytes) = (0, 0);
+        for (c, p) in msgs {
+            if c != channel || !frame(&p) {
+                *held = Some((c, p));
+                break;
+            }
+            n += 1;
+            bytes += p.len();
+            self.trace_sent(channel, p.len());
+        }
+        (n, bytes)
     }
 
     /// One TRACE event for a message `send` accepted. With TRACE off (the usual case) this is

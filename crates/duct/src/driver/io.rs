@@ -336,23 +336,28 @@ pub(crate) struct InlineRun<'a> {
 }
 
 impl InlineRun<'_> {
+    /// Whether a frame of `len` payload bytes is encoded here: it is small, and the queue
+    /// is not yet due to be written.
+    #[inline(always)]
+    pub(crate) fn takes(&self, len: usize) -> bool {
+        len <= COALESCE_MAX
+            && self.frames < self.room_frames
+            && self.q.inline.len() - self.start < self.room_bytes
+    }
+
     /// Encodes a frame of `payload` with the header `head` writes, as
-    /// [`WriteQueue::push_inline_with`] does; `false` (nothing written) when the queue is
-    /// due to be written first or the payload is not small.
+    /// [`WriteQueue::push_inline_with`] does; `false` (nothing written) when it does not
+    /// [`take`](InlineRun::takes) it.
     #[inline(always)]
     pub(crate) fn push(
         &mut self,
         payload: &[u8],
         head: impl FnOnce(&mut [u8; HEADER_LEN]),
     ) -> bool {
-        let inline = &mut self.q.inline;
-        let written = inline.len() - self.start;
-        if payload.len() > COALESCE_MAX
-            || self.frames >= self.room_frames
-            || written >= self.room_bytes
-        {
+        if !self.takes(payload.len()) {
             return false;
         }
+        let inline = &mut self.q.inline;
         inline.reserve(HEADER_LEN + payload.len());
         inline.extend_from_slice(&[0; HEADER_LEN]);
         if let Some((_, h)) = inline.split_last_chunk_mut::<HEADER_LEN>() {
