@@ -1513,7 +1513,7 @@ impl Conn {
                             DirectRun::ask_for_ack(h);
                         }
                     };
-                    if w.push_inline_with(payload.as_slice(), head)
+                    if w.push_inline_with(payload.as_slice(), P::COPIED, head)
                         || (P::COPIED && w.push_copy(payload.as_slice(), head))
                     {
                         payload.keep(&mut g.session, seq, channel, now);
@@ -1534,7 +1534,7 @@ impl Conn {
                 (Some(w), None) => match fast.as_ref().filter(|r| !r.reliable() && r.fits(len)) {
                     Some(r) => {
                         let head = |h: &mut [u8; HEADER_LEN]| r.write_header(len, 0, h);
-                        let framed = w.push_inline_with(payload.as_slice(), head)
+                        let framed = w.push_inline_with(payload.as_slice(), P::COPIED, head)
                             || (P::COPIED && w.push_copy(payload.as_slice(), head));
                         if !framed {
                             // (Large, or a frame transport: `push` keeps it whole.)
@@ -1623,7 +1623,7 @@ impl Conn {
             // channel. The first that is not such is kept for the general one.
             if let (Some(w), Some(r)) = (direct.as_mut(), fast.as_mut()) {
                 debug_assert_eq!(r.channel(), channel, "the run is of the message just sent");
-                if let Some(mut inline) = w.inline_run() {
+                if let Some(mut inline) = w.inline_run(P::COPIED) {
                     let (msgs_in, bytes_in) = if r.reliable() {
                         // Their copies are recorded a run at a time.
                         let mut kept = KeptCopies::default();

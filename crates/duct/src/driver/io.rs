@@ -305,6 +305,13 @@ pub(crate) fn with_transport<T, R>(
 /// are queued, so that many small frames leave in one contiguous segment; larger payloads are
 /// sent from their own memory as separate iovecs (never copied).
 const COALESCE_MAX: usize = 512;
+/// As [`COALESCE_MAX`], for payloads the caller lends (`send_slices`), which are copied
+/// wherever they go: into the write buffer beside their headers up to this size (one copy,
+/// no handle, contiguous frames: a `sendmsg` of 64 KiB as a raw socket writer's, where
+/// frames of 1 KiB with an iovec each went 32 to a `sendmsg`), and past it written from the
+/// caller's memory when the queue is due ([`WriteQueue::write_through`]) or else copied into
+/// a buffer of their own.
+const COALESCE_COPY_MAX: usize = 4096;
 /// Most iovecs in one `sendmsg`.
 const MAX_IOV: usize = 64;
 /// Bytes of frames taken from the session ahead of the socket: one large frame, or about a
@@ -326,6 +333,8 @@ const MAX_FRAMES: usize = 1024;
 /// [`WriteQueue::inline_run`]'s writer.
 pub(crate) struct InlineRun<'a> {
     q: &'a mut WriteQueue,
+    /// The largest payload it encodes.
+    max_len: usize,
     /// Where its first frame starts in `inline`.
     start: usize,
     /// Frames and bytes the queue takes before it is due to be written (`wants_more`).
@@ -340,7 +349,7 @@ impl InlineRun<'_> {
     /// is not yet due to be written.
     #[inline(always)]
     pub(crate) fn takes(&self, len: usize) -> bool {
-        len <= COALESCE_MAX
+        len <= self.max_len
             && self.frames < self.room_frames
             && self.q.inline.len() - self.start < self.room_bytes
     }
@@ -389,6 +398,16 @@ impl Drop for InlineRun<'_> {
         }
         q.bytes += end - self.start;
         q.frames += self.frames;
+    }
+}
+
+/// The largest payload encoded into the write buffer: see [`COALESCE_COPY_MAX`].
+#[inline(always)]
+fn coalesce_max(copied: bool) -> usize {
+    if copied {
+        COALESCE_COPY_MAX
+    } else {
+        COALESCE_MAX
     }
 }
 
@@ -498,18 +517,21 @@ impl WriteQueue {
     /// whole).
     #[inline]
     pub(crate) fn push_inline(&mut self, header: &[u8; HEADER_LEN], payload: &[u8]) -> bool {
-        self.push_inline_with(payload, |h| *h = *header)
+        self.push_inline_with(payload, false, |h| *h = *header)
     }
 
     /// As [`WriteQueue::push_inline`], with the header written in place by `head` (see
-    /// `DirectRun::write_header`: no header assembled elsewhere and copied).
+    /// `DirectRun::write_header`: no header assembled elsewhere and copied). `copied`: the
+    /// payload is lent by the caller (up to [`COALESCE_COPY_MAX`] bytes are encoded here),
+    /// not a handle of its own (up to [`COALESCE_MAX`]).
     #[inline]
     pub(crate) fn push_inline_with(
         &mut self,
         payload: &[u8],
+        copied: bool,
         head: impl FnOnce(&mut [u8; HEADER_LEN]),
     ) -> bool {
-        if !self.coalesce || payload.len() > COALESCE_MAX {
+        if !self.coalesce || payload.len() > coalesce_max(copied) {
             return false;
         }
         if self.inline_pos == self.inline.len() {
@@ -538,9 +560,9 @@ impl WriteQueue {
     /// On a byte stream, a writer of small frames encoded back to back into `inline`, as
     /// [`WriteQueue::push_inline_with`] encodes one, for a caller with many in a row: the
     /// queue's entry and counts are brought up to date once, when the writer is dropped.
-    /// `None` on a frame transport.
+    /// `None` on a frame transport. `copied`: as for [`WriteQueue::push_inline_with`].
     #[inline]
-    pub(crate) fn inline_run(&mut self) -> Option<InlineRun<'_>> {
+    pub(crate) fn inline_run(&mut self, copied: bool) -> Option<InlineRun<'_>> {
         if !self.coalesce {
             return None;
         }
@@ -557,6 +579,7 @@ impl WriteQueue {
             PULL_BYTES
         };
         Some(InlineRun {
+            max_len: coalesce_max(copied),
             start: self.inline.len(),
             room_frames: MAX_FRAMES.saturating_sub(self.frames),
             room_bytes: max_bytes.saturating_sub(self.bytes),
@@ -585,14 +608,14 @@ impl WriteQueue {
             && (self.bytes < PULL_BYTES || (self.mid_message && self.bytes < self.pull))
     }
 
-    /// On a byte stream, a frame of `len` payload bytes too large to encode in place would
-    /// bring the queue to about a `sendmsg`'s worth: the point at which it is written anyway,
-    /// so it may as well go with the frame, from the caller's memory
-    /// ([`WriteQueue::write_through`]).
+    /// On a byte stream, a frame of `len` payload bytes lent by the caller, too large to
+    /// encode in place, would bring the queue to about a `sendmsg`'s worth: the point at
+    /// which it is written anyway, so it may as well go with the frame, from the caller's
+    /// memory ([`WriteQueue::write_through`]).
     #[inline]
     pub(crate) fn fills_with(&self, len: usize) -> bool {
         self.coalesce
-            && len > COALESCE_MAX
+            && len > COALESCE_COPY_MAX
             && (self.bytes + HEADER_LEN + len >= PULL_BYTES || self.frames + 1 >= MAX_FRAMES)
     }
 
@@ -1421,6 +1444,12 @@ mod tests {
         Push { len: usize, fragment: bool },
         /// As many frames of `len` bytes as the queue wants (a session with a backlog).
         Fill { len: usize },
+        /// A frame of a slice the caller lends (`send_slices`): encoded in place up to
+        /// [`COALESCE_COPY_MAX`], else queued, if the queue wants more.
+        Copy { len: usize },
+        /// Up to `n` frames of lent slices of `len` bytes encoded by one
+        /// [`WriteQueue::inline_run`], as far as it takes them (a batch's run).
+        Run { len: usize, n: usize },
         /// A send of a slice too large to encode in place that fills the queue: written
         /// through with it (`fills_with`, `write_through`), the rest queued (`push_written`).
         Through { len: usize },
@@ -1456,7 +1485,9 @@ mod tests {
             8 => (len.clone(), any::<bool>())
                 .prop_map(|(len, fragment)| QueueOp::Push { len, fragment }),
             1 => (0..=COALESCE_MAX).prop_map(|len| QueueOp::Fill { len }),
-            1 => (COALESCE_MAX + 1..70_000usize).prop_map(|len| QueueOp::Through { len }),
+            2 => len.clone().prop_map(|len| QueueOp::Copy { len }),
+            1 => (len, 1usize..2000).prop_map(|(len, n)| QueueOp::Run { len, n }),
+            1 => (COALESCE_COPY_MAX + 1..70_000usize).prop_map(|len| QueueOp::Through { len }),
             4 => (0usize..200_000, 1usize..70_000)
                 .prop_map(|(room, step)| QueueOp::Write { room, step }),
             1 => Just(QueueOp::Break),
@@ -1503,6 +1534,27 @@ mod tests {
                             queued.push(t.clone());
                             w.push(t);
                         }
+                    }
+                    QueueOp::Copy { len } => {
+                        if w.wants_more() {
+                            let t = next(len, false);
+                            queued.push(t.clone());
+                            if !w.push_inline_with(&t.payload, true, |h| *h = t.header) {
+                                proptest::prop_assert!(len > COALESCE_COPY_MAX);
+                                w.push(t);
+                            }
+                        }
+                    }
+                    QueueOp::Run { len, n } => {
+                        let mut run = w.inline_run(true).unwrap();
+                        for _ in 0..n {
+                            let t = next(len, false);
+                            if !run.push(&t.payload, |h| *h = t.header) {
+                                break;
+                            }
+                            queued.push(t);
+                        }
+                        drop(run);
                     }
                     QueueOp::Through { len } => {
                         if w.fills_with(len) {
@@ -1556,7 +1608,7 @@ mod tests {
                 proptest::prop_assert_eq!(w.frames(), queued.len() - whole);
                 proptest::prop_assert!((PULL_BYTES..=PULL_MAX).contains(&w.pull));
                 proptest::prop_assert!(
-                    w.inline.len() <= 2 * (PULL_BYTES + HEADER_LEN + COALESCE_MAX),
+                    w.inline.len() <= 2 * (PULL_BYTES + HEADER_LEN + COALESCE_COPY_MAX),
                     "{} bytes of small frames encoded",
                     w.inline.len()
                 );
