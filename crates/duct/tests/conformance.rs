@@ -198,6 +198,16 @@ fn batch_send_and_recv(f: &Fixture) {
     }
 }
 
+/// A pipe over `f` whose channel 1 is reliable on both ends (the others realtime).
+fn pair_reliable_on_1(f: &Fixture) -> Pair {
+    let reliable = ChannelOptions::default().reliable(true);
+    pair_with(
+        f,
+        ListenOptions::default().channel(1, reliable.clone()),
+        DialOptions::default().channel(1, reliable),
+    )
+}
+
 /// The `i`th message of [`batch_runs_keep_order_and_counts`]: runs of one channel (the
 /// channel changes from run to run) of lengths 1 to 1,500 (past a write's 1,024 frames and
 /// 64 KiB), mostly small payloads (0 to 512 bytes, the largest framed in place) with some
@@ -226,16 +236,11 @@ fn run_message(i: u32) -> (u16, Vec<u8>) {
 /// channel too.
 fn batch_runs_keep_order_and_counts(f: &Fixture) {
     const N: u32 = 4_910; // the run lengths twice, the last run cut short
-    let reliable = ChannelOptions::default().reliable(true);
     let Pair {
         listener: _listener,
         dialer,
         accepted,
-    } = pair_with(
-        f,
-        ListenOptions::default().channel(1, reliable.clone()),
-        DialOptions::default().channel(1, reliable),
-    );
+    } = pair_reliable_on_1(f);
     let msgs: Vec<(u16, Vec<u8>)> = (0..N).map(run_message).collect();
     let got = thread::scope(|s| {
         let receiver = s.spawn(|| receive_all(&accepted, 2 * N as usize, 700, None));
@@ -1603,16 +1608,11 @@ fn receive_all(
 /// pipe's reused spill buffers); when the peer reads, every one arrives intact, in order,
 /// on a realtime and on a reliable channel alike.
 fn slices_wait_in_full_queues_intact(f: &Fixture) {
-    let reliable = ChannelOptions::default().reliable(true);
     let Pair {
         listener: _listener,
         dialer,
         accepted,
-    } = pair_with(
-        f,
-        ListenOptions::default().channel(1, reliable.clone()),
-        DialOptions::default().channel(1, reliable),
-    );
+    } = pair_reliable_on_1(f);
     const N: u32 = 40_000;
     let payload = |i: u32| {
         let mut p = i.to_be_bytes().to_vec();

@@ -532,8 +532,6 @@ impl<S: Sink + ?Sized> ReceiveSink for Take<'_, S> {
 /// Hands received messages to a receive call's sink: traces and counts each.
 struct Take<'a, S: ?Sized> {
     run: Run,
-    /// Messages [`Take::take`] took.
-    taken: usize,
     /// Runs of one channel counted together; the (rare) others kept for after (in the
     /// pipe's own `Vec`, lent for the call: no allocation once it has grown).
     runs: Vec<Run>,
@@ -548,7 +546,6 @@ impl<'a, S: Sink + ?Sized> Take<'a, S> {
     fn new(g: &mut Shared, span: &'a tracing::Span, sink: &'a mut S) -> Self {
         Take {
             run: Run::default(),
-            taken: 0,
             runs: std::mem::take(&mut g.runs),
             span,
             sink,
@@ -556,18 +553,20 @@ impl<'a, S: Sink + ?Sized> Take<'a, S> {
     }
 
     /// Counts what was taken in the pipe's stats, and gives its `Vec` back. Returns how
-    /// many messages [`Take::take`] took.
+    /// many messages were taken.
     // (Inlined: called once per receive, and a `Take` passed by value is copied through
     // memory, a stall on every message.)
     #[inline(always)]
     fn count_into(self, g: &mut Shared) -> usize {
         let mut runs = self.runs;
+        let mut taken = self.run.msgs;
         for r in runs.drain(..) {
+            taken += r.msgs;
             g.count_received(r);
         }
         g.runs = runs;
         g.count_received(self.run);
-        self.taken
+        taken as usize
     }
 
     /// Traces and counts a message of `len` bytes on `channel`.
@@ -591,7 +590,6 @@ impl<'a, S: Sink + ?Sized> Take<'a, S> {
     #[inline(always)]
     fn take(&mut self, r: Received<'_>) {
         self.count(r.channel, r.payload.len());
-        self.taken += 1;
         self.sink.received(r);
     }
 

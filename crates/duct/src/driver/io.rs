@@ -366,6 +366,13 @@ impl InlineRun<'_> {
         if !self.takes(payload.len()) {
             return false;
         }
+        self.encode(payload, head);
+        true
+    }
+
+    /// Encodes a frame of `payload` with the header `head` writes, whatever the limits.
+    #[inline(always)]
+    fn encode(&mut self, payload: &[u8], head: impl FnOnce(&mut [u8; HEADER_LEN])) {
         let inline = &mut self.q.inline;
         inline.reserve(HEADER_LEN + payload.len());
         inline.extend_from_slice(&[0; HEADER_LEN]);
@@ -374,7 +381,6 @@ impl InlineRun<'_> {
         }
         inline.extend_from_slice(payload);
         self.frames += 1;
-        true
     }
 }
 
@@ -531,29 +537,14 @@ impl WriteQueue {
         copied: bool,
         head: impl FnOnce(&mut [u8; HEADER_LEN]),
     ) -> bool {
-        if !self.coalesce || payload.len() > coalesce_max(copied) {
+        if payload.len() > coalesce_max(copied) {
             return false;
         }
-        if self.inline_pos == self.inline.len() {
-            // Everything encoded was written: start again at the front.
-            self.inline.clear();
-            self.inline_pos = 0;
-            self.inline_frame = 0;
-        }
-        self.inline.extend_from_slice(&[0; HEADER_LEN]);
-        if let Some((_, h)) = self.inline.split_last_chunk_mut::<HEADER_LEN>() {
-            head(h);
-        }
-        self.inline.extend_from_slice(payload);
-        let end = self.inline.len();
-        if let Some(Entry::Inline { end: e, frames }) = self.entries.back_mut() {
-            *e = end;
-            *frames += 1;
-        } else {
-            self.entries.push_back(Entry::Inline { end, frames: 1 });
-        }
-        self.bytes += HEADER_LEN + payload.len();
-        self.frames += 1;
+        // (The caller looked at `wants_more`: no limit of the run's applies.)
+        let Some(mut run) = self.inline_run(copied) else {
+            return false;
+        };
+        run.encode(payload, head);
         true
     }
 
@@ -573,11 +564,7 @@ impl WriteQueue {
             self.inline_frame = 0;
         }
         // (As `wants_more`, the limits checked before each frame.)
-        let max_bytes = if self.mid_message {
-            PULL_BYTES.max(self.pull)
-        } else {
-            PULL_BYTES
-        };
+        let max_bytes = self.pull_limit();
         Some(InlineRun {
             max_len: coalesce_max(copied),
             start: self.inline.len(),
@@ -604,8 +591,18 @@ impl WriteQueue {
     /// Less than about one `sendmsg`'s worth is queued: more frames may be taken.
     #[inline]
     pub(crate) fn wants_more(&self) -> bool {
-        self.frames < MAX_FRAMES
-            && (self.bytes < PULL_BYTES || (self.mid_message && self.bytes < self.pull))
+        self.frames < MAX_FRAMES && self.bytes < self.pull_limit()
+    }
+
+    /// Bytes of frames taken ahead of the socket before it is written: [`PULL_BYTES`], or
+    /// in the middle of a large message as much as `pull` has grown to.
+    #[inline]
+    fn pull_limit(&self) -> usize {
+        if self.mid_message {
+            PULL_BYTES.max(self.pull)
+        } else {
+            PULL_BYTES
+        }
     }
 
     /// On a byte stream, a frame of `len` payload bytes lent by the caller, too large to
