@@ -121,17 +121,29 @@ impl Sent {
                 at: first,
                 len: each,
             } => {
-                self.seq + u64::from(self.n) == seq
+                continues(self.seq, self.n, each, self.channel, seq, len, channel)
                     && nth_copy(first, each, self.n) == at
-                    && each == len
-                    && self.channel == channel
                     && !self.sacked
-                    && self.n < u32::MAX
                     && self.at == now
             }
             Kept::Bytes(_) => false,
         }
     }
+}
+
+/// Whether message `seq` of `len` bytes on `channel` continues a run of `n` messages from
+/// `first` on, each `each` bytes long, on `run_channel` (and the run can take one more).
+#[inline(always)]
+fn continues(
+    first: u64,
+    n: u32,
+    each: usize,
+    run_channel: u16,
+    seq: u64,
+    len: usize,
+    channel: u16,
+) -> bool {
+    first + u64::from(n) == seq && each == len && run_channel == channel && n < u32::MAX
 }
 
 /// Where in the keep ring message `k` of a run whose first copy is at `first`, each `len`
@@ -880,10 +892,15 @@ impl Outbox {
     ) {
         let at = self.rel.ring.push(payload);
         if run.n > 0
-            && run.seq + u64::from(run.n) == seq
-            && run.len == payload.len()
-            && run.channel == channel
-            && run.n < u32::MAX
+            && continues(
+                run.seq,
+                run.n,
+                run.len,
+                run.channel,
+                seq,
+                payload.len(),
+                channel,
+            )
         {
             debug_assert_eq!(nth_copy(run.at, run.len, run.n), at);
             run.n += 1;

@@ -370,9 +370,10 @@ impl InlineRun<'_> {
         true
     }
 
-    /// Encodes a frame of `payload` with the header `head` writes, whatever the limits.
+    /// Encodes a frame of `payload` with the header `head` writes, whatever the limits
+    /// (for a caller that asked [`InlineRun::takes`] first).
     #[inline(always)]
-    fn encode(&mut self, payload: &[u8], head: impl FnOnce(&mut [u8; HEADER_LEN])) {
+    pub(crate) fn encode(&mut self, payload: &[u8], head: impl FnOnce(&mut [u8; HEADER_LEN])) {
         let inline = &mut self.q.inline;
         inline.reserve(HEADER_LEN + payload.len());
         inline.extend_from_slice(&[0; HEADER_LEN]);
