@@ -57,5 +57,5 @@ pub mod wire;
 pub use error::{Category, Error};
 pub use session::{
     Config, Delivered, Direct, DirectRead, DirectRun, Event, Negotiated, Part, Payload,
-    ReceiveSink, Received, Role, Session, State, Transmit, DIRECT_MIN,
+    ReceiveSink, Received, ReliableRun, Role, Session, State, Transmit, DIRECT_MIN,
 };

@@ -161,16 +161,119 @@ pub struct Quiet {
     bytes: usize,
 }
 
-/// Copies of a run of reliable messages kept by [`Outbox::keep_copy`] (and
-/// [`Session::keep_copy`](crate::Session::keep_copy)) whose record is not yet made: the
-/// first's number and place in the keep ring, their length and channel, how many.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct KeptCopies {
-    seq: u64,
-    n: u32,
-    at: u64,
-    len: usize,
+/// Fresh reliable messages of one channel numbered, and their payloads copied into the keep
+/// ring, one by one, by a driver's framing loop ([`Outbox::keep_run`]; the driver's handle
+/// is [`crate::session::ReliableRun`]). Per message only the run's own budget is checked
+/// and counted down, in locals: the messages the windows take without an ack request
+/// (`quiet`), the room left in the ring before its end or its oldest kept copy. The outbox
+/// learns of the run once, when it is dropped: the next number, both windows, `quiet`, the
+/// ring's end, and one record per stretch of copies of one length (a run of numbers whose
+/// copies lie one after the other: the record [`RelSend::record_kept_n`] makes).
+///
+/// The ring's buffer is the run's own meanwhile (taken out of the ring, given back on drop):
+/// the copy per message is a `memcpy` into a slice the run holds, not through the outbox.
+pub(crate) struct KeepRun<'a> {
+    outbox: &'a mut Outbox,
+    quiet: &'a mut Quiet,
     channel: u16,
+    now: Instant,
+    /// The number of the run's first message, and of the next.
+    first_seq: u64,
+    seq: u64,
+    /// What the run may still number: messages, payload bytes.
+    left_msgs: usize,
+    left_bytes: usize,
+    /// The keep ring's buffer; where the run's first copy went in it, where the next goes,
+    /// and the bytes free from there on without a wrap or the oldest kept copy.
+    buf: Vec<u8>,
+    first_off: usize,
+    off: usize,
+    room: usize,
+    /// The ring's end when the run began (its position in the stream of kept bytes:
+    /// `first_off` in `buf`).
+    tail: u64,
+    /// The stretch of copies not yet recorded: its first number and place in `buf`, the
+    /// length of each (`usize::MAX` before the first), how many.
+    rec_seq: u64,
+    rec_off: usize,
+    rec_len: usize,
+    rec_n: u32,
+}
+
+impl KeepRun<'_> {
+    /// Numbers the next message, `payload`, and keeps a copy of it: its number, or `None`
+    /// (nothing done) when the run cannot take it: the windows would fill or its frame
+    /// would ask for an ack, or the ring has no room for it before its end (or its oldest
+    /// copy). Number such a one the usual way (`number_direct`, `record_direct_copy`), then
+    /// start a new run.
+    #[inline(always)]
+    pub(crate) fn take(&mut self, payload: &[u8]) -> Option<u64> {
+        let len = payload.len();
+        if self.left_msgs == 0 || len > self.left_bytes || len > self.room {
+            return None;
+        }
+        if len != self.rec_len {
+            self.start_stretch(len);
+        }
+        self.buf[self.off..self.off + len].copy_from_slice(payload);
+        self.off += len;
+        self.room -= len;
+        self.left_msgs -= 1;
+        self.left_bytes -= len;
+        self.rec_n += 1;
+        let seq = self.seq;
+        self.seq += 1;
+        Some(seq)
+    }
+
+    /// Records the stretch of copies so far and starts one of `len`-byte copies with the
+    /// next message. (Once per stretch: out of the per-message path.)
+    #[inline(never)]
+    fn start_stretch(&mut self, len: usize) {
+        self.record_stretch();
+        self.rec_seq = self.seq;
+        self.rec_off = self.off;
+        self.rec_len = len;
+    }
+
+    /// Records the stretch of copies not yet recorded, if any, as sent at the run's time.
+    fn record_stretch(&mut self) {
+        if self.rec_n == 0 {
+            return;
+        }
+        let at = self.tail + (self.rec_off - self.first_off) as u64;
+        let kept = Kept::Ring {
+            at,
+            len: self.rec_len,
+        };
+        self.outbox
+            .rel
+            .record_kept_n(self.rec_seq, self.rec_n, self.channel, kept, self.now);
+        self.rec_n = 0;
+    }
+}
+
+impl Drop for KeepRun<'_> {
+    /// Brings the outbox up to date with the run: its copies recorded, the ring's buffer back
+    /// with its end past them, the messages counted in both windows and in `quiet`.
+    fn drop(&mut self) {
+        self.record_stretch();
+        let n = (self.seq - self.first_seq) as usize;
+        let bytes = self.off - self.first_off;
+        let o = &mut *self.outbox;
+        let rel = &mut o.rel;
+        rel.ring.buf = std::mem::take(&mut self.buf);
+        rel.ring.tail = self.tail + bytes as u64;
+        rel.next_seq = self.seq;
+        rel.inflight_msgs += n;
+        rel.inflight_bytes += bytes;
+        if let Some(ch) = o.chans.get_mut(self.channel) {
+            ch.inflight_msgs += n;
+            ch.inflight_bytes += bytes;
+        }
+        self.quiet.msgs -= n;
+        self.quiet.bytes -= bytes;
+    }
 }
 
 /// Where a sent reliable message's payload is kept until it is acknowledged.
@@ -211,7 +314,7 @@ struct KeepRing {
 
 impl KeepRing {
     /// Keeps a copy of `bytes`; returns where it starts.
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, bytes: &[u8]) -> u64 {
         let need = (self.tail - self.head) as usize + bytes.len();
         if need > self.buf.len() {
@@ -875,62 +978,56 @@ impl Outbox {
         self.rel.record_kept(seq, channel, kept, now);
     }
 
-    /// As [`Outbox::record_direct_copy`], for the next message of `run`, reliable messages
-    /// numbered one after the other and sent at `now` (a batch's run framed in place): the
-    /// copy goes into the keep ring now, and the record of a run of copies of one length
-    /// is made once, when a message does not continue it, or by
-    /// [`Outbox::record_copies`]. Until then nothing else may record, acknowledge or resend
-    /// on this outbox: call `record_copies` before anything else.
+    /// A run of fresh reliable messages on `channel`, numbered within `quiet` (from
+    /// [`Outbox::quiet`] for the same channel) and their payloads copied into the keep ring
+    /// by [`KeepRun::take`], one by one, as sent at `now`: for a driver's loop that frames a
+    /// batch's messages in place. What `number_quiet` and `record_direct_copy` do per
+    /// message is done once for the run, when it is dropped (the windows, the next number,
+    /// `quiet`, the records of the copies). The outbox is borrowed meanwhile.
     #[inline]
-    pub fn keep_copy(
-        &mut self,
-        run: &mut KeptCopies,
-        seq: u64,
+    pub(crate) fn keep_run<'a>(
+        &'a mut self,
         channel: u16,
-        payload: &[u8],
+        quiet: &'a mut Quiet,
         now: Instant,
-    ) {
-        let at = self.rel.ring.push(payload);
-        if run.n > 0
-            && continues(
-                run.seq,
-                run.n,
-                run.len,
-                run.channel,
-                seq,
-                payload.len(),
-                channel,
-            )
-        {
-            debug_assert_eq!(nth_copy(run.at, run.len, run.n), at);
-            run.n += 1;
-            return;
-        }
-        self.record_copies(run, now);
-        *run = KeptCopies {
-            seq,
-            n: 1,
-            at,
-            len: payload.len(),
+    ) -> KeepRun<'a> {
+        let ring = &mut self.rel.ring;
+        let buf = std::mem::take(&mut ring.buf);
+        let cap = buf.len();
+        let (off, room) = if cap == 0 {
+            (0, 0)
+        } else {
+            let off = (ring.tail & (cap as u64 - 1)) as usize;
+            let free = cap - (ring.tail - ring.head) as usize;
+            (off, free.min(cap - off))
+        };
+        let seq = self.rel.next_seq;
+        // (Nothing on a channel the outbox does not have: its windows count nothing.)
+        let known = self.chans.get(channel).is_some();
+        KeepRun {
             channel,
-        };
-    }
-
-    /// Records the copies [`Outbox::keep_copy`] kept for `run` and not yet recorded, as
-    /// sent at `now`; leaves `run` empty.
-    #[inline]
-    pub fn record_copies(&mut self, run: &mut KeptCopies, now: Instant) {
-        if run.n == 0 {
-            return;
+            now,
+            first_seq: seq,
+            seq,
+            // (At most `u32::MAX`: a record counts its messages in 32 bits.)
+            left_msgs: if known {
+                quiet.msgs.min(u32::MAX as usize)
+            } else {
+                0
+            },
+            left_bytes: quiet.bytes,
+            quiet,
+            first_off: off,
+            off,
+            room,
+            tail: self.rel.ring.tail,
+            buf,
+            rec_seq: seq,
+            rec_off: off,
+            rec_len: usize::MAX,
+            rec_n: 0,
+            outbox: self,
         }
-        debug_assert!(self.rel.unacked.back().is_none_or(|s| s.last() < run.seq));
-        let kept = Kept::Ring {
-            at: run.at,
-            len: run.len,
-        };
-        self.rel
-            .record_kept_n(run.seq, run.n, run.channel, kept, now);
-        run.n = 0;
     }
 
     /// Nothing is queued on any channel, the pipe has no rate limit and the message (`ttl`)
@@ -1669,7 +1766,7 @@ fn window_of(max_n: usize, max_b: usize) -> (usize, usize) {
 /// message that brings it there asks for an ack: [`ask`]).
 #[inline]
 fn half_of(max_n: usize, max_b: usize) -> (usize, usize) {
-    (max_n.max(2) / 2, max_b.max(2) / 2)
+    (max_n.max(8) / 8, max_b.max(8) / 8)
 }
 
 /// Marks `h` as the frame of the reliable message numbered `seq`, asking for an ack if
@@ -2013,31 +2110,53 @@ mod tests {
                         let c = rng.u16(1..=2);
                         let mixed = rng.u8(0..4) == 0;
                         let mut len = [0, 8, 64, 64, 512, 700][rng.usize(..6)];
-                        // A batch's run framed in place: copies recorded a run at a time.
-                        let mut copies = (rng.u8(0..3) == 0).then(KeptCopies::default);
-                        for _ in 0..rng.usize(1..40) {
-                            if mixed {
+                        // A batch's run framed in place (`KeepRun`): numbered and kept a run at
+                        // a time; a message the run does not take is numbered on its own, and
+                        // a new run starts after it.
+                        let runs = rng.u8(0..3) == 0;
+                        let mut left = rng.usize(1..40);
+                        while left > 0 {
+                            assert_eq!(o.direct_allowed(c, None, None, now), Some(true));
+                            if runs {
+                                let mut quiet = o.quiet(c);
+                                let first = o.next_seq();
+                                let mut took = Vec::new();
+                                let mut run = o.keep_run(c, &mut quiet, now);
+                                while left > 0 {
+                                    if mixed {
+                                        len = rng.usize(0..600);
+                                    }
+                                    let p = payload(first + took.len() as u64, len);
+                                    let Some(seq) = run.take(&p) else {
+                                        break;
+                                    };
+                                    assert_eq!(seq, first + took.len() as u64);
+                                    took.push(p);
+                                    left -= 1;
+                                }
+                                drop(run);
+                                // (What the run counted down is what the outbox now says.)
+                                assert_eq!(quiet, o.quiet(c), "seed {seed} step {step}");
+                                for (i, p) in took.into_iter().enumerate() {
+                                    model.insert(first + i as u64, (c, p, false, now));
+                                }
+                                if left == 0 {
+                                    break;
+                                }
+                            } else if mixed {
                                 len = rng.usize(0..600);
                             }
-                            assert_eq!(o.direct_allowed(c, None, None, now), Some(true));
                             let Some((seq, _)) = o.number_direct(c, len) else {
                                 break;
                             };
                             let p = payload(seq, len);
-                            if let Some(run) = copies.as_mut().filter(|_| len <= KEEP_COPY_MAX) {
-                                o.keep_copy(run, seq, c, &p, now);
-                            } else if let Some(run) = copies.as_mut() {
-                                o.record_copies(run, now);
-                                o.record_direct(seq, c, Bytes::from(p.clone()), now);
-                            } else if len > KEEP_COPY_MAX || rng.u8(0..8) == 0 {
+                            if len > KEEP_COPY_MAX || rng.u8(0..8) == 0 {
                                 o.record_direct(seq, c, Bytes::from(p.clone()), now);
                             } else {
                                 o.record_direct_copy(seq, c, &p, now);
                             }
                             model.insert(seq, (c, p, false, now));
-                        }
-                        if let Some(run) = copies.as_mut() {
-                            o.record_copies(run, now);
+                            left -= 1;
                         }
                     }
                     5..=6 => {

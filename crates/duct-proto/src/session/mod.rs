@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::qos::{Admission, ChannelMap, Counts, KeptCopies, Outbox, QosConfig, Quiet};
+use crate::qos::{Admission, ChannelMap, Counts, KeepRun, Outbox, QosConfig, Quiet};
 use crate::reliable::{Arrival, RecvState};
 use crate::wire::control::{
     self, caps, close_code, reject_code, Close, Hello, Reject, Welcome, VERSION_MAJOR,
@@ -322,6 +322,39 @@ impl DirectRun {
             self.write_header(len, 0, &mut h);
             h
         })
+    }
+}
+
+/// Fresh reliable messages of a [`DirectRun`] that a driver frames in place, one after the
+/// other ([`Session::reliable_run`]): [`ReliableRun::number`] numbers each and keeps a copy
+/// of its payload for retransmission, [`ReliableRun::write_header`] writes its frame's
+/// header. What the session counts per message (the next number, both windows, the record
+/// of each copy) is counted once, when the run is dropped.
+pub struct ReliableRun<'a> {
+    /// The run's header template and limits (a copy: the run's window budget is `keep`'s).
+    head: DirectRun,
+    keep: KeepRun<'a>,
+}
+
+impl ReliableRun<'_> {
+    /// Numbers the next message of the run, `payload`, and keeps a copy of it: its number,
+    /// or `None` (nothing done) when the run cannot take it: too large for one frame, a
+    /// window would fill or its frame would ask for an ack, or the copies' ring has no room
+    /// for it in one piece. Such a message is numbered the usual way
+    /// ([`Session::number_next`]), after this run is dropped.
+    #[inline(always)]
+    pub fn number(&mut self, payload: &[u8]) -> Option<u64> {
+        if !self.head.fits(payload.len()) {
+            return None;
+        }
+        self.keep.take(payload)
+    }
+
+    /// Writes the header of the run's `len`-byte message numbered `seq` into `dst` (see
+    /// [`DirectRun::write_header`]; the run's frames never ask for an ack).
+    #[inline(always)]
+    pub fn write_header(&self, len: usize, seq: u64, dst: &mut [u8; HEADER_LEN]) {
+        self.head.write_header(len, seq, dst);
     }
 }
 
@@ -868,28 +901,26 @@ impl Session {
         self.outbox.record_direct_copy(seq, channel, payload, now);
     }
 
-    /// As [`Session::record_direct_copy`], for the next message of a run of reliable
-    /// messages numbered one after the other and sent at `now`: see [`Outbox::keep_copy`]
-    /// (the record is made later, at the latest by [`Session::record_copies`], which must
-    /// come before anything else is done with the session).
-    ///
-    /// [`Outbox::keep_copy`]: crate::qos::Outbox::keep_copy
+    /// The messages that follow on `run`'s channel, numbered and their payloads kept by the
+    /// caller's framing loop ([`ReliableRun::number`]) while the run's windows take them
+    /// without a check per message (as [`Session::number_next`] numbers them within what
+    /// the run learnt of the windows), as sent at `now`; `None` if `run` is not reliable.
+    /// The session is borrowed until the `ReliableRun` is dropped, which brings it up to
+    /// date (do not `mem::forget` it: the session would lose its copies' buffer).
     #[inline]
-    pub fn keep_copy(
-        &mut self,
-        run: &mut KeptCopies,
-        seq: u64,
-        channel: u16,
-        payload: &[u8],
+    pub fn reliable_run<'a>(
+        &'a mut self,
+        run: &'a mut DirectRun,
         now: Instant,
-    ) {
-        self.outbox.keep_copy(run, seq, channel, payload, now);
-    }
-
-    /// Records the copies [`Session::keep_copy`] kept for `run` and not yet recorded.
-    #[inline]
-    pub fn record_copies(&mut self, run: &mut KeptCopies, now: Instant) {
-        self.outbox.record_copies(run, now);
+    ) -> Option<ReliableRun<'a>> {
+        if !run.reliable {
+            return None;
+        }
+        let head = *run;
+        Some(ReliableRun {
+            head,
+            keep: self.outbox.keep_run(head.channel, &mut run.quiet, now),
+        })
     }
 
     /// A message framed now would be the next frame out: established, and no control frame

@@ -46,14 +46,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use duct_proto::lifecycle::{Change, Ignored, Lifecycle, Next, Phase, Policy};
-use duct_proto::qos::{Admission, ChannelMap, DropReason, KeptCopies};
+use duct_proto::qos::{Admission, ChannelMap, DropReason};
 use duct_proto::wire::control::caps;
 use duct_proto::wire::HEADER_LEN;
 use duct_proto::{Delivered, Direct, DirectRun, Event, ReceiveSink, Received, Session, Transmit};
 use mio::Interest;
 
 use super::handshake::Handshake;
-use super::io::{with_transport, InlineRun, ReadBuf, WriteQueue};
+use super::io::{with_transport, ReadBuf, WriteQueue};
 use super::reactor::{self, Reactive, ReactorHandle};
 use super::reconnect;
 use super::wakers::{WaitFor, WakerSet};
@@ -265,30 +265,6 @@ impl Run {
         self.bytes += len as u64;
         true
     }
-}
-
-/// [`Conn::send_batch`]'s framing loop, on a reliable run: numbers the message `p` and
-/// encodes its frame into `inline`, if `inline` takes it and it fits the run's windows;
-/// returns its number (the caller keeps its payload), or `None` with nothing done.
-#[inline(always)]
-fn frame_reliable<P: OutPayload>(
-    session: &mut Session,
-    r: &mut DirectRun,
-    inline: &mut InlineRun<'_>,
-    p: &P,
-) -> Option<u64> {
-    let len = p.len();
-    if !inline.takes(len) {
-        return None;
-    }
-    let (seq, ask) = session.number_next(r, len)?;
-    inline.encode(p.as_slice(), |h| {
-        r.write_header(len, seq, h);
-        if ask {
-            DirectRun::ask_for_ack(h);
-        }
-    });
-    Some(seq)
 }
 
 /// A payload [`Conn::send_batch`] takes: bytes shared with the caller ([`Bytes`]), or a
@@ -1622,18 +1598,22 @@ impl Conn {
                 debug_assert_eq!(r.channel(), channel, "the run is of the message just sent");
                 if let Some(mut inline) = w.inline_run(P::COPIED) {
                     let (msgs_in, bytes_in) = if r.reliable() {
-                        // Their copies are recorded a run at a time.
-                        let mut kept = KeptCopies::default();
-                        let s = &mut g.session;
-                        let framed = self.frame_run(msgs, channel, &mut held, |p| {
-                            let seq = frame_reliable(s, r, &mut inline, p);
-                            if let Some(seq) = seq {
-                                s.keep_copy(&mut kept, seq, channel, p.as_slice(), now);
-                            }
-                            seq.is_some()
-                        });
-                        g.session.record_copies(&mut kept, now);
-                        framed
+                        // Numbered, and their copies kept, by the run (the session learns of
+                        // them once, when it is dropped).
+                        match g.session.reliable_run(r, now) {
+                            Some(mut rel) => self.frame_run(msgs, channel, &mut held, |p| {
+                                let len = p.len();
+                                if !inline.takes(len) {
+                                    return false;
+                                }
+                                let Some(seq) = rel.number(p.as_slice()) else {
+                                    return false;
+                                };
+                                inline.encode(p.as_slice(), |h| rel.write_header(len, seq, h));
+                                true
+                            }),
+                            None => (0, 0),
+                        }
                     } else {
                         self.frame_run(msgs, channel, &mut held, |p| {
                             let len = p.len();
