@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::qos::{Admission, ChannelMap, Counts, KeepRun, Outbox, QosConfig, Quiet};
-use crate::reliable::{Arrival, RecvState};
+use crate::reliable::{Arrival, InOrder, RecvState};
 use crate::wire::control::{
     self, caps, close_code, reject_code, Close, Hello, Reject, Welcome, VERSION_MAJOR,
     VERSION_MINOR,
@@ -1114,6 +1114,10 @@ impl Session {
         let id = self.messages.next_chunk();
         let offered = *left;
         let mut direct = *left > 0 && self.messages.is_idle();
+        // Reliable messages arriving in order are counted here and recorded together (before
+        // anything else looks at what arrived: before a frame goes the general way, and
+        // before returning).
+        let mut in_order = self.rx_rel.in_order();
         let mut pos = 0;
         while let Some(b) = run[pos..].first_chunk::<HEADER_LEN>() {
             // Plain data (no flag: unreliable, whole, no TTL, no ack) needs only these fields
@@ -1145,9 +1149,12 @@ impl Session {
                         }
                     };
                     self.rx_account(&mut acct);
+                    self.arrived_in_order(&mut in_order, now);
                     // (The general way may queue a message: none may overtake it.)
                     direct = false;
-                    if let Err(e) = self.handle_frame(header, run.slice(body), now) {
+                    let handled = self.handle_frame(header, run.slice(body), now);
+                    in_order = self.rx_rel.in_order();
+                    if let Err(e) = handled {
                         result = Err(e);
                         break;
                     }
@@ -1156,14 +1163,22 @@ impl Session {
                 // A whole message, reliable (or asking for acks on a plain channel): only
                 // its flags and number matter, read in place (no header decoded).
                 let seq = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
-                // A reliable message owes an ack, a deadline.
-                self.input_timers = true;
-                match self.arrived(frame_flags, seq, now) {
-                    Ok(true) => {}
-                    Ok(false) => continue, // a duplicate
-                    Err(e) => {
-                        result = Err(self.fail(e));
-                        break;
+                let next_in_order = self.rel_agreed
+                    && frame_flags & flags::RELIABLE != 0
+                    && in_order.takes(seq, frame_flags);
+                if !next_in_order {
+                    self.arrived_in_order(&mut in_order, now);
+                    // A reliable message owes an ack, a deadline.
+                    self.input_timers = true;
+                    let arrived = self.arrived(frame_flags, seq, now);
+                    in_order = self.rx_rel.in_order();
+                    match arrived {
+                        Ok(true) => {}
+                        Ok(false) => continue, // a duplicate
+                        Err(e) => {
+                            result = Err(self.fail(e));
+                            break;
+                        }
                     }
                 }
             }
@@ -1179,6 +1194,7 @@ impl Session {
             }
         }
         self.rx_account(&mut acct);
+        self.arrived_in_order(&mut in_order, now);
         // (Nothing took a message off the inbox meanwhile: the parts are still queued.)
         self.messages.add_chunk(run);
         if *left < offered {
@@ -2369,6 +2385,20 @@ impl Session {
             self.queue_ack();
         }
         Ok(fresh)
+    }
+
+    /// Records the reliable messages `run` took as arrived (see [`Session::arrived`]): an
+    /// ack is owed, and goes at once if due by count or asked for.
+    #[inline]
+    fn arrived_in_order(&mut self, run: &mut InOrder, now: Instant) {
+        if run.is_empty() {
+            return;
+        }
+        self.input_timers = true;
+        self.rx_rel.arrive_in_order(run, now);
+        if self.rx_rel.ack_now(now) {
+            self.queue_ack();
+        }
     }
 
     /// Queues an ACK frame (cumulative ack and selective ranges), replacing one not yet
