@@ -1424,9 +1424,13 @@ impl Conn {
     /// Sends several messages under one lock and one flush: the frames go out in as few
     /// `sendmsg` calls as the socket allows. Returns how many were accepted; an error is
     /// returned only if none was.
-    pub(crate) fn send_batch<P: OutPayload>(
+    ///
+    /// Generic over the iterator (one copy per caller's iterator type), not `dyn`: the
+    /// framing loop takes a message per turn, and a virtual call returning it through memory
+    /// cost 11 instructions per message (callgrind, tcp 64 B stream, both ends: 239 → 228).
+    pub(crate) fn send_batch<P: OutPayload, I: Iterator<Item = (u16, P)> + ?Sized>(
         &self,
-        msgs: &mut dyn Iterator<Item = (u16, P)>,
+        msgs: &mut I,
         meta: Meta,
         timeout: Duration,
     ) -> Result<usize, Error> {
@@ -1648,9 +1652,9 @@ impl Conn {
     /// `channel` and `frame` frames them; the first that is not is left in `held`. Returns
     /// the messages and payload bytes framed.
     #[inline(always)]
-    fn frame_run<P: OutPayload>(
+    fn frame_run<P: OutPayload, I: Iterator<Item = (u16, P)> + ?Sized>(
         &self,
-        msgs: &mut dyn Iterator<Item = (u16, P)>,
+        msgs: &mut I,
         channel: u16,
         held: &mut Option<(u16, P)>,
         mut frame: impl FnMut(&P) -> bool,
