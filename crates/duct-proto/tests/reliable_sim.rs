@@ -644,6 +644,8 @@ struct Stats {
     direct: u64,
     /// Of those, framed in a run by the driver.
     in_runs: u64,
+    /// Of those, numbered and kept by a `ReliableRun`.
+    kept_in_runs: u64,
     dups: u64,
     retransmits: u64,
     max_out_of_order: usize,
@@ -679,6 +681,9 @@ struct World {
     /// `send_slices` does (`Session::direct_run`, `number_next`, `write_header`,
     /// `record_direct` or `record_direct_copy`). Per seed.
     runs: bool,
+    /// With `runs`: small reliable payloads are numbered and kept by a `ReliableRun` (one
+    /// per message here), as `send_batch`'s framing loop does, when it takes them. Per seed.
+    kept_runs: bool,
     link: Option<Link>,
     conn_seq: u64,
     // Dialer.
@@ -732,6 +737,7 @@ impl World {
             quiet: false,
             direct: Rng::with_seed(seed ^ 0x6469_7265_6374).bool(),
             runs: Rng::with_seed(seed ^ 0x7275_6e73).bool(),
+            kept_runs: Rng::with_seed(seed ^ 0x6b65_7074).bool(),
             link: None,
             conn_seq: 0,
             d_conn: None,
@@ -1687,22 +1693,38 @@ impl World {
                         .map(|r| (k, r));
                 }
                 let len = payload.len();
+                let kept_runs = self.kept_runs;
                 let in_run = run.as_mut().and_then(|(_, r)| {
                     if r.reliable() {
+                        if kept_runs && len <= 512 {
+                            // As `send_batch`'s framing loop: numbered and kept by a
+                            // `ReliableRun` (here a run of one), if it takes it.
+                            let kept = c.session.reliable_run(r, now).and_then(|mut rr| {
+                                let seq = rr.number(&payload)?;
+                                let mut h = [0; HEADER_LEN];
+                                rr.write_header(len, seq, &mut h);
+                                Some((h, seq))
+                            });
+                            if let Some((h, seq)) = kept {
+                                return Some((h, Some(seq), true));
+                            }
+                        }
                         let (seq, ask) = c.session.number_next(r, len)?;
                         let mut h = [0; HEADER_LEN];
                         r.write_header(len, seq, &mut h);
                         if ask {
                             DirectRun::ask_for_ack(&mut h);
                         }
-                        Some((h, Some(seq)))
+                        Some((h, Some(seq), false))
                     } else {
-                        r.header(len).map(|h| (h, None))
+                        r.header(len).map(|h| (h, None, false))
                     }
                 });
                 match in_run {
-                    Some((h, seq)) => {
-                        if let Some(seq) = seq {
+                    Some((h, seq, kept)) => {
+                        if kept {
+                            self.stats.kept_in_runs += 1;
+                        } else if let Some(seq) = seq {
                             // (Copies of small payloads, as `send_slices` keeps them; a
                             // handle of the others.)
                             if len <= 512 {
@@ -2248,6 +2270,7 @@ fn run_seeds(count: u64, faults: bool) -> Totals {
                         a.delivered += st.delivered;
                         a.direct += st.direct;
                         a.in_runs += st.in_runs;
+                        a.kept_in_runs += st.kept_in_runs;
                         a.dups += st.dups;
                         a.retransmits += st.retransmits;
                         a.max_out_of_order = a.max_out_of_order.max(st.max_out_of_order);
@@ -2277,7 +2300,7 @@ fn run_seeds(count: u64, faults: bool) -> Totals {
 fn report(t: &Totals, what: &str) {
     let a = &t.all;
     println!(
-        "{what}: {} seeds run; {} cuts ({} in handshakes), {} stalls, {} slow-reader spells ({} receivers paused at their high-water mark), {} connections, {} resumed and {} fresh sessions ({} SessionLost reports), {} late reconnects; {} messages delivered ({} framed directly, {} of them in runs), {} duplicates across fresh sessions, {} retransmits ({} retransmission timeouts); largest out-of-order set {} (over the window in {} seeds); {} late arrivals excused by a known bug; {} steps, {:.1} s of virtual time",
+        "{what}: {} seeds run; {} cuts ({} in handshakes), {} stalls, {} slow-reader spells ({} receivers paused at their high-water mark), {} connections, {} resumed and {} fresh sessions ({} SessionLost reports), {} late reconnects; {} messages delivered ({} framed directly, {} of them in runs, {} of those numbered and kept by a ReliableRun), {} duplicates across fresh sessions, {} retransmits ({} retransmission timeouts); largest out-of-order set {} (over the window in {} seeds); {} late arrivals excused by a known bug; {} steps, {:.1} s of virtual time",
         t.seeds,
         a.cuts,
         a.handshake_cuts,
@@ -2292,6 +2315,7 @@ fn report(t: &Totals, what: &str) {
         a.delivered,
         a.direct,
         a.in_runs,
+        a.kept_in_runs,
         a.dups,
         a.retransmits,
         a.rto_fired,
@@ -2345,6 +2369,10 @@ fn seeds_from_env(default: u64) -> u64 {
 fn simulate_1000_seeds() {
     let t = run_seeds(seeds_from_env(1000), true);
     report(&t, "reliable delivery simulation");
+    assert!(
+        t.all.kept_in_runs > 0,
+        "no message went the way of send_batch's framing loop (ReliableRun)"
+    );
 }
 
 #[test]
