@@ -314,7 +314,7 @@ struct KeepRing {
 
 impl KeepRing {
     /// Keeps a copy of `bytes`; returns where it starts.
-    #[inline(always)]
+    #[inline]
     fn push(&mut self, bytes: &[u8]) -> u64 {
         let need = (self.tail - self.head) as usize + bytes.len();
         if need > self.buf.len() {
@@ -1766,7 +1766,7 @@ fn window_of(max_n: usize, max_b: usize) -> (usize, usize) {
 /// message that brings it there asks for an ack: [`ask`]).
 #[inline]
 fn half_of(max_n: usize, max_b: usize) -> (usize, usize) {
-    (max_n.max(8) / 8, max_b.max(8) / 8)
+    (max_n.max(2) / 2, max_b.max(2) / 2)
 }
 
 /// Marks `h` as the frame of the reliable message numbered `seq`, asking for an ack if
