@@ -738,10 +738,7 @@ impl WriteQueue {
             return false;
         };
         // (Frames `push_copy` sent before are published with it.)
-        let sent = matches!(
-            f.push_many(&mut self.frame_side, &mut std::iter::once(t)),
-            Ok((1, _))
-        );
+        let sent = matches!(f.push_frame(&mut self.frame_side, t), Ok(true));
         self.unpublished &= !sent;
         sent
     }

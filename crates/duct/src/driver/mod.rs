@@ -177,6 +177,13 @@ pub(crate) trait FrameIo {
         side: &mut FrameSide,
         frames: &mut dyn Iterator<Item = &duct_proto::Transmit>,
     ) -> std::io::Result<(usize, bool)>;
+    /// [`FrameIo::push_many`] for one frame: whether it was sent (`Ok(false)`: no room). (A
+    /// send's own frame, on the critical path of a round trip: no iterator to call through.)
+    fn push_frame(
+        &self,
+        side: &mut FrameSide,
+        frame: &duct_proto::Transmit,
+    ) -> std::io::Result<bool>;
     /// Sends one frame with a copy of `payload`, if there is room now (`Ok(false)`: there is
     /// not), without waking the peer: [`FrameIo::publish`] does, once for a run of them. The
     /// caller sends nothing else meanwhile (frames go in the order they are pushed).

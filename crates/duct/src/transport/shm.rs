@@ -582,10 +582,10 @@ impl ShmStream {
     /// at most one wake-up per batch, not per frame). When the ring or the pool is full, the
     /// receiver rings the control socket once it makes room (the reactor sees it as
     /// readable).
-    pub(crate) fn push_many(
+    pub(crate) fn push_many<'t>(
         &self,
         side: &mut FrameSide,
-        frames: &mut dyn Iterator<Item = &Transmit>,
+        frames: impl Iterator<Item = &'t Transmit>,
     ) -> io::Result<(usize, bool)> {
         if self.ended.load(Ordering::Acquire) {
             return Err(io::ErrorKind::BrokenPipe.into());
@@ -962,6 +962,10 @@ impl crate::driver::FrameIo for ShmStream {
         frames: &mut dyn Iterator<Item = &Transmit>,
     ) -> io::Result<(usize, bool)> {
         ShmStream::push_many(self, side, frames)
+    }
+
+    fn push_frame(&self, side: &mut FrameSide, frame: &Transmit) -> io::Result<bool> {
+        ShmStream::push_many(self, side, std::iter::once(frame)).map(|(sent, _)| sent == 1)
     }
 
     fn recv_frames(
