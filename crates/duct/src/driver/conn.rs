@@ -1616,7 +1616,7 @@ impl Conn {
                                 inline.encode(p.as_slice(), |h| rel.write_header(len, seq, h));
                                 true
                             }),
-                            None => (0, 0),
+                            None => (0, 0), // (not reached: the run is reliable)
                         }
                     } else {
                         self.frame_run(msgs, channel, &mut held, |p| {
