@@ -170,11 +170,7 @@ impl RecvState {
         }
         debug_assert!(self.above.is_empty() && run.next == self.cum + 1 + u64::from(run.n));
         self.cum += u64::from(run.n);
-        self.unacked_frames = self.unacked_frames.saturating_add(run.n);
-        if !self.owed {
-            self.owed = true;
-            self.due = Some(now + ACK_DELAY);
-        }
+        self.owe_n(run.n, now);
         if run.asked {
             self.note_request(crate::wire::flags::ACK_REQUEST);
         }
@@ -210,7 +206,13 @@ impl RecvState {
     /// [`ACK_DELAY`].
     #[inline]
     pub fn owe(&mut self, now: Instant) {
-        self.unacked_frames += 1;
+        self.owe_n(1, now);
+    }
+
+    /// [`RecvState::owe`] for `n` frames.
+    #[inline]
+    fn owe_n(&mut self, n: u32, now: Instant) {
+        self.unacked_frames = self.unacked_frames.saturating_add(n);
         if !self.owed {
             self.owed = true;
             self.due = Some(now + ACK_DELAY);

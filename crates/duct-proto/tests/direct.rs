@@ -247,7 +247,12 @@ fn a_reliable_run_numbers_and_records_as_send_direct_does_until_a_window_is_full
     for _ in 0..3 {
         assert_eq!(c.number_next(&mut plain, 10), None);
     }
+    // (Nor a `ReliableRun` made of it.)
+    let mut rel = c.reliable_run(&mut plain, now);
+    assert_eq!(rel.number(b"0123456789"), None);
+    drop(rel);
     assert_eq!(c.outbox().next_seq(), 1);
+    assert_eq!(c.outbox().inflight(), (0, 0));
 }
 
 #[test]

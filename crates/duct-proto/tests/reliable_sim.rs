@@ -1699,12 +1699,13 @@ impl World {
                         if kept_runs && len <= 512 {
                             // As `send_batch`'s framing loop: numbered and kept by a
                             // `ReliableRun` (here a run of one), if it takes it.
-                            let kept = c.session.reliable_run(r, now).and_then(|mut rr| {
-                                let seq = rr.number(&payload)?;
+                            let mut rr = c.session.reliable_run(r, now);
+                            let kept = rr.number(&payload).map(|seq| {
                                 let mut h = [0; HEADER_LEN];
                                 rr.write_header(len, seq, &mut h);
-                                Some((h, seq))
+                                (h, seq)
                             });
+                            drop(rr);
                             if let Some((h, seq)) = kept {
                                 return Some((h, Some(seq), true));
                             }

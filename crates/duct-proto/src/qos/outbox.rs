@@ -121,29 +121,17 @@ impl Sent {
                 at: first,
                 len: each,
             } => {
-                continues(self.seq, self.n, each, self.channel, seq, len, channel)
+                self.seq + u64::from(self.n) == seq
                     && nth_copy(first, each, self.n) == at
+                    && each == len
+                    && self.channel == channel
                     && !self.sacked
+                    && self.n < u32::MAX
                     && self.at == now
             }
             Kept::Bytes(_) => false,
         }
     }
-}
-
-/// Whether message `seq` of `len` bytes on `channel` continues a run of `n` messages from
-/// `first` on, each `each` bytes long, on `run_channel` (and the run can take one more).
-#[inline(always)]
-fn continues(
-    first: u64,
-    n: u32,
-    each: usize,
-    run_channel: u16,
-    seq: u64,
-    len: usize,
-    channel: u16,
-) -> bool {
-    first + u64::from(n) == seq && each == len && run_channel == channel && n < u32::MAX
 }
 
 /// Where in the keep ring message `k` of a run whose first copy is at `first`, each `len`
@@ -177,27 +165,26 @@ pub(crate) struct KeepRun<'a> {
     quiet: &'a mut Quiet,
     channel: u16,
     now: Instant,
-    /// The number of the run's first message, and of the next.
+    /// The number of the run's first message, of the next, and the first it may not take
+    /// (the windows' limit, or the frame that asks for an ack).
     first_seq: u64,
     seq: u64,
-    /// What the run may still number: messages, payload bytes.
-    left_msgs: usize,
-    left_bytes: usize,
+    seq_end: u64,
     /// The keep ring's buffer; where the run's first copy went in it, where the next goes,
-    /// and the bytes free from there on without a wrap or the oldest kept copy.
+    /// and where the run's copies must end: at the ring's end or its oldest kept copy, or
+    /// the windows' payload bytes (each message's bytes are its copy's).
     buf: Vec<u8>,
     first_off: usize,
     off: usize,
-    room: usize,
+    end: usize,
     /// The ring's end when the run began (its position in the stream of kept bytes:
     /// `first_off` in `buf`).
     tail: u64,
-    /// The stretch of copies not yet recorded: its first number and place in `buf`, the
-    /// length of each (`usize::MAX` before the first), how many.
+    /// The stretch of copies not yet recorded (numbers `rec_seq..seq`): its place in `buf`
+    /// and the length of each (`usize::MAX` before the first).
     rec_seq: u64,
     rec_off: usize,
     rec_len: usize,
-    rec_n: u32,
 }
 
 impl KeepRun<'_> {
@@ -209,7 +196,7 @@ impl KeepRun<'_> {
     #[inline(always)]
     pub(crate) fn take(&mut self, payload: &[u8]) -> Option<u64> {
         let len = payload.len();
-        if self.left_msgs == 0 || len > self.left_bytes || len > self.room {
+        if self.seq == self.seq_end || len > self.end - self.off {
             return None;
         }
         if len != self.rec_len {
@@ -217,10 +204,6 @@ impl KeepRun<'_> {
         }
         self.buf[self.off..self.off + len].copy_from_slice(payload);
         self.off += len;
-        self.room -= len;
-        self.left_msgs -= 1;
-        self.left_bytes -= len;
-        self.rec_n += 1;
         let seq = self.seq;
         self.seq += 1;
         Some(seq)
@@ -231,14 +214,15 @@ impl KeepRun<'_> {
     #[inline(never)]
     fn start_stretch(&mut self, len: usize) {
         self.record_stretch();
-        self.rec_seq = self.seq;
         self.rec_off = self.off;
         self.rec_len = len;
     }
 
     /// Records the stretch of copies not yet recorded, if any, as sent at the run's time.
     fn record_stretch(&mut self) {
-        if self.rec_n == 0 {
+        // (At most `u32::MAX`: `seq_end` keeps the run that short.)
+        let n = (self.seq - self.rec_seq) as u32;
+        if n == 0 {
             return;
         }
         let at = self.tail + (self.rec_off - self.first_off) as u64;
@@ -248,8 +232,8 @@ impl KeepRun<'_> {
         };
         self.outbox
             .rel
-            .record_kept_n(self.rec_seq, self.rec_n, self.channel, kept, self.now);
-        self.rec_n = 0;
+            .record_kept_n(self.rec_seq, n, self.channel, kept, self.now);
+        self.rec_seq = self.seq;
     }
 }
 
@@ -983,11 +967,13 @@ impl Outbox {
     /// by [`KeepRun::take`], one by one, as sent at `now`: for a driver's loop that frames a
     /// batch's messages in place. What `number_quiet` and `record_direct_copy` do per
     /// message is done once for the run, when it is dropped (the windows, the next number,
-    /// `quiet`, the records of the copies). The outbox is borrowed meanwhile.
+    /// `quiet`, the records of the copies). The outbox is borrowed meanwhile. Unless
+    /// `reliable`, the run takes nothing.
     #[inline]
     pub(crate) fn keep_run<'a>(
         &'a mut self,
         channel: u16,
+        reliable: bool,
         quiet: &'a mut Quiet,
         now: Instant,
     ) -> KeepRun<'a> {
@@ -1002,30 +988,28 @@ impl Outbox {
             (off, free.min(cap - off))
         };
         let seq = self.rel.next_seq;
-        // (Nothing on a channel the outbox does not have: its windows count nothing.)
-        let known = self.chans.get(channel).is_some();
+        // (Nothing on a channel the outbox does not have: its windows count nothing. At most
+        // `u32::MAX` messages: a record counts them in 32 bits.)
+        let msgs = match self.chans.get(channel) {
+            Some(_) if reliable => quiet.msgs.min(u32::MAX as usize),
+            _ => 0,
+        };
+        let end = off + room.min(quiet.bytes);
         KeepRun {
             channel,
             now,
             first_seq: seq,
             seq,
-            // (At most `u32::MAX`: a record counts its messages in 32 bits.)
-            left_msgs: if known {
-                quiet.msgs.min(u32::MAX as usize)
-            } else {
-                0
-            },
-            left_bytes: quiet.bytes,
+            seq_end: seq + msgs as u64,
             quiet,
             first_off: off,
             off,
-            room,
+            end,
             tail: self.rel.ring.tail,
             buf,
             rec_seq: seq,
             rec_off: off,
             rec_len: usize::MAX,
-            rec_n: 0,
             outbox: self,
         }
     }
@@ -2121,7 +2105,7 @@ mod tests {
                                 let mut quiet = o.quiet(c);
                                 let first = o.next_seq();
                                 let mut took = Vec::new();
-                                let mut run = o.keep_run(c, &mut quiet, now);
+                                let mut run = o.keep_run(c, true, &mut quiet, now);
                                 while left > 0 {
                                     if mixed {
                                         len = rng.usize(0..600);

@@ -904,23 +904,19 @@ impl Session {
     /// The messages that follow on `run`'s channel, numbered and their payloads kept by the
     /// caller's framing loop ([`ReliableRun::number`]) while the run's windows take them
     /// without a check per message (as [`Session::number_next`] numbers them within what
-    /// the run learnt of the windows), as sent at `now`; `None` if `run` is not reliable.
-    /// The session is borrowed until the `ReliableRun` is dropped, which brings it up to
-    /// date (do not `mem::forget` it: the session would lose its copies' buffer).
+    /// the run learnt of the windows), as sent at `now`; one that takes nothing if `run` is
+    /// not reliable. The session is borrowed until the `ReliableRun` is dropped, which
+    /// brings it up to date (do not `mem::forget` it: the session would lose its copies'
+    /// buffer).
     #[inline]
-    pub fn reliable_run<'a>(
-        &'a mut self,
-        run: &'a mut DirectRun,
-        now: Instant,
-    ) -> Option<ReliableRun<'a>> {
-        if !run.reliable {
-            return None;
-        }
+    pub fn reliable_run<'a>(&'a mut self, run: &'a mut DirectRun, now: Instant) -> ReliableRun<'a> {
         let head = *run;
-        Some(ReliableRun {
+        ReliableRun {
             head,
-            keep: self.outbox.keep_run(head.channel, &mut run.quiet, now),
-        })
+            keep: self
+                .outbox
+                .keep_run(head.channel, head.reliable, &mut run.quiet, now),
+        }
     }
 
     /// A message framed now would be the next frame out: established, and no control frame
@@ -2381,9 +2377,7 @@ impl Session {
         }
         let fresh = self.rx_rel.arrive(seq, now)? == Arrival::New;
         self.rx_rel.note_request(frame_flags);
-        if self.rx_rel.ack_now(now) {
-            self.queue_ack();
-        }
+        self.ack_if_due(now);
         Ok(fresh)
     }
 
@@ -2396,6 +2390,12 @@ impl Session {
         }
         self.input_timers = true;
         self.rx_rel.arrive_in_order(run, now);
+        self.ack_if_due(now);
+    }
+
+    /// Queues an ACK frame if one is due now (by count, asked for, or its delay passed).
+    #[inline]
+    fn ack_if_due(&mut self, now: Instant) {
         if self.rx_rel.ack_now(now) {
             self.queue_ack();
         }

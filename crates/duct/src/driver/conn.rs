@@ -1604,20 +1604,18 @@ impl Conn {
                     let (msgs_in, bytes_in) = if r.reliable() {
                         // Numbered, and their copies kept, by the run (the session learns of
                         // them once, when it is dropped).
-                        match g.session.reliable_run(r, now) {
-                            Some(mut rel) => self.frame_run(msgs, channel, &mut held, |p| {
-                                let len = p.len();
-                                if !inline.takes(len) {
-                                    return false;
-                                }
-                                let Some(seq) = rel.number(p.as_slice()) else {
-                                    return false;
-                                };
-                                inline.encode(p.as_slice(), |h| rel.write_header(len, seq, h));
-                                true
-                            }),
-                            None => (0, 0), // (not reached: the run is reliable)
-                        }
+                        let mut rel = g.session.reliable_run(r, now);
+                        self.frame_run(msgs, channel, &mut held, |p| {
+                            let len = p.len();
+                            if !inline.takes(len) {
+                                return false;
+                            }
+                            let Some(seq) = rel.number(p.as_slice()) else {
+                                return false;
+                            };
+                            inline.encode(p.as_slice(), |h| rel.write_header(len, seq, h));
+                            true
+                        })
                     } else {
                         self.frame_run(msgs, channel, &mut held, |p| {
                             let len = p.len();
