@@ -48,9 +48,10 @@ pub enum Command {
     /// shm (Linux): duct listens on shm://duct-bench-<pid>-<n>. The raw baseline is one
     /// single-producer single-consumer ring per direction in a sealed memfd segment passed
     /// over a Unix socket (duct-sys's ring, pool and futex wait, no duct protocol): payloads
-    /// copied into and out of pool slots, a waiting end spinning 20 µs (duct's default spin)
-    /// before it parks on a futex, wake-ups after each message in ping-pong and once per
-    /// batch in stream. --spin: both systems spin and never park.
+    /// up to 256 bytes copied into and out of the ring after their descriptors (as duct sends
+    /// them), larger ones into and out of pool slots, a waiting end spinning 20 µs (duct's
+    /// default spin) before it parks on a futex, wake-ups after each message in ping-pong and
+    /// once per batch in stream. --spin: both systems spin and never park.
     Bench(BenchArgs),
 
     /// Listen on ADDR and print each message received as a line on stdout.

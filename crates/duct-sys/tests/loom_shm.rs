@@ -7,7 +7,7 @@
 #![cfg(loom)]
 
 use duct_sys::shm::pool::{Class, PoolMem, PoolRx, PoolTx};
-use duct_sys::shm::ring::{Desc, RingMem, NO_SLOT};
+use duct_sys::shm::ring::{Desc, RingMem, INLINE, NO_SLOT};
 use duct_sys::shm::wait;
 
 /// The consumer's side of the wait protocol: announces that it parks, looks at the ring
@@ -107,6 +107,50 @@ fn runs_published_and_released_at_once_deliver_in_order() {
             c.release();
             if took == 0 {
                 loom::thread::yield_now();
+            }
+        }
+        t.join().unwrap();
+    });
+}
+
+/// Payloads in the ring itself: three records of a descriptor and a 40-byte payload (three
+/// places each) through a ring of four places, so each waits for the places of the one
+/// before and the second wraps. The payload is seen whole with its descriptor (one
+/// publication covers both) and is never overwritten before the consumer copied it (its
+/// places go back only then).
+#[test]
+fn inline_payloads_arrive_whole_through_wraparound() {
+    fn payload(i: u8) -> [u8; 40] {
+        std::array::from_fn(|k| i.wrapping_mul(17).wrapping_add(k as u8))
+    }
+    loom::model(|| {
+        let mem = RingMem::heap(4);
+        let mut p = mem.producer();
+        let mut c = mem.consumer();
+        let t = loom::thread::spawn(move || {
+            let mut i = 0u8;
+            while i < 3 {
+                if p.write_inline(&[i; 24], &payload(i)).unwrap() {
+                    p.publish();
+                    i += 1;
+                } else {
+                    loom::thread::yield_now();
+                }
+            }
+        });
+        let mut next = 0u8;
+        let mut out = bytes::BytesMut::new();
+        while next < 3 {
+            match c.take().unwrap() {
+                Some(d) => {
+                    assert_eq!((d.header, d.slot, d.len), ([next; 24], INLINE, 40));
+                    out.clear();
+                    c.take_inline(&d, &mut out).unwrap();
+                    c.release();
+                    assert_eq!(&out[..], &payload(next)[..]);
+                    next += 1;
+                }
+                None => loom::thread::yield_now(),
             }
         }
         t.join().unwrap();

@@ -1608,8 +1608,9 @@ pub struct PipeStats {
     /// or with heartbeats off). A side only PINGs after hearing nothing for an interval, so
     /// one whose peer PINGs first may measure none and stay `None`.
     pub rtt: Option<Duration>,
-    /// `shm://`: message frames whose payload was copied into the shared pool on the way out
-    /// (every frame of an ordinary message; not those sent from
+    /// `shm://`: message frames whose payload was copied into shared memory on the way out
+    /// (every frame of an ordinary message: a payload of up to 256 bytes into the ring after
+    /// its descriptor, a larger one into a pool slot; not those sent from
     /// [`Pipe::alloc`](crate::Pipe::alloc)). 0 on other transports.
     pub payload_frames_copied: u64,
     /// `shm://`: the bytes of those copies.

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use duct::{DialOptions, ErrorKind, Message, RecvOptions};
 use duct_proto::{Config, Role, Session, State};
 use duct_sys::shm::pool::{Class, PoolRx, PoolTx};
-use duct_sys::shm::ring::{Consumer, Desc, Producer, NO_SLOT};
+use duct_sys::shm::ring::{Consumer, Desc, Producer, INLINE, INLINE_MAX, NO_SLOT};
 use duct_sys::shm::segment::{Params, Segment};
 
 mod common;
@@ -126,12 +126,17 @@ impl RawShm {
     }
 
     fn pump(&mut self) {
-        while let Some(d) = self.rx.pop().unwrap() {
+        while let Some(d) = self.rx.take().unwrap() {
             let payload = if d.slot == NO_SLOT {
                 Bytes::new()
+            } else if d.slot == INLINE {
+                let mut b = BytesMut::new();
+                self.rx.take_inline(&d, &mut b).unwrap();
+                b.freeze()
             } else {
                 Bytes::from_owner(self.rx_pool.take(d.slot, d.len).unwrap())
             };
+            self.rx.release();
             self.session
                 .handle_raw_frame(&d.header, payload, Instant::now())
                 .unwrap();
@@ -155,6 +160,13 @@ impl RawShm {
     /// Publishes `desc` as it is (no checks: that is the point).
     fn inject(&mut self, desc: Desc) {
         assert!(self.tx.push(desc).unwrap());
+        self.bell();
+    }
+
+    /// Publishes `header` with `payload` in the ring after it, as it is.
+    fn inject_inline(&mut self, header: [u8; 24], payload: &[u8]) {
+        assert!(self.tx.write_inline(&header, payload).unwrap());
+        self.tx.publish();
         self.bell();
     }
 }
@@ -237,6 +249,32 @@ fn garbage_descriptors_end_the_pipe_with_protocol() {
                 len: 0,
             },
         ),
+        (
+            "a payload in the ring longer than the ring carries",
+            Desc {
+                header: data_header(INLINE_MAX as u32 + 1),
+                slot: INLINE,
+                len: INLINE_MAX as u32 + 1,
+            },
+        ),
+        (
+            // (Published alone: the places after it were never written.)
+            "a payload in the ring that was not published",
+            Desc {
+                header: data_header(64),
+                slot: INLINE,
+                len: 64,
+            },
+        ),
+        (
+            // (Not the ring's own number: a pool slot, and the pool has far fewer.)
+            "a slot number just below the ring's own",
+            Desc {
+                header: data_header(4),
+                slot: INLINE - 1,
+                len: 4,
+            },
+        ),
     ];
     drop((pipe, raw));
     for (what, desc) in cases {
@@ -248,6 +286,32 @@ fn garbage_descriptors_end_the_pipe_with_protocol() {
         assert_eq!(e.kind(), ErrorKind::Protocol, "{what}: {e}");
         println!("{what}: {e}");
     }
+    // Payloads in the ring whose header disagrees with them.
+    for (what, header, payload) in [
+        (
+            "a ring payload shorter than its header says",
+            data_header(65),
+            &[7u8; 64][..],
+        ),
+        (
+            "a ring payload longer than its header says",
+            data_header(1),
+            &[7u8; 2][..],
+        ),
+    ] {
+        let (pipe, mut raw) = connect(&l);
+        raw.inject_inline(header, payload);
+        let e = pipe
+            .recv_with(&RecvOptions::default().timeout(T))
+            .expect_err(what);
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{what}: {e}");
+        println!("{what}: {e}");
+    }
+    // A well-formed one goes through (the raw peer speaks the ring's format).
+    let (pipe, mut raw) = connect(&l);
+    raw.inject_inline(data_header(5), b"hello");
+    let m = pipe.recv_with(&RecvOptions::default().timeout(T)).unwrap();
+    assert_eq!(m.payload(), b"hello");
 }
 
 #[test]

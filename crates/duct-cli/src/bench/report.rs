@@ -1105,7 +1105,8 @@ fn shm_note(config: &RunConfig) -> String {
     };
     format!(
         "shm: {wait}. raw: one single-producer single-consumer ring per direction in a shared \
-         memfd segment, payloads copied into and out of pool slots, wake-ups batched in stream."
+         memfd segment, payloads up to 256 B copied into and out of the ring after their \
+         descriptors, larger ones into and out of pool slots, wake-ups batched in stream."
     )
 }
 

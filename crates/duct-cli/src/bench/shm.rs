@@ -14,13 +14,18 @@
 //!   takes it with `recv_fd` and maps it with `Segment::open`. The socket then only serves
 //!   to notice that the other process is gone (end of stream).
 //! - *Rings.* Direction 0 carries the peer's messages, direction 1 the measuring end's. A
-//!   message is a payload copied into a pool slot (`PoolTx::alloc`, `TxSlot::fill`,
-//!   `TxSlot::send`) and a descriptor pushed on the ring (`Producer::push`; its 24 header
-//!   bytes stay zero: no protocol). The receiver pops the descriptor, checks that its length
-//!   is the run's size, takes the slot (`PoolRx::take`, which checks slot and length), copies
-//!   the payload out into its buffer and frees the slot (drops the `RxSlot`) at once. An echo
-//!   copies the received slot straight into a new slot of the other direction. Nothing
-//!   allocates per message.
+//!   message of up to [`INLINE_MAX`] bytes (256) is a descriptor with its payload copied
+//!   into the ring's places after it (`Producer::write_inline`, then `publish`; the 24
+//!   header bytes stay zero: no protocol), as duct sends small payloads; the receiver takes
+//!   the descriptor, checks that its length is the run's size, copies the payload out into
+//!   its buffer (`Consumer::take_inline`, which checks the length and that the places were
+//!   published) and gives the places back. A larger message is a payload copied into a
+//!   pool slot (`PoolTx::alloc`, `TxSlot::fill`, `TxSlot::send`) and a descriptor pushed on
+//!   the ring (`Producer::push`); the receiver pops the descriptor, checks its length,
+//!   takes the slot (`PoolRx::take`, which checks slot and length), copies the payload out
+//!   into its buffer and frees the slot (drops the `RxSlot`) at once. An echo copies the
+//!   received payload straight into the other direction's ring or a new slot of its pool.
+//!   Nothing allocates per message.
 //! - *Waiting* (`duct_sys::shm::wait`). A receiver that finds its ring empty, or a sender
 //!   that finds the ring full or no free slot, spins for [`SHM_SPIN_BEFORE_PARK`] (checking
 //!   every 64 `spin_loop` hints), then announces itself on its wait word (`prepare`, mode
@@ -44,7 +49,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duct_sys::shm::pool::{Class, PoolRx, PoolTx, TxSlot};
-use duct_sys::shm::ring::{Consumer, Corrupt, Desc, Producer, RingMem, HEADER_LEN};
+use duct_sys::shm::ring::{
+    inline_places, Consumer, Corrupt, Desc, Producer, RingMem, HEADER_LEN, INLINE, INLINE_MAX,
+};
 use duct_sys::shm::segment::{Params, Segment};
 use duct_sys::shm::wait;
 
@@ -286,6 +293,11 @@ pub struct RawShmConn {
     last_payload: Vec<u8>,
     /// Where received payloads are copied out to.
     frame: Vec<u8>,
+    /// Payloads go in the ring, after their descriptors, not in pool slots (up to
+    /// [`INLINE_MAX`] bytes, as duct sends them).
+    inline: bool,
+    /// Where received payloads in the ring are copied out to.
+    inbuf: bytes::BytesMut,
     /// Messages pushed since the receiver was last notified.
     unnotified: bool,
     /// Most messages one `recv_some` takes ([`RawShmRun::batch`], at most the ring's
@@ -332,6 +344,8 @@ impl RawShmConn {
             payload,
             last_payload,
             frame: vec![0u8; size],
+            inline: size <= INLINE_MAX,
+            inbuf: bytes::BytesMut::with_capacity(size),
             unnotified: false,
             max_take,
         })
@@ -358,16 +372,7 @@ impl RawShmConn {
     /// Room in the ring and a free slot, waiting for them if need be (after telling the
     /// receiver about what is published, which it may need to make room).
     fn slot(&mut self) -> Result<TxSlot> {
-        if !self.producer.has_room().map_err(corrupt)? {
-            self.notify_receiver();
-            let producer = &mut self.producer;
-            wait_until(
-                &self.ctl,
-                self.tx_ring.ctl().producer_word(),
-                self.spin,
-                || producer.has_room().map_err(corrupt),
-            )?;
-        }
+        self.room(1)?;
         if let Some(slot) = self.tx_pool.alloc(self.size) {
             return Ok(slot);
         }
@@ -384,6 +389,38 @@ impl RawShmConn {
             },
         )?;
         Ok(got.expect("ready once a slot was taken"))
+    }
+
+    /// `places` free places in the ring, waiting for them if need be (after telling the
+    /// receiver about what is published, which it may need to make room).
+    fn room(&mut self, places: u64) -> Result<()> {
+        if !self.producer.has_room_for(places).map_err(corrupt)? {
+            self.notify_receiver();
+            let producer = &mut self.producer;
+            wait_until(
+                &self.ctl,
+                self.tx_ring.ctl().producer_word(),
+                self.spin,
+                || producer.has_room_for(places).map_err(corrupt),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes `payload` into the ring after its descriptor, waiting for room if need be.
+    #[inline]
+    fn push_inline(&mut self, payload: &[u8]) -> Result<()> {
+        self.room(1 + inline_places(payload.len()))?;
+        if !self
+            .producer
+            .write_inline(&[0; HEADER_LEN], payload)
+            .map_err(corrupt)?
+        {
+            bail!("raw shm: the ring was full after room was found");
+        }
+        self.producer.publish();
+        self.unnotified = true;
+        Ok(())
     }
 
     /// Publishes a filled slot (the ring has room: [`RawShmConn::slot`] checked).
@@ -406,6 +443,20 @@ impl RawShmConn {
     }
 
     fn send(&mut self, last: bool) -> Result<()> {
+        if self.inline {
+            let payload = std::mem::take(if last {
+                &mut self.last_payload
+            } else {
+                &mut self.payload
+            });
+            let pushed = self.push_inline(&payload);
+            *(if last {
+                &mut self.last_payload
+            } else {
+                &mut self.payload
+            }) = payload;
+            return pushed;
+        }
         let mut slot = self.slot()?;
         slot.fill(if last {
             &self.last_payload
@@ -430,9 +481,13 @@ impl RawShmConn {
     /// length.
     #[inline]
     fn pop(&mut self) -> Result<Option<Desc>> {
-        let Some(d) = self.consumer.pop().map_err(corrupt)? else {
+        let Some(d) = self.consumer.take().map_err(corrupt)? else {
             return Ok(None);
         };
+        if d.slot != INLINE {
+            // (A payload in the ring is copied out before its places go back.)
+            self.consumer.release();
+        }
         if d.len as usize != self.size {
             bail!(
                 "raw shm: protocol error: message of {} bytes, expected {}",
@@ -446,10 +501,28 @@ impl RawShmConn {
     /// Copies the payload of `d` out and frees its slot; returns its last-message flag.
     #[inline]
     fn copy_out(&mut self, d: Desc) -> Result<bool> {
+        if d.slot == INLINE {
+            self.take_inline(d)?;
+            return Ok(self.inbuf[0] == FLAG_LAST);
+        }
         let slot = self.rx_pool.take(d.slot, d.len).map_err(corrupt)?;
         self.frame.copy_from_slice(&slot);
         drop(slot);
         Ok(self.frame[0] == FLAG_LAST)
+    }
+}
+
+impl RawShmConn {
+    /// Copies the payload of `d`, in the ring after it, out to `inbuf`, and gives their
+    /// places back.
+    #[inline]
+    fn take_inline(&mut self, d: Desc) -> Result<()> {
+        self.inbuf.clear();
+        self.consumer
+            .take_inline(&d, &mut self.inbuf)
+            .map_err(corrupt)?;
+        self.consumer.release();
+        Ok(())
     }
 }
 
@@ -471,6 +544,16 @@ impl MsgConn for RawShmConn {
     fn echo_one(&mut self) -> Result<bool> {
         self.wait_readable()?;
         let d = self.pop()?.expect("a descriptor is there");
+        if d.slot == INLINE {
+            self.take_inline(d)?;
+            let received = std::mem::take(&mut self.inbuf);
+            let pushed = self.push_inline(&received);
+            self.inbuf = received;
+            pushed?;
+            self.notify_receiver();
+            self.freed();
+            return Ok(self.inbuf[0] == FLAG_LAST);
+        }
         let mut out = self.slot()?;
         let received = self.rx_pool.take(d.slot, d.len).map_err(corrupt)?;
         let last = received[0] == FLAG_LAST;
@@ -607,6 +690,14 @@ mod tests {
     #[test]
     fn threads_spin() {
         pingpong_and_stream(64, true);
+    }
+
+    #[test]
+    fn payloads_in_the_ring_and_in_pool_slots() {
+        // The ring's largest, and the smallest and a common size that go in pool slots.
+        for size in [1, INLINE_MAX, INLINE_MAX + 1, 1000] {
+            pingpong_and_stream(size, false);
+        }
     }
 
     /// The peer's side in a process of its own: this test binary run again on

@@ -358,6 +358,14 @@ impl PoolTx {
         None
     }
 
+    /// Whether `payload` lies in this pool's memory (a [`Loan`]'s payload, or a slice of
+    /// one): one comparison, for a sender choosing how to send it.
+    #[inline]
+    pub fn contains(&self, payload: &[u8]) -> bool {
+        let ptr = payload.as_ptr() as usize;
+        ptr.wrapping_sub(self.mem.data.as_ptr() as usize) < self.mem.data_len
+    }
+
     /// If `payload` is exactly the payload of a [`Loan`] of this pool not claimed before,
     /// claims its slot for sending: returns the slot and length to put in the descriptor, and
     /// the loan, when dropped, leaves the slot to the peer instead of freeing it. `None`: copy

@@ -25,6 +25,22 @@ pub const HEADER_LEN: usize = 24;
 /// `Desc::slot` of a frame without a payload.
 pub const NO_SLOT: u32 = u32::MAX;
 
+/// `Desc::slot` of a frame whose payload (`Desc::len` bytes, 1 to [`INLINE_MAX`]) follows
+/// the descriptor in the ring itself: in the next [`inline_places`]`(len)` places, 32 bytes
+/// each, published and given back with it. A small payload costs no pool slot: no slot state
+/// to claim and free, no slot's cache lines to move between the two sides; the bytes ride on
+/// the lines the descriptor moves on anyway.
+pub const INLINE: u32 = u32::MAX - 1;
+
+/// The largest payload carried in the ring ([`INLINE`]): eight places after its descriptor.
+pub const INLINE_MAX: usize = 256;
+
+/// Places in the ring an inline payload of `len` bytes takes after its descriptor.
+#[inline]
+pub const fn inline_places(len: usize) -> u64 {
+    len.div_ceil(DESC_LEN) as u64
+}
+
 /// One frame in a ring: its header, and where its payload is. (Aligned to 8 so that it
 /// moves in and out of the ring as four 8-byte words, not byte by byte.)
 #[repr(C, align(8))]
@@ -76,6 +92,16 @@ impl Desc {
             len: u32::from_ne_bytes(last[4..].try_into().expect("4 bytes")),
         }
     }
+}
+
+/// 32 payload bytes as the words they are stored in the ring as (in memory order).
+#[inline]
+fn words_of(chunk: &[u8]) -> DescWords {
+    let mut w = [0u64; 4];
+    for (word, bytes) in w.iter_mut().zip(chunk.chunks_exact(8)) {
+        *word = u64::from_ne_bytes(bytes.try_into().expect("8 bytes"));
+    }
+    w
 }
 
 /// The shared control block of a ring: the two counters and the two sides' wait words, each on
@@ -319,6 +345,52 @@ impl Producer {
         Ok(true)
     }
 
+    /// Appends a descriptor with `header` whose payload is `payload` itself, copied into the
+    /// places after it ([`INLINE`]), without publishing them (as [`Producer::write`]).
+    /// `Ok(false)` when the ring has not that many places free. A payload longer than
+    /// [`INLINE_MAX`] is the caller's mistake: it is refused with `Ok(false)` (debug builds
+    /// assert), never written.
+    #[inline]
+    pub fn write_inline(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        payload: &[u8],
+    ) -> Result<bool, Corrupt> {
+        let len = payload.len();
+        debug_assert!(len <= INLINE_MAX, "an inline payload of {len} bytes");
+        if len > INLINE_MAX || !self.has_room_for(1 + inline_places(len))? {
+            return Ok(false);
+        }
+        let desc = Desc {
+            header: *header,
+            slot: INLINE,
+            len: len as u32,
+        };
+        let mut at = self.head;
+        let mut put = |words: DescWords| {
+            self.mem.slot(at).0.with_mut(|p| {
+                // SAFETY: as in `write`: the places from `head` on, as many as
+                // `has_room_for` counted, are ours until we publish them; the write is
+                // volatile, by value, of plain words.
+                unsafe { std::ptr::write_volatile(p.cast::<DescWords>(), words) }
+            });
+            at += 1;
+        };
+        put(desc.to_words());
+        let mut chunks = payload.chunks_exact(DESC_LEN);
+        for chunk in &mut chunks {
+            put(words_of(chunk));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; DESC_LEN];
+            last[..rest.len()].copy_from_slice(rest);
+            put(words_of(&last));
+        }
+        self.head = at;
+        Ok(true)
+    }
+
     /// Publishes the descriptors written since the last publication (a `Release` store of
     /// the head: their contents, and whatever was written before, are visible to a consumer
     /// that sees it). Nothing when there are none.
@@ -334,8 +406,16 @@ impl Producer {
     /// the ring is full.
     #[inline]
     pub fn has_room(&mut self) -> Result<bool, Corrupt> {
+        self.has_room_for(1)
+    }
+
+    /// Whether `places` more places are free (a descriptor and its inline payload take
+    /// `1 + inline_places(len)`), reading the consumer's tail if the cached one says they
+    /// are not.
+    #[inline]
+    pub fn has_room_for(&mut self, places: u64) -> Result<bool, Corrupt> {
         let cap = self.mem.capacity;
-        if self.head - self.tail_cache < cap {
+        if self.head - self.tail_cache + places <= cap {
             return Ok(true);
         }
         let tail = self.mem.ctl().tail.load(Ordering::Acquire);
@@ -344,7 +424,7 @@ impl Producer {
             return Err(Corrupt("the consumer's index is ahead of the producer's"));
         }
         self.tail_cache = tail;
-        Ok(used < cap)
+        Ok(used + places <= cap)
     }
 
     /// Descriptors published and not yet consumed, as far as this side knows now.
@@ -412,6 +492,47 @@ impl Consumer {
         Ok(Some(desc))
     }
 
+    /// Copies the payload of `desc`, a descriptor just [`take`](Consumer::take)n whose slot is
+    /// [`INLINE`], out of the places after it, to the end of `out`, and takes those places
+    /// (given back at the next [`Consumer::release`], with the descriptor's). Call it before
+    /// the next `take`, which would otherwise read the payload as descriptors. A length over
+    /// [`INLINE_MAX`], or a payload that runs past what the producer published (it publishes
+    /// a descriptor and its payload with one store), is [`Corrupt`]: nothing is copied then.
+    #[inline]
+    pub fn take_inline(&mut self, desc: &Desc, out: &mut bytes::BytesMut) -> Result<(), Corrupt> {
+        let len = desc.len as usize;
+        if desc.slot != INLINE || len > INLINE_MAX {
+            return Err(Corrupt("an inline payload longer than the ring carries"));
+        }
+        let places = inline_places(len);
+        if self.head_cache.wrapping_sub(self.tail) < places {
+            self.refresh()?;
+            if self.head_cache.wrapping_sub(self.tail) < places {
+                return Err(Corrupt(
+                    "an inline payload runs past what the producer published",
+                ));
+            }
+        }
+        let start = out.len();
+        out.resize(start + len, 0);
+        let dst = &mut out[start..];
+        for (k, chunk) in dst.chunks_mut(DESC_LEN).enumerate() {
+            let words = self.mem.slot(self.tail + k as u64).0.with(|p| {
+                // SAFETY: as in `take`: the producer published these places (head_cache
+                // covers them, read with Acquire) and does not rewrite them before we give
+                // them back; the read is volatile and by value, and any bits are valid words.
+                unsafe { std::ptr::read_volatile(p.cast::<DescWords>()) }
+            });
+            let mut bytes = [0u8; DESC_LEN];
+            for (b, w) in bytes.chunks_exact_mut(8).zip(words) {
+                b.copy_from_slice(&w.to_ne_bytes());
+            }
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        self.tail += places;
+        Ok(())
+    }
+
     /// Gives the places of the descriptors taken since the last release back to the producer
     /// (a `Release` store of the tail, after the descriptors were read). Nothing when there
     /// are none.
@@ -423,9 +544,11 @@ impl Consumer {
         }
     }
 
-    /// Descriptors published and not yet taken. Reads the producer's head only when the
-    /// cached one shows none: that many [`Consumer::pop`]s then succeed without reading it
-    /// again (one look at the shared counter per batch).
+    /// Places published and not yet taken: descriptors, and the inline payloads
+    /// ([`INLINE`]) after some of them, so at least one descriptor if not 0, and at most
+    /// this many. Reads the producer's head only when the cached one shows none: the
+    /// descriptors among them are then taken without reading it again (one look at the
+    /// shared counter per batch).
     #[inline]
     pub fn available(&mut self) -> Result<u64, Corrupt> {
         if self.tail == self.head_cache && !self.refresh()? {
@@ -637,6 +760,173 @@ mod tests {
                     next += 1;
                 }
                 None => std::hint::spin_loop(),
+            }
+        }
+        t.join().unwrap();
+    }
+
+    /// Payload `i` of the inline tests: `len` bytes that differ with `i` and position.
+    fn payload(i: u32, len: usize) -> Vec<u8> {
+        (0..len).map(|k| (i as usize * 31 + k * 7) as u8).collect()
+    }
+
+    fn inline_header(i: u32) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[..4].copy_from_slice(&i.to_le_bytes());
+        h[23] = 0xA5;
+        h
+    }
+
+    /// Takes a descriptor and, if inline, its payload.
+    fn take_any(c: &mut Consumer) -> Option<(Desc, Vec<u8>)> {
+        let d = c.take().unwrap()?;
+        let mut out = bytes::BytesMut::new();
+        if d.slot == INLINE {
+            c.take_inline(&d, &mut out).unwrap();
+        }
+        Some((d, out.to_vec()))
+    }
+
+    #[test]
+    fn inline_payloads_of_every_length_go_through_whole_and_wrap() {
+        // 16 places: a 256-byte payload and its descriptor take 9, so most records wrap.
+        let mem = RingMem::heap(16);
+        let mut p = mem.producer();
+        let mut c = mem.consumer();
+        // (Miri: every 15th length, the last too; it is slow.)
+        let step = if cfg!(miri) { 15 } else { 1 };
+        for len in (0..=INLINE_MAX).step_by(step).chain([INLINE_MAX]) {
+            let i = len as u32;
+            let bytes = payload(i, len);
+            assert!(p.write_inline(&inline_header(i), &bytes).unwrap());
+            // A plain descriptor after it: the payload's places end where they should.
+            assert!(p.write(desc(i)).unwrap());
+            // Not seen before it is published.
+            assert!(c.take().unwrap().is_none());
+            p.publish();
+            assert_eq!(c.available().unwrap(), 2 + inline_places(len));
+            let (d, got) = take_any(&mut c).expect("published");
+            assert_eq!(d.header, inline_header(i));
+            assert_eq!((d.slot, d.len), (INLINE, len as u32));
+            assert_eq!(got, bytes, "payload of {len} bytes");
+            assert_eq!(take_any(&mut c).expect("published"), (desc(i), Vec::new()));
+            assert!(c.take().unwrap().is_none());
+            c.release();
+        }
+    }
+
+    #[test]
+    fn an_inline_record_waits_for_room_for_all_its_places() {
+        let mem = RingMem::heap(8);
+        let mut p = mem.producer();
+        let mut c = mem.consumer();
+        // 3 places used: 5 left; 160 bytes need 1 + 5.
+        for i in 0..3 {
+            assert!(p.push(desc(i)).unwrap());
+        }
+        assert!(!p.has_room_for(6).unwrap());
+        assert!(!p.write_inline(&inline_header(9), &payload(9, 160)).unwrap());
+        assert!(p.write_inline(&inline_header(9), &payload(9, 128)).unwrap());
+        assert!(!p.has_room().unwrap(), "the ring is full");
+        p.publish();
+        // Room comes back as places are released.
+        assert_eq!(c.pop().unwrap(), Some(desc(0)));
+        assert!(!p.write_inline(&inline_header(1), &payload(1, 32)).unwrap());
+        assert_eq!(c.pop().unwrap(), Some(desc(1)));
+        assert!(p.write_inline(&inline_header(1), &payload(1, 32)).unwrap());
+        p.publish();
+        assert_eq!(c.pop().unwrap(), Some(desc(2)));
+        let (d, got) = take_any(&mut c).unwrap();
+        assert_eq!((d.len, got), (128, payload(9, 128)));
+        let (d, got) = take_any(&mut c).unwrap();
+        assert_eq!((d.len, got), (32, payload(1, 32)));
+        c.release();
+        assert!(c.take().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_corrupt_inline_descriptor_is_an_error_not_a_wild_read() {
+        let mem = RingMem::heap(16);
+        let mut p = mem.producer();
+        let mut c = mem.consumer();
+        // Longer than the ring carries inline.
+        let long = Desc {
+            header: [1; HEADER_LEN],
+            slot: INLINE,
+            len: INLINE_MAX as u32 + 1,
+        };
+        assert!(p.push(long).unwrap());
+        let d = c.take().unwrap().unwrap();
+        let mut out = bytes::BytesMut::new();
+        assert!(c.take_inline(&d, &mut out).is_err());
+        assert!(out.is_empty(), "nothing copied");
+        // A payload its producer did not publish (a hostile one published the descriptor
+        // without the two places its 64 bytes take).
+        let short = Desc {
+            header: [2; HEADER_LEN],
+            slot: INLINE,
+            len: 64,
+        };
+        assert!(p.push(short).unwrap());
+        let d = c.take().unwrap().unwrap();
+        let err = c.take_inline(&d, &mut out).unwrap_err();
+        assert!(err.0.contains("past what the producer published"), "{err}");
+        assert!(out.is_empty(), "nothing copied");
+        // Not an inline descriptor.
+        assert!(c.take_inline(&desc(3), &mut out).is_err());
+    }
+
+    #[test]
+    fn threads_pass_inline_payloads_in_order() {
+        let mem = RingMem::heap(64);
+        let mut p = mem.producer();
+        let mut c = mem.consumer();
+        const N: u32 = if cfg!(miri) { 100 } else { 20_000 };
+        let len_of = |i: u32| (i as usize * 37) % (INLINE_MAX + 1);
+        let t = std::thread::spawn(move || {
+            let mut i = 0;
+            while i < N {
+                // Runs published at once, and plain descriptors among them.
+                let pushed = if i % 5 == 0 {
+                    p.write(desc(i)).unwrap()
+                } else {
+                    p.write_inline(&inline_header(i), &payload(i, len_of(i)))
+                        .unwrap()
+                };
+                if pushed {
+                    i += 1;
+                    if i % 3 == 0 {
+                        p.publish();
+                    }
+                } else {
+                    p.publish();
+                    std::hint::spin_loop();
+                }
+            }
+            p.publish();
+        });
+        let mut next = 0;
+        let mut out = bytes::BytesMut::new();
+        while next < N {
+            match c.take().unwrap() {
+                Some(d) if next % 5 == 0 => {
+                    assert_eq!(d, desc(next));
+                    next += 1;
+                }
+                Some(d) => {
+                    assert_eq!(d.header, inline_header(next));
+                    out.clear();
+                    c.take_inline(&d, &mut out).unwrap();
+                    assert_eq!(&out[..], &payload(next, len_of(next))[..]);
+                    next += 1;
+                }
+                None => {
+                    c.release();
+                    std::hint::spin_loop();
+                }
+            }
+            if next % 7 == 0 {
+                c.release();
             }
         }
         t.join().unwrap();

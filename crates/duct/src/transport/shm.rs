@@ -14,11 +14,15 @@
 //! tells each side at once that the other process is gone, however it died.
 //!
 //! **Frames.** Direction 0 carries the dialer's frames, direction 1 the listener's. A frame
-//! is a descriptor in the direction's ring (the 24-byte header, a pool slot and a length) and
-//! its payload in the slot. The receiver checks every descriptor (slot in range, length within
-//! the slot and equal to the header's), hands the session the payload as a `Bytes` view of
-//! the slot (no copy), and the slot is freed when the application drops the last view.
-//! Sending copies the payload into a slot once.
+//! is a descriptor in the direction's ring (the 24-byte header, where its payload is, and a
+//! length) and its payload: up to 256 bytes in the ring's places right after the descriptor
+//! (no pool slot to claim and free; the bytes move on the ring's cache lines), a larger one
+//! (or one written in place with `Pipe::alloc`) in a pool slot. The receiver checks every
+//! descriptor (slot in range, length within the slot or the ring's 256 bytes, and equal to
+//! the header's), copies a payload of up to 512 bytes out (its places or slot go back at
+//! once), and hands the session a larger one as a `Bytes` view of the slot (no copy), freed
+//! when the application drops the last view. Sending copies the payload into the ring or a
+//! slot once.
 //!
 //! **Wake-ups** (duct_sys::shm::wait). A receiver with nothing to read sets its wait word
 //! and, after checking the ring once more, either parks on the futex (a thread blocked in
@@ -41,7 +45,7 @@ use bytes::{Bytes, BytesMut};
 use duct_proto::wire::{FrameKind, HEADER_LEN};
 use duct_proto::Transmit;
 use duct_sys::shm::pool::{Class, PoolRx, PoolTx, TxSlot};
-use duct_sys::shm::ring::{Consumer, Desc, Producer, RingMem, NO_SLOT};
+use duct_sys::shm::ring::{Consumer, Desc, Producer, RingMem, INLINE, INLINE_MAX, NO_SLOT};
 use duct_sys::shm::segment::{Params, Segment};
 use duct_sys::shm::wait::{self, Wake};
 
@@ -253,9 +257,10 @@ pub(crate) struct RxSide {
     small: BytesMut,
     /// Chunks of `small` for reuse (no allocation in steady state).
     chunks: Chunks,
-    /// Descriptors taken from the ring whose payloads are still to be read (see
+    /// Descriptors taken from the ring whose payloads are still to be read from the pool,
+    /// with the places in the output of the frames waiting for them (see
     /// `ShmStream::pop_some`).
-    descs: Box<[Desc; TAKE_CHUNK]>,
+    descs: Box<[(usize, Desc); TAKE_CHUNK]>,
 }
 
 /// How long `alloc` waits for a slot it may lend before it settles for a heap buffer.
@@ -441,7 +446,7 @@ impl ShmStream {
                 consumer: rx.ring.consumer(),
                 small: BytesMut::new(),
                 chunks: Chunks::default(),
-                descs: Box::new([Desc::default(); TAKE_CHUNK]),
+                descs: Box::new([(0, Desc::default()); TAKE_CHUNK]),
             })),
             id,
             tx_pool: PoolTx::new(tx.pool),
@@ -697,7 +702,30 @@ impl ShmStream {
         }
         let word = self.tx_ring.ctl().producer_word();
         let mut prepared = false;
+        // A small payload rides in the ring after its descriptor (no pool slot to claim, fill
+        // and free: fewer cache lines between the two sides); one written in place in a pool
+        // slot (`Pipe::alloc`) keeps its slot and is not copied.
+        let inline = len > 0 && len <= INLINE_MAX && loan.is_none_or(|p| !pool.contains(p));
         loop {
+            if inline {
+                if tx.producer.write_inline(header, payload).map_err(corrupt)? {
+                    if prepared {
+                        wait::cancel(word);
+                    }
+                    if header[0] == FrameKind::Data as u8 {
+                        tx.copied_frames += 1;
+                        tx.copied_bytes += len as u64;
+                    }
+                    return Ok(true);
+                }
+                if prepared {
+                    return Ok(false);
+                }
+                tx.producer.publish();
+                wait::prepare(word, wait::SOCKET);
+                prepared = true;
+                continue;
+            }
             // Room in the ring (checked first: a slot handed over must get its descriptor),
             // then a slot for the payload.
             let room = tx.producer.has_room().map_err(corrupt)?;
@@ -812,22 +840,49 @@ impl ShmStream {
             // Descriptors first, a chunk at a time, and their places in the ring given back
             // with one store (the cache line goes back to the sender while the payloads are
             // read, not after: the wake-up below waits for it).
+            // A payload in the ring itself is copied out before its places go back; one in
+            // the pool is read after, into the frame left for it.
             let k = (want - n).min(TAKE_CHUNK);
             let mut taken = 0;
+            let mut later = 0;
             while taken < k {
                 let Some(d) = rx.consumer.take().map_err(corrupt)? else {
                     break;
                 };
-                rx.descs[taken] = d;
+                let payload = if d.slot == INLINE {
+                    let RxSide {
+                        consumer,
+                        small,
+                        chunks,
+                        ..
+                    } = &mut *rx;
+                    if small.capacity() - small.len() < d.len as usize {
+                        chunks.make_room(small, d.len as usize, SMALL_CHUNK);
+                    }
+                    consumer.take_inline(&d, small).map_err(corrupt)?;
+                    small.split().freeze()
+                } else {
+                    rx.descs[later] = (out.len(), d);
+                    later += 1;
+                    Bytes::new()
+                };
+                out.push_back(RawFrame {
+                    header: d.header,
+                    payload,
+                });
                 taken += 1;
             }
             rx.consumer.release();
-            for i in 0..taken {
-                let d = rx.descs[i];
-                out.push_back(RawFrame {
-                    header: d.header,
-                    payload: self.payload_of(rx, &d)?,
-                });
+            for i in 0..later {
+                let (at, d) = rx.descs[i];
+                match self.payload_of(rx, &d) {
+                    Ok(payload) => out[at].payload = payload,
+                    Err(e) => {
+                        // (No frame without its payload is left: the connection ends.)
+                        out.truncate(at);
+                        return Err(e);
+                    }
+                }
             }
             n += taken;
             if taken < k {

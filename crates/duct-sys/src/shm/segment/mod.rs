@@ -9,7 +9,7 @@
 //! HEADER_LEN    direction 0 (dialer → listener), then direction 1 (listener → dialer),
 //!               each DIR_ALIGN-aligned:
 //!                 RingCtl (256 bytes: head, tail, consumer and producer wait words)
-//!                 ring_slots descriptors of 32 bytes
+//!                 ring_slots places of 32 bytes (descriptors; small payloads after theirs)
 //!                 one u32 state per pool slot (rounded up to 64 bytes)
 //!                 the pool's slots, class by class (64-byte multiples)
 //! ```
@@ -31,7 +31,7 @@ use super::sync::AtomicU32;
 /// The first 8 bytes of a segment.
 pub const MAGIC: [u8; 8] = *b"DUCTSHM1";
 /// The layout version this code writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes reserved for the header.
 pub const HEADER_LEN: usize = 4096;
 /// Alignment of each direction's area.
@@ -493,9 +493,11 @@ mod tests {
         let mut h = layout.header();
         h[0] = b'X';
         assert!(Layout::from_header(&h).is_err(), "magic");
-        let mut h = layout.header();
-        h[8] = 2;
-        assert!(Layout::from_header(&h).unwrap_err().0.contains("version"));
+        for other in [1, VERSION + 1] {
+            let mut h = layout.header();
+            h[8..12].copy_from_slice(&other.to_le_bytes());
+            assert!(Layout::from_header(&h).unwrap_err().0.contains("version"));
+        }
         let mut h = layout.header();
         h[16] ^= 1;
         assert!(Layout::from_header(&h).is_err(), "total length");
