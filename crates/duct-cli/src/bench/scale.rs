@@ -96,7 +96,9 @@ pub const RECV_MAX: usize = 64;
 
 /// What duct's shm segment holds per direction, for the table (duct's `default_params` in
 /// crates/duct/src/transport/shm.rs; not settable through `ListenOptions`/`DialOptions`).
-pub const SHM_SEGMENT: &str = "per direction a ring of 4096 descriptors and a pool of \
+pub const SHM_SEGMENT: &str =
+    "per direction a ring of 4096 places of 32 B (a descriptor, or part of \
+     a payload of up to 256 B after its descriptor) and a pool of \
      4096 × 256 B, 512 × 4 KiB, 128 × 64 KiB and 8 × 1 MiB slots";
 
 /// How long the measuring end waits for the peer's report once it has received everything.

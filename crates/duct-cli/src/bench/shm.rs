@@ -74,7 +74,8 @@ pub const PARK_SLICE: Duration = Duration::from_millis(20);
 /// checks that the peer is still there.
 const SPIN_ROUNDS_PER_PEER_CHECK: u32 = 1 << 12;
 
-/// Most descriptors per ring.
+/// Most messages a ring holds (descriptors; a payload in the ring takes places of its own
+/// beside its descriptor's).
 const RING_SLOTS: usize = 1024;
 
 /// Most bytes of pool slots per direction (large payloads get fewer slots).
@@ -116,7 +117,10 @@ fn rendezvous(name: &str) -> io::Result<SocketAddr> {
 /// rounded up to 64 bytes; a ring of [`RING_SLOTS`] descriptors (fewer, a power of two, when
 /// [`POOL_BYTES`] holds fewer slots; at least 2) and two slots more than that in the pool
 /// (so that a free slot waits for every free descriptor while the receiver holds one), or as
-/// many as [`POOL_BYTES`] holds (at least 2; then the sender may wait for a slot).
+/// many as [`POOL_BYTES`] holds (at least 2; then the sender may wait for a slot). A payload
+/// of up to [`INLINE_MAX`] bytes goes in the ring: the ring then has room for
+/// [`RING_SLOTS`] of them with their descriptors (the next power of two of places), and the
+/// pool goes unused.
 pub fn params(size: usize) -> Result<Params> {
     let slot = size.max(1).div_ceil(64) * 64;
     let Ok(slot_u32) = u32::try_from(slot) else {
@@ -125,6 +129,11 @@ pub fn params(size: usize) -> Result<Params> {
     let fit = (POOL_BYTES / slot).max(2);
     let ring = prev_power_of_two(fit.min(RING_SLOTS));
     let count = (ring + 2).min(fit);
+    let ring = if size <= INLINE_MAX {
+        (ring * (1 + inline_places(size) as usize)).next_power_of_two()
+    } else {
+        ring
+    };
     Ok(Params {
         ring_slots: ring as u32,
         classes: vec![Class {
@@ -611,7 +620,10 @@ mod tests {
     #[test]
     fn params_fit_the_size() {
         let p = params(64).unwrap();
-        assert_eq!(p.ring_slots, 1024);
+        // 1024 messages of a descriptor and 64 bytes in the ring: 3072 places.
+        assert_eq!(p.ring_slots, 4096);
+        assert_eq!(params(INLINE_MAX).unwrap().ring_slots, 16384);
+        assert_eq!(params(INLINE_MAX + 1).unwrap().ring_slots, 1024);
         assert_eq!(
             p.classes,
             vec![Class {

@@ -168,8 +168,10 @@ pub(crate) fn bind_rendezvous(ep: &Endpoint, name: &str) -> Result<super::uds::U
 /// (how soon it notices a dead peer when nothing else wakes it).
 const PARK_SLICE: Duration = Duration::from_millis(20);
 
-/// The segment every connection gets, per direction: a ring of 4096 descriptors and a pool of
-/// 4096 × 256 B, 512 × 4 KiB, 128 × 64 KiB and 8 × 1 MiB slots (≈ 29 MiB of address space).
+/// The segment every connection gets, per direction: a ring of 4096 places of 32 bytes (a
+/// descriptor each, or part of a payload of up to 256 bytes after its descriptor: 1,365
+/// messages of 64 bytes) and a pool of 4096 × 256 B (payloads written in place with
+/// `Pipe::alloc`), 512 × 4 KiB, 128 × 64 KiB and 8 × 1 MiB slots (≈ 29 MiB of address space).
 /// Pages take memory once touched, and stay with the segment until the connection ends.
 /// The largest slot is the largest frame over shm (1 MiB).
 pub(crate) fn default_params() -> Params {
