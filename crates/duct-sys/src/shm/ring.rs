@@ -513,11 +513,10 @@ impl Consumer {
                 ));
             }
         }
-        let start = out.len();
-        out.resize(start + len, 0);
-        let dst = &mut out[start..];
-        for (k, chunk) in dst.chunks_mut(DESC_LEN).enumerate() {
-            let words = self.mem.slot(self.tail + k as u64).0.with(|p| {
+        out.reserve(len);
+        let mut left = len;
+        for k in 0..places {
+            let words = self.mem.slot(self.tail + k).0.with(|p| {
                 // SAFETY: as in `take`: the producer published these places (head_cache
                 // covers them, read with Acquire) and does not rewrite them before we give
                 // them back; the read is volatile and by value, and any bits are valid words.
@@ -527,7 +526,9 @@ impl Consumer {
             for (b, w) in bytes.chunks_exact_mut(8).zip(words) {
                 b.copy_from_slice(&w.to_ne_bytes());
             }
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
+            let n = left.min(DESC_LEN);
+            out.extend_from_slice(&bytes[..n]);
+            left -= n;
         }
         self.tail += places;
         Ok(())
