@@ -3,11 +3,13 @@
 //! (in heap memory, the same code as in a segment) with arbitrary descriptors, counters and
 //! slot states, while the consumer takes what it is given. Oracles: nothing panics; the
 //! consumer's checks refuse every descriptor that names no slot or a length beyond its slot;
-//! a view never reaches past its slot; a corrupt counter is reported, never followed.
+//! a view never reaches past its slot; a payload in the ring is copied out whole when its
+//! length is within the ring's bound and its places were published, refused otherwise, and
+//! an honest one arrives as written; a corrupt counter is reported, never followed.
 #![allow(dead_code)]
 
 use duct_sys::shm::pool::{Class, PoolMem, PoolRx, PoolTx};
-use duct_sys::shm::ring::{Desc, RingMem, NO_SLOT};
+use duct_sys::shm::ring::{inline_places, Desc, RingMem, INLINE, INLINE_MAX, NO_SLOT};
 
 const CLASSES: &[Class] = &[
     Class { size: 64, count: 8 },
@@ -34,7 +36,7 @@ pub fn shm_descriptors(mut data: &[u8]) {
     let mut held = Vec::new();
     let mut broken = false;
     while let Some([op]) = take::<1>(&mut data) {
-        match op % 6 {
+        match op % 8 {
             // A hostile descriptor: any slot, any length.
             0 => {
                 let Some(raw) = take::<8>(&mut data) else {
@@ -70,16 +72,50 @@ pub fn shm_descriptors(mut data: &[u8]) {
                 };
                 ring.ctl().overwrite_head(u64::from_le_bytes(raw));
             }
+            // An honest payload in the ring (its header's first byte 0xA1 marks it).
+            6 => {
+                let Some([len]) = take::<1>(&mut data) else {
+                    break;
+                };
+                let mut header = [0; 24];
+                header[0] = 0xA1;
+                let _ = producer.write_inline(&header, &vec![len; usize::from(len)]);
+                producer.publish();
+            }
             // The consumer takes one.
-            3 | 4 => match consumer.pop() {
-                Ok(Some(d)) if d.slot == NO_SLOT => {}
-                Ok(Some(d)) => match rx.take(d.slot, d.len) {
+            3 | 4 | 7 => match consumer.take() {
+                Ok(Some(d)) if d.slot == NO_SLOT => consumer.release(),
+                Ok(Some(d)) if d.slot == INLINE => {
+                    // (Read before `take_inline`, which may refresh it.)
+                    let after = consumer.available();
+                    let mut out = bytes::BytesMut::new();
+                    match consumer.take_inline(&d, &mut out) {
+                        Ok(()) => {
+                            assert!(d.len as usize <= INLINE_MAX);
+                            assert_eq!(out.len(), d.len as usize, "copied whole");
+                            if d.header[0] == 0xA1 {
+                                assert!(out.iter().all(|&b| b == d.len as u8), "as written");
+                            }
+                        }
+                        Err(_) => assert!(
+                            d.len as usize > INLINE_MAX
+                                || after.is_err()
+                                || after.is_ok_and(|n| n < inline_places(d.len as usize)),
+                            "a payload in the ring refused though published: {d:?}"
+                        ),
+                    }
+                    consumer.release();
+                }
+                Ok(Some(d)) => match {
+                    consumer.release();
+                    rx.take(d.slot, d.len)
+                } {
                     Ok(view) => {
                         assert!(view.len() <= max, "a view within its slot");
                         assert_eq!(view.len(), d.len as usize);
                         // Reading every byte must stay inside the pool.
                         let _sum: u32 = view.iter().map(|&b| u32::from(b)).sum();
-                        if op % 6 == 4 {
+                        if op % 8 == 4 {
                             held.push(view);
                         }
                     }
@@ -104,6 +140,10 @@ pub fn shm_descriptors(mut data: &[u8]) {
         // Whatever is left is taken or refused, never followed out of bounds.
         for _ in 0..16 {
             match consumer.pop() {
+                Ok(Some(d)) if d.slot == INLINE => {
+                    let _ = consumer.take_inline(&d, &mut bytes::BytesMut::new());
+                    consumer.release();
+                }
                 Ok(Some(d)) if d.slot != NO_SLOT => {
                     let _ = rx.take(d.slot, d.len);
                 }

@@ -33,6 +33,15 @@ fn hand_written_seeds() {
         &[2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 3],
         // Views held, the pool filled, everything dropped.
         &[1, 60, 4, 1, 60, 4, 1, 200, 4, 5, 1, 1, 3],
+        // Payloads in the ring: 64 bytes, taken; 200 (the ring's 8 places exactly), taken;
+        // 255 (9 places: never fits), nothing to take.
+        &[6, 64, 3, 6, 200, 3, 6, 255, 3],
+        // A hostile descriptor claiming 64 bytes in the ring that were never published.
+        &[0, 0xfe, 0xff, 0xff, 0xff, 64, 0, 0, 0, 3],
+        // ... claiming more than the ring carries.
+        &[0, 0xfe, 0xff, 0xff, 0xff, 0, 1, 0, 0, 3],
+        // A payload in the ring, then the head moved back over it before it is taken.
+        &[6, 64, 2, 1, 0, 0, 0, 0, 0, 0, 0, 3],
     ];
     for s in seeds {
         shm_common::shm_descriptors(s);

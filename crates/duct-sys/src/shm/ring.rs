@@ -234,12 +234,24 @@ impl RingMem {
         }
     }
 
-    /// A ring in ordinary heap memory (tests, loom, in-process use).
+    /// A ring in ordinary heap memory (tests, loom, in-process use), its places aligned to
+    /// cache lines as in a segment (so that a record covers the lines it would there).
     pub fn heap(capacity: u64) -> RingMem {
         assert!(capacity.is_power_of_two() && capacity >= 2, "capacity");
+        /// Two places: one cache line. (Under loom a place is larger, and lines would have
+        /// padding between them: there each line is one place, unaligned.)
+        #[cfg(not(loom))]
+        #[repr(C, align(64))]
+        struct Line([DescSlot; 2]);
+        #[cfg(not(loom))]
+        const _: () = assert!(std::mem::size_of::<Line>() == 2 * DESC_LEN);
+        #[cfg(loom)]
+        #[repr(C)]
+        struct Line([DescSlot; 1]);
+        let per_line = std::mem::size_of::<Line>() / std::mem::size_of::<DescSlot>();
         struct Heap {
             ctl: Box<RingCtl>,
-            slots: Box<[DescSlot]>,
+            slots: Box<[Line]>,
         }
         // SAFETY: the slots are only reached through the ring protocol (one producer writes a
         // slot before publishing it, one consumer reads it after), as in a shared mapping.
@@ -248,12 +260,15 @@ impl RingMem {
         unsafe impl Send for Heap {}
         let heap = Arc::new(Heap {
             ctl: Box::new(RingCtl::new()),
-            slots: (0..capacity).map(|_| DescSlot::new()).collect(),
+            slots: (0..capacity / per_line as u64)
+                .map(|_| Line(std::array::from_fn(|_| DescSlot::new())))
+                .collect(),
         });
         let ctl = NonNull::from(&*heap.ctl);
-        // (From the slice's pointer, so that it covers every slot.)
-        let slots =
-            NonNull::new(heap.slots.as_ptr().cast_mut()).expect("a boxed slice is not null");
+        // (From the slice's pointer, so that it covers every slot: `Line` is `repr(C)`, its
+        // places back to back, and the lines follow one another without padding.)
+        let slots = NonNull::new(heap.slots.as_ptr().cast_mut().cast::<DescSlot>())
+            .expect("a boxed slice is not null");
         // SAFETY: `heap` owns a control block and `capacity` slots, kept alive by the Arc we
         // hand over; nothing else uses them.
         unsafe { RingMem::from_raw(ctl, slots, capacity, heap) }
