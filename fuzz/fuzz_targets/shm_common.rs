@@ -106,26 +106,26 @@ pub fn shm_descriptors(mut data: &[u8]) {
                     }
                     consumer.release();
                 }
-                Ok(Some(d)) => match {
+                Ok(Some(d)) => {
                     consumer.release();
-                    rx.take(d.slot, d.len)
-                } {
-                    Ok(view) => {
-                        assert!(view.len() <= max, "a view within its slot");
-                        assert_eq!(view.len(), d.len as usize);
-                        // Reading every byte must stay inside the pool.
-                        let _sum: u32 = view.iter().map(|&b| u32::from(b)).sum();
-                        if op % 8 == 4 {
-                            held.push(view);
+                    match rx.take(d.slot, d.len) {
+                        Ok(view) => {
+                            assert!(view.len() <= max, "a view within its slot");
+                            assert_eq!(view.len(), d.len as usize);
+                            // Reading every byte must stay inside the pool.
+                            let _sum: u32 = view.iter().map(|&b| u32::from(b)).sum();
+                            if op % 8 == 4 {
+                                held.push(view);
+                            }
+                        }
+                        Err(_) => {
+                            assert!(
+                                d.slot >= pool.slots() || d.len as usize > max || d.len > 64,
+                                "a valid descriptor was refused: {d:?}"
+                            );
                         }
                     }
-                    Err(_) => {
-                        assert!(
-                            d.slot >= pool.slots() || d.len as usize > max || d.len > 64,
-                            "a valid descriptor was refused: {d:?}"
-                        );
-                    }
-                },
+                }
                 Ok(None) => {}
                 Err(_) => {
                     broken = true;
