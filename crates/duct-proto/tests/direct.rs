@@ -424,3 +424,85 @@ fn a_direct_run_frames_what_send_direct_frames_and_only_when_it_would() {
     l.close(1000, "bye", now);
     assert!(l.direct_run(1, None, None, now).is_none(), "closed");
 }
+
+/// A realtime message longer than a frame, whose first fragments a driver writes itself from
+/// a `DirectRun` (`write_fragment_header`) and whose rest it hands to `send_started`: the
+/// frames are byte for byte those the outbox makes of the same message sent the queued way,
+/// and the peer gets it whole; a message queued on its channel meanwhile comes after it.
+/// On a new connection the rest starts again from the first byte, as any message under way.
+#[test]
+fn a_message_fragmented_by_the_driver_and_finished_by_the_session_is_the_queued_ways() {
+    let now = Instant::now();
+    let (mut a, mut peer) = established(Config::default(), Config::default(), now);
+    let (mut b, _) = established(Config::default(), Config::default(), now);
+    let payload = Bytes::from(
+        (0..300_000u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect::<Vec<_>>(),
+    );
+    let total = payload.len();
+    let run = a.direct_run(4, None, None, now).expect("a direct run");
+    assert!(run.fragments(total) && !run.fits(total));
+    assert!(
+        !run.fragments(run.frame_max()),
+        "one frame is not fragments"
+    );
+    let step = run.frame_max();
+    // The queued way's frames of the same message.
+    b.send_message(4, payload.clone(), None, None, now).unwrap();
+    let queued = frames(&mut b);
+    assert_eq!(queued.len(), total.div_ceil(step));
+    // The first two fragments from the run; the rest from the session.
+    for (k, (qh, qp)) in queued.iter().take(2).enumerate() {
+        let mut h = [0; duct_proto::wire::HEADER_LEN];
+        run.write_fragment_header(total, k * step, step, &mut h);
+        assert_eq!(h, qh.encode(), "fragment {k}");
+        assert_eq!(&payload[k * step..(k + 1) * step], &qp[..]);
+        peer.handle_raw_frame(&h, payload.slice(k * step..(k + 1) * step), now)
+            .unwrap();
+    }
+    assert!(peer.poll_message().is_none(), "not whole yet");
+    // Queued on the channel after the message began: it goes after it.
+    a.send_message(4, Bytes::from_static(b"next"), None, None, now)
+        .unwrap();
+    a.send_started(4, payload.clone(), 2 * step, now);
+    let rest = frames(&mut a);
+    assert_eq!(rest.len(), queued.len() - 2 + 1);
+    for (k, ((h, p), (qh, qp))) in rest.iter().zip(&queued[2..]).enumerate() {
+        assert_eq!((h, p), (qh, qp), "fragment {}", k + 2);
+    }
+    assert_eq!(rest.last().unwrap().1, &b"next"[..]);
+    for (h, p) in rest {
+        peer.handle_frame(h, p, now).unwrap();
+    }
+    let m = peer.poll_message().expect("the large message");
+    assert_eq!((m.channel, &m.payload), (4, &payload));
+    assert_eq!(peer.poll_message().unwrap().payload, &b"next"[..]);
+    // Begun again on a new connection: the outbox rewinds it to its first byte.
+    a.send_started(4, payload.clone(), step, now);
+    let rewound = a.outbox_mut().rewind();
+    assert_eq!(rewound, vec![4]);
+    let again = frames(&mut a);
+    assert_eq!(again.len(), queued.len());
+    for ((h, p), (qh, qp)) in again.iter().zip(&queued) {
+        assert_eq!((h, p), (qh, qp));
+    }
+}
+
+/// A reliable run frames nothing itself in fragments: a long reliable message is numbered
+/// and kept whole by the session.
+#[test]
+fn a_reliable_run_leaves_fragments_to_the_session() {
+    let now = Instant::now();
+    let reliable = ChannelConfig {
+        reliable: true,
+        ..ChannelConfig::default()
+    };
+    let qos = QosConfig {
+        channels: [(2u16, reliable)].into_iter().collect(),
+        ..QosConfig::default()
+    };
+    let (mut a, _) = established(with_qos(qos.clone()), with_qos(qos), now);
+    let run = a.direct_run(2, None, None, now).expect("a direct run");
+    assert!(run.reliable() && !run.fragments(200_000));
+}

@@ -1718,6 +1718,79 @@ fn large_slices_arrive_intact_while_the_socket_fills(f: &Fixture) {
     }
 }
 
+/// Large slices that take several frames (64 KiB + 1 to about 1 MiB), with small messages on
+/// another channel between them, sent from one scratch buffer rewritten after every call
+/// while the reader stops now and then: on a byte stream the fragments of a large one are
+/// written straight from the caller's memory while the socket takes them whole, and the rest
+/// of the message is copied and framed by the session once it does not. Every message
+/// arrives intact and in order on its channel, wherever the socket filled.
+fn fragmented_slices_arrive_intact_while_the_socket_fills(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair_with(
+        f,
+        ListenOptions::default().channel(0, ChannelOptions::default().rcv_hwm_msgs(4)),
+        DialOptions::default().channel(0, ChannelOptions::default().snd_hwm_msgs(4)),
+    );
+    const N: u32 = 90;
+    // Every third message small, on channel 1; the others large, on channel 0.
+    let channel = |i: u32| u16::from(i % 3 == 2);
+    let payload = |i: u32| {
+        let len = if channel(i) == 1 {
+            12
+        } else {
+            64 * KIB + 1 + (i as usize * 7919 * 37) % (960 * KIB)
+        };
+        let mut p = i.to_be_bytes().to_vec();
+        p.extend(pattern(len, i));
+        p
+    };
+    let (got, sender_done_first) = thread::scope(|s| {
+        let sender = s.spawn(|| {
+            let mut scratch = Vec::new();
+            let mut i = 0;
+            while i < N {
+                // A run of one channel's messages per call.
+                let mut run = 1;
+                while i + run < N && run < 2 && channel(i + run) == channel(i) {
+                    run += 1;
+                }
+                let on = SendOptions::default().channel(channel(i)).timeout(T);
+                let ends = write_run(&mut scratch, (i..i + run).map(payload));
+                let sent = dialer.send_slices(run_slices(&scratch, &ends), &on);
+                assert_eq!(sent.unwrap(), run as usize);
+                // Nothing of the caller's memory may be used after the call.
+                scratch.fill(0xEE);
+                i += run;
+            }
+        });
+        // Let the sender fill the socket and the queue before reading.
+        thread::sleep(Duration::from_millis(300));
+        let sender_done_first = sender.is_finished();
+        // And stop now and then, so that the socket fills again.
+        let pause = (7, Duration::from_millis(20));
+        let got = receive_all(&accepted, N as usize, 4, Some(pause));
+        sender.join().unwrap();
+        (got, sender_done_first)
+    });
+    assert!(
+        !sender_done_first,
+        "the sender never had to wait: the socket and queue were not filled"
+    );
+    let mut next = [0u32, 2];
+    for (c, p) in &got {
+        let i = u32::from_be_bytes(p[..4].try_into().unwrap());
+        assert_eq!(channel(i), *c, "message {i} on channel {c}");
+        let k = *c as usize;
+        assert_eq!(i, next[k], "channel {c} out of order");
+        next[k] = (next[k] + 1..).find(|&j| channel(j) == *c).unwrap();
+        assert_payload(p, &payload(i), &format!("message {i}"));
+    }
+    assert_eq!(got.len(), N as usize);
+}
+
 macro_rules! transport_suite {
     ($module:ident, $kind:expr, [$($case:ident),* $(,)?]) => {
         mod $module {
@@ -1783,4 +1856,5 @@ conformance!([
     slices_and_views_round_trip,
     slices_wait_in_full_queues_intact,
     large_slices_arrive_intact_while_the_socket_fills,
+    fragmented_slices_arrive_intact_while_the_socket_fills,
 ]);

@@ -1353,6 +1353,27 @@ impl Outbox {
         rewound
     }
 
+    /// Puts a realtime message of which the first `offset` bytes went out (as fragments the
+    /// driver framed itself) at the front of `channel`'s queue, under way: the next frame of
+    /// the channel continues it from `offset` (see [`crate::Session::send_started`]).
+    pub fn push_started(&mut self, channel: u16, payload: Bytes, offset: usize, now: Instant) {
+        debug_assert!(offset > 0 && offset < payload.len(), "a message under way");
+        let len = payload.len();
+        let ch = self.chan(channel, now);
+        debug_assert!(
+            ch.queue.front().is_none_or(|p| p.offset == 0),
+            "one message under way per channel"
+        );
+        ch.queue.push_front(Pending {
+            payload,
+            offset,
+            deadline: None,
+            reliable: false,
+            seq: 0,
+        });
+        self.queued_again(channel, len);
+    }
+
     /// A message of `len` bytes was put back in `channel`'s queue: the counts, and the
     /// channel back in its ring if it had left it.
     fn queued_again(&mut self, channel: u16, len: usize) {

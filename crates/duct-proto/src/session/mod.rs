@@ -259,6 +259,10 @@ pub struct DirectRun {
     channel: u16,
     /// Longest payload that goes out as one frame within the message limits.
     max_len: usize,
+    /// Longest frame payload the peer takes.
+    frame_max: usize,
+    /// Longest message either side allows.
+    message_max: usize,
     /// The run's messages are reliable: each is numbered ([`Session::direct_reliable`]).
     reliable: bool,
     /// The header of the run's frames with a zero length (and number): only those differ.
@@ -301,6 +305,50 @@ impl DirectRun {
         if self.reliable {
             dst[8..12].copy_from_slice(&crate::reliable::narrow(seq).to_be_bytes());
         }
+    }
+
+    /// Whether a `len`-byte message of the run goes out in fragments that the driver may
+    /// write itself ([`DirectRun::write_fragment_header`]): longer than a frame, within the
+    /// message limit, and the run is not reliable (a reliable message is numbered and kept
+    /// whole: [`Session::send_direct`] queues it).
+    #[inline]
+    pub fn fragments(&self, len: usize) -> bool {
+        !self.reliable && len > self.frame_max && len <= self.message_max
+    }
+
+    /// The longest frame payload: a message the driver fragments itself is cut at this
+    /// many bytes (the last fragment shorter).
+    #[inline]
+    pub fn frame_max(&self) -> usize {
+        self.frame_max
+    }
+
+    /// Writes into `dst` the header of the fragment of a `total`-byte message of the run
+    /// (one that [`DirectRun::fragments`]) that carries the `len` bytes from `offset`, as
+    /// the outbox would frame it (docs/PROTOCOL.md §6): the first carries the message's
+    /// length in `aux` and `MORE_FRAGMENTS`, the middle ones `MORE_FRAGMENTS |
+    /// CONTINUATION`, the last `CONTINUATION`. Every fragment but the last carries exactly
+    /// [`DirectRun::frame_max`] bytes. When the driver cannot write them all, it hands the
+    /// message to [`Session::send_started`] once a fragment has gone out.
+    pub fn write_fragment_header(
+        &self,
+        total: usize,
+        offset: usize,
+        len: usize,
+        dst: &mut [u8; HEADER_LEN],
+    ) {
+        debug_assert!(self.fragments(total) && offset + len <= total && len > 0);
+        self.write_header(len, 0, dst);
+        let mut flags = 0;
+        if offset > 0 {
+            flags |= flags::CONTINUATION;
+        } else {
+            dst[20..24].copy_from_slice(&(total as u32).to_be_bytes());
+        }
+        if offset + len < total {
+            flags |= flags::MORE_FRAGMENTS;
+        }
+        dst[1] |= flags;
     }
 
     /// Marks the reliable frame header `dst` (written by [`DirectRun::write_header`]) as
@@ -804,9 +852,9 @@ impl Session {
             return None;
         }
         let neg = self.negotiated.as_ref()?;
-        let max_len = (neg.send_frame_max as usize)
-            .max(1)
-            .min(neg.send_message_max.min(self.config.max_message_size) as usize);
+        let frame_max = (neg.send_frame_max as usize).max(1);
+        let message_max = neg.send_message_max.min(self.config.max_message_size) as usize;
+        let max_len = frame_max.min(message_max);
         let reliable = self.outbox.direct_allowed(channel, ttl, reliable, now)?;
         if reliable && !self.rel_agreed {
             // (`send_direct` refuses these: the peer does not speak RELIABLE.)
@@ -822,6 +870,8 @@ impl Session {
         Some(DirectRun {
             channel,
             max_len,
+            frame_max,
+            message_max,
             reliable,
             template: header.encode(),
             quiet,
@@ -885,6 +935,16 @@ impl Session {
         let numbered = self.outbox.number_direct(run.channel, len);
         run.quiet = self.outbox.quiet(run.channel);
         numbered
+    }
+
+    /// Takes back a message of a [`DirectRun`] whose first `offset` bytes (one or more whole
+    /// fragments, `0 < offset < payload.len()`) the driver wrote itself
+    /// ([`DirectRun::write_fragment_header`]) and the rest of which it could not: the rest
+    /// goes out from `offset` on, as the outbox's own fragments (it was accepted: no
+    /// high-water mark applies, and it goes before anything queued on its channel since).
+    /// On a new connection it starts again from its first byte, as any message under way.
+    pub fn send_started(&mut self, channel: u16, payload: Bytes, offset: usize, now: Instant) {
+        self.outbox.push_started(channel, payload, offset, now);
     }
 
     /// Records the reliable message numbered `seq` by [`Session::direct_reliable`] as sent

@@ -1544,6 +1544,65 @@ impl Conn {
                         }
                         None
                     }
+                    None if P::COPIED
+                        && fast.is_some_and(|r| r.fragments(len))
+                        && fast.is_some_and(|r| w.fills_with(r.frame_max())) =>
+                    {
+                        // A large message of the caller's, in fragments: each is written from
+                        // the caller's memory while the socket takes them whole (no copy, as
+                        // one frame above). At the first it does not take whole, the message
+                        // is copied and the session takes the rest (`send_started`): framed
+                        // from there on by the outbox, among other channels' frames as their
+                        // priorities say. If none of it went, it takes the usual way.
+                        let r = fast.expect("checked");
+                        let bytes = payload.as_slice();
+                        drop(g);
+                        let (offset, partial) = with_transport(
+                            &mut ***w,
+                            |w| &mut w.transport,
+                            || self.t(),
+                            |w, t| {
+                                let mut offset = 0;
+                                while offset < len {
+                                    let n = r.frame_max().min(len - offset);
+                                    let mut header = [0; HEADER_LEN];
+                                    r.write_fragment_header(len, offset, n, &mut header);
+                                    let went =
+                                        w.write_through(t, &header, &bytes[offset..offset + n]);
+                                    if went < HEADER_LEN + n {
+                                        return (offset, Some((header, n, went)));
+                                    }
+                                    offset += n;
+                                }
+                                (offset, None)
+                            },
+                        );
+                        g = self.lock();
+                        relocked = true;
+                        match partial {
+                            None => None,
+                            Some((_, _, 0)) if offset == 0 => {
+                                Some(payload.into_bytes(&mut g.spill))
+                            }
+                            Some((header, n, went)) => {
+                                let owned = payload.into_bytes(&mut g.spill);
+                                let mut rest = offset;
+                                if went > 0 {
+                                    let t = Transmit {
+                                        header,
+                                        payload: owned.slice(offset..offset + n),
+                                        deadline: None,
+                                    };
+                                    w.push_written(t, went);
+                                    rest += n;
+                                }
+                                if rest < len {
+                                    g.session.send_started(channel, owned, rest, now);
+                                }
+                                None
+                            }
+                        }
+                    }
                     None => {
                         fast = None;
                         let payload = payload.into_bytes(&mut g.spill);
