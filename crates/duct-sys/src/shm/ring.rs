@@ -362,9 +362,9 @@ impl Producer {
 
     /// Appends a descriptor with `header` whose payload is `payload` itself, copied into the
     /// places after it ([`INLINE`]), without publishing them (as [`Producer::write`]).
-    /// `Ok(false)` when the ring has not that many places free. A payload longer than
-    /// [`INLINE_MAX`] is the caller's mistake: it is refused with `Ok(false)` (debug builds
-    /// assert), never written.
+    /// `Ok(false)` when the ring has not that many places free. The caller checks that
+    /// `payload` is at most [`INLINE_MAX`] bytes: a longer one is never written (debug
+    /// builds assert), and `Ok(false)` would then never turn into `Ok(true)`.
     #[inline]
     pub fn write_inline(
         &mut self,
@@ -442,7 +442,8 @@ impl Producer {
         Ok(used + places <= cap)
     }
 
-    /// Descriptors published and not yet consumed, as far as this side knows now.
+    /// Places published and not yet consumed (descriptors, and the payloads in the ring
+    /// after some of them), as far as this side knows now.
     #[inline]
     pub fn len(&self) -> Result<u64, Corrupt> {
         let tail = self.mem.ctl().tail.load(Ordering::Acquire);

@@ -676,7 +676,9 @@ impl ShmStream {
         }
         // Looked at once the batch is out: the peer's counter is on a cache line it
         // writes, and reading it before publishing would hold the publication back
-        // until that line arrives. (A corrupt counter fails the next push.)
+        // until that line arrives. (A corrupt counter fails the next push. The count is of
+        // places, and a payload in the ring takes more than one: a batch of those errs
+        // towards not rewinding, which only the pool's payloads would have gained from.)
         tx.rewind = tx.producer.len().is_ok_and(|unread| unread <= sent as u64);
     }
 
@@ -861,7 +863,13 @@ impl ShmStream {
                     if small.capacity() - small.len() < d.len as usize {
                         chunks.make_room(small, d.len as usize, SMALL_CHUNK);
                     }
-                    consumer.take_inline(&d, small).map_err(corrupt)?;
+                    if let Err(e) = consumer.take_inline(&d, small) {
+                        // (No frame left waiting for its payload: the connection ends.)
+                        if later > 0 {
+                            out.truncate(rx.descs[0].0);
+                        }
+                        return Err(corrupt(e));
+                    }
                     small.split().freeze()
                 } else {
                     rx.descs[later] = (out.len(), d);
@@ -880,7 +888,7 @@ impl ShmStream {
                 match self.payload_of(rx, &d) {
                     Ok(payload) => out[at].payload = payload,
                     Err(e) => {
-                        // (No frame without its payload is left: the connection ends.)
+                        // (No frame left waiting for its payload: the connection ends.)
                         out.truncate(at);
                         return Err(e);
                     }
