@@ -282,6 +282,17 @@ fn wait_until(
     }
 }
 
+/// Which of its buffers a raw shm connection sends ([`RawShmConn::push_inline`]).
+#[derive(Clone, Copy)]
+enum Payload {
+    /// The ordinary payload.
+    Ordinary,
+    /// The last message's.
+    Last,
+    /// The payload just received (an echo).
+    Received,
+}
+
 /// One side of a raw shm connection, ready for the workloads.
 pub struct RawShmConn {
     /// The rendezvous connection: only watched for the peer's end.
@@ -416,10 +427,16 @@ impl RawShmConn {
         Ok(())
     }
 
-    /// Writes `payload` into the ring after its descriptor, waiting for room if need be.
+    /// Writes a payload of the run's size into the ring after its descriptor, waiting for
+    /// room if need be.
     #[inline]
-    fn push_inline(&mut self, payload: &[u8]) -> Result<()> {
-        self.room(1 + inline_places(payload.len()))?;
+    fn push_inline(&mut self, which: Payload) -> Result<()> {
+        self.room(1 + inline_places(self.size))?;
+        let payload = match which {
+            Payload::Ordinary => &self.payload[..],
+            Payload::Last => &self.last_payload[..],
+            Payload::Received => &self.inbuf[..],
+        };
         if !self
             .producer
             .write_inline(&[0; HEADER_LEN], payload)
@@ -453,18 +470,11 @@ impl RawShmConn {
 
     fn send(&mut self, last: bool) -> Result<()> {
         if self.inline {
-            let payload = std::mem::take(if last {
-                &mut self.last_payload
+            return self.push_inline(if last {
+                Payload::Last
             } else {
-                &mut self.payload
+                Payload::Ordinary
             });
-            let pushed = self.push_inline(&payload);
-            *(if last {
-                &mut self.last_payload
-            } else {
-                &mut self.payload
-            }) = payload;
-            return pushed;
         }
         let mut slot = self.slot()?;
         slot.fill(if last {
@@ -555,10 +565,7 @@ impl MsgConn for RawShmConn {
         let d = self.pop()?.expect("a descriptor is there");
         if d.slot == INLINE {
             self.take_inline(d)?;
-            let received = std::mem::take(&mut self.inbuf);
-            let pushed = self.push_inline(&received);
-            self.inbuf = received;
-            pushed?;
+            self.push_inline(Payload::Received)?;
             self.notify_receiver();
             self.freed();
             return Ok(self.inbuf[0] == FLAG_LAST);
