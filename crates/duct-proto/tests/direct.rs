@@ -22,6 +22,18 @@ fn with_qos(qos: QosConfig) -> Config {
     }
 }
 
+/// QoS with `channel` reliable.
+fn reliable_on(channel: u16) -> QosConfig {
+    let reliable = ChannelConfig {
+        reliable: true,
+        ..ChannelConfig::default()
+    };
+    QosConfig {
+        channels: [(channel, reliable)].into_iter().collect(),
+        ..QosConfig::default()
+    }
+}
+
 fn direct_frame(d: Direct) -> duct_proto::Transmit {
     match d {
         Direct::Frame(t) => t,
@@ -62,14 +74,7 @@ fn a_direct_frame_is_the_frame_the_queued_way_makes() {
 #[test]
 fn the_direct_frame_carries_an_owed_ack() {
     let now = Instant::now();
-    let reliable = ChannelConfig {
-        reliable: true,
-        ..ChannelConfig::default()
-    };
-    let qos = QosConfig {
-        channels: [(2u16, reliable)].into_iter().collect(),
-        ..QosConfig::default()
-    };
+    let qos = reliable_on(2);
     let (mut d, mut l) = established(with_qos(qos.clone()), with_qos(qos), now);
     // A reliable message from the dialer: the listener owes an ack.
     d.send_message(2, Bytes::from_static(b"trade"), None, None, now)
@@ -494,14 +499,7 @@ fn a_message_fragmented_by_the_driver_and_finished_by_the_session_is_the_queued_
 #[test]
 fn a_reliable_run_leaves_fragments_to_the_session() {
     let now = Instant::now();
-    let reliable = ChannelConfig {
-        reliable: true,
-        ..ChannelConfig::default()
-    };
-    let qos = QosConfig {
-        channels: [(2u16, reliable)].into_iter().collect(),
-        ..QosConfig::default()
-    };
+    let qos = reliable_on(2);
     let (mut a, _) = established(with_qos(qos.clone()), with_qos(qos), now);
     let run = a.direct_run(2, None, None, now).expect("a direct run");
     assert!(run.reliable() && !run.fragments(200_000));

@@ -1657,6 +1657,50 @@ fn slices_wait_in_full_queues_intact(f: &Fixture) {
     assert_eq!(sent.msgs_sent, u64::from(N), "{sent:?}");
 }
 
+/// Sends messages `0..n` (`payload(i)`) with `send_slices` from one scratch buffer, rewritten
+/// after every call, in runs that `run(i)` gives (channel, length) for the run starting at
+/// `i`, while the reader waits 300 ms first and then pauses 20 ms after every `pause.0`
+/// messages, taking at most `pause.1` at a time; returns what it received. Asserts that the
+/// sender had to wait (the socket and the queue filled).
+fn slices_while_the_reader_pauses(
+    dialer: &duct::Pipe,
+    accepted: &duct::Pipe,
+    n: u32,
+    run: impl Fn(u32) -> (u16, u32) + Sync,
+    payload: &(impl Fn(u32) -> Vec<u8> + Sync),
+    pause: (usize, usize),
+) -> Vec<(u16, Vec<u8>)> {
+    let (got, sender_done_first) = thread::scope(|s| {
+        let sender = s.spawn(|| {
+            let mut scratch = Vec::new();
+            let mut i = 0;
+            while i < n {
+                let (channel, len) = run(i);
+                let on = SendOptions::default().channel(channel).timeout(T);
+                let ends = write_run(&mut scratch, (i..i + len).map(payload));
+                let sent = dialer.send_slices(run_slices(&scratch, &ends), &on);
+                assert_eq!(sent.unwrap(), len as usize);
+                // Nothing of the caller's memory may be used after the call.
+                scratch.fill(0xEE);
+                i += len;
+            }
+        });
+        // Let the sender fill the socket and the queue before reading.
+        thread::sleep(Duration::from_millis(300));
+        let sender_done_first = sender.is_finished();
+        // And stop now and then, so that the socket fills again.
+        let every = (pause.0, Duration::from_millis(20));
+        let got = receive_all(accepted, n as usize, pause.1, Some(every));
+        sender.join().unwrap();
+        (got, sender_done_first)
+    });
+    assert!(
+        !sender_done_first,
+        "the sender never had to wait: the socket and queue were not filled"
+    );
+    got
+}
+
 /// Large slices (513 B to one whole frame, with small ones between) sent in runs from one
 /// scratch buffer, rewritten after every call, while the reader stops now and then: on a
 /// byte stream a large one is written straight from the caller's memory when the socket has
@@ -1685,34 +1729,8 @@ fn large_slices_arrive_intact_while_the_socket_fills(f: &Fixture) {
         p.extend(pattern(len, i));
         p
     };
-    let (got, sender_done_first) = thread::scope(|s| {
-        let sender = s.spawn(|| {
-            let on = SendOptions::default().timeout(T);
-            let mut scratch = Vec::new();
-            let mut i = 0;
-            while i < N {
-                let run = (i % 8 + 1).min(N - i);
-                let ends = write_run(&mut scratch, (i..i + run).map(payload));
-                let sent = dialer.send_slices(run_slices(&scratch, &ends), &on);
-                assert_eq!(sent.unwrap(), run as usize);
-                // Nothing of the caller's memory may be used after the call.
-                scratch.fill(0xEE);
-                i += run;
-            }
-        });
-        // Let the sender fill the socket and the queue before reading.
-        thread::sleep(Duration::from_millis(300));
-        let sender_done_first = sender.is_finished();
-        // And stop now and then, so that the socket fills again.
-        let pause = (200, Duration::from_millis(20));
-        let got = receive_all(&accepted, N as usize, 16, Some(pause));
-        sender.join().unwrap();
-        (got, sender_done_first)
-    });
-    assert!(
-        !sender_done_first,
-        "the sender never had to wait: the socket and queue were not filled"
-    );
+    let run = |i: u32| (0, (i % 8 + 1).min(N - i));
+    let got = slices_while_the_reader_pauses(&dialer, &accepted, N, run, &payload, (200, 16));
     for (i, (_, p)) in got.iter().enumerate() {
         assert_payload(p, &payload(i as u32), &format!("message {i}"));
     }
@@ -1747,38 +1765,12 @@ fn fragmented_slices_arrive_intact_while_the_socket_fills(f: &Fixture) {
         p.extend(pattern(len, i));
         p
     };
-    let (got, sender_done_first) = thread::scope(|s| {
-        let sender = s.spawn(|| {
-            let mut scratch = Vec::new();
-            let mut i = 0;
-            while i < N {
-                // A run of one channel's messages per call.
-                let mut run = 1;
-                while i + run < N && run < 2 && channel(i + run) == channel(i) {
-                    run += 1;
-                }
-                let on = SendOptions::default().channel(channel(i)).timeout(T);
-                let ends = write_run(&mut scratch, (i..i + run).map(payload));
-                let sent = dialer.send_slices(run_slices(&scratch, &ends), &on);
-                assert_eq!(sent.unwrap(), run as usize);
-                // Nothing of the caller's memory may be used after the call.
-                scratch.fill(0xEE);
-                i += run;
-            }
-        });
-        // Let the sender fill the socket and the queue before reading.
-        thread::sleep(Duration::from_millis(300));
-        let sender_done_first = sender.is_finished();
-        // And stop now and then, so that the socket fills again.
-        let pause = (7, Duration::from_millis(20));
-        let got = receive_all(&accepted, N as usize, 4, Some(pause));
-        sender.join().unwrap();
-        (got, sender_done_first)
-    });
-    assert!(
-        !sender_done_first,
-        "the sender never had to wait: the socket and queue were not filled"
-    );
+    // A run of one channel's messages per call: up to two large ones, or a small one.
+    let run = |i: u32| {
+        let same = (i..N).take(2).take_while(|&j| channel(j) == channel(i));
+        (channel(i), same.count() as u32)
+    };
+    let got = slices_while_the_reader_pauses(&dialer, &accepted, N, run, &payload, (7, 4));
     let mut next = [0u32, 2];
     for (c, p) in &got {
         let i = u32::from_be_bytes(p[..4].try_into().unwrap());

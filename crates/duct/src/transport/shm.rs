@@ -710,73 +710,65 @@ impl ShmStream {
         // and free: fewer cache lines between the two sides); one written in place in a pool
         // slot (`Pipe::alloc`) keeps its slot and is not copied.
         let inline = len > 0 && len <= INLINE_MAX && loan.is_none_or(|p| !pool.contains(p));
+        // (Message frames count as copied; control frames are always copied.)
+        let data = header[0] == FrameKind::Data as u8;
         loop {
-            if inline {
-                if tx.producer.write_inline(header, payload).map_err(corrupt)? {
-                    if prepared {
-                        wait::cancel(word);
-                    }
-                    if header[0] == FrameKind::Data as u8 {
-                        tx.copied_frames += 1;
-                        tx.copied_bytes += len as u64;
-                    }
-                    return Ok(true);
+            let sent = if inline {
+                let sent = tx.producer.write_inline(header, payload).map_err(corrupt)?;
+                if sent && data {
+                    tx.copied_frames += 1;
+                    tx.copied_bytes += len as u64;
                 }
-                if prepared {
-                    return Ok(false);
-                }
-                tx.producer.publish();
-                wait::prepare(word, wait::SOCKET);
-                prepared = true;
-                continue;
-            }
-            // Room in the ring (checked first: a slot handed over must get its descriptor),
-            // then a slot for the payload.
-            let room = tx.producer.has_room().map_err(corrupt)?;
-            let slot = if !room {
-                None
-            } else if len == 0 {
-                Some((NO_SLOT, 0))
-            } else if let Some(lent) = loan.and_then(|p| pool.claim_loan(p)) {
-                // A payload written in place (`Pipe::alloc`): only the descriptor moves.
-                tx.lent_frames += 1;
-                Some(lent)
+                sent
             } else {
-                pool.send_copy(payload).inspect(|_| {
-                    if header[0] == FrameKind::Data as u8 {
-                        // (Message frames; control frames are always copied.)
-                        tx.copied_frames += 1;
-                        tx.copied_bytes += len as u64;
-                    }
-                })
-            };
-            let Some((slot, n)) = slot else {
-                if prepared {
-                    // Still full after announcing the wait: the receiver rings when it makes
-                    // room.
-                    return Ok(false);
+                // Room in the ring (checked first: a slot handed over must get its
+                // descriptor), then a slot for the payload.
+                let room = tx.producer.has_room().map_err(corrupt)?;
+                let slot = if !room {
+                    None
+                } else if len == 0 {
+                    Some((NO_SLOT, 0))
+                } else if let Some(lent) = loan.and_then(|p| pool.claim_loan(p)) {
+                    // A payload written in place (`Pipe::alloc`): only the descriptor moves.
+                    tx.lent_frames += 1;
+                    Some(lent)
+                } else {
+                    pool.send_copy(payload).inspect(|_| {
+                        if data {
+                            tx.copied_frames += 1;
+                            tx.copied_bytes += len as u64;
+                        }
+                    })
+                };
+                if let Some((slot, n)) = slot {
+                    // (Published with the rest of the run: `ShmStream::published`.)
+                    let pushed = tx
+                        .producer
+                        .write(Desc {
+                            header: *header,
+                            slot,
+                            len: n,
+                        })
+                        .map_err(corrupt)?;
+                    debug_assert!(pushed, "room was checked, and only this side pushes");
                 }
-                // The receiver makes room only by taking what it sees: what is written goes
-                // out now (it is woken with the rest, by whoever publishes next).
-                tx.producer.publish();
-                wait::prepare(word, wait::SOCKET);
-                prepared = true;
-                continue;
+                slot.is_some()
             };
-            if prepared {
-                wait::cancel(word);
+            if sent {
+                if prepared {
+                    wait::cancel(word);
+                }
+                return Ok(true);
             }
-            // (Published with the rest of the run: `ShmStream::published`.)
-            let pushed = tx
-                .producer
-                .write(Desc {
-                    header: *header,
-                    slot,
-                    len: n,
-                })
-                .map_err(corrupt)?;
-            debug_assert!(pushed, "room was checked, and only this side pushes");
-            return Ok(true);
+            if prepared {
+                // Still full after announcing the wait: the receiver rings when it makes room.
+                return Ok(false);
+            }
+            // The receiver makes room only by taking what it sees: what is written goes out
+            // now (it is woken with the rest, by whoever publishes next).
+            tx.producer.publish();
+            wait::prepare(word, wait::SOCKET);
+            prepared = true;
         }
     }
 
