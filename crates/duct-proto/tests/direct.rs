@@ -504,3 +504,44 @@ fn a_reliable_run_leaves_fragments_to_the_session() {
     let run = a.direct_run(2, None, None, now).expect("a direct run");
     assert!(run.reliable() && !run.fragments(200_000));
 }
+
+/// A message under way from a `DirectRun` (`send_started`) is never dropped by its channel's
+/// policy or high-water mark: on a `DropOld` channel of one message, newer messages drop
+/// each other, and the started one goes out whole, first.
+#[test]
+fn a_started_message_outlives_drop_old() {
+    let now = Instant::now();
+    let drop_old = ChannelConfig {
+        snd_hwm_msgs: 1,
+        backpressure: Backpressure::DropOld,
+        ..ChannelConfig::default()
+    };
+    let qos = QosConfig {
+        channels: [(6u16, drop_old)].into_iter().collect(),
+        ..QosConfig::default()
+    };
+    let (mut a, mut peer) = established(with_qos(qos.clone()), with_qos(qos), now);
+    let payload = Bytes::from(vec![9u8; 150_000]);
+    let run = a.direct_run(6, None, None, now).expect("a direct run");
+    let step = run.frame_max();
+    let mut h = [0; duct_proto::wire::HEADER_LEN];
+    run.write_fragment_header(payload.len(), 0, step, &mut h);
+    peer.handle_raw_frame(&h, payload.slice(..step), now)
+        .unwrap();
+    a.send_started(6, payload.clone(), step, now);
+    for k in 0..3u8 {
+        let admitted = a
+            .send_message(6, Bytes::from(vec![k; 10]), None, None, now)
+            .unwrap();
+        assert!(
+            matches!(admitted, Admission::Queued),
+            "newest wins: {admitted:?}"
+        );
+    }
+    pump_frames(&mut a, &mut peer, now).unwrap();
+    let m = peer.poll_message().expect("the started message");
+    assert_eq!(m.payload, payload);
+    let newest = peer.poll_message().expect("the newest");
+    assert_eq!(newest.payload, &[2u8; 10][..]);
+    assert!(peer.poll_message().is_none(), "the older ones were dropped");
+}
