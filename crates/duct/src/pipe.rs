@@ -407,9 +407,10 @@ impl Pipe {
     /// `sendmsg`'s worth (64 KiB) is written at once with what is buffered, straight from
     /// `payload` (as a `BufWriter` writes a large buffer), and copied only if the socket did
     /// not take all of it. One larger than a frame, on a channel that is not reliable, goes
-    /// the same way fragment by fragment while the socket takes them whole; at the first it
-    /// does not, the message is copied and the rest goes out as the pipe's own fragments do
-    /// (between other channels' frames, as their priorities say). A message that has to wait
+    /// the same way fragment by fragment while the socket takes them whole and nothing else
+    /// waits to go out; at the first it does not (or once another message waits), the
+    /// message is copied and the rest goes out as the pipe's own fragments do (between other
+    /// channels' frames, as their priorities say). A message that has to wait
     /// in its channel's queue (the socket is
     /// full, others are queued before it, the channel is reliable, has a time to live or a
     /// rate limit) is copied into bytes of its own; small ones share a reused buffer.

@@ -1783,6 +1783,66 @@ fn fragmented_slices_arrive_intact_while_the_socket_fills(f: &Fixture) {
     assert_eq!(got.len(), N as usize);
 }
 
+/// Large slices on channel 0 from one thread (fragments written from its memory while the
+/// socket takes them and nothing else waits) and small ones on channel 1 from another, at
+/// once: a large message whose writer stops for the other's (the session sends its rest
+/// between their frames) arrives whole, and every message arrives intact and in order on
+/// its channel.
+fn fragmented_slices_beside_a_concurrent_sender(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    const LARGE: u32 = 24;
+    const SMALL: u32 = 300;
+    let large = |i: u32| {
+        let mut p = i.to_be_bytes().to_vec();
+        p.extend(pattern(
+            64 * KIB + 1 + (i as usize * 7919 * 37) % (960 * KIB),
+            i,
+        ));
+        p
+    };
+    let small = |i: u32| {
+        let mut p = i.to_be_bytes().to_vec();
+        p.extend(pattern(20, i));
+        p
+    };
+    let got = thread::scope(|s| {
+        s.spawn(|| {
+            let mut scratch = Vec::new();
+            for i in 0..LARGE {
+                scratch.clear();
+                scratch.extend(large(i));
+                dialer
+                    .send_slice(&scratch, &SendOptions::default())
+                    .unwrap();
+                scratch.fill(0xEE);
+            }
+        });
+        s.spawn(|| {
+            let on = SendOptions::default().channel(1);
+            for i in 0..SMALL {
+                dialer.send_slice(&small(i), &on).unwrap();
+                if i % 10 == 0 {
+                    thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        receive_all(&accepted, (LARGE + SMALL) as usize, 16, None)
+    });
+    let mut next = [0u32, 0];
+    for (c, p) in &got {
+        let i = u32::from_be_bytes(p[..4].try_into().unwrap());
+        assert_eq!(i, next[*c as usize], "channel {c} out of order");
+        next[*c as usize] += 1;
+        let want = if *c == 0 { large(i) } else { small(i) };
+        assert_payload(p, &want, &format!("message {i} on channel {c}"));
+    }
+    assert_eq!(next, [LARGE, SMALL]);
+}
+
 macro_rules! transport_suite {
     ($module:ident, $kind:expr, [$($case:ident),* $(,)?]) => {
         mod $module {
@@ -1849,4 +1909,5 @@ conformance!([
     slices_wait_in_full_queues_intact,
     large_slices_arrive_intact_while_the_socket_fills,
     fragmented_slices_arrive_intact_while_the_socket_fills,
+    fragmented_slices_beside_a_concurrent_sender,
 ]);

@@ -1550,44 +1550,49 @@ impl Conn {
                     {
                         // A large message of the caller's, in fragments: each is written from
                         // the caller's memory while the socket takes them whole (no copy, as
-                        // one frame above). At the first it does not take whole, the message
-                        // is copied and the session takes the rest (`send_started`): framed
-                        // from there on by the outbox, among other channels' frames as their
-                        // priorities say. If none of it went, it takes the usual way.
+                        // one frame above), and while nothing else waits to go out (another
+                        // channel's message, an ack: between two fragments the pipe is free,
+                        // as in `flush_queue`). Otherwise the message is copied and the
+                        // session takes the rest (`send_started`): framed from there on by the
+                        // outbox, among other channels' frames as their priorities say. If
+                        // none of it went, it takes the usual way.
                         let r = fast.expect("checked");
                         let bytes = payload.as_slice();
-                        drop(g);
-                        let (offset, partial) = with_transport(
-                            &mut ***w,
-                            |w| &mut w.transport,
-                            || self.t(),
-                            |w, t| {
-                                let mut offset = 0;
-                                while offset < len {
-                                    let n = r.frame_max().min(len - offset);
-                                    let mut header = [0; HEADER_LEN];
-                                    r.write_fragment_header(len, offset, n, &mut header);
-                                    let went =
-                                        w.write_through(t, &header, &bytes[offset..offset + n]);
-                                    if went < HEADER_LEN + n {
-                                        return (offset, Some((header, n, went)));
-                                    }
-                                    offset += n;
-                                }
-                                (offset, None)
-                            },
-                        );
-                        g = self.lock();
+                        let mut offset = 0;
+                        // The fragment the socket did not take whole: its header, length and
+                        // the bytes of it that went.
+                        let mut cut = None;
+                        while offset < len {
+                            let n = r.frame_max().min(len - offset);
+                            let mut header = [0; HEADER_LEN];
+                            r.write_fragment_header(len, offset, n, &mut header);
+                            drop(g);
+                            let went = with_transport(
+                                &mut ***w,
+                                |w| &mut w.transport,
+                                || self.t(),
+                                |w, t| w.write_through(t, &header, &bytes[offset..offset + n]),
+                            );
+                            g = self.lock();
+                            if went < HEADER_LEN + n {
+                                cut = Some((header, n, went));
+                                break;
+                            }
+                            offset += n;
+                            if g.session.wants_transmit() || !g.open_and_connected() {
+                                break;
+                            }
+                        }
                         relocked = true;
-                        match partial {
-                            None => None,
+                        match cut {
+                            None if offset == len => None,
                             Some((_, _, 0)) if offset == 0 => {
                                 Some(payload.into_bytes(&mut g.spill))
                             }
-                            Some((header, n, went)) => {
+                            _ => {
                                 let owned = payload.into_bytes(&mut g.spill);
                                 let mut rest = offset;
-                                if went > 0 {
+                                if let Some((header, n, went)) = cut.filter(|c| c.2 > 0) {
                                     let t = Transmit {
                                         header,
                                         payload: owned.slice(offset..offset + n),
