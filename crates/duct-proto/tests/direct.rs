@@ -431,7 +431,7 @@ fn a_direct_run_frames_what_send_direct_frames_and_only_when_it_would() {
 }
 
 /// A realtime message longer than a frame, whose first fragments a driver writes itself from
-/// a `DirectRun` (`write_fragment_header`) and whose rest it hands to `send_started`: the
+/// a `DirectRun` (`write_part_header`) and whose rest it hands to `send_started`: the
 /// frames are byte for byte those the outbox makes of the same message sent the queued way,
 /// and the peer gets it whole; a message queued on its channel meanwhile comes after it.
 /// On a new connection the rest starts again from the first byte, as any message under way.
@@ -452,6 +452,12 @@ fn a_message_fragmented_by_the_driver_and_finished_by_the_session_is_the_queued_
         !run.fragments(run.frame_max()),
         "one frame is not fragments"
     );
+    // A message that fits: its one frame's header.
+    let mut whole = [0; duct_proto::wire::HEADER_LEN];
+    let mut part = [1; duct_proto::wire::HEADER_LEN];
+    run.write_header(1000, 0, &mut whole);
+    run.write_part_header(1000, 0, 1000, &mut part);
+    assert_eq!(whole, part);
     let step = run.frame_max();
     // The queued way's frames of the same message.
     b.send_message(4, payload.clone(), None, None, now).unwrap();
@@ -460,7 +466,7 @@ fn a_message_fragmented_by_the_driver_and_finished_by_the_session_is_the_queued_
     // The first two fragments from the run; the rest from the session.
     for (k, (qh, qp)) in queued.iter().take(2).enumerate() {
         let mut h = [0; duct_proto::wire::HEADER_LEN];
-        run.write_fragment_header(total, k * step, step, &mut h);
+        run.write_part_header(total, k * step, step, &mut h);
         assert_eq!(h, qh.encode(), "fragment {k}");
         assert_eq!(&payload[k * step..(k + 1) * step], &qp[..]);
         peer.handle_raw_frame(&h, payload.slice(k * step..(k + 1) * step), now)
@@ -525,7 +531,7 @@ fn a_started_message_outlives_drop_old() {
     let run = a.direct_run(6, None, None, now).expect("a direct run");
     let step = run.frame_max();
     let mut h = [0; duct_proto::wire::HEADER_LEN];
-    run.write_fragment_header(payload.len(), 0, step, &mut h);
+    run.write_part_header(payload.len(), 0, step, &mut h);
     peer.handle_raw_frame(&h, payload.slice(..step), now)
         .unwrap();
     a.send_started(6, payload.clone(), step, now);

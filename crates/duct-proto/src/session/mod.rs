@@ -308,7 +308,7 @@ impl DirectRun {
     }
 
     /// Whether a `len`-byte message of the run goes out in fragments that the driver may
-    /// write itself ([`DirectRun::write_fragment_header`]): longer than a frame, within the
+    /// write itself ([`DirectRun::write_part_header`]): longer than a frame, within the
     /// message limit, and the run is not reliable (a reliable message is numbered and kept
     /// whole: [`Session::send_direct`] queues it).
     #[inline]
@@ -323,22 +323,29 @@ impl DirectRun {
         self.frame_max
     }
 
-    /// Writes into `dst` the header of the fragment of a `total`-byte message of the run
-    /// (one that [`DirectRun::fragments`]) that carries the `len` bytes from `offset`, as
-    /// the outbox would frame it (docs/PROTOCOL.md §6): the first carries the message's
+    /// Writes into `dst` the header of the frame of a `total`-byte message of a run that is
+    /// not reliable which carries the `len` bytes from `offset`, as the outbox would frame
+    /// it: the message's only frame when it [`fits`](DirectRun::fits) (then as
+    /// [`DirectRun::write_header`]), else one of its fragments (one that
+    /// [`DirectRun::fragments`]; docs/PROTOCOL.md §6): the first carries the message's
     /// length in `aux` and `MORE_FRAGMENTS`, the middle ones `MORE_FRAGMENTS |
-    /// CONTINUATION`, the last `CONTINUATION`. Every fragment but the last carries exactly
+    /// CONTINUATION`, the last `CONTINUATION`; every fragment but the last carries exactly
     /// [`DirectRun::frame_max`] bytes. When the driver cannot write them all, it hands the
-    /// message to [`Session::send_started`] once a fragment has gone out.
-    pub fn write_fragment_header(
+    /// message to [`Session::send_started`] once a frame of it has gone out.
+    pub fn write_part_header(
         &self,
         total: usize,
         offset: usize,
         len: usize,
         dst: &mut [u8; HEADER_LEN],
     ) {
-        debug_assert!(self.fragments(total) && offset + len <= total && len > 0);
+        debug_assert!(!self.reliable && offset + len <= total);
         self.write_header(len, 0, dst);
+        if len == total {
+            debug_assert!(self.fits(total), "a whole message in one frame");
+            return;
+        }
+        debug_assert!(self.fragments(total) && len > 0);
         let mut flags = 0;
         if offset > 0 {
             flags |= flags::CONTINUATION;
@@ -939,7 +946,7 @@ impl Session {
 
     /// Takes back a message of a [`DirectRun`] whose first `offset` bytes (one or more whole
     /// fragments, `0 < offset < payload.len()`) the driver wrote itself
-    /// ([`DirectRun::write_fragment_header`]) and the rest of which it could not: the rest
+    /// ([`DirectRun::write_part_header`]) and the rest of which it could not: the rest
     /// goes out from `offset` on, as the outbox's own fragments (it was accepted: no
     /// high-water mark applies, and it goes before anything queued on its channel since).
     /// On a new connection it starts again from its first byte, as any message under way.

@@ -1514,99 +1514,34 @@ impl Conn {
                         let framed = w.push_inline_with(payload.as_slice(), P::COPIED, head)
                             || (P::COPIED && w.push_copy(payload.as_slice(), head));
                         if !framed {
-                            // (Large, or a frame transport: `push` keeps it whole.)
-                            let mut header = [0; HEADER_LEN];
-                            r.write_header(len, 0, &mut header);
-                            let mut went = 0;
                             if P::COPIED && w.fills_with(len) {
                                 // The queue is due to be written: write it and this frame
-                                // now, from the caller's memory (a copy is made only of a
-                                // frame the socket did not take whole). A write is a system
-                                // call: the pipe is free meanwhile, as in `flush_queue`.
-                                drop(g);
-                                went = with_transport(
-                                    &mut ***w,
-                                    |w| &mut w.transport,
-                                    || self.t(),
-                                    |w, t| w.write_through(t, &header, payload.as_slice()),
-                                );
-                                g = self.lock();
+                                // now, from the caller's memory.
+                                g = self.write_message_through(g, w, *r, channel, payload, now);
                                 relocked = true;
-                            }
-                            if went < HEADER_LEN + len {
-                                let t = Transmit {
+                            } else {
+                                // (Large, or a frame transport: `push` keeps it whole.)
+                                let mut header = [0; HEADER_LEN];
+                                r.write_header(len, 0, &mut header);
+                                w.push(Transmit {
                                     header,
                                     payload: payload.into_bytes(&mut g.spill),
                                     deadline: None,
-                                };
-                                w.push_written(t, went);
+                                });
                             }
                         }
                         None
                     }
                     None if P::COPIED
-                        && fast.is_some_and(|r| r.fragments(len))
-                        && fast.is_some_and(|r| w.fills_with(r.frame_max())) =>
+                        && fast
+                            .is_some_and(|r| r.fragments(len) && w.fills_with(r.frame_max())) =>
                     {
-                        // A large message of the caller's, in fragments: each is written from
-                        // the caller's memory while the socket takes them whole (no copy, as
-                        // one frame above), and while nothing else waits to go out (another
-                        // channel's message, an ack: between two fragments the pipe is free,
-                        // as in `flush_queue`). Otherwise the message is copied and the
-                        // session takes the rest (`send_started`): framed from there on by the
-                        // outbox, among other channels' frames as their priorities say. If
-                        // none of it went, it takes the usual way.
+                        // A large message of the caller's, in fragments, each of which fills
+                        // a write: from the caller's memory too.
                         let r = fast.expect("checked");
-                        let bytes = payload.as_slice();
-                        let mut offset = 0;
-                        // The fragment the socket did not take whole: its header, length and
-                        // the bytes of it that went.
-                        let mut cut = None;
-                        while offset < len {
-                            let n = r.frame_max().min(len - offset);
-                            let mut header = [0; HEADER_LEN];
-                            r.write_fragment_header(len, offset, n, &mut header);
-                            drop(g);
-                            let went = with_transport(
-                                &mut ***w,
-                                |w| &mut w.transport,
-                                || self.t(),
-                                |w, t| w.write_through(t, &header, &bytes[offset..offset + n]),
-                            );
-                            g = self.lock();
-                            if went < HEADER_LEN + n {
-                                cut = Some((header, n, went));
-                                break;
-                            }
-                            offset += n;
-                            if g.session.wants_transmit() || !g.open_and_connected() {
-                                break;
-                            }
-                        }
+                        g = self.write_message_through(g, w, r, channel, payload, now);
                         relocked = true;
-                        match cut {
-                            None if offset == len => None,
-                            Some((_, _, 0)) if offset == 0 => {
-                                Some(payload.into_bytes(&mut g.spill))
-                            }
-                            _ => {
-                                let owned = payload.into_bytes(&mut g.spill);
-                                let mut rest = offset;
-                                if let Some((header, n, went)) = cut.filter(|c| c.2 > 0) {
-                                    let t = Transmit {
-                                        header,
-                                        payload: owned.slice(offset..offset + n),
-                                        deadline: None,
-                                    };
-                                    w.push_written(t, went);
-                                    rest += n;
-                                }
-                                if rest < len {
-                                    g.session.send_started(channel, owned, rest, now);
-                                }
-                                None
-                            }
-                        }
+                        None
                     }
                     None => {
                         fast = None;
@@ -1708,6 +1643,72 @@ impl Conn {
             (0, None, Some(e)) if write_failed => Err(e.clone()),
             _ => Ok(sent),
         }
+    }
+
+    /// [`Conn::send_batch`]'s direct path for a message of the caller's (`payload`, of the
+    /// realtime or single-frame run `r` on `channel`) too large to encode beside its header,
+    /// when the write queue is due to be written anyway: the queue and the message's frames
+    /// (one, or its fragments) are written from the caller's memory while the socket takes
+    /// each whole and nothing else waits to go out (another channel's message, an ack, a
+    /// close: a write is a system call, and the pipe is free meanwhile, as in
+    /// `flush_queue`). Then the message is copied once: the frame the socket took in part
+    /// (or not at all) goes in the queue as begun, and the session takes the rest
+    /// (`Session::send_started`), framed from there on among other channels' frames as
+    /// their priorities say. Returns the pipe's lock, taken again.
+    fn write_message_through<'a, P: OutPayload>(
+        &'a self,
+        mut g: MutexGuard<'a, Shared>,
+        w: &mut WriteQueue,
+        r: DirectRun,
+        channel: u16,
+        payload: P,
+        now: Instant,
+    ) -> MutexGuard<'a, Shared> {
+        let len = payload.len();
+        let step = if r.fits(len) { len } else { r.frame_max() };
+        let bytes = payload.as_slice();
+        let mut offset = 0;
+        // The frame the socket did not take whole: its header, length and the bytes of it
+        // that went.
+        let mut cut = None;
+        while offset < len {
+            let n = step.min(len - offset);
+            let mut header = [0; HEADER_LEN];
+            r.write_part_header(len, offset, n, &mut header);
+            drop(g);
+            let went = with_transport(
+                w,
+                |w| &mut w.transport,
+                || self.t(),
+                |w, t| w.write_through(t, &header, &bytes[offset..offset + n]),
+            );
+            g = self.lock();
+            if went < HEADER_LEN + n {
+                cut = Some((header, n, went));
+                break;
+            }
+            offset += n;
+            if g.session.wants_transmit() || !g.open_and_connected() {
+                break;
+            }
+        }
+        if offset < len {
+            let owned = payload.into_bytes(&mut g.spill);
+            let mut rest = offset;
+            if let Some((header, n, went)) = cut {
+                let t = Transmit {
+                    header,
+                    payload: owned.slice(offset..offset + n),
+                    deadline: None,
+                };
+                w.push_written(t, went);
+                rest += n;
+            }
+            if rest < len {
+                g.session.send_started(channel, owned, rest, now);
+            }
+        }
+        g
     }
 
     /// [`Conn::send_batch`]'s framing loop: takes messages from `msgs` while they are on

@@ -713,13 +713,12 @@ impl ShmStream {
         // (Message frames count as copied; control frames are always copied.)
         let data = header[0] == FrameKind::Data as u8;
         loop {
+            // Sent: whether its payload was copied (not lent, and not empty).
             let sent = if inline {
-                let sent = tx.producer.write_inline(header, payload).map_err(corrupt)?;
-                if sent && data {
-                    tx.copied_frames += 1;
-                    tx.copied_bytes += len as u64;
-                }
-                sent
+                tx.producer
+                    .write_inline(header, payload)
+                    .map_err(corrupt)?
+                    .then_some(true)
             } else {
                 // Room in the ring (checked first: a slot handed over must get its
                 // descriptor), then a slot for the payload.
@@ -727,20 +726,15 @@ impl ShmStream {
                 let slot = if !room {
                     None
                 } else if len == 0 {
-                    Some((NO_SLOT, 0))
-                } else if let Some(lent) = loan.and_then(|p| pool.claim_loan(p)) {
+                    Some((NO_SLOT, 0, false))
+                } else if let Some((slot, n)) = loan.and_then(|p| pool.claim_loan(p)) {
                     // A payload written in place (`Pipe::alloc`): only the descriptor moves.
                     tx.lent_frames += 1;
-                    Some(lent)
+                    Some((slot, n, false))
                 } else {
-                    pool.send_copy(payload).inspect(|_| {
-                        if data {
-                            tx.copied_frames += 1;
-                            tx.copied_bytes += len as u64;
-                        }
-                    })
+                    pool.send_copy(payload).map(|(slot, n)| (slot, n, true))
                 };
-                if let Some((slot, n)) = slot {
+                if let Some((slot, n, _)) = slot {
                     // (Published with the rest of the run: `ShmStream::published`.)
                     let pushed = tx
                         .producer
@@ -752,9 +746,13 @@ impl ShmStream {
                         .map_err(corrupt)?;
                     debug_assert!(pushed, "room was checked, and only this side pushes");
                 }
-                slot.is_some()
+                slot.map(|(_, _, copied)| copied)
             };
-            if sent {
+            if let Some(copied) = sent {
+                if copied && data {
+                    tx.copied_frames += 1;
+                    tx.copied_bytes += len as u64;
+                }
                 if prepared {
                     wait::cancel(word);
                 }
