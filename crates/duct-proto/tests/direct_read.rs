@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use duct_proto::qos::{Admission, QosConfig};
 use duct_proto::wire::HEADER_LEN;
 use duct_proto::{Config, Error, Session, State, DIRECT_MIN};
 use proptest::prelude::*;
@@ -63,6 +64,18 @@ fn drive(rx: &mut Session, stream: &[u8], reads: &[usize], direct: &[bool], tail
     in_place
 }
 
+/// A sender's configuration whose channels queue all that [`sizes`] makes (up to seven
+/// messages of 1 MiB; the default send mark, a few MiB, would hold some back: they would
+/// then never be sent).
+fn roomy() -> Config {
+    let mut qos = QosConfig::default();
+    qos.default.snd_hwm_bytes = 16 << 20;
+    Config {
+        qos: std::sync::Arc::new(qos),
+        ..Config::default()
+    }
+}
+
 /// Messages of every size class: small, one frame, just over, several frames.
 fn sizes() -> impl Strategy<Value = Vec<(u16, usize, bool)>> {
     let size = prop_oneof![
@@ -85,11 +98,12 @@ proptest! {
         tail in prop_oneof![Just(0usize), 1usize..100, Just(4096), Just(usize::MAX)],
     ) {
         let now = Instant::now();
-        let (mut tx, mut rx) = established(Config::default(), Config::default(), now);
+        let (mut tx, mut rx) = established(roomy(), Config::default(), now);
         let mut sent: BTreeMap<u16, Vec<Bytes>> = BTreeMap::new();
         for (i, &(channel, len, reliable)) in msgs.iter().enumerate() {
             let p = pattern(len, i as u64);
-            tx.send_message(channel, p.clone(), None, Some(reliable), now).unwrap();
+            let admitted = tx.send_message(channel, p.clone(), None, Some(reliable), now);
+            prop_assert!(matches!(admitted, Ok(Admission::Queued)), "queued: {:?}", admitted.map(|_| ()));
             sent.entry(channel).or_default().push(p);
         }
         let stream = wire(&mut tx);
@@ -112,9 +126,10 @@ proptest! {
         direct in proptest::collection::vec(any::<bool>(), 1..4),
     ) {
         let now = Instant::now();
-        let (mut tx, mut rx) = established(Config::default(), Config::default(), now);
+        let (mut tx, mut rx) = established(roomy(), Config::default(), now);
         for (i, &(channel, len, reliable)) in msgs.iter().enumerate() {
-            tx.send_message(channel, pattern(len, i as u64), None, Some(reliable), now).unwrap();
+            let admitted = tx.send_message(channel, pattern(len, i as u64), None, Some(reliable), now);
+            prop_assert!(matches!(admitted, Ok(Admission::Queued)), "queued: {:?}", admitted.map(|_| ()));
         }
         let mut stream = wire(&mut tx);
         for (at, x) in flips {
