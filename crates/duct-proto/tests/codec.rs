@@ -13,6 +13,7 @@ use duct_proto::wire::control::{
     self, clamp_reason, Close, Extension, Hello, Reject, Welcome, HELLO_FIXED_LEN, MAX_EXTENSIONS,
     MAX_REASON_LEN, MAX_SACK_RANGES, REJECT_FIXED_LEN, WELCOME_FIXED_LEN,
 };
+use duct_proto::wire::header::{put_u32, set_flag};
 use duct_proto::wire::{
     flags, Deframer, FrameKind, Header, WireError, HANDSHAKE_MAX_PAYLOAD, HEADER_LEN,
 };
@@ -151,6 +152,31 @@ proptest! {
         let mut longer = b.to_vec();
         longer.extend_from_slice(&trailing);
         prop_assert_eq!(Header::decode(&longer), Ok(h));
+    }
+
+    #[test]
+    fn header_fields_written_in_place_change_only_their_bytes(
+        h in arb_header(),
+        field in 1usize..6,
+        v in any::<u32>(),
+        flag in any::<u8>(),
+    ) {
+        // `put_u32` at each 4-byte field but the first (kind, flags, channel), `set_flag`:
+        // as the header with that field set, encoded.
+        let mut b = h.encode();
+        put_u32(&mut b, field * 4, v);
+        let mut want = h;
+        *[
+            &mut want.payload_len,
+            &mut want.seq,
+            &mut want.ack,
+            &mut want.ttl_ms,
+            &mut want.aux,
+        ][field - 1] = v;
+        prop_assert_eq!(b, want.encode());
+        set_flag(&mut b, flag);
+        want.flags |= flag;
+        prop_assert_eq!(b, want.encode());
     }
 
     #[test]

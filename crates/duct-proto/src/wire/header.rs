@@ -156,17 +156,25 @@ impl Header {
     }
 
     /// Encodes into the 24 wire bytes.
+    ///
+    /// Each 8-byte word is put together in a register and stored whole: a header is often
+    /// read back soon with wide loads (moved, or copied into a shared-memory ring), and a
+    /// load that spans several narrow stores cannot be forwarded from them; it waits until
+    /// every earlier store has reached the cache.
     #[inline]
     pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let words = [
+            u64::from(self.kind as u8) << 56
+                | u64::from(self.flags) << 48
+                | u64::from(self.channel) << 32
+                | u64::from(self.payload_len),
+            u64::from(self.seq) << 32 | u64::from(self.ack),
+            u64::from(self.ttl_ms) << 32 | u64::from(self.aux),
+        ];
         let mut b = [0u8; HEADER_LEN];
-        b[0] = self.kind as u8;
-        b[1] = self.flags;
-        b[2..4].copy_from_slice(&self.channel.to_be_bytes());
-        b[4..8].copy_from_slice(&self.payload_len.to_be_bytes());
-        b[8..12].copy_from_slice(&self.seq.to_be_bytes());
-        b[12..16].copy_from_slice(&self.ack.to_be_bytes());
-        b[16..20].copy_from_slice(&self.ttl_ms.to_be_bytes());
-        b[20..24].copy_from_slice(&self.aux.to_be_bytes());
+        for (dst, w) in b.chunks_exact_mut(8).zip(words) {
+            dst.copy_from_slice(&w.to_be_bytes());
+        }
         b
     }
 
@@ -194,4 +202,27 @@ impl Header {
             aux: u32_at(20),
         })
     }
+}
+/// Writes `v` big-endian at byte `at` (a multiple of 4) of the encoded header `b`, by
+/// reading and storing whole the 8-byte word that holds it (see [`Header::encode`]: a wide
+/// load of the header soon after is then forwarded from one store).
+#[inline(always)]
+pub fn put_u32(b: &mut [u8; HEADER_LEN], at: usize, v: u32) {
+    debug_assert!(at % 4 == 0 && at < HEADER_LEN);
+    let word = &mut b[at & !7..(at & !7) + 8];
+    let shift = if at & 4 == 0 { 32 } else { 0 };
+    let mut w = [0; 8];
+    w.copy_from_slice(word);
+    let w = u64::from_be_bytes(w) & !(0xFFFF_FFFF << shift) | u64::from(v) << shift;
+    word.copy_from_slice(&w.to_be_bytes());
+}
+
+/// Sets `flag` in the flags byte of the encoded header `b`, storing its first 8-byte word
+/// whole (see [`put_u32`]).
+#[inline(always)]
+pub fn set_flag(b: &mut [u8; HEADER_LEN], flag: u8) {
+    let mut w = [0; 8];
+    w.copy_from_slice(&b[..8]);
+    let w = u64::from_be_bytes(w) | u64::from(flag) << 48;
+    b[..8].copy_from_slice(&w.to_be_bytes());
 }
