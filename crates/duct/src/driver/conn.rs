@@ -535,9 +535,12 @@ impl<'a, S: Sink + ?Sized> Take<'a, S> {
     fn count_into(self, g: &mut Shared) -> usize {
         let mut runs = self.runs;
         let mut taken = self.run.msgs;
-        for r in runs.drain(..) {
-            taken += r.msgs;
-            g.count_received(r);
+        if !runs.is_empty() {
+            // (Rare: messages of several channels in one call.)
+            for r in runs.drain(..) {
+                taken += r.msgs;
+                g.count_received(r);
+            }
         }
         g.runs = runs;
         g.count_received(self.run);
@@ -2019,26 +2022,36 @@ impl Conn {
         let mut handed = 0;
         loop {
             let mut n = std::mem::take(&mut handed);
-            let mut take = Take::new(&mut g, &self.span, &mut *sink);
-            while n < max {
-                // Messages received on an earlier connection first.
-                let Some(d) = g.carry.pop_front() else {
-                    break;
-                };
-                take.take_owned(d);
-                n += 1;
-            }
-            if n + 1 == max {
-                // One message (recv): the plain way is the shortest.
+            if n + 1 == max && g.carry.is_empty() {
+                // One message (recv), none carried over: the plain way is the shortest (and
+                // when the session has none, as before a read, nothing is counted).
                 if let Some(d) = g.session.poll_message() {
+                    let mut take = Take::new(&mut g, &self.span, &mut *sink);
+                    take.take_owned(d);
+                    take.count_into(&mut g);
+                    n += 1;
+                }
+            } else {
+                let mut take = Take::new(&mut g, &self.span, &mut *sink);
+                while n < max {
+                    // Messages received on an earlier connection first.
+                    let Some(d) = g.carry.pop_front() else {
+                        break;
+                    };
                     take.take_owned(d);
                     n += 1;
                 }
-            } else if n < max {
-                let now = g.session.now();
-                n += g.session.poll_received_at(now, max - n, &mut take);
+                if n + 1 == max {
+                    if let Some(d) = g.session.poll_message() {
+                        take.take_owned(d);
+                        n += 1;
+                    }
+                } else if n < max {
+                    let now = g.session.now();
+                    n += g.session.poll_received_at(now, max - n, &mut take);
+                }
+                take.count_into(&mut g);
             }
-            take.count_into(&mut g);
             if n > 0 {
                 return Ok(self.took(g, n));
             }
