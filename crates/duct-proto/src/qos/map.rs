@@ -46,15 +46,24 @@ impl<V> Default for ChannelMap<V> {
 
 impl<V> ChannelMap<V> {
     /// The value of `channel`, made with `make` if absent.
-    #[inline]
+    // (Inlined down to the last channel's check, which is all a run of messages on one
+    // channel needs; the swap is out of line.)
+    #[inline(always)]
     pub fn get_or_insert_with(&mut self, channel: u16, make: impl FnOnce() -> V) -> &mut V {
-        if self.last.as_ref().is_none_or(|(c, _)| *c != channel) {
-            let v = self.map.remove(&channel).unwrap_or_else(make);
-            if let Some((c, old)) = self.last.replace((channel, v)) {
-                self.map.insert(c, old);
-            }
+        if !matches!(&self.last, Some((c, _)) if *c == channel) {
+            self.swap_in(channel, make);
         }
         &mut self.last.as_mut().expect("set above").1
+    }
+
+    /// Makes `channel`'s value (made with `make` if absent) the last one, for
+    /// [`ChannelMap::get_or_insert_with`].
+    #[inline(never)]
+    fn swap_in(&mut self, channel: u16, make: impl FnOnce() -> V) {
+        let v = self.map.remove(&channel).unwrap_or_else(make);
+        if let Some((c, old)) = self.last.replace((channel, v)) {
+            self.map.insert(c, old);
+        }
     }
 
     /// The value of `channel`, if present.

@@ -1661,6 +1661,7 @@ impl Session {
     }
 
     /// Whether the driver stopped reading ([`Session::pause_receive`]) and has not resumed.
+    #[inline]
     pub fn receive_paused(&self) -> bool {
         self.recv_paused.is_some()
     }
@@ -1700,6 +1701,13 @@ impl Session {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Whether an event waits for [`Session::poll_event`] (a check cheap enough to make
+    /// after every input, where events are rare).
+    #[inline]
+    pub fn has_event(&self) -> bool {
+        !self.events.is_empty()
     }
 
     /// The next instant at which [`Session::handle_timeout`] must be called.
@@ -2639,6 +2647,7 @@ impl Session {
 
     /// The latest time any call brought (what [`Session::poll_transmit`] and
     /// [`Session::poll_message`] use).
+    #[inline]
     pub fn now(&self) -> Instant {
         self.now
     }

@@ -2164,17 +2164,24 @@ impl Conn {
 
     /// A receive took `n` messages (counted): lets the reactor read ahead again if the
     /// receive queue has room now, and returns `n`.
+    #[inline]
     fn took(&self, mut g: MutexGuard<'_, Shared>, n: usize) -> usize {
         if g.session.receive_paused() && g.session.recv_low() {
-            // Room again: let the reactor read ahead once the caller is idle.
-            g.sample_at = None;
-            g.session.resume_receive(Instant::now());
-            g.recheck_at.get_or_insert(Instant::now() + RECHECK);
-            self.reschedule(&mut g);
+            self.resume_reading(&mut g);
         }
         drop(g);
         self.run_callbacks();
         n
+    }
+
+    /// The receive queue has room again after the reactor paused reading: lets it read
+    /// ahead once the caller is idle.
+    #[inline(never)]
+    fn resume_reading(&self, g: &mut Shared) {
+        g.sample_at = None;
+        g.session.resume_receive(Instant::now());
+        g.recheck_at.get_or_insert(Instant::now() + RECHECK);
+        self.reschedule(g);
     }
 
     /// An async receive found nothing: fails with `TimedOut` past its deadline, else
@@ -2495,7 +2502,17 @@ impl Conn {
         }
     }
 
+    #[inline]
     fn drain_events(&self, g: &mut Shared) {
+        // (After every input, and events are rare: the loop is out of line.)
+        if g.session.has_event() {
+            self.handle_events(g);
+        }
+    }
+
+    /// [`Conn::drain_events`] when there are some.
+    #[inline(never)]
+    fn handle_events(&self, g: &mut Shared) {
         while let Some(ev) = g.session.poll_event() {
             match ev {
                 Event::PeerClosed(c) => {
@@ -3222,10 +3239,17 @@ impl Conn {
 
     /// Runs state-change callbacks queued under the lock, without holding it, and publishes
     /// the pipe's figures when that is due.
+    // (Inlined, the work out of line: called after every send and receive, and rarely due.)
+    #[inline]
     fn run_callbacks(&self) {
-        if !self.callbacks_pending.load(Ordering::Acquire) {
-            return;
+        if self.callbacks_pending.load(Ordering::Acquire) {
+            self.run_pending_callbacks();
         }
+    }
+
+    /// [`Conn::run_callbacks`] when some are pending.
+    #[inline(never)]
+    fn run_pending_callbacks(&self) {
         let (list, errors) = {
             let mut g = self.lock();
             #[cfg(feature = "metrics")]

@@ -331,26 +331,35 @@ impl Side for RxSide {
 
 /// The side of connection `id` that `side` holds; on its first use (or if it held another
 /// connection's before), the one waiting in `spare`, which is taken.
-#[inline]
+// (Inlined, with the first use out of line: called for every frame sent and every read.)
+#[inline(always)]
 fn claim<'a, T: Side>(
     side: &'a mut FrameSide,
     id: u64,
     spare: &Mutex<Option<T>>,
 ) -> io::Result<&'a mut T> {
     if side.owner != id || side.state.is_none() {
-        let taken = spare.lock().unwrap_or_else(|p| p.into_inner()).take();
-        // None: another buffer took it, a bug in the driver (one buffer per direction and
-        // connection).
-        let taken = taken.ok_or_else(|| {
-            io::Error::other("shared memory: a ring end is held by another of the driver's buffers")
-        })?;
-        side.owner = id;
-        side.state = Some(Box::new(taken.wrap()));
+        take_spare(side, id, spare)?;
     }
     side.state
         .as_deref_mut()
         .and_then(T::get)
         .ok_or_else(|| io::Error::other("shared memory: a ring end of the wrong kind"))
+}
+
+/// [`claim`]'s first use: moves the side waiting in `spare` into `side`.
+#[cold]
+#[inline(never)]
+fn take_spare<T: Side>(side: &mut FrameSide, id: u64, spare: &Mutex<Option<T>>) -> io::Result<()> {
+    let taken = spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+    // None: another buffer took it, a bug in the driver (one buffer per direction and
+    // connection).
+    let taken = taken.ok_or_else(|| {
+        io::Error::other("shared memory: a ring end is held by another of the driver's buffers")
+    })?;
+    side.owner = id;
+    side.state = Some(Box::new(taken.wrap()));
+    Ok(())
 }
 
 /// Writes one wake byte to the control socket without blocking (a full socket already holds
@@ -469,11 +478,13 @@ impl ShmStream {
     }
 
     /// The sending side `side` holds, taken from here on its first use.
+    #[inline]
     fn tx_side<'a>(&self, side: &'a mut FrameSide) -> io::Result<&'a mut TxSide> {
         claim(side, self.id, &self.tx_spare)
     }
 
     /// The receiving side `side` holds, taken from here on its first use.
+    #[inline]
     fn rx_side<'a>(&self, side: &'a mut FrameSide) -> io::Result<&'a mut RxSide> {
         claim(side, self.id, &self.rx_spare)
     }
