@@ -308,20 +308,13 @@ impl DirectRun {
     /// went to that wait).
     #[inline]
     pub fn write_header(&self, len: usize, seq: u64, dst: &mut [u8; HEADER_LEN]) {
-        let word = |at: usize| {
-            let mut w = [0; 8];
-            w.copy_from_slice(&self.template[at..at + 8]);
-            u64::from_ne_bytes(w)
-        };
-        let first = with_be32(word(0), 4, len as u32);
-        let second = if self.reliable {
-            with_be32(word(8), 0, crate::reliable::narrow(seq))
-        } else {
-            word(8)
-        };
-        dst[..8].copy_from_slice(&first.to_ne_bytes());
-        dst[8..16].copy_from_slice(&second.to_ne_bytes());
-        dst[16..].copy_from_slice(&word(16).to_ne_bytes());
+        // (Set in a local, which lives in registers, and stored whole.)
+        let mut h = self.template;
+        crate::wire::header::put_u32(&mut h, 4, len as u32);
+        if self.reliable {
+            crate::wire::header::put_u32(&mut h, 8, crate::reliable::narrow(seq));
+        }
+        *dst = h;
     }
 
     /// Whether a `len`-byte message of the run goes out in fragments that the driver may
@@ -395,15 +388,6 @@ impl DirectRun {
             h
         })
     }
-}
-
-/// `word` (8 bytes of a header, as a native-endian integer) with its bytes `at..at + 4`
-/// replaced by `v`, big-endian: done in a register (see [`DirectRun::write_header`]).
-#[inline(always)]
-fn with_be32(word: u64, at: usize, v: u32) -> u64 {
-    let mut bytes = word.to_ne_bytes();
-    bytes[at..at + 4].copy_from_slice(&v.to_be_bytes());
-    u64::from_ne_bytes(bytes)
 }
 
 /// Fresh reliable messages of a [`DirectRun`] that a driver frames in place, one after the

@@ -203,6 +203,7 @@ impl Header {
         })
     }
 }
+
 /// Writes `v` big-endian at byte `at` (a multiple of 4) of the encoded header `b`, by
 /// reading and storing whole the 8-byte word that holds it (see [`Header::encode`]: a wide
 /// load of the header soon after is then forwarded from one store).

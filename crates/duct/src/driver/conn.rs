@@ -2502,6 +2502,7 @@ impl Conn {
         }
     }
 
+    /// Handles the events the session raised (a peer's close, a pong, a connection).
     #[inline]
     fn drain_events(&self, g: &mut Shared) {
         // (After every input, and events are rare: the loop is out of line.)
