@@ -529,9 +529,7 @@ impl RawShmConn {
         drop(slot);
         Ok(self.frame[0] == FLAG_LAST)
     }
-}
 
-impl RawShmConn {
     /// Copies the payload of `d`, in the ring after it, out to `inbuf`, and gives their
     /// places back.
     #[inline]

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::{Backpressure, ChannelConfig, ChannelMap, Counts, QosConfig, TokenBucket};
 use crate::session::Transmit;
+use crate::wire::header::fragment_marks;
 use crate::wire::{flags, Header, HEADER_LEN};
 
 /// What became of a message offered to [`Outbox::offer`].
@@ -1088,16 +1089,7 @@ impl Outbox {
     pub fn requeue_front(&mut self, messages: Vec<(u16, Bytes)>, now: Instant) {
         self.rewind();
         for (channel, payload) in messages.into_iter().rev() {
-            let len = payload.len();
-            let ch = self.chan(channel, now);
-            ch.queue.push_front(Pending {
-                payload,
-                offset: 0,
-                deadline: None,
-                reliable: false,
-                seq: 0,
-            });
-            self.queued_again(channel, len);
+            self.put_front(channel, payload, 0, now);
         }
     }
 
@@ -1358,13 +1350,20 @@ impl Outbox {
     /// the channel continues it from `offset` (see [`crate::Session::send_started`]).
     pub fn push_started(&mut self, channel: u16, payload: Bytes, offset: usize, now: Instant) {
         debug_assert!(offset > 0 && offset < payload.len(), "a message under way");
-        let len = payload.len();
-        let ch = self.chan(channel, now);
         debug_assert!(
-            ch.queue.front().is_none_or(|p| p.offset == 0),
+            self.chans
+                .get(channel)
+                .is_none_or(|ch| ch.queue.front().is_none_or(|p| p.offset == 0)),
             "one message under way per channel"
         );
-        ch.queue.push_front(Pending {
+        self.put_front(channel, payload, offset, now);
+    }
+
+    /// Puts a realtime message, accepted before and with no deadline any more, at the front
+    /// of `channel`'s queue, its first `offset` bytes already sent, and counts it.
+    fn put_front(&mut self, channel: u16, payload: Bytes, offset: usize, now: Instant) {
+        let len = payload.len();
+        self.chan(channel, now).queue.push_front(Pending {
             payload,
             offset,
             deadline: None,
@@ -1558,14 +1557,11 @@ impl Outbox {
                         h.ttl_ms = remaining_ms(d, now);
                         deadline = Some(d);
                     }
-                    if n < total {
-                        h.aux = total as u32;
-                    }
-                } else {
-                    h.flags |= flags::CONTINUATION;
                 }
-                if head.offset + n < total {
-                    h.flags |= flags::MORE_FRAGMENTS;
+                let (marks, aux) = fragment_marks(head.offset, n, total);
+                h.flags |= marks;
+                if let Some(total) = aux {
+                    h.aux = total;
                 }
                 let part = (!(first && n == total))
                     .then(|| head.payload.slice(head.offset..head.offset + n));

@@ -257,8 +257,6 @@ pub enum Direct {
 #[derive(Clone, Copy, Debug)]
 pub struct DirectRun {
     channel: u16,
-    /// Longest payload that goes out as one frame within the message limits.
-    max_len: usize,
     /// Longest frame payload the peer takes.
     frame_max: usize,
     /// Longest message either side allows.
@@ -289,7 +287,7 @@ impl DirectRun {
     /// limits. (When it does not, [`Session::send_direct`] says what becomes of it.)
     #[inline]
     pub fn fits(&self, len: usize) -> bool {
-        len <= self.max_len
+        len <= self.frame_max.min(self.message_max)
     }
 
     /// Writes the header of the run's `len`-byte message into `dst`, numbered `seq` if the
@@ -356,16 +354,11 @@ impl DirectRun {
             return;
         }
         debug_assert!(self.fragments(total) && len > 0);
-        let mut flags = 0;
-        if offset > 0 {
-            flags |= flags::CONTINUATION;
-        } else {
-            crate::wire::header::put_u32(dst, 20, total as u32);
+        let (marks, aux) = crate::wire::header::fragment_marks(offset, len, total);
+        if let Some(total) = aux {
+            crate::wire::header::put_u32(dst, 20, total);
         }
-        if offset + len < total {
-            flags |= flags::MORE_FRAGMENTS;
-        }
-        crate::wire::header::set_flag(dst, flags);
+        crate::wire::header::set_flag(dst, marks);
     }
 
     /// Marks the reliable frame header `dst` (written by [`DirectRun::write_header`]) as
@@ -866,7 +859,6 @@ impl Session {
         let neg = self.negotiated.as_ref()?;
         let frame_max = (neg.send_frame_max as usize).max(1);
         let message_max = neg.send_message_max.min(self.config.max_message_size) as usize;
-        let max_len = frame_max.min(message_max);
         let reliable = self.outbox.direct_allowed(channel, ttl, reliable, now)?;
         if reliable && !self.rel_agreed {
             // (`send_direct` refuses these: the peer does not speak RELIABLE.)
@@ -881,7 +873,6 @@ impl Session {
         self.tick(now);
         Some(DirectRun {
             channel,
-            max_len,
             frame_max,
             message_max,
             reliable,

@@ -204,6 +204,25 @@ impl Header {
     }
 }
 
+/// The fragment marks of the DATA frame that carries the `len` bytes from `offset` of a
+/// `total`-byte message (docs/PROTOCOL.md §6): its flags (`CONTINUATION` on all but the
+/// first frame, `MORE_FRAGMENTS` on all but the last) and, on the first of several frames,
+/// the message's length for `aux`. A message in one frame has none.
+#[inline]
+pub fn fragment_marks(offset: usize, len: usize, total: usize) -> (u8, Option<u32>) {
+    let mut marks = 0;
+    let mut aux = None;
+    if offset > 0 {
+        marks |= flags::CONTINUATION;
+    } else if len < total {
+        aux = Some(total as u32);
+    }
+    if offset + len < total {
+        marks |= flags::MORE_FRAGMENTS;
+    }
+    (marks, aux)
+}
+
 /// Writes `v` big-endian at byte `at` (a multiple of 4) of the encoded header `b`, by
 /// reading and storing whole the 8-byte word that holds it (see [`Header::encode`]: a wide
 /// load of the header soon after is then forwarded from one store).

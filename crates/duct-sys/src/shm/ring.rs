@@ -348,16 +348,24 @@ impl Producer {
         if !self.has_room()? {
             return Ok(false);
         }
+        self.put(desc.to_words());
+        Ok(true)
+    }
+
+    /// Writes `words` in the place at `head` and moves `head` past it. Only for a place
+    /// [`Producer::has_room_for`] counted free.
+    #[inline]
+    fn put(&mut self, words: DescWords) {
         self.mem.slot(self.head).0.with_mut(|p| {
-            // SAFETY: the slot at `head` is ours: the consumer has moved past it (tail_cache
-            // > head - capacity) and will not read it until we publish `head + 1`. A hostile
-            // peer writing it concurrently can only garble its own input (the slot is plain
-            // data, written volatile so the write is not elided or split by assumptions).
-            // `Desc` is as large as `DescWords` and at least as aligned (asserted above).
-            unsafe { std::ptr::write_volatile(p.cast::<DescWords>(), desc.to_words()) }
+            // SAFETY: the place at `head` is ours: room was counted for it, so the consumer
+            // has moved past it (tail_cache > head - capacity), and it will not read it until
+            // we publish past it. A hostile peer writing it concurrently can only garble its
+            // own input (the place is plain data, written volatile so the write is not elided
+            // or split by assumptions). A place is as large as `DescWords` and at least as
+            // aligned (asserted above).
+            unsafe { std::ptr::write_volatile(p.cast::<DescWords>(), words) }
         });
         self.head += 1;
-        Ok(true)
     }
 
     /// Appends a descriptor with `header` whose payload is `payload` itself, copied into the
@@ -381,28 +389,18 @@ impl Producer {
             slot: INLINE,
             len: len as u32,
         };
-        let mut at = self.head;
-        let mut put = |words: DescWords| {
-            self.mem.slot(at).0.with_mut(|p| {
-                // SAFETY: as in `write`: the places from `head` on, as many as
-                // `has_room_for` counted, are ours until we publish them; the write is
-                // volatile, by value, of plain words.
-                unsafe { std::ptr::write_volatile(p.cast::<DescWords>(), words) }
-            });
-            at += 1;
-        };
-        put(desc.to_words());
+        // (Room was counted for all of them.)
+        self.put(desc.to_words());
         let mut chunks = payload.chunks_exact(DESC_LEN);
         for chunk in &mut chunks {
-            put(words_of(chunk));
+            self.put(words_of(chunk));
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
             let mut last = [0u8; DESC_LEN];
             last[..rest.len()].copy_from_slice(rest);
-            put(words_of(&last));
+            self.put(words_of(&last));
         }
-        self.head = at;
         Ok(true)
     }
 
@@ -495,17 +493,23 @@ impl Consumer {
         if self.tail == self.head_cache && !self.refresh()? {
             return Ok(None);
         }
-        let desc = self.mem.slot(self.tail).0.with(|p| {
-            // SAFETY: the producer published index `tail` (head_cache > tail) with a Release
-            // store we read with Acquire, so the slot's contents are visible, and it will not
-            // rewrite the slot until we publish `tail + 1`. The copy is volatile and by value:
-            // nothing reads the slot again. `Desc` is as large as `DescWords` and at least as
-            // aligned (asserted above), and any bits are valid words.
-            unsafe { std::ptr::read_volatile(p.cast::<DescWords>()) }
-        });
-        let desc = Desc::from_words(desc);
+        let desc = Desc::from_words(self.get(self.tail));
         self.tail += 1;
         Ok(Some(desc))
+    }
+
+    /// The words in the place at `index`. Only for a place the producer published and we
+    /// have not released (`tail <= index < head_cache`).
+    #[inline]
+    fn get(&self, index: u64) -> DescWords {
+        self.mem.slot(index).0.with(|p| {
+            // SAFETY: the producer published the place (head_cache > index) with a Release
+            // store we read with Acquire, so its contents are visible, and it will not
+            // rewrite it until we release past it. The copy is volatile and by value: nothing
+            // reads the place again. A place is as large as `DescWords` and at least as
+            // aligned (asserted above), and any bits are valid words.
+            unsafe { std::ptr::read_volatile(p.cast::<DescWords>()) }
+        })
     }
 
     /// Copies the payload of `desc`, a descriptor just [`take`](Consumer::take)n whose slot is
@@ -532,12 +536,8 @@ impl Consumer {
         out.reserve(len);
         let mut left = len;
         for k in 0..places {
-            let words = self.mem.slot(self.tail + k).0.with(|p| {
-                // SAFETY: as in `take`: the producer published these places (head_cache
-                // covers them, read with Acquire) and does not rewrite them before we give
-                // them back; the read is volatile and by value, and any bits are valid words.
-                unsafe { std::ptr::read_volatile(p.cast::<DescWords>()) }
-            });
+            // (Published: head_cache covers them, checked above.)
+            let words = self.get(self.tail + k);
             let mut bytes = [0u8; DESC_LEN];
             for (b, w) in bytes.chunks_exact_mut(8).zip(words) {
                 b.copy_from_slice(&w.to_ne_bytes());

@@ -2041,12 +2041,7 @@ impl Conn {
                     take.take_owned(d);
                     n += 1;
                 }
-                if n + 1 == max {
-                    if let Some(d) = g.session.poll_message() {
-                        take.take_owned(d);
-                        n += 1;
-                    }
-                } else if n < max {
+                if n < max {
                     let now = g.session.now();
                     n += g.session.poll_received_at(now, max - n, &mut take);
                 }

@@ -362,6 +362,15 @@ fn take_spare<T: Side>(side: &mut FrameSide, id: u64, spare: &Mutex<Option<T>>) 
     Ok(())
 }
 
+/// Room in `small` for a payload of `len` bytes to be copied out (in a chunk of `chunks`
+/// when it is short: no allocation in steady state).
+#[inline]
+fn small_room(small: &mut BytesMut, chunks: &mut Chunks, len: usize) {
+    if small.capacity() - small.len() < len {
+        chunks.make_room(small, len, SMALL_CHUNK);
+    }
+}
+
 /// Writes one wake byte to the control socket without blocking (a full socket already holds
 /// wake bytes: nothing is lost).
 fn ring_bell(ctl: &UnixStream) {
@@ -861,9 +870,7 @@ impl ShmStream {
                         chunks,
                         ..
                     } = &mut *rx;
-                    if small.capacity() - small.len() < d.len as usize {
-                        chunks.make_room(small, d.len as usize, SMALL_CHUNK);
-                    }
+                    small_room(small, chunks, d.len as usize);
                     if let Err(e) = consumer.take_inline(&d, small) {
                         // (No frame left waiting for its payload: the connection ends.)
                         if later > 0 {
@@ -923,9 +930,7 @@ impl ShmStream {
             ));
         }
         let RxSide { small, chunks, .. } = rx;
-        if small.capacity() - small.len() < d.len as usize {
-            chunks.make_room(small, d.len as usize, SMALL_CHUNK);
-        }
+        small_room(small, chunks, d.len as usize);
         self.rx_pool
             .read_and_free(d.slot, d.len, |bytes| small.extend_from_slice(bytes))
             .map_err(corrupt)?;
