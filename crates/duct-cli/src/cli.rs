@@ -135,14 +135,17 @@ pub struct BenchArgs {
     /// loaded ÷ idle. The raw baseline, which has no channels, runs a plain ping-pong as the
     /// idle reference.
     ///
-    /// scale (duct only, run only when named): --pipes pipes on one listener of this
+    /// scale (run only when named): --pipes pipes on one listener of this
     /// process; the peer dials them all and sends --size messages on every one, round-robin,
     /// with Pipe::send_slices of up to 16 messages per pipe (--batch if lower; 1: send_slice);
     /// this process receives with 2 threads, as --scale-receive says (default: a tokio task
     /// per pipe awaiting recv_async). In the same rounds, the same traffic on one pipe
     /// (received with one thread) is the reference: reports total msgs/s for both and N pipes ÷
     /// one per round, duct's own threads (named duct-*) and all threads of this process, and
-    /// RSS per pipe in both processes (VmRSS growth ÷ pipes; Linux). No raw baseline.
+    /// RSS per pipe in both processes (VmRSS growth ÷ pipes; Linux). Then on tcp and uds the
+    /// raw baseline, the same traffic on --pipes plain sockets and on one (one write of the
+    /// batch's length-prefixed frames per socket in turn; received by a tokio task per socket,
+    /// or sweeping, on as many threads): its own N ÷ 1, and duct ÷ raw on as many pipes.
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = spec::parse_patterns)]
     pub pattern: PatternSelection,
 

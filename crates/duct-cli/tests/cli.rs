@@ -660,29 +660,52 @@ fn tiny_scale_bench() {
             "N÷1",
             "duct threads",
             "RSS/pipe",
-            "no raw baseline",
+            "raw: the same traffic on plain sockets",
+            "duct÷raw",
         ],
     );
     eprintln!("tiny scale bench: {:?}", started.elapsed());
-    // duct on 50 pipes, then its one-pipe reference; no raw row.
-    assert_eq!(check_results(&json, 2), 2, "{json}");
+    // duct on 50 pipes, then its one-pipe reference; then raw on 50 sockets and on one.
+    assert_eq!(check_results(&json, 2), 4, "{json}");
     let results = json["results"].as_array().unwrap();
     let (many, one) = (&results[0], &results[1]);
-    for r in results {
+    for (i, r) in results.iter().enumerate() {
+        let system = if i < 2 { "duct" } else { "raw" };
         assert_eq!(
             (&r["system"], &r["pattern"], &r["transport"]),
-            (&"duct".into(), &"scale".into(), &"uds".into()),
+            (&system.into(), &"scale".into(), &"uds".into()),
             "{r}"
         );
+        assert_eq!(r["pipes"], if i % 2 == 0 { 50 } else { 1 }, "{r}");
+        assert!(
+            (i % 2 == 1) == (r["reference"] == "one_pipe"),
+            "the one-pipe rows are the references: {r}"
+        );
     }
-    assert_eq!(many["pipes"], 50, "{many}");
-    assert_eq!(one["pipes"], 1, "{one}");
-    assert_eq!(one["reference"], "one_pipe", "{one}");
     assert!(
         many["ratio_vs_one_pipe"]["msgs_per_sec"].as_f64().unwrap() > 0.0,
         "{many}"
     );
-    for r in results {
+    for r in [many, one] {
+        assert!(
+            r["ratio_vs_raw"]["msgs_per_sec"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+    }
+    let raw_many = &results[2];
+    assert!(
+        raw_many["ratio_vs_one_pipe"]["msgs_per_sec"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{raw_many}"
+    );
+    assert_eq!(raw_many["backend"], "tokio", "{raw_many}");
+    for r in &results[2..] {
+        assert!(r["threads_duct"].is_null(), "{r}");
+        assert!(r["peer_threads_duct"].is_null(), "{r}");
+    }
+    for r in &results[..2] {
         assert!(r["msgs_per_sec"].as_f64().unwrap() > 0.0, "{r}");
         for key in [
             "threads_duct",

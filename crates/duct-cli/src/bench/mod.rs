@@ -39,6 +39,8 @@ pub mod plot;
 pub mod raw;
 pub mod report;
 pub mod scale;
+#[cfg(unix)]
+pub mod scale_raw;
 #[cfg(target_os = "linux")]
 pub mod shm;
 pub mod spec;
@@ -59,7 +61,7 @@ use self::duct_conn::DuctConn;
 use self::mixed::BulkSender;
 use self::peer::{Peer, Watchdog};
 use self::raw::{RawConn, RawListener};
-use self::report::{CaseResult, Host, Loaded, Reliable, RunConfig, Scale};
+use self::report::{CaseResult, Host, Loaded, RawScale, Reliable, RunConfig, Scale};
 use self::scale::ScaleFigures;
 use self::spec::{Amount, Job, Pattern, System, Transport};
 use self::stats::RunResult;
@@ -155,6 +157,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.pattern.0.contains(&Pattern::Scale) {
         let ends_here = if args.threads { 2 } else { 1 };
+        // (With the raw baseline, the pipes of one run are closed before the next opens.)
         scale::ensure_fd_limit(args.pipes, ends_here)?;
     }
     let watchdog = Watchdog::start()?;
@@ -211,13 +214,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let total_runs: usize = cases
         .iter()
-        .map(|&(_, pattern, _)| legs(pattern, baseline, args.reliable).len() * args.rounds as usize)
+        .map(|&(transport, pattern, _)| {
+            legs(pattern, transport, baseline, args.reliable).len() * args.rounds as usize
+        })
         .sum();
     let mut progress = Progress::new(total_runs);
     let started = Instant::now();
     let mut results = Vec::new();
     for &(transport, pattern, size) in &cases {
-        let legs = legs(pattern, baseline, args.reliable);
+        let legs = legs(pattern, transport, baseline, args.reliable);
         let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); legs.len()];
         let mut figures: Vec<Vec<ScaleFigures>> = vec![Vec::new(); legs.len()];
         let mut bulk_rates = Vec::new();
@@ -245,7 +250,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         _ => None,
                     },
                     pipes: match (pattern, leg) {
-                        (Pattern::Scale, Leg::Duct) => args.pipes,
+                        (Pattern::Scale, Leg::Duct | Leg::Raw) => args.pipes,
                         _ => 1,
                     },
                     addr: String::new(),
@@ -264,7 +269,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         run_mixed(&mut peer, &mut job, loaded, args.bulk_rate, tls.as_ref())
                             .map(|(run, bulk_rate)| (run, bulk_rate, None))
                     }
-                    Pattern::Scale => scale::run(&mut peer, &mut job, tls.as_ref(), scale_receive)
+                    Pattern::Scale => run_scale(&mut peer, &mut job, tls.as_ref(), scale_receive)
                         .map(|(run, f)| (run, 0.0, Some(f))),
                     Pattern::PingPong | Pattern::Stream => {
                         run_one(&mut peer, &mut job, tls.as_ref()).map(|run| (run, 0.0, None))
@@ -294,21 +299,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let ratios = raw_runs
             .filter(|_| pattern != Pattern::Mixed)
             .map(|r| stats::ratios(pattern, duct_runs, r));
+        let figures_of = |leg: Leg| legs.iter().position(|&l| l == leg).map(|i| &figures[i]);
+        let combined = |leg: Leg| scale::combine(figures_of(leg).map_or(&[][..], Vec::as_slice));
         let loaded = runs_of(Leg::DuctLoaded).map(|loaded_runs| Loaded {
             duct: stats::summarize(System::Duct, loaded_runs, size),
             bulk_msgs_per_sec: stats::median(&bulk_rates),
             vs_idle: stats::ratios(Pattern::Mixed, loaded_runs, duct_runs),
         });
-        let figures_of = |leg: Leg| legs.iter().position(|&l| l == leg).map(|i| &figures[i]);
         let scale = runs_of(Leg::DuctOnePipe).map(|one_runs| Scale {
             pipes: args.pipes,
             batch: scale::send_batch(config.batch_for(size)),
             rx_threads: scale::rx_threads(args.pipes),
             receive: scale_receive,
-            many: scale::combine(figures_of(Leg::Duct).map_or(&[][..], Vec::as_slice)),
+            many: combined(Leg::Duct),
             one_pipe: stats::summarize(System::Duct, one_runs, size),
-            one: scale::combine(figures_of(Leg::DuctOnePipe).map_or(&[][..], Vec::as_slice)),
+            one: combined(Leg::DuctOnePipe),
             vs_one_pipe: stats::ratios(Pattern::Scale, duct_runs, one_runs),
+            raw: raw_runs
+                .zip(runs_of(Leg::RawOnePipe))
+                .map(|(raw_runs, raw_one_runs)| RawScale {
+                    many: combined(Leg::Raw),
+                    one_pipe: stats::summarize(System::Raw, raw_one_runs, size),
+                    one: combined(Leg::RawOnePipe),
+                    vs_one_pipe: stats::ratios(Pattern::Scale, raw_runs, raw_one_runs),
+                    duct_vs_raw_one_pipe: stats::ratios(Pattern::Scale, one_runs, raw_one_runs),
+                }),
         });
         let reliable = runs_of(Leg::DuctReliable).map(|reliable_runs| Reliable {
             duct: stats::summarize(System::Duct, reliable_runs, size),
@@ -374,15 +389,18 @@ enum Leg {
     /// Scale only: duct's reference, the same traffic on one pipe (the `Duct` leg of a
     /// scale case has `--pipes` pipes).
     DuctOnePipe,
-    /// The raw baseline (mixed: a plain ping-pong, as the idle reference).
+    /// The raw baseline (mixed: a plain ping-pong, as the idle reference; scale: on
+    /// `--pipes` sockets).
     Raw,
+    /// Scale only: the raw baseline's reference, the same traffic on one socket.
+    RawOnePipe,
 }
 
 impl Leg {
     fn system(self) -> System {
         match self {
             Leg::Duct | Leg::DuctReliable | Leg::DuctLoaded | Leg::DuctOnePipe => System::Duct,
-            Leg::Raw => System::Raw,
+            Leg::Raw | Leg::RawOnePipe => System::Raw,
         }
     }
 
@@ -405,17 +423,22 @@ impl Leg {
             (Leg::Duct, Pattern::Mixed) => " idle",
             (Leg::DuctLoaded, Pattern::Mixed) => " loaded",
             (Leg::Raw, Pattern::Mixed) => " (mixed's idle reference)",
-            (Leg::DuctOnePipe, Pattern::Mixed) => "",
+            (Leg::DuctOnePipe | Leg::RawOnePipe, Pattern::Mixed) => "",
         }
     }
 }
 
 /// The legs of a case: duct, (`--reliable`, pingpong and stream: duct reliable,) (mixed:
 /// duct loaded,) then raw unless `--no-baseline`. Scale: duct on `--pipes` pipes, then duct on
-/// one pipe, and no raw baseline (the reference is duct's own single pipe).
-fn legs(pattern: Pattern, baseline: bool, reliable: bool) -> Vec<Leg> {
+/// one pipe, then (unless `--no-baseline`, on tcp and uds: [`scale_raw`]) raw on `--pipes`
+/// sockets and on one.
+fn legs(pattern: Pattern, transport: Transport, baseline: bool, reliable: bool) -> Vec<Leg> {
     if pattern == Pattern::Scale {
-        return vec![Leg::Duct, Leg::DuctOnePipe];
+        let mut legs = vec![Leg::Duct, Leg::DuctOnePipe];
+        if baseline && raw_scale_runs_on(transport) {
+            legs.extend([Leg::Raw, Leg::RawOnePipe]);
+        }
+        return legs;
     }
     let mut legs = vec![Leg::Duct];
     if pattern == Pattern::Mixed {
@@ -427,6 +450,33 @@ fn legs(pattern: Pattern, baseline: bool, reliable: bool) -> Vec<Leg> {
         legs.push(Leg::Raw);
     }
     legs
+}
+
+/// Whether the scale pattern has a raw baseline on `transport` (tcp and uds, on Unix).
+fn raw_scale_runs_on(transport: Transport) -> bool {
+    #[cfg(unix)]
+    return scale_raw::supports(transport);
+    #[cfg(not(unix))]
+    return {
+        let _ = transport;
+        false
+    };
+}
+
+/// One scale run, duct's or the raw baseline's as `job.system` says.
+fn run_scale(
+    peer: &mut Peer,
+    job: &mut Job,
+    tls: Option<&TlsSetup>,
+    how: scale::Receive,
+) -> Result<(RunResult, ScaleFigures)> {
+    match job.system {
+        System::Duct => scale::run(peer, job, tls, how),
+        #[cfg(unix)]
+        System::Raw => scale_raw::run(peer, job, how),
+        #[cfg(not(unix))]
+        System::Raw => bail!("the scale pattern has no raw baseline here"),
+    }
 }
 
 fn reject_unimplemented(args: &BenchArgs) -> Result<()> {
@@ -785,16 +835,19 @@ mod tests {
     #[test]
     fn mixed_cases_run_idle_loaded_and_the_raw_reference() {
         assert_eq!(
-            legs(Pattern::PingPong, true, false),
+            legs(Pattern::PingPong, Transport::Tcp, true, false),
             vec![Leg::Duct, Leg::Raw]
         );
-        assert_eq!(legs(Pattern::Stream, false, false), vec![Leg::Duct]);
         assert_eq!(
-            legs(Pattern::Mixed, true, false),
+            legs(Pattern::Stream, Transport::Tcp, false, false),
+            vec![Leg::Duct]
+        );
+        assert_eq!(
+            legs(Pattern::Mixed, Transport::Tcp, true, false),
             vec![Leg::Duct, Leg::DuctLoaded, Leg::Raw]
         );
         assert_eq!(
-            legs(Pattern::Mixed, false, false),
+            legs(Pattern::Mixed, Transport::Tcp, false, false),
             vec![Leg::Duct, Leg::DuctLoaded]
         );
         assert_eq!(Leg::Raw.pattern(Pattern::Mixed), Pattern::PingPong);
@@ -804,13 +857,20 @@ mod tests {
     }
 
     #[test]
-    fn scale_cases_run_n_pipes_then_one_pipe_and_no_raw() {
-        for (baseline, reliable) in [(true, false), (false, false), (true, true)] {
-            assert_eq!(
-                legs(Pattern::Scale, baseline, reliable),
-                vec![Leg::Duct, Leg::DuctOnePipe]
-            );
+    fn scale_cases_run_n_pipes_then_one_pipe_then_raw_where_it_runs() {
+        let raw_too = vec![Leg::Duct, Leg::DuctOnePipe, Leg::Raw, Leg::RawOnePipe];
+        let duct_only = vec![Leg::Duct, Leg::DuctOnePipe];
+        for transport in [Transport::Tcp, Transport::Uds] {
+            let expected = if cfg!(unix) { &raw_too } else { &duct_only };
+            assert_eq!(&legs(Pattern::Scale, transport, true, false), expected);
+            assert_eq!(&legs(Pattern::Scale, transport, true, true), expected);
+            assert_eq!(legs(Pattern::Scale, transport, false, false), duct_only);
         }
+        for transport in [Transport::Tls, Transport::Shm] {
+            assert_eq!(legs(Pattern::Scale, transport, true, false), duct_only);
+        }
+        assert_eq!(Leg::RawOnePipe.system(), System::Raw);
+        assert_eq!(Leg::RawOnePipe.label_suffix(Pattern::Scale), "");
         assert_eq!(Leg::DuctOnePipe.system(), System::Duct);
         assert_eq!(Leg::DuctOnePipe.pattern(Pattern::Scale), Pattern::Scale);
         assert_eq!(Leg::DuctOnePipe.label_suffix(Pattern::Scale), "");
@@ -831,18 +891,18 @@ mod tests {
     fn reliable_cases_run_duct_realtime_then_reliable_then_raw() {
         for pattern in [Pattern::PingPong, Pattern::Stream] {
             assert_eq!(
-                legs(pattern, true, true),
+                legs(pattern, Transport::Tcp, true, true),
                 vec![Leg::Duct, Leg::DuctReliable, Leg::Raw]
             );
             assert_eq!(
-                legs(pattern, false, true),
+                legs(pattern, Transport::Tcp, false, true),
                 vec![Leg::Duct, Leg::DuctReliable]
             );
         }
         // Mixed keeps its realtime channels.
         assert_eq!(
-            legs(Pattern::Mixed, true, true),
-            legs(Pattern::Mixed, true, false)
+            legs(Pattern::Mixed, Transport::Tcp, true, true),
+            legs(Pattern::Mixed, Transport::Tcp, true, false)
         );
         assert_eq!(Leg::DuctReliable.system(), System::Duct);
         assert_eq!(Leg::DuctReliable.pattern(Pattern::Stream), Pattern::Stream);

@@ -127,6 +127,10 @@ pub fn serve(job: &Job, deliver: impl FnOnce(Result<PeerReport>)) {
                 .and_then(|mut conn| run(&mut conn, job));
             deliver(outcome);
         }
+        #[cfg(unix)]
+        System::Raw if job.pattern == Pattern::Scale => {
+            crate::bench::scale_raw::serve(job, deliver)
+        }
         System::Raw => {
             let outcome = raw_connect(job)
                 .and_then(|stream| RawConn::new(stream, job.size))

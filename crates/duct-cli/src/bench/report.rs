@@ -31,7 +31,12 @@
 //! (`VmRSS` growth ÷ pipes in the measuring and the sending process) and `peer_threads_duct`;
 //! those figures are the largest over rounds, and `null` off Linux. The N-pipe row adds
 //! `ratio_vs_one_pipe` (`{msgs_per_sec, bytes_per_sec}`, N pipes ÷ one per round, median).
-//! A scale case has no raw row.
+//! On tcp and uds (Unix; unless `--no-baseline`) two raw rows follow, the same traffic on
+//! plain sockets ([`crate::bench::scale_raw`]): `--pipes` sockets (with its own
+//! `ratio_vs_one_pipe`), then one (`"reference": "one_pipe"`), with the same fields
+//! (`threads_duct` and `peer_threads_duct` `null`, `backend` `"tokio"` or `"nonblocking"` as
+//! they received); the duct rows then add `ratio_vs_raw` (duct ÷ raw on as many pipes, per
+//! round, median).
 //!
 //! Every row says `alloc`: true on duct's pingpong and stream rows of a run with `--alloc`
 //! (the sending end built every message with `Pipe::alloc`), false elsewhere (raw, mixed,
@@ -100,6 +105,24 @@ pub struct Scale {
     pub one: ScaleFigures,
     /// N pipes ÷ one pipe, per round, median ([`Ratios::Stream`]).
     pub vs_one_pipe: Ratios,
+    /// The raw baseline on N sockets and on one (tcp and uds, unless `--no-baseline`). Its
+    /// N-socket runs are the case's `raw`, and duct ÷ raw on N pipes its `ratios`.
+    pub raw: Option<RawScale>,
+}
+
+/// The raw baseline's part of a scale case ([`crate::bench::scale_raw`]).
+#[derive(Debug, Clone)]
+pub struct RawScale {
+    /// Threads and RSS of the runs on N sockets.
+    pub many: ScaleFigures,
+    /// Raw on one socket, the same traffic.
+    pub one_pipe: Summary,
+    /// Threads and RSS of the one-socket runs.
+    pub one: ScaleFigures,
+    /// N sockets ÷ one, per round, median.
+    pub vs_one_pipe: Ratios,
+    /// duct on one pipe ÷ raw on one socket, per round, median.
+    pub duct_vs_raw_one_pipe: Ratios,
 }
 
 /// The reliable half of a pingpong or stream case (`--reliable`).
@@ -286,6 +309,12 @@ fn summary_json(
     let spin = config.spins(case.transport);
     let backend = match (s.system, case.transport) {
         (System::Duct, _) => duct_backend(),
+        (System::Raw, _) if case.pattern == Pattern::Scale => {
+            match case.scale.as_ref().map(|s| s.receive) {
+                Some(scale::Receive::Sweep) => "nonblocking",
+                _ => "tokio",
+            }
+        }
         (System::Raw, Transport::Shm) if spin => "spin",
         (System::Raw, Transport::Shm) => "futex",
         (System::Raw, _) => "blocking",
@@ -415,9 +444,13 @@ fn json_opt_f64(x: Option<f64>) -> String {
     x.map_or_else(|| "null".to_string(), json_f64)
 }
 
-/// The JSON objects of a scale case: duct on N pipes, then duct on one pipe.
+/// The JSON objects of a scale case: duct on N pipes, then duct on one pipe (then raw on N
+/// sockets and on one, if it ran).
 fn scale_json(case: &CaseResult, scale: &Scale, config: &RunConfig, entries: &mut Vec<String>) {
-    let figures = |f: &ScaleFigures, rx_threads: usize| {
+    // (Raw rows: no duct thread is the baseline's, though one an earlier run left may idle
+    // in the process.)
+    let figures = |f: &ScaleFigures, rx_threads: usize, system: System| {
+        let duct_threads = f.threads.filter(|_| system == System::Duct);
         format!(
             ", \"batch\": {}, \"receive\": \"{}\", \"rx_threads\": {}, \"threads_duct\": {}, \
              \"threads_total\": {}, \
@@ -425,14 +458,14 @@ fn scale_json(case: &CaseResult, scale: &Scale, config: &RunConfig, entries: &mu
             scale.batch,
             scale.receive.name(),
             rx_threads,
-            json_opt_u64(f.threads.map(|t| t.duct)),
+            json_opt_u64(duct_threads.map(|t| t.duct)),
             json_opt_u64(f.threads.map(|t| t.total)),
             json_opt_f64(f.rss_per_pipe),
             json_opt_f64(f.peer_rss_per_pipe),
-            json_opt_u64(f.peer_threads_duct),
+            json_opt_u64(f.peer_threads_duct.filter(|_| system == System::Duct)),
         )
     };
-    let many = figures(&scale.many, scale.rx_threads)
+    let many = figures(&scale.many, scale.rx_threads, System::Duct)
         + &ratios_json("ratio_vs_one_pipe", &scale.vs_one_pipe);
     entries.push(summary_json(
         case,
@@ -440,13 +473,37 @@ fn scale_json(case: &CaseResult, scale: &Scale, config: &RunConfig, entries: &mu
         config,
         false,
         scale.pipes,
-        None,
+        case.ratios.as_ref(),
         &many,
     ));
-    let one = figures(&scale.one, 1) + ", \"reference\": \"one_pipe\"";
+    let one = figures(&scale.one, 1, System::Duct) + ", \"reference\": \"one_pipe\"";
     entries.push(summary_json(
         case,
         &scale.one_pipe,
+        config,
+        false,
+        1,
+        scale.raw.as_ref().map(|r| &r.duct_vs_raw_one_pipe),
+        &one,
+    ));
+    let (Some(raw), Some(raw_many)) = (&scale.raw, &case.raw) else {
+        return;
+    };
+    let many = figures(&raw.many, scale.rx_threads, System::Raw)
+        + &ratios_json("ratio_vs_one_pipe", &raw.vs_one_pipe);
+    entries.push(summary_json(
+        case,
+        raw_many,
+        config,
+        false,
+        scale.pipes,
+        None,
+        &many,
+    ));
+    let one = figures(&raw.one, 1, System::Raw) + ", \"reference\": \"one_pipe\"";
+    entries.push(summary_json(
+        case,
+        &raw.one_pipe,
         config,
         false,
         1,
@@ -1011,6 +1068,7 @@ fn scale_table(cases: &[CaseResult], config: &RunConfig, out: &mut String) {
         rows: vec![[
             "transport",
             "size",
+            "system",
             "pipes",
             "msgs/s",
             "MB/s",
@@ -1022,43 +1080,79 @@ fn scale_table(cases: &[CaseResult], config: &RunConfig, out: &mut String) {
         ]
         .map(String::from)
         .to_vec()],
-        left: 2,
+        left: 3,
     };
     for &(case, scale) in &scaled {
-        let rows = [
-            (scale.pipes, &case.duct, &scale.many),
-            (1, &scale.one_pipe, &scale.one),
-        ];
-        for (i, (pipes, s, f)) in rows.into_iter().enumerate() {
-            let (transport, size) = case_label(case, i);
-            t.rows.push(vec![
-                transport,
-                size,
-                pipes.to_string(),
-                per_sec(s.msgs_per_sec),
-                format!("{:.1}", s.bytes_per_sec / 1e6),
-                count(f.threads.map(|t| t.duct)),
-                count(f.threads.map(|t| t.total)),
-                bytes(f.rss_per_pipe),
-                bytes(f.peer_rss_per_pipe),
-                allocs(s.allocs_per_msg),
-            ]);
+        let mut systems = vec![(
+            System::Duct,
+            [
+                (scale.pipes, &case.duct, &scale.many),
+                (1, &scale.one_pipe, &scale.one),
+            ],
+            scale.vs_one_pipe,
+        )];
+        if let (Some(raw), Some(raw_many)) = (&scale.raw, &case.raw) {
+            systems.push((
+                System::Raw,
+                [
+                    (scale.pipes, raw_many, &raw.many),
+                    (1, &raw.one_pipe, &raw.one),
+                ],
+                raw.vs_one_pipe,
+            ));
         }
-        if let Ratios::Stream { msgs_per_sec } = scale.vs_one_pipe {
-            t.rows.push(vec![
-                String::new(),
-                String::new(),
-                "N÷1".to_string(),
-                times(msgs_per_sec),
-                times(msgs_per_sec),
-            ]);
+        // (The case's first row names it.)
+        let first = t.rows.len();
+        let ratio_row = |t: &mut Table, what: &str, pipes: String, ratio: Option<Ratios>| {
+            if let Some(Ratios::Stream { msgs_per_sec }) = ratio {
+                let (transport, size) = case_label(case, t.rows.len() - first);
+                t.rows.push(vec![
+                    transport,
+                    size,
+                    what.to_string(),
+                    pipes,
+                    times(msgs_per_sec),
+                    times(msgs_per_sec),
+                ]);
+            }
+        };
+        for (system, rows, vs_one_pipe) in systems {
+            for (pipes, s, f) in rows {
+                let (transport, size) = case_label(case, t.rows.len() - first);
+                t.rows.push(vec![
+                    transport,
+                    size,
+                    system.name().to_string(),
+                    pipes.to_string(),
+                    per_sec(s.msgs_per_sec),
+                    format!("{:.1}", s.bytes_per_sec / 1e6),
+                    match system {
+                        System::Duct => count(f.threads.map(|t| t.duct)),
+                        System::Raw => "-".to_string(),
+                    },
+                    count(f.threads.map(|t| t.total)),
+                    bytes(f.rss_per_pipe),
+                    bytes(f.peer_rss_per_pipe),
+                    allocs(s.allocs_per_msg),
+                ]);
+            }
+            ratio_row(&mut t, system.name(), "N÷1".to_string(), Some(vs_one_pipe));
+        }
+        if let Some(raw) = &scale.raw {
+            ratio_row(&mut t, "duct÷raw", scale.pipes.to_string(), case.ratios);
+            ratio_row(
+                &mut t,
+                "duct÷raw",
+                "1".to_string(),
+                Some(raw.duct_vs_raw_one_pipe),
+            );
         }
     }
     t.render(out);
+    let raw_ran = scaled.iter().any(|(_, s)| s.raw.is_some());
     let _ = writeln!(
         out,
-        "scale: duct only, no raw baseline: the reference is duct's own single pipe. duct \
-         threads: the threads of this (the receiving) process named duct-* (duct's reactor and \
+        "scale: {}. duct threads: the threads of this (the receiving) process named duct-* (duct's reactor and \
          helpers; the bench's own duct-bench-* left out), counted as the measured phase starts, \
          every pipe open; threads: all of its threads. RSS/pipe: VmRSS after the pipes \
          connected and the traffic ran, minus VmRSS before they were made, ÷ pipes, the \
@@ -1066,6 +1160,14 @@ fn scale_table(cases: &[CaseResult], config: &RunConfig, out: &mut String) {
          earlier runs of a process freed, and its allocator kept, serves later runs unseen: a \
          process's first scale case shows the most (--transport one at a time for each's own). \
          Threads and RSS are read from /proc (Linux; n/a elsewhere){}.",
+        if raw_ran {
+            "raw: the same traffic on plain sockets, one write of the batch's frames (4-byte \
+             length prefixes) per socket in turn, received with a tokio task per socket (or by \
+             sweeping them, as duct is), on the same number of threads; duct÷raw per round, \
+             median, on as many pipes as sockets; tls and shm have no raw scale baseline"
+        } else {
+            "duct only, no raw baseline: the reference is duct's own single pipe"
+        },
         if config.processes == 1 {
             "; one process (--threads): they include the peer's pipes and threads"
         } else {
@@ -1816,7 +1918,8 @@ mod tests {
         );
     }
 
-    /// A scale case on `transport`: 1000 pipes at 1.6 M msgs/s beside one pipe at 2 M.
+    /// A scale case on `transport`: 1000 pipes at 1.6 M msgs/s beside one pipe at 2 M; on tcp
+    /// and uds also raw on 1000 sockets at 3.2 M and on one at 2.5 M.
     fn scale_case(transport: Transport, figures: bool) -> CaseResult {
         use crate::bench::scale::ThreadCount;
         let run = |rate| RunResult {
@@ -1827,6 +1930,8 @@ mod tests {
             copies: None,
         };
         let (many, one) = ([run(1.6e6)], [run(2e6)]);
+        let (raw_many, raw_one) = ([run(3.2e6)], [run(2.5e6)]);
+        let with_raw = matches!(transport, Transport::Tcp | Transport::Uds);
         let figures_of = |pipes, rss: f64| ScaleFigures {
             pipes,
             threads: figures.then_some(ThreadCount { duct: 1, total: 6 }),
@@ -1839,8 +1944,8 @@ mod tests {
             pattern: Pattern::Scale,
             size: 64,
             duct: summarize(System::Duct, &many, 64),
-            raw: None,
-            ratios: None,
+            raw: with_raw.then(|| summarize(System::Raw, &raw_many, 64)),
+            ratios: with_raw.then(|| crate::bench::stats::ratios(Pattern::Scale, &many, &raw_many)),
             loaded: None,
             reliable: None,
             scale: Some(Scale {
@@ -1852,6 +1957,17 @@ mod tests {
                 one_pipe: summarize(System::Duct, &one, 64),
                 one: figures_of(1, 1_300_000.0),
                 vs_one_pipe: crate::bench::stats::ratios(Pattern::Scale, &many, &one),
+                raw: with_raw.then(|| RawScale {
+                    many: figures_of(1000, 4096.0),
+                    one_pipe: summarize(System::Raw, &raw_one, 64),
+                    one: figures_of(1, 0.0),
+                    vs_one_pipe: crate::bench::stats::ratios(Pattern::Scale, &raw_many, &raw_one),
+                    duct_vs_raw_one_pipe: crate::bench::stats::ratios(
+                        Pattern::Scale,
+                        &one,
+                        &raw_one,
+                    ),
+                }),
             }),
         }
     }
@@ -1868,16 +1984,17 @@ mod tests {
         let text = to_json("0.1.0", &host, &config(), &all);
         let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
         let results = v["results"].as_array().unwrap();
-        assert_eq!(results.len(), 8, "{text}");
+        assert_eq!(results.len(), 10, "{text}");
         // Every row says how many pipes it used; every field name of the others stays.
         for r in &results[..4] {
             assert_eq!(r["pipes"], 1, "{r}");
             assert!(r.get("threads_duct").is_none(), "{r}");
         }
         let (many, one) = (&results[4], &results[5]);
-        for r in &results[4..] {
+        for (i, r) in results[4..].iter().enumerate() {
             assert_eq!(r["pattern"], "scale", "{r}");
-            assert_eq!(r["system"], "duct", "{r}");
+            let raw = (2..4).contains(&i);
+            assert_eq!(r["system"], if raw { "raw" } else { "duct" }, "{r}");
             assert_eq!(r["batch"], 16, "{r}");
             for key in [
                 "msgs_per_sec",
@@ -1907,8 +2024,26 @@ mod tests {
         assert_eq!(one["reference"], "one_pipe");
         assert_eq!(one["msgs_per_sec"], 2e6);
         assert!(one.get("ratio_vs_one_pipe").is_none());
-        // Unknown figures (off Linux) are null.
-        let shm = &results[6];
+        // duct ÷ raw on as many pipes as sockets.
+        assert_eq!(many["ratio_vs_raw"]["msgs_per_sec"], 0.5);
+        assert_eq!(one["ratio_vs_raw"]["msgs_per_sec"], 0.8);
+        let (raw_many, raw_one) = (&results[6], &results[7]);
+        assert_eq!(raw_many["pipes"], 1000);
+        assert_eq!(raw_many["msgs_per_sec"], 3.2e6);
+        assert_eq!(raw_many["backend"], "tokio");
+        assert_eq!(raw_many["rx_threads"], 2);
+        assert_eq!(raw_many["ratio_vs_one_pipe"]["msgs_per_sec"], 1.28);
+        assert_eq!(raw_one["pipes"], 1);
+        assert_eq!(raw_one["reference"], "one_pipe");
+        for raw in [raw_many, raw_one] {
+            // No duct thread is the baseline's; every other figure is there.
+            assert!(raw["threads_duct"].is_null(), "{raw}");
+            assert!(raw["peer_threads_duct"].is_null(), "{raw}");
+            assert_eq!(raw["threads_total"], 6, "{raw}");
+            assert!(raw.get("ratio_vs_raw").is_none(), "{raw}");
+        }
+        // Unknown figures (off Linux) are null; shm has no raw rows.
+        let shm = &results[8];
         assert_eq!(shm["transport"], "shm");
         for key in [
             "threads_duct",
@@ -1941,10 +2076,11 @@ mod tests {
             .skip(1)
             .take_while(|l| !l.starts_with("scale:"))
             .collect();
-        assert_eq!(rows.len(), 6, "{text}");
+        // uds: duct 1000, 1, N÷1, raw 1000, 1, N÷1, duct÷raw 1000, 1; shm: duct's three.
+        assert_eq!(rows.len(), 11, "{text}");
         assert!(rows[0].starts_with("uds"), "{}", rows[0]);
         assert!(
-            rows[0].contains(" 1000 ") && rows[0].contains("1.60 M"),
+            rows[0].contains("duct") && rows[0].contains(" 1000 ") && rows[0].contains("1.60 M"),
             "{}",
             rows[0]
         );
@@ -1959,12 +2095,32 @@ mod tests {
             "{}",
             rows[2]
         );
+        let raw_rows = [
+            ("raw", "1000", "3.20"),
+            ("raw", "1", "2.50"),
+            ("raw", "N÷1", "1.28×"),
+            ("duct÷raw", "1000", "0.50×"),
+            ("duct÷raw", "1", "0.80×"),
+        ];
+        for (row, (system, pipes, figure)) in rows[3..8].iter().zip(raw_rows) {
+            let cells: Vec<&str> = row.split_whitespace().collect();
+            assert_eq!(&cells[..3], [system, pipes, figure], "{row}");
+        }
+        // (Then "M", MB/s.) The baseline has no duct thread.
+        assert_eq!(rows[3].split_whitespace().nth(5), Some("-"), "{}", rows[3]);
         assert!(
-            rows[3].starts_with("shm") && rows[3].contains("n/a"),
+            rows[8].starts_with("shm") && rows[8].contains("n/a"),
             "{}",
-            rows[3]
+            rows[8]
         );
-        assert!(text.contains("no raw baseline: the reference is duct's own single pipe"));
+        assert!(rows[10].contains("N÷1"), "{}", rows[10]);
+        assert!(
+            text.contains("raw: the same traffic on plain sockets"),
+            "{text}"
+        );
+        // Without raw rows, the reference is said to be duct's own.
+        let shm_only = to_table(&config(), &[scale_case(Transport::Shm, false)]);
+        assert!(shm_only.contains("no raw baseline: the reference is duct's own single pipe"));
         assert!(
             text.contains("scale on shm: every pipe maps duct's own segment"),
             "{text}"
@@ -1972,7 +2128,6 @@ mod tests {
         assert!(text.contains("4096 × 256 B"), "{text}");
         // Scale's shm rows have no raw ring to explain.
         assert!(!text.contains("raw: one single-producer"), "{text}");
-        assert!(!text.contains("duct÷raw"), "{text}");
         // Without a scale case, no scale section.
         assert!(!to_table(&config(), &cases()).contains("scale"));
     }

@@ -37,7 +37,9 @@
 //!   open), minus `VmRSS` before the listener was made, divided by the number of pipes; the
 //!   peer reports the same for its process (before it dialed, after it sent).
 //!
-//! There is no raw baseline: the reference is duct's own single pipe.
+//! The reference is duct's own single pipe; on tcp and uds the raw baseline runs the same
+//! traffic on plain sockets, N and one ([`crate::bench::scale_raw`]), so that duct ÷ raw on as
+//! many pipes shows what many pipes cost duct beyond what they cost the kernel.
 //!
 //! shm: every pipe gets duct's segment, whose sizes no `ListenOptions` or `DialOptions`
 //! setting changes ([`SHM_SEGMENT`] says what they are); its pages count in RSS once
@@ -102,7 +104,7 @@ pub const SHM_SEGMENT: &str =
      4096 × 256 B, 512 × 4 KiB, 128 × 64 KiB and 8 × 1 MiB slots";
 
 /// How long the measuring end waits for the peer's report once it has received everything.
-const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Messages per `send_batch` call for a `--batch` of `batch`.
 pub fn send_batch(batch: usize) -> usize {
@@ -190,7 +192,7 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 }
 
 /// `(after − before) ÷ pipes`, in bytes (negative if the process shrank).
-fn per_pipe(before: Option<u64>, after: Option<u64>, pipes: usize) -> Option<f64> {
+pub(crate) fn per_pipe(before: Option<u64>, after: Option<u64>, pipes: usize) -> Option<f64> {
     Some((after? as f64 - before? as f64) / pipes.max(1) as f64)
 }
 
@@ -296,21 +298,21 @@ pub fn run(
 }
 
 /// What the receiving threads measured together.
-struct Received {
+pub(crate) struct Received {
     /// Messages after the warmup (not flagged [`FLAG_WARMUP`]).
-    messages: u64,
+    pub(crate) messages: u64,
     /// Messages received after the reference instant.
-    rate_messages: u64,
+    pub(crate) rate_messages: u64,
     /// From the reference instant to the receipt of the last message.
-    elapsed: Duration,
+    pub(crate) elapsed: Duration,
     /// Allocations of this process over the same window.
-    allocs: u64,
+    pub(crate) allocs: u64,
     /// This process's threads at the reference instant.
-    threads: Option<ThreadCount>,
+    pub(crate) threads: Option<ThreadCount>,
 }
 
 /// The count shared by the receiving threads.
-struct Tally {
+pub(crate) struct Tally {
     /// Messages received after the warmup.
     total: AtomicU64,
     reference: OnceLock<Reference>,
@@ -327,8 +329,16 @@ struct Reference {
 }
 
 impl Tally {
+    /// Nothing counted yet.
+    pub(crate) fn new() -> Tally {
+        Tally {
+            total: AtomicU64::new(0),
+            reference: OnceLock::new(),
+        }
+    }
+
     /// Counts `n` messages received after the warmup (none: nothing to count).
-    fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         if n == 0 {
             return;
         }
@@ -351,10 +361,7 @@ impl Tally {
 /// Receives on `pipes` with [`rx_threads`] threads, `how`, until every pipe has brought its
 /// last message.
 fn receive(pipes: &[Pipe], job: &Job, how: Receive) -> Result<Received> {
-    let tally = Tally {
-        total: AtomicU64::new(0),
-        reference: OnceLock::new(),
-    };
+    let tally = Tally::new();
     let ends = match how {
         Receive::Async => receive_async(pipes, job.size, tally)?,
         Receive::Sweep => sweep(pipes, job.size, tally)?,
@@ -412,11 +419,11 @@ async fn receive_task(pipe: &Pipe, size: usize, tally: &Tally) -> Result<Instant
 
 /// What one visit to a pipe brought.
 #[derive(Default)]
-struct Got {
+pub(crate) struct Got {
     /// Messages after the warmup.
-    measured: u64,
+    pub(crate) measured: u64,
     /// The pipe's last message was among them.
-    last: bool,
+    pub(crate) last: bool,
 }
 
 impl Got {
@@ -434,15 +441,20 @@ impl Got {
                 payload.len()
             );
         }
-        match payload[0] {
-            FLAG_WARMUP => {}
-            FLAG_LAST => {
+        self.count(payload);
+        Ok(())
+    }
+
+    /// Counts a message of the right size by its flag byte (the first).
+    pub(crate) fn count(&mut self, payload: &[u8]) {
+        match payload.first() {
+            Some(&FLAG_WARMUP) => {}
+            Some(&FLAG_LAST) => {
                 self.measured += 1;
                 self.last = true;
             }
             _ => self.measured += 1,
         }
-        Ok(())
     }
 }
 
@@ -506,7 +518,7 @@ fn sweep(pipes: &[Pipe], size: usize, tally: Tally) -> Result<(Tally, Vec<Instan
 }
 
 /// The figures of a receive, from its tally and the instants its receivers ended.
-fn received((tally, ends): (Tally, Vec<Instant>)) -> Result<Received> {
+pub(crate) fn received((tally, ends): (Tally, Vec<Instant>)) -> Result<Received> {
     let allocs_after = alloc_count();
     let total = tally.total.load(Ordering::Relaxed);
     let Some(reference) = tally.reference.into_inner() else {

@@ -101,8 +101,9 @@ pub enum Pattern {
     /// duct only: ping-pong on a high-priority channel, alone and beside a bulk sender on
     /// another channel of the same pipe (see [`crate::bench::mixed`]). Not part of `all`.
     Mixed,
-    /// duct only: many pipes on one listener, the peer streaming on all of them, beside the
-    /// same traffic on one pipe (see [`crate::bench::scale`]). Not part of `all`.
+    /// Many pipes on one listener, the peer streaming on all of them, beside the same traffic
+    /// on one pipe (see [`crate::bench::scale`]); the raw baseline does the same with plain
+    /// sockets on tcp and uds (`crate::bench::scale_raw`). Not part of `all`.
     Scale,
 }
 
@@ -299,7 +300,7 @@ pub struct Job {
     /// tcp, uds, shm or tls.
     pub transport: Transport,
     /// pingpong, stream, mixed (duct only; the raw reference of a mixed case runs as
-    /// pingpong) or scale (duct only).
+    /// pingpong) or scale (raw: tcp and uds only).
     pub pattern: Pattern,
     /// Payload bytes per message.
     pub size: usize,
@@ -491,8 +492,11 @@ impl Job {
         if (job.pattern == Pattern::Scale) != pipes.is_some() {
             bail!("job line: pipes is for scale jobs, and every scale job needs it: {line:?}");
         }
-        if job.pattern == Pattern::Scale && job.system != System::Duct {
-            bail!("job line: scale is measured on duct only: {line:?}");
+        if job.pattern == Pattern::Scale
+            && job.system == System::Raw
+            && !matches!(job.transport, Transport::Tcp | Transport::Uds)
+        {
+            bail!("job line: raw scale runs on tcp and uds only: {line:?}");
         }
         if job.alloc
             && (job.system != System::Duct
@@ -657,12 +661,17 @@ mod tests {
         };
         assert_eq!(Job::decode(&one.encode()).unwrap(), one);
         assert_eq!(one.label(), "duct uds scale 64 B × 1 pipe");
-        // Only scale jobs carry pipes, and every one of them; at least one; duct only,
-        // realtime only.
+        // Only scale jobs carry pipes, and every one of them; at least one; raw on tcp and
+        // uds only; realtime only.
         assert!(Job::decode(&line.replace(" pipes=1000", "")).is_err());
         assert!(Job::decode(&line.replace("pipes=1000", "pipes=0")).is_err());
         assert!(Job::decode(&line.replace("pattern=scale", "pattern=stream")).is_err());
-        assert!(Job::decode(&line.replace("system=duct", "system=raw")).is_err());
+        let raw = line.replace("system=duct", "system=raw");
+        assert_eq!(Job::decode(&raw).unwrap().system, System::Raw);
+        for other in ["shm", "tls"] {
+            let raw_other = raw.replace("transport=uds", &format!("transport={other}"));
+            assert!(Job::decode(&raw_other).is_err(), "{raw_other}");
+        }
         assert!(Job::decode(&line.replace("reliable=0", "reliable=1")).is_err());
         let stream = Job {
             pattern: Pattern::Stream,
