@@ -4,16 +4,22 @@
 //! messages of the same channel); fragments of different channels may interleave. So there is
 //! at most one message in reassembly per channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
 use crate::Error;
 
-/// Buffers of reassembled messages kept for the next ones (two: the application may still
-/// hold the last message while the next one arrives).
+/// Free buffers of reassembled messages kept for the next ones, at most: what a pipe keeps
+/// of its own once the application has dropped every message.
 const SPARES: usize = 2;
+/// Handles on buffers of reassembled messages kept, free or not, at most. A buffer the
+/// application still holds (a message queued unread, or kept) costs nothing more to keep a
+/// handle on, and is reused once it lets go: so a stream of large messages that the
+/// application takes a few behind allocates nothing in the steady state, as long as it is
+/// at most this many behind.
+const HANDLES: usize = 32;
 /// Only buffers of messages up to this size are kept for reuse.
 const SPARE_MAX: usize = 1 << 20;
 
@@ -37,6 +43,25 @@ fn grow(p: &mut Partial, n: usize) {
     }
 }
 
+/// A handle on the buffer of a reassembled message, kept for a later one.
+struct Kept {
+    buf: BytesMut,
+    /// Nothing else refers to the buffer, which `buf` has taken back whole.
+    free: bool,
+}
+
+impl Kept {
+    /// Whether nothing else refers to the buffer (no message made in it is alive); if so,
+    /// `buf` takes back the whole allocation. (Asking for more than the room it has left makes
+    /// `try_reclaim` check; room left after a message still alive does not count.)
+    fn is_free(&mut self) -> bool {
+        if !self.free {
+            self.free = self.buf.try_reclaim(self.buf.capacity() + 1);
+        }
+        self.free
+    }
+}
+
 /// Messages in reassembly, at most one per channel.
 pub(crate) struct ReassemblyBuffer {
     partials: HashMap<u16, Partial>,
@@ -44,11 +69,12 @@ pub(crate) struct ReassemblyBuffer {
     limit: usize,
     max_message: usize,
     timeout: Duration,
-    /// Handles on the buffers of the last messages reassembled (at most [`SPARES`]): once
-    /// the application has dropped such a message, its buffer takes the next one, which
-    /// then grows without allocating as far as the last one did (a stream of large
-    /// messages allocates nothing in the steady state).
-    spares: Vec<BytesMut>,
+    /// Handles on the buffers of the last messages reassembled, oldest first (at most
+    /// [`HANDLES`], of which at most [`SPARES`] free): once the application has dropped such
+    /// a message, its buffer takes the next one, which then grows without allocating as far
+    /// as the last one did (a stream of large messages allocates nothing in the steady
+    /// state).
+    spares: VecDeque<Kept>,
 }
 
 impl ReassemblyBuffer {
@@ -59,7 +85,7 @@ impl ReassemblyBuffer {
             limit,
             max_message,
             timeout,
-            spares: Vec::new(),
+            spares: VecDeque::new(),
         }
     }
 
@@ -124,12 +150,12 @@ impl ReassemblyBuffer {
         // message and sends one frame makes us allocate that frame. (Any reservation for the
         // announced length is multiplied by the number of channels a peer can open.) A kept
         // buffer of an earlier message, which the data received then grew, serves first.
-        let buf = match self
-            .spares
-            .iter_mut()
-            .position(|b| b.try_reclaim(frame_len))
-        {
-            Some(i) => self.spares.swap_remove(i),
+        // (A free one first; else room left after a message still alive.)
+        let found = (self.spares.iter_mut())
+            .position(|k| k.is_free() && k.buf.capacity() >= frame_len)
+            .or_else(|| (self.spares.iter_mut()).position(|k| k.buf.try_reclaim(frame_len)));
+        let buf = match found {
+            Some(i) => self.spares.remove(i).expect("found").buf,
             None => BytesMut::new(),
         };
         self.partials.insert(
@@ -236,12 +262,30 @@ impl ReassemblyBuffer {
         self.held -= p.buf.len();
         let message = p.buf.split().freeze();
         if message.len() <= SPARE_MAX {
-            if self.spares.len() == SPARES {
-                self.spares.remove(0);
-            }
-            self.spares.push(p.buf);
+            self.keep(p.buf);
         }
         message
+    }
+
+    /// Keeps a handle on `buf`, whose message was just handed out, for a later message:
+    /// lets go of the oldest handle beyond [`HANDLES`], and of the oldest free buffers
+    /// beyond [`SPARES`] (a free buffer is taken back whole, which the next message would
+    /// do anyway).
+    fn keep(&mut self, buf: BytesMut) {
+        if self.spares.len() == HANDLES {
+            self.spares.pop_front();
+        }
+        self.spares.push_back(Kept { buf, free: false });
+        let mut free = 0;
+        // Newest first: the free ones kept are the most recently used.
+        for i in (0..self.spares.len()).rev() {
+            if self.spares[i].is_free() {
+                free += 1;
+                if free > SPARES {
+                    self.spares.remove(i);
+                }
+            }
+        }
     }
 
     /// The earliest moment a partial message expires.
@@ -318,5 +362,49 @@ mod tests {
         r.extend(4, b"x").unwrap();
         assert!(r.partials[&4].buf.capacity() <= SPARE_MAX);
         assert!(r.spares.len() <= SPARES);
+    }
+
+    /// An application that takes its messages a few behind (here it holds the last five
+    /// while the next one arrives): handles on the buffers it holds are kept, so that each
+    /// is reused once let go; once it has let go of them all, two stay. (That nothing is
+    /// allocated then is tests/memory.rs's to show: addresses alone cannot tell a reused
+    /// buffer from a new one the allocator put where a freed one was.)
+    #[test]
+    fn messages_taken_a_few_behind_reuse_their_buffers() {
+        let now = Instant::now();
+        let mut r = ReassemblyBuffer::new(64 << 20, 64 << 20, Duration::from_secs(1));
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut held = std::collections::VecDeque::new();
+        let mut buffers = std::collections::HashSet::new();
+        for i in 0..40 {
+            let message = whole(&mut r, 1, &data, now);
+            assert_eq!(message[..], data[..]);
+            buffers.insert(message.as_ptr());
+            // Kept: the five held before it came, this one, and at most two free.
+            let kept = r.spares.len();
+            assert!(
+                (i.min(5) + 1..=8).contains(&kept),
+                "message {i}: {kept} kept"
+            );
+            held.push_back(message);
+            if held.len() > 5 {
+                held.pop_front();
+            }
+        }
+        assert_eq!(buffers.len(), 6);
+        drop(held);
+        let message = whole(&mut r, 1, &data, now);
+        assert!(buffers.contains(&message.as_ptr()));
+        drop(message);
+        // Only two of the freed buffers stay with the pipe (beside the one still held).
+        let last = whole(&mut r, 2, &data[..10], now);
+        let free = r
+            .spares
+            .iter_mut()
+            .map(Kept::is_free)
+            .filter(|&f| f)
+            .count();
+        assert_eq!((free, r.spares.len()), (SPARES, SPARES + 1));
+        drop(last);
     }
 }
