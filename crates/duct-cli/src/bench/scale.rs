@@ -279,6 +279,17 @@ pub fn run(
     close_all(pipes);
     drop(listener);
     let (rx, report) = outcome?;
+    Ok(results(&rx, &report, job.pipes, (rss_before, rss_after)))
+}
+
+/// A scale run's results, from what its receivers measured, the peer's report, its number
+/// of pipes and this process's RSS before and after.
+pub(crate) fn results(
+    rx: &Received,
+    report: &PeerReport,
+    pipes: usize,
+    (rss_before, rss_after): (Option<u64>, Option<u64>),
+) -> (RunResult, ScaleFigures) {
     let run = RunResult {
         rtt: None,
         messages: rx.messages,
@@ -288,13 +299,13 @@ pub fn run(
         copies: None,
     };
     let figures = ScaleFigures {
-        pipes: job.pipes,
+        pipes,
         threads: rx.threads,
-        rss_per_pipe: per_pipe(rss_before, rss_after, job.pipes),
-        peer_rss_per_pipe: per_pipe(report.rss_before, report.rss_after, job.pipes),
+        rss_per_pipe: per_pipe(rss_before, rss_after, pipes),
+        peer_rss_per_pipe: per_pipe(report.rss_before, report.rss_after, pipes),
         peer_threads_duct: report.threads_duct,
     };
-    Ok((run, figures))
+    (run, figures)
 }
 
 /// What the receiving threads measured together.
@@ -372,19 +383,38 @@ fn receive(pipes: &[Pipe], job: &Job, how: Receive) -> Result<Received> {
 /// `Receive::Async`: one task per pipe on a runtime of [`rx_threads`] workers. Returns the
 /// tally and the instant each pipe brought its last message.
 fn receive_async(pipes: &[Pipe], size: usize, tally: Tally) -> Result<(Tally, Vec<Instant>)> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(rx_threads(pipes.len()))
-        .thread_name("duct-bench-rx")
-        .build()
-        .context("starting the receiving runtime")?;
+    // (No I/O driver: duct's reactor reads and wakes the tasks.)
+    on_runtime(pipes.len(), false, tally, |tasks, tally| {
+        for pipe in pipes {
+            let (pipe, tally) = (pipe.clone(), Arc::clone(tally));
+            tasks.spawn(async move { receive_task(&pipe, size, &tally).await });
+        }
+        Ok(())
+    })
+}
+
+/// Runs the tasks `spawn_all` spawns (in the runtime's context) on a tokio runtime of
+/// [`rx_threads`]`(count)` workers (`io`: with tokio's I/O driver), until all have ended or
+/// one failed. Returns the tally and the instant each task ended.
+pub(crate) fn on_runtime(
+    count: usize,
+    io: bool,
+    tally: Tally,
+    spawn_all: impl FnOnce(&mut tokio::task::JoinSet<Result<Instant>>, &Arc<Tally>) -> Result<()>,
+) -> Result<(Tally, Vec<Instant>)> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .worker_threads(rx_threads(count))
+        .thread_name("duct-bench-rx");
+    if io {
+        builder.enable_io();
+    }
+    let rt = builder.build().context("starting the receiving runtime")?;
     let tally = Arc::new(tally);
     let ends = rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
-        for pipe in pipes {
-            let (pipe, tally) = (pipe.clone(), Arc::clone(&tally));
-            tasks.spawn(async move { receive_task(&pipe, size, &tally).await });
-        }
-        let mut ends = Vec::with_capacity(pipes.len());
+        spawn_all(&mut tasks, &tally)?;
+        let mut ends = Vec::with_capacity(tasks.len());
         while let Some(done) = tasks.join_next().await {
             // The first failure ends the run (the other tasks are dropped with the set).
             match done {
@@ -486,16 +516,26 @@ fn sweep(pipes: &[Pipe], size: usize, tally: Tally) -> Result<(Tally, Vec<Instan
     for (i, pipe) in pipes.iter().enumerate() {
         groups[i % threads].push(pipe);
     }
-    let ends = std::thread::scope(|s| -> Result<Vec<Instant>> {
-        let mut handles = Vec::with_capacity(threads);
+    let ends = on_threads(groups, |group| receive_on(group, size, &tally))?;
+    Ok((tally, ends))
+}
+
+/// Runs `receive` on each of `groups` in a thread of its own (`duct-bench-rx-N`), and
+/// returns what each returned (the instant it was done), or the first failure.
+pub(crate) fn on_threads<G: Send>(
+    groups: Vec<G>,
+    receive: impl Fn(G) -> Result<Instant> + Sync,
+) -> Result<Vec<Instant>> {
+    std::thread::scope(|s| -> Result<Vec<Instant>> {
+        let mut handles = Vec::with_capacity(groups.len());
         for (i, group) in groups.into_iter().enumerate() {
-            let tally = &tally;
+            let receive = &receive;
             let handle = std::thread::Builder::new()
                 .name(format!("duct-bench-rx-{i}"))
-                .spawn_scoped(s, move || receive_on(group, size, tally))?;
+                .spawn_scoped(s, move || receive(group))?;
             handles.push(handle);
         }
-        let mut ends = Vec::with_capacity(threads);
+        let mut ends = Vec::with_capacity(handles.len());
         let mut first_error = None;
         for handle in handles {
             match handle.join() {
@@ -513,8 +553,7 @@ fn sweep(pipes: &[Pipe], size: usize, tally: Tally) -> Result<(Tally, Vec<Instan
             Some(e) => Err(e),
             None => Ok(ends),
         }
-    })?;
-    Ok((tally, ends))
+    })
 }
 
 /// The figures of a receive, from its tally and the instants its receivers ended.
@@ -547,28 +586,42 @@ pub(crate) fn received((tally, ends): (Tally, Vec<Instant>)) -> Result<Received>
 
 /// One receiving thread: sweeps `pipes` without blocking until each has brought its last
 /// message; returns when it received the last of them.
-fn receive_on(mut pipes: Vec<&Pipe>, size: usize, tally: &Tally) -> Result<Instant> {
+fn receive_on(pipes: Vec<&Pipe>, size: usize, tally: &Tally) -> Result<Instant> {
     let rest = RecvOptions::default().timeout(Duration::ZERO);
     let mut batch = MessageBatch::with_capacity(RECV_MAX);
-    while !pipes.is_empty() {
+    sweep_until_last(pipes, tally, |pipe| {
+        let Some(first) = pipe.try_recv().context("duct: try_recv")? else {
+            return Ok(None);
+        };
+        let mut got = Got::default();
+        got.check(first.channel(), first.payload(), size)?;
+        if !got.last && RECV_MAX > 1 {
+            take_ready(pipe, &mut batch, &rest, size, &mut got)?;
+        }
+        Ok(Some(got))
+    })
+}
+
+/// A sweeping thread's loop: `visit`s each of `items` in turn (`None`: it had nothing),
+/// counting what they bring into `tally`, until each has brought its last message, and
+/// yields its CPU once after a sweep that found nothing. Returns when it is done.
+pub(crate) fn sweep_until_last<T>(
+    mut items: Vec<T>,
+    tally: &Tally,
+    mut visit: impl FnMut(&mut T) -> Result<Option<Got>>,
+) -> Result<Instant> {
+    while !items.is_empty() {
         let mut found = false;
         let mut i = 0;
-        while i < pipes.len() {
-            let pipe = pipes[i];
-            let Some(first) = pipe.try_recv().context("duct: try_recv")? else {
+        while i < items.len() {
+            let Some(got) = visit(&mut items[i])? else {
                 i += 1;
                 continue;
             };
             found = true;
-            let mut got = Got::default();
-            got.check(first.channel(), first.payload(), size)?;
-            if !got.last && RECV_MAX > 1 {
-                take_ready(pipe, &mut batch, &rest, size, &mut got)?;
-            }
-            drop(first);
             tally.add(got.measured);
             if got.last {
-                pipes.swap_remove(i);
+                items.swap_remove(i);
             } else {
                 i += 1;
             }
@@ -634,22 +687,40 @@ fn send_all(pipes: &[Pipe], job: &Job) -> Result<PeerReport> {
         }
         Ok(batch as u64)
     };
+    send_rounds(
+        pipes,
+        job,
+        |pipe, warmup| send(pipe, if warmup { &warmup_payload } else { &payload }),
+        |pipe| Ok(pipe.send_slice(&last_payload, &options)?),
+    )
+}
+
+/// A scale sender's loop over `ends` (pipes or sockets), round-robin, one `batch` call (which
+/// returns the messages it sent, flagged [`FLAG_WARMUP`] if asked) per end in turn: the
+/// warmup (at least [`warmup_messages`], and for [`WARMUP_MIN_TIME`]), then the measured
+/// phase (`job.amount`), then one message flagged last on every end (`last`).
+pub(crate) fn send_rounds<E>(
+    ends: &[E],
+    job: &Job,
+    mut batch: impl FnMut(&E, bool) -> Result<u64>,
+    mut last: impl FnMut(&E) -> Result<()>,
+) -> Result<PeerReport> {
     let mut next = 0;
-    let mut turn = |payload: &[u8]| {
-        let pipe = &pipes[next];
-        next = if next + 1 == pipes.len() { 0 } else { next + 1 };
-        send(pipe, payload)
+    let mut turn = |warmup: bool| {
+        let end = &ends[next];
+        next = if next + 1 == ends.len() { 0 } else { next + 1 };
+        batch(end, warmup)
     };
     let warmup = warmup_messages(job);
     let warmup_start = Instant::now();
     let mut sent = 0u64;
     while sent < warmup || warmup_start.elapsed() < WARMUP_MIN_TIME {
-        sent += turn(&warmup_payload)?;
+        sent += turn(true)?;
     }
     let allocs_before = alloc_count();
     let start = Instant::now();
     let mut messages = 0u64;
-    let finals = pipes.len() as u64;
+    let finals = ends.len() as u64;
     loop {
         let done = match job.amount {
             Amount::Messages(total) => messages + finals >= total,
@@ -658,10 +729,10 @@ fn send_all(pipes: &[Pipe], job: &Job) -> Result<PeerReport> {
         if done {
             break;
         }
-        messages += turn(&payload)?;
+        messages += turn(false)?;
     }
-    for pipe in pipes {
-        pipe.send_slice(&last_payload, &options)?;
+    for end in ends {
+        last(end)?;
         messages += 1;
     }
     Ok(PeerReport {

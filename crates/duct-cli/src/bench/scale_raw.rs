@@ -33,9 +33,9 @@ use crate::bench::mixed::FLAG_WARMUP;
 use crate::bench::peer::Peer;
 use crate::bench::raw::{self, RawListener, RawStream};
 use crate::bench::scale::{self, Got, Receive, ScaleFigures, Tally};
-use crate::bench::spec::{Amount, Job, Transport};
+use crate::bench::spec::{Job, Transport};
 use crate::bench::stats::RunResult;
-use crate::bench::workload::{alloc_count, PeerReport, FLAG_LAST, FLAG_MORE};
+use crate::bench::workload::{PeerReport, FLAG_LAST, FLAG_MORE};
 use crate::error::{bail, Context, Result};
 
 /// Bytes of the length prefix before each payload.
@@ -151,6 +151,25 @@ impl Framed {
         &mut self.buf[self.have..]
     }
 
+    /// Takes the outcome of a nonblocking read into [`Framed::room`]: counts what it
+    /// brought (see [`Framed::filled`]); whether it brought anything. Nothing to read is
+    /// not an error; end of stream before the last frame is.
+    fn after_read(&mut self, read: io::Result<usize>, size: usize, got: &mut Got) -> Result<bool> {
+        match read {
+            Ok(0) => bail!("raw: the peer closed a socket before its last frame"),
+            Ok(n) => self.filled(n, size, got).map(|()| true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e).context("raw: read"),
+        }
+    }
+
     /// Counts into `got` the whole frames among the `n` bytes just read into [`Framed::room`]
     /// and what was there before; keeps the rest (a partial frame) at the start. A frame
     /// whose length is not `size` is an error.
@@ -196,22 +215,17 @@ pub fn run(peer: &mut Peer, job: &mut Job, how: Receive) -> Result<(RunResult, S
     let outcome = received.and_then(|rx| Ok((rx, peer.wait(scale::REPORT_TIMEOUT)?)));
     drop(listener);
     let (rx, report) = outcome?;
-    let run = RunResult {
-        rtt: None,
-        messages: rx.messages,
-        msgs_per_sec: rx.rate_messages as f64 / rx.elapsed.as_secs_f64().max(1e-9),
-        allocs_per_msg: super::per_msg(rx.allocs, rx.rate_messages)
-            .max(super::per_msg(report.allocs, report.messages)),
-        copies: None,
+    // (The peer's count of duct's threads, if any, is not the baseline's.)
+    let report = PeerReport {
+        threads_duct: None,
+        ..report
     };
-    let figures = ScaleFigures {
-        pipes: job.pipes,
-        threads: rx.threads,
-        rss_per_pipe: scale::per_pipe(rss_before, rss_after, job.pipes),
-        peer_rss_per_pipe: scale::per_pipe(report.rss_before, report.rss_after, job.pipes),
-        peer_threads_duct: None,
-    };
-    Ok((run, figures))
+    Ok(scale::results(
+        &rx,
+        &report,
+        job.pipes,
+        (rss_before, rss_after),
+    ))
 }
 
 /// Receives on `socks` (which it closes when done) as `how` says.
@@ -228,32 +242,14 @@ fn receive(socks: Vec<Sock>, size: usize, how: Receive) -> Result<scale::Receive
 
 /// `Receive::Async`: a task per socket on a tokio runtime of [`scale::rx_threads`] workers.
 fn receive_async(socks: Vec<Sock>, size: usize, tally: Tally) -> Result<(Tally, Vec<Instant>)> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(scale::rx_threads(socks.len()))
-        .thread_name("duct-bench-rx")
-        .enable_io()
-        .build()
-        .context("starting the receiving runtime")?;
-    let tally = Arc::new(tally);
-    let ends = rt.block_on(async {
-        let mut tasks = tokio::task::JoinSet::new();
+    scale::on_runtime(socks.len(), true, tally, |tasks, tally| {
         for sock in socks {
-            let tally = Arc::clone(&tally);
+            let tally = Arc::clone(tally);
             let sock = AsyncSock::of(sock).context("raw: registering a socket with tokio")?;
             tasks.spawn(async move { receive_task(sock, size, &tally).await });
         }
-        let mut ends = Vec::with_capacity(tasks.len());
-        while let Some(done) = tasks.join_next().await {
-            match done {
-                Ok(end) => ends.push(end?),
-                Err(e) => bail!("a receiving task failed: {e}"),
-            }
-        }
-        Ok(ends)
-    })?;
-    drop(rt);
-    let tally = Arc::into_inner(tally).expect("every task has ended");
-    Ok((tally, ends))
+        Ok(())
+    })
 }
 
 /// One socket's task: reads until the socket brings its last frame.
@@ -262,16 +258,8 @@ async fn receive_task(sock: AsyncSock, size: usize, tally: &Tally) -> Result<Ins
     loop {
         sock.readable().await.context("raw: readable")?;
         let mut got = Got::default();
-        match sock.try_read(framed.room()) {
-            Ok(0) => bail!("raw: the peer closed a socket before its last frame"),
-            Ok(n) => framed.filled(n, size, &mut got)?,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e).context("raw: read"),
-        }
+        let read = sock.try_read(framed.room());
+        framed.after_read(read, size, &mut got)?;
         tally.add(got.measured);
         if got.last {
             return Ok(Instant::now());
@@ -287,70 +275,17 @@ fn sweep(socks: Vec<Sock>, size: usize, tally: Tally) -> Result<(Tally, Vec<Inst
     for (i, sock) in socks.into_iter().enumerate() {
         groups[i % threads].push((sock, Framed::new(size)));
     }
-    let ends = std::thread::scope(|s| -> Result<Vec<Instant>> {
-        let mut handles = Vec::with_capacity(threads);
-        for (i, group) in groups.into_iter().enumerate() {
-            let tally = &tally;
-            let handle = std::thread::Builder::new()
-                .name(format!("duct-bench-rx-{i}"))
-                .spawn_scoped(s, move || sweep_on(group, size, tally))?;
-            handles.push(handle);
-        }
-        let mut ends = Vec::with_capacity(threads);
-        let mut first_error = None;
-        for handle in handles {
-            match handle.join() {
-                Ok(Ok(end)) => ends.push(end),
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_error
-                        .get_or_insert(crate::error::CliError::msg("a receiving thread panicked"));
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(ends),
-        }
-    })?;
+    let ends = scale::on_threads(groups, |group| sweep_on(group, size, &tally))?;
     Ok((tally, ends))
 }
 
 /// One sweeping thread: reads its sockets in turn until each has brought its last frame.
-fn sweep_on(mut socks: Vec<(Sock, Framed)>, size: usize, tally: &Tally) -> Result<Instant> {
-    while !socks.is_empty() {
-        let mut found = false;
-        let mut i = 0;
-        while i < socks.len() {
-            let (sock, framed) = &mut socks[i];
-            let mut got = Got::default();
-            match sock.read(framed.room()) {
-                Ok(0) => bail!("raw: the peer closed a socket before its last frame"),
-                Ok(n) => {
-                    found = true;
-                    framed.filled(n, size, &mut got)?;
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(e).context("raw: read"),
-            }
-            tally.add(got.measured);
-            if got.last {
-                socks.swap_remove(i);
-            } else {
-                i += 1;
-            }
-        }
-        if !found {
-            std::thread::yield_now();
-        }
-    }
-    Ok(Instant::now())
+fn sweep_on(socks: Vec<(Sock, Framed)>, size: usize, tally: &Tally) -> Result<Instant> {
+    scale::sweep_until_last(socks, tally, |(sock, framed)| {
+        let mut got = Got::default();
+        let read = sock.read(framed.room());
+        Ok(framed.after_read(read, size, &mut got)?.then_some(got))
+    })
 }
 
 /// The peer's half of a raw scale job: connect `job.pipes` sockets, send on all of them,
@@ -383,48 +318,26 @@ fn send_all(socks: &[Sock], job: &Job) -> Result<PeerReport> {
     let warmup_frames = frames(batch, job.size, FLAG_WARMUP);
     let measured_frames = frames(batch, job.size, FLAG_MORE);
     let last_frame = frames(1, job.size, FLAG_LAST);
-    let mut next = 0;
-    let mut turn = |buf: &[u8]| -> Result<u64> {
-        let sock = &socks[next];
-        next = if next + 1 == socks.len() { 0 } else { next + 1 };
-        sock.write_all(buf).context("raw: write")?;
-        Ok(batch as u64)
-    };
-    let warmup = scale::warmup_messages(job);
-    let warmup_start = Instant::now();
-    let mut sent = 0u64;
-    while sent < warmup || warmup_start.elapsed() < scale::WARMUP_MIN_TIME {
-        sent += turn(&warmup_frames)?;
-    }
-    let allocs_before = alloc_count();
-    let start = Instant::now();
-    let mut messages = 0u64;
-    let finals = socks.len() as u64;
-    loop {
-        let done = match job.amount {
-            Amount::Messages(total) => messages + finals >= total,
-            Amount::Duration(d) => start.elapsed() >= d,
-        };
-        if done {
-            break;
-        }
-        messages += turn(&measured_frames)?;
-    }
-    for sock in socks {
-        sock.write_all(&last_frame).context("raw: write")?;
-        messages += 1;
-    }
-    Ok(PeerReport {
-        messages,
-        allocs: alloc_count().wrapping_sub(allocs_before),
-        ..PeerReport::default()
-    })
+    scale::send_rounds(
+        socks,
+        job,
+        |sock, warmup| {
+            let buf = if warmup {
+                &warmup_frames
+            } else {
+                &measured_frames
+            };
+            sock.write_all(buf).context("raw: write")?;
+            Ok(batch as u64)
+        },
+        |sock| sock.write_all(&last_frame).context("raw: write"),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::spec::{Pattern, System};
+    use crate::bench::spec::{Amount, Pattern, System};
 
     #[test]
     fn frames_are_prefixed_and_flagged() {
