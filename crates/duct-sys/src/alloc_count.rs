@@ -268,6 +268,9 @@ pub struct ThreadUsage {
     pub peak: usize,
     /// The largest single allocation (or reallocation target) requested.
     pub largest: usize,
+    /// Bytes held when the closure returned, above (or, if negative, below) what was held
+    /// when it started: what it kept.
+    pub kept: isize,
 }
 
 /// Runs `f` and reports what the current thread allocated meanwhile. Meaningful only when
@@ -279,11 +282,13 @@ pub fn measure_thread<R>(f: impl FnOnce() -> R) -> (R, ThreadUsage) {
     let r = f();
     let peak = PEAK.with(|p| p.get()) - start;
     let largest = LARGEST.with(|l| l.get());
+    let kept = LIVE.with(|l| l.get()) - start;
     (
         r,
         ThreadUsage {
             peak: peak.max(0) as usize,
             largest,
+            kept,
         },
     )
 }

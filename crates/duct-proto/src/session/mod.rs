@@ -1753,6 +1753,8 @@ impl Session {
         self.reassembly
             .check_timeouts(now)
             .map_err(|e| self.fail(e))?;
+        // (Buffers of large messages the application has let go of since the last one.)
+        self.reassembly.trim();
         self.tick(now);
         self.outbox.expire(now);
         self.expire_received(now);

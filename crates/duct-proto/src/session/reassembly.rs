@@ -20,6 +20,11 @@ const SPARES: usize = 2;
 /// application takes a few behind allocates nothing in the steady state, as long as it is
 /// at most this many behind.
 const HANDLES: usize = 32;
+/// Bytes of the buffers handles are kept on, at most (the oldest go first): what a pipe may
+/// still hold of its own right after the application lets go of the messages it kept, until
+/// the next message or the session's next timer ([`ReassemblyBuffer::trim`]) frees all but
+/// [`SPARES`] of them. (1 MiB messages taken up to seven behind still reuse their buffers.)
+const KEPT_BYTES: usize = 8 << 20;
 /// Only buffers of messages up to this size are kept for reuse.
 const SPARE_MAX: usize = 1 << 20;
 
@@ -48,6 +53,8 @@ struct Kept {
     buf: BytesMut,
     /// Nothing else refers to the buffer, which `buf` has taken back whole.
     free: bool,
+    /// The buffer's size: its message and the room left after it when it was kept.
+    size: usize,
 }
 
 impl Kept {
@@ -262,20 +269,36 @@ impl ReassemblyBuffer {
         self.held -= p.buf.len();
         let message = p.buf.split().freeze();
         if message.len() <= SPARE_MAX {
-            self.keep(p.buf);
+            let size = message.len() + p.buf.capacity();
+            self.keep(p.buf, size);
         }
         message
     }
 
-    /// Keeps a handle on `buf`, whose message was just handed out, for a later message:
-    /// lets go of the oldest handle beyond [`HANDLES`], and of the oldest free buffers
-    /// beyond [`SPARES`] (a free buffer is taken back whole, which the next message would
-    /// do anyway).
-    fn keep(&mut self, buf: BytesMut) {
-        if self.spares.len() == HANDLES {
-            self.spares.pop_front();
+    /// Keeps a handle on `buf` (`size` bytes), whose message was just handed out, for a
+    /// later message: lets go of the oldest handles beyond [`HANDLES`] or [`KEPT_BYTES`],
+    /// and of the oldest free buffers beyond [`SPARES`] (a free buffer is taken back whole,
+    /// which the next message would do anyway).
+    fn keep(&mut self, buf: BytesMut, size: usize) {
+        self.spares.push_back(Kept {
+            buf,
+            free: false,
+            size,
+        });
+        let mut bytes: usize = self.spares.iter().map(|k| k.size).sum();
+        while self.spares.len() > HANDLES || bytes > KEPT_BYTES {
+            let Some(k) = self.spares.pop_front() else {
+                break;
+            };
+            bytes -= k.size;
         }
-        self.spares.push_back(Kept { buf, free: false });
+        self.trim();
+    }
+
+    /// Lets go of the oldest free buffers beyond [`SPARES`]: what the application let go of
+    /// since the last message does not stay with the pipe. Called at every message kept and
+    /// by the session's timer.
+    pub(crate) fn trim(&mut self) {
         let mut free = 0;
         // Newest first: the free ones kept are the most recently used.
         for i in (0..self.spares.len()).rev() {
@@ -406,5 +429,28 @@ mod tests {
             .count();
         assert_eq!((free, r.spares.len()), (SPARES, SPARES + 1));
         drop(last);
+    }
+
+    /// Handles on buffers the application holds are kept up to [`KEPT_BYTES`] in all (the
+    /// oldest go first): an application holding many large messages does not leave the
+    /// pipe with as many buffers once it lets go.
+    #[test]
+    fn handles_kept_are_bounded_in_bytes() {
+        let now = Instant::now();
+        let mut r = ReassemblyBuffer::new(64 << 20, 64 << 20, Duration::from_secs(1));
+        let data = vec![5u8; 1_000_000];
+        let mut held = Vec::new();
+        for i in 0..12 {
+            let message = whole(&mut r, 1, &data, now);
+            let bytes: usize = r.spares.iter().map(|k| k.size).sum();
+            assert!(bytes <= KEPT_BYTES, "message {i}: {bytes} bytes kept");
+            assert!(bytes >= data.len(), "message {i}: its own buffer is kept");
+            held.push(message);
+        }
+        // (As many as fit: more than the two free ones an application that lets go keeps.)
+        assert_eq!(r.spares.len(), KEPT_BYTES / (1 << 20));
+        drop(held);
+        r.trim();
+        assert_eq!(r.spares.len(), SPARES);
     }
 }
