@@ -206,6 +206,9 @@ impl ReadBuf {
 
     /// One `recv` into the free space, sized so that the next frame (`needed` bytes in all)
     /// fits. `Ok(0)` is end of stream.
+    // (Inline: one call fewer between a caller's receive and the transport. Callgrind, shm
+    // 64 B ping-pong: 3,483 -> 3,423 instructions per round trip.)
+    #[inline]
     pub(crate) fn recv(
         &mut self,
         transport: &dyn StreamTransport,
