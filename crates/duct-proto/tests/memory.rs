@@ -95,13 +95,7 @@ fn large_messages_taken_a_few_behind_reuse_their_buffers() {
     let message = pattern(MESSAGE, 7);
     let mut held: VecDeque<Bytes> = VecDeque::new();
     let mut one = |d: &mut duct_proto::Session, l: &mut duct_proto::Session| {
-        d.send(0, message.clone(), now).expect("send");
-        let fs = frames(d);
-        assert!(fs.len() > 1, "fragmented");
-        for (h, p) in fs {
-            l.handle_frame(h, p, now).expect("accepted");
-        }
-        let got = l.poll_message().expect("reassembled").payload;
+        let got = fragmented(d, l, &message, now);
         assert_eq!(got, message);
         held.push_back(got);
         if held.len() > BEHIND {
@@ -135,11 +129,7 @@ fn buffers_let_go_of_are_freed_at_the_next_timer() {
     let ((), usage) = alloc::measure(|| {
         let mut held = Vec::new();
         for _ in 0..HELD {
-            d.send(0, message.clone(), now).expect("send");
-            for (h, p) in frames(&mut d) {
-                l.handle_frame(h, p, now).expect("accepted");
-            }
-            held.push(l.poll_message().expect("reassembled").payload);
+            held.push(fragmented(&mut d, &mut l, &message, now));
         }
         drop(held);
         l.handle_timeout(now).expect("timer");
@@ -151,4 +141,21 @@ fn buffers_let_go_of_are_freed_at_the_next_timer() {
         "{} bytes kept after the application let go of {HELD} messages of {MESSAGE}",
         usage.kept
     );
+}
+
+/// Sends `message` from `d` to `l` (in more than one frame) and returns it as `l` reassembled
+/// it.
+fn fragmented(
+    d: &mut duct_proto::Session,
+    l: &mut duct_proto::Session,
+    message: &Bytes,
+    now: Instant,
+) -> Bytes {
+    d.send(0, message.clone(), now).expect("send");
+    let fs = frames(d);
+    assert!(fs.len() > 1, "fragmented");
+    for (h, p) in fs {
+        l.handle_frame(h, p, now).expect("accepted");
+    }
+    l.poll_message().expect("reassembled").payload
 }
