@@ -285,7 +285,7 @@ impl ReassemblyBuffer {
             free: false,
             size,
         });
-        let mut bytes: usize = self.spares.iter().map(|k| k.size).sum();
+        let mut bytes = self.kept_bytes();
         while self.spares.len() > HANDLES || bytes > KEPT_BYTES {
             let Some(k) = self.spares.pop_front() else {
                 break;
@@ -293,6 +293,11 @@ impl ReassemblyBuffer {
             bytes -= k.size;
         }
         self.trim();
+    }
+
+    /// Bytes of the buffers handles are kept on (see [`KEPT_BYTES`]).
+    fn kept_bytes(&self) -> usize {
+        self.spares.iter().map(|k| k.size).sum()
     }
 
     /// Lets go of the oldest free buffers beyond [`SPARES`]: what the application let go of
@@ -442,13 +447,13 @@ mod tests {
         let mut held = Vec::new();
         for i in 0..12 {
             let message = whole(&mut r, 1, &data, now);
-            let bytes: usize = r.spares.iter().map(|k| k.size).sum();
+            let bytes = r.kept_bytes();
             assert!(bytes <= KEPT_BYTES, "message {i}: {bytes} bytes kept");
             assert!(bytes >= data.len(), "message {i}: its own buffer is kept");
             held.push(message);
         }
         // (As many as fit: more than the two free ones an application that lets go keeps.)
-        assert_eq!(r.spares.len(), KEPT_BYTES / (1 << 20));
+        assert_eq!(r.spares.len(), KEPT_BYTES / data.len());
         drop(held);
         r.trim();
         assert_eq!(r.spares.len(), SPARES);
