@@ -148,6 +148,40 @@ fn received_payloads_are_views_into_shared_memory_and_free_their_slots() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
+/// A sender whose peer takes (and drops) each message before the next sends each large
+/// payload from the same pool slot, warm in the caches, rather than going round the pool;
+/// small messages in between (carried in the ring, not the pool) do not change that.
+#[test]
+fn a_sender_whose_peer_keeps_up_reuses_its_lowest_pool_slot() {
+    let addr = format!("shm://{}", name());
+    let listener = duct::listen(&addr, ListenOptions::default()).unwrap();
+    let pipe = duct::dial(&addr, DialOptions::default()).unwrap();
+    let accepted = listener.accept_timeout(T).unwrap();
+    let mut places = Vec::new();
+    for i in 0..40u32 {
+        pipe.send(Message::new(pattern(1000, i))).unwrap();
+        let m = recv_t(&accepted).unwrap();
+        assert_payload(m.payload(), &pattern(1000, i), "large");
+        assert!(
+            in_shared_memfd(m.payload().as_ptr()),
+            "a view into the pool"
+        );
+        places.push(m.payload().as_ptr() as usize);
+        drop(m);
+        if i % 2 == 0 {
+            pipe.send(Message::new(pattern(64, i))).unwrap();
+            let small = recv_t(&accepted).unwrap();
+            assert_payload(small.payload(), &pattern(64, i), "small");
+        }
+    }
+    // (The first may come from wherever the search started.)
+    let settled = places[1];
+    assert!(
+        places[1..].iter().all(|&p| p == settled),
+        "payloads from one slot once the sender knows the peer keeps up: {places:x?}"
+    );
+}
+
 /// Whether `ptr` lies in a shared memfd mapping of this process (/proc/self/maps).
 fn in_shared_memfd(ptr: *const u8) -> bool {
     let at = ptr as usize;

@@ -237,9 +237,16 @@ pub(crate) struct ShmStream {
 /// The sending end's private state: one at a time holds it (see [`ShmStream`]).
 pub(crate) struct TxSide {
     producer: Producer,
-    /// The peer had taken every frame sent before the last batch: the next batch searches
-    /// the pool from its lowest slots (see [`ShmStream::push_many`]).
-    rewind: bool,
+    /// When the last batch with payloads in pool slots went out, the peer had taken every
+    /// frame sent before it: searches for a free slot may start from the pool's lowest
+    /// slots again (see [`ShmStream::rewind`]). Learnt only from such batches (see
+    /// [`ShmStream::published`]), and kept across batches without: the pool is as it was.
+    caught_up: bool,
+    /// The searches were started from the lowest slots since the last slot was taken (no
+    /// need to again).
+    rewound: bool,
+    /// A frame sent since the last wake-up has its payload in a pool slot.
+    pooled: bool,
     /// What [`ShmStream::copied_frames`] and its siblings publish.
     copied_frames: u64,
     copied_bytes: u64,
@@ -456,7 +463,9 @@ impl ShmStream {
         ShmStream {
             tx_spare: Mutex::new(Some(TxSide {
                 producer: tx.ring.producer(),
-                rewind: false,
+                caught_up: false,
+                rewound: false,
+                pooled: false,
                 copied_frames: 0,
                 copied_bytes: 0,
                 lent_frames: 0,
@@ -618,11 +627,7 @@ impl ShmStream {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         let tx = self.tx_side(side)?;
-        if std::mem::take(&mut tx.rewind) {
-            // The peer took everything sent before (and freed the copied payloads): reuse
-            // the lowest slots, warm in the caches, rather than go round the whole pool.
-            self.tx_pool.rewind();
-        }
+        self.rewind(tx);
         let mut sent = 0;
         let mut all = true;
         let mut result = Ok(());
@@ -663,12 +668,22 @@ impl ShmStream {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         let tx = self.tx_side(side)?;
-        if std::mem::take(&mut tx.rewind) {
-            self.tx_pool.rewind();
-        }
+        self.rewind(tx);
         let pushed = self.push_one(tx, header, payload, None)?;
         tx.unwoken += usize::from(pushed);
         Ok(pushed)
+    }
+
+    /// Before a batch: if the peer had taken everything when the last batch using the pool
+    /// went out (and so freed the copied payloads), and no slot was taken since the last
+    /// rewind, the searches for a free slot start from the lowest slots again: the same few
+    /// slots, warm in the caches, rather than a turn through the whole pool.
+    #[inline]
+    fn rewind(&self, tx: &mut TxSide) {
+        if tx.caught_up && !tx.rewound {
+            self.tx_pool.rewind();
+            tx.rewound = true;
+        }
     }
 
     /// Wakes the peer, if it waits, for the frames [`ShmStream::push_copy`] sent.
@@ -682,7 +697,8 @@ impl ShmStream {
     }
 
     /// `sent` frames were pushed since the last wake-up: counts them, wakes the peer if it
-    /// waits, and notes whether it had taken everything before them.
+    /// waits, and, if some of them used the pool, notes whether it had taken everything
+    /// before them.
     fn published(&self, tx: &mut TxSide, sent: usize) {
         // One store of the ring's head for the run: a receiver that looks all the time
         // (spinning) takes the run at once, and the cache line moves once per run.
@@ -696,10 +712,15 @@ impl ShmStream {
         }
         // Looked at once the batch is out: the peer's counter is on a cache line it
         // writes, and reading it before publishing would hold the publication back
-        // until that line arrives. (A corrupt counter fails the next push. The count is of
-        // places, and a payload in the ring takes more than one: a batch of those errs
-        // towards not rewinding, which only the pool's payloads would have gained from.)
-        tx.rewind = tx.producer.len().is_ok_and(|unread| unread <= sent as u64);
+        // until that line arrives. And only when the batch used the pool, the one thing a
+        // rewind is for: reading the line takes it from the peer, whose next store to it
+        // (as it takes this batch, before it answers) then waits for the line to come back,
+        // a cache miss on every small message's round trip. (A corrupt counter fails the
+        // next push. The count is of places, and a payload in the ring takes more than one:
+        // a batch of those errs towards not rewinding.)
+        if std::mem::take(&mut tx.pooled) {
+            tx.caught_up = tx.producer.len().is_ok_and(|unread| unread <= sent as u64);
+        }
     }
 
     /// One frame into the ring (no wake-up: [`ShmStream::push_many`] does that once), its
@@ -755,6 +776,10 @@ impl ShmStream {
                     pool.send_copy(payload).map(|(slot, n)| (slot, n, true))
                 };
                 if let Some((slot, n, _)) = slot {
+                    if slot != NO_SLOT {
+                        tx.pooled = true;
+                        tx.rewound = false;
+                    }
                     // (Published with the rest of the run: `ShmStream::published`.)
                     let pushed = tx
                         .producer
