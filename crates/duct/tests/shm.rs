@@ -19,6 +19,16 @@ fn recv_t(p: &duct::Pipe) -> duct::Result<Message> {
     p.recv_with(&RecvOptions::default().timeout(T))
 }
 
+/// A listener on a fresh name, a pipe dialled to it with the default options, and the pipe
+/// it accepted.
+fn connected() -> (duct::Listener, duct::Pipe, duct::Pipe) {
+    let addr = format!("shm://{}", name());
+    let listener = duct::listen(&addr, ListenOptions::default()).unwrap();
+    let pipe = duct::dial(&addr, DialOptions::default()).unwrap();
+    let accepted = listener.accept_timeout(T).unwrap();
+    (listener, pipe, accepted)
+}
+
 #[test]
 fn round_trips_small_large_and_many() {
     let addr = format!("shm://{}", name());
@@ -103,10 +113,7 @@ fn a_second_listener_on_a_live_name_is_address_in_use_and_the_name_frees_on_drop
 
 #[test]
 fn received_payloads_are_views_into_shared_memory_and_free_their_slots() {
-    let addr = format!("shm://{}", name());
-    let listener = duct::listen(&addr, ListenOptions::default()).unwrap();
-    let pipe = duct::dial(&addr, DialOptions::default()).unwrap();
-    let accepted = listener.accept_timeout(T).unwrap();
+    let (_listener, pipe, accepted) = connected();
     // Hold more payloads than a whole class has slots? No: hold a few, check where they are.
     let mut held = Vec::new();
     for i in 0..8u32 {
@@ -153,10 +160,7 @@ fn received_payloads_are_views_into_shared_memory_and_free_their_slots() {
 /// small messages in between (carried in the ring, not the pool) do not change that.
 #[test]
 fn a_sender_whose_peer_keeps_up_reuses_its_lowest_pool_slot() {
-    let addr = format!("shm://{}", name());
-    let listener = duct::listen(&addr, ListenOptions::default()).unwrap();
-    let pipe = duct::dial(&addr, DialOptions::default()).unwrap();
-    let accepted = listener.accept_timeout(T).unwrap();
+    let (_listener, pipe, accepted) = connected();
     let mut places = Vec::new();
     for i in 0..40u32 {
         pipe.send(Message::new(pattern(1000, i))).unwrap();
@@ -201,10 +205,7 @@ fn in_shared_memfd(ptr: *const u8) -> bool {
 
 #[test]
 fn a_message_written_in_place_moves_with_zero_copies() {
-    let addr = format!("shm://{}", name());
-    let listener = duct::listen(&addr, ListenOptions::default()).unwrap();
-    let pipe = duct::dial(&addr, DialOptions::default()).unwrap();
-    let accepted = listener.accept_timeout(T).unwrap();
+    let (_listener, pipe, accepted) = connected();
     for round in 0..20u32 {
         let len = 1 << 20;
         let mut buf = pipe.alloc(len).unwrap();
