@@ -172,6 +172,16 @@ impl RawShm {
 }
 
 /// A valid DATA header for a payload of `len` bytes on channel 0.
+/// The peak of this process's address space (`VmPeak`), in KiB.
+fn vm_peak_kib() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmPeak:"))
+        .expect("VmPeak in /proc/self/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 fn data_header(len: u32) -> [u8; 24] {
     let mut h = duct_proto::wire::Header::new(duct_proto::wire::FrameKind::Data);
     h.payload_len = len;
@@ -307,6 +317,25 @@ fn garbage_descriptors_end_the_pipe_with_protocol() {
         assert_eq!(e.kind(), ErrorKind::Protocol, "{what}: {e}");
         println!("{what}: {e}");
     }
+    // A ring payload of 4 GiB claimed: refused before anything is reserved for it. (The
+    // receiver used to make room for the claimed length first: an allocation of 4 GiB,
+    // which a machine that does not overcommit refuses by aborting the process.)
+    let (pipe, mut raw) = connect(&l);
+    let before = vm_peak_kib();
+    raw.inject(Desc {
+        header: data_header(u32::MAX),
+        slot: INLINE,
+        len: u32::MAX,
+    });
+    let e = pipe
+        .recv_with(&RecvOptions::default().timeout(T))
+        .expect_err("a huge ring payload");
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    let grew = vm_peak_kib() - before;
+    assert!(
+        grew < 256 * 1024,
+        "the address space grew by {grew} KiB for a payload that was refused"
+    );
     // A well-formed one goes through (the raw peer speaks the ring's format).
     let (pipe, mut raw) = connect(&l);
     raw.inject_inline(data_header(5), b"hello");

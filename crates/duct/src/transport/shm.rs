@@ -895,7 +895,10 @@ impl ShmStream {
                         chunks,
                         ..
                     } = &mut *rx;
-                    small_room(small, chunks, d.len as usize);
+                    // (Room for at most what the ring carries: the length is the peer's
+                    // word, checked by `take_inline`, and room made for a hostile one would
+                    // be an allocation of up to 4 GiB.)
+                    small_room(small, chunks, (d.len as usize).min(INLINE_MAX));
                     if let Err(e) = consumer.take_inline(&d, small) {
                         // (No frame left waiting for its payload: the connection ends.)
                         if later > 0 {
