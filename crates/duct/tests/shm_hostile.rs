@@ -17,6 +17,7 @@ use duct_proto::{Config, Role, Session, State};
 use duct_sys::shm::pool::{Class, PoolRx, PoolTx};
 use duct_sys::shm::ring::{Consumer, Desc, Producer, INLINE, INLINE_MAX, NO_SLOT};
 use duct_sys::shm::segment::{Params, Segment};
+use proptest::prelude::*;
 
 mod common;
 use common::{unique, T};
@@ -163,6 +164,24 @@ impl RawShm {
         self.bell();
     }
 
+    /// Publishes `desc` and, in the places after it, `places` (32 bytes a place, the last
+    /// one filled up with zeroes), all as they are.
+    fn inject_with_places(&mut self, desc: Desc, places: &[u8]) {
+        assert!(self.tx.write(desc).unwrap());
+        for chunk in places.chunks(32) {
+            let mut b = [0u8; 32];
+            b[..chunk.len()].copy_from_slice(chunk);
+            let place = Desc {
+                header: b[..24].try_into().unwrap(),
+                slot: u32::from_ne_bytes(b[24..28].try_into().unwrap()),
+                len: u32::from_ne_bytes(b[28..].try_into().unwrap()),
+            };
+            assert!(self.tx.write(place).unwrap());
+        }
+        self.tx.publish();
+        self.bell();
+    }
+
     /// Publishes `header` with `payload` in the ring after it, as it is.
     fn inject_inline(&mut self, header: [u8; 24], payload: &[u8]) {
         assert!(self.tx.write_inline(&header, payload).unwrap());
@@ -171,7 +190,6 @@ impl RawShm {
     }
 }
 
-/// A valid DATA header for a payload of `len` bytes on channel 0.
 /// The peak of this process's address space (`VmPeak`), in KiB.
 fn vm_peak_kib() -> i64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -182,6 +200,7 @@ fn vm_peak_kib() -> i64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// A valid DATA header for a payload of `len` bytes on channel 0.
 fn data_header(len: u32) -> [u8; 24] {
     let mut h = duct_proto::wire::Header::new(duct_proto::wire::FrameKind::Data);
     h.payload_len = len;
@@ -341,6 +360,66 @@ fn garbage_descriptors_end_the_pipe_with_protocol() {
     raw.inject_inline(data_header(5), b"hello");
     let m = pipe.recv_with(&RecvOptions::default().timeout(T)).unwrap();
     assert_eq!(m.payload(), b"hello");
+}
+
+/// A slot number a hostile descriptor may carry: the ring's own marks, slots of the pool
+/// and just past it, and anything.
+fn any_slot() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(NO_SLOT), Just(INLINE), 0u32..72, any::<u32>(),]
+}
+
+/// A length a hostile descriptor may claim: small, around the ring's and the slots' limits,
+/// and anything up to 4 GiB.
+fn any_len() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        0u32..300,
+        (INLINE_MAX as u32 - 2)..(INLINE_MAX as u32 + 3),
+        65530u32..65540,
+        any::<u32>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Any descriptor, with a header that agrees with it or not (or is no header at all),
+    /// and whatever lies in the places after it: the duct side delivers a message or fails
+    /// with `Protocol` (or, for a frame that is no message, keeps waiting), never panics,
+    /// and reserves nothing of a claimed length's size.
+    #[test]
+    fn any_descriptor_is_a_message_or_protocol(
+        slot in any_slot(),
+        len in any_len(),
+        header_len in prop_oneof![Just(None), any_len().prop_map(Some)],
+        garbage_header in any::<bool>(),
+        after in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let l = RawShmListener::bind();
+        let (pipe, mut raw) = connect(&l);
+        let header = if garbage_header {
+            let mut h = [0u8; 24];
+            for (i, b) in h.iter_mut().enumerate() {
+                *b = after.get(i).copied().unwrap_or(0xa5);
+            }
+            h
+        } else {
+            data_header(header_len.unwrap_or(len))
+        };
+        let before = vm_peak_kib();
+        // The places after the descriptor hold `after`, published with it (as a payload in
+        // the ring would be).
+        raw.inject_with_places(Desc { header, slot, len }, &after);
+        let got = pipe.recv_with(&RecvOptions::default().timeout(Duration::from_millis(300)));
+        match &got {
+            Ok(_) => {}
+            Err(e) => prop_assert!(
+                matches!(e.kind(), ErrorKind::Protocol | ErrorKind::TimedOut),
+                "{e}"
+            ),
+        }
+        let grew = vm_peak_kib() - before;
+        prop_assert!(grew < 256 * 1024, "the address space grew by {} KiB", grew);
+    }
 }
 
 #[test]
