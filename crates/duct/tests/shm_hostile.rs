@@ -350,9 +350,11 @@ fn garbage_descriptors_end_the_pipe_with_protocol() {
         .recv_with(&RecvOptions::default().timeout(T))
         .expect_err("a huge ring payload");
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    // (A bound well above what other tests running meanwhile may map, such as an allocator's
+    // arena of 64 MiB for a new thread.)
     let grew = vm_peak_kib() - before;
     assert!(
-        grew < 256 * 1024,
+        grew < 1024 * 1024,
         "the address space grew by {grew} KiB for a payload that was refused"
     );
     // A well-formed one goes through (the raw peer speaks the ring's format).
@@ -418,7 +420,7 @@ proptest! {
             ),
         }
         let grew = vm_peak_kib() - before;
-        prop_assert!(grew < 256 * 1024, "the address space grew by {} KiB", grew);
+        prop_assert!(grew < 1024 * 1024, "the address space grew by {} KiB", grew);
     }
 }
 
