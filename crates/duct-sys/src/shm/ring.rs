@@ -533,8 +533,11 @@ impl Consumer {
                 ));
             }
         }
-        out.reserve(len);
-        let mut left = len;
+        // Whole places are copied (a copy of a fixed size, done in registers, where one of
+        // the bytes left would be a call), and what the last one adds past the payload is
+        // cut off after.
+        let end = out.len() + len;
+        out.reserve(places as usize * DESC_LEN);
         for k in 0..places {
             // (Published: head_cache covers them, checked above.)
             let words = self.get(self.tail + k);
@@ -542,10 +545,9 @@ impl Consumer {
             for (b, w) in bytes.chunks_exact_mut(8).zip(words) {
                 b.copy_from_slice(&w.to_ne_bytes());
             }
-            let n = left.min(DESC_LEN);
-            out.extend_from_slice(&bytes[..n]);
-            left -= n;
+            out.extend_from_slice(&bytes);
         }
+        out.truncate(end);
         self.tail += places;
         Ok(())
     }
@@ -802,6 +804,34 @@ mod tests {
             c.take_inline(&d, &mut out).unwrap();
         }
         Some((d, out.to_vec()))
+    }
+
+    /// `take_inline` adds the payload after what `out` holds, and nothing else: it copies
+    /// whole places, and what the last one carries past the payload must not stay.
+    #[test]
+    fn inline_payloads_are_appended_exactly_after_what_is_there() {
+        let mem = RingMem::heap(16);
+        let mut p = mem.producer();
+        let mut c = mem.consumer();
+        let mut out = bytes::BytesMut::new();
+        let mut want = Vec::new();
+        let step = if cfg!(miri) { 17 } else { 1 };
+        for len in (1..=INLINE_MAX).step_by(step) {
+            let i = len as u32;
+            assert_eq!(p.write_inline(&inline_header(i), &payload(i, len)), Ok(true));
+            p.publish();
+            let d = c.take().unwrap().expect("published");
+            c.take_inline(&d, &mut out).unwrap();
+            c.release();
+            want.extend_from_slice(&payload(i, len));
+            assert_eq!(&out[..], &want[..], "after the payload of {len} bytes");
+            if out.len() > 4096 {
+                // (Kept short: a prefix of a few hundred bytes is as good as one of many.)
+                let keep = out.len() - 300;
+                let _ = out.split_to(keep);
+                want.drain(..keep);
+            }
+        }
     }
 
     #[test]

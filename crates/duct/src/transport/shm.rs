@@ -45,7 +45,9 @@ use bytes::{Bytes, BytesMut};
 use duct_proto::wire::{FrameKind, HEADER_LEN};
 use duct_proto::Transmit;
 use duct_sys::shm::pool::{Class, PoolRx, PoolTx, TxSlot};
-use duct_sys::shm::ring::{Consumer, Desc, Producer, RingMem, INLINE, INLINE_MAX, NO_SLOT};
+use duct_sys::shm::ring::{
+    Consumer, Desc, Producer, RingMem, DESC_LEN, INLINE, INLINE_MAX, NO_SLOT,
+};
 use duct_sys::shm::segment::{Params, Segment};
 use duct_sys::shm::wait::{self, Wake};
 
@@ -898,7 +900,12 @@ impl ShmStream {
                     // (Room for at most what the ring carries: the length is the peer's
                     // word, checked by `take_inline`, and room made for a hostile one would
                     // be an allocation of up to 4 GiB.)
-                    small_room(small, chunks, (d.len as usize).min(INLINE_MAX));
+                    // (Whole places: `take_inline` copies them so.)
+                    small_room(
+                        small,
+                        chunks,
+                        (d.len as usize).min(INLINE_MAX).next_multiple_of(DESC_LEN),
+                    );
                     if let Err(e) = consumer.take_inline(&d, small) {
                         // (No frame left waiting for its payload: the connection ends.)
                         if later > 0 {
