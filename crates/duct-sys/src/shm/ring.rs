@@ -818,7 +818,10 @@ mod tests {
         let step = if cfg!(miri) { 17 } else { 1 };
         for len in (1..=INLINE_MAX).step_by(step) {
             let i = len as u32;
-            assert_eq!(p.write_inline(&inline_header(i), &payload(i, len)), Ok(true));
+            assert_eq!(
+                p.write_inline(&inline_header(i), &payload(i, len)),
+                Ok(true)
+            );
             p.publish();
             let d = c.take().unwrap().expect("published");
             c.take_inline(&d, &mut out).unwrap();
