@@ -518,6 +518,8 @@ impl Consumer {
     /// the next `take`, which would otherwise read the payload as descriptors. A length over
     /// [`INLINE_MAX`], or a payload that runs past what the producer published (it publishes
     /// a descriptor and its payload with one store), is [`Corrupt`]: nothing is copied then.
+    /// `out` needs room for whole places (`len` rounded up to 32 bytes) not to grow: they are
+    /// copied whole, and the excess cut off.
     #[inline]
     pub fn take_inline(&mut self, desc: &Desc, out: &mut bytes::BytesMut) -> Result<(), Corrupt> {
         let len = desc.len as usize;
@@ -533,9 +535,9 @@ impl Consumer {
                 ));
             }
         }
-        // Whole places are copied (a copy of a fixed size, done in registers, where one of
-        // the bytes left would be a call), and what the last one adds past the payload is
-        // cut off after.
+        // Whole places are copied (a copy of fixed size, done in registers; one of just the
+        // bytes a place holds of the payload was a call to `memcpy`), and what the last adds
+        // past the payload is cut off after.
         let end = out.len() + len;
         out.reserve(places as usize * DESC_LEN);
         for k in 0..places {

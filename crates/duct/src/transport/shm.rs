@@ -897,10 +897,10 @@ impl ShmStream {
                         chunks,
                         ..
                     } = &mut *rx;
-                    // (Room for at most what the ring carries: the length is the peer's
-                    // word, checked by `take_inline`, and room made for a hostile one would
-                    // be an allocation of up to 4 GiB.)
-                    // (Whole places: `take_inline` copies them so.)
+                    // (Room for at most what the ring carries, in whole places as
+                    // `take_inline` copies them: the length is the peer's word, checked by
+                    // `take_inline`, and room made for a hostile one would be an allocation
+                    // of up to 4 GiB.)
                     small_room(
                         small,
                         chunks,
