@@ -240,13 +240,10 @@ pub(crate) struct ShmStream {
 pub(crate) struct TxSide {
     producer: Producer,
     /// When the last batch with payloads in pool slots went out, the peer had taken every
-    /// frame sent before it: searches for a free slot may start from the pool's lowest
-    /// slots again (see [`ShmStream::rewind`]). Learnt only from such batches (see
-    /// [`ShmStream::published`]), and kept across batches without: the pool is as it was.
+    /// frame sent before it: the next batch starts the searches for a free slot from the
+    /// pool's lowest slots again (see [`ShmStream::rewind`]). Learnt only from batches that
+    /// used the pool (see [`ShmStream::published`]): a rewind lasts until a slot is taken.
     caught_up: bool,
-    /// The searches were started from the lowest slots since the last slot was taken (no
-    /// need to again).
-    rewound: bool,
     /// A frame sent since the last wake-up has its payload in a pool slot.
     pooled: bool,
     /// What [`ShmStream::copied_frames`] and its siblings publish.
@@ -466,7 +463,6 @@ impl ShmStream {
             tx_spare: Mutex::new(Some(TxSide {
                 producer: tx.ring.producer(),
                 caught_up: false,
-                rewound: false,
                 pooled: false,
                 copied_frames: 0,
                 copied_bytes: 0,
@@ -677,14 +673,14 @@ impl ShmStream {
     }
 
     /// Before a batch: if the peer had taken everything when the last batch using the pool
-    /// went out (and so freed the copied payloads), and no slot was taken since the last
-    /// rewind, the searches for a free slot start from the lowest slots again: the same few
-    /// slots, warm in the caches, rather than a turn through the whole pool.
+    /// went out (and so freed the copied payloads), the searches for a free slot start from
+    /// the lowest slots again: the same few slots, warm in the caches, rather than a turn
+    /// through the whole pool. (Once: the searches stay there until a slot is taken, and
+    /// the next batch that takes one says whether to rewind again.)
     #[inline]
     fn rewind(&self, tx: &mut TxSide) {
-        if tx.caught_up && !tx.rewound {
+        if std::mem::take(&mut tx.caught_up) {
             self.tx_pool.rewind();
-            tx.rewound = true;
         }
     }
 
@@ -778,10 +774,7 @@ impl ShmStream {
                     pool.send_copy(payload).map(|(slot, n)| (slot, n, true))
                 };
                 if let Some((slot, n, _)) = slot {
-                    if slot != NO_SLOT {
-                        tx.pooled = true;
-                        tx.rewound = false;
-                    }
+                    tx.pooled |= slot != NO_SLOT;
                     // (Published with the rest of the run: `ShmStream::published`.)
                     let pushed = tx
                         .producer
