@@ -320,6 +320,9 @@ pub struct RawShmConn {
     inbuf: bytes::BytesMut,
     /// Messages pushed since the receiver was last notified.
     unnotified: bool,
+    /// Messages pushed since this side last waited for one: the next is an answer, whose
+    /// lines a wait fetches early (as duct's: see `ShmStream::spin_for_input`).
+    sent_since_wait: bool,
     /// Most messages one `recv_some` takes ([`RawShmRun::batch`], at most the ring's
     /// capacity).
     max_take: usize,
@@ -367,6 +370,7 @@ impl RawShmConn {
             inline: size <= INLINE_MAX,
             inbuf: bytes::BytesMut::with_capacity(size),
             unnotified: false,
+            sent_since_wait: false,
             max_take,
         })
     }
@@ -446,6 +450,7 @@ impl RawShmConn {
         }
         self.producer.publish();
         self.unnotified = true;
+        self.sent_since_wait = true;
         Ok(())
     }
 
@@ -465,6 +470,7 @@ impl RawShmConn {
             bail!("raw shm: the ring was full after room was found");
         }
         self.unnotified = true;
+        self.sent_since_wait = true;
         Ok(())
     }
 
@@ -488,11 +494,20 @@ impl RawShmConn {
     /// Waits until a descriptor is there.
     fn wait_readable(&mut self) -> Result<()> {
         let consumer = &mut self.consumer;
+        // As duct's receive: a side that sent since it last waited waits for an answer, and
+        // fetches its lines while nothing is there (see `RingMem::prefetch_from`).
+        let answer = std::mem::take(&mut self.sent_since_wait);
         wait_until(
             &self.ctl,
             self.rx_ring.ctl().consumer_word(),
             self.spin,
-            || consumer.is_empty().map(|e| !e).map_err(corrupt),
+            || {
+                let empty = consumer.is_empty().map_err(corrupt)?;
+                if empty && answer {
+                    consumer.prefetch_next();
+                }
+                Ok(!empty)
+            },
         )
     }
 
