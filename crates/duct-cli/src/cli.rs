@@ -50,8 +50,9 @@ pub enum Command {
     /// over a Unix socket (duct-sys's ring, pool and futex wait, no duct protocol): payloads
     /// up to 256 bytes copied into and out of the ring after their descriptors (as duct sends
     /// them), larger ones into and out of pool slots, a waiting end spinning 20 µs (duct's
-    /// default spin) before it parks on a futex, wake-ups after each message in ping-pong and
-    /// once per batch in stream. --spin: both systems spin and never park.
+    /// default spin) before it parks on a futex (and, waiting for an answer, fetching the
+    /// lines the answer will be in, as duct does), wake-ups after each message in ping-pong
+    /// and once per batch in stream. --spin: both systems spin and never park.
     Bench(BenchArgs),
 
     /// Listen on ADDR and print each message received as a line on stdout.

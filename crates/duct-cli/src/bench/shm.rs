@@ -30,7 +30,10 @@
 //!   that finds the ring full or no free slot, spins for [`SHM_SPIN_BEFORE_PARK`] (checking
 //!   every 64 `spin_loop` hints), then announces itself on its wait word (`prepare`, mode
 //!   `PARKED`), checks once more and parks on the futex (`park`, in [`PARK_SLICE`]s, between
-//!   which it checks that the peer is still there). A sender calls `notify` on the
+//!   which it checks that the peer is still there). A receiver that sent since it last
+//!   waited (it waits for an answer: ping-pong) asks the CPU for the lines the next
+//!   descriptor will be in while it spins (`Consumer::prefetch_next`), as duct's receive
+//!   does; a stream's receiver does not. A sender calls `notify` on the
 //!   receiver's word after it publishes: after every message in ping-pong, once per
 //!   [`MsgConn::send_many`] call in stream (and before it waits for room itself); a
 //!   receiver calls `notify` on the sender's word once per call, after it freed what it
