@@ -93,6 +93,85 @@ fn round_trips_small_large_and_many() {
     assert_eq!(e.close_reason(), Some((4001, "done")));
 }
 
+/// The sizes of [`bursts_arrive_whole_and_in_order_whatever_the_receive`]'s messages, by
+/// index: empty, in the ring (up to 256 bytes), copied out of small pool slots (up to 512),
+/// views of pool slots, and now and then one of several fragments.
+fn burst_len(i: u32) -> usize {
+    match i % 11 {
+        0 => 0,
+        1 => 300,
+        2 => 512,
+        3 => 2000,
+        4 if i % 44 == 4 => 300_000,
+        _ => 1 + (i as usize * 37) % 256,
+    }
+}
+
+#[test]
+fn bursts_arrive_whole_and_in_order_whatever_the_receive() {
+    // A receive that finds many frames copies their payloads into one chunk and hands the
+    // messages over as places in it, each chunk under a number of its own: a batch that
+    // keeps one handle per chunk tells them apart by it. Bursts of hundreds of messages of
+    // every kind of payload (in the ring, copied from the pool, views of the pool, empty,
+    // fragmented), taken with `recv_into` (up to 1,000 at once), `recv_batch`, `recv` one by
+    // one (the first of a read handed over, the rest queued) and `recv_async` (read by the
+    // reactor: all queued), each checked byte by byte and in order.
+    const BURST: u32 = 600;
+    let (_l, tx, rx) = connected();
+    let opts = RecvOptions::default().timeout(T);
+    let check = |what: &str, i: u32, got: &[u8]| {
+        assert_payload(
+            got,
+            &pattern(burst_len(i), i),
+            &format!("{what}: message {i}"),
+        );
+    };
+    for round in 0..4 {
+        for i in 0..BURST {
+            tx.send(Message::new(bytes::Bytes::from(pattern(burst_len(i), i))))
+                .unwrap();
+        }
+        let mut i = 0;
+        match round {
+            0 => {
+                let mut batch = duct::MessageBatch::new();
+                while i < BURST {
+                    rx.recv_into(&mut batch, 1000, &opts).unwrap();
+                    for m in batch.iter() {
+                        check("recv_into", i, m.payload());
+                        i += 1;
+                    }
+                }
+            }
+            1 => {
+                let mut out = Vec::new();
+                while i < BURST {
+                    out.clear();
+                    rx.recv_batch(&mut out, 1000, &opts).unwrap();
+                    for m in &out {
+                        check("recv_batch", i, m.payload());
+                        i += 1;
+                    }
+                }
+            }
+            2 => {
+                while i < BURST {
+                    check("recv", i, recv_t(&rx).unwrap().payload());
+                    i += 1;
+                }
+            }
+            _ => {
+                while i < BURST {
+                    let m = futures::executor::block_on(rx.recv_async()).unwrap();
+                    check("recv_async", i, m.payload());
+                    i += 1;
+                }
+            }
+        }
+        assert_eq!(i, BURST, "round {round}: exactly the burst");
+    }
+}
+
 #[test]
 fn a_second_listener_on_a_live_name_is_address_in_use_and_the_name_frees_on_drop() {
     let addr = format!("shm://{}", name());

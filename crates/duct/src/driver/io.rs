@@ -15,7 +15,7 @@ use duct_proto::{Received, Transmit};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fd::BorrowedFd;
 
-use super::{FrameIo, FrameSide, RawFrame, StreamTransport};
+use super::{FrameIo, FramePayload, FrameSide, RawFrame, StreamTransport};
 
 /// Bytes read per refill of an empty buffer. Larger frames grow the buffer to fit.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
@@ -81,6 +81,8 @@ pub(crate) struct ReadBuf {
     chunks: Chunks,
     /// Frames from a frame transport (shared memory), not yet handed to the session.
     pub(crate) frames: VecDeque<RawFrame>,
+    /// The bytes the payloads of `frames` that are [`FramePayload::InChunk`] are in.
+    frame_chunk: Bytes,
     /// The transport this buffer reads from, kept here by the driver (set with the buffer,
     /// under the same lock) so that a read does not clone the pipe's shared handle to it:
     /// see [`with_transport`].
@@ -106,6 +108,7 @@ impl ReadBuf {
             data: BytesMut::new(),
             chunks: Chunks::default(),
             frames: VecDeque::new(),
+            frame_chunk: Bytes::new(),
             transport: None,
             frame_side: FrameSide::default(),
             direct: None,
@@ -180,12 +183,24 @@ impl ReadBuf {
             self.give_back(session, time())?;
         }
         // (Whole frames: up to `max` plain messages go to `sink` while nothing is queued.)
+        if !self.frame_chunk.is_empty() {
+            let res = self.feed_frames_to(session, &mut time, max, sink);
+            self.frames.clear();
+            self.frame_chunk = Bytes::new();
+            res?;
+        }
+        // Frames whose payloads are their own (a pool slot's view, or a single frame's copy).
         let mut left = max;
         while let Some(f) = self.frames.pop_front() {
+            let payload = match f.payload {
+                FramePayload::Own(payload) => payload,
+                // (Only an empty payload is in an empty chunk.)
+                FramePayload::InChunk { .. } => Bytes::new(),
+            };
             let res = if session.frame_is_timeless(&f.header) {
-                session.handle_raw_frame_untimed_to(&f.header, f.payload, &mut left, sink)
+                session.handle_raw_frame_untimed_to(&f.header, payload, &mut left, sink)
             } else {
-                session.handle_raw_frame(&f.header, f.payload, time())
+                session.handle_raw_frame(&f.header, payload, time())
             };
             if let Err(e) = res {
                 self.frames.clear();
@@ -197,6 +212,73 @@ impl ReadBuf {
         }
         session.handle_input_to(&mut self.data, time(), max, sink)?;
         Ok(())
+    }
+
+    /// Hands `frames` to the session (see [`ReadBuf::feed_to`]): payloads of their own as
+    /// they are, those in the receive's chunk as parts of it, so that messages handed to
+    /// `sink` at once share one handle on it. (Not inlined: the plain way in
+    /// [`ReadBuf::feed_to`], a ping-pong's, stays as short as it was.)
+    #[inline(never)]
+    fn feed_frames_to(
+        &mut self,
+        session: &mut duct_proto::Session,
+        time: &mut impl FnMut() -> Instant,
+        max: usize,
+        sink: &mut (impl duct_proto::ReceiveSink + ?Sized),
+    ) -> Result<(), duct_proto::Error> {
+        let mut left = max;
+        // Frames in the chunk still to come: the last one may hand the chunk's own handle on.
+        let mut parts = self
+            .frames
+            .iter()
+            .filter(|f| matches!(f.payload, FramePayload::InChunk { .. }))
+            .count();
+        let id = session.next_chunk_number();
+        let mut handed = false;
+        let mut res = Ok(());
+        while let Some(f) = self.frames.pop_front() {
+            let timeless = session.frame_is_timeless(&f.header);
+            res = match f.payload {
+                FramePayload::Own(payload) if timeless => {
+                    session.handle_raw_frame_untimed_to(&f.header, payload, &mut left, sink)
+                }
+                FramePayload::Own(payload) => session.handle_raw_frame(&f.header, payload, time()),
+                FramePayload::InChunk { start, len } => {
+                    parts -= 1;
+                    let range = start as usize..start as usize + len as usize;
+                    if timeless {
+                        let chunk = &mut self.frame_chunk;
+                        session
+                            .handle_raw_part_untimed_to(
+                                &f.header,
+                                chunk,
+                                id,
+                                parts == 0,
+                                range,
+                                &mut left,
+                                sink,
+                            )
+                            .map(|h| handed |= h)
+                    } else {
+                        // (A range outside the chunk, which the transport never makes, is
+                        // an empty payload: the session refuses it unless the header agrees.)
+                        let payload = match self.frame_chunk.get(range.clone()) {
+                            Some(_) => self.frame_chunk.slice(range),
+                            None => Bytes::new(),
+                        };
+                        session.handle_raw_frame(&f.header, payload, time())
+                    }
+                }
+            };
+            if res.is_err() {
+                break;
+            }
+        }
+        if handed {
+            // (Even after a failure: the sink holds parts under this number.)
+            session.used_chunk_number(id);
+        }
+        res
     }
 
     /// Bytes (or frames) received and not yet handed to the session.
@@ -216,9 +298,14 @@ impl ReadBuf {
         nonblocking: bool,
     ) -> io::Result<usize> {
         if let Some(f) = transport.frame_io() {
+            debug_assert!(
+                self.frames.is_empty(),
+                "frames are fed before the next receive"
+            );
             return f.recv_frames(
                 &mut self.frame_side,
                 &mut self.frames,
+                &mut self.frame_chunk,
                 FRAMES_PER_RECV,
                 nonblocking,
             );

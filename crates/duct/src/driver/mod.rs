@@ -135,11 +135,21 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     fn peer_addr(&self) -> Addr;
 }
 
-/// A frame from a transport that carries frames (shared memory): the encoded header and the
-/// payload in place.
+/// A frame from a transport that carries frames (shared memory): the encoded header and
+/// where the payload is.
 pub(crate) struct RawFrame {
     pub(crate) header: [u8; duct_proto::wire::HEADER_LEN],
-    pub(crate) payload: bytes::Bytes,
+    pub(crate) payload: FramePayload,
+}
+
+/// Where a [`RawFrame`]'s payload is.
+pub(crate) enum FramePayload {
+    /// In bytes of its own (a view of a pool slot, or nothing).
+    Own(bytes::Bytes),
+    /// At `start..start + len` of the chunk the frames of one receive share (payloads
+    /// copied out of the ring together: see [`FrameIo::recv_frames`]), handed to the
+    /// session as parts of it (no reference count per message).
+    InChunk { start: u32, len: u32 },
 }
 
 /// A frame transport's private state for one direction (its end of a ring, say), kept by
@@ -195,13 +205,16 @@ pub(crate) trait FrameIo {
     ) -> std::io::Result<bool>;
     /// Wakes the peer, if it waits, for the frames [`FrameIo::push_copy`] sent.
     fn publish(&self, side: &mut FrameSide) -> std::io::Result<()>;
-    /// Takes up to `max` frames into `out`. `Ok(0)` is the end (the peer is gone); with
-    /// `nonblocking`, nothing there is `WouldBlock`. `side` is the receiving state, the same
-    /// on every call for this transport.
+    /// Takes up to `max` frames into `out`, and into `chunk` the bytes their
+    /// [`FramePayload::InChunk`] payloads are in (`out` and `chunk` are empty when called:
+    /// the frames of one call are handed to the session before the next). `Ok(0)` is the
+    /// end (the peer is gone); with `nonblocking`, nothing there is `WouldBlock`. `side` is
+    /// the receiving state, the same on every call for this transport.
     fn recv_frames(
         &self,
         side: &mut FrameSide,
         out: &mut std::collections::VecDeque<RawFrame>,
+        chunk: &mut bytes::Bytes,
         max: usize,
         nonblocking: bool,
     ) -> std::io::Result<usize>;
