@@ -143,6 +143,7 @@ pub(crate) struct RawFrame {
 }
 
 /// Where a [`RawFrame`]'s payload is.
+#[cfg_attr(not(duct_shm), allow(dead_code))]
 pub(crate) enum FramePayload {
     /// In bytes of its own (a view of a pool slot, or nothing).
     Own(bytes::Bytes),
