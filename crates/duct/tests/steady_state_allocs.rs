@@ -46,14 +46,10 @@ const MAX_ALLOCS: u64 = MEASURED / 10_000;
 const MAX_TLS_ALLOCS: u64 = MEASURED / 20;
 
 /// Streams messages from a dialer thread to the listener's side (`slices`: with
-/// `send_slices` and `recv_into`; `reliable`: on a reliable channel); returns the allocations of the whole process while
+/// `send_slices` and `recv_into`; `reliable`: on a reliable channel; with the options
+/// `fixture` needs, its TLS settings); returns the allocations of the whole process while
 /// [`MEASURED`] messages were received, after a warm-up.
-fn allocations_while_streaming(addr: &str, slices: bool, reliable: bool) -> u64 {
-    allocations_while_streaming_with(addr, None, slices, reliable)
-}
-
-/// [`allocations_while_streaming`], with the options `fixture` needs (its TLS settings).
-fn allocations_while_streaming_with(
+fn allocations_while_streaming(
     addr: &str,
     fixture: Option<&Fixture>,
     slices: bool,
@@ -219,7 +215,7 @@ fn a_stream_allocates_nothing_per_message() {
                 (true, false) => "send_slices/recv_into",
                 (true, true) => "send_slices/recv_into, reliable channel",
             };
-            let allocs = allocations_while_streaming(&addr, slices, reliable);
+            let allocs = allocations_while_streaming(&addr, None, slices, reliable);
             println!("{addr}, {api}: {allocs} allocations over {MEASURED} messages received");
             assert!(
                 allocs <= MAX_ALLOCS,
@@ -235,7 +231,7 @@ fn a_stream_allocates_nothing_per_message() {
     // costs a few allocations per record, none per message from duct itself.
     #[cfg(feature = "tls")]
     if let Some(f) = Fixture::new(Kind::Tls) {
-        let allocs = allocations_while_streaming_with(&f.addr(), Some(&f), true, false);
+        let allocs = allocations_while_streaming(&f.addr(), Some(&f), true, false);
         println!("tls, send_slices/recv_into: {allocs} allocations over {MEASURED} messages");
         assert!(
             allocs <= MAX_TLS_ALLOCS,

@@ -385,11 +385,11 @@ impl RawShmConn {
         })
     }
 
-    /// After publishing: wakes the receiver if it sleeps (never with `--spin`).
+    /// Publishes what was written since the last call (once for a batch: a store of the
+    /// ring's head per message would move its cache line to the receiver and back for
+    /// each) and wakes the receiver if it sleeps (never with `--spin`).
     #[inline]
-    fn notify_receiver(&mut self) {
-        // What was written is published here, once for a batch: a store of the ring's head
-        // per message would move its cache line to the receiver and back for each.
+    fn publish_and_wake(&mut self) {
         self.producer.publish();
         if self.unnotified && !self.spin {
             wait::notify(self.tx_ring.ctl().consumer_word());
@@ -397,25 +397,25 @@ impl RawShmConn {
         self.unnotified = false;
     }
 
-    /// After taking messages and freeing their slots: wakes the sender if it sleeps for room
-    /// (never with `--spin`).
+    /// After taking messages and freeing their slots: gives the places taken back (once for
+    /// all taken in the call) and wakes the sender if it sleeps for room (never with
+    /// `--spin`).
     #[inline]
     fn freed(&mut self) {
-        // The places taken go back here, once for all taken in the call.
         self.consumer.release();
         if !self.spin {
             wait::notify(self.rx_ring.ctl().producer_word());
         }
     }
 
-    /// Room in the ring and a free slot, waiting for them if need be (after telling the
-    /// receiver about what is published, which it may need to make room).
+    /// Room in the ring and a free slot, waiting for them if need be (after publishing
+    /// what is written and waking the receiver: it makes room only by taking what it sees).
     fn slot(&mut self) -> Result<TxSlot> {
         self.room(1)?;
         if let Some(slot) = self.tx_pool.alloc(self.size) {
             return Ok(slot);
         }
-        self.notify_receiver();
+        self.publish_and_wake();
         let (pool, size) = (&self.tx_pool, self.size);
         let mut got = None;
         wait_until(
@@ -430,11 +430,11 @@ impl RawShmConn {
         Ok(got.expect("ready once a slot was taken"))
     }
 
-    /// `places` free places in the ring, waiting for them if need be (after telling the
-    /// receiver about what is published, which it may need to make room).
+    /// `places` free places in the ring, waiting for them if need be (after publishing
+    /// what is written and waking the receiver: it makes room only by taking what it sees).
     fn room(&mut self, places: u64) -> Result<()> {
         if !self.producer.has_room_for(places).map_err(corrupt)? {
-            self.notify_receiver();
+            self.publish_and_wake();
             let producer = &mut self.producer;
             wait_until(
                 &self.ctl,
@@ -570,7 +570,7 @@ impl RawShmConn {
 impl MsgConn for RawShmConn {
     fn send_one(&mut self, last: bool) -> Result<()> {
         self.send(last)?;
-        self.notify_receiver();
+        self.publish_and_wake();
         Ok(())
     }
 
@@ -588,7 +588,7 @@ impl MsgConn for RawShmConn {
         if d.slot == INLINE {
             self.take_inline(d)?;
             self.push_inline(Payload::Received)?;
-            self.notify_receiver();
+            self.publish_and_wake();
             self.freed();
             return Ok(self.inbuf[0] == FLAG_LAST);
         }
@@ -598,7 +598,7 @@ impl MsgConn for RawShmConn {
         out.fill(&received);
         drop(received);
         self.push(out)?;
-        self.notify_receiver();
+        self.publish_and_wake();
         self.freed();
         Ok(last)
     }
@@ -607,12 +607,12 @@ impl MsgConn for RawShmConn {
         for i in 0..n {
             self.send(last && i + 1 == n)?;
         }
-        self.notify_receiver();
+        self.publish_and_wake();
         Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.notify_receiver();
+        self.publish_and_wake();
         Ok(())
     }
 

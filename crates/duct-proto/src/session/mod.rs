@@ -1369,22 +1369,12 @@ impl Session {
         sink: &mut (impl ReceiveSink + ?Sized),
     ) -> Result<(), Error> {
         debug_assert!(self.frame_is_timeless(header), "a frame that needs a time");
-        if *left > 0 && self.one_rx_priority && self.messages.is_idle() {
-            let channel = Header::channel_of(header);
-            let len = Header::payload_len_of(header);
-            if payload.len() as u64 == u64::from(len)
-                && len <= self.deframer.max_payload()
-                && self.takes_whole(channel, len as usize)
-            {
-                // (As the untimed way: heard, at the next time a call brings.)
-                self.heard_untimed = true;
-                *left -= 1;
-                sink.deliver(Received {
-                    channel,
-                    payload: Payload::Whole(payload),
-                });
-                return Ok(());
-            }
+        if let Some(channel) = self.hand_over_at_once(header, payload.len(), left) {
+            sink.deliver(Received {
+                channel,
+                payload: Payload::Whole(payload),
+            });
+            return Ok(());
         }
         self.handle_raw_frame_untimed(header, payload)
     }
@@ -1393,11 +1383,12 @@ impl Session {
     /// `range` of `chunk`, a buffer the payloads of several frames share (a frame
     /// transport's payloads copied out together): a message handed to `sink` at once is a
     /// [`Payload::Part`] of the chunk numbered `id` ([`Session::next_chunk_number`]; `last`:
-    /// no later frame of this call's caller is in `chunk`, so the sink may take its handle),
-    /// and then `Ok(true)`: the caller owes [`Session::used_chunk_number`]`(id)` once it has
+    /// no later frame of the caller's is in `chunk`, so the sink may take its handle), and
+    /// then `Ok(true)`: the caller owes [`Session::used_chunk_number`]`(id)` once it has
     /// handed over the chunk's frames. So a sink that keeps one handle per chunk makes no
     /// reference count per message, as with a stream's reads. Anything else goes the
-    /// queue's way with a handle of its own on its bytes (`Ok(false)`).
+    /// queue's way with a handle of its own on its bytes (`Ok(false)`). A range outside the
+    /// chunk fails the session.
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub fn handle_raw_part_untimed_to(
@@ -1411,31 +1402,48 @@ impl Session {
         sink: &mut (impl ReceiveSink + ?Sized),
     ) -> Result<bool, Error> {
         debug_assert!(self.frame_is_timeless(header), "a frame that needs a time");
-        if *left > 0 && self.one_rx_priority && self.messages.is_idle() {
-            let channel = Header::channel_of(header);
-            let len = Header::payload_len_of(header);
-            if range.len() as u64 == u64::from(len)
-                && range.end <= chunk.len()
-                && len <= self.deframer.max_payload()
-                && self.takes_whole(channel, len as usize)
-            {
-                // (As the untimed way: heard, at the next time a call brings.)
-                self.heard_untimed = true;
-                *left -= 1;
-                sink.deliver(Received {
-                    channel,
-                    payload: Payload::Part(Part::new(chunk, id, last, range)),
-                });
-                return Ok(true);
-            }
-        }
-        let payload = chunk.get(range.clone()).map(|_| chunk.slice(range));
-        let Some(payload) = payload else {
+        if range.start > range.end || range.end > chunk.len() {
             let e = crate::wire::WireError::Malformed("payload outside its chunk");
             return Err(self.fail(e.into()));
-        };
-        self.handle_raw_frame_untimed(header, payload)
+        }
+        if let Some(channel) = self.hand_over_at_once(header, range.len(), left) {
+            sink.deliver(Received {
+                channel,
+                payload: Payload::Part(Part::new(chunk, id, last, range)),
+            });
+            return Ok(true);
+        }
+        self.handle_raw_frame_untimed(header, chunk.slice(range))
             .map(|()| false)
+    }
+
+    /// Whether the timeless frame `header`, its payload `len` bytes, goes to a caller that
+    /// waits for up to `*left` messages at once, and if so on which channel (counted off
+    /// `left`, the peer heard): while the receive queue is empty and the channels share one
+    /// receive priority, a whole message checked as the queue's way checks it (length, size
+    /// limits, no reassembly under way on its channel).
+    #[inline(always)]
+    fn hand_over_at_once(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        len: usize,
+        left: &mut usize,
+    ) -> Option<u16> {
+        if *left == 0 || !self.one_rx_priority || !self.messages.is_idle() {
+            return None;
+        }
+        let channel = Header::channel_of(header);
+        let claimed = Header::payload_len_of(header);
+        if len as u64 != u64::from(claimed)
+            || claimed > self.deframer.max_payload()
+            || !self.takes_whole(channel, len)
+        {
+            return None;
+        }
+        // (As the untimed way: heard, at the next time a call brings.)
+        self.heard_untimed = true;
+        *left -= 1;
+        Some(channel)
     }
 
     /// The number the next chunk of received bytes handed out in parts gets (see

@@ -323,7 +323,7 @@ impl RingMem {
     ///
     /// Measured between two threads (a C model of this ring, 96-byte messages): a round trip
     /// 0.83 -> 0.62 us; duct's raw shm baseline between two processes, `--spin`, 64 B:
-    /// 1.00 -> 0.87 us (medians of 4 runs). Fetching all five lines the largest inline
+    /// 1.00 -> 0.85-0.90 us (medians of 4 runs). Fetching all five lines the largest inline
     /// payload takes did as well for 64 B and worse for 256 B (1.70 -> 1.73 us against
     /// 1.65 for two lines): a reader fetching lines the writer is still filling slows the
     /// writer. For the same reason it is for a reader that expects a single answer, not a

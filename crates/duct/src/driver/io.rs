@@ -102,6 +102,24 @@ pub(crate) struct ReadBuf {
 /// Frames taken from a frame transport per receive.
 const FRAMES_PER_RECV: usize = 256;
 
+/// Hands a frame whose payload is its own to `session`: a timeless one the way that may
+/// give it to `sink` at once (counted off `left`), any other at `time()`.
+#[inline(always)]
+fn feed_own(
+    session: &mut duct_proto::Session,
+    header: &[u8; HEADER_LEN],
+    payload: Bytes,
+    time: &mut impl FnMut() -> Instant,
+    left: &mut usize,
+    sink: &mut (impl duct_proto::ReceiveSink + ?Sized),
+) -> Result<(), duct_proto::Error> {
+    if session.frame_is_timeless(header) {
+        session.handle_raw_frame_untimed_to(header, payload, left, sink)
+    } else {
+        session.handle_raw_frame(header, payload, time())
+    }
+}
+
 impl ReadBuf {
     pub(crate) fn new() -> Self {
         ReadBuf {
@@ -194,15 +212,11 @@ impl ReadBuf {
         while let Some(f) = self.frames.pop_front() {
             let payload = match f.payload {
                 FramePayload::Own(payload) => payload,
-                // (Only an empty payload is in an empty chunk.)
+                // (Not made without a chunk: an empty payload, refused unless the header
+                // agrees.)
                 FramePayload::InChunk { .. } => Bytes::new(),
             };
-            let res = if session.frame_is_timeless(&f.header) {
-                session.handle_raw_frame_untimed_to(&f.header, payload, &mut left, sink)
-            } else {
-                session.handle_raw_frame(&f.header, payload, time())
-            };
-            if let Err(e) = res {
+            if let Err(e) = feed_own(session, &f.header, payload, &mut time, &mut left, sink) {
                 self.frames.clear();
                 return Err(e);
             }
@@ -228,6 +242,8 @@ impl ReadBuf {
     ) -> Result<(), duct_proto::Error> {
         let mut left = max;
         // Frames in the chunk still to come: the last one may hand the chunk's own handle on.
+        // (Counted: the order of the frames is not that of their places in the chunk, where
+        // a pop's pool copies come after its ring copies.)
         let mut parts = self
             .frames
             .iter()
@@ -237,16 +253,14 @@ impl ReadBuf {
         let mut handed = false;
         let mut res = Ok(());
         while let Some(f) = self.frames.pop_front() {
-            let timeless = session.frame_is_timeless(&f.header);
             res = match f.payload {
-                FramePayload::Own(payload) if timeless => {
-                    session.handle_raw_frame_untimed_to(&f.header, payload, &mut left, sink)
+                FramePayload::Own(payload) => {
+                    feed_own(session, &f.header, payload, time, &mut left, sink)
                 }
-                FramePayload::Own(payload) => session.handle_raw_frame(&f.header, payload, time()),
                 FramePayload::InChunk { start, len } => {
                     parts -= 1;
                     let range = start as usize..start as usize + len as usize;
-                    if timeless {
+                    if session.frame_is_timeless(&f.header) {
                         let chunk = &mut self.frame_chunk;
                         session
                             .handle_raw_part_untimed_to(

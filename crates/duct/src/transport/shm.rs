@@ -384,6 +384,26 @@ fn small_room(small: &mut BytesMut, chunks: &mut Chunks, len: usize) {
 /// parts of it (see [`ShmStream::pop_some`]). One descriptor and the largest inline payload.
 const PARTS_MIN_PLACES: u64 = 1 + inline_places(INLINE_MAX);
 
+/// The payload just copied to the end of `small` (from `start` on): a place in the chunk
+/// `small` becomes when `parts` and it is not empty (the parts of a chunk follow one another
+/// and the last ends where the chunk does: see `Session::handle_raw_part_untimed_to`), else
+/// bytes of its own.
+#[inline(always)]
+fn in_chunk_or_own(small: &mut BytesMut, start: u32, parts: bool) -> FramePayload {
+    // (At most a ring's worth of copies, well under 4 GiB, is in `small`.)
+    let len = small.len() as u32 - start;
+    if len == 0 {
+        FramePayload::Own(Bytes::new())
+    } else if parts {
+        FramePayload::InChunk { start, len }
+    } else {
+        // (Without parts each copy is cut off at once: it is all `small` holds. `split`
+        // leaves the spare room in `small`, for the next copy.)
+        debug_assert_eq!(start, 0, "one copy at a time without parts");
+        FramePayload::Own(small.split().freeze())
+    }
+}
+
 /// Writes one wake byte to the control socket without blocking (a full socket already holds
 /// wake bytes: nothing is lost).
 fn ring_bell(ctl: &UnixStream) {
@@ -929,9 +949,9 @@ impl ShmStream {
         // Copies go into one chunk, as parts of it, when more than one message may be there
         // (more places than one descriptor and the largest inline payload take). A single
         // one (a ping-pong's) gets a handle of its own, as before: as cheap as the chunk's
-        // own, and the session's plain way for it costs ~200 instructions less than the
+        // own, and the session's plain way for it costs ~165 instructions less than the
         // numbering of chunks (callgrind, shm 64 B ping-pong).
-        let parts = max > 1 && ready > PARTS_MIN_PLACES;
+        let parts = ready > PARTS_MIN_PLACES;
         let mut n = 0;
         while n < want {
             // Descriptors first, a chunk at a time, and their places in the ring given back
@@ -971,12 +991,7 @@ impl ShmStream {
                         }
                         return Err(corrupt(e));
                     }
-                    if parts {
-                        // (`take_inline` took no more than `INLINE_MAX` bytes.)
-                        FramePayload::InChunk { start, len: d.len }
-                    } else {
-                        FramePayload::Own(small.split().freeze())
-                    }
+                    in_chunk_or_own(small, start, parts)
                 } else {
                     rx.descs[later] = (out.len(), d);
                     later += 1;
@@ -1034,10 +1049,7 @@ impl ShmStream {
         self.rx_pool
             .read_and_free(d.slot, d.len, |bytes| small.extend_from_slice(bytes))
             .map_err(corrupt)?;
-        if !parts {
-            return Ok(FramePayload::Own(small.split().freeze()));
-        }
-        Ok(FramePayload::InChunk { start, len: d.len })
+        Ok(in_chunk_or_own(small, start, parts))
     }
 
     /// Whether a descriptor waits in the receive ring.
