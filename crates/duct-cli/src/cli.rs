@@ -142,8 +142,10 @@ pub struct BenchArgs {
     /// this process receives with 2 threads, as --scale-receive says (default: a tokio task
     /// per pipe awaiting recv_async). In the same rounds, the same traffic on one pipe
     /// (received with one thread) is the reference: reports total msgs/s for both and N pipes ÷
-    /// one per round, duct's own threads (named duct-*) and all threads of this process, and
-    /// RSS per pipe in both processes (VmRSS growth ÷ pipes; Linux). Then on tcp and uds the
+    /// one per round, duct's own threads (named duct-*) and all threads of this process,
+    /// RSS per pipe in both processes (VmRSS growth ÷ pipes; Linux), and CPU time per message
+    /// of duct's threads, the other threads of this process and the sending process (Linux).
+    /// Then on tcp and uds the
     /// raw baseline, the same traffic on --pipes plain sockets and on one (one write of the
     /// batch's length-prefixed frames per socket in turn; received by a tokio task per socket,
     /// or sweeping, on as many threads): its own N ÷ 1, and duct ÷ raw on as many pipes.

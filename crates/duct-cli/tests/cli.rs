@@ -660,6 +660,7 @@ fn tiny_scale_bench() {
             "N÷1",
             "duct threads",
             "RSS/pipe",
+            "CPU/msg duct",
             "raw: the same traffic on plain sockets",
             "duct÷raw",
         ],
@@ -704,6 +705,12 @@ fn tiny_scale_bench() {
     for r in &results[2..] {
         assert!(r["threads_duct"].is_null(), "{r}");
         assert!(r["peer_threads_duct"].is_null(), "{r}");
+        assert!(r["cpu_ns_per_msg_duct"].is_null(), "{r}");
+        if cfg!(target_os = "linux") {
+            // The receivers and the sender did the work: time on a CPU for each message.
+            assert!(r["cpu_ns_per_msg_app"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["cpu_ns_per_msg_peer"].as_f64().unwrap() > 0.0, "{r}");
+        }
     }
     for r in &results[..2] {
         assert!(r["msgs_per_sec"].as_f64().unwrap() > 0.0, "{r}");
@@ -722,6 +729,12 @@ fn tiny_scale_bench() {
             assert!(duct >= 1 && duct <= total, "{r}");
             assert!(r["rss_per_pipe_bytes"].is_f64(), "{r}");
             assert!(r["peer_threads_duct"].as_u64().unwrap() >= 1, "{r}");
+            // Read at both ends of the measured phase, in both processes (the receiving
+            // tasks, and the peer's sender, spend CPU on every message; duct's reactor may
+            // spend none on one pipe, whose task reads itself).
+            assert!(r["cpu_ns_per_msg_duct"].as_f64().unwrap() >= 0.0, "{r}");
+            assert!(r["cpu_ns_per_msg_app"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["cpu_ns_per_msg_peer"].as_f64().unwrap() > 0.0, "{r}");
         }
     }
 }

@@ -437,6 +437,14 @@ impl Peer {
         }
     }
 
+    /// The child process's id; `None` for threads.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Peer::Child(c) => Some(lock(&c.guard.handle()).id()),
+            Peer::Thread(_) => None,
+        }
+    }
+
     /// The child process, for the watchdog; `None` for threads.
     pub fn child_handle(&self) -> Option<Arc<Mutex<Child>>> {
         match self {

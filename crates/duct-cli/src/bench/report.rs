@@ -29,12 +29,17 @@
 //! `--scale-receive` chose), `rx_threads` (the measuring end's receiving threads), `threads_duct` and `threads_total` (the measuring process's threads of duct's own,
 //! named `duct-*`, and all of them), `rss_per_pipe_bytes` and `peer_rss_per_pipe_bytes`
 //! (`VmRSS` growth ÷ pipes in the measuring and the sending process) and `peer_threads_duct`;
-//! those figures are the largest over rounds, and `null` off Linux. The N-pipe row adds
+//! those figures are the largest over rounds, and `null` off Linux. `cpu_ns_per_msg_duct`,
+//! `cpu_ns_per_msg_app` and `cpu_ns_per_msg_peer`: nanoseconds on a CPU per message of the
+//! measured phase (to the last pipe's last message), of the measuring process's `duct-*`
+//! threads, of its other threads, and of the sending process, the mean over rounds (`null`
+//! off Linux; the peer's too with `--threads`). The N-pipe row adds
 //! `ratio_vs_one_pipe` (`{msgs_per_sec, bytes_per_sec}`, N pipes ÷ one per round, median).
 //! On tcp and uds (Unix; unless `--no-baseline`) two raw rows follow, the same traffic on
 //! plain sockets ([`crate::bench::scale_raw`]): `--pipes` sockets (with its own
 //! `ratio_vs_one_pipe`), then one (`"reference": "one_pipe"`), with the same fields
-//! (`threads_duct` and `peer_threads_duct` `null`, `backend` `"tokio"` or `"nonblocking"` as
+//! (`threads_duct`, `peer_threads_duct` and `cpu_ns_per_msg_duct` `null`, the measuring
+//! process's whole CPU time in `cpu_ns_per_msg_app`, `backend` `"tokio"` or `"nonblocking"` as
 //! they received); the duct rows then add `ratio_vs_raw` (duct ÷ raw on as many pipes, per
 //! round, median).
 //!
@@ -451,10 +456,12 @@ fn scale_json(case: &CaseResult, scale: &Scale, config: &RunConfig, entries: &mu
     // in the process.)
     let figures = |f: &ScaleFigures, rx_threads: usize, system: System| {
         let duct_threads = f.threads.filter(|_| system == System::Duct);
+        let cpu = cpu_split(f, system);
         format!(
             ", \"batch\": {}, \"receive\": \"{}\", \"rx_threads\": {}, \"threads_duct\": {}, \
              \"threads_total\": {}, \
-             \"rss_per_pipe_bytes\": {}, \"peer_rss_per_pipe_bytes\": {}, \"peer_threads_duct\": {}",
+             \"rss_per_pipe_bytes\": {}, \"peer_rss_per_pipe_bytes\": {}, \"peer_threads_duct\": {}, \
+             \"cpu_ns_per_msg_duct\": {}, \"cpu_ns_per_msg_app\": {}, \"cpu_ns_per_msg_peer\": {}",
             scale.batch,
             scale.receive.name(),
             rx_threads,
@@ -463,6 +470,9 @@ fn scale_json(case: &CaseResult, scale: &Scale, config: &RunConfig, entries: &mu
             json_opt_f64(f.rss_per_pipe),
             json_opt_f64(f.peer_rss_per_pipe),
             json_opt_u64(f.peer_threads_duct.filter(|_| system == System::Duct)),
+            json_opt_f64(cpu.0),
+            json_opt_f64(cpu.1),
+            json_opt_f64(cpu.2),
         )
     };
     let many = figures(&scale.many, scale.rx_threads, System::Duct)
@@ -510,6 +520,24 @@ fn scale_json(case: &CaseResult, scale: &Scale, config: &RunConfig, entries: &mu
         None,
         &one,
     ));
+}
+
+/// A scale row's CPU time per message, in nanoseconds: duct's own threads, the other threads
+/// of the measuring process, the peer process. On a raw row duct's threads are none of the
+/// baseline's (an idle reactor an earlier run left): all of the process is the application's.
+fn cpu_split(f: &ScaleFigures, system: System) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let Some(c) = f.cpu else {
+        return (None, None, None);
+    };
+    match system {
+        System::Duct => (Some(c.duct_ns), Some(c.app_ns), c.peer_ns),
+        System::Raw => (None, Some(c.duct_ns + c.app_ns), c.peer_ns),
+    }
+}
+
+/// Nanoseconds, or `n/a`.
+fn nanos(x: Option<f64>) -> String {
+    x.map_or_else(|| "n/a".to_string(), |ns| format!("{ns:.0} ns"))
 }
 
 /// Bytes in a MiB.
@@ -1076,6 +1104,9 @@ fn scale_table(cases: &[CaseResult], config: &RunConfig, out: &mut String) {
             "threads",
             "RSS/pipe",
             "peer RSS/pipe",
+            "CPU/msg duct",
+            "app",
+            "peer",
             "allocs/msg",
         ]
         .map(String::from)
@@ -1119,6 +1150,7 @@ fn scale_table(cases: &[CaseResult], config: &RunConfig, out: &mut String) {
         for (system, rows, vs_one_pipe) in systems {
             for (pipes, s, f) in rows {
                 let (transport, size) = case_label(case, t.rows.len() - first);
+                let cpu = cpu_split(f, system);
                 t.rows.push(vec![
                     transport,
                     size,
@@ -1133,6 +1165,12 @@ fn scale_table(cases: &[CaseResult], config: &RunConfig, out: &mut String) {
                     count(f.threads.map(|t| t.total)),
                     bytes(f.rss_per_pipe),
                     bytes(f.peer_rss_per_pipe),
+                    match system {
+                        System::Duct => nanos(cpu.0),
+                        System::Raw => "-".to_string(),
+                    },
+                    nanos(cpu.1),
+                    nanos(cpu.2),
                     allocs(s.allocs_per_msg),
                 ]);
             }
@@ -1159,7 +1197,10 @@ fn scale_table(cases: &[CaseResult], config: &RunConfig, out: &mut String) {
          largest of the rounds; peer RSS/pipe: the same in the sending process. Memory that \
          earlier runs of a process freed, and its allocator kept, serves later runs unseen: a \
          process's first scale case shows the most (--transport one at a time for each's own). \
-         Threads and RSS are read from /proc (Linux; n/a elsewhere){}.",
+         CPU/msg: time on a CPU per message received in the measured phase (from its start to \
+         the last pipe's last message), the mean of the rounds: duct: this process's duct-* \
+         threads; app: its other threads (on a raw row, all of them); peer: the sending \
+         process. Threads, RSS and CPU are read from /proc (Linux; n/a elsewhere){}.",
         if raw_ran {
             "raw: the same traffic on plain sockets, one write of the batch's frames (4-byte \
              length prefixes) per socket in turn, received with a tokio task per socket (or by \
@@ -1938,6 +1979,11 @@ mod tests {
             rss_per_pipe: figures.then_some(rss),
             peer_rss_per_pipe: figures.then_some(rss / 2.0),
             peer_threads_duct: figures.then_some(1),
+            cpu: figures.then_some(crate::bench::scale::CpuPerMsg {
+                duct_ns: 169.4,
+                app_ns: 70.6,
+                peer_ns: Some(171.0),
+            }),
         };
         CaseResult {
             transport,
@@ -2016,6 +2062,9 @@ mod tests {
         assert_eq!(many["rss_per_pipe_bytes"], 53_555.2);
         assert_eq!(many["peer_rss_per_pipe_bytes"], 53_555.2 / 2.0);
         assert_eq!(many["peer_threads_duct"], 1);
+        assert_eq!(many["cpu_ns_per_msg_duct"], 169.4);
+        assert_eq!(many["cpu_ns_per_msg_app"], 70.6);
+        assert_eq!(many["cpu_ns_per_msg_peer"], 171.0);
         assert_eq!(many["ratio_vs_one_pipe"]["msgs_per_sec"], 0.8);
         assert_eq!(many["ratio_vs_one_pipe"]["bytes_per_sec"], 0.8);
         assert!(many.get("reference").is_none());
@@ -2041,6 +2090,10 @@ mod tests {
             assert!(raw["peer_threads_duct"].is_null(), "{raw}");
             assert_eq!(raw["threads_total"], 6, "{raw}");
             assert!(raw.get("ratio_vs_raw").is_none(), "{raw}");
+            // The whole measuring process's CPU is the baseline's.
+            assert!(raw["cpu_ns_per_msg_duct"].is_null(), "{raw}");
+            assert_eq!(raw["cpu_ns_per_msg_app"], 240.0, "{raw}");
+            assert_eq!(raw["cpu_ns_per_msg_peer"], 171.0, "{raw}");
         }
         // Unknown figures (off Linux) are null; shm has no raw rows.
         let shm = &results[8];
@@ -2050,6 +2103,9 @@ mod tests {
             "threads_total",
             "rss_per_pipe_bytes",
             "peer_threads_duct",
+            "cpu_ns_per_msg_duct",
+            "cpu_ns_per_msg_app",
+            "cpu_ns_per_msg_peer",
         ] {
             assert!(shm[key].is_null(), "{key} in {shm}");
         }
@@ -2108,6 +2164,22 @@ mod tests {
         }
         // (Then "M", MB/s.) The baseline has no duct thread.
         assert_eq!(rows[3].split_whitespace().nth(5), Some("-"), "{}", rows[3]);
+        // CPU per message: duct's threads, the application's, the peer's; on a raw row, all
+        // of the measuring process is the application's.
+        assert!(
+            rows[0].contains("169 ns") && rows[0].contains(" 71 ns") && rows[0].contains("171 ns"),
+            "{}",
+            rows[0]
+        );
+        assert!(
+            rows[3].contains("240 ns") && rows[3].contains("171 ns") && !rows[3].contains("169 ns"),
+            "{}",
+            rows[3]
+        );
+        assert!(
+            text.contains("CPU/msg: time on a CPU per message"),
+            "{text}"
+        );
         assert!(
             rows[8].starts_with("shm") && rows[8].contains("n/a"),
             "{}",

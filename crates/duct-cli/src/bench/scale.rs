@@ -45,7 +45,7 @@
 //! setting changes ([`SHM_SEGMENT`] says what they are); its pages count in RSS once
 //! touched, in both processes (the mapping is shared).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -172,6 +172,115 @@ pub fn is_ducts_own(comm: &str) -> bool {
     comm.starts_with("duct-") && !comm.starts_with("duct-bench")
 }
 
+/// CPU time of a process's threads, from `/proc/<pid>/task/*/schedstat` (nanoseconds spent
+/// on a CPU): duct's own threads (`duct-*`, as [`ThreadCount`] tells them) and the others. A
+/// thread that ended is no longer listed, so its time is not in a later reading: the bench
+/// reads both ends of its measured phase while the threads that do the work are alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuTime {
+    /// duct's own threads (the main thread never counts as one, whatever the executable's
+    /// name).
+    pub duct_ns: u64,
+    /// The other threads.
+    pub other_ns: u64,
+}
+
+impl CpuTime {
+    /// Process `pid`'s threads; `None` off Linux, or if `/proc` cannot be read.
+    pub fn of_process(pid: u32) -> Option<CpuTime> {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        let mut cpu = CpuTime::default();
+        let main = pid.to_string();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let Ok(entry) = entry else { continue };
+            let path = entry.path();
+            // (A thread that ended since the listing has no files any more: not counted.)
+            let Some(ns) = std::fs::read_to_string(path.join("schedstat"))
+                .ok()
+                .and_then(|s| parse_schedstat(&s))
+            else {
+                continue;
+            };
+            let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+                continue;
+            };
+            cpu.add_thread(comm.trim_end(), entry.file_name() == main.as_str(), ns);
+        }
+        Some(cpu)
+    }
+
+    /// Adds `ns` of a thread named `comm` (`main`: the process's main thread, which bears the
+    /// executable's name, and is never one of duct's).
+    fn add_thread(&mut self, comm: &str, main: bool, ns: u64) {
+        if !main && is_ducts_own(comm) {
+            self.duct_ns += ns;
+        } else {
+            self.other_ns += ns;
+        }
+    }
+}
+
+/// The time on a CPU a `schedstat` file gives (its first field, in nanoseconds).
+fn parse_schedstat(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// CPU time per message of a scale run's measured phase, in nanoseconds: the measuring
+/// process's threads of duct's own and its other threads (the application's receivers), and
+/// the sending peer process (all its threads; `None` when the peer is threads of this
+/// process, whose time is then in `app_ns`, or off Linux).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CpuPerMsg {
+    /// This process's threads of duct's own (its reactor).
+    pub duct_ns: f64,
+    /// This process's other threads.
+    pub app_ns: f64,
+    /// The peer process.
+    pub peer_ns: Option<f64>,
+}
+
+/// CPU readings of both processes at one instant.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuReading {
+    this: Option<CpuTime>,
+    peer: Option<CpuTime>,
+    /// This process's allocations made by taking the reading (reading `/proc` allocates),
+    /// left out of the measured phase's count.
+    allocs: u64,
+}
+
+impl CpuReading {
+    fn now(peer: Option<u32>) -> CpuReading {
+        let before = alloc_count();
+        let this = CpuTime::of_process(std::process::id());
+        let peer = peer.and_then(CpuTime::of_process);
+        CpuReading {
+            this,
+            peer,
+            allocs: alloc_count().wrapping_sub(before),
+        }
+    }
+
+    /// What was spent from `start` to this reading, per message of `messages`.
+    fn per_msg_since(&self, start: &CpuReading, messages: u64) -> Option<CpuPerMsg> {
+        let n = messages.max(1) as f64;
+        let (end, start_this) = (self.this?, start.this?);
+        let peer = match (self.peer, start.peer) {
+            (Some(e), Some(s)) => {
+                Some((e.duct_ns + e.other_ns).saturating_sub(s.duct_ns + s.other_ns) as f64 / n)
+            }
+            _ => None,
+        };
+        Some(CpuPerMsg {
+            duct_ns: end.duct_ns.saturating_sub(start_this.duct_ns) as f64 / n,
+            app_ns: end.other_ns.saturating_sub(start_this.other_ns) as f64 / n,
+            peer_ns: peer,
+        })
+    }
+}
+
 /// This process's resident set (`VmRSS`), in bytes; `None` off Linux.
 pub fn rss_bytes() -> Option<u64> {
     if !cfg!(target_os = "linux") {
@@ -209,11 +318,13 @@ pub struct ScaleFigures {
     pub peer_rss_per_pipe: Option<f64>,
     /// The peer process's threads of duct's own, after its traffic.
     pub peer_threads_duct: Option<u64>,
+    /// CPU time per message in the measured phase, of both processes.
+    pub cpu: Option<CpuPerMsg>,
 }
 
 /// A case's figures over its rounds: the most threads, and the largest RSS growth per pipe,
 /// of any round (memory that an earlier run freed may serve a later one, which then grows
-/// less: the largest is the closest to what a first run costs).
+/// less: the largest is the closest to what a first run costs); the mean CPU per message.
 pub fn combine(rounds: &[ScaleFigures]) -> ScaleFigures {
     fn max_f64(a: Option<f64>, b: Option<f64>) -> Option<f64> {
         match (a, b) {
@@ -235,7 +346,32 @@ pub fn combine(rounds: &[ScaleFigures]) -> ScaleFigures {
         out.peer_rss_per_pipe = max_f64(out.peer_rss_per_pipe, r.peer_rss_per_pipe);
         out.peer_threads_duct = out.peer_threads_duct.max(r.peer_threads_duct);
     }
+    out.cpu = mean_cpu(rounds.iter().filter_map(|r| r.cpu));
     out
+}
+
+/// The mean of rounds' CPU figures (`None` if there are none; the peer's only if every
+/// round has it).
+fn mean_cpu(rounds: impl Iterator<Item = CpuPerMsg>) -> Option<CpuPerMsg> {
+    let mut sum = CpuPerMsg {
+        peer_ns: Some(0.0),
+        ..CpuPerMsg::default()
+    };
+    let mut n = 0;
+    for r in rounds {
+        sum.duct_ns += r.duct_ns;
+        sum.app_ns += r.app_ns;
+        sum.peer_ns = sum.peer_ns.zip(r.peer_ns).map(|(a, b)| a + b);
+        n += 1;
+    }
+    (n > 0).then(|| {
+        let n = f64::from(n);
+        CpuPerMsg {
+            duct_ns: sum.duct_ns / n,
+            app_ns: sum.app_ns / n,
+            peer_ns: sum.peer_ns.map(|p| p / n),
+        }
+    })
 }
 
 /// The measuring end's listen options: duct's defaults, and room for `pipes` pipes.
@@ -273,7 +409,8 @@ pub fn run(
             .with_context(|| format!("after {} of {} pipes", pipes.len(), job.pipes))?;
         pipes.push(pipe);
     }
-    let received = receive(&pipes, job, how).map_err(|e| super::with_peer_error(e, peer));
+    let received =
+        receive(&pipes, job, how, peer.pid()).map_err(|e| super::with_peer_error(e, peer));
     let rss_after = rss_bytes();
     let outcome = received.and_then(|rx| Ok((rx, peer.wait(REPORT_TIMEOUT)?)));
     close_all(pipes);
@@ -304,6 +441,7 @@ pub(crate) fn results(
         rss_per_pipe: per_pipe(rss_before, rss_after, pipes),
         peer_rss_per_pipe: per_pipe(report.rss_before, report.rss_after, pipes),
         peer_threads_duct: report.threads_duct,
+        cpu: rx.cpu,
     };
     (run, figures)
 }
@@ -320,6 +458,9 @@ pub(crate) struct Received {
     pub(crate) allocs: u64,
     /// This process's threads at the reference instant.
     pub(crate) threads: Option<ThreadCount>,
+    /// CPU time per message of `rate_messages`, from the reference instant to the receipt of
+    /// the last pipe's last message.
+    pub(crate) cpu: Option<CpuPerMsg>,
 }
 
 /// The count shared by the receiving threads.
@@ -327,6 +468,13 @@ pub(crate) struct Tally {
     /// Messages received after the warmup.
     total: AtomicU64,
     reference: OnceLock<Reference>,
+    /// Pipes that have not brought their last message yet.
+    pipes_left: AtomicUsize,
+    /// The peer process, whose CPU time is read with this one's.
+    peer: Option<u32>,
+    /// CPU readings when the last pipe brought its last message (the receivers are all
+    /// still there), and the count then.
+    end: OnceLock<(CpuReading, u64)>,
 }
 
 /// The instant the measured phase starts: the receipt of the call that brings the first
@@ -337,14 +485,29 @@ struct Reference {
     count: u64,
     allocs: u64,
     threads: Option<ThreadCount>,
+    cpu: CpuReading,
 }
 
 impl Tally {
-    /// Nothing counted yet.
-    pub(crate) fn new() -> Tally {
+    /// Nothing counted yet, `pipes` pipes to hear the last message of; `peer`: the sending
+    /// process, if it is one.
+    pub(crate) fn new(pipes: usize, peer: Option<u32>) -> Tally {
         Tally {
             total: AtomicU64::new(0),
             reference: OnceLock::new(),
+            pipes_left: AtomicUsize::new(pipes),
+            peer,
+            end: OnceLock::new(),
+        }
+    }
+
+    /// Counts what one visit to a pipe brought (see [`Tally::add`]); after the last pipe's
+    /// last message, reads the CPU time of both processes.
+    pub(crate) fn took(&self, got: &Got) {
+        self.add(got.measured);
+        if got.last && self.pipes_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let count = self.total.load(Ordering::Relaxed);
+            self.end.get_or_init(|| (CpuReading::now(self.peer), count));
         }
     }
 
@@ -358,11 +521,13 @@ impl Tally {
             self.reference.get_or_init(|| {
                 // Counted first: reading /proc allocates.
                 let threads = ThreadCount::of_this_process();
+                let cpu = CpuReading::now(self.peer);
                 Reference {
                     at: Instant::now(),
                     count: total,
                     allocs: alloc_count(),
                     threads,
+                    cpu,
                 }
             });
         }
@@ -371,8 +536,8 @@ impl Tally {
 
 /// Receives on `pipes` with [`rx_threads`] threads, `how`, until every pipe has brought its
 /// last message.
-fn receive(pipes: &[Pipe], job: &Job, how: Receive) -> Result<Received> {
-    let tally = Tally::new();
+fn receive(pipes: &[Pipe], job: &Job, how: Receive, peer: Option<u32>) -> Result<Received> {
+    let tally = Tally::new(pipes.len(), peer);
     let ends = match how {
         Receive::Async => receive_async(pipes, job.size, tally)?,
         Receive::Sweep => sweep(pipes, job.size, tally)?,
@@ -440,7 +605,7 @@ async fn receive_task(pipe: &Pipe, size: usize, tally: &Tally) -> Result<Instant
         if !got.last && RECV_MAX > 1 {
             take_ready(pipe, &mut batch, &rest, size, &mut got)?;
         }
-        tally.add(got.measured);
+        tally.took(&got);
         if got.last {
             return Ok(Instant::now());
         }
@@ -569,6 +734,12 @@ pub(crate) fn received((tally, ends): (Tally, Vec<Instant>)) -> Result<Received>
     let end = ends.into_iter().max().unwrap_or(reference.at);
     let elapsed = end.saturating_duration_since(reference.at);
     let rate_messages = total - reference.count;
+    let end_reading = tally.end.into_inner();
+    // (The CPU readings' own allocations are not the traffic's.)
+    let reading_allocs = end_reading.as_ref().map_or(0, |(r, _)| r.allocs);
+    let cpu = end_reading.and_then(|(end, count)| {
+        end.per_msg_since(&reference.cpu, count.saturating_sub(reference.count))
+    });
     if rate_messages == 0 || elapsed.is_zero() {
         bail!(
             "too few messages arrived after the warmup to measure a rate (use more --messages \
@@ -579,8 +750,11 @@ pub(crate) fn received((tally, ends): (Tally, Vec<Instant>)) -> Result<Received>
         messages: total,
         rate_messages,
         elapsed,
-        allocs: allocs_after.wrapping_sub(reference.allocs),
+        allocs: allocs_after
+            .wrapping_sub(reference.allocs)
+            .saturating_sub(reading_allocs),
         threads: reference.threads,
+        cpu,
     })
 }
 
@@ -619,7 +793,7 @@ pub(crate) fn sweep_until_last<T>(
                 continue;
             };
             found = true;
-            tally.add(got.measured);
+            tally.took(&got);
             if got.last {
                 items.swap_remove(i);
             } else {
@@ -810,6 +984,102 @@ mod tests {
     }
 
     #[test]
+    fn schedstat_is_read_and_split_by_thread_name() {
+        assert_eq!(parse_schedstat("123456789 2345 67\n"), Some(123_456_789));
+        assert_eq!(parse_schedstat(""), None);
+        assert_eq!(parse_schedstat("x 1 2"), None);
+        let mut cpu = CpuTime::default();
+        cpu.add_thread("duct-reactor-0", false, 100);
+        cpu.add_thread("duct-bench-rx", false, 20);
+        cpu.add_thread("duct", true, 3);
+        cpu.add_thread("tokio-runtime-w", false, 4000);
+        assert_eq!(
+            cpu,
+            CpuTime {
+                duct_ns: 100,
+                other_ns: 4023
+            }
+        );
+        if cfg!(target_os = "linux") {
+            // Spend some CPU on a thread named as duct names its own, and some on this one.
+            let busy = |until: Duration| {
+                let start = Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < until {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                x
+            };
+            let me = std::process::id();
+            let before = CpuTime::of_process(me).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            let t = std::thread::Builder::new()
+                .name("duct-cputest".into())
+                .spawn(move || {
+                    busy(Duration::from_millis(60));
+                    tx.send(()).unwrap();
+                    // (Alive while the reading is taken: a thread that ended is not listed.)
+                    let _ = done_rx.recv();
+                })
+                .unwrap();
+            rx.recv().unwrap();
+            busy(Duration::from_millis(30));
+            let after = CpuTime::of_process(me).unwrap();
+            done_tx.send(()).unwrap();
+            t.join().unwrap();
+            let duct = after.duct_ns - before.duct_ns;
+            // At least half of the 60 ms the duct-* thread spun (the CPU may have been
+            // shared), and of this thread's 30 ms in the others. (Tests running beside this
+            // one add their threads' time: only lower bounds hold.)
+            assert!(duct >= 30_000_000, "{before:?} -> {after:?}");
+            assert!(
+                after.other_ns - before.other_ns >= 15_000_000,
+                "{before:?} -> {after:?}"
+            );
+            // A process that is not there has no reading.
+            assert_eq!(CpuTime::of_process(u32::MAX), None);
+        }
+    }
+
+    #[test]
+    fn cpu_readings_give_the_time_per_message() {
+        let at = |duct, other, peer: Option<u64>| CpuReading {
+            this: Some(CpuTime {
+                duct_ns: duct,
+                other_ns: other,
+            }),
+            peer: peer.map(|p| CpuTime {
+                duct_ns: p,
+                other_ns: 1000,
+            }),
+            allocs: 0,
+        };
+        let start = at(1_000, 2_000, Some(500));
+        let end = at(11_000, 7_000, Some(20_500));
+        let cpu = end.per_msg_since(&start, 100).unwrap();
+        assert_eq!(
+            cpu,
+            CpuPerMsg {
+                duct_ns: 100.0,
+                app_ns: 50.0,
+                peer_ns: Some(200.0)
+            }
+        );
+        // No peer process (threads of this one): no peer figure; no reading: nothing.
+        let cpu = at(11_000, 7_000, None).per_msg_since(&start, 100).unwrap();
+        assert_eq!(cpu.peer_ns, None);
+        let none = CpuReading::default();
+        assert_eq!(none.per_msg_since(&start, 100), None);
+        // A thread that ended between the readings takes its time with it: never negative.
+        let cpu = at(10, 10, Some(10)).per_msg_since(&start, 100).unwrap();
+        assert_eq!(
+            (cpu.duct_ns, cpu.app_ns, cpu.peer_ns),
+            (0.0, 0.0, Some(0.0))
+        );
+    }
+
+    #[test]
     fn rounds_combine_to_their_worst() {
         let round = |duct, total, rss: f64| ScaleFigures {
             pipes: 1000,
@@ -817,12 +1087,31 @@ mod tests {
             rss_per_pipe: Some(rss),
             peer_rss_per_pipe: None,
             peer_threads_duct: Some(duct),
+            cpu: Some(CpuPerMsg {
+                duct_ns: 100.0 * duct as f64,
+                app_ns: 10.0 * total as f64,
+                peer_ns: Some(rss / 1000.0),
+            }),
         };
         let all = combine(&[
             round(1, 7, 50_000.0),
             round(2, 6, -10.0),
             round(1, 6, 60_000.0),
         ]);
+        // CPU: the mean of the rounds (not their worst: a per-message cost, not a peak).
+        let cpu = all.cpu.unwrap();
+        assert!((cpu.duct_ns - 400.0 / 3.0).abs() < 1e-9, "{cpu:?}");
+        assert!((cpu.app_ns - 190.0 / 3.0).abs() < 1e-9, "{cpu:?}");
+        assert!(
+            (cpu.peer_ns.unwrap() - 109.99 / 3.0).abs() < 1e-9,
+            "{cpu:?}"
+        );
+        // A round without the peer's figure leaves the mean without it.
+        let mut partial = round(1, 6, 1000.0);
+        partial.cpu.as_mut().unwrap().peer_ns = None;
+        let mixed = combine(&[round(1, 6, 1000.0), partial]).cpu.unwrap();
+        assert_eq!(mixed.peer_ns, None);
+        assert_eq!(mixed.duct_ns, 100.0);
         assert_eq!(all.pipes, 1000);
         assert_eq!(all.threads, Some(ThreadCount { duct: 2, total: 7 }));
         assert_eq!(all.rss_per_pipe, Some(60_000.0));

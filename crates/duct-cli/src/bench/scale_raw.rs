@@ -210,7 +210,8 @@ pub fn run(peer: &mut Peer, job: &mut Job, how: Receive) -> Result<(RunResult, S
             .with_context(|| format!("after {} of {} sockets", socks.len(), job.pipes))?;
         socks.push(Sock::of(stream)?);
     }
-    let received = receive(socks, job.size, how).map_err(|e| super::with_peer_error(e, peer));
+    let received =
+        receive(socks, job.size, how, peer.pid()).map_err(|e| super::with_peer_error(e, peer));
     let rss_after = scale::rss_bytes();
     let outcome = received.and_then(|rx| Ok((rx, peer.wait(scale::REPORT_TIMEOUT)?)));
     drop(listener);
@@ -229,13 +230,19 @@ pub fn run(peer: &mut Peer, job: &mut Job, how: Receive) -> Result<(RunResult, S
 }
 
 /// Receives on `socks` (which it closes when done) as `how` says.
-fn receive(socks: Vec<Sock>, size: usize, how: Receive) -> Result<scale::Received> {
+fn receive(
+    socks: Vec<Sock>,
+    size: usize,
+    how: Receive,
+    peer: Option<u32>,
+) -> Result<scale::Received> {
+    let tally = Tally::new(socks.len(), peer);
     for s in &socks {
         s.set_nonblocking(true).context("raw: set_nonblocking")?;
     }
     let ends = match how {
-        Receive::Async => receive_async(socks, size, Tally::new())?,
-        Receive::Sweep => sweep(socks, size, Tally::new())?,
+        Receive::Async => receive_async(socks, size, tally)?,
+        Receive::Sweep => sweep(socks, size, tally)?,
     };
     scale::received(ends)
 }
@@ -260,7 +267,7 @@ async fn receive_task(sock: AsyncSock, size: usize, tally: &Tally) -> Result<Ins
         let mut got = Got::default();
         let read = sock.try_read(framed.room());
         framed.after_read(read, size, &mut got)?;
-        tally.add(got.measured);
+        tally.took(&got);
         if got.last {
             return Ok(Instant::now());
         }
