@@ -145,25 +145,37 @@ pub struct ThreadCount {
 impl ThreadCount {
     /// This process's threads; `None` off Linux, or if `/proc` cannot be read.
     pub fn of_this_process() -> Option<ThreadCount> {
-        if !cfg!(target_os = "linux") {
-            return None;
-        }
         let mut count = ThreadCount { duct: 0, total: 0 };
-        let main = std::process::id().to_string();
-        for entry in std::fs::read_dir("/proc/self/task").ok()? {
-            let Ok(entry) = entry else { continue };
-            // A thread that ended since the listing has no comm any more: not counted.
-            let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
-                continue;
-            };
+        for_each_thread(std::process::id(), |_, ducts| {
             count.total += 1;
-            // (The main thread bears the executable's name, which may well be `duct-...`.)
-            if entry.file_name() != main.as_str() && is_ducts_own(comm.trim_end()) {
-                count.duct += 1;
-            }
-        }
+            count.duct += u64::from(ducts);
+        })?;
         Some(count)
     }
+}
+
+/// Calls `f` with the directory of each thread of process `pid` under `/proc` and whether
+/// the thread is one of duct's own ([`is_ducts_own`] by its name; never the main thread,
+/// which bears the executable's name, which may well be `duct-...`). A thread that ended
+/// since the listing (its files gone) is skipped. `None` off Linux, or if `/proc` cannot be
+/// read.
+fn for_each_thread(pid: u32, mut f: impl FnMut(&std::path::Path, bool)) -> Option<()> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let main = pid.to_string();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(entry) = entry else { continue };
+        let path = entry.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        f(
+            &path,
+            entry.file_name() != main.as_str() && is_ducts_own(comm.trim_end()),
+        );
+    }
+    Some(())
 }
 
 /// Whether a thread named `comm` (at most 15 bytes, as the kernel keeps it) is one of duct's:
@@ -188,33 +200,22 @@ pub struct CpuTime {
 impl CpuTime {
     /// Process `pid`'s threads; `None` off Linux, or if `/proc` cannot be read.
     pub fn of_process(pid: u32) -> Option<CpuTime> {
-        if !cfg!(target_os = "linux") {
-            return None;
-        }
         let mut cpu = CpuTime::default();
-        let main = pid.to_string();
-        for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-            let Ok(entry) = entry else { continue };
-            let path = entry.path();
-            // (A thread that ended since the listing has no files any more: not counted.)
-            let Some(ns) = std::fs::read_to_string(path.join("schedstat"))
+        for_each_thread(pid, |dir, ducts| {
+            // (A thread that ended meanwhile has no schedstat any more: not counted.)
+            if let Some(ns) = std::fs::read_to_string(dir.join("schedstat"))
                 .ok()
                 .and_then(|s| parse_schedstat(&s))
-            else {
-                continue;
-            };
-            let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
-                continue;
-            };
-            cpu.add_thread(comm.trim_end(), entry.file_name() == main.as_str(), ns);
-        }
+            {
+                cpu.add_thread(ducts, ns);
+            }
+        })?;
         Some(cpu)
     }
 
-    /// Adds `ns` of a thread named `comm` (`main`: the process's main thread, which bears the
-    /// executable's name, and is never one of duct's).
-    fn add_thread(&mut self, comm: &str, main: bool, ns: u64) {
-        if !main && is_ducts_own(comm) {
+    /// Adds `ns` of a thread, one of duct's own or not.
+    fn add_thread(&mut self, ducts: bool, ns: u64) {
+        if ducts {
             self.duct_ns += ns;
         } else {
             self.other_ns += ns;
@@ -989,10 +990,10 @@ mod tests {
         assert_eq!(parse_schedstat(""), None);
         assert_eq!(parse_schedstat("x 1 2"), None);
         let mut cpu = CpuTime::default();
-        cpu.add_thread("duct-reactor-0", false, 100);
-        cpu.add_thread("duct-bench-rx", false, 20);
-        cpu.add_thread("duct", true, 3);
-        cpu.add_thread("tokio-runtime-w", false, 4000);
+        cpu.add_thread(true, 100);
+        cpu.add_thread(false, 20);
+        cpu.add_thread(false, 3);
+        cpu.add_thread(false, 4000);
         assert_eq!(
             cpu,
             CpuTime {
