@@ -502,14 +502,20 @@ impl Tally {
         }
     }
 
-    /// Counts what one visit to a pipe brought (see [`Tally::add`]); after the last pipe's
-    /// last message, reads the CPU time of both processes.
-    pub(crate) fn took(&self, got: &Got) {
+    /// Counts what one visit to a pipe brought (see [`Tally::add`]). When it brought the
+    /// pipe's last message, returns the instant it was received (taken first: after the last
+    /// pipe's, the CPU time of both processes is read, which is no part of the traffic).
+    pub(crate) fn took(&self, got: &Got) -> Option<Instant> {
         self.add(got.measured);
-        if got.last && self.pipes_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if !got.last {
+            return None;
+        }
+        let at = Instant::now();
+        if self.pipes_left.fetch_sub(1, Ordering::AcqRel) == 1 {
             let count = self.total.load(Ordering::Relaxed);
             self.end.get_or_init(|| (CpuReading::now(self.peer), count));
         }
+        Some(at)
     }
 
     /// Counts `n` messages received after the warmup (none: nothing to count).
@@ -606,9 +612,8 @@ async fn receive_task(pipe: &Pipe, size: usize, tally: &Tally) -> Result<Instant
         if !got.last && RECV_MAX > 1 {
             take_ready(pipe, &mut batch, &rest, size, &mut got)?;
         }
-        tally.took(&got);
-        if got.last {
-            return Ok(Instant::now());
+        if let Some(at) = tally.took(&got) {
+            return Ok(at);
         }
     }
 }
@@ -779,12 +784,15 @@ fn receive_on(pipes: Vec<&Pipe>, size: usize, tally: &Tally) -> Result<Instant> 
 
 /// A sweeping thread's loop: `visit`s each of `items` in turn (`None`: it had nothing),
 /// counting what they bring into `tally`, until each has brought its last message, and
-/// yields its CPU once after a sweep that found nothing. Returns when it is done.
+/// yields its CPU once after a sweep that found nothing. Returns the instant the last of them
+/// brought its last message.
 pub(crate) fn sweep_until_last<T>(
     mut items: Vec<T>,
     tally: &Tally,
     mut visit: impl FnMut(&mut T) -> Result<Option<Got>>,
 ) -> Result<Instant> {
+    // (When the last of its pipes brought its last message.)
+    let mut end = Instant::now();
     while !items.is_empty() {
         let mut found = false;
         let mut i = 0;
@@ -794,8 +802,8 @@ pub(crate) fn sweep_until_last<T>(
                 continue;
             };
             found = true;
-            tally.took(&got);
-            if got.last {
+            if let Some(at) = tally.took(&got) {
+                end = at;
                 items.swap_remove(i);
             } else {
                 i += 1;
@@ -805,7 +813,7 @@ pub(crate) fn sweep_until_last<T>(
             std::thread::yield_now();
         }
     }
-    Ok(Instant::now())
+    Ok(end)
 }
 
 /// The peer's half of a scale job: dial `job.pipes` pipes, send on all of them, hand the

@@ -267,9 +267,8 @@ async fn receive_task(sock: AsyncSock, size: usize, tally: &Tally) -> Result<Ins
         let mut got = Got::default();
         let read = sock.try_read(framed.room());
         framed.after_read(read, size, &mut got)?;
-        tally.took(&got);
-        if got.last {
-            return Ok(Instant::now());
+        if let Some(at) = tally.took(&got) {
+            return Ok(at);
         }
     }
 }
