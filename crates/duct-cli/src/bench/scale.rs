@@ -474,8 +474,8 @@ pub(crate) struct Tally {
     /// The peer process, whose CPU time is read with this one's.
     peer: Option<u32>,
     /// CPU readings when the last pipe brought its last message (the receivers are all
-    /// still there), and the count then.
-    end: OnceLock<(CpuReading, u64)>,
+    /// still there; every message is counted by then).
+    end: OnceLock<CpuReading>,
 }
 
 /// The instant the measured phase starts: the receipt of the call that brings the first
@@ -512,14 +512,13 @@ impl Tally {
         }
         let at = Instant::now();
         if self.pipes_left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let count = self.total.load(Ordering::Relaxed);
-            self.end.get_or_init(|| (CpuReading::now(self.peer), count));
+            self.end.get_or_init(|| CpuReading::now(self.peer));
         }
         Some(at)
     }
 
     /// Counts `n` messages received after the warmup (none: nothing to count).
-    pub(crate) fn add(&self, n: u64) {
+    fn add(&self, n: u64) {
         if n == 0 {
             return;
         }
@@ -742,10 +741,8 @@ pub(crate) fn received((tally, ends): (Tally, Vec<Instant>)) -> Result<Received>
     let rate_messages = total - reference.count;
     let end_reading = tally.end.into_inner();
     // (The CPU readings' own allocations are not the traffic's.)
-    let reading_allocs = end_reading.as_ref().map_or(0, |(r, _)| r.allocs);
-    let cpu = end_reading.and_then(|(end, count)| {
-        end.per_msg_since(&reference.cpu, count.saturating_sub(reference.count))
-    });
+    let reading_allocs = end_reading.as_ref().map_or(0, |r| r.allocs);
+    let cpu = end_reading.and_then(|end| end.per_msg_since(&reference.cpu, rate_messages));
     if rate_messages == 0 || elapsed.is_zero() {
         bail!(
             "too few messages arrived after the warmup to measure a rate (use more --messages \

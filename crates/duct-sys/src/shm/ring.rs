@@ -305,11 +305,11 @@ impl RingMem {
     #[inline]
     pub fn published_or_prefetch(&self) -> bool {
         let ctl = self.ctl();
-        let tail = ctl.tail.load(Ordering::Relaxed);
-        if ctl.head.load(Ordering::Acquire) != tail {
+        if ctl.published() {
             return true;
         }
-        self.prefetch_from(tail);
+        // (The consumer's own counter: a line only it writes, in its cache.)
+        self.prefetch_from(ctl.tail.load(Ordering::Relaxed));
         false
     }
 
