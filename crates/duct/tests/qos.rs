@@ -230,6 +230,7 @@ on_uds_and_tcp!(
     drop_old_delivers_the_newest_in_order,
     fail_fast_refuses_with_would_block,
     block_honours_the_send_timeout,
+    batches_into_a_stalled_channel,
     priority_lets_realtime_pass_queued_bulk,
 );
 
@@ -406,6 +407,71 @@ fn fail_fast_refuses_with_would_block(addr: &str) {
     let got = drain_stalled(&p, filler);
     println!("{addr}: FailFast: {filler} filler messages, then received {got:?}");
     assert_eq!(got, (0..HWM as u32).collect::<Vec<_>>());
+}
+
+/// Batches into a channel that cannot send (`send_slices`, whose messages after the first
+/// join the channel's queue by a loop of their own): with a zero timeout a batch is taken
+/// exactly up to the channel's mark, in messages and in bytes, and the call says how many;
+/// once the queue is full a batch is refused whole (`WouldBlock`). On a DropNew channel with
+/// a rate limit every message of a batch meets the limit at the door. What was accepted
+/// arrives, in order.
+fn batches_into_a_stalled_channel(addr: &str) {
+    let zero = SendOptions::default().channel(CH).timeout(Duration::ZERO);
+    let payloads: Vec<Vec<u8>> = (0..BURST).map(|i| numbered(i, 100)).collect();
+    let slices = |from: usize| payloads[from..].iter().map(Vec::as_slice);
+    let other = |suffix: &str| match addr.strip_prefix("uds://") {
+        Some(name) => format!("uds://{name}-{suffix}"),
+        None => addr.to_owned(),
+    };
+    // The message mark (8), then the byte mark (1,000 bytes: ten of them).
+    for (at, opts, fits) in [
+        (
+            addr.to_owned(),
+            ChannelOptions::default().snd_hwm_msgs(HWM),
+            HWM,
+        ),
+        (
+            other("bytes"),
+            ChannelOptions::default()
+                .snd_hwm_msgs(1000)
+                .snd_hwm_bytes(1000),
+            10,
+        ),
+    ] {
+        let (p, filler) = stalled(&at, opts);
+        let n = p.dialer.send_slices(slices(0), &zero).unwrap();
+        assert_eq!(n, fits, "{at}: a batch into an empty queue");
+        let e = expect_kind(
+            p.dialer.send_slices(slices(n), &zero),
+            ErrorKind::WouldBlock,
+        );
+        assert!(e.is_retryable(), "{e}");
+        let s = ch(&p.dialer, CH);
+        assert_eq!((s.msgs_sent, s.dropped), (fits as u64, 0), "{s:?}");
+        let got = drain_stalled(&p, filler);
+        assert_eq!(got, (0..fits as u32).collect::<Vec<_>>(), "{at}");
+    }
+    // DropNew with a rate limit of 10/s, burst 5, and room for the whole batch.
+    let opts = ChannelOptions::default()
+        .snd_hwm_msgs(1000)
+        .backpressure(Backpressure::DropNew)
+        .rate_limit(RateLimit::msgs_per_sec(10.0).burst(5));
+    let (p, filler) = stalled(&other("rate"), opts);
+    let start = Instant::now();
+    let n = p.dialer.send_slices(slices(0), &zero).unwrap();
+    let most = 5 + (start.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+    assert_eq!(
+        n, BURST as usize,
+        "DropNew accepts every message of a batch"
+    );
+    let s = ch(&p.dialer, CH);
+    let passed = BURST as usize - s.rate_limited as usize;
+    assert!(
+        (5..=most).contains(&passed),
+        "{passed} of a batch passed a limit of burst 5 ({s:?})"
+    );
+    let got = drain_stalled(&p, filler);
+    assert_eq!(got, (0..passed as u32).collect::<Vec<_>>());
 }
 
 /// Block: with the queue at its mark, `send` waits for its timeout, then fails with

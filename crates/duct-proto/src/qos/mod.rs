@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use bucket::TokenBucket;
 pub use map::{ChannelHasher, ChannelMap};
 pub(crate) use outbox::KeepRun;
-pub use outbox::{Admission, DropReason, Outbox, Quiet, MAX_RTO, MIN_RTO};
+pub use outbox::{Admission, DropReason, Outbox, QueueRun, Quiet, MAX_RTO, MIN_RTO};
 
 /// What a sender does when a channel's send queue is at its high-water mark (its
 /// `snd_hwm_msgs` or `snd_hwm_bytes`). The policy is per channel: a full channel never holds

@@ -833,6 +833,40 @@ impl Outbox {
         Admission::Queued
     }
 
+    /// Queues messages on `channel` one after the other ([`QueueRun::push`]) as
+    /// [`Outbox::offer_with`] with `ttl` and `reliable` would, when that is a room check and
+    /// a push per message: the channel blocks when full ([`Backpressure::Block`]) and no
+    /// time to live applies (neither `ttl` nor the channel's). `None`: offer them one by one.
+    #[inline]
+    pub fn queue_run(
+        &mut self,
+        channel: u16,
+        ttl: Option<std::time::Duration>,
+        reliable: Option<bool>,
+        now: Instant,
+    ) -> Option<QueueRun<'_>> {
+        if ttl.is_some() {
+            return None;
+        }
+        let config = &self.config;
+        let ch = self
+            .chans
+            .get_or_insert_with(channel, || Chan::new(config.channel(channel).clone(), now));
+        if ch.cfg.backpressure != Backpressure::Block || ch.cfg.ttl.is_some() {
+            return None;
+        }
+        let reliable = reliable.unwrap_or(ch.cfg.reliable);
+        Some(QueueRun {
+            ch,
+            classes: &mut self.classes,
+            msgs: &mut self.msgs,
+            bytes: &mut self.bytes,
+            channel,
+            reliable,
+            message_max: usize::MAX,
+        })
+    }
+
     /// Whether a message on `channel` with `ttl` and `reliable` may be framed at once (what
     /// [`Outbox::offer_direct`] does then, its size aside): nothing is queued on any channel,
     /// and neither the pipe nor the channel has a rate limit or a time to live. `Some(false)`:
@@ -1392,21 +1426,7 @@ impl Outbox {
     }
 
     fn activate(&mut self, channel: u16, priority: u8) {
-        let i = match self.classes.binary_search_by(|c| priority.cmp(&c.priority)) {
-            Ok(i) => i,
-            Err(i) => {
-                self.classes.insert(
-                    i,
-                    Class {
-                        priority,
-                        ring: VecDeque::new(),
-                        topped: false,
-                    },
-                );
-                i
-            }
-        };
-        self.classes[i].ring.push_back(channel);
+        activate_in(&mut self.classes, channel, priority);
     }
 
     /// The next frame to send at `now`, its payload at most `frame_max` bytes, or `None`
@@ -1844,6 +1864,80 @@ fn remaining_ms(deadline: Instant, now: Instant) -> u32 {
     ms.clamp(1, u128::from(u32::MAX)) as u32
 }
 
+/// Puts `channel` (of `priority`) at the back of its priority class's ring, making the class
+/// if it is new.
+fn activate_in(classes: &mut Vec<Class>, channel: u16, priority: u8) {
+    let i = match classes.binary_search_by(|c| priority.cmp(&c.priority)) {
+        Ok(i) => i,
+        Err(i) => {
+            classes.insert(
+                i,
+                Class {
+                    priority,
+                    ring: VecDeque::new(),
+                    topped: false,
+                },
+            );
+            i
+        }
+    };
+    classes[i].ring.push_back(channel);
+}
+
+/// Messages queued on one channel one after the other ([`Outbox::queue_run`]): what
+/// [`Outbox::offer_with`] does per message, its channel's checks made once for the run. For
+/// a sender with many messages in a row that cannot go out at once (the socket is full):
+/// each then costs a room check and a push.
+pub struct QueueRun<'a> {
+    ch: &'a mut Chan,
+    classes: &'a mut Vec<Class>,
+    msgs: &'a mut usize,
+    bytes: &'a mut usize,
+    channel: u16,
+    reliable: bool,
+    /// Longest message the run takes (the session's limit; unlimited from the outbox).
+    message_max: usize,
+}
+
+impl QueueRun<'_> {
+    /// Whether a message of `len` bytes is within the run's size limit and finds room in the
+    /// channel's queue (its high-water marks). One that does not is offered the usual way,
+    /// which says what becomes of it.
+    #[inline]
+    pub fn fits(&self, len: usize) -> bool {
+        len <= self.message_max && !self.ch.full(len)
+    }
+
+    /// The run with messages limited to `max` bytes.
+    pub(crate) fn limited_to(mut self, max: usize) -> Self {
+        self.message_max = max;
+        self
+    }
+
+    /// Queues `payload`, as [`Outbox::offer_with`] would ([`Admission::Queued`]): only
+    /// after [`QueueRun::fits`] said it fits.
+    #[inline]
+    pub fn push(&mut self, payload: Bytes) {
+        debug_assert!(self.fits(payload.len()), "pushed without room");
+        let len = payload.len();
+        let ch = &mut *self.ch;
+        ch.bytes += len;
+        ch.queue.push_back(Pending {
+            payload,
+            offset: 0,
+            deadline: None,
+            reliable: self.reliable,
+            seq: 0,
+        });
+        *self.msgs += 1;
+        *self.bytes += len;
+        if !ch.active {
+            ch.active = true;
+            activate_in(self.classes, self.channel, ch.cfg.priority);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1906,6 +2000,154 @@ mod tests {
         let mut o = Outbox::new(config, now);
         assert_eq!(o.direct_allowed(1, None, None, now), Some(true));
         o
+    }
+
+    /// Messages queued by [`Outbox::queue_run`] (a run per stretch of one channel, pushed
+    /// while they fit, the rest offered one by one) leave the outbox as offering each with
+    /// [`Outbox::offer_with`] does: the same admissions, counts and frames, in the same
+    /// order, across channels of two priorities, marks in messages and bytes, a reliable
+    /// channel and polls in between. A channel that drops or has a time to live takes no run.
+    #[test]
+    fn a_queue_run_queues_as_offering_each_message_does() {
+        use proptest::prelude::*;
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// A run of messages on a channel, their lengths.
+            Run(u16, Vec<usize>),
+            Poll(usize),
+        }
+        let op = prop_oneof![
+            3 => (1u16..4, proptest::collection::vec(0usize..300, 1..40))
+                .prop_map(|(c, l)| Op::Run(c, l)),
+            1 => (1usize..50).prop_map(Op::Poll),
+        ];
+        proptest!(ProptestConfig::with_cases(200), |(
+            hwm in (1usize..30, 1usize..3000),
+            ops in proptest::collection::vec(op, 1..40),
+        )| {
+            let now = Instant::now();
+            let make = || {
+                let chan = |priority, reliable| ChannelConfig {
+                    snd_hwm_msgs: hwm.0,
+                    snd_hwm_bytes: hwm.1,
+                    priority,
+                    reliable,
+                    ..ChannelConfig::default()
+                };
+                let config = Arc::new(QosConfig {
+                    channels: [(1u16, chan(10, false)), (2, chan(10, true)), (3, chan(200, false))]
+                        .into_iter()
+                        .collect(),
+                    ..QosConfig::default()
+                });
+                Outbox::new(config, now)
+            };
+            let (mut each, mut runs) = (make(), make());
+            let mut n = 0u32;
+            for op in ops {
+                match op {
+                    Op::Run(channel, lens) => {
+                        let payloads: Vec<Bytes> = lens
+                            .iter()
+                            .map(|&len| {
+                                n += 1;
+                                let mut p = vec![n as u8; len];
+                                p.extend(n.to_be_bytes());
+                                Bytes::from(p)
+                            })
+                            .collect();
+                        let want: Vec<bool> = payloads
+                            .iter()
+                            .map(|p| {
+                                matches!(
+                                    each.offer_with(channel, p.clone(), None, None, now),
+                                    Admission::Queued
+                                )
+                            })
+                            .collect();
+                        let mut got = Vec::new();
+                        let mut rest = payloads.iter();
+                        if let Some(mut run) = runs.queue_run(channel, None, None, now) {
+                            for p in rest.by_ref() {
+                                if !run.fits(p.len()) {
+                                    got.push(false);
+                                    break;
+                                }
+                                run.push(p.clone());
+                                got.push(true);
+                            }
+                        }
+                        // (The message the run did not take is offered again, as a driver
+                        // offers it: a Block channel's queue is still full for it.)
+                        for p in rest {
+                            let queued = matches!(
+                                runs.offer_with(channel, p.clone(), None, None, now),
+                                Admission::Queued
+                            );
+                            got.push(queued);
+                        }
+                        got.truncate(want.len());
+                        prop_assert_eq!(&got, &want);
+                    }
+                    Op::Poll(k) => {
+                        for _ in 0..k {
+                            let a = each.poll(now, 256);
+                            let b = runs.poll(now, 256);
+                            prop_assert_eq!(
+                                a.as_ref().map(|t| (t.header, t.payload.clone())),
+                                b.as_ref().map(|t| (t.header, t.payload.clone()))
+                            );
+                        }
+                    }
+                }
+                prop_assert_eq!((each.len(), each.bytes()), (runs.len(), runs.bytes()));
+                for c in 1..4 {
+                    prop_assert_eq!(each.queued(c), runs.queued(c));
+                }
+            }
+            // Everything left comes out the same too.
+            loop {
+                let (a, b) = (each.poll(now, 256), runs.poll(now, 256));
+                prop_assert_eq!(
+                    a.as_ref().map(|t| (t.header, t.payload.clone())),
+                    b.as_ref().map(|t| (t.header, t.payload.clone()))
+                );
+                if a.is_none() {
+                    break;
+                }
+            }
+        });
+        // No run where each message needs more than a room check.
+        let now = Instant::now();
+        let chan = |backpressure, ttl| ChannelConfig {
+            backpressure,
+            ttl,
+            ..ChannelConfig::default()
+        };
+        let config = Arc::new(QosConfig {
+            channels: [
+                (1u16, chan(Backpressure::DropNew, None)),
+                (2, chan(Backpressure::DropOld, None)),
+                (3, chan(Backpressure::FailFast, None)),
+                (4, chan(Backpressure::Block, Some(Duration::from_secs(1)))),
+            ]
+            .into_iter()
+            .collect(),
+            ..QosConfig::default()
+        });
+        let mut o = Outbox::new(config, now);
+        for c in 1..5 {
+            assert!(o.queue_run(c, None, None, now).is_none(), "channel {c}");
+        }
+        assert!(o
+            .queue_run(5, Some(Duration::from_secs(1)), None, now)
+            .is_none());
+        o.queue_run(5, None, Some(true), now)
+            .expect("a Block channel")
+            .push(Bytes::from_static(b"r"));
+        let t = o.poll(now, 256).expect("the message queued by the run");
+        let h = Header::decode(&t.header).unwrap();
+        assert_ne!(h.flags & flags::RELIABLE, 0, "reliable as asked");
     }
 
     /// Numbering within what [`Outbox::quiet`] said (then checked, and asked again, past

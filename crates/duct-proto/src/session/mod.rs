@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::qos::{Admission, ChannelMap, Counts, KeepRun, Outbox, QosConfig, Quiet};
+use crate::qos::{Admission, ChannelMap, Counts, KeepRun, Outbox, QosConfig, QueueRun, Quiet};
 use crate::reliable::{Arrival, InOrder, RecvState};
 use crate::wire::control::{
     self, caps, close_code, reject_code, Close, Hello, Reject, Welcome, VERSION_MAJOR,
@@ -797,6 +797,35 @@ impl Session {
         check_size(neg, self.config.max_message_size, payload.len())?;
         self.tick(now);
         Ok(self.outbox.offer_with(channel, payload, ttl, reliable, now))
+    }
+
+    /// Queues messages on `channel` one after the other, as [`Session::send_message`] with
+    /// `ttl` and `reliable` would queue each ([`Admission::Queued`]), for a driver with many
+    /// in a row that cannot be framed at once: `Some` when that is a size and room check
+    /// and a push per message ([`QueueRun::fits`], [`QueueRun::push`]): the session is
+    /// established, the channel blocks when full and no time to live applies (see
+    /// [`Outbox::queue_run`]). A message the run does not take, and every message when it
+    /// is `None`, goes by [`Session::send_message`], which says what becomes of it.
+    #[inline]
+    pub fn queue_run(
+        &mut self,
+        channel: u16,
+        ttl: Option<Duration>,
+        reliable: Option<bool>,
+        now: Instant,
+    ) -> Option<QueueRun<'_>> {
+        if self.state != State::Established
+            || (!self.rel_agreed
+                && reliable.unwrap_or_else(|| self.config.qos.channel(channel).reliable))
+        {
+            return None;
+        }
+        let neg = self.negotiated.as_ref()?;
+        let max = neg.send_message_max.min(self.config.max_message_size) as usize;
+        self.tick(now);
+        self.outbox
+            .queue_run(channel, ttl, reliable, now)
+            .map(|r| r.limited_to(max))
     }
 
     /// [`Session::send_message`] for a message that may go out at once: when nothing else

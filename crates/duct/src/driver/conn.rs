@@ -1575,6 +1575,7 @@ impl Conn {
                     }
                 }
             }
+            let was_queued = queued.is_some();
             if let Some(payload) = queued {
                 if let Some(w) = direct.take() {
                     // Write what was framed (this call is the writer), then go the usual way.
@@ -1625,6 +1626,31 @@ impl Conn {
                         })
                     };
                     // (The run counts `channel`'s messages: it added the one above.)
+                    sent += msgs_in;
+                    run.msgs += msgs_in as u64;
+                    run.bytes += bytes_in as u64;
+                }
+            } else if was_queued && g.open_and_connected() {
+                // The message went to its channel's queue (the socket is behind): those that
+                // follow on the same channel join it by a loop of their own while they find
+                // room, each a room check and a push (rather than `admit`'s round of checks
+                // and its session call). The first that does not fit, or is on another
+                // channel, goes the general way (which waits for room if it must).
+                let s = &mut *g;
+                if let Some(mut q) = s.session.queue_run(channel, meta.ttl, meta.reliable, now) {
+                    let spill = &mut s.spill;
+                    let (mut msgs_in, mut bytes_in) = (0, 0);
+                    for (c, p) in &mut *msgs {
+                        let len = p.len();
+                        if c != channel || !q.fits(len) {
+                            held = Some((c, p));
+                            break;
+                        }
+                        q.push(p.into_bytes(spill));
+                        msgs_in += 1;
+                        bytes_in += len;
+                        self.trace_sent(channel, len);
+                    }
                     sent += msgs_in;
                     run.msgs += msgs_in as u64;
                     run.bytes += bytes_in as u64;
