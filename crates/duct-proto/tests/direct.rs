@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use duct_proto::qos::{Admission, Backpressure, ChannelConfig, QosConfig, Rate};
-use duct_proto::wire::{flags, Header};
+use duct_proto::wire::{flags, FrameKind, Header};
 use duct_proto::{Config, Direct, Session};
 
 use common::{established, frames, pump_frames};
@@ -550,4 +550,72 @@ fn a_started_message_outlives_drop_old() {
     let newest = peer.poll_message().expect("the newest");
     assert_eq!(newest.payload, &[2u8; 10][..]);
     assert!(peer.poll_message().is_none(), "the older ones were dropped");
+}
+
+/// `Session::poll_plain_run` (the driver's way to drain a backlog of plain messages) takes
+/// the frames `poll_transmit` would give, and none while something else must go first: an
+/// owed ack (which rides on the next data frame) or a control frame. A closing session's
+/// backlog still drains by runs; its CLOSE comes after, from `poll_transmit`.
+#[test]
+fn a_plain_run_takes_what_poll_transmit_would() {
+    let now = Instant::now();
+    let qos = reliable_on(2);
+    let (mut d, mut l) = established(with_qos(qos.clone()), with_qos(qos), now);
+    let take_all = |s: &mut Session| {
+        let mut got = Vec::new();
+        let n = s.poll_plain_run(now, |h, p| {
+            got.push((Header::decode(h).unwrap(), p.to_vec()));
+            true
+        });
+        assert_eq!(n, got.len());
+        got
+    };
+    for i in 0..5u8 {
+        l.send_message(
+            1,
+            Bytes::from(vec![i; 10 + usize::from(i)]),
+            None,
+            None,
+            now,
+        )
+        .unwrap();
+    }
+    // A reliable message from the dialer: the listener owes an ack.
+    d.send_message(2, Bytes::from_static(b"trade"), None, None, now)
+        .unwrap();
+    pump_frames(&mut d, &mut l, now).unwrap();
+    assert!(take_all(&mut l).is_empty(), "an ack is owed");
+    let t = l.poll_transmit_at(now).expect("the first message");
+    let h = Header::decode(&t.header).unwrap();
+    assert!(h.has(flags::ACK_PRESENT) && h.ack == 1, "{h:?}");
+    assert_eq!(&t.payload[..], &[0; 10]);
+    let got = take_all(&mut l);
+    assert_eq!(got.len(), 4);
+    for (i, (h, p)) in got.into_iter().enumerate() {
+        let i = i as u8 + 1;
+        assert_eq!(h, Header::data(1, 10 + u32::from(i)), "message {i}");
+        assert_eq!(p, vec![i; 10 + usize::from(i)]);
+    }
+    assert!(l.poll_transmit_at(now).is_none() && take_all(&mut l).is_empty());
+
+    // A control frame first (a ping), then the backlog; closing, the backlog, then CLOSE.
+    l.send_message(1, Bytes::from_static(b"a"), None, None, now)
+        .unwrap();
+    l.ping(7).unwrap();
+    assert!(take_all(&mut l).is_empty(), "a control frame waits");
+    let ping = l.poll_transmit_at(now).unwrap();
+    assert_eq!(Header::decode(&ping.header).unwrap().kind, FrameKind::Ping);
+    l.send_message(1, Bytes::from_static(b"b"), None, None, now)
+        .unwrap();
+    l.close(0, "done", now);
+    let got = take_all(&mut l);
+    assert_eq!(
+        got.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
+        [b"a".to_vec(), b"b".to_vec()]
+    );
+    let close = l.poll_transmit_at(now).expect("the CLOSE");
+    assert_eq!(
+        Header::decode(&close.header).unwrap().kind,
+        FrameKind::Close
+    );
 }

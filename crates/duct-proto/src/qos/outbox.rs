@@ -1613,6 +1613,68 @@ impl Outbox {
         None
     }
 
+    /// The frames [`Outbox::poll`] would give next, taken one after the other while they are
+    /// its simplest case: whole messages (at most `frame_max` bytes) of the one channel
+    /// queued, in the only class, with nothing paced, no deadline and no reliability. `take`
+    /// gets each one's header and payload and frames it, or says `false` (it stays queued,
+    /// and the run ends). Returns how many were taken (0 when the case does not apply: ask
+    /// [`Outbox::poll`]).
+    #[inline]
+    pub fn poll_plain_run(
+        &mut self,
+        frame_max: usize,
+        mut take: impl FnMut(&[u8; HEADER_LEN], &[u8]) -> bool,
+    ) -> usize {
+        if self.msgs == 0
+            || self.classes.len() != 1
+            || self.pipe_msgs.is_some()
+            || self.pipe_bytes.is_some()
+        {
+            return 0;
+        }
+        let class = &mut self.classes[0];
+        if class.ring.len() != 1 {
+            return 0;
+        }
+        let channel = class.ring[0];
+        let Some(ch) = self.chans.get_mut(channel) else {
+            return 0;
+        };
+        if !ch.unpaced {
+            return 0;
+        }
+        let template = Header::data(channel, 0).encode();
+        let (mut n, mut bytes) = (0, 0);
+        while let Some(head) = ch.queue.front() {
+            let len = head.payload.len();
+            if head.offset != 0 || head.deadline.is_some() || head.reliable || len > frame_max {
+                break;
+            }
+            let mut h = template;
+            crate::wire::header::put_u32(&mut h, 4, len as u32);
+            if !take(&h, &head.payload) {
+                break;
+            }
+            ch.queue.pop_front();
+            n += 1;
+            bytes += len;
+        }
+        if n == 0 {
+            return 0;
+        }
+        self.rate_wake = None;
+        ch.bytes -= bytes;
+        if ch.queue.is_empty() {
+            ch.active = false;
+            ch.deficit = 0;
+            class.ring.pop_front();
+            class.topped = false;
+        }
+        self.msgs -= n;
+        self.bytes -= bytes;
+        n
+    }
+
     /// The common case at full speed: one channel in one class, nothing paced, the next
     /// message whole in one frame and without a deadline. `None` when that is not the case.
     #[inline]
@@ -2148,6 +2210,99 @@ mod tests {
         let t = o.poll(now, 256).expect("the message queued by the run");
         let h = Header::decode(&t.header).unwrap();
         assert_ne!(h.flags & flags::RELIABLE, 0, "reliable as asked");
+    }
+
+    /// [`Outbox::poll_plain_run`] takes exactly the frames [`Outbox::poll`] would give next,
+    /// in its order, with its headers, and leaves the outbox as polling them would: across
+    /// channels of two priorities, a reliable one, one with a time to live, messages in
+    /// fragments, and runs cut short by the taker.
+    #[test]
+    fn a_plain_run_takes_what_polling_would() {
+        use proptest::prelude::*;
+        #[derive(Debug, Clone)]
+        enum Op {
+            Offer(u16, usize),
+            Poll(usize),
+            /// A plain run that takes at most this many frames.
+            Run(usize),
+        }
+        let op = prop_oneof![
+            6 => (1u16..5, 0usize..600).prop_map(|(c, l)| Op::Offer(c, l)),
+            1 => (1usize..20).prop_map(Op::Poll),
+            2 => (1usize..40).prop_map(Op::Run),
+        ];
+        const FRAME_MAX: usize = 256;
+        proptest!(ProptestConfig::with_cases(300), |(ops in proptest::collection::vec(op, 1..80))| {
+            let now = Instant::now();
+            let make = || {
+                let chan = |priority, reliable, ttl| ChannelConfig {
+                    priority,
+                    reliable,
+                    ttl,
+                    ..ChannelConfig::default()
+                };
+                let config = Arc::new(QosConfig {
+                    channels: [
+                        (1u16, chan(10, false, None)),
+                        (2, chan(10, true, None)),
+                        (3, chan(200, false, None)),
+                        (4, chan(10, false, Some(Duration::from_secs(60)))),
+                    ]
+                    .into_iter()
+                    .collect(),
+                    ..QosConfig::default()
+                });
+                Outbox::new(config, now)
+            };
+            let frame = |t: Option<Transmit>| t.map(|t| (t.header, t.payload));
+            let (mut each, mut runs) = (make(), make());
+            let mut n = 0u32;
+            for op in ops {
+                match op {
+                    Op::Offer(channel, len) => {
+                        n += 1;
+                        let mut p = vec![n as u8; len];
+                        p.extend(n.to_be_bytes());
+                        let p = Bytes::from(p);
+                        each.offer_with(channel, p.clone(), None, None, now);
+                        runs.offer_with(channel, p, None, None, now);
+                    }
+                    Op::Poll(k) => {
+                        for _ in 0..k {
+                            prop_assert_eq!(frame(each.poll(now, FRAME_MAX)), frame(runs.poll(now, FRAME_MAX)));
+                        }
+                    }
+                    Op::Run(k) => {
+                        let mut got = Vec::new();
+                        let taken = runs.poll_plain_run(FRAME_MAX, |h, p| {
+                            if got.len() == k {
+                                return false;
+                            }
+                            got.push((*h, Bytes::copy_from_slice(p)));
+                            true
+                        });
+                        prop_assert_eq!(taken, got.len());
+                        for (h, p) in got {
+                            prop_assert_eq!(frame(each.poll(now, FRAME_MAX)), Some((h, p)));
+                        }
+                        for _ in taken..k {
+                            prop_assert_eq!(frame(each.poll(now, FRAME_MAX)), frame(runs.poll(now, FRAME_MAX)));
+                        }
+                    }
+                }
+                prop_assert_eq!((each.len(), each.bytes()), (runs.len(), runs.bytes()));
+                for c in 1..5 {
+                    prop_assert_eq!(each.queued(c), runs.queued(c));
+                }
+            }
+            loop {
+                let (a, b) = (frame(each.poll(now, FRAME_MAX)), frame(runs.poll(now, FRAME_MAX)));
+                prop_assert_eq!(&a, &b);
+                if a.is_none() {
+                    break;
+                }
+            }
+        });
     }
 
     /// Numbering within what [`Outbox::quiet`] said (then checked, and asked again, past

@@ -1577,6 +1577,33 @@ impl Session {
         None
     }
 
+    /// The frames [`Session::poll_transmit_at`] would give next at `now`, taken one after the
+    /// other while they are plain data: whole unreliable messages of one channel, nothing
+    /// else to send first (no control frame, no ack owed) and nothing to schedule (see
+    /// [`Outbox::poll_plain_run`]). `take` gets each one's header and payload and frames it,
+    /// or says `false` (it stays queued, and the run ends). Returns how many were taken; 0:
+    /// ask [`Session::poll_transmit_at`].
+    #[inline]
+    pub fn poll_plain_run(
+        &mut self,
+        now: Instant,
+        take: impl FnMut(&[u8; HEADER_LEN], &[u8]) -> bool,
+    ) -> usize {
+        if !self.control.is_empty()
+            || !matches!(self.state, State::Established | State::Closing)
+            || self.outbox.is_empty()
+            || self.rx_rel.owed()
+        {
+            return 0;
+        }
+        let Some(neg) = self.negotiated.as_ref() else {
+            return 0;
+        };
+        let frame_max = (neg.send_frame_max as usize).max(1);
+        self.tick(now);
+        self.outbox.poll_plain_run(frame_max, take)
+    }
+
     /// Our CLOSE has been written: nothing may follow it.
     fn close_written(&self) -> bool {
         self.state == State::Closing && self.close_frame.is_none()
