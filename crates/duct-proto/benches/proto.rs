@@ -11,6 +11,10 @@
 //!   messages, then `poll` them all out.
 //! - `reassembly_1mib`: a 1 MiB message in 16 fragments of 64 KiB, sent and put back
 //!   together.
+//! - `backlog`: 1,024 messages of 64 B queued on one channel (the socket is behind), then
+//!   encoded back to back into a write buffer, as a driver does: `each` offers and polls
+//!   one message at a time (`send_message`, `poll_transmit_at`), `runs` queues them with
+//!   `queue_run` and takes them with `poll_plain_run`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -161,5 +165,50 @@ fn reassembly_1mib(b: Bencher) {
             tx.send(1, payload.clone(), now).unwrap();
             pump(&mut tx, &mut rx, &mut wire, now);
             rx.poll_message_at(now).unwrap().payload.len()
+        });
+}
+
+#[divan::bench(args = ["each", "runs"])]
+fn backlog(b: Bencher, way: &str) {
+    const N: usize = 1024;
+    let now = Instant::now();
+    let payload = [7u8; 64];
+    let (mut tx, _rx) = pair(false, now);
+    let mut out: Vec<u8> = Vec::with_capacity(N * (HEADER_LEN + 64));
+    let runs = way == "runs";
+    // Copies of the payload as the driver makes them: back to back in one buffer.
+    let mut spill = BytesMut::with_capacity(N * payload.len());
+    let mut copy = || {
+        if spill.capacity() < payload.len() {
+            spill = BytesMut::with_capacity(N * payload.len());
+        }
+        spill.extend_from_slice(&payload);
+        spill.split().freeze()
+    };
+    b.counter(divan::counter::ItemsCount::new(N))
+        .bench_local(|| {
+            out.clear();
+            if runs {
+                let mut run = tx.queue_run(1, None, None, now).unwrap();
+                for _ in 0..N {
+                    debug_assert!(run.fits(payload.len()));
+                    run.push(copy());
+                }
+                let taken = tx.poll_plain_run(now, |h, p| {
+                    out.extend_from_slice(h);
+                    out.extend_from_slice(p);
+                    true
+                });
+                debug_assert_eq!(taken, N);
+            } else {
+                for _ in 0..N {
+                    tx.send_message(1, copy(), None, None, now).unwrap();
+                }
+                while let Some(t) = tx.poll_transmit_at(now) {
+                    out.extend_from_slice(&t.header);
+                    out.extend_from_slice(&t.payload);
+                }
+            }
+            out.len()
         });
 }
