@@ -202,15 +202,21 @@ pub enum Op {
         reliable: Option<bool>,
         copy: bool,
     },
-    /// The application sends `count % 32 + 1` messages of one size.
+    /// The application sends `count % 32 + 1` messages of one size. `queued`: as the
+    /// driver's `send_slices` does when its first message is queued (the socket is behind):
+    /// the next ones join the channel's queue by `Session::queue_run` while they fit; the
+    /// first that does not, and the rest, go by `send_message`.
     Burst {
         side: Side,
         chan: u8,
         count: u8,
         len: u16,
+        queued: bool,
     },
-    /// The driver writes up to `max` frames (0: all) of `side` to its outgoing link.
-    Pump { side: Side, max: u8 },
+    /// The driver writes up to `max` frames (0: all) of `side` to its outgoing link;
+    /// `plain`: as its write queue takes them, plain runs first (`Session::poll_plain_run`),
+    /// then `poll_transmit_at`.
+    Pump { side: Side, max: u8, plain: bool },
     /// Up to `frames` frames (0: all) of the link into `to` go into the transport, and the
     /// transport is read: in `chunk`-byte reads (0: one read per frame); with `backpressure`,
     /// reading stops while the receiver is full; `in_place`: from now on the driver reads
@@ -634,12 +640,24 @@ impl Harness {
                 chan,
                 count,
                 len,
+                queued,
             } => {
-                for _ in 0..=count % 32 {
-                    self.send(side.idx(), chan, usize::from(len), None, None);
+                let n = usize::from(count % 32) + 1;
+                if queued {
+                    self.burst_queued(side.idx(), chan, n, usize::from(len));
+                } else {
+                    for _ in 0..n {
+                        self.send(side.idx(), chan, usize::from(len), None, None);
+                    }
                 }
             }
-            Op::Pump { side, max } => self.pump(side.idx(), usize::from(max)),
+            Op::Pump { side, max, plain } => {
+                if plain {
+                    self.pump_plain(side.idx(), usize::from(max));
+                } else {
+                    self.pump(side.idx(), usize::from(max));
+                }
+            }
             Op::Deliver {
                 to,
                 frames,
@@ -1052,6 +1070,88 @@ impl Harness {
             });
             self.after_call(i, Ok(()));
         }
+    }
+
+    /// `n` messages of `len` bytes (modulo [`MAX_LEN`] + 1) on `chan` from side `i`, sent as
+    /// the driver's `send_slices` sends them when the first is queued (see [`Op::Burst`]).
+    fn burst_queued(&mut self, i: usize, chan: u8, n: usize, len: usize) {
+        let now = self.now;
+        let (ci, plen) = pick(chan, len);
+        self.send(i, chan, len, None, None);
+        let mut left = n - 1;
+        if self.peers[i].sent.last().is_some_and(|r| r.queued) {
+            let p = &mut self.peers[i];
+            let cfg = p.chan_cfg(ci).clone();
+            let state = p.s.state();
+            if let Some(mut run) = p.s.queue_run(CHANNELS[ci], None, None, now) {
+                assert_eq!(state, State::Established, "a queue run in {state:?}");
+                assert_eq!(cfg.backpressure, Backpressure::Block, "a run under {cfg:?}");
+                assert!(cfg.ttl.is_none(), "a run on a channel with a TTL");
+                while left > 0 && run.fits(plen) {
+                    let seq = p.sent.len() as u32 + 1;
+                    run.push(payload(i, ci, seq, plen));
+                    p.sent.push(SentRec {
+                        ci,
+                        len: plen,
+                        queued: true,
+                        must_arrive: plen >= TRACKED_LEN,
+                        arrived: 0,
+                    });
+                    left -= 1;
+                }
+            }
+            self.after_call(i, Ok(()));
+        }
+        for _ in 0..left {
+            self.send(i, chan, len, None, None);
+        }
+    }
+
+    /// [`Harness::pump`] as the driver's write queue takes frames: plain runs first
+    /// (`Session::poll_plain_run`), then one frame from `poll_transmit_at`, in turn.
+    fn pump_plain(&mut self, i: usize, max: usize) {
+        let now = self.now;
+        let max = if max == 0 { usize::MAX } else { max };
+        let mut n = 0;
+        while n < max {
+            let mut run = Vec::new();
+            let room = max - n;
+            let taken = self.peers[i].s.poll_plain_run(now, |h, p| {
+                if run.len() == room {
+                    return false;
+                }
+                run.push((*h, Bytes::copy_from_slice(p)));
+                true
+            });
+            assert_eq!(taken, run.len(), "a plain run counts what it gave");
+            for (h, p) in run {
+                let head = Header::decode(&h).expect("a plain run's header decodes");
+                assert!(
+                    head.kind == FrameKind::Data && head.flags == 0,
+                    "a plain run gave {head:?}"
+                );
+                self.check_transmit(i, &h, &p);
+                let mut f = Vec::with_capacity(HEADER_LEN + p.len());
+                f.extend_from_slice(&h);
+                f.extend_from_slice(&p);
+                self.links[i].frames.push_back(f);
+                n += 1;
+            }
+            if taken > 0 {
+                continue;
+            }
+            let Some(mut t) = self.peers[i].s.poll_transmit_at(now) else {
+                break;
+            };
+            t.restamp(now);
+            self.check_transmit(i, &t.header, &t.payload);
+            let mut f = Vec::with_capacity(t.wire_len());
+            f.extend_from_slice(&t.header);
+            f.extend_from_slice(&t.payload);
+            self.links[i].frames.push_back(f);
+            n += 1;
+        }
+        self.after_call(i, Ok(()));
     }
 
     /// The driver of side `i` writes up to `max` frames (0: all) to its link.
