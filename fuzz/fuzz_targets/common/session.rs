@@ -651,13 +651,7 @@ impl Harness {
                     }
                 }
             }
-            Op::Pump { side, max, plain } => {
-                if plain {
-                    self.pump_plain(side.idx(), usize::from(max));
-                } else {
-                    self.pump(side.idx(), usize::from(max));
-                }
-            }
+            Op::Pump { side, max, plain } => self.pump_way(side.idx(), usize::from(max), plain),
             Op::Deliver {
                 to,
                 frames,
@@ -1107,69 +1101,47 @@ impl Harness {
         }
     }
 
-    /// [`Harness::pump`] as the driver's write queue takes frames: plain runs first
-    /// (`Session::poll_plain_run`), then one frame from `poll_transmit_at`, in turn.
-    fn pump_plain(&mut self, i: usize, max: usize) {
+    /// The driver of side `i` writes up to `max` frames (0: all) to its link.
+    fn pump(&mut self, i: usize, max: usize) {
+        self.pump_way(i, max, false);
+    }
+
+    /// [`Harness::pump`]; with `plain`, as the driver's write queue takes frames: plain runs
+    /// first (`Session::poll_plain_run`), then one frame from `poll_transmit_at`, in turn.
+    fn pump_way(&mut self, i: usize, max: usize, plain: bool) {
         let now = self.now;
         let max = if max == 0 { usize::MAX } else { max };
         let mut n = 0;
         while n < max {
-            let mut run = Vec::new();
-            let room = max - n;
-            let taken = self.peers[i].s.poll_plain_run(now, |h, p| {
-                if run.len() == room {
-                    return false;
+            if plain {
+                let mut run = Vec::new();
+                let room = max - n;
+                let taken = self.peers[i].s.poll_plain_run(now, |h, p| {
+                    if run.len() == room {
+                        return false;
+                    }
+                    run.push((*h, Bytes::copy_from_slice(p)));
+                    true
+                });
+                assert_eq!(taken, run.len(), "a plain run counts what it gave");
+                for (h, p) in run {
+                    let head = Header::decode(&h).expect("a plain run's header decodes");
+                    assert!(
+                        head.kind == FrameKind::Data && head.flags == 0,
+                        "a plain run gave {head:?}"
+                    );
+                    self.write_frame(i, &h, &p);
+                    n += 1;
                 }
-                run.push((*h, Bytes::copy_from_slice(p)));
-                true
-            });
-            assert_eq!(taken, run.len(), "a plain run counts what it gave");
-            for (h, p) in run {
-                let head = Header::decode(&h).expect("a plain run's header decodes");
-                assert!(
-                    head.kind == FrameKind::Data && head.flags == 0,
-                    "a plain run gave {head:?}"
-                );
-                self.check_transmit(i, &h, &p);
-                let mut f = Vec::with_capacity(HEADER_LEN + p.len());
-                f.extend_from_slice(&h);
-                f.extend_from_slice(&p);
-                self.links[i].frames.push_back(f);
-                n += 1;
-            }
-            if taken > 0 {
-                continue;
+                if taken > 0 {
+                    continue;
+                }
             }
             let Some(mut t) = self.peers[i].s.poll_transmit_at(now) else {
                 break;
             };
             t.restamp(now);
-            self.check_transmit(i, &t.header, &t.payload);
-            let mut f = Vec::with_capacity(t.wire_len());
-            f.extend_from_slice(&t.header);
-            f.extend_from_slice(&t.payload);
-            self.links[i].frames.push_back(f);
-            n += 1;
-        }
-        self.after_call(i, Ok(()));
-    }
-
-    /// The driver of side `i` writes up to `max` frames (0: all) to its link.
-    fn pump(&mut self, i: usize, max: usize) {
-        let now = self.now;
-        let max = if max == 0 { usize::MAX } else { max };
-        let mut n = 0;
-        while n < max {
-            let p = &mut self.peers[i];
-            let Some(mut t) = p.s.poll_transmit_at(now) else {
-                break;
-            };
-            t.restamp(now);
-            self.check_transmit(i, &t.header, &t.payload);
-            let mut f = Vec::with_capacity(t.wire_len());
-            f.extend_from_slice(&t.header);
-            f.extend_from_slice(&t.payload);
-            self.links[i].frames.push_back(f);
+            self.write_frame(i, &t.header, &t.payload);
             n += 1;
         }
         self.after_call(i, Ok(()));
