@@ -687,13 +687,16 @@ impl WriteQueue {
     pub(crate) fn take_from(&mut self, session: &mut duct_proto::Session, now: Instant) {
         while self.wants_more() {
             // Plain messages of one channel in a row (a backlog of a stream) are encoded in
-            // place by a run: no frame handed out and pushed for each.
-            let n = self.inline_run(false).map_or(0, |mut run| {
-                session.poll_plain_run(now, |h, p| run.push(p, |d| *d = *h))
-            });
-            if n > 0 {
-                self.mid_message = false;
-                continue;
+            // place by a run: no frame handed out and pushed for each. (Looked for only when
+            // messages are queued: a ping-pong's flush finds none, and pays one check.)
+            if !session.outbox().is_empty() {
+                let n = self.inline_run(false).map_or(0, |mut run| {
+                    session.poll_plain_run(now, |h, p| run.push(p, |d| *d = *h))
+                });
+                if n > 0 {
+                    self.mid_message = false;
+                    continue;
+                }
             }
             match session.poll_transmit_at(now) {
                 Some(t) => self.push(t),
