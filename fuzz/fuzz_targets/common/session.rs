@@ -413,6 +413,17 @@ impl SideSetup {
 /// Messages of at least this many bytes carry a header the receiver checks.
 const TRACKED_LEN: usize = 6;
 
+/// Whether a message of `len` bytes sent with `ttl` on a channel configured as `cfg`, and
+/// `queued` (accepted into the outbox), must reach the peer's application: tracked, never
+/// expiring, never pushed out by a newer one.
+fn must_arrive(queued: bool, len: usize, ttl: Option<Duration>, cfg: &ChannelConfig) -> bool {
+    queued
+        && len >= TRACKED_LEN
+        && ttl.is_none()
+        && cfg.ttl.is_none()
+        && cfg.backpressure != Backpressure::DropOld
+}
+
 /// An op's time to live in milliseconds, as a duration.
 fn millis(ms: Option<u16>) -> Option<Duration> {
     ms.map(|t| Duration::from_millis(u64::from(t)))
@@ -966,11 +977,7 @@ impl Harness {
             (Err(Error::Closed), State::Closing | State::Closed) => {}
             (r, state) => panic!("send in {state:?} returned {r:?}"),
         }
-        let must_arrive = queued
-            && len >= TRACKED_LEN
-            && ttl.is_none()
-            && cfg.ttl.is_none()
-            && cfg.backpressure != Backpressure::DropOld;
+        let must_arrive = must_arrive(queued, len, ttl, &cfg);
         p.sent.push(SentRec {
             ci,
             len,
@@ -1088,7 +1095,7 @@ impl Harness {
                         ci,
                         len: plen,
                         queued: true,
-                        must_arrive: plen >= TRACKED_LEN,
+                        must_arrive: must_arrive(true, plen, None, &cfg),
                         arrived: 0,
                     });
                     left -= 1;

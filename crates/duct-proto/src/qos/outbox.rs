@@ -52,6 +52,14 @@ struct Pending {
     seq: u64,
 }
 
+impl Pending {
+    /// Goes out whole, in one frame of at most `frame_max` bytes, and has no deadline: a
+    /// frame made from the header's template and its length alone.
+    fn whole_untimed(&self, frame_max: usize) -> bool {
+        self.offset == 0 && self.deadline.is_none() && self.payload.len() <= frame_max
+    }
+}
+
 /// Reliable messages sent and not yet acknowledged, numbered one after the other: one
 /// message, or a run of messages of one channel and one length, sent at the same instant,
 /// whose copies lie one after the other in the keep ring (a batch of a stream: one record
@@ -1625,29 +1633,20 @@ impl Outbox {
         frame_max: usize,
         mut take: impl FnMut(&[u8; HEADER_LEN], &[u8]) -> bool,
     ) -> usize {
-        if self.msgs == 0
-            || self.classes.len() != 1
-            || self.pipe_msgs.is_some()
-            || self.pipe_bytes.is_some()
-        {
+        let pipe_paced = self.pipe_msgs.is_some() || self.pipe_bytes.is_some();
+        if self.msgs == 0 {
             return 0;
         }
-        let class = &mut self.classes[0];
-        if class.ring.len() != 1 {
-            return 0;
-        }
-        let channel = class.ring[0];
-        let Some(ch) = self.chans.get_mut(channel) else {
+        let Some((channel, ch, class)) =
+            sole_unpaced(&mut self.classes, &mut self.chans, pipe_paced)
+        else {
             return 0;
         };
-        if !ch.unpaced {
-            return 0;
-        }
         let template = Header::data(channel, 0).encode();
         let (mut n, mut bytes) = (0, 0);
         while let Some(head) = ch.queue.front() {
             let len = head.payload.len();
-            if head.offset != 0 || head.deadline.is_some() || head.reliable || len > frame_max {
+            if head.reliable || !head.whole_untimed(frame_max) {
                 break;
             }
             let mut h = template;
@@ -1664,12 +1663,7 @@ impl Outbox {
         }
         self.rate_wake = None;
         ch.bytes -= bytes;
-        if ch.queue.is_empty() {
-            ch.active = false;
-            ch.deficit = 0;
-            class.ring.pop_front();
-            class.topped = false;
-        }
+        leave_ring_if_empty(ch, class);
         self.msgs -= n;
         self.bytes -= bytes;
         n
@@ -1679,20 +1673,10 @@ impl Outbox {
     /// message whole in one frame and without a deadline. `None` when that is not the case.
     #[inline]
     fn poll_simple(&mut self, frame_max: usize, now: Instant) -> Option<Transmit> {
-        if self.classes.len() != 1 || self.pipe_msgs.is_some() || self.pipe_bytes.is_some() {
-            return None;
-        }
-        let class = &mut self.classes[0];
-        if class.ring.len() != 1 {
-            return None;
-        }
-        let channel = class.ring[0];
-        let ch = self.chans.get_mut(channel)?;
-        if !ch.unpaced {
-            return None;
-        }
+        let pipe_paced = self.pipe_msgs.is_some() || self.pipe_bytes.is_some();
+        let (channel, ch, class) = sole_unpaced(&mut self.classes, &mut self.chans, pipe_paced)?;
         let head = ch.queue.front()?;
-        if head.offset != 0 || head.deadline.is_some() || head.payload.len() > frame_max {
+        if !head.whole_untimed(frame_max) {
             return None;
         }
         let mut h = Header::data(channel, head.payload.len() as u32);
@@ -1909,13 +1893,37 @@ fn number(rel: &mut RelSend, ch: &mut Chan, len: usize) -> u64 {
 fn take_head(ch: &mut Chan, class: &mut Class) -> Pending {
     let p = ch.queue.pop_front().expect("the head");
     ch.bytes -= p.payload.len();
+    leave_ring_if_empty(ch, class);
+    p
+}
+
+/// `ch`, at the front of `class`'s ring, leaves it if its queue is empty.
+fn leave_ring_if_empty(ch: &mut Chan, class: &mut Class) {
     if ch.queue.is_empty() {
         ch.active = false;
         ch.deficit = 0;
         class.ring.pop_front();
         class.topped = false;
     }
-    p
+}
+
+/// The one channel queued, with its class, when it is the only one in the only class and
+/// nothing paces it (nor the pipe: `pipe_paced`): the case in which the scheduler has no
+/// choice to make ([`Outbox::poll_simple`], [`Outbox::poll_plain_run`]).
+fn sole_unpaced<'a>(
+    classes: &'a mut [Class],
+    chans: &'a mut ChannelMap<Chan>,
+    pipe_paced: bool,
+) -> Option<(u16, &'a mut Chan, &'a mut Class)> {
+    let [class] = classes else {
+        return None;
+    };
+    if pipe_paced || class.ring.len() != 1 {
+        return None;
+    }
+    let channel = class.ring[0];
+    let ch = chans.get_mut(channel).filter(|ch| ch.unpaced)?;
+    Some((channel, ch, class))
 }
 
 /// Milliseconds left until `deadline`, rounded up, at least 1 (0 would mean "no time left"

@@ -232,8 +232,13 @@ pub enum Event {
 /// Whether a message of `len` bytes may be sent: the peer's limit, and our own
 /// (`max_message_size` bounds both directions).
 #[inline]
+/// The longest message either side allows: the peer's limit and our own (`own_max`).
+fn message_max(neg: &Negotiated, own_max: u32) -> u32 {
+    neg.send_message_max.min(own_max)
+}
+
 fn check_size(neg: &Negotiated, own_max: u32, len: usize) -> Result<(), Error> {
-    let max = neg.send_message_max.min(own_max);
+    let max = message_max(neg, own_max);
     if len > max as usize {
         return Err(Error::MessageTooLarge {
             size: len as u64,
@@ -821,7 +826,7 @@ impl Session {
             return None;
         }
         let neg = self.negotiated.as_ref()?;
-        let max = neg.send_message_max.min(self.config.max_message_size) as usize;
+        let max = message_max(neg, self.config.max_message_size) as usize;
         self.tick(now);
         self.outbox
             .queue_run(channel, ttl, reliable, now)
@@ -887,7 +892,7 @@ impl Session {
         }
         let neg = self.negotiated.as_ref()?;
         let frame_max = (neg.send_frame_max as usize).max(1);
-        let message_max = neg.send_message_max.min(self.config.max_message_size) as usize;
+        let message_max = message_max(neg, self.config.max_message_size) as usize;
         let reliable = self.outbox.direct_allowed(channel, ttl, reliable, now)?;
         if reliable && !self.rel_agreed {
             // (`send_direct` refuses these: the peer does not speak RELIABLE.)
@@ -1591,7 +1596,6 @@ impl Session {
     ) -> usize {
         if !self.control.is_empty()
             || !matches!(self.state, State::Established | State::Closing)
-            || self.outbox.is_empty()
             || self.rx_rel.owed()
         {
             return 0;

@@ -1601,34 +1601,36 @@ impl Conn {
             // by a loop of their own (the common case of a batch: the general one above
             // carries more state than fits in registers), numbered first on a reliable
             // channel. The first that is not such is kept for the general one.
-            if let (Some(w), Some(r)) = (direct.as_mut(), fast.as_mut()) {
+            let (msgs_in, bytes_in) = if let (Some(w), Some(r)) = (direct.as_mut(), fast.as_mut()) {
                 debug_assert_eq!(r.channel(), channel, "the run is of the message just sent");
-                if let Some(mut inline) = w.inline_run(P::COPIED) {
-                    let (msgs_in, bytes_in) = if r.reliable() {
-                        // Numbered, and their copies kept, by the run (the session learns of
-                        // them once, when it is dropped).
+                match w.inline_run(P::COPIED) {
+                    // Numbered, and their copies kept, by the run (the session learns of them
+                    // once, when it is dropped).
+                    Some(mut inline) if r.reliable() => {
                         let mut rel = g.session.reliable_run(r, now);
                         self.frame_run(msgs, channel, &mut held, |p| {
                             let len = p.len();
                             if !inline.takes(len) {
-                                return false;
+                                return Err(p);
                             }
                             let Some(seq) = rel.number(p.as_slice()) else {
-                                return false;
+                                return Err(p);
                             };
                             inline.encode(p.as_slice(), |h| rel.write_header(len, seq, h));
-                            true
+                            Ok(())
                         })
-                    } else {
-                        self.frame_run(msgs, channel, &mut held, |p| {
-                            let len = p.len();
-                            r.fits(len) && inline.push(p.as_slice(), |h| r.write_header(len, 0, h))
-                        })
-                    };
-                    // (The run counts `channel`'s messages: it added the one above.)
-                    sent += msgs_in;
-                    run.msgs += msgs_in as u64;
-                    run.bytes += bytes_in as u64;
+                    }
+                    Some(mut inline) => self.frame_run(msgs, channel, &mut held, |p| {
+                        let len = p.len();
+                        let framed =
+                            r.fits(len) && inline.push(p.as_slice(), |h| r.write_header(len, 0, h));
+                        if framed {
+                            Ok(())
+                        } else {
+                            Err(p)
+                        }
+                    }),
+                    None => (0, 0),
                 }
             } else if was_queued && g.open_and_connected() {
                 // The message went to its channel's queue (the socket is behind): those that
@@ -1637,25 +1639,26 @@ impl Conn {
                 // and its session call). The first that does not fit, or is on another
                 // channel, goes the general way (which waits for room if it must).
                 let s = &mut *g;
-                if let Some(mut q) = s.session.queue_run(channel, meta.ttl, meta.reliable, now) {
-                    let spill = &mut s.spill;
-                    let (mut msgs_in, mut bytes_in) = (0, 0);
-                    for (c, p) in &mut *msgs {
-                        let len = p.len();
-                        if c != channel || !q.fits(len) {
-                            held = Some((c, p));
-                            break;
-                        }
-                        q.push(p.into_bytes(spill));
-                        msgs_in += 1;
-                        bytes_in += len;
-                        self.trace_sent(channel, len);
+                match s.session.queue_run(channel, meta.ttl, meta.reliable, now) {
+                    Some(mut q) => {
+                        let spill = &mut s.spill;
+                        self.frame_run(msgs, channel, &mut held, |p| {
+                            if !q.fits(p.len()) {
+                                return Err(p);
+                            }
+                            q.push(p.into_bytes(spill));
+                            Ok(())
+                        })
                     }
-                    sent += msgs_in;
-                    run.msgs += msgs_in as u64;
-                    run.bytes += bytes_in as u64;
+                    None => (0, 0),
                 }
-            }
+            } else {
+                (0, 0)
+            };
+            // (The run counts `channel`'s messages: it added the one above.)
+            sent += msgs_in;
+            run.msgs += msgs_in as u64;
+            run.bytes += bytes_in as u64;
         }
         g.count_sent(run);
         let failures = g.write_failures;
@@ -1740,26 +1743,29 @@ impl Conn {
         g
     }
 
-    /// [`Conn::send_batch`]'s framing loop: takes messages from `msgs` while they are on
-    /// `channel` and `frame` frames them; the first that is not is left in `held`. Returns
-    /// the messages and payload bytes framed.
+    /// [`Conn::send_batch`]'s loop over a run of messages on `channel`: takes messages from
+    /// `msgs` while they are on `channel` and `take` takes them (frames or queues them; it
+    /// hands back one it does not take); the first that is not taken is left in `held`.
+    /// Returns the messages and payload bytes taken.
     #[inline(always)]
     fn frame_run<P: OutPayload, I: Iterator<Item = (u16, P)> + ?Sized>(
         &self,
         msgs: &mut I,
         channel: u16,
         held: &mut Option<(u16, P)>,
-        mut frame: impl FnMut(&P) -> bool,
+        mut take: impl FnMut(P) -> Result<(), P>,
     ) -> (usize, usize) {
         let (mut n, mut bytes) = (0, 0);
         for (c, p) in msgs {
-            if c != channel || !frame(&p) {
+            let len = p.len();
+            let refused = if c == channel { take(p).err() } else { Some(p) };
+            if let Some(p) = refused {
                 *held = Some((c, p));
                 break;
             }
             n += 1;
-            bytes += p.len();
-            self.trace_sent(channel, p.len());
+            bytes += len;
+            self.trace_sent(channel, len);
         }
         (n, bytes)
     }
