@@ -718,6 +718,9 @@ pub(crate) struct Conn {
     /// The transport carries frames (shm): its readable fd also signals room for output.
     /// Fixed for the pipe's life: a reconnect or resume comes through the same endpoint.
     frames: bool,
+    /// The transport writes a frame's header and payload as cheaply as one buffer (see
+    /// `StreamTransport::writes_slices`). Fixed for the pipe's life, as `frames`.
+    slices: bool,
     /// The transport is a plain socket a reactor's io_uring ring can read (tcp, uds; not TLS
     /// or shm). Fixed for the pipe's life, as `frames`.
     ring: bool,
@@ -792,6 +795,7 @@ impl Conn {
         let role = observability::role_name(hs.session.role());
         let transport: Arc<dyn StreamTransport> = Arc::new(hs.stream);
         let frames = transport.frame_io().is_some();
+        let slices = transport.writes_slices();
         #[cfg(duct_uring)]
         let ring = transport.ring_socket().is_some();
         #[cfg(not(duct_uring))]
@@ -893,6 +897,7 @@ impl Conn {
             config,
             callbacks_pending: AtomicBool::new(true),
             frames,
+            slices,
             ring,
             reactor: OnceLock::new(),
             span,
@@ -1888,11 +1893,11 @@ impl Conn {
         let Some(t) = first else {
             return self.flush_queue(g, w, false, None);
         };
-        if self.frames || !w.is_empty() || t.deadline.is_some() {
+        if !self.slices || !w.is_empty() || t.deadline.is_some() {
             w.push(t);
             return self.flush_queue(g, w, false, None);
         }
-        // A byte stream with nothing queued: the frame is written from its own memory, header
+        // A plain socket with nothing queued: the frame is written from its own memory, header
         // and payload in one vectored write, as the loop would write it once queued, but
         // without the trip through the queue (encoding, laying out, consuming: ~100
         // instructions a message). What the socket does not take is queued, and the loop

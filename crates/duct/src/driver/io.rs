@@ -377,6 +377,29 @@ impl ReadBuf {
     }
 }
 
+/// Writes a frame of `header` and `payload` with `send` (a vectored write that may take
+/// part) as far as it takes it; returns how many bytes went ([`WriteQueue::write_alone`]).
+fn write_frame_with(
+    mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    header: &[u8; HEADER_LEN],
+    payload: &[u8],
+) -> usize {
+    let total = HEADER_LEN + payload.len();
+    let mut went = 0;
+    while went < total {
+        let res = match header.get(went..) {
+            Some(head) if !head.is_empty() => send(&[IoSlice::new(head), IoSlice::new(payload)]),
+            _ => send(&[IoSlice::new(&payload[went - HEADER_LEN..])]),
+        };
+        match res {
+            Ok(k) if k > 0 => went += k,
+            // Full, a failure, or nothing taken (the next write sees why).
+            _ => break,
+        }
+    }
+    went
+}
+
 /// When everything read was taken and no view of the chunk is alive, moves `buf` back to
 /// the front of its chunk: a pipe that receives a little at a time then reads into the same
 /// few cache-hot lines instead of sweeping its whole chunk (with many pipes, a chunk each:
@@ -770,21 +793,7 @@ impl WriteQueue {
             self.coalesce && self.is_empty(),
             "write_alone behind a queue"
         );
-        let total = HEADER_LEN + payload.len();
-        let mut went = 0;
-        while went < total {
-            let res = match header.get(went..) {
-                Some(head) if !head.is_empty() => {
-                    transport.send_vectored(&[IoSlice::new(head), IoSlice::new(payload)])
-                }
-                _ => transport.send_vectored(&[IoSlice::new(&payload[went - HEADER_LEN..])]),
-            };
-            match res {
-                Ok(k) if k > 0 => went += k,
-                // Full, a failure, or nothing taken (the next write sees why).
-                _ => break,
-            }
-        }
+        let went = write_frame_with(|iov| transport.send_vectored(iov), header, payload);
         // (TLS: records the socket did not take stay with the transport.)
         self.backlog = !transport.flush_backlog().unwrap_or(false);
         went
@@ -1427,6 +1436,55 @@ mod tests {
                 assert_eq!(back.len(), left, "room {room}");
                 if let Some(last) = back.last() {
                     assert_eq!((last.header, &last.payload), (big.header, &big.payload));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_written_alone_goes_whole_or_is_queued_as_begun_whatever_the_socket_takes() {
+        for len in [0, 1, 64, 5000] {
+            // (Bytes that differ: a part written twice or skipped shows.)
+            let t = Transmit {
+                payload: (0..len).map(|i| i as u8).collect::<Vec<u8>>().into(),
+                ..frame(3, len, 0)
+            };
+            let expect = wire(std::slice::from_ref(&t));
+            let total = expect.len();
+            let rooms = [
+                0,
+                1,
+                HEADER_LEN - 1,
+                HEADER_LEN,
+                HEADER_LEN + 1,
+                total - 1,
+                total,
+            ];
+            for room in rooms.into_iter().filter(|&r| r <= total) {
+                for (step, fail) in [(usize::MAX, false), (7, false), (1000, true)] {
+                    let mut w = stream_queue();
+                    let mut out = Vec::new();
+                    let went = write_frame_with(
+                        |iov| match room - out.len() {
+                            0 if fail => Err(io::ErrorKind::BrokenPipe.into()),
+                            0 => Err(io::ErrorKind::WouldBlock.into()),
+                            left => Ok(take(iov, left.min(step), &mut out)),
+                        },
+                        &t.header,
+                        &t.payload,
+                    );
+                    let case = format!("len {len} room {room} step {step}");
+                    assert_eq!((went, out.len()), (room, room), "{case}");
+                    if went < total {
+                        w.push_written(t.clone(), went);
+                    }
+                    assert_eq!(w.bytes(), total - room, "{case}");
+                    while !w
+                        .write_with(|iov| Ok(take(iov, usize::MAX, &mut out)))
+                        .unwrap()
+                    {}
+                    assert_eq!(out, expect, "{case}");
+                    assert!(w.is_empty(), "{case}");
                 }
             }
         }

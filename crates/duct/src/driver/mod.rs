@@ -114,6 +114,14 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     fn short_read_drains(&self) -> bool {
         false
     }
+    /// Whether a vectored write of a frame's header and payload, two slices, costs what a
+    /// write of one buffer does (tcp, uds, named pipes): then a send with nothing queued
+    /// writes the frame from the message's own memory. `false` for the rest (TLS: rustls
+    /// gathers the slices of a vectored write into a `Vec` it allocates each time; a frame
+    /// transport has no byte writes).
+    fn writes_slices(&self) -> bool {
+        false
+    }
     /// The socket a reactor thread may receive from through its io_uring ring in place of
     /// [`StreamTransport::recv_into`] (batched with other pipes' receives): transports whose
     /// receive is one plain `recv` of the socket (tcp, uds). `None` for the rest (TLS

@@ -91,6 +91,10 @@ impl crate::driver::StreamTransport for Stream {
         matches!(self, Stream::Tcp(_) | Stream::Unix(_))
     }
 
+    fn writes_slices(&self) -> bool {
+        matches!(self, Stream::Tcp(_) | Stream::Unix(_))
+    }
+
     fn recv_into(&self, buf: &mut BytesMut, nonblocking: bool) -> io::Result<usize> {
         #[cfg(feature = "tls")]
         if let Stream::Tls(s) = self {

@@ -270,6 +270,12 @@ impl super::RawListener {
 }
 
 impl crate::driver::StreamTransport for Stream {
+    fn writes_slices(&self) -> bool {
+        // (A named pipe's write copies the slices into its outbound buffer; Winsock's takes
+        // several buffers.)
+        matches!(self, Stream::Tcp(_) | Stream::Pipe(_))
+    }
+
     fn readiness(&self) -> Readiness<'_> {
         match self {
             Stream::Tcp(s) => s.readiness(),
