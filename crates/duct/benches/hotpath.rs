@@ -7,20 +7,33 @@
 //! `duct bench`). `stream`: the dialer sends batches of 64 messages with `send_slices` and
 //! the listener takes them with `recv_into`; the count is messages. `HOTPATH_BATCH=N` sets
 //! the batch (default 64; `duct bench` uses 1024 for 64 B). `HOTPATH_RELIABLE=1` makes channel 0
-//! reliable on both ends.
+//! reliable on both ends. `HOTPATH_SLICE=1` has both ends of the ping-pong send with
+//! `send_slice` (a copy of the caller's bytes) instead of `send` (a `Message`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Messages per `send_batch`/`recv_batch` in `stream` (`HOTPATH_BATCH`).
 static BATCH: AtomicUsize = AtomicUsize::new(64);
+
+/// The ping-pong sends with `send_slice` (`HOTPATH_SLICE=1`).
+static SLICE: AtomicBool = AtomicBool::new(false);
+
+/// Sends `m` as the ping-pong does: the message, or a copy of its bytes.
+fn send_back(p: &duct::Pipe, m: Message) -> duct::Result<()> {
+    if SLICE.load(Ordering::Relaxed) {
+        p.send_slice(m.payload(), &duct::SendOptions::default())
+    } else {
+        p.send(m)
+    }
+}
 
 use duct::{DialOptions, ListenOptions, Message};
 
 #[inline(never)]
 fn measure(a: &duct::Pipe, n: u64, payload: &Message) {
     for _ in 0..n {
-        a.send(payload.clone()).unwrap();
+        send_back(a, payload.clone()).unwrap();
         let m = a.recv().unwrap();
         std::hint::black_box(m);
     }
@@ -73,6 +86,10 @@ fn main() {
     {
         BATCH.store(b, Ordering::Relaxed);
     }
+    SLICE.store(
+        std::env::var("HOTPATH_SLICE").is_ok_and(|v| v == "1"),
+        Ordering::Relaxed,
+    );
     let addr = match transport.as_str() {
         "shm" => format!("shm://hotpath-{}", std::process::id()),
         "uds" => format!("uds://@hotpath-{}", std::process::id()),
@@ -100,7 +117,7 @@ fn main() {
             return;
         }
         while let Ok(m) = b.recv() {
-            if b.send(m).is_err() {
+            if send_back(&b, m).is_err() {
                 break;
             }
         }

@@ -1527,6 +1527,20 @@ impl Conn {
                     None
                 }
                 (Some(w), None) => match fast.as_ref().filter(|r| !r.reliable() && r.fits(len)) {
+                    Some(r)
+                        if P::COPIED
+                            && self.slices
+                            && w.is_empty()
+                            && msgs.size_hint().1 == Some(0) =>
+                    {
+                        // The only message of the call (`send_slice`), nothing queued: it
+                        // is written from the caller's memory, as `send` writes a message
+                        // (see `flush_with`), and copied only if the socket does not take
+                        // it whole.
+                        g = self.write_message_through(g, w, *r, channel, payload, now);
+                        relocked = true;
+                        None
+                    }
                     Some(r) => {
                         let head = |h: &mut [u8; HEADER_LEN]| r.write_header(len, 0, h);
                         let framed = w.push_inline_with(payload.as_slice(), P::COPIED, head)
