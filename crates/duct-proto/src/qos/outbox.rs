@@ -1076,7 +1076,12 @@ impl Outbox {
         ttl: Option<std::time::Duration>,
         reliable: Option<bool>,
     ) -> bool {
-        let cfg = self.config.channel(channel);
+        // (A channel in use has its settings at hand, past the last-channel check: the
+        // config's map is a tree search, ~28 instructions a message.)
+        let cfg = match self.chans.get(channel) {
+            Some(ch) => &ch.cfg,
+            None => self.config.channel(channel),
+        };
         ttl.is_some()
             || cfg.ttl.is_some()
             || reliable.unwrap_or(cfg.reliable)
