@@ -8,7 +8,9 @@
 //! the listener takes them with `recv_into`; the count is messages. `HOTPATH_BATCH=N` sets
 //! the batch (default 64; `duct bench` uses 1024 for 64 B). `HOTPATH_RELIABLE=1` makes channel 0
 //! reliable on both ends. `HOTPATH_SLICE=1` has both ends of the ping-pong send with
-//! `send_slice` (a copy of the caller's bytes) instead of `send` (a `Message`).
+//! `send_slice` (a copy of the caller's bytes) instead of `send` (a `Message`);
+//! `HOTPATH_ASYNC=1` has both use `send_async` and `recv_async` (each call driven by
+//! `futures::executor::block_on`: no runtime).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,9 +21,23 @@ static BATCH: AtomicUsize = AtomicUsize::new(64);
 /// The ping-pong sends with `send_slice` (`HOTPATH_SLICE=1`).
 static SLICE: AtomicBool = AtomicBool::new(false);
 
+/// The ping-pong sends and receives with the async calls (`HOTPATH_ASYNC=1`).
+static ASYNC: AtomicBool = AtomicBool::new(false);
+
+/// Receives as the ping-pong does.
+fn take(p: &duct::Pipe) -> duct::Result<Message> {
+    if ASYNC.load(Ordering::Relaxed) {
+        futures::executor::block_on(p.recv_async())
+    } else {
+        p.recv()
+    }
+}
+
 /// Sends `m` as the ping-pong does: the message, or a copy of its bytes.
 fn send_back(p: &duct::Pipe, m: Message) -> duct::Result<()> {
-    if SLICE.load(Ordering::Relaxed) {
+    if ASYNC.load(Ordering::Relaxed) {
+        futures::executor::block_on(p.send_async(m))
+    } else if SLICE.load(Ordering::Relaxed) {
         p.send_slice(m.payload(), &duct::SendOptions::default())
     } else {
         p.send(m)
@@ -34,7 +50,7 @@ use duct::{DialOptions, ListenOptions, Message};
 fn measure(a: &duct::Pipe, n: u64, payload: &Message) {
     for _ in 0..n {
         send_back(a, payload.clone()).unwrap();
-        let m = a.recv().unwrap();
+        let m = take(a).unwrap();
         std::hint::black_box(m);
     }
 }
@@ -90,6 +106,10 @@ fn main() {
         std::env::var("HOTPATH_SLICE").is_ok_and(|v| v == "1"),
         Ordering::Relaxed,
     );
+    ASYNC.store(
+        std::env::var("HOTPATH_ASYNC").is_ok_and(|v| v == "1"),
+        Ordering::Relaxed,
+    );
     let addr = match transport.as_str() {
         "shm" => format!("shm://hotpath-{}", std::process::id()),
         "uds" => format!("uds://@hotpath-{}", std::process::id()),
@@ -116,7 +136,7 @@ fn main() {
             let _ = b.recv();
             return;
         }
-        while let Ok(m) = b.recv() {
+        while let Ok(m) = take(&b) {
             if send_back(&b, m).is_err() {
                 break;
             }

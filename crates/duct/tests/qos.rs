@@ -960,6 +960,16 @@ fn priority_lets_realtime_pass_queued_bulk(addr: &str) {
 /// Sends `n` numbered messages, alternating over `channels`, while another thread receives
 /// them; returns the time from the first send to the last receive. Checks order per channel.
 fn paced_run(p: &Pair, n: u32, channels: &[u16]) -> Duration {
+    paced_run_with(p, n, channels, |pipe, m| pipe.send(m))
+}
+
+/// [`paced_run`], each message sent by `send`.
+fn paced_run_with(
+    p: &Pair,
+    n: u32,
+    channels: &[u16],
+    send: impl Fn(&Pipe, Message) -> duct::Result<()>,
+) -> Duration {
     thread::scope(|s| {
         let receiver = s.spawn(|| {
             let mut next = vec![0u32; channels.len()];
@@ -979,7 +989,7 @@ fn paced_run(p: &Pair, n: u32, channels: &[u16]) -> Duration {
         for i in 0..n as usize {
             let k = i % channels.len();
             let m = Message::new(numbered(seq[k], 32)).with_channel(channels[k]);
-            p.dialer.send(m).unwrap_or_else(|e| panic!("send {i}: {e}"));
+            send(&p.dialer, m).unwrap_or_else(|e| panic!("send {i}: {e}"));
             seq[k] += 1;
         }
         let sent = start.elapsed();
@@ -1012,6 +1022,39 @@ fn rate_limit_paces_a_block_channel() {
     let (tx, rx) = (ch(&p.dialer, CH), ch(&p.accepted, CH));
     assert_eq!((tx.msgs_sent, rx.msgs_received), (300, 300));
     assert_eq!((tx.dropped, tx.rate_limited), (0, 0));
+}
+
+/// A paced Block channel whose queue holds only 4 messages, sent to as fast as `send` and
+/// `send_async` go: each send past the fourth finds the queue full while nothing waits to be
+/// written (the messages wait for the rate, not for the socket) and waits for room; all 120
+/// arrive, in order, paced.
+#[test]
+fn rate_limit_paces_a_block_channel_through_a_small_queue() {
+    let opts = ChannelOptions::default()
+        .rate_limit(RateLimit::msgs_per_sec(1000.0).burst(10))
+        .snd_hwm_msgs(4);
+    for asynchronous in [false, true] {
+        let p = pair_at(
+            &local(&format!("rate-small-{asynchronous}")),
+            ListenOptions::default(),
+            DialOptions::default().channel(CH, opts.clone()),
+        );
+        println!("channel limit 1000/s, burst 10, 4 queued at most, async {asynchronous}:");
+        let took = paced_run_with(&p, 120, &[CH], |pipe, m| {
+            if asynchronous {
+                futures::executor::block_on(pipe.send_async(m))
+            } else {
+                pipe.send(m)
+            }
+        });
+        assert!(
+            took >= Duration::from_millis(100),
+            "120 messages in {took:?}"
+        );
+        let (tx, rx) = (ch(&p.dialer, CH), ch(&p.accepted, CH));
+        assert_eq!((tx.msgs_sent, rx.msgs_received), (120, 120));
+        assert_eq!((tx.dropped, tx.rate_limited), (0, 0));
+    }
 }
 
 /// The pipe's own limit (`DialOptions::rate_limit`, 1000 messages/s, burst 50) paces all its

@@ -1331,7 +1331,17 @@ impl Conn {
             return Ok(true);
         };
         let len = msg.len();
-        let g = self.lock();
+        let mut g = self.lock();
+        let mut msg = msg;
+        if g.may_send_direct() {
+            // The direct path, as `send` takes it: framed at once and written by this poll.
+            match self.offer_direct(&mut g, channel, msg, meta, now)? {
+                Offer::Framed(t) => return self.sent(g, channel, len, Some(t)).map(|()| true),
+                Offer::Taken => return self.sent(g, channel, len, None).map(|()| true),
+                // The queue is full: wait for room as any send does.
+                Offer::Full(p) => msg = p,
+            }
+        }
         let admitted = self.admit_or_park(
             g,
             channel,
