@@ -1383,6 +1383,21 @@ mod tests {
         assert_eq!((w.frames(), w.bytes()), (0, 0));
     }
 
+    /// A socket's vectored write that takes `room` bytes over all its writes into `out`,
+    /// `step` at most at a time, then refuses (full) or fails (`fail`).
+    fn socket(
+        room: usize,
+        step: usize,
+        fail: bool,
+        out: &mut Vec<u8>,
+    ) -> impl FnMut(&[IoSlice<'_>]) -> io::Result<usize> + '_ {
+        move |iov| match room - out.len() {
+            0 if fail => Err(io::ErrorKind::BrokenPipe.into()),
+            0 => Err(io::ErrorKind::WouldBlock.into()),
+            left => Ok(take(iov, left.min(step), out)),
+        }
+    }
+
     #[test]
     fn a_frame_written_through_follows_the_queue_in_order_whatever_the_socket_takes() {
         let frames = mixed();
@@ -1399,11 +1414,7 @@ mod tests {
             }
             let mut out = Vec::new();
             let went = w.write_through_with(
-                |iov| match room - out.len() {
-                    0 if fail => Err(io::ErrorKind::BrokenPipe.into()),
-                    0 => Err(io::ErrorKind::WouldBlock.into()),
-                    left => Ok(take(iov, left.min(step), &mut out)),
-                },
+                socket(room, step, fail, &mut out),
                 &big.header,
                 &big.payload,
             );
@@ -1468,15 +1479,8 @@ mod tests {
                 for (step, fail) in [(usize::MAX, false), (7, false), (1000, true)] {
                     let mut w = stream_queue();
                     let mut out = Vec::new();
-                    let went = write_frame_with(
-                        |iov| match room - out.len() {
-                            0 if fail => Err(io::ErrorKind::BrokenPipe.into()),
-                            0 => Err(io::ErrorKind::WouldBlock.into()),
-                            left => Ok(take(iov, left.min(step), &mut out)),
-                        },
-                        &t.header,
-                        &t.payload,
-                    );
+                    let went =
+                        write_frame_with(socket(room, step, fail, &mut out), &t.header, &t.payload);
                     let case = format!("len {len} room {room} step {step}");
                     assert_eq!((went, out.len()), (room, room), "{case}");
                     if went < total {
