@@ -1327,12 +1327,11 @@ impl Conn {
         timeout: Duration,
         park: Park<'_>,
     ) -> Result<bool, Error> {
-        let Some(msg) = payload.take() else {
+        let Some(mut msg) = payload.take() else {
             return Ok(true);
         };
         let len = msg.len();
         let mut g = self.lock();
-        let mut msg = msg;
         if g.may_send_direct() {
             // The direct path, as `send` takes it: framed at once and written by this poll.
             match self.offer_direct(&mut g, channel, msg, meta, now)? {
@@ -1923,8 +1922,8 @@ impl Conn {
         }
         // A plain socket with nothing queued: the frame is written from its own memory, header
         // and payload in one vectored write, as the loop would write it once queued, but
-        // without the trip through the queue (encoding, laying out, consuming: ~100
-        // instructions a message). What the socket does not take is queued, and the loop
+        // without the trip through the queue (encoding, laying out, consuming: ~370
+        // instructions a send in callgrind, uds ping-pong). What the socket does not take is queued, and the loop
         // goes on from there. (A system call: other threads may use the pipe meanwhile.)
         drop(g);
         let went = with_transport(
