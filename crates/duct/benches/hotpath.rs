@@ -15,6 +15,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use duct::{DialOptions, ListenOptions, Message};
+
 /// Messages per `send_batch`/`recv_batch` in `stream` (`HOTPATH_BATCH`).
 static BATCH: AtomicUsize = AtomicUsize::new(64);
 
@@ -43,8 +45,6 @@ fn send_back(p: &duct::Pipe, m: Message) -> duct::Result<()> {
         p.send(m)
     }
 }
-
-use duct::{DialOptions, ListenOptions, Message};
 
 #[inline(never)]
 fn measure(a: &duct::Pipe, n: u64, payload: &Message) {

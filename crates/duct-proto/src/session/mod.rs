@@ -229,14 +229,15 @@ pub enum Event {
     },
 }
 
-/// Whether a message of `len` bytes may be sent: the peer's limit, and our own
-/// (`max_message_size` bounds both directions).
-#[inline]
 /// The longest message either side allows: the peer's limit and our own (`own_max`).
+#[inline]
 fn message_max(neg: &Negotiated, own_max: u32) -> u32 {
     neg.send_message_max.min(own_max)
 }
 
+/// Whether a message of `len` bytes may be sent: the peer's limit, and our own
+/// (`max_message_size` bounds both directions).
+#[inline]
 fn check_size(neg: &Negotiated, own_max: u32, len: usize) -> Result<(), Error> {
     let max = message_max(neg, own_max);
     if len > max as usize {

@@ -779,8 +779,8 @@ fn take_rbuf(g: &mut Shared) -> Box<ReadBuf> {
 }
 
 /// The write queue, for a writer that has just set `writing` (nobody else writes, so it is
-/// there unless a writer panicked while holding it: then an empty one, for the current
-/// transport). A writer gives it back with `g.wq = Some(w)` before clearing `writing`.
+/// there unless a writer panicked while holding it: then an empty one, which takes the
+/// pipe's transport at its first write). A writer gives it back with `g.wq = Some(w)` before clearing `writing`.
 fn take_wq(g: &mut Shared) -> Box<WriteQueue> {
     debug_assert!(g.writing);
     debug_assert!(g.wq.is_some(), "a writer kept the write queue");
@@ -1292,13 +1292,9 @@ impl Conn {
                 }
                 None => *now.insert(Instant::now()),
             };
-            // The direct path: with nothing queued before it, the message is framed at once
-            // and written by this call (no trip through the channel's queue).
-            match self.offer_direct(&mut g, channel, payload, meta, at)? {
-                Offer::Framed(t) => return self.sent(g, channel, len, Some(t)),
-                Offer::Taken => return self.sent(g, channel, len, None),
-                // The queue is full: wait for room as any send does.
-                Offer::Full(p) => payload = p,
+            match self.send_direct(g, channel, payload, meta, at)? {
+                Ok(()) => return Ok(()),
+                Err((ng, p)) => (g, payload) = (ng, p),
             }
         }
         // (Waiting, if it must, counts from now.)
@@ -1333,12 +1329,9 @@ impl Conn {
         let len = msg.len();
         let mut g = self.lock();
         if g.may_send_direct() {
-            // The direct path, as `send` takes it: framed at once and written by this poll.
-            match self.offer_direct(&mut g, channel, msg, meta, now)? {
-                Offer::Framed(t) => return self.sent(g, channel, len, Some(t)).map(|()| true),
-                Offer::Taken => return self.sent(g, channel, len, None).map(|()| true),
-                // The queue is full: wait for room as any send does.
-                Offer::Full(p) => msg = p,
+            match self.send_direct(g, channel, msg, meta, now)? {
+                Ok(()) => return Ok(true),
+                Err((ng, p)) => (g, msg) = (ng, p),
             }
         }
         let admitted = self.admit_or_park(
@@ -1359,6 +1352,29 @@ impl Conn {
                 self.run_callbacks();
                 Ok(false)
             }
+        }
+    }
+
+    /// [`Conn::send`]'s and [`Conn::poll_send`]'s direct path (the caller checked
+    /// [`Shared::may_send_direct`]): with nothing queued before it, the message is framed at
+    /// once and written by this call (no trip through the channel's queue), or taken by its
+    /// channel's policy: `Ok(Ok(()))`, accepted. `Ok(Err)`: the channel's queue is full; the
+    /// message and the lock come back, to wait for room as any send does.
+    #[inline(always)]
+    #[allow(clippy::type_complexity)]
+    fn send_direct<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Shared>,
+        channel: u16,
+        payload: Bytes,
+        meta: Meta,
+        now: Instant,
+    ) -> Result<Result<(), (MutexGuard<'a, Shared>, Bytes)>, Error> {
+        let len = payload.len();
+        match self.offer_direct(&mut g, channel, payload, meta, now)? {
+            Offer::Framed(t) => self.sent(g, channel, len, Some(t)).map(Ok),
+            Offer::Taken => self.sent(g, channel, len, None).map(Ok),
+            Offer::Full(p) => Ok(Err((g, p))),
         }
     }
 

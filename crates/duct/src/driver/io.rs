@@ -387,17 +387,33 @@ fn write_frame_with(
     let total = HEADER_LEN + payload.len();
     let mut went = 0;
     while went < total {
-        let res = match header.get(went..) {
-            Some(head) if !head.is_empty() => send(&[IoSlice::new(head), IoSlice::new(payload)]),
-            _ => send(&[IoSlice::new(&payload[went - HEADER_LEN..])]),
-        };
-        match res {
+        let mut iov = [IoSlice::new(&[]); 2];
+        let n = frame_rest(header, payload, went, &mut iov);
+        match send(&iov[..n]) {
             Ok(k) if k > 0 => went += k,
             // Full, a failure, or nothing taken (the next write sees why).
             _ => break,
         }
     }
     went
+}
+
+/// The slices of a frame (`header`, `payload`) still to write once `went` bytes of it went,
+/// put at the start of `iov` (room for two); returns how many.
+#[inline]
+fn frame_rest<'a>(
+    header: &'a [u8; HEADER_LEN],
+    payload: &'a [u8],
+    went: usize,
+    iov: &mut [IoSlice<'a>],
+) -> usize {
+    let mut n = 0;
+    if went < HEADER_LEN {
+        iov[0] = IoSlice::new(&header[went..]);
+        n = 1;
+    }
+    iov[n] = IoSlice::new(&payload[went.saturating_sub(HEADER_LEN)..]);
+    n + 1
 }
 
 /// When everything read was taken and no view of the chunk is alive, moves `buf` back to
@@ -821,12 +837,7 @@ impl WriteQueue {
             let laid: usize = iov[..n].iter().map(|s| s.len()).sum();
             if laid == self.bytes {
                 // All the queue is laid out: the frame follows it.
-                if went < HEADER_LEN {
-                    iov[n] = IoSlice::new(&header[went..]);
-                    n += 1;
-                }
-                iov[n] = IoSlice::new(&payload[went.saturating_sub(HEADER_LEN)..]);
-                n += 1;
+                n += frame_rest(header, payload, went, &mut iov[n..]);
             }
             match send(&iov[..n]) {
                 Ok(k) if k > 0 => {
