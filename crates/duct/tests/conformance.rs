@@ -1657,6 +1657,45 @@ fn slices_wait_in_full_queues_intact(f: &Fixture) {
     assert_eq!(sent.msgs_sent, u64::from(N), "{sent:?}");
 }
 
+/// Long runs of small slices, each far more than the transport holds (a shm ring takes
+/// ~1,300 of them), sent while the reader takes them as fast as it can: the sender finds the
+/// transport full again and again in the middle of a call (on shm it waits there a little
+/// for room: `FrameIo::wait_room`), and every message arrives intact, once, in order.
+fn long_slice_runs_arrive_in_order_while_the_reader_keeps_up(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    const RUN: u32 = 4_096;
+    const N: u32 = 10 * RUN;
+    let payload = |i: u32| {
+        let mut p = i.to_be_bytes().to_vec();
+        p.extend(pattern(60, i));
+        p
+    };
+    let got = thread::scope(|s| {
+        let receiver = s.spawn(|| receive_all(&accepted, N as usize, 1024, None));
+        let mut scratch = Vec::new();
+        let on = SendOptions::default().timeout(T);
+        for run in 0..N / RUN {
+            let ends = write_run(&mut scratch, (run * RUN..(run + 1) * RUN).map(payload));
+            let sent = dialer.send_slices(run_slices(&scratch, &ends), &on);
+            assert_eq!(sent.unwrap(), RUN as usize);
+        }
+        pump_until(&dialer, || receiver.is_finished());
+        receiver.join().unwrap()
+    });
+    assert_eq!(got.len(), N as usize);
+    for (k, (channel, p)) in got.iter().enumerate() {
+        assert_eq!(*channel, 0);
+        let i = u32::from_be_bytes(p[..4].try_into().unwrap());
+        assert_eq!(i, k as u32, "message {k} out of order");
+        assert_payload(p, &payload(i), &format!("message {i}"));
+    }
+    assert_eq!(dialer.stats().msgs_sent, u64::from(N));
+}
+
 /// Sends messages `0..n` (`payload(i)`) with `send_slices` from one scratch buffer, rewritten
 /// after every call, in runs that `run(i)` gives (channel, length) for the run starting at
 /// `i`, while the reader waits 300 ms first and then pauses 20 ms after every `pause.0`
@@ -1907,6 +1946,7 @@ conformance!([
     send_zero_timeout_on_full_queue_would_block,
     slices_and_views_round_trip,
     slices_wait_in_full_queues_intact,
+    long_slice_runs_arrive_in_order_while_the_reader_keeps_up,
     large_slices_arrive_intact_while_the_socket_fills,
     fragmented_slices_arrive_intact_while_the_socket_fills,
     fragmented_slices_beside_a_concurrent_sender,

@@ -1496,6 +1496,9 @@ impl Conn {
         let mut fast: Option<DirectRun> = None;
         // A message the framing loop below took and could not frame: the next to go.
         let mut held = None;
+        // A frame transport found full may be waited for (see below): not by a call that
+        // must not wait, and not again in this call once room did not come in time.
+        let mut wait_room = !timeout.is_zero();
         while let Some((channel, payload)) = held.take().or_else(|| msgs.next()) {
             let len = payload.len();
             if let Some(w) = direct.take_if(|w: &mut Box<WriteQueue>| !w.wants_more()) {
@@ -1570,6 +1573,25 @@ impl Conn {
                         let head = |h: &mut [u8; HEADER_LEN]| r.write_header(len, 0, h);
                         let framed = w.push_inline_with(payload.as_slice(), P::COPIED, head)
                             || (P::COPIED && w.push_copy(payload.as_slice(), head));
+                        if !framed && P::COPIED && wait_room && w.is_empty_frames() {
+                            // A frame transport's ring is full, and the receiver is taking
+                            // from it, most likely: wait a little for room (the pipe's lock
+                            // let go) rather than copy this message and those after it into
+                            // the queue; then the message goes the way it came. Once per
+                            // call, if no room came.
+                            drop(g);
+                            wait_room = w.wait_room(len, deadline);
+                            g = self.lock();
+                            fast = None;
+                            if !g.open_and_connected() {
+                                if let Some(w) = direct.take() {
+                                    g.wq = Some(w);
+                                    g = self.flush(g);
+                                }
+                            }
+                            held = Some((channel, payload));
+                            continue;
+                        }
                         if !framed {
                             if P::COPIED && w.fills_with(len) {
                                 // The queue is due to be written: write it and this frame
@@ -1657,34 +1679,49 @@ impl Conn {
             // channel. The first that is not such is kept for the general one.
             let (msgs_in, bytes_in) = if let (Some(w), Some(r)) = (direct.as_mut(), fast.as_mut()) {
                 debug_assert_eq!(r.channel(), channel, "the run is of the message just sent");
-                match w.inline_run(P::COPIED) {
-                    // Numbered, and their copies kept, by the run (the session learns of them
-                    // once, when it is dropped).
-                    Some(mut inline) if r.reliable() => {
-                        let mut rel = g.session.reliable_run(r, now);
-                        self.frame_run(msgs, channel, &mut held, |p| {
-                            let len = p.len();
-                            if !inline.takes(len) {
-                                return Err(p);
-                            }
-                            let Some(seq) = rel.number(p.as_slice()) else {
-                                return Err(p);
-                            };
-                            inline.encode(p.as_slice(), |h| rel.write_header(len, seq, h));
-                            Ok(())
-                        })
-                    }
-                    Some(mut inline) => self.frame_run(msgs, channel, &mut held, |p| {
+                if P::COPIED && !r.reliable() && w.is_empty_frames() {
+                    // A frame transport (shm) with nothing queued: each message is copied
+                    // into its ring by `push_copy`, while there is room (the first that
+                    // finds none goes the general way, which may wait for some).
+                    let r = *r;
+                    self.frame_run(msgs, channel, &mut held, |p| {
                         let len = p.len();
-                        let framed =
-                            r.fits(len) && inline.push(p.as_slice(), |h| r.write_header(len, 0, h));
-                        if framed {
+                        if r.fits(len) && w.push_copy(p.as_slice(), |h| r.write_header(len, 0, h)) {
                             Ok(())
                         } else {
                             Err(p)
                         }
-                    }),
-                    None => (0, 0),
+                    })
+                } else {
+                    match w.inline_run(P::COPIED) {
+                        // Numbered, and their copies kept, by the run (the session learns of them
+                        // once, when it is dropped).
+                        Some(mut inline) if r.reliable() => {
+                            let mut rel = g.session.reliable_run(r, now);
+                            self.frame_run(msgs, channel, &mut held, |p| {
+                                let len = p.len();
+                                if !inline.takes(len) {
+                                    return Err(p);
+                                }
+                                let Some(seq) = rel.number(p.as_slice()) else {
+                                    return Err(p);
+                                };
+                                inline.encode(p.as_slice(), |h| rel.write_header(len, seq, h));
+                                Ok(())
+                            })
+                        }
+                        Some(mut inline) => self.frame_run(msgs, channel, &mut held, |p| {
+                            let len = p.len();
+                            let framed = r.fits(len)
+                                && inline.push(p.as_slice(), |h| r.write_header(len, 0, h));
+                            if framed {
+                                Ok(())
+                            } else {
+                                Err(p)
+                            }
+                        }),
+                        None => (0, 0),
+                    }
                 }
             } else if was_queued && g.open_and_connected() {
                 // The message went to its channel's queue (the socket is behind): those that

@@ -899,6 +899,27 @@ impl WriteQueue {
         sent
     }
 
+    /// A frame transport with nothing queued here (where [`WriteQueue::wait_room`] may wait).
+    #[inline]
+    pub(crate) fn is_empty_frames(&self) -> bool {
+        !self.coalesce && self.entries.is_empty()
+    }
+
+    /// On a frame transport with nothing queued here, after [`WriteQueue::push_copy`] found no
+    /// room: waits a little, not past `deadline`, for room for a frame with `len` payload
+    /// bytes ([`FrameIo::wait_room`]). `false`: none came (or frames are queued here, or a byte
+    /// stream): queue it.
+    pub(crate) fn wait_room(&mut self, len: usize, deadline: Instant) -> bool {
+        if self.coalesce || !self.entries.is_empty() {
+            return false;
+        }
+        let Some(f) = self.transport.as_ref().and_then(|t| t.frame_io()) else {
+            return false;
+        };
+        f.wait_room(&mut self.frame_side, len, deadline)
+            .unwrap_or(false)
+    }
+
     /// On a frame transport with nothing queued here: sends `t` at once (its payload moved
     /// without a copy when it is a loan of the transport's pool, else copied) and wakes the
     /// peer if it waits. `false`: not sent (a byte stream, frames queued here, no room in the

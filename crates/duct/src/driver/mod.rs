@@ -214,6 +214,15 @@ pub(crate) trait FrameIo {
     ) -> std::io::Result<bool>;
     /// Wakes the peer, if it waits, for the frames [`FrameIo::push_copy`] sent.
     fn publish(&self, side: &mut FrameSide) -> std::io::Result<()>;
+    /// After [`FrameIo::push_copy`] found no room: wakes the peer for what was sent and waits
+    /// a little (the pipe's spin, not past `deadline`) for room for a frame with `len`
+    /// payload bytes. `Ok(false)`: no room came (the caller queues the frame).
+    fn wait_room(
+        &self,
+        side: &mut FrameSide,
+        len: usize,
+        deadline: std::time::Instant,
+    ) -> std::io::Result<bool>;
     /// Takes up to `max` frames into `out`, and into `chunk` the bytes their
     /// [`FramePayload::InChunk`] payloads are in (`out` and `chunk` are empty when called:
     /// the frames of one call are handed to the session before the next). `Ok(0)` is the

@@ -404,6 +404,12 @@ fn in_chunk_or_own(small: &mut BytesMut, start: u32, parts: bool) -> FramePayloa
     }
 }
 
+/// The longest a sender that found the ring full spins for room before it queues the frame
+/// instead ([`ShmStream::wait_room`]), whatever the pipe's `spin` (a busy-spinning pipe
+/// included): a receiver that takes frames makes room well within it, and one that does not
+/// is not waited for longer than this per send call.
+const ROOM_SPIN_MAX: Duration = Duration::from_micros(50);
+
 /// Writes one wake byte to the control socket without blocking (a full socket already holds
 /// wake bytes: nothing is lost).
 fn ring_bell(ctl: &UnixStream) {
@@ -730,6 +736,50 @@ impl ShmStream {
     fn rewind(&self, tx: &mut TxSide) {
         if std::mem::take(&mut tx.caught_up) {
             self.tx_pool.rewind();
+        }
+    }
+
+    /// After [`ShmStream::push_copy`] found the ring full: wakes the peer for what was sent
+    /// (it frees only what it sees) and spins, as a blocked receive does, for the pipe's
+    /// `spin` but at most [`ROOM_SPIN_MAX`], until the ring has room for a frame with `len`
+    /// payload bytes in it, and not past `deadline`. `Ok(false)`: not within that time (or the
+    /// pipe does not spin, or the payload would need a pool slot, or the peer is gone).
+    pub(crate) fn wait_room(
+        &self,
+        side: &mut FrameSide,
+        len: usize,
+        deadline: Instant,
+    ) -> io::Result<bool> {
+        let spin = self.spin_ns.load(Ordering::Relaxed);
+        if spin == 0 || len == 0 || len > INLINE_MAX {
+            return Ok(false);
+        }
+        let ns = spin.min(ROOM_SPIN_MAX.as_nanos() as u64);
+        let places = 1 + inline_places(len);
+        self.publish(side)?;
+        let tx = self.tx_side(side)?;
+        let word = self.tx_ring.ctl().producer_word();
+        let mut start = None;
+        let mut turns: u32 = 0;
+        loop {
+            if tx.producer.has_room_for(places).map_err(corrupt)? {
+                // (`push_one` announced a wait for room when it found none: the receiver
+                // need not ring for it now.)
+                wait::cancel(word);
+                return Ok(true);
+            }
+            turns = turns.wrapping_add(1);
+            if turns % 64 == 0 {
+                let now = Instant::now();
+                let start = *start.get_or_insert(now);
+                if self.ended.load(Ordering::Acquire)
+                    || now >= deadline
+                    || now.duration_since(start).as_nanos() >= u128::from(ns)
+                {
+                    return Ok(false);
+                }
+            }
+            std::hint::spin_loop();
         }
     }
 
@@ -1178,6 +1228,10 @@ impl crate::driver::FrameIo for ShmStream {
         ShmStream::publish(self, side)
     }
 
+    fn wait_room(&self, side: &mut FrameSide, len: usize, deadline: Instant) -> io::Result<bool> {
+        ShmStream::wait_room(self, side, len, deadline)
+    }
+
     fn alloc(&self, len: usize) -> Option<TxSlot> {
         ShmStream::alloc(self, len)
     }
@@ -1209,6 +1263,69 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// Both ends of one shm connection, made over a socket pair (no rendezvous).
+    fn connected(name: &str) -> (ShmStream, ShmStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let server = ShmStream::server(a, name).unwrap();
+        let ep = crate::addr::parse(&format!("shm://{name}")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = ShmStream::client(b, &ep, name, deadline).unwrap();
+        (server, client)
+    }
+
+    /// Sends 64-byte frames with `push_copy` until the ring is full; returns how many went.
+    fn fill(s: &ShmStream, side: &mut FrameSide) -> usize {
+        let mut n = 0;
+        while s.push_copy(side, &[0; HEADER_LEN], &[7; 64]).unwrap() {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn a_sender_that_finds_the_ring_full_waits_a_little_for_room_and_wakes_the_receiver_first() {
+        let (receiver, sender) = connected(&format!("wait-room-{}", std::process::id()));
+        sender.set_spin(Duration::from_micros(20));
+        let (mut tx, mut rx) = (FrameSide::default(), FrameSide::default());
+        let far = Instant::now() + Duration::from_secs(60);
+        let sent = fill(&sender, &mut tx);
+        assert!(sent > 0);
+        // The receiver asleep on its word (as a blocked `recv_frames` parks): `push_copy`
+        // wakes nobody, and a receiver frees room only for what it is woken to see.
+        let word = sender.tx_ring.ctl().consumer_word();
+        wait::prepare(word, wait::PARKED);
+        // Nobody takes: no room comes, and the wait ends (after ROOM_SPIN_MAX at most)...
+        let start = Instant::now();
+        assert!(!sender.wait_room(&mut tx, 64, far).unwrap());
+        assert!(start.elapsed() < Duration::from_secs(5));
+        // ... having woken the receiver first.
+        assert_eq!(word.load(Ordering::Relaxed), wait::RUNNING);
+        // It takes them all.
+        let (mut out, mut chunk) = (VecDeque::new(), Bytes::new());
+        let mut got = 0;
+        while got < sent {
+            match receiver.recv_frames(&mut rx, &mut out, &mut chunk, 64, true) {
+                Ok(n) => got += n,
+                Err(e) => panic!("{got} of {sent} frames seen: {e}"),
+            }
+            out.clear();
+            chunk = Bytes::new();
+        }
+        assert_eq!(got, sent);
+        // Room now: the wait says so at once, and the frame goes.
+        assert!(sender.wait_room(&mut tx, 64, far).unwrap());
+        assert!(sender
+            .push_copy(&mut tx, &[0; HEADER_LEN], &[7; 64])
+            .unwrap());
+        // Full again: a deadline that passed ends the wait, as a pipe that does not spin, or
+        // a payload for a pool slot (the ring's room is not all it needs), never waits.
+        fill(&sender, &mut tx);
+        assert!(!sender.wait_room(&mut tx, 64, Instant::now()).unwrap());
+        assert!(!sender.wait_room(&mut tx, INLINE_MAX + 1, far).unwrap());
+        sender.set_spin(Duration::ZERO);
+        assert!(!sender.wait_room(&mut tx, 64, far).unwrap());
     }
 
     fn mode(p: &Path) -> u32 {
