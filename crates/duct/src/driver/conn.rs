@@ -1578,7 +1578,10 @@ impl Conn {
                             // from it, most likely: wait a little for room (the pipe's lock
                             // let go) rather than copy this message and those after it into
                             // the queue; then the message goes the way it came. Once per
-                            // call, if no room came.
+                            // call, if no room came; and a receiver that stopped costs one
+                            // such wait, not one per call: the frame is queued then, and
+                            // while frames are queued nothing takes the direct path (so
+                            // nothing waits here) until the ring has drained them.
                             drop(g);
                             wait_room = w.wait_room(len, deadline);
                             g = self.lock();
