@@ -68,32 +68,34 @@ const GATHER_MAX: usize = 512;
 fn send_fd(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>]) -> io::Result<usize> {
     use rustix::net::{SendAncillaryBuffer, SendFlags};
     let flags = SendFlags::DONTWAIT | NO_SIGNAL;
-    // (Made, and zeroed, only where slices are gathered.)
-    let mut gathered: [u8; GATHER_MAX];
-    let total: usize = if iov.len() <= 4 {
-        iov.iter().map(|s| s.len()).sum()
-    } else {
-        usize::MAX
-    };
-    let one: Option<&[u8]> = match iov {
-        [one] => Some(one),
-        [_, ..] if total <= GATHER_MAX => {
-            gathered = [0; GATHER_MAX];
-            let mut at = 0;
-            for s in iov {
-                gathered[at..at + s.len()].copy_from_slice(s);
-                at += s.len();
-            }
-            Some(&gathered[..total])
+    match iov {
+        [one] => retry(|| rustix::net::send(fd, one, flags)),
+        [_, ..] if iov.len() <= 4 && iov.iter().map(|s| s.len()).sum::<usize>() <= GATHER_MAX => {
+            GATHERED.with_borrow_mut(|buf| {
+                let mut at = 0;
+                for s in iov {
+                    buf[at..at + s.len()].copy_from_slice(s);
+                    at += s.len();
+                }
+                retry(|| rustix::net::send(fd, &buf[..at], flags))
+            })
         }
-        _ => None,
-    };
+        _ => retry(|| rustix::net::sendmsg(fd, iov, &mut SendAncillaryBuffer::default(), flags)),
+    }
+}
+
+thread_local! {
+    /// Where [`send_fd`] gathers a few small slices (this thread's, reused: nothing to zero
+    /// or allocate per write).
+    static GATHERED: std::cell::RefCell<[u8; GATHER_MAX]> =
+        const { std::cell::RefCell::new([0; GATHER_MAX]) };
+}
+
+/// Runs a system call until it is not interrupted.
+#[inline(always)]
+fn retry(mut call: impl FnMut() -> rustix::io::Result<usize>) -> io::Result<usize> {
     loop {
-        let sent = match one {
-            Some(buf) => rustix::net::send(fd, buf, flags),
-            None => rustix::net::sendmsg(fd, iov, &mut SendAncillaryBuffer::default(), flags),
-        };
-        match sent {
+        match call() {
             Ok(n) => return Ok(n),
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
