@@ -1584,14 +1584,8 @@ impl Conn {
                             // nothing waits here) until the ring has drained them.
                             drop(g);
                             wait_room = w.wait_room(len, deadline);
-                            g = self.lock();
+                            g = self.relocked(self.lock(), &mut direct);
                             fast = None;
-                            if !g.open_and_connected() {
-                                if let Some(w) = direct.take() {
-                                    g.wq = Some(w);
-                                    g = self.flush(g);
-                                }
-                            }
                             held = Some((channel, payload));
                             continue;
                         }
@@ -1645,14 +1639,7 @@ impl Conn {
             };
             if relocked {
                 fast = None;
-                if !g.open_and_connected() {
-                    // The pipe failed or closed meanwhile: no more frames here; the flush
-                    // settles the queue as any write does.
-                    if let Some(w) = direct.take() {
-                        g.wq = Some(w);
-                        g = self.flush(g);
-                    }
-                }
+                g = self.relocked(g, &mut direct);
             }
             let was_queued = queued.is_some();
             if let Some(payload) = queued {
@@ -1832,6 +1819,23 @@ impl Conn {
             }
             if rest < len {
                 g.session.send_started(channel, owned, rest, now);
+            }
+        }
+        g
+    }
+
+    /// [`Conn::send_batch`] took the pipe's lock again after letting it go (for a write or a
+    /// wait): if the pipe failed or closed meanwhile, no more frames go into `direct`, and the
+    /// flush settles the queue as any write does.
+    fn relocked<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Shared>,
+        direct: &mut Option<Box<WriteQueue>>,
+    ) -> MutexGuard<'a, Shared> {
+        if !g.open_and_connected() {
+            if let Some(w) = direct.take() {
+                g.wq = Some(w);
+                g = self.flush(g);
             }
         }
         g
