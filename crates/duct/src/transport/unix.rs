@@ -51,8 +51,8 @@ pub(super) fn wait_readable(sock: &TcpSock, deadline: Option<Instant>) -> io::Re
     crate::driver::io::wait_readable(sock.as_fd(), deadline)
 }
 
-/// Bytes in a few slices that [`send_fd`] gathers into one buffer on its stack and writes
-/// with `send`, rather than have the kernel take them from a vectored `sendmsg`.
+/// Bytes in a few slices that [`send_fd`] gathers into one buffer (the thread's [`GATHERED`])
+/// and writes with `send`, rather than have the kernel take them from a vectored `sendmsg`.
 const GATHER_MAX: usize = 512;
 
 /// Writes `iov` with `MSG_DONTWAIT` on any socket, retried when interrupted: one buffer (a
