@@ -144,11 +144,7 @@ fn batch_send_and_recv(f: &Fixture) {
         accepted,
     } = pair(f);
     let msgs: Vec<Message> = (0..100u32)
-        .map(|i| {
-            let mut p = i.to_be_bytes().to_vec();
-            p.extend(pattern(i as usize * 37, i));
-            Message::new(p).with_channel((i % 3) as u16)
-        })
+        .map(|i| Message::new(numbered_payload(i, i as usize * 37)).with_channel((i % 3) as u16))
         .collect();
     let out = thread::scope(|s| {
         let receiver = s.spawn(|| {
@@ -208,6 +204,13 @@ fn pair_reliable_on_1(f: &Fixture) -> Pair {
     )
 }
 
+/// A payload that says which it is: `i` (4 bytes, big-endian), then `pattern(len, i)`.
+fn numbered_payload(i: u32, len: usize) -> Vec<u8> {
+    let mut p = i.to_be_bytes().to_vec();
+    p.extend(pattern(len, i));
+    p
+}
+
 /// The `i`th message of [`batch_runs_keep_order_and_counts`]: runs of one channel (the
 /// channel changes from run to run) of lengths 1 to 1,500 (past a write's 1,024 frames and
 /// 64 KiB), mostly small payloads (0 to 512 bytes, the largest framed in place) with some
@@ -225,9 +228,7 @@ fn run_message(i: u32) -> (u16, Vec<u8>) {
         n if n % 10 == 0 => 508, // with `i`: 512 bytes
         n => (n as usize * 29) % 509,
     };
-    let mut p = i.to_be_bytes().to_vec();
-    p.extend(pattern(len, i));
-    ((k % 3) as u16, p)
+    ((k % 3) as u16, numbered_payload(i, len))
 }
 
 /// A batch made of runs on one channel (as a stream of updates is), sent with `send_batch`
@@ -1425,9 +1426,7 @@ fn view_payload(i: u32) -> Vec<u8> {
     } else {
         (i as usize * 53) % 2048
     };
-    let mut p = i.to_be_bytes().to_vec();
-    p.extend(pattern(len, i));
-    p
+    numbered_payload(i, len)
 }
 
 /// Takes `n` messages with `recv_into` (up to `max` a call, into one reused batch): each
@@ -1614,11 +1613,7 @@ fn slices_wait_in_full_queues_intact(f: &Fixture) {
         accepted,
     } = pair_reliable_on_1(f);
     const N: u32 = 40_000;
-    let payload = |i: u32| {
-        let mut p = i.to_be_bytes().to_vec();
-        p.extend(pattern(60 + (i as usize % 80), i));
-        p
-    };
+    let payload = |i: u32| numbered_payload(i, 60 + (i as usize % 80));
     let (got, sender_done_first) = thread::scope(|s| {
         let sender = s.spawn(|| {
             let mut scratch = Vec::new();
@@ -1669,11 +1664,7 @@ fn long_slice_runs_arrive_in_order_while_the_reader_keeps_up(f: &Fixture) {
     } = pair(f);
     const RUN: u32 = 4_096;
     const N: u32 = 10 * RUN;
-    let payload = |i: u32| {
-        let mut p = i.to_be_bytes().to_vec();
-        p.extend(pattern(60, i));
-        p
-    };
+    let payload = |i: u32| numbered_payload(i, 60);
     let got = thread::scope(|s| {
         let receiver = s.spawn(|| receive_all(&accepted, N as usize, 1024, None));
         let mut scratch = Vec::new();
@@ -1764,9 +1755,7 @@ fn large_slices_arrive_intact_while_the_socket_fills(f: &Fixture) {
             3 => 64 * KIB - 4, // with its number: one whole frame
             _ => 509 + (i as usize * 7919) % (60 * KIB),
         };
-        let mut p = i.to_be_bytes().to_vec();
-        p.extend(pattern(len, i));
-        p
+        numbered_payload(i, len)
     };
     let run = |i: u32| (0, (i % 8 + 1).min(N - i));
     let got = slices_while_the_reader_pauses(&dialer, &accepted, N, run, &payload, (200, 16));
@@ -1800,9 +1789,7 @@ fn fragmented_slices_arrive_intact_while_the_socket_fills(f: &Fixture) {
         } else {
             64 * KIB + 1 + (i as usize * 7919 * 37) % (960 * KIB)
         };
-        let mut p = i.to_be_bytes().to_vec();
-        p.extend(pattern(len, i));
-        p
+        numbered_payload(i, len)
     };
     // A run of one channel's messages per call: up to two large ones, or a small one.
     let run = |i: u32| {
@@ -1835,19 +1822,8 @@ fn fragmented_slices_beside_a_concurrent_sender(f: &Fixture) {
     } = pair(f);
     const LARGE: u32 = 24;
     const SMALL: u32 = 300;
-    let large = |i: u32| {
-        let mut p = i.to_be_bytes().to_vec();
-        p.extend(pattern(
-            64 * KIB + 1 + (i as usize * 7919 * 37) % (960 * KIB),
-            i,
-        ));
-        p
-    };
-    let small = |i: u32| {
-        let mut p = i.to_be_bytes().to_vec();
-        p.extend(pattern(20, i));
-        p
-    };
+    let large = |i: u32| numbered_payload(i, 64 * KIB + 1 + (i as usize * 7919 * 37) % (960 * KIB));
+    let small = |i: u32| numbered_payload(i, 20);
     let got = thread::scope(|s| {
         s.spawn(|| {
             let mut scratch = Vec::new();

@@ -326,8 +326,10 @@ impl RingMem {
     /// 1.00 -> 0.85-0.90 us (medians of 4 runs). Fetching all five lines the largest inline
     /// payload takes did as well for 64 B and worse for 256 B (1.70 -> 1.73 us against
     /// 1.65 for two lines): a reader fetching lines the writer is still filling slows the
-    /// writer. For the same reason it is for a reader that expects a single answer, not a
-    /// stream's. Nothing on other targets than x86-64, under loom or under Miri.
+    /// writer. For the same reason, on lines not yet published it is for a reader that
+    /// expects a single answer, not a stream's (a stream's consumer fetches lines already
+    /// published, well ahead: [`Consumer::take`]). Nothing on other targets than x86-64,
+    /// under loom or under Miri.
     #[inline]
     pub fn prefetch_from(&self, index: u64) {
         for k in [0, 2] {
@@ -648,9 +650,7 @@ impl Consumer {
         if self.head_cache.wrapping_sub(self.tail) > READ_AHEAD + 2 {
             // Published well ahead (the producer is done with those lines): fetch the two
             // lines READ_AHEAD places on, so that their misses overlap this one's.
-            for k in [READ_AHEAD, READ_AHEAD + 2] {
-                prefetch_for_read(self.mem.slot(self.tail.wrapping_add(k)));
-            }
+            self.mem.prefetch_from(self.tail.wrapping_add(READ_AHEAD));
         }
         let desc = Desc::from_words(self.get(self.tail));
         self.tail += 1;

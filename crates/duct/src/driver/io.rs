@@ -884,7 +884,7 @@ impl WriteQueue {
         payload: &[u8],
         head: impl FnOnce(&mut [u8; HEADER_LEN]),
     ) -> bool {
-        if self.coalesce || !self.entries.is_empty() {
+        if !self.is_empty_frames() {
             return false;
         }
         let Some(f) = self.transport.as_ref().and_then(|t| t.frame_io()) else {
@@ -899,7 +899,9 @@ impl WriteQueue {
         sent
     }
 
-    /// A frame transport with nothing queued here (where [`WriteQueue::wait_room`] may wait).
+    /// A frame transport with nothing queued here: frames may go to it at once
+    /// ([`WriteQueue::push_copy`], [`WriteQueue::send_frame`]), and a sender may wait for its
+    /// room ([`WriteQueue::wait_room`]).
     #[inline]
     pub(crate) fn is_empty_frames(&self) -> bool {
         !self.coalesce && self.entries.is_empty()
@@ -910,7 +912,7 @@ impl WriteQueue {
     /// bytes ([`FrameIo::wait_room`]). `false`: none came (or frames are queued here, or a byte
     /// stream): queue it.
     pub(crate) fn wait_room(&mut self, len: usize, deadline: Instant) -> bool {
-        if self.coalesce || !self.entries.is_empty() {
+        if !self.is_empty_frames() {
             return false;
         }
         let Some(f) = self.transport.as_ref().and_then(|t| t.frame_io()) else {
@@ -925,7 +927,7 @@ impl WriteQueue {
     /// peer if it waits. `false`: not sent (a byte stream, frames queued here, no room in the
     /// transport, or a failure, which the next write meets again): queue it.
     pub(crate) fn send_frame(&mut self, t: &Transmit) -> bool {
-        if self.coalesce || !self.entries.is_empty() {
+        if !self.is_empty_frames() {
             return false;
         }
         let Some(f) = self.transport.as_ref().and_then(|t| t.frame_io()) else {

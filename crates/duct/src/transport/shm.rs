@@ -410,6 +410,50 @@ fn in_chunk_or_own(small: &mut BytesMut, start: u32, parts: bool) -> FramePayloa
 /// is not waited for longer than this per send call.
 const ROOM_SPIN_MAX: Duration = Duration::from_micros(50);
 
+/// A spin's budget: `ns` nanoseconds (`u64::MAX`: no limit) and not past `deadline`, its
+/// clock read every 64 turns, the first time after 64 (a spin that ends sooner reads none,
+/// and one that runs out lasts up to 64 turns longer than asked).
+struct Spin {
+    ns: u64,
+    deadline: Option<Instant>,
+    start: Option<Instant>,
+    turns: u32,
+}
+
+impl Spin {
+    fn new(ns: u64, deadline: Option<Instant>) -> Spin {
+        Spin {
+            ns,
+            deadline,
+            start: None,
+            turns: 0,
+        }
+    }
+
+    /// One turn of the spin (a `spin_loop` hint): whether its budget is spent.
+    #[inline]
+    fn turn(&mut self) -> bool {
+        self.turns = self.turns.wrapping_add(1);
+        if self.turns % 64 == 0 && (self.ns != u64::MAX || self.deadline.is_some()) {
+            let now = Instant::now();
+            let start = *self.start.get_or_insert(now);
+            if self.deadline.is_some_and(|d| now >= d)
+                || (self.ns != u64::MAX
+                    && now.duration_since(start).as_nanos() >= u128::from(self.ns))
+            {
+                return true;
+            }
+        }
+        std::hint::spin_loop();
+        false
+    }
+
+    /// Turns so far (for what a spin does now and then).
+    fn turns(&self) -> u32 {
+        self.turns
+    }
+}
+
 /// Writes one wake byte to the control socket without blocking (a full socket already holds
 /// wake bytes: nothing is lost).
 fn ring_bell(ctl: &UnixStream) {
@@ -581,7 +625,6 @@ impl ShmStream {
         if ns == 0 {
             return false;
         }
-        let timed = ns != u64::MAX || deadline.is_some();
         // (Races between threads that spin at once only change this hint. A plain load and
         // store, not a swap: no locked instruction on the way to the answer.)
         let sent = self.tx_ring.ctl().published_places();
@@ -589,8 +632,7 @@ impl ShmStream {
         if answer {
             self.spun_after.store(sent, Ordering::Relaxed);
         }
-        let mut start = None;
-        let mut turns: u32 = 0;
+        let mut spin = Spin::new(ns, deadline);
         loop {
             let there = if answer {
                 self.rx_ring.published_or_prefetch()
@@ -600,28 +642,17 @@ impl ShmStream {
             if there || self.read_shut.load(Ordering::Acquire) {
                 return true;
             }
-            turns = turns.wrapping_add(1);
-            if turns % 64 == 0 {
-                if timed {
-                    let now = Instant::now();
-                    let start = *start.get_or_insert(now);
-                    if deadline.is_some_and(|d| now >= d)
-                        || (ns != u64::MAX
-                            && now.duration_since(start).as_nanos() >= u128::from(ns))
-                    {
-                        return false;
-                    }
-                }
-                if turns % 4096 == 0 {
-                    // A peer that is gone never publishes again: look at the control socket
-                    // now and then (well under a millisecond apart).
-                    self.drain_ctl();
-                    if self.ended.load(Ordering::Acquire) {
-                        return true;
-                    }
+            if spin.turn() {
+                return false;
+            }
+            if spin.turns() % 4096 == 0 {
+                // A peer that is gone never publishes again: look at the control socket now
+                // and then (well under a millisecond apart).
+                self.drain_ctl();
+                if self.ended.load(Ordering::Acquire) {
+                    return true;
                 }
             }
-            std::hint::spin_loop();
         }
     }
 
@@ -754,13 +785,11 @@ impl ShmStream {
         if spin == 0 || len == 0 || len > INLINE_MAX {
             return Ok(false);
         }
-        let ns = spin.min(ROOM_SPIN_MAX.as_nanos() as u64);
         let places = 1 + inline_places(len);
         self.publish(side)?;
         let tx = self.tx_side(side)?;
         let word = self.tx_ring.ctl().producer_word();
-        let mut start = None;
-        let mut turns: u32 = 0;
+        let mut turns = Spin::new(spin.min(ROOM_SPIN_MAX.as_nanos() as u64), Some(deadline));
         loop {
             if tx.producer.has_room_for(places).map_err(corrupt)? {
                 // (`push_one` announced a wait for room when it found none: the receiver
@@ -768,18 +797,9 @@ impl ShmStream {
                 wait::cancel(word);
                 return Ok(true);
             }
-            turns = turns.wrapping_add(1);
-            if turns % 64 == 0 {
-                let now = Instant::now();
-                let start = *start.get_or_insert(now);
-                if self.ended.load(Ordering::Acquire)
-                    || now >= deadline
-                    || now.duration_since(start).as_nanos() >= u128::from(ns)
-                {
-                    return Ok(false);
-                }
+            if turns.turn() || self.ended.load(Ordering::Acquire) {
+                return Ok(false);
             }
-            std::hint::spin_loop();
         }
     }
 
