@@ -1687,6 +1687,71 @@ fn long_slice_runs_arrive_in_order_while_the_reader_keeps_up(f: &Fixture) {
     assert_eq!(dialer.stats().msgs_sent, u64::from(N));
 }
 
+/// A sender of runs of slices that finds the transport full waits for it to take more
+/// before it queues the rest (`PipeStats::room_waits`), but a reader that stopped costs it
+/// one wait, not one a call: once a wait brought no room, calls queue at once until what is
+/// queued for the transport changes. When the reader starts, every message accepted
+/// arrives intact, once, in order.
+fn a_full_transport_is_waited_for_once_while_the_reader_is_stopped(f: &Fixture) {
+    let Pair {
+        listener: _listener,
+        dialer,
+        accepted,
+    } = pair(f);
+    const RUN: u32 = 256;
+    let payload = |i: u32| numbered_payload(i, 1000);
+    let mut scratch = Vec::new();
+    // Short timeouts: calls that find the channel's queue full give up quickly.
+    let on = SendOptions::default().timeout(Duration::from_millis(20));
+    let mut send_run = |from: u32| {
+        let ends = write_run(&mut scratch, (from..from + RUN).map(payload));
+        match dialer.send_slices(run_slices(&scratch, &ends), &on) {
+            Ok(n) => n as u32,
+            Err(e) if e.kind() == duct::ErrorKind::TimedOut => 0,
+            Err(e) => panic!("send_slices: {e}"),
+        }
+    };
+    // Fill the transport, the reader's read-ahead and the channel's queue: runs until one is
+    // not taken whole.
+    let mut sent = 0;
+    loop {
+        assert!(sent < 1_000_000, "the transport never filled");
+        let n = send_run(sent);
+        sent += n;
+        if n < RUN {
+            break;
+        }
+    }
+    // (The reader's side has stopped reading ahead by now.)
+    thread::sleep(Duration::from_millis(100));
+    let waits = dialer.stats().room_waits;
+    let waits_expected = f.kind != Kind::Pipe;
+    if waits_expected {
+        assert!(waits >= 1, "the sender never waited for the full transport");
+    }
+    // Nothing moves: more calls queue (or time out) without waiting for the transport.
+    const CALLS: u64 = 10;
+    for _ in 0..CALLS {
+        sent += send_run(sent);
+    }
+    // (tcp may take a few more bytes meanwhile, once: the receiving kernel compacts what it
+    // holds and opens its window a little (tcp_ipv6 does so in every run here), and a send
+    // that follows room that came may wait again. Without the stall's memory every call
+    // waits.)
+    let again = dialer.stats().room_waits - waits;
+    assert!(
+        again <= 2,
+        "a sender waited {again} more times in {CALLS} calls for a transport whose reader stopped"
+    );
+    let got = receive_all(&accepted, sent as usize, 1024, None);
+    for (k, (channel, p)) in got.iter().enumerate() {
+        assert_eq!(*channel, 0);
+        assert_payload(p, &payload(k as u32), &format!("message {k}"));
+    }
+    // Room again: a sender that fills the transport may wait for it again.
+    assert_eq!(dialer.stats().msgs_sent, u64::from(sent));
+}
+
 /// Sends messages `0..n` (`payload(i)`) with `send_slices` from one scratch buffer, rewritten
 /// after every call, in runs that `run(i)` gives (channel, length) for the run starting at
 /// `i`, while the reader waits 300 ms first and then pauses 20 ms after every `pause.0`
@@ -1923,6 +1988,7 @@ conformance!([
     slices_and_views_round_trip,
     slices_wait_in_full_queues_intact,
     long_slice_runs_arrive_in_order_while_the_reader_keeps_up,
+    a_full_transport_is_waited_for_once_while_the_reader_is_stopped,
     large_slices_arrive_intact_while_the_socket_fills,
     fragmented_slices_arrive_intact_while_the_socket_fills,
     fragmented_slices_beside_a_concurrent_sender,

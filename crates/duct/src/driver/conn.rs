@@ -78,6 +78,12 @@ pub(crate) const RECHECK: Duration = Duration::from_millis(20);
 /// While reading is paused (a receive queue is full), how often the reactor notes how much
 /// input waits in the transport, so that time to live counts the wait there (to this
 /// precision).
+/// The longest a batch's sender waits at a time for a full socket to take bytes again
+/// ([`Conn::wait_socket_room`]) before it queues what is left: long enough for a reader on
+/// the same CPU to drain a good part of a Unix socket's buffer (~200 KiB at ~1 GB/s), short
+/// enough that a reader that stopped costs the call little.
+const SOCKET_ROOM_WAIT: Duration = Duration::from_micros(200);
+
 const AGE_SAMPLE: Duration = Duration::from_millis(10);
 
 /// Callbacks and limits of one connection, taken from its options.
@@ -165,6 +171,11 @@ struct Shared {
     read_armed: bool,
     /// Output is queued and nobody is writing: the reactor watches writability.
     write_armed: bool,
+    /// How much of the write queue had been written ([`WriteQueue::written`]) when a sender
+    /// last waited for the socket to take more and none went ([`Conn::wait_socket_room`]):
+    /// until a write takes some, the socket is taken to be stuck (a reader that stopped) and
+    /// no sender waits again.
+    room_stalled: Option<u64>,
     /// A frame transport signalled room while another thread was writing: that thread tries
     /// again before it leaves the rest to the reactor (the signal is a byte the reactor may
     /// have read already, so nothing else would repeat it).
@@ -619,6 +630,13 @@ impl Shared {
         !self.writing && self.wq_frames == 0 && self.open_and_connected()
     }
 
+    /// Whether `channel` is under [`Backpressure::Block`](crate::Backpressure::Block): a send
+    /// on it may wait (for queue room, and for a full transport to take more before it
+    /// queues: see [`Conn::wait_socket_room`]); sends on the others never wait.
+    fn blocks_when_full(&self, channel: u16) -> bool {
+        self.session.outbox().config().channel(channel).backpressure == crate::Backpressure::Block
+    }
+
     /// Neither failed nor closed here, and connected.
     fn open_and_connected(&self) -> bool {
         self.terminal.is_none()
@@ -860,6 +878,7 @@ impl Conn {
             registered: None,
             read_armed: false,
             write_armed: false,
+            room_stalled: None,
             write_kick: false,
             caller_reads: 0,
             seen_reads: 0,
@@ -1506,6 +1525,12 @@ impl Conn {
                 fast = None;
                 g = self.flush(g);
             }
+            if direct.is_none() && wait_room && !self.frames && g.wq_frames > 0 {
+                // A socket found full (by this call's flush or an earlier one): rather than
+                // copy this message and those after it into its channel's queue, wait for
+                // the socket to take the frames queued (see `wait_socket_room`).
+                (g, wait_room) = self.wait_socket_room(g, channel, deadline);
+            }
             if direct.is_none() && g.may_send_direct() {
                 g.writing = true;
                 direct = Some(take_wq(&mut g));
@@ -1573,9 +1598,15 @@ impl Conn {
                         let head = |h: &mut [u8; HEADER_LEN]| r.write_header(len, 0, h);
                         let framed = w.push_inline_with(payload.as_slice(), P::COPIED, head)
                             || (P::COPIED && w.push_copy(payload.as_slice(), head));
-                        if !framed && P::COPIED && wait_room && w.is_empty_frames() {
+                        if !framed
+                            && P::COPIED
+                            && wait_room
+                            && w.is_empty_frames()
+                            && g.blocks_when_full(channel)
+                        {
                             // A frame transport's ring is full, and the receiver is taking
-                            // from it, most likely: wait a little for room (the pipe's lock
+                            // from it, most likely: on a channel that blocks when full (a
+                            // send on the others never waits), wait a little for room (the pipe's lock
                             // let go) rather than copy this message and those after it into
                             // the queue; then the message goes the way it came. Once per
                             // call, if no room came; and a receiver that stopped costs one
@@ -1585,6 +1616,7 @@ impl Conn {
                             drop(g);
                             wait_room = w.wait_room(len, deadline);
                             g = self.relocked(self.lock(), &mut direct);
+                            g.stats.room_waits += 1;
                             fast = None;
                             held = Some((channel, payload));
                             continue;
@@ -1822,6 +1854,58 @@ impl Conn {
             }
         }
         g
+    }
+
+    /// [`Conn::send_batch`] found frames queued for a socket (its last write found it full)
+    /// with nobody writing them, and the next message, on `channel`, would go to its
+    /// channel's queue as a copy, and so would those after it: on a channel that blocks when
+    /// full ([`Backpressure::Block`](crate::Backpressure::Block)), waits for the socket to
+    /// take bytes again (the pipe's lock let go; at most [`SOCKET_ROOM_WAIT`] at a time,
+    /// never past `deadline`) and writes the queue, as a blocking socket writer would, while
+    /// each wait brings room, until the queue is written: the batch then goes on framing in
+    /// place. Returns whether to wait again in this call: `false` once a wait brought no
+    /// room, or on a transport a sender does not wait for so (shared memory has its own
+    /// wait, [`WriteQueue::wait_room`]). A reader that stopped costs one wait, not one per
+    /// call: no sender waits again until the queue has changed (`room_stalled`).
+    fn wait_socket_room<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Shared>,
+        channel: u16,
+        deadline: Instant,
+    ) -> (MutexGuard<'a, Shared>, bool) {
+        debug_assert!(!self.frames, "a socket's wait on a frame transport");
+        if !g.blocks_when_full(channel) {
+            // (The call may still wait for a message on another channel.)
+            return (g, true);
+        }
+        while g.wq_frames > 0 && !g.writing && g.open_and_connected() {
+            let written = |g: &Shared| g.wq.as_ref().map(|w| w.written());
+            let before = written(&g);
+            if before.is_none() || g.room_stalled == before {
+                return (g, false);
+            }
+            let t = self.t();
+            drop(g);
+            let until = deadline.min(Instant::now() + SOCKET_ROOM_WAIT);
+            let waited = t.wait_writable(until);
+            g = self.lock();
+            if waited.is_err() {
+                // Not a transport to wait for so; or a failure, which the write meets again
+                // and reports.
+                return (g, false);
+            }
+            g.stats.room_waits += 1;
+            // Room or not (the socket is writable again once most of what it holds is read,
+            // which a reader on the same CPU may take longer than a wait to do), the write
+            // says whether some came. (Another thread, or the reactor, may have written
+            // meanwhile.)
+            g = self.flush_if_idle(g);
+            if written(&g) == before {
+                g.room_stalled = before;
+                return (g, false);
+            }
+        }
+        (g, true)
     }
 
     /// [`Conn::send_batch`] took the pipe's lock again after letting it go (for a write or a

@@ -617,6 +617,9 @@ pub(crate) struct WriteQueue {
     /// messages, and come only after the queue emptied), cleared when the queue empties or
     /// changes transport.
     mid_message: bool,
+    /// Bytes of queued frames written so far (by every writer of the queue): whether a
+    /// write took any since an earlier look.
+    written: u64,
 }
 
 impl WriteQueue {
@@ -636,6 +639,7 @@ impl WriteQueue {
             frame_side: FrameSide::default(),
             unpublished: false,
             pull: PULL_BYTES,
+            written: 0,
             mid_message: false,
         }
     }
@@ -964,6 +968,11 @@ impl WriteQueue {
         out.into_iter()
     }
 
+    /// Bytes of queued frames written so far (see `written`).
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
     /// Bytes still to write.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
@@ -1123,6 +1132,7 @@ impl WriteQueue {
     /// Drops `n` written bytes from the front.
     fn consume(&mut self, mut n: usize) {
         self.bytes -= n;
+        self.written += n as u64;
         if self.bytes == 0 {
             // (The next fragment of a message under way says so again as it is queued.)
             self.mid_message = false;
@@ -1199,6 +1209,7 @@ fn inline_header(run: &[u8], at: usize) -> Option<([u8; HEADER_LEN], usize)> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Interest {
     Read,
+    Write,
     ReadWrite,
 }
 
@@ -1212,6 +1223,7 @@ pub(crate) fn wait(
 ) -> io::Result<bool> {
     let flags = match interest {
         Interest::Read => PollFlags::IN,
+        Interest::Write => PollFlags::OUT,
         Interest::ReadWrite => PollFlags::IN | PollFlags::OUT,
     };
     loop {

@@ -89,6 +89,15 @@ pub(crate) trait StreamTransport: Send + Sync + 'static {
     /// Waits until readable or writable (or closed) or `deadline` passes. Returns whether it
     /// became ready. (A dialer's handshake, while its HELLO is not all written.)
     fn wait_io(&self, deadline: Option<Instant>) -> std::io::Result<bool>;
+    /// Waits until a socket found full is writable again (or closed) or `deadline` passes:
+    /// `Ok(true)` when it became ready (the next write takes bytes or reports why not).
+    /// `Unsupported` at once for transports a sender does not wait for this way (shared
+    /// memory, which has [`FrameIo::wait_room`]; Windows named pipes, whose writes complete
+    /// in the background): the caller queues what it has.
+    fn wait_writable(&self, deadline: Instant) -> std::io::Result<bool> {
+        let _ = deadline;
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
     /// Bytes received by the operating system and not yet read (0 if unknown), plus what
     /// the transport buffers itself.
     fn pending_input(&self) -> usize;

@@ -186,6 +186,19 @@ impl crate::driver::StreamTransport for Stream {
         )
     }
 
+    fn wait_writable(&self, deadline: Instant) -> io::Result<bool> {
+        #[cfg(duct_shm)]
+        if let Stream::Shm(_) = self {
+            return Err(io::ErrorKind::Unsupported.into());
+        }
+        // (TLS: the records it could not write wait in its backlog for the same socket.)
+        crate::driver::io::wait(
+            self.as_fd(),
+            crate::driver::io::Interest::Write,
+            Some(deadline),
+        )
+    }
+
     fn pending_input(&self) -> usize {
         #[cfg(duct_shm)]
         if let Stream::Shm(_) = self {

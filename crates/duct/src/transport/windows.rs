@@ -329,6 +329,15 @@ impl crate::driver::StreamTransport for Stream {
         }
     }
 
+    fn wait_writable(&self, deadline: Instant) -> io::Result<bool> {
+        match self {
+            Stream::Tcp(s) => s.wait(Interest::Write, Some(deadline)),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.tcp().wait(Interest::Write, Some(deadline)),
+            Stream::Pipe(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
     fn wait_io(&self, deadline: Option<Instant>) -> io::Result<bool> {
         match self {
             Stream::Tcp(s) => s.wait(Interest::ReadWrite, deadline),
