@@ -1632,14 +1632,14 @@ pub struct PipeStats {
     /// the other requests of the same pass (Linux, on the io_uring backend, tcp and uds):
     /// output it flushes while nobody sends (after the socket was full, heartbeats, acks).
     pub ring_writes: u64,
-    /// Times a send of several messages or slices (`send_batch`, `send_slices`,
-    /// `send_slice`) on a channel under [`Backpressure::Block`] found the transport full
-    /// and waited for it to take more, the pipe's lock let go, rather than copy the rest
-    /// into its channel's queue: a socket until it is writable again (at most 200 µs at a
-    /// time, again while each wait brings room), a shared-memory ring for room (at most the
-    /// pipe's `spin`, and 50 µs). After a wait that brings no room the rest is queued, and a
-    /// transport that stays full is not waited for again until it has taken something (a
-    /// reader that stopped costs one wait).
+    /// Times a send of several messages or slices (`send_batch`, `send_slices`) on a
+    /// channel under [`Backpressure::Block`], with at least 64 messages still to go, found
+    /// the transport full and waited for it to take more, the pipe's lock let go, rather
+    /// than copy the rest into its channel's queue: a socket until it is writable again (at
+    /// most 200 µs at a time, again while each wait brings room), a shared-memory ring for
+    /// room (at most the pipe's `spin`, and 50 µs). After a wait that brings no room the
+    /// rest is queued, and a transport that stays full is not waited for again until it has
+    /// taken something (a reader that stopped costs one wait).
     pub room_waits: u64,
     /// tcp, uds and TLS (on Windows, TLS): bytes of large messages' fragments read (TLS:
     /// decrypted) straight into the message's buffer, not copied there out of the read

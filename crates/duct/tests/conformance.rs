@@ -1687,10 +1687,11 @@ fn long_slice_runs_arrive_in_order_while_the_reader_keeps_up(f: &Fixture) {
     assert_eq!(dialer.stats().msgs_sent, u64::from(N));
 }
 
-/// A sender of runs of slices that finds the transport full waits for it to take more
-/// before it queues the rest (`PipeStats::room_waits`), but a reader that stopped costs it
-/// one wait, not one a call: once a wait brought no room, calls queue at once until what is
-/// queued for the transport changes. When the reader starts, every message accepted
+/// A call of `send_slices` with much left to send that finds the transport full waits for it
+/// to take more before it queues the rest (`PipeStats::room_waits`); a small call never
+/// waits so (a sender serving many pipes in turn is not held up by one); and a reader that
+/// stopped costs one wait, not one a call: once a wait brought no room, calls queue at once
+/// until the transport takes something. When the reader starts, every message accepted
 /// arrives intact, once, in order.
 fn a_full_transport_is_waited_for_once_while_the_reader_is_stopped(f: &Fixture) {
     let Pair {
@@ -1698,41 +1699,49 @@ fn a_full_transport_is_waited_for_once_while_the_reader_is_stopped(f: &Fixture) 
         dialer,
         accepted,
     } = pair(f);
-    const RUN: u32 = 256;
     let payload = |i: u32| numbered_payload(i, 1000);
     let mut scratch = Vec::new();
     // Short timeouts: calls that find the channel's queue full give up quickly.
     let on = SendOptions::default().timeout(Duration::from_millis(20));
-    let mut send_run = |from: u32| {
-        let ends = write_run(&mut scratch, (from..from + RUN).map(payload));
+    let mut send_run = |from: u32, run: u32| {
+        let ends = write_run(&mut scratch, (from..from + run).map(payload));
         match dialer.send_slices(run_slices(&scratch, &ends), &on) {
             Ok(n) => n as u32,
             Err(e) if e.kind() == duct::ErrorKind::TimedOut => 0,
             Err(e) => panic!("send_slices: {e}"),
         }
     };
-    // Fill the transport, the reader's read-ahead and the channel's queue: runs until one is
-    // not taken whole.
-    let mut sent = 0;
-    loop {
-        assert!(sent < 1_000_000, "the transport never filled");
-        let n = send_run(sent);
-        sent += n;
-        if n < RUN {
+    // Fill the transport, the reader's read-ahead and the channel's queue with small calls,
+    // until one is not taken whole: none of them waits for the transport.
+    let fill = |send_run: &mut dyn FnMut(u32, u32) -> u32, sent: &mut u32, run: u32| loop {
+        assert!(*sent < 1_000_000, "the transport never filled");
+        let n = send_run(*sent, run);
+        *sent += n;
+        if n < run {
             break;
         }
+    };
+    const SMALL: u32 = 16;
+    let mut sent = 0;
+    fill(&mut send_run, &mut sent, SMALL);
+    assert_eq!(dialer.stats().room_waits, 0, "a call of {SMALL} waited");
+    let mut got = receive_all(&accepted, sent as usize, 1024, None);
+    // Again with large calls: they wait for the transport as it fills.
+    const LARGE: u32 = 256;
+    fill(&mut send_run, &mut sent, LARGE);
+    if f.kind != Kind::Pipe {
+        assert!(
+            dialer.stats().room_waits >= 1,
+            "calls of {LARGE} never waited for the full transport"
+        );
     }
     // (The reader's side has stopped reading ahead by now.)
     thread::sleep(Duration::from_millis(100));
     let waits = dialer.stats().room_waits;
-    let waits_expected = f.kind != Kind::Pipe;
-    if waits_expected {
-        assert!(waits >= 1, "the sender never waited for the full transport");
-    }
-    // Nothing moves: more calls queue (or time out) without waiting for the transport.
+    // Nothing moves: more calls queue (or time out) without waiting again.
     const CALLS: u64 = 10;
     for _ in 0..CALLS {
-        sent += send_run(sent);
+        sent += send_run(sent, LARGE);
     }
     // (tcp may take a few more bytes meanwhile, once: the receiving kernel compacts what it
     // holds and opens its window a little (tcp_ipv6 does so in every run here), and a send
@@ -1743,12 +1752,16 @@ fn a_full_transport_is_waited_for_once_while_the_reader_is_stopped(f: &Fixture) 
         again <= 2,
         "a sender waited {again} more times in {CALLS} calls for a transport whose reader stopped"
     );
-    let got = receive_all(&accepted, sent as usize, 1024, None);
+    got.extend(receive_all(
+        &accepted,
+        sent as usize - got.len(),
+        1024,
+        None,
+    ));
     for (k, (channel, p)) in got.iter().enumerate() {
         assert_eq!(*channel, 0);
         assert_payload(p, &payload(k as u32), &format!("message {k}"));
     }
-    // Room again: a sender that fills the transport may wait for it again.
     assert_eq!(dialer.stats().msgs_sent, u64::from(sent));
 }
 
