@@ -15,7 +15,7 @@ use duct_proto::wire::control::{
 };
 use duct_proto::wire::header::{put_u32, set_flag};
 use duct_proto::wire::{
-    flags, Deframer, FrameKind, Header, WireError, HANDSHAKE_MAX_PAYLOAD, HEADER_LEN,
+    flags, Deframer, FrameKind, Header, WireError, DATA_RUN_MAX, HANDSHAKE_MAX_PAYLOAD, HEADER_LEN,
 };
 use duct_proto::{Config, Error, Role, Session, State};
 use proptest::prelude::*;
@@ -347,6 +347,61 @@ proptest! {
         prop_assert_eq!(buf.len(), HEADER_LEN);
         prop_assert_eq!(deframer.needed(&buf), HEADER_LEN);
     }
+}
+
+/// A run of DATA frames ends at a frame boundary once it reaches `DATA_RUN_MAX` bytes, at a
+/// frame of another kind, or before a partial frame; its first whole DATA frame is always in
+/// it, however large; runs taken one after the other cover every DATA frame.
+#[test]
+fn data_runs_end_at_frame_boundaries_and_about_data_run_max() {
+    let deframer = Deframer::new(64 * 1024);
+    let mut stream = BytesMut::new();
+    let mut ends = Vec::new();
+    // Small frames past the bound, a frame larger than it, more small ones, a PING.
+    let sizes = (0..400)
+        .map(|i| 40 + i % 90)
+        .chain([40_000])
+        .chain((0..300).map(|i| 7 * i % 200));
+    for (i, len) in sizes.enumerate() {
+        stream.extend_from_slice(&frame(Header::data(1, 0), &vec![i as u8; len]));
+        ends.push(stream.len());
+    }
+    let data_end = stream.len();
+    let ping = Header {
+        kind: FrameKind::Ping,
+        ..Header::data(0, 0)
+    };
+    stream.extend_from_slice(&frame(ping, b""));
+    let mut at = 0;
+    let mut runs = 0;
+    while at < data_end {
+        let run = deframer.data_run(&stream[at..]);
+        assert!(run > 0, "no progress at {at}");
+        let end = at + run;
+        let k = ends
+            .iter()
+            .position(|&e| e == end)
+            .expect("a run ends at a frame boundary");
+        // Every frame of the run but its last starts before the bound.
+        let last_start = if k == 0 { 0 } else { ends[k - 1] };
+        assert!(
+            last_start == at || last_start - at < DATA_RUN_MAX,
+            "run {at}..{end}"
+        );
+        // It stops only at the bound (or at the end of the DATA frames).
+        assert!(
+            end == data_end || run >= DATA_RUN_MAX,
+            "a short run {at}..{end}"
+        );
+        at = end;
+        runs += 1;
+    }
+    assert_eq!(at, data_end);
+    assert!(runs > 3, "{runs} runs");
+    assert_eq!(deframer.data_run(&stream[at..]), 0, "a PING is not DATA");
+    // A partial frame at the end is left out.
+    let cut = &stream[..ends[2] + 10];
+    assert_eq!(deframer.data_run(cut), ends[2]);
 }
 
 #[test]

@@ -65,6 +65,13 @@ pub struct Deframer {
     max_payload: u32,
 }
 
+/// A [`Deframer::data_run`] stops at the first frame that starts this many bytes in: the
+/// caller walks the run's frames again, and a run this short is still in the CPU's
+/// first-level data cache then (48 KiB here), where one of a whole 64 KiB read is not.
+/// Cache simulation of a 64 B uds stream's receiver (callgrind `--cache-sim=yes`): first-level
+/// read misses 1.68 -> 0.75 a message.
+pub const DATA_RUN_MAX: usize = 16 * 1024;
+
 impl Deframer {
     /// A deframer that refuses frames with more than `max_payload` payload bytes.
     pub fn new(max_payload: u32) -> Deframer {
@@ -109,11 +116,16 @@ impl Deframer {
     /// a row (0 when the first frame is not one). A caller can take them off `buf` at once and
     /// cut the frames out of that one piece, which is cheaper than one
     /// [`Deframer::decode`] per frame. Only the kind and the length are looked at: the
-    /// frames' headers are still to be decoded (and may carry any flags).
+    /// frames' headers are still to be decoded (and may carry any flags). A run ends with the
+    /// frame that reaches [`DATA_RUN_MAX`] bytes (the next call goes on from there); its first
+    /// frame is taken whatever its size.
     #[inline]
     pub fn data_run(&self, buf: &[u8]) -> usize {
         let mut rest = buf;
-        while let Some((h, after)) = rest.split_first_chunk::<HEADER_LEN>() {
+        while buf.len() - rest.len() < DATA_RUN_MAX {
+            let Some((h, after)) = rest.split_first_chunk::<HEADER_LEN>() else {
+                break;
+            };
             let len = Header::payload_len_of(h);
             if h[0] != FrameKind::Data as u8 || len > self.max_payload {
                 break;

@@ -3166,6 +3166,8 @@ impl Conn {
             // Nobody reads or writes (checked above, under the lock): the queue is here.
             let w = g.wq.get_or_insert_with(|| Box::new(WriteQueue::new()));
             let old_frames = std::mem::replace(&mut **w, hs.wq);
+            // (The new queue counts its writes from 0: a stall seen on the old one is gone.)
+            g.room_stalled = None;
             duct_proto::session::requeue(old_frames.into_frames())
         };
         let rewound = outbox.rewind();
