@@ -1633,7 +1633,7 @@ pub struct PipeStats {
     /// output it flushes while nobody sends (after the socket was full, heartbeats, acks).
     pub ring_writes: u64,
     /// Times a send of several messages or slices (`send_batch`, `send_slices`) on a
-    /// channel under [`Backpressure::Block`], with at least 64 messages still to go, found
+    /// channel under [`Backpressure::Block`], in a call of at least 64 messages, found
     /// the transport full and waited for it to take more, the pipe's lock let go, rather
     /// than copy the rest into its channel's queue: a socket until it is writable again (at
     /// most 200 µs at a time, again while each wait brings room), a shared-memory ring for

@@ -388,8 +388,8 @@ impl Pipe {
     /// [`Message`] does not copy its payload) and resend from index `n` after `Ok(n)`. A
     /// message dropped by its channel's policy (`DropNew`, `DropOld`) counts as accepted.
     ///
-    /// On a channel under [`Backpressure::Block`](crate::Backpressure::Block), a call with
-    /// at least 64 messages still to go that finds the transport full (frames wait for a
+    /// On a channel under [`Backpressure::Block`](crate::Backpressure::Block), a call of
+    /// at least 64 messages that finds the transport full (frames wait for a
     /// socket its last write found full, or a shared-memory ring has no room) first waits a
     /// little for it to take more, as a blocking writer would, before it queues the rest as
     /// copies: a socket up to 200 µs at a time while each wait brings room, a ring up to the

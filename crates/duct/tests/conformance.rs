@@ -1687,7 +1687,7 @@ fn long_slice_runs_arrive_in_order_while_the_reader_keeps_up(f: &Fixture) {
     assert_eq!(dialer.stats().msgs_sent, u64::from(N));
 }
 
-/// A call of `send_slices` with much left to send that finds the transport full waits for it
+/// A large call of `send_slices` (256 messages) that finds the transport full waits for it
 /// to take more before it queues the rest (`PipeStats::room_waits`); a small call never
 /// waits so (a sender serving many pipes in turn is not held up by one); and a reader that
 /// stopped costs one wait, not one a call: once a wait brought no room, calls queue at once

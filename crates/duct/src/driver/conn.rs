@@ -85,13 +85,14 @@ pub(crate) const RECHECK: Duration = Duration::from_millis(20);
 const SOCKET_ROOM_WAIT: Duration = Duration::from_micros(200);
 
 /// A call of `send_batch` (or `send_slices`) that finds the transport full waits for it to
-/// take more ([`Conn::wait_socket_room`], [`WriteQueue::wait_room`]) only with at least this
-/// many messages still to go after the one at hand: a stream's large batch, which would
-/// otherwise be copied into the channel's queue. A smaller call is queued and returns at
-/// once: a sender serving many pipes in turn (a game server's clients) is not held up by
-/// one whose reader is slow. (`duct bench --pattern scale`, 1,000 tcp pipes, 16 messages a
-/// call: waiting there cut the total rate by about a quarter.)
-const ROOM_WAIT_MIN_LEFT: usize = 64;
+/// take more ([`Conn::wait_socket_room`], [`WriteQueue::wait_room`]) only if it has at least
+/// this many messages: a stream's large batch, which would otherwise be copied into the
+/// channel's queue (to its last message: a tail that found the ring full and was queued
+/// would send the next call the same way too, ~3% of a shm stream's rate). A smaller call is
+/// queued and returns at once: a sender serving many pipes in turn (a game server's
+/// clients) is not held up by one whose reader is slow. (`duct bench --pattern scale`, 1,000
+/// tcp pipes, 16 messages a call: waiting there cut the total rate by about a quarter.)
+const ROOM_WAIT_MIN_MSGS: usize = 64;
 
 const AGE_SAMPLE: Duration = Duration::from_millis(10);
 
@@ -1524,9 +1525,9 @@ impl Conn {
         let mut fast: Option<DirectRun> = None;
         // A message the framing loop below took and could not frame: the next to go.
         let mut held = None;
-        // A frame transport found full may be waited for (see below): not by a call that
-        // must not wait, and not again in this call once room did not come in time.
-        let mut wait_room = !timeout.is_zero();
+        // A transport found full may be waited for (see below): not by a call that must not
+        // wait or a small one, and not again in this call once room did not come in time.
+        let mut wait_room = !timeout.is_zero() && msgs.size_hint().0 >= ROOM_WAIT_MIN_MSGS;
         while let Some((channel, payload)) = held.take().or_else(|| msgs.next()) {
             let len = payload.len();
             if let Some(w) = direct.take_if(|w: &mut Box<WriteQueue>| !w.wants_more()) {
@@ -1534,14 +1535,9 @@ impl Conn {
                 fast = None;
                 g = self.flush(g);
             }
-            if direct.is_none()
-                && wait_room
-                && !self.frames
-                && g.wq_frames > 0
-                && msgs.size_hint().0 >= ROOM_WAIT_MIN_LEFT
-            {
-                // A socket found full (by this call's flush or an earlier one), and much of
-                // the call left: rather than copy this message and those after it into its
+            if direct.is_none() && wait_room && !self.frames && g.wq_frames > 0 {
+                // A socket found full (by this call's flush or an earlier one): rather than
+                // copy this message and those after it into its
                 // channel's queue, wait for the socket to take the frames queued (see
                 // `wait_socket_room`).
                 (g, wait_room) = self.wait_socket_room(g, channel, deadline);
@@ -1616,7 +1612,6 @@ impl Conn {
                         if !framed
                             && P::COPIED
                             && wait_room
-                            && msgs.size_hint().0 >= ROOM_WAIT_MIN_LEFT
                             && w.is_empty_frames()
                             && g.blocks_when_full(channel)
                         {
