@@ -75,9 +75,6 @@ enum Offer {
 
 /// How often the reactor looks again at a pipe whose receiving it left to an active caller.
 pub(crate) const RECHECK: Duration = Duration::from_millis(20);
-/// While reading is paused (a receive queue is full), how often the reactor notes how much
-/// input waits in the transport, so that time to live counts the wait there (to this
-/// precision).
 /// The longest a batch's sender waits at a time for a full socket to take bytes again
 /// ([`Conn::wait_socket_room`]) before it queues what is left: long enough for a reader on
 /// the same CPU to drain a good part of a Unix socket's buffer (~200 KiB at ~1 GB/s), short
@@ -87,13 +84,16 @@ const SOCKET_ROOM_WAIT: Duration = Duration::from_micros(200);
 /// A call of `send_batch` (or `send_slices`) that finds the transport full waits for it to
 /// take more ([`Conn::wait_socket_room`], [`WriteQueue::wait_room`]) only if it has at least
 /// this many messages: a stream's large batch, which would otherwise be copied into the
-/// channel's queue (to its last message: a tail that found the ring full and was queued
-/// would send the next call the same way too, ~3% of a shm stream's rate). A smaller call is
-/// queued and returns at once: a sender serving many pipes in turn (a game server's
-/// clients) is not held up by one whose reader is slow. (`duct bench --pattern scale`, 1,000
-/// tcp pipes, 16 messages a call: waiting there cut the total rate by about a quarter.)
+/// channel's queue (to its last message: a tail that found the transport full and was
+/// queued would send the next call the queue's way too). A smaller call is queued and
+/// returns at once: a sender serving many pipes in turn (a game server's clients) is not
+/// held up by one whose reader is slow. (`duct bench --pattern scale`, 1,000 tcp pipes, 16
+/// messages a call: waiting there cut the total rate by about a quarter.)
 const ROOM_WAIT_MIN_MSGS: usize = 64;
 
+/// While reading is paused (a receive queue is full), how often the reactor notes how much
+/// input waits in the transport, so that time to live counts the wait there (to this
+/// precision).
 const AGE_SAMPLE: Duration = Duration::from_millis(10);
 
 /// Callbacks and limits of one connection, taken from its options.
@@ -1537,9 +1537,8 @@ impl Conn {
             }
             if direct.is_none() && wait_room && !self.frames && g.wq_frames > 0 {
                 // A socket found full (by this call's flush or an earlier one): rather than
-                // copy this message and those after it into its
-                // channel's queue, wait for the socket to take the frames queued (see
-                // `wait_socket_room`).
+                // copy this message and those after it into its channel's queue, wait for
+                // the socket to take the frames queued (see `wait_socket_room`).
                 (g, wait_room) = self.wait_socket_room(g, channel, deadline);
             }
             if direct.is_none() && g.may_send_direct() {
@@ -1617,13 +1616,14 @@ impl Conn {
                         {
                             // A frame transport's ring is full, and the receiver is taking
                             // from it, most likely: on a channel that blocks when full (a
-                            // send on the others never waits), wait a little for room (the pipe's lock
-                            // let go) rather than copy this message and those after it into
-                            // the queue; then the message goes the way it came. Once per
-                            // call, if no room came; and a receiver that stopped costs one
-                            // such wait, not one per call: the frame is queued then, and
-                            // while frames are queued nothing takes the direct path (so
-                            // nothing waits here) until the ring has drained them.
+                            // send on the others never waits), wait a little for room (the
+                            // pipe's lock let go) rather than copy this message and those
+                            // after it into the queue; then the message goes the way it
+                            // came. Once per call, if no room came; and a receiver that
+                            // stopped costs one such wait, not one per call: the frame is
+                            // queued then, and while frames are queued nothing takes the
+                            // direct path (so nothing waits here) until the ring has
+                            // drained them.
                             drop(g);
                             wait_room = w.wait_room(len, deadline);
                             g = self.relocked(self.lock(), &mut direct);
@@ -1877,7 +1877,7 @@ impl Conn {
     /// place. Returns whether to wait again in this call: `false` once a wait brought no
     /// room, or on a transport a sender does not wait for so (shared memory has its own
     /// wait, [`WriteQueue::wait_room`]). A reader that stopped costs one wait, not one per
-    /// call: no sender waits again until the queue has changed (`room_stalled`).
+    /// call: no sender waits again until a write takes some of the queue (`room_stalled`).
     fn wait_socket_room<'a>(
         &'a self,
         mut g: MutexGuard<'a, Shared>,
