@@ -1575,6 +1575,30 @@ fn run_slices<'a>(scratch: &'a [u8], ends: &'a [usize]) -> impl Iterator<Item = 
         .map(move |(start, &end)| &scratch[start..end])
 }
 
+/// Sends messages `range` (`payload(i)`) with one `send_slices` call, written into `scratch`
+/// first (one buffer, rewritten for each call: what was sent is a copy).
+fn send_numbered_run(
+    dialer: &duct::Pipe,
+    scratch: &mut Vec<u8>,
+    range: std::ops::Range<u32>,
+    payload: impl Fn(u32) -> Vec<u8>,
+    on: &SendOptions,
+) -> duct::Result<usize> {
+    let ends = write_run(scratch, range.map(payload));
+    dialer.send_slices(run_slices(scratch, &ends), on)
+}
+
+/// Every message of `got` is on channel 0, the `k`th of them `payload(k)`: all arrived
+/// intact, once, in order.
+fn assert_numbered_in_order(got: &[(u16, Vec<u8>)], payload: impl Fn(u32) -> Vec<u8>) {
+    for (k, (channel, p)) in got.iter().enumerate() {
+        assert_eq!(*channel, 0, "message {k}");
+        let i = u32::from_be_bytes(p[..4].try_into().unwrap());
+        assert_eq!(i, k as u32, "message {k} out of order");
+        assert_payload(p, &payload(i), &format!("message {i}"));
+    }
+}
+
 /// Receives `n` messages with `recv_into` (up to `max` a call) as (channel, payload);
 /// `pause`: after every `k` messages, sleeps that long.
 fn receive_all(
@@ -1623,8 +1647,7 @@ fn slices_wait_in_full_queues_intact(f: &Fixture) {
                 let on = SendOptions::default()
                     .channel(((i / 100) % 2) as u16)
                     .timeout(T);
-                let ends = write_run(&mut scratch, (i..i + 100).map(payload));
-                let sent = dialer.send_slices(run_slices(&scratch, &ends), &on);
+                let sent = send_numbered_run(&dialer, &mut scratch, i..i + 100, payload, &on);
                 assert_eq!(sent.unwrap(), 100);
                 i += 100;
             }
@@ -1670,20 +1693,15 @@ fn long_slice_runs_arrive_in_order_while_the_reader_keeps_up(f: &Fixture) {
         let mut scratch = Vec::new();
         let on = SendOptions::default().timeout(T);
         for run in 0..N / RUN {
-            let ends = write_run(&mut scratch, (run * RUN..(run + 1) * RUN).map(payload));
-            let sent = dialer.send_slices(run_slices(&scratch, &ends), &on);
+            let range = run * RUN..(run + 1) * RUN;
+            let sent = send_numbered_run(&dialer, &mut scratch, range, payload, &on);
             assert_eq!(sent.unwrap(), RUN as usize);
         }
         pump_until(&dialer, || receiver.is_finished());
         receiver.join().unwrap()
     });
     assert_eq!(got.len(), N as usize);
-    for (k, (channel, p)) in got.iter().enumerate() {
-        assert_eq!(*channel, 0);
-        let i = u32::from_be_bytes(p[..4].try_into().unwrap());
-        assert_eq!(i, k as u32, "message {k} out of order");
-        assert_payload(p, &payload(i), &format!("message {i}"));
-    }
+    assert_numbered_in_order(&got, payload);
     assert_eq!(dialer.stats().msgs_sent, u64::from(N));
 }
 
@@ -1703,13 +1721,16 @@ fn a_full_transport_is_waited_for_once_while_the_reader_is_stopped(f: &Fixture) 
     let mut scratch = Vec::new();
     // Short timeouts: calls that find the channel's queue full give up quickly.
     let on = SendOptions::default().timeout(Duration::from_millis(20));
-    let mut send_run = |from: u32, run: u32| {
-        let ends = write_run(&mut scratch, (from..from + run).map(payload));
-        match dialer.send_slices(run_slices(&scratch, &ends), &on) {
-            Ok(n) => n as u32,
-            Err(e) if e.kind() == duct::ErrorKind::TimedOut => 0,
-            Err(e) => panic!("send_slices: {e}"),
-        }
+    let mut send_run = |from: u32, run: u32| match send_numbered_run(
+        &dialer,
+        &mut scratch,
+        from..from + run,
+        payload,
+        &on,
+    ) {
+        Ok(n) => n as u32,
+        Err(e) if e.kind() == duct::ErrorKind::TimedOut => 0,
+        Err(e) => panic!("send_slices: {e}"),
     };
     // Fill the transport, the reader's read-ahead and the channel's queue with small calls,
     // until one is not taken whole: none of them waits for the transport.
@@ -1758,10 +1779,7 @@ fn a_full_transport_is_waited_for_once_while_the_reader_is_stopped(f: &Fixture) 
         1024,
         None,
     ));
-    for (k, (channel, p)) in got.iter().enumerate() {
-        assert_eq!(*channel, 0);
-        assert_payload(p, &payload(k as u32), &format!("message {k}"));
-    }
+    assert_numbered_in_order(&got, payload);
     assert_eq!(dialer.stats().msgs_sent, u64::from(sent));
 }
 
@@ -1785,8 +1803,7 @@ fn slices_while_the_reader_pauses(
             while i < n {
                 let (channel, len) = run(i);
                 let on = SendOptions::default().channel(channel).timeout(T);
-                let ends = write_run(&mut scratch, (i..i + len).map(payload));
-                let sent = dialer.send_slices(run_slices(&scratch, &ends), &on);
+                let sent = send_numbered_run(dialer, &mut scratch, i..i + len, payload, &on);
                 assert_eq!(sent.unwrap(), len as usize);
                 // Nothing of the caller's memory may be used after the call.
                 scratch.fill(0xEE);

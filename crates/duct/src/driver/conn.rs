@@ -1535,11 +1535,16 @@ impl Conn {
                 fast = None;
                 g = self.flush(g);
             }
-            if direct.is_none() && wait_room && !self.frames && g.wq_frames > 0 {
+            if direct.is_none()
+                && wait_room
+                && !self.frames
+                && g.wq_frames > 0
+                && g.blocks_when_full(channel)
+            {
                 // A socket found full (by this call's flush or an earlier one): rather than
                 // copy this message and those after it into its channel's queue, wait for
                 // the socket to take the frames queued (see `wait_socket_room`).
-                (g, wait_room) = self.wait_socket_room(g, channel, deadline);
+                (g, wait_room) = self.wait_socket_room(g, deadline);
             }
             if direct.is_none() && g.may_send_direct() {
                 g.writing = true;
@@ -1868,10 +1873,9 @@ impl Conn {
     }
 
     /// [`Conn::send_batch`] found frames queued for a socket (its last write found it full)
-    /// with nobody writing them, and the next message, on `channel`, would go to its
-    /// channel's queue as a copy, and so would those after it: on a channel that blocks when
-    /// full ([`Backpressure::Block`](crate::Backpressure::Block)), waits for the socket to
-    /// take bytes again (the pipe's lock let go; at most [`SOCKET_ROOM_WAIT`] at a time,
+    /// with nobody writing them, and the next message, on a channel that blocks when full
+    /// ([`Shared::blocks_when_full`]), would go to its channel's queue as a copy, and so
+    /// would those after it: waits for the socket to take bytes again (the pipe's lock let go; at most [`SOCKET_ROOM_WAIT`] at a time,
     /// never past `deadline`) and writes the queue, as a blocking socket writer would, while
     /// each wait brings room, until the queue is written: the batch then goes on framing in
     /// place. Returns whether to wait again in this call: `false` once a wait brought no
@@ -1881,16 +1885,11 @@ impl Conn {
     fn wait_socket_room<'a>(
         &'a self,
         mut g: MutexGuard<'a, Shared>,
-        channel: u16,
         deadline: Instant,
     ) -> (MutexGuard<'a, Shared>, bool) {
         debug_assert!(!self.frames, "a socket's wait on a frame transport");
-        if !g.blocks_when_full(channel) {
-            // (The call may still wait for a message on another channel.)
-            return (g, true);
-        }
+        let written = |g: &Shared| g.wq.as_ref().map(|w| w.written());
         while g.wq_frames > 0 && !g.writing && g.open_and_connected() {
-            let written = |g: &Shared| g.wq.as_ref().map(|w| w.written());
             let before = written(&g);
             if before.is_none() || g.room_stalled == before {
                 return (g, false);
