@@ -86,6 +86,73 @@ fn receive_stream(b: &duct::Pipe, total: u64) {
     }
 }
 
+/// `scale`: the dialer's side, `n` messages in calls of 16 on each pipe in turn.
+#[inline(never)]
+fn measure_scale(pipes: &[duct::Pipe], n: u64, payload: &Message) {
+    let opts = duct::SendOptions::default();
+    let mut left = n;
+    while left > 0 {
+        for p in pipes {
+            let k = left.min(16);
+            if k == 0 {
+                break;
+            }
+            left -= p
+                .send_slices((0..k).map(|_| payload.payload()), &opts)
+                .unwrap() as u64;
+        }
+    }
+}
+
+/// `scale`: the listener's side, sweeping every pipe until `total` messages came.
+#[inline(never)]
+fn receive_scale(pipes: &[duct::Pipe], total: u64) {
+    let mut out = duct::MessageBatch::with_capacity(64);
+    let opts = duct::RecvOptions::default().timeout(std::time::Duration::ZERO);
+    let mut got = 0;
+    while got < total {
+        let mut any = false;
+        for p in pipes {
+            if let Ok(k) = p.recv_into(&mut out, 64, &opts) {
+                got += k as u64;
+                any |= k > 0;
+            }
+        }
+        if !any {
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn scale_main(transport: &str, addr: &str, n: u64) {
+    let pipes_n: usize = std::env::var("HOTPATH_PIPES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let listener = duct::listen(addr, ListenOptions::default()).unwrap();
+    let addr = listener.local_addr().to_string();
+    let warm = 32 * pipes_n as u64;
+    let rx = std::thread::spawn(move || {
+        let pipes: Vec<_> = (0..pipes_n).map(|_| listener.accept().unwrap()).collect();
+        receive_scale(&pipes, warm + n);
+        pipes
+    });
+    let pipes: Vec<_> = (0..pipes_n)
+        .map(|_| duct::dial(&addr, DialOptions::default()).unwrap())
+        .collect();
+    let payload = Message::new(vec![7u8; 64]);
+    measure_scale(&pipes, warm, &payload);
+    let start = std::time::Instant::now();
+    measure_scale(&pipes, n, &payload);
+    let el = start.elapsed();
+    let rx_pipes = rx.join().unwrap();
+    println!(
+        "{transport}: {pipes_n} pipes, {n} messages, {:.3} us each",
+        el.as_secs_f64() * 1e6 / n as f64
+    );
+    drop(rx_pipes);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -115,6 +182,10 @@ fn main() {
         "uds" => format!("uds://@hotpath-{}", std::process::id()),
         _ => "tcp://127.0.0.1:0".to_owned(),
     };
+    if args.get(3).is_some_and(|s| s == "scale") {
+        scale_main(&transport, &addr, n);
+        return;
+    }
     // `HOTPATH_RELIABLE=1`: channel 0 reliable on both ends.
     let reliable = std::env::var("HOTPATH_RELIABLE").is_ok_and(|v| v == "1");
     let channel = duct::ChannelOptions::default().reliable(reliable);

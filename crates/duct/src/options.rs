@@ -1618,10 +1618,19 @@ pub struct PipeStats {
     /// `shm://`: frames whose payload moved to the peer without a copy (written in place with
     /// [`Pipe::alloc`](crate::Pipe::alloc)).
     pub zero_copy_frames: u64,
+    /// `shm://`: wake-ups this side signalled to the peer through the connection's control
+    /// socket, a system call each (and one for the peer to read it): when frames arrived for
+    /// a peer whose reactor watches for them (an async receive waits there, or nobody
+    /// receives), or room appeared for a peer that waits for it to send. A peer that
+    /// receives by spinning, parking on the shared futex (`recv`), or polling (`try_recv`,
+    /// a zero timeout) needs none: a sweep of many pipes costs their senders no system call.
+    /// 0 on other transports.
+    pub wake_signals: u64,
     /// Reads asked of the transport (a system call each on a socket), by the application's
     /// receives and by the reactor. Beside `msgs_received`: how many messages a read brings.
     /// A receive that does not wait, on a pipe found empty before and with nothing reported
-    /// since by the reactor (which then watches it), reads nothing and is not counted.
+    /// since by the reactor (which then watches it), reads nothing and is not counted. On
+    /// `shm://` such a receive looks at the ring (counted: a read without a system call).
     pub reads: u64,
     /// Of `reads`: those the reactor made through its io_uring ring, submitted in one system
     /// call with the receives of every other pipe it read in the same pass (Linux, on the

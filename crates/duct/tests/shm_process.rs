@@ -185,6 +185,76 @@ fn child_entry() {
     }
 }
 
+/// A receiver that polls (`try_recv`, which looks at the ring and asks the sender for no
+/// wake-up signal) still hears at once of a sender killed mid-stream: the control socket's
+/// end reaches the reactor, and the next poll reads the socket. Nothing is left behind.
+#[test]
+fn killing_a_sending_dialer_ends_a_poll_and_leaves_nothing() {
+    let _serial = serial();
+    let fds = fd_count();
+    let shm = dev_shm();
+    let mut times = Vec::new();
+    for round in 0..ROUNDS {
+        let n = name();
+        let addr = format!("shm://{n}");
+        let listener =
+            duct::listen(&addr, ListenOptions::default().heartbeat(no_heartbeat())).unwrap();
+        let (mut kid, mut out) = Kid::spawn("sender", &n);
+        let pipe = listener.accept_timeout(common::T).unwrap();
+        expect_line(&mut out, "ready");
+        let mut got = 0u64;
+        let mut take = |m: duct::Message| {
+            assert_eq!(
+                m.payload(),
+                &got.to_le_bytes()[..],
+                "round {round}: in order"
+            );
+            got += 1;
+        };
+        // Poll for a random moment, then kill mid-stream.
+        let until = Instant::now() + Duration::from_millis(fastrand::u64(1..40));
+        while Instant::now() < until {
+            if let Some(m) = pipe.try_recv().unwrap() {
+                take(m);
+            }
+        }
+        let mut poll = || -> duct::Result<()> {
+            let deadline = Instant::now() + 10 * NOTICE_BOUND;
+            loop {
+                match pipe.try_recv()? {
+                    Some(m) => take(m),
+                    None => thread::yield_now(),
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: the end never reached the poller"
+                );
+            }
+        };
+        let killer = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(5));
+            let at = Instant::now();
+            kid.kill();
+            at
+        });
+        let r = poll();
+        let kill_at = killer.join().unwrap();
+        times.push(noticed(kill_at, r, "try_recv"));
+        drop(pipe);
+        drop(listener);
+        drop(duct::listen(&addr, ListenOptions::default()).unwrap());
+    }
+    report("sending dialer killed, try_recv", &times);
+    assert_eq!(shm_mappings_after_drop(), 0, "no segment mapped any more");
+    assert_eq!(dev_shm(), shm, "/dev/shm unchanged");
+    assert!(
+        fd_count() <= fds + 4,
+        "fds: {} before, {} after",
+        fds,
+        fd_count()
+    );
+}
+
 /// Measures how long after the kill `op` returned its error, which must be Disconnected.
 fn noticed(kill_at: Instant, r: duct::Result<()>, what: &str) -> Duration {
     let took = kill_at.elapsed();

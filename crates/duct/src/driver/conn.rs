@@ -58,7 +58,7 @@ use super::io::{with_transport, ReadBuf, WriteQueue};
 use super::reactor::{self, Reactive, ReactorHandle};
 use super::reconnect;
 use super::wakers::{WaitFor, WakerSet};
-use super::{proto_error, StreamTransport};
+use super::{proto_error, FrameRead, StreamTransport};
 use crate::observability;
 use crate::{Addr, ChannelStats, Error, ErrorKind, PipeState, PipeStats, StateChange};
 use duct_proto::wire::control::close_code;
@@ -200,6 +200,9 @@ struct Shared {
     seen_blocking: u64,
     /// Readability events the reactor reported so far.
     read_events: u64,
+    /// `read_events` when a caller's poll of a frame transport last read its control socket
+    /// (see `FrameRead::Look`): it reads it again once the reactor reports it readable.
+    looked_events: u64,
     /// `read_events` before the last read that found the transport empty (`None`: it was
     /// not, or is not known to be). While the reactor watches readability and no event has
     /// come since, the transport is still empty: a receive that does not wait returns at
@@ -895,6 +898,7 @@ impl Conn {
             blocking_reads: 0,
             seen_blocking: 0,
             read_events: 0,
+            looked_events: 0,
             empty_at: None,
             read_to_end: false,
             recheck_at: None,
@@ -1061,6 +1065,7 @@ impl Conn {
             s.payload_frames_copied += frames;
             s.payload_bytes_copied += bytes;
             s.zero_copy_frames += lent;
+            s.wake_signals += f.signals();
         }
         s.rtt = g.session.rtt();
         s.set_channels(g.channels.snapshot());
@@ -2351,7 +2356,13 @@ impl Conn {
                 g = ng;
                 continue;
             }
-            if polls && g.read_armed && g.empty_at == Some(g.read_events) {
+            // A poll of a frame transport looks at the ring itself (no system call), and
+            // has the peer signal nothing (see `FrameRead::Look`): a sweep of many shm pipes
+            // does not cost their peers a system call per message batch, nor the reactor a
+            // wake-up. The control socket is read only when the reactor reported it readable
+            // since the last look (a signal to clear, or the peer's end).
+            let looks = self.frames && polls && park.is_none();
+            if polls && !looks && g.read_armed && g.empty_at == Some(g.read_events) {
                 // The transport was empty at the last read, and the reactor, which watches
                 // it, has reported nothing since: still empty. No system call: a receive
                 // that does not wait returns, an async one waits (the reactor reads for it
@@ -2365,12 +2376,22 @@ impl Conn {
             g.reading = true;
             g.stats.reads += 1;
             let events = g.read_events;
+            let look = if looks {
+                FrameRead::Look {
+                    drain: g.read_to_end || g.looked_events != g.read_events,
+                }
+            } else {
+                FrameRead::Signal
+            };
             let mut r = take_rbuf(&mut g);
             let needed = r.prepare(&mut g.session);
             drop(g);
-            let res = self.read_once(&mut r, needed, wait, deadline);
+            let res = self.read_once(&mut r, needed, wait, look, deadline);
             attempted = true;
             g = self.lock();
+            if look == (FrameRead::Look { drain: true }) {
+                g.looked_events = events;
+            }
             let found = !matches!(&res, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
             g.empty_at = (!found).then_some(events);
             // What the read brought is handed to the caller at once where it may be (nothing
@@ -2475,11 +2496,14 @@ impl Conn {
     }
 
     /// One read attempt by a caller. `WouldBlock` when nothing arrived before the deadline.
+    /// `look`: how a read that does not wait treats an empty frame transport (see
+    /// [`FrameRead`]).
     fn read_once(
         &self,
         r: &mut ReadBuf,
         needed: usize,
         wait: Wait,
+        look: FrameRead,
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
         with_transport(
@@ -2487,11 +2511,11 @@ impl Conn {
             |r| &mut r.transport,
             || self.t(),
             |r, t| match wait {
-                Wait::No => r.recv(t, needed, true),
-                Wait::Forever => r.recv(t, needed, false),
+                Wait::No => r.recv(t, needed, look),
+                Wait::Forever => r.recv(t, needed, FrameRead::Wait),
                 Wait::Until(_) => {
                     if t.wait_readable(deadline)? {
-                        r.recv(t, needed, true)
+                        r.recv(t, needed, FrameRead::Signal)
                     } else {
                         Err(io::ErrorKind::WouldBlock.into())
                     }
@@ -2696,7 +2720,7 @@ impl Conn {
                 |r| &mut r.transport,
                 || self.t(),
                 |r, t| {
-                    let res = r.recv(t, needed, true);
+                    let res = r.recv(t, needed, FrameRead::Signal);
                     drained =
                         read_drained(&res, r.short_read(), short_drains && t.short_read_drains());
                     res
@@ -3826,8 +3850,9 @@ impl Reactive for Conn {
         if g.recheck_at.is_some_and(|t| t <= now) {
             g.recheck_at = None;
             // Left to the caller: not watched, or watched for a caller that polls with input
-            // perhaps unread.
-            let left = !g.read_armed || g.empty_at != Some(g.read_events);
+            // perhaps unread (on a frame transport always: a caller's poll asks the peer for
+            // no signal, so input may have come without an event).
+            let left = !g.read_armed || g.empty_at != Some(g.read_events) || self.frames;
             if left && !g.session.receive_paused() && g.terminal.is_none() {
                 if g.caller_reads == g.seen_reads && !g.reading {
                     // The caller has been away for a whole RECHECK: read ahead for it.

@@ -8,7 +8,7 @@ use std::time::Instant;
 use duct_proto::{Event, Session, State};
 
 use super::io::{ReadBuf, WriteQueue};
-use super::{proto_error, StreamTransport};
+use super::{proto_error, FrameRead, StreamTransport};
 use crate::transport::Stream;
 use crate::{Addr, Error, ErrorKind};
 
@@ -59,7 +59,7 @@ impl Handshake {
     /// Reads what is available without blocking and advances the handshake.
     pub(crate) fn on_readable(&mut self) -> Result<Progress, Error> {
         let needed = self.session.input_needed(&self.rbuf.data);
-        match self.rbuf.recv(&self.stream, needed, true) {
+        match self.rbuf.recv(&self.stream, needed, FrameRead::Signal) {
             Ok(0) => {
                 return Err(Error::new(
                     ErrorKind::Disconnected,

@@ -15,7 +15,7 @@ use duct_proto::{Received, Transmit};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fd::BorrowedFd;
 
-use super::{FrameIo, FramePayload, FrameSide, RawFrame, StreamTransport};
+use super::{FrameIo, FramePayload, FrameRead, FrameSide, RawFrame, StreamTransport};
 
 /// Bytes read per refill of an empty buffer. Larger frames grow the buffer to fit.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
@@ -301,7 +301,9 @@ impl ReadBuf {
     }
 
     /// One `recv` into the free space, sized so that the next frame (`needed` bytes in all)
-    /// fits. `Ok(0)` is end of stream.
+    /// fits. `Ok(0)` is end of stream. `how`: whether it waits, and on a frame transport what
+    /// an empty one asks of the peer (see [`FrameRead`]); a socket's read is non-blocking
+    /// unless it is [`FrameRead::Wait`].
     // (Inline: one call fewer between a caller's receive and the transport. Callgrind, shm
     // 64 B ping-pong: 3,483 -> 3,423 instructions per round trip.)
     #[inline]
@@ -309,7 +311,7 @@ impl ReadBuf {
         &mut self,
         transport: &dyn StreamTransport,
         needed: usize,
-        nonblocking: bool,
+        how: FrameRead,
     ) -> io::Result<usize> {
         if let Some(f) = transport.frame_io() {
             debug_assert!(
@@ -321,9 +323,10 @@ impl ReadBuf {
                 &mut self.frames,
                 &mut self.frame_chunk,
                 FRAMES_PER_RECV,
-                nonblocking,
+                how,
             );
         }
+        let nonblocking = how != FrameRead::Wait;
         self.make_room(needed);
         if let Some(d) = self.direct.as_mut() {
             // The rest of the fragment in place, and in the same call the next frame's

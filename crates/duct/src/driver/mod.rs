@@ -159,6 +159,24 @@ pub(crate) struct RawFrame {
     pub(crate) payload: FramePayload,
 }
 
+/// What a frame transport's receive ([`FrameIo::recv_frames`]) does when no frame is there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(duct_shm), allow(dead_code))]
+pub(crate) enum FrameRead {
+    /// Waits (spinning, then parked) until frames come or the peer is gone.
+    Wait,
+    /// Returns `WouldBlock`, having asked the peer to make the transport's fd readable when
+    /// frames come (shm: a byte on the control socket, a system call on the peer's side):
+    /// for a reader that waits for the reactor to hear of input (the reactor itself, an
+    /// async receive). Reads the control socket first (an end, or signals to clear).
+    Signal,
+    /// Returns `WouldBlock` and asks for nothing: for a caller that polls, and looks again
+    /// by itself (a ring is looked at without a system call). `drain`: read the control
+    /// socket first (the reactor reported it readable since the last look: a signal to
+    /// clear, or the peer's end).
+    Look { drain: bool },
+}
+
 /// Where a [`RawFrame`]'s payload is.
 #[cfg_attr(not(duct_shm), allow(dead_code))]
 pub(crate) enum FramePayload {
@@ -235,15 +253,16 @@ pub(crate) trait FrameIo {
     /// Takes up to `max` frames into `out`, and into `chunk` the bytes their
     /// [`FramePayload::InChunk`] payloads are in (`out` and `chunk` are empty when called:
     /// the frames of one call are handed to the session before the next). `Ok(0)` is the
-    /// end (the peer is gone); with `nonblocking`, nothing there is `WouldBlock`. `side` is
-    /// the receiving state, the same on every call for this transport.
+    /// end (the peer is gone); unless `how` is [`FrameRead::Wait`], nothing there is
+    /// `WouldBlock`. `side` is the receiving state, the same on every call for this
+    /// transport.
     fn recv_frames(
         &self,
         side: &mut FrameSide,
         out: &mut std::collections::VecDeque<RawFrame>,
         chunk: &mut bytes::Bytes,
         max: usize,
-        nonblocking: bool,
+        how: FrameRead,
     ) -> std::io::Result<usize>;
     /// A pool slot for a payload of `len` bytes written in place (`Pipe::alloc`), if one is
     /// free.
@@ -252,6 +271,9 @@ pub(crate) trait FrameIo {
     /// Frames whose payload was copied into the transport's memory, those bytes, and frames
     /// that moved without a copy.
     fn copy_counts(&self) -> (u64, u64, u64);
+    /// Wake-up signals sent to the peer through the transport's own channel (shm: a byte on
+    /// the control socket, a system call) so far.
+    fn signals(&self) -> u64;
 }
 
 /// Turns a protocol error into the public error, naming the peer.

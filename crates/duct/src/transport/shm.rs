@@ -53,7 +53,7 @@ use duct_sys::shm::wait::{self, Wake};
 
 use crate::addr::{Addr, Endpoint};
 use crate::driver::io::Chunks;
-use crate::driver::{FramePayload, FrameSide, RawFrame};
+use crate::driver::{FramePayload, FrameRead, FrameSide, RawFrame};
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::PeerCredentials;
 
@@ -225,6 +225,9 @@ pub(crate) struct ShmStream {
     copied_frames: AtomicU64,
     copied_bytes: AtomicU64,
     lent_frames: AtomicU64,
+    /// Wake-up signals this side wrote to the control socket for the peer (see
+    /// `PipeStats::wake_signals`).
+    signals: Arc<AtomicU64>,
     /// The control socket ended (the peer is gone) or was shut down here.
     ended: AtomicBool,
     /// Reading was shut down here.
@@ -456,8 +459,9 @@ impl Spin {
 
 /// Writes one wake byte to the control socket without blocking (a full socket already holds
 /// wake bytes: nothing is lost).
-fn ring_bell(ctl: &UnixStream) {
+fn ring_bell(ctl: &UnixStream, signals: &AtomicU64) {
     use rustix::net::SendFlags;
+    signals.fetch_add(1, Ordering::Relaxed);
     let _ = rustix::net::send(ctl, &[1], SendFlags::DONTWAIT | super::NO_SIGNAL);
 }
 
@@ -522,10 +526,12 @@ impl ShmStream {
         let rx_ring = rx.ring.clone();
         // Freeing a received slot may be what a sender waits for.
         let bell = Arc::clone(&ctl);
+        let signals = Arc::new(AtomicU64::new(0));
+        let rung = Arc::clone(&signals);
         let wake_ring = rx.ring.clone();
         let rx_pool = PoolRx::new(rx.pool, move || {
             if wait::notify(wake_ring.ctl().producer_word()) == Wake::Socket {
-                ring_bell(&bell);
+                ring_bell(&bell, &rung);
             }
         });
         let local = if tx_dir == 1 {
@@ -560,6 +566,7 @@ impl ShmStream {
             copied_frames: AtomicU64::new(0),
             copied_bytes: AtomicU64::new(0),
             lent_frames: AtomicU64::new(0),
+            signals,
             ctl,
             segment,
             ended: AtomicBool::new(false),
@@ -686,6 +693,11 @@ impl ShmStream {
             }
             std::thread::yield_now();
         }
+    }
+
+    /// Wake-up signals written to the control socket for the peer so far.
+    pub(crate) fn signals(&self) -> u64 {
+        self.signals.load(Ordering::Relaxed)
     }
 
     /// Frames copied into the pool and their bytes, and frames sent from a loan.
@@ -825,7 +837,7 @@ impl ShmStream {
         self.copied_bytes.store(tx.copied_bytes, Ordering::Relaxed);
         self.lent_frames.store(tx.lent_frames, Ordering::Relaxed);
         if wait::notify(self.tx_ring.ctl().consumer_word()) == Wake::Socket {
-            ring_bell(&self.ctl);
+            ring_bell(&self.ctl, &self.signals);
         }
         // Looked at once the batch is out: the peer's counter is on a cache line it
         // writes, and reading it before publishing would hold the publication back
@@ -931,19 +943,23 @@ impl ShmStream {
 
     /// Takes up to `max` received frames into `out` (payloads in place, or copied into
     /// `chunk`: see [`ShmStream::pop_some`]). `Ok(0)`: the peer is
-    /// gone (or reading was shut down here) and nothing is left. With `nonblocking`, an empty
-    /// ring is `WouldBlock` (and the reactor is to be rung when frames arrive); otherwise it
-    /// waits (spinning briefly, then on the futex) until frames arrive or the peer is gone.
+    /// gone (or reading was shut down here) and nothing is left. An empty ring is
+    /// `WouldBlock` unless `how` is [`FrameRead::Wait`]: then it waits (spinning briefly,
+    /// then on the futex) until frames arrive or the peer is gone. With
+    /// [`FrameRead::Signal`] the peer rings the control socket when frames arrive (the
+    /// reactor hears of them); with [`FrameRead::Look`] it does not: no system call on
+    /// either side, for a caller that polls.
     pub(crate) fn recv_frames(
         &self,
         side: &mut FrameSide,
         out: &mut VecDeque<RawFrame>,
         chunk: &mut Bytes,
         max: usize,
-        nonblocking: bool,
+        how: FrameRead,
     ) -> io::Result<usize> {
         let rx = self.rx_side(side)?;
         let word = self.rx_ring.ctl().consumer_word();
+        let nonblocking = how != FrameRead::Wait;
         loop {
             let n = self.pop_some(rx, out, chunk, max)?;
             if n > 0 {
@@ -951,6 +967,11 @@ impl ShmStream {
             }
             if self.read_shut.load(Ordering::Acquire) {
                 return Ok(0);
+            }
+            if how == (FrameRead::Look { drain: false }) && !self.ended.load(Ordering::Acquire) {
+                // Nothing there, and nothing asked of the peer: it writes its next frames
+                // without a signal, which the next look finds.
+                return Err(io::ErrorKind::WouldBlock.into());
             }
             // A blocking receive spins first: a frame that arrives while it spins costs no
             // syscall. The spin looks at the control socket now and then, and it is read
@@ -963,6 +984,9 @@ impl ShmStream {
                 // Whatever the peer published before it went is still delivered.
                 let n = self.pop_some(rx, out, chunk, max)?;
                 return Ok(n);
+            }
+            if let FrameRead::Look { .. } = how {
+                return Err(io::ErrorKind::WouldBlock.into());
             }
             if nonblocking {
                 wait::prepare(word, wait::SOCKET);
@@ -1091,7 +1115,7 @@ impl ShmStream {
             }
         }
         if n > 0 && wait::notify(self.rx_ring.ctl().producer_word()) == Wake::Socket {
-            ring_bell(&self.ctl);
+            ring_bell(&self.ctl, &self.signals);
         }
         Ok(n)
     }
@@ -1230,9 +1254,9 @@ impl crate::driver::FrameIo for ShmStream {
         out: &mut VecDeque<RawFrame>,
         chunk: &mut Bytes,
         max: usize,
-        nonblocking: bool,
+        how: FrameRead,
     ) -> io::Result<usize> {
-        ShmStream::recv_frames(self, side, out, chunk, max, nonblocking)
+        ShmStream::recv_frames(self, side, out, chunk, max, how)
     }
 
     fn push_copy(
@@ -1258,6 +1282,10 @@ impl crate::driver::FrameIo for ShmStream {
 
     fn copy_counts(&self) -> (u64, u64, u64) {
         ShmStream::copy_counts(self)
+    }
+
+    fn signals(&self) -> u64 {
+        ShmStream::signals(self)
     }
 }
 
@@ -1326,7 +1354,7 @@ mod tests {
         let (mut out, mut chunk) = (VecDeque::new(), Bytes::new());
         let mut got = 0;
         while got < sent {
-            match receiver.recv_frames(&mut rx, &mut out, &mut chunk, 64, true) {
+            match receiver.recv_frames(&mut rx, &mut out, &mut chunk, 64, FrameRead::Signal) {
                 Ok(n) => got += n,
                 Err(e) => panic!("{got} of {sent} frames seen: {e}"),
             }
