@@ -10,7 +10,11 @@
 //! reliable on both ends. `HOTPATH_SLICE=1` has both ends of the ping-pong send with
 //! `send_slice` (a copy of the caller's bytes) instead of `send` (a `Message`);
 //! `HOTPATH_ASYNC=1` has both use `send_async` and `recv_async` (each call driven by
-//! `futures::executor::block_on`: no runtime).
+//! `futures::executor::block_on`: no runtime). `scale` (`-- uds 400000 0 scale`):
+//! `HOTPATH_PIPES` pipes (default 1,000), the dialer sending `n` messages in calls of 16 on
+//! each pipe in turn (`measure_scale`), a thread sweeping them with zero-timeout receives
+//! (`receive_scale`): with `--cache-sim=yes`, the first-level misses a call costs when the
+//! pipe's state is cold, as it is among a thousand.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
