@@ -238,6 +238,17 @@ fn close_with_linger_delivers_everything_to_a_slow_reader() {
     );
 }
 
+/// The poller of `rx` stops; a message arrives; well after the reactor's recheck, it is
+/// there without a read by the application.
+fn read_ahead_while_the_poller_is_away(tx: &duct::Pipe, rx: &duct::Pipe) {
+    tx.send("while away").unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let before = rx.stats().reads;
+    let m = rx.try_recv().unwrap().expect("read ahead by the reactor");
+    assert_eq!(m.payload(), b"while away");
+    assert_eq!(rx.stats().reads, before, "no read by the poll itself");
+}
+
 /// A receiver that polls (`try_recv`) an empty pipe asks the transport once, not on every
 /// poll: the reactor watches the transport for it and counts what it reports. Whatever
 /// arrives then still reaches the poller, and, if it stops polling, the reactor reads it
@@ -281,14 +292,7 @@ fn polling_an_empty_pipe_reads_once(kind: common::Kind) {
         };
         assert_eq!(got.payload(), format!("m{round}").as_bytes());
     }
-    // The poller stops; a message arrives; well after the reactor's recheck, it is there
-    // without a read by the application.
-    tx.send("while away").unwrap();
-    thread::sleep(Duration::from_millis(200));
-    let before = rx.stats().reads;
-    let m = rx.try_recv().unwrap().expect("read ahead by the reactor");
-    assert_eq!(m.payload(), b"while away");
-    assert_eq!(rx.stats().reads, before, "no read by the poll itself");
+    read_ahead_while_the_poller_is_away(tx, rx);
 }
 
 /// An async receive that waits costs one read per message that arrives on a plain socket:
@@ -621,14 +625,7 @@ fn polling_a_shm_pipe_costs_its_sender_no_signal() {
         signalled <= 1,
         "{signalled} wake-up signals for 10 messages and {sent} in batches to a poller"
     );
-    // The poller stops; a message arrives; well after the reactor's recheck, it is there
-    // without a read by the application.
-    tx.send("while away").unwrap();
-    thread::sleep(Duration::from_millis(200));
-    let before = rx.stats().reads;
-    let m = rx.try_recv().unwrap().expect("read ahead by the reactor");
-    assert_eq!(m.payload(), b"while away");
-    assert_eq!(rx.stats().reads, before, "no read by the poll itself");
+    read_ahead_while_the_poller_is_away(tx, rx);
     // The sender goes: a poller hears of it.
     p.dialer.close().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

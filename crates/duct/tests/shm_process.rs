@@ -185,76 +185,6 @@ fn child_entry() {
     }
 }
 
-/// A receiver that polls (`try_recv`, which looks at the ring and asks the sender for no
-/// wake-up signal) still hears at once of a sender killed mid-stream: the control socket's
-/// end reaches the reactor, and the next poll reads the socket. Nothing is left behind.
-#[test]
-fn killing_a_sending_dialer_ends_a_poll_and_leaves_nothing() {
-    let _serial = serial();
-    let fds = fd_count();
-    let shm = dev_shm();
-    let mut times = Vec::new();
-    for round in 0..ROUNDS {
-        let n = name();
-        let addr = format!("shm://{n}");
-        let listener =
-            duct::listen(&addr, ListenOptions::default().heartbeat(no_heartbeat())).unwrap();
-        let (mut kid, mut out) = Kid::spawn("sender", &n);
-        let pipe = listener.accept_timeout(common::T).unwrap();
-        expect_line(&mut out, "ready");
-        let mut got = 0u64;
-        let mut take = |m: duct::Message| {
-            assert_eq!(
-                m.payload(),
-                &got.to_le_bytes()[..],
-                "round {round}: in order"
-            );
-            got += 1;
-        };
-        // Poll for a random moment, then kill mid-stream.
-        let until = Instant::now() + Duration::from_millis(fastrand::u64(1..40));
-        while Instant::now() < until {
-            if let Some(m) = pipe.try_recv().unwrap() {
-                take(m);
-            }
-        }
-        let mut poll = || -> duct::Result<()> {
-            let deadline = Instant::now() + 10 * NOTICE_BOUND;
-            loop {
-                match pipe.try_recv()? {
-                    Some(m) => take(m),
-                    None => thread::yield_now(),
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "round {round}: the end never reached the poller"
-                );
-            }
-        };
-        let killer = thread::spawn(move || {
-            thread::sleep(Duration::from_millis(5));
-            let at = Instant::now();
-            kid.kill();
-            at
-        });
-        let r = poll();
-        let kill_at = killer.join().unwrap();
-        times.push(noticed(kill_at, r, "try_recv"));
-        drop(pipe);
-        drop(listener);
-        drop(duct::listen(&addr, ListenOptions::default()).unwrap());
-    }
-    report("sending dialer killed, try_recv", &times);
-    assert_eq!(shm_mappings_after_drop(), 0, "no segment mapped any more");
-    assert_eq!(dev_shm(), shm, "/dev/shm unchanged");
-    assert!(
-        fd_count() <= fds + 4,
-        "fds: {} before, {} after",
-        fds,
-        fd_count()
-    );
-}
-
 /// Measures how long after the kill `op` returned its error, which must be Disconnected.
 fn noticed(kill_at: Instant, r: duct::Result<()>, what: &str) -> Duration {
     let took = kill_at.elapsed();
@@ -275,8 +205,15 @@ fn report(case: &str, times: &[Duration]) {
     );
 }
 
-#[test]
-fn killing_a_sending_dialer_ends_the_blocked_recv_and_leaves_nothing() {
+/// How the parent takes messages in [`kill_a_sending_dialer`]: the next one, or `None` when
+/// a poll found none; an error ends the round.
+type Take = fn(&duct::Pipe) -> duct::Result<Option<duct::Message>>;
+
+/// Rounds of: a child dialer sending as fast as it can, the parent taking its messages with
+/// `take` (checked in order) for a random moment, then the child killed mid-stream while the
+/// parent goes on taking them: the end must be `Disconnected`, soon, and nothing may be left
+/// (no segment mapped, `/dev/shm` unchanged, no fd kept, the name free at once).
+fn kill_a_sending_dialer(take: Take, case: &str) {
     let _serial = serial();
     let fds = fd_count();
     let shm = dev_shm();
@@ -289,17 +226,21 @@ fn killing_a_sending_dialer_ends_the_blocked_recv_and_leaves_nothing() {
         let (mut kid, mut out) = Kid::spawn("sender", &n);
         let pipe = listener.accept_timeout(common::T).unwrap();
         expect_line(&mut out, "ready");
-        // Receive for a random moment, then kill mid-stream.
-        let until = Instant::now() + Duration::from_millis(fastrand::u64(1..40));
         let mut got = 0u64;
-        while Instant::now() < until {
-            let m = pipe.recv().unwrap();
+        let mut check = |m: duct::Message| {
             assert_eq!(
                 m.payload(),
                 &got.to_le_bytes()[..],
                 "round {round}: in order"
             );
             got += 1;
+        };
+        // Take messages for a random moment, then kill mid-stream.
+        let until = Instant::now() + Duration::from_millis(fastrand::u64(1..40));
+        while Instant::now() < until {
+            if let Some(m) = take(&pipe).unwrap() {
+                check(m);
+            }
         }
         let killer = thread::spawn(move || {
             thread::sleep(Duration::from_millis(5));
@@ -307,21 +248,27 @@ fn killing_a_sending_dialer_ends_the_blocked_recv_and_leaves_nothing() {
             kid.kill();
             at
         });
-        // Drain what was sent, then block until the end.
+        // Take what was sent, then go on until the end (a failure here, not a hang).
+        let deadline = Instant::now() + 10 * NOTICE_BOUND;
         let r = loop {
-            match pipe.recv() {
-                Ok(_) => continue,
+            match take(&pipe) {
+                Ok(Some(m)) => check(m),
+                Ok(None) => thread::yield_now(),
                 Err(e) => break Err::<(), _>(e),
             }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the end never came ({case})"
+            );
         };
         let kill_at = killer.join().unwrap();
-        times.push(noticed(kill_at, r, "recv"));
+        times.push(noticed(kill_at, r, case));
         drop(pipe);
         drop(listener);
         // The name is free again at once.
         drop(duct::listen(&addr, ListenOptions::default()).unwrap());
     }
-    report("sending dialer killed, recv", &times);
+    report(&format!("sending dialer killed, {case}"), &times);
     assert_eq!(shm_mappings_after_drop(), 0, "no segment mapped any more");
     assert_eq!(dev_shm(), shm, "/dev/shm unchanged");
     // (The reactor thread's own fds came with the first pipe and stay.)
@@ -331,6 +278,19 @@ fn killing_a_sending_dialer_ends_the_blocked_recv_and_leaves_nothing() {
         fds,
         fd_count()
     );
+}
+
+#[test]
+fn killing_a_sending_dialer_ends_the_blocked_recv_and_leaves_nothing() {
+    kill_a_sending_dialer(|p| p.recv().map(Some), "recv");
+}
+
+/// A receiver that polls (`try_recv`, which looks at the ring and asks the sender for no
+/// wake-up signal) still hears at once of a sender killed mid-stream: the control socket's
+/// end reaches the reactor, and the next poll reads the socket.
+#[test]
+fn killing_a_sending_dialer_ends_a_poll_and_leaves_nothing() {
+    kill_a_sending_dialer(|p| p.try_recv(), "try_recv");
 }
 
 /// Rounds of: a child dialer in `role`, a thread here sending `len`-byte messages until send
