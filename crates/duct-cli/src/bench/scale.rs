@@ -686,23 +686,36 @@ fn sweep(pipes: &[Pipe], size: usize, tally: Tally) -> Result<(Tally, Vec<Instan
     for (i, pipe) in pipes.iter().enumerate() {
         groups[i % threads].push(pipe);
     }
-    let ends = on_threads(groups, |group| receive_on(group, size, &tally))?;
+    let ends = on_threads(groups, &tally, |group| receive_on(group, size, &tally))?;
     Ok((tally, ends))
 }
 
 /// Runs `receive` on each of `groups` in a thread of its own (`duct-bench-rx-N`), and
 /// returns what each returned (the instant it was done), or the first failure.
+///
+/// A thread whose group is done first waits (asleep) until `tally`'s closing CPU reading is
+/// taken, or every thread is done: an ended thread's time is in no later reading, and the
+/// measured phase's start reading had it (the sweepers' CPU used to come out as 0).
 pub(crate) fn on_threads<G: Send>(
     groups: Vec<G>,
+    tally: &Tally,
     receive: impl Fn(G) -> Result<Instant> + Sync,
 ) -> Result<Vec<Instant>> {
+    let running = AtomicUsize::new(groups.len());
     std::thread::scope(|s| -> Result<Vec<Instant>> {
         let mut handles = Vec::with_capacity(groups.len());
         for (i, group) in groups.into_iter().enumerate() {
-            let receive = &receive;
+            let (receive, running) = (&receive, &running);
             let handle = std::thread::Builder::new()
                 .name(format!("duct-bench-rx-{i}"))
-                .spawn_scoped(s, move || receive(group))?;
+                .spawn_scoped(s, move || {
+                    let r = receive(group);
+                    running.fetch_sub(1, Ordering::AcqRel);
+                    while tally.end.get().is_none() && running.load(Ordering::Acquire) > 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    r
+                })?;
             handles.push(handle);
         }
         let mut ends = Vec::with_capacity(handles.len());
@@ -987,6 +1000,41 @@ mod tests {
             let count = ThreadCount::of_this_process().unwrap();
             assert!(count.total >= 1 && count.duct <= count.total, "{count:?}");
         }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_receiving_thread_done_first_waits_for_the_closing_cpu_reading() {
+        // Threads of this process named `name`, as /proc lists them.
+        fn named(name: &str) -> usize {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+                .filter(|c| c.trim_end() == name)
+                .count()
+        }
+        let tally = Tally::new(2, None);
+        let ends = on_threads(vec![0u8, 1], &tally, |group| {
+            if group == 1 {
+                // Group 0 is long done: its thread is still there for the reading.
+                std::thread::sleep(Duration::from_millis(50));
+                assert_eq!(named("duct-bench-rx-0"), 1, "the thread done first went");
+                tally.end.get_or_init(CpuReading::default);
+            }
+            Ok(Instant::now())
+        })
+        .unwrap();
+        assert_eq!(ends.len(), 2);
+        // A failure elsewhere (no closing reading ever) does not keep the others waiting.
+        let tally = Tally::new(2, None);
+        let r = on_threads(vec![0u8, 1], &tally, |group| {
+            if group == 1 {
+                std::thread::sleep(Duration::from_millis(20));
+                return Err(crate::error::CliError::msg("failed"));
+            }
+            Ok(Instant::now())
+        });
+        assert!(r.is_err());
     }
 
     #[test]

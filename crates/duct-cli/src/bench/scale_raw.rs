@@ -281,7 +281,7 @@ fn sweep(socks: Vec<Sock>, size: usize, tally: Tally) -> Result<(Tally, Vec<Inst
     for (i, sock) in socks.into_iter().enumerate() {
         groups[i % threads].push((sock, Framed::new(size)));
     }
-    let ends = scale::on_threads(groups, |group| sweep_on(group, size, &tally))?;
+    let ends = scale::on_threads(groups, &tally, |group| sweep_on(group, size, &tally))?;
     Ok((tally, ends))
 }
 
