@@ -392,6 +392,17 @@ fn a_reconnecting_dialer_comes_back_to_a_restarted_listener() {
     for i in 0..100 {
         echo(i);
     }
+    // The transport's own counters (copies into the ring, wake-up signals) stay in the
+    // pipe's totals when its connection is replaced: they never go back.
+    let counters = || {
+        let s = pipe.stats();
+        (s.payload_frames_copied, s.wake_signals)
+    };
+    let mut last = counters();
+    assert!(
+        last.0 >= 100,
+        "{last:?}: the 100 echoes' frames were copied"
+    );
     for round in 0..3u32 {
         kid.kill();
         let (k, mut o) = Kid::spawn("echo_listener", &n);
@@ -414,6 +425,12 @@ fn a_reconnecting_dialer_comes_back_to_a_restarted_listener() {
         for i in 0..100 {
             echo(1000 * (round + 1) + i);
         }
+        let now = counters();
+        assert!(
+            now.0 >= last.0 + 100 && now.1 >= last.1,
+            "round {round}: {last:?} -> {now:?}"
+        );
+        last = now;
     }
     println!("reconnects: {}", pipe.stats().reconnects);
 }

@@ -1061,11 +1061,7 @@ impl Conn {
         g.collect_drops();
         let mut s = g.stats.clone();
         if let Some(f) = self.t().frame_io() {
-            let (frames, bytes, lent) = f.copy_counts();
-            s.payload_frames_copied += frames;
-            s.payload_bytes_copied += bytes;
-            s.zero_copy_frames += lent;
-            s.wake_signals += f.signals();
+            f.counts().add_to(&mut s);
         }
         s.rtt = g.session.rtt();
         s.set_channels(g.channels.snapshot());
@@ -1880,10 +1876,10 @@ impl Conn {
     /// [`Conn::send_batch`] found frames queued for a socket (its last write found it full)
     /// with nobody writing them, and the next message, on a channel that blocks when full
     /// ([`Shared::blocks_when_full`]), would go to its channel's queue as a copy, and so
-    /// would those after it: waits for the socket to take bytes again (the pipe's lock let go; at most [`SOCKET_ROOM_WAIT`] at a time,
-    /// never past `deadline`) and writes the queue, as a blocking socket writer would, while
-    /// each wait brings room, until the queue is written: the batch then goes on framing in
-    /// place. Returns whether to wait again in this call: `false` once a wait brought no
+    /// would those after it: waits for the socket to take bytes again (the pipe's lock let
+    /// go; at most [`SOCKET_ROOM_WAIT`] at a time, never past `deadline`) and writes the
+    /// queue, as a blocking socket writer would, while each wait brings room, until the
+    /// queue is written: the batch then goes on framing in place. Returns whether to wait again in this call: `false` once a wait brought no
     /// room, or on a transport a sender does not wait for so (shared memory has its own
     /// wait, [`WriteQueue::wait_room`]). A reader that stopped costs one wait, not one per
     /// call: no sender waits again until a write takes some of the queue (`room_stalled`).
@@ -3163,11 +3159,8 @@ impl Conn {
         let transport = {
             let mut t = self.transport.write().unwrap_or_else(|p| p.into_inner());
             if let Some(f) = t.frame_io() {
-                // The old connection's copy counts stay in the pipe's totals.
-                let (frames, bytes, lent) = f.copy_counts();
-                g.stats.payload_frames_copied += frames;
-                g.stats.payload_bytes_copied += bytes;
-                g.stats.zero_copy_frames += lent;
+                // The old connection's counts stay in the pipe's totals.
+                f.counts().add_to(&mut g.stats);
             }
             *t = Arc::new(hs.stream);
             Arc::clone(&t)
@@ -3585,7 +3578,7 @@ impl Conn {
     /// Fills `f` with the figures `stats()` gives, per channel (in channel order), with the
     /// queues and the reasons for drops. `f.channels` keeps its capacity.
     fn figures(&self, f: &mut observability::Figures) {
-        let copies = self.t().frame_io().map(|f| f.copy_counts());
+        let counts = self.t().frame_io().map(|f| f.counts());
         let mut g = self.lock();
         g.collect_drops();
         let channels = &mut f.channels;
@@ -3624,14 +3617,14 @@ impl Conn {
             c.recv_queue.0 += 1;
             c.recv_queue.1 += d.payload.len();
         }
-        let (frames, bytes, lent) = copies.unwrap_or_default();
+        let c = counts.unwrap_or_default();
         f.connected = g.state() == PipeState::Connected;
         f.reconnects = g.stats.reconnects;
         f.rtt = g.session.rtt();
         f.copies = (
-            g.stats.payload_frames_copied + frames,
-            g.stats.payload_bytes_copied + bytes,
-            g.stats.zero_copy_frames + lent,
+            g.stats.payload_frames_copied + c.copied_frames,
+            g.stats.payload_bytes_copied + c.copied_bytes,
+            g.stats.zero_copy_frames + c.lent_frames,
         );
         f.write_queue_bytes = g.wq_bytes;
     }

@@ -268,12 +268,33 @@ pub(crate) trait FrameIo {
     /// free.
     #[cfg_attr(not(duct_shm), allow(dead_code))]
     fn alloc(&self, len: usize) -> Option<duct_sys::shm::pool::TxSlot>;
-    /// Frames whose payload was copied into the transport's memory, those bytes, and frames
-    /// that moved without a copy.
-    fn copy_counts(&self) -> (u64, u64, u64);
+    /// What the transport counted so far on this connection (see [`FrameCounts`]).
+    fn counts(&self) -> FrameCounts;
+}
+
+/// A frame transport's own counters for one connection, added to the pipe's statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FrameCounts {
+    /// Frames whose payload was copied into the transport's memory.
+    pub(crate) copied_frames: u64,
+    /// Those frames' payload bytes.
+    pub(crate) copied_bytes: u64,
+    /// Frames that moved without a copy.
+    pub(crate) lent_frames: u64,
     /// Wake-up signals sent to the peer through the transport's own channel (shm: a byte on
-    /// the control socket, a system call) so far.
-    fn signals(&self) -> u64;
+    /// the control socket, a system call).
+    pub(crate) signals: u64,
+}
+
+impl FrameCounts {
+    /// Adds these to `stats` (the current connection's to a snapshot, or an old
+    /// connection's to the pipe's totals when it is replaced).
+    pub(crate) fn add_to(&self, stats: &mut crate::PipeStats) {
+        stats.payload_frames_copied += self.copied_frames;
+        stats.payload_bytes_copied += self.copied_bytes;
+        stats.zero_copy_frames += self.lent_frames;
+        stats.wake_signals += self.signals;
+    }
 }
 
 /// Turns a protocol error into the public error, naming the peer.

@@ -53,7 +53,7 @@ use duct_sys::shm::wait::{self, Wake};
 
 use crate::addr::{Addr, Endpoint};
 use crate::driver::io::Chunks;
-use crate::driver::{FramePayload, FrameRead, FrameSide, RawFrame};
+use crate::driver::{FrameCounts, FramePayload, FrameRead, FrameSide, RawFrame};
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::PeerCredentials;
 
@@ -695,18 +695,15 @@ impl ShmStream {
         }
     }
 
-    /// Wake-up signals written to the control socket for the peer so far.
-    pub(crate) fn signals(&self) -> u64 {
-        self.signals.load(Ordering::Relaxed)
-    }
-
-    /// Frames copied into the pool and their bytes, and frames sent from a loan.
-    pub(crate) fn copy_counts(&self) -> (u64, u64, u64) {
-        (
-            self.copied_frames.load(Ordering::Relaxed),
-            self.copied_bytes.load(Ordering::Relaxed),
-            self.lent_frames.load(Ordering::Relaxed),
-        )
+    /// Frames copied into the pool and their bytes, frames sent from a loan, and wake-up
+    /// signals written to the control socket for the peer, so far.
+    pub(crate) fn counts(&self) -> FrameCounts {
+        FrameCounts {
+            copied_frames: self.copied_frames.load(Ordering::Relaxed),
+            copied_bytes: self.copied_bytes.load(Ordering::Relaxed),
+            lent_frames: self.lent_frames.load(Ordering::Relaxed),
+            signals: self.signals.load(Ordering::Relaxed),
+        }
     }
 
     /// Sends frames from `frames`, in order, until one finds no room: returns how many were
@@ -959,7 +956,6 @@ impl ShmStream {
     ) -> io::Result<usize> {
         let rx = self.rx_side(side)?;
         let word = self.rx_ring.ctl().consumer_word();
-        let nonblocking = how != FrameRead::Wait;
         loop {
             let n = self.pop_some(rx, out, chunk, max)?;
             if n > 0 {
@@ -968,33 +964,36 @@ impl ShmStream {
             if self.read_shut.load(Ordering::Acquire) {
                 return Ok(0);
             }
-            if how == (FrameRead::Look { drain: false }) && !self.ended.load(Ordering::Acquire) {
-                // Nothing there, and nothing asked of the peer: it writes its next frames
-                // without a signal, which the next look finds.
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
             // A blocking receive spins first: a frame that arrives while it spins costs no
             // syscall. The spin looks at the control socket now and then, and it is read
             // below before parking, so a peer that is gone is still seen at once.
-            if !nonblocking && !self.ended.load(Ordering::Acquire) && self.spin_for_input(None) {
+            if how == FrameRead::Wait
+                && !self.ended.load(Ordering::Acquire)
+                && self.spin_for_input(None)
+            {
                 continue;
             }
-            self.drain_ctl();
+            // (A poll reads the control socket only when asked: see `FrameRead::Look`.)
+            if !matches!(how, FrameRead::Look { drain: false }) {
+                self.drain_ctl();
+            }
             if self.ended.load(Ordering::Acquire) {
                 // Whatever the peer published before it went is still delivered.
-                let n = self.pop_some(rx, out, chunk, max)?;
-                return Ok(n);
+                return self.pop_some(rx, out, chunk, max);
             }
-            if let FrameRead::Look { .. } = how {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            if nonblocking {
-                wait::prepare(word, wait::SOCKET);
-                if self.rx_waiting() {
-                    wait::cancel(word);
-                    continue;
+            match how {
+                // Nothing asked of the peer: it writes its next frames without a signal,
+                // which the next look finds.
+                FrameRead::Look { .. } => return Err(io::ErrorKind::WouldBlock.into()),
+                FrameRead::Signal => {
+                    wait::prepare(word, wait::SOCKET);
+                    if self.rx_waiting() {
+                        wait::cancel(word);
+                        continue;
+                    }
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
-                return Err(io::ErrorKind::WouldBlock.into());
+                FrameRead::Wait => {}
             }
             wait::prepare(word, wait::PARKED);
             if !self.rx_waiting() {
@@ -1280,12 +1279,8 @@ impl crate::driver::FrameIo for ShmStream {
         ShmStream::alloc(self, len)
     }
 
-    fn copy_counts(&self) -> (u64, u64, u64) {
-        ShmStream::copy_counts(self)
-    }
-
-    fn signals(&self) -> u64 {
-        ShmStream::signals(self)
+    fn counts(&self) -> FrameCounts {
+        ShmStream::counts(self)
     }
 }
 
